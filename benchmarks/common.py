@@ -1,0 +1,63 @@
+"""Shared helpers for the benchmarks: timing, table printing and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def machine_info() -> dict[str, object]:
+    """Describe the machine the numbers come from."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def report(name: str, rows: list[dict[str, object]], out: Path | None = None) -> Path:
+    """Print ``rows`` as a Markdown table and write them, with the machine description, to JSON."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")
+    table = "\n".join(lines)
+    print(table)
+    out = out or RESULTS_DIR / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"benchmark": name, "machine": machine_info(), "rows": rows}, indent=2) + "\n")
+    tmp.replace(out)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(f"wrote {out}")
+    return out
+
+
+def _fmt(value: object) -> str:
+    """Format a table cell."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,87 @@
+"""The cloud and cloud-shadow detector of the paper code (design.md §4), vectorised with scipy.ndimage.
+
+All functions take S2 L1C digital numbers of shape (13, H, W) in the paper's band order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_REFLECTANCE_SCALE, fill_nan
+
+CLOUD = 1
+SHADOW = -1
+CLEAR = 0
+DEFAULT_CLOUD_THRESHOLD = 0.2
+
+_B = {name: index for index, name in enumerate(S2_BANDS)}
+_CLOSING_SIZE = 5
+_MEAN_FILTER_SIZE = 7
+_SHADOW_MEDIAN_SIZE = 5
+_SCORE_FLOOR = 1e-5
+
+
+def _reflectance(s2_dn: np.ndarray) -> np.ndarray:
+    """Validate a (13, H, W) DN array and return it as float32 reflectance (DN / 10000), NaNs filled."""
+    s2 = np.asarray(s2_dn)
+    if s2.ndim != 3 or s2.shape[0] != NUM_S2_BANDS:
+        raise ValueError(f"s2_dn: expected shape ({NUM_S2_BANDS}, H, W), got {s2.shape}")
+    return fill_nan(s2.astype(np.float32), "s2_dn") / np.float32(S2_REFLECTANCE_SCALE)
+
+
+def _rescale(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map ``lo`` to 0 and ``hi`` to 1 linearly (no clipping; ``hi < lo`` inverts)."""
+    return (x - np.float32(lo)) / np.float32(hi - lo)
+
+
+def cloud_score(s2_dn: np.ndarray) -> np.ndarray:
+    """Return the continuous cloud score in [1e-5, 1], float32 (H, W), of a (13, H, W) DN array."""
+    return _cloud_score(_reflectance(s2_dn))
+
+
+def _cloud_score(r: np.ndarray) -> np.ndarray:
+    """Cloud score of a (13, H, W) float32 reflectance array."""
+    b1, b2, b3, b4 = r[_B["B1"]], r[_B["B2"]], r[_B["B3"]], r[_B["B4"]]
+    b10, b11 = r[_B["B10"]], r[_B["B11"]]
+    score = np.ones(r.shape[1:], dtype=np.float32)
+    np.minimum(score, _rescale(b2, 0.1, 0.5), out=score)
+    np.minimum(score, _rescale(b1, 0.1, 0.3), out=score)
+    np.minimum(score, _rescale(b1 + b10, 0.15, 0.2), out=score)
+    np.minimum(score, _rescale(b4 + b3 + b2, 0.2, 0.8), out=score)
+    denominator = b3 + b11
+    denominator[denominator == 0] = 0.001
+    np.minimum(score, _rescale((b3 - b11) / denominator, 0.8, 0.6), out=score)
+    score = ndimage.grey_closing(score, size=(_CLOSING_SIZE, _CLOSING_SIZE), mode="reflect")
+    score = ndimage.uniform_filter(score, size=_MEAN_FILTER_SIZE, mode="constant", cval=0.0)
+    return np.clip(score, _SCORE_FLOOR, 1.0, out=score)
+
+
+def shadow_mask(s2_dn: np.ndarray) -> np.ndarray:
+    """Return a bool (H, W) map of cloud shadow from a (13, H, W) DN array."""
+    return _shadow(_reflectance(s2_dn))
+
+
+def _shadow(r: np.ndarray) -> np.ndarray:
+    """Shadow map of a (13, H, W) float32 reflectance array."""
+    blue = r[_B["B2"]]
+    csi = (r[_B["B8"]] + r[_B["B11"]]) / 2
+    csi_min, blue_min = csi.min(), blue.min()
+    t3 = csi_min + 0.75 * (csi.mean(dtype=np.float64) - csi_min)
+    t4 = blue_min + 5.0 / 6.0 * (blue.mean(dtype=np.float64) - blue_min)
+    dark = ((csi < t3) & (blue < t4)).astype(np.int32)
+    # A 5x5 median of the 0/-1 map with zero padding is -1 where at least 13 of the 25 cells are dark.
+    size = _SHADOW_MEDIAN_SIZE
+    dark_count = ndimage.convolve(dark, np.ones((size, size), np.int32), mode="constant", cval=0)
+    return dark_count > (size * size) // 2
+
+
+def cloud_shadow_mask(s2_dn: np.ndarray, threshold: float = DEFAULT_CLOUD_THRESHOLD) -> np.ndarray:
+    """Return the int8 (H, W) map of a (13, H, W) DN array: 1 cloud, -1 shadow, 0 clear.
+
+    Cloud is where the cloud score is at least ``threshold``; cloud overrides shadow.
+    """
+    r = _reflectance(s2_dn)
+    result = np.where(_shadow(r), np.int8(SHADOW), np.int8(CLEAR))
+    result[_cloud_score(r) >= threshold] = CLOUD
+    return result

@@ -1,0 +1,164 @@
+"""Image-quality metrics in the convention of design.md §6.
+
+S2 values are compared as reflectance (DN / 10000, clipped to [0, 1]). Per image: MAE, RMSE,
+PSNR = 20 log10(1 / RMSE), SSIM over the 13 bands (11x11 Gaussian window, sigma 1.5, data range 1) and SAM
+(mean spectral angle, degrees). Region-wise variants: MAE and SAM of the prediction against the target over
+cloud/shadow pixels (``*_cloudy``) and against the cloudy input over clear pixels (``*_clear``); a region with
+no pixels gives NaN. SSIM, PSNR and the spectral angle come from torchmetrics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    spectral_angle_mapper,
+    structural_similarity_index_measure,
+)
+
+from dsen2cr.preprocessing import NUM_S2_BANDS, s2_dn_to_reflectance, s2_model_to_reflectance
+
+METRIC_NAMES: tuple[str, ...] = ("mae", "rmse", "psnr", "ssim", "sam")
+REGION_METRIC_NAMES: tuple[str, ...] = ("mae_cloudy", "sam_cloudy", "mae_clear", "sam_clear")
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+
+
+def _spectral_angles_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pixel spectral angle in degrees of two (N, C, H, W) tensors; NaN where a spectrum is all zero."""
+    return torch.rad2deg(spectral_angle_mapper(a, b, reduction="none"))
+
+
+def _region_means(values: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Per-image mean of ``values`` (N, H, W) over the pixels of ``region`` that are not NaN; NaN if none."""
+    valid = region & ~torch.isnan(values)
+    total = torch.where(valid, values, torch.zeros_like(values)).sum(dim=(1, 2))
+    count = valid.sum(dim=(1, 2))
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan))
+
+
+def reflectance_metrics(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    cloudy: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-image metrics of (N, 13, H, W) reflectance tensors; each value is a tensor of shape (N,).
+
+    ``mask`` is the (N, H, W) cloud/shadow map (non-zero = cloud or shadow). The region metrics are included
+    when both ``cloudy`` and ``mask`` are given.
+    """
+    _check_batch(pred=pred, target=target, cloudy=cloudy)
+    error = pred - target
+    dims = (1, 2, 3)
+    out: dict[str, torch.Tensor] = {
+        "mae": error.abs().mean(dim=dims),
+        "rmse": error.square().mean(dim=dims).sqrt(),
+        "psnr": peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=dims),
+    }
+    out["ssim"] = _ssim_valid_region(pred, target)
+    all_pixels = torch.ones_like(pred[:, 0], dtype=torch.bool)
+    angles_to_target = _spectral_angles_deg(pred, target)
+    out["sam"] = _region_means(angles_to_target, all_pixels)
+    if cloudy is not None and mask is not None:
+        if tuple(mask.shape) != (pred.shape[0], *pred.shape[2:]):
+            raise ValueError(
+                f"mask: expected shape {(pred.shape[0], *pred.shape[2:])} to match pred, got {tuple(mask.shape)}"
+            )
+        cloud = mask != 0
+        clear = ~cloud
+        out["mae_cloudy"] = _region_means(error.abs().mean(dim=1), cloud)
+        out["sam_cloudy"] = _region_means(angles_to_target, cloud)
+        out["mae_clear"] = _region_means((pred - cloudy).abs().mean(dim=1), clear)
+        out["sam_clear"] = _region_means(_spectral_angles_deg(pred, cloudy), clear)
+    return out
+
+
+def _ssim_valid_region(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM averaged over the pixels whose 11x11 window lies inside the image.
+
+    This is the convention of ``tf.image.ssim`` (the paper code) and scikit-image. torchmetrics pads the
+    border by reflection and averages over every pixel, so its SSIM map is cropped to the valid region here.
+    An image smaller than the window has no valid pixel: NaN.
+    """
+    margin = SSIM_WINDOW // 2
+    if min(pred.shape[-2:]) < SSIM_WINDOW:
+        return torch.full(pred.shape[:1], math.nan, dtype=pred.dtype, device=pred.device)
+    _, ssim_map = structural_similarity_index_measure(
+        pred,
+        target,
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_WINDOW,
+        data_range=1.0,
+        reduction="none",
+        return_full_image=True,
+    )
+    return ssim_map[..., margin:-margin, margin:-margin].mean(dim=(1, 2, 3))
+
+
+def _check_batch(**tensors: torch.Tensor | None) -> None:
+    """Raise ``ValueError`` unless the given tensors are (N, 13, H, W) and of one shape."""
+    reference: tuple[str, tuple[int, ...]] | None = None
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        shape = tuple(tensor.shape)
+        if len(shape) != 4 or shape[1] != NUM_S2_BANDS:
+            raise ValueError(f"{name}: expected shape (N, {NUM_S2_BANDS}, H, W), got {shape}")
+        if reference is None:
+            reference = (name, shape)
+        elif shape != reference[1]:
+            raise ValueError(f"{name}: expected shape {reference[1]} to match {reference[0]}, got {shape}")
+
+
+def image_metrics(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    *,
+    cloudy: np.ndarray | torch.Tensor | None = None,
+    mask: np.ndarray | torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Metrics of one predicted image against its target, both S2 DN arrays of shape (13, H, W).
+
+    Returns ``mae``, ``rmse``, ``psnr``, ``ssim`` and ``sam`` (degrees); with ``cloudy`` (the cloudy input,
+    DN) and ``mask`` (the (H, W) cloud/shadow map, non-zero = cloud or shadow) also ``mae_cloudy``,
+    ``sam_cloudy``, ``mae_clear`` and ``sam_clear``. Computed in float64.
+    """
+    arrays = {"pred": pred, "target": target, "cloudy": cloudy}
+    batch: dict[str, torch.Tensor | None] = {}
+    for name, value in arrays.items():
+        if value is None:
+            batch[name] = None
+            continue
+        if value.ndim != 3:
+            raise ValueError(f"{name}: expected shape ({NUM_S2_BANDS}, H, W), got {tuple(value.shape)}")
+        batch[name] = s2_dn_to_reflectance(value).unsqueeze(0)
+    mask_batch = None if mask is None else torch.as_tensor(np.asarray(mask)).unsqueeze(0)
+    if (cloudy is None) != (mask is None):
+        raise ValueError("cloudy and mask: give both for the region metrics, or neither")
+    values = reflectance_metrics(batch["pred"], batch["target"], batch["cloudy"], mask_batch)
+    return {name: float(value[0]) for name, value in values.items()}
+
+
+def batch_metrics(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    cloudy: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Training-time metrics of (N, 13, H, W) tensors in model units: the mean over images of each metric.
+
+    Images whose region is empty are left out of that region's mean (NaN when no image has the region).
+    """
+    to_reflectance = s2_model_to_reflectance
+    values = reflectance_metrics(
+        to_reflectance(pred.detach()),
+        to_reflectance(target),
+        None if cloudy is None else to_reflectance(cloudy),
+        mask,
+    )
+    return {name: value.nanmean() for name, value in values.items()}

@@ -1,0 +1,29 @@
+"""Packaging: the light import path and the console command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import dsen2cr
+
+
+def test_core_modules_do_not_import_lightning() -> None:
+    code = (
+        "import sys, dsen2cr, dsen2cr.model, dsen2cr.masks, dsen2cr.losses, dsen2cr.metrics, "
+        "dsen2cr.preprocessing\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'lightning', 'pytorch_lightning'})\n"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_console_command_version_and_help() -> None:
+    version = subprocess.run(
+        [sys.executable, "-m", "dsen2cr.cli", "--version"], check=True, capture_output=True, text=True
+    )
+    assert version.stdout.strip() == f"dsen2cr {dsen2cr.__version__}"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "dsen2cr.cli", "--help"], check=True, capture_output=True, text=True
+    ).stdout
+    assert "usage: dsen2cr" in help_text and "demo" in help_text
