@@ -24,18 +24,19 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks scripts
+	$(BIN)/ruff format src tests benchmarks scripts
 
 demo: $(STAMP)
 	$(BIN)/dsen2cr demo --out demo-output
 
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.masks
+	$(BIN)/python -m benchmarks.data_pipeline
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

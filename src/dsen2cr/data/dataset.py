@@ -1,0 +1,129 @@
+"""A PyTorch ``Dataset`` of SEN12MS-CR triplets, read with rasterio windows and preprocessed as in the paper."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+from torch.utils.data import Dataset
+
+from dsen2cr.data.layout import Triplet
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.geotiff import open_raster, read_window
+from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD, cloud_shadow_mask
+from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, s1_db_to_model, s2_dn_to_model
+
+#: Keys of every sample.
+SAMPLE_KEYS = ("s1", "s2_cloudy", "s2", "cloud_mask", "patch_id")
+
+
+class SEN12MSCRDataset(Dataset):
+    """Triplets (S1, S2 cloud-free, S2 cloudy) as dict samples in model units.
+
+    Each sample has ``s1`` (2, h, w), ``s2_cloudy`` and ``s2`` (13, h, w) float32 tensors, ``cloud_mask``
+    (h, w) int8 (1 cloud, -1 shadow, 0 clear, computed on the cloudy image as served) and ``patch_id``.
+
+    Training mode (``train=True``): a random ``crop_size`` window, the same in the three rasters, then (with
+    ``augment``) a random flip (none, vertical or horizontal) and rotation by k x 90 degrees of the whole
+    triplet. The randomness of sample ``i`` depends only on ``(seed, epoch, i)``, so it is the same whatever
+    the number of DataLoader workers, and a resumed run sees what an uninterrupted one would. Evaluation
+    mode: the full patch, no augmentation.
+    """
+
+    def __init__(
+        self,
+        triplets: Sequence[Triplet],
+        *,
+        train: bool = False,
+        crop_size: int = 128,
+        augment: bool = True,
+        cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
+        seed: int = 0,
+        check_files: bool = True,
+    ) -> None:
+        if not triplets:
+            raise DSen2CRError("dataset: no patches to read (empty split or file list)")
+        if crop_size < 1:
+            raise ValueError(f"crop_size: must be positive, got {crop_size}")
+        self.triplets = list(triplets)
+        self.train = train
+        self.crop_size = crop_size
+        self.augment = augment
+        self.cloud_threshold = cloud_threshold
+        self.seed = seed
+        self.epoch = 0
+        if check_files:
+            self._check_files_exist()
+
+    def _check_files_exist(self) -> None:
+        """Fail at construction, not hours into an epoch, when a file of a triplet is missing."""
+        for triplet in self.triplets:
+            for role, path in triplet.paths().items():
+                if not os.path.isfile(path):
+                    raise DSen2CRError(f"{path}: {role} file of patch {triplet.patch_id} not found")
+
+    def __len__(self) -> int:
+        """Number of patches."""
+        return len(self.triplets)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that, with the seed and the index, determines each sample's crop and augmentation."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Read, crop, augment and preprocess one triplet."""
+        triplet = self.triplets[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        s1, s2, s2_cloudy = self._read(triplet, rng)
+        if self.train and self.augment:
+            flip = rng.integers(3)  # 0 none, 1 vertical, 2 horizontal
+            turns = int(rng.integers(4))
+            s1, s2, s2_cloudy = (_flip_rotate(a, flip, turns) for a in (s1, s2, s2_cloudy))
+        mask = cloud_shadow_mask(s2_cloudy, self.cloud_threshold)
+        return {
+            "s1": torch.from_numpy(s1_db_to_model(s1)),
+            "s2_cloudy": torch.from_numpy(s2_dn_to_model(s2_cloudy)),
+            "s2": torch.from_numpy(s2_dn_to_model(s2)),
+            "cloud_mask": torch.from_numpy(mask),
+            "patch_id": triplet.patch_id,
+        }
+
+    def _read(self, triplet: Triplet, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Read the three rasters (a common random window in training mode), checking bands and sizes."""
+        with open_raster(triplet.s2_cloudy, bands=NUM_S2_BANDS, what="S2 cloudy") as cloudy_file:
+            height, width = cloudy_file.height, cloudy_file.width
+            window = None
+            if self.train:
+                if self.crop_size > min(height, width):
+                    raise DSen2CRError(
+                        f"{triplet.s2_cloudy}: patch is {height}x{width}, smaller than the "
+                        f"{self.crop_size}x{self.crop_size} training crop"
+                    )
+                row = int(rng.integers(height - self.crop_size + 1))
+                col = int(rng.integers(width - self.crop_size + 1))
+                window = Window(col, row, self.crop_size, self.crop_size)
+            s2_cloudy = read_window(cloudy_file, window)
+        arrays = [s2_cloudy]
+        for path, bands, what in ((triplet.s1, NUM_S1_BANDS, "S1"), (triplet.s2, NUM_S2_BANDS, "S2 cloud-free")):
+            with open_raster(path, bands=bands, what=what) as dataset:
+                if (dataset.height, dataset.width) != (height, width):
+                    raise DSen2CRError(
+                        f"{path}: {what} is {dataset.height}x{dataset.width}, but its S2 cloudy partner "
+                        f"{triplet.s2_cloudy} is {height}x{width}"
+                    )
+                arrays.append(read_window(dataset, window))
+        s2_cloudy, s1, s2 = arrays
+        return s1, s2, s2_cloudy
+
+
+def _flip_rotate(array: np.ndarray, flip: int, turns: int) -> np.ndarray:
+    """Flip a (bands, H, W) array (0 none, 1 vertical, 2 horizontal) then rotate it by ``turns`` x 90 degrees."""
+    if flip == 1:
+        array = array[:, ::-1, :]
+    elif flip == 2:
+        array = array[:, :, ::-1]
+    return np.ascontiguousarray(np.rot90(array, turns, axes=(1, 2)))

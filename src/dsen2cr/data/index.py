@@ -1,0 +1,129 @@
+"""``dsen2cr data index``: scan a dataset root, check every triplet, write a DSen2-CR file list."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import rasterio
+
+from dsen2cr.data.layout import (
+    SPLIT_NAMES,
+    Triplet,
+    parse_patch_name,
+    scan_release,
+    write_file_list,
+)
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.geotiff import atomic_path
+from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
+
+_EXPECTED_BANDS = {"s1": NUM_S1_BANDS, "s2": NUM_S2_BANDS, "s2_cloudy": NUM_S2_BANDS}
+#: Folder names of the DSen2-CR flat layout (the cloud-free folder has had both names in the wild).
+FLAT_FOLDERS = ("s1", ("s2_cloudFree", "s2"), "s2_cloudy")
+
+
+@dataclass
+class IndexReport:
+    """What ``index_dataset`` found: the good triplets and the skipped files with reasons."""
+
+    triplets: list[Triplet] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def split_counts(self) -> dict[str, int]:
+        """Number of triplets per split name."""
+        counts = {name: 0 for name in SPLIT_NAMES.values()}
+        for t in self.triplets:
+            counts[SPLIT_NAMES[t.split]] += 1
+        return counts
+
+
+def scan_flat(root: Path) -> tuple[list[Triplet], list[tuple[Path, str]]]:
+    """Find the triplets of a DSen2-CR flat layout (``s1/``, ``s2_cloudFree/``, ``s2_cloudy/`` under root)."""
+    s2_folder = next((root / name for name in FLAT_FOLDERS[1] if (root / name).is_dir()), None)
+    folders = [root / "s1", s2_folder, root / "s2_cloudy"]
+    if s2_folder is None or not all(f.is_dir() for f in folders):
+        raise DSen2CRError(
+            f"{root}: no SEN12MS-CR data found (expected ROIs*_s1 season folders, or s1/, s2_cloudFree/ and "
+            "s2_cloudy/ folders)"
+        )
+    names = [{e.name for e in os.scandir(f)} for f in folders[1:]]
+    triplets, skipped = [], []
+    for name in sorted(e.name for e in os.scandir(folders[0])):
+        parsed = parse_patch_name(name)
+        if parsed is None:
+            continue
+        missing = [str(f / name) for f, present in zip(folders[1:], names, strict=True) if name not in present]
+        if missing:
+            skipped.append((folders[0] / name, f"missing partner file {', '.join(missing)}"))
+            continue
+        season, roi, patch = parsed
+        triplets.append(Triplet(f"{season}_{roi}_p{patch}", f"{season}/{roi}", *(f / name for f in folders)))
+    return triplets, skipped
+
+
+def check_triplet(triplet: Triplet) -> str | None:
+    """Return why a triplet is unusable (band counts, sizes, CRS or transforms that disagree), or None."""
+    grids = {}
+    for role, path in triplet.paths().items():
+        try:
+            with rasterio.open(path) as src:
+                if src.count != _EXPECTED_BANDS[role]:
+                    return f"{path}: {src.count} bands, expected {_EXPECTED_BANDS[role]}"
+                grids[role] = (path, src.width, src.height, src.crs, src.transform)
+        except rasterio.errors.RasterioIOError as error:
+            return f"{path}: cannot read ({' '.join(str(error).split())})"
+    ref_path, *ref = grids["s2_cloudy"]
+    for role in ("s1", "s2"):
+        path, width, height, crs, transform = grids[role]
+        if (width, height) != (ref[0], ref[1]):
+            return f"{path}: size {height}x{width} differs from {ref_path} ({ref[1]}x{ref[0]})"
+        if crs != ref[2]:
+            return f"{path}: CRS {crs} differs from {ref_path} ({ref[2]})"
+        if not transform.almost_equals(ref[3], precision=1e-6):
+            return f"{path}: geotransform differs from {ref_path}"
+    return None
+
+
+def index_dataset(
+    root: str | Path,
+    out_csv: str | Path,
+    *,
+    val_rois: set[str] | None = None,
+    test_rois: set[str] | None = None,
+    threads: int = 16,
+) -> IndexReport:
+    """Scan ``root`` (official nested release or DSen2-CR flat layout), check every triplet, and write the
+    usable ones to ``out_csv`` (DSen2-CR format; ROIs in ``val_rois``/``test_rois`` get splits 2/3, the rest 1).
+
+    Unusable patches are listed with their reason in ``OUT.skipped.tsv``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DSen2CRError(f"{root}: dataset root is not a folder")
+    is_release = any(e.is_dir() and e.name.startswith("ROIs") and e.name.endswith("_s1") for e in os.scandir(root))
+    triplets, skipped = scan_release(root) if is_release else scan_flat(root)
+    if not triplets and not skipped:
+        raise DSen2CRError(f"{root}: no SEN12MS-CR patch files found")
+    val_rois, test_rois = val_rois or set(), test_rois or set()
+    overlap = val_rois & test_rois
+    if overlap:
+        raise DSen2CRError(f"ROI lists: {sorted(overlap)[0]} is in both the validation and the test list")
+    report = IndexReport(skipped=list(skipped))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for triplet, problem in zip(triplets, pool.map(check_triplet, triplets), strict=True):
+            if problem is not None:
+                report.skipped.append((triplet.s1, problem))
+                continue
+            split = 2 if triplet.roi in val_rois else 3 if triplet.roi in test_rois else 1
+            report.triplets.append(replace(triplet, split=split))
+    write_file_list(report.triplets, out_csv, root)
+    skipped_path = Path(f"{out_csv}.skipped.tsv")
+    if report.skipped:
+        with atomic_path(skipped_path) as tmp:
+            tmp.write_text("".join(f"{path}\t{reason}\n" for path, reason in report.skipped), encoding="utf-8")
+    else:
+        skipped_path.unlink(missing_ok=True)
+    return report

@@ -1,0 +1,228 @@
+"""Where SEN12MS-CR triplets live on disk: the official nested release, the DSen2-CR flat layout, file lists.
+
+Official release (design.md §7)::
+
+    ROOT/ROIs1158_spring_s1/s1_1/ROIs1158_spring_s1_1_p30.tif
+    ROOT/ROIs1158_spring_s2/s2_1/ROIs1158_spring_s2_1_p30.tif
+    ROOT/ROIs1158_spring_s2_cloudy/s2_cloudy_1/ROIs1158_spring_s2_cloudy_1_p30.tif
+
+DSen2-CR flat layout: three folders under one root holding files of the same name, listed in a CSV whose rows
+are ``split, s1_folder, s2_folder, s2_cloudy_folder, filename`` (split 1 train, 2 val, 3 test), separated by
+tabs or commas. A file list written for the nested release (``dsen2cr data index``) names the S1 file; the
+S2 names follow from it by the release's naming rule.
+
+A region of interest (ROI) is a season and a scene number, written ``ROIs1158_spring/1``. Splits by ROI match
+that pair exactly: ROI 1 never claims ROI 106.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsen2cr.errors import DSen2CRError
+
+SPLITS = {"train": 1, "val": 2, "test": 3}
+SPLIT_NAMES = {number: name for name, number in SPLITS.items()}
+#: Folder suffixes of the three sensors in the official release.
+SENSORS = ("s1", "s2", "s2_cloudy")
+
+_SEASON = r"ROIs\d+_[A-Za-z0-9]+"
+# e.g. ROIs1158_spring_s1_1_p30.tif (release) or ROIs1158_spring_101_0.tif (DSen2-CR flat layout)
+_PATCH_FILE = re.compile(
+    rf"^(?P<season>{_SEASON})_(?:(?P<sensor>s1|s2_cloudy|s2)_)?(?P<roi>\d+)_p?(?P<patch>\d+)\.tiff?$"
+)
+_ROI_ID = re.compile(rf"^(?P<season>{_SEASON}?)(?:_s1|_s2|_s2_cloudy)?[/_ ]+(?:s1_|s2_|s2_cloudy_)?(?P<roi>\d+)$")
+
+
+@dataclass(frozen=True)
+class Triplet:
+    """The three files of one patch, and where it belongs."""
+
+    patch_id: str
+    roi: str
+    s1: Path
+    s2: Path
+    s2_cloudy: Path
+    split: int = 0
+
+    def paths(self) -> dict[str, Path]:
+        """The three files by role."""
+        return {"s1": self.s1, "s2": self.s2, "s2_cloudy": self.s2_cloudy}
+
+
+def parse_patch_name(name: str) -> tuple[str, str, str] | None:
+    """Return (season, roi number, patch number) of a SEN12MS-CR file name, or None if it is not one."""
+    match = _PATCH_FILE.match(name)
+    if match is None:
+        return None
+    return match["season"], str(int(match["roi"])), str(int(match["patch"]))
+
+
+def normalise_roi(text: str) -> str:
+    """Canonical ROI id ``SEASON/N`` from any of ``ROIs1158_spring/1``, ``ROIs1158_spring_1``,
+    ``ROIs1158_spring_s1/s1_1``; raises ``ValueError`` for anything else."""
+    match = _ROI_ID.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a ROI id (expected e.g. ROIs1158_spring/1)")
+    return f"{match['season']}/{int(match['roi'])}"
+
+
+def _triplet_from_names(root: Path, folders: Sequence[str], filename: str, split: int, where: str) -> Triplet:
+    """Build a triplet from a file-list row (three folders and a file name)."""
+    parsed = parse_patch_name(filename)
+    if parsed is None:
+        raise DSen2CRError(f"{where}: {filename!r} is not a SEN12MS-CR patch file name")
+    season, roi, patch = parsed
+    release = _is_release_name(filename)
+    names = [_release_name(filename, sensor) if release else filename for sensor in SENSORS]
+    s1, s2, s2_cloudy = (root / folder / name for folder, name in zip(folders, names, strict=True))
+    return Triplet(f"{season}_{roi}_p{patch}", f"{season}/{roi}", s1, s2, s2_cloudy, split)
+
+
+def _is_release_name(filename: str) -> bool:
+    """Whether a file name carries the release's sensor token (``..._s1_1_p30.tif``)."""
+    match = _PATCH_FILE.match(filename)
+    return match is not None and match["sensor"] is not None
+
+
+def _release_name(filename: str, sensor: str) -> str:
+    """The release's file name of the same patch for another sensor."""
+    match = _PATCH_FILE.match(filename)
+    assert match is not None
+    return f"{match['season']}_{sensor}_{match['roi']}_p{match['patch']}{Path(filename).suffix}"
+
+
+def read_file_list(csv_path: str | Path, data_root: str | Path) -> list[Triplet]:
+    """Read a DSen2-CR file list (tab- or comma-separated); paths are resolved under ``data_root``.
+
+    Malformed lines raise ``DSen2CRError`` naming the file and line.
+    """
+    csv_path, root = Path(csv_path), Path(data_root)
+    if not csv_path.is_file():
+        raise DSen2CRError(f"{csv_path}: file list not found")
+    triplets = []
+    text = csv_path.read_text(encoding="utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in (line.split("\t") if "\t" in line else next(csv.reader(io.StringIO(line))))]
+        where = f"{csv_path}:{number}"
+        if len(fields) != 5:
+            raise DSen2CRError(
+                f"{where}: expected 5 fields (split, s1, s2, s2_cloudy folders, file name), got {len(fields)}"
+            )
+        if fields[0] not in {"1", "2", "3"}:
+            raise DSen2CRError(f"{where}: split must be 1 (train), 2 (val) or 3 (test), got {fields[0]!r}")
+        triplets.append(_triplet_from_names(root, fields[1:4], fields[4], int(fields[0]), where))
+    return triplets
+
+
+def write_file_list(triplets: Iterable[Triplet], csv_path: str | Path, data_root: str | Path) -> Path:
+    """Write triplets as a tab-separated DSen2-CR file list, atomically; folders relative to ``data_root``."""
+    from dsen2cr.geotiff import atomic_path
+
+    root = Path(data_root)
+    lines = []
+    for t in triplets:
+        if t.split not in SPLIT_NAMES:
+            raise ValueError(f"{t.patch_id}: split must be 1, 2 or 3 to be written to a file list, got {t.split}")
+        folders = [os.path.relpath(p.parent, root) for p in (t.s1, t.s2, t.s2_cloudy)]
+        lines.append("\t".join([str(t.split), *folders, t.s1.name]))
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    return Path(csv_path)
+
+
+def scan_release(root: str | Path) -> tuple[list[Triplet], list[tuple[Path, str]]]:
+    """Find the triplets of an official (nested) SEN12MS-CR tree.
+
+    Returns the complete triplets (split 0: unassigned) and the skipped files with the reason.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DSen2CRError(f"{root}: dataset root is not a folder")
+    season_dirs = sorted(
+        (d for d in os.scandir(root) if d.is_dir() and re.fullmatch(rf"{_SEASON}_s1", d.name)), key=lambda d: d.name
+    )
+    triplets: list[Triplet] = []
+    skipped: list[tuple[Path, str]] = []
+    for season_dir in season_dirs:
+        season = season_dir.name[: -len("_s1")]
+        for roi_dir in sorted(os.scandir(season_dir.path), key=lambda d: d.name):
+            roi_match = re.fullmatch(r"s1_(\d+)", roi_dir.name)
+            if not roi_dir.is_dir() or roi_match is None:
+                continue
+            roi = roi_match[1]
+            s2_dir = root / f"{season}_s2" / f"s2_{roi}"
+            cloudy_dir = root / f"{season}_s2_cloudy" / f"s2_cloudy_{roi}"
+            s2_names = _tif_names(s2_dir)
+            cloudy_names = _tif_names(cloudy_dir)
+            for entry in sorted(os.scandir(roi_dir.path), key=lambda d: d.name):
+                parsed = parse_patch_name(entry.name)
+                if parsed is None or not _is_release_name(entry.name):
+                    continue
+                s2_name, cloudy_name = _release_name(entry.name, "s2"), _release_name(entry.name, "s2_cloudy")
+                missing = [
+                    str(folder / name)
+                    for folder, name, present in ((s2_dir, s2_name, s2_names), (cloudy_dir, cloudy_name, cloudy_names))
+                    if name not in present
+                ]
+                if missing:
+                    skipped.append((Path(entry.path), f"missing partner file {', '.join(missing)}"))
+                    continue
+                _, _, patch = parsed
+                triplets.append(
+                    Triplet(
+                        f"{season}_{roi}_p{patch}",
+                        f"{season}/{roi}",
+                        Path(entry.path),
+                        s2_dir / s2_name,
+                        cloudy_dir / cloudy_name,
+                    )
+                )
+    return triplets, skipped
+
+
+def _tif_names(folder: Path) -> set[str]:
+    """Names of the files in ``folder`` (empty when it does not exist)."""
+    try:
+        return {entry.name for entry in os.scandir(folder)}
+    except FileNotFoundError:
+        return set()
+
+
+def read_roi_list(path: str | Path) -> set[str]:
+    """Read a ROI list (one ROI id per line, ``#`` comments allowed) into canonical ids."""
+    path = Path(path)
+    if not path.is_file():
+        raise DSen2CRError(f"{path}: ROI list not found")
+    rois = set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            rois.add(normalise_roi(text))
+        except ValueError as error:
+            raise DSen2CRError(f"{path}:{number}: {error}") from None
+    return rois
+
+
+def select_rois(triplets: Iterable[Triplet], rois: set[str]) -> list[Triplet]:
+    """The triplets whose ROI is exactly one of ``rois`` (canonical ids; no substring matching)."""
+    return [t for t in triplets if t.roi in rois]
+
+
+def select_split(triplets: Iterable[Triplet], split: str | int, *, source: str = "file list") -> list[Triplet]:
+    """The triplets of one split (``train``/``val``/``test`` or 1/2/3); an empty split is an error."""
+    number = SPLITS.get(str(split)) or int(split)
+    chosen = [t for t in triplets if t.split == number]
+    if not chosen:
+        raise DSen2CRError(f"{source}: split {SPLIT_NAMES.get(number, number)} has no patches")
+    return chosen

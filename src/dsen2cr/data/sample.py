@@ -1,0 +1,38 @@
+"""The real sample data bundled with the package (see ``sample_data/NOTICE``)."""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from dsen2cr.errors import DSen2CRError
+
+
+def sample_root() -> Path:
+    """Folder of the bundled sample data inside the installed package."""
+    return Path(str(resources.files("dsen2cr") / "sample_data"))
+
+
+def sample_dataset_root() -> Path:
+    """Root of the bundled SEN12MS-CR-layout sample (6 BigEarthNet triplets with synthetic clouds)."""
+    return sample_root() / "sen12mscr"
+
+
+def sample_file_list() -> Path:
+    """File list (DSen2-CR format) of the bundled SEN12MS-CR-layout sample: ROIs 1-4 train, 5 val, 6 test."""
+    return sample_dataset_root() / "files.csv"
+
+
+def sample_scene() -> Path:
+    """The bundled real, partly cloudy Sentinel-2 L1C scene (13 bands at 10 m, T33UUU, 2017-02-16)."""
+    return sample_root() / "scene" / "T33UUU_20170216T102101_L1C_10m.tif"
+
+
+def copy_sample(out: str | Path) -> Path:
+    """Copy the bundled sample data (and its NOTICE) to ``out``; refuse to overwrite an existing folder."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise DSen2CRError(f"{out}: output folder exists and is not empty")
+    shutil.copytree(sample_root(), out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    return out

@@ -1,0 +1,61 @@
+"""Quicklook images (PNG) of S2, S1 and cloud/shadow maps, with Pillow only (no plotting stack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dsen2cr.preprocessing import S1_CLIP_DB, S2_BANDS
+
+_RGB = [S2_BANDS.index(b) for b in ("B4", "B3", "B2")]
+#: Colours of the cloud/shadow map: cloud white, clear green-grey, shadow dark blue.
+MASK_COLOURS = {1: (255, 255, 255), 0: (90, 120, 90), -1: (30, 30, 110)}
+
+
+def s2_rgb(s2_dn: np.ndarray, *, max_reflectance: float = 0.3, brighten: float = 1.0) -> np.ndarray:
+    """True-colour (B4, B3, B2) uint8 (H, W, 3) of a (13, H, W) DN image; reflectance ``max_reflectance``
+    (divided by ``brighten``) maps to white."""
+    rgb = s2_dn[_RGB].astype(np.float32) / 10000.0
+    scaled = np.clip(rgb * (255.0 * brighten / max_reflectance), 0, 255)
+    return np.ascontiguousarray(scaled.transpose(1, 2, 0)).astype(np.uint8)
+
+
+def s1_false_colour(s1_db: np.ndarray) -> np.ndarray:
+    """False-colour uint8 (H, W, 3) of S1 (VV, VH in dB): R = VV, G = VH, B = VV - VH, each on its clip range."""
+    (vv_lo, vv_hi), (vh_lo, vh_hi) = S1_CLIP_DB
+    vv = np.clip((s1_db[0] - vv_lo) / (vv_hi - vv_lo), 0, 1)
+    vh = np.clip((s1_db[1] - vh_lo) / (vh_hi - vh_lo), 0, 1)
+    ratio = np.clip((s1_db[0] - s1_db[1]) / 15.0, 0, 1)
+    return (np.stack([vv, vh, ratio], axis=-1) * 255).astype(np.uint8)
+
+
+def mask_colours(mask: np.ndarray) -> np.ndarray:
+    """Colour a cloud/shadow map (1 cloud, -1 shadow, 0 clear) as uint8 (H, W, 3)."""
+    out = np.zeros((*mask.shape, 3), dtype=np.uint8)
+    for value, colour in MASK_COLOURS.items():
+        out[mask == value] = colour
+    return out
+
+
+def side_by_side(images: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Join (H, W, 3) uint8 images of one height left to right with a white gap."""
+    height = max(image.shape[0] for image in images)
+    parts = []
+    for index, image in enumerate(images):
+        padded = np.full((height, image.shape[1], 3), 255, dtype=np.uint8)
+        padded[: image.shape[0]] = image
+        parts.append(padded)
+        if index < len(images) - 1:
+            parts.append(np.full((height, gap, 3), 255, dtype=np.uint8))
+    return np.concatenate(parts, axis=1)
+
+
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write a uint8 (H, W, 3) image as PNG atomically."""
+    from dsen2cr.geotiff import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return Path(path)

@@ -1,0 +1,56 @@
+"""Shared test helpers: tiny, seeded SEN12MS-CR-layout GeoTIFFs with a real CRS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from dsen2cr.data.layout import Triplet
+from dsen2cr.geotiff import write_geotiff
+
+UTM32N = CRS.from_epsg(32632)
+
+
+def write_release_triplet(
+    root: Path,
+    season: str,
+    roi: int,
+    patch: int,
+    *,
+    size: int = 32,
+    seed: int = 0,
+    s1_bands: int = 2,
+    s1_size: int | None = None,
+    s1_crs: CRS = UTM32N,
+) -> Triplet:
+    """Write one triplet in the official nested layout with random but valid values; return it."""
+    rng = np.random.default_rng([seed, roi, patch])
+    transform = from_origin(400000 + 1000 * patch, 5000000 + 10000 * roi, 10, 10)
+    s1_size = s1_size or size
+    arrays = {
+        "s1": rng.uniform(-30, 2, size=(s1_bands, s1_size, s1_size)).astype(np.float32),
+        "s2": rng.integers(1, 6000, size=(13, size, size)).astype(np.uint16),
+        "s2_cloudy": rng.integers(1, 11000, size=(13, size, size)).astype(np.uint16),
+    }
+    paths = {}
+    for sensor, array in arrays.items():
+        folder = root / f"{season}_{sensor}" / f"{sensor}_{roi}"
+        folder.mkdir(parents=True, exist_ok=True)
+        paths[sensor] = folder / f"{season}_{sensor}_{roi}_p{patch}.tif"
+        crs = s1_crs if sensor == "s1" else UTM32N
+        write_geotiff(paths[sensor], array, crs=crs, transform=transform)
+    return Triplet(f"{season}_{roi}_p{patch}", f"{season}/{roi}", paths["s1"], paths["s2"], paths["s2_cloudy"])
+
+
+@pytest.fixture(scope="session")
+def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 10-triplet synthetic tree of 96x96 patches (splits by ROI: train, val, test, train, train)."""
+    from dsen2cr.data.synth import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(root, 10, size=96, seed=3)
+    return root

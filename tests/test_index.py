@@ -1,0 +1,62 @@
+"""``data index``: every check, both layouts, and the skipped-patch report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rasterio.crs import CRS
+
+from conftest import write_release_triplet
+from dsen2cr.data.index import index_dataset
+from dsen2cr.data.layout import read_file_list
+from dsen2cr.geotiff import write_geotiff
+
+
+def test_index_skips_bad_triplets_with_reasons(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_release_triplet(root, "ROIs1158_spring", 1, 0)
+    write_release_triplet(root, "ROIs1158_spring", 1, 1, s1_bands=3)
+    write_release_triplet(root, "ROIs1158_spring", 2, 0, s1_size=31)
+    write_release_triplet(root, "ROIs1868_summer", 3, 0, s1_crs=CRS.from_epsg(32633))
+    missing = write_release_triplet(root, "ROIs1868_summer", 4, 0)
+    missing.s2_cloudy.unlink()
+    broken = write_release_triplet(root, "ROIs1868_summer", 5, 0)
+    broken.s2.write_bytes(b"not a tiff")
+    report = index_dataset(root, tmp_path / "files.csv", test_rois={"ROIs1158_spring/1"})
+    assert [t.patch_id for t in report.triplets] == ["ROIs1158_spring_1_p0"]
+    assert report.triplets[0].split == 3
+    reasons = "\n".join(reason for _, reason in report.skipped)
+    assert "s1_1_p1.tif: 3 bands, expected 2" in reasons
+    assert "s1_2_p0.tif: size 31x31 differs from" in reasons
+    assert "s1_3_p0.tif: CRS EPSG:32633 differs from" in reasons
+    assert "missing partner file" in reasons and "s2_cloudy_4_p0.tif" in reasons
+    assert "s2_5_p0.tif: cannot read" in reasons
+    assert len(report.skipped) == 5
+    assert len((tmp_path / "files.csv.skipped.tsv").read_text().splitlines()) == 5
+    assert read_file_list(tmp_path / "files.csv", root) == report.triplets
+
+
+def test_index_flat_layout(tmp_path: Path) -> None:
+    nested = tmp_path / "nested"
+    t = write_release_triplet(nested, "ROIs1158_spring", 101, 0)
+    flat = tmp_path / "flat"
+    for folder, path in (("s1", t.s1), ("s2_cloudFree", t.s2), ("s2_cloudy", t.s2_cloudy)):
+        (flat / folder).mkdir(parents=True)
+        (flat / folder / "ROIs1158_spring_101_0.tif").write_bytes(path.read_bytes())
+    report = index_dataset(flat, tmp_path / "flat.csv")
+    assert len(report.triplets) == 1 and not report.skipped
+    line = (tmp_path / "flat.csv").read_text().strip().split("\t")
+    assert line == ["1", "s1", "s2_cloudFree", "s2_cloudy", "ROIs1158_spring_101_0.tif"]
+
+
+def test_geotiff_writes_are_atomic(tmp_path: Path) -> None:
+    import numpy as np
+    import pytest
+    from rasterio.transform import from_origin
+
+    target = tmp_path / "out.tif"
+    target.write_bytes(b"previous result")
+    with pytest.raises(ValueError):
+        write_geotiff(target, np.zeros((4, 4)), crs=CRS.from_epsg(32632), transform=from_origin(0, 0, 10, 10))
+    assert target.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
