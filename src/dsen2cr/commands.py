@@ -82,6 +82,164 @@ def _run_data_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_lightning() -> None:
+    """Keep Lightning's informational banners and tips off the console."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
+def _add_train(subparsers: SubParsers) -> None:
+    """Register ``dsen2cr train``."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train (or resume) a DSen2-CR model with PyTorch Lightning",
+        description="Train with the settings of a YAML config (configs/paper.yaml, configs/small-cpu.yaml), "
+        "overridden by section.key=value arguments. Checkpoints every epoch in OUT_DIR/checkpoints, logs "
+        "(CSV, TensorBoard) in OUT_DIR/logs, the resolved config in OUT_DIR/config.yaml.",
+    )
+    parser.add_argument("--config", help="YAML config (default: the paper's settings)")
+    parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides")
+    parser.add_argument("--resume", metavar="CKPT", help="continue the run of this checkpoint exactly")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
+    parser.add_argument("--out-dir", help="shortcut for trainer.out_dir=...")
+    parser.add_argument("--devices", help="shortcut for trainer.devices=... (e.g. 4, or auto)")
+    parser.add_argument("--num-nodes", type=int, help="shortcut for trainer.num_nodes=...")
+    parser.add_argument("--strategy", help="shortcut for trainer.strategy=... (e.g. ddp)")
+    parser.add_argument("--accelerator", help="shortcut for trainer.accelerator=... (cpu, gpu, auto)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch)")
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    """Run ``train``."""
+    from dsen2cr.config import load_config
+
+    overrides = list(args.overrides)
+    for option, key in (
+        ("out_dir", "out_dir"),
+        ("devices", "devices"),
+        ("num_nodes", "num_nodes"),
+        ("strategy", "strategy"),
+        ("accelerator", "accelerator"),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            overrides.append(f"trainer.{key}={value}")
+    config = load_config(args.config, overrides)
+    from dsen2cr.training.train import run_training
+
+    _quiet_lightning()
+    last = run_training(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"last checkpoint: {last}")
+    return 0
+
+
+def _add_weights_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--weights`` option shared by the inference commands."""
+    parser.add_argument(
+        "--weights", required=True, help="weights: .safetensors (dsen2cr export), .ckpt (dsen2cr train) or Keras .h5"
+    )
+
+
+def _add_evaluate(subparsers: SubParsers) -> None:
+    """Register ``dsen2cr evaluate``."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="paper metrics of a model and of the identity baseline on a split, with predictions and previews",
+    )
+    _add_weights_argument(parser)
+    parser.add_argument("--data-root", required=True, help="dataset root folder")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--file-list", help="DSen2-CR file list (with --split)")
+    group.add_argument("--rois", help="ROI list (one id per line) over a release tree")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="default: %(default)s")
+    parser.add_argument("--out", required=True, help="report folder")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty report folder")
+    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=4, help="default: %(default)s")
+    parser.add_argument("--cloud-threshold", type=float, default=0.2, help="default: %(default)s")
+    parser.add_argument("--no-images", action="store_true", help="metrics only: no GeoTIFFs, no PNG previews")
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _check_output_folder(path: str, overwrite: bool) -> None:
+    """Refuse a non-empty output folder unless ``overwrite``."""
+    from pathlib import Path
+
+    from dsen2cr.errors import DSen2CRError
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise DSen2CRError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DSen2CRError(f"{out}: output folder is not empty; pass --overwrite to write into it")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``evaluate``."""
+    from dsen2cr.data.layout import read_file_list, read_roi_list, scan_release, select_rois, select_split
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.evaluate import evaluate, summary_markdown
+    from dsen2cr.weights import load_model
+
+    _check_output_folder(args.out, args.overwrite)
+    model = load_model(args.weights, device=args.device)
+    if args.file_list:
+        triplets = select_split(read_file_list(args.file_list, args.data_root), args.split, source=args.file_list)
+    else:
+        triplets = select_rois(scan_release(args.data_root)[0], read_roi_list(args.rois))
+        if not triplets:
+            raise DSen2CRError(f"{args.rois}: none of its ROIs has patches under {args.data_root}")
+    summary = evaluate(
+        model,
+        triplets,
+        args.out,
+        device=args.device,
+        batch_size=args.batch_size,
+        cloud_threshold=args.cloud_threshold,
+        write_images=not args.no_images,
+    )
+    print(summary_markdown(summary, len(triplets)))
+    print(f"reports in {args.out}")
+    return 0
+
+
+def _add_export(subparsers: SubParsers) -> None:
+    """Register ``dsen2cr export``."""
+    parser = subparsers.add_parser(
+        "export", help="write a plain safetensors weights file (with the model configuration) from a checkpoint"
+    )
+    parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) or Keras .h5")
+    parser.add_argument("out", help="weights file to write (.safetensors)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    """Run ``export``."""
+    from pathlib import Path
+
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.weights import load_model, save_weights
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise DSen2CRError(f"{args.out}: exists; pass --overwrite to replace it")
+    model = load_model(args.checkpoint)
+    save_weights(model, args.out)
+    params = sum(p.numel() for p in model.parameters())
+    print(
+        f"wrote {args.out} ({model.config.num_blocks} blocks, {model.config.num_features} features, "
+        f"SAR {'yes' if model.include_sar else 'no'}, {params:,} parameters)"
+    )
+    return 0
+
+
 def _add_demo(subparsers: SubParsers) -> None:
     """Register ``dsen2cr demo``."""
     parser = subparsers.add_parser("demo", help="run the whole workflow on the bundled sample data")
@@ -97,4 +255,4 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-REGISTRARS = [_add_data, _add_demo]
+REGISTRARS = [_add_data, _add_train, _add_evaluate, _add_export, _add_demo]

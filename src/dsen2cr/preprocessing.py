@@ -96,3 +96,12 @@ def s1_db_to_model(s1_db: np.ndarray) -> np.ndarray:
     for band, (lo, hi) in enumerate(S1_CLIP_DB):
         out[band] = (np.clip(s1[band], lo, hi) - lo) * np.float32(S1_MODEL_MAX / (hi - lo))
     return out
+
+
+def s1_model_to_db(s1_model: np.ndarray) -> np.ndarray:
+    """Invert :func:`s1_db_to_model` (within the clip ranges): model units (2, H, W) back to dB."""
+    s1 = np.asarray(s1_model, dtype=np.float32)
+    out = np.empty_like(s1)
+    for band, (lo, hi) in enumerate(S1_CLIP_DB):
+        out[band] = s1[band] * np.float32((hi - lo) / S1_MODEL_MAX) + np.float32(lo)
+    return out

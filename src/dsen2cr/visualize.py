@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from dsen2cr.preprocessing import S1_CLIP_DB, S2_BANDS
+from dsen2cr.preprocessing import S1_CLIP_DB, S2_BANDS, s1_model_to_db, s2_model_to_dn
 
 _RGB = [S2_BANDS.index(b) for b in ("B4", "B3", "B2")]
 #: Colours of the cloud/shadow map: cloud white, clear green-grey, shadow dark blue.
@@ -59,3 +60,52 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
     return Path(path)
+
+
+def training_grid(batch: dict, pred: torch.Tensor, max_images: int = 4) -> np.ndarray:
+    """A uint8 (H, W, 3) grid, one row per image: SAR, cloudy, prediction, target, cloud/shadow map.
+
+    ``batch`` holds model-unit tensors (``s1``, ``s2_cloudy``, ``s2``) and ``cloud_mask``.
+    """
+    rows = []
+    for i in range(min(max_images, pred.shape[0])):
+        s1_db = s1_model_to_db(batch["s1"][i].detach().cpu().numpy())
+        panels = [s1_false_colour(s1_db)]
+        panels += [s2_rgb(s2_model_to_dn(t[i])) for t in (batch["s2_cloudy"], pred, batch["s2"])]
+        panels.append(mask_colours(batch["cloud_mask"][i].cpu().numpy()))
+        rows.append(side_by_side(panels))
+    return np.concatenate(rows, axis=0)
+
+
+def _label(text: str, width: int, height: int = 16) -> np.ndarray:
+    """A white strip of ``width`` pixels with black text."""
+    from PIL import ImageDraw
+
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(strip).text((2, 2), text, fill=(0, 0, 0))
+    return np.asarray(strip)
+
+
+def mask_legend() -> np.ndarray:
+    """A legend strip for the cloud/shadow colours: Cloud, Clear, Shadow."""
+    from PIL import ImageDraw
+
+    strip = Image.new("RGB", (260, 18), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, (value, name) in enumerate(((1, "Cloud"), (0, "Clear"), (-1, "Shadow"))):
+        x = 4 + 85 * i
+        draw.rectangle((x, 3, x + 12, 15), fill=MASK_COLOURS[value], outline=(0, 0, 0))
+        draw.text((x + 17, 3), name, fill=(0, 0, 0))
+    return np.asarray(strip)
+
+
+def figure_with_titles(panels: list[np.ndarray], titles: list[str], footer: np.ndarray | None = None) -> np.ndarray:
+    """Panels side by side, each with its title above; an optional footer strip below, left-aligned."""
+    titled = [np.concatenate([_label(t, p.shape[1]), p], axis=0) for p, t in zip(panels, titles, strict=True)]
+    figure = side_by_side(titled)
+    if footer is not None:
+        row = np.full((footer.shape[0], figure.shape[1], 3), 255, dtype=np.uint8)
+        width = min(footer.shape[1], figure.shape[1])
+        row[:, :width] = footer[:, :width]
+        figure = np.concatenate([figure, row], axis=0)
+    return figure

@@ -30,8 +30,9 @@ class SEN12MSCRDataset(Dataset):
     Training mode (``train=True``): a random ``crop_size`` window, the same in the three rasters, then (with
     ``augment``) a random flip (none, vertical or horizontal) and rotation by k x 90 degrees of the whole
     triplet. The randomness of sample ``i`` depends only on ``(seed, epoch, i)``, so it is the same whatever
-    the number of DataLoader workers, and a resumed run sees what an uninterrupted one would. Evaluation
-    mode: the full patch, no augmentation.
+    the number of DataLoader workers, and a resumed run sees what an uninterrupted one would. With
+    ``repeats`` > 1 each patch is served that many times per epoch, each with its own crop and augmentation.
+    Evaluation mode: the full patch, no augmentation.
     """
 
     def __init__(
@@ -43,18 +44,20 @@ class SEN12MSCRDataset(Dataset):
         augment: bool = True,
         cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
         seed: int = 0,
+        repeats: int = 1,
         check_files: bool = True,
     ) -> None:
         if not triplets:
             raise DSen2CRError("dataset: no patches to read (empty split or file list)")
-        if crop_size < 1:
-            raise ValueError(f"crop_size: must be positive, got {crop_size}")
+        if crop_size < 1 or repeats < 1:
+            raise ValueError(f"crop_size and repeats: must be positive, got {crop_size} and {repeats}")
         self.triplets = list(triplets)
         self.train = train
         self.crop_size = crop_size
         self.augment = augment
         self.cloud_threshold = cloud_threshold
         self.seed = seed
+        self.repeats = repeats
         self.epoch = 0
         if check_files:
             self._check_files_exist()
@@ -67,16 +70,16 @@ class SEN12MSCRDataset(Dataset):
                     raise DSen2CRError(f"{path}: {role} file of patch {triplet.patch_id} not found")
 
     def __len__(self) -> int:
-        """Number of patches."""
-        return len(self.triplets)
+        """Samples per epoch: the number of patches times ``repeats``."""
+        return len(self.triplets) * self.repeats
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that, with the seed and the index, determines each sample's crop and augmentation."""
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """Read, crop, augment and preprocess one triplet."""
-        triplet = self.triplets[index]
+        """Read, crop, augment and preprocess one triplet (patch ``index % number of patches``)."""
+        triplet = self.triplets[index % len(self.triplets)]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         s1, s2, s2_cloudy = self._read(triplet, rng)
         if self.train and self.augment:

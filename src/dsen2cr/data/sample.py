@@ -20,7 +20,7 @@ def sample_dataset_root() -> Path:
 
 
 def sample_file_list() -> Path:
-    """File list (DSen2-CR format) of the bundled SEN12MS-CR-layout sample: ROIs 1-4 train, 5 val, 6 test."""
+    """File list (DSen2-CR format) of the bundled SEN12MS-CR-layout sample: ROIs 1, 2, 4, 6 train, 5 val, 3 test."""
     return sample_dataset_root() / "files.csv"
 
 

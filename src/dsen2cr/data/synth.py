@@ -127,8 +127,14 @@ def write_synthetic_dataset(
             paths[sensor] = folder / f"{season}_{sensor}_{roi}_p{patch}.tif"
             write_geotiff(paths[sensor], array, crs=crs, transform=transform, band_names=bands)
         triplets.append(
-            Triplet(f"{season}_{roi}_p{patch}", f"{season}/{roi}", paths["s1"], paths["s2"], paths["s2_cloudy"],
-                    _split_of_roi(roi_index))
-        )  # fmt: skip
+            Triplet(
+                f"{season}_{roi}_p{patch}",
+                f"{season}/{roi}",
+                paths["s1"],
+                paths["s2"],
+                paths["s2_cloudy"],
+                _split_of_roi(roi_index),
+            )
+        )
     file_list = write_file_list(triplets, out / "files.csv", out)
     return triplets, file_list

@@ -1,0 +1,235 @@
+"""Run configuration: every setting the original kept in the first lines of its script, as typed sections.
+
+Loaded from YAML (``configs/*.yaml``) with ``section.key=value`` overrides; unknown keys (with the closest
+known one suggested) and values of the wrong type are refused with one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
+from dsen2cr.model import MODEL_VARIANTS, ModelConfig
+
+
+@dataclass
+class ModelSection:
+    """The network: a named variant, or explicit sizes (which override the variant's)."""
+
+    variant: str = "dsen2cr"
+    num_blocks: int | None = None
+    num_features: int | None = None
+    include_sar: bool | None = None
+    res_scale: float | None = None
+
+    def model_config(self) -> ModelConfig:
+        """The resolved network configuration."""
+        if self.variant not in MODEL_VARIANTS:
+            raise DSen2CRError(
+                f"model.variant: unknown variant {self.variant!r}; choose one of {sorted(MODEL_VARIANTS)}"
+            )
+        base = MODEL_VARIANTS[self.variant]
+        explicit = {k: v for k, v in dataclasses.asdict(self).items() if k != "variant" and v is not None}
+        return dataclasses.replace(base, **explicit)
+
+
+@dataclass
+class LossSection:
+    """The training loss (design.md §5)."""
+
+    name: str = "carl"  # carl | l1
+    lam: float = 1.0
+    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
+
+
+@dataclass
+class DataSection:
+    """Where the data is and how it is served."""
+
+    root: str | None = None
+    file_list: str | None = None  # DSen2-CR CSV; or the three ROI lists below with a release root
+    train_rois: str | None = None
+    val_rois: str | None = None
+    crop_size: int = 128
+    augment: bool = True
+    repeats: int = 1  # training samples per patch and epoch (each with its own crop and augmentation)
+    num_workers: int = 2
+
+
+@dataclass
+class OptimSection:
+    """Optimiser and schedule (the paper's NAdam settings)."""
+
+    lr: float = 7e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum_decay: float = 0.004
+    batch_size: int = 16
+    epochs: int = 8
+
+
+@dataclass
+class TrainerSection:
+    """Where the run goes and how it runs."""
+
+    out_dir: str = "runs/dsen2cr"
+    seed: int = 42
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"  # or bf16-mixed
+    gradient_clip_val: float | None = None
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    val_images: int = 4  # images in the TensorBoard grid at each validation
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+
+
+@dataclass
+class RunConfig:
+    """A whole training run."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    loss: LossSection = field(default_factory=LossSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict (YAML-ready)."""
+        return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Return ``value`` if it matches ``annotation`` (ints are accepted for floats), else raise."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _check_type(value, option, where)
+            except DSen2CRError:
+                continue
+        raise DSen2CRError(f"{where}: expected {_type_name(annotation)}, got {value!r}")
+    if annotation is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        (item,) = typing.get_args(annotation)
+        if isinstance(value, list):
+            return [_check_type(v, item, where) for v in value]
+    elif annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, annotation):
+        return value
+    raise DSen2CRError(f"{where}: expected {_type_name(annotation)}, got {value!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    """Readable name of a type annotation."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _unknown_key(key: str, known: list[str], where: str) -> DSen2CRError:
+    """An error for an unknown key with the closest known one suggested."""
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+    return DSen2CRError(f"{where}: unknown key {key!r}{hint}")
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a validated ``RunConfig`` from a nested dict (missing keys keep their defaults)."""
+    if not isinstance(data, dict):
+        raise DSen2CRError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    config = RunConfig()
+    sections = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for section_name, values in data.items():
+        if section_name not in sections:
+            raise _unknown_key(section_name, list(sections), source)
+        section = getattr(config, section_name)
+        hints = typing.get_type_hints(type(section))
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise DSen2CRError(f"{source}: section {section_name!r} must be a mapping, got {values!r}")
+        for key, value in values.items():
+            where = f"{source}: {section_name}.{key}"
+            if key not in hints:
+                raise _unknown_key(key, list(hints), f"{source}: {section_name}")
+            setattr(section, key, _check_type(value, hints[key], where))
+    _validate(config, source)
+    return config
+
+
+def _validate(config: RunConfig, source: str) -> None:
+    """Check the values that types alone do not."""
+    config.model.model_config()
+    if config.loss.name not in ("carl", "l1"):
+        raise DSen2CRError(f"{source}: loss.name: expected 'carl' or 'l1', got {config.loss.name!r}")
+    positive = {
+        "data.crop_size": config.data.crop_size,
+        "data.repeats": config.data.repeats,
+        "optim.batch_size": config.optim.batch_size,
+        "optim.epochs": config.optim.epochs,
+        "optim.lr": config.optim.lr,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise DSen2CRError(f"{source}: {key}: must be positive, got {value}")
+    if len(config.optim.betas) != 2:
+        raise DSen2CRError(f"{source}: optim.betas: expected two numbers, got {config.optim.betas}")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``section.key=value`` overrides."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise DSen2CRError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise DSen2CRError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    for override in overrides or []:
+        key, sep, raw = override.partition("=")
+        if not sep or "." not in key:
+            raise DSen2CRError(f"override {override!r}: expected section.key=value")
+        section, name = key.split(".", 1)
+        if not isinstance(data.get(section), dict):
+            data[section] = {}
+        data[section][name] = yaml.safe_load(raw)
+    if overrides:
+        source = f"{source} + overrides"
+    return config_from_dict(data, source)
+
+
+def save_config(config: RunConfig, path: str | Path) -> Path:
+    """Write the resolved configuration as YAML, atomically."""
+    import yaml
+
+    from dsen2cr.geotiff import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    return Path(path)

@@ -1,0 +1,169 @@
+"""``dsen2cr evaluate``: per-image paper metrics of a model and of the identity baseline, predicted GeoTIFFs,
+and PNG previews as the original made them. Needs no Lightning."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from dsen2cr.data.dataset import SEN12MSCRDataset
+from dsen2cr.data.layout import Triplet
+from dsen2cr.geotiff import atomic_path, open_raster, write_geotiff
+from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
+from dsen2cr.metrics import METRIC_NAMES, REGION_METRIC_NAMES, image_metrics
+from dsen2cr.model import DSen2CR
+from dsen2cr.preprocessing import S2_BANDS, s1_model_to_db, s2_model_to_dn
+from dsen2cr.visualize import (
+    figure_with_titles,
+    mask_colours,
+    mask_legend,
+    s1_false_colour,
+    s2_rgb,
+    save_png,
+)
+
+METHODS = ("model", "identity")
+ALL_METRICS = METRIC_NAMES + REGION_METRIC_NAMES
+
+
+def evaluate(
+    model: DSen2CR,
+    triplets: Sequence[Triplet],
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
+    write_images: bool = True,
+    num_workers: int = 0,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Evaluate ``model`` on full patches; write reports (and predictions and previews) to ``out_dir``.
+
+    Returns the summary: ``{method: {metric: {"mean": x, "median": y}}}`` for the model and the identity
+    baseline (the cloudy input taken as the prediction).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = SEN12MSCRDataset(triplets, train=False, cloud_threshold=cloud_threshold)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    by_id = {t.patch_id: t for t in triplets}
+    rows: list[dict[str, object]] = []
+    model = model.to(device).eval()
+    with torch.inference_mode():
+        for batch in loader:
+            s1 = batch["s1"].to(device) if model.include_sar else None
+            pred = model(batch["s2_cloudy"].to(device), s1).float().cpu()
+            for i, patch_id in enumerate(batch["patch_id"]):
+                pred_dn = s2_model_to_dn(pred[i])
+                cloudy_dn = s2_model_to_dn(batch["s2_cloudy"][i])
+                target_dn = s2_model_to_dn(batch["s2"][i])
+                mask = batch["cloud_mask"][i].numpy()
+                for method, candidate in (("model", pred_dn), ("identity", cloudy_dn)):
+                    values = image_metrics(candidate, target_dn, cloudy=cloudy_dn, mask=mask)
+                    rows.append(
+                        {"patch_id": patch_id, "method": method, "cloud_fraction": float((mask != 0).mean()), **values}
+                    )
+                if write_images:
+                    _write_prediction(by_id[patch_id], pred_dn, out / "predictions")
+                    s1_db = s1_model_to_db(batch["s1"][i].numpy())
+                    _write_previews(patch_id, s1_db, cloudy_dn, target_dn, pred_dn, mask, out / "previews")
+    summary = summarise(rows)
+    _write_reports(rows, summary, out)
+    return summary
+
+
+def summarise(rows: Sequence[dict[str, object]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and median of every metric per method (NaN entries, i.e. empty regions, left out)."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for method in METHODS:
+        chosen = [r for r in rows if r["method"] == method]
+        summary[method] = {}
+        for name in ALL_METRICS:
+            values = np.array([float(r[name]) for r in chosen if name in r], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            summary[method][name] = {
+                "mean": float(values.mean()) if values.size else math.nan,
+                "median": float(np.median(values)) if values.size else math.nan,
+            }
+    return summary
+
+
+def summary_markdown(summary: dict[str, dict[str, dict[str, float]]], images: int) -> str:
+    """The summary as a Markdown table (means, medians in brackets)."""
+    lines = [
+        f"Evaluation on {images} images; reflectance scale, SAM in degrees; mean (median).",
+        "",
+        "| method | " + " | ".join(ALL_METRICS) + " |",
+        "|---|" + "---|" * len(ALL_METRICS),
+    ]
+    for method, metrics in summary.items():
+        cells = [f"{m['mean']:.4f} ({m['median']:.4f})" for m in (metrics[name] for name in ALL_METRICS)]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _write_reports(rows: list[dict[str, object]], summary: dict, out: Path) -> None:
+    """Per-image CSV and the summary as Markdown, CSV and JSON."""
+    columns = ["patch_id", "method", "cloud_fraction", *ALL_METRICS]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(out / "metrics_per_image.csv", buffer.getvalue())
+    images = len({r["patch_id"] for r in rows})
+    _write_text(out / "summary.md", summary_markdown(summary, images))
+    lines = ["method,statistic," + ",".join(ALL_METRICS)]
+    for method, metrics in summary.items():
+        for statistic in ("mean", "median"):
+            lines.append(f"{method},{statistic}," + ",".join(f"{metrics[n][statistic]:.6g}" for n in ALL_METRICS))
+    _write_text(out / "summary.csv", "\n".join(lines) + "\n")
+    _write_text(out / "summary.json", json.dumps({"images": images, "summary": summary}, indent=2) + "\n")
+
+
+def _write_prediction(triplet: Triplet, pred_dn: np.ndarray, folder: Path) -> None:
+    """The prediction as a uint16 GeoTIFF with the cloudy input's georeferencing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open_raster(triplet.s2_cloudy, what="S2 cloudy") as src:
+        crs, transform = src.crs, src.transform
+    write_geotiff(folder / f"{triplet.patch_id}.tif", pred_dn, crs=crs, transform=transform, band_names=S2_BANDS)
+
+
+def _write_previews(
+    patch_id: str,
+    s1_db: np.ndarray,
+    cloudy: np.ndarray,
+    target: np.ndarray,
+    pred: np.ndarray,
+    mask: np.ndarray,
+    folder: Path,
+) -> None:
+    """The original's per-image PNGs plus one combined, titled figure."""
+    panels = {
+        "sar": s1_false_colour(s1_db),
+        "cloudy": s2_rgb(cloudy),
+        "cloudy_bright": s2_rgb(cloudy, brighten=2.5),
+        "target": s2_rgb(target),
+        "prediction": s2_rgb(pred),
+        "mask": mask_colours(mask),
+    }
+    image_dir = folder / patch_id
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for name, image in panels.items():
+        save_png(image_dir / f"{name}.png", image)
+    titles = ["SAR (VV, VH, ratio)", "Cloudy", "Cloudy (brightened)", "Target", "Prediction", "Cloud/shadow"]
+    figure = figure_with_titles(list(panels.values()), titles, footer=mask_legend())
+    save_png(folder / f"{patch_id}.png", figure)

@@ -1,0 +1,335 @@
+"""Whole-scene cloud removal: tiled, seamless, georeferenced inference with bounded memory.
+
+The scene is cut into ``tile``-pixel windows that overlap by ``overlap`` pixels; each tile keeps only its core
+(half the overlap is dropped on every side that borders another tile), so with an overlap of at least twice
+the network's receptive-field radius every output pixel equals whole-image inference. Tiles at the scene
+border are aligned with it, so the network's zero padding there is the same as for the whole image. Reads
+and writes go window by window; the result is written to a temporary name, converted to a Cloud-Optimised
+GeoTIFF and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import torch
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.geotiff import GTIFF_OPTIONS, atomic_path
+from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD, cloud_shadow_mask
+from dsen2cr.model import DSen2CR
+from dsen2cr.preprocessing import (
+    S2_BANDS,
+    S2_CLIP_DN,
+    S2_MODEL_SCALE,
+    s1_db_to_model,
+    s2_dn_to_model,
+)
+from dsen2cr.sources import S1Source, S2Source
+
+#: A batch predictor: (S2 model units (N, 13, h, w), S1 model units (N, 2, h, w) or None) -> (N, 13, h, w).
+Predictor = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+OUTPUT_NODATA = 0
+
+
+def receptive_radius(model: DSen2CR) -> int:
+    """Pixels on each side that influence one output pixel: one per 3x3 convolution (2 per block + 2)."""
+    return 2 * model.config.num_blocks + 2
+
+
+def default_overlap(model: DSen2CR) -> int:
+    """The smallest overlap that makes tiled inference equal whole-image inference."""
+    return 2 * receptive_radius(model)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window to run the network on, and the part of it (core) that goes to the output."""
+
+    window: Window
+    core: Window
+
+    def core_in_tile(self) -> tuple[slice, slice]:
+        """Row and column slices of the core inside the tile's prediction."""
+        r0 = self.core.row_off - self.window.row_off
+        c0 = self.core.col_off - self.window.col_off
+        return slice(r0, r0 + self.core.height), slice(c0, c0 + self.core.width)
+
+
+def _axis_tiles(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Tiles along one axis: (start, length, core_start, core_end); cores partition [0, size)."""
+    if size <= tile:
+        return [(0, size, 0, size)]
+    step = tile - overlap
+    starts = [*range(0, size - tile, step), size - tile]
+    half = overlap // 2
+    out, previous_end = [], 0
+    for i, start in enumerate(starts):
+        core_start = previous_end if i > 0 else 0
+        core_end = size if i == len(starts) - 1 else start + tile - half
+        if core_end > core_start:
+            out.append((start, tile, core_start, core_end))
+            previous_end = core_end
+    return out
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Tiles covering a height x width scene; every pixel belongs to exactly one core."""
+    if tile < 16:
+        raise ValueError(f"tile: must be at least 16 pixels, got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap: must be in [0, tile), got {overlap} for tile {tile}")
+    tiles = []
+    for r0, rh, cr0, cr1 in _axis_tiles(height, tile, overlap):
+        for c0, cw, cc0, cc1 in _axis_tiles(width, tile, overlap):
+            tiles.append(Tile(Window(c0, r0, cw, rh), Window(cc0, cr0, cc1 - cc0, cr1 - cr0)))
+    return tiles
+
+
+def torch_predictor(model: DSen2CR, *, device: str | torch.device = "cpu", precision: str = "fp32") -> Predictor:
+    """A predictor that runs ``model`` with PyTorch (fp32, or bf16 autocast)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision: expected fp32 or bf16, got {precision!r}")
+    device = torch.device(device)
+    model = model.to(device).eval()
+
+    def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            s2_t = torch.from_numpy(s2).to(device)
+            s1_t = torch.from_numpy(s1).to(device) if s1 is not None else None
+            return model(s2_t, s1_t).float().cpu().numpy()
+
+    return predict
+
+
+@dataclass
+class SceneReport:
+    """What a scene run did."""
+
+    out: Path
+    tiles: int
+    megapixels: float
+    seconds: float
+    s1_missing_fraction: float = 0.0
+
+
+def iter_predictions(
+    predictor: Predictor,
+    s2: S2Source,
+    s1: S1Source | None,
+    tiles: list[Tile],
+    *,
+    batch_size: int,
+    s1_fill_db: tuple[float, float],
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int]]:
+    """Run ``predictor`` over ``tiles``; yield (tile, prediction in model units, S2 DN, S2 valid mask,
+    number of valid S2 pixels without S1) per tile, each cropped to the tile's core."""
+    for first in range(0, len(tiles), batch_size):
+        group = tiles[first : first + batch_size]
+        s2_dn = [s2.read(t.window) for t in group]
+        s2_model = np.stack([s2_dn_to_model(np.nan_to_num(a.astype(np.float32))) for a in s2_dn])
+        s1_model, missing = None, [0] * len(group)
+        if s1 is not None:
+            s1_batch = []
+            for i, (tile, dn) in enumerate(zip(group, s2_dn, strict=True)):
+                db = s1.read(tile.window)
+                holes = np.isnan(db).any(axis=0)
+                rows, cols = tile.core_in_tile()
+                missing[i] = int((holes & s2.valid(dn))[rows, cols].sum())
+                for band in range(2):
+                    db[band][np.isnan(db[band])] = s1_fill_db[band]
+                s1_batch.append(s1_db_to_model(db))
+            s1_model = np.stack(s1_batch)
+        pred = predictor(s2_model, s1_model)
+        for i, tile in enumerate(group):
+            rows, cols = tile.core_in_tile()
+            dn = s2_dn[i][:, rows, cols]
+            yield tile, pred[i][:, rows, cols], dn, s2.valid(dn), missing[i]
+        if on_batch is not None:
+            on_batch(len(group))
+
+
+def _scene_s1_mean(s1: S1Source, grid_height: int, grid_width: int, block: int = 1024) -> tuple[float, float]:
+    """Mean VV and VH (dB) of the S1 data under the scene, streamed block by block (the documented fill)."""
+    sums, counts = np.zeros(2), np.zeros(2)
+    for r in range(0, grid_height, block):
+        for c in range(0, grid_width, block):
+            db = s1.read(Window(c, r, min(block, grid_width - c), min(block, grid_height - r)))
+            for band in range(2):
+                valid = np.isfinite(db[band])
+                sums[band] += db[band][valid].astype(np.float64).sum()
+                counts[band] += valid.sum()
+    if counts.min() == 0:
+        raise DSen2CRError(f"{s1.path}: S1 has no valid pixels over the S2 scene")
+    return float(sums[0] / counts[0]), float(sums[1] / counts[1])
+
+
+def remove_clouds(
+    predictor: Predictor,
+    *,
+    include_sar: bool,
+    s2_path: str | Path,
+    s1_path: str | Path | None,
+    out: str | Path,
+    tile: int = 256,
+    overlap: int,
+    batch_size: int = 4,
+    resampling: str = "nearest",
+    s1_linear: bool = False,
+    mask_out: str | Path | None = None,
+    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
+    preview: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SceneReport:
+    """Remove the clouds of one scene and write a uint16 Cloud-Optimised GeoTIFF to ``out``.
+
+    ``predictor`` maps model-unit batches to predictions (see :func:`torch_predictor`); ``include_sar`` says
+    whether it needs S1. See the module docstring for tiling; nodata in S2 stays nodata (0) in the output.
+    """
+    out = Path(out)
+    outputs = [out] + [Path(p) for p in (mask_out, preview) if p is not None]
+    for path in outputs:
+        if path.exists() and not overwrite:
+            raise DSen2CRError(f"{path}: exists; pass --overwrite to replace it")
+        if not path.parent.is_dir():
+            raise DSen2CRError(f"{path}: output folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK):
+            raise DSen2CRError(f"{path}: output folder {path.parent} is not writable")
+    if include_sar and s1_path is None:
+        raise DSen2CRError(f"{s2_path}: these weights need SAR input; pass --s1 (VV, VH in dB on or near the S2 grid)")
+    s2 = S2Source(s2_path, resampling=resampling)
+    s1 = None
+    try:
+        grid = s2.grid
+        if include_sar:
+            s1 = S1Source(s1_path, grid, linear=s1_linear)
+            s1_fill = _scene_s1_mean(s1, grid.height, grid.width)
+        else:
+            if s1_path is not None:
+                warnings.warn("these weights were trained without SAR: --s1 is ignored", stacklevel=2)
+            s1_fill = (0.0, 0.0)
+        tiles = plan_tiles(grid.height, grid.width, tile, overlap)
+        start = time.perf_counter()
+        bar = _progress_bar(len(tiles), enabled=progress)
+        missing = valid_total = 0
+        profile = dict(
+            GTIFF_OPTIONS,
+            count=len(S2_BANDS),
+            width=grid.width,
+            height=grid.height,
+            dtype="uint16",
+            crs=grid.crs,
+            transform=grid.transform,
+            nodata=OUTPUT_NODATA,
+        )
+        mask_profile = dict(profile, count=1, dtype="int8", nodata=None)
+        with atomic_path(out) as final_tmp:
+            staging = final_tmp.with_name(final_tmp.name + ".staging.tif")
+            try:
+                with rasterio.open(staging, "w", **profile) as dst, _optional_mask(mask_out, mask_profile) as mask_dst:
+                    for index, name in enumerate(S2_BANDS, start=1):
+                        dst.set_band_description(index, name)
+                    for t, pred, dn, valid, holes in iter_predictions(
+                        predictor, s2, s1, tiles, batch_size=batch_size, s1_fill_db=s1_fill, on_batch=bar.update
+                    ):
+                        out_dn = _to_output_dn(pred, valid)
+                        dst.write(out_dn, window=t.core)
+                        missing += holes
+                        valid_total += int(valid.sum())
+                        if mask_dst is not None:
+                            mask_dst.write(cloud_shadow_mask(dn, cloud_threshold)[None], window=t.core)
+                rasterio.shutil.copy(
+                    staging,
+                    final_tmp,
+                    driver="COG",
+                    compress="DEFLATE",
+                    predictor="2",
+                    blocksize=256,
+                    BIGTIFF="IF_SAFER",
+                )
+            finally:
+                staging.unlink(missing_ok=True)
+                bar.close()
+        seconds = time.perf_counter() - start
+    finally:
+        s2.close()
+        if s1 is not None:
+            s1.close()
+    fraction = missing / valid_total if valid_total else 0.0
+    if include_sar and fraction > 0:
+        print(
+            f"warning: {s1_path}: S1 has no data under {100 * fraction:.1f}% of the valid S2 pixels; filled with "
+            f"the scene's S1 mean (VV {s1_fill[0]:.1f} dB, VH {s1_fill[1]:.1f} dB)",
+            file=sys.stderr,
+        )
+    if preview is not None:
+        write_preview(s2_path, out, preview, resampling=resampling)
+    return SceneReport(out, len(tiles), grid.width * grid.height / 1e6, seconds, fraction)
+
+
+def _to_output_dn(pred: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Model units to uint16 DN in [1, 10000] on valid pixels (0 stays reserved for nodata)."""
+    dn = np.clip(np.rint(pred * S2_MODEL_SCALE), 1, S2_CLIP_DN[1]).astype(np.uint16)
+    dn[:, ~valid] = OUTPUT_NODATA
+    return dn
+
+
+def _optional_mask(path: str | Path | None, profile: dict) -> contextlib.AbstractContextManager:
+    """A writer for the cloud/shadow map beside the output (atomic), or a null context."""
+    if path is None:
+        return contextlib.nullcontext()
+    return _AtomicRaster(Path(path), profile)
+
+
+class _AtomicRaster:
+    """Open a raster for writing under a temporary name; rename it on success, delete it on failure."""
+
+    def __init__(self, path: Path, profile: dict) -> None:
+        self.path = path
+        self.profile = profile
+        self._context = atomic_path(path)
+
+    def __enter__(self) -> rasterio.io.DatasetWriter:
+        tmp = self._context.__enter__()
+        self._dataset = rasterio.open(tmp, "w", **self.profile)
+        self._dataset.set_band_description(1, "cloud (1) / shadow (-1) / clear (0)")
+        return self._dataset
+
+    def __exit__(self, *exc: object) -> None:
+        self._dataset.close()
+        self._context.__exit__(*exc)
+
+
+def _progress_bar(total: int, *, enabled: bool) -> tqdm:
+    """A tqdm bar counting tiles (with tiles/s and ETA)."""
+    return tqdm(total=total, unit="tile", disable=not enabled, desc="remove-clouds", dynamic_ncols=True)
+
+
+def write_preview(
+    s2_path: str | Path, out: str | Path, preview: str | Path, *, resampling: str = "nearest", max_size: int = 1024
+) -> Path:
+    """An RGB quicklook PNG of the input (left) and the output (right), at most ``max_size`` px per side."""
+    from dsen2cr.visualize import s2_rgb, save_png, side_by_side
+
+    source = S2Source(s2_path, resampling=resampling)
+    try:
+        before = source.read_decimated(max_size)
+    finally:
+        source.close()
+    with rasterio.open(out) as result:
+        after = result.read(out_shape=(result.count, *before.shape[1:]))
+    return save_png(preview, side_by_side([s2_rgb(before), s2_rgb(after)]))

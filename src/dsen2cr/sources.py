@@ -1,0 +1,194 @@
+"""Window readers for whole scenes: a 13-band S2 GeoTIFF or an L1C product folder (one JP2 per band, resampled
+onto the 10 m grid on the fly), and an S1 GeoTIFF warped onto the S2 grid on the fly. Nothing is read whole."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.geotiff import open_raster, read_window
+from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, S2_BANDS
+
+RESAMPLING = {"nearest": Resampling.nearest, "bilinear": Resampling.bilinear}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: CRS, transform and size."""
+
+    crs: rasterio.crs.CRS
+    transform: rasterio.Affine
+    width: int
+    height: int
+
+
+class S2Source:
+    """13-band S2 L1C DN on a 10 m grid, read window by window.
+
+    ``path`` is a 13-band GeoTIFF (or any raster GDAL reads), an ``IMG_DATA`` folder with one JP2 per band, or
+    a ``.SAFE`` product folder. Bands at 20 m and 60 m are resampled onto the 10 m grid of B02.
+    """
+
+    def __init__(self, path: str | Path, *, resampling: str = "nearest") -> None:
+        self.path = Path(path)
+        self._datasets: list[rasterio.io.DatasetReaderBase] = []
+        if self.path.is_dir():
+            self._open_band_files(_find_band_files(self.path), RESAMPLING[resampling])
+        else:
+            dataset = open_raster(self.path, what="S2")
+            if dataset.count != NUM_S2_BANDS:
+                count = dataset.count
+                dataset.close()
+                raise DSen2CRError(f"{self.path}: S2 has {count} bands, expected {NUM_S2_BANDS} (B1 ... B12, B8A)")
+            self._datasets = [dataset]
+            self.grid = Grid(dataset.crs, dataset.transform, dataset.width, dataset.height)
+            self.nodata = dataset.nodata
+        if self.grid.crs is None:
+            raise DSen2CRError(f"{self.path}: S2 has no coordinate reference system")
+
+    def _open_band_files(self, files: list[Path], resampling: Resampling) -> None:
+        """Open one file per band; warp the coarser ones onto the B02 grid."""
+        reference = open_raster(files[S2_BANDS.index("B2")], what="S2 band B02")
+        self.grid = Grid(reference.crs, reference.transform, reference.width, reference.height)
+        self.nodata = 0
+        for band_file in files:
+            src = open_raster(band_file, what="S2 band")
+            if (src.width, src.height, src.transform) == (self.grid.width, self.grid.height, self.grid.transform):
+                self._datasets.append(src)
+            else:
+                self._datasets.append(
+                    WarpedVRT(
+                        src,
+                        crs=self.grid.crs,
+                        transform=self.grid.transform,
+                        width=self.grid.width,
+                        height=self.grid.height,
+                        resampling=resampling,
+                    )
+                )
+        reference.close()
+
+    def read(self, window: Window) -> np.ndarray:
+        """(13, h, w) DN of ``window``."""
+        if len(self._datasets) == 1:
+            return read_window(self._datasets[0], window)
+        return np.concatenate([read_window(d, window) for d in self._datasets], axis=0)
+
+    def valid(self, dn: np.ndarray) -> np.ndarray:
+        """Bool (h, w): pixels that are not nodata (nodata: the file's nodata value, or 0 in every band)."""
+        nodata = 0 if self.nodata is None else self.nodata
+        return ~np.all(dn == nodata, axis=0)
+
+    def read_decimated(self, max_size: int) -> np.ndarray:
+        """The whole scene at reduced resolution (longest side at most ``max_size``), for quicklooks."""
+        scale = max(1, int(np.ceil(max(self.grid.width, self.grid.height) / max_size)))
+        shape = (max(1, self.grid.height // scale), max(1, self.grid.width // scale))
+        return np.concatenate([d.read(out_shape=(d.count, *shape)) for d in self._datasets], axis=0)
+
+    def close(self) -> None:
+        """Close the files."""
+        for dataset in self._datasets:
+            dataset.close()
+
+
+def _find_band_files(folder: Path) -> list[Path]:
+    """The 13 band files of an L1C product (``.SAFE``) or ``IMG_DATA`` folder, in the paper's band order."""
+    candidates = [p for p in folder.rglob("*.jp2") if "IMG_DATA" in p.parts or p.parent == folder]
+    candidates += [p for p in folder.glob("*.tif")]
+    files = []
+    for band in S2_BANDS:
+        code = band[0] + band[1:].zfill(2)  # B1 -> B01, B8A -> B8A
+        matches = sorted(p for p in candidates if re.search(rf"_{code}(_10m|_20m|_60m)?\.(jp2|tif)$", p.name))
+        if not matches:
+            raise DSen2CRError(f"{folder}: no file for band {code} (expected *_{code}.jp2 in IMG_DATA)")
+        if len({m.name for m in matches}) > 1:
+            raise DSen2CRError(f"{folder}: several files for band {code}: {', '.join(m.name for m in matches)}")
+        files.append(matches[0])
+    return files
+
+
+class S1Source:
+    """S1 VV and VH in dB on the S2 grid, warped on the fly when the grids differ.
+
+    Pixels outside the S1 footprint or marked nodata read as NaN.
+    """
+
+    def __init__(self, path: str | Path, grid: Grid, *, linear: bool = False) -> None:
+        self.path = Path(path)
+        self.linear = linear
+        self._src = open_raster(self.path, bands=NUM_S1_BANDS, what="S1 (VV, VH)")
+        if self._src.crs is None:
+            raise DSen2CRError(f"{self.path}: S1 has no coordinate reference system")
+        s1_bounds = transform_bounds(self._src.crs, grid.crs, *self._src.bounds)
+        s2_bounds = rasterio.transform.array_bounds(grid.height, grid.width, grid.transform)  # west, south, east, north
+        overlap_w = min(s1_bounds[2], s2_bounds[2]) - max(s1_bounds[0], s2_bounds[0])
+        overlap_h = min(s1_bounds[3], s2_bounds[3]) - max(s1_bounds[1], s2_bounds[1])
+        if overlap_w <= 0 or overlap_h <= 0:
+            self._src.close()
+            raise DSen2CRError(f"{self.path}: S1 does not overlap the S2 scene at all")
+        same_grid = (self._src.crs, self._src.transform, self._src.width, self._src.height) == (
+            grid.crs,
+            grid.transform,
+            grid.width,
+            grid.height,
+        )
+        self.warped = not same_grid
+        if same_grid:
+            self._reader: rasterio.io.DatasetReaderBase = self._src
+        else:
+            self._reader = WarpedVRT(
+                self._src,
+                crs=grid.crs,
+                transform=grid.transform,
+                width=grid.width,
+                height=grid.height,
+                resampling=Resampling.bilinear,
+                src_nodata=self._src.nodata if self._src.nodata is not None else np.nan,
+                nodata=np.nan,
+                dtype="float32",
+            )
+        self._check_units()
+
+    def _check_units(self) -> None:
+        """Refuse linear-power input unless ``linear`` (then it is converted to dB when read)."""
+        sample = self._src.read(out_shape=(2, min(256, self._src.height), min(256, self._src.width))).astype(np.float64)
+        finite = sample[np.isfinite(sample)]
+        if self._src.nodata is not None:
+            finite = finite[finite != self._src.nodata]
+        if finite.size == 0:
+            raise DSen2CRError(f"{self.path}: S1 holds no valid values")
+        looks_linear = finite.min() >= 0 and np.median(finite) < 1.0
+        if looks_linear and not self.linear:
+            raise DSen2CRError(
+                f"{self.path}: S1 values look like linear power (all >= 0, median {np.median(finite):.3g}), not dB; "
+                "convert to dB (10*log10) or pass --s1-linear"
+            )
+        if self.linear and not looks_linear:
+            warnings.warn(f"{self.path}: --s1-linear given, but the values look like dB already", stacklevel=2)
+
+    def read(self, window: Window) -> np.ndarray:
+        """(2, h, w) float32 dB of ``window``; NaN where S1 has no data."""
+        data = read_window(self._reader, window).astype(np.float32)
+        nodata = self._reader.nodata
+        if nodata is not None and not np.isnan(nodata):
+            data[data == nodata] = np.nan
+        if self.linear:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                data = 10 * np.log10(np.where(data > 0, data, np.nan))
+        return data
+
+    def close(self) -> None:
+        """Close the files."""
+        if self._reader is not self._src:
+            self._reader.close()
+        self._src.close()

@@ -1,0 +1,1 @@
+"""Training on PyTorch Lightning (imported only by ``dsen2cr train``; inference does not need it)."""

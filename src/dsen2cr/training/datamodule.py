@@ -1,0 +1,90 @@
+"""The LightningDataModule that owns the splits and the loaders."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from dsen2cr.config import DataSection, LossSection
+from dsen2cr.data.dataset import SEN12MSCRDataset
+from dsen2cr.data.layout import Triplet, read_file_list, read_roi_list, scan_release, select_rois, select_split
+from dsen2cr.errors import DSen2CRError
+
+
+def resolve_split(data: DataSection, split: str) -> list[Triplet]:
+    """The triplets of one split from the file list, or from a ROI list over a scanned release tree."""
+    if data.root is None:
+        if data.file_list is not None or data.train_rois is not None or data.val_rois is not None:
+            raise DSen2CRError("data.root: not set (the dataset root folder the file list or ROI lists refer to)")
+        from dsen2cr.data.sample import sample_dataset_root, sample_file_list
+
+        sample = sample_file_list()
+        return select_split(read_file_list(sample, sample_dataset_root()), split, source=str(sample))
+    if data.file_list is not None:
+        return select_split(read_file_list(data.file_list, data.root), split, source=data.file_list)
+    roi_file = {"train": data.train_rois, "val": data.val_rois}.get(split)
+    if roi_file is None:
+        raise DSen2CRError(f"data: give data.file_list, or data.{split}_rois with a release root")
+    triplets = select_rois(scan_release(data.root)[0], read_roi_list(roi_file))
+    if not triplets:
+        raise DSen2CRError(f"{roi_file}: none of its ROIs has patches under {data.root}")
+    return triplets
+
+
+class SEN12MSCRDataModule(L.LightningDataModule):
+    """Training and validation loaders over SEN12MS-CR triplets.
+
+    The training set's epoch is set before each epoch's loader is built (loaders are rebuilt every epoch), so
+    crops, augmentations and the shuffle order depend only on (seed, epoch): a resumed run sees what an
+    uninterrupted one would.
+    """
+
+    def __init__(self, data: DataSection, loss: LossSection, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.data = data
+        self.loss = loss
+        self.batch_size = batch_size
+        self.seed = seed
+        self.train_set: SEN12MSCRDataset | None = None
+        self.val_set: SEN12MSCRDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Resolve the splits and build the datasets (missing files fail here, not mid-epoch)."""
+        common = {"cloud_threshold": self.loss.cloud_threshold, "seed": self.seed}
+        if self.train_set is None:
+            self.train_set = SEN12MSCRDataset(
+                resolve_split(self.data, "train"),
+                train=True,
+                crop_size=self.data.crop_size,
+                augment=self.data.augment,
+                repeats=self.data.repeats,
+                **common,
+            )
+        if self.val_set is None:
+            self.val_set = SEN12MSCRDataset(resolve_split(self.data, "val"), train=False, **common)
+
+    def _loader(self, dataset: torch.utils.data.Dataset, *, shuffle: bool, generator_seed: int) -> DataLoader:
+        """A DataLoader with the configured workers."""
+        workers = self.data.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(generator_seed),
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """This epoch's training loader."""
+        assert self.train_set is not None
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        self.train_set.set_epoch(epoch)
+        return self._loader(self.train_set, shuffle=True, generator_seed=self.seed * 1000 + epoch)
+
+    def val_dataloader(self) -> DataLoader:
+        """The validation loader (full patches)."""
+        assert self.val_set is not None
+        return self._loader(self.val_set, shuffle=False, generator_seed=self.seed)

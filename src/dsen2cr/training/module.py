@@ -1,0 +1,88 @@
+"""The LightningModule that owns the model, the loss and the metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from dsen2cr.config import LossSection, OptimSection
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.losses import carl_loss, l1_loss
+from dsen2cr.metrics import batch_metrics
+from dsen2cr.model import ModelConfig
+from dsen2cr.weights import CONFIG_KEY
+
+
+class NonFiniteLossError(DSen2CRError):
+    """The training loss became NaN or infinite."""
+
+
+class DSen2CRTask(L.LightningModule):
+    """DSen2-CR training: CARL or L1 loss, NAdam, paper metrics at validation, image grids in TensorBoard."""
+
+    def __init__(self, model: dict[str, Any], loss: dict[str, Any], optim: dict[str, Any], val_images: int = 4):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config = ModelConfig(**model)
+        self.loss_settings = LossSection(**loss)
+        self.optim_settings = OptimSection(**optim)
+        self.val_images = val_images
+        self.model = self.model_config.build()
+
+    def forward(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the cloud-free image."""
+        return self.model(s2_cloudy, s1 if self.model_config.include_sar else None)
+
+    def _loss(self, batch: dict[str, Any], pred: torch.Tensor) -> torch.Tensor:
+        """The configured loss of a batch."""
+        if self.loss_settings.name == "l1":
+            return l1_loss(pred, batch["s2"])
+        return carl_loss(pred, batch["s2_cloudy"], batch["s2"], batch["cloud_mask"], lam=self.loss_settings.lam)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """One optimisation step; stops the run on a NaN or infinite loss."""
+        pred = self(batch["s2_cloudy"], batch["s1"])
+        loss = self._loss(batch, pred)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
+                "the run stopped, the checkpoints of earlier epochs are kept (try a lower optim.lr or "
+                "trainer.gradient_clip_val)"
+            )
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=pred.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Validation loss, paper metrics and (first batch) an image grid."""
+        pred = self(batch["s2_cloudy"], batch["s1"])
+        size = pred.shape[0]
+        self.log("val_loss", self._loss(batch, pred), prog_bar=True, sync_dist=True, batch_size=size)
+        metrics = batch_metrics(pred, batch["s2"], batch["s2_cloudy"], batch["cloud_mask"])
+        for name, value in metrics.items():
+            if torch.isfinite(value):
+                self.log(f"val_{name}", value, sync_dist=True, batch_size=size)
+        if batch_idx == 0:
+            self._log_image_grid(batch, pred)
+
+    def _log_image_grid(self, batch: dict[str, Any], pred: torch.Tensor) -> None:
+        """Rows of SAR, cloudy, prediction, target and mask for the first images, to TensorBoard."""
+        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if experiment is None or not hasattr(experiment, "add_image") or self.global_rank != 0:
+            return
+        from dsen2cr.visualize import training_grid
+
+        grid = training_grid(batch, pred.detach(), self.val_images)
+        experiment.add_image("val/sar_cloudy_pred_target_mask", grid, self.global_step, dataformats="HWC")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """NAdam with the paper's settings."""
+        o = self.optim_settings
+        return torch.optim.NAdam(
+            self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, momentum_decay=o.momentum_decay
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the model configuration so that the checkpoint alone rebuilds the network."""
+        checkpoint[CONFIG_KEY] = self.model_config.to_dict()

@@ -1,0 +1,151 @@
+"""``dsen2cr train``: a Lightning run with checkpoints every epoch, exact resume, CSV and TensorBoard logs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from dsen2cr.config import RunConfig, save_config
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.training.datamodule import SEN12MSCRDataModule
+from dsen2cr.training.module import DSen2CRTask
+
+CHECKPOINT_DIR = "checkpoints"
+RESOLVED_CONFIG = "config.yaml"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint writer that saves under a temporary name in the same folder, then renames.
+
+    A run killed while saving leaves the previous checkpoint intact, never a truncated one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        """Save ``checkpoint`` to ``path`` atomically."""
+        from dsen2cr.geotiff import atomic_path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class _EpochLine(Callback):
+    """Print one line per validated epoch (useful in logs where progress bars are off)."""
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        parts = [f"{k} {m[k].item():.4f}" for k in ("train_loss_epoch", "val_loss", "val_mae", "val_psnr") if k in m]
+        print(f"epoch {trainer.current_epoch}: " + ", ".join(parts), flush=True)
+
+
+def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -> Path:
+    """Create the run folder; refuse one that already holds a run unless resuming or ``overwrite``."""
+    out = Path(config.trainer.out_dir)
+    holds_run = (out / RESOLVED_CONFIG).exists() or (out / CHECKPOINT_DIR).exists()
+    if holds_run and resume is None and not overwrite:
+        raise DSen2CRError(f"{out}: already holds a run; resume it with --resume, or pass --overwrite")
+    if holds_run and overwrite and resume is None:
+        import shutil
+
+        for name in (CHECKPOINT_DIR, "logs", RESOLVED_CONFIG):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DSen2CRError(f"{out}: cannot create the run folder ({error.strerror})") from None
+    return out
+
+
+def build_trainer(config: RunConfig, out: Path, *, progress: bool = True) -> L.Trainer:
+    """A Lightning Trainer with the run's checkpointing, logging and distribution settings."""
+    t = config.trainer
+    checkpoint = ModelCheckpoint(
+        dirpath=out / CHECKPOINT_DIR,
+        filename="epoch{epoch:03d}-val_loss{val_loss:.5f}",
+        auto_insert_metric_name=False,
+        save_top_k=-1,
+        every_n_epochs=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    callbacks: list[Callback] = [checkpoint, _EpochLine()]
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    loggers = [
+        CSVLogger(out, name="logs", version="csv"),
+        TensorBoardLogger(out, name="logs", version="tensorboard", default_hp_metric=False),
+    ]
+    return L.Trainer(
+        default_root_dir=out,
+        max_epochs=config.optim.epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=None if t.limit_train_batches == 1.0 else t.limit_train_batches,
+        limit_val_batches=None if t.limit_val_batches == 1.0 else t.limit_val_batches,
+        reload_dataloaders_every_n_epochs=1,
+        callbacks=callbacks,
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def build_task(config: RunConfig) -> DSen2CRTask:
+    """The LightningModule for a run configuration."""
+    return DSen2CRTask(
+        model=config.model.model_config().to_dict(),
+        loss=config.loss.__dict__.copy(),
+        optim=config.optim.__dict__.copy(),
+        val_images=config.trainer.val_images,
+    )
+
+
+def run_training(
+    config: RunConfig, *, resume: str | Path | None = None, overwrite: bool = False, progress: bool = True
+) -> Path:
+    """Train (or resume) a run; return the path of the last checkpoint."""
+    out = prepare_run_dir(config, resume=None if resume is None else str(resume), overwrite=overwrite)
+    if resume is not None:
+        _check_resume_checkpoint(Path(resume), config)
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")
+    save_config(config, out / RESOLVED_CONFIG)
+    datamodule = SEN12MSCRDataModule(config.data, config.loss, config.optim.batch_size, config.trainer.seed)
+    datamodule.setup("fit")
+    trainer = build_trainer(config, out, progress=progress)
+    task = build_task(config)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
+    last = out / CHECKPOINT_DIR / "last.ckpt"
+    loss = trainer.callback_metrics.get("val_loss")
+    if loss is not None and not math.isfinite(float(loss)):
+        raise DSen2CRError(f"{out}: validation loss is {float(loss)}")
+    return last
+
+
+def _check_resume_checkpoint(path: Path, config: RunConfig) -> None:
+    """Refuse a resume checkpoint that is missing, unsafe to load, or of another model variant."""
+    from dsen2cr.weights import load_model
+
+    load_model(path, expected=config.model.model_config())
