@@ -87,6 +87,8 @@ def _quiet_lightning() -> None:
     import logging
     import warnings
 
+    import lightning  # noqa: F401  (configures its loggers on import; set their levels after that)
+
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
@@ -132,9 +134,9 @@ def _run_train(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"trainer.{key}={value}")
     config = load_config(args.config, overrides)
+    _quiet_lightning()
     from dsen2cr.training.train import run_training
 
-    _quiet_lightning()
     last = run_training(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"last checkpoint: {last}")
     return 0
@@ -240,10 +242,64 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_remove_clouds(subparsers: SubParsers) -> None:
+    """Register ``dsen2cr remove-clouds``."""
+    parser = subparsers.add_parser(
+        "remove-clouds",
+        help="remove the clouds of whole georeferenced scenes (tiled, seamless, bounded memory)",
+        description="Write a cloud-free, georeferenced Cloud-Optimised GeoTIFF (uint16 DN, 13 bands) for each "
+        "S2 scene. --s2 takes 13-band GeoTIFFs or L1C product folders (.SAFE or IMG_DATA, one JP2 per band); "
+        "--s1 GeoTIFFs with VV and VH in dB, warped onto the S2 grid on the fly. Several scenes: lists after "
+        "--s2/--s1 with --out a folder, or --manifest; under torchrun the ranks split the scenes.",
+    )
+    _add_weights_argument(parser)
+    parser.add_argument("--s2", nargs="+", help="S2 L1C scene(s): 13-band GeoTIFF or product folder")
+    parser.add_argument("--s1", nargs="+", help="S1 scene(s), VV and VH in dB (omit for a model without SAR)")
+    parser.add_argument("--manifest", help="CSV with columns s2,s1,out[,mask_out,preview] (instead of --s2/--s1/--out)")
+    parser.add_argument("--out", help="output GeoTIFF (one scene) or folder (several scenes)")
+    parser.add_argument("--mask-out", help="also write the cloud/shadow map (int8 GeoTIFF; one scene)")
+    parser.add_argument("--preview", help="also write an RGB quicklook PNG of input and output (one scene)")
+    parser.add_argument("--tile", type=int, default=256, help="tile size in pixels (default: %(default)s)")
+    parser.add_argument(
+        "--overlap", type=int, help="tile overlap in pixels (default: 2 x receptive-field radius, exact)"
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="default: %(default)s")
+    parser.add_argument(
+        "--resampling",
+        choices=["nearest", "bilinear"],
+        default="nearest",
+        help="for 20 m and 60 m bands of product folders (default: %(default)s, as in training)",
+    )
+    parser.add_argument("--s1-linear", action="store_true", help="S1 is linear power: convert it to dB")
+    parser.add_argument("--cloud-threshold", type=float, default=0.2, help="for --mask-out (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_run_remove_clouds)
+
+
+def _run_remove_clouds(args: argparse.Namespace) -> int:
+    """Run ``remove-clouds``."""
+    from dsen2cr.inference import SceneJob, jobs_from_arguments, run_scene_jobs
+
+    jobs: list[SceneJob] = jobs_from_arguments(
+        s2=args.s2, s1=args.s1, out=args.out, manifest=args.manifest, mask_out=args.mask_out, preview=args.preview
+    )
+    for report in run_scene_jobs(jobs, args):
+        print(
+            f"wrote {report.out}: {report.megapixels:.2f} Mpx in {report.seconds:.1f} s "
+            f"({report.megapixels / max(report.seconds, 1e-9):.3f} Mpx/s, {report.tiles} tiles)"
+        )
+    return 0
+
+
 def _add_demo(subparsers: SubParsers) -> None:
     """Register ``dsen2cr demo``."""
     parser = subparsers.add_parser("demo", help="run the whole workflow on the bundled sample data")
     parser.add_argument("--out", default="demo-output", help="output folder (default: %(default)s)")
+    parser.add_argument("--config", help="training config (default: configs/small-cpu.yaml settings)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in the output folder")
     parser.set_defaults(handler=_run_demo)
 
 
@@ -251,8 +307,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     """Run the demo."""
     from dsen2cr.demo import run_demo
 
-    run_demo(args.out)
+    _quiet_lightning()
+    report = run_demo(args.out, config_path=args.config, overwrite=args.overwrite)
+    print(f"demo report: {report}")
     return 0
 
 
-REGISTRARS = [_add_data, _add_train, _add_evaluate, _add_export, _add_demo]
+REGISTRARS = [_add_data, _add_train, _add_evaluate, _add_export, _add_remove_clouds, _add_demo]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -129,6 +130,8 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     elif annotation is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -146,9 +149,26 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+#: Names other tools use for our keys, for better suggestions.
+_ALIASES = {
+    "learning_rate": "lr",
+    "batch": "batch_size",
+    "max_epochs": "epochs",
+    "nb_epochs": "epochs",
+    "crop": "crop_size",
+    "workers": "num_workers",
+    "output_dir": "out_dir",
+    "gpus": "devices",
+    "use_sar": "include_sar",
+    "blocks": "num_blocks",
+    "features": "num_features",
+    "lambda": "lam",
+}
+
+
 def _unknown_key(key: str, known: list[str], where: str) -> DSen2CRError:
     """An error for an unknown key with the closest known one suggested."""
-    close = difflib.get_close_matches(key, known, n=1)
+    close = [_ALIASES[key]] if _ALIASES.get(key) in known else difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
     return DSen2CRError(f"{where}: unknown key {key!r}{hint}")
 

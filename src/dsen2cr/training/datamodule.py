@@ -32,12 +32,30 @@ def resolve_split(data: DataSection, split: str) -> list[Triplet]:
     return triplets
 
 
+class EpochShuffle(torch.utils.data.Sampler[int]):
+    """A shuffle that depends only on (seed, epoch): the same order however often the loader is iterated."""
+
+    def __init__(self, size: int, seed: int, epoch: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Number of indices."""
+        return self.size
+
+    def __iter__(self):
+        """The permutation of this epoch."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
 class SEN12MSCRDataModule(L.LightningDataModule):
     """Training and validation loaders over SEN12MS-CR triplets.
 
-    The training set's epoch is set before each epoch's loader is built (loaders are rebuilt every epoch), so
-    crops, augmentations and the shuffle order depend only on (seed, epoch): a resumed run sees what an
-    uninterrupted one would.
+    The training set's epoch is set before each epoch's loader is built (loaders are rebuilt every epoch), and
+    the shuffle is an ``EpochShuffle``, so crops, augmentations and order depend only on (seed, epoch): a
+    resumed run sees what an uninterrupted one would. Under DDP, Lightning splits that order across ranks.
     """
 
     def __init__(self, data: DataSection, loss: LossSection, batch_size: int, seed: int) -> None:
@@ -64,15 +82,13 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         if self.val_set is None:
             self.val_set = SEN12MSCRDataset(resolve_split(self.data, "val"), train=False, **common)
 
-    def _loader(self, dataset: torch.utils.data.Dataset, *, shuffle: bool, generator_seed: int) -> DataLoader:
+    def _loader(self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler | None) -> DataLoader:
         """A DataLoader with the configured workers."""
-        workers = self.data.num_workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            generator=torch.Generator().manual_seed(generator_seed),
+            sampler=sampler,
+            num_workers=self.data.num_workers,
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
         )
@@ -82,9 +98,9 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         assert self.train_set is not None
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         self.train_set.set_epoch(epoch)
-        return self._loader(self.train_set, shuffle=True, generator_seed=self.seed * 1000 + epoch)
+        return self._loader(self.train_set, EpochShuffle(len(self.train_set), self.seed, epoch))
 
     def val_dataloader(self) -> DataLoader:
         """The validation loader (full patches)."""
         assert self.val_set is not None
-        return self._loader(self.val_set, shuffle=False, generator_seed=self.seed)
+        return self._loader(self.val_set, None)

@@ -15,6 +15,13 @@ from dsen2cr.model import ModelConfig
 from dsen2cr.weights import CONFIG_KEY
 
 
+def weights_digest(model: torch.nn.Module) -> torch.Tensor:
+    """Three float64 numbers that change with any weight: sum, sum of squares, position-weighted sum."""
+    flat = torch.cat([p.detach().flatten().double() for p in model.parameters()])
+    position = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device) % 9973 + 1
+    return torch.stack([flat.sum(), flat.square().sum(), (flat * position).sum()])
+
+
 class NonFiniteLossError(DSen2CRError):
     """The training loss became NaN or infinite."""
 
@@ -82,6 +89,23 @@ class DSen2CRTask(L.LightningModule):
         return torch.optim.NAdam(
             self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, momentum_decay=o.momentum_decay
         )
+
+    def on_train_end(self) -> None:
+        """Check that every process ends with the same weights (DDP keeps them in sync; a divergence is a bug
+        or a broken node). Rank 0 writes the per-rank digests to ``weights_digest.json`` in the run folder."""
+        digest = weights_digest(self.model).to(self.device)
+        gathered = self.all_gather(digest).reshape(-1, digest.numel()).cpu()
+        if self.trainer.is_global_zero:
+            import json
+            from pathlib import Path
+
+            from dsen2cr.geotiff import atomic_path
+
+            path = Path(self.trainer.default_root_dir) / "weights_digest.json"
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps({"ranks": gathered.tolist()}) + "\n")
+        if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
+            raise DSen2CRError(f"the {gathered.shape[0]} training processes ended with different weights")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the model configuration so that the checkpoint alone rebuilds the network."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,18 @@ class _EpochLine(Callback):
         print(f"epoch {trainer.current_epoch}: " + ", ".join(parts), flush=True)
 
 
+def is_launched_worker() -> bool:
+    """Whether this process is a rank > 0 started by Lightning's launcher, torchrun or SLURM for a run that
+    rank 0 has already prepared."""
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
 def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -> Path:
     """Create the run folder; refuse one that already holds a run unless resuming or ``overwrite``."""
     out = Path(config.trainer.out_dir)
+    if is_launched_worker():
+        out.mkdir(parents=True, exist_ok=True)
+        return out
     holds_run = (out / RESOLVED_CONFIG).exists() or (out / CHECKPOINT_DIR).exists()
     if holds_run and resume is None and not overwrite:
         raise DSen2CRError(f"{out}: already holds a run; resume it with --resume, or pass --overwrite")
@@ -131,7 +141,8 @@ def run_training(
         _check_resume_checkpoint(Path(resume), config)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
-    save_config(config, out / RESOLVED_CONFIG)
+    if not is_launched_worker():
+        save_config(config, out / RESOLVED_CONFIG)
     datamodule = SEN12MSCRDataModule(config.data, config.loss, config.optim.batch_size, config.trainer.seed)
     datamodule.setup("fit")
     trainer = build_trainer(config, out, progress=progress)

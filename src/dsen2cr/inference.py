@@ -1,0 +1,119 @@
+"""Scene jobs for ``dsen2cr remove-clouds``: one or many scenes, from arguments or a manifest, split across
+torchrun ranks."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.scene import SceneReport, default_overlap, remove_clouds, torch_predictor
+from dsen2cr.weights import load_model
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One scene to process."""
+
+    s2: Path
+    s1: Path | None
+    out: Path
+    mask_out: Path | None = None
+    preview: Path | None = None
+
+
+def _scene_stem(path: Path) -> str:
+    """A name for a scene's outputs (the product name without .SAFE for folders)."""
+    return path.name.removesuffix(".SAFE") if path.is_dir() else path.stem
+
+
+def jobs_from_arguments(
+    *,
+    s2: list[str] | None,
+    s1: list[str] | None,
+    out: str | None,
+    manifest: str | None,
+    mask_out: str | None,
+    preview: str | None,
+) -> list[SceneJob]:
+    """Scene jobs from ``--s2/--s1/--out`` lists or a manifest CSV."""
+    if manifest is not None:
+        if s2 or s1 or out:
+            raise DSen2CRError("--manifest: give either a manifest or --s2/--s1/--out, not both")
+        return read_manifest(Path(manifest))
+    if not s2 or not out:
+        raise DSen2CRError("remove-clouds: --s2 and --out are required (or --manifest)")
+    if s1 is not None and len(s1) != len(s2):
+        raise DSen2CRError(f"--s1: {len(s1)} files for {len(s2)} S2 scenes; give one S1 per S2 scene")
+    if len(s2) == 1:
+        return [SceneJob(Path(s2[0]), Path(s1[0]) if s1 else None, Path(out),
+                         Path(mask_out) if mask_out else None, Path(preview) if preview else None)]  # fmt: skip
+    if mask_out or preview:
+        raise DSen2CRError("--mask-out/--preview: name them per scene in a --manifest when processing several scenes")
+    folder = Path(out)
+    if not folder.is_dir():
+        raise DSen2CRError(f"{folder}: with several scenes --out must be an existing folder")
+    pairs = zip(s2, s1 or [None] * len(s2), strict=True)
+    return [
+        SceneJob(Path(a), Path(b) if b else None, folder / f"{_scene_stem(Path(a))}_cloudfree.tif") for a, b in pairs
+    ]
+
+
+def read_manifest(path: Path) -> list[SceneJob]:
+    """Read a manifest CSV with a header: ``s2,s1,out`` and optionally ``mask_out,preview``."""
+    if not path.is_file():
+        raise DSen2CRError(f"{path}: manifest not found")
+    with path.open(newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        missing = {"s2", "s1", "out"} - set(reader.fieldnames or [])
+        if missing:
+            raise DSen2CRError(f"{path}: manifest header lacks {', '.join(sorted(missing))} (expected s2,s1,out)")
+        jobs = []
+        for line, row in enumerate(reader, start=2):
+            if not row["s2"] or not row["out"]:
+                raise DSen2CRError(f"{path}:{line}: s2 and out must not be empty")
+            optional = {k: Path(row[k]) if row.get(k) else None for k in ("mask_out", "preview")}
+            jobs.append(SceneJob(Path(row["s2"]), Path(row["s1"]) if row["s1"] else None, Path(row["out"]), **optional))
+    if not jobs:
+        raise DSen2CRError(f"{path}: manifest lists no scenes")
+    return jobs
+
+
+def _rank_and_device(device: str) -> tuple[int, int, str]:
+    """This process's rank, the world size and its device (under torchrun: one GPU per local rank)."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = os.environ.get("LOCAL_RANK")
+    if world > 1 and device == "cuda" and local is not None:
+        device = f"cuda:{local}"
+    return rank, world, device
+
+
+def run_scene_jobs(jobs: list[SceneJob], args: argparse.Namespace) -> Iterator[SceneReport]:
+    """Process this rank's share of ``jobs`` with the settings of the parsed command line."""
+    rank, world, device = _rank_and_device(args.device)
+    model = load_model(args.weights, device=device)
+    predictor = torch_predictor(model, device=device, precision=args.precision)
+    overlap = default_overlap(model) if args.overlap is None else args.overlap
+    for job in jobs[rank::world]:
+        yield remove_clouds(
+            predictor,
+            include_sar=model.include_sar,
+            s2_path=job.s2,
+            s1_path=job.s1,
+            out=job.out,
+            tile=args.tile,
+            overlap=overlap,
+            batch_size=args.batch_size,
+            resampling=args.resampling,
+            s1_linear=args.s1_linear,
+            mask_out=job.mask_out,
+            cloud_threshold=args.cloud_threshold,
+            preview=job.preview,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )

@@ -1,0 +1,243 @@
+"""Whole-scene inference: seamless tiling (equal to whole-image inference), georeferencing, nodata, S1
+warping and coverage, product folders, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from dsen2cr import create_model
+from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.geotiff import write_geotiff
+from dsen2cr.preprocessing import S2_BANDS, s1_db_to_model, s2_dn_to_model
+from dsen2cr.scene import default_overlap, iter_predictions, plan_tiles, remove_clouds, torch_predictor
+from dsen2cr.sources import S1Source, S2Source
+from dsen2cr.weights import save_weights
+
+UTM = CRS.from_epsg(32632)
+ORIGIN = from_origin(500000, 5000000, 10, 10)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An odd-sized (389 x 517) scene with S1 on the same grid, and a perturbed small model."""
+    folder = tmp_path_factory.mktemp("scene")
+    rng = np.random.default_rng(0)
+    clear, s1 = synthetic_clear_scene((389, 517), rng)
+    cloudy, _ = add_synthetic_clouds(clear, rng)
+    write_geotiff(folder / "s2.tif", cloudy, crs=UTM, transform=ORIGIN)
+    write_geotiff(folder / "s1.tif", s1, crs=UTM, transform=ORIGIN)
+    torch.manual_seed(0)
+    model = create_model("dsen2cr-small").eval()
+    with torch.no_grad():  # non-zero biases and a non-trivial correction
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    weights = save_weights(model, folder / "small.safetensors")
+    return {"folder": folder, "s2": cloudy, "s1": s1, "model": model, "weights": weights}
+
+
+def _whole_image(model: torch.nn.Module, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+    with torch.no_grad():
+        s1_t = None if s1 is None else torch.from_numpy(s1_db_to_model(s1))[None]
+        return model(torch.from_numpy(s2_dn_to_model(s2))[None], s1_t)[0].numpy()
+
+
+@pytest.mark.parametrize("tile", [64, 128, 300])
+def test_tiling_equals_whole_image_inference(scene: dict, tile: int) -> None:
+    model = scene["model"]
+    expected = _whole_image(model, scene["s2"], scene["s1"])
+    s2 = S2Source(scene["folder"] / "s2.tif")
+    s1 = S1Source(scene["folder"] / "s1.tif", s2.grid)
+    tiles = plan_tiles(389, 517, tile, default_overlap(model))
+    got = np.full_like(expected, np.nan)
+    covered = np.zeros(expected.shape[1:], dtype=int)
+    for t, pred, *_ in iter_predictions(torch_predictor(model), s2, s1, tiles, batch_size=3, s1_fill_db=(0, 0)):
+        rows = slice(t.core.row_off, t.core.row_off + t.core.height)
+        cols = slice(t.core.col_off, t.core.col_off + t.core.width)
+        got[:, rows, cols] = pred
+        covered[rows, cols] += 1
+    assert (covered == 1).all(), "every pixel comes from exactly one tile core"
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_too_small_overlap_shows_seams(scene: dict) -> None:
+    model = scene["model"]
+    expected = _whole_image(model, scene["s2"], scene["s1"])
+    s2 = S2Source(scene["folder"] / "s2.tif")
+    s1 = S1Source(scene["folder"] / "s1.tif", s2.grid)
+    got = np.zeros_like(expected)
+    for t, pred, *_ in iter_predictions(
+        torch_predictor(model), s2, s1, plan_tiles(389, 517, 128, 0), batch_size=4, s1_fill_db=(0, 0)
+    ):
+        got[:, t.core.row_off : t.core.row_off + t.core.height, t.core.col_off : t.core.col_off + t.core.width] = pred
+    assert np.abs(got - expected).max() > 1e-3  # the test above can fail
+
+
+def test_remove_clouds_writes_a_georeferenced_cog(scene: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out.tif"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dsen2cr.cli",
+            "remove-clouds",
+            "--weights",
+            str(scene["weights"]),
+            "--s2",
+            str(scene["folder"] / "s2.tif"),
+            "--s1",
+            str(scene["folder"] / "s1.tif"),
+            "--out",
+            str(out),
+            "--tile",
+            "128",
+            "--mask-out",
+            str(tmp_path / "mask.tif"),
+            "--preview",
+            str(tmp_path / "preview.png"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    with rasterio.open(out) as dst:
+        assert (dst.crs, dst.transform, dst.count, dst.dtypes[0], dst.nodata) == (UTM, ORIGIN, 13, "uint16", 0)
+        assert dst.descriptions == S2_BANDS and dst.profile["tiled"] and dst.overviews(1)
+        written = dst.read().astype(np.float64)
+    expected = np.clip(np.rint(_whole_image(scene["model"], scene["s2"], scene["s1"]) * 2000), 1, 10000)
+    assert np.abs(written - expected).max() <= 1
+    with rasterio.open(tmp_path / "mask.tif") as mask:
+        assert mask.dtypes[0] == "int8" and set(np.unique(mask.read())) <= {-1, 0, 1}
+    assert (tmp_path / "preview.png").stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif", "out.tif", "preview.png"]
+
+
+def test_nodata_stays_nodata_and_partial_s1_warns(scene: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    s2 = scene["s2"].copy()
+    s2[:, :40, :60] = 0  # nodata corner
+    write_geotiff(tmp_path / "s2.tif", s2, crs=UTM, transform=ORIGIN)
+    # S1 in another CRS and at 20 m covering only the western half of the scene
+    s1 = scene["s1"][:, ::2, : 517 // 4]
+    west = from_origin(500000, 5000000, 20, 20)
+    write_geotiff(tmp_path / "s1.tif", np.ascontiguousarray(s1), crs=UTM, transform=west)
+    report = remove_clouds(
+        torch_predictor(scene["model"]),
+        include_sar=True,
+        s2_path=tmp_path / "s2.tif",
+        s1_path=tmp_path / "s1.tif",
+        out=tmp_path / "out.tif",
+        tile=128,
+        overlap=20,
+        progress=False,
+    )
+    assert 0.4 < report.s1_missing_fraction < 0.6
+    assert "S1 has no data under" in capsys.readouterr().err
+    with rasterio.open(tmp_path / "out.tif") as dst:
+        out = dst.read()
+    assert (out[:, :40, :60] == 0).all() and (out[:, 40:, 60:] > 0).all()
+
+
+def _write_linear_s1(scene: dict, path: Path) -> None:
+    write_geotiff(path, (10 ** (scene["s1"] / 10)).astype(np.float32), crs=UTM, transform=ORIGIN)
+
+
+def test_s1_linear_power_refused_or_converted(scene: dict, tmp_path: Path) -> None:
+    _write_linear_s1(scene, tmp_path / "lin.tif")
+    grid = S2Source(scene["folder"] / "s2.tif").grid
+    with pytest.raises(DSen2CRError, match=r"lin.tif: S1 values look like linear power .* pass --s1-linear"):
+        S1Source(tmp_path / "lin.tif", grid)
+    converted = S1Source(tmp_path / "lin.tif", grid, linear=True).read(rasterio.windows.Window(0, 0, 50, 40))
+    np.testing.assert_allclose(converted, scene["s1"][:, :40, :50], atol=1e-3)
+
+
+def test_product_folder_bands_resampled_onto_10m(scene: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "IMG_DATA"
+    folder.mkdir()
+    s2 = scene["s2"][:, :360, :480]
+    resolution = {"B1": 60, "B9": 60, "B10": 60, "B5": 20, "B6": 20, "B7": 20, "B8A": 20, "B11": 20, "B12": 20}
+    for index, band in enumerate(S2_BANDS):
+        factor = resolution.get(band, 10) // 10
+        data = s2[index, ::factor, ::factor][None]
+        code = band[0] + band[1:].zfill(2)
+        write_geotiff(
+            folder / f"T32TST_20200101T000000_{code}.tif",
+            np.ascontiguousarray(data),
+            crs=UTM,
+            transform=from_origin(500000, 5000000, 10 * factor, 10 * factor),
+        )
+    source = S2Source(folder)
+    assert (source.grid.width, source.grid.height) == (480, 360)
+    window = source.read(rasterio.windows.Window(0, 0, 480, 360))
+    expected = np.stack(
+        [
+            np.kron(s2[i, ::f, ::f], np.ones((f, f), np.uint16))
+            for i, f in enumerate(resolution.get(b, 10) // 10 for b in S2_BANDS)
+        ]
+    )
+    np.testing.assert_array_equal(window, expected)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("s2_bands", r"S2 has 2 bands, expected 13"),
+        ("s1_bands", r"S1 \(VV, VH\) has 13 bands, expected 2"),
+        ("no_overlap", r"S1 does not overlap the S2 scene at all"),
+        ("no_s1", r"these weights need SAR input; pass --s1"),
+        ("exists", r"out.tif: exists; pass --overwrite"),
+        ("truncated", r"s2.tif: cannot read"),
+        ("missing_dir", r"output folder .* does not exist"),
+    ],
+)
+def test_bad_input(scene: dict, tmp_path: Path, case: str, message: str) -> None:
+    s2, s1, out = scene["folder"] / "s2.tif", scene["folder"] / "s1.tif", tmp_path / "out.tif"
+    if case == "s2_bands":
+        s2 = s1
+    elif case == "s1_bands":
+        s1 = scene["folder"] / "s2.tif"
+    elif case == "no_overlap":
+        s1 = tmp_path / "far.tif"
+        write_geotiff(s1, scene["s1"], crs=UTM, transform=from_origin(900000, 5000000, 10, 10))
+    elif case == "exists":
+        out.write_bytes(b"keep me")
+    elif case == "truncated":
+        data = s2.read_bytes()
+        s2 = tmp_path / "s2.tif"
+        s2.write_bytes(data[: len(data) // 3])
+    elif case == "missing_dir":
+        out = tmp_path / "nowhere" / "out.tif"
+    args = [
+        sys.executable,
+        "-m",
+        "dsen2cr.cli",
+        "remove-clouds",
+        "--weights",
+        str(scene["weights"]),
+        "--s2",
+        str(s2),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    if case != "no_s1":
+        args += ["--s1", str(s1)]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert pytest.importorskip("re").search(message, lines[0]), lines[0]
+    if case == "exists":
+        assert out.read_bytes() == b"keep me"
+    else:
+        assert not out.exists()
+    assert not [p for p in out.parent.glob(".*tmp*")] if out.parent.exists() else True
