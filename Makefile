@@ -32,7 +32,7 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks scripts
 
 demo: $(STAMP)
-	$(BIN)/dsen2cr demo --out demo-output
+	$(BIN)/dsen2cr demo --out demo-output --overwrite
 
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.masks

@@ -241,3 +241,46 @@ def test_bad_input(scene: dict, tmp_path: Path, case: str, message: str) -> None
     else:
         assert not out.exists()
     assert not [p for p in out.parent.glob(".*tmp*")] if out.parent.exists() else True
+
+
+def test_manifest_with_several_scenes(scene: dict, tmp_path: Path) -> None:
+    manifest = tmp_path / "scenes.csv"
+    s2, s1 = scene["folder"] / "s2.tif", scene["folder"] / "s1.tif"
+    manifest.write_text(
+        f"s2,s1,out,mask_out\n{s2},{s1},{tmp_path / 'a.tif'},{tmp_path / 'a_mask.tif'}\n"
+        f"{s2},{s1},{tmp_path / 'b.tif'},\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dsen2cr.cli",
+            "remove-clouds",
+            "--weights",
+            str(scene["weights"]),
+            "--manifest",
+            str(manifest),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("wrote ") == 2
+    assert {p.name for p in tmp_path.glob("*.tif")} == {"a.tif", "a_mask.tif", "b.tif"}
+    manifest.write_text("s2,out\nx.tif,y.tif\n")
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dsen2cr.cli",
+            "remove-clouds",
+            "--weights",
+            str(scene["weights"]),
+            "--manifest",
+            str(manifest),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "manifest header lacks s1" in bad.stderr

@@ -177,7 +177,18 @@ def _scene_s1_mean(s1: S1Source, grid_height: int, grid_width: int, block: int =
     return float(sums[0] / counts[0]), float(sums[1] / counts[1])
 
 
-def remove_clouds(
+#: GDAL's block cache for a scene run (MB). GDAL's default is 5 % of RAM, which holds written tiles and makes
+#: memory grow with the scene; a fixed cache keeps it flat.
+GDAL_CACHE_MB = 128
+
+
+def remove_clouds(*args: object, **kwargs: object) -> SceneReport:
+    """Remove the clouds of one scene (see :func:`_remove_clouds`), with GDAL's cache bounded."""
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return _remove_clouds(*args, **kwargs)
+
+
+def _remove_clouds(
     predictor: Predictor,
     *,
     include_sar: bool,
@@ -226,17 +237,12 @@ def remove_clouds(
         start = time.perf_counter()
         bar = _progress_bar(len(tiles), enabled=progress)
         missing = valid_total = 0
-        profile = dict(
-            GTIFF_OPTIONS,
-            count=len(S2_BANDS),
-            width=grid.width,
-            height=grid.height,
-            dtype="uint16",
-            crs=grid.crs,
-            transform=grid.transform,
-            nodata=OUTPUT_NODATA,
-        )
-        mask_profile = dict(profile, count=1, dtype="int8", nodata=None)
+        grid_profile = {"width": grid.width, "height": grid.height, "crs": grid.crs, "transform": grid.transform}
+        # The staging file is tiled but uncompressed: tile cores do not align with its blocks, and completing a
+        # partly written compressed block costs a decompression and a recompression. The COG copy compresses once.
+        uncompressed = {k: v for k, v in GTIFF_OPTIONS.items() if k not in ("compress", "predictor")}
+        profile = dict(uncompressed, **grid_profile, count=len(S2_BANDS), dtype="uint16", nodata=OUTPUT_NODATA)
+        mask_profile = dict(GTIFF_OPTIONS, **grid_profile, count=1, dtype="int8")
         with atomic_path(out) as final_tmp:
             staging = final_tmp.with_name(final_tmp.name + ".staging.tif")
             try:
