@@ -217,7 +217,7 @@ def _add_export(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
         "export", help="write a plain safetensors weights file (with the model configuration) from a checkpoint"
     )
-    parser.add_argument("checkpoint", help="Lightning checkpoint (.ckpt) or Keras .h5")
+    parser.add_argument("keras_file", metavar="checkpoint", help="Lightning checkpoint (.ckpt) or Keras .h5")
     parser.add_argument("out", help="weights file to write (.safetensors)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(handler=_run_export)
@@ -232,13 +232,51 @@ def _run_export(args: argparse.Namespace) -> int:
 
     if Path(args.out).exists() and not args.overwrite:
         raise DSen2CRError(f"{args.out}: exists; pass --overwrite to replace it")
-    model = load_model(args.checkpoint)
+    model = load_model(args.keras_file)
     save_weights(model, args.out)
     params = sum(p.numel() for p in model.parameters())
     print(
         f"wrote {args.out} ({model.config.num_blocks} blocks, {model.config.num_features} features, "
         f"SAR {'yes' if model.include_sar else 'no'}, {params:,} parameters)"
     )
+    return 0
+
+
+def _add_convert_keras(subparsers: SubParsers) -> None:
+    """Register ``dsen2cr convert-keras``."""
+    parser = subparsers.add_parser(
+        "convert-keras",
+        help="convert a published DSen2-CR Keras checkpoint (.h5) to the project's weights file",
+        description="Read the convolutions of a Keras 2 HDF5 file (full model, weights only, or saved through the "
+        "multi-GPU wrapper) in the file's layer order; the variant (SAR, blocks, features) is read from the file.",
+    )
+    parser.add_argument("keras_file", help="Keras HDF5 file (.h5)")
+    parser.add_argument("out", help="weights file to write (.safetensors)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(handler=_run_export)
+
+
+def _add_export_onnx(subparsers: SubParsers) -> None:
+    """Register ``dsen2cr export-onnx``."""
+    parser = subparsers.add_parser("export-onnx", help="export weights to ONNX (dynamic batch, height, width)")
+    _add_weights_argument(parser)
+    parser.add_argument("out", help="ONNX file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(handler=_run_export_onnx)
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    """Run ``export-onnx``."""
+    from pathlib import Path
+
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.onnx_export import export_onnx
+    from dsen2cr.weights import load_model
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise DSen2CRError(f"{args.out}: exists; pass --overwrite to replace it")
+    export_onnx(load_model(args.weights), args.out)
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -266,6 +304,12 @@ def _add_remove_clouds(subparsers: SubParsers) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="default: %(default)s")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="auto: onnxruntime for .onnx weights, PyTorch otherwise (default: %(default)s)",
+    )
     parser.add_argument(
         "--resampling",
         choices=["nearest", "bilinear"],
@@ -313,4 +357,13 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-REGISTRARS = [_add_data, _add_train, _add_evaluate, _add_export, _add_remove_clouds, _add_demo]
+REGISTRARS = [
+    _add_data,
+    _add_train,
+    _add_evaluate,
+    _add_export,
+    _add_convert_keras,
+    _add_export_onnx,
+    _add_remove_clouds,
+    _add_demo,
+]

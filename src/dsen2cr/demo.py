@@ -57,8 +57,11 @@ def run_demo(out: str | Path, *, config_path: str | None = None, overwrite: bool
     for include_sar in (True, False):
         name = "with SAR" if include_sar else "without SAR"
         config = _demo_config(config_path, out, include_sar)
-        print(f"[demo] training {config.model.model_config().num_blocks}-block model {name} "
-              f"({config.optim.epochs} epochs) -> {config.trainer.out_dir}", flush=True)  # fmt: skip
+        print(
+            f"[demo] training {config.model.model_config().num_blocks}-block model {name} "
+            f"({config.optim.epochs} epochs) -> {config.trainer.out_dir}",
+            flush=True,
+        )
         checkpoint = run_training(config, overwrite=True, progress=False)
         weights[include_sar] = out / "weights" / f"dsen2cr-demo-{'sar' if include_sar else 'nosar'}.safetensors"
         weights[include_sar].parent.mkdir(exist_ok=True)
@@ -66,8 +69,12 @@ def run_demo(out: str | Path, *, config_path: str | None = None, overwrite: bool
         save_weights(model, weights[include_sar])
         held_out = resolve_split(config.data, "val") + resolve_split(config.data, "test")
         print(f"[demo] evaluating on {len(held_out)} held-out images", flush=True)
-        summaries[name] = evaluate(model, held_out, out / f"evaluation-{'sar' if include_sar else 'nosar'}",
-                                   cloud_threshold=config.loss.cloud_threshold)  # fmt: skip
+        summaries[name] = evaluate(
+            model,
+            held_out,
+            out / f"evaluation-{'sar' if include_sar else 'nosar'}",
+            cloud_threshold=config.loss.cloud_threshold,
+        )
     print("[demo] removing the clouds of the bundled real L1C scene (model without SAR)", flush=True)
     scene_model = load_model(weights[False])
     scene_dir = out / "scene"
@@ -88,9 +95,11 @@ def run_demo(out: str | Path, *, config_path: str | None = None, overwrite: bool
 
 def _write_report(out: Path, summaries: dict, images: int, scene: object) -> Path:
     """report.md: the metrics of both models against the identity baseline, and the figures."""
-    rows = [("DSen2-CR small, with SAR", summaries["with SAR"]["model"]),
-            ("DSen2-CR small, without SAR", summaries["without SAR"]["model"]),
-            ("identity (cloudy input)", summaries["with SAR"]["identity"])]  # fmt: skip
+    rows = [
+        ("DSen2-CR small, with SAR", summaries["with SAR"]["model"]),
+        ("DSen2-CR small, without SAR", summaries["without SAR"]["model"]),
+        ("identity (cloudy input)", summaries["with SAR"]["identity"]),
+    ]
     lines = [
         "# dsen2cr demo report",
         "",

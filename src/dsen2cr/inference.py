@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.scene import SceneReport, default_overlap, remove_clouds, torch_predictor
+from dsen2cr.model import ModelConfig
+from dsen2cr.scene import Predictor, SceneReport, default_overlap, remove_clouds, torch_predictor
 from dsen2cr.weights import load_model
 
 
@@ -50,8 +51,15 @@ def jobs_from_arguments(
     if s1 is not None and len(s1) != len(s2):
         raise DSen2CRError(f"--s1: {len(s1)} files for {len(s2)} S2 scenes; give one S1 per S2 scene")
     if len(s2) == 1:
-        return [SceneJob(Path(s2[0]), Path(s1[0]) if s1 else None, Path(out),
-                         Path(mask_out) if mask_out else None, Path(preview) if preview else None)]  # fmt: skip
+        return [
+            SceneJob(
+                Path(s2[0]),
+                Path(s1[0]) if s1 else None,
+                Path(out),
+                Path(mask_out) if mask_out else None,
+                Path(preview) if preview else None,
+            )
+        ]
     if mask_out or preview:
         raise DSen2CRError("--mask-out/--preview: name them per scene in a --manifest when processing several scenes")
     folder = Path(out)
@@ -93,16 +101,33 @@ def _rank_and_device(device: str) -> tuple[int, int, str]:
     return rank, world, device
 
 
+def make_predictor(weights: str, *, backend: str, device: str, precision: str) -> tuple[Predictor, ModelConfig]:
+    """The predictor for ``weights`` with the chosen backend (auto: onnxruntime for .onnx, else PyTorch)."""
+    is_onnx = Path(weights).suffix.lower() == ".onnx"
+    if backend == "onnxruntime" or (backend == "auto" and is_onnx):
+        if not is_onnx:
+            raise DSen2CRError(f"{weights}: the onnxruntime backend needs an .onnx file (dsen2cr export-onnx)")
+        if precision != "fp32":
+            raise DSen2CRError("--precision: the onnxruntime backend runs the exported fp32 model only")
+        from dsen2cr.onnx_export import OnnxPredictor
+
+        onnx_predictor = OnnxPredictor(weights, device=device)
+        return onnx_predictor, onnx_predictor.config
+    if is_onnx:
+        raise DSen2CRError(f"{weights}: an ONNX file runs with --backend onnxruntime (or auto)")
+    model = load_model(weights, device=device)
+    return torch_predictor(model, device=device, precision=precision), model.config
+
+
 def run_scene_jobs(jobs: list[SceneJob], args: argparse.Namespace) -> Iterator[SceneReport]:
     """Process this rank's share of ``jobs`` with the settings of the parsed command line."""
     rank, world, device = _rank_and_device(args.device)
-    model = load_model(args.weights, device=device)
-    predictor = torch_predictor(model, device=device, precision=args.precision)
-    overlap = default_overlap(model) if args.overlap is None else args.overlap
+    predictor, config = make_predictor(args.weights, backend=args.backend, device=device, precision=args.precision)
+    overlap = default_overlap(config) if args.overlap is None else args.overlap
     for job in jobs[rank::world]:
         yield remove_clouds(
             predictor,
-            include_sar=model.include_sar,
+            include_sar=config.include_sar,
             s2_path=job.s2,
             s1_path=job.s1,
             out=job.out,

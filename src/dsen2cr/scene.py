@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.geotiff import GTIFF_OPTIONS, atomic_path
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD, cloud_shadow_mask
-from dsen2cr.model import DSen2CR
+from dsen2cr.model import DSen2CR, ModelConfig
 from dsen2cr.preprocessing import (
     S2_BANDS,
     S2_CLIP_DN,
@@ -44,12 +44,13 @@ Predictor = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 OUTPUT_NODATA = 0
 
 
-def receptive_radius(model: DSen2CR) -> int:
+def receptive_radius(model: DSen2CR | ModelConfig) -> int:
     """Pixels on each side that influence one output pixel: one per 3x3 convolution (2 per block + 2)."""
-    return 2 * model.config.num_blocks + 2
+    config = model.config if isinstance(model, DSen2CR) else model
+    return 2 * config.num_blocks + 2
 
 
-def default_overlap(model: DSen2CR) -> int:
+def default_overlap(model: DSen2CR | ModelConfig) -> int:
     """The smallest overlap that makes tiled inference equal whole-image inference."""
     return 2 * receptive_radius(model)
 

@@ -1,0 +1,138 @@
+"""Published-checkpoint import (Keras HDF5, checked against Keras's own outputs) and ONNX export."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from dsen2cr import create_model
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.keras import load_keras_weights
+from dsen2cr.weights import load_model, save_weights
+
+FIXTURES = Path(__file__).parent / "fixtures" / "keras"
+KERAS_FILES = {
+    "keras224_full_sar": True,  # full model, Keras 2.2.4 names conv2d_1 ... conv2d_12
+    "keras_weights_nosar": False,  # weights only, later names conv2d, conv2d_1, ...
+    "keras224_multigpu_sar": True,  # the model nested as one layer (multi_gpu_model)
+    "keras_weights_multigpu_nosar": False,
+}
+
+
+def _outputs() -> dict[str, np.ndarray]:
+    return dict(np.load(FIXTURES / "keras_outputs.npz"))
+
+
+@pytest.mark.parametrize(("name", "include_sar"), KERAS_FILES.items())
+def test_converted_model_reproduces_keras(name: str, include_sar: bool) -> None:
+    reference = _outputs()
+    model = load_model(FIXTURES / f"{name}.h5")
+    assert (model.config.num_blocks, model.config.num_features, model.include_sar) == (5, 8, include_sar)
+    with torch.no_grad():
+        s1 = torch.from_numpy(reference["s1"]) if include_sar else None
+        out = model(torch.from_numpy(reference["s2"]), s1).numpy()
+    assert np.abs(out - reference["s2"]).mean() > 0.5  # a real correction, not the long skip alone
+    np.testing.assert_allclose(out, reference[name], atol=1e-5, rtol=0)
+
+
+def test_layer_order_comes_from_the_file_not_from_sorted_names() -> None:
+    _, state = load_keras_weights(FIXTURES / "keras224_full_sar.h5")
+    with h5py.File(FIXTURES / "keras224_full_sar.h5") as f:
+        # the 10th conv is block 4's first; sorting names would put conv2d_10 third (after conv2d_1)
+        tenth = np.asarray(f["model_weights/conv2d_10/conv2d_10/kernel:0"])
+    np.testing.assert_array_equal(state["blocks.4.conv1.weight"].numpy(), tenth.transpose(3, 2, 0, 1))
+
+
+def test_convert_keras_command(tmp_path: Path) -> None:
+    out = tmp_path / "paper.safetensors"
+    result = subprocess.run(
+        [sys.executable, "-m", "dsen2cr.cli", "convert-keras", str(FIXTURES / "keras224_multigpu_sar.h5"), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "5 blocks, 8 features, SAR yes" in result.stdout
+    assert load_model(out).config == load_model(FIXTURES / "keras224_multigpu_sar.h5").config
+
+
+def _write_keras_like(path: Path, kernels: list[tuple[int, int, int, int]]) -> None:
+    """A weights-only Keras-layout file with the given conv kernel shapes."""
+    with h5py.File(path, "w") as f:
+        names = [f"conv2d_{i + 1}" for i in range(len(kernels))]
+        f.attrs["layer_names"] = np.array([n.encode() for n in names])
+        for name, shape in zip(names, kernels, strict=True):
+            group = f.create_group(name)
+            group.attrs["weight_names"] = np.array([f"{name}/kernel:0".encode(), f"{name}/bias:0".encode()])
+            group.create_dataset(f"{name}/kernel:0", data=np.zeros(shape, np.float32))
+            group.create_dataset(f"{name}/bias:0", data=np.zeros(shape[-1], np.float32))
+
+
+def test_bad_keras_files(tmp_path: Path) -> None:
+    not_hdf5 = tmp_path / "model.h5"
+    not_hdf5.write_bytes(b"this is not HDF5")
+    with pytest.raises(DSen2CRError, match=r"model.h5: not an HDF5 file"):
+        load_model(not_hdf5)
+    plain = tmp_path / "plain.h5"
+    with h5py.File(plain, "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    with pytest.raises(DSen2CRError, match=r"plain.h5: HDF5 file is not a Keras model or weights file"):
+        load_model(plain)
+    truncated = tmp_path / "truncated.h5"
+    data = (FIXTURES / "keras224_full_sar.h5").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DSen2CRError, match=r"truncated.h5: (truncated or damaged HDF5 file|damaged Keras file)"):
+        load_model(truncated)
+    odd = tmp_path / "odd.h5"
+    _write_keras_like(odd, [(3, 3, 15, 8), (3, 3, 8, 8), (3, 3, 8, 13)])
+    with pytest.raises(DSen2CRError, match=r"odd.h5: 3 convolution layers; DSen2-CR has 2 x blocks \+ 2"):
+        load_model(odd)
+    wrong_in = tmp_path / "wrong_in.h5"
+    _write_keras_like(wrong_in, [(3, 3, 14, 8), (3, 3, 8, 13)])
+    with pytest.raises(DSen2CRError, match=r"layer conv2d_1: 14 input channels; expected 13 \(S2\) or 15"):
+        load_model(wrong_in)
+    wrong_block = tmp_path / "wrong_block.h5"
+    _write_keras_like(wrong_block, [(3, 3, 15, 8), (3, 3, 8, 8), (3, 3, 8, 16), (3, 3, 8, 13)])
+    with pytest.raises(
+        DSen2CRError, match=r"layer conv2d_3 \(blocks.0.conv2\): kernel \(3, 3, 8, 16\) .* expected \(3, 3, 8, 8\)"
+    ):
+        load_model(wrong_block)
+
+
+def test_onnx_export_matches_pytorch_on_any_size(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = create_model("dsen2cr-small").eval()
+    weights = save_weights(model, tmp_path / "small.safetensors")
+    out = tmp_path / "small.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "dsen2cr.cli", "export-onnx", "--weights", str(weights), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch, h, w in ((1, 37, 29), (3, 64, 80)):
+        s2, s1 = torch.rand(batch, 13, h, w) * 5, torch.rand(batch, 2, h, w) * 2
+        got = session.run(None, {"s2_cloudy": s2.numpy(), "s1": s1.numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, model(s2, s1).numpy(), atol=1e-4, rtol=0)
+
+
+def test_onnx_file_with_other_inputs_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from dsen2cr.onnx_export import OnnxPredictor
+
+    class Other(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    path = tmp_path / "other.onnx"
+    torch.onnx.export(Other(), (torch.rand(1, 3, 8, 8),), str(path), input_names=["image"], dynamo=True)
+    with pytest.raises(DSen2CRError, match=r"other.onnx: ONNX inputs \['image'\]; expected s2_cloudy"):
+        OnnxPredictor(path)
