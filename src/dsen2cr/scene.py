@@ -259,6 +259,8 @@ def _remove_clouds(
                         valid_total += int(valid.sum())
                         if mask_dst is not None:
                             mask_dst.write(cloud_shadow_mask(dn, cloud_threshold)[None], window=t.core)
+                    if valid_total == 0:
+                        raise DSen2CRError(f"{s2_path}: S2 has no valid pixels (all nodata or NaN)")
                 rasterio.shutil.copy(
                     staging,
                     final_tmp,

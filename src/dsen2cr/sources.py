@@ -55,6 +55,20 @@ class S2Source:
             self.nodata = dataset.nodata
         if self.grid.crs is None:
             raise DSen2CRError(f"{self.path}: S2 has no coordinate reference system")
+        self._check_units()
+
+    def _check_units(self) -> None:
+        """Refuse S2 that holds reflectance (0-1) instead of digital numbers (reflectance x 10000)."""
+        dataset = self._datasets[0]
+        if np.dtype(dataset.dtypes[0]).kind != "f":
+            return
+        sample = self.read_decimated(256).astype(np.float64)
+        finite = sample[np.isfinite(sample) & (sample != 0)]
+        if finite.size and np.percentile(finite, 99) <= 2.0:
+            raise DSen2CRError(
+                f"{self.path}: S2 values look like reflectance (99th percentile {np.percentile(finite, 99):.3g}); "
+                "expected L1C digital numbers (reflectance x 10000), e.g. uint16"
+            )
 
     def _open_band_files(self, files: list[Path], resampling: Resampling) -> None:
         """Open one file per band; warp the coarser ones onto the B02 grid."""
@@ -85,9 +99,12 @@ class S2Source:
         return np.concatenate([read_window(d, window) for d in self._datasets], axis=0)
 
     def valid(self, dn: np.ndarray) -> np.ndarray:
-        """Bool (h, w): pixels that are not nodata (nodata: the file's nodata value, or 0 in every band)."""
+        """Bool (h, w): pixels that are not nodata (the file's nodata value, or 0, or NaN in every band)."""
         nodata = 0 if self.nodata is None else self.nodata
-        return ~np.all(dn == nodata, axis=0)
+        missing = dn == nodata
+        if dn.dtype.kind == "f":
+            missing |= np.isnan(dn)
+        return ~np.all(missing, axis=0)
 
     def read_decimated(self, max_size: int) -> np.ndarray:
         """The whole scene at reduced resolution (longest side at most ``max_size``), for quicklooks."""

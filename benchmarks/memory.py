@@ -1,0 +1,111 @@
+"""Resident memory across long runs: a training run over many epochs and a scene run over many tiles.
+
+Prints RSS after each epoch / every few tiles, then a table (first, last, peak, growth), and writes
+benchmarks/results/memory.json. Run: ``python -m benchmarks.memory [--epochs 30] [--scene 3072]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import lightning as L
+
+from benchmarks.common import report
+from benchmarks.scene import write_scene
+from dsen2cr import create_model
+from dsen2cr.config import load_config
+from dsen2cr.data.synth import write_synthetic_dataset
+from dsen2cr.scene import default_overlap, iter_predictions, plan_tiles, torch_predictor
+from dsen2cr.sources import S1Source, S2Source
+
+
+def rss_mib() -> float:
+    """This process's resident memory in MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class _RssPerEpoch(L.Callback):
+    """Record RSS at the end of every training epoch."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.samples.append(rss_mib())
+        print(f"epoch {trainer.current_epoch}: RSS {self.samples[-1]:.0f} MiB", flush=True)
+
+
+def _row(name: str, samples: list[float]) -> dict[str, object]:
+    """Summary of an RSS series; growth compares the last quarter with the second quarter (after warm-up)."""
+    quarter = max(1, len(samples) // 4)
+    settled, end = samples[quarter : 2 * quarter], samples[-quarter:]
+    return {
+        "run": name,
+        "samples": len(samples),
+        "first_MiB": samples[0],
+        "last_MiB": samples[-1],
+        "peak_MiB": max(samples),
+        "growth_MiB": sum(end) / len(end) - sum(settled) / len(settled),
+    }
+
+
+def main() -> None:
+    """Measure and report."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--scene", type=int, default=3072, help="scene size in pixels (square)")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_synthetic_dataset(folder / "data", 10, size=96, seed=0)
+        config = load_config(
+            None,
+            [
+                "model.variant=dsen2cr-small",
+                f"data.root={folder / 'data'}",
+                f"data.file_list={folder / 'data/files.csv'}",
+                "data.crop_size=64",
+                "data.repeats=4",
+                "data.num_workers=2",
+                "optim.batch_size=8",
+                f"optim.epochs={args.epochs}",
+                f"trainer.out_dir={folder / 'run'}",
+                "trainer.accelerator=cpu",
+                "trainer.devices=1",
+            ],
+        )
+        from dsen2cr.training.datamodule import SEN12MSCRDataModule
+        from dsen2cr.training.train import build_task, build_trainer, prepare_run_dir
+
+        out = prepare_run_dir(config, resume=None, overwrite=True)
+        datamodule = SEN12MSCRDataModule(config.data, config.loss, config.optim.batch_size, config.trainer.seed)
+        trainer = build_trainer(config, out, progress=False)
+        recorder = _RssPerEpoch()
+        trainer.callbacks.append(recorder)
+        trainer.fit(build_task(config), datamodule=datamodule)
+        rows.append(_row(f"training, {args.epochs} epochs", recorder.samples))
+
+        write_scene(folder / "s2.tif", args.scene, 13, "uint16", seed=1)
+        write_scene(folder / "s1.tif", args.scene, 2, "float32", seed=2)
+        model = create_model("dsen2cr-small")
+        s2 = S2Source(folder / "s2.tif")
+        s1 = S1Source(folder / "s1.tif", s2.grid)
+        tiles = plan_tiles(args.scene, args.scene, 256, default_overlap(model))
+        samples = []
+        for i, _ in enumerate(
+            iter_predictions(torch_predictor(model), s2, s1, tiles, batch_size=4, s1_fill_db=(-12.0, -19.0))
+        ):
+            if i % 8 == 0:
+                samples.append(rss_mib())
+        rows.append(_row(f"scene {args.scene}x{args.scene}, {len(tiles)} tiles", samples))
+    report("memory", rows)
+
+
+if __name__ == "__main__":
+    main()

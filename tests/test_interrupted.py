@@ -1,0 +1,106 @@
+"""Runs killed with SIGKILL: training resumes to the weights of an uninterrupted run; a killed scene run leaves
+nothing at the output path and a rerun succeeds."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from rasterio.transform import from_origin
+
+from conftest import UTM32N
+from dsen2cr import create_model
+from dsen2cr.config import load_config
+from dsen2cr.geotiff import write_geotiff
+from dsen2cr.weights import load_model, save_weights
+
+
+def _config(tmp: Path, root: Path, out: Path) -> Path:
+    settings = {
+        "model": {"variant": "dsen2cr-small", "num_blocks": 2, "num_features": 16},
+        "data": {
+            "root": str(root),
+            "file_list": str(root / "files.csv"),
+            "crop_size": 48,
+            "num_workers": 0,
+            "repeats": 4,
+        },
+        "optim": {"lr": 2e-3, "batch_size": 2, "epochs": 4},
+        "trainer": {"out_dir": str(out), "accelerator": "cpu", "devices": 1, "deterministic": True, "seed": 3},
+    }
+    path = tmp / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_sigkilled_training_resumes_to_the_uninterrupted_weights(tmp_path: Path, synthetic_tree: Path) -> None:
+    from dsen2cr.training.train import run_training
+
+    straight = load_model(
+        run_training(load_config(_config(tmp_path, synthetic_tree, tmp_path / "straight")), progress=False)
+    )
+    config = _config(tmp_path, synthetic_tree, tmp_path / "killed")
+    command = [sys.executable, "-m", "dsen2cr.cli", "train", "--config", str(config), "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.glob("epoch000-*.ckpt")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))  # somewhere in a later epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    last = checkpoints / "last.ckpt"
+    assert last.is_file()
+    resumed = subprocess.run([*command, "--resume", str(last)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = load_model(checkpoints / "last.ckpt")
+    for (name, a), b in zip(straight.state_dict().items(), final.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_sigkilled_scene_run_leaves_no_output(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    origin = from_origin(500000, 5000000, 10, 10)
+    s2 = write_geotiff(
+        tmp_path / "s2.tif",
+        rng.integers(1, 8000, size=(13, 1024, 1024)).astype(np.uint16),
+        crs=UTM32N,
+        transform=origin,
+    )
+    weights = save_weights(create_model("dsen2cr-small-nosar"), tmp_path / "w.safetensors")
+    out = tmp_path / "out" / "clear.tif"
+    out.parent.mkdir()
+    command = [
+        sys.executable,
+        "-m",
+        "dsen2cr.cli",
+        "remove-clouds",
+        "--weights",
+        str(weights),
+        "--s2",
+        str(s2),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(out.parent.glob(".clear.*")) and time.monotonic() < deadline:  # writing has started
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not out.exists()
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert out.is_file()
