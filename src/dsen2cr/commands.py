@@ -306,9 +306,10 @@ def _add_remove_clouds(subparsers: SubParsers) -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="default: %(default)s")
     parser.add_argument(
         "--backend",
-        choices=["auto", "torch", "onnxruntime"],
+        choices=["auto", "eager", "compiled", "onnxruntime"],
         default="auto",
-        help="auto: onnxruntime for .onnx weights, PyTorch otherwise (default: %(default)s)",
+        help="auto: onnxruntime for .onnx weights; else torch.compile'd fp32 on CPU when the run is long enough to "
+        "pay for compiling, bf16 on GPU (default: %(default)s)",
     )
     parser.add_argument(
         "--resampling",

@@ -10,9 +10,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from dsen2cr.backends import Predictor, select_backend
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.model import ModelConfig
-from dsen2cr.scene import Predictor, SceneReport, default_overlap, remove_clouds, torch_predictor
+from dsen2cr.scene import SceneReport, default_overlap, remove_clouds
 from dsen2cr.weights import load_model
 
 
@@ -91,6 +94,20 @@ def read_manifest(path: Path) -> list[SceneJob]:
     return jobs
 
 
+def _scene_pixels(path: Path) -> int:
+    """Pixels of a scene's 10 m grid (0 when it cannot be opened: the run reports that file's error later)."""
+    from dsen2cr.sources import S2Source
+
+    try:
+        source = S2Source(path)
+    except DSen2CRError:
+        return 0
+    try:
+        return source.grid.width * source.grid.height
+    finally:
+        source.close()
+
+
 def _rank_and_device(device: str) -> tuple[int, int, str]:
     """This process's rank, the world size and its device (under torchrun: one GPU per local rank)."""
     rank = int(os.environ.get("RANK", "0"))
@@ -101,8 +118,23 @@ def _rank_and_device(device: str) -> tuple[int, int, str]:
     return rank, world, device
 
 
-def make_predictor(weights: str, *, backend: str, device: str, precision: str) -> tuple[Predictor, ModelConfig]:
-    """The predictor for ``weights`` with the chosen backend (auto: onnxruntime for .onnx, else PyTorch)."""
+#: ``--backend auto`` compiles (CPU) when the estimated eager run is longer than this, since compiling costs
+#: tens of seconds once per tile shape (less later: inductor caches compiled code on disk).
+COMPILE_WHEN_EAGER_SECONDS = 120.0
+#: Rough eager fp32 rate of a CPU for the estimate (FLOP/s); a 2-core AVX-512 machine measures ~1.5e11.
+EAGER_CPU_FLOPS = 1.5e11
+
+
+def estimated_eager_seconds(config: ModelConfig, pixels: float) -> float:
+    """Eager CPU seconds to run a model of ``config`` over ``pixels`` (2 FLOP per weight and pixel)."""
+    return pixels * 2 * config.build_parameter_count() / EAGER_CPU_FLOPS
+
+
+def make_predictor(
+    weights: str, *, backend: str, device: str, precision: str, tile_shape: tuple[int, int, int], pixels: float
+) -> tuple[Predictor, ModelConfig]:
+    """The predictor for ``weights``: onnxruntime for .onnx files; otherwise the named PyTorch backend, or for
+    ``auto`` compiled/bf16 when it pays off (checked against eager fp32 on a tile-shaped probe)."""
     is_onnx = Path(weights).suffix.lower() == ".onnx"
     if backend == "onnxruntime" or (backend == "auto" and is_onnx):
         if not is_onnx:
@@ -116,15 +148,32 @@ def make_predictor(weights: str, *, backend: str, device: str, precision: str) -
     if is_onnx:
         raise DSen2CRError(f"{weights}: an ONNX file runs with --backend onnxruntime (or auto)")
     model = load_model(weights, device=device)
-    return torch_predictor(model, device=device, precision=precision), model.config
+    name = "bf16" if precision == "bf16" else backend
+    if name == "auto":
+        on_gpu = torch.device(device).type == "cuda"
+        worth_compiling = estimated_eager_seconds(model.config, pixels) > COMPILE_WHEN_EAGER_SECONDS
+        name = "auto" if on_gpu or worth_compiling else "eager"
+    chosen, predictor = select_backend(model, name, device, probe_shape=tile_shape)
+    print(f"backend: {chosen}", flush=True)
+    return predictor, model.config
 
 
 def run_scene_jobs(jobs: list[SceneJob], args: argparse.Namespace) -> Iterator[SceneReport]:
     """Process this rank's share of ``jobs`` with the settings of the parsed command line."""
     rank, world, device = _rank_and_device(args.device)
-    predictor, config = make_predictor(args.weights, backend=args.backend, device=device, precision=args.precision)
+    mine = jobs[rank::world]
+    pixels = sum(_scene_pixels(job.s2) for job in mine)
+    tile_shape = (args.batch_size, args.tile, args.tile)
+    predictor, config = make_predictor(
+        args.weights,
+        backend=args.backend,
+        device=device,
+        precision=args.precision,
+        tile_shape=tile_shape,
+        pixels=pixels,
+    )
     overlap = default_overlap(config) if args.overlap is None else args.overlap
-    for job in jobs[rank::world]:
+    for job in mine:
         yield remove_clouds(
             predictor,
             include_sar=config.include_sar,

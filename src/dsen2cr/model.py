@@ -97,6 +97,12 @@ class ModelConfig:
         """Return the configuration as a plain dict."""
         return asdict(self)
 
+    def build_parameter_count(self) -> int:
+        """Number of parameters of a network with this configuration (without building it)."""
+        inputs = NUM_S2_BANDS + (NUM_S1_BANDS if self.include_sar else 0)
+        f = self.num_features
+        return (inputs * 9 + 1) * f + self.num_blocks * 2 * (f * 9 + 1) * f + (f * 9 + 1) * NUM_S2_BANDS
+
     def build(self) -> DSen2CR:
         """Build a freshly initialised network with this configuration."""
         return DSen2CR(**self.to_dict())

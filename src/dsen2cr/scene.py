@@ -26,6 +26,7 @@ import torch
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from dsen2cr.backends import Predictor, build_backend
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.geotiff import GTIFF_OPTIONS, atomic_path
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD, cloud_shadow_mask
@@ -39,8 +40,6 @@ from dsen2cr.preprocessing import (
 )
 from dsen2cr.sources import S1Source, S2Source
 
-#: A batch predictor: (S2 model units (N, 13, h, w), S1 model units (N, 2, h, w) or None) -> (N, 13, h, w).
-Predictor = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 OUTPUT_NODATA = 0
 
 
@@ -100,19 +99,10 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
 
 
 def torch_predictor(model: DSen2CR, *, device: str | torch.device = "cpu", precision: str = "fp32") -> Predictor:
-    """A predictor that runs ``model`` with PyTorch (fp32, or bf16 autocast)."""
+    """A PyTorch predictor without compilation: eager fp32, or bf16 autocast (see ``dsen2cr.backends``)."""
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision: expected fp32 or bf16, got {precision!r}")
-    device = torch.device(device)
-    model = model.to(device).eval()
-
-    def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-            s2_t = torch.from_numpy(s2).to(device)
-            s1_t = torch.from_numpy(s1).to(device) if s1 is not None else None
-            return model(s2_t, s1_t).float().cpu().numpy()
-
-    return predict
+    return build_backend(model, "eager" if precision == "fp32" else "bf16", device)
 
 
 @dataclass
@@ -154,13 +144,23 @@ def iter_predictions(
                     db[band][np.isnan(db[band])] = s1_fill_db[band]
                 s1_batch.append(s1_db_to_model(db))
             s1_model = np.stack(s1_batch)
-        pred = predictor(s2_model, s1_model)
+        pred = predictor(*_pad_batch(s2_model, s1_model, batch_size if len(tiles) > batch_size else len(group)))
         for i, tile in enumerate(group):
             rows, cols = tile.core_in_tile()
             dn = s2_dn[i][:, rows, cols]
             yield tile, pred[i][:, rows, cols], dn, s2.valid(dn), missing[i]
         if on_batch is not None:
             on_batch(len(group))
+
+
+def _pad_batch(s2: np.ndarray, s1: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pad a short last batch with zeros to ``size`` so that compiled backends see one shape (outputs beyond
+    the real tiles are ignored)."""
+    missing = size - s2.shape[0]
+    if missing <= 0:
+        return s2, s1
+    pad = lambda a: np.concatenate([a, np.zeros((missing, *a.shape[1:]), a.dtype)])  # noqa: E731
+    return pad(s2), None if s1 is None else pad(s1)
 
 
 def _scene_s1_mean(s1: S1Source, grid_height: int, grid_width: int, block: int = 1024) -> tuple[float, float]:

@@ -1,0 +1,53 @@
+"""Every inference backend agrees with eager fp32 (accuracy only; speed is in benchmarks/)."""
+
+from __future__ import annotations
+
+import copy
+import numpy as np
+import pytest
+import torch
+
+from dsen2cr import DSen2CR
+from dsen2cr.backends import build_backend, relative_error, select_backend
+
+
+@pytest.fixture(scope="module")
+def tiny() -> DSen2CR:
+    torch.manual_seed(0)
+    return DSen2CR(num_blocks=2, num_features=16).eval()
+
+
+def _inputs(batch: int = 2, h: int = 48, w: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return (
+        rng.uniform(0, 5, (batch, 13, h, w)).astype(np.float32),
+        rng.uniform(0, 2, (batch, 2, h, w)).astype(np.float32),
+    )
+
+
+def _reference(model: DSen2CR, s2: np.ndarray, s1: np.ndarray) -> np.ndarray:
+    """The model evaluated in float64 (on a copy)."""
+    with torch.no_grad():
+        return copy.deepcopy(model).double()(torch.from_numpy(s2).double(), torch.from_numpy(s1).double()).numpy()
+
+
+@pytest.mark.parametrize(("backend", "tolerance"), [("eager", 1e-5), ("compiled", 1e-3), ("bf16", 5e-2)])
+def test_backend_agrees_with_fp32(tiny: DSen2CR, backend: str, tolerance: float) -> None:
+    s2, s1 = _inputs()
+    expected = _reference(tiny, s2, s1)
+    predictor = build_backend(tiny, backend)
+    error = relative_error(predictor(s2, s1), expected)
+    print(f"{backend}: relative error {error:.2e}")
+    assert error < tolerance
+
+
+def test_auto_falls_back_to_eager_when_compiling_fails(tiny: DSen2CR, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match="backend compiled unavailable"):
+        name, predictor = select_backend(tiny.float(), "auto", probe_shape=(1, 32, 32))
+    assert name == "eager"
+    s2, s1 = _inputs(1, 32, 32)
+    assert predictor(s2, s1).shape == (1, 13, 32, 32)
