@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # The CPU wheel that lies on disk; the package itself only asks for a range (GPU users keep their CUDA torch).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test test-slow lint format demo benchmark clean
+.PHONY: install test test-slow lint format demo benchmark benchmark-quick clean
 
 install: $(STAMP)
 
@@ -35,8 +35,10 @@ demo: $(STAMP)
 	$(BIN)/dsen2cr demo --out demo-output --overwrite
 
 benchmark: $(STAMP)
-	$(BIN)/python -m benchmarks.masks
-	$(BIN)/python -m benchmarks.data_pipeline
+	$(BIN)/python -m benchmarks
+
+benchmark-quick: $(STAMP)
+	$(BIN)/python -m benchmarks --quick
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

@@ -217,22 +217,28 @@ def _add_export(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
         "export", help="write a plain safetensors weights file (with the model configuration) from a checkpoint"
     )
-    parser.add_argument("keras_file", metavar="checkpoint", help="Lightning checkpoint (.ckpt) or Keras .h5")
+    parser.add_argument("source", metavar="checkpoint", help="Lightning checkpoint (.ckpt) or Keras .h5")
     parser.add_argument("out", help="weights file to write (.safetensors)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(handler=_run_export)
 
 
-def _run_export(args: argparse.Namespace) -> int:
-    """Run ``export``."""
+def _refuse_existing_output(path: str, overwrite: bool) -> None:
+    """Refuse to replace an existing output file unless ``overwrite``."""
     from pathlib import Path
 
     from dsen2cr.errors import DSen2CRError
+
+    if Path(path).exists() and not overwrite:
+        raise DSen2CRError(f"{path}: exists; pass --overwrite to replace it")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    """Run ``export`` and ``convert-keras``: any weights file in, safetensors weights out."""
     from dsen2cr.weights import load_model, save_weights
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise DSen2CRError(f"{args.out}: exists; pass --overwrite to replace it")
-    model = load_model(args.keras_file)
+    _refuse_existing_output(args.out, args.overwrite)
+    model = load_model(args.source)
     save_weights(model, args.out)
     params = sum(p.numel() for p in model.parameters())
     print(
@@ -250,7 +256,7 @@ def _add_convert_keras(subparsers: SubParsers) -> None:
         description="Read the convolutions of a Keras 2 HDF5 file (full model, weights only, or saved through the "
         "multi-GPU wrapper) in the file's layer order; the variant (SAR, blocks, features) is read from the file.",
     )
-    parser.add_argument("keras_file", help="Keras HDF5 file (.h5)")
+    parser.add_argument("source", metavar="keras_file", help="Keras HDF5 file (.h5)")
     parser.add_argument("out", help="weights file to write (.safetensors)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(handler=_run_export)
@@ -267,14 +273,10 @@ def _add_export_onnx(subparsers: SubParsers) -> None:
 
 def _run_export_onnx(args: argparse.Namespace) -> int:
     """Run ``export-onnx``."""
-    from pathlib import Path
-
-    from dsen2cr.errors import DSen2CRError
     from dsen2cr.onnx_export import export_onnx
     from dsen2cr.weights import load_model
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise DSen2CRError(f"{args.out}: exists; pass --overwrite to replace it")
+    _refuse_existing_output(args.out, args.overwrite)
     export_onnx(load_model(args.weights), args.out)
     print(f"wrote {args.out}")
     return 0

@@ -1,0 +1,189 @@
+"""The project's benchmark, in one run: ``python -m benchmarks [--quick]``.
+
+Measures this machine's fp32 matrix-multiply rate; patch inference (256x256) with the eager fp32 path and the
+default path (``dsen2cr.backends.select_backend("auto")``), in s/patch, GFLOP/s and as a fraction of the
+matmul rate; whole-scene throughput and its overhead against patch inference; the training input pipeline;
+one training step (batch 2 of 128x128); and, without ``--quick``, peak memory of scene inference at two
+sizes. Writes benchmarks/results/benchmark[-quick].json and .md. ``--quick`` uses the small variant and
+finishes in about two minutes; the full run uses the paper's model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import RESULTS_DIR, machine_info, median_seconds
+from dsen2cr import create_model
+from dsen2cr.backends import build_backend, relative_error, select_backend
+
+
+def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
+    """fp32 matrix-multiply rate of this machine (GFLOP/s)."""
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    seconds = median_seconds(lambda: a @ b, repeats=repeats)
+    return 2 * size**3 / seconds / 1e9
+
+
+def patch_flops(model: torch.nn.Module, size: int = 256) -> float:
+    """FLOP of one forward pass on a size x size patch (2 per multiply-add of the convolutions)."""
+    macs = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return 2.0 * macs * size * size
+
+
+def main() -> None:
+    """Run every measurement and write the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small variant, about two minutes")
+    args = parser.parse_args()
+    variant = "dsen2cr-small" if args.quick else "dsen2cr"
+    repeats = 5 if args.quick else 3
+    rows: list[dict[str, object]] = []
+
+    def add(measure: str, value: float, unit: str, note: str = "") -> None:
+        rows.append({"measure": measure, "value": float(value), "unit": unit, "note": note})
+        print(f"{measure}: {value:.4g} {unit} {note}", flush=True)
+
+    rate = matmul_gflops()
+    add("fp32 matmul 4096x4096", rate, "GFLOP/s", f"{torch.get_num_threads()} threads")
+
+    model = create_model(variant).eval()
+    flops = patch_flops(model)
+    rng = np.random.default_rng(0)
+    s2 = rng.uniform(0, 2, (1, 13, 256, 256)).astype(np.float32)
+    s1 = rng.uniform(0, 2, (1, 2, 256, 256)).astype(np.float32)
+    eager = build_backend(model, "eager")
+    eager_s = median_seconds(lambda: eager(s2, s1), repeats=repeats)
+    add(
+        f"patch 256x256 {variant}, eager fp32",
+        eager_s,
+        "s/patch",
+        f"{flops / eager_s / 1e9:.1f} GFLOP/s, {flops / eager_s / 1e9 / rate:.0%} of matmul",
+    )
+    start = time.perf_counter()
+    name, default = select_backend(copy.deepcopy(model), "auto", probe_shape=(1, 256, 256))
+    add(f"default path ({name}): build and check", time.perf_counter() - start, "s", "first run; cached afterwards")
+    default_s = median_seconds(lambda: default(s2, s1), repeats=repeats)
+    add(
+        f"patch 256x256 {variant}, default ({name})",
+        default_s,
+        "s/patch",
+        f"{flops / default_s / 1e9:.1f} GFLOP/s, {flops / default_s / 1e9 / rate:.0%} of matmul, "
+        f"{eager_s / default_s:.2f}x eager",
+    )
+    add(f"default ({name}) vs eager: relative error", relative_error(default(s2, s1), eager(s2, s1)), "")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        from benchmarks.scene import write_scene
+        from dsen2cr.scene import default_overlap, remove_clouds
+
+        size = 1024 if args.quick else 512
+        write_scene(folder / "s2.tif", size, 13, "uint16", seed=1)
+        write_scene(folder / "s1.tif", size, 2, "float32", seed=2)
+        report = remove_clouds(
+            default,
+            include_sar=True,
+            s2_path=folder / "s2.tif",
+            s1_path=folder / "s1.tif",
+            out=folder / "out.tif",
+            tile=256,
+            overlap=default_overlap(model),
+            batch_size=1,
+            progress=False,
+        )
+        patch_mpx = 256 * 256 / 1e6 / default_s
+        scene_mpx = report.megapixels / report.seconds
+        add(
+            f"scene {size}x{size} {variant}, default path",
+            scene_mpx,
+            "Mpx/s",
+            f"{1 - scene_mpx / patch_mpx:.0%} below patch throughput ({patch_mpx:.3f} Mpx/s), overlap "
+            f"{default_overlap(model)} px",
+        )
+
+        from dsen2cr.data.dataset import SEN12MSCRDataset
+        from dsen2cr.data.layout import read_file_list
+        from dsen2cr.data.synth import write_synthetic_dataset
+
+        write_synthetic_dataset(folder / "data", 32, size=256, seed=0)
+        dataset = SEN12MSCRDataset(read_file_list(folder / "data/files.csv", folder / "data"), train=True)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=True, num_workers=2)
+        for _ in loader:
+            pass
+        start = time.perf_counter()
+        count = sum(len(batch["patch_id"]) for batch in loader)
+        add(
+            "training input pipeline, 2 workers",
+            count / (time.perf_counter() - start),
+            "samples/s",
+            "128x128 crops: read, preprocess, mask, augment",
+        )
+
+        from dsen2cr.losses import carl_loss
+
+        train_model = create_model(variant).train().to(memory_format=torch.channels_last)
+        optimiser = torch.optim.NAdam(train_model.parameters(), lr=7e-5, momentum_decay=0.004)
+        batch = torch.utils.data.default_collate([dataset[i] for i in range(2)])
+
+        def step() -> None:
+            optimiser.zero_grad()
+            pred = train_model(
+                batch["s2_cloudy"].contiguous(memory_format=torch.channels_last),
+                batch["s1"].contiguous(memory_format=torch.channels_last),
+            )
+            carl_loss(pred, batch["s2_cloudy"], batch["s2"], batch["cloud_mask"]).backward()
+            optimiser.step()
+
+        add(
+            f"training step {variant}, batch 2 of 128x128",
+            median_seconds(step, repeats=3),
+            "s/step",
+            "eager fp32, channels-last",
+        )
+
+        if not args.quick:
+            result = subprocess.run(
+                [sys.executable, "-m", "benchmarks.scene", "--sizes", "1024", "2048"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            for line in result.stdout.splitlines():
+                if line.startswith("| 1024") or line.startswith("| 2048"):
+                    cells = [c.strip() for c in line.strip("|").split("|")]
+                    add(f"scene {cells[0]} small variant: peak RSS", float(cells[5]), "MiB", f"{cells[4]} Mpx/s")
+    name = "benchmark-quick" if args.quick else "benchmark"
+    _write(name, rows)
+
+
+def _write(name: str, rows: list[dict[str, object]]) -> None:
+    """JSON and Markdown table, atomically."""
+    import json
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    lines = ["| measure | value | unit | note |", "|---|---|---|---|"]
+    lines += [f"| {r['measure']} | {r['value']:.4g} | {r['unit']} | {r['note']} |" for r in rows]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    for suffix, text in (
+        (".json", json.dumps({"machine": machine_info(), "rows": rows}, indent=2) + "\n"),
+        (".md", table),
+    ):
+        path = RESULTS_DIR / f"{name}{suffix}"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    print(f"wrote {RESULTS_DIR / name}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
