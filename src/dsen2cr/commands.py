@@ -223,21 +223,12 @@ def _add_export(subparsers: SubParsers) -> None:
     parser.set_defaults(handler=_run_export)
 
 
-def _refuse_existing_output(path: str, overwrite: bool) -> None:
-    """Refuse to replace an existing output file unless ``overwrite``."""
-    from pathlib import Path
-
-    from dsen2cr.errors import DSen2CRError
-
-    if Path(path).exists() and not overwrite:
-        raise DSen2CRError(f"{path}: exists; pass --overwrite to replace it")
-
-
 def _run_export(args: argparse.Namespace) -> int:
     """Run ``export`` and ``convert-keras``: any weights file in, safetensors weights out."""
+    from dsen2cr.geotiff import check_output_file
     from dsen2cr.weights import load_model, save_weights
 
-    _refuse_existing_output(args.out, args.overwrite)
+    check_output_file(args.out, overwrite=args.overwrite)
     model = load_model(args.source)
     save_weights(model, args.out)
     params = sum(p.numel() for p in model.parameters())
@@ -273,10 +264,11 @@ def _add_export_onnx(subparsers: SubParsers) -> None:
 
 def _run_export_onnx(args: argparse.Namespace) -> int:
     """Run ``export-onnx``."""
+    from dsen2cr.geotiff import check_output_file
     from dsen2cr.onnx_export import export_onnx
     from dsen2cr.weights import load_model
 
-    _refuse_existing_output(args.out, args.overwrite)
+    check_output_file(args.out, overwrite=args.overwrite)
     export_onnx(load_model(args.weights), args.out)
     print(f"wrote {args.out}")
     return 0

@@ -66,6 +66,25 @@ def read_window(dataset: rasterio.DatasetReader, window: Window | None = None) -
         raise DSen2CRError(f"{dataset.name}: cannot read pixels, the file may be truncated ({reason})") from None
 
 
+def check_output_file(path: str | Path, *, overwrite: bool) -> Path:
+    """Fail early unless ``path`` can be written: its folder exists and is writable, and it does not exist
+    yet (or ``overwrite``)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DSen2CRError(f"{path}: exists; pass --overwrite to replace it")
+    _check_folder(path)
+    return path
+
+
+def _check_folder(path: Path) -> None:
+    """The folder of an output file must exist and be writable."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise DSen2CRError(f"{path}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise DSen2CRError(f"{path}: output folder {folder} is not writable")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds, else delete it.
@@ -73,12 +92,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     A reader never sees a half-written file at ``path``, and a failed or killed write leaves ``path`` as it was.
     """
     path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise DSen2CRError(f"{path}: output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise DSen2CRError(f"{path}: output folder {folder} is not writable")
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=folder)
+    _check_folder(path)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(handle)
     tmp = Path(tmp_name)
     try:

@@ -11,7 +11,7 @@ GeoTIFF and renamed at the end.
 from __future__ import annotations
 
 import contextlib
-import os
+import functools
 import sys
 import time
 import warnings
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from dsen2cr.backends import Predictor, build_backend
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.geotiff import GTIFF_OPTIONS, atomic_path
+from dsen2cr.geotiff import GTIFF_OPTIONS, atomic_path, check_output_file
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD, cloud_shadow_mask
 from dsen2cr.model import DSen2CR, ModelConfig
 from dsen2cr.preprocessing import (
@@ -183,13 +183,19 @@ def _scene_s1_mean(s1: S1Source, grid_height: int, grid_width: int, block: int =
 GDAL_CACHE_MB = 128
 
 
-def remove_clouds(*args: object, **kwargs: object) -> SceneReport:
-    """Remove the clouds of one scene (see :func:`_remove_clouds`), with GDAL's cache bounded."""
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        return _remove_clouds(*args, **kwargs)
+def _bounded_gdal_cache(function: Callable[..., SceneReport]) -> Callable[..., SceneReport]:
+    """Run ``function`` with GDAL's block cache bounded to ``GDAL_CACHE_MB``."""
+
+    @functools.wraps(function)
+    def wrapper(*args: object, **kwargs: object) -> SceneReport:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
-def _remove_clouds(
+@_bounded_gdal_cache
+def remove_clouds(
     predictor: Predictor,
     *,
     include_sar: bool,
@@ -213,14 +219,9 @@ def _remove_clouds(
     whether it needs S1. See the module docstring for tiling; nodata in S2 stays nodata (0) in the output.
     """
     out = Path(out)
-    outputs = [out] + [Path(p) for p in (mask_out, preview) if p is not None]
-    for path in outputs:
-        if path.exists() and not overwrite:
-            raise DSen2CRError(f"{path}: exists; pass --overwrite to replace it")
-        if not path.parent.is_dir():
-            raise DSen2CRError(f"{path}: output folder {path.parent} does not exist")
-        if not os.access(path.parent, os.W_OK):
-            raise DSen2CRError(f"{path}: output folder {path.parent} is not writable")
+    for path in (out, mask_out, preview):
+        if path is not None:
+            check_output_file(path, overwrite=overwrite)
     if include_sar and s1_path is None:
         raise DSen2CRError(f"{s2_path}: these weights need SAR input; pass --s1 (VV, VH in dB on or near the S2 grid)")
     s2 = S2Source(s2_path, resampling=resampling)
