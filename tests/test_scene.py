@@ -284,3 +284,30 @@ def test_manifest_with_several_scenes(scene: dict, tmp_path: Path) -> None:
         text=True,
     )
     assert bad.returncode == 2 and "manifest header lacks s1" in bad.stderr
+
+
+def test_torchrun_ranks_split_the_scenes(scene: dict, tmp_path: Path) -> None:
+    import os
+
+    s2, s1 = scene["folder"] / "s2.tif", scene["folder"] / "s1.tif"
+    manifest = tmp_path / "scenes.csv"
+    manifest.write_text("s2,s1,out\n" + "".join(f"{s2},{s1},{tmp_path / f'{n}.tif'}\n" for n in "abc"))
+    env = dict(os.environ, RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dsen2cr.cli",
+            "remove-clouds",
+            "--weights",
+            str(scene["weights"]),
+            "--manifest",
+            str(manifest),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in tmp_path.glob("*.tif")} == {"b.tif"}  # rank 1 of 2 takes every second scene

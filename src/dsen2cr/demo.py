@@ -24,7 +24,14 @@ DEMO_SETTINGS = {
     "loss": {"name": "carl", "lam": 1.0, "cloud_threshold": 0.2},
     "data": {"crop_size": 64, "augment": True, "repeats": 32, "num_workers": 2},
     "optim": {"lr": 1.0e-3, "batch_size": 8, "epochs": 25},
-    "trainer": {"seed": 42, "accelerator": "cpu", "devices": 1, "precision": "32-true", "log_every_n_steps": 5},
+    "trainer": {
+        "seed": 42,
+        "accelerator": "cpu",
+        "devices": 1,
+        "precision": "32-true",
+        "log_every_n_steps": 5,
+        "deterministic": True,
+    },
 }
 HEADLINE = ("mae", "rmse", "psnr", "ssim", "sam", "mae_cloudy", "mae_clear")
 
