@@ -7,15 +7,14 @@ from pathlib import Path
 import rasterio
 import yaml
 
-from dsen2cr.demo import DEMO_SETTINGS, run_demo
+from dsen2cr.config import bundled_config_path
+from dsen2cr.demo import DEMO_CONFIG, run_demo
 
 
 def test_demo_writes_its_report(tmp_path: Path) -> None:
-    settings = {
-        **DEMO_SETTINGS,
-        "optim": {**DEMO_SETTINGS["optim"], "epochs": 1},
-        "data": {**DEMO_SETTINGS["data"], "repeats": 1, "num_workers": 0},
-    }
+    settings = yaml.safe_load(bundled_config_path(DEMO_CONFIG).read_text())
+    settings["optim"]["epochs"] = 1
+    settings["data"].update(repeats=1, num_workers=0)
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump(settings))
     report = run_demo(tmp_path / "out", config_path=str(config))

@@ -76,8 +76,11 @@ def test_unknown_key_and_wrong_type(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_load() -> None:
-    for path in Path(__file__).resolve().parents[1].glob("configs/*.yaml"):
-        load_config(path)
+    from dsen2cr.config import bundled_config_names
+
+    assert bundled_config_names() == ["paper", "small-cpu"]
+    for name in bundled_config_names():
+        load_config(name)
 
 
 def test_small_model_overfits_a_few_samples(tmp_path: Path, synthetic_tree: Path) -> None:

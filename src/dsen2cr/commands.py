@@ -101,11 +101,13 @@ def _add_train(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train (or resume) a DSen2-CR model with PyTorch Lightning",
-        description="Train with the settings of a YAML config (configs/paper.yaml, configs/small-cpu.yaml), "
+        description="Train with the settings of a YAML config (a file, or a bundled one by name: paper, small-cpu), "
         "overridden by section.key=value arguments. Checkpoints every epoch in OUT_DIR/checkpoints, logs "
         "(CSV, TensorBoard) in OUT_DIR/logs, the resolved config in OUT_DIR/config.yaml.",
     )
-    parser.add_argument("--config", help="YAML config (default: the paper's settings)")
+    parser.add_argument(
+        "--config", help="YAML config file, or a bundled one: paper, small-cpu (default: paper's settings)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides")
     parser.add_argument("--resume", metavar="CKPT", help="continue the run of this checkpoint exactly")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
@@ -139,6 +141,25 @@ def _run_train(args: argparse.Namespace) -> int:
 
     last = run_training(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"last checkpoint: {last}")
+    return 0
+
+
+def _add_config(subparsers: SubParsers) -> None:
+    """Register ``dsen2cr config``."""
+    parser = subparsers.add_parser("config", help="print a bundled config (to copy and edit): paper, small-cpu")
+    parser.add_argument("name", help="bundled config name")
+    parser.set_defaults(handler=_run_config)
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    """Run ``config``."""
+    from dsen2cr.config import bundled_config_names, bundled_config_path
+    from dsen2cr.errors import DSen2CRError
+
+    path = bundled_config_path(args.name)
+    if path is None:
+        raise DSen2CRError(f"config {args.name!r}: not a bundled config; choose one of {bundled_config_names()}")
+    print(path.read_text(encoding="utf-8"), end="")
     return 0
 
 
@@ -337,7 +358,7 @@ def _add_demo(subparsers: SubParsers) -> None:
     """Register ``dsen2cr demo``."""
     parser = subparsers.add_parser("demo", help="run the whole workflow on the bundled sample data")
     parser.add_argument("--out", default="demo-output", help="output folder (default: %(default)s)")
-    parser.add_argument("--config", help="training config (default: configs/small-cpu.yaml settings)")
+    parser.add_argument("--config", help="training config file or bundled name (default: small-cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in the output folder")
     parser.set_defaults(handler=_run_demo)
 
@@ -354,6 +375,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 REGISTRARS = [
     _add_data,
+    _add_config,
     _add_train,
     _add_evaluate,
     _add_export,

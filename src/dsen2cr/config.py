@@ -1,6 +1,7 @@
 """Run configuration: every setting the original kept in the first lines of its script, as typed sections.
 
-Loaded from YAML (``configs/*.yaml``) with ``section.key=value`` overrides; unknown keys (with the closest
+Loaded from YAML (a file, or a bundled config by name: ``paper``, ``small-cpu``) with ``section.key=value``
+overrides; unknown keys (with the closest
 known one suggested) and values of the wrong type are refused with one line naming the file and the key.
 """
 
@@ -223,7 +224,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
+        path = bundled_config_path(str(path)) or Path(path)
         source = str(path)
         if not path.is_file():
             raise DSen2CRError(f"{path}: config file not found")
@@ -242,6 +243,25 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if overrides:
         source = f"{source} + overrides"
     return config_from_dict(data, source)
+
+
+def bundled_config_names() -> list[str]:
+    """Names of the configs shipped with the package."""
+    return sorted(p.stem for p in _bundled_dir().glob("*.yaml"))
+
+
+def _bundled_dir() -> Path:
+    """Folder of the bundled configs."""
+    from importlib import resources
+
+    return Path(str(resources.files("dsen2cr") / "configs"))
+
+
+def bundled_config_path(name: str) -> Path | None:
+    """Path of a bundled config (``paper``, ``small-cpu``), or None when ``name`` is not one."""
+    if name in bundled_config_names():
+        return _bundled_dir() / f"{name}.yaml"
+    return None
 
 
 def save_config(config: RunConfig, path: str | Path) -> Path:

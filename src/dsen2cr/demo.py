@@ -18,29 +18,14 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.evaluate import ALL_METRICS, evaluate
 from dsen2cr.geotiff import atomic_path
 
-#: The demo's training settings when no config is given (the same as configs/small-cpu.yaml).
-DEMO_SETTINGS = {
-    "model": {"variant": "dsen2cr-small"},
-    "loss": {"name": "carl", "lam": 1.0, "cloud_threshold": 0.2},
-    "data": {"crop_size": 64, "augment": True, "repeats": 32, "num_workers": 2},
-    "optim": {"lr": 1.0e-3, "batch_size": 8, "epochs": 25},
-    "trainer": {
-        "seed": 42,
-        "accelerator": "cpu",
-        "devices": 1,
-        "precision": "32-true",
-        "log_every_n_steps": 5,
-        "deterministic": True,
-    },
-}
+#: The demo's training config when none is given (bundled: ``dsen2cr config small-cpu`` prints it).
+DEMO_CONFIG = "small-cpu"
 HEADLINE = ("mae", "rmse", "psnr", "ssim", "sam", "mae_cloudy", "mae_clear")
 
 
 def _demo_config(config_path: str | None, out: Path, include_sar: bool) -> RunConfig:
     """The training config of one demo model."""
-    from dsen2cr.config import config_from_dict
-
-    config = load_config(config_path) if config_path else config_from_dict(DEMO_SETTINGS, "demo settings")
+    config = load_config(config_path or DEMO_CONFIG)
     model = dataclasses.replace(config.model, include_sar=include_sar)
     trainer = dataclasses.replace(config.trainer, out_dir=str(out / ("train-sar" if include_sar else "train-nosar")))
     return dataclasses.replace(config, model=model, trainer=trainer)
