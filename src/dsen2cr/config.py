@@ -90,6 +90,7 @@ class TrainerSection:
     precision: str = "32-true"  # or bf16-mixed
     gradient_clip_val: float | None = None
     deterministic: bool = False
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CPUs and tensor-core GPUs
     log_every_n_steps: int = 10
     val_images: int = 4  # images in the TensorBoard grid at each validation
     limit_train_batches: float | int = 1.0

@@ -29,18 +29,29 @@ class NonFiniteLossError(DSen2CRError):
 class DSen2CRTask(L.LightningModule):
     """DSen2-CR training: CARL or L1 loss, NAdam, paper metrics at validation, image grids in TensorBoard."""
 
-    def __init__(self, model: dict[str, Any], loss: dict[str, Any], optim: dict[str, Any], val_images: int = 4):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        loss: dict[str, Any],
+        optim: dict[str, Any],
+        val_images: int = 4,
+        channels_last: bool = True,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.model_config = ModelConfig(**model)
         self.loss_settings = LossSection(**loss)
         self.optim_settings = OptimSection(**optim)
         self.val_images = val_images
-        self.model = self.model_config.build()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = self.model_config.build().to(memory_format=self.memory_format)
 
     def forward(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the cloud-free image."""
-        return self.model(s2_cloudy, s1 if self.model_config.include_sar else None)
+        s2_cloudy = s2_cloudy.contiguous(memory_format=self.memory_format)
+        if self.model_config.include_sar and s1 is not None:
+            return self.model(s2_cloudy, s1.contiguous(memory_format=self.memory_format))
+        return self.model(s2_cloudy, None)
 
     def _loss(self, batch: dict[str, Any], pred: torch.Tensor) -> torch.Tensor:
         """The configured loss of a batch."""

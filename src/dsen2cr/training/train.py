@@ -129,6 +129,7 @@ def build_task(config: RunConfig) -> DSen2CRTask:
         loss=config.loss.__dict__.copy(),
         optim=config.optim.__dict__.copy(),
         val_images=config.trainer.val_images,
+        channels_last=config.trainer.channels_last,
     )
 
 
