@@ -311,3 +311,20 @@ def test_torchrun_ranks_split_the_scenes(scene: dict, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert {p.name for p in tmp_path.glob("*.tif")} == {"b.tif"}  # rank 1 of 2 takes every second scene
+
+
+def test_quicklook_is_the_decimated_image() -> None:
+    from dsen2cr.scene import Quicklook
+    from dsen2cr.visualize import RGB_BANDS
+
+    rng = np.random.default_rng(0)
+    before = rng.integers(1, 9000, size=(13, 389, 517)).astype(np.uint16)
+    after = rng.integers(1, 9000, size=(13, 389, 517)).astype(np.uint16)
+    quicklook = Quicklook(389, 517, max_size=100)
+    assert quicklook.scale == 6
+    for t in plan_tiles(389, 517, 128, 20):
+        rows = slice(t.core.row_off, t.core.row_off + t.core.height)
+        cols = slice(t.core.col_off, t.core.col_off + t.core.width)
+        quicklook.add(t.core, before[:, rows, cols], after[:, rows, cols])
+    np.testing.assert_array_equal(quicklook.before, before[RGB_BANDS, ::6, ::6])
+    np.testing.assert_array_equal(quicklook.after, after[RGB_BANDS, ::6, ::6])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import sys
 import time
 import warnings
@@ -236,6 +237,7 @@ def remove_clouds(
                 warnings.warn("these weights were trained without SAR: --s1 is ignored", stacklevel=2)
             s1_fill = (0.0, 0.0)
         tiles = plan_tiles(grid.height, grid.width, tile, overlap)
+        quicklook = Quicklook(grid.height, grid.width) if preview is not None else None
         start = time.perf_counter()
         bar = _progress_bar(len(tiles), enabled=progress)
         missing = valid_total = 0
@@ -256,6 +258,8 @@ def remove_clouds(
                     ):
                         out_dn = _to_output_dn(pred, valid)
                         dst.write(out_dn, window=t.core)
+                        if quicklook is not None:
+                            quicklook.add(t.core, dn, out_dn)
                         missing += holes
                         valid_total += int(valid.sum())
                         if mask_dst is not None:
@@ -286,8 +290,8 @@ def remove_clouds(
             f"the scene's S1 mean (VV {s1_fill[0]:.1f} dB, VH {s1_fill[1]:.1f} dB)",
             file=sys.stderr,
         )
-    if preview is not None:
-        write_preview(s2_path, out, preview, resampling=resampling)
+    if quicklook is not None:
+        quicklook.save(preview)
     return SceneReport(out, len(tiles), grid.width * grid.height / 1e6, seconds, fraction)
 
 
@@ -329,17 +333,28 @@ def _progress_bar(total: int, *, enabled: bool) -> tqdm:
     return tqdm(total=total, unit="tile", disable=not enabled, desc="remove-clouds", dynamic_ncols=True)
 
 
-def write_preview(
-    s2_path: str | Path, out: str | Path, preview: str | Path, *, resampling: str = "nearest", max_size: int = 1024
-) -> Path:
-    """An RGB quicklook PNG of the input (left) and the output (right), at most ``max_size`` px per side."""
-    from dsen2cr.visualize import s2_rgb, save_png, side_by_side
+class Quicklook:
+    """Before/after RGB quicklook filled tile by tile (every ``scale``-th pixel), so nothing is read twice."""
 
-    source = S2Source(s2_path, resampling=resampling)
-    try:
-        before = source.read_decimated(max_size)
-    finally:
-        source.close()
-    with rasterio.open(out) as result:
-        after = result.read(out_shape=(result.count, *before.shape[1:]))
-    return save_png(preview, side_by_side([s2_rgb(before), s2_rgb(after)]))
+    def __init__(self, height: int, width: int, max_size: int = 1024) -> None:
+        self.scale = max(1, math.ceil(max(height, width) / max_size))
+        shape = (3, math.ceil(height / self.scale), math.ceil(width / self.scale))
+        self.before = np.zeros(shape, np.uint16)
+        self.after = np.zeros(shape, np.uint16)
+
+    def add(self, core: Window, before_dn: np.ndarray, after_dn: np.ndarray) -> None:
+        """Place the sampled pixels of one tile core (13-band DN arrays of the core's size)."""
+        from dsen2cr.visualize import RGB_BANDS
+
+        s = self.scale
+        r0, c0 = -core.row_off % s, -core.col_off % s  # first rows/columns on the sampling grid
+        rows = slice((core.row_off + r0) // s, (core.row_off + r0) // s + len(range(r0, core.height, s)))
+        cols = slice((core.col_off + c0) // s, (core.col_off + c0) // s + len(range(c0, core.width, s)))
+        self.before[:, rows, cols] = before_dn[RGB_BANDS, r0::s, c0::s]
+        self.after[:, rows, cols] = after_dn[RGB_BANDS, r0::s, c0::s]
+
+    def save(self, path: str | Path) -> Path:
+        """Write input (left) and output (right) side by side as PNG."""
+        from dsen2cr.visualize import rgb_image, save_png, side_by_side
+
+        return save_png(path, side_by_side([rgb_image(self.before), rgb_image(self.after)]))

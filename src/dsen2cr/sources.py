@@ -107,7 +107,7 @@ class S2Source:
         return ~np.all(missing, axis=0)
 
     def read_decimated(self, max_size: int) -> np.ndarray:
-        """The whole scene at reduced resolution (longest side at most ``max_size``), for quicklooks."""
+        """The whole scene at reduced resolution (longest side at most ``max_size``), for quick checks."""
         scale = max(1, int(np.ceil(max(self.grid.width, self.grid.height) / max_size)))
         shape = (max(1, self.grid.height // scale), max(1, self.grid.width // scale))
         return np.concatenate([d.read(out_shape=(d.count, *shape)) for d in self._datasets], axis=0)

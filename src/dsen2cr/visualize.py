@@ -10,7 +10,8 @@ from PIL import Image
 
 from dsen2cr.preprocessing import S1_CLIP_DB, S2_BANDS, s1_model_to_db, s2_model_to_dn
 
-_RGB = [S2_BANDS.index(b) for b in ("B4", "B3", "B2")]
+#: Indices of B4, B3, B2 (red, green, blue) in the 13-band order.
+RGB_BANDS = [S2_BANDS.index(b) for b in ("B4", "B3", "B2")]
 #: Colours of the cloud/shadow map: cloud white, clear green-grey, shadow dark blue.
 MASK_COLOURS = {1: (255, 255, 255), 0: (90, 120, 90), -1: (30, 30, 110)}
 
@@ -18,7 +19,12 @@ MASK_COLOURS = {1: (255, 255, 255), 0: (90, 120, 90), -1: (30, 30, 110)}
 def s2_rgb(s2_dn: np.ndarray, *, max_reflectance: float = 0.3, brighten: float = 1.0) -> np.ndarray:
     """True-colour (B4, B3, B2) uint8 (H, W, 3) of a (13, H, W) DN image; reflectance ``max_reflectance``
     (divided by ``brighten``) maps to white."""
-    rgb = s2_dn[_RGB].astype(np.float32) / 10000.0
+    return rgb_image(s2_dn[RGB_BANDS], max_reflectance=max_reflectance, brighten=brighten)
+
+
+def rgb_image(rgb_dn: np.ndarray, *, max_reflectance: float = 0.3, brighten: float = 1.0) -> np.ndarray:
+    """uint8 (H, W, 3) of a (3, H, W) red, green, blue DN array (see :func:`s2_rgb`)."""
+    rgb = rgb_dn.astype(np.float32) / 10000.0
     scaled = np.clip(rgb * (255.0 * brighten / max_reflectance), 0, 255)
     return np.ascontiguousarray(scaled.transpose(1, 2, 0)).astype(np.uint8)
 
