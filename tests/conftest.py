@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +56,10 @@ def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     write_synthetic_dataset(root, 10, size=96, seed=3)
     return root
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``dsen2cr ARGS`` in a fresh Python process (the console entry point), capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "dsen2cr.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )

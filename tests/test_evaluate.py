@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from conftest import run_cli
 from dsen2cr import create_model
 from dsen2cr.data.layout import read_file_list, select_split
 from dsen2cr.weights import save_weights
@@ -74,24 +75,17 @@ def test_evaluate_command(tmp_path: Path, synthetic_tree: Path, weights: Path) -
 def test_evaluate_with_roi_list(tmp_path: Path, synthetic_tree: Path, weights: Path) -> None:
     rois = tmp_path / "rois.txt"
     rois.write_text("ROIs1970_fall/3\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dsen2cr.cli",
-            "evaluate",
-            "--weights",
-            str(weights),
-            "--data-root",
-            str(synthetic_tree),
-            "--rois",
-            str(rois),
-            "--out",
-            str(tmp_path / "e"),
-            "--no-images",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "evaluate",
+        "--weights",
+        str(weights),
+        "--data-root",
+        str(synthetic_tree),
+        "--rois",
+        str(rois),
+        "--out",
+        str(tmp_path / "e"),
+        "--no-images",
     )
     assert result.returncode == 0, result.stderr
     assert "Evaluation on 2 images" in result.stdout and not (tmp_path / "e" / "predictions").exists()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -11,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli
 from dsen2cr import create_model
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.keras import load_keras_weights
@@ -51,11 +50,7 @@ def test_layer_order_comes_from_the_file_not_from_sorted_names() -> None:
 
 def test_convert_keras_command(tmp_path: Path) -> None:
     out = tmp_path / "paper.safetensors"
-    result = subprocess.run(
-        [sys.executable, "-m", "dsen2cr.cli", "convert-keras", str(FIXTURES / "keras224_multigpu_sar.h5"), str(out)],
-        capture_output=True,
-        text=True,
-    )
+    result = run_cli("convert-keras", str(FIXTURES / "keras224_multigpu_sar.h5"), str(out))
     assert result.returncode == 0, result.stderr
     assert "5 blocks, 8 features, SAR yes" in result.stdout
     assert load_model(out).config == load_model(FIXTURES / "keras224_multigpu_sar.h5").config
@@ -110,11 +105,7 @@ def test_onnx_export_matches_pytorch_on_any_size(tmp_path: Path) -> None:
     model = create_model("dsen2cr-small").eval()
     weights = save_weights(model, tmp_path / "small.safetensors")
     out = tmp_path / "small.onnx"
-    result = subprocess.run(
-        [sys.executable, "-m", "dsen2cr.cli", "export-onnx", "--weights", str(weights), str(out)],
-        capture_output=True,
-        text=True,
-    )
+    result = run_cli("export-onnx", "--weights", str(weights), str(out))
     assert result.returncode == 0, result.stderr
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for batch, h, w in ((1, 37, 29), (3, 64, 80)):

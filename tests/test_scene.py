@@ -14,6 +14,7 @@ import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
+from conftest import run_cli
 from dsen2cr import create_model
 from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
 from dsen2cr.errors import DSen2CRError
@@ -84,30 +85,23 @@ def test_too_small_overlap_shows_seams(scene: dict) -> None:
 
 def test_remove_clouds_writes_a_georeferenced_cog(scene: dict, tmp_path: Path) -> None:
     out = tmp_path / "out.tif"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dsen2cr.cli",
-            "remove-clouds",
-            "--weights",
-            str(scene["weights"]),
-            "--s2",
-            str(scene["folder"] / "s2.tif"),
-            "--s1",
-            str(scene["folder"] / "s1.tif"),
-            "--out",
-            str(out),
-            "--tile",
-            "128",
-            "--mask-out",
-            str(tmp_path / "mask.tif"),
-            "--preview",
-            str(tmp_path / "preview.png"),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "remove-clouds",
+        "--weights",
+        str(scene["weights"]),
+        "--s2",
+        str(scene["folder"] / "s2.tif"),
+        "--s1",
+        str(scene["folder"] / "s1.tif"),
+        "--out",
+        str(out),
+        "--tile",
+        "128",
+        "--mask-out",
+        str(tmp_path / "mask.tif"),
+        "--preview",
+        str(tmp_path / "preview.png"),
+        "--no-progress",
     )
     assert result.returncode == 0, result.stderr
     with rasterio.open(out) as dst:
@@ -250,39 +244,12 @@ def test_manifest_with_several_scenes(scene: dict, tmp_path: Path) -> None:
         f"s2,s1,out,mask_out\n{s2},{s1},{tmp_path / 'a.tif'},{tmp_path / 'a_mask.tif'}\n"
         f"{s2},{s1},{tmp_path / 'b.tif'},\n"
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dsen2cr.cli",
-            "remove-clouds",
-            "--weights",
-            str(scene["weights"]),
-            "--manifest",
-            str(manifest),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = run_cli("remove-clouds", "--weights", str(scene["weights"]), "--manifest", str(manifest), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("wrote ") == 2
     assert {p.name for p in tmp_path.glob("*.tif")} == {"a.tif", "a_mask.tif", "b.tif"}
     manifest.write_text("s2,out\nx.tif,y.tif\n")
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dsen2cr.cli",
-            "remove-clouds",
-            "--weights",
-            str(scene["weights"]),
-            "--manifest",
-            str(manifest),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    bad = run_cli("remove-clouds", "--weights", str(scene["weights"]), "--manifest", str(manifest))
     assert bad.returncode == 2 and "manifest header lacks s1" in bad.stderr
 
 
@@ -293,21 +260,8 @@ def test_torchrun_ranks_split_the_scenes(scene: dict, tmp_path: Path) -> None:
     manifest = tmp_path / "scenes.csv"
     manifest.write_text("s2,s1,out\n" + "".join(f"{s2},{s1},{tmp_path / f'{n}.tif'}\n" for n in "abc"))
     env = dict(os.environ, RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dsen2cr.cli",
-            "remove-clouds",
-            "--weights",
-            str(scene["weights"]),
-            "--manifest",
-            str(manifest),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    result = run_cli(
+        "remove-clouds", "--weights", str(scene["weights"]), "--manifest", str(manifest), "--no-progress", env=env
     )
     assert result.returncode == 0, result.stderr
     assert {p.name for p in tmp_path.glob("*.tif")} == {"b.tif"}  # rank 1 of 2 takes every second scene

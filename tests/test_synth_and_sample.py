@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 
+from conftest import run_cli
 from dsen2cr.data.layout import read_file_list, select_split
 from dsen2cr.data.sample import copy_sample, sample_dataset_root, sample_file_list, sample_scene
 from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
@@ -78,7 +77,7 @@ def test_copy_sample(tmp_path: Path) -> None:
 
 
 def test_data_cli_synth_and_index(tmp_path: Path) -> None:
-    run = lambda *a: subprocess.run([sys.executable, "-m", "dsen2cr.cli", *a], capture_output=True, text=True)  # noqa: E731
+    run = lambda *a: run_cli(*a)  # noqa: E731
     result = run("data", "synth", "--out", str(tmp_path / "tree"), "--count", "4", "--size", "32")
     assert result.returncode == 0, result.stderr
     (tmp_path / "test.txt").write_text("ROIs1868_summer/2\n")

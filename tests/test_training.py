@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from conftest import run_cli
 from dsen2cr.config import load_config
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import carl_loss
@@ -156,28 +155,21 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path: Path, synthetic_tree: Pat
 
 def test_two_process_ddp_on_cpu_keeps_ranks_equal(tmp_path: Path, synthetic_tree: Path) -> None:
     config = _config(tmp_path, synthetic_tree)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dsen2cr.cli",
-            "train",
-            "--config",
-            str(config),
-            "optim.epochs=1",
-            "trainer.limit_train_batches=3",
-            "trainer.limit_val_batches=1",
-            "trainer.deterministic=false",
-            "--accelerator",
-            "cpu",
-            "--devices",
-            "2",
-            "--strategy",
-            "ddp",
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "train",
+        "--config",
+        str(config),
+        "optim.epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "trainer.deterministic=false",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--no-progress",
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -193,16 +185,12 @@ def test_export_round_trip_and_variant_check(tmp_path: Path, synthetic_tree: Pat
     config = load_config(_config(tmp_path, synthetic_tree), ["optim.epochs=1", "trainer.limit_train_batches=1"])
     last = run_training(config, progress=False)
     out = tmp_path / "w.safetensors"
-    result = subprocess.run(
-        [sys.executable, "-m", "dsen2cr.cli", "export", str(last), str(out)], capture_output=True, text=True
-    )
+    result = run_cli("export", str(last), str(out))
     assert result.returncode == 0, result.stderr
     a, b = load_model(last), load_model(out)
     x, s1 = torch.rand(1, 13, 20, 20), torch.rand(1, 2, 20, 20)
     torch.testing.assert_close(a(x, s1), b(x, s1), rtol=0, atol=0)
-    again = subprocess.run(
-        [sys.executable, "-m", "dsen2cr.cli", "export", str(last), str(out)], capture_output=True, text=True
-    )
+    again = run_cli("export", str(last), str(out))
     assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
     save_weights(b, tmp_path / "copy.safetensors")
     assert load_model(tmp_path / "copy.safetensors").config == a.config
