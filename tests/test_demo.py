@@ -5,22 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import rasterio
-import yaml
 
-from dsen2cr.config import bundled_config_path
-from dsen2cr.demo import DEMO_CONFIG, run_demo
+from dsen2cr.demo import run_demo
 
 
 def test_demo_writes_its_report(tmp_path: Path) -> None:
-    settings = yaml.safe_load(bundled_config_path(DEMO_CONFIG).read_text())
-    settings["optim"]["epochs"] = 1
-    settings["data"].update(repeats=1, num_workers=0)
-    config = tmp_path / "demo.yaml"
-    config.write_text(yaml.safe_dump(settings))
-    report = run_demo(tmp_path / "out", config_path=str(config))
+    report = run_demo(tmp_path / "out", overrides=["optim.epochs=1", "data.repeats=1", "data.num_workers=0"])
     text = report.read_text()
     assert "| DSen2-CR small, with SAR |" in text and "| identity (cloudy input) |" in text
     out = tmp_path / "out"
+    # the training tree: the bundled sample with its splits plus synthetic patches, all of those train
+    rows = [line.split("\t") for line in (out / "data" / "files.csv").read_text().splitlines()]
+    sample = [r for r in rows if "bigearthnet" in r[4]]
+    assert sorted(r[0] for r in sample) == ["1", "1", "1", "1", "2", "3"]
+    assert {r[0] for r in rows if r not in sample} == {"1"} and len(rows) == 6 + 40
+    assert "2 held-out images" in text or "(2 images" in text
     for name in ("dsen2cr-demo-sar.safetensors", "dsen2cr-demo-nosar.safetensors"):
         assert (out / "weights" / name).is_file()
     with rasterio.open(out / "scene" / "T33UUU_20170216_cloudfree.tif") as scene:

@@ -359,6 +359,7 @@ def _add_demo(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser("demo", help="run the whole workflow on the bundled sample data")
     parser.add_argument("--out", default="demo-output", help="output folder (default: %(default)s)")
     parser.add_argument("--config", help="training config file or bundled name (default: small-cpu)")
+    parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides for both models")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in the output folder")
     parser.set_defaults(handler=_run_demo)
 
@@ -368,7 +369,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from dsen2cr.demo import run_demo
 
     _quiet_lightning()
-    report = run_demo(args.out, config_path=args.config, overwrite=args.overwrite)
+    report = run_demo(args.out, config_path=args.config, overrides=args.overrides, overwrite=args.overwrite)
     print(f"demo report: {report}")
     return 0
 
