@@ -6,7 +6,7 @@ from pathlib import Path
 
 import rasterio
 
-from dsen2cr.demo import run_demo
+from dsen2cr.demo import DEMO_SYNTHETIC, run_demo
 
 
 def test_demo_writes_its_report(tmp_path: Path) -> None:
@@ -18,7 +18,7 @@ def test_demo_writes_its_report(tmp_path: Path) -> None:
     rows = [line.split("\t") for line in (out / "data" / "files.csv").read_text().splitlines()]
     sample = [r for r in rows if "bigearthnet" in r[4]]
     assert sorted(r[0] for r in sample) == ["1", "1", "1", "1", "2", "3"]
-    assert {r[0] for r in rows if r not in sample} == {"1"} and len(rows) == 6 + 40
+    assert {r[0] for r in rows if r not in sample} == {"1"} and len(rows) == 6 + DEMO_SYNTHETIC["count"]
     assert "2 held-out images" in text or "(2 images" in text
     for name in ("dsen2cr-demo-sar.safetensors", "dsen2cr-demo-nosar.safetensors"):
         assert (out / "weights" / name).is_file()
