@@ -49,14 +49,6 @@ def open_raster(path: str | Path, *, bands: int | None = None, what: str = "rast
     return dataset
 
 
-def read_raster(
-    path: str | Path, *, bands: int | None = None, window: Window | None = None, what: str = "raster"
-) -> np.ndarray:
-    """Read all bands of a raster (or a window of it) as a (bands, H, W) array, checking the band count."""
-    with open_raster(path, bands=bands, what=what) as dataset:
-        return read_window(dataset, window)
-
-
 def read_window(dataset: rasterio.DatasetReader, window: Window | None = None) -> np.ndarray:
     """Read all bands of an open raster in ``window``, naming the file when the read fails (e.g. truncated)."""
     try:
