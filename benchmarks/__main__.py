@@ -152,7 +152,7 @@ def main() -> None:
 
         if not args.quick:
             result = subprocess.run(
-                [sys.executable, "-m", "benchmarks.scene", "--sizes", "1024", "2048"],
+                [sys.executable, "-m", "benchmarks.scene", "--sizes", "1024", "2048", "--name", "scene-in-benchmark"],
                 capture_output=True,
                 text=True,
                 check=True,

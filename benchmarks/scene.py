@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--variant", default="dsen2cr-small")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--name", default="scene", help="results file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +109,7 @@ def main() -> None:
             f"peak memory ratio {rows[-1]['scene']} / {rows[0]['scene']}: "
             f"{rows[-1]['peak_rss_MiB'] / rows[0]['peak_rss_MiB']:.2f}"
         )
-    report("scene", rows)
+    report(args.name, rows)
 
 
 if __name__ == "__main__":
