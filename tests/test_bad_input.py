@@ -301,6 +301,18 @@ CASES = [
         "no/out.tif",
     ),
     Case(
+        "remove-clouds: zero batch size",
+        lambda t: _remove(t, *_scene(t), "--batch-size", "0"),
+        "--batch-size: must be at least 1",
+        "out.tif",
+    ),
+    Case(
+        "remove-clouds: tile too small",
+        lambda t: _remove(t, *_scene(t), "--tile", "8"),
+        "tile: must be at least 16 pixels",
+        "out.tif",
+    ),
+    Case(
         "remove-clouds: a directory as S1",
         lambda t: _remove(t, _scene(t)[0], t),
         "is a directory, expected a S1",

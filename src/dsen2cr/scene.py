@@ -220,6 +220,8 @@ def remove_clouds(
     whether it needs S1. See the module docstring for tiling; nodata in S2 stays nodata (0) in the output.
     """
     out = Path(out)
+    if batch_size < 1:
+        raise DSen2CRError(f"--batch-size: must be at least 1, got {batch_size}")
     for path in (out, mask_out, preview):
         if path is not None:
             check_output_file(path, overwrite=overwrite)
