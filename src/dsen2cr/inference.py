@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import torch
 from dsen2cr.backends import Predictor, select_backend
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.model import ModelConfig
-from dsen2cr.scene import SceneReport, default_overlap, remove_clouds
+from dsen2cr.scene import SceneReport, default_overlap, plan_tiles, remove_clouds
 from dsen2cr.weights import load_model
 
 
@@ -94,16 +94,16 @@ def read_manifest(path: Path) -> list[SceneJob]:
     return jobs
 
 
-def _scene_pixels(path: Path) -> int:
-    """Pixels of a scene's 10 m grid (0 when it cannot be opened: the run reports that file's error later)."""
+def _scene_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of a scene's 10 m grid (None when it cannot be opened: its run reports the error)."""
     from dsen2cr.sources import S2Source
 
     try:
         source = S2Source(path)
     except DSen2CRError:
-        return 0
+        return None
     try:
-        return source.grid.width * source.grid.height
+        return source.grid.height, source.grid.width
     finally:
         source.close()
 
@@ -131,7 +131,13 @@ def estimated_eager_seconds(config: ModelConfig, pixels: float) -> float:
 
 
 def make_predictor(
-    weights: str, *, backend: str, device: str, precision: str, tile_shape: tuple[int, int, int], pixels: float
+    weights: str,
+    *,
+    backend: str,
+    device: str,
+    precision: str,
+    probe_shape: Callable[[ModelConfig], tuple[int, int, int]],
+    pixels: float,
 ) -> tuple[Predictor, ModelConfig]:
     """The predictor for ``weights``: onnxruntime for .onnx files; otherwise the named PyTorch backend, or for
     ``auto`` compiled/bf16 when it pays off (checked against eager fp32 on a tile-shaped probe)."""
@@ -153,7 +159,7 @@ def make_predictor(
         on_gpu = torch.device(device).type == "cuda"
         worth_compiling = estimated_eager_seconds(model.config, pixels) > COMPILE_WHEN_EAGER_SECONDS
         name = "auto" if on_gpu or worth_compiling else "eager"
-    chosen, predictor = select_backend(model, name, device, probe_shape=tile_shape)
+    chosen, predictor = select_backend(model, name, device, probe_shape=probe_shape(model.config))
     print(f"backend: {chosen}", flush=True)
     return predictor, model.config
 
@@ -162,17 +168,26 @@ def run_scene_jobs(jobs: list[SceneJob], args: argparse.Namespace) -> Iterator[S
     """Process this rank's share of ``jobs`` with the settings of the parsed command line."""
     rank, world, device = _rank_and_device(args.device)
     mine = jobs[rank::world]
-    pixels = sum(_scene_pixels(job.s2) for job in mine)
-    tile_shape = (args.batch_size, args.tile, args.tile)
+    sizes = [size for size in map(_scene_size, (job.s2 for job in mine)) if size is not None]
+
+    def overlap_of(config: ModelConfig) -> int:
+        return default_overlap(config) if args.overlap is None else args.overlap
+
+    def probe_shape(config: ModelConfig) -> tuple[int, int, int]:
+        """The first scene's tile shape, so that a compiled backend is built for the shape it will run."""
+        height, width = sizes[0] if sizes else (args.tile, args.tile)
+        window = plan_tiles(height, width, args.tile, overlap_of(config))[0].window
+        return args.batch_size, window.height, window.width
+
     predictor, config = make_predictor(
         args.weights,
         backend=args.backend,
         device=device,
         precision=args.precision,
-        tile_shape=tile_shape,
-        pixels=pixels,
+        probe_shape=probe_shape,
+        pixels=sum(h * w for h, w in sizes),
     )
-    overlap = default_overlap(config) if args.overlap is None else args.overlap
+    overlap = overlap_of(config)
     for job in mine:
         yield remove_clouds(
             predictor,

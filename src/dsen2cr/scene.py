@@ -70,24 +70,28 @@ class Tile:
 
 
 def _axis_tiles(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """Tiles along one axis: (start, length, core_start, core_end); cores partition [0, size)."""
+    """Tiles along one axis: (start, length, core_start, core_end); cores partition [0, size).
+
+    The fewest tiles of at most ``tile`` px that overlap by at least ``overlap`` are spread evenly, each just
+    long enough (all of one length), so little compute is spent twice: e.g. 517 px with tiles of 256 and an
+    overlap of 20 takes 3 tiles of 186 px. Each core keeps ``overlap // 2`` px from every inner tile edge.
+    """
     if size <= tile:
         return [(0, size, 0, size)]
-    step = tile - overlap
-    starts = [*range(0, size - tile, step), size - tile]
+    count = math.ceil((size - overlap) / (tile - overlap))
+    length = math.ceil((size + (count - 1) * overlap) / count)
+    starts = [i * (size - length) // (count - 1) for i in range(count)]
     half = overlap // 2
-    out, previous_end = [], 0
+    out = []
     for i, start in enumerate(starts):
-        core_start = previous_end if i > 0 else 0
-        core_end = size if i == len(starts) - 1 else start + tile - half
-        if core_end > core_start:
-            out.append((start, tile, core_start, core_end))
-            previous_end = core_end
+        core_start = out[-1][3] if out else 0
+        core_end = size if i == count - 1 else start + length - half
+        out.append((start, length, core_start, core_end))
     return out
 
 
 def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
-    """Tiles covering a height x width scene; every pixel belongs to exactly one core."""
+    """Tiles (all of one shape) covering a height x width scene; every pixel belongs to exactly one core."""
     if tile < 16:
         raise ValueError(f"tile: must be at least 16 pixels, got {tile}")
     if not 0 <= overlap < tile:
