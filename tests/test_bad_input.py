@@ -93,6 +93,28 @@ def _remove(tmp: Path, s2: Path, s1: Path | None, *extra: str, weights: Path | N
     return args + (["--s1", str(s1)] if s1 is not None else [])
 
 
+def _evaluate(tmp: Path, weights: Path, *, file_list: Path | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    """``evaluate`` argv over the small tree, reporting into tmp/eval."""
+    root = _tree(tmp)
+    return [
+        "evaluate",
+        "--weights",
+        str(weights),
+        "--data-root",
+        str(root),
+        "--file-list",
+        str(file_list or root / "files.csv"),
+        *extra,
+        "--out",
+        str(tmp / "eval"),
+    ]
+
+
+def _first_line_only(tmp: Path) -> Path:
+    """A file list holding only the small tree's first (training) line."""
+    return _write(tmp / "one.csv", (_tree(tmp) / "files.csv").read_text().splitlines()[0])
+
+
 def _truncate(path: Path, keep: float = 0.4) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
@@ -169,67 +191,20 @@ CASES = [
     # evaluate
     Case(
         "evaluate: missing weights",
-        lambda t: [
-            "evaluate",
-            "--weights",
-            str(t / "w.safetensors"),
-            "--data-root",
-            str(_tree(t)),
-            "--file-list",
-            str(t / "data/files.csv"),
-            "--out",
-            str(t / "eval"),
-        ],
+        lambda t: _evaluate(t, t / "w.safetensors"),
         "w.safetensors: weights file not found",
         "eval",
     ),
-    Case(
-        "evaluate: weights is a folder",
-        lambda t: [
-            "evaluate",
-            "--weights",
-            str(t),
-            "--data-root",
-            str(_tree(t)),
-            "--file-list",
-            str(t / "data/files.csv"),
-            "--out",
-            str(t / "eval"),
-        ],
-        "is a directory, expected a weights file",
-        "eval",
-    ),
+    Case("evaluate: weights is a folder", lambda t: _evaluate(t, t), "is a directory, expected a weights file", "eval"),
     Case(
         "evaluate: garbage weights",
-        lambda t: [
-            "evaluate",
-            "--weights",
-            str(_write(t / "w.safetensors", "garbage")),
-            "--data-root",
-            str(_tree(t)),
-            "--file-list",
-            str(t / "data/files.csv"),
-            "--out",
-            str(t / "eval"),
-        ],
+        lambda t: _evaluate(t, _write(t / "w.safetensors", "garbage")),
         "w.safetensors: not a readable safetensors file",
         "eval",
     ),
     Case(
         "evaluate: empty split",
-        lambda t: [
-            "evaluate",
-            "--weights",
-            str(_weights(t)),
-            "--data-root",
-            str(_tree(t)),
-            "--file-list",
-            str(_write(t / "one.csv", (t / "data/files.csv").read_text().splitlines()[0])),
-            "--split",
-            "test",
-            "--out",
-            str(t / "eval"),
-        ],
+        lambda t: _evaluate(t, _weights(t), file_list=_first_line_only(t), extra=("--split", "test")),
         "one.csv: split test has no patches",
         "eval/summary.md",
     ),

@@ -233,14 +233,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_output_file_arguments(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """The ``out`` file and ``--overwrite`` of the commands that write one file."""
+    parser.add_argument("out", help=help_text)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
 def _add_export(subparsers: SubParsers) -> None:
     """Register ``dsen2cr export``."""
     parser = subparsers.add_parser(
         "export", help="write a plain safetensors weights file (with the model configuration) from a checkpoint"
     )
     parser.add_argument("source", metavar="checkpoint", help="Lightning checkpoint (.ckpt) or Keras .h5")
-    parser.add_argument("out", help="weights file to write (.safetensors)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_output_file_arguments(parser, "weights file to write (.safetensors)")
     parser.set_defaults(handler=_run_export)
 
 
@@ -269,8 +274,7 @@ def _add_convert_keras(subparsers: SubParsers) -> None:
         "multi-GPU wrapper) in the file's layer order; the variant (SAR, blocks, features) is read from the file.",
     )
     parser.add_argument("source", metavar="keras_file", help="Keras HDF5 file (.h5)")
-    parser.add_argument("out", help="weights file to write (.safetensors)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_output_file_arguments(parser, "weights file to write (.safetensors)")
     parser.set_defaults(handler=_run_export)
 
 
@@ -278,8 +282,7 @@ def _add_export_onnx(subparsers: SubParsers) -> None:
     """Register ``dsen2cr export-onnx``."""
     parser = subparsers.add_parser("export-onnx", help="export weights to ONNX (dynamic batch, height, width)")
     _add_weights_argument(parser)
-    parser.add_argument("out", help="ONNX file to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_output_file_arguments(parser, "ONNX file to write")
     parser.set_defaults(handler=_run_export_onnx)
 
 
