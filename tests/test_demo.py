@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import rasterio
 
 from dsen2cr.demo import DEMO_SYNTHETIC, run_demo
@@ -26,3 +27,16 @@ def test_demo_writes_its_report(tmp_path: Path) -> None:
         assert scene.count == 13 and scene.crs.to_epsg() == 32633 and scene.shape == (768, 640)
     assert (out / "scene" / "T33UUU_20170216_before_after.png").is_file()
     assert (out / "evaluation-sar" / "summary.md").is_file()
+
+
+@pytest.mark.slow
+def test_full_demo_beats_the_identity_baseline(tmp_path: Path) -> None:
+    """The real demo (about 3 minutes): both models remove clouds better than leaving them."""
+    import json
+
+    run_demo(tmp_path / "out")
+    for model in ("sar", "nosar"):
+        summary = json.loads((tmp_path / "out" / f"evaluation-{model}" / "summary.json").read_text())["summary"]
+        for metric in ("mae", "rmse", "mae_cloudy"):
+            assert summary["model"][metric]["mean"] < 0.8 * summary["identity"][metric]["mean"], (model, metric)
+        assert summary["model"]["psnr"]["mean"] > summary["identity"]["psnr"]["mean"] + 3
