@@ -17,6 +17,7 @@ from rasterio.transform import from_origin
 
 from benchmarks.common import report
 from dsen2cr.data.index import index_dataset
+from dsen2cr.data.layout import release_triplet
 from dsen2cr.geotiff import write_geotiff
 
 RELEASE_TRIPLETS = 122_218
@@ -34,12 +35,11 @@ def main() -> None:
         root = Path(tmp)
         for i in range(args.count):
             roi, patch = i // 100 + 1, i % 100
-            for sensor, array in (("s1", s1), ("s2", s2), ("s2_cloudy", s2)):
-                folder = root / f"ROIs1158_spring_{sensor}" / f"{sensor}_{roi}"
-                folder.mkdir(parents=True, exist_ok=True)
-                write_geotiff(
-                    folder / f"ROIs1158_spring_{sensor}_{roi}_p{patch}.tif", array, crs=crs, transform=transform
-                )
+            for path, array in zip(
+                release_triplet(root, "ROIs1158_spring", roi, patch).paths().values(), (s1, s2, s2), strict=True
+            ):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_geotiff(path, array, crs=crs, transform=transform)
         start = time.perf_counter()
         result = index_dataset(root, root / "files.csv")
         seconds = time.perf_counter() - start

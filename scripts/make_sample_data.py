@@ -26,7 +26,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from dsen2cr.data.layout import Triplet, write_file_list
+from dsen2cr.data.layout import release_triplet, write_file_list
 from dsen2cr.data.synth import add_synthetic_clouds
 from dsen2cr.geotiff import write_geotiff
 from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
@@ -95,18 +95,12 @@ def build_bigearthnet(wheel: Path, work: Path) -> None:
         clear = np.stack(bands).astype(np.uint16)
         cloudy, _ = add_synthetic_clouds(clear, rng)
         arrays = {"s1": np.stack([vv, vh]).astype(np.float32), "s2": clear, "s2_cloudy": cloudy}
-        paths = {}
-        for sensor, array in arrays.items():
-            folder = root / f"{SEASON}_{sensor}" / f"{sensor}_{roi}"
-            folder.mkdir(parents=True, exist_ok=True)
-            paths[sensor] = folder / f"{SEASON}_{sensor}_{roi}_p0.tif"
+        triplet = release_triplet(root, SEASON, roi, 0, SPLIT_OF_ROI[roi])
+        for sensor, path in triplet.paths().items():
+            path.parent.mkdir(parents=True, exist_ok=True)
             names = S1_BANDS if sensor == "s1" else S2_BANDS
-            write_geotiff(paths[sensor], array, crs=crs, transform=transform, band_names=names)
-        triplets.append(
-            Triplet(
-                f"{SEASON}_{roi}_p0", f"{SEASON}/{roi}", paths["s1"], paths["s2"], paths["s2_cloudy"], SPLIT_OF_ROI[roi]
-            )
-        )
+            write_geotiff(path, arrays[sensor], crs=crs, transform=transform, band_names=names)
+        triplets.append(triplet)
         print(f"{s1_dir.name} + {s2_dir.name} -> ROI {roi}")
     write_file_list(triplets, root / "files.csv", root)
 

@@ -11,7 +11,7 @@ import pytest
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from dsen2cr.data.layout import Triplet
+from dsen2cr.data.layout import Triplet, release_triplet
 from dsen2cr.geotiff import write_geotiff
 
 UTM32N = CRS.from_epsg(32632)
@@ -38,14 +38,11 @@ def write_release_triplet(
         "s2": rng.integers(1, 6000, size=(13, size, size)).astype(np.uint16),
         "s2_cloudy": rng.integers(1, 11000, size=(13, size, size)).astype(np.uint16),
     }
-    paths = {}
-    for sensor, array in arrays.items():
-        folder = root / f"{season}_{sensor}" / f"{sensor}_{roi}"
-        folder.mkdir(parents=True, exist_ok=True)
-        paths[sensor] = folder / f"{season}_{sensor}_{roi}_p{patch}.tif"
-        crs = s1_crs if sensor == "s1" else UTM32N
-        write_geotiff(paths[sensor], array, crs=crs, transform=transform)
-    return Triplet(f"{season}_{roi}_p{patch}", f"{season}/{roi}", paths["s1"], paths["s2"], paths["s2_cloudy"])
+    triplet = release_triplet(root, season, roi, patch)
+    for sensor, path in triplet.paths().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_geotiff(path, arrays[sensor], crs=s1_crs if sensor == "s1" else UTM32N, transform=transform)
+    return triplet
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,13 @@ class Triplet:
         return {"s1": self.s1, "s2": self.s2, "s2_cloudy": self.s2_cloudy}
 
 
+def release_triplet(root: str | Path, season: str, roi: int, patch: int, split: int = 0) -> Triplet:
+    """The triplet of patch ``patch`` of ROI ``roi`` of ``season`` in an official-layout tree under ``root``,
+    by the release's naming rule (paths only; nothing is read or written)."""
+    paths = {s: Path(root) / f"{season}_{s}" / f"{s}_{roi}" / f"{season}_{s}_{roi}_p{patch}.tif" for s in SENSORS}
+    return Triplet(f"{season}_{roi}_p{patch}", f"{season}/{roi}", paths["s1"], paths["s2"], paths["s2_cloudy"], split)
+
+
 def parse_patch_name(name: str) -> tuple[str, str, str] | None:
     """Return (season, roi number, patch number) of a SEN12MS-CR file name, or None if it is not one."""
     match = _PATCH_FILE.match(name)

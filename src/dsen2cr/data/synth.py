@@ -13,7 +13,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from dsen2cr.data.layout import SENSORS, Triplet, write_file_list
+from dsen2cr.data.layout import Triplet, release_triplet, write_file_list
 from dsen2cr.geotiff import write_geotiff
 from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
 
@@ -120,21 +120,12 @@ def write_synthetic_dataset(
         zone = 32 + roi_index % 6
         crs = CRS.from_epsg(32600 + zone)
         transform = from_origin(300000 + 10 * size * patch, 5000000 + 20000 * roi_index, 10, 10)
-        paths = {}
-        for sensor, array, bands in zip(SENSORS, (s1, clear, cloudy), (S1_BANDS, S2_BANDS, S2_BANDS), strict=True):
-            folder = out / f"{season}_{sensor}" / f"{sensor}_{roi}"
-            folder.mkdir(parents=True, exist_ok=True)
-            paths[sensor] = folder / f"{season}_{sensor}_{roi}_p{patch}.tif"
-            write_geotiff(paths[sensor], array, crs=crs, transform=transform, band_names=bands)
-        triplets.append(
-            Triplet(
-                f"{season}_{roi}_p{patch}",
-                f"{season}/{roi}",
-                paths["s1"],
-                paths["s2"],
-                paths["s2_cloudy"],
-                _split_of_roi(roi_index),
-            )
-        )
+        triplet = release_triplet(out, season, roi, patch, _split_of_roi(roi_index))
+        for path, array, bands in zip(
+            triplet.paths().values(), (s1, clear, cloudy), (S1_BANDS, S2_BANDS, S2_BANDS), strict=True
+        ):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_geotiff(path, array, crs=crs, transform=transform, band_names=bands)
+        triplets.append(triplet)
     file_list = write_file_list(triplets, out / "files.csv", out)
     return triplets, file_list
