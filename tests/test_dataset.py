@@ -136,3 +136,28 @@ def test_crop_larger_than_patch(tmp_path: Path) -> None:
     triplet = write_release_triplet(tmp_path, "ROIs1158_spring", 1, 0, size=32)
     with pytest.raises(DSen2CRError, match=r"patch is 32x32, smaller than the 64x64 training crop"):
         SEN12MSCRDataset([triplet], train=True, crop_size=64)[0]
+
+
+def test_persistent_workers_follow_the_sampler_epoch(synthetic_tree: Path) -> None:
+    """The training loader keeps its workers across epochs; the epoch reaches them with each key."""
+    from dsen2cr.config import DataSection, LossSection
+    from dsen2cr.training.datamodule import SEN12MSCRDataModule
+
+    data = DataSection(root=str(synthetic_tree), file_list=str(synthetic_tree / "files.csv"), crop_size=32)
+    module = SEN12MSCRDataModule(data, LossSection(), batch_size=2, seed=3)
+    module.setup("fit")
+    loader = module.train_dataloader()
+    assert loader.persistent_workers and loader.num_workers == 2
+    reference = SEN12MSCRDataset(module.train_set.triplets, train=True, crop_size=32, seed=3)
+    served = {}
+    for epoch in (0, 1, 0):
+        loader.sampler.set_epoch(epoch)
+        batches = [batch for batch in loader]
+        order = [index for _, index in loader.sampler]
+        got = torch.cat([batch["s2_cloudy"] for batch in batches])
+        reference.set_epoch(epoch)
+        expected = torch.stack([reference[index]["s2_cloudy"] for index in order])
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        served.setdefault(epoch, got)
+        torch.testing.assert_close(got, served[epoch], rtol=0, atol=0)  # epoch 0 again: the same samples
+    assert not torch.equal(served[0], served[1])

@@ -30,7 +30,9 @@ class SEN12MSCRDataset(Dataset):
     Training mode (``train=True``): a random ``crop_size`` window, the same in the three rasters, then (with
     ``augment``) a random flip (none, vertical or horizontal) and rotation by k x 90 degrees of the whole
     triplet. The randomness of sample ``i`` depends only on ``(seed, epoch, i)``, so it is the same whatever
-    the number of DataLoader workers, and a resumed run sees what an uninterrupted one would. With
+    the number of DataLoader workers, and a resumed run sees what an uninterrupted one would. The epoch is the
+    one set with :meth:`set_epoch`, or travels with the index as an ``(epoch, index)`` pair (what
+    ``EpochShuffle`` yields), so persistent workers need no update between epochs. With
     ``repeats`` > 1 each patch is served that many times per epoch, each with its own crop and augmentation.
     Evaluation mode: the full patch, no augmentation.
     """
@@ -77,10 +79,12 @@ class SEN12MSCRDataset(Dataset):
         """Set the epoch that, with the seed and the index, determines each sample's crop and augmentation."""
         self.epoch = int(epoch)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """Read, crop, augment and preprocess one triplet (patch ``index % number of patches``)."""
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Read, crop, augment and preprocess one triplet (patch ``index % number of patches``); ``key`` is
+        the index, or an ``(epoch, index)`` pair that overrides the epoch set with :meth:`set_epoch`."""
+        epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
         triplet = self.triplets[index % len(self.triplets)]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         s1, s2, s2_cloudy = self._read(triplet, rng)
         if self.train and self.augment:
             flip = rng.integers(3)  # 0 none, 1 vertical, 2 horizontal

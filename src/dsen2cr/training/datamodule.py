@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
@@ -32,30 +34,40 @@ def resolve_split(data: DataSection, split: str) -> list[Triplet]:
     return triplets
 
 
-class EpochShuffle(torch.utils.data.Sampler[int]):
-    """A shuffle that depends only on (seed, epoch): the same order however often the loader is iterated."""
+class EpochShuffle(torch.utils.data.Sampler[tuple[int, int]]):
+    """A shuffle that depends only on (seed, epoch): the same order however often the loader is iterated.
 
-    def __init__(self, size: int, seed: int, epoch: int) -> None:
+    Yields ``(epoch, index)`` pairs, so the dataset learns the epoch from each key rather than from state
+    that persistent workers would keep stale. Lightning calls :meth:`set_epoch` before each epoch (also
+    through its distributed wrapper) with the epoch restored from a checkpoint on resume.
+    """
+
+    def __init__(self, size: int, seed: int, epoch: int = 0) -> None:
         self.size = size
         self.seed = seed
         self.epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         """Number of indices."""
         return self.size
 
-    def __iter__(self):
-        """The permutation of this epoch."""
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """The permutation of this epoch, as (epoch, index) pairs."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        return ((self.epoch, index) for index in torch.randperm(self.size, generator=generator).tolist())
 
 
 class SEN12MSCRDataModule(L.LightningDataModule):
     """Training and validation loaders over SEN12MS-CR triplets.
 
-    The training set's epoch is set before each epoch's loader is built (loaders are rebuilt every epoch), and
-    the shuffle is an ``EpochShuffle``, so crops, augmentations and order depend only on (seed, epoch): a
-    resumed run sees what an uninterrupted one would. Under DDP, Lightning splits that order across ranks.
+    The training loader is built once with persistent workers (and pinned memory on CUDA); its sampler is an
+    ``EpochShuffle`` whose ``(epoch, index)`` keys make crops, augmentations and order depend only on
+    (seed, epoch): a resumed run sees what an uninterrupted one would. Under DDP, Lightning splits that order
+    across ranks.
     """
 
     def __init__(self, data: DataSection, loss: LossSection, batch_size: int, seed: int) -> None:
@@ -89,16 +101,14 @@ class SEN12MSCRDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.data.num_workers,
-            persistent_workers=False,
+            persistent_workers=self.data.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
-        """This epoch's training loader."""
+        """The training loader (Lightning sets its sampler's epoch before each epoch)."""
         assert self.train_set is not None
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        self.train_set.set_epoch(epoch)
-        return self._loader(self.train_set, EpochShuffle(len(self.train_set), self.seed, epoch))
+        return self._loader(self.train_set, EpochShuffle(len(self.train_set), self.seed))
 
     def val_dataloader(self) -> DataLoader:
         """The validation loader (full patches)."""

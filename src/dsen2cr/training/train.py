@@ -112,7 +112,6 @@ def build_trainer(config: RunConfig, out: Path, *, progress: bool = True) -> L.T
         log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=None if t.limit_train_batches == 1.0 else t.limit_train_batches,
         limit_val_batches=None if t.limit_val_batches == 1.0 else t.limit_val_batches,
-        reload_dataloaders_every_n_epochs=1,
         callbacks=callbacks,
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
