@@ -282,3 +282,34 @@ def test_quicklook_is_the_decimated_image() -> None:
         quicklook.add(t.core, before[:, rows, cols], after[:, rows, cols])
     np.testing.assert_array_equal(quicklook.before, before[RGB_BANDS, ::6, ::6])
     np.testing.assert_array_equal(quicklook.after, after[RGB_BANDS, ::6, ::6])
+
+
+def test_auto_tile_is_the_largest_that_fits_the_memory_budget() -> None:
+    from dsen2cr.model import MODEL_VARIANTS
+    from dsen2cr.scene import choose_tile, window_bytes
+
+    paper, small = MODEL_VARIANTS["dsen2cr"], MODEL_VARIANTS["dsen2cr-small"]
+    assert window_bytes(paper, 1, 1) == 4 * (6 * 256 + 30) == 6264
+    gib8 = 8 * 2**30
+    # enough for (tile / (tile - 68))^2 <= 1.15: 68 / (1 - 1.15^-0.5) = 1007.7 -> 1024; fits: isqrt(2^33 / 6264) = 1171
+    assert choose_tile(paper, batch_size=1, memory_bytes=gib8, overlap=68) == 1024
+    assert (1024 / (1024 - 68)) ** 2 <= 1.15 < (960 / (960 - 68)) ** 2
+    assert choose_tile(paper, batch_size=4, memory_bytes=gib8, overlap=68) == 576  # fits: isqrt(2^31 / 6264) = 585
+    assert choose_tile(small, batch_size=1, memory_bytes=gib8, overlap=20) == 320  # 20 / (1 - 1.15^-0.5) = 296.4
+    assert choose_tile(paper, batch_size=1, memory_bytes=2**20, overlap=68) == 192  # floor: overlap + 64, rounded up
+
+
+def test_remove_clouds_defaults_pick_tile_and_batch(scene: dict, tmp_path: Path) -> None:
+    common = ["--weights", str(scene["weights"]), "--s2", str(scene["folder"] / "s2.tif")]
+    common += ["--s1", str(scene["folder"] / "s1.tif"), "--no-progress"]
+    # 0.05 GiB / 888 bytes per pixel (small model) -> isqrt(60463) = 245 -> 192 px windows, batch 1 on CPU
+    result = run_cli("remove-clouds", *common, "--out", str(tmp_path / "a.tif"), "--memory", "0.05")
+    assert result.returncode == 0, result.stderr
+    assert "tiles: at most 192 px, batch 1 (--tile auto for a 0.05 GiB budget)" in result.stdout
+    assert f"{len(plan_tiles(389, 517, 192, 20))} tiles)" in result.stdout
+    result = run_cli("remove-clouds", *common, "--out", str(tmp_path / "b.tif"))  # budget of this machine
+    assert result.returncode == 0, result.stderr
+    assert "tiles: at most 320 px, batch 1" in result.stdout
+    assert f"{len(plan_tiles(389, 517, 320, 20))} tiles)" in result.stdout
+    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())  # seamless: tiling does not change the result

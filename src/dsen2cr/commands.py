@@ -166,7 +166,10 @@ def _run_config(args: argparse.Namespace) -> int:
 def _add_weights_argument(parser: argparse.ArgumentParser) -> None:
     """The ``--weights`` option shared by the inference commands."""
     parser.add_argument(
-        "--weights", required=True, help="weights: .safetensors (dsen2cr export), .ckpt (dsen2cr train) or Keras .h5"
+        "--weights",
+        required=True,
+        help="weights: .safetensors (dsen2cr export), .ckpt (dsen2cr train), Keras .h5; evaluate and remove-clouds "
+        "also take .onnx (dsen2cr export-onnx, fp32 or int8)",
     )
 
 
@@ -212,7 +215,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from dsen2cr.weights import load_model
 
     _check_output_folder(args.out, args.overwrite)
-    model = load_model(args.weights, device=args.device)
+    if args.weights.lower().endswith(".onnx"):
+        from dsen2cr.onnx_export import OnnxPredictor
+
+        model = OnnxPredictor(args.weights, device=args.device)
+    else:
+        model = load_model(args.weights, device=args.device)
     if args.file_list:
         triplets = select_split(read_file_list(args.file_list, args.data_root), args.split, source=args.file_list)
     else:
@@ -283,6 +291,21 @@ def _add_export_onnx(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser("export-onnx", help="export weights to ONNX (dynamic batch, height, width)")
     _add_weights_argument(parser)
     _add_output_file_arguments(parser, "ONNX file to write")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantise to int8 (onnxruntime static quantisation, calibrated on --calibration-list patches)",
+    )
+    parser.add_argument(
+        "--calibration-list", help="DSen2-CR CSV of calibration patches (default: the bundled sample's train split)"
+    )
+    parser.add_argument("--calibration-root", help="dataset root that --calibration-list refers to")
+    parser.add_argument(
+        "--calibration-split", default="train", help="split of --calibration-list to use (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--calibration-patches", type=int, default=16, help="calibration inputs, 128x128 crops (default: %(default)s)"
+    )
     parser.set_defaults(handler=_run_export_onnx)
 
 
@@ -293,8 +316,28 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
     from dsen2cr.weights import load_model
 
     check_output_file(args.out, overwrite=args.overwrite)
-    export_onnx(load_model(args.weights), args.out)
-    print(f"wrote {args.out}")
+    if not args.int8:
+        export_onnx(load_model(args.weights), args.out)
+        print(f"wrote {args.out}")
+        return 0
+    import tempfile
+    from pathlib import Path
+
+    from dsen2cr.config import DataSection
+    from dsen2cr.data.layout import resolve_split
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.onnx_export import calibration_batches, quantize_onnx
+
+    if args.calibration_patches < 1:
+        raise DSen2CRError(f"--calibration-patches: must be at least 1, got {args.calibration_patches}")
+    if args.calibration_list and not args.calibration_root:
+        raise DSen2CRError("--calibration-root: needed with --calibration-list (the folder its paths refer to)")
+    data = DataSection(root=args.calibration_root, file_list=args.calibration_list)
+    triplets = resolve_split(data, args.calibration_split)
+    with tempfile.TemporaryDirectory(prefix="dsen2cr-export-") as tmp:
+        fp32 = export_onnx(load_model(args.weights), Path(tmp) / "fp32.onnx")
+        quantize_onnx(fp32, args.out, calibration_batches(triplets, args.calibration_patches))
+    print(f"wrote {args.out} (int8, calibrated on {args.calibration_patches} crops of {len(triplets)} patches)")
     return 0
 
 
@@ -315,11 +358,29 @@ def _add_remove_clouds(subparsers: SubParsers) -> None:
     parser.add_argument("--out", help="output GeoTIFF (one scene) or folder (several scenes)")
     parser.add_argument("--mask-out", help="also write the cloud/shadow map (int8 GeoTIFF; one scene)")
     parser.add_argument("--preview", help="also write an RGB quicklook PNG of input and output (one scene)")
-    parser.add_argument("--tile", type=int, default=256, help="tile size in pixels (default: %(default)s)")
+    parser.add_argument(
+        "--tile",
+        type=_auto_or_int,
+        default="auto",
+        help="largest window in pixels; auto: the largest that fits --memory with --batch-size windows, at most "
+        "2048 (default: %(default)s)",
+    )
     parser.add_argument(
         "--overlap", type=int, help="tile overlap in pixels (default: 2 x receptive-field radius, exact)"
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size",
+        type=_auto_or_int,
+        default="auto",
+        help="windows per forward pass; auto: 1 on CPU (batching does not speed it up), 4 on GPU "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory",
+        type=float,
+        help="GiB of working memory for --tile auto (default: half the free GPU memory; on CPU half the available "
+        "memory, at most 8)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="default: %(default)s")
     parser.add_argument(
@@ -340,6 +401,16 @@ def _add_remove_clouds(subparsers: SubParsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_remove_clouds)
+
+
+def _auto_or_int(value: str) -> str | int:
+    """Argument type: ``auto`` or an integer (its range is checked where it is used)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer, got {value!r}") from None
 
 
 def _run_remove_clouds(args: argparse.Namespace) -> int:

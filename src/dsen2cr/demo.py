@@ -65,9 +65,9 @@ def run_demo(
     out: str | Path, *, config_path: str | None = None, overrides: list[str] | None = None, overwrite: bool = False
 ) -> Path:
     """Run the demo into ``out`` (``overrides``: ``section.key=value`` for both trainings); return the report."""
+    from dsen2cr.data.layout import resolve_split
     from dsen2cr.data.sample import sample_scene
     from dsen2cr.scene import default_overlap, remove_clouds, torch_predictor
-    from dsen2cr.training.datamodule import resolve_split
     from dsen2cr.training.train import run_training
     from dsen2cr.weights import load_model, save_weights
 

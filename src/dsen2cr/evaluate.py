@@ -9,11 +9,13 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from dsen2cr.backends import build_backend
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet
 from dsen2cr.geotiff import atomic_path, open_raster, write_geotiff
@@ -30,12 +32,15 @@ from dsen2cr.visualize import (
     save_png,
 )
 
+if TYPE_CHECKING:
+    from dsen2cr.onnx_export import OnnxPredictor
+
 METHODS = ("model", "identity")
 ALL_METRICS = METRIC_NAMES + REGION_METRIC_NAMES
 
 
 def evaluate(
-    model: DSen2CR,
+    model: DSen2CR | OnnxPredictor,
     triplets: Sequence[Triplet],
     out_dir: str | Path,
     *,
@@ -45,7 +50,8 @@ def evaluate(
     write_images: bool = True,
     num_workers: int = 0,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Evaluate ``model`` on full patches; write reports (and predictions and previews) to ``out_dir``.
+    """Evaluate ``model`` (PyTorch, eager fp32 on ``device``; or an ONNX model, e.g. int8) on full patches;
+    write reports (and predictions and previews) to ``out_dir``.
 
     Returns the summary: ``{method: {metric: {"mean": x, "median": y}}}`` for the model and the identity
     baseline (the cloudy input taken as the prediction).
@@ -56,11 +62,11 @@ def evaluate(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     by_id = {t.patch_id: t for t in triplets}
     rows: list[dict[str, object]] = []
-    model = model.to(device).eval()
+    predict = build_backend(model, "eager", device) if isinstance(model, DSen2CR) else model
     with torch.inference_mode():
         for batch in loader:
-            s1 = batch["s1"].to(device) if model.include_sar else None
-            pred = model(batch["s2_cloudy"].to(device), s1).float().cpu()
+            s1 = batch["s1"].numpy() if model.include_sar else None
+            pred = torch.from_numpy(predict(batch["s2_cloudy"].numpy(), s1))
             for i, patch_id in enumerate(batch["patch_id"]):
                 pred_dn = s2_model_to_dn(pred[i])
                 cloudy_dn = s2_model_to_dn(batch["s2_cloudy"][i])

@@ -15,7 +15,7 @@ import torch
 from dsen2cr.backends import Predictor, select_backend
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.model import ModelConfig
-from dsen2cr.scene import SceneReport, default_overlap, plan_tiles, remove_clouds
+from dsen2cr.scene import SceneReport, choose_tile, default_overlap, memory_budget, plan_tiles, remove_clouds
 from dsen2cr.weights import load_model
 
 
@@ -150,6 +150,7 @@ def make_predictor(
         from dsen2cr.onnx_export import OnnxPredictor
 
         onnx_predictor = OnnxPredictor(weights, device=device)
+        print(f"backend: onnxruntime ({onnx_predictor.precision})", flush=True)
         return onnx_predictor, onnx_predictor.config
     if is_onnx:
         raise DSen2CRError(f"{weights}: an ONNX file runs with --backend onnxruntime (or auto)")
@@ -170,14 +171,34 @@ def run_scene_jobs(jobs: list[SceneJob], args: argparse.Namespace) -> Iterator[S
     mine = jobs[rank::world]
     sizes = [size for size in map(_scene_size, (job.s2 for job in mine)) if size is not None]
 
+    batch_size = args.batch_size if args.batch_size != "auto" else 4 if torch.device(device).type == "cuda" else 1
+    if args.memory is not None and args.memory <= 0:
+        raise DSen2CRError(f"--memory: must be positive (GiB), got {args.memory}")
+    tiles: dict[ModelConfig, int] = {}
+
     def overlap_of(config: ModelConfig) -> int:
         return default_overlap(config) if args.overlap is None else args.overlap
 
+    def tile_of(config: ModelConfig) -> int:
+        """--tile, or for auto the largest window that fits the memory budget (decided once)."""
+        if args.tile != "auto":
+            return args.tile
+        if config not in tiles:
+            budget = memory_budget(device) if args.memory is None else int(args.memory * 2**30)
+            tiles[config] = choose_tile(config, batch_size=batch_size, memory_bytes=budget, overlap=overlap_of(config))
+            print(
+                f"tiles: at most {tiles[config]} px, batch {batch_size} "
+                f"(--tile auto for a {budget / 2**30:.2f} GiB budget)",
+                flush=True,
+            )
+        return tiles[config]
+
     def probe_shape(config: ModelConfig) -> tuple[int, int, int]:
         """The first scene's tile shape, so that a compiled backend is built for the shape it will run."""
-        height, width = sizes[0] if sizes else (args.tile, args.tile)
-        window = plan_tiles(height, width, args.tile, overlap_of(config))[0].window
-        return args.batch_size, window.height, window.width
+        tile = tile_of(config)
+        height, width = sizes[0] if sizes else (tile, tile)
+        window = plan_tiles(height, width, tile, overlap_of(config))[0].window
+        return batch_size, window.height, window.width
 
     predictor, config = make_predictor(
         args.weights,
@@ -195,9 +216,9 @@ def run_scene_jobs(jobs: list[SceneJob], args: argparse.Namespace) -> Iterator[S
             s2_path=job.s2,
             s1_path=job.s1,
             out=job.out,
-            tile=args.tile,
+            tile=tile_of(config),
             overlap=overlap,
-            batch_size=args.batch_size,
+            batch_size=batch_size,
             resampling=args.resampling,
             s1_linear=args.s1_linear,
             mask_out=job.mask_out,

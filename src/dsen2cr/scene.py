@@ -33,6 +33,8 @@ from dsen2cr.geotiff import GTIFF_OPTIONS, atomic_path, check_output_file
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD, cloud_shadow_mask
 from dsen2cr.model import DSen2CR, ModelConfig
 from dsen2cr.preprocessing import (
+    NUM_S1_BANDS,
+    NUM_S2_BANDS,
     S2_BANDS,
     S2_CLIP_DN,
     S2_MODEL_SCALE,
@@ -101,6 +103,49 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
         for c0, cw, cc0, cc1 in _axis_tiles(width, tile, overlap):
             tiles.append(Tile(Window(c0, r0, cw, rh), Window(cc0, cr0, cc1 - cc0, cr1 - cr0)))
     return tiles
+
+
+#: Working memory of one window, in float32 values per pixel and hidden feature. Measured peaks
+#: (benchmarks/window_memory.py): eager fp32 about 5 feature maps (oneDNN reorders included), the compiled
+#: backend about 2.5; 6 leaves a margin.
+FEATURE_MAPS_PER_WINDOW = 6
+#: ``--tile auto`` aims for windows just large enough that the overlap costs at most this factor of compute
+#: over a large scene ((tile / (tile - overlap))^2); larger windows gain little, and narrow models run slower
+#: per pixel on them (their feature maps no longer fit in the CPU cache).
+TARGET_REDUNDANCY = 1.15
+#: ``--tile auto`` on CPU uses at most this much of the available memory.
+MAX_CPU_MEMORY = 8 * 2**30
+
+
+def window_bytes(config: ModelConfig, height: int, width: int) -> int:
+    """Estimated peak working memory (bytes) of the network on one height x width window."""
+    values_per_pixel = FEATURE_MAPS_PER_WINDOW * config.num_features + 2 * (NUM_S2_BANDS + NUM_S1_BANDS)
+    return 4 * height * width * values_per_pixel
+
+
+def memory_budget(device: str | torch.device) -> int:
+    """Memory that ``--tile auto`` may fill: half the free memory of a GPU; on CPU half the available memory,
+    at most ``MAX_CPU_MEMORY``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    import psutil
+
+    return min(psutil.virtual_memory().available // 2, MAX_CPU_MEMORY)
+
+
+def choose_tile(config: ModelConfig, *, batch_size: int, memory_bytes: int, overlap: int) -> int:
+    """The tile (a multiple of 64) for ``--tile auto``: just large enough for ``TARGET_REDUNDANCY``, smaller
+    when a batch of such windows would not fit in ``memory_bytes``, never below the overlap plus 64 pixels."""
+    enough = math.ceil(overlap / (1 - TARGET_REDUNDANCY**-0.5))
+    fits = math.isqrt(int(memory_bytes / max(batch_size, 1) / window_bytes(config, 1, 1)))
+    return max(_round_up_64(overlap + 64), min(_round_up_64(enough), fits // 64 * 64))
+
+
+def _round_up_64(pixels: int) -> int:
+    """``pixels`` rounded up to a multiple of 64."""
+    return -(-pixels // 64) * 64
 
 
 def torch_predictor(model: DSen2CR, *, device: str | torch.device = "cpu", precision: str = "fp32") -> Predictor:
@@ -280,6 +325,7 @@ def remove_clouds(
                     predictor="2",
                     blocksize=256,
                     BIGTIFF="IF_SAFER",
+                    NUM_THREADS="ALL_CPUS",  # compress blocks and overviews in parallel
                 )
             finally:
                 staging.unlink(missing_ok=True)

@@ -24,8 +24,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dsen2cr.errors import DSen2CRError
+
+if TYPE_CHECKING:
+    from dsen2cr.config import DataSection
 
 SPLITS = {"train": 1, "val": 2, "test": 3}
 SPLIT_NAMES = {number: name for name, number in SPLITS.items()}
@@ -233,3 +237,23 @@ def select_split(triplets: Iterable[Triplet], split: str | int, *, source: str =
     if not chosen:
         raise DSen2CRError(f"{source}: split {SPLIT_NAMES.get(number, number)} has no patches")
     return chosen
+
+
+def resolve_split(data: DataSection, split: str) -> list[Triplet]:
+    """The triplets of one split from the file list, or from a ROI list over a scanned release tree."""
+    if data.root is None:
+        if data.file_list is not None or data.train_rois is not None or data.val_rois is not None:
+            raise DSen2CRError("data.root: not set (the dataset root folder the file list or ROI lists refer to)")
+        from dsen2cr.data.sample import sample_dataset_root, sample_file_list
+
+        sample = sample_file_list()
+        return select_split(read_file_list(sample, sample_dataset_root()), split, source=str(sample))
+    if data.file_list is not None:
+        return select_split(read_file_list(data.file_list, data.root), split, source=data.file_list)
+    roi_file = {"train": data.train_rois, "val": data.val_rois}.get(split)
+    if roi_file is None:
+        raise DSen2CRError(f"data: give data.file_list, or data.{split}_rois with a release root")
+    triplets = select_rois(scan_release(data.root)[0], read_roi_list(roi_file))
+    if not triplets:
+        raise DSen2CRError(f"{roi_file}: none of its ROIs has patches under {data.root}")
+    return triplets

@@ -10,28 +10,7 @@ from torch.utils.data import DataLoader
 
 from dsen2cr.config import DataSection, LossSection
 from dsen2cr.data.dataset import SEN12MSCRDataset
-from dsen2cr.data.layout import Triplet, read_file_list, read_roi_list, scan_release, select_rois, select_split
-from dsen2cr.errors import DSen2CRError
-
-
-def resolve_split(data: DataSection, split: str) -> list[Triplet]:
-    """The triplets of one split from the file list, or from a ROI list over a scanned release tree."""
-    if data.root is None:
-        if data.file_list is not None or data.train_rois is not None or data.val_rois is not None:
-            raise DSen2CRError("data.root: not set (the dataset root folder the file list or ROI lists refer to)")
-        from dsen2cr.data.sample import sample_dataset_root, sample_file_list
-
-        sample = sample_file_list()
-        return select_split(read_file_list(sample, sample_dataset_root()), split, source=str(sample))
-    if data.file_list is not None:
-        return select_split(read_file_list(data.file_list, data.root), split, source=data.file_list)
-    roi_file = {"train": data.train_rois, "val": data.val_rois}.get(split)
-    if roi_file is None:
-        raise DSen2CRError(f"data: give data.file_list, or data.{split}_rois with a release root")
-    triplets = select_rois(scan_release(data.root)[0], read_roi_list(roi_file))
-    if not triplets:
-        raise DSen2CRError(f"{roi_file}: none of its ROIs has patches under {data.root}")
-    return triplets
+from dsen2cr.data.layout import resolve_split
 
 
 class EpochShuffle(torch.utils.data.Sampler[tuple[int, int]]):

@@ -1,0 +1,91 @@
+"""The optional int8 path (``dsen2cr export-onnx --int8``): its speed next to its accuracy cost.
+
+Speed: patch inference (paper model, 256x256) with PyTorch eager fp32, onnxruntime fp32 and onnxruntime int8
+(calibrated on the bundled sample's train split), in one run. Accuracy: for each trained weights file (default:
+the demo's, ``make demo`` first), the paper metrics of the fp32 and the int8 model on the sample's val and test
+patches.
+
+Run: ``python -m benchmarks.int8 [--weights W ...]`` (writes benchmarks/results/int8.json and .md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import median_seconds, report
+from dsen2cr import create_model
+from dsen2cr.backends import build_backend
+from dsen2cr.config import DataSection
+from dsen2cr.data.layout import resolve_split
+from dsen2cr.evaluate import evaluate
+from dsen2cr.onnx_export import OnnxPredictor, calibration_batches, export_onnx, quantize_onnx
+from dsen2cr.weights import load_model
+
+DEMO_WEIGHTS = sorted(Path("demo-output/weights").glob("*.safetensors"))
+METRICS = ("mae", "psnr", "ssim", "sam")
+
+
+def _int8_pair(model: object, folder: Path, name: str) -> tuple[OnnxPredictor, OnnxPredictor]:
+    """fp32 and int8 (calibrated on the sample's train split) onnxruntime predictors of ``model``."""
+    fp32 = export_onnx(model, folder / f"{name}-fp32.onnx")
+    calibration = calibration_batches(resolve_split(DataSection(), "train"), patches=16)
+    int8 = quantize_onnx(fp32, folder / f"{name}-int8.onnx", calibration)
+    return OnnxPredictor(fp32), OnnxPredictor(int8)
+
+
+def main() -> None:
+    """Measure and report."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--weights", nargs="*", type=Path, default=DEMO_WEIGHTS, help="trained weights to evaluate")
+    args = parser.parse_args()
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model = create_model("dsen2cr").eval()
+        rng = np.random.default_rng(0)
+        s2 = rng.uniform(0, 1.5, (1, 13, 256, 256)).astype(np.float32)
+        s1 = rng.uniform(0, 1.5, (1, 2, 256, 256)).astype(np.float32)
+        eager = build_backend(model, "eager")
+        fp32, int8 = _int8_pair(model, folder, "paper")
+        reference = eager(s2, s1)
+        seconds = {"eager": median_seconds(lambda: eager(s2, s1), repeats=3)}
+        eager_row = {"measure": "patch 256x256 dsen2cr, eager fp32", "value": seconds["eager"], "unit": "s/patch"}
+        rows.append({**eager_row, "note": "the reference"})
+        for name, predictor in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
+            seconds[name] = median_seconds(lambda p=predictor: p(s2, s1), repeats=3)
+            error = float(np.abs(predictor(s2, s1) - reference).max() / np.abs(reference).max())
+            rows.append(
+                {
+                    "measure": f"patch 256x256 dsen2cr, {name}",
+                    "value": seconds[name],
+                    "unit": "s/patch",
+                    "note": f"{seconds['eager'] / seconds[name]:.2f}x eager fp32; relative error vs eager {error:.2g}",
+                }
+            )
+        held_out = resolve_split(DataSection(), "val") + resolve_split(DataSection(), "test")
+        for weights in args.weights:
+            trained = load_model(weights)
+            pair = _int8_pair(trained, folder, weights.stem)
+            summaries = [
+                evaluate(predictor, held_out, folder / f"{weights.stem}-{i}", write_images=False)
+                for i, predictor in enumerate(pair)
+            ]
+            for metric in METRICS:
+                fp32_value, int8_value = (s["model"][metric]["mean"] for s in summaries)
+                rows.append(
+                    {
+                        "measure": f"{weights.stem}: {metric} on the sample's val+test ({len(held_out)} patches)",
+                        "value": int8_value,
+                        "unit": "int8",
+                        "note": f"fp32 {fp32_value:.4f}, int8 - fp32 = {int8_value - fp32_value:+.4f}",
+                    }
+                )
+    report("int8", rows)
+
+
+if __name__ == "__main__":
+    main()
