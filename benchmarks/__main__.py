@@ -27,10 +27,17 @@ from dsen2cr import create_model
 from dsen2cr.backends import build_backend, relative_error, select_backend
 
 
-def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
-    """fp32 matrix-multiply rate of this machine (GFLOP/s)."""
-    a, b = torch.rand(size, size), torch.rand(size, size)
-    seconds = median_seconds(lambda: a @ b, repeats=repeats)
+def matmul_gflops(device: torch.device, size: int = 4096, repeats: int = 5) -> float:
+    """Matrix-multiply rate of the device (GFLOP/s): fp32 on CPU, bf16 (tensor cores) on GPU."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.rand(size, size, device=device, dtype=dtype) for _ in range(2))
+
+    def multiply() -> None:
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    seconds = median_seconds(multiply, repeats=repeats)
     return 2 * size**3 / seconds / 1e9
 
 
@@ -44,7 +51,11 @@ def main() -> None:
     """Run every measurement and write the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small variant, about two minutes")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+    parser.add_argument("--scene-size", type=int, help="side of the scene to time (default: 2560 quick, 1280 full)")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
     variant = "dsen2cr-small" if args.quick else "dsen2cr"
     repeats = 5 if args.quick else 3
     rows: list[dict[str, object]] = []
@@ -53,15 +64,16 @@ def main() -> None:
         rows.append({"measure": measure, "value": float(value), "unit": unit, "note": note})
         print(f"{measure}: {value:.4g} {unit} {note}", flush=True)
 
-    rate = matmul_gflops()
-    add("fp32 matmul 4096x4096", rate, "GFLOP/s", f"{torch.get_num_threads()} threads")
+    rate = matmul_gflops(device)
+    where = torch.cuda.get_device_name(device) if on_gpu else f"{torch.get_num_threads()} threads"
+    add(f"{'bf16' if on_gpu else 'fp32'} matmul 4096x4096", rate, "GFLOP/s", where)
 
     model = create_model(variant).eval()
     flops = patch_flops(model)
     rng = np.random.default_rng(0)
     s2 = rng.uniform(0, 2, (1, 13, 256, 256)).astype(np.float32)
     s1 = rng.uniform(0, 2, (1, 2, 256, 256)).astype(np.float32)
-    eager = build_backend(model, "eager")
+    eager = build_backend(model, "eager", device)
     eager_s = median_seconds(lambda: eager(s2, s1), repeats=repeats)
     add(
         f"patch 256x256 {variant}, eager fp32",
@@ -70,7 +82,7 @@ def main() -> None:
         f"{flops / eager_s / 1e9:.1f} GFLOP/s, {flops / eager_s / 1e9 / rate:.0%} of matmul",
     )
     start = time.perf_counter()
-    name, default = select_backend(copy.deepcopy(model), "auto", probe_shape=(1, 256, 256))
+    name, default = select_backend(copy.deepcopy(model), "auto", device, probe_shape=(1, 256, 256))
     add(f"default path ({name}): build and check", time.perf_counter() - start, "s", "first run; cached afterwards")
     default_s = median_seconds(lambda: default(s2, s1), repeats=repeats)
     add(
@@ -84,7 +96,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        _scene_throughput(model, folder, 2560 if args.quick else 1280, 256 * 256 / 1e6 / default_s, add)
+        scene_size = args.scene_size or (2560 if args.quick else 1280)
+        _scene_throughput(model, folder, scene_size, 256 * 256 / 1e6 / default_s, add, device)
 
         from dsen2cr.data.dataset import SEN12MSCRDataset
         from dsen2cr.data.layout import read_file_list
@@ -106,27 +119,32 @@ def main() -> None:
 
         from dsen2cr.losses import carl_loss
 
-        train_model = create_model(variant).train().to(memory_format=torch.channels_last)
+        train_model = create_model(variant).train().to(device, memory_format=torch.channels_last)
         optimiser = torch.optim.NAdam(train_model.parameters(), lr=7e-5, momentum_decay=0.004)
-        batch = torch.utils.data.default_collate([dataset[i] for i in range(2)])
+        samples = torch.utils.data.default_collate([dataset[i] for i in range(2)])
+        batch = {k: samples[k].to(device) for k in ("s2_cloudy", "s1", "s2", "cloud_mask")}
 
         def step() -> None:
             optimiser.zero_grad()
-            pred = train_model(
-                batch["s2_cloudy"].contiguous(memory_format=torch.channels_last),
-                batch["s1"].contiguous(memory_format=torch.channels_last),
-            )
-            carl_loss(pred, batch["s2_cloudy"], batch["s2"], batch["cloud_mask"]).backward()
+            with torch.autocast(device.type, torch.bfloat16, enabled=on_gpu):
+                pred = train_model(
+                    batch["s2_cloudy"].contiguous(memory_format=torch.channels_last),
+                    batch["s1"].contiguous(memory_format=torch.channels_last),
+                )
+                loss = carl_loss(pred.float(), batch["s2_cloudy"], batch["s2"], batch["cloud_mask"])
+            loss.backward()
             optimiser.step()
+            if on_gpu:
+                torch.cuda.synchronize(device)
 
         add(
             f"training step {variant}, batch 2 of 128x128",
             median_seconds(step, repeats=3),
             "s/step",
-            "eager fp32, channels-last",
+            "bf16 autocast, channels-last" if on_gpu else "eager fp32, channels-last",
         )
 
-        if not args.quick:
+        if not args.quick and not on_gpu:
             result = subprocess.run(
                 [sys.executable, "-m", "benchmarks.scene", "--sizes", "1024", "2048", "--name", "scene-in-benchmark"],
                 capture_output=True,
@@ -137,21 +155,26 @@ def main() -> None:
                 if line.startswith("| 1024") or line.startswith("| 2048"):
                     cells = [c.strip() for c in line.strip("|").split("|")]
                     add(f"scene {cells[0]} small variant: peak RSS", float(cells[5]), "MiB", f"{cells[4]} Mpx/s")
-    name = "benchmark-quick" if args.quick else "benchmark"
+    name = "benchmark" + ("-quick" if args.quick else "") + ("-cuda" if on_gpu else "")
     _write(name, rows)
 
 
-def _scene_throughput(model: torch.nn.Module, folder: Path, size: int, patch_mpx: float, add: Callable) -> None:
-    """Whole-scene throughput with the CLI's defaults (--tile auto, --batch-size 1, default overlap and backend,
-    the backend built and checked for the window shape first, as the CLI does) against patch throughput."""
+def _scene_throughput(
+    model: torch.nn.Module, folder: Path, size: int, patch_mpx: float, add: Callable, device: torch.device
+) -> None:
+    """Whole-scene throughput with the CLI's defaults (--tile auto, --batch-size auto, default overlap and
+    backend, the backend built and checked for the window shape first, as the CLI does) against patch
+    throughput."""
     from benchmarks.scene import write_scene
-    from dsen2cr.scene import choose_tile, default_overlap, memory_budget, plan_tiles, remove_clouds
+    from dsen2cr.scene import auto_tile, default_overlap, plan_tiles, remove_clouds
 
     overlap = default_overlap(model)
-    tile = choose_tile(model.config, batch_size=1, memory_bytes=memory_budget("cpu"), overlap=overlap)
+    batch = 4 if device.type == "cuda" else 1
+    tile = auto_tile(model.config, device=device, batch_size=batch)
     windows = plan_tiles(size, size, tile, overlap)
     window = windows[0].window
-    name, predictor = select_backend(copy.deepcopy(model), "auto", probe_shape=(1, window.height, window.width))
+    probe = (batch, window.height, window.width)
+    name, predictor = select_backend(copy.deepcopy(model), "auto", device, probe_shape=probe)
     write_scene(folder / "s2.tif", size, 13, "uint16", seed=1)
     write_scene(folder / "s1.tif", size, 2, "float32", seed=2)
     report = remove_clouds(
@@ -162,7 +185,7 @@ def _scene_throughput(model: torch.nn.Module, folder: Path, size: int, patch_mpx
         out=folder / "out.tif",
         tile=tile,
         overlap=overlap,
-        batch_size=1,
+        batch_size=batch,
         progress=False,
     )
     scene_mpx = report.megapixels / report.seconds

@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--variant", default="dsen2cr-small")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", default="auto", help="passed to remove-clouds (default: %(default)s)")
     parser.add_argument("--name", default="scene", help="results file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     rows = []

@@ -67,7 +67,7 @@ def run_demo(
     """Run the demo into ``out`` (``overrides``: ``section.key=value`` for both trainings); return the report."""
     from dsen2cr.data.layout import resolve_split
     from dsen2cr.data.sample import sample_scene
-    from dsen2cr.scene import default_overlap, remove_clouds, torch_predictor
+    from dsen2cr.scene import auto_tile, default_overlap, remove_clouds, torch_predictor
     from dsen2cr.training.train import run_training
     from dsen2cr.weights import load_model, save_weights
 
@@ -113,7 +113,9 @@ def run_demo(
         s2_path=sample_scene(),
         s1_path=None,
         out=scene_dir / "T33UUU_20170216_cloudfree.tif",
+        tile=auto_tile(scene_model.config),  # as remove-clouds does by default on CPU
         overlap=default_overlap(scene_model),
+        batch_size=1,
         mask_out=scene_dir / "T33UUU_20170216_cloud_shadow_mask.tif",
         preview=scene_dir / "T33UUU_20170216_before_after.png",
         progress=False,

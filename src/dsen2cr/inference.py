@@ -15,7 +15,7 @@ import torch
 from dsen2cr.backends import Predictor, select_backend
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.model import ModelConfig
-from dsen2cr.scene import SceneReport, choose_tile, default_overlap, memory_budget, plan_tiles, remove_clouds
+from dsen2cr.scene import SceneReport, auto_tile, default_overlap, memory_budget, plan_tiles, remove_clouds
 from dsen2cr.weights import load_model
 
 
@@ -180,12 +180,12 @@ def run_scene_jobs(jobs: list[SceneJob], args: argparse.Namespace) -> Iterator[S
         return default_overlap(config) if args.overlap is None else args.overlap
 
     def tile_of(config: ModelConfig) -> int:
-        """--tile, or for auto the largest window that fits the memory budget (decided once)."""
+        """--tile, or for auto the scene module's choice for the memory budget (decided once)."""
         if args.tile != "auto":
             return args.tile
         if config not in tiles:
             budget = memory_budget(device) if args.memory is None else int(args.memory * 2**30)
-            tiles[config] = choose_tile(config, batch_size=batch_size, memory_bytes=budget, overlap=overlap_of(config))
+            tiles[config] = auto_tile(config, batch_size=batch_size, memory_bytes=budget, overlap=overlap_of(config))
             print(
                 f"tiles: at most {tiles[config]} px, batch {batch_size} "
                 f"(--tile auto for a {budget / 2**30:.2f} GiB budget)",

@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,24 @@ def choose_tile(config: ModelConfig, *, batch_size: int, memory_bytes: int, over
     return max(_round_up_64(overlap + 64), min(_round_up_64(enough), fits // 64 * 64))
 
 
+def auto_tile(
+    config: ModelConfig,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1,
+    memory_bytes: int | None = None,
+    overlap: int | None = None,
+) -> int:
+    """``--tile auto``: :func:`choose_tile` with the device's :func:`memory_budget` (unless ``memory_bytes``)
+    and the exact :func:`default_overlap` (unless ``overlap``)."""
+    return choose_tile(
+        config,
+        batch_size=batch_size,
+        memory_bytes=memory_budget(device) if memory_bytes is None else memory_bytes,
+        overlap=default_overlap(config) if overlap is None else overlap,
+    )
+
+
 def _round_up_64(pixels: int) -> int:
     """``pixels`` rounded up to a multiple of 64."""
     return -(-pixels // 64) * 64
@@ -177,30 +196,51 @@ def iter_predictions(
     on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int]]:
     """Run ``predictor`` over ``tiles``; yield (tile, prediction in model units, S2 DN, S2 valid mask,
-    number of valid S2 pixels without S1) per tile, each cropped to the tile's core."""
-    for first in range(0, len(tiles), batch_size):
-        group = tiles[first : first + batch_size]
-        s2_dn = [s2.read(t.window) for t in group]
-        s2_model = np.stack([s2_dn_to_model(np.nan_to_num(a.astype(np.float32))) for a in s2_dn])
-        s1_model, missing = None, [0] * len(group)
-        if s1 is not None:
-            s1_batch = []
-            for i, (tile, dn) in enumerate(zip(group, s2_dn, strict=True)):
-                db = s1.read(tile.window)
-                holes = np.isnan(db).any(axis=0)
+    number of valid S2 pixels without S1) per tile, each cropped to the tile's core.
+
+    A reader thread reads and preprocesses the next batch while the predictor runs on this one (GDAL and
+    numpy release the GIL); only that thread touches the sources while the loop runs.
+    """
+    batches = [tiles[first : first + batch_size] for first in range(0, len(tiles), batch_size)]
+    pad_to = batch_size if len(tiles) > batch_size else len(tiles)
+
+    def read(group: list[Tile]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None, list[int]]:
+        return _read_batch(s2, s1, group, s1_fill_db)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-read") as reader:
+        pending = reader.submit(read, batches[0]) if batches else None
+        for index, group in enumerate(batches):
+            s2_dn, s2_model, s1_model, missing = pending.result()
+            pending = reader.submit(read, batches[index + 1]) if index + 1 < len(batches) else None
+            pred = predictor(*_pad_batch(s2_model, s1_model, pad_to))
+            for i, tile in enumerate(group):
                 rows, cols = tile.core_in_tile()
-                missing[i] = int((holes & s2.valid(dn))[rows, cols].sum())
-                for band in range(2):
-                    db[band][np.isnan(db[band])] = s1_fill_db[band]
-                s1_batch.append(s1_db_to_model(db))
-            s1_model = np.stack(s1_batch)
-        pred = predictor(*_pad_batch(s2_model, s1_model, batch_size if len(tiles) > batch_size else len(group)))
-        for i, tile in enumerate(group):
+                dn = s2_dn[i][:, rows, cols]
+                yield tile, pred[i][:, rows, cols], dn, s2.valid(dn), missing[i]
+            if on_batch is not None:
+                on_batch(len(group))
+
+
+def _read_batch(
+    s2: S2Source, s1: S1Source | None, group: list[Tile], s1_fill_db: tuple[float, float]
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None, list[int]]:
+    """Read and preprocess the windows of one batch: S2 DN per tile, the S2 and S1 model inputs, and per tile
+    the number of valid S2 core pixels without S1 (filled with ``s1_fill_db``)."""
+    s2_dn = [s2.read(t.window) for t in group]
+    s2_model = np.stack([s2_dn_to_model(np.nan_to_num(a.astype(np.float32))) for a in s2_dn])
+    s1_model, missing = None, [0] * len(group)
+    if s1 is not None:
+        s1_batch = []
+        for i, (tile, dn) in enumerate(zip(group, s2_dn, strict=True)):
+            db = s1.read(tile.window)
+            holes = np.isnan(db).any(axis=0)
             rows, cols = tile.core_in_tile()
-            dn = s2_dn[i][:, rows, cols]
-            yield tile, pred[i][:, rows, cols], dn, s2.valid(dn), missing[i]
-        if on_batch is not None:
-            on_batch(len(group))
+            missing[i] = int((holes & s2.valid(dn))[rows, cols].sum())
+            for band in range(2):
+                db[band][np.isnan(db[band])] = s1_fill_db[band]
+            s1_batch.append(s1_db_to_model(db))
+        s1_model = np.stack(s1_batch)
+    return s2_dn, s2_model, s1_model, missing
 
 
 def _pad_batch(s2: np.ndarray, s1: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
