@@ -42,16 +42,18 @@ class _RssPerEpoch(L.Callback):
 
 
 def _row(name: str, samples: list[float]) -> dict[str, object]:
-    """Summary of an RSS series; growth compares the last quarter with the second quarter (after warm-up)."""
+    """Summary of an RSS series; growth compares the medians of the last quarter and of the second quarter
+    (after warm-up): resident memory swings as large buffers come and go, a leak moves the median."""
     quarter = max(1, len(samples) // 4)
-    settled, end = samples[quarter : 2 * quarter], samples[-quarter:]
+    settled, end = sorted(samples[quarter : 2 * quarter]), sorted(samples[-quarter:])
     return {
         "run": name,
         "samples": len(samples),
         "first_MiB": samples[0],
         "last_MiB": samples[-1],
         "peak_MiB": max(samples),
-        "growth_MiB": sum(end) / len(end) - sum(settled) / len(settled),
+        "median_MiB": sorted(samples)[len(samples) // 2],
+        "growth_MiB": end[len(end) // 2] - settled[len(settled) // 2],
     }
 
 
@@ -100,11 +102,8 @@ def main() -> None:
         tiles = plan_tiles(args.scene, args.scene, 256, default_overlap(model))
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):  # as remove_clouds runs
             samples = []
-            for i, _ in enumerate(
-                iter_predictions(torch_predictor(model), s2, s1, tiles, batch_size=4, s1_fill_db=(-12.0, -19.0))
-            ):
-                if i % 8 == 0:
-                    samples.append(rss_mib())
+            for _ in iter_predictions(torch_predictor(model), s2, s1, tiles, batch_size=4, s1_fill_db=(-12.0, -19.0)):
+                samples.append(rss_mib())
         rows.append(_row(f"scene {args.scene}x{args.scene}, {len(tiles)} tiles", samples))
     report("memory", rows)
 

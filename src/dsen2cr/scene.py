@@ -205,7 +205,10 @@ def iter_predictions(
     pad_to = batch_size if len(tiles) > batch_size else len(tiles)
 
     def read(group: list[Tile]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None, list[int]]:
-        return _read_batch(s2, s1, group, s1_fill_db)
+        # rasterio.Env is per thread: without it here, a reader thread that first touches GDAL's block cache
+        # would size it by GDAL's default (5 % of RAM) instead of the bound of remove_clouds.
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            return _read_batch(s2, s1, group, s1_fill_db)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-read") as reader:
         pending = reader.submit(read, batches[0]) if batches else None
