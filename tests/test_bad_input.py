@@ -351,6 +351,35 @@ CASES = [
         "none.ckpt: weights file not found",
         "o.safetensors",
     ),
+    # export-onnx --int8
+    Case(
+        "export-onnx: no calibration patches",
+        lambda t: [
+            "export-onnx",
+            "--weights",
+            str(_weights(t)),
+            "--int8",
+            "--calibration-patches",
+            "0",
+            str(t / "q.onnx"),
+        ],
+        "--calibration-patches: must be at least 1, got 0",
+        "q.onnx",
+    ),
+    Case(
+        "export-onnx: calibration list without root",
+        lambda t: [
+            "export-onnx",
+            "--weights",
+            str(_weights(t)),
+            "--int8",
+            "--calibration-list",
+            "f.csv",
+            str(t / "q.onnx"),
+        ],
+        "--calibration-root: needed with --calibration-list",
+        "q.onnx",
+    ),
 ]
 
 

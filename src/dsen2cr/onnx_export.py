@@ -4,6 +4,7 @@ configuration (and, for int8 files, the precision) rides in the ONNX metadata.""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import tempfile
@@ -88,33 +89,29 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[Bat
     if fp32.precision != "fp32":
         raise DSen2CRError(f"{source}: already quantised ({fp32.precision}); quantise the fp32 export")
 
+    remaining = iter(calibration)
+    first = next(remaining, None)
+    if first is None:
+        raise DSen2CRError("int8 calibration: no calibration batches")
+    batches = itertools.chain([first], remaining)
+
     class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches: Iterator[Batch] = iter(calibration)
-            self.count = 0
-
         def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            if batch is None:
-                return None
-            self.count += 1
-            return fp32.feeds(*batch)
+            batch = next(batches, None)
+            return None if batch is None else fp32.feeds(*batch)
 
-    reader = Reader()
     with tempfile.TemporaryDirectory(prefix="dsen2cr-int8-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(source), str(prepared))
         quantize_static(
             str(prepared),
             str(quantized),
-            reader,
+            Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
-        if reader.count == 0:
-            raise DSen2CRError("int8 calibration: no calibration batches")
         import onnx
 
         return _save_with_metadata(onnx.load(str(quantized)), out, fp32.config, "int8")
