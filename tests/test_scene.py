@@ -313,3 +313,37 @@ def test_remove_clouds_defaults_pick_tile_and_batch(scene: dict, tmp_path: Path)
     assert f"{len(plan_tiles(389, 517, 320, 20))} tiles)" in result.stdout
     with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())  # seamless: tiling does not change the result
+
+
+def test_tiles_without_valid_pixels_are_not_run(scene: dict, tmp_path: Path) -> None:
+    """Outside the swath nothing is computed; the output is still the whole-image result on valid pixels."""
+    s2 = scene["s2"].copy()
+    s2[:, :, :300] = 0  # the western 300 columns are nodata in every band
+    write_geotiff(tmp_path / "s2.tif", s2, crs=UTM, transform=ORIGIN)
+    tiles_run = []
+    predictor = torch_predictor(scene["model"])
+
+    def counting(s2_batch: np.ndarray, s1_batch: np.ndarray | None) -> np.ndarray:
+        tiles_run.append(s2_batch.shape[0])
+        return predictor(s2_batch, s1_batch)
+
+    report = remove_clouds(
+        counting,
+        include_sar=True,
+        s2_path=tmp_path / "s2.tif",
+        s1_path=scene["folder"] / "s1.tif",
+        out=tmp_path / "out.tif",
+        tile=128,
+        overlap=20,
+        batch_size=1,
+        progress=False,
+    )
+    plan = plan_tiles(389, 517, 128, 20)
+    reaching_data = [t for t in plan if t.core.col_off + t.core.width > 300]
+    assert sum(tiles_run) == len(reaching_data) < len(plan)
+    assert report.skipped == len(plan) - len(reaching_data)
+    expected = np.clip(np.rint(_whole_image(scene["model"], s2, scene["s1"]) * 2000), 1, 10000)
+    with rasterio.open(tmp_path / "out.tif") as dst:
+        out = dst.read().astype(np.float64)
+    assert (out[:, :, :300] == 0).all()
+    assert np.abs(out[:, :, 300:] - expected[:, :, 300:]).max() <= 1

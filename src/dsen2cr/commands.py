@@ -423,7 +423,8 @@ def _run_remove_clouds(args: argparse.Namespace) -> int:
     for report in run_scene_jobs(jobs, args):
         print(
             f"wrote {report.out}: {report.megapixels:.2f} Mpx in {report.seconds:.1f} s "
-            f"({report.megapixels / max(report.seconds, 1e-9):.3f} Mpx/s, {report.tiles} tiles)"
+            f"({report.megapixels / max(report.seconds, 1e-9):.3f} Mpx/s, {report.tiles} tiles"
+            + (f", {report.skipped} without valid pixels skipped)" if report.skipped else ")")
         )
     return 0
 

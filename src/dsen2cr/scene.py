@@ -183,6 +183,7 @@ class SceneReport:
     megapixels: float
     seconds: float
     s1_missing_fraction: float = 0.0
+    skipped: int = 0  # tiles whose core holds no valid S2 pixel (not run)
 
 
 def iter_predictions(
@@ -198,13 +199,15 @@ def iter_predictions(
     """Run ``predictor`` over ``tiles``; yield (tile, prediction in model units, S2 DN, S2 valid mask,
     number of valid S2 pixels without S1) per tile, each cropped to the tile's core.
 
-    A reader thread reads and preprocesses the next batch while the predictor runs on this one (GDAL and
-    numpy release the GIL); only that thread touches the sources while the loop runs.
+    Tiles whose core holds no valid S2 pixel (outside the swath, say) are not run: their prediction is zeros,
+    and their output is nodata anyway. A reader thread reads and preprocesses the next batch while the
+    predictor runs on this one (GDAL and numpy release the GIL); only that thread touches the sources while
+    the loop runs.
     """
     batches = [tiles[first : first + batch_size] for first in range(0, len(tiles), batch_size)]
     pad_to = batch_size if len(tiles) > batch_size else len(tiles)
 
-    def read(group: list[Tile]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None, list[int]]:
+    def read(group: list[Tile]) -> _Batch:
         # rasterio.Env is per thread: without it here, a reader thread that first touches GDAL's block cache
         # would size it by GDAL's default (5 % of RAM) instead of the bound of remove_clouds.
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
@@ -213,37 +216,58 @@ def iter_predictions(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-read") as reader:
         pending = reader.submit(read, batches[0]) if batches else None
         for index, group in enumerate(batches):
-            s2_dn, s2_model, s1_model, missing = pending.result()
+            batch = pending.result()
             pending = reader.submit(read, batches[index + 1]) if index + 1 < len(batches) else None
-            pred = predictor(*_pad_batch(s2_model, s1_model, pad_to))
+            if batch.run:
+                pred = predictor(*_pad_batch(batch.s2_model, batch.s1_model, pad_to))
             for i, tile in enumerate(group):
                 rows, cols = tile.core_in_tile()
-                dn = s2_dn[i][:, rows, cols]
-                yield tile, pred[i][:, rows, cols], dn, s2.valid(dn), missing[i]
+                if i in batch.run:
+                    core_pred = pred[batch.run.index(i)][:, rows, cols]
+                else:
+                    core_pred = np.zeros((NUM_S2_BANDS, *batch.valid_cores[i].shape), np.float32)
+                yield tile, core_pred, batch.dn_cores[i], batch.valid_cores[i], batch.missing[i]
             if on_batch is not None:
                 on_batch(len(group))
 
 
-def _read_batch(
-    s2: S2Source, s1: S1Source | None, group: list[Tile], s1_fill_db: tuple[float, float]
-) -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None, list[int]]:
-    """Read and preprocess the windows of one batch: S2 DN per tile, the S2 and S1 model inputs, and per tile
-    the number of valid S2 core pixels without S1 (filled with ``s1_fill_db``)."""
+@dataclass
+class _Batch:
+    """One batch as read: per tile the S2 DN and valid mask of its core and the valid pixels without S1;
+    the model inputs of the tiles to run (those with valid pixels in their core), and their indices."""
+
+    dn_cores: list[np.ndarray]
+    valid_cores: list[np.ndarray]
+    missing: list[int]
+    run: list[int]
+    s2_model: np.ndarray | None
+    s1_model: np.ndarray | None
+
+
+def _read_batch(s2: S2Source, s1: S1Source | None, group: list[Tile], s1_fill_db: tuple[float, float]) -> _Batch:
+    """Read and preprocess the windows of one batch (S1 only where the tile is run; its holes are filled
+    with ``s1_fill_db``)."""
     s2_dn = [s2.read(t.window) for t in group]
-    s2_model = np.stack([s2_dn_to_model(np.nan_to_num(a.astype(np.float32))) for a in s2_dn])
-    s1_model, missing = None, [0] * len(group)
-    if s1 is not None:
+    cores = [t.core_in_tile() for t in group]
+    valid = [s2.valid(dn) for dn in s2_dn]
+    valid_cores = [v[rows, cols] for v, (rows, cols) in zip(valid, cores, strict=True)]
+    run = [i for i, v in enumerate(valid_cores) if v.any()]
+    missing = [0] * len(group)
+    s2_model = s1_model = None
+    if run:
+        s2_model = np.stack([s2_dn_to_model(np.nan_to_num(s2_dn[i].astype(np.float32))) for i in run])
+    if s1 is not None and run:
         s1_batch = []
-        for i, (tile, dn) in enumerate(zip(group, s2_dn, strict=True)):
-            db = s1.read(tile.window)
-            holes = np.isnan(db).any(axis=0)
-            rows, cols = tile.core_in_tile()
-            missing[i] = int((holes & s2.valid(dn))[rows, cols].sum())
+        for i in run:
+            db = s1.read(group[i].window)
+            rows, cols = cores[i]
+            missing[i] = int((np.isnan(db).any(axis=0) & valid[i])[rows, cols].sum())
             for band in range(2):
                 db[band][np.isnan(db[band])] = s1_fill_db[band]
             s1_batch.append(s1_db_to_model(db))
         s1_model = np.stack(s1_batch)
-    return s2_dn, s2_model, s1_model, missing
+    dn_cores = [dn[:, rows, cols] for dn, (rows, cols) in zip(s2_dn, cores, strict=True)]
+    return _Batch(dn_cores, valid_cores, missing, run, s2_model, s1_model)
 
 
 def _pad_batch(s2: np.ndarray, s1: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -334,7 +358,7 @@ def remove_clouds(
         quicklook = Quicklook(grid.height, grid.width) if preview is not None else None
         start = time.perf_counter()
         bar = _progress_bar(len(tiles), enabled=progress)
-        missing = valid_total = 0
+        missing = valid_total = skipped = 0
         grid_profile = {"width": grid.width, "height": grid.height, "crs": grid.crs, "transform": grid.transform}
         # The staging file is tiled but uncompressed: tile cores do not align with its blocks, and completing a
         # partly written compressed block costs a decompression and a recompression. The COG copy compresses once.
@@ -356,6 +380,7 @@ def remove_clouds(
                             quicklook.add(t.core, dn, out_dn)
                         missing += holes
                         valid_total += int(valid.sum())
+                        skipped += not valid.any()
                         if mask_dst is not None:
                             mask_dst.write(cloud_shadow_mask(dn, cloud_threshold)[None], window=t.core)
                     if valid_total == 0:
@@ -387,7 +412,7 @@ def remove_clouds(
         )
     if quicklook is not None:
         quicklook.save(preview)
-    return SceneReport(out, len(tiles), grid.width * grid.height / 1e6, seconds, fraction)
+    return SceneReport(out, len(tiles), grid.width * grid.height / 1e6, seconds, fraction, skipped)
 
 
 def _to_output_dn(pred: np.ndarray, valid: np.ndarray) -> np.ndarray:
