@@ -218,12 +218,12 @@ def iter_predictions(
         for index, group in enumerate(batches):
             batch = pending.result()
             pending = reader.submit(read, batches[index + 1]) if index + 1 < len(batches) else None
-            if batch.run:
-                pred = predictor(*_pad_batch(batch.s2_model, batch.s1_model, pad_to))
+            pred = predictor(*_pad_batch(batch.s2_model, batch.s1_model, pad_to)) if batch.run else None
+            row_of = {tile_index: row for row, tile_index in enumerate(batch.run)}
             for i, tile in enumerate(group):
                 rows, cols = tile.core_in_tile()
-                if i in batch.run:
-                    core_pred = pred[batch.run.index(i)][:, rows, cols]
+                if pred is not None and i in row_of:
+                    core_pred = pred[row_of[i]][:, rows, cols]
                 else:
                     core_pred = np.zeros((NUM_S2_BANDS, *batch.valid_cores[i].shape), np.float32)
                 yield tile, core_pred, batch.dn_cores[i], batch.valid_cores[i], batch.missing[i]
