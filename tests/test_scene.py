@@ -347,3 +347,17 @@ def test_tiles_without_valid_pixels_are_not_run(scene: dict, tmp_path: Path) -> 
         out = dst.read().astype(np.float64)
     assert (out[:, :, :300] == 0).all()
     assert np.abs(out[:, :, 300:] - expected[:, :, 300:]).max() <= 1
+
+
+def test_s1_units_are_checked_where_the_data_is(scene: dict, tmp_path: Path) -> None:
+    """The unit check samples a lattice of small windows; S1 data that lies between them is still found."""
+    grid = S2Source(scene["folder"] / "s2.tif").grid
+    s1 = np.full((2, 400, 400), np.nan, np.float32)
+    s1[:, 70:105, 70:105] = 10 ** (scene["s1"][:, 70:105, 70:105] / 10)  # linear power, off the 64 px lattice
+    write_geotiff(tmp_path / "lin.tif", s1, crs=UTM, transform=ORIGIN)
+    with pytest.raises(DSen2CRError, match="look like linear power"):
+        S1Source(tmp_path / "lin.tif", grid)
+    s1[:] = np.nan
+    write_geotiff(tmp_path / "empty.tif", s1, crs=UTM, transform=ORIGIN)
+    with pytest.raises(DSen2CRError, match="S1 holds no valid values"):
+        S1Source(tmp_path / "empty.tif", grid)

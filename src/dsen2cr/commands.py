@@ -362,8 +362,8 @@ def _add_remove_clouds(subparsers: SubParsers) -> None:
         "--tile",
         type=_auto_or_int,
         default="auto",
-        help="largest window in pixels; auto: the largest that fits --memory with --batch-size windows, at most "
-        "2048 (default: %(default)s)",
+        help="largest window in pixels; auto: large enough that overlap costs at most 15 %% more compute, smaller "
+        "if --batch-size such windows would not fit in --memory (default: %(default)s)",
     )
     parser.add_argument(
         "--overlap", type=int, help="tile overlap in pixels (default: 2 x receptive-field radius, exact)"

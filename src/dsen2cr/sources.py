@@ -178,10 +178,10 @@ class S1Source:
 
     def _check_units(self) -> None:
         """Refuse linear-power input unless ``linear`` (then it is converted to dB when read)."""
-        sample = self._sample_values()
-        finite = sample[np.isfinite(sample)]
-        if self._src.nodata is not None:
-            finite = finite[finite != self._src.nodata]
+        finite = self._valid_values(self._lattice_sample())
+        if finite.size == 0:  # data only between the lattice windows: look at the whole file, decimated
+            height, width = min(256, self._src.height), min(256, self._src.width)
+            finite = self._valid_values(self._src.read(out_shape=(2, height, width)).astype(np.float64))
         if finite.size == 0:
             raise DSen2CRError(f"{self.path}: S1 holds no valid values")
         looks_linear = finite.min() >= 0 and np.median(finite) < 1.0
@@ -193,7 +193,12 @@ class S1Source:
         if self.linear and not looks_linear:
             warnings.warn(f"{self.path}: --s1-linear given, but the values look like dB already", stacklevel=2)
 
-    def _sample_values(self, grid: int = 4, size: int = 64) -> np.ndarray:
+    def _valid_values(self, values: np.ndarray) -> np.ndarray:
+        """The finite values that are not the file's nodata value, flattened."""
+        finite = values[np.isfinite(values)]
+        return finite if self._src.nodata is None else finite[finite != self._src.nodata]
+
+    def _lattice_sample(self, grid: int = 4, size: int = 64) -> np.ndarray:
         """Values of a grid x grid lattice of small windows spread over the file: a few blocks are decoded,
         where a decimated read of the whole file would decode all of them."""
         height, width = self._src.height, self._src.width
