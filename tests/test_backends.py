@@ -52,3 +52,34 @@ def test_auto_falls_back_to_eager_when_compiling_fails(tiny: DSen2CR, monkeypatc
     assert name == "eager"
     s2, s1 = _inputs(1, 32, 32)
     assert predictor(s2, s1).shape == (1, 13, 32, 32)
+
+
+def test_probe_reference_is_the_centre_of_the_whole_output(tiny: DSen2CR) -> None:
+    """The backend check runs eager only on a crop around the probe's centre; that crop's centre equals
+    the centre of eager on the whole probe (the crop reaches the receptive-field radius beyond it)."""
+    from dsen2cr.backends import _centre_reference
+
+    s2, s1 = _inputs(1, 150, 130)
+    eager = build_backend(tiny, "eager")
+    centre, (rows, cols) = _centre_reference(tiny, eager, s2, s1, size=40)
+    assert (rows, cols) == (slice(55, 95), slice(45, 85))
+    np.testing.assert_allclose(centre, eager(s2, s1)[:, :, rows, cols], rtol=0, atol=1e-6)
+
+
+def test_auto_drops_a_backend_that_disagrees_in_the_centre(tiny: DSen2CR, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dsen2cr.backends as backends
+
+    def wrong_backend(model: DSen2CR, name: str, device: object = "cpu") -> object:
+        eager = backends._eager(model, torch.device("cpu"))
+
+        def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+            out = eager(s2, s1)
+            out[:, :, out.shape[2] // 2, out.shape[3] // 2] += 1.0  # one wrong pixel in the middle
+            return out
+
+        return predict
+
+    monkeypatch.setattr(backends, "build_backend", wrong_backend)
+    with pytest.warns(UserWarning, match="backend compiled disagrees with eager fp32"):
+        name, _ = select_backend(tiny, "auto", probe_shape=(1, 200, 180))
+    assert name == "eager"

@@ -103,6 +103,11 @@ class ModelConfig:
         f = self.num_features
         return (inputs * 9 + 1) * f + self.num_blocks * 2 * (f * 9 + 1) * f + (f * 9 + 1) * NUM_S2_BANDS
 
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels on each side that influence one output pixel: one per 3x3 convolution (2 per block + 2)."""
+        return 2 * self.num_blocks + 2
+
     def build(self) -> DSen2CR:
         """Build a freshly initialised network with this configuration."""
         return DSen2CR(**self.to_dict())

@@ -47,15 +47,10 @@ from dsen2cr.sources import S1Source, S2Source
 OUTPUT_NODATA = 0
 
 
-def receptive_radius(model: DSen2CR | ModelConfig) -> int:
-    """Pixels on each side that influence one output pixel: one per 3x3 convolution (2 per block + 2)."""
-    config = model.config if isinstance(model, DSen2CR) else model
-    return 2 * config.num_blocks + 2
-
-
 def default_overlap(model: DSen2CR | ModelConfig) -> int:
     """The smallest overlap that makes tiled inference equal whole-image inference."""
-    return 2 * receptive_radius(model)
+    config = model.config if isinstance(model, DSen2CR) else model
+    return 2 * config.receptive_radius
 
 
 @dataclass(frozen=True)
