@@ -189,9 +189,9 @@ def _scene_throughput(
         progress=False,
     )
     scene_mpx = report.megapixels / report.seconds
-    redundancy = len(windows) * window.height * window.width / size**2
+    redundancy = _pixels_run(windows) / size**2
     full = plan_tiles(10980, 10980, tile, overlap)
-    full_redundancy = len(full) * full[0].window.height * full[0].window.width / 10980**2
+    full_redundancy = _pixels_run(full) / 10980**2
     add(
         f"scene {size}x{size} {model.config.num_blocks} blocks, default path ({name})",
         scene_mpx,
@@ -200,6 +200,11 @@ def _scene_throughput(
         f"{len(windows)} windows of {window.height}x{window.width}, overlap {overlap} px, {redundancy:.2f}x the "
         f"scene's pixels (a full 10980x10980 tile: {len(full)} windows, {full_redundancy:.2f}x)",
     )
+
+
+def _pixels_run(tiles: list) -> int:
+    """Pixels the network runs over for a tile plan (overlaps counted as often as they are run)."""
+    return sum(t.window.height * t.window.width for t in tiles)
 
 
 def _write(name: str, rows: list[dict[str, object]]) -> None:
