@@ -166,20 +166,22 @@ def _scene_throughput(
     backend, the backend built and checked for the window shape first, as the CLI does) against patch
     throughput."""
     from benchmarks.scene import write_scene
-    from dsen2cr.scene import auto_tile, default_overlap, plan_tiles, remove_clouds
+    from dsen2cr.auto import auto_tile, resolve_batch_size
+    from dsen2cr.predictor import predictor_from_model
+    from dsen2cr.scene import default_overlap, plan_tiles, remove_clouds
 
     overlap = default_overlap(model)
-    batch = 4 if device.type == "cuda" else 1
+    batch = resolve_batch_size("auto", device)
     tile = auto_tile(model.config, device=device, batch_size=batch)
     windows = plan_tiles(size, size, tile, overlap)
     window = windows[0].window
     probe = (batch, window.height, window.width)
-    name, predictor = select_backend(copy.deepcopy(model), "auto", device, probe_shape=probe)
+    predictor = predictor_from_model(model, backend="auto", device=device, probe_shape=probe, pixels=float(size**2))
+    name = predictor.backend
     write_scene(folder / "s2.tif", size, 13, "uint16", seed=1)
     write_scene(folder / "s1.tif", size, 2, "float32", seed=2)
     report = remove_clouds(
         predictor,
-        include_sar=True,
         s2_path=folder / "s2.tif",
         s1_path=folder / "s1.tif",
         out=folder / "out.tif",

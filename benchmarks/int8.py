@@ -22,19 +22,20 @@ from dsen2cr.backends import build_backend
 from dsen2cr.config import DataSection
 from dsen2cr.data.layout import resolve_split
 from dsen2cr.evaluate import evaluate
-from dsen2cr.onnx_export import OnnxPredictor, calibration_batches, export_onnx, quantize_onnx
+from dsen2cr.onnx_export import calibration_batches, export_onnx, quantize_onnx
+from dsen2cr.predictor import Predictor, load_predictor
 from dsen2cr.weights import load_model
 
 DEMO_WEIGHTS = sorted(Path("demo-output/weights").glob("*.safetensors"))
 METRICS = ("mae", "psnr", "ssim", "sam")
 
 
-def _int8_pair(model: object, folder: Path, name: str) -> tuple[OnnxPredictor, OnnxPredictor]:
+def _int8_pair(model: object, folder: Path, name: str) -> tuple[Predictor, Predictor]:
     """fp32 and int8 (calibrated on the sample's train split) onnxruntime predictors of ``model``."""
     fp32 = export_onnx(model, folder / f"{name}-fp32.onnx")
     calibration = calibration_batches(resolve_split(DataSection(), "train"), patches=16)
     int8 = quantize_onnx(fp32, folder / f"{name}-int8.onnx", calibration)
-    return OnnxPredictor(fp32), OnnxPredictor(int8)
+    return load_predictor(fp32, device="cpu"), load_predictor(int8, device="cpu")
 
 
 def main() -> None:

@@ -18,8 +18,10 @@ from benchmarks.scene import write_scene
 from dsen2cr import create_model
 from dsen2cr.config import load_config
 from dsen2cr.data.synth import write_synthetic_dataset
-from dsen2cr.scene import GDAL_CACHE_MB, default_overlap, iter_predictions, plan_tiles, torch_predictor
-from dsen2cr.sources import S1Source, S2Source
+from dsen2cr.predictor import predictor_from_model
+from dsen2cr.scene import default_overlap, plan_tiles
+from dsen2cr.scene.batches import GDAL_CACHE_MB, iter_predictions
+from dsen2cr.scene.readers import S1Source, S2Source
 
 
 def rss_mib() -> float:
@@ -102,7 +104,9 @@ def main() -> None:
         tiles = plan_tiles(args.scene, args.scene, 256, default_overlap(model))
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):  # as remove_clouds runs
             samples = []
-            for _ in iter_predictions(torch_predictor(model), s2, s1, tiles, batch_size=4, s1_fill_db=(-12.0, -19.0)):
+            for _ in iter_predictions(
+                predictor_from_model(model, device="cpu"), s2, s1, tiles, batch_size=4, s1_fill_db=(-12.0, -19.0)
+            ):
                 samples.append(rss_mib())
         rows.append(_row(f"scene {args.scene}x{args.scene}, {len(tiles)} tiles", samples))
     report("memory", rows)

@@ -1,5 +1,5 @@
 """Peak working memory of the network on one window, eager and compiled, against the estimate that
-``--tile auto`` uses (``dsen2cr.scene.window_bytes``).
+``--tile auto`` uses (``dsen2cr.auto.window_bytes``).
 
 Each case runs in a fresh process: one untimed call (compiling, for the compiled backend), then the peak
 resident memory above the level before the measured call, sampled every 2 ms.
@@ -32,8 +32,8 @@ def _resident_mib() -> float:
 def measure(variant: str, backend: str, size: int) -> dict[str, object]:
     """Peak memory above the starting level during one forward pass on a size x size window."""
     from dsen2cr import create_model
+    from dsen2cr.auto import window_bytes
     from dsen2cr.backends import build_backend
-    from dsen2cr.scene import window_bytes
 
     model = create_model(variant).eval()
     predict = build_backend(model, backend)

@@ -69,7 +69,7 @@ def test_evaluate_command(tmp_path: Path, synthetic_tree: Path, weights: Path) -
     assert summary["summary"]["identity"]["mae"]["median"] == pytest.approx(np.median(identity_mae))
     assert (out / "summary.md").read_text().count("|") > 20 and (out / "summary.csv").is_file()
     again = subprocess.run(args, capture_output=True, text=True)
-    assert again.returncode == 2 and "output folder is not empty" in again.stderr
+    assert again.returncode == 2 and "already holds an evaluation report; pass --overwrite" in again.stderr
 
 
 def test_evaluate_with_roi_list(tmp_path: Path, synthetic_tree: Path, weights: Path) -> None:

@@ -3,8 +3,6 @@ nothing at the output path and a rerun succeeds."""
 
 from __future__ import annotations
 
-import os
-import random
 import signal
 import subprocess
 import sys
@@ -51,10 +49,13 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_weights(tmp_path: Path,
     command = [sys.executable, "-m", "dsen2cr.cli", "train", "--config", str(config), "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "killed" / "checkpoints"
+    # Kill as soon as the first epoch's checkpoints (its own and last.ckpt) exist: the run is then in its second of
+    # four epochs, on any machine speed (a timer after them could outlast the run on a fast machine).
     deadline = time.monotonic() + 120
-    while not list(checkpoints.glob("epoch000-*.ckpt")) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))  # somewhere in a later epoch
+    while time.monotonic() < deadline and process.poll() is None:
+        if list(checkpoints.glob("epoch000-*.ckpt")) and (checkpoints / "last.ckpt").is_file():
+            break
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"

@@ -117,7 +117,7 @@ def test_onnx_export_matches_pytorch_on_any_size(tmp_path: Path) -> None:
 
 def test_onnx_file_with_other_inputs_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from dsen2cr.onnx_export import OnnxPredictor
+    from dsen2cr.backends import OnnxPredictor
 
     class Other(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,10 +136,11 @@ def test_int8_export_quantises_every_convolution_per_channel(tmp_path: Path) -> 
     import onnx
     from onnx import numpy_helper
 
+    from dsen2cr.backends import OnnxPredictor
     from dsen2cr.config import DataSection
     from dsen2cr.data.layout import resolve_split
     from dsen2cr.evaluate import evaluate
-    from dsen2cr.onnx_export import OnnxPredictor
+    from dsen2cr.predictor import load_predictor
 
     torch.manual_seed(0)
     model = create_model("dsen2cr-small").eval()
@@ -177,6 +178,6 @@ def test_int8_export_quantises_every_convolution_per_channel(tmp_path: Path) -> 
     error = np.abs(int8(s2, s1) - reference).max() / np.abs(reference).max()
     assert 0 < error < 0.05, error
     fp32_summary = evaluate(model, triplets, tmp_path / "fp32", write_images=False)
-    int8_summary = evaluate(int8, triplets, tmp_path / "int8", write_images=False)
+    int8_summary = evaluate(load_predictor(out), triplets, tmp_path / "int8", write_images=False)
     fp32_mae, int8_mae = (s["model"]["mae"]["mean"] for s in (fp32_summary, int8_summary))
     assert abs(int8_mae - fp32_mae) < 0.05 * fp32_mae, (fp32_mae, int8_mae)

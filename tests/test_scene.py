@@ -3,6 +3,7 @@ warping and coverage, product folders, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,11 @@ from dsen2cr import create_model
 from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.geotiff import write_geotiff
+from dsen2cr.predictor import predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS, s1_db_to_model, s2_dn_to_model
-from dsen2cr.scene import default_overlap, iter_predictions, plan_tiles, remove_clouds, torch_predictor
-from dsen2cr.sources import S1Source, S2Source
+from dsen2cr.scene import default_overlap, plan_tiles, remove_clouds
+from dsen2cr.scene.batches import iter_predictions
+from dsen2cr.scene.readers import S1Source, S2Source
 from dsen2cr.weights import save_weights
 
 UTM = CRS.from_epsg(32632)
@@ -61,7 +64,7 @@ def test_tiling_equals_whole_image_inference(scene: dict, tile: int) -> None:
     tiles = plan_tiles(389, 517, tile, default_overlap(model))
     got = np.full_like(expected, np.nan)
     covered = np.zeros(expected.shape[1:], dtype=int)
-    for t, pred, *_ in iter_predictions(torch_predictor(model), s2, s1, tiles, batch_size=3, s1_fill_db=(0, 0)):
+    for t, pred, *_ in iter_predictions(predictor_from_model(model), s2, s1, tiles, batch_size=3, s1_fill_db=(0, 0)):
         rows = slice(t.core.row_off, t.core.row_off + t.core.height)
         cols = slice(t.core.col_off, t.core.col_off + t.core.width)
         got[:, rows, cols] = pred
@@ -77,7 +80,7 @@ def test_too_small_overlap_shows_seams(scene: dict) -> None:
     s1 = S1Source(scene["folder"] / "s1.tif", s2.grid)
     got = np.zeros_like(expected)
     for t, pred, *_ in iter_predictions(
-        torch_predictor(model), s2, s1, plan_tiles(389, 517, 128, 0), batch_size=4, s1_fill_db=(0, 0)
+        predictor_from_model(model), s2, s1, plan_tiles(389, 517, 128, 0), batch_size=4, s1_fill_db=(0, 0)
     ):
         got[:, t.core.row_off : t.core.row_off + t.core.height, t.core.col_off : t.core.col_off + t.core.width] = pred
     assert np.abs(got - expected).max() > 1e-3  # the test above can fail
@@ -116,7 +119,9 @@ def test_remove_clouds_writes_a_georeferenced_cog(scene: dict, tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif", "out.tif", "preview.png"]
 
 
-def test_nodata_stays_nodata_and_partial_s1_warns(scene: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_nodata_stays_nodata_and_partial_s1_warns(
+    scene: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     s2 = scene["s2"].copy()
     s2[:, :40, :60] = 0  # nodata corner
     write_geotiff(tmp_path / "s2.tif", s2, crs=UTM, transform=ORIGIN)
@@ -125,8 +130,7 @@ def test_nodata_stays_nodata_and_partial_s1_warns(scene: dict, tmp_path: Path, c
     west = from_origin(500000, 5000000, 20, 20)
     write_geotiff(tmp_path / "s1.tif", np.ascontiguousarray(s1), crs=UTM, transform=west)
     report = remove_clouds(
-        torch_predictor(scene["model"]),
-        include_sar=True,
+        predictor_from_model(scene["model"]),
         s2_path=tmp_path / "s2.tif",
         s1_path=tmp_path / "s1.tif",
         out=tmp_path / "out.tif",
@@ -135,7 +139,7 @@ def test_nodata_stays_nodata_and_partial_s1_warns(scene: dict, tmp_path: Path, c
         progress=False,
     )
     assert 0.4 < report.s1_missing_fraction < 0.6
-    assert "S1 has no data under" in capsys.readouterr().err
+    assert "S1 has no data under" in caplog.text
     with rasterio.open(tmp_path / "out.tif") as dst:
         out = dst.read()
     assert (out[:, :40, :60] == 0).all() and (out[:, 40:, 60:] > 0).all()
@@ -268,8 +272,7 @@ def test_torchrun_ranks_split_the_scenes(scene: dict, tmp_path: Path) -> None:
 
 
 def test_quicklook_is_the_decimated_image() -> None:
-    from dsen2cr.scene import Quicklook
-    from dsen2cr.visualize import RGB_BANDS
+    from dsen2cr.visualize import RGB_BANDS, Quicklook
 
     rng = np.random.default_rng(0)
     before = rng.integers(1, 9000, size=(13, 389, 517)).astype(np.uint16)
@@ -285,8 +288,8 @@ def test_quicklook_is_the_decimated_image() -> None:
 
 
 def test_auto_tile_is_the_largest_that_fits_the_memory_budget() -> None:
+    from dsen2cr.auto import choose_tile, window_bytes
     from dsen2cr.model import MODEL_VARIANTS
-    from dsen2cr.scene import choose_tile, window_bytes
 
     paper, small = MODEL_VARIANTS["dsen2cr"], MODEL_VARIANTS["dsen2cr-small"]
     assert window_bytes(paper, 1, 1) == 4 * (6 * 256 + 30) == 6264
@@ -321,15 +324,14 @@ def test_tiles_without_valid_pixels_are_not_run(scene: dict, tmp_path: Path) -> 
     s2[:, :, :300] = 0  # the western 300 columns are nodata in every band
     write_geotiff(tmp_path / "s2.tif", s2, crs=UTM, transform=ORIGIN)
     tiles_run = []
-    predictor = torch_predictor(scene["model"])
+    predictor = predictor_from_model(scene["model"])
 
     def counting(s2_batch: np.ndarray, s1_batch: np.ndarray | None) -> np.ndarray:
         tiles_run.append(s2_batch.shape[0])
         return predictor(s2_batch, s1_batch)
 
     report = remove_clouds(
-        counting,
-        include_sar=True,
+        dataclasses.replace(predictor, predict=counting),
         s2_path=tmp_path / "s2.tif",
         s1_path=scene["folder"] / "s1.tif",
         out=tmp_path / "out.tif",

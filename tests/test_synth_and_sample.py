@@ -72,7 +72,7 @@ def test_copy_sample(tmp_path: Path) -> None:
     out = copy_sample(tmp_path / "sample")
     assert (out / "NOTICE").is_file() and (out / "sen12mscr" / "files.csv").is_file()
     assert len(read_file_list(out / "sen12mscr" / "files.csv", out / "sen12mscr")) == 6
-    with pytest.raises(DSen2CRError, match="output folder exists and is not empty"):
+    with pytest.raises(DSen2CRError, match="choose an empty or new folder"):
         copy_sample(out)
 
 

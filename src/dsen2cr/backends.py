@@ -1,27 +1,39 @@
-"""Inference backends: the default path picks the fastest correct one for the device and falls back cleanly.
+"""Inference backends, all in one place: each turns a model into a function from a batch in model units to
+predictions (docs/design.md §4.2).
 
 - ``eager``: plain PyTorch fp32 (the reference).
 - ``compiled``: ``torch.compile`` (inductor) with weight freezing and channels-last memory format, fp32; its
   compiled code is cached on disk by inductor, so later runs skip most of the compile time.
 - ``bf16``: eager with bf16 autocast and channels-last (GPUs with tensor cores; emulated and slow on most CPUs).
-- ``onnxruntime``: see ``dsen2cr.onnx_export``.
+- ``onnxruntime``: an exported ONNX file (fp32 or int8), :class:`OnnxPredictor`.
 
-``auto`` (the default) is ``compiled`` on CPU and on GPU ``bf16`` plus compile; every candidate is checked
+:func:`select_backend` with ``auto`` tries ``compiled`` on CPU and ``bf16`` on GPU; every candidate is checked
 against eager fp32 on random input before use (relative error under 1e-3 for fp32 paths, 5e-2 for bf16) and
-dropped, with a warning, when it fails to build or to agree.
+dropped, with a logged warning, when it fails to build or to agree. Building a backend never changes the
+caller's model or process-wide settings: the channels-last backends work on a copy of the model, and weight
+freezing is switched on only while inductor compiles.
 """
 
 from __future__ import annotations
 
-import warnings
+import copy
+import json
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from dsen2cr.model import DSen2CR
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.model import DSen2CR, ModelConfig
+from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
+from dsen2cr.weights import CONFIG_KEY
 
-Predictor = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+log = logging.getLogger(__name__)
+
+#: A backend's predict function: (S2, S1 or None) batches in model units -> predictions in model units.
+PredictFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 BACKENDS = ("auto", "eager", "compiled", "bf16")
 TOLERANCE = {"eager": 0.0, "compiled": 1e-3, "bf16": 5e-2}
 
@@ -31,7 +43,7 @@ def relative_error(got: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(got - reference).max() / max(np.abs(reference).max(), 1e-12))
 
 
-def _eager(model: DSen2CR, device: torch.device) -> Predictor:
+def _eager(model: DSen2CR, device: torch.device) -> PredictFn:
     def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         with torch.inference_mode():
             s1_t = None if s1 is None else torch.from_numpy(s1).to(device)
@@ -40,15 +52,21 @@ def _eager(model: DSen2CR, device: torch.device) -> Predictor:
     return predict
 
 
-def _channels_last(model: DSen2CR, device: torch.device, *, compile_model: bool, bf16: bool) -> Predictor:
-    """Channels-last inputs and weights, optionally compiled (inductor, frozen weights) and/or bf16 autocast."""
-    model = model.to(memory_format=torch.channels_last)
+def _channels_last(model: DSen2CR, device: torch.device, *, compile_model: bool, bf16: bool) -> PredictFn:
+    """Channels-last inputs and weights (on a copy of ``model``), optionally compiled (inductor, frozen weights)
+    and/or bf16 autocast."""
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     forward: Callable = model
     if compile_model:
         import torch._inductor.config as inductor_config
 
-        inductor_config.freezing = True  # fold weights into the compiled graph (inference only)
-        forward = torch.compile(model, dynamic=False)
+        compiled = torch.compile(model, dynamic=False)
+
+        def forward(s2: torch.Tensor, s1: torch.Tensor | None) -> torch.Tensor:
+            # Fold the weights into the compiled graph (inference only). Set only while this model runs, so
+            # other compiled code in the process (a training run, the caller's own) is not frozen.
+            with inductor_config.patch(freezing=True):
+                return compiled(s2, s1)
 
     def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
@@ -59,7 +77,7 @@ def _channels_last(model: DSen2CR, device: torch.device, *, compile_model: bool,
     return predict
 
 
-def build_backend(model: DSen2CR, name: str, device: str | torch.device = "cpu") -> Predictor:
+def build_backend(model: DSen2CR, name: str, device: str | torch.device = "cpu") -> PredictFn:
     """The predictor of one named backend (no correctness check; see :func:`select_backend`)."""
     device = torch.device(device)
     model = model.to(device).eval()
@@ -69,7 +87,7 @@ def build_backend(model: DSen2CR, name: str, device: str | torch.device = "cpu")
         return _channels_last(model, device, compile_model=True, bf16=False)
     if name == "bf16":
         return _channels_last(model, device, compile_model=False, bf16=True)
-    raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
+    raise DSen2CRError(f"backend: expected one of {BACKENDS[1:]}, got {name!r}")
 
 
 def _candidates(device: torch.device) -> list[str]:
@@ -78,7 +96,7 @@ def _candidates(device: torch.device) -> list[str]:
 
 
 def _centre_reference(
-    model: DSen2CR, eager: Predictor, s2: np.ndarray, s1: np.ndarray | None, size: int = 64
+    model: DSen2CR, eager: PredictFn, s2: np.ndarray, s1: np.ndarray | None, size: int = 64
 ) -> tuple[np.ndarray, tuple[slice, slice]]:
     """Eager fp32 output of the probe's central ``size`` x ``size`` pixels and where they lie in the probe.
 
@@ -104,7 +122,7 @@ def select_backend(
     device: str | torch.device = "cpu",
     *,
     probe_shape: tuple[int, int, int] = (1, 64, 64),
-) -> tuple[str, Predictor]:
+) -> tuple[str, PredictFn]:
     """Build backend ``name`` (or, for ``auto``, the first candidate that works), checked against eager fp32
     on random input of ``probe_shape`` (batch, height, width; eager runs only on a crop around its centre).
     Returns the backend used and its predictor."""
@@ -123,18 +141,71 @@ def select_backend(
             return "eager", reference_predictor
         try:
             predictor = build_backend(model, candidate, device)
-            error = relative_error(predictor(s2, s1)[(..., *centre)], reference)
+            rows, cols = centre
+            error = relative_error(predictor(s2, s1)[..., rows, cols], reference)
         except Exception as exc:  # a backend that cannot build here (no compiler, unsupported op, ...)
             if name != "auto":
                 raise
-            warnings.warn(
-                f"backend {candidate} unavailable ({type(exc).__name__}: {exc}); trying the next", stacklevel=2
-            )
+            log.warning("backend %s unavailable (%s: %s); trying the next", candidate, type(exc).__name__, exc)
             continue
         if error <= TOLERANCE[candidate]:
             return candidate, predictor
         message = f"backend {candidate} disagrees with eager fp32 (relative error {error:.2e})"
         if name != "auto":
             raise RuntimeError(message)
-        warnings.warn(message + "; trying the next", stacklevel=2)
+        log.warning("%s; trying the next", message)
     return "eager", reference_predictor
+
+
+S2_INPUT, S1_INPUT, OUTPUT = "s2_cloudy", "s1", "s2_cloudfree"
+#: Metadata key of the precision of exported ONNX files (the model configuration rides as in weights files).
+PRECISION_KEY = "dsen2cr.precision"
+
+
+class OnnxPredictor:
+    """Run an exported DSen2-CR with onnxruntime; checks that the file has the expected inputs and output."""
+
+    def __init__(self, path: str | Path, *, device: str = "cpu") -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise DSen2CRError("onnxruntime is not installed: pip install 'dsen2cr[onnx]'") from None
+        path = Path(path)
+        if not path.is_file():
+            raise DSen2CRError(f"{path}: ONNX file not found")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise DSen2CRError(f"{path}: not a readable ONNX model ({' '.join(str(error).split())[:200]})") from None
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        outputs = self.session.get_outputs()
+        expected_inputs = {S2_INPUT: NUM_S2_BANDS, S1_INPUT: NUM_S1_BANDS}
+        if S2_INPUT not in inputs or set(inputs) - set(expected_inputs):
+            raise DSen2CRError(f"{path}: ONNX inputs {sorted(inputs)}; expected {S2_INPUT} and optionally {S1_INPUT}")
+        for name, shape in inputs.items():
+            if len(shape) != 4 or shape[1] != expected_inputs[name]:
+                raise DSen2CRError(
+                    f"{path}: ONNX input {name} has shape {shape}, expected (N, {expected_inputs[name]}, H, W)"
+                )
+        if len(outputs) != 1 or len(outputs[0].shape) != 4 or outputs[0].shape[1] != NUM_S2_BANDS:
+            raise DSen2CRError(f"{path}: ONNX output must be one (N, 13, H, W) tensor")
+        self.include_sar = S1_INPUT in inputs
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if CONFIG_KEY not in metadata:
+            raise DSen2CRError(f"{path}: ONNX file lacks the dsen2cr model configuration (export it with dsen2cr)")
+        self.config = ModelConfig(**json.loads(metadata[CONFIG_KEY]))
+        self.precision = metadata.get(PRECISION_KEY, "fp32")
+
+    def feeds(self, s2: np.ndarray, s1: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The session inputs for a batch in model units."""
+        feeds = {S2_INPUT: np.ascontiguousarray(s2, dtype=np.float32)}
+        if self.include_sar:
+            if s1 is None:
+                raise DSen2CRError("this ONNX model needs the S1 input")
+            feeds[S1_INPUT] = np.ascontiguousarray(s1, dtype=np.float32)
+        return feeds
+
+    def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        """Predict a batch in model units."""
+        return self.session.run(None, self.feeds(s2, s1))[0]

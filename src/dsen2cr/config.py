@@ -44,7 +44,7 @@ class ModelSection:
 
 @dataclass
 class LossSection:
-    """The training loss (design.md §5)."""
+    """The training loss (docs/design.md §3.5)."""
 
     name: str = "carl"  # carl | l1
     lam: float = 1.0
@@ -59,6 +59,7 @@ class DataSection:
     file_list: str | None = None  # DSen2-CR CSV; or the three ROI lists below with a release root
     train_rois: str | None = None
     val_rois: str | None = None
+    test_rois: str | None = None  # read by export-onnx --int8 and the demo; training reads train and val
     crop_size: int = 128
     augment: bool = True
     repeats: int = 1  # training samples per patch and epoch (each with its own crop and augmentation)
@@ -269,7 +270,7 @@ def save_config(config: RunConfig, path: str | Path) -> Path:
     """Write the resolved configuration as YAML, atomically."""
     import yaml
 
-    from dsen2cr.geotiff import atomic_path
+    from dsen2cr.files import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

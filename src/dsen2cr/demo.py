@@ -12,13 +12,19 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dsen2cr.config import RunConfig, load_config
-from dsen2cr.errors import DSen2CRError
 from dsen2cr.evaluate import ALL_METRICS, evaluate
-from dsen2cr.geotiff import atomic_path
+from dsen2cr.files import prepare_output_folder, write_text_atomic
+
+if TYPE_CHECKING:
+    from dsen2cr.scene import SceneReport
+
+log = logging.getLogger(__name__)
 
 #: The demo's training config when none is given (bundled: ``dsen2cr config small-cpu`` prints it).
 DEMO_CONFIG = "small-cpu"
@@ -26,6 +32,17 @@ DEMO_CONFIG = "small-cpu"
 DEMO_SYNTHETIC = {"count": 12, "size": 128, "seed": 2020}
 DEMO_OVERRIDES = {"data": {"repeats": 12}, "optim": {"epochs": 20}}
 HEADLINE = ("mae", "rmse", "psnr", "ssim", "sam", "mae_cloudy", "mae_clear")
+#: What the demo writes into its folder (``--overwrite`` replaces these, and refuses a folder with anything else).
+DEMO_ENTRIES = (
+    "data",
+    "train-sar",
+    "train-nosar",
+    "weights",
+    "evaluation-sar",
+    "evaluation-nosar",
+    "scene",
+    "report.md",
+)
 
 
 def _demo_data(out: Path) -> Path:
@@ -62,60 +79,57 @@ def _demo_config(
 
 
 def run_demo(
-    out: str | Path, *, config_path: str | None = None, overrides: list[str] | None = None, overwrite: bool = False
+    out: str | Path,
+    *,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
 ) -> Path:
-    """Run the demo into ``out`` (``overrides``: ``section.key=value`` for both trainings); return the report."""
+    """Run the demo into ``out`` (``overrides``: ``section.key=value`` for both trainings; ``device`` for the
+    evaluations and the scene); return the report."""
     from dsen2cr.data.layout import resolve_split
     from dsen2cr.data.sample import sample_scene
-    from dsen2cr.scene import auto_tile, default_overlap, remove_clouds, torch_predictor
+    from dsen2cr.predictor import load_predictor
+    from dsen2cr.scene import remove_clouds
     from dsen2cr.training.train import run_training
     from dsen2cr.weights import load_model, save_weights
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DSen2CRError(f"{out}: holds an earlier demo; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_folder(out, owned=DEMO_ENTRIES, overwrite=overwrite, what="a demo")
     file_list = None
     if config_path is None:
-        print("[demo] writing the training data: bundled sample + synthetic patches", flush=True)
+        log.info("[demo] writing the training data: bundled sample + synthetic patches")
         file_list = _demo_data(out)
     summaries, weights = {}, {}
     for include_sar in (True, False):
         name = "with SAR" if include_sar else "without SAR"
         config = _demo_config(config_path, out, include_sar, file_list, overrides or [])
-        print(
-            f"[demo] training {config.model.model_config().num_blocks}-block model {name} "
-            f"({config.optim.epochs} epochs) -> {config.trainer.out_dir}",
-            flush=True,
+        log.info(
+            "[demo] training %d-block model %s (%d epochs) -> %s",
+            config.model.model_config().num_blocks,
+            name,
+            config.optim.epochs,
+            config.trainer.out_dir,
         )
         checkpoint = run_training(config, overwrite=True, progress=False)
         weights[include_sar] = out / "weights" / f"dsen2cr-demo-{'sar' if include_sar else 'nosar'}.safetensors"
         weights[include_sar].parent.mkdir(exist_ok=True)
-        model = load_model(checkpoint)
-        save_weights(model, weights[include_sar])
+        save_weights(load_model(checkpoint), weights[include_sar])
         held_out = resolve_split(config.data, "val") + resolve_split(config.data, "test")
-        print(f"[demo] evaluating on {len(held_out)} held-out images", flush=True)
+        log.info("[demo] evaluating on %d held-out images", len(held_out))
         summaries[name] = evaluate(
-            model,
+            load_predictor(weights[include_sar], backend="eager", device=device),
             held_out,
             out / f"evaluation-{'sar' if include_sar else 'nosar'}",
             cloud_threshold=config.loss.cloud_threshold,
         )
-    print("[demo] removing the clouds of the bundled real L1C scene (model without SAR)", flush=True)
-    scene_model = load_model(weights[False])
+    log.info("[demo] removing the clouds of the bundled real L1C scene (model without SAR)")
     scene_dir = out / "scene"
     scene_dir.mkdir(exist_ok=True)
     scene = remove_clouds(
-        torch_predictor(scene_model),
-        include_sar=False,
+        load_predictor(weights[False], backend="eager", device=device),
         s2_path=sample_scene(),
-        s1_path=None,
         out=scene_dir / "T33UUU_20170216_cloudfree.tif",
-        tile=auto_tile(scene_model.config),  # as remove-clouds does by default on CPU
-        overlap=default_overlap(scene_model),
-        batch_size=1,
         mask_out=scene_dir / "T33UUU_20170216_cloud_shadow_mask.tif",
         preview=scene_dir / "T33UUU_20170216_before_after.png",
         progress=False,
@@ -123,7 +137,7 @@ def run_demo(
     return _write_report(out, summaries, len(held_out), scene)
 
 
-def _write_report(out: Path, summaries: dict, images: int, scene: object) -> Path:
+def _write_report(out: Path, summaries: dict, images: int, scene: SceneReport) -> Path:
     """report.md: the metrics of both models against the identity baseline, and the figures."""
     rows = [
         ("DSen2-CR small, with SAR", summaries["with SAR"]["model"]),
@@ -154,7 +168,4 @@ def _write_report(out: Path, summaries: dict, images: int, scene: object) -> Pat
         "![before and after](scene/T33UUU_20170216_before_after.png)",
         "",
     ]
-    report = out / "report.md"
-    with atomic_path(report) as tmp:
-        tmp.write_text("\n".join(lines), encoding="utf-8")
-    return report
+    return write_text_atomic(out / "report.md", "\n".join(lines))

@@ -9,19 +9,20 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dsen2cr.backends import build_backend
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet
-from dsen2cr.geotiff import atomic_path, open_raster, write_geotiff
+from dsen2cr.files import write_text_atomic
+from dsen2cr.geotiff import open_raster, write_geotiff
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.metrics import METRIC_NAMES, REGION_METRIC_NAMES, image_metrics
 from dsen2cr.model import DSen2CR
+from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS, s1_model_to_db, s2_model_to_dn
 from dsen2cr.visualize import (
     figure_with_titles,
@@ -32,26 +33,25 @@ from dsen2cr.visualize import (
     save_png,
 )
 
-if TYPE_CHECKING:
-    from dsen2cr.onnx_export import OnnxPredictor
-
 METHODS = ("model", "identity")
 ALL_METRICS = METRIC_NAMES + REGION_METRIC_NAMES
+#: What :func:`evaluate` writes into its report folder (``--overwrite`` replaces these, nothing else).
+REPORT_ENTRIES = ("metrics_per_image.csv", "summary.md", "summary.csv", "summary.json", "predictions", "previews")
 
 
 def evaluate(
-    model: DSen2CR | OnnxPredictor,
+    model: Predictor | DSen2CR,
     triplets: Sequence[Triplet],
     out_dir: str | Path,
     *,
-    device: str | torch.device = "cpu",
     batch_size: int = 4,
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
     write_images: bool = True,
     num_workers: int = 0,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Evaluate ``model`` (PyTorch, eager fp32 on ``device``; or an ONNX model, e.g. int8) on full patches;
-    write reports (and predictions and previews) to ``out_dir``.
+    """Evaluate ``model`` (a predictor from :func:`dsen2cr.predictor.load_predictor`, e.g. an int8 ONNX file; or
+    a PyTorch model, run eager fp32 on its device) on full patches; write reports (and predictions and previews)
+    to ``out_dir``.
 
     Returns the summary: ``{method: {metric: {"mean": x, "median": y}}}`` for the model and the identity
     baseline (the cloudy input taken as the prediction).
@@ -61,8 +61,10 @@ def evaluate(
     dataset = SEN12MSCRDataset(triplets, train=False, cloud_threshold=cloud_threshold)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     by_id = {t.patch_id: t for t in triplets}
-    rows: list[dict[str, object]] = []
-    predict = build_backend(model, "eager", device) if isinstance(model, DSen2CR) else model
+    rows: list[dict[str, Any]] = []
+    predict = (
+        predictor_from_model(model, device=next(model.parameters()).device) if isinstance(model, DSen2CR) else model
+    )
     with torch.inference_mode():
         for batch in loader:
             s1 = batch["s1"].numpy() if model.include_sar else None
@@ -86,7 +88,7 @@ def evaluate(
     return summary
 
 
-def summarise(rows: Sequence[dict[str, object]]) -> dict[str, dict[str, dict[str, float]]]:
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """Mean and median of every metric per method (NaN entries, i.e. empty regions, left out)."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for method in METHODS:
@@ -116,28 +118,22 @@ def summary_markdown(summary: dict[str, dict[str, dict[str, float]]], images: in
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _write_reports(rows: list[dict[str, object]], summary: dict, out: Path) -> None:
+def _write_reports(rows: list[dict[str, Any]], summary: dict, out: Path) -> None:
     """Per-image CSV and the summary as Markdown, CSV and JSON."""
     columns = ["patch_id", "method", "cloud_fraction", *ALL_METRICS]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(out / "metrics_per_image.csv", buffer.getvalue())
+    write_text_atomic(out / "metrics_per_image.csv", buffer.getvalue())
     images = len({r["patch_id"] for r in rows})
-    _write_text(out / "summary.md", summary_markdown(summary, images))
+    write_text_atomic(out / "summary.md", summary_markdown(summary, images))
     lines = ["method,statistic," + ",".join(ALL_METRICS)]
     for method, metrics in summary.items():
         for statistic in ("mean", "median"):
             lines.append(f"{method},{statistic}," + ",".join(f"{metrics[n][statistic]:.6g}" for n in ALL_METRICS))
-    _write_text(out / "summary.csv", "\n".join(lines) + "\n")
-    _write_text(out / "summary.json", json.dumps({"images": images, "summary": summary}, indent=2) + "\n")
+    write_text_atomic(out / "summary.csv", "\n".join(lines) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps({"images": images, "summary": summary}, indent=2) + "\n")
 
 
 def _write_prediction(triplet: Triplet, pred_dn: np.ndarray, folder: Path) -> None:

@@ -1,22 +1,24 @@
-"""GeoTIFF reading and writing with rasterio: validated opens, windowed reads, atomic writes.
+"""Raster I/O with rasterio: validated opens, windowed reads, atomic GeoTIFF writes, and the Cloud-Optimised
+GeoTIFF writer of whole scenes.
 
-Every error names the file and what is wrong with it (``DSen2CRError``).
+Every error names the file and what is wrong with it (``DSen2CRError``). Outputs are written under a temporary
+name and renamed when complete (``dsen2cr.files.atomic_path``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.files import atomic_path
 
 #: Creation options of every GeoTIFF the project writes: tiled, compressed, BigTIFF when needed.
 GTIFF_OPTIONS: dict[str, object] = {
@@ -58,51 +60,6 @@ def read_window(dataset: rasterio.DatasetReader, window: Window | None = None) -
         raise DSen2CRError(f"{dataset.name}: cannot read pixels, the file may be truncated ({reason})") from None
 
 
-def check_output_file(path: str | Path, *, overwrite: bool) -> Path:
-    """Fail early unless ``path`` can be written: its folder exists and is writable, and it does not exist
-    yet (or ``overwrite``)."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise DSen2CRError(f"{path}: exists; pass --overwrite to replace it")
-    _check_folder(path)
-    return path
-
-
-def _check_folder(path: Path) -> None:
-    """The folder of an output file must exist and be writable."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise DSen2CRError(f"{path}: output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise DSen2CRError(f"{path}: output folder {folder} is not writable")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds, else delete it.
-
-    A reader never sees a half-written file at ``path``, and a failed or killed write leaves ``path`` as it was.
-    """
-    path = Path(path)
-    _check_folder(path)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions of a plain open()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    """The process's file-creation mask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_geotiff(
     path: str | Path,
     array: np.ndarray,
@@ -132,3 +89,40 @@ def write_geotiff(
 def _block(size: int) -> int:
     """The largest GeoTIFF tile size (a multiple of 16, at most 256) that fits ``size``; 16 at least."""
     return max(16, min(256, size // 16 * 16))
+
+
+@contextlib.contextmanager
+def cog_writer(path: str | Path, profile: dict) -> Iterator[rasterio.io.DatasetWriter]:
+    """Yield a dataset to write window by window; on success it becomes a Cloud-Optimised GeoTIFF at ``path``.
+
+    Windows go to a tiled but uncompressed staging file beside ``path``: windows that do not align with its
+    blocks would otherwise cost a decompression and a recompression each. One COG copy then compresses
+    (deflate, horizontal predictor, 256 px blocks, overviews) on all cores, to a temporary name that is
+    renamed to ``path``. On failure nothing is left at ``path`` and both temporary files are removed.
+    """
+    uncompressed = {k: v for k, v in GTIFF_OPTIONS.items() if k not in ("compress", "predictor")}
+    with atomic_path(path) as final_tmp:
+        staging = final_tmp.with_name(final_tmp.name + ".staging.tif")
+        try:
+            with rasterio.open(staging, "w", **dict(uncompressed, **profile)) as dataset:
+                yield dataset
+            rasterio.shutil.copy(
+                staging,
+                final_tmp,
+                driver="COG",
+                compress="DEFLATE",
+                predictor="2",
+                blocksize=256,
+                BIGTIFF="IF_SAFER",
+                NUM_THREADS="ALL_CPUS",  # compress blocks and overviews in parallel
+            )
+        finally:
+            staging.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_raster(path: str | Path, profile: dict) -> Iterator[rasterio.io.DatasetWriter]:
+    """Yield a tiled, compressed GeoTIFF (``GTIFF_OPTIONS`` updated by ``profile``) open for writing under a
+    temporary name; it is renamed to ``path`` on success and deleted on failure."""
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **dict(GTIFF_OPTIONS, **profile)) as dataset:
+        yield dataset

@@ -1,4 +1,4 @@
-"""Import of the published DSen2-CR Keras checkpoints (HDF5, Keras 2.2.4, design.md §8). Read, never executed.
+"""Import of the published DSen2-CR Keras checkpoints (HDF5, Keras 2.2.4, docs/design.md §3.8). Read, never executed.
 
 The 2B + 2 convolutions are taken in the file's layer order (the ``layer_names`` attribute, then each
 layer's ``weight_names``; never sorted by name), from a full-model file (``model_weights/``), a weights-only
@@ -11,6 +11,7 @@ cross-correlations, so nothing is flipped.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ def _conv_layers(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
             for layer_name in map(_text, root.attrs["layer_names"]):
                 group = root[layer_name]
                 weight_names = [_text(w) for w in group.attrs.get("weight_names", [])]
-                pending: dict[str, np.ndarray] = {}
+                pending: dict[str, Any] = {}
                 for weight_name in weight_names:
                     owner, _, variable = weight_name.rpartition("/")
                     array = np.asarray(group[weight_name])

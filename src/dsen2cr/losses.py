@@ -1,4 +1,4 @@
-"""Training losses (design.md §5): the cloud-adaptive regularised loss (CARL) and plain L1.
+"""Training losses (docs/design.md §3.5): the cloud-adaptive regularised loss (CARL) and plain L1.
 
 Element-wise terms are reduced by a mean over every pixel and band of the batch, as in the paper code.
 """

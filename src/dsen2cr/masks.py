@@ -1,4 +1,4 @@
-"""The cloud and cloud-shadow detector of the paper code (design.md §4), vectorised with scipy.ndimage.
+"""The cloud and cloud-shadow detector of the paper code (docs/design.md §3.3), vectorised with scipy.ndimage.
 
 All functions take S2 L1C digital numbers of shape (13, H, W) in the paper's band order.
 """

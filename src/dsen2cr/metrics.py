@@ -1,4 +1,4 @@
-"""Image-quality metrics in the convention of design.md §6.
+"""Image-quality metrics in the convention of docs/design.md §3.6.
 
 S2 values are compared as reflectance (DN / 10000, clipped to [0, 1]). Per image: MAE, RMSE,
 PSNR = 20 log10(1 / RMSE), SSIM over the 13 bands (11x11 Gaussian window, sigma 1.5, data range 1) and SAM
@@ -140,7 +140,7 @@ def image_metrics(
     mask_batch = None if mask is None else torch.as_tensor(np.asarray(mask)).unsqueeze(0)
     if (cloudy is None) != (mask is None):
         raise ValueError("cloudy and mask: give both for the region metrics, or neither")
-    values = reflectance_metrics(batch["pred"], batch["target"], batch["cloudy"], mask_batch)
+    values = reflectance_metrics(batch["pred"], batch["target"], batch["cloudy"], mask_batch)  # type: ignore[arg-type]
     return {name: float(value[0]) for name, value in values.items()}
 
 

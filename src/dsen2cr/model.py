@@ -1,4 +1,4 @@
-"""The DSen2-CR network (Meraner et al. 2020, design.md §2) as a plain ``torch.nn.Module``."""
+"""The DSen2-CR network (Meraner et al. 2020, docs/design.md §3.1) as a plain ``torch.nn.Module``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=True)
     # Keras he_uniform: U(-sqrt(6 / fan_in), +sqrt(6 / fan_in)), fan_in = in_channels * 3 * 3.
     nn.init.kaiming_uniform_(conv.weight, a=0.0, mode="fan_in", nonlinearity="relu")
-    nn.init.zeros_(conv.bias)
+    if conv.bias is not None:  # always (bias=True); narrows the type
+        nn.init.zeros_(conv.bias)
     return conv
 
 
@@ -110,7 +111,12 @@ class ModelConfig:
 
     def build(self) -> DSen2CR:
         """Build a freshly initialised network with this configuration."""
-        return DSen2CR(**self.to_dict())
+        return DSen2CR(
+            num_blocks=self.num_blocks,
+            num_features=self.num_features,
+            include_sar=self.include_sar,
+            res_scale=self.res_scale,
+        )
 
 
 #: Named variants for :func:`create_model`.

@@ -1,6 +1,6 @@
-"""ONNX export (dynamic batch, height and width), static int8 quantisation, and an onnxruntime predictor for
-evaluation and scene inference, for users who deploy without PyTorch or want the int8 speed-up. The model
-configuration (and, for int8 files, the precision) rides in the ONNX metadata."""
+"""ONNX export (dynamic batch, height and width) and static int8 quantisation, for users who deploy without
+PyTorch or want the int8 speed-up. The model configuration (and, for int8 files, the precision) rides in the
+ONNX metadata; ``dsen2cr.backends.OnnxPredictor`` runs the files."""
 
 from __future__ import annotations
 
@@ -11,20 +11,19 @@ import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from dsen2cr.backends import OUTPUT, PRECISION_KEY, S1_INPUT, S2_INPUT, OnnxPredictor
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.geotiff import atomic_path
+from dsen2cr.files import atomic_path
 from dsen2cr.model import DSen2CR, ModelConfig
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 from dsen2cr.weights import CONFIG_KEY
-
-S2_INPUT, S1_INPUT, OUTPUT = "s2_cloudy", "s1", "s2_cloudfree"
-PRECISION_KEY = "dsen2cr.precision"
 
 
 def export_onnx(model: DSen2CR, out: str | Path, *, opset: int | None = None) -> Path:
@@ -54,10 +53,12 @@ def export_onnx(model: DSen2CR, out: str | Path, *, opset: int | None = None) ->
             opset_version=opset,
             verbose=False,
         )
+    if program is None:  # only the legacy exporter (dynamo=False) returns nothing
+        raise RuntimeError("torch.onnx.export returned no program")
     return _save_with_metadata(program.model_proto, out, model.config, "fp32")
 
 
-def _save_with_metadata(proto: object, out: str | Path, config: ModelConfig, precision: str) -> Path:
+def _save_with_metadata(proto: Any, out: str | Path, config: ModelConfig, precision: str) -> Path:
     """Set the dsen2cr metadata (model configuration, precision) of an ONNX model and save it atomically."""
     import onnx
 
@@ -131,50 +132,9 @@ def calibration_batches(triplets: list[Triplet], patches: int = 16, crop_size: i
         yield sample["s2_cloudy"][None].numpy(), sample["s1"][None].numpy()
 
 
-class OnnxPredictor:
-    """Run an exported DSen2-CR with onnxruntime; checks that the file has the expected inputs and output."""
-
-    def __init__(self, path: str | Path, *, device: str = "cpu") -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise DSen2CRError("onnxruntime is not installed: pip install 'dsen2cr[onnx]'") from None
-        path = Path(path)
-        if not path.is_file():
-            raise DSen2CRError(f"{path}: ONNX file not found")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
-        try:
-            self.session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise DSen2CRError(f"{path}: not a readable ONNX model ({' '.join(str(error).split())[:200]})") from None
-        inputs = {i.name: i.shape for i in self.session.get_inputs()}
-        outputs = self.session.get_outputs()
-        expected_inputs = {S2_INPUT: NUM_S2_BANDS, S1_INPUT: NUM_S1_BANDS}
-        if S2_INPUT not in inputs or set(inputs) - set(expected_inputs):
-            raise DSen2CRError(f"{path}: ONNX inputs {sorted(inputs)}; expected {S2_INPUT} and optionally {S1_INPUT}")
-        for name, shape in inputs.items():
-            if len(shape) != 4 or shape[1] != expected_inputs[name]:
-                raise DSen2CRError(
-                    f"{path}: ONNX input {name} has shape {shape}, expected (N, {expected_inputs[name]}, H, W)"
-                )
-        if len(outputs) != 1 or len(outputs[0].shape) != 4 or outputs[0].shape[1] != NUM_S2_BANDS:
-            raise DSen2CRError(f"{path}: ONNX output must be one (N, 13, H, W) tensor")
-        self.include_sar = S1_INPUT in inputs
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        if CONFIG_KEY not in metadata:
-            raise DSen2CRError(f"{path}: ONNX file lacks the dsen2cr model configuration (export it with dsen2cr)")
-        self.config = ModelConfig(**json.loads(metadata[CONFIG_KEY]))
-        self.precision = metadata.get(PRECISION_KEY, "fp32")
-
-    def feeds(self, s2: np.ndarray, s1: np.ndarray | None) -> dict[str, np.ndarray]:
-        """The session inputs for a batch in model units."""
-        feeds = {S2_INPUT: np.ascontiguousarray(s2, dtype=np.float32)}
-        if self.include_sar:
-            if s1 is None:
-                raise DSen2CRError("this ONNX model needs the S1 input")
-            feeds[S1_INPUT] = np.ascontiguousarray(s1, dtype=np.float32)
-        return feeds
-
-    def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
-        """Predict a batch in model units."""
-        return self.session.run(None, self.feeds(s2, s1))[0]
+def export_onnx_int8(model: DSen2CR, out: str | Path, calibration: list[Triplet], patches: int = 16) -> Path:
+    """Export ``model`` to ONNX and quantise it to int8 (:func:`quantize_onnx`), calibrated on ``patches``
+    crops of the ``calibration`` triplets; the fp32 export lives in a temporary folder that is always removed."""
+    with tempfile.TemporaryDirectory(prefix="dsen2cr-export-") as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx")
+        return quantize_onnx(fp32, out, calibration_batches(calibration, patches))

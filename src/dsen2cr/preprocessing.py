@@ -1,6 +1,6 @@
 """Conversions between file values (S2 DN, S1 dB) and model units, with every constant in one place.
 
-Conventions of the paper code (design.md §3):
+Conventions of the paper code (docs/design.md §3.2):
 
 - S1: VV clipped to [-25, 0] dB, VH to [-32.5, 0] dB, shifted by the minimum and rescaled to [0, 2].
 - S2: DN (TOA reflectance x 10000) clipped to [0, 10000] and divided by 2000, giving [0, 5].

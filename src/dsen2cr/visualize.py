@@ -1,14 +1,21 @@
-"""Quicklook images (PNG) of S2, S1 and cloud/shadow maps, with Pillow only (no plotting stack)."""
+"""Pictures (PNG) of S2, S1 and cloud/shadow maps, and the before/after quicklook of a scene, with Pillow only
+(no plotting stack)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
+from dsen2cr.files import atomic_path
 from dsen2cr.preprocessing import S1_CLIP_DB, S2_BANDS, s1_model_to_db, s2_model_to_dn
+
+if TYPE_CHECKING:
+    from rasterio.windows import Window
 
 #: Indices of B4, B3, B2 (red, green, blue) in the 13-band order.
 RGB_BANDS = [S2_BANDS.index(b) for b in ("B4", "B3", "B2")]
@@ -61,7 +68,6 @@ def side_by_side(images: list[np.ndarray], gap: int = 4) -> np.ndarray:
 
 def save_png(path: str | Path, image: np.ndarray) -> Path:
     """Write a uint8 (H, W, 3) image as PNG atomically."""
-    from dsen2cr.geotiff import atomic_path
 
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
@@ -115,3 +121,26 @@ def figure_with_titles(panels: list[np.ndarray], titles: list[str], footer: np.n
         row[:, :width] = footer[:, :width]
         figure = np.concatenate([figure, row], axis=0)
     return figure
+
+
+class Quicklook:
+    """Before/after RGB quicklook filled tile by tile (every ``scale``-th pixel), so nothing is read twice."""
+
+    def __init__(self, height: int, width: int, max_size: int = 1024) -> None:
+        self.scale = max(1, math.ceil(max(height, width) / max_size))
+        shape = (3, math.ceil(height / self.scale), math.ceil(width / self.scale))
+        self.before = np.zeros(shape, np.uint16)
+        self.after = np.zeros(shape, np.uint16)
+
+    def add(self, core: Window, before_dn: np.ndarray, after_dn: np.ndarray) -> None:
+        """Place the sampled pixels of one tile core (13-band DN arrays of the core's size)."""
+        s = self.scale
+        r0, c0 = -core.row_off % s, -core.col_off % s  # first rows/columns on the sampling grid
+        rows = slice((core.row_off + r0) // s, (core.row_off + r0) // s + len(range(r0, core.height, s)))
+        cols = slice((core.col_off + c0) // s, (core.col_off + c0) // s + len(range(c0, core.width, s)))
+        self.before[:, rows, cols] = before_dn[RGB_BANDS, r0::s, c0::s]
+        self.after[:, rows, cols] = after_dn[RGB_BANDS, r0::s, c0::s]
+
+    def save(self, path: str | Path) -> Path:
+        """Write input (left) and output (right) side by side as PNG."""
+        return save_png(path, side_by_side([rgb_image(self.before), rgb_image(self.after)]))

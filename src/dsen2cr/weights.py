@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.geotiff import atomic_path
+from dsen2cr.files import atomic_path
 from dsen2cr.model import DSen2CR, ModelConfig
 
 CONFIG_KEY = "dsen2cr_model_config"

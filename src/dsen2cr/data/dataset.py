@@ -52,7 +52,7 @@ class SEN12MSCRDataset(Dataset):
         if not triplets:
             raise DSen2CRError("dataset: no patches to read (empty split or file list)")
         if crop_size < 1 or repeats < 1:
-            raise ValueError(f"crop_size and repeats: must be positive, got {crop_size} and {repeats}")
+            raise DSen2CRError(f"crop_size and repeats: must be positive, got {crop_size} and {repeats}")
         self.triplets = list(triplets)
         self.train = train
         self.crop_size = crop_size
@@ -87,7 +87,7 @@ class SEN12MSCRDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index])
         s1, s2, s2_cloudy = self._read(triplet, rng)
         if self.train and self.augment:
-            flip = rng.integers(3)  # 0 none, 1 vertical, 2 horizontal
+            flip = int(rng.integers(3))  # 0 none, 1 vertical, 2 horizontal
             turns = int(rng.integers(4))
             s1, s2, s2_cloudy = (_flip_rotate(a, flip, turns) for a in (s1, s2, s2_cloudy))
         mask = cloud_shadow_mask(s2_cloudy, self.cloud_threshold)
@@ -123,6 +123,9 @@ class SEN12MSCRDataset(Dataset):
                         f"{triplet.s2_cloudy} is {height}x{width}"
                     )
                 arrays.append(read_window(dataset, window))
+        for array, path in zip(arrays, (triplet.s2_cloudy, triplet.s1, triplet.s2), strict=True):
+            if array.dtype.kind == "f" and np.isnan(array).all():
+                raise DSen2CRError(f"{path}: every value is NaN (patch {triplet.patch_id})")
         s2_cloudy, s1, s2 = arrays
         return s1, s2, s2_cloudy
 

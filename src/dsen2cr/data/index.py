@@ -17,7 +17,7 @@ from dsen2cr.data.layout import (
     write_file_list,
 )
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.geotiff import atomic_path
+from dsen2cr.files import atomic_path
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 
 _EXPECTED_BANDS = {"s1": NUM_S1_BANDS, "s2": NUM_S2_BANDS, "s2_cloudy": NUM_S2_BANDS}
@@ -43,7 +43,7 @@ class IndexReport:
 def scan_flat(root: Path) -> tuple[list[Triplet], list[tuple[Path, str]]]:
     """Find the triplets of a DSen2-CR flat layout (``s1/``, ``s2_cloudFree/``, ``s2_cloudy/`` under root)."""
     s2_folder = next((root / name for name in FLAT_FOLDERS[1] if (root / name).is_dir()), None)
-    folders = [root / "s1", s2_folder, root / "s2_cloudy"]
+    folders = [root / "s1", s2_folder or root / FLAT_FOLDERS[1][0], root / "s2_cloudy"]
     if s2_folder is None or not all(f.is_dir() for f in folders):
         raise DSen2CRError(
             f"{root}: no SEN12MS-CR data found (expected ROIs*_s1 season folders, or s1/, s2_cloudFree/ and "
@@ -60,7 +60,8 @@ def scan_flat(root: Path) -> tuple[list[Triplet], list[tuple[Path, str]]]:
             skipped.append((folders[0] / name, f"missing partner file {', '.join(missing)}"))
             continue
         season, roi, patch = parsed
-        triplets.append(Triplet(f"{season}_{roi}_p{patch}", f"{season}/{roi}", *(f / name for f in folders)))
+        s1_file, s2_file, cloudy_file = (f / name for f in folders)
+        triplets.append(Triplet(f"{season}_{roi}_p{patch}", f"{season}/{roi}", s1_file, s2_file, cloudy_file))
     return triplets, skipped
 
 

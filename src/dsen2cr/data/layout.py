@@ -1,6 +1,6 @@
 """Where SEN12MS-CR triplets live on disk: the official nested release, the DSen2-CR flat layout, file lists.
 
-Official release (design.md §7)::
+Official release (docs/design.md §3.7)::
 
     ROOT/ROIs1158_spring_s1/s1_1/ROIs1158_spring_s1_1_p30.tif
     ROOT/ROIs1158_spring_s2/s2_1/ROIs1158_spring_s2_1_p30.tif
@@ -136,7 +136,7 @@ def read_file_list(csv_path: str | Path, data_root: str | Path) -> list[Triplet]
 
 def write_file_list(triplets: Iterable[Triplet], csv_path: str | Path, data_root: str | Path) -> Path:
     """Write triplets as a tab-separated DSen2-CR file list, atomically; folders relative to ``data_root``."""
-    from dsen2cr.geotiff import atomic_path
+    from dsen2cr.files import atomic_path
 
     root = Path(data_root)
     lines = []
@@ -230,9 +230,18 @@ def select_rois(triplets: Iterable[Triplet], rois: set[str]) -> list[Triplet]:
     return [t for t in triplets if t.roi in rois]
 
 
+def split_number(split: str | int) -> int:
+    """The number (1, 2, 3) of a split given by name (``train``, ``val`` or ``validation``, ``test``) or number."""
+    text = str(split).strip().lower()
+    number = SPLITS.get("val" if text == "validation" else text) or (int(text) if text in ("1", "2", "3") else None)
+    if number is None:
+        raise DSen2CRError(f"split: {split!r} is not a split; use train, val or test (or 1, 2, 3)")
+    return number
+
+
 def select_split(triplets: Iterable[Triplet], split: str | int, *, source: str = "file list") -> list[Triplet]:
     """The triplets of one split (``train``/``val``/``test`` or 1/2/3); an empty split is an error."""
-    number = SPLITS.get(str(split)) or int(split)
+    number = split_number(split)
     chosen = [t for t in triplets if t.split == number]
     if not chosen:
         raise DSen2CRError(f"{source}: split {SPLIT_NAMES.get(number, number)} has no patches")
@@ -242,7 +251,7 @@ def select_split(triplets: Iterable[Triplet], split: str | int, *, source: str =
 def resolve_split(data: DataSection, split: str) -> list[Triplet]:
     """The triplets of one split from the file list, or from a ROI list over a scanned release tree."""
     if data.root is None:
-        if data.file_list is not None or data.train_rois is not None or data.val_rois is not None:
+        if data.file_list is not None or any(r is not None for r in (data.train_rois, data.val_rois, data.test_rois)):
             raise DSen2CRError("data.root: not set (the dataset root folder the file list or ROI lists refer to)")
         from dsen2cr.data.sample import sample_dataset_root, sample_file_list
 
@@ -250,9 +259,10 @@ def resolve_split(data: DataSection, split: str) -> list[Triplet]:
         return select_split(read_file_list(sample, sample_dataset_root()), split, source=str(sample))
     if data.file_list is not None:
         return select_split(read_file_list(data.file_list, data.root), split, source=data.file_list)
-    roi_file = {"train": data.train_rois, "val": data.val_rois}.get(split)
+    name = SPLIT_NAMES[split_number(split)]
+    roi_file = {"train": data.train_rois, "val": data.val_rois, "test": data.test_rois}[name]
     if roi_file is None:
-        raise DSen2CRError(f"data: give data.file_list, or data.{split}_rois with a release root")
+        raise DSen2CRError(f"data: give data.file_list, or data.{name}_rois with a release root")
     triplets = select_rois(scan_release(data.root)[0], read_roi_list(roi_file))
     if not triplets:
         raise DSen2CRError(f"{roi_file}: none of its ROIs has patches under {data.root}")

@@ -6,7 +6,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from dsen2cr.errors import DSen2CRError
+from dsen2cr.files import prepare_output_folder
 
 
 def sample_root() -> Path:
@@ -31,8 +31,6 @@ def sample_scene() -> Path:
 
 def copy_sample(out: str | Path) -> Path:
     """Copy the bundled sample data (and its NOTICE) to ``out``; refuse to overwrite an existing folder."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise DSen2CRError(f"{out}: output folder exists and is not empty")
+    out = prepare_output_folder(out, owned=(), overwrite=False, what="the bundled sample")
     shutil.copytree(sample_root(), out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     return out

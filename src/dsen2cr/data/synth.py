@@ -14,6 +14,7 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 from dsen2cr.data.layout import Triplet, release_triplet, write_file_list
+from dsen2cr.errors import DSen2CRError
 from dsen2cr.geotiff import write_geotiff
 from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
 
@@ -107,7 +108,7 @@ def write_synthetic_dataset(
     splits train, val, test, train, train, ... in turn. Returns the triplets and the file list path.
     """
     if count < 1:
-        raise ValueError(f"count: must be at least 1, got {count}")
+        raise DSen2CRError(f"count: must be at least 1, got {count}")
     out = Path(out)
     rng = np.random.default_rng(seed)
     triplets = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -60,7 +61,7 @@ class SEN12MSCRDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve the splits and build the datasets (missing files fail here, not mid-epoch)."""
-        common = {"cloud_threshold": self.loss.cloud_threshold, "seed": self.seed}
+        common: dict[str, Any] = {"cloud_threshold": self.loss.cloud_threshold, "seed": self.seed}
         if self.train_set is None:
             self.train_set = SEN12MSCRDataset(
                 resolve_split(self.data, "train"),

@@ -44,7 +44,7 @@ class DSen2CRTask(L.LightningModule):
         self.optim_settings = OptimSection(**optim)
         self.val_images = val_images
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = self.model_config.build().to(memory_format=self.memory_format)
+        self.model = self.model_config.build().to(memory_format=self.memory_format)  # type: ignore[call-overload]
 
     def forward(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the cloud-free image."""
@@ -98,19 +98,19 @@ class DSen2CRTask(L.LightningModule):
         """NAdam with the paper's settings."""
         o = self.optim_settings
         return torch.optim.NAdam(
-            self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, momentum_decay=o.momentum_decay
+            self.model.parameters(), lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps, momentum_decay=o.momentum_decay
         )
 
     def on_train_end(self) -> None:
         """Check that every process ends with the same weights (DDP keeps them in sync; a divergence is a bug
         or a broken node). Rank 0 writes the per-rank digests to ``weights_digest.json`` in the run folder."""
         digest = weights_digest(self.model).to(self.device)
-        gathered = self.all_gather(digest).reshape(-1, digest.numel()).cpu()
+        gathered = torch.as_tensor(self.all_gather(digest)).reshape(-1, digest.numel()).cpu()
         if self.trainer.is_global_zero:
             import json
             from pathlib import Path
 
-            from dsen2cr.geotiff import atomic_path
+            from dsen2cr.files import atomic_path
 
             path = Path(self.trainer.default_root_dir) / "weights_digest.json"
             with atomic_path(path) as tmp:

@@ -15,11 +15,14 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dsen2cr.config import RunConfig, save_config
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.files import atomic_path, prepare_output_folder
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.module import DSen2CRTask
 
 CHECKPOINT_DIR = "checkpoints"
 RESOLVED_CONFIG = "config.yaml"
+#: What a run writes into its folder (``--overwrite`` replaces these, and refuses a folder with anything else).
+RUN_ENTRIES = (CHECKPOINT_DIR, "logs", RESOLVED_CONFIG, "weights_digest.json")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -30,8 +33,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         """Save ``checkpoint`` to ``path`` atomically."""
-        from dsen2cr.geotiff import atomic_path
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -56,28 +57,14 @@ def is_launched_worker() -> bool:
 
 
 def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -> Path:
-    """Create the run folder; refuse one that already holds a run unless resuming or ``overwrite``."""
+    """Create the run folder; refuse one that already holds a run unless resuming or ``overwrite``, and one that
+    holds anything a run does not write (``dsen2cr.files.prepare_output_folder``)."""
     out = Path(config.trainer.out_dir)
-    if is_launched_worker():
+    if is_launched_worker() or resume is not None:
         out.mkdir(parents=True, exist_ok=True)
         return out
-    holds_run = (out / RESOLVED_CONFIG).exists() or (out / CHECKPOINT_DIR).exists()
-    if holds_run and resume is None and not overwrite:
-        raise DSen2CRError(f"{out}: already holds a run; resume it with --resume, or pass --overwrite")
-    if holds_run and overwrite and resume is None:
-        import shutil
-
-        for name in (CHECKPOINT_DIR, "logs", RESOLVED_CONFIG):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DSen2CRError(f"{out}: cannot create the run folder ({error.strerror})") from None
-    return out
+    hint = "resume it with --resume, or pass --overwrite"
+    return prepare_output_folder(out, owned=RUN_ENTRIES, overwrite=overwrite, what="a run", hint=hint)
 
 
 def build_trainer(config: RunConfig, out: Path, *, progress: bool = True) -> L.Trainer:
@@ -106,7 +93,7 @@ def build_trainer(config: RunConfig, out: Path, *, progress: bool = True) -> L.T
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        precision=t.precision,
+        precision=t.precision,  # type: ignore[arg-type]  # checked by the config
         gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic,
         log_every_n_steps=t.log_every_n_steps,

@@ -1,10 +1,11 @@
-"""Window readers for whole scenes: a 13-band S2 GeoTIFF or an L1C product folder (one JP2 per band, resampled
-onto the 10 m grid on the fly), and an S1 GeoTIFF warped onto the S2 grid on the fly. Nothing is read whole."""
+"""Reading the inputs of a scene, window by window: a 13-band S2 GeoTIFF or an L1C product folder (one JP2 per
+band, resampled onto the 10 m grid on the fly), and an S1 GeoTIFF warped onto the S2 grid on the fly. Nothing
+is read whole (docs/design.md §4.4)."""
 
 from __future__ import annotations
 
+import logging
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from rasterio.windows import Window
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.geotiff import open_raster, read_window
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, S2_BANDS
+
+log = logging.getLogger(__name__)
 
 RESAMPLING = {"nearest": Resampling.nearest, "bilinear": Resampling.bilinear}
 
@@ -188,10 +191,10 @@ class S1Source:
         if looks_linear and not self.linear:
             raise DSen2CRError(
                 f"{self.path}: S1 values look like linear power (all >= 0, median {np.median(finite):.3g}), not dB; "
-                "convert to dB (10*log10) or pass --s1-linear"
+                "convert to dB (10*log10), or pass --s1-linear (s1_linear=True in Python)"
             )
         if self.linear and not looks_linear:
-            warnings.warn(f"{self.path}: --s1-linear given, but the values look like dB already", stacklevel=2)
+            log.warning("%s: S1 given as linear power, but the values look like dB already", self.path)
 
     def _valid_values(self, values: np.ndarray) -> np.ndarray:
         """The finite values that are not the file's nodata value, flattened."""
@@ -228,3 +231,18 @@ class S1Source:
         if self._reader is not self._src:
             self._reader.close()
         self._src.close()
+
+
+def s1_scene_mean(s1: S1Source, grid_height: int, grid_width: int, block: int = 1024) -> tuple[float, float]:
+    """Mean VV and VH (dB) of the S1 data under the scene, streamed block by block (the documented fill)."""
+    sums, counts = np.zeros(2), np.zeros(2)
+    for r in range(0, grid_height, block):
+        for c in range(0, grid_width, block):
+            db = s1.read(Window(c, r, min(block, grid_width - c), min(block, grid_height - r)))
+            for band in range(2):
+                valid = np.isfinite(db[band])
+                sums[band] += db[band][valid].astype(np.float64).sum()
+                counts[band] += valid.sum()
+    if counts.min() == 0:
+        raise DSen2CRError(f"{s1.path}: S1 has no valid pixels over the S2 scene")
+    return float(sums[0] / counts[0]), float(sums[1] / counts[1])

@@ -1,0 +1,77 @@
+"""The ``dsen2cr`` command line: one module per command (``dsen2cr.cli.<command>``), shared options in
+:mod:`dsen2cr.cli.options` (docs/design.md §2).
+
+Each command module has ``register(subparsers)`` (its parser) and a ``run(args)`` handler that turns options
+into a call of the library, and prints the result. Heavy imports (Lightning, rasterio, torch) happen inside the
+handlers, so ``dsen2cr --help`` stays fast.
+
+Errors: a ``DSen2CRError`` (bad input, raised where user input is checked) or an ``OSError`` (a file the system
+refused) prints one line on stderr and exits 2; anything else is a bug and prints a short "internal error"
+line with a hint to rerun with ``--debug``, exit 1. ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from dsen2cr import __version__
+from dsen2cr.cli import config, data, demo, evaluate, export, remove_clouds, train
+from dsen2cr.cli.options import NoAbbrevParser, setup_logging
+from dsen2cr.errors import DSen2CRError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+#: The commands in the order ``dsen2cr --help`` lists them.
+COMMAND_MODULES = (data, config, train, evaluate, export, remove_clouds, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every subcommand (abbreviated options are refused everywhere)."""
+    parser = NoAbbrevParser(
+        prog="dsen2cr",
+        description="Cloud removal for Sentinel-2 with Sentinel-1 SAR fusion (DSen2-CR).",
+    )
+    parser.add_argument("--version", action="version", version=f"dsen2cr {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (and debug messages)")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="also print debug messages")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print warnings, errors and results only")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0
+    setup_logging(logging.DEBUG if args.verbose or args.debug else logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("dsen2cr: interrupted", file=sys.stderr)
+        return 130
+    except (DSen2CRError, OSError) as error:
+        if args.debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"dsen2cr {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if args.debug:
+            raise
+        message = " ".join(str(error).split())[:300]
+        print(
+            f"dsen2cr {args.command}: internal error ({type(error).__name__}: {message}); this is a bug: rerun with "
+            "--debug for the traceback and report it",
+            file=sys.stderr,
+        )
+        return 1

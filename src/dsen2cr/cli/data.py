@@ -1,0 +1,83 @@
+"""``dsen2cr data {index,synth,sample}``: index a SEN12MS-CR tree, write a synthetic one, copy the bundled sample."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dsen2cr.cli.options import SubParsers, add_command
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add ``data`` and its subcommands."""
+    data = add_command(subparsers, "data", help="index, synthesise or copy SEN12MS-CR-layout data")
+    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    index = add_command(
+        data_commands,
+        "index",
+        help="scan a dataset root, check every triplet and write a DSen2-CR file list",
+        description="Scan an official SEN12MS-CR tree (or a DSen2-CR flat layout), check that each patch has "
+        "its three files with matching bands, size, CRS and transform, and write the usable ones as a "
+        "file list. Skipped patches are listed with the reason in OUT.skipped.tsv.",
+    )
+    index.add_argument("root", help="dataset root folder")
+    index.add_argument("--out", required=True, help="file list to write (CSV, DSen2-CR format)")
+    index.add_argument("--val-rois", help="ROI list (one id per line, e.g. ROIs1158_spring/1) for split 2")
+    index.add_argument("--test-rois", help="ROI list for split 3; every other ROI goes to split 1 (train)")
+    index.add_argument("--threads", type=int, default=16, help="files checked in parallel (default: %(default)s)")
+    index.set_defaults(handler=run_index)
+
+    synth = add_command(
+        data_commands, "synth", help="write a synthetic SEN12MS-CR-like tree of real GeoTIFFs with synthetic clouds"
+    )
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--count", type=int, required=True, help="number of triplets")
+    synth.add_argument("--size", type=int, default=256, help="patch size in pixels (default: %(default)s)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    synth.set_defaults(handler=run_synth)
+
+    sample = add_command(data_commands, "sample", help="copy the bundled real sample data to a folder")
+    sample.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    sample.set_defaults(handler=run_sample)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    """Run ``data index``."""
+    from dsen2cr.data.index import index_dataset
+    from dsen2cr.data.layout import read_roi_list
+
+    report = index_dataset(
+        args.root,
+        args.out,
+        val_rois=read_roi_list(args.val_rois) if args.val_rois else None,
+        test_rois=read_roi_list(args.test_rois) if args.test_rois else None,
+        threads=args.threads,
+    )
+    counts = ", ".join(f"{name} {n}" for name, n in report.split_counts().items())
+    print(f"indexed {len(report.triplets)} triplets ({counts}) -> {args.out}")
+    if report.skipped:
+        for path, reason in report.skipped[:10]:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        more = len(report.skipped) - 10
+        tail = f" ({more} more)" if more > 0 else ""
+        print(f"skipped {len(report.skipped)} patches{tail}, all listed in {args.out}.skipped.tsv", file=sys.stderr)
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """Run ``data synth``."""
+    from dsen2cr.data.synth import write_synthetic_dataset
+
+    _, file_list = write_synthetic_dataset(args.out, args.count, size=args.size, seed=args.seed)
+    print(f"wrote {args.count} synthetic triplets under {args.out}; file list {file_list}")
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """Run ``data sample``."""
+    from dsen2cr.data.sample import copy_sample
+
+    out = copy_sample(args.out)
+    print(f"copied the bundled sample data to {out} (see {out / 'NOTICE'})")
+    return 0

@@ -1,0 +1,65 @@
+"""``dsen2cr evaluate``: the paper metrics of a model and of the identity baseline on a split."""
+
+from __future__ import annotations
+
+import argparse
+
+from dsen2cr.cli.options import SubParsers, add_command, add_device, add_overwrite, add_weights, finite_float
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add ``evaluate``."""
+    parser = add_command(
+        subparsers,
+        "evaluate",
+        help="paper metrics of a model and of the identity baseline on a split, with predictions and previews",
+    )
+    add_weights(parser, onnx=True)
+    parser.add_argument("--data-root", required=True, help="dataset root folder")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--file-list", help="DSen2-CR file list (with --split)")
+    group.add_argument("--rois", help="ROI list (one id per line) over a release tree")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="default: %(default)s")
+    parser.add_argument("--out", required=True, help="report folder")
+    add_overwrite(parser, "replace an earlier report in the folder (a folder holding other files is refused)")
+    add_device(parser)
+    parser.add_argument("--batch-size", type=int, default=4, help="default: %(default)s")
+    parser.add_argument("--cloud-threshold", type=finite_float, default=0.2, help="default: %(default)s")
+    parser.add_argument("--no-images", action="store_true", help="metrics only: no GeoTIFFs, no PNG previews")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``evaluate``."""
+    from dsen2cr.data.layout import read_file_list, read_roi_list, scan_release, select_rois, select_split
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.evaluate import REPORT_ENTRIES, evaluate, summary_markdown
+    from dsen2cr.files import check_output_folder, prepare_output_folder
+    from dsen2cr.predictor import is_onnx, load_predictor
+
+    if args.batch_size < 1:
+        raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    folder = {"owned": REPORT_ENTRIES, "overwrite": args.overwrite, "what": "an evaluation report"}
+    check_output_folder(args.out, **folder)
+    # Exact numbers: eager fp32 for PyTorch weights; an ONNX file (fp32 or int8) runs as it was exported.
+    predictor = load_predictor(
+        args.weights, backend="onnxruntime" if is_onnx(args.weights) else "eager", device=args.device
+    )
+    if args.file_list:
+        triplets = select_split(read_file_list(args.file_list, args.data_root), args.split, source=args.file_list)
+    else:
+        triplets = select_rois(scan_release(args.data_root)[0], read_roi_list(args.rois))
+        if not triplets:
+            raise DSen2CRError(f"{args.rois}: none of its ROIs has patches under {args.data_root}")
+    prepare_output_folder(args.out, **folder)
+    summary = evaluate(
+        predictor,
+        triplets,
+        args.out,
+        batch_size=args.batch_size,
+        cloud_threshold=args.cloud_threshold,
+        write_images=not args.no_images,
+    )
+    print(summary_markdown(summary, len(triplets)))
+    print(f"reports in {args.out}")
+    return 0

@@ -1,0 +1,96 @@
+"""``dsen2cr export``, ``convert-keras`` and ``export-onnx``: weights in, one weights file out."""
+
+from __future__ import annotations
+
+import argparse
+
+from dsen2cr.cli.options import SubParsers, add_command, add_output_file, add_weights, require_extra
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add ``export``, ``convert-keras`` and ``export-onnx``."""
+    parser = add_command(
+        subparsers,
+        "export",
+        help="write a plain safetensors weights file (with the model configuration) from a checkpoint",
+    )
+    parser.add_argument("source", metavar="checkpoint", help="Lightning checkpoint (.ckpt) or Keras .h5")
+    add_output_file(parser, "weights file to write (.safetensors)")
+    parser.set_defaults(handler=run_export)
+
+    parser = add_command(
+        subparsers,
+        "convert-keras",
+        help="convert a published DSen2-CR Keras checkpoint (.h5) to the project's weights file",
+        description="Read the convolutions of a Keras 2 HDF5 file (full model, weights only, or saved through the "
+        "multi-GPU wrapper) in the file's layer order; the variant (SAR, blocks, features) is read from the file.",
+    )
+    parser.add_argument("source", metavar="keras_file", help="Keras HDF5 file (.h5)")
+    add_output_file(parser, "weights file to write (.safetensors)")
+    parser.set_defaults(handler=run_export)
+
+    parser = add_command(subparsers, "export-onnx", help="export weights to ONNX (dynamic batch, height, width)")
+    add_weights(parser)
+    add_output_file(parser, "ONNX file to write")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantise to int8 (onnxruntime static quantisation, calibrated on --calibration-list patches)",
+    )
+    parser.add_argument(
+        "--calibration-list", help="DSen2-CR CSV of calibration patches (default: the bundled sample's train split)"
+    )
+    parser.add_argument("--calibration-root", help="dataset root that --calibration-list refers to")
+    parser.add_argument(
+        "--calibration-split",
+        default="train",
+        choices=["train", "val", "test"],
+        help="split of --calibration-list to use (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--calibration-patches", type=int, default=16, help="calibration inputs, 128x128 crops (default: %(default)s)"
+    )
+    parser.set_defaults(handler=run_export_onnx)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Run ``export`` and ``convert-keras``: any weights file in, safetensors weights out."""
+    from dsen2cr.files import check_output_file
+    from dsen2cr.weights import load_model, save_weights
+
+    check_output_file(args.out, overwrite=args.overwrite)
+    model = load_model(args.source)
+    save_weights(model, args.out)
+    params = sum(p.numel() for p in model.parameters())
+    print(
+        f"wrote {args.out} ({model.config.num_blocks} blocks, {model.config.num_features} features, "
+        f"SAR {'yes' if model.include_sar else 'no'}, {params:,} parameters)"
+    )
+    return 0
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    """Run ``export-onnx`` (fp32, or int8 calibrated on patches)."""
+    require_extra("onnx", "dsen2cr export-onnx")
+    from dsen2cr.files import check_output_file
+    from dsen2cr.onnx_export import export_onnx, export_onnx_int8
+    from dsen2cr.weights import load_model
+
+    check_output_file(args.out, overwrite=args.overwrite)
+    if not args.int8:
+        export_onnx(load_model(args.weights), args.out)
+        print(f"wrote {args.out}")
+        return 0
+    from dsen2cr.config import DataSection
+    from dsen2cr.data.layout import resolve_split
+    from dsen2cr.errors import DSen2CRError
+
+    if args.calibration_patches < 1:
+        raise DSen2CRError(f"--calibration-patches: must be at least 1, got {args.calibration_patches}")
+    if args.calibration_list and not args.calibration_root:
+        raise DSen2CRError("--calibration-root: needed with --calibration-list (the folder its paths refer to)")
+    data = DataSection(root=args.calibration_root, file_list=args.calibration_list)
+    triplets = resolve_split(data, args.calibration_split)
+    export_onnx_int8(load_model(args.weights), args.out, triplets, args.calibration_patches)
+    print(f"wrote {args.out} (int8, calibrated on {args.calibration_patches} crops of {len(triplets)} patches)")
+    return 0

@@ -1,0 +1,134 @@
+"""Options shared by the commands (weights, outputs and ``--overwrite``, device, progress) and the console setup:
+one spelling, one help text and one check for each, so every command behaves the same way."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+
+SubParsers = argparse._SubParsersAction
+
+
+class NoAbbrevParser(argparse.ArgumentParser):
+    """An argument parser that refuses abbreviated long options (``--ou`` for ``--out``): a prefix of one
+    option must never be taken silently for another. Its subcommand parsers are of the same class."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def add_command(subparsers: SubParsers, name: str, **kwargs: object) -> argparse.ArgumentParser:
+    """Add a subcommand parser (abbreviations off, like its parent)."""
+    return subparsers.add_parser(name, allow_abbrev=False, **kwargs)  # type: ignore[arg-type]
+
+
+def add_weights(parser: argparse.ArgumentParser, *, onnx: bool = False) -> None:
+    """``--weights``: any weights file the project reads (``onnx``: ``.onnx`` too)."""
+    kinds = ".safetensors (dsen2cr export), .ckpt (dsen2cr train), Keras .h5"
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help=kinds + (", or .onnx (dsen2cr export-onnx, fp32 or int8)" if onnx else ""),
+    )
+
+
+def add_output_file(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """The positional output file of the commands that write one file, and ``--overwrite``."""
+    parser.add_argument("out", help=help_text)
+    add_overwrite(parser, "replace an existing output file (never one of the inputs)")
+
+
+def add_overwrite(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--overwrite``: replace what an earlier run of this command wrote (see ``dsen2cr.files``)."""
+    parser.add_argument("--overwrite", action="store_true", help=help_text)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device``: ``auto`` (CUDA when PyTorch sees a GPU, else CPU), or a torch device name."""
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1 (default: auto)"
+    )
+
+
+def add_no_progress(parser: argparse.ArgumentParser, what: str = "no progress bar") -> None:
+    """``--no-progress``."""
+    parser.add_argument("--no-progress", action="store_true", help=what)
+
+
+def auto_or_int(value: str) -> str | int:
+    """Argument type: ``auto`` or an integer (its range is checked where it is used)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer, got {value!r}") from None
+
+
+def finite_float(value: str) -> float:
+    """Argument type: a finite number (``nan`` and ``inf`` are refused)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
+class _ConsoleHandler(logging.Handler):
+    """Messages at INFO and below to standard output as they are; warnings and errors to standard error,
+    prefixed ``warning:``/``error:``. The streams are looked up when a message is written (tests swap them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.WARNING:
+                print(f"{record.levelname.lower()}: {message}", file=sys.stderr, flush=True)
+            else:
+                print(message, file=sys.stdout, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(level: int) -> None:
+    """Send the library's log messages (logger ``dsen2cr``) to the console at ``level`` (``-v``/``-q``)."""
+    logger = logging.getLogger("dsen2cr")
+    for handler in [h for h in logger.handlers if isinstance(h, _ConsoleHandler)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_ConsoleHandler())
+    logger.setLevel(level)
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's informational banners and tips off the console (``train`` and ``demo``)."""
+    import warnings
+
+    import lightning  # noqa: F401  (configures its loggers on import; set their levels after that)
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
+#: The optional extras and the modules each provides (``pip install 'dsen2cr[EXTRA]'``).
+EXTRAS = {"train": ("lightning", "yaml", "tensorboard"), "onnx": ("onnx", "onnxscript", "onnxruntime")}
+
+
+def require_extra(extra: str, command: str) -> None:
+    """Refuse, in one line, to run ``command`` when a module of the optional ``extra`` is not installed."""
+    import importlib.util
+
+    from dsen2cr.errors import DSen2CRError
+
+    missing = [name for name in EXTRAS[extra] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise DSen2CRError(
+            f"{command} needs the optional '{extra}' dependencies ({', '.join(missing)} missing): "
+            f"pip install 'dsen2cr[{extra}]'"
+        )

@@ -1,0 +1,163 @@
+"""``dsen2cr remove-clouds``: cloud-free Cloud-Optimised GeoTIFFs of whole georeferenced scenes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dsen2cr.cli.options import (
+    SubParsers,
+    add_command,
+    add_device,
+    add_no_progress,
+    add_overwrite,
+    add_weights,
+    auto_or_int,
+    finite_float,
+)
+
+if TYPE_CHECKING:
+    from dsen2cr.scene.jobs import SceneJob
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add ``remove-clouds``."""
+    parser = add_command(
+        subparsers,
+        "remove-clouds",
+        help="remove the clouds of whole georeferenced scenes (tiled, seamless, bounded memory)",
+        description="Write a cloud-free, georeferenced Cloud-Optimised GeoTIFF (uint16 DN, 13 bands) for each "
+        "S2 scene. --s2 takes 13-band GeoTIFFs or L1C product folders (.SAFE or IMG_DATA, one JP2 per band); "
+        "--s1 GeoTIFFs with VV and VH in dB, warped onto the S2 grid on the fly. Several scenes: lists after "
+        "--s2/--s1 with --out a folder, or --manifest; under torchrun the ranks split the scenes.",
+    )
+    add_weights(parser, onnx=True)
+    parser.add_argument("--s2", nargs="+", help="S2 L1C scene(s): 13-band GeoTIFF or product folder")
+    parser.add_argument("--s1", nargs="+", help="S1 scene(s), VV and VH in dB (omit for a model without SAR)")
+    parser.add_argument("--manifest", help="CSV with columns s2,s1,out[,mask_out,preview] (instead of --s2/--s1/--out)")
+    parser.add_argument("--out", help="output GeoTIFF (one scene) or folder (several scenes)")
+    parser.add_argument("--mask-out", help="also write the cloud/shadow map (int8 GeoTIFF; one scene)")
+    parser.add_argument("--preview", help="also write an RGB quicklook PNG of input and output (one scene)")
+    parser.add_argument(
+        "--tile",
+        type=auto_or_int,
+        default="auto",
+        help="largest window in pixels; auto: large enough that overlap costs at most 15 %% more compute, smaller "
+        "if --batch-size such windows would not fit in --memory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overlap", type=int, help="tile overlap in pixels (default: 2 x receptive-field radius, exact)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=auto_or_int,
+        default="auto",
+        help="windows per forward pass; auto: 1 on CPU (batching does not speed it up), 4 on GPU "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory",
+        type=finite_float,
+        help="GiB of working memory for --tile auto (default: half the free GPU memory; on CPU half the available "
+        "memory, at most 8)",
+    )
+    add_device(parser)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="default: %(default)s")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "eager", "compiled", "onnxruntime"],
+        default="auto",
+        help="auto: onnxruntime for .onnx weights; else torch.compile'd fp32 on CPU when the run is long enough to "
+        "pay for compiling; on GPU bf16 when it agrees with eager fp32 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--resampling",
+        choices=["nearest", "bilinear"],
+        default="nearest",
+        help="for 20 m and 60 m bands of product folders (default: %(default)s, as in training)",
+    )
+    parser.add_argument("--s1-linear", action="store_true", help="S1 is linear power: convert it to dB")
+    parser.add_argument(
+        "--cloud-threshold", type=finite_float, default=0.2, help="for --mask-out (default: %(default)s)"
+    )
+    add_overwrite(parser, "replace existing outputs (never one of the inputs)")
+    add_no_progress(parser)
+    parser.set_defaults(handler=run)
+
+
+def jobs_from_arguments(
+    *,
+    s2: list[str] | None,
+    s1: list[str] | None,
+    out: str | None,
+    manifest: str | None,
+    mask_out: str | None,
+    preview: str | None,
+) -> list[SceneJob]:
+    """Scene jobs from ``--s2/--s1/--out`` lists or a manifest CSV."""
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.scene.jobs import SceneJob, read_manifest, scene_stem
+
+    if manifest is not None:
+        if s2 or s1 or out:
+            raise DSen2CRError("--manifest: give either a manifest or --s2/--s1/--out, not both")
+        return read_manifest(Path(manifest))
+    if not s2 or not out:
+        raise DSen2CRError("remove-clouds: --s2 and --out are required (or --manifest)")
+    if s1 is not None and len(s1) != len(s2):
+        raise DSen2CRError(f"--s1: {len(s1)} files for {len(s2)} S2 scenes; give one S1 per S2 scene")
+    if len(s2) == 1:
+        return [
+            SceneJob(
+                Path(s2[0]),
+                Path(s1[0]) if s1 else None,
+                Path(out),
+                Path(mask_out) if mask_out else None,
+                Path(preview) if preview else None,
+            )
+        ]
+    if mask_out or preview:
+        raise DSen2CRError("--mask-out/--preview: name them per scene in a --manifest when processing several scenes")
+    folder = Path(out)
+    if not folder.is_dir():
+        raise DSen2CRError(f"{folder}: with several scenes --out must be an existing folder")
+    partners: list[str | None] = list(s1) if s1 else [None] * len(s2)
+    pairs = zip(s2, partners, strict=True)
+    return [
+        SceneJob(Path(a), Path(b) if b else None, folder / f"{scene_stem(Path(a))}_cloudfree.tif") for a, b in pairs
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``remove-clouds``."""
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.scene.jobs import SceneSettings, run_scene_jobs
+
+    if args.batch_size != "auto" and args.batch_size < 1:
+        raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    jobs = jobs_from_arguments(
+        s2=args.s2, s1=args.s1, out=args.out, manifest=args.manifest, mask_out=args.mask_out, preview=args.preview
+    )
+    settings = SceneSettings(
+        weights=args.weights,
+        device=args.device,
+        backend=args.backend,
+        precision=args.precision,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        memory_gib=args.memory,
+        resampling=args.resampling,
+        s1_linear=args.s1_linear,
+        cloud_threshold=args.cloud_threshold,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    for report in run_scene_jobs(jobs, settings):
+        print(
+            f"wrote {report.out}: {report.megapixels:.2f} Mpx in {report.seconds:.1f} s "
+            f"({report.megapixels / max(report.seconds, 1e-9):.3f} Mpx/s, {report.tiles} tiles"
+            + (f", {report.skipped} without valid pixels skipped)" if report.skipped else ")")
+        )
+    return 0

@@ -1,0 +1,128 @@
+"""Output files and folders: atomic writes, and the one policy for ``--overwrite`` (docs/design.md §3.4).
+
+Every file the project writes goes through :func:`atomic_path` (a temporary name in the target folder, renamed
+when complete). Every command that writes into a folder goes through :func:`prepare_output_folder`, which
+replaces only what that command itself writes and refuses a folder that holds anything else. Nothing here
+imports rasterio or torch, so weights, configs and reports can be written without the raster stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Collection, Iterator
+from pathlib import Path
+
+from dsen2cr.errors import DSen2CRError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds, else delete it.
+
+    A reader never sees a half-written file at ``path``, and a failed or killed write leaves ``path`` as it was.
+    """
+    path = Path(path)
+    check_output_folder_of(path)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions of a plain open()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's file-creation mask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_output_folder_of(path: Path) -> None:
+    """The folder of an output file must exist and be writable."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise DSen2CRError(f"{path}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise DSen2CRError(f"{path}: output folder {folder} is not writable")
+
+
+def check_output_file(path: str | Path, *, overwrite: bool) -> Path:
+    """Fail early unless ``path`` can be written: its folder exists and is writable, and it does not exist
+    yet (or ``overwrite``, and it is a file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DSen2CRError(f"{path}: is a folder, expected an output file name")
+    if path.exists() and not overwrite:
+        raise DSen2CRError(f"{path}: exists; pass --overwrite to replace it")
+    check_output_folder_of(path)
+    return path
+
+
+def check_output_folder(
+    path: str | Path,
+    *,
+    owned: Collection[str],
+    overwrite: bool,
+    what: str,
+    hint: str = "pass --overwrite to replace it",
+) -> list[Path]:
+    """Check, without changing anything, that a command may write the entries ``owned`` (which make up
+    ``what``, e.g. "a demo") into the folder ``path``; return the earlier entries that
+    :func:`prepare_output_folder` will remove. ``hint`` tells the user what to do about an earlier run.
+
+    An empty or missing folder is fine. A folder that holds only entries of ``owned`` (an earlier run of the
+    same command) is refused unless ``overwrite``. A folder holding anything else is refused even with
+    ``overwrite``: it is not the command's to delete (``dsen2cr demo --out ~ --overwrite`` must never touch a
+    home folder).
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise DSen2CRError(f"{out}: exists and is not a folder")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return []
+    foreign = [name for name in entries if name not in owned]
+    if foreign:
+        raise DSen2CRError(
+            f"{out}: holds {foreign[0]!r}, which is not part of {what}; choose an empty or new folder "
+            "(--overwrite only replaces what an earlier run of the command wrote)"
+        )
+    if not overwrite:
+        raise DSen2CRError(f"{out}: already holds {what}; {hint}")
+    return [out / name for name in entries]
+
+
+def prepare_output_folder(
+    path: str | Path,
+    *,
+    owned: Collection[str],
+    overwrite: bool,
+    what: str,
+    hint: str = "pass --overwrite to replace it",
+) -> Path:
+    """:func:`check_output_folder`, then remove the earlier run's entries and create the folder."""
+    out = Path(path)
+    for target in check_output_folder(out, owned=owned, overwrite=overwrite, what=what, hint=hint):
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DSen2CRError(f"{out}: cannot create the output folder ({error.strerror})") from None
+    return out
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a UTF-8 text file atomically; return its path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)

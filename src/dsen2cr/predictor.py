@@ -1,0 +1,117 @@
+"""Where a predictor is built: the one way from weights (or a model in memory) to something that runs batches
+(docs/design.md §4.2). ``evaluate``, ``remove-clouds``, ``demo`` and the Python API all go through here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsen2cr.auto import resolve_device, torch_backend_candidates
+from dsen2cr.backends import OnnxPredictor, PredictFn, select_backend
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.model import DSen2CR, ModelConfig
+
+log = logging.getLogger(__name__)
+
+#: Backend names a user may ask for (``auto`` picks one; see :func:`load_predictor`).
+BACKEND_CHOICES = ("auto", "eager", "compiled", "onnxruntime")
+PRECISIONS = ("fp32", "bf16")
+#: (batch, height, width) of the windows a predictor will run, or a function of the model configuration that
+#: gives it (the tile depends on the model): a compiled backend is built and checked for that shape.
+ProbeShape = tuple[int, int, int] | Callable[[ModelConfig], tuple[int, int, int]]
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A model ready to run: ``predictor(s2, s1)`` maps a batch in model units ((N, 13, H, W) and (N, 2, H, W)
+    or None) to predictions in model units, with what callers need to know about the model."""
+
+    predict: PredictFn
+    config: ModelConfig
+    backend: str  # eager, compiled, bf16 or onnxruntime
+    device: torch.device
+    precision: str  # fp32, bf16 or int8
+
+    def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        """Predict one batch (model units)."""
+        return self.predict(s2, s1)
+
+    @property
+    def include_sar(self) -> bool:
+        """Whether the model takes S1."""
+        return self.config.include_sar
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels beyond which an input no longer affects an output pixel."""
+        return self.config.receptive_radius
+
+
+def predictor_from_model(
+    model: DSen2CR,
+    *,
+    backend: str = "eager",
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    probe_shape: ProbeShape | None = None,
+    pixels: float | None = None,
+) -> Predictor:
+    """A predictor for a model in memory. ``backend`` ``auto``: the fastest backend that agrees with eager fp32
+    on a probe of ``probe_shape``, when the run (``pixels``) is long enough to pay for building it."""
+    if precision not in PRECISIONS:
+        raise DSen2CRError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if backend not in BACKEND_CHOICES or backend == "onnxruntime":
+        raise DSen2CRError(f"backend: expected one of auto, eager, compiled for a PyTorch model, got {backend!r}")
+    device = resolve_device(device)
+    name = "bf16" if precision == "bf16" else backend
+    if name == "auto":
+        name = torch_backend_candidates(model.config, device, pixels)
+    shape = probe_shape(model.config) if callable(probe_shape) else probe_shape or (1, 64, 64)
+    chosen, predict = select_backend(model, name, device, probe_shape=shape)
+    log.info("backend: %s", chosen)
+    return Predictor(predict, model.config, chosen, device, "bf16" if chosen == "bf16" else "fp32")
+
+
+def is_onnx(weights: str | Path) -> bool:
+    """Whether a weights file is an exported ONNX model (by its suffix)."""
+    return Path(weights).suffix.lower() == ".onnx"
+
+
+def load_predictor(
+    weights: str | Path,
+    *,
+    backend: str = "auto",
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    probe_shape: ProbeShape | None = None,
+    pixels: float | None = None,
+) -> Predictor:
+    """The predictor for a weights file: onnxruntime for ``.onnx`` files (fp32 or int8); for PyTorch weights
+    (safetensors, Lightning checkpoint, Keras HDF5) the named backend, or for ``auto`` see
+    :func:`predictor_from_model`."""
+    from dsen2cr.weights import load_model
+
+    onnx_file = is_onnx(weights)
+    if backend not in BACKEND_CHOICES:
+        raise DSen2CRError(f"backend: expected one of {BACKEND_CHOICES}, got {backend!r}")
+    if backend == "onnxruntime" or (backend == "auto" and onnx_file):
+        if not onnx_file:
+            raise DSen2CRError(f"{weights}: the onnxruntime backend needs an .onnx file (dsen2cr export-onnx)")
+        if precision != "fp32":
+            raise DSen2CRError("precision: the onnxruntime backend runs the exported model's own precision only")
+        device = resolve_device(device)
+        onnx = OnnxPredictor(weights, device=str(device))
+        log.info("backend: onnxruntime (%s)", onnx.precision)
+        return Predictor(onnx, onnx.config, "onnxruntime", device, onnx.precision)
+    if onnx_file:
+        raise DSen2CRError(f"{weights}: an ONNX file runs with the onnxruntime backend (or auto)")
+    device = resolve_device(device)
+    model = load_model(weights, device=device)
+    return predictor_from_model(
+        model, backend=backend, device=device, precision=precision, probe_shape=probe_shape, pixels=pixels
+    )

@@ -1,0 +1,117 @@
+"""The run loop of a scene: windows read, preprocessed and predicted batch by batch, with the next batch read
+in a background thread while the predictor runs (docs/design.md §4.4)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+
+from dsen2cr.predictor import Predictor
+from dsen2cr.preprocessing import NUM_S2_BANDS, s1_db_to_model, s2_dn_to_model
+from dsen2cr.scene.readers import S1Source, S2Source
+from dsen2cr.scene.tiles import Tile
+
+#: GDAL's block cache for a scene run (MB). GDAL's default is 5 % of RAM, which holds written tiles and makes
+#: memory grow with the scene; a fixed cache keeps it flat.
+GDAL_CACHE_MB = 128
+
+
+def iter_predictions(
+    predictor: Predictor,
+    s2: S2Source,
+    s1: S1Source | None,
+    tiles: list[Tile],
+    *,
+    batch_size: int,
+    s1_fill_db: tuple[float, float],
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int]]:
+    """Run ``predictor`` over ``tiles``; yield (tile, prediction in model units, S2 DN, S2 valid mask,
+    number of valid S2 pixels without S1) per tile, each cropped to the tile's core.
+
+    Tiles whose core holds no valid S2 pixel (outside the swath, say) are not run: their prediction is zeros,
+    and their output is nodata anyway. A reader thread reads and preprocesses the next batch while the
+    predictor runs on this one (GDAL and numpy release the GIL); only that thread touches the sources while
+    the loop runs.
+    """
+    batches = [tiles[first : first + batch_size] for first in range(0, len(tiles), batch_size)]
+    pad_to = batch_size if len(tiles) > batch_size else len(tiles)
+
+    def read(group: list[Tile]) -> _Batch:
+        # rasterio.Env is per thread: without it here, a reader thread that first touches GDAL's block cache
+        # would size it by GDAL's default (5 % of RAM) instead of the bound of remove_clouds.
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            return _read_batch(s2, s1, group, s1_fill_db)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-read") as reader:
+        pending = reader.submit(read, batches[0]) if batches else None
+        for index, group in enumerate(batches):
+            assert pending is not None  # one read is submitted per batch
+            batch = pending.result()
+            pending = reader.submit(read, batches[index + 1]) if index + 1 < len(batches) else None
+            pred = None
+            if batch.s2_model is not None:  # some tile of the batch has valid pixels
+                pred = predictor(*_pad_batch(batch.s2_model, batch.s1_model, pad_to))
+            row_of = {tile_index: row for row, tile_index in enumerate(batch.run)}
+            for i, tile in enumerate(group):
+                rows, cols = tile.core_in_tile()
+                if pred is not None and i in row_of:
+                    core_pred = pred[row_of[i]][:, rows, cols]
+                else:
+                    core_pred = np.zeros((NUM_S2_BANDS, *batch.valid_cores[i].shape), np.float32)
+                yield tile, core_pred, batch.dn_cores[i], batch.valid_cores[i], batch.missing[i]
+            if on_batch is not None:
+                on_batch(len(group))
+
+
+@dataclass
+class _Batch:
+    """One batch as read: per tile the S2 DN and valid mask of its core and the valid pixels without S1;
+    the model inputs of the tiles to run (those with valid pixels in their core), and their indices."""
+
+    dn_cores: list[np.ndarray]
+    valid_cores: list[np.ndarray]
+    missing: list[int]
+    run: list[int]
+    s2_model: np.ndarray | None
+    s1_model: np.ndarray | None
+
+
+def _read_batch(s2: S2Source, s1: S1Source | None, group: list[Tile], s1_fill_db: tuple[float, float]) -> _Batch:
+    """Read and preprocess the windows of one batch (S1 only where the tile is run; its holes are filled
+    with ``s1_fill_db``)."""
+    s2_dn = [s2.read(t.window) for t in group]
+    cores = [t.core_in_tile() for t in group]
+    valid = [s2.valid(dn) for dn in s2_dn]
+    valid_cores = [v[rows, cols] for v, (rows, cols) in zip(valid, cores, strict=True)]
+    run = [i for i, v in enumerate(valid_cores) if v.any()]
+    missing = [0] * len(group)
+    s2_model = s1_model = None
+    if run:
+        s2_model = np.stack([s2_dn_to_model(np.nan_to_num(s2_dn[i].astype(np.float32))) for i in run])
+    if s1 is not None and run:
+        s1_batch = []
+        for i in run:
+            db = s1.read(group[i].window)
+            rows, cols = cores[i]
+            missing[i] = int((np.isnan(db).any(axis=0) & valid[i])[rows, cols].sum())
+            for band in range(2):
+                db[band][np.isnan(db[band])] = s1_fill_db[band]
+            s1_batch.append(s1_db_to_model(db))
+        s1_model = np.stack(s1_batch)
+    dn_cores = [dn[:, rows, cols] for dn, (rows, cols) in zip(s2_dn, cores, strict=True)]
+    return _Batch(dn_cores, valid_cores, missing, run, s2_model, s1_model)
+
+
+def _pad_batch(s2: np.ndarray, s1: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pad a short last batch with zeros to ``size`` so that compiled backends see one shape (outputs beyond
+    the real tiles are ignored)."""
+    missing = size - s2.shape[0]
+    if missing <= 0:
+        return s2, s1
+    pad = lambda a: np.concatenate([a, np.zeros((missing, *a.shape[1:]), a.dtype)])  # noqa: E731
+    return pad(s2), None if s1 is None else pad(s1)

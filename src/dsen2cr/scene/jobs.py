@@ -1,0 +1,157 @@
+"""Many scenes: jobs from argument lists or a manifest, split across torchrun ranks, run with one predictor and
+one set of resolved settings (docs/design.md §4.4)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dsen2cr.auto import resolve_batch_size, resolve_device, resolve_tile
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
+from dsen2cr.model import ModelConfig
+from dsen2cr.predictor import load_predictor
+from dsen2cr.scene.readers import S2Source
+from dsen2cr.scene.remove import SceneReport, remove_clouds
+from dsen2cr.scene.tiles import default_overlap, plan_tiles
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One scene to process."""
+
+    s2: Path
+    s1: Path | None
+    out: Path
+    mask_out: Path | None = None
+    preview: Path | None = None
+
+
+def scene_stem(path: Path) -> str:
+    """A name for a scene's outputs (the product name without .SAFE for folders)."""
+    return path.name.removesuffix(".SAFE") if path.is_dir() else path.stem
+
+
+def read_manifest(path: Path) -> list[SceneJob]:
+    """Read a manifest CSV with a header: ``s2,s1,out`` and optionally ``mask_out,preview``."""
+    if not path.is_file():
+        raise DSen2CRError(f"{path}: manifest not found")
+    with path.open(newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        missing = {"s2", "s1", "out"} - set(reader.fieldnames or [])
+        if missing:
+            raise DSen2CRError(f"{path}: manifest header lacks {', '.join(sorted(missing))} (expected s2,s1,out)")
+        jobs = []
+        for line, row in enumerate(reader, start=2):
+            if not row["s2"] or not row["out"]:
+                raise DSen2CRError(f"{path}:{line}: s2 and out must not be empty")
+            optional = {k: Path(row[k]) if row.get(k) else None for k in ("mask_out", "preview")}
+            jobs.append(SceneJob(Path(row["s2"]), Path(row["s1"]) if row["s1"] else None, Path(row["out"]), **optional))
+    if not jobs:
+        raise DSen2CRError(f"{path}: manifest lists no scenes")
+    return jobs
+
+
+def _scene_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of a scene's 10 m grid (None when it cannot be opened: its run reports the error)."""
+    try:
+        source = S2Source(path)
+    except DSen2CRError:
+        return None
+    try:
+        return source.grid.height, source.grid.width
+    finally:
+        source.close()
+
+
+def _rank_and_device(device: str) -> tuple[int, int, torch.device]:
+    """This process's rank, the world size and its device (under torchrun: one GPU per local rank)."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = os.environ.get("LOCAL_RANK")
+    resolved = resolve_device(device)
+    if world > 1 and resolved.type == "cuda" and resolved.index is None and local is not None:
+        resolved = resolve_device(f"cuda:{local}")
+    return rank, world, resolved
+
+
+@dataclass(frozen=True)
+class SceneSettings:
+    """The settings of a ``remove-clouds`` run, shared by all its scenes (``auto`` where the tool decides)."""
+
+    weights: str
+    device: str = "auto"
+    backend: str = "auto"
+    precision: str = "fp32"
+    tile: int | str = "auto"
+    overlap: int | None = None
+    batch_size: int | str = "auto"
+    memory_gib: float | None = None
+    resampling: str = "nearest"
+    s1_linear: bool = False
+    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
+    overwrite: bool = False
+    progress: bool = True
+
+
+def run_scene_jobs(jobs: list[SceneJob], settings: SceneSettings) -> Iterator[SceneReport]:
+    """Process this rank's share of ``jobs``: one predictor, tile and batch size for all of them."""
+    rank, world, device = _rank_and_device(settings.device)
+    mine = jobs[rank::world]
+    sizes = [size for size in map(_scene_size, (job.s2 for job in mine)) if size is not None]
+    batch_size = resolve_batch_size(settings.batch_size, device)
+    tiles: dict[ModelConfig, int] = {}
+
+    def overlap_of(config: ModelConfig) -> int:
+        return default_overlap(config) if settings.overlap is None else settings.overlap
+
+    def tile_of(config: ModelConfig) -> int:
+        """The tile for this model (decided once)."""
+        if config not in tiles:
+            tiles[config] = resolve_tile(
+                config,
+                settings.tile,
+                device=device,
+                batch_size=batch_size,
+                overlap=overlap_of(config),
+                memory_gib=settings.memory_gib,
+            )
+        return tiles[config]
+
+    def probe_shape(config: ModelConfig) -> tuple[int, int, int]:
+        """The first scene's tile shape, so that a compiled backend is built for the shape it will run."""
+        tile = tile_of(config)
+        height, width = sizes[0] if sizes else (tile, tile)
+        window = plan_tiles(height, width, tile, overlap_of(config))[0].window
+        return batch_size, window.height, window.width
+
+    predictor = load_predictor(
+        settings.weights,
+        backend=settings.backend,
+        device=device,
+        precision=settings.precision,
+        probe_shape=probe_shape,
+        pixels=sum(h * w for h, w in sizes),
+    )
+    for job in mine:
+        yield remove_clouds(
+            predictor,
+            s2_path=job.s2,
+            s1_path=job.s1,
+            out=job.out,
+            tile=tile_of(predictor.config),
+            overlap=overlap_of(predictor.config),
+            batch_size=batch_size,
+            resampling=settings.resampling,
+            s1_linear=settings.s1_linear,
+            mask_out=job.mask_out,
+            cloud_threshold=settings.cloud_threshold,
+            preview=job.preview,
+            overwrite=settings.overwrite,
+            progress=settings.progress,
+        )

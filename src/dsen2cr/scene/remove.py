@@ -1,0 +1,193 @@
+"""Removing the clouds of one scene: plan the windows, run them, write the Cloud-Optimised GeoTIFF (and the
+optional cloud/shadow map and quicklook) under temporary names, rename at the end (docs/design.md §4.4)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from tqdm import tqdm
+
+from dsen2cr.auto import auto_tile, resolve_batch_size
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.files import check_output_file
+from dsen2cr.geotiff import atomic_raster, cog_writer
+from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD, cloud_shadow_mask
+from dsen2cr.predictor import Predictor
+from dsen2cr.preprocessing import S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
+from dsen2cr.scene.batches import GDAL_CACHE_MB, iter_predictions
+from dsen2cr.scene.readers import S1Source, S2Source, s1_scene_mean
+from dsen2cr.scene.tiles import default_overlap, plan_tiles
+from dsen2cr.visualize import Quicklook
+
+log = logging.getLogger(__name__)
+
+OUTPUT_NODATA = 0
+
+
+@dataclass
+class SceneReport:
+    """What a scene run did."""
+
+    out: Path
+    tiles: int
+    megapixels: float
+    seconds: float
+    s1_missing_fraction: float = 0.0
+    skipped: int = 0  # tiles whose core holds no valid S2 pixel (not run)
+
+
+def remove_clouds(
+    predictor: Predictor,
+    *,
+    s2_path: str | Path,
+    s1_path: str | Path | None = None,
+    out: str | Path,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    resampling: str = "nearest",
+    s1_linear: bool = False,
+    mask_out: str | Path | None = None,
+    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
+    preview: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SceneReport:
+    """Remove the clouds of one scene and write a uint16 Cloud-Optimised GeoTIFF to ``out``.
+
+    ``predictor`` comes from :func:`dsen2cr.predictor.load_predictor`; it says whether S1 is needed. ``tile``,
+    ``overlap`` and ``batch_size`` default to what ``remove-clouds`` picks automatically for the predictor's
+    device (:mod:`dsen2cr.auto`; the overlap that makes tiling exact). Nodata in S2 stays nodata (0).
+    """
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return _remove_clouds(
+            predictor,
+            s2_path=s2_path,
+            s1_path=s1_path,
+            out=Path(out),
+            tile=tile,
+            overlap=default_overlap(predictor.config) if overlap is None else overlap,
+            batch_size=resolve_batch_size("auto" if batch_size is None else batch_size, predictor.device),
+            resampling=resampling,
+            s1_linear=s1_linear,
+            mask_out=mask_out,
+            cloud_threshold=cloud_threshold,
+            preview=preview,
+            overwrite=overwrite,
+            progress=progress,
+        )
+
+
+def _remove_clouds(
+    predictor: Predictor,
+    *,
+    s2_path: str | Path,
+    s1_path: str | Path | None,
+    out: Path,
+    tile: int | None,
+    overlap: int,
+    batch_size: int,
+    resampling: str,
+    s1_linear: bool,
+    mask_out: str | Path | None,
+    cloud_threshold: float,
+    preview: str | Path | None,
+    overwrite: bool,
+    progress: bool,
+) -> SceneReport:
+    """:func:`remove_clouds` with its settings resolved, under a bounded GDAL cache."""
+    include_sar = predictor.include_sar
+    for path in (out, mask_out, preview):
+        if path is not None:
+            check_output_file(path, overwrite=overwrite)
+    if include_sar and s1_path is None:
+        raise DSen2CRError(
+            f"{s2_path}: these weights need SAR input; pass --s1 (s1_path in Python): VV, VH in dB on or near "
+            "the S2 grid"
+        )
+    if tile is None:
+        tile = auto_tile(predictor.config, device=predictor.device, batch_size=batch_size, overlap=overlap)
+    s2 = S2Source(s2_path, resampling=resampling)
+    s1 = None
+    try:
+        grid = s2.grid
+        if include_sar:
+            s1 = S1Source(s1_path, grid, linear=s1_linear)  # type: ignore[arg-type]  # checked above
+            s1_fill = s1_scene_mean(s1, grid.height, grid.width)
+        else:
+            if s1_path is not None:
+                log.warning("these weights were trained without SAR: the S1 input is ignored")
+            s1_fill = (0.0, 0.0)
+        tiles = plan_tiles(grid.height, grid.width, tile, overlap)
+        quicklook = Quicklook(grid.height, grid.width) if preview is not None else None
+        start = time.perf_counter()
+        bar = _progress_bar(len(tiles), enabled=progress)
+        missing = valid_total = skipped = 0
+        grid_profile = {"width": grid.width, "height": grid.height, "crs": grid.crs, "transform": grid.transform}
+        profile = dict(grid_profile, count=len(S2_BANDS), dtype="uint16", nodata=OUTPUT_NODATA)
+        try:
+            with cog_writer(out, profile) as dst, _optional_mask(mask_out, dict(grid_profile)) as mask_dst:
+                for index, name in enumerate(S2_BANDS, start=1):
+                    dst.set_band_description(index, name)
+                for t, pred, dn, valid, holes in iter_predictions(
+                    predictor, s2, s1, tiles, batch_size=batch_size, s1_fill_db=s1_fill, on_batch=bar.update
+                ):
+                    out_dn = _to_output_dn(pred, valid)
+                    dst.write(out_dn, window=t.core)
+                    if quicklook is not None:
+                        quicklook.add(t.core, dn, out_dn)
+                    missing += holes
+                    valid_total += int(valid.sum())
+                    skipped += not valid.any()
+                    if mask_dst is not None:
+                        mask_dst.write(cloud_shadow_mask(dn, cloud_threshold)[None], window=t.core)
+                if valid_total == 0:
+                    raise DSen2CRError(f"{s2_path}: S2 has no valid pixels (all nodata or NaN)")
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+    finally:
+        s2.close()
+        if s1 is not None:
+            s1.close()
+    fraction = missing / valid_total if valid_total else 0.0
+    if include_sar and fraction > 0:
+        log.warning(
+            "%s: S1 has no data under %.1f%% of the valid S2 pixels; filled with the scene's S1 mean "
+            "(VV %.1f dB, VH %.1f dB)",
+            s1_path,
+            100 * fraction,
+            *s1_fill,
+        )
+    if quicklook is not None and preview is not None:
+        quicklook.save(preview)
+    return SceneReport(out, len(tiles), grid.width * grid.height / 1e6, seconds, fraction, skipped)
+
+
+def _to_output_dn(pred: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Model units to uint16 DN in [1, 10000] on valid pixels (0 stays reserved for nodata)."""
+    dn = np.clip(np.rint(pred * S2_MODEL_SCALE), 1, S2_CLIP_DN[1]).astype(np.uint16)
+    dn[:, ~valid] = OUTPUT_NODATA
+    return dn
+
+
+@contextlib.contextmanager
+def _optional_mask(path: str | Path | None, grid_profile: dict):
+    """A writer for the cloud/shadow map (int8, atomic), or None."""
+    if path is None:
+        yield None
+        return
+    with atomic_raster(path, dict(grid_profile, count=1, dtype="int8")) as dataset:
+        dataset.set_band_description(1, "cloud (1) / shadow (-1) / clear (0)")
+        yield dataset
+
+
+def _progress_bar(total: int, *, enabled: bool) -> tqdm:
+    """A tqdm bar counting tiles (with tiles/s and ETA)."""
+    return tqdm(total=total, unit="tile", disable=not enabled, desc="remove-clouds", dynamic_ncols=True)

@@ -1,0 +1,79 @@
+"""Planning the windows of a scene (docs/design.md §4.1).
+
+The scene is cut into windows of at most ``tile`` pixels that overlap by ``overlap`` pixels; each window keeps
+only its core (half the overlap is dropped on every side that borders another window), so with an overlap of at
+least twice the network's receptive-field radius every output pixel equals whole-image inference. Windows at
+the scene border are aligned with it, so the network's zero padding there is the same as for the whole image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rasterio.windows import Window
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.model import DSen2CR, ModelConfig
+
+#: The smallest tile the planner accepts (pixels).
+MIN_TILE = 16
+
+
+def default_overlap(model: DSen2CR | ModelConfig) -> int:
+    """The smallest overlap that makes tiled inference equal whole-image inference."""
+    config = model.config if isinstance(model, DSen2CR) else model
+    return 2 * config.receptive_radius
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window to run the network on, and the part of it (core) that goes to the output."""
+
+    window: Window
+    core: Window
+
+    def core_in_tile(self) -> tuple[slice, slice]:
+        """Row and column slices of the core inside the tile's prediction."""
+        r0 = self.core.row_off - self.window.row_off
+        c0 = self.core.col_off - self.window.col_off
+        return slice(r0, r0 + self.core.height), slice(c0, c0 + self.core.width)
+
+
+def _axis_tiles(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Tiles along one axis: (start, length, core_start, core_end); cores partition [0, size).
+
+    The fewest tiles of at most ``tile`` px that overlap by at least ``overlap`` are spread evenly, each just
+    long enough (all of one length), so little compute is spent twice: e.g. 517 px with tiles of 256 and an
+    overlap of 20 takes 3 tiles of 186 px. Each core keeps ``overlap // 2`` px from every inner tile edge.
+    """
+    if size <= tile:
+        return [(0, size, 0, size)]
+    count = math.ceil((size - overlap) / (tile - overlap))
+    length = math.ceil((size + (count - 1) * overlap) / count)
+    starts = [i * (size - length) // (count - 1) for i in range(count)]
+    half = overlap // 2
+    out: list[tuple[int, int, int, int]] = []
+    for i, start in enumerate(starts):
+        core_start = out[-1][3] if out else 0
+        core_end = size if i == count - 1 else start + length - half
+        out.append((start, length, core_start, core_end))
+    return out
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Tiles (all of one shape) covering a height x width scene; every pixel belongs to exactly one core."""
+    if tile < MIN_TILE:
+        raise DSen2CRError(f"tile: must be at least {MIN_TILE} pixels, got {tile}")
+    if not 0 <= overlap < tile:
+        raise DSen2CRError(f"overlap: must be in [0, tile), got {overlap} for tile {tile}")
+    tiles = []
+    for r0, rh, cr0, cr1 in _axis_tiles(height, tile, overlap):
+        for c0, cw, cc0, cc1 in _axis_tiles(width, tile, overlap):
+            tiles.append(Tile(Window(c0, r0, cw, rh), Window(cc0, cr0, cc1 - cc0, cr1 - cr0)))
+    return tiles
+
+
+def planned_pixels(tiles: list[Tile]) -> int:
+    """Pixels the network runs over for a tile plan (overlaps counted as often as they are run)."""
+    return sum(t.window.width * t.window.height for t in tiles)
