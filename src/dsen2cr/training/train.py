@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -18,6 +19,8 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.files import atomic_path, prepare_output_folder
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.module import DSen2CRTask
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 RESOLVED_CONFIG = "config.yaml"
@@ -40,14 +43,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class _EpochLine(Callback):
-    """Print one line per validated epoch (useful in logs where progress bars are off)."""
+    """Log one line per validated epoch (useful in logs where progress bars are off)."""
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
         parts = [f"{k} {m[k].item():.4f}" for k in ("train_loss_epoch", "val_loss", "val_mae", "val_psnr") if k in m]
-        print(f"epoch {trainer.current_epoch}: " + ", ".join(parts), flush=True)
+        log.info("epoch %d: %s", trainer.current_epoch, ", ".join(parts))
 
 
 def is_launched_worker() -> bool:
