@@ -363,7 +363,7 @@ CASES = [
             "0",
             str(t / "q.onnx"),
         ],
-        "--calibration-patches: must be at least 1, got 0",
+        "--calibration-patches: must be in [1, 4096], got 0",
         "q.onnx",
     ),
     Case(
@@ -408,6 +408,7 @@ def _plain_h5(tmp: Path) -> Path:
 def _mkrun(tmp: Path) -> Path:
     run = tmp / "existing"
     (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")  # a folder without one is not a run
     (run / "config.yaml").write_text("model: {}\n")
     return run
 

@@ -17,7 +17,6 @@ freezing is switched on only while inductor compiles.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +25,10 @@ import numpy as np
 import torch
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.model import DSen2CR, ModelConfig
+from dsen2cr.files import check_input_file
+from dsen2cr.model import DSen2CR
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
-from dsen2cr.weights import CONFIG_KEY
+from dsen2cr.weights import CONFIG_KEY, config_from_metadata
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +170,7 @@ class OnnxPredictor:
             import onnxruntime as ort
         except ImportError:
             raise DSen2CRError("onnxruntime is not installed: pip install 'dsen2cr[onnx]'") from None
-        path = Path(path)
-        if not path.is_file():
-            raise DSen2CRError(f"{path}: ONNX file not found")
+        path = check_input_file(path, "ONNX")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
         try:
             self.session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
@@ -194,7 +192,9 @@ class OnnxPredictor:
         metadata = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_KEY not in metadata:
             raise DSen2CRError(f"{path}: ONNX file lacks the dsen2cr model configuration (export it with dsen2cr)")
-        self.config = ModelConfig(**json.loads(metadata[CONFIG_KEY]))
+        self.config = config_from_metadata(metadata[CONFIG_KEY], path)
+        if self.config.include_sar != self.include_sar:
+            raise DSen2CRError(f"{path}: ONNX inputs and the stored model configuration disagree about SAR")
         self.precision = metadata.get(PRECISION_KEY, "fp32")
 
     def feeds(self, s2: np.ndarray, s1: np.ndarray | None) -> dict[str, np.ndarray]:

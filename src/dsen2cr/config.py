@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -19,6 +20,12 @@ from typing import Any
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.model import MODEL_VARIANTS, ModelConfig
+
+#: Upper bounds of sizes a config can ask for, so that a typo (``data.repeats=1e11``) is refused before memory
+#: is reserved for it: crops beyond a Sentinel-2 tile, samples per patch and epoch, patches per batch.
+MAX_CROP_SIZE = 10980
+MAX_REPEATS = 10_000
+MAX_BATCH_SIZE = 65_536
 
 
 @dataclass
@@ -131,10 +138,15 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, list):
             return [_check_type(v, item, where) for v in value]
     elif annotation is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
-            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+            number = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        if number is not None:
+            if not math.isfinite(number):
+                raise DSen2CRError(f"{where}: expected a finite number, got {value!r}")
+            return number
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -205,18 +217,32 @@ def _validate(config: RunConfig, source: str) -> None:
     config.model.model_config()
     if config.loss.name not in ("carl", "l1"):
         raise DSen2CRError(f"{source}: loss.name: expected 'carl' or 'l1', got {config.loss.name!r}")
-    positive = {
-        "data.crop_size": config.data.crop_size,
-        "data.repeats": config.data.repeats,
-        "optim.batch_size": config.optim.batch_size,
-        "optim.epochs": config.optim.epochs,
-        "optim.lr": config.optim.lr,
+    t = config.trainer
+    ranges: dict[str, tuple[float | int | None, float, float]] = {
+        # key: (value, lowest, highest), both included; None values are not checked
+        "data.crop_size": (config.data.crop_size, 1, MAX_CROP_SIZE),
+        "data.repeats": (config.data.repeats, 1, MAX_REPEATS),
+        "data.num_workers": (config.data.num_workers, 0, 256),
+        "optim.batch_size": (config.optim.batch_size, 1, MAX_BATCH_SIZE),
+        "optim.epochs": (config.optim.epochs, 1, 1_000_000),
+        "optim.lr": (config.optim.lr, 1e-30, 10.0),
+        "optim.eps": (config.optim.eps, 0.0, 1.0),
+        "optim.momentum_decay": (config.optim.momentum_decay, 0.0, 1.0),
+        "loss.lam": (config.loss.lam, 0.0, 1e6),
+        "loss.cloud_threshold": (config.loss.cloud_threshold, 0.0, 1.0),
+        "trainer.num_nodes": (t.num_nodes, 1, 100_000),
+        "trainer.devices": (t.devices if isinstance(t.devices, int) else None, 1, 100_000),
+        "trainer.log_every_n_steps": (t.log_every_n_steps, 1, 10**9),
+        "trainer.val_images": (t.val_images, 0, 64),
+        "trainer.gradient_clip_val": (t.gradient_clip_val, 0.0, 1e12),
+        "trainer.limit_train_batches": (t.limit_train_batches, 1e-9, 10**9),
+        "trainer.limit_val_batches": (t.limit_val_batches, 1e-9, 10**9),
     }
-    for key, value in positive.items():
-        if value <= 0:
-            raise DSen2CRError(f"{source}: {key}: must be positive, got {value}")
-    if len(config.optim.betas) != 2:
-        raise DSen2CRError(f"{source}: optim.betas: expected two numbers, got {config.optim.betas}")
+    for key, (value, lowest, highest) in ranges.items():
+        if value is not None and not lowest <= value <= highest:
+            raise DSen2CRError(f"{source}: {key}: must be in [{lowest:g}, {highest:g}], got {value}")
+    if len(config.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in config.optim.betas):
+        raise DSen2CRError(f"{source}: optim.betas: expected two numbers in [0, 1), got {config.optim.betas}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -231,9 +257,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             raise DSen2CRError(f"{path}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
         except yaml.YAMLError as error:
             raise DSen2CRError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+        except RecursionError:
+            raise DSen2CRError(f"{path}: not a dsen2cr config (nested too deeply)") from None
+        except UnicodeDecodeError:
+            raise DSen2CRError(f"{path}: not a text file (a YAML config is UTF-8 text)") from None
+        if not isinstance(data, dict):
+            raise DSen2CRError(
+                f"{path}: expected a mapping of sections (model, loss, data, optim, trainer), got {type(data).__name__}"
+            )
     for override in overrides or []:
         key, sep, raw = override.partition("=")
         if not sep or "." not in key:
@@ -241,7 +275,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         section, name = key.split(".", 1)
         if not isinstance(data.get(section), dict):
             data[section] = {}
-        data[section][name] = yaml.safe_load(raw)
+        try:
+            data[section][name] = yaml.safe_load(raw)
+        except (yaml.YAMLError, RecursionError):
+            raise DSen2CRError(f"override {override!r}: the value is not valid YAML") from None
     if overrides:
         source = f"{source} + overrides"
     return config_from_dict(data, source)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from dsen2cr.config import RunConfig, load_config
 from dsen2cr.evaluate import ALL_METRICS, evaluate
-from dsen2cr.files import prepare_output_folder, write_text_atomic
+from dsen2cr.files import output_folder, write_text_atomic
 
 if TYPE_CHECKING:
     from dsen2cr.scene import SceneReport
@@ -87,7 +87,13 @@ def run_demo(
     device: str = "auto",
 ) -> Path:
     """Run the demo into ``out`` (``overrides``: ``section.key=value`` for both trainings; ``device`` for the
-    evaluations and the scene); return the report."""
+    evaluations and the scene); return the report. A demo that fails leaves nothing behind."""
+    with output_folder(out, owned=DEMO_ENTRIES, overwrite=overwrite, what="a demo") as folder:
+        return _run_demo(folder, config_path, overrides or [], device)
+
+
+def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: str) -> Path:
+    """The demo's steps into a prepared folder (see :func:`run_demo`)."""
     from dsen2cr.data.layout import resolve_split
     from dsen2cr.data.sample import sample_scene
     from dsen2cr.predictor import load_predictor
@@ -95,7 +101,6 @@ def run_demo(
     from dsen2cr.training.train import run_training
     from dsen2cr.weights import load_model, save_weights
 
-    out = prepare_output_folder(out, owned=DEMO_ENTRIES, overwrite=overwrite, what="a demo")
     file_list = None
     if config_path is None:
         log.info("[demo] writing the training data: bundled sample + synthetic patches")
@@ -103,7 +108,7 @@ def run_demo(
     summaries, weights = {}, {}
     for include_sar in (True, False):
         name = "with SAR" if include_sar else "without SAR"
-        config = _demo_config(config_path, out, include_sar, file_list, overrides or [])
+        config = _demo_config(config_path, out, include_sar, file_list, overrides)
         log.info(
             "[demo] training %d-block model %s (%d epochs) -> %s",
             config.model.model_config().num_blocks,

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet
+from dsen2cr.errors import DSen2CRError
 from dsen2cr.files import write_text_atomic
 from dsen2cr.geotiff import open_raster, write_geotiff
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
@@ -59,7 +60,7 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dataset = SEN12MSCRDataset(triplets, train=False, cloud_threshold=cloud_threshold)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_one_size)
     by_id = {t.patch_id: t for t in triplets}
     rows: list[dict[str, Any]] = []
     predict = (
@@ -86,6 +87,18 @@ def evaluate(
     summary = summarise(rows)
     _write_reports(rows, summary, out)
     return summary
+
+
+def _collate_one_size(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the samples of a batch, refusing (naming two patches) a batch whose patches differ in size."""
+    sizes = {tuple(s["s2_cloudy"].shape[1:]): s["patch_id"] for s in samples}
+    if len(sizes) > 1:
+        (size_a, patch_a), (size_b, patch_b) = list(sizes.items())[:2]
+        raise DSen2CRError(
+            f"patches {patch_a} ({size_a[0]}x{size_a[1]}) and {patch_b} ({size_b[0]}x{size_b[1]}) differ in size; "
+            "evaluate them with --batch-size 1, or in separate runs"
+        )
+    return default_collate(samples)
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:

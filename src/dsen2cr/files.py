@@ -44,6 +44,19 @@ def _umask() -> int:
     return mask
 
 
+def check_input_file(path: str | Path, what: str) -> Path:
+    """``path`` as a Path if it is a regular file; a one-line error naming it otherwise (missing, a folder, or
+    a device, FIFO or socket that reading would block on or never finish)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DSen2CRError(f"{path}: is a directory, expected a {what} file")
+    if not path.exists():
+        raise DSen2CRError(f"{path}: {what} file not found")
+    if not path.is_file():
+        raise DSen2CRError(f"{path}: not a regular file (a device, FIFO or socket); expected a {what} file")
+    return path
+
+
 def check_output_folder_of(path: Path) -> None:
     """The folder of an output file must exist and be writable."""
     folder = path.parent
@@ -119,6 +132,54 @@ def prepare_output_folder(
     except OSError as error:
         raise DSen2CRError(f"{out}: cannot create the output folder ({error.strerror})") from None
     return out
+
+
+@contextlib.contextmanager
+def output_folder(
+    path: str | Path,
+    *,
+    owned: Collection[str],
+    overwrite: bool,
+    what: str,
+    hint: str = "pass --overwrite to replace it",
+) -> Iterator[Path]:
+    """:func:`prepare_output_folder` for the duration of a command; if the command fails, the entries it wrote
+    are removed again (and the folder, if it created it), so a failed command leaves nothing behind."""
+    out = Path(path)
+    created = not out.exists()
+    prepare_output_folder(out, owned=owned, overwrite=overwrite, what=what, hint=hint)
+    try:
+        yield out
+    except BaseException:
+        for name in owned:
+            target = out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists() or target.is_symlink():
+                target.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty
+        raise
+
+
+def check_distinct_outputs(outputs: list[tuple[str, Path]], inputs: list[tuple[str, Path]]) -> None:
+    """Refuse, even with ``--overwrite`` and before any work, an output path that is one of the inputs or that
+    another output of the same command also writes (``(role, path)`` pairs; the same file under another name,
+    through a link or a relative path, counts as the same)."""
+    seen: dict[str, str] = {}
+    for role, path in inputs:
+        seen.setdefault(_identity(path), f"input {role} {path}")
+    for role, path in outputs:
+        key = _identity(path)
+        if key in seen:
+            raise DSen2CRError(f"{path}: output {role} would replace {seen[key]}; choose another output name")
+        seen[key] = f"output {role} {path}"
+
+
+def _identity(path: Path) -> str:
+    """A key that is equal for two paths naming the same file (resolved links, case kept)."""
+    return os.path.normcase(os.path.realpath(path))
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

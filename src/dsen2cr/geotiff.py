@@ -18,7 +18,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import atomic_path
+from dsen2cr.files import atomic_path, check_input_file
 
 #: Creation options of every GeoTIFF the project writes: tiled, compressed, BigTIFF when needed.
 GTIFF_OPTIONS: dict[str, object] = {
@@ -34,11 +34,7 @@ GTIFF_OPTIONS: dict[str, object] = {
 
 def open_raster(path: str | Path, *, bands: int | None = None, what: str = "raster") -> rasterio.DatasetReader:
     """Open a raster for reading, checking that it exists, is readable and has ``bands`` bands."""
-    path = Path(path)
-    if path.is_dir():
-        raise DSen2CRError(f"{path}: is a directory, expected a {what} file")
-    if not path.exists():
-        raise DSen2CRError(f"{path}: {what} file not found")
+    path = check_input_file(path, what)
     try:
         dataset = rasterio.open(path)
     except RasterioIOError as error:

@@ -50,7 +50,7 @@ def _conv_layers(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
                 pending: dict[str, Any] = {}
                 for weight_name in weight_names:
                     owner, _, variable = weight_name.rpartition("/")
-                    array = np.asarray(group[weight_name])
+                    array = _read_bounded(group[weight_name], f"{path}: layer {layer_name}: weight {weight_name!r}")
                     if variable.startswith("kernel"):
                         pending = {"owner": owner, "kernel": array}
                     elif variable.startswith("bias") and pending.get("owner") == owner:
@@ -66,6 +66,24 @@ def _conv_layers(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     if not convs:
         raise DSen2CRError(f"{path}: Keras file holds no convolution weights")
     return convs
+
+
+def _read_bounded(dataset: Any, where: str) -> np.ndarray:
+    """Read a kernel (3, 3, in, out) or bias (out,) after checking its declared shape: no dimension beyond the
+    largest network the project builds, so a file cannot make it reserve gigabytes before it is refused."""
+    import h5py
+
+    from dsen2cr.weights import MAX_FEATURES
+
+    if not isinstance(dataset, h5py.Dataset):
+        raise DSen2CRError(f"{where}: is not an array")
+    shape = tuple(dataset.shape)
+    kernel_like = len(shape) == 4 and shape[:2] == (3, 3)
+    if not (kernel_like or len(shape) == 1) or any(size > MAX_FEATURES for size in shape):
+        raise DSen2CRError(
+            f"{where}: shape {shape}; DSen2-CR has 3x3 kernels and biases of at most {MAX_FEATURES} channels"
+        )
+    return np.asarray(dataset)
 
 
 def load_keras_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

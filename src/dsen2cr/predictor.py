@@ -38,8 +38,15 @@ class Predictor:
     precision: str  # fp32, bf16 or int8
 
     def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
-        """Predict one batch (model units)."""
-        return self.predict(s2, s1)
+        """Predict one batch (model units); a prediction with NaN or infinite values stops the run (it would
+        otherwise be written as nodata or scored as a number)."""
+        prediction = self.predict(s2, s1)
+        if not np.isfinite(prediction).all():
+            raise DSen2CRError(
+                f"the model ({self.backend}, {self.precision}) predicted NaN or infinite values for finite inputs; "
+                "its weights are broken or overflow at this precision: nothing was written"
+            )
+        return prediction
 
     @property
     def include_sar(self) -> bool:

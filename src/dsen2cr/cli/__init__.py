@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from dsen2cr import __version__
 from dsen2cr.cli import config, data, demo, evaluate, export, remove_clouds, train
 from dsen2cr.cli.options import NoAbbrevParser, setup_logging
-from dsen2cr.errors import DSen2CRError
+from dsen2cr.errors import DSen2CRError, one_line
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -45,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by ``timeout``, schedulers and container runtimes), raised like Ctrl-C so that every
+    ``finally`` and context manager on the way out removes its temporary files."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM handler."""
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
@@ -54,24 +66,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     setup_logging(logging.DEBUG if args.verbose or args.debug else logging.WARNING if args.quiet else logging.INFO)
+    previous = _install_sigterm()
     try:
         return int(handler(args) or 0)
+    except Terminated:
+        print("dsen2cr: terminated (SIGTERM); temporary files removed", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("dsen2cr: interrupted", file=sys.stderr)
         return 130
     except (DSen2CRError, OSError) as error:
         if args.debug:
             raise
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"dsen2cr {args.command}: error: {message}", file=sys.stderr)
+        print(f"dsen2cr {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except Exception as error:
         if args.debug:
             raise
-        message = " ".join(str(error).split())[:300]
+        message = one_line(error)[:300]
         print(
             f"dsen2cr {args.command}: internal error ({type(error).__name__}: {message}); this is a bug: rerun with "
             "--debug for the traceback and report it",
             file=sys.stderr,
         )
         return 1
+    finally:
+        if previous is not _NOT_INSTALLED:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+_NOT_INSTALLED = object()
+
+
+def _install_sigterm() -> Any:
+    """Make SIGTERM clean up like Ctrl-C (main thread only); return the handler it replaces."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _NOT_INSTALLED
+    return signal.signal(signal.SIGTERM, _raise_terminated)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsen2cr.cli.options import SubParsers, add_command
+from dsen2cr.cli.options import SubParsers, add_command, add_overwrite
 
 
 def register(subparsers: SubParsers) -> None:
@@ -26,12 +26,13 @@ def register(subparsers: SubParsers) -> None:
     index.add_argument("--val-rois", help="ROI list (one id per line, e.g. ROIs1158_spring/1) for split 2")
     index.add_argument("--test-rois", help="ROI list for split 3; every other ROI goes to split 1 (train)")
     index.add_argument("--threads", type=int, default=16, help="files checked in parallel (default: %(default)s)")
+    add_overwrite(index, "replace an existing file list (and its .skipped.tsv)")
     index.set_defaults(handler=run_index)
 
     synth = add_command(
         data_commands, "synth", help="write a synthetic SEN12MS-CR-like tree of real GeoTIFFs with synthetic clouds"
     )
-    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--out", required=True, help="output folder (new or empty: nothing is overwritten)")
     synth.add_argument("--count", type=int, required=True, help="number of triplets")
     synth.add_argument("--size", type=int, default=256, help="patch size in pixels (default: %(default)s)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -53,6 +54,7 @@ def run_index(args: argparse.Namespace) -> int:
         val_rois=read_roi_list(args.val_rois) if args.val_rois else None,
         test_rois=read_roi_list(args.test_rois) if args.test_rois else None,
         threads=args.threads,
+        overwrite=args.overwrite,
     )
     counts = ", ".join(f"{name} {n}" for name, n in report.split_counts().items())
     print(f"indexed {len(report.triplets)} triplets ({counts}) -> {args.out}")

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from dsen2cr.data.layout import read_file_list, read_roi_list, scan_release, select_rois, select_split
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.evaluate import REPORT_ENTRIES, evaluate, summary_markdown
-    from dsen2cr.files import check_output_folder, prepare_output_folder
+    from dsen2cr.files import check_output_folder, output_folder
     from dsen2cr.predictor import is_onnx, load_predictor
 
     if args.batch_size < 1:
@@ -51,15 +51,15 @@ def run(args: argparse.Namespace) -> int:
         triplets = select_rois(scan_release(args.data_root)[0], read_roi_list(args.rois))
         if not triplets:
             raise DSen2CRError(f"{args.rois}: none of its ROIs has patches under {args.data_root}")
-    prepare_output_folder(args.out, **folder)
-    summary = evaluate(
-        predictor,
-        triplets,
-        args.out,
-        batch_size=args.batch_size,
-        cloud_threshold=args.cloud_threshold,
-        write_images=not args.no_images,
-    )
+    with output_folder(args.out, **folder):  # a failed evaluation leaves no half report behind
+        summary = evaluate(
+            predictor,
+            triplets,
+            args.out,
+            batch_size=args.batch_size,
+            cloud_threshold=args.cloud_threshold,
+            write_images=not args.no_images,
+        )
     print(summary_markdown(summary, len(triplets)))
     print(f"reports in {args.out}")
     return 0

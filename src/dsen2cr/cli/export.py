@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dsen2cr.cli.options import SubParsers, add_command, add_output_file, add_weights, require_extra
+
+#: ``--calibration-patches`` at most: activation ranges settle after a few hundred crops.
+MAX_CALIBRATION_PATCHES = 4096
 
 
 def register(subparsers: SubParsers) -> None:
@@ -55,9 +59,10 @@ def register(subparsers: SubParsers) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Run ``export`` and ``convert-keras``: any weights file in, safetensors weights out."""
-    from dsen2cr.files import check_output_file
+    from dsen2cr.files import check_distinct_outputs, check_output_file
     from dsen2cr.weights import load_model, save_weights
 
+    check_distinct_outputs([("weights", Path(args.out))], [("source", Path(args.source))])
     check_output_file(args.out, overwrite=args.overwrite)
     model = load_model(args.source)
     save_weights(model, args.out)
@@ -72,21 +77,27 @@ def run_export(args: argparse.Namespace) -> int:
 def run_export_onnx(args: argparse.Namespace) -> int:
     """Run ``export-onnx`` (fp32, or int8 calibrated on patches)."""
     require_extra("onnx", "dsen2cr export-onnx")
-    from dsen2cr.files import check_output_file
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.files import check_distinct_outputs, check_output_file
     from dsen2cr.onnx_export import export_onnx, export_onnx_int8
     from dsen2cr.weights import load_model
 
+    inputs = [("weights", Path(args.weights))]
+    if args.calibration_list:
+        inputs.append(("calibration list", Path(args.calibration_list)))
+    check_distinct_outputs([("ONNX file", Path(args.out))], inputs)
     check_output_file(args.out, overwrite=args.overwrite)
+    if args.int8 and not 1 <= args.calibration_patches <= MAX_CALIBRATION_PATCHES:
+        raise DSen2CRError(
+            f"--calibration-patches: must be in [1, {MAX_CALIBRATION_PATCHES}], got {args.calibration_patches}"
+        )
     if not args.int8:
         export_onnx(load_model(args.weights), args.out)
         print(f"wrote {args.out}")
         return 0
     from dsen2cr.config import DataSection
     from dsen2cr.data.layout import resolve_split
-    from dsen2cr.errors import DSen2CRError
 
-    if args.calibration_patches < 1:
-        raise DSen2CRError(f"--calibration-patches: must be at least 1, got {args.calibration_patches}")
     if args.calibration_list and not args.calibration_root:
         raise DSen2CRError("--calibration-root: needed with --calibration-list (the folder its paths refer to)")
     data = DataSection(root=args.calibration_root, file_list=args.calibration_list)

@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    for report in run_scene_jobs(jobs, settings):
+    manifest = (Path(args.manifest),) if args.manifest else ()
+    for report in run_scene_jobs(jobs, settings, extra_inputs=manifest):
         print(
             f"wrote {report.out}: {report.megapixels:.2f} Mpx in {report.seconds:.1f} s "
             f"({report.megapixels / max(report.seconds, 1e-9):.3f} Mpx/s, {report.tiles} tiles"

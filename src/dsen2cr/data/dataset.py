@@ -21,6 +21,10 @@ from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, s1_db_to_model, s2
 SAMPLE_KEYS = ("s1", "s2_cloudy", "s2", "cloud_mask", "patch_id")
 
 
+#: Samples per epoch at most (patches x repeats): the shuffle holds one index per sample.
+MAX_EPOCH_SAMPLES = 50_000_000
+
+
 class SEN12MSCRDataset(Dataset):
     """Triplets (S1, S2 cloud-free, S2 cloudy) as dict samples in model units.
 
@@ -53,6 +57,11 @@ class SEN12MSCRDataset(Dataset):
             raise DSen2CRError("dataset: no patches to read (empty split or file list)")
         if crop_size < 1 or repeats < 1:
             raise DSen2CRError(f"crop_size and repeats: must be positive, got {crop_size} and {repeats}")
+        if len(triplets) * repeats > MAX_EPOCH_SAMPLES:
+            raise DSen2CRError(
+                f"repeats: {len(triplets)} patches x {repeats} repeats = {len(triplets) * repeats:,} samples per "
+                f"epoch, more than {MAX_EPOCH_SAMPLES:,}; lower data.repeats"
+            )
         self.triplets = list(triplets)
         self.train = train
         self.crop_size = crop_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -17,12 +18,17 @@ from dsen2cr.data.layout import (
     write_file_list,
 )
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import atomic_path
+from dsen2cr.files import atomic_path, check_output_file
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 
 _EXPECTED_BANDS = {"s1": NUM_S1_BANDS, "s2": NUM_S2_BANDS, "s2_cloudy": NUM_S2_BANDS}
 #: Folder names of the DSen2-CR flat layout (the cloud-free folder has had both names in the wild).
 FLAT_FOLDERS = ("s1", ("s2_cloudFree", "s2"), "s2_cloudy")
+
+log = logging.getLogger(__name__)
+
+#: Files checked in parallel at most (``data index --threads``).
+MAX_THREADS = 256
 
 
 @dataclass
@@ -95,6 +101,7 @@ def index_dataset(
     val_rois: set[str] | None = None,
     test_rois: set[str] | None = None,
     threads: int = 16,
+    overwrite: bool = False,
 ) -> IndexReport:
     """Scan ``root`` (official nested release or DSen2-CR flat layout), check every triplet, and write the
     usable ones to ``out_csv`` (DSen2-CR format; ROIs in ``val_rois``/``test_rois`` get splits 2/3, the rest 1).
@@ -104,6 +111,14 @@ def index_dataset(
     root = Path(root)
     if not root.is_dir():
         raise DSen2CRError(f"{root}: dataset root is not a folder")
+    if not 1 <= threads <= MAX_THREADS:
+        raise DSen2CRError(f"threads: must be in [1, {MAX_THREADS}], got {threads}")
+    out_csv = Path(out_csv)
+    skipped_path = Path(f"{out_csv}.skipped.tsv")
+    for path in (out_csv, skipped_path):
+        if parse_patch_name(path.name) is not None:
+            raise DSen2CRError(f"{path}: is named like a SEN12MS-CR patch file; the file list must not replace one")
+        check_output_file(path, overwrite=overwrite)
     is_release = any(e.is_dir() and e.name.startswith("ROIs") and e.name.endswith("_s1") for e in os.scandir(root))
     triplets, skipped = scan_release(root) if is_release else scan_flat(root)
     if not triplets and not skipped:
@@ -112,6 +127,17 @@ def index_dataset(
     overlap = val_rois & test_rois
     if overlap:
         raise DSen2CRError(f"ROI lists: {sorted(overlap)[0]} is in both the validation and the test list")
+    present = {t.roi for t in triplets}
+    for name, listed in (("validation", val_rois), ("test", test_rois)):
+        absent = sorted(listed - present)
+        if absent:
+            log.warning(
+                "%d ROI(s) of the %s list match no patch under %s (e.g. %s): check the ids or the root",
+                len(absent),
+                name,
+                root,
+                absent[0],
+            )
     report = IndexReport(skipped=list(skipped))
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for triplet, problem in zip(triplets, pool.map(check_triplet, triplets), strict=True):
@@ -121,10 +147,9 @@ def index_dataset(
             split = 2 if triplet.roi in val_rois else 3 if triplet.roi in test_rois else 1
             report.triplets.append(replace(triplet, split=split))
     write_file_list(report.triplets, out_csv, root)
-    skipped_path = Path(f"{out_csv}.skipped.tsv")
     if report.skipped:
         with atomic_path(skipped_path) as tmp:
             tmp.write_text("".join(f"{path}\t{reason}\n" for path, reason in report.skipped), encoding="utf-8")
-    else:
-        skipped_path.unlink(missing_ok=True)
+    elif overwrite:
+        skipped_path.unlink(missing_ok=True)  # an earlier run's list of skipped patches no longer applies
     return report

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.files import check_input_file
 
 if TYPE_CHECKING:
     from dsen2cr.config import DataSection
@@ -90,6 +91,11 @@ def _triplet_from_names(root: Path, folders: Sequence[str], filename: str, split
     if parsed is None:
         raise DSen2CRError(f"{where}: {filename!r} is not a SEN12MS-CR patch file name")
     season, roi, patch = parsed
+    for folder in folders:
+        if Path(folder).is_absolute() or ".." in Path(folder).parts:
+            raise DSen2CRError(
+                f"{where}: folder {folder!r} is outside the data root; file lists name folders relative to it"
+            )
     release = _is_release_name(filename)
     names = [_release_name(filename, sensor) if release else filename for sensor in SENSORS]
     s1, s2, s2_cloudy = (root / folder / name for folder, name in zip(folders, names, strict=True))
@@ -114,11 +120,9 @@ def read_file_list(csv_path: str | Path, data_root: str | Path) -> list[Triplet]
 
     Malformed lines raise ``DSen2CRError`` naming the file and line.
     """
-    csv_path, root = Path(csv_path), Path(data_root)
-    if not csv_path.is_file():
-        raise DSen2CRError(f"{csv_path}: file list not found")
+    csv_path, root = check_input_file(csv_path, "file list"), Path(data_root)
     triplets = []
-    text = csv_path.read_text(encoding="utf-8", errors="replace")
+    text = csv_path.read_text(encoding="utf-8-sig", errors="replace")
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -210,11 +214,13 @@ def _tif_names(folder: Path) -> set[str]:
 
 def read_roi_list(path: str | Path) -> set[str]:
     """Read a ROI list (one ROI id per line, ``#`` comments allowed) into canonical ids."""
-    path = Path(path)
-    if not path.is_file():
-        raise DSen2CRError(f"{path}: ROI list not found")
+    path = check_input_file(path, "ROI list")
     rois = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DSen2CRError(f"{path}: not a text file (a ROI list holds one ROI id per line)") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue

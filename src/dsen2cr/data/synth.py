@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from dsen2cr.data.layout import Triplet, release_triplet, write_file_list
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.files import prepare_output_folder
 from dsen2cr.geotiff import write_geotiff
 from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
 
@@ -99,6 +100,11 @@ def _split_of_roi(index: int) -> int:
     return (1, 2, 3, 1, 1)[index % 5]
 
 
+#: Bounds of ``data synth``: triplets and patch size (pixels).
+MAX_COUNT = 100_000
+MAX_SIZE = 4096
+
+
 def write_synthetic_dataset(
     out: str | Path, count: int, *, size: int = 256, seed: int = 0, patches_per_roi: int = 2
 ) -> tuple[list[Triplet], Path]:
@@ -107,9 +113,12 @@ def write_synthetic_dataset(
     GeoTIFFs are real: UTM CRS, 10 m transform, uint16 S2 (13 bands), float32 S1 dB (VV, VH). ROIs get the
     splits train, val, test, train, train, ... in turn. Returns the triplets and the file list path.
     """
-    if count < 1:
-        raise DSen2CRError(f"count: must be at least 1, got {count}")
-    out = Path(out)
+    if not 1 <= count <= MAX_COUNT:
+        raise DSen2CRError(f"count: must be in [1, {MAX_COUNT}], got {count}")
+    if not 16 <= size <= MAX_SIZE:
+        raise DSen2CRError(f"size: must be in [16, {MAX_SIZE}] pixels, got {size}")
+    # Its season names are real ones: writing into an existing tree could overwrite a real dataset's patches.
+    out = prepare_output_folder(out, owned=(), overwrite=False, what="a synthetic dataset")
     rng = np.random.default_rng(seed)
     triplets = []
     for i in range(count):

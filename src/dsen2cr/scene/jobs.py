@@ -4,6 +4,7 @@ one set of resolved settings (docs/design.md §4.4)."""
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,12 +14,15 @@ import torch
 
 from dsen2cr.auto import resolve_batch_size, resolve_device, resolve_tile
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.files import check_distinct_outputs, check_input_file, check_output_file
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.model import ModelConfig
 from dsen2cr.predictor import load_predictor
 from dsen2cr.scene.readers import S2Source
 from dsen2cr.scene.remove import SceneReport, remove_clouds
 from dsen2cr.scene.tiles import default_overlap, plan_tiles
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,23 +42,53 @@ def scene_stem(path: Path) -> str:
 
 
 def read_manifest(path: Path) -> list[SceneJob]:
-    """Read a manifest CSV with a header: ``s2,s1,out`` and optionally ``mask_out,preview``."""
-    if not path.is_file():
-        raise DSen2CRError(f"{path}: manifest not found")
-    with path.open(newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        missing = {"s2", "s1", "out"} - set(reader.fieldnames or [])
-        if missing:
-            raise DSen2CRError(f"{path}: manifest header lacks {', '.join(sorted(missing))} (expected s2,s1,out)")
-        jobs = []
-        for line, row in enumerate(reader, start=2):
-            if not row["s2"] or not row["out"]:
-                raise DSen2CRError(f"{path}:{line}: s2 and out must not be empty")
-            optional = {k: Path(row[k]) if row.get(k) else None for k in ("mask_out", "preview")}
-            jobs.append(SceneJob(Path(row["s2"]), Path(row["s1"]) if row["s1"] else None, Path(row["out"]), **optional))
+    """Read a manifest CSV with a header: ``s2,s1,out`` and optionally ``mask_out,preview``. Relative paths
+    are relative to the manifest's folder (so a manifest travels with its scenes); a UTF-8 BOM is read."""
+    path = check_input_file(path, "manifest")
+    base = path.parent
+
+    def resolve(text: str) -> Path:
+        return base / Path(text.strip())
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            rows = list(csv.DictReader(file))
+            fieldnames = set(rows[0]) if rows else set()
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DSen2CRError(f"{path}: not a readable CSV manifest ({error})") from None
+    missing = {"s2", "s1", "out"} - fieldnames
+    if rows and missing:
+        raise DSen2CRError(f"{path}: manifest header lacks {', '.join(sorted(missing))} (expected s2,s1,out)")
+    jobs = []
+    for line, row in enumerate(rows, start=2):
+        if not row["s2"] or not row["out"]:
+            raise DSen2CRError(f"{path}:{line}: s2 and out must not be empty")
+        optional = {k: resolve(row[k]) if row.get(k) else None for k in ("mask_out", "preview")}
+        s1 = resolve(row["s1"]) if row["s1"] else None
+        jobs.append(SceneJob(resolve(row["s2"]), s1, resolve(row["out"]), **optional))
     if not jobs:
         raise DSen2CRError(f"{path}: manifest lists no scenes")
     return jobs
+
+
+def check_jobs(jobs: list[SceneJob], *, weights: str | Path, overwrite: bool, extra_inputs: list[Path]) -> None:
+    """Everything about the jobs that can be checked before the first scene runs: every input exists, every
+    output can be written (exists only with ``overwrite``; its folder exists), and no output is an input or
+    another output (refused even with ``overwrite``)."""
+    inputs: list[tuple[str, Path]] = [("weights", Path(weights))] + [("file", p) for p in extra_inputs]
+    outputs: list[tuple[str, Path]] = []
+    for job in jobs:
+        for role, source in (("s2", job.s2), ("s1", job.s1)):
+            if source is None:
+                continue
+            if not source.exists():
+                raise DSen2CRError(f"{source}: {role.upper()} scene not found")
+            inputs.append((role, source))
+        for role, target in (("out", job.out), ("mask_out", job.mask_out), ("preview", job.preview)):
+            if target is not None:
+                check_output_file(target, overwrite=overwrite)
+                outputs.append((role, target))
+    check_distinct_outputs(outputs, inputs)
 
 
 def _scene_size(path: Path) -> tuple[int, int] | None:
@@ -99,9 +133,13 @@ class SceneSettings:
     progress: bool = True
 
 
-def run_scene_jobs(jobs: list[SceneJob], settings: SceneSettings) -> Iterator[SceneReport]:
-    """Process this rank's share of ``jobs``: one predictor, tile and batch size for all of them."""
+def run_scene_jobs(
+    jobs: list[SceneJob], settings: SceneSettings, *, extra_inputs: tuple[Path, ...] = ()
+) -> Iterator[SceneReport]:
+    """Process this rank's share of ``jobs``: one predictor, tile and batch size for all of them. Every job is
+    checked first (:func:`check_jobs`; ``extra_inputs`` such as the manifest must not be overwritten either)."""
     rank, world, device = _rank_and_device(settings.device)
+    check_jobs(jobs, weights=settings.weights, overwrite=settings.overwrite, extra_inputs=list(extra_inputs))
     mine = jobs[rank::world]
     sizes = [size for size in map(_scene_size, (job.s2 for job in mine)) if size is not None]
     batch_size = resolve_batch_size(settings.batch_size, device)
@@ -138,6 +176,20 @@ def run_scene_jobs(jobs: list[SceneJob], settings: SceneSettings) -> Iterator[Sc
         probe_shape=probe_shape,
         pixels=sum(h * w for h, w in sizes),
     )
+    without_s1 = [job.s2 for job in mine if job.s1 is None]
+    if predictor.include_sar and without_s1:
+        raise DSen2CRError(
+            f"{without_s1[0]}: these weights need SAR input; pass --s1 (or an s1 column in the manifest): VV, VH "
+            "in dB on or near the S2 grid"
+        )
+    overlap = overlap_of(predictor.config)
+    if overlap < default_overlap(predictor.config):
+        log.warning(
+            "overlap %d px is below the exact %d px (twice the receptive-field radius): pixels near window "
+            "edges will differ from whole-image inference",
+            overlap,
+            default_overlap(predictor.config),
+        )
     for job in mine:
         yield remove_clouds(
             predictor,

@@ -56,9 +56,25 @@ class S2Source:
             self._datasets = [dataset]
             self.grid = Grid(dataset.crs, dataset.transform, dataset.width, dataset.height)
             self.nodata = dataset.nodata
+            _check_band_names(self.path, dataset.descriptions)
+        try:
+            self._check_declared()
+            self._check_units()
+        except DSen2CRError:
+            self.close()
+            raise
+
+    def _check_declared(self) -> None:
+        """What the file says about itself: a CRS, a real geotransform, a numeric data type."""
         if self.grid.crs is None:
             raise DSen2CRError(f"{self.path}: S2 has no coordinate reference system")
-        self._check_units()
+        if self.grid.transform == rasterio.Affine.identity():
+            raise DSen2CRError(
+                f"{self.path}: S2 has no georeferencing (identity geotransform); the output would have none either"
+            )
+        kind = np.dtype(self._datasets[0].dtypes[0]).kind
+        if kind not in "uif":
+            raise DSen2CRError(f"{self.path}: S2 is {self._datasets[0].dtypes[0]}; expected DN (uint16)")
 
     def _check_units(self) -> None:
         """Refuse S2 that holds reflectance (0-1) instead of digital numbers (reflectance x 10000)."""
@@ -80,7 +96,10 @@ class S2Source:
         self.nodata = 0
         for band_file in files:
             src = open_raster(band_file, what="S2 band")
-            if (src.width, src.height, src.transform) == (self.grid.width, self.grid.height, self.grid.transform):
+            if src.crs is None:
+                raise DSen2CRError(f"{band_file}: S2 band has no coordinate reference system")
+            same = (src.crs, src.width, src.height, src.transform)
+            if same == (self.grid.crs, self.grid.width, self.grid.height, self.grid.transform):
                 self._datasets.append(src)
             else:
                 self._datasets.append(
@@ -121,13 +140,32 @@ class S2Source:
             dataset.close()
 
 
+def _band_code(name: str) -> str:
+    """B1 -> B01, B8A -> B8A (the two-digit codes of product file names)."""
+    return name[0] + name[1:].zfill(2)
+
+
+def _check_band_names(path: Path, descriptions: tuple[str | None, ...]) -> None:
+    """Refuse a 13-band file whose band descriptions name S2 bands in another order than B1 ... B12 (with B8A
+    after B8): its bands would be fed to the network in the wrong places. Files without names pass."""
+    names = [(d or "").strip().upper() for d in descriptions]
+    if not all(re.fullmatch(r"B\d{1,2}A?", n) for n in names):
+        return
+    found = [_band_code(n) for n in names]
+    expected = [_band_code(b) for b in S2_BANDS]
+    if found != expected:
+        raise DSen2CRError(
+            f"{path}: band descriptions say {' '.join(found)}; expected the L1C order {' '.join(expected)}"
+        )
+
+
 def _find_band_files(folder: Path) -> list[Path]:
     """The 13 band files of an L1C product (``.SAFE``) or ``IMG_DATA`` folder, in the paper's band order."""
     candidates = [p for p in folder.rglob("*.jp2") if "IMG_DATA" in p.parts or p.parent == folder]
     candidates += [p for p in folder.glob("*.tif")]
     files = []
     for band in S2_BANDS:
-        code = band[0] + band[1:].zfill(2)  # B1 -> B01, B8A -> B8A
+        code = _band_code(band)
         matches = sorted(p for p in candidates if re.search(rf"_{code}(_10m|_20m|_60m)?\.(jp2|tif)$", p.name))
         if not matches:
             raise DSen2CRError(f"{folder}: no file for band {code} (expected *_{code}.jp2 in IMG_DATA)")
@@ -147,14 +185,34 @@ class S1Source:
         self.path = Path(path)
         self.linear = linear
         self._src = open_raster(self.path, bands=NUM_S1_BANDS, what="S1 (VV, VH)")
+        try:
+            self._open(grid)
+        except DSen2CRError:
+            self._src.close()
+            raise
+
+    def _open(self, grid: Grid) -> None:
+        """Check what the file declares and set up the (warped) reader."""
+        kind = np.dtype(self._src.dtypes[0]).kind
+        if kind != "f":
+            raise DSen2CRError(
+                f"{self.path}: S1 is {self._src.dtypes[0]}; expected float dB (VV, VH), e.g. float32 "
+                "(integer amplitude or complex data must be calibrated and converted first)"
+            )
         if self._src.crs is None:
             raise DSen2CRError(f"{self.path}: S1 has no coordinate reference system")
-        s1_bounds = transform_bounds(self._src.crs, grid.crs, *self._src.bounds)
+        try:
+            s1_bounds = transform_bounds(self._src.crs, grid.crs, *self._src.bounds)
+        except (rasterio.errors.CRSError, ValueError) as error:
+            raise DSen2CRError(
+                f"{self.path}: S1's CRS cannot be related to the S2 scene's ({' '.join(str(error).split())[:150]})"
+            ) from None
+        if not all(np.isfinite(s1_bounds)):
+            raise DSen2CRError(f"{self.path}: S1's CRS cannot be related to the S2 scene's (no finite bounds)")
         s2_bounds = rasterio.transform.array_bounds(grid.height, grid.width, grid.transform)  # west, south, east, north
         overlap_w = min(s1_bounds[2], s2_bounds[2]) - max(s1_bounds[0], s2_bounds[0])
         overlap_h = min(s1_bounds[3], s2_bounds[3]) - max(s1_bounds[1], s2_bounds[1])
         if overlap_w <= 0 or overlap_h <= 0:
-            self._src.close()
             raise DSen2CRError(f"{self.path}: S1 does not overlap the S2 scene at all")
         same_grid = (self._src.crs, self._src.transform, self._src.width, self._src.height) == (
             grid.crs,
@@ -221,6 +279,7 @@ class S1Source:
         nodata = self._reader.nodata
         if nodata is not None and not np.isnan(nodata):
             data[data == nodata] = np.nan
+        data[np.isinf(data)] = np.nan  # -inf dB (log of zero power) is no data, not the -25 dB clip floor
         if self.linear:
             with np.errstate(divide="ignore", invalid="ignore"):
                 data = 10 * np.log10(np.where(data > 0, data, np.nan))

@@ -66,8 +66,12 @@ def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -
     if is_launched_worker() or resume is not None:
         out.mkdir(parents=True, exist_ok=True)
         return out
+    # A folder without a checkpoint is not a run: what a failed start left (config.yaml, logs) is replaced.
+    has_checkpoint = (out / CHECKPOINT_DIR).is_dir() and any((out / CHECKPOINT_DIR).glob("*.ckpt"))
     hint = "resume it with --resume, or pass --overwrite"
-    return prepare_output_folder(out, owned=RUN_ENTRIES, overwrite=overwrite, what="a run", hint=hint)
+    return prepare_output_folder(
+        out, owned=RUN_ENTRIES, overwrite=overwrite or not has_checkpoint, what="a run", hint=hint
+    )
 
 
 def build_trainer(config: RunConfig, out: Path, *, progress: bool = True) -> L.Trainer:
