@@ -203,7 +203,7 @@ class S1Source:
             raise DSen2CRError(f"{self.path}: S1 has no coordinate reference system")
         try:
             s1_bounds = transform_bounds(self._src.crs, grid.crs, *self._src.bounds)
-        except (rasterio.errors.CRSError, ValueError) as error:
+        except Exception as error:  # GDAL/PROJ raise their own types (CPLE_NotSupportedError, CRSError, ...)
             raise DSen2CRError(
                 f"{self.path}: S1's CRS cannot be related to the S2 scene's ({' '.join(str(error).split())[:150]})"
             ) from None
