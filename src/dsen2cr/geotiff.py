@@ -33,17 +33,22 @@ GTIFF_OPTIONS: dict[str, object] = {
 
 
 def open_raster(path: str | Path, *, bands: int | None = None, what: str = "raster") -> rasterio.DatasetReader:
-    """Open a raster for reading, checking that it exists, is readable and has ``bands`` bands."""
-    path = check_input_file(path, what)
+    """Open a raster for reading (a local file, a GDAL ``/vsi…`` path or VRT XML), checking that it exists, is
+    readable and has ``bands`` bands."""
+    text = str(path)
+    virtual = text.startswith(("/vsi", "<VRTDataset"))  # GDAL virtual file systems and VRTs built in memory
+    name = "VRT" if text.startswith("<") else text
+    if not virtual:
+        path = check_input_file(path, what)
     try:
-        dataset = rasterio.open(path)
+        dataset = rasterio.open(text if virtual else path)
     except RasterioIOError as error:
         reason = " ".join(str(error).split())
-        raise DSen2CRError(f"{path}: cannot read {what} ({reason})") from None
+        raise DSen2CRError(f"{name}: cannot read {what} ({reason})") from None
     if bands is not None and dataset.count != bands:
         count = dataset.count
         dataset.close()
-        raise DSen2CRError(f"{path}: {what} has {count} bands, expected {bands}")
+        raise DSen2CRError(f"{name}: {what} has {count} bands, expected {bands}")
     return dataset
 
 

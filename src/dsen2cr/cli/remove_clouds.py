@@ -27,14 +27,26 @@ def register(subparsers: SubParsers) -> None:
         subparsers,
         "remove-clouds",
         help="remove the clouds of whole georeferenced scenes (tiled, seamless, bounded memory)",
-        description="Write a cloud-free, georeferenced Cloud-Optimised GeoTIFF (uint16 DN, 13 bands) for each "
-        "S2 scene. --s2 takes 13-band GeoTIFFs or L1C product folders (.SAFE or IMG_DATA, one JP2 per band); "
-        "--s1 GeoTIFFs with VV and VH in dB, warped onto the S2 grid on the fly. Several scenes: lists after "
-        "--s2/--s1 with --out a folder, or --manifest; under torchrun the ranks split the scenes.",
+        description="Write a cloud-free, georeferenced Cloud-Optimised GeoTIFF (uint16 DN = reflectance x 10000, "
+        "no offset; the input's 13 L1C or 12 L2A bands) for each S2 scene. --s2 takes GeoTIFFs, product folders "
+        "(.SAFE or IMG_DATA), zipped products (.SAFE.zip, read in place) and STAC items (path or URL); offsets of "
+        "processing baseline 04.00+ are read from the metadata and removed. --s1 takes a 2-band GeoTIFF (VV, VH), "
+        "a VV.tif,VH.tif pair or a STAC item with vv and vh assets, warped onto the S2 grid on the fly. Several "
+        "scenes: lists after --s2/--s1 with --out a folder, or --manifest; under torchrun the ranks split them.",
     )
     add_weights(parser, onnx=True)
-    parser.add_argument("--s2", nargs="+", help="S2 L1C scene(s): 13-band GeoTIFF or product folder")
-    parser.add_argument("--s1", nargs="+", help="S1 scene(s), VV and VH in dB (omit for a model without SAR)")
+    parser.add_argument(
+        "--s2", nargs="+", help="S2 scene(s): GeoTIFF (13 L1C or 12 L2A bands), .SAFE folder or zip, STAC item"
+    )
+    parser.add_argument(
+        "--s1", nargs="+", help="S1 scene(s): VV+VH GeoTIFF, VV.tif,VH.tif pair, or STAC item (omit without SAR)"
+    )
+    parser.add_argument(
+        "--s2-offset",
+        type=int,
+        help="DN offset of a GeoTIFF exported from a baseline 04.00+ product (e.g. -1000); products and STAC "
+        "items declare theirs",
+    )
     parser.add_argument("--manifest", help="CSV with columns s2,s1,out[,mask_out,preview] (instead of --s2/--s1/--out)")
     parser.add_argument("--out", help="output GeoTIFF (one scene) or folder (several scenes)")
     parser.add_argument("--mask-out", help="also write the cloud/shadow map (int8 GeoTIFF; one scene)")
@@ -110,8 +122,8 @@ def jobs_from_arguments(
     if len(s2) == 1:
         return [
             SceneJob(
-                Path(s2[0]),
-                Path(s1[0]) if s1 else None,
+                s2[0],
+                s1[0] if s1 else None,
                 Path(out),
                 Path(mask_out) if mask_out else None,
                 Path(preview) if preview else None,
@@ -125,7 +137,7 @@ def jobs_from_arguments(
     partners: list[str | None] = list(s1) if s1 else [None] * len(s2)
     pairs = zip(s2, partners, strict=True)
     return [
-        SceneJob(Path(a), Path(b) if b else None, folder / f"{scene_stem(Path(a))}_cloudfree.tif") for a, b in pairs
+        SceneJob(a, b, folder / f"{scene_stem(a)}_cloudfree.tif") for a, b in pairs
     ]
 
 
@@ -150,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         memory_gib=args.memory,
         resampling=args.resampling,
         s1_linear=args.s1_linear,
+        s2_offset=args.s2_offset,
         cloud_threshold=args.cloud_threshold,
         overwrite=args.overwrite,
         progress=not args.no_progress,

@@ -27,18 +27,28 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SceneJob:
-    """One scene to process."""
+    """One scene to process. ``s2`` and ``s1`` are what ``--s2``/``--s1`` take (paths, zipped products, STAC
+    items as paths or URLs, ``VV,VH`` pairs), kept as text."""
 
-    s2: Path
-    s1: Path | None
+    s2: str
+    s1: str | None
     out: Path
     mask_out: Path | None = None
     preview: Path | None = None
 
 
-def scene_stem(path: Path) -> str:
-    """A name for a scene's outputs (the product name without .SAFE for folders)."""
-    return path.name.removesuffix(".SAFE") if path.is_dir() else path.stem
+def scene_stem(source: str) -> str:
+    """A name for a scene's outputs: the product name without ``.SAFE``/``.SAFE.zip``, else the file stem."""
+    name = Path(source.rstrip("/")).name
+    for suffix in (".zip", ".SAFE", ".json", ".tif", ".tiff", ".jp2"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def _local_parts(source: str) -> list[Path]:
+    """The local files or folders an ``--s2``/``--s1`` value names (none for URLs)."""
+    parts = [p.strip() for p in source.split(",")] if "," in source else [source]
+    return [Path(p) for p in parts if "://" not in p]
 
 
 def read_manifest(path: Path) -> list[SceneJob]:
@@ -49,6 +59,11 @@ def read_manifest(path: Path) -> list[SceneJob]:
 
     def resolve(text: str) -> Path:
         return base / Path(text.strip())
+
+    def resolve_input(text: str) -> str:
+        """Relative paths (each of a VV,VH pair) against the manifest's folder; URLs as they are."""
+        parts = [p.strip() for p in text.split(",")]
+        return ",".join(p if "://" in p else str(base / p) for p in parts)
 
     try:
         with path.open(newline="", encoding="utf-8-sig") as file:
@@ -64,8 +79,8 @@ def read_manifest(path: Path) -> list[SceneJob]:
         if not row["s2"] or not row["out"]:
             raise DSen2CRError(f"{path}:{line}: s2 and out must not be empty")
         optional = {k: resolve(row[k]) if row.get(k) else None for k in ("mask_out", "preview")}
-        s1 = resolve(row["s1"]) if row["s1"] else None
-        jobs.append(SceneJob(resolve(row["s2"]), s1, resolve(row["out"]), **optional))
+        s1 = resolve_input(row["s1"]) if row["s1"] else None
+        jobs.append(SceneJob(resolve_input(row["s2"]), s1, resolve(row["out"]), **optional))
     if not jobs:
         raise DSen2CRError(f"{path}: manifest lists no scenes")
     return jobs
@@ -79,11 +94,10 @@ def check_jobs(jobs: list[SceneJob], *, weights: str | Path, overwrite: bool, ex
     outputs: list[tuple[str, Path]] = []
     for job in jobs:
         for role, source in (("s2", job.s2), ("s1", job.s1)):
-            if source is None:
-                continue
-            if not source.exists():
-                raise DSen2CRError(f"{source}: {role.upper()} scene not found")
-            inputs.append((role, source))
+            for part in _local_parts(source) if source else []:
+                if not part.exists():
+                    raise DSen2CRError(f"{part}: {role.upper()} scene not found")
+                inputs.append((role, part))
         for role, target in (("out", job.out), ("mask_out", job.mask_out), ("preview", job.preview)):
             if target is not None:
                 check_output_file(target, overwrite=overwrite)
@@ -91,7 +105,7 @@ def check_jobs(jobs: list[SceneJob], *, weights: str | Path, overwrite: bool, ex
     check_distinct_outputs(outputs, inputs)
 
 
-def _scene_size(path: Path) -> tuple[int, int] | None:
+def _scene_size(path: str) -> tuple[int, int] | None:
     """(height, width) of a scene's 10 m grid (None when it cannot be opened: its run reports the error)."""
     try:
         source = S2Source(path)
@@ -128,6 +142,7 @@ class SceneSettings:
     memory_gib: float | None = None
     resampling: str = "nearest"
     s1_linear: bool = False
+    s2_offset: int | None = None
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
     overwrite: bool = False
     progress: bool = True
@@ -201,6 +216,7 @@ def run_scene_jobs(
             batch_size=batch_size,
             resampling=settings.resampling,
             s1_linear=settings.s1_linear,
+            s2_offset=settings.s2_offset,
             mask_out=job.mask_out,
             cloud_threshold=settings.cloud_threshold,
             preview=job.preview,

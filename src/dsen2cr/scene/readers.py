@@ -18,7 +18,8 @@ from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.geotiff import open_raster, read_window
-from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, S2_BANDS
+from dsen2cr.preprocessing import NUM_S1_BANDS, S2_BANDS
+from dsen2cr.scene.products import band_code, resolve_s1, resolve_s2
 
 log = logging.getLogger(__name__)
 
@@ -36,45 +37,56 @@ class Grid:
 
 
 class S2Source:
-    """13-band S2 L1C DN on a 10 m grid, read window by window.
+    """S2 DN on a 10 m grid, read window by window, always as the 13 L1C bands in model convention: offset-free
+    reflectance x 10000 (docs/design.md §4.5).
 
-    ``path`` is a 13-band GeoTIFF (or any raster GDAL reads), an ``IMG_DATA`` folder with one JP2 per band, or
-    a ``.SAFE`` product folder. Bands at 20 m and 60 m are resampled onto the 10 m grid of B02.
+    ``path`` is anything :func:`dsen2cr.scene.products.resolve_s2` takes: a 13-band (L1C) or 12-band (L2A)
+    GeoTIFF, a ``.SAFE`` or ``IMG_DATA`` folder, a zipped product or a STAC item. Bands at 20 m and 60 m are
+    resampled onto the 10 m grid of B02. Declared offsets (baseline 04.00+) are removed when reading; DN 0
+    stays nodata. For Level-2A input, B10 (absent) is filled with ``L2A_B10_FILL_DN``; ``bands`` lists the
+    input's own bands, which are the ones to write.
     """
 
-    def __init__(self, path: str | Path, *, resampling: str = "nearest") -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path, *, resampling: str = "nearest", offset: int | None = None) -> None:
+        self.path = str(path)
+        self.product = resolve_s2(path, offset=offset)
+        self.name = self.product.source
+        self.bands = self.product.bands
+        self.level = self.product.level
         self._datasets: list[rasterio.io.DatasetReaderBase] = []
-        if self.path.is_dir():
-            self._open_band_files(_find_band_files(self.path), RESAMPLING[resampling])
-        else:
-            dataset = open_raster(self.path, what="S2")
-            if dataset.count != NUM_S2_BANDS:
-                count = dataset.count
-                dataset.close()
-                raise DSen2CRError(f"{self.path}: S2 has {count} bands, expected {NUM_S2_BANDS} (B1 ... B12, B8A)")
-            self._datasets = [dataset]
-            self.grid = Grid(dataset.crs, dataset.transform, dataset.width, dataset.height)
-            self.nodata = dataset.nodata
-            _check_band_names(self.path, dataset.descriptions)
         try:
+            if len(self.product.files) > 1:
+                self._open_band_files(self.product.files, RESAMPLING[resampling])
+            else:
+                dataset = open_raster(self.product.files[0], what="S2")
+                self._datasets = [dataset]
+                self.grid = Grid(dataset.crs, dataset.transform, dataset.width, dataset.height)
+                self.nodata = dataset.nodata
+                _check_band_names(self.name, dataset.descriptions, self.bands)
             self._check_declared()
             self._check_units()
         except DSen2CRError:
             self.close()
             raise
+        self._offsets = np.asarray(self.product.offsets, np.int32)[:, None, None]
+        self._converts = bool(self._offsets.any()) or self.product.scale != 1.0
+        if self.level == "L2A":
+            _warn_once(
+                "Level-2A input: the published weights were trained on top-of-atmosphere (Level-1C) data, so "
+                f"results on surface reflectance carry that domain shift; B10 is filled with {L2A_B10_FILL_DN} DN"
+            )
 
     def _check_declared(self) -> None:
         """What the file says about itself: a CRS, a real geotransform, a numeric data type."""
         if self.grid.crs is None:
-            raise DSen2CRError(f"{self.path}: S2 has no coordinate reference system")
+            raise DSen2CRError(f"{self.name}: S2 has no coordinate reference system")
         if self.grid.transform == rasterio.Affine.identity():
             raise DSen2CRError(
-                f"{self.path}: S2 has no georeferencing (identity geotransform); the output would have none either"
+                f"{self.name}: S2 has no georeferencing (identity geotransform); the output would have none either"
             )
         kind = np.dtype(self._datasets[0].dtypes[0]).kind
         if kind not in "uif":
-            raise DSen2CRError(f"{self.path}: S2 is {self._datasets[0].dtypes[0]}; expected DN (uint16)")
+            raise DSen2CRError(f"{self.name}: S2 is {self._datasets[0].dtypes[0]}; expected DN (uint16)")
 
     def _check_units(self) -> None:
         """Refuse S2 that holds reflectance (0-1) instead of digital numbers (reflectance x 10000)."""
@@ -85,19 +97,27 @@ class S2Source:
         finite = sample[np.isfinite(sample) & (sample != 0)]
         if finite.size and np.percentile(finite, 99) <= 2.0:
             raise DSen2CRError(
-                f"{self.path}: S2 values look like reflectance (99th percentile {np.percentile(finite, 99):.3g}); "
+                f"{self.name}: S2 values look like reflectance (99th percentile {np.percentile(finite, 99):.3g}); "
                 "expected L1C digital numbers (reflectance x 10000), e.g. uint16"
             )
 
-    def _open_band_files(self, files: list[Path], resampling: Resampling) -> None:
-        """Open one file per band; warp the coarser ones onto the B02 grid."""
-        reference = open_raster(files[S2_BANDS.index("B2")], what="S2 band B02")
+    def _open_band_files(self, files: list[str], resampling: Resampling) -> None:
+        """Open one file per band; resample the coarser ones onto the B02 grid. Bands of one product share a
+        CRS: a band file on another one (same transform numbers or not) is refused, not guessed past."""
+        reference = open_raster(files[self.bands.index("B2")], what="S2 band B02")
         self.grid = Grid(reference.crs, reference.transform, reference.width, reference.height)
         self.nodata = 0
         for band_file in files:
             src = open_raster(band_file, what="S2 band")
             if src.crs is None:
                 raise DSen2CRError(f"{band_file}: S2 band has no coordinate reference system")
+            if src.crs != self.grid.crs:
+                crs = src.crs.to_string()
+                src.close()
+                raise DSen2CRError(
+                    f"{band_file}: S2 band is on {crs}, but B02 of {self.name} is on {self.grid.crs.to_string()}; "
+                    "the bands of one scene must share a CRS"
+                )
             same = (src.crs, src.width, src.height, src.transform)
             if same == (self.grid.crs, self.grid.width, self.grid.height, self.grid.transform):
                 self._datasets.append(src)
@@ -115,10 +135,25 @@ class S2Source:
         reference.close()
 
     def read(self, window: Window) -> np.ndarray:
-        """(13, h, w) DN of ``window``."""
+        """(13, h, w) DN of ``window`` in model convention (offsets removed; B10 filled for Level-2A)."""
         if len(self._datasets) == 1:
-            return read_window(self._datasets[0], window)
-        return np.concatenate([read_window(d, window) for d in self._datasets], axis=0)
+            raw = read_window(self._datasets[0], window)
+        else:
+            raw = np.concatenate([read_window(d, window) for d in self._datasets], axis=0)
+        if self._converts:
+            raw = self._remove_offsets(raw)
+        if self.level == "L2A":
+            fill = np.where(self.valid(raw), L2A_B10_FILL_DN, 0 if self.nodata is None else self.nodata)
+            raw = np.insert(raw, S2_BANDS.index("B10"), fill.astype(raw.dtype), axis=0)
+        return raw
+
+    def _remove_offsets(self, raw: np.ndarray) -> np.ndarray:
+        """(DN + offset) x scale on valid values, at least 1 (0 stays reserved for nodata), in the input's type."""
+        nodata = 0 if self.nodata is None else self.nodata
+        values = (raw.astype(np.float64) + self._offsets) * self.product.scale
+        if raw.dtype.kind in "ui":
+            values = np.clip(np.rint(values), 1, np.iinfo(raw.dtype).max)
+        return np.where(raw == nodata, raw, values).astype(raw.dtype)
 
     def valid(self, dn: np.ndarray) -> np.ndarray:
         """Bool (h, w): pixels that are not nodata (the file's nodata value, or 0, or NaN in every band)."""
@@ -140,51 +175,45 @@ class S2Source:
             dataset.close()
 
 
-def _band_code(name: str) -> str:
-    """B1 -> B01, B8A -> B8A (the two-digit codes of product file names)."""
-    return name[0] + name[1:].zfill(2)
+#: B10 for Level-2A input, which has none: 15 DN (reflectance 0.0015) is a clear-sky value of the cirrus band
+#: over land, so the network sees a typical cloud-free B10, and the mask's cirrus test (B1 + B10 >= 0.15) is
+#: left to B1 alone. The bundled sample (Level-2A) is filled the same way.
+L2A_B10_FILL_DN = 15
+_warned: set[str] = set()
 
 
-def _check_band_names(path: Path, descriptions: tuple[str | None, ...]) -> None:
-    """Refuse a 13-band file whose band descriptions name S2 bands in another order than B1 ... B12 (with B8A
-    after B8): its bands would be fed to the network in the wrong places. Files without names pass."""
+def _warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time only (per process)."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
+def _check_band_names(name: str, descriptions: tuple[str | None, ...], bands: list[str]) -> None:
+    """Refuse a file whose band descriptions name S2 bands in another order than ``bands`` (L1C: B1 ... B12
+    with B8A after B8; L2A: the same without B10): its bands would be fed to the network in the wrong places.
+    Files without names pass."""
     names = [(d or "").strip().upper() for d in descriptions]
     if not all(re.fullmatch(r"B\d{1,2}A?", n) for n in names):
         return
-    found = [_band_code(n) for n in names]
-    expected = [_band_code(b) for b in S2_BANDS]
+    found = [band_code(n) for n in names]
+    expected = [band_code(b) for b in bands]
     if found != expected:
-        raise DSen2CRError(
-            f"{path}: band descriptions say {' '.join(found)}; expected the L1C order {' '.join(expected)}"
-        )
-
-
-def _find_band_files(folder: Path) -> list[Path]:
-    """The 13 band files of an L1C product (``.SAFE``) or ``IMG_DATA`` folder, in the paper's band order."""
-    candidates = [p for p in folder.rglob("*.jp2") if "IMG_DATA" in p.parts or p.parent == folder]
-    candidates += [p for p in folder.glob("*.tif")]
-    files = []
-    for band in S2_BANDS:
-        code = _band_code(band)
-        matches = sorted(p for p in candidates if re.search(rf"_{code}(_10m|_20m|_60m)?\.(jp2|tif)$", p.name))
-        if not matches:
-            raise DSen2CRError(f"{folder}: no file for band {code} (expected *_{code}.jp2 in IMG_DATA)")
-        if len({m.name for m in matches}) > 1:
-            raise DSen2CRError(f"{folder}: several files for band {code}: {', '.join(m.name for m in matches)}")
-        files.append(matches[0])
-    return files
+        raise DSen2CRError(f"{name}: band descriptions say {' '.join(found)}; expected the order {' '.join(expected)}")
 
 
 class S1Source:
     """S1 VV and VH in dB on the S2 grid, warped on the fly when the grids differ.
 
-    Pixels outside the S1 footprint or marked nodata read as NaN.
+    ``path`` is anything :func:`dsen2cr.scene.products.resolve_s1` takes: a 2-band file, a ``VV,VH`` pair of
+    single-band files, or a STAC item with ``vv`` and ``vh`` assets. Pixels outside the S1 footprint, marked
+    nodata, or infinite read as NaN.
     """
 
     def __init__(self, path: str | Path, grid: Grid, *, linear: bool = False) -> None:
-        self.path = Path(path)
+        self.path = str(path)  # named in messages
         self.linear = linear
-        self._src = open_raster(self.path, bands=NUM_S1_BANDS, what="S1 (VV, VH)")
+        self._src = open_raster(resolve_s1(path), bands=NUM_S1_BANDS, what="S1 (VV, VH)")
         try:
             self._open(grid)
         except DSen2CRError:

@@ -53,13 +53,16 @@ def remove_clouds(
     batch_size: int | None = None,
     resampling: str = "nearest",
     s1_linear: bool = False,
+    s2_offset: int | None = None,
     mask_out: str | Path | None = None,
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
     preview: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> SceneReport:
-    """Remove the clouds of one scene and write a uint16 Cloud-Optimised GeoTIFF to ``out``.
+    """Remove the clouds of one scene and write a uint16 Cloud-Optimised GeoTIFF to ``out``: the input's bands
+    (13 for L1C, 12 for L2A), as offset-free reflectance x 10000, tagged with the processing level and the
+    offsets removed (``s2_offset``: the offset of a GeoTIFF exported from a baseline 04.00+ product).
 
     ``predictor`` comes from :func:`dsen2cr.predictor.load_predictor`; it says whether S1 is needed. ``tile``,
     ``overlap`` and ``batch_size`` default to what ``remove-clouds`` picks automatically for the predictor's
@@ -76,6 +79,7 @@ def remove_clouds(
             batch_size=resolve_batch_size("auto" if batch_size is None else batch_size, predictor.device),
             resampling=resampling,
             s1_linear=s1_linear,
+            s2_offset=s2_offset,
             mask_out=mask_out,
             cloud_threshold=cloud_threshold,
             preview=preview,
@@ -95,6 +99,7 @@ def _remove_clouds(
     batch_size: int,
     resampling: str,
     s1_linear: bool,
+    s2_offset: int | None,
     mask_out: str | Path | None,
     cloud_threshold: float,
     preview: str | Path | None,
@@ -113,7 +118,7 @@ def _remove_clouds(
         )
     if tile is None:
         tile = auto_tile(predictor.config, device=predictor.device, batch_size=batch_size, overlap=overlap)
-    s2 = S2Source(s2_path, resampling=resampling)
+    s2 = S2Source(s2_path, resampling=resampling, offset=s2_offset)
     s1 = None
     try:
         grid = s2.grid
@@ -130,16 +135,18 @@ def _remove_clouds(
         bar = _progress_bar(len(tiles), enabled=progress)
         missing = valid_total = skipped = 0
         grid_profile = {"width": grid.width, "height": grid.height, "crs": grid.crs, "transform": grid.transform}
-        profile = dict(grid_profile, count=len(S2_BANDS), dtype="uint16", nodata=OUTPUT_NODATA)
+        profile = dict(grid_profile, count=len(s2.bands), dtype="uint16", nodata=OUTPUT_NODATA)
+        written = [S2_BANDS.index(band) for band in s2.bands]  # the input's bands: never a made-up B10
         try:
             with cog_writer(out, profile) as dst, _optional_mask(mask_out, dict(grid_profile)) as mask_dst:
-                for index, name in enumerate(S2_BANDS, start=1):
+                for index, name in enumerate(s2.bands, start=1):
                     dst.set_band_description(index, name)
+                dst.update_tags(**output_tags(s2))
                 for t, pred, dn, valid, holes in iter_predictions(
                     predictor, s2, s1, tiles, batch_size=batch_size, s1_fill_db=s1_fill, on_batch=bar.update
                 ):
                     out_dn = _to_output_dn(pred, valid)
-                    dst.write(out_dn, window=t.core)
+                    dst.write(out_dn[written], window=t.core)
                     if quicklook is not None:
                         quicklook.add(t.core, dn, out_dn)
                     missing += holes
@@ -168,6 +175,19 @@ def _remove_clouds(
     if quicklook is not None and preview is not None:
         quicklook.save(preview)
     return SceneReport(out, len(tiles), grid.width * grid.height / 1e6, seconds, fraction, skipped)
+
+
+def output_tags(s2: S2Source) -> dict[str, str]:
+    """Metadata of an output: what its DN mean, so that no one applies an offset twice."""
+    product = s2.product
+    offsets = ",".join(f"{band}:{offset}" for band, offset in zip(product.bands, product.offsets, strict=True))
+    return {
+        "DSEN2CR_RADIOMETRY": "reflectance x 10000, no offset; 0 = nodata",
+        "DSEN2CR_PROCESSING_LEVEL": product.level,
+        "DSEN2CR_OFFSET_REMOVED": offsets if any(product.offsets) else "none",
+        "DSEN2CR_OFFSET_SOURCE": product.offset_from,
+        "DSEN2CR_PROCESSING_BASELINE": product.baseline or "unknown",
+    }
 
 
 def _to_output_dn(pred: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -1,0 +1,320 @@
+"""Sentinel products as users have them (tiny products made here, never downloaded): baseline 04.00+ offsets,
+zipped SAFE, Level-2A, STAC items, S1 as a VV/VH pair, and their bad-input cases."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from dsen2cr import create_model
+from dsen2cr.cli import main
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.geotiff import write_geotiff
+from dsen2cr.preprocessing import S2_BANDS
+from dsen2cr.scene.products import EARTH_SEARCH_KEYS, L2A_BANDS, band_code
+from dsen2cr.weights import save_weights
+
+CRS_33N = CRS.from_epsg(32633)
+SIZE = 60  # 10 m pixels; 20 m bands 30, 60 m bands 10
+RESOLUTION = {
+    "B2": 10,
+    "B3": 10,
+    "B4": 10,
+    "B8": 10,
+    "B5": 20,
+    "B6": 20,
+    "B7": 20,
+    "B8A": 20,
+    "B11": 20,
+    "B12": 20,
+    "B1": 60,
+    "B9": 60,
+    "B10": 60,
+}
+TILE = "T33UUU_20230610T101559"
+
+
+def _band_array(band: str, seed: int = 0) -> np.ndarray:
+    """DN of one band at its native resolution (a smooth field plus noise, clear-sky values)."""
+    size = SIZE * 10 // RESOLUTION[band]
+    rng = np.random.default_rng([seed, S2_BANDS.index(band)])
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return (800 + 1500 * yy + 700 * xx + rng.integers(0, 200, (size, size))).astype(np.uint16)[None]
+
+
+def _write_jp2(path: Path, array: np.ndarray, resolution: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    transform = from_origin(399960, 5800020, resolution, resolution)
+    profile = {
+        "driver": "JP2OpenJPEG",
+        "width": array.shape[2],
+        "height": array.shape[1],
+        "count": 1,
+        "dtype": "uint16",
+        "crs": CRS_33N,
+        "transform": transform,
+        "QUALITY": 100,
+        "REVERSIBLE": "YES",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array)
+
+
+def _metadata(level: str, baseline: str, offsets: dict[int, int] | None) -> str:
+    """A minimal MTD_MSIL1C.xml / MTD_MSIL2A.xml with the elements the reader uses."""
+    l2a = level == "L2A"
+    tag = "BOA_ADD_OFFSET" if l2a else "RADIO_ADD_OFFSET"
+    entries = "".join(f'<{tag} band_id="{i}">{v}</{tag}>' for i, v in (offsets or {}).items())
+    if l2a:
+        quantification = (
+            '<QUANTIFICATION_VALUES_LIST><BOA_QUANTIFICATION_VALUE unit="none">10000'
+            "</BOA_QUANTIFICATION_VALUE></QUANTIFICATION_VALUES_LIST>"
+        )
+        offset_list = f"<BOA_ADD_OFFSET_VALUES_LIST>{entries}</BOA_ADD_OFFSET_VALUES_LIST>" if offsets else ""
+    else:
+        quantification = '<QUANTIFICATION_VALUE unit="none">10000</QUANTIFICATION_VALUE>'
+        offset_list = f"<Radiometric_Offset_List>{entries}</Radiometric_Offset_List>" if offsets else ""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><n1:Level-{level[1:]}_User_Product '
+        f'xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-{level[1:]}.xsd">'
+        f"<n1:General_Info><Product_Info><PROCESSING_BASELINE>{baseline}</PROCESSING_BASELINE></Product_Info>"
+        f"<Product_Image_Characteristics>{quantification}{offset_list}</Product_Image_Characteristics>"
+        f"</n1:General_Info></n1:Level-{level[1:]}_User_Product>"
+    )
+
+
+def make_safe(
+    folder: Path,
+    *,
+    level: str = "L1C",
+    baseline: str = "02.04",
+    shift: int = 0,
+    offsets: dict[int, int] | None = None,
+    metadata: bool = True,
+) -> Path:
+    """A tiny SAFE product: band JP2s at native resolution in the product's layout, and its metadata."""
+    name = f"S2B_MSI{level[0:1]}{level[1:]}_20230610T101559_N{baseline.replace('.', '')}_R065_T33UUU_20230610T1.SAFE"
+    safe = folder / name
+    granule = safe / "GRANULE" / f"{level}_T33UUU_A000000_20230610T101559" / "IMG_DATA"
+    for band in S2_BANDS if level == "L1C" else L2A_BANDS:
+        resolution = RESOLUTION[band]
+        array = _band_array(band) + np.uint16(shift)
+        if level == "L1C":
+            path = granule / f"{TILE}_{band_code(band)}.jp2"
+        else:
+            path = granule / f"R{resolution}m" / f"{TILE}_{band_code(band)}_{resolution}m.jp2"
+        _write_jp2(path, array, resolution)
+    if metadata:
+        (safe / f"MTD_MSI{level[0:1]}{level[1:]}.xml").write_text(_metadata(level, baseline, offsets))
+    return safe
+
+
+ALL_OFFSETS = {i: -1000 for i in range(13)}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    return save_weights(create_model("dsen2cr-small-nosar"), tmp_path_factory.mktemp("w") / "w.safetensors")
+
+
+def _run(weights: Path, s2: str | Path, out: Path, *extra: str) -> np.ndarray:
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(s2), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--device", "cpu", *extra]) == 0
+    with rasterio.open(out) as dataset:
+        return dataset.read()
+
+
+def test_baseline_offset_is_removed(weights: Path, tmp_path: Path) -> None:
+    """The same pixels + 1000 DN at baseline 05.10 (offsets declared) give the baseline-02.04 output."""
+    old = make_safe(tmp_path / "a", baseline="02.04")
+    new = make_safe(tmp_path / "b", baseline="05.10", shift=1000, offsets=ALL_OFFSETS)
+    before = _run(weights, old, tmp_path / "old.tif")
+    after = _run(weights, new, tmp_path / "new.tif")
+    assert np.abs(before.astype(int) - after.astype(int)).max() <= 1
+    with rasterio.open(tmp_path / "new.tif") as dataset:
+        tags = dataset.tags()
+    assert tags["DSEN2CR_PROCESSING_LEVEL"] == "L1C" and tags["DSEN2CR_PROCESSING_BASELINE"] == "05.10"
+    assert (
+        tags["DSEN2CR_OFFSET_REMOVED"].startswith("B1:-1000,B2:-1000") and tags["DSEN2CR_OFFSET_SOURCE"] == "metadata"
+    )
+
+
+def test_geotiff_offset_option(weights: Path, tmp_path: Path) -> None:
+    """A 13-band GeoTIFF exported from a baseline 04.00+ product: --s2-offset -1000 gives the offset-free result."""
+    rng = np.random.default_rng(0)
+    s2 = rng.integers(500, 4000, (13, 40, 50)).astype(np.uint16)
+    s2[:, :5, :5] = 0  # nodata stays nodata
+    origin = from_origin(500000, 5000000, 10, 10)
+    plain = write_geotiff(tmp_path / "plain.tif", s2, crs=CRS_33N, transform=origin)
+    shifted = write_geotiff(
+        tmp_path / "shifted.tif", np.where(s2 > 0, s2 + 1000, 0).astype(np.uint16), crs=CRS_33N, transform=origin
+    )
+    expected = _run(weights, plain, tmp_path / "a.tif")
+    got = _run(weights, shifted, tmp_path / "b.tif", "--s2-offset", "-1000")
+    np.testing.assert_array_equal(got, expected)
+    assert (got[:, :5, :5] == 0).all()
+
+
+def test_zipped_product_equals_the_folder(weights: Path, tmp_path: Path) -> None:
+    safe = make_safe(tmp_path / "p", baseline="05.10", shift=1000, offsets=ALL_OFFSETS)
+    archive = tmp_path / f"{safe.name}.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(safe.rglob("*")):
+            z.write(path, path.relative_to(safe.parent))
+    np.testing.assert_array_equal(_run(weights, archive, tmp_path / "z.tif"), _run(weights, safe, tmp_path / "f.tif"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["p", archive.name, "z.tif", "f.tif"])
+
+
+def test_level2a_product_gives_its_twelve_bands(
+    weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    safe = make_safe(tmp_path / "l2a", level="L2A", baseline="05.10", shift=1000, offsets=ALL_OFFSETS)
+    out = _run(weights, safe, tmp_path / "l2a.tif")
+    assert out.shape == (12, SIZE, SIZE)
+    with rasterio.open(tmp_path / "l2a.tif") as dataset:
+        assert list(dataset.descriptions) == L2A_BANDS
+        assert dataset.tags()["DSEN2CR_PROCESSING_LEVEL"] == "L2A"
+    assert "trained on top-of-atmosphere (Level-1C) data" in caplog.text
+
+
+def _stac_item(
+    folder: Path, safe: Path, *, keys: str, offsets: bool, level: str = "L1C", drop: tuple[str, ...] = ()
+) -> Path:
+    """A STAC item whose assets are single-band GeoTIFF copies of a SAFE's band files (relative hrefs)."""
+    earth_search = {band: key for key, band in EARTH_SEARCH_KEYS.items()}
+    assets = {}
+    for band in S2_BANDS if level == "L1C" else L2A_BANDS:
+        if band in drop:
+            continue
+        source = next(safe.rglob(f"*_{band_code(band)}*.jp2"))
+        with rasterio.open(source) as src:
+            write_geotiff(folder / f"{band_code(band)}.tif", src.read(), crs=src.crs, transform=src.transform)
+        key = band_code(band) if keys == "planetary" else earth_search[band]
+        asset: dict = {"href": f"{band_code(band)}.tif", "type": "image/tiff"}
+        if keys == "planetary":
+            asset["eo:bands"] = [{"name": band_code(band)}]
+        if offsets:
+            asset["raster:bands"] = [{"scale": 0.0001, "offset": -0.1, "nodata": 0}]
+        assets[key] = asset
+    properties = {"s2:product_type": f"S2MSI{level[1:]}", "s2:processing_baseline": "05.10"}
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "S2B_T33UUU", "properties": properties, "assets": assets}
+    path = folder / "item.json"
+    path.write_text(json.dumps(item))
+    return path
+
+
+@pytest.mark.parametrize(("keys", "offsets"), [("planetary", False), ("earth-search", True)])
+def test_stac_item_equals_the_safe(weights: Path, tmp_path: Path, keys: str, offsets: bool) -> None:
+    """Planetary Computer naming (offset from s2:processing_baseline) and Earth Search naming (offset from
+    raster:bands scale and offset) both give the SAFE's output."""
+    safe = make_safe(tmp_path / "p", baseline="05.10", shift=1000, offsets=ALL_OFFSETS)
+    (tmp_path / "stac").mkdir()
+    item = _stac_item(tmp_path / "stac", safe, keys=keys, offsets=offsets)
+    np.testing.assert_array_equal(_run(weights, item, tmp_path / "s.tif"), _run(weights, safe, tmp_path / "f.tif"))
+
+
+def test_s1_pair_equals_the_stacked_file(tmp_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    sar = save_weights(create_model("dsen2cr-small"), tmp_path / "sar.safetensors")
+    origin = from_origin(500000, 5000000, 10, 10)
+    rng = np.random.default_rng(0)
+    s2 = write_geotiff(
+        tmp_path / "s2.tif", rng.integers(500, 4000, (13, 40, 50)).astype(np.uint16), crs=CRS_33N, transform=origin
+    )
+    db = rng.uniform(-25, -5, (2, 40, 50)).astype(np.float32)
+    stacked = write_geotiff(tmp_path / "s1.tif", db, crs=CRS_33N, transform=origin)
+    vv = write_geotiff(tmp_path / "vv.tif", db[:1], crs=CRS_33N, transform=origin)
+    vh = write_geotiff(tmp_path / "vh.tif", db[1:], crs=CRS_33N, transform=origin)
+    expected = _run(sar, s2, tmp_path / "a.tif", "--s1", str(stacked))
+    np.testing.assert_array_equal(_run(sar, s2, tmp_path / "b.tif", "--s1", f"{vv},{vh}"), expected)
+    item = {
+        "type": "Feature",
+        "id": "s1",
+        "properties": {},
+        "assets": {"vv": {"href": "vv.tif"}, "vh": {"href": "vh.tif"}},
+    }
+    (tmp_path / "s1.json").write_text(json.dumps(item))
+    np.testing.assert_array_equal(_run(sar, s2, tmp_path / "c.tif", "--s1", str(tmp_path / "s1.json")), expected)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def _safe_without_metadata(t: Path) -> Path:
+    return make_safe(t, metadata=False)
+
+
+def _offsets_missing_bands(t: Path) -> Path:
+    return make_safe(t, baseline="05.10", offsets={i: -1000 for i in range(10)})
+
+
+def _zip_without_product(t: Path) -> Path:
+    with zipfile.ZipFile(t / "nothing.SAFE.zip", "w") as z:
+        z.writestr("readme.txt", "no product here")
+    return t / "nothing.SAFE.zip"
+
+
+def _stac_without_bands(t: Path) -> Path:
+    safe = make_safe(t / "p")
+    (t / "stac").mkdir()
+    return _stac_item(t / "stac", safe, keys="planetary", offsets=False, drop=("B10", "B11"))
+
+
+def _assets_on_two_crs(t: Path) -> Path:
+    safe = make_safe(t / "p")
+    (t / "stac").mkdir()
+    item = _stac_item(t / "stac", safe, keys="planetary", offsets=False)
+    with rasterio.open(t / "stac" / "B11.tif") as src:
+        data, transform = src.read(), src.transform
+    write_geotiff(t / "stac" / "B11.tif", data, crs=CRS.from_epsg(32632), transform=transform)
+    return item
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (_safe_without_metadata, "no MTD_MSIL1C.xml or MTD_MSIL2A.xml in the product"),
+        (_offsets_missing_bands, "RADIO_ADD_OFFSET list misses bands B10, B11, B12"),
+        (_zip_without_product, "nothing.SAFE.zip: no Sentinel-2 product inside"),
+        (_stac_without_bands, "STAC item lacks the assets of bands B10, B11"),
+        (_assets_on_two_crs, "B11.tif: S2 band is on EPSG:32632, but B02"),
+    ],
+    ids=[
+        "SAFE without metadata",
+        "offset list misses bands",
+        "zip without product",
+        "STAC without bands",
+        "assets on two CRSs",
+    ],
+)
+def test_bad_products(
+    setup: object, message: str, weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = setup(tmp_path)  # type: ignore[operator]
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(source), "--out", str(tmp_path / "o.tif")]
+    assert main([*argv, "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_s1_pair_on_two_grids_is_refused(tmp_path: Path) -> None:
+    from dsen2cr.scene.products import resolve_s1
+
+    db = np.full((1, 40, 50), -12, np.float32)
+    vv = write_geotiff(tmp_path / "vv.tif", db, crs=CRS_33N, transform=from_origin(500000, 5000000, 10, 10))
+    vh = write_geotiff(tmp_path / "vh.tif", db, crs=CRS_33N, transform=from_origin(500010, 5000000, 10, 10))
+    with pytest.raises(DSen2CRError, match="VV and VH are not on one grid"):
+        resolve_s1(f"{vv},{vh}")
