@@ -136,9 +136,7 @@ def jobs_from_arguments(
         raise DSen2CRError(f"{folder}: with several scenes --out must be an existing folder")
     partners: list[str | None] = list(s1) if s1 else [None] * len(s2)
     pairs = zip(s2, partners, strict=True)
-    return [
-        SceneJob(a, b, folder / f"{scene_stem(a)}_cloudfree.tif") for a, b in pairs
-    ]
+    return [SceneJob(a, b, folder / f"{scene_stem(a)}_cloudfree.tif") for a, b in pairs]
 
 
 def run(args: argparse.Namespace) -> int:
