@@ -89,3 +89,99 @@ def test_evaluate_with_roi_list(tmp_path: Path, synthetic_tree: Path, weights: P
     )
     assert result.returncode == 0, result.stderr
     assert "Evaluation on 2 images" in result.stdout and not (tmp_path / "e" / "predictions").exists()
+
+
+def _original_columns(pred: np.ndarray, target: np.ndarray, cloudy: np.ndarray, cover: np.ndarray) -> dict:
+    """The original code's image_metrics.py, transcribed in float64 numpy (model units, (13, H, W))."""
+    from skimage.metrics import structural_similarity
+
+    def sam(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        cosine = (a * b).sum(0) / np.sqrt((a * a).sum(0)) / np.sqrt((b * b).sum(0))
+        return np.arccos(np.clip(cosine, -1, 1))
+
+    clear = 1.0 - cover
+    error = pred - target
+    rmse_dn = np.sqrt(np.mean((pred * 2000 - target * 2000) ** 2))
+    ssim = structural_similarity(
+        target * 2000,
+        pred * 2000,
+        data_range=10000.0,
+        channel_axis=0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )
+    return {
+        "cloud_mean_absolute_error": np.mean(np.abs(error)),
+        "cloud_mean_squared_error": np.mean(error**2),
+        "cloud_root_mean_squared_error": np.sqrt(np.mean(error**2)),
+        "cloud_bandwise_root_mean_squared_error": np.mean(np.sqrt(np.mean(error**2, axis=(1, 2)))),
+        "cloud_psnr": 20 * np.log10(10000.0 / rmse_dn),
+        "cloud_ssim": ssim,
+        "cloud_mean_sam": np.mean(sam(target, pred)),
+        "cloud_mean_sam_covered": (cover * sam(target, pred)).sum() / cover.sum() if cover.sum() else 0.0,
+        "cloud_mean_sam_clear": (clear * sam(cloudy, pred)).sum() / clear.sum() if clear.sum() else 0.0,
+        "cloud_mean_absolute_error_covered": (cover * np.abs(error)).sum() / (cover.sum() * 13) if cover.sum() else 0.0,
+        "cloud_mean_absolute_error_clear": (clear * np.abs(pred - cloudy)).sum() / (clear.sum() * 13)
+        if clear.sum()
+        else 0.0,
+        "carl_error": np.mean(clear * np.abs(pred - cloudy) + cover * np.abs(error)) + np.mean(np.abs(error)),
+    }
+
+
+def test_original_protocol_matches_the_original_formulas(tmp_path: Path) -> None:
+    """``--protocol original`` on real sample patches: every column of every row equals the original's formulas
+    computed here in float64 from the files (top-left window, NaN fill and mask on it, prediction unclipped)."""
+    import torch
+
+    from dsen2cr.data.sample import sample_dataset_root, sample_file_list
+    from dsen2cr.masks import cloud_shadow_mask
+    from dsen2cr.metrics import ORIGINAL_METRIC_NAMES
+
+    torch.manual_seed(3)
+    model = create_model("dsen2cr-small").eval()
+    weights = save_weights(model, tmp_path / "w.safetensors")
+    root, window = sample_dataset_root(), 96
+    result = run_cli(
+        "evaluate",
+        "--weights",
+        str(weights),
+        "--data-root",
+        str(root),
+        "--file-list",
+        str(sample_file_list()),
+        "--split",
+        "val",
+        "--protocol",
+        "original",
+        "--window",
+        str(window),
+        "--out",
+        str(tmp_path / "e"),
+        "--no-images",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "SAM in radians" in result.stdout
+    rows = list(csv.DictReader((tmp_path / "e" / "metrics_per_image.csv").open()))
+    triplets = {t.patch_id: t for t in select_split(read_file_list(sample_file_list(), root), "val")}
+    assert rows and {r["patch_id"] for r in rows} == set(triplets)
+    for row in rows:
+        t = triplets[row["patch_id"]]
+        read = [
+            rasterio.open(p).read(window=((0, window), (0, window))).astype(np.float64)
+            for p in (t.s2_cloudy, t.s2, t.s1)
+        ]
+        cloudy_dn, target_dn, s1_db = read
+        cloudy, target = (np.clip(a, 0, 10000) / 2000 for a in (cloudy_dn, target_dn))
+        vv = (np.clip(s1_db[0], -25, 0) + 25) / 25 * 2
+        vh = (np.clip(s1_db[1], -32.5, 0) + 32.5) / 32.5 * 2
+        with torch.no_grad():
+            double = model.double()
+            pred = double(torch.from_numpy(cloudy)[None], torch.from_numpy(np.stack([vv, vh]))[None])[0].numpy()
+            model.float()
+        cover = (cloud_shadow_mask(cloudy_dn.astype(np.uint16)) != 0).astype(np.float64)
+        expected = _original_columns(pred if row["method"] == "model" else cloudy, target, cloudy, cover)
+        for name in ORIGINAL_METRIC_NAMES:
+            assert float(row[name]) == pytest.approx(expected[name], rel=1e-5, abs=1e-9), (row["method"], name)
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["protocol"] == "original" and summary["window"] == window

@@ -21,7 +21,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.files import write_text_atomic
 from dsen2cr.geotiff import open_raster, write_geotiff
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
-from dsen2cr.metrics import METRIC_NAMES, REGION_METRIC_NAMES, image_metrics
+from dsen2cr.metrics import METRIC_NAMES, ORIGINAL_METRIC_NAMES, REGION_METRIC_NAMES, image_metrics, original_metrics
 from dsen2cr.model import DSen2CR
 from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS, s1_model_to_db, s2_model_to_dn
@@ -36,6 +36,12 @@ from dsen2cr.visualize import (
 
 METHODS = ("model", "identity")
 ALL_METRICS = METRIC_NAMES + REGION_METRIC_NAMES
+#: The metrics each protocol reports, and their units.
+PROTOCOLS: dict[str, tuple[str, ...]] = {"default": ALL_METRICS, "original": ORIGINAL_METRIC_NAMES}
+UNITS = {
+    "default": "reflectance clipped to [0, 1], SAM in degrees",
+    "original": "the original code's units: model units (DN / 2000) unclipped, PSNR and SSIM on DN, SAM in radians",
+}
 #: What :func:`evaluate` writes into its report folder (``--overwrite`` replaces these, nothing else).
 REPORT_ENTRIES = ("metrics_per_image.csv", "summary.md", "summary.csv", "summary.json", "predictions", "previews")
 
@@ -49,17 +55,26 @@ def evaluate(
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
     write_images: bool = True,
     num_workers: int = 0,
+    protocol: str = "default",
+    window: int | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate ``model`` (a predictor from :func:`dsen2cr.predictor.load_predictor`, e.g. an int8 ONNX file; or
-    a PyTorch model, run eager fp32 on its device) on full patches; write reports (and predictions and previews)
-    to ``out_dir``.
+    a PyTorch model, run eager fp32 on its device); write reports (and predictions and previews) to ``out_dir``.
+
+    ``protocol`` ``default``: the metrics of later work (reflectance clipped to [0, 1], SAM in degrees);
+    ``original``: the original code's ``eval.csv`` metrics (model units, unclipped, SAM in radians; see
+    :func:`dsen2cr.metrics.original_metrics`). ``window``: score the top-left ``window`` x ``window`` pixels
+    of each patch (NaN fill and mask computed on that window, as the original reads it); None: the full patch.
 
     Returns the summary: ``{method: {metric: {"mean": x, "median": y}}}`` for the model and the identity
     baseline (the cloudy input taken as the prediction).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = SEN12MSCRDataset(triplets, train=False, cloud_threshold=cloud_threshold)
+    if protocol not in PROTOCOLS:
+        raise DSen2CRError(f"protocol: expected one of {sorted(PROTOCOLS)}, got {protocol!r}")
+    names = PROTOCOLS[protocol]
+    dataset = SEN12MSCRDataset(triplets, train=False, cloud_threshold=cloud_threshold, window=window or None)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_one_size)
     by_id = {t.patch_id: t for t in triplets}
     rows: list[dict[str, Any]] = []
@@ -76,7 +91,11 @@ def evaluate(
                 target_dn = s2_model_to_dn(batch["s2"][i])
                 mask = batch["cloud_mask"][i].numpy()
                 for method, candidate in (("model", pred_dn), ("identity", cloudy_dn)):
-                    values = image_metrics(candidate, target_dn, cloudy=cloudy_dn, mask=mask)
+                    if protocol == "original":
+                        unclipped = pred[i] if method == "model" else batch["s2_cloudy"][i]
+                        values = _original(unclipped, batch["s2"][i], batch["s2_cloudy"][i], batch["cloud_mask"][i])
+                    else:
+                        values = image_metrics(candidate, target_dn, cloudy=cloudy_dn, mask=mask)
                     rows.append(
                         {"patch_id": patch_id, "method": method, "cloud_fraction": float((mask != 0).mean()), **values}
                     )
@@ -84,9 +103,16 @@ def evaluate(
                     _write_prediction(by_id[patch_id], pred_dn, out / "predictions")
                     s1_db = s1_model_to_db(batch["s1"][i].numpy())
                     _write_previews(patch_id, s1_db, cloudy_dn, target_dn, pred_dn, mask, out / "previews")
-    summary = summarise(rows)
-    _write_reports(rows, summary, out)
+    summary = summarise(rows, names)
+    _write_reports(rows, summary, out, names, protocol, window)
     return summary
+
+
+def _original(pred: torch.Tensor, target: torch.Tensor, cloudy: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """The original's metrics of one image (model units, float64)."""
+    p, t, c = (x.to(torch.float64)[None] for x in (pred, target, cloudy))
+    values = original_metrics(p, t, c, torch.as_tensor(mask)[None])
+    return {name: float(value[0]) for name, value in values.items()}
 
 
 def _collate_one_size(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,13 +127,15 @@ def _collate_one_size(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return default_collate(samples)
 
 
-def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+def summarise(
+    rows: Sequence[dict[str, Any]], names: Sequence[str] = ALL_METRICS
+) -> dict[str, dict[str, dict[str, float]]]:
     """Mean and median of every metric per method (NaN entries, i.e. empty regions, left out)."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for method in METHODS:
         chosen = [r for r in rows if r["method"] == method]
         summary[method] = {}
-        for name in ALL_METRICS:
+        for name in names:
             values = np.array([float(r[name]) for r in chosen if name in r], dtype=np.float64)
             values = values[~np.isnan(values)]
             summary[method][name] = {
@@ -117,36 +145,40 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, f
     return summary
 
 
-def summary_markdown(summary: dict[str, dict[str, dict[str, float]]], images: int) -> str:
+def summary_markdown(summary: dict[str, dict[str, dict[str, float]]], images: int, protocol: str = "default") -> str:
     """The summary as a Markdown table (means, medians in brackets)."""
+    names = PROTOCOLS[protocol]
     lines = [
-        f"Evaluation on {images} images; reflectance scale, SAM in degrees; mean (median).",
+        f"Evaluation on {images} images; {UNITS[protocol]}; mean (median).",
         "",
-        "| method | " + " | ".join(ALL_METRICS) + " |",
-        "|---|" + "---|" * len(ALL_METRICS),
+        "| method | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
     ]
     for method, metrics in summary.items():
-        cells = [f"{m['mean']:.4f} ({m['median']:.4f})" for m in (metrics[name] for name in ALL_METRICS)]
+        cells = [f"{m['mean']:.4f} ({m['median']:.4f})" for m in (metrics[name] for name in names)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _write_reports(rows: list[dict[str, Any]], summary: dict, out: Path) -> None:
+def _write_reports(
+    rows: list[dict[str, Any]], summary: dict, out: Path, names: Sequence[str], protocol: str, window: int | None
+) -> None:
     """Per-image CSV and the summary as Markdown, CSV and JSON."""
-    columns = ["patch_id", "method", "cloud_fraction", *ALL_METRICS]
+    columns = ["patch_id", "method", "cloud_fraction", *names]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / "metrics_per_image.csv", buffer.getvalue())
     images = len({r["patch_id"] for r in rows})
-    write_text_atomic(out / "summary.md", summary_markdown(summary, images))
-    lines = ["method,statistic," + ",".join(ALL_METRICS)]
+    write_text_atomic(out / "summary.md", summary_markdown(summary, images, protocol))
+    lines = ["method,statistic," + ",".join(names)]
     for method, metrics in summary.items():
         for statistic in ("mean", "median"):
-            lines.append(f"{method},{statistic}," + ",".join(f"{metrics[n][statistic]:.6g}" for n in ALL_METRICS))
+            lines.append(f"{method},{statistic}," + ",".join(f"{metrics[n][statistic]:.6g}" for n in names))
     write_text_atomic(out / "summary.csv", "\n".join(lines) + "\n")
-    write_text_atomic(out / "summary.json", json.dumps({"images": images, "summary": summary}, indent=2) + "\n")
+    report = {"images": images, "protocol": protocol, "window": window or None, "units": UNITS[protocol]}
+    write_text_atomic(out / "summary.json", json.dumps({**report, "summary": summary}, indent=2) + "\n")
 
 
 def _write_prediction(triplet: Triplet, pred_dn: np.ndarray, folder: Path) -> None:

@@ -19,7 +19,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from dsen2cr.preprocessing import NUM_S2_BANDS, s2_dn_to_reflectance, s2_model_to_reflectance
+from dsen2cr.preprocessing import NUM_S2_BANDS, S2_MODEL_SCALE, s2_dn_to_reflectance, s2_model_to_reflectance
 
 METRIC_NAMES: tuple[str, ...] = ("mae", "rmse", "psnr", "ssim", "sam")
 REGION_METRIC_NAMES: tuple[str, ...] = ("mae_cloudy", "sam_cloudy", "mae_clear", "sam_clear")
@@ -77,7 +77,7 @@ def reflectance_metrics(
     return out
 
 
-def _ssim_valid_region(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _ssim_valid_region(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Per-image SSIM averaged over the pixels whose 11x11 window lies inside the image.
 
     This is the convention of ``tf.image.ssim`` (the paper code) and scikit-image. torchmetrics pads the
@@ -93,11 +93,76 @@ def _ssim_valid_region(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
         gaussian_kernel=True,
         sigma=SSIM_SIGMA,
         kernel_size=SSIM_WINDOW,
-        data_range=1.0,
+        data_range=data_range,
         reduction="none",
         return_full_image=True,
     )
     return ssim_map[..., margin:-margin, margin:-margin].mean(dim=(1, 2, 3))
+
+
+#: The per-image metrics of the original code's ``eval.csv`` (``tools/image_metrics.py``), in its order.
+ORIGINAL_METRIC_NAMES: tuple[str, ...] = (
+    "cloud_mean_absolute_error",
+    "cloud_mean_squared_error",
+    "cloud_root_mean_squared_error",
+    "cloud_bandwise_root_mean_squared_error",
+    "cloud_psnr",
+    "cloud_ssim",
+    "cloud_mean_sam",
+    "cloud_mean_sam_covered",
+    "cloud_mean_sam_clear",
+    "cloud_mean_absolute_error_covered",
+    "cloud_mean_absolute_error_clear",
+    "carl_error",
+)
+
+
+def original_metrics(
+    pred: torch.Tensor, target: torch.Tensor, cloudy: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-image metrics as the original code computes them (docs/design.md §3.6): (N, 13, H, W) tensors in
+    model units (DN / 2000), the prediction unclipped; ``mask`` (N, H, W) non-zero = cloud or shadow.
+
+    MAE, MSE, RMSE and the band-wise RMSE in model units; PSNR = 20 log10(10000 / RMSE in DN); SSIM on DN with
+    a maximum of 10000 (``tf.image.ssim``); SAM in radians; the covered/clear variants are 0 for an empty
+    region, as in the original; ``carl_error`` with lambda 1.
+    """
+    _check_batch(pred=pred, target=target, cloudy=cloudy)
+    error = pred - target
+    dims = (1, 2, 3)
+    cover = (mask != 0).to(pred.dtype)[:, None]
+    clear = 1 - cover
+    mse = error.square().mean(dim=dims)
+    angles_target = _angles_rad(target, pred)
+    angles_cloudy = _angles_rad(cloudy, pred)
+    bands = pred.shape[1]
+
+    def region_mean(values: torch.Tensor, region: torch.Tensor, per_pixel: int) -> torch.Tensor:
+        total = region.sum(dim=dims)
+        mean = (region * values).sum(dim=dims) / (total.clamp(min=1) * per_pixel)
+        return torch.where(total > 0, mean, torch.zeros_like(mean))
+
+    return {
+        "cloud_mean_absolute_error": error.abs().mean(dim=dims),
+        "cloud_mean_squared_error": mse,
+        "cloud_root_mean_squared_error": mse.sqrt(),
+        "cloud_bandwise_root_mean_squared_error": error.square().mean(dim=(2, 3)).sqrt().mean(dim=1),
+        "cloud_psnr": 20 * torch.log10(10000.0 / (mse.sqrt() * S2_MODEL_SCALE)),
+        "cloud_ssim": _ssim_valid_region(pred, target, data_range=10000.0 / S2_MODEL_SCALE),
+        "cloud_mean_sam": angles_target.mean(dim=(1, 2)),
+        "cloud_mean_sam_covered": region_mean(angles_target[:, None], cover, 1),
+        "cloud_mean_sam_clear": region_mean(angles_cloudy[:, None], clear, 1),
+        "cloud_mean_absolute_error_covered": region_mean(error.abs(), cover, bands),
+        "cloud_mean_absolute_error_clear": region_mean((pred - cloudy).abs(), clear, bands),
+        "carl_error": (clear * (pred - cloudy).abs() + cover * error.abs()).mean(dim=dims) + error.abs().mean(dim=dims),
+    }
+
+
+def _angles_rad(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pixel spectral angle (radians) of (N, C, H, W) tensors, as the original's ``get_sam``: the cosine
+    clipped to [-1, 1]; NaN where a spectrum is all zero."""
+    cosine = (a * b).sum(dim=1) / a.square().sum(dim=1).sqrt() / b.square().sum(dim=1).sqrt()
+    return torch.acos(cosine.clamp(-1, 1))
 
 
 def _check_batch(**tensors: torch.Tensor | None) -> None:

@@ -26,6 +26,20 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="default: %(default)s")
     parser.add_argument("--cloud-threshold", type=finite_float, default=0.2, help="default: %(default)s")
     parser.add_argument("--no-images", action="store_true", help="metrics only: no GeoTIFFs, no PNG previews")
+    parser.add_argument(
+        "--protocol",
+        choices=["default", "original"],
+        default="default",
+        help="default: reflectance clipped to [0, 1], SAM in degrees, full patch; original: the original code's "
+        "eval.csv (model units unclipped, SAM in radians, its column names) on the top-left --window (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="score the top-left WINDOW x WINDOW pixels of each patch (0: the full patch; default: 128 for "
+        "--protocol original, the full patch otherwise)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -39,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    window = args.window if args.window is not None else (128 if args.protocol == "original" else 0)
+    if window < 0:
+        raise DSen2CRError(f"--window: must be 0 (full patch) or a size in pixels, got {window}")
     folder = {"owned": REPORT_ENTRIES, "overwrite": args.overwrite, "what": "an evaluation report"}
     check_output_folder(args.out, **folder)
     # Exact numbers: eager fp32 for PyTorch weights; an ONNX file (fp32 or int8) runs as it was exported.
@@ -59,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             cloud_threshold=args.cloud_threshold,
             write_images=not args.no_images,
+            protocol=args.protocol,
+            window=window or None,
         )
-    print(summary_markdown(summary, len(triplets)))
+    print(summary_markdown(summary, len(triplets), args.protocol))
     print(f"reports in {args.out}")
     return 0

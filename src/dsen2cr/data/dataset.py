@@ -52,6 +52,8 @@ class SEN12MSCRDataset(Dataset):
         seed: int = 0,
         repeats: int = 1,
         check_files: bool = True,
+        window: int | None = None,
+        original_crop_offsets: bool = False,
     ) -> None:
         if not triplets:
             raise DSen2CRError("dataset: no patches to read (empty split or file list)")
@@ -69,6 +71,8 @@ class SEN12MSCRDataset(Dataset):
         self.cloud_threshold = cloud_threshold
         self.seed = seed
         self.repeats = repeats
+        self.window = window  # evaluation: the top-left window x window of each patch (the original's protocol)
+        self.original_crop_offsets = original_crop_offsets  # offsets 0 .. size - crop - 1, as the original draws
         self.epoch = 0
         if check_files:
             self._check_files_exist()
@@ -119,9 +123,17 @@ class SEN12MSCRDataset(Dataset):
                         f"{triplet.s2_cloudy}: patch is {height}x{width}, smaller than the "
                         f"{self.crop_size}x{self.crop_size} training crop"
                     )
-                row = int(rng.integers(height - self.crop_size + 1))
-                col = int(rng.integers(width - self.crop_size + 1))
+                last = 0 if self.original_crop_offsets else 1  # the original never reaches the last offset
+                row = int(rng.integers(max(1, height - self.crop_size + last)))
+                col = int(rng.integers(max(1, width - self.crop_size + last)))
                 window = Window(col, row, self.crop_size, self.crop_size)
+            elif self.window:
+                if self.window > min(height, width):
+                    raise DSen2CRError(
+                        f"{triplet.s2_cloudy}: patch is {height}x{width}, smaller than the "
+                        f"{self.window}x{self.window} evaluation window"
+                    )
+                window = Window(0, 0, self.window, self.window)
             s2_cloudy = read_window(cloudy_file, window)
         arrays = [s2_cloudy]
         for path, bands, what in ((triplet.s1, NUM_S1_BANDS, "S1"), (triplet.s2, NUM_S2_BANDS, "S2 cloud-free")):
