@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -77,7 +79,7 @@ def test_unknown_key_and_wrong_type(tmp_path: Path) -> None:
 def test_shipped_configs_load() -> None:
     from dsen2cr.config import bundled_config_names
 
-    assert bundled_config_names() == ["paper", "small-cpu"]
+    assert bundled_config_names() == ["paper", "paper-fast", "small-cpu"]
     for name in bundled_config_names():
         load_config(name)
 
@@ -194,3 +196,70 @@ def test_export_round_trip_and_variant_check(tmp_path: Path, synthetic_tree: Pat
     assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
     save_weights(b, tmp_path / "copy.safetensors")
     assert load_model(tmp_path / "copy.safetensors").config == a.config
+
+
+def test_paper_config_is_the_original_run() -> None:
+    """`config paper` trains as the original did: fp32 without TF32, a global batch of 16, the original's crop
+    offsets and last-batch rule; `paper-fast` states its deviations."""
+    paper, fast = load_config("paper"), load_config("paper-fast")
+    assert (paper.trainer.precision, paper.trainer.matmul_precision) == ("32-true", "highest")
+    assert paper.optim.global_batch and paper.optim.batch_size == 16
+    assert paper.data.original_crop_offsets and paper.data.drop_last
+    assert (fast.trainer.precision, fast.trainer.matmul_precision) == ("bf16-mixed", "high")
+
+
+def test_original_crop_offsets_never_reach_the_last_row_and_column(synthetic_tree: Path) -> None:
+    """A 95 px crop of a 96 px patch starts at row/column 0 or 1 by default, always at 0 as the original draws
+    offsets (0 .. size - crop - 1)."""
+    import rasterio
+
+    from dsen2cr.data.dataset import SEN12MSCRDataset
+    from dsen2cr.data.layout import read_file_list
+
+    triplets = read_file_list(synthetic_tree / "files.csv", synthetic_tree)[:1]  # 96x96 patches
+    with rasterio.open(triplets[0].s2_cloudy) as src:
+        patch = src.read()
+    offsets = ((0, 0), (0, 1), (1, 0), (1, 1))
+    for original in (False, True):
+        dataset = SEN12MSCRDataset(triplets, train=True, crop_size=95, augment=False, original_crop_offsets=original)
+        corners = set()
+        for index in range(40):
+            crop = dataset._read(triplets[0], np.random.default_rng([0, 0, index]))[2]
+            corners.add(next(o for o in offsets if np.array_equal(crop, patch[:, o[0] : o[0] + 95, o[1] : o[1] + 95])))
+        assert corners == ({(0, 0)} if original else set(offsets))
+
+
+def test_global_batch_splits_over_ranks(tmp_path: Path, synthetic_tree: Path) -> None:
+    """With optim.global_batch, a 2-process DDP run gives each rank half the batch; a world size that does not
+    divide the batch is refused."""
+    from types import SimpleNamespace
+
+    from dsen2cr.config import DataSection, LossSection
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.training.datamodule import SEN12MSCRDataModule
+
+    module = SEN12MSCRDataModule(DataSection(), LossSection(), 3, 0, global_batch=True)
+    module.trainer = SimpleNamespace(world_size=2)  # type: ignore[assignment]
+    with pytest.raises(DSen2CRError, match="global batch 3 does not split over 2 processes"):
+        module.batch_per_device()
+    result = run_cli(
+        "train",
+        "--config",
+        str(_config(tmp_path, synthetic_tree)),
+        "optim.epochs=1",
+        "optim.batch_size=4",
+        "optim.global_batch=true",
+        "trainer.limit_val_batches=1",
+        "trainer.deterministic=false",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--no-progress",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "csv" / "metrics.csv").open()))
+    assert {float(r["batch_per_device"]) for r in rows if r.get("batch_per_device")} == {2.0}

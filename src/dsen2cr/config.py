@@ -71,6 +71,8 @@ class DataSection:
     augment: bool = True
     repeats: int = 1  # training samples per patch and epoch (each with its own crop and augmentation)
     num_workers: int = 2
+    original_crop_offsets: bool = False  # crop offsets 0 .. size - crop - 1, as the original draws them
+    drop_last: bool = False  # drop the incomplete last training batch, as the original does
 
 
 @dataclass
@@ -80,6 +82,7 @@ class OptimSection:
     lr: float = 7e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    global_batch: bool = False  # batch_size is the global batch, split over the ranks (the original's rule)
     momentum_decay: float = 0.004
     batch_size: int = 16
     epochs: int = 8
@@ -96,6 +99,7 @@ class TrainerSection:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"  # or bf16-mixed
+    matmul_precision: str = "high"  # torch.set_float32_matmul_precision: highest = full fp32, high = TF32 on GPUs
     gradient_clip_val: float | None = None
     deterministic: bool = False
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPUs and tensor-core GPUs
@@ -241,6 +245,10 @@ def _validate(config: RunConfig, source: str) -> None:
     for key, (value, lowest, highest) in ranges.items():
         if value is not None and not lowest <= value <= highest:
             raise DSen2CRError(f"{source}: {key}: must be in [{lowest:g}, {highest:g}], got {value}")
+    if t.matmul_precision not in ("highest", "high", "medium"):
+        raise DSen2CRError(
+            f"{source}: trainer.matmul_precision: expected highest, high or medium, got {t.matmul_precision!r}"
+        )
     if len(config.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in config.optim.betas):
         raise DSen2CRError(f"{source}: optim.betas: expected two numbers in [0, 1), got {config.optim.betas}")
 

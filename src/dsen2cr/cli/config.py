@@ -9,7 +9,9 @@ from dsen2cr.cli.options import SubParsers, add_command
 
 def register(subparsers: SubParsers) -> None:
     """Add ``config``."""
-    parser = add_command(subparsers, "config", help="print a bundled config (to copy and edit): paper, small-cpu")
+    parser = add_command(
+        subparsers, "config", help="print a bundled config (to copy and edit): paper, paper-fast, small-cpu"
+    )
     parser.add_argument("name", help="bundled config name")
     parser.set_defaults(handler=run)
 

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from dsen2cr.config import DataSection, LossSection
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import resolve_split
+from dsen2cr.errors import DSen2CRError
 
 
 class EpochShuffle(torch.utils.data.Sampler[tuple[int, int]]):
@@ -50,11 +51,14 @@ class SEN12MSCRDataModule(L.LightningDataModule):
     across ranks.
     """
 
-    def __init__(self, data: DataSection, loss: LossSection, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, data: DataSection, loss: LossSection, batch_size: int, seed: int, *, global_batch: bool = False
+    ) -> None:
         super().__init__()
         self.data = data
         self.loss = loss
         self.batch_size = batch_size
+        self.global_batch = global_batch
         self.seed = seed
         self.train_set: SEN12MSCRDataset | None = None
         self.val_set: SEN12MSCRDataset | None = None
@@ -69,17 +73,34 @@ class SEN12MSCRDataModule(L.LightningDataModule):
                 crop_size=self.data.crop_size,
                 augment=self.data.augment,
                 repeats=self.data.repeats,
+                original_crop_offsets=self.data.original_crop_offsets,
                 **common,
             )
         if self.val_set is None:
             self.val_set = SEN12MSCRDataset(resolve_split(self.data, "val"), train=False, **common)
 
-    def _loader(self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler | None) -> DataLoader:
+    def batch_per_device(self) -> int:
+        """The batch of one rank: ``batch_size``, or with ``global_batch`` its share of the global batch (the
+        original's ``batch_size / n_gpus``; a world size that does not divide it is refused)."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if not self.global_batch or world == 1:
+            return self.batch_size
+        if self.batch_size % world:
+            raise DSen2CRError(
+                f"optim.batch_size: the global batch {self.batch_size} does not split over {world} processes "
+                "(optim.global_batch is true); choose a device count that divides it"
+            )
+        return self.batch_size // world
+
+    def _loader(
+        self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler | None, *, drop_last: bool = False
+    ) -> DataLoader:
         """A DataLoader with the configured workers."""
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.batch_per_device(),
             sampler=sampler,
+            drop_last=drop_last,
             num_workers=self.data.num_workers,
             persistent_workers=self.data.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -88,7 +109,8 @@ class SEN12MSCRDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """The training loader (Lightning sets its sampler's epoch before each epoch)."""
         assert self.train_set is not None
-        return self._loader(self.train_set, EpochShuffle(len(self.train_set), self.seed))
+        sampler = EpochShuffle(len(self.train_set), self.seed)
+        return self._loader(self.train_set, sampler, drop_last=self.data.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         """The validation loader (full patches)."""

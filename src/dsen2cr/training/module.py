@@ -70,6 +70,8 @@ class DSen2CRTask(L.LightningModule):
                 "trainer.gradient_clip_val)"
             )
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=pred.shape[0])
+        # the batch this rank sees (with optim.global_batch, the global batch over the ranks)
+        self.log("batch_per_device", float(pred.shape[0]), on_step=False, on_epoch=True, reduce_fx="max")
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -134,10 +134,12 @@ def run_training(
     if resume is not None:
         _check_resume_checkpoint(Path(resume), config)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    torch.set_float32_matmul_precision("high")
+    torch.set_float32_matmul_precision(config.trainer.matmul_precision)
     if not is_launched_worker():
         save_config(config, out / RESOLVED_CONFIG)
-    datamodule = SEN12MSCRDataModule(config.data, config.loss, config.optim.batch_size, config.trainer.seed)
+    datamodule = SEN12MSCRDataModule(
+        config.data, config.loss, config.optim.batch_size, config.trainer.seed, global_batch=config.optim.global_batch
+    )
     datamodule.setup("fit")
     trainer = build_trainer(config, out, progress=progress)
     task = build_task(config)
