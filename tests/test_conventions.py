@@ -50,12 +50,12 @@ def test_overwrite_replaces_only_the_commands_own_entries(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "argv",
     [
-        ["remove-clouds", "--weights", "w.safetensors", "--s2", "s2.tif", "--out", "o.tif", "--mask", "m.tif"],
+        ["remove-clouds", "--weights", "w.safetensors", "--s2", "s2.tif", "--out", "o.tif", "--mask-o", "m.tif"],
         ["remove-clouds", "--weights", "w.safetensors", "--s2", "s2.tif", "--ou", "o.tif"],
         ["evaluate", "--weight", "w.safetensors", "--data-root", ".", "--rois", "r.txt", "--out", "e"],
         ["data", "index", ".", "--ou", "files.csv"],
     ],
-    ids=["--mask for --mask-out", "--ou for --out", "--weight for --weights", "data index --ou"],
+    ids=["--mask-o for --mask-out", "--ou for --out", "--weight for --weights", "data index --ou"],
 )
 def test_abbreviated_options_are_refused(argv: list[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:

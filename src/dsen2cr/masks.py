@@ -5,6 +5,8 @@ All functions take S2 L1C digital numbers of shape (13, H, W) in the paper's ban
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
@@ -57,18 +59,72 @@ def _cloud_score(r: np.ndarray) -> np.ndarray:
     return np.clip(score, _SCORE_FLOOR, 1.0, out=score)
 
 
-def shadow_mask(s2_dn: np.ndarray) -> np.ndarray:
-    """Return a bool (H, W) map of cloud shadow from a (13, H, W) DN array."""
-    return _shadow(_reflectance(s2_dn))
+@dataclass(frozen=True)
+class ShadowStats:
+    """The image statistics the shadow rule thresholds: minimum and mean of CSI = (B8 + B11) / 2 and of B2
+    (reflectance). The paper code takes them from the image at hand; a whole scene takes them once, over its
+    valid pixels (:class:`ShadowStatsAccumulator`), so that its mask does not depend on the tiling."""
+
+    csi_min: float
+    csi_mean: float
+    blue_min: float
+    blue_mean: float
+
+    @property
+    def thresholds(self) -> tuple[float, float]:
+        """(T3, T4): CSI and blue below both is dark."""
+        t3 = self.csi_min + 0.75 * (self.csi_mean - self.csi_min)
+        t4 = self.blue_min + 5.0 / 6.0 * (self.blue_mean - self.blue_min)
+        return t3, t4
 
 
-def _shadow(r: np.ndarray) -> np.ndarray:
+class ShadowStatsAccumulator:
+    """:class:`ShadowStats` of a scene, accumulated block by block over the valid pixels (float64 sums)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sums = np.zeros(2)
+        self.mins = np.full(2, np.inf)
+
+    def add(self, s2_dn: np.ndarray, valid: np.ndarray) -> None:
+        """Add the valid pixels of a (13, h, w) DN block."""
+        if not valid.any():
+            return
+        r = _reflectance(s2_dn)
+        for index, values in enumerate((_csi(r)[valid], r[_B["B2"]][valid])):
+            self.sums[index] += values.sum(dtype=np.float64)
+            self.mins[index] = min(self.mins[index], float(values.min()))
+        self.count += int(valid.sum())
+
+    def stats(self) -> ShadowStats | None:
+        """The statistics, or None when no valid pixel was seen."""
+        if self.count == 0:
+            return None
+        means = self.sums / self.count
+        return ShadowStats(float(self.mins[0]), float(means[0]), float(self.mins[1]), float(means[1]))
+
+
+def _csi(r: np.ndarray) -> np.ndarray:
+    """The cloud-shadow index (B8 + B11) / 2 of a reflectance array."""
+    return (r[_B["B8"]] + r[_B["B11"]]) / 2
+
+
+def shadow_mask(s2_dn: np.ndarray, stats: ShadowStats | None = None) -> np.ndarray:
+    """Return a bool (H, W) map of cloud shadow from a (13, H, W) DN array (``stats``: a scene's, else the
+    array's own)."""
+    return _shadow(_reflectance(s2_dn), stats)
+
+
+def _shadow(r: np.ndarray, stats: ShadowStats | None = None) -> np.ndarray:
     """Shadow map of a (13, H, W) float32 reflectance array."""
     blue = r[_B["B2"]]
-    csi = (r[_B["B8"]] + r[_B["B11"]]) / 2
-    csi_min, blue_min = csi.min(), blue.min()
-    t3 = csi_min + 0.75 * (csi.mean(dtype=np.float64) - csi_min)
-    t4 = blue_min + 5.0 / 6.0 * (blue.mean(dtype=np.float64) - blue_min)
+    csi = _csi(r)
+    if stats is None:
+        csi_min, blue_min = csi.min(), blue.min()
+        t3 = csi_min + 0.75 * (csi.mean(dtype=np.float64) - csi_min)
+        t4 = blue_min + 5.0 / 6.0 * (blue.mean(dtype=np.float64) - blue_min)
+    else:
+        t3, t4 = stats.thresholds
     dark = ((csi < t3) & (blue < t4)).astype(np.int32)
     # A 5x5 median of the 0/-1 map with zero padding is -1 where at least 13 of the 25 cells are dark.
     size = _SHADOW_MEDIAN_SIZE
@@ -76,12 +132,20 @@ def _shadow(r: np.ndarray) -> np.ndarray:
     return dark_count > (size * size) // 2
 
 
-def cloud_shadow_mask(s2_dn: np.ndarray, threshold: float = DEFAULT_CLOUD_THRESHOLD) -> np.ndarray:
+#: Pixels beyond which a pixel's value no longer affects the mask (grey closing 5x5: a dilation and an erosion
+#: of radius 2 each, then the 7x7 mean: 3): a window read with this margin gives the whole image's map inside.
+MASK_RADIUS = 2 * (_CLOSING_SIZE // 2) + _MEAN_FILTER_SIZE // 2
+
+
+def cloud_shadow_mask(
+    s2_dn: np.ndarray, threshold: float = DEFAULT_CLOUD_THRESHOLD, stats: ShadowStats | None = None
+) -> np.ndarray:
     """Return the int8 (H, W) map of a (13, H, W) DN array: 1 cloud, -1 shadow, 0 clear.
 
-    Cloud is where the cloud score is at least ``threshold``; cloud overrides shadow.
+    Cloud is where the cloud score is at least ``threshold``; cloud overrides shadow. ``stats``: the shadow
+    thresholds' image statistics of a whole scene (default: of this array, as the paper code).
     """
     r = _reflectance(s2_dn)
-    result = np.where(_shadow(r), np.int8(SHADOW), np.int8(CLEAR))
+    result = np.where(_shadow(r, stats), np.int8(SHADOW), np.int8(CLEAR))
     result[_cloud_score(r) >= threshold] = CLOUD
     return result

@@ -123,24 +123,44 @@ def figure_with_titles(panels: list[np.ndarray], titles: list[str], footer: np.n
     return figure
 
 
+#: Colour of the cloud/shadow outline drawn on a quicklook's input panel (yellow).
+OUTLINE_COLOUR = (255, 220, 0)
+
+
 class Quicklook:
-    """Before/after RGB quicklook filled tile by tile (every ``scale``-th pixel), so nothing is read twice."""
+    """Before/after RGB quicklook filled tile by tile (every ``scale``-th pixel), so nothing is read twice; the
+    cloud/shadow map, when given, is outlined on the input panel."""
 
     def __init__(self, height: int, width: int, max_size: int = 1024) -> None:
         self.scale = max(1, math.ceil(max(height, width) / max_size))
         shape = (3, math.ceil(height / self.scale), math.ceil(width / self.scale))
         self.before = np.zeros(shape, np.uint16)
         self.after = np.zeros(shape, np.uint16)
+        self.mask: np.ndarray | None = None
 
-    def add(self, core: Window, before_dn: np.ndarray, after_dn: np.ndarray) -> None:
-        """Place the sampled pixels of one tile core (13-band DN arrays of the core's size)."""
+    def add(self, core: Window, before_dn: np.ndarray, after_dn: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Place the sampled pixels of one tile core (13-band DN arrays, and its (h, w) cloud/shadow map)."""
         s = self.scale
         r0, c0 = -core.row_off % s, -core.col_off % s  # first rows/columns on the sampling grid
         rows = slice((core.row_off + r0) // s, (core.row_off + r0) // s + len(range(r0, core.height, s)))
         cols = slice((core.col_off + c0) // s, (core.col_off + c0) // s + len(range(c0, core.width, s)))
         self.before[:, rows, cols] = before_dn[RGB_BANDS, r0::s, c0::s]
         self.after[:, rows, cols] = after_dn[RGB_BANDS, r0::s, c0::s]
+        if mask is not None:
+            if self.mask is None:
+                self.mask = np.zeros(self.before.shape[1:], bool)
+            self.mask[rows, cols] = mask[r0::s, c0::s] != 0
 
     def save(self, path: str | Path) -> Path:
-        """Write input (left) and output (right) side by side as PNG."""
-        return save_png(path, side_by_side([rgb_image(self.before), rgb_image(self.after)]))
+        """Write input (left, cloud/shadow outlined) and output (right) side by side as PNG."""
+        before = rgb_image(self.before)
+        if self.mask is not None:
+            before[mask_outline(self.mask)] = OUTLINE_COLOUR
+        return save_png(path, side_by_side([before, rgb_image(self.after)]))
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """The boundary pixels of a bool map: set pixels with an unset 4-neighbour (the image edge does not count)."""
+    padded = np.pad(mask, 1, mode="edge")
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner

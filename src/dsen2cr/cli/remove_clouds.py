@@ -91,7 +91,25 @@ def register(subparsers: SubParsers) -> None:
     )
     parser.add_argument("--s1-linear", action="store_true", help="S1 is linear power: convert it to dB")
     parser.add_argument(
-        "--cloud-threshold", type=finite_float, default=0.2, help="for --mask-out (default: %(default)s)"
+        "--cloud-threshold", type=finite_float, default=0.2, help="of --mask paper (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--mask",
+        choices=["paper", "product"],
+        default="paper",
+        help="cloud/shadow map for --mask-out, --keep-clear and the preview outline: paper (the paper's detector, "
+        "scene-wide statistics) or product (Level-2A SCL, Level-1C MSK_CLASSI_B00) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-clear",
+        action="store_true",
+        help="keep clear pixels bit for bit and replace only cloud and shadow (blended over --feather px)",
+    )
+    parser.add_argument(
+        "--feather",
+        type=int,
+        help="with --keep-clear: pixels over which input and prediction are blended at mask edges (default: 5, "
+        "the paper mask's smoothing radius)",
     )
     add_overwrite(parser, "replace existing outputs (never one of the inputs)")
     add_no_progress(parser)
@@ -146,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size != "auto" and args.batch_size < 1:
         raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    if args.feather is not None and args.feather < 0:
+        raise DSen2CRError(f"--feather: must be 0 or more pixels, got {args.feather}")
     jobs = jobs_from_arguments(
         s2=args.s2, s1=args.s1, out=args.out, manifest=args.manifest, mask_out=args.mask_out, preview=args.preview
     )
@@ -161,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
         resampling=args.resampling,
         s1_linear=args.s1_linear,
         s2_offset=args.s2_offset,
+        mask=args.mask,
+        keep_clear=args.keep_clear,
+        feather=args.feather,
         cloud_threshold=args.cloud_threshold,
         overwrite=args.overwrite,
         progress=not args.no_progress,

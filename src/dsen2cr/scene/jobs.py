@@ -143,6 +143,9 @@ class SceneSettings:
     resampling: str = "nearest"
     s1_linear: bool = False
     s2_offset: int | None = None
+    mask: str = "paper"
+    keep_clear: bool = False
+    feather: int | None = None  # None: dsen2cr.scene.masking.DEFAULT_FEATHER
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
     overwrite: bool = False
     progress: bool = True
@@ -217,6 +220,9 @@ def run_scene_jobs(
             resampling=settings.resampling,
             s1_linear=settings.s1_linear,
             s2_offset=settings.s2_offset,
+            mask=settings.mask,
+            keep_clear=settings.keep_clear,
+            feather=settings.feather,
             mask_out=job.mask_out,
             cloud_threshold=settings.cloud_threshold,
             preview=job.preview,

@@ -78,6 +78,7 @@ class S2Product:
     scale: float = 1.0
     baseline: str | None = None
     offset_from: str = "none"  # where the offsets come from: metadata, stac, option, none
+    masks: dict[str, str] = field(default_factory=dict)  # the product's own masks: SCL (L2A), MSK_CLASSI (L1C)
 
     def __post_init__(self) -> None:
         if not self.offsets:
@@ -141,7 +142,7 @@ def _safe_folder(folder: Path) -> S2Product:
     names = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in (".jp2", ".tif")]
     level = "L2A" if (metadata and "MSIL2A" in metadata[0].name) or any("/R10m/" in f"/{n}" for n in names) else "L1C"
     bands, files = _band_files(str(folder), names, level, lambda name: str(folder / name))
-    product = S2Product(str(folder), bands, files, level)
+    product = S2Product(str(folder), bands, files, level, masks=_mask_files(names, lambda name: str(folder / name)))
     if metadata:
         _apply_metadata(product, metadata[0].read_bytes(), str(metadata[0]))
     return product
@@ -167,7 +168,7 @@ def _zipped_safe(path: Path) -> S2Product:
     level = "L2A" if "MSIL2A" in metadata[0] else "L1C"
     prefix = f"/vsizip/{path.resolve()}/{root + '/' if root else ''}"
     bands, files = _band_files(str(path), inside, level, lambda name: prefix + name)
-    product = S2Product(str(path), bands, files, level)
+    product = S2Product(str(path), bands, files, level, masks=_mask_files(inside, lambda name: prefix + name))
     _apply_metadata(product, text, f"{path}:{metadata[0]}")
     return product
 
@@ -191,6 +192,17 @@ def _band_files(source: str, names: list[str], level: str, locate: object) -> tu
             raise DSen2CRError(f"{source}: several files for band {code}: {', '.join(Path(m).name for m in finest)}")
         files.append(locate(finest[0]))  # type: ignore[operator]
     return list(wanted), files
+
+
+def _mask_files(names: list[str], locate: object) -> dict[str, str]:
+    """The product's own cloud masks: the scene classification at 20 m (L2A ``…_SCL_20m.jp2``) and the
+    granule's ``QI_DATA/MSK_CLASSI_B00.jp2`` (L1C, baseline 04.00+)."""
+    found = {}
+    for kind, pattern in (("SCL", r"_SCL_20m\.(jp2|tif)$"), ("MSK_CLASSI", r"(^|/)MSK_CLASSI_B00\.(jp2|tif)$")):
+        matches = sorted(n for n in names if re.search(pattern, n, re.IGNORECASE))
+        if matches:
+            found[kind] = locate(matches[0])  # type: ignore[operator]
+    return found
 
 
 def _resolution(name: str) -> int:
@@ -355,6 +367,11 @@ def _stac_s2(location: str) -> S2Product:
     files = [_asset_href(assets[band][1], base) for band in wanted]
     baseline = properties.get("s2:processing_baseline")
     product = S2Product(location, list(wanted), files, level, baseline=str(baseline) if baseline else None)
+    scl = next(
+        (asset for key, asset in item["assets"].items() if key.lower() == "scl" and isinstance(asset, dict)), None
+    )
+    if scl is not None:
+        product.masks["SCL"] = _asset_href(scl, base)
     offsets = []
     for band in wanted:
         offsets.append(_stac_offset(assets[band][1], product.baseline))

@@ -68,6 +68,7 @@ class S2Source:
         except DSen2CRError:
             self.close()
             raise
+        self.dtype = str(self._datasets[0].dtypes[0])
         self._offsets = np.asarray(self.product.offsets, np.int32)[:, None, None]
         self._converts = bool(self._offsets.any()) or self.product.scale != 1.0
         if self.level == "L2A":

@@ -17,10 +17,11 @@ from dsen2cr.auto import auto_tile, resolve_batch_size
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.files import check_output_file
 from dsen2cr.geotiff import atomic_raster, cog_writer
-from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD, cloud_shadow_mask
+from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
 from dsen2cr.scene.batches import GDAL_CACHE_MB, iter_predictions
+from dsen2cr.scene.masking import DEFAULT_FEATHER, SceneMasker, blend, keep_clear_weights
 from dsen2cr.scene.readers import S1Source, S2Source, s1_scene_mean
 from dsen2cr.scene.tiles import default_overlap, plan_tiles
 from dsen2cr.visualize import Quicklook
@@ -28,6 +29,8 @@ from dsen2cr.visualize import Quicklook
 log = logging.getLogger(__name__)
 
 OUTPUT_NODATA = 0
+#: ``--feather`` at most (pixels): beyond a few hundred metres a blend is no longer a seam.
+MAX_FEATHER = 64
 
 
 @dataclass
@@ -59,10 +62,18 @@ def remove_clouds(
     preview: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    mask: str = "paper",
+    keep_clear: bool = False,
+    feather: int | None = None,
 ) -> SceneReport:
     """Remove the clouds of one scene and write a uint16 Cloud-Optimised GeoTIFF to ``out``: the input's bands
     (13 for L1C, 12 for L2A), as offset-free reflectance x 10000, tagged with the processing level and the
     offsets removed (``s2_offset``: the offset of a GeoTIFF exported from a baseline 04.00+ product).
+
+    ``mask`` (``paper`` or ``product``, see :mod:`dsen2cr.scene.masking`) drives ``mask_out``, the preview's
+    outline and ``keep_clear``: the input kept bit for bit on clear pixels farther than ``feather`` px from
+    any cloud or shadow, the prediction on cloud/shadow farther than ``feather`` px from clear, a linear blend
+    in between.
 
     ``predictor`` comes from :func:`dsen2cr.predictor.load_predictor`; it says whether S1 is needed. ``tile``,
     ``overlap`` and ``batch_size`` default to what ``remove-clouds`` picks automatically for the predictor's
@@ -85,6 +96,9 @@ def remove_clouds(
             preview=preview,
             overwrite=overwrite,
             progress=progress,
+            mask=mask,
+            keep_clear=keep_clear,
+            feather=DEFAULT_FEATHER if feather is None else feather,
         )
 
 
@@ -105,8 +119,13 @@ def _remove_clouds(
     preview: str | Path | None,
     overwrite: bool,
     progress: bool,
+    mask: str,
+    keep_clear: bool,
+    feather: int,
 ) -> SceneReport:
     """:func:`remove_clouds` with its settings resolved, under a bounded GDAL cache."""
+    if not 0 <= feather <= MAX_FEATHER:
+        raise DSen2CRError(f"feather: must be in [0, {MAX_FEATHER}] pixels, got {feather}")
     include_sar = predictor.include_sar
     for path in (out, mask_out, preview):
         if path is not None:
@@ -120,7 +139,16 @@ def _remove_clouds(
         tile = auto_tile(predictor.config, device=predictor.device, batch_size=batch_size, overlap=overlap)
     s2 = S2Source(s2_path, resampling=resampling, offset=s2_offset)
     s1 = None
+    masker = None
     try:
+        if keep_clear and s2.dtype not in ("uint8", "uint16"):
+            raise DSen2CRError(
+                f"{s2.name}: --keep-clear keeps input pixels bit for bit, but S2 is {s2.dtype} and the output "
+                "is uint16; convert the input to uint16 DN first"
+            )
+        if keep_clear or mask_out is not None or preview is not None or mask != "paper":
+            # its own file handles: the batch loop's reader thread owns ``s2`` while the loop runs
+            masker = SceneMasker(S2Source(s2_path, resampling=resampling, offset=s2_offset), mask, cloud_threshold)
         grid = s2.grid
         if include_sar:
             s1 = S1Source(s1_path, grid, linear=s1_linear)  # type: ignore[arg-type]  # checked above
@@ -146,14 +174,21 @@ def _remove_clouds(
                     predictor, s2, s1, tiles, batch_size=batch_size, s1_fill_db=s1_fill, on_batch=bar.update
                 ):
                     out_dn = _to_output_dn(pred, valid)
+                    core_mask = None
+                    if keep_clear and masker is not None:
+                        weights, core_mask = keep_clear_weights(masker, t.core, feather)
+                        out_dn = blend(dn, out_dn, weights[None])
+                        out_dn[:, ~valid] = OUTPUT_NODATA
+                    elif masker is not None:
+                        core_mask = masker.window(t.core)
                     dst.write(out_dn[written], window=t.core)
                     if quicklook is not None:
-                        quicklook.add(t.core, dn, out_dn)
+                        quicklook.add(t.core, dn, out_dn, core_mask)
                     missing += holes
                     valid_total += int(valid.sum())
                     skipped += not valid.any()
-                    if mask_dst is not None:
-                        mask_dst.write(cloud_shadow_mask(dn, cloud_threshold)[None], window=t.core)
+                    if mask_dst is not None and core_mask is not None:
+                        mask_dst.write(core_mask[None], window=t.core)
                 if valid_total == 0:
                     raise DSen2CRError(f"{s2_path}: S2 has no valid pixels (all nodata or NaN)")
         finally:
@@ -163,6 +198,8 @@ def _remove_clouds(
         s2.close()
         if s1 is not None:
             s1.close()
+        if masker is not None:
+            masker.close()
     fraction = missing / valid_total if valid_total else 0.0
     if include_sar and fraction > 0:
         log.warning(

@@ -1,0 +1,169 @@
+"""Cloud/shadow maps of whole scenes, window by window but independent of the tiling, and ``--keep-clear``:
+clear pixels kept bit for bit, cloudy ones predicted, a linear blend in between (docs/design.md §4.6).
+
+Masks (``--mask``):
+
+- ``paper``: the paper's detector (:mod:`dsen2cr.masks`) with the shadow thresholds' statistics taken once
+  over the scene's valid pixels, and every window read with the detector's radius around it, so the map of a
+  window equals the map of the whole scene there;
+- ``product``: the product's own classification, resampled by nearest neighbour onto the 10 m grid: Level-2A
+  SCL (8, 9 cloud medium/high probability and 10 thin cirrus are cloud, 3 is shadow) or Level-1C (baseline
+  04.00+) ``MSK_CLASSI_B00`` (opaque clouds or cirrus are cloud; it has no shadow class).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+from scipy import ndimage
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.geotiff import open_raster, read_window
+from dsen2cr.masks import (
+    CLEAR,
+    CLOUD,
+    DEFAULT_CLOUD_THRESHOLD,
+    MASK_RADIUS,
+    SHADOW,
+    ShadowStatsAccumulator,
+    cloud_shadow_mask,
+)
+from dsen2cr.scene.readers import S2Source
+
+MASK_KINDS = ("paper", "product")
+#: SCL classes (Level-2A scene classification) that count as cloud, and as shadow.
+SCL_CLOUD = (8, 9, 10)
+SCL_SHADOW = (3,)
+#: ``--feather`` default (pixels): the paper mask's score is smoothed over 5 px (grey closing radius 2, then
+#: mean radius 3), so its boundary is uncertain by that much; blending over 5 px hides the step there and
+#: keeps the clear land farther than 50 m from any cloud exactly as it was.
+DEFAULT_FEATHER = 5
+
+
+class SceneMasker:
+    """The cloud/shadow map (int8: 1 cloud, -1 shadow, 0 clear) of any window of an S2 scene, read through its
+    own ``S2Source`` (which it closes)."""
+
+    def __init__(self, s2: S2Source, kind: str = "paper", threshold: float = DEFAULT_CLOUD_THRESHOLD) -> None:
+        if kind not in MASK_KINDS:
+            raise DSen2CRError(f"mask: expected one of {MASK_KINDS}, got {kind!r}")
+        self.s2 = s2
+        self.kind = kind
+        self.threshold = threshold
+        self._product: rasterio.io.DatasetReaderBase | None = None
+        self._source: rasterio.io.DatasetReaderBase | None = None
+        if kind == "paper":
+            self.stats = _scene_shadow_stats(s2)
+        else:
+            self._open_product_mask()
+
+    def _open_product_mask(self) -> None:
+        """The product's SCL or MSK_CLASSI file, warped by nearest neighbour onto the 10 m grid."""
+        masks = self.s2.product.masks
+        self.product_kind = "SCL" if "SCL" in masks else "MSK_CLASSI" if "MSK_CLASSI" in masks else None
+        if self.product_kind is None:
+            raise DSen2CRError(
+                f"{self.s2.name}: --mask product needs the product's own mask (Level-2A SCL, or Level-1C "
+                "QI_DATA/MSK_CLASSI_B00 of baseline 04.00+), which this input does not have; use --mask paper"
+            )
+        self._source = open_raster(masks[self.product_kind], what=f"{self.product_kind} mask")
+        grid = self.s2.grid
+        self._product = WarpedVRT(
+            self._source,
+            crs=grid.crs,
+            transform=grid.transform,
+            width=grid.width,
+            height=grid.height,
+            resampling=Resampling.nearest,
+        )
+
+    def window(self, window: Window) -> np.ndarray:
+        """The map of ``window`` (within the scene), exactly as of the whole scene."""
+        if self.kind == "product":
+            assert self._product is not None
+            classes = read_window(self._product, window)
+            return product_mask(classes, self.product_kind or "")
+        grid = self.s2.grid
+        outer = _grow(window, MASK_RADIUS, grid.height, grid.width)
+        dn = self.s2.read(outer)
+        mask = cloud_shadow_mask(np.nan_to_num(dn), self.threshold, stats=self.stats)
+        r0, c0 = window.row_off - outer.row_off, window.col_off - outer.col_off
+        return mask[r0 : r0 + window.height, c0 : c0 + window.width]
+
+    def close(self) -> None:
+        """Close the scene and the product mask's files."""
+        self.s2.close()
+        for dataset in (self._product, self._source):
+            if dataset is not None:
+                dataset.close()
+
+
+def product_mask(classes: np.ndarray, kind: str) -> np.ndarray:
+    """The int8 cloud/shadow map of a product mask read as (bands, h, w): SCL classes, or MSK_CLASSI bands
+    (opaque clouds, cirrus, snow)."""
+    result = np.full(classes.shape[1:], CLEAR, np.int8)
+    if kind == "SCL":
+        result[np.isin(classes[0], SCL_SHADOW)] = SHADOW
+        result[np.isin(classes[0], SCL_CLOUD)] = CLOUD
+    else:
+        result[(classes[0] > 0) | (classes[1] > 0 if classes.shape[0] > 1 else False)] = CLOUD
+    return result
+
+
+def _scene_shadow_stats(s2: S2Source, block: int = 1024):
+    """The shadow thresholds' statistics over the scene's valid pixels (one streamed pass)."""
+    accumulator = ShadowStatsAccumulator()
+    grid = s2.grid
+    for row in range(0, grid.height, block):
+        for col in range(0, grid.width, block):
+            window = Window(col, row, min(block, grid.width - col), min(block, grid.height - row))
+            dn = s2.read(window)
+            accumulator.add(np.nan_to_num(dn), s2.valid(dn))
+    return accumulator.stats()
+
+
+def _grow(window: Window, margin: int, height: int, width: int) -> Window:
+    """``window`` grown by ``margin`` pixels on every side, clipped to the scene."""
+    r0, c0 = max(0, window.row_off - margin), max(0, window.col_off - margin)
+    r1 = min(height, window.row_off + window.height + margin)
+    c1 = min(width, window.col_off + window.width + margin)
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def keep_clear_weights(masker: SceneMasker, window: Window, feather: int) -> tuple[np.ndarray, np.ndarray]:
+    """The prediction's weight (float64, h x w) for ``window``: 0 on clear pixels farther than ``feather`` px
+    from any cloud or shadow pixel, 1 on cloud/shadow pixels farther than ``feather`` px from any clear pixel,
+    linear in the (Euclidean) distance in between: w = (feather - s) / (2 feather), clipped to [0, 1], with s
+    the distance to the nearest cloud/shadow pixel on clear pixels and minus the distance to the nearest clear
+    pixel on cloud/shadow ones (feather 0: w is 1 on cloud/shadow, 0 on clear). Distances are computed on the
+    window grown by ``feather + 1`` px, so they are those of the whole scene. Returns the weights and the
+    window's cloud/shadow map."""
+    grid = masker.s2.grid
+    outer = _grow(window, feather + 1, grid.height, grid.width)
+    r0, c0 = window.row_off - outer.row_off, window.col_off - outer.col_off
+    core = (slice(r0, r0 + window.height), slice(c0, c0 + window.width))
+    mask = masker.window(outer)
+    cloudy = mask != CLEAR
+    if not feather:
+        return cloudy[core].astype(np.float64), mask[core]
+    signed = np.where(cloudy, -_distance_to(~cloudy), _distance_to(cloudy))
+    return np.clip((feather - signed[core]) / (2 * feather), 0.0, 1.0), mask[core]
+
+
+def _distance_to(target: np.ndarray) -> np.ndarray:
+    """Euclidean distance of every pixel to the nearest ``True`` pixel (0 on them; inf when there is none)."""
+    if not target.any():
+        return np.full(target.shape, np.inf)
+    return ndimage.distance_transform_edt(~target)
+
+
+def blend(input_dn: np.ndarray, predicted_dn: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``input`` where the weight is 0 (bit for bit), ``predicted`` where it is 1, the rounded linear blend in
+    between (so every value lies between the two)."""
+    mixed = np.rint(weights * predicted_dn.astype(np.float64) + (1 - weights) * input_dn.astype(np.float64))
+    out = mixed.astype(predicted_dn.dtype)
+    out = np.where(weights == 0, input_dn.astype(predicted_dn.dtype), out)
+    return np.where(weights == 1, predicted_dn, out)

@@ -1,0 +1,194 @@
+"""``remove-clouds --mask`` and ``--keep-clear``: scene masks independent of the tiling, clear pixels kept bit for
+bit, cloud predicted, a monotone blend in between, product masks (SCL, MSK_CLASSI), and their bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from scipy import ndimage
+
+from dsen2cr import create_model
+from dsen2cr.cli import main
+from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
+from dsen2cr.geotiff import write_geotiff
+from dsen2cr.masks import cloud_shadow_mask, shadow_mask
+from dsen2cr.weights import save_weights
+
+UTM = CRS.from_epsg(32632)
+ORIGIN = from_origin(500000, 5000000, 10, 10)
+FEATHER = 4
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 300 x 420 cloudy scene, larger than one 128 px window, and a small model without SAR."""
+    folder = tmp_path_factory.mktemp("keep")
+    rng = np.random.default_rng(5)
+    clear, _ = synthetic_clear_scene((300, 420), rng)
+    cloudy, _ = add_synthetic_clouds(clear, rng)
+    write_geotiff(folder / "s2.tif", cloudy, crs=UTM, transform=ORIGIN)
+    torch.manual_seed(0)
+    weights = save_weights(create_model("dsen2cr-small-nosar"), folder / "w.safetensors")
+    return {"folder": folder, "s2": cloudy, "weights": weights}
+
+
+def _run(scene: dict, out: Path, *extra: str) -> np.ndarray:
+    argv = ["remove-clouds", "--weights", str(scene["weights"]), "--s2", str(scene["folder"] / "s2.tif")]
+    assert main([*argv, "--out", str(out), "--no-progress", "--device", "cpu", *extra]) == 0
+    with rasterio.open(out) as dataset:
+        return dataset.read()
+
+
+def _scene_mask(s2: np.ndarray) -> np.ndarray:
+    """The paper mask of the whole scene, its shadow statistics over all (valid) pixels, computed here."""
+    r = s2.astype(np.float64) / 10000
+    csi, blue = (r[7] + r[11]) / 2, r[1]
+    t3 = csi.min() + 0.75 * (csi.mean() - csi.min())
+    t4 = blue.min() + 5 / 6 * (blue.mean() - blue.min())
+    dark = ((csi < t3) & (blue < t4)).astype(int)
+    shadow = ndimage.convolve(dark, np.ones((5, 5), int), mode="constant") > 12
+    mask = np.where(shadow, -1, 0)
+    mask[cloud_shadow_mask(s2) == 1] = 1  # the cloud score has no image statistics: the whole-array result
+    return mask
+
+
+def test_mask_out_does_not_depend_on_the_tiling(scene: dict, tmp_path: Path) -> None:
+    _run(scene, tmp_path / "a.tif", "--tile", "64", "--mask-out", str(tmp_path / "m64.tif"))
+    _run(scene, tmp_path / "b.tif", "--tile", "512", "--mask-out", str(tmp_path / "m512.tif"))
+    with rasterio.open(tmp_path / "m64.tif") as small, rasterio.open(tmp_path / "m512.tif") as whole:
+        tiled, single = small.read(1), whole.read(1)
+    np.testing.assert_array_equal(tiled, single)
+    np.testing.assert_array_equal(tiled, _scene_mask(scene["s2"]))
+    assert (tiled == 1).any() and (tiled == 0).any()
+
+
+def test_keep_clear_is_exact_seamless_and_monotone(scene: dict, tmp_path: Path) -> None:
+    s2 = scene["s2"]
+    plain = _run(scene, tmp_path / "plain.tif", "--tile", "128")
+    kept = _run(scene, tmp_path / "kept.tif", "--tile", "128", "--keep-clear", "--feather", str(FEATHER))
+    whole = _run(scene, tmp_path / "whole.tif", "--tile", "512", "--keep-clear", "--feather", str(FEATHER))
+    np.testing.assert_array_equal(kept, whole)  # tiled equals whole-image
+    cloudy = _scene_mask(s2) != 0
+    to_cloud = ndimage.distance_transform_edt(~cloudy)
+    to_clear = ndimage.distance_transform_edt(cloudy)
+    far_clear = ~cloudy & (to_cloud > FEATHER)
+    deep_cloud = cloudy & (to_clear > FEATHER)
+    assert far_clear.sum() > 1000 and deep_cloud.sum() > 1000
+    np.testing.assert_array_equal(kept[:, far_clear], s2[:, far_clear])  # bit for bit
+    np.testing.assert_array_equal(kept[:, deep_cloud], plain[:, deep_cloud])
+    low, high = np.minimum(s2, plain), np.maximum(s2, plain)
+    assert ((kept >= low) & (kept <= high)).all()  # every value between input and prediction
+    # monotone: along the signed distance, the share of the prediction never decreases towards the cloud
+    signed = np.where(cloudy, -to_clear, to_cloud)
+    band = 3
+    moving = plain[band] != s2[band]
+    share = (kept[band][moving].astype(float) - s2[band][moving]) / (
+        plain[band][moving].astype(float) - s2[band][moving]
+    )
+    order = np.argsort(signed[moving], kind="stable")
+    expected = np.clip((FEATHER - signed[moving]) / (2 * FEATHER), 0, 1)
+    assert (
+        np.abs(share - expected).max() < 0.5 / np.abs(plain[band][moving].astype(float) - s2[band][moving]).min() + 1e-9
+    )
+    assert np.all(np.diff(expected[order]) <= 1e-12)
+
+
+def test_preview_outlines_the_mask(scene: dict, tmp_path: Path) -> None:
+    from PIL import Image
+
+    _run(scene, tmp_path / "o.tif", "--preview", str(tmp_path / "p.png"))
+    image = np.asarray(Image.open(tmp_path / "p.png"))
+    left = image[:, : scene["s2"].shape[2]]
+    assert (left == (255, 220, 0)).all(axis=-1).sum() > 100
+
+
+def _l2a_with_scl(folder: Path, scl: np.ndarray) -> Path:
+    """A tiny Level-2A SAFE (12 bands at 10 m for brevity) with its SCL at 20 m."""
+    from test_products import make_safe
+
+    safe = make_safe(folder, level="L2A", baseline="02.14")
+    target = next(safe.rglob("*_B05_20m.jp2")).with_name("T33UUU_20230610T101559_SCL_20m.jp2")
+    from test_products import _write_jp2
+
+    _write_jp2(target, scl.astype(np.uint16)[None], 20)
+    return safe
+
+
+def test_scl_and_msk_classi_mapping(tmp_path: Path) -> None:
+    from dsen2cr.scene.masking import product_mask
+
+    classes = np.arange(12).reshape(1, 3, 4)
+    mapped = product_mask(classes, "SCL")
+    assert mapped.tolist() == [[0, 0, 0, -1], [0, 0, 0, 0], [1, 1, 1, 0]]
+    msk = np.zeros((3, 2, 2), np.uint8)
+    msk[0, 0, 0] = 1  # opaque
+    msk[1, 0, 1] = 1  # cirrus
+    msk[2, 1, 0] = 1  # snow: not cloud
+    assert product_mask(msk, "MSK_CLASSI").tolist() == [[1, 1], [0, 0]]
+
+
+def test_product_mask_end_to_end(tmp_path: Path) -> None:
+    """--mask product on an L2A SAFE writes the SCL's classes (nearest onto 10 m) as the map."""
+    scl = np.full((30, 30), 4, np.uint16)  # vegetation
+    scl[:10, :10] = 9  # cloud (high probability)
+    scl[20:, 20:] = 3  # cloud shadow
+    safe = _l2a_with_scl(tmp_path / "p", scl)
+    torch.manual_seed(0)
+    weights = save_weights(create_model("dsen2cr-small-nosar"), tmp_path / "w.safetensors")
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(safe), "--out", str(tmp_path / "o.tif")]
+    assert (
+        main([*argv, "--mask", "product", "--mask-out", str(tmp_path / "m.tif"), "--keep-clear", "--no-progress"]) == 0
+    )
+    with rasterio.open(tmp_path / "m.tif") as dataset:
+        mask = dataset.read(1)
+    expected = np.zeros((60, 60), np.int8)
+    expected[:20, :20] = 1
+    expected[40:, 40:] = -1
+    np.testing.assert_array_equal(mask, expected)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--mask", "product"], "--mask product needs the product's own mask"),
+        (["--keep-clear", "--feather", "-1"], "--feather: must be 0 or more pixels"),
+    ],
+    ids=["product mask of a GeoTIFF", "negative feather"],
+)
+def test_bad_mask_options(
+    scene: dict, tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["remove-clouds", "--weights", str(scene["weights"]), "--s2", str(scene["folder"] / "s2.tif")]
+    assert main([*argv, "--out", str(tmp_path / "o.tif"), "--no-progress", *extra]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_keep_clear_refuses_an_input_the_output_cannot_hold(
+    scene: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    floats = write_geotiff(tmp_path / "f.tif", scene["s2"].astype(np.float32) + 0.5, crs=UTM, transform=ORIGIN)
+    argv = ["remove-clouds", "--weights", str(scene["weights"]), "--s2", str(floats), "--out", str(tmp_path / "o.tif")]
+    assert main([*argv, "--keep-clear", "--no-progress"]) == 2
+    assert "S2 is float32 and the output is uint16" in capsys.readouterr().err
+
+
+def test_shadow_statistics_of_a_scene(scene: dict) -> None:
+    """The streamed scene statistics equal those of the whole array (so the map equals the whole-image map)."""
+    from dsen2cr.masks import ShadowStatsAccumulator
+
+    s2 = scene["s2"]
+    accumulator = ShadowStatsAccumulator()
+    for rows in (slice(0, 100), slice(100, 300)):
+        block = s2[:, rows]
+        accumulator.add(block, np.ones(block.shape[1:], bool))
+    stats = accumulator.stats()
+    assert stats is not None
+    np.testing.assert_array_equal(shadow_mask(s2, stats), shadow_mask(s2))
