@@ -26,6 +26,7 @@ def test_demo_writes_its_report(tmp_path: Path) -> None:
     with rasterio.open(out / "scene" / "T33UUU_20170216_cloudfree.tif") as scene:
         assert scene.count == 13 and scene.crs.to_epsg() == 32633 and scene.shape == (768, 640)
     assert (out / "scene" / "T33UUU_20170216_before_after.png").is_file()
+    assert (out / "scene" / "T33UUU_20170216_comparison.png").is_file()
     assert (out / "evaluation-sar" / "summary.md").is_file()
 
 

@@ -17,6 +17,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from dsen2cr.config import RunConfig, load_config
 from dsen2cr.evaluate import ALL_METRICS, evaluate
 from dsen2cr.files import output_folder, write_text_atomic
@@ -131,18 +133,45 @@ def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: 
     log.info("[demo] removing the clouds of the bundled real L1C scene (model without SAR)")
     scene_dir = out / "scene"
     scene_dir.mkdir(exist_ok=True)
+    predictor = load_predictor(weights[False], backend="eager", device=device)
+    # The scene is a GeoTIFF: no product mask, the paper's detector is the best mask it allows.
+    plain = remove_clouds(
+        predictor,
+        s2_path=sample_scene(),
+        out=scene_dir / "T33UUU_20170216_cloudfree_all_pixels.tif",
+        preview=scene_dir / "T33UUU_20170216_all_pixels.png",
+        progress=False,
+    )
     scene = remove_clouds(
-        load_predictor(weights[False], backend="eager", device=device),
+        predictor,
         s2_path=sample_scene(),
         out=scene_dir / "T33UUU_20170216_cloudfree.tif",
         mask_out=scene_dir / "T33UUU_20170216_cloud_shadow_mask.tif",
         preview=scene_dir / "T33UUU_20170216_before_after.png",
+        keep_clear=True,
         progress=False,
     )
-    return _write_report(out, summaries, len(held_out), scene)
+    _comparison(
+        scene_dir / "T33UUU_20170216_all_pixels.png",
+        scene_dir / "T33UUU_20170216_before_after.png",
+        scene_dir / "T33UUU_20170216_comparison.png",
+    )
+    return _write_report(out, summaries, len(held_out), scene, plain)
 
 
-def _write_report(out: Path, summaries: dict, images: int, scene: SceneReport) -> Path:
+def _comparison(plain_preview: Path, kept_preview: Path, out: Path) -> Path:
+    """Input (mask outlined), output of every pixel replaced, output with --keep-clear, side by side, from the
+    two runs' previews (each is input | output, with a 4 px gap)."""
+    from PIL import Image
+
+    from dsen2cr.visualize import save_png, side_by_side
+
+    plain, kept = (np.asarray(Image.open(p).convert("RGB")) for p in (plain_preview, kept_preview))
+    half = (kept.shape[1] - 4) // 2
+    return save_png(out, side_by_side([kept[:, :half], plain[:, -half:], kept[:, -half:]]))
+
+
+def _write_report(out: Path, summaries: dict, images: int, scene: SceneReport, plain: SceneReport) -> Path:
     """report.md: the metrics of both models against the identity baseline, and the figures."""
     rows = [
         ("DSen2-CR small, with SAR", summaries["with SAR"]["model"]),
@@ -167,10 +196,13 @@ def _write_report(out: Path, summaries: dict, images: int, scene: SceneReport) -
         "",
         "## Real cloudy scene (T33UUU, 2017-02-16, no S1: model without SAR)",
         "",
-        f"`scene/T33UUU_20170216_cloudfree.tif`: {scene.megapixels:.2f} Mpx in {scene.seconds:.1f} s, "
-        f"{scene.tiles} tiles.",
+        f"`scene/T33UUU_20170216_cloudfree.tif` (`--keep-clear`: clear pixels kept, clouds and shadows replaced): "
+        f"{scene.megapixels:.2f} Mpx in {scene.seconds:.1f} s, {scene.tiles} tiles; "
+        f"`scene/T33UUU_20170216_cloudfree_all_pixels.tif` (every pixel predicted): {plain.seconds:.1f} s.",
         "",
-        "![before and after](scene/T33UUU_20170216_before_after.png)",
+        "Input with the cloud/shadow outline, every pixel predicted, `--keep-clear`:",
+        "",
+        "![input, all pixels, keep-clear](scene/T33UUU_20170216_comparison.png)",
         "",
     ]
     return write_text_atomic(out / "report.md", "\n".join(lines))
