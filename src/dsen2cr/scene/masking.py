@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from scipy import ndimage
 
@@ -31,7 +30,7 @@ from dsen2cr.masks import (
     ShadowStatsAccumulator,
     cloud_shadow_mask,
 )
-from dsen2cr.scene.readers import S2Source
+from dsen2cr.scene.readers import S2Source, on_grid
 
 MASK_KINDS = ("paper", "product")
 #: SCL classes (Level-2A scene classification) that count as cloud, and as shadow.
@@ -70,15 +69,7 @@ class SceneMasker:
                 "QI_DATA/MSK_CLASSI_B00 of baseline 04.00+), which this input does not have; use --mask paper"
             )
         self._source = open_raster(masks[self.product_kind], what=f"{self.product_kind} mask")
-        grid = self.s2.grid
-        self._product = WarpedVRT(
-            self._source,
-            crs=grid.crs,
-            transform=grid.transform,
-            width=grid.width,
-            height=grid.height,
-            resampling=Resampling.nearest,
-        )
+        self._product = on_grid(self._source, self.s2.grid, Resampling.nearest)
 
     def window(self, window: Window) -> np.ndarray:
         """The map of ``window`` (within the scene), exactly as of the whole scene."""

@@ -36,6 +36,19 @@ class Grid:
     height: int
 
 
+def on_grid(src: rasterio.io.DatasetReaderBase, grid: Grid, resampling: Resampling, **options: object) -> WarpedVRT:
+    """``src`` warped on the fly onto ``grid`` (window reads of the VRT resample only what they need)."""
+    return WarpedVRT(
+        src,
+        crs=grid.crs,
+        transform=grid.transform,
+        width=grid.width,
+        height=grid.height,
+        resampling=resampling,
+        **options,
+    )
+
+
 class S2Source:
     """S2 DN on a 10 m grid, read window by window, always as the 13 L1C bands in model convention: offset-free
     reflectance x 10000 (docs/design.md §4.5).
@@ -123,16 +136,7 @@ class S2Source:
             if same == (self.grid.crs, self.grid.width, self.grid.height, self.grid.transform):
                 self._datasets.append(src)
             else:
-                self._datasets.append(
-                    WarpedVRT(
-                        src,
-                        crs=self.grid.crs,
-                        transform=self.grid.transform,
-                        width=self.grid.width,
-                        height=self.grid.height,
-                        resampling=resampling,
-                    )
-                )
+                self._datasets.append(on_grid(src, self.grid, resampling))
         reference.close()
 
     def read(self, window: Window) -> np.ndarray:
@@ -254,13 +258,10 @@ class S1Source:
         if same_grid:
             self._reader: rasterio.io.DatasetReaderBase = self._src
         else:
-            self._reader = WarpedVRT(
+            self._reader = on_grid(
                 self._src,
-                crs=grid.crs,
-                transform=grid.transform,
-                width=grid.width,
-                height=grid.height,
-                resampling=Resampling.bilinear,
+                grid,
+                Resampling.bilinear,
                 src_nodata=self._src.nodata if self._src.nodata is not None else np.nan,
                 nodata=np.nan,
                 dtype="float32",
