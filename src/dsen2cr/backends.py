@@ -63,6 +63,7 @@ def _channels_last(model: DSen2CR, device: torch.device, *, compile_model: bool,
         compiled = torch.compile(model, dynamic=False)
 
         def forward(s2: torch.Tensor, s1: torch.Tensor | None) -> torch.Tensor:
+            """The compiled model, frozen while it compiles (and on later calls, which find it compiled)."""
             # Fold the weights into the compiled graph (inference only). Set only while this model runs, so
             # other compiled code in the process (a training run, the caller's own) is not frozen.
             with inductor_config.patch(freezing=True):

@@ -138,6 +138,7 @@ def original_metrics(
     bands = pred.shape[1]
 
     def region_mean(values: torch.Tensor, region: torch.Tensor, per_pixel: int) -> torch.Tensor:
+        """sum(region x values) / (sum(region) x per_pixel) per image; 0 for an empty region (the original's)."""
         total = region.sum(dim=dims)
         mean = (region * values).sum(dim=dims) / (total.clamp(min=1) * per_pixel)
         return torch.where(total > 0, mean, torch.zeros_like(mean))

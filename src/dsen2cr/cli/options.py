@@ -84,6 +84,7 @@ class _ConsoleHandler(logging.Handler):
     prefixed ``warning:``/``error:``. The streams are looked up when a message is written (tests swap them)."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Print one record to the stream its level goes to."""
         try:
             message = self.format(record)
             if record.levelno >= logging.WARNING:

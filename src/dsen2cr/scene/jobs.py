@@ -58,6 +58,7 @@ def read_manifest(path: Path) -> list[SceneJob]:
     base = path.parent
 
     def resolve(text: str) -> Path:
+        """An output path relative to the manifest's folder."""
         return base / Path(text.strip())
 
     def resolve_input(text: str) -> str:
@@ -164,6 +165,7 @@ def run_scene_jobs(
     tiles: dict[ModelConfig, int] = {}
 
     def overlap_of(config: ModelConfig) -> int:
+        """--overlap, or the exact overlap of this model."""
         return default_overlap(config) if settings.overlap is None else settings.overlap
 
     def tile_of(config: ModelConfig) -> int:
