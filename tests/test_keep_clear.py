@@ -192,3 +192,100 @@ def test_shadow_statistics_of_a_scene(scene: dict) -> None:
     stats = accumulator.stats()
     assert stats is not None
     np.testing.assert_array_equal(shadow_mask(s2, stats), shadow_mask(s2))
+
+
+S2CLOUDLESS_BANDS = ["B1", "B2", "B4", "B5", "B8", "B8A", "B9", "B10", "B11", "B12"]
+
+
+def test_s2cloudless_wiring_matches_its_own_api(scene: dict) -> None:
+    """Our s2cloudless map equals the package's own mask of the ten bands it expects, as reflectance, with the
+    settings chosen for 10 m."""
+    s2cloudless = pytest.importorskip("s2cloudless", reason="the optional 'masks' extra is not installed")
+    from dsen2cr.masks import s2cloudless_mask
+    from dsen2cr.preprocessing import S2_BANDS
+
+    s2 = scene["s2"][:, :96, :128]
+    ten = np.stack([s2[S2_BANDS.index(b)] for b in S2CLOUDLESS_BANDS], axis=-1).astype(np.float32) / 10000
+    detector = s2cloudless.S2PixelCloudDetector(threshold=0.4, average_over=4, dilation_size=2, all_bands=False)
+    expected = detector.get_cloud_masks(ten[None])[0]
+    got = s2cloudless_mask(s2)
+    np.testing.assert_array_equal(got, expected.astype(np.int8))
+    assert set(np.unique(got)) <= {0, 1}  # clouds only: no shadow class
+
+
+def test_s2cloudless_scene_mask_does_not_depend_on_the_tiling(scene: dict, tmp_path: Path) -> None:
+    pytest.importorskip("s2cloudless", reason="the optional 'masks' extra is not installed")
+    from dsen2cr.masks import s2cloudless_mask
+
+    for tile in ("64", "512"):
+        _run(
+            scene,
+            tmp_path / f"o{tile}.tif",
+            "--tile",
+            tile,
+            "--mask",
+            "s2cloudless",
+            "--mask-out",
+            str(tmp_path / f"m{tile}.tif"),
+        )
+    with rasterio.open(tmp_path / "m64.tif") as a, rasterio.open(tmp_path / "m512.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+        np.testing.assert_array_equal(a.read(1), s2cloudless_mask(scene["s2"]))
+
+
+def test_evaluate_and_training_take_the_s2cloudless_mask(tmp_path: Path, synthetic_tree: Path) -> None:
+    """evaluate --mask s2cloudless scores the regions of that mask (its cloud fraction, identity's clear MAE 0);
+    loss.mask takes it for training; product masks are refused for patches."""
+    pytest.importorskip("s2cloudless", reason="the optional 'masks' extra is not installed")
+    import csv
+
+    from dsen2cr.config import load_config
+    from dsen2cr.data.layout import read_file_list, select_split
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.masks import s2cloudless_mask
+
+    torch.manual_seed(0)
+    weights = save_weights(create_model("dsen2cr-small"), tmp_path / "w.safetensors")
+    argv = [
+        "evaluate",
+        "--weights",
+        str(weights),
+        "--data-root",
+        str(synthetic_tree),
+        "--file-list",
+        str(synthetic_tree / "files.csv"),
+        "--split",
+        "test",
+        "--no-images",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "paper")]) == 0
+    assert main([*argv, "--mask", "s2cloudless", "--out", str(tmp_path / "s2c")]) == 0
+    rows = {name: list(csv.DictReader((tmp_path / name / "metrics_per_image.csv").open())) for name in ("paper", "s2c")}
+    triplets = {
+        t.patch_id: t for t in select_split(read_file_list(synthetic_tree / "files.csv", synthetic_tree), "test")
+    }
+    for row in rows["s2c"]:
+        with rasterio.open(triplets[row["patch_id"]].s2_cloudy) as src:
+            expected = (s2cloudless_mask(src.read()) != 0).mean()
+        assert float(row["cloud_fraction"]) == pytest.approx(expected)
+        if row["method"] == "identity" and expected < 1:
+            assert float(row["mae_clear"]) == 0
+    assert [r["cloud_fraction"] for r in rows["s2c"]] != [r["cloud_fraction"] for r in rows["paper"]]
+    assert load_config("small-cpu", ["loss.mask=s2cloudless"]).loss.mask == "s2cloudless"
+    with pytest.raises(DSen2CRError, match="product masks come with Sentinel products"):
+        load_config("small-cpu", ["loss.mask=product"])
+
+
+def test_s2cloudless_without_the_extra(
+    scene: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import sys
+
+    import dsen2cr.masks
+
+    monkeypatch.setattr(dsen2cr.masks, "_DETECTOR", None)
+    monkeypatch.setitem(sys.modules, "s2cloudless", None)  # import fails as if not installed
+    argv = ["remove-clouds", "--weights", str(scene["weights"]), "--s2", str(scene["folder"] / "s2.tif")]
+    assert main([*argv, "--out", str(tmp_path / "o.tif"), "--mask", "s2cloudless", "--no-progress"]) == 2
+    assert "pip install 'dsen2cr[masks]'" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
+from dsen2cr.masks import COMPUTED_MASKS, DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.model import MODEL_VARIANTS, ModelConfig
 
 #: Upper bounds of sizes a config can ask for, so that a typo (``data.repeats=1e11``) is refused before memory
@@ -56,6 +56,7 @@ class LossSection:
     name: str = "carl"  # carl | l1
     lam: float = 1.0
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
+    mask: str = "paper"  # the cloud/shadow map CARL and the region metrics use: paper | s2cloudless
 
 
 @dataclass
@@ -219,6 +220,11 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
 def _validate(config: RunConfig, source: str) -> None:
     """Check the values that types alone do not."""
     config.model.model_config()
+    if config.loss.mask not in COMPUTED_MASKS:
+        raise DSen2CRError(
+            f"{source}: loss.mask: expected one of {', '.join(COMPUTED_MASKS)} (product masks come with Sentinel "
+            f"products, not with SEN12MS-CR patches), got {config.loss.mask!r}"
+        )
     if config.loss.name not in ("carl", "l1"):
         raise DSen2CRError(f"{source}: loss.name: expected 'carl' or 'l1', got {config.loss.name!r}")
     t = config.trainer

@@ -57,6 +57,7 @@ def evaluate(
     num_workers: int = 0,
     protocol: str = "default",
     window: int | None = None,
+    mask_kind: str = "paper",
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate ``model`` (a predictor from :func:`dsen2cr.predictor.load_predictor`, e.g. an int8 ONNX file; or
     a PyTorch model, run eager fp32 on its device); write reports (and predictions and previews) to ``out_dir``.
@@ -65,6 +66,7 @@ def evaluate(
     ``original``: the original code's ``eval.csv`` metrics (model units, unclipped, SAM in radians; see
     :func:`dsen2cr.metrics.original_metrics`). ``window``: score the top-left ``window`` x ``window`` pixels
     of each patch (NaN fill and mask computed on that window, as the original reads it); None: the full patch.
+    ``mask_kind``: the cloud/shadow map of the region metrics, ``paper`` or ``s2cloudless``.
 
     Returns the summary: ``{method: {metric: {"mean": x, "median": y}}}`` for the model and the identity
     baseline (the cloudy input taken as the prediction).
@@ -74,7 +76,9 @@ def evaluate(
     if protocol not in PROTOCOLS:
         raise DSen2CRError(f"protocol: expected one of {sorted(PROTOCOLS)}, got {protocol!r}")
     names = PROTOCOLS[protocol]
-    dataset = SEN12MSCRDataset(triplets, train=False, cloud_threshold=cloud_threshold, window=window or None)
+    dataset = SEN12MSCRDataset(
+        triplets, train=False, cloud_threshold=cloud_threshold, window=window or None, mask=mask_kind
+    )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_one_size)
     by_id = {t.patch_id: t for t in triplets}
     rows: list[dict[str, Any]] = []

@@ -6,6 +6,7 @@ All functions take S2 L1C digital numbers of shape (13, H, W) in the paper's ban
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -149,3 +150,61 @@ def cloud_shadow_mask(
     result = np.where(_shadow(r, stats), np.int8(SHADOW), np.int8(CLEAR))
     result[_cloud_score(r) >= threshold] = CLOUD
     return result
+
+
+#: ``s2cloudless`` (Sentinel Hub's pixel classifier) on 10 m data: its default probability threshold, 0.4; the
+#: probability averaged over a disk of radius 4 px (40 m) so that single bright pixels (roofs, glint) do not
+#: make clouds, and the mask dilated by 2 px (20 m) to cover the thin, darker rims of clouds the classifier
+#: misses. Both are in pixels: the package's default of 1 px each suits its 160 m training resolution.
+S2CLOUDLESS_THRESHOLD = 0.4
+S2CLOUDLESS_AVERAGE_OVER = 4
+S2CLOUDLESS_DILATION = 2
+#: Pixels beyond which a pixel no longer affects the s2cloudless mask (the averaging disk, then the dilation).
+S2CLOUDLESS_RADIUS = S2CLOUDLESS_AVERAGE_OVER + S2CLOUDLESS_DILATION
+#: Masks that can be computed from the pixels of an image (``product`` masks come with Sentinel products).
+COMPUTED_MASKS = ("paper", "s2cloudless")
+
+
+def s2cloudless_mask(s2_dn: np.ndarray) -> np.ndarray:
+    """The int8 (H, W) cloud map of a (13, H, W) L1C DN array by s2cloudless (1 cloud, 0 clear): it is fed
+    the ten bands it was trained on as top-of-atmosphere reflectance. It detects clouds only: the map has no
+    shadow class. Needs the optional ``masks`` extra."""
+    reflectance = _reflectance(s2_dn)
+    detector = _s2cloudless_detector()
+    clouds = detector.get_cloud_masks(np.moveaxis(reflectance, 0, -1)[None])[0]
+    return np.where(clouds > 0, np.int8(CLOUD), np.int8(CLEAR))
+
+
+def _s2cloudless_detector():
+    """The s2cloudless detector with the settings above, built once per process."""
+    global _DETECTOR
+    if _DETECTOR is None:
+        try:
+            from s2cloudless import S2PixelCloudDetector
+        except ImportError:
+            from dsen2cr.errors import DSen2CRError
+
+            raise DSen2CRError(
+                "mask s2cloudless needs the optional 'masks' dependencies: pip install 'dsen2cr[masks]'"
+            ) from None
+        _DETECTOR = S2PixelCloudDetector(
+            threshold=S2CLOUDLESS_THRESHOLD,
+            average_over=S2CLOUDLESS_AVERAGE_OVER,
+            dilation_size=S2CLOUDLESS_DILATION,
+            all_bands=True,
+        )
+    return _DETECTOR
+
+
+_DETECTOR: Any = None
+
+
+def computed_mask(
+    kind: str, s2_dn: np.ndarray, threshold: float = DEFAULT_CLOUD_THRESHOLD, stats: ShadowStats | None = None
+) -> np.ndarray:
+    """The cloud/shadow map of ``kind`` (``paper`` with ``threshold`` and ``stats``, or ``s2cloudless``)."""
+    if kind == "s2cloudless":
+        return s2cloudless_mask(s2_dn)
+    if kind != "paper":
+        raise ValueError(f"mask: expected one of {COMPUTED_MASKS}, got {kind!r}")
+    return cloud_shadow_mask(s2_dn, threshold, stats)

@@ -27,6 +27,13 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--cloud-threshold", type=finite_float, default=0.2, help="default: %(default)s")
     parser.add_argument("--no-images", action="store_true", help="metrics only: no GeoTIFFs, no PNG previews")
     parser.add_argument(
+        "--mask",
+        choices=["paper", "s2cloudless"],
+        default="paper",
+        help="cloud/shadow map of the region metrics: the paper's detector, or s2cloudless (clouds only; "
+        "pip install 'dsen2cr[masks]') (default: %(default)s)",
+    )
+    parser.add_argument(
         "--protocol",
         choices=["default", "original"],
         default="default",
@@ -78,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             write_images=not args.no_images,
             protocol=args.protocol,
             window=window or None,
+            mask_kind=args.mask,
         )
     print(summary_markdown(summary, len(triplets), args.protocol))
     print(f"reports in {args.out}")

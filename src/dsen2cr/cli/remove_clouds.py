@@ -95,10 +95,11 @@ def register(subparsers: SubParsers) -> None:
     )
     parser.add_argument(
         "--mask",
-        choices=["paper", "product"],
+        choices=["paper", "product", "s2cloudless"],
         default="paper",
         help="cloud/shadow map for --mask-out, --keep-clear and the preview outline: paper (the paper's detector, "
-        "scene-wide statistics) or product (Level-2A SCL, Level-1C MSK_CLASSI_B00) (default: %(default)s)",
+        "scene-wide statistics), product (Level-2A SCL, Level-1C MSK_CLASSI_B00) or s2cloudless (clouds only; "
+        "pip install 'dsen2cr[masks]') (default: %(default)s)",
     )
     parser.add_argument(
         "--keep-clear",

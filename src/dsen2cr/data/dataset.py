@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.geotiff import open_raster, read_window
-from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD, cloud_shadow_mask
+from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD, computed_mask
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, s1_db_to_model, s2_dn_to_model
 
 #: Keys of every sample.
@@ -54,6 +54,7 @@ class SEN12MSCRDataset(Dataset):
         check_files: bool = True,
         window: int | None = None,
         original_crop_offsets: bool = False,
+        mask: str = "paper",
     ) -> None:
         if not triplets:
             raise DSen2CRError("dataset: no patches to read (empty split or file list)")
@@ -71,6 +72,7 @@ class SEN12MSCRDataset(Dataset):
         self.cloud_threshold = cloud_threshold
         self.seed = seed
         self.repeats = repeats
+        self.mask = mask  # paper or s2cloudless (dsen2cr.masks.computed_mask)
         self.window = window  # evaluation: the top-left window x window of each patch (the original's protocol)
         self.original_crop_offsets = original_crop_offsets  # offsets 0 .. size - crop - 1, as the original draws
         self.epoch = 0
@@ -103,7 +105,7 @@ class SEN12MSCRDataset(Dataset):
             flip = int(rng.integers(3))  # 0 none, 1 vertical, 2 horizontal
             turns = int(rng.integers(4))
             s1, s2, s2_cloudy = (_flip_rotate(a, flip, turns) for a in (s1, s2, s2_cloudy))
-        mask = cloud_shadow_mask(s2_cloudy, self.cloud_threshold)
+        mask = computed_mask(self.mask, s2_cloudy, self.cloud_threshold)
         return {
             "s1": torch.from_numpy(s1_db_to_model(s1)),
             "s2_cloudy": torch.from_numpy(s2_dn_to_model(s2_cloudy)),

@@ -26,13 +26,14 @@ from dsen2cr.masks import (
     CLOUD,
     DEFAULT_CLOUD_THRESHOLD,
     MASK_RADIUS,
+    S2CLOUDLESS_RADIUS,
     SHADOW,
     ShadowStatsAccumulator,
-    cloud_shadow_mask,
+    computed_mask,
 )
 from dsen2cr.scene.readers import S2Source, on_grid
 
-MASK_KINDS = ("paper", "product")
+MASK_KINDS = ("paper", "product", "s2cloudless")
 #: SCL classes (Level-2A scene classification) that count as cloud, and as shadow.
 SCL_CLOUD = (8, 9, 10)
 SCL_SHADOW = (3,)
@@ -54,10 +55,13 @@ class SceneMasker:
         self.threshold = threshold
         self._product: rasterio.io.DatasetReaderBase | None = None
         self._source: rasterio.io.DatasetReaderBase | None = None
+        self.stats = None
         if kind == "paper":
             self.stats = _scene_shadow_stats(s2)
-        else:
+        elif kind == "product":
             self._open_product_mask()
+        else:
+            computed_mask(kind, np.zeros((13, 1, 1), np.uint16))  # fails now, not mid-scene, without the extra
 
     def _open_product_mask(self) -> None:
         """The product's SCL or MSK_CLASSI file, warped by nearest neighbour onto the 10 m grid."""
@@ -78,9 +82,10 @@ class SceneMasker:
             classes = read_window(self._product, window)
             return product_mask(classes, self.product_kind or "")
         grid = self.s2.grid
-        outer = _grow(window, MASK_RADIUS, grid.height, grid.width)
+        radius = MASK_RADIUS if self.kind == "paper" else S2CLOUDLESS_RADIUS
+        outer = _grow(window, radius, grid.height, grid.width)
         dn = self.s2.read(outer)
-        mask = cloud_shadow_mask(np.nan_to_num(dn), self.threshold, stats=self.stats)
+        mask = computed_mask(self.kind, np.nan_to_num(dn), self.threshold, self.stats)
         r0, c0 = window.row_off - outer.row_off, window.col_off - outer.col_off
         return mask[r0 : r0 + window.height, c0 : c0 + window.width]
 

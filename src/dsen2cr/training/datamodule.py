@@ -65,7 +65,11 @@ class SEN12MSCRDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve the splits and build the datasets (missing files fail here, not mid-epoch)."""
-        common: dict[str, Any] = {"cloud_threshold": self.loss.cloud_threshold, "seed": self.seed}
+        common: dict[str, Any] = {
+            "cloud_threshold": self.loss.cloud_threshold,
+            "seed": self.seed,
+            "mask": self.loss.mask,
+        }
         if self.train_set is None:
             self.train_set = SEN12MSCRDataset(
                 resolve_split(self.data, "train"),
