@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dsen2cr.cli.options import SubParsers, add_command, add_overwrite
+from dsen2cr.cli.options import SubParsers, add_command, add_no_progress, add_overwrite
 
 
 def register(subparsers: SubParsers) -> None:
@@ -37,6 +37,23 @@ def register(subparsers: SubParsers) -> None:
     synth.add_argument("--size", type=int, default=256, help="patch size in pixels (default: %(default)s)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     synth.set_defaults(handler=run_synth)
+
+    download = add_command(
+        data_commands,
+        "download",
+        help="download SEN12MS-CR (resumable, verified), unpack it and write files.csv with the common split",
+    )
+    download.add_argument("--out", required=True, help="dataset root to download into (a rerun resumes)")
+    download.add_argument("--seasons", nargs="+", default=["spring", "summer", "fall", "winter"], help="default: all")
+    download.add_argument("--modalities", nargs="+", default=["s1", "s2", "s2_cloudy"], help="default: all")
+    download.add_argument("--base-url", help="a mirror: the archive name is appended (default: the TUM server)")
+    download.add_argument("--keep-archives", action="store_true", help="keep the .tar.gz files after unpacking")
+    add_no_progress(download)
+    download.set_defaults(handler=run_download)
+
+    splits = add_command(data_commands, "splits", help="write the validation and test ROI lists of the common split")
+    splits.add_argument("--out", required=True, help="folder to write val_rois.txt and test_rois.txt into")
+    splits.set_defaults(handler=run_splits)
 
     sample = add_command(data_commands, "sample", help="copy the bundled real sample data to a folder")
     sample.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
@@ -73,6 +90,31 @@ def run_synth(args: argparse.Namespace) -> int:
 
     _, file_list = write_synthetic_dataset(args.out, args.count, size=args.size, seed=args.seed)
     print(f"wrote {args.count} synthetic triplets under {args.out}; file list {file_list}")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """Run ``data download``."""
+    from dsen2cr.data.download import DEFAULT_BASE_URL, download_dataset
+
+    file_list = download_dataset(
+        args.out,
+        seasons=args.seasons,
+        modalities=args.modalities,
+        base_url=args.base_url or DEFAULT_BASE_URL,
+        keep_archives=args.keep_archives,
+        progress=not args.no_progress,
+    )
+    print(f"SEN12MS-CR under {args.out}; file list {file_list}")
+    return 0
+
+
+def run_splits(args: argparse.Namespace) -> int:
+    """Run ``data splits``."""
+    from dsen2cr.data.download import write_splits
+
+    val, test = write_splits(args.out)
+    print(f"wrote {val} and {test}")
     return 0
 
 

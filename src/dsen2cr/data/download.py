@@ -1,0 +1,254 @@
+"""``dsen2cr data download``: SEN12MS-CR from its public server, resumable, verified, unpacked atomically, and
+indexed with the split later work uses (docs/design.md §3.7).
+
+Each archive (season x modality) is fetched to ``DIR/.downloads/NAME.part`` and resumed with an HTTP ``Range``
+request after a dropped connection, a server error (bounded retries with backoff) or a killed process; its
+length is verified; it is unpacked into a temporary folder inside DIR and its top folder renamed into place,
+so a tree that looks complete is complete. A rerun skips what is in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.files import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://dataserv.ub.tum.de/s/m1554803/download?path=/&files="
+SEASONS = {
+    "spring": "ROIs1158_spring",
+    "summer": "ROIs1868_summer",
+    "fall": "ROIs1970_fall",
+    "winter": "ROIs2017_winter",
+}
+MODALITIES = ("s1", "s2", "s2_cloudy")
+#: Archive sizes in KiB (the dataset's public download script), for the free-space check and the progress
+#: total when the server gives no length.
+SIZES_KIB = {
+    ("spring", "s2"): 48_568_904,
+    ("summer", "s2"): 56_425_520,
+    ("fall", "s2"): 68_291_864,
+    ("winter", "s2"): 30_580_552,
+    ("spring", "s2_cloudy"): 48_569_368,
+    ("summer", "s2_cloudy"): 56_426_004,
+    ("fall", "s2_cloudy"): 68_292_448,
+    ("winter", "s2_cloudy"): 30_580_812,
+    ("spring", "s1"): 15_026_120,
+    ("summer", "s1"): 17_456_784,
+    ("fall", "s1"): 21_127_832,
+    ("winter", "s1"): 9_460_956,
+}
+#: The split of later work (UnCRtainTS and after), by ROI, matched exactly; everything else trains.
+VALIDATION_ROIS = {"winter": (22, 107, 130, 84), "summer": (19, 80, 127, 17), "fall": (65,), "spring": (17,)}
+TEST_ROIS = {"spring": (106, 123, 140, 31, 44), "summer": (119, 73), "fall": (139,), "winter": (108, 63)}
+RETRIES = 5
+DOWNLOADS = ".downloads"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One archive of the release: a season and a modality."""
+
+    season: str
+    modality: str
+
+    @property
+    def top(self) -> str:
+        """The folder it unpacks to (``ROIs1158_spring_s1``)."""
+        return f"{SEASONS[self.season]}_{self.modality}"
+
+    @property
+    def name(self) -> str:
+        """Its file name on the server."""
+        return f"{self.top}.tar.gz"
+
+    @property
+    def size(self) -> int:
+        """Its size in bytes, as published."""
+        return SIZES_KIB[(self.season, self.modality)] * 1024
+
+
+def write_splits(out: str | Path) -> tuple[Path, Path]:
+    """Write the validation and test ROI lists (``val_rois.txt``, ``test_rois.txt``) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, rois in (("val_rois.txt", VALIDATION_ROIS), ("test_rois.txt", TEST_ROIS)):
+        lines = [f"{SEASONS[season]}/{roi}" for season, numbers in rois.items() for roi in numbers]
+        paths.append(write_text_atomic(out / name, "\n".join(lines) + "\n"))
+    return paths[0], paths[1]
+
+
+def download_dataset(
+    out: str | Path,
+    *,
+    seasons: Sequence[str] = tuple(SEASONS),
+    modalities: Sequence[str] = MODALITIES,
+    base_url: str = DEFAULT_BASE_URL,
+    keep_archives: bool = False,
+    progress: bool = True,
+    backoff: float = 2.0,
+) -> Path:
+    """Download, verify and unpack the chosen archives into ``out``; index the tree; return its file list."""
+    for season in seasons:
+        if season not in SEASONS:
+            raise DSen2CRError(f"--seasons: unknown season {season!r}; choose from {', '.join(SEASONS)}")
+    for modality in modalities:
+        if modality not in MODALITIES:
+            raise DSen2CRError(f"--modalities: unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DSen2CRError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    archives = [Archive(s, m) for s in seasons for m in modalities]
+    todo = [a for a in archives if not (out / a.top).is_dir()]
+    sizes = {a: _remote_size(base_url + a.name, a) for a in todo}
+    _check_free_space(out, sizes)
+    for archive in todo:
+        path = _fetch(archive, out, base_url, progress, backoff)
+        _unpack(archive, path, out)
+        if not keep_archives:
+            path.unlink()
+    downloads = out / DOWNLOADS
+    if downloads.is_dir() and not any(downloads.iterdir()):
+        downloads.rmdir()
+    val, test = write_splits(out)
+    from dsen2cr.data.index import index_dataset
+    from dsen2cr.data.layout import read_roi_list
+
+    file_list = out / "files.csv"
+    index_dataset(out, file_list, val_rois=read_roi_list(val), test_rois=read_roi_list(test), overwrite=True)
+    return file_list
+
+
+def _remote_size(url: str, archive: Archive) -> int:
+    """The archive's length as the server states it (HEAD), else the published size; a missing archive (4xx)
+    is refused here, before anything is downloaded."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60) as response:
+            length = response.headers.get("Content-Length")
+            return int(length) if length else archive.size
+    except urllib.error.HTTPError as error:
+        if error.code in (405, 501):  # the server does not answer HEAD: trust the published size
+            return archive.size
+        raise DSen2CRError(f"{url}: the server answered {error.code} {error.reason} for {archive.name}") from None
+    except OSError as error:
+        raise DSen2CRError(f"{url}: cannot reach the server for {archive.name} ({error})") from None
+
+
+def _check_free_space(out: Path, sizes: dict[Archive, int]) -> None:
+    """Refuse, before anything is fetched, a download that will not fit (each archive plus its unpacked tree,
+    taken as big again; what is already downloaded counts as fetched)."""
+    needed = 0
+    for archive, size in sizes.items():
+        partial = out / DOWNLOADS / f"{archive.name}.part"
+        complete = out / DOWNLOADS / archive.name
+        fetched = complete.stat().st_size if complete.exists() else partial.stat().st_size if partial.exists() else 0
+        needed += (size - fetched) + size
+    free = shutil.disk_usage(out).free
+    if needed > free:
+        raise DSen2CRError(
+            f"{out}: needs {needed / 2**30:.1f} GiB free (archives and their unpacked trees), "
+            f"has {free / 2**30:.1f} GiB"
+        )
+
+
+def _fetch(archive: Archive, out: Path, base_url: str, progress: bool, backoff: float) -> Path:
+    """The archive at ``DIR/.downloads/NAME``, resumed from its partial file; fetched again once if corrupt."""
+    folder = out / DOWNLOADS
+    folder.mkdir(exist_ok=True)
+    final, partial = folder / archive.name, folder / f"{archive.name}.part"
+    url = base_url + archive.name
+    for attempt in range(2):
+        if not final.exists():
+            _download(url, partial, archive, progress, backoff)
+            os.replace(partial, final)
+        if _is_complete_tar(final):
+            return final
+        final.unlink()
+        if attempt == 0:
+            log.warning("%s: the archive is corrupt; fetching it again", archive.name)
+    raise DSen2CRError(
+        f"{url}: the archive is corrupt twice in a row (not a complete tar.gz); try later or another mirror"
+    )
+
+
+def _download(url: str, partial: Path, archive: Archive, progress: bool, backoff: float) -> None:
+    """Append to ``partial`` until the server's length is reached, resuming with ``Range`` on failures."""
+    failures = 0
+    total: int | None = None
+    with tqdm(unit="B", unit_scale=True, desc=archive.name, disable=not progress, dynamic_ncols=True) as bar:
+        while True:
+            have = partial.stat().st_size if partial.exists() else 0
+            if total is not None and have >= total:
+                break
+            request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    resumed = response.status == 206
+                    length = response.headers.get("Content-Length")
+                    total = (have if resumed else 0) + int(length) if length is not None else archive.size
+                    bar.total, bar.n = total, have if resumed else 0
+                    with partial.open("ab" if resumed else "wb") as file:
+                        while chunk := response.read(1 << 20):
+                            file.write(chunk)
+                            bar.update(len(chunk))
+                got = partial.stat().st_size
+                if got != total:
+                    raise ConnectionError(f"connection closed after {got} of {total} bytes")
+                break
+            except urllib.error.HTTPError as error:
+                if error.code < 500:
+                    raise DSen2CRError(
+                        f"{url}: the server answered {error.code} {error.reason} for {archive.name}"
+                    ) from None
+                failures += 1
+                reason = f"server error {error.code}"
+            except (OSError, ConnectionError) as error:
+                failures += 1
+                reason = str(error)
+            if failures > RETRIES:
+                raise DSen2CRError(f"{url}: gave up after {RETRIES} retries ({reason}); rerun to resume")
+            log.warning("%s: %s; resuming in %.1f s", archive.name, reason, backoff * 2 ** (failures - 1))
+            time.sleep(backoff * 2 ** (failures - 1))
+
+
+def _is_complete_tar(path: Path) -> bool:
+    """Whether ``path`` reads to its end as a gzip-compressed tar."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for _ in tar:
+                pass
+        return True
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+
+
+def _unpack(archive: Archive, path: Path, out: Path) -> None:
+    """Unpack into a temporary folder inside ``out`` and rename its top folder into place."""
+    tmp = out / f".unpack-{archive.top}"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # a killed earlier unpack
+    tmp.mkdir()
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        top = tmp / archive.top
+        if not top.is_dir():
+            raise DSen2CRError(f"{path}: does not unpack to {archive.top}/")
+        os.replace(top, out / archive.top)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

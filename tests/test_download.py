@@ -1,0 +1,191 @@
+"""``dsen2cr data download`` against a server this test starts on 127.0.0.1 (never a real host): Range resume
+after a cut connection and a 503, byte-identical unpacked tree, nothing left behind, the split in files.csv,
+and the bad-input cases."""
+
+from __future__ import annotations
+
+import csv
+import filecmp
+import http.server
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dsen2cr.cli import main
+from dsen2cr.data import download
+
+SEASONS = ["spring", "winter"]
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    """Serves the archives in ``folder`` with Range support; ``faults`` lists what to do to the next requests."""
+
+    folder: Path
+    faults: list[str]
+    seen: list[dict[str, str]]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+    def do_HEAD(self) -> None:
+        """The archive's length, or 404."""
+        path = self.server.folder / self.path.rsplit("=", 1)[-1]
+        if not path.is_file():
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(path.stat().st_size))
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        """One archive, whole or from a Range offset, possibly with an injected fault."""
+        self.server.seen.append({"path": self.path, "range": self.headers.get("Range", "")})
+        name = self.path.rsplit("=", 1)[-1]
+        path = self.server.folder / name
+        if not path.is_file():
+            self.send_error(404)
+            return
+        fault = self.server.faults.pop(0) if self.server.faults else ""
+        if fault == "503":
+            self.send_error(503)
+            return
+        data = path.read_bytes()
+        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+        body = data[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        if fault == "cut":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(2)  # the connection drops mid-body
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[_Server]:
+    """Archives of a small synthetic release tree (two seasons x three modalities) behind a local server."""
+    from dsen2cr.data.synth import write_synthetic_dataset
+
+    source = tmp_path / "source"
+    write_synthetic_dataset(source, 8, size=32, seed=1)
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    for season in SEASONS:
+        for modality in download.MODALITIES:
+            archive = download.Archive(season, modality)
+            with tarfile.open(archives / archive.name, "w:gz") as tar:
+                tar.add(source / archive.top, arcname=archive.top)
+    httpd = _Server(("127.0.0.1", 0), _Handler)
+    httpd.folder, httpd.faults, httpd.seen = archives, [], []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    httpd.source = source  # type: ignore[attr-defined]
+    yield httpd
+    httpd.shutdown()
+
+
+def _url(server: _Server) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}/download?path=/&files="
+
+
+def _argv(server: _Server, out: Path, *extra: str) -> list[str]:
+    return [
+        "data",
+        "download",
+        "--out",
+        str(out),
+        "--seasons",
+        *SEASONS,
+        "--base-url",
+        _url(server),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_download_resumes_verifies_unpacks_and_indexes(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(download, "RETRIES", 3)
+    server.faults = ["cut", "", "503"]  # first archive cut mid-body then resumed; a 503 on the next request
+    out = tmp_path / "SEN12MS-CR"
+    assert main(_argv(server, out)) == 0
+    first = [s for s in server.seen if s["path"].endswith(download.Archive("spring", "s1").name)]
+    assert first[0]["range"] == "" and first[1]["range"].startswith("bytes=") and first[1]["range"] != "bytes=0-"
+    for season in SEASONS:
+        for modality in download.MODALITIES:
+            top = download.Archive(season, modality).top
+            comparison = filecmp.dircmp(server.source / top, out / top)  # type: ignore[attr-defined]
+            assert not comparison.left_only and not comparison.right_only and not comparison.diff_files
+            for sub in comparison.subdirs.values():
+                assert not sub.diff_files and not sub.left_only
+    assert not (out / download.DOWNLOADS).exists()  # no archive, no partial file
+    assert not list(out.glob(".unpack-*"))
+    rows = list(csv.reader((out / "files.csv").open(), delimiter="\t"))
+    assert len(rows) == 4  # 2 seasons x 2 patches, each a full triplet
+    assert {row[0] for row in rows} == {"1"}  # the tree's ROIs (spring 1, winter 4) are in neither held-out list
+    assert "ROIs1158_spring/17" in (out / "val_rois.txt").read_text().split()
+    # a rerun finds everything in place and fetches nothing
+    count = len(server.seen)
+    assert main(_argv(server, out)) == 0
+    assert len(server.seen) == count
+
+
+def test_the_split_is_the_common_one(tmp_path: Path) -> None:
+    assert main(["data", "splits", "--out", str(tmp_path)]) == 0
+    val = (tmp_path / "val_rois.txt").read_text().split()
+    test = (tmp_path / "test_rois.txt").read_text().split()
+    assert len(val) == 10 and len(test) == 10 and not set(val) & set(test)
+    assert "ROIs2017_winter/22" in val and "ROIs1158_spring/106" in test and "ROIs1970_fall/139" in test
+
+
+@pytest.mark.parametrize(
+    ("extra", "setup", "message"),
+    [
+        (["--seasons", "monsoon"], None, "unknown season 'monsoon'"),
+        (["--modalities", "s3"], None, "unknown modality 's3'"),
+        ([], "missing", "answered 404"),
+        ([], "full", "GiB free"),
+        ([], "file", "exists and is not a folder"),
+    ],
+    ids=["unknown season", "unknown modality", "404", "no free space", "--out is a file"],
+)
+def test_bad_download_input(
+    server: _Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    extra: list[str],
+    setup: str | None,
+    message: str,
+) -> None:
+    out = tmp_path / "out"
+    argv = _argv(server, out)
+    if setup == "missing":
+        (server.folder / download.Archive("spring", "s1").name).unlink()
+    if setup == "full":
+        import collections
+
+        usage = collections.namedtuple("usage", "total used free")
+        monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
+    if setup == "file":
+        out.write_text("not a folder")
+    argv = [*argv[: argv.index("--seasons")], *extra] if extra else argv
+    if extra:
+        argv += ["--base-url", _url(server), "--no-progress"] + (
+            ["--seasons", *SEASONS] if "--seasons" not in extra else []
+        )
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
+    assert len(err) == 1 and message in err[0], err
