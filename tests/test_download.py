@@ -9,6 +9,7 @@ import filecmp
 import http.server
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +65,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.end_headers()
+        if fault == "slow":  # a slow link: the client can be killed mid-transfer
+            for start in range(0, len(body), 512):
+                self.wfile.write(body[start : start + 512])
+                self.wfile.flush()
+                time.sleep(0.05)
+            return
         if fault == "cut":
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
@@ -189,3 +196,44 @@ def test_bad_download_input(
     assert main(argv) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
     assert len(err) == 1 and message in err[0], err
+
+
+def test_parallel_jobs_and_a_killed_process_resume(server: _Server, tmp_path: Path) -> None:
+    """--jobs 3 fetches several archives at once; a process killed with SIGKILL mid-transfer leaves a partial
+    file that the rerun resumes with a Range request, and the tree ends complete."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "SEN12MS-CR"
+    server.faults = ["slow"] * 6
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dsen2cr.cli", *_argv(server, out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    partials: list[Path] = []
+    while time.monotonic() < deadline and process.poll() is None:
+        partials = [p for p in (out / download.DOWNLOADS).glob("*.part") if _size(p) > 0]
+        if partials:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL and partials, "the download ended before it could be killed"
+    killed_at = {p.name.removesuffix(".part"): _size(p) for p in partials}
+    server.faults = []
+    assert main([*_argv(server, out), "--jobs", "3"]) == 0
+    resumed = [s for s in server.seen if s["range"] and any(s["path"].endswith(n) for n in killed_at)]
+    assert resumed and all(int(s["range"][6:-1]) > 0 for s in resumed)
+    assert len((out / "files.csv").read_text().splitlines()) == 4
+    assert not (out / download.DOWNLOADS).exists()
+    assert os.listdir(out / download.Archive("spring", "s1").top)
+
+
+def _size(path: Path) -> int:
+    """The size of a file that may be renamed away meanwhile (0 then)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

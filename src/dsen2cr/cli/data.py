@@ -48,6 +48,7 @@ def register(subparsers: SubParsers) -> None:
     download.add_argument("--modalities", nargs="+", default=["s1", "s2", "s2_cloudy"], help="default: all")
     download.add_argument("--base-url", help="a mirror: the archive name is appended (default: the TUM server)")
     download.add_argument("--keep-archives", action="store_true", help="keep the .tar.gz files after unpacking")
+    download.add_argument("--jobs", type=int, default=1, help="archives fetched at once (default: %(default)s)")
     add_no_progress(download)
     download.set_defaults(handler=run_download)
 
@@ -104,6 +105,7 @@ def run_download(args: argparse.Namespace) -> int:
         base_url=args.base_url or DEFAULT_BASE_URL,
         keep_archives=args.keep_archives,
         progress=not args.no_progress,
+        jobs=args.jobs,
     )
     print(f"SEN12MS-CR under {args.out}; file list {file_list}")
     return 0

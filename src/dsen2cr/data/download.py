@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,8 @@ SIZES_KIB = {
 VALIDATION_ROIS = {"winter": (22, 107, 130, 84), "summer": (19, 80, 127, 17), "fall": (65,), "spring": (17,)}
 TEST_ROIS = {"spring": (106, 123, 140, 31, 44), "summer": (119, 73), "fall": (139,), "winter": (108, 63)}
 RETRIES = 5
+#: ``--jobs`` at most: more parallel archives than this only split the same bandwidth.
+MAX_JOBS = 12
 DOWNLOADS = ".downloads"
 
 
@@ -101,8 +104,12 @@ def download_dataset(
     keep_archives: bool = False,
     progress: bool = True,
     backoff: float = 2.0,
+    jobs: int = 1,
 ) -> Path:
-    """Download, verify and unpack the chosen archives into ``out``; index the tree; return its file list."""
+    """Download, verify and unpack the chosen archives into ``out`` (``jobs`` at a time); index the tree; return
+    its file list."""
+    if not 1 <= jobs <= MAX_JOBS:
+        raise DSen2CRError(f"--jobs: must be in [1, {MAX_JOBS}], got {jobs}")
     for season in seasons:
         if season not in SEASONS:
             raise DSen2CRError(f"--seasons: unknown season {season!r}; choose from {', '.join(SEASONS)}")
@@ -117,11 +124,16 @@ def download_dataset(
     todo = [a for a in archives if not (out / a.top).is_dir()]
     sizes = {a: _remote_size(base_url + a.name, a) for a in todo}
     _check_free_space(out, sizes)
-    for archive in todo:
-        path = _fetch(archive, out, base_url, progress, backoff)
+
+    def install(position: int, archive: Archive) -> None:
+        path = _fetch(archive, out, base_url, progress, backoff, position)
         _unpack(archive, path, out)
         if not keep_archives:
             path.unlink()
+
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="dsen2cr-download") as pool:
+        for future in [pool.submit(install, i, a) for i, a in enumerate(todo)]:
+            future.result()  # the first failure is raised once the others have stopped
     downloads = out / DOWNLOADS
     if downloads.is_dir() and not any(downloads.iterdir()):
         downloads.rmdir()
@@ -166,7 +178,7 @@ def _check_free_space(out: Path, sizes: dict[Archive, int]) -> None:
         )
 
 
-def _fetch(archive: Archive, out: Path, base_url: str, progress: bool, backoff: float) -> Path:
+def _fetch(archive: Archive, out: Path, base_url: str, progress: bool, backoff: float, position: int = 0) -> Path:
     """The archive at ``DIR/.downloads/NAME``, resumed from its partial file; fetched again once if corrupt."""
     folder = out / DOWNLOADS
     folder.mkdir(exist_ok=True)
@@ -174,7 +186,7 @@ def _fetch(archive: Archive, out: Path, base_url: str, progress: bool, backoff: 
     url = base_url + archive.name
     for attempt in range(2):
         if not final.exists():
-            _download(url, partial, archive, progress, backoff)
+            _download(url, partial, archive, progress, backoff, position)
             os.replace(partial, final)
         if _is_complete_tar(final):
             return final
@@ -186,11 +198,12 @@ def _fetch(archive: Archive, out: Path, base_url: str, progress: bool, backoff: 
     )
 
 
-def _download(url: str, partial: Path, archive: Archive, progress: bool, backoff: float) -> None:
+def _download(url: str, partial: Path, archive: Archive, progress: bool, backoff: float, position: int = 0) -> None:
     """Append to ``partial`` until the server's length is reached, resuming with ``Range`` on failures."""
     failures = 0
     total: int | None = None
-    with tqdm(unit="B", unit_scale=True, desc=archive.name, disable=not progress, dynamic_ncols=True) as bar:
+    bar_options = {"unit": "B", "unit_scale": True, "desc": archive.name, "position": position, "dynamic_ncols": True}
+    with tqdm(disable=not progress, **bar_options) as bar:
         while True:
             have = partial.stat().st_size if partial.exists() else 0
             if total is not None and have >= total:
@@ -203,7 +216,8 @@ def _download(url: str, partial: Path, archive: Archive, progress: bool, backoff
                     total = (have if resumed else 0) + int(length) if length is not None else archive.size
                     bar.total, bar.n = total, have if resumed else 0
                     with partial.open("ab" if resumed else "wb") as file:
-                        while chunk := response.read(1 << 20):
+                        # read1: what has arrived (up to 1 MiB), so a killed process keeps it for the resume
+                        while chunk := response.read1(1 << 20):
                             file.write(chunk)
                             bar.update(len(chunk))
                 got = partial.stat().st_size
