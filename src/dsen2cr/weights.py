@@ -26,12 +26,13 @@ FORMAT_KEY = "format"
 FORMAT_VALUE = "dsen2cr-weights-v1"
 
 
-def save_weights(model: DSen2CR, path: str | Path) -> Path:
-    """Write a model's weights and configuration to a safetensors file, atomically."""
+def save_weights(model: DSen2CR, path: str | Path, *, provenance: dict[str, str] | None = None) -> Path:
+    """Write a model's weights and configuration to a safetensors file, atomically (``provenance``: more
+    metadata, e.g. where the weights came from)."""
     from safetensors.torch import save_file
 
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    metadata = {FORMAT_KEY: FORMAT_VALUE, CONFIG_KEY: json.dumps(model.config.to_dict())}
+    metadata = {**(provenance or {}), FORMAT_KEY: FORMAT_VALUE, CONFIG_KEY: json.dumps(model.config.to_dict())}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return Path(path)

@@ -20,14 +20,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dsen2cr import __version__
-from dsen2cr.cli import config, data, demo, evaluate, export, remove_clouds, train
+from dsen2cr.cli import config, data, demo, evaluate, export, remove_clouds, train, weights
 from dsen2cr.cli.options import NoAbbrevParser, setup_logging
 from dsen2cr.errors import DSen2CRError, one_line
 
 Handler = Callable[[argparse.Namespace], int | None]
 
 #: The commands in the order ``dsen2cr --help`` lists them.
-COMMAND_MODULES = (data, config, train, evaluate, export, remove_clouds, demo)
+COMMAND_MODULES = (data, config, train, evaluate, export, weights, remove_clouds, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

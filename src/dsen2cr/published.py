@@ -1,0 +1,62 @@
+"""The published DSen2-CR models (the original README's four Keras files on Google Drive): download with gdown
+(resumable), convert with the Keras importer, write safetensors that record the source and its SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.files import check_output_file
+
+log = logging.getLogger(__name__)
+
+#: Name -> the original README's Google Drive link.
+PUBLISHED = {
+    "carl-sar": "https://drive.google.com/file/d/1L3YUVOnlg67H5VwlgYO9uC9iuNlq7VMg/view?usp=sharing",
+    "l1-sar": "https://drive.google.com/file/d/1zv4_91Yr2IYyYDoqhZw8KpnfvfLhkuBB/view?usp=sharing",
+    "carl-nosar": "https://drive.google.com/file/d/1VHZa5-lX68mA2FbHeCiQsUq13oECw9DA/view?usp=sharing",
+    "l1-nosar": "https://drive.google.com/file/d/11Th6UwKMXla7LGxsFJXwj-Jx9bSKlWUH/view?usp=sharing",
+}
+SOURCE_KEY = "dsen2cr_source"
+SHA256_KEY = "dsen2cr_source_sha256"
+
+
+def download_published(
+    name: str, out: str | Path, *, url: str | None = None, overwrite: bool = False, progress: bool = True
+) -> Path:
+    """Download published model ``name`` (or the Keras file at ``url``, e.g. a mirror), convert it, and write
+    safetensors weights to ``out`` recording the source and the SHA-256 of the downloaded file. The Keras
+    file is fetched to a hidden partial file beside ``out`` and resumed by a rerun; it is removed on success."""
+    if name not in PUBLISHED:
+        raise DSen2CRError(f"weights: unknown published model {name!r}; choose one of {', '.join(PUBLISHED)}")
+    out = check_output_file(out, overwrite=overwrite)
+    try:
+        import gdown
+    except ImportError:
+        raise DSen2CRError(
+            "weights download needs the optional 'weights' dependency: pip install 'dsen2cr[weights]'"
+        ) from None
+    source = url or PUBLISHED[name]
+    raw = out.with_name(f".{out.name}.{name}.h5.part")
+    try:
+        got = gdown.download(url=source, output=str(raw), quiet=not progress, resume=True, retries=3)
+    except Exception as error:  # gdown raises its own and requests' types
+        raise DSen2CRError(
+            f"{source}: download of {name} failed ({' '.join(str(error).split())[:200]}); rerun to resume"
+        ) from None
+    if not got or not raw.is_file():
+        raise DSen2CRError(f"{source}: download of {name} failed (nothing received); rerun to resume")
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    from dsen2cr.keras import load_keras_weights
+    from dsen2cr.weights import check_state, save_weights
+
+    config, state = load_keras_weights(raw)
+    check_state(config, state, raw)
+    model = config.build()
+    model.load_state_dict(state)
+    save_weights(model, out, provenance={SOURCE_KEY: source, SHA256_KEY: digest})
+    raw.unlink()
+    log.info("%s: SHA-256 %s", source, digest)
+    return out
