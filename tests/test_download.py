@@ -237,3 +237,17 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def test_a_corrupt_archive_is_fetched_again_once_then_refused(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    archive = server.folder / download.Archive("spring", "s1").name
+    archive.write_bytes(archive.read_bytes()[:-40])  # truncated: the server serves it whole, the tar is broken
+    out = tmp_path / "out"
+    assert main(_argv(server, out)) == 2
+    err = capsys.readouterr().err
+    assert "warning: ROIs1158_spring_s1.tar.gz: the archive is corrupt; fetching it again" in err
+    assert "corrupt twice in a row" in err
+    gets = [s for s in server.seen if s["path"].endswith(archive.name)]
+    assert len(gets) == 2 and not (out / "ROIs1158_spring_s1").exists()

@@ -9,6 +9,7 @@ so a tree that looks complete is complete. A rerun skips what is in place.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import shutil
@@ -241,8 +242,12 @@ def _download(url: str, partial: Path, archive: Archive, progress: bool, backoff
 
 
 def _is_complete_tar(path: Path) -> bool:
-    """Whether ``path`` reads to its end as a gzip-compressed tar."""
+    """Whether ``path`` reads to its end as a gzip-compressed tar: the whole gzip stream (its CRC and length
+    trailer checked), then every tar member."""
     try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
         with tarfile.open(path, "r:gz") as tar:
             for _ in tar:
                 pass
