@@ -126,13 +126,16 @@ def download_dataset(
     sizes = {a: _remote_size(base_url + a.name, a) for a in todo}
     _check_free_space(out, sizes)
 
+    # one bar for all the bytes to fetch, and one per archive below it
+    overall = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="SEN12MS-CR", disable=not progress)
+
     def install(position: int, archive: Archive) -> None:
-        path = _fetch(archive, out, base_url, progress, backoff, position)
+        path = _fetch(archive, out, base_url, progress, backoff, position + 1, overall)
         _unpack(archive, path, out)
         if not keep_archives:
             path.unlink()
 
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="dsen2cr-download") as pool:
+    with overall, ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="dsen2cr-download") as pool:
         for future in [pool.submit(install, i, a) for i, a in enumerate(todo)]:
             future.result()  # the first failure is raised once the others have stopped
     downloads = out / DOWNLOADS
@@ -179,7 +182,15 @@ def _check_free_space(out: Path, sizes: dict[Archive, int]) -> None:
         )
 
 
-def _fetch(archive: Archive, out: Path, base_url: str, progress: bool, backoff: float, position: int = 0) -> Path:
+def _fetch(
+    archive: Archive,
+    out: Path,
+    base_url: str,
+    progress: bool,
+    backoff: float,
+    position: int = 0,
+    overall: tqdm | None = None,
+) -> Path:
     """The archive at ``DIR/.downloads/NAME``, resumed from its partial file; fetched again once if corrupt."""
     folder = out / DOWNLOADS
     folder.mkdir(exist_ok=True)
@@ -187,7 +198,7 @@ def _fetch(archive: Archive, out: Path, base_url: str, progress: bool, backoff: 
     url = base_url + archive.name
     for attempt in range(2):
         if not final.exists():
-            _download(url, partial, archive, progress, backoff, position)
+            _download(url, partial, archive, progress, backoff, position, overall)
             os.replace(partial, final)
         if _is_complete_tar(final):
             return final
@@ -199,7 +210,15 @@ def _fetch(archive: Archive, out: Path, base_url: str, progress: bool, backoff: 
     )
 
 
-def _download(url: str, partial: Path, archive: Archive, progress: bool, backoff: float, position: int = 0) -> None:
+def _download(
+    url: str,
+    partial: Path,
+    archive: Archive,
+    progress: bool,
+    backoff: float,
+    position: int = 0,
+    overall: tqdm | None = None,
+) -> None:
     """Append to ``partial`` until the server's length is reached, resuming with ``Range`` on failures."""
     failures = 0
     total: int | None = None
@@ -221,6 +240,8 @@ def _download(url: str, partial: Path, archive: Archive, progress: bool, backoff
                         while chunk := response.read1(1 << 20):
                             file.write(chunk)
                             bar.update(len(chunk))
+                            if overall is not None:
+                                overall.update(len(chunk))
                 got = partial.stat().st_size
                 if got != total:
                     raise ConnectionError(f"connection closed after {got} of {total} bytes")
