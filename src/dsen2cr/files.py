@@ -123,10 +123,7 @@ def prepare_output_folder(
     """:func:`check_output_folder`, then remove the earlier run's entries and create the folder."""
     out = Path(path)
     for target in check_output_folder(out, owned=owned, overwrite=overwrite, what=what, hint=hint):
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+        _remove_entry(target)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -152,15 +149,20 @@ def output_folder(
         yield out
     except BaseException:
         for name in owned:
-            target = out / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target, ignore_errors=True)
-            elif target.exists() or target.is_symlink():
-                target.unlink(missing_ok=True)
+            _remove_entry(out / name, best_effort=True)
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if empty
         raise
+
+
+def _remove_entry(target: Path, *, best_effort: bool = False) -> None:
+    """Remove one entry of an output folder: a folder with its contents, a file, or a link (not its target);
+    ``best_effort`` (cleaning up after a failure) ignores what cannot be removed or is already gone."""
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target, ignore_errors=best_effort)
+    elif target.exists() or target.is_symlink():
+        target.unlink(missing_ok=best_effort)
 
 
 def check_distinct_outputs(outputs: list[tuple[str, Path]], inputs: list[tuple[str, Path]]) -> None:

@@ -120,12 +120,10 @@ def _shadow(r: np.ndarray, stats: ShadowStats | None = None) -> np.ndarray:
     """Shadow map of a (13, H, W) float32 reflectance array."""
     blue = r[_B["B2"]]
     csi = _csi(r)
-    if stats is None:
-        csi_min, blue_min = csi.min(), blue.min()
-        t3 = csi_min + 0.75 * (csi.mean(dtype=np.float64) - csi_min)
-        t4 = blue_min + 5.0 / 6.0 * (blue.mean(dtype=np.float64) - blue_min)
-    else:
-        t3, t4 = stats.thresholds
+    if stats is None:  # the paper code's rule: the statistics of this array
+        means = csi.mean(dtype=np.float64), blue.mean(dtype=np.float64)
+        stats = ShadowStats(float(csi.min()), float(means[0]), float(blue.min()), float(means[1]))
+    t3, t4 = stats.thresholds
     dark = ((csi < t3) & (blue < t4)).astype(np.int32)
     # A 5x5 median of the 0/-1 map with zero padding is -1 where at least 13 of the 25 cells are dark.
     size = _SHADOW_MEDIAN_SIZE
