@@ -363,3 +363,45 @@ def test_s1_units_are_checked_where_the_data_is(scene: dict, tmp_path: Path) -> 
     write_geotiff(tmp_path / "empty.tif", s1, crs=UTM, transform=ORIGIN)
     with pytest.raises(DSen2CRError, match="S1 holds no valid values"):
         S1Source(tmp_path / "empty.tif", grid)
+
+
+def _gdal_cache_max() -> int:
+    """GDAL's block-cache limit in bytes (GDALGetCacheMax64 of the libgdal this process loaded)."""
+    import ctypes
+
+    maps = Path("/proc/self/maps")
+    libraries = {line.split()[-1] for line in maps.read_text().splitlines() if "libgdal" in line} if maps.exists() else set()
+    if not libraries:
+        pytest.skip("libgdal not found in /proc/self/maps (not Linux, or GDAL linked statically)")
+    getter = ctypes.CDLL(sorted(libraries)[0]).GDALGetCacheMax64
+    getter.restype = ctypes.c_int64
+    return int(getter())
+
+
+def test_scene_runs_with_a_real_gdal_block_cache(scene: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reads (reader thread) and the COG copy run with a block cache of at least 64 MiB. Before: the bound
+    was given to rasterio as ``GDAL_CACHEMAX=128``, which it takes as 128 bytes, so every window read
+    decompressed its halo blocks again and the COG copy re-read the scene for each overview (2.7x slower)."""
+    import rasterio.shutil
+
+    import dsen2cr.geotiff
+    import dsen2cr.scene.batches
+
+    seen: dict[str, int] = {}
+    read_batch, copy = dsen2cr.scene.batches._read_batch, rasterio.shutil.copy
+
+    def recording_read(*args: object, **kwargs: object) -> object:
+        seen["read"] = _gdal_cache_max()
+        return read_batch(*args, **kwargs)
+
+    def recording_copy(*args: object, **kwargs: object) -> object:
+        seen["copy"] = _gdal_cache_max()
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(dsen2cr.scene.batches, "_read_batch", recording_read)
+    monkeypatch.setattr(dsen2cr.geotiff.rasterio.shutil, "copy", recording_copy)
+    predictor = predictor_from_model(scene["model"], device="cpu")
+    folder = scene["folder"]
+    remove_clouds(predictor, s2_path=folder / "s2.tif", s1_path=folder / "s1.tif", out=tmp_path / "o.tif", tile=128)
+    assert set(seen) == {"read", "copy"}
+    assert min(seen.values()) >= 64 * 2**20, seen
