@@ -11,16 +11,16 @@ import tempfile
 from pathlib import Path
 
 import lightning as L
-import rasterio
 
 from benchmarks.common import report
 from benchmarks.scene import write_scene
 from dsen2cr import create_model
 from dsen2cr.config import load_config
 from dsen2cr.data.synth import write_synthetic_dataset
+from dsen2cr.geotiff import gdal_block_cache
 from dsen2cr.predictor import predictor_from_model
 from dsen2cr.scene import default_overlap, plan_tiles
-from dsen2cr.scene.batches import GDAL_CACHE_MB, iter_predictions
+from dsen2cr.scene.batches import iter_predictions
 from dsen2cr.scene.readers import S1Source, S2Source
 
 
@@ -102,7 +102,7 @@ def main() -> None:
         s2 = S2Source(folder / "s2.tif")
         s1 = S1Source(folder / "s1.tif", s2.grid)
         tiles = plan_tiles(args.scene, args.scene, 256, default_overlap(model))
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):  # as remove_clouds runs
+        with gdal_block_cache():  # as remove_clouds runs
             samples = []
             for _ in iter_predictions(
                 predictor_from_model(model, device="cpu"), s2, s1, tiles, batch_size=4, s1_fill_db=(-12.0, -19.0)

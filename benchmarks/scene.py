@@ -27,22 +27,27 @@ from dsen2cr.geotiff import GTIFF_OPTIONS
 from dsen2cr.weights import save_weights
 
 
-def write_scene(path: Path, size: int, bands: int, dtype: str, seed: int, block: int = 1024) -> None:
-    """A smooth random scene written block by block (uint16 S2 DN or float32 S1 dB)."""
+def write_scene(
+    path: Path, size: int, bands: int, dtype: str, seed: int, block: int = 1024, height: int | None = None
+) -> None:
+    """A random ``size`` x ``size`` scene (``height`` rows if given) written block by block (uint16 S2 DN or
+    float32 S1 dB), compressed on all cores."""
     rng = np.random.default_rng(seed)
+    rows = size if height is None else height
     profile = dict(
         GTIFF_OPTIONS,
         count=bands,
         width=size,
-        height=size,
+        height=rows,
         dtype=dtype,
         crs=CRS.from_epsg(32632),
         transform=from_origin(500000, 5000000, 10, 10),
+        num_threads="ALL_CPUS",
     )
     with rasterio.open(path, "w", **profile) as dst:
-        for r in range(0, size, block):
+        for r in range(0, rows, block):
             for c in range(0, size, block):
-                h, w = min(block, size - r), min(block, size - c)
+                h, w = min(block, rows - r), min(block, size - c)
                 if dtype == "uint16":
                     data = rng.integers(200, 6000, size=(bands, h, w), dtype=np.uint16)
                 else:

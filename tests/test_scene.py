@@ -370,7 +370,9 @@ def _gdal_cache_max() -> int:
     import ctypes
 
     maps = Path("/proc/self/maps")
-    libraries = {line.split()[-1] for line in maps.read_text().splitlines() if "libgdal" in line} if maps.exists() else set()
+    libraries = (
+        {line.split()[-1] for line in maps.read_text().splitlines() if "libgdal" in line} if maps.exists() else set()
+    )
     if not libraries:
         pytest.skip("libgdal not found in /proc/self/maps (not Linux, or GDAL linked statically)")
     getter = ctypes.CDLL(sorted(libraries)[0]).GDALGetCacheMax64

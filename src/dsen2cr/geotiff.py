@@ -32,6 +32,19 @@ GTIFF_OPTIONS: dict[str, object] = {
 }
 
 
+#: GDAL's block cache for a scene run, in bytes (rasterio passes an integer GDAL_CACHEMAX to GDAL as bytes: a
+#: value in MB would be a cache of a few hundred bytes). GDAL's default, 5 % of RAM, holds written blocks and
+#: makes memory grow with the scene; a fixed cache keeps it flat while holding the blocks that overlapping
+#: windows read twice and the rows that overviews are computed from.
+GDAL_CACHE_BYTES = 256 * 2**20
+
+
+def gdal_block_cache() -> rasterio.Env:
+    """A rasterio environment with GDAL's block cache bounded to ``GDAL_CACHE_BYTES`` (per thread: enter it in
+    every thread that reads or writes)."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+
+
 def open_raster(path: str | Path, *, bands: int | None = None, what: str = "raster") -> rasterio.DatasetReader:
     """Open a raster for reading (a local file, a GDAL ``/vsi…`` path or VRT XML), checking that it exists, is
     readable and has ``bands`` bands."""

@@ -8,16 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import rasterio
 
+from dsen2cr.geotiff import gdal_block_cache
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, s1_db_to_model, s2_dn_to_model
 from dsen2cr.scene.readers import S1Source, S2Source
 from dsen2cr.scene.tiles import Tile
-
-#: GDAL's block cache for a scene run (MB). GDAL's default is 5 % of RAM, which holds written tiles and makes
-#: memory grow with the scene; a fixed cache keeps it flat.
-GDAL_CACHE_MB = 128
 
 
 def iter_predictions(
@@ -44,7 +40,7 @@ def iter_predictions(
     def read(group: list[Tile]) -> _Batch:
         # rasterio.Env is per thread: without it here, a reader thread that first touches GDAL's block cache
         # would size it by GDAL's default (5 % of RAM) instead of the bound of remove_clouds.
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        with gdal_block_cache():
             return _read_batch(s2, s1, group, s1_fill_db)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-read") as reader:

@@ -10,17 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from tqdm import tqdm
 
 from dsen2cr.auto import auto_tile, resolve_batch_size
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.files import check_output_file
-from dsen2cr.geotiff import atomic_raster, cog_writer
+from dsen2cr.geotiff import atomic_raster, cog_writer, gdal_block_cache
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
-from dsen2cr.scene.batches import GDAL_CACHE_MB, iter_predictions
+from dsen2cr.scene.batches import iter_predictions
 from dsen2cr.scene.masking import DEFAULT_FEATHER, SceneMasker, blend, keep_clear_weights
 from dsen2cr.scene.readers import S1Source, S2Source, s1_scene_mean
 from dsen2cr.scene.tiles import default_overlap, plan_tiles
@@ -79,7 +78,7 @@ def remove_clouds(
     ``overlap`` and ``batch_size`` default to what ``remove-clouds`` picks automatically for the predictor's
     device (:mod:`dsen2cr.auto`; the overlap that makes tiling exact). Nodata in S2 stays nodata (0).
     """
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with gdal_block_cache():
         return _remove_clouds(
             predictor,
             s2_path=s2_path,
