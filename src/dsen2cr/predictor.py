@@ -41,7 +41,7 @@ class Predictor:
         """Predict one batch (model units); a prediction with NaN or infinite values stops the run (it would
         otherwise be written as nodata or scored as a number)."""
         prediction = self.predict(s2, s1)
-        if not np.isfinite(prediction).all():
+        if not np.isfinite(prediction.sum(dtype=np.float64)):  # NaN and inf propagate; no boolean copy
             raise DSen2CRError(
                 f"the model ({self.backend}, {self.precision}) predicted NaN or infinite values for finite inputs; "
                 "its weights are broken or overflow at this precision: nothing was written"

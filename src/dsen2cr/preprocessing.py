@@ -67,6 +67,18 @@ def s2_dn_to_model(s2_dn: np.ndarray) -> np.ndarray:
     return np.clip(s2, lo, hi) / np.float32(S2_MODEL_SCALE)
 
 
+def s2_dn_to_model_into(s2_dn: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """:func:`s2_dn_to_model` of finite DN written into ``out`` (float32, same shape), the same values without
+    the temporary copies (the scene path's version: integer DN are clipped before they become float)."""
+    lo, hi = S2_CLIP_DN
+    if s2_dn.dtype.kind in "ui":
+        clipped = np.clip(s2_dn, int(lo), int(hi))
+        out[...] = clipped  # exact: DN up to 10000 are float32 integers
+    else:
+        np.clip(s2_dn, lo, hi, out=out, dtype=np.float32)
+    return np.divide(out, np.float32(S2_MODEL_SCALE), out=out)
+
+
 def s2_model_to_dn(s2_model: np.ndarray | torch.Tensor) -> np.ndarray:
     """Convert S2 model units back to uint16 DN, rounded and clipped to the preprocessing range."""
     if isinstance(s2_model, torch.Tensor):

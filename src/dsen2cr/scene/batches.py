@@ -3,6 +3,8 @@ in a background thread while the predictor runs (docs/design.md §4.4)."""
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ import numpy as np
 
 from dsen2cr.geotiff import gdal_block_cache
 from dsen2cr.predictor import Predictor
-from dsen2cr.preprocessing import NUM_S2_BANDS, s1_db_to_model, s2_dn_to_model
+from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, s1_db_to_model, s2_dn_to_model_into
 from dsen2cr.scene.readers import S1Source, S2Source
 from dsen2cr.scene.tiles import Tile
 
@@ -64,6 +66,43 @@ def iter_predictions(
                 on_batch(len(group))
 
 
+class BackgroundWriter:
+    """Runs submitted calls in order on one thread (under :func:`~dsen2cr.geotiff.gdal_block_cache`), so that
+    converting and writing a tile overlaps the next prediction; at most ``depth`` calls wait. The first error
+    is raised again by the next :meth:`submit` or on leaving the ``with`` block, which always waits for the
+    thread: nothing writes after the block is left."""
+
+    def __init__(self, depth: int) -> None:
+        self._queue: queue.Queue[tuple[Callable[..., None], tuple] | None] = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dsen2cr-write", daemon=True)
+
+    def __enter__(self) -> BackgroundWriter:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with gdal_block_cache():
+            while (item := self._queue.get()) is not None:
+                if self._error is None:  # after an error, drain without running
+                    try:
+                        item[0](*item[1])
+                    except BaseException as error:  # handed to the submitting thread
+                        self._error = error
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        """Queue ``fn(*args)`` (blocks while ``depth`` calls wait); raises an earlier call's error."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put((fn, args))
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc_info[0] is None:
+            raise self._error
+
+
 @dataclass
 class _Batch:
     """One batch as read: per tile the S2 DN and valid mask of its core and the valid pixels without S1;
@@ -88,17 +127,21 @@ def _read_batch(s2: S2Source, s1: S1Source | None, group: list[Tile], s1_fill_db
     missing = [0] * len(group)
     s2_model = s1_model = None
     if run:
-        s2_model = np.stack([s2_dn_to_model(np.nan_to_num(s2_dn[i].astype(np.float32))) for i in run])
+        s2_model = np.empty((len(run), *s2_dn[run[0]].shape), np.float32)
+        for row, i in enumerate(run):
+            dn = s2_dn[i]
+            if dn.dtype.kind == "f":  # NaN is nodata: 0 DN (integer DN have none)
+                dn = np.nan_to_num(dn.astype(np.float32), copy=False)
+            s2_dn_to_model_into(dn, s2_model[row])
     if s1 is not None and run:
-        s1_batch = []
-        for i in run:
+        s1_model = np.empty((len(run), NUM_S1_BANDS, *s2_dn[run[0]].shape[1:]), np.float32)
+        for row, i in enumerate(run):
             db = s1.read(group[i].window)
             rows, cols = cores[i]
             missing[i] = int((np.isnan(db).any(axis=0) & valid[i])[rows, cols].sum())
-            for band in range(2):
+            for band in range(NUM_S1_BANDS):
                 db[band][np.isnan(db[band])] = s1_fill_db[band]
-            s1_batch.append(s1_db_to_model(db))
-        s1_model = np.stack(s1_batch)
+            s1_model[row] = s1_db_to_model(db)
     dn_cores = [dn[:, rows, cols] for dn, (rows, cols) in zip(s2_dn, cores, strict=True)]
     return _Batch(dn_cores, valid_cores, missing, run, s2_model, s1_model)
 

@@ -19,10 +19,10 @@ from dsen2cr.geotiff import atomic_raster, cog_writer, gdal_block_cache
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
-from dsen2cr.scene.batches import iter_predictions
+from dsen2cr.scene.batches import BackgroundWriter, iter_predictions
 from dsen2cr.scene.masking import DEFAULT_FEATHER, SceneMasker, blend, keep_clear_weights
 from dsen2cr.scene.readers import S1Source, S2Source, s1_scene_mean
-from dsen2cr.scene.tiles import default_overlap, plan_tiles
+from dsen2cr.scene.tiles import Tile, default_overlap, plan_tiles
 from dsen2cr.visualize import Quicklook
 
 log = logging.getLogger(__name__)
@@ -160,35 +160,42 @@ def _remove_clouds(
         quicklook = Quicklook(grid.height, grid.width) if preview is not None else None
         start = time.perf_counter()
         bar = _progress_bar(len(tiles), enabled=progress)
-        missing = valid_total = skipped = 0
         grid_profile = {"width": grid.width, "height": grid.height, "crs": grid.crs, "transform": grid.transform}
         profile = dict(grid_profile, count=len(s2.bands), dtype="uint16", nodata=OUTPUT_NODATA)
         written = [S2_BANDS.index(band) for band in s2.bands]  # the input's bands: never a made-up B10
+        totals = {"missing": 0, "valid": 0, "skipped": 0}
+
+        def write_tile(tile: Tile, pred: np.ndarray, dn: np.ndarray, valid: np.ndarray, holes: int) -> None:
+            """Convert one tile's prediction and write it (runs on the writer thread, which alone touches the
+            output files, the masker and the quicklook while the loop runs)."""
+            out_dn = _to_output_dn(pred, valid)
+            core_mask = None
+            if keep_clear and masker is not None:
+                weights, core_mask = keep_clear_weights(masker, tile.core, feather)
+                out_dn = blend(dn, out_dn, weights[None])
+                out_dn[:, ~valid] = OUTPUT_NODATA
+            elif masker is not None:
+                core_mask = masker.window(tile.core)
+            dst.write(out_dn[written], window=tile.core)
+            if quicklook is not None:
+                quicklook.add(tile.core, dn, out_dn, core_mask)
+            totals["missing"] += holes
+            totals["valid"] += int(valid.sum())
+            totals["skipped"] += not valid.any()
+            if mask_dst is not None and core_mask is not None:
+                mask_dst.write(core_mask[None], window=tile.core)
+
         try:
             with cog_writer(out, profile) as dst, _optional_mask(mask_out, dict(grid_profile)) as mask_dst:
                 for index, name in enumerate(s2.bands, start=1):
                     dst.set_band_description(index, name)
                 dst.update_tags(**output_tags(s2))
-                for t, pred, dn, valid, holes in iter_predictions(
-                    predictor, s2, s1, tiles, batch_size=batch_size, s1_fill_db=s1_fill, on_batch=bar.update
-                ):
-                    out_dn = _to_output_dn(pred, valid)
-                    core_mask = None
-                    if keep_clear and masker is not None:
-                        weights, core_mask = keep_clear_weights(masker, t.core, feather)
-                        out_dn = blend(dn, out_dn, weights[None])
-                        out_dn[:, ~valid] = OUTPUT_NODATA
-                    elif masker is not None:
-                        core_mask = masker.window(t.core)
-                    dst.write(out_dn[written], window=t.core)
-                    if quicklook is not None:
-                        quicklook.add(t.core, dn, out_dn, core_mask)
-                    missing += holes
-                    valid_total += int(valid.sum())
-                    skipped += not valid.any()
-                    if mask_dst is not None and core_mask is not None:
-                        mask_dst.write(core_mask[None], window=t.core)
-                if valid_total == 0:
+                with BackgroundWriter(depth=2 * batch_size) as writer:
+                    for result in iter_predictions(
+                        predictor, s2, s1, tiles, batch_size=batch_size, s1_fill_db=s1_fill, on_batch=bar.update
+                    ):
+                        writer.submit(write_tile, *result)
+                if totals["valid"] == 0:
                     raise DSen2CRError(f"{s2_path}: S2 has no valid pixels (all nodata or NaN)")
         finally:
             bar.close()
@@ -199,7 +206,8 @@ def _remove_clouds(
             s1.close()
         if masker is not None:
             masker.close()
-    fraction = missing / valid_total if valid_total else 0.0
+    missing, skipped = totals["missing"], totals["skipped"]
+    fraction = missing / totals["valid"] if totals["valid"] else 0.0
     if include_sar and fraction > 0:
         log.warning(
             "%s: S1 has no data under %.1f%% of the valid S2 pixels; filled with the scene's S1 mean "
@@ -228,7 +236,9 @@ def output_tags(s2: S2Source) -> dict[str, str]:
 
 def _to_output_dn(pred: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Model units to uint16 DN in [1, 10000] on valid pixels (0 stays reserved for nodata)."""
-    dn = np.clip(np.rint(pred * S2_MODEL_SCALE), 1, S2_CLIP_DN[1]).astype(np.uint16)
+    scaled = np.multiply(pred, np.float32(S2_MODEL_SCALE))  # one temporary, rounded and clipped in place
+    np.clip(np.rint(scaled, out=scaled), 1, S2_CLIP_DN[1], out=scaled)
+    dn = scaled.astype(np.uint16)
     dn[:, ~valid] = OUTPUT_NODATA
     return dn
 
