@@ -16,9 +16,10 @@ freezing is switched on only while inductor compiles.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,12 +71,27 @@ def _channels_last(model: DSen2CR, device: torch.device, *, compile_model: bool,
                 return compiled(s2, s1)
 
     def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16), _cudnn_autotune(device):
             s2_t = torch.from_numpy(s2).to(device).contiguous(memory_format=torch.channels_last)
             s1_t = None if s1 is None else torch.from_numpy(s1).to(device).contiguous(memory_format=torch.channels_last)
             return forward(s2_t, s1_t).float().cpu().numpy()
 
     return predict
+
+
+@contextlib.contextmanager
+def _cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """On CUDA, let cuDNN time its convolution algorithms for each new shape and keep the fastest (a scene runs
+    one window shape); the process-wide flag is restored afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def build_backend(model: DSen2CR, name: str, device: str | torch.device = "cpu") -> PredictFn:

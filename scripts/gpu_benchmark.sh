@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU run (issue #16), as one script for a machine with a CUDA PyTorch: run it from the repository root.
+#   scripts/gpu_benchmark.sh [OUT_DIR]        (default OUT_DIR: $OUT, else benchmarks/results)
+# 1. the CLI on the bundled scene with the paper-size model on cuda (--backend auto, --tile auto), logged;
+# 2. python -m benchmarks --device cuda --scene-size 10980 (a full Sentinel-2 tile, synthetic);
+# 3. with COMPILE_CHECK=1: bf16 eager against bf16 compiled on one batch of the scene's windows.
+# Wheels in .whl/ (e.g. rasterio for a machine without it) are installed under /tmp/site first.
+set -u
+OUT_DIR=${1:-${OUT:-benchmarks/results}}
+mkdir -p "$OUT_DIR"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.log"
+python3 -c "import torch, rasterio; print('torch', torch.__version__, 'rasterio', rasterio.__version__)" \
+    | tee -a "$OUT_DIR/gpu.log"
+
+scratch=$(mktemp -d)
+python3 - "$scratch" <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
+import sys
+from dsen2cr import create_model
+from dsen2cr.weights import save_weights
+save_weights(create_model("dsen2cr-nosar"), f"{sys.argv[1]}/paper-nosar.safetensors")
+EOF
+TIMEFORMAT="cli remove-clouds, whole process: %R s"
+time timeout 120 python3 -m dsen2cr.cli -v remove-clouds --weights "$scratch/paper-nosar.safetensors" --device cuda \
+    --s2 src/dsen2cr/sample_data/scene/T33UUU_20170216T102101_L1C_10m.tif --out "$scratch/scene.tif" \
+    --no-progress 2>&1 | tee -a "$OUT_DIR/gpu.log"
+
+timeout 300 python3 -m benchmarks --device cuda --scene-size 10980 2>&1 | tee "$OUT_DIR/benchmark-cuda.log"
+cp benchmarks/results/benchmark-cuda.* "$OUT_DIR/" 2>/dev/null
+
+if [ -n "${COMPILE_CHECK:-}" ]; then timeout 100 python3 - <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
+import time
+import numpy as np, torch
+from benchmarks.common import median_seconds
+from dsen2cr import create_model
+from dsen2cr.auto import auto_tile
+from dsen2cr.backends import _channels_last, build_backend, relative_error
+from dsen2cr.scene import default_overlap, plan_tiles
+model = create_model("dsen2cr").eval()
+device = torch.device("cuda")
+tile = auto_tile(model.config, device=device, batch_size=4)
+window = plan_tiles(10980, 10980, tile, default_overlap(model))[0].window
+rng = np.random.default_rng(0)
+s2 = rng.uniform(0, 2, (4, 13, window.height, window.width)).astype(np.float32)
+s1 = rng.uniform(0, 2, (4, 2, window.height, window.width)).astype(np.float32)
+bf16 = build_backend(model, "bf16", device)
+eager_s = median_seconds(lambda: bf16(s2, s1), repeats=3)
+start = time.perf_counter()
+compiled = _channels_last(model, device, compile_model=True, bf16=True)
+reference = compiled(s2, s1)
+build = time.perf_counter() - start
+compiled_s = median_seconds(lambda: compiled(s2, s1), repeats=3)
+print(f"4 windows {window.height}x{window.width}: bf16 eager {eager_s:.3f} s, bf16 compiled {compiled_s:.3f} s "
+      f"(build {build:.0f} s), ratio {eager_s / compiled_s:.2f}, rel. error {relative_error(reference, bf16(s2, s1)):.2e}")
+EOF
+fi
+rm -rf "$scratch"
