@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float | None
     return subprocess.run(
         [sys.executable, "-m", "dsen2cr.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tests (and the CLI processes they start) keep compiled code and build records in a folder of their own,
+    never in the user's ~/.cache/dsen2cr."""
+    folder = tmp_path_factory.mktemp("dsen2cr-cache")
+    os.environ["DSEN2CR_CACHE_DIR"] = str(folder)
+    return folder

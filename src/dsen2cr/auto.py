@@ -26,9 +26,12 @@ TARGET_REDUNDANCY = 1.15
 MAX_CPU_MEMORY = 8 * 2**30
 #: ``--batch-size auto``: windows per forward pass on a GPU (batching does not make a CPU faster: 1 there).
 GPU_BATCH_SIZE = 4
-#: ``--backend auto`` compiles (CPU) when the estimated eager run is longer than this, since compiling costs
-#: tens of seconds once per tile shape (less later: inductor caches compiled code on disk).
-COMPILE_WHEN_EAGER_SECONDS = 120.0
+#: Share of the eager time that the compiled backend saves on CPU (measured: 1.2-1.4x eager on long runs).
+COMPILE_SAVING = 0.25
+#: Seconds a first build of the compiled backend (compile, then check against eager) is assumed to cost while
+#: none is recorded for the window shape; a build found in the persistent cache costs a few seconds, and what
+#: it took is recorded (:mod:`dsen2cr.compile_cache`).
+COLD_BUILD_SECONDS = 30.0
 #: Rough eager fp32 rate of a CPU for the estimate (FLOP/s); a 2-core AVX-512 machine measures ~1.5e11.
 EAGER_CPU_FLOPS = 1.5e11
 
@@ -137,11 +140,31 @@ def estimated_eager_seconds(config: ModelConfig, pixels: float) -> float:
     return pixels * 2 * config.build_parameter_count() / EAGER_CPU_FLOPS
 
 
-def torch_backend_candidates(config: ModelConfig, device: str | torch.device, pixels: float | None) -> str:
+def torch_backend_candidates(
+    config: ModelConfig,
+    device: str | torch.device,
+    pixels: float | None,
+    probe_shape: tuple[int, int, int] | None = None,
+) -> str:
     """What ``--backend auto`` asks :func:`dsen2cr.backends.select_backend` for: ``auto`` (the fastest backend
-    that agrees with eager) on GPU, and on CPU when the run is long enough to pay for compiling; else
-    ``eager`` (also when ``pixels`` is unknown: compiling is worth it only for a known, long run)."""
-    if torch.device(device).type == "cuda":
+    that agrees with eager) on GPU, and on CPU when compiling pays for itself: the time it saves
+    (``COMPILE_SAVING`` of the estimated eager run over ``pixels``) exceeds what building it costs (the
+    recorded build of this window shape, else ``COLD_BUILD_SECONDS``); else ``eager`` (also when ``pixels`` is
+    unknown: compiling is worth it only for a known, long run)."""
+    from dsen2cr.compile_cache import build_key, recorded_build_seconds
+
+    device = torch.device(device)
+    if device.type == "cuda":
         return "auto"
-    long_run = pixels is not None and estimated_eager_seconds(config, pixels) > COMPILE_WHEN_EAGER_SECONDS
-    return "auto" if long_run else "eager"
+    if pixels is None:
+        return "eager"
+    recorded = None if probe_shape is None else recorded_build_seconds(build_key(config, probe_shape, device))
+    build = COLD_BUILD_SECONDS if recorded is None else recorded
+    saving = COMPILE_SAVING * estimated_eager_seconds(config, pixels)
+    log.debug(
+        "backend auto: compiling would save ~%.0f s and cost ~%.0f s%s",
+        saving,
+        build,
+        "" if recorded is None else " (recorded)",
+    )
+    return "auto" if saving > build else "eager"

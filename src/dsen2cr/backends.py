@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,6 +62,9 @@ def _channels_last(model: DSen2CR, device: torch.device, *, compile_model: bool,
     if compile_model:
         import torch._inductor.config as inductor_config
 
+        from dsen2cr.compile_cache import use_persistent_compile_cache
+
+        use_persistent_compile_cache()
         compiled = torch.compile(model, dynamic=False)
 
         def forward(s2: torch.Tensor, s1: torch.Tensor | None) -> torch.Tensor:
@@ -148,6 +152,7 @@ def select_backend(
     reference_predictor = _eager(model, device)
     if name == "eager":
         return "eager", reference_predictor
+    start = time.perf_counter()
     generator = np.random.default_rng(0)
     batch, height, width = probe_shape
     s2 = generator.uniform(0, 2, size=(batch, 13, height, width)).astype(np.float32)
@@ -166,6 +171,10 @@ def select_backend(
             log.warning("backend %s unavailable (%s: %s); trying the next", candidate, type(exc).__name__, exc)
             continue
         if error <= TOLERANCE[candidate]:
+            if candidate == "compiled":  # what the next run's --backend auto can expect to pay
+                from dsen2cr.compile_cache import build_key, record_build_seconds
+
+                record_build_seconds(build_key(model.config, probe_shape, device), time.perf_counter() - start)
             return candidate, predictor
         message = f"backend {candidate} disagrees with eager fp32 (relative error {error:.2e})"
         if name != "auto":

@@ -76,9 +76,9 @@ def predictor_from_model(
         raise DSen2CRError(f"backend: expected one of auto, eager, compiled for a PyTorch model, got {backend!r}")
     device = resolve_device(device)
     name = "bf16" if precision == "bf16" else backend
-    if name == "auto":
-        name = torch_backend_candidates(model.config, device, pixels)
     shape = probe_shape(model.config) if callable(probe_shape) else probe_shape or (1, 64, 64)
+    if name == "auto":
+        name = torch_backend_candidates(model.config, device, pixels, shape)
     chosen, predict = select_backend(model, name, device, probe_shape=shape)
     log.info("backend: %s", chosen)
     return Predictor(predict, model.config, chosen, device, "bf16" if chosen == "bf16" else "fp32")
