@@ -148,7 +148,7 @@ def test_int8_export_quantises_every_convolution_per_channel(tmp_path: Path) -> 
     out = tmp_path / "small-int8.onnx"
     result = run_cli("export-onnx", "--weights", str(weights), "--int8", "--calibration-patches", "4", str(out))
     assert result.returncode == 0, result.stderr
-    assert "int8, calibrated on 4 crops" in result.stdout
+    assert "int8, percentile calibration on 4 crops" in result.stdout
 
     graph = onnx.load(str(out)).graph
     tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -181,3 +181,38 @@ def test_int8_export_quantises_every_convolution_per_channel(tmp_path: Path) -> 
     int8_summary = evaluate(load_predictor(out), triplets, tmp_path / "int8", write_images=False)
     fp32_mae, int8_mae = (s["model"]["mae"]["mean"] for s in (fp32_summary, int8_summary))
     assert abs(int8_mae - fp32_mae) < 0.05 * fp32_mae, (fp32_mae, int8_mae)
+
+
+def test_int8_calibration_method_sets_the_activation_ranges(tmp_path: Path) -> None:
+    """min/max calibration gives the S2 input the scale max(x)/255 of the calibration data (recomputed here
+    with numpy); percentile calibration clips the tail, so its scale is smaller; the per-layer report names
+    the quantised activations in graph order with finite SQNR."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+
+    from dsen2cr.config import DataSection
+    from dsen2cr.data.layout import resolve_split
+    from dsen2cr.onnx_export import activation_errors, calibration_batches, export_onnx, quantize_onnx
+
+    torch.manual_seed(0)
+    fp32 = export_onnx(create_model("dsen2cr-small").eval(), tmp_path / "fp32.onnx")
+    triplets = resolve_split(DataSection(), "train")
+    batches = list(calibration_batches(triplets, 4))
+    data_max = max(float(s2.max()) for s2, _ in batches)
+    assert min(float(s2.min()) for s2, _ in batches) >= 0  # uint8 range [0, max]: zero point 0
+
+    def input_scale(method: str) -> float:
+        out = quantize_onnx(fp32, tmp_path / f"{method}.onnx", iter(batches), method=method)
+        graph = onnx.load(str(out)).graph
+        tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        (node,) = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "s2_cloudy"]
+        return float(tensors[node.input[1]])
+
+    assert input_scale("minmax") == pytest.approx(data_max / 255, rel=1e-6)
+    assert 0.3 * data_max / 255 < input_scale("percentile") < data_max / 255
+    errors = activation_errors(fp32, tmp_path / "percentile.onnx", batches[:1])
+    assert list(errors)[-1] == "s2_cloudfree" and len(errors) >= 10
+    assert all(np.isfinite(v) and v > 10 for v in errors.values()), errors
+    with pytest.raises(DSen2CRError, match="calibration method"):
+        quantize_onnx(fp32, tmp_path / "x.onnx", iter(batches), method="kl")

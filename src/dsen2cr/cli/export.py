@@ -54,6 +54,12 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument(
         "--calibration-patches", type=int, default=16, help="calibration inputs, 128x128 crops (default: %(default)s)"
     )
+    parser.add_argument(
+        "--calibration-method",
+        default="percentile",
+        choices=["percentile", "minmax", "entropy"],
+        help="how activation ranges are set: percentile clips the 0.001%% tails (default: %(default)s)",
+    )
     parser.set_defaults(handler=run_export_onnx)
 
 
@@ -102,6 +108,11 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         raise DSen2CRError("--calibration-root: needed with --calibration-list (the folder its paths refer to)")
     data = DataSection(root=args.calibration_root, file_list=args.calibration_list)
     triplets = resolve_split(data, args.calibration_split)
-    export_onnx_int8(load_model(args.weights), args.out, triplets, args.calibration_patches)
-    print(f"wrote {args.out} (int8, calibrated on {args.calibration_patches} crops of {len(triplets)} patches)")
+    export_onnx_int8(
+        load_model(args.weights), args.out, triplets, args.calibration_patches, method=args.calibration_method
+    )
+    print(
+        f"wrote {args.out} (int8, {args.calibration_method} calibration on {args.calibration_patches} crops of "
+        f"{len(triplets)} patches)"
+    )
     return 0
