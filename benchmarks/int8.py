@@ -3,7 +3,8 @@
 Speed: patch inference (paper model, 256x256) with PyTorch eager fp32, onnxruntime fp32 and onnxruntime int8
 (calibrated on the bundled sample's train split), in one run. Accuracy: for each trained weights file (default:
 the demo's, ``make demo`` first), the paper metrics of the fp32 and the int8 model on the sample's val and test
-patches.
+patches, with min/max and with percentile calibration, and the signal-to-quantisation-noise ratio of every
+quantised activation against fp32 (per-layer error, benchmarks/results/int8-layers.md).
 
 Run: ``python -m benchmarks.int8 [--weights W ...]`` (writes benchmarks/results/int8.json and .md).
 """
@@ -22,7 +23,7 @@ from dsen2cr.backends import build_backend
 from dsen2cr.config import DataSection
 from dsen2cr.data.layout import resolve_split
 from dsen2cr.evaluate import evaluate
-from dsen2cr.onnx_export import calibration_batches, export_onnx, quantize_onnx
+from dsen2cr.onnx_export import activation_errors, calibration_batches, export_onnx, quantize_onnx
 from dsen2cr.predictor import Predictor, load_predictor
 from dsen2cr.weights import load_model
 
@@ -30,11 +31,11 @@ DEMO_WEIGHTS = sorted(Path("demo-output/weights").glob("*.safetensors"))
 METRICS = ("mae", "psnr", "ssim", "sam")
 
 
-def _int8_pair(model: object, folder: Path, name: str) -> tuple[Predictor, Predictor]:
+def _int8_pair(model: object, folder: Path, name: str, method: str = "minmax") -> tuple[Predictor, Predictor]:
     """fp32 and int8 (calibrated on the sample's train split) onnxruntime predictors of ``model``."""
     fp32 = export_onnx(model, folder / f"{name}-fp32.onnx")
     calibration = calibration_batches(resolve_split(DataSection(), "train"), patches=16)
-    int8 = quantize_onnx(fp32, folder / f"{name}-int8.onnx", calibration)
+    int8 = quantize_onnx(fp32, folder / f"{name}-{method}-int8.onnx", calibration, method=method)
     return load_predictor(fp32, device="cpu"), load_predictor(int8, device="cpu")
 
 
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--weights", nargs="*", type=Path, default=DEMO_WEIGHTS, help="trained weights to evaluate")
     args = parser.parse_args()
     rows: list[dict[str, object]] = []
+    layers: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model = create_model("dsen2cr").eval()
@@ -70,22 +72,34 @@ def main() -> None:
         held_out = resolve_split(DataSection(), "val") + resolve_split(DataSection(), "test")
         for weights in args.weights:
             trained = load_model(weights)
-            pair = _int8_pair(trained, folder, weights.stem)
-            summaries = [
-                evaluate(predictor, held_out, folder / f"{weights.stem}-{i}", write_images=False)
-                for i, predictor in enumerate(pair)
-            ]
-            for metric in METRICS:
-                fp32_value, int8_value = (s["model"][metric]["mean"] for s in summaries)
-                rows.append(
-                    {
-                        "measure": f"{weights.stem}: {metric} on the sample's val+test ({len(held_out)} patches)",
-                        "value": int8_value,
-                        "unit": "int8",
-                        "note": f"fp32 {fp32_value:.4f}, int8 - fp32 = {int8_value - fp32_value:+.4f}",
-                    }
+            fp32_summary = None
+            for method in ("minmax", "percentile"):
+                pair = _int8_pair(trained, folder, weights.stem, method)
+                if fp32_summary is None:
+                    fp32_summary = evaluate(pair[0], held_out, folder / f"{weights.stem}-fp32", write_images=False)
+                summary = evaluate(pair[1], held_out, folder / f"{weights.stem}-{method}", write_images=False)
+                for metric in METRICS:
+                    fp32_value, int8_value = (s["model"][metric]["mean"] for s in (fp32_summary, summary))
+                    rows.append(
+                        {
+                            "measure": f"{weights.stem}, {method}: {metric} on the sample's val+test "
+                            f"({len(held_out)} patches)",
+                            "value": int8_value,
+                            "unit": "int8",
+                            "note": f"fp32 {fp32_value:.4f}, int8 - fp32 = {int8_value - fp32_value:+.4f}",
+                        }
+                    )
+                errors = activation_errors(
+                    folder / f"{weights.stem}-fp32.onnx",
+                    folder / f"{weights.stem}-{method}-int8.onnx",
+                    list(calibration_batches(held_out, 2)),
+                )
+                layers.append(
+                    {"weights": weights.stem, "calibration": method, **{k: round(v, 1) for k, v in errors.items()}}
                 )
     report("int8", rows)
+    if layers:  # one row per quantised activation, graph order: SQNR (dB) against fp32 on held-out crops
+        report("int8-layers", list(layers.values()))
 
 
 if __name__ == "__main__":

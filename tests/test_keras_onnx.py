@@ -148,7 +148,7 @@ def test_int8_export_quantises_every_convolution_per_channel(tmp_path: Path) -> 
     out = tmp_path / "small-int8.onnx"
     result = run_cli("export-onnx", "--weights", str(weights), "--int8", "--calibration-patches", "4", str(out))
     assert result.returncode == 0, result.stderr
-    assert "int8, percentile calibration on 4 crops" in result.stdout
+    assert "int8, minmax calibration on 4 crops" in result.stdout
 
     graph = onnx.load(str(out)).graph
     tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
