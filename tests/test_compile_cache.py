@@ -66,3 +66,20 @@ def test_compiled_run_keeps_its_code_and_build_time(tmp_path: Path) -> None:
     assert key.startswith(f"torch {torch.__version__} cpu ") and '"num_features": 32' in key
     assert key.endswith("]") and key.split("[")[-1].startswith("1, ")  # batch 1 of the first window's shape
     assert 0 < seconds < 600
+
+
+def test_a_users_inductor_folder_is_kept_and_inductors_default_replaced(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from dsen2cr.compile_cache import use_persistent_compile_cache
+
+    monkeypatch.setenv("DSEN2CR_CACHE_DIR", str(tmp_path / "ours"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "users"))
+    assert use_persistent_compile_cache() == tmp_path / "users"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "users")
+    # inductor records its own default in the environment on first use: that is not a user's choice
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.path.abspath(default_cache_dir()))
+    assert use_persistent_compile_cache() == tmp_path / "ours" / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "ours" / "inductor")

@@ -53,8 +53,8 @@ def _inductor_default() -> str | None:
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
         return os.path.abspath(default_cache_dir())
-    except (ImportError, AttributeError):  # a PyTorch without that helper: leave its setting alone
-        return os.environ.get(INDUCTOR_ENV)
+    except (ImportError, AttributeError):  # a PyTorch without that helper: any setting counts as the user's
+        return None
 
 
 def build_key(config: ModelConfig, shape: tuple[int, int, int], device: torch.device) -> str:

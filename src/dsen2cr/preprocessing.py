@@ -63,8 +63,7 @@ def fill_nan(raster: np.ndarray, name: str = "raster") -> np.ndarray:
 def s2_dn_to_model(s2_dn: np.ndarray) -> np.ndarray:
     """Convert S2 DN of shape (13, H, W) (or any shape) to float32 model units in [0, 5]."""
     s2 = fill_nan(np.asarray(s2_dn, dtype=np.float32), "S2")
-    lo, hi = S2_CLIP_DN
-    return np.clip(s2, lo, hi) / np.float32(S2_MODEL_SCALE)
+    return s2_dn_to_model_into(s2, np.empty_like(s2))
 
 
 def s2_dn_to_model_into(s2_dn: np.ndarray, out: np.ndarray) -> np.ndarray:
