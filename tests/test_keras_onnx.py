@@ -216,3 +216,22 @@ def test_int8_calibration_method_sets_the_activation_ranges(tmp_path: Path) -> N
     assert all(np.isfinite(v) and v > 10 for v in errors.values()), errors
     with pytest.raises(DSen2CRError, match="calibration method"):
         quantize_onnx(fp32, tmp_path / "x.onnx", iter(batches), method="kl")
+
+
+def test_histogram_calibration_that_cannot_fit_is_refused_before_any_work(tmp_path: Path) -> None:
+    """percentile/entropy calibration holds every activation of every crop: ~1.2 GiB per 128x128 crop of the
+    paper's model ((4 x 16 + 6) maps x 256 features x 128^2 px x 4 bytes), so 4096 crops (4480 GiB) are refused
+    with a one-line reason and nothing is written; min/max runs in bounded memory."""
+    pytest.importorskip("onnxruntime")
+    from dsen2cr.model import MODEL_VARIANTS
+    from dsen2cr.onnx_export import calibration_bytes_per_crop
+
+    assert calibration_bytes_per_crop(MODEL_VARIANTS["dsen2cr"]) == 70 * 256 * 128 * 128 * 4
+    weights = save_weights(create_model("dsen2cr"), tmp_path / "paper.safetensors")
+    out = tmp_path / "paper-int8.onnx"
+    args = ["export-onnx", "--weights", str(weights), "--int8", "--calibration-patches", "4096", str(out)]
+    result = run_cli(*args, "--calibration-method", "percentile")
+    assert result.returncode == 2, result.stderr
+    assert "--calibration-method percentile: onnxruntime keeps every activation" in result.stderr
+    assert "4480.0 GiB for 4096 crops" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["paper.safetensors"]
