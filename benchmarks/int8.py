@@ -94,9 +94,8 @@ def main() -> None:
                     folder / f"{weights.stem}-{method}-int8.onnx",
                     list(calibration_batches(held_out, 2)),
                 )
-                layers.append(
-                    {"weights": weights.stem, "calibration": method, **{k: round(v, 1) for k, v in errors.items()}}
-                )
+                for layer, sqnr in errors.items():
+                    layers.setdefault(layer, {"activation": layer})[f"{weights.stem} {method} (dB)"] = round(sqnr, 1)
     report("int8", rows)
     if layers:  # one row per quantised activation, graph order: SQNR (dB) against fp32 on held-out crops
         report("int8-layers", list(layers.values()))

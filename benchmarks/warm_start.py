@@ -1,6 +1,6 @@
 """Small scenes, whole process: what a user waits for, against a bare eager forward pass of the same image.
 
-The paper-size model (random weights, without SAR) on the bundled 512x384 scene: a plain eager fp32 PyTorch
+The paper-size model (random weights, without SAR) on the bundled 768x640 scene: a plain eager fp32 PyTorch
 forward of the whole image in this process (the reference), then ``dsen2cr remove-clouds`` in fresh processes
 (start-up, weights, reading, the backend's build and check, writing the COG): eager; compiled with an empty
 compile cache (first run); compiled again (second run, the persistent cache warm); and ``--backend auto``
