@@ -98,7 +98,8 @@ def main() -> None:
                     layers.setdefault(layer, {"activation": layer})[f"{weights.stem} {method} (dB)"] = round(sqnr, 1)
     report("int8", rows)
     if layers:  # one row per quantised activation, graph order: SQNR (dB) against fp32 on held-out crops
-        report("int8-layers", list(layers.values()))
+        columns = list(dict.fromkeys(key for row in layers.values() for key in row))
+        report("int8-layers", [{c: row.get(c, "-") for c in columns} for row in layers.values()])
 
 
 if __name__ == "__main__":
