@@ -74,8 +74,8 @@ def _save_with_metadata(proto: Any, out: str | Path, config: ModelConfig, precis
 
 Batch = tuple[np.ndarray, np.ndarray | None]
 #: How activation ranges are set from the calibration batches: ``minmax`` (the default); ``percentile`` clips
-#: the 0.001 % tails of each activation's histogram (ReLU outputs are long-tailed; on the demo model |ΔSAM|
-#: 0.127 -> 0.101 deg, |ΔSSIM| 0.0128 -> 0.0112); ``entropy`` minimises the KL divergence. onnxruntime keeps
+#: the 0.001 % tails of each activation's histogram (ReLU outputs are long-tailed; on the demo models SSIM a
+#: little better, SAM better or worse: README); ``entropy`` minimises the KL divergence. onnxruntime keeps
 #: every activation of every calibration batch in memory for the last two: about 1 GB per 128x128 crop with
 #: the paper's model.
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
