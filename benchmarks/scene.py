@@ -23,15 +23,25 @@ from rasterio.windows import Window
 
 from benchmarks.common import report
 from dsen2cr import create_model
+from dsen2cr.data.sample import sample_scene
 from dsen2cr.geotiff import GTIFF_OPTIONS
 from dsen2cr.weights import save_weights
 
 
 def write_scene(
-    path: Path, size: int, bands: int, dtype: str, seed: int, block: int = 1024, height: int | None = None
+    path: Path,
+    size: int,
+    bands: int,
+    dtype: str,
+    seed: int,
+    block: int = 1024,
+    height: int | None = None,
+    texture: str = "noise",
 ) -> None:
-    """A random ``size`` x ``size`` scene (``height`` rows if given) written block by block (uint16 S2 DN or
-    float32 S1 dB), compressed on all cores."""
+    """A ``size`` x ``size`` scene (``height`` rows if given) written block by block (uint16 S2 DN or float32 S1
+    dB), compressed on all cores. ``texture``: ``noise`` (uniform random values: incompressible, the worst
+    case for every codec) or ``sample`` (S2 only: the bundled real L1C scene mirrored across the grid, so
+    that outputs compress like a real scene's)."""
     rng = np.random.default_rng(seed)
     rows = size if height is None else height
     profile = dict(
@@ -44,15 +54,31 @@ def write_scene(
         transform=from_origin(500000, 5000000, 10, 10),
         num_threads="ALL_CPUS",
     )
+    sample = None
+    if texture == "sample":
+        with rasterio.open(sample_scene()) as dataset:
+            sample = dataset.read()
+        if dtype != "uint16" or bands != sample.shape[0]:
+            raise ValueError("texture sample: the bundled scene is a 13-band uint16 S2 scene")
+    elif texture != "noise":
+        raise ValueError(f"texture: expected noise or sample, got {texture!r}")
     with rasterio.open(path, "w", **profile) as dst:
         for r in range(0, rows, block):
             for c in range(0, size, block):
                 h, w = min(block, rows - r), min(block, size - c)
-                if dtype == "uint16":
+                if sample is not None:
+                    data = sample[:, _mirrored(r, h, sample.shape[1])][:, :, _mirrored(c, w, sample.shape[2])]
+                elif dtype == "uint16":
                     data = rng.integers(200, 6000, size=(bands, h, w), dtype=np.uint16)
                 else:
                     data = rng.uniform(-25, -5, size=(bands, h, w)).astype(np.float32)
                 dst.write(data, window=Window(c, r, w, h))
+
+
+def _mirrored(start: int, length: int, period: int) -> np.ndarray:
+    """Indices ``start`` .. ``start + length`` folded into [0, period) by mirroring (no seams between copies)."""
+    index = np.arange(start, start + length) % (2 * period)
+    return np.where(index < period, index, 2 * period - 1 - index)
 
 
 def main() -> None:

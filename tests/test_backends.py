@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dsen2cr import DSen2CR
-from dsen2cr.backends import build_backend, relative_error, select_backend
+from dsen2cr.backends import _eager, build_backend, relative_error, select_backend
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +49,16 @@ def test_auto_falls_back_to_eager_when_compiling_fails(
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", broken)
-    name, predictor = select_backend(tiny.float(), "auto", probe_shape=(1, 32, 32))
-    assert "backend compiled unavailable" in caplog.text
-    assert name == "eager"
+    predictor = select_backend(tiny.float(), "auto")
     s2, s1 = _inputs(1, 32, 32)
-    assert predictor(s2, s1).shape == (1, 13, 32, 32)
+    np.testing.assert_array_equal(predictor(s2, s1), build_backend(tiny, "eager")(s2, s1))
+    assert "backend compiled unavailable" in caplog.text
+    assert predictor.backend == "eager"
 
 
 def test_probe_reference_is_the_centre_of_the_whole_output(tiny: DSen2CR) -> None:
-    """The backend check runs eager only on a crop around the probe's centre; that crop's centre equals
-    the centre of eager on the whole probe (the crop reaches the receptive-field radius beyond it)."""
+    """The backend check runs eager only on a crop around the batch's centre; that crop's centre equals
+    the centre of eager on the whole batch (the crop reaches the receptive-field radius beyond it)."""
     from dsen2cr.backends import _centre_reference
 
     s2, s1 = _inputs(1, 150, 130)
@@ -68,22 +68,71 @@ def test_probe_reference_is_the_centre_of_the_whole_output(tiny: DSen2CR) -> Non
     np.testing.assert_allclose(centre, eager(s2, s1)[:, :, rows, cols], rtol=0, atol=1e-6)
 
 
+def _recording_backend(backends: object, calls: list[tuple[str, tuple[int, ...]]], *, wrong: bool) -> object:
+    """A build_backend whose candidate is eager (one centre pixel off when ``wrong``) and logs each call."""
+
+    def build(model: DSen2CR, name: str, device: object = "cpu") -> object:
+        eager = _eager(model, torch.device("cpu"))
+
+        def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+            calls.append((name, s2.shape))
+            out = eager(s2, s1)
+            if wrong:
+                out[:, :, out.shape[2] // 2, out.shape[3] // 2] += 1.0
+            return out
+
+        return predict
+
+    return build
+
+
+def test_the_check_is_the_first_batch_itself(tiny: DSen2CR, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A candidate that agrees is run once per batch, the first included: no extra forward pass on a probe;
+    eager runs once, on a crop of the first batch only."""
+    import dsen2cr.backends as backends
+
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    monkeypatch.setattr(backends, "build_backend", _recording_backend(backends, calls, wrong=False))
+    eager_shapes: list[tuple[int, ...]] = []
+
+    def counting_eager(model: DSen2CR, device: torch.device) -> object:
+        predict = _eager(model, device)
+        return lambda s2, s1: eager_shapes.append(s2.shape) or predict(s2, s1)
+
+    monkeypatch.setattr(backends, "_eager", counting_eager)
+    predictor = select_backend(tiny, "auto")
+    s2, s1 = _inputs(2, 200, 180)
+    expected = _eager(tiny, torch.device("cpu"))(s2, s1)
+    for _ in range(3):
+        np.testing.assert_allclose(predictor(s2, s1), expected, rtol=0, atol=1e-6)
+    assert predictor.backend == "compiled"
+    assert calls == [("compiled", (2, 13, 200, 180))] * 3
+    radius = tiny.config.receptive_radius
+    assert eager_shapes == [(2, 13, 32 + 2 * radius, 32 + 2 * radius)]  # the check's crop, once
+
+
 def test_auto_drops_a_backend_that_disagrees_in_the_centre(
     tiny: DSen2CR, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     import dsen2cr.backends as backends
 
-    def wrong_backend(model: DSen2CR, name: str, device: object = "cpu") -> object:
-        eager = backends._eager(model, torch.device("cpu"))
-
-        def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
-            out = eager(s2, s1)
-            out[:, :, out.shape[2] // 2, out.shape[3] // 2] += 1.0  # one wrong pixel in the middle
-            return out
-
-        return predict
-
-    monkeypatch.setattr(backends, "build_backend", wrong_backend)
-    name, _ = select_backend(tiny, "auto", probe_shape=(1, 200, 180))
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    monkeypatch.setattr(backends, "build_backend", _recording_backend(backends, calls, wrong=True))
+    predictor = select_backend(tiny, "auto")
+    s2, s1 = _inputs(1, 200, 180)
+    got = predictor(s2, s1)
     assert "backend compiled disagrees with eager fp32" in caplog.text
-    assert name == "eager"
+    assert predictor.backend == "eager"
+    np.testing.assert_array_equal(got, _eager(tiny, torch.device("cpu"))(s2, s1))  # the batch is redone
+    predictor(s2, s1)
+    assert len(calls) == 1  # the dropped candidate is not run again
+
+
+def test_a_named_backend_that_disagrees_stops_the_run(tiny: DSen2CR, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dsen2cr.backends as backends
+
+    monkeypatch.setattr(backends, "build_backend", _recording_backend(backends, [], wrong=True))
+    predictor = select_backend(tiny, "compiled")
+    s2, s1 = _inputs(1, 120, 100)
+    with pytest.raises(RuntimeError, match="backend compiled disagrees with eager fp32"):
+        predictor(s2, s1)

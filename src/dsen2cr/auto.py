@@ -144,7 +144,7 @@ def torch_backend_candidates(
     config: ModelConfig,
     device: str | torch.device,
     pixels: float | None,
-    probe_shape: tuple[int, int, int] | None = None,
+    window_shape: tuple[int, int, int] | None = None,
 ) -> str:
     """What ``--backend auto`` asks :func:`dsen2cr.backends.select_backend` for: ``auto`` (the fastest backend
     that agrees with eager) on GPU, and on CPU when compiling pays for itself: the time it saves
@@ -158,7 +158,7 @@ def torch_backend_candidates(
         return "auto"
     if pixels is None:
         return "eager"
-    recorded = None if probe_shape is None else recorded_build_seconds(build_key(config, probe_shape, device))
+    recorded = None if window_shape is None else recorded_build_seconds(build_key(config, window_shape, device))
     build = COLD_BUILD_SECONDS if recorded is None else recorded
     saving = COMPILE_SAVING * estimated_eager_seconds(config, pixels)
     log.debug(

@@ -8,10 +8,10 @@ predictions (docs/design.md §4.2).
 - ``onnxruntime``: an exported ONNX file (fp32 or int8), :class:`OnnxPredictor`.
 
 :func:`select_backend` with ``auto`` tries ``compiled`` on CPU and ``bf16`` on GPU; every candidate is checked
-against eager fp32 on random input before use (relative error under 1e-3 for fp32 paths, 5e-2 for bf16) and
-dropped, with a logged warning, when it fails to build or to agree. Building a backend never changes the
-caller's model or process-wide settings: the channels-last backends work on a copy of the model, and weight
-freezing is switched on only while inductor compiles.
+against eager fp32 on the centre of the first batch it predicts (relative error under 1e-3 for fp32 paths,
+5e-2 for bf16) and dropped, with a logged warning, when it fails to build, to run or to agree. Building a
+backend never changes the caller's model or process-wide settings: the channels-last backends work on a copy
+of the model, and weight freezing is switched on only while inductor compiles.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 PredictFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 BACKENDS = ("auto", "eager", "compiled", "bf16")
 TOLERANCE = {"eager": 0.0, "compiled": 1e-3, "bf16": 5e-2}
+#: Side (pixels) of the centre of the first batch that a backend is checked on against eager fp32.
+CHECK_SIZE = 32
 
 
 def relative_error(got: np.ndarray, reference: np.ndarray) -> float:
@@ -116,71 +118,127 @@ def _candidates(device: torch.device) -> list[str]:
     return ["bf16", "eager"] if device.type == "cuda" else ["compiled", "eager"]
 
 
-def _centre_reference(
-    model: DSen2CR, eager: PredictFn, s2: np.ndarray, s1: np.ndarray | None, size: int = 64
-) -> tuple[np.ndarray, tuple[slice, slice]]:
-    """Eager fp32 output of the probe's central ``size`` x ``size`` pixels and where they lie in the probe.
-
-    Computed on a crop that extends the receptive-field radius beyond them (or reaches the probe's border,
-    where the zero padding is the same), so it equals the centre of the whole probe's output while costing a
-    fraction of it: the candidate runs on the full probe shape (compiling for it), eager only on the crop.
-    """
+def _centre_crop(model: DSen2CR, shape: tuple[int, ...], size: int) -> list[tuple[slice, slice, slice]]:
+    """Per image axis of ``shape`` (N, C, H, W): the central ``size`` pixels, the crop around them that reaches
+    the receptive-field radius beyond (or the border), and where the central pixels lie in that crop."""
     radius = model.config.receptive_radius
     spans = []
-    for length in s2.shape[2:]:
+    for length in shape[2:]:
         core = min(length, size)
         start = (length - core) // 2
         low, high = max(0, start - radius), min(length, start + core + radius)
         spans.append((slice(start, start + core), slice(low, high), slice(start - low, start - low + core)))
-    (rows, crop_rows, in_rows), (cols, crop_cols, in_cols) = spans
+    return spans
+
+
+def _centre_reference(
+    model: DSen2CR, eager: PredictFn, s2: np.ndarray, s1: np.ndarray | None, size: int = CHECK_SIZE
+) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """Eager fp32 output of the batch's central ``size`` x ``size`` pixels and where they lie in the batch.
+
+    Computed on a crop that extends the receptive-field radius beyond them (or reaches the batch's border,
+    where the zero padding is the same), so it equals the centre of the whole batch's output while costing a
+    fraction of it.
+    """
+    (rows, crop_rows, in_rows), (cols, crop_cols, in_cols) = _centre_crop(model, s2.shape, size)
     crop = eager(s2[:, :, crop_rows, crop_cols], None if s1 is None else s1[:, :, crop_rows, crop_cols])
     return crop[:, :, in_rows, in_cols], (rows, cols)
 
 
-def select_backend(
-    model: DSen2CR,
-    name: str = "auto",
-    device: str | torch.device = "cpu",
-    *,
-    probe_shape: tuple[int, int, int] = (1, 64, 64),
-) -> tuple[str, PredictFn]:
-    """Build backend ``name`` (or, for ``auto``, the first candidate that works), checked against eager fp32
-    on random input of ``probe_shape`` (batch, height, width; eager runs only on a crop around its centre).
-    Returns the backend used and its predictor."""
+class CheckedBackend:
+    """A predict function that settles its backend on the first batch it runs.
+
+    The first candidate is built and run on that batch; eager fp32 runs only on a crop around the batch's
+    centre (:func:`_centre_reference`), and the candidate is kept when its centre agrees within
+    ``TOLERANCE``. A candidate that fails to build, to run or to agree is dropped with a logged warning, and
+    the next one runs the same batch; ``eager``, the reference, needs no check. With ``strict`` (a backend
+    the user named) the failure is raised instead. Checking on real data costs no extra forward pass: a
+    compiled backend is built for the shape it will run, and the batch's prediction is the one used.
+    ``backend`` names the backend in use (the first candidate until the first batch has run).
+    """
+
+    def __init__(self, model: DSen2CR, device: torch.device, candidates: list[str], *, strict: bool) -> None:
+        self.model = model
+        self.device = device
+        self.candidates = list(candidates)
+        self.strict = strict
+        self.reference = _eager(model, device)
+        self.settled: PredictFn | None = self.reference if self.candidates == ["eager"] else None
+
+    @property
+    def backend(self) -> str:
+        """The backend in use (the one being tried before the first batch)."""
+        return self.candidates[0]
+
+    @property
+    def precision(self) -> str:
+        """``bf16`` for the bf16 backend, else ``fp32``."""
+        return "bf16" if self.backend == "bf16" else "fp32"
+
+    def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        """Predict one batch (model units), settling the backend on the first."""
+        if self.settled is not None:
+            return self.settled(s2, s1)
+        while self.candidates[0] != "eager":
+            candidate = self.candidates[0]
+            try:
+                start = time.perf_counter()
+                predictor = build_backend(self.model, candidate, self.device)
+                prediction = predictor(s2, s1)
+                first_call = time.perf_counter() - start
+                start = time.perf_counter()
+                reference, (rows, cols) = _centre_reference(self.model, self.reference, s2, s1)
+                reference_seconds = time.perf_counter() - start
+                error = relative_error(prediction[..., rows, cols], reference)
+            except Exception as exc:  # a backend that cannot build or run here (no compiler, unsupported op, ...)
+                if self.strict:
+                    raise
+                log.warning("backend %s unavailable (%s: %s); trying the next", candidate, type(exc).__name__, exc)
+                self.candidates.pop(0)
+                continue
+            if error <= TOLERANCE[candidate]:
+                log.info(
+                    "backend: %s (agrees with eager fp32 on the first batch, relative error %.1e)", candidate, error
+                )
+                if candidate == "compiled":
+                    self._record_build(s2.shape, first_call, reference_seconds)
+                self.settled = predictor
+                return prediction
+            message = f"backend {candidate} disagrees with eager fp32 (relative error {error:.2e})"
+            if self.strict:
+                raise RuntimeError(message)
+            log.warning("%s; trying the next", message)
+            self.candidates.pop(0)
+        log.info("backend: eager")
+        self.settled = self.reference
+        return self.reference(s2, s1)
+
+    def _record_build(self, shape: tuple[int, ...], first_call: float, reference_seconds: float) -> None:
+        """Record what building the compiled backend cost, for the next run's ``--backend auto``: the first
+        call's time less what a compiled forward of the batch costs, estimated from the eager check's rate
+        on its crop (:data:`dsen2cr.auto.COMPILE_SAVING` faster)."""
+        from dsen2cr.auto import COMPILE_SAVING
+        from dsen2cr.compile_cache import build_key, record_build_seconds
+
+        (_, crop_rows, _), (_, crop_cols, _) = _centre_crop(self.model, shape, CHECK_SIZE)
+        crop_pixels = (crop_rows.stop - crop_rows.start) * (crop_cols.stop - crop_cols.start)
+        forward = (1 - COMPILE_SAVING) * reference_seconds * shape[2] * shape[3] / crop_pixels
+        batch, _, height, width = shape
+        build = max(0.0, first_call - forward)
+        record_build_seconds(build_key(self.model.config, (batch, height, width), self.device), build)
+
+
+def select_backend(model: DSen2CR, name: str = "auto", device: str | torch.device = "cpu") -> CheckedBackend:
+    """Backend ``name`` (or, for ``auto``, the fastest candidate for the device, then eager) as a
+    :class:`CheckedBackend`: built, run and checked against eager fp32 on the first batch it predicts."""
     device = torch.device(device)
     model = model.to(device).eval()
-    reference_predictor = _eager(model, device)
-    if name == "eager":
-        return "eager", reference_predictor
-    start = time.perf_counter()
-    generator = np.random.default_rng(0)
-    batch, height, width = probe_shape
-    s2 = generator.uniform(0, 2, size=(batch, 13, height, width)).astype(np.float32)
-    s1 = generator.uniform(0, 2, size=(batch, 2, height, width)).astype(np.float32) if model.include_sar else None
-    reference, centre = _centre_reference(model, reference_predictor, s2, s1)
-    for candidate in _candidates(device) if name == "auto" else [name]:
-        if candidate == "eager":
-            return "eager", reference_predictor
-        try:
-            predictor = build_backend(model, candidate, device)
-            rows, cols = centre
-            error = relative_error(predictor(s2, s1)[..., rows, cols], reference)
-        except Exception as exc:  # a backend that cannot build here (no compiler, unsupported op, ...)
-            if name != "auto":
-                raise
-            log.warning("backend %s unavailable (%s: %s); trying the next", candidate, type(exc).__name__, exc)
-            continue
-        if error <= TOLERANCE[candidate]:
-            if candidate == "compiled":  # what the next run's --backend auto can expect to pay
-                from dsen2cr.compile_cache import build_key, record_build_seconds
-
-                record_build_seconds(build_key(model.config, probe_shape, device), time.perf_counter() - start)
-            return candidate, predictor
-        message = f"backend {candidate} disagrees with eager fp32 (relative error {error:.2e})"
-        if name != "auto":
-            raise RuntimeError(message)
-        log.warning("%s; trying the next", message)
-    return "eager", reference_predictor
+    if name not in BACKENDS:
+        raise DSen2CRError(f"backend: expected one of {BACKENDS}, got {name!r}")
+    candidates = _candidates(device) if name == "auto" else [name]
+    if candidates[-1] != "eager":
+        candidates.append("eager")  # the reference, never reached by a named backend (strict: its failure raises)
+    return CheckedBackend(model, device, candidates, strict=name != "auto")
 
 
 S2_INPUT, S1_INPUT, OUTPUT = "s2_cloudy", "s1", "s2_cloudfree"
@@ -190,6 +248,8 @@ PRECISION_KEY = "dsen2cr.precision"
 
 class OnnxPredictor:
     """Run an exported DSen2-CR with onnxruntime; checks that the file has the expected inputs and output."""
+
+    backend = "onnxruntime"
 
     def __init__(self, path: str | Path, *, device: str = "cpu") -> None:
         try:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dsen2cr.auto import resolve_device, torch_backend_candidates
-from dsen2cr.backends import OnnxPredictor, PredictFn, select_backend
+from dsen2cr.backends import CheckedBackend, OnnxPredictor, select_backend
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.model import DSen2CR, ModelConfig
 
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 BACKEND_CHOICES = ("auto", "eager", "compiled", "onnxruntime")
 PRECISIONS = ("fp32", "bf16")
 #: (batch, height, width) of the windows a predictor will run, or a function of the model configuration that
-#: gives it (the tile depends on the model): a compiled backend is built and checked for that shape.
-ProbeShape = tuple[int, int, int] | Callable[[ModelConfig], tuple[int, int, int]]
+#: gives it (the tile depends on the model): ``--backend auto`` looks up what compiling that shape cost before.
+WindowShape = tuple[int, int, int] | Callable[[ModelConfig], tuple[int, int, int]]
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,20 @@ class Predictor:
     """A model ready to run: ``predictor(s2, s1)`` maps a batch in model units ((N, 13, H, W) and (N, 2, H, W)
     or None) to predictions in model units, with what callers need to know about the model."""
 
-    predict: PredictFn
+    predict: CheckedBackend | OnnxPredictor
     config: ModelConfig
-    backend: str  # eager, compiled, bf16 or onnxruntime
     device: torch.device
-    precision: str  # fp32, bf16 or int8
+
+    @property
+    def backend(self) -> str:
+        """The backend in use: eager, compiled, bf16 or onnxruntime (a PyTorch backend is settled, and may fall
+        back to eager, on the first batch: :class:`~dsen2cr.backends.CheckedBackend`)."""
+        return self.predict.backend
+
+    @property
+    def precision(self) -> str:
+        """fp32, bf16 or int8."""
+        return self.predict.precision
 
     def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         """Predict one batch (model units); a prediction with NaN or infinite values stops the run (it would
@@ -65,23 +74,27 @@ def predictor_from_model(
     backend: str = "eager",
     device: str | torch.device = "auto",
     precision: str = "fp32",
-    probe_shape: ProbeShape | None = None,
+    window_shape: WindowShape | None = None,
     pixels: float | None = None,
 ) -> Predictor:
     """A predictor for a model in memory. ``backend`` ``auto``: the fastest backend that agrees with eager fp32
-    on a probe of ``probe_shape``, when the run (``pixels``) is long enough to pay for building it."""
+    on the first batch, when the run (``pixels`` in windows of ``window_shape``) is long enough to pay for
+    building it."""
     if precision not in PRECISIONS:
         raise DSen2CRError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     if backend not in BACKEND_CHOICES or backend == "onnxruntime":
         raise DSen2CRError(f"backend: expected one of auto, eager, compiled for a PyTorch model, got {backend!r}")
     device = resolve_device(device)
     name = "bf16" if precision == "bf16" else backend
-    shape = probe_shape(model.config) if callable(probe_shape) else probe_shape or (1, 64, 64)
     if name == "auto":
+        shape = window_shape(model.config) if callable(window_shape) else window_shape
         name = torch_backend_candidates(model.config, device, pixels, shape)
-    chosen, predict = select_backend(model, name, device, probe_shape=shape)
-    log.info("backend: %s", chosen)
-    return Predictor(predict, model.config, chosen, device, "bf16" if chosen == "bf16" else "fp32")
+    checked = select_backend(model, name, device)
+    if checked.candidates == ["eager"]:
+        log.info("backend: eager")
+    else:
+        log.info("backend: trying %s, checked on the first batch", checked.backend)
+    return Predictor(checked, model.config, device)
 
 
 def is_onnx(weights: str | Path) -> bool:
@@ -95,7 +108,7 @@ def load_predictor(
     backend: str = "auto",
     device: str | torch.device = "auto",
     precision: str = "fp32",
-    probe_shape: ProbeShape | None = None,
+    window_shape: WindowShape | None = None,
     pixels: float | None = None,
 ) -> Predictor:
     """The predictor for a weights file: onnxruntime for ``.onnx`` files (fp32 or int8); for PyTorch weights
@@ -114,11 +127,11 @@ def load_predictor(
         device = resolve_device(device)
         onnx = OnnxPredictor(weights, device=str(device))
         log.info("backend: onnxruntime (%s)", onnx.precision)
-        return Predictor(onnx, onnx.config, "onnxruntime", device, onnx.precision)
+        return Predictor(onnx, onnx.config, device)
     if onnx_file:
         raise DSen2CRError(f"{weights}: an ONNX file runs with the onnxruntime backend (or auto)")
     device = resolve_device(device)
     model = load_model(weights, device=device)
     return predictor_from_model(
-        model, backend=backend, device=device, precision=precision, probe_shape=probe_shape, pixels=pixels
+        model, backend=backend, device=device, precision=precision, window_shape=window_shape, pixels=pixels
     )

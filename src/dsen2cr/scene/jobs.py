@@ -181,8 +181,8 @@ def run_scene_jobs(
             )
         return tiles[config]
 
-    def probe_shape(config: ModelConfig) -> tuple[int, int, int]:
-        """The first scene's tile shape, so that a compiled backend is built for the shape it will run."""
+    def window_shape(config: ModelConfig) -> tuple[int, int, int]:
+        """The first scene's window shape (``--backend auto`` looks up what compiling it cost before)."""
         tile = tile_of(config)
         height, width = sizes[0] if sizes else (tile, tile)
         window = plan_tiles(height, width, tile, overlap_of(config))[0].window
@@ -193,7 +193,7 @@ def run_scene_jobs(
         backend=settings.backend,
         device=device,
         precision=settings.precision,
-        probe_shape=probe_shape,
+        window_shape=window_shape,
         pixels=sum(h * w for h, w in sizes),
     )
     without_s1 = [job.s2 for job in mine if job.s1 is None]
