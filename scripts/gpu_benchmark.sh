@@ -3,7 +3,8 @@
 #   scripts/gpu_benchmark.sh [OUT_DIR]        (default OUT_DIR: $OUT, else benchmarks/results)
 # 1. the CLI on the bundled scene with the paper-size model on cuda (--backend auto, --tile auto), logged;
 # 2. python -m benchmarks --device cuda --scene-size 10980 (a full Sentinel-2 tile, synthetic);
-# 3. with COMPILE_CHECK=1: bf16 eager against bf16 compiled on one batch of the scene's windows.
+# 3. python -m benchmarks.cog_copy: the final COG copy alone, on this machine's CPUs and disk;
+# 4. with COMPILE_CHECK=1: bf16 eager against bf16 compiled on one batch of the scene's windows.
 # Wheels in .whl/ (e.g. rasterio for a machine without it) are installed under /tmp/site first.
 set -u
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
@@ -32,6 +33,8 @@ time timeout 120 python3 -m dsen2cr.cli -v remove-clouds --weights "$scratch/pap
 
 timeout 300 python3 -m benchmarks --device cuda --scene-size 10980 2>&1 | tee "$OUT_DIR/benchmark-cuda.log"
 cp benchmarks/results/benchmark-cuda.* "$OUT_DIR/" 2>/dev/null
+timeout 150 python3 -m benchmarks.cog_copy --name cog_copy-gpu-machine 2>&1 | tee "$OUT_DIR/cog_copy.log"
+cp benchmarks/results/cog_copy-gpu-machine.* "$OUT_DIR/" 2>/dev/null
 
 if [ -n "${COMPILE_CHECK:-}" ]; then timeout 100 python3 - <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
 import time

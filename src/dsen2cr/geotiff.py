@@ -32,6 +32,18 @@ GTIFF_OPTIONS: dict[str, object] = {
 }
 
 
+#: Creation options of the Cloud-Optimised GeoTIFF of a scene (GDAL's COG driver): deflate with the horizontal
+#: predictor, 256 px blocks, overviews, blocks and overviews compressed on all cores.
+COG_OPTIONS: dict[str, str | int] = {
+    "driver": "COG",
+    "compress": "DEFLATE",
+    "predictor": "2",
+    "blocksize": 256,
+    "BIGTIFF": "IF_SAFER",
+    "NUM_THREADS": "ALL_CPUS",
+}
+
+
 #: GDAL's block cache for a scene run, in bytes (rasterio passes an integer GDAL_CACHEMAX to GDAL as bytes: a
 #: value in MB would be a cache of a few hundred bytes). GDAL's default, 5 % of RAM, holds written blocks and
 #: makes memory grow with the scene; a fixed cache keeps it flat while holding the blocks that overlapping
@@ -121,16 +133,7 @@ def cog_writer(path: str | Path, profile: dict) -> Iterator[rasterio.io.DatasetW
         try:
             with rasterio.open(staging, "w", **dict(uncompressed, **profile)) as dataset:
                 yield dataset
-            rasterio.shutil.copy(
-                staging,
-                final_tmp,
-                driver="COG",
-                compress="DEFLATE",
-                predictor="2",
-                blocksize=256,
-                BIGTIFF="IF_SAFER",
-                NUM_THREADS="ALL_CPUS",  # compress blocks and overviews in parallel
-            )
+            rasterio.shutil.copy(staging, final_tmp, **COG_OPTIONS)
         finally:
             staging.unlink(missing_ok=True)
 
