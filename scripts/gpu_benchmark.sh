@@ -3,7 +3,8 @@
 #   scripts/gpu_benchmark.sh [OUT_DIR]        (default OUT_DIR: $OUT, else benchmarks/results)
 # 1. the CLI on the bundled scene with the paper-size model on cuda (--backend auto, --tile auto), logged;
 # 2. python -m benchmarks --device cuda --scene-size 10980 (a full Sentinel-2 tile, synthetic);
-# 3. python -m benchmarks.cog_copy: the final COG copy alone, on this machine's CPUs and disk;
+# 3. python -m benchmarks.cog_copy: the final COG copy alone, on this machine's CPUs and disk (SKIP_COG=1: not);
+# 3b. bf16 under autocast against the fused bf16 network (the bf16 backend on CUDA) on one batch of windows;
 # 4. with COMPILE_CHECK=1: bf16 eager against bf16 compiled on one batch of the scene's windows.
 # Wheels in .whl/ (e.g. rasterio for a machine without it) are installed under /tmp/site first.
 set -u
@@ -33,8 +34,34 @@ time timeout 120 python3 -m dsen2cr.cli -v remove-clouds --weights "$scratch/pap
 
 timeout 300 python3 -m benchmarks --device cuda --scene-size 10980 2>&1 | tee "$OUT_DIR/benchmark-cuda.log"
 cp benchmarks/results/benchmark-cuda.* "$OUT_DIR/" 2>/dev/null
-timeout 150 python3 -m benchmarks.cog_copy --name cog_copy-gpu-machine 2>&1 | tee "$OUT_DIR/cog_copy.log"
-cp benchmarks/results/cog_copy-gpu-machine.* "$OUT_DIR/" 2>/dev/null
+if [ -z "${SKIP_COG:-}" ]; then
+    timeout 150 python3 -m benchmarks.cog_copy --name cog_copy-gpu-machine 2>&1 | tee "$OUT_DIR/cog_copy.log"
+    cp benchmarks/results/cog_copy-gpu-machine.* "$OUT_DIR/" 2>/dev/null
+fi
+
+timeout 100 python3 - <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
+import numpy as np, torch
+from benchmarks.common import median_seconds
+from benchmarks.__main__ import patch_flops
+from dsen2cr import create_model
+from dsen2cr.auto import auto_tile
+from dsen2cr.backends import _channels_last, build_backend, relative_error
+from dsen2cr.scene import default_overlap, plan_tiles
+model = create_model("dsen2cr").eval()
+device = torch.device("cuda")
+tile = auto_tile(model.config, device=device, batch_size=4)
+window = plan_tiles(10980, 10980, tile, default_overlap(model))[0].window
+rng = np.random.default_rng(0)
+s2 = rng.uniform(0, 2, (4, 13, window.height, window.width)).astype(np.float32)
+s1 = rng.uniform(0, 2, (4, 2, window.height, window.width)).astype(np.float32)
+flop = patch_flops(model, 1) * 4 * window.height * window.width
+fp32 = build_backend(model, "eager", device)(s2, s1)
+for name, predict in (("bf16 autocast", _channels_last(model, device, compile_model=False, bf16=True)),
+                      ("bf16 fused (backend bf16)", build_backend(model, "bf16", device))):
+    seconds = median_seconds(lambda: predict(s2, s1), repeats=5)
+    print(f"4 windows {window.height}x{window.width}, {name}: {seconds:.3f} s, {flop / seconds / 1e12:.1f} TFLOP/s, "
+          f"rel. error vs fp32 {relative_error(predict(s2, s1), fp32):.2e}", flush=True)
+EOF
 
 if [ -n "${COMPILE_CHECK:-}" ]; then timeout 100 python3 - <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
 import time

@@ -136,3 +136,20 @@ def test_a_named_backend_that_disagrees_stops_the_run(tiny: DSen2CR, monkeypatch
     s2, s1 = _inputs(1, 120, 100)
     with pytest.raises(RuntimeError, match="backend compiled disagrees with eager fp32"):
         predictor(s2, s1)
+
+
+def test_fused_bf16_network_computes_the_model(tiny: DSen2CR) -> None:
+    """The fused bf16 form (the CUDA bf16 backend; convolution then ReLU off CUDA) folds the residual scale
+    into the second convolution and adds in place: its output matches the model in float64 to bf16 precision,
+    and the model it was made from is unchanged."""
+    from dsen2cr.backends import FusedBF16
+
+    before = {name: value.clone() for name, value in tiny.state_dict().items()}
+    s2, s1 = _inputs(2, 40, 36)
+    with torch.inference_mode():
+        got = FusedBF16(tiny)(torch.from_numpy(s2), torch.from_numpy(s1)).numpy()
+    assert got.dtype == np.float32
+    error = relative_error(got, _reference(tiny, s2, s1))
+    assert 1e-4 < error < 5e-2, error  # bf16, not fp32
+    for name, value in tiny.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)

@@ -4,7 +4,8 @@ predictions (docs/design.md §4.2).
 - ``eager``: plain PyTorch fp32 (the reference).
 - ``compiled``: ``torch.compile`` (inductor) with weight freezing and channels-last memory format, fp32; its
   compiled code is cached on disk by inductor, so later runs skip most of the compile time.
-- ``bf16``: eager with bf16 autocast and channels-last (GPUs with tensor cores; emulated and slow on most CPUs).
+- ``bf16``: on CUDA the fused bf16 network (:class:`FusedBF16`: fewer passes over the feature maps than
+  autocast); elsewhere eager with bf16 autocast and channels-last (emulated and slow on most CPUs).
 - ``onnxruntime``: an exported ONNX file (fp32 or int8), :class:`OnnxPredictor`.
 
 :func:`select_backend` with ``auto`` tries ``compiled`` on CPU and ``bf16`` on GPU; every candidate is checked
@@ -28,7 +29,7 @@ import torch
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.files import check_input_file
-from dsen2cr.model import DSen2CR
+from dsen2cr.model import DSen2CR, ResidualBlock
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 from dsen2cr.weights import CONFIG_KEY, config_from_metadata
 
@@ -85,6 +86,54 @@ def _channels_last(model: DSen2CR, device: torch.device, *, compile_model: bool,
     return predict
 
 
+class FusedBF16(torch.nn.Module):
+    """The network in bf16 for inference on CUDA, with fewer passes over the feature maps than autocast.
+
+    Weights are stored in bf16 and channels-last; the head and each block's first convolution run with their
+    bias and ReLU in one cuDNN kernel (``torch.cudnn_convolution_relu``); the residual scale is folded into
+    each block's second convolution; the block's output is added in place into the residual stream. The
+    network input is cast to bf16 once, and the long skip (``+ s2``) is added in fp32, as under autocast.
+    Elsewhere than CUDA the fused kernel is replaced by convolution then ReLU (same values; for tests).
+    """
+
+    def __init__(self, model: DSen2CR) -> None:
+        super().__init__()
+        self.check_inputs = model._check_inputs
+
+        def weights(conv: torch.nn.Conv2d, scale: float = 1.0) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+            weight = (conv.weight.detach() * scale).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            assert conv.bias is not None  # every convolution of the network has a bias
+            bias = (conv.bias.detach() * scale).to(torch.bfloat16)
+            return torch.nn.Parameter(weight, requires_grad=False), torch.nn.Parameter(bias, requires_grad=False)
+
+        self.head = torch.nn.ParameterList(weights(model.head))
+        blocks: list[ResidualBlock] = list(model.blocks)  # type: ignore[arg-type]  # a Sequential of them
+        # per block: first convolution's weight and bias, then the second's (residual scale folded in)
+        self.blocks = torch.nn.ParameterList(
+            [p for block in blocks for p in (*weights(block.conv1), *weights(block.conv2, block.res_scale))]
+        )
+        self.tail = torch.nn.ParameterList(weights(model.tail))
+
+    @staticmethod
+    def _conv_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """ReLU(conv3x3(x) + bias), one cuDNN kernel on CUDA."""
+        if x.is_cuda:
+            return torch.cudnn_convolution_relu(x, weight, bias, (1, 1), (1, 1), (1, 1), 1)
+        return torch.relu(torch.nn.functional.conv2d(x, weight, bias, padding=1))
+
+    def forward(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None) -> torch.Tensor:
+        """The prediction (fp32) of the network computed in bf16."""
+        x = self.check_inputs(s2_cloudy, s1).to(torch.bfloat16)
+        features = self._conv_relu(x, *self.head)
+        params = list(self.blocks)
+        for first in range(0, len(params), 4):
+            conv1_weight, conv1_bias, conv2_weight, conv2_bias = params[first : first + 4]
+            inner = self._conv_relu(features, conv1_weight, conv1_bias)
+            features.add_(torch.nn.functional.conv2d(inner, conv2_weight, conv2_bias, padding=1))
+        out = torch.nn.functional.conv2d(features, self.tail[0], self.tail[1], padding=1)
+        return out.float() + s2_cloudy
+
+
 @contextlib.contextmanager
 def _cudnn_autotune(device: torch.device) -> Iterator[None]:
     """On CUDA, let cuDNN time its convolution algorithms for each new shape and keep the fastest (a scene runs
@@ -100,6 +149,19 @@ def _cudnn_autotune(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
+def _fused_bf16(model: DSen2CR, device: torch.device) -> PredictFn:
+    """:class:`FusedBF16` on channels-last inputs, cuDNN autotuned."""
+    fused = FusedBF16(model).to(device).eval()
+
+    def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        with torch.inference_mode(), _cudnn_autotune(device):
+            s2_t = torch.from_numpy(s2).to(device).contiguous(memory_format=torch.channels_last)
+            s1_t = None if s1 is None else torch.from_numpy(s1).to(device).contiguous(memory_format=torch.channels_last)
+            return fused(s2_t, s1_t).cpu().numpy()
+
+    return predict
+
+
 def build_backend(model: DSen2CR, name: str, device: str | torch.device = "cpu") -> PredictFn:
     """The predictor of one named backend (no correctness check; see :func:`select_backend`)."""
     device = torch.device(device)
@@ -108,7 +170,9 @@ def build_backend(model: DSen2CR, name: str, device: str | torch.device = "cpu")
         return _eager(model, device)
     if name == "compiled":
         return _channels_last(model, device, compile_model=True, bf16=False)
-    if name == "bf16":
+    if name == "bf16":  # fused bf16 on CUDA; autocast elsewhere (bf16 is emulated on most CPUs anyway)
+        if device.type == "cuda":
+            return _fused_bf16(model, device)
         return _channels_last(model, device, compile_model=False, bf16=True)
     raise DSen2CRError(f"backend: expected one of {BACKENDS[1:]}, got {name!r}")
 
