@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The GPU run (issue #16), as one script for a machine with a CUDA PyTorch: run it from the repository root.
-#   scripts/gpu_benchmark.sh [OUT_DIR]        (default OUT_DIR: $OUT, else benchmarks/results)
-# 1. the CLI on the bundled scene with the paper-size model on cuda (--backend auto, --tile auto), logged;
-# 2. python -m benchmarks --device cuda --scene-size 10980 (a full Sentinel-2 tile, synthetic);
-# 3. python -m benchmarks.cog_copy: the final COG copy alone, on this machine's CPUs and disk (SKIP_COG=1: not);
-# 3b. bf16 under autocast against the fused bf16 network (the bf16 backend on CUDA) on one batch of windows;
-# 4. with COMPILE_CHECK=1: bf16 eager against bf16 compiled on one batch of the scene's windows.
+#   [STEPS="cli benchmark ..."] scripts/gpu_benchmark.sh [OUT_DIR]   (default OUT_DIR: $OUT, else benchmarks/results)
+# Steps (default: all but compile):
+#   cli        the CLI on the bundled scene with the paper-size model on cuda (--backend auto, --tile auto), logged;
+#   benchmark  python -m benchmarks --device cuda --scene-size 10980 (a full Sentinel-2 tile, synthetic);
+#   cog        python -m benchmarks.cog_copy: the final COG copy alone, on this machine's CPUs and disk;
+#   fused      bf16 under autocast against the fused bf16 network (the bf16 backend on CUDA), one batch of windows;
+#   pipeline   python -m benchmarks.pipeline: three 10980x4096 scenes, one run against one at a time;
+#   compile    bf16 eager against bf16 compiled on one batch of the scene's windows.
 # Wheels in .whl/ (e.g. rasterio for a machine without it) are installed under /tmp/site first.
 set -u
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
+STEPS=${STEPS:-cli benchmark cog fused pipeline}
+want() { [[ " $STEPS " == *" $1 "* ]]; }
 mkdir -p "$OUT_DIR"
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -21,6 +25,7 @@ python3 -c "import torch, rasterio; print('torch', torch.__version__, 'rasterio'
     | tee -a "$OUT_DIR/gpu.log"
 
 scratch=$(mktemp -d)
+if want cli; then
 python3 - "$scratch" <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
 import sys
 from dsen2cr import create_model
@@ -31,15 +36,24 @@ TIMEFORMAT="cli remove-clouds, whole process: %R s"
 time timeout 120 python3 -m dsen2cr.cli -v remove-clouds --weights "$scratch/paper-nosar.safetensors" --device cuda \
     --s2 src/dsen2cr/sample_data/scene/T33UUU_20170216T102101_L1C_10m.tif --out "$scratch/scene.tif" \
     --no-progress 2>&1 | tee -a "$OUT_DIR/gpu.log"
+fi
 
-timeout 300 python3 -m benchmarks --device cuda --scene-size 10980 2>&1 | tee "$OUT_DIR/benchmark-cuda.log"
-cp benchmarks/results/benchmark-cuda.* "$OUT_DIR/" 2>/dev/null
-if [ -z "${SKIP_COG:-}" ]; then
+if want benchmark; then
+    timeout 300 python3 -m benchmarks --device cuda --scene-size 10980 2>&1 | tee "$OUT_DIR/benchmark-cuda.log"
+    cp benchmarks/results/benchmark-cuda.* "$OUT_DIR/" 2>/dev/null
+fi
+if want cog; then
     timeout 150 python3 -m benchmarks.cog_copy --name cog_copy-gpu-machine 2>&1 | tee "$OUT_DIR/cog_copy.log"
     cp benchmarks/results/cog_copy-gpu-machine.* "$OUT_DIR/" 2>/dev/null
 fi
 
-timeout 100 python3 - <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
+if want pipeline; then
+    timeout 240 python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 4096 \
+        --variant dsen2cr 2>&1 | tee "$OUT_DIR/pipeline.log"
+    cp benchmarks/results/pipeline-cuda.* "$OUT_DIR/" 2>/dev/null
+fi
+
+if want fused; then timeout 100 python3 - <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
 import numpy as np, torch
 from benchmarks.common import median_seconds
 from benchmarks.__main__ import patch_flops
@@ -62,8 +76,9 @@ for name, predict in (("bf16 autocast", _channels_last(model, device, compile_mo
     print(f"4 windows {window.height}x{window.width}, {name}: {seconds:.3f} s, {flop / seconds / 1e12:.1f} TFLOP/s, "
           f"rel. error vs fp32 {relative_error(predict(s2, s1), fp32):.2e}", flush=True)
 EOF
+fi
 
-if [ -n "${COMPILE_CHECK:-}" ]; then timeout 100 python3 - <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
+if want compile; then timeout 100 python3 - <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
 import time
 import numpy as np, torch
 from benchmarks.common import median_seconds

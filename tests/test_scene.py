@@ -407,3 +407,100 @@ def test_scene_runs_with_a_real_gdal_block_cache(scene: dict, tmp_path: Path, mo
     remove_clouds(predictor, s2_path=folder / "s2.tif", s1_path=folder / "s1.tif", out=tmp_path / "o.tif", tile=128)
     assert set(seen) == {"read", "copy"}
     assert min(seen.values()) >= 64 * 2**20, seen
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with rasterio.open(path) as dataset:
+        return dataset.read()
+
+
+@pytest.fixture(params=[True, False], ids=["background", "foreground"])
+def completion(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Scenes' outputs completed while the next scene runs (as on a GPU) or at once (as on a CPU)."""
+    import dsen2cr.scene.jobs as jobs
+
+    monkeypatch.setattr(jobs, "completes_in_background", lambda device: request.param)
+    return bool(request.param)
+
+
+def test_several_scenes_overlap_completion_with_the_next(scene: dict, tmp_path: Path, completion: bool) -> None:
+    """In a run of several scenes each scene's COG is made while the next one is predicted (on a GPU; at once
+    on a CPU): the outputs equal those of one scene at a time, each report comes once its files are in place,
+    in order, and the COG copies run on a thread of their own."""
+    import threading
+
+    import rasterio.shutil
+
+    from dsen2cr.scene.jobs import SceneJob, SceneSettings, run_scene_jobs
+
+    s2, s1 = str(scene["folder"] / "s2.tif"), str(scene["folder"] / "s1.tif")
+    single = tmp_path / "single.tif"
+    remove_clouds(predictor_from_model(scene["model"]), s2_path=s2, s1_path=s1, out=single, tile=128, progress=False)
+    jobs = [SceneJob(s2, s1, tmp_path / f"{n}.tif", preview=tmp_path / f"{n}.png") for n in "abc"]
+    copy_threads: list[str] = []
+    real_copy = rasterio.shutil.copy
+
+    def recording_copy(*args: object, **kwargs: object) -> object:
+        copy_threads.append(threading.current_thread().name)
+        return real_copy(*args, **kwargs)
+
+    settings = SceneSettings(weights=str(scene["weights"]), device="cpu", backend="eager", tile=128, progress=False)
+    reported = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rasterio.shutil, "copy", recording_copy)
+        for report in run_scene_jobs(jobs, settings):
+            assert report.out.is_file() and report.out.with_suffix(".png").is_file()  # complete when reported
+            reported.append(report.out.name)
+            assert report.seconds > 0
+    assert reported == ["a.tif", "b.tif", "c.tif"]
+    assert len(copy_threads) == 3
+    assert all(name.startswith("dsen2cr-finish") == completion for name in copy_threads), copy_threads
+    for name in "abc":
+        np.testing.assert_array_equal(_pixels(tmp_path / f"{name}.tif"), _pixels(single))
+    assert not list(tmp_path.glob(".*"))  # no temporary or staging file left
+
+
+def test_a_failed_scene_stops_the_run_after_completing_the_one_before(
+    scene: dict, tmp_path: Path, completion: bool
+) -> None:
+    """Scene 2 has no valid pixels: scene 1 is completed and reported, then the error is raised; scene 2 and
+    the scene after it leave nothing behind."""
+    from dsen2cr.scene.jobs import SceneJob, SceneSettings, run_scene_jobs
+
+    empty = tmp_path / "empty.tif"
+    write_geotiff(empty, np.zeros((13, 200, 150), np.uint16), crs=UTM, transform=ORIGIN, nodata=0)
+    s1_empty = tmp_path / "s1_empty.tif"
+    write_geotiff(s1_empty, np.full((2, 200, 150), -15, np.float32), crs=UTM, transform=ORIGIN)
+    s2, s1 = str(scene["folder"] / "s2.tif"), str(scene["folder"] / "s1.tif")
+    jobs = [
+        SceneJob(s2, s1, tmp_path / "a.tif"),
+        SceneJob(str(empty), str(s1_empty), tmp_path / "b.tif"),
+        SceneJob(s2, s1, tmp_path / "c.tif"),
+    ]
+    settings = SceneSettings(weights=str(scene["weights"]), device="cpu", backend="eager", tile=128, progress=False)
+    reports = run_scene_jobs(jobs, settings)
+    assert next(reports).out.name == "a.tif"
+    with pytest.raises(DSen2CRError, match="no valid pixels"):
+        next(reports)
+    assert {p.name for p in tmp_path.iterdir()} == {"a.tif", "empty.tif", "s1_empty.tif"}
+
+
+def test_a_failed_cog_copy_removes_the_next_scenes_outputs(
+    scene: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, completion: bool
+) -> None:
+    """The first scene's COG copy fails (disk full, say) while the second scene runs: the error is raised,
+    and neither scene leaves a file, temporary or final."""
+    import rasterio.shutil
+
+    from dsen2cr.scene.jobs import SceneJob, SceneSettings, run_scene_jobs
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(rasterio.shutil, "copy", full_disk)
+    s2, s1 = str(scene["folder"] / "s2.tif"), str(scene["folder"] / "s1.tif")
+    jobs = [SceneJob(s2, s1, tmp_path / f"{n}.tif", mask_out=tmp_path / f"{n}_mask.tif") for n in "ab"]
+    settings = SceneSettings(weights=str(scene["weights"]), device="cpu", backend="eager", tile=128, progress=False)
+    with pytest.raises(OSError, match="No space left"):
+        list(run_scene_jobs(jobs, settings))
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def remove_clouds(
     mask: str = "paper",
     keep_clear: bool = False,
     feather: int | None = None,
+    defer_outputs: Callable[[contextlib.ExitStack], None] | None = None,
 ) -> SceneReport:
     """Remove the clouds of one scene and write a uint16 Cloud-Optimised GeoTIFF to ``out``: the input's bands
     (13 for L1C, 12 for L2A), as offset-free reflectance x 10000, tagged with the processing level and the
@@ -77,6 +79,11 @@ def remove_clouds(
     ``predictor`` comes from :func:`dsen2cr.predictor.load_predictor`; it says whether S1 is needed. ``tile``,
     ``overlap`` and ``batch_size`` default to what ``remove-clouds`` picks automatically for the predictor's
     device (:mod:`dsen2cr.auto`; the overlap that makes tiling exact). Nodata in S2 stays nodata (0).
+
+    ``defer_outputs``, if given, receives the outputs still open once every tile is written (an ``ExitStack``:
+    closing it makes the COG and renames the outputs into place; leaving it with an exception removes them)
+    instead of their being completed before this returns, so that a caller can compress one scene while the
+    next one runs (:func:`dsen2cr.scene.jobs.run_scene_jobs`); the report's seconds then leave that step out.
     """
     with gdal_block_cache():
         return _remove_clouds(
@@ -98,6 +105,7 @@ def remove_clouds(
             mask=mask,
             keep_clear=keep_clear,
             feather=DEFAULT_FEATHER if feather is None else feather,
+            defer_outputs=defer_outputs,
         )
 
 
@@ -121,6 +129,7 @@ def _remove_clouds(
     mask: str,
     keep_clear: bool,
     feather: int,
+    defer_outputs: Callable[[contextlib.ExitStack], None] | None,
 ) -> SceneReport:
     """:func:`remove_clouds` with its settings resolved, under a bounded GDAL cache."""
     if not 0 <= feather <= MAX_FEATHER:
@@ -186,7 +195,12 @@ def _remove_clouds(
                 mask_dst.write(core_mask[None], window=tile.core)
 
         try:
-            with cog_writer(out, profile) as dst, _optional_mask(mask_out, dict(grid_profile)) as mask_dst:
+            with contextlib.ExitStack() as outputs:
+                if quicklook is not None and preview is not None:
+                    outputs.push(_save_on_success(quicklook, preview))  # runs last: once the COG is in place
+                # left in reverse order: the COG is made first; should that fail, the map is removed
+                mask_dst = outputs.enter_context(_optional_mask(mask_out, dict(grid_profile)))
+                dst = outputs.enter_context(cog_writer(out, profile))
                 for index, name in enumerate(s2.bands, start=1):
                     dst.set_band_description(index, name)
                 dst.update_tags(**output_tags(s2))
@@ -197,6 +211,7 @@ def _remove_clouds(
                         writer.submit(write_tile, *result)
                 if totals["valid"] == 0:
                     raise DSen2CRError(f"{s2_path}: S2 has no valid pixels (all nodata or NaN)")
+                written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller
         finally:
             bar.close()
         seconds = time.perf_counter() - start
@@ -216,8 +231,11 @@ def _remove_clouds(
             100 * fraction,
             *s1_fill,
         )
-    if quicklook is not None and preview is not None:
-        quicklook.save(preview)
+    if defer_outputs is None:
+        written_outputs.close()
+        seconds = time.perf_counter() - start
+    else:
+        defer_outputs(written_outputs)
     return SceneReport(out, len(tiles), grid.width * grid.height / 1e6, seconds, fraction, skipped)
 
 
@@ -241,6 +259,17 @@ def _to_output_dn(pred: np.ndarray, valid: np.ndarray) -> np.ndarray:
     dn = scaled.astype(np.uint16)
     dn[:, ~valid] = OUTPUT_NODATA
     return dn
+
+
+def _save_on_success(quicklook: Quicklook, path: str | Path) -> Callable[..., bool]:
+    """An exit callback that saves the quicklook when the block it guards succeeded."""
+
+    def save(exc_type: type[BaseException] | None, *exc: object) -> bool:
+        if exc_type is None:
+            quicklook.save(path)
+        return False  # never swallow the block's error
+
+    return save
 
 
 @contextlib.contextmanager
