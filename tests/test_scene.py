@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -504,3 +505,35 @@ def test_a_failed_cog_copy_removes_the_next_scenes_outputs(
     with pytest.raises(OSError, match="No space left"):
         list(run_scene_jobs(jobs, settings))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_thread_a_signal_orphaned_never_reads_after_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal (SIGTERM, Ctrl-C) that arrives while the executor starts its reader thread leaves the thread
+    running its first read but unknown to the executor, whose shutdown then does not wait for it: the caller
+    closed the scene while it read, and the process crashed (SIGSEGV, about 1 run in 10 of the SIGTERM test).
+    The loop now waits for a read still running and stops later ones, so nothing reads once it has ended."""
+    import threading
+
+    import dsen2cr.scene.batches as batches
+
+    events: list[str] = []
+
+    def slow_read(*args: object) -> None:
+        events.append("read starts")
+        time.sleep(0.3)
+        events.append("read ends")
+
+    real_start = threading.Thread.start
+
+    def start_then_interrupted(self: threading.Thread) -> None:
+        real_start(self)  # the thread runs ...
+        raise KeyboardInterrupt  # ... but the signal's exception leaves Thread.start before the executor sees it
+
+    monkeypatch.setattr(batches, "_read_batch", slow_read)
+    tiles = plan_tiles(100, 100, 64, 0)
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(threading.Thread, "start", start_then_interrupted)
+        next(batches.iter_predictions(None, None, None, tiles, batch_size=1, s1_fill_db=(0, 0)))  # type: ignore[arg-type]
+    events.append("sources closed")  # what remove_clouds does next
+    time.sleep(0.5)  # time for a stray read to run
+    assert events in (["sources closed"], ["read starts", "read ends", "sources closed"]), events

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,7 +27,7 @@ def iter_predictions(
     batch_size: int,
     s1_fill_db: tuple[float, float],
     on_batch: Callable[[int], None] | None = None,
-) -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int]]:
+) -> Generator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int], None, None]:
     """Run ``predictor`` over ``tiles``; yield (tile, prediction in model units, S2 DN, S2 valid mask,
     number of valid S2 pixels without S1) per tile, each cropped to the tile's core.
 
@@ -39,17 +39,42 @@ def iter_predictions(
     batches = [tiles[first : first + batch_size] for first in range(0, len(tiles), batch_size)]
     pad_to = batch_size if len(tiles) > batch_size else len(tiles)
 
-    def read(group: list[Tile]) -> _Batch:
-        # rasterio.Env is per thread: without it here, a reader thread that first touches GDAL's block cache
-        # would size it by GDAL's default (5 % of RAM) instead of the bound of remove_clouds.
-        with gdal_block_cache():
-            return _read_batch(s2, s1, group, s1_fill_db)
+    reading = threading.Lock()  # held by a read while it runs
+    stopped = False  # set when the loop ends: no read starts after it, so the caller may close the sources
 
+    def read(group: list[Tile]) -> _Batch | None:
+        with reading:
+            if stopped:
+                return None
+            # rasterio.Env is per thread: without it here, a reader thread that first touches GDAL's block
+            # cache would size it by GDAL's default (5 % of RAM) instead of the bound of remove_clouds.
+            with gdal_block_cache():
+                return _read_batch(s2, s1, group, s1_fill_db)
+
+    try:
+        yield from _run_batches(predictor, batches, pad_to, read, on_batch)
+    finally:
+        # The executor's shutdown waits only for the threads it knows of: a signal (Ctrl-C, SIGTERM) that
+        # arrives while it starts its thread leaves that thread unknown to it but running its first read. Wait
+        # here for any read still running and stop later ones: a read of a closed file crashes the process.
+        with reading:
+            stopped = True
+
+
+def _run_batches(
+    predictor: Predictor,
+    batches: list[list[Tile]],
+    pad_to: int,
+    read: Callable[[list[Tile]], _Batch | None],
+    on_batch: Callable[[int], None] | None,
+) -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int]]:
+    """The loop of :func:`iter_predictions`: read the next batch on a reader thread while this one runs."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-read") as reader:
         pending = reader.submit(read, batches[0]) if batches else None
         for index, group in enumerate(batches):
             assert pending is not None  # one read is submitted per batch
             batch = pending.result()
+            assert batch is not None  # reads stop only once this loop has ended
             pending = reader.submit(read, batches[index + 1]) if index + 1 < len(batches) else None
             pred = None
             if batch.s2_model is not None:  # some tile of the batch has valid pixels

@@ -204,10 +204,13 @@ def _remove_clouds(
                 for index, name in enumerate(s2.bands, start=1):
                     dst.set_band_description(index, name)
                 dst.update_tags(**output_tags(s2))
-                with BackgroundWriter(depth=2 * batch_size) as writer:
-                    for result in iter_predictions(
-                        predictor, s2, s1, tiles, batch_size=batch_size, s1_fill_db=s1_fill, on_batch=bar.update
-                    ):
+                predictions = iter_predictions(
+                    predictor, s2, s1, tiles, batch_size=batch_size, s1_fill_db=s1_fill, on_batch=bar.update
+                )
+                # closed explicitly: its reader thread must have stopped before the sources close below, also
+                # when an error or a signal leaves the loop (else a read of a closed file crashes the process)
+                with BackgroundWriter(depth=2 * batch_size) as writer, contextlib.closing(predictions):
+                    for result in predictions:
                         writer.submit(write_tile, *result)
                 if totals["valid"] == 0:
                     raise DSen2CRError(f"{s2_path}: S2 has no valid pixels (all nodata or NaN)")
