@@ -53,55 +53,12 @@ if want pipeline; then
     cp benchmarks/results/pipeline-cuda.* "$OUT_DIR/" 2>/dev/null
 fi
 
-if want fused; then timeout 100 python3 - <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
-import numpy as np, torch
-from benchmarks.common import median_seconds
-from benchmarks.__main__ import patch_flops
-from dsen2cr import create_model
-from dsen2cr.auto import auto_tile
-from dsen2cr.backends import _channels_last, build_backend, relative_error
-from dsen2cr.scene import default_overlap, plan_tiles
-model = create_model("dsen2cr").eval()
-device = torch.device("cuda")
-tile = auto_tile(model.config, device=device, batch_size=4)
-window = plan_tiles(10980, 10980, tile, default_overlap(model))[0].window
-rng = np.random.default_rng(0)
-s2 = rng.uniform(0, 2, (4, 13, window.height, window.width)).astype(np.float32)
-s1 = rng.uniform(0, 2, (4, 2, window.height, window.width)).astype(np.float32)
-flop = patch_flops(model, 1) * 4 * window.height * window.width
-fp32 = build_backend(model, "eager", device)(s2, s1)
-for name, predict in (("bf16 autocast", _channels_last(model, device, compile_model=False, bf16=True)),
-                      ("bf16 fused (backend bf16)", build_backend(model, "bf16", device))):
-    seconds = median_seconds(lambda: predict(s2, s1), repeats=5)
-    print(f"4 windows {window.height}x{window.width}, {name}: {seconds:.3f} s, {flop / seconds / 1e12:.1f} TFLOP/s, "
-          f"rel. error vs fp32 {relative_error(predict(s2, s1), fp32):.2e}", flush=True)
-EOF
+if want fused; then
+    timeout 100 python3 -m benchmarks.windows_bf16 2>&1 | tee -a "$OUT_DIR/gpu.log"
+    cp benchmarks/results/windows_bf16.* "$OUT_DIR/" 2>/dev/null
 fi
-
-if want compile; then timeout 100 python3 - <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
-import time
-import numpy as np, torch
-from benchmarks.common import median_seconds
-from dsen2cr import create_model
-from dsen2cr.auto import auto_tile
-from dsen2cr.backends import _channels_last, build_backend, relative_error
-from dsen2cr.scene import default_overlap, plan_tiles
-model = create_model("dsen2cr").eval()
-device = torch.device("cuda")
-tile = auto_tile(model.config, device=device, batch_size=4)
-window = plan_tiles(10980, 10980, tile, default_overlap(model))[0].window
-rng = np.random.default_rng(0)
-s2 = rng.uniform(0, 2, (4, 13, window.height, window.width)).astype(np.float32)
-s1 = rng.uniform(0, 2, (4, 2, window.height, window.width)).astype(np.float32)
-bf16 = build_backend(model, "bf16", device)
-eager_s = median_seconds(lambda: bf16(s2, s1), repeats=3)
-start = time.perf_counter()
-compiled = _channels_last(model, device, compile_model=True, bf16=True)
-reference = compiled(s2, s1)
-build = time.perf_counter() - start
-compiled_s = median_seconds(lambda: compiled(s2, s1), repeats=3)
-print(f"4 windows {window.height}x{window.width}: bf16 eager {eager_s:.3f} s, bf16 compiled {compiled_s:.3f} s "
-      f"(build {build:.0f} s), ratio {eager_s / compiled_s:.2f}, rel. error {relative_error(reference, bf16(s2, s1)):.2e}")
-EOF
+if want compile; then
+    timeout 150 python3 -m benchmarks.windows_bf16 --compiled 2>&1 | tee -a "$OUT_DIR/gpu.log"
+    cp benchmarks/results/windows_bf16.* "$OUT_DIR/" 2>/dev/null
 fi
 rm -rf "$scratch"
