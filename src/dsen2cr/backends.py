@@ -79,11 +79,17 @@ def _channels_last(model: DSen2CR, device: torch.device, *, compile_model: bool,
 
     def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16), _cudnn_autotune(device):
-            s2_t = torch.from_numpy(s2).to(device).contiguous(memory_format=torch.channels_last)
-            s1_t = None if s1 is None else torch.from_numpy(s1).to(device).contiguous(memory_format=torch.channels_last)
-            return forward(s2_t, s1_t).float().cpu().numpy()
+            return forward(*_channels_last_inputs(s2, s1, device)).float().cpu().numpy()
 
     return predict
+
+
+def _channels_last_inputs(
+    s2: np.ndarray, s1: np.ndarray | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch's S2 and S1 (or None) as channels-last tensors on ``device``."""
+    to_device = lambda a: torch.from_numpy(a).to(device).contiguous(memory_format=torch.channels_last)  # noqa: E731
+    return to_device(s2), None if s1 is None else to_device(s1)
 
 
 class FusedBF16(torch.nn.Module):
@@ -155,9 +161,7 @@ def _fused_bf16(model: DSen2CR, device: torch.device) -> PredictFn:
 
     def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         with torch.inference_mode(), _cudnn_autotune(device):
-            s2_t = torch.from_numpy(s2).to(device).contiguous(memory_format=torch.channels_last)
-            s1_t = None if s1 is None else torch.from_numpy(s1).to(device).contiguous(memory_format=torch.channels_last)
-            return fused(s2_t, s1_t).cpu().numpy()
+            return fused(*_channels_last_inputs(s2, s1, device)).cpu().numpy()
 
     return predict
 

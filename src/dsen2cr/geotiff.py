@@ -32,6 +32,10 @@ GTIFF_OPTIONS: dict[str, object] = {
 }
 
 
+#: Creation options of a scene's staging file (``cog_writer``): tiled like ``GTIFF_OPTIONS`` but uncompressed,
+#: so that windows not aligned with its blocks cost no decompression and recompression.
+STAGING_OPTIONS: dict[str, object] = {k: v for k, v in GTIFF_OPTIONS.items() if k not in ("compress", "predictor")}
+
 #: Creation options of the Cloud-Optimised GeoTIFF of a scene (GDAL's COG driver): deflate with the horizontal
 #: predictor, 256 px blocks, overviews, blocks and overviews compressed on all cores.
 COG_OPTIONS: dict[str, str | int] = {
@@ -127,11 +131,10 @@ def cog_writer(path: str | Path, profile: dict) -> Iterator[rasterio.io.DatasetW
     (deflate, horizontal predictor, 256 px blocks, overviews) on all cores, to a temporary name that is
     renamed to ``path``. On failure nothing is left at ``path`` and both temporary files are removed.
     """
-    uncompressed = {k: v for k, v in GTIFF_OPTIONS.items() if k not in ("compress", "predictor")}
     with atomic_path(path) as final_tmp:
         staging = final_tmp.with_name(final_tmp.name + ".staging.tif")
         try:
-            with rasterio.open(staging, "w", **dict(uncompressed, **profile)) as dataset:
+            with rasterio.open(staging, "w", **dict(STAGING_OPTIONS, **profile)) as dataset:
                 yield dataset
             rasterio.shutil.copy(staging, final_tmp, **COG_OPTIONS)
         finally:

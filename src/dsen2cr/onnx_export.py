@@ -92,7 +92,6 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[Bat
     :func:`activation_errors` (README, "int8").
     """
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -118,18 +117,13 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[Bat
         raise DSen2CRError("int8 calibration: no calibration batches")
     batches = itertools.chain([first], remaining)
 
-    class Reader(CalibrationDataReader):
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(batches, None)
-            return None if batch is None else fp32.feeds(*batch)
-
     with tempfile.TemporaryDirectory(prefix="dsen2cr-int8-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(source), str(prepared))
         quantize_static(
             str(prepared),
             str(quantized),
-            Reader(),
+            _feeds_reader(fp32.feeds(*batch) for batch in batches),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
@@ -147,7 +141,6 @@ def activation_errors(fp32_path: str | Path, int8_path: str | Path, batches: lis
     model against the same tensor of the fp32 model, over ``batches``, in graph order (onnxruntime's
     ``qdq_loss_debug``): where the int8 error arises and how it accumulates towards the output."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_activation_error,
@@ -156,6 +149,21 @@ def activation_errors(fp32_path: str | Path, int8_path: str | Path, batches: lis
     )
 
     feeds = [OnnxPredictor(fp32_path).feeds(*batch) for batch in batches]
+    with tempfile.TemporaryDirectory(prefix="dsen2cr-int8-debug-") as tmp:
+        activations = []
+        for name, path in (("fp32", fp32_path), ("int8", int8_path)):
+            augmented = Path(tmp) / f"{name}.onnx"
+            modify_model_output_intermediate_tensors(str(path), str(augmented))
+            activations.append(collect_activations(str(augmented), _feeds_reader(feeds)))
+    errors = compute_activation_error(create_activation_matching(activations[1], activations[0]))
+    order = [output for node in onnx.load(str(fp32_path)).graph.node for output in node.output]
+    ranked = sorted((n for n in errors if n in order and "xmodel_err" in errors[n]), key=order.index)
+    return {name: float(errors[name]["xmodel_err"]) for name in ranked}
+
+
+def _feeds_reader(feeds: Iterable[dict[str, np.ndarray]]) -> Any:
+    """An onnxruntime ``CalibrationDataReader`` that gives ``feeds`` (session inputs) once each, in order."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -164,16 +172,7 @@ def activation_errors(fp32_path: str | Path, int8_path: str | Path, batches: lis
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.remaining, None)
 
-    with tempfile.TemporaryDirectory(prefix="dsen2cr-int8-debug-") as tmp:
-        activations = []
-        for name, path in (("fp32", fp32_path), ("int8", int8_path)):
-            augmented = Path(tmp) / f"{name}.onnx"
-            modify_model_output_intermediate_tensors(str(path), str(augmented))
-            activations.append(collect_activations(str(augmented), Reader()))
-    errors = compute_activation_error(create_activation_matching(activations[1], activations[0]))
-    order = [output for node in onnx.load(str(fp32_path)).graph.node for output in node.output]
-    ranked = sorted((n for n in errors if n in order and "xmodel_err" in errors[n]), key=order.index)
-    return {name: float(errors[name]["xmodel_err"]) for name in ranked}
+    return Reader()
 
 
 def calibration_batches(triplets: list[Triplet], patches: int = 16, crop_size: int = 128) -> Iterator[Batch]:
