@@ -59,6 +59,10 @@ def main() -> None:
         default="sample",
         help="the scene's S2: the bundled real scene mirrored across it, or random DN (default: %(default)s)",
     )
+    parser.add_argument(
+        "--compress", choices=("deflate", "zstd"), default="deflate", help="the scene's COG compression"
+    )
+    parser.add_argument("--compress-level", type=int, help="its level (default: GDAL's)")
     args = parser.parse_args()
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
@@ -105,7 +109,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         scene_size = args.scene_size or (2560 if args.quick else 1280)
-        _scene_throughput(model, folder, scene_size, 256 * 256 / 1e6 / default_s, add, device, args.scene_texture)
+        _scene_throughput(
+            model,
+            folder,
+            scene_size,
+            256 * 256 / 1e6 / default_s,
+            add,
+            device,
+            args.scene_texture,
+            compression=(args.compress, args.compress_level),
+        )
 
         from dsen2cr.data.dataset import SEN12MSCRDataset
         from dsen2cr.data.layout import read_file_list
@@ -164,6 +177,8 @@ def main() -> None:
                     cells = [c.strip() for c in line.strip("|").split("|")]
                     add(f"scene {cells[0]} small variant: peak RSS", float(cells[5]), "MiB", f"{cells[4]} Mpx/s")
     name = "benchmark" + ("-quick" if args.quick else "") + ("-cuda" if on_gpu else "")
+    if (args.compress, args.compress_level) != ("deflate", None):
+        name += f"-{args.compress}{args.compress_level or ''}"
     _write(name, rows)
 
 
@@ -175,11 +190,13 @@ def _scene_throughput(
     add: Callable,
     device: torch.device,
     texture: str = "sample",
+    compression: tuple[str, int | None] = ("deflate", None),
 ) -> None:
     """Whole-scene throughput with the CLI's defaults (--tile auto, --batch-size auto, default overlap and
     backend) against patch throughput; the compute rate on full batches of the scene's windows; and how much
     of the scene's time the predictor itself took (the rest is reading, preprocessing, writing and the COG
-    copy). The scene's S2 has the given ``texture`` (:func:`benchmarks.scene.write_scene`)."""
+    copy). The scene's S2 has the given ``texture`` (:func:`benchmarks.scene.write_scene`); its COG the given
+    ``compression`` (name, level)."""
     import dataclasses
 
     import rasterio.shutil
@@ -259,6 +276,8 @@ def _scene_throughput(
             overlap=overlap,
             batch_size=batch,
             progress=False,
+            compression=compression[0],
+            compression_level=compression[1],
         )
     finally:
         rasterio.shutil.copy = copy
@@ -279,7 +298,8 @@ def _scene_throughput(
         report.seconds,
         "s",
         f"predictor {busy[0]:.1f} s ({busy[0] / report.seconds:.0%}), final COG copy {busy[1]:.1f} s "
-        f"({busy[1] / report.seconds:.0%}); reading, preprocessing and writing overlap the predictor",
+        f"({busy[1] / report.seconds:.0%}; {compression[0]} level {compression[1] or 'default'}, GDAL "
+        f"{rasterio.__gdal_version__}); reading, preprocessing and writing overlap the predictor",
     )
 
 

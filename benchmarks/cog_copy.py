@@ -26,6 +26,8 @@ from dsen2cr.geotiff import COG_OPTIONS, STAGING_OPTIONS, gdal_block_cache
 VARIANTS: dict[str, dict[str, str]] = {
     "in use": {},
     "deflate level 1": {"LEVEL": "1"},
+    "zstd": {"COMPRESS": "ZSTD"},
+    "zstd level 1": {"COMPRESS": "ZSTD", "LEVEL": "1"},
     "average overviews": {"OVERVIEW_RESAMPLING": "AVERAGE"},
     "no overviews": {"OVERVIEWS": "NONE"},
     "one thread": {"NUM_THREADS": "1"},
@@ -56,6 +58,7 @@ def main() -> None:
                     rows.append(
                         {
                             "strip": f"{args.width}x{args.height}, {os.cpu_count()} CPUs",
+                            "GDAL": rasterio.__gdal_version__,
                             "texture": texture,
                             "copy": name,
                             "seconds": seconds,

@@ -120,6 +120,41 @@ def test_remove_clouds_writes_a_georeferenced_cog(scene: dict, tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif", "out.tif", "preview.png"]
 
 
+def test_zstd_cog_holds_the_same_pixels(scene: dict, tmp_path: Path) -> None:
+    """``--compress zstd`` writes a zstd Cloud-Optimised GeoTIFF (as GDAL reads its layout back) whose pixels
+    and overviews are those of the default deflate output: lossless either way."""
+    s2, s1 = str(scene["folder"] / "s2.tif"), str(scene["folder"] / "s1.tif")
+    predictor = predictor_from_model(scene["model"])
+    deflate, zstd = tmp_path / "deflate.tif", tmp_path / "zstd.tif"
+    remove_clouds(predictor, s2_path=s2, s1_path=s1, out=deflate, tile=128, progress=False)
+    remove_clouds(
+        predictor, s2_path=s2, s1_path=s1, out=zstd, tile=128, progress=False, compression="zstd", compression_level=1
+    )
+    for path, name in ((deflate, "DEFLATE"), (zstd, "ZSTD")):
+        with rasterio.open(path) as dataset:
+            structure = dataset.tags(ns="IMAGE_STRUCTURE")
+            assert (structure["LAYOUT"], structure["COMPRESSION"], structure["PREDICTOR"]) == ("COG", name, "2")
+            assert dataset.overviews(1) == [2, 4]
+    with rasterio.open(deflate) as a, rasterio.open(zstd) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        np.testing.assert_array_equal(a.read(out_shape=(13, 195, 259)), b.read(out_shape=(13, 195, 259)))
+        assert (a.crs, a.transform, a.descriptions, a.tags()) == (b.crs, b.transform, b.descriptions, b.tags())
+    with pytest.raises(DSen2CRError, match=r"compression: expected one of deflate, zstd, got 'lzw'"):
+        remove_clouds(predictor, s2_path=s2, s1_path=s1, out=tmp_path / "lzw.tif", compression="lzw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deflate.tif", "zstd.tif"]
+
+
+def test_a_compression_gdal_cannot_write_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GDAL only warns about a compression it lacks and writes the file uncompressed: the options are tried on a
+    small image first, and the run refused."""
+    import dsen2cr.geotiff
+
+    monkeypatch.setitem(dsen2cr.geotiff.COG_COMPRESSION_LEVELS, "nosuch", range(1, 2))
+    with pytest.raises(DSen2CRError, match=r"compression nosuch: this GDAL \(.*\) cannot write it"):
+        dsen2cr.geotiff.cog_options("nosuch")
+    assert dsen2cr.geotiff.cog_options("zstd", 1)["LEVEL"] == "1"
+
+
 def test_nodata_stays_nodata_and_partial_s1_warns(
     scene: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -196,6 +231,7 @@ def test_product_folder_bands_resampled_onto_10m(scene: dict, tmp_path: Path) ->
         ("exists", r"out.tif: exists; pass --overwrite"),
         ("truncated", r"s2.tif: cannot read"),
         ("missing_dir", r"output folder .* does not exist"),
+        ("compress_level", r"--compress-level: zstd takes 1 to 22, got 23"),
     ],
 )
 def test_bad_input(scene: dict, tmp_path: Path, case: str, message: str) -> None:
@@ -230,6 +266,8 @@ def test_bad_input(scene: dict, tmp_path: Path, case: str, message: str) -> None
     ]
     if case != "no_s1":
         args += ["--s1", str(s1)]
+    if case == "compress_level":
+        args += ["--compress", "zstd", "--compress-level", "23"]
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
@@ -398,7 +436,8 @@ def test_scene_runs_with_a_real_gdal_block_cache(scene: dict, tmp_path: Path, mo
         return read_batch(*args, **kwargs)
 
     def recording_copy(*args: object, **kwargs: object) -> object:
-        seen["copy"] = _gdal_cache_max()
+        if not str(args[1]).startswith("/vsimem/"):  # not the compression probe
+            seen["copy"] = _gdal_cache_max()
         return copy(*args, **kwargs)
 
     monkeypatch.setattr(dsen2cr.scene.batches, "_read_batch", recording_read)
@@ -442,7 +481,8 @@ def test_several_scenes_overlap_completion_with_the_next(scene: dict, tmp_path: 
     real_copy = rasterio.shutil.copy
 
     def recording_copy(*args: object, **kwargs: object) -> object:
-        copy_threads.append(threading.current_thread().name)
+        if not str(args[1]).startswith("/vsimem/"):  # not the compression probe of dsen2cr.geotiff.cog_options
+            copy_threads.append(threading.current_thread().name)
         return real_copy(*args, **kwargs)
 
     settings = SceneSettings(weights=str(scene["weights"]), device="cpu", backend="eager", tile=128, progress=False)

@@ -8,13 +8,16 @@ name and renamed when complete (``dsen2cr.files.atomic_path``).
 from __future__ import annotations
 
 import contextlib
+import functools
+import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import rasterio.shutil
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
@@ -46,6 +49,53 @@ COG_OPTIONS: dict[str, str | int] = {
     "BIGTIFF": "IF_SAFER",
     "NUM_THREADS": "ALL_CPUS",
 }
+
+#: The lossless compressions a scene's COG can have, with the levels GDAL accepts for each (lower: faster and
+#: larger). deflate is read by every GeoTIFF reader; zstd needs GDAL >= 2.3 or libtiff >= 4.0.10 to read.
+COG_COMPRESSION_LEVELS: dict[str, range] = {"deflate": range(1, 10), "zstd": range(1, 23)}
+
+
+def cog_options(compression: str = "deflate", level: int | None = None) -> dict[str, str | int]:
+    """``COG_OPTIONS`` with ``compression`` (a key of ``COG_COMPRESSION_LEVELS``, horizontal predictor either
+    way) at ``level`` (None: GDAL's default, 6 for deflate, 9 for zstd)."""
+    if compression not in COG_COMPRESSION_LEVELS:
+        raise DSen2CRError(f"compression: expected one of {', '.join(COG_COMPRESSION_LEVELS)}, got {compression!r}")
+    levels = COG_COMPRESSION_LEVELS[compression]
+    if level is not None and level not in levels:
+        raise DSen2CRError(f"compression level: {compression} takes {levels.start} to {levels.stop - 1}, got {level}")
+    options = dict(COG_OPTIONS, compress=compression.upper())
+    if level is not None:
+        options["LEVEL"] = str(level)
+    _check_gdal_writes(options)
+    return options
+
+
+def _check_gdal_writes(options: dict[str, str | int]) -> None:
+    """Refuse COG options whose compression this GDAL lacks: it would only warn and write uncompressed."""
+    wanted = str(options["compress"])
+    got = _probe_compression(tuple(sorted(options.items())))
+    if got.upper() != wanted.upper():
+        raise DSen2CRError(
+            f"compression {wanted.lower()}: this GDAL ({rasterio.__gdal_version__}) cannot write it (the probe came "
+            f"out {got.lower()}); use deflate"
+        )
+
+
+@functools.cache
+def _probe_compression(options: tuple[tuple[str, str | int], ...]) -> str:
+    """The compression GDAL writes with ``options``, tried once per process on a 16x16 image in memory."""
+    probe = f"/vsimem/{uuid.uuid4().hex}.tif"
+    with warnings.catch_warnings(), rasterio.MemoryFile() as source:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with source.open(driver="GTiff", width=16, height=16, count=1, dtype="uint16") as dataset:
+            dataset.write(np.ones((1, 16, 16), dtype="uint16"))
+        try:
+            rasterio.shutil.copy(source.name, probe, **dict(options))
+            with rasterio.open(probe) as written:
+                return str(written.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION", "none"))
+        finally:
+            if rasterio.shutil.exists(probe):
+                rasterio.shutil.delete(probe)
 
 
 #: GDAL's block cache for a scene run, in bytes (rasterio passes an integer GDAL_CACHEMAX to GDAL as bytes: a
@@ -123,20 +173,23 @@ def _block(size: int) -> int:
 
 
 @contextlib.contextmanager
-def cog_writer(path: str | Path, profile: dict) -> Iterator[rasterio.io.DatasetWriter]:
+def cog_writer(
+    path: str | Path, profile: dict, options: dict[str, str | int] = COG_OPTIONS
+) -> Iterator[rasterio.io.DatasetWriter]:
     """Yield a dataset to write window by window; on success it becomes a Cloud-Optimised GeoTIFF at ``path``.
 
     Windows go to a tiled but uncompressed staging file beside ``path``: windows that do not align with its
     blocks would otherwise cost a decompression and a recompression each. One COG copy then compresses
-    (deflate, horizontal predictor, 256 px blocks, overviews) on all cores, to a temporary name that is
-    renamed to ``path``. On failure nothing is left at ``path`` and both temporary files are removed.
+    (``options``: by default deflate, horizontal predictor, 256 px blocks, overviews; see :func:`cog_options`)
+    on all cores, to a temporary name that is renamed to ``path``. On failure nothing is left at ``path`` and
+    both temporary files are removed.
     """
     with atomic_path(path) as final_tmp:
         staging = final_tmp.with_name(final_tmp.name + ".staging.tif")
         try:
             with rasterio.open(staging, "w", **dict(STAGING_OPTIONS, **profile)) as dataset:
                 yield dataset
-            rasterio.shutil.copy(staging, final_tmp, **COG_OPTIONS)
+            rasterio.shutil.copy(staging, final_tmp, **options)
         finally:
             staging.unlink(missing_ok=True)
 

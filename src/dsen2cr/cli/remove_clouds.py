@@ -112,6 +112,18 @@ def register(subparsers: SubParsers) -> None:
         help="with --keep-clear: pixels over which input and prediction are blended at mask edges (default: 5, "
         "the paper mask's smoothing radius)",
     )
+    parser.add_argument(
+        "--compress",
+        choices=["deflate", "zstd"],
+        default="deflate",
+        help="the COG's lossless compression: deflate (read by every GeoTIFF reader) or zstd (faster to write; "
+        "read by GDAL 2.3+, QGIS, rasterio) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--compress-level",
+        type=int,
+        help="deflate 1-9 (default 6), zstd 1-22 (default 9): lower writes faster and larger files",
+    )
     add_overwrite(parser, "replace existing outputs (never one of the inputs)")
     add_no_progress(parser)
     parser.set_defaults(handler=run)
@@ -161,12 +173,18 @@ def jobs_from_arguments(
 def run(args: argparse.Namespace) -> int:
     """Run ``remove-clouds``."""
     from dsen2cr.errors import DSen2CRError
+    from dsen2cr.geotiff import COG_COMPRESSION_LEVELS
     from dsen2cr.scene.jobs import SceneSettings, run_scene_jobs
 
     if args.batch_size != "auto" and args.batch_size < 1:
         raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")
     if args.feather is not None and args.feather < 0:
         raise DSen2CRError(f"--feather: must be 0 or more pixels, got {args.feather}")
+    levels = COG_COMPRESSION_LEVELS[args.compress]
+    if args.compress_level is not None and args.compress_level not in levels:
+        raise DSen2CRError(
+            f"--compress-level: {args.compress} takes {levels.start} to {levels.stop - 1}, got {args.compress_level}"
+        )
     jobs = jobs_from_arguments(
         s2=args.s2, s1=args.s1, out=args.out, manifest=args.manifest, mask_out=args.mask_out, preview=args.preview
     )
@@ -186,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
         keep_clear=args.keep_clear,
         feather=args.feather,
         cloud_threshold=args.cloud_threshold,
+        compression=args.compress,
+        compression_level=args.compress_level,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

@@ -19,7 +19,7 @@ import torch
 from dsen2cr.auto import resolve_batch_size, resolve_device, resolve_tile
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.files import check_distinct_outputs, check_input_file, check_output_file
-from dsen2cr.geotiff import gdal_block_cache
+from dsen2cr.geotiff import cog_options, gdal_block_cache
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.model import ModelConfig
 from dsen2cr.predictor import load_predictor
@@ -153,6 +153,8 @@ class SceneSettings:
     keep_clear: bool = False
     feather: int | None = None  # None: dsen2cr.scene.masking.DEFAULT_FEATHER
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
+    compression: str = "deflate"
+    compression_level: int | None = None  # None: GDAL's default for the compression
     overwrite: bool = False
     progress: bool = True
 
@@ -162,6 +164,7 @@ def run_scene_jobs(
 ) -> Iterator[SceneReport]:
     """Process this rank's share of ``jobs``: one predictor, tile and batch size for all of them. Every job is
     checked first (:func:`check_jobs`; ``extra_inputs`` such as the manifest must not be overwritten either)."""
+    cog_options(settings.compression, settings.compression_level)  # refused before any scene starts
     rank, world, device = _rank_and_device(settings.device)
     check_jobs(jobs, weights=settings.weights, overwrite=settings.overwrite, extra_inputs=list(extra_inputs))
     mine = jobs[rank::world]
@@ -238,6 +241,8 @@ def run_scene_jobs(
                 preview=job.preview,
                 overwrite=settings.overwrite,
                 progress=settings.progress,
+                compression=settings.compression,
+                compression_level=settings.compression_level,
                 defer_outputs=deferred.append,
             )
             if (done := finisher.submit(report, deferred.pop())) is not None:

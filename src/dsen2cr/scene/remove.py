@@ -16,7 +16,7 @@ from tqdm import tqdm
 from dsen2cr.auto import auto_tile, resolve_batch_size
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.files import check_output_file
-from dsen2cr.geotiff import atomic_raster, cog_writer, gdal_block_cache
+from dsen2cr.geotiff import atomic_raster, cog_options, cog_writer, gdal_block_cache
 from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
@@ -65,6 +65,8 @@ def remove_clouds(
     mask: str = "paper",
     keep_clear: bool = False,
     feather: int | None = None,
+    compression: str = "deflate",
+    compression_level: int | None = None,
     defer_outputs: Callable[[contextlib.ExitStack], None] | None = None,
 ) -> SceneReport:
     """Remove the clouds of one scene and write a uint16 Cloud-Optimised GeoTIFF to ``out``: the input's bands
@@ -76,6 +78,9 @@ def remove_clouds(
     any cloud or shadow, the prediction on cloud/shadow farther than ``feather`` px from clear, a linear blend
     in between.
 
+    ``compression`` (``deflate`` or ``zstd``) and ``compression_level`` (None: GDAL's default) choose the COG's
+    lossless compression (:func:`dsen2cr.geotiff.cog_options`).
+
     ``predictor`` comes from :func:`dsen2cr.predictor.load_predictor`; it says whether S1 is needed. ``tile``,
     ``overlap`` and ``batch_size`` default to what ``remove-clouds`` picks automatically for the predictor's
     device (:mod:`dsen2cr.auto`; the overlap that makes tiling exact). Nodata in S2 stays nodata (0).
@@ -85,6 +90,7 @@ def remove_clouds(
     instead of their being completed before this returns, so that a caller can compress one scene while the
     next one runs (:func:`dsen2cr.scene.jobs.run_scene_jobs`); the report's seconds then leave that step out.
     """
+    cog = cog_options(compression, compression_level)  # checked before any work
     with gdal_block_cache():
         return _remove_clouds(
             predictor,
@@ -105,6 +111,7 @@ def remove_clouds(
             mask=mask,
             keep_clear=keep_clear,
             feather=DEFAULT_FEATHER if feather is None else feather,
+            cog=cog,
             defer_outputs=defer_outputs,
         )
 
@@ -129,6 +136,7 @@ def _remove_clouds(
     mask: str,
     keep_clear: bool,
     feather: int,
+    cog: dict[str, str | int],
     defer_outputs: Callable[[contextlib.ExitStack], None] | None,
 ) -> SceneReport:
     """:func:`remove_clouds` with its settings resolved, under a bounded GDAL cache."""
@@ -200,7 +208,7 @@ def _remove_clouds(
                     outputs.push(_save_on_success(quicklook, preview))  # runs last: once the COG is in place
                 # left in reverse order: the COG is made first; should that fail, the map is removed
                 mask_dst = outputs.enter_context(_optional_mask(mask_out, dict(grid_profile)))
-                dst = outputs.enter_context(cog_writer(out, profile))
+                dst = outputs.enter_context(cog_writer(out, profile, cog))
                 for index, name in enumerate(s2.bands, start=1):
                     dst.set_band_description(index, name)
                 dst.update_tags(**output_tags(s2))
