@@ -4,8 +4,9 @@ Speed: patch inference (paper model, 256x256) with PyTorch eager fp32, onnxrunti
 (calibrated on the bundled sample's train split), in one run. Accuracy: for each trained weights file (default:
 the demo's, ``make demo`` first), the paper metrics of the fp32 and the int8 model on the sample's val and test
 patches, with min/max and with percentile calibration, the mean distance of the int8 outputs to the fp32
-outputs (in DN), and the signal-to-quantisation-noise ratio of every quantised activation against fp32
-(per-layer error, benchmarks/results/int8-layers.md).
+outputs (in DN; for a model without SAR also on the bundled real L1C scene through ``remove_clouds``), and
+the signal-to-quantisation-noise ratio of every quantised activation against fp32 (per-layer error,
+benchmarks/results/int8-layers.md).
 
 Run: ``python -m benchmarks.int8 [--weights W ...]`` (writes benchmarks/results/int8.json and .md).
 """
@@ -39,6 +40,30 @@ def _int8_pair(model: object, folder: Path, name: str, method: str = "minmax") -
     calibration = calibration_batches(resolve_split(DataSection(), "train"), patches=16)
     int8 = quantize_onnx(fp32, folder / f"{name}-{method}-int8.onnx", calibration, method=method)
     return load_predictor(fp32, device="cpu"), load_predictor(int8, device="cpu")
+
+
+def _scene_distance(pair: tuple[Predictor, Predictor], folder: Path, name: str) -> dict[str, object]:
+    """Mean, 99th percentile and largest |int8 - fp32| (DN) of ``remove-clouds`` outputs on the bundled real
+    L1C scene (a model without SAR: the scene has no S1)."""
+    import rasterio
+
+    from dsen2cr.data.sample import sample_scene
+    from dsen2cr.scene import remove_clouds
+
+    outputs = []
+    for precision, predictor in zip(("fp32", "int8"), pair, strict=True):
+        out = folder / f"{name}-scene-{precision}.tif"
+        remove_clouds(predictor, s2_path=sample_scene(), out=out, progress=False)
+        with rasterio.open(out) as dataset:
+            outputs.append(dataset.read().astype(np.float64))
+    valid = outputs[0] > 0
+    distance = np.abs(outputs[1] - outputs[0])[valid]
+    return {
+        "measure": f"{name}, minmax: |int8 - fp32| of remove-clouds on the bundled L1C scene (768x640)",
+        "value": float(distance.mean()),
+        "unit": "DN",
+        "note": f"mean; 99th percentile {np.percentile(distance, 99):.0f} DN, largest {distance.max():.0f} DN",
+    }
 
 
 def main() -> None:
@@ -101,6 +126,8 @@ def main() -> None:
                         "note": "fidelity to the fp32 model itself (score deltas alone cannot show it)",
                     }
                 )
+                if not trained.include_sar and method == "minmax":
+                    rows.append(_scene_distance(pair, folder, weights.stem))
                 errors = activation_errors(
                     folder / f"{weights.stem}-fp32.onnx",
                     folder / f"{weights.stem}-{method}-int8.onnx",
