@@ -117,13 +117,17 @@ def main() -> None:
                         }
                     )
                 crops = list(calibration_batches(held_out, 2))
-                distance = float(np.mean([np.abs(pair[1](*crop) - pair[0](*crop)).mean() for crop in crops]))
+                outputs = [(pair[0](*crop).astype(np.float64), pair[1](*crop).astype(np.float64)) for crop in crops]
+                distance = float(np.mean([np.abs(int8 - fp32).mean() for fp32, int8 in outputs]))
+                signal = sum(float(np.square(fp32).sum()) for fp32, _ in outputs)
+                noise = sum(float(np.square(int8 - fp32).sum()) for fp32, int8 in outputs)
                 rows.append(
                     {
                         "measure": f"{weights.stem}, {method}: mean |int8 - fp32| of the outputs on held-out crops",
                         "value": distance * S2_MODEL_SCALE,
                         "unit": "DN",
-                        "note": "fidelity to the fp32 model itself (score deltas alone cannot show it)",
+                        "note": "fidelity to the fp32 model itself (score deltas alone cannot show it); output "
+                        f"SQNR {10 * np.log10(signal / noise):.1f} dB",
                     }
                 )
                 if not trained.include_sar and method == "minmax":
