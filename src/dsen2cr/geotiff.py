@@ -58,16 +58,22 @@ COG_COMPRESSION_LEVELS: dict[str, range] = {"deflate": range(1, 10), "zstd": ran
 def cog_options(compression: str = "deflate", level: int | None = None) -> dict[str, str | int]:
     """``COG_OPTIONS`` with ``compression`` (a key of ``COG_COMPRESSION_LEVELS``, horizontal predictor either
     way) at ``level`` (None: GDAL's default, 6 for deflate, 9 for zstd)."""
-    if compression not in COG_COMPRESSION_LEVELS:
-        raise DSen2CRError(f"compression: expected one of {', '.join(COG_COMPRESSION_LEVELS)}, got {compression!r}")
-    levels = COG_COMPRESSION_LEVELS[compression]
-    if level is not None and level not in levels:
-        raise DSen2CRError(f"compression level: {compression} takes {levels.start} to {levels.stop - 1}, got {level}")
+    check_compression_level(compression, level)
     options = dict(COG_OPTIONS, compress=compression.upper())
     if level is not None:
         options["LEVEL"] = str(level)
     _check_gdal_writes(options)
     return options
+
+
+def check_compression_level(compression: str, level: int | None, *, name: str = "compression level") -> None:
+    """Refuse a compression that is not a key of ``COG_COMPRESSION_LEVELS`` or a ``level`` it does not take
+    (the error names the setting ``name``, e.g. a command-line option)."""
+    if compression not in COG_COMPRESSION_LEVELS:
+        raise DSen2CRError(f"compression: expected one of {', '.join(COG_COMPRESSION_LEVELS)}, got {compression!r}")
+    levels = COG_COMPRESSION_LEVELS[compression]
+    if level is not None and level not in levels:
+        raise DSen2CRError(f"{name}: {compression} takes {levels.start} to {levels.stop - 1}, got {level}")
 
 
 def _check_gdal_writes(options: dict[str, str | int]) -> None:

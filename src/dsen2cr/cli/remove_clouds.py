@@ -173,18 +173,14 @@ def jobs_from_arguments(
 def run(args: argparse.Namespace) -> int:
     """Run ``remove-clouds``."""
     from dsen2cr.errors import DSen2CRError
-    from dsen2cr.geotiff import COG_COMPRESSION_LEVELS
+    from dsen2cr.geotiff import check_compression_level
     from dsen2cr.scene.jobs import SceneSettings, run_scene_jobs
 
     if args.batch_size != "auto" and args.batch_size < 1:
         raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")
     if args.feather is not None and args.feather < 0:
         raise DSen2CRError(f"--feather: must be 0 or more pixels, got {args.feather}")
-    levels = COG_COMPRESSION_LEVELS[args.compress]
-    if args.compress_level is not None and args.compress_level not in levels:
-        raise DSen2CRError(
-            f"--compress-level: {args.compress} takes {levels.start} to {levels.stop - 1}, got {args.compress_level}"
-        )
+    check_compression_level(args.compress, args.compress_level, name="--compress-level")
     jobs = jobs_from_arguments(
         s2=args.s2, s1=args.s1, out=args.out, manifest=args.manifest, mask_out=args.mask_out, preview=args.preview
     )
