@@ -135,7 +135,7 @@ def main() -> None:
                 errors = activation_errors(
                     folder / f"{weights.stem}-fp32.onnx",
                     folder / f"{weights.stem}-{method}-int8.onnx",
-                    list(calibration_batches(held_out, 2)),
+                    crops,
                 )
                 for layer, sqnr in errors.items():
                     layers.setdefault(layer, {"activation": layer})[f"{weights.stem} {method} (dB)"] = round(sqnr, 1)
