@@ -8,6 +8,7 @@
 #   cog        python -m benchmarks.cog_copy: the final COG copy alone, on this machine's CPUs and disk;
 #   fused      bf16 under autocast against the fused bf16 network (the bf16 backend on CUDA), one batch of windows;
 #   pipeline   python -m benchmarks.pipeline: three 10980x4096 scenes, one run against one at a time;
+#   tiles      the same with three full 10980x10980 tiles (deflate), then one run of them with zstd level 1;
 #   compile    bf16 eager against bf16 compiled on one batch of the scene's windows.
 # Wheels in .whl/ (e.g. rasterio for a machine without it) are installed under /tmp/site first: carry the rasterio
 # the project installs (1.4.4: GDAL 3.10 with libdeflate; 1.4.3's GDAL 3.9 deflates with zlib, 1.8x slower copies).
@@ -58,6 +59,15 @@ if want pipeline; then
     timeout 240 python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 4096 \
         --variant dsen2cr 2>&1 | tee "$OUT_DIR/pipeline.log"
     cp benchmarks/results/pipeline-cuda.* "$OUT_DIR/" 2>/dev/null
+fi
+
+if want tiles; then
+    timeout 300 python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 10980 \
+        --variant dsen2cr --name pipeline-cuda-tiles 2>&1 | tee "$OUT_DIR/tiles.log"
+    timeout 170 python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 10980 \
+        --variant dsen2cr --compress zstd --compress-level 1 --only-together --name pipeline-cuda-tiles-zstd1 \
+        2>&1 | tee "$OUT_DIR/tiles-zstd1.log"
+    cp benchmarks/results/pipeline-cuda-tiles*.* "$OUT_DIR/" 2>/dev/null
 fi
 
 if want fused; then
