@@ -1,5 +1,6 @@
 """bf16 paths on one batch of a full tile's windows (``--tile auto``, batch 4): autocast, the fused network
-(the ``bf16`` backend on CUDA, ``dsen2cr.backends.FusedBF16``) and, with ``--compiled``, autocast compiled;
+(the ``bf16`` backend on CUDA, ``dsen2cr.backends.FusedBF16``), the same backend through the predictor that
+``remove-clouds`` calls (first-batch check, output finiteness check) and, with ``--compiled``, autocast compiled;
 seconds per batch with the host arrays in and out, TFLOP/s, and the relative error against fp32 eager.
 
 Run on a GPU: ``python -m benchmarks.windows_bf16 [--compiled]`` (``scripts/gpu_benchmark.sh`` steps ``fused``
@@ -20,6 +21,7 @@ from benchmarks.common import median_seconds, report
 from dsen2cr import create_model
 from dsen2cr.auto import auto_tile
 from dsen2cr.backends import PredictFn, _channels_last, build_backend, relative_error
+from dsen2cr.predictor import predictor_from_model
 from dsen2cr.scene import default_overlap, plan_tiles
 
 
@@ -46,6 +48,8 @@ def main() -> None:
         ("bf16 autocast", _channels_last(model, device, compile_model=False, bf16=True)),
         ("bf16 backend (fused on CUDA)", build_backend(model, "bf16", device)),
     ]
+    # the same backend as remove-clouds calls it: checked on the first batch, its output checked for NaN
+    paths.append(("bf16 backend through the predictor", predictor_from_model(model, device=device, precision="bf16")))
     if args.compiled:
         paths.append(("bf16 autocast compiled", _channels_last(model, device, compile_model=True, bf16=True)))
     rows: list[dict[str, object]] = []

@@ -6,7 +6,8 @@
 #   benchmark  python -m benchmarks --device cuda --scene-size 10980 (a full Sentinel-2 tile, synthetic);
 #   zstd       the same with the tile's COG written with --compress zstd --compress-level 1;
 #   cog        python -m benchmarks.cog_copy: the final COG copy alone, on this machine's CPUs and disk;
-#   fused      bf16 under autocast against the fused bf16 network (the bf16 backend on CUDA), one batch of windows;
+#   fused      bf16 under autocast against the fused bf16 network (the bf16 backend on CUDA), alone and through the
+#              predictor, one batch of windows; the predictor's output check on this machine's CPUs;
 #   pipeline   python -m benchmarks.pipeline: three 10980x4096 scenes, one run against one at a time;
 #   tiles      the same with three full 10980x10980 tiles (deflate), then one run of them with zstd level 1;
 #   compile    bf16 eager against bf16 compiled on one batch of the scene's windows.
@@ -72,7 +73,8 @@ fi
 
 if want fused; then
     timeout 100 python3 -m benchmarks.windows_bf16 2>&1 | tee -a "$OUT_DIR/gpu.log"
-    cp benchmarks/results/windows_bf16.* "$OUT_DIR/" 2>/dev/null
+    timeout 60 python3 -m benchmarks.output_check --name output_check-gpu-machine 2>&1 | tee -a "$OUT_DIR/gpu.log"
+    cp benchmarks/results/windows_bf16.* benchmarks/results/output_check-gpu-machine.* "$OUT_DIR/" 2>/dev/null
 fi
 if want compile; then
     timeout 150 python3 -m benchmarks.windows_bf16 --compiled 2>&1 | tee -a "$OUT_DIR/gpu.log"
