@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS_DIR, machine_info, median_seconds
+from benchmarks.common import RESULTS_DIR, add_compression_arguments, compression_suffix, machine_info, median_seconds
 from dsen2cr import create_model
 from dsen2cr.backends import build_backend, relative_error, select_backend
 
@@ -59,10 +59,7 @@ def main() -> None:
         default="sample",
         help="the scene's S2: the bundled real scene mirrored across it, or random DN (default: %(default)s)",
     )
-    parser.add_argument(
-        "--compress", choices=("deflate", "zstd"), default="deflate", help="the scene's COG compression"
-    )
-    parser.add_argument("--compress-level", type=int, help="its level (default: GDAL's)")
+    add_compression_arguments(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
@@ -177,8 +174,7 @@ def main() -> None:
                     cells = [c.strip() for c in line.strip("|").split("|")]
                     add(f"scene {cells[0]} small variant: peak RSS", float(cells[5]), "MiB", f"{cells[4]} Mpx/s")
     name = "benchmark" + ("-quick" if args.quick else "") + ("-cuda" if on_gpu else "")
-    if (args.compress, args.compress_level) != ("deflate", None):
-        name += f"-{args.compress}{args.compress_level or ''}"
+    name += compression_suffix(args.compress, args.compress_level)
     _write(name, rows)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -36,6 +37,22 @@ def machine_info() -> dict[str, object]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def add_compression_arguments(parser: argparse.ArgumentParser, what: str = "the scene's COG") -> None:
+    """``--compress`` and ``--compress-level`` as ``remove-clouds`` takes them."""
+    from dsen2cr.geotiff import COG_COMPRESSION_LEVELS
+
+    parser.add_argument(
+        "--compress", choices=list(COG_COMPRESSION_LEVELS), default="deflate", help=f"{what} compression"
+    )
+    parser.add_argument("--compress-level", type=int, help="its level (default: GDAL's)")
+
+
+def compression_suffix(compress: str, level: int | None) -> str:
+    """A results-file suffix for a compression other than the default (``-zstd1``; empty for deflate at GDAL's
+    level)."""
+    return "" if (compress, level) == ("deflate", None) else f"-{compress}{level or ''}"
 
 
 def report(name: str, rows: list[dict[str, object]], out: Path | None = None) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import report
+from benchmarks.common import add_compression_arguments, compression_suffix, report
 from benchmarks.scene import write_scene
 from dsen2cr import create_model
 from dsen2cr.predictor import load_predictor
@@ -34,8 +34,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--variant", default="dsen2cr-small")
-    parser.add_argument("--compress", choices=("deflate", "zstd"), default="deflate", help="the COGs' compression")
-    parser.add_argument("--compress-level", type=int, help="its level (default: GDAL's)")
+    add_compression_arguments(parser, "the COGs'")
     parser.add_argument("--only-together", action="store_true", help="skip the one-at-a-time run")
     parser.add_argument("--name", help="results file name (default: pipeline[-DEVICE][-COMPRESSION])")
     args = parser.parse_args()
@@ -98,8 +97,7 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
     suffix = "" if args.device == "cpu" else f"-{args.device.split(':')[0]}"
-    if (args.compress, args.compress_level) != ("deflate", None):
-        suffix += f"-{args.compress}{args.compress_level or ''}"
+    suffix += compression_suffix(args.compress, args.compress_level)
     report(args.name or f"pipeline{suffix}", rows)
 
 

@@ -47,9 +47,9 @@ def main() -> None:
     paths: list[tuple[str, PredictFn]] = [
         ("bf16 autocast", _channels_last(model, device, compile_model=False, bf16=True)),
         ("bf16 backend (fused on CUDA)", build_backend(model, "bf16", device)),
+        # the same backend as remove-clouds calls it: checked on the first batch, its output checked for NaN
+        ("bf16 backend through the predictor", predictor_from_model(model, device=device, precision="bf16")),
     ]
-    # the same backend as remove-clouds calls it: checked on the first batch, its output checked for NaN
-    paths.append(("bf16 backend through the predictor", predictor_from_model(model, device=device, precision="bf16")))
     if args.compiled:
         paths.append(("bf16 autocast compiled", _channels_last(model, device, compile_model=True, bf16=True)))
     rows: list[dict[str, object]] = []
