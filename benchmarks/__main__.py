@@ -1,7 +1,7 @@
 """The project's benchmark, in one run: ``python -m benchmarks [--quick]``.
 
 Measures this machine's fp32 matrix-multiply rate; patch inference (256x256) with the eager fp32 path and the
-default path (``dsen2cr.backends.select_backend("auto")``), in s/patch, GFLOP/s and as a fraction of the
+default path (what ``dsen2cr.auto.plan_backend`` picks for a long run), in s/patch, GFLOP/s and as a fraction of the
 matmul rate; whole-scene throughput and its overhead against patch inference; the training input pipeline;
 one training step (batch 2 of 128x128); and, without ``--quick``, peak memory of scene inference at two
 sizes. Writes benchmarks/results/benchmark[-quick].json and .md. ``--quick`` uses the small variant and
@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, add_compression_arguments, compression_suffix, machine_info, median_seconds
 from dsen2cr import create_model
+from dsen2cr.auto import plan_backend
 from dsen2cr.backends import build_backend, relative_error, select_backend
 
 
@@ -88,7 +89,9 @@ def main() -> None:
         "s/patch",
         f"{flops / eager_s / 1e9:.1f} GFLOP/s, {flops / eager_s / 1e9 / rate:.0%} of matmul",
     )
-    default = select_backend(copy.deepcopy(model), "auto", device)
+    # what --backend auto tries for a long run on this device (compiled on CPU, bf16 on GPU, then eager)
+    candidates, _ = plan_backend("auto", "fp32", model.config, torch.device(device), pixels=float("inf"))
+    default = select_backend(copy.deepcopy(model), candidates, device)
     start = time.perf_counter()
     default(s2, s1)
     name = default.backend
@@ -198,13 +201,15 @@ def _scene_throughput(
     import rasterio.shutil
 
     from benchmarks.scene import write_scene
-    from dsen2cr.auto import auto_tile, resolve_batch_size
+    from dsen2cr.auto import resolve_batch_size, resolve_tile
     from dsen2cr.predictor import predictor_from_model
-    from dsen2cr.scene import default_overlap, plan_tiles, remove_clouds
+    from dsen2cr.scene.remove import remove_clouds
+    from dsen2cr.scene.tiles import default_overlap, plan_tiles
+    from dsen2cr.settings import SceneJob, SceneSettings
 
     overlap = default_overlap(model)
     batch = resolve_batch_size("auto", device)
-    tile = auto_tile(model.config, device=device, batch_size=batch)
+    tile = resolve_tile(model.config, "auto", device=device, batch_size=batch, overlap=default_overlap(model))
     windows = plan_tiles(size, size, tile, overlap)
     window = windows[0].window
     probe = (batch, window.height, window.width)
@@ -261,19 +266,19 @@ def _scene_throughput(
         finally:
             busy[1] += time.perf_counter() - begin
 
-    rasterio.shutil.copy = timed_copy  # as dsen2cr.geotiff calls it
+    rasterio.shutil.copy = timed_copy  # as dsen2cr.outputs.geotiff calls it
     try:
         report = remove_clouds(
             dataclasses.replace(predictor, predict=Timed()),  # type: ignore[arg-type]
-            s2_path=folder / "s2.tif",
-            s1_path=folder / "s1.tif",
-            out=folder / "out.tif",
-            tile=tile,
-            overlap=overlap,
-            batch_size=batch,
-            progress=False,
-            compression=compression[0],
-            compression_level=compression[1],
+            SceneJob(str(folder / "s2.tif"), str(folder / "s1.tif"), folder / "out.tif"),
+            SceneSettings(
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch,
+                progress=False,
+                compression=compression[0],
+                compression_level=compression[1],
+            ),
         )
     finally:
         rasterio.shutil.copy = copy

@@ -1,5 +1,5 @@
 """The final COG copy of a scene run, alone: seconds, main-thread CPU seconds and output size for the COG
-options in use (``dsen2cr.geotiff.COG_OPTIONS``) and variants of them, on a staging file like the one
+options in use (``dsen2cr.outputs.geotiff.COG_OPTIONS``) and variants of them, on a staging file like the one
 ``remove-clouds`` writes (tiled, uncompressed, 13 uint16 bands).
 
 The main-thread CPU time is the serial part (reading the staging file, GDAL's copies, writing tiles); the
@@ -21,7 +21,8 @@ import rasterio.shutil
 
 from benchmarks.common import report
 from benchmarks.scene import write_scene
-from dsen2cr.geotiff import COG_OPTIONS, STAGING_OPTIONS, gdal_block_cache
+from dsen2cr.outputs.geotiff import COG_OPTIONS, STAGING_OPTIONS
+from dsen2cr.rasters import gdal_block_cache
 
 VARIANTS: dict[str, dict[str, str]] = {
     "in use": {},

@@ -18,7 +18,7 @@ from rasterio.transform import from_origin
 from benchmarks.common import report
 from dsen2cr.data.index import index_dataset
 from dsen2cr.data.layout import release_triplet
-from dsen2cr.geotiff import write_geotiff
+from dsen2cr.outputs.geotiff import write_geotiff
 
 RELEASE_TRIPLETS = 122_218
 

@@ -48,12 +48,13 @@ def _scene_distance(pair: tuple[Predictor, Predictor], folder: Path, name: str) 
     import rasterio
 
     from dsen2cr.data.sample import sample_scene
-    from dsen2cr.scene import remove_clouds
+    from dsen2cr.scene.remove import remove_clouds
+    from dsen2cr.settings import SceneJob, SceneSettings
 
     outputs = []
     for precision, predictor in zip(("fp32", "int8"), pair, strict=True):
         out = folder / f"{name}-scene-{precision}.tif"
-        remove_clouds(predictor, s2_path=sample_scene(), out=out, progress=False)
+        remove_clouds(predictor, SceneJob(str(sample_scene()), None, out), SceneSettings(progress=False))
         with rasterio.open(out) as dataset:
             outputs.append(dataset.read().astype(np.float64))
     valid = outputs[0] > 0

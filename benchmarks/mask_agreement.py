@@ -14,9 +14,9 @@ import numpy as np
 import rasterio
 
 from benchmarks.common import report
+from dsen2cr.cloud_detection import CLOUD, SHADOW, ShadowStatsAccumulator, cloud_shadow_mask, s2cloudless_mask
 from dsen2cr.data.layout import read_file_list
 from dsen2cr.data.sample import sample_dataset_root, sample_file_list, sample_scene
-from dsen2cr.masks import CLOUD, SHADOW, ShadowStatsAccumulator, cloud_shadow_mask, s2cloudless_mask
 
 
 def _images() -> list[tuple[str, np.ndarray]]:

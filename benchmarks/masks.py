@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from benchmarks.common import median_seconds, report
-from dsen2cr.masks import cloud_shadow_mask
+from dsen2cr.cloud_detection import cloud_shadow_mask
 
 
 def _scene(size: int, seed: int = 0) -> np.ndarray:

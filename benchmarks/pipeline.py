@@ -20,9 +20,11 @@ import torch
 from benchmarks.common import add_compression_arguments, compression_suffix, report
 from benchmarks.scene import write_scene
 from dsen2cr import create_model
+from dsen2cr.outputs.finisher import completes_in_background
 from dsen2cr.predictor import load_predictor
-from dsen2cr.scene import remove_clouds
-from dsen2cr.scene.jobs import SceneJob, SceneSettings, completes_in_background, run_scene_jobs
+from dsen2cr.scene.jobs import run_scene_jobs
+from dsen2cr.scene.remove import remove_clouds
+from dsen2cr.settings import SceneJob, SceneSettings
 from dsen2cr.weights import save_weights
 
 
@@ -56,12 +58,8 @@ def main() -> None:
             for index in range(args.scenes):
                 remove_clouds(
                     predictor,
-                    s2_path=s2,
-                    s1_path=s1,
-                    out=folder / f"one-{index}.tif",
-                    progress=False,
-                    compression=args.compress,
-                    compression_level=args.compress_level,
+                    SceneJob(str(s2), str(s1), folder / f"one-{index}.tif"),
+                    SceneSettings(progress=False, compression=args.compress, compression_level=args.compress_level),
                 )
             one_at_a_time = time.perf_counter() - start
             rows.append(

@@ -24,7 +24,7 @@ from rasterio.windows import Window
 from benchmarks.common import report
 from dsen2cr import create_model
 from dsen2cr.data.sample import sample_scene
-from dsen2cr.geotiff import GTIFF_OPTIONS
+from dsen2cr.outputs.geotiff import GTIFF_OPTIONS
 from dsen2cr.weights import save_weights
 
 

@@ -24,8 +24,8 @@ import torch
 from benchmarks.common import report
 from dsen2cr import create_model
 from dsen2cr.data.sample import sample_scene
-from dsen2cr.geotiff import open_raster
 from dsen2cr.preprocessing import s2_dn_to_model
+from dsen2cr.rasters import open_raster
 from dsen2cr.weights import save_weights
 
 

@@ -19,10 +19,10 @@ import torch
 from benchmarks.__main__ import patch_flops
 from benchmarks.common import median_seconds, report
 from dsen2cr import create_model
-from dsen2cr.auto import auto_tile
+from dsen2cr.auto import resolve_tile
 from dsen2cr.backends import PredictFn, _channels_last, build_backend, relative_error
 from dsen2cr.predictor import predictor_from_model
-from dsen2cr.scene import default_overlap, plan_tiles
+from dsen2cr.scene.tiles import default_overlap, plan_tiles
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     model = create_model(args.variant).eval()
     device = torch.device(args.device)
-    tile = auto_tile(model.config, device=device, batch_size=args.batch_size)
+    tile = resolve_tile(model.config, "auto", device=device, batch_size=args.batch_size, overlap=default_overlap(model))
     window = plan_tiles(args.size, args.size, tile, default_overlap(model))[0].window
     rng = np.random.default_rng(0)
     shape = (args.batch_size, window.height, window.width)

@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from dsen2cr.data.layout import release_triplet, write_file_list
 from dsen2cr.data.synth import add_synthetic_clouds
-from dsen2cr.geotiff import write_geotiff
+from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "dsen2cr" / "sample_data"

@@ -13,7 +13,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from dsen2cr.data.layout import Triplet, release_triplet
-from dsen2cr.geotiff import write_geotiff
+from dsen2cr.outputs.geotiff import write_geotiff
 
 UTM32N = CRS.from_epsg(32632)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from dsen2cr import DSen2CR
 from dsen2cr.backends import _eager, build_backend, relative_error, select_backend
+from dsen2cr.errors import DSen2CRError
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def test_auto_falls_back_to_eager_when_compiling_fails(
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", broken)
-    predictor = select_backend(tiny.float(), "auto")
+    predictor = select_backend(tiny.float(), ("compiled", "eager"))
     s2, s1 = _inputs(1, 32, 32)
     np.testing.assert_array_equal(predictor(s2, s1), build_backend(tiny, "eager")(s2, s1))
     assert "backend compiled unavailable" in caplog.text
@@ -100,7 +102,7 @@ def test_the_check_is_the_first_batch_itself(tiny: DSen2CR, monkeypatch: pytest.
         return lambda s2, s1: eager_shapes.append(s2.shape) or predict(s2, s1)
 
     monkeypatch.setattr(backends, "_eager", counting_eager)
-    predictor = select_backend(tiny, "auto")
+    predictor = select_backend(tiny, ("compiled", "eager"))
     s2, s1 = _inputs(2, 200, 180)
     expected = _eager(tiny, torch.device("cpu"))(s2, s1)
     for _ in range(3):
@@ -118,7 +120,7 @@ def test_auto_drops_a_backend_that_disagrees_in_the_centre(
 
     calls: list[tuple[str, tuple[int, ...]]] = []
     monkeypatch.setattr(backends, "build_backend", _recording_backend(backends, calls, wrong=True))
-    predictor = select_backend(tiny, "auto")
+    predictor = select_backend(tiny, ("compiled", "eager"))
     s2, s1 = _inputs(1, 200, 180)
     got = predictor(s2, s1)
     assert "backend compiled disagrees with eager fp32" in caplog.text
@@ -132,9 +134,12 @@ def test_a_named_backend_that_disagrees_stops_the_run(tiny: DSen2CR, monkeypatch
     import dsen2cr.backends as backends
 
     monkeypatch.setattr(backends, "build_backend", _recording_backend(backends, [], wrong=True))
-    predictor = select_backend(tiny, "compiled")
+    predictor = select_backend(tiny, ("compiled",), strict=True)
     s2, s1 = _inputs(1, 120, 100)
-    with pytest.raises(RuntimeError, match="backend compiled disagrees with eager fp32"):
+    with pytest.raises(
+        DSen2CRError,
+        match=r"backend compiled disagrees with eager fp32 on the first batch \(relative error .*, at most \d+ DN",
+    ):
         predictor(s2, s1)
 
 
@@ -142,7 +147,7 @@ def test_fused_bf16_network_computes_the_model(tiny: DSen2CR) -> None:
     """The fused bf16 form (the CUDA bf16 backend; convolution then ReLU off CUDA) folds the residual scale
     into the second convolution and adds in place: its output matches the model in float64 to bf16 precision,
     and the model it was made from is unchanged."""
-    from dsen2cr.backends import FusedBF16
+    from dsen2cr.models.dsen2cr import FusedBF16
 
     before = {name: value.clone() for name, value in tiny.state_dict().items()}
     s2, s1 = _inputs(2, 40, 36)
@@ -153,3 +158,33 @@ def test_fused_bf16_network_computes_the_model(tiny: DSen2CR) -> None:
     assert 1e-4 < error < 5e-2, error  # bf16, not fp32
     for name, value in tiny.state_dict().items():
         torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+
+
+def test_a_named_backend_that_cannot_build_is_a_one_line_error_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--backend compiled`` where compiling fails is the environment, not a bug: one line naming the backend
+    and the failure, exit 2, nothing written."""
+    from rasterio.transform import from_origin
+
+    from dsen2cr import create_model
+    from dsen2cr.cli import main
+    from dsen2cr.outputs.geotiff import write_geotiff
+    from dsen2cr.weights import save_weights
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no C++ compiler")
+
+    s2 = np.random.default_rng(0).integers(1, 5000, (13, 48, 64)).astype(np.uint16)
+    write_geotiff(tmp_path / "s2.tif", s2, crs="EPSG:32632", transform=from_origin(500000, 5000000, 10, 10))
+    weights = save_weights(create_model("dsen2cr-small-nosar"), tmp_path / "w.safetensors")
+    monkeypatch.setattr(torch, "compile", broken)
+    args = ["remove-clouds", "--weights", str(weights), "--s2", str(tmp_path / "s2.tif"), "--out"]
+    code = main([*args, str(tmp_path / "out.tif"), "--backend", "compiled", "--device", "cpu", "--no-progress"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert error[-1] == (
+        "dsen2cr remove-clouds: error: backend compiled: cannot be built or run here (RuntimeError: no C++ "
+        "compiler); use --backend eager or auto"
+    )
+    assert not (tmp_path / "out.tif").exists()

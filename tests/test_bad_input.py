@@ -17,7 +17,7 @@ from rasterio.transform import from_origin
 from conftest import UTM32N, write_release_triplet
 from dsen2cr import create_model
 from dsen2cr.cli import main
-from dsen2cr.geotiff import write_geotiff
+from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.weights import save_weights
 
 FIXTURES = Path(__file__).parent / "fixtures" / "keras"

@@ -11,13 +11,13 @@ import torch
 
 from conftest import run_cli
 from dsen2cr import create_model
-from dsen2cr.auto import COLD_BUILD_SECONDS, COMPILE_SAVING, torch_backend_candidates
-from dsen2cr.compile_cache import build_key, cache_dir, record_build_seconds, recorded_build_seconds
+from dsen2cr.auto import COLD_BUILD_SECONDS, compile_pays_off
+from dsen2cr.compile_cache import COMPILE_SAVING, build_key, cache_dir, record_build_seconds, recorded_build_seconds
 from dsen2cr.data.sample import sample_scene
-from dsen2cr.model import MODEL_VARIANTS
+from dsen2cr.models import VARIANTS
 from dsen2cr.weights import save_weights
 
-PAPER = MODEL_VARIANTS["dsen2cr"]
+PAPER = VARIANTS["dsen2cr"].config
 CPU = torch.device("cpu")
 
 
@@ -40,14 +40,14 @@ def test_auto_compiles_when_the_recorded_build_pays(monkeypatch: pytest.MonkeyPa
     pixels = 512 * 384
     saving = COMPILE_SAVING * pixels * 2 * 18_947_341 / 1.5e11
     assert 12 < saving < COLD_BUILD_SECONDS
-    assert torch_backend_candidates(PAPER, CPU, pixels, shape) == "eager"
+    assert not compile_pays_off(PAPER, CPU, pixels, shape)
     record_build_seconds(build_key(PAPER, shape, CPU), 4.0)
     assert recorded_build_seconds(build_key(PAPER, shape, CPU)) == 4.0
-    assert torch_backend_candidates(PAPER, CPU, pixels, shape) == "auto"
-    assert torch_backend_candidates(PAPER, CPU, pixels, (1, 64, 64)) == "eager"  # another shape: not recorded
-    assert torch_backend_candidates(PAPER, CPU, None, shape) == "eager"  # unknown run length
+    assert compile_pays_off(PAPER, CPU, pixels, shape)
+    assert not compile_pays_off(PAPER, CPU, pixels, (1, 64, 64))  # another shape: not recorded
+    assert not compile_pays_off(PAPER, CPU, None, shape)  # unknown run length
     record_build_seconds(build_key(PAPER, shape, CPU), 20.0)  # a slow build is what the next run expects
-    assert torch_backend_candidates(PAPER, CPU, pixels, shape) == "eager"
+    assert not compile_pays_off(PAPER, CPU, pixels, shape)
     (tmp_path / "builds.json").write_text("{broken")  # a damaged record is no record
     assert recorded_build_seconds(build_key(PAPER, shape, CPU)) is None
 

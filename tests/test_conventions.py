@@ -30,7 +30,7 @@ def test_demo_overwrite_refuses_a_folder_holding_other_files(tmp_path: Path, cap
 
 
 def test_overwrite_replaces_only_the_commands_own_entries(tmp_path: Path) -> None:
-    from dsen2cr.files import prepare_output_folder
+    from dsen2cr.outputs.files import prepare_output_folder
 
     out = tmp_path / "eval"
     (out / "predictions").mkdir(parents=True)
@@ -156,16 +156,20 @@ def test_python_api_uses_the_automatic_settings(tmp_path: Path) -> None:
     from rasterio.transform import from_origin
 
     from conftest import UTM32N
-    from dsen2cr.auto import auto_tile
-    from dsen2cr.geotiff import write_geotiff
+    from dsen2cr.auto import resolve_tile
+    from dsen2cr.outputs.geotiff import write_geotiff
     from dsen2cr.predictor import predictor_from_model
-    from dsen2cr.scene import default_overlap, plan_tiles, remove_clouds
+    from dsen2cr.scene.remove import remove_clouds
+    from dsen2cr.scene.tiles import default_overlap, plan_tiles
+    from dsen2cr.settings import SceneJob, SceneSettings
 
     s2 = np.random.default_rng(0).integers(1, 8000, (13, 300, 700)).astype(np.uint16)
     write_geotiff(tmp_path / "s2.tif", s2, crs=UTM32N, transform=from_origin(500000, 5000000, 10, 10))
     predictor = predictor_from_model(create_model("dsen2cr-small-nosar"), device="cpu")
     assert dataclasses.asdict(predictor.config) == dataclasses.asdict(create_model("dsen2cr-small-nosar").config)
-    report = remove_clouds(predictor, s2_path=tmp_path / "s2.tif", out=tmp_path / "out.tif", progress=False)
-    tile = auto_tile(predictor.config, device="cpu", batch_size=1)
+    report = remove_clouds(
+        predictor, SceneJob(str(tmp_path / "s2.tif"), None, tmp_path / "out.tif"), SceneSettings(progress=False)
+    )
+    tile = resolve_tile(predictor.config, "auto", device="cpu", batch_size=1, overlap=default_overlap(predictor.config))
     assert tile == 320
     assert report.tiles == len(plan_tiles(300, 700, tile, default_overlap(predictor.config)))

@@ -12,11 +12,11 @@ from rasterio.transform import from_origin
 from torch.utils.data import DataLoader
 
 from conftest import UTM32N, write_release_triplet
+from dsen2cr.cloud_detection import cloud_shadow_mask
 from dsen2cr.data.dataset import SAMPLE_KEYS, SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet, read_file_list
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.geotiff import write_geotiff
-from dsen2cr.masks import cloud_shadow_mask
+from dsen2cr.outputs.geotiff import write_geotiff
 
 
 def _read(path: Path) -> np.ndarray:

@@ -134,8 +134,8 @@ def test_original_protocol_matches_the_original_formulas(tmp_path: Path) -> None
     computed here in float64 from the files (top-left window, NaN fill and mask on it, prediction unclipped)."""
     import torch
 
+    from dsen2cr.cloud_detection import cloud_shadow_mask
     from dsen2cr.data.sample import sample_dataset_root, sample_file_list
-    from dsen2cr.masks import cloud_shadow_mask
     from dsen2cr.metrics import ORIGINAL_METRIC_NAMES
 
     torch.manual_seed(3)

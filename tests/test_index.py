@@ -9,7 +9,7 @@ from rasterio.crs import CRS
 from conftest import write_release_triplet
 from dsen2cr.data.index import index_dataset
 from dsen2cr.data.layout import read_file_list
-from dsen2cr.geotiff import write_geotiff
+from dsen2cr.outputs.geotiff import write_geotiff
 
 
 def test_index_skips_bad_triplets_with_reasons(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from rasterio.transform import from_origin
 from conftest import UTM32N
 from dsen2cr import create_model
 from dsen2cr.config import load_config
-from dsen2cr.geotiff import write_geotiff
+from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.weights import load_model, save_weights
 
 

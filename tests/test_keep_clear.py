@@ -15,9 +15,9 @@ from scipy import ndimage
 
 from dsen2cr import create_model
 from dsen2cr.cli import main
+from dsen2cr.cloud_detection import cloud_shadow_mask, shadow_mask
 from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
-from dsen2cr.geotiff import write_geotiff
-from dsen2cr.masks import cloud_shadow_mask, shadow_mask
+from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.weights import save_weights
 
 UTM = CRS.from_epsg(32632)
@@ -182,7 +182,7 @@ def test_keep_clear_refuses_an_input_the_output_cannot_hold(
 
 def test_shadow_statistics_of_a_scene(scene: dict) -> None:
     """The streamed scene statistics equal those of the whole array (so the map equals the whole-image map)."""
-    from dsen2cr.masks import ShadowStatsAccumulator
+    from dsen2cr.cloud_detection import ShadowStatsAccumulator
 
     s2 = scene["s2"]
     accumulator = ShadowStatsAccumulator()
@@ -201,7 +201,7 @@ def test_s2cloudless_wiring_matches_its_own_api(scene: dict) -> None:
     """Our s2cloudless map equals the package's own mask of the ten bands it expects, as reflectance, with the
     settings chosen for 10 m."""
     s2cloudless = pytest.importorskip("s2cloudless", reason="the optional 'masks' extra is not installed")
-    from dsen2cr.masks import s2cloudless_mask
+    from dsen2cr.cloud_detection import s2cloudless_mask
     from dsen2cr.preprocessing import S2_BANDS
 
     s2 = scene["s2"][:, :96, :128]
@@ -215,7 +215,7 @@ def test_s2cloudless_wiring_matches_its_own_api(scene: dict) -> None:
 
 def test_s2cloudless_scene_mask_does_not_depend_on_the_tiling(scene: dict, tmp_path: Path) -> None:
     pytest.importorskip("s2cloudless", reason="the optional 'masks' extra is not installed")
-    from dsen2cr.masks import s2cloudless_mask
+    from dsen2cr.cloud_detection import s2cloudless_mask
 
     for tile in ("64", "512"):
         _run(
@@ -239,10 +239,10 @@ def test_evaluate_and_training_take_the_s2cloudless_mask(tmp_path: Path, synthet
     pytest.importorskip("s2cloudless", reason="the optional 'masks' extra is not installed")
     import csv
 
+    from dsen2cr.cloud_detection import s2cloudless_mask
     from dsen2cr.config import load_config
     from dsen2cr.data.layout import read_file_list, select_split
     from dsen2cr.errors import DSen2CRError
-    from dsen2cr.masks import s2cloudless_mask
 
     torch.manual_seed(0)
     weights = save_weights(create_model("dsen2cr-small"), tmp_path / "w.safetensors")
@@ -281,9 +281,9 @@ def test_s2cloudless_without_the_extra(
 ) -> None:
     import sys
 
-    import dsen2cr.masks
+    import dsen2cr.cloud_detection
 
-    monkeypatch.setattr(dsen2cr.masks, "_DETECTOR", None)
+    monkeypatch.setattr(dsen2cr.cloud_detection, "_DETECTOR", None)
     monkeypatch.setitem(sys.modules, "s2cloudless", None)  # import fails as if not installed
     argv = ["remove-clouds", "--weights", str(scene["weights"]), "--s2", str(scene["folder"] / "s2.tif")]
     assert main([*argv, "--out", str(tmp_path / "o.tif"), "--mask", "s2cloudless", "--no-progress"]) == 2

@@ -13,6 +13,7 @@ from conftest import run_cli
 from dsen2cr import create_model
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.keras import load_keras_weights
+from dsen2cr.models import VARIANTS
 from dsen2cr.weights import load_model, save_weights
 
 FIXTURES = Path(__file__).parent / "fixtures" / "keras"
@@ -52,7 +53,7 @@ def test_convert_keras_command(tmp_path: Path) -> None:
     out = tmp_path / "paper.safetensors"
     result = run_cli("convert-keras", str(FIXTURES / "keras224_multigpu_sar.h5"), str(out))
     assert result.returncode == 0, result.stderr
-    assert "5 blocks, 8 features, SAR yes" in result.stdout
+    assert "dsen2cr B=5, F=8 with SAR" in result.stdout
     assert load_model(out).config == load_model(FIXTURES / "keras224_multigpu_sar.h5").config
 
 
@@ -273,10 +274,9 @@ def test_histogram_calibration_that_cannot_fit_is_refused_before_any_work(tmp_pa
     paper's model ((4 x 16 + 6) maps x 256 features x 128^2 px x 4 bytes), so 4096 crops (4480 GiB) are refused
     with a one-line reason and nothing is written; min/max runs in bounded memory."""
     pytest.importorskip("onnxruntime")
-    from dsen2cr.model import MODEL_VARIANTS
     from dsen2cr.onnx_export import calibration_bytes_per_crop
 
-    assert calibration_bytes_per_crop(MODEL_VARIANTS["dsen2cr"]) == 70 * 256 * 128 * 128 * 4
+    assert calibration_bytes_per_crop(VARIANTS["dsen2cr"].config) == 70 * 256 * 128 * 128 * 4
     weights = save_weights(create_model("dsen2cr"), tmp_path / "paper.safetensors")
     out = tmp_path / "paper-int8.onnx"
     args = ["export-onnx", "--weights", str(weights), "--int8", "--calibration-patches", "4096", str(out)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dsen2cr.masks import cloud_score, cloud_shadow_mask, shadow_mask
+from dsen2cr.cloud_detection import cloud_score, cloud_shadow_mask, shadow_mask
 
 B = {
     name: i for i, name in enumerate(["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsen2cr import MODEL_VARIANTS, DSen2CR, create_model
+from dsen2cr import VARIANTS, DSen2CR, create_model
 
 
 @pytest.mark.parametrize(("name", "expected"), [("dsen2cr", 18_947_341), ("dsen2cr-nosar", 18_942_733)])
@@ -68,7 +68,7 @@ def test_forward_matches_float64_recomputation(include_sar: bool) -> None:
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_VARIANTS))
+@pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_every_variant_forward_backward_on_odd_size(name: str) -> None:
     torch.manual_seed(2)
     model = create_model(name)

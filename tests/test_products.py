@@ -16,9 +16,10 @@ from rasterio.transform import from_origin
 from dsen2cr import create_model
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.geotiff import write_geotiff
+from dsen2cr.inputs.product import L2A_BANDS, band_code
+from dsen2cr.inputs.stac import EARTH_SEARCH_KEYS
+from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.preprocessing import S2_BANDS
-from dsen2cr.scene.products import EARTH_SEARCH_KEYS, L2A_BANDS, band_code
 from dsen2cr.weights import save_weights
 
 CRS_33N = CRS.from_epsg(32633)
@@ -178,7 +179,7 @@ def test_zipped_product_equals_the_folder(weights: Path, tmp_path: Path) -> None
 def test_level2a_product_gives_its_twelve_bands(
     weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from dsen2cr.scene import readers
+    from dsen2cr.inputs import readers
 
     readers._warned.clear()  # the warning is given once per process: forget earlier tests' L2A runs
     safe = make_safe(tmp_path / "l2a", level="L2A", baseline="05.10", shift=1000, offsets=ALL_OFFSETS)
@@ -314,7 +315,7 @@ def test_bad_products(
 
 
 def test_s1_pair_on_two_grids_is_refused(tmp_path: Path) -> None:
-    from dsen2cr.scene.products import resolve_s1
+    from dsen2cr.inputs import resolve_s1
 
     db = np.full((1, 40, 50), -12, np.float32)
     vv = write_geotiff(tmp_path / "vv.tif", db, crs=CRS_33N, transform=from_origin(500000, 5000000, 10, 10))

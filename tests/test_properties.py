@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from dsen2cr.masks import cloud_score, cloud_shadow_mask
+from dsen2cr.cloud_detection import cloud_score, cloud_shadow_mask
 from dsen2cr.metrics import image_metrics
 from dsen2cr.preprocessing import s1_db_to_model, s2_dn_to_model, s2_model_to_dn
 

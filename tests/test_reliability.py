@@ -32,7 +32,7 @@ from conftest import UTM32N, write_release_triplet
 from dsen2cr import create_model
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.geotiff import write_geotiff
+from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.weights import CONFIG_KEY, save_weights
 from test_bad_input import _config, _scene, _tree, _weights, _write
 
@@ -682,8 +682,8 @@ def test_minus_infinity_in_s1_is_no_data(tmp_path: Path, capsys: pytest.CaptureF
 def test_a_band_file_in_another_crs_is_refused(tmp_path: Path) -> None:
     """A product folder whose B06 declares another CRS with the same transform numbers is refused (it was read
     as if it were on the B02 grid)."""
+    from dsen2cr.inputs.readers import S2Source
     from dsen2cr.preprocessing import S2_BANDS
-    from dsen2cr.scene.readers import S2Source
 
     folder = tmp_path / "IMG_DATA"
     folder.mkdir()

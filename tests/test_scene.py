@@ -20,12 +20,15 @@ from conftest import run_cli
 from dsen2cr import create_model
 from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.geotiff import write_geotiff
+from dsen2cr.inputs.readers import S1Source, S2Source
+from dsen2cr.models import VARIANTS
+from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.predictor import predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS, s1_db_to_model, s2_dn_to_model
-from dsen2cr.scene import default_overlap, plan_tiles, remove_clouds
 from dsen2cr.scene.batches import iter_predictions
-from dsen2cr.scene.readers import S1Source, S2Source
+from dsen2cr.scene.remove import remove_clouds
+from dsen2cr.scene.tiles import default_overlap, plan_tiles
+from dsen2cr.settings import SceneJob, SceneSettings
 from dsen2cr.weights import save_weights
 
 UTM = CRS.from_epsg(32632)
@@ -126,9 +129,11 @@ def test_zstd_cog_holds_the_same_pixels(scene: dict, tmp_path: Path) -> None:
     s2, s1 = str(scene["folder"] / "s2.tif"), str(scene["folder"] / "s1.tif")
     predictor = predictor_from_model(scene["model"])
     deflate, zstd = tmp_path / "deflate.tif", tmp_path / "zstd.tif"
-    remove_clouds(predictor, s2_path=s2, s1_path=s1, out=deflate, tile=128, progress=False)
+    remove_clouds(predictor, SceneJob(s2, s1, deflate), SceneSettings(tile=128, progress=False))
     remove_clouds(
-        predictor, s2_path=s2, s1_path=s1, out=zstd, tile=128, progress=False, compression="zstd", compression_level=1
+        predictor,
+        SceneJob(s2, s1, zstd),
+        SceneSettings(tile=128, progress=False, compression="zstd", compression_level=1),
     )
     for path, name in ((deflate, "DEFLATE"), (zstd, "ZSTD")):
         with rasterio.open(path) as dataset:
@@ -140,19 +145,19 @@ def test_zstd_cog_holds_the_same_pixels(scene: dict, tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.read(out_shape=(13, 195, 259)), b.read(out_shape=(13, 195, 259)))
         assert (a.crs, a.transform, a.descriptions, a.tags()) == (b.crs, b.transform, b.descriptions, b.tags())
     with pytest.raises(DSen2CRError, match=r"compression: expected one of deflate, zstd, got 'lzw'"):
-        remove_clouds(predictor, s2_path=s2, s1_path=s1, out=tmp_path / "lzw.tif", compression="lzw")
+        remove_clouds(predictor, SceneJob(s2, s1, tmp_path / "lzw.tif"), SceneSettings(compression="lzw"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deflate.tif", "zstd.tif"]
 
 
 def test_a_compression_gdal_cannot_write_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """GDAL only warns about a compression it lacks and writes the file uncompressed: the options are tried on a
     small image first, and the run refused."""
-    import dsen2cr.geotiff
+    import dsen2cr.outputs.geotiff
 
-    monkeypatch.setitem(dsen2cr.geotiff.COG_COMPRESSION_LEVELS, "nosuch", range(1, 2))
+    monkeypatch.setitem(dsen2cr.outputs.geotiff.COG_COMPRESSION_LEVELS, "nosuch", range(1, 2))
     with pytest.raises(DSen2CRError, match=r"compression nosuch: this GDAL \(.*\) cannot write it"):
-        dsen2cr.geotiff.cog_options("nosuch")
-    assert dsen2cr.geotiff.cog_options("zstd", 1)["LEVEL"] == "1"
+        dsen2cr.outputs.geotiff.cog_options("nosuch")
+    assert dsen2cr.outputs.geotiff.cog_options("zstd", 1)["LEVEL"] == "1"
 
 
 def test_nodata_stays_nodata_and_partial_s1_warns(
@@ -167,12 +172,8 @@ def test_nodata_stays_nodata_and_partial_s1_warns(
     write_geotiff(tmp_path / "s1.tif", np.ascontiguousarray(s1), crs=UTM, transform=west)
     report = remove_clouds(
         predictor_from_model(scene["model"]),
-        s2_path=tmp_path / "s2.tif",
-        s1_path=tmp_path / "s1.tif",
-        out=tmp_path / "out.tif",
-        tile=128,
-        overlap=20,
-        progress=False,
+        SceneJob(str(tmp_path / "s2.tif"), str(tmp_path / "s1.tif"), tmp_path / "out.tif"),
+        SceneSettings(tile=128, overlap=20, progress=False),
     )
     assert 0.4 < report.s1_missing_fraction < 0.6
     assert "S1 has no data under" in caplog.text
@@ -328,9 +329,8 @@ def test_quicklook_is_the_decimated_image() -> None:
 
 def test_auto_tile_is_the_largest_that_fits_the_memory_budget() -> None:
     from dsen2cr.auto import choose_tile, window_bytes
-    from dsen2cr.model import MODEL_VARIANTS
 
-    paper, small = MODEL_VARIANTS["dsen2cr"], MODEL_VARIANTS["dsen2cr-small"]
+    paper, small = VARIANTS["dsen2cr"].config, VARIANTS["dsen2cr-small"].config
     assert window_bytes(paper, 1, 1) == 4 * (6 * 256 + 30) == 6264
     gib8 = 8 * 2**30
     # enough for (tile / (tile - 68))^2 <= 1.15: 68 / (1 - 1.15^-0.5) = 1007.7 -> 1024; fits: isqrt(2^33 / 6264) = 1171
@@ -371,13 +371,8 @@ def test_tiles_without_valid_pixels_are_not_run(scene: dict, tmp_path: Path) -> 
 
     report = remove_clouds(
         dataclasses.replace(predictor, predict=counting),
-        s2_path=tmp_path / "s2.tif",
-        s1_path=scene["folder"] / "s1.tif",
-        out=tmp_path / "out.tif",
-        tile=128,
-        overlap=20,
-        batch_size=1,
-        progress=False,
+        SceneJob(str(tmp_path / "s2.tif"), str(scene["folder"] / "s1.tif"), tmp_path / "out.tif"),
+        SceneSettings(tile=128, overlap=20, batch_size=1, progress=False),
     )
     plan = plan_tiles(389, 517, 128, 20)
     reaching_data = [t for t in plan if t.core.col_off + t.core.width > 300]
@@ -425,7 +420,7 @@ def test_scene_runs_with_a_real_gdal_block_cache(scene: dict, tmp_path: Path, mo
     decompressed its halo blocks again and the COG copy re-read the scene for each overview (2.7x slower)."""
     import rasterio.shutil
 
-    import dsen2cr.geotiff
+    import dsen2cr.outputs.geotiff
     import dsen2cr.scene.batches
 
     seen: dict[str, int] = {}
@@ -441,10 +436,11 @@ def test_scene_runs_with_a_real_gdal_block_cache(scene: dict, tmp_path: Path, mo
         return copy(*args, **kwargs)
 
     monkeypatch.setattr(dsen2cr.scene.batches, "_read_batch", recording_read)
-    monkeypatch.setattr(dsen2cr.geotiff.rasterio.shutil, "copy", recording_copy)
+    monkeypatch.setattr(dsen2cr.outputs.geotiff.rasterio.shutil, "copy", recording_copy)
     predictor = predictor_from_model(scene["model"], device="cpu")
     folder = scene["folder"]
-    remove_clouds(predictor, s2_path=folder / "s2.tif", s1_path=folder / "s1.tif", out=tmp_path / "o.tif", tile=128)
+    job = SceneJob(str(folder / "s2.tif"), str(folder / "s1.tif"), tmp_path / "o.tif")
+    remove_clouds(predictor, job, SceneSettings(tile=128))
     assert set(seen) == {"read", "copy"}
     assert min(seen.values()) >= 64 * 2**20, seen
 
@@ -471,17 +467,19 @@ def test_several_scenes_overlap_completion_with_the_next(scene: dict, tmp_path: 
 
     import rasterio.shutil
 
-    from dsen2cr.scene.jobs import SceneJob, SceneSettings, run_scene_jobs
+    from dsen2cr.scene.jobs import run_scene_jobs
 
     s2, s1 = str(scene["folder"] / "s2.tif"), str(scene["folder"] / "s1.tif")
     single = tmp_path / "single.tif"
-    remove_clouds(predictor_from_model(scene["model"]), s2_path=s2, s1_path=s1, out=single, tile=128, progress=False)
+    remove_clouds(
+        predictor_from_model(scene["model"]), SceneJob(s2, s1, single), SceneSettings(tile=128, progress=False)
+    )
     jobs = [SceneJob(s2, s1, tmp_path / f"{n}.tif", preview=tmp_path / f"{n}.png") for n in "abc"]
     copy_threads: list[str] = []
     real_copy = rasterio.shutil.copy
 
     def recording_copy(*args: object, **kwargs: object) -> object:
-        if not str(args[1]).startswith("/vsimem/"):  # not the compression probe of dsen2cr.geotiff.cog_options
+        if not str(args[1]).startswith("/vsimem/"):  # not the compression probe of dsen2cr.outputs.geotiff.cog_options
             copy_threads.append(threading.current_thread().name)
         return real_copy(*args, **kwargs)
 
@@ -506,7 +504,7 @@ def test_a_failed_scene_stops_the_run_after_completing_the_one_before(
 ) -> None:
     """Scene 2 has no valid pixels: scene 1 is completed and reported, then the error is raised; scene 2 and
     the scene after it leave nothing behind."""
-    from dsen2cr.scene.jobs import SceneJob, SceneSettings, run_scene_jobs
+    from dsen2cr.scene.jobs import run_scene_jobs
 
     empty = tmp_path / "empty.tif"
     write_geotiff(empty, np.zeros((13, 200, 150), np.uint16), crs=UTM, transform=ORIGIN, nodata=0)
@@ -533,7 +531,7 @@ def test_a_failed_cog_copy_removes_the_next_scenes_outputs(
     and neither scene leaves a file, temporary or final."""
     import rasterio.shutil
 
-    from dsen2cr.scene.jobs import SceneJob, SceneSettings, run_scene_jobs
+    from dsen2cr.scene.jobs import run_scene_jobs
 
     def full_disk(*args: object, **kwargs: object) -> None:
         raise OSError("No space left on device")

@@ -9,11 +9,11 @@ import pytest
 import rasterio
 
 from conftest import run_cli
+from dsen2cr.cloud_detection import cloud_shadow_mask
 from dsen2cr.data.layout import read_file_list, select_split
 from dsen2cr.data.sample import copy_sample, sample_dataset_root, sample_file_list, sample_scene
 from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.masks import cloud_shadow_mask
 
 
 def test_synthetic_tree_is_real_georeferenced_geotiff(synthetic_tree: Path) -> None:

@@ -1,16 +1,24 @@
-"""Where every ``auto`` setting is decided: device, batch size, tile size and whether to compile
-(docs/design.md §4.3). Each decision is logged once, at INFO level, by the function that makes it."""
+"""Where every ``auto`` setting is decided (docs/design.md §4.3), one entry point each: the device
+(:func:`resolve_device`), the batch size (:func:`resolve_batch_size`), the tile (:func:`resolve_tile`), the
+backend and precision, ONNX files included (:func:`plan_backend`); :func:`plan_scene_run` makes a run's
+:class:`~dsen2cr.settings.ScenePlan` from them. Each decision is logged once, at INFO level, by the function
+that makes it."""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Sequence
 
 import torch
 
+from dsen2cr.compile_cache import COMPILE_SAVING, build_key, recorded_build_seconds
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.model import ModelConfig
+from dsen2cr.models import ModelSpec
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
+from dsen2cr.scene.tiles import default_overlap, plan_tiles
+from dsen2cr.settings import BACKEND_CHOICES, PRECISIONS, ScenePlan, SceneSettings
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +34,6 @@ TARGET_REDUNDANCY = 1.15
 MAX_CPU_MEMORY = 8 * 2**30
 #: ``--batch-size auto``: windows per forward pass on a GPU (batching does not make a CPU faster: 1 there).
 GPU_BATCH_SIZE = 4
-#: Share of the eager time that the compiled backend saves on CPU (measured: 1.2-1.4x eager on long runs).
-COMPILE_SAVING = 0.25
 #: Seconds a first build of the compiled backend (compile, then check against eager) is assumed to cost while
 #: none is recorded for the window shape; a build found in the persistent cache costs a few seconds, and what
 #: it took is recorded (:mod:`dsen2cr.compile_cache`).
@@ -37,7 +43,18 @@ EAGER_CPU_FLOPS = 1.5e11
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` is CUDA when PyTorch sees a GPU, else the CPU; any other name is checked (one-line error)."""
+    """``auto`` is CUDA when PyTorch sees a GPU, else the CPU; any other name is checked (one-line error).
+    Under torchrun (``WORLD_SIZE`` > 1, ``LOCAL_RANK`` set), a CUDA device without an index is this process's
+    GPU, ``cuda:LOCAL_RANK``."""
+    resolved = _device(device)
+    local = os.environ.get("LOCAL_RANK")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and resolved.type == "cuda" and resolved.index is None and local:
+        resolved = _device(f"cuda:{local}")
+    return resolved
+
+
+def _device(device: str | torch.device) -> torch.device:
+    """:func:`resolve_device` on one process."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -55,17 +72,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_batch_size(batch_size: int | str, device: str | torch.device) -> int:
-    """``auto``: 1 on CPU, ``GPU_BATCH_SIZE`` on GPU; a number must be at least 1."""
+    """``auto``: 1 on CPU, ``GPU_BATCH_SIZE`` on GPU; a number as it is (checked in
+    :class:`~dsen2cr.settings.SceneSettings`)."""
     if batch_size == "auto":
         return GPU_BATCH_SIZE if torch.device(device).type == "cuda" else 1
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise DSen2CRError(f"batch size: must be at least 1, got {batch_size}")
-    return batch_size
+    return int(batch_size)
 
 
-def window_bytes(config: ModelConfig, height: int, width: int) -> int:
+def window_bytes(config: ModelSpec, height: int, width: int) -> int:
     """Estimated peak working memory (bytes) of the network on one height x width window."""
-    values_per_pixel = FEATURE_MAPS_PER_WINDOW * config.num_features + 2 * (NUM_S2_BANDS + NUM_S1_BANDS)
+    values_per_pixel = FEATURE_MAPS_PER_WINDOW * config.hidden_channels + 2 * (NUM_S2_BANDS + NUM_S1_BANDS)
     return 4 * height * width * values_per_pixel
 
 
@@ -81,7 +97,7 @@ def memory_budget(device: str | torch.device) -> int:
     return min(psutil.virtual_memory().available // 2, MAX_CPU_MEMORY)
 
 
-def choose_tile(config: ModelConfig, *, batch_size: int, memory_bytes: int, overlap: int) -> int:
+def choose_tile(config: ModelSpec, *, batch_size: int, memory_bytes: int, overlap: int) -> int:
     """The tile (a multiple of 64) for ``--tile auto``: just large enough for ``TARGET_REDUNDANCY``, smaller
     when a batch of such windows would not fit in ``memory_bytes``, never below the overlap plus 64 pixels."""
     enough = math.ceil(overlap / (1 - TARGET_REDUNDANCY**-0.5))
@@ -89,28 +105,8 @@ def choose_tile(config: ModelConfig, *, batch_size: int, memory_bytes: int, over
     return max(_round_up_64(overlap + 64), min(_round_up_64(enough), fits // 64 * 64))
 
 
-def auto_tile(
-    config: ModelConfig,
-    *,
-    device: str | torch.device = "cpu",
-    batch_size: int = 1,
-    memory_bytes: int | None = None,
-    overlap: int | None = None,
-) -> int:
-    """``--tile auto``: :func:`choose_tile` with the device's :func:`memory_budget` (unless ``memory_bytes``)
-    and the exact :func:`~dsen2cr.scene.tiles.default_overlap` (unless ``overlap``)."""
-    from dsen2cr.scene.tiles import default_overlap  # the scene package imports this module
-
-    return choose_tile(
-        config,
-        batch_size=batch_size,
-        memory_bytes=memory_budget(device) if memory_bytes is None else memory_bytes,
-        overlap=default_overlap(config) if overlap is None else overlap,
-    )
-
-
 def resolve_tile(
-    config: ModelConfig,
+    config: ModelSpec,
     tile: int | str,
     *,
     device: str | torch.device,
@@ -122,8 +118,6 @@ def resolve_tile(
     device's :func:`memory_budget`); the automatic choice is logged."""
     if tile != "auto":
         return int(tile)
-    if memory_gib is not None and not (math.isfinite(memory_gib) and memory_gib > 0):
-        raise DSen2CRError(f"memory: must be a positive number of GiB, got {memory_gib}")
     budget = memory_budget(device) if memory_gib is None else int(memory_gib * 2**30)
     chosen = choose_tile(config, batch_size=batch_size, memory_bytes=budget, overlap=overlap)
     log.info("tiles: at most %d px, batch %d (--tile auto for a %.2f GiB budget)", chosen, batch_size, budget / 2**30)
@@ -135,29 +129,61 @@ def _round_up_64(pixels: int) -> int:
     return -(-pixels // 64) * 64
 
 
-def estimated_eager_seconds(config: ModelConfig, pixels: float) -> float:
+def estimated_eager_seconds(config: ModelSpec, pixels: float) -> float:
     """Eager CPU seconds to run a model of ``config`` over ``pixels`` (2 FLOP per weight and pixel)."""
     return pixels * 2 * config.build_parameter_count() / EAGER_CPU_FLOPS
 
 
-def torch_backend_candidates(
-    config: ModelConfig,
-    device: str | torch.device,
+def plan_backend(
+    backend: str,
+    precision: str,
+    config: ModelSpec | None,
+    device: torch.device,
+    *,
+    onnx: bool = False,
+    pixels: float | None = None,
+    window_shape: tuple[int, int, int] | None = None,
+) -> tuple[tuple[str, ...], bool]:
+    """The backends to try, in order, and whether the user named one (strict: its failure is an error).
+
+    ONNX files run with onnxruntime in their own precision (``auto`` or ``onnxruntime``). ``--precision bf16``
+    is the bf16 backend. ``auto``: on GPU bf16 (checked against eager fp32 on the first batch), then eager; on
+    CPU the compiled backend when the run is long enough to pay for building it (:func:`compile_pays_off`),
+    then eager; else eager alone. ``config`` None: only the choices are checked (``auto`` is eager)."""
+    if backend not in BACKEND_CHOICES:
+        raise DSen2CRError(f"backend: expected one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise DSen2CRError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if onnx:
+        if backend not in ("auto", "onnxruntime"):
+            raise DSen2CRError(f"backend {backend}: an ONNX file runs with the onnxruntime backend (or auto)")
+        if precision != "fp32":
+            raise DSen2CRError("precision: the onnxruntime backend runs the exported model's own precision only")
+        return ("onnxruntime",), True
+    if backend == "onnxruntime":
+        raise DSen2CRError("backend onnxruntime: needs an .onnx file (dsen2cr export-onnx)")
+    if precision == "bf16":
+        return ("bf16",), True
+    if backend != "auto":
+        return (backend,), backend != "eager"
+    if device.type == "cuda":
+        return ("bf16", "eager"), False
+    if config is not None and compile_pays_off(config, device, pixels, window_shape):
+        return ("compiled", "eager"), False
+    return ("eager",), False
+
+
+def compile_pays_off(
+    config: ModelSpec,
+    device: torch.device,
     pixels: float | None,
     window_shape: tuple[int, int, int] | None = None,
-) -> str:
-    """What ``--backend auto`` asks :func:`dsen2cr.backends.select_backend` for: ``auto`` (the fastest backend
-    that agrees with eager) on GPU, and on CPU when compiling pays for itself: the time it saves
-    (``COMPILE_SAVING`` of the estimated eager run over ``pixels``) exceeds what building it costs (the
-    recorded build of this window shape, else ``COLD_BUILD_SECONDS``); else ``eager`` (also when ``pixels`` is
-    unknown: compiling is worth it only for a known, long run)."""
-    from dsen2cr.compile_cache import build_key, recorded_build_seconds
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "auto"
+) -> bool:
+    """Whether compiling on CPU pays for itself: the time it saves (``COMPILE_SAVING`` of the estimated eager
+    run over ``pixels``) exceeds what building it costs (the recorded build of this window shape, else
+    ``COLD_BUILD_SECONDS``). False when ``pixels`` is unknown: compiling is worth it only for a known, long run."""
     if pixels is None:
-        return "eager"
+        return False
     recorded = None if window_shape is None else recorded_build_seconds(build_key(config, window_shape, device))
     build = COLD_BUILD_SECONDS if recorded is None else recorded
     saving = COMPILE_SAVING * estimated_eager_seconds(config, pixels)
@@ -167,4 +193,45 @@ def torch_backend_candidates(
         build,
         "" if recorded is None else " (recorded)",
     )
-    return "auto" if saving > build else "eager"
+    return saving > build
+
+
+def plan_scene_run(
+    settings: SceneSettings,
+    config: ModelSpec,
+    *,
+    scene_sizes: Sequence[tuple[int, int]] = (),
+    onnx: bool = False,
+    device: torch.device | None = None,
+) -> ScenePlan:
+    """The plan of a run of ``settings`` with a model of ``config``: the device, the batch size, the tile (for
+    the memory budget), the overlap (exact unless set), and the backends for a run over scenes of
+    ``scene_sizes`` (height, width), whose first window shape ``--backend auto`` looks up in the compile
+    records. ``device``: already resolved (a predictor's), else from the settings."""
+    device = resolve_device(settings.device) if device is None else device
+    batch_size = resolve_batch_size(settings.batch_size, device)
+    overlap = default_overlap(config) if settings.overlap is None else settings.overlap
+    tile = resolve_tile(
+        config, settings.tile, device=device, batch_size=batch_size, overlap=overlap, memory_gib=settings.memory_gib
+    )
+    height, width = scene_sizes[0] if scene_sizes else (tile, tile)
+    window = plan_tiles(height, width, tile, overlap)[0].window
+    pixels = float(sum(h * w for h, w in scene_sizes)) if scene_sizes else None
+    backends, strict = plan_backend(
+        settings.backend,
+        settings.precision,
+        config,
+        device,
+        onnx=onnx,
+        pixels=pixels,
+        window_shape=(batch_size, window.height, window.width),
+    )
+    if overlap < default_overlap(config):
+        log.warning(
+            "overlap %d px is below the exact %d px (twice the receptive-field radius): pixels near window "
+            "edges will differ from whole-image inference",
+            overlap,
+            default_overlap(config),
+        )
+    precision = "bf16" if backends[0] == "bf16" else "fp32"
+    return ScenePlan(settings, device, backends, strict, precision, tile, overlap, batch_size)

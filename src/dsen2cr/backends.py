@@ -4,11 +4,13 @@ predictions (docs/design.md §4.2).
 - ``eager``: plain PyTorch fp32 (the reference).
 - ``compiled``: ``torch.compile`` (inductor) with weight freezing and channels-last memory format, fp32; its
   compiled code is cached on disk by inductor, so later runs skip most of the compile time.
-- ``bf16``: on CUDA the fused bf16 network (:class:`FusedBF16`: fewer passes over the feature maps than
-  autocast); elsewhere eager with bf16 autocast and channels-last (emulated and slow on most CPUs).
+- ``bf16``: on CUDA the model family's fused bf16 form where it has one (DSen2-CR's
+  :class:`~dsen2cr.models.dsen2cr.FusedBF16`: fewer passes over the feature maps than autocast); elsewhere eager
+  with bf16 autocast and channels-last (emulated and slow on most CPUs).
 - ``onnxruntime``: an exported ONNX file (fp32 or int8), :class:`OnnxPredictor`.
 
-:func:`select_backend` with ``auto`` tries ``compiled`` on CPU and ``bf16`` on GPU; every candidate is checked
+:func:`select_backend` tries the candidates :func:`dsen2cr.auto.plan_backend` chose (``auto``: ``compiled`` on
+CPU, ``bf16`` on GPU, then eager); every candidate is checked
 against eager fp32 on the centre of the first batch it predicts (relative error under 1e-3 for fp32 paths,
 5e-2 for bf16) and dropped, with a logged warning, when it fails to build, to run or to agree. Building a
 backend never changes the caller's model or process-wide settings: the channels-last backends work on a copy
@@ -21,17 +23,18 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dsen2cr.compile_cache import COMPILE_SAVING, build_key, record_build_seconds, use_persistent_compile_cache
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import check_input_file
-from dsen2cr.model import DSen2CR, ResidualBlock
-from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
-from dsen2cr.weights import CONFIG_KEY, config_from_metadata
+from dsen2cr.models import CloudRemovalNetwork, family_of
+from dsen2cr.outputs.files import check_input_file
+from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, S2_MODEL_SCALE
+from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY, config_from_metadata
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def relative_error(got: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(got - reference).max() / max(np.abs(reference).max(), 1e-12))
 
 
-def _eager(model: DSen2CR, device: torch.device) -> PredictFn:
+def _eager(model: CloudRemovalNetwork, device: torch.device) -> PredictFn:
     def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         with torch.inference_mode():
             s1_t = None if s1 is None else torch.from_numpy(s1).to(device)
@@ -57,15 +60,13 @@ def _eager(model: DSen2CR, device: torch.device) -> PredictFn:
     return predict
 
 
-def _channels_last(model: DSen2CR, device: torch.device, *, compile_model: bool, bf16: bool) -> PredictFn:
+def _channels_last(model: CloudRemovalNetwork, device: torch.device, *, compile_model: bool, bf16: bool) -> PredictFn:
     """Channels-last inputs and weights (on a copy of ``model``), optionally compiled (inductor, frozen weights)
     and/or bf16 autocast."""
     model = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     forward: Callable = model
     if compile_model:
         import torch._inductor.config as inductor_config
-
-        from dsen2cr.compile_cache import use_persistent_compile_cache
 
         use_persistent_compile_cache()
         compiled = torch.compile(model, dynamic=False)
@@ -92,54 +93,6 @@ def _channels_last_inputs(
     return to_device(s2), None if s1 is None else to_device(s1)
 
 
-class FusedBF16(torch.nn.Module):
-    """The network in bf16 for inference on CUDA, with fewer passes over the feature maps than autocast.
-
-    Weights are stored in bf16 and channels-last; the head and each block's first convolution run with their
-    bias and ReLU in one cuDNN kernel (``torch.cudnn_convolution_relu``); the residual scale is folded into
-    each block's second convolution; the block's output is added in place into the residual stream. The
-    network input is cast to bf16 once, and the long skip (``+ s2``) is added in fp32, as under autocast.
-    Elsewhere than CUDA the fused kernel is replaced by convolution then ReLU (same values; for tests).
-    """
-
-    def __init__(self, model: DSen2CR) -> None:
-        super().__init__()
-        self.check_inputs = model._check_inputs
-
-        def weights(conv: torch.nn.Conv2d, scale: float = 1.0) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
-            weight = (conv.weight.detach() * scale).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-            assert conv.bias is not None  # every convolution of the network has a bias
-            bias = (conv.bias.detach() * scale).to(torch.bfloat16)
-            return torch.nn.Parameter(weight, requires_grad=False), torch.nn.Parameter(bias, requires_grad=False)
-
-        self.head = torch.nn.ParameterList(weights(model.head))
-        blocks: list[ResidualBlock] = list(model.blocks)  # type: ignore[arg-type]  # a Sequential of them
-        # per block: first convolution's weight and bias, then the second's (residual scale folded in)
-        self.blocks = torch.nn.ParameterList(
-            [p for block in blocks for p in (*weights(block.conv1), *weights(block.conv2, block.res_scale))]
-        )
-        self.tail = torch.nn.ParameterList(weights(model.tail))
-
-    @staticmethod
-    def _conv_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """ReLU(conv3x3(x) + bias), one cuDNN kernel on CUDA."""
-        if x.is_cuda:
-            return torch.cudnn_convolution_relu(x, weight, bias, (1, 1), (1, 1), (1, 1), 1)
-        return torch.relu(torch.nn.functional.conv2d(x, weight, bias, padding=1))
-
-    def forward(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None) -> torch.Tensor:
-        """The prediction (fp32) of the network computed in bf16."""
-        x = self.check_inputs(s2_cloudy, s1).to(torch.bfloat16)
-        features = self._conv_relu(x, *self.head)
-        params = list(self.blocks)
-        for first in range(0, len(params), 4):
-            conv1_weight, conv1_bias, conv2_weight, conv2_bias = params[first : first + 4]
-            inner = self._conv_relu(features, conv1_weight, conv1_bias)
-            features.add_(torch.nn.functional.conv2d(inner, conv2_weight, conv2_bias, padding=1))
-        out = torch.nn.functional.conv2d(features, self.tail[0], self.tail[1], padding=1)
-        return out.float() + s2_cloudy
-
-
 @contextlib.contextmanager
 def _cudnn_autotune(device: torch.device) -> Iterator[None]:
     """On CUDA, let cuDNN time its convolution algorithms for each new shape and keep the fastest (a scene runs
@@ -155,9 +108,9 @@ def _cudnn_autotune(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
-def _fused_bf16(model: DSen2CR, device: torch.device) -> PredictFn:
-    """:class:`FusedBF16` on channels-last inputs, cuDNN autotuned."""
-    fused = FusedBF16(model).to(device).eval()
+def _fused_bf16(fused: torch.nn.Module, device: torch.device) -> PredictFn:
+    """A model family's fused bf16 form on channels-last inputs, cuDNN autotuned."""
+    fused = fused.to(device).eval()
 
     def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         with torch.inference_mode(), _cudnn_autotune(device):
@@ -166,7 +119,7 @@ def _fused_bf16(model: DSen2CR, device: torch.device) -> PredictFn:
     return predict
 
 
-def build_backend(model: DSen2CR, name: str, device: str | torch.device = "cpu") -> PredictFn:
+def build_backend(model: CloudRemovalNetwork, name: str, device: str | torch.device = "cpu") -> PredictFn:
     """The predictor of one named backend (no correctness check; see :func:`select_backend`)."""
     device = torch.device(device)
     model = model.to(device).eval()
@@ -174,19 +127,15 @@ def build_backend(model: DSen2CR, name: str, device: str | torch.device = "cpu")
         return _eager(model, device)
     if name == "compiled":
         return _channels_last(model, device, compile_model=True, bf16=False)
-    if name == "bf16":  # fused bf16 on CUDA; autocast elsewhere (bf16 is emulated on most CPUs anyway)
-        if device.type == "cuda":
-            return _fused_bf16(model, device)
+    if name == "bf16":  # the family's fused bf16 on CUDA; autocast elsewhere (bf16 is emulated on most CPUs anyway)
+        fuse = family_of(model.config).fused_bf16
+        if device.type == "cuda" and fuse is not None:
+            return _fused_bf16(fuse(model), device)
         return _channels_last(model, device, compile_model=False, bf16=True)
     raise DSen2CRError(f"backend: expected one of {BACKENDS[1:]}, got {name!r}")
 
 
-def _candidates(device: torch.device) -> list[str]:
-    """Backends to try for ``auto``, fastest first."""
-    return ["bf16", "eager"] if device.type == "cuda" else ["compiled", "eager"]
-
-
-def _centre_crop(model: DSen2CR, shape: tuple[int, ...], size: int) -> list[tuple[slice, slice, slice]]:
+def _centre_crop(model: CloudRemovalNetwork, shape: tuple[int, ...], size: int) -> list[tuple[slice, slice, slice]]:
     """Per image axis of ``shape`` (N, C, H, W): the central ``size`` pixels, the crop around them that reaches
     the receptive-field radius beyond (or the border), and where the central pixels lie in that crop."""
     radius = model.config.receptive_radius
@@ -200,7 +149,7 @@ def _centre_crop(model: DSen2CR, shape: tuple[int, ...], size: int) -> list[tupl
 
 
 def _centre_reference(
-    model: DSen2CR, eager: PredictFn, s2: np.ndarray, s1: np.ndarray | None, size: int = CHECK_SIZE
+    model: CloudRemovalNetwork, eager: PredictFn, s2: np.ndarray, s1: np.ndarray | None, size: int = CHECK_SIZE
 ) -> tuple[np.ndarray, tuple[slice, slice]]:
     """Eager fp32 output of the batch's central ``size`` x ``size`` pixels and where they lie in the batch.
 
@@ -225,7 +174,9 @@ class CheckedBackend:
     ``backend`` names the backend in use (the first candidate until the first batch has run).
     """
 
-    def __init__(self, model: DSen2CR, device: torch.device, candidates: list[str], *, strict: bool) -> None:
+    def __init__(
+        self, model: CloudRemovalNetwork, device: torch.device, candidates: list[str], *, strict: bool
+    ) -> None:
         self.model = model
         self.device = device
         self.candidates = list(candidates)
@@ -259,8 +210,12 @@ class CheckedBackend:
                 reference_seconds = time.perf_counter() - start
                 error = relative_error(prediction[..., rows, cols], reference)
             except Exception as exc:  # a backend that cannot build or run here (no compiler, unsupported op, ...)
-                if self.strict:
-                    raise
+                if self.strict:  # the user named it: the environment cannot run it (not a bug of ours)
+                    reason = " ".join(str(exc).split())[:200]
+                    raise DSen2CRError(
+                        f"backend {candidate}: cannot be built or run here ({type(exc).__name__}: {reason}); "
+                        "use --backend eager or auto"
+                    ) from exc
                 log.warning("backend %s unavailable (%s: %s); trying the next", candidate, type(exc).__name__, exc)
                 self.candidates.pop(0)
                 continue
@@ -272,9 +227,13 @@ class CheckedBackend:
                     self._record_build(s2.shape, first_call, reference_seconds)
                 self.settled = predictor
                 return prediction
-            message = f"backend {candidate} disagrees with eager fp32 (relative error {error:.2e})"
+            worst_dn = float(np.abs(prediction[..., rows, cols] - reference).max()) * S2_MODEL_SCALE
+            message = (
+                f"backend {candidate} disagrees with eager fp32 on the first batch (relative error {error:.2e}, "
+                f"at most {worst_dn:.0f} DN; tolerance {TOLERANCE[candidate]:.0e})"
+            )
             if self.strict:
-                raise RuntimeError(message)
+                raise DSen2CRError(f"{message}; use --backend eager or auto")
             log.warning("%s; trying the next", message)
             self.candidates.pop(0)
         log.info("backend: eager")
@@ -284,10 +243,7 @@ class CheckedBackend:
     def _record_build(self, shape: tuple[int, ...], first_call: float, reference_seconds: float) -> None:
         """Record what building the compiled backend cost, for the next run's ``--backend auto``: the first
         call's time less what a compiled forward of the batch costs, estimated from the eager check's rate
-        on its crop (:data:`dsen2cr.auto.COMPILE_SAVING` faster)."""
-        from dsen2cr.auto import COMPILE_SAVING
-        from dsen2cr.compile_cache import build_key, record_build_seconds
-
+        on its crop (:data:`dsen2cr.compile_cache.COMPILE_SAVING` faster)."""
         (_, crop_rows, _), (_, crop_cols, _) = _centre_crop(self.model, shape, CHECK_SIZE)
         crop_pixels = (crop_rows.stop - crop_rows.start) * (crop_cols.stop - crop_cols.start)
         forward = (1 - COMPILE_SAVING) * reference_seconds * shape[2] * shape[3] / crop_pixels
@@ -296,17 +252,21 @@ class CheckedBackend:
         record_build_seconds(build_key(self.model.config, (batch, height, width), self.device), build)
 
 
-def select_backend(model: DSen2CR, name: str = "auto", device: str | torch.device = "cpu") -> CheckedBackend:
-    """Backend ``name`` (or, for ``auto``, the fastest candidate for the device, then eager) as a
-    :class:`CheckedBackend`: built, run and checked against eager fp32 on the first batch it predicts."""
+def select_backend(
+    model: CloudRemovalNetwork, candidates: Sequence[str], device: str | torch.device = "cpu", *, strict: bool = False
+) -> CheckedBackend:
+    """The first of ``candidates`` that builds, runs and agrees with eager fp32 on the first batch it predicts,
+    then the next, ..., then eager (:class:`CheckedBackend`); with ``strict`` (a backend the user named) its
+    failure is a one-line error instead. Which candidates to try is decided in :func:`dsen2cr.auto.plan_backend`."""
     device = torch.device(device)
     model = model.to(device).eval()
-    if name not in BACKENDS:
-        raise DSen2CRError(f"backend: expected one of {BACKENDS}, got {name!r}")
-    candidates = _candidates(device) if name == "auto" else [name]
-    if candidates[-1] != "eager":
-        candidates.append("eager")  # the reference, never reached by a named backend (strict: its failure raises)
-    return CheckedBackend(model, device, candidates, strict=name != "auto")
+    unknown = [name for name in candidates if name not in BACKENDS[1:]]
+    if unknown or not candidates:
+        raise DSen2CRError(f"backend: expected some of {BACKENDS[1:]}, got {list(candidates)!r}")
+    tried = list(candidates)
+    if tried[-1] != "eager":
+        tried.append("eager")  # the reference, never reached by a named backend (strict: its failure raises)
+    return CheckedBackend(model, device, tried, strict=strict)
 
 
 S2_INPUT, S1_INPUT, OUTPUT = "s2_cloudy", "s1", "s2_cloudfree"
@@ -346,7 +306,7 @@ class OnnxPredictor:
         metadata = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_KEY not in metadata:
             raise DSen2CRError(f"{path}: ONNX file lacks the dsen2cr model configuration (export it with dsen2cr)")
-        self.config = config_from_metadata(metadata[CONFIG_KEY], path)
+        self.config = config_from_metadata(metadata[CONFIG_KEY], path, metadata.get(FAMILY_KEY))
         if self.config.include_sar != self.include_sar:
             raise DSen2CRError(f"{path}: ONNX inputs and the stored model configuration disagree about SAR")
         self.precision = metadata.get(PRECISION_KEY, "fp32")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsen2cr.cloud_detection import COMPUTED_MASKS, DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.masks import COMPUTED_MASKS, DEFAULT_CLOUD_THRESHOLD
-from dsen2cr.model import MODEL_VARIANTS, ModelConfig
+from dsen2cr.models import VARIANTS, ModelSpec, family_of
 
 #: Upper bounds of sizes a config can ask for, so that a typo (``data.repeats=1e11``) is refused before memory
 #: is reserved for it: crops beyond a Sentinel-2 tile, samples per patch and epoch, patches per batch.
@@ -38,15 +38,13 @@ class ModelSection:
     include_sar: bool | None = None
     res_scale: float | None = None
 
-    def model_config(self) -> ModelConfig:
-        """The resolved network configuration."""
-        if self.variant not in MODEL_VARIANTS:
-            raise DSen2CRError(
-                f"model.variant: unknown variant {self.variant!r}; choose one of {sorted(MODEL_VARIANTS)}"
-            )
-        base = MODEL_VARIANTS[self.variant]
+    def model_config(self) -> ModelSpec:
+        """The resolved network configuration, validated by its family."""
+        if self.variant not in VARIANTS:
+            raise DSen2CRError(f"model.variant: unknown variant {self.variant!r}; choose one of {sorted(VARIANTS)}")
+        base = VARIANTS[self.variant].config
         explicit = {k: v for k, v in dataclasses.asdict(self).items() if k != "variant" and v is not None}
-        return dataclasses.replace(base, **explicit)
+        return family_of(base).config_from_dict({**base.to_dict(), **explicit}, "model")
 
 
 @dataclass
@@ -321,7 +319,7 @@ def save_config(config: RunConfig, path: str | Path) -> Path:
     """Write the resolved configuration as YAML, atomically."""
     import yaml
 
-    from dsen2cr.files import atomic_path
+    from dsen2cr.outputs.files import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

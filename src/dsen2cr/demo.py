@@ -21,10 +21,10 @@ import numpy as np
 
 from dsen2cr.config import RunConfig, load_config
 from dsen2cr.evaluate import ALL_METRICS, evaluate
-from dsen2cr.files import output_folder, write_text_atomic
+from dsen2cr.outputs.files import output_folder, write_text_atomic
 
 if TYPE_CHECKING:
-    from dsen2cr.scene import SceneReport
+    from dsen2cr.scene.remove import SceneReport
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: 
     from dsen2cr.data.layout import resolve_split
     from dsen2cr.data.sample import sample_scene
     from dsen2cr.predictor import load_predictor
-    from dsen2cr.scene import remove_clouds
+    from dsen2cr.scene.remove import remove_clouds
+    from dsen2cr.settings import SceneJob, SceneSettings
     from dsen2cr.training.train import run_training
     from dsen2cr.weights import load_model, save_weights
 
@@ -112,8 +113,8 @@ def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: 
         name = "with SAR" if include_sar else "without SAR"
         config = _demo_config(config_path, out, include_sar, file_list, overrides)
         log.info(
-            "[demo] training %d-block model %s (%d epochs) -> %s",
-            config.model.model_config().num_blocks,
+            "[demo] training model %s %s (%d epochs) -> %s",
+            config.model.model_config().describe(),
             name,
             config.optim.epochs,
             config.trainer.out_dir,
@@ -135,21 +136,27 @@ def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: 
     scene_dir.mkdir(exist_ok=True)
     predictor = load_predictor(weights[False], backend="eager", device=device)
     # The scene is a GeoTIFF: no product mask, the paper's detector is the best mask it allows.
+    scene_name = str(sample_scene())
     plain = remove_clouds(
         predictor,
-        s2_path=sample_scene(),
-        out=scene_dir / "T33UUU_20170216_cloudfree_all_pixels.tif",
-        preview=scene_dir / "T33UUU_20170216_all_pixels.png",
-        progress=False,
+        SceneJob(
+            scene_name,
+            None,
+            scene_dir / "T33UUU_20170216_cloudfree_all_pixels.tif",
+            preview=scene_dir / "T33UUU_20170216_all_pixels.png",
+        ),
+        SceneSettings(progress=False),
     )
     scene = remove_clouds(
         predictor,
-        s2_path=sample_scene(),
-        out=scene_dir / "T33UUU_20170216_cloudfree.tif",
-        mask_out=scene_dir / "T33UUU_20170216_cloud_shadow_mask.tif",
-        preview=scene_dir / "T33UUU_20170216_before_after.png",
-        keep_clear=True,
-        progress=False,
+        SceneJob(
+            scene_name,
+            None,
+            scene_dir / "T33UUU_20170216_cloudfree.tif",
+            mask_out=scene_dir / "T33UUU_20170216_cloud_shadow_mask.tif",
+            preview=scene_dir / "T33UUU_20170216_before_after.png",
+        ),
+        SceneSettings(keep_clear=True, progress=False),
     )
     _comparison(
         scene_dir / "T33UUU_20170216_all_pixels.png",

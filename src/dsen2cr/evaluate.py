@@ -15,16 +15,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from dsen2cr.cloud_detection import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import write_text_atomic
-from dsen2cr.geotiff import open_raster, write_geotiff
-from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.metrics import METRIC_NAMES, ORIGINAL_METRIC_NAMES, REGION_METRIC_NAMES, image_metrics, original_metrics
-from dsen2cr.model import DSen2CR
+from dsen2cr.models import CloudRemovalNetwork
+from dsen2cr.outputs.files import write_text_atomic
+from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS, s1_model_to_db, s2_model_to_dn
+from dsen2cr.rasters import open_raster
 from dsen2cr.visualize import (
     figure_with_titles,
     mask_colours,
@@ -47,7 +48,7 @@ REPORT_ENTRIES = ("metrics_per_image.csv", "summary.md", "summary.csv", "summary
 
 
 def evaluate(
-    model: Predictor | DSen2CR,
+    model: Predictor | CloudRemovalNetwork,
     triplets: Sequence[Triplet],
     out_dir: str | Path,
     *,
@@ -83,7 +84,9 @@ def evaluate(
     by_id = {t.patch_id: t for t in triplets}
     rows: list[dict[str, Any]] = []
     predict = (
-        predictor_from_model(model, device=next(model.parameters()).device) if isinstance(model, DSen2CR) else model
+        predictor_from_model(model, device=next(model.parameters()).device)
+        if isinstance(model, CloudRemovalNetwork)
+        else model
     )
     with torch.inference_mode():
         for batch in loader:

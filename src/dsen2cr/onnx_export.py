@@ -20,13 +20,13 @@ from dsen2cr.backends import OUTPUT, PRECISION_KEY, S1_INPUT, S2_INPUT, OnnxPred
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import atomic_path
-from dsen2cr.model import DSen2CR, ModelConfig
+from dsen2cr.models import CloudRemovalNetwork, ModelSpec, family_of
+from dsen2cr.outputs.files import atomic_path
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
-from dsen2cr.weights import CONFIG_KEY
+from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY
 
 
-def export_onnx(model: DSen2CR, out: str | Path, *, opset: int | None = None) -> Path:
+def export_onnx(model: CloudRemovalNetwork, out: str | Path, *, opset: int | None = None) -> Path:
     """Export ``model`` to ONNX with dynamic batch, height and width; write it atomically."""
     model = model.cpu().eval()
     size = 32
@@ -58,13 +58,14 @@ def export_onnx(model: DSen2CR, out: str | Path, *, opset: int | None = None) ->
     return _save_with_metadata(program.model_proto, out, model.config, "fp32")
 
 
-def _save_with_metadata(proto: Any, out: str | Path, config: ModelConfig, precision: str) -> Path:
+def _save_with_metadata(proto: Any, out: str | Path, config: ModelSpec, precision: str) -> Path:
     """Set the dsen2cr metadata (model configuration, precision) of an ONNX model and save it atomically."""
     import onnx
 
-    kept = [(e.key, e.value) for e in proto.metadata_props if e.key not in (CONFIG_KEY, PRECISION_KEY)]
+    ours = {CONFIG_KEY: json.dumps(config.to_dict()), FAMILY_KEY: family_of(config).name, PRECISION_KEY: precision}
+    kept = [(e.key, e.value) for e in proto.metadata_props if e.key not in ours]
     del proto.metadata_props[:]
-    for key, value in [*kept, (CONFIG_KEY, json.dumps(config.to_dict())), (PRECISION_KEY, precision)]:
+    for key, value in [*kept, *ours.items()]:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     with atomic_path(out) as tmp:
@@ -241,15 +242,21 @@ def calibration_batches(triplets: list[Triplet], patches: int = 16, crop_size: i
         yield sample["s2_cloudy"][None].numpy(), sample["s1"][None].numpy()
 
 
-def calibration_bytes_per_crop(config: ModelConfig, crop_size: int = 128) -> int:
+def calibration_bytes_per_crop(config: ModelSpec, crop_size: int = 128) -> int:
     """Memory that percentile or entropy calibration holds per calibration crop (onnxruntime keeps every
     activation of every crop): about 4 feature maps per residual block and 6 more, float32 (measured with the
-    paper's model: 983 MiB per 120x120 crop, 70 maps)."""
-    return (4 * config.num_blocks + 6) * config.num_features * crop_size**2 * 4
+    paper's model: 983 MiB per 120x120 crop, 70 maps): two maps per convolution (one per pixel of receptive
+    radius) and two more, of the widest feature map."""
+    return (2 * config.receptive_radius + 2) * config.hidden_channels * crop_size**2 * 4
 
 
 def export_onnx_int8(
-    model: DSen2CR, out: str | Path, calibration: list[Triplet], patches: int = 16, *, method: str = "minmax"
+    model: CloudRemovalNetwork,
+    out: str | Path,
+    calibration: list[Triplet],
+    patches: int = 16,
+    *,
+    method: str = "minmax",
 ) -> Path:
     """Export ``model`` to ONNX and quantise it to int8 (:func:`quantize_onnx` with ``method``), calibrated on
     ``patches`` crops of the ``calibration`` triplets; the fp32 export lives in a temporary folder that is

@@ -1,5 +1,6 @@
 """Where a predictor is built: the one way from weights (or a model in memory) to something that runs batches
-(docs/design.md §4.2). ``evaluate``, ``remove-clouds``, ``demo`` and the Python API all go through here."""
+(docs/design.md §4.2). ``evaluate``, ``remove-clouds``, ``demo`` and the Python API all go through here; which
+backends to try is decided in :mod:`dsen2cr.auto`."""
 
 from __future__ import annotations
 
@@ -11,19 +12,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsen2cr.auto import resolve_device, torch_backend_candidates
+from dsen2cr.auto import plan_backend, resolve_device
 from dsen2cr.backends import CheckedBackend, OnnxPredictor, select_backend
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.model import DSen2CR, ModelConfig
+from dsen2cr.models import CloudRemovalNetwork, ModelSpec
+from dsen2cr.settings import ScenePlan
 
 log = logging.getLogger(__name__)
 
-#: Backend names a user may ask for (``auto`` picks one; see :func:`load_predictor`).
-BACKEND_CHOICES = ("auto", "eager", "compiled", "onnxruntime")
-PRECISIONS = ("fp32", "bf16")
 #: (batch, height, width) of the windows a predictor will run, or a function of the model configuration that
 #: gives it (the tile depends on the model): ``--backend auto`` looks up what compiling that shape cost before.
-WindowShape = tuple[int, int, int] | Callable[[ModelConfig], tuple[int, int, int]]
+WindowShape = tuple[int, int, int] | Callable[[ModelSpec], tuple[int, int, int]]
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class Predictor:
     or None) to predictions in model units, with what callers need to know about the model."""
 
     predict: CheckedBackend | OnnxPredictor
-    config: ModelConfig
+    config: ModelSpec
     device: torch.device
 
     @property
@@ -77,8 +76,60 @@ def _sums_to_a_finite_number(prediction: np.ndarray) -> bool:
     return bool(torch.isfinite(torch.from_numpy(np.asarray(prediction, dtype=np.float32)).sum()))
 
 
+@dataclass(frozen=True)
+class Network:
+    """A loaded network before a backend is chosen: a PyTorch model, or an ONNX file's onnxruntime session."""
+
+    model: CloudRemovalNetwork | OnnxPredictor
+    config: ModelSpec
+
+    @property
+    def onnx(self) -> bool:
+        """Whether it is an exported ONNX file (it runs with onnxruntime only)."""
+        return isinstance(self.model, OnnxPredictor)
+
+
+def is_onnx(weights: str | Path) -> bool:
+    """Whether a weights file is an exported ONNX model (by its suffix)."""
+    return Path(weights).suffix.lower() == ".onnx"
+
+
+def load_network(weights: str | Path, *, device: torch.device) -> Network:
+    """The network in a weights file: ONNX files (fp32 or int8) as onnxruntime sessions, safetensors, Lightning
+    checkpoints and Keras HDF5 as PyTorch models on ``device``."""
+    from dsen2cr.weights import load_model  # the weights module pulls in h5py and safetensors: only when loading
+
+    if is_onnx(weights):
+        onnx = OnnxPredictor(weights, device=str(device))
+        return Network(onnx, onnx.config)
+    model = load_model(weights, device=device)
+    return Network(model, model.config)
+
+
+def predictor_for_plan(network: Network | CloudRemovalNetwork, plan: ScenePlan) -> Predictor:
+    """The predictor of a run's plan: its backends tried in order on the first batch (strict: a named one)."""
+    if not isinstance(network, Network):
+        network = Network(network, network.config)
+    return _predictor(network, plan.backends, plan.device, strict=plan.strict_backend)
+
+
+def _predictor(network: Network, backends: tuple[str, ...], device: torch.device, *, strict: bool) -> Predictor:
+    """A predictor over ``backends`` (``("onnxruntime",)`` for an ONNX file)."""
+    if isinstance(network.model, OnnxPredictor):
+        if backends != ("onnxruntime",):
+            raise DSen2CRError(f"backend {backends[0]}: an ONNX file runs with the onnxruntime backend (or auto)")
+        log.info("backend: onnxruntime (%s)", network.model.precision)
+        return Predictor(network.model, network.config, device)
+    checked = select_backend(network.model, backends, device, strict=strict)
+    if checked.candidates == ["eager"]:
+        log.info("backend: eager")
+    else:
+        log.info("backend: trying %s, checked on the first batch", checked.backend)
+    return Predictor(checked, network.config, device)
+
+
 def predictor_from_model(
-    model: DSen2CR,
+    model: CloudRemovalNetwork,
     *,
     backend: str = "eager",
     device: str | torch.device = "auto",
@@ -86,29 +137,12 @@ def predictor_from_model(
     window_shape: WindowShape | None = None,
     pixels: float | None = None,
 ) -> Predictor:
-    """A predictor for a model in memory. ``backend`` ``auto``: the fastest backend that agrees with eager fp32
-    on the first batch, when the run (``pixels`` in windows of ``window_shape``) is long enough to pay for
-    building it."""
-    if precision not in PRECISIONS:
-        raise DSen2CRError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
-    if backend not in BACKEND_CHOICES or backend == "onnxruntime":
+    """A predictor for a model in memory (``backend`` and ``precision`` as :func:`dsen2cr.auto.plan_backend`
+    takes them; ``auto`` considers a run over ``pixels`` in windows of ``window_shape``)."""
+    if backend == "onnxruntime":
         raise DSen2CRError(f"backend: expected one of auto, eager, compiled for a PyTorch model, got {backend!r}")
-    device = resolve_device(device)
-    name = "bf16" if precision == "bf16" else backend
-    if name == "auto":
-        shape = window_shape(model.config) if callable(window_shape) else window_shape
-        name = torch_backend_candidates(model.config, device, pixels, shape)
-    checked = select_backend(model, name, device)
-    if checked.candidates == ["eager"]:
-        log.info("backend: eager")
-    else:
-        log.info("backend: trying %s, checked on the first batch", checked.backend)
-    return Predictor(checked, model.config, device)
-
-
-def is_onnx(weights: str | Path) -> bool:
-    """Whether a weights file is an exported ONNX model (by its suffix)."""
-    return Path(weights).suffix.lower() == ".onnx"
+    resolved = resolve_device(device)
+    return _predictor_with(Network(model, model.config), backend, resolved, precision, window_shape, pixels)
 
 
 def load_predictor(
@@ -120,27 +154,24 @@ def load_predictor(
     window_shape: WindowShape | None = None,
     pixels: float | None = None,
 ) -> Predictor:
-    """The predictor for a weights file: onnxruntime for ``.onnx`` files (fp32 or int8); for PyTorch weights
-    (safetensors, Lightning checkpoint, Keras HDF5) the named backend, or for ``auto`` see
-    :func:`predictor_from_model`."""
-    from dsen2cr.weights import load_model
+    """The predictor for a weights file (see :func:`load_network`; ``backend`` and ``precision`` as
+    :func:`dsen2cr.auto.plan_backend` takes them)."""
+    plan_backend(backend, precision, None, torch.device("cpu"), onnx=is_onnx(weights))  # refused before loading
+    resolved = resolve_device(device)
+    return _predictor_with(load_network(weights, device=resolved), backend, resolved, precision, window_shape, pixels)
 
-    onnx_file = is_onnx(weights)
-    if backend not in BACKEND_CHOICES:
-        raise DSen2CRError(f"backend: expected one of {BACKEND_CHOICES}, got {backend!r}")
-    if backend == "onnxruntime" or (backend == "auto" and onnx_file):
-        if not onnx_file:
-            raise DSen2CRError(f"{weights}: the onnxruntime backend needs an .onnx file (dsen2cr export-onnx)")
-        if precision != "fp32":
-            raise DSen2CRError("precision: the onnxruntime backend runs the exported model's own precision only")
-        device = resolve_device(device)
-        onnx = OnnxPredictor(weights, device=str(device))
-        log.info("backend: onnxruntime (%s)", onnx.precision)
-        return Predictor(onnx, onnx.config, device)
-    if onnx_file:
-        raise DSen2CRError(f"{weights}: an ONNX file runs with the onnxruntime backend (or auto)")
-    device = resolve_device(device)
-    model = load_model(weights, device=device)
-    return predictor_from_model(
-        model, backend=backend, device=device, precision=precision, window_shape=window_shape, pixels=pixels
+
+def _predictor_with(
+    network: Network,
+    backend: str,
+    device: torch.device,
+    precision: str,
+    window_shape: WindowShape | None,
+    pixels: float | None,
+) -> Predictor:
+    """:func:`dsen2cr.auto.plan_backend` for ``network``, then its predictor."""
+    shape = window_shape(network.config) if callable(window_shape) else window_shape
+    backends, strict = plan_backend(
+        backend, precision, network.config, device, onnx=network.onnx, pixels=pixels, window_shape=shape
     )
+    return _predictor(network, backends, device, strict=strict)

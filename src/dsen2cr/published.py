@@ -1,5 +1,6 @@
-"""The published DSen2-CR models (the original README's four Keras files on Google Drive): download with gdown
-(resumable), convert with the Keras importer, write safetensors that record the source and its SHA-256."""
+"""Downloading published models (the registry's :attr:`~dsen2cr.models.ModelVariant.published` weights: for
+DSen2-CR the original README's four Keras files on Google Drive): download with gdown (resumable), convert with
+the family's Keras importer, write safetensors that record the source and its SHA-256."""
 
 from __future__ import annotations
 
@@ -8,17 +9,11 @@ import logging
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import check_output_file
+from dsen2cr.models import published_weights
+from dsen2cr.outputs.files import check_output_file
 
 log = logging.getLogger(__name__)
 
-#: Name -> the original README's Google Drive link.
-PUBLISHED = {
-    "carl-sar": "https://drive.google.com/file/d/1L3YUVOnlg67H5VwlgYO9uC9iuNlq7VMg/view?usp=sharing",
-    "l1-sar": "https://drive.google.com/file/d/1zv4_91Yr2IYyYDoqhZw8KpnfvfLhkuBB/view?usp=sharing",
-    "carl-nosar": "https://drive.google.com/file/d/1VHZa5-lX68mA2FbHeCiQsUq13oECw9DA/view?usp=sharing",
-    "l1-nosar": "https://drive.google.com/file/d/11Th6UwKMXla7LGxsFJXwj-Jx9bSKlWUH/view?usp=sharing",
-}
 SOURCE_KEY = "dsen2cr_source"
 SHA256_KEY = "dsen2cr_source_sha256"
 
@@ -29,8 +24,7 @@ def download_published(
     """Download published model ``name`` (or the Keras file at ``url``, e.g. a mirror), convert it, and write
     safetensors weights to ``out`` recording the source and the SHA-256 of the downloaded file. The Keras
     file is fetched to a hidden partial file beside ``out`` and resumed by a rerun; it is removed on success."""
-    if name not in PUBLISHED:
-        raise DSen2CRError(f"weights: unknown published model {name!r}; choose one of {', '.join(PUBLISHED)}")
+    _, published = published_weights(name)
     out = check_output_file(out, overwrite=overwrite)
     try:
         import gdown
@@ -38,7 +32,7 @@ def download_published(
         raise DSen2CRError(
             "weights download needs the optional 'weights' dependency: pip install 'dsen2cr[weights]'"
         ) from None
-    source = url or PUBLISHED[name]
+    source = url or published.url
     raw = out.with_name(f".{out.name}.{name}.h5.part")
     try:
         got = gdown.download(url=source, output=str(raw), quiet=not progress, resume=True, retries=3)

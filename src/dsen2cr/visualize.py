@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dsen2cr.files import atomic_path
+from dsen2cr.outputs.files import atomic_path
 from dsen2cr.preprocessing import S1_CLIP_DB, S2_BANDS, s1_model_to_db, s2_model_to_dn
 
 if TYPE_CHECKING:

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from dsen2cr.data.layout import read_file_list, read_roi_list, scan_release, select_rois, select_split
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.evaluate import REPORT_ENTRIES, evaluate, summary_markdown
-    from dsen2cr.files import check_output_folder, output_folder
+    from dsen2cr.outputs.files import check_output_folder, output_folder
     from dsen2cr.predictor import is_onnx, load_predictor
 
     if args.batch_size < 1:

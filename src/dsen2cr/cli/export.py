@@ -66,7 +66,8 @@ def register(subparsers: SubParsers) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Run ``export`` and ``convert-keras``: any weights file in, safetensors weights out."""
-    from dsen2cr.files import check_distinct_outputs, check_output_file
+    from dsen2cr.models import family_of
+    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
     from dsen2cr.weights import load_model, save_weights
 
     check_distinct_outputs([("weights", Path(args.out))], [("source", Path(args.source))])
@@ -74,10 +75,7 @@ def run_export(args: argparse.Namespace) -> int:
     model = load_model(args.source)
     save_weights(model, args.out)
     params = sum(p.numel() for p in model.parameters())
-    print(
-        f"wrote {args.out} ({model.config.num_blocks} blocks, {model.config.num_features} features, "
-        f"SAR {'yes' if model.include_sar else 'no'}, {params:,} parameters)"
-    )
+    print(f"wrote {args.out} ({family_of(model.config).name} {model.config.describe()}, {params:,} parameters)")
     return 0
 
 
@@ -85,8 +83,8 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     """Run ``export-onnx`` (fp32, or int8 calibrated on patches)."""
     require_extra("onnx", "dsen2cr export-onnx")
     from dsen2cr.errors import DSen2CRError
-    from dsen2cr.files import check_distinct_outputs, check_output_file
     from dsen2cr.onnx_export import export_onnx, export_onnx_int8
+    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
     from dsen2cr.weights import load_model
 
     inputs = [("weights", Path(args.weights))]

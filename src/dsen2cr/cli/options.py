@@ -42,7 +42,7 @@ def add_output_file(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def add_overwrite(parser: argparse.ArgumentParser, help_text: str) -> None:
-    """``--overwrite``: replace what an earlier run of this command wrote (see ``dsen2cr.files``)."""
+    """``--overwrite``: replace what an earlier run of this command wrote (see ``dsen2cr.outputs.files``)."""
     parser.add_argument("--overwrite", action="store_true", help=help_text)
 
 

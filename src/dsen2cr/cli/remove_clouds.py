@@ -16,9 +16,11 @@ from dsen2cr.cli.options import (
     auto_or_int,
     finite_float,
 )
+from dsen2cr.outputs.geotiff import COG_COMPRESSION_LEVELS
+from dsen2cr.settings import BACKEND_CHOICES, DEFAULT_FEATHER, MASK_KINDS, MAX_FEATHER, PRECISIONS, RESAMPLINGS
 
 if TYPE_CHECKING:
-    from dsen2cr.scene.jobs import SceneJob
+    from dsen2cr.settings import SceneJob
 
 
 def register(subparsers: SubParsers) -> None:
@@ -35,6 +37,16 @@ def register(subparsers: SubParsers) -> None:
         "scenes: lists after --s2/--s1 with --out a folder, or --manifest; under torchrun the ranks split them.",
     )
     add_weights(parser, onnx=True)
+    _add_inputs(parser)
+    _add_compute(parser)
+    _add_masks(parser)
+    _add_outputs(parser)
+    add_no_progress(parser)
+    parser.set_defaults(handler=run)
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    """The scenes and how to read them."""
     parser.add_argument(
         "--s2", nargs="+", help="S2 scene(s): GeoTIFF (13 L1C or 12 L2A bands), .SAFE folder or zip, STAC item"
     )
@@ -48,9 +60,17 @@ def register(subparsers: SubParsers) -> None:
         "items declare theirs",
     )
     parser.add_argument("--manifest", help="CSV with columns s2,s1,out[,mask_out,preview] (instead of --s2/--s1/--out)")
-    parser.add_argument("--out", help="output GeoTIFF (one scene) or folder (several scenes)")
-    parser.add_argument("--mask-out", help="also write the cloud/shadow map (int8 GeoTIFF; one scene)")
-    parser.add_argument("--preview", help="also write an RGB quicklook PNG of input and output (one scene)")
+    parser.add_argument(
+        "--resampling",
+        choices=RESAMPLINGS,
+        default="nearest",
+        help="for 20 m and 60 m bands of product folders (default: %(default)s, as in training)",
+    )
+    parser.add_argument("--s1-linear", action="store_true", help="S1 is linear power: convert it to dB")
+
+
+def _add_compute(parser: argparse.ArgumentParser) -> None:
+    """Where and how the network runs (``auto``: decided in :mod:`dsen2cr.auto`)."""
     parser.add_argument(
         "--tile",
         type=auto_or_int,
@@ -70,32 +90,30 @@ def register(subparsers: SubParsers) -> None:
     )
     parser.add_argument(
         "--memory",
+        dest="memory_gib",
         type=finite_float,
         help="GiB of working memory for --tile auto (default: half the free GPU memory; on CPU half the available "
         "memory, at most 8)",
     )
     add_device(parser)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="default: %(default)s")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default: %(default)s")
     parser.add_argument(
         "--backend",
-        choices=["auto", "eager", "compiled", "onnxruntime"],
+        choices=BACKEND_CHOICES,
         default="auto",
         help="auto: onnxruntime for .onnx weights; else torch.compile'd fp32 on CPU when the run is long enough to "
         "pay for compiling; on GPU bf16 when it agrees with eager fp32 (default: %(default)s)",
     )
-    parser.add_argument(
-        "--resampling",
-        choices=["nearest", "bilinear"],
-        default="nearest",
-        help="for 20 m and 60 m bands of product folders (default: %(default)s, as in training)",
-    )
-    parser.add_argument("--s1-linear", action="store_true", help="S1 is linear power: convert it to dB")
+
+
+def _add_masks(parser: argparse.ArgumentParser) -> None:
+    """The cloud/shadow map and ``--keep-clear``."""
     parser.add_argument(
         "--cloud-threshold", type=finite_float, default=0.2, help="of --mask paper (default: %(default)s)"
     )
     parser.add_argument(
         "--mask",
-        choices=["paper", "product", "s2cloudless"],
+        choices=MASK_KINDS,
         default="paper",
         help="cloud/shadow map for --mask-out, --keep-clear and the preview outline: paper (the paper's detector, "
         "scene-wide statistics), product (Level-2A SCL, Level-1C MSK_CLASSI_B00) or s2cloudless (clouds only; "
@@ -109,24 +127,31 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument(
         "--feather",
         type=int,
-        help="with --keep-clear: pixels over which input and prediction are blended at mask edges (default: 5, "
-        "the paper mask's smoothing radius)",
+        help=f"with --keep-clear: pixels over which input and prediction are blended at mask edges (default: "
+        f"{DEFAULT_FEATHER}, the paper mask's smoothing radius; at most {MAX_FEATHER})",
     )
+
+
+def _add_outputs(parser: argparse.ArgumentParser) -> None:
+    """Where the results go and how the COG is compressed."""
+    parser.add_argument("--out", help="output GeoTIFF (one scene) or folder (several scenes)")
+    parser.add_argument("--mask-out", help="also write the cloud/shadow map (int8 GeoTIFF; one scene)")
+    parser.add_argument("--preview", help="also write an RGB quicklook PNG of input and output (one scene)")
     parser.add_argument(
         "--compress",
-        choices=["deflate", "zstd"],
+        dest="compression",
+        choices=tuple(COG_COMPRESSION_LEVELS),
         default="deflate",
         help="the COG's lossless compression: deflate (read by every GeoTIFF reader) or zstd (faster to write; "
         "read by GDAL 2.3+, QGIS, rasterio) (default: %(default)s)",
     )
     parser.add_argument(
         "--compress-level",
+        dest="compression_level",
         type=int,
         help="deflate 1-9 (default 6), zstd 1-22 (default 9): lower writes faster and larger files",
     )
     add_overwrite(parser, "replace existing outputs (never one of the inputs)")
-    add_no_progress(parser)
-    parser.set_defaults(handler=run)
 
 
 def jobs_from_arguments(
@@ -140,7 +165,8 @@ def jobs_from_arguments(
 ) -> list[SceneJob]:
     """Scene jobs from ``--s2/--s1/--out`` lists or a manifest CSV."""
     from dsen2cr.errors import DSen2CRError
-    from dsen2cr.scene.jobs import SceneJob, read_manifest, scene_stem
+    from dsen2cr.scene.jobs import read_manifest, scene_stem
+    from dsen2cr.settings import SceneJob
 
     if manifest is not None:
         if s2 or s1 or out:
@@ -172,38 +198,12 @@ def jobs_from_arguments(
 
 def run(args: argparse.Namespace) -> int:
     """Run ``remove-clouds``."""
-    from dsen2cr.errors import DSen2CRError
-    from dsen2cr.geotiff import check_compression_level
-    from dsen2cr.scene.jobs import SceneSettings, run_scene_jobs
+    from dsen2cr.scene.jobs import run_scene_jobs
+    from dsen2cr.settings import SceneSettings
 
-    if args.batch_size != "auto" and args.batch_size < 1:
-        raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")
-    if args.feather is not None and args.feather < 0:
-        raise DSen2CRError(f"--feather: must be 0 or more pixels, got {args.feather}")
-    check_compression_level(args.compress, args.compress_level, name="--compress-level")
+    settings = SceneSettings.from_options(argparse.Namespace(**vars(args), progress=not args.no_progress))
     jobs = jobs_from_arguments(
         s2=args.s2, s1=args.s1, out=args.out, manifest=args.manifest, mask_out=args.mask_out, preview=args.preview
-    )
-    settings = SceneSettings(
-        weights=args.weights,
-        device=args.device,
-        backend=args.backend,
-        precision=args.precision,
-        tile=args.tile,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        memory_gib=args.memory,
-        resampling=args.resampling,
-        s1_linear=args.s1_linear,
-        s2_offset=args.s2_offset,
-        mask=args.mask,
-        keep_clear=args.keep_clear,
-        feather=args.feather,
-        cloud_threshold=args.cloud_threshold,
-        compression=args.compress,
-        compression_level=args.compress_level,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
     )
     manifest = (Path(args.manifest),) if args.manifest else ()
     for report in run_scene_jobs(jobs, settings, extra_inputs=manifest):

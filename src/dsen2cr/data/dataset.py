@@ -11,11 +11,11 @@ import torch
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
+from dsen2cr.cloud_detection import DEFAULT_CLOUD_THRESHOLD, computed_mask
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.geotiff import open_raster, read_window
-from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD, computed_mask
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, s1_db_to_model, s2_dn_to_model
+from dsen2cr.rasters import open_raster, read_window
 
 #: Keys of every sample.
 SAMPLE_KEYS = ("s1", "s2_cloudy", "s2", "cloud_mask", "patch_id")
@@ -51,7 +51,6 @@ class SEN12MSCRDataset(Dataset):
         cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
         seed: int = 0,
         repeats: int = 1,
-        check_files: bool = True,
         window: int | None = None,
         original_crop_offsets: bool = False,
         mask: str = "paper",
@@ -72,12 +71,11 @@ class SEN12MSCRDataset(Dataset):
         self.cloud_threshold = cloud_threshold
         self.seed = seed
         self.repeats = repeats
-        self.mask = mask  # paper or s2cloudless (dsen2cr.masks.computed_mask)
+        self.mask = mask  # paper or s2cloudless (dsen2cr.cloud_detection.computed_mask)
         self.window = window  # evaluation: the top-left window x window of each patch (the original's protocol)
         self.original_crop_offsets = original_crop_offsets  # offsets 0 .. size - crop - 1, as the original draws
         self.epoch = 0
-        if check_files:
-            self._check_files_exist()
+        self._check_files_exist()
 
     def _check_files_exist(self) -> None:
         """Fail at construction, not hours into an epoch, when a file of a triplet is missing."""

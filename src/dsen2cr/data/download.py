@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import write_text_atomic
+from dsen2cr.outputs.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 

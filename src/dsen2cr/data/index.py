@@ -18,7 +18,7 @@ from dsen2cr.data.layout import (
     write_file_list,
 )
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import atomic_path, check_output_file
+from dsen2cr.outputs.files import atomic_path, check_output_file
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 
 _EXPECTED_BANDS = {"s1": NUM_S1_BANDS, "s2": NUM_S2_BANDS, "s2_cloudy": NUM_S2_BANDS}

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import check_input_file
+from dsen2cr.outputs.files import check_input_file
 
 if TYPE_CHECKING:
     from dsen2cr.config import DataSection
@@ -140,7 +140,7 @@ def read_file_list(csv_path: str | Path, data_root: str | Path) -> list[Triplet]
 
 def write_file_list(triplets: Iterable[Triplet], csv_path: str | Path, data_root: str | Path) -> Path:
     """Write triplets as a tab-separated DSen2-CR file list, atomically; folders relative to ``data_root``."""
-    from dsen2cr.files import atomic_path
+    from dsen2cr.outputs.files import atomic_path
 
     root = Path(data_root)
     lines = []

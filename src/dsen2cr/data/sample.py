@@ -6,7 +6,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from dsen2cr.files import prepare_output_folder
+from dsen2cr.outputs.files import prepare_output_folder
 
 
 def sample_root() -> Path:

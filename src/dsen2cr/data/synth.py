@@ -15,8 +15,8 @@ from scipy import ndimage
 
 from dsen2cr.data.layout import Triplet, release_triplet, write_file_list
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import prepare_output_folder
-from dsen2cr.geotiff import write_geotiff
+from dsen2cr.outputs.files import prepare_output_folder
+from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
 
 SEASONS = ("ROIs1158_spring", "ROIs1868_summer", "ROIs1970_fall", "ROIs2017_winter")

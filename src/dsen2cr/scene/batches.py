@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsen2cr.geotiff import gdal_block_cache
+from dsen2cr.inputs.readers import S1Source, S2Source
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, s1_db_to_model, s2_dn_to_model_into
-from dsen2cr.scene.readers import S1Source, S2Source
+from dsen2cr.rasters import gdal_block_cache
 from dsen2cr.scene.tiles import Tile
 
 
@@ -26,7 +26,7 @@ def iter_predictions(
     *,
     batch_size: int,
     s1_fill_db: tuple[float, float],
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], object] | None = None,
 ) -> Generator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int], None, None]:
     """Run ``predictor`` over ``tiles``; yield (tile, prediction in model units, S2 DN, S2 valid mask,
     number of valid S2 pixels without S1) per tile, each cropped to the tile's core.
@@ -66,7 +66,7 @@ def _run_batches(
     batches: list[list[Tile]],
     pad_to: int,
     read: Callable[[list[Tile]], _Batch | None],
-    on_batch: Callable[[int], None] | None,
+    on_batch: Callable[[int], object] | None,
 ) -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int]]:
     """The loop of :func:`iter_predictions`: read the next batch on a reader thread while this one runs."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-read") as reader:
@@ -92,7 +92,7 @@ def _run_batches(
 
 
 class BackgroundWriter:
-    """Runs submitted calls in order on one thread (under :func:`~dsen2cr.geotiff.gdal_block_cache`), so that
+    """Runs submitted calls in order on one thread (under :func:`~dsen2cr.outputs.geotiff.gdal_block_cache`), so that
     converting and writing a tile overlaps the next prediction; at most ``depth`` calls wait. The first error
     is raised again by the next :meth:`submit` or on leaving the ``with`` block, which always waits for the
     thread: nothing writes after the block is left."""

@@ -1,45 +1,26 @@
 """Many scenes: jobs from argument lists or a manifest, split across torchrun ranks, run with one predictor and
-one set of resolved settings (docs/design.md §4.4)."""
+one plan (docs/design.md §4.4)."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import logging
 import os
-import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from dsen2cr.auto import resolve_batch_size, resolve_device, resolve_tile
+from dsen2cr.auto import plan_scene_run, resolve_device
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import check_distinct_outputs, check_input_file, check_output_file
-from dsen2cr.geotiff import cog_options, gdal_block_cache
-from dsen2cr.masks import DEFAULT_CLOUD_THRESHOLD
-from dsen2cr.model import ModelConfig
-from dsen2cr.predictor import load_predictor
-from dsen2cr.scene.readers import S2Source
+from dsen2cr.inputs import S2Product, resolve_s2
+from dsen2cr.inputs.readers import scene_size
+from dsen2cr.outputs.files import check_distinct_outputs, check_input_file, check_output_file
+from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
+from dsen2cr.predictor import load_network, predictor_for_plan
 from dsen2cr.scene.remove import SceneReport, remove_clouds
-from dsen2cr.scene.tiles import default_overlap, plan_tiles
+from dsen2cr.settings import SceneJob, SceneSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SceneJob:
-    """One scene to process. ``s2`` and ``s1`` are what ``--s2``/``--s1`` take (paths, zipped products, STAC
-    items as paths or URLs, ``VV,VH`` pairs), kept as text."""
-
-    s2: str
-    s1: str | None
-    out: Path
-    mask_out: Path | None = None
-    preview: Path | None = None
 
 
 def scene_stem(source: str) -> str:
@@ -111,140 +92,45 @@ def check_jobs(jobs: list[SceneJob], *, weights: str | Path, overwrite: bool, ex
     check_distinct_outputs(outputs, inputs)
 
 
-def _scene_size(path: str) -> tuple[int, int] | None:
-    """(height, width) of a scene's 10 m grid (None when it cannot be opened: its run reports the error)."""
+def _resolve(job: SceneJob, settings: SceneSettings) -> tuple[S2Product | None, tuple[int, int] | None]:
+    """A job's S2 input resolved once for the whole run, and its size (None when it cannot be: its run
+    reports the error)."""
     try:
-        source = S2Source(path)
+        product = resolve_s2(job.s2, offset=settings.s2_offset)
+        return product, scene_size(product)
     except DSen2CRError:
-        return None
-    try:
-        return source.grid.height, source.grid.width
-    finally:
-        source.close()
-
-
-def _rank_and_device(device: str) -> tuple[int, int, torch.device]:
-    """This process's rank, the world size and its device (under torchrun: one GPU per local rank)."""
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = os.environ.get("LOCAL_RANK")
-    resolved = resolve_device(device)
-    if world > 1 and resolved.type == "cuda" and resolved.index is None and local is not None:
-        resolved = resolve_device(f"cuda:{local}")
-    return rank, world, resolved
-
-
-@dataclass(frozen=True)
-class SceneSettings:
-    """The settings of a ``remove-clouds`` run, shared by all its scenes (``auto`` where the tool decides)."""
-
-    weights: str
-    device: str = "auto"
-    backend: str = "auto"
-    precision: str = "fp32"
-    tile: int | str = "auto"
-    overlap: int | None = None
-    batch_size: int | str = "auto"
-    memory_gib: float | None = None
-    resampling: str = "nearest"
-    s1_linear: bool = False
-    s2_offset: int | None = None
-    mask: str = "paper"
-    keep_clear: bool = False
-    feather: int | None = None  # None: dsen2cr.scene.masking.DEFAULT_FEATHER
-    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
-    compression: str = "deflate"
-    compression_level: int | None = None  # None: GDAL's default for the compression
-    overwrite: bool = False
-    progress: bool = True
+        return None, None
 
 
 def run_scene_jobs(
     jobs: list[SceneJob], settings: SceneSettings, *, extra_inputs: tuple[Path, ...] = ()
 ) -> Iterator[SceneReport]:
-    """Process this rank's share of ``jobs``: one predictor, tile and batch size for all of them. Every job is
-    checked first (:func:`check_jobs`; ``extra_inputs`` such as the manifest must not be overwritten either)."""
-    cog_options(settings.compression, settings.compression_level)  # refused before any scene starts
-    rank, world, device = _rank_and_device(settings.device)
+    """Process this rank's share of ``jobs`` with one predictor and one plan (made for the scenes' sizes).
+    Every job is checked first (:func:`check_jobs`; ``extra_inputs`` such as the manifest must not be
+    overwritten either); each scene's S2 input is resolved once."""
+    if settings.weights is None:
+        raise DSen2CRError("remove-clouds: --weights is required")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     check_jobs(jobs, weights=settings.weights, overwrite=settings.overwrite, extra_inputs=list(extra_inputs))
     mine = jobs[rank::world]
-    sizes = [size for size in map(_scene_size, (job.s2 for job in mine)) if size is not None]
-    batch_size = resolve_batch_size(settings.batch_size, device)
-    tiles: dict[ModelConfig, int] = {}
-
-    def overlap_of(config: ModelConfig) -> int:
-        """--overlap, or the exact overlap of this model."""
-        return default_overlap(config) if settings.overlap is None else settings.overlap
-
-    def tile_of(config: ModelConfig) -> int:
-        """The tile for this model (decided once)."""
-        if config not in tiles:
-            tiles[config] = resolve_tile(
-                config,
-                settings.tile,
-                device=device,
-                batch_size=batch_size,
-                overlap=overlap_of(config),
-                memory_gib=settings.memory_gib,
-            )
-        return tiles[config]
-
-    def window_shape(config: ModelConfig) -> tuple[int, int, int]:
-        """The first scene's window shape (``--backend auto`` looks up what compiling it cost before)."""
-        tile = tile_of(config)
-        height, width = sizes[0] if sizes else (tile, tile)
-        window = plan_tiles(height, width, tile, overlap_of(config))[0].window
-        return batch_size, window.height, window.width
-
-    predictor = load_predictor(
-        settings.weights,
-        backend=settings.backend,
-        device=device,
-        precision=settings.precision,
-        window_shape=window_shape,
-        pixels=sum(h * w for h, w in sizes),
+    products, sizes = zip(*[_resolve(job, settings) for job in mine], strict=True) if mine else ((), ())
+    device = resolve_device(settings.device)
+    network = load_network(settings.weights, device=device)
+    plan = plan_scene_run(
+        settings, network.config, scene_sizes=[size for size in sizes if size], onnx=network.onnx, device=device
     )
+    predictor = predictor_for_plan(network, plan)
     without_s1 = [job.s2 for job in mine if job.s1 is None]
     if predictor.include_sar and without_s1:
         raise DSen2CRError(
             f"{without_s1[0]}: these weights need SAR input; pass --s1 (or an s1 column in the manifest): VV, VH "
             "in dB on or near the S2 grid"
         )
-    overlap = overlap_of(predictor.config)
-    if overlap < default_overlap(predictor.config):
-        log.warning(
-            "overlap %d px is below the exact %d px (twice the receptive-field radius): pixels near window "
-            "edges will differ from whole-image inference",
-            overlap,
-            default_overlap(predictor.config),
-        )
     finisher = OutputFinisher(background=completes_in_background(predictor.device))
     try:
-        for job in mine:
+        for job, product in zip(mine, products, strict=True):
             deferred: list[contextlib.ExitStack] = []
-            report = remove_clouds(
-                predictor,
-                s2_path=job.s2,
-                s1_path=job.s1,
-                out=job.out,
-                tile=tile_of(predictor.config),
-                overlap=overlap_of(predictor.config),
-                batch_size=batch_size,
-                resampling=settings.resampling,
-                s1_linear=settings.s1_linear,
-                s2_offset=settings.s2_offset,
-                mask=settings.mask,
-                keep_clear=settings.keep_clear,
-                feather=settings.feather,
-                mask_out=job.mask_out,
-                cloud_threshold=settings.cloud_threshold,
-                preview=job.preview,
-                overwrite=settings.overwrite,
-                progress=settings.progress,
-                compression=settings.compression,
-                compression_level=settings.compression_level,
-                defer_outputs=deferred.append,
-            )
+            report = remove_clouds(predictor, job, plan, s2_product=product, defer_outputs=deferred.append)
             if (done := finisher.submit(report, deferred.pop())) is not None:
                 yield done
         if (done := finisher.wait()) is not None:
@@ -255,59 +141,3 @@ def run_scene_jobs(
         raise
     finally:
         finisher.close()
-
-
-def completes_in_background(device: torch.device) -> bool:
-    """Whether scenes' outputs are completed while the next scene runs: on a GPU, whose network leaves the CPU
-    idle; not on a CPU, whose network uses every core (overlapping measured slower there: benchmarks.pipeline,
-    0.90x on 2 cores)."""
-    return device.type == "cuda"
-
-
-class OutputFinisher:
-    """Completes each scene's outputs (the COG copy, the renames), with ``background`` on one thread while the
-    next scene is predicted, so that on a GPU the CPU-bound compression of a scene overlaps the next scene's
-    network; without, at once.
-
-    At most one scene is being completed: :meth:`submit` first waits for the previous one and returns its
-    report (seconds including its completion) before starting the new one's. When the previous one failed,
-    the new one's outputs are removed and the error raised.
-    """
-
-    def __init__(self, *, background: bool = True) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-finish") if background else None
-        self._pending: tuple[SceneReport, Future[float]] | None = None
-
-    def submit(self, report: SceneReport, outputs: contextlib.ExitStack) -> SceneReport | None:
-        """Start completing ``outputs`` (of ``report``'s scene); return the previous scene's report, complete
-        (in the foreground: this one's)."""
-        if self._executor is None:
-            return dataclasses.replace(report, seconds=report.seconds + _complete(outputs))
-        try:
-            done = self.wait()
-        except BaseException as error:
-            outputs.__exit__(type(error), error, error.__traceback__)  # removes this scene's temporary files
-            raise
-        self._pending = (report, self._executor.submit(_complete, outputs))
-        return done
-
-    def wait(self) -> SceneReport | None:
-        """Wait for the scene being completed, if any, and return its report (or raise its error)."""
-        if self._pending is None:
-            return None
-        report, future = self._pending
-        self._pending = None
-        return dataclasses.replace(report, seconds=report.seconds + future.result())
-
-    def close(self) -> None:
-        """Wait for any completion still running (a COG copy cannot be interrupted) and stop the thread."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-
-
-def _complete(outputs: contextlib.ExitStack) -> float:
-    """Close ``outputs`` (COG copy and renames) under the scene's GDAL settings; return the seconds taken."""
-    start = time.perf_counter()
-    with gdal_block_cache():
-        outputs.close()
-    return time.perf_counter() - start

@@ -3,7 +3,7 @@ clear pixels kept bit for bit, cloudy ones predicted, a linear blend in between 
 
 Masks (``--mask``):
 
-- ``paper``: the paper's detector (:mod:`dsen2cr.masks`) with the shadow thresholds' statistics taken once
+- ``paper``: the paper's detector (:mod:`dsen2cr.cloud_detection`) with the shadow thresholds' statistics taken once
   over the scene's valid pixels, and every window read with the detector's radius around it, so the map of a
   window equals the map of the whole scene there;
 - ``product``: the product's own classification, resampled by nearest neighbour onto the 10 m grid: Level-2A
@@ -19,9 +19,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 from scipy import ndimage
 
-from dsen2cr.errors import DSen2CRError
-from dsen2cr.geotiff import open_raster, read_window
-from dsen2cr.masks import (
+from dsen2cr.cloud_detection import (
     CLEAR,
     CLOUD,
     DEFAULT_CLOUD_THRESHOLD,
@@ -31,16 +29,14 @@ from dsen2cr.masks import (
     ShadowStatsAccumulator,
     computed_mask,
 )
-from dsen2cr.scene.readers import S2Source, on_grid
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs.readers import S2Source, on_grid
+from dsen2cr.rasters import open_raster, read_window
+from dsen2cr.settings import MASK_KINDS
 
-MASK_KINDS = ("paper", "product", "s2cloudless")
 #: SCL classes (Level-2A scene classification) that count as cloud, and as shadow.
 SCL_CLOUD = (8, 9, 10)
 SCL_SHADOW = (3,)
-#: ``--feather`` default (pixels): the paper mask's score is smoothed over 5 px (grey closing radius 2, then
-#: mean radius 3), so its boundary is uncertain by that much; blending over 5 px hides the step there and
-#: keeps the clear land farther than 50 m from any cloud exactly as it was.
-DEFAULT_FEATHER = 5
 
 
 class SceneMasker:

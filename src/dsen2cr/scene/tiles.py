@@ -12,17 +12,17 @@ import math
 from dataclasses import dataclass
 
 from rasterio.windows import Window
+from torch import nn
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.model import DSen2CR, ModelConfig
-
-#: The smallest tile the planner accepts (pixels).
-MIN_TILE = 16
+from dsen2cr.models import ModelSpec
+from dsen2cr.settings import MIN_TILE
 
 
-def default_overlap(model: DSen2CR | ModelConfig) -> int:
-    """The smallest overlap that makes tiled inference equal whole-image inference."""
-    config = model.config if isinstance(model, DSen2CR) else model
+def default_overlap(model: nn.Module | ModelSpec) -> int:
+    """The smallest overlap that makes tiled inference equal whole-image inference: twice the receptive-field
+    radius of a network (or of its configuration)."""
+    config: ModelSpec = model.config if isinstance(model, nn.Module) else model  # type: ignore[assignment]
     return 2 * config.receptive_radius
 
 

@@ -11,8 +11,8 @@ from dsen2cr.config import LossSection, OptimSection
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import carl_loss, l1_loss
 from dsen2cr.metrics import batch_metrics
-from dsen2cr.model import ModelConfig
-from dsen2cr.weights import CONFIG_KEY
+from dsen2cr.models import DEFAULT_FAMILY, get_family
+from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY
 
 
 def weights_digest(model: torch.nn.Module) -> torch.Tensor:
@@ -36,10 +36,12 @@ class DSen2CRTask(L.LightningModule):
         optim: dict[str, Any],
         val_images: int = 4,
         channels_last: bool = True,
+        model_family: str = DEFAULT_FAMILY,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.model_config = ModelConfig(**model)
+        self.model_config = get_family(model_family).config_from_dict(model, "model")
+        self.model_family = model_family
         self.loss_settings = LossSection(**loss)
         self.optim_settings = OptimSection(**optim)
         self.val_images = val_images
@@ -112,7 +114,7 @@ class DSen2CRTask(L.LightningModule):
             import json
             from pathlib import Path
 
-            from dsen2cr.files import atomic_path
+            from dsen2cr.outputs.files import atomic_path
 
             path = Path(self.trainer.default_root_dir) / "weights_digest.json"
             with atomic_path(path) as tmp:
@@ -123,3 +125,4 @@ class DSen2CRTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the model configuration so that the checkpoint alone rebuilds the network."""
         checkpoint[CONFIG_KEY] = self.model_config.to_dict()
+        checkpoint[FAMILY_KEY] = self.model_family

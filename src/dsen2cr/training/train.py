@@ -16,7 +16,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dsen2cr.config import RunConfig, save_config
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import atomic_path, prepare_output_folder
+from dsen2cr.models import family_of
+from dsen2cr.outputs.files import atomic_path, prepare_output_folder
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.module import DSen2CRTask
 
@@ -61,7 +62,7 @@ def is_launched_worker() -> bool:
 
 def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -> Path:
     """Create the run folder; refuse one that already holds a run unless resuming or ``overwrite``, and one that
-    holds anything a run does not write (``dsen2cr.files.prepare_output_folder``)."""
+    holds anything a run does not write (``dsen2cr.outputs.files.prepare_output_folder``)."""
     out = Path(config.trainer.out_dir)
     if is_launched_worker() or resume is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -117,8 +118,10 @@ def build_trainer(config: RunConfig, out: Path, *, progress: bool = True) -> L.T
 
 def build_task(config: RunConfig) -> DSen2CRTask:
     """The LightningModule for a run configuration."""
+    model = config.model.model_config()
     return DSen2CRTask(
-        model=config.model.model_config().to_dict(),
+        model=model.to_dict(),
+        model_family=family_of(model).name,
         loss=config.loss.__dict__.copy(),
         optim=config.optim.__dict__.copy(),
         val_images=config.trainer.val_images,

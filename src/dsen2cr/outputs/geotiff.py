@@ -1,8 +1,7 @@
-"""Raster I/O with rasterio: validated opens, windowed reads, atomic GeoTIFF writes, and the Cloud-Optimised
-GeoTIFF writer of whole scenes.
+"""Writing GeoTIFFs: tiled, compressed GeoTIFFs of whole arrays, and the Cloud-Optimised GeoTIFF of a scene
+written window by window, its compression checked against this GDAL before any work.
 
-Every error names the file and what is wrong with it (``DSen2CRError``). Outputs are written under a temporary
-name and renamed when complete (``dsen2cr.files.atomic_path``).
+Every file is written under a temporary name and renamed when complete (:func:`dsen2cr.outputs.files.atomic_path`).
 """
 
 from __future__ import annotations
@@ -17,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-from rasterio.windows import Window
+from rasterio.errors import NotGeoreferencedWarning
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.files import atomic_path, check_input_file
+from dsen2cr.outputs.files import atomic_path
 
 #: Creation options of every GeoTIFF the project writes: tiled, compressed, BigTIFF when needed.
 GTIFF_OPTIONS: dict[str, object] = {
@@ -102,49 +100,6 @@ def _probe_compression(options: tuple[tuple[str, str | int], ...]) -> str:
         finally:
             if rasterio.shutil.exists(probe):
                 rasterio.shutil.delete(probe)
-
-
-#: GDAL's block cache for a scene run, in bytes (rasterio passes an integer GDAL_CACHEMAX to GDAL as bytes: a
-#: value in MB would be a cache of a few hundred bytes). GDAL's default, 5 % of RAM, holds written blocks and
-#: makes memory grow with the scene; a fixed cache keeps it flat while holding the blocks that overlapping
-#: windows read twice and the rows that overviews are computed from.
-GDAL_CACHE_BYTES = 256 * 2**20
-
-
-def gdal_block_cache() -> rasterio.Env:
-    """A rasterio environment with GDAL's block cache bounded to ``GDAL_CACHE_BYTES`` and its multi-threaded
-    block decoding and overview computation on all cores (per thread: enter it in every thread that reads or
-    writes)."""
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS="ALL_CPUS")
-
-
-def open_raster(path: str | Path, *, bands: int | None = None, what: str = "raster") -> rasterio.DatasetReader:
-    """Open a raster for reading (a local file, a GDAL ``/vsi…`` path or VRT XML), checking that it exists, is
-    readable and has ``bands`` bands."""
-    text = str(path)
-    virtual = text.startswith(("/vsi", "<VRTDataset"))  # GDAL virtual file systems and VRTs built in memory
-    name = "VRT" if text.startswith("<") else text
-    if not virtual:
-        path = check_input_file(path, what)
-    try:
-        dataset = rasterio.open(text if virtual else path)
-    except RasterioIOError as error:
-        reason = " ".join(str(error).split())
-        raise DSen2CRError(f"{name}: cannot read {what} ({reason})") from None
-    if bands is not None and dataset.count != bands:
-        count = dataset.count
-        dataset.close()
-        raise DSen2CRError(f"{name}: {what} has {count} bands, expected {bands}")
-    return dataset
-
-
-def read_window(dataset: rasterio.DatasetReader, window: Window | None = None) -> np.ndarray:
-    """Read all bands of an open raster in ``window``, naming the file when the read fails (e.g. truncated)."""
-    try:
-        return dataset.read(window=window)
-    except Exception as error:  # rasterio raises several types for damaged files
-        reason = " ".join(str(error).split())
-        raise DSen2CRError(f"{dataset.name}: cannot read pixels, the file may be truncated ({reason})") from None
 
 
 def write_geotiff(

@@ -17,9 +17,10 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.geotiff import open_raster, read_window
+from dsen2cr.inputs import S2Product, resolve_s1, resolve_s2
+from dsen2cr.inputs.product import band_code
 from dsen2cr.preprocessing import NUM_S1_BANDS, S2_BANDS
-from dsen2cr.scene.products import band_code, resolve_s1, resolve_s2
+from dsen2cr.rasters import open_raster, read_window
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,27 @@ class S2Source:
     """S2 DN on a 10 m grid, read window by window, always as the 13 L1C bands in model convention: offset-free
     reflectance x 10000 (docs/design.md §4.5).
 
-    ``path`` is anything :func:`dsen2cr.scene.products.resolve_s2` takes: a 13-band (L1C) or 12-band (L2A)
+    ``path`` is anything :func:`dsen2cr.inputs.resolve_s2` takes: a 13-band (L1C) or 12-band (L2A)
     GeoTIFF, a ``.SAFE`` or ``IMG_DATA`` folder, a zipped product or a STAC item. Bands at 20 m and 60 m are
     resampled onto the 10 m grid of B02. Declared offsets (baseline 04.00+) are removed when reading; DN 0
     stays nodata. For Level-2A input, B10 (absent) is filled with ``L2A_B10_FILL_DN``; ``bands`` lists the
     input's own bands, which are the ones to write.
     """
 
-    def __init__(self, path: str | Path, *, resampling: str = "nearest", offset: int | None = None) -> None:
-        self.path = str(path)
-        self.product = resolve_s2(path, offset=offset)
+    def __init__(
+        self,
+        path: str | Path | S2Product,
+        *,
+        resampling: str = "nearest",
+        offset: int | None = None,
+        checked: bool = False,
+    ) -> None:
+        self.product = path if isinstance(path, S2Product) else resolve_s2(path, offset=offset)
+        self.path = self.product.source
         self.name = self.product.source
         self.bands = self.product.bands
         self.level = self.product.level
+        self.resampling = resampling
         self._datasets: list[rasterio.io.DatasetReaderBase] = []
         try:
             if len(self.product.files) > 1:
@@ -76,8 +85,9 @@ class S2Source:
                 self.grid = Grid(dataset.crs, dataset.transform, dataset.width, dataset.height)
                 self.nodata = dataset.nodata
                 _check_band_names(self.name, dataset.descriptions, self.bands)
-            self._check_declared()
-            self._check_units()
+            if not checked:
+                self._check_declared()
+                self._check_units()
         except DSen2CRError:
             self.close()
             raise
@@ -174,10 +184,24 @@ class S2Source:
         shape = (max(1, self.grid.height // scale), max(1, self.grid.width // scale))
         return np.concatenate([d.read(out_shape=(d.count, *shape)) for d in self._datasets], axis=0)
 
+    def reopen(self) -> S2Source:
+        """The same scene on file handles of its own (for another thread: GDAL datasets are not thread-safe),
+        without resolving the input or checking it again."""
+        return S2Source(self.product, resampling=self.resampling, checked=True)
+
     def close(self) -> None:
         """Close the files."""
         for dataset in self._datasets:
             dataset.close()
+
+
+def scene_size(product: S2Product) -> tuple[int, int]:
+    """(height, width) of the 10 m grid of a resolved S2 input (B02's, or the file's), without opening the
+    other bands."""
+    single = len(product.files) == 1
+    path = product.files[0] if single else product.files[product.bands.index("B2")]
+    with open_raster(path, what="S2" if single else "S2 band B02") as dataset:
+        return dataset.height, dataset.width
 
 
 #: B10 for Level-2A input, which has none: 15 DN (reflectance 0.0015) is a clear-sky value of the cirrus band
@@ -210,7 +234,7 @@ def _check_band_names(name: str, descriptions: tuple[str | None, ...], bands: li
 class S1Source:
     """S1 VV and VH in dB on the S2 grid, warped on the fly when the grids differ.
 
-    ``path`` is anything :func:`dsen2cr.scene.products.resolve_s1` takes: a 2-band file, a ``VV,VH`` pair of
+    ``path`` is anything :func:`dsen2cr.inputs.resolve_s1` takes: a 2-band file, a ``VV,VH`` pair of
     single-band files, or a STAC item with ``vv`` and ``vh`` assets. Pixels outside the S1 footprint, marked
     nodata, or infinite read as NaN.
     """

@@ -1,0 +1,68 @@
+"""Sentinel products as users have them: what ``--s2`` and ``--s1`` name, resolved into band files and the
+radiometric facts the readers need (docs/design.md §4.5). By source kind: :mod:`~dsen2cr.inputs.geotiff`,
+:mod:`~dsen2cr.inputs.safe` (folders and zips), :mod:`~dsen2cr.inputs.stac`; :mod:`~dsen2cr.inputs.readers`
+reads the resolved inputs window by window.
+
+``--s2`` takes a 13-band (L1C) or 12-band (L2A) GeoTIFF, a product folder (``.SAFE`` or ``IMG_DATA``), a zipped
+product (``….SAFE.zip``, read in place through GDAL's ``/vsizip/``), or a STAC item (a JSON path or URL; remote
+assets through ``/vsicurl/`` and ``/vsis3/``). Products of processing baseline 04.00 and later store
+DN = reflectance × 10000 + 1000 and declare the shift per band (``RADIO_ADD_OFFSET``/``BOA_ADD_OFFSET`` −1000 in
+``MTD_MSIL1C.xml``/``MTD_MSIL2A.xml``; ``raster:bands`` scale and offset, or ``s2:processing_baseline``, in STAC):
+the offsets are read here and removed by the reader before anything else.
+
+``--s1`` takes a 2-band GeoTIFF (VV, VH), a pair ``VV.tif,VH.tif`` of single-band files on one grid, or a STAC
+item with ``vv`` and ``vh`` assets; pairs become a 2-band GDAL VRT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs.geotiff import geotiff_s2, stack_pair
+from dsen2cr.inputs.product import S2Product, is_url
+from dsen2cr.inputs.safe import safe_folder, zipped_safe
+from dsen2cr.inputs.stac import stac_s1, stac_s2
+
+
+def resolve_s2(arg: str | Path, *, offset: int | None = None) -> S2Product:
+    """The :class:`S2Product` an ``--s2`` argument names (``offset``: ``--s2-offset`` for files whose metadata
+    cannot say, i.e. GeoTIFFs and bare ``IMG_DATA`` folders)."""
+    text = str(arg)
+    if is_url(text) or text.lower().endswith(".json"):
+        if offset is not None:
+            raise DSen2CRError(f"{text}: --s2-offset is for GeoTIFFs; a STAC item declares its offsets")
+        return stac_s2(text)
+    path = Path(text)
+    if path.suffix.lower() == ".zip":
+        return _with_offset_option(zipped_safe(path), offset)
+    if path.is_dir():
+        return _with_offset_option(safe_folder(path), offset)
+    return geotiff_s2(path, offset)
+
+
+def _with_offset_option(product: S2Product, offset: int | None) -> S2Product:
+    """Apply ``--s2-offset`` where the product has no metadata; refuse it where the metadata decides."""
+    if offset is None:
+        return product
+    if product.offset_from == "metadata":
+        raise DSen2CRError(f"{product.source}: --s2-offset given, but the product metadata declares its offsets")
+    product.offsets, product.offset_from = [offset] * len(product.bands), "option"
+    return product
+
+
+def resolve_s1(arg: str | Path) -> str:
+    """A GDAL path with VV and VH as bands 1 and 2: the file itself, or a VRT of a ``VV,VH`` pair or of the
+    ``vv``/``vh`` assets of a STAC item."""
+    text = str(arg)
+    if text.lower().endswith(".json") or is_url(text):
+        return stac_s1(text)
+    if "," in text:
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) != 2 or not all(parts):
+            raise DSen2CRError(f"{text}: an S1 pair is two files, VV,VH")
+        return stack_pair(parts[0], parts[1], text)
+    return text
+
+
+__all__ = ["S2Product", "resolve_s1", "resolve_s2"]

@@ -1,0 +1,59 @@
+"""GeoTIFF inputs: a 13-band (L1C) or 12-band (L2A) S2 file, and an S1 ``VV,VH`` pair of single-band files
+stacked into a 2-band VRT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs.product import L2A_BANDS, S2Product
+from dsen2cr.preprocessing import S2_BANDS
+
+
+def geotiff_s2(path: Path, offset: int | None) -> S2Product:
+    """A 13-band (L1C order) or 12-band (L2A order) file."""
+    from dsen2cr.rasters import open_raster
+
+    with open_raster(path, what="S2") as dataset:
+        count = dataset.count
+    if count not in (len(S2_BANDS), len(L2A_BANDS)):
+        raise DSen2CRError(
+            f"{path}: S2 has {count} bands, expected 13 (L1C: B1 ... B12, B8A) or 12 (L2A: the same without B10)"
+        )
+    level = "L1C" if count == len(S2_BANDS) else "L2A"
+    product = S2Product(str(path), list(S2_BANDS if level == "L1C" else L2A_BANDS), [str(path)], level)
+    if offset is not None:
+        product.offsets, product.offset_from = [offset] * count, "option"
+    return product
+
+
+def stack_pair(vv: str, vh: str, source: str) -> str:
+    """A 2-band VRT (XML text GDAL opens directly) of two single-band files on one grid."""
+    from xml.sax.saxutils import escape
+
+    from dsen2cr.rasters import open_raster
+
+    grids = []
+    for name, path in (("VV", vv), ("VH", vh)):
+        with open_raster(path, bands=1, what=f"S1 {name}") as dataset:
+            grids.append(
+                (dataset.crs, dataset.transform, dataset.width, dataset.height, dataset.dtypes[0], dataset.nodata)
+            )
+    if grids[0][:4] != grids[1][:4]:
+        raise DSen2CRError(f"{source}: VV and VH are not on one grid (CRS, transform or size differ)")
+    crs, transform, width, height, dtype, nodata = grids[0]
+    vrt_type = {"float32": "Float32", "float64": "Float64"}.get(dtype, "Float32")
+    bands = ""
+    for index, path in enumerate((vv, vh), start=1):
+        nodata_xml = f"<NoDataValue>{nodata}</NoDataValue>" if nodata is not None else ""
+        bands += (
+            f'<VRTRasterBand dataType="{vrt_type}" band="{index}">{nodata_xml}<SimpleSource>'
+            f'<SourceFilename relativeToVRT="0">{escape(str(path))}</SourceFilename><SourceBand>1</SourceBand>'
+            "</SimpleSource></VRTRasterBand>"
+        )
+    geotransform = ", ".join(repr(v) for v in transform.to_gdal())
+    srs = escape(crs.to_wkt()) if crs is not None else ""
+    return (
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{srs}</SRS>'
+        f"<GeoTransform>{geotransform}</GeoTransform>{bands}</VRTDataset>"
+    )

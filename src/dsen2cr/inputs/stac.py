@@ -1,0 +1,162 @@
+"""STAC items (a JSON path or URL): S2 items with one asset per band (Planetary Computer or Earth Search
+naming, ``raster:bands`` scale and offset), S1 items with ``vv`` and ``vh`` assets; remote assets are read
+through ``/vsicurl/`` and ``/vsis3/`` (docs/design.md §4.5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs.geotiff import stack_pair
+from dsen2cr.inputs.product import BASELINE_04_OFFSET, L2A_BANDS, S2Product, band_code, band_of, is_url
+from dsen2cr.inputs.safe import baseline_at_least_04
+from dsen2cr.preprocessing import S2_BANDS
+
+#: Earth Search (Element 84) asset keys of the S2 bands.
+EARTH_SEARCH_KEYS = {
+    "coastal": "B1",
+    "blue": "B2",
+    "green": "B3",
+    "red": "B4",
+    "rededge1": "B5",
+    "rededge2": "B6",
+    "rededge3": "B7",
+    "nir": "B8",
+    "nir08": "B8A",
+    "nir09": "B9",
+    "cirrus": "B10",
+    "swir16": "B11",
+    "swir22": "B12",
+}
+
+
+def gdal_path(href: str) -> str:
+    """A GDAL path for an asset href: ``/vsicurl/`` for http(s), ``/vsis3/`` for s3, local paths as they are."""
+    parsed = urlparse(href)
+    if parsed.scheme in ("http", "https"):
+        return f"/vsicurl/{href}"
+    if parsed.scheme == "s3":
+        return f"/vsis3/{parsed.netloc}{parsed.path}"
+    if parsed.scheme == "file":
+        return parsed.path
+    return href
+
+
+def _read_item(location: str) -> tuple[dict, str]:
+    """The STAC item JSON at a path or an http(s) URL, and the base its relative hrefs resolve against."""
+    try:
+        if is_url(location):
+            item = json.loads(_fetch(location))
+            base = location
+        else:
+            from dsen2cr.outputs.files import check_input_file
+
+            path = check_input_file(Path(location), "STAC item")
+            item = json.loads(path.read_text(encoding="utf-8-sig"))
+            base = path.resolve().as_uri()
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise DSen2CRError(f"{location}: not a STAC item (not valid JSON: {error})") from None
+    if not isinstance(item, dict) or not isinstance(item.get("assets"), dict):
+        raise DSen2CRError(f"{location}: not a STAC item (no assets)")
+    return item, base
+
+
+#: Largest STAC item fetched by URL (bytes): items are a few kB.
+MAX_ITEM_BYTES = 16 * 2**20
+
+
+def _fetch(url: str) -> bytes:
+    """The bytes of a STAC item at an http(s) URL (the usual proxy variables apply)."""
+    import urllib.request
+
+    if urlparse(url).scheme not in ("http", "https"):
+        raise DSen2CRError(f"{url}: STAC items are read from a file or an http(s) URL (assets may be on s3)")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:  # http(s) only, checked above
+            data = response.read(MAX_ITEM_BYTES + 1)
+    except OSError as error:
+        raise DSen2CRError(f"{url}: cannot fetch the STAC item ({error})") from None
+    if len(data) > MAX_ITEM_BYTES:
+        raise DSen2CRError(f"{url}: larger than {MAX_ITEM_BYTES // 2**20} MiB, not a STAC item")
+    return data
+
+
+def _asset_href(asset: dict, base: str) -> str:
+    """The GDAL path of an asset (relative hrefs resolve against the item's location)."""
+    href = str(asset.get("href", ""))
+    if not href:
+        raise DSen2CRError("STAC asset without href")
+    if not is_url(href) and not href.startswith("/") and not urlparse(href).scheme:
+        href = urljoin(base, href)
+    return gdal_path(href)
+
+
+def _asset_band(key: str, asset: dict) -> str | None:
+    """The S2 band an asset holds: its ``eo:bands`` (or STAC 1.1 ``bands``) name, else its key."""
+    for entry in asset.get("eo:bands") or asset.get("bands") or []:
+        if isinstance(entry, dict):
+            band = band_of(str(entry.get("name", "")))
+            if band is not None:
+                return band
+    return band_of(key) or EARTH_SEARCH_KEYS.get(key.lower())
+
+
+def stac_s2(location: str) -> S2Product:
+    """An S2 STAC item: one asset per band (Planetary Computer or Earth Search naming)."""
+    item, base = _read_item(location)
+    assets = {
+        band: (key, asset)
+        for key, asset in item["assets"].items()
+        if isinstance(asset, dict)
+        for band in [_asset_band(key, asset)]
+        if band is not None
+    }
+    properties = item.get("properties") or {}
+    product_type = str(properties.get("s2:product_type", "")).upper()
+    if "2A" in product_type or "1C" in product_type:  # S2MSI2A, S2MSI1C
+        level = "L2A" if "2A" in product_type else "L1C"
+    else:  # no product type: an item with a cirrus band is top of atmosphere
+        level = "L1C" if "B10" in assets else "L2A"
+    wanted = S2_BANDS if level == "L1C" else L2A_BANDS
+    missing = [band_code(b) for b in wanted if b not in assets]
+    if missing:
+        raise DSen2CRError(
+            f"{location}: STAC item lacks the assets of bands {', '.join(missing)} (the model needs them)"
+        )
+    files = [_asset_href(assets[band][1], base) for band in wanted]
+    baseline = properties.get("s2:processing_baseline")
+    product = S2Product(location, list(wanted), files, level, baseline=str(baseline) if baseline else None)
+    scl = next(
+        (asset for key, asset in item["assets"].items() if key.lower() == "scl" and isinstance(asset, dict)), None
+    )
+    if scl is not None:
+        product.masks["SCL"] = _asset_href(scl, base)
+    offsets = []
+    for band in wanted:
+        offsets.append(_stac_offset(assets[band][1], product.baseline))
+    product.offsets, product.offset_from = offsets, "stac"
+    return product
+
+
+def _stac_offset(asset: dict, baseline: str | None) -> int:
+    """DN to add: from ``raster:bands`` scale and offset (scale 0.0001, offset −0.1 -> −1000), else −1000 for
+    baseline 04.00 and later, else 0."""
+    for entry in asset.get("raster:bands") or []:
+        if isinstance(entry, dict) and entry.get("offset") is not None:
+            scale = float(entry.get("scale") or 1.0)
+            return round(float(entry["offset"]) / scale)
+    if baseline is not None and baseline_at_least_04(baseline):
+        return BASELINE_04_OFFSET
+    return 0
+
+
+def stac_s1(location: str) -> str:
+    """A 2-band VRT of the ``vv`` and ``vh`` assets of an S1 STAC item."""
+    item, base = _read_item(location)
+    assets = {key.lower(): asset for key, asset in item["assets"].items() if isinstance(asset, dict)}
+    missing = [name for name in ("vv", "vh") if name not in assets]
+    if missing:
+        raise DSen2CRError(f"{location}: STAC item lacks the {' and '.join(missing)} asset(s) (VV, VH)")
+    return stack_pair(_asset_href(assets["vv"], base), _asset_href(assets["vh"], base), location)

@@ -1,0 +1,107 @@
+"""The types of the model registry (docs/design.md §3.9): what a model family provides and what a variant is.
+
+A family is one network design (DSen2-CR today) in its own module under :mod:`dsen2cr.models`; it lists its
+variants (named configurations) and, for each, the published weights where they exist. Everything outside the
+family's module reaches a network through these types only, so no other module assumes a family's layer names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class ModelSpec(Protocol):
+    """What every family's configuration provides (a frozen dataclass, hashable, stored in weights files)."""
+
+    @property
+    def include_sar(self) -> bool:
+        """Whether the network takes the two S1 bands next to the 13 S2 bands."""
+        ...
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels on each side of an output pixel that influence it (tiling is exact with twice this overlap)."""
+        ...
+
+    @property
+    def hidden_channels(self) -> int:
+        """Channels of the widest feature map (for memory estimates)."""
+        ...
+
+    def build_parameter_count(self) -> int:
+        """Number of parameters, without building the network."""
+        ...
+
+    def build(self) -> CloudRemovalNetwork:
+        """A freshly initialised network: ``forward(s2, s1)`` in model units."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON values (what weights files store)."""
+        ...
+
+    def describe(self) -> str:
+        """A short human description (``B=16, F=256 with SAR``)."""
+        ...
+
+
+class CloudRemovalNetwork(nn.Module):
+    """The base of every family's network: ``forward(s2_cloudy, s1)`` maps model units (N, 13, H, W) and
+    (N, 2, H, W) or None to the cloud-free prediction (N, 13, H, W); ``config`` rebuilds it."""
+
+    config: ModelSpec
+
+    def forward(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the cloud-free S2 image."""
+        raise NotImplementedError
+
+
+#: A Keras layer as the HDF5 reader finds it: (layer name, kernel, bias), in the file's order.
+KerasLayer = tuple[str, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """Weights published by a family's authors: the name ``dsen2cr weights download`` takes, and where from."""
+
+    name: str
+    url: str
+    loss: str
+    source: str
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """A named configuration of a family (``dsen2cr``, ``dsen2cr-small-nosar``) and its published weights."""
+
+    name: str
+    family: str
+    config: ModelSpec
+    description: str
+    published: tuple[PublishedWeights, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One network design: how to validate its stored configuration, its variants, and the optional parts that
+    depend on its layers (a fused bf16 inference form for CUDA, an importer of its authors' Keras files)."""
+
+    name: str
+    description: str
+    reference: str
+    config_type: type
+    #: Validate a stored configuration (a dict from a weights file or a config) and build the config object;
+    #: the ``str`` names the file or key in its one-line errors.
+    config_from_dict: Callable[[Any, str], ModelSpec]
+    variants: tuple[ModelVariant, ...]
+    #: The bf16 inference form for CUDA (None: the generic bf16 autocast backend).
+    fused_bf16: Callable[[CloudRemovalNetwork], nn.Module] | None = None
+    #: The configuration and state dict from the convolution layers of a Keras file (None: no Keras import).
+    keras_state: Callable[[list[KerasLayer], Path], tuple[ModelSpec, dict[str, torch.Tensor]]] | None = None

@@ -1,0 +1,146 @@
+"""What a ``remove-clouds`` run is asked to do, and what it will do (docs/design.md §4.3).
+
+- :class:`SceneJob`: one scene's inputs and outputs.
+- :class:`SceneSettings`: the run's settings as the user gave them (``auto`` where the tool decides), frozen and
+  validated once, when made; the command line builds it from its options by name (:meth:`from_options`).
+- :class:`ScenePlan`: the same run resolved, made by :func:`dsen2cr.auto.plan_scene_run` only: device, backend
+  candidates, precision, tile, overlap and batch as concrete values, no sentinels left.
+
+Messages name the command-line option a setting comes from (``--feather``), since that is how users set them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dsen2cr.cloud_detection import DEFAULT_CLOUD_THRESHOLD
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.outputs.geotiff import check_compression_level, cog_options
+
+#: Backends a user may ask for (``auto``: decided by :func:`dsen2cr.auto.plan_backend`).
+BACKEND_CHOICES = ("auto", "eager", "compiled", "onnxruntime")
+PRECISIONS = ("fp32", "bf16")
+RESAMPLINGS = ("nearest", "bilinear")
+MASK_KINDS = ("paper", "product", "s2cloudless")
+#: The smallest tile the planner accepts (pixels).
+MIN_TILE = 16
+#: ``--feather`` default (pixels): the paper mask's score is smoothed over 5 px (grey closing radius 2, then
+#: mean radius 3), so its boundary is uncertain by that much; blending over 5 px hides the step there and
+#: keeps the clear land farther than 50 m from any cloud exactly as it was.
+DEFAULT_FEATHER = 5
+#: ``--feather`` at most (pixels): beyond a few hundred metres a blend is no longer a seam.
+MAX_FEATHER = 64
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One scene to process. ``s2`` and ``s1`` are what ``--s2``/``--s1`` take (paths, zipped products, STAC
+    items as paths or URLs, ``VV,VH`` pairs), kept as text."""
+
+    s2: str
+    s1: str | None
+    out: Path
+    mask_out: Path | None = None
+    preview: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("out", "mask_out", "preview"):  # paths given as text (the Python API) become Paths
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        for name in ("s2", "s1"):
+            value = getattr(self, name)
+            if isinstance(value, Path):
+                object.__setattr__(self, name, str(value))
+
+
+@dataclass(frozen=True)
+class SceneSettings:
+    """The settings of a ``remove-clouds`` run, shared by all its scenes, as given (``auto`` where the tool
+    decides); each is checked once, here."""
+
+    weights: str | None = None  # the command line's --weights; the Python API passes a predictor instead
+    device: str = "auto"
+    backend: str = "auto"
+    precision: str = "fp32"
+    tile: int | str = "auto"
+    overlap: int | None = None  # None: exact (twice the receptive-field radius)
+    batch_size: int | str = "auto"
+    memory_gib: float | None = None  # None: the device's budget (dsen2cr.auto.memory_budget)
+    resampling: str = "nearest"
+    s1_linear: bool = False
+    s2_offset: int | None = None
+    mask: str = "paper"
+    keep_clear: bool = False
+    feather: int = DEFAULT_FEATHER
+    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
+    compression: str = "deflate"
+    compression_level: int | None = None  # None: GDAL's default for the compression
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("--backend", self.backend, BACKEND_CHOICES)
+        _choice("--precision", self.precision, PRECISIONS)
+        _choice("--resampling", self.resampling, RESAMPLINGS)
+        _choice("--mask", self.mask, MASK_KINDS)
+        if self.tile != "auto" and not (_is_int(self.tile) and int(self.tile) >= MIN_TILE):
+            raise DSen2CRError(f"--tile: must be at least {MIN_TILE} pixels (or auto), got {self.tile}")
+        if self.overlap is not None and not (_is_int(self.overlap) and self.overlap >= 0):
+            raise DSen2CRError(f"--overlap: must be 0 or more pixels, got {self.overlap}")
+        if self.batch_size != "auto" and not (_is_int(self.batch_size) and int(self.batch_size) >= 1):
+            raise DSen2CRError(f"--batch-size: must be at least 1, got {self.batch_size}")
+        if self.memory_gib is not None and not (math.isfinite(self.memory_gib) and self.memory_gib > 0):
+            raise DSen2CRError(f"--memory: must be a positive number of GiB, got {self.memory_gib}")
+        if not (_is_int(self.feather) and self.feather >= 0):
+            raise DSen2CRError(f"--feather: must be 0 or more pixels, got {self.feather}")
+        if self.feather > MAX_FEATHER:
+            raise DSen2CRError(f"--feather: must be in [0, {MAX_FEATHER}] pixels, got {self.feather}")
+        if not math.isfinite(self.cloud_threshold):
+            raise DSen2CRError(f"--cloud-threshold: must be a finite number, got {self.cloud_threshold}")
+        self.cog_options()  # compression and level known, and this GDAL writes them
+
+    def cog_options(self) -> dict[str, str | int]:
+        """The COG creation options of ``compression`` at ``compression_level`` (checked against this GDAL)."""
+        check_compression_level(self.compression, self.compression_level, name="--compress-level")
+        return cog_options(self.compression, self.compression_level)
+
+    @classmethod
+    def from_options(cls, options: Any) -> SceneSettings:
+        """The settings from an object with an attribute per field (an ``argparse.Namespace`` whose option
+        destinations carry the field names); missing attributes keep their defaults, ``None`` too."""
+        given = {f.name: getattr(options, f.name) for f in dataclasses.fields(cls) if hasattr(options, f.name)}
+        return cls(**{name: value for name, value in given.items() if value is not None})
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """A run's settings resolved for one model and device (made by :func:`dsen2cr.auto.plan_scene_run`):
+    ``backends`` are tried in order on the first batch (the last is the eager reference unless ``strict``,
+    a backend the user named, whose failure is an error)."""
+
+    settings: SceneSettings
+    device: torch.device
+    backends: tuple[str, ...]
+    strict_backend: bool
+    precision: str
+    tile: int
+    overlap: int
+    batch_size: int
+
+
+def _choice(option: str, value: object, choices: tuple[str, ...]) -> None:
+    """Refuse a value that is not one of ``choices``."""
+    if value not in choices:
+        raise DSen2CRError(f"{option}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def _is_int(value: object) -> bool:
+    """Whether ``value`` is an integer (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
