@@ -1,24 +1,44 @@
-"""Shared test helpers: tiny, seeded SEN12MS-CR-layout GeoTIFFs with a real CRS."""
+"""Shared fixtures: tiny, seeded SEN12MS-CR-layout GeoTIFFs with a real CRS, small scenes and weights, the
+command line in-process and in a fresh process, and the runner of the tables of bad-input cases.
+
+Test modules import nothing from here (nor from each other): they ask for these fixtures by name.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import rasterio
+import torch
+import yaml
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
+from dsen2cr import create_model
+from dsen2cr.cli import main
 from dsen2cr.data.layout import Triplet, release_triplet
+from dsen2cr.inputs.product import L2A_BANDS, band_code
 from dsen2cr.outputs.geotiff import write_geotiff
+from dsen2cr.preprocessing import S2_BANDS
+from dsen2cr.weights import save_weights
 
 UTM32N = CRS.from_epsg(32632)
+UTM33N = CRS.from_epsg(32633)
+SCENE_ORIGIN = from_origin(500000, 5000000, 10, 10)
+SAFE_SIZE = 60  # 10 m pixels of a product made by _make_safe; 20 m bands 30, 60 m bands 10
 
 
-def write_release_triplet(
+def _write_release_triplet(
     root: Path,
     season: str,
     roi: int,
@@ -46,6 +66,207 @@ def write_release_triplet(
     return triplet
 
 
+SAFE_RESOLUTION = {
+    "B2": 10,
+    "B3": 10,
+    "B4": 10,
+    "B8": 10,
+    "B5": 20,
+    "B6": 20,
+    "B7": 20,
+    "B8A": 20,
+    "B11": 20,
+    "B12": 20,
+    "B1": 60,
+    "B9": 60,
+    "B10": 60,
+}
+SAFE_TILE = "T33UUU_20230610T101559"
+
+
+def _band_array(band: str, seed: int = 0) -> np.ndarray:
+    """DN of one band at its native resolution (a smooth field plus noise, clear-sky values)."""
+    size = SAFE_SIZE * 10 // SAFE_RESOLUTION[band]
+    rng = np.random.default_rng([seed, S2_BANDS.index(band)])
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return (800 + 1500 * yy + 700 * xx + rng.integers(0, 200, (size, size))).astype(np.uint16)[None]
+
+
+def _write_jp2(path: Path, array: np.ndarray, resolution: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    transform = from_origin(399960, 5800020, resolution, resolution)
+    profile = {
+        "driver": "JP2OpenJPEG",
+        "width": array.shape[2],
+        "height": array.shape[1],
+        "count": 1,
+        "dtype": "uint16",
+        "crs": UTM33N,
+        "transform": transform,
+        "QUALITY": 100,
+        "REVERSIBLE": "YES",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array)
+
+
+def _product_metadata(level: str, baseline: str, offsets: dict[int, int] | None) -> str:
+    """A minimal MTD_MSIL1C.xml / MTD_MSIL2A.xml with the elements the reader uses."""
+    l2a = level == "L2A"
+    tag = "BOA_ADD_OFFSET" if l2a else "RADIO_ADD_OFFSET"
+    entries = "".join(f'<{tag} band_id="{i}">{v}</{tag}>' for i, v in (offsets or {}).items())
+    if l2a:
+        quantification = (
+            '<QUANTIFICATION_VALUES_LIST><BOA_QUANTIFICATION_VALUE unit="none">10000'
+            "</BOA_QUANTIFICATION_VALUE></QUANTIFICATION_VALUES_LIST>"
+        )
+        offset_list = f"<BOA_ADD_OFFSET_VALUES_LIST>{entries}</BOA_ADD_OFFSET_VALUES_LIST>" if offsets else ""
+    else:
+        quantification = '<QUANTIFICATION_VALUE unit="none">10000</QUANTIFICATION_VALUE>'
+        offset_list = f"<Radiometric_Offset_List>{entries}</Radiometric_Offset_List>" if offsets else ""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><n1:Level-{level[1:]}_User_Product '
+        f'xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-{level[1:]}.xsd">'
+        f"<n1:General_Info><Product_Info><PROCESSING_BASELINE>{baseline}</PROCESSING_BASELINE></Product_Info>"
+        f"<Product_Image_Characteristics>{quantification}{offset_list}</Product_Image_Characteristics>"
+        f"</n1:General_Info></n1:Level-{level[1:]}_User_Product>"
+    )
+
+
+def _make_safe(
+    folder: Path,
+    *,
+    level: str = "L1C",
+    baseline: str = "02.04",
+    shift: int = 0,
+    offsets: dict[int, int] | None = None,
+    metadata: bool = True,
+) -> Path:
+    """A tiny SAFE product: band JP2s at native resolution in the product's layout, and its metadata."""
+    name = f"S2B_MSI{level[0:1]}{level[1:]}_20230610T101559_N{baseline.replace('.', '')}_R065_T33UUU_20230610T1.SAFE"
+    safe = folder / name
+    granule = safe / "GRANULE" / f"{level}_T33UUU_A000000_20230610T101559" / "IMG_DATA"
+    for band in S2_BANDS if level == "L1C" else L2A_BANDS:
+        resolution = SAFE_RESOLUTION[band]
+        array = _band_array(band) + np.uint16(shift)
+        if level == "L1C":
+            path = granule / f"{SAFE_TILE}_{band_code(band)}.jp2"
+        else:
+            path = granule / f"R{resolution}m" / f"{SAFE_TILE}_{band_code(band)}_{resolution}m.jp2"
+        _write_jp2(path, array, resolution)
+    if metadata:
+        (safe / f"MTD_MSI{level[0:1]}{level[1:]}.xml").write_text(_product_metadata(level, baseline, offsets))
+    return safe
+
+
+class Workdir(type(Path())):  # type: ignore[misc]  # the concrete Path class of this platform
+    """A test's temporary folder (a ``Path``) that builds small, real inputs in itself: a release tree, a
+    training config, weights, a scene, a SAFE product. Each builder writes once and returns the same paths when
+    asked again. (No method named ``read`` or ``write``: rasterio would take the folder for a file object.)"""
+
+    crs = UTM32N
+
+    def triplet(self, root: Path, season: str, roi: int, patch: int, **options: Any) -> Triplet:
+        """One triplet in the official nested layout under ``root`` (see :func:`_write_release_triplet`)."""
+        return _write_release_triplet(root, season, roi, patch, **options)
+
+    def tree(self) -> Path:
+        """A small release tree (48 px patches) with one triplet per split and its ``files.csv``."""
+        root = self / "data"
+        if (root / "files.csv").exists():
+            return root
+        lines = []
+        for roi, split in ((1, 1), (2, 2), (3, 3)):
+            t = self.triplet(root, "ROIs1158_spring", roi, 0, size=48)
+            lines.append(
+                f"{split}\tROIs1158_spring_s1/s1_{roi}\tROIs1158_spring_s2/s2_{roi}\t"
+                f"ROIs1158_spring_s2_cloudy/s2_cloudy_{roi}\t{t.s1.name}"
+            )
+        (root / "files.csv").write_text("\n".join(lines) + "\n")
+        return root
+
+    def config(self, **sections: dict) -> Path:
+        """A one-epoch CPU training config over :meth:`tree`, sections updated by ``sections``."""
+        root = self.tree()
+        settings: dict[str, dict] = {
+            "model": {"variant": "dsen2cr-small"},
+            "optim": {"epochs": 1, "batch_size": 2},
+            "data": {"root": str(root), "file_list": str(root / "files.csv"), "crop_size": 32, "num_workers": 0},
+            "trainer": {"out_dir": str(self / "run"), "accelerator": "cpu", "devices": 1},
+        }
+        for section, values in sections.items():
+            settings.setdefault(section, {}).update(values)
+        path = self / "config.yaml"
+        path.write_text(yaml.safe_dump(settings))
+        return path
+
+    def weights(self, variant: str = "dsen2cr-small") -> Path:
+        """Freshly initialised weights of ``variant`` (safetensors)."""
+        path = self / f"{variant}.safetensors"
+        return path if path.exists() else save_weights(create_model(variant), path)
+
+    def scene(self, *, s2: np.ndarray | None = None, s1: np.ndarray | None = None) -> tuple[Path, Path]:
+        """A 50 x 40 px S2 scene (13 bands, uint16) and S1 on its grid (``s2.tif``, ``s1.tif``)."""
+        rng = np.random.default_rng(0)
+        s2 = rng.integers(1, 8000, size=(13, 40, 50)).astype(np.uint16) if s2 is None else s2
+        s1 = rng.uniform(-25, -5, size=(2, 40, 50)).astype(np.float32) if s1 is None else s1
+        return (
+            write_geotiff(self / "s2.tif", s2, crs=UTM32N, transform=SCENE_ORIGIN),
+            write_geotiff(self / "s1.tif", s1, crs=UTM32N, transform=SCENE_ORIGIN),
+        )
+
+    def safe(self, name: str = "", **options: Any) -> Path:
+        """A tiny SAFE product in this folder (or its subfolder ``name``): see :func:`_make_safe`."""
+        return _make_safe(self / name if name else self, **options)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Workdir:
+    """This test's temporary folder, with builders (:class:`Workdir`)."""
+    return Workdir(tmp_path)
+
+
+@pytest.fixture
+def write_release_triplet() -> Callable[..., Triplet]:
+    """Write one triplet in the official nested layout: ``(root, season, roi, patch, *, size, seed, s1_bands,
+    s1_size, s1_crs)``."""
+    return _write_release_triplet
+
+
+@pytest.fixture
+def make_safe() -> Callable[..., Path]:
+    """``make_safe(folder, *, level="L1C", baseline="02.04", shift=0, offsets=None, metadata=True)``: a tiny
+    SAFE product (band JP2s at native resolution in the product's layout, and its metadata); returns it."""
+    return _make_safe
+
+
+@pytest.fixture
+def write_jp2() -> Callable[[Path, np.ndarray, int], None]:
+    """``write_jp2(path, array, resolution)``: a lossless single-band JP2 on the products' UTM 33N grid."""
+    return _write_jp2
+
+
+@pytest.fixture
+def utm32n() -> CRS:
+    """The CRS of every test raster (UTM zone 32N)."""
+    return UTM32N
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``weights_file(variant)``: freshly initialised weights of a variant (seed 0), written once per session
+    (inputs only: tests must not change them)."""
+    folder = tmp_path_factory.mktemp("weights")
+
+    @functools.cache
+    def make(variant: str) -> Path:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return save_weights(create_model(variant), folder / f"{variant}.safetensors")
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 10-triplet synthetic tree of 96x96 patches (splits by ROI: train, val, test, train, train)."""
@@ -56,11 +277,84 @@ def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+def _run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
     """Run ``dsen2cr ARGS`` in a fresh Python process (the console entry point), capturing its output."""
     return subprocess.run(
         [sys.executable, "-m", "dsen2cr.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
     )
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., subprocess.CompletedProcess]:
+    """``run_cli(*args, env=None, timeout=None)``: ``dsen2cr ARGS`` in a fresh Python process."""
+    return _run_cli
+
+
+@pytest.fixture
+def check_case(workdir: Workdir, capsys: pytest.CaptureFixture) -> Callable[..., None]:
+    """Run one row of a bad-input table (``pytest.param(setup, message, keep, absent, status, id=name)``)
+    through the console entry point, in-process: ``setup(workdir)`` returns the argv; the command must exit
+    with ``status`` and print one line on stderr (warnings aside) that contains ``message`` and no traceback;
+    the files in ``keep`` (relative to the folder) stay byte for byte as they were; a path in ``absent`` is
+    left as it was if it existed, else nothing is left there; and no pickle payload ran."""
+
+    def check(
+        setup: Callable[[Workdir], list[str]], message: str, keep: tuple[str, ...], absent: tuple[str, ...], status: int
+    ) -> None:
+        argv = setup(workdir)
+        kept = {name: (workdir / name).read_bytes() for name in keep}
+        kept.update({name: (workdir / name).read_bytes() for name in absent if (workdir / name).is_file()})
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        except SystemExit as exit_info:  # argparse's own errors (type checks of options)
+            code = exit_info.code
+        err = capsys.readouterr().err
+        lines = [line for line in err.strip().splitlines() if not line.startswith(("warning:", "usage:", " "))]
+        assert code == status, err
+        assert len(lines) == 1, err
+        assert "Traceback" not in err
+        assert message in lines[0], lines[0]
+        for name, content in kept.items():
+            assert (workdir / name).read_bytes() == content, f"{name} was changed"
+        for name in absent:
+            if name not in kept:
+                assert not (workdir / name).exists(), f"{name} was left behind"
+        assert not (workdir / "pwned").exists(), "the pickle payload ran"
+
+    return check
+
+
+def _terminate_when(command: list[str], ready: Callable[[], bool], env: dict[str, str], timeout: float = 120) -> int:
+    """Start ``dsen2cr COMMAND``, send SIGTERM once ``ready()``, return the exit status."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dsen2cr.cli", *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + timeout
+    while not ready() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the command ended before it could be terminated"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert b"Traceback" not in err, err.decode()
+    return process.returncode
+
+
+@pytest.fixture
+def terminate_when() -> Callable[..., int]:
+    """``terminate_when(command, ready, env)``: start ``dsen2cr COMMAND`` in a process of its own, send it SIGTERM
+    once ``ready()`` holds, return its exit status (no traceback allowed on stderr)."""
+    return _terminate_when
+
+
+@pytest.fixture
+def private_tmp_env(workdir: Workdir) -> dict[str, str]:
+    """The environment with ``TMPDIR`` a fresh folder of this test's, to check that nothing is left there."""
+    private = workdir / "tmp"
+    private.mkdir()
+    return {**os.environ, "TMPDIR": str(private)}
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
-from dsen2cr import create_model
 from dsen2cr.auto import COLD_BUILD_SECONDS, compile_pays_off
 from dsen2cr.compile_cache import COMPILE_SAVING, build_key, cache_dir, record_build_seconds, recorded_build_seconds
 from dsen2cr.data.sample import sample_scene
 from dsen2cr.models import VARIANTS
-from dsen2cr.weights import save_weights
 
 PAPER = VARIANTS["dsen2cr"].config
 CPU = torch.device("cpu")
@@ -52,11 +51,14 @@ def test_auto_compiles_when_the_recorded_build_pays(monkeypatch: pytest.MonkeyPa
     assert recorded_build_seconds(build_key(PAPER, shape, CPU)) is None
 
 
-def test_compiled_run_keeps_its_code_and_build_time(tmp_path: Path) -> None:
+@pytest.mark.slow  # compiles the network: ~8 s
+def test_compiled_run_keeps_its_code_and_build_time(
+    tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess], weights_file: Callable[[str], Path]
+) -> None:
     """A compiled remove-clouds run leaves inductor's cache and its build time in $DSEN2CR_CACHE_DIR."""
     cache = tmp_path / "cache"
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"} | {"DSEN2CR_CACHE_DIR": str(cache)}
-    weights = save_weights(create_model("dsen2cr-small-nosar"), tmp_path / "w.safetensors")
+    weights = weights_file("dsen2cr-small-nosar")
     args = ["remove-clouds", "--weights", str(weights), "--s2", str(sample_scene()), "--backend", "compiled"]
     result = run_cli(*args, "--out", str(tmp_path / "a.tif"), "--no-progress", "--tile", "128", env=env)
     assert result.returncode == 0, result.stderr

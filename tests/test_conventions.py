@@ -5,15 +5,20 @@ ROI-list configs, device auto, and backends that leave the caller's model and pr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from rasterio.crs import CRS
 
 from dsen2cr import create_model
 from dsen2cr.cli import main
+from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
+
+UTM32N = CRS.from_epsg(32632)
 
 
 def test_demo_overwrite_refuses_a_folder_holding_other_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -97,8 +102,7 @@ def test_calibration_split_names(capsys: pytest.CaptureFixture, tmp_path: Path) 
     assert "invalid choice: 'validation'" in err and "invalid literal" not in err
 
 
-def test_roi_list_config_reads_test_rois(tmp_path: Path) -> None:
-    from conftest import write_release_triplet
+def test_roi_list_config_reads_test_rois(tmp_path: Path, write_release_triplet: Callable[..., Triplet]) -> None:
     from dsen2cr.config import load_config
     from dsen2cr.data.layout import resolve_split
 
@@ -135,6 +139,7 @@ def test_device_defaults_to_auto() -> None:
             resolve_device("cuda")
 
 
+@pytest.mark.slow  # compiles the network: ~12 s
 def test_building_a_backend_leaves_the_model_and_the_process_alone() -> None:
     import torch._inductor.config as inductor_config
 
@@ -155,7 +160,6 @@ def test_building_a_backend_leaves_the_model_and_the_process_alone() -> None:
 def test_python_api_uses_the_automatic_settings(tmp_path: Path) -> None:
     from rasterio.transform import from_origin
 
-    from conftest import UTM32N
     from dsen2cr.auto import resolve_tile
     from dsen2cr.outputs.geotiff import write_geotiff
     from dsen2cr.predictor import predictor_from_model

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import torch
+from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from torch.utils.data import DataLoader
 
-from conftest import UTM32N, write_release_triplet
 from dsen2cr.cloud_detection import cloud_shadow_mask
 from dsen2cr.data.dataset import SAMPLE_KEYS, SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet, read_file_list
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.geotiff import write_geotiff
+
+UTM32N = CRS.from_epsg(32632)
 
 
 def _read(path: Path) -> np.ndarray:
@@ -97,7 +100,7 @@ def test_samples_depend_only_on_seed_epoch_index(synthetic_tree: Path) -> None:
         torch.testing.assert_close(x, y)
 
 
-def test_missing_file_fails_at_construction(tmp_path: Path) -> None:
+def test_missing_file_fails_at_construction(tmp_path: Path, write_release_triplet: Callable[..., Triplet]) -> None:
     triplet = write_release_triplet(tmp_path, "ROIs1158_spring", 1, 0)
     triplet.s2.unlink()
     with pytest.raises(
@@ -118,13 +121,15 @@ def test_empty_dataset_is_an_error() -> None:
         ({"s1_size": 30}, r"s1_1_p0.tif: S1 is 30x30, but its S2 cloudy partner .* is 32x32"),
     ],
 )
-def test_bad_triplets_name_the_file(tmp_path: Path, kwargs: dict, message: str) -> None:
+def test_bad_triplets_name_the_file(
+    tmp_path: Path, kwargs: dict, message: str, write_release_triplet: Callable[..., Triplet]
+) -> None:
     triplet = write_release_triplet(tmp_path, "ROIs1158_spring", 1, 0, **kwargs)
     with pytest.raises(DSen2CRError, match=message):
         SEN12MSCRDataset([triplet])[0]
 
 
-def test_truncated_tiff_names_the_file(tmp_path: Path) -> None:
+def test_truncated_tiff_names_the_file(tmp_path: Path, write_release_triplet: Callable[..., Triplet]) -> None:
     triplet = write_release_triplet(tmp_path, "ROIs1158_spring", 1, 0)
     data = triplet.s2.read_bytes()
     triplet.s2.write_bytes(data[: len(data) // 2])
@@ -132,7 +137,7 @@ def test_truncated_tiff_names_the_file(tmp_path: Path) -> None:
         SEN12MSCRDataset([triplet])[0]
 
 
-def test_crop_larger_than_patch(tmp_path: Path) -> None:
+def test_crop_larger_than_patch(tmp_path: Path, write_release_triplet: Callable[..., Triplet]) -> None:
     triplet = write_release_triplet(tmp_path, "ROIs1158_spring", 1, 0, size=32)
     with pytest.raises(DSen2CRError, match=r"patch is 32x32, smaller than the 64x64 training crop"):
         SEN12MSCRDataset([triplet], train=True, crop_size=64)[0]

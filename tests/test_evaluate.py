@@ -6,13 +6,13 @@ import csv
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 
-from conftest import run_cli
 from dsen2cr import create_model
 from dsen2cr.data.layout import read_file_list, select_split
 from dsen2cr.weights import save_weights
@@ -72,7 +72,9 @@ def test_evaluate_command(tmp_path: Path, synthetic_tree: Path, weights: Path) -
     assert again.returncode == 2 and "already holds an evaluation report; pass --overwrite" in again.stderr
 
 
-def test_evaluate_with_roi_list(tmp_path: Path, synthetic_tree: Path, weights: Path) -> None:
+def test_evaluate_with_roi_list(
+    tmp_path: Path, synthetic_tree: Path, weights: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     rois = tmp_path / "rois.txt"
     rois.write_text("ROIs1970_fall/3\n")
     result = run_cli(
@@ -129,7 +131,9 @@ def _original_columns(pred: np.ndarray, target: np.ndarray, cloudy: np.ndarray, 
     }
 
 
-def test_original_protocol_matches_the_original_formulas(tmp_path: Path) -> None:
+def test_original_protocol_matches_the_original_formulas(
+    tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     """``--protocol original`` on real sample patches: every column of every row equals the original's formulas
     computed here in float64 from the files (top-left window, NaN fill and mask on it, prediction unclipped)."""
     import torch

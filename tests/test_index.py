@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rasterio.crs import CRS
 
-from conftest import write_release_triplet
 from dsen2cr.data.index import index_dataset
-from dsen2cr.data.layout import read_file_list
+from dsen2cr.data.layout import Triplet, read_file_list
 from dsen2cr.outputs.geotiff import write_geotiff
 
 
-def test_index_skips_bad_triplets_with_reasons(tmp_path: Path) -> None:
+def test_index_skips_bad_triplets_with_reasons(tmp_path: Path, write_release_triplet: Callable[..., Triplet]) -> None:
     root = tmp_path / "data"
     write_release_triplet(root, "ROIs1158_spring", 1, 0)
     write_release_triplet(root, "ROIs1158_spring", 1, 1, s1_bands=3)
@@ -36,7 +36,7 @@ def test_index_skips_bad_triplets_with_reasons(tmp_path: Path) -> None:
     assert read_file_list(tmp_path / "files.csv", root) == report.triplets
 
 
-def test_index_flat_layout(tmp_path: Path) -> None:
+def test_index_flat_layout(tmp_path: Path, write_release_triplet: Callable[..., Triplet]) -> None:
     nested = tmp_path / "nested"
     t = write_release_triplet(nested, "ROIs1158_spring", 101, 0)
     flat = tmp_path / "flat"

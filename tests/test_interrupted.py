@@ -7,18 +7,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
+from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from conftest import UTM32N
-from dsen2cr import create_model
 from dsen2cr.config import load_config
 from dsen2cr.outputs.geotiff import write_geotiff
-from dsen2cr.weights import load_model, save_weights
+from dsen2cr.weights import load_model
+
+UTM32N = CRS.from_epsg(32632)
 
 
 def _config(tmp: Path, root: Path, out: Path) -> Path:
@@ -71,7 +73,7 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_weights(tmp_path: Path,
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-def test_sigkilled_scene_run_leaves_no_output(tmp_path: Path) -> None:
+def test_sigkilled_scene_run_leaves_no_output(tmp_path: Path, weights_file: Callable[[str], Path]) -> None:
     rng = np.random.default_rng(0)
     origin = from_origin(500000, 5000000, 10, 10)
     s2 = write_geotiff(
@@ -80,7 +82,7 @@ def test_sigkilled_scene_run_leaves_no_output(tmp_path: Path) -> None:
         crs=UTM32N,
         transform=origin,
     )
-    weights = save_weights(create_model("dsen2cr-small-nosar"), tmp_path / "w.safetensors")
+    weights = weights_file("dsen2cr-small-nosar")
     out = tmp_path / "out" / "clear.tif"
     out.parent.mkdir()
     command = [

@@ -3,6 +3,7 @@ bit, cloud predicted, a monotone blend in between, product masks (SCL, MSK_CLASS
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,10 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from dsen2cr import create_model
 from dsen2cr.cli import main
 from dsen2cr.cloud_detection import cloud_shadow_mask, shadow_mask
 from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
 from dsen2cr.outputs.geotiff import write_geotiff
-from dsen2cr.weights import save_weights
 
 UTM = CRS.from_epsg(32632)
 ORIGIN = from_origin(500000, 5000000, 10, 10)
@@ -26,7 +25,7 @@ FEATHER = 4
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def scene(tmp_path_factory: pytest.TempPathFactory, weights_file: Callable[[str], Path]) -> dict:
     """A 300 x 420 cloudy scene, larger than one 128 px window, and a small model without SAR."""
     folder = tmp_path_factory.mktemp("keep")
     rng = np.random.default_rng(5)
@@ -34,7 +33,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cloudy, _ = add_synthetic_clouds(clear, rng)
     write_geotiff(folder / "s2.tif", cloudy, crs=UTM, transform=ORIGIN)
     torch.manual_seed(0)
-    weights = save_weights(create_model("dsen2cr-small-nosar"), folder / "w.safetensors")
+    weights = weights_file("dsen2cr-small-nosar")
     return {"folder": folder, "s2": cloudy, "weights": weights}
 
 
@@ -108,15 +107,11 @@ def test_preview_outlines_the_mask(scene: dict, tmp_path: Path) -> None:
     assert (left == (255, 220, 0)).all(axis=-1).sum() > 100
 
 
-def _l2a_with_scl(folder: Path, scl: np.ndarray) -> Path:
-    """A tiny Level-2A SAFE (12 bands at 10 m for brevity) with its SCL at 20 m."""
-    from test_products import make_safe
-
+def _l2a_with_scl(folder: Path, scl: np.ndarray, make_safe: Callable, write_jp2: Callable) -> Path:
+    """A tiny Level-2A SAFE (the ``make_safe`` fixture) with its SCL at 20 m."""
     safe = make_safe(folder, level="L2A", baseline="02.14")
     target = next(safe.rglob("*_B05_20m.jp2")).with_name("T33UUU_20230610T101559_SCL_20m.jp2")
-    from test_products import _write_jp2
-
-    _write_jp2(target, scl.astype(np.uint16)[None], 20)
+    write_jp2(target, scl.astype(np.uint16)[None], 20)
     return safe
 
 
@@ -133,14 +128,16 @@ def test_scl_and_msk_classi_mapping(tmp_path: Path) -> None:
     assert product_mask(msk, "MSK_CLASSI").tolist() == [[1, 1], [0, 0]]
 
 
-def test_product_mask_end_to_end(tmp_path: Path) -> None:
+def test_product_mask_end_to_end(
+    tmp_path: Path, make_safe: Callable, write_jp2: Callable, weights_file: Callable[[str], Path]
+) -> None:
     """--mask product on an L2A SAFE writes the SCL's classes (nearest onto 10 m) as the map."""
     scl = np.full((30, 30), 4, np.uint16)  # vegetation
     scl[:10, :10] = 9  # cloud (high probability)
     scl[20:, 20:] = 3  # cloud shadow
-    safe = _l2a_with_scl(tmp_path / "p", scl)
+    safe = _l2a_with_scl(tmp_path / "p", scl, make_safe, write_jp2)
     torch.manual_seed(0)
-    weights = save_weights(create_model("dsen2cr-small-nosar"), tmp_path / "w.safetensors")
+    weights = weights_file("dsen2cr-small-nosar")
     argv = ["remove-clouds", "--weights", str(weights), "--s2", str(safe), "--out", str(tmp_path / "o.tif")]
     assert (
         main([*argv, "--mask", "product", "--mask-out", str(tmp_path / "m.tif"), "--keep-clear", "--no-progress"]) == 0
@@ -233,7 +230,9 @@ def test_s2cloudless_scene_mask_does_not_depend_on_the_tiling(scene: dict, tmp_p
         np.testing.assert_array_equal(a.read(1), s2cloudless_mask(scene["s2"]))
 
 
-def test_evaluate_and_training_take_the_s2cloudless_mask(tmp_path: Path, synthetic_tree: Path) -> None:
+def test_evaluate_and_training_take_the_s2cloudless_mask(
+    tmp_path: Path, synthetic_tree: Path, weights_file: Callable[[str], Path]
+) -> None:
     """evaluate --mask s2cloudless scores the regions of that mask (its cloud fraction, identity's clear MAE 0);
     loss.mask takes it for training; product masks are refused for patches."""
     pytest.importorskip("s2cloudless", reason="the optional 'masks' extra is not installed")
@@ -245,7 +244,7 @@ def test_evaluate_and_training_take_the_s2cloudless_mask(tmp_path: Path, synthet
     from dsen2cr.errors import DSen2CRError
 
     torch.manual_seed(0)
-    weights = save_weights(create_model("dsen2cr-small"), tmp_path / "w.safetensors")
+    weights = weights_file("dsen2cr-small")
     argv = [
         "evaluate",
         "--weights",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -9,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
 from dsen2cr import create_model
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.keras import load_keras_weights
@@ -49,7 +50,7 @@ def test_layer_order_comes_from_the_file_not_from_sorted_names() -> None:
     np.testing.assert_array_equal(state["blocks.4.conv1.weight"].numpy(), tenth.transpose(3, 2, 0, 1))
 
 
-def test_convert_keras_command(tmp_path: Path) -> None:
+def test_convert_keras_command(tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]) -> None:
     out = tmp_path / "paper.safetensors"
     result = run_cli("convert-keras", str(FIXTURES / "keras224_multigpu_sar.h5"), str(out))
     assert result.returncode == 0, result.stderr
@@ -100,7 +101,9 @@ def test_bad_keras_files(tmp_path: Path) -> None:
         load_model(wrong_block)
 
 
-def test_onnx_export_matches_pytorch_on_any_size(tmp_path: Path) -> None:
+def test_onnx_export_matches_pytorch_on_any_size(
+    tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = create_model("dsen2cr-small").eval()
@@ -130,7 +133,9 @@ def test_onnx_file_with_other_inputs_is_refused(tmp_path: Path) -> None:
         OnnxPredictor(path)
 
 
-def test_int8_export_quantises_every_convolution_per_channel(tmp_path: Path) -> None:
+def test_int8_export_quantises_every_convolution_per_channel(
+    tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     """export-onnx --int8: int8 weights whose per-channel scales are max|w|/127 (recomputed here from the
     PyTorch weights), output near fp32 but not equal to it, and evaluate runs on the int8 file."""
     pytest.importorskip("onnxruntime")
@@ -269,7 +274,9 @@ def test_int8_keeps_the_residual_paths_fp32(tmp_path: Path) -> None:
     assert 0 < ours_error < 0.5 * default_error, (ours_error, default_error)
 
 
-def test_histogram_calibration_that_cannot_fit_is_refused_before_any_work(tmp_path: Path) -> None:
+def test_histogram_calibration_that_cannot_fit_is_refused_before_any_work(
+    tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     """percentile/entropy calibration holds every activation of every crop: ~1.2 GiB per 128x128 crop of the
     paper's model ((4 x 16 + 6) maps x 256 features x 128^2 px x 4 bytes), so 4096 crops (4480 GiB) are refused
     with a one-line reason and nothing is written; min/max runs in bounded memory."""

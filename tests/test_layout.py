@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from conftest import write_release_triplet
 from dsen2cr.data.layout import (
+    Triplet,
     normalise_roi,
     read_file_list,
     read_roi_list,
@@ -21,7 +22,7 @@ from dsen2cr.errors import DSen2CRError
 
 
 @pytest.fixture
-def prefix_tree(tmp_path: Path) -> Path:
+def prefix_tree(tmp_path: Path, write_release_triplet: Callable[..., Triplet]) -> Path:
     """ROIs 1, 10, 106 and 123 of one season: every one starts with '1'."""
     for roi in (1, 10, 106, 123):
         for patch in (0, 1):

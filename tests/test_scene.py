@@ -7,6 +7,7 @@ import dataclasses
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,6 @@ import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from conftest import run_cli
 from dsen2cr import create_model
 from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
 from dsen2cr.errors import DSen2CRError
@@ -90,7 +90,9 @@ def test_too_small_overlap_shows_seams(scene: dict) -> None:
     assert np.abs(got - expected).max() > 1e-3  # the test above can fail
 
 
-def test_remove_clouds_writes_a_georeferenced_cog(scene: dict, tmp_path: Path) -> None:
+def test_remove_clouds_writes_a_georeferenced_cog(
+    scene: dict, tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     out = tmp_path / "out.tif"
     result = run_cli(
         "remove-clouds",
@@ -281,7 +283,9 @@ def test_bad_input(scene: dict, tmp_path: Path, case: str, message: str) -> None
     assert not [p for p in out.parent.glob(".*tmp*")] if out.parent.exists() else True
 
 
-def test_manifest_with_several_scenes(scene: dict, tmp_path: Path) -> None:
+def test_manifest_with_several_scenes(
+    scene: dict, tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     manifest = tmp_path / "scenes.csv"
     s2, s1 = scene["folder"] / "s2.tif", scene["folder"] / "s1.tif"
     manifest.write_text(
@@ -297,7 +301,9 @@ def test_manifest_with_several_scenes(scene: dict, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "manifest header lacks s1" in bad.stderr
 
 
-def test_torchrun_ranks_split_the_scenes(scene: dict, tmp_path: Path) -> None:
+def test_torchrun_ranks_split_the_scenes(
+    scene: dict, tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     import os
 
     s2, s1 = scene["folder"] / "s2.tif", scene["folder"] / "s1.tif"
@@ -341,7 +347,9 @@ def test_auto_tile_is_the_largest_that_fits_the_memory_budget() -> None:
     assert choose_tile(paper, batch_size=1, memory_bytes=2**20, overlap=68) == 192  # floor: overlap + 64, rounded up
 
 
-def test_remove_clouds_defaults_pick_tile_and_batch(scene: dict, tmp_path: Path) -> None:
+def test_remove_clouds_defaults_pick_tile_and_batch(
+    scene: dict, tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     common = ["--weights", str(scene["weights"]), "--s2", str(scene["folder"] / "s2.tif")]
     common += ["--s1", str(scene["folder"] / "s1.tif"), "--no-progress"]
     # 0.05 GiB / 888 bytes per pixel (small model) -> isqrt(60463) = 245 -> 192 px windows, batch 1 on CPU

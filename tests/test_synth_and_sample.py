@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 
-from conftest import run_cli
 from dsen2cr.cloud_detection import cloud_shadow_mask
 from dsen2cr.data.layout import read_file_list, select_split
 from dsen2cr.data.sample import copy_sample, sample_dataset_root, sample_file_list, sample_scene
@@ -76,7 +77,7 @@ def test_copy_sample(tmp_path: Path) -> None:
         copy_sample(out)
 
 
-def test_data_cli_synth_and_index(tmp_path: Path) -> None:
+def test_data_cli_synth_and_index(tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]) -> None:
     run = lambda *a: run_cli(*a)  # noqa: E731
     result = run("data", "synth", "--out", str(tmp_path / "tree"), "--count", "4", "--size", "32")
     assert result.returncode == 0, result.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_cli
 from dsen2cr.config import load_config
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import carl_loss
@@ -155,7 +156,9 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path: Path, synthetic_tree: Pat
         task.training_step(batch, 0)
 
 
-def test_two_process_ddp_on_cpu_keeps_ranks_equal(tmp_path: Path, synthetic_tree: Path) -> None:
+def test_two_process_ddp_on_cpu_keeps_ranks_equal(
+    tmp_path: Path, synthetic_tree: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     config = _config(tmp_path, synthetic_tree)
     result = run_cli(
         "train",
@@ -181,7 +184,9 @@ def test_two_process_ddp_on_cpu_keeps_ranks_equal(tmp_path: Path, synthetic_tree
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_export_round_trip_and_variant_check(tmp_path: Path, synthetic_tree: Path) -> None:
+def test_export_round_trip_and_variant_check(
+    tmp_path: Path, synthetic_tree: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     from dsen2cr.training.train import run_training
 
     config = load_config(_config(tmp_path, synthetic_tree), ["optim.epochs=1", "trainer.limit_train_batches=1"])
@@ -229,7 +234,9 @@ def test_original_crop_offsets_never_reach_the_last_row_and_column(synthetic_tre
         assert corners == ({(0, 0)} if original else set(offsets))
 
 
-def test_global_batch_splits_over_ranks(tmp_path: Path, synthetic_tree: Path) -> None:
+def test_global_batch_splits_over_ranks(
+    tmp_path: Path, synthetic_tree: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
     """With optim.global_batch, a 2-process DDP run gives each rank half the batch; a world size that does not
     divide the batch is refused."""
     from types import SimpleNamespace

@@ -1,0 +1,49 @@
+"""The command line as a whole: missing extras named, --debug tracebacks, an inference-only install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rasterio.crs import CRS
+
+from dsen2cr.cli import main
+
+UTM32N = CRS.from_epsg(32632)
+
+
+def test_debug_shows_the_traceback(workdir: Path) -> None:
+    with pytest.raises(Exception, match="config file not found"):
+        main(["--debug", "train", "--config", str(workdir / "nope.yaml")])
+
+
+@pytest.mark.parametrize(("command", "extra"), [("train", "train"), ("export-onnx", "onnx")])
+def test_missing_extras_are_named(
+    command: str, extra: str, monkeypatch: pytest.MonkeyPatch, workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """In an inference-only install, the commands that need an extra say which one (the real venv check is
+    test_inference_only_install below, marked slow)."""
+    import importlib.util
+
+    missing = {"yaml", "lightning", "onnxscript"}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a))
+    argv = ["train"] if command == "train" else ["export-onnx", "--weights", str(workdir.weights()), "x.onnx"]
+    assert main(argv) == 2
+    assert f"pip install 'dsen2cr[{extra}]'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_inference_only_install(workdir: Path) -> None:
+    """``pip install dsen2cr`` (no extras) in a fresh venv: train and export-onnx name their extra."""
+    repo = Path(__file__).resolve().parents[1]
+    venv = workdir / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True)
+    subprocess.run([*pip, str(repo)], check=True)
+    for argv, extra in ((["train"], "train"), (["export-onnx", "--weights", "w", "x.onnx"], "onnx")):
+        result = subprocess.run([str(venv / "bin" / "dsen2cr"), *argv], capture_output=True, text=True)
+        assert result.returncode == 2 and f"pip install 'dsen2cr[{extra}]'" in result.stderr, result.stderr

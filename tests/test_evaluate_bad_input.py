@@ -1,0 +1,242 @@
+"""Bad input to evaluate, table-driven through the console entry point (the ``check_case`` fixture):
+each row is an unusual but plausible input; the command exits with the expected status and one line on
+stderr naming the file or option and the problem, no traceback, inputs unchanged, nothing left behind."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from dsen2cr import create_model
+from dsen2cr.outputs.geotiff import write_geotiff
+from dsen2cr.weights import save_weights
+
+UTM32N = CRS.from_epsg(32632)
+
+
+def _evaluate(tmp: Path, weights: Path, *, file_list: Path | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    """``evaluate`` argv over the small tree, reporting into tmp/eval."""
+    root = tmp.tree()
+    return [
+        "evaluate",
+        "--weights",
+        str(weights),
+        "--data-root",
+        str(root),
+        "--file-list",
+        str(file_list or root / "files.csv"),
+        *extra,
+        "--out",
+        str(tmp / "eval"),
+    ]
+
+
+def _first_line_only(tmp: Path) -> Path:
+    """A file list holding only the small tree's first (training) line."""
+    return _write(tmp / "one.csv", (tmp.tree() / "files.csv").read_text().splitlines()[0])
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+ORIGIN = from_origin(500000, 5000000, 10, 10)
+
+
+def _nan_weights(tmp: Path, variant: str = "dsen2cr-small-nosar") -> Path:
+    model = create_model(variant)
+    with torch.no_grad():
+        model.blocks[0].conv1.weight[0, 0, 0, 0] = float("nan")
+    return save_weights(model, tmp / "nan.safetensors")
+
+
+def _evaluate_args(tmp: Path, root: Path, file_list: Path, weights: Path | None = None, *extra: str) -> list[str]:
+    weights = weights or tmp.weights()
+    return [
+        "evaluate",
+        "--weights",
+        str(weights),
+        "--data-root",
+        str(root),
+        "--file-list",
+        str(file_list),
+        "--split",
+        "test",
+        "--out",
+        str(tmp / "eval"),
+        *extra,
+    ]
+
+
+def _tree_with(tmp: Path, mutate: Callable[[Path], None]) -> tuple[Path, Path]:
+    """The small tree with its test split made of two patches, changed by ``mutate(root)``."""
+    root = tmp.tree()
+    t = tmp.triplet(root, "ROIs1158_spring", 4, 0, size=48, seed=4)
+    with (root / "files.csv").open("a") as f:
+        f.write(
+            f"3\tROIs1158_spring_s1/s1_4\tROIs1158_spring_s2/s2_4\tROIs1158_spring_s2_cloudy/s2_cloudy_4\t{t.s1.name}\n"
+        )
+    mutate(root)
+    return root, root / "files.csv"
+
+
+def _mixed_sizes(root: Path) -> None:
+    t = root.triplet(root, "ROIs1158_spring", 4, 0, size=64, seed=5)  # replaces the 48 px patch (root: a Workdir)
+    assert t.s1.exists()
+
+
+def _nan_patch(root: Path) -> None:
+    path = root / "ROIs1158_spring_s2_cloudy" / "s2_cloudy_4" / "ROIs1158_spring_s2_cloudy_4_p0.tif"
+    write_geotiff(path, np.full((13, 48, 48), np.nan, np.float32), crs=UTM32N, transform=ORIGIN)
+
+
+def _missing_second_patch(root: Path) -> None:
+    (root / "ROIs1158_spring_s1" / "s1_4" / "ROIs1158_spring_s1_4_p0.tif").unlink()
+
+
+def _evaluate_into_root(tmp: Path) -> list[str]:
+    args = _evaluate_args(tmp, tmp.tree(), tmp.tree() / "files.csv")
+    return [*args[: args.index("--out")], "--out", str(tmp / "data"), "--overwrite"]
+
+
+def _case(
+    name: str,
+    setup: Callable[[Path], list[str]],
+    message: str,
+    *,
+    keep: tuple[str, ...] = (),
+    absent: tuple[str, ...] = (),
+    status: int = 2,
+) -> Any:
+    """A row of the table: ``setup(workdir)`` returns the argv (the ``check_case`` fixture says what passes)."""
+    return pytest.param(setup, message, keep, absent, status, id=name)
+
+
+CASES = [
+    _case(
+        "evaluate: missing weights",
+        lambda t: _evaluate(t, t / "w.safetensors"),
+        "w.safetensors: weights file not found",
+        absent=("eval",),
+    ),
+    _case(
+        "evaluate: weights is a folder",
+        lambda t: _evaluate(t, t),
+        "is a directory, expected a weights file",
+        absent=("eval",),
+    ),
+    _case(
+        "evaluate: garbage weights",
+        lambda t: _evaluate(t, _write(t / "w.safetensors", "garbage")),
+        "w.safetensors: not a readable safetensors file",
+        absent=("eval",),
+    ),
+    _case(
+        "evaluate: empty split",
+        lambda t: _evaluate(t, t.weights(), file_list=_first_line_only(t), extra=("--split", "test")),
+        "one.csv: split test has no patches",
+        absent=("eval/summary.md",),
+    ),
+    _case(
+        "evaluate: --out is the data root",
+        lambda t: _evaluate_into_root(t),
+        "which is not part of an evaluation report",
+        keep=("data/files.csv",),
+    ),
+    _case(
+        "evaluate: second patch missing",
+        lambda t: _evaluate_args(t, *_tree_with(t, _missing_second_patch)),
+        "not found",
+        absent=("eval",),
+    ),
+    _case(
+        "evaluate: patches of two sizes in a batch",
+        lambda t: _evaluate_args(t, *_tree_with(t, _mixed_sizes), None, "--batch-size", "2"),
+        "differ in size",
+        absent=("eval",),
+    ),
+    _case(
+        "evaluate: a NaN patch mid-run",
+        lambda t: _evaluate_args(t, *_tree_with(t, _nan_patch), None, "--batch-size", "1"),
+        "every value is NaN",
+        absent=("eval",),
+    ),
+    _case(
+        "evaluate: weights with a NaN",
+        lambda t: _evaluate_args(t, t.tree(), t.tree() / "files.csv", _nan_weights(t, "dsen2cr-small")),
+        "holds NaN or infinite values",
+        absent=("eval",),
+    ),
+    _case(
+        "evaluate: --cloud-threshold nan",
+        lambda t: _evaluate_args(t, t.tree(), t.tree() / "files.csv", None, "--cloud-threshold", "nan"),
+        "expected a finite number",
+        absent=("eval",),
+    ),
+    _case(
+        "evaluate: a file-list folder outside the root",
+        lambda t: _evaluate_args(
+            t, t.tree(), _write(t / "out.csv", "3\t../elsewhere/s1\ts2\ts2_cloudy\tROIs1158_spring_s1_3_p0.tif\n")
+        ),
+        "is outside the data root",
+        absent=("eval",),
+    ),
+    _case(
+        "evaluate: an absolute file-list folder",
+        lambda t: _evaluate_args(
+            t, t.tree(), _write(t / "abs.csv", "3\t/etc\ts2\ts2_cloudy\tROIs1158_spring_s1_3_p0.tif\n")
+        ),
+        "is outside the data root",
+        absent=("eval",),
+    ),
+]
+
+
+@pytest.mark.parametrize(("setup", "message", "keep", "absent", "status"), CASES)
+def test_bad_input(
+    setup: Callable[[Path], list[str]],
+    message: str,
+    keep: tuple[str, ...],
+    absent: tuple[str, ...],
+    status: int,
+    check_case: Callable[..., None],
+) -> None:
+    check_case(setup, message, keep, absent, status)
+
+
+@pytest.mark.slow
+def test_sigterm_during_evaluate_leaves_nothing(
+    workdir: Path, terminate_when: Callable[..., int], private_tmp_env: dict[str, str]
+) -> None:
+    root = workdir / "data"
+    from dsen2cr.data.synth import write_synthetic_dataset
+
+    write_synthetic_dataset(root, 40, size=128, seed=1)
+    weights = workdir.weights("dsen2cr-small")
+    command = [
+        "evaluate",
+        "--weights",
+        str(weights),
+        "--data-root",
+        str(root),
+        "--file-list",
+        str(root / "files.csv"),
+        "--split",
+        "train",
+        "--batch-size",
+        "1",
+        "--out",
+        str(workdir / "eval"),
+    ]
+    status = terminate_when(command, lambda: any((workdir / "eval").glob("previews/*.png")), private_tmp_env)
+    assert status == 128 + signal.SIGTERM
+    assert not (workdir / "eval").exists()

@@ -1,0 +1,494 @@
+"""Bad input to remove-clouds, table-driven through the console entry point (the ``check_case`` fixture):
+each row is an unusual but plausible input; the command exits with the expected status and one line on
+stderr naming the file or option and the problem, no traceback, inputs unchanged, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from dsen2cr import create_model
+from dsen2cr.cli import main
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.outputs.geotiff import write_geotiff
+from dsen2cr.weights import save_weights
+
+UTM32N = CRS.from_epsg(32632)
+
+
+def _remove(tmp: Path, s2: Path, s1: Path | None, *extra: str, weights: Path | None = None) -> list[str]:
+    args = [
+        "remove-clouds",
+        "--weights",
+        str(weights or tmp.weights()),
+        "--s2",
+        str(s2),
+        "--out",
+        str(tmp / "out.tif"),
+        "--no-progress",
+        *extra,
+    ]
+    return args + (["--s1", str(s1)] if s1 is not None else [])
+
+
+def _truncate(path: Path, keep: float = 0.4) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+ORIGIN = from_origin(500000, 5000000, 10, 10)
+
+
+def _remove_args(tmp: Path, *extra: str, s1: bool = False, weights: Path | None = None) -> list[str]:
+    """remove-clouds over the small test scene (without SAR unless ``s1``)."""
+    s2, s1_path = tmp.scene()
+    variant = "dsen2cr-small" if s1 else "dsen2cr-small-nosar"
+    args = ["remove-clouds", "--weights", str(weights or tmp.weights(variant)), "--s2", str(s2), "--no-progress"]
+    return args + (["--s1", str(s1_path)] if s1 else []) + list(extra)
+
+
+def _two_scenes_one_name(tmp: Path) -> list[str]:
+    s2, _ = tmp.scene()
+    for folder in ("A", "B"):
+        (tmp / folder).mkdir()
+        (tmp / folder / "scene.tif").write_bytes(s2.read_bytes())
+    (tmp / "outdir").mkdir()
+    weights = tmp.weights("dsen2cr-small-nosar")
+    return [
+        "remove-clouds",
+        "--weights",
+        str(weights),
+        "--s2",
+        str(tmp / "A/scene.tif"),
+        str(tmp / "B/scene.tif"),
+        "--out",
+        str(tmp / "outdir"),
+        "--no-progress",
+    ]
+
+
+def _manifest(tmp: Path, rows: list[tuple[str, str, str]], name: str = "m.csv", bom: bool = False) -> Path:
+    text = "s2,s1,out\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows)
+    path = tmp / name
+    path.write_text(("\ufeff" if bom else "") + text, encoding="utf-8")
+    return path
+
+
+def _manifest_args(tmp: Path, rows: list[tuple[str, str, str]], *extra: str) -> list[str]:
+    tmp.scene()
+    weights = tmp.weights("dsen2cr-small-nosar")
+    manifest = _manifest(tmp, rows)
+    return ["remove-clouds", "--weights", str(weights), "--manifest", str(manifest), "--no-progress", *extra]
+
+
+def _existing(tmp: Path, name: str, content: bytes = b"keep me") -> Path:
+    (tmp / name).write_bytes(content)
+    return tmp / name
+
+
+def _nan_weights(tmp: Path, variant: str = "dsen2cr-small-nosar") -> Path:
+    model = create_model(variant)
+    with torch.no_grad():
+        model.blocks[0].conv1.weight[0, 0, 0, 0] = float("nan")
+    return save_weights(model, tmp / "nan.safetensors")
+
+
+def _huge_weights(tmp: Path) -> Path:
+    """Finite weights whose output overflows float32."""
+    model = create_model("dsen2cr-small-nosar")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.fill_(1e12)
+    return save_weights(model, tmp / "huge.safetensors")
+
+
+def _foreign_onnx(tmp: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "other",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])],
+    )
+    path = tmp / "other.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def _s2_file(
+    tmp: Path,
+    array: np.ndarray | None = None,
+    transform: object = ORIGIN,
+    names: list[str] | None = None,
+    crs: object = UTM32N,
+) -> Path:
+    array = np.random.default_rng(0).integers(1, 8000, (13, 40, 50)).astype(np.uint16) if array is None else array
+    return write_geotiff(tmp / "s2x.tif", array, crs=crs, transform=transform, band_names=names)
+
+
+def _s1_file(tmp: Path, array: np.ndarray, crs: object = UTM32N) -> Path:
+    return write_geotiff(tmp / "s1x.tif", array, crs=crs, transform=ORIGIN)
+
+
+def _remove_with(tmp: Path, s2: Path, s1: Path | None = None) -> list[str]:
+    variant = "dsen2cr-small" if s1 is not None else "dsen2cr-small-nosar"
+    args = ["remove-clouds", "--weights", str(tmp.weights(variant)), "--s2", str(s2), "--out", str(tmp / "o.tif")]
+    return args + ["--no-progress"] + (["--s1", str(s1)] if s1 is not None else [])
+
+
+def _fifo(tmp: Path) -> Path:
+    os.mkfifo(tmp / "pipe.tif")
+    return tmp / "pipe.tif"
+
+
+def _second_exists(tmp: Path) -> list[str]:
+    _existing(tmp, "o2.tif")
+    return _manifest_args(tmp, [("s2.tif", "", "o1.tif"), ("s2.tif", "", "o2.tif")])
+
+
+def _case(
+    name: str,
+    setup: Callable[[Path], list[str]],
+    message: str,
+    *,
+    keep: tuple[str, ...] = (),
+    absent: tuple[str, ...] = (),
+    status: int = 2,
+) -> Any:
+    """A row of the table: ``setup(workdir)`` returns the argv (the ``check_case`` fixture says what passes)."""
+    return pytest.param(setup, message, keep, absent, status, id=name)
+
+
+CASES = [
+    _case(
+        "remove-clouds: S2 with 11 bands",  # 12 bands are Level-2A, accepted since the products issue
+        lambda t: _remove(t, t.scene(s2=np.ones((11, 40, 50), np.uint16))[0], t / "s1.tif"),
+        "s2.tif: S2 has 11 bands, expected 13 (L1C",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: S1 with 3 bands",
+        lambda t: _remove(t, *t.scene(s1=np.full((3, 40, 50), -10, np.float32))),
+        "s1.tif: S1 (VV, VH) has 3 bands, expected 2",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: zero-byte S2",
+        lambda t: _remove(t, _write(t / "empty.tif", ""), t.scene()[1]),
+        "empty.tif: cannot read S2",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: truncated S2",
+        lambda t: _remove(t, _truncate(t.scene()[0]), t / "s1.tif"),
+        "s2.tif: cannot read",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: S2 in reflectance, not DN",
+        lambda t: _remove(t, t.scene(s2=np.full((13, 40, 50), 0.2, np.float32))[0], t / "s1.tif"),
+        "s2.tif: S2 values look like reflectance",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: all-NaN S2",
+        lambda t: _remove(t, t.scene(s2=np.full((13, 40, 50), np.nan, np.float32))[0], t / "s1.tif"),
+        "s2.tif: S2 has no valid pixels",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: all-nodata S1",
+        lambda t: _remove(t, *t.scene(s1=np.full((2, 40, 50), np.nan, np.float32))),
+        "s1.tif: S1 holds no valid values",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: S1 in linear power",
+        lambda t: _remove(t, *t.scene(s1=np.full((2, 40, 50), 0.05, np.float32))),
+        "pass --s1-linear",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: SAR weights without --s1",
+        lambda t: _remove(t, t.scene()[0], None),
+        "these weights need SAR input; pass --s1",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: output exists",
+        lambda t: _remove(t, *t.scene()) if _write(t / "out.tif", "keep") else [],
+        "out.tif: exists; pass --overwrite",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: output folder is missing",
+        lambda t: [*_remove(t, *t.scene())[:-2], "--out", str(t / "no" / "out.tif"), "--s1", str(t / "s1.tif")],
+        "output folder",
+        absent=("no/out.tif",),
+    ),
+    _case(
+        "remove-clouds: zero batch size",
+        lambda t: _remove(t, *t.scene(), "--batch-size", "0"),
+        "--batch-size: must be at least 1",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: tile too small",
+        lambda t: _remove(t, *t.scene(), "--tile", "8"),
+        "tile: must be at least 16 pixels",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: a directory as S1",
+        lambda t: _remove(t, t.scene()[0], t),
+        "is a directory, expected a S1",
+        absent=("out.tif",),
+    ),
+    _case(
+        "remove-clouds: --preview is --out",
+        lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--preview", str(t / "o.tif")),
+        "would replace output out",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: --mask-out is --out",
+        lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--mask-out", str(t / "o.tif")),
+        "would replace output out",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: --out is the S2 input",
+        lambda t: _remove_args(t, "--out", str(t / "s2.tif"), "--overwrite"),
+        "would replace input s2",
+        keep=("s2.tif",),
+    ),
+    _case(
+        "remove-clouds: --out is the weights",
+        lambda t: _remove_args(t, "--out", str(t.weights("dsen2cr-small-nosar")), "--overwrite"),
+        "would replace input weights",
+        keep=("dsen2cr-small-nosar.safetensors",),
+    ),
+    _case(
+        "remove-clouds: two scenes of one name",
+        _two_scenes_one_name,
+        "would replace output out",
+        absent=("outdir/scene_cloudfree.tif",),
+    ),
+    _case(
+        "remove-clouds: two manifest rows, one out",
+        lambda t: _manifest_args(t, [("s2.tif", "", "o.tif"), ("s2.tif", "", "o.tif")]),
+        "would replace output out",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: manifest row 2 exists, row 1 not written",
+        lambda t: _second_exists(t),
+        "o2.tif: exists; pass --overwrite",
+        keep=("o2.tif",),
+        absent=("o1.tif",),
+    ),
+    _case(
+        "remove-clouds: manifest writes over itself",
+        lambda t: _manifest_args(t, [("s2.tif", "", "m.csv")], "--overwrite"),
+        "would replace input file",
+        keep=("m.csv",),
+    ),
+    _case(
+        "remove-clouds: manifest row 2 missing",
+        lambda t: _manifest_args(t, [("s2.tif", "", "o1.tif"), ("nope.tif", "", "o2.tif")]),
+        "nope.tif: S2 scene not found",
+        absent=("o1.tif",),
+    ),
+    _case(
+        "remove-clouds: weights with a NaN",
+        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_nan_weights(t)),
+        "holds NaN or infinite values",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: predictions overflow",
+        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_huge_weights(t)),
+        "predicted NaN, infinite or absurdly large values",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: --memory inf",
+        lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--memory", "inf"),
+        "expected a finite number",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: S1 as uint16 amplitude",
+        lambda t: _remove_with(t, _s2_file(t), _s1_file(t, np.full((2, 40, 50), 200, np.uint16))),
+        "S1 is uint16; expected float dB",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: complex S1",
+        lambda t: _remove_with(t, _s2_file(t), _s1_file(t, np.ones((2, 40, 50), np.complex64))),
+        "S1 is complex64",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: S2 with an identity transform",
+        lambda t: _remove_with(t, _s2_file(t, transform=__import__("rasterio").Affine.identity())),
+        "no georeferencing",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: S2 bands named in another order",
+        lambda t: _remove_with(
+            t,
+            _s2_file(
+                t, names=["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B8A", "B10", "B11", "B12"]
+            ),
+        ),
+        "band descriptions say",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: complex S2",
+        lambda t: _remove_with(t, _s2_file(t, np.ones((13, 40, 50), np.complex64))),
+        "S2 is complex64",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: S1 in a local engineering CRS",
+        lambda t: _remove_with(
+            t,
+            _s2_file(t),
+            _s1_file(t, np.full((2, 40, 50), -12, np.float32), crs=CRS.from_wkt('LOCAL_CS["local",UNIT["metre",1]]')),
+        ),
+        "cannot be related to the S2 scene",
+        absent=("o.tif",),
+    ),
+    _case("remove-clouds: S2 is a FIFO", lambda t: _remove_with(t, _fifo(t)), "not a regular file", absent=("o.tif",)),
+    _case(
+        "remove-clouds: weights are /dev/zero",
+        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=Path("/dev/zero")),
+        "not a regular file",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: --device foo",
+        lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--device", "foo"),
+        "'foo' is not a torch device",
+        absent=("o.tif",),
+    ),
+    _case(
+        "remove-clouds: an ONNX file from elsewhere",
+        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_foreign_onnx(t)),
+        "ONNX inputs ['x']",
+        absent=("o.tif",),
+    ),
+]
+
+
+@pytest.mark.parametrize(("setup", "message", "keep", "absent", "status"), CASES)
+def test_bad_input(
+    setup: Callable[[Path], list[str]],
+    message: str,
+    keep: tuple[str, ...],
+    absent: tuple[str, ...],
+    status: int,
+    check_case: Callable[..., None],
+) -> None:
+    check_case(setup, message, keep, absent, status)
+
+
+def test_minus_infinity_in_s1_is_no_data(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    s1 = np.random.default_rng(1).uniform(-25, -5, (2, 40, 50)).astype(np.float32)
+    s1[:, :, :25] = -np.inf
+    args = _remove_with(workdir, _s2_file(workdir), _s1_file(workdir, s1))
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "S1 has no data under 50.0% of the valid S2 pixels" in err
+
+
+def test_a_band_file_in_another_crs_is_refused(workdir: Path) -> None:
+    """A product folder whose B06 declares another CRS with the same transform numbers is refused (it was read
+    as if it were on the B02 grid)."""
+    from dsen2cr.inputs.readers import S2Source
+    from dsen2cr.preprocessing import S2_BANDS
+
+    folder = workdir / "IMG_DATA"
+    folder.mkdir()
+    for band in S2_BANDS:
+        code = band[0] + band[1:].zfill(2)
+        crs = CRS.from_epsg(32633) if code == "B06" else UTM32N
+        data = np.full((1, 40, 50), 100, np.uint16)
+        write_geotiff(folder / f"T32TXX_20200101T000000_{code}.tif", data, crs=crs, transform=ORIGIN)
+    with pytest.raises(DSen2CRError, match=r"B06\.tif: S2 band is on EPSG:32633, but B02 of"):
+        S2Source(folder)
+
+
+def test_boms_and_relative_manifest_paths(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """A UTF-8 BOM in a manifest, file list or ROI list is read; manifest paths are relative to its folder."""
+    from dsen2cr.data.layout import read_file_list, read_roi_list
+
+    scenes = workdir / "scenes"
+    scenes.mkdir()
+    scenes.scene()
+    manifest = _manifest(scenes, [("s2.tif", "", "clear.tif")], bom=True)
+    weights = workdir.weights("dsen2cr-small-nosar")
+    assert main(["remove-clouds", "--weights", str(weights), "--manifest", str(manifest), "--no-progress"]) == 0
+    assert (scenes / "clear.tif").is_file()
+    root = workdir.tree()
+    bom_list = _write(workdir / "bom.csv", "\ufeff" + (root / "files.csv").read_text())
+    assert len(read_file_list(bom_list, root)) == 3
+    assert read_roi_list(_write(workdir / "rois.txt", "\ufeffROIs1158_spring/1\n")) == {"ROIs1158_spring/1"}
+
+
+def test_overlap_below_exact_and_unmatched_rois_are_warned(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    args = _remove_args(workdir, "--out", str(workdir / "o.tif"), "--overlap", "4", "--tile", "32")
+    assert main(args) == 0
+    assert "overlap 4 px is below the exact 20 px" in capsys.readouterr().err
+    rois = _write(workdir / "val.txt", "ROIs1158_spring/77\n")
+    assert main(["data", "index", str(workdir.tree()), "--out", str(workdir / "n.csv"), "--val-rois", str(rois)]) == 0
+    assert "1 ROI(s) of the validation list match no patch" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigterm_during_remove_clouds_leaves_nothing(
+    workdir: Path, terminate_when: Callable[..., int], private_tmp_env: dict[str, str]
+) -> None:
+    rng = np.random.default_rng(0)
+    s2 = write_geotiff(
+        workdir / "s2.tif", rng.integers(1, 8000, (13, 1024, 1024)).astype(np.uint16), crs=UTM32N, transform=ORIGIN
+    )
+    weights = workdir.weights("dsen2cr-small-nosar")
+    out = workdir / "out"
+    out.mkdir()
+    command = [
+        "remove-clouds",
+        "--weights",
+        str(weights),
+        "--s2",
+        str(s2),
+        "--out",
+        str(out / "clear.tif"),
+        "--no-progress",
+        "--tile",
+        "128",
+    ]
+    status = terminate_when(command, lambda: any(out.glob(".clear.*staging*")), private_tmp_env)
+    assert status == 128 + signal.SIGTERM
+    assert list(out.iterdir()) == []

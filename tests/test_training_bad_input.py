@@ -1,0 +1,224 @@
+"""Bad input to train, table-driven through the console entry point (the ``check_case`` fixture):
+each row is an unusual but plausible input; the command exits with the expected status and one line on
+stderr naming the file or option and the problem, no traceback, inputs unchanged, nothing left behind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from dsen2cr import create_model
+from dsen2cr.cli import main
+from dsen2cr.outputs.geotiff import write_geotiff
+from dsen2cr.weights import CONFIG_KEY
+
+UTM32N = CRS.from_epsg(32632)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _mkrun(tmp: Path) -> Path:
+    run = tmp / "existing"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")  # a folder without one is not a run
+    (run / "config.yaml").write_text("model: {}\n")
+    return run
+
+
+def _ckpt_like(tmp: Path) -> Path:
+    """A Lightning-style checkpoint of the paper model without SAR."""
+
+    model = create_model("dsen2cr-nosar")
+    path = tmp / "other.ckpt"
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, CONFIG_KEY: model.config.to_dict()},
+        path,
+    )
+    return path
+
+
+ORIGIN = from_origin(500000, 5000000, 10, 10)
+
+
+def _tree_with(tmp: Path, mutate: Callable[[Path], None]) -> tuple[Path, Path]:
+    """The small tree with its test split made of two patches, changed by ``mutate(root)``."""
+    root = tmp.tree()
+    t = tmp.triplet(root, "ROIs1158_spring", 4, 0, size=48, seed=4)
+    with (root / "files.csv").open("a") as f:
+        f.write(
+            f"3\tROIs1158_spring_s1/s1_4\tROIs1158_spring_s2/s2_4\tROIs1158_spring_s2_cloudy/s2_cloudy_4\t{t.s1.name}\n"
+        )
+    mutate(root)
+    return root, root / "files.csv"
+
+
+def _nan_patch(root: Path) -> None:
+    path = root / "ROIs1158_spring_s2_cloudy" / "s2_cloudy_4" / "ROIs1158_spring_s2_cloudy_4_p0.tif"
+    write_geotiff(path, np.full((13, 48, 48), np.nan, np.float32), crs=UTM32N, transform=ORIGIN)
+
+
+def _train(tmp: Path, *overrides: str, **sections: dict) -> list[str]:
+    return ["train", "--config", str(tmp.config(**sections)), "--no-progress", *overrides]
+
+
+def _deep_yaml(tmp: Path) -> Path:
+    return _write(tmp / "deep.yaml", "[" * 20000 + "]" * 20000)
+
+
+def _case(
+    name: str,
+    setup: Callable[[Path], list[str]],
+    message: str,
+    *,
+    keep: tuple[str, ...] = (),
+    absent: tuple[str, ...] = (),
+    status: int = 2,
+) -> Any:
+    """A row of the table: ``setup(workdir)`` returns the argv (the ``check_case`` fixture says what passes)."""
+    return pytest.param(setup, message, keep, absent, status, id=name)
+
+
+CASES = [
+    _case(
+        "train: unknown key",
+        lambda t: ["train", "--config", str(t.config(optim={"lrr": 1.0}))],
+        "optim: unknown key 'lrr'; did you mean 'lr'?",
+        absent=("run",),
+    ),
+    _case(
+        "train: wrong type",
+        lambda t: ["train", "--config", str(t.config(optim={"epochs": "many"}))],
+        "optim.epochs: expected int, got 'many'",
+        absent=("run",),
+    ),
+    _case(
+        "train: missing config",
+        lambda t: ["train", "--config", str(t / "nope.yaml")],
+        "nope.yaml: config file not found",
+    ),
+    _case(
+        "train: invalid YAML",
+        lambda t: ["train", "--config", str(_write(t / "bad.yaml", "optim: [1, 2"))],
+        "bad.yaml: not valid YAML",
+    ),
+    _case(
+        "train: data root without the listed files",
+        lambda t: ["train", "--config", str(t.config()), f"data.root={t / 'elsewhere'}"],
+        "file of patch ROIs1158_spring_1_p0 not found",
+        absent=("run/checkpoints",),
+    ),
+    _case(
+        "train: malformed file list line",
+        lambda t: ["train", "--config", str(t.config()), f"data.file_list={_write(t / 'l.csv', '1,a,b,c')}"],
+        "l.csv:1: expected 5 fields",
+        absent=("run/checkpoints",),
+    ),
+    _case(
+        "train: folder holds a run",
+        lambda t: ["train", "--config", str(t.config()), f"trainer.out_dir={_mkrun(t)}"],
+        "already holds a run; resume it with --resume, or pass --overwrite",
+    ),
+    _case(
+        "train: resume weights of another variant",
+        lambda t: ["train", "--config", str(t.config()), "--resume", str(_ckpt_like(t))],
+        "holds a B=16, F=256 without SAR model, but B=4, F=32 with SAR was asked for",
+        absent=("run/checkpoints",),
+    ),
+    _case(
+        "train: out_dir is the data root",
+        lambda t: _train(t, f"trainer.out_dir={t.tree()}", "--overwrite"),
+        "which is not part of a run",
+        keep=("data/files.csv",),
+    ),
+    _case(
+        "train: optim.lr=1e400",
+        lambda t: _train(t, "optim.lr=1e400"),
+        "optim.lr: expected a finite number",
+        absent=("run",),
+    ),
+    _case(
+        "train: loss.lam=.nan",
+        lambda t: _train(t, "loss.lam=.nan"),
+        "loss.lam: expected a finite number",
+        absent=("run",),
+    ),
+    _case(
+        "train: data.repeats=100000000000",
+        lambda t: _train(t, "data.repeats=100000000000"),
+        "data.repeats: must be in [1, 10000]",
+        absent=("run",),
+    ),
+    _case(
+        "train: trainer.devices=0",
+        lambda t: _train(t, "trainer.devices=0"),
+        "trainer.devices: must be in [1,",
+        absent=("run",),
+    ),
+    _case(
+        "train: config whose top level is a list",
+        lambda t: ["train", "--config", str(_write(t / "l.yaml", "- 1\n- 2\n"))],
+        "expected a mapping of sections",
+    ),
+    _case("train: a 20,000-level YAML", lambda t: ["train", "--config", str(_deep_yaml(t))], "nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(("setup", "message", "keep", "absent", "status"), CASES)
+def test_bad_input(
+    setup: Callable[[Path], list[str]],
+    message: str,
+    keep: tuple[str, ...],
+    absent: tuple[str, ...],
+    status: int,
+    check_case: Callable[..., None],
+) -> None:
+    check_case(setup, message, keep, absent, status)
+
+
+def test_a_failed_start_is_not_a_run(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """config.yaml and logs without a checkpoint (a run that failed to start) do not block the rerun."""
+    run = workdir / "run"
+    (run / "logs").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    assert main(_train(workdir, "optim.epochs=1")) == 0, capsys.readouterr().err
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_worker_errors_are_one_line(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """An error raised in a DataLoader worker reaches the user as its own message, not a folded traceback."""
+    config = workdir.config()  # writes the small tree
+    _, file_list = _tree_with(workdir, _nan_patch)  # adds a patch whose cloudy image is all NaN
+    train_list = _write(workdir / "train.csv", file_list.read_text().replace("\n3\t", "\n1\t"))
+    argv = ["train", "--config", str(config), "--no-progress", "data.num_workers=1", "optim.epochs=1"]
+    status = main([*argv, f"data.file_list={train_list}", "data.crop_size=32"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
+    assert status == 2 and len(lines) == 1, err
+    assert "every value is NaN" in lines[0] and "Original Traceback" not in lines[0] and "File " not in lines[0]
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_keeps_complete_checkpoints(
+    workdir: Path, terminate_when: Callable[..., int], private_tmp_env: dict[str, str]
+) -> None:
+    config = yaml.safe_load(workdir.config(optim={"epochs": 50}, data={"repeats": 8}).read_text())
+    path = _write(workdir / "long.yaml", yaml.safe_dump(config))
+    checkpoints = workdir / "run" / "checkpoints"
+    command = ["train", "--config", str(path), "--no-progress"]
+    status = terminate_when(command, lambda: (checkpoints / "last.ckpt").is_file(), private_tmp_env)
+    assert status != 0
+    from dsen2cr.weights import load_model
+
+    load_model(checkpoints / "last.ckpt")  # complete and loadable
+    assert not list(checkpoints.glob(".*tmp*"))

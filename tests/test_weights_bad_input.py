@@ -1,0 +1,319 @@
+"""Bad input to export, convert-keras, export-onnx and weights download, table-driven through the console entry
+point (the ``check_case`` fixture):
+each row is an unusual but plausible input; the command exits with the expected status and one line on
+stderr naming the file or option and the problem, no traceback, inputs unchanged, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from rasterio.crs import CRS
+
+from dsen2cr import create_model
+from dsen2cr.weights import CONFIG_KEY
+
+UTM32N = CRS.from_epsg(32632)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "keras"
+
+
+def _truncate(path: Path, keep: float = 0.4) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+class Payload:
+    """Pickles to a call that would create a marker file when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _pickle_checkpoint(tmp: Path) -> list[str]:
+    path = tmp / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload(tmp / "pwned")}, path)
+    return ["export", str(path), str(tmp / "out.safetensors")]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _copy(source: Path, tmp: Path) -> Path:
+    return Path(shutil.copy(source, tmp / source.name))
+
+
+def _plain_h5(tmp: Path) -> Path:
+    import h5py
+
+    with h5py.File(tmp / "plain.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    return tmp / "plain.h5"
+
+
+def _remove_args(tmp: Path, *extra: str, s1: bool = False, weights: Path | None = None) -> list[str]:
+    """remove-clouds over the small test scene (without SAR unless ``s1``)."""
+    s2, s1_path = tmp.scene()
+    variant = "dsen2cr-small" if s1 else "dsen2cr-small-nosar"
+    args = ["remove-clouds", "--weights", str(weights or tmp.weights(variant)), "--s2", str(s2), "--no-progress"]
+    return args + (["--s1", str(s1_path)] if s1 else []) + list(extra)
+
+
+def _existing(tmp: Path, name: str, content: bytes = b"keep me") -> Path:
+    (tmp / name).write_bytes(content)
+    return tmp / name
+
+
+def _weights_with_metadata(tmp: Path, **config: object) -> Path:
+    """Small weights whose stored configuration is replaced by ``config`` (tensors unchanged)."""
+    from safetensors.torch import save_file
+
+    model = create_model("dsen2cr-small-nosar")
+    stored = {**model.config.to_dict(), **config}
+    path = tmp / "meta.safetensors"
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(path),
+        metadata={"format": "dsen2cr-weights-v1", CONFIG_KEY: json.dumps(stored)},
+    )
+    return path
+
+
+def _nan_keras(tmp: Path) -> Path:
+    path = tmp / "nan.h5"
+    with h5py.File(path, "w") as f:
+        names = [b"conv2d_1", b"conv2d_2"]
+        f.attrs["layer_names"] = names
+        for index, (cin, cout) in enumerate([(13, 8), (8, 13)], start=1):
+            group = f.create_group(f"conv2d_{index}")
+            group.attrs["weight_names"] = [f"conv2d_{index}/kernel:0".encode(), f"conv2d_{index}/bias:0".encode()]
+            kernel = np.zeros((3, 3, cin, cout), np.float32)
+            kernel[0, 0, 0, 0] = np.nan
+            group.create_dataset(f"conv2d_{index}/kernel:0", data=kernel)
+            group.create_dataset(f"conv2d_{index}/bias:0", data=np.zeros(cout, np.float32))
+    return path
+
+
+def _huge_keras(tmp: Path) -> Path:
+    """A tiny file declaring a (3, 3, 13, 1e8) kernel (nothing stored: HDF5 fill value)."""
+    path = tmp / "huge.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"conv2d_1"]
+        group = f.create_group("conv2d_1")
+        group.attrs["weight_names"] = [b"conv2d_1/kernel:0", b"conv2d_1/bias:0"]
+        group.create_dataset("conv2d_1/kernel:0", shape=(3, 3, 13, 10**8), dtype="f4", chunks=(3, 3, 13, 1000))
+        group.create_dataset("conv2d_1/bias:0", data=np.zeros(8, np.float32))
+    return path
+
+
+def _inflating_checkpoint(tmp: Path) -> Path:
+    path = tmp / "bomb.ckpt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * (200 * 2**20))
+    return path
+
+
+def _ckpt(tmp: Path, state_dict: object) -> Path:
+    path = tmp / "odd.ckpt"
+    torch.save({"state_dict": state_dict, CONFIG_KEY: create_model("dsen2cr-small").config.to_dict()}, path)
+    return path
+
+
+def _case(
+    name: str,
+    setup: Callable[[Path], list[str]],
+    message: str,
+    *,
+    keep: tuple[str, ...] = (),
+    absent: tuple[str, ...] = (),
+    status: int = 2,
+) -> Any:
+    """A row of the table: ``setup(workdir)`` returns the argv (the ``check_case`` fixture says what passes)."""
+    return pytest.param(setup, message, keep, absent, status, id=name)
+
+
+CASES = [
+    _case(
+        "convert-keras: not HDF5",
+        lambda t: ["convert-keras", str(_write(t / "m.h5", "text")), str(t / "o.safetensors")],
+        "m.h5: not an HDF5 file",
+        absent=("o.safetensors",),
+    ),
+    _case(
+        "convert-keras: HDF5 but not a model",
+        lambda t: ["convert-keras", str(_plain_h5(t)), str(t / "o.safetensors")],
+        "plain.h5: HDF5 file is not a Keras model",
+        absent=("o.safetensors",),
+    ),
+    _case(
+        "convert-keras: truncated",
+        lambda t: [
+            "convert-keras",
+            str(_truncate(_copy(FIXTURES / "keras224_full_sar.h5", t))),
+            str(t / "o.safetensors"),
+        ],
+        "keras224_full_sar.h5:",
+        absent=("o.safetensors",),
+    ),
+    _case("export: pickle payload", _pickle_checkpoint, "evil.ckpt: refused to load", absent=("out.safetensors",)),
+    _case(
+        "export: missing checkpoint",
+        lambda t: ["export", str(t / "none.ckpt"), str(t / "o.safetensors")],
+        "none.ckpt: weights file not found",
+        absent=("o.safetensors",),
+    ),
+    _case(
+        "export-onnx: no calibration patches",
+        lambda t: [
+            "export-onnx",
+            "--weights",
+            str(t.weights()),
+            "--int8",
+            "--calibration-patches",
+            "0",
+            str(t / "q.onnx"),
+        ],
+        "--calibration-patches: must be in [1, 4096], got 0",
+        absent=("q.onnx",),
+    ),
+    _case(
+        "export-onnx: calibration list without root",
+        lambda t: [
+            "export-onnx",
+            "--weights",
+            str(t.weights()),
+            "--int8",
+            "--calibration-list",
+            "f.csv",
+            str(t / "q.onnx"),
+        ],
+        "--calibration-root: needed with --calibration-list",
+        absent=("q.onnx",),
+    ),
+    _case(
+        "export: output is the checkpoint",
+        lambda t: ["export", str(_existing(t, "w.ckpt")), str(t / "w.ckpt"), "--overwrite"],
+        "would replace input source",
+        keep=("w.ckpt",),
+    ),
+    _case(
+        "convert-keras: output is the input",
+        lambda t: ["convert-keras", str(_existing(t, "k.h5")), str(t / "k.h5"), "--overwrite"],
+        "would replace input source",
+        keep=("k.h5",),
+    ),
+    _case(
+        "export-onnx: output is the weights",
+        lambda t: ["export-onnx", "--weights", str(t.weights()), str(t / "dsen2cr-small.safetensors"), "--overwrite"],
+        "would replace input weights",
+        keep=("dsen2cr-small.safetensors",),
+    ),
+    _case(
+        "convert-keras: a NaN kernel",
+        lambda t: ["convert-keras", str(_nan_keras(t)), str(t / "k.safetensors")],
+        "holds NaN or infinite values",
+        absent=("k.safetensors",),
+    ),
+    _case(
+        "weights: res_scale NaN in metadata",
+        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_weights_with_metadata(t, res_scale=float("nan"))),
+        "res_scale must be a finite number",
+    ),
+    _case(
+        "weights declaring a million blocks",
+        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_weights_with_metadata(t, num_blocks=1_000_000)),
+        "num_blocks must be in [0, 256]",
+    ),
+    _case(
+        "convert-keras: a (3, 3, 13, 1e8) kernel",
+        lambda t: ["convert-keras", str(_huge_keras(t)), str(t / "k.safetensors")],
+        "shape (3, 3, 13, 100000000)",
+        absent=("k.safetensors",),
+    ),
+    _case(
+        "export: a checkpoint that inflates 200x",
+        lambda t: ["export", str(_inflating_checkpoint(t)), str(t / "w.safetensors")],
+        "would inflate",
+        absent=("w.safetensors",),
+    ),
+    _case(
+        "export-onnx: --calibration-patches 1e9",
+        lambda t: [
+            "export-onnx",
+            "--weights",
+            str(t.weights()),
+            "--int8",
+            "--calibration-patches",
+            "1000000000",
+            str(t / "q.onnx"),
+        ],
+        "must be in [1, 4096]",
+        absent=("q.onnx",),
+    ),
+    _case(
+        'weights: num_blocks "4" in metadata',
+        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_weights_with_metadata(t, num_blocks="4")),
+        "num_blocks must be an integer, got '4'",
+    ),
+    _case(
+        "weights: num_features 32.0 in metadata",
+        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_weights_with_metadata(t, num_features=32.0)),
+        "num_features must be an integer, got 32.0",
+    ),
+    _case(
+        "export: a .ckpt whose state_dict is a list",
+        lambda t: ["export", str(_ckpt(t, [1, 2])), str(t / "w.safetensors")],
+        "state_dict is a list",
+        absent=("w.safetensors",),
+    ),
+]
+
+
+@pytest.mark.parametrize(("setup", "message", "keep", "absent", "status"), CASES)
+def test_bad_input(
+    setup: Callable[[Path], list[str]],
+    message: str,
+    keep: tuple[str, ...],
+    absent: tuple[str, ...],
+    status: int,
+    check_case: Callable[..., None],
+) -> None:
+    check_case(setup, message, keep, absent, status)
+
+
+@pytest.mark.slow
+def test_sigterm_during_int8_export_leaves_nothing(
+    workdir: Path, terminate_when: Callable[..., int], private_tmp_env: dict[str, str]
+) -> None:
+    pytest.importorskip("onnxruntime")
+    env = private_tmp_env
+    weights = workdir.weights("dsen2cr-small")
+    command = [
+        "export-onnx",
+        "--weights",
+        str(weights),
+        "--int8",
+        "--calibration-patches",
+        "4000",
+        str(workdir / "q.onnx"),
+    ]
+    private = Path(env["TMPDIR"])
+    status = terminate_when(command, lambda: any(private.glob("dsen2cr-int8-*")), env)
+    assert status == 128 + signal.SIGTERM
+    assert not list(private.glob("dsen2cr-*")) and not (workdir / "q.onnx").exists()  # (other libraries' caches stay)
+    assert not list(workdir.glob(".q.*"))
