@@ -292,17 +292,26 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess]:
     return _run_cli
 
 
-@pytest.fixture
-def check_case(workdir: Workdir, capsys: pytest.CaptureFixture) -> Callable[..., None]:
-    """Run one row of a bad-input table (``pytest.param(setup, message, keep, absent, status, id=name)``)
-    through the console entry point, in-process: ``setup(workdir)`` returns the argv; the command must exit
-    with ``status`` and print one line on stderr (warnings aside) that contains ``message`` and no traceback;
-    the files in ``keep`` (relative to the folder) stay byte for byte as they were; a path in ``absent`` is
-    left as it was if it existed, else nothing is left there; and no pickle payload ran."""
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes ``bad_input`` runs once per row of its module's ``CASES`` table (ids: the rows'
+    names)."""
+    if "bad_input" in metafunc.fixturenames:
+        rows = metafunc.module.CASES
+        metafunc.parametrize("bad_input", [pytest.param(row, id=row["name"]) for row in rows])
 
-    def check(
-        setup: Callable[[Workdir], list[str]], message: str, keep: tuple[str, ...], absent: tuple[str, ...], status: int
-    ) -> None:
+
+@pytest.fixture
+def check_case(workdir: Workdir, capsys: pytest.CaptureFixture) -> Callable[[dict], None]:
+    """Run one row of a bad-input table through the console entry point, in-process. A row is a dict:
+    ``name``; ``setup(workdir)``, which returns the argv; ``message``; optional ``keep``, ``absent`` (paths
+    relative to the folder) and ``status`` (default 2). The command must exit with ``status`` and print one
+    line on stderr (warnings aside) that contains ``message`` and no traceback; the files in ``keep`` stay byte
+    for byte as they were; a path in ``absent`` is left as it was if it existed, else nothing is left there;
+    and no pickle payload ran."""
+
+    def check(row: dict) -> None:
+        setup, message, status = row["setup"], row["message"], row.get("status", 2)
+        keep, absent = row.get("keep", ()), row.get("absent", ())
         argv = setup(workdir)
         kept = {name: (workdir / name).read_bytes() for name in keep}
         kept.update({name: (workdir / name).read_bytes() for name in absent if (workdir / name).is_file()})

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
 from rasterio.crs import CRS
 
 UTM32N = CRS.from_epsg(32632)
@@ -39,35 +37,23 @@ def _index_args(tmp: Path, out: Path, *extra: str) -> list[str]:
     return ["data", "index", str(root), "--out", str(out), *extra]
 
 
-def _case(
-    name: str,
-    setup: Callable[[Path], list[str]],
-    message: str,
-    *,
-    keep: tuple[str, ...] = (),
-    absent: tuple[str, ...] = (),
-    status: int = 2,
-) -> Any:
-    """A row of the table: ``setup(workdir)`` returns the argv (the ``check_case`` fixture says what passes)."""
-    return pytest.param(setup, message, keep, absent, status, id=name)
-
-
+#: The table: each row is run by ``test_bad_input`` through the ``check_case`` fixture.
 CASES = [
-    _case(
-        "data index: root is a file",
-        lambda t: ["data", "index", str(_write(t / "f.txt", "x")), "--out", str(t / "i.csv")],
-        "f.txt: dataset root is not a folder",
+    dict(
+        name="data index: root is a file",
+        setup=lambda t: ["data", "index", str(_write(t / "f.txt", "x")), "--out", str(t / "i.csv")],
+        message="f.txt: dataset root is not a folder",
         absent=("i.csv",),
     ),
-    _case(
-        "data index: no data",
-        lambda t: ["data", "index", str(_mkdir(t / "empty")), "--out", str(t / "i.csv")],
-        "no SEN12MS-CR data found",
+    dict(
+        name="data index: no data",
+        setup=lambda t: ["data", "index", str(_mkdir(t / "empty")), "--out", str(t / "i.csv")],
+        message="no SEN12MS-CR data found",
         absent=("i.csv",),
     ),
-    _case(
-        "data index: bad ROI list",
-        lambda t: [
+    dict(
+        name="data index: bad ROI list",
+        setup=lambda t: [
             "data",
             "index",
             str(t.tree()),
@@ -76,51 +62,44 @@ CASES = [
             "--test-rois",
             str(_write(t / "r.txt", "spring-1")),
         ],
-        "r.txt:1: 'spring-1' is not a ROI id",
+        message="r.txt:1: 'spring-1' is not a ROI id",
         absent=("i.csv",),
     ),
-    _case(
-        "data index: existing file list",
-        lambda t: _index_existing(t),
-        "n.txt: exists; pass --overwrite",
+    dict(
+        name="data index: existing file list",
+        setup=lambda t: _index_existing(t),
+        message="n.txt: exists; pass --overwrite",
         keep=("n.txt", "n.txt.skipped.tsv"),
     ),
-    _case(
-        "data index: --out is a dataset file",
-        lambda t: _index_args(
+    dict(
+        name="data index: --out is a dataset file",
+        setup=lambda t: _index_args(
             t, t.tree() / "ROIs1158_spring_s1" / "s1_1" / "ROIs1158_spring_s1_1_p0.tif", "--overwrite"
         ),
-        "named like a SEN12MS-CR patch file",
+        message="named like a SEN12MS-CR patch file",
         keep=("data/ROIs1158_spring_s1/s1_1/ROIs1158_spring_s1_1_p0.tif",),
     ),
-    _case(
-        "data synth: into an existing tree",
-        lambda t: ["data", "synth", "--out", str(t.tree()), "--count", "2"],
-        "not part of a synthetic dataset",
+    dict(
+        name="data synth: into an existing tree",
+        setup=lambda t: ["data", "synth", "--out", str(t.tree()), "--count", "2"],
+        message="not part of a synthetic dataset",
         keep=("data/files.csv", "data/ROIs1158_spring_s2/s2_1/ROIs1158_spring_s2_1_p0.tif"),
     ),
-    _case(
-        "data index: --threads 0",
-        lambda t: _index_args(t, t / "n.csv", "--threads", "0"),
-        "threads: must be in [1, 256]",
+    dict(
+        name="data index: --threads 0",
+        setup=lambda t: _index_args(t, t / "n.csv", "--threads", "0"),
+        message="threads: must be in [1, 256]",
         absent=("n.csv",),
     ),
-    _case(
-        "data synth: --size 100000",
-        lambda t: ["data", "synth", "--out", str(t / "s"), "--count", "1", "--size", "100000"],
-        "size: must be in [16, 4096]",
+    dict(
+        name="data synth: --size 100000",
+        setup=lambda t: ["data", "synth", "--out", str(t / "s"), "--count", "1", "--size", "100000"],
+        message="size: must be in [16, 4096]",
         absent=("s",),
     ),
 ]
 
 
-@pytest.mark.parametrize(("setup", "message", "keep", "absent", "status"), CASES)
-def test_bad_input(
-    setup: Callable[[Path], list[str]],
-    message: str,
-    keep: tuple[str, ...],
-    absent: tuple[str, ...],
-    status: int,
-    check_case: Callable[..., None],
-) -> None:
-    check_case(setup, message, keep, absent, status)
+def test_bad_input(bad_input: dict, check_case: Callable[[dict], None]) -> None:
+    """Each row of ``CASES`` (parametrized by the ``bad_input`` hook in conftest.py)."""
+    check_case(bad_input)

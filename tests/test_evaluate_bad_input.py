@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -108,109 +107,90 @@ def _evaluate_into_root(tmp: Path) -> list[str]:
     return [*args[: args.index("--out")], "--out", str(tmp / "data"), "--overwrite"]
 
 
-def _case(
-    name: str,
-    setup: Callable[[Path], list[str]],
-    message: str,
-    *,
-    keep: tuple[str, ...] = (),
-    absent: tuple[str, ...] = (),
-    status: int = 2,
-) -> Any:
-    """A row of the table: ``setup(workdir)`` returns the argv (the ``check_case`` fixture says what passes)."""
-    return pytest.param(setup, message, keep, absent, status, id=name)
-
-
+#: The table: each row is run by ``test_bad_input`` through the ``check_case`` fixture.
 CASES = [
-    _case(
-        "evaluate: missing weights",
-        lambda t: _evaluate(t, t / "w.safetensors"),
-        "w.safetensors: weights file not found",
+    dict(
+        name="evaluate: missing weights",
+        setup=lambda t: _evaluate(t, t / "w.safetensors"),
+        message="w.safetensors: weights file not found",
         absent=("eval",),
     ),
-    _case(
-        "evaluate: weights is a folder",
-        lambda t: _evaluate(t, t),
-        "is a directory, expected a weights file",
+    dict(
+        name="evaluate: weights is a folder",
+        setup=lambda t: _evaluate(t, t),
+        message="is a directory, expected a weights file",
         absent=("eval",),
     ),
-    _case(
-        "evaluate: garbage weights",
-        lambda t: _evaluate(t, _write(t / "w.safetensors", "garbage")),
-        "w.safetensors: not a readable safetensors file",
+    dict(
+        name="evaluate: garbage weights",
+        setup=lambda t: _evaluate(t, _write(t / "w.safetensors", "garbage")),
+        message="w.safetensors: not a readable safetensors file",
         absent=("eval",),
     ),
-    _case(
-        "evaluate: empty split",
-        lambda t: _evaluate(t, t.weights(), file_list=_first_line_only(t), extra=("--split", "test")),
-        "one.csv: split test has no patches",
+    dict(
+        name="evaluate: empty split",
+        setup=lambda t: _evaluate(t, t.weights(), file_list=_first_line_only(t), extra=("--split", "test")),
+        message="one.csv: split test has no patches",
         absent=("eval/summary.md",),
     ),
-    _case(
-        "evaluate: --out is the data root",
-        lambda t: _evaluate_into_root(t),
-        "which is not part of an evaluation report",
+    dict(
+        name="evaluate: --out is the data root",
+        setup=lambda t: _evaluate_into_root(t),
+        message="which is not part of an evaluation report",
         keep=("data/files.csv",),
     ),
-    _case(
-        "evaluate: second patch missing",
-        lambda t: _evaluate_args(t, *_tree_with(t, _missing_second_patch)),
-        "not found",
+    dict(
+        name="evaluate: second patch missing",
+        setup=lambda t: _evaluate_args(t, *_tree_with(t, _missing_second_patch)),
+        message="not found",
         absent=("eval",),
     ),
-    _case(
-        "evaluate: patches of two sizes in a batch",
-        lambda t: _evaluate_args(t, *_tree_with(t, _mixed_sizes), None, "--batch-size", "2"),
-        "differ in size",
+    dict(
+        name="evaluate: patches of two sizes in a batch",
+        setup=lambda t: _evaluate_args(t, *_tree_with(t, _mixed_sizes), None, "--batch-size", "2"),
+        message="differ in size",
         absent=("eval",),
     ),
-    _case(
-        "evaluate: a NaN patch mid-run",
-        lambda t: _evaluate_args(t, *_tree_with(t, _nan_patch), None, "--batch-size", "1"),
-        "every value is NaN",
+    dict(
+        name="evaluate: a NaN patch mid-run",
+        setup=lambda t: _evaluate_args(t, *_tree_with(t, _nan_patch), None, "--batch-size", "1"),
+        message="every value is NaN",
         absent=("eval",),
     ),
-    _case(
-        "evaluate: weights with a NaN",
-        lambda t: _evaluate_args(t, t.tree(), t.tree() / "files.csv", _nan_weights(t, "dsen2cr-small")),
-        "holds NaN or infinite values",
+    dict(
+        name="evaluate: weights with a NaN",
+        setup=lambda t: _evaluate_args(t, t.tree(), t.tree() / "files.csv", _nan_weights(t, "dsen2cr-small")),
+        message="holds NaN or infinite values",
         absent=("eval",),
     ),
-    _case(
-        "evaluate: --cloud-threshold nan",
-        lambda t: _evaluate_args(t, t.tree(), t.tree() / "files.csv", None, "--cloud-threshold", "nan"),
-        "expected a finite number",
+    dict(
+        name="evaluate: --cloud-threshold nan",
+        setup=lambda t: _evaluate_args(t, t.tree(), t.tree() / "files.csv", None, "--cloud-threshold", "nan"),
+        message="expected a finite number",
         absent=("eval",),
     ),
-    _case(
-        "evaluate: a file-list folder outside the root",
-        lambda t: _evaluate_args(
+    dict(
+        name="evaluate: a file-list folder outside the root",
+        setup=lambda t: _evaluate_args(
             t, t.tree(), _write(t / "out.csv", "3\t../elsewhere/s1\ts2\ts2_cloudy\tROIs1158_spring_s1_3_p0.tif\n")
         ),
-        "is outside the data root",
+        message="is outside the data root",
         absent=("eval",),
     ),
-    _case(
-        "evaluate: an absolute file-list folder",
-        lambda t: _evaluate_args(
+    dict(
+        name="evaluate: an absolute file-list folder",
+        setup=lambda t: _evaluate_args(
             t, t.tree(), _write(t / "abs.csv", "3\t/etc\ts2\ts2_cloudy\tROIs1158_spring_s1_3_p0.tif\n")
         ),
-        "is outside the data root",
+        message="is outside the data root",
         absent=("eval",),
     ),
 ]
 
 
-@pytest.mark.parametrize(("setup", "message", "keep", "absent", "status"), CASES)
-def test_bad_input(
-    setup: Callable[[Path], list[str]],
-    message: str,
-    keep: tuple[str, ...],
-    absent: tuple[str, ...],
-    status: int,
-    check_case: Callable[..., None],
-) -> None:
-    check_case(setup, message, keep, absent, status)
+def test_bad_input(bad_input: dict, check_case: Callable[[dict], None]) -> None:
+    """Each row of ``CASES`` (parametrized by the ``bad_input`` hook in conftest.py)."""
+    check_case(bad_input)
 
 
 @pytest.mark.slow

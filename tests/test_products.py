@@ -212,12 +212,12 @@ def _assets_on_two_crs(t: Path) -> Path:
     ],
 )
 def test_bad_products(
-    setup: Callable[[Path], Path], message: str, weights: Path, check_case: Callable[..., None]
+    setup: Callable[[Path], Path], message: str, weights: Path, check_case: Callable[[dict], None]
 ) -> None:
     def argv(t: Path) -> list[str]:
         return ["remove-clouds", "--weights", str(weights), "--s2", str(setup(t)), "--out", str(t / "o.tif")]
 
-    check_case(lambda t: [*argv(t), "--no-progress"], message, (), ("o.tif",), 2)
+    check_case({"setup": lambda t: [*argv(t), "--no-progress"], "message": message, "absent": ("o.tif",)})
 
 
 def test_s1_pair_on_two_grids_is_refused(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -164,254 +163,240 @@ def _second_exists(tmp: Path) -> list[str]:
     return _manifest_args(tmp, [("s2.tif", "", "o1.tif"), ("s2.tif", "", "o2.tif")])
 
 
-def _case(
-    name: str,
-    setup: Callable[[Path], list[str]],
-    message: str,
-    *,
-    keep: tuple[str, ...] = (),
-    absent: tuple[str, ...] = (),
-    status: int = 2,
-) -> Any:
-    """A row of the table: ``setup(workdir)`` returns the argv (the ``check_case`` fixture says what passes)."""
-    return pytest.param(setup, message, keep, absent, status, id=name)
-
-
+#: The table: each row is run by ``test_bad_input`` through the ``check_case`` fixture.
 CASES = [
-    _case(
-        "remove-clouds: S2 with 11 bands",  # 12 bands are Level-2A, accepted since the products issue
-        lambda t: _remove(t, t.scene(s2=np.ones((11, 40, 50), np.uint16))[0], t / "s1.tif"),
-        "s2.tif: S2 has 11 bands, expected 13 (L1C",
+    dict(
+        name="remove-clouds: S2 with 11 bands",
+        setup=lambda t: _remove(t, t.scene(s2=np.ones((11, 40, 50), np.uint16))[0], t / "s1.tif"),
+        message="s2.tif: S2 has 11 bands, expected 13 (L1C",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: S1 with 3 bands",
-        lambda t: _remove(t, *t.scene(s1=np.full((3, 40, 50), -10, np.float32))),
-        "s1.tif: S1 (VV, VH) has 3 bands, expected 2",
+    dict(
+        name="remove-clouds: S1 with 3 bands",
+        setup=lambda t: _remove(t, *t.scene(s1=np.full((3, 40, 50), -10, np.float32))),
+        message="s1.tif: S1 (VV, VH) has 3 bands, expected 2",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: zero-byte S2",
-        lambda t: _remove(t, _write(t / "empty.tif", ""), t.scene()[1]),
-        "empty.tif: cannot read S2",
+    dict(
+        name="remove-clouds: zero-byte S2",
+        setup=lambda t: _remove(t, _write(t / "empty.tif", ""), t.scene()[1]),
+        message="empty.tif: cannot read S2",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: truncated S2",
-        lambda t: _remove(t, _truncate(t.scene()[0]), t / "s1.tif"),
-        "s2.tif: cannot read",
+    dict(
+        name="remove-clouds: truncated S2",
+        setup=lambda t: _remove(t, _truncate(t.scene()[0]), t / "s1.tif"),
+        message="s2.tif: cannot read",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: S2 in reflectance, not DN",
-        lambda t: _remove(t, t.scene(s2=np.full((13, 40, 50), 0.2, np.float32))[0], t / "s1.tif"),
-        "s2.tif: S2 values look like reflectance",
+    dict(
+        name="remove-clouds: S2 in reflectance, not DN",
+        setup=lambda t: _remove(t, t.scene(s2=np.full((13, 40, 50), 0.2, np.float32))[0], t / "s1.tif"),
+        message="s2.tif: S2 values look like reflectance",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: all-NaN S2",
-        lambda t: _remove(t, t.scene(s2=np.full((13, 40, 50), np.nan, np.float32))[0], t / "s1.tif"),
-        "s2.tif: S2 has no valid pixels",
+    dict(
+        name="remove-clouds: all-NaN S2",
+        setup=lambda t: _remove(t, t.scene(s2=np.full((13, 40, 50), np.nan, np.float32))[0], t / "s1.tif"),
+        message="s2.tif: S2 has no valid pixels",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: all-nodata S1",
-        lambda t: _remove(t, *t.scene(s1=np.full((2, 40, 50), np.nan, np.float32))),
-        "s1.tif: S1 holds no valid values",
+    dict(
+        name="remove-clouds: all-nodata S1",
+        setup=lambda t: _remove(t, *t.scene(s1=np.full((2, 40, 50), np.nan, np.float32))),
+        message="s1.tif: S1 holds no valid values",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: S1 in linear power",
-        lambda t: _remove(t, *t.scene(s1=np.full((2, 40, 50), 0.05, np.float32))),
-        "pass --s1-linear",
+    dict(
+        name="remove-clouds: S1 in linear power",
+        setup=lambda t: _remove(t, *t.scene(s1=np.full((2, 40, 50), 0.05, np.float32))),
+        message="pass --s1-linear",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: SAR weights without --s1",
-        lambda t: _remove(t, t.scene()[0], None),
-        "these weights need SAR input; pass --s1",
+    dict(
+        name="remove-clouds: SAR weights without --s1",
+        setup=lambda t: _remove(t, t.scene()[0], None),
+        message="these weights need SAR input; pass --s1",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: output exists",
-        lambda t: _remove(t, *t.scene()) if _write(t / "out.tif", "keep") else [],
-        "out.tif: exists; pass --overwrite",
+    dict(
+        name="remove-clouds: output exists",
+        setup=lambda t: _remove(t, *t.scene()) if _write(t / "out.tif", "keep") else [],
+        message="out.tif: exists; pass --overwrite",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: output folder is missing",
-        lambda t: [*_remove(t, *t.scene())[:-2], "--out", str(t / "no" / "out.tif"), "--s1", str(t / "s1.tif")],
-        "output folder",
+    dict(
+        name="remove-clouds: output folder is missing",
+        setup=lambda t: [*_remove(t, *t.scene())[:-2], "--out", str(t / "no" / "out.tif"), "--s1", str(t / "s1.tif")],
+        message="output folder",
         absent=("no/out.tif",),
     ),
-    _case(
-        "remove-clouds: zero batch size",
-        lambda t: _remove(t, *t.scene(), "--batch-size", "0"),
-        "--batch-size: must be at least 1",
+    dict(
+        name="remove-clouds: zero batch size",
+        setup=lambda t: _remove(t, *t.scene(), "--batch-size", "0"),
+        message="--batch-size: must be at least 1",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: tile too small",
-        lambda t: _remove(t, *t.scene(), "--tile", "8"),
-        "tile: must be at least 16 pixels",
+    dict(
+        name="remove-clouds: tile too small",
+        setup=lambda t: _remove(t, *t.scene(), "--tile", "8"),
+        message="tile: must be at least 16 pixels",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: a directory as S1",
-        lambda t: _remove(t, t.scene()[0], t),
-        "is a directory, expected a S1",
+    dict(
+        name="remove-clouds: a directory as S1",
+        setup=lambda t: _remove(t, t.scene()[0], t),
+        message="is a directory, expected a S1",
         absent=("out.tif",),
     ),
-    _case(
-        "remove-clouds: --preview is --out",
-        lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--preview", str(t / "o.tif")),
-        "would replace output out",
+    dict(
+        name="remove-clouds: --preview is --out",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--preview", str(t / "o.tif")),
+        message="would replace output out",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: --mask-out is --out",
-        lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--mask-out", str(t / "o.tif")),
-        "would replace output out",
+    dict(
+        name="remove-clouds: --mask-out is --out",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--mask-out", str(t / "o.tif")),
+        message="would replace output out",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: --out is the S2 input",
-        lambda t: _remove_args(t, "--out", str(t / "s2.tif"), "--overwrite"),
-        "would replace input s2",
+    dict(
+        name="remove-clouds: --out is the S2 input",
+        setup=lambda t: _remove_args(t, "--out", str(t / "s2.tif"), "--overwrite"),
+        message="would replace input s2",
         keep=("s2.tif",),
     ),
-    _case(
-        "remove-clouds: --out is the weights",
-        lambda t: _remove_args(t, "--out", str(t.weights("dsen2cr-small-nosar")), "--overwrite"),
-        "would replace input weights",
+    dict(
+        name="remove-clouds: --out is the weights",
+        setup=lambda t: _remove_args(t, "--out", str(t.weights("dsen2cr-small-nosar")), "--overwrite"),
+        message="would replace input weights",
         keep=("dsen2cr-small-nosar.safetensors",),
     ),
-    _case(
-        "remove-clouds: two scenes of one name",
-        _two_scenes_one_name,
-        "would replace output out",
+    dict(
+        name="remove-clouds: two scenes of one name",
+        setup=_two_scenes_one_name,
+        message="would replace output out",
         absent=("outdir/scene_cloudfree.tif",),
     ),
-    _case(
-        "remove-clouds: two manifest rows, one out",
-        lambda t: _manifest_args(t, [("s2.tif", "", "o.tif"), ("s2.tif", "", "o.tif")]),
-        "would replace output out",
+    dict(
+        name="remove-clouds: two manifest rows, one out",
+        setup=lambda t: _manifest_args(t, [("s2.tif", "", "o.tif"), ("s2.tif", "", "o.tif")]),
+        message="would replace output out",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: manifest row 2 exists, row 1 not written",
-        lambda t: _second_exists(t),
-        "o2.tif: exists; pass --overwrite",
+    dict(
+        name="remove-clouds: manifest row 2 exists, row 1 not written",
+        setup=lambda t: _second_exists(t),
+        message="o2.tif: exists; pass --overwrite",
         keep=("o2.tif",),
         absent=("o1.tif",),
     ),
-    _case(
-        "remove-clouds: manifest writes over itself",
-        lambda t: _manifest_args(t, [("s2.tif", "", "m.csv")], "--overwrite"),
-        "would replace input file",
+    dict(
+        name="remove-clouds: manifest writes over itself",
+        setup=lambda t: _manifest_args(t, [("s2.tif", "", "m.csv")], "--overwrite"),
+        message="would replace input file",
         keep=("m.csv",),
     ),
-    _case(
-        "remove-clouds: manifest row 2 missing",
-        lambda t: _manifest_args(t, [("s2.tif", "", "o1.tif"), ("nope.tif", "", "o2.tif")]),
-        "nope.tif: S2 scene not found",
+    dict(
+        name="remove-clouds: manifest row 2 missing",
+        setup=lambda t: _manifest_args(t, [("s2.tif", "", "o1.tif"), ("nope.tif", "", "o2.tif")]),
+        message="nope.tif: S2 scene not found",
         absent=("o1.tif",),
     ),
-    _case(
-        "remove-clouds: weights with a NaN",
-        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_nan_weights(t)),
-        "holds NaN or infinite values",
+    dict(
+        name="remove-clouds: weights with a NaN",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_nan_weights(t)),
+        message="holds NaN or infinite values",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: predictions overflow",
-        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_huge_weights(t)),
-        "predicted NaN, infinite or absurdly large values",
+    dict(
+        name="remove-clouds: predictions overflow",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_huge_weights(t)),
+        message="predicted NaN, infinite or absurdly large values",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: --memory inf",
-        lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--memory", "inf"),
-        "expected a finite number",
+    dict(
+        name="remove-clouds: --memory inf",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--memory", "inf"),
+        message="expected a finite number",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: S1 as uint16 amplitude",
-        lambda t: _remove_with(t, _s2_file(t), _s1_file(t, np.full((2, 40, 50), 200, np.uint16))),
-        "S1 is uint16; expected float dB",
+    dict(
+        name="remove-clouds: S1 as uint16 amplitude",
+        setup=lambda t: _remove_with(t, _s2_file(t), _s1_file(t, np.full((2, 40, 50), 200, np.uint16))),
+        message="S1 is uint16; expected float dB",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: complex S1",
-        lambda t: _remove_with(t, _s2_file(t), _s1_file(t, np.ones((2, 40, 50), np.complex64))),
-        "S1 is complex64",
+    dict(
+        name="remove-clouds: complex S1",
+        setup=lambda t: _remove_with(t, _s2_file(t), _s1_file(t, np.ones((2, 40, 50), np.complex64))),
+        message="S1 is complex64",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: S2 with an identity transform",
-        lambda t: _remove_with(t, _s2_file(t, transform=__import__("rasterio").Affine.identity())),
-        "no georeferencing",
+    dict(
+        name="remove-clouds: S2 with an identity transform",
+        setup=lambda t: _remove_with(t, _s2_file(t, transform=__import__("rasterio").Affine.identity())),
+        message="no georeferencing",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: S2 bands named in another order",
-        lambda t: _remove_with(
+    dict(
+        name="remove-clouds: S2 bands named in another order",
+        setup=lambda t: _remove_with(
             t,
             _s2_file(
                 t, names=["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B8A", "B10", "B11", "B12"]
             ),
         ),
-        "band descriptions say",
+        message="band descriptions say",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: complex S2",
-        lambda t: _remove_with(t, _s2_file(t, np.ones((13, 40, 50), np.complex64))),
-        "S2 is complex64",
+    dict(
+        name="remove-clouds: complex S2",
+        setup=lambda t: _remove_with(t, _s2_file(t, np.ones((13, 40, 50), np.complex64))),
+        message="S2 is complex64",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: S1 in a local engineering CRS",
-        lambda t: _remove_with(
+    dict(
+        name="remove-clouds: S1 in a local engineering CRS",
+        setup=lambda t: _remove_with(
             t,
             _s2_file(t),
             _s1_file(t, np.full((2, 40, 50), -12, np.float32), crs=CRS.from_wkt('LOCAL_CS["local",UNIT["metre",1]]')),
         ),
-        "cannot be related to the S2 scene",
+        message="cannot be related to the S2 scene",
         absent=("o.tif",),
     ),
-    _case("remove-clouds: S2 is a FIFO", lambda t: _remove_with(t, _fifo(t)), "not a regular file", absent=("o.tif",)),
-    _case(
-        "remove-clouds: weights are /dev/zero",
-        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=Path("/dev/zero")),
-        "not a regular file",
+    dict(
+        name="remove-clouds: S2 is a FIFO",
+        setup=lambda t: _remove_with(t, _fifo(t)),
+        message="not a regular file",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: --device foo",
-        lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--device", "foo"),
-        "'foo' is not a torch device",
+    dict(
+        name="remove-clouds: weights are /dev/zero",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=Path("/dev/zero")),
+        message="not a regular file",
         absent=("o.tif",),
     ),
-    _case(
-        "remove-clouds: an ONNX file from elsewhere",
-        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_foreign_onnx(t)),
-        "ONNX inputs ['x']",
+    dict(
+        name="remove-clouds: --device foo",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--device", "foo"),
+        message="'foo' is not a torch device",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: an ONNX file from elsewhere",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_foreign_onnx(t)),
+        message="ONNX inputs ['x']",
         absent=("o.tif",),
     ),
 ]
 
 
-@pytest.mark.parametrize(("setup", "message", "keep", "absent", "status"), CASES)
-def test_bad_input(
-    setup: Callable[[Path], list[str]],
-    message: str,
-    keep: tuple[str, ...],
-    absent: tuple[str, ...],
-    status: int,
-    check_case: Callable[..., None],
-) -> None:
-    check_case(setup, message, keep, absent, status)
+def test_bad_input(bad_input: dict, check_case: Callable[[dict], None]) -> None:
+    """Each row of ``CASES`` (parametrized by the ``bad_input`` hook in conftest.py)."""
+    check_case(bad_input)
 
 
 def test_minus_infinity_in_s1_is_no_data(workdir: Path, capsys: pytest.CaptureFixture) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -76,114 +75,99 @@ def _deep_yaml(tmp: Path) -> Path:
     return _write(tmp / "deep.yaml", "[" * 20000 + "]" * 20000)
 
 
-def _case(
-    name: str,
-    setup: Callable[[Path], list[str]],
-    message: str,
-    *,
-    keep: tuple[str, ...] = (),
-    absent: tuple[str, ...] = (),
-    status: int = 2,
-) -> Any:
-    """A row of the table: ``setup(workdir)`` returns the argv (the ``check_case`` fixture says what passes)."""
-    return pytest.param(setup, message, keep, absent, status, id=name)
-
-
+#: The table: each row is run by ``test_bad_input`` through the ``check_case`` fixture.
 CASES = [
-    _case(
-        "train: unknown key",
-        lambda t: ["train", "--config", str(t.config(optim={"lrr": 1.0}))],
-        "optim: unknown key 'lrr'; did you mean 'lr'?",
+    dict(
+        name="train: unknown key",
+        setup=lambda t: ["train", "--config", str(t.config(optim={"lrr": 1.0}))],
+        message="optim: unknown key 'lrr'; did you mean 'lr'?",
         absent=("run",),
     ),
-    _case(
-        "train: wrong type",
-        lambda t: ["train", "--config", str(t.config(optim={"epochs": "many"}))],
-        "optim.epochs: expected int, got 'many'",
+    dict(
+        name="train: wrong type",
+        setup=lambda t: ["train", "--config", str(t.config(optim={"epochs": "many"}))],
+        message="optim.epochs: expected int, got 'many'",
         absent=("run",),
     ),
-    _case(
-        "train: missing config",
-        lambda t: ["train", "--config", str(t / "nope.yaml")],
-        "nope.yaml: config file not found",
+    dict(
+        name="train: missing config",
+        setup=lambda t: ["train", "--config", str(t / "nope.yaml")],
+        message="nope.yaml: config file not found",
     ),
-    _case(
-        "train: invalid YAML",
-        lambda t: ["train", "--config", str(_write(t / "bad.yaml", "optim: [1, 2"))],
-        "bad.yaml: not valid YAML",
+    dict(
+        name="train: invalid YAML",
+        setup=lambda t: ["train", "--config", str(_write(t / "bad.yaml", "optim: [1, 2"))],
+        message="bad.yaml: not valid YAML",
     ),
-    _case(
-        "train: data root without the listed files",
-        lambda t: ["train", "--config", str(t.config()), f"data.root={t / 'elsewhere'}"],
-        "file of patch ROIs1158_spring_1_p0 not found",
+    dict(
+        name="train: data root without the listed files",
+        setup=lambda t: ["train", "--config", str(t.config()), f"data.root={t / 'elsewhere'}"],
+        message="file of patch ROIs1158_spring_1_p0 not found",
         absent=("run/checkpoints",),
     ),
-    _case(
-        "train: malformed file list line",
-        lambda t: ["train", "--config", str(t.config()), f"data.file_list={_write(t / 'l.csv', '1,a,b,c')}"],
-        "l.csv:1: expected 5 fields",
+    dict(
+        name="train: malformed file list line",
+        setup=lambda t: ["train", "--config", str(t.config()), f"data.file_list={_write(t / 'l.csv', '1,a,b,c')}"],
+        message="l.csv:1: expected 5 fields",
         absent=("run/checkpoints",),
     ),
-    _case(
-        "train: folder holds a run",
-        lambda t: ["train", "--config", str(t.config()), f"trainer.out_dir={_mkrun(t)}"],
-        "already holds a run; resume it with --resume, or pass --overwrite",
+    dict(
+        name="train: folder holds a run",
+        setup=lambda t: ["train", "--config", str(t.config()), f"trainer.out_dir={_mkrun(t)}"],
+        message="already holds a run; resume it with --resume, or pass --overwrite",
     ),
-    _case(
-        "train: resume weights of another variant",
-        lambda t: ["train", "--config", str(t.config()), "--resume", str(_ckpt_like(t))],
-        "holds a B=16, F=256 without SAR model, but B=4, F=32 with SAR was asked for",
+    dict(
+        name="train: resume weights of another variant",
+        setup=lambda t: ["train", "--config", str(t.config()), "--resume", str(_ckpt_like(t))],
+        message="holds a B=16, F=256 without SAR model, but B=4, F=32 with SAR was asked for",
         absent=("run/checkpoints",),
     ),
-    _case(
-        "train: out_dir is the data root",
-        lambda t: _train(t, f"trainer.out_dir={t.tree()}", "--overwrite"),
-        "which is not part of a run",
+    dict(
+        name="train: out_dir is the data root",
+        setup=lambda t: _train(t, f"trainer.out_dir={t.tree()}", "--overwrite"),
+        message="which is not part of a run",
         keep=("data/files.csv",),
     ),
-    _case(
-        "train: optim.lr=1e400",
-        lambda t: _train(t, "optim.lr=1e400"),
-        "optim.lr: expected a finite number",
+    dict(
+        name="train: optim.lr=1e400",
+        setup=lambda t: _train(t, "optim.lr=1e400"),
+        message="optim.lr: expected a finite number",
         absent=("run",),
     ),
-    _case(
-        "train: loss.lam=.nan",
-        lambda t: _train(t, "loss.lam=.nan"),
-        "loss.lam: expected a finite number",
+    dict(
+        name="train: loss.lam=.nan",
+        setup=lambda t: _train(t, "loss.lam=.nan"),
+        message="loss.lam: expected a finite number",
         absent=("run",),
     ),
-    _case(
-        "train: data.repeats=100000000000",
-        lambda t: _train(t, "data.repeats=100000000000"),
-        "data.repeats: must be in [1, 10000]",
+    dict(
+        name="train: data.repeats=100000000000",
+        setup=lambda t: _train(t, "data.repeats=100000000000"),
+        message="data.repeats: must be in [1, 10000]",
         absent=("run",),
     ),
-    _case(
-        "train: trainer.devices=0",
-        lambda t: _train(t, "trainer.devices=0"),
-        "trainer.devices: must be in [1,",
+    dict(
+        name="train: trainer.devices=0",
+        setup=lambda t: _train(t, "trainer.devices=0"),
+        message="trainer.devices: must be in [1,",
         absent=("run",),
     ),
-    _case(
-        "train: config whose top level is a list",
-        lambda t: ["train", "--config", str(_write(t / "l.yaml", "- 1\n- 2\n"))],
-        "expected a mapping of sections",
+    dict(
+        name="train: config whose top level is a list",
+        setup=lambda t: ["train", "--config", str(_write(t / "l.yaml", "- 1\n- 2\n"))],
+        message="expected a mapping of sections",
     ),
-    _case("train: a 20,000-level YAML", lambda t: ["train", "--config", str(_deep_yaml(t))], "nested too deeply"),
+    dict(
+        name="train: a 20,000-level YAML",
+        setup=lambda t: ["train", "--config", str(_deep_yaml(t))],
+        message="nested too deeply",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("setup", "message", "keep", "absent", "status"), CASES)
-def test_bad_input(
-    setup: Callable[[Path], list[str]],
-    message: str,
-    keep: tuple[str, ...],
-    absent: tuple[str, ...],
-    status: int,
-    check_case: Callable[..., None],
-) -> None:
-    check_case(setup, message, keep, absent, status)
+def test_bad_input(bad_input: dict, check_case: Callable[[dict], None]) -> None:
+    """Each row of ``CASES`` (parametrized by the ``bad_input`` hook in conftest.py)."""
+    check_case(bad_input)
 
 
 def test_a_failed_start_is_not_a_run(workdir: Path, capsys: pytest.CaptureFixture) -> None:

@@ -11,7 +11,6 @@ import signal
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -134,52 +133,45 @@ def _ckpt(tmp: Path, state_dict: object) -> Path:
     return path
 
 
-def _case(
-    name: str,
-    setup: Callable[[Path], list[str]],
-    message: str,
-    *,
-    keep: tuple[str, ...] = (),
-    absent: tuple[str, ...] = (),
-    status: int = 2,
-) -> Any:
-    """A row of the table: ``setup(workdir)`` returns the argv (the ``check_case`` fixture says what passes)."""
-    return pytest.param(setup, message, keep, absent, status, id=name)
-
-
+#: The table: each row is run by ``test_bad_input`` through the ``check_case`` fixture.
 CASES = [
-    _case(
-        "convert-keras: not HDF5",
-        lambda t: ["convert-keras", str(_write(t / "m.h5", "text")), str(t / "o.safetensors")],
-        "m.h5: not an HDF5 file",
+    dict(
+        name="convert-keras: not HDF5",
+        setup=lambda t: ["convert-keras", str(_write(t / "m.h5", "text")), str(t / "o.safetensors")],
+        message="m.h5: not an HDF5 file",
         absent=("o.safetensors",),
     ),
-    _case(
-        "convert-keras: HDF5 but not a model",
-        lambda t: ["convert-keras", str(_plain_h5(t)), str(t / "o.safetensors")],
-        "plain.h5: HDF5 file is not a Keras model",
+    dict(
+        name="convert-keras: HDF5 but not a model",
+        setup=lambda t: ["convert-keras", str(_plain_h5(t)), str(t / "o.safetensors")],
+        message="plain.h5: HDF5 file is not a Keras model",
         absent=("o.safetensors",),
     ),
-    _case(
-        "convert-keras: truncated",
-        lambda t: [
+    dict(
+        name="convert-keras: truncated",
+        setup=lambda t: [
             "convert-keras",
             str(_truncate(_copy(FIXTURES / "keras224_full_sar.h5", t))),
             str(t / "o.safetensors"),
         ],
-        "keras224_full_sar.h5:",
+        message="keras224_full_sar.h5:",
         absent=("o.safetensors",),
     ),
-    _case("export: pickle payload", _pickle_checkpoint, "evil.ckpt: refused to load", absent=("out.safetensors",)),
-    _case(
-        "export: missing checkpoint",
-        lambda t: ["export", str(t / "none.ckpt"), str(t / "o.safetensors")],
-        "none.ckpt: weights file not found",
+    dict(
+        name="export: pickle payload",
+        setup=_pickle_checkpoint,
+        message="evil.ckpt: refused to load",
+        absent=("out.safetensors",),
+    ),
+    dict(
+        name="export: missing checkpoint",
+        setup=lambda t: ["export", str(t / "none.ckpt"), str(t / "o.safetensors")],
+        message="none.ckpt: weights file not found",
         absent=("o.safetensors",),
     ),
-    _case(
-        "export-onnx: no calibration patches",
-        lambda t: [
+    dict(
+        name="export-onnx: no calibration patches",
+        setup=lambda t: [
             "export-onnx",
             "--weights",
             str(t.weights()),
@@ -188,12 +180,12 @@ CASES = [
             "0",
             str(t / "q.onnx"),
         ],
-        "--calibration-patches: must be in [1, 4096], got 0",
+        message="--calibration-patches: must be in [1, 4096], got 0",
         absent=("q.onnx",),
     ),
-    _case(
-        "export-onnx: calibration list without root",
-        lambda t: [
+    dict(
+        name="export-onnx: calibration list without root",
+        setup=lambda t: [
             "export-onnx",
             "--weights",
             str(t.weights()),
@@ -202,58 +194,68 @@ CASES = [
             "f.csv",
             str(t / "q.onnx"),
         ],
-        "--calibration-root: needed with --calibration-list",
+        message="--calibration-root: needed with --calibration-list",
         absent=("q.onnx",),
     ),
-    _case(
-        "export: output is the checkpoint",
-        lambda t: ["export", str(_existing(t, "w.ckpt")), str(t / "w.ckpt"), "--overwrite"],
-        "would replace input source",
+    dict(
+        name="export: output is the checkpoint",
+        setup=lambda t: ["export", str(_existing(t, "w.ckpt")), str(t / "w.ckpt"), "--overwrite"],
+        message="would replace input source",
         keep=("w.ckpt",),
     ),
-    _case(
-        "convert-keras: output is the input",
-        lambda t: ["convert-keras", str(_existing(t, "k.h5")), str(t / "k.h5"), "--overwrite"],
-        "would replace input source",
+    dict(
+        name="convert-keras: output is the input",
+        setup=lambda t: ["convert-keras", str(_existing(t, "k.h5")), str(t / "k.h5"), "--overwrite"],
+        message="would replace input source",
         keep=("k.h5",),
     ),
-    _case(
-        "export-onnx: output is the weights",
-        lambda t: ["export-onnx", "--weights", str(t.weights()), str(t / "dsen2cr-small.safetensors"), "--overwrite"],
-        "would replace input weights",
+    dict(
+        name="export-onnx: output is the weights",
+        setup=lambda t: [
+            "export-onnx",
+            "--weights",
+            str(t.weights()),
+            str(t / "dsen2cr-small.safetensors"),
+            "--overwrite",
+        ],
+        message="would replace input weights",
         keep=("dsen2cr-small.safetensors",),
     ),
-    _case(
-        "convert-keras: a NaN kernel",
-        lambda t: ["convert-keras", str(_nan_keras(t)), str(t / "k.safetensors")],
-        "holds NaN or infinite values",
+    dict(
+        name="convert-keras: a NaN kernel",
+        setup=lambda t: ["convert-keras", str(_nan_keras(t)), str(t / "k.safetensors")],
+        message="holds NaN or infinite values",
         absent=("k.safetensors",),
     ),
-    _case(
-        "weights: res_scale NaN in metadata",
-        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_weights_with_metadata(t, res_scale=float("nan"))),
-        "res_scale must be a finite number",
+    dict(
+        name="weights: res_scale NaN in metadata",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), weights=_weights_with_metadata(t, res_scale=float("nan"))
+        ),
+        message="res_scale must be a finite number",
     ),
-    _case(
-        "weights declaring a million blocks",
-        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_weights_with_metadata(t, num_blocks=1_000_000)),
-        "num_blocks must be in [0, 256]",
+    dict(
+        name="weights declaring a million blocks",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), weights=_weights_with_metadata(t, num_blocks=1_000_000)
+        ),
+        message="num_blocks must be in [0, 256]",
     ),
-    _case(
-        "convert-keras: a (3, 3, 13, 1e8) kernel",
-        lambda t: ["convert-keras", str(_huge_keras(t)), str(t / "k.safetensors")],
-        "shape (3, 3, 13, 100000000)",
+    dict(
+        name="convert-keras: a (3, 3, 13, 1e8) kernel",
+        setup=lambda t: ["convert-keras", str(_huge_keras(t)), str(t / "k.safetensors")],
+        message="shape (3, 3, 13, 100000000)",
         absent=("k.safetensors",),
     ),
-    _case(
-        "export: a checkpoint that inflates 200x",
-        lambda t: ["export", str(_inflating_checkpoint(t)), str(t / "w.safetensors")],
-        "would inflate",
+    dict(
+        name="export: a checkpoint that inflates 200x",
+        setup=lambda t: ["export", str(_inflating_checkpoint(t)), str(t / "w.safetensors")],
+        message="would inflate",
         absent=("w.safetensors",),
     ),
-    _case(
-        "export-onnx: --calibration-patches 1e9",
-        lambda t: [
+    dict(
+        name="export-onnx: --calibration-patches 1e9",
+        setup=lambda t: [
             "export-onnx",
             "--weights",
             str(t.weights()),
@@ -262,38 +264,33 @@ CASES = [
             "1000000000",
             str(t / "q.onnx"),
         ],
-        "must be in [1, 4096]",
+        message="must be in [1, 4096]",
         absent=("q.onnx",),
     ),
-    _case(
-        'weights: num_blocks "4" in metadata',
-        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_weights_with_metadata(t, num_blocks="4")),
-        "num_blocks must be an integer, got '4'",
+    dict(
+        name='weights: num_blocks "4" in metadata',
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_weights_with_metadata(t, num_blocks="4")),
+        message="num_blocks must be an integer, got '4'",
     ),
-    _case(
-        "weights: num_features 32.0 in metadata",
-        lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_weights_with_metadata(t, num_features=32.0)),
-        "num_features must be an integer, got 32.0",
+    dict(
+        name="weights: num_features 32.0 in metadata",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), weights=_weights_with_metadata(t, num_features=32.0)
+        ),
+        message="num_features must be an integer, got 32.0",
     ),
-    _case(
-        "export: a .ckpt whose state_dict is a list",
-        lambda t: ["export", str(_ckpt(t, [1, 2])), str(t / "w.safetensors")],
-        "state_dict is a list",
+    dict(
+        name="export: a .ckpt whose state_dict is a list",
+        setup=lambda t: ["export", str(_ckpt(t, [1, 2])), str(t / "w.safetensors")],
+        message="state_dict is a list",
         absent=("w.safetensors",),
     ),
 ]
 
 
-@pytest.mark.parametrize(("setup", "message", "keep", "absent", "status"), CASES)
-def test_bad_input(
-    setup: Callable[[Path], list[str]],
-    message: str,
-    keep: tuple[str, ...],
-    absent: tuple[str, ...],
-    status: int,
-    check_case: Callable[..., None],
-) -> None:
-    check_case(setup, message, keep, absent, status)
+def test_bad_input(bad_input: dict, check_case: Callable[[dict], None]) -> None:
+    """Each row of ``CASES`` (parametrized by the ``bad_input`` hook in conftest.py)."""
+    check_case(bad_input)
 
 
 @pytest.mark.slow
