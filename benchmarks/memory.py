@@ -17,7 +17,8 @@ from benchmarks.scene import write_scene
 from dsen2cr import create_model
 from dsen2cr.config import load_config
 from dsen2cr.data.synth import write_synthetic_dataset
-from dsen2cr.inputs.readers import S1Source, S2Source
+from dsen2cr.inputs.readers import S2Source
+from dsen2cr.inputs.s1 import S1Source
 from dsen2cr.predictor import predictor_from_model
 from dsen2cr.rasters import gdal_block_cache
 from dsen2cr.scene.batches import iter_predictions

@@ -228,3 +228,15 @@ def test_s1_pair_on_two_grids_is_refused(tmp_path: Path) -> None:
     vh = write_geotiff(tmp_path / "vh.tif", db, crs=CRS_33N, transform=from_origin(500010, 5000000, 10, 10))
     with pytest.raises(DSen2CRError, match="VV and VH are not on one grid"):
         resolve_s1(f"{vv},{vh}")
+
+
+def test_stac_item_in_a_folder_with_spaces_and_accents(
+    weights: Path, tmp_path: Path, make_safe: Callable[..., Path]
+) -> None:
+    """Relative hrefs resolve in a folder named ``my dir é`` (the item's location is percent-encoded as a URI:
+    it is decoded again before GDAL opens the files)."""
+    safe = make_safe(tmp_path / "p", baseline="05.10", shift=1000, offsets=ALL_OFFSETS)
+    folder = tmp_path / "my dir é"
+    folder.mkdir()
+    item = _stac_item(folder, safe, keys="planetary", offsets=False)
+    np.testing.assert_array_equal(_run(weights, item, tmp_path / "s.tif"), _run(weights, safe, tmp_path / "f.tif"))

@@ -20,7 +20,8 @@ from rasterio.transform import from_origin
 from dsen2cr import create_model
 from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs.readers import S1Source, S2Source
+from dsen2cr.inputs.readers import S2Source
+from dsen2cr.inputs.s1 import S1Source
 from dsen2cr.models import VARIANTS
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.predictor import predictor_from_model
@@ -583,3 +584,61 @@ def test_a_reader_thread_a_signal_orphaned_never_reads_after_the_loop(monkeypatc
     events.append("sources closed")  # what remove_clouds does next
     time.sleep(0.5)  # time for a stray read to run
     assert events in (["sources closed"], ["read starts", "read ends", "sources closed"]), events
+
+
+def test_commas_in_s2_names_are_part_of_the_name(scene: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Only --s1 splits VV,VH pairs: an S2 file named ``a,b.tif`` is one file, on the command line and in a
+    manifest (quoted, after a UTF-8 BOM)."""
+    import shutil
+
+    from dsen2cr.cli import main
+
+    named = tmp_path / "a,b.tif"
+    shutil.copy(scene["folder"] / "s2.tif", named)
+    s1 = str(scene["folder"] / "s1.tif")
+    common = ["remove-clouds", "--weights", str(scene["weights"]), "--no-progress", "--tile", "128"]
+    assert main([*common, "--s2", str(named), "--s1", s1, "--out", str(tmp_path / "one.tif")]) == 0
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f'\ufeffs2,s1,out\n"a,b.tif",{s1},two.tif\n', encoding="utf-8")
+    assert main([*common, "--manifest", str(manifest)]) == 0, capsys.readouterr().err
+    with rasterio.open(tmp_path / "one.tif") as one, rasterio.open(tmp_path / "two.tif") as two:
+        np.testing.assert_array_equal(one.read(), two.read())
+
+
+def test_out_with_a_trailing_slash_writes_into_the_folder(scene: dict, tmp_path: Path) -> None:
+    """``--out folder/`` (and a manifest's ``out`` of ``sub/``) is the scene's ``<name>_cloudfree.tif`` in that
+    folder, never a file named like the folder; a folder that does not exist is refused."""
+    from dsen2cr.cli import main
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "sub").mkdir()
+    s2, s1 = str(scene["folder"] / "s2.tif"), str(scene["folder"] / "s1.tif")
+    common = ["remove-clouds", "--weights", str(scene["weights"]), "--no-progress", "--tile", "128"]
+    assert main([*common, "--s2", s2, "--s1", s1, "--out", f"{tmp_path / 'dir'}/"]) == 0
+    assert [p.name for p in (tmp_path / "dir").iterdir()] == ["s2_cloudfree.tif"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"s2,s1,out\n{s2},{s1},sub/\n")
+    assert main([*common, "--manifest", str(manifest)]) == 0
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["s2_cloudfree.tif"]
+    assert main([*common, "--s2", s2, "--s1", s1, "--out", f"{tmp_path / 'none'}/"]) == 2
+
+
+def test_the_mask_declares_nodata_and_never_labels_no_data(tmp_path: Path) -> None:
+    """No-data S2 pixels (0 in every band, and NaN in float input) are the map's nodata (-128, declared), not
+    shadow or cloud; the valid pixels keep their classes."""
+    from dsen2cr.cli import main
+
+    rng = np.random.default_rng(0)
+    s2 = rng.integers(300, 3000, (13, 96, 128)).astype(np.float32)
+    s2[:, :30, :] = 0  # nodata rows
+    s2[:, 40:50, :20] = np.nan  # NaN block
+    write_geotiff(tmp_path / "s2.tif", s2, crs=UTM, transform=ORIGIN)
+    torch.manual_seed(0)
+    weights = save_weights(create_model("dsen2cr-small-nosar"), tmp_path / "w.safetensors")
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(tmp_path / "s2.tif"), "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "o.tif"), "--mask-out", str(tmp_path / "m.tif")]) == 0
+    with rasterio.open(tmp_path / "m.tif") as dataset:
+        mask, nodata = dataset.read(1), dataset.nodata
+    assert nodata == -128
+    assert (mask[:30] == -128).all() and (mask[40:50, :20] == -128).all()
+    assert set(np.unique(mask[60:])) <= {-1, 0, 1}

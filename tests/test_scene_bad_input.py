@@ -477,3 +477,311 @@ def test_sigterm_during_remove_clouds_leaves_nothing(
     status = terminate_when(command, lambda: any(out.glob(".clear.*staging*")), private_tmp_env)
     assert status == 128 + signal.SIGTERM
     assert list(out.iterdir()) == []
+
+
+# ------------------------------------------------------------- round 3 (issue #30): inputs no table had tried
+
+
+def _remove_to(
+    tmp: Path, s2: Path | str, out: Path | str, *extra: str, s1: Path | str | None = None, sar: bool = False
+) -> list[str]:
+    """remove-clouds of ``s2`` (and ``s1``) into ``out``, with fresh small weights (with SAR when ``sar``)."""
+    weights = tmp.weights("dsen2cr-small" if sar else "dsen2cr-small-nosar")
+    args = ["remove-clouds", "--weights", str(weights), "--s2", str(s2), "--out", str(out), "--no-progress"]
+    return args + (["--s1", str(s1)] if s1 is not None else []) + list(extra)
+
+
+def _stac_s2(tmp: Path, folder: str = "stac", **raster_bands: object) -> Path:
+    """A STAC item of the test scene: one single-band GeoTIFF per band, relative hrefs, ``raster:bands`` with
+    ``raster_bands`` (none when empty)."""
+    s2, _ = tmp.scene()
+    where = tmp / folder
+    where.mkdir(parents=True, exist_ok=True)
+    import rasterio
+
+    from dsen2cr.inputs.product import band_code
+    from dsen2cr.preprocessing import S2_BANDS
+
+    assets = {}
+    with rasterio.open(s2) as src:
+        data = src.read()
+        for index, band in enumerate(S2_BANDS):
+            write_geotiff(where / f"{band_code(band)}.tif", data[index : index + 1], crs=UTM32N, transform=ORIGIN)
+            asset: dict = {"href": f"{band_code(band)}.tif", "eo:bands": [{"name": band_code(band)}]}
+            if raster_bands:
+                asset["raster:bands"] = [dict(raster_bands)]
+            assets[band_code(band)] = asset
+    item = {"type": "Feature", "id": "x", "properties": {"s2:product_type": "S2MSI1C"}, "assets": assets}
+    import json
+
+    (where / "item.json").write_text(json.dumps(item))
+    return where / "item.json"
+
+
+def _stac_s1(tmp: Path) -> Path:
+    """An S1 STAC item with vv and vh assets (single-band GeoTIFFs on the scene's grid)."""
+    import json
+
+    rng = np.random.default_rng(2)
+    for name in ("vv", "vh"):
+        write_geotiff(
+            tmp / f"{name}.tif", rng.uniform(-25, -5, (1, 40, 50)).astype(np.float32), crs=UTM32N, transform=ORIGIN
+        )
+    item = {
+        "type": "Feature",
+        "id": "s1",
+        "properties": {},
+        "assets": {"vv": {"href": "vv.tif"}, "vh": {"href": "vh.tif"}},
+    }
+    (tmp / "s1.json").write_text(json.dumps(item))
+    return tmp / "s1.json"
+
+
+def _safe_with_metadata(tmp: Path, find: str, replace: str, **options: object) -> Path:
+    """A SAFE product whose metadata has ``find`` replaced by ``replace``."""
+    safe = tmp.safe("p", **options)
+    metadata = next(safe.glob("MTD_MSIL*.xml"))
+    text = metadata.read_text()
+    assert find in text, find
+    metadata.write_text(text.replace(find, replace))
+    return safe
+
+
+def _zip_of_two_safes(tmp: Path) -> Path:
+    import zipfile
+
+    first, second = tmp.safe("a"), tmp.safe("b", baseline="05.10", offsets={i: -1000 for i in range(13)})
+    archive = tmp / "two.SAFE.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for index, safe in enumerate((first, second)):
+            for path in safe.rglob("*"):
+                if path.is_file():
+                    z.write(path, f"{index}/{safe.name}/{path.relative_to(safe)}")
+    return archive
+
+
+def _l2a_with_scl(tmp: Path, *, shift_m: float = 0, crs: CRS | None = None, size: int = 30) -> Path:
+    """A tiny Level-2A SAFE whose SCL (20 m) is moved by ``shift_m`` east, declared on ``crs``, or ``size`` px."""
+    import rasterio
+
+    safe = tmp.safe("l2a", level="L2A", baseline="02.14")
+    b05 = next(safe.rglob("*_B05_20m.jp2"))
+    with rasterio.open(b05) as src:
+        transform, native_crs = src.transform, src.crs
+    scl = np.full((1, size, size), 9, np.uint16)  # all cloud: a mask that missed the scene comes out clear
+    profile = {"driver": "JP2OpenJPEG", "width": size, "height": size, "count": 1, "dtype": "uint16"}
+    profile.update(crs=crs or native_crs, transform=transform * rasterio.Affine.translation(shift_m / 20, 0))
+    with rasterio.open(
+        b05.with_name("T33UUU_20230610T101559_SCL_20m.jp2"), "w", QUALITY=100, REVERSIBLE="YES", **profile
+    ) as dst:
+        dst.write(scl)
+    return safe
+
+
+def _band_folder_with_a_13_band_file(tmp: Path) -> Path:
+    from dsen2cr.inputs.product import band_code
+    from dsen2cr.preprocessing import S2_BANDS
+
+    folder = tmp / "IMG_DATA"
+    folder.mkdir()
+    for band in S2_BANDS:
+        count = 13 if band == "B1" else 1
+        data = np.full((count, 40, 50), 500, np.uint16)
+        write_geotiff(folder / f"T32TXX_20200101T000000_{band_code(band)}.tif", data, crs=UTM32N, transform=ORIGIN)
+    return folder
+
+
+def _s1_with_descriptions(tmp: Path, names: tuple[str, str]) -> Path:
+    import rasterio
+
+    path = tmp / "s1_described.tif"
+    rng = np.random.default_rng(3)
+    write_geotiff(path, rng.uniform(-25, -5, (2, 40, 50)).astype(np.float32), crs=UTM32N, transform=ORIGIN)
+    with rasterio.open(path, "r+") as dataset:
+        for index, name in enumerate(names, start=1):
+            dataset.set_band_description(index, name)
+    return path
+
+
+def _s2_as(tmp: Path, dtype: str, *, crs: object = UTM32N, pixel: float = 10, low: int = 1, high: int = 200) -> Path:
+    array = np.random.default_rng(4).integers(low, high, (13, 40, 50)).astype(dtype)
+    transform = from_origin(500000 if pixel >= 1 else 9.0, 5000000 if pixel >= 1 else 48.0, pixel, pixel)
+    return write_geotiff(tmp / f"s2_{dtype}.tif", array, crs=crs, transform=transform)
+
+
+def _non_utf8(tmp: Path, name: bytes) -> str:
+    """A path whose file name holds a byte that is not UTF-8 (as Python hands it over from argv)."""
+    return str(tmp) + "/" + os.fsdecode(name)
+
+
+def _s2_named_non_utf8(tmp: Path) -> str:
+    s2, _ = tmp.scene()
+    target = _non_utf8(tmp, b"s2-\xff.tif")
+    os.link(s2, target)
+    return target
+
+
+CASES += [
+    dict(
+        name="remove-clouds: --out a band file inside the .SAFE input, --overwrite",
+        setup=lambda t: _remove_to(t, t.safe("p"), next(t.safe("p").rglob("*_B04.jp2")), "--overwrite"),
+        message="would replace input s2",
+        keep=(
+            "p/S2B_MSIL1C_20230610T101559_N0204_R065_T33UUU_20230610T1.SAFE/GRANULE/"
+            "L1C_T33UUU_A000000_20230610T101559/IMG_DATA/T33UUU_20230610T101559_B04.jp2",
+        ),
+    ),
+    dict(
+        name="remove-clouds: --out the STAC item's B02 asset, --overwrite",
+        setup=lambda t: _remove_to(t, _stac_s2(t), t / "stac" / "B02.tif", "--overwrite"),
+        message="would replace input s2",
+        keep=("stac/B02.tif",),
+    ),
+    dict(
+        name="remove-clouds: --out the S1 STAC item's vv asset, --overwrite",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "vv.tif", "--overwrite", s1=_stac_s1(t), sar=True),
+        message="would replace input s1",
+        keep=("vv.tif",),
+    ),
+    dict(
+        name="remove-clouds: S1 band descriptions say VH, VV",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", s1=_s1_with_descriptions(t, ("VH", "VV")), sar=True),
+        message="s1_described.tif: S1 band descriptions are ('VH', 'VV'); expected VV, VH",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: STAC raster:bands scale 0",
+        setup=lambda t: _remove_to(t, _stac_s2(t, scale=0, offset=-0.1), t / "o.tif"),
+        message="raster:bands scale 0 of asset B01",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: STAC raster:bands offset 'abc'",
+        setup=lambda t: _remove_to(t, _stac_s2(t, scale=0.0001, offset="abc"), t / "o.tif"),
+        message="raster:bands offset 'abc' of asset B01",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: STAC raster:bands offset 1e309",
+        setup=lambda t: _remove_to(t, _stac_s2(t, scale=0.0001, offset=float("inf")), t / "o.tif"),
+        message="raster:bands offset inf of asset B01",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: STAC raster:bands scale 1e-320",
+        setup=lambda t: _remove_to(t, _stac_s2(t, scale=1e-320, offset=-0.1), t / "o.tif"),
+        message="raster:bands scale 1e-320 of asset B01",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: SAFE QUANTIFICATION_VALUE -10000",
+        setup=lambda t: _remove_to(t, _safe_with_metadata(t, ">10000<", ">-10000<"), t / "o.tif"),
+        message="quantification value '-10000'",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: SAFE QUANTIFICATION_VALUE inf",
+        setup=lambda t: _remove_to(t, _safe_with_metadata(t, ">10000<", ">inf<"), t / "o.tif"),
+        message="quantification value 'inf'",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: SAFE QUANTIFICATION_VALUE nan",
+        setup=lambda t: _remove_to(t, _safe_with_metadata(t, ">10000<", ">nan<"), t / "o.tif"),
+        message="quantification value 'nan'",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: SAFE RADIO_ADD_OFFSET -1e9",
+        setup=lambda t: _remove_to(
+            t,
+            _safe_with_metadata(t, ">-1000<", ">-1e9<", baseline="05.10", offsets={i: -1000 for i in range(13)}),
+            t / "o.tif",
+        ),
+        message="RADIO_ADD_OFFSET '-1e9' of band_id 0",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: SAFE RADIO_ADD_OFFSET inf",
+        setup=lambda t: _remove_to(
+            t,
+            _safe_with_metadata(t, ">-1000<", ">inf<", baseline="05.10", offsets={i: -1000 for i in range(13)}),
+            t / "o.tif",
+        ),
+        message="RADIO_ADD_OFFSET 'inf' of band_id 0",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a zip holding two SAFEs",
+        setup=lambda t: _remove_to(t, _zip_of_two_safes(t), t / "o.tif"),
+        message="two.SAFE.zip: holds 2 Sentinel-2 products",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --mask product whose SCL is 5 km away",
+        setup=lambda t: _remove_to(t, _l2a_with_scl(t, shift_m=5000), t / "o.tif", "--mask", "product", "--keep-clear"),
+        message="SCL mask covers 0.0% of the scene",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --mask product whose SCL is on another CRS",
+        setup=lambda t: _remove_to(
+            t, _l2a_with_scl(t, crs=CRS.from_epsg(32632)), t / "o.tif", "--mask", "product", "--keep-clear"
+        ),
+        message="SCL mask covers 0.0% of the scene",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --mask product whose SCL is 20 x 20 px",
+        setup=lambda t: _remove_to(t, _l2a_with_scl(t, size=20), t / "o.tif", "--mask", "product", "--keep-clear"),
+        message="SCL mask covers 44.4% of the scene",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: uint8 S2",
+        setup=lambda t: _remove_to(t, _s2_as(t, "uint8"), t / "o.tif"),
+        message="s2_uint8.tif: S2 is uint8",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: int16 S2 with negative DN",
+        setup=lambda t: _remove_to(t, _s2_as(t, "int16", low=-500, high=3000), t / "o.tif"),
+        message="s2_int16.tif: S2 holds negative DN",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a 20 m GeoTIFF",
+        setup=lambda t: _remove_to(t, _s2_as(t, "uint16", pixel=20, high=5000), t / "o.tif"),
+        message="s2_uint16.tif: S2 pixels are 20 x 20 m; the model works at 10 m",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: an EPSG:4326 GeoTIFF at 0.0001 degrees",
+        setup=lambda t: _remove_to(t, _s2_as(t, "uint16", crs="EPSG:4326", pixel=0.0001, high=5000), t / "o.tif"),
+        message="s2_uint16.tif: S2 is on a geographic CRS (EPSG:4326)",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a band file holding 13 bands",
+        setup=lambda t: _remove_to(t, _band_folder_with_a_13_band_file(t), t / "o.tif"),
+        message="T32TXX_20200101T000000_B01.tif: S2 band has 13 bands, expected 1",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a non-UTF-8 byte in the --s2 name",
+        setup=lambda t: _remove_to(t, _s2_named_non_utf8(t), t / "o.tif"),
+        message="file name is not valid UTF-8",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a non-UTF-8 byte in the --out name",
+        setup=lambda t: _remove_to(t, t.scene()[0], _non_utf8(t, b"o-\xff.tif")),
+        message="file name is not valid UTF-8",
+    ),
+    dict(
+        name="remove-clouds: a manifest row whose s2 is blanks",
+        setup=lambda t: _manifest_args(t, [("   ", "", "o.tif")]),
+        message="m.csv:2: s2 and out must not be empty",
+        absent=("o.tif",),
+    ),
+]

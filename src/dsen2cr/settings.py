@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ class SceneJob:
             value = getattr(self, name)
             if isinstance(value, Path):
                 object.__setattr__(self, name, str(value))
+        for value in (self.s2, self.s1, self.out, self.mask_out, self.preview):
+            if value is not None:
+                check_utf8_name(value)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ class SceneSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.weights is not None:
+            check_utf8_name(self.weights)
         _choice("--backend", self.backend, BACKEND_CHOICES)
         _choice("--precision", self.precision, PRECISIONS)
         _choice("--resampling", self.resampling, RESAMPLINGS)
@@ -133,6 +139,17 @@ class ScenePlan:
     tile: int
     overlap: int
     batch_size: int
+
+
+def check_utf8_name(path: str | Path) -> None:
+    """Refuse a path that is not valid UTF-8 (a byte Python kept as a surrogate escape): GDAL opens files by
+    UTF-8 names only. The message shows the undecodable bytes as ``\\xNN``."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise DSen2CRError(f"{shown}: file name is not valid UTF-8, which GDAL cannot open; rename it") from None
 
 
 def _choice(option: str, value: object, choices: tuple[str, ...]) -> None:

@@ -165,7 +165,7 @@ def jobs_from_arguments(
 ) -> list[SceneJob]:
     """Scene jobs from ``--s2/--s1/--out`` lists or a manifest CSV."""
     from dsen2cr.errors import DSen2CRError
-    from dsen2cr.scene.jobs import read_manifest, scene_stem
+    from dsen2cr.scene.jobs import output_path, read_manifest, scene_stem
     from dsen2cr.settings import SceneJob
 
     if manifest is not None:
@@ -177,11 +177,12 @@ def jobs_from_arguments(
     if s1 is not None and len(s1) != len(s2):
         raise DSen2CRError(f"--s1: {len(s1)} files for {len(s2)} S2 scenes; give one S1 per S2 scene")
     if len(s2) == 1:
+        target = output_path(Path(out), s2[0], out)  # "--out folder/": the scene's file in that folder
         return [
             SceneJob(
                 s2[0],
                 s1[0] if s1 else None,
-                Path(out),
+                target,
                 Path(mask_out) if mask_out else None,
                 Path(preview) if preview else None,
             )

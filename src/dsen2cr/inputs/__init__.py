@@ -22,14 +22,14 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.geotiff import geotiff_s2, stack_pair
 from dsen2cr.inputs.product import S2Product, is_url
 from dsen2cr.inputs.safe import safe_folder, zipped_safe
-from dsen2cr.inputs.stac import stac_s1, stac_s2
+from dsen2cr.inputs.stac import s1_assets, stac_s1, stac_s2
 
 
 def resolve_s2(arg: str | Path, *, offset: int | None = None) -> S2Product:
     """The :class:`S2Product` an ``--s2`` argument names (``offset``: ``--s2-offset`` for files whose metadata
     cannot say, i.e. GeoTIFFs and bare ``IMG_DATA`` folders)."""
     text = str(arg)
-    if is_url(text) or text.lower().endswith(".json"):
+    if is_stac(text):
         if offset is not None:
             raise DSen2CRError(f"{text}: --s2-offset is for GeoTIFFs; a STAC item declares its offsets")
         return stac_s2(text)
@@ -51,18 +51,49 @@ def _with_offset_option(product: S2Product, offset: int | None) -> S2Product:
     return product
 
 
+def is_stac(text: str) -> bool:
+    """Whether an ``--s2``/``--s1`` value names a STAC item (a ``.json`` path or a URL)."""
+    return is_url(text) or text.lower().endswith(".json")
+
+
+def s1_parts(text: str) -> list[str]:
+    """The files an ``--s1`` value names: the two of a ``VV,VH`` pair, else the value (an S2 value is never
+    split: a comma is a legal character of a file name)."""
+    return [p.strip() for p in text.split(",")] if "," in text else [text]
+
+
+def local_inputs(s2: str, s1: str | None, product: S2Product | None = None) -> list[tuple[str, Path]]:
+    """Every local file or folder a scene reads, as ``(role, path)``: the ``--s2`` value (a file, a product
+    folder or zip, a STAC item) and, when resolved, its band files and product masks; the ``--s1`` file(s) and
+    the assets of an S1 STAC item. Remote inputs (URLs, ``/vsicurl/``) have no local path."""
+    found: list[tuple[str, Path]] = [] if is_url(s2) else [("s2", Path(s2))]
+    if product is not None:
+        found += [("s2", Path(f)) for f in [*product.files, *product.masks.values()] if _is_local(f)]
+    for part in s1_parts(s1) if s1 else []:
+        if is_stac(part):
+            found += [("s1", Path(f)) for f in s1_assets(part) if _is_local(f)]
+        if not is_url(part):
+            found.append(("s1", Path(part)))
+    return found
+
+
+def _is_local(gdal_path: str) -> bool:
+    """Whether a GDAL path is a local file (not ``/vsi…``, not a URL)."""
+    return not gdal_path.startswith("/vsi") and not is_url(gdal_path)
+
+
 def resolve_s1(arg: str | Path) -> str:
     """A GDAL path with VV and VH as bands 1 and 2: the file itself, or a VRT of a ``VV,VH`` pair or of the
     ``vv``/``vh`` assets of a STAC item."""
     text = str(arg)
-    if text.lower().endswith(".json") or is_url(text):
+    if is_stac(text):
         return stac_s1(text)
     if "," in text:
-        parts = [p.strip() for p in text.split(",")]
+        parts = s1_parts(text)
         if len(parts) != 2 or not all(parts):
             raise DSen2CRError(f"{text}: an S1 pair is two files, VV,VH")
         return stack_pair(parts[0], parts[1], text)
     return text
 
 
-__all__ = ["S2Product", "resolve_s1", "resolve_s2"]
+__all__ = ["S2Product", "is_stac", "local_inputs", "resolve_s1", "resolve_s2", "s1_parts"]

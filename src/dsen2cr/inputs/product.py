@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -51,6 +52,15 @@ class S2Product:
     def __post_init__(self) -> None:
         if not self.offsets:
             self.offsets = [0] * len(self.bands)
+
+
+#: The largest DN offset a product may declare: Sentinel-2 uses -1000; beyond the DN range an offset is absurd.
+MAX_OFFSET_DN = 10000
+
+
+def plausible_offset(dn: float) -> bool:
+    """Whether ``dn`` is an offset a Sentinel-2 product can hold: finite and within +-``MAX_OFFSET_DN``."""
+    return math.isfinite(dn) and abs(dn) <= MAX_OFFSET_DN
 
 
 def is_url(text: str) -> bool:

@@ -1,10 +1,11 @@
-"""Reading the inputs of a scene, window by window: a 13-band S2 GeoTIFF or an L1C product folder (one JP2 per
-band, resampled onto the 10 m grid on the fly), and an S1 GeoTIFF warped onto the S2 grid on the fly. Nothing
-is read whole (docs/design.md §4.4)."""
+"""Reading S2 window by window on its 10 m grid, whatever the input (a GeoTIFF, a product's band files resampled
+onto the 10 m grid on the fly, STAC assets); S1 is read by :mod:`dsen2cr.inputs.s1`. Nothing is read whole
+(docs/design.md §4.4)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,12 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs import S2Product, resolve_s1, resolve_s2
+from dsen2cr.inputs import S2Product, resolve_s2
 from dsen2cr.inputs.product import band_code
-from dsen2cr.preprocessing import NUM_S1_BANDS, S2_BANDS
+from dsen2cr.preprocessing import S2_BANDS
 from dsen2cr.rasters import open_raster, read_window
 
 log = logging.getLogger(__name__)
@@ -108,16 +108,41 @@ class S2Source:
             raise DSen2CRError(
                 f"{self.name}: S2 has no georeferencing (identity geotransform); the output would have none either"
             )
-        kind = np.dtype(self._datasets[0].dtypes[0]).kind
-        if kind not in "uif":
-            raise DSen2CRError(f"{self.name}: S2 is {self._datasets[0].dtypes[0]}; expected DN (uint16)")
+        dtype = np.dtype(self._datasets[0].dtypes[0])
+        if dtype.kind not in "uif" or dtype.itemsize < 2:
+            raise DSen2CRError(
+                f"{self.name}: S2 is {dtype}; expected DN (reflectance x 10000), uint16 (uint8 cannot hold them)"
+            )
+        self._check_pixel_size()
+
+    def _check_pixel_size(self) -> None:
+        """Refuse a grid the model was not trained on: a geographic CRS, or pixels other than 10 m (+-5 %)."""
+        crs, transform = self.grid.crs, self.grid.transform
+        if crs.is_geographic:
+            raise DSen2CRError(
+                f"{self.name}: S2 is on a geographic CRS ({crs.to_string()}); the model works on 10 m pixels: "
+                "reproject it to UTM at 10 m first (gdalwarp -t_srs EPSG:326NN -tr 10 10)"
+            )
+        metres = crs.linear_units_factor[1] if crs.is_projected else 1.0
+        width, height = (metres * math.hypot(transform.a, transform.d), metres * math.hypot(transform.b, transform.e))
+        if not (abs(width - 10) <= 0.5 and abs(height - 10) <= 0.5):
+            raise DSen2CRError(
+                f"{self.name}: S2 pixels are {width:.3g} x {height:.3g} m; the model works at 10 m: resample it to "
+                "10 m first (gdalwarp -tr 10 10)"
+            )
 
     def _check_units(self) -> None:
-        """Refuse S2 that holds reflectance (0-1) instead of digital numbers (reflectance x 10000)."""
+        """Refuse S2 that holds reflectance (0-1) instead of digital numbers (reflectance x 10000), or negative
+        DN (signed integers; a decimated sample is looked at). Unsigned integers need no look."""
         dataset = self._datasets[0]
-        if np.dtype(dataset.dtypes[0]).kind != "f":
+        if np.dtype(dataset.dtypes[0]).kind == "u":
             return
         sample = self.read_decimated(256).astype(np.float64)
+        if dataset.dtypes[0].startswith("int") and sample.min(initial=0) < 0:
+            raise DSen2CRError(
+                f"{self.name}: S2 holds negative DN (as low as {sample.min():.0f} in a sample); expected DN >= 0 "
+                "(reflectance x 10000, 0 = nodata)"
+            )
         finite = sample[np.isfinite(sample) & (sample != 0)]
         if finite.size and np.percentile(finite, 99) <= 2.0:
             raise DSen2CRError(
@@ -132,7 +157,7 @@ class S2Source:
         self.grid = Grid(reference.crs, reference.transform, reference.width, reference.height)
         self.nodata = 0
         for band_file in files:
-            src = open_raster(band_file, what="S2 band")
+            src = open_raster(band_file, bands=1, what="S2 band")
             if src.crs is None:
                 raise DSen2CRError(f"{band_file}: S2 band has no coordinate reference system")
             if src.crs != self.grid.crs:
@@ -229,134 +254,3 @@ def _check_band_names(name: str, descriptions: tuple[str | None, ...], bands: li
     expected = [band_code(b) for b in bands]
     if found != expected:
         raise DSen2CRError(f"{name}: band descriptions say {' '.join(found)}; expected the order {' '.join(expected)}")
-
-
-class S1Source:
-    """S1 VV and VH in dB on the S2 grid, warped on the fly when the grids differ.
-
-    ``path`` is anything :func:`dsen2cr.inputs.resolve_s1` takes: a 2-band file, a ``VV,VH`` pair of
-    single-band files, or a STAC item with ``vv`` and ``vh`` assets. Pixels outside the S1 footprint, marked
-    nodata, or infinite read as NaN.
-    """
-
-    def __init__(self, path: str | Path, grid: Grid, *, linear: bool = False) -> None:
-        self.path = str(path)  # named in messages
-        self.linear = linear
-        self._src = open_raster(resolve_s1(path), bands=NUM_S1_BANDS, what="S1 (VV, VH)")
-        try:
-            self._open(grid)
-        except DSen2CRError:
-            self._src.close()
-            raise
-
-    def _open(self, grid: Grid) -> None:
-        """Check what the file declares and set up the (warped) reader."""
-        kind = np.dtype(self._src.dtypes[0]).kind
-        if kind != "f":
-            raise DSen2CRError(
-                f"{self.path}: S1 is {self._src.dtypes[0]}; expected float dB (VV, VH), e.g. float32 "
-                "(integer amplitude or complex data must be calibrated and converted first)"
-            )
-        if self._src.crs is None:
-            raise DSen2CRError(f"{self.path}: S1 has no coordinate reference system")
-        try:
-            s1_bounds = transform_bounds(self._src.crs, grid.crs, *self._src.bounds)
-        except Exception as error:  # GDAL/PROJ raise their own types (CPLE_NotSupportedError, CRSError, ...)
-            raise DSen2CRError(
-                f"{self.path}: S1's CRS cannot be related to the S2 scene's ({' '.join(str(error).split())[:150]})"
-            ) from None
-        if not all(np.isfinite(s1_bounds)):
-            raise DSen2CRError(f"{self.path}: S1's CRS cannot be related to the S2 scene's (no finite bounds)")
-        s2_bounds = rasterio.transform.array_bounds(grid.height, grid.width, grid.transform)  # west, south, east, north
-        overlap_w = min(s1_bounds[2], s2_bounds[2]) - max(s1_bounds[0], s2_bounds[0])
-        overlap_h = min(s1_bounds[3], s2_bounds[3]) - max(s1_bounds[1], s2_bounds[1])
-        if overlap_w <= 0 or overlap_h <= 0:
-            raise DSen2CRError(f"{self.path}: S1 does not overlap the S2 scene at all")
-        same_grid = (self._src.crs, self._src.transform, self._src.width, self._src.height) == (
-            grid.crs,
-            grid.transform,
-            grid.width,
-            grid.height,
-        )
-        self.warped = not same_grid
-        if same_grid:
-            self._reader: rasterio.io.DatasetReaderBase = self._src
-        else:
-            self._reader = on_grid(
-                self._src,
-                grid,
-                Resampling.bilinear,
-                src_nodata=self._src.nodata if self._src.nodata is not None else np.nan,
-                nodata=np.nan,
-                dtype="float32",
-            )
-        self._check_units()
-
-    def _check_units(self) -> None:
-        """Refuse linear-power input unless ``linear`` (then it is converted to dB when read)."""
-        finite = self._valid_values(self._lattice_sample())
-        if finite.size == 0:  # data only between the lattice windows: look at the whole file, decimated
-            height, width = min(256, self._src.height), min(256, self._src.width)
-            finite = self._valid_values(self._src.read(out_shape=(2, height, width)).astype(np.float64))
-        if finite.size == 0:
-            raise DSen2CRError(f"{self.path}: S1 holds no valid values")
-        looks_linear = finite.min() >= 0 and np.median(finite) < 1.0
-        if looks_linear and not self.linear:
-            raise DSen2CRError(
-                f"{self.path}: S1 values look like linear power (all >= 0, median {np.median(finite):.3g}), not dB; "
-                "convert to dB (10*log10), or pass --s1-linear (s1_linear=True in Python)"
-            )
-        if self.linear and not looks_linear:
-            log.warning("%s: S1 given as linear power, but the values look like dB already", self.path)
-
-    def _valid_values(self, values: np.ndarray) -> np.ndarray:
-        """The finite values that are not the file's nodata value, flattened."""
-        finite = values[np.isfinite(values)]
-        return finite if self._src.nodata is None else finite[finite != self._src.nodata]
-
-    def _lattice_sample(self, grid: int = 4, size: int = 64) -> np.ndarray:
-        """Values of a grid x grid lattice of small windows spread over the file: a few blocks are decoded,
-        where a decimated read of the whole file would decode all of them."""
-        height, width = self._src.height, self._src.width
-        size_y, size_x = min(size, height), min(size, width)
-        windows = {
-            (round(i * (height - size_y) / max(grid - 1, 1)), round(j * (width - size_x) / max(grid - 1, 1)))
-            for i in range(grid)
-            for j in range(grid)
-        }
-        return np.concatenate(
-            [self._src.read(window=Window(c, r, size_x, size_y)).astype(np.float64).ravel() for r, c in windows]
-        )
-
-    def read(self, window: Window) -> np.ndarray:
-        """(2, h, w) float32 dB of ``window``; NaN where S1 has no data."""
-        data = read_window(self._reader, window).astype(np.float32)
-        nodata = self._reader.nodata
-        if nodata is not None and not np.isnan(nodata):
-            data[data == nodata] = np.nan
-        data[np.isinf(data)] = np.nan  # -inf dB (log of zero power) is no data, not the -25 dB clip floor
-        if self.linear:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                data = 10 * np.log10(np.where(data > 0, data, np.nan))
-        return data
-
-    def close(self) -> None:
-        """Close the files."""
-        if self._reader is not self._src:
-            self._reader.close()
-        self._src.close()
-
-
-def s1_scene_mean(s1: S1Source, grid_height: int, grid_width: int, block: int = 1024) -> tuple[float, float]:
-    """Mean VV and VH (dB) of the S1 data under the scene, streamed block by block (the documented fill)."""
-    sums, counts = np.zeros(2), np.zeros(2)
-    for r in range(0, grid_height, block):
-        for c in range(0, grid_width, block):
-            db = s1.read(Window(c, r, min(block, grid_width - c), min(block, grid_height - r)))
-            for band in range(2):
-                valid = np.isfinite(db[band])
-                sums[band] += db[band][valid].astype(np.float64).sum()
-                counts[band] += valid.sum()
-    if counts.min() == 0:
-        raise DSen2CRError(f"{s1.path}: S1 has no valid pixels over the S2 scene")
-    return float(sums[0] / counts[0]), float(sums[1] / counts[1])

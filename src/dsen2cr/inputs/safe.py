@@ -4,13 +4,14 @@ metadata of ``MTD_MSIL1C.xml``/``MTD_MSIL2A.xml`` (docs/design.md §4.5)."""
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs.product import L2A_BANDS, S2Product, band_code
+from dsen2cr.inputs.product import L2A_BANDS, MAX_OFFSET_DN, S2Product, band_code, plausible_offset
 from dsen2cr.preprocessing import S2_BANDS
 
 
@@ -42,6 +43,11 @@ def zipped_safe(path: Path) -> S2Product:
             metadata = [n for n in names if re.search(r"(^|/)MTD_MSIL(1C|2A)\.xml$", n)]
             if not metadata:
                 raise DSen2CRError(f"{path}: no Sentinel-2 product inside (no MTD_MSIL1C.xml or MTD_MSIL2A.xml)")
+            if len(metadata) > 1:
+                products = ", ".join(n.rpartition("/")[0] or "(top level)" for n in metadata)
+                raise DSen2CRError(
+                    f"{path}: holds {len(metadata)} Sentinel-2 products ({products}); give one product per --s2"
+                )
             text = archive.read(metadata[0])
     except zipfile.BadZipFile as error:
         raise DSen2CRError(f"{path}: not a readable zip file ({error})") from None
@@ -107,17 +113,26 @@ def _apply_metadata(product: S2Product, xml: bytes, where: str) -> None:
     if quantification is None:
         raise DSen2CRError(f"{where}: product metadata has no quantification value")
     try:
-        product.scale = 10000.0 / float(quantification)
-    except (ValueError, ZeroDivisionError):
-        raise DSen2CRError(f"{where}: quantification value {quantification!r} is not a positive number") from None
+        value = float(quantification)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise DSen2CRError(f"{where}: quantification value {quantification!r} is not a positive finite number")
+    product.scale = 10000.0 / value
     tag = "BOA_ADD_OFFSET" if l2a else "RADIO_ADD_OFFSET"
     declared: dict[int, int] = {}
     for element in root.iter():
         if element.tag.rpartition("}")[2] == tag:
             try:
-                declared[int(element.attrib["band_id"])] = int(float(element.text or ""))
+                band_id, value = int(element.attrib["band_id"]), float(element.text or "")
             except (KeyError, ValueError):
                 raise DSen2CRError(f"{where}: {tag} entry without a numeric band_id and value") from None
+            if not plausible_offset(value):
+                raise DSen2CRError(
+                    f"{where}: {tag} {(element.text or '').strip()!r} of band_id {band_id} is not an offset Sentinel-2 "
+                    f"products hold (a finite number of DN within +-{MAX_OFFSET_DN})"
+                )
+            declared[band_id] = round(value)
     product.offset_from = "metadata"
     if not declared:
         if baseline is not None and baseline_at_least_04(baseline):

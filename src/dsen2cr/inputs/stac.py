@@ -5,12 +5,23 @@ through ``/vsicurl/`` and ``/vsis3/`` (docs/design.md §4.5)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
+from urllib.request import url2pathname
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.geotiff import stack_pair
-from dsen2cr.inputs.product import BASELINE_04_OFFSET, L2A_BANDS, S2Product, band_code, band_of, is_url
+from dsen2cr.inputs.product import (
+    BASELINE_04_OFFSET,
+    L2A_BANDS,
+    MAX_OFFSET_DN,
+    S2Product,
+    band_code,
+    band_of,
+    is_url,
+    plausible_offset,
+)
 from dsen2cr.inputs.safe import baseline_at_least_04
 from dsen2cr.preprocessing import S2_BANDS
 
@@ -40,7 +51,7 @@ def gdal_path(href: str) -> str:
     if parsed.scheme == "s3":
         return f"/vsis3/{parsed.netloc}{parsed.path}"
     if parsed.scheme == "file":
-        return parsed.path
+        return url2pathname(parsed.path)  # percent-encoded: "my%20dir%20%C3%A9" is "my dir é"
     return href
 
 
@@ -135,28 +146,50 @@ def stac_s2(location: str) -> S2Product:
         product.masks["SCL"] = _asset_href(scl, base)
     offsets = []
     for band in wanted:
-        offsets.append(_stac_offset(assets[band][1], product.baseline))
+        offsets.append(_stac_offset(assets[band][1], product.baseline, location, assets[band][0]))
     product.offsets, product.offset_from = offsets, "stac"
     return product
 
 
-def _stac_offset(asset: dict, baseline: str | None) -> int:
-    """DN to add: from ``raster:bands`` scale and offset (scale 0.0001, offset −0.1 -> −1000), else −1000 for
-    baseline 04.00 and later, else 0."""
+def _stac_offset(asset: dict, baseline: str | None, location: str, key: str) -> int:
+    """DN to add to asset ``key``: from ``raster:bands`` scale and offset (scale 0.0001, offset −0.1 -> −1000),
+    else −1000 for baseline 04.00 and later, else 0. A scale that is not a positive number (0 is not "no
+    scale"), an offset that is not a finite number, or one beyond what Sentinel-2 products hold is refused."""
     for entry in asset.get("raster:bands") or []:
         if isinstance(entry, dict) and entry.get("offset") is not None:
-            scale = float(entry.get("scale") or 1.0)
-            return round(float(entry["offset"]) / scale)
+            offset, scale = entry["offset"], entry.get("scale", 1.0)
+            label = f"{location}: raster:bands"
+            if not _is_finite_number(offset):
+                raise DSen2CRError(f"{label} offset {offset!r} of asset {key} is not a finite number")
+            if not (_is_finite_number(scale) and scale > 0):
+                raise DSen2CRError(f"{label} scale {scale!r} of asset {key} is not a positive number")
+            dn = offset / scale
+            if not plausible_offset(dn):
+                raise DSen2CRError(
+                    f"{label} scale {scale!r} of asset {key} with offset {offset!r} gives {dn:.3g} DN; Sentinel-2 "
+                    f"products hold offsets within +-{MAX_OFFSET_DN} DN"
+                )
+            return round(dn)
     if baseline is not None and baseline_at_least_04(baseline):
         return BASELINE_04_OFFSET
     return 0
 
 
-def stac_s1(location: str) -> str:
-    """A 2-band VRT of the ``vv`` and ``vh`` assets of an S1 STAC item."""
+def _is_finite_number(value: object) -> bool:
+    """Whether a JSON value is a finite number (not a bool, not a string)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def s1_assets(location: str) -> tuple[str, str]:
+    """The GDAL paths of the ``vv`` and ``vh`` assets of an S1 STAC item."""
     item, base = _read_item(location)
     assets = {key.lower(): asset for key, asset in item["assets"].items() if isinstance(asset, dict)}
     missing = [name for name in ("vv", "vh") if name not in assets]
     if missing:
         raise DSen2CRError(f"{location}: STAC item lacks the {' and '.join(missing)} asset(s) (VV, VH)")
-    return stack_pair(_asset_href(assets["vv"], base), _asset_href(assets["vh"], base), location)
+    return _asset_href(assets["vv"], base), _asset_href(assets["vh"], base)
+
+
+def stac_s1(location: str) -> str:
+    """A 2-band VRT of the ``vv`` and ``vh`` assets of an S1 STAC item."""
+    return stack_pair(*s1_assets(location), location)

@@ -166,16 +166,24 @@ def _remove_entry(target: Path, *, best_effort: bool = False) -> None:
 
 
 def check_distinct_outputs(outputs: list[tuple[str, Path]], inputs: list[tuple[str, Path]]) -> None:
-    """Refuse, even with ``--overwrite`` and before any work, an output path that is one of the inputs or that
-    another output of the same command also writes (``(role, path)`` pairs; the same file under another name,
-    through a link or a relative path, counts as the same)."""
+    """Refuse, even with ``--overwrite`` and before any work, an output path that is one of the inputs, lies
+    inside an input folder (a product), or that another output of the same command also writes (``(role,
+    path)`` pairs; the same file under another name, through a link or a relative path, counts as the same)."""
     seen: dict[str, str] = {}
+    # a product folder (an S2 input given as a folder) is read whole: nothing may be written into it
+    folders = {_identity(path): f"input {role} {path}" for role, path in inputs if role == "s2" and path.is_dir()}
     for role, path in inputs:
         seen.setdefault(_identity(path), f"input {role} {path}")
     for role, path in outputs:
         key = _identity(path)
         if key in seen:
             raise DSen2CRError(f"{path}: output {role} would replace {seen[key]}; choose another output name")
+        inside = next((name for folder, name in folders.items() if key.startswith(folder + os.sep)), None)
+        if inside is not None:
+            raise DSen2CRError(
+                f"{path}: output {role} would replace {inside}'s file (an input product is read, never written); "
+                "choose another output name"
+            )
         seen[key] = f"output {role} {path}"
 
 

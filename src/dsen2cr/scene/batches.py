@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsen2cr.inputs.readers import S1Source, S2Source
+from dsen2cr.inputs.readers import S2Source
+from dsen2cr.inputs.s1 import S1Source
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, s1_db_to_model, s2_dn_to_model_into
 from dsen2cr.rasters import gdal_block_cache

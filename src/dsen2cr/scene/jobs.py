@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dsen2cr.auto import plan_scene_run, resolve_device
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs import S2Product, resolve_s2
+from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
 from dsen2cr.inputs.readers import scene_size
 from dsen2cr.outputs.files import check_distinct_outputs, check_input_file, check_output_file
 from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
@@ -31,25 +31,15 @@ def scene_stem(source: str) -> str:
     return name
 
 
-def _local_parts(source: str) -> list[Path]:
-    """The local files or folders an ``--s2``/``--s1`` value names (none for URLs)."""
-    parts = [p.strip() for p in source.split(",")] if "," in source else [source]
-    return [Path(p) for p in parts if "://" not in p]
-
-
 def read_manifest(path: Path) -> list[SceneJob]:
     """Read a manifest CSV with a header: ``s2,s1,out`` and optionally ``mask_out,preview``. Relative paths
     are relative to the manifest's folder (so a manifest travels with its scenes); a UTF-8 BOM is read."""
     path = check_input_file(path, "manifest")
     base = path.parent
 
-    def resolve(text: str) -> Path:
-        """An output path relative to the manifest's folder."""
-        return base / Path(text.strip())
-
-    def resolve_input(text: str) -> str:
+    def resolve_input(text: str, *, pair: bool) -> str:
         """Relative paths (each of a VV,VH pair) against the manifest's folder; URLs as they are."""
-        parts = [p.strip() for p in text.split(",")]
+        parts = s1_parts(text.strip()) if pair else [text.strip()]
         return ",".join(p if "://" in p else str(base / p) for p in parts)
 
     try:
@@ -63,28 +53,48 @@ def read_manifest(path: Path) -> list[SceneJob]:
         raise DSen2CRError(f"{path}: manifest header lacks {', '.join(sorted(missing))} (expected s2,s1,out)")
     jobs = []
     for line, row in enumerate(rows, start=2):
-        if not row["s2"] or not row["out"]:
+        if not (row["s2"] or "").strip() or not (row["out"] or "").strip():
             raise DSen2CRError(f"{path}:{line}: s2 and out must not be empty")
-        optional = {k: resolve(row[k]) if row.get(k) else None for k in ("mask_out", "preview")}
-        s1 = resolve_input(row["s1"]) if row["s1"] else None
-        jobs.append(SceneJob(resolve_input(row["s2"]), s1, resolve(row["out"]), **optional))
+        s2 = resolve_input(row["s2"], pair=False)
+        optional = {k: output_path(base / row[k].strip(), s2) if row.get(k) else None for k in ("mask_out", "preview")}
+        s1 = resolve_input(row["s1"], pair=True) if (row["s1"] or "").strip() else None
+        jobs.append(SceneJob(s2, s1, output_path(base / row["out"].strip(), s2, row["out"]), **optional))
     if not jobs:
         raise DSen2CRError(f"{path}: manifest lists no scenes")
     return jobs
 
 
-def check_jobs(jobs: list[SceneJob], *, weights: str | Path, overwrite: bool, extra_inputs: list[Path]) -> None:
+def output_path(path: Path, s2: str, text: str | None = None) -> Path:
+    """An output named as given, or, for a folder (its name given with a trailing slash, ``text``), the file
+    ``<scene>_cloudfree.tif`` in it."""
+    given = str(path) if text is None else text.strip()
+    if not given.endswith(("/", os.sep)):
+        return path
+    if not path.is_dir():
+        raise DSen2CRError(f"{given}: output folder does not exist")
+    return path / f"{scene_stem(s2)}_cloudfree.tif"
+
+
+def check_jobs(
+    jobs: list[SceneJob],
+    products: list[S2Product | None],
+    *,
+    weights: str | Path,
+    overwrite: bool,
+    extra_inputs: list[Path],
+) -> None:
     """Everything about the jobs that can be checked before the first scene runs: every input exists, every
-    output can be written (exists only with ``overwrite``; its folder exists), and no output is an input or
-    another output (refused even with ``overwrite``)."""
+    output can be written (exists only with ``overwrite``; its folder exists), and no output is an input (any
+    file a scene reads: product members, STAC assets, S1 pair members), lies in an input folder, or is another
+    output (refused even with ``overwrite``). ``products``: each job's resolved S2 input (None if unresolved)."""
     inputs: list[tuple[str, Path]] = [("weights", Path(weights))] + [("file", p) for p in extra_inputs]
     outputs: list[tuple[str, Path]] = []
-    for job in jobs:
-        for role, source in (("s2", job.s2), ("s1", job.s1)):
-            for part in _local_parts(source) if source else []:
-                if not part.exists():
-                    raise DSen2CRError(f"{part}: {role.upper()} scene not found")
-                inputs.append((role, part))
+    for job, product in zip(jobs, products, strict=True):
+        named = [(role, Path(p)) for role, p in (("s2", job.s2), *[("s1", q) for q in s1_parts(job.s1 or "")])]
+        for role, part in named:
+            if str(part) and "://" not in str(part) and not part.exists():
+                raise DSen2CRError(f"{part}: {role.upper()} scene not found")
+        inputs += local_inputs(job.s2, job.s1, product)
         for role, target in (("out", job.out), ("mask_out", job.mask_out), ("preview", job.preview)):
             if target is not None:
                 check_output_file(target, overwrite=overwrite)
@@ -111,9 +121,13 @@ def run_scene_jobs(
     if settings.weights is None:
         raise DSen2CRError("remove-clouds: --weights is required")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    check_jobs(jobs, weights=settings.weights, overwrite=settings.overwrite, extra_inputs=list(extra_inputs))
+    resolved = [_resolve(job, settings) for job in jobs]
+    all_products = [product for product, _ in resolved]
+    check_jobs(
+        jobs, all_products, weights=settings.weights, overwrite=settings.overwrite, extra_inputs=list(extra_inputs)
+    )
     mine = jobs[rank::world]
-    products, sizes = zip(*[_resolve(job, settings) for job in mine], strict=True) if mine else ((), ())
+    products, sizes = all_products[rank::world], [size for _, size in resolved[rank::world]]
     device = resolve_device(settings.device)
     network = load_network(settings.weights, device=device)
     plan = plan_scene_run(

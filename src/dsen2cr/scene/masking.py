@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from scipy import ndimage
 
@@ -30,7 +31,7 @@ from dsen2cr.cloud_detection import (
     computed_mask,
 )
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs.readers import S2Source, on_grid
+from dsen2cr.inputs.readers import Grid, S2Source, on_grid
 from dsen2cr.rasters import open_raster, read_window
 from dsen2cr.settings import MASK_KINDS
 
@@ -69,6 +70,13 @@ class SceneMasker:
                 "QI_DATA/MSK_CLASSI_B00 of baseline 04.00+), which this input does not have; use --mask paper"
             )
         self._source = open_raster(masks[self.product_kind], what=f"{self.product_kind} mask")
+        covered = covered_fraction(self._source, self.s2.grid)
+        if covered < MIN_MASK_COVERAGE:
+            self._source.close()
+            raise DSen2CRError(
+                f"{masks[self.product_kind]}: the product's {self.product_kind} mask covers {100 * covered:.1f}% of "
+                f"the scene ({self.s2.name}); a product mask must cover all of it (or use --mask paper)"
+            )
         self._product = on_grid(self._source, self.s2.grid, Resampling.nearest)
 
     def window(self, window: Window) -> np.ndarray:
@@ -91,6 +99,24 @@ class SceneMasker:
         for dataset in (self._product, self._source):
             if dataset is not None:
                 dataset.close()
+
+
+#: A product mask must cover this share of the scene (all of it, but for rounding at the edges).
+MIN_MASK_COVERAGE = 0.999
+
+
+def covered_fraction(source: rasterio.io.DatasetReaderBase, grid: Grid) -> float:
+    """The share of ``grid``'s area that ``source``'s footprint covers (its bounds taken onto the grid's CRS;
+    0 when the CRSs cannot be related)."""
+    try:
+        west, south, east, north = transform_bounds(source.crs, grid.crs, *source.bounds)
+    except Exception:  # GDAL/PROJ raise their own types for CRSs that cannot be related
+        return 0.0
+    g_west, g_south, g_east, g_north = rasterio.transform.array_bounds(grid.height, grid.width, grid.transform)
+    width = max(0.0, min(east, g_east) - max(west, g_west))
+    height = max(0.0, min(north, g_north) - max(south, g_south))
+    area = (g_east - g_west) * (g_north - g_south)
+    return float(width * height / area) if area > 0 and np.isfinite(width * height) else 0.0
 
 
 def product_mask(classes: np.ndarray, kind: str) -> np.ndarray:

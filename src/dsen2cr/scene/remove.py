@@ -17,9 +17,10 @@ from tqdm import tqdm
 from dsen2cr.auto import plan_scene_run
 from dsen2cr.backends import OnnxPredictor
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs import S2Product
-from dsen2cr.inputs.readers import Grid, S1Source, S2Source, s1_scene_mean
-from dsen2cr.outputs.files import check_output_file
+from dsen2cr.inputs import S2Product, local_inputs, resolve_s2
+from dsen2cr.inputs.readers import Grid, S2Source
+from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
+from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
 from dsen2cr.outputs.geotiff import atomic_raster, cog_writer
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
@@ -34,6 +35,8 @@ from dsen2cr.visualize import Quicklook
 log = logging.getLogger(__name__)
 
 OUTPUT_NODATA = 0
+#: The cloud/shadow map's value where the input has no data (declared as the map's nodata).
+MASK_NODATA = -128
 #: A callback that takes a scene's outputs once every tile is written (see :func:`remove_clouds`).
 DeferOutputs = Callable[[contextlib.ExitStack], None]
 
@@ -77,8 +80,9 @@ def remove_clouds(
     if not isinstance(plan, ScenePlan):
         onnx = isinstance(predictor.predict, OnnxPredictor)
         plan = plan_scene_run(plan or SceneSettings(), predictor.config, device=predictor.device, onnx=onnx)
-    _check_job(predictor, job, plan.settings)
-    with gdal_block_cache(), _open_inputs(predictor, job, plan.settings, s2_product) as inputs:
+    product = s2_product or resolve_s2(job.s2, offset=plan.settings.s2_offset)
+    _check_job(predictor, job, plan.settings, product)
+    with gdal_block_cache(), _open_inputs(predictor, job, plan.settings, product) as inputs:
         tiles = plan_tiles(inputs.grid.height, inputs.grid.width, plan.tile, plan.overlap)
         start = time.perf_counter()
         writer = _TileWriter(inputs, plan.settings, job)
@@ -108,11 +112,15 @@ def remove_clouds(
     return SceneReport(job.out, len(tiles), megapixels, seconds, fraction, writer.skipped)
 
 
-def _check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings) -> None:
-    """What can be refused before any input is opened: outputs that cannot be written, a missing S1."""
-    for path in (job.out, job.mask_out, job.preview):
+def _check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, product: S2Product) -> None:
+    """What can be refused before any input is opened: outputs that cannot be written or would replace an
+    input (any file the scene reads) or each other, a missing S1."""
+    outputs = [(role, path) for role, path in (("out", job.out), ("mask_out", job.mask_out), ("preview", job.preview))]
+    for _, path in outputs:
         if path is not None:
             check_output_file(path, overwrite=settings.overwrite)
+    written = [(role, path) for role, path in outputs if path is not None]
+    check_distinct_outputs(written, local_inputs(job.s2, job.s1, product))
     if predictor.include_sar and job.s1 is None:
         raise DSen2CRError(
             f"{job.s2}: these weights need SAR input; pass --s1 (an s1 in the job in Python): VV, VH in dB on or "
@@ -138,11 +146,11 @@ class SceneInputs:
 
 @contextlib.contextmanager
 def _open_inputs(
-    predictor: Predictor, job: SceneJob, settings: SceneSettings, product: S2Product | None
+    predictor: Predictor, job: SceneJob, settings: SceneSettings, product: S2Product
 ) -> Iterator[SceneInputs]:
-    """Open S2 (resolved once: ``product``, else ``job.s2``), S1 warped onto its grid, and the masker; close
-    them all on the way out."""
-    s2 = S2Source(job.s2 if product is None else product, resampling=settings.resampling, offset=settings.s2_offset)
+    """Open S2 (resolved once: ``product``), S1 warped onto its grid, and the masker; close them all on the way
+    out."""
+    s2 = S2Source(product, resampling=settings.resampling)
     inputs = SceneInputs(s2)
     try:
         if settings.keep_clear and s2.dtype not in ("uint8", "uint16"):
@@ -217,7 +225,8 @@ class _TileWriter:
         self.valid += int(valid.sum())
         self.skipped += not valid.any()
         if self.mask is not None and core_mask is not None:
-            self.mask.write(core_mask[None], window=tile.core)
+            written_mask = np.where(valid, core_mask, MASK_NODATA).astype(np.int8)  # no data is never "shadow"
+            self.mask.write(written_mask[None], window=tile.core)
 
 
 def _predict_tiles(
@@ -285,8 +294,8 @@ def _optional_mask(path: str | Path | None, grid_profile: dict):
     if path is None:
         yield None
         return
-    with atomic_raster(path, dict(grid_profile, count=1, dtype="int8")) as dataset:
-        dataset.set_band_description(1, "cloud (1) / shadow (-1) / clear (0)")
+    with atomic_raster(path, dict(grid_profile, count=1, dtype="int8", nodata=MASK_NODATA)) as dataset:
+        dataset.set_band_description(1, f"cloud (1) / shadow (-1) / clear (0); {MASK_NODATA} = no data")
         yield dataset
 
 

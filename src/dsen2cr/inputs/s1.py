@@ -1,0 +1,169 @@
+"""Reading S1 window by window: VV and VH in dB on the S2 grid, warped on the fly when the grids differ
+(docs/design.md §4.4)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs import resolve_s1
+from dsen2cr.inputs.readers import Grid, on_grid
+from dsen2cr.preprocessing import NUM_S1_BANDS
+from dsen2cr.rasters import open_raster, read_window
+
+log = logging.getLogger(__name__)
+
+
+def _check_polarisations(name: str, descriptions: tuple[str | None, ...]) -> None:
+    """Refuse an S1 file whose band descriptions name its polarisations in another order than VV, VH (the
+    network would take VH for VV). Files without such names pass."""
+    found = [_polarisation((d or "").upper()) for d in descriptions]
+    if any(found) and found != ["VV", "VH"]:
+        said = tuple((d or "").strip() for d in descriptions)
+        raise DSen2CRError(f"{name}: S1 band descriptions are {said}; expected VV, VH (band 1 VV, band 2 VH)")
+
+
+def _polarisation(description: str) -> str | None:
+    """VV or VH when a band description names exactly one of them (``VV``, ``Sigma0_VV_db``), else None."""
+    names = {p for p in ("VV", "VH", "HH", "HV") if re.search(rf"(^|[^A-Z]){p}([^A-Z]|$)", description)}
+    return names.pop() if len(names) == 1 else None
+
+
+class S1Source:
+    """S1 VV and VH in dB on the S2 grid, warped on the fly when the grids differ.
+
+    ``path`` is anything :func:`dsen2cr.inputs.resolve_s1` takes: a 2-band file, a ``VV,VH`` pair of
+    single-band files, or a STAC item with ``vv`` and ``vh`` assets. Pixels outside the S1 footprint, marked
+    nodata, or infinite read as NaN.
+    """
+
+    def __init__(self, path: str | Path, grid: Grid, *, linear: bool = False) -> None:
+        self.path = str(path)  # named in messages
+        self.linear = linear
+        self._src = open_raster(resolve_s1(path), bands=NUM_S1_BANDS, what="S1 (VV, VH)")
+        try:
+            self._open(grid)
+        except DSen2CRError:
+            self._src.close()
+            raise
+
+    def _open(self, grid: Grid) -> None:
+        """Check what the file declares and set up the (warped) reader."""
+        _check_polarisations(self.path, self._src.descriptions)
+        kind = np.dtype(self._src.dtypes[0]).kind
+        if kind != "f":
+            raise DSen2CRError(
+                f"{self.path}: S1 is {self._src.dtypes[0]}; expected float dB (VV, VH), e.g. float32 "
+                "(integer amplitude or complex data must be calibrated and converted first)"
+            )
+        if self._src.crs is None:
+            raise DSen2CRError(f"{self.path}: S1 has no coordinate reference system")
+        try:
+            s1_bounds = transform_bounds(self._src.crs, grid.crs, *self._src.bounds)
+        except Exception as error:  # GDAL/PROJ raise their own types (CPLE_NotSupportedError, CRSError, ...)
+            raise DSen2CRError(
+                f"{self.path}: S1's CRS cannot be related to the S2 scene's ({' '.join(str(error).split())[:150]})"
+            ) from None
+        if not all(np.isfinite(s1_bounds)):
+            raise DSen2CRError(f"{self.path}: S1's CRS cannot be related to the S2 scene's (no finite bounds)")
+        s2_bounds = rasterio.transform.array_bounds(grid.height, grid.width, grid.transform)  # west, south, east, north
+        overlap_w = min(s1_bounds[2], s2_bounds[2]) - max(s1_bounds[0], s2_bounds[0])
+        overlap_h = min(s1_bounds[3], s2_bounds[3]) - max(s1_bounds[1], s2_bounds[1])
+        if overlap_w <= 0 or overlap_h <= 0:
+            raise DSen2CRError(f"{self.path}: S1 does not overlap the S2 scene at all")
+        same_grid = (self._src.crs, self._src.transform, self._src.width, self._src.height) == (
+            grid.crs,
+            grid.transform,
+            grid.width,
+            grid.height,
+        )
+        self.warped = not same_grid
+        if same_grid:
+            self._reader: rasterio.io.DatasetReaderBase = self._src
+        else:
+            self._reader = on_grid(
+                self._src,
+                grid,
+                Resampling.bilinear,
+                src_nodata=self._src.nodata if self._src.nodata is not None else np.nan,
+                nodata=np.nan,
+                dtype="float32",
+            )
+        self._check_units()
+
+    def _check_units(self) -> None:
+        """Refuse linear-power input unless ``linear`` (then it is converted to dB when read)."""
+        finite = self._valid_values(self._lattice_sample())
+        if finite.size == 0:  # data only between the lattice windows: look at the whole file, decimated
+            height, width = min(256, self._src.height), min(256, self._src.width)
+            finite = self._valid_values(self._src.read(out_shape=(2, height, width)).astype(np.float64))
+        if finite.size == 0:
+            raise DSen2CRError(f"{self.path}: S1 holds no valid values")
+        looks_linear = finite.min() >= 0 and np.median(finite) < 1.0
+        if looks_linear and not self.linear:
+            raise DSen2CRError(
+                f"{self.path}: S1 values look like linear power (all >= 0, median {np.median(finite):.3g}), not dB; "
+                "convert to dB (10*log10), or pass --s1-linear (s1_linear=True in Python)"
+            )
+        if self.linear and not looks_linear:
+            log.warning("%s: S1 given as linear power, but the values look like dB already", self.path)
+
+    def _valid_values(self, values: np.ndarray) -> np.ndarray:
+        """The finite values that are not the file's nodata value, flattened."""
+        finite = values[np.isfinite(values)]
+        return finite if self._src.nodata is None else finite[finite != self._src.nodata]
+
+    def _lattice_sample(self, grid: int = 4, size: int = 64) -> np.ndarray:
+        """Values of a grid x grid lattice of small windows spread over the file: a few blocks are decoded,
+        where a decimated read of the whole file would decode all of them."""
+        height, width = self._src.height, self._src.width
+        size_y, size_x = min(size, height), min(size, width)
+        windows = {
+            (round(i * (height - size_y) / max(grid - 1, 1)), round(j * (width - size_x) / max(grid - 1, 1)))
+            for i in range(grid)
+            for j in range(grid)
+        }
+        return np.concatenate(
+            [self._src.read(window=Window(c, r, size_x, size_y)).astype(np.float64).ravel() for r, c in windows]
+        )
+
+    def read(self, window: Window) -> np.ndarray:
+        """(2, h, w) float32 dB of ``window``; NaN where S1 has no data."""
+        data = read_window(self._reader, window).astype(np.float32)
+        nodata = self._reader.nodata
+        if nodata is not None and not np.isnan(nodata):
+            data[data == nodata] = np.nan
+        data[np.isinf(data)] = np.nan  # -inf dB (log of zero power) is no data, not the -25 dB clip floor
+        if self.linear:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                data = 10 * np.log10(np.where(data > 0, data, np.nan))
+        return data
+
+    def close(self) -> None:
+        """Close the files."""
+        if self._reader is not self._src:
+            self._reader.close()
+        self._src.close()
+
+
+def s1_scene_mean(s1: S1Source, grid_height: int, grid_width: int, block: int = 1024) -> tuple[float, float]:
+    """Mean VV and VH (dB) of the S1 data under the scene, streamed block by block (the documented fill)."""
+    sums, counts = np.zeros(2), np.zeros(2)
+    for r in range(0, grid_height, block):
+        for c in range(0, grid_width, block):
+            db = s1.read(Window(c, r, min(block, grid_width - c), min(block, grid_height - r)))
+            for band in range(2):
+                valid = np.isfinite(db[band])
+                sums[band] += db[band][valid].astype(np.float64).sum()
+                counts[band] += valid.sum()
+    if counts.min() == 0:
+        raise DSen2CRError(f"{s1.path}: S1 has no valid pixels over the S2 scene")
+    return float(sums[0] / counts[0]), float(sums[1] / counts[1])
