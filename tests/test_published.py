@@ -50,3 +50,41 @@ def test_unknown_published_model(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert "unknown published model 'best'; choose one of carl-sar, l1-sar, carl-nosar, l1-nosar" in (
         capsys.readouterr().err
     )
+
+
+def _serve(folder: Path) -> http.server.ThreadingHTTPServer:
+    """A local http server of ``folder`` (stopped by the caller)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def test_a_file_that_is_not_the_model_named_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``weights download carl-sar --url <a model without SAR>`` is refused (nothing written, no partial file
+    left); a file that is not a Keras model is removed after the refusal, so a rerun downloads again instead of
+    resuming it."""
+    pytest.importorskip("gdown", reason="the optional 'weights' extra is not installed")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "page.h5").write_text("<html>quota exceeded</html>")
+    httpd = _serve(FIXTURES)
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/keras_weights_nosar.h5"
+        out = tmp_path / "carl-sar.safetensors"
+        assert main(["weights", "download", "carl-sar", "--out", str(out), "--url", url, "--no-progress"]) == 2
+    finally:
+        httpd.shutdown()
+    assert "without SAR model, but carl-sar is B=16, F=256 with SAR (dsen2cr)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+    httpd = _serve(tmp_path / "site")
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/page.h5"
+        argv = ["weights", "download", "l1-sar", "--out", str(tmp_path / "w.safetensors"), "--url", url]
+        for _ in range(2):
+            assert main([*argv, "--no-progress"]) == 2
+            err = capsys.readouterr().err
+            assert "not an HDF5 file" in err and "the downloaded file was removed" in err, err
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+    finally:
+        httpd.shutdown()

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.models import published_weights
+from dsen2cr.models import ModelSpec, ModelVariant, published_weights
 from dsen2cr.outputs.files import check_output_file
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def download_published(
     """Download published model ``name`` (or the Keras file at ``url``, e.g. a mirror), convert it, and write
     safetensors weights to ``out`` recording the source and the SHA-256 of the downloaded file. The Keras
     file is fetched to a hidden partial file beside ``out`` and resumed by a rerun; it is removed on success."""
-    _, published = published_weights(name)
+    variant, published = published_weights(name)
     out = check_output_file(out, overwrite=overwrite)
     try:
         import gdown
@@ -43,14 +43,36 @@ def download_published(
     if not got or not raw.is_file():
         raise DSen2CRError(f"{source}: download of {name} failed (nothing received); rerun to resume")
     digest = hashlib.sha256(raw.read_bytes()).hexdigest()
-    from dsen2cr.keras import load_keras_weights
-    from dsen2cr.weights import check_state, save_weights
+    try:
+        config, state = _checked_keras(raw, name, variant)
+    except DSen2CRError as error:  # not what the name promises: a rerun must download again, not resume it
+        raw.unlink(missing_ok=True)
+        raise DSen2CRError(f"{source}: {error}; the downloaded file was removed") from None
+    from dsen2cr.weights import save_weights  # (lazy: safetensors only when writing)
 
-    config, state = load_keras_weights(raw)
-    check_state(config, state, raw)
     model = config.build()
     model.load_state_dict(state)
     save_weights(model, out, provenance={SOURCE_KEY: source, SHA256_KEY: digest})
     raw.unlink()
     log.info("%s: SHA-256 %s", source, digest)
     return out
+
+
+def _checked_keras(raw: Path, name: str, variant: ModelVariant) -> tuple[ModelSpec, dict]:
+    """The configuration and state of a downloaded Keras file, refused when it does not take the inputs the
+    published model ``name`` takes (with or without SAR); a size other than the published one is warned (a
+    mirror of a retrained model, or a test file)."""
+    from dsen2cr.keras import load_keras_weights
+    from dsen2cr.weights import check_state
+
+    config, state = load_keras_weights(raw)
+    check_state(config, state, raw)
+    if config.include_sar != variant.config.include_sar:
+        raise DSen2CRError(
+            f"holds a {config.describe()} model, but {name} is {variant.config.describe()} ({variant.name})"
+        )
+    if config != variant.config:
+        log.warning(
+            "%s: holds a %s model; the published %s is %s", name, config.describe(), name, variant.config.describe()
+        )
+    return config, state
