@@ -270,3 +270,18 @@ def test_global_batch_splits_over_ranks(
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "run" / "logs" / "csv" / "metrics.csv").open()))
     assert {float(r["batch_per_device"]) for r in rows if r.get("batch_per_device")} == {2.0}
+
+
+def test_overrides_may_follow_the_options(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """``train --config X --out-dir D data.crop_size=32``: overrides after an option are overrides (argparse
+    alone rejected them as unrecognized); anything else after them is still refused."""
+    from dsen2cr.cli import main
+
+    config = workdir.config(data={"crop_size": 16})
+    run = workdir / "elsewhere"
+    argv = ["train", "--config", str(config), "--no-progress", "--out-dir", str(run), "optim.epochs=1"]
+    assert main([*argv, "data.crop_size=32"]) == 0, capsys.readouterr().err
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert "crop_size: 32" in (run / "config.yaml").read_text()
+    with pytest.raises(SystemExit):
+        main([*argv, "--no-such-option"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -47,6 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: A config override (``section.key=value``): accepted anywhere on the line of a command that takes them.
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; ``section.key=value`` overrides of ``train`` and ``demo`` may come after their
+    options too (argparse alone takes positionals only before the first option that follows them)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all(_OVERRIDE.match(item) for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (sent by ``timeout``, schedulers and container runtimes), raised like Ctrl-C so that every
     ``finally`` and context manager on the way out removes its temporary files."""
@@ -60,7 +76,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
