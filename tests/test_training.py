@@ -273,13 +273,13 @@ def test_global_batch_splits_over_ranks(
 
 
 def test_overrides_may_follow_the_options(workdir: Path, capsys: pytest.CaptureFixture) -> None:
-    """``train --config X --out-dir D data.crop_size=32``: overrides after an option are overrides (argparse
-    alone rejected them as unrecognized); anything else after them is still refused."""
+    """``train --config X a.b=1 --out-dir D data.crop_size=32``: overrides on both sides of an option are all
+    overrides (argparse alone rejected the second group as unrecognized); anything else is still refused."""
     from dsen2cr.cli import main
 
     config = workdir.config(data={"crop_size": 16})
     run = workdir / "elsewhere"
-    argv = ["train", "--config", str(config), "--no-progress", "--out-dir", str(run), "optim.epochs=1"]
+    argv = ["train", "--config", str(config), "optim.epochs=1", "--no-progress", "--out-dir", str(run)]
     assert main([*argv, "data.crop_size=32"]) == 0, capsys.readouterr().err
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert "crop_size: 32" in (run / "config.yaml").read_text()
