@@ -7,6 +7,9 @@ from __future__ import annotations
 import csv
 import filecmp
 import http.server
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -70,6 +73,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(body[start : start + 512])
                 self.wfile.flush()
                 time.sleep(0.05)
+            return
+        if fault == "trickle":  # a server that keeps the connection alive with a few bytes at a time
+            for start in range(0, min(len(body), 2000), 16):
+                self.wfile.write(body[start : start + 16])
+                self.wfile.flush()
+                time.sleep(0.1)
             return
         if fault == "cut":
             self.wfile.write(body[: len(body) // 2])
@@ -251,3 +260,27 @@ def test_a_corrupt_archive_is_fetched_again_once_then_refused(
     assert "corrupt twice in a row" in err
     gets = [s for s in server.seen if s["path"].endswith(archive.name)]
     assert len(gets) == 2 and not (out / "ROIs1158_spring_s1").exists()
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_ends_a_download_from_a_trickling_server_at_once(
+    server: _Server, tmp_path: Path, signum: int, status: int
+) -> None:
+    """SIGTERM or Ctrl-C while a worker reads a trickling server ends the process within seconds (it waited
+    for the worker's retries: 246 s and 92 s), with its status, and a rerun resumes from the partial file."""
+    server.faults[:] = ["trickle"] * 12
+    out = tmp_path / "data"
+    command = [sys.executable, "-m", "dsen2cr.cli", *_argv(server, out, "--modalities", "s1")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not any((out / download.DOWNLOADS).glob("*.part")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # some bytes arrive
+    start = time.monotonic()
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert time.monotonic() - start < 5, err.decode()
+    assert process.returncode == status, err.decode()
+    assert b"Traceback" not in err
+    server.faults.clear()
+    assert main(_argv(server, out, "--modalities", "s1")) == 0

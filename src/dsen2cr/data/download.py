@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tarfile
-import time
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -57,6 +57,9 @@ SIZES_KIB = {
 VALIDATION_ROIS = {"winter": (22, 107, 130, 84), "summer": (19, 80, 127, 17), "fall": (65,), "spring": (17,)}
 TEST_ROIS = {"spring": (106, 123, 140, 31, 44), "summer": (119, 73), "fall": (139,), "winter": (108, 63)}
 RETRIES = 5
+#: Seconds a connection or a read may wait for the server (per socket operation: a slow but steady download
+#: never hits it; a stalled one is retried, resuming where it stopped).
+READ_TIMEOUT = 20
 #: ``--jobs`` at most: more parallel archives than this only split the same bandwidth.
 MAX_JOBS = 12
 DOWNLOADS = ".downloads"
@@ -129,15 +132,23 @@ def download_dataset(
     # one bar for all the bytes to fetch, and one per archive below it
     overall = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="SEN12MS-CR", disable=not progress)
 
+    stop = threading.Event()  # set when the run ends early (an error, Ctrl-C, SIGTERM): every worker stops
+
     def install(position: int, archive: Archive) -> None:
-        path = _fetch(archive, out, base_url, progress, backoff, position + 1, overall)
+        path = _fetch(archive, out, base_url, progress, backoff, position + 1, overall, stop)
         _unpack(archive, path, out)
         if not keep_archives:
             path.unlink()
 
     with overall, ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="dsen2cr-download") as pool:
-        for future in [pool.submit(install, i, a) for i, a in enumerate(todo)]:
-            future.result()  # the first failure is raised once the others have stopped
+        futures = [pool.submit(install, i, a) for i, a in enumerate(todo)]
+        try:
+            for future in futures:
+                future.result()  # the first failure is raised once the others have stopped
+        except BaseException:
+            stop.set()  # the workers stop within one read (at most READ_TIMEOUT s) or one retry pause
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     downloads = out / DOWNLOADS
     if downloads.is_dir() and not any(downloads.iterdir()):
         downloads.rmdir()
@@ -154,7 +165,7 @@ def _remote_size(url: str, archive: Archive) -> int:
     """The archive's length as the server states it (HEAD), else the published size; a missing archive (4xx)
     is refused here, before anything is downloaded."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=READ_TIMEOUT) as response:
             length = response.headers.get("Content-Length")
             return int(length) if length else archive.size
     except urllib.error.HTTPError as error:
@@ -190,6 +201,7 @@ def _fetch(
     backoff: float,
     position: int = 0,
     overall: tqdm | None = None,
+    stop: threading.Event | None = None,
 ) -> Path:
     """The archive at ``DIR/.downloads/NAME``, resumed from its partial file; fetched again once if corrupt."""
     folder = out / DOWNLOADS
@@ -198,7 +210,7 @@ def _fetch(
     url = base_url + archive.name
     for attempt in range(2):
         if not final.exists():
-            _download(url, partial, archive, progress, backoff, position, overall)
+            _download(url, partial, archive, progress, backoff, position, overall, stop or threading.Event())
             os.replace(partial, final)
         if _is_complete_tar(final):
             return final
@@ -218,8 +230,11 @@ def _download(
     backoff: float,
     position: int = 0,
     overall: tqdm | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Append to ``partial`` until the server's length is reached, resuming with ``Range`` on failures."""
+    """Append to ``partial`` until the server's length is reached, resuming with ``Range`` on failures; give up
+    at once when ``stop`` is set (checked at every chunk and during the pauses between retries)."""
+    stop = stop or threading.Event()
     failures = 0
     total: int | None = None
     bar_options = {"unit": "B", "unit_scale": True, "desc": archive.name, "position": position, "dynamic_ncols": True}
@@ -230,7 +245,7 @@ def _download(
                 break
             request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
             try:
-                with urllib.request.urlopen(request, timeout=60) as response:
+                with urllib.request.urlopen(request, timeout=READ_TIMEOUT) as response:
                     resumed = response.status == 206
                     length = response.headers.get("Content-Length")
                     total = (have if resumed else 0) + int(length) if length is not None else archive.size
@@ -238,6 +253,8 @@ def _download(
                     with partial.open("ab" if resumed else "wb") as file:
                         # read1: what has arrived (up to 1 MiB), so a killed process keeps it for the resume
                         while chunk := response.read1(1 << 20):
+                            if stop.is_set():
+                                raise _StoppedError
                             file.write(chunk)
                             bar.update(len(chunk))
                             if overall is not None:
@@ -258,8 +275,13 @@ def _download(
                 reason = str(error)
             if failures > RETRIES:
                 raise DSen2CRError(f"{url}: gave up after {RETRIES} retries ({reason}); rerun to resume")
-            log.warning("%s: %s; resuming in %.1f s", archive.name, reason, backoff * 2 ** (failures - 1))
-            time.sleep(backoff * 2 ** (failures - 1))
+            log.warning("%s: %s (%s); resuming in %.1f s", archive.name, reason, url, backoff * 2 ** (failures - 1))
+            if stop.wait(backoff * 2 ** (failures - 1)):
+                raise _StoppedError
+
+
+class _StoppedError(Exception):
+    """A worker stopped because the run is ending (the main thread raises the reason)."""
 
 
 def _is_complete_tar(path: Path) -> bool:
