@@ -39,7 +39,8 @@ LAYERS = [
     ["outputs"],
     ["models"],
     ["preprocessing", "cloud_detection", "losses", "metrics"],
-    ["errors", "version"],
+    ["precision"],
+    ["errors", "version", "formats"],
 ]
 #: Lazy imports upward, each allowed for the reason its comment gives in the code (none today).
 UPWARD_LAZY: set[tuple[str, str]] = set()

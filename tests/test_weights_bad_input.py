@@ -314,3 +314,68 @@ def test_sigterm_during_int8_export_leaves_nothing(
     assert status == 128 + signal.SIGTERM
     assert not list(private.glob("dsen2cr-*")) and not (workdir / "q.onnx").exists()  # (other libraries' caches stay)
     assert not list(workdir.glob(".q.*"))
+
+
+# ------------------------------------------------------- round 3 (issue #26): files recognised by content
+
+
+def _checkpoint(tmp: Path, name: str = "mycopy.ckpt") -> Path:
+    """A training checkpoint as dsen2cr train writes it (state dict under ``model.``, the configuration)."""
+    model = create_model("dsen2cr-small")
+    state = {f"model.{key}": value for key, value in model.state_dict().items()}
+    torch.save({"state_dict": state, CONFIG_KEY: model.config.to_dict()}, tmp / name)
+    return tmp / name
+
+
+def _plain_state_dict(tmp: Path) -> Path:
+    torch.save(create_model("dsen2cr-small").state_dict(), tmp / "m.pth")
+    return tmp / "m.pth"
+
+
+CASES += [
+    dict(
+        name="export: swapped arguments, a checkpoint as the output, --overwrite",
+        setup=lambda t: ["export", str(t.weights()), str(_checkpoint(t)), "--overwrite"],
+        message="mycopy.ckpt: this command writes a safetensors weights file; name it *.safetensors",
+        keep=("mycopy.ckpt",),
+    ),
+    dict(
+        name="export: an output named .safetensors that holds a checkpoint, --overwrite",
+        setup=lambda t: ["export", str(t.weights()), str(_checkpoint(t, "copy.safetensors")), "--overwrite"],
+        message="copy.safetensors: holds a PyTorch checkpoint (torch.save), not a safetensors weights file",
+        keep=("copy.safetensors",),
+    ),
+    dict(
+        name="export-onnx: an output not named .onnx",
+        setup=lambda t: ["export-onnx", "--weights", str(t.weights()), str(t / "model.bin")],
+        message="model.bin: this command writes an ONNX model; name it *.onnx",
+        absent=("model.bin",),
+    ),
+    dict(
+        name="export: a plain PyTorch state dict (.pth) as weights",
+        setup=lambda t: ["export", str(_plain_state_dict(t)), str(t / "o.safetensors")],
+        message="m.pth: not a dsen2cr training checkpoint (no state_dict)",
+        absent=("o.safetensors",),
+    ),
+    dict(
+        name="export: a text file as weights",
+        setup=lambda t: ["export", str(_write(t / "w.bin", "hello")), str(t / "o.safetensors")],
+        message="w.bin: holds a text file, not weights dsen2cr reads",
+        absent=("o.safetensors",),
+    ),
+]
+
+
+def test_weights_are_read_by_content_not_by_name(workdir: Path) -> None:
+    """A safetensors file named .ckpt and a training checkpoint named .safetensors load as what they hold."""
+    import shutil
+
+    from dsen2cr.weights import load_model
+
+    expected = load_model(workdir.weights())
+    shutil.copy(workdir.weights(), workdir / "named-wrong.ckpt")
+    checkpoint = _checkpoint(workdir, "checkpoint.safetensors")
+    for path in (workdir / "named-wrong.ckpt", checkpoint):
+        got = load_model(path)
+        assert got.config == expected.config
+    torch.testing.assert_close(load_model(workdir / "named-wrong.ckpt").state_dict(), expected.state_dict())

@@ -25,7 +25,7 @@ def download_published(
     safetensors weights to ``out`` recording the source and the SHA-256 of the downloaded file. The Keras
     file is fetched to a hidden partial file beside ``out`` and resumed by a rerun; it is removed on success."""
     variant, published = published_weights(name)
-    out = check_output_file(out, overwrite=overwrite)
+    out = check_output_file(out, overwrite=overwrite, kind="safetensors")
     try:
         import gdown
     except ImportError:

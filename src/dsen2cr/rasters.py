@@ -4,6 +4,7 @@ cache for a scene run."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,24 @@ from dsen2cr.outputs.files import check_input_file
 GDAL_CACHE_BYTES = 256 * 2**20
 
 
+#: Time bounds of GDAL's remote reads (``/vsicurl/``, ``/vsis3/``: STAC assets): a connection that does not
+#: open in 20 s or a request that takes over 60 s fails and is retried 3 times, 2 s apart; then the read fails,
+#: naming the URL. An option set in the environment is the user's and is left alone.
+GDAL_HTTP_OPTIONS = {
+    "GDAL_HTTP_CONNECTTIMEOUT": "20",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "2",
+}
+
+
 def gdal_block_cache() -> rasterio.Env:
-    """A rasterio environment with GDAL's block cache bounded to ``GDAL_CACHE_BYTES`` and its multi-threaded
-    block decoding and overview computation on all cores (per thread: enter it in every thread that reads or
-    writes)."""
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS="ALL_CPUS")
+    """A rasterio environment with GDAL's block cache bounded to ``GDAL_CACHE_BYTES``, its multi-threaded
+    block decoding and overview computation on all cores, and remote reads bounded in time
+    (``GDAL_HTTP_OPTIONS``, unless set in the environment). Per thread: enter it in every thread that reads or
+    writes."""
+    http = {key: value for key, value in GDAL_HTTP_OPTIONS.items() if key not in os.environ}
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS="ALL_CPUS", **http)
 
 
 def open_raster(path: str | Path, *, bands: int | None = None, what: str = "raster") -> rasterio.DatasetReader:

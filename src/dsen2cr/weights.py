@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.formats import describe, sniff
 from dsen2cr.models import DEFAULT_FAMILY, CloudRemovalNetwork, ModelSpec, family_of, get_family
 from dsen2cr.outputs.files import atomic_path, check_input_file
 
@@ -106,7 +107,8 @@ def _load_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.T
     would inflate far beyond their size on disk."""
     _check_inflation(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with path.open("rb") as file:  # a file object: torch must not go by the name (it reads *.safetensors itself)
+            checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
         raise DSen2CRError(
@@ -147,6 +149,15 @@ def _check_inflation(path: Path) -> None:
         )
 
 
+#: What a weights file's name promises, for the message when its content is something else.
+NAMED_KINDS = {
+    ".h5": "not an HDF5 file",
+    ".hdf5": "not an HDF5 file",
+    ".safetensors": "not a readable safetensors file",
+    ".ckpt": "not a readable checkpoint",
+}
+
+
 def load_model(
     path: str | Path, *, device: str | torch.device = "cpu", expected: ModelSpec | None = None
 ) -> CloudRemovalNetwork:
@@ -155,15 +166,23 @@ def load_model(
     With ``expected``, weights of another variant are refused, naming both.
     """
     path = check_input_file(path, "weights")
-    suffix = path.suffix.lower()
-    if suffix in (".h5", ".hdf5"):
-        from dsen2cr.keras import load_keras_weights
+    kind = sniff(path)  # by content: a name can be wrong (a safetensors file named .ckpt, a .pth checkpoint)
+    if kind == "hdf5":
+        from dsen2cr.keras import load_keras_weights  # (lazy: h5py only for Keras files)
 
         config, state = load_keras_weights(path)
-    elif suffix == ".ckpt":
+    elif kind == "pytorch":
         config, state = _load_lightning_checkpoint(path)
-    else:
+    elif kind == "safetensors":
         config, state = _load_safetensors(path)
+    elif path.suffix.lower() in NAMED_KINDS:
+        raise DSen2CRError(f"{path}: {NAMED_KINDS[path.suffix.lower()]} (it holds {describe(kind)})")
+    else:
+        raise DSen2CRError(
+            f"{path}: holds {describe(kind)}, not weights dsen2cr reads (safetensors from dsen2cr export, a "
+            "checkpoint of dsen2cr train, a Keras HDF5 file; ONNX files run with --weights of remove-clouds and "
+            "evaluate)"
+        )
     if expected is not None and config != expected:
         raise DSen2CRError(f"{path}: holds a {config.describe()} model, but {expected.describe()} was asked for")
     check_state(config, state, path)

@@ -71,7 +71,7 @@ def run_export(args: argparse.Namespace) -> int:
     from dsen2cr.weights import load_model, save_weights
 
     check_distinct_outputs([("weights", Path(args.out))], [("source", Path(args.source))])
-    check_output_file(args.out, overwrite=args.overwrite)
+    check_output_file(args.out, overwrite=args.overwrite, kind="safetensors")
     model = load_model(args.source)
     save_weights(model, args.out)
     params = sum(p.numel() for p in model.parameters())
@@ -91,7 +91,7 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     if args.calibration_list:
         inputs.append(("calibration list", Path(args.calibration_list)))
     check_distinct_outputs([("ONNX file", Path(args.out))], inputs)
-    check_output_file(args.out, overwrite=args.overwrite)
+    check_output_file(args.out, overwrite=args.overwrite, kind="onnx")
     if args.int8 and not 1 <= args.calibration_patches <= MAX_CALIBRATION_PATCHES:
         raise DSen2CRError(
             f"--calibration-patches: must be in [1, {MAX_CALIBRATION_PATCHES}], got {args.calibration_patches}"

@@ -118,7 +118,7 @@ def index_dataset(
     for path in (out_csv, skipped_path):
         if parse_patch_name(path.name) is not None:
             raise DSen2CRError(f"{path}: is named like a SEN12MS-CR patch file; the file list must not replace one")
-        check_output_file(path, overwrite=overwrite)
+        check_output_file(path, overwrite=overwrite, kind="text")
     is_release = any(e.is_dir() and e.name.startswith("ROIs") and e.name.endswith("_s1") for e in os.scandir(root))
     triplets, skipped = scan_release(root) if is_release else scan_flat(root)
     if not triplets and not skipped:

@@ -16,25 +16,58 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.formats import SUFFIXES, describe, sniff
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds, else delete it.
+    """Yield a temporary path beside ``path``; move it to ``path`` when the block succeeds, else delete it.
 
     A reader never sees a half-written file at ``path``, and a failed or killed write leaves ``path`` as it was.
+    The move never replaces a file the block did not expect: ``path`` as it was on entry (absent: the result is
+    linked into place only if nothing appeared there meanwhile; present: replaced only if unchanged). Two runs
+    writing one output therefore never both "succeed": the second refuses, naming the file.
     """
     path = Path(path)
     check_output_folder_of(path)
+    expected = _signature(path)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(handle)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions of a plain open()
-        os.replace(tmp, path)
+        _publish(tmp, path, expected)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _signature(path: Path) -> tuple[int, int, int, int] | None:
+    """What identifies the file at ``path`` now (device, inode, size, modification time), None if absent."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _publish(tmp: Path, path: Path, expected: tuple[int, int, int, int] | None) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` is no longer as it was when the write began (``expected``)."""
+    lost = f"{path}: {{}} while this run was writing it (another run writing the same output?); this run's result "
+    lost += "was not written"
+    if expected is not None:
+        if _signature(path) != expected:
+            raise DSen2CRError(lost.format("changed"))
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if anything appeared at path: no-replace
+    except FileExistsError:
+        raise DSen2CRError(lost.format("appeared")) from None
+    except OSError:  # a file system without hard links: check, then rename (a narrow window remains)
+        if os.path.lexists(path):
+            raise DSen2CRError(lost.format("appeared")) from None
+        os.replace(tmp, path)
 
 
 def _umask() -> int:
@@ -66,14 +99,26 @@ def check_output_folder_of(path: Path) -> None:
         raise DSen2CRError(f"{path}: output folder {folder} is not writable")
 
 
-def check_output_file(path: str | Path, *, overwrite: bool) -> Path:
+def check_output_file(path: str | Path, *, overwrite: bool, kind: str | None = None) -> Path:
     """Fail early unless ``path`` can be written: its folder exists and is writable, and it does not exist
-    yet (or ``overwrite``, and it is a file)."""
+    yet (or ``overwrite``, and it is a file). With ``kind`` (what the command writes, a key of
+    :data:`dsen2cr.formats.SUFFIXES`): its name must end as that kind's files do, and an existing file that
+    holds another kind of data (a checkpoint where weights go, a dataset file) is never replaced, ``overwrite``
+    or not."""
     path = Path(path)
     if path.is_dir():
         raise DSen2CRError(f"{path}: is a folder, expected an output file name")
+    if kind is not None and path.suffix.lower() not in SUFFIXES[kind]:
+        raise DSen2CRError(
+            f"{path}: this command writes {describe(kind)}; name it *{SUFFIXES[kind][0]} (the name says what it is)"
+        )
     if path.exists() and not overwrite:
         raise DSen2CRError(f"{path}: exists; pass --overwrite to replace it")
+    if path.is_file() and kind is not None and (found := sniff(path)) not in (kind, "empty"):
+        raise DSen2CRError(
+            f"{path}: holds {describe(found)}, not {describe(kind)}: it was not written by this command and is not "
+            "replaced, --overwrite or not (swapped arguments?)"
+        )
     check_output_folder_of(path)
     return path
 

@@ -17,7 +17,7 @@ from dsen2cr.inputs.readers import scene_size
 from dsen2cr.outputs.files import check_distinct_outputs, check_input_file, check_output_file
 from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
 from dsen2cr.predictor import load_network, predictor_for_plan
-from dsen2cr.scene.remove import SceneReport, remove_clouds
+from dsen2cr.scene.remove import OUTPUT_KINDS, SceneReport, job_outputs, remove_clouds
 from dsen2cr.settings import SceneJob, SceneSettings
 
 log = logging.getLogger(__name__)
@@ -95,11 +95,10 @@ def check_jobs(
             if str(part) and "://" not in str(part) and not part.exists():
                 raise DSen2CRError(f"{part}: {role.upper()} scene not found")
         inputs += local_inputs(job.s2, job.s1, product)
-        for role, target in (("out", job.out), ("mask_out", job.mask_out), ("preview", job.preview)):
-            if target is not None:
-                check_output_file(target, overwrite=overwrite)
-                outputs.append((role, target))
-    check_distinct_outputs(outputs, inputs)
+        outputs += [(role, target) for role, target in job_outputs(job)]
+    check_distinct_outputs(outputs, inputs)  # first: "would replace the weights" says more than a name rule
+    for role, target in outputs:
+        check_output_file(target, overwrite=overwrite, kind=OUTPUT_KINDS[role])
 
 
 def _resolve(job: SceneJob, settings: SceneSettings) -> tuple[S2Product | None, tuple[int, int] | None]:

@@ -35,6 +35,8 @@ from dsen2cr.visualize import Quicklook
 log = logging.getLogger(__name__)
 
 OUTPUT_NODATA = 0
+#: What each output of a scene holds (its name must say so; see dsen2cr.outputs.files.check_output_file).
+OUTPUT_KINDS = {"out": "geotiff", "mask_out": "geotiff", "preview": "png"}
 #: The cloud/shadow map's value where the input has no data (declared as the map's nodata).
 MASK_NODATA = -128
 #: A callback that takes a scene's outputs once every tile is written (see :func:`remove_clouds`).
@@ -112,15 +114,18 @@ def remove_clouds(
     return SceneReport(job.out, len(tiles), megapixels, seconds, fraction, writer.skipped)
 
 
+def job_outputs(job: SceneJob) -> list[tuple[str, Path]]:
+    """The outputs a job writes, as ``(role, path)``: ``out``, and ``mask_out`` and ``preview`` when asked."""
+    named = (("out", job.out), ("mask_out", job.mask_out), ("preview", job.preview))
+    return [(role, path) for role, path in named if path is not None]
+
+
 def _check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, product: S2Product) -> None:
     """What can be refused before any input is opened: outputs that cannot be written or would replace an
     input (any file the scene reads) or each other, a missing S1."""
-    outputs = [(role, path) for role, path in (("out", job.out), ("mask_out", job.mask_out), ("preview", job.preview))]
-    for _, path in outputs:
-        if path is not None:
-            check_output_file(path, overwrite=settings.overwrite)
-    written = [(role, path) for role, path in outputs if path is not None]
-    check_distinct_outputs(written, local_inputs(job.s2, job.s1, product))
+    check_distinct_outputs(job_outputs(job), local_inputs(job.s2, job.s1, product))
+    for role, path in job_outputs(job):
+        check_output_file(path, overwrite=settings.overwrite, kind=OUTPUT_KINDS[role])
     if predictor.include_sar and job.s1 is None:
         raise DSen2CRError(
             f"{job.s2}: these weights need SAR input; pass --s1 (an s1 in the job in Python): VV, VH in dB on or "
