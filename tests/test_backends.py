@@ -127,7 +127,7 @@ def test_auto_drops_a_backend_that_disagrees_in_the_centre(
     predictor = select_backend(tiny, ("compiled", "eager"))
     s2, s1 = _inputs(1, 200, 180)
     got = predictor(s2, s1)
-    assert "backend compiled disagrees with eager fp32" in caplog.text
+    assert "backend compiled (fp32) disagrees with IEEE fp32 eager on the first batch" in caplog.text
     assert predictor.backend == "eager"
     np.testing.assert_array_equal(got, _eager(tiny, torch.device("cpu"))(s2, s1))  # the batch is redone
     predictor(s2, s1)
@@ -142,7 +142,7 @@ def test_a_named_backend_that_disagrees_stops_the_run(tiny: DSen2CR, monkeypatch
     s2, s1 = _inputs(1, 120, 100)
     with pytest.raises(
         DSen2CRError,
-        match=r"backend compiled disagrees with eager fp32 on the first batch \(relative error .*, at most \d+ DN",
+        match=r"backend compiled \(fp32\) disagrees with IEEE fp32 eager on the first batch: p99 .* DN, max 2000\.0 DN",
     ):
         predictor(s2, s1)
 

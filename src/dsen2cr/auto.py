@@ -16,9 +16,10 @@ import torch
 from dsen2cr.compile_cache import COMPILE_SAVING, build_key, recorded_build_seconds
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec
+from dsen2cr.precision import PRECISIONS
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 from dsen2cr.scene.tiles import default_overlap, plan_tiles
-from dsen2cr.settings import BACKEND_CHOICES, PRECISIONS, ScenePlan, SceneSettings
+from dsen2cr.settings import BACKEND_CHOICES, ScenePlan, SceneSettings
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,33 @@ def estimated_eager_seconds(config: ModelSpec, pixels: float) -> float:
     return pixels * 2 * config.build_parameter_count() / EAGER_CPU_FLOPS
 
 
+def resolve_precision(precision: str, device: torch.device, *, onnx: bool = False, exact: bool = False) -> str:
+    """What ``--precision`` means here: ``fp32`` (IEEE), ``tf32`` or ``bf16``.
+
+    ``auto``: IEEE fp32 on a CPU, in ``exact`` runs (evaluate's metrics) and for ONNX files (which run the
+    precision they were exported in); TF32 on a GPU: 5x IEEE fp32's speed at p99 4 / max 12 DN from it on the
+    paper-size model, where bf16 measured p99 51 / max 206 DN (docs/design.md §13), so bf16 stays a named
+    choice. ``tf32`` on a CPU is IEEE fp32 (TF32 exists on NVIDIA GPUs only): said, not refused. ``bf16`` on a
+    GPU without bf16 is refused."""
+    if precision not in PRECISIONS:
+        raise DSen2CRError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if onnx:
+        if precision not in ("auto", "fp32"):
+            raise DSen2CRError("--precision: an ONNX file runs the precision it was exported in (auto)")
+        return "fp32"
+    if precision == "auto":
+        chosen = "tf32" if device.type == "cuda" and not exact else "fp32"
+        reason = "exact results" if exact else f"auto on {device.type}"
+        log.info("precision: %s (%s; --precision fp32, tf32 or bf16 to choose)", chosen, reason)
+        return chosen
+    if precision == "tf32" and device.type != "cuda":
+        log.info("precision: tf32 on %s is IEEE fp32 (TF32 exists on NVIDIA GPUs only)", device.type)
+        return "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DSen2CRError(f"--precision bf16: {torch.cuda.get_device_name(device)} cannot compute in bf16")
+    return precision
+
+
 def plan_backend(
     backend: str,
     precision: str,
@@ -141,36 +169,32 @@ def plan_backend(
     device: torch.device,
     *,
     onnx: bool = False,
+    named_precision: bool = False,
     pixels: float | None = None,
     window_shape: tuple[int, int, int] | None = None,
 ) -> tuple[tuple[str, ...], bool]:
-    """The backends to try, in order, and whether the user named one (strict: its failure is an error).
+    """The backends to try, in order, for a resolved ``precision`` (:func:`resolve_precision`), and whether a
+    failure is an error (strict: the user named the backend, or ``named_precision``) or a fall back to IEEE
+    fp32 eager.
 
-    ONNX files run with onnxruntime in their own precision (``auto`` or ``onnxruntime``). ``--precision bf16``
-    is the bf16 backend. ``auto``: on GPU bf16 (checked against eager fp32 on the first batch), then eager; on
-    CPU the compiled backend when the run is long enough to pay for building it (:func:`compile_pays_off`),
-    then eager; else eager alone. ``config`` None: only the choices are checked (``auto`` is eager)."""
+    ONNX files run with onnxruntime (``auto`` or ``onnxruntime``). ``bf16`` is the bf16 backend. ``auto``:
+    on a CPU the compiled backend when the run is long enough to pay for building it
+    (:func:`compile_pays_off`), then eager; else eager. ``config`` None: only the choices are checked."""
     if backend not in BACKEND_CHOICES:
-        raise DSen2CRError(f"backend: expected one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
-    if precision not in PRECISIONS:
-        raise DSen2CRError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise DSen2CRError(f"--backend: expected one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
     if onnx:
         if backend not in ("auto", "onnxruntime"):
-            raise DSen2CRError(f"backend {backend}: an ONNX file runs with the onnxruntime backend (or auto)")
-        if precision != "fp32":
-            raise DSen2CRError("precision: the onnxruntime backend runs the exported model's own precision only")
+            raise DSen2CRError(f"--backend {backend}: an ONNX file runs with the onnxruntime backend (or auto)")
         return ("onnxruntime",), True
     if backend == "onnxruntime":
-        raise DSen2CRError("backend onnxruntime: needs an .onnx file (dsen2cr export-onnx)")
+        raise DSen2CRError("--backend onnxruntime: needs an .onnx file (dsen2cr export-onnx)")
     if precision == "bf16":
         return ("bf16",), True
     if backend != "auto":
-        return (backend,), backend != "eager"
-    if device.type == "cuda":
-        return ("bf16", "eager"), False
-    if config is not None and compile_pays_off(config, device, pixels, window_shape):
-        return ("compiled", "eager"), False
-    return ("eager",), False
+        return (backend,), backend != "eager" or named_precision
+    if device.type != "cuda" and config is not None and compile_pays_off(config, device, pixels, window_shape):
+        return ("compiled", "eager"), named_precision
+    return ("eager",), named_precision
 
 
 def compile_pays_off(
@@ -217,12 +241,14 @@ def plan_scene_run(
     height, width = scene_sizes[0] if scene_sizes else (tile, tile)
     window = plan_tiles(height, width, tile, overlap)[0].window
     pixels = float(sum(h * w for h, w in scene_sizes)) if scene_sizes else None
+    precision = resolve_precision(settings.precision, device, onnx=onnx)
     backends, strict = plan_backend(
         settings.backend,
-        settings.precision,
+        precision,
         config,
         device,
         onnx=onnx,
+        named_precision=settings.precision != "auto",
         pixels=pixels,
         window_shape=(batch_size, window.height, window.width),
     )
@@ -233,5 +259,4 @@ def plan_scene_run(
             overlap,
             default_overlap(config),
         )
-    precision = "bf16" if backends[0] == "bf16" else "fp32"
     return ScenePlan(settings, device, backends, strict, precision, tile, overlap, batch_size)

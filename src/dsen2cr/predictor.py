@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsen2cr.auto import plan_backend, resolve_device
+from dsen2cr.auto import plan_backend, resolve_device, resolve_precision
 from dsen2cr.backends import CheckedBackend, OnnxPredictor, select_backend
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import CloudRemovalNetwork, ModelSpec
+from dsen2cr.precision import FLOAT32_MODES, float32_arithmetic
 from dsen2cr.settings import ScenePlan
 
 log = logging.getLogger(__name__)
@@ -33,22 +34,43 @@ class Predictor:
     predict: CheckedBackend | OnnxPredictor
     config: ModelSpec
     device: torch.device
+    #: The float32 arithmetic of every call (``ieee`` or ``tf32``), set for the call and restored after it.
+    float32: str = "ieee"
 
     @property
     def backend(self) -> str:
         """The backend in use: eager, compiled, bf16 or onnxruntime (a PyTorch backend is settled, and may fall
-        back to eager, on the first batch: :class:`~dsen2cr.backends.CheckedBackend`)."""
-        return self.predict.backend
+        back to eager, on the first batch: :class:`~dsen2cr.backends.CheckedBackend`); ``custom`` for a plain
+        function put in its place."""
+        return str(getattr(self.predict, "backend", "custom"))
 
     @property
     def precision(self) -> str:
-        """fp32, bf16 or int8."""
-        return self.predict.precision
+        """What computes: fp32 (IEEE), tf32, bf16 or int8 (``unknown`` for a plain function)."""
+        return str(getattr(self.predict, "precision", "unknown"))
+
+    @property
+    def check_dn(self) -> tuple[float, float] | None:
+        """The first batch's check against IEEE fp32: (99th percentile, largest) |difference| in DN; (0, 0)
+        for IEEE fp32 eager (the reference itself); None before the first batch, or for ONNX files."""
+        return getattr(self.predict, "check_dn", None)
+
+    def provenance(self) -> dict[str, str]:
+        """What computed the predictions, for an output's metadata (tags ``DSEN2CR_*``)."""
+        check = self.check_dn
+        return {
+            "DSEN2CR_PRECISION": self.precision,
+            "DSEN2CR_BACKEND": self.backend,
+            "DSEN2CR_CHECK_P99_DN": "not checked" if check is None else f"{check[0]:.2f}",
+            "DSEN2CR_CHECK_MAX_DN": "not checked" if check is None else f"{check[1]:.2f}",
+        }
 
     def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
-        """Predict one batch (model units); a prediction with NaN, infinite or absurdly large values stops the
-        run (it would otherwise be written as nodata, clipped, or scored as a number)."""
-        prediction = self.predict(s2, s1)
+        """Predict one batch (model units) in the predictor's float32 arithmetic; a prediction with NaN,
+        infinite or absurdly large values stops the run (it would otherwise be written as nodata, clipped, or
+        scored as a number)."""
+        with float32_arithmetic(self.float32):
+            prediction = self.predict(s2, s1)
         if not _sums_to_a_finite_number(prediction):
             raise DSen2CRError(
                 f"the model ({self.backend}, {self.precision}) predicted NaN, infinite or absurdly large values for "
@@ -107,25 +129,29 @@ def load_network(weights: str | Path, *, device: torch.device) -> Network:
 
 
 def predictor_for_plan(network: Network | CloudRemovalNetwork, plan: ScenePlan) -> Predictor:
-    """The predictor of a run's plan: its backends tried in order on the first batch (strict: a named one)."""
+    """The predictor of a run's plan: its backends tried in order on the first batch (strict: a named one), in
+    the plan's precision."""
     if not isinstance(network, Network):
         network = Network(network, network.config)
-    return _predictor(network, plan.backends, plan.device, strict=plan.strict_backend)
+    return _predictor(network, plan.backends, plan.device, strict=plan.strict_backend, precision=plan.precision)
 
 
-def _predictor(network: Network, backends: tuple[str, ...], device: torch.device, *, strict: bool) -> Predictor:
-    """A predictor over ``backends`` (``("onnxruntime",)`` for an ONNX file)."""
+def _predictor(
+    network: Network, backends: tuple[str, ...], device: torch.device, *, strict: bool, precision: str
+) -> Predictor:
+    """A predictor over ``backends`` (``("onnxruntime",)`` for an ONNX file) in ``precision`` (resolved)."""
     if isinstance(network.model, OnnxPredictor):
         if backends != ("onnxruntime",):
             raise DSen2CRError(f"backend {backends[0]}: an ONNX file runs with the onnxruntime backend (or auto)")
         log.info("backend: onnxruntime (%s)", network.model.precision)
         return Predictor(network.model, network.config, device)
-    checked = select_backend(network.model, backends, device, strict=strict)
-    if checked.candidates == ["eager"]:
-        log.info("backend: eager")
+    float32 = FLOAT32_MODES[precision]
+    checked = select_backend(network.model, backends, device, strict=strict, float32=float32)
+    if checked.candidates == ["eager"] and float32 == "ieee":
+        log.info("backend: eager, IEEE fp32")
     else:
-        log.info("backend: trying %s, checked on the first batch", checked.backend)
-    return Predictor(checked, network.config, device)
+        log.info("backend: trying %s (%s), checked against IEEE fp32 on the first batch", *backends[:1], precision)
+    return Predictor(checked, network.config, device, float32)
 
 
 def predictor_from_model(
@@ -133,12 +159,13 @@ def predictor_from_model(
     *,
     backend: str = "eager",
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     window_shape: WindowShape | None = None,
     pixels: float | None = None,
 ) -> Predictor:
-    """A predictor for a model in memory (``backend`` and ``precision`` as :func:`dsen2cr.auto.plan_backend`
-    takes them; ``auto`` considers a run over ``pixels`` in windows of ``window_shape``)."""
+    """A predictor for a model in memory (``backend`` as :func:`dsen2cr.auto.plan_backend` and ``precision``
+    as :func:`dsen2cr.auto.resolve_precision` take them; ``auto`` considers a run over ``pixels`` in windows of
+    ``window_shape``)."""
     if backend == "onnxruntime":
         raise DSen2CRError(f"backend: expected one of auto, eager, compiled for a PyTorch model, got {backend!r}")
     resolved = resolve_device(device)
@@ -150,15 +177,17 @@ def load_predictor(
     *,
     backend: str = "auto",
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     window_shape: WindowShape | None = None,
     pixels: float | None = None,
+    exact: bool = False,
 ) -> Predictor:
     """The predictor for a weights file (see :func:`load_network`; ``backend`` and ``precision`` as
-    :func:`dsen2cr.auto.plan_backend` takes them)."""
-    plan_backend(backend, precision, None, torch.device("cpu"), onnx=is_onnx(weights))  # refused before loading
+    :func:`predictor_from_model` takes them; ``exact``: ``auto`` is IEEE fp32 on every device)."""
+    plan_backend(backend, "fp32", None, torch.device("cpu"), onnx=is_onnx(weights))  # refused before loading
     resolved = resolve_device(device)
-    return _predictor_with(load_network(weights, device=resolved), backend, resolved, precision, window_shape, pixels)
+    network = load_network(weights, device=resolved)
+    return _predictor_with(network, backend, resolved, precision, window_shape, pixels, exact=exact)
 
 
 def _predictor_with(
@@ -168,10 +197,21 @@ def _predictor_with(
     precision: str,
     window_shape: WindowShape | None,
     pixels: float | None,
+    *,
+    exact: bool = False,
 ) -> Predictor:
-    """:func:`dsen2cr.auto.plan_backend` for ``network``, then its predictor."""
+    """:func:`dsen2cr.auto.resolve_precision` and :func:`dsen2cr.auto.plan_backend` for ``network``, then its
+    predictor."""
     shape = window_shape(network.config) if callable(window_shape) else window_shape
+    resolved = resolve_precision(precision, device, onnx=network.onnx, exact=exact)
     backends, strict = plan_backend(
-        backend, precision, network.config, device, onnx=network.onnx, pixels=pixels, window_shape=shape
+        backend,
+        resolved,
+        network.config,
+        device,
+        onnx=network.onnx,
+        named_precision=precision != "auto",
+        pixels=pixels,
+        window_shape=shape,
     )
-    return _predictor(network, backends, device, strict=strict)
+    return _predictor(network, backends, device, strict=strict, precision=resolved)

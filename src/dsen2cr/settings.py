@@ -23,10 +23,10 @@ import torch
 from dsen2cr.cloud_detection import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.geotiff import check_compression_level, cog_options
+from dsen2cr.precision import PRECISIONS
 
 #: Backends a user may ask for (``auto``: decided by :func:`dsen2cr.auto.plan_backend`).
 BACKEND_CHOICES = ("auto", "eager", "compiled", "onnxruntime")
-PRECISIONS = ("fp32", "bf16")
 RESAMPLINGS = ("nearest", "bilinear")
 MASK_KINDS = ("paper", "product", "s2cloudless")
 #: The smallest tile the planner accepts (pixels).
@@ -72,7 +72,7 @@ class SceneSettings:
     weights: str | None = None  # the command line's --weights; the Python API passes a predictor instead
     device: str = "auto"
     backend: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     tile: int | str = "auto"
     overlap: int | None = None  # None: exact (twice the receptive-field radius)
     batch_size: int | str = "auto"
@@ -129,7 +129,8 @@ class SceneSettings:
 class ScenePlan:
     """A run's settings resolved for one model and device (made by :func:`dsen2cr.auto.plan_scene_run`):
     ``backends`` are tried in order on the first batch (the last is the eager reference unless ``strict``,
-    a backend the user named, whose failure is an error)."""
+    a backend or precision the user named, whose failure is an error); ``precision`` is ``fp32`` (IEEE),
+    ``tf32`` or ``bf16`` (:func:`dsen2cr.auto.resolve_precision`)."""
 
     settings: SceneSettings
     device: torch.device

@@ -23,6 +23,13 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--out", required=True, help="report folder")
     add_overwrite(parser, "replace an earlier report in the folder (a folder holding other files is refused)")
     add_device(parser)
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "tf32", "bf16"),
+        default="auto",
+        help="auto: IEEE fp32 on every device (metrics are exact); tf32 (GPUs) or bf16 to score a faster "
+        "precision (default: %(default)s; ONNX files run the precision they were exported in)",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="default: %(default)s")
     parser.add_argument("--cloud-threshold", type=finite_float, default=0.2, help="default: %(default)s")
     parser.add_argument("--no-images", action="store_true", help="metrics only: no GeoTIFFs, no PNG previews")
@@ -65,10 +72,9 @@ def run(args: argparse.Namespace) -> int:
         raise DSen2CRError(f"--window: must be 0 (full patch) or a size in pixels, got {window}")
     folder = {"owned": REPORT_ENTRIES, "overwrite": args.overwrite, "what": "an evaluation report"}
     check_output_folder(args.out, **folder)
-    # Exact numbers: eager fp32 for PyTorch weights; an ONNX file (fp32 or int8) runs as it was exported.
-    predictor = load_predictor(
-        args.weights, backend="onnxruntime" if is_onnx(args.weights) else "eager", device=args.device
-    )
+    # Exact numbers: eager IEEE fp32 unless asked otherwise; an ONNX file (fp32 or int8) runs as it was exported.
+    backend = "onnxruntime" if is_onnx(args.weights) else "eager"
+    predictor = load_predictor(args.weights, backend=backend, device=args.device, precision=args.precision, exact=True)
     if args.file_list:
         triplets = select_split(read_file_list(args.file_list, args.data_root), args.split, source=args.file_list)
     else:

@@ -17,7 +17,8 @@ from dsen2cr.cli.options import (
     finite_float,
 )
 from dsen2cr.outputs.geotiff import COG_COMPRESSION_LEVELS
-from dsen2cr.settings import BACKEND_CHOICES, DEFAULT_FEATHER, MASK_KINDS, MAX_FEATHER, PRECISIONS, RESAMPLINGS
+from dsen2cr.precision import PRECISIONS
+from dsen2cr.settings import BACKEND_CHOICES, DEFAULT_FEATHER, MASK_KINDS, MAX_FEATHER, RESAMPLINGS
 
 if TYPE_CHECKING:
     from dsen2cr.settings import SceneJob
@@ -96,13 +97,22 @@ def _add_compute(parser: argparse.ArgumentParser) -> None:
         "memory, at most 8)",
     )
     add_device(parser)
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default: %(default)s")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="fp32: IEEE fp32 convolutions and matmuls on every device; tf32: TF32 on NVIDIA GPUs (IEEE fp32 on a "
+        "CPU), p99 4 / max 12 DN from fp32 on the paper model; bf16: p99 51 / max 206 DN. auto: fp32 on a CPU, "
+        "tf32 on a GPU (default: %(default)s). The output records it (DSEN2CR_PRECISION) and the first batch's "
+        "measured distance to IEEE fp32 (DSEN2CR_CHECK_P99_DN, DSEN2CR_CHECK_MAX_DN)",
+    )
     parser.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
         default="auto",
-        help="auto: onnxruntime for .onnx weights; else torch.compile'd fp32 on CPU when the run is long enough to "
-        "pay for compiling; on GPU bf16 when it agrees with eager fp32 (default: %(default)s)",
+        help="auto: onnxruntime for .onnx weights; else torch.compile'd on a CPU when the run is long enough to pay "
+        "for compiling, eager otherwise; every backend but IEEE fp32 eager is checked against it on the first "
+        "batch (default: %(default)s)",
     )
 
 

@@ -91,6 +91,7 @@ def remove_clouds(
         with _progress_bar(len(tiles), enabled=plan.settings.progress) as bar, contextlib.ExitStack() as outputs:
             writer.open(outputs, job, plan)
             _predict_tiles(predictor, inputs, tiles, plan, writer, bar.update)
+            writer.cog.update_tags(**predictor.provenance())  # what computed it, once the first batch settled it
             if writer.valid == 0:
                 raise DSen2CRError(f"{job.s2}: S2 has no valid pixels (all nodata or NaN)")
             written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller

@@ -1,0 +1,113 @@
+"""Precision is what it says on every device (issue #27): IEEE fp32 set for the call and restored, tf32 and
+bf16 named choices, auto stated, and every output records what computed it and its distance to IEEE fp32."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from dsen2cr import create_model
+from dsen2cr.auto import resolve_precision
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.precision import float32_arithmetic, float32_mode
+from dsen2cr.predictor import predictor_from_model
+
+
+def _inputs() -> tuple[np.ndarray, None]:
+    return np.random.default_rng(0).uniform(0, 1, (1, 13, 40, 40)).astype(np.float32), None
+
+
+def test_fp32_means_ieee_convolutions_and_matmuls_inside_the_call_and_restores_them() -> None:
+    """PyTorch leaves cuDNN convolutions on TF32 by default: the flags read inside the network's forward are
+    IEEE for --precision fp32, and what they were before once the call returns (checked on the CPU: the same
+    flags govern the GPU)."""
+    model = create_model("dsen2cr-small-nosar").eval()
+    seen: list[dict[str, str]] = []
+    forward = model.forward
+
+    def recording(*args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(float32_mode())
+        return forward(*args, **kwargs)
+
+    model.forward = recording  # type: ignore[method-assign]
+    predictor = predictor_from_model(model, backend="eager", device="cpu", precision="fp32")
+    with float32_arithmetic("tf32"):  # PyTorch's default for convolutions (what the issue found on the H200)
+        before = float32_mode()
+        predictor(*_inputs())
+        assert float32_mode() == before
+    assert seen and all(flags == {"cudnn.conv": "ieee", "cuda.matmul": "ieee"} for flags in seen)
+    assert predictor.precision == "fp32" and predictor.check_dn == (0.0, 0.0)
+
+
+def test_tf32_flags_are_set_for_the_call_and_restored() -> None:
+    before = float32_mode()
+    with float32_arithmetic("tf32"):
+        assert set(float32_mode().values()) == {"tf32"}
+    with pytest.raises(RuntimeError), float32_arithmetic("ieee"):
+        assert set(float32_mode().values()) == {"ieee"}
+        raise RuntimeError("an error inside the call")
+    assert float32_mode() == before
+
+
+def test_auto_and_named_precisions_per_device(caplog: pytest.LogCaptureFixture) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with caplog.at_level("INFO", logger="dsen2cr"):
+        assert resolve_precision("auto", cpu) == "fp32"
+        assert resolve_precision("auto", cuda) == "tf32"  # bf16's 51 DN p99 keeps it a named choice
+        assert resolve_precision("auto", cuda, exact=True) == "fp32"  # evaluate's metrics
+        assert resolve_precision("tf32", cpu) == "fp32"  # stated, not refused
+        assert resolve_precision("bf16", cpu) == "bf16"
+    assert "precision: tf32 on cpu is IEEE fp32 (TF32 exists on NVIDIA GPUs only)" in caplog.text
+    assert "precision: tf32 (auto on cuda" in caplog.text
+    with pytest.raises(DSen2CRError, match="an ONNX file runs the precision it was exported in"):
+        resolve_precision("bf16", cpu, onnx=True)
+    with pytest.raises(DSen2CRError, match="--precision: expected one of auto, fp32, tf32, bf16, got 'fp16'"):
+        resolve_precision("fp16", cpu)
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("fp32", "fp32"), ("tf32", "fp32"), ("bf16", "bf16")])
+def test_the_output_records_what_computed_it(
+    workdir: Path, weights_file: Callable[[str], Path], precision: str, expected: str
+) -> None:
+    """DSEN2CR_PRECISION and the first batch's measured distance to IEEE fp32 in DN: 0 for IEEE fp32 eager,
+    a few DN for bf16 (autocast on the CPU), checked here against a float64 recomputation of the distance."""
+    from dsen2cr.cli import main
+
+    s2, _ = workdir.scene()
+    out = workdir / f"{precision}.tif"
+    argv = ["remove-clouds", "--weights", str(weights_file("dsen2cr-small-nosar")), "--s2", str(s2), "--out"]
+    assert main([*argv, str(out), "--precision", precision, "--device", "cpu", "--no-progress"]) == 0
+    with rasterio.open(out) as dataset:
+        tags = dataset.tags()
+    assert tags["DSEN2CR_PRECISION"] == expected
+    assert tags["DSEN2CR_BACKEND"] == ("bf16" if precision == "bf16" else "eager")
+    p99, worst = float(tags["DSEN2CR_CHECK_P99_DN"]), float(tags["DSEN2CR_CHECK_MAX_DN"])
+    if expected == "fp32":
+        assert (p99, worst) == (0.0, 0.0)
+    else:
+        assert 0 < p99 <= worst < 500
+
+
+def test_paper_config_trains_in_ieee_fp32() -> None:
+    """trainer.matmul_precision highest (the paper config) sets convolutions to IEEE too; high is TF32."""
+    from dsen2cr.config import load_config
+    from dsen2cr.training.train import training_float32
+
+    assert load_config("paper").trainer.matmul_precision == "highest"
+    assert training_float32("highest") == "ieee"
+    assert training_float32(load_config("paper-fast").trainer.matmul_precision) == "tf32"
+
+
+def test_pytorch_leaves_convolutions_on_tf32_by_default() -> None:
+    """Why fp32 must be set explicitly: a fresh process reads cuDNN's convolution mode as tf32."""
+    import subprocess
+    import sys
+
+    code = "from dsen2cr.precision import float32_mode; print(float32_mode()['cudnn.conv'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "tf32"
