@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from rasterio.crs import CRS
@@ -110,3 +111,60 @@ def test_sigkilled_scene_run_leaves_no_output(tmp_path: Path, weights_file: Call
     rerun = subprocess.run(command, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert out.is_file()
+
+
+@pytest.mark.slow  # real training processes, signalled: ~30 s
+@pytest.mark.parametrize(
+    ("signum", "group", "status"),
+    [(signal.SIGINT, False, 130), (signal.SIGTERM, False, 143), (signal.SIGTERM, True, 143)],
+    ids=["ctrl-c", "sigterm", "sigterm to the process group, with a DataLoader worker"],
+)
+def test_interrupted_training_says_so_and_exits_with_its_status(
+    workdir: Path, signum: int, group: bool, status: int
+) -> None:
+    """Ctrl-C and SIGTERM during train exit 130 / 143 with one line (Lightning turned them into exit 1 with
+    nothing said); SIGTERM to the whole process group, as ``timeout`` sends it, reaches the DataLoader worker
+    too, which ignores it, so the run ends as terminated (it ended with an 'internal error' from the worker)."""
+    import os
+
+    config = workdir.config(optim={"epochs": 50}, data={"repeats": 8, "num_workers": 1 if group else 0})
+    checkpoints = workdir / "run" / "checkpoints"
+    command = [sys.executable, "-m", "dsen2cr.cli", "train", "--config", str(config), "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (checkpoints / "last.ckpt").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()[1].decode()
+    if group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    text = err.decode()
+    assert process.returncode == status, text
+    assert "internal error" not in text and "Traceback" not in text, text
+    expected = "dsen2cr: terminated (SIGTERM)" if signum == signal.SIGTERM else "dsen2cr: interrupted"
+    assert expected in text.splitlines()[-1], text
+    load_model(checkpoints / "last.ckpt")  # complete and loadable
+
+
+def test_a_resumed_run_keeps_its_history_and_writes_the_image_grid(workdir: Path) -> None:
+    """--resume keeps logs/csv/metrics.csv's rows of the epochs before the checkpoint (Lightning deleted the
+    file: only the resumed epochs were left), and the validation image grid reaches TensorBoard."""
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dsen2cr.cli import main
+
+    config = workdir.config()
+    argv = ["train", "--config", str(config), "--no-progress"]
+    assert main([*argv, "optim.epochs=2"]) == 0
+    last = workdir / "run" / "checkpoints" / "last.ckpt"
+    assert main([*argv, "optim.epochs=3", "--resume", str(last)]) == 0
+    with open(workdir / "run" / "logs" / "csv" / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    epochs = sorted({int(float(row["epoch"])) for row in rows if row.get("val_loss")})
+    assert epochs == [0, 1, 2]
+    events = EventAccumulator(str(workdir / "run" / "logs" / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert "val/sar_cloudy_pred_target_mask" in events.Tags()["images"]

@@ -68,8 +68,14 @@ class Terminated(KeyboardInterrupt):
     ``finally`` and context manager on the way out removes its temporary files."""
 
 
+#: Set when SIGTERM arrived: a library that catches the interrupt and raises its own (Lightning turns it into
+#: SystemExit, then KeyboardInterrupt here) is still reported as terminated (143), not interrupted.
+_SIGNALLED: set[int] = set()
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
     """SIGTERM handler."""
+    _SIGNALLED.add(signal.SIGTERM)
     raise Terminated
 
 
@@ -82,13 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     setup_logging(logging.DEBUG if args.verbose or args.debug else logging.WARNING if args.quiet else logging.INFO)
+    _SIGNALLED.clear()
     previous = _install_sigterm()
     try:
         return int(handler(args) or 0)
-    except Terminated:
-        print("dsen2cr: terminated (SIGTERM); temporary files removed", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, Terminated) or signal.SIGTERM in _SIGNALLED:
+            print("dsen2cr: terminated (SIGTERM); temporary files removed", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("dsen2cr: interrupted", file=sys.stderr)
         return 130
     except (DSen2CRError, OSError) as error:

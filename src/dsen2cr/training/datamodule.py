@@ -42,6 +42,15 @@ class EpochShuffle(torch.utils.data.Sampler[tuple[int, int]]):
         return ((self.epoch, index) for index in torch.randperm(self.size, generator=generator).tolist())
 
 
+def _ignore_sigterm(worker_id: int) -> None:
+    """In a DataLoader worker: ignore SIGTERM. ``timeout`` and schedulers signal the whole process group; the
+    main process ends the run cleanly and its workers with it (they also exit when it dies), where a killed
+    worker made the run end with a DataLoader error instead."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class SEN12MSCRDataModule(L.LightningDataModule):
     """Training and validation loaders over SEN12MS-CR triplets.
 
@@ -108,6 +117,7 @@ class SEN12MSCRDataModule(L.LightningDataModule):
             num_workers=self.data.num_workers,
             persistent_workers=self.data.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_ignore_sigterm,
         )
 
     def train_dataloader(self) -> DataLoader:

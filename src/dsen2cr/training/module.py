@@ -90,8 +90,9 @@ class DSen2CRTask(L.LightningModule):
 
     def _log_image_grid(self, batch: dict[str, Any], pred: torch.Tensor) -> None:
         """Rows of SAR, cloudy, prediction, target and mask for the first images, to TensorBoard."""
-        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
-        if experiment is None or not hasattr(experiment, "add_image") or self.global_rank != 0:
+        writers = [getattr(logger, "experiment", None) for logger in self.loggers]  # TensorBoard's is not the first
+        experiment = next((w for w in writers if hasattr(w, "add_image")), None)
+        if experiment is None or self.global_rank != 0:
             return
         from dsen2cr.visualize import training_grid
 

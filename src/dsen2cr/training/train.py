@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dsen2cr.config import RunConfig, save_config
@@ -20,6 +20,7 @@ from dsen2cr.models import family_of
 from dsen2cr.outputs.files import atomic_path, prepare_output_folder
 from dsen2cr.precision import set_float32_arithmetic
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
+from dsen2cr.training.logs import HistoryCSVLogger
 from dsen2cr.training.module import DSen2CRTask
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,9 @@ def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -
     )
 
 
-def build_trainer(config: RunConfig, out: Path, *, progress: bool = True) -> L.Trainer:
-    """A Lightning Trainer with the run's checkpointing, logging and distribution settings."""
+def build_trainer(config: RunConfig, out: Path, *, progress: bool = True, resumed_step: int | None = None) -> L.Trainer:
+    """A Lightning Trainer with the run's checkpointing, logging and distribution settings (``resumed_step``:
+    the global step of the checkpoint a resumed run starts from; its CSV log keeps the rows up to it)."""
     t = config.trainer
     checkpoint = ModelCheckpoint(
         dirpath=out / CHECKPOINT_DIR,
@@ -92,7 +94,7 @@ def build_trainer(config: RunConfig, out: Path, *, progress: bool = True) -> L.T
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     loggers = [
-        CSVLogger(out, name="logs", version="csv"),
+        HistoryCSVLogger(out, name="logs", version="csv", keep_until_step=resumed_step),
         TensorBoardLogger(out, name="logs", version="tensorboard", default_hp_metric=False),
     ]
     return L.Trainer(
@@ -153,14 +155,28 @@ def run_training(
         config.data, config.loss, config.optim.batch_size, config.trainer.seed, global_batch=config.optim.global_batch
     )
     datamodule.setup("fit")
-    trainer = build_trainer(config, out, progress=progress)
+    resumed_step = None if resume is None else _checkpoint_step(Path(resume))
+    trainer = build_trainer(config, out, progress=progress, resumed_step=resumed_step)
     task = build_task(config)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl-C and SIGTERM into SystemExit(1) after its teardown
+            raise KeyboardInterrupt from None  # the command line reports it as what it was (130 or 143)
+        raise
     last = out / CHECKPOINT_DIR / "last.ckpt"
     loss = trainer.callback_metrics.get("val_loss")
     if loss is not None and not math.isfinite(float(loss)):
         raise DSen2CRError(f"{out}: validation loss is {float(loss)}")
     return last
+
+
+def _checkpoint_step(path: Path) -> int:
+    """The global step a training checkpoint was saved at (0 when it does not say)."""
+    with path.open("rb") as file:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    step = checkpoint.get("global_step", 0) if isinstance(checkpoint, dict) else 0
+    return int(step) if isinstance(step, int) else 0
 
 
 def _check_resume_checkpoint(path: Path, config: RunConfig) -> None:

@@ -1,0 +1,55 @@
+"""The run's CSV log that keeps its history: Lightning's CSV writer deletes ``metrics.csv`` when its folder
+exists, so a resumed run kept only the epochs after the resume. Here the rows up to the resumed checkpoint's
+step stay (later ones belonged to the interrupted part, which runs again), and new rows are appended."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from dsen2cr.outputs.files import atomic_path
+
+
+class HistoryCSVLogger(CSVLogger):
+    """A ``CSVLogger`` whose ``metrics.csv`` keeps the rows up to ``keep_until_step`` (a resumed run: the
+    checkpoint's global step; None: a new run, which starts the file afresh)."""
+
+    def __init__(self, *args: object, keep_until_step: int | None = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.keep_until_step = keep_until_step
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        """The writer (made on first use, as Lightning's)."""
+        if not isinstance(self._experiment, _HistoryWriter):
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _HistoryWriter(self.log_dir, self.keep_until_step)
+        return self._experiment
+
+
+class _HistoryWriter(ExperimentWriter):
+    """Lightning's writer, but an existing ``metrics.csv`` is cut to the kept steps instead of deleted."""
+
+    def __init__(self, log_dir: str, keep_until_step: int | None) -> None:
+        self._keep_until_step = keep_until_step
+        super().__init__(log_dir=log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        """Keep the history (called by Lightning's ``__init__`` before anything is written)."""
+        path = self.metrics_file_path
+        if not os.path.isfile(path):
+            return
+        if self._keep_until_step is None:
+            os.remove(path)  # a new run in this folder: its log starts afresh
+            return
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        kept = [row for row in rows if row.get("step") and float(row["step"]) <= self._keep_until_step]
+        self.metrics_keys = sorted(set().union(*kept)) if kept else []
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(kept)
