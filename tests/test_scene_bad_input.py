@@ -785,3 +785,139 @@ CASES += [
         absent=("o.tif",),
     ),
 ]
+
+
+# ------------------------------------------------------ round 3 (issue #26): the third table, remove-clouds
+
+
+def _gcp_only(tmp: Path) -> Path:
+    import rasterio
+    from rasterio.control import GroundControlPoint
+
+    path = tmp / "gcp.tif"
+    corners = [(0, 0, 500000, 5000000), (40, 50, 500500, 4999600), (0, 50, 500500, 5000000)]
+    with rasterio.open(path, "w", driver="GTiff", width=50, height=40, count=13, dtype="uint16") as dst:
+        dst.write(np.full((13, 40, 50), 500, np.uint16))
+        dst.gcps = ([GroundControlPoint(r, c, x, y) for r, c, x, y in corners], UTM32N)
+    return path
+
+
+def _item_collection(tmp: Path) -> Path:
+    import json
+
+    features = [{"type": "Feature", "id": name, "assets": {}} for name in "ab"]
+    (tmp / "collection.json").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return tmp / "collection.json"
+
+
+def _safe_without(tmp: Path, band: str) -> Path:
+    safe = tmp.safe("p")
+    next(safe.rglob(f"*_{band}.jp2")).unlink()
+    return safe
+
+
+def _safe_truncated(tmp: Path, band: str) -> Path:
+    safe = tmp.safe("p")
+    _truncate(next(safe.rglob(f"*_{band}.jp2")), 0.33)
+    return safe
+
+
+CASES += [
+    dict(
+        name="remove-clouds: a raster georeferenced by ground control points only",
+        setup=lambda t: _remove_to(t, _gcp_only(t), t / "o.tif"),
+        message="gcp.tif: S2 is georeferenced by ground control points only",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a STAC ItemCollection as --s2",
+        setup=lambda t: _remove_to(t, _item_collection(t), t / "o.tif"),
+        message="collection.json: a STAC ItemCollection of 2 items, not an item",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a manifest row reads another row's output",
+        setup=lambda t: _manifest_args(t, [("s2.tif", "", "a.tif"), ("a.tif", "", "b.tif")]),
+        message="S2 scene not found (it is another row's output",
+        absent=("a.tif", "b.tif"),
+    ),
+    dict(
+        name="remove-clouds: a SAFE that lacks a band file",
+        setup=lambda t: _remove_to(t, _safe_without(t, "B05"), t / "o.tif"),
+        message="no file for band B05",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a SAFE with a truncated band file",
+        setup=lambda t: _remove_to(t, _safe_truncated(t, "B03"), t / "o.tif"),
+        message="T33UUU_20230610T101559_B03.jp2: cannot read S2 band",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a 12-band file whose descriptions name B10 (no B8A)",
+        setup=lambda t: _remove_to(t, _twelve_with_b10(t), t / "o.tif"),
+        message="band descriptions say B01 B02 B03 B04 B05 B06 B07 B08 B09 B10 B11 B12; expected the order",
+        absent=("o.tif",),
+    ),
+]
+
+
+def _twelve_with_b10(tmp: Path) -> Path:
+    names = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "B12"]
+    array = np.random.default_rng(5).integers(300, 3000, (12, 40, 50)).astype(np.uint16)
+    return write_geotiff(tmp / "twelve.tif", array, crs=UTM32N, transform=ORIGIN, band_names=names)
+
+
+def test_an_html_page_behind_a_stac_url_is_named(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """A URL is checked as a URL (it was taken for a missing local path, 'http:/…: not found') and an HTML
+    page where an item should be is refused as not JSON, naming the URL."""
+    import functools
+    import http.server
+    import threading
+
+    (workdir / "page.json").write_text("<html>sign in</html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(workdir))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/page.json"
+    try:
+        assert main(_remove_to(workdir, url, workdir / "o.tif")) == 2
+    finally:
+        httpd.shutdown()
+    assert f"{url}: not a STAC item (not valid JSON" in capsys.readouterr().err
+    assert not (workdir / "o.tif").exists()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["rotated transform", "one pixel wide", "one row of 5000", "saturated 65535", "feather 0", "all cloud"],
+)
+def test_unusual_but_valid_scenes_are_processed(workdir: Path, case: str) -> None:
+    """Accepted and correct: the output has the input's grid (CRS, transform, size) and DN in [1, 10000]; with
+    --keep-clear on an all-cloud scene every pixel is predicted; with --feather 0 the blend is a hard edge."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    rng = np.random.default_rng(7)
+    shape, transform, extra = (40, 50), ORIGIN, []
+    if case == "rotated transform":
+        transform = Affine.translation(500000, 5000000) * Affine.rotation(30) * Affine.scale(10, -10)
+    elif case == "one pixel wide":
+        shape = (40, 1)
+    elif case == "one row of 5000":
+        shape = (1, 5000)
+    array = rng.integers(300, 3000, (13, *shape)).astype(np.uint16)
+    if case == "saturated 65535":
+        array[:, :10] = 65535
+    elif case == "feather 0":
+        extra = ["--keep-clear", "--feather", "0"]
+    elif case == "all cloud":
+        array[:] = 9000
+        extra = ["--keep-clear"]
+    s2 = write_geotiff(workdir / "s2.tif", array, crs=UTM32N, transform=transform)
+    assert main(_remove_to(workdir, s2, workdir / "o.tif", *extra)) == 0
+    with rasterio.open(s2) as source, rasterio.open(workdir / "o.tif") as out:
+        assert (out.crs, out.transform, out.shape) == (source.crs, source.transform, source.shape)
+        values = out.read()
+    assert values.min() >= 1 and values.max() <= 10000

@@ -103,6 +103,11 @@ class S2Source:
     def _check_declared(self) -> None:
         """What the file says about itself: a CRS, a real geotransform, a numeric data type."""
         if self.grid.crs is None:
+            if self._datasets[0].gcps[0]:
+                raise DSen2CRError(
+                    f"{self.name}: S2 is georeferenced by ground control points only; warp it onto a 10 m grid "
+                    "first (gdalwarp -t_srs EPSG:326NN -tr 10 10)"
+                )
             raise DSen2CRError(f"{self.name}: S2 has no coordinate reference system")
         if self.grid.transform == rasterio.Affine.identity():
             raise DSen2CRError(

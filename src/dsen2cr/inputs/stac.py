@@ -69,6 +69,12 @@ def _read_item(location: str) -> tuple[dict, str]:
             base = path.resolve().as_uri()
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise DSen2CRError(f"{location}: not a STAC item (not valid JSON: {error})") from None
+    if isinstance(item, dict) and item.get("type") == "FeatureCollection":
+        count = len(item.get("features") or [])
+        raise DSen2CRError(
+            f"{location}: a STAC ItemCollection of {count} items, not an item; give one item per scene (--s2 "
+            "item.json, or one manifest row each)"
+        )
     if not isinstance(item, dict) or not isinstance(item.get("assets"), dict):
         raise DSen2CRError(f"{location}: not a STAC item (no assets)")
     return item, base

@@ -75,6 +75,11 @@ def output_path(path: Path, s2: str, text: str | None = None) -> Path:
     return path / f"{scene_stem(s2)}_cloudfree.tif"
 
 
+def _identity(path: Path) -> str:
+    """A key equal for two spellings of one path."""
+    return os.path.normcase(os.path.abspath(path))
+
+
 def check_jobs(
     jobs: list[SceneJob],
     products: list[S2Product | None],
@@ -90,10 +95,12 @@ def check_jobs(
     inputs: list[tuple[str, Path]] = [("weights", Path(weights))] + [("file", p) for p in extra_inputs]
     outputs: list[tuple[str, Path]] = []
     for job, product in zip(jobs, products, strict=True):
-        named = [(role, Path(p)) for role, p in (("s2", job.s2), *[("s1", q) for q in s1_parts(job.s1 or "")])]
-        for role, part in named:
-            if str(part) and "://" not in str(part) and not part.exists():
-                raise DSen2CRError(f"{part}: {role.upper()} scene not found")
+        named = [("s2", job.s2), *[("s1", part) for part in s1_parts(job.s1 or "")]]
+        for role, text in named:  # as text: a URL is not a path ("http://a" would become "http:/a")
+            if text and "://" not in text and not Path(text).exists():
+                chained = any(_identity(Path(text)) == _identity(other.out) for other in jobs)
+                hint = " (it is another row's output: rows run independently, never one after the other)"
+                raise DSen2CRError(f"{text}: {role.upper()} scene not found{hint if chained else ''}")
         inputs += local_inputs(job.s2, job.s1, product)
         outputs += [(role, target) for role, target in job_outputs(job)]
     check_distinct_outputs(outputs, inputs)  # first: "would replace the weights" says more than a name rule
