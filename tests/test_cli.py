@@ -47,3 +47,29 @@ def test_inference_only_install(workdir: Path) -> None:
     for argv, extra in ((["train"], "train"), (["export-onnx", "--weights", "w", "x.onnx"], "onnx")):
         result = subprocess.run([str(venv / "bin" / "dsen2cr"), *argv], capture_output=True, text=True)
         assert result.returncode == 2 and f"pip install 'dsen2cr[{extra}]'" in result.stderr, result.stderr
+
+
+def test_one_grammar_for_every_command(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """-q/-v after the subcommand too, -q silences progress bars, a misspelt option gets a suggestion, a
+    manifest needs no s1 column for a model without SAR, and `data sample` reruns with --overwrite."""
+    from dsen2cr.cli import main
+
+    s2, _ = workdir.scene()
+    weights = workdir.weights("dsen2cr-small-nosar")
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(s2), "--out", str(workdir / "a.tif")]
+    assert main([*argv, "-q"]) == 0
+    captured = capsys.readouterr()
+    assert "backend:" not in captured.out and "remove-clouds:" not in captured.err  # no info lines, no bar
+    assert captured.out.startswith("wrote ")
+    with pytest.raises(SystemExit):
+        main([*argv, "--overwrite", "--mask-ot", "m.tif"])
+    assert "unrecognized arguments: --mask-ot m.tif; did you mean --mask-out?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["-q", *argv, "-v"])
+    (workdir / "m.csv").write_text("s2,out\ns2.tif,b.tif\n")
+    assert main(["remove-clouds", "--weights", str(weights), "--manifest", str(workdir / "m.csv"), "-q"]) == 0
+    assert (workdir / "b.tif").is_file()
+    assert main(["data", "sample", "--out", str(workdir / "sample")]) == 0
+    assert main(["data", "sample", "--out", str(workdir / "sample")]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["data", "sample", "--out", str(workdir / "sample"), "--overwrite"]) == 0

@@ -284,3 +284,12 @@ def test_a_signal_ends_a_download_from_a_trickling_server_at_once(
     assert b"Traceback" not in err
     server.faults.clear()
     assert main(_argv(server, out, "--modalities", "s1")) == 0
+
+
+def test_an_unreachable_server_leaves_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "data"
+    argv = ["data", "download", "--out", str(out), "--seasons", "spring", "--modalities", "s1", "--no-progress"]
+    assert main([*argv, "--base-url", "http://127.0.0.1:9/files="]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the server" in err and "--base-url" in err
+    assert not out.exists()

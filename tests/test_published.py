@@ -88,3 +88,18 @@ def test_a_file_that_is_not_the_model_named_is_refused(tmp_path: Path, capsys: p
             assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
     finally:
         httpd.shutdown()
+
+
+def test_an_unreachable_server_gets_one_whole_line_with_the_alternatives(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Offline: one line naming the URL and what to do instead (--url, convert-keras), never cut mid-word;
+    nothing left behind."""
+    pytest.importorskip("gdown", reason="the optional 'weights' extra is not installed")
+    url = "http://127.0.0.1:9/model.h5"  # the discard port: connection refused
+    argv = ["weights", "download", "carl-sar", "--out", str(tmp_path / "w.safetensors"), "--url", url]
+    assert main([*argv, "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and url in lines[0], lines
+    assert "give a mirror with --url" in lines[0] and "dsen2cr convert-keras FILE OUT.safetensors" in lines[0]
+    assert list(tmp_path.iterdir()) == []

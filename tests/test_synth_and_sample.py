@@ -73,8 +73,14 @@ def test_copy_sample(tmp_path: Path) -> None:
     out = copy_sample(tmp_path / "sample")
     assert (out / "NOTICE").is_file() and (out / "sen12mscr" / "files.csv").is_file()
     assert len(read_file_list(out / "sen12mscr" / "files.csv", out / "sen12mscr")) == 6
-    with pytest.raises(DSen2CRError, match="choose an empty or new folder"):
+    with pytest.raises(DSen2CRError, match="already holds the bundled sample; pass --overwrite to replace it"):
         copy_sample(out)
+    (out / "NOTICE").write_text("changed")
+    assert copy_sample(out, overwrite=True) == out  # an earlier copy is replaced whole
+    assert (out / "NOTICE").read_text() != "changed"
+    (out / "mine.txt").write_text("not the sample's")
+    with pytest.raises(DSen2CRError, match=r"mine\.txt"):
+        copy_sample(out, overwrite=True)  # a folder holding anything else is never emptied
 
 
 def test_data_cli_synth_and_index(tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]) -> None:

@@ -37,11 +37,9 @@ def download_published(
     try:
         got = gdown.download(url=source, output=str(raw), quiet=not progress, resume=True, retries=3)
     except Exception as error:  # gdown raises its own and requests' types
-        raise DSen2CRError(
-            f"{source}: download of {name} failed ({' '.join(str(error).split())[:200]}); rerun to resume"
-        ) from None
+        raise DSen2CRError(f"{source}: download of {name} failed ({_shortened(error)}); {_ALTERNATIVES}") from None
     if not got or not raw.is_file():
-        raise DSen2CRError(f"{source}: download of {name} failed (nothing received); rerun to resume")
+        raise DSen2CRError(f"{source}: download of {name} failed (nothing received); {_ALTERNATIVES}")
     digest = hashlib.sha256(raw.read_bytes()).hexdigest()
     try:
         config, state = _checked_keras(raw, name, variant)
@@ -56,6 +54,19 @@ def download_published(
     raw.unlink()
     log.info("%s: SHA-256 %s", source, digest)
     return out
+
+
+#: What a user can do when a download fails.
+_ALTERNATIVES = (
+    "rerun to resume, give a mirror with --url, or fetch the Keras file by hand and convert it with dsen2cr "
+    "convert-keras FILE OUT.safetensors"
+)
+
+
+def _shortened(error: BaseException, limit: int = 200) -> str:
+    """The error's message on one line, at most ``limit`` characters, cut at a word (marked with ...)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _checked_keras(raw: Path, name: str, variant: ModelVariant) -> tuple[ModelSpec, dict]:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dsen2cr.cli import config, data, demo, evaluate, export, models, remove_clouds, train, weights
-from dsen2cr.cli.options import NoAbbrevParser, setup_logging
+from dsen2cr.cli.options import NoAbbrevParser, add_verbosity, setup_logging
 from dsen2cr.errors import DSen2CRError, one_line
 from dsen2cr.version import __version__
 
@@ -39,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dsen2cr {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (and debug messages)")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="also print debug messages")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="print warnings, errors and results only")
+    add_verbosity(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subparsers)
@@ -59,8 +57,28 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
     if extra and hasattr(args, "overrides") and all(_OVERRIDE.match(item) for item in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{_suggestion(parser, args, extra)}")
+    if args.verbose and args.quiet:
+        parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
+    if args.quiet and hasattr(args, "no_progress"):
+        args.no_progress = True  # -q: results and warnings only, no progress bars
     return args
+
+
+def _suggestion(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> str:
+    """``; did you mean --out?`` for a misspelt long option of the command (as config keys get)."""
+    import difflib
+
+    command = getattr(args, "command", None)
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    target = subparsers[0].choices.get(command, parser) if subparsers and command else parser
+    options = [o for o in target._option_string_actions if o.startswith("--")]
+    for item in extra:
+        if item.startswith("--"):
+            close = difflib.get_close_matches(item.split("=")[0], options, n=1, cutoff=0.6)
+            if close:
+                return f"; did you mean {close[0]}?"
+    return ""
 
 
 class Terminated(KeyboardInterrupt):

@@ -57,7 +57,8 @@ def register(subparsers: SubParsers) -> None:
     splits.set_defaults(handler=run_splits)
 
     sample = add_command(data_commands, "sample", help="copy the bundled real sample data to a folder")
-    sample.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    sample.add_argument("--out", required=True, help="output folder (new, empty, or an earlier copy with --overwrite)")
+    add_overwrite(sample, "replace an earlier copy in the folder (a folder holding other files is refused)")
     sample.set_defaults(handler=run_sample)
 
 
@@ -124,6 +125,6 @@ def run_sample(args: argparse.Namespace) -> int:
     """Run ``data sample``."""
     from dsen2cr.data.sample import copy_sample
 
-    out = copy_sample(args.out)
+    out = copy_sample(args.out, overwrite=args.overwrite)
     print(f"copied the bundled sample data to {out} (see {out / 'NOTICE'})")
     return 0

@@ -21,8 +21,20 @@ class NoAbbrevParser(argparse.ArgumentParser):
 
 
 def add_command(subparsers: SubParsers, name: str, **kwargs: object) -> argparse.ArgumentParser:
-    """Add a subcommand parser (abbreviations off, like its parent)."""
-    return subparsers.add_parser(name, allow_abbrev=False, **kwargs)  # type: ignore[arg-type]
+    """Add a subcommand parser (abbreviations off, like its parent) that takes ``-q``/``-v`` after its name too
+    (``dsen2cr remove-clouds -q …`` as ``dsen2cr -q remove-clouds …``)."""
+    parser = subparsers.add_parser(name, allow_abbrev=False, **kwargs)  # type: ignore[arg-type]
+    add_verbosity(parser, default=argparse.SUPPRESS)  # absent here: the top level's value stands
+    return parser
+
+
+def add_verbosity(parser: argparse.ArgumentParser, *, default: object = False) -> None:
+    """``-v``/``--verbose`` and ``-q``/``--quiet`` (which also silences progress bars)."""
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", default=default, help="also print debug messages")
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="print warnings, errors and results only"
+    )
 
 
 def add_weights(parser: argparse.ArgumentParser, *, onnx: bool = False) -> None:

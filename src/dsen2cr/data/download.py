@@ -123,11 +123,11 @@ def download_dataset(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DSen2CRError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     archives = [Archive(s, m) for s in seasons for m in modalities]
     todo = [a for a in archives if not (out / a.top).is_dir()]
-    sizes = {a: _remote_size(base_url + a.name, a) for a in todo}
+    sizes = {a: _remote_size(base_url + a.name, a) for a in todo}  # a server that cannot be reached: no folder
     _check_free_space(out, sizes)
+    out.mkdir(parents=True, exist_ok=True)
 
     # one bar for all the bytes to fetch, and one per archive below it
     overall = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="SEN12MS-CR", disable=not progress)
@@ -173,7 +173,10 @@ def _remote_size(url: str, archive: Archive) -> int:
             return archive.size
         raise DSen2CRError(f"{url}: the server answered {error.code} {error.reason} for {archive.name}") from None
     except OSError as error:
-        raise DSen2CRError(f"{url}: cannot reach the server for {archive.name} ({error})") from None
+        raise DSen2CRError(
+            f"{url}: cannot reach the server for {archive.name} ({error}); check the network, or give a mirror "
+            "with --base-url"
+        ) from None
 
 
 def _check_free_space(out: Path, sizes: dict[Archive, int]) -> None:
@@ -185,7 +188,8 @@ def _check_free_space(out: Path, sizes: dict[Archive, int]) -> None:
         complete = out / DOWNLOADS / archive.name
         fetched = complete.stat().st_size if complete.exists() else partial.stat().st_size if partial.exists() else 0
         needed += (size - fetched) + size
-    free = shutil.disk_usage(out).free
+    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
+    free = shutil.disk_usage(existing).free
     if needed > free:
         raise DSen2CRError(
             f"{out}: needs {needed / 2**30:.1f} GiB free (archives and their unpacked trees), "

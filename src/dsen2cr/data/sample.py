@@ -29,8 +29,13 @@ def sample_scene() -> Path:
     return sample_root() / "scene" / "T33UUU_20170216T102101_L1C_10m.tif"
 
 
-def copy_sample(out: str | Path) -> Path:
-    """Copy the bundled sample data (and its NOTICE) to ``out``; refuse to overwrite an existing folder."""
-    out = prepare_output_folder(out, owned=(), overwrite=False, what="the bundled sample")
+#: What ``data sample`` writes into its folder (a rerun with ``--overwrite`` replaces exactly these).
+SAMPLE_ENTRIES = ("NOTICE", "scene", "sen12mscr")
+
+
+def copy_sample(out: str | Path, *, overwrite: bool = False) -> Path:
+    """Copy the bundled sample data (and its NOTICE) to ``out``: a new or empty folder, or with ``overwrite``
+    one that holds only an earlier copy."""
+    out = prepare_output_folder(out, owned=SAMPLE_ENTRIES, overwrite=overwrite, what="the bundled sample")
     shutil.copytree(sample_root(), out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     return out

@@ -32,7 +32,8 @@ def scene_stem(source: str) -> str:
 
 
 def read_manifest(path: Path) -> list[SceneJob]:
-    """Read a manifest CSV with a header: ``s2,s1,out`` and optionally ``mask_out,preview``. Relative paths
+    """Read a manifest CSV with a header: ``s2,s1,out`` (``s1`` may be left out for a model without SAR) and
+    optionally ``mask_out,preview``. Relative paths
     are relative to the manifest's folder (so a manifest travels with its scenes); a UTF-8 BOM is read."""
     path = check_input_file(path, "manifest")
     base = path.parent
@@ -48,7 +49,7 @@ def read_manifest(path: Path) -> list[SceneJob]:
             fieldnames = set(rows[0]) if rows else set()
     except (UnicodeDecodeError, csv.Error) as error:
         raise DSen2CRError(f"{path}: not a readable CSV manifest ({error})") from None
-    missing = {"s2", "s1", "out"} - fieldnames
+    missing = {"s2", "out"} - fieldnames
     if rows and missing:
         raise DSen2CRError(f"{path}: manifest header lacks {', '.join(sorted(missing))} (expected s2,s1,out)")
     jobs = []
@@ -57,7 +58,7 @@ def read_manifest(path: Path) -> list[SceneJob]:
             raise DSen2CRError(f"{path}:{line}: s2 and out must not be empty")
         s2 = resolve_input(row["s2"], pair=False)
         optional = {k: output_path(base / row[k].strip(), s2) if row.get(k) else None for k in ("mask_out", "preview")}
-        s1 = resolve_input(row["s1"], pair=True) if (row["s1"] or "").strip() else None
+        s1 = resolve_input(row["s1"], pair=True) if (row.get("s1") or "").strip() else None  # no column: no SAR
         jobs.append(SceneJob(s2, s1, output_path(base / row["out"].strip(), s2, row["out"]), **optional))
     if not jobs:
         raise DSen2CRError(f"{path}: manifest lists no scenes")
