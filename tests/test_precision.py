@@ -111,3 +111,29 @@ def test_pytorch_leaves_convolutions_on_tf32_by_default() -> None:
     code = "from dsen2cr.precision import float32_mode; print(float32_mode()['cudnn.conv'])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "tf32"
+
+
+def test_the_output_says_what_made_it_and_how_to_show_it(workdir: Path, weights_file: Callable[[str], Path]) -> None:
+    """Provenance tags (model, weights file and its SHA-256 computed here with hashlib, version, keep-clear,
+    mask) and what viewers need: band names, the reflectance scale 0.0001 and red/green/blue on B4/B3/B2."""
+    import hashlib
+
+    from rasterio.enums import ColorInterp
+
+    from dsen2cr import __version__
+    from dsen2cr.cli import main
+
+    s2, _ = workdir.scene()
+    weights = weights_file("dsen2cr-small-nosar")
+    out = workdir / "o.tif"
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(s2), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--keep-clear", "--feather", "3"]) == 0
+    with rasterio.open(out) as dataset:
+        tags, scales, colours = dataset.tags(), dataset.scales, dataset.colorinterp
+        names = [dataset.tags(index)["BAND"] for index in range(1, dataset.count + 1)]
+    assert tags["DSEN2CR_WEIGHTS_SHA256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert tags["DSEN2CR_WEIGHTS"] == weights.name and tags["DSEN2CR_VERSION"] == __version__
+    assert tags["DSEN2CR_MODEL"] == "dsen2cr B=4, F=32 without SAR"
+    assert (tags["DSEN2CR_KEEP_CLEAR"], tags["DSEN2CR_MASK"]) == ("yes, feather 3 px", "paper")
+    assert names[:4] == ["B1", "B2", "B3", "B4"] and scales == (1e-4,) * 13
+    assert (colours[3], colours[2], colours[1]) == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)

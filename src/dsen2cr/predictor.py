@@ -36,6 +36,9 @@ class Predictor:
     device: torch.device
     #: The float32 arithmetic of every call (``ieee`` or ``tf32``), set for the call and restored after it.
     float32: str = "ieee"
+    #: The weights file's name and SHA-256 (None for a model in memory).
+    weights: str | None = None
+    weights_sha256: str | None = None
 
     @property
     def backend(self) -> str:
@@ -57,8 +60,15 @@ class Predictor:
 
     def provenance(self) -> dict[str, str]:
         """What computed the predictions, for an output's metadata (tags ``DSEN2CR_*``)."""
+        from dsen2cr.models import family_of
+        from dsen2cr.version import __version__
+
         check = self.check_dn
         return {
+            "DSEN2CR_VERSION": __version__,
+            "DSEN2CR_MODEL": f"{family_of(self.config).name} {self.config.describe()}",
+            "DSEN2CR_WEIGHTS": self.weights or "a model in memory",
+            "DSEN2CR_WEIGHTS_SHA256": self.weights_sha256 or "unknown",
             "DSEN2CR_PRECISION": self.precision,
             "DSEN2CR_BACKEND": self.backend,
             "DSEN2CR_CHECK_P99_DN": "not checked" if check is None else f"{check[0]:.2f}",
@@ -104,6 +114,9 @@ class Network:
 
     model: CloudRemovalNetwork | OnnxPredictor
     config: ModelSpec
+    #: The weights file's name and SHA-256 (None for a model in memory): what every output records.
+    weights: str | None = None
+    weights_sha256: str | None = None
 
     @property
     def onnx(self) -> bool:
@@ -121,11 +134,27 @@ def load_network(weights: str | Path, *, device: torch.device) -> Network:
     checkpoints and Keras HDF5 as PyTorch models on ``device``."""
     from dsen2cr.weights import load_model  # the weights module pulls in h5py and safetensors: only when loading
 
+    digest = _sha256(Path(weights))
     if is_onnx(weights):
         onnx = OnnxPredictor(weights, device=str(device))
-        return Network(onnx, onnx.config)
+        return Network(onnx, onnx.config, Path(weights).name, digest)
     model = load_model(weights, device=device)
-    return Network(model, model.config)
+    return Network(model, model.config, Path(weights).name, digest)
+
+
+def _sha256(path: Path) -> str | None:
+    """The SHA-256 of a file, read in 16 MiB blocks (about 0.1 s for the paper's 76 MB weights); None when it
+    cannot be read (the loader says why)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            while block := file.read(16 * 2**20):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def predictor_for_plan(network: Network | CloudRemovalNetwork, plan: ScenePlan) -> Predictor:
@@ -144,14 +173,14 @@ def _predictor(
         if backends != ("onnxruntime",):
             raise DSen2CRError(f"backend {backends[0]}: an ONNX file runs with the onnxruntime backend (or auto)")
         log.info("backend: onnxruntime (%s)", network.model.precision)
-        return Predictor(network.model, network.config, device)
+        return Predictor(network.model, network.config, device, "ieee", network.weights, network.weights_sha256)
     float32 = FLOAT32_MODES[precision]
     checked = select_backend(network.model, backends, device, strict=strict, float32=float32)
     if checked.candidates == ["eager"] and float32 == "ieee":
         log.info("backend: eager, IEEE fp32")
     else:
         log.info("backend: trying %s (%s), checked against IEEE fp32 on the first batch", *backends[:1], precision)
-    return Predictor(checked, network.config, device, float32)
+    return Predictor(checked, network.config, device, float32, network.weights, network.weights_sha256)
 
 
 def predictor_from_model(

@@ -91,7 +91,8 @@ def remove_clouds(
         with _progress_bar(len(tiles), enabled=plan.settings.progress) as bar, contextlib.ExitStack() as outputs:
             writer.open(outputs, job, plan)
             _predict_tiles(predictor, inputs, tiles, plan, writer, bar.update)
-            writer.cog.update_tags(**predictor.provenance())  # what computed it, once the first batch settled it
+            # what computed it, once the first batch settled the backend, and how it was asked for
+            writer.cog.update_tags(**predictor.provenance(), **run_tags(plan.settings))
             if writer.valid == 0:
                 raise DSen2CRError(f"{job.s2}: S2 has no valid pixels (all nodata or NaN)")
             written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller
@@ -208,8 +209,7 @@ class _TileWriter:
         self.mask = outputs.enter_context(_optional_mask(job.mask_out, dict(grid_profile)))
         profile = dict(grid_profile, count=len(s2.bands), dtype="uint16", nodata=OUTPUT_NODATA)
         dst = outputs.enter_context(cog_writer(job.out, profile, plan.settings.cog_options()))
-        for index, name in enumerate(s2.bands, start=1):
-            dst.set_band_description(index, name)
+        describe_bands(dst, s2.bands)
         dst.update_tags(**output_tags(s2))
         self.cog = dst
         self.written = [S2_BANDS.index(band) for band in s2.bands]  # the input's bands: never a made-up B10
@@ -261,6 +261,20 @@ def _predict_tiles(
             background.submit(writer, *result)
 
 
+def describe_bands(dataset: Any, bands: list[str]) -> None:
+    """Band names, the reflectance scale (viewers show DN x 0.0001: reflectance) and red/green/blue colour
+    interpretation on B4/B3/B2, so QGIS shows a true-colour image of reflectances at once."""
+    from rasterio.enums import ColorInterp
+
+    colours = {"B4": ColorInterp.red, "B3": ColorInterp.green, "B2": ColorInterp.blue}
+    for index, name in enumerate(bands, start=1):
+        dataset.set_band_description(index, name)
+        dataset.update_tags(index, BAND=name)
+    dataset.scales = [1e-4] * len(bands)
+    dataset.offsets = [0.0] * len(bands)
+    dataset.colorinterp = [colours.get(name, ColorInterp.undefined) for name in bands]
+
+
 def output_tags(s2: S2Source) -> dict[str, str]:
     """Metadata of an output: what its DN mean, so that no one applies an offset twice."""
     product = s2.product
@@ -271,6 +285,14 @@ def output_tags(s2: S2Source) -> dict[str, str]:
         "DSEN2CR_OFFSET_REMOVED": offsets if any(product.offsets) else "none",
         "DSEN2CR_OFFSET_SOURCE": product.offset_from,
         "DSEN2CR_PROCESSING_BASELINE": product.baseline or "unknown",
+    }
+
+
+def run_tags(settings: SceneSettings) -> dict[str, str]:
+    """Metadata of an output: the settings that decide which pixels are the model's."""
+    return {
+        "DSEN2CR_KEEP_CLEAR": f"yes, feather {settings.feather} px" if settings.keep_clear else "no (every pixel)",
+        "DSEN2CR_MASK": settings.mask,
     }
 
 
