@@ -185,6 +185,21 @@ class Workdir(type(Path())):  # type: ignore[misc]  # the concrete Path class of
         (root / "files.csv").write_text("\n".join(lines) + "\n")
         return root
 
+    def tree_with_two_test_patches(self, *, nan_cloudy: bool = False) -> tuple[Path, Path]:
+        """:meth:`tree` with a second test patch (ROI 4, 48 px; with ``nan_cloudy`` its cloudy image all NaN);
+        returns the root and its file list."""
+        root = self.tree()
+        t = self.triplet(root, "ROIs1158_spring", 4, 0, size=48, seed=4)
+        with (root / "files.csv").open("a") as f:
+            f.write(
+                f"3\tROIs1158_spring_s1/s1_4\tROIs1158_spring_s2/s2_4\tROIs1158_spring_s2_cloudy/s2_cloudy_4\t{t.s1.name}\n"
+            )
+        if nan_cloudy:
+            with rasterio.open(t.s2) as clear:
+                transform = clear.transform
+            write_geotiff(t.s2_cloudy, np.full((13, 48, 48), np.nan, np.float32), crs=UTM32N, transform=transform)
+        return root, root / "files.csv"
+
     def config(self, **sections: dict) -> Path:
         """A one-epoch CPU training config over :meth:`tree`, sections updated by ``sections``."""
         root = self.tree()

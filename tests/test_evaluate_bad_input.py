@@ -8,14 +8,12 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from dsen2cr import create_model
-from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.weights import save_weights
 
 UTM32N = CRS.from_epsg(32632)
@@ -76,26 +74,16 @@ def _evaluate_args(tmp: Path, root: Path, file_list: Path, weights: Path | None 
     ]
 
 
-def _tree_with(tmp: Path, mutate: Callable[[Path], None]) -> tuple[Path, Path]:
-    """The small tree with its test split made of two patches, changed by ``mutate(root)``."""
-    root = tmp.tree()
-    t = tmp.triplet(root, "ROIs1158_spring", 4, 0, size=48, seed=4)
-    with (root / "files.csv").open("a") as f:
-        f.write(
-            f"3\tROIs1158_spring_s1/s1_4\tROIs1158_spring_s2/s2_4\tROIs1158_spring_s2_cloudy/s2_cloudy_4\t{t.s1.name}\n"
-        )
+def _with(tmp: Path, mutate: Callable[[Path], None]) -> tuple[Path, Path]:
+    """The tree with two test patches, changed by ``mutate(root)``."""
+    root, file_list = tmp.tree_with_two_test_patches()
     mutate(root)
-    return root, root / "files.csv"
+    return root, file_list
 
 
 def _mixed_sizes(root: Path) -> None:
     t = root.triplet(root, "ROIs1158_spring", 4, 0, size=64, seed=5)  # replaces the 48 px patch (root: a Workdir)
     assert t.s1.exists()
-
-
-def _nan_patch(root: Path) -> None:
-    path = root / "ROIs1158_spring_s2_cloudy" / "s2_cloudy_4" / "ROIs1158_spring_s2_cloudy_4_p0.tif"
-    write_geotiff(path, np.full((13, 48, 48), np.nan, np.float32), crs=UTM32N, transform=ORIGIN)
 
 
 def _missing_second_patch(root: Path) -> None:
@@ -141,19 +129,19 @@ CASES = [
     ),
     dict(
         name="evaluate: second patch missing",
-        setup=lambda t: _evaluate_args(t, *_tree_with(t, _missing_second_patch)),
+        setup=lambda t: _evaluate_args(t, *_with(t, _missing_second_patch)),
         message="not found",
         absent=("eval",),
     ),
     dict(
         name="evaluate: patches of two sizes in a batch",
-        setup=lambda t: _evaluate_args(t, *_tree_with(t, _mixed_sizes), None, "--batch-size", "2"),
+        setup=lambda t: _evaluate_args(t, *_with(t, _mixed_sizes), None, "--batch-size", "2"),
         message="differ in size",
         absent=("eval",),
     ),
     dict(
         name="evaluate: a NaN patch mid-run",
-        setup=lambda t: _evaluate_args(t, *_tree_with(t, _nan_patch), None, "--batch-size", "1"),
+        setup=lambda t: _evaluate_args(t, *t.tree_with_two_test_patches(nan_cloudy=True), None, "--batch-size", "1"),
         message="every value is NaN",
         absent=("eval",),
     ),

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -16,7 +15,6 @@ from rasterio.transform import from_origin
 
 from dsen2cr import create_model
 from dsen2cr.cli import main
-from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.weights import CONFIG_KEY
 
 UTM32N = CRS.from_epsg(32632)
@@ -48,23 +46,6 @@ def _ckpt_like(tmp: Path) -> Path:
 
 
 ORIGIN = from_origin(500000, 5000000, 10, 10)
-
-
-def _tree_with(tmp: Path, mutate: Callable[[Path], None]) -> tuple[Path, Path]:
-    """The small tree with its test split made of two patches, changed by ``mutate(root)``."""
-    root = tmp.tree()
-    t = tmp.triplet(root, "ROIs1158_spring", 4, 0, size=48, seed=4)
-    with (root / "files.csv").open("a") as f:
-        f.write(
-            f"3\tROIs1158_spring_s1/s1_4\tROIs1158_spring_s2/s2_4\tROIs1158_spring_s2_cloudy/s2_cloudy_4\t{t.s1.name}\n"
-        )
-    mutate(root)
-    return root, root / "files.csv"
-
-
-def _nan_patch(root: Path) -> None:
-    path = root / "ROIs1158_spring_s2_cloudy" / "s2_cloudy_4" / "ROIs1158_spring_s2_cloudy_4_p0.tif"
-    write_geotiff(path, np.full((13, 48, 48), np.nan, np.float32), crs=UTM32N, transform=ORIGIN)
 
 
 def _train(tmp: Path, *overrides: str, **sections: dict) -> list[str]:
@@ -182,7 +163,7 @@ def test_a_failed_start_is_not_a_run(workdir: Path, capsys: pytest.CaptureFixtur
 def test_worker_errors_are_one_line(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     """An error raised in a DataLoader worker reaches the user as its own message, not a folded traceback."""
     config = workdir.config()  # writes the small tree
-    _, file_list = _tree_with(workdir, _nan_patch)  # adds a patch whose cloudy image is all NaN
+    _, file_list = workdir.tree_with_two_test_patches(nan_cloudy=True)  # adds a patch whose cloudy image is all NaN
     train_list = _write(workdir / "train.csv", file_list.read_text().replace("\n3\t", "\n1\t"))
     argv = ["train", "--config", str(config), "--no-progress", "data.num_workers=1", "optim.epochs=1"]
     status = main([*argv, f"data.file_list={train_list}", "data.crop_size=32"])
