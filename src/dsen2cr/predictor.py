@@ -16,6 +16,7 @@ from dsen2cr.auto import plan_backend, resolve_device, resolve_precision
 from dsen2cr.backends import CheckedBackend, OnnxPredictor, select_backend
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import CloudRemovalNetwork, ModelSpec
+from dsen2cr.outputs.files import check_input_file
 from dsen2cr.precision import FLOAT32_MODES, float32_arithmetic
 from dsen2cr.settings import ScenePlan
 
@@ -134,7 +135,8 @@ def load_network(weights: str | Path, *, device: torch.device) -> Network:
     checkpoints and Keras HDF5 as PyTorch models on ``device``."""
     from dsen2cr.weights import load_model  # the weights module pulls in h5py and safetensors: only when loading
 
-    digest = _sha256(Path(weights))
+    # a regular file first: hashing a FIFO or a device would wait forever
+    digest = _sha256(check_input_file(weights, "ONNX" if is_onnx(weights) else "weights"))
     if is_onnx(weights):
         onnx = OnnxPredictor(weights, device=str(device))
         return Network(onnx, onnx.config, Path(weights).name, digest)
