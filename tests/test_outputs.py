@@ -78,3 +78,35 @@ def test_remote_reads_are_bounded_in_time_unless_the_user_says_otherwise(monkeyp
     monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "600")
     with gdal_block_cache():
         assert "GDAL_HTTP_TIMEOUT" not in getenv()  # GDAL reads the user's environment variable
+
+
+def test_a_second_run_on_one_output_is_refused_at_its_start(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """remove-clouds locks its outputs (``.NAME.lock``, the writer's pid) for the run: a run that finds the lock
+    of a running process refuses at once, naming it; a lock whose process has ended (a killed run) is taken
+    over; no lock is left after the run, whether it succeeded or failed."""
+    import subprocess
+    import sys
+
+    from dsen2cr.cli import main
+
+    s2, _ = workdir.scene()
+    argv = ["remove-clouds", "--weights", str(workdir.weights("dsen2cr-small-nosar")), "--s2", str(s2)]
+    out = workdir / "same.tif"
+    lock = workdir / ".same.tif.lock"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f"{other.pid}\n")
+        assert main([*argv, "--out", str(out), "--no-progress"]) == 2
+        assert f"another dsen2cr run (process {other.pid}) is writing it" in capsys.readouterr().err
+        assert lock.read_text() == f"{other.pid}\n" and not out.exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0  # the lock of an ended process is stale
+    assert out.is_file() and not lock.exists()
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 2  # exists, no --overwrite: refused before locking
+    empty, _ = workdir.scene(s2=np.zeros((13, 40, 50), np.uint16))  # no valid pixel: fails inside the run
+    argv[-1] = str(empty)
+    assert main([*argv, "--out", str(out), "--no-progress", "--overwrite"]) == 2
+    assert "S2 has no valid pixels" in capsys.readouterr().err
+    assert not lock.exists()

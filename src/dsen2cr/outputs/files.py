@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
@@ -68,6 +68,66 @@ def _publish(tmp: Path, path: Path, expected: tuple[int, int, int, int] | None) 
         if os.path.lexists(path):
             raise DSen2CRError(lost.format("appeared")) from None
         os.replace(tmp, path)
+
+
+#: The suffix of a lock file beside an output (``.NAME.lock``): the process writing it, by pid.
+LOCK_SUFFIX = ".lock"
+
+
+@contextlib.contextmanager
+def output_locks(paths: Iterable[Path]) -> Iterator[None]:
+    """Hold a lock beside each output for the block, so that a second run on one output is refused at its
+    start, naming the process that writes it (the final no-replace move of :func:`atomic_path` stays the
+    guarantee). A lock whose process has ended (a killed run) is stale and taken over; every lock taken is
+    removed on the way out, also on an error or a signal."""
+    taken: list[Path] = []
+    try:
+        for path in paths:
+            taken.append(_take_lock(Path(path)))
+        yield
+    finally:
+        for lock in taken:
+            lock.unlink(missing_ok=True)
+
+
+def _take_lock(path: Path) -> Path:
+    """Create ``.NAME.lock`` beside ``path`` holding this process's pid (atomically: O_EXCL)."""
+    lock = path.with_name(f".{path.name}{LOCK_SUFFIX}")
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None and owner != os.getpid() and _is_running(owner):
+                raise DSen2CRError(
+                    f"{path}: another dsen2cr run (process {owner}) is writing it; wait for it to end or choose "
+                    f"another output (a lock {lock.name} left by a process that no longer runs is ignored)"
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: its process has ended
+            continue
+        with os.fdopen(handle, "w") as file:
+            file.write(f"{os.getpid()}\n")
+        return lock
+    raise DSen2CRError(f"{path}: cannot take the lock {lock}")
+
+
+def _lock_owner(lock: Path) -> int | None:
+    """The pid written in a lock file (None when unreadable)."""
+    try:
+        return int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_running(pid: int) -> bool:
+    """Whether a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -14,7 +14,7 @@ from dsen2cr.auto import plan_scene_run, resolve_device
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
 from dsen2cr.inputs.readers import scene_size
-from dsen2cr.outputs.files import check_distinct_outputs, check_input_file, check_output_file
+from dsen2cr.outputs.files import check_distinct_outputs, check_input_file, check_output_file, output_locks
 from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
 from dsen2cr.predictor import load_network, predictor_for_plan
 from dsen2cr.scene.remove import OUTPUT_KINDS, SceneReport, job_outputs, remove_clouds
@@ -134,7 +134,18 @@ def run_scene_jobs(
         jobs, all_products, weights=settings.weights, overwrite=settings.overwrite, extra_inputs=list(extra_inputs)
     )
     mine = jobs[rank::world]
-    products, sizes = all_products[rank::world], [size for _, size in resolved[rank::world]]
+    with output_locks(path for job in mine for _, path in job_outputs(job)):
+        yield from _run_my_jobs(mine, all_products[rank::world], [size for _, size in resolved[rank::world]], settings)
+
+
+def _run_my_jobs(
+    mine: list[SceneJob],
+    products: list[S2Product | None],
+    sizes: list[tuple[int, int] | None],
+    settings: SceneSettings,
+) -> Iterator[SceneReport]:
+    """Run this rank's jobs (checked, their inputs resolved, their outputs locked) with one predictor."""
+    assert settings.weights is not None  # checked by run_scene_jobs
     device = resolve_device(settings.device)
     network = load_network(settings.weights, device=device)
     plan = plan_scene_run(
