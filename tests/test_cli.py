@@ -73,3 +73,15 @@ def test_one_grammar_for_every_command(workdir: Path, capsys: pytest.CaptureFixt
     assert main(["data", "sample", "--out", str(workdir / "sample")]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert main(["data", "sample", "--out", str(workdir / "sample"), "--overwrite"]) == 0
+
+
+def test_validation_errors_come_before_any_decision_is_printed(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """SAR weights without --s1: the one error line, and no 'tiles:' / 'backend:' / 'precision:' lines first."""
+    from dsen2cr.cli import main
+
+    s2, _ = workdir.scene()
+    argv = ["remove-clouds", "--weights", str(workdir.weights("dsen2cr-small")), "--s2", str(s2)]
+    assert main([*argv, "--out", str(workdir / "o.tif"), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "these weights need SAR input" in captured.err
+    assert not any(word in captured.out for word in ("tiles:", "backend:", "precision:")), captured.out

@@ -148,16 +148,16 @@ def _run_my_jobs(
     assert settings.weights is not None  # checked by run_scene_jobs
     device = resolve_device(settings.device)
     network = load_network(settings.weights, device=device)
-    plan = plan_scene_run(
-        settings, network.config, scene_sizes=[size for size in sizes if size], onnx=network.onnx, device=device
-    )
-    predictor = predictor_for_plan(network, plan)
     without_s1 = [job.s2 for job in mine if job.s1 is None]
-    if predictor.include_sar and without_s1:
+    if network.config.include_sar and without_s1:  # before any decision is printed (tiles, backend)
         raise DSen2CRError(
             f"{without_s1[0]}: these weights need SAR input; pass --s1 (or an s1 column in the manifest): VV, VH "
             "in dB on or near the S2 grid"
         )
+    plan = plan_scene_run(
+        settings, network.config, scene_sizes=[size for size in sizes if size], onnx=network.onnx, device=device
+    )
+    predictor = predictor_for_plan(network, plan)
     finisher = OutputFinisher(background=completes_in_background(predictor.device))
     try:
         for job, product in zip(mine, products, strict=True):
