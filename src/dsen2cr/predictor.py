@@ -197,9 +197,7 @@ def predictor_from_model(
     """A predictor for a model in memory (``backend`` as :func:`dsen2cr.auto.plan_backend` and ``precision``
     as :func:`dsen2cr.auto.resolve_precision` take them; ``auto`` considers a run over ``pixels`` in windows of
     ``window_shape``)."""
-    if backend == "onnxruntime":
-        raise DSen2CRError(f"backend: expected one of auto, eager, compiled for a PyTorch model, got {backend!r}")
-    resolved = resolve_device(device)
+    resolved = resolve_device(device)  # --backend onnxruntime for a model in memory: refused by plan_backend
     return _predictor_with(Network(model, model.config), backend, resolved, precision, window_shape, pixels)
 
 

@@ -276,11 +276,11 @@ def check_distinct_outputs(outputs: list[tuple[str, Path]], inputs: list[tuple[s
     path)`` pairs; the same file under another name, through a link or a relative path, counts as the same)."""
     seen: dict[str, str] = {}
     # a product folder (an S2 input given as a folder) is read whole: nothing may be written into it
-    folders = {_identity(path): f"input {role} {path}" for role, path in inputs if role == "s2" and path.is_dir()}
+    folders = {path_identity(path): f"input {role} {path}" for role, path in inputs if role == "s2" and path.is_dir()}
     for role, path in inputs:
-        seen.setdefault(_identity(path), f"input {role} {path}")
+        seen.setdefault(path_identity(path), f"input {role} {path}")
     for role, path in outputs:
-        key = _identity(path)
+        key = path_identity(path)
         if key in seen:
             raise DSen2CRError(f"{path}: output {role} would replace {seen[key]}; choose another output name")
         inside = next((name for folder, name in folders.items() if key.startswith(folder + os.sep)), None)
@@ -292,7 +292,7 @@ def check_distinct_outputs(outputs: list[tuple[str, Path]], inputs: list[tuple[s
         seen[key] = f"output {role} {path}"
 
 
-def _identity(path: Path) -> str:
+def path_identity(path: Path) -> str:
     """A key that is equal for two paths naming the same file (resolved links, case kept)."""
     return os.path.normcase(os.path.realpath(path))
 

@@ -14,7 +14,13 @@ from dsen2cr.auto import plan_scene_run, resolve_device
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
 from dsen2cr.inputs.readers import scene_size
-from dsen2cr.outputs.files import check_distinct_outputs, check_input_file, check_output_file, output_locks
+from dsen2cr.outputs.files import (
+    check_distinct_outputs,
+    check_input_file,
+    check_output_file,
+    output_locks,
+    path_identity,
+)
 from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
 from dsen2cr.predictor import load_network, predictor_for_plan
 from dsen2cr.scene.remove import OUTPUT_KINDS, SceneReport, job_outputs, remove_clouds
@@ -76,11 +82,6 @@ def output_path(path: Path, s2: str, text: str | None = None) -> Path:
     return path / f"{scene_stem(s2)}_cloudfree.tif"
 
 
-def _identity(path: Path) -> str:
-    """A key equal for two spellings of one path."""
-    return os.path.normcase(os.path.abspath(path))
-
-
 def check_jobs(
     jobs: list[SceneJob],
     products: list[S2Product | None],
@@ -99,7 +100,7 @@ def check_jobs(
         named = [("s2", job.s2), *[("s1", part) for part in s1_parts(job.s1 or "")]]
         for role, text in named:  # as text: a URL is not a path ("http://a" would become "http:/a")
             if text and "://" not in text and not Path(text).exists():
-                chained = any(_identity(Path(text)) == _identity(other.out) for other in jobs)
+                chained = any(path_identity(Path(text)) == path_identity(other.out) for other in jobs)
                 hint = " (it is another row's output: rows run independently, never one after the other)"
                 raise DSen2CRError(f"{text}: {role.upper()} scene not found{hint if chained else ''}")
         inputs += local_inputs(job.s2, job.s1, product)

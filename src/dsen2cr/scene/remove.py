@@ -89,7 +89,7 @@ def remove_clouds(
         start = time.perf_counter()
         writer = _TileWriter(inputs, plan.settings, job)
         with _progress_bar(len(tiles), enabled=plan.settings.progress) as bar, contextlib.ExitStack() as outputs:
-            writer.open(outputs, job, plan)
+            writer.open(outputs)
             _predict_tiles(predictor, inputs, tiles, plan, writer, bar.update)
             # what computed it, once the first batch settled the backend, and how it was asked for
             writer.cog.update_tags(**predictor.provenance(), **run_tags(plan.settings))
@@ -198,17 +198,17 @@ class _TileWriter:
     mask: Any = None
     written: list[int] = field(default_factory=list)
 
-    def open(self, outputs: contextlib.ExitStack, job: SceneJob, plan: ScenePlan) -> None:
+    def open(self, outputs: contextlib.ExitStack) -> None:
         """Open the outputs in ``outputs``; they are left in reverse order: the COG is made first (should that
         fail, the map is removed), the quicklook saved last, once the COG is in place."""
-        s2, grid = self.inputs.s2, self.inputs.grid
+        s2, grid, job = self.inputs.s2, self.inputs.grid, self.job
         grid_profile = {"width": grid.width, "height": grid.height, "crs": grid.crs, "transform": grid.transform}
         if job.preview is not None:
             self.quicklook = Quicklook(grid.height, grid.width)
             outputs.push(_save_on_success(self.quicklook, job.preview))
         self.mask = outputs.enter_context(_optional_mask(job.mask_out, dict(grid_profile)))
         profile = dict(grid_profile, count=len(s2.bands), dtype="uint16", nodata=OUTPUT_NODATA)
-        dst = outputs.enter_context(cog_writer(job.out, profile, plan.settings.cog_options()))
+        dst = outputs.enter_context(cog_writer(job.out, profile, self.settings.cog_options()))
         describe_bands(dst, s2.bands)
         dst.update_tags(**output_tags(s2))
         self.cog = dst
