@@ -137,3 +137,29 @@ def test_the_output_says_what_made_it_and_how_to_show_it(workdir: Path, weights_
     assert (tags["DSEN2CR_KEEP_CLEAR"], tags["DSEN2CR_MASK"]) == ("yes, feather 3 px", "paper")
     assert names[:4] == ["B1", "B2", "B3", "B4"] and scales == (1e-4,) * 13
     assert (colours[3], colours[2], colours[1]) == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+
+
+def test_a_dropped_tf32_candidate_falls_back_to_ieee_fp32_for_real(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the TF32 check fails under --precision auto, the run continues with the reference: it must then
+    compute in IEEE fp32 although the predictor's calls set TF32, as its precision says."""
+    import dsen2cr.backends
+    from dsen2cr.backends import CheckedBackend
+    from dsen2cr.predictor import Predictor
+
+    model = create_model("dsen2cr-small-nosar").eval()
+    seen: list[str] = []
+    forward = model.forward
+
+    def recording(*args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(float32_mode()["cudnn.conv"])
+        return forward(*args, **kwargs)
+
+    model.forward = recording  # type: ignore[method-assign]
+    monkeypatch.setattr(dsen2cr.backends, "TF32_TOLERANCE_DN", -1.0)  # the TF32 check fails (on a CPU,
+    monkeypatch.setitem(dsen2cr.backends.TOLERANCE_DN, "eager", -1.0)  # where TF32 differs by nothing)
+    checked = CheckedBackend(model, torch.device("cpu"), ["eager"], strict=False, float32="tf32")
+    predictor = Predictor(checked, model.config, torch.device("cpu"), "tf32")
+    predictor(*_inputs())
+    seen.clear()
+    predictor(*_inputs())
+    assert predictor.precision == "fp32" and seen == ["ieee"]

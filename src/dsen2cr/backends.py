@@ -221,7 +221,9 @@ class CheckedBackend:
         """Predict one batch (model units), settling the backend on the first."""
         if self.settled is not None:
             return self.settled(s2, s1)
+        tried = False
         while not (self.candidates[0] == "eager" and self.float32 == "ieee"):
+            tried = True
             prediction = self._try(self.candidates[0], s2, s1)
             if prediction is not None:
                 return prediction
@@ -229,9 +231,16 @@ class CheckedBackend:
             if not self.candidates:
                 self.candidates = ["eager"]
                 self.float32 = "ieee"  # what remains is the reference itself
-        log.info("backend: eager, IEEE fp32")
-        self.settled, self.check_dn = self.reference, (0.0, 0.0)
-        return self.reference(s2, s1)
+        if tried:  # (the predictor said so already when eager in IEEE fp32 was all it was asked for)
+            log.info("backend: eager, IEEE fp32 (the candidates above were dropped)")
+        self.settled, self.check_dn = self._ieee_reference, (0.0, 0.0)
+        return self._ieee_reference(s2, s1)
+
+    def _ieee_reference(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        """The reference, eager in IEEE fp32 whatever float32 mode the caller set (after a TF32 candidate was
+        dropped, the predictor's calls still set TF32: the fall back must not compute in it)."""
+        with float32_arithmetic("ieee"):
+            return self.reference(s2, s1)
 
     def _try(self, candidate: str, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray | None:
         """Build and run ``candidate`` on the batch and check it against IEEE fp32: its prediction, or None
