@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,75 @@ def test_a_second_run_on_one_output_is_refused_at_its_start(workdir: Path, capsy
     assert main([*argv, "--out", str(out), "--no-progress", "--overwrite"]) == 2
     assert "S2 has no valid pixels" in capsys.readouterr().err
     assert not lock.exists()
+
+
+def _locked_command(tmp: Path, command: str) -> tuple[list[str], Path]:
+    """The arguments of ``command`` writing one output, and that output."""
+    out = {"train": tmp / "run", "export": tmp / "o.safetensors", "export-onnx": tmp / "o.onnx"}.get(command)
+    out = out or tmp / ("o.csv" if command == "data index" else "o.safetensors" if command == "weights" else "out")
+    root = tmp.tree() if command in ("evaluate", "data index", "train") else None
+    argv = {
+        "evaluate": ["evaluate", "--weights", str(tmp.weights()), "--data-root", str(root), "--rois", "x"],
+        "export": ["export", str(tmp.weights())],
+        "export-onnx": ["export-onnx", "--weights", str(tmp.weights())],
+        "weights": ["weights", "download", "carl-sar", "--url", "http://127.0.0.1:9/w.h5"],
+        "data index": ["data", "index", str(root)],
+        "data synth": ["data", "synth", "--count", "1"],
+        "data splits": ["data", "splits"],
+        "data sample": ["data", "sample"],
+        "data download": ["data", "download", "--base-url", "http://127.0.0.1:9/"],
+        "demo": ["demo"],
+        "train": ["train", "--config", str(tmp.config()), "--out-dir", str(out), "--no-progress"],
+    }[command]
+    if command in ("export", "export-onnx"):
+        return [*argv, str(out)], out
+    return (argv if command == "train" else [*argv, "--out", str(out)]), out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "evaluate",
+        "export",
+        "export-onnx",
+        "weights",
+        "data index",
+        "data synth",
+        "data splits",
+        "data sample",
+        "data download",
+        "demo",
+        "train",
+    ],
+)
+def test_every_command_refuses_an_output_another_run_is_writing(
+    workdir: Path, capsys: pytest.CaptureFixture, command: str
+) -> None:
+    """One rule for every command that writes (#26): a lock ``.NAME.lock`` of a running process beside the
+    output (file or folder) refuses the run at its start, naming that process; nothing is written, the lock
+    is left to its owner."""
+    from dsen2cr.cli import main
+
+    argv, out = _locked_command(workdir, command)
+    lock = out.with_name(f".{out.name}.lock")
+    owner = os.getppid()  # a process that runs for the whole test
+    lock.write_text(f"{owner}\n")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: another dsen2cr run (process {owner}) is writing it" in err, err
+    assert not out.exists() and lock.read_text() == f"{owner}\n"
+
+
+def test_a_command_takes_over_a_stale_lock_and_removes_its_own(workdir: Path) -> None:
+    """The lock of a process that has ended (a killed export) does not block the next run, and the run
+    removes its own lock when it ends."""
+    import subprocess
+    import sys
+
+    from dsen2cr.cli import main
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = workdir / ".o.safetensors.lock"
+    lock.write_text(ended.stdout)
+    assert main(["export", str(workdir.weights()), str(workdir / "o.safetensors")]) == 0
+    assert (workdir / "o.safetensors").is_file() and not lock.exists()

@@ -18,11 +18,13 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from dsen2cr.cli import config, data, demo, evaluate, export, models, remove_clouds, train, weights
 from dsen2cr.cli.options import NoAbbrevParser, add_verbosity, setup_logging
 from dsen2cr.errors import DSen2CRError, one_line
+from dsen2cr.outputs.files import output_locks
 from dsen2cr.version import __version__
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -109,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _SIGNALLED.clear()
     previous = _install_sigterm()
     try:
-        return int(handler(args) or 0)
+        with output_locks(_outputs_to_lock(args)):
+            return int(handler(args) or 0)
     except KeyboardInterrupt as interrupt:
         if isinstance(interrupt, Terminated) or signal.SIGTERM in _SIGNALLED:
             print("dsen2cr: terminated (SIGTERM); temporary files removed", file=sys.stderr)
@@ -137,6 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 _NOT_INSTALLED = object()
+
+
+def _outputs_to_lock(args: argparse.Namespace) -> list[Path]:
+    """The output (file or folder) of a command that writes one, as ``--out`` or ``OUT`` names it: locked for
+    the run, so that a second run on it is refused at its start (docs/design.md §3.4). Commands whose outputs
+    are known only later lock them themselves (remove-clouds: its manifest's rows; train: the config's run
+    folder)."""
+    out = getattr(args, "out", None)
+    if not isinstance(out, str) or getattr(args, "locks_own_outputs", False):
+        return []
+    return [Path(out)]
 
 
 def _install_sigterm() -> Any:

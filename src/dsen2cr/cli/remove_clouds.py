@@ -43,7 +43,7 @@ def register(subparsers: SubParsers) -> None:
     _add_masks(parser)
     _add_outputs(parser)
     add_no_progress(parser)
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, locks_own_outputs=True)  # the rows of a manifest are known later
 
 
 def _add_inputs(parser: argparse.ArgumentParser) -> None:

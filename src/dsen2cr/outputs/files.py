@@ -79,15 +79,24 @@ def output_locks(paths: Iterable[Path]) -> Iterator[None]:
     """Hold a lock beside each output for the block, so that a second run on one output is refused at its
     start, naming the process that writes it (the final no-replace move of :func:`atomic_path` stays the
     guarantee). A lock whose process has ended (a killed run) is stale and taken over; every lock taken is
-    removed on the way out, also on an error or a signal."""
+    removed on the way out, also on an error or a signal. An output whose folder does not exist yet is not
+    locked (the command creates the folder; the lock would have to create it first); processes a launcher
+    started for a run that rank 0 holds (:func:`is_launched_worker`) take no lock."""
     taken: list[Path] = []
     try:
         for path in paths:
-            taken.append(_take_lock(Path(path)))
+            if Path(path).parent.is_dir() and not is_launched_worker():
+                taken.append(_take_lock(Path(path)))
         yield
     finally:
         for lock in taken:
             lock.unlink(missing_ok=True)
+
+
+def is_launched_worker() -> bool:
+    """Whether this process is a rank > 0 started by Lightning's launcher, torchrun or SLURM for a run that
+    rank 0 has already prepared (and whose outputs rank 0 owns)."""
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
 def _take_lock(path: Path) -> Path:

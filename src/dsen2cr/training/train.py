@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from dsen2cr.config import RunConfig, save_config
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import family_of
-from dsen2cr.outputs.files import atomic_path, prepare_output_folder
+from dsen2cr.outputs.files import atomic_path, is_launched_worker, output_locks, prepare_output_folder
 from dsen2cr.precision import set_float32_arithmetic
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.logs import HistoryCSVLogger
@@ -54,12 +53,6 @@ class _EpochLine(Callback):
         m = trainer.callback_metrics
         parts = [f"{k} {m[k].item():.4f}" for k in ("train_loss_epoch", "val_loss", "val_mae", "val_psnr") if k in m]
         log.info("epoch %d: %s", trainer.current_epoch, ", ".join(parts))
-
-
-def is_launched_worker() -> bool:
-    """Whether this process is a rank > 0 started by Lightning's launcher, torchrun or SLURM for a run that
-    rank 0 has already prepared."""
-    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
 def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -> Path:
@@ -141,7 +134,14 @@ def training_float32(matmul_precision: str) -> str:
 def run_training(
     config: RunConfig, *, resume: str | Path | None = None, overwrite: bool = False, progress: bool = True
 ) -> Path:
-    """Train (or resume) a run; return the path of the last checkpoint."""
+    """Train (or resume) a run; return the path of the last checkpoint. The run folder is locked for the run
+    (a second run on it is refused at its start, naming this process)."""
+    with output_locks([Path(config.trainer.out_dir)]):
+        return _train(config, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, progress: bool) -> Path:
+    """:func:`run_training` under the run folder's lock."""
     out = prepare_run_dir(config, resume=None if resume is None else str(resume), overwrite=overwrite)
     if resume is not None:
         _check_resume_checkpoint(Path(resume), config)
