@@ -91,6 +91,9 @@ def test_evaluate_with_roi_list(
     )
     assert result.returncode == 0, result.stderr
     assert "Evaluation on 2 images" in result.stdout and not (tmp_path / "e" / "predictions").exists()
+    assert "evaluate: 100%" in result.stderr and "2/2" in result.stderr  # a bar counting patches
+    quiet = run_cli(*result.args[3:-2], str(tmp_path / "q"), "--no-images", "--no-progress")
+    assert quiet.returncode == 0 and "evaluate:" not in quiet.stderr, quiet.stderr
 
 
 def _original_columns(pred: np.ndarray, target: np.ndarray, cloudy: np.ndarray, cover: np.ndarray) -> dict:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
+from tqdm import tqdm
 
 from dsen2cr.cloud_detection import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.data.dataset import SEN12MSCRDataset
@@ -59,6 +60,7 @@ def evaluate(
     protocol: str = "default",
     window: int | None = None,
     mask_kind: str = "paper",
+    progress: bool = False,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate ``model`` (a predictor from :func:`dsen2cr.predictor.load_predictor`, e.g. an int8 ONNX file; or
     a PyTorch model, run eager fp32 on its device); write reports (and predictions and previews) to ``out_dir``.
@@ -67,7 +69,8 @@ def evaluate(
     ``original``: the original code's ``eval.csv`` metrics (model units, unclipped, SAM in radians; see
     :func:`dsen2cr.metrics.original_metrics`). ``window``: score the top-left ``window`` x ``window`` pixels
     of each patch (NaN fill and mask computed on that window, as the original reads it); None: the full patch.
-    ``mask_kind``: the cloud/shadow map of the region metrics, ``paper`` or ``s2cloudless``.
+    ``mask_kind``: the cloud/shadow map of the region metrics, ``paper`` or ``s2cloudless``. ``progress``: a
+    bar counting patches on stderr.
 
     Returns the summary: ``{method: {metric: {"mean": x, "median": y}}}`` for the model and the identity
     baseline (the cloudy input taken as the prediction).
@@ -88,8 +91,10 @@ def evaluate(
         if isinstance(model, CloudRemovalNetwork)
         else model
     )
-    with torch.inference_mode():
+    bar = tqdm(total=len(triplets), unit="patch", desc="evaluate", disable=not progress, dynamic_ncols=True)
+    with torch.inference_mode(), bar:
         for batch in loader:
+            bar.update(len(batch["patch_id"]))
             s1 = batch["s1"].numpy() if model.include_sar else None
             pred = torch.from_numpy(predict(batch["s2_cloudy"].numpy(), s1))
             for i, patch_id in enumerate(batch["patch_id"]):

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from dsen2cr.cli.options import SubParsers, add_command, add_device, add_overwrite, quiet_lightning, require_extra
+from dsen2cr.cli.options import (
+    SubParsers,
+    add_command,
+    add_device,
+    add_no_progress,
+    add_overwrite,
+    quiet_lightning,
+    require_extra,
+)
 
 
 def register(subparsers: SubParsers) -> None:
@@ -15,6 +23,7 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides for both models")
     add_overwrite(parser, "replace an earlier demo in the output folder (a folder holding other files is refused)")
     add_device(parser)
+    add_no_progress(parser, "accepted like every command's: the demo prints one line per stage, no bars")
     parser.set_defaults(handler=run)
 
 

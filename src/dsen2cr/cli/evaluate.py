@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from dsen2cr.cli.options import SubParsers, add_command, add_device, add_overwrite, add_weights, finite_float
+from dsen2cr.cli.options import (
+    SubParsers,
+    add_command,
+    add_device,
+    add_no_progress,
+    add_overwrite,
+    add_weights,
+    finite_float,
+)
 
 
 def register(subparsers: SubParsers) -> None:
@@ -54,6 +62,7 @@ def register(subparsers: SubParsers) -> None:
         help="score the top-left WINDOW x WINDOW pixels of each patch (0: the full patch; default: 128 for "
         "--protocol original, the full patch otherwise)",
     )
+    add_no_progress(parser, "no progress bar (patches evaluated)")
     parser.set_defaults(handler=run)
 
 
@@ -92,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             protocol=args.protocol,
             window=window or None,
             mask_kind=args.mask,
+            progress=not args.no_progress,
         )
     print(summary_markdown(summary, len(triplets), args.protocol))
     print(f"reports in {args.out}")
