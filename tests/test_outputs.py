@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,44 @@ def test_a_command_takes_over_a_stale_lock_and_removes_its_own(workdir: Path) ->
     lock.write_text(ended.stdout)
     assert main(["export", str(workdir.weights()), str(workdir / "o.safetensors")]) == 0
     assert (workdir / "o.safetensors").is_file() and not lock.exists()
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 kB tmpfs: too small for any output but a tiny mask (needs root and mount; skipped otherwise)."""
+    import subprocess
+
+    folder = tmp_path / "full"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("command", ["remove-clouds", "export", "evaluate", "train"])
+def test_a_full_disk_is_one_line_naming_the_output(
+    workdir: Path, full_disk: Path, capsys: pytest.CaptureFixture, command: str
+) -> None:
+    """A real full disk (ENOSPC from the kernel, through GDAL, safetensors, the CSV/JSON writers and
+    Lightning's checkpoints): exit 2, one line naming the output and 'No space left on device', nothing left
+    on the full disk, inputs unchanged."""
+    from dsen2cr.cli import main
+
+    weights = workdir.weights("dsen2cr-small-nosar" if command == "remove-clouds" else "dsen2cr-small")
+    out = full_disk / {"remove-clouds": "o.tif", "export": "o.safetensors"}.get(command, "out")
+    argv = {
+        "remove-clouds": ["remove-clouds", "--weights", str(weights), "--s2", str(workdir.scene()[0]), "--out"],
+        "export": ["export", str(weights)],
+        "evaluate": ["evaluate", "--weights", str(weights), "--data-root", str(workdir.tree()), "--out"],
+        "train": ["train", "--config", str(workdir.config()), "--no-progress", "--out-dir"],
+    }[command]
+    extra = {"evaluate": ["--file-list", str(workdir.tree() / "files.csv"), "--no-progress"]}.get(command, [])
+    before = weights.read_bytes()
+    assert main([*argv, str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "No space left on device" in err[-1] and str(full_disk) in err[-1], err
+    assert list(full_disk.iterdir()) == [] and weights.read_bytes() == before

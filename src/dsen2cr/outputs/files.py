@@ -9,7 +9,9 @@ imports rasterio or torch, so weights, configs and reports can be written withou
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Collection, Iterable, Iterator
@@ -35,11 +37,43 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(handle)
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as error:
+            reason = write_failure(error, path.parent)
+            if reason is None:
+                raise
+            raise DSen2CRError(f"{path}: cannot write it ({reason}); nothing was written there") from error
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions of a plain open()
         _publish(tmp, path, expected)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: ``os error 28`` in the message of a library that reports the OS's error as text (safetensors).
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")
+
+
+#: The OS errors of a write that failed for want of room or a working device (not of a missing input).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
+def write_failure(error: BaseException, folder: Path) -> str | None:
+    """Why writing into ``folder`` failed, in the OS's words (``No space left on device``), if ``error`` is a
+    failed write: an ``OSError``, a library's message carrying the OS error, or GDAL's write error (whose
+    cause GDAL prints but does not chain: a full disk is recognised by the folder's free space). None for any
+    other error (not a write failure: left as it is)."""
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+        return os.strerror(error.errno)
+    text = str(error)
+    if (match := _OS_ERROR_IN_TEXT.search(text)) is not None and int(match.group(1)) in _WRITE_ERRNOS:
+        return os.strerror(int(match.group(1)))
+    causes = f"{text} {error.__cause__ or ''}"
+    if type(error).__module__.startswith("rasterio") and re.search(r"[Ww]rite (failed|error)", causes):
+        stat = os.statvfs(folder)
+        full = stat.f_bavail * stat.f_frsize < 4 * 2**20
+        return os.strerror(errno.ENOSPC) if full else "GDAL could not write the file"
+    return None
 
 
 def _signature(path: Path) -> tuple[int, int, int, int] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from dsen2cr.config import RunConfig, save_config
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import family_of
-from dsen2cr.outputs.files import atomic_path, is_launched_worker, output_locks, prepare_output_folder
+from dsen2cr.outputs.files import (
+    atomic_path,
+    is_launched_worker,
+    output_locks,
+    prepare_output_folder,
+    write_failure,
+)
 from dsen2cr.precision import set_float32_arithmetic
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.logs import HistoryCSVLogger
@@ -135,9 +142,20 @@ def run_training(
     config: RunConfig, *, resume: str | Path | None = None, overwrite: bool = False, progress: bool = True
 ) -> Path:
     """Train (or resume) a run; return the path of the last checkpoint. The run folder is locked for the run
-    (a second run on it is refused at its start, naming this process)."""
-    with output_locks([Path(config.trainer.out_dir)]):
-        return _train(config, resume=resume, overwrite=overwrite, progress=progress)
+    (a second run on it is refused at its start, naming this process). A failed write (a full disk) is one
+    line naming the run folder; a run that fails before its first checkpoint removes the folder it created."""
+    out = Path(config.trainer.out_dir)
+    created = not out.exists() and not is_launched_worker()
+    with output_locks([out]):
+        try:
+            return _train(config, resume=resume, overwrite=overwrite, progress=progress)
+        except BaseException as error:
+            if created and not any((out / CHECKPOINT_DIR).glob("*.ckpt")):
+                shutil.rmtree(out, ignore_errors=True)  # a failed start: nothing to resume from
+            reason = write_failure(error, out.parent) if isinstance(error, Exception) else None
+            if reason is None:
+                raise
+            raise DSen2CRError(f"{out}: cannot write the run ({reason}); its complete checkpoints stay") from error
 
 
 def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, progress: bool) -> Path:
