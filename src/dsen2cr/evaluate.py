@@ -4,10 +4,12 @@ and PNG previews as the original made them. Needs no Lightning."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,22 +50,9 @@ UNITS = {
 REPORT_ENTRIES = ("metrics_per_image.csv", "summary.md", "summary.csv", "summary.json", "predictions", "previews")
 
 
-def evaluate(
-    model: Predictor | CloudRemovalNetwork,
-    triplets: Sequence[Triplet],
-    out_dir: str | Path,
-    *,
-    batch_size: int = 4,
-    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
-    write_images: bool = True,
-    num_workers: int = 0,
-    protocol: str = "default",
-    window: int | None = None,
-    mask_kind: str = "paper",
-    progress: bool = False,
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Evaluate ``model`` (a predictor from :func:`dsen2cr.predictor.load_predictor`, e.g. an int8 ONNX file; or
-    a PyTorch model, run eager fp32 on its device); write reports (and predictions and previews) to ``out_dir``.
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How :func:`evaluate` scores and what it writes.
 
     ``protocol`` ``default``: the metrics of later work (reflectance clipped to [0, 1], SAM in degrees);
     ``original``: the original code's ``eval.csv`` metrics (model units, unclipped, SAM in radians; see
@@ -71,10 +60,40 @@ def evaluate(
     of each patch (NaN fill and mask computed on that window, as the original reads it); None: the full patch.
     ``mask_kind``: the cloud/shadow map of the region metrics, ``paper`` or ``s2cloudless``. ``progress``: a
     bar counting patches on stderr.
+    """
+
+    batch_size: int = 4
+    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
+    write_images: bool = True
+    num_workers: int = 0
+    protocol: str = "default"
+    window: int | None = None
+    mask_kind: str = "paper"
+    progress: bool = False
+
+
+def evaluate(
+    model: Predictor | CloudRemovalNetwork,
+    triplets: Sequence[Triplet],
+    out_dir: str | Path,
+    options: EvaluationOptions | None = None,
+    **changes: Any,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Evaluate ``model`` (a predictor from :func:`dsen2cr.predictor.load_predictor`, e.g. an int8 ONNX file; or
+    a PyTorch model, run eager fp32 on its device); write reports (and predictions and previews) to ``out_dir``.
+    ``options`` (:class:`EvaluationOptions`), with ``changes`` to its fields given as keywords.
 
     Returns the summary: ``{method: {metric: {"mean": x, "median": y}}}`` for the model and the identity
     baseline (the cloudy input taken as the prediction).
     """
+    o = dataclasses.replace(options or EvaluationOptions(), **changes)
+    batch_size, cloud_threshold, write_images, num_workers = (
+        o.batch_size,
+        o.cloud_threshold,
+        o.write_images,
+        o.num_workers,
+    )
+    protocol, window, mask_kind, progress = o.protocol, o.window, o.mask_kind, o.progress
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if protocol not in PROTOCOLS:
