@@ -24,6 +24,7 @@ def _evaluate(tmp: Path, weights: Path, *, file_list: Path | None = None, extra:
     root = tmp.tree()
     return [
         "evaluate",
+        "--no-progress",
         "--weights",
         str(weights),
         "--data-root",
@@ -60,6 +61,7 @@ def _evaluate_args(tmp: Path, root: Path, file_list: Path, weights: Path | None 
     weights = weights or tmp.weights()
     return [
         "evaluate",
+        "--no-progress",
         "--weights",
         str(weights),
         "--data-root",

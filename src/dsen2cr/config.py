@@ -19,6 +19,7 @@ from typing import Any
 
 from dsen2cr.cloud_detection import COMPUTED_MASKS, DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.losses import LIKELIHOODS
 from dsen2cr.models import VARIANTS, ModelSpec, family_of
 
 #: Upper bounds of sizes a config can ask for, so that a typo (``data.repeats=1e11``) is refused before memory
@@ -37,6 +38,7 @@ class ModelSection:
     num_features: int | None = None
     include_sar: bool | None = None
     res_scale: float | None = None
+    uncertainty: str | None = None  # none | diag (a variance per band and pixel; trains with gnll or lnll)
 
     def model_config(self) -> ModelSpec:
         """The resolved network configuration, validated by its family."""
@@ -51,8 +53,9 @@ class ModelSection:
 class LossSection:
     """The training loss (docs/design.md §3.5)."""
 
-    name: str = "carl"  # carl | l1
+    name: str = "carl"  # carl | l1 | gnll | lnll (the last two: a model with uncertainty diag)
     lam: float = 1.0
+    cloud_aware: bool = False  # gnll/lnll: CARL's weighting (clear pixels against the cloudy input, + lam x all)
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
     mask: str = "paper"  # the cloud/shadow map CARL and the region metrics use: paper | s2cloudless
 
@@ -223,8 +226,7 @@ def _validate(config: RunConfig, source: str) -> None:
             f"{source}: loss.mask: expected one of {', '.join(COMPUTED_MASKS)} (product masks come with Sentinel "
             f"products, not with SEN12MS-CR patches), got {config.loss.mask!r}"
         )
-    if config.loss.name not in ("carl", "l1"):
-        raise DSen2CRError(f"{source}: loss.name: expected 'carl' or 'l1', got {config.loss.name!r}")
+    _validate_loss(config, source)
     t = config.trainer
     ranges: dict[str, tuple[float | int | None, float, float]] = {
         # key: (value, lowest, highest), both included; None values are not checked
@@ -255,6 +257,26 @@ def _validate(config: RunConfig, source: str) -> None:
         )
     if len(config.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in config.optim.betas):
         raise DSen2CRError(f"{source}: optim.betas: expected two numbers in [0, 1), got {config.optim.betas}")
+
+
+def _validate_loss(config: RunConfig, source: str) -> None:
+    """The loss must suit the model: a likelihood (gnll, lnll) for a model that predicts its variance, and
+    only for such a model (carl and l1 would leave the variance untrained)."""
+    name = config.loss.name
+    if name not in ("carl", "l1", *LIKELIHOODS):
+        raise DSen2CRError(f"{source}: loss.name: expected carl, l1, gnll or lnll, got {name!r}")
+    uncertain = config.model.model_config().uncertainty != "none"
+    if uncertain and name not in LIKELIHOODS:
+        raise DSen2CRError(
+            f"{source}: loss.name: {name} does not train the variance of model.uncertainty "
+            f"{config.model.model_config().uncertainty}; use gnll or lnll"
+        )
+    if not uncertain and name in LIKELIHOODS:
+        raise DSen2CRError(
+            f"{source}: loss.name: {name} needs a model that predicts its variance: set model.uncertainty: diag"
+        )
+    if config.loss.cloud_aware and name not in LIKELIHOODS:
+        raise DSen2CRError(f"{source}: loss.cloud_aware: for gnll and lnll (carl is cloud-aware already)")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

@@ -1,11 +1,16 @@
-"""Training losses (docs/design.md §3.5): the cloud-adaptive regularised loss (CARL) and plain L1.
+"""Training losses (docs/design.md §3.5, §6): the cloud-adaptive regularised loss (CARL), plain L1, and the
+negative log-likelihoods (Gaussian, Laplace) of a network that predicts its variance.
 
 Element-wise terms are reduced by a mean over every pixel and band of the batch, as in the paper code.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from dsen2cr.preprocessing import VARIANCE_FLOOR
 
 
 def _check_same_shape(**tensors: torch.Tensor) -> None:
@@ -48,3 +53,48 @@ def carl_loss(
     error_to_target = (pred - target).abs()
     adaptive = (1.0 - m) * (pred - cloudy).abs() + m * error_to_target
     return adaptive.mean() + lam * error_to_target.mean()
+
+
+#: The likelihoods a network with a variance output trains with (docs/design.md §6).
+LIKELIHOODS = ("gnll", "lnll")
+
+
+def negative_log_likelihood(
+    pred: torch.Tensor, variance: torch.Tensor, target: torch.Tensor, kind: str = "gnll"
+) -> torch.Tensor:
+    """The per-value negative log-likelihood of ``target`` under the predicted distribution (same shape as
+    ``pred``): ``gnll`` a Gaussian of mean ``pred`` and ``variance``, ``0.5 (log(2 pi var) + e^2 / var)``;
+    ``lnll`` a Laplace of the same mean and variance (scale ``b = sqrt(var / 2)``), ``log(2 b) + |e| / b``.
+    Both are in nats per value and take the variance, so sigma means the same whichever trained the model.
+    The variance is clamped to the network's floor (no division by zero, no NaN for exact predictions)."""
+    _check_same_shape(pred=pred, variance=variance, target=target)
+    variance = variance.clamp_min(VARIANCE_FLOOR)
+    error = pred - target
+    if kind == "gnll":
+        return 0.5 * (torch.log(2 * math.pi * variance) + error.square() / variance)
+    if kind == "lnll":
+        scale = torch.sqrt(variance / 2)
+        return torch.log(2 * scale) + error.abs() / scale
+    raise ValueError(f"kind: expected one of {LIKELIHOODS}, got {kind!r}")
+
+
+def likelihood_loss(
+    pred: torch.Tensor,
+    variance: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    kind: str = "gnll",
+    cloudy: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    lam: float = 1.0,
+) -> torch.Tensor:
+    """The mean negative log-likelihood of ``target`` (:func:`negative_log_likelihood`). With ``cloudy`` and
+    ``mask`` (``loss.cloud_aware``), CARL's weighting: ``mean((1 - M) nll(I) + M nll(T)) + lam * mean(nll(T))``
+    (the clear pixels judged against the cloudy input, the cloudy ones against the target, plus the whole
+    image against the target), the likelihood in place of CARL's absolute error."""
+    to_target = negative_log_likelihood(pred, variance, target, kind)
+    if cloudy is None or mask is None:
+        return to_target.mean()
+    m = _as_band_broadcast_mask(mask, pred)
+    to_input = negative_log_likelihood(pred, variance, cloudy, kind)
+    return ((1.0 - m) * to_input + m * to_target).mean() + lam * to_target.mean()

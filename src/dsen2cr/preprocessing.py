@@ -39,6 +39,9 @@ S2_REFLECTANCE_SCALE = 10000.0
 S2_CLIP_DN = (0.0, 10000.0)
 #: S2 DN per model unit.
 S2_MODEL_SCALE = 2000.0
+#: The smallest variance a network predicts (model units squared): sigma >= 0.001 model units, 2 DN. Keeps the
+#: likelihood finite where the prediction is exact (saturated or constant pixels).
+VARIANCE_FLOOR = 1e-6
 #: S1 dB clip ranges, per polarisation (VV, VH).
 S1_CLIP_DB = ((-25.0, 0.0), (-32.5, 0.0))
 #: Upper end of the S1 range in model units.

@@ -10,7 +10,9 @@ from dsen2cr.cli.options import SubParsers, add_command
 def register(subparsers: SubParsers) -> None:
     """Add ``config``."""
     parser = add_command(
-        subparsers, "config", help="print a bundled config (to copy and edit): paper, paper-fast, small-cpu"
+        subparsers,
+        "config",
+        help="print a bundled config (to copy and edit): paper, paper-fast, paper-uncertainty, small-cpu",
     )
     parser.add_argument("name", help="bundled config name")
     parser.set_defaults(handler=run)

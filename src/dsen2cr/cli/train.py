@@ -24,12 +24,14 @@ def register(subparsers: SubParsers) -> None:
         "train",
         help="train (or resume) a DSen2-CR model with PyTorch Lightning",
         description="Train with the settings of a YAML config (a file, or a bundled one by name: paper, "
-        "paper-fast, small-cpu), "
+        "paper-fast, paper-uncertainty, small-cpu), "
         "overridden by section.key=value arguments. Checkpoints every epoch in OUT_DIR/checkpoints, logs "
         "(CSV, TensorBoard) in OUT_DIR/logs, the resolved config in OUT_DIR/config.yaml.",
     )
     parser.add_argument(
-        "--config", help="YAML config file, or a bundled one: paper, paper-fast, small-cpu (default: paper's settings)"
+        "--config",
+        help="YAML config file, or a bundled one: paper, paper-fast, paper-uncertainty, small-cpu (default: the "
+        "paper's settings)",
     )
     parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides")
     parser.add_argument("--resume", metavar="CKPT", help="continue the run of this checkpoint exactly")

@@ -15,7 +15,15 @@ import torch
 from torch import nn
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.models.registry import CloudRemovalNetwork, KerasLayer, ModelFamily, ModelVariant, PublishedWeights
+from dsen2cr.models.registry import (
+    UNCERTAINTY_KINDS,
+    CloudRemovalNetwork,
+    KerasLayer,
+    ModelFamily,
+    ModelVariant,
+    PublishedWeights,
+    variance_from_raw,
+)
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 
 #: The largest networks a weights file or a config may describe: 16x the paper's depth, 16x its width. Checked
@@ -58,21 +66,32 @@ class DSen2CR(CloudRemovalNetwork):
         num_features: width of every hidden convolution (paper: F = 256).
         include_sar: whether the network takes the two S1 bands next to the 13 S2 bands.
         res_scale: scaling of each residual branch (paper: 0.1).
+        uncertainty: ``none`` (the paper), or ``diag``: a second tail (Conv 3x3, F -> 13) on the same features
+            predicts a variance per band and pixel (:func:`~dsen2cr.models.registry.variance_from_raw`).
 
     Inputs and outputs are in model units (``dsen2cr.preprocessing``); any height and width work.
     """
 
     def __init__(
-        self, num_blocks: int = 16, num_features: int = 256, include_sar: bool = True, res_scale: float = 0.1
+        self,
+        num_blocks: int = 16,
+        num_features: int = 256,
+        include_sar: bool = True,
+        res_scale: float = 0.1,
+        uncertainty: str = "none",
     ) -> None:
         super().__init__()
         if num_blocks < 0 or num_features < 1:
             raise ValueError(f"num_blocks must be >= 0 and num_features >= 1, got {num_blocks}, {num_features}")
-        self.config = ModelConfig(num_blocks, num_features, include_sar, res_scale)
+        if uncertainty not in UNCERTAINTY_KINDS:
+            raise ValueError(f"uncertainty must be one of {UNCERTAINTY_KINDS}, got {uncertainty!r}")
+        self.config = ModelConfig(num_blocks, num_features, include_sar, res_scale, uncertainty)
         in_channels = NUM_S2_BANDS + (NUM_S1_BANDS if include_sar else 0)
         self.head = _conv3x3(in_channels, num_features)
         self.blocks = nn.Sequential(*(ResidualBlock(num_features, res_scale) for _ in range(num_blocks)))
         self.tail = _conv3x3(num_features, NUM_S2_BANDS)
+        if uncertainty == "diag":
+            self.variance_tail = _conv3x3(num_features, NUM_S2_BANDS)
 
     @property
     def include_sar(self) -> bool:
@@ -84,6 +103,15 @@ class DSen2CR(CloudRemovalNetwork):
         x = self._check_inputs(s2_cloudy, s1)
         features = torch.relu(self.head(x))
         return self.tail(self.blocks(features)) + s2_cloudy
+
+    def forward_with_variance(
+        self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prediction and its variance per band and pixel (model units squared), from one pass."""
+        if self.config.uncertainty != "diag":
+            return super().forward_with_variance(s2_cloudy, s1)
+        features = self.blocks(torch.relu(self.head(self._check_inputs(s2_cloudy, s1))))
+        return self.tail(features) + s2_cloudy, variance_from_raw(self.variance_tail(features))
 
     def _check_inputs(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None) -> torch.Tensor:
         """Validate shapes and return the network input (S2, or S2 and S1 concatenated)."""
@@ -109,6 +137,7 @@ class ModelConfig:
     num_features: int = 256
     include_sar: bool = True
     res_scale: float = 0.1
+    uncertainty: str = "none"
 
     def to_dict(self) -> dict[str, int | float | bool]:
         """Return the configuration as a plain dict."""
@@ -118,7 +147,8 @@ class ModelConfig:
         """Number of parameters of a network with this configuration (without building it)."""
         inputs = NUM_S2_BANDS + (NUM_S1_BANDS if self.include_sar else 0)
         f = self.num_features
-        return (inputs * 9 + 1) * f + self.num_blocks * 2 * (f * 9 + 1) * f + (f * 9 + 1) * NUM_S2_BANDS
+        tails = 2 if self.uncertainty == "diag" else 1
+        return (inputs * 9 + 1) * f + self.num_blocks * 2 * (f * 9 + 1) * f + tails * (f * 9 + 1) * NUM_S2_BANDS
 
     @property
     def receptive_radius(self) -> int:
@@ -132,7 +162,8 @@ class ModelConfig:
 
     def describe(self) -> str:
         """``B=16, F=256 with SAR``."""
-        return f"B={self.num_blocks}, F={self.num_features} {'with' if self.include_sar else 'without'} SAR"
+        sigma = ", variance per band" if self.uncertainty == "diag" else ""
+        return f"B={self.num_blocks}, F={self.num_features} {'with' if self.include_sar else 'without'} SAR{sigma}"
 
     def build(self) -> DSen2CR:
         """Build a freshly initialised network with this configuration."""
@@ -141,6 +172,7 @@ class ModelConfig:
             num_features=self.num_features,
             include_sar=self.include_sar,
             res_scale=self.res_scale,
+            uncertainty=self.uncertainty,
         )
 
 
@@ -169,7 +201,14 @@ def config_from_dict(raw: Any, where: str) -> ModelConfig:
     scale = values["res_scale"]
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
         raise DSen2CRError(f"{where}: model configuration res_scale must be a finite number, got {scale!r}")
-    return ModelConfig(values["num_blocks"], values["num_features"], values["include_sar"], float(scale))
+    if values["uncertainty"] not in UNCERTAINTY_KINDS:
+        raise DSen2CRError(
+            f"{where}: model configuration uncertainty must be one of {', '.join(UNCERTAINTY_KINDS)}, "
+            f"got {values['uncertainty']!r}"
+        )
+    return ModelConfig(
+        values["num_blocks"], values["num_features"], values["include_sar"], float(scale), values["uncertainty"]
+    )
 
 
 class FusedBF16(torch.nn.Module):

@@ -16,6 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.preprocessing import VARIANCE_FLOOR
+
 
 class ModelSpec(Protocol):
     """What every family's configuration provides (a frozen dataclass, hashable, stored in weights files)."""
@@ -33,6 +36,11 @@ class ModelSpec(Protocol):
     @property
     def hidden_channels(self) -> int:
         """Channels of the widest feature map (for memory estimates)."""
+        ...
+
+    @property
+    def uncertainty(self) -> str:
+        """``none``, or ``diag``: the network also predicts a variance per band and pixel."""
         ...
 
     def build_parameter_count(self) -> int:
@@ -61,6 +69,26 @@ class CloudRemovalNetwork(nn.Module):
     def forward(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the cloud-free S2 image."""
         raise NotImplementedError
+
+    def forward_with_variance(
+        self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prediction and its variance per band and pixel (model units squared, each >= VARIANCE_FLOOR), for
+        a network whose configuration has ``uncertainty`` ``diag``."""
+        raise DSen2CRError(f"this model ({self.config.describe()}) predicts no uncertainty (model.uncertainty: none)")
+
+
+#: What a network may predict besides the image: nothing, or a variance per band and pixel (docs/design.md §6).
+UNCERTAINTY_KINDS = ("none", "diag")
+
+
+def variance_from_raw(raw: torch.Tensor) -> torch.Tensor:
+    """The variance from a network's unconstrained output: softplus, plus :data:`VARIANCE_FLOOR`.
+
+    Softplus rather than exp (a log-variance head): it grows linearly for large inputs, so an outlier batch
+    cannot overflow the variance (or, in bf16, reach infinity) and the gradient of the likelihood stays bounded;
+    it is smooth and positive like exp, and close to exp for small variances."""
+    return torch.nn.functional.softplus(raw.float()) + VARIANCE_FLOOR
 
 
 #: A Keras layer as the HDF5 reader finds it: (layer name, kernel, bias), in the file's order.

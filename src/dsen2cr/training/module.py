@@ -9,7 +9,7 @@ import torch
 
 from dsen2cr.config import LossSection, OptimSection
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.losses import carl_loss, l1_loss
+from dsen2cr.losses import carl_loss, l1_loss, likelihood_loss
 from dsen2cr.metrics import batch_metrics
 from dsen2cr.models import DEFAULT_FAMILY, get_family
 from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY
@@ -27,7 +27,8 @@ class NonFiniteLossError(DSen2CRError):
 
 
 class DSen2CRTask(L.LightningModule):
-    """DSen2-CR training: CARL or L1 loss, NAdam, paper metrics at validation, image grids in TensorBoard."""
+    """DSen2-CR training: CARL or L1 loss (a likelihood for a model with uncertainty), NAdam, paper metrics at
+    validation, image grids in TensorBoard."""
 
     def __init__(
         self,
@@ -50,21 +51,34 @@ class DSen2CRTask(L.LightningModule):
 
     def forward(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the cloud-free image."""
-        s2_cloudy = s2_cloudy.contiguous(memory_format=self.memory_format)
-        if self.model_config.include_sar and s1 is not None:
-            return self.model(s2_cloudy, s1.contiguous(memory_format=self.memory_format))
-        return self.model(s2_cloudy, None)
+        return self._predict(s2_cloudy, s1)[0]
 
-    def _loss(self, batch: dict[str, Any], pred: torch.Tensor) -> torch.Tensor:
+    def _predict(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The prediction, and its variance for a model with uncertainty (None otherwise)."""
+        s2_cloudy = s2_cloudy.contiguous(memory_format=self.memory_format)
+        s1 = (
+            s1.contiguous(memory_format=self.memory_format)
+            if self.model_config.include_sar and s1 is not None
+            else None
+        )
+        if self.model_config.uncertainty == "none":
+            return self.model(s2_cloudy, s1), None
+        return self.model.forward_with_variance(s2_cloudy, s1)
+
+    def _loss(self, batch: dict[str, Any], pred: torch.Tensor, variance: torch.Tensor | None) -> torch.Tensor:
         """The configured loss of a batch."""
-        if self.loss_settings.name == "l1":
+        settings = self.loss_settings
+        if variance is not None:
+            aware = {"cloudy": batch["s2_cloudy"], "mask": batch["cloud_mask"]} if settings.cloud_aware else {}
+            return likelihood_loss(pred, variance, batch["s2"], kind=settings.name, lam=settings.lam, **aware)
+        if settings.name == "l1":
             return l1_loss(pred, batch["s2"])
-        return carl_loss(pred, batch["s2_cloudy"], batch["s2"], batch["cloud_mask"], lam=self.loss_settings.lam)
+        return carl_loss(pred, batch["s2_cloudy"], batch["s2"], batch["cloud_mask"], lam=settings.lam)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """One optimisation step; stops the run on a NaN or infinite loss."""
-        pred = self(batch["s2_cloudy"], batch["s1"])
-        loss = self._loss(batch, pred)
+        pred, variance = self._predict(batch["s2_cloudy"], batch["s1"])
+        loss = self._loss(batch, pred, variance)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
@@ -78,10 +92,13 @@ class DSen2CRTask(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Validation loss, paper metrics and (first batch) an image grid."""
-        pred = self(batch["s2_cloudy"], batch["s1"])
+        pred, variance = self._predict(batch["s2_cloudy"], batch["s1"])
         size = pred.shape[0]
-        self.log("val_loss", self._loss(batch, pred), prog_bar=True, sync_dist=True, batch_size=size)
+        self.log("val_loss", self._loss(batch, pred, variance), prog_bar=True, sync_dist=True, batch_size=size)
         metrics = batch_metrics(pred, batch["s2"], batch["s2_cloudy"], batch["cloud_mask"])
+        if variance is not None:  # calibration: the share of values within one sigma of the target (ideal 0.683)
+            within = (pred - batch["s2"]).abs() <= variance.sqrt()
+            metrics["coverage_1sigma"] = within.float().mean()
         for name, value in metrics.items():
             if torch.isfinite(value):
                 self.log(f"val_{name}", value, sync_dist=True, batch_size=size)

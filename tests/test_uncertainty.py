@@ -1,0 +1,165 @@
+"""Per-pixel uncertainty (#28, docs/design.md §6): the variance head, the likelihood losses against other
+libraries' formulas, configs, weights files and training with them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dsen2cr.config import load_config
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.losses import likelihood_loss, negative_log_likelihood
+from dsen2cr.models.dsen2cr import DSen2CR, ModelConfig
+from dsen2cr.preprocessing import VARIANCE_FLOOR
+from dsen2cr.weights import load_model, save_weights
+
+
+def test_gaussian_nll_matches_torch_and_laplace_matches_scipy() -> None:
+    """Per value, in float64: the Gaussian against torch's GaussianNLLLoss (full, no reduction), the Laplace
+    against scipy.stats.laplace with scale sqrt(var / 2) (the head gives a variance whichever loss trains it)."""
+    from scipy.stats import laplace
+
+    rng = np.random.default_rng(0)
+    pred, target = (torch.from_numpy(rng.normal(1, 0.5, (2, 13, 4, 5))) for _ in range(2))
+    variance = torch.from_numpy(rng.uniform(1e-4, 2.0, (2, 13, 4, 5)))
+    gaussian = torch.nn.GaussianNLLLoss(full=True, reduction="none", eps=0.0)(pred, target, variance)
+    torch.testing.assert_close(negative_log_likelihood(pred, variance, target, "gnll"), gaussian)
+    scale = np.sqrt(variance.numpy() / 2)
+    expected = -laplace.logpdf(target.numpy(), loc=pred.numpy(), scale=scale)
+    np.testing.assert_allclose(negative_log_likelihood(pred, variance, target, "lnll").numpy(), expected, rtol=1e-12)
+
+
+def test_cloud_aware_likelihood_weights_like_carl() -> None:
+    """mean((1 - M) nll(I) + M nll(T)) + lam mean(nll(T)), computed by hand per value."""
+    pred, cloudy, target = torch.tensor([[1.0, 2.0]]), torch.tensor([[1.5, 0.0]]), torch.tensor([[0.0, 2.5]])
+    variance = torch.tensor([[0.5, 2.0]])
+    shape = (1, 1, 1, 2)
+    mask = torch.tensor([[[0.0, 1.0]]])  # (N, H, W): the second pixel is cloudy
+
+    def nll(p: float, t: float, v: float) -> float:
+        return 0.5 * (math.log(2 * math.pi * v) + (p - t) ** 2 / v)
+
+    clear = nll(1.0, 1.5, 0.5)  # the clear pixel against the cloudy input
+    cloudy_pixel = nll(2.0, 2.5, 2.0)  # the cloudy pixel against the target
+    whole = (nll(1.0, 0.0, 0.5) + nll(2.0, 2.5, 2.0)) / 2
+    expected = (clear + cloudy_pixel) / 2 + 0.5 * whole
+    got = likelihood_loss(
+        pred.reshape(shape),
+        variance.reshape(shape),
+        target.reshape(shape),
+        cloudy=cloudy.reshape(shape),
+        mask=mask,
+        lam=0.5,
+    )
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_exact_predictions_and_huge_errors_stay_finite() -> None:
+    """Saturated pixels predicted exactly at the variance floor, and errors of 1e4 model units: finite loss
+    and gradients for both likelihoods; a variance below the floor (or 0) is taken as the floor."""
+    pred = torch.tensor([5.0, 0.0, 1e4], requires_grad=True)
+    raw_variance = torch.tensor([VARIANCE_FLOOR, 0.0, VARIANCE_FLOOR], requires_grad=True)
+    target = torch.tensor([5.0, 0.0, 0.0])
+    for kind in ("gnll", "lnll"):
+        loss = negative_log_likelihood(pred, raw_variance, target, kind).sum()
+        (grad_pred, grad_var) = torch.autograd.grad(loss, (pred, raw_variance))
+        assert torch.isfinite(loss) and torch.isfinite(grad_pred).all() and torch.isfinite(grad_var).all()
+
+
+def test_variance_head_adds_a_tail_and_keeps_the_prediction() -> None:
+    """diag: one more Conv 3x3 F -> 13 (parameters counted by hand); forward() is the same prediction as
+    forward_with_variance()'s; variances >= the floor; a model without uncertainty refuses to give one."""
+    torch.manual_seed(0)
+    model = DSen2CR(num_blocks=2, num_features=8, include_sar=False, uncertainty="diag").eval()
+    plain = (13 * 8 * 9 + 8) + 2 * 2 * (8 * 8 * 9 + 8) + (8 * 13 * 9 + 13)
+    assert (
+        sum(p.numel() for p in model.parameters()) == plain + (8 * 13 * 9 + 13) == model.config.build_parameter_count()
+    )
+    s2 = torch.rand(2, 13, 12, 12)
+    with torch.no_grad():
+        mean, variance = model.forward_with_variance(s2)
+        assert torch.equal(mean, model(s2))
+    assert variance.shape == mean.shape and variance.dtype == torch.float32 and variance.min() >= VARIANCE_FLOOR
+    # the variance is softplus of the second tail's output, plus the floor
+    with torch.no_grad():
+        features = model.blocks(torch.relu(model.head(s2)))
+        expected = torch.nn.functional.softplus(model.variance_tail(features)) + VARIANCE_FLOOR
+    torch.testing.assert_close(variance, expected)
+    with pytest.raises(DSen2CRError, match="predicts no uncertainty"):
+        DSen2CR(num_blocks=1, num_features=4).forward_with_variance(s2, torch.rand(2, 2, 12, 12))
+
+
+def test_weights_files_record_the_variance_head(tmp_path: Path) -> None:
+    """A weights file of a diag model loads as one (same variances); files without the key load as 'none'."""
+    config = ModelConfig(2, 8, True, 0.1, "diag")
+    model = config.build().eval()
+    loaded = load_model(save_weights(model, tmp_path / "u.safetensors"))
+    assert loaded.config == config and "variance per band" in loaded.config.describe()
+    s2, s1 = torch.rand(1, 13, 8, 8), torch.rand(1, 2, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_with_variance(s2, s1), model.forward_with_variance(s2, s1))
+    old = load_model(save_weights(ModelConfig(2, 8, True).build(), tmp_path / "plain.safetensors"))
+    assert old.config.uncertainty == "none"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.name=gnll"], "loss.name: gnll needs a model that predicts its variance: set model.uncertainty: diag"),
+        (["model.uncertainty=diag"], "loss.name: carl does not train the variance of model.uncertainty diag"),
+        (["model.uncertainty=full", "loss.name=gnll"], "uncertainty must be one of none, diag, got 'full'"),
+        (["loss.cloud_aware=true"], "loss.cloud_aware: for gnll and lnll"),
+        (["loss.name=nll"], "loss.name: expected carl, l1, gnll or lnll, got 'nll'"),
+    ],
+)
+def test_configs_pair_the_loss_with_the_head(tmp_path: Path, overrides: list[str], message: str) -> None:
+    with pytest.raises(DSen2CRError, match=message):
+        load_config("small-cpu", overrides)
+
+
+def test_the_bundled_uncertainty_config_is_the_papers_with_the_head() -> None:
+    paper, uncertain = load_config("paper"), load_config("paper-uncertainty")
+    assert uncertain.model.model_config() == ModelConfig(16, 256, True, 0.1, "diag")
+    assert (uncertain.loss.name, uncertain.loss.cloud_aware, uncertain.loss.lam) == ("gnll", True, 1.0)
+    assert (uncertain.optim, uncertain.data, uncertain.trainer.matmul_precision) == (
+        paper.optim,
+        paper.data,
+        paper.trainer.matmul_precision,
+    )
+
+
+def _tiny_config(tmp_path: Path, root: Path, *overrides: str) -> list[str]:
+    settings = {
+        "model": {"variant": "dsen2cr-small", "num_blocks": 2, "num_features": 16, "uncertainty": "diag"},
+        "loss": {"name": "gnll"},
+        "data": {"root": str(root), "file_list": str(root / "files.csv"), "crop_size": 32, "num_workers": 0},
+        "optim": {"lr": 2e-3, "batch_size": 4, "epochs": 1},
+        "trainer": {"out_dir": str(tmp_path / "run"), "accelerator": "cpu", "devices": 1, "seed": 7},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(settings))
+    return [str(tmp_path / "c.yaml"), *overrides]
+
+
+def test_training_with_gnll_logs_coverage_and_refuses_a_resume_without_the_head(
+    tmp_path: Path, synthetic_tree: Path
+) -> None:
+    """One epoch of gnll training writes a diag checkpoint whose validation logged the 1-sigma coverage;
+    resuming it as a model without uncertainty is refused naming both."""
+    import csv
+
+    from dsen2cr.training.train import run_training
+
+    path, *_ = _tiny_config(tmp_path, synthetic_tree)
+    last = run_training(load_config(path), progress=False)
+    assert load_model(last).config.uncertainty == "diag"
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "csv" / "metrics.csv").open()))
+    coverage = [float(r["val_coverage_1sigma"]) for r in rows if r.get("val_coverage_1sigma")]
+    assert coverage and 0.0 <= coverage[-1] <= 1.0
+    plain = load_config(path, ["model.uncertainty=none", "loss.name=carl"])
+    with pytest.raises(DSen2CRError, match="variance per band model, but B=2, F=16 with SAR was asked for"):
+        run_training(plain, resume=last, progress=False)
