@@ -38,7 +38,7 @@ LAYERS = [
     ["rasters"],
     ["outputs"],
     ["models"],
-    ["preprocessing", "cloud_detection", "losses", "metrics"],
+    ["preprocessing", "cloud_detection", "losses", "metrics", "calibration"],
     ["precision"],
     ["errors", "version", "formats"],
 ]

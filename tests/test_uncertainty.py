@@ -163,3 +163,64 @@ def test_training_with_gnll_logs_coverage_and_refuses_a_resume_without_the_head(
     plain = load_config(path, ["model.uncertainty=none", "loss.name=carl"])
     with pytest.raises(DSen2CRError, match="variance per band model, but B=2, F=16 with SAR was asked for"):
         run_training(plain, resume=last, progress=False)
+
+
+def test_calibration_metrics_by_hand() -> None:
+    """Four values (DN): errors 100, 200, 300, 400 DN with sigma 150, 150, 200, 500 DN, computed by hand."""
+    from dsen2cr.calibration import calibration_errors, uncertainty_metrics
+
+    target = np.full((1, 1, 4), 1000.0)
+    pred = target + np.array([100.0, -200.0, 300.0, -400.0])
+    sigma = np.array([150.0, 150.0, 200.0, 500.0]).reshape(1, 1, 4)
+    e, s = np.array([0.01, 0.02, 0.03, 0.04]), np.array([0.015, 0.015, 0.02, 0.05])
+    got = uncertainty_metrics(pred, target, sigma)
+    assert got["nll"] == pytest.approx(np.mean(0.5 * (np.log(2 * np.pi * s**2) + e**2 / s**2)))
+    assert (got["coverage_1sigma"], got["coverage_2sigma"]) == (0.5, 1.0)  # 0.01 <= 0.015, 0.04 <= 0.05
+    # 20 bins over [0.015, 0.05], width 0.00175: 0.015 x2 in bin 0, 0.02 in bin 2, 0.05 in the last bin
+    gaps = [abs(0.015 - np.sqrt((0.01**2 + 0.02**2) / 2)), abs(0.02 - 0.03), abs(0.05 - 0.04)]
+    assert got["uce"] == pytest.approx(0.5 * gaps[0] + 0.25 * gaps[1] + 0.25 * gaps[2])
+    assert got["auce"] == pytest.approx(np.mean(gaps))
+    assert calibration_errors(e, s) == pytest.approx((got["uce"], got["auce"]))
+    # the most certain 10 % and 50 %: round(0.4) -> 1 value (the first of the two 0.015), round(2) -> 2
+    assert got["mae_certain10"] == pytest.approx(0.01) and got["mae_certain50"] == pytest.approx(0.015)
+    assert got["mae_certain90"] == pytest.approx(np.mean([0.01, 0.02, 0.03, 0.04]))  # round(3.6) -> 4
+
+
+def test_evaluate_scores_the_uncertainty_of_a_diag_model(tmp_path: Path, synthetic_tree: Path) -> None:
+    """evaluate of a diag model: the uncertainty columns for the model rows (coverage recomputed here in
+    float64 from the network), calibration.json whose bins hold every sampled value, and a reliability PNG; a
+    model without uncertainty gets none of them."""
+    import csv
+    import json
+
+    from PIL import Image
+
+    from dsen2cr.data.dataset import SEN12MSCRDataset
+    from dsen2cr.data.layout import read_file_list, select_split
+    from dsen2cr.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = DSen2CR(num_blocks=2, num_features=8, uncertainty="diag").eval()
+    triplets = select_split(read_file_list(synthetic_tree / "files.csv", synthetic_tree), "train")
+    summary = evaluate(model, triplets, tmp_path / "e", write_images=False)
+    assert 0.0 <= summary["model"]["coverage_1sigma"]["mean"] <= 1.0
+    rows = {
+        r["patch_id"]: r
+        for r in csv.DictReader((tmp_path / "e" / "metrics_per_image.csv").open())
+        if r["method"] == "model"
+    }
+    sample = SEN12MSCRDataset(triplets[:1], train=False)[0]
+    double = DSen2CR(num_blocks=2, num_features=8, uncertainty="diag").double().eval()
+    double.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        mean, variance = double.forward_with_variance(sample["s2_cloudy"][None].double(), sample["s1"][None].double())
+    pred = np.clip(np.rint(mean[0].numpy() * 2000), 0, 10000) / 10000  # the DN the metrics see
+    target = np.clip(sample["s2"].numpy().astype(np.float64) * 2000, 0, 10000) / 10000
+    covered = np.abs(pred - target) <= np.sqrt(variance[0].numpy()) * 2000 / 10000
+    assert float(rows[triplets[0].patch_id]["coverage_1sigma"]) == pytest.approx(covered.mean(), abs=2e-3)
+    report = json.loads((tmp_path / "e" / "calibration.json").read_text())
+    assert sum(report["bins"]["counts"]) == report["values"] > 0 and len(report["bins"]["counts"]) == 20
+    assert -1.0 <= report["spearman_sigma_abs_error"] <= 1.0
+    assert Image.open(tmp_path / "e" / "calibration.png").size[0] >= 500
+    plain = evaluate(DSen2CR(num_blocks=1, num_features=4).eval(), triplets, tmp_path / "p", write_images=False)
+    assert "coverage_1sigma" not in plain["model"] and not (tmp_path / "p" / "calibration.json").exists()

@@ -18,6 +18,15 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
+from dsen2cr.calibration import (
+    CALIBRATION_BINS,
+    UNCERTAINTY_METRIC_NAMES,
+    calibration_errors,
+    reflectance_errors,
+    reliability_bins,
+    spearman,
+    uncertainty_metrics,
+)
 from dsen2cr.cloud_detection import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet
@@ -27,12 +36,13 @@ from dsen2cr.models import CloudRemovalNetwork
 from dsen2cr.outputs.files import write_text_atomic
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.predictor import Predictor, predictor_from_model
-from dsen2cr.preprocessing import S2_BANDS, s1_model_to_db, s2_model_to_dn
+from dsen2cr.preprocessing import S2_BANDS, S2_MODEL_SCALE, s1_model_to_db, s2_model_to_dn
 from dsen2cr.rasters import open_raster
 from dsen2cr.visualize import (
     figure_with_titles,
     mask_colours,
     mask_legend,
+    reliability_diagram,
     s1_false_colour,
     s2_rgb,
     save_png,
@@ -47,7 +57,16 @@ UNITS = {
     "original": "the original code's units: model units (DN / 2000) unclipped, PSNR and SSIM on DN, SAM in radians",
 }
 #: What :func:`evaluate` writes into its report folder (``--overwrite`` replaces these, nothing else).
-REPORT_ENTRIES = ("metrics_per_image.csv", "summary.md", "summary.csv", "summary.json", "predictions", "previews")
+REPORT_ENTRIES = (
+    "metrics_per_image.csv",
+    "summary.md",
+    "summary.csv",
+    "summary.json",
+    "predictions",
+    "previews",
+    "calibration.json",
+    "calibration.png",
+)
 
 
 @dataclass(frozen=True)
@@ -87,56 +106,116 @@ def evaluate(
     baseline (the cloudy input taken as the prediction).
     """
     o = dataclasses.replace(options or EvaluationOptions(), **changes)
-    batch_size, cloud_threshold, write_images, num_workers = (
-        o.batch_size,
-        o.cloud_threshold,
-        o.write_images,
-        o.num_workers,
-    )
-    protocol, window, mask_kind, progress = o.protocol, o.window, o.mask_kind, o.progress
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if protocol not in PROTOCOLS:
-        raise DSen2CRError(f"protocol: expected one of {sorted(PROTOCOLS)}, got {protocol!r}")
-    names = PROTOCOLS[protocol]
+    if o.protocol not in PROTOCOLS:
+        raise DSen2CRError(f"protocol: expected one of {sorted(PROTOCOLS)}, got {o.protocol!r}")
     dataset = SEN12MSCRDataset(
-        triplets, train=False, cloud_threshold=cloud_threshold, window=window or None, mask=mask_kind
+        triplets, train=False, cloud_threshold=o.cloud_threshold, window=o.window or None, mask=o.mask_kind
     )
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_one_size)
-    by_id = {t.patch_id: t for t in triplets}
-    rows: list[dict[str, Any]] = []
-    predict = (
+    loader = DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers, collate_fn=_collate_one_size)
+    predictor = (
         predictor_from_model(model, device=next(model.parameters()).device)
         if isinstance(model, CloudRemovalNetwork)
         else model
     )
-    bar = tqdm(total=len(triplets), unit="patch", desc="evaluate", disable=not progress, dynamic_ncols=True)
+    # a model that predicts its variance is also judged on it (the original protocol has no such columns)
+    uncertain = o.protocol == "default" and getattr(predictor, "uncertainty", "none") == "diag"
+    names = PROTOCOLS[o.protocol] + (UNCERTAINTY_METRIC_NAMES if uncertain else ())
+    scorer = _Scorer(o, out, {t.patch_id: t for t in triplets}, uncertain)
+    bar = tqdm(total=len(triplets), unit="patch", desc="evaluate", disable=not o.progress, dynamic_ncols=True)
     with torch.inference_mode(), bar:
         for batch in loader:
             bar.update(len(batch["patch_id"]))
             s1 = batch["s1"].numpy() if model.include_sar else None
-            pred = torch.from_numpy(predict(batch["s2_cloudy"].numpy(), s1))
-            for i, patch_id in enumerate(batch["patch_id"]):
-                pred_dn = s2_model_to_dn(pred[i])
-                cloudy_dn = s2_model_to_dn(batch["s2_cloudy"][i])
-                target_dn = s2_model_to_dn(batch["s2"][i])
-                mask = batch["cloud_mask"][i].numpy()
-                for method, candidate in (("model", pred_dn), ("identity", cloudy_dn)):
-                    if protocol == "original":
-                        unclipped = pred[i] if method == "model" else batch["s2_cloudy"][i]
-                        values = _original(unclipped, batch["s2"][i], batch["s2_cloudy"][i], batch["cloud_mask"][i])
-                    else:
-                        values = image_metrics(candidate, target_dn, cloudy=cloudy_dn, mask=mask)
-                    rows.append(
-                        {"patch_id": patch_id, "method": method, "cloud_fraction": float((mask != 0).mean()), **values}
-                    )
-                if write_images:
-                    _write_prediction(by_id[patch_id], pred_dn, out / "predictions")
-                    s1_db = s1_model_to_db(batch["s1"][i].numpy())
-                    _write_previews(patch_id, s1_db, cloudy_dn, target_dn, pred_dn, mask, out / "previews")
-    summary = summarise(rows, names)
-    _write_reports(rows, summary, out, names, protocol, window)
+            if uncertain:
+                mean, variance = predictor.predict_with_variance(batch["s2_cloudy"].numpy(), s1)
+                scorer.score(batch, torch.from_numpy(mean), torch.from_numpy(variance))
+            else:
+                scorer.score(batch, torch.from_numpy(predictor(batch["s2_cloudy"].numpy(), s1)), None)
+    summary = summarise(scorer.rows, names)
+    _write_reports(scorer.rows, summary, out, names, o.protocol, o.window)
+    if uncertain:
+        write_calibration(scorer.pooled(), out)
     return summary
+
+
+class _Scorer:
+    """Scores the patches of each batch (model and identity rows), writes their images, and keeps a sample of
+    (|error|, sigma) values for the reliability diagram."""
+
+    #: Values per patch kept for the pooled calibration (a fixed random subset).
+    SAMPLE = 20_000
+
+    def __init__(self, options: EvaluationOptions, out: Path, by_id: dict[str, Triplet], uncertain: bool) -> None:
+        self.options, self.out, self.by_id, self.uncertain = options, out, by_id, uncertain
+        self.rows: list[dict[str, Any]] = []
+        self.samples: list[tuple[np.ndarray, np.ndarray]] = []
+        self.rng = np.random.default_rng(0)
+
+    def score(self, batch: dict[str, Any], pred: torch.Tensor, variance: torch.Tensor | None) -> None:
+        """Score one batch of predictions (model units) and, for a model with uncertainty, their variances."""
+        for i, patch_id in enumerate(batch["patch_id"]):
+            pred_dn = s2_model_to_dn(pred[i])
+            cloudy_dn = s2_model_to_dn(batch["s2_cloudy"][i])
+            target_dn = s2_model_to_dn(batch["s2"][i])
+            mask = batch["cloud_mask"][i].numpy()
+            for method, candidate in (("model", pred_dn), ("identity", cloudy_dn)):
+                if self.options.protocol == "original":
+                    unclipped = pred[i] if method == "model" else batch["s2_cloudy"][i]
+                    values = _original(unclipped, batch["s2"][i], batch["s2_cloudy"][i], batch["cloud_mask"][i])
+                else:
+                    values = image_metrics(candidate, target_dn, cloudy=cloudy_dn, mask=mask)
+                if method == "model" and variance is not None:
+                    sigma_dn = variance[i].double().sqrt().numpy() * S2_MODEL_SCALE
+                    values.update(uncertainty_metrics(pred_dn, target_dn, sigma_dn))
+                    self._keep_sample(pred_dn, target_dn, sigma_dn)
+                cloud_fraction = float((mask != 0).mean())
+                self.rows.append({"patch_id": patch_id, "method": method, "cloud_fraction": cloud_fraction, **values})
+            if self.options.write_images:
+                _write_prediction(self.by_id[patch_id], pred_dn, self.out / "predictions")
+                s1_db = s1_model_to_db(batch["s1"][i].numpy())
+                _write_previews(patch_id, s1_db, cloudy_dn, target_dn, pred_dn, mask, self.out / "previews")
+
+    def _keep_sample(self, pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray) -> None:
+        """Keep up to :attr:`SAMPLE` random (|error|, sigma) values of a patch (reflectance)."""
+        error, sigma = reflectance_errors(pred_dn, target_dn, sigma_dn)
+        if error.size > self.SAMPLE:
+            chosen = self.rng.choice(error.size, self.SAMPLE, replace=False)
+            error, sigma = error[chosen], sigma[chosen]
+        self.samples.append((error, sigma))
+
+    def pooled(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kept (|error|, sigma) values of every patch."""
+        return np.concatenate([e for e, _ in self.samples]), np.concatenate([s for _, s in self.samples])
+
+
+def write_calibration(pooled: tuple[np.ndarray, np.ndarray], out: Path) -> dict[str, Any]:
+    """The calibration over every evaluated value (a fixed sample of each patch): ``calibration.json`` (the
+    pooled metrics, Spearman's rank correlation of sigma and |error|, and the reliability bins) and the
+    reliability diagram ``calibration.png``; returns the JSON's content."""
+    error, sigma = pooled
+    edges = np.linspace(sigma.min(), sigma.max(), CALIBRATION_BINS + 1)
+    rms_sigma, rms_error, counts = reliability_bins(error, sigma, edges)
+    uce, auce = calibration_errors(error, sigma)
+    report = {
+        "units": "reflectance (DN / 10000); sigma and |error| per pixel value",
+        "values": int(error.size),
+        "coverage_1sigma": float((error <= sigma).mean()),
+        "coverage_2sigma": float((error <= 2 * sigma).mean()),
+        "uce": uce,
+        "auce": auce,
+        "spearman_sigma_abs_error": spearman(error, sigma),
+        "bins": {
+            "edges": edges.tolist(),
+            "rms_sigma": [None if math.isnan(v) else v for v in rms_sigma.tolist()],
+            "rms_error": [None if math.isnan(v) else v for v in rms_error.tolist()],
+            "counts": counts.astype(int).tolist(),
+        },
+    }
+    write_text_atomic(out / "calibration.json", json.dumps(report, indent=2) + "\n")
+    reliability_diagram(out / "calibration.png", rms_sigma, rms_error, counts, report)
+    return report
 
 
 def _original(pred: torch.Tensor, target: torch.Tensor, cloudy: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:

@@ -164,3 +164,42 @@ def mask_outline(mask: np.ndarray) -> np.ndarray:
     padded = np.pad(mask, 1, mode="edge")
     inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return mask & ~inner
+
+
+def reliability_diagram(
+    path: str | Path, rms_sigma: np.ndarray, rms_error: np.ndarray, counts: np.ndarray, report: dict
+) -> Path | None:
+    """A reliability diagram (PNG): RMS error against RMS sigma per bin of sigma, the diagonal of perfect
+    calibration, the bins' share of values, and the pooled coverage, UCE and Spearman in the title. Drawn with
+    matplotlib (the ``train`` extra); without it, a warning and no file (None)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "warning: no reliability diagram (matplotlib is missing: pip install 'dsen2cr[train]')"
+        )
+        return None
+    filled = counts > 0
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=(3, 1), sharex=True)
+    top.plot(rms_sigma[filled], rms_error[filled], "o-", color="tab:blue", label="model (per bin of sigma)")
+    limit = float(np.nanmax(np.concatenate([rms_sigma[filled], rms_error[filled]]))) * 1.05
+    top.plot([0, limit], [0, limit], "--", color="grey", label="perfect calibration")
+    top.set(ylabel="RMS |error| (reflectance)", xlim=(0, limit), ylim=(0, limit))
+    top.legend(loc="upper left")
+    top.set_title(
+        f"Reliability: ±1σ coverage {report['coverage_1sigma']:.3f} (ideal 0.683), UCE {report['uce']:.4f}\n"
+        f"Spearman(σ, |error|) {report['spearman_sigma_abs_error']:.3f}, {report['values']:,} values",
+        fontsize=9,
+    )
+    bottom.bar(rms_sigma[filled], counts[filled] / counts.sum(), width=limit / 40, color="tab:grey")
+    bottom.set(xlabel="RMS predicted σ (reflectance)", ylabel="share")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    return Path(path)

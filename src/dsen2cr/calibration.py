@@ -1,0 +1,93 @@
+"""How far to trust the predicted uncertainty (docs/design.md §6): per-image calibration metrics of a model that
+predicts a standard deviation per band and pixel, and the binned statistics of a reliability diagram.
+
+Errors and sigma are compared as reflectance (DN / 10000; the prediction and the target clipped to [0, 1] as
+for the image metrics), per pixel value (band and pixel), in float64:
+
+- ``nll``: the mean Gaussian negative log-likelihood of the target, 0.5 (log 2 pi sigma^2 + e^2 / sigma^2), in
+  nats per value in reflectance units (lower is better; comparable between models, not to other units);
+- ``coverage_1sigma``, ``coverage_2sigma``: the share of values with |e| <= sigma (2 sigma); 0.683 and 0.954
+  for a calibrated Gaussian;
+- ``uce``, ``auce``: the values are put into 20 equal-width bins of sigma (from the image's smallest to its
+  largest); in each bin the RMS error is compared with the RMS sigma (absolute per-value errors, not signed
+  means that cancel); UCE weights the bins' gaps by their share of values, AUCE is their plain mean over the
+  bins that hold values (Ebel et al. 2023);
+- ``mae_certain10/50/90``: the MAE of the 10 / 50 / 90 % of values with the smallest sigma (a sparsification
+  curve: for sigma that ranks errors, it grows with the share).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+UNCERTAINTY_METRIC_NAMES: tuple[str, ...] = (
+    "nll",
+    "coverage_1sigma",
+    "coverage_2sigma",
+    "uce",
+    "auce",
+    "mae_certain10",
+    "mae_certain50",
+    "mae_certain90",
+)
+#: Bins of sigma for UCE, AUCE and the reliability diagram.
+CALIBRATION_BINS = 20
+#: The shares of the most certain values whose MAE is reported.
+CERTAIN_SHARES = (10, 50, 90)
+
+
+def reflectance_errors(pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray) -> tuple[np.ndarray, ...]:
+    """|prediction - target| and sigma as reflectance, flat float64 (prediction and target clipped to [0, 1])."""
+    if not pred_dn.shape == target_dn.shape == sigma_dn.shape:
+        raise ValueError(f"shapes differ: prediction {pred_dn.shape}, target {target_dn.shape}, sigma {sigma_dn.shape}")
+    pred, target = (np.clip(np.asarray(a, np.float64) / 10000.0, 0.0, 1.0).ravel() for a in (pred_dn, target_dn))
+    return np.abs(pred - target), np.asarray(sigma_dn, np.float64).ravel() / 10000.0
+
+
+def uncertainty_metrics(pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray) -> dict[str, float]:
+    """The calibration metrics of one image (module docstring): prediction, target and sigma in DN, same shape."""
+    error, sigma = reflectance_errors(pred_dn, target_dn, sigma_dn)
+    nll = 0.5 * (np.log(2 * math.pi * sigma**2) + (error / sigma) ** 2)
+    values = {
+        "nll": float(nll.mean()),
+        "coverage_1sigma": float((error <= sigma).mean()),
+        "coverage_2sigma": float((error <= 2 * sigma).mean()),
+    }
+    values["uce"], values["auce"] = calibration_errors(error, sigma)
+    order = np.argsort(sigma, kind="stable")
+    for share in CERTAIN_SHARES:
+        count = max(1, round(share / 100 * error.size))
+        values[f"mae_certain{share}"] = float(error[order[:count]].mean())
+    return values
+
+
+def reliability_bins(
+    error: np.ndarray, sigma: np.ndarray, edges: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(RMS sigma, RMS error, count) of each of :data:`CALIBRATION_BINS` equal-width bins of sigma (``edges``:
+    their bounds, by default from the smallest to the largest sigma); NaN for an empty bin."""
+    if edges is None:
+        edges = np.linspace(sigma.min(), sigma.max(), CALIBRATION_BINS + 1)
+    index = np.clip(np.searchsorted(edges, sigma, side="right") - 1, 0, len(edges) - 2)
+    counts = np.bincount(index, minlength=len(edges) - 1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rms_sigma = np.sqrt(np.bincount(index, sigma**2, minlength=len(edges) - 1) / counts)
+        rms_error = np.sqrt(np.bincount(index, error**2, minlength=len(edges) - 1) / counts)
+    return rms_sigma, rms_error, counts
+
+
+def calibration_errors(error: np.ndarray, sigma: np.ndarray) -> tuple[float, float]:
+    """(UCE, AUCE) of absolute errors and sigma (flat arrays, one value each)."""
+    rms_sigma, rms_error, counts = reliability_bins(error, sigma)
+    filled = counts > 0
+    gaps = np.abs(rms_sigma[filled] - rms_error[filled])
+    return float((counts[filled] / counts.sum() * gaps).sum()), float(gaps.mean())
+
+
+def spearman(error: np.ndarray, sigma: np.ndarray) -> float:
+    """Spearman's rank correlation of |error| and sigma (does sigma rank the errors?)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(error, sigma).statistic)
