@@ -19,7 +19,7 @@ LAYERS = [
     ["training"],
     ["scene.jobs"],
     ["scene.remove"],
-    ["scene.batches", "scene.masking"],
+    ["scene.batches", "scene.masking", "scene.describe"],
     ["predictor"],
     ["auto"],
     ["scene.tiles", "scene"],

@@ -288,3 +288,36 @@ def test_s2cloudless_without_the_extra(
     assert main([*argv, "--out", str(tmp_path / "o.tif"), "--mask", "s2cloudless", "--no-progress"]) == 2
     assert "pip install 'dsen2cr[masks]'" in capsys.readouterr().err
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_uncertainty_out_is_the_models_sigma_and_zero_where_the_input_is_kept(scene: dict, tmp_path: Path) -> None:
+    """--uncertainty-out (#28): 13 float32 bands of sigma in DN equal to the network's, run here on the whole
+    scene in float64 (the tiling is exact); with --keep-clear, sigma times the prediction's weight: 0 on clear
+    pixels kept bit for bit, the full sigma deep in clouds, linear at the feathered edge."""
+    from dsen2cr.models.dsen2cr import ModelConfig
+    from dsen2cr.preprocessing import s2_dn_to_model
+    from dsen2cr.weights import save_weights
+
+    torch.manual_seed(1)
+    model = ModelConfig(2, 8, False, 0.1, "diag").build().eval()
+    weights = save_weights(model, tmp_path / "u.safetensors")
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(scene["folder"] / "s2.tif"), "--no-progress"]
+    argv += ["--tile", "128"]
+    assert main([*argv, "--out", str(tmp_path / "a.tif"), "--uncertainty-out", str(tmp_path / "sa.tif")]) == 0
+    kept_argv = ["--keep-clear", "--feather", str(FEATHER), "--uncertainty-out", str(tmp_path / "sk.tif")]
+    assert main([*argv, "--out", str(tmp_path / "k.tif"), *kept_argv]) == 0
+    with rasterio.open(tmp_path / "sa.tif") as every, rasterio.open(tmp_path / "sk.tif") as kept:
+        sigma, sigma_kept = every.read(), kept.read()
+        assert (every.count, every.dtypes[0], every.nodata) == (13, "float32", -1.0)
+        assert every.descriptions[1] == "sigma B2" and every.tags()["DSEN2CR_PRECISION"] == "fp32"
+        assert "keep-clear kept the input" in kept.tags()["DSEN2CR_UNCERTAINTY"]
+    double = ModelConfig(2, 8, False, 0.1, "diag").build().double().eval()
+    double.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        _, variance = double.forward_with_variance(torch.from_numpy(s2_dn_to_model(scene["s2"])).double()[None])
+    np.testing.assert_allclose(sigma, np.sqrt(variance[0].numpy()) * 2000, rtol=1e-4)
+    cloudy = _scene_mask(scene["s2"]) != 0
+    signed = np.where(cloudy, -ndimage.distance_transform_edt(cloudy), ndimage.distance_transform_edt(~cloudy))
+    weight = np.clip((FEATHER - signed) / (2 * FEATHER), 0, 1)
+    np.testing.assert_allclose(sigma_kept, sigma * weight[None], rtol=1e-5, atol=1e-3)
+    assert (sigma_kept[:, weight == 0] == 0).all() and (weight == 0).sum() > 1000

@@ -921,3 +921,54 @@ def test_unusual_but_valid_scenes_are_processed(workdir: Path, case: str) -> Non
         assert (out.crs, out.transform, out.shape) == (source.crs, source.transform, source.shape)
         values = out.read()
     assert values.min() >= 1 and values.max() <= 10000
+
+
+# ------------------------------------------------------------------ --uncertainty-out (issue #28)
+
+
+def _diag_weights(tmp: Path) -> Path:
+    from dsen2cr.models.dsen2cr import ModelConfig
+
+    return save_weights(ModelConfig(2, 8, False, 0.1, "diag").build(), tmp / "diag.safetensors")
+
+
+CASES += [
+    dict(
+        name="remove-clouds: --uncertainty-out with weights that predict no uncertainty",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", "--uncertainty-out", str(t / "s.tif")),
+        message="s.tif: --uncertainty-out needs weights that predict their uncertainty (trained with "
+        "model.uncertainty=diag); ",
+        absent=("o.tif", "s.tif"),
+    ),
+    dict(
+        name="remove-clouds: --uncertainty-out with --precision bf16",
+        setup=lambda t: [
+            *_remove_args(
+                t, "--out", str(t / "o.tif"), "--uncertainty-out", str(t / "s.tif"), weights=_diag_weights(t)
+            ),
+            "--precision",
+            "bf16",
+        ],
+        message="s.tif: --uncertainty-out runs the model eagerly in fp32 (or tf32)",
+        absent=("o.tif", "s.tif"),
+    ),
+    dict(
+        name="remove-clouds: --uncertainty-out for several scenes",
+        setup=lambda t: [
+            *_remove_args(t, "--out", str(t), "--uncertainty-out", str(t / "s.tif"), weights=_diag_weights(t)),
+            "--s2",
+            str(t.scene()[0]),
+            str(t.scene()[0]),
+        ],
+        message="--mask-out/--preview/--uncertainty-out: name them per scene in a --manifest",
+        absent=("s.tif",),
+    ),
+    dict(
+        name="remove-clouds: --uncertainty-out equal to --out",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), "--uncertainty-out", str(t / "o.tif"), weights=_diag_weights(t)
+        ),
+        message="o.tif: output uncertainty_out would replace output out",
+        absent=("o.tif",),
+    ),
+]

@@ -49,9 +49,15 @@ class SceneJob:
     out: Path
     mask_out: Path | None = None
     preview: Path | None = None
+    uncertainty_out: Path | None = None
 
     def __post_init__(self) -> None:
-        for name in ("out", "mask_out", "preview"):  # paths given as text (the Python API) become Paths
+        for name in (
+            "out",
+            "mask_out",
+            "preview",
+            "uncertainty_out",
+        ):  # paths given as text (the Python API) become Paths
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
@@ -59,7 +65,7 @@ class SceneJob:
             value = getattr(self, name)
             if isinstance(value, Path):
                 object.__setattr__(self, name, str(value))
-        for value in (self.s2, self.s1, self.out, self.mask_out, self.preview):
+        for value in (self.s2, self.s1, self.out, self.mask_out, self.preview, self.uncertainty_out):
             if value is not None:
                 check_utf8_name(value)
 

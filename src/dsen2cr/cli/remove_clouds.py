@@ -60,7 +60,9 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         help="DN offset of a GeoTIFF exported from a baseline 04.00+ product (e.g. -1000); products and STAC "
         "items declare theirs",
     )
-    parser.add_argument("--manifest", help="CSV with columns s2,s1,out[,mask_out,preview] (instead of --s2/--s1/--out)")
+    parser.add_argument(
+        "--manifest", help="CSV with columns s2,s1,out[,mask_out,preview,uncertainty_out] (instead of --s2/--s1/--out)"
+    )
     parser.add_argument(
         "--resampling",
         choices=RESAMPLINGS,
@@ -148,6 +150,11 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask-out", help="also write the cloud/shadow map (int8 GeoTIFF; one scene)")
     parser.add_argument("--preview", help="also write an RGB quicklook PNG of input and output (one scene)")
     parser.add_argument(
+        "--uncertainty-out",
+        help="also write the predicted sigma per band (float32 GeoTIFF in DN, -1 = no data; one scene; weights "
+        "trained with model.uncertainty=diag)",
+    )
+    parser.add_argument(
         "--compress",
         dest="compression",
         choices=tuple(COG_COMPRESSION_LEVELS),
@@ -172,6 +179,7 @@ def jobs_from_arguments(
     manifest: str | None,
     mask_out: str | None,
     preview: str | None,
+    uncertainty_out: str | None = None,
 ) -> list[SceneJob]:
     """Scene jobs from ``--s2/--s1/--out`` lists or a manifest CSV."""
     from dsen2cr.errors import DSen2CRError
@@ -181,6 +189,8 @@ def jobs_from_arguments(
     if manifest is not None:
         if s2 or s1 or out:
             raise DSen2CRError("--manifest: give either a manifest or --s2/--s1/--out, not both")
+        if mask_out or preview or uncertainty_out:
+            raise DSen2CRError("--manifest: name --mask-out/--preview/--uncertainty-out in its columns instead")
         return read_manifest(Path(manifest))
     if not s2 or not out:
         raise DSen2CRError("remove-clouds: --s2 and --out are required (or --manifest)")
@@ -195,10 +205,13 @@ def jobs_from_arguments(
                 target,
                 Path(mask_out) if mask_out else None,
                 Path(preview) if preview else None,
+                Path(uncertainty_out) if uncertainty_out else None,
             )
         ]
-    if mask_out or preview:
-        raise DSen2CRError("--mask-out/--preview: name them per scene in a --manifest when processing several scenes")
+    if mask_out or preview or uncertainty_out:
+        raise DSen2CRError(
+            "--mask-out/--preview/--uncertainty-out: name them per scene in a --manifest when processing several scenes"
+        )
     folder = Path(out)
     if not folder.is_dir():
         raise DSen2CRError(f"{folder}: with several scenes --out must be an existing folder")
@@ -214,7 +227,13 @@ def run(args: argparse.Namespace) -> int:
 
     settings = SceneSettings.from_options(argparse.Namespace(**vars(args), progress=not args.no_progress))
     jobs = jobs_from_arguments(
-        s2=args.s2, s1=args.s1, out=args.out, manifest=args.manifest, mask_out=args.mask_out, preview=args.preview
+        s2=args.s2,
+        s1=args.s1,
+        out=args.out,
+        manifest=args.manifest,
+        mask_out=args.mask_out,
+        preview=args.preview,
+        uncertainty_out=args.uncertainty_out,
     )
     manifest = (Path(args.manifest),) if args.manifest else ()
     for report in run_scene_jobs(jobs, settings, extra_inputs=manifest):

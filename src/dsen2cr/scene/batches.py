@@ -18,9 +18,12 @@ from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, s1_db_to_model, s2
 from dsen2cr.rasters import gdal_block_cache
 from dsen2cr.scene.tiles import Tile
 
+#: A function from a batch of S2 (and S1) windows in model units to its predictions.
+BatchFunction = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+
 
 def iter_predictions(
-    predictor: Predictor,
+    predictor: Predictor | BatchFunction,
     s2: S2Source,
     s1: S1Source | None,
     tiles: list[Tile],
@@ -28,9 +31,11 @@ def iter_predictions(
     batch_size: int,
     s1_fill_db: tuple[float, float],
     on_batch: Callable[[int], object] | None = None,
+    channels: int = NUM_S2_BANDS,
 ) -> Generator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int], None, None]:
-    """Run ``predictor`` over ``tiles``; yield (tile, prediction in model units, S2 DN, S2 valid mask,
-    number of valid S2 pixels without S1) per tile, each cropped to the tile's core.
+    """Run ``predictor`` (a function of a batch of S2 and S1 windows giving ``channels`` channels per window)
+    over ``tiles``; yield (tile, prediction in model units, S2 DN, S2 valid mask, number of valid S2 pixels
+    without S1) per tile, each cropped to the tile's core.
 
     Tiles whose core holds no valid S2 pixel (outside the swath, say) are not run: their prediction is zeros,
     and their output is nodata anyway. A reader thread reads and preprocesses the next batch while the
@@ -53,7 +58,7 @@ def iter_predictions(
                 return _read_batch(s2, s1, group, s1_fill_db)
 
     try:
-        yield from _run_batches(predictor, batches, pad_to, read, on_batch)
+        yield from _run_batches(predictor, batches, pad_to, read, on_batch, channels)
     finally:
         # The executor's shutdown waits only for the threads it knows of: a signal (Ctrl-C, SIGTERM) that
         # arrives while it starts its thread leaves that thread unknown to it but running its first read. Wait
@@ -63,11 +68,12 @@ def iter_predictions(
 
 
 def _run_batches(
-    predictor: Predictor,
+    predictor: Predictor | BatchFunction,
     batches: list[list[Tile]],
     pad_to: int,
     read: Callable[[list[Tile]], _Batch | None],
     on_batch: Callable[[int], object] | None,
+    channels: int,
 ) -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int]]:
     """The loop of :func:`iter_predictions`: read the next batch on a reader thread while this one runs."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-read") as reader:
@@ -86,7 +92,7 @@ def _run_batches(
                 if pred is not None and i in row_of:
                     core_pred = pred[row_of[i]][:, rows, cols]
                 else:
-                    core_pred = np.zeros((NUM_S2_BANDS, *batch.valid_cores[i].shape), np.float32)
+                    core_pred = np.zeros((channels, *batch.valid_cores[i].shape), np.float32)
                 yield tile, core_pred, batch.dn_cores[i], batch.valid_cores[i], batch.missing[i]
             if on_batch is not None:
                 on_batch(len(group))

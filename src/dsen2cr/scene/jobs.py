@@ -23,7 +23,7 @@ from dsen2cr.outputs.files import (
 )
 from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
 from dsen2cr.predictor import load_network, predictor_for_plan
-from dsen2cr.scene.remove import OUTPUT_KINDS, SceneReport, job_outputs, remove_clouds
+from dsen2cr.scene.remove import OUTPUT_KINDS, SceneReport, check_uncertainty_output, job_outputs, remove_clouds
 from dsen2cr.settings import SceneJob, SceneSettings
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,13 @@ def scene_stem(source: str) -> str:
     return name
 
 
+#: The manifest's optional output columns (beside ``out``).
+OPTIONAL_OUTPUTS = ("mask_out", "preview", "uncertainty_out")
+
+
 def read_manifest(path: Path) -> list[SceneJob]:
     """Read a manifest CSV with a header: ``s2,s1,out`` (``s1`` may be left out for a model without SAR) and
-    optionally ``mask_out,preview``. Relative paths
+    optionally ``mask_out,preview,uncertainty_out``. Relative paths
     are relative to the manifest's folder (so a manifest travels with its scenes); a UTF-8 BOM is read."""
     path = check_input_file(path, "manifest")
     base = path.parent
@@ -63,7 +67,7 @@ def read_manifest(path: Path) -> list[SceneJob]:
         if not (row["s2"] or "").strip() or not (row["out"] or "").strip():
             raise DSen2CRError(f"{path}:{line}: s2 and out must not be empty")
         s2 = resolve_input(row["s2"], pair=False)
-        optional = {k: output_path(base / row[k].strip(), s2) if row.get(k) else None for k in ("mask_out", "preview")}
+        optional = {k: output_path(base / row[k].strip(), s2) if row.get(k) else None for k in OPTIONAL_OUTPUTS}
         s1 = resolve_input(row["s1"], pair=True) if (row.get("s1") or "").strip() else None  # no column: no SAR
         jobs.append(SceneJob(s2, s1, output_path(base / row["out"].strip(), s2, row["out"]), **optional))
     if not jobs:
@@ -155,6 +159,10 @@ def _run_my_jobs(
             f"{without_s1[0]}: these weights need SAR input; pass --s1 (or an s1 column in the manifest): VV, VH "
             "in dB on or near the S2 grid"
         )
+    for job in mine:  # before any decision is printed too
+        if job.uncertainty_out is not None:
+            uncertainty = "none" if network.onnx else network.config.uncertainty
+            check_uncertainty_output(job.uncertainty_out, uncertainty, str(settings.weights), settings)
     plan = plan_scene_run(
         settings, network.config, scene_sizes=[size for size in sizes if size], onnx=network.onnx, device=device
     )

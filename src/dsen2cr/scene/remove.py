@@ -21,11 +21,19 @@ from dsen2cr.inputs import S2Product, local_inputs, resolve_s2
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
 from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
-from dsen2cr.outputs.geotiff import atomic_raster, cog_writer
+from dsen2cr.outputs.geotiff import COG_OPTIONS, atomic_raster, cog_writer
 from dsen2cr.predictor import Predictor
-from dsen2cr.preprocessing import S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
+from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
 from dsen2cr.rasters import gdal_block_cache
 from dsen2cr.scene.batches import BackgroundWriter, iter_predictions
+from dsen2cr.scene.describe import (
+    SIGMA_NODATA,
+    describe_bands,
+    describe_sigma_bands,
+    output_tags,
+    provenance,
+    run_tags,
+)
 from dsen2cr.scene.masking import SceneMasker, blend, keep_clear_weights
 from dsen2cr.scene.tiles import Tile, plan_tiles
 from dsen2cr.settings import SceneJob as SceneJob  # re-exported: the job is what remove_clouds takes
@@ -36,7 +44,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_NODATA = 0
 #: What each output of a scene holds (its name must say so; see dsen2cr.outputs.files.check_output_file).
-OUTPUT_KINDS = {"out": "geotiff", "mask_out": "geotiff", "preview": "png"}
+OUTPUT_KINDS = {"out": "geotiff", "mask_out": "geotiff", "preview": "png", "uncertainty_out": "geotiff"}
 #: The cloud/shadow map's value where the input has no data (declared as the map's nodata).
 MASK_NODATA = -128
 #: A callback that takes a scene's outputs once every tile is written (see :func:`remove_clouds`).
@@ -92,7 +100,9 @@ def remove_clouds(
             writer.open(outputs)
             _predict_tiles(predictor, inputs, tiles, plan, writer, bar.update)
             # what computed it, once the first batch settled the backend, and how it was asked for
-            writer.cog.update_tags(**predictor.provenance(), **run_tags(plan.settings))
+            for dataset in (writer.cog, writer.sigma):
+                if dataset is not None:
+                    dataset.update_tags(**provenance(predictor, job), **run_tags(plan.settings))
             if writer.valid == 0:
                 raise DSen2CRError(f"{job.s2}: S2 has no valid pixels (all nodata or NaN)")
             written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller
@@ -117,8 +127,10 @@ def remove_clouds(
 
 
 def job_outputs(job: SceneJob) -> list[tuple[str, Path]]:
-    """The outputs a job writes, as ``(role, path)``: ``out``, and ``mask_out`` and ``preview`` when asked."""
-    named = (("out", job.out), ("mask_out", job.mask_out), ("preview", job.preview))
+    """The outputs a job writes, as ``(role, path)``: ``out``, and ``mask_out``, ``preview`` and
+    ``uncertainty_out`` when asked."""
+    named = [("out", job.out), ("mask_out", job.mask_out), ("preview", job.preview)]
+    named.append(("uncertainty_out", job.uncertainty_out))
     return [(role, path) for role, path in named if path is not None]
 
 
@@ -128,10 +140,28 @@ def _check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, pro
     check_distinct_outputs(job_outputs(job), local_inputs(job.s2, job.s1, product))
     for role, path in job_outputs(job):
         check_output_file(path, overwrite=settings.overwrite, kind=OUTPUT_KINDS[role])
+    if job.uncertainty_out is not None:
+        check_uncertainty_output(job.uncertainty_out, predictor.uncertainty, predictor.weights, settings)
     if predictor.include_sar and job.s1 is None:
         raise DSen2CRError(
             f"{job.s2}: these weights need SAR input; pass --s1 (an s1 in the job in Python): VV, VH in dB on or "
             "near the S2 grid"
+        )
+
+
+def check_uncertainty_output(path: Path, uncertainty: str, weights: str | None, settings: SceneSettings) -> None:
+    """``--uncertainty-out`` needs weights with a variance output (``uncertainty`` ``diag``; an ONNX file has
+    none), run eagerly: the variance comes from the PyTorch model in fp32 or TF32 (neither a compiled nor an
+    ONNX backend, nor bf16, gives it)."""
+    if uncertainty != "diag":
+        raise DSen2CRError(
+            f"{path}: --uncertainty-out needs weights that predict their uncertainty (trained with "
+            f"model.uncertainty=diag); {weights or 'this model'} predicts none"
+        )
+    if settings.backend not in ("auto", "eager") or settings.precision == "bf16":
+        raise DSen2CRError(
+            f"{path}: --uncertainty-out runs the model eagerly in fp32 (or tf32); leave --backend auto or eager and "
+            f"--precision not bf16 (got --backend {settings.backend}, --precision {settings.precision})"
         )
 
 
@@ -196,6 +226,7 @@ class _TileWriter:
     quicklook: Quicklook | None = None
     cog: Any = None
     mask: Any = None
+    sigma: Any = None
     written: list[int] = field(default_factory=list)
 
     def open(self, outputs: contextlib.ExitStack) -> None:
@@ -207,6 +238,10 @@ class _TileWriter:
             self.quicklook = Quicklook(grid.height, grid.width)
             outputs.push(_save_on_success(self.quicklook, job.preview))
         self.mask = outputs.enter_context(_optional_mask(job.mask_out, dict(grid_profile)))
+        if job.uncertainty_out is not None:
+            sigma_profile = dict(grid_profile, count=len(s2.bands), dtype="float32", nodata=SIGMA_NODATA)
+            self.sigma = outputs.enter_context(cog_writer(job.uncertainty_out, sigma_profile, COG_OPTIONS))
+            describe_sigma_bands(self.sigma, s2.bands, self.settings)
         profile = dict(grid_profile, count=len(s2.bands), dtype="uint16", nodata=OUTPUT_NODATA)
         dst = outputs.enter_context(cog_writer(job.out, profile, self.settings.cog_options()))
         describe_bands(dst, s2.bands)
@@ -215,9 +250,11 @@ class _TileWriter:
         self.written = [S2_BANDS.index(band) for band in s2.bands]  # the input's bands: never a made-up B10
 
     def __call__(self, tile: Tile, pred: np.ndarray, dn: np.ndarray, valid: np.ndarray, holes: int) -> None:
-        """Convert one tile's prediction to DN (blended with the input under ``--keep-clear``) and write it."""
+        """Convert one tile's prediction to DN (blended with the input under ``--keep-clear``) and write it; a
+        prediction with 26 channels carries the variances after the 13 means (``--uncertainty-out``)."""
+        pred, variance = pred[:NUM_S2_BANDS], pred[NUM_S2_BANDS:]
         out_dn = _to_output_dn(pred, valid)
-        masker, core_mask = self.inputs.masker, None
+        masker, core_mask, weights = self.inputs.masker, None, None
         if self.settings.keep_clear and masker is not None:
             weights, core_mask = keep_clear_weights(masker, tile.core, self.settings.feather)
             out_dn = blend(dn, out_dn, weights[None])
@@ -225,6 +262,8 @@ class _TileWriter:
         elif masker is not None:
             core_mask = masker.window(tile.core)
         self.cog.write(out_dn[self.written], window=tile.core)
+        if self.sigma is not None:
+            self.sigma.write(_sigma_dn(variance, valid, weights)[self.written], window=tile.core)
         if self.quicklook is not None:
             self.quicklook.add(tile.core, dn, out_dn, core_mask)
         self.missing += holes
@@ -245,14 +284,16 @@ def _predict_tiles(
 ) -> None:
     """Run every tile through ``predictor`` (read ahead on one thread) and hand each result to ``writer`` (on
     another)."""
+    with_variance = writer.job.uncertainty_out is not None
     predictions = iter_predictions(
-        predictor,
+        _means_and_variances(predictor) if with_variance else predictor,
         inputs.s2,
         inputs.s1,
         tiles,
         batch_size=plan.batch_size,
         s1_fill_db=inputs.s1_fill,
         on_batch=on_batch,
+        channels=2 * NUM_S2_BANDS if with_variance else NUM_S2_BANDS,
     )
     # closed explicitly: its reader thread must have stopped before the sources close, also when an error or a
     # signal leaves the loop (else a read of a closed file crashes the process)
@@ -261,39 +302,24 @@ def _predict_tiles(
             background.submit(writer, *result)
 
 
-def describe_bands(dataset: Any, bands: list[str]) -> None:
-    """Band names, the reflectance scale (viewers show DN x 0.0001: reflectance) and red/green/blue colour
-    interpretation on B4/B3/B2, so QGIS shows a true-colour image of reflectances at once."""
-    from rasterio.enums import ColorInterp
+def _means_and_variances(predictor: Predictor) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
+    """A batch function giving the 13 means then the 13 variances of each window (26 channels)."""
 
-    colours = {"B4": ColorInterp.red, "B3": ColorInterp.green, "B2": ColorInterp.blue}
-    for index, name in enumerate(bands, start=1):
-        dataset.set_band_description(index, name)
-        dataset.update_tags(index, BAND=name)
-    dataset.scales = [1e-4] * len(bands)
-    dataset.offsets = [0.0] * len(bands)
-    dataset.colorinterp = [colours.get(name, ColorInterp.undefined) for name in bands]
+    def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        return np.concatenate(predictor.predict_with_variance(s2, s1), axis=1)
+
+    return predict
 
 
-def output_tags(s2: S2Source) -> dict[str, str]:
-    """Metadata of an output: what its DN mean, so that no one applies an offset twice."""
-    product = s2.product
-    offsets = ",".join(f"{band}:{offset}" for band, offset in zip(product.bands, product.offsets, strict=True))
-    return {
-        "DSEN2CR_RADIOMETRY": "reflectance x 10000, no offset; 0 = nodata",
-        "DSEN2CR_PROCESSING_LEVEL": product.level,
-        "DSEN2CR_OFFSET_REMOVED": offsets if any(product.offsets) else "none",
-        "DSEN2CR_OFFSET_SOURCE": product.offset_from,
-        "DSEN2CR_PROCESSING_BASELINE": product.baseline or "unknown",
-    }
-
-
-def run_tags(settings: SceneSettings) -> dict[str, str]:
-    """Metadata of an output: the settings that decide which pixels are the model's."""
-    return {
-        "DSEN2CR_KEEP_CLEAR": f"yes, feather {settings.feather} px" if settings.keep_clear else "no (every pixel)",
-        "DSEN2CR_MASK": settings.mask,
-    }
+def _sigma_dn(variance: np.ndarray, valid: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """sigma in DN (float32) from variances in model units; under ``--keep-clear`` scaled by the prediction's
+    weight (0 where the input is kept: the input is taken as exact; the blend's sigma at a feathered edge);
+    :data:`SIGMA_NODATA` where S2 has no data."""
+    sigma = np.sqrt(variance, dtype=np.float32) * np.float32(S2_MODEL_SCALE)
+    if weights is not None:
+        sigma *= weights[None].astype(np.float32)
+    sigma[:, ~valid] = SIGMA_NODATA
+    return sigma
 
 
 def _to_output_dn(pred: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -1,0 +1,74 @@
+"""What a scene's outputs say about themselves (docs/design.md §4.4): band names, scale and colours that GIS
+software reads, and the tags that record what computed the values and how the run was asked for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dsen2cr.inputs.readers import S2Source
+from dsen2cr.predictor import Predictor
+from dsen2cr.settings import SceneJob, SceneSettings
+
+#: The sigma map's value where the input has no data (sigma is never negative).
+SIGMA_NODATA = -1.0
+
+
+def describe_sigma_bands(dataset: Any, bands: list[str], settings: SceneSettings) -> None:
+    """The sigma map's band names (``sigma B02``) and what its values mean."""
+    for index, name in enumerate(bands, start=1):
+        dataset.set_band_description(index, f"sigma {name}")
+        dataset.update_tags(index, BAND=name)
+    kept = (
+        "0 where --keep-clear kept the input, scaled by the blend weight at its edge; " if settings.keep_clear else ""
+    )
+    dataset.update_tags(
+        DSEN2CR_UNCERTAINTY=f"predicted standard deviation per band and pixel, DN (reflectance x 10000); {kept}"
+        f"{SIGMA_NODATA:g} = no data"
+    )
+
+
+def describe_bands(dataset: Any, bands: list[str]) -> None:
+    """Band names, the reflectance scale (viewers show DN x 0.0001: reflectance) and red/green/blue colour
+    interpretation on B4/B3/B2, so QGIS shows a true-colour image of reflectances at once."""
+    from rasterio.enums import ColorInterp
+
+    colours = {"B4": ColorInterp.red, "B3": ColorInterp.green, "B2": ColorInterp.blue}
+    for index, name in enumerate(bands, start=1):
+        dataset.set_band_description(index, name)
+        dataset.update_tags(index, BAND=name)
+    dataset.scales = [1e-4] * len(bands)
+    dataset.offsets = [0.0] * len(bands)
+    dataset.colorinterp = [colours.get(name, ColorInterp.undefined) for name in bands]
+
+
+def output_tags(s2: S2Source) -> dict[str, str]:
+    """Metadata of an output: what its DN mean, so that no one applies an offset twice."""
+    product = s2.product
+    offsets = ",".join(f"{band}:{offset}" for band, offset in zip(product.bands, product.offsets, strict=True))
+    return {
+        "DSEN2CR_RADIOMETRY": "reflectance x 10000, no offset; 0 = nodata",
+        "DSEN2CR_PROCESSING_LEVEL": product.level,
+        "DSEN2CR_OFFSET_REMOVED": offsets if any(product.offsets) else "none",
+        "DSEN2CR_OFFSET_SOURCE": product.offset_from,
+        "DSEN2CR_PROCESSING_BASELINE": product.baseline or "unknown",
+    }
+
+
+def run_tags(settings: SceneSettings) -> dict[str, str]:
+    """Metadata of an output: the settings that decide which pixels are the model's."""
+    return {
+        "DSEN2CR_KEEP_CLEAR": f"yes, feather {settings.feather} px" if settings.keep_clear else "no (every pixel)",
+        "DSEN2CR_MASK": settings.mask,
+    }
+
+
+def provenance(predictor: Predictor, job: SceneJob) -> dict[str, str]:
+    """What computed a scene's values (``DSEN2CR_*`` tags): the predictor's provenance, or, for a run with
+    ``--uncertainty-out`` (every batch through the eager model, in its float32 arithmetic), that."""
+    tags = predictor.provenance()
+    if job.uncertainty_out is not None:
+        exact = predictor.float32 == "ieee"  # the eager IEEE model is the reference the check compares with
+        check = "0.00" if exact else "not checked"
+        tags.update(DSEN2CR_BACKEND="eager", DSEN2CR_PRECISION="fp32" if exact else "tf32")
+        tags.update(DSEN2CR_CHECK_P99_DN=check, DSEN2CR_CHECK_MAX_DN=check)
+    return tags
