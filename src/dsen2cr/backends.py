@@ -322,6 +322,8 @@ def select_backend(
 
 
 S2_INPUT, S1_INPUT, OUTPUT = "s2_cloudy", "s1", "s2_cloudfree"
+#: The second output of a model with uncertainty: the variance per band and pixel (model units squared).
+VARIANCE_OUTPUT = "variance"
 #: Metadata key of the precision of exported ONNX files (the model configuration rides as in weights files).
 PRECISION_KEY = "dsen2cr.precision"
 
@@ -352,8 +354,15 @@ class OnnxPredictor:
                 raise DSen2CRError(
                     f"{path}: ONNX input {name} has shape {shape}, expected (N, {expected_inputs[name]}, H, W)"
                 )
-        if len(outputs) != 1 or len(outputs[0].shape) != 4 or outputs[0].shape[1] != NUM_S2_BANDS:
-            raise DSen2CRError(f"{path}: ONNX output must be one (N, 13, H, W) tensor")
+        names = [output.name for output in outputs]
+        shapes_ok = all(len(o.shape) == 4 and o.shape[1] == NUM_S2_BANDS for o in outputs)
+        one_or_both = len(names) == 1 or names == [OUTPUT, VARIANCE_OUTPUT]
+        if not (shapes_ok and one_or_both):
+            raise DSen2CRError(
+                f"{path}: ONNX outputs must be one (N, 13, H, W) tensor, or {OUTPUT} and {VARIANCE_OUTPUT}"
+            )
+        self.output = outputs[0].name
+        self.uncertainty = "diag" if names == [OUTPUT, VARIANCE_OUTPUT] else "none"
         self.include_sar = S1_INPUT in inputs
         metadata = self.session.get_modelmeta().custom_metadata_map
         if CONFIG_KEY not in metadata:
@@ -361,6 +370,8 @@ class OnnxPredictor:
         self.config = config_from_metadata(metadata[CONFIG_KEY], path, metadata.get(FAMILY_KEY))
         if self.config.include_sar != self.include_sar:
             raise DSen2CRError(f"{path}: ONNX inputs and the stored model configuration disagree about SAR")
+        if self.config.uncertainty != self.uncertainty:
+            raise DSen2CRError(f"{path}: ONNX outputs and the stored model configuration disagree about uncertainty")
         self.precision = metadata.get(PRECISION_KEY, "fp32")
 
     def feeds(self, s2: np.ndarray, s1: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -373,5 +384,12 @@ class OnnxPredictor:
         return feeds
 
     def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
-        """Predict a batch in model units."""
-        return self.session.run(None, self.feeds(s2, s1))[0]
+        """Predict a batch in model units (the prediction only: a variance output is not computed)."""
+        return self.session.run([self.output], self.feeds(s2, s1))[0]
+
+    def predict_with_variance(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The prediction and its variance of a batch, for a file with both outputs."""
+        if self.uncertainty != "diag":
+            raise DSen2CRError("this ONNX model has no variance output")
+        mean, variance = self.session.run([OUTPUT, VARIANCE_OUTPUT], self.feeds(s2, s1))
+        return mean, variance

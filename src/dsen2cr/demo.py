@@ -47,7 +47,7 @@ DEMO_ENTRIES = (
 )
 
 
-def _demo_data(out: Path) -> Path:
+def demo_training_data(out: Path) -> Path:
     """A training tree under ``out``: the bundled sample (its splits kept) plus synthetic patches (all train).
 
     Returns its file list.
@@ -107,7 +107,7 @@ def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: 
     file_list = None
     if config_path is None:
         log.info("[demo] writing the training data: bundled sample + synthetic patches")
-        file_list = _demo_data(out)
+        file_list = demo_training_data(out)
     summaries, weights = {}, {}
     for include_sar in (True, False):
         name = "with SAR" if include_sar else "without SAR"

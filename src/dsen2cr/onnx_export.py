@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsen2cr.backends import OUTPUT, PRECISION_KEY, S1_INPUT, S2_INPUT, OnnxPredictor
+from dsen2cr.backends import OUTPUT, PRECISION_KEY, S1_INPUT, S2_INPUT, VARIANCE_OUTPUT, OnnxPredictor
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
@@ -26,9 +26,23 @@ from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY
 
 
+class _WithVariance(torch.nn.Module):
+    """A network with a variance output as a module of two outputs (prediction, variance), for export."""
+
+    def __init__(self, model: CloudRemovalNetwork) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, s2: torch.Tensor, s1: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prediction and its variance."""
+        return self.model.forward_with_variance(s2, s1)
+
+
 def export_onnx(model: CloudRemovalNetwork, out: str | Path, *, opset: int | None = None) -> Path:
-    """Export ``model`` to ONNX with dynamic batch, height and width; write it atomically."""
+    """Export ``model`` to ONNX with dynamic batch, height and width; write it atomically. A model with
+    ``uncertainty: diag`` gets a second output, ``variance`` (model units squared)."""
     model = model.cpu().eval()
+    uncertain = model.config.uncertainty == "diag"
     size = 32
     s2 = torch.rand(2, NUM_S2_BANDS, size, size + 8)
     batch, height, width = (torch.export.Dim(n) for n in ("batch", "height", "width"))
@@ -44,10 +58,10 @@ def export_onnx(model: CloudRemovalNetwork, out: str | Path, *, opset: int | Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model,
+            _WithVariance(model) if uncertain else model,
             args,
             input_names=names,
-            output_names=[OUTPUT],
+            output_names=[OUTPUT, VARIANCE_OUTPUT] if uncertain else [OUTPUT],
             dynamic_shapes=shapes,
             dynamo=True,
             opset_version=opset,
@@ -122,7 +136,7 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[Bat
     with tempfile.TemporaryDirectory(prefix="dsen2cr-int8-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(source), str(prepared))
-        last_conv = _keep_fp32_paths(prepared)
+        tails = _keep_fp32_paths(prepared, 2 if fp32.uncertainty == "diag" else 1)
         quantize_static(
             str(prepared),
             str(quantized),
@@ -132,7 +146,7 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[Bat
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=QUANTISED_OPS,
-            nodes_to_exclude=[last_conv],
+            nodes_to_exclude=tails,
             calibrate_method=calibrate_method,
             extra_options=extra,
         )
@@ -146,9 +160,10 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[Bat
 QUANTISED_OPS = ["Conv", "Relu"]
 
 
-def _keep_fp32_paths(path: Path) -> str:
+def _keep_fp32_paths(path: Path, tails: int = 1) -> list[str]:
     """Prepare an exported graph (rewritten in place) so that int8 quantisation keeps its residual paths fp32;
-    return the name of the last convolution, to be left fp32 too.
+    return the names of the last ``tails`` convolutions (the tail, and the variance tail of a model with
+    uncertainty), to be left fp32 too.
 
     onnxruntime quantises a tensor once for all its readers. The residual stream (each block's sum, and the
     network input, which the final sum adds back) is read by a convolution and by a sum: quantised, it would
@@ -181,7 +196,7 @@ def _keep_fp32_paths(path: Path) -> str:
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.save(model, str(path))
-    return convolutions[-1]
+    return convolutions[-tails:]
 
 
 def activation_errors(fp32_path: str | Path, int8_path: str | Path, batches: list[Batch]) -> dict[str, float]:

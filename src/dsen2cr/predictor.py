@@ -92,6 +92,8 @@ class Predictor:
     @property
     def uncertainty(self) -> str:
         """``diag`` when :meth:`predict_with_variance` gives a variance per band and pixel, else ``none``."""
+        if isinstance(self.predict, OnnxPredictor):
+            return self.predict.uncertainty
         return self.config.uncertainty if isinstance(getattr(self.predict, "model", None), torch.nn.Module) else "none"
 
     def predict_with_variance(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -99,16 +101,20 @@ class Predictor:
         in the predictor's float32 arithmetic on its device; non-finite values stop the run as in
         :meth:`__call__`. For a PyTorch model with ``uncertainty: diag`` (not an ONNX file)."""
         model = getattr(self.predict, "model", None)
-        if self.uncertainty != "diag" or not isinstance(model, CloudRemovalNetwork):
+        if self.uncertainty != "diag":
             raise DSen2CRError(
                 f"{self.weights or 'this model'}: predicts no uncertainty (model.uncertainty: "
-                f"{self.config.uncertainty}{', an ONNX file' if self.backend == 'onnxruntime' else ''}); train one "
-                "with model.uncertainty=diag"
+                f"{self.config.uncertainty}); train one with model.uncertainty=diag"
             )
-        with float32_arithmetic(self.float32), torch.inference_mode():
-            s1_tensor = None if s1 is None else torch.as_tensor(s1).to(self.device, torch.float32)
-            mean, variance = model.forward_with_variance(torch.as_tensor(s2).to(self.device, torch.float32), s1_tensor)
-        arrays = mean.cpu().numpy(), variance.cpu().numpy()
+        if isinstance(self.predict, OnnxPredictor):
+            arrays = self.predict.predict_with_variance(s2, s1)
+        else:
+            assert isinstance(model, CloudRemovalNetwork)  # self.uncertainty says so
+            with float32_arithmetic(self.float32), torch.inference_mode():
+                s1_tensor = None if s1 is None else torch.as_tensor(s1).to(self.device, torch.float32)
+                s2_tensor = torch.as_tensor(s2).to(self.device, torch.float32)
+                mean, variance = model.forward_with_variance(s2_tensor, s1_tensor)
+            arrays = mean.cpu().numpy(), variance.cpu().numpy()
         if not all(_sums_to_a_finite_number(array) for array in arrays):
             raise DSen2CRError(
                 "the model predicted NaN, infinite or absurdly large values or variances for finite inputs; its "

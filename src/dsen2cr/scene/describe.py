@@ -63,10 +63,10 @@ def run_tags(settings: SceneSettings) -> dict[str, str]:
 
 
 def provenance(predictor: Predictor, job: SceneJob) -> dict[str, str]:
-    """What computed a scene's values (``DSEN2CR_*`` tags): the predictor's provenance, or, for a run with
-    ``--uncertainty-out`` (every batch through the eager model, in its float32 arithmetic), that."""
+    """What computed a scene's values (``DSEN2CR_*`` tags): the predictor's provenance, or, for a PyTorch model
+    run with ``--uncertainty-out`` (every batch through the eager model, in its float32 arithmetic), that."""
     tags = predictor.provenance()
-    if job.uncertainty_out is not None:
+    if job.uncertainty_out is not None and predictor.backend != "onnxruntime":  # an ONNX file runs as always
         exact = predictor.float32 == "ieee"  # the eager IEEE model is the reference the check compares with
         check = "0.00" if exact else "not checked"
         tags.update(DSEN2CR_BACKEND="eager", DSEN2CR_PRECISION="fp32" if exact else "tf32")
