@@ -19,6 +19,7 @@ LAYERS = [
     ["training"],
     ["scene.jobs"],
     ["scene.remove"],
+    ["ensemble"],
     ["scene.batches", "scene.masking", "scene.describe"],
     ["predictor"],
     ["auto"],

@@ -259,3 +259,85 @@ def test_onnx_export_has_both_outputs_and_int8_keeps_sigma_close(
     _, int8_variance = int8.predict_with_variance(s2, s1)
     relative = np.abs(np.sqrt(int8_variance) - np.sqrt(variance)) / np.sqrt(variance)
     assert 0 < relative.max() < 0.10, relative.max()
+
+
+class _Member:
+    """A member with a constant prediction (and variance): a plain batch function a Predictor can hold."""
+
+    def __init__(self, value: float, variance: float | None) -> None:
+        self.value, self.variance = value, variance
+        self.uncertainty = "none" if variance is None else "diag"
+
+    def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        return np.full_like(s2, self.value)
+
+    def predict_with_variance(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        return self(s2, s1), np.full_like(s2, self.variance)
+
+
+def test_an_ensemble_combines_means_and_variances_by_the_law_of_total_variance() -> None:
+    """Members predicting 1 (variance 0.04), 3 (no variance) and 2 (variance 0.10): mean 2; aleatoric
+    (0.04 + 0 + 0.10) / 3; epistemic var(1, 3, 2) = 2/3; by hand."""
+    from dsen2cr.ensemble import ensemble
+    from dsen2cr.predictor import Predictor
+
+    config = ModelConfig(1, 4, False)
+    members = [
+        Predictor(_Member(value, variance), config, torch.device("cpu"), weights=f"m{index}")
+        for index, (value, variance) in enumerate([(1.0, 0.04), (3.0, None), (2.0, 0.10)])
+    ]
+    combined = ensemble(members)
+    s2 = np.zeros((1, 13, 4, 4), np.float32)
+    mean, variance = combined.predict_with_variance(s2, None)
+    np.testing.assert_allclose(mean, 2.0)
+    np.testing.assert_allclose(variance, 0.14 / 3 + 2 / 3, rtol=1e-6)
+    np.testing.assert_allclose(combined(s2, None), 2.0)
+    assert combined.uncertainty == "diag" and combined.weights == "m0; m1; m2"
+    assert combined.provenance()["DSEN2CR_MODEL"].startswith("ensemble of 3 (B=1, F=4 without SAR)")
+    sar = Predictor(_Member(1.0, None), ModelConfig(1, 4, True), torch.device("cpu"), weights="sar.safetensors")
+    with pytest.raises(DSen2CRError, match=r"sar\.safetensors: takes SAR input but m0 does not"):
+        ensemble([members[0], sar])
+
+
+def test_ensembles_from_the_command_line(workdir: Path, synthetic_tree: Path, capsys: pytest.CaptureFixture) -> None:
+    """remove-clouds --weights A B --uncertainty-out: the mean prediction and sigma = sqrt(mean variance +
+    variance of the means), recomputed here in float64; evaluate --weights A B scores the ensemble's sigma;
+    members with and without SAR are refused before any work."""
+    import rasterio
+
+    from dsen2cr.cli import main
+    from dsen2cr.preprocessing import s2_dn_to_model
+
+    models, paths = [], []
+    for seed, uncertainty in ((0, "diag"), (1, "none")):
+        torch.manual_seed(seed)
+        models.append(ModelConfig(2, 8, False, 0.1, uncertainty).build().eval())
+        paths.append(str(save_weights(models[-1], workdir / f"m{seed}.safetensors")))
+    s2, _ = workdir.scene()
+    argv = ["remove-clouds", "--weights", *paths, "--s2", str(s2), "--no-progress"]
+    assert main([*argv, "--out", str(workdir / "o.tif"), "--uncertainty-out", str(workdir / "s.tif")]) == 0
+    with rasterio.open(s2) as source:
+        x = torch.from_numpy(s2_dn_to_model(source.read())).double()[None]
+    with torch.no_grad():
+        doubles = [m.double() for m in models]
+        first_mean, first_variance = doubles[0].forward_with_variance(x)
+        second_mean = doubles[1](x)
+    mean = (first_mean + second_mean) / 2
+    variance = first_variance / 2 + ((first_mean - mean) ** 2 + (second_mean - mean) ** 2) / 2
+    with rasterio.open(workdir / "o.tif") as out, rasterio.open(workdir / "s.tif") as sigma:
+        assert np.abs(out.read().astype(float) - np.clip(np.rint(mean[0].numpy() * 2000), 1, 10000)).max() <= 1
+        np.testing.assert_allclose(sigma.read(), np.sqrt(variance[0].numpy()) * 2000, rtol=1e-4)
+        assert sigma.tags()["DSEN2CR_MODEL"].startswith("ensemble of 2")
+    root = synthetic_tree
+    rois = ["--data-root", str(root), "--rois", str(_rois(workdir)), "--no-progress", "--no-images"]
+    assert main(["evaluate", "--weights", *paths, *rois, "--out", str(workdir / "ens")]) == 0
+    assert "coverage_1sigma" in (workdir / "ens" / "summary.md").read_text()
+    capsys.readouterr()
+    plain = [str(save_weights(ModelConfig(2, 8, True).build(), workdir / "sar.safetensors")), paths[0]]
+    assert main(["evaluate", "--weights", *plain, *rois, "--out", str(workdir / "e")]) == 2
+    assert "sar.safetensors: takes SAR input but " in capsys.readouterr().err and not (workdir / "e").exists()
+
+
+def _rois(tmp: Path) -> Path:
+    (tmp / "rois.txt").write_text("ROIs1970_fall/3\n")
+    return tmp / "rois.txt"

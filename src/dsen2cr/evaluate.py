@@ -256,8 +256,8 @@ def summarise(
 
 
 def summary_markdown(summary: dict[str, dict[str, dict[str, float]]], images: int, protocol: str = "default") -> str:
-    """The summary as a Markdown table (means, medians in brackets)."""
-    names = PROTOCOLS[protocol]
+    """The summary as a Markdown table (means, medians in brackets), with every metric it holds."""
+    names = list(summary["model"])
     lines = [
         f"Evaluation on {images} images; {UNITS[protocol]}; mean (median).",
         "",
@@ -265,7 +265,10 @@ def summary_markdown(summary: dict[str, dict[str, dict[str, float]]], images: in
         "|---|" + "---|" * len(names),
     ]
     for method, metrics in summary.items():
-        cells = [f"{m['mean']:.4f} ({m['median']:.4f})" for m in (metrics[name] for name in names)]
+        cells = [
+            "–" if math.isnan(m["mean"]) else f"{m['mean']:.4f} ({m['median']:.4f})"  # the identity has no sigma
+            for m in (metrics[name] for name in names)
+        ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

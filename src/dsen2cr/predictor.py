@@ -32,7 +32,10 @@ class Predictor:
     """A model ready to run: ``predictor(s2, s1)`` maps a batch in model units ((N, 13, H, W) and (N, 2, H, W)
     or None) to predictions in model units, with what callers need to know about the model."""
 
-    predict: CheckedBackend | OnnxPredictor
+    #: What runs the batches: a checked PyTorch backend, an ONNX session, or another function of a batch (an
+    #: ensemble's members, a custom function) that may carry ``backend``, ``precision``, ``check_dn``,
+    #: ``uncertainty`` and ``predict_with_variance`` like them.
+    predict: CheckedBackend | OnnxPredictor | Callable[[np.ndarray, np.ndarray | None], np.ndarray]
     config: ModelSpec
     device: torch.device
     #: The float32 arithmetic of every call (``ieee`` or ``tf32``), set for the call and restored after it.
@@ -65,9 +68,13 @@ class Predictor:
         from dsen2cr.version import __version__
 
         check = self.check_dn
+        try:
+            family = f"{family_of(self.config).name} "
+        except DSen2CRError:  # an ensemble: its description names its members
+            family = ""
         return {
             "DSEN2CR_VERSION": __version__,
-            "DSEN2CR_MODEL": f"{family_of(self.config).name} {self.config.describe()}",
+            "DSEN2CR_MODEL": f"{family}{self.config.describe()}",
             "DSEN2CR_WEIGHTS": self.weights or "a model in memory",
             "DSEN2CR_WEIGHTS_SHA256": self.weights_sha256 or "unknown",
             "DSEN2CR_PRECISION": self.precision,
@@ -92,9 +99,9 @@ class Predictor:
     @property
     def uncertainty(self) -> str:
         """``diag`` when :meth:`predict_with_variance` gives a variance per band and pixel, else ``none``."""
-        if isinstance(self.predict, OnnxPredictor):
-            return self.predict.uncertainty
-        return self.config.uncertainty if isinstance(getattr(self.predict, "model", None), torch.nn.Module) else "none"
+        if isinstance(self.predict, CheckedBackend):
+            return self.config.uncertainty
+        return str(getattr(self.predict, "uncertainty", "none"))  # an ONNX file's outputs, an ensemble: always
 
     def predict_with_variance(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The prediction and its variance (model units, model units squared) of one batch, from one eager pass
@@ -106,10 +113,10 @@ class Predictor:
                 f"{self.weights or 'this model'}: predicts no uncertainty (model.uncertainty: "
                 f"{self.config.uncertainty}); train one with model.uncertainty=diag"
             )
-        if isinstance(self.predict, OnnxPredictor):
-            arrays = self.predict.predict_with_variance(s2, s1)
+        if not isinstance(self.predict, CheckedBackend):  # an ONNX file, an ensemble
+            arrays = self.predict.predict_with_variance(s2, s1)  # type: ignore[attr-defined]  # ONNX, ensemble
         else:
-            assert isinstance(model, CloudRemovalNetwork)  # self.uncertainty says so
+            assert isinstance(model, CloudRemovalNetwork)  # a checked backend holds the eager model
             with float32_arithmetic(self.float32), torch.inference_mode():
                 s1_tensor = None if s1 is None else torch.as_tensor(s1).to(self.device, torch.float32)
                 s2_tensor = torch.as_tensor(s2).to(self.device, torch.float32)

@@ -75,7 +75,8 @@ class SceneSettings:
     """The settings of a ``remove-clouds`` run, shared by all its scenes, as given (``auto`` where the tool
     decides); each is checked once, here."""
 
-    weights: str | None = None  # the command line's --weights; the Python API passes a predictor instead
+    # the command line's --weights (several: an ensemble); the Python API passes a predictor instead
+    weights: str | tuple[str, ...] | None = None
     device: str = "auto"
     backend: str = "auto"
     precision: str = "auto"
@@ -96,8 +97,10 @@ class SceneSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.weights is not None:
-            check_utf8_name(self.weights)
+        if isinstance(self.weights, list):  # argparse's nargs="+"
+            object.__setattr__(self, "weights", tuple(self.weights))
+        for name in self.weights_files:
+            check_utf8_name(name)
         _choice("--backend", self.backend, BACKEND_CHOICES)
         _choice("--precision", self.precision, PRECISIONS)
         _choice("--resampling", self.resampling, RESAMPLINGS)
@@ -117,6 +120,11 @@ class SceneSettings:
         if not math.isfinite(self.cloud_threshold):
             raise DSen2CRError(f"--cloud-threshold: must be a finite number, got {self.cloud_threshold}")
         self.cog_options()  # compression and level known, and this GDAL writes them
+
+    @property
+    def weights_files(self) -> tuple[str, ...]:
+        """The weights files (one, or an ensemble's members; none when a predictor is passed)."""
+        return (self.weights,) if isinstance(self.weights, str) else tuple(self.weights or ())
 
     def cog_options(self) -> dict[str, str | int]:
         """The COG creation options of ``compression`` at ``compression_level`` (checked against this GDAL)."""

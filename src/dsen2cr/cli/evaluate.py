@@ -22,7 +22,7 @@ def register(subparsers: SubParsers) -> None:
         "evaluate",
         help="paper metrics of a model and of the identity baseline on a split, with predictions and previews",
     )
-    add_weights(parser, onnx=True)
+    add_weights(parser, onnx=True, ensemble=True)
     parser.add_argument("--data-root", required=True, help="dataset root folder")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--file-list", help="DSen2-CR file list (with --split)")
@@ -69,6 +69,7 @@ def register(subparsers: SubParsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``."""
     from dsen2cr.data.layout import read_file_list, read_roi_list, scan_release, select_rois, select_split
+    from dsen2cr.ensemble import ensemble
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.evaluate import REPORT_ENTRIES, evaluate, summary_markdown
     from dsen2cr.outputs.files import check_output_folder, output_folder
@@ -81,9 +82,18 @@ def run(args: argparse.Namespace) -> int:
         raise DSen2CRError(f"--window: must be 0 (full patch) or a size in pixels, got {window}")
     folder = {"owned": REPORT_ENTRIES, "overwrite": args.overwrite, "what": "an evaluation report"}
     check_output_folder(args.out, **folder)
-    # Exact numbers: eager IEEE fp32 unless asked otherwise; an ONNX file (fp32 or int8) runs as it was exported.
-    backend = "onnxruntime" if is_onnx(args.weights) else "eager"
-    predictor = load_predictor(args.weights, backend=backend, device=args.device, precision=args.precision, exact=True)
+    members = [
+        # exact numbers: eager IEEE fp32 unless asked otherwise; an ONNX file (fp32 or int8) runs as exported
+        load_predictor(
+            w,
+            backend="onnxruntime" if is_onnx(w) else "eager",
+            device=args.device,
+            precision=args.precision,
+            exact=True,
+        )
+        for w in args.weights
+    ]
+    predictor = members[0] if len(members) == 1 else ensemble(members)
     if args.file_list:
         triplets = select_split(read_file_list(args.file_list, args.data_root), args.split, source=args.file_list)
     else:

@@ -37,13 +37,16 @@ def add_verbosity(parser: argparse.ArgumentParser, *, default: object = False) -
     )
 
 
-def add_weights(parser: argparse.ArgumentParser, *, onnx: bool = False) -> None:
-    """``--weights``: any weights file the project reads (``onnx``: ``.onnx`` too)."""
+def add_weights(parser: argparse.ArgumentParser, *, onnx: bool = False, ensemble: bool = False) -> None:
+    """``--weights``: any weights file the project reads (``onnx``: ``.onnx`` too; ``ensemble``: several)."""
     kinds = ".safetensors (dsen2cr export), .ckpt (dsen2cr train), Keras .h5"
+    several = "; several files: an ensemble (mean prediction, variance = mean of the members' variances + variance "
+    several += "of their predictions)"
     parser.add_argument(
         "--weights",
         required=True,
-        help=kinds + (", or .onnx (dsen2cr export-onnx, fp32 or int8)" if onnx else ""),
+        nargs="+" if ensemble else None,
+        help=kinds + (", or .onnx (dsen2cr export-onnx, fp32 or int8)" if onnx else "") + (several if ensemble else ""),
     )
 
 

@@ -37,7 +37,7 @@ def register(subparsers: SubParsers) -> None:
         "a VV.tif,VH.tif pair or a STAC item with vv and vh assets, warped onto the S2 grid on the fly. Several "
         "scenes: lists after --s2/--s1 with --out a folder, or --manifest; under torchrun the ranks split them.",
     )
-    add_weights(parser, onnx=True)
+    add_weights(parser, onnx=True, ensemble=True)
     _add_inputs(parser)
     _add_compute(parser)
     _add_masks(parser)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dsen2cr.auto import plan_scene_run, resolve_device
+from dsen2cr.ensemble import EnsembleSpec, check_same_inputs, ensemble
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
 from dsen2cr.inputs.readers import scene_size
@@ -22,9 +23,9 @@ from dsen2cr.outputs.files import (
     path_identity,
 )
 from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
-from dsen2cr.predictor import load_network, predictor_for_plan
+from dsen2cr.predictor import Predictor, load_network, predictor_for_plan
 from dsen2cr.scene.remove import OUTPUT_KINDS, SceneReport, check_uncertainty_output, job_outputs, remove_clouds
-from dsen2cr.settings import SceneJob, SceneSettings
+from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def check_jobs(
     jobs: list[SceneJob],
     products: list[S2Product | None],
     *,
-    weights: str | Path,
+    weights: tuple[str, ...],
     overwrite: bool,
     extra_inputs: list[Path],
 ) -> None:
@@ -98,7 +99,7 @@ def check_jobs(
     output can be written (exists only with ``overwrite``; its folder exists), and no output is an input (any
     file a scene reads: product members, STAC assets, S1 pair members), lies in an input folder, or is another
     output (refused even with ``overwrite``). ``products``: each job's resolved S2 input (None if unresolved)."""
-    inputs: list[tuple[str, Path]] = [("weights", Path(weights))] + [("file", p) for p in extra_inputs]
+    inputs: list[tuple[str, Path]] = [("weights", Path(w)) for w in weights] + [("file", p) for p in extra_inputs]
     outputs: list[tuple[str, Path]] = []
     for job, product in zip(jobs, products, strict=True):
         named = [("s2", job.s2), *[("s1", part) for part in s1_parts(job.s1 or "")]]
@@ -136,11 +137,43 @@ def run_scene_jobs(
     resolved = [_resolve(job, settings) for job in jobs]
     all_products = [product for product, _ in resolved]
     check_jobs(
-        jobs, all_products, weights=settings.weights, overwrite=settings.overwrite, extra_inputs=list(extra_inputs)
+        jobs,
+        all_products,
+        weights=settings.weights_files,
+        overwrite=settings.overwrite,
+        extra_inputs=list(extra_inputs),
     )
     mine = jobs[rank::world]
     with output_locks(path for job in mine for _, path in job_outputs(job)):
         yield from _run_my_jobs(mine, all_products[rank::world], [size for _, size in resolved[rank::world]], settings)
+
+
+def _plan_and_predictor(
+    mine: list[SceneJob], sizes: list[tuple[int, int] | None], settings: SceneSettings
+) -> tuple[ScenePlan, Predictor]:
+    """Load the weights (several: an ensemble, :mod:`dsen2cr.ensemble`), refuse what the jobs ask of them before
+    any decision is printed (tiles, backend), then plan the run and build the predictor."""
+    device = resolve_device(settings.device)
+    networks = [load_network(weights, device=device) for weights in settings.weights_files]
+    check_same_inputs(list(settings.weights_files), [network.config.include_sar for network in networks])
+    without_s1 = [job.s2 for job in mine if job.s1 is None]
+    if any(network.config.include_sar for network in networks) and without_s1:
+        raise DSen2CRError(
+            f"{without_s1[0]}: these weights need SAR input; pass --s1 (or an s1 column in the manifest): VV, VH "
+            "in dB on or near the S2 grid"
+        )
+    if len({network.onnx for network in networks}) > 1:
+        raise DSen2CRError("--weights: an ensemble's members are all ONNX files or all PyTorch weights, not both")
+    single = len(networks) == 1
+    config = networks[0].config if single else EnsembleSpec(tuple(network.config for network in networks))
+    for job in mine:
+        if job.uncertainty_out is not None:
+            uncertainty = "none" if single and networks[0].onnx else config.uncertainty
+            check_uncertainty_output(job.uncertainty_out, uncertainty, ", ".join(settings.weights_files), settings)
+    known = [size for size in sizes if size]
+    plan = plan_scene_run(settings, config, scene_sizes=known, onnx=networks[0].onnx, device=device)
+    members = [predictor_for_plan(network, plan) for network in networks]
+    return plan, members[0] if single else ensemble(members)
 
 
 def _run_my_jobs(
@@ -150,23 +183,7 @@ def _run_my_jobs(
     settings: SceneSettings,
 ) -> Iterator[SceneReport]:
     """Run this rank's jobs (checked, their inputs resolved, their outputs locked) with one predictor."""
-    assert settings.weights is not None  # checked by run_scene_jobs
-    device = resolve_device(settings.device)
-    network = load_network(settings.weights, device=device)
-    without_s1 = [job.s2 for job in mine if job.s1 is None]
-    if network.config.include_sar and without_s1:  # before any decision is printed (tiles, backend)
-        raise DSen2CRError(
-            f"{without_s1[0]}: these weights need SAR input; pass --s1 (or an s1 column in the manifest): VV, VH "
-            "in dB on or near the S2 grid"
-        )
-    for job in mine:  # before any decision is printed too
-        if job.uncertainty_out is not None:
-            uncertainty = "none" if network.onnx else network.config.uncertainty
-            check_uncertainty_output(job.uncertainty_out, uncertainty, str(settings.weights), settings)
-    plan = plan_scene_run(
-        settings, network.config, scene_sizes=[size for size in sizes if size], onnx=network.onnx, device=device
-    )
-    predictor = predictor_for_plan(network, plan)
+    plan, predictor = _plan_and_predictor(mine, sizes, settings)
     finisher = OutputFinisher(background=completes_in_background(predictor.device))
     try:
         for job, product in zip(mine, products, strict=True):

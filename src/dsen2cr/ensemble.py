@@ -1,0 +1,126 @@
+"""Ensembles (docs/design.md §6): several trained models run as one predictor. The prediction is the mean of
+the members'; its variance is the law of total variance over the members, aleatoric (the mean of the
+members' predicted variances; 0 for members without a variance output) plus epistemic (the variance of their
+predictions, how much independently trained models disagree), per band and pixel. Every member runs with its
+own backend and checks; the ensemble is a :class:`~dsen2cr.predictor.Predictor` like any other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.models import ModelSpec
+from dsen2cr.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """The configuration an ensemble shows to the planner: the members' largest receptive radius and widest
+    feature map (each member runs the windows in turn), their common SAR input, always a variance."""
+
+    members: tuple[ModelSpec, ...]
+
+    @property
+    def include_sar(self) -> bool:
+        """Whether the members take S1 (all do, or none)."""
+        return self.members[0].include_sar
+
+    @property
+    def receptive_radius(self) -> int:
+        """The largest member's."""
+        return max(member.receptive_radius for member in self.members)
+
+    @property
+    def hidden_channels(self) -> int:
+        """The widest member's."""
+        return max(member.hidden_channels for member in self.members)
+
+    @property
+    def uncertainty(self) -> str:
+        """An ensemble always gives a variance (at least the members' disagreement)."""
+        return "diag"
+
+    def build_parameter_count(self) -> int:
+        """The members' parameters together."""
+        return sum(member.build_parameter_count() for member in self.members)
+
+    def build(self) -> Any:
+        """Not a network: members are built from their own weights."""
+        raise DSen2CRError("an ensemble is not one network; load each member's weights")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The members' configurations."""
+        return {"ensemble": [member.to_dict() for member in self.members]}
+
+    def describe(self) -> str:
+        """``ensemble of 3 (B=4, F=32 with SAR, …)``."""
+        kinds = sorted({member.describe() for member in self.members})
+        return f"ensemble of {len(self.members)} ({'; '.join(kinds)})"
+
+
+class EnsembleBackend:
+    """Runs the members in turn on each batch (each through its own backend, checks and float32 arithmetic)."""
+
+    backend = "ensemble"
+
+    def __init__(self, members: list[Predictor]) -> None:
+        self.members = members
+        self.uncertainty = "diag"
+
+    @property
+    def precision(self) -> str:
+        """The members' precisions (one word when they agree)."""
+        return "/".join(dict.fromkeys(member.precision for member in self.members))
+
+    @property
+    def check_dn(self) -> tuple[float, float] | None:
+        """The largest first-batch distance to IEEE fp32 over the members (None if a member was not checked)."""
+        checks = [member.check_dn for member in self.members]
+        if any(check is None for check in checks):
+            return None
+        return max(c[0] for c in checks if c), max(c[1] for c in checks if c)
+
+    def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        """The mean of the members' predictions."""
+        total = np.zeros_like(s2, dtype=np.float64)
+        for member in self.members:
+            total += member(s2, s1)
+        return (total / len(self.members)).astype(np.float32)
+
+    def predict_with_variance(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The mean prediction and the total variance (aleatoric + epistemic), float32."""
+        means, variances = [], []
+        for member in self.members:
+            if member.uncertainty == "diag":
+                mean, variance = member.predict_with_variance(s2, s1)
+            else:
+                mean, variance = member(s2, s1), np.zeros_like(s2, dtype=np.float32)
+            means.append(mean.astype(np.float64))
+            variances.append(variance.astype(np.float64))
+        stacked = np.stack(means)
+        aleatoric, epistemic = np.mean(variances, axis=0), stacked.var(axis=0)
+        return stacked.mean(axis=0).astype(np.float32), (aleatoric + epistemic).astype(np.float32)
+
+
+def ensemble(members: list[Predictor]) -> Predictor:
+    """One predictor of ``members`` (at least two, all with or all without SAR, on one device)."""
+    if len(members) < 2:
+        raise DSen2CRError(f"an ensemble needs at least two members, got {len(members)}")
+    names = [member.weights or "a model in memory" for member in members]
+    check_same_inputs(names, [member.include_sar for member in members])
+    spec = EnsembleSpec(tuple(member.config for member in members))
+    digests = ";".join(member.weights_sha256 or "unknown" for member in members)
+    return Predictor(EnsembleBackend(members), spec, members[0].device, members[0].float32, "; ".join(names), digests)
+
+
+def check_same_inputs(names: list[str], include_sar: list[bool]) -> None:
+    """Refuse members of which some take SAR input and others do not (naming one of each)."""
+    if len(set(include_sar)) > 1:
+        with_sar = next(name for name, sar in zip(names, include_sar, strict=True) if sar)
+        without = next(name for name, sar in zip(names, include_sar, strict=True) if not sar)
+        raise DSen2CRError(
+            f"{with_sar}: takes SAR input but {without} does not; an ensemble's members take the same inputs"
+        )
