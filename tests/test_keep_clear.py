@@ -305,6 +305,7 @@ def test_uncertainty_out_is_the_models_sigma_and_zero_where_the_input_is_kept(sc
     argv += ["--tile", "128"]
     assert main([*argv, "--out", str(tmp_path / "a.tif"), "--uncertainty-out", str(tmp_path / "sa.tif")]) == 0
     kept_argv = ["--keep-clear", "--feather", str(FEATHER), "--uncertainty-out", str(tmp_path / "sk.tif")]
+    kept_argv += ["--preview", str(tmp_path / "p.png")]
     assert main([*argv, "--out", str(tmp_path / "k.tif"), *kept_argv]) == 0
     with rasterio.open(tmp_path / "sa.tif") as every, rasterio.open(tmp_path / "sk.tif") as kept:
         sigma, sigma_kept = every.read(), kept.read()
@@ -321,3 +322,11 @@ def test_uncertainty_out_is_the_models_sigma_and_zero_where_the_input_is_kept(sc
     weight = np.clip((FEATHER - signed) / (2 * FEATHER), 0, 1)
     np.testing.assert_allclose(sigma_kept, sigma * weight[None], rtol=1e-5, atol=1e-3)
     assert (sigma_kept[:, weight == 0] == 0).all() and (weight == 0).sum() > 1000
+    from PIL import Image
+
+    preview = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+    assert preview.shape == (16 + 300 + 18, 3 * 420 + 2 * 4, 3)  # titles, three panels (input, output, sigma), bar
+    sigma_panel = preview[16:, 2 * 424 :][:300]
+    mean_sigma = sigma_kept.mean(axis=0)
+    lowest, highest = sigma_panel[mean_sigma == 0].mean(axis=0), sigma_panel[mean_sigma > mean_sigma.max() * 0.99]
+    assert tuple(lowest.round()) == (40, 20, 90) and (highest.mean(axis=0) > 200).sum() == 2  # ramp: blue to yellow

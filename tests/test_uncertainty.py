@@ -341,3 +341,15 @@ def test_ensembles_from_the_command_line(workdir: Path, synthetic_tree: Path, ca
 def _rois(tmp: Path) -> Path:
     (tmp / "rois.txt").write_text("ROIs1970_fall/3\n")
     return tmp / "rois.txt"
+
+
+def test_a_non_finite_variance_is_refused_like_a_nan_prediction() -> None:
+    """A variance tail that gives infinity (broken weights in memory) stops the run instead of writing it."""
+    from dsen2cr.predictor import predictor_from_model
+
+    model = ModelConfig(1, 4, False, 0.1, "diag").build().eval()
+    with torch.no_grad():
+        model.variance_tail.bias.fill_(float("inf"))
+    predictor = predictor_from_model(model, device=torch.device("cpu"))
+    with pytest.raises(DSen2CRError, match="predicted NaN, infinite or absurdly large values or variances"):
+        predictor.predict_with_variance(np.ones((1, 13, 8, 8), np.float32), None)

@@ -137,9 +137,18 @@ class Quicklook:
         self.before = np.zeros(shape, np.uint16)
         self.after = np.zeros(shape, np.uint16)
         self.mask: np.ndarray | None = None
+        self.sigma: np.ndarray | None = None  # mean sigma over the bands (DN); negative: no data
 
-    def add(self, core: Window, before_dn: np.ndarray, after_dn: np.ndarray, mask: np.ndarray | None = None) -> None:
-        """Place the sampled pixels of one tile core (13-band DN arrays, and its (h, w) cloud/shadow map)."""
+    def add(
+        self,
+        core: Window,
+        before_dn: np.ndarray,
+        after_dn: np.ndarray,
+        mask: np.ndarray | None = None,
+        sigma_dn: np.ndarray | None = None,
+    ) -> None:
+        """Place the sampled pixels of one tile core (13-band DN arrays, its (h, w) cloud/shadow map, and its
+        per-band sigma in DN, negative where there is no data)."""
         s = self.scale
         r0, c0 = -core.row_off % s, -core.col_off % s  # first rows/columns on the sampling grid
         rows = slice((core.row_off + r0) // s, (core.row_off + r0) // s + len(range(r0, core.height, s)))
@@ -150,13 +159,49 @@ class Quicklook:
             if self.mask is None:
                 self.mask = np.zeros(self.before.shape[1:], bool)
             self.mask[rows, cols] = mask[r0::s, c0::s] != 0
+        if sigma_dn is not None:
+            if self.sigma is None:
+                self.sigma = np.full(self.before.shape[1:], -1.0, np.float32)
+            self.sigma[rows, cols] = sigma_dn[:, r0::s, c0::s].mean(axis=0)
 
     def save(self, path: str | Path) -> Path:
-        """Write input (left, cloud/shadow outlined) and output (right) side by side as PNG."""
+        """Write input (left, cloud/shadow outlined) and output (right) side by side as PNG; with sigma, a
+        third panel of the mean sigma over the bands, titled, with a colour bar."""
         before = rgb_image(self.before)
         if self.mask is not None:
             before[mask_outline(self.mask)] = OUTLINE_COLOUR
-        return save_png(path, side_by_side([before, rgb_image(self.after)]))
+        if self.sigma is None:
+            return save_png(path, side_by_side([before, rgb_image(self.after)]))
+        valid = self.sigma[self.sigma >= 0]
+        top = float(np.percentile(valid, 99)) if valid.size else 1.0
+        panels = [before, rgb_image(self.after), sigma_colours(self.sigma, top)]
+        titles = ["Input (cloud/shadow outlined)", "Output", "Mean sigma over the bands (DN)"]
+        return save_png(path, figure_with_titles(panels, titles, footer=colour_bar(top)))
+
+
+#: The colour ramp of sigma maps, low to high: dark blue, teal, yellow (perceptually ordered, like viridis).
+SIGMA_RAMP = np.array([(40, 20, 90), (30, 130, 140), (120, 200, 90), (250, 230, 40)], np.float32)
+
+
+def sigma_colours(sigma: np.ndarray, top: float) -> np.ndarray:
+    """uint8 (h, w, 3) of a sigma map: 0 to ``top`` along :data:`SIGMA_RAMP` (higher values saturate), black
+    where sigma is negative (no data)."""
+    position = np.clip(sigma / max(top, 1e-9), 0, 1) * (len(SIGMA_RAMP) - 1)
+    low = np.minimum(position.astype(int), len(SIGMA_RAMP) - 2)
+    fraction = (position - low)[..., None]
+    image = SIGMA_RAMP[low] * (1 - fraction) + SIGMA_RAMP[low + 1] * fraction
+    image[sigma < 0] = 0
+    return image.astype(np.uint8)
+
+
+def colour_bar(top: float, width: int = 260) -> np.ndarray:
+    """A legend strip for :func:`sigma_colours`: the ramp from 0 to ``top`` DN, labelled at both ends."""
+    ramp = sigma_colours(np.tile(np.linspace(0, top, width - 120, dtype=np.float32), (12, 1)), top)
+    strip = np.full((18, width, 3), 255, np.uint8)
+    strip[3:15, 30 : 30 + ramp.shape[1]] = ramp
+    strip[:, :28] = _label("0", 28, 18)
+    strip[:, 32 + ramp.shape[1] :] = _label(f"{top:.0f} DN", width - 32 - ramp.shape[1], 18)
+    return strip
 
 
 def mask_outline(mask: np.ndarray) -> np.ndarray:

@@ -262,10 +262,11 @@ class _TileWriter:
         elif masker is not None:
             core_mask = masker.window(tile.core)
         self.cog.write(out_dn[self.written], window=tile.core)
-        if self.sigma is not None:
-            self.sigma.write(_sigma_dn(variance, valid, weights)[self.written], window=tile.core)
+        sigma = None if self.sigma is None else _sigma_dn(variance, valid, weights)
+        if sigma is not None:
+            self.sigma.write(sigma[self.written], window=tile.core)
         if self.quicklook is not None:
-            self.quicklook.add(tile.core, dn, out_dn, core_mask)
+            self.quicklook.add(tile.core, dn, out_dn, core_mask, sigma)
         self.missing += holes
         self.valid += int(valid.sum())
         self.skipped += not valid.any()
