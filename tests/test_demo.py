@@ -28,16 +28,26 @@ def test_demo_writes_its_report(tmp_path: Path) -> None:
     assert (out / "scene" / "T33UUU_20170216_before_after.png").is_file()
     assert (out / "scene" / "T33UUU_20170216_comparison.png").is_file()
     assert (out / "evaluation-sar" / "summary.md").is_file()
+    # the third model predicts sigma: evaluated on it, and its sigma map of the real scene is 0 where kept
+    assert "| DSen2-CR small, without SAR, with sigma |" in text and "+-1 sigma coverage" in text
+    assert (out / "evaluation-uncertainty" / "calibration.png").is_file()
+    with rasterio.open(out / "scene" / "T33UUU_20170216_sigma.tif") as sigma:
+        values = sigma.read()
+        assert sigma.count == 13 and values.min() == 0 and values.max() > 0
+    assert (out / "scene" / "T33UUU_20170216_sigma.png").is_file()
 
 
 @pytest.mark.slow
 def test_full_demo_beats_the_identity_baseline(tmp_path: Path) -> None:
-    """The real demo (about 3 minutes): both models remove clouds better than leaving them."""
+    """The real demo (about 5 minutes): the three models remove clouds better than leaving them, and the model
+    with sigma is calibrated within 0.683 +- 0.1 on the held-out images."""
     import json
 
     run_demo(tmp_path / "out")
-    for model in ("sar", "nosar"):
+    for model in ("sar", "nosar", "uncertainty"):
         summary = json.loads((tmp_path / "out" / f"evaluation-{model}" / "summary.json").read_text())["summary"]
         for metric in ("mae", "rmse", "mae_cloudy"):
             assert summary["model"][metric]["mean"] < 0.8 * summary["identity"][metric]["mean"], (model, metric)
         assert summary["model"]["psnr"]["mean"] > summary["identity"]["psnr"]["mean"] + 3
+    summary = json.loads((tmp_path / "out" / "evaluation-uncertainty" / "summary.json").read_text())["summary"]
+    assert abs(summary["model"]["coverage_1sigma"]["mean"] - 0.683) < 0.1

@@ -1,11 +1,14 @@
 """``dsen2cr demo``: the whole workflow on the bundled real sample, on a CPU in a few minutes.
 
-1. Train the small DSen2-CR with SAR and its twin without SAR (CARL loss) on the sample's training ROIs plus
+1. Train the small DSen2-CR with SAR, its twin without SAR (CARL loss), and a third without SAR that also
+   predicts its uncertainty (Gaussian NLL, cloud-aware), on the sample's training ROIs plus
    synthetic SEN12MS-CR-like patches (``dsen2cr data synth``): the sample is Level-2A, and the synthetic
    top-of-atmosphere spectra teach the model what Level-1C input (the real scene of step 4) looks like.
-2. Export both to safetensors weights.
-3. Evaluate both, and the identity baseline, on the held-out ROIs (validation and test) with the paper metrics.
-4. Remove the clouds of the bundled real L1C scene (no S1 exists for it: the model without SAR does it).
+2. Export them to safetensors weights.
+3. Evaluate them, and the identity baseline, on the held-out ROIs (validation and test) with the paper metrics
+   (and the calibration of the third's sigma).
+4. Remove the clouds of the bundled real L1C scene (no S1 exists for it: the models without SAR do it; the
+   third also writes its sigma map).
 5. Write ``report.md`` with the metrics table and links to the figures.
 """
 
@@ -30,7 +33,7 @@ log = logging.getLogger(__name__)
 
 #: The demo's training config when none is given (bundled: ``dsen2cr config small-cpu`` prints it).
 DEMO_CONFIG = "small-cpu"
-#: Synthetic training patches mixed with the sample's, and the settings that keep the demo at ~3 minutes.
+#: Synthetic training patches mixed with the sample's, and the settings that keep the demo at ~4.5 minutes.
 DEMO_SYNTHETIC = {"count": 12, "size": 128, "seed": 2020}
 DEMO_OVERRIDES = {"data": {"repeats": 12}, "optim": {"epochs": 20}}
 HEADLINE = ("mae", "rmse", "psnr", "ssim", "sam", "mae_cloudy", "mae_clear")
@@ -39,11 +42,24 @@ DEMO_ENTRIES = (
     "data",
     "train-sar",
     "train-nosar",
+    "train-uncertainty",
     "weights",
     "evaluation-sar",
     "evaluation-nosar",
+    "evaluation-uncertainty",
     "scene",
     "report.md",
+)
+#: The demo's models: (name, folder suffix, SAR, extra overrides). The third predicts its uncertainty.
+DEMO_MODELS = (
+    ("with SAR", "sar", True, ()),
+    ("without SAR", "nosar", False, ()),
+    (
+        "without SAR, with sigma",
+        "uncertainty",
+        False,
+        ("model.uncertainty=diag", "loss.name=gnll", "loss.cloud_aware=true"),
+    ),
 )
 
 
@@ -65,10 +81,10 @@ def demo_training_data(out: Path) -> Path:
 
 
 def _demo_config(
-    config_path: str | None, out: Path, include_sar: bool, file_list: Path | None, extra: list[str]
+    config_path: str | None, out: Path, include_sar: bool, file_list: Path | None, extra: list[str], folder: str
 ) -> RunConfig:
     """The training config of one demo model (with the demo's data when no config is given), then ``extra``
-    ``section.key=value`` overrides."""
+    ``section.key=value`` overrides; its run goes to ``out/train-FOLDER``."""
     overrides: list[str] = []
     if config_path is None:
         assert file_list is not None
@@ -76,7 +92,7 @@ def _demo_config(
         overrides += [f"data.root={file_list.parent}", f"data.file_list={file_list}"]
     config = load_config(config_path or DEMO_CONFIG, overrides + list(extra))
     model = dataclasses.replace(config.model, include_sar=include_sar)
-    trainer = dataclasses.replace(config.trainer, out_dir=str(out / ("train-sar" if include_sar else "train-nosar")))
+    trainer = dataclasses.replace(config.trainer, out_dir=str(out / f"train-{folder}"))
     return dataclasses.replace(config, model=model, trainer=trainer)
 
 
@@ -97,10 +113,7 @@ def run_demo(
 def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: str) -> Path:
     """The demo's steps into a prepared folder (see :func:`run_demo`)."""
     from dsen2cr.data.layout import resolve_split
-    from dsen2cr.data.sample import sample_scene
     from dsen2cr.predictor import load_predictor
-    from dsen2cr.scene.remove import remove_clouds
-    from dsen2cr.settings import SceneJob, SceneSettings
     from dsen2cr.training.train import run_training
     from dsen2cr.weights import load_model, save_weights
 
@@ -109,9 +122,8 @@ def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: 
         log.info("[demo] writing the training data: bundled sample + synthetic patches")
         file_list = demo_training_data(out)
     summaries, weights = {}, {}
-    for include_sar in (True, False):
-        name = "with SAR" if include_sar else "without SAR"
-        config = _demo_config(config_path, out, include_sar, file_list, overrides)
+    for name, folder, include_sar, extra in DEMO_MODELS:
+        config = _demo_config(config_path, out, include_sar, file_list, [*overrides, *extra], folder)
         log.info(
             "[demo] training model %s %s (%d epochs) -> %s",
             config.model.model_config().describe(),
@@ -120,50 +132,58 @@ def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: 
             config.trainer.out_dir,
         )
         checkpoint = run_training(config, overwrite=True, progress=False)
-        weights[include_sar] = out / "weights" / f"dsen2cr-demo-{'sar' if include_sar else 'nosar'}.safetensors"
-        weights[include_sar].parent.mkdir(exist_ok=True)
-        save_weights(load_model(checkpoint), weights[include_sar])
+        weights[folder] = out / "weights" / f"dsen2cr-demo-{folder}.safetensors"
+        weights[folder].parent.mkdir(exist_ok=True)
+        save_weights(load_model(checkpoint), weights[folder])
         held_out = resolve_split(config.data, "val") + resolve_split(config.data, "test")
         log.info("[demo] evaluating on %d held-out images", len(held_out))
         summaries[name] = evaluate(
-            load_predictor(weights[include_sar], backend="eager", device=device),
+            load_predictor(weights[folder], backend="eager", device=device),
             held_out,
-            out / f"evaluation-{'sar' if include_sar else 'nosar'}",
+            out / f"evaluation-{folder}",
             cloud_threshold=config.loss.cloud_threshold,
         )
-    log.info("[demo] removing the clouds of the bundled real L1C scene (model without SAR)")
-    scene_dir = out / "scene"
+    scenes = _demo_scene(out / "scene", weights, device)
+    return _write_report(out, summaries, len(held_out), scenes)
+
+
+def _demo_scene(scene_dir: Path, weights: dict[str, Path], device: str) -> dict[str, SceneReport]:
+    """The bundled real L1C scene (no S1: the models without SAR) with every pixel predicted, with
+    ``--keep-clear``, and with ``--keep-clear`` by the model with sigma (``--uncertainty-out``); the comparison
+    figure of the first two."""
+    from dsen2cr.data.sample import sample_scene
+    from dsen2cr.predictor import load_predictor
+    from dsen2cr.scene.remove import remove_clouds
+    from dsen2cr.settings import SceneJob, SceneSettings
+
+    log.info("[demo] removing the clouds of the bundled real L1C scene (models without SAR)")
     scene_dir.mkdir(exist_ok=True)
-    predictor = load_predictor(weights[False], backend="eager", device=device)
+    predictor = load_predictor(weights["nosar"], backend="eager", device=device)
     # The scene is a GeoTIFF: no product mask, the paper's detector is the best mask it allows.
-    scene_name = str(sample_scene())
-    plain = remove_clouds(
-        predictor,
-        SceneJob(
-            scene_name,
-            None,
-            scene_dir / "T33UUU_20170216_cloudfree_all_pixels.tif",
-            preview=scene_dir / "T33UUU_20170216_all_pixels.png",
-        ),
-        SceneSettings(progress=False),
+    scene_name, stem = str(sample_scene()), scene_dir / "T33UUU_20170216"
+    plain = SceneJob(scene_name, None, Path(f"{stem}_cloudfree_all_pixels.tif"), preview=Path(f"{stem}_all_pixels.png"))
+    kept = SceneJob(
+        scene_name,
+        None,
+        Path(f"{stem}_cloudfree.tif"),
+        mask_out=Path(f"{stem}_cloud_shadow_mask.tif"),
+        preview=Path(f"{stem}_before_after.png"),
     )
-    scene = remove_clouds(
-        predictor,
-        SceneJob(
-            scene_name,
-            None,
-            scene_dir / "T33UUU_20170216_cloudfree.tif",
-            mask_out=scene_dir / "T33UUU_20170216_cloud_shadow_mask.tif",
-            preview=scene_dir / "T33UUU_20170216_before_after.png",
-        ),
-        SceneSettings(keep_clear=True, progress=False),
+    uncertain = SceneJob(
+        scene_name,
+        None,
+        Path(f"{stem}_cloudfree_sigma_model.tif"),
+        preview=Path(f"{stem}_sigma.png"),
+        uncertainty_out=Path(f"{stem}_sigma.tif"),
     )
-    _comparison(
-        scene_dir / "T33UUU_20170216_all_pixels.png",
-        scene_dir / "T33UUU_20170216_before_after.png",
-        scene_dir / "T33UUU_20170216_comparison.png",
-    )
-    return _write_report(out, summaries, len(held_out), scene, plain)
+    reports = {
+        "plain": remove_clouds(predictor, plain, SceneSettings(progress=False)),
+        "kept": remove_clouds(predictor, kept, SceneSettings(keep_clear=True, progress=False)),
+    }
+    sigma_predictor = load_predictor(weights["uncertainty"], backend="eager", device=device)
+    reports["sigma"] = remove_clouds(sigma_predictor, uncertain, SceneSettings(keep_clear=True, progress=False))
+    _comparison(Path(f"{stem}_all_pixels.png"), Path(f"{stem}_before_after.png"), Path(f"{stem}_comparison.png"))
+    return reports
 
 
 def _comparison(plain_preview: Path, kept_preview: Path, out: Path) -> Path:
@@ -178,13 +198,11 @@ def _comparison(plain_preview: Path, kept_preview: Path, out: Path) -> Path:
     return save_png(out, side_by_side([kept[:, :half], plain[:, -half:], kept[:, -half:]]))
 
 
-def _write_report(out: Path, summaries: dict, images: int, scene: SceneReport, plain: SceneReport) -> Path:
-    """report.md: the metrics of both models against the identity baseline, and the figures."""
-    rows = [
-        ("DSen2-CR small, with SAR", summaries["with SAR"]["model"]),
-        ("DSen2-CR small, without SAR", summaries["without SAR"]["model"]),
-        ("identity (cloudy input)", summaries["with SAR"]["identity"]),
-    ]
+def _write_report(out: Path, summaries: dict, images: int, scenes: dict[str, SceneReport]) -> Path:
+    """report.md: the metrics of the three models against the identity baseline, the calibration of sigma,
+    and the figures."""
+    rows = [(f"DSen2-CR small, {name}", summaries[name]["model"]) for name, *_ in DEMO_MODELS]
+    rows.append(("identity (cloudy input)", summaries["with SAR"]["identity"]))
     lines = [
         "# dsen2cr demo report",
         "",
@@ -196,12 +214,21 @@ def _write_report(out: Path, summaries: dict, images: int, scene: SceneReport, p
     ]
     for name, metrics in rows:
         lines.append(f"| {name} | " + " | ".join(f"{metrics[m]['mean']:.4f}" for m in HEADLINE) + " |")
+    sigma = summaries["without SAR, with sigma"]["model"]
+    scene, plain, uncertain = scenes["kept"], scenes["plain"], scenes["sigma"]
     lines += [
         "",
-        "Per-image metrics, predictions (GeoTIFF) and previews: `evaluation-sar/`, `evaluation-nosar/`.",
+        "The model with sigma (Gaussian NLL, cloud-aware) on the same images: +-1 sigma coverage "
+        f"{sigma['coverage_1sigma']['mean']:.3f} (0.683 when calibrated), +-2 sigma "
+        f"{sigma['coverage_2sigma']['mean']:.3f} (0.954), UCE {sigma['uce']['mean']:.4f}; MAE of its most certain 10 % "
+        f"of values {sigma['mae_certain10']['mean']:.4f}, of 90 % {sigma['mae_certain90']['mean']:.4f}. Reliability "
+        "diagram: `evaluation-uncertainty/calibration.png`.",
+        "",
+        "Per-image metrics, predictions (GeoTIFF) and previews: `evaluation-sar/`, `evaluation-nosar/`, "
+        "`evaluation-uncertainty/`.",
         f"All metrics: {', '.join(ALL_METRICS)} in `evaluation-*/summary.md`.",
         "",
-        "## Real cloudy scene (T33UUU, 2017-02-16, no S1: model without SAR)",
+        "## Real cloudy scene (T33UUU, 2017-02-16, no S1: models without SAR)",
         "",
         f"`scene/T33UUU_20170216_cloudfree.tif` (`--keep-clear`: clear pixels kept, clouds and shadows replaced): "
         f"{scene.megapixels:.2f} Mpx in {scene.seconds:.1f} s, {scene.tiles} tiles; "
@@ -210,6 +237,11 @@ def _write_report(out: Path, summaries: dict, images: int, scene: SceneReport, p
         "Input with the cloud/shadow outline, every pixel predicted, `--keep-clear`:",
         "",
         "![input, all pixels, keep-clear](scene/T33UUU_20170216_comparison.png)",
+        "",
+        f"The model with sigma, `--keep-clear --uncertainty-out` ({uncertain.seconds:.1f} s): "
+        "`scene/T33UUU_20170216_sigma.tif` (sigma per band, DN; 0 where the input is kept):",
+        "",
+        "![input, output, mean sigma](scene/T33UUU_20170216_sigma.png)",
         "",
     ]
     return write_text_atomic(out / "report.md", "\n".join(lines))
