@@ -168,3 +168,74 @@ def test_a_resumed_run_keeps_its_history_and_writes_the_image_grid(workdir: Path
     assert epochs == [0, 1, 2]
     events = EventAccumulator(str(workdir / "run" / "logs" / "tensorboard"), size_guidance={"images": 0}).Reload()
     assert "val/sar_cloudy_pred_target_mask" in events.Tags()["images"]
+
+
+class _KilledError(Exception):
+    """Stands for SIGKILL at a chosen point: raised from a hook, nothing runs after it but Lightning's teardown
+    (which writes no checkpoint)."""
+
+
+def _killer(point: str, epoch: int = 1, batch: int = 1) -> object:
+    """A callback that 'kills' the run at ``point`` of ``epoch``."""
+    import lightning as L
+
+    class Killer(L.Callback):
+        def _at(self, trainer: L.Trainer, here: str, index: int = 0) -> None:
+            if here == point and trainer.current_epoch == epoch and index == (batch if "batch" in here else 0):
+                raise _KilledError(point)
+
+        def on_train_batch_start(self, trainer, module, data, index) -> None:  # type: ignore[no-untyped-def]
+            self._at(trainer, "mid-batch", index)
+
+        def on_train_batch_end(self, trainer, module, outputs, data, index) -> None:  # type: ignore[no-untyped-def]
+            self._at(trainer, "after the optimizer step of a batch", index)
+
+        def on_validation_batch_end(self, trainer, module, *args) -> None:  # type: ignore[no-untyped-def]
+            self._at(trainer, "during validation")
+
+        def on_validation_end(self, trainer, module) -> None:  # type: ignore[no-untyped-def]
+            self._at(trainer, "after the checkpoint write")  # after ModelCheckpoint's, which comes first
+
+        def on_train_epoch_end(self, trainer, module) -> None:  # type: ignore[no-untyped-def]
+            self._at(trainer, "at the epoch's end hooks")
+
+    return Killer()
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "mid-batch",
+        "after the optimizer step of a batch",
+        "during validation",
+        "after the checkpoint write",
+        "at the epoch's end hooks",
+    ],
+)
+def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_weights(
+    tmp_path: Path, synthetic_tree: Path, monkeypatch: pytest.MonkeyPatch, point: str
+) -> None:
+    """Killed in epoch 1 at each phase of an epoch, resumed from last.ckpt (epoch 0's, or epoch 1's when the
+    kill comes after its checkpoint write): the final weights equal an uninterrupted run's, bit for bit (#26)."""
+    from dsen2cr.training import train
+
+    def three_epochs(name: str) -> Path:
+        return _config(tmp_path, synthetic_tree, tmp_path / name)
+
+    straight = load_model(train.run_training(load_config(three_epochs("straight"), ["optim.epochs=3"]), progress=False))
+    build = train.build_trainer
+
+    def with_killer(*args: object, **kwargs: object) -> object:
+        trainer = build(*args, **kwargs)  # type: ignore[arg-type]
+        trainer.callbacks.append(_killer(point))
+        return trainer
+
+    monkeypatch.setattr(train, "build_trainer", with_killer)
+    config = load_config(three_epochs("killed"), ["optim.epochs=3"])
+    with pytest.raises(_KilledError):
+        train.run_training(config, progress=False)
+    monkeypatch.setattr(train, "build_trainer", build)
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    resumed = load_model(train.run_training(config, resume=last, progress=False))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{point}: {name}")
