@@ -63,7 +63,8 @@ def test_mask_out_does_not_depend_on_the_tiling(scene: dict, tmp_path: Path) -> 
     with rasterio.open(tmp_path / "m64.tif") as small, rasterio.open(tmp_path / "m512.tif") as whole:
         tiled, single = small.read(1), whole.read(1)
     np.testing.assert_array_equal(tiled, single)
-    np.testing.assert_array_equal(tiled, _scene_mask(scene["s2"]))
+    codes = {0: 0, 1: 1, -1: 2}  # the written map: 0 clear, 1 cloud, 2 shadow
+    np.testing.assert_array_equal(tiled, np.vectorize(codes.get)(_scene_mask(scene["s2"])))
     assert (tiled == 1).any() and (tiled == 0).any()
 
 
@@ -144,9 +145,9 @@ def test_product_mask_end_to_end(
     )
     with rasterio.open(tmp_path / "m.tif") as dataset:
         mask = dataset.read(1)
-    expected = np.zeros((60, 60), np.int8)
+    expected = np.zeros((60, 60), np.uint8)
     expected[:20, :20] = 1
-    expected[40:, 40:] = -1
+    expected[40:, 40:] = 2  # shadow
     np.testing.assert_array_equal(mask, expected)
 
 
@@ -228,6 +229,7 @@ def test_s2cloudless_scene_mask_does_not_depend_on_the_tiling(scene: dict, tmp_p
     with rasterio.open(tmp_path / "m64.tif") as a, rasterio.open(tmp_path / "m512.tif") as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
         np.testing.assert_array_equal(a.read(1), s2cloudless_mask(scene["s2"]))
+        assert "shadow" not in a.descriptions[0] and a.tags(1)["CATEGORIES"] == "0 clear, 1 cloud, 255 no data"
 
 
 def test_evaluate_and_training_take_the_s2cloudless_mask(

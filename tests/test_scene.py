@@ -121,7 +121,20 @@ def test_remove_clouds_writes_a_georeferenced_cog(
     expected = np.clip(np.rint(_whole_image(scene["model"], scene["s2"], scene["s1"]) * 2000), 1, 10000)
     assert np.abs(written - expected).max() <= 1
     with rasterio.open(tmp_path / "mask.tif") as mask:
-        assert mask.dtypes[0] == "int8" and set(np.unique(mask.read())) <= {-1, 0, 1}
+        assert mask.dtypes[0] == "uint8" and set(np.unique(mask.read())) <= {0, 1, 2}
+        # what a GIS reads (#29): nodata, a colour table, class names, overviews of the most common class
+        assert (
+            mask.nodata == 255
+            and mask.colormap(1)[1][:3] == (255, 255, 255)
+            and mask.colormap(1)[2][:3]
+            == (
+                30,
+                30,
+                110,
+            )
+        )
+        assert mask.tags(1)["CATEGORIES"] == "0 clear, 1 cloud, 2 shadow, 255 no data" and mask.overviews(1)
+        assert mask.descriptions[0].startswith("cloud/shadow map (paper)")
     assert (tmp_path / "preview.png").stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif", "out.tif", "preview.png"]
 
@@ -624,7 +637,7 @@ def test_out_with_a_trailing_slash_writes_into_the_folder(scene: dict, tmp_path:
 
 
 def test_the_mask_declares_nodata_and_never_labels_no_data(tmp_path: Path) -> None:
-    """No-data S2 pixels (0 in every band, and NaN in float input) are the map's nodata (-128, declared), not
+    """No-data S2 pixels (0 in every band, and NaN in float input) are the map's nodata (255, declared), not
     shadow or cloud; the valid pixels keep their classes."""
     from dsen2cr.cli import main
 
@@ -639,6 +652,6 @@ def test_the_mask_declares_nodata_and_never_labels_no_data(tmp_path: Path) -> No
     assert main([*argv, "--out", str(tmp_path / "o.tif"), "--mask-out", str(tmp_path / "m.tif")]) == 0
     with rasterio.open(tmp_path / "m.tif") as dataset:
         mask, nodata = dataset.read(1), dataset.nodata
-    assert nodata == -128
-    assert (mask[:30] == -128).all() and (mask[40:50, :20] == -128).all()
-    assert set(np.unique(mask[60:])) <= {-1, 0, 1}
+    assert nodata == 255
+    assert (mask[:30] == 255).all() and (mask[40:50, :20] == 255).all()
+    assert set(np.unique(mask[60:])) <= {0, 1, 2}

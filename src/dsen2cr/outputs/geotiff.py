@@ -154,10 +154,3 @@ def cog_writer(
         finally:
             staging.unlink(missing_ok=True)
 
-
-@contextlib.contextmanager
-def atomic_raster(path: str | Path, profile: dict) -> Iterator[rasterio.io.DatasetWriter]:
-    """Yield a tiled, compressed GeoTIFF (``GTIFF_OPTIONS`` updated by ``profile``) open for writing under a
-    temporary name; it is renamed to ``path`` on success and deleted on failure."""
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **dict(GTIFF_OPTIONS, **profile)) as dataset:
-        yield dataset

@@ -21,7 +21,7 @@ from dsen2cr.inputs import S2Product, local_inputs, resolve_s2
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
 from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
-from dsen2cr.outputs.geotiff import COG_OPTIONS, atomic_raster, cog_writer
+from dsen2cr.outputs.geotiff import COG_OPTIONS, cog_writer
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
 from dsen2cr.rasters import gdal_block_cache
@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 OUTPUT_NODATA = 0
 #: What each output of a scene holds (its name must say so; see dsen2cr.outputs.files.check_output_file).
 OUTPUT_KINDS = {"out": "geotiff", "mask_out": "geotiff", "preview": "png", "uncertainty_out": "geotiff"}
-#: The cloud/shadow map's value where the input has no data (declared as the map's nodata).
-MASK_NODATA = -128
+#: The cloud/shadow map's classes (uint8 code, name, colour of its colour table) and its no-data code.
+MASK_CLASSES = ((0, "clear", (90, 120, 90)), (1, "cloud", (255, 255, 255)), (2, "shadow", (30, 30, 110)))
+MASK_NODATA = 255
 #: A callback that takes a scene's outputs once every tile is written (see :func:`remove_clouds`).
 DeferOutputs = Callable[[contextlib.ExitStack], None]
 
@@ -237,7 +238,7 @@ class _TileWriter:
         if job.preview is not None:
             self.quicklook = Quicklook(grid.height, grid.width)
             outputs.push(_save_on_success(self.quicklook, job.preview))
-        self.mask = outputs.enter_context(_optional_mask(job.mask_out, dict(grid_profile)))
+        self.mask = outputs.enter_context(_optional_mask(job.mask_out, dict(grid_profile), self.settings))
         if job.uncertainty_out is not None:
             sigma_profile = dict(grid_profile, count=len(s2.bands), dtype="float32", nodata=SIGMA_NODATA)
             self.sigma = outputs.enter_context(cog_writer(job.uncertainty_out, sigma_profile, COG_OPTIONS))
@@ -271,8 +272,7 @@ class _TileWriter:
         self.valid += int(valid.sum())
         self.skipped += not valid.any()
         if self.mask is not None and core_mask is not None:
-            written_mask = np.where(valid, core_mask, MASK_NODATA).astype(np.int8)  # no data is never "shadow"
-            self.mask.write(written_mask[None], window=tile.core)
+            self.mask.write(mask_codes(core_mask, valid)[None], window=tile.core)
 
 
 def _predict_tiles(
@@ -343,14 +343,30 @@ def _save_on_success(quicklook: Quicklook, path: str | Path) -> Callable[..., bo
     return save
 
 
+def mask_codes(mask: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The written cloud/shadow map: uint8 codes of :data:`MASK_CLASSES` from the internal map (1 cloud, -1
+    shadow, 0 clear), :data:`MASK_NODATA` where S2 has no data (never "shadow" or "clear")."""
+    codes = np.where(mask == 1, 1, np.where(mask == -1, 2, 0)).astype(np.uint8)
+    codes[~valid] = MASK_NODATA
+    return codes
+
+
 @contextlib.contextmanager
-def _optional_mask(path: str | Path | None, grid_profile: dict):
-    """A writer for the cloud/shadow map (int8, atomic), or None."""
+def _optional_mask(path: str | Path | None, grid_profile: dict, settings: SceneSettings) -> Iterator[Any]:
+    """A writer for the cloud/shadow map, or None: a uint8 COG (overviews by the most common class) with a
+    colour table, the class names in its description and tags, and the no-data code declared."""
     if path is None:
         yield None
         return
-    with atomic_raster(path, dict(grid_profile, count=1, dtype="int8", nodata=MASK_NODATA)) as dataset:
-        dataset.set_band_description(1, f"cloud (1) / shadow (-1) / clear (0); {MASK_NODATA} = no data")
+    classes = [c for c in MASK_CLASSES if settings.mask != "s2cloudless" or c[1] != "shadow"]  # clouds only
+    names = ", ".join(f"{code} {name}" for code, name, _ in classes) + f", {MASK_NODATA} no data"
+    options = dict(COG_OPTIONS, overview_resampling="MODE")
+    with cog_writer(path, dict(grid_profile, count=1, dtype="uint8", nodata=MASK_NODATA), options) as dataset:
+        what = "cloud map" if settings.mask == "s2cloudless" else "cloud/shadow map"
+        dataset.set_band_description(1, f"{what} ({settings.mask}): {names}")
+        dataset.update_tags(1, CATEGORIES=names)
+        dataset.update_tags(DSEN2CR_MASK=settings.mask, DSEN2CR_MASK_CLASSES=names)
+        dataset.write_colormap(1, {**{code: (*rgb, 255) for code, _, rgb in classes}, MASK_NODATA: (0, 0, 0, 0)})
         yield dataset
 
 
