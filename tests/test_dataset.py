@@ -139,8 +139,10 @@ def test_truncated_tiff_names_the_file(tmp_path: Path, write_release_triplet: Ca
 
 def test_crop_larger_than_patch(tmp_path: Path, write_release_triplet: Callable[..., Triplet]) -> None:
     triplet = write_release_triplet(tmp_path, "ROIs1158_spring", 1, 0, size=32)
-    with pytest.raises(DSen2CRError, match=r"patch is 32x32, smaller than the 64x64 training crop"):
+    with pytest.raises(DSen2CRError, match=r"patch is 32x32, smaller than the 64x64 training crop; set data.crop_s"):
         SEN12MSCRDataset([triplet], train=True, crop_size=64)[0]
+    with pytest.raises(DSen2CRError, match=r"evaluation window; score full patches with --window 0 \(or a window of"):
+        SEN12MSCRDataset([triplet], train=False, window=64)[0]
 
 
 def test_persistent_workers_follow_the_sampler_epoch(synthetic_tree: Path) -> None:

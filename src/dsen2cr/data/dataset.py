@@ -121,7 +121,8 @@ class SEN12MSCRDataset(Dataset):
                 if self.crop_size > min(height, width):
                     raise DSen2CRError(
                         f"{triplet.s2_cloudy}: patch is {height}x{width}, smaller than the "
-                        f"{self.crop_size}x{self.crop_size} training crop"
+                        f"{self.crop_size}x{self.crop_size} training crop; set data.crop_size to at most "
+                        f"{min(height, width)} (the bundled sample: --config small-cpu)"
                     )
                 last = 0 if self.original_crop_offsets else 1  # the original never reaches the last offset
                 row = int(rng.integers(max(1, height - self.crop_size + last)))
@@ -131,7 +132,8 @@ class SEN12MSCRDataset(Dataset):
                 if self.window > min(height, width):
                     raise DSen2CRError(
                         f"{triplet.s2_cloudy}: patch is {height}x{width}, smaller than the "
-                        f"{self.window}x{self.window} evaluation window"
+                        f"{self.window}x{self.window} evaluation window; score full patches with --window 0 "
+                        f"(or a window of at most {min(height, width)})"
                     )
                 window = Window(0, 0, self.window, self.window)
             s2_cloudy = read_window(cloudy_file, window)
