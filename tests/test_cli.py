@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from rasterio.crs import CRS
 
 from dsen2cr.cli import main
@@ -85,3 +86,27 @@ def test_validation_errors_come_before_any_decision_is_printed(workdir: Path, ca
     captured = capsys.readouterr()
     assert "these weights need SAR input" in captured.err
     assert not any(word in captured.out for word in ("tiles:", "backend:", "precision:")), captured.out
+
+
+def test_output_and_weights_are_named_alike_in_every_command(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """#29: export takes --weights/--out like the other commands (its positional form still works), export-onnx
+    --out, train --out for its run folder; giving one twice, or not at all, is one line."""
+    from dsen2cr.cli import build_parser, main, parse_arguments
+
+    weights = str(workdir.weights())
+    assert main(["export", "--weights", weights, "--out", str(workdir / "a.safetensors")]) == 0
+    assert main(["export", weights, str(workdir / "b.safetensors")]) == 0
+    from dsen2cr.weights import load_model
+
+    a, b = (load_model(workdir / name).state_dict() for name in ("a.safetensors", "b.safetensors"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    parser = build_parser()
+    assert parse_arguments(parser, ["export-onnx", "--weights", weights, "--out", "m.onnx"]).out == "m.onnx"
+    assert parse_arguments(parser, ["train", "--out", "runs/x"]).out_dir == "runs/x"
+    for argv, message in (
+        (["export", weights, "c.safetensors", "--out", "d.safetensors"], "give OUT or --out OUT once"),
+        (["export", "--out", "e.safetensors"], "give CHECKPOINT or --weights CHECKPOINT (required)"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_arguments(build_parser(), argv)
+        assert message in capsys.readouterr().err

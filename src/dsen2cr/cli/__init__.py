@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dsen2cr.cli import config, data, demo, evaluate, export, models, remove_clouds, train, weights
-from dsen2cr.cli.options import NoAbbrevParser, add_verbosity, setup_logging
+from dsen2cr.cli.options import NoAbbrevParser, add_verbosity, merge_spellings, setup_logging
 from dsen2cr.errors import DSen2CRError, one_line
 from dsen2cr.outputs.files import output_locks
 from dsen2cr.version import __version__
@@ -60,6 +60,7 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}{_suggestion(parser, args, extra)}")
+    merge_spellings(target_parser(parser, args), args)
     if args.verbose and args.quiet:
         parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
     if args.quiet and hasattr(args, "no_progress"):
@@ -67,13 +68,18 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
     return args
 
 
+def target_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command in ``args`` (the main parser when there is none)."""
+    command = getattr(args, "command", None)
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return subparsers[0].choices.get(command, parser) if subparsers and command else parser
+
+
 def _suggestion(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> str:
     """``; did you mean --out?`` for a misspelt long option of the command (as config keys get)."""
     import difflib
 
-    command = getattr(args, "command", None)
-    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    target = subparsers[0].choices.get(command, parser) if subparsers and command else parser
+    target = target_parser(parser, args)
     options = [o for o in target._option_string_actions if o.startswith("--")]
     for item in extra:
         if item.startswith("--"):

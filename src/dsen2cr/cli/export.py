@@ -18,7 +18,10 @@ def register(subparsers: SubParsers) -> None:
         "export",
         help="write a plain safetensors weights file (with the model configuration) from a checkpoint",
     )
-    parser.add_argument("source", metavar="checkpoint", help="Lightning checkpoint (.ckpt) or Keras .h5")
+    parser.add_argument("source", nargs="?", metavar="checkpoint", help="Lightning checkpoint (.ckpt) or Keras .h5")
+    parser.add_argument(
+        "--weights", dest="source_option", metavar="CHECKPOINT", help="the checkpoint, as the other commands name it"
+    )
     add_output_file(parser, "weights file to write (.safetensors)")
     parser.set_defaults(handler=run_export)
 

@@ -51,9 +51,26 @@ def add_weights(parser: argparse.ArgumentParser, *, onnx: bool = False, ensemble
 
 
 def add_output_file(parser: argparse.ArgumentParser, help_text: str) -> None:
-    """The positional output file of the commands that write one file, and ``--overwrite``."""
-    parser.add_argument("out", help=help_text)
+    """The output file of the commands that write one file, as ``--out OUT`` (as every command names its
+    output) or positionally (``OUT``, the earlier form), and ``--overwrite``."""
+    parser.add_argument("out", nargs="?", help=help_text + " (or --out)")
+    parser.add_argument("--out", dest="out_option", metavar="OUT", help=help_text)
     add_overwrite(parser, "replace an existing output file (never one of the inputs)")
+
+
+def merge_spellings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One value for each argument that has two spellings (``OUT`` or ``--out OUT``; ``export``'s ``SOURCE`` or
+    ``--weights SOURCE``): exactly one must be given."""
+    for name, flag, spelled in (
+        ("out", "out_option", "OUT or --out OUT"),
+        ("source", "source_option", "CHECKPOINT or --weights CHECKPOINT"),
+    ):
+        if not hasattr(args, flag):
+            continue
+        given = [value for value in (getattr(args, name), getattr(args, flag)) if value is not None]
+        if len(given) != 1:
+            parser.error(f"{args.command}: give {spelled} {'once' if given else '(required)'}")
+        setattr(args, name, given[0])
 
 
 def add_overwrite(parser: argparse.ArgumentParser, help_text: str) -> None:

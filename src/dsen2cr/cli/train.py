@@ -36,7 +36,7 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides")
     parser.add_argument("--resume", metavar="CKPT", help="continue the run of this checkpoint exactly")
     add_overwrite(parser, "replace the run already in the output folder (its checkpoints, logs and config only)")
-    parser.add_argument("--out-dir", help="shortcut for trainer.out_dir=...")
+    parser.add_argument("--out-dir", "--out", dest="out_dir", help="the run folder: shortcut for trainer.out_dir=...")
     parser.add_argument("--devices", help="shortcut for trainer.devices=... (e.g. 4, or auto)")
     parser.add_argument("--num-nodes", type=int, help="shortcut for trainer.num_nodes=...")
     parser.add_argument("--strategy", help="shortcut for trainer.strategy=... (e.g. ddp)")

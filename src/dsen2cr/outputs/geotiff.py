@@ -153,4 +153,3 @@ def cog_writer(
             rasterio.shutil.copy(staging, final_tmp, **options)
         finally:
             staging.unlink(missing_ok=True)
-
