@@ -106,8 +106,21 @@ CASES = [
     dict(
         name="train: out_dir is the data root",
         setup=lambda t: _train(t, f"trainer.out_dir={t.tree()}", "--overwrite"),
-        message="which is not part of a run",
+        message="is inside the data root",
         keep=("data/files.csv",),
+    ),
+    dict(
+        name="train: out_dir inside the data root",
+        setup=lambda t: _train(t, f"trainer.out_dir={t.tree() / 'runs' / 'a'}"),
+        message="data/runs/a is inside the data root",
+        absent=("data/runs",),
+    ),
+    dict(
+        name="train: a batch larger than the epoch with drop_last",
+        setup=lambda t: _train(t, "optim.batch_size=64", "data.drop_last=true"),
+        message="optim.batch_size: 64 per process, but an epoch has 1 training samples per process and "
+        "data.drop_last is true: no batch would run",
+        absent=("run",),
     ),
     dict(
         name="train: optim.lr=1e400",

@@ -123,6 +123,14 @@ class SEN12MSCRDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """The training loader (Lightning sets its sampler's epoch before each epoch)."""
         assert self.train_set is not None
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_rank = len(self.train_set) // world  # Lightning's distributed sampler splits the samples evenly
+        if self.data.drop_last and per_rank < self.batch_per_device():
+            raise DSen2CRError(
+                f"optim.batch_size: {self.batch_per_device()} per process, but an epoch has {per_rank} training "
+                f"samples per process and data.drop_last is true: no batch would run (the run would save untrained "
+                "weights); lower optim.batch_size, raise data.repeats, or set data.drop_last: false"
+            )
         sampler = EpochShuffle(len(self.train_set), self.seed)
         return self._loader(self.train_set, sampler, drop_last=self.data.drop_last)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from dsen2cr.outputs.files import (
     atomic_path,
     is_launched_worker,
     output_locks,
+    path_identity,
     prepare_output_folder,
     write_failure,
 )
@@ -66,6 +68,13 @@ def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -
     """Create the run folder; refuse one that already holds a run unless resuming or ``overwrite``, and one that
     holds anything a run does not write (``dsen2cr.outputs.files.prepare_output_folder``)."""
     out = Path(config.trainer.out_dir)
+    if config.data.root is not None:  # the dataset is read, never written (as a product folder in remove-clouds)
+        root = path_identity(Path(config.data.root))
+        if path_identity(out) == root or path_identity(out).startswith(root + os.sep):
+            raise DSen2CRError(
+                f"trainer.out_dir: {out} is inside the data root {config.data.root}; the dataset is read, never "
+                "written: choose a run folder outside it"
+            )
     if is_launched_worker() or resume is not None:
         out.mkdir(parents=True, exist_ok=True)
         return out
