@@ -972,3 +972,33 @@ CASES += [
         absent=("o.tif",),
     ),
 ]
+
+
+@pytest.mark.parametrize("case", ["cache dir is a file", "HOME unset", "unicode paths with spaces"])
+def test_unusual_but_valid_environments(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, case: str
+) -> None:
+    """#26's environment rows: a compile cache folder that is a file (warned, the run compiles without keeping
+    it, the file untouched), no HOME at all, and names in other scripts with spaces: each run succeeds."""
+    s2, _ = workdir.scene()
+    out = workdir / "o.tif"
+    extra: list[str] = []
+    if case == "cache dir is a file":
+        (workdir / "cache").write_text("mine")
+        monkeypatch.setenv("DSEN2CR_CACHE_DIR", str(workdir / "cache"))
+        extra = ["--backend", "compiled"]
+    elif case == "HOME unset":
+        monkeypatch.delenv("HOME", raising=False)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        monkeypatch.delenv("DSEN2CR_CACHE_DIR", raising=False)
+    else:
+        folder = workdir / "ünï cødé 雲"
+        folder.mkdir()
+        os.replace(s2, folder / "scène 1.tif")
+        s2 = folder / "scène 1.tif"
+        out = folder / "sortie é.tif"
+    assert main(_remove_to(workdir, s2, out, *extra)) == 0
+    assert out.is_file()
+    if case == "cache dir is a file":
+        assert "compile cache: cannot create" in capsys.readouterr().err
+        assert (workdir / "cache").read_text() == "mine"
