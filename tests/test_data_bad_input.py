@@ -4,9 +4,14 @@ stderr naming the file or option and the problem, no traceback, inputs unchanged
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from rasterio.crs import CRS
 
 UTM32N = CRS.from_epsg(32632)
@@ -103,3 +108,41 @@ CASES = [
 def test_bad_input(bad_input: dict, check_case: Callable[[dict], None]) -> None:
     """Each row of ``CASES`` (parametrized by the ``bad_input`` hook in conftest.py)."""
     check_case(bad_input)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("command", ["data synth", "demo"])
+def test_a_signal_mid_run_leaves_nothing_and_a_rerun_works(
+    workdir: Path, private_tmp_env: dict[str, str], command: str, signum: int
+) -> None:
+    """SIGTERM (143) or Ctrl-C (130) while data synth writes patches, or while the demo trains: the folder the
+    command created is gone, nothing is left in TMPDIR, and the same command then runs (#26: a terminated
+    data synth used to leave a partial tree that its rerun refused)."""
+    out = workdir / "out"
+    argv = {"data synth": ["data", "synth", "--out", str(out), "--count", "400"], "demo": ["demo", "--out", str(out)]}
+    ready = {
+        "data synth": lambda: len(list(out.glob("*/*/*.tif"))) > 6,
+        "demo": lambda: any(out.glob("train-sar/checkpoints/*.ckpt")),
+    }[command]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dsen2cr.cli", *argv[command]],
+        env=private_tmp_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300
+    while not ready() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the command ended before the signal"
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == (143 if signum == signal.SIGTERM else 130), err.decode()
+    # PyTorch's own inductor cache folder (torchinductor_USER, made when Lightning loads) is not a file of ours
+    left = [p.name for p in (workdir / "tmp").iterdir() if not p.name.startswith("torchinductor_")]
+    assert b"Traceback" not in err and not out.exists() and not left, left
+    rerun = {"data synth": ["data", "synth", "--out", str(out), "--count", "2", "--size", "32"]}
+    if command in rerun:
+        assert (
+            subprocess.run([sys.executable, "-m", "dsen2cr.cli", *rerun[command]], env=private_tmp_env).returncode == 0
+        )

@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from dsen2cr.data.layout import Triplet, release_triplet, write_file_list
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.outputs.files import prepare_output_folder
+from dsen2cr.outputs.files import output_folder
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
 
@@ -117,8 +117,16 @@ def write_synthetic_dataset(
         raise DSen2CRError(f"count: must be in [1, {MAX_COUNT}], got {count}")
     if not 16 <= size <= MAX_SIZE:
         raise DSen2CRError(f"size: must be in [16, {MAX_SIZE}] pixels, got {size}")
-    # Its season names are real ones: writing into an existing tree could overwrite a real dataset's patches.
-    out = prepare_output_folder(out, owned=(), overwrite=False, what="a synthetic dataset")
+    # Its season names are real ones: writing into an existing tree could overwrite a real dataset's patches, so
+    # only a new or empty folder is written; a run that fails or is stopped removes what it wrote (a rerun works).
+    owned = [f"{season}_{kind}" for season in SEASONS for kind in ("s1", "s2", "s2_cloudy")] + ["files.csv"]
+    hint = "choose a new or empty folder"
+    with output_folder(out, owned=owned, overwrite=False, what="a synthetic dataset", hint=hint) as folder:
+        return _write_triplets(folder, count, size, seed, patches_per_roi)
+
+
+def _write_triplets(out: Path, count: int, size: int, seed: int, patches_per_roi: int) -> tuple[list[Triplet], Path]:
+    """The triplets and file list of :func:`write_synthetic_dataset` into the prepared folder ``out``."""
     rng = np.random.default_rng(seed)
     triplets = []
     for i in range(count):
