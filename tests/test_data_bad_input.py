@@ -87,7 +87,7 @@ CASES = [
     dict(
         name="data synth: into an existing tree",
         setup=lambda t: ["data", "synth", "--out", str(t.tree()), "--count", "2"],
-        message="not part of a synthetic dataset",
+        message="already holds a SEN12MS-CR tree; choose a new or empty folder",
         keep=("data/files.csv", "data/ROIs1158_spring_s2/s2_1/ROIs1158_spring_s2_1_p0.tif"),
     ),
     dict(

@@ -121,7 +121,7 @@ def write_synthetic_dataset(
     # only a new or empty folder is written; a run that fails or is stopped removes what it wrote (a rerun works).
     owned = [f"{season}_{kind}" for season in SEASONS for kind in ("s1", "s2", "s2_cloudy")] + ["files.csv"]
     hint = "choose a new or empty folder"
-    with output_folder(out, owned=owned, overwrite=False, what="a synthetic dataset", hint=hint) as folder:
+    with output_folder(out, owned=owned, overwrite=False, what="a SEN12MS-CR tree", hint=hint) as folder:
         return _write_triplets(folder, count, size, seed, patches_per_roi)
 
 
