@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -976,29 +977,28 @@ CASES += [
 
 @pytest.mark.parametrize("case", ["cache dir is a file", "HOME unset", "unicode paths with spaces"])
 def test_unusual_but_valid_environments(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, case: str
+    workdir: Path, run_cli: Callable[..., subprocess.CompletedProcess], case: str
 ) -> None:
-    """#26's environment rows: a compile cache folder that is a file (warned, the run compiles without keeping
-    it, the file untouched), no HOME at all, and names in other scripts with spaces: each run succeeds."""
+    """#26's environment rows, each in a fresh process: a compile cache folder that is a file (warned, the run
+    compiles without keeping it, the file untouched), no HOME at all, and names in other scripts with spaces:
+    each run succeeds."""
     s2, _ = workdir.scene()
     out = workdir / "o.tif"
-    extra: list[str] = []
+    env, extra = dict(os.environ), []
     if case == "cache dir is a file":
         (workdir / "cache").write_text("mine")
-        monkeypatch.setenv("DSEN2CR_CACHE_DIR", str(workdir / "cache"))
+        env["DSEN2CR_CACHE_DIR"] = str(workdir / "cache")
         extra = ["--backend", "compiled"]
     elif case == "HOME unset":
-        monkeypatch.delenv("HOME", raising=False)
-        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-        monkeypatch.delenv("DSEN2CR_CACHE_DIR", raising=False)
+        for name in ("HOME", "XDG_CACHE_HOME", "DSEN2CR_CACHE_DIR"):
+            env.pop(name, None)
     else:
         folder = workdir / "ünï cødé 雲"
         folder.mkdir()
         os.replace(s2, folder / "scène 1.tif")
-        s2 = folder / "scène 1.tif"
-        out = folder / "sortie é.tif"
-    assert main(_remove_to(workdir, s2, out, *extra)) == 0
-    assert out.is_file()
+        s2, out = folder / "scène 1.tif", folder / "sortie é.tif"
+    result = run_cli(*_remove_to(workdir, s2, out, *extra), env=env)
+    assert result.returncode == 0 and out.is_file(), result.stderr
     if case == "cache dir is a file":
-        assert "compile cache: cannot create" in capsys.readouterr().err
+        assert "compile cache: cannot create" in result.stderr
         assert (workdir / "cache").read_text() == "mine"
