@@ -136,6 +136,14 @@ def test_remove_clouds_writes_a_georeferenced_cog(
         assert mask.tags(1)["CATEGORIES"] == "0 clear, 1 cloud, 2 shadow, 255 no data" and mask.overviews(1)
         assert mask.descriptions[0].startswith("cloud/shadow map (paper)")
     assert (tmp_path / "preview.png").stat().st_size > 1000
+    with rasterio.open(out) as dst:  # band statistics in the file (#29), of the valid pixels, as numpy gives them
+        band = dst.read(3).astype(np.float64)
+        tags = dst.tags(3)
+    valid = band[band != 0]
+    assert float(tags["STATISTICS_MEAN"]) == pytest.approx(valid.mean(), rel=1e-6)
+    assert float(tags["STATISTICS_MAXIMUM"]) == valid.max() and float(tags["STATISTICS_STDDEV"]) == pytest.approx(
+        valid.std(), rel=1e-4
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif", "out.tif", "preview.png"]
 
 

@@ -38,7 +38,7 @@ GTIFF_OPTIONS: dict[str, object] = {
 STAGING_OPTIONS: dict[str, object] = {k: v for k, v in GTIFF_OPTIONS.items() if k not in ("compress", "predictor")}
 
 #: Creation options of the Cloud-Optimised GeoTIFF of a scene (GDAL's COG driver): deflate with the horizontal
-#: predictor, 256 px blocks, overviews, blocks and overviews compressed on all cores.
+#: predictor, 256 px blocks, overviews, blocks and overviews compressed on all cores, band statistics.
 COG_OPTIONS: dict[str, str | int] = {
     "driver": "COG",
     "compress": "DEFLATE",
@@ -46,6 +46,9 @@ COG_OPTIONS: dict[str, str | int] = {
     "blocksize": 256,
     "BIGTIFF": "IF_SAFER",
     "NUM_THREADS": "ALL_CPUS",
+    # per-band minimum, maximum, mean and standard deviation of the valid pixels, stored in the file (GDAL >= 3.8)
+    # so that viewers stretch it at once; measured: no cost beyond noise on a 4096 px, 13-band copy here
+    "STATISTICS": "YES",
 }
 
 #: The lossless compressions a scene's COG can have, with the levels GDAL accepts for each (lower: faster and
