@@ -96,6 +96,26 @@ def test_evaluate_with_roi_list(
     assert quiet.returncode == 0 and "evaluate:" not in quiet.stderr, quiet.stderr
 
 
+def test_the_evaluation_figure_names_the_patch_and_shows_only_the_models_inputs(
+    tmp_path: Path, synthetic_tree: Path
+) -> None:
+    """#29: the figure of a model without SAR has no SAR panel (nor sar.png); its panels are at least 240 px
+    wide; its first line names the patch and the model's metrics from the CSV."""
+    from PIL import Image
+
+    from dsen2cr.evaluate import evaluate
+
+    triplets = select_split(read_file_list(synthetic_tree / "files.csv", synthetic_tree), "train")[:1]
+    evaluate(create_model("dsen2cr-small-nosar").eval(), triplets, tmp_path / "e")
+    patch = triplets[0].patch_id
+    assert not (tmp_path / "e" / "previews" / patch / "sar.png").exists()
+    assert (tmp_path / "e" / "previews" / patch / "prediction.png").is_file()
+    size = Image.open(tmp_path / "e" / "previews" / f"{patch}.png").size
+    side = Image.open(tmp_path / "e" / "previews" / patch / "prediction.png").size[0]  # the patch, unscaled
+    scale = -(-240 // side)  # drawn at least 240 px wide
+    assert side < 240 and size == (5 * side * scale + 4 * 4, 18 + 16 + side * scale + 18)
+
+
 def _original_columns(pred: np.ndarray, target: np.ndarray, cloudy: np.ndarray, cover: np.ndarray) -> dict:
     """The original code's image_metrics.py, transcribed in float64 numpy (model units, (13, H, W))."""
     from skimage.metrics import structural_similarity

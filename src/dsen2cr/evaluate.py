@@ -40,6 +40,7 @@ from dsen2cr.preprocessing import S2_BANDS, S2_MODEL_SCALE, s1_model_to_db, s2_m
 from dsen2cr.rasters import open_raster
 from dsen2cr.visualize import (
     figure_with_titles,
+    label,
     mask_colours,
     mask_legend,
     reliability_diagram,
@@ -122,7 +123,7 @@ def evaluate(
     # a model that predicts its variance is also judged on it (the original protocol has no such columns)
     uncertain = o.protocol == "default" and getattr(predictor, "uncertainty", "none") == "diag"
     names = PROTOCOLS[o.protocol] + (UNCERTAINTY_METRIC_NAMES if uncertain else ())
-    scorer = _Scorer(o, out, {t.patch_id: t for t in triplets}, uncertain)
+    scorer = _Scorer(o, out, {t.patch_id: t for t in triplets}, uncertain, bool(predictor.include_sar))
     bar = tqdm(total=len(triplets), unit="patch", desc="evaluate", disable=not o.progress, dynamic_ncols=True)
     with torch.inference_mode(), bar:
         for batch in loader:
@@ -147,8 +148,11 @@ class _Scorer:
     #: Values per patch kept for the pooled calibration (a fixed random subset).
     SAMPLE = 20_000
 
-    def __init__(self, options: EvaluationOptions, out: Path, by_id: dict[str, Triplet], uncertain: bool) -> None:
+    def __init__(
+        self, options: EvaluationOptions, out: Path, by_id: dict[str, Triplet], uncertain: bool, include_sar: bool
+    ) -> None:
         self.options, self.out, self.by_id, self.uncertain = options, out, by_id, uncertain
+        self.include_sar = include_sar  # the figure shows the SAR input only to a model that reads it
         self.rows: list[dict[str, Any]] = []
         self.samples: list[tuple[np.ndarray, np.ndarray]] = []
         self.rng = np.random.default_rng(0)
@@ -174,8 +178,10 @@ class _Scorer:
                 self.rows.append({"patch_id": patch_id, "method": method, "cloud_fraction": cloud_fraction, **values})
             if self.options.write_images:
                 _write_prediction(self.by_id[patch_id], pred_dn, self.out / "predictions")
-                s1_db = s1_model_to_db(batch["s1"][i].numpy())
-                _write_previews(patch_id, s1_db, cloudy_dn, target_dn, pred_dn, mask, self.out / "previews")
+                s1_db = s1_model_to_db(batch["s1"][i].numpy()) if self.include_sar else None
+                images = {"cloudy": cloudy_dn, "target": target_dn, "prediction": pred_dn}
+                caption = _caption(patch_id, self.rows[-2], self.rows[-1], self.options.protocol)
+                _write_previews(patch_id, s1_db, images, mask, caption, self.out / "previews")
 
     def _keep_sample(self, pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray) -> None:
         """Keep up to :attr:`SAMPLE` random (|error|, sigma) values of a patch (reflectance)."""
@@ -302,28 +308,47 @@ def _write_prediction(triplet: Triplet, pred_dn: np.ndarray, folder: Path) -> No
     write_geotiff(folder / f"{triplet.patch_id}.tif", pred_dn, crs=crs, transform=transform, band_names=S2_BANDS)
 
 
+def _caption(patch_id: str, model: dict[str, Any], identity: dict[str, Any], protocol: str) -> str:
+    """The figure's first line: the patch and how the model did against leaving the clouds."""
+    if protocol != "default":
+        return f"{patch_id} (cloud cover {model['cloud_fraction']:.0%})"
+    return (
+        f"{patch_id}, cloud cover {model['cloud_fraction']:.0%}: model MAE {model['mae']:.4f}, "
+        f"PSNR {model['psnr']:.2f} dB, SSIM {model['ssim']:.3f}, SAM {model['sam']:.2f} deg "
+        f"(cloudy input: MAE {identity['mae']:.4f}, PSNR {identity['psnr']:.2f} dB)"
+    )
+
+
+#: The evaluation figure's panels are drawn at least this wide (SEN12MS-CR's 256 px; the sample's 120 px doubled).
+FIGURE_PANEL = 240
+
+
 def _write_previews(
     patch_id: str,
-    s1_db: np.ndarray,
-    cloudy: np.ndarray,
-    target: np.ndarray,
-    pred: np.ndarray,
+    s1_db: np.ndarray | None,
+    images: dict[str, np.ndarray],
     mask: np.ndarray,
+    caption: str,
     folder: Path,
 ) -> None:
-    """The original's per-image PNGs plus one combined, titled figure."""
-    panels = {
-        "sar": s1_false_colour(s1_db),
-        "cloudy": s2_rgb(cloudy),
-        "cloudy_bright": s2_rgb(cloudy, brighten=2.5),
-        "target": s2_rgb(target),
-        "prediction": s2_rgb(pred),
+    """The original's per-image PNGs (the SAR panel for a model with SAR) plus one combined figure: titled
+    panels at least :data:`FIGURE_PANEL` px wide, the patch id and its metrics above, the mask legend below."""
+    panels = {"sar": s1_false_colour(s1_db)} if s1_db is not None else {}
+    panels |= {
+        "cloudy": s2_rgb(images["cloudy"]),
+        "cloudy_bright": s2_rgb(images["cloudy"], brighten=2.5),
+        "target": s2_rgb(images["target"]),
+        "prediction": s2_rgb(images["prediction"]),
         "mask": mask_colours(mask),
     }
     image_dir = folder / patch_id
     image_dir.mkdir(parents=True, exist_ok=True)
     for name, image in panels.items():
         save_png(image_dir / f"{name}.png", image)
-    titles = ["SAR (VV, VH, ratio)", "Cloudy", "Cloudy (brightened)", "Target", "Prediction", "Cloud/shadow"]
-    figure = figure_with_titles(list(panels.values()), titles, footer=mask_legend())
-    save_png(folder / f"{patch_id}.png", figure)
+    titles = {"sar": "SAR (VV, VH, ratio)", "cloudy": "Cloudy", "cloudy_bright": "Cloudy (brightened)"}
+    titles |= {"target": "Target (cloud-free)", "prediction": "Prediction", "mask": "Cloud/shadow map"}
+    scale = max(1, -(-FIGURE_PANEL // max(mask.shape)))  # nearest-neighbour upscaling of small patches
+    large = [image.repeat(scale, axis=0).repeat(scale, axis=1) for image in panels.values()]
+    figure = figure_with_titles(large, [titles[name] for name in panels], footer=mask_legend())
+    header = label(caption, figure.shape[1], 18)
+    save_png(folder / f"{patch_id}.png", np.concatenate([header, figure], axis=0))

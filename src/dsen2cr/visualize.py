@@ -89,7 +89,7 @@ def training_grid(batch: dict, pred: torch.Tensor, max_images: int = 4) -> np.nd
     return np.concatenate(rows, axis=0)
 
 
-def _label(text: str, width: int, height: int = 16) -> np.ndarray:
+def label(text: str, width: int, height: int = 16) -> np.ndarray:
     """A white strip of ``width`` pixels with black text."""
     from PIL import ImageDraw
 
@@ -113,7 +113,7 @@ def mask_legend() -> np.ndarray:
 
 def figure_with_titles(panels: list[np.ndarray], titles: list[str], footer: np.ndarray | None = None) -> np.ndarray:
     """Panels side by side, each with its title above; an optional footer strip below, left-aligned."""
-    titled = [np.concatenate([_label(t, p.shape[1]), p], axis=0) for p, t in zip(panels, titles, strict=True)]
+    titled = [np.concatenate([label(t, p.shape[1]), p], axis=0) for p, t in zip(panels, titles, strict=True)]
     figure = side_by_side(titled)
     if footer is not None:
         row = np.full((footer.shape[0], figure.shape[1], 3), 255, dtype=np.uint8)
@@ -199,8 +199,8 @@ def colour_bar(top: float, width: int = 260) -> np.ndarray:
     ramp = sigma_colours(np.tile(np.linspace(0, top, width - 120, dtype=np.float32), (12, 1)), top)
     strip = np.full((18, width, 3), 255, np.uint8)
     strip[3:15, 30 : 30 + ramp.shape[1]] = ramp
-    strip[:, :28] = _label("0", 28, 18)
-    strip[:, 32 + ramp.shape[1] :] = _label(f"{top:.0f} DN", width - 32 - ramp.shape[1], 18)
+    strip[:, :28] = label("0", 28, 18)
+    strip[:, 32 + ramp.shape[1] :] = label(f"{top:.0f} DN", width - 32 - ramp.shape[1], 18)
     return strip
 
 
