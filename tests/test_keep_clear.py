@@ -102,10 +102,24 @@ def test_keep_clear_is_exact_seamless_and_monotone(scene: dict, tmp_path: Path) 
 def test_preview_outlines_the_mask(scene: dict, tmp_path: Path) -> None:
     from PIL import Image
 
+    from dsen2cr.visualize import mask_outline
+
     _run(scene, tmp_path / "o.tif", "--preview", str(tmp_path / "p.png"))
-    image = np.asarray(Image.open(tmp_path / "p.png"))
-    left = image[:, : scene["s2"].shape[2]]
-    assert (left == (255, 220, 0)).all(axis=-1).sum() > 100
+    image = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+    height, width = scene["s2"].shape[1:]
+    assert image.shape == (16 + height + 18, 2 * width + 4, 3)  # titles, input | output, the outline legend
+    left = image[16 : 16 + height, :width]
+    mask = _scene_mask(scene["s2"])
+    cloud, shadow = mask_outline(mask == 1), mask_outline(mask == -1)
+    # clouds outlined in yellow, shadows in cyan (a cloud's edge wins where they meet): #29, one colour for both
+    np.testing.assert_array_equal((left == (255, 220, 0)).all(axis=-1), cloud)
+    np.testing.assert_array_equal((left == (0, 220, 255)).all(axis=-1), shadow & ~cloud)
+    assert cloud.sum() > 100 and (shadow & ~cloud).sum() > 10
+    _run(scene, tmp_path / "k.tif", "--preview", str(tmp_path / "k.png"), "--keep-clear")
+    titles = [
+        np.asarray(Image.open(path).convert("L"))[:16, width + 4 :] for path in (tmp_path / "p.png", tmp_path / "k.png")
+    ]
+    assert not np.array_equal(*titles)  # the output's title says whether --keep-clear was used
 
 
 def _l2a_with_scl(folder: Path, scl: np.ndarray, make_safe: Callable, write_jp2: Callable) -> Path:

@@ -128,15 +128,17 @@ OUTLINE_COLOUR = (255, 220, 0)
 
 
 class Quicklook:
-    """Before/after RGB quicklook filled tile by tile (every ``scale``-th pixel), so nothing is read twice; the
-    cloud/shadow map, when given, is outlined on the input panel."""
+    """Before/after RGB quicklook filled tile by tile (every ``scale``-th pixel), so nothing is read twice: the
+    input with the cloud/shadow map outlined (clouds and shadows in their own colours), the output titled with
+    how it was made (``mode``), and with sigma a third panel."""
 
-    def __init__(self, height: int, width: int, max_size: int = 1024) -> None:
+    def __init__(self, height: int, width: int, max_size: int = 1024, mode: str = "every pixel predicted") -> None:
         self.scale = max(1, math.ceil(max(height, width) / max_size))
         shape = (3, math.ceil(height / self.scale), math.ceil(width / self.scale))
         self.before = np.zeros(shape, np.uint16)
         self.after = np.zeros(shape, np.uint16)
-        self.mask: np.ndarray | None = None
+        self.mode = mode
+        self.mask: np.ndarray | None = None  # 1 cloud, -1 shadow, 0 clear
         self.sigma: np.ndarray | None = None  # mean sigma over the bands (DN); negative: no data
 
     def add(
@@ -157,26 +159,48 @@ class Quicklook:
         self.after[:, rows, cols] = after_dn[RGB_BANDS, r0::s, c0::s]
         if mask is not None:
             if self.mask is None:
-                self.mask = np.zeros(self.before.shape[1:], bool)
-            self.mask[rows, cols] = mask[r0::s, c0::s] != 0
+                self.mask = np.zeros(self.before.shape[1:], np.int8)
+            self.mask[rows, cols] = mask[r0::s, c0::s]
         if sigma_dn is not None:
             if self.sigma is None:
                 self.sigma = np.full(self.before.shape[1:], -1.0, np.float32)
             self.sigma[rows, cols] = sigma_dn[:, r0::s, c0::s].mean(axis=0)
 
     def save(self, path: str | Path) -> Path:
-        """Write input (left, cloud/shadow outlined) and output (right) side by side as PNG; with sigma, a
-        third panel of the mean sigma over the bands, titled, with a colour bar."""
+        """Write the titled panels as PNG: input (cloud and shadow outlined), output, and with sigma the mean
+        sigma over the bands; below, the outline legend (and the colour bar of sigma)."""
         before = rgb_image(self.before)
+        footer = [outline_legend()] if self.mask is not None else []
         if self.mask is not None:
-            before[mask_outline(self.mask)] = OUTLINE_COLOUR
-        if self.sigma is None:
-            return save_png(path, side_by_side([before, rgb_image(self.after)]))
-        valid = self.sigma[self.sigma >= 0]
-        top = float(np.percentile(valid, 99)) if valid.size else 1.0
-        panels = [before, rgb_image(self.after), sigma_colours(self.sigma, top)]
-        titles = ["Input (cloud/shadow outlined)", "Output", "Mean sigma over the bands (DN)"]
-        return save_png(path, figure_with_titles(panels, titles, footer=colour_bar(top)))
+            before[mask_outline(self.mask == -1)] = SHADOW_OUTLINE
+            before[mask_outline(self.mask == 1)] = OUTLINE_COLOUR  # drawn last: a cloud's edge wins
+        panels = [before, rgb_image(self.after)]
+        titles = ["Input (cloud and shadow outlined)" if self.mask is not None else "Input", f"Output: {self.mode}"]
+        if self.sigma is not None:
+            valid = self.sigma[self.sigma >= 0]
+            top = float(np.percentile(valid, 99)) if valid.size else 1.0
+            panels.append(sigma_colours(self.sigma, top))
+            titles.append("Mean sigma over the bands (DN)")
+            footer.append(colour_bar(top))
+        strip = side_by_side(footer) if footer else None
+        return save_png(path, figure_with_titles(panels, titles, footer=strip))
+
+
+#: Colour of the shadow outline on a quicklook's input panel (cyan: visible on dark shadows).
+SHADOW_OUTLINE = (0, 220, 255)
+
+
+def outline_legend() -> np.ndarray:
+    """A legend strip for the quicklook's outlines: cloud (yellow), shadow (cyan)."""
+    from PIL import ImageDraw
+
+    strip = Image.new("RGB", (230, 18), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, (colour, name) in enumerate(((OUTLINE_COLOUR, "cloud outline"), (SHADOW_OUTLINE, "shadow outline"))):
+        x = 4 + 115 * i
+        draw.rectangle((x, 3, x + 12, 15), outline=colour, width=3)
+        draw.text((x + 17, 3), name, fill=(0, 0, 0))
+    return np.asarray(strip)
 
 
 #: The colour ramp of sigma maps, low to high: dark blue, teal, yellow (perceptually ordered, like viridis).

@@ -72,3 +72,10 @@ def provenance(predictor: Predictor, job: SceneJob) -> dict[str, str]:
         tags.update(DSEN2CR_BACKEND="eager", DSEN2CR_PRECISION="fp32" if exact else "tf32")
         tags.update(DSEN2CR_CHECK_P99_DN=check, DSEN2CR_CHECK_MAX_DN=check)
     return tags
+
+
+def preview_mode(settings: SceneSettings) -> str:
+    """How the output was made, for the title of its quicklook."""
+    if settings.keep_clear:
+        return f"--keep-clear (clear pixels kept, clouds and shadows predicted, {settings.feather} px blend)"
+    return "every pixel predicted"

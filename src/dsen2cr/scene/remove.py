@@ -31,6 +31,7 @@ from dsen2cr.scene.describe import (
     describe_bands,
     describe_sigma_bands,
     output_tags,
+    preview_mode,
     provenance,
     run_tags,
 )
@@ -236,7 +237,7 @@ class _TileWriter:
         s2, grid, job = self.inputs.s2, self.inputs.grid, self.job
         grid_profile = {"width": grid.width, "height": grid.height, "crs": grid.crs, "transform": grid.transform}
         if job.preview is not None:
-            self.quicklook = Quicklook(grid.height, grid.width)
+            self.quicklook = Quicklook(grid.height, grid.width, mode=preview_mode(self.settings))
             outputs.push(_save_on_success(self.quicklook, job.preview))
         self.mask = outputs.enter_context(_optional_mask(job.mask_out, dict(grid_profile), self.settings))
         if job.uncertainty_out is not None:
