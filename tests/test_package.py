@@ -27,3 +27,12 @@ def test_console_command_version_and_help() -> None:
         [sys.executable, "-m", "dsen2cr.cli", "--help"], check=True, capture_output=True, text=True
     ).stdout
     assert "usage: dsen2cr" in help_text and "demo" in help_text
+
+
+def test_every_public_name_resolves() -> None:
+    """Every name of ``dsen2cr.__all__`` is importable from the package (the lazy ones too: ``dsen2cr.SceneJob``
+    pointed at a module that no longer exists)."""
+    import dsen2cr
+
+    for name in dsen2cr.__all__:
+        assert getattr(dsen2cr, name) is not None, name

@@ -17,8 +17,8 @@ from dsen2cr.version import __version__
 _LAZY = {
     "load_predictor": "dsen2cr.predictor",
     "remove_clouds": "dsen2cr.scene.remove",
-    "SceneJob": "dsen2cr.scene.settings",
-    "SceneSettings": "dsen2cr.scene.settings",
+    "SceneJob": "dsen2cr.settings",
+    "SceneSettings": "dsen2cr.settings",
 }
 
 
