@@ -17,7 +17,7 @@ LAYERS = [
     ["demo"],
     ["evaluate"],
     ["training"],
-    ["scene.jobs"],
+    ["scene.jobs", "scene.arrays"],
     ["scene.remove"],
     ["ensemble"],
     ["scene.batches", "scene.masking", "scene.describe"],

@@ -663,3 +663,34 @@ def test_the_mask_declares_nodata_and_never_labels_no_data(tmp_path: Path) -> No
     assert nodata == 255
     assert (mask[:30] == 255).all() and (mask[40:50, :20] == 255).all()
     assert set(np.unique(mask[60:])) <= {0, 1, 2}
+
+
+def test_remove_clouds_array_equals_the_file_run(workdir: Path) -> None:
+    """The in-memory entry (#29) gives the pixels, map and sigma of the command on the same scene as files, on
+    the scene's grid or a placeholder one; wrong shapes are one line naming the argument."""
+    import dsen2cr
+    from dsen2cr.cli import main
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.models.dsen2cr import ModelConfig
+    from dsen2cr.predictor import load_predictor
+
+    torch.manual_seed(0)
+    weights = save_weights(ModelConfig(2, 8, True, 0.1, "diag").build(), workdir / "d.safetensors")
+    s2, s1 = workdir.scene()
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(s2), "--s1", str(s1), "--no-progress"]
+    files = ["--out", str(workdir / "o.tif"), "--mask-out", str(workdir / "m.tif"), "--uncertainty-out"]
+    assert main([*argv, *files, str(workdir / "s.tif"), "--keep-clear"]) == 0
+    with rasterio.open(s2) as a, rasterio.open(s1) as b:
+        s2_dn, s1_db, crs, transform = a.read(), b.read(), a.crs, a.transform
+    predictor = load_predictor(weights)
+    settings = dsen2cr.SceneSettings(keep_clear=True)
+    for grid in ({"crs": crs, "transform": transform}, {}):
+        result = dsen2cr.remove_clouds_array(predictor, s2_dn, s1_db, settings=settings, uncertainty=True, **grid)
+        for name, got in (("o.tif", result.image), ("m.tif", result.mask[None]), ("s.tif", result.sigma)):
+            with rasterio.open(workdir / name) as expected:
+                np.testing.assert_array_equal(got, expected.read(), err_msg=name)
+        assert result.tags["DSEN2CR_KEEP_CLEAR"].startswith("yes")
+    with pytest.raises(DSen2CRError, match=r"s1_db: expected shape \(2, 40, 50\), got \(2, 40, 49\)"):
+        dsen2cr.remove_clouds_array(predictor, s2_dn, s1_db[:, :, 1:])
+    with pytest.raises(DSen2CRError, match="s2_dn: 3 bands; expected 13"):
+        dsen2cr.remove_clouds_array(predictor, s2_dn[:3], s1_db)

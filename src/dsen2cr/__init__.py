@@ -1,8 +1,8 @@
 """dsen2cr: cloud removal for Sentinel-2 with Sentinel-1 SAR fusion (DSen2-CR, Meraner et al. 2020).
 
 The model registry, preprocessing, masks, losses and metrics import without the training stack (Lightning).
-``load_predictor`` and ``remove_clouds`` (and the settings they take) are imported on first use, so that
-``import dsen2cr`` stays light.
+``load_predictor``, ``remove_clouds`` and ``remove_clouds_array`` (and the settings they take) are imported on
+first use, so that ``import dsen2cr`` stays light.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dsen2cr.version import __version__
 _LAZY = {
     "load_predictor": "dsen2cr.predictor",
     "remove_clouds": "dsen2cr.scene.remove",
+    "remove_clouds_array": "dsen2cr.scene.arrays",
     "SceneJob": "dsen2cr.settings",
     "SceneSettings": "dsen2cr.settings",
 }
@@ -41,4 +42,5 @@ __all__ = [
     "get_variant",
     "load_predictor",
     "remove_clouds",
+    "remove_clouds_array",
 ]

@@ -1,0 +1,105 @@
+"""Cloud removal of a scene held in memory (numpy arrays), for notebooks and pipelines that already read it:
+the same run as :func:`dsen2cr.scene.remove.remove_clouds` (tiling, masks, ``--keep-clear``, checks), on
+GeoTIFF copies in a temporary folder that is removed afterwards; the outputs come back as arrays."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.transform import Affine, from_origin
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.outputs.geotiff import write_geotiff
+from dsen2cr.predictor import Predictor
+from dsen2cr.preprocessing import NUM_S1_BANDS, S2_BANDS
+from dsen2cr.rasters import open_raster
+from dsen2cr.scene.remove import remove_clouds
+from dsen2cr.settings import SceneJob, SceneSettings
+
+#: The grid arrays run on when the caller gives none: 10 m pixels in UTM 32N (the arrays' own position does not
+#: change the result; only S1 on another grid would need the real one).
+PLACEHOLDER_GRID = (CRS.from_epsg(32632), from_origin(500000, 5000000, 10, 10))
+
+
+@dataclass(frozen=True)
+class ArrayResult:
+    """What :func:`remove_clouds_array` returns: the cloud-free image (uint16 DN, the input's bands, 0 = no
+    data), the cloud/shadow map (uint8: 0 clear, 1 cloud, 2 shadow, 255 no data), sigma per band in DN (float32,
+    -1 = no data) when asked for, and the tags a GeoTIFF output would carry (model, weights, precision, ...)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    sigma: np.ndarray | None
+    tags: dict[str, str]
+
+
+def remove_clouds_array(
+    predictor: Predictor,
+    s2_dn: np.ndarray,
+    s1_db: np.ndarray | None = None,
+    *,
+    settings: SceneSettings | None = None,
+    crs: Any = None,
+    transform: Affine | None = None,
+    band_names: list[str] | None = None,
+    uncertainty: bool = False,
+) -> ArrayResult:
+    """Remove the clouds of ``s2_dn`` ((13, H, W) L1C or (12, H, W) L2A DN as Sentinel-2 delivers them, without
+    offset; ``band_names`` for another order) with ``s1_db`` ((2, H, W) VV, VH in dB on the same grid) for a model
+    with SAR. ``crs`` and ``transform`` place the arrays (a placeholder grid when omitted); ``settings`` as
+    :func:`~dsen2cr.scene.remove.remove_clouds` takes them (``keep_clear``, ``mask``, ...); ``uncertainty``:
+    also return sigma (a model with a variance output)."""
+    _check_arrays(s2_dn, s1_db, band_names)
+    if (crs is None) != (transform is None):
+        raise DSen2CRError("crs and transform: give both (the arrays' grid) or neither (a placeholder grid)")
+    grid_crs, grid_transform = (crs, transform) if crs is not None else PLACEHOLDER_GRID
+    names = band_names or (S2_BANDS if s2_dn.shape[0] == len(S2_BANDS) else [b for b in S2_BANDS if b != "B10"])
+    settings = dataclasses.replace(settings or SceneSettings(), progress=False, overwrite=False)
+    with tempfile.TemporaryDirectory(prefix="dsen2cr-arrays-") as folder:
+        work = Path(folder)
+        s2 = write_geotiff(work / "s2.tif", s2_dn, crs=grid_crs, transform=grid_transform, band_names=names)
+        s1 = None
+        if s1_db is not None:
+            s1 = write_geotiff(
+                work / "s1.tif",
+                s1_db.astype(np.float32),
+                crs=grid_crs,
+                transform=grid_transform,
+                band_names=["VV", "VH"],
+            )
+        job = SceneJob(
+            str(s2),
+            None if s1 is None else str(s1),
+            work / "out.tif",
+            mask_out=work / "mask.tif",
+            uncertainty_out=work / "sigma.tif" if uncertainty else None,
+        )
+        remove_clouds(predictor, job, settings)
+        with open_raster(job.out, what="output") as out, open_raster(work / "mask.tif", what="mask") as mask:
+            image, tags, codes = out.read(), out.tags(), mask.read(1)
+        sigma = None
+        if job.uncertainty_out is not None:
+            with open_raster(job.uncertainty_out, what="sigma") as sigma_file:
+                sigma = sigma_file.read()
+    return ArrayResult(image, codes, sigma, tags)
+
+
+def _check_arrays(s2_dn: np.ndarray, s1_db: np.ndarray | None, band_names: list[str] | None) -> None:
+    """One-line errors naming the argument, before anything is written."""
+    if not isinstance(s2_dn, np.ndarray) or s2_dn.ndim != 3:
+        raise DSen2CRError(
+            f"s2_dn: expected a (bands, height, width) array, got {getattr(s2_dn, 'shape', type(s2_dn))}"
+        )
+    bands = s2_dn.shape[0]
+    if band_names is None and bands not in (12, 13):
+        raise DSen2CRError(f"s2_dn: {bands} bands; expected 13 (L1C) or 12 (L2A), or name them with band_names")
+    if band_names is not None and len(band_names) != bands:
+        raise DSen2CRError(f"band_names: {len(band_names)} names for {bands} bands")
+    if s1_db is not None and (s1_db.ndim != 3 or s1_db.shape != (NUM_S1_BANDS, *s2_dn.shape[1:])):
+        raise DSen2CRError(f"s1_db: expected shape (2, {s2_dn.shape[1]}, {s2_dn.shape[2]}), got {s1_db.shape}")
