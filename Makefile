@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # The CPU wheel that lies on disk; the package itself only asks for a range (GPU users keep their CUDA torch).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test test-slow lint format demo benchmark benchmark-quick clean
+.PHONY: install test test-slow lint format demo benchmark benchmark-quick image image-test clean
 
 install: $(STAMP)
 
@@ -40,6 +40,15 @@ benchmark: $(STAMP)
 
 benchmark-quick: $(STAMP)
 	$(BIN)/python -m benchmarks --quick
+
+# The container image (Dockerfile): docker or podman where present, else buildah on a debootstrap Debian base.
+IMAGE ?= localhost/dsen2cr:cpu
+
+image:
+	scripts/build_image.sh $(IMAGE)
+
+image-test:
+	scripts/test_image.sh $(IMAGE)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
