@@ -60,6 +60,11 @@ def test_evaluate_command(tmp_path: Path, synthetic_tree: Path, weights: Path) -
         # predictions keep the input's georeferencing
         with rasterio.open(out / "predictions" / f"{t.patch_id}.tif") as pred, rasterio.open(t.s2_cloudy) as src:
             assert (pred.crs, pred.transform, pred.count, pred.dtypes[0]) == (src.crs, src.transform, 13, "uint16")
+            # what a scene output says of itself (#29): reflectance scale, colour hints, what computed it
+            assert pred.scales == (1e-4,) * 13 and [c.name for c in pred.colorinterp[1:4]] == ["blue", "green", "red"]
+            tags = pred.tags()
+            assert tags["DSEN2CR_PRECISION"] == "fp32" and tags["DSEN2CR_BACKEND"] == "eager", tags
+            assert tags["DSEN2CR_WEIGHTS"] == weights.name and len(tags["DSEN2CR_WEIGHTS_SHA256"]) == 64
         assert (out / "previews" / f"{t.patch_id}.png").is_file()
         for name in ("sar", "cloudy", "cloudy_bright", "target", "prediction", "mask"):
             assert (out / "previews" / t.patch_id / f"{name}.png").is_file()

@@ -38,6 +38,7 @@ from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS, S2_MODEL_SCALE, s1_model_to_db, s2_model_to_dn
 from dsen2cr.rasters import open_raster
+from dsen2cr.scene.describe import describe_bands
 from dsen2cr.visualize import (
     figure_with_titles,
     label,
@@ -131,9 +132,12 @@ def evaluate(
             s1 = batch["s1"].numpy() if model.include_sar else None
             if uncertain:
                 mean, variance = predictor.predict_with_variance(batch["s2_cloudy"].numpy(), s1)
+                scorer.tags = predictor.provenance()
                 scorer.score(batch, torch.from_numpy(mean), torch.from_numpy(variance))
             else:
-                scorer.score(batch, torch.from_numpy(predictor(batch["s2_cloudy"].numpy(), s1)), None)
+                prediction = predictor(batch["s2_cloudy"].numpy(), s1)
+                scorer.tags = predictor.provenance()
+                scorer.score(batch, torch.from_numpy(prediction), None)
     summary = summarise(scorer.rows, names)
     _write_reports(scorer.rows, summary, out, names, o.protocol, o.window)
     if uncertain:
@@ -153,6 +157,7 @@ class _Scorer:
     ) -> None:
         self.options, self.out, self.by_id, self.uncertain = options, out, by_id, uncertain
         self.include_sar = include_sar  # the figure shows the SAR input only to a model that reads it
+        self.tags: dict[str, str] = {}  # what computed the predictions (set once the first batch ran)
         self.rows: list[dict[str, Any]] = []
         self.samples: list[tuple[np.ndarray, np.ndarray]] = []
         self.rng = np.random.default_rng(0)
@@ -177,7 +182,7 @@ class _Scorer:
                 cloud_fraction = float((mask != 0).mean())
                 self.rows.append({"patch_id": patch_id, "method": method, "cloud_fraction": cloud_fraction, **values})
             if self.options.write_images:
-                _write_prediction(self.by_id[patch_id], pred_dn, self.out / "predictions")
+                _write_prediction(self.by_id[patch_id], pred_dn, self.out / "predictions", self.tags)
                 s1_db = s1_model_to_db(batch["s1"][i].numpy()) if self.include_sar else None
                 images = {"cloudy": cloudy_dn, "target": target_dn, "prediction": pred_dn}
                 caption = _caption(patch_id, self.rows[-2], self.rows[-1], self.options.protocol)
@@ -300,12 +305,18 @@ def _write_reports(
     write_text_atomic(out / "summary.json", json.dumps({**report, "summary": summary}, indent=2) + "\n")
 
 
-def _write_prediction(triplet: Triplet, pred_dn: np.ndarray, folder: Path) -> None:
-    """The prediction as a uint16 GeoTIFF with the cloudy input's georeferencing."""
+def _write_prediction(triplet: Triplet, pred_dn: np.ndarray, folder: Path, tags: dict[str, str]) -> None:
+    """The prediction as a uint16 GeoTIFF with the cloudy input's georeferencing, and what a scene output says
+    of itself: band names, reflectance scale, red/green/blue hints, what computed it (``tags``)."""
     folder.mkdir(parents=True, exist_ok=True)
     with open_raster(triplet.s2_cloudy, what="S2 cloudy") as src:
         crs, transform = src.crs, src.transform
-    write_geotiff(folder / f"{triplet.patch_id}.tif", pred_dn, crs=crs, transform=transform, band_names=S2_BANDS)
+
+    def describe(dataset: Any) -> None:
+        describe_bands(dataset, list(S2_BANDS))
+        dataset.update_tags(**tags, DSEN2CR_RADIOMETRY="reflectance x 10000 (the patch's DN)")
+
+    write_geotiff(folder / f"{triplet.patch_id}.tif", pred_dn, crs=crs, transform=transform, describe=describe)
 
 
 def _caption(patch_id: str, model: dict[str, Any], identity: dict[str, Any], protocol: str) -> str:

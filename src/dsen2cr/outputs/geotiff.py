@@ -10,7 +10,7 @@ import contextlib
 import functools
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +113,10 @@ def write_geotiff(
     transform: object,
     nodata: float | None = None,
     band_names: tuple[str, ...] | list[str] | None = None,
+    describe: Callable[[rasterio.io.DatasetWriter], None] | None = None,
 ) -> Path:
-    """Write a (bands, H, W) array to a tiled, compressed GeoTIFF atomically; return the path."""
+    """Write a (bands, H, W) array to a tiled, compressed GeoTIFF atomically; return the path. ``describe``
+    sets more metadata (scales, colour interpretation, tags) on the open dataset before it is published."""
     if array.ndim != 3:
         raise ValueError(f"array: expected shape (bands, H, W), got {array.shape}")
     count, height, width = array.shape
@@ -128,6 +130,8 @@ def write_geotiff(
         dst.write(array)
         for index, name in enumerate(band_names or (), start=1):
             dst.set_band_description(index, name)
+        if describe is not None:
+            describe(dst)
     return Path(path)
 
 
