@@ -225,3 +225,26 @@ def test_a_full_disk_is_one_line_naming_the_output(
     err = capsys.readouterr().err.strip().splitlines()
     assert "No space left on device" in err[-1] and str(full_disk) in err[-1], err
     assert list(full_disk.iterdir()) == [] and weights.read_bytes() == before
+
+
+def test_the_readme_xarray_recipe_selects_bands_by_name(workdir: Path) -> None:
+    """#29: rioxarray reads an output as reflectance (scale applied, nodata NaN) and, with the README's one line,
+    selects bands by name."""
+    rioxarray = pytest.importorskip("rioxarray")
+    import rasterio
+
+    from dsen2cr.cli import main
+
+    s2 = np.random.default_rng(0).integers(300, 3000, (13, 40, 50)).astype(np.uint16)
+    s2[:, :5] = 0  # no data
+    scene, _ = workdir.scene(s2=s2)
+    weights = workdir.weights("dsen2cr-small-nosar")
+    assert main(["remove-clouds", "--weights", str(weights), "--s2", str(scene), "--out", str(workdir / "o.tif")]) == 0
+    # the README's recipe
+    da = rioxarray.open_rasterio(workdir / "o.tif", mask_and_scale=True)
+    da = da.assign_coords(band=list(da.attrs["long_name"]))
+    red = da.sel(band="B4").values
+    with rasterio.open(workdir / "o.tif") as out:
+        dn = out.read(out.descriptions.index("B4") + 1).astype(np.float64)
+    np.testing.assert_allclose(red[5:], dn[5:] * 1e-4, rtol=1e-6)
+    assert np.isnan(red[:5]).all()
