@@ -107,8 +107,9 @@ def test_preview_outlines_the_mask(scene: dict, tmp_path: Path) -> None:
     _run(scene, tmp_path / "o.tif", "--preview", str(tmp_path / "p.png"))
     image = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
     height, width = scene["s2"].shape[1:]
-    assert image.shape == (16 + height + 18, 2 * width + 4, 3)  # titles, input | output, the outline legend
-    left = image[16 : 16 + height, :width]
+    # the caption (scene, model, mask), titles, input | output, the outline legend
+    assert image.shape == (16 + 16 + height + 18, 2 * width + 4, 3)
+    left = image[32 : 32 + height, :width]
     mask = _scene_mask(scene["s2"])
     cloud, shadow = mask_outline(mask == 1), mask_outline(mask == -1)
     # clouds outlined in yellow, shadows in cyan (a cloud's edge wins where they meet): #29, one colour for both
@@ -117,7 +118,8 @@ def test_preview_outlines_the_mask(scene: dict, tmp_path: Path) -> None:
     assert cloud.sum() > 100 and (shadow & ~cloud).sum() > 10
     _run(scene, tmp_path / "k.tif", "--preview", str(tmp_path / "k.png"), "--keep-clear")
     titles = [
-        np.asarray(Image.open(path).convert("L"))[:16, width + 4 :] for path in (tmp_path / "p.png", tmp_path / "k.png")
+        np.asarray(Image.open(path).convert("L"))[16:32, width + 4 :]
+        for path in (tmp_path / "p.png", tmp_path / "k.png")
     ]
     assert not np.array_equal(*titles)  # the output's title says whether --keep-clear was used
 
@@ -341,8 +343,8 @@ def test_uncertainty_out_is_the_models_sigma_and_zero_where_the_input_is_kept(sc
     from PIL import Image
 
     preview = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
-    assert preview.shape == (16 + 300 + 18, 3 * 420 + 2 * 4, 3)  # titles, three panels (input, output, sigma), bar
-    sigma_panel = preview[16:, 2 * 424 :][:300]
+    assert preview.shape == (32 + 300 + 18, 3 * 420 + 2 * 4, 3)  # caption, titles, input, output, sigma, bar
+    sigma_panel = preview[32:, 2 * 424 :][:300]
     mean_sigma = sigma_kept.mean(axis=0)
     lowest, highest = sigma_panel[mean_sigma == 0].mean(axis=0), sigma_panel[mean_sigma > mean_sigma.max() * 0.99]
     assert tuple(lowest.round()) == (40, 20, 90) and (highest.mean(axis=0) > 200).sum() == 2  # ramp: blue to yellow

@@ -130,14 +130,16 @@ OUTLINE_COLOUR = (255, 220, 0)
 class Quicklook:
     """Before/after RGB quicklook filled tile by tile (every ``scale``-th pixel), so nothing is read twice: the
     input with the cloud/shadow map outlined (clouds and shadows in their own colours), the output titled with
-    how it was made (``mode``), and with sigma a third panel."""
+    how it was made (``mode``), with sigma a third panel, and ``caption`` (scene, model, mask) above."""
 
-    def __init__(self, height: int, width: int, max_size: int = 1024, mode: str = "every pixel predicted") -> None:
+    def __init__(
+        self, height: int, width: int, max_size: int = 1024, mode: str = "every pixel predicted", caption: str = ""
+    ) -> None:
         self.scale = max(1, math.ceil(max(height, width) / max_size))
         shape = (3, math.ceil(height / self.scale), math.ceil(width / self.scale))
         self.before = np.zeros(shape, np.uint16)
         self.after = np.zeros(shape, np.uint16)
-        self.mode = mode
+        self.mode, self.caption = mode, caption  # how the output was made; the first line (scene, model, mask)
         self.mask: np.ndarray | None = None  # 1 cloud, -1 shadow, 0 clear
         self.sigma: np.ndarray | None = None  # mean sigma over the bands (DN); negative: no data
 
@@ -183,7 +185,10 @@ class Quicklook:
             titles.append("Mean sigma over the bands (DN)")
             footer.append(colour_bar(top))
         strip = side_by_side(footer) if footer else None
-        return save_png(path, figure_with_titles(panels, titles, footer=strip))
+        figure = figure_with_titles(panels, titles, footer=strip)
+        if self.caption:
+            figure = np.concatenate([label(self.caption, figure.shape[1], 16), figure], axis=0)
+        return save_png(path, figure)
 
 
 #: Colour of the shadow outline on a quicklook's input panel (cyan: visible on dark shadows).

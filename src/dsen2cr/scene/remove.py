@@ -97,7 +97,7 @@ def remove_clouds(
     with gdal_block_cache(), _open_inputs(predictor, job, plan.settings, product) as inputs:
         tiles = plan_tiles(inputs.grid.height, inputs.grid.width, plan.tile, plan.overlap)
         start = time.perf_counter()
-        writer = _TileWriter(inputs, plan.settings, job)
+        writer = _TileWriter(inputs, plan.settings, job, model=predictor.config.describe())
         with _progress_bar(len(tiles), enabled=plan.settings.progress) as bar, contextlib.ExitStack() as outputs:
             writer.open(outputs)
             _predict_tiles(predictor, inputs, tiles, plan, writer, bar.update)
@@ -222,6 +222,7 @@ class _TileWriter:
     inputs: SceneInputs
     settings: SceneSettings
     job: SceneJob
+    model: str = ""  # the model's description, for the quicklook's caption
     missing: int = 0
     valid: int = 0
     skipped: int = 0
@@ -237,7 +238,8 @@ class _TileWriter:
         s2, grid, job = self.inputs.s2, self.inputs.grid, self.job
         grid_profile = {"width": grid.width, "height": grid.height, "crs": grid.crs, "transform": grid.transform}
         if job.preview is not None:
-            self.quicklook = Quicklook(grid.height, grid.width, mode=preview_mode(self.settings))
+            caption = f"{Path(job.s2).name}: model {self.model}; cloud/shadow mask: {self.settings.mask}"
+            self.quicklook = Quicklook(grid.height, grid.width, mode=preview_mode(self.settings), caption=caption)
             outputs.push(_save_on_success(self.quicklook, job.preview))
         self.mask = outputs.enter_context(_optional_mask(job.mask_out, dict(grid_profile), self.settings))
         if job.uncertainty_out is not None:
