@@ -20,7 +20,8 @@ from benchmarks.__main__ import patch_flops
 from benchmarks.common import median_seconds, report
 from dsen2cr import create_model
 from dsen2cr.auto import resolve_tile
-from dsen2cr.backends import PredictFn, _channels_last, build_backend, relative_error
+from dsen2cr.backends import PredictFn, _channels_last, _fused_bf16, build_backend, relative_error
+from dsen2cr.models.dsen2cr import FusedBF16
 from dsen2cr.predictor import predictor_from_model
 from dsen2cr.scene.tiles import default_overlap, plan_tiles
 
@@ -47,6 +48,8 @@ def main() -> None:
     paths: list[tuple[str, PredictFn]] = [
         ("bf16 autocast", _channels_last(model, device, compile_model=False, bf16=True)),
         ("bf16 backend (fused on CUDA)", build_backend(model, "bf16", device)),
+        # issue #27 item 3: the fused form with its residual stream, head and tail in fp32 (4x closer to fp64)
+        ("fused bf16, fp32 paths", _fused_bf16(FusedBF16(model, fp32_paths=True), device)),
         # the same backend as remove-clouds calls it: checked on the first batch, its output checked for NaN
         ("bf16 backend through the predictor", predictor_from_model(model, device=device, precision="bf16")),
     ]

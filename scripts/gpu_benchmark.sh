@@ -7,7 +7,10 @@
 #   zstd       the same with the tile's COG written with --compress zstd --compress-level 1;
 #   cog        python -m benchmarks.cog_copy: the final COG copy alone, on this machine's CPUs and disk;
 #   fused      bf16 under autocast against the fused bf16 network (the bf16 backend on CUDA), alone and through the
-#              predictor, one batch of windows; the predictor's output check on this machine's CPUs;
+#              predictor, and the fused form with fp32 residual stream, head and tail (#27 item 3), one batch of
+#              windows; the predictor's output check on this machine's CPUs;
+#   accuracy   python -m benchmarks.bf16_accuracy --device cuda --size 512: each precision's distance to float64
+#              on the bundled scene (the goal of #27 item 3: p99 <= 8 DN, max <= 40 DN);
 #   pipeline   python -m benchmarks.pipeline: three 10980x4096 scenes, one run against one at a time;
 #   tiles      the same with three full 10980x10980 tiles (deflate), then one run of them with zstd level 1;
 #   compile    bf16 eager against bf16 compiled on one batch of the scene's windows.
@@ -15,7 +18,7 @@
 # the project installs (1.4.4: GDAL 3.10 with libdeflate; 1.4.3's GDAL 3.9 deflates with zlib, 1.8x slower copies).
 set -u
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
-STEPS=${STEPS:-cli benchmark zstd cog fused pipeline}
+STEPS=${STEPS:-cli benchmark zstd cog fused accuracy pipeline}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 mkdir -p "$OUT_DIR"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -75,6 +78,10 @@ if want fused; then
     timeout 100 python3 -m benchmarks.windows_bf16 2>&1 | tee -a "$OUT_DIR/gpu.log"
     timeout 60 python3 -m benchmarks.output_check --name output_check-gpu-machine 2>&1 | tee -a "$OUT_DIR/gpu.log"
     cp benchmarks/results/windows_bf16.* benchmarks/results/output_check-gpu-machine.* "$OUT_DIR/" 2>/dev/null
+fi
+if want accuracy; then
+    timeout 120 python3 -m benchmarks.bf16_accuracy --device cuda --size 512 2>&1 | tee -a "$OUT_DIR/gpu.log"
+    cp benchmarks/results/bf16_accuracy-cuda.* "$OUT_DIR/" 2>/dev/null
 fi
 if want compile; then
     timeout 150 python3 -m benchmarks.windows_bf16 --compiled 2>&1 | tee -a "$OUT_DIR/gpu.log"

@@ -193,3 +193,22 @@ def test_a_named_backend_that_cannot_build_is_a_one_line_error_with_exit_2(
         "compiler); use --backend eager or auto"
     )
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_fused_bf16_with_fp32_paths_is_closer_to_float64() -> None:
+    """#27 item 3: keeping the residual stream fp32 (each block's convolutions read a bf16 copy), and the head
+    and tail in fp32, leaves only the blocks' convolutions' own rounding, not one rounding of the whole stream
+    per block: on a 12-block model it lands closer to float64 than the bf16-stream form, and stays bf16, not
+    fp32."""
+    from dsen2cr.models.dsen2cr import FusedBF16
+
+    torch.manual_seed(3)
+    deep = DSen2CR(num_blocks=12, num_features=32, include_sar=True).eval()
+    s2, s1 = _inputs(1, 48, 48)
+    reference = _reference(deep, s2, s1)
+    with torch.inference_mode():
+        inputs = (torch.from_numpy(s2), torch.from_numpy(s1))
+        bf16_stream = FusedBF16(deep)(*inputs).numpy()
+        fp32_stream = FusedBF16(deep, fp32_paths=True)(*inputs).numpy()
+    stream_error, kept_error = (np.abs(x - reference).mean() for x in (bf16_stream, fp32_stream))
+    assert 1e-5 < kept_error < 0.8 * stream_error, (kept_error, stream_error)
