@@ -161,21 +161,14 @@ def _demo_scene(scene_dir: Path, weights: dict[str, Path], device: str) -> dict[
     predictor = load_predictor(weights["nosar"], backend="eager", device=device)
     # The scene is a GeoTIFF: no product mask, the paper's detector is the best mask it allows.
     scene_name, stem = str(sample_scene()), scene_dir / "T33UUU_20170216"
-    plain = SceneJob(scene_name, None, Path(f"{stem}_cloudfree_all_pixels.tif"), preview=Path(f"{stem}_all_pixels.png"))
-    kept = SceneJob(
-        scene_name,
-        None,
-        Path(f"{stem}_cloudfree.tif"),
-        mask_out=Path(f"{stem}_cloud_shadow_mask.tif"),
-        preview=Path(f"{stem}_before_after.png"),
-    )
-    uncertain = SceneJob(
-        scene_name,
-        None,
-        Path(f"{stem}_cloudfree_sigma_model.tif"),
-        preview=Path(f"{stem}_sigma.png"),
-        uncertainty_out=Path(f"{stem}_sigma.tif"),
-    )
+
+    def job(out: str, **outputs: str) -> SceneJob:
+        """A job of the scene whose outputs are named ``T33UUU_20170216_<name>``."""
+        return SceneJob(scene_name, None, Path(f"{stem}_{out}"), **{k: Path(f"{stem}_{v}") for k, v in outputs.items()})
+
+    plain = job("cloudfree_all_pixels.tif", preview="all_pixels.png")
+    kept = job("cloudfree.tif", mask_out="cloud_shadow_mask.tif", preview="before_after.png")
+    uncertain = job("cloudfree_sigma_model.tif", preview="sigma.png", uncertainty_out="sigma.tif")
     reports = {
         "plain": remove_clouds(predictor, plain, SceneSettings(progress=False)),
         "kept": remove_clouds(predictor, kept, SceneSettings(keep_clear=True, progress=False)),
