@@ -351,6 +351,13 @@ def check_case(workdir: Workdir, capsys: pytest.CaptureFixture) -> Callable[[dic
     return check
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` of a child that a test sends Ctrl-C: SIGINT as a terminal delivers it. A shell without job
+    control starts background commands with SIGINT ignored, and Python then installs no KeyboardInterrupt
+    handler, so a test suite run in the background (``make test &``) would see Ctrl-C ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _terminate_when(command: list[str], ready: Callable[[], bool], env: dict[str, str], timeout: float = 120) -> int:
     """Start ``dsen2cr COMMAND``, send SIGTERM once ``ready()``, return the exit status."""
     process = subprocess.Popen(

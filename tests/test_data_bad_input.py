@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from rasterio.crs import CRS
 
+from conftest import default_sigint
+
 UTM32N = CRS.from_epsg(32632)
 
 
@@ -130,6 +132,7 @@ def test_a_signal_mid_run_leaves_nothing_and_a_rerun_works(
         env=private_tmp_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 300
     while not ready() and process.poll() is None and time.monotonic() < deadline:

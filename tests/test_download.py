@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import default_sigint
 from dsen2cr.cli import main
 from dsen2cr.data import download
 
@@ -271,7 +272,7 @@ def test_a_signal_ends_a_download_from_a_trickling_server_at_once(
     server.faults[:] = ["trickle"] * 12
     out = tmp_path / "data"
     command = [sys.executable, "-m", "dsen2cr.cli", *_argv(server, out, "--modalities", "s1")]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     deadline = time.monotonic() + 60
     while not any((out / download.DOWNLOADS).glob("*.part")) and time.monotonic() < deadline:
         time.sleep(0.05)

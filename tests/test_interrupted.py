@@ -17,6 +17,7 @@ import yaml
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
+from conftest import default_sigint
 from dsen2cr.config import load_config
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.weights import load_model
@@ -131,7 +132,9 @@ def test_interrupted_training_says_so_and_exits_with_its_status(
     config = workdir.config(optim={"epochs": 50}, data={"repeats": 8, "num_workers": 1 if group else 0})
     checkpoints = workdir / "run" / "checkpoints"
     command = [sys.executable, "-m", "dsen2cr.cli", "train", "--config", str(config), "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 120
     while not (checkpoints / "last.ckpt").is_file() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
