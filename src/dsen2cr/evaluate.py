@@ -124,7 +124,7 @@ def evaluate(
     # a model that predicts its variance is also judged on it (the original protocol has no such columns)
     uncertain = o.protocol == "default" and getattr(predictor, "uncertainty", "none") == "diag"
     names = PROTOCOLS[o.protocol] + (UNCERTAINTY_METRIC_NAMES if uncertain else ())
-    scorer = _Scorer(o, out, {t.patch_id: t for t in triplets}, uncertain, bool(predictor.include_sar))
+    scorer = _Scorer(o, out, {t.patch_id: t for t in triplets}, bool(predictor.include_sar))
     bar = tqdm(total=len(triplets), unit="patch", desc="evaluate", disable=not o.progress, dynamic_ncols=True)
     with torch.inference_mode(), bar:
         for batch in loader:
@@ -132,12 +132,10 @@ def evaluate(
             s1 = batch["s1"].numpy() if model.include_sar else None
             if uncertain:
                 mean, variance = predictor.predict_with_variance(batch["s2_cloudy"].numpy(), s1)
-                scorer.tags = predictor.provenance()
-                scorer.score(batch, torch.from_numpy(mean), torch.from_numpy(variance))
             else:
-                prediction = predictor(batch["s2_cloudy"].numpy(), s1)
-                scorer.tags = predictor.provenance()
-                scorer.score(batch, torch.from_numpy(prediction), None)
+                mean, variance = predictor(batch["s2_cloudy"].numpy(), s1), None
+            scorer.tags = predictor.provenance(with_variance=uncertain)  # settled once the first batch ran
+            scorer.score(batch, torch.from_numpy(mean), None if variance is None else torch.from_numpy(variance))
     summary = summarise(scorer.rows, names)
     _write_reports(scorer.rows, summary, out, names, o.protocol, o.window)
     if uncertain:
@@ -152,10 +150,8 @@ class _Scorer:
     #: Values per patch kept for the pooled calibration (a fixed random subset).
     SAMPLE = 20_000
 
-    def __init__(
-        self, options: EvaluationOptions, out: Path, by_id: dict[str, Triplet], uncertain: bool, include_sar: bool
-    ) -> None:
-        self.options, self.out, self.by_id, self.uncertain = options, out, by_id, uncertain
+    def __init__(self, options: EvaluationOptions, out: Path, by_id: dict[str, Triplet], include_sar: bool) -> None:
+        self.options, self.out, self.by_id = options, out, by_id
         self.include_sar = include_sar  # the figure shows the SAR input only to a model that reads it
         self.tags: dict[str, str] = {}  # what computed the predictions (set once the first batch ran)
         self.rows: list[dict[str, Any]] = []

@@ -62,12 +62,18 @@ class Predictor:
         for IEEE fp32 eager (the reference itself); None before the first batch, or for ONNX files."""
         return getattr(self.predict, "check_dn", None)
 
-    def provenance(self) -> dict[str, str]:
-        """What computed the predictions, for an output's metadata (tags ``DSEN2CR_*``)."""
+    def provenance(self, *, with_variance: bool = False) -> dict[str, str]:
+        """What computed the predictions, for an output's metadata (tags ``DSEN2CR_*``). ``with_variance``: the
+        predictions came from :meth:`predict_with_variance`, which runs a PyTorch model eagerly in the
+        predictor's float32 arithmetic (IEEE fp32, the reference itself, or TF32), not its checked backend."""
         from dsen2cr.models import family_of
         from dsen2cr.version import __version__
 
         check = self.check_dn
+        backend, precision = self.backend, self.precision
+        if with_variance and isinstance(self.predict, CheckedBackend):
+            backend, precision = "eager", "fp32" if self.float32 == "ieee" else "tf32"
+            check = (0.0, 0.0) if self.float32 == "ieee" else None
         try:
             family = f"{family_of(self.config).name} "
         except DSen2CRError:  # an ensemble: its description names its members
@@ -77,8 +83,8 @@ class Predictor:
             "DSEN2CR_MODEL": f"{family}{self.config.describe()}",
             "DSEN2CR_WEIGHTS": self.weights or "a model in memory",
             "DSEN2CR_WEIGHTS_SHA256": self.weights_sha256 or "unknown",
-            "DSEN2CR_PRECISION": self.precision,
-            "DSEN2CR_BACKEND": self.backend,
+            "DSEN2CR_PRECISION": precision,
+            "DSEN2CR_BACKEND": backend,
             "DSEN2CR_CHECK_P99_DN": "not checked" if check is None else f"{check[0]:.2f}",
             "DSEN2CR_CHECK_MAX_DN": "not checked" if check is None else f"{check[1]:.2f}",
         }

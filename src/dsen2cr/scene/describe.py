@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from dsen2cr.inputs.readers import S2Source
-from dsen2cr.predictor import Predictor
-from dsen2cr.settings import SceneJob, SceneSettings
+from dsen2cr.settings import SceneSettings
 
 #: The sigma map's value where the input has no data (sigma is never negative).
 SIGMA_NODATA = -1.0
@@ -60,18 +59,6 @@ def run_tags(settings: SceneSettings) -> dict[str, str]:
         "DSEN2CR_KEEP_CLEAR": f"yes, feather {settings.feather} px" if settings.keep_clear else "no (every pixel)",
         "DSEN2CR_MASK": settings.mask,
     }
-
-
-def provenance(predictor: Predictor, job: SceneJob) -> dict[str, str]:
-    """What computed a scene's values (``DSEN2CR_*`` tags): the predictor's provenance, or, for a PyTorch model
-    run with ``--uncertainty-out`` (every batch through the eager model, in its float32 arithmetic), that."""
-    tags = predictor.provenance()
-    if job.uncertainty_out is not None and predictor.backend != "onnxruntime":  # an ONNX file runs as always
-        exact = predictor.float32 == "ieee"  # the eager IEEE model is the reference the check compares with
-        check = "0.00" if exact else "not checked"
-        tags.update(DSEN2CR_BACKEND="eager", DSEN2CR_PRECISION="fp32" if exact else "tf32")
-        tags.update(DSEN2CR_CHECK_P99_DN=check, DSEN2CR_CHECK_MAX_DN=check)
-    return tags
 
 
 def preview_mode(settings: SceneSettings) -> str:

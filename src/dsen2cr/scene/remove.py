@@ -32,7 +32,6 @@ from dsen2cr.scene.describe import (
     describe_sigma_bands,
     output_tags,
     preview_mode,
-    provenance,
     run_tags,
 )
 from dsen2cr.scene.masking import SceneMasker, blend, keep_clear_weights
@@ -104,7 +103,8 @@ def remove_clouds(
             # what computed it, once the first batch settled the backend, and how it was asked for
             for dataset in (writer.cog, writer.sigma):
                 if dataset is not None:
-                    dataset.update_tags(**provenance(predictor, job), **run_tags(plan.settings))
+                    tags = predictor.provenance(with_variance=job.uncertainty_out is not None)
+                    dataset.update_tags(**tags, **run_tags(plan.settings))
             if writer.valid == 0:
                 raise DSen2CRError(f"{job.s2}: S2 has no valid pixels (all nodata or NaN)")
             written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller
