@@ -80,7 +80,11 @@ def reliability_bins(
 
 def calibration_errors(error: np.ndarray, sigma: np.ndarray) -> tuple[float, float]:
     """(UCE, AUCE) of absolute errors and sigma (flat arrays, one value each)."""
-    rms_sigma, rms_error, counts = reliability_bins(error, sigma)
+    return errors_of_bins(*reliability_bins(error, sigma))
+
+
+def errors_of_bins(rms_sigma: np.ndarray, rms_error: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """(UCE, AUCE) of :func:`reliability_bins`' statistics."""
     filled = counts > 0
     gaps = np.abs(rms_sigma[filled] - rms_error[filled])
     return float((counts[filled] / counts.sum() * gaps).sum()), float(gaps.mean())

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from dsen2cr.calibration import (
     CALIBRATION_BINS,
     UNCERTAINTY_METRIC_NAMES,
-    calibration_errors,
+    errors_of_bins,
     reflectance_errors,
     reliability_bins,
     spearman,
@@ -204,7 +204,7 @@ def write_calibration(pooled: tuple[np.ndarray, np.ndarray], out: Path) -> dict[
     error, sigma = pooled
     edges = np.linspace(sigma.min(), sigma.max(), CALIBRATION_BINS + 1)
     rms_sigma, rms_error, counts = reliability_bins(error, sigma, edges)
-    uce, auce = calibration_errors(error, sigma)
+    uce, auce = errors_of_bins(rms_sigma, rms_error, counts)
     report = {
         "units": "reflectance (DN / 10000); sigma and |error| per pixel value",
         "values": int(error.size),

@@ -147,7 +147,10 @@ def _add_masks(parser: argparse.ArgumentParser) -> None:
 def _add_outputs(parser: argparse.ArgumentParser) -> None:
     """Where the results go and how the COG is compressed."""
     parser.add_argument("--out", help="output GeoTIFF (one scene) or folder (several scenes)")
-    parser.add_argument("--mask-out", help="also write the cloud/shadow map (int8 GeoTIFF; one scene)")
+    parser.add_argument(
+        "--mask-out",
+        help="also write the cloud/shadow map (uint8 COG: 0 clear, 1 cloud, 2 shadow, 255 no data; one scene)",
+    )
     parser.add_argument("--preview", help="also write an RGB quicklook PNG of input and output (one scene)")
     parser.add_argument(
         "--uncertainty-out",
