@@ -253,6 +253,18 @@ def test_int8_keeps_the_residual_paths_fp32(tmp_path: Path) -> None:
     producers = {output: node.op_type for node in graph.node for output in node.output}
     quantised = [node.input[0] for node in graph.node if node.op_type == "QuantizeLinear"]
     assert quantised and not [name for name in quantised if producers.get(name, "input") in ("Add", "input")]
+    # nor a tensor that a sum also reads: the first block adds the head's ReLU output, fp32, to its branch
+    summed = {name for node in graph.node if node.op_type == "Add" for name in node.input}
+    assert not summed & set(quantised), summed & set(quantised)
+    # the first convolution (reads the input bands, S2 and S1 at their own scales) and the last stay fp32
+    kernels = {t.name: t.data_type for t in graph.initializer}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    dequantised = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    assert [node.input[1] in kernels and kernels[node.input[1]] == onnx.TensorProto.FLOAT for node in convs] == [
+        True,
+        *[False] * (len(convs) - 2),
+        True,
+    ], [(node.name, dequantised.get(node.input[1])) for node in convs]
 
     default = tmp_path / "default.onnx"
     reader = _feeds_reader(OnnxPredictor(fp32).feeds(*batch) for batch in batches)
@@ -272,6 +284,53 @@ def test_int8_keeps_the_residual_paths_fp32(tmp_path: Path) -> None:
     ours_error = np.abs(OnnxPredictor(ours)(s2, s1) - reference).mean()
     default_error = np.abs(OnnxPredictor(default)(s2, s1) - reference).mean()
     assert 0 < ours_error < 0.5 * default_error, (ours_error, default_error)
+
+
+def test_int8_equalises_the_channels_of_each_residual_branch(tmp_path: Path) -> None:
+    """The convolution whose output is added to the residual stream has its output channels scaled to one
+    range before quantisation (then scaled back, fp32, before the sum): channel c's gain is max_k a_k / a_c,
+    a_c = max |branch output| of channel c over the calibration crops, recomputed here with PyTorch hooks."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+
+    from dsen2cr.config import DataSection
+    from dsen2cr.data.layout import resolve_split
+    from dsen2cr.onnx_export import calibration_batches, export_onnx, quantize_onnx
+
+    torch.manual_seed(0)
+    model = create_model("dsen2cr-small").eval()
+    batches = list(calibration_batches(resolve_split(DataSection(), "train"), 4))
+    peaks: dict[int, torch.Tensor] = {}
+
+    def record(index: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: object, output: torch.Tensor) -> None:
+            peak = (output.double() * model.blocks[index].res_scale).abs().amax(dim=(0, 2, 3))
+            peaks[index] = torch.maximum(peaks[index], peak) if index in peaks else peak
+
+        return hook
+
+    handles = [block.conv2.register_forward_hook(record(i)) for i, block in enumerate(model.blocks)]
+    with torch.no_grad():
+        for s2, s1 in batches:
+            model(torch.from_numpy(s2), torch.from_numpy(s1))
+    for handle in handles:
+        handle.remove()
+
+    out = quantize_onnx(export_onnx(model, tmp_path / "fp32.onnx"), tmp_path / "int8.onnx", batches)
+    graph = onnx.load(str(out)).graph
+    tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    unscale = [
+        tensors[name].reshape(-1).astype(np.float64)
+        for node in graph.node
+        if node.op_type == "Mul"
+        for name in node.input
+        if name in tensors and tensors[name].size > 1
+    ]
+    assert len(unscale) == len(model.blocks)
+    for index, factors in enumerate(unscale):
+        peak = peaks[index].numpy()
+        np.testing.assert_allclose(1 / factors, peak.max() / peak, rtol=1e-4)
 
 
 def test_histogram_calibration_that_cannot_fit_is_refused_before_any_work(
