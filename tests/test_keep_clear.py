@@ -323,8 +323,12 @@ def test_uncertainty_out_is_the_models_sigma_and_zero_where_the_input_is_kept(sc
     argv += ["--tile", "128"]
     assert main([*argv, "--out", str(tmp_path / "a.tif"), "--uncertainty-out", str(tmp_path / "sa.tif")]) == 0
     kept_argv = ["--keep-clear", "--feather", str(FEATHER), "--uncertainty-out", str(tmp_path / "sk.tif")]
-    kept_argv += ["--preview", str(tmp_path / "p.png")]
+    kept_argv += ["--preview", str(tmp_path / "p.png"), "--mask-out", str(tmp_path / "m.tif")]
+    kept_argv += ["--compress", "zstd", "--compress-level", "1"]  # for every COG of the run: image, sigma, map
     assert main([*argv, "--out", str(tmp_path / "k.tif"), *kept_argv]) == 0
+    for name, compression in (("sa", "DEFLATE"), ("k", "ZSTD"), ("sk", "ZSTD"), ("m", "ZSTD")):
+        with rasterio.open(tmp_path / f"{name}.tif") as written:
+            assert written.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == compression, name
     with rasterio.open(tmp_path / "sa.tif") as every, rasterio.open(tmp_path / "sk.tif") as kept:
         sigma, sigma_kept = every.read(), kept.read()
         assert (every.count, every.dtypes[0], every.nodata) == (13, "float32", -1.0)
