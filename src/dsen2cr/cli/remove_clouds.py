@@ -162,7 +162,8 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         dest="compression",
         choices=tuple(COG_COMPRESSION_LEVELS),
         default="deflate",
-        help="the COG's lossless compression: deflate (read by every GeoTIFF reader) or zstd (faster to write; "
+        help="the lossless compression of every COG of the run (image, --mask-out, --uncertainty-out): deflate (read "
+        "by every GeoTIFF reader) or zstd (faster to write; "
         "read by GDAL 2.3+, QGIS, rasterio) (default: %(default)s)",
     )
     parser.add_argument(

@@ -21,7 +21,7 @@ from dsen2cr.inputs import S2Product, local_inputs, resolve_s2
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
 from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
-from dsen2cr.outputs.geotiff import COG_OPTIONS, cog_writer
+from dsen2cr.outputs.geotiff import cog_writer
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
 from dsen2cr.rasters import gdal_block_cache
@@ -244,7 +244,8 @@ class _TileWriter:
         self.mask = outputs.enter_context(_optional_mask(job.mask_out, dict(grid_profile), self.settings))
         if job.uncertainty_out is not None:
             sigma_profile = dict(grid_profile, count=len(s2.bands), dtype="float32", nodata=SIGMA_NODATA)
-            self.sigma = outputs.enter_context(cog_writer(job.uncertainty_out, sigma_profile, COG_OPTIONS))
+            options = self.settings.cog_options()
+            self.sigma = outputs.enter_context(cog_writer(job.uncertainty_out, sigma_profile, options))
             describe_sigma_bands(self.sigma, s2.bands, self.settings)
         profile = dict(grid_profile, count=len(s2.bands), dtype="uint16", nodata=OUTPUT_NODATA)
         dst = outputs.enter_context(cog_writer(job.out, profile, self.settings.cog_options()))
@@ -363,7 +364,7 @@ def _optional_mask(path: str | Path | None, grid_profile: dict, settings: SceneS
         return
     classes = [c for c in MASK_CLASSES if settings.mask != "s2cloudless" or c[1] != "shadow"]  # clouds only
     names = ", ".join(f"{code} {name}" for code, name, _ in classes) + f", {MASK_NODATA} no data"
-    options = dict(COG_OPTIONS, overview_resampling="MODE")
+    options = dict(settings.cog_options(), overview_resampling="MODE")
     with cog_writer(path, dict(grid_profile, count=1, dtype="uint8", nodata=MASK_NODATA), options) as dataset:
         what = "cloud map" if settings.mask == "s2cloudless" else "cloud/shadow map"
         dataset.set_band_description(1, f"{what} ({settings.mask}): {names}")
