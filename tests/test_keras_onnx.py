@@ -160,12 +160,20 @@ def test_int8_export_quantises_every_convolution_per_channel(
     tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     int8_kernels = {name: array for name, array in tensors.items() if array.dtype == np.int8 and array.ndim == 4}
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) == 10 and len(int8_kernels) == 9  # all but the last (model.tail), kept fp32
-    tail = model.tail.weight.detach().numpy()
-    assert [name for name, array in tensors.items() if array.shape == tail.shape and array.dtype == np.float32]
+    assert len(convs) == 10 and len(int8_kernels) == 8  # all but the first (model.head) and the last, fp32
+    for kept in (model.head, model.tail):
+        weight = kept.weight.detach().numpy()
+        assert [n for n, a in tensors.items() if a.dtype == np.float32 and np.array_equal(a, weight)], kept
     float_kernels = [c.weight.detach().numpy().astype(np.float64) for c in convs]
-    # onnxruntime's pre-processing folds the residual scaling (x 0.1) into the second conv of each block
-    float_kernels += [0.1 * b.conv2.weight.detach().numpy().astype(np.float64) for b in model.blocks]
+    # onnxruntime's pre-processing folds the residual scaling (x 0.1) into the second conv of each block, and
+    # each output channel c of that conv is multiplied by a gain g_c that a Mul by 1 / g_c undoes (the test of
+    # equalisation checks g); here the int8 kernel is compared with 0.1 * g_c * w_c
+    gains = [1 / t.reshape(-1).astype(np.float64) for n, t in tensors.items() if n.endswith("_channel_gain")]
+    assert len(gains) == len(model.blocks)
+    float_kernels += [
+        0.1 * b.conv2.weight.detach().numpy().astype(np.float64) * g[:, None, None, None]
+        for b, g in zip(model.blocks, gains, strict=True)
+    ]
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in int8_kernels:
             quantised, scale = int8_kernels[node.input[0]], tensors[node.input[1]].astype(np.float64)
@@ -192,9 +200,10 @@ def test_int8_export_quantises_every_convolution_per_channel(
 
 
 def test_int8_calibration_method_sets_the_activation_ranges(tmp_path: Path) -> None:
-    """min/max calibration gives the S2 input the scale max(x)/255 of the calibration data (recomputed here
-    with numpy); percentile calibration clips the tail, so its scale is smaller; the per-layer report names
-    the quantised activations in graph order with finite SQNR."""
+    """min/max calibration gives the first quantised activation (the first block's copy of the head's ReLU
+    output) the scale max(x)/255 of the calibration data (recomputed here with PyTorch); percentile
+    calibration clips the tail, so its scale is smaller; the per-layer report names the quantised
+    activations in graph order with finite SQNR."""
     pytest.importorskip("onnxruntime")
     import onnx
     from onnx import numpy_helper
@@ -204,27 +213,27 @@ def test_int8_calibration_method_sets_the_activation_ranges(tmp_path: Path) -> N
     from dsen2cr.onnx_export import activation_errors, calibration_batches, export_onnx, quantize_onnx
 
     torch.manual_seed(0)
-    fp32 = export_onnx(create_model("dsen2cr-small").eval(), tmp_path / "fp32.onnx")
+    model = create_model("dsen2cr-small").eval()
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
     triplets = resolve_split(DataSection(), "train")
     batches = list(calibration_batches(triplets, 4))
-    data_max = max(float(s2.max()) for s2, _ in batches)
-    assert min(float(s2.min()) for s2, _ in batches) >= 0  # uint8 range [0, max]: zero point 0
-
-    data_max = max(data_max, max(float(s1.max()) for _, s1 in batches))  # the first convolution reads both
-    assert min(float(s1.min()) for _, s1 in batches) >= 0
+    with torch.no_grad():  # ReLU: the range is [0, max], zero point 0
+        data_max = max(
+            float(torch.relu(model.head(torch.cat([torch.from_numpy(a) for a in b], 1))).max()) for b in batches
+        )
 
     def input_scale(method: str) -> float:
         out = quantize_onnx(fp32, tmp_path / f"{method}.onnx", iter(batches), method=method)
         graph = onnx.load(str(out)).graph
         tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        (copy,) = [n.output[0] for n in graph.node if n.op_type == "Identity" and n.input[0].startswith("cat")]
+        (copy,) = [n.output[0] for n in graph.node if n.op_type == "Identity" and n.input[0] == "relu"]
         (node,) = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == copy]
         return float(tensors[node.input[1]])
 
     assert input_scale("minmax") == pytest.approx(data_max / 255, rel=1e-6)
     assert 0.3 * data_max / 255 < input_scale("percentile") < data_max / 255
     errors = activation_errors(fp32, tmp_path / "percentile.onnx", batches[:1])
-    assert len(errors) == 13  # per block: the first convolution's input copy, its ReLU, the second's output
+    assert len(errors) == 12  # per block: the first convolution's input copy, its ReLU, the second's output
     assert all(np.isfinite(v) and v > 10 for v in errors.values()), errors
     with pytest.raises(DSen2CRError, match="calibration method"):
         quantize_onnx(fp32, tmp_path / "x.onnx", iter(batches), method="kl")
@@ -292,8 +301,9 @@ def test_int8_keeps_the_residual_paths_fp32(tmp_path: Path) -> None:
 
 def test_int8_equalises_the_channels_of_each_residual_branch(tmp_path: Path) -> None:
     """The convolution whose output is added to the residual stream has its output channels scaled to one
-    range before quantisation (then scaled back, fp32, before the sum): channel c's gain is max_k a_k / a_c,
-    a_c = max |branch output| of channel c over the calibration crops, recomputed here with PyTorch hooks."""
+    range before quantisation (then scaled back, fp32, before the sum): channel c's gain is max_k a_k / (2 a_c)
+    within [1, 16], a_c = max |branch output| of channel c over the calibration crops, recomputed here with
+    PyTorch hooks."""
     pytest.importorskip("onnxruntime")
     import onnx
     from onnx import numpy_helper
@@ -334,7 +344,9 @@ def test_int8_equalises_the_channels_of_each_residual_branch(tmp_path: Path) -> 
     assert len(unscale) == len(model.blocks)
     for index, factors in enumerate(unscale):
         peak = peaks[index].numpy()
-        np.testing.assert_allclose(1 / factors, peak.max() / peak, rtol=1e-4)
+        expected = np.clip(peak.max() / (2 * peak), 1, 16)
+        assert (expected > 1).sum() >= len(expected) // 4, expected  # the test checks gains, not only ones
+        np.testing.assert_allclose(1 / factors, expected, rtol=1e-4)
 
 
 def test_histogram_calibration_that_cannot_fit_is_refused_before_any_work(
