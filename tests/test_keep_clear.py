@@ -208,6 +208,74 @@ def test_shadow_statistics_of_a_scene(scene: dict) -> None:
     np.testing.assert_array_equal(shadow_mask(s2, stats), shadow_mask(s2))
 
 
+def test_parallel_finishing_writes_what_one_thread_writes(scene: dict, tmp_path: Path) -> None:
+    """On a GPU, windows become output pixels (keep-clear's map, distances, blend) on several threads beside
+    the network (#27 item 4): the image and the map are those of one thread bit for bit, and the map is the
+    whole scene's, computed here. The rule: one thread on a CPU; all cores but two, at most 8, on a GPU."""
+    import dataclasses
+
+    from dsen2cr.auto import plan_scene_run, resolve_finish_threads
+    from dsen2cr.predictor import load_predictor
+    from dsen2cr.scene.remove import remove_clouds
+    from dsen2cr.settings import SceneJob, SceneSettings
+
+    predictor = load_predictor(scene["weights"], device="cpu")
+    settings = SceneSettings(tile=128, keep_clear=True, feather=FEATHER, progress=False)
+    plan = plan_scene_run(settings, predictor.config, device=predictor.device)
+    assert plan.finish_threads == 1
+    written = {}
+    for threads in (1, 4):
+        out, mask_out = tmp_path / f"o{threads}.tif", tmp_path / f"m{threads}.tif"
+        job = SceneJob(str(scene["folder"] / "s2.tif"), None, out, mask_out=mask_out)
+        remove_clouds(predictor, job, dataclasses.replace(plan, finish_threads=threads))
+        written[threads] = [rasterio.open(path).read() for path in (out, mask_out)]
+    for one, several in zip(written[1], written[4], strict=True):
+        np.testing.assert_array_equal(one, several)
+    codes = np.select([_scene_mask(scene["s2"]) == 1, _scene_mask(scene["s2"]) == -1], [1, 2], 0)
+    np.testing.assert_array_equal(written[4][1][0], codes)
+
+    for cores, expected in ((16, 8), (64, 8), (4, 2), (2, 1), (None, 1)):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("os.cpu_count", lambda cores=cores: cores)
+            assert resolve_finish_threads(torch.device("cuda")) == expected, cores
+            assert resolve_finish_threads(torch.device("cpu")) == 1
+
+
+def test_scene_masker_windows_on_several_threads_at_once(scene: dict) -> None:
+    """The masker serves windows to several threads at once (each reads through handles of its own) and
+    gathers the scene's shadow statistics on a thread of its own: the maps equal those made one by one, and
+    the statistics those of the whole array; closing it at once, mid-pass, stops the pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rasterio.windows import Window
+
+    from dsen2cr.cloud_detection import ShadowStatsAccumulator
+    from dsen2cr.inputs import resolve_s2
+    from dsen2cr.inputs.readers import S2Source
+    from dsen2cr.scene.masking import SceneMasker
+
+    s2 = scene["s2"]
+    masker = SceneMasker(S2Source(resolve_s2(str(scene["folder"] / "s2.tif"))))
+    windows = [Window(c, r, 70, 60) for r in range(0, 300, 60) for c in range(0, 420, 70)]
+    one_by_one = [masker.window(w) for w in windows]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        at_once = list(pool.map(masker.window, windows))
+    for a, b in zip(one_by_one, at_once, strict=True):
+        np.testing.assert_array_equal(a, b)
+    whole = _scene_mask(s2)
+    for window, got in zip(windows, at_once, strict=True):
+        np.testing.assert_array_equal(got, whole[window.toslices()])
+    accumulator = ShadowStatsAccumulator()
+    accumulator.add(s2, np.ones(s2.shape[1:], bool))
+    assert masker.stats == accumulator.stats()
+    assert len(masker._opened) >= 2  # the main thread's and the pool's handles
+    masker.close()
+
+    stopped = SceneMasker(S2Source(resolve_s2(str(scene["folder"] / "s2.tif"))))
+    stopped.close()  # before or during its pass: returns, the pass has ended
+    assert stopped._stats is not None and stopped._stats.done()
+
+
 S2CLOUDLESS_BANDS = ["B1", "B2", "B4", "B5", "B8", "B8A", "B9", "B10", "B11", "B12"]
 
 

@@ -259,4 +259,15 @@ def plan_scene_run(
             overlap,
             default_overlap(config),
         )
-    return ScenePlan(settings, device, backends, strict, precision, tile, overlap, batch_size)
+    finish = resolve_finish_threads(device)
+    return ScenePlan(settings, device, backends, strict, precision, tile, overlap, batch_size, finish)
+
+
+def resolve_finish_threads(device: torch.device) -> int:
+    """Threads that turn predicted windows into output pixels (``--keep-clear``'s map, distances and blend,
+    numpy and scipy work that releases the GIL) while the network runs: on a GPU, whose network leaves the CPU
+    idle, all cores but two (the network's feeder and the reader), at most 8; on a CPU one, beside the network,
+    which uses every core (benchmarks.keep_clear)."""
+    if device.type != "cuda":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 1) - 2))

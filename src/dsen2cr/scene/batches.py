@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, s1_db_to_model, s2
 from dsen2cr.rasters import gdal_block_cache
 from dsen2cr.scene.tiles import Tile
 
+T = TypeVar("T")
 #: A function from a batch of S2 (and S1) windows in model units to its predictions.
 BatchFunction = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
@@ -102,12 +104,18 @@ class BackgroundWriter:
     """Runs submitted calls in order on one thread (under :func:`~dsen2cr.outputs.geotiff.gdal_block_cache`), so that
     converting and writing a tile overlaps the next prediction; at most ``depth`` calls wait. The first error
     is raised again by the next :meth:`submit` or on leaving the ``with`` block, which always waits for the
-    thread: nothing writes after the block is left."""
+    thread (and the ``prepare`` threads): nothing writes after the block is left.
 
-    def __init__(self, depth: int) -> None:
+    With ``prepare_threads`` > 1, :meth:`submit_in_order` computes on that many threads side by side and
+    writes on the one thread, in the order of the calls."""
+
+    def __init__(self, depth: int, prepare_threads: int = 1) -> None:
         self._queue: queue.Queue[tuple[Callable[..., None], tuple] | None] = queue.Queue(maxsize=max(1, depth))
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="dsen2cr-write", daemon=True)
+        self._pool = None
+        if prepare_threads > 1:
+            self._pool = ThreadPoolExecutor(max_workers=prepare_threads, thread_name_prefix="dsen2cr-prepare")
 
     def __enter__(self) -> BackgroundWriter:
         self._thread.start()
@@ -128,11 +136,29 @@ class BackgroundWriter:
             raise self._error
         self._queue.put((fn, args))
 
+    def submit_in_order(self, prepare: Callable[..., T], write: Callable[[T], None], *args: object) -> None:
+        """Queue ``write(prepare(*args))``: ``prepare`` on a prepare thread at once (or, with one, on the writer
+        thread), ``write`` on the writer thread after the calls submitted before."""
+        if self._pool is None:
+            self.submit(lambda: write(prepare(*args)))
+            return
+        future = self._pool.submit(_in_block_cache, prepare, *args)
+        self.submit(lambda: write(future.result()))
+
     def __exit__(self, *exc_info: object) -> None:
         self._queue.put(None)
         self._thread.join()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         if self._error is not None and exc_info[0] is None:
             raise self._error
+
+
+def _in_block_cache(function: Callable[..., T], *args: object) -> T:
+    """``function(*args)`` with GDAL's block cache bounded as on the writer thread (``rasterio.Env`` is per
+    thread)."""
+    with gdal_block_cache():
+        return function(*args)
 
 
 @dataclass

@@ -13,6 +13,9 @@ Masks (``--mask``):
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
@@ -27,12 +30,13 @@ from dsen2cr.cloud_detection import (
     MASK_RADIUS,
     S2CLOUDLESS_RADIUS,
     SHADOW,
+    ShadowStats,
     ShadowStatsAccumulator,
     computed_mask,
 )
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.readers import Grid, S2Source, on_grid
-from dsen2cr.rasters import open_raster, read_window
+from dsen2cr.rasters import gdal_block_cache, open_raster, read_window
 from dsen2cr.settings import MASK_KINDS
 
 #: SCL classes (Level-2A scene classification) that count as cloud, and as shadow.
@@ -42,7 +46,11 @@ SCL_SHADOW = (3,)
 
 class SceneMasker:
     """The cloud/shadow map (int8: 1 cloud, -1 shadow, 0 clear) of any window of an S2 scene, read through its
-    own ``S2Source`` (which it closes)."""
+    own ``S2Source`` (which it closes).
+
+    :meth:`window` may run on several threads at once: each reads through file handles of its own. The
+    paper mask's scene statistics are gathered on a thread of their own from the start, so that the network
+    runs meanwhile; the first window waits for them (and raises their error, a bad read, if any)."""
 
     def __init__(self, s2: S2Source, kind: str = "paper", threshold: float = DEFAULT_CLOUD_THRESHOLD) -> None:
         if kind not in MASK_KINDS:
@@ -52,9 +60,15 @@ class SceneMasker:
         self.threshold = threshold
         self._product: rasterio.io.DatasetReaderBase | None = None
         self._source: rasterio.io.DatasetReaderBase | None = None
-        self.stats = None
+        self._lock = threading.Lock()  # the product mask's handle, and the list of the threads' handles
+        self._per_thread = threading.local()
+        self._opened: list[S2Source] = []
+        self._stop = threading.Event()
+        self._stats: Future[ShadowStats | None] | None = None
+        self._stats_thread: ThreadPoolExecutor | None = None
         if kind == "paper":
-            self.stats = _scene_shadow_stats(s2)
+            self._stats_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-mask-stats")
+            self._stats = self._stats_thread.submit(_scene_shadow_stats_on_thread, s2, self._stop)
         elif kind == "product":
             self._open_product_mask()
         else:
@@ -79,23 +93,44 @@ class SceneMasker:
             )
         self._product = on_grid(self._source, self.s2.grid, Resampling.nearest)
 
+    @property
+    def stats(self) -> ShadowStats | None:
+        """The paper mask's shadow statistics of the scene (waits for them; None for other masks)."""
+        return None if self._stats is None else self._stats.result()
+
     def window(self, window: Window) -> np.ndarray:
         """The map of ``window`` (within the scene), exactly as of the whole scene."""
         if self.kind == "product":
             assert self._product is not None
-            classes = read_window(self._product, window)
+            with self._lock:
+                classes = read_window(self._product, window)
             return product_mask(classes, self.product_kind or "")
+        stats = self.stats
         grid = self.s2.grid
         radius = MASK_RADIUS if self.kind == "paper" else S2CLOUDLESS_RADIUS
         outer = _grow(window, radius, grid.height, grid.width)
-        dn = self.s2.read(outer)
-        mask = computed_mask(self.kind, np.nan_to_num(dn), self.threshold, self.stats)
+        dn = self._thread_source().read(outer)
+        mask = computed_mask(self.kind, np.nan_to_num(dn), self.threshold, stats)
         r0, c0 = window.row_off - outer.row_off, window.col_off - outer.col_off
         return mask[r0 : r0 + window.height, c0 : c0 + window.width]
 
+    def _thread_source(self) -> S2Source:
+        """This thread's handles on the scene (opened on its first window)."""
+        source = getattr(self._per_thread, "s2", None)
+        if source is None:
+            with self._lock:
+                source = self.s2.reopen()
+                self._opened.append(source)
+            self._per_thread.s2 = source
+        return source
+
     def close(self) -> None:
-        """Close the scene and the product mask's files."""
-        self.s2.close()
+        """Stop the statistics pass (waiting for its read in progress) and close every file."""
+        self._stop.set()
+        if self._stats_thread is not None:
+            self._stats_thread.shutdown(wait=True)
+        for source in [self.s2, *self._opened]:
+            source.close()
         for dataset in (self._product, self._source):
             if dataset is not None:
                 dataset.close()
@@ -131,12 +166,21 @@ def product_mask(classes: np.ndarray, kind: str) -> np.ndarray:
     return result
 
 
-def _scene_shadow_stats(s2: S2Source, block: int = 1024):
-    """The shadow thresholds' statistics over the scene's valid pixels (one streamed pass)."""
+def _scene_shadow_stats_on_thread(s2: S2Source, stop: threading.Event) -> ShadowStats | None:
+    """:func:`_scene_shadow_stats` on a thread of its own (GDAL's block cache bounded as on the others)."""
+    with gdal_block_cache():
+        return _scene_shadow_stats(s2, stop=stop)
+
+
+def _scene_shadow_stats(s2: S2Source, block: int = 1024, *, stop: threading.Event | None = None) -> ShadowStats | None:
+    """The shadow thresholds' statistics over the scene's valid pixels (one streamed pass; ``stop``, when set,
+    ends it before the next read, returning None)."""
     accumulator = ShadowStatsAccumulator()
     grid = s2.grid
     for row in range(0, grid.height, block):
         for col in range(0, grid.width, block):
+            if stop is not None and stop.is_set():
+                return None
             window = Window(col, row, min(block, grid.width - col), min(block, grid.height - row))
             dn = s2.read(window)
             accumulator.add(np.nan_to_num(dn), s2.valid(dn))
@@ -179,9 +223,16 @@ def _distance_to(target: np.ndarray) -> np.ndarray:
 
 
 def blend(input_dn: np.ndarray, predicted_dn: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``input`` where the weight is 0 (bit for bit), ``predicted`` where it is 1, the rounded linear blend in
-    between (so every value lies between the two)."""
-    mixed = np.rint(weights * predicted_dn.astype(np.float64) + (1 - weights) * input_dn.astype(np.float64))
-    out = mixed.astype(predicted_dn.dtype)
-    out = np.where(weights == 0, input_dn.astype(predicted_dn.dtype), out)
-    return np.where(weights == 1, predicted_dn, out)
+    """``input`` where the weight (h x w, or 1 x h x w) is 0 (bit for bit), ``predicted`` where it is 1, the
+    rounded linear blend in between (so every value lies between the two), computed in float64 on those
+    pixels only (a feathered edge is a small part of a window)."""
+    weights = weights.reshape(weights.shape[-2:])
+    out = predicted_dn.copy()
+    kept = weights == 0
+    out[:, kept] = input_dn[:, kept]
+    edge = (weights > 0) & (weights < 1)
+    if edge.any():
+        share = weights[edge]
+        mixed = share * predicted_dn[:, edge].astype(np.float64) + (1 - share) * input_dn[:, edge].astype(np.float64)
+        out[:, edge] = np.rint(mixed)
+    return out

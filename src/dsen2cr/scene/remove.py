@@ -254,29 +254,49 @@ class _TileWriter:
         self.cog = dst
         self.written = [S2_BANDS.index(band) for band in s2.bands]  # the input's bands: never a made-up B10
 
-    def __call__(self, tile: Tile, pred: np.ndarray, dn: np.ndarray, valid: np.ndarray, holes: int) -> None:
-        """Convert one tile's prediction to DN (blended with the input under ``--keep-clear``) and write it; a
-        prediction with 26 channels carries the variances after the 13 means (``--uncertainty-out``)."""
+    def prepare(self, tile: Tile, pred: np.ndarray, dn: np.ndarray, valid: np.ndarray, holes: int) -> _TileOutput:
+        """One tile's output pixels (any thread: it writes nothing): the prediction in DN, blended with the
+        input under ``--keep-clear``, its sigma; a prediction with 26 channels carries the variances after
+        the 13 means (``--uncertainty-out``)."""
         pred, variance = pred[:NUM_S2_BANDS], pred[NUM_S2_BANDS:]
         out_dn = _to_output_dn(pred, valid)
         masker, core_mask, weights = self.inputs.masker, None, None
         if self.settings.keep_clear and masker is not None:
             weights, core_mask = keep_clear_weights(masker, tile.core, self.settings.feather)
-            out_dn = blend(dn, out_dn, weights[None])
+            out_dn = blend(dn, out_dn, weights)
             out_dn[:, ~valid] = OUTPUT_NODATA
         elif masker is not None:
             core_mask = masker.window(tile.core)
-        self.cog.write(out_dn[self.written], window=tile.core)
         sigma = None if self.sigma is None else _sigma_dn(variance, valid, weights)
-        if sigma is not None:
-            self.sigma.write(sigma[self.written], window=tile.core)
+        return _TileOutput(tile, dn, valid, holes, out_dn, sigma, core_mask)
+
+    def write(self, done: _TileOutput) -> None:
+        """Write one prepared tile to the outputs and count it (the writer thread only)."""
+        tile, valid = done.tile, done.valid
+        self.cog.write(done.out_dn[self.written], window=tile.core)
+        if done.sigma is not None:
+            self.sigma.write(done.sigma[self.written], window=tile.core)
         if self.quicklook is not None:
-            self.quicklook.add(tile.core, dn, out_dn, core_mask, sigma)
-        self.missing += holes
+            self.quicklook.add(tile.core, done.dn, done.out_dn, done.core_mask, done.sigma)
+        self.missing += done.holes
         self.valid += int(valid.sum())
         self.skipped += not valid.any()
-        if self.mask is not None and core_mask is not None:
-            self.mask.write(mask_codes(core_mask, valid)[None], window=tile.core)
+        if self.mask is not None and done.core_mask is not None:
+            self.mask.write(mask_codes(done.core_mask, valid)[None], window=tile.core)
+
+
+@dataclass
+class _TileOutput:
+    """One tile's output pixels, ready to write: the input DN and valid map of its core, its valid pixels
+    without S1, the output DN, sigma in DN (or None) and the cloud/shadow map (or None)."""
+
+    tile: Tile
+    dn: np.ndarray
+    valid: np.ndarray
+    holes: int
+    out_dn: np.ndarray
+    sigma: np.ndarray | None
+    core_mask: np.ndarray | None
 
 
 def _predict_tiles(
@@ -302,9 +322,10 @@ def _predict_tiles(
     )
     # closed explicitly: its reader thread must have stopped before the sources close, also when an error or a
     # signal leaves the loop (else a read of a closed file crashes the process)
-    with BackgroundWriter(depth=2 * plan.batch_size) as background, contextlib.closing(predictions):
+    background = BackgroundWriter(depth=2 * plan.batch_size, prepare_threads=plan.finish_threads)
+    with background, contextlib.closing(predictions):
         for result in predictions:
-            background.submit(writer, *result)
+            background.submit_in_order(writer.prepare, writer.write, *result)
 
 
 def _means_and_variances(predictor: Predictor) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:

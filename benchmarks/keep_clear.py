@@ -1,0 +1,110 @@
+"""What ``--keep-clear --mask-out`` costs against a plain ``remove-clouds`` run (#27 item 4: at most 1.25x), and
+where the extra time goes: the scene's shadow statistics (a pass over the scene before the first window), the
+cloud/shadow map of each window (its read and the detector), the feathering distances and the blend.
+
+One synthetic scene (the bundled real L1C scene mirrored across the grid, so it has real clouds and shadows),
+one model without SAR, in one process: a warm-up run, then plain, ``--mask-out``, ``--keep-clear`` and both,
+each timed whole (read, predict, write, COG). The parts are timed by wrapping the project's functions (their
+seconds add up over the writer thread, which runs beside the network).
+
+Run: ``python -m benchmarks.keep_clear [--device cuda] [--size 10980] [--variant dsen2cr-nosar]`` (writes
+benchmarks/results/keep_clear[-cuda].json and .md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import report
+from benchmarks.scene import write_scene
+from dsen2cr import auto, create_model
+from dsen2cr.predictor import predictor_from_model
+from dsen2cr.scene import masking, remove
+from dsen2cr.scene.remove import remove_clouds
+from dsen2cr.settings import SceneJob, SceneSettings
+
+#: The project functions whose seconds are reported: (module, attribute, what it is).
+PARTS = (
+    (masking, "_scene_shadow_stats", "shadow statistics pass over the scene"),
+    (masking.SceneMasker, "window", "cloud/shadow map of the windows (read + detector)"),
+    (remove, "keep_clear_weights", "keep-clear weights (map + distances)"),
+    (remove, "blend", "blend of input and prediction"),
+)
+
+
+def _timed(function: Callable[..., Any], seconds: dict[str, float], name: str) -> Callable[..., Any]:
+    """``function`` adding its wall time to ``seconds[name]``."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds[name] += time.perf_counter() - start
+
+    return wrapper
+
+
+def main() -> None:
+    """Measure and report."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, help="scene width and height (default: 10980 on cuda, 2048 on cpu)")
+    parser.add_argument("--variant", help="model without SAR (default: dsen2cr-nosar on cuda, small on cpu)")
+    parser.add_argument("--finish-threads", type=int, help="instead of dsen2cr.auto.resolve_finish_threads'")
+    args = parser.parse_args()
+    if args.finish_threads:
+        auto.resolve_finish_threads = lambda device: args.finish_threads
+    size = args.size or (10980 if args.device == "cuda" else 2048)
+    variant = args.variant or ("dsen2cr-nosar" if args.device == "cuda" else "dsen2cr-small-nosar")
+    predictor = predictor_from_model(create_model(variant).eval(), device=args.device)
+    seconds: dict[str, float] = defaultdict(float)
+    for owner, attribute, what in PARTS:
+        setattr(owner, attribute, _timed(getattr(owner, attribute), seconds, what))
+    runs = {
+        "plain": ({}, False),
+        "--mask-out": ({}, True),
+        "--keep-clear": ({"keep_clear": True}, False),
+        "--keep-clear --mask-out": ({"keep_clear": True}, True),
+    }
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        scene = folder / "s2.tif"
+        write_scene(scene, size, 13, "uint16", seed=0, texture="sample")
+        warm = SceneJob(str(scene), None, folder / "warm.tif")
+        remove_clouds(predictor, warm, SceneSettings(progress=False, device=args.device, keep_clear=True))
+        plain = 0.0
+        for name, (options, mask_out) in runs.items():
+            seconds.clear()
+            out = folder / f"{name.replace(' ', '').strip('-')}.tif"
+            job = SceneJob(str(scene), None, out, mask_out=out.with_suffix(".mask.tif") if mask_out else None)
+            start = time.perf_counter()
+            remove_clouds(predictor, job, SceneSettings(progress=False, device=args.device, **options))
+            total = time.perf_counter() - start
+            plain = plain or total
+            parts = "; ".join(f"{what} {value:.1f} s" for what, value in seconds.items() if value)
+            note = f"{total / plain:.2f}x plain" + (f"; {parts}" if parts else "")
+            threads = auto.resolve_finish_threads(predictor.device)
+            measure = f"{size}x{size} scene, {variant}, {threads} finishing thread(s): {name}"
+            rows.append({"measure": measure, "value": total, "unit": "s", "note": note})
+            for path in folder.glob(f"{out.stem}*"):
+                path.unlink()
+    suffix = ("-cuda" if args.device == "cuda" else "") + (
+        f"-{args.finish_threads}threads" if args.finish_threads else ""
+    )
+    report("keep_clear" + suffix, rows)
+
+
+if __name__ == "__main__":
+    main()
