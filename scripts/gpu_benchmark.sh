@@ -13,12 +13,16 @@
 #              on the bundled scene (the goal of #27 item 3: p99 <= 8 DN, max <= 40 DN);
 #   pipeline   python -m benchmarks.pipeline: three 10980x4096 scenes, one run against one at a time;
 #   tiles      the same with three full 10980x10980 tiles (deflate), then one run of them with zstd level 1;
+#   keepclear  python -m benchmarks.keep_clear --device cuda --size 5490: plain against --mask-out, --keep-clear and
+#              both on a quarter tile, with the seconds of the mask's parts (#27 item 4: both <= 1.25x plain);
+#   training   python -m benchmarks.training_rate --device cuda: paper and paper-fast, the loader alone (8 and 16
+#              workers), the training step alone and end to end (#27 item 5: end to end >= 90 % of the step);
 #   compile    bf16 eager against bf16 compiled on one batch of the scene's windows.
 # Wheels in .whl/ (e.g. rasterio for a machine without it) are installed under /tmp/site first: carry the rasterio
 # the project installs (1.4.4: GDAL 3.10 with libdeflate; 1.4.3's GDAL 3.9 deflates with zlib, 1.8x slower copies).
 set -u
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
-STEPS=${STEPS:-cli benchmark zstd cog fused accuracy pipeline}
+STEPS=${STEPS:-cli benchmark zstd cog fused accuracy keepclear training pipeline}
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 mkdir -p "$OUT_DIR"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -82,6 +86,17 @@ fi
 if want accuracy; then
     timeout 120 python3 -m benchmarks.bf16_accuracy --device cuda --size 512 2>&1 | tee -a "$OUT_DIR/gpu.log"
     cp benchmarks/results/bf16_accuracy-cuda.* "$OUT_DIR/" 2>/dev/null
+fi
+if want keepclear; then
+    timeout 200 python3 -m benchmarks.keep_clear --device cuda --size 5490 2>&1 | tee "$OUT_DIR/keep_clear.log"
+    cp benchmarks/results/keep_clear-cuda.* "$OUT_DIR/" 2>/dev/null
+fi
+if want training && ! python3 -c "import lightning" 2>/dev/null; then
+    echo "training: skipped, lightning is not installed here (carry its wheel and its dependencies' in .whl/)" \
+        | tee -a "$OUT_DIR/gpu.log"
+elif want training; then
+    timeout 180 python3 -m benchmarks.training_rate --device cuda 2>&1 | tee "$OUT_DIR/training.log"
+    cp benchmarks/results/training_rate-cuda.* "$OUT_DIR/" 2>/dev/null
 fi
 if want compile; then
     timeout 150 python3 -m benchmarks.windows_bf16 --compiled 2>&1 | tee -a "$OUT_DIR/gpu.log"
