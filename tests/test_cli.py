@@ -58,9 +58,16 @@ def test_one_grammar_for_every_command(workdir: Path, capsys: pytest.CaptureFixt
     s2, _ = workdir.scene()
     weights = workdir.weights("dsen2cr-small-nosar")
     argv = ["remove-clouds", "--weights", str(weights), "--s2", str(s2), "--out", str(workdir / "a.tif")]
-    assert main([*argv, "-q"]) == 0
+    with pytest.MonkeyPatch.context() as terminal:  # bars are drawn on a terminal only: pretend stderr is one
+        terminal.setattr(sys.stderr, "isatty", lambda: True)
+        assert main([*argv, "-q"]) == 0
+        captured = capsys.readouterr()
+        assert "backend:" not in captured.out and "remove-clouds:" not in captured.err  # no info lines, no bar
+        assert main([*argv, "--overwrite"]) == 0
+        assert "remove-clouds: 100%" in capsys.readouterr().err  # the bar, on a terminal
+    assert main([*argv, "--overwrite"]) == 0  # stderr a file or a pipe (a log): no bar, the result lines only
     captured = capsys.readouterr()
-    assert "backend:" not in captured.out and "remove-clouds:" not in captured.err  # no info lines, no bar
+    assert "remove-clouds:" not in captured.err and "wrote " in captured.out, captured
     assert captured.out.startswith("wrote ")
     with pytest.raises(SystemExit):
         main([*argv, "--overwrite", "--mask-ot", "m.tif"])
