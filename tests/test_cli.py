@@ -63,12 +63,12 @@ def test_one_grammar_for_every_command(workdir: Path, capsys: pytest.CaptureFixt
         assert main([*argv, "-q"]) == 0
         captured = capsys.readouterr()
         assert "backend:" not in captured.out and "remove-clouds:" not in captured.err  # no info lines, no bar
+        assert captured.out.startswith("wrote ")
         assert main([*argv, "--overwrite"]) == 0
         assert "remove-clouds: 100%" in capsys.readouterr().err  # the bar, on a terminal
     assert main([*argv, "--overwrite"]) == 0  # stderr a file or a pipe (a log): no bar, the result lines only
     captured = capsys.readouterr()
     assert "remove-clouds:" not in captured.err and "wrote " in captured.out, captured
-    assert captured.out.startswith("wrote ")
     with pytest.raises(SystemExit):
         main([*argv, "--overwrite", "--mask-ot", "m.tif"])
     assert "unrecognized arguments: --mask-ot m.tif; did you mean --mask-out?" in capsys.readouterr().err

@@ -63,9 +63,17 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
     merge_spellings(target_parser(parser, args), args)
     if args.verbose and args.quiet:
         parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
-    if args.quiet and hasattr(args, "no_progress"):
-        args.no_progress = True  # -q: results and warnings only, no progress bars
+    if hasattr(args, "no_progress") and (args.quiet or not _on_terminal(sys.stderr)):
+        args.no_progress = True  # -q (results and warnings only), or stderr is a file or a pipe: no bars in logs
     return args
+
+
+def _on_terminal(stream: object) -> bool:
+    """Whether ``stream`` is a terminal (where a progress bar redraws itself; in a file it piles up)."""
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        return False
 
 
 def target_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
