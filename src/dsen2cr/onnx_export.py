@@ -182,10 +182,7 @@ def _keep_fp32_paths(path: Path, tails: int = 1) -> list[str]:
 
     model = onnx.load(str(path))
     graph = model.graph
-    readers: dict[str, list[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node.op_type)
+    readers = _reader_ops(graph)
     shared = {tensor.name for tensor in graph.input} | {tensor.name for tensor in graph.output}
     shared |= {name for name, ops in readers.items() if set(ops) - set(QUANTISED_OPS)}
     nodes = []
@@ -202,6 +199,15 @@ def _keep_fp32_paths(path: Path, tails: int = 1) -> list[str]:
     graph.node.extend(nodes)
     onnx.save(model, str(path))
     return list(dict.fromkeys([convolutions[0], *convolutions[-tails:]]))
+
+
+def _reader_ops(graph: Any) -> dict[str, list[str]]:
+    """For each tensor of an ONNX ``graph``, the operator types of the nodes that read it."""
+    readers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
+    return readers
 
 
 #: Equalisation (:func:`_equalise_residual_branches`): a channel is scaled to the widest channel's range over
@@ -231,10 +237,7 @@ def _equalise_residual_branches(path: Path, feeds: Iterable[dict[str, np.ndarray
 
     model = onnx.load(str(path))
     graph = model.graph
-    readers: dict[str, list[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node.op_type)
+    readers = _reader_ops(graph)
     branches = [
         node
         for node in graph.node
