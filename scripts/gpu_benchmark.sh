@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU run (issue #16), as one script for a machine with a CUDA PyTorch: run it from the repository root.
 #   [STEPS="cli benchmark ..."] scripts/gpu_benchmark.sh [OUT_DIR]   (default OUT_DIR: $OUT, else benchmarks/results)
-# Steps (default: all but compile):
+# Steps, run in the order STEPS lists them (default: all but tiles and compile):
 #   cli        the CLI on the bundled scene with the paper-size model on cuda (--backend auto, --tile auto), logged;
 #   benchmark  python -m benchmarks --device cuda --scene-size 10980 (a full Sentinel-2 tile, synthetic);
 #   zstd       the same with the tile's COG written with --compress zstd --compress-level 1;
@@ -22,8 +22,8 @@
 # the project installs (1.4.4: GDAL 3.10 with libdeflate; 1.4.3's GDAL 3.9 deflates with zlib, 1.8x slower copies).
 set -u
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
-STEPS=${STEPS:-cli benchmark zstd cog fused accuracy keepclear training pipeline}
-want() { [[ " $STEPS " == *" $1 "* ]]; }
+# In the order given: the default puts #27's measurements first (the whole list may not fit a 15-minute lease).
+STEPS=${STEPS:-accuracy fused keepclear training cli benchmark pipeline zstd cog}
 mkdir -p "$OUT_DIR"
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -35,8 +35,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, rasterio; print('torch', torch.__version__, 'rasterio', rasterio.__version__)" \
     | tee -a "$OUT_DIR/gpu.log"
 
-scratch=$(mktemp -d)
-if want cli; then
+step_cli() {
 python3 - "$scratch" <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
 import sys
 from dsen2cr import create_model
@@ -47,59 +46,71 @@ TIMEFORMAT="cli remove-clouds, whole process: %R s"
 time timeout 120 python3 -m dsen2cr.cli -v remove-clouds --weights "$scratch/paper-nosar.safetensors" --device cuda \
     --s2 src/dsen2cr/sample_data/scene/T33UUU_20170216T102101_L1C_10m.tif --out "$scratch/scene.tif" \
     --no-progress 2>&1 | tee -a "$OUT_DIR/gpu.log"
-fi
+}
 
-if want benchmark; then
+step_benchmark() {
     timeout 300 python3 -m benchmarks --device cuda --scene-size 10980 2>&1 | tee "$OUT_DIR/benchmark-cuda.log"
     cp benchmarks/results/benchmark-cuda.* "$OUT_DIR/" 2>/dev/null
-fi
-if want zstd; then
+}
+step_zstd() {
     timeout 300 python3 -m benchmarks --device cuda --scene-size 10980 --compress zstd --compress-level 1 2>&1 \
         | tee "$OUT_DIR/benchmark-cuda-zstd1.log"
     cp benchmarks/results/benchmark-cuda-zstd1.* "$OUT_DIR/" 2>/dev/null
-fi
-if want cog; then
+}
+step_cog() {
     timeout 150 python3 -m benchmarks.cog_copy --name cog_copy-gpu-machine 2>&1 | tee "$OUT_DIR/cog_copy.log"
     cp benchmarks/results/cog_copy-gpu-machine.* "$OUT_DIR/" 2>/dev/null
-fi
+}
 
-if want pipeline; then
+step_pipeline() {
     timeout 240 python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 4096 \
         --variant dsen2cr 2>&1 | tee "$OUT_DIR/pipeline.log"
     cp benchmarks/results/pipeline-cuda.* "$OUT_DIR/" 2>/dev/null
-fi
+}
 
-if want tiles; then
+step_tiles() {
     timeout 300 python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 10980 \
         --variant dsen2cr --name pipeline-cuda-tiles 2>&1 | tee "$OUT_DIR/tiles.log"
     timeout 170 python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 10980 \
         --variant dsen2cr --compress zstd --compress-level 1 --only-together --name pipeline-cuda-tiles-zstd1 \
         2>&1 | tee "$OUT_DIR/tiles-zstd1.log"
     cp benchmarks/results/pipeline-cuda-tiles*.* "$OUT_DIR/" 2>/dev/null
-fi
+}
 
-if want fused; then
+step_fused() {
     timeout 100 python3 -m benchmarks.windows_bf16 2>&1 | tee -a "$OUT_DIR/gpu.log"
     timeout 60 python3 -m benchmarks.output_check --name output_check-gpu-machine 2>&1 | tee -a "$OUT_DIR/gpu.log"
     cp benchmarks/results/windows_bf16.* benchmarks/results/output_check-gpu-machine.* "$OUT_DIR/" 2>/dev/null
-fi
-if want accuracy; then
+}
+step_accuracy() {
     timeout 120 python3 -m benchmarks.bf16_accuracy --device cuda --size 512 2>&1 | tee -a "$OUT_DIR/gpu.log"
     cp benchmarks/results/bf16_accuracy-cuda.* "$OUT_DIR/" 2>/dev/null
-fi
-if want keepclear; then
+}
+step_keepclear() {
     timeout 200 python3 -m benchmarks.keep_clear --device cuda --size 5490 2>&1 | tee "$OUT_DIR/keep_clear.log"
     cp benchmarks/results/keep_clear-cuda.* "$OUT_DIR/" 2>/dev/null
-fi
-if want training && ! python3 -c "import lightning" 2>/dev/null; then
-    echo "training: skipped, lightning is not installed here (carry its wheel and its dependencies' in .whl/)" \
-        | tee -a "$OUT_DIR/gpu.log"
-elif want training; then
+}
+step_training() {
+    if ! python3 -c "import lightning" 2>/dev/null; then
+        echo "training: skipped, lightning is not installed here (carry its wheel and its dependencies' in .whl/)" \
+            | tee -a "$OUT_DIR/gpu.log"
+        return
+    fi
     timeout 180 python3 -m benchmarks.training_rate --device cuda 2>&1 | tee "$OUT_DIR/training.log"
     cp benchmarks/results/training_rate-cuda.* "$OUT_DIR/" 2>/dev/null
-fi
-if want compile; then
+}
+step_compile() {
     timeout 150 python3 -m benchmarks.windows_bf16 --compiled 2>&1 | tee -a "$OUT_DIR/gpu.log"
     cp benchmarks/results/windows_bf16.* "$OUT_DIR/" 2>/dev/null
-fi
+}
+
+scratch=$(mktemp -d)
+for step in $STEPS; do
+    if ! declare -F "step_$step" >/dev/null; then
+        echo "unknown step: $step" | tee -a "$OUT_DIR/gpu.log"
+        continue
+    fi
+    echo "== step $step ($(date +%T))" | tee -a "$OUT_DIR/gpu.log"
+    "step_$step"
+done
 rm -rf "$scratch"
