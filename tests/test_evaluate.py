@@ -78,7 +78,11 @@ def test_evaluate_command(tmp_path: Path, synthetic_tree: Path, weights: Path) -
 
 
 def test_evaluate_with_roi_list(
-    tmp_path: Path, synthetic_tree: Path, weights: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+    tmp_path: Path,
+    synthetic_tree: Path,
+    weights: Path,
+    run_cli: Callable[..., subprocess.CompletedProcess],
+    capsys: pytest.CaptureFixture,
 ) -> None:
     rois = tmp_path / "rois.txt"
     rois.write_text("ROIs1970_fall/3\n")
@@ -96,9 +100,15 @@ def test_evaluate_with_roi_list(
     )
     assert result.returncode == 0, result.stderr
     assert "Evaluation on 2 images" in result.stdout and not (tmp_path / "e" / "predictions").exists()
-    assert "evaluate: 100%" in result.stderr and "2/2" in result.stderr  # a bar counting patches
-    quiet = run_cli(*result.args[3:-2], str(tmp_path / "q"), "--no-images", "--no-progress")
-    assert quiet.returncode == 0 and "evaluate:" not in quiet.stderr, quiet.stderr
+    assert "evaluate:" not in result.stderr  # stderr is a pipe here: no bar
+    from dsen2cr.cli import main
+
+    with pytest.MonkeyPatch.context() as terminal:  # on a terminal: a bar counting patches, unless --no-progress
+        terminal.setattr(sys.stderr, "isatty", lambda: True)
+        assert main([*result.args[3:-2], str(tmp_path / "t"), "--no-images"]) == 0
+        assert "evaluate: 100%" in (bar := capsys.readouterr().err) and "2/2" in bar, bar
+        assert main([*result.args[3:-2], str(tmp_path / "q"), "--no-images", "--no-progress"]) == 0
+        assert "evaluate:" not in capsys.readouterr().err
 
 
 def test_the_evaluation_figure_names_the_patch_and_shows_only_the_models_inputs(
