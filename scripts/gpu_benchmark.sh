@@ -15,6 +15,8 @@
 #   tiles      the same with three full 10980x10980 tiles (deflate), then one run of them with zstd level 1;
 #   keepclear  python -m benchmarks.keep_clear --device cuda --size 5490: plain against --mask-out, --keep-clear and
 #              both on a quarter tile, with the seconds of the mask's parts (#27 item 4: both <= 1.25x plain);
+#   overviews  python -m benchmarks.overviews --width 10980 --height 4096: the COG copy's tail with the overviews
+#              made while writing against GDAL making them at the copy (#27 item 4);
 #   training   python -m benchmarks.training_rate --device cuda: paper and paper-fast, the loader alone (8 and 16
 #              workers), the training step alone and end to end (#27 item 5: end to end >= 90 % of the step);
 #   compile    bf16 eager against bf16 compiled on one batch of the scene's windows.
@@ -23,7 +25,7 @@
 set -u
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
 # In the order given: the default puts #27's measurements first (the whole list may not fit a 15-minute lease).
-STEPS=${STEPS:-accuracy fused keepclear training cli benchmark pipeline zstd cog}
+STEPS=${STEPS:-accuracy fused keepclear training overviews cli benchmark pipeline zstd cog}
 mkdir -p "$OUT_DIR"
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -89,6 +91,10 @@ step_accuracy() {
 step_keepclear() {
     timeout 200 python3 -m benchmarks.keep_clear --device cuda --size 5490 2>&1 | tee "$OUT_DIR/keep_clear.log"
     cp benchmarks/results/keep_clear-cuda.* "$OUT_DIR/" 2>/dev/null
+}
+step_overviews() {
+    timeout 120 python3 -m benchmarks.overviews --width 10980 --height 4096 2>&1 | tee "$OUT_DIR/overviews.log"
+    cp benchmarks/results/overviews.* "$OUT_DIR/" 2>/dev/null
 }
 step_training() {
     if ! python3 -c "import lightning" 2>/dev/null; then

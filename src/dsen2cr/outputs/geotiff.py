@@ -12,14 +12,17 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import atomic_path
+from dsen2cr.outputs.overviews import OverviewPyramid, overview_factors
 
 #: Creation options of every GeoTIFF the project writes: tiled, compressed, BigTIFF when needed.
 GTIFF_OPTIONS: dict[str, object] = {
@@ -142,21 +145,49 @@ def _block(size: int) -> int:
 
 @contextlib.contextmanager
 def cog_writer(
-    path: str | Path, profile: dict, options: dict[str, str | int] = COG_OPTIONS
+    path: str | Path, profile: dict, options: dict[str, str | int] = COG_OPTIONS, *, average_overviews: bool = False
 ) -> Iterator[rasterio.io.DatasetWriter]:
     """Yield a dataset to write window by window; on success it becomes a Cloud-Optimised GeoTIFF at ``path``.
 
     Windows go to a tiled but uncompressed staging file beside ``path``: windows that do not align with its
     blocks would otherwise cost a decompression and a recompression each. One COG copy then compresses
     (``options``: by default deflate, horizontal predictor, 256 px blocks, overviews; see :func:`cog_options`)
-    on all cores, to a temporary name that is renamed to ``path``. On failure nothing is left at ``path`` and
-    both temporary files are removed.
+    on all cores, to a temporary name that is renamed to ``path``. With ``average_overviews`` (an integer
+    image with a nodata value) the overviews are the nodata-aware 2 x 2 means of the level above, made while
+    the windows are written (:class:`~dsen2cr.outputs.overviews.OverviewPyramid`); else GDAL makes them at the
+    copy (cubic). On failure nothing is left at ``path`` and every temporary file is removed.
     """
     with atomic_path(path) as final_tmp:
         staging = final_tmp.with_name(final_tmp.name + ".staging.tif")
+        pyramid: OverviewPyramid | None = None
         try:
-            with rasterio.open(staging, "w", **dict(STAGING_OPTIONS, **profile)) as dataset:
-                yield dataset
-            rasterio.shutil.copy(staging, final_tmp, **options)
+            mode = "w+" if average_overviews else "w"  # w+: the pyramid reads complete rows back
+            with rasterio.open(staging, mode, **dict(STAGING_OPTIONS, **profile)) as dataset:
+                if not average_overviews:
+                    yield dataset
+                else:
+                    factors = overview_factors(dataset.height, dataset.width, int(options.get("blocksize", 512)))
+                    pyramid = OverviewPyramid(dataset, staging, factors, int(profile["nodata"]))
+                    yield cast(rasterio.io.DatasetWriter, _WritesOverviews(dataset, pyramid))
+                    pyramid.finish()
+            source = staging if pyramid is None else pyramid.source(staging)
+            rasterio.shutil.copy(source, final_tmp, **options)
         finally:
+            if pyramid is not None:
+                pyramid.remove()
             staging.unlink(missing_ok=True)
+
+
+class _WritesOverviews:
+    """A dataset being written whose :meth:`write` also feeds its overview pyramid (all else is the dataset's)."""
+
+    def __init__(self, dataset: rasterio.io.DatasetWriter, pyramid: OverviewPyramid) -> None:
+        self._dataset, self._pyramid = dataset, pyramid
+
+    def write(self, array: np.ndarray, *, window: Window) -> None:
+        """Write ``array`` at ``window`` and compute the overview rows it completes."""
+        self._dataset.write(array, window=window)
+        self._pyramid.written(window)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dataset, name)

@@ -248,7 +248,7 @@ class _TileWriter:
             self.sigma = outputs.enter_context(cog_writer(job.uncertainty_out, sigma_profile, options))
             describe_sigma_bands(self.sigma, s2.bands, self.settings)
         profile = dict(grid_profile, count=len(s2.bands), dtype="uint16", nodata=OUTPUT_NODATA)
-        dst = outputs.enter_context(cog_writer(job.out, profile, self.settings.cog_options()))
+        dst = outputs.enter_context(cog_writer(job.out, profile, self.settings.cog_options(), average_overviews=True))
         describe_bands(dst, s2.bands)
         dst.update_tags(**output_tags(s2))
         self.cog = dst

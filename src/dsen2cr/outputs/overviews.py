@@ -1,0 +1,133 @@
+"""Overviews of a scene's COG made while its windows are written (docs/design.md §4.4).
+
+GDAL's COG driver makes the overviews of an image that has none at the copy, after the last window: it reads
+the whole image once more and resamples it (cubic by default), a third or more of the copy's time. Here each
+level is the nodata-aware 2 x 2 mean of the one above, computed as soon as full-width rows of it are
+complete (windows arrive row by row) into an uncompressed staging file per level; at the end the copy reads
+the image through a VRT that names those files as its overviews, and only compresses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.windows import Window
+
+#: Output rows of a level computed at a time (bounds the memory of a read-back: 2 x 64 full-width rows).
+CHUNK_ROWS = 64
+
+
+def overview_factors(height: int, width: int, block: int) -> list[int]:
+    """The overview factors GDAL's COG driver makes for an image: 2, 4, … while the size halved (rounded
+    down) that many times is still larger than one ``block`` in either dimension (390 x 518 with 256 px
+    blocks gets 2 and 4; 2049 wide gets 2, 4 and 8)."""
+    factors: list[int] = []
+    while max(height, width) > block:
+        height, width = height // 2, width // 2
+        factors.append(2 * (factors[-1] if factors else 1))
+    return factors
+
+
+def average_2x2(image: np.ndarray, nodata: int) -> np.ndarray:
+    """(bands, h, w) integer image (at most 16 bits) to (bands, ceil(h/2), ceil(w/2)): each 2 x 2 block's mean
+    over its pixels that are not ``nodata``, rounded half up; ``nodata`` where all four are (or lie outside
+    the image)."""
+    bands, height, width = image.shape
+    if height % 2 or width % 2:
+        padded = np.full((bands, height + height % 2, width + width % 2), nodata, image.dtype)
+        padded[:, :height, :width] = image
+        image = padded
+    quarters = [image[:, row::2, col::2] for row in (0, 1) for col in (0, 1)]
+    sums = np.zeros(quarters[0].shape, np.uint32)
+    counts = np.zeros(quarters[0].shape, np.uint32)
+    for quarter in quarters:
+        valid = quarter != nodata
+        sums += quarter if nodata == 0 else np.where(valid, quarter, 0)  # a nodata of 0 adds nothing
+        counts += valid
+    mean = (2 * sums + counts) // np.maximum(2 * counts, 1)  # round half up, in integers
+    return np.where(counts > 0, mean, nodata).astype(image.dtype)
+
+
+class OverviewPyramid:
+    """The average overviews of ``dataset`` (an image being written window by window, opened ``w+`` so that
+    its complete rows can be read back), one uncompressed tiled GeoTIFF per level beside ``stem``.
+
+    Call :meth:`written` after each window; :meth:`finish` once all are written; :meth:`source` then gives
+    the VRT (the image with these overviews) to copy; :meth:`remove` deletes the level files and the VRT.
+    """
+
+    def __init__(self, dataset: rasterio.io.DatasetWriter, stem: Path, factors: list[int], nodata: int) -> None:
+        self.dataset, self.nodata = dataset, nodata
+        self.paths = [stem.with_name(f"{stem.name}.ovr{factor}.tif") for factor in factors]
+        self.vrt = stem.with_name(f"{stem.name}.ovr.vrt")
+        self._columns = np.zeros(dataset.height, np.int64)  # pixels written per row of the image
+        self._complete = 0  # rows of the image complete, from the top
+        self.levels: list[rasterio.io.DatasetWriter] = []
+        self._done: list[int] = []  # rows of each level computed
+        profile = {"driver": "GTiff", "tiled": True, "blockxsize": 256, "blockysize": 256, "bigtiff": "if_safer"}
+        profile.update(count=dataset.count, dtype=dataset.dtypes[0], crs=dataset.crs, nodata=nodata)
+        try:
+            for path, factor in zip(self.paths, factors, strict=True):
+                height, width = -(-dataset.height // factor), -(-dataset.width // factor)
+                transform = dataset.transform * rasterio.Affine.scale(dataset.width / width, dataset.height / height)
+                level = dict(profile, height=height, width=width, transform=transform)
+                self.levels.append(rasterio.open(path, "w+", **level))
+                self._done.append(0)
+        except BaseException:
+            self.remove()
+            raise
+
+    def written(self, window: Window) -> None:
+        """Record a window written to the image and compute the level rows that it completes."""
+        self._columns[window.row_off : window.row_off + window.height] += window.width
+        while self._complete < self.dataset.height and self._columns[self._complete] >= self.dataset.width:
+            self._complete += 1
+        self._extend(final=False)
+
+    def finish(self) -> None:
+        """Compute every remaining row (the image is complete: unwritten pixels read as nodata) and close the
+        level files."""
+        self._complete = self.dataset.height
+        self._extend(final=True)
+        for level in self.levels:
+            level.close()
+
+    def _extend(self, *, final: bool) -> None:
+        """Compute the rows of each level whose source rows are complete."""
+        source, complete = self.dataset, self._complete
+        for index, level in enumerate(self.levels):
+            ready = -(-source.height // 2) if final or complete >= source.height else complete // 2
+            for first in range(self._done[index], ready, CHUNK_ROWS):
+                last = min(first + CHUNK_ROWS, ready)
+                rows = Window(0, 2 * first, source.width, min(2 * last, source.height) - 2 * first)
+                level.write(
+                    average_2x2(source.read(window=rows), self.nodata),
+                    window=Window(0, first, level.width, last - first),
+                )
+            self._done[index] = max(self._done[index], ready)
+            source, complete = level, self._done[index]
+
+    def source(self, image: Path) -> Path:
+        """A VRT of the (closed) ``image`` with the level files as its overviews: what the COG copy reads."""
+        rasterio.shutil.copy(image, self.vrt, driver="VRT")
+        tree = ElementTree.parse(self.vrt)
+        for band in tree.getroot().iter("VRTRasterBand"):
+            for path in self.paths:
+                overview = ElementTree.SubElement(band, "Overview")
+                ElementTree.SubElement(overview, "SourceFilename", relativeToVRT="0").text = str(path)
+                ElementTree.SubElement(overview, "SourceBand").text = band.get("band")
+        tree.write(self.vrt)
+        return self.vrt
+
+    def remove(self) -> None:
+        """Close and delete the level files and the VRT."""
+        for level in self.levels:
+            with contextlib.suppress(Exception):
+                level.close()
+        for path in [*self.paths, self.vrt]:
+            path.unlink(missing_ok=True)
