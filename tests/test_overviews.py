@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import rasterio.shutil
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
@@ -100,12 +101,15 @@ def test_the_cog_carries_these_overviews_and_its_metadata(tmp_path: Path) -> Non
     with cog_writer(out, profile, COG_OPTIONS, average_overviews=True) as dataset:
         dataset.set_band_description(1, "B2")
         dataset.update_tags(DSEN2CR_MODEL="m")
+        dataset.scales, dataset.offsets = [1e-4, 1e-4], [0.0, 0.0]  # properties set, not only methods called
+        dataset.colorinterp = [ColorInterp.red, ColorInterp.green]
         for row in range(0, 390, 130):
             dataset.write(image[:, row : row + 130], window=Window(0, row, 518, 130))
     with rasterio.open(out) as cog:
         assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and cog.overviews(1) == [2, 4]
         assert (cog.crs, cog.transform, cog.nodata, cog.descriptions[0]) == (UTM, transform, 0, "B2")
-        assert cog.tags()["DSEN2CR_MODEL"] == "m"
+        assert cog.tags()["DSEN2CR_MODEL"] == "m" and cog.scales == (1e-4, 1e-4)
+        assert cog.colorinterp == (ColorInterp.red, ColorInterp.green)
         np.testing.assert_array_equal(cog.read(), image)
         np.testing.assert_array_equal(cog.read(out_shape=(2, 195, 259)), _mean_by_hand(image))
         np.testing.assert_array_equal(cog.read(out_shape=(2, 98, 130)), _mean_by_hand(_mean_by_hand(image)))
