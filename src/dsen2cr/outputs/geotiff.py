@@ -179,7 +179,8 @@ def cog_writer(
 
 
 class _WritesOverviews:
-    """A dataset being written whose :meth:`write` also feeds its overview pyramid (all else is the dataset's)."""
+    """A dataset being written whose :meth:`write` also feeds its overview pyramid (every other attribute, read
+    or set, is the dataset's)."""
 
     def __init__(self, dataset: rasterio.io.DatasetWriter, pyramid: OverviewPyramid) -> None:
         self._dataset, self._pyramid = dataset, pyramid
@@ -191,3 +192,9 @@ class _WritesOverviews:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._dataset, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:  # scales, offsets, colorinterp, …: the dataset's properties
+            setattr(self._dataset, name, value)
