@@ -185,9 +185,9 @@ class _WritesOverviews:
     def __init__(self, dataset: rasterio.io.DatasetWriter, pyramid: OverviewPyramid) -> None:
         self._dataset, self._pyramid = dataset, pyramid
 
-    def write(self, array: np.ndarray, *, window: Window) -> None:
-        """Write ``array`` at ``window`` and compute the overview rows it completes."""
-        self._dataset.write(array, window=window)
+    def write(self, array: np.ndarray, *args: Any, window: Window, **kwargs: Any) -> None:
+        """Write ``array`` at ``window`` (as the dataset's ``write``) and compute the overview rows it completes."""
+        self._dataset.write(array, *args, window=window, **kwargs)
         self._pyramid.written(window)
 
     def __getattr__(self, name: str) -> Any:
