@@ -399,6 +399,7 @@ def test_uncertainty_out_is_the_models_sigma_and_zero_where_the_input_is_kept(sc
             assert written.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == compression, name
     with rasterio.open(tmp_path / "sa.tif") as every, rasterio.open(tmp_path / "sk.tif") as kept:
         sigma, sigma_kept = every.read(), kept.read()
+        halved = every.read(out_shape=(13, 150, 210))  # the 2x overview: each 2x2 block's mean, made by dsen2cr
         assert (every.count, every.dtypes[0], every.nodata) == (13, "float32", -1.0)
         assert every.descriptions[1] == "sigma B2" and every.tags()["DSEN2CR_PRECISION"] == "fp32"
         assert "keep-clear kept the input" in kept.tags()["DSEN2CR_UNCERTAINTY"]
@@ -407,6 +408,9 @@ def test_uncertainty_out_is_the_models_sigma_and_zero_where_the_input_is_kept(sc
     with torch.no_grad():
         _, variance = double.forward_with_variance(torch.from_numpy(s2_dn_to_model(scene["s2"])).double()[None])
     np.testing.assert_allclose(sigma, np.sqrt(variance[0].numpy()) * 2000, rtol=1e-4)
+    np.testing.assert_allclose(
+        halved, sigma.astype(np.float64).reshape(13, 150, 2, 210, 2).mean(axis=(2, 4)), rtol=1e-6
+    )
     cloudy = _scene_mask(scene["s2"]) != 0
     signed = np.where(cloudy, -ndimage.distance_transform_edt(cloudy), ndimage.distance_transform_edt(~cloudy))
     weight = np.clip((FEATHER - signed) / (2 * FEATHER), 0, 1)

@@ -46,6 +46,15 @@ def test_average_2x2_is_the_mean_of_the_valid_pixels() -> None:
     assert got[0, 1, 0] == 2 and (got[:, 0, 0] == 0).all()
 
 
+def test_average_2x2_of_floats_leaves_out_nodata_and_nan() -> None:
+    """A float image (sigma in DN, nodata -1): the plain mean of the valid values of each block, no rounding;
+    NaN counts as no data; all-invalid blocks are nodata."""
+    image = np.array([[[1.0, 2.0, -1.0], [4.0, np.nan, -1.0], [0.5, 0.25, 7.0]]], np.float32)
+    got = average_2x2(image, -1.0)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.array([[[7 / 3, -1.0], [0.375, 7.0]]], np.float32))
+
+
 @pytest.mark.parametrize("shape", [(390, 518), (256, 256), (257, 100), (513, 40), (1100, 40), (40, 2049), (40, 8200)])
 def test_overview_factors_are_gdals(tmp_path: Path, shape: tuple[int, int]) -> None:
     """The levels are those GDAL's COG driver makes itself for the same size and 256 px blocks."""
