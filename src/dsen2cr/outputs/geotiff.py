@@ -152,8 +152,8 @@ def cog_writer(
     Windows go to a tiled but uncompressed staging file beside ``path``: windows that do not align with its
     blocks would otherwise cost a decompression and a recompression each. One COG copy then compresses
     (``options``: by default deflate, horizontal predictor, 256 px blocks, overviews; see :func:`cog_options`)
-    on all cores, to a temporary name that is renamed to ``path``. With ``average_overviews`` (an integer
-    image with a nodata value) the overviews are the nodata-aware 2 x 2 means of the level above, made while
+    on all cores, to a temporary name that is renamed to ``path``. With ``average_overviews`` (an image
+    with a nodata value) the overviews are the nodata-aware 2 x 2 means of the level above, made while
     the windows are written (:class:`~dsen2cr.outputs.overviews.OverviewPyramid`); else GDAL makes them at the
     copy (cubic). On failure nothing is left at ``path`` and every temporary file is removed.
     """
@@ -167,7 +167,7 @@ def cog_writer(
                     yield dataset
                 else:
                     factors = overview_factors(dataset.height, dataset.width, int(options.get("blocksize", 512)))
-                    pyramid = OverviewPyramid(dataset, staging, factors, int(profile["nodata"]))
+                    pyramid = OverviewPyramid(dataset, staging, factors, profile["nodata"])
                     yield cast(rasterio.io.DatasetWriter, _WritesOverviews(dataset, pyramid))
                     pyramid.finish()
             source = staging if pyramid is None else pyramid.source(staging)

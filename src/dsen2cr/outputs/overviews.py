@@ -33,23 +33,25 @@ def overview_factors(height: int, width: int, block: int) -> list[int]:
     return factors
 
 
-def average_2x2(image: np.ndarray, nodata: int) -> np.ndarray:
-    """(bands, h, w) integer image (at most 16 bits) to (bands, ceil(h/2), ceil(w/2)): each 2 x 2 block's mean
-    over its pixels that are not ``nodata``, rounded half up; ``nodata`` where all four are (or lie outside
-    the image)."""
+def average_2x2(image: np.ndarray, nodata: float) -> np.ndarray:
+    """(bands, h, w) image to (bands, ceil(h/2), ceil(w/2)): each 2 x 2 block's mean over its pixels that are
+    not ``nodata`` (nor NaN, for floats); ``nodata`` where none is valid (pixels beyond an odd edge count as
+    nodata). Integers (at most 16 bits) are rounded half up; floats keep their type."""
     bands, height, width = image.shape
     if height % 2 or width % 2:
         padded = np.full((bands, height + height % 2, width + width % 2), nodata, image.dtype)
         padded[:, :height, :width] = image
         image = padded
+    floating = image.dtype.kind == "f"
     quarters = [image[:, row::2, col::2] for row in (0, 1) for col in (0, 1)]
-    sums = np.zeros(quarters[0].shape, np.uint32)
+    sums = np.zeros(quarters[0].shape, np.float64 if floating else np.uint32)
     counts = np.zeros(quarters[0].shape, np.uint32)
     for quarter in quarters:
-        valid = quarter != nodata
-        sums += quarter if nodata == 0 else np.where(valid, quarter, 0)  # a nodata of 0 adds nothing
+        valid = (quarter != nodata) & ~np.isnan(quarter) if floating else quarter != nodata
+        sums += quarter if nodata == 0 and not floating else np.where(valid, quarter, 0)  # 0 adds nothing
         counts += valid
-    mean = (2 * sums + counts) // np.maximum(2 * counts, 1)  # round half up, in integers
+    # integers: rounded half up, in integers
+    mean = sums / np.maximum(counts, 1) if floating else (2 * sums + counts) // np.maximum(2 * counts, 1)
     return np.where(counts > 0, mean, nodata).astype(image.dtype)
 
 
@@ -61,7 +63,7 @@ class OverviewPyramid:
     the VRT (the image with these overviews) to copy; :meth:`remove` deletes the level files and the VRT.
     """
 
-    def __init__(self, dataset: rasterio.io.DatasetWriter, stem: Path, factors: list[int], nodata: int) -> None:
+    def __init__(self, dataset: rasterio.io.DatasetWriter, stem: Path, factors: list[int], nodata: float) -> None:
         self.dataset, self.nodata = dataset, nodata
         self.paths = [stem.with_name(f"{stem.name}.ovr{factor}.tif") for factor in factors]
         self.vrt = stem.with_name(f"{stem.name}.ovr.vrt")

@@ -244,8 +244,8 @@ class _TileWriter:
         self.mask = outputs.enter_context(_optional_mask(job.mask_out, dict(grid_profile), self.settings))
         if job.uncertainty_out is not None:
             sigma_profile = dict(grid_profile, count=len(s2.bands), dtype="float32", nodata=SIGMA_NODATA)
-            options = self.settings.cog_options()
-            self.sigma = outputs.enter_context(cog_writer(job.uncertainty_out, sigma_profile, options))
+            sigma = cog_writer(job.uncertainty_out, sigma_profile, self.settings.cog_options(), average_overviews=True)
+            self.sigma = outputs.enter_context(sigma)
             describe_sigma_bands(self.sigma, s2.bands, self.settings)
         profile = dict(grid_profile, count=len(s2.bands), dtype="uint16", nodata=OUTPUT_NODATA)
         dst = outputs.enter_context(cog_writer(job.out, profile, self.settings.cog_options(), average_overviews=True))
