@@ -241,6 +241,52 @@ def test_parallel_finishing_writes_what_one_thread_writes(scene: dict, tmp_path:
             assert resolve_finish_threads(torch.device("cpu")) == 1
 
 
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("where", ["statistics", "window"])
+def test_an_error_in_the_masks_work_stops_the_run_and_leaves_nothing(
+    scene: dict, tmp_path: Path, threads: int, where: str
+) -> None:
+    """An error in the statistics pass (its own thread, raised at the first window) or in a window's map (on
+    a prepare thread) ends the run with that error; no output, staging or overview file is left."""
+    import dataclasses
+
+    from dsen2cr.auto import plan_scene_run
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.predictor import load_predictor
+    from dsen2cr.scene import masking
+    from dsen2cr.scene.remove import remove_clouds
+    from dsen2cr.settings import SceneJob, SceneSettings
+
+    predictor = load_predictor(scene["weights"], device="cpu")
+    settings = SceneSettings(tile=128, keep_clear=True, feather=FEATHER, progress=False)
+    plan = dataclasses.replace(
+        plan_scene_run(settings, predictor.config, device=predictor.device), finish_threads=threads
+    )
+    calls = []
+    real_window = masking.SceneMasker.window
+
+    def failing_window(self: masking.SceneMasker, window: object) -> np.ndarray:
+        calls.append(window)
+        if len(calls) == 3:
+            raise DSen2CRError("s2.tif: a read failed (window)")
+        return real_window(self, window)
+
+    def failing_stats(*args: object, **kwargs: object) -> None:
+        raise DSen2CRError("s2.tif: a read failed (statistics)")
+
+    out = tmp_path / "out" / "o.tif"
+    out.parent.mkdir()
+    job = SceneJob(str(scene["folder"] / "s2.tif"), None, out, mask_out=out.with_name("m.tif"))
+    with pytest.MonkeyPatch.context() as patch:
+        if where == "window":
+            patch.setattr(masking.SceneMasker, "window", failing_window)
+        else:
+            patch.setattr(masking, "_scene_shadow_stats", failing_stats)
+        with pytest.raises(DSen2CRError, match=f"a read failed \\({where}\\)"):
+            remove_clouds(predictor, job, plan)
+    assert list(out.parent.iterdir()) == []
+
+
 def test_scene_masker_windows_on_several_threads_at_once(scene: dict) -> None:
     """The masker serves windows to several threads at once (each reads through handles of its own) and
     gathers the scene's shadow statistics on a thread of its own: the maps equal those made one by one, and
