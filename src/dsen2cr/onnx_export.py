@@ -245,23 +245,24 @@ def _equalise_residual_branches(path: Path, feeds: Iterable[dict[str, np.ndarray
     ]
     if not branches:
         return
-    probe = onnx.load(str(path))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
     for node in branches:
         probe.graph.output.append(helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
     session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [node.output[0] for node in branches]
-    peaks = [np.zeros(0)] * len(names)
+    peaks: dict[str, np.ndarray] = {}  # a branch convolution's name: its channels' largest |output|
     for feed in feeds:
-        for index, output in enumerate(session.run(names, feed)):
+        for node, output in zip(branches, session.run(names, feed), strict=True):
             peak = np.abs(output).max(axis=(0, 2, 3)).astype(np.float64)
-            peaks[index] = np.maximum(peaks[index], peak) if peaks[index].size else peak
+            peaks[node.name] = np.maximum(peaks[node.name], peak) if node.name in peaks else peak
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     nodes = []
     for node in graph.node:
         nodes.append(node)
-        if node not in branches:
+        if node.name not in peaks:
             continue
-        peak = peaks[branches.index(node)]
+        peak = peaks[node.name]
         gain = np.clip(peak.max() / (EQUALISATION_HEADROOM * np.maximum(peak, 1e-30)), 1.0, EQUALISATION_MAX_GAIN)
         for name, shape in zip(node.input[1:3], ((-1, 1, 1, 1), (-1,)), strict=False):
             values = numpy_helper.to_array(initializers[name]).astype(np.float64) * gain.reshape(shape)
