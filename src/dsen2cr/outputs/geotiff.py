@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.outputs.cog_stream import COGStream, streams
 from dsen2cr.outputs.files import atomic_path
 from dsen2cr.outputs.overviews import OverviewPyramid, overview_factors
 
@@ -145,21 +147,30 @@ def _block(size: int) -> int:
 
 @contextlib.contextmanager
 def cog_writer(
-    path: str | Path, profile: dict, options: dict[str, str | int] = COG_OPTIONS, *, average_overviews: bool = False
+    path: str | Path,
+    profile: dict,
+    options: dict[str, str | int] = COG_OPTIONS,
+    *,
+    average_overviews: bool = False,
+    stream: bool = True,
 ) -> Iterator[rasterio.io.DatasetWriter]:
     """Yield a dataset to write window by window; on success it becomes a Cloud-Optimised GeoTIFF at ``path``.
 
     Windows go to a tiled but uncompressed staging file beside ``path``: windows that do not align with its
-    blocks would otherwise cost a decompression and a recompression each. One COG copy then compresses
-    (``options``: by default deflate, horizontal predictor, 256 px blocks, overviews; see :func:`cog_options`)
-    on all cores, to a temporary name that is renamed to ``path``. With ``average_overviews`` (an image
-    with a nodata value) the overviews are the nodata-aware 2 x 2 means of the level above, made while
-    the windows are written (:class:`~dsen2cr.outputs.overviews.OverviewPyramid`); else GDAL makes them at the
-    copy (cubic). On failure nothing is left at ``path`` and every temporary file is removed.
+    blocks would otherwise cost a decompression and a recompression each. With ``average_overviews`` (an
+    image with a nodata value) the overviews are the nodata-aware 2 x 2 means of the level above, made while
+    the windows are written (:class:`~dsen2cr.outputs.overviews.OverviewPyramid`), and with ``stream`` (and
+    options it supports: :func:`~dsen2cr.outputs.cog_stream.streams`) every level is compressed as its rows
+    complete (:class:`~dsen2cr.outputs.cog_stream.COGStream`), so that the end writes only the directories and
+    appends the data. Else one GDAL COG copy compresses (``options``: by default deflate, horizontal
+    predictor, 256 px blocks, overviews; see :func:`cog_options`) on all cores at the end, making the
+    overviews (cubic) unless the pyramid made them. Either way the COG is written under a temporary name
+    renamed to ``path``; on failure nothing is left at ``path`` and every temporary file is removed.
     """
     with atomic_path(path) as final_tmp:
         staging = final_tmp.with_name(final_tmp.name + ".staging.tif")
         pyramid: OverviewPyramid | None = None
+        streamed: COGStream | None = None
         try:
             mode = "w+" if average_overviews else "w"  # w+: the pyramid reads complete rows back
             with rasterio.open(staging, mode, **dict(STAGING_OPTIONS, **profile)) as dataset:
@@ -167,15 +178,32 @@ def cog_writer(
                     yield dataset
                 else:
                     factors = overview_factors(dataset.height, dataset.width, int(options.get("blocksize", 512)))
-                    pyramid = OverviewPyramid(dataset, staging, factors, profile["nodata"])
+                    if stream and streams(options, dataset.dtypes[0]):
+                        shapes = [(-(-dataset.height // f), -(-dataset.width // f)) for f in [1, *factors]]
+                        streamed = COGStream(
+                            final_tmp, shapes, dataset.count, dataset.dtypes[0], profile["nodata"], options,
+                            workers=compression_threads(),
+                        )  # fmt: skip
+                    rows = None if streamed is None else streamed.add
+                    pyramid = OverviewPyramid(dataset, staging, factors, profile["nodata"], rows)
                     yield cast(rasterio.io.DatasetWriter, _WritesOverviews(dataset, pyramid))
                     pyramid.finish()
-            source = staging if pyramid is None else pyramid.source(staging)
-            rasterio.shutil.copy(source, final_tmp, **options)
+            if streamed is not None:
+                streamed.write(final_tmp, staging)
+            else:
+                source = staging if pyramid is None else pyramid.source(staging)
+                rasterio.shutil.copy(source, final_tmp, **options)
         finally:
+            if streamed is not None:
+                streamed.remove()
             if pyramid is not None:
                 pyramid.remove()
             staging.unlink(missing_ok=True)
+
+
+def compression_threads() -> int:
+    """Threads that compress a streamed COG's tiles: every core, at most 16 (GDAL's copy used ``ALL_CPUS``)."""
+    return max(1, min(16, os.cpu_count() or 1))
 
 
 class _WritesOverviews:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,16 +62,25 @@ class OverviewPyramid:
 
     Call :meth:`written` after each window; :meth:`finish` once all are written; :meth:`source` then gives
     the VRT (the image with these overviews) to copy; :meth:`remove` deletes the level files and the VRT.
+    Every level's rows, the image's first, are read back once, from the top, in chunks as they complete;
+    ``rows`` (when given) receives each chunk as ``rows(level, array)``: level 0 is the image.
     """
 
-    def __init__(self, dataset: rasterio.io.DatasetWriter, stem: Path, factors: list[int], nodata: float) -> None:
-        self.dataset, self.nodata = dataset, nodata
+    def __init__(
+        self,
+        dataset: rasterio.io.DatasetWriter,
+        stem: Path,
+        factors: list[int],
+        nodata: float,
+        rows: Callable[[int, np.ndarray], None] | None = None,
+    ) -> None:
+        self.dataset, self.nodata, self._rows = dataset, nodata, rows
         self.paths = [stem.with_name(f"{stem.name}.ovr{factor}.tif") for factor in factors]
         self.vrt = stem.with_name(f"{stem.name}.ovr.vrt")
         self._columns = np.zeros(dataset.height, np.int64)  # pixels written per row of the image
         self._complete = 0  # rows of the image complete, from the top
         self.levels: list[rasterio.io.DatasetWriter] = []
-        self._done: list[int] = []  # rows of each level computed
+        self._read = [0] * (len(factors) + 1)  # rows of each level (the image first) read back
         profile = {"driver": "GTiff", "tiled": True, "blockxsize": 256, "blockysize": 256, "bigtiff": "if_safer"}
         profile.update(count=dataset.count, dtype=dataset.dtypes[0], crs=dataset.crs, nodata=nodata)
         try:
@@ -79,7 +89,6 @@ class OverviewPyramid:
                 transform = dataset.transform * rasterio.Affine.scale(dataset.width / width, dataset.height / height)
                 level = dict(profile, height=height, width=width, transform=transform)
                 self.levels.append(rasterio.open(path, "w+", **level))
-                self._done.append(0)
         except BaseException:
             self.remove()
             raise
@@ -89,30 +98,37 @@ class OverviewPyramid:
         self._columns[window.row_off : window.row_off + window.height] += window.width
         while self._complete < self.dataset.height and self._columns[self._complete] >= self.dataset.width:
             self._complete += 1
-        self._extend(final=False)
+        self._extend()
 
     def finish(self) -> None:
         """Compute every remaining row (the image is complete: unwritten pixels read as nodata) and close the
         level files."""
         self._complete = self.dataset.height
-        self._extend(final=True)
+        self._extend()
         for level in self.levels:
             level.close()
 
-    def _extend(self, *, final: bool) -> None:
-        """Compute the rows of each level whose source rows are complete."""
-        source, complete = self.dataset, self._complete
-        for index, level in enumerate(self.levels):
-            ready = -(-source.height // 2) if final or complete >= source.height else complete // 2
-            for first in range(self._done[index], ready, CHUNK_ROWS):
-                last = min(first + CHUNK_ROWS, ready)
-                rows = Window(0, 2 * first, source.width, min(2 * last, source.height) - 2 * first)
-                level.write(
-                    average_2x2(source.read(window=rows), self.nodata),
-                    window=Window(0, first, level.width, last - first),
-                )
-            self._done[index] = max(self._done[index], ready)
-            source, complete = level, self._done[index]
+    def _extend(self) -> None:
+        """Read back the complete rows of each level not read yet (an even number, until the level's last),
+        hand them on, and write their 2 x 2 means into the next level."""
+        chain = [self.dataset, *self.levels]
+        complete = self._complete
+        for index, source in enumerate(chain):
+            if self._rows is None and index + 1 == len(chain):
+                break  # the smallest level's rows: nobody reads them
+            ready = complete if complete >= source.height else complete - complete % 2
+            for first in range(self._read[index], ready, 2 * CHUNK_ROWS):
+                rows = source.read(window=Window(0, first, source.width, min(first + 2 * CHUNK_ROWS, ready) - first))
+                if self._rows is not None:
+                    self._rows(index, rows)
+                if index + 1 < len(chain):
+                    target = chain[index + 1]
+                    target.write(
+                        average_2x2(rows, self.nodata),
+                        window=Window(0, first // 2, target.width, -(-rows.shape[1] // 2)),
+                    )
+            self._read[index] = max(self._read[index], ready)
+            complete = -(-self._read[index] // 2)  # rows of the next level written
 
     def source(self, image: Path) -> Path:
         """A VRT of the (closed) ``image`` with the level files as its overviews: what the COG copy reads."""
