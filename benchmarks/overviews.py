@@ -18,6 +18,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -32,10 +33,10 @@ from dsen2cr.rasters import gdal_block_cache
 from dsen2cr.scene.tiles import plan_tiles
 
 #: The three ways, by name: ``cog_writer``'s arguments.
-WAYS: dict[str, dict[str, bool]] = {
-    "GDAL makes the overviews (cubic) and compresses at the copy": {"average_overviews": False},
-    "overviews made while writing, GDAL compresses at the copy": {"average_overviews": True, "stream": False},
-    "overviews made and compressed while writing": {"average_overviews": True, "stream": True},
+WAYS: dict[str, dict[str, Any]] = {
+    "GDAL makes the overviews (cubic) and compresses at the copy": {"overviews": "gdal"},
+    "overviews made while writing, GDAL compresses at the copy": {"overviews": "average", "stream": False},
+    "overviews made and compressed while writing": {"overviews": "average", "stream": True},
 }
 
 

@@ -28,7 +28,7 @@ def _write(path: Path, image: np.ndarray, nodata: float, options: dict, *, strea
     count, height, width = image.shape
     profile = dict(height=height, width=width, count=count, dtype=str(image.dtype), crs=UTM, nodata=nodata)
     profile["transform"] = from_origin(500000, 5000000, 10, 10)
-    with cog_writer(path, profile, options, average_overviews=True, stream=stream) as dataset:
+    with cog_writer(path, profile, options, overviews="average", stream=stream) as dataset:
         for band in range(1, count + 1):
             dataset.set_band_description(band, f"B{band}")
         dataset.update_tags(DSEN2CR_MODEL="m", DSEN2CR_PRECISION="fp32")
@@ -46,14 +46,19 @@ def _metadata_items(value: str) -> dict[tuple[str, str | None], str]:
     return {(item.get("name", ""), item.get("sample")): item.text or "" for item in root.iter("Item")}
 
 
+def _plain(value: object) -> object:
+    """A tag's value comparable with ``==`` (tifffile gives the colour map as an array)."""
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
 def _assert_same_cog(ours: Path, gdal: Path) -> None:
     """Every directory's tags equal but for the tiles' positions and sizes (statistics to 1e-12); every level's
     pixels equal; rasterio's view of both equal."""
     with tifffile.TiffFile(ours) as a, tifffile.TiffFile(gdal) as b:
         assert len(a.pages) == len(b.pages) and a.is_bigtiff == b.is_bigtiff
         for page_a, page_b in zip(a.pages, b.pages, strict=True):
-            tags_a = {t.code: t.value for t in page_a.tags.values() if t.code not in (324, 325)}
-            tags_b = {t.code: t.value for t in page_b.tags.values() if t.code not in (324, 325)}
+            tags_a = {t.code: _plain(t.value) for t in page_a.tags.values() if t.code not in (324, 325)}
+            tags_b = {t.code: _plain(t.value) for t in page_b.tags.values() if t.code not in (324, 325)}
             metadata_a, metadata_b = tags_a.pop(42112, None), tags_b.pop(42112, None)
             assert tags_a == tags_b
             if metadata_b is not None:
@@ -137,6 +142,27 @@ def test_streamed_sigma_map_keeps_nan_and_nodata_out_of_its_statistics(tmp_path:
     valid = image[(image != -1) & ~np.isnan(image)].astype(np.float64)
     with rasterio.open(tmp_path / "ours.tif") as cog:
         assert float(cog.tags(1)["STATISTICS_MEAN"]) == pytest.approx(valid.mean(), rel=1e-12)
+
+
+def test_streamed_class_map_keeps_its_colour_table_and_mode_overviews(tmp_path: Path) -> None:
+    """The cloud/shadow map's COG (uint8 classes, no-data 255, a colour table): GDAL's COG of the same pixels and
+    overviews (the pyramid's most common classes), palette and all."""
+    rng = np.random.default_rng(9)
+    image = rng.choice(np.array([0, 1, 2, 255], np.uint8), size=(1, 530, 610), p=[0.5, 0.3, 0.15, 0.05])
+    colours = {0: (90, 110, 90, 255), 1: (255, 255, 255, 255), 2: (20, 30, 120, 255), 255: (0, 0, 0, 0)}
+    for name, stream in (("ours.tif", True), ("gdal.tif", False)):
+        profile = dict(height=530, width=610, count=1, dtype="uint8", crs=UTM, nodata=255)
+        profile["transform"] = from_origin(500000, 5000000, 10, 10)
+        with cog_writer(tmp_path / name, profile, dict(COG_OPTIONS), overviews="mode", stream=stream) as dataset:
+            dataset.set_band_description(1, "cloud/shadow map")
+            dataset.write_colormap(1, colours)
+            dataset.write(image[:, :300], window=Window(0, 0, 610, 300))
+            dataset.write(image[:, 300:], window=Window(0, 300, 610, 230))
+    _assert_same_cog(tmp_path / "ours.tif", tmp_path / "gdal.tif")
+    _assert_gdal_cog_layout(tmp_path / "ours.tif")
+    with rasterio.open(tmp_path / "ours.tif") as cog:
+        assert cog.colormap(1)[2] == colours[2] and cog.overviews(1) == [2, 4]
+        np.testing.assert_array_equal(cog.read(), image)
 
 
 def test_a_cog_over_4_gib_is_a_bigtiff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from dsen2cr.outputs.geotiff import COG_OPTIONS, cog_writer
-from dsen2cr.outputs.overviews import OverviewPyramid, average_2x2, overview_factors
+from dsen2cr.outputs.overviews import OverviewPyramid, average_2x2, mode_2x2, overview_factors
 
 UTM = CRS.from_epsg(32633)
 
@@ -98,7 +98,7 @@ def test_level_rows_are_made_as_soon_as_the_rows_above_are_complete(tmp_path: Pa
 
 
 def test_the_cog_carries_these_overviews_and_its_metadata(tmp_path: Path) -> None:
-    """cog_writer(average_overviews=True): a COG whose overviews are the pyramid's (not GDAL's cubic ones),
+    """cog_writer(overviews="average"): a COG whose overviews are the pyramid's (not GDAL's cubic ones),
     with the image's pixels, georeferencing, band descriptions and tags, and no temporary file left; a
     failure mid-write leaves nothing at all."""
     rng = np.random.default_rng(2)
@@ -107,7 +107,7 @@ def test_the_cog_carries_these_overviews_and_its_metadata(tmp_path: Path) -> Non
     transform = from_origin(500000, 5000000, 10, 10)
     profile = dict(height=390, width=518, count=2, dtype="uint16", crs=UTM, transform=transform, nodata=0)
     out = tmp_path / "out.tif"
-    with cog_writer(out, profile, COG_OPTIONS, average_overviews=True) as dataset:
+    with cog_writer(out, profile, COG_OPTIONS, overviews="average") as dataset:
         dataset.set_band_description(1, "B2")
         dataset.update_tags(DSEN2CR_MODEL="m")
         dataset.scales, dataset.offsets = [1e-4, 1e-4], [0.0, 0.0]  # properties set, not only methods called
@@ -126,8 +126,47 @@ def test_the_cog_carries_these_overviews_and_its_metadata(tmp_path: Path) -> Non
 
     with (
         pytest.raises(RuntimeError, match="stop"),
-        cog_writer(tmp_path / "failed.tif", profile, COG_OPTIONS, average_overviews=True) as dataset,
+        cog_writer(tmp_path / "failed.tif", profile, COG_OPTIONS, overviews="average") as dataset,
     ):
         dataset.write(image[:, :200], window=Window(0, 0, 518, 200))
         raise RuntimeError("stop")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
+
+
+def _mode_by_hand(image: np.ndarray, nodata: int) -> np.ndarray:
+    """GDAL's MODE rule block by block: the block read row by row, the value whose count first exceeds the
+    highest count so far wins; nodata left out."""
+    bands, height, width = image.shape
+    out = np.full((bands, -(-height // 2), -(-width // 2)), nodata, image.dtype)
+    for b in range(bands):
+        for i in range(out.shape[1]):
+            for j in range(out.shape[2]):
+                counts: dict[int, int] = {}
+                best, winner = 0, nodata
+                for value in image[b, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].ravel().tolist():
+                    if value != nodata:
+                        counts[value] = counts.get(value, 0) + 1
+                        if counts[value] > best:
+                            best, winner = counts[value], value
+                out[b, i, j] = winner
+    return out
+
+
+def test_mode_2x2_is_the_most_common_class_with_gdals_ties() -> None:
+    """Every tie pattern of a 2 x 2 block (2-2, 1-1-1-1, with nodata), odd sizes, against the rule by hand and
+    against GDAL's own MODE overview of an even-sized map."""
+    rng = np.random.default_rng(8)
+    classes = np.array([0, 1, 2, 255], np.uint8)
+    image = rng.choice(classes, size=(1, 61, 47), p=[0.35, 0.3, 0.2, 0.15])
+    image[:, :8] = 255
+    np.testing.assert_array_equal(mode_2x2(image, 255), _mode_by_hand(image, 255))
+    assert mode_2x2(np.array([[[1, 2], [2, 1]]], np.uint8), 255)[0, 0, 0] == 2  # 2 reaches two counts first
+    assert mode_2x2(np.array([[[1, 2], [1, 2]]], np.uint8), 255)[0, 0, 0] == 1
+    even = image[:, :60, :46]
+    profile = dict(driver="GTiff", height=60, width=46, count=1, dtype="uint8", nodata=255)
+    with rasterio.MemoryFile() as memory:
+        with memory.open(**profile, crs=UTM, transform=from_origin(0, 0, 10, 10)) as dataset:
+            dataset.write(even)
+            dataset.build_overviews([2], rasterio.enums.Resampling.mode)
+        with memory.open(overview_level=0) as level:
+            np.testing.assert_array_equal(mode_2x2(even, 255), level.read())

@@ -13,7 +13,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import rasterio
@@ -24,7 +24,7 @@ from rasterio.windows import Window
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.cog_stream import COGStream, streams
 from dsen2cr.outputs.files import atomic_path
-from dsen2cr.outputs.overviews import OverviewPyramid, overview_factors
+from dsen2cr.outputs.overviews import OverviewPyramid, average_2x2, mode_2x2, overview_factors
 
 #: Creation options of every GeoTIFF the project writes: tiled, compressed, BigTIFF when needed.
 GTIFF_OPTIONS: dict[str, object] = {
@@ -151,30 +151,32 @@ def cog_writer(
     profile: dict,
     options: dict[str, str | int] = COG_OPTIONS,
     *,
-    average_overviews: bool = False,
+    overviews: Literal["gdal", "average", "mode"] = "gdal",
     stream: bool = True,
 ) -> Iterator[rasterio.io.DatasetWriter]:
     """Yield a dataset to write window by window; on success it becomes a Cloud-Optimised GeoTIFF at ``path``.
 
     Windows go to a tiled but uncompressed staging file beside ``path``: windows that do not align with its
-    blocks would otherwise cost a decompression and a recompression each. With ``average_overviews`` (an
-    image with a nodata value) the overviews are the nodata-aware 2 x 2 means of the level above, made while
-    the windows are written (:class:`~dsen2cr.outputs.overviews.OverviewPyramid`), and with ``stream`` (and
-    options it supports: :func:`~dsen2cr.outputs.cog_stream.streams`) every level is compressed as its rows
-    complete (:class:`~dsen2cr.outputs.cog_stream.COGStream`), so that the end writes only the directories and
-    appends the data. Else one GDAL COG copy compresses (``options``: by default deflate, horizontal
-    predictor, 256 px blocks, overviews; see :func:`cog_options`) on all cores at the end, making the
-    overviews (cubic) unless the pyramid made them. Either way the COG is written under a temporary name
-    renamed to ``path``; on failure nothing is left at ``path`` and every temporary file is removed.
+    blocks would otherwise cost a decompression and a recompression each. With ``overviews`` "average" (an
+    image with a nodata value) the overviews are the nodata-aware 2 x 2 means of the level above, with "mode"
+    (a class map) its most common classes, made while the windows are written
+    (:class:`~dsen2cr.outputs.overviews.OverviewPyramid`), and with ``stream`` (and options it supports:
+    :func:`~dsen2cr.outputs.cog_stream.streams`) every level is compressed as its rows complete
+    (:class:`~dsen2cr.outputs.cog_stream.COGStream`), so that the end writes only the directories and appends
+    the data. Else one GDAL COG copy compresses (``options``: by default deflate, horizontal predictor, 256 px
+    blocks, overviews; see :func:`cog_options`) on all cores at the end, making the overviews ("gdal":
+    resampled as the options say, cubic by default) unless the pyramid made them. Either way the COG is
+    written under a temporary name renamed to ``path``; on failure nothing is left at ``path`` and every
+    temporary file is removed.
     """
     with atomic_path(path) as final_tmp:
         staging = final_tmp.with_name(final_tmp.name + ".staging.tif")
         pyramid: OverviewPyramid | None = None
         streamed: COGStream | None = None
         try:
-            mode = "w+" if average_overviews else "w"  # w+: the pyramid reads complete rows back
+            mode = "w" if overviews == "gdal" else "w+"  # w+: the pyramid reads complete rows back
             with rasterio.open(staging, mode, **dict(STAGING_OPTIONS, **profile)) as dataset:
-                if not average_overviews:
+                if overviews == "gdal":
                     yield dataset
                 else:
                     factors = overview_factors(dataset.height, dataset.width, int(options.get("blocksize", 512)))
@@ -185,7 +187,8 @@ def cog_writer(
                             workers=compression_threads(),
                         )  # fmt: skip
                     rows = None if streamed is None else streamed.add
-                    pyramid = OverviewPyramid(dataset, staging, factors, profile["nodata"], rows)
+                    reduce = average_2x2 if overviews == "average" else mode_2x2
+                    pyramid = OverviewPyramid(dataset, staging, factors, profile["nodata"], rows, reduce)
                     yield cast(rasterio.io.DatasetWriter, _WritesOverviews(dataset, pyramid))
                     pyramid.finish()
             if streamed is not None:

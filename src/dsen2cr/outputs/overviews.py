@@ -1,4 +1,5 @@
-"""Overviews of a scene's COG made while its windows are written (docs/design.md §4.4).
+"""Overviews of a scene's COG made while its windows are written (docs/design.md §4.4): means of an image,
+most common classes of a class map.
 
 GDAL's COG driver makes the overviews of an image that has none at the copy, after the last window: it reads
 the whole image once more and resamples it (cubic by default), a third or more of the copy's time. Here each
@@ -56,6 +57,33 @@ def average_2x2(image: np.ndarray, nodata: float) -> np.ndarray:
     return np.where(counts > 0, mean, nodata).astype(image.dtype)
 
 
+def mode_2x2(image: np.ndarray, nodata: float) -> np.ndarray:
+    """(bands, h, w) class map to (bands, ceil(h/2), ceil(w/2)): each 2 x 2 block's most common value that is
+    not ``nodata``, ties going as GDAL's MODE resampling breaks them (the value that first reaches the highest
+    count, the block read row by row); ``nodata`` where none is valid (pixels beyond an odd edge count as
+    nodata)."""
+    bands, height, width = image.shape
+    if height % 2 or width % 2:
+        padded = np.full((bands, height + height % 2, width + width % 2), nodata, image.dtype)
+        padded[:, :height, :width] = image
+        image = padded
+    quarters = [image[:, row::2, col::2] for row in (0, 1) for col in (0, 1)]  # the block read row by row
+    valid = [quarter != nodata for quarter in quarters]
+    so_far, totals = [], []  # per position: its value's count up to it, and in the whole block
+    for k, quarter in enumerate(quarters):
+        same = [(other == quarter) & valid[j] & valid[k] for j, other in enumerate(quarters)]
+        so_far.append(sum(s.astype(np.uint8) for s in same[: k + 1]))
+        totals.append(sum(s.astype(np.uint8) for s in same))
+    highest = np.maximum.reduce(totals)
+    out = np.full(quarters[0].shape, nodata, image.dtype)
+    chosen = highest == 0
+    for quarter, count in zip(quarters, so_far, strict=True):
+        take = ~chosen & (count == highest)
+        out[take] = quarter[take]
+        chosen |= take
+    return out
+
+
 class OverviewPyramid:
     """The average overviews of ``dataset`` (an image being written window by window, opened ``w+`` so that
     its complete rows can be read back), one uncompressed tiled GeoTIFF per level beside ``stem``.
@@ -63,7 +91,8 @@ class OverviewPyramid:
     Call :meth:`written` after each window; :meth:`finish` once all are written; :meth:`source` then gives
     the VRT (the image with these overviews) to copy; :meth:`remove` deletes the level files and the VRT.
     Every level's rows, the image's first, are read back once, from the top, in chunks as they complete;
-    ``rows`` (when given) receives each chunk as ``rows(level, array)``: level 0 is the image.
+    ``rows`` (when given) receives each chunk as ``rows(level, array)``: level 0 is the image. ``reduce``
+    makes a level from the one above: :func:`average_2x2` (images), :func:`mode_2x2` (class maps).
     """
 
     def __init__(
@@ -73,8 +102,9 @@ class OverviewPyramid:
         factors: list[int],
         nodata: float,
         rows: Callable[[int, np.ndarray], None] | None = None,
+        reduce: Callable[[np.ndarray, float], np.ndarray] = average_2x2,
     ) -> None:
-        self.dataset, self.nodata, self._rows = dataset, nodata, rows
+        self.dataset, self.nodata, self._rows, self._reduce = dataset, nodata, rows, reduce
         self.paths = [stem.with_name(f"{stem.name}.ovr{factor}.tif") for factor in factors]
         self.vrt = stem.with_name(f"{stem.name}.ovr.vrt")
         self._columns = np.zeros(dataset.height, np.int64)  # pixels written per row of the image
@@ -124,7 +154,7 @@ class OverviewPyramid:
                 if index + 1 < len(chain):
                     target = chain[index + 1]
                     target.write(
-                        average_2x2(rows, self.nodata),
+                        self._reduce(rows, self.nodata),
                         window=Window(0, first // 2, target.width, -(-rows.shape[1] // 2)),
                     )
             self._read[index] = max(self._read[index], ready)

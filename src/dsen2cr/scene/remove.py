@@ -244,11 +244,11 @@ class _TileWriter:
         self.mask = outputs.enter_context(_optional_mask(job.mask_out, dict(grid_profile), self.settings))
         if job.uncertainty_out is not None:
             sigma_profile = dict(grid_profile, count=len(s2.bands), dtype="float32", nodata=SIGMA_NODATA)
-            sigma = cog_writer(job.uncertainty_out, sigma_profile, self.settings.cog_options(), average_overviews=True)
+            sigma = cog_writer(job.uncertainty_out, sigma_profile, self.settings.cog_options(), overviews="average")
             self.sigma = outputs.enter_context(sigma)
             describe_sigma_bands(self.sigma, s2.bands, self.settings)
         profile = dict(grid_profile, count=len(s2.bands), dtype="uint16", nodata=OUTPUT_NODATA)
-        dst = outputs.enter_context(cog_writer(job.out, profile, self.settings.cog_options(), average_overviews=True))
+        dst = outputs.enter_context(cog_writer(job.out, profile, self.settings.cog_options(), overviews="average"))
         describe_bands(dst, s2.bands)
         dst.update_tags(**output_tags(s2))
         self.cog = dst
@@ -385,8 +385,8 @@ def _optional_mask(path: str | Path | None, grid_profile: dict, settings: SceneS
         return
     classes = [c for c in MASK_CLASSES if settings.mask != "s2cloudless" or c[1] != "shadow"]  # clouds only
     names = ", ".join(f"{code} {name}" for code, name, _ in classes) + f", {MASK_NODATA} no data"
-    options = dict(settings.cog_options(), overview_resampling="MODE")
-    with cog_writer(path, dict(grid_profile, count=1, dtype="uint8", nodata=MASK_NODATA), options) as dataset:
+    profile = dict(grid_profile, count=1, dtype="uint8", nodata=MASK_NODATA)
+    with cog_writer(path, profile, settings.cog_options(), overviews="mode") as dataset:
         what = "cloud map" if settings.mask == "s2cloudless" else "cloud/shadow map"
         dataset.set_band_description(1, f"{what} ({settings.mask}): {names}")
         dataset.update_tags(1, CATEGORIES=names)
