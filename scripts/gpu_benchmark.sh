@@ -15,13 +15,16 @@
 #   tiles      the same with three full 10980x10980 tiles (deflate), then one run of them with zstd level 1;
 #   keepclear  python -m benchmarks.keep_clear --device cuda --size 5490: plain against --mask-out, --keep-clear and
 #              both on a quarter tile, with the seconds of the mask's parts (#27 item 4: both <= 1.25x plain);
-#   overviews  python -m benchmarks.overviews --width 10980 --height 4096: the COG copy's tail with the overviews
-#              made while writing against GDAL making them at the copy (#27 item 4);
+#   overviews  python -m benchmarks.overviews --width 10980 --height 4096, with --pause 0.09 (the CPU left free as
+#              the bf16 network leaves it): the tail after the last window when the COG is compressed while
+#              written against GDAL's copy, with and without the overviews made while writing (#27 item 4);
 #   training   python -m benchmarks.training_rate --device cuda: paper and paper-fast, the loader alone (8 and 16
 #              workers), the training step alone and end to end (#27 item 5: end to end >= 90 % of the step);
 #   compile    bf16 eager against bf16 compiled on one batch of the scene's windows.
 # Wheels in .whl/ (e.g. rasterio for a machine without it) are installed under /tmp/site first: carry the rasterio
-# the project installs (1.4.4: GDAL 3.10 with libdeflate; 1.4.3's GDAL 3.9 deflates with zlib, 1.8x slower copies).
+# the project installs (1.4.4: GDAL 3.10 with libdeflate; 1.4.3's GDAL 3.9 deflates with zlib, 1.8x slower copies)
+# and imagecodecs (the COG compressed while written; without it GDAL's copy is used and the script says so), for
+# the device's Python: pip download imagecodecs --only-binary=:all: --no-deps --python-version 3.12 -d .whl
 set -u
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
 # In the order given: the default puts #27's measurements first (the whole list may not fit a 15-minute lease).
@@ -34,6 +37,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH=$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.log"
+python3 -c "import imagecodecs" 2>/dev/null \
+    || echo "imagecodecs is not installed here: COGs are compressed by GDAL's copy (carry its wheel in .whl/)" | tee -a "$OUT_DIR/gpu.log"
 python3 -c "import torch, rasterio; print('torch', torch.__version__, 'rasterio', rasterio.__version__)" \
     | tee -a "$OUT_DIR/gpu.log"
 
@@ -93,8 +98,9 @@ step_keepclear() {
     cp benchmarks/results/keep_clear-cuda.* "$OUT_DIR/" 2>/dev/null
 }
 step_overviews() {
-    timeout 120 python3 -m benchmarks.overviews --width 10980 --height 4096 2>&1 | tee "$OUT_DIR/overviews.log"
-    cp benchmarks/results/overviews.* "$OUT_DIR/" 2>/dev/null
+    timeout 120 python3 -m benchmarks.overviews --width 10980 --height 4096 --pause 0.09 2>&1 \
+        | tee "$OUT_DIR/overviews.log"
+    cp benchmarks/results/overviews-pause.* "$OUT_DIR/" 2>/dev/null
 }
 step_training() {
     if ! python3 -c "import lightning" 2>/dev/null; then

@@ -196,6 +196,17 @@ def test_without_copy_file_range_the_data_is_copied_by_reads(tmp_path: Path, mon
     assert calls and (tmp_path / "kernel.tif").read_bytes() == (tmp_path / "reads.tif").read_bytes()
 
 
+def test_without_imagecodecs_gdal_compresses_at_the_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Python without imagecodecs (or an imagecodecs built without the codec) still writes the same COG, by
+    GDAL's copy."""
+    image = np.random.default_rng(10).integers(1, 10000, (3, 390, 518), dtype=np.uint16)
+    _write(tmp_path / "gdal.tif", image, 0, dict(COG_OPTIONS), stream=False)
+    monkeypatch.setattr(cog_stream, "imagecodecs", None)
+    assert not cog_stream.streams(dict(COG_OPTIONS), "uint16")
+    _write(tmp_path / "fallback.tif", image, 0, dict(COG_OPTIONS), stream=True)
+    assert (tmp_path / "fallback.tif").read_bytes() == (tmp_path / "gdal.tif").read_bytes()
+
+
 def test_a_failed_compression_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An error in a compression thread ends the write with that error; no output, staging or tile file."""
     image = np.random.default_rng(7).integers(1, 10000, (3, 390, 518), dtype=np.uint16)

@@ -26,10 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import imagecodecs
 import numpy as np
 import rasterio
 import rasterio.shutil
+
+try:  # a dependency of the package; a Python without it (or a build without a codec) gets GDAL's copy
+    import imagecodecs
+except ImportError:  # pragma: no cover - exercised by monkeypatching in tests
+    imagecodecs = None  # type: ignore[assignment]
 
 from dsen2cr.outputs.tiff_directories import (
     GDAL_METADATA,
@@ -66,10 +70,17 @@ _GHOST = b"GDAL_STRUCTURAL_METADATA_SIZE=%06d bytes\n" % len(_GHOST_BODY) + _GHO
 
 def streams(options: dict[str, str | int], dtype: str) -> bool:
     """Whether :class:`COGStream` writes a COG with these options (deflate or zstd, horizontal predictor or
-    none) of ``dtype`` (any integer or float type of 1 to 8 bytes); else GDAL's copy does."""
+    none) of ``dtype`` (any integer or float type of 1 to 8 bytes) with the imagecodecs installed; else GDAL's
+    copy does."""
     predictor = str(options.get("predictor", options.get("PREDICTOR", "1")))
     compress = str(options.get("compress", "")).upper()
-    return compress in _COMPRESSION_CODES and predictor in ("1", "2") and np.dtype(dtype).itemsize in (1, 2, 4, 8)
+    if (
+        compress not in _COMPRESSION_CODES
+        or predictor not in ("1", "2")
+        or np.dtype(dtype).itemsize not in (1, 2, 4, 8)
+    ):
+        return False
+    return imagecodecs is not None and bool(getattr(imagecodecs, compress).available)
 
 
 @dataclass
