@@ -10,6 +10,21 @@ from dsen2cr.settings import SceneSettings
 
 #: The sigma map's value where the input has no data (sigma is never negative).
 SIGMA_NODATA = -1.0
+#: The cloud/shadow map's classes (uint8 code, name, colour of its colour table) and its no-data code.
+MASK_CLASSES = ((0, "clear", (90, 120, 90)), (1, "cloud", (255, 255, 255)), (2, "shadow", (30, 30, 110)))
+MASK_NODATA = 255
+
+
+def describe_mask(dataset: Any, settings: SceneSettings) -> None:
+    """The cloud/shadow map's colour table, the class names in its description and tags, and its mask kind
+    (s2cloudless has no shadow class)."""
+    classes = [c for c in MASK_CLASSES if settings.mask != "s2cloudless" or c[1] != "shadow"]  # clouds only
+    names = ", ".join(f"{code} {name}" for code, name, _ in classes) + f", {MASK_NODATA} no data"
+    what = "cloud map" if settings.mask == "s2cloudless" else "cloud/shadow map"
+    dataset.set_band_description(1, f"{what} ({settings.mask}): {names}")
+    dataset.update_tags(1, CATEGORIES=names)
+    dataset.update_tags(DSEN2CR_MASK=settings.mask, DSEN2CR_MASK_CLASSES=names)
+    dataset.write_colormap(1, {**{code: (*rgb, 255) for code, _, rgb in classes}, MASK_NODATA: (0, 0, 0, 0)})
 
 
 def describe_sigma_bands(dataset: Any, bands: list[str], settings: SceneSettings) -> None:
