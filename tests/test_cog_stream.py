@@ -165,6 +165,19 @@ def test_streamed_class_map_keeps_its_colour_table_and_mode_overviews(tmp_path: 
         np.testing.assert_array_equal(cog.read(), image)
 
 
+@pytest.mark.parametrize("predictor", ["1", "2"])
+def test_option_names_in_any_case_give_the_same_cog(tmp_path: Path, predictor: str) -> None:
+    """GDAL's creation options are case-insensitive: ``COMPRESS``/``PREDICTOR``/``LEVEL``/``BLOCKSIZE`` stream
+    the COG GDAL writes with them (the predictor applied to the tiles exactly when the tags say so)."""
+    image = np.random.default_rng(11).integers(1, 10000, (3, 390, 518), dtype=np.uint16)
+    options = {"driver": "COG", "COMPRESS": "ZSTD", "PREDICTOR": predictor, "LEVEL": "3", "BLOCKSIZE": 256}
+    assert cog_stream.streams(options, "uint16")
+    _write(tmp_path / "ours.tif", image, 0, options, stream=True)
+    _write(tmp_path / "gdal.tif", image, 0, options, stream=False)
+    _assert_same_cog(tmp_path / "ours.tif", tmp_path / "gdal.tif")
+    _assert_gdal_cog_layout(tmp_path / "ours.tif")
+
+
 def test_a_cog_over_4_gib_is_a_bigtiff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the classic TIFF's 4 GiB of offsets the file is a BigTIFF (the limit lowered here to a few bytes):
     GDAL reads the same pixels at every level and still reports GDAL's COG layout."""

@@ -35,6 +35,7 @@ try:  # a dependency of the package; a Python without it (or a build without a c
 except ImportError:  # pragma: no cover - exercised by monkeypatching in tests
     imagecodecs = None  # type: ignore[assignment]
 
+from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.tiff_directories import (
     GDAL_METADATA,
     LONG,
@@ -68,15 +69,20 @@ CLASSIC_TIFF_LIMIT = 2**32
 _GHOST = b"GDAL_STRUCTURAL_METADATA_SIZE=%06d bytes\n" % len(_GHOST_BODY) + _GHOST_BODY
 
 
+def option(options: dict[str, str | int], name: str, default: str | int) -> str:
+    """A creation option as text, its name matched without case (GDAL's are case-insensitive)."""
+    found = [value for key, value in options.items() if key.upper() == name.upper()]
+    return str(found[0] if found else default)
+
+
 def streams(options: dict[str, str | int], dtype: str) -> bool:
     """Whether :class:`COGStream` writes a COG with these options (deflate or zstd, horizontal predictor or
     none) of ``dtype`` (any integer or float type of 1 to 8 bytes) with the imagecodecs installed; else GDAL's
     copy does."""
-    predictor = str(options.get("predictor", options.get("PREDICTOR", "1")))
-    compress = str(options.get("compress", "")).upper()
+    compress = option(options, "compress", "").upper()
     if (
         compress not in _COMPRESSION_CODES
-        or predictor not in ("1", "2")
+        or option(options, "predictor", "1") not in ("1", "2")
         or np.dtype(dtype).itemsize not in (1, 2, 4, 8)
     ):
         return False
@@ -121,16 +127,17 @@ class COGStream:
         if not streams(options, dtype):
             raise ValueError(f"COGStream cannot write {dtype} with {options}")
         self.count, self.dtype, self.nodata, self.options = count, np.dtype(dtype), nodata, options
-        self.block = int(options.get("blocksize", 512))
-        compress = str(options["compress"]).upper()
-        level = int(options.get("LEVEL", _DEFAULT_LEVELS[compress]))
+        self.block = int(option(options, "blocksize", 512))
+        compress = option(options, "compress", "").upper()
+        self._codes = (_COMPRESSION_CODES[compress], int(option(options, "predictor", "1")))
+        level = int(option(options, "level", _DEFAULT_LEVELS[compress]))
         self._encode = (
             (lambda data: imagecodecs.deflate_encode(data, level=level))
             if compress == "DEFLATE"
             else (lambda data: imagecodecs.zstd_encode(data, level=level))
         )
-        self._differences = str(options.get("predictor", "1")) == "2"
-        self._statistics = str(options.get("STATISTICS", "NO")).upper() == "YES"
+        self._differences = self._codes[1] == 2
+        self._statistics = option(options, "statistics", "NO").upper() == "YES"
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dsen2cr-cog")
         self._pending: collections.deque[tuple[_Level, Future[list[bytes]]]] = collections.deque()
         self._band_stats: list[Future[np.ndarray]] = []
@@ -260,7 +267,6 @@ class COGStream:
         for index, level in enumerate(self.levels):
             if level.received != level.height:
                 raise ValueError(f"level {index}: {level.received} of {level.height} rows added")
-        self._write_compressed(wait=True)
         while self._pending:
             self._write_compressed(wait=True)
         for level in self.levels:
@@ -328,6 +334,10 @@ class COGStream:
         finally:
             template.unlink(missing_ok=True)
             corner.unlink(missing_ok=True)
+        predictor = int.from_bytes(tags[317].value, "little") if 317 in tags else 1  # absent: none
+        written = (int.from_bytes(tags[259].value, "little"), predictor)
+        if written != self._codes:  # GDAL's tags must describe the tiles as this stream encoded them
+            raise DSen2CRError(f"{path}: GDAL wrote compression/predictor {written}, the tiles are {self._codes}")
         stats = self.statistics()
         if stats:
             tags[GDAL_METADATA] = with_metadata_items(tags.get(GDAL_METADATA), stats)

@@ -22,7 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.outputs.cog_stream import COGStream, streams
+from dsen2cr.outputs.cog_stream import COGStream, option, streams
 from dsen2cr.outputs.files import atomic_path
 from dsen2cr.outputs.overviews import OverviewPyramid, average_2x2, mode_2x2, overview_factors
 
@@ -179,7 +179,7 @@ def cog_writer(
                 if overviews == "gdal":
                     yield dataset
                 else:
-                    factors = overview_factors(dataset.height, dataset.width, int(options.get("blocksize", 512)))
+                    factors = overview_factors(dataset.height, dataset.width, int(option(options, "blocksize", 512)))
                     if stream and streams(options, dataset.dtypes[0]):
                         shapes = [(-(-dataset.height // f), -(-dataset.width // f)) for f in [1, *factors]]
                         streamed = COGStream(

@@ -35,15 +35,21 @@ def overview_factors(height: int, width: int, block: int) -> list[int]:
     return factors
 
 
+def _even(image: np.ndarray, nodata: float) -> np.ndarray:
+    """(bands, h, w) image padded with ``nodata`` to even height and width (itself if they are)."""
+    bands, height, width = image.shape
+    if not (height % 2 or width % 2):
+        return image
+    padded = np.full((bands, height + height % 2, width + width % 2), nodata, image.dtype)
+    padded[:, :height, :width] = image
+    return padded
+
+
 def average_2x2(image: np.ndarray, nodata: float) -> np.ndarray:
     """(bands, h, w) image to (bands, ceil(h/2), ceil(w/2)): each 2 x 2 block's mean over its pixels that are
     not ``nodata`` (nor NaN, for floats); ``nodata`` where none is valid (pixels beyond an odd edge count as
     nodata). Integers (at most 16 bits) are rounded half up; floats keep their type."""
-    bands, height, width = image.shape
-    if height % 2 or width % 2:
-        padded = np.full((bands, height + height % 2, width + width % 2), nodata, image.dtype)
-        padded[:, :height, :width] = image
-        image = padded
+    image = _even(image, nodata)
     floating = image.dtype.kind == "f"
     quarters = [image[:, row::2, col::2] for row in (0, 1) for col in (0, 1)]
     sums = np.zeros(quarters[0].shape, np.float64 if floating else np.uint32)
@@ -62,11 +68,7 @@ def mode_2x2(image: np.ndarray, nodata: float) -> np.ndarray:
     not ``nodata``, ties going as GDAL's MODE resampling breaks them (the value that first reaches the highest
     count, the block read row by row); ``nodata`` where none is valid (pixels beyond an odd edge count as
     nodata)."""
-    bands, height, width = image.shape
-    if height % 2 or width % 2:
-        padded = np.full((bands, height + height % 2, width + width % 2), nodata, image.dtype)
-        padded[:, :height, :width] = image
-        image = padded
+    image = _even(image, nodata)
     quarters = [image[:, row::2, col::2] for row in (0, 1) for col in (0, 1)]  # the block read row by row
     valid = [quarter != nodata for quarter in quarters]
     so_far, totals = [], []  # per position: its value's count up to it, and in the whole block
