@@ -24,8 +24,9 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, add_compression_arguments, compression_suffix, machine_info, median_seconds
 from dsen2cr import create_model
-from dsen2cr.auto import plan_backend
+from dsen2cr.auto import plan_backend, resolve_precision
 from dsen2cr.backends import build_backend, relative_error, select_backend
+from dsen2cr.precision import FLOAT32_MODES
 
 
 def matmul_gflops(device: torch.device, size: int = 4096, repeats: int = 5) -> float:
@@ -89,9 +90,11 @@ def main() -> None:
         "s/patch",
         f"{flops / eager_s / 1e9:.1f} GFLOP/s, {flops / eager_s / 1e9 / rate:.0%} of matmul",
     )
-    # what --backend auto tries for a long run on this device (compiled on CPU, bf16 on GPU, then eager)
-    candidates, _ = plan_backend("auto", "fp32", model.config, torch.device(device), pixels=float("inf"))
-    default = select_backend(copy.deepcopy(model), candidates, device)
+    # what --backend and --precision auto run for a long run on this device (compiled fp32 on CPU, fused fp16 on
+    # a GPU, then eager)
+    precision = resolve_precision("auto", torch.device(device))
+    candidates, _ = plan_backend("auto", precision, model.config, torch.device(device), pixels=float("inf"))
+    default = select_backend(copy.deepcopy(model), candidates, device, float32=FLOAT32_MODES[precision])
     start = time.perf_counter()
     default(s2, s1)
     name = default.backend

@@ -6,11 +6,11 @@
 #   benchmark  python -m benchmarks --device cuda --scene-size 10980 (a full Sentinel-2 tile, synthetic);
 #   zstd       the same with the tile's COG written with --compress zstd --compress-level 1;
 #   cog        python -m benchmarks.cog_copy: the final COG copy alone, on this machine's CPUs and disk;
-#   fused      bf16 under autocast against the fused bf16 network (the bf16 backend on CUDA), alone and through the
-#              predictor, and the fused form with fp32 residual stream, head and tail (#27 item 3), one batch of
-#              windows; the predictor's output check on this machine's CPUs;
-#   accuracy   python -m benchmarks.bf16_accuracy --device cuda --size 512: each precision's distance to float64
-#              on the bundled scene (the goal of #27 item 3: p99 <= 8 DN, max <= 40 DN);
+#   fused      fp16 and bf16 under autocast against the fused networks (the fp16 and bf16 backends on CUDA), each
+#              also with fp32 residual stream, head and tail (#27 item 3), and --precision auto through the
+#              predictor, one batch of windows; the predictor's output check on this machine's CPUs;
+#   accuracy   python -m benchmarks.precision_accuracy --device cuda --size 0: each precision's distance to float64
+#              on the whole bundled scene (the goal of #27 item 3: p99 <= 8 DN, max <= 40 DN);
 #   pipeline   python -m benchmarks.pipeline: three 10980x4096 scenes, one run against one at a time;
 #   tiles      the same with three full 10980x10980 tiles (deflate), then one run of them with zstd level 1;
 #   keepclear  python -m benchmarks.keep_clear --device cuda --size 5490: plain against --mask-out, --keep-clear and
@@ -20,7 +20,7 @@
 #              written against GDAL's copy, with and without the overviews made while writing (#27 item 4);
 #   training   python -m benchmarks.training_rate --device cuda: paper and paper-fast, the loader alone (8 and 16
 #              workers), the training step alone and end to end (#27 item 5: end to end >= 90 % of the step);
-#   compile    bf16 eager against bf16 compiled on one batch of the scene's windows.
+#   compile    bf16 autocast against bf16 autocast compiled on one batch of the scene's windows.
 # Wheels in .whl/ (e.g. rasterio for a machine without it) are installed under /tmp/site first: carry the rasterio
 # the project installs (1.4.4: GDAL 3.10 with libdeflate; 1.4.3's GDAL 3.9 deflates with zlib, 1.8x slower copies)
 # and imagecodecs (the COG compressed while written; without it GDAL's copy is used and the script says so), for
@@ -85,13 +85,13 @@ step_tiles() {
 }
 
 step_fused() {
-    timeout 100 python3 -m benchmarks.windows_bf16 2>&1 | tee -a "$OUT_DIR/gpu.log"
+    timeout 100 python3 -m benchmarks.windows_half 2>&1 | tee -a "$OUT_DIR/gpu.log"
     timeout 60 python3 -m benchmarks.output_check --name output_check-gpu-machine 2>&1 | tee -a "$OUT_DIR/gpu.log"
-    cp benchmarks/results/windows_bf16.* benchmarks/results/output_check-gpu-machine.* "$OUT_DIR/" 2>/dev/null
+    cp benchmarks/results/windows_half.* benchmarks/results/output_check-gpu-machine.* "$OUT_DIR/" 2>/dev/null
 }
 step_accuracy() {
-    timeout 120 python3 -m benchmarks.bf16_accuracy --device cuda --size 512 2>&1 | tee -a "$OUT_DIR/gpu.log"
-    cp benchmarks/results/bf16_accuracy-cuda.* "$OUT_DIR/" 2>/dev/null
+    timeout 120 python3 -m benchmarks.precision_accuracy --device cuda --size 0 2>&1 | tee -a "$OUT_DIR/gpu.log"
+    cp benchmarks/results/precision_accuracy-cuda.* "$OUT_DIR/" 2>/dev/null
 }
 step_keepclear() {
     timeout 200 python3 -m benchmarks.keep_clear --device cuda --size 5490 2>&1 | tee "$OUT_DIR/keep_clear.log"
@@ -112,8 +112,8 @@ step_training() {
     cp benchmarks/results/training_rate-cuda.* "$OUT_DIR/" 2>/dev/null
 }
 step_compile() {
-    timeout 150 python3 -m benchmarks.windows_bf16 --compiled 2>&1 | tee -a "$OUT_DIR/gpu.log"
-    cp benchmarks/results/windows_bf16.* "$OUT_DIR/" 2>/dev/null
+    timeout 150 python3 -m benchmarks.windows_half --compiled 2>&1 | tee -a "$OUT_DIR/gpu.log"
+    cp benchmarks/results/windows_half.* "$OUT_DIR/" 2>/dev/null
 }
 
 scratch=$(mktemp -d)

@@ -54,28 +54,77 @@ def test_tf32_flags_are_set_for_the_call_and_restored() -> None:
     assert float32_mode() == before
 
 
-def test_auto_and_named_precisions_per_device(caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_and_named_precisions_per_device(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto: IEEE fp32 on a CPU and for exact results; fp16 on a GPU with fp16 tensor cores (compute capability
+    7.0 on), IEEE fp32 on older ones (which multiply fp16 no faster); tf32 on a CPU is said to be fp32."""
+    import dsen2cr.auto
+
+    capability = (9, 0)  # an H200
+    monkeypatch.setattr(dsen2cr.auto, "_capability", lambda device: capability)
+    monkeypatch.setattr(dsen2cr.auto, "_name", lambda device: "NVIDIA H200" if device.type == "cuda" else "cpu")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     with caplog.at_level("INFO", logger="dsen2cr"):
         assert resolve_precision("auto", cpu) == "fp32"
-        assert resolve_precision("auto", cuda) == "tf32"  # bf16's 51 DN p99 keeps it a named choice
+        assert resolve_precision("auto", cuda) == "fp16"  # p99 6 DN from float64; bf16's 51 DN keeps it named
         assert resolve_precision("auto", cuda, exact=True) == "fp32"  # evaluate's metrics
         assert resolve_precision("tf32", cpu) == "fp32"  # stated, not refused
         assert resolve_precision("bf16", cpu) == "bf16"
+        assert resolve_precision("fp16", cpu) == "fp16"
+        capability = (6, 1)  # a Pascal GPU: no tensor cores
+        assert resolve_precision("auto", cuda) == "fp32"
     assert "precision: tf32 on cpu is IEEE fp32 (TF32 exists on NVIDIA GPUs only)" in caplog.text
-    assert "precision: tf32 (auto on cuda" in caplog.text
+    assert "precision: fp16 (auto on NVIDIA H200" in caplog.text
     with pytest.raises(DSen2CRError, match="an ONNX file runs the precision it was exported in"):
         resolve_precision("bf16", cpu, onnx=True)
-    with pytest.raises(DSen2CRError, match="--precision: expected one of auto, fp32, tf32, bf16, got 'fp16'"):
-        resolve_precision("fp16", cpu)
+    with pytest.raises(DSen2CRError, match="--precision: expected one of auto, fp32, tf32, fp16, bf16, got 'fp8'"):
+        resolve_precision("fp8", cpu)
 
 
-@pytest.mark.parametrize(("precision", "expected"), [("fp32", "fp32"), ("tf32", "fp32"), ("bf16", "bf16")])
+def test_fp16_that_auto_chose_is_strict_only_when_named() -> None:
+    """fp16 under auto may fall back (to TF32 eager, its float32 mode); named, its failure is an error."""
+    from dsen2cr.auto import plan_backend
+    from dsen2cr.precision import FLOAT32_MODES
+
+    cuda = torch.device("cuda")
+    assert plan_backend("auto", "fp16", None, cuda) == (("fp16",), False)
+    assert plan_backend("auto", "fp16", None, cuda, named_precision=True) == (("fp16",), True)
+    assert plan_backend("auto", "bf16", None, cuda) == (("bf16",), True)
+    assert FLOAT32_MODES["fp16"] == "tf32"
+
+
+def test_fp16_that_overflows_falls_back_to_tf32_eager_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """A model whose features pass fp16's largest value (65504) computes infinities in fp16: the first batch's
+    check drops it, the run continues in TF32 eager (IEEE fp32 here, on a CPU) and records tf32, with finite
+    predictions equal to the model's."""
+    from dsen2cr.backends import CheckedBackend
+    from dsen2cr.predictor import Predictor
+
+    model = create_model("dsen2cr-small-nosar").eval()
+    with torch.no_grad():
+        model.head.weight.mul_(1e6)  # features near 1e5 and more: past fp16's range, well within fp32's
+    s2, s1 = _inputs()
+    with torch.no_grad():
+        expected = model.double()(torch.from_numpy(s2).double()).numpy()
+    model.float()
+    checked = CheckedBackend(model, torch.device("cpu"), ["fp16", "eager"], strict=False, float32="tf32")
+    predictor = Predictor(checked, model.config, torch.device("cpu"), "tf32")
+    with caplog.at_level("INFO", logger="dsen2cr"):
+        got = predictor(s2, s1)
+    assert "backend fp16 (fp16) disagrees with IEEE fp32 eager on the first batch" in caplog.text
+    assert predictor.precision == "tf32" and predictor.backend == "eager"
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize(
+    ("precision", "expected"), [("fp32", "fp32"), ("tf32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16")]
+)
 def test_the_output_records_what_computed_it(
     workdir: Path, weights_file: Callable[[str], Path], precision: str, expected: str
 ) -> None:
     """DSEN2CR_PRECISION and the first batch's measured distance to IEEE fp32 in DN: 0 for IEEE fp32 eager,
-    a few DN for bf16 (autocast on the CPU), checked here against a float64 recomputation of the distance."""
+    a few DN for fp16 and bf16 (autocast on the CPU)."""
     from dsen2cr.cli import main
 
     s2, _ = workdir.scene()
@@ -85,7 +134,7 @@ def test_the_output_records_what_computed_it(
     with rasterio.open(out) as dataset:
         tags = dataset.tags()
     assert tags["DSEN2CR_PRECISION"] == expected
-    assert tags["DSEN2CR_BACKEND"] == ("bf16" if precision == "bf16" else "eager")
+    assert tags["DSEN2CR_BACKEND"] == (precision if precision in ("fp16", "bf16") else "eager")
     p99, worst = float(tags["DSEN2CR_CHECK_P99_DN"]), float(tags["DSEN2CR_CHECK_MAX_DN"])
     if expected == "fp32":
         assert (p99, worst) == (0.0, 0.0)

@@ -47,6 +47,19 @@ def test_a_prediction_with_bad_values_is_refused(values: list[float]) -> None:
         fixed(np.zeros((2, 13, 40, 30), np.float32), np.zeros((2, 2, 40, 30), np.float32))
 
 
+def test_an_fp16_overflow_says_which_precision_has_the_range() -> None:
+    """fp16 holds values up to 65504: a batch past it (after a first batch that passed its check) stops the run
+    with the precision to choose instead."""
+    batch = _channels_last_batch()
+    batch[0, 0, 0, 0] = float("inf")
+    fixed_fp16 = FixedOutput(batch)
+    fixed_fp16.backend = fixed_fp16.precision = "fp16"
+    predictor = predictor_from_model(create_model("dsen2cr-small"), device="cpu")
+    fixed = dataclasses.replace(predictor, predict=fixed_fp16)  # type: ignore[arg-type]
+    with pytest.raises(DSen2CRError, match=r"\(fp16, fp16\) .*\(fp16 holds values up to 65504: use --precision tf32"):
+        fixed(np.zeros((2, 13, 40, 30), np.float32), np.zeros((2, 2, 40, 30), np.float32))
+
+
 def test_a_finite_prediction_is_returned_untouched() -> None:
     batch = _channels_last_batch()
     batch[0, 0, 0, 0] = 1e6  # large, but a sum of such values stays far inside float32

@@ -941,17 +941,21 @@ CASES += [
         "model.uncertainty=diag); ",
         absent=("o.tif", "s.tif"),
     ),
-    dict(
-        name="remove-clouds: --uncertainty-out with --precision bf16",
-        setup=lambda t: [
-            *_remove_args(
-                t, "--out", str(t / "o.tif"), "--uncertainty-out", str(t / "s.tif"), weights=_diag_weights(t)
-            ),
-            "--precision",
-            "bf16",
-        ],
-        message="s.tif: --uncertainty-out runs the model eagerly in fp32 (or tf32)",
-        absent=("o.tif", "s.tif"),
+    *(
+        dict(
+            name=f"remove-clouds: --uncertainty-out with --precision {precision}",
+            setup=lambda t, precision=precision: [
+                *_remove_args(
+                    t, "--out", str(t / "o.tif"), "--uncertainty-out", str(t / "s.tif"), weights=_diag_weights(t)
+                ),
+                "--precision",
+                precision,
+            ],
+            message="s.tif: --uncertainty-out runs the model eagerly in fp32 (or tf32); leave --backend auto or eager "
+            "and --precision auto, fp32 or tf32",
+            absent=("o.tif", "s.tif"),
+        )
+        for precision in ("fp16", "bf16")
     ),
     dict(
         name="remove-clouds: --uncertainty-out for several scenes",

@@ -136,12 +136,13 @@ def estimated_eager_seconds(config: ModelSpec, pixels: float) -> float:
 
 
 def resolve_precision(precision: str, device: torch.device, *, onnx: bool = False, exact: bool = False) -> str:
-    """What ``--precision`` means here: ``fp32`` (IEEE), ``tf32`` or ``bf16``.
+    """What ``--precision`` means here: ``fp32`` (IEEE), ``tf32``, ``fp16`` or ``bf16``.
 
     ``auto``: IEEE fp32 on a CPU, in ``exact`` runs (evaluate's metrics) and for ONNX files (which run the
-    precision they were exported in); TF32 on a GPU: 5x IEEE fp32's speed at p99 4 / max 12 DN from it on the
-    paper-size model, where bf16 measured p99 51 / max 206 DN (docs/design.md §13), so bf16 stays a named
-    choice. ``tf32`` on a CPU is IEEE fp32 (TF32 exists on NVIDIA GPUs only): said, not refused. ``bf16`` on a
+    precision they were exported in); on a GPU with fp16 tensor cores (compute capability 7.0 and later) fp16:
+    p99 6.8 / max 27.8 DN from float64 on the paper-size model, where TF32 measured p99 4 / max 12 DN and bf16
+    p99 51 / max 206 DN (docs/design.md §13), at bf16's tensor-core rate (twice TF32's); on older GPUs IEEE
+    fp32. ``tf32`` on a CPU is IEEE fp32 (TF32 exists on NVIDIA GPUs only): said, not refused. ``bf16`` on a
     GPU without bf16 is refused."""
     if precision not in PRECISIONS:
         raise DSen2CRError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -149,17 +150,34 @@ def resolve_precision(precision: str, device: torch.device, *, onnx: bool = Fals
         if precision not in ("auto", "fp32"):
             raise DSen2CRError("--precision: an ONNX file runs the precision it was exported in (auto)")
         return "fp32"
+    cuda = device.type == "cuda"
     if precision == "auto":
-        chosen = "tf32" if device.type == "cuda" and not exact else "fp32"
-        reason = "exact results" if exact else f"auto on {device.type}"
-        log.info("precision: %s (%s; --precision fp32, tf32 or bf16 to choose)", chosen, reason)
+        chosen = "fp16" if cuda and not exact and _capability(device) >= FP16_TENSOR_CORES else "fp32"
+        reason = "exact results" if exact else f"auto on {_name(device)}"
+        log.info("precision: %s (%s; --precision fp32, tf32, fp16 or bf16 to choose)", chosen, reason)
         return chosen
-    if precision == "tf32" and device.type != "cuda":
+    if precision == "tf32" and not cuda:
         log.info("precision: tf32 on %s is IEEE fp32 (TF32 exists on NVIDIA GPUs only)", device.type)
         return "fp32"
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise DSen2CRError(f"--precision bf16: {torch.cuda.get_device_name(device)} cannot compute in bf16")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise DSen2CRError(f"--precision bf16: {_name(device)} cannot compute in bf16")
+    if precision in ("fp16", "bf16") and not cuda:
+        log.info("precision: %s on %s runs under autocast, usually slower than fp32 there", precision, device.type)
     return precision
+
+
+#: Compute capability from which NVIDIA GPUs multiply fp16 on tensor cores (Volta).
+FP16_TENSOR_CORES = (7, 0)
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    """The CUDA compute capability of ``device``."""
+    return torch.cuda.get_device_capability(device)
+
+
+def _name(device: torch.device) -> str:
+    """The device's name for a log line: the GPU's model on CUDA."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def plan_backend(
@@ -177,7 +195,8 @@ def plan_backend(
     failure is an error (strict: the user named the backend, or ``named_precision``) or a fall back to IEEE
     fp32 eager.
 
-    ONNX files run with onnxruntime (``auto`` or ``onnxruntime``). ``bf16`` is the bf16 backend. ``auto``:
+    ONNX files run with onnxruntime (``auto`` or ``onnxruntime``). ``fp16`` and ``bf16`` are the backends of
+    those names (fp16 that ``auto`` chose falls back to TF32 eager when it fails its check). ``auto``:
     on a CPU the compiled backend when the run is long enough to pay for building it
     (:func:`compile_pays_off`), then eager; else eager. ``config`` None: only the choices are checked."""
     if backend not in BACKEND_CHOICES:
@@ -188,8 +207,8 @@ def plan_backend(
         return ("onnxruntime",), True
     if backend == "onnxruntime":
         raise DSen2CRError("--backend onnxruntime: needs an .onnx file (dsen2cr export-onnx)")
-    if precision == "bf16":
-        return ("bf16",), True
+    if precision in ("fp16", "bf16"):
+        return (precision,), precision == "bf16" or named_precision
     if backend != "auto":
         return (backend,), backend != "eager" or named_precision
     if device.type != "cuda" and config is not None and compile_pays_off(config, device, pixels, window_shape):

@@ -2,18 +2,17 @@
 predictions (docs/design.md §4.2).
 
 - ``eager``: plain PyTorch fp32 (the reference).
-- ``compiled``: ``torch.compile`` (inductor) with weight freezing and channels-last memory format, fp32; its
-  compiled code is cached on disk by inductor, so later runs skip most of the compile time.
-- ``bf16``: on CUDA the model family's fused bf16 form where it has one (DSen2-CR's
-  :class:`~dsen2cr.models.dsen2cr.FusedBF16`: fewer passes over the feature maps than autocast); elsewhere eager
-  with bf16 autocast and channels-last (emulated and slow on most CPUs).
+- ``compiled``: ``torch.compile`` (inductor), frozen weights, channels-last, fp32; cached on disk by inductor.
+- ``fp16`` and ``bf16``: on CUDA the model family's fused 16-bit form where it has one (DSen2-CR's
+  :class:`~dsen2cr.models.dsen2cr.FusedHalf`: fewer passes over the feature maps than autocast); elsewhere
+  eager with fp16 or bf16 autocast and channels-last (emulated and slow on most CPUs).
 - ``onnxruntime``: an exported ONNX file (fp32 or int8), :class:`OnnxPredictor`.
 
 :func:`select_backend` tries the candidates :func:`dsen2cr.auto.plan_backend` chose (``auto``: ``compiled`` on
 CPU when it pays, then eager); every candidate other than IEEE fp32 eager is checked against IEEE fp32 eager
 on the centre of the first batch it predicts (``TOLERANCE_DN``: at most 2 DN for compiled fp32, 100 for
-TF32, 500 for bf16) and dropped, with a logged warning, when it fails to build, to run or to agree. Building a
-backend never changes the caller's model or process-wide settings: the channels-last backends work on a copy
+TF32 and fp16, 500 for bf16) and dropped, with a logged warning, when it fails to build, to run or to agree.
+Building a backend never changes the caller's model or process-wide settings: the channels-last backends work on a copy
 of the model, and weight freezing is switched on only while inductor compiles.
 """
 
@@ -41,11 +40,14 @@ log = logging.getLogger(__name__)
 
 #: A backend's predict function: (S2, S1 or None) batches in model units -> predictions in model units.
 PredictFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
-BACKENDS = ("auto", "eager", "compiled", "bf16")
+BACKENDS = ("auto", "eager", "compiled", "fp16", "bf16")
+#: The backends that compute in 16-bit floats, each named after its precision, and their torch dtypes.
+HALF_BACKENDS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 #: How far (largest |difference| in DN, reflectance x 10000) a backend's prediction may be from IEEE fp32 eager
 #: on the first batch's centre before it is dropped as broken: compiled fp32 reorders sums (well under 1 DN);
-#: bf16 on the paper-size model measured p99 51 / max 206 DN on a GPU (docs/design.md §13).
-TOLERANCE_DN = {"eager": 0.0, "compiled": 2.0, "bf16": 500.0}
+#: bf16 on the paper-size model measured p99 51 / max 206 DN on a GPU (docs/design.md §13), fp16 p99 6.8 / max
+#: 27.8 DN from float64 (python -m benchmarks.precision_accuracy --size 0): its tolerance is TF32's.
+TOLERANCE_DN = {"eager": 0.0, "compiled": 2.0, "fp16": 100.0, "bf16": 500.0}
 #: The same for TF32 arithmetic (measured p99 4 / max 12 DN on the paper-size model).
 TF32_TOLERANCE_DN = 100.0
 #: Side (pixels) of the centre of the first batch that a backend is checked on against eager fp32.
@@ -72,9 +74,11 @@ def _eager(model: CloudRemovalNetwork, device: torch.device) -> PredictFn:
     return predict
 
 
-def _channels_last(model: CloudRemovalNetwork, device: torch.device, *, compile_model: bool, bf16: bool) -> PredictFn:
+def _channels_last(
+    model: CloudRemovalNetwork, device: torch.device, *, compile_model: bool, autocast: torch.dtype | None = None
+) -> PredictFn:
     """Channels-last inputs and weights (on a copy of ``model``), optionally compiled (inductor, frozen weights)
-    and/or bf16 autocast."""
+    and/or under autocast to ``autocast`` (fp16 or bf16)."""
     model = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     forward: Callable = model
     if compile_model:
@@ -91,7 +95,8 @@ def _channels_last(model: CloudRemovalNetwork, device: torch.device, *, compile_
                 return compiled(s2, s1)
 
     def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16), _cudnn_autotune(device):
+        cast = torch.autocast(device.type, autocast or torch.bfloat16, enabled=autocast is not None)
+        with torch.inference_mode(), cast, _cudnn_autotune(device):
             return forward(*_channels_last_inputs(s2, s1, device)).float().cpu().numpy()
 
     return predict
@@ -120,8 +125,8 @@ def _cudnn_autotune(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
-def _fused_bf16(fused: torch.nn.Module, device: torch.device) -> PredictFn:
-    """A model family's fused bf16 form on channels-last inputs, cuDNN autotuned."""
+def _fused_half(fused: torch.nn.Module, device: torch.device) -> PredictFn:
+    """A model family's fused 16-bit form on channels-last inputs, cuDNN autotuned."""
     fused = fused.to(device).eval()
 
     def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
@@ -138,12 +143,12 @@ def build_backend(model: CloudRemovalNetwork, name: str, device: str | torch.dev
     if name == "eager":
         return _eager(model, device)
     if name == "compiled":
-        return _channels_last(model, device, compile_model=True, bf16=False)
-    if name == "bf16":  # the family's fused bf16 on CUDA; autocast elsewhere (bf16 is emulated on most CPUs anyway)
-        fuse = family_of(model.config).fused_bf16
+        return _channels_last(model, device, compile_model=True)
+    if name in HALF_BACKENDS:  # the family's fused form on CUDA; autocast elsewhere (emulated on most CPUs anyway)
+        fuse = family_of(model.config).fused_half
         if device.type == "cuda" and fuse is not None:
-            return _fused_bf16(fuse(model), device)
-        return _channels_last(model, device, compile_model=False, bf16=True)
+            return _fused_half(fuse(model, name), device)
+        return _channels_last(model, device, compile_model=False, autocast=HALF_BACKENDS[name])
     raise DSen2CRError(f"backend: expected one of {BACKENDS[1:]}, got {name!r}")
 
 
@@ -214,8 +219,8 @@ class CheckedBackend:
 
     @property
     def precision(self) -> str:
-        """What computes: ``bf16`` for the bf16 backend, else ``tf32`` or IEEE ``fp32`` (the float32 mode)."""
-        return "bf16" if self.backend == "bf16" else "tf32" if self.float32 == "tf32" else "fp32"
+        """What computes: ``fp16``/``bf16`` for those backends, else ``tf32`` or IEEE ``fp32`` (the float32 mode)."""
+        return self.backend if self.backend in HALF_BACKENDS else "tf32" if self.float32 == "tf32" else "fp32"
 
     def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         """Predict one batch (model units), settling the backend on the first."""

@@ -53,7 +53,7 @@ class Predictor:
 
     @property
     def precision(self) -> str:
-        """What computes: fp32 (IEEE), tf32, bf16 or int8 (``unknown`` for a plain function)."""
+        """What computes: fp32 (IEEE), tf32, fp16, bf16 or int8 (``unknown`` for a plain function)."""
         return str(getattr(self.predict, "precision", "unknown"))
 
     @property
@@ -96,9 +96,10 @@ class Predictor:
         with float32_arithmetic(self.float32):
             prediction = self.predict(s2, s1)
         if not _sums_to_a_finite_number(prediction):
+            hint = " (fp16 holds values up to 65504: use --precision tf32 or fp32)" if self.precision == "fp16" else ""
             raise DSen2CRError(
                 f"the model ({self.backend}, {self.precision}) predicted NaN, infinite or absurdly large values for "
-                "finite inputs; its weights are broken or overflow at this precision: nothing was written"
+                f"finite inputs; its weights are broken or overflow at this precision{hint}: nothing was written"
             )
         return prediction
 

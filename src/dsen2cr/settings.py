@@ -144,7 +144,7 @@ class ScenePlan:
     """A run's settings resolved for one model and device (made by :func:`dsen2cr.auto.plan_scene_run`):
     ``backends`` are tried in order on the first batch (the last is the eager reference unless ``strict``,
     a backend or precision the user named, whose failure is an error); ``precision`` is ``fp32`` (IEEE),
-    ``tf32`` or ``bf16`` (:func:`dsen2cr.auto.resolve_precision`); ``finish_threads`` turn predicted windows
+    ``tf32``, ``fp16`` or ``bf16`` (:func:`dsen2cr.auto.resolve_precision`); ``finish_threads`` turn predicted windows
     into output pixels (keep-clear's map, distances, blend) side by side
     (:func:`dsen2cr.auto.resolve_finish_threads`)."""
 

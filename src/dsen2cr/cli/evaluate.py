@@ -13,6 +13,7 @@ from dsen2cr.cli.options import (
     add_weights,
     finite_float,
 )
+from dsen2cr.precision import PRECISIONS
 
 
 def register(subparsers: SubParsers) -> None:
@@ -33,9 +34,9 @@ def register(subparsers: SubParsers) -> None:
     add_device(parser)
     parser.add_argument(
         "--precision",
-        choices=("auto", "fp32", "tf32", "bf16"),
+        choices=PRECISIONS,
         default="auto",
-        help="auto: IEEE fp32 on every device (metrics are exact); tf32 (GPUs) or bf16 to score a faster "
+        help="auto: IEEE fp32 on every device (metrics are exact); tf32 (GPUs), fp16 or bf16 to score a faster "
         "precision (default: %(default)s; ONNX files run the precision they were exported in)",
     )
     parser.add_argument("--batch-size", type=int, default=4, help="default: %(default)s")

@@ -212,70 +212,90 @@ def config_from_dict(raw: Any, where: str) -> ModelConfig:
     )
 
 
-class FusedBF16(torch.nn.Module):
-    """The network in bf16 for inference on CUDA, with fewer passes over the feature maps than autocast.
+class FusedHalf(torch.nn.Module):
+    """The network in 16-bit floats (fp16 or bf16) for inference on CUDA, with fewer passes over the feature
+    maps than autocast.
 
-    Weights are stored in bf16 and channels-last; the head and each block's first convolution run with their
-    bias and ReLU in one cuDNN kernel (``torch.cudnn_convolution_relu``); the residual scale is folded into
-    each block's second convolution; the block's output is added in place into the residual stream. The
-    network input is cast to bf16 once, and the long skip (``+ s2``) is added in fp32, as under autocast.
-    Elsewhere than CUDA the fused kernel is replaced by convolution then ReLU (same values; for tests).
+    Weights are stored in ``dtype`` and channels-last; the head and each block's first convolution run with
+    their bias and ReLU in one cuDNN kernel (``torch.cudnn_convolution_relu``); the residual scale is folded
+    into each block's second convolution; the block's output is added in place into the residual stream. The
+    network input is cast once, and the long skip (``+ s2``) is added in fp32, as under autocast. cuDNN
+    multiplies 16-bit values exactly and sums in fp32 for both types; they differ in rounding: fp16 keeps 11
+    significant bits, bf16 8 (with fp32's range). Elsewhere than CUDA each convolution computes the same values
+    in fp32 arithmetic (:meth:`_conv`; for tests and accuracy measurements).
     """
 
-    def __init__(self, model: DSen2CR, *, fp32_paths: bool = False) -> None:
+    def __init__(self, model: DSen2CR, *, dtype: torch.dtype = torch.float16, fp32_paths: bool = False) -> None:
         super().__init__()
+        if dtype not in HALF_DTYPES.values():
+            raise ValueError(f"FusedHalf: dtype must be torch.float16 or torch.bfloat16, got {dtype}")
         self.check_inputs = model._check_inputs
+        self.dtype = dtype
         # fp32_paths (issue #27 item 3): the residual stream (the head's output and each block's sum) stays fp32
-        # and each block's convolutions read a bf16 copy of it, as the int8 export keeps its sums fp32; the head
-        # (which reads the input) and the tail (whose output is the correction itself) run in IEEE fp32, 2 of
-        # the 2B + 2 convolutions. On the bundled scene, paper-size model, against float64: mean / p99 / max
-        # 3.6 / 11.7 / 22.3 DN, against 12.8 / 45.3 / 86.3 for the bf16 stream (python -m benchmarks.bf16_accuracy).
+        # and each block's convolutions read a 16-bit copy of it, as the int8 export keeps its sums fp32; the
+        # head (which reads the input) and the tail (whose output is the correction itself) run in IEEE fp32,
+        # 2 of the 2B + 2 convolutions. On the whole bundled scene, paper-size model, against float64, p99 / max
+        # in DN (python -m benchmarks.precision_accuracy --size 0): bf16 53.6 / 208.9, bf16 with fp32 paths
+        # 14.0 / 49.7, fp16 6.8 / 27.8, fp16 with fp32 paths 1.8 / 6.1.
         self.fp32_paths = fp32_paths
 
         def weights(
-            conv: torch.nn.Conv2d, scale: float = 1.0, dtype: torch.dtype = torch.bfloat16
+            conv: torch.nn.Conv2d, scale: float = 1.0, to: torch.dtype = dtype
         ) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
-            weight = (conv.weight.detach() * scale).to(dtype).contiguous(memory_format=torch.channels_last)
+            weight = (conv.weight.detach() * scale).to(to).contiguous(memory_format=torch.channels_last)
             assert conv.bias is not None  # every convolution of the network has a bias
-            bias = (conv.bias.detach() * scale).to(dtype)
+            bias = (conv.bias.detach() * scale).to(to)
             return torch.nn.Parameter(weight, requires_grad=False), torch.nn.Parameter(bias, requires_grad=False)
 
-        ends = torch.float32 if fp32_paths else torch.bfloat16
-        self.head = torch.nn.ParameterList(weights(model.head, dtype=ends))
+        ends = torch.float32 if fp32_paths else dtype
+        self.head = torch.nn.ParameterList(weights(model.head, to=ends))
         blocks: list[ResidualBlock] = list(model.blocks)  # type: ignore[arg-type]  # a Sequential of them
         # per block: first convolution's weight and bias, then the second's (residual scale folded in)
         self.blocks = torch.nn.ParameterList(
             [p for block in blocks for p in (*weights(block.conv1), *weights(block.conv2, block.res_scale))]
         )
-        self.tail = torch.nn.ParameterList(weights(model.tail, dtype=ends))
+        self.tail = torch.nn.ParameterList(weights(model.tail, to=ends))
 
     @staticmethod
     def _conv_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """ReLU(conv3x3(x) + bias), one cuDNN kernel on CUDA."""
         if x.is_cuda:
             return torch.cudnn_convolution_relu(x, weight, bias, (1, 1), (1, 1), (1, 1), 1)
-        return torch.relu(torch.nn.functional.conv2d(x, weight, bias, padding=1))
+        return torch.relu(FusedHalf._conv(x, weight, bias))
+
+    @staticmethod
+    def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """conv3x3(x) + bias in the inputs' dtype. Off CUDA computed as the tensor cores do, fast on any CPU:
+        the 16-bit values multiplied in fp32 (exactly: their products have at most 22 significant bits) and
+        summed in fp32, the result rounded to the 16-bit type."""
+        if x.is_cuda or x.dtype == torch.float32:
+            return torch.nn.functional.conv2d(x, weight, bias, padding=1)
+        return torch.nn.functional.conv2d(x.float(), weight.float(), bias.float(), padding=1).to(x.dtype)
 
     def forward(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None) -> torch.Tensor:
-        """The prediction (fp32) of the network computed in bf16 (with ``fp32_paths``: its residual stream,
-        head and tail in IEEE fp32)."""
+        """The prediction (fp32) of the network computed in ``dtype`` (with ``fp32_paths``: its residual
+        stream, head and tail in IEEE fp32)."""
         x = self.check_inputs(s2_cloudy, s1)
         with float32_arithmetic("ieee"):  # the fp32 parts are IEEE fp32 whatever the caller set
             features = self._conv_relu(x.to(self.head[0].dtype), *self.head)
             params = list(self.blocks)
             for first in range(0, len(params), 4):
                 conv1_weight, conv1_bias, conv2_weight, conv2_bias = params[first : first + 4]
-                inner = self._conv_relu(features.to(torch.bfloat16), conv1_weight, conv1_bias)
-                # added in place, in the stream's dtype (bf16, or fp32 with fp32_paths)
-                features.add_(torch.nn.functional.conv2d(inner, conv2_weight, conv2_bias, padding=1))
-            out = torch.nn.functional.conv2d(features.to(self.tail[0].dtype), self.tail[0], self.tail[1], padding=1)
+                inner = self._conv_relu(features.to(self.dtype), conv1_weight, conv1_bias)
+                # added in place, in the stream's dtype (16-bit, or fp32 with fp32_paths)
+                features.add_(self._conv(inner, conv2_weight, conv2_bias))
+            out = self._conv(features.to(self.tail[0].dtype), self.tail[0], self.tail[1])
         return out.float() + s2_cloudy
 
 
-def _fused_bf16(model: CloudRemovalNetwork) -> nn.Module:
-    """:class:`FusedBF16` of a DSen2-CR network."""
+#: The 16-bit floats of :class:`FusedHalf`, by precision name.
+HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _fused_half(model: CloudRemovalNetwork, precision: str) -> nn.Module:
+    """:class:`FusedHalf` of a DSen2-CR network in ``precision`` (fp16 or bf16)."""
     assert isinstance(model, DSen2CR)  # the registry hands a family's hook only its own networks
-    return FusedBF16(model)
+    return FusedHalf(model, dtype=HALF_DTYPES[precision])
 
 
 def state_from_keras(convs: list[KerasLayer], path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -346,6 +366,6 @@ FAMILY = ModelFamily(
     config_type=ModelConfig,
     config_from_dict=config_from_dict,
     variants=VARIANTS,
-    fused_bf16=_fused_bf16,
+    fused_half=_fused_half,
     keras_state=state_from_keras,
 )

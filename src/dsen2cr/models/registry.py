@@ -119,7 +119,7 @@ class ModelVariant:
 @dataclass(frozen=True)
 class ModelFamily:
     """One network design: how to validate its stored configuration, its variants, and the optional parts that
-    depend on its layers (a fused bf16 inference form for CUDA, an importer of its authors' Keras files)."""
+    depend on its layers (a fused fp16/bf16 inference form for CUDA, an importer of its authors' Keras files)."""
 
     name: str
     description: str
@@ -129,7 +129,8 @@ class ModelFamily:
     #: the ``str`` names the file or key in its one-line errors.
     config_from_dict: Callable[[Any, str], ModelSpec]
     variants: tuple[ModelVariant, ...]
-    #: The bf16 inference form for CUDA (None: the generic bf16 autocast backend).
-    fused_bf16: Callable[[CloudRemovalNetwork], nn.Module] | None = None
+    #: The 16-bit inference form for CUDA, given the precision (``fp16`` or ``bf16``); None: the generic
+    #: autocast backend.
+    fused_half: Callable[[CloudRemovalNetwork, str], nn.Module] | None = None
     #: The configuration and state dict from the convolution layers of a Keras file (None: no Keras import).
     keras_state: Callable[[list[KerasLayer], Path], tuple[ModelSpec, dict[str, torch.Tensor]]] | None = None

@@ -156,16 +156,16 @@ def _check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, pro
 def check_uncertainty_output(path: Path, uncertainty: str, weights: str | None, settings: SceneSettings) -> None:
     """``--uncertainty-out`` needs weights with a variance output (``uncertainty`` ``diag``; an ONNX file has
     none), run eagerly: the variance comes from the PyTorch model in fp32 or TF32 (neither a compiled nor an
-    ONNX backend, nor bf16, gives it)."""
+    ONNX backend, nor fp16 or bf16, gives it)."""
     if uncertainty != "diag":
         raise DSen2CRError(
             f"{path}: --uncertainty-out needs weights that predict their uncertainty (trained with "
             f"model.uncertainty=diag); {weights or 'this model'} predicts none"
         )
-    if settings.backend not in ("auto", "eager") or settings.precision == "bf16":
+    if settings.backend not in ("auto", "eager") or settings.precision in ("fp16", "bf16"):
         raise DSen2CRError(
             f"{path}: --uncertainty-out runs the model eagerly in fp32 (or tf32); leave --backend auto or eager and "
-            f"--precision not bf16 (got --backend {settings.backend}, --precision {settings.precision})"
+            f"--precision auto, fp32 or tf32 (got --backend {settings.backend}, --precision {settings.precision})"
         )
 
 

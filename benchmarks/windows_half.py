@@ -1,11 +1,12 @@
-"""bf16 paths on one batch of a full tile's windows (``--tile auto``, batch 4): autocast, the fused network
-(the ``bf16`` backend on CUDA, ``dsen2cr.backends.FusedBF16``), the same backend through the predictor that
-``remove-clouds`` calls (first-batch check, output finiteness check) and, with ``--compiled``, autocast compiled;
-seconds per batch with the host arrays in and out, TFLOP/s, and the relative error against fp32 eager.
+"""16-bit paths on one batch of a full tile's windows (``--tile auto``, batch 4): fp16 and bf16 autocast, the
+fused network (the ``fp16`` and ``bf16`` backends on CUDA, ``dsen2cr.models.dsen2cr.FusedHalf``), each also with
+its residual stream, head and tail in fp32 (#27 item 3), the predictor that ``remove-clouds`` calls with
+``--precision auto`` (first-batch check, output finiteness check) and, with ``--compiled``, bf16 autocast
+compiled; seconds per batch with the host arrays in and out, TFLOP/s, and the relative error against fp32 eager.
 
-Run on a GPU: ``python -m benchmarks.windows_bf16 [--compiled]`` (``scripts/gpu_benchmark.sh`` steps ``fused``
+Run on a GPU: ``python -m benchmarks.windows_half [--compiled]`` (``scripts/gpu_benchmark.sh`` steps ``fused``
 and ``compile``); ``--device cpu --variant dsen2cr-small --size 512`` checks it runs on a CPU. Writes
-benchmarks/results/windows_bf16.json and .md.
+benchmarks/results/windows_half.json and .md.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from benchmarks.__main__ import patch_flops
 from benchmarks.common import median_seconds, report
 from dsen2cr import create_model
 from dsen2cr.auto import resolve_tile
-from dsen2cr.backends import PredictFn, _channels_last, _fused_bf16, build_backend, relative_error
-from dsen2cr.models.dsen2cr import FusedBF16
+from dsen2cr.backends import PredictFn, _channels_last, _fused_half, build_backend, relative_error
+from dsen2cr.models.dsen2cr import FusedHalf
 from dsen2cr.predictor import predictor_from_model
 from dsen2cr.scene.tiles import default_overlap, plan_tiles
 
@@ -45,16 +46,19 @@ def main() -> None:
     s1 = rng.uniform(0, 2, (shape[0], 2, *shape[1:])).astype(np.float32)
     flop = patch_flops(model, 1) * shape[0] * shape[1] * shape[2]
     fp32 = build_backend(model, "eager", device)(s2, s1)
-    paths: list[tuple[str, PredictFn]] = [
-        ("bf16 autocast", _channels_last(model, device, compile_model=False, bf16=True)),
-        ("bf16 backend (fused on CUDA)", build_backend(model, "bf16", device)),
-        # issue #27 item 3: the fused form with its residual stream, head and tail in fp32 (4x closer to fp64)
-        ("fused bf16, fp32 paths", _fused_bf16(FusedBF16(model, fp32_paths=True), device)),
-        # the same backend as remove-clouds calls it: checked on the first batch, its output checked for NaN
-        ("bf16 backend through the predictor", predictor_from_model(model, device=device, precision="bf16")),
-    ]
+    paths: list[tuple[str, PredictFn]] = []
+    for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        paths += [
+            (f"{name} autocast", _channels_last(model, device, compile_model=False, autocast=dtype)),
+            (f"{name} backend (fused on CUDA)", build_backend(model, name, device)),
+            # issue #27 item 3: the fused form with its residual stream, head and tail in fp32
+            (f"fused {name}, fp32 paths", _fused_half(FusedHalf(model, dtype=dtype, fp32_paths=True), device)),
+        ]
+    # what remove-clouds runs with --precision auto: checked on the first batch, its output checked for NaN
+    paths.append(("--precision auto through the predictor", predictor_from_model(model, device=device)))
     if args.compiled:
-        paths.append(("bf16 autocast compiled", _channels_last(model, device, compile_model=True, bf16=True)))
+        compiled = _channels_last(model, device, compile_model=True, autocast=torch.bfloat16)
+        paths.append(("bf16 autocast compiled", compiled))
     rows: list[dict[str, object]] = []
     for name, predict in paths:
         start = time.perf_counter()
@@ -70,7 +74,7 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
-    report("windows_bf16", rows)
+    report("windows_half", rows)
 
 
 if __name__ == "__main__":
