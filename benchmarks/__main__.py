@@ -24,9 +24,8 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, add_compression_arguments, compression_suffix, machine_info, median_seconds
 from dsen2cr import create_model
-from dsen2cr.auto import plan_backend, resolve_precision
+from dsen2cr.auto import float32_mode_of, plan_backend, resolve_precision
 from dsen2cr.backends import build_backend, relative_error, select_backend
-from dsen2cr.precision import FLOAT32_MODES
 
 
 def matmul_gflops(device: torch.device, size: int = 4096, repeats: int = 5) -> float:
@@ -92,9 +91,10 @@ def main() -> None:
     )
     # what --backend and --precision auto run for a long run on this device (compiled fp32 on CPU, fused fp16 on
     # a GPU, then eager)
-    precision = resolve_precision("auto", torch.device(device))
-    candidates, _ = plan_backend("auto", precision, model.config, torch.device(device), pixels=float("inf"))
-    default = select_backend(copy.deepcopy(model), candidates, device, float32=FLOAT32_MODES[precision])
+    on = torch.device(device)
+    precision = resolve_precision("auto", on)
+    candidates, _ = plan_backend("auto", precision, model.config, on, pixels=float("inf"))
+    default = select_backend(copy.deepcopy(model), candidates, device, float32=float32_mode_of(precision, on))
     start = time.perf_counter()
     default(s2, s1)
     name = default.backend

@@ -74,12 +74,33 @@ def test_auto_and_named_precisions_per_device(
         assert resolve_precision("fp16", cpu) == "fp16"
         capability = (6, 1)  # a Pascal GPU: no tensor cores
         assert resolve_precision("auto", cuda) == "fp32"
-    assert "precision: tf32 on cpu is IEEE fp32 (TF32 exists on NVIDIA GPUs only)" in caplog.text
+    assert "precision: tf32 on cpu is IEEE fp32 (TF32 exists on NVIDIA GPUs from Ampere on)" in caplog.text
     assert "precision: fp16 (auto on NVIDIA H200" in caplog.text
     with pytest.raises(DSen2CRError, match="an ONNX file runs the precision it was exported in"):
         resolve_precision("bf16", cpu, onnx=True)
     with pytest.raises(DSen2CRError, match="--precision: expected one of auto, fp32, tf32, fp16, bf16, got 'fp8'"):
         resolve_precision("fp8", cpu)
+
+
+def test_tf32_on_a_gpu_without_it_is_said_to_be_ieee_fp32(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TF32 exists from Ampere (compute capability 8.0) on: a V100 computes IEEE fp32 whatever the flags say, so
+    the output must record fp32, not tf32."""
+    import dsen2cr.auto
+    from dsen2cr.auto import float32_mode_of
+
+    monkeypatch.setattr(dsen2cr.auto, "_capability", lambda device: (7, 0))
+    monkeypatch.setattr(dsen2cr.auto, "_name", lambda device: "Tesla V100-SXM2-16GB")
+    with caplog.at_level("INFO", logger="dsen2cr"):
+        assert resolve_precision("tf32", torch.device("cuda")) == "fp32"
+        assert resolve_precision("auto", torch.device("cuda")) == "fp16"  # fp16 tensor cores from Volta on
+    assert float32_mode_of("fp16", torch.device("cuda")) == "ieee"  # fp16's fall back computes (and says) fp32
+    monkeypatch.setattr(dsen2cr.auto, "_capability", lambda device: (9, 0))
+    assert float32_mode_of("fp16", torch.device("cuda")) == "tf32"
+    assert "precision: tf32 on Tesla V100-SXM2-16GB is IEEE fp32 (TF32 exists on NVIDIA GPUs from Ampere on)" in (
+        caplog.text
+    )
 
 
 def test_fp16_that_auto_chose_is_strict_only_when_named() -> None:

@@ -16,7 +16,7 @@ import torch
 from dsen2cr.compile_cache import COMPILE_SAVING, build_key, recorded_build_seconds
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec
-from dsen2cr.precision import PRECISIONS
+from dsen2cr.precision import FLOAT32_MODES, PRECISIONS
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 from dsen2cr.scene.tiles import default_overlap, plan_tiles
 from dsen2cr.settings import BACKEND_CHOICES, ScenePlan, SceneSettings
@@ -142,8 +142,8 @@ def resolve_precision(precision: str, device: torch.device, *, onnx: bool = Fals
     precision they were exported in); on a GPU with fp16 tensor cores (compute capability 7.0 and later) fp16:
     p99 6.8 / max 27.8 DN from float64 on the paper-size model, where TF32 measured p99 4 / max 12 DN and bf16
     p99 51 / max 206 DN (docs/design.md §13), at bf16's tensor-core rate (twice TF32's); on older GPUs IEEE
-    fp32. ``tf32`` on a CPU is IEEE fp32 (TF32 exists on NVIDIA GPUs only): said, not refused. ``bf16`` on a
-    GPU without bf16 is refused."""
+    fp32. ``tf32`` on a CPU, or a GPU before compute capability 8.0, is IEEE fp32: said, not refused. ``bf16``
+    on a GPU without bf16 is refused."""
     if precision not in PRECISIONS:
         raise DSen2CRError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if onnx:
@@ -156,8 +156,8 @@ def resolve_precision(precision: str, device: torch.device, *, onnx: bool = Fals
         reason = "exact results" if exact else f"auto on {_name(device)}"
         log.info("precision: %s (%s; --precision fp32, tf32, fp16 or bf16 to choose)", chosen, reason)
         return chosen
-    if precision == "tf32" and not cuda:
-        log.info("precision: tf32 on %s is IEEE fp32 (TF32 exists on NVIDIA GPUs only)", device.type)
+    if precision == "tf32" and not has_tf32(device):
+        log.info("precision: tf32 on %s is IEEE fp32 (TF32 exists on NVIDIA GPUs from Ampere on)", _name(device))
         return "fp32"
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise DSen2CRError(f"--precision bf16: {_name(device)} cannot compute in bf16")
@@ -166,8 +166,20 @@ def resolve_precision(precision: str, device: torch.device, *, onnx: bool = Fals
     return precision
 
 
-#: Compute capability from which NVIDIA GPUs multiply fp16 on tensor cores (Volta).
-FP16_TENSOR_CORES = (7, 0)
+#: Compute capability from which NVIDIA GPUs multiply fp16 on tensor cores (Volta), and TF32 (Ampere).
+FP16_TENSOR_CORES, TF32_TENSOR_CORES = (7, 0), (8, 0)
+
+
+def has_tf32(device: torch.device) -> bool:
+    """Whether ``device`` computes TF32 when asked (else its float32 arithmetic is IEEE whatever is set)."""
+    return device.type == "cuda" and _capability(device) >= TF32_TENSOR_CORES
+
+
+def float32_mode_of(precision: str, device: torch.device) -> str:
+    """The float32 arithmetic a run of the resolved ``precision`` sets (:data:`dsen2cr.precision.FLOAT32_MODES`),
+    IEEE on a device without TF32 (so a fall back from fp16 records fp32 there, what it computes)."""
+    mode = FLOAT32_MODES[precision]
+    return mode if mode == "ieee" or has_tf32(device) else "ieee"
 
 
 def _capability(device: torch.device) -> tuple[int, int]:

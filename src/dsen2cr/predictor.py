@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsen2cr.auto import plan_backend, resolve_device, resolve_precision
+from dsen2cr.auto import float32_mode_of, plan_backend, resolve_device, resolve_precision
 from dsen2cr.backends import CheckedBackend, OnnxPredictor, select_backend
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import CloudRemovalNetwork, ModelSpec
 from dsen2cr.outputs.files import check_input_file
-from dsen2cr.precision import FLOAT32_MODES, float32_arithmetic
+from dsen2cr.precision import float32_arithmetic
 from dsen2cr.settings import ScenePlan
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def _predictor(
             raise DSen2CRError(f"backend {backends[0]}: an ONNX file runs with the onnxruntime backend (or auto)")
         log.info("backend: onnxruntime (%s)", network.model.precision)
         return Predictor(network.model, network.config, device, "ieee", network.weights, network.weights_sha256)
-    float32 = FLOAT32_MODES[precision]
+    float32 = float32_mode_of(precision, device)
     checked = select_backend(network.model, backends, device, strict=strict, float32=float32)
     if checked.candidates == ["eager"] and float32 == "ieee":
         log.info("backend: eager, IEEE fp32")
