@@ -16,7 +16,7 @@ import torch
 from dsen2cr.compile_cache import COMPILE_SAVING, build_key, recorded_build_seconds
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec
-from dsen2cr.precision import FLOAT32_MODES, PRECISIONS
+from dsen2cr.precision import FLOAT32_MODES, HALF_DTYPES, PRECISIONS
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 from dsen2cr.scene.tiles import default_overlap, plan_tiles
 from dsen2cr.settings import BACKEND_CHOICES, ScenePlan, SceneSettings
@@ -161,7 +161,7 @@ def resolve_precision(precision: str, device: torch.device, *, onnx: bool = Fals
         return "fp32"
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise DSen2CRError(f"--precision bf16: {_name(device)} cannot compute in bf16")
-    if precision in ("fp16", "bf16") and not cuda:
+    if precision in HALF_DTYPES and not cuda:
         log.info("precision: %s on %s runs under autocast, usually slower than fp32 there", precision, device.type)
     return precision
 
@@ -219,7 +219,7 @@ def plan_backend(
         return ("onnxruntime",), True
     if backend == "onnxruntime":
         raise DSen2CRError("--backend onnxruntime: needs an .onnx file (dsen2cr export-onnx)")
-    if precision in ("fp16", "bf16"):
+    if precision in HALF_DTYPES:
         return (precision,), precision == "bf16" or named_precision
     if backend != "auto":
         return (backend,), backend != "eager" or named_precision

@@ -32,7 +32,7 @@ from dsen2cr.compile_cache import COMPILE_SAVING, build_key, record_build_second
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import CloudRemovalNetwork, family_of
 from dsen2cr.outputs.files import check_input_file
-from dsen2cr.precision import float32_arithmetic
+from dsen2cr.precision import HALF_DTYPES, float32_arithmetic
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, S2_MODEL_SCALE
 from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY, config_from_metadata
 
@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 #: A backend's predict function: (S2, S1 or None) batches in model units -> predictions in model units.
 PredictFn = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 BACKENDS = ("auto", "eager", "compiled", "fp16", "bf16")
-#: The backends that compute in 16-bit floats, each named after its precision, and their torch dtypes.
-HALF_BACKENDS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 #: How far (largest |difference| in DN, reflectance x 10000) a backend's prediction may be from IEEE fp32 eager
 #: on the first batch's centre before it is dropped as broken: compiled fp32 reorders sums (well under 1 DN);
 #: bf16 on the paper-size model measured p99 51 / max 206 DN on a GPU (docs/design.md §13), fp16 p99 6.8 / max
@@ -144,11 +142,11 @@ def build_backend(model: CloudRemovalNetwork, name: str, device: str | torch.dev
         return _eager(model, device)
     if name == "compiled":
         return _channels_last(model, device, compile_model=True)
-    if name in HALF_BACKENDS:  # the family's fused form on CUDA; autocast elsewhere (emulated on most CPUs anyway)
+    if name in HALF_DTYPES:  # the family's fused form on CUDA; autocast elsewhere (emulated on most CPUs anyway)
         fuse = family_of(model.config).fused_half
         if device.type == "cuda" and fuse is not None:
             return _fused_half(fuse(model, name), device)
-        return _channels_last(model, device, compile_model=False, autocast=HALF_BACKENDS[name])
+        return _channels_last(model, device, compile_model=False, autocast=HALF_DTYPES[name])
     raise DSen2CRError(f"backend: expected one of {BACKENDS[1:]}, got {name!r}")
 
 
@@ -220,7 +218,7 @@ class CheckedBackend:
     @property
     def precision(self) -> str:
         """What computes: ``fp16``/``bf16`` for those backends, else ``tf32`` or IEEE ``fp32`` (the float32 mode)."""
-        return self.backend if self.backend in HALF_BACKENDS else "tf32" if self.float32 == "tf32" else "fp32"
+        return self.backend if self.backend in HALF_DTYPES else "tf32" if self.float32 == "tf32" else "fp32"
 
     def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         """Predict one batch (model units), settling the backend on the first."""

@@ -20,6 +20,8 @@ PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
 #: (their fused forms' fp32 parts in IEEE whatever is set); fp16's mode is that of the run it falls back to
 #: when ``auto`` chose it and it fails its check on the first batch: TF32 eager.
 FLOAT32_MODES = {"fp32": "ieee", "tf32": "tf32", "fp16": "tf32", "bf16": "ieee"}
+#: The 16-bit precisions and their torch types.
+HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _flags() -> list[tuple[str, object, str]]:

@@ -24,7 +24,7 @@ from dsen2cr.models.registry import (
     PublishedWeights,
     variance_from_raw,
 )
-from dsen2cr.precision import float32_arithmetic
+from dsen2cr.precision import HALF_DTYPES, float32_arithmetic
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 
 #: The largest networks a weights file or a config may describe: 16x the paper's depth, 16x its width. Checked
@@ -286,10 +286,6 @@ class FusedHalf(torch.nn.Module):
                 features.add_(self._conv(inner, conv2_weight, conv2_bias))
             out = self._conv(features.to(self.tail[0].dtype), self.tail[0], self.tail[1])
         return out.float() + s2_cloudy
-
-
-#: The 16-bit floats of :class:`FusedHalf`, by precision name.
-HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _fused_half(model: CloudRemovalNetwork, precision: str) -> nn.Module:

@@ -23,6 +23,7 @@ from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
 from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
 from dsen2cr.outputs.finisher import completes_in_background
 from dsen2cr.outputs.geotiff import cog_writer
+from dsen2cr.precision import HALF_DTYPES
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
 from dsen2cr.rasters import gdal_block_cache
@@ -162,7 +163,7 @@ def check_uncertainty_output(path: Path, uncertainty: str, weights: str | None, 
             f"{path}: --uncertainty-out needs weights that predict their uncertainty (trained with "
             f"model.uncertainty=diag); {weights or 'this model'} predicts none"
         )
-    if settings.backend not in ("auto", "eager") or settings.precision in ("fp16", "bf16"):
+    if settings.backend not in ("auto", "eager") or settings.precision in HALF_DTYPES:
         raise DSen2CRError(
             f"{path}: --uncertainty-out runs the model eagerly in fp32 (or tf32); leave --backend auto or eager and "
             f"--precision auto, fp32 or tf32 (got --backend {settings.backend}, --precision {settings.precision})"
