@@ -21,18 +21,21 @@
 #   training   python -m benchmarks.training_rate --device cuda: paper and paper-fast, the loader alone (8 and 16
 #              workers), the training step alone and end to end (#27 item 5: end to end >= 90 % of the step);
 #   compile    bf16 autocast against bf16 autocast compiled on one batch of the scene's windows.
-# Wheels in .whl/ (e.g. rasterio for a machine without it) are installed under /tmp/site first: carry the rasterio
+# Wheels in .whl/ (e.g. rasterio for a machine without it) are installed under /tmp/site first, each package from
+# the wheel that fits the device's Python (pip chooses), so wheels for several Pythons may be carried: the rasterio
 # the project installs (1.4.4: GDAL 3.10 with libdeflate; 1.4.3's GDAL 3.9 deflates with zlib, 1.8x slower copies)
-# and imagecodecs (the COG compressed while written; without it GDAL's copy is used and the script says so), for
-# the device's Python: pip download imagecodecs --only-binary=:all: --no-deps --python-version 3.12 -d .whl
+# and imagecodecs (the COG compressed while written; without it GDAL's copy is used and the script says so):
+#   for v in 3.10 3.11 3.12 3.13; do pip download imagecodecs --only-binary=:all: --no-deps --python-version $v -d .whl; done
 set -u
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
 # In the order given: the default puts #27's measurements first (the whole list may not fit a 15-minute lease).
 STEPS=${STEPS:-accuracy fused keepclear training overviews cli benchmark pipeline zstd cog}
 mkdir -p "$OUT_DIR"
 if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || exit 1
+    for package in $(ls .whl/*.whl | xargs -n1 basename | cut -d- -f1 | sort -u); do
+        python3 -m pip install -q --no-index --find-links .whl --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site "$package" || echo "no wheel of $package in .whl/ fits this Python: skipped"
+    done
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
