@@ -72,16 +72,6 @@ def _autocast(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dty
         return model(x)
 
 
-def _ieee(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with float32_arithmetic("ieee"):
-        return model(x)
-
-
-def _autocast(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    with torch.autocast(device.type, torch.bfloat16):
-        return model(x)
-
-
 def _distance(got: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """|difference| in DN: mean, 99th percentile, largest, and the share of values more than 1 DN off."""
     error = np.abs(got.astype(np.float64) - reference.astype(np.float64)) * 2000

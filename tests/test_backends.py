@@ -220,3 +220,24 @@ def test_fused_half_takes_only_16_bit_floats(tiny: DSen2CR) -> None:
 
     with pytest.raises(ValueError, match=r"dtype must be torch\.float16 or torch\.bfloat16, got torch\.float32"):
         FusedHalf(tiny, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_half_off_cuda_computes_the_tensor_cores_arithmetic(dtype: torch.dtype) -> None:
+    """Off CUDA each convolution of the fused form is what a tensor core computes: the 16-bit values multiplied
+    exactly, summed at high precision, the result rounded once to 16 bits. Against the same convolution in
+    float64 rounded to 16 bits: equal but for sums within fp32's rounding of a 16-bit tie (one unit in the last
+    place, rarely)."""
+    from dsen2cr.models.dsen2cr import FusedHalf
+
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 32, 24, 24, generator=generator).to(dtype)
+    weight = (torch.randn(16, 32, 3, 3, generator=generator) * 0.06).to(dtype)
+    bias = (torch.randn(16, generator=generator) * 0.1).to(dtype)
+    got = FusedHalf._conv(x, weight, bias)
+    exact = torch.nn.functional.conv2d(x.double(), weight.double(), bias.double(), padding=1).to(dtype)
+    assert got.dtype == dtype
+    differ = got != exact
+    assert differ.float().mean() < 0.01  # about 0.1 %: fp32 sums of 288 products, near a 16-bit tie
+    spacing = torch.finfo(dtype).eps * exact.double().abs().clamp(min=torch.finfo(dtype).tiny)
+    assert ((got.double() - exact.double()).abs()[differ] <= spacing[differ]).all()
