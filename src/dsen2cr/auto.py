@@ -140,7 +140,7 @@ def resolve_precision(precision: str, device: torch.device, *, onnx: bool = Fals
 
     ``auto``: IEEE fp32 on a CPU, in ``exact`` runs (evaluate's metrics) and for ONNX files (which run the
     precision they were exported in); on a GPU with fp16 tensor cores (compute capability 7.0 and later) fp16:
-    p99 6.8 / max 27.8 DN from float64 on the paper-size model, where TF32 measured p99 4 / max 12 DN and bf16
+    p99 6.9 / max 29.0 DN from float64 on the paper-size model, where TF32 measured p99 4 / max 12 DN and bf16
     p99 51 / max 206 DN (docs/design.md §13), at bf16's tensor-core rate (twice TF32's); on older GPUs IEEE
     fp32. ``tf32`` on a CPU, or a GPU before compute capability 8.0, is IEEE fp32: said, not refused. ``bf16``
     on a GPU without bf16 is refused."""

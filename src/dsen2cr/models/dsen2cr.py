@@ -235,8 +235,8 @@ class FusedHalf(torch.nn.Module):
         # and each block's convolutions read a 16-bit copy of it, as the int8 export keeps its sums fp32; the
         # head (which reads the input) and the tail (whose output is the correction itself) run in IEEE fp32,
         # 2 of the 2B + 2 convolutions. On the whole bundled scene, paper-size model, against float64, p99 / max
-        # in DN (python -m benchmarks.precision_accuracy --size 0): bf16 53.6 / 208.9, bf16 with fp32 paths
-        # 14.0 / 49.7, fp16 6.8 / 27.8, fp16 with fp32 paths 1.8 / 6.1.
+        # in DN (python -m benchmarks.precision_accuracy --size 0): bf16 53.5 / 221.3, bf16 with fp32 paths
+        # 14.0 / 45.1, fp16 6.9 / 29.0, fp16 with fp32 paths 1.8 / 7.4.
         self.fp32_paths = fp32_paths
 
         def weights(
