@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -34,10 +35,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="crop side in pixels, 0: all (default: %(default)s)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", help="weights without SAR (default: the paper-size model, random, seed 0)")
+    parser.add_argument("--name", default="precision_accuracy", help="results file name (default: %(default)s)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = (load_model(args.weights) if args.weights else create_model("dsen2cr-nosar")).eval()
+    args.model = f"{Path(args.weights).name}: {model.config.describe()}" if args.weights else "paper-size model, random"
     with rasterio.open(sample_scene()) as scene:
         size = args.size or max(scene.height, scene.width)
         top, left = max(0, (scene.height - size) // 2), max(0, (scene.width - size) // 2)
@@ -87,7 +90,7 @@ def _report(rows: dict[str, dict[str, float]], args: argparse.Namespace, device:
     """Print the table and write it with the machine's description."""
     height, width = args.shape
     lines = [
-        f"Distance to float64, DN (paper-size model without SAR, {height}x{width} of the bundled scene, {device.type})",
+        f"Distance to float64, DN ({args.model}, {height}x{width} of the bundled scene, {device.type})",
         "",
         "| form | mean | p99 | max | values > 1 DN off |",
         "|---|---|---|---|---|",
@@ -98,9 +101,9 @@ def _report(rows: dict[str, dict[str, float]], args: argparse.Namespace, device:
     print(text)
     suffix = "" if device.type == "cpu" else f"-{device.type}"
     RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / f"precision_accuracy{suffix}.md").write_text(text)
+    (RESULTS_DIR / f"{args.name}{suffix}.md").write_text(text)
     payload = {"machine": machine_info(), "shape": [height, width], "weights": args.weights, "rows": rows}
-    (RESULTS_DIR / f"precision_accuracy{suffix}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS_DIR / f"{args.name}{suffix}.json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":
