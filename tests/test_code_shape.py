@@ -18,7 +18,7 @@ LAYERS = [
     ["evaluate"],
     ["training"],
     ["scene.jobs", "scene.arrays"],
-    ["scene.remove"],
+    ["scene.remove", "scene.checks"],
     ["ensemble"],
     ["scene.batches", "scene.masking", "scene.describe"],
     ["predictor"],

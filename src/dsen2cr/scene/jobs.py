@@ -24,7 +24,8 @@ from dsen2cr.outputs.files import (
 )
 from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
 from dsen2cr.predictor import Predictor, load_network, predictor_for_plan
-from dsen2cr.scene.remove import OUTPUT_KINDS, SceneReport, check_uncertainty_output, job_outputs, remove_clouds
+from dsen2cr.scene.checks import OUTPUT_KINDS, check_uncertainty_output, job_outputs
+from dsen2cr.scene.remove import SceneReport, remove_clouds
 from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings
 
 log = logging.getLogger(__name__)

@@ -17,17 +17,16 @@ from tqdm import tqdm
 from dsen2cr.auto import plan_scene_run
 from dsen2cr.backends import OnnxPredictor
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs import S2Product, local_inputs, resolve_s2
+from dsen2cr.inputs import S2Product, resolve_s2
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
-from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
 from dsen2cr.outputs.finisher import completes_in_background
 from dsen2cr.outputs.geotiff import cog_writer
-from dsen2cr.precision import HALF_DTYPES
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
 from dsen2cr.rasters import gdal_block_cache
 from dsen2cr.scene.batches import BackgroundWriter, iter_predictions
+from dsen2cr.scene.checks import check_job
 from dsen2cr.scene.describe import (
     MASK_NODATA,
     SIGMA_NODATA,
@@ -47,8 +46,6 @@ from dsen2cr.visualize import Quicklook
 log = logging.getLogger(__name__)
 
 OUTPUT_NODATA = 0
-#: What each output of a scene holds (its name must say so; see dsen2cr.outputs.files.check_output_file).
-OUTPUT_KINDS = {"out": "geotiff", "mask_out": "geotiff", "preview": "png", "uncertainty_out": "geotiff"}
 #: A callback that takes a scene's outputs once every tile is written (see :func:`remove_clouds`).
 DeferOutputs = Callable[[contextlib.ExitStack], None]
 
@@ -93,7 +90,7 @@ def remove_clouds(
         onnx = isinstance(predictor.predict, OnnxPredictor)
         plan = plan_scene_run(plan or SceneSettings(), predictor.config, device=predictor.device, onnx=onnx)
     product = s2_product or resolve_s2(job.s2, offset=plan.settings.s2_offset)
-    _check_job(predictor, job, plan.settings, product)
+    check_job(predictor, job, plan.settings, product)
     with gdal_block_cache(), _open_inputs(predictor, job, plan.settings, product) as inputs:
         tiles = plan_tiles(inputs.grid.height, inputs.grid.width, plan.tile, plan.overlap)
         start = time.perf_counter()
@@ -131,45 +128,6 @@ def remove_clouds(
     return SceneReport(job.out, len(tiles), megapixels, seconds, fraction, writer.skipped)
 
 
-def job_outputs(job: SceneJob) -> list[tuple[str, Path]]:
-    """The outputs a job writes, as ``(role, path)``: ``out``, and ``mask_out``, ``preview`` and
-    ``uncertainty_out`` when asked."""
-    named = [("out", job.out), ("mask_out", job.mask_out), ("preview", job.preview)]
-    named.append(("uncertainty_out", job.uncertainty_out))
-    return [(role, path) for role, path in named if path is not None]
-
-
-def _check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, product: S2Product) -> None:
-    """What can be refused before any input is opened: outputs that cannot be written or would replace an
-    input (any file the scene reads) or each other, a missing S1."""
-    check_distinct_outputs(job_outputs(job), local_inputs(job.s2, job.s1, product))
-    for role, path in job_outputs(job):
-        check_output_file(path, overwrite=settings.overwrite, kind=OUTPUT_KINDS[role])
-    if job.uncertainty_out is not None:
-        check_uncertainty_output(job.uncertainty_out, predictor.uncertainty, predictor.weights, settings)
-    if predictor.include_sar and job.s1 is None:
-        raise DSen2CRError(
-            f"{job.s2}: these weights need SAR input; pass --s1 (an s1 in the job in Python): VV, VH in dB on or "
-            "near the S2 grid"
-        )
-
-
-def check_uncertainty_output(path: Path, uncertainty: str, weights: str | None, settings: SceneSettings) -> None:
-    """``--uncertainty-out`` needs weights with a variance output (``uncertainty`` ``diag``; an ONNX file has
-    none), run eagerly: the variance comes from the PyTorch model in fp32 or TF32 (neither a compiled nor an
-    ONNX backend, nor fp16 or bf16, gives it)."""
-    if uncertainty != "diag":
-        raise DSen2CRError(
-            f"{path}: --uncertainty-out needs weights that predict their uncertainty (trained with "
-            f"model.uncertainty=diag); {weights or 'this model'} predicts none"
-        )
-    if settings.backend not in ("auto", "eager") or settings.precision in HALF_DTYPES:
-        raise DSen2CRError(
-            f"{path}: --uncertainty-out runs the model eagerly in fp32 (or tf32); leave --backend auto or eager and "
-            f"--precision auto, fp32 or tf32 (got --backend {settings.backend}, --precision {settings.precision})"
-        )
-
-
 @dataclass
 class SceneInputs:
     """A scene's open inputs: S2, S1 (None without SAR) and the value that fills S1 holes, and the cloud/shadow
@@ -204,7 +162,7 @@ def _open_inputs(
             # its own file handles: the batch loop's reader thread owns ``s2`` while the loop runs
             inputs.masker = SceneMasker(s2.reopen(), settings.mask, settings.cloud_threshold)
         if predictor.include_sar:
-            assert job.s1 is not None  # checked in _check_job
+            assert job.s1 is not None  # checked in check_job
             inputs.s1 = S1Source(job.s1, s2.grid, linear=settings.s1_linear)
             inputs.s1_fill = s1_scene_mean(inputs.s1, s2.grid.height, s2.grid.width)
         elif job.s1 is not None:

@@ -1,0 +1,56 @@
+"""What a scene's job can be refused for before any input is opened: its outputs (writable, of the right kind,
+replacing no input and not each other), a missing S1, and ``--uncertainty-out`` with weights or settings that
+cannot give it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs import S2Product, local_inputs
+from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
+from dsen2cr.precision import HALF_DTYPES
+from dsen2cr.predictor import Predictor
+from dsen2cr.settings import SceneJob, SceneSettings
+
+#: What each output of a scene holds (its name must say so; see dsen2cr.outputs.files.check_output_file).
+OUTPUT_KINDS = {"out": "geotiff", "mask_out": "geotiff", "preview": "png", "uncertainty_out": "geotiff"}
+
+
+def job_outputs(job: SceneJob) -> list[tuple[str, Path]]:
+    """The outputs a job writes, as ``(role, path)``: ``out``, and ``mask_out``, ``preview`` and
+    ``uncertainty_out`` when asked."""
+    named = [("out", job.out), ("mask_out", job.mask_out), ("preview", job.preview)]
+    named.append(("uncertainty_out", job.uncertainty_out))
+    return [(role, path) for role, path in named if path is not None]
+
+
+def check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, product: S2Product) -> None:
+    """What can be refused before any input is opened: outputs that cannot be written or would replace an
+    input (any file the scene reads) or each other, a missing S1."""
+    check_distinct_outputs(job_outputs(job), local_inputs(job.s2, job.s1, product))
+    for role, path in job_outputs(job):
+        check_output_file(path, overwrite=settings.overwrite, kind=OUTPUT_KINDS[role])
+    if job.uncertainty_out is not None:
+        check_uncertainty_output(job.uncertainty_out, predictor.uncertainty, predictor.weights, settings)
+    if predictor.include_sar and job.s1 is None:
+        raise DSen2CRError(
+            f"{job.s2}: these weights need SAR input; pass --s1 (an s1 in the job in Python): VV, VH in dB on or "
+            "near the S2 grid"
+        )
+
+
+def check_uncertainty_output(path: Path, uncertainty: str, weights: str | None, settings: SceneSettings) -> None:
+    """``--uncertainty-out`` needs weights with a variance output (``uncertainty`` ``diag``; an ONNX file has
+    none), run eagerly: the variance comes from the PyTorch model in fp32 or TF32 (neither a compiled nor an
+    ONNX backend, nor fp16 or bf16, gives it)."""
+    if uncertainty != "diag":
+        raise DSen2CRError(
+            f"{path}: --uncertainty-out needs weights that predict their uncertainty (trained with "
+            f"model.uncertainty=diag); {weights or 'this model'} predicts none"
+        )
+    if settings.backend not in ("auto", "eager") or settings.precision in HALF_DTYPES:
+        raise DSen2CRError(
+            f"{path}: --uncertainty-out runs the model eagerly in fp32 (or tf32); leave --backend auto or eager and "
+            f"--precision auto, fp32 or tf32 (got --backend {settings.backend}, --precision {settings.precision})"
+        )
