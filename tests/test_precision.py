@@ -103,6 +103,27 @@ def test_tf32_on_a_gpu_without_it_is_said_to_be_ieee_fp32(
     )
 
 
+def test_a_named_float32_backend_keeps_auto_precision_in_float32(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--backend eager (or compiled) on a GPU names a float32 backend: auto is then TF32 (as before fp16 became
+    the GPU's default), IEEE fp32 on a GPU without TF32; only --backend auto lets auto pick fp16."""
+    import dsen2cr.auto
+
+    capability = (9, 0)
+    monkeypatch.setattr(dsen2cr.auto, "_capability", lambda device: capability)
+    monkeypatch.setattr(dsen2cr.auto, "_name", lambda device: "NVIDIA H200")
+    cuda = torch.device("cuda")
+    with caplog.at_level("INFO", logger="dsen2cr"):
+        assert resolve_precision("auto", cuda, backend="eager") == "tf32"
+        assert resolve_precision("auto", cuda, backend="compiled") == "tf32"
+        assert resolve_precision("auto", cuda, backend="auto") == "fp16"
+        assert resolve_precision("fp16", cuda, backend="eager") == "fp16"  # named: the fp16 backend, as bf16
+        capability = (7, 0)
+        assert resolve_precision("auto", cuda, backend="eager") == "fp32"
+    assert "precision: tf32 (auto on NVIDIA H200 with --backend eager" in caplog.text
+
+
 def test_fp16_that_auto_chose_is_strict_only_when_named() -> None:
     """fp16 under auto may fall back (to TF32 eager, its float32 mode); named, its failure is an error."""
     from dsen2cr.auto import plan_backend

@@ -135,15 +135,18 @@ def estimated_eager_seconds(config: ModelSpec, pixels: float) -> float:
     return pixels * 2 * config.build_parameter_count() / EAGER_CPU_FLOPS
 
 
-def resolve_precision(precision: str, device: torch.device, *, onnx: bool = False, exact: bool = False) -> str:
+def resolve_precision(
+    precision: str, device: torch.device, *, onnx: bool = False, exact: bool = False, backend: str = "auto"
+) -> str:
     """What ``--precision`` means here: ``fp32`` (IEEE), ``tf32``, ``fp16`` or ``bf16``.
 
     ``auto``: IEEE fp32 on a CPU, in ``exact`` runs (evaluate's metrics) and for ONNX files (which run the
     precision they were exported in); on a GPU with fp16 tensor cores (compute capability 7.0 and later) fp16:
     p99 6.9 / max 29.0 DN from float64 on the paper-size model, where TF32 measured p99 4 / max 12 DN and bf16
     p99 51 / max 206 DN (docs/design.md §13), at bf16's tensor-core rate (twice TF32's); on older GPUs IEEE
-    fp32. ``tf32`` on a CPU, or a GPU before compute capability 8.0, is IEEE fp32: said, not refused. ``bf16``
-    on a GPU without bf16 is refused."""
+    fp32. A float32 ``backend`` the user named (eager, compiled) keeps auto in float32: TF32 where the GPU has
+    it, else IEEE fp32. ``tf32`` on a CPU, or a GPU before compute capability 8.0, is IEEE fp32: said, not
+    refused. ``bf16`` on a GPU without bf16 is refused."""
     if precision not in PRECISIONS:
         raise DSen2CRError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if onnx:
@@ -152,8 +155,13 @@ def resolve_precision(precision: str, device: torch.device, *, onnx: bool = Fals
         return "fp32"
     cuda = device.type == "cuda"
     if precision == "auto":
-        chosen = "fp16" if cuda and not exact and _capability(device) >= FP16_TENSOR_CORES else "fp32"
+        fast = cuda and not exact  # a GPU, and no exact results asked for
+        if fast and backend == "auto" and _capability(device) >= FP16_TENSOR_CORES:
+            chosen = "fp16"
+        else:
+            chosen = "tf32" if fast and has_tf32(device) else "fp32"
         reason = "exact results" if exact else f"auto on {_name(device)}"
+        reason += "" if backend == "auto" or exact else f" with --backend {backend}"
         log.info("precision: %s (%s; --precision fp32, tf32, fp16 or bf16 to choose)", chosen, reason)
         return chosen
     if precision == "tf32" and not has_tf32(device):
@@ -272,7 +280,7 @@ def plan_scene_run(
     height, width = scene_sizes[0] if scene_sizes else (tile, tile)
     window = plan_tiles(height, width, tile, overlap)[0].window
     pixels = float(sum(h * w for h, w in scene_sizes)) if scene_sizes else None
-    precision = resolve_precision(settings.precision, device, onnx=onnx)
+    precision = resolve_precision(settings.precision, device, onnx=onnx, backend=settings.backend)
     backends, strict = plan_backend(
         settings.backend,
         precision,

@@ -279,7 +279,7 @@ def _predictor_with(
     """:func:`dsen2cr.auto.resolve_precision` and :func:`dsen2cr.auto.plan_backend` for ``network``, then its
     predictor."""
     shape = window_shape(network.config) if callable(window_shape) else window_shape
-    resolved = resolve_precision(precision, device, onnx=network.onnx, exact=exact)
+    resolved = resolve_precision(precision, device, onnx=network.onnx, exact=exact, backend=backend)
     backends, strict = plan_backend(
         backend,
         resolved,
