@@ -24,7 +24,7 @@ from rasterio.windows import Window
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.cog_stream import COGStream, option, streams
 from dsen2cr.outputs.files import atomic_path
-from dsen2cr.outputs.overviews import OverviewPyramid, average_2x2, mode_2x2, overview_factors
+from dsen2cr.outputs.overviews import OverviewPyramid, average_2x2, level_shapes, mode_2x2, overview_factors
 
 #: Creation options of every GeoTIFF the project writes: tiled, compressed, BigTIFF when needed.
 GTIFF_OPTIONS: dict[str, object] = {
@@ -181,7 +181,7 @@ def cog_writer(
                 else:
                     factors = overview_factors(dataset.height, dataset.width, int(option(options, "blocksize", 512)))
                     if stream and streams(options, dataset.dtypes[0]):
-                        shapes = [(-(-dataset.height // f), -(-dataset.width // f)) for f in [1, *factors]]
+                        shapes = level_shapes(dataset.height, dataset.width, factors)
                         streamed = COGStream(
                             final_tmp, shapes, dataset.count, dataset.dtypes[0], profile["nodata"], options,
                             workers=compression_threads(),

@@ -35,6 +35,12 @@ def overview_factors(height: int, width: int, block: int) -> list[int]:
     return factors
 
 
+def level_shapes(height: int, width: int, factors: list[int]) -> list[tuple[int, int]]:
+    """(height, width) of the image and of each overview level: the size divided by the factor, rounded up (a
+    level's last row and column average what remains of the image's)."""
+    return [(-(-height // factor), -(-width // factor)) for factor in [1, *factors]]
+
+
 def _even(image: np.ndarray, nodata: float) -> np.ndarray:
     """(bands, h, w) image padded with ``nodata`` to even height and width (itself if they are)."""
     bands, height, width = image.shape
@@ -87,7 +93,7 @@ def mode_2x2(image: np.ndarray, nodata: float) -> np.ndarray:
 
 
 class OverviewPyramid:
-    """The average overviews of ``dataset`` (an image being written window by window, opened ``w+`` so that
+    """The overviews of ``dataset`` (an image being written window by window, opened ``w+`` so that
     its complete rows can be read back), one uncompressed tiled GeoTIFF per level beside ``stem``.
 
     Call :meth:`written` after each window; :meth:`finish` once all are written; :meth:`source` then gives
@@ -116,8 +122,8 @@ class OverviewPyramid:
         profile = {"driver": "GTiff", "tiled": True, "blockxsize": 256, "blockysize": 256, "bigtiff": "if_safer"}
         profile.update(count=dataset.count, dtype=dataset.dtypes[0], crs=dataset.crs, nodata=nodata)
         try:
-            for path, factor in zip(self.paths, factors, strict=True):
-                height, width = -(-dataset.height // factor), -(-dataset.width // factor)
+            shapes = level_shapes(dataset.height, dataset.width, factors)[1:]
+            for path, (height, width) in zip(self.paths, shapes, strict=True):
                 transform = dataset.transform * rasterio.Affine.scale(dataset.width / width, dataset.height / height)
                 level = dict(profile, height=height, width=width, transform=transform)
                 self.levels.append(rasterio.open(path, "w+", **level))
