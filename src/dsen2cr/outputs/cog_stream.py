@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - exercised by monkeypatching in tests
     imagecodecs = None  # type: ignore[assignment]
 
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.outputs.overviews import edited_vrt
 from dsen2cr.outputs.tiff_directories import (
     GDAL_METADATA,
     LONG,
@@ -321,15 +322,14 @@ class COGStream:
         added to GDAL's metadata."""
         template, corner = path.with_name(path.name + ".template.tif"), path.with_name(path.name + ".corner.vrt")
         options = {k: v for k, v in self.options.items() if k.upper() not in ("STATISTICS", "NUM_THREADS")}
-        try:
-            # a VRT of the staging file cut to its corner (a file, not a vrt:// string: any path works)
-            rasterio.shutil.copy(staging, corner, driver="VRT")
-            tree = ElementTree.parse(corner)
-            root = tree.getroot()
+
+        def cut(root: ElementTree.Element) -> None:
+            """The staging file's VRT cut to its corner (a VRT file, not a vrt:// string: any path works)."""
             root.set("RasterXSize", str(min(16, self.levels[0].width)))
             root.set("RasterYSize", str(min(16, self.levels[0].height)))
-            tree.write(corner)
-            rasterio.shutil.copy(corner, template, **options, STATISTICS="NO")
+
+        try:
+            rasterio.shutil.copy(edited_vrt(staging, corner, cut), template, **options, STATISTICS="NO")
             tags = read_first_directory(template)
         finally:
             template.unlink(missing_ok=True)

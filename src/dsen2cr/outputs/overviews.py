@@ -92,6 +92,15 @@ def mode_2x2(image: np.ndarray, nodata: float) -> np.ndarray:
     return out
 
 
+def edited_vrt(image: Path, vrt: Path, edit: Callable[[ElementTree.Element], None]) -> Path:
+    """``vrt``: a VRT file of ``image`` (GDAL's), its XML root changed in place by ``edit``."""
+    rasterio.shutil.copy(image, vrt, driver="VRT")
+    tree = ElementTree.parse(vrt)
+    edit(tree.getroot())
+    tree.write(vrt)
+    return vrt
+
+
 class OverviewPyramid:
     """The overviews of ``dataset`` (an image being written window by window, opened ``w+`` so that
     its complete rows can be read back), one uncompressed tiled GeoTIFF per level beside ``stem``.
@@ -170,15 +179,15 @@ class OverviewPyramid:
 
     def source(self, image: Path) -> Path:
         """A VRT of the (closed) ``image`` with the level files as its overviews: what the COG copy reads."""
-        rasterio.shutil.copy(image, self.vrt, driver="VRT")
-        tree = ElementTree.parse(self.vrt)
-        for band in tree.getroot().iter("VRTRasterBand"):
-            for path in self.paths:
-                overview = ElementTree.SubElement(band, "Overview")
-                ElementTree.SubElement(overview, "SourceFilename", relativeToVRT="0").text = str(path)
-                ElementTree.SubElement(overview, "SourceBand").text = band.get("band")
-        tree.write(self.vrt)
-        return self.vrt
+
+        def add_overviews(root: ElementTree.Element) -> None:
+            for band in root.iter("VRTRasterBand"):
+                for path in self.paths:
+                    overview = ElementTree.SubElement(band, "Overview")
+                    ElementTree.SubElement(overview, "SourceFilename", relativeToVRT="0").text = str(path)
+                    ElementTree.SubElement(overview, "SourceBand").text = band.get("band")
+
+        return edited_vrt(image, self.vrt, add_overviews)
 
     def remove(self) -> None:
         """Close and delete the level files and the VRT."""
