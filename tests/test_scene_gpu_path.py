@@ -1,0 +1,149 @@
+"""The output path a run on a GPU takes (docs/design.md §4.4), run on this CPU: every COG (image, sigma map,
+cloud/shadow map) compressed while it is written, windows made into output pixels on several threads, each
+scene completed on a thread of its own while the next one runs. Its outputs must be the CPU path's: the same
+pixels at every level, the same tags and band metadata, in GDAL's COG layout."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+import dsen2cr.auto
+import dsen2cr.scene.jobs
+import dsen2cr.scene.remove
+from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
+from dsen2cr.models.dsen2cr import ModelConfig
+from dsen2cr.outputs import cog_stream
+from dsen2cr.outputs.geotiff import write_geotiff
+from dsen2cr.scene.jobs import run_scene_jobs
+from dsen2cr.settings import SceneJob, SceneSettings
+from dsen2cr.weights import save_weights
+from test_cog_stream import _assert_gdal_cog_layout
+
+UTM = CRS.from_epsg(32632)
+OUTPUTS = ("out", "mask_out", "uncertainty_out")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """An odd-sized (389 x 517) cloudy scene with S1, and a small model with a variance head (non-zero biases)."""
+    folder = tmp_path_factory.mktemp("gpu-path")
+    rng = np.random.default_rng(1)
+    clear, s1 = synthetic_clear_scene((389, 517), rng)
+    cloudy, _ = add_synthetic_clouds(clear, rng)
+    write_geotiff(folder / "s2.tif", cloudy, crs=UTM, transform=from_origin(500000, 5000000, 10, 10))
+    write_geotiff(folder / "s1.tif", s1, crs=UTM, transform=from_origin(500000, 5000000, 10, 10))
+    torch.manual_seed(0)
+    model = ModelConfig(2, 16, True, 0.1, "diag").build().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    return folder / "s2.tif", folder / "s1.tif", save_weights(model, folder / "diag.safetensors")
+
+
+def _run(inputs: tuple[Path, Path, Path], folder: Path) -> list[SceneJob]:
+    """Two scenes, each with every output (image, map, sigma, quicklook), with keep-clear."""
+    s2, s1, weights = inputs
+    folder.mkdir()
+    jobs = [
+        SceneJob(
+            str(s2),
+            str(s1),
+            folder / f"{name}.tif",
+            mask_out=folder / f"{name}-mask.tif",
+            preview=folder / f"{name}.png",
+            uncertainty_out=folder / f"{name}-sigma.tif",
+        )
+        for name in "ab"
+    ]
+    settings = SceneSettings(
+        weights=str(weights), device="cpu", backend="eager", tile=128, keep_clear=True, progress=False
+    )
+    reported = [report.out for report in run_scene_jobs(jobs, settings)]
+    assert reported == [job.out for job in jobs]
+    assert not list(folder.glob(".*"))  # no temporary, staging or tile data file left
+    return jobs
+
+
+def _levels(path: Path) -> list[np.ndarray]:
+    """Every level's pixels, the image first."""
+    with rasterio.open(path) as dataset:
+        count = len(dataset.overviews(1))
+    levels = []
+    for level in [None, *range(count)]:
+        with rasterio.open(path, overview_level=level) as dataset:
+            levels.append(dataset.read())
+    return levels
+
+
+def _described(path: Path) -> tuple:
+    """What rasterio says of a file beside its pixels (band statistics apart: :func:`_statistics`)."""
+    with rasterio.open(path) as dataset:
+        colormap = dataset.colormap(1) if dataset.dtypes[0] == "uint8" else None
+        return (
+            dataset.profile,
+            dataset.tags(),
+            dataset.tags(ns="IMAGE_STRUCTURE"),
+            [_statistics(dataset.tags(band))[0] for band in dataset.indexes],
+            dataset.descriptions,
+            dataset.scales,
+            dataset.offsets,
+            dataset.colorinterp,
+            dataset.overviews(1),
+            colormap,
+        )
+
+
+def _statistics(tags: dict[str, str]) -> tuple[dict[str, str], dict[str, float]]:
+    """A band's tags but its ``STATISTICS_*``, and those as numbers."""
+    numbers = {key: float(value) for key, value in tags.items() if key.startswith("STATISTICS_")}
+    return {key: value for key, value in tags.items() if key not in numbers}, numbers
+
+
+def _band_statistics(path: Path) -> list[dict[str, float]]:
+    with rasterio.open(path) as dataset:
+        return [_statistics(dataset.tags(band))[1] for band in dataset.indexes]
+
+
+def test_the_gpu_output_path_writes_what_the_cpu_path_writes(
+    inputs: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two scenes with every output and keep-clear, through the CPU's path and then the GPU's (forced here):
+    the COGs are streamed on the completing thread, and equal the CPU's at every level, tags and all."""
+    cpu_jobs = _run(inputs, tmp_path / "cpu")
+
+    streamed: list[str] = []
+    real_write = cog_stream.COGStream.write
+
+    def recording_write(self: cog_stream.COGStream, path: Path, staging: Path) -> None:
+        streamed.append(threading.current_thread().name)
+        real_write(self, path, staging)
+
+    monkeypatch.setattr(cog_stream.COGStream, "write", recording_write)
+    monkeypatch.setattr(dsen2cr.scene.remove, "completes_in_background", lambda device: True)
+    monkeypatch.setattr(dsen2cr.scene.jobs, "completes_in_background", lambda device: True)
+    monkeypatch.setattr(dsen2cr.auto, "resolve_finish_threads", lambda device: 3)
+    gpu_jobs = _run(inputs, tmp_path / "gpu")
+
+    # every COG of both scenes was streamed, on the thread that completes a scene while the next one runs
+    assert len(streamed) == 6 and all(name.startswith("dsen2cr-finish") for name in streamed), streamed
+    for cpu, gpu in zip(cpu_jobs, gpu_jobs, strict=True):
+        for output in OUTPUTS:
+            ours, reference = getattr(gpu, output), getattr(cpu, output)
+            _assert_gdal_cog_layout(ours)
+            for got, expected in zip(_levels(ours), _levels(reference), strict=True):
+                np.testing.assert_array_equal(got, expected, err_msg=f"{ours.name}")
+            assert _described(ours) == _described(reference), ours.name
+            for got_stats, expected_stats in zip(_band_statistics(ours), _band_statistics(reference), strict=True):
+                assert got_stats == pytest.approx(expected_stats, rel=1e-12)  # GDAL prints 14 digits; sum order
+        np.testing.assert_array_equal(np.asarray(Image.open(gpu.preview)), np.asarray(Image.open(cpu.preview)))
+    with rasterio.open(gpu_jobs[0].uncertainty_out) as sigma:  # something was predicted, and kept apart
+        assert np.nanmax(sigma.read()) > 0
