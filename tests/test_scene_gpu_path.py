@@ -147,3 +147,43 @@ def test_the_gpu_output_path_writes_what_the_cpu_path_writes(
         np.testing.assert_array_equal(np.asarray(Image.open(gpu.preview)), np.asarray(Image.open(cpu.preview)))
     with rasterio.open(gpu_jobs[0].uncertainty_out) as sigma:  # something was predicted, and kept apart
         assert np.nanmax(sigma.read()) > 0
+
+
+def test_fp16_as_a_gpu_computes_it_through_a_scene(
+    inputs: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--precision fp16`` with the fused fp16 network a GPU builds (forced here: a CPU builds autocast): the
+    COG records fp16 and the first batch's distance to IEEE fp32, and stays close to the fp32 run's COG."""
+    from dsen2cr import backends
+    from dsen2cr.models import family_of
+    from dsen2cr.precision import HALF_DTYPES
+
+    s2, s1, weights = inputs
+    fused_runs = []
+    real_build = backends.build_backend
+
+    def build_as_on_a_gpu(model: torch.nn.Module, name: str, device: str | torch.device = "cpu") -> object:
+        if name not in HALF_DTYPES:
+            return real_build(model, name, device)
+        fused = family_of(model.config).fused_half(model, name)
+        fused_runs.append(type(fused).__name__)
+        return backends._fused_half(fused, torch.device(device))
+
+    outputs = {}
+    for precision in ("fp32", "fp16"):
+        with monkeypatch.context() as patch:
+            patch.setattr(backends, "build_backend", build_as_on_a_gpu)
+            job = SceneJob(str(s2), str(s1), tmp_path / f"{precision}.tif", mask_out=tmp_path / f"{precision}-m.tif")
+            settings = SceneSettings(weights=str(weights), device="cpu", tile=128, precision=precision, progress=False)
+            list(run_scene_jobs([job], settings))
+        with rasterio.open(job.out) as cog:
+            outputs[precision] = cog.read().astype(np.float64), cog.tags()
+    assert fused_runs == ["FusedHalf"]
+    (fp32, fp32_tags), (fp16, fp16_tags) = outputs["fp32"], outputs["fp16"]
+    assert (fp16_tags["DSEN2CR_PRECISION"], fp16_tags["DSEN2CR_BACKEND"]) == ("fp16", "fp16")
+    assert fp32_tags["DSEN2CR_PRECISION"] == "fp32"
+    p99, largest = float(fp16_tags["DSEN2CR_CHECK_P99_DN"]), float(fp16_tags["DSEN2CR_CHECK_MAX_DN"])
+    assert 0 < p99 <= largest <= backends.TOLERANCE_DN["fp16"]
+    difference = np.abs(fp16 - fp32)
+    assert 0 < difference.mean() < 2 and np.percentile(difference, 99) <= 8, (difference.mean(), difference.max())
+    assert difference.max() <= 40
