@@ -21,15 +21,18 @@
 #   training   python -m benchmarks.training_rate --device cuda: paper and paper-fast, the loader alone (8 and 16
 #              workers), the training step alone and end to end (#27 item 5: end to end >= 90 % of the step);
 #   compile    bf16 autocast against bf16 autocast compiled on one batch of the scene's windows.
-# Wheels in .whl/ (e.g. rasterio for a machine without it) are installed under /tmp/site first, each package from
-# the wheel that fits the device's Python (pip chooses), so wheels for several Pythons may be carried: the rasterio
-# the project installs (1.4.4: GDAL 3.10 with libdeflate; 1.4.3's GDAL 3.9 deflates with zlib, 1.8x slower copies)
-# and imagecodecs (the COG compressed while written; without it GDAL's copy is used and the script says so):
-#   for v in 3.10 3.11 3.12 3.13; do pip download imagecodecs --only-binary=:all: --no-deps --python-version $v -d .whl; done
+# Wheels in .whl/ are installed under /tmp/site first, each package from the wheel that fits the device's Python
+# (pip chooses). The device image lacks rasterio and imagecodecs (without it GDAL's copy compresses the COGs, and
+# the script says so): scripts/gpu_wheels.sh puts them in .whl/ within the 64 MiB a run carries; then
+#   run(command="scripts/gpu_benchmark.sh", carry=[".whl"], timeout_s=600)
+# BUDGET (default 560 s: a device command runs 600 s at most) bounds the steps together: a step starts only with
+# 30 s of it left, and no step's timeout passes its end, so the script ends with the results of the steps it ran.
 set -u
+SECONDS=0  # the budget counts from here (installing the wheels too)
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
 # In the order given: the default puts #27's measurements first (the whole list may not fit a 15-minute lease).
 STEPS=${STEPS:-accuracy fused keepclear training overviews cli benchmark pipeline zstd cog}
+BUDGET=${BUDGET:-560}
 mkdir -p "$OUT_DIR"
 if compgen -G ".whl/*.whl" >/dev/null; then
     for package in $(ls .whl/*.whl | xargs -n1 basename | cut -d- -f1 | sort -u); do
@@ -53,55 +56,55 @@ from dsen2cr.weights import save_weights
 save_weights(create_model("dsen2cr-nosar"), f"{sys.argv[1]}/paper-nosar.safetensors")
 EOF
 TIMEFORMAT="cli remove-clouds, whole process: %R s"
-time timeout 120 python3 -m dsen2cr.cli -v remove-clouds --weights "$scratch/paper-nosar.safetensors" --device cuda \
+time timeout $(cap 120) python3 -m dsen2cr.cli -v remove-clouds --weights "$scratch/paper-nosar.safetensors" --device cuda \
     --s2 src/dsen2cr/sample_data/scene/T33UUU_20170216T102101_L1C_10m.tif --out "$scratch/scene.tif" \
     --no-progress 2>&1 | tee -a "$OUT_DIR/gpu.log"
 }
 
 step_benchmark() {
-    timeout 300 python3 -m benchmarks --device cuda --scene-size 10980 2>&1 | tee "$OUT_DIR/benchmark-cuda.log"
+    timeout $(cap 300) python3 -m benchmarks --device cuda --scene-size 10980 2>&1 | tee "$OUT_DIR/benchmark-cuda.log"
     cp benchmarks/results/benchmark-cuda.* "$OUT_DIR/" 2>/dev/null
 }
 step_zstd() {
-    timeout 300 python3 -m benchmarks --device cuda --scene-size 10980 --compress zstd --compress-level 1 2>&1 \
+    timeout $(cap 300) python3 -m benchmarks --device cuda --scene-size 10980 --compress zstd --compress-level 1 2>&1 \
         | tee "$OUT_DIR/benchmark-cuda-zstd1.log"
     cp benchmarks/results/benchmark-cuda-zstd1.* "$OUT_DIR/" 2>/dev/null
 }
 step_cog() {
-    timeout 150 python3 -m benchmarks.cog_copy --name cog_copy-gpu-machine 2>&1 | tee "$OUT_DIR/cog_copy.log"
+    timeout $(cap 150) python3 -m benchmarks.cog_copy --name cog_copy-gpu-machine 2>&1 | tee "$OUT_DIR/cog_copy.log"
     cp benchmarks/results/cog_copy-gpu-machine.* "$OUT_DIR/" 2>/dev/null
 }
 
 step_pipeline() {
-    timeout 240 python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 4096 \
+    timeout $(cap 240) python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 4096 \
         --variant dsen2cr 2>&1 | tee "$OUT_DIR/pipeline.log"
     cp benchmarks/results/pipeline-cuda.* "$OUT_DIR/" 2>/dev/null
 }
 
 step_tiles() {
-    timeout 300 python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 10980 \
+    timeout $(cap 300) python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 10980 \
         --variant dsen2cr --name pipeline-cuda-tiles 2>&1 | tee "$OUT_DIR/tiles.log"
-    timeout 170 python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 10980 \
+    timeout $(cap 170) python3 -m benchmarks.pipeline --device cuda --scenes 3 --width 10980 --height 10980 \
         --variant dsen2cr --compress zstd --compress-level 1 --only-together --name pipeline-cuda-tiles-zstd1 \
         2>&1 | tee "$OUT_DIR/tiles-zstd1.log"
     cp benchmarks/results/pipeline-cuda-tiles*.* "$OUT_DIR/" 2>/dev/null
 }
 
 step_fused() {
-    timeout 100 python3 -m benchmarks.windows_half 2>&1 | tee -a "$OUT_DIR/gpu.log"
-    timeout 60 python3 -m benchmarks.output_check --name output_check-gpu-machine 2>&1 | tee -a "$OUT_DIR/gpu.log"
+    timeout $(cap 100) python3 -m benchmarks.windows_half 2>&1 | tee -a "$OUT_DIR/gpu.log"
+    timeout $(cap 60) python3 -m benchmarks.output_check --name output_check-gpu-machine 2>&1 | tee -a "$OUT_DIR/gpu.log"
     cp benchmarks/results/windows_half.* benchmarks/results/output_check-gpu-machine.* "$OUT_DIR/" 2>/dev/null
 }
 step_accuracy() {
-    timeout 120 python3 -m benchmarks.precision_accuracy --device cuda --size 0 2>&1 | tee -a "$OUT_DIR/gpu.log"
+    timeout $(cap 120) python3 -m benchmarks.precision_accuracy --device cuda --size 0 2>&1 | tee -a "$OUT_DIR/gpu.log"
     cp benchmarks/results/precision_accuracy-cuda.* "$OUT_DIR/" 2>/dev/null
 }
 step_keepclear() {
-    timeout 200 python3 -m benchmarks.keep_clear --device cuda --size 5490 2>&1 | tee "$OUT_DIR/keep_clear.log"
+    timeout $(cap 200) python3 -m benchmarks.keep_clear --device cuda --size 5490 2>&1 | tee "$OUT_DIR/keep_clear.log"
     cp benchmarks/results/keep_clear-cuda.* "$OUT_DIR/" 2>/dev/null
 }
 step_overviews() {
-    timeout 120 python3 -m benchmarks.overviews --width 10980 --height 4096 --pause 0.09 2>&1 \
+    timeout $(cap 120) python3 -m benchmarks.overviews --width 10980 --height 4096 --pause 0.09 2>&1 \
         | tee "$OUT_DIR/overviews.log"
     cp benchmarks/results/overviews-pause.* "$OUT_DIR/" 2>/dev/null
 }
@@ -111,18 +114,31 @@ step_training() {
             | tee -a "$OUT_DIR/gpu.log"
         return
     fi
-    timeout 180 python3 -m benchmarks.training_rate --device cuda 2>&1 | tee "$OUT_DIR/training.log"
+    timeout $(cap 180) python3 -m benchmarks.training_rate --device cuda 2>&1 | tee "$OUT_DIR/training.log"
     cp benchmarks/results/training_rate-cuda.* "$OUT_DIR/" 2>/dev/null
 }
 step_compile() {
-    timeout 150 python3 -m benchmarks.windows_half --compiled 2>&1 | tee -a "$OUT_DIR/gpu.log"
+    timeout $(cap 150) python3 -m benchmarks.windows_half --compiled 2>&1 | tee -a "$OUT_DIR/gpu.log"
     cp benchmarks/results/windows_half.* "$OUT_DIR/" 2>/dev/null
+}
+
+left() { echo $((BUDGET - SECONDS)); }
+cap() { # a step's own limit, or the budget's end if sooner (at least 1 s: timeout 0 would mean none)
+    local limit=$1 rest
+    rest=$(left)
+    if [ "$rest" -lt "$limit" ]; then limit=$rest; fi
+    if [ "$limit" -lt 1 ]; then limit=1; fi
+    echo "$limit"
 }
 
 scratch=$(mktemp -d)
 for step in $STEPS; do
     if ! declare -F "step_$step" >/dev/null; then
         echo "unknown step: $step" | tee -a "$OUT_DIR/gpu.log"
+        continue
+    fi
+    if [ "$(left)" -lt 30 ]; then
+        echo "== step $step: skipped, $(left) s of the ${BUDGET} s budget left" | tee -a "$OUT_DIR/gpu.log"
         continue
     fi
     echo "== step $step ($(date +%T))" | tee -a "$OUT_DIR/gpu.log"
