@@ -54,6 +54,36 @@ def test_tf32_flags_are_set_for_the_call_and_restored() -> None:
     assert float32_mode() == before
 
 
+def _pytorch_before_2_9() -> object:
+    """torch.backends as PyTorch 2.1 to 2.8 have it: only the legacy flags, cuDNN convolutions on TF32 and matmuls
+    on IEEE fp32 by default."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        cudnn=SimpleNamespace(allow_tf32=True), cuda=SimpleNamespace(matmul=SimpleNamespace(allow_tf32=False))
+    )
+
+
+def test_fp32_is_ieee_with_a_pytorch_that_has_only_the_legacy_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The package allows torch 2.1 on; before 2.9 there is no ``fp32_precision`` and cuDNN's TF32 is the legacy
+    ``torch.backends.cudnn.allow_tf32`` (True by default): fp32 must clear it for the call, tf32 set it, and the
+    values a user had come back afterwards (also on an error)."""
+    import dsen2cr.precision as precision
+
+    old = _pytorch_before_2_9()
+    monkeypatch.setattr(precision, "_backends", lambda: old)
+    assert float32_mode() == {"cudnn.conv": "tf32", "cuda.matmul": "ieee"}
+    with float32_arithmetic("ieee"):
+        assert (old.cudnn.allow_tf32, old.cuda.matmul.allow_tf32) == (False, False)  # type: ignore[attr-defined]
+        assert float32_mode() == {"cudnn.conv": "ieee", "cuda.matmul": "ieee"}
+    with pytest.raises(RuntimeError), float32_arithmetic("tf32"):
+        assert (old.cudnn.allow_tf32, old.cuda.matmul.allow_tf32) == (True, True)  # type: ignore[attr-defined]
+        raise RuntimeError("an error inside the call")
+    assert (old.cudnn.allow_tf32, old.cuda.matmul.allow_tf32) == (True, False)  # type: ignore[attr-defined]
+    precision.set_float32_arithmetic("ieee")  # a training run of the paper config
+    assert (old.cudnn.allow_tf32, old.cuda.matmul.allow_tf32) == (False, False)  # type: ignore[attr-defined]
+
+
 def test_auto_and_named_precisions_per_device(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
