@@ -2,14 +2,17 @@
 matmuls, set for a call and restored afterwards.
 
 PyTorch keeps cuDNN convolutions on TF32 after ``torch.set_float32_matmul_precision("highest")``
-(``torch.backends.cudnn.conv.fp32_precision`` stays ``tf32``): IEEE fp32 needs both flags. Only the
-``fp32_precision`` API is used, never the legacy ``allow_tf32`` flags (PyTorch refuses a mixed state).
+(``torch.backends.cudnn.conv.fp32_precision`` stays ``tf32``): IEEE fp32 needs both flags. Where PyTorch has the
+``fp32_precision`` API (2.9 on) only it is used, never the legacy ``allow_tf32`` flags (PyTorch refuses a mixed
+state); before 2.9 only the legacy flags exist (cuDNN's ``allow_tf32`` True by default), and they are set.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -24,16 +27,43 @@ FLOAT32_MODES = {"fp32": "ieee", "tf32": "tf32", "fp16": "tf32", "bf16": "ieee"}
 HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _flags() -> list[tuple[str, object, str]]:
-    """(label, object, attribute) of the flags that set the float32 mode of convolutions and matmuls (PyTorch
-    2.9 and later; older releases have only the legacy flags, left alone)."""
-    owners = (("cudnn.conv", getattr(torch.backends.cudnn, "conv", None)), ("cuda.matmul", torch.backends.cuda.matmul))
-    return [(label, owner, "fp32_precision") for label, owner in owners if hasattr(owner, "fp32_precision")]
+@dataclass(frozen=True)
+class _Flag:
+    """One flag that sets the float32 mode of convolutions or matmuls: ``fp32_precision`` (PyTorch 2.9 on:
+    ``ieee``/``tf32``) or, before it, the legacy ``allow_tf32`` (a bool)."""
+
+    label: str
+    owner: object
+    attribute: str
+
+    def mode(self) -> str:
+        """``ieee``, ``tf32`` (or ``none``: PyTorch's own default, with the new API)."""
+        value = getattr(self.owner, self.attribute)
+        return str(value) if self.attribute == "fp32_precision" else "tf32" if value else "ieee"
+
+    def value_for(self, mode: str) -> object:
+        """The flag's value for ``mode`` (``ieee`` or ``tf32``)."""
+        return mode if self.attribute == "fp32_precision" else mode == "tf32"
+
+
+def _backends() -> Any:
+    """``torch.backends`` (a function, so that a test can stand in an older PyTorch's)."""
+    return torch.backends
+
+
+def _flags() -> list[_Flag]:
+    """The flags that set the float32 mode of cuDNN convolutions and CUDA matmuls: the ``fp32_precision`` API
+    where PyTorch has it (2.9 on), else the legacy ``allow_tf32`` flags."""
+    backends = _backends()
+    owners = (("cudnn.conv", getattr(backends.cudnn, "conv", None)), ("cuda.matmul", backends.cuda.matmul))
+    if all(hasattr(owner, "fp32_precision") for _, owner in owners):
+        return [_Flag(label, owner, "fp32_precision") for label, owner in owners]
+    return [_Flag("cudnn.conv", backends.cudnn, "allow_tf32"), _Flag("cuda.matmul", backends.cuda.matmul, "allow_tf32")]
 
 
 def float32_mode() -> dict[str, str]:
     """The current mode of each flag (``ieee``, ``tf32`` or ``none``) by label: what a run records."""
-    return {label: str(getattr(owner, name)) for label, owner, name in _flags()}
+    return {flag.label: flag.mode() for flag in _flags()}
 
 
 @contextlib.contextmanager
@@ -43,17 +73,17 @@ def float32_arithmetic(mode: str) -> Iterator[None]:
     if mode not in ("ieee", "tf32"):
         raise ValueError(f"float32 mode: expected ieee or tf32, got {mode!r}")
     flags = _flags()
-    before = [getattr(owner, name) for _, owner, name in flags]
+    before = [getattr(flag.owner, flag.attribute) for flag in flags]
     try:
-        for _, owner, name in flags:
-            setattr(owner, name, mode)
+        for flag in flags:
+            setattr(flag.owner, flag.attribute, flag.value_for(mode))
         yield
     finally:
-        for (_, owner, name), value in zip(flags, before, strict=True):
-            setattr(owner, name, value)
+        for flag, value in zip(flags, before, strict=True):
+            setattr(flag.owner, flag.attribute, value)
 
 
 def set_float32_arithmetic(mode: str) -> None:
     """Set the float32 mode of convolutions and matmuls for the rest of the process (a training run)."""
-    for _, owner, name in _flags():
-        setattr(owner, name, mode)
+    for flag in _flags():
+        setattr(flag.owner, flag.attribute, flag.value_for(mode))
