@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
@@ -240,3 +242,50 @@ def test_stac_item_in_a_folder_with_spaces_and_accents(
     folder.mkdir()
     item = _stac_item(folder, safe, keys="planetary", offsets=False)
     np.testing.assert_array_equal(_run(weights, item, tmp_path / "s.tif"), _run(weights, safe, tmp_path / "f.tif"))
+
+
+@pytest.mark.parametrize("level", ["L1C", "L2A"])
+def test_band_files_read_side_by_side_give_the_same_pixels(
+    tmp_path: Path, make_safe: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, level: str
+) -> None:
+    """A product's band files read on several threads at once (a GPU run's reader) give what one thread reading
+    them in turn gives, on windows inside and at the edges; B02 is the file's values less the declared offset
+    and a 20 m band each of its pixels 2 x 2 times (nearest), both computed here from the band arrays."""
+    import threading
+    import time
+
+    import conftest
+    from dsen2cr import auto
+    from dsen2cr.inputs import readers
+    from dsen2cr.inputs.readers import S2Source
+
+    safe = make_safe(tmp_path, level=level, baseline="05.10", shift=1000, offsets=ALL_OFFSETS)
+    threads: set[str] = set()
+    real_read = readers.read_window
+
+    def recording(dataset: object, window: object = None) -> np.ndarray:
+        threads.add(threading.current_thread().name)
+        time.sleep(0.01)  # reads of a few pixels end at once: let them overlap as a tile's do
+        return real_read(dataset, window)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(readers, "read_window", recording)
+    one, four = S2Source(safe), S2Source(safe, band_threads=4)
+    windows = [Window(0, 0, SIZE, SIZE), Window(7, 13, 29, 31), Window(SIZE - 9, SIZE - 5, 9, 5)]
+    try:
+        for window in windows:
+            threads.clear()
+            side_by_side = four.read(window)
+            assert len(threads) > 1 and all(name.startswith("dsen2cr-bands") for name in threads), threads
+            np.testing.assert_array_equal(side_by_side, one.read(window))
+        rows, cols = window.toslices()
+        np.testing.assert_array_equal(side_by_side[S2_BANDS.index("B2")], conftest._band_array("B2")[0][rows, cols])
+        b5 = np.repeat(np.repeat(conftest._band_array("B5")[0], 2, axis=0), 2, axis=1)
+        np.testing.assert_array_equal(side_by_side[S2_BANDS.index("B5")], b5[rows, cols])
+    finally:
+        one.close()
+        four.close()
+    for cores, expected in ((16, 13), (4, 4), (None, 1)):
+        with monkeypatch.context() as patch:
+            patch.setattr("os.cpu_count", lambda cores=cores: cores)
+            assert auto.resolve_band_threads(torch.device("cuda")) == expected
+            assert auto.resolve_band_threads(torch.device("cpu")) == 1

@@ -4,9 +4,11 @@ onto the 10 m grid on the fly, STAC assets); S1 is read by :mod:`dsen2cr.inputs.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, resolve_s2
 from dsen2cr.inputs.product import band_code
 from dsen2cr.preprocessing import S2_BANDS
-from dsen2cr.rasters import open_raster, read_window
+from dsen2cr.rasters import gdal_block_cache, open_raster, read_window
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,10 @@ class S2Source:
     resampled onto the 10 m grid of B02. Declared offsets (baseline 04.00+) are removed when reading; DN 0
     stays nodata. For Level-2A input, B10 (absent) is filled with ``L2A_B10_FILL_DN``; ``bands`` lists the
     input's own bands, which are the ones to write.
+
+    ``band_threads`` > 1: a product's band files are read on that many threads at once (each file by one
+    thread at a time). A window touches few of a band's JPEG 2000 blocks (1024 px), so GDAL's own decoding
+    threads stay mostly idle on one band; decoding the bands side by side uses the cores.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class S2Source:
         resampling: str = "nearest",
         offset: int | None = None,
         checked: bool = False,
+        band_threads: int = 1,
     ) -> None:
         self.product = path if isinstance(path, S2Product) else resolve_s2(path, offset=offset)
         self.path = self.product.source
@@ -92,6 +99,8 @@ class S2Source:
             self.close()
             raise
         self.dtype = str(self._datasets[0].dtypes[0])
+        threads = min(band_threads, len(self._datasets))
+        self._band_pool = ThreadPoolExecutor(threads, thread_name_prefix="dsen2cr-bands") if threads > 1 else None
         self._offsets = np.asarray(self.product.offsets, np.int32)[:, None, None]
         self._converts = bool(self._offsets.any()) or self.product.scale != 1.0
         if self.level == "L2A":
@@ -183,8 +192,10 @@ class S2Source:
         """(13, h, w) DN of ``window`` in model convention (offsets removed; B10 filled for Level-2A)."""
         if len(self._datasets) == 1:
             raw = read_window(self._datasets[0], window)
-        else:
+        elif self._band_pool is None:
             raw = np.concatenate([read_window(d, window) for d in self._datasets], axis=0)
+        else:
+            raw = np.concatenate(list(self._band_pool.map(_read_band, self._datasets, itertools.repeat(window))))
         if self._converts:
             raw = self._remove_offsets(raw)
         if self.level == "L2A":
@@ -220,9 +231,18 @@ class S2Source:
         return S2Source(self.product, resampling=self.resampling, checked=True)
 
     def close(self) -> None:
-        """Close the files."""
+        """Close the files (once no band is being read)."""
+        pool: ThreadPoolExecutor | None = getattr(self, "_band_pool", None)  # (unset when __init__ failed)
+        if pool is not None:
+            pool.shutdown(wait=True)
         for dataset in self._datasets:
             dataset.close()
+
+
+def _read_band(dataset: rasterio.io.DatasetReaderBase, window: Window) -> np.ndarray:
+    """One band file's window, on a band-reading thread (in the scene's GDAL settings, which are per thread)."""
+    with gdal_block_cache():
+        return read_window(dataset, window)
 
 
 def scene_size(product: S2Product) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dsen2cr.auto import plan_scene_run
+from dsen2cr.auto import plan_scene_run, resolve_band_threads
 from dsen2cr.backends import OnnxPredictor
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, resolve_s2
@@ -150,7 +150,7 @@ def _open_inputs(
 ) -> Iterator[SceneInputs]:
     """Open S2 (resolved once: ``product``), S1 warped onto its grid, and the masker; close them all on the way
     out."""
-    s2 = S2Source(product, resampling=settings.resampling)
+    s2 = S2Source(product, resampling=settings.resampling, band_threads=resolve_band_threads(predictor.device))
     inputs = SceneInputs(s2)
     try:
         if settings.keep_clear and s2.dtype not in ("uint8", "uint16"):
