@@ -482,6 +482,18 @@ def test_scene_runs_with_a_real_gdal_block_cache(scene: dict, tmp_path: Path, mo
     assert set(seen) == {"read", "copy"}
     assert min(seen.values()) >= 64 * 2**20, seen
 
+    from types import SimpleNamespace
+
+    from dsen2cr.auto import resolve_block_cache_bytes
+
+    assert set(seen.values()) == {256 * 2**20}  # a CPU run's
+    # on a GPU: 1 GiB (a full tile's JPEG 2000 block rows, read again by the mask), at most an eighth of the
+    # memory, at least 256 MiB
+    for memory, expected in ((24 * 2**30, 2**30), (4 * 2**30, 512 * 2**20), (2**30, 256 * 2**20)):
+        monkeypatch.setattr("psutil.virtual_memory", lambda memory=memory: SimpleNamespace(total=memory))
+        assert resolve_block_cache_bytes(torch.device("cuda")) == expected
+        assert resolve_block_cache_bytes(torch.device("cpu")) == 256 * 2**20
+
 
 def _pixels(path: Path) -> np.ndarray:
     with rasterio.open(path) as dataset:

@@ -17,9 +17,17 @@ from dsen2cr.outputs.files import check_input_file
 
 #: GDAL's block cache for a scene run, in bytes (rasterio passes an integer GDAL_CACHEMAX to GDAL as bytes: a
 #: value in MB would be a cache of a few hundred bytes). GDAL's default, 5 % of RAM, holds written blocks and
-#: makes memory grow with the scene; a fixed cache keeps it flat while holding the blocks that overlapping
-#: windows read twice and the rows that overviews are computed from.
+#: makes memory grow with the scene on a large machine; a fixed cache keeps it flat while holding the blocks
+#: that overlapping windows read twice and the rows that overviews are computed from. The bound of the run in
+#: progress: :func:`set_block_cache_bytes` (:func:`dsen2cr.auto.resolve_block_cache_bytes`: larger on a GPU).
 GDAL_CACHE_BYTES = 256 * 2**20
+
+
+def set_block_cache_bytes(cache_bytes: int) -> None:
+    """Bound GDAL's block cache to ``cache_bytes`` in every :func:`gdal_block_cache` entered from now on (GDAL's
+    cache is one per process)."""
+    global GDAL_CACHE_BYTES
+    GDAL_CACHE_BYTES = cache_bytes
 
 
 #: Time bounds of GDAL's remote reads (``/vsicurl/``, ``/vsis3/``: STAC assets): a connection that does not

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dsen2cr.auto import plan_scene_run, resolve_band_threads
+from dsen2cr.auto import plan_scene_run, resolve_band_threads, resolve_block_cache_bytes
 from dsen2cr.backends import OnnxPredictor
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, resolve_s2
@@ -24,7 +24,7 @@ from dsen2cr.outputs.finisher import completes_in_background
 from dsen2cr.outputs.geotiff import cog_writer
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
-from dsen2cr.rasters import gdal_block_cache
+from dsen2cr.rasters import gdal_block_cache, set_block_cache_bytes
 from dsen2cr.scene.batches import BackgroundWriter, iter_predictions
 from dsen2cr.scene.checks import check_job
 from dsen2cr.scene.describe import (
@@ -91,6 +91,7 @@ def remove_clouds(
         plan = plan_scene_run(plan or SceneSettings(), predictor.config, device=predictor.device, onnx=onnx)
     product = s2_product or resolve_s2(job.s2, offset=plan.settings.s2_offset)
     check_job(predictor, job, plan.settings, product)
+    set_block_cache_bytes(resolve_block_cache_bytes(predictor.device))
     with gdal_block_cache(), _open_inputs(predictor, job, plan.settings, product) as inputs:
         tiles = plan_tiles(inputs.grid.height, inputs.grid.width, plan.tile, plan.overlap)
         start = time.perf_counter()
