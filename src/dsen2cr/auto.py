@@ -18,6 +18,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec
 from dsen2cr.precision import FLOAT32_MODES, HALF_DTYPES, PRECISIONS
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
+from dsen2cr.rasters import GDAL_CACHE_BYTES
 from dsen2cr.scene.tiles import default_overlap, plan_tiles
 from dsen2cr.settings import BACKEND_CHOICES, ScenePlan, SceneSettings
 
@@ -298,8 +299,9 @@ def plan_scene_run(
             overlap,
             default_overlap(config),
         )
+    reading = {"band_threads": resolve_band_threads(device), "block_cache_bytes": resolve_block_cache_bytes(device)}
     finish = resolve_finish_threads(device)
-    return ScenePlan(settings, device, backends, strict, precision, tile, overlap, batch_size, finish)
+    return ScenePlan(settings, device, backends, strict, precision, tile, overlap, batch_size, finish, **reading)
 
 
 def resolve_finish_threads(device: torch.device) -> int:
@@ -322,14 +324,15 @@ def resolve_band_threads(device: torch.device) -> int:
 
 
 def resolve_block_cache_bytes(device: torch.device) -> int:
-    """GDAL's block cache for a scene run (:func:`dsen2cr.rasters.set_block_cache_bytes`): 256 MiB on a CPU,
+    """GDAL's block cache for a scene run (:func:`dsen2cr.rasters.set_block_cache_bytes`): 256 MiB
+    (``GDAL_CACHE_BYTES``) on a CPU,
     whose network is far slower than any read; on a GPU 1 GiB (at most an eighth of the memory, at least 256
     MiB): a product's JPEG 2000 bands decode in 1024 px blocks, one block row of a full tile's 13 bands is 168
     MB, a row of windows touches up to three and the cloud mask reads them again through its own handles, so at
     256 MiB blocks were decoded again (benchmarks.product_read: reads 1.51x, reads and masks 1.68x faster at
     1 GiB)."""
     if device.type != "cuda":
-        return 256 * 2**20
+        return GDAL_CACHE_BYTES
     import psutil
 
-    return max(256 * 2**20, min(2**30, psutil.virtual_memory().total // 8))
+    return max(GDAL_CACHE_BYTES, min(2**30, psutil.virtual_memory().total // 8))

@@ -18,16 +18,17 @@ from dsen2cr.outputs.files import check_input_file
 #: GDAL's block cache for a scene run, in bytes (rasterio passes an integer GDAL_CACHEMAX to GDAL as bytes: a
 #: value in MB would be a cache of a few hundred bytes). GDAL's default, 5 % of RAM, holds written blocks and
 #: makes memory grow with the scene on a large machine; a fixed cache keeps it flat while holding the blocks
-#: that overlapping windows read twice and the rows that overviews are computed from. The bound of the run in
-#: progress: :func:`set_block_cache_bytes` (:func:`dsen2cr.auto.resolve_block_cache_bytes`: larger on a GPU).
+#: that overlapping windows read twice and the rows that overviews are computed from. This is the default and
+#: floor; a run sets its own with :func:`set_block_cache_bytes` (:func:`dsen2cr.auto.resolve_block_cache_bytes`:
+#: larger on a GPU).
 GDAL_CACHE_BYTES = 256 * 2**20
+_block_cache_bytes = GDAL_CACHE_BYTES  # the bound in force (GDAL's cache is one per process)
 
 
 def set_block_cache_bytes(cache_bytes: int) -> None:
-    """Bound GDAL's block cache to ``cache_bytes`` in every :func:`gdal_block_cache` entered from now on (GDAL's
-    cache is one per process)."""
-    global GDAL_CACHE_BYTES
-    GDAL_CACHE_BYTES = cache_bytes
+    """Bound GDAL's block cache to ``cache_bytes`` in every :func:`gdal_block_cache` entered from now on."""
+    global _block_cache_bytes
+    _block_cache_bytes = cache_bytes
 
 
 #: Time bounds of GDAL's remote reads (``/vsicurl/``, ``/vsis3/``: STAC assets): a connection that does not
@@ -42,12 +43,12 @@ GDAL_HTTP_OPTIONS = {
 
 
 def gdal_block_cache() -> rasterio.Env:
-    """A rasterio environment with GDAL's block cache bounded to ``GDAL_CACHE_BYTES``, its multi-threaded
-    block decoding and overview computation on all cores, and remote reads bounded in time
-    (``GDAL_HTTP_OPTIONS``, unless set in the environment). Per thread: enter it in every thread that reads or
-    writes."""
+    """A rasterio environment with GDAL's block cache bounded as :func:`set_block_cache_bytes` last said (by
+    default ``GDAL_CACHE_BYTES``), its multi-threaded block decoding and overview computation on all cores, and
+    remote reads bounded in time (``GDAL_HTTP_OPTIONS``, unless set in the environment). Per thread: enter it in
+    every thread that reads or writes."""
     http = {key: value for key, value in GDAL_HTTP_OPTIONS.items() if key not in os.environ}
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS="ALL_CPUS", **http)
+    return rasterio.Env(GDAL_CACHEMAX=_block_cache_bytes, GDAL_NUM_THREADS="ALL_CPUS", **http)
 
 
 def open_raster(path: str | Path, *, bands: int | None = None, what: str = "raster") -> rasterio.DatasetReader:

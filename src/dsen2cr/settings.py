@@ -24,6 +24,7 @@ from dsen2cr.cloud_detection import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.geotiff import check_compression_level, cog_options
 from dsen2cr.precision import PRECISIONS
+from dsen2cr.rasters import GDAL_CACHE_BYTES
 
 #: Backends a user may ask for (``auto``: decided by :func:`dsen2cr.auto.plan_backend`).
 BACKEND_CHOICES = ("auto", "eager", "compiled", "onnxruntime")
@@ -146,7 +147,9 @@ class ScenePlan:
     a backend or precision the user named, whose failure is an error); ``precision`` is ``fp32`` (IEEE),
     ``tf32``, ``fp16`` or ``bf16`` (:func:`dsen2cr.auto.resolve_precision`); ``finish_threads`` turn predicted windows
     into output pixels (keep-clear's map, distances, blend) side by side
-    (:func:`dsen2cr.auto.resolve_finish_threads`)."""
+    (:func:`dsen2cr.auto.resolve_finish_threads`); ``band_threads`` read a product's band files side by side
+    (:func:`dsen2cr.auto.resolve_band_threads`); ``block_cache_bytes`` bound GDAL's block cache
+    (:func:`dsen2cr.auto.resolve_block_cache_bytes`)."""
 
     settings: SceneSettings
     device: torch.device
@@ -157,6 +160,8 @@ class ScenePlan:
     overlap: int
     batch_size: int
     finish_threads: int = 1
+    band_threads: int = 1
+    block_cache_bytes: int = GDAL_CACHE_BYTES
 
 
 def check_utf8_name(path: str | Path) -> None:

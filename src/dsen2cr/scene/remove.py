@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dsen2cr.auto import plan_scene_run, resolve_band_threads, resolve_block_cache_bytes
+from dsen2cr.auto import plan_scene_run
 from dsen2cr.backends import OnnxPredictor
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, resolve_s2
@@ -91,8 +91,8 @@ def remove_clouds(
         plan = plan_scene_run(plan or SceneSettings(), predictor.config, device=predictor.device, onnx=onnx)
     product = s2_product or resolve_s2(job.s2, offset=plan.settings.s2_offset)
     check_job(predictor, job, plan.settings, product)
-    set_block_cache_bytes(resolve_block_cache_bytes(predictor.device))
-    with gdal_block_cache(), _open_inputs(predictor, job, plan.settings, product) as inputs:
+    set_block_cache_bytes(plan.block_cache_bytes)
+    with gdal_block_cache(), _open_inputs(predictor, job, plan, product) as inputs:
         tiles = plan_tiles(inputs.grid.height, inputs.grid.width, plan.tile, plan.overlap)
         start = time.perf_counter()
         writer = _TileWriter(
@@ -146,12 +146,11 @@ class SceneInputs:
 
 
 @contextlib.contextmanager
-def _open_inputs(
-    predictor: Predictor, job: SceneJob, settings: SceneSettings, product: S2Product
-) -> Iterator[SceneInputs]:
+def _open_inputs(predictor: Predictor, job: SceneJob, plan: ScenePlan, product: S2Product) -> Iterator[SceneInputs]:
     """Open S2 (resolved once: ``product``), S1 warped onto its grid, and the masker; close them all on the way
     out."""
-    s2 = S2Source(product, resampling=settings.resampling, band_threads=resolve_band_threads(predictor.device))
+    settings = plan.settings
+    s2 = S2Source(product, resampling=settings.resampling, band_threads=plan.band_threads)
     inputs = SceneInputs(s2)
     try:
         if settings.keep_clear and s2.dtype not in ("uint8", "uint16"):
