@@ -3,8 +3,9 @@ gives the network (Mpx/s of the 10 m grid) with the band files read one after th
 (``S2Source(band_threads=...)``, a GPU run's reader), and GDAL's block cache at 256 MiB (a CPU run's, and a GPU
 run's before) and at a GPU run's (``dsen2cr.auto.resolve_block_cache_bytes``); and the same with the
 cloud/shadow map of each window's core made alongside (``SceneMasker``, as ``--keep-clear`` and ``--mask-out``
-do: the scene's statistics on a thread of their own, each window read again through the masker's handles with
-the mask's radius).
+do: the scene's statistics on a thread of their own), each map made from the window the reader read (what a
+scene run does), or from a read of its own through the masker's handles with the mask's radius (what it did
+before).
 
 The product: an ``IMG_DATA`` folder of the 13 L1C bands at their native 10, 20 and 60 m, each a lossless JPEG
 2000 in 1024 px blocks (as ESA's files: ``gdalinfo`` says Block=1024x1024), made from the bundled real L1C scene
@@ -37,7 +38,7 @@ from dsen2cr.inputs.product import band_code
 from dsen2cr.inputs.readers import S2Source
 from dsen2cr.models.dsen2cr import ModelConfig
 from dsen2cr.preprocessing import S2_BANDS
-from dsen2cr.scene.masking import SceneMasker
+from dsen2cr.scene.masking import ReadWindow, SceneMasker
 from dsen2cr.scene.tiles import default_overlap, plan_tiles
 
 #: Each band's resolution in metres.
@@ -65,20 +66,26 @@ def write_product(folder: Path, width: int, height: int) -> Path:
     return img_data
 
 
-def read_scene(img_data: Path, tile: int, overlap: int, band_threads: int, cache_bytes: int, *, masks: bool) -> float:
+#: How the maps are made: none, from the reader's windows (a scene run now), from reads of their own (before).
+MASKS = {"reads": None, "reads and masks": "reader's window", "reads and masks read again": "own read"}
+
+
+def read_scene(
+    img_data: Path, tile: int, overlap: int, band_threads: int, cache_bytes: int, *, masks: str | None
+) -> float:
     """Seconds to read every window of the scene (fresh handles, GDAL's block cache bounded to ``cache_bytes``),
-    with ``masks`` also each core's cloud/shadow map (the paper mask)."""
+    with ``masks`` also each core's cloud/shadow map (the paper mask; a value of :data:`MASKS`)."""
     dsen2cr.rasters.set_block_cache_bytes(cache_bytes)  # every thread's GDAL settings, the band threads' too
     with dsen2cr.rasters.gdal_block_cache():
         source = S2Source(str(img_data), offset=0, band_threads=band_threads)
-        masker = SceneMasker(source.reopen(), "paper") if masks else None
+        masker = SceneMasker(source.reopen(), "paper") if masks is not None else None
         tiles = plan_tiles(source.grid.height, source.grid.width, tile, overlap)
         try:
             start = time.perf_counter()
             for planned in tiles:
-                source.read(planned.window)
+                read = ReadWindow(planned.window, source.read(planned.window))
                 if masker is not None:
-                    masker.window(planned.core)
+                    masker.window(planned.core, read if masks == "reader's window" else None)
             return time.perf_counter() - start
         finally:
             source.close()
@@ -105,12 +112,12 @@ def main() -> None:
         print(f"product of {args.width}x{args.height} written in {time.perf_counter() - start:.1f} s")
         for path in img_data.iterdir():  # the OS's page cache warm for every run
             path.read_bytes()
-        for masks in (False, True):
+        for what, masks in MASKS.items():
             for band_threads, cache_bytes in ways:
                 seconds = read_scene(img_data, args.tile, overlap, band_threads, cache_bytes, masks=masks)
                 rows.append(
                     {
-                        "what": "reads and masks" if masks else "reads",
+                        "what": what,
                         "band files read": "in turn" if band_threads == 1 else f"{band_threads} at once",
                         "GDAL block cache (MiB)": cache_bytes // 2**20,
                         "seconds": round(seconds, 2),

@@ -12,10 +12,11 @@ import rasterio
 import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 from scipy import ndimage
 
 from dsen2cr.cli import main
-from dsen2cr.cloud_detection import cloud_shadow_mask, shadow_mask
+from dsen2cr.cloud_detection import CLEAR, cloud_shadow_mask, shadow_mask
 from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
 from dsen2cr.outputs.geotiff import write_geotiff
 
@@ -265,11 +266,11 @@ def test_an_error_in_the_masks_work_stops_the_run_and_leaves_nothing(
     calls = []
     real_window = masking.SceneMasker.window
 
-    def failing_window(self: masking.SceneMasker, window: object) -> np.ndarray:
+    def failing_window(self: masking.SceneMasker, window: Window, read: object = None) -> np.ndarray:
         calls.append(window)
         if len(calls) == 3:
             raise DSen2CRError("s2.tif: a read failed (window)")
-        return real_window(self, window)
+        return real_window(self, window, read)  # type: ignore[arg-type]
 
     def failing_stats(*args: object, **kwargs: object) -> None:
         raise DSen2CRError("s2.tif: a read failed (statistics)")
@@ -470,3 +471,64 @@ def test_uncertainty_out_is_the_models_sigma_and_zero_where_the_input_is_kept(sc
     mean_sigma = sigma_kept.mean(axis=0)
     lowest, highest = sigma_panel[mean_sigma == 0].mean(axis=0), sigma_panel[mean_sigma > mean_sigma.max() * 0.99]
     assert tuple(lowest.round()) == (40, 20, 90) and (highest.mean(axis=0) > 200).sum() == 2  # ramp: blue to yellow
+
+
+@pytest.mark.parametrize("resampling", ["nearest", "bilinear"])
+def test_a_map_from_the_readers_window_is_the_map_read_on_its_own(workdir: Path, resampling: str) -> None:
+    """A core's map made from the window a scene run's reader already read (``ReadWindow``) equals the map the
+    masker makes from a read of its own, on a product whose 20 m and 60 m bands are resampled onto the 10 m
+    grid, for every core of a tiling whose overlap holds the mask's radius (edges and corners included); the
+    masker then opens no handles of its own. Where a read does not hold the core grown by the radius (an
+    overlap of 4 px), the masker reads, and its map is the same."""
+    from dsen2cr.cloud_detection import MASK_RADIUS
+    from dsen2cr.inputs.readers import S2Source
+    from dsen2cr.scene.masking import ReadWindow, SceneMasker
+    from dsen2cr.scene.tiles import plan_tiles
+
+    safe = workdir.safe(baseline="05.10", shift=1000, offsets={i: -1000 for i in range(13)})
+    reader = S2Source(str(safe), resampling=resampling)
+    own_reads = SceneMasker(reader.reopen())
+    from_reads = SceneMasker(reader.reopen())
+    try:
+        whole = own_reads.window(Window(0, 0, reader.grid.width, reader.grid.height))
+        assert (whole == CLEAR).any() and (whole != CLEAR).any()  # a map with something on it
+        for overlap, covered in ((2 * MASK_RADIUS + 2, True), (4, False)):
+            for tile in plan_tiles(reader.grid.height, reader.grid.width, 24, overlap):
+                read = ReadWindow(tile.window, reader.read(tile.window))
+                np.testing.assert_array_equal(from_reads.window(tile.core, read), whole[tile.core.toslices()])
+            assert (from_reads._opened == []) is covered
+    finally:
+        for source in (reader, own_reads, from_reads):
+            source.close()
+
+
+def test_keep_clear_takes_the_maps_from_the_readers_windows(scene: dict, tmp_path: Path) -> None:
+    """With an overlap that holds the mask's radius and the feathering's, a scene run with ``--keep-clear
+    --mask-out`` reads each window once: the masker reads no window of its own (only its statistics pass reads
+    the scene), and the outputs equal those of a run whose masker reads every window itself."""
+    from dsen2cr.scene import masking
+
+    reads: list[object] = []
+    real_window, real_source = masking.SceneMasker.window, masking.SceneMasker._thread_source
+
+    def own_reads_only(self: masking.SceneMasker, window: Window, read: object = None) -> np.ndarray:
+        return real_window(self, window)
+
+    def counted_source(self: masking.SceneMasker) -> object:
+        reads.append(self)
+        return real_source(self)
+
+    options = ["--tile", "128", "--overlap", "40", "--keep-clear", "--feather", str(FEATHER)]
+    outputs = {}
+    for name in ("own", "reader"):
+        with pytest.MonkeyPatch.context() as patch:
+            if name == "own":
+                patch.setattr(masking.SceneMasker, "window", own_reads_only)
+            else:
+                patch.setattr(masking.SceneMasker, "_thread_source", counted_source)
+            image = _run(scene, tmp_path / f"{name}.tif", *options, "--mask-out", str(tmp_path / f"{name}.m.tif"))
+        with rasterio.open(tmp_path / f"{name}.m.tif") as mask:
+            outputs[name] = (image, mask.read())
+    assert reads == []
+    for own, reader in zip(outputs["own"], outputs["reader"], strict=True):
+        np.testing.assert_array_equal(own, reader)

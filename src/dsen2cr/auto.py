@@ -328,8 +328,8 @@ def resolve_block_cache_bytes(device: torch.device) -> int:
     (``GDAL_CACHE_BYTES``) on a CPU,
     whose network is far slower than any read; on a GPU 1 GiB (at most an eighth of the memory, at least 256
     MiB): a product's JPEG 2000 bands decode in 1024 px blocks, one block row of a full tile's 13 bands is 168
-    MB, a row of windows touches up to three and the cloud mask reads them again through its own handles, so at
-    256 MiB blocks were decoded again (benchmarks.product_read: reads 1.51x, reads and masks 1.68x faster at
+    MB and a row of windows touches up to three (the cloud mask's statistics pass reads them too, through its
+    own handles), so at 256 MiB blocks were decoded again (benchmarks.product_read: reads 1.52x faster at
     1 GiB)."""
     if device.type != "cuda":
         return GDAL_CACHE_BYTES

@@ -34,10 +34,11 @@ def iter_predictions(
     s1_fill_db: tuple[float, float],
     on_batch: Callable[[int], object] | None = None,
     channels: int = NUM_S2_BANDS,
-) -> Generator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int], None, None]:
+) -> Generator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray], None, None]:
     """Run ``predictor`` (a function of a batch of S2 and S1 windows giving ``channels`` channels per window)
     over ``tiles``; yield (tile, prediction in model units, S2 DN, S2 valid mask, number of valid S2 pixels
-    without S1) per tile, each cropped to the tile's core.
+    without S1, S2 DN of the whole window) per tile, all but the last cropped to the tile's core (the whole
+    window is there for work that needs pixels around the core, the cloud/shadow map: it reads nothing again).
 
     Tiles whose core holds no valid S2 pixel (outside the swath, say) are not run: their prediction is zeros,
     and their output is nodata anyway. A reader thread reads and preprocesses the next batch while the
@@ -76,7 +77,7 @@ def _run_batches(
     read: Callable[[list[Tile]], _Batch | None],
     on_batch: Callable[[int], object] | None,
     channels: int,
-) -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int]]:
+) -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]]:
     """The loop of :func:`iter_predictions`: read the next batch on a reader thread while this one runs."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-read") as reader:
         pending = reader.submit(read, batches[0]) if batches else None
@@ -95,7 +96,8 @@ def _run_batches(
                     core_pred = pred[row_of[i]][:, rows, cols]
                 else:
                     core_pred = np.zeros((channels, *batch.valid_cores[i].shape), np.float32)
-                yield tile, core_pred, batch.dn_cores[i], batch.valid_cores[i], batch.missing[i]
+                dn_core = batch.windows[i][:, rows, cols]
+                yield tile, core_pred, dn_core, batch.valid_cores[i], batch.missing[i], batch.windows[i]
             if on_batch is not None:
                 on_batch(len(group))
 
@@ -163,10 +165,11 @@ def _in_block_cache(function: Callable[..., T], *args: object) -> T:
 
 @dataclass
 class _Batch:
-    """One batch as read: per tile the S2 DN and valid mask of its core and the valid pixels without S1;
-    the model inputs of the tiles to run (those with valid pixels in their core), and their indices."""
+    """One batch as read: per tile the S2 DN of its window, the valid mask of its core and the valid pixels
+    without S1; the model inputs of the tiles to run (those with valid pixels in their core), and their
+    indices."""
 
-    dn_cores: list[np.ndarray]
+    windows: list[np.ndarray]
     valid_cores: list[np.ndarray]
     missing: list[int]
     run: list[int]
@@ -200,8 +203,7 @@ def _read_batch(s2: S2Source, s1: S1Source | None, group: list[Tile], s1_fill_db
             for band in range(NUM_S1_BANDS):
                 db[band][np.isnan(db[band])] = s1_fill_db[band]
             s1_model[row] = s1_db_to_model(db)
-    dn_cores = [dn[:, rows, cols] for dn, (rows, cols) in zip(s2_dn, cores, strict=True)]
-    return _Batch(dn_cores, valid_cores, missing, run, s2_model, s1_model)
+    return _Batch(s2_dn, valid_cores, missing, run, s2_model, s1_model)
 
 
 def _pad_batch(s2: np.ndarray, s1: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import rasterio
@@ -44,9 +45,26 @@ SCL_CLOUD = (8, 9, 10)
 SCL_SHADOW = (3,)
 
 
+@dataclass(frozen=True)
+class ReadWindow:
+    """The DN (13, h, w) of a window of the scene as already read (by a scene run's reader), so that the map of a
+    window inside it needs no read of its own."""
+
+    window: Window
+    dn: np.ndarray
+
+    def part(self, inner: Window) -> np.ndarray | None:
+        """The DN of ``inner`` (a view), or None when ``inner`` is not wholly inside :attr:`window`."""
+        r0, c0 = inner.row_off - self.window.row_off, inner.col_off - self.window.col_off
+        if min(r0, c0) < 0 or r0 + inner.height > self.window.height or c0 + inner.width > self.window.width:
+            return None
+        return self.dn[:, r0 : r0 + inner.height, c0 : c0 + inner.width]
+
+
 class SceneMasker:
-    """The cloud/shadow map (int8: 1 cloud, -1 shadow, 0 clear) of any window of an S2 scene, read through its
-    own ``S2Source`` (which it closes).
+    """The cloud/shadow map (int8: 1 cloud, -1 shadow, 0 clear) of any window of an S2 scene, made from the DN
+    the caller already read where they cover what the map needs, else read through its own ``S2Source`` (which
+    it closes).
 
     :meth:`window` may run on several threads at once: each reads through file handles of its own. The
     paper mask's scene statistics are gathered on a thread of their own from the start, so that the network
@@ -98,8 +116,10 @@ class SceneMasker:
         """The paper mask's shadow statistics of the scene (waits for them; None for other masks)."""
         return None if self._stats is None else self._stats.result()
 
-    def window(self, window: Window) -> np.ndarray:
-        """The map of ``window`` (within the scene), exactly as of the whole scene."""
+    def window(self, window: Window, read: ReadWindow | None = None) -> np.ndarray:
+        """The map of ``window`` (within the scene), exactly as of the whole scene: the detector runs on the
+        window grown by its radius (clipped to the scene), taken from ``read`` when it holds all of that (a
+        scene run's windows overlap by more than the radius), else read."""
         if self.kind == "product":
             assert self._product is not None
             with self._lock:
@@ -109,7 +129,9 @@ class SceneMasker:
         grid = self.s2.grid
         radius = MASK_RADIUS if self.kind == "paper" else S2CLOUDLESS_RADIUS
         outer = _grow(window, radius, grid.height, grid.width)
-        dn = self._thread_source().read(outer)
+        dn = None if read is None else read.part(outer)
+        if dn is None:
+            dn = self._thread_source().read(outer)
         mask = computed_mask(self.kind, np.nan_to_num(dn), self.threshold, stats)
         r0, c0 = window.row_off - outer.row_off, window.col_off - outer.col_off
         return mask[r0 : r0 + window.height, c0 : c0 + window.width]
@@ -195,19 +217,21 @@ def _grow(window: Window, margin: int, height: int, width: int) -> Window:
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-def keep_clear_weights(masker: SceneMasker, window: Window, feather: int) -> tuple[np.ndarray, np.ndarray]:
+def keep_clear_weights(
+    masker: SceneMasker, window: Window, feather: int, read: ReadWindow | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The prediction's weight (float64, h x w) for ``window``: 0 on clear pixels farther than ``feather`` px
     from any cloud or shadow pixel, 1 on cloud/shadow pixels farther than ``feather`` px from any clear pixel,
     linear in the (Euclidean) distance in between: w = (feather - s) / (2 feather), clipped to [0, 1], with s
     the distance to the nearest cloud/shadow pixel on clear pixels and minus the distance to the nearest clear
     pixel on cloud/shadow ones (feather 0: w is 1 on cloud/shadow, 0 on clear). Distances are computed on the
-    window grown by ``feather + 1`` px, so they are those of the whole scene. Returns the weights and the
-    window's cloud/shadow map."""
+    window grown by ``feather + 1`` px, so they are those of the whole scene (its map made from ``read`` where
+    that covers it: :meth:`SceneMasker.window`). Returns the weights and the window's cloud/shadow map."""
     grid = masker.s2.grid
     outer = _grow(window, feather + 1, grid.height, grid.width)
     r0, c0 = window.row_off - outer.row_off, window.col_off - outer.col_off
     core = (slice(r0, r0 + window.height), slice(c0, c0 + window.width))
-    mask = masker.window(outer)
+    mask = masker.window(outer, read)
     cloudy = mask != CLEAR
     if not feather:
         return cloudy[core].astype(np.float64), mask[core]

@@ -37,7 +37,7 @@ from dsen2cr.scene.describe import (
     preview_mode,
     run_tags,
 )
-from dsen2cr.scene.masking import SceneMasker, blend, keep_clear_weights
+from dsen2cr.scene.masking import ReadWindow, SceneMasker, blend, keep_clear_weights
 from dsen2cr.scene.tiles import Tile, plan_tiles
 from dsen2cr.settings import SceneJob as SceneJob  # re-exported: the job is what remove_clouds takes
 from dsen2cr.settings import ScenePlan, SceneSettings
@@ -219,19 +219,23 @@ class _TileWriter:
         self.cog = dst
         self.written = [S2_BANDS.index(band) for band in s2.bands]  # the input's bands: never a made-up B10
 
-    def prepare(self, tile: Tile, pred: np.ndarray, dn: np.ndarray, valid: np.ndarray, holes: int) -> _TileOutput:
+    def prepare(
+        self, tile: Tile, pred: np.ndarray, dn: np.ndarray, valid: np.ndarray, holes: int, window_dn: np.ndarray
+    ) -> _TileOutput:
         """One tile's output pixels (any thread: it writes nothing): the prediction in DN, blended with the
         input under ``--keep-clear``, its sigma; a prediction with 26 channels carries the variances after
-        the 13 means (``--uncertainty-out``)."""
+        the 13 means (``--uncertainty-out``). The cloud/shadow map is made from the window's DN as read
+        (``window_dn``) where it holds the pixels the map needs around the core."""
         pred, variance = pred[:NUM_S2_BANDS], pred[NUM_S2_BANDS:]
         out_dn = _to_output_dn(pred, valid)
         masker, core_mask, weights = self.inputs.masker, None, None
+        read = ReadWindow(tile.window, window_dn)
         if self.settings.keep_clear and masker is not None:
-            weights, core_mask = keep_clear_weights(masker, tile.core, self.settings.feather)
+            weights, core_mask = keep_clear_weights(masker, tile.core, self.settings.feather, read)
             out_dn = blend(dn, out_dn, weights)
             out_dn[:, ~valid] = OUTPUT_NODATA
         elif masker is not None:
-            core_mask = masker.window(tile.core)
+            core_mask = masker.window(tile.core, read)
         sigma = None if self.sigma is None else _sigma_dn(variance, valid, weights)
         return _TileOutput(tile, dn, valid, holes, out_dn, sigma, core_mask)
 
