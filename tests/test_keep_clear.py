@@ -532,3 +532,41 @@ def test_keep_clear_takes_the_maps_from_the_readers_windows(scene: dict, tmp_pat
     assert reads == []
     for own, reader in zip(outputs["own"], outputs["reader"], strict=True):
         np.testing.assert_array_equal(own, reader)
+
+
+def test_the_statistics_pass_reads_the_band_files_side_by_side_as_the_reader_does(workdir: Path) -> None:
+    """On a GPU a product's band files are read side by side (``ScenePlan.band_threads``); the mask's statistics
+    pass reads the whole scene too, before the first map, so it reads the same way (it read them one after
+    the other, the slowest reader of a run); the per-thread handles a masker falls back to read in turn."""
+    import dataclasses
+
+    from dsen2cr import create_model
+    from dsen2cr.auto import plan_scene_run
+    from dsen2cr.predictor import predictor_from_model
+    from dsen2cr.scene import masking
+    from dsen2cr.scene.remove import remove_clouds
+    from dsen2cr.settings import SceneJob, SceneSettings
+
+    torch.manual_seed(0)
+    predictor = predictor_from_model(create_model("dsen2cr-small-nosar").eval(), device="cpu")
+    settings = SceneSettings(tile=32, overlap=4, keep_clear=True, progress=False)  # 4 px: the masker reads too
+    plan = dataclasses.replace(plan_scene_run(settings, predictor.config, device=predictor.device), band_threads=4)
+    stats_readers, window_readers = [], []
+    real_stats, real_source = masking._scene_shadow_stats, masking.SceneMasker._thread_source
+
+    def recording_stats(s2: object, *args: object, **kwargs: object) -> object:
+        stats_readers.append(s2.band_threads)  # type: ignore[attr-defined]
+        return real_stats(s2, *args, **kwargs)  # type: ignore[arg-type]
+
+    def recording_source(self: masking.SceneMasker) -> object:
+        source = real_source(self)
+        window_readers.append(source.band_threads)
+        return source
+
+    safe = workdir.safe(baseline="05.10", shift=1000, offsets={i: -1000 for i in range(13)})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(masking, "_scene_shadow_stats", recording_stats)
+        patch.setattr(masking.SceneMasker, "_thread_source", recording_source)
+        remove_clouds(predictor, SceneJob(str(safe), None, workdir / "out.tif"), plan)
+    assert stats_readers == [4]
+    assert window_readers and set(window_readers) == {1}
