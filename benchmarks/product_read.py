@@ -12,8 +12,8 @@ The product: an ``IMG_DATA`` folder of the 13 L1C bands at their native 10, 20 a
 mirrored across a grid ``--width`` (default a full tile's 10980) by ``--height`` px; the coarser bands take
 every 2nd or 6th pixel. The windows: the paper model's (``--tile`` px, the exact overlap), row by row. The files
 are read once before the timed runs (the OS's page cache warm for all), and each run opens them afresh (GDAL's
-block cache cold). Run: ``python -m benchmarks.product_read [--height 4096]`` (writes
-benchmarks/results/product_read.json and .md).
+block cache cold). Run: ``python -m benchmarks.product_read [--height 4096] [--name product_read]`` (writes
+benchmarks/results/NAME.json and .md).
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=10980)
     parser.add_argument("--height", type=int, default=4096)
     parser.add_argument("--tile", type=int, default=1024, help="window size (a GPU run's --tile auto is 1024)")
+    parser.add_argument("--name", default="product_read", help="results file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     overlap = default_overlap(ModelConfig())
     side_by_side = min(13, os.cpu_count() or 1)
@@ -126,7 +127,7 @@ def main() -> None:
                     }
                 )
                 print(rows[-1])
-    report("product_read", rows)
+    report(args.name, rows)
 
 
 if __name__ == "__main__":

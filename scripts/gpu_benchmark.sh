@@ -18,6 +18,9 @@
 #   overviews  python -m benchmarks.overviews --width 10980 --height 4096, with --pause 0.09 (the CPU left free as
 #              the bf16 network leaves it): the tail after the last window when the COG is compressed while
 #              written against GDAL's copy, with and without the overviews made while writing (#27 item 4);
+#   reads      python -m benchmarks.product_read --height 2048: a full-width product's JPEG 2000 bands read as a
+#              scene run reads them, band files in turn or side by side (13 at once here), GDAL's cache at 256 MiB or
+#              1 GiB, with and without the masks (#27 item 4: do the reads keep up with the network on 16 cores?);
 #   training   python -m benchmarks.training_rate --device cuda: paper and paper-fast, the loader alone (8 and 16
 #              workers), the training step alone and end to end (#27 item 5: end to end >= 90 % of the step);
 #   compile    bf16 autocast against bf16 autocast compiled on one batch of the scene's windows.
@@ -31,7 +34,7 @@ set -u
 SECONDS=0  # the budget counts from here (installing the wheels too)
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
 # In the order given: the default puts #27's measurements first (the whole list may not fit a 15-minute lease).
-STEPS=${STEPS:-accuracy fused keepclear training overviews cli benchmark pipeline zstd cog}
+STEPS=${STEPS:-accuracy fused keepclear training overviews cli benchmark reads pipeline zstd cog}
 BUDGET=${BUDGET:-560}
 mkdir -p "$OUT_DIR"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -102,6 +105,11 @@ step_accuracy() {
 step_keepclear() {
     timeout $(cap 200) python3 -m benchmarks.keep_clear --device cuda --size 5490 2>&1 | tee "$OUT_DIR/keep_clear.log"
     cp benchmarks/results/keep_clear-cuda.* "$OUT_DIR/" 2>/dev/null
+}
+step_reads() {
+    timeout $(cap 150) python3 -m benchmarks.product_read --height 2048 --name product_read-gpu-machine 2>&1 \
+        | tee "$OUT_DIR/product_read.log"
+    cp benchmarks/results/product_read-gpu-machine.* "$OUT_DIR/" 2>/dev/null
 }
 step_overviews() {
     timeout $(cap 120) python3 -m benchmarks.overviews --width 10980 --height 4096 --pause 0.09 2>&1 \

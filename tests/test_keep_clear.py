@@ -570,3 +570,73 @@ def test_the_statistics_pass_reads_the_band_files_side_by_side_as_the_reader_doe
         remove_clouds(predictor, SceneJob(str(safe), None, workdir / "out.tif"), plan)
     assert stats_readers == [4]
     assert window_readers and set(window_readers) == {1}
+
+
+def _stats_by_hand(dn: np.ndarray) -> tuple[float, float, float, float]:
+    """CSI and blue minimum and mean over the valid pixels (some band not 0) of a (13, h, w) DN array, the
+    reflectance in float32 as the detector computes it, the means in float64."""
+    r = dn.astype(np.float32) / np.float32(10000)
+    valid = (dn != 0).any(axis=0)
+    csi, blue = ((r[7] + r[11]) / 2)[valid], r[1][valid]
+    return float(csi.min()), csi.mean(dtype=np.float64), float(blue.min()), blue.mean(dtype=np.float64)
+
+
+@pytest.mark.parametrize("level", ["L1C", "L2A"])
+def test_the_statistics_pass_reads_only_the_bands_it_needs(workdir: Path, level: str) -> None:
+    """The shadow statistics need B2, B8 and B11: where those decide which pixels are valid (one of them has data
+    on every pixel of a block), the pass reads only their files; the statistics equal those computed by hand from
+    the whole scene as the reader gives it (offsets removed)."""
+    from dsen2cr.inputs import readers
+    from dsen2cr.inputs.readers import S2Source
+    from dsen2cr.scene.masking import _scene_shadow_stats
+
+    offsets = {i: -1000 for i in range(13)}
+    safe = workdir.safe(level=level, baseline="05.10", shift=1000, offsets=offsets)
+    calls = []
+    real_read = readers.read_window
+
+    def counting(dataset: object, *args: object, **kwargs: object) -> np.ndarray:
+        calls.append(dataset)
+        return real_read(dataset, *args, **kwargs)  # type: ignore[arg-type]
+
+    source = S2Source(str(safe))
+    try:
+        whole = source.read(Window(0, 0, source.grid.width, source.grid.height))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(readers, "read_window", counting)
+            stats = _scene_shadow_stats(source)
+    finally:
+        source.close()
+    assert len(calls) == 3  # one block, three band files
+    assert stats is not None
+    expected = _stats_by_hand(whole)
+    assert (stats.csi_min, stats.blue_min) == (expected[0], expected[2])
+    assert stats.csi_mean == pytest.approx(expected[1], rel=1e-12)
+    assert stats.blue_mean == pytest.approx(expected[3], rel=1e-12)
+
+
+def test_the_statistics_pass_reads_every_band_where_the_three_do_not_decide(tmp_path: Path) -> None:
+    """A pixel where B2, B8 and B11 are all nodata may have data in another band (a swath's edge differs between
+    bands): it is valid and counts (CSI and blue 0). Blocks with such pixels are read whole; pixels with no data
+    in any band do not count. Statistics equal those computed by hand, whatever the block size."""
+    from dsen2cr.inputs.readers import S2Source
+    from dsen2cr.scene.masking import _scene_shadow_stats
+
+    rng = np.random.default_rng(3)
+    dn = rng.integers(500, 4000, size=(13, 48, 40)).astype(np.uint16)
+    dn[[1, 7, 11], 5:9, :] = 0  # the three bands empty, others not: valid, CSI and blue 0
+    dn[:, 30:34, :] = 0  # no band: nodata
+    dn[:, :, 36:] = 0
+    path = write_geotiff(tmp_path / "s2.tif", dn, crs=UTM, transform=ORIGIN)
+    expected = _stats_by_hand(dn)
+    assert expected[0] == 0 and expected[2] == 0
+    source = S2Source(str(path))
+    try:
+        for block in (16, 1024):
+            stats = _scene_shadow_stats(source, block)
+            assert stats is not None
+            assert (stats.csi_min, stats.blue_min) == (expected[0], expected[2])
+            assert stats.csi_mean == pytest.approx(expected[1], rel=1e-12)
+            assert stats.blue_mean == pytest.approx(expected[3], rel=1e-12)
+    finally:
+        source.close()

@@ -79,6 +79,10 @@ class ShadowStats:
         return t3, t4
 
 
+#: The bands the shadow statistics are made of: blue, and the CSI's B8 and B11.
+SHADOW_STATS_BANDS = ("B2", "B8", "B11")
+
+
 class ShadowStatsAccumulator:
     """:class:`ShadowStats` of a scene, accumulated block by block over the valid pixels (float64 sums)."""
 
@@ -89,10 +93,21 @@ class ShadowStatsAccumulator:
 
     def add(self, s2_dn: np.ndarray, valid: np.ndarray) -> None:
         """Add the valid pixels of a (13, h, w) DN block."""
-        if not valid.any():
-            return
-        r = _reflectance(s2_dn)
-        for index, values in enumerate((_csi(r)[valid], r[_B["B2"]][valid])):
+        if valid.any():
+            r = _reflectance(s2_dn)
+            self._add(_csi(r), r[_B["B2"]], valid)
+
+    def add_bands(self, dn: np.ndarray, valid: np.ndarray) -> None:
+        """Add the valid pixels of a (3, h, w) DN block of :data:`SHADOW_STATS_BANDS` alone (without NaN), the
+        same values :meth:`add` takes from the 13 bands."""
+        if valid.any():
+            r = dn.astype(np.float32) / np.float32(S2_REFLECTANCE_SCALE)
+            blue, nir, swir = r
+            self._add((nir + swir) / 2, blue, valid)
+
+    def _add(self, csi: np.ndarray, blue: np.ndarray, valid: np.ndarray) -> None:
+        """Add the CSI and blue reflectance of the valid pixels."""
+        for index, values in enumerate((csi[valid], blue[valid])):
             self.sums[index] += values.sum(dtype=np.float64)
             self.mins[index] = min(self.mins[index], float(values.min()))
         self.count += int(valid.sum())

@@ -71,10 +71,13 @@ def open_raster(path: str | Path, *, bands: int | None = None, what: str = "rast
     return dataset
 
 
-def read_window(dataset: rasterio.DatasetReader, window: Window | None = None) -> np.ndarray:
-    """Read all bands of an open raster in ``window``, naming the file when the read fails (e.g. truncated)."""
+def read_window(
+    dataset: rasterio.DatasetReader, window: Window | None = None, indexes: list[int] | None = None
+) -> np.ndarray:
+    """Read the bands ``indexes`` (1-based; None: all) of an open raster in ``window``, naming the file when the
+    read fails (e.g. truncated)."""
     try:
-        return dataset.read(window=window)
+        return dataset.read(indexes, window=window)
     except Exception as error:  # rasterio raises several types for damaged files
         reason = " ".join(str(error).split())
         raise DSen2CRError(f"{dataset.name}: cannot read pixels, the file may be truncated ({reason})") from None

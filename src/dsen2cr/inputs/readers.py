@@ -8,6 +8,7 @@ import itertools
 import logging
 import math
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,23 +193,33 @@ class S2Source:
 
     def read(self, window: Window) -> np.ndarray:
         """(13, h, w) DN of ``window`` in model convention (offsets removed; B10 filled for Level-2A)."""
-        if len(self._datasets) == 1:
-            raw = read_window(self._datasets[0], window)
-        elif self._band_pool is None:
-            raw = np.concatenate([read_window(d, window) for d in self._datasets], axis=0)
-        else:
-            raw = np.concatenate(list(self._band_pool.map(_read_band, self._datasets, itertools.repeat(window))))
-        if self._converts:
-            raw = self._remove_offsets(raw)
+        raw = self._read_input_bands(window, list(range(len(self.bands))))
         if self.level == "L2A":
             fill = np.where(self.valid(raw), L2A_B10_FILL_DN, 0 if self.nodata is None else self.nodata)
             raw = np.insert(raw, S2_BANDS.index("B10"), fill.astype(raw.dtype), axis=0)
         return raw
 
-    def _remove_offsets(self, raw: np.ndarray) -> np.ndarray:
+    def read_bands(self, window: Window, bands: Sequence[str]) -> np.ndarray:
+        """(len(bands), h, w) DN of some of the input's own ``bands`` in ``window``, as :meth:`read` gives them
+        (offsets removed), reading only their files (or, from one file, only those bands)."""
+        return self._read_input_bands(window, [self.bands.index(band) for band in bands])
+
+    def _read_input_bands(self, window: Window, indices: list[int]) -> np.ndarray:
+        """The input's bands ``indices`` (positions in :attr:`bands`) of ``window``, offsets removed."""
+        if len(self._datasets) == 1:
+            everything = indices == list(range(len(self.bands)))
+            raw = read_window(self._datasets[0], window, None if everything else [i + 1 for i in indices])
+        elif self._band_pool is None:
+            raw = np.concatenate([read_window(self._datasets[i], window) for i in indices], axis=0)
+        else:
+            datasets = [self._datasets[i] for i in indices]
+            raw = np.concatenate(list(self._band_pool.map(_read_band, datasets, itertools.repeat(window))))
+        return self._remove_offsets(raw, self._offsets[indices]) if self._converts else raw
+
+    def _remove_offsets(self, raw: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """(DN + offset) x scale on valid values, at least 1 (0 stays reserved for nodata), in the input's type."""
         nodata = 0 if self.nodata is None else self.nodata
-        values = (raw.astype(np.float64) + self._offsets) * self.product.scale
+        values = (raw.astype(np.float64) + offsets) * self.product.scale
         if raw.dtype.kind in "ui":
             values = np.clip(np.rint(values), 1, np.iinfo(raw.dtype).max)
         return np.where(raw == nodata, raw, values).astype(raw.dtype)

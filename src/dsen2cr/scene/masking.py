@@ -31,6 +31,7 @@ from dsen2cr.cloud_detection import (
     MASK_RADIUS,
     S2CLOUDLESS_RADIUS,
     SHADOW,
+    SHADOW_STATS_BANDS,
     ShadowStats,
     ShadowStatsAccumulator,
     computed_mask,
@@ -196,7 +197,9 @@ def _scene_shadow_stats_on_thread(s2: S2Source, stop: threading.Event) -> Shadow
 
 def _scene_shadow_stats(s2: S2Source, block: int = 1024, *, stop: threading.Event | None = None) -> ShadowStats | None:
     """The shadow thresholds' statistics over the scene's valid pixels (one streamed pass; ``stop``, when set,
-    ends it before the next read, returning None)."""
+    ends it before the next read, returning None). Each block reads :data:`SHADOW_STATS_BANDS` only (a
+    product's three band files of thirteen) where one of them has data on every pixel; a pixel where none has
+    may hold data in another band (a swath's edge differs between bands), so such a block is read whole."""
     accumulator = ShadowStatsAccumulator()
     grid = s2.grid
     for row in range(0, grid.height, block):
@@ -204,8 +207,13 @@ def _scene_shadow_stats(s2: S2Source, block: int = 1024, *, stop: threading.Even
             if stop is not None and stop.is_set():
                 return None
             window = Window(col, row, min(block, grid.width - col), min(block, grid.height - row))
-            dn = s2.read(window)
-            accumulator.add(np.nan_to_num(dn), s2.valid(dn))
+            dn = s2.read_bands(window, SHADOW_STATS_BANDS)
+            valid = s2.valid(dn)
+            if valid.all():
+                accumulator.add_bands(np.nan_to_num(dn), valid)
+            else:
+                dn = s2.read(window)
+                accumulator.add(np.nan_to_num(dn), s2.valid(dn))
     return accumulator.stats()
 
 
