@@ -315,7 +315,7 @@ def test_scene_masker_windows_on_several_threads_at_once(scene: dict) -> None:
     accumulator = ShadowStatsAccumulator()
     accumulator.add(s2, np.ones(s2.shape[1:], bool))
     assert masker.stats == accumulator.stats()
-    assert len(masker._opened) >= 2  # the main thread's and the pool's handles
+    assert len(masker._sources.opened) >= 2  # the main thread's and the pool's handles
     masker.close()
 
     stopped = SceneMasker(S2Source(resolve_s2(str(scene["folder"] / "s2.tif"))))
@@ -496,7 +496,7 @@ def test_a_map_from_the_readers_window_is_the_map_read_on_its_own(workdir: Path,
             for tile in plan_tiles(reader.grid.height, reader.grid.width, 24, overlap):
                 read = ReadWindow(tile.window, reader.read(tile.window))
                 np.testing.assert_array_equal(from_reads.window(tile.core, read), whole[tile.core.toslices()])
-            assert (from_reads._opened == []) is covered
+            assert (from_reads._sources.opened == []) is covered
     finally:
         for source in (reader, own_reads, from_reads):
             source.close()
@@ -509,12 +509,12 @@ def test_keep_clear_takes_the_maps_from_the_readers_windows(scene: dict, tmp_pat
     from dsen2cr.scene import masking
 
     reads: list[object] = []
-    real_window, real_source = masking.SceneMasker.window, masking.SceneMasker._thread_source
+    real_window, real_source = masking.SceneMasker.window, masking.ThreadSources.get
 
     def own_reads_only(self: masking.SceneMasker, window: Window, read: object = None) -> np.ndarray:
         return real_window(self, window)
 
-    def counted_source(self: masking.SceneMasker) -> object:
+    def counted_source(self: masking.ThreadSources) -> object:
         reads.append(self)
         return real_source(self)
 
@@ -525,7 +525,7 @@ def test_keep_clear_takes_the_maps_from_the_readers_windows(scene: dict, tmp_pat
             if name == "own":
                 patch.setattr(masking.SceneMasker, "window", own_reads_only)
             else:
-                patch.setattr(masking.SceneMasker, "_thread_source", counted_source)
+                patch.setattr(masking.ThreadSources, "get", counted_source)
             image = _run(scene, tmp_path / f"{name}.tif", *options, "--mask-out", str(tmp_path / f"{name}.m.tif"))
         with rasterio.open(tmp_path / f"{name}.m.tif") as mask:
             outputs[name] = (image, mask.read())
@@ -534,10 +534,10 @@ def test_keep_clear_takes_the_maps_from_the_readers_windows(scene: dict, tmp_pat
         np.testing.assert_array_equal(own, reader)
 
 
-def test_the_statistics_pass_reads_the_band_files_side_by_side_as_the_reader_does(workdir: Path) -> None:
-    """On a GPU a product's band files are read side by side (``ScenePlan.band_threads``); the mask's statistics
-    pass reads the whole scene too, before the first map, so it reads the same way (it read them one after
-    the other, the slowest reader of a run); the per-thread handles a masker falls back to read in turn."""
+def test_the_statistics_pass_reads_on_the_runs_reading_threads(workdir: Path) -> None:
+    """On a GPU a scene run reads on several threads (``ScenePlan.band_threads``); the mask's statistics pass
+    reads the whole scene before the first map can be made, so its blocks are read on as many threads (it read
+    them on one, the slowest reader of a run)."""
     import dataclasses
 
     from dsen2cr import create_model
@@ -549,27 +549,59 @@ def test_the_statistics_pass_reads_the_band_files_side_by_side_as_the_reader_doe
 
     torch.manual_seed(0)
     predictor = predictor_from_model(create_model("dsen2cr-small-nosar").eval(), device="cpu")
-    settings = SceneSettings(tile=32, overlap=4, keep_clear=True, progress=False)  # 4 px: the masker reads too
+    settings = SceneSettings(tile=32, keep_clear=True, progress=False)
     plan = dataclasses.replace(plan_scene_run(settings, predictor.config, device=predictor.device), band_threads=4)
-    stats_readers, window_readers = [], []
-    real_stats, real_source = masking._scene_shadow_stats, masking.SceneMasker._thread_source
+    threads_asked = []
+    real_stats = masking._scene_shadow_stats
 
-    def recording_stats(s2: object, *args: object, **kwargs: object) -> object:
-        stats_readers.append(s2.band_threads)  # type: ignore[attr-defined]
-        return real_stats(s2, *args, **kwargs)  # type: ignore[arg-type]
-
-    def recording_source(self: masking.SceneMasker) -> object:
-        source = real_source(self)
-        window_readers.append(source.band_threads)
-        return source
+    def recording_stats(*args: object, threads: int = 1, **kwargs: object) -> object:
+        threads_asked.append(threads)
+        return real_stats(*args, threads=threads, **kwargs)  # type: ignore[arg-type]
 
     safe = workdir.safe(baseline="05.10", shift=1000, offsets={i: -1000 for i in range(13)})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(masking, "_scene_shadow_stats", recording_stats)
-        patch.setattr(masking.SceneMasker, "_thread_source", recording_source)
         remove_clouds(predictor, SceneJob(str(safe), None, workdir / "out.tif"), plan)
-    assert stats_readers == [4]
-    assert window_readers and set(window_readers) == {1}
+    assert threads_asked == [4]
+
+
+def test_the_statistics_pass_on_several_threads_is_the_one_on_one(workdir: Path, tmp_path: Path) -> None:
+    """Blocks read on several threads (each through handles of its own) give the statistics of one thread bit
+    for bit (the blocks' sums are added in the scene's order); a pass stopped before it starts gives None."""
+    import threading
+
+    from dsen2cr.inputs import readers
+    from dsen2cr.inputs.readers import S2Source
+    from dsen2cr.scene.masking import _scene_shadow_stats
+
+    rng = np.random.default_rng(4)
+    dn = rng.integers(500, 4000, size=(13, 70, 50)).astype(np.uint16)
+    dn[[1, 7, 11], 5:9, :] = 0  # blocks read whole
+    dn[:, 40:44, :] = 0
+    scene = write_geotiff(tmp_path / "s2.tif", dn, crs=UTM, transform=ORIGIN)
+    safe = workdir.safe(baseline="05.10", shift=1000, offsets={i: -1000 for i in range(13)})
+    names: set[str] = set()
+    real_read = readers.read_window
+
+    def recording(dataset: object, *args: object) -> np.ndarray:
+        names.add(threading.current_thread().name)
+        return real_read(dataset, *args)  # type: ignore[arg-type]
+
+    for path in (scene, safe):
+        source = S2Source(str(path))
+        try:
+            one = _scene_shadow_stats(source, 16)
+            names.clear()
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(readers, "read_window", recording)
+                several = _scene_shadow_stats(source, 16, threads=3)
+            stopped = threading.Event()
+            stopped.set()
+            assert _scene_shadow_stats(source, 16, stop=stopped, threads=3) is None
+        finally:
+            source.close()
+        assert one is not None and several == one  # every field equal, bit for bit
+        assert len(names) > 1 and all(name.startswith("dsen2cr-mask-stats") for name in names), names
 
 
 def _stats_by_hand(dn: np.ndarray) -> tuple[float, float, float, float]:

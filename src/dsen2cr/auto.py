@@ -317,7 +317,8 @@ def resolve_finish_threads(device: torch.device) -> int:
 def resolve_band_threads(device: torch.device) -> int:
     """Threads that read a product's band files side by side (:class:`~dsen2cr.inputs.readers.S2Source`): on a
     GPU, whose network can outrun one thread decoding JPEG 2000 bands one after the other, every core, at most
-    one per band; on a CPU one (the network, far slower than the reads, uses every core)."""
+    one per band; on a CPU one (the network, far slower than the reads, uses every core). The mask's
+    statistics pass reads its blocks on as many threads (the first map waits for it)."""
     if device.type != "cuda":
         return 1
     return max(1, min(NUM_S2_BANDS, os.cpu_count() or 1))

@@ -112,6 +112,12 @@ class ShadowStatsAccumulator:
             self.mins[index] = min(self.mins[index], float(values.min()))
         self.count += int(valid.sum())
 
+    def merge(self, other: ShadowStatsAccumulator) -> None:
+        """Add what ``other`` accumulated (a block's sums added to these, as if its pixels were added here)."""
+        self.sums += other.sums
+        self.mins = np.minimum(self.mins, other.mins)
+        self.count += other.count
+
     def stats(self) -> ShadowStats | None:
         """The statistics, or None when no valid pixel was seen."""
         if self.count == 0:

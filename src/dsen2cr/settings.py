@@ -147,9 +147,9 @@ class ScenePlan:
     a backend or precision the user named, whose failure is an error); ``precision`` is ``fp32`` (IEEE),
     ``tf32``, ``fp16`` or ``bf16`` (:func:`dsen2cr.auto.resolve_precision`); ``finish_threads`` turn predicted windows
     into output pixels (keep-clear's map, distances, blend) side by side
-    (:func:`dsen2cr.auto.resolve_finish_threads`); ``band_threads`` read a product's band files side by side
-    (:func:`dsen2cr.auto.resolve_band_threads`); ``block_cache_bytes`` bound GDAL's block cache
-    (:func:`dsen2cr.auto.resolve_block_cache_bytes`)."""
+    (:func:`dsen2cr.auto.resolve_finish_threads`); ``band_threads`` read a product's band files side by side,
+    and the mask statistics pass's blocks (:func:`dsen2cr.auto.resolve_band_threads`); ``block_cache_bytes``
+    bound GDAL's block cache (:func:`dsen2cr.auto.resolve_block_cache_bytes`)."""
 
     settings: SceneSettings
     device: torch.device

@@ -100,9 +100,7 @@ class S2Source:
             self.close()
             raise
         self.dtype = str(self._datasets[0].dtypes[0])
-        #: band files read at once (1: in turn; a single file is always read by one call)
-        self.band_threads = max(1, min(band_threads, len(self._datasets)))
-        threads = self.band_threads
+        threads = min(band_threads, len(self._datasets))
         self._band_pool = ThreadPoolExecutor(threads, thread_name_prefix="dsen2cr-bands") if threads > 1 else None
         self._offsets = np.asarray(self.product.offsets, np.int32)[:, None, None]
         self._converts = bool(self._offsets.any()) or self.product.scale != 1.0
@@ -238,10 +236,10 @@ class S2Source:
         shape = (max(1, self.grid.height // scale), max(1, self.grid.width // scale))
         return np.concatenate([d.read(out_shape=(d.count, *shape)) for d in self._datasets], axis=0)
 
-    def reopen(self, band_threads: int = 1) -> S2Source:
+    def reopen(self) -> S2Source:
         """The same scene on file handles of its own (for another thread: GDAL datasets are not thread-safe),
-        without resolving the input or checking it again; its band files read ``band_threads`` at once."""
-        return S2Source(self.product, resampling=self.resampling, checked=True, band_threads=band_threads)
+        without resolving the input or checking it again."""
+        return S2Source(self.product, resampling=self.resampling, checked=True)
 
     def close(self) -> None:
         """Close the files (once no band is being read)."""

@@ -14,6 +14,7 @@ Masks (``--mask``):
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -46,6 +47,32 @@ SCL_CLOUD = (8, 9, 10)
 SCL_SHADOW = (3,)
 
 
+class ThreadSources:
+    """Handles on one scene for each thread that reads it (GDAL datasets are not thread-safe): :meth:`get` opens
+    the calling thread's on its first call (``S2Source.reopen``); :meth:`close` closes them all."""
+
+    def __init__(self, s2: S2Source) -> None:
+        self.s2 = s2
+        self.opened: list[S2Source] = []
+        self._lock = threading.Lock()
+        self._per_thread = threading.local()
+
+    def get(self) -> S2Source:
+        """This thread's handles."""
+        source: S2Source | None = getattr(self._per_thread, "s2", None)
+        if source is None:
+            with self._lock:
+                source = self.s2.reopen()
+                self.opened.append(source)
+            self._per_thread.s2 = source
+        return source
+
+    def close(self) -> None:
+        """Close every thread's handles (once none reads)."""
+        for source in self.opened:
+            source.close()
+
+
 @dataclass(frozen=True)
 class ReadWindow:
     """The DN (13, h, w) of a window of the scene as already read (by a scene run's reader), so that the map of a
@@ -68,10 +95,13 @@ class SceneMasker:
     it closes).
 
     :meth:`window` may run on several threads at once: each reads through file handles of its own. The
-    paper mask's scene statistics are gathered on a thread of their own from the start, so that the network
-    runs meanwhile; the first window waits for them (and raises their error, a bad read, if any)."""
+    paper mask's scene statistics are gathered on a thread of their own from the start (its blocks read on
+    ``stats_threads``), so that the network runs meanwhile; the first window waits for them (and raises their
+    error, a bad read, if any)."""
 
-    def __init__(self, s2: S2Source, kind: str = "paper", threshold: float = DEFAULT_CLOUD_THRESHOLD) -> None:
+    def __init__(
+        self, s2: S2Source, kind: str = "paper", threshold: float = DEFAULT_CLOUD_THRESHOLD, stats_threads: int = 1
+    ) -> None:
         if kind not in MASK_KINDS:
             raise DSen2CRError(f"mask: expected one of {MASK_KINDS}, got {kind!r}")
         self.s2 = s2
@@ -79,15 +109,14 @@ class SceneMasker:
         self.threshold = threshold
         self._product: rasterio.io.DatasetReaderBase | None = None
         self._source: rasterio.io.DatasetReaderBase | None = None
-        self._lock = threading.Lock()  # the product mask's handle, and the list of the threads' handles
-        self._per_thread = threading.local()
-        self._opened: list[S2Source] = []
+        self._lock = threading.Lock()  # the product mask's handle
+        self._sources = ThreadSources(s2)  # each thread's handles, for the windows the caller did not read
         self._stop = threading.Event()
         self._stats: Future[ShadowStats | None] | None = None
         self._stats_thread: ThreadPoolExecutor | None = None
         if kind == "paper":
             self._stats_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-mask-stats")
-            self._stats = self._stats_thread.submit(_scene_shadow_stats_on_thread, s2, self._stop)
+            self._stats = self._stats_thread.submit(_scene_shadow_stats_on_thread, s2, self._stop, stats_threads)
         elif kind == "product":
             self._open_product_mask()
         else:
@@ -132,28 +161,18 @@ class SceneMasker:
         outer = _grow(window, radius, grid.height, grid.width)
         dn = None if read is None else read.part(outer)
         if dn is None:
-            dn = self._thread_source().read(outer)
+            dn = self._sources.get().read(outer)
         mask = computed_mask(self.kind, np.nan_to_num(dn), self.threshold, stats)
         r0, c0 = window.row_off - outer.row_off, window.col_off - outer.col_off
         return mask[r0 : r0 + window.height, c0 : c0 + window.width]
-
-    def _thread_source(self) -> S2Source:
-        """This thread's handles on the scene (opened on its first window)."""
-        source = getattr(self._per_thread, "s2", None)
-        if source is None:
-            with self._lock:
-                source = self.s2.reopen()
-                self._opened.append(source)
-            self._per_thread.s2 = source
-        return source
 
     def close(self) -> None:
         """Stop the statistics pass (waiting for its read in progress) and close every file."""
         self._stop.set()
         if self._stats_thread is not None:
             self._stats_thread.shutdown(wait=True)
-        for source in [self.s2, *self._opened]:
-            source.close()
+        self._sources.close()
+        self.s2.close()
         for dataset in (self._product, self._source):
             if dataset is not None:
                 dataset.close()
@@ -189,32 +208,67 @@ def product_mask(classes: np.ndarray, kind: str) -> np.ndarray:
     return result
 
 
-def _scene_shadow_stats_on_thread(s2: S2Source, stop: threading.Event) -> ShadowStats | None:
+def _scene_shadow_stats_on_thread(s2: S2Source, stop: threading.Event, threads: int) -> ShadowStats | None:
     """:func:`_scene_shadow_stats` on a thread of its own (GDAL's block cache bounded as on the others)."""
     with gdal_block_cache():
-        return _scene_shadow_stats(s2, stop=stop)
+        return _scene_shadow_stats(s2, stop=stop, threads=threads)
 
 
-def _scene_shadow_stats(s2: S2Source, block: int = 1024, *, stop: threading.Event | None = None) -> ShadowStats | None:
+def _scene_shadow_stats(
+    s2: S2Source, block: int = 1024, *, stop: threading.Event | None = None, threads: int = 1
+) -> ShadowStats | None:
     """The shadow thresholds' statistics over the scene's valid pixels (one streamed pass; ``stop``, when set,
     ends it before the next read, returning None). Each block reads :data:`SHADOW_STATS_BANDS` only (a
     product's three band files of thirteen) where one of them has data on every pixel; a pixel where none has
-    may hold data in another band (a swath's edge differs between bands), so such a block is read whole."""
-    accumulator = ShadowStatsAccumulator()
+    may hold data in another band (a swath's edge differs between bands), so such a block is read whole.
+
+    With ``threads`` > 1 the blocks are read on that many threads, each through handles of its own; the blocks'
+    sums are added in the scene's order all the same, so the statistics are those of one thread bit for bit."""
     grid = s2.grid
-    for row in range(0, grid.height, block):
-        for col in range(0, grid.width, block):
-            if stop is not None and stop.is_set():
-                return None
-            window = Window(col, row, min(block, grid.width - col), min(block, grid.height - row))
-            dn = s2.read_bands(window, SHADOW_STATS_BANDS)
-            valid = s2.valid(dn)
-            if valid.all():
-                accumulator.add_bands(np.nan_to_num(dn), valid)
-            else:
-                dn = s2.read(window)
-                accumulator.add(np.nan_to_num(dn), s2.valid(dn))
-    return accumulator.stats()
+    windows = [
+        Window(col, row, min(block, grid.width - col), min(block, grid.height - row))
+        for row in range(0, grid.height, block)
+        for col in range(0, grid.width, block)
+    ]
+    if threads <= 1:
+        return _merged(_block_stats(s2, window, stop) for window in windows)
+    sources = ThreadSources(s2)
+
+    def block_stats(window: Window) -> ShadowStatsAccumulator | None:
+        with gdal_block_cache():  # rasterio.Env is per thread
+            return _block_stats(sources.get(), window, stop)
+
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dsen2cr-mask-stats-blocks")
+    try:
+        return _merged(pool.map(block_stats, windows))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # no read runs once the files close
+        sources.close()
+
+
+def _block_stats(s2: S2Source, window: Window, stop: threading.Event | None) -> ShadowStatsAccumulator | None:
+    """The statistics of one block (None when ``stop`` is set)."""
+    if stop is not None and stop.is_set():
+        return None
+    accumulator = ShadowStatsAccumulator()
+    dn = s2.read_bands(window, SHADOW_STATS_BANDS)
+    valid = s2.valid(dn)
+    if valid.all():
+        accumulator.add_bands(np.nan_to_num(dn), valid)
+    else:
+        dn = s2.read(window)
+        accumulator.add(np.nan_to_num(dn), s2.valid(dn))
+    return accumulator
+
+
+def _merged(blocks: Iterable[ShadowStatsAccumulator | None]) -> ShadowStats | None:
+    """The statistics of the blocks taken together, in their order (None if a block's pass was stopped)."""
+    total = ShadowStatsAccumulator()
+    for accumulator in blocks:
+        if accumulator is None:
+            return None
+        total.merge(accumulator)
+    return total.stats()
 
 
 def _grow(window: Window, margin: int, height: int, width: int) -> Window:
