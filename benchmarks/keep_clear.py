@@ -7,8 +7,12 @@ one model without SAR, in one process: a warm-up run, then plain, ``--mask-out``
 each timed whole (read, predict, write, COG). The parts are timed by wrapping the project's functions (their
 seconds add up over the writer thread, which runs beside the network).
 
-Run: ``python -m benchmarks.keep_clear [--device cuda] [--size 10980] [--variant dsen2cr-nosar]`` (writes
-benchmarks/results/keep_clear[-cuda].json and .md).
+Each window's map is made from the window the reader read when the overlap holds the mask's radius and the
+feathering (7 + 6 px a side with the defaults: the paper model's 34 px do, the small model's 10 do not, so its
+``--keep-clear`` maps read their windows again unless ``--overlap 28`` or more).
+
+Run: ``python -m benchmarks.keep_clear [--device cuda] [--size 10980] [--variant dsen2cr-nosar] [--overlap N]``
+(writes benchmarks/results/keep_clear[-cuda][-overlapN].json and .md).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from dsen2cr.settings import SceneJob, SceneSettings
 #: The project functions whose seconds are reported: (module, attribute, what it is).
 PARTS = (
     (masking, "_scene_shadow_stats", "shadow statistics pass over the scene"),
-    (masking.SceneMasker, "window", "cloud/shadow map of the windows (read + detector)"),
+    (masking.SceneMasker, "window", "cloud/shadow map of the windows (detector; a read if the margin is short)"),
     (remove, "keep_clear_weights", "keep-clear weights (map + distances)"),
     (remove, "blend", "blend of input and prediction"),
 )
@@ -62,6 +66,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="scene width and height (default: 10980 on cuda, 2048 on cpu)")
     parser.add_argument("--variant", help="model without SAR (default: dsen2cr-nosar on cuda, small on cpu)")
     parser.add_argument("--finish-threads", type=int, help="instead of dsen2cr.auto.resolve_finish_threads'")
+    parser.add_argument("--overlap", type=int, help="tile overlap (default: the model's exact one)")
     args = parser.parse_args()
     if args.finish_threads:
         auto.resolve_finish_threads = lambda device: args.finish_threads
@@ -83,26 +88,30 @@ def main() -> None:
         scene = folder / "s2.tif"
         write_scene(scene, size, 13, "uint16", seed=0, texture="sample")
         warm = SceneJob(str(scene), None, folder / "warm.tif")
-        remove_clouds(predictor, warm, SceneSettings(progress=False, device=args.device, keep_clear=True))
+        settings = SceneSettings(progress=False, device=args.device, overlap=args.overlap, keep_clear=True)
+        remove_clouds(predictor, warm, settings)
         plain = 0.0
         for name, (options, mask_out) in runs.items():
             seconds.clear()
             out = folder / f"{name.replace(' ', '').strip('-')}.tif"
             job = SceneJob(str(scene), None, out, mask_out=out.with_suffix(".mask.tif") if mask_out else None)
             start = time.perf_counter()
-            remove_clouds(predictor, job, SceneSettings(progress=False, device=args.device, **options))
+            settings = SceneSettings(progress=False, device=args.device, overlap=args.overlap, **options)
+            remove_clouds(predictor, job, settings)
             total = time.perf_counter() - start
             plain = plain or total
             parts = "; ".join(f"{what} {value:.1f} s" for what, value in seconds.items() if value)
             note = f"{total / plain:.2f}x plain" + (f"; {parts}" if parts else "")
             threads = auto.resolve_finish_threads(predictor.device)
-            measure = f"{size}x{size} scene, {variant}, {threads} finishing thread(s): {name}"
+            overlap = "" if args.overlap is None else f", overlap {args.overlap}"
+            measure = f"{size}x{size} scene, {variant}{overlap}, {threads} finishing thread(s): {name}"
             rows.append({"measure": measure, "value": total, "unit": "s", "note": note})
             for path in folder.glob(f"{out.stem}*"):
                 path.unlink()
     suffix = ("-cuda" if args.device == "cuda" else "") + (
         f"-{args.finish_threads}threads" if args.finish_threads else ""
     )
+    suffix += f"-overlap{args.overlap}" if args.overlap is not None else ""
     report("keep_clear" + suffix, rows)
 
 
