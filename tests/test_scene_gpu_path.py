@@ -187,3 +187,80 @@ def test_fp16_as_a_gpu_computes_it_through_a_scene(
     difference = np.abs(fp16 - fp32)
     assert 0 < difference.mean() < 2 and np.percentile(difference, 99) <= 8, (difference.mean(), difference.max())
     assert difference.max() <= 40
+
+
+def _overflowing_fp16(monkeypatch: pytest.MonkeyPatch, on_call: int) -> list[int]:
+    """Make the fp16 backend the fused network a GPU builds, whose ``on_call``-th batch overflows (infinities);
+    returns the list its calls are counted in."""
+    from dsen2cr import backends
+    from dsen2cr.models import family_of
+
+    calls: list[int] = []
+    real_build = backends.build_backend
+
+    def build(model: torch.nn.Module, name: str, device: str | torch.device = "cpu") -> object:
+        if name != "fp16":
+            return real_build(model, name, device)
+        fused = backends._fused_half(family_of(model.config).fused_half(model, name), torch.device(device))
+
+        def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+            calls.append(len(calls))
+            prediction = fused(s2, s1)
+            return np.full_like(prediction, np.inf) if len(calls) == on_call else prediction
+
+        return predict
+
+    monkeypatch.setattr(backends, "build_backend", build)
+    return calls
+
+
+def test_fp16_that_auto_chose_and_that_overflows_later_reruns_the_scene_in_float32(
+    inputs: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fp16 chosen by ``auto`` (as on a GPU) passes the first batch's check and overflows on a later batch: the
+    scene is run again from the start in the float32 arithmetic auto falls back to (IEEE fp32 on this CPU, TF32
+    on a GPU), with a warning; the outputs are those of a run in that precision and say so; a second scene runs
+    in it too. The run stopped with an error before, after most of the work."""
+    s2, s1, weights = inputs
+    settings = dict(weights=str(weights), device="cpu", tile=128, progress=False)
+    reference = tmp_path / "fp32.tif"
+    list(run_scene_jobs([SceneJob(str(s2), str(s1), reference)], SceneSettings(**settings, precision="fp32")))
+    calls = _overflowing_fp16(monkeypatch, on_call=3)
+    real_resolve = dsen2cr.auto.resolve_precision
+    monkeypatch.setattr(
+        dsen2cr.auto, "resolve_precision", lambda *a, **k: "fp16" if a[0] == "auto" else real_resolve(*a, **k)
+    )
+    jobs = [SceneJob(str(s2), str(s1), tmp_path / f"auto{i}.tif", mask_out=tmp_path / f"m{i}.tif") for i in (1, 2)]
+    with caplog.at_level("WARNING"):
+        reports = list(run_scene_jobs(jobs, SceneSettings(**settings)))
+    assert len(reports) == 2 and len(calls) == 3  # fp16 ran three batches, then never again
+    assert any("fp16" in r.message and "again" in r.message for r in caplog.records), caplog.text
+    with rasterio.open(reference) as fp32:
+        expected = fp32.read()
+    for job in jobs:
+        with rasterio.open(job.out) as cog:
+            np.testing.assert_array_equal(cog.read(), expected)
+            tags = cog.tags()
+        assert (tags["DSEN2CR_PRECISION"], tags["DSEN2CR_BACKEND"], tags["DSEN2CR_CHECK_MAX_DN"]) == (
+            "fp32",
+            "eager",
+            "0.00",
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["auto1.tif", "auto2.tif", "fp32.tif", "m1.tif", "m2.tif"]
+
+
+def test_a_named_fp16_that_overflows_later_stops_and_writes_nothing(
+    inputs: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--precision fp16`` named by the user is kept to: an overflow on a later batch stops the run with a
+    one-line error that says what to use instead; nothing is written."""
+    from dsen2cr.errors import DSen2CRError
+
+    s2, s1, weights = inputs
+    _overflowing_fp16(monkeypatch, on_call=3)
+    job = SceneJob(str(s2), str(s1), tmp_path / "out" / "o.tif")
+    job.out.parent.mkdir()
+    settings = SceneSettings(weights=str(weights), device="cpu", tile=128, progress=False, precision="fp16")
+    with pytest.raises(DSen2CRError, match="fp16 holds values up to 65504: use --precision tf32 or fp32"):
+        list(run_scene_jobs([job], settings))
+    assert list(job.out.parent.iterdir()) == []
