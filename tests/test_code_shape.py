@@ -26,6 +26,7 @@ LAYERS = [
     ["scene.tiles", "scene"],
     ["settings"],
     ["onnx_export"],
+    ["onnx_runtime"],
     ["backends"],
     ["compile_cache"],
     ["published"],

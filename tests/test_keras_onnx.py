@@ -121,7 +121,7 @@ def test_onnx_export_matches_pytorch_on_any_size(
 
 def test_onnx_file_with_other_inputs_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from dsen2cr.backends import OnnxPredictor
+    from dsen2cr.onnx_runtime import OnnxPredictor
 
     class Other(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,10 +142,10 @@ def test_int8_export_quantises_every_convolution_per_channel(
     import onnx
     from onnx import numpy_helper
 
-    from dsen2cr.backends import OnnxPredictor
     from dsen2cr.config import DataSection
     from dsen2cr.data.layout import resolve_split
     from dsen2cr.evaluate import evaluate
+    from dsen2cr.onnx_runtime import OnnxPredictor
     from dsen2cr.predictor import load_predictor
 
     torch.manual_seed(0)
@@ -248,10 +248,10 @@ def test_int8_keeps_the_residual_paths_fp32(tmp_path: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from dsen2cr.backends import OnnxPredictor
     from dsen2cr.config import DataSection
     from dsen2cr.data.layout import resolve_split
     from dsen2cr.onnx_export import _feeds_reader, calibration_batches, export_onnx, quantize_onnx
+    from dsen2cr.onnx_runtime import OnnxPredictor
 
     torch.manual_seed(0)
     model = create_model("dsen2cr-small").eval()

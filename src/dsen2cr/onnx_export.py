@@ -1,6 +1,6 @@
 """ONNX export (dynamic batch, height and width) and static int8 quantisation, for users who deploy without
 PyTorch or want the int8 speed-up. The model configuration (and, for int8 files, the precision) rides in the
-ONNX metadata; ``dsen2cr.backends.OnnxPredictor`` runs the files."""
+ONNX metadata; ``dsen2cr.onnx_runtime.OnnxPredictor`` runs the files."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsen2cr.backends import OUTPUT, PRECISION_KEY, S1_INPUT, S2_INPUT, VARIANCE_OUTPUT, OnnxPredictor
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import CloudRemovalNetwork, ModelSpec, family_of
+from dsen2cr.onnx_runtime import OUTPUT, PRECISION_KEY, S1_INPUT, S2_INPUT, VARIANCE_OUTPUT, OnnxPredictor
 from dsen2cr.outputs.files import atomic_path
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from dsen2cr.auto import float32_mode_of, plan_backend, resolve_device, resolve_precision
-from dsen2cr.backends import CheckedBackend, OnnxPredictor, select_backend
+from dsen2cr.backends import CheckedBackend, select_backend
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import CloudRemovalNetwork, ModelSpec
+from dsen2cr.onnx_runtime import OnnxPredictor
 from dsen2cr.outputs.files import check_input_file
 from dsen2cr.precision import float32_arithmetic
 from dsen2cr.settings import ScenePlan

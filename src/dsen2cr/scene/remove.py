@@ -15,11 +15,11 @@ import numpy as np
 from tqdm import tqdm
 
 from dsen2cr.auto import plan_scene_run
-from dsen2cr.backends import OnnxPredictor
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, resolve_s2
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
+from dsen2cr.onnx_runtime import OnnxPredictor
 from dsen2cr.outputs.finisher import completes_in_background
 from dsen2cr.outputs.geotiff import cog_writer
 from dsen2cr.predictor import Predictor
