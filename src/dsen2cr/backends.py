@@ -236,6 +236,14 @@ class CheckedBackend:
         self.settled, self.check_dn = self._ieee_reference, (0.0, 0.0)
         return self._ieee_reference(s2, s1)
 
+    def drop_settled(self) -> None:
+        """Drop the settled backend (a 16-bit one that overflowed on a later batch): the next batch settles the
+        next candidate, checked against IEEE fp32 as the first batch was."""
+        self.candidates.pop(0)
+        if not self.candidates:
+            self.candidates, self.float32 = ["eager"], "ieee"
+        self.settled, self.check_dn = None, None
+
     def _ieee_reference(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         """The reference, eager in IEEE fp32 whatever float32 mode the caller set (after a TF32 candidate was
         dropped, the predictor's calls still set TF32: the fall back must not compute in it)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 
 class DSen2CRError(Exception):
@@ -10,6 +11,16 @@ class DSen2CRError(Exception):
 
     Messages name the file (or argument) and what is wrong with it.
     """
+
+
+class HalfPrecisionOverflowError(DSen2CRError):
+    """A 16-bit precision that ``--precision auto`` chose overflowed on a batch after the first (whose check it
+    passed). ``fall_back`` drops it: the next batch settles the float32 arithmetic auto falls back to, checked as
+    the first was; a scene run starts the scene again (what it wrote is removed with the error)."""
+
+    def __init__(self, message: str, fall_back: Callable[[], None]) -> None:
+        super().__init__(message)
+        self.fall_back = fall_back
 
 
 #: How PyTorch's DataLoader re-raises an exception of a worker process: the type, then the worker's whole

@@ -14,11 +14,11 @@ import torch
 
 from dsen2cr.auto import float32_mode_of, plan_backend, resolve_device, resolve_precision
 from dsen2cr.backends import CheckedBackend, select_backend
-from dsen2cr.errors import DSen2CRError
+from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.models import CloudRemovalNetwork, ModelSpec
 from dsen2cr.onnx_runtime import OnnxPredictor
 from dsen2cr.outputs.files import check_input_file
-from dsen2cr.precision import float32_arithmetic
+from dsen2cr.precision import HALF_DTYPES, float32_arithmetic
 from dsen2cr.settings import ScenePlan
 
 log = logging.getLogger(__name__)
@@ -93,15 +93,20 @@ class Predictor:
     def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         """Predict one batch (model units) in the predictor's float32 arithmetic; a prediction with NaN,
         infinite or absurdly large values stops the run (it would otherwise be written as nodata, clipped, or
-        scored as a number)."""
+        scored as a number): :class:`~dsen2cr.errors.HalfPrecisionOverflowError` when ``auto`` chose the 16-bit
+        precision that overflowed (a scene run then falls back), else :class:`DSen2CRError`."""
         with float32_arithmetic(self.float32):
             prediction = self.predict(s2, s1)
         if not _sums_to_a_finite_number(prediction):
             hint = " (fp16 holds values up to 65504: use --precision tf32 or fp32)" if self.precision == "fp16" else ""
-            raise DSen2CRError(
+            message = (
                 f"the model ({self.backend}, {self.precision}) predicted NaN, infinite or absurdly large values for "
-                f"finite inputs; its weights are broken or overflow at this precision{hint}: nothing was written"
+                f"finite inputs; its weights are broken or overflow at this precision{hint}"
             )
+            checked = self.predict
+            if isinstance(checked, CheckedBackend) and not checked.strict and checked.precision in HALF_DTYPES:
+                raise HalfPrecisionOverflowError(message, checked.drop_settled)  # auto chose it: fall back
+            raise DSen2CRError(f"{message}: nothing was written")
         return prediction
 
     @property

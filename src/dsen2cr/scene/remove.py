@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dsen2cr.auto import plan_scene_run
-from dsen2cr.errors import DSen2CRError
+from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.inputs import S2Product, resolve_s2
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
@@ -85,12 +85,38 @@ def remove_clouds(
     the COG and renames the outputs into place; leaving it with an exception removes them) instead of their
     being completed before this returns, so that a caller can compress one scene while the next one runs
     (:func:`dsen2cr.scene.jobs.run_scene_jobs`); the report's seconds then leave that step out.
+
+    A 16-bit precision that ``--precision auto`` chose and that overflows on a batch after the first is dropped
+    (:class:`~dsen2cr.errors.HalfPrecisionOverflowError`): the scene runs again from the start in the float32
+    arithmetic auto falls back to (TF32 on a GPU), which its outputs then record, as do later scenes'.
     """
     if not isinstance(plan, ScenePlan):
         onnx = isinstance(predictor.predict, OnnxPredictor)
         plan = plan_scene_run(plan or SceneSettings(), predictor.config, device=predictor.device, onnx=onnx)
     product = s2_product or resolve_s2(job.s2, offset=plan.settings.s2_offset)
     check_job(predictor, job, plan.settings, product)
+    try:
+        return _remove_scene(predictor, job, plan, product, defer_outputs)
+    except HalfPrecisionOverflowError as overflow:  # auto chose fp16 or bf16: what it wrote is gone with the error
+        overflow.fall_back()
+        log.warning(
+            "%s: %s on a batch after the first; running the scene again from the start in %s, what --precision "
+            "auto falls back to",
+            job.s2,
+            overflow,
+            predictor.precision,
+        )
+        return _remove_scene(predictor, job, plan, product, defer_outputs)
+
+
+def _remove_scene(
+    predictor: Predictor,
+    job: SceneJob,
+    plan: ScenePlan,
+    product: S2Product,
+    defer_outputs: DeferOutputs | None,
+) -> SceneReport:
+    """The run of :func:`remove_clouds` on the checked job."""
     set_block_cache_bytes(plan.block_cache_bytes)
     with gdal_block_cache(), _open_inputs(predictor, job, plan, product) as inputs:
         tiles = plan_tiles(inputs.grid.height, inputs.grid.width, plan.tile, plan.overlap)
