@@ -98,12 +98,13 @@ def remove_clouds(
     try:
         return _remove_scene(predictor, job, plan, product, defer_outputs)
     except HalfPrecisionOverflowError as overflow:  # auto chose fp16 or bf16: what it wrote is gone with the error
+        failed = predictor.precision
         overflow.fall_back()
         log.warning(
-            "%s: %s on a batch after the first; running the scene again from the start in %s, what --precision "
-            "auto falls back to",
+            "%s: %s overflowed on a batch after the first (NaN, infinite or absurdly large values): running the scene "
+            "again from the start in %s, what --precision auto falls back to (--precision tf32 avoids this)",
             job.s2,
-            overflow,
+            failed,
             predictor.precision,
         )
         return _remove_scene(predictor, job, plan, product, defer_outputs)
