@@ -214,38 +214,51 @@ def _overflowing_fp16(monkeypatch: pytest.MonkeyPatch, on_call: int) -> list[int
     return calls
 
 
+@pytest.mark.parametrize(("gpu_path", "scene"), [(False, 1), (True, 2)])
 def test_fp16_that_auto_chose_and_that_overflows_later_reruns_the_scene_in_float32(
-    inputs: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    inputs: tuple[Path, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    gpu_path: bool,
+    scene: int,
 ) -> None:
-    """fp16 chosen by ``auto`` (as on a GPU) passes the first batch's check and overflows on a later batch: the
-    scene is run again from the start in the float32 arithmetic auto falls back to (IEEE fp32 on this CPU, TF32
-    on a GPU), with a warning; the outputs are those of a run in that precision and say so; a second scene runs
-    in it too. The run stopped with an error before, after most of the work."""
+    """fp16 chosen by ``auto`` (as on a GPU) passes the first batch's check and overflows on a later batch of the
+    first or the second scene (the first then completing on its own thread, as on a GPU): that scene is run again
+    from the start in the float32 arithmetic auto falls back to (IEEE fp32 on this CPU, TF32 on a GPU), with a
+    warning; its outputs and the later scenes' are those of a run in that precision and say so, the scenes before
+    stay fp16. The run stopped with an error before, after most of the work."""
     s2, s1, weights = inputs
     settings = dict(weights=str(weights), device="cpu", tile=128, progress=False)
     reference = tmp_path / "fp32.tif"
-    list(run_scene_jobs([SceneJob(str(s2), str(s1), reference)], SceneSettings(**settings, precision="fp32")))
-    calls = _overflowing_fp16(monkeypatch, on_call=3)
+    (report,) = run_scene_jobs([SceneJob(str(s2), str(s1), reference)], SceneSettings(**settings, precision="fp32"))
+    overflow_on = (scene - 1) * report.tiles + 3  # batches of one window on a CPU
+    calls = _overflowing_fp16(monkeypatch, on_call=overflow_on)
     real_resolve = dsen2cr.auto.resolve_precision
     monkeypatch.setattr(
         dsen2cr.auto, "resolve_precision", lambda *a, **k: "fp16" if a[0] == "auto" else real_resolve(*a, **k)
     )
+    if gpu_path:
+        monkeypatch.setattr(dsen2cr.scene.remove, "completes_in_background", lambda device: True)
+        monkeypatch.setattr(dsen2cr.scene.jobs, "completes_in_background", lambda device: True)
+        monkeypatch.setattr(dsen2cr.auto, "resolve_finish_threads", lambda device: 3)
     jobs = [SceneJob(str(s2), str(s1), tmp_path / f"auto{i}.tif", mask_out=tmp_path / f"m{i}.tif") for i in (1, 2)]
     with caplog.at_level("WARNING"):
         reports = list(run_scene_jobs(jobs, SceneSettings(**settings)))
-    assert len(reports) == 2 and len(calls) == 3  # fp16 ran three batches, then never again
-    assert any("fp16" in r.message and "again" in r.message for r in caplog.records), caplog.text
+    assert len(reports) == 2 and len(calls) == overflow_on  # fp16 ran until it overflowed, then never again
+    assert any("fp16 overflowed" in r.message and "again" in r.message for r in caplog.records), caplog.text
     with rasterio.open(reference) as fp32:
         expected = fp32.read()
-    for job in jobs:
+    for number, job in enumerate(jobs, start=1):
         with rasterio.open(job.out) as cog:
-            np.testing.assert_array_equal(cog.read(), expected)
-            tags = cog.tags()
-        assert (tags["DSEN2CR_PRECISION"], tags["DSEN2CR_BACKEND"], tags["DSEN2CR_CHECK_MAX_DN"]) == (
-            "fp32",
-            "eager",
-            "0.00",
-        )
+            pixels, tags = cog.read(), cog.tags()
+        if number < scene:
+            assert tags["DSEN2CR_PRECISION"] == "fp16"
+            assert 0 < np.abs(pixels.astype(float) - expected).max() <= 40
+            continue
+        np.testing.assert_array_equal(pixels, expected)
+        check = (tags["DSEN2CR_PRECISION"], tags["DSEN2CR_BACKEND"], tags["DSEN2CR_CHECK_MAX_DN"])
+        assert check == ("fp32", "eager", "0.00")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["auto1.tif", "auto2.tif", "fp32.tif", "m1.tif", "m2.tif"]
 
 
