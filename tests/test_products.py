@@ -289,3 +289,33 @@ def test_band_files_read_side_by_side_give_the_same_pixels(
             patch.setattr("os.cpu_count", lambda cores=cores: cores)
             assert auto.resolve_band_threads(torch.device("cuda")) == expected
             assert auto.resolve_band_threads(torch.device("cpu")) == 1
+
+
+@pytest.mark.parametrize("kind", ["GeoTIFF", "L1C", "L2A"])
+def test_read_bands_gives_what_read_gives_for_those_bands(
+    tmp_path: Path, make_safe: Callable[..., Path], kind: str
+) -> None:
+    """``S2Source.read_bands`` (the masks' statistics pass reads B2, B8 and B11 with it): the same DN, offsets
+    removed, as those bands of :meth:`S2Source.read`, from one multi-band file (``--s2-offset``) or band files
+    (declared offsets; Level-2A without B10)."""
+    from dsen2cr.inputs.readers import S2Source
+
+    if kind == "GeoTIFF":
+        rng = np.random.default_rng(7)
+        dn = rng.integers(0, 9000, size=(13, 40, 50)).astype(np.uint16)
+        path = write_geotiff(tmp_path / "s2.tif", dn, crs=CRS.from_epsg(32632), transform=from_origin(5e5, 5e6, 10, 10))
+        source = S2Source(str(path), offset=-1000)
+    else:
+        source = S2Source(str(make_safe(tmp_path, level=kind, baseline="05.10", shift=1000, offsets=ALL_OFFSETS)))
+    try:
+        window = Window(3, 5, 29, 31)
+        whole = source.read(window)
+        for bands in (["B2", "B8", "B11"], ["B12", "B1"], ["B8A"]):
+            expected = whole[[S2_BANDS.index(band) for band in bands]]
+            np.testing.assert_array_equal(source.read_bands(window, bands), expected)
+        if kind == "GeoTIFF":  # by hand: DN - 1000, at least 1, nodata 0 kept
+            raw = dn[S2_BANDS.index("B2")][window.toslices()].astype(np.int64)
+            by_hand = np.where(raw == 0, 0, np.clip(raw - 1000, 1, None))
+            np.testing.assert_array_equal(source.read_bands(window, ["B2"])[0], by_hand)
+    finally:
+        source.close()
