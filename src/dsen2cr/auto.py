@@ -326,12 +326,11 @@ def resolve_band_threads(device: torch.device) -> int:
 
 def resolve_block_cache_bytes(device: torch.device) -> int:
     """GDAL's block cache for a scene run (:func:`dsen2cr.rasters.set_block_cache_bytes`): 256 MiB
-    (``GDAL_CACHE_BYTES``) on a CPU,
-    whose network is far slower than any read; on a GPU 1 GiB (at most an eighth of the memory, at least 256
-    MiB): a product's JPEG 2000 bands decode in 1024 px blocks, one block row of a full tile's 13 bands is 168
-    MB and a row of windows touches up to three (the cloud mask's statistics pass reads them too, through its
-    own handles), so at 256 MiB blocks were decoded again (benchmarks.product_read: reads 1.52x faster at
-    1 GiB)."""
+    (``GDAL_CACHE_BYTES``) on a CPU, whose network is far slower than any read; on a GPU 1 GiB (at most an
+    eighth of the memory, at least 256 MiB): a product's JPEG 2000 bands decode in 1024 px blocks, one block
+    row of a full tile's 13 bands is 168 MB and a row of windows touches up to three (the cloud mask's
+    statistics pass reads them too, through its own handles), so at 256 MiB blocks were decoded again
+    (benchmarks.product_read: reads 1.52x faster at 1 GiB)."""
     if device.type != "cuda":
         return GDAL_CACHE_BYTES
     import psutil

@@ -205,8 +205,7 @@ class S2Source:
     def _read_input_bands(self, window: Window, indices: list[int]) -> np.ndarray:
         """The input's bands ``indices`` (positions in :attr:`bands`) of ``window``, offsets removed."""
         if len(self._datasets) == 1:
-            everything = indices == list(range(len(self.bands)))
-            raw = read_window(self._datasets[0], window, None if everything else [i + 1 for i in indices])
+            raw = read_window(self._datasets[0], window, [i + 1 for i in indices])
         elif self._band_pool is None:
             raw = np.concatenate([read_window(self._datasets[i], window) for i in indices], axis=0)
         else:

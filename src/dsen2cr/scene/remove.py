@@ -188,8 +188,7 @@ def _open_inputs(predictor: Predictor, job: SceneJob, plan: ScenePlan, product: 
         if settings.keep_clear or job.mask_out is not None or job.preview is not None or settings.mask != "paper":
             # its own file handles: the batch loop's reader thread owns ``s2`` while the loop runs; its statistics
             # pass reads the whole scene before the first map, on as many threads as the reader reads bands
-            masker_source = s2.reopen()
-            inputs.masker = SceneMasker(masker_source, settings.mask, settings.cloud_threshold, plan.band_threads)
+            inputs.masker = SceneMasker(s2.reopen(), settings.mask, settings.cloud_threshold, plan.band_threads)
         if predictor.include_sar:
             assert job.s1 is not None  # checked in check_job
             inputs.s1 = S1Source(job.s1, s2.grid, linear=settings.s1_linear)
