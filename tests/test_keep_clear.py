@@ -288,6 +288,76 @@ def test_an_error_in_the_masks_work_stops_the_run_and_leaves_nothing(
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.parametrize("hold_bytes", [0, 2**30])
+def test_the_network_runs_on_while_the_statistics_pass_runs(scene: dict, tmp_path: Path, hold_bytes: int) -> None:
+    """The first map waits for the scene's shadow statistics (their pass reads the whole scene). While the pass
+    runs, predicted windows that find the writer's queue full wait in memory, up to ``ScenePlan.hold_bytes``
+    (a GPU run's), instead of stopping the network: with room, every window is predicted before the pass ends;
+    with none (a CPU run's, whose network is far slower than the pass) the network stops after a few windows
+    as before. Either way the outputs are those of a run whose statistics were ready at once, bit for bit."""
+    import dataclasses
+    import threading
+    import time
+
+    from dsen2cr.auto import plan_scene_run
+    from dsen2cr.predictor import load_predictor
+    from dsen2cr.scene import masking, remove
+    from dsen2cr.scene.remove import remove_clouds
+    from dsen2cr.settings import SceneJob, SceneSettings
+
+    predictor = load_predictor(scene["weights"], device="cpu")
+    settings = SceneSettings(tile=64, keep_clear=True, feather=FEATHER, progress=False)
+    plan = plan_scene_run(settings, predictor.config, device=predictor.device)
+    assert plan.hold_bytes == 0  # a CPU run holds nothing
+    s2 = str(scene["folder"] / "s2.tif")
+    reference = SceneJob(s2, None, tmp_path / "ref.tif", mask_out=tmp_path / "ref-mask.tif")
+    remove_clouds(predictor, reference, plan)
+
+    gate, predicted = threading.Event(), []
+    real_stats, real_predictions = masking._scene_shadow_stats, remove.iter_predictions
+
+    def gated_stats(*args: object, **kwargs: object) -> object:
+        assert gate.wait(120)
+        return real_stats(*args, **kwargs)  # type: ignore[arg-type]
+
+    def counted_predictions(*args: object, **kwargs: object) -> object:
+        for result in real_predictions(*args, **kwargs):  # type: ignore[arg-type]
+            predicted.append(result[0])
+            yield result
+
+    job = SceneJob(s2, None, tmp_path / "out.tif", mask_out=tmp_path / "mask.tif")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            remove_clouds(predictor, job, dataclasses.replace(plan, hold_bytes=hold_bytes))
+        except BaseException as error:  # handed to the test
+            errors.append(error)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(masking, "_scene_shadow_stats", gated_stats)
+        patch.setattr(remove, "iter_predictions", counted_predictions)
+        thread = threading.Thread(target=run)
+        thread.start()
+        tiles = 7 * 10  # 300 x 420 px in cores of 64 - 20 px
+        deadline = time.monotonic() + 60
+        while len(predicted) < tiles and time.monotonic() < deadline and (hold_bytes or len(predicted) < 4):
+            time.sleep(0.05)
+        if not hold_bytes:
+            time.sleep(1)  # time to run on, were it not stopped
+        seen = len(predicted)
+        gate.set()
+        thread.join(120)
+    assert not errors
+    if hold_bytes:
+        assert seen == tiles
+    else:
+        assert 1 <= seen <= 2 * plan.batch_size + 3  # the queue, the window in the writer, the one submitted
+    for out, ref in ((job.out, reference.out), (job.mask_out, reference.mask_out)):
+        with rasterio.open(out) as dataset, rasterio.open(ref) as expected:
+            np.testing.assert_array_equal(dataset.read(), expected.read())
+
+
 def test_scene_masker_windows_on_several_threads_at_once(scene: dict) -> None:
     """The masker serves windows to several threads at once (each reads through handles of its own) and
     gathers the scene's shadow statistics on a thread of its own: the maps equal those made one by one, and

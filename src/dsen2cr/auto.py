@@ -301,7 +301,10 @@ def plan_scene_run(
         )
     reading = {"band_threads": resolve_band_threads(device), "block_cache_bytes": resolve_block_cache_bytes(device)}
     finish = resolve_finish_threads(device)
-    return ScenePlan(settings, device, backends, strict, precision, tile, overlap, batch_size, finish, **reading)
+    hold = resolve_hold_bytes(device)
+    return ScenePlan(
+        settings, device, backends, strict, precision, tile, overlap, batch_size, finish, **reading, hold_bytes=hold
+    )
 
 
 def resolve_finish_threads(device: torch.device) -> int:
@@ -336,3 +339,16 @@ def resolve_block_cache_bytes(device: torch.device) -> int:
     import psutil
 
     return max(GDAL_CACHE_BYTES, min(2**30, psutil.virtual_memory().total // 8))
+
+
+def resolve_hold_bytes(device: torch.device) -> int:
+    """Bytes of predicted windows that may wait in memory while the cloud mask's statistics pass runs (the first
+    map waits for it; :func:`dsen2cr.scene.batches.write_in_order`): on a GPU, whose network would otherwise stop
+    once the writer's queue is full, 4 GiB (at most an eighth of the memory; a full tile's 1024 px window is
+    about 80 MB: some 50 windows, four seconds of an H200's network); on a CPU none (its network is far slower
+    than the pass, and its memory stays as ``--memory`` plans it)."""
+    if device.type != "cuda":
+        return 0
+    import psutil
+
+    return min(4 * 2**30, psutil.virtual_memory().total // 8)

@@ -149,7 +149,8 @@ class ScenePlan:
     into output pixels (keep-clear's map, distances, blend) side by side
     (:func:`dsen2cr.auto.resolve_finish_threads`); ``band_threads`` read a product's band files side by side,
     and the mask statistics pass's blocks (:func:`dsen2cr.auto.resolve_band_threads`); ``block_cache_bytes``
-    bound GDAL's block cache (:func:`dsen2cr.auto.resolve_block_cache_bytes`)."""
+    bound GDAL's block cache (:func:`dsen2cr.auto.resolve_block_cache_bytes`); ``hold_bytes`` of predicted windows may
+    wait in memory while the cloud mask's statistics pass runs (:func:`dsen2cr.auto.resolve_hold_bytes`)."""
 
     settings: SceneSettings
     device: torch.device
@@ -162,6 +163,7 @@ class ScenePlan:
     finish_threads: int = 1
     band_threads: int = 1
     block_cache_bytes: int = GDAL_CACHE_BYTES
+    hold_bytes: int = 0
 
 
 def check_utf8_name(path: str | Path) -> None:
