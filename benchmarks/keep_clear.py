@@ -1,6 +1,8 @@
 """What ``--keep-clear --mask-out`` costs against a plain ``remove-clouds`` run (#27 item 4: at most 1.25x), and
 where the extra time goes: the scene's shadow statistics (a pass over the scene before the first window), the
-cloud/shadow map of each window (its read and the detector), the feathering distances and the blend.
+cloud/shadow map of each window (its read and the detector), the feathering distances and the blend, and how
+long the network waited for the writer (its queue full; while the statistics pass runs, a GPU run holds up to
+``ScenePlan.hold_bytes`` of predicted windows in memory instead).
 
 One synthetic scene (the bundled real L1C scene mirrored across the grid, so it has real clouds and shadows),
 one model without SAR, in one process: a warm-up run, then plain, ``--mask-out``, ``--keep-clear`` and both,
@@ -32,7 +34,7 @@ from benchmarks.common import report
 from benchmarks.scene import write_scene
 from dsen2cr import auto, create_model
 from dsen2cr.predictor import predictor_from_model
-from dsen2cr.scene import masking, remove
+from dsen2cr.scene import batches, masking, remove
 from dsen2cr.scene.remove import remove_clouds
 from dsen2cr.settings import SceneJob, SceneSettings
 
@@ -42,6 +44,7 @@ PARTS = (
     (masking.SceneMasker, "window", "cloud/shadow map of the windows (detector; a read if the margin is short)"),
     (remove, "keep_clear_weights", "keep-clear weights (map + distances)"),
     (remove, "blend", "blend of input and prediction"),
+    (batches.BackgroundWriter, "submit", "the network waiting for the writer (its queue full)"),
 )
 
 

@@ -242,13 +242,14 @@ def test_parallel_finishing_writes_what_one_thread_writes(scene: dict, tmp_path:
             assert resolve_finish_threads(torch.device("cpu")) == 1
 
 
-@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize(("threads", "hold_bytes"), [(1, 0), (4, 0), (4, 2**30)])
 @pytest.mark.parametrize("where", ["statistics", "window"])
 def test_an_error_in_the_masks_work_stops_the_run_and_leaves_nothing(
-    scene: dict, tmp_path: Path, threads: int, where: str
+    scene: dict, tmp_path: Path, threads: int, hold_bytes: int, where: str
 ) -> None:
     """An error in the statistics pass (its own thread, raised at the first window) or in a window's map (on
-    a prepare thread) ends the run with that error; no output, staging or overview file is left."""
+    a prepare thread) ends the run with that error, also while windows wait in memory for the statistics
+    (a GPU run's ``hold_bytes``); no output, staging or overview file is left."""
     import dataclasses
 
     from dsen2cr.auto import plan_scene_run
@@ -261,7 +262,9 @@ def test_an_error_in_the_masks_work_stops_the_run_and_leaves_nothing(
     predictor = load_predictor(scene["weights"], device="cpu")
     settings = SceneSettings(tile=128, keep_clear=True, feather=FEATHER, progress=False)
     plan = dataclasses.replace(
-        plan_scene_run(settings, predictor.config, device=predictor.device), finish_threads=threads
+        plan_scene_run(settings, predictor.config, device=predictor.device),
+        finish_threads=threads,
+        hold_bytes=hold_bytes,
     )
     calls = []
     real_window = masking.SceneMasker.window
@@ -288,13 +291,18 @@ def test_an_error_in_the_masks_work_stops_the_run_and_leaves_nothing(
     assert list(out.parent.iterdir()) == []
 
 
-@pytest.mark.parametrize("hold_bytes", [0, 2**30])
-def test_the_network_runs_on_while_the_statistics_pass_runs(scene: dict, tmp_path: Path, hold_bytes: int) -> None:
+#: Bytes a 64 px window of the small model keeps alive while it waits: its 13 bands' DN and its prediction.
+WINDOW_64_BYTES = 64 * 64 * 13 * (2 + 4)
+
+
+@pytest.mark.parametrize("held", [0, 10, "all"])
+def test_the_network_runs_on_while_the_statistics_pass_runs(scene: dict, tmp_path: Path, held: int | str) -> None:
     """The first map waits for the scene's shadow statistics (their pass reads the whole scene). While the pass
     runs, predicted windows that find the writer's queue full wait in memory, up to ``ScenePlan.hold_bytes``
-    (a GPU run's), instead of stopping the network: with room, every window is predicted before the pass ends;
-    with none (a CPU run's, whose network is far slower than the pass) the network stops after a few windows
-    as before. Either way the outputs are those of a run whose statistics were ready at once, bit for bit."""
+    (a GPU run's), instead of stopping the network: with room for all, every window is predicted before the
+    pass ends; with room for ten, ten more than without; with none (a CPU run's, whose network is far slower
+    than the pass) the network stops after a few windows as before. Either way the outputs are those of a run
+    whose statistics were ready at once, bit for bit."""
     import dataclasses
     import threading
     import time
@@ -328,6 +336,8 @@ def test_the_network_runs_on_while_the_statistics_pass_runs(scene: dict, tmp_pat
     job = SceneJob(s2, None, tmp_path / "out.tif", mask_out=tmp_path / "mask.tif")
     errors: list[BaseException] = []
 
+    hold_bytes = 2**30 if held == "all" else int(held) * WINDOW_64_BYTES
+
     def run() -> None:
         try:
             remove_clouds(predictor, job, dataclasses.replace(plan, hold_bytes=hold_bytes))
@@ -340,19 +350,20 @@ def test_the_network_runs_on_while_the_statistics_pass_runs(scene: dict, tmp_pat
         thread = threading.Thread(target=run)
         thread.start()
         tiles = 7 * 10  # 300 x 420 px in cores of 64 - 20 px
-        deadline = time.monotonic() + 60
-        while len(predicted) < tiles and time.monotonic() < deadline and (hold_bytes or len(predicted) < 4):
+        deadline, seen, since = time.monotonic() + 60, -1, time.monotonic()
+        while len(predicted) < tiles and time.monotonic() < deadline and time.monotonic() - since < 2:
+            if len(predicted) != seen:  # until the network stops (2 s without a window) or is done
+                seen, since = len(predicted), time.monotonic()
             time.sleep(0.05)
-        if not hold_bytes:
-            time.sleep(1)  # time to run on, were it not stopped
         seen = len(predicted)
         gate.set()
         thread.join(120)
     assert not errors
-    if hold_bytes:
+    stopped_at = 2 * plan.batch_size + 2  # the writer's queue, the window in the writer, the one submitted
+    if held == "all":
         assert seen == tiles
     else:
-        assert 1 <= seen <= 2 * plan.batch_size + 3  # the queue, the window in the writer, the one submitted
+        assert 1 <= seen - int(held) <= stopped_at + 1  # + 1: a scene edge's smaller window
     for out, ref in ((job.out, reference.out), (job.mask_out, reference.mask_out)):
         with rasterio.open(out) as dataset, rasterio.open(ref) as expected:
             np.testing.assert_array_equal(dataset.read(), expected.read())

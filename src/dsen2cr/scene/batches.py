@@ -3,9 +3,10 @@ in a background thread while the predictor runs (docs/design.md §4.4)."""
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -22,6 +23,8 @@ from dsen2cr.scene.tiles import Tile
 T = TypeVar("T")
 #: A function from a batch of S2 (and S1) windows in model units to its predictions.
 BatchFunction = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+#: What :func:`iter_predictions` yields per tile.
+Prediction = tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]
 
 
 def iter_predictions(
@@ -34,7 +37,7 @@ def iter_predictions(
     s1_fill_db: tuple[float, float],
     on_batch: Callable[[int], object] | None = None,
     channels: int = NUM_S2_BANDS,
-) -> Generator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray], None, None]:
+) -> Generator[Prediction, None, None]:
     """Run ``predictor`` (a function of a batch of S2 and S1 windows giving ``channels`` channels per window)
     over ``tiles``; yield (tile, prediction in model units, S2 DN, S2 valid mask, number of valid S2 pixels
     without S1, S2 DN of the whole window) per tile, all but the last cropped to the tile's core (the whole
@@ -147,6 +150,10 @@ class BackgroundWriter:
         future = self._pool.submit(_in_block_cache, prepare, *args)
         self.submit(lambda: write(future.result()))
 
+    def has_room(self) -> bool:
+        """Whether :meth:`submit` would queue a call now without waiting (only the submitting thread queues)."""
+        return not self._queue.full()
+
     def __exit__(self, *exc_info: object) -> None:
         self._queue.put(None)
         self._thread.join()
@@ -154,6 +161,40 @@ class BackgroundWriter:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self._error is not None and exc_info[0] is None:
             raise self._error
+
+
+def write_in_order(
+    background: BackgroundWriter,
+    predictions: Iterable[Prediction],
+    prepare: Callable[..., T],
+    write: Callable[[T], None],
+    *,
+    hold_bytes: int = 0,
+    waiting: Callable[[], bool] = lambda: False,
+) -> None:
+    """Hand each prediction to ``background`` (``write(prepare(*prediction))``), in order. While ``waiting()``
+    (the cloud mask's statistics pass, which the first ``prepare`` waits for), a prediction that finds the
+    writer's queue full waits in memory, up to ``hold_bytes`` in all, instead of stopping the loop and with it the
+    network; those held go on in order as the queue makes room, and the loop waits for the writer only when they
+    pass ``hold_bytes``, or when none is held and nothing is awaited (as without holding: ``hold_bytes`` 0)."""
+    held: collections.deque[Prediction] = collections.deque()
+    held_bytes = 0
+    for prediction in predictions:
+        held.append(prediction)
+        held_bytes += prediction_bytes(prediction)
+        while held and (background.has_room() or held_bytes > hold_bytes or (len(held) == 1 and not waiting())):
+            first = held.popleft()
+            held_bytes -= prediction_bytes(first)
+            background.submit_in_order(prepare, write, *first)
+    for prediction in held:
+        background.submit_in_order(prepare, write, *prediction)
+
+
+def prediction_bytes(prediction: Prediction) -> int:
+    """Memory a prediction keeps alive: its window's DN and its window of the batch's output (in float32; the
+    core it carries is a view of it)."""
+    window_dn, channels = prediction[5], prediction[1].shape[0]
+    return window_dn.nbytes + window_dn[0].size * channels * 4
 
 
 def _in_block_cache(function: Callable[..., T], *args: object) -> T:

@@ -146,6 +146,10 @@ class SceneMasker:
         """The paper mask's shadow statistics of the scene (waits for them; None for other masks)."""
         return None if self._stats is None else self._stats.result()
 
+    def statistics_pending(self) -> bool:
+        """Whether the paper mask's statistics pass still runs (the next map would wait for it)."""
+        return self._stats is not None and not self._stats.done()
+
     def window(self, window: Window, read: ReadWindow | None = None) -> np.ndarray:
         """The map of ``window`` (within the scene), exactly as of the whole scene: the detector runs on the
         window grown by its radius (clipped to the scene), taken from ``read`` when it holds all of that (a

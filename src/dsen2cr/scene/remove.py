@@ -25,7 +25,7 @@ from dsen2cr.outputs.geotiff import cog_writer
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
 from dsen2cr.rasters import gdal_block_cache, set_block_cache_bytes
-from dsen2cr.scene.batches import BackgroundWriter, iter_predictions
+from dsen2cr.scene.batches import BackgroundWriter, iter_predictions, write_in_order
 from dsen2cr.scene.checks import check_job
 from dsen2cr.scene.describe import (
     MASK_NODATA,
@@ -305,7 +305,7 @@ def _predict_tiles(
     on_batch: Callable[[int], object],
 ) -> None:
     """Run every tile through ``predictor`` (read ahead on one thread) and hand each result to ``writer`` (on
-    another)."""
+    another); while the mask's statistics pass runs, results wait in memory up to ``plan.hold_bytes``."""
     with_variance = writer.job.uncertainty_out is not None
     predictions = iter_predictions(
         _means_and_variances(predictor) if with_variance else predictor,
@@ -320,9 +320,12 @@ def _predict_tiles(
     # closed explicitly: its reader thread must have stopped before the sources close, also when an error or a
     # signal leaves the loop (else a read of a closed file crashes the process)
     background = BackgroundWriter(depth=2 * plan.batch_size, prepare_threads=plan.finish_threads)
+    masker = inputs.masker
+    waiting = masker.statistics_pending if masker is not None else lambda: False
     with background, contextlib.closing(predictions):
-        for result in predictions:
-            background.submit_in_order(writer.prepare, writer.write, *result)
+        write_in_order(
+            background, predictions, writer.prepare, writer.write, hold_bytes=plan.hold_bytes, waiting=waiting
+        )
 
 
 def _means_and_variances(predictor: Predictor) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
