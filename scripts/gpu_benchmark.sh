@@ -14,7 +14,8 @@
 #   pipeline   python -m benchmarks.pipeline: three 10980x4096 scenes, one run against one at a time;
 #   tiles      the same with three full 10980x10980 tiles (deflate), then one run of them with zstd level 1;
 #   keepclear  python -m benchmarks.keep_clear --device cuda --size 5490: plain against --mask-out, --keep-clear and
-#              both on a quarter tile, with the seconds of the mask's parts (#27 item 4: both <= 1.25x plain);
+#              both on a quarter tile, with the seconds of the mask's parts and of the network's wait for the
+#              writer, and both again with no window held during the statistics pass (#27 item 4: <= 1.25x plain);
 #   overviews  python -m benchmarks.overviews --width 10980 --height 4096, with --pause 0.09 (the CPU left free as
 #              the bf16 network leaves it): the tail after the last window when the COG is compressed while
 #              written against GDAL's copy, with and without the overviews made while writing (#27 item 4);
