@@ -242,6 +242,25 @@ def test_parallel_finishing_writes_what_one_thread_writes(scene: dict, tmp_path:
             assert resolve_finish_threads(torch.device("cpu")) == 1
 
 
+def test_windows_held_for_the_statistics_pass_share_the_machines_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a run may hold while the statistics pass runs: on a GPU 4 GiB, at most an eighth of the memory
+    shared among the run's processes on the machine (torchrun's ``LOCAL_WORLD_SIZE``: one per GPU); on a CPU
+    nothing."""
+    from types import SimpleNamespace
+
+    from dsen2cr.auto import resolve_hold_bytes
+
+    gib = 2**30
+    for memory, ranks, expected in ((128, None, 4), (16, None, 2), (128, "1", 4), (128, "8", 2), (24, "4", 0.75)):
+        monkeypatch.setattr("psutil.virtual_memory", lambda memory=memory: SimpleNamespace(total=memory * gib))
+        if ranks is None:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+        assert resolve_hold_bytes(torch.device("cuda")) == expected * gib, (memory, ranks)
+        assert resolve_hold_bytes(torch.device("cpu")) == 0
+
+
 @pytest.mark.parametrize(("threads", "hold_bytes"), [(1, 0), (4, 0), (4, 2**30)])
 @pytest.mark.parametrize("where", ["statistics", "window"])
 def test_an_error_in_the_masks_work_stops_the_run_and_leaves_nothing(

@@ -345,10 +345,19 @@ def resolve_hold_bytes(device: torch.device) -> int:
     """Bytes of predicted windows that may wait in memory while the cloud mask's statistics pass runs (the first
     map waits for it; :func:`dsen2cr.scene.batches.write_in_order`): on a GPU, whose network would otherwise stop
     once the writer's queue is full, 4 GiB (at most an eighth of the memory; a full tile's 1024 px window is
-    about 80 MB: some 50 windows, four seconds of an H200's network); on a CPU none (its network is far slower
-    than the pass, and its memory stays as ``--memory`` plans it)."""
+    about 80 MB: some 50 windows, four seconds of an H200's network), the eighth shared among the run's
+    processes on the machine (:func:`local_processes`); on a CPU none (its network is far slower than the
+    pass, and its memory stays as ``--memory`` plans it)."""
     if device.type != "cuda":
         return 0
     import psutil
 
-    return min(4 * 2**30, psutil.virtual_memory().total // 8)
+    return min(4 * 2**30, psutil.virtual_memory().total // (8 * local_processes()))
+
+
+def local_processes() -> int:
+    """The run's processes on this machine: torchrun's ``LOCAL_WORLD_SIZE`` (one per GPU), else 1."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
