@@ -347,6 +347,39 @@ def test_torchrun_ranks_split_the_scenes(
     assert {p.name for p in tmp_path.glob("*.tif")} == {"b.tif"}  # rank 1 of 2 takes every second scene
 
 
+@pytest.mark.parametrize("ranks", [None, "1", "4"])
+def test_a_torchruns_processes_share_the_machine(monkeypatch: pytest.MonkeyPatch, ranks: str | None) -> None:
+    """Under torchrun (one process per GPU, ``LOCAL_WORLD_SIZE`` on the machine) each process takes its share
+    of the machine's cores and memory for its threads and GDAL's block cache; alone, all of them as before.
+    16 cores and 16 GiB: alone 13 band threads, 8 finishing, 16 compressing, GDAL on all CPUs, a 1 GiB cache;
+    one of four: 4 cores, 4 GiB (band 4, finishing 2, compressing 4, GDAL 4 threads, cache 512 MiB)."""
+    from types import SimpleNamespace
+
+    import rasterio.env
+
+    from dsen2cr import auto
+    from dsen2cr.outputs.geotiff import cog_options, compression_threads
+    from dsen2cr.rasters import gdal_block_cache
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("psutil.virtual_memory", lambda: SimpleNamespace(total=16 * 2**30))
+    if ranks is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+    gpu = torch.device("cuda")
+    shared = ranks == "4"
+    assert auto.resolve_band_threads(gpu) == (4 if shared else 13)
+    assert auto.resolve_finish_threads(gpu) == (2 if shared else 8)
+    assert compression_threads() == (4 if shared else 16)
+    assert auto.resolve_block_cache_bytes(gpu) == (512 if shared else 1024) * 2**20
+    assert cog_options()["NUM_THREADS"] == ("4" if shared else "ALL_CPUS")
+    with gdal_block_cache():
+        assert rasterio.env.getenv()["GDAL_NUM_THREADS"] == ("4" if shared else "ALL_CPUS")
+    cpu = torch.device("cpu")  # a CPU run is one process per machine's worth of cores: unchanged
+    assert (auto.resolve_band_threads(cpu), auto.resolve_finish_threads(cpu)) == (1, 1)
+
+
 def test_quicklook_is_the_decimated_image() -> None:
     from dsen2cr.visualize import RGB_BANDS, Quicklook
 
