@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+import dsen2cr.machine as machine
 from dsen2cr.compile_cache import COMPILE_SAVING, build_key, recorded_build_seconds
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec
@@ -314,7 +315,7 @@ def resolve_finish_threads(device: torch.device) -> int:
     which uses every core (benchmarks.keep_clear)."""
     if device.type != "cuda":
         return 1
-    return max(1, min(8, (os.cpu_count() or 1) - 2))
+    return max(1, min(8, machine.cores() - 2))
 
 
 def resolve_band_threads(device: torch.device) -> int:
@@ -324,7 +325,7 @@ def resolve_band_threads(device: torch.device) -> int:
     statistics pass reads its blocks on as many threads (the first map waits for it)."""
     if device.type != "cuda":
         return 1
-    return max(1, min(NUM_S2_BANDS, os.cpu_count() or 1))
+    return max(1, min(NUM_S2_BANDS, machine.cores()))
 
 
 def resolve_block_cache_bytes(device: torch.device) -> int:
@@ -336,9 +337,7 @@ def resolve_block_cache_bytes(device: torch.device) -> int:
     (benchmarks.product_read: reads 1.52x faster at 1 GiB)."""
     if device.type != "cuda":
         return GDAL_CACHE_BYTES
-    import psutil
-
-    return max(GDAL_CACHE_BYTES, min(2**30, psutil.virtual_memory().total // 8))
+    return max(GDAL_CACHE_BYTES, min(2**30, machine.memory_bytes() // 8))
 
 
 def resolve_hold_bytes(device: torch.device) -> int:
@@ -346,18 +345,8 @@ def resolve_hold_bytes(device: torch.device) -> int:
     map waits for it; :func:`dsen2cr.scene.batches.write_in_order`): on a GPU, whose network would otherwise stop
     once the writer's queue is full, 4 GiB (at most an eighth of the memory; a full tile's 1024 px window is
     about 80 MB: some 50 windows, four seconds of an H200's network), the eighth shared among the run's
-    processes on the machine (:func:`local_processes`); on a CPU none (its network is far slower than the
+    processes on the machine (:func:`dsen2cr.machine.memory_bytes`); on a CPU none (its network is far slower than the
     pass, and its memory stays as ``--memory`` plans it)."""
     if device.type != "cuda":
         return 0
-    import psutil
-
-    return min(4 * 2**30, psutil.virtual_memory().total // (8 * local_processes()))
-
-
-def local_processes() -> int:
-    """The run's processes on this machine: torchrun's ``LOCAL_WORLD_SIZE`` (one per GPU), else 1."""
-    try:
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
+    return min(4 * 2**30, machine.memory_bytes() // 8)

@@ -12,6 +12,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
+import dsen2cr.machine as machine
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import check_input_file
 
@@ -44,11 +45,12 @@ GDAL_HTTP_OPTIONS = {
 
 def gdal_block_cache() -> rasterio.Env:
     """A rasterio environment with GDAL's block cache bounded as :func:`set_block_cache_bytes` last said (by
-    default ``GDAL_CACHE_BYTES``), its multi-threaded block decoding and overview computation on all cores, and
+    default ``GDAL_CACHE_BYTES``), its multi-threaded block decoding and overview computation on all cores (this
+    process's share under torchrun, :func:`dsen2cr.machine.gdal_threads`), and
     remote reads bounded in time (``GDAL_HTTP_OPTIONS``, unless set in the environment). Per thread: enter it in
     every thread that reads or writes."""
     http = {key: value for key, value in GDAL_HTTP_OPTIONS.items() if key not in os.environ}
-    return rasterio.Env(GDAL_CACHEMAX=_block_cache_bytes, GDAL_NUM_THREADS="ALL_CPUS", **http)
+    return rasterio.Env(GDAL_CACHEMAX=_block_cache_bytes, GDAL_NUM_THREADS=machine.gdal_threads(), **http)
 
 
 def open_raster(path: str | Path, *, bands: int | None = None, what: str = "raster") -> rasterio.DatasetReader:

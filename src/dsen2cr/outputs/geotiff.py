@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ import rasterio.shutil
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
+import dsen2cr.machine as machine
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.cog_stream import COGStream, option, streams
 from dsen2cr.outputs.files import atomic_path
@@ -43,7 +43,8 @@ GTIFF_OPTIONS: dict[str, object] = {
 STAGING_OPTIONS: dict[str, object] = {k: v for k, v in GTIFF_OPTIONS.items() if k not in ("compress", "predictor")}
 
 #: Creation options of the Cloud-Optimised GeoTIFF of a scene (GDAL's COG driver): deflate with the horizontal
-#: predictor, 256 px blocks, overviews, blocks and overviews compressed on all cores, band statistics.
+#: predictor, 256 px blocks, overviews, blocks and overviews compressed on all cores (``cog_options``: this process's
+#: share of them under torchrun), band statistics.
 COG_OPTIONS: dict[str, str | int] = {
     "driver": "COG",
     "compress": "DEFLATE",
@@ -65,7 +66,7 @@ def cog_options(compression: str = "deflate", level: int | None = None) -> dict[
     """``COG_OPTIONS`` with ``compression`` (a key of ``COG_COMPRESSION_LEVELS``, horizontal predictor either
     way) at ``level`` (None: GDAL's default, 6 for deflate, 9 for zstd)."""
     check_compression_level(compression, level)
-    options = dict(COG_OPTIONS, compress=compression.upper())
+    options = dict(COG_OPTIONS, compress=compression.upper(), NUM_THREADS=machine.gdal_threads())
     if level is not None:
         options["LEVEL"] = str(level)
     _check_gdal_writes(options)
@@ -205,8 +206,9 @@ def cog_writer(
 
 
 def compression_threads() -> int:
-    """Threads that compress a streamed COG's tiles: every core, at most 16 (GDAL's copy used ``ALL_CPUS``)."""
-    return max(1, min(16, os.cpu_count() or 1))
+    """Threads that compress a streamed COG's tiles: every core of this process's share, at most 16 (GDAL's
+    copy used ``ALL_CPUS``)."""
+    return min(16, machine.cores())
 
 
 class _WritesOverviews:
