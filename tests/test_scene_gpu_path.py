@@ -1,5 +1,6 @@
 """The output path a run on a GPU takes (docs/design.md §4.4), run on this CPU: every COG (image, sigma map,
-cloud/shadow map) compressed while it is written, windows made into output pixels on several threads, each
+cloud/shadow map) compressed while it is written, windows made into output pixels on several threads (and held
+in memory while the mask's statistics pass runs), each
 scene completed on a thread of its own while the next one runs. Its outputs must be the CPU path's: the same
 pixels at every level, the same tags and band metadata, in GDAL's COG layout."""
 
@@ -131,6 +132,7 @@ def test_the_gpu_output_path_writes_what_the_cpu_path_writes(
     monkeypatch.setattr(dsen2cr.scene.remove, "completes_in_background", lambda device: True)
     monkeypatch.setattr(dsen2cr.scene.jobs, "completes_in_background", lambda device: True)
     monkeypatch.setattr(dsen2cr.auto, "resolve_finish_threads", lambda device: 3)
+    monkeypatch.setattr(dsen2cr.auto, "resolve_hold_bytes", lambda device: 2**30)  # held during the statistics
     gpu_jobs = _run(inputs, tmp_path / "gpu")
 
     # every COG of both scenes was streamed, on the thread that completes a scene while the next one runs
@@ -242,6 +244,7 @@ def test_fp16_that_auto_chose_and_that_overflows_later_reruns_the_scene_in_float
         monkeypatch.setattr(dsen2cr.scene.remove, "completes_in_background", lambda device: True)
         monkeypatch.setattr(dsen2cr.scene.jobs, "completes_in_background", lambda device: True)
         monkeypatch.setattr(dsen2cr.auto, "resolve_finish_threads", lambda device: 3)
+        monkeypatch.setattr(dsen2cr.auto, "resolve_hold_bytes", lambda device: 2**30)
     jobs = [SceneJob(str(s2), str(s1), tmp_path / f"auto{i}.tif", mask_out=tmp_path / f"m{i}.tif") for i in (1, 2)]
     with caplog.at_level("WARNING"):
         reports = list(run_scene_jobs(jobs, SceneSettings(**settings)))
