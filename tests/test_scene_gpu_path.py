@@ -1,7 +1,7 @@
 """The output path a run on a GPU takes (docs/design.md §4.4), run on this CPU: every COG (image, sigma map,
 cloud/shadow map) compressed while it is written, windows made into output pixels on several threads (and held
-in memory while the mask's statistics pass runs), each
-scene completed on a thread of its own while the next one runs. Its outputs must be the CPU path's: the same
+in memory while the mask's statistics pass runs), each scene completed on a thread of its own while the next
+one runs. Its outputs must be the CPU path's: the same
 pixels at every level, the same tags and band metadata, in GDAL's COG layout."""
 
 from __future__ import annotations
