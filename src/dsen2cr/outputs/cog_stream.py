@@ -324,9 +324,10 @@ class COGStream:
         options = {k: v for k, v in self.options.items() if k.upper() not in ("STATISTICS", "NUM_THREADS")}
 
         def cut(root: ElementTree.Element) -> None:
-            """The staging file's VRT cut to its corner (a VRT file, not a vrt:// string: any path works)."""
-            root.set("RasterXSize", str(min(16, self.levels[0].width)))
-            root.set("RasterYSize", str(min(16, self.levels[0].height)))
+            """The staging file's VRT cut to its corner (a VRT file, not a vrt:// string: any path works); GDAL's
+            attribute names (a ``RasterXSize`` beside them was ignored: the copy was of the whole image)."""
+            root.set("rasterXSize", str(min(16, self.levels[0].width)))
+            root.set("rasterYSize", str(min(16, self.levels[0].height)))
 
         try:
             rasterio.shutil.copy(edited_vrt(staging, corner, cut), template, **options, STATISTICS="NO")
