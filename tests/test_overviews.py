@@ -46,6 +46,23 @@ def test_average_2x2_is_the_mean_of_the_valid_pixels() -> None:
     assert got[0, 1, 0] == 2 and (got[:, 0, 0] == 0).all()
 
 
+@pytest.mark.parametrize("top", [10001, 2**14, 65536])
+@pytest.mark.parametrize("missing", [0.0, 0.02, 0.6, 1.0])
+def test_average_2x2_of_large_images_is_the_float64_mean(top: int, missing: float) -> None:
+    """Reflectance DN (below 2**14, summed in 16 bits) and any uint16 value (summed in 32), with none, some,
+    most or all pixels nodata, odd sizes: the mean of each block's valid pixels computed here in float64 and
+    rounded half up, nodata where a block has none."""
+    rng = np.random.default_rng(top)
+    image = rng.integers(1, top, (3, 131, 257), dtype=np.uint16)
+    image[rng.random(image.shape) < missing] = 0
+    padded = np.zeros((3, 132, 258), np.float64)
+    padded[:, :131, :257] = image
+    blocks = padded.reshape(3, 66, 2, 129, 2)
+    counts = (blocks != 0).sum(axis=(2, 4))
+    means = np.floor(blocks.sum(axis=(2, 4)) / np.maximum(counts, 1) + 0.5)
+    np.testing.assert_array_equal(average_2x2(image, 0), np.where(counts > 0, means, 0).astype(np.uint16))
+
+
 def test_average_2x2_of_floats_leaves_out_nodata_and_nan() -> None:
     """A float image (sigma in DN, nodata -1): the plain mean of the valid values of each block, no rounding;
     NaN counts as no data; all-invalid blocks are nodata."""
