@@ -22,6 +22,9 @@
 #   reads      python -m benchmarks.product_read --height 2048: a full-width product's JPEG 2000 bands read as a
 #              scene run reads them, band files in turn or side by side (13 at once here), GDAL's cache at 256 MiB or
 #              1 GiB, with and without the masks (#27 item 4: do the reads keep up with the network on 16 cores?);
+#   nonet      python -m benchmarks.without_network --size 10980: a full tile's run planned as on a GPU with the
+#              network replaced by the identity, plain and with --keep-clear --mask-out (held and not): what the
+#              CPU side of a run takes on 16 cores (#27 item 4: below the network's ~11 s, or it bounds the run);
 #   training   python -m benchmarks.training_rate --device cuda: paper and paper-fast, the loader alone (8 and 16
 #              workers), the training step alone and end to end (#27 item 5: end to end >= 90 % of the step);
 #   compile    bf16 autocast against bf16 autocast compiled on one batch of the scene's windows.
@@ -35,7 +38,7 @@ set -u
 SECONDS=0  # the budget counts from here (installing the wheels too)
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
 # In the order given: the default puts #27's measurements first (the whole list may not fit a 15-minute lease).
-STEPS=${STEPS:-accuracy fused keepclear training overviews cli benchmark reads pipeline zstd cog}
+STEPS=${STEPS:-accuracy fused keepclear training overviews cli benchmark reads nonet pipeline zstd cog}
 BUDGET=${BUDGET:-560}
 mkdir -p "$OUT_DIR"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -111,6 +114,11 @@ step_reads() {
     timeout $(cap 150) python3 -m benchmarks.product_read --height 2048 --name product_read-gpu-machine 2>&1 \
         | tee "$OUT_DIR/product_read.log"
     cp benchmarks/results/product_read-gpu-machine.* "$OUT_DIR/" 2>/dev/null
+}
+step_nonet() {
+    timeout $(cap 200) python3 -m benchmarks.without_network --size 10980 --name without_network-gpu-machine 2>&1 \
+        | tee "$OUT_DIR/without_network.log"
+    cp benchmarks/results/without_network-gpu-machine.* "$OUT_DIR/" 2>/dev/null
 }
 step_overviews() {
     timeout $(cap 120) python3 -m benchmarks.overviews --width 10980 --height 4096 --pause 0.09 2>&1 \
