@@ -253,3 +253,30 @@ def test_gdals_template_is_the_16_px_corner_not_the_image(tmp_path: Path, monkey
     assert templates == [(16, 16)]
     with rasterio.open(tmp_path / "ours.tif") as cog:
         np.testing.assert_array_equal(cog.read(), image)
+
+
+def test_windows_in_any_order_some_never_written(tmp_path: Path) -> None:
+    """A streamed COG keeps the image's rows in memory (nothing is read back from the staging file): windows
+    written in a shuffled order, one never written (nodata), give GDAL's COG of the same writes, every level."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(1, 10000, (3, 300, 520), dtype=np.uint16)
+    windows = [
+        Window(col, row, min(64, 520 - col), min(64, 300 - row))
+        for row in range(0, 300, 64)
+        for col in range(0, 520, 64)
+    ]
+    shuffled = rng.permutation(len(windows))
+    skipped, order = windows[shuffled[0]], shuffled[1:]  # the first of the shuffled windows is never written
+    profile = dict(height=300, width=520, count=3, dtype="uint16", crs=UTM, nodata=0)
+    profile["transform"] = from_origin(500000, 5000000, 10, 10)
+    for name, stream in (("ours", True), ("gdal", False)):
+        with cog_writer(tmp_path / f"{name}.tif", profile, cog_options(), overviews="average", stream=stream) as out:
+            for index in order:
+                rows, cols = windows[index].toslices()
+                out.write(image[:, rows, cols], window=windows[index])
+    _assert_same_cog(tmp_path / "ours.tif", tmp_path / "gdal.tif")
+    _assert_gdal_cog_layout(tmp_path / "ours.tif")
+    expected = image.copy()
+    expected[(slice(None), *skipped.toslices())] = 0
+    with rasterio.open(tmp_path / "ours.tif") as cog:
+        np.testing.assert_array_equal(cog.read(), expected)

@@ -176,12 +176,15 @@ def cog_writer(
         streamed: COGStream | None = None
         try:
             mode = "w" if overviews == "gdal" else "w+"  # w+: the pyramid reads complete rows back
-            with rasterio.open(staging, mode, **dict(STAGING_OPTIONS, **profile)) as dataset:
+            stream = stream and overviews != "gdal" and streams(options, np.dtype(profile["dtype"]).name)
+            # streamed: the image's rows stay in memory, the staging file only gives GDAL's tags (left sparse)
+            staging_options = dict(STAGING_OPTIONS, **profile, **({"SPARSE_OK": "TRUE"} if stream else {}))
+            with rasterio.open(staging, mode, **staging_options) as dataset:
                 if overviews == "gdal":
                     yield dataset
                 else:
                     factors = overview_factors(dataset.height, dataset.width, int(option(options, "blocksize", 512)))
-                    if stream and streams(options, dataset.dtypes[0]):
+                    if stream:
                         shapes = level_shapes(dataset.height, dataset.width, factors)
                         streamed = COGStream(
                             final_tmp, shapes, dataset.count, dataset.dtypes[0], profile["nodata"], options,
@@ -189,7 +192,9 @@ def cog_writer(
                         )  # fmt: skip
                     rows = None if streamed is None else streamed.add
                     reduce = average_2x2 if overviews == "average" else mode_2x2
-                    pyramid = OverviewPyramid(dataset, staging, factors, profile["nodata"], rows, reduce)
+                    pyramid = OverviewPyramid(
+                        dataset, staging, factors, profile["nodata"], rows, reduce, in_memory=streamed is not None
+                    )
                     yield cast(rasterio.io.DatasetWriter, _WritesOverviews(dataset, pyramid))
                     pyramid.finish()
             if streamed is not None:
@@ -219,9 +224,9 @@ class _WritesOverviews:
         self._dataset, self._pyramid = dataset, pyramid
 
     def write(self, array: np.ndarray, *args: Any, window: Window, **kwargs: Any) -> None:
-        """Write ``array`` at ``window`` (as the dataset's ``write``) and compute the overview rows it completes."""
-        self._dataset.write(array, *args, window=window, **kwargs)
-        self._pyramid.written(window)
+        """Write ``array`` at ``window`` (as the dataset's ``write``; a streamed COG's pyramid keeps it in memory)
+        and compute the overview rows it completes."""
+        self._pyramid.write(array, *args, window=window, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._dataset, name)

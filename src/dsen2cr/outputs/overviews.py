@@ -14,6 +14,7 @@ import contextlib
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -120,15 +121,58 @@ def edited_vrt(image: Path, vrt: Path, edit: Callable[[ElementTree.Element], Non
     return vrt
 
 
+class RowBuffer:
+    """A level's rows in memory, from the first not yet read to the last written: what :class:`OverviewPyramid`
+    uses instead of files when nothing is copied from them at the end (a streamed COG). Written anywhere below
+    the rows read (unwritten pixels are ``nodata``); read once, full width, from the top."""
+
+    def __init__(self, count: int, height: int, width: int, dtype: np.dtype, nodata: float) -> None:
+        self.count, self.height, self.width, self.nodata = count, height, width, nodata
+        self._rows = np.empty((count, 0, width), dtype)
+        self._first = 0  # the image row of self._rows' first
+
+    def write(self, array: np.ndarray, *, window: Window) -> None:
+        """Put ``array`` (count, h, w) at ``window`` (rows already read cannot be written again)."""
+        if window.row_off < self._first or array.shape != (self.count, window.height, window.width):
+            raise ValueError(f"rows from {self._first} of {self.count} bands: cannot write {array.shape} at {window}")
+        end = window.row_off + window.height - self._first
+        if end > self._rows.shape[1]:  # grown into new memory: rows already handed out are never written again
+            grown = np.full((self.count, end, self.width), self.nodata, self._rows.dtype)
+            grown[:, : self._rows.shape[1]] = self._rows
+            self._rows = grown
+        top = window.row_off - self._first
+        self._rows[:, top : top + window.height, window.col_off : window.col_off + window.width] = array
+
+    def read(self, *, window: Window) -> np.ndarray:
+        """The next ``window.height`` rows (``window``: full width, from the first row not read), nodata where
+        none was written; they leave the buffer."""
+        if window.row_off != self._first or (window.col_off, window.width) != (0, self.width):
+            raise ValueError(f"rows are read once, full width, from row {self._first}: not {window}")
+        if self._rows.shape[1] < window.height:  # rows never written (the image's unwritten bottom)
+            self.write(np.full((self.count, 1, self.width), self.nodata, self._rows.dtype), window=Window(
+                0, window.row_off + window.height - 1, self.width, 1))  # fmt: skip
+        rows, self._rows = self._rows[:, : window.height], self._rows[:, window.height :]
+        self._first += window.height
+        return rows
+
+    def close(self) -> None:
+        """Drop the rows."""
+        self._rows = self._rows[:, :0]
+
+
 class OverviewPyramid:
     """The overviews of ``dataset`` (an image being written window by window, opened ``w+`` so that
-    its complete rows can be read back), one uncompressed tiled GeoTIFF per level beside ``stem``.
+    its complete rows can be read back), one uncompressed tiled GeoTIFF per level beside ``stem``; with
+    ``in_memory`` (nothing is copied from the levels at the end: ``rows`` takes them all) the image's rows and
+    every level's are kept in memory (:class:`RowBuffer`) instead, and the image's pixels never reach
+    ``dataset``.
 
-    Call :meth:`written` after each window; :meth:`finish` once all are written; :meth:`source` then gives
-    the VRT (the image with these overviews) to copy; :meth:`remove` deletes the level files and the VRT.
-    Every level's rows, the image's first, are read back once, from the top, in chunks as they complete;
-    ``rows`` (when given) receives each chunk as ``rows(level, array)``: level 0 is the image. ``reduce``
-    makes a level from the one above: :func:`average_2x2` (images), :func:`mode_2x2` (class maps).
+    Call :meth:`write` with each window (or :meth:`written` after writing it to ``dataset``); :meth:`finish`
+    once all are written; :meth:`source` then gives the VRT (the image with these overviews) to copy;
+    :meth:`remove` deletes the level files and the VRT. Every level's rows, the image's first, are read back
+    once, from the top, in chunks as they complete; ``rows`` (when given) receives each chunk as ``rows(level,
+    array)``: level 0 is the image. ``reduce`` makes a level from the one above: :func:`average_2x2` (images),
+    :func:`mode_2x2` (class maps).
     """
 
     def __init__(
@@ -139,25 +183,37 @@ class OverviewPyramid:
         nodata: float,
         rows: Callable[[int, np.ndarray], None] | None = None,
         reduce: Callable[[np.ndarray, float], np.ndarray] = average_2x2,
+        *,
+        in_memory: bool = False,
     ) -> None:
         self.dataset, self.nodata, self._rows, self._reduce = dataset, nodata, rows, reduce
-        self.paths = [stem.with_name(f"{stem.name}.ovr{factor}.tif") for factor in factors]
+        self.paths = [] if in_memory else [stem.with_name(f"{stem.name}.ovr{factor}.tif") for factor in factors]
         self.vrt = stem.with_name(f"{stem.name}.ovr.vrt")
         self._columns = np.zeros(dataset.height, np.int64)  # pixels written per row of the image
         self._complete = 0  # rows of the image complete, from the top
-        self.levels: list[rasterio.io.DatasetWriter] = []
+        self.levels: list[Any] = []  # datasets opened w+, or RowBuffers
         self._read = [0] * (len(factors) + 1)  # rows of each level (the image first) read back
+        shapes = level_shapes(dataset.height, dataset.width, factors)
+        dtype = np.dtype(dataset.dtypes[0])
+        self.image: Any = RowBuffer(dataset.count, *shapes[0], dtype, nodata) if in_memory else dataset
+        if in_memory:
+            self.levels = [RowBuffer(dataset.count, height, width, dtype, nodata) for height, width in shapes[1:]]
         profile = {"driver": "GTiff", "tiled": True, "blockxsize": 256, "blockysize": 256, "bigtiff": "if_safer"}
         profile.update(count=dataset.count, dtype=dataset.dtypes[0], crs=dataset.crs, nodata=nodata)
         try:
-            shapes = level_shapes(dataset.height, dataset.width, factors)[1:]
-            for path, (height, width) in zip(self.paths, shapes, strict=True):
+            for path, (height, width) in zip(self.paths, shapes[1:] if self.paths else [], strict=True):
                 transform = dataset.transform * rasterio.Affine.scale(dataset.width / width, dataset.height / height)
                 level = dict(profile, height=height, width=width, transform=transform)
                 self.levels.append(rasterio.open(path, "w+", **level))
         except BaseException:
             self.remove()
             raise
+
+    def write(self, array: np.ndarray, *args: Any, window: Window, **kwargs: Any) -> None:
+        """Write ``array`` at ``window`` to the image (``dataset``, or memory) and compute the level rows that it
+        completes."""
+        self.image.write(array, *args, window=window, **kwargs)
+        self.written(window)
 
     def written(self, window: Window) -> None:
         """Record a window written to the image and compute the level rows that it completes."""
@@ -177,7 +233,7 @@ class OverviewPyramid:
     def _extend(self) -> None:
         """Read back the complete rows of each level not read yet (an even number, until the level's last),
         hand them on, and write their 2 x 2 means into the next level."""
-        chain = [self.dataset, *self.levels]
+        chain = [self.image, *self.levels]
         complete = self._complete
         for index, source in enumerate(chain):
             if self._rows is None and index + 1 == len(chain):
