@@ -68,10 +68,10 @@ def average_2x2(image: np.ndarray, nodata: float) -> np.ndarray:
         valid &= ~np.isnan(image)
     counts = _pairs_added(valid.view(np.uint8))
     values = image if nodata == 0 and not floating else np.where(valid, image, 0)  # 0 adds nothing
-    if floating:
-        return np.where(counts > 0, _pairs_added(values.astype(np.float64)) / np.maximum(counts, 1), nodata).astype(
-            image.dtype
-        )
+    if floating:  # the rows' pairs added straight into float64 (a whole float64 copy first took 5x as long)
+        rows = np.add(values[:, 0::2], values[:, 1::2], dtype=np.float64)
+        sums = rows[:, :, 0::2] + rows[:, :, 1::2]
+        return np.where(counts > 0, sums / np.maximum(counts, 1), nodata).astype(image.dtype)
     narrow = values.dtype.itemsize <= 2 and (values.size == 0 or int(values.max()) < 2**14)
     sums = _pairs_added(values if narrow else values.astype(np.uint32))  # four values < 2**14: no overflow
     mean = (sums + 2) >> 2  # four valid pixels: rounded half up
