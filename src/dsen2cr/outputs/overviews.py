@@ -55,9 +55,9 @@ def _even(image: np.ndarray, nodata: float) -> np.ndarray:
 def average_2x2(image: np.ndarray, nodata: float) -> np.ndarray:
     """(bands, h, w) image to (bands, ceil(h/2), ceil(w/2)): each 2 x 2 block's mean over its pixels that are
     not ``nodata`` (nor NaN, for floats); ``nodata`` where none is valid (pixels beyond an odd edge count as
-    nodata). Integers (at most 16 bits) are rounded half up; floats keep their type (sums in float64).
+    nodata). Unsigned integers (at most 16 bits) are rounded half up; floats keep their type (sums in float64).
 
-    Pairs of rows are added first, then pairs of columns. Integers below 2**14 (reflectance DN are at most
+    Pairs of rows are added first, then pairs of columns. Values below 2**14 (reflectance DN are at most
     10000) are summed in 16 bits, which numpy adds several times faster than it widens them; blocks of four
     valid pixels, nearly all of an image, take (sum + 2) >> 2, the others a division (it ran on the writer's
     thread at 3.5 ns a pixel: seconds for a full tile's levels)."""
@@ -72,7 +72,7 @@ def average_2x2(image: np.ndarray, nodata: float) -> np.ndarray:
         rows = np.add(values[:, 0::2], values[:, 1::2], dtype=np.float64)
         sums = rows[:, :, 0::2] + rows[:, :, 1::2]
         return np.where(counts > 0, sums / np.maximum(counts, 1), nodata).astype(image.dtype)
-    narrow = values.dtype.itemsize <= 2 and (values.size == 0 or int(values.max()) < 2**14)
+    narrow = values.dtype.kind == "u" and values.dtype.itemsize <= 2 and (values.size == 0 or values.max() < 2**14)
     sums = _pairs_added(values if narrow else values.astype(np.uint32))  # four values < 2**14: no overflow
     mean = (sums + 2) >> 2  # four valid pixels: rounded half up
     partial = counts < 4
