@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +28,20 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
         times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2]
+
+
+def timed_into(function: Callable[..., Any], seconds: dict[str, float], name: str) -> Callable[..., Any]:
+    """``function`` adding its wall time to ``seconds[name]`` (to wrap a project function a benchmark times)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds[name] += time.perf_counter() - start
+
+    return wrapper
 
 
 def machine_info() -> dict[str, object]:

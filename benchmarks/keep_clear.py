@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from benchmarks.common import report
+from benchmarks.common import report, timed_into
 from benchmarks.scene import write_scene
 from dsen2cr import auto, create_model
 from dsen2cr.predictor import predictor_from_model
@@ -51,20 +48,6 @@ PARTS = (
 )
 
 
-def _timed(function: Callable[..., Any], seconds: dict[str, float], name: str) -> Callable[..., Any]:
-    """``function`` adding its wall time to ``seconds[name]``."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            seconds[name] += time.perf_counter() - start
-
-    return wrapper
-
-
 def main() -> None:
     """Measure and report."""
     parser = argparse.ArgumentParser()
@@ -81,7 +64,7 @@ def main() -> None:
     predictor = predictor_from_model(create_model(variant).eval(), device=args.device)
     seconds: dict[str, float] = defaultdict(float)
     for owner, attribute, what in PARTS:
-        setattr(owner, attribute, _timed(getattr(owner, attribute), seconds, what))
+        setattr(owner, attribute, timed_into(getattr(owner, attribute), seconds, what))
     runs = {
         "plain": ({}, False),
         "--mask-out": ({}, True),

@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 import dsen2cr.scene.jobs
 import dsen2cr.scene.remove
-from benchmarks.common import report
+from benchmarks.common import report, timed_into
 from benchmarks.scene import write_scene
 from dsen2cr import auto, create_model
 from dsen2cr.predictor import Predictor
@@ -49,20 +46,6 @@ PARTS = (
 def _identity(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
     """The stand-in network: its input back (13 bands in model units)."""
     return s2.copy()
-
-
-def _timed(function: Callable[..., Any], seconds: dict[str, float], name: str) -> Callable[..., Any]:
-    """``function`` adding its wall time to ``seconds[name]``."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            seconds[name] += time.perf_counter() - start
-
-    return wrapper
 
 
 def main() -> None:
@@ -87,7 +70,7 @@ def main() -> None:
     dsen2cr.scene.jobs.completes_in_background = lambda device: True  # type: ignore[assignment]
     seconds: dict[str, float] = defaultdict(float)
     for owner, attribute, what in PARTS:
-        setattr(owner, attribute, _timed(getattr(owner, attribute), seconds, what))
+        setattr(owner, attribute, timed_into(getattr(owner, attribute), seconds, what))
     runs = {"plain": (False, None), "--keep-clear --mask-out": (True, None)}
     runs["--keep-clear --mask-out, no window held"] = (True, 0)
     rows: list[dict[str, object]] = []
