@@ -175,8 +175,9 @@ def cog_writer(
         pyramid: OverviewPyramid | None = None
         streamed: COGStream | None = None
         try:
-            mode = "w" if overviews == "gdal" else "w+"  # w+: the pyramid reads complete rows back
             stream = stream and overviews != "gdal" and streams(options, np.dtype(profile["dtype"]).name)
+            # w+: the pyramid reads complete rows back (a streamed COG's stay in memory)
+            mode = "w+" if overviews != "gdal" and not stream else "w"
             # streamed: the image's rows stay in memory, the staging file only gives GDAL's tags (left sparse)
             staging_options = dict(STAGING_OPTIONS, **profile, **({"SPARSE_OK": "TRUE"} if stream else {}))
             with rasterio.open(staging, mode, **staging_options) as dataset:

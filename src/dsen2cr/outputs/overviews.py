@@ -135,11 +135,7 @@ class RowBuffer:
         """Put ``array`` (count, h, w) at ``window`` (rows already read cannot be written again)."""
         if window.row_off < self._first or array.shape != (self.count, window.height, window.width):
             raise ValueError(f"rows from {self._first} of {self.count} bands: cannot write {array.shape} at {window}")
-        end = window.row_off + window.height - self._first
-        if end > self._rows.shape[1]:  # grown into new memory: rows already handed out are never written again
-            grown = np.full((self.count, end, self.width), self.nodata, self._rows.dtype)
-            grown[:, : self._rows.shape[1]] = self._rows
-            self._rows = grown
+        self._hold(window.row_off + window.height - self._first)
         top = window.row_off - self._first
         self._rows[:, top : top + window.height, window.col_off : window.col_off + window.width] = array
 
@@ -148,12 +144,18 @@ class RowBuffer:
         none was written; they leave the buffer."""
         if window.row_off != self._first or (window.col_off, window.width) != (0, self.width):
             raise ValueError(f"rows are read once, full width, from row {self._first}: not {window}")
-        if self._rows.shape[1] < window.height:  # rows never written (the image's unwritten bottom)
-            self.write(np.full((self.count, 1, self.width), self.nodata, self._rows.dtype), window=Window(
-                0, window.row_off + window.height - 1, self.width, 1))  # fmt: skip
+        self._hold(window.height)  # rows never written (the image's unwritten bottom) are nodata
         rows, self._rows = self._rows[:, : window.height], self._rows[:, window.height :]
         self._first += window.height
         return rows
+
+    def _hold(self, rows: int) -> None:
+        """Hold at least ``rows`` rows from the first not read, new ones nodata (in new memory: rows already
+        handed out are never written again)."""
+        if rows > self._rows.shape[1]:
+            grown = np.full((self.count, rows, self.width), self.nodata, self._rows.dtype)
+            grown[:, : self._rows.shape[1]] = self._rows
+            self._rows = grown
 
     def close(self) -> None:
         """Drop the rows."""
@@ -195,13 +197,20 @@ class OverviewPyramid:
         self._read = [0] * (len(factors) + 1)  # rows of each level (the image first) read back
         shapes = level_shapes(dataset.height, dataset.width, factors)
         dtype = np.dtype(dataset.dtypes[0])
-        self.image: Any = RowBuffer(dataset.count, *shapes[0], dtype, nodata) if in_memory else dataset
+        self.image: Any = dataset
         if in_memory:
+            self.image = RowBuffer(dataset.count, *shapes[0], dtype, nodata)
             self.levels = [RowBuffer(dataset.count, height, width, dtype, nodata) for height, width in shapes[1:]]
+        else:
+            self._open_level_files(shapes[1:])
+
+    def _open_level_files(self, shapes: list[tuple[int, int]]) -> None:
+        """One uncompressed tiled GeoTIFF per level of ``shapes`` at :attr:`paths`, opened ``w+``."""
+        dataset = self.dataset
         profile = {"driver": "GTiff", "tiled": True, "blockxsize": 256, "blockysize": 256, "bigtiff": "if_safer"}
-        profile.update(count=dataset.count, dtype=dataset.dtypes[0], crs=dataset.crs, nodata=nodata)
+        profile.update(count=dataset.count, dtype=dataset.dtypes[0], crs=dataset.crs, nodata=self.nodata)
         try:
-            for path, (height, width) in zip(self.paths, shapes[1:] if self.paths else [], strict=True):
+            for path, (height, width) in zip(self.paths, shapes, strict=True):
                 transform = dataset.transform * rasterio.Affine.scale(dataset.width / width, dataset.height / height)
                 level = dict(profile, height=height, width=width, transform=transform)
                 self.levels.append(rasterio.open(path, "w+", **level))

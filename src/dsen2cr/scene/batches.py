@@ -80,7 +80,7 @@ def _run_batches(
     read: Callable[[list[Tile]], _Batch | None],
     on_batch: Callable[[int], object] | None,
     channels: int,
-) -> Iterator[tuple[Tile, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]]:
+) -> Iterator[Prediction]:
     """The loop of :func:`iter_predictions`: read the next batch on a reader thread while this one runs."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-read") as reader:
         pending = reader.submit(read, batches[0]) if batches else None
