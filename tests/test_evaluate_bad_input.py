@@ -98,7 +98,20 @@ def _evaluate_into_root(tmp: Path) -> list[str]:
 
 
 #: The table: each row is run by ``test_bad_input`` through the ``check_case`` fixture.
+def _evaluate_ensemble(tmp: Path, *weights: Path) -> list[str]:
+    """``evaluate`` argv of an ensemble over the small tree."""
+    argv = _evaluate(tmp, weights[0])
+    at = argv.index("--weights") + 2
+    return [*argv[:at], *(str(path) for path in weights[1:]), *argv[at:]]
+
+
 CASES = [
+    dict(
+        name="evaluate: one weights file twice in an ensemble (its sigma would be 0)",
+        setup=lambda t: _evaluate_ensemble(t, t.weights(), t.weights()),
+        message="dsen2cr-small.safetensors: the same network as ",
+        absent=("eval",),
+    ),
     dict(
         name="evaluate: missing weights",
         setup=lambda t: _evaluate(t, t / "w.safetensors"),

@@ -979,6 +979,56 @@ CASES += [
 ]
 
 
+def _ensemble_args(tmp: Path, *weights: Path) -> list[str]:
+    """remove-clouds --weights A B … --uncertainty-out over the small test scene (members without SAR)."""
+    s2, _ = tmp.scene()
+    members = [str(path) for path in weights]
+    outputs = ["--out", str(tmp / "o.tif"), "--uncertainty-out", str(tmp / "s.tif"), "--no-progress"]
+    return ["remove-clouds", "--weights", *members, "--s2", str(s2), *outputs]
+
+
+def _byte_copy(tmp: Path, source: Path, name: str) -> Path:
+    (tmp / name).write_bytes(source.read_bytes())
+    return tmp / name
+
+
+def _as_checkpoint(tmp: Path, source: Path) -> Path:
+    """The same weights as a training checkpoint (other bytes, equal tensors)."""
+    from dsen2cr.weights import CONFIG_KEY, load_model
+
+    model = load_model(source)
+    state = {f"model.{key}": value for key, value in model.state_dict().items()}
+    torch.save({"state_dict": state, CONFIG_KEY: model.config.to_dict()}, tmp / "same.ckpt")
+    return tmp / "same.ckpt"
+
+
+# An ensemble of copies: they never disagree, so its sigma (the members' spread) would be 0 everywhere.
+CASES += [
+    dict(
+        name="remove-clouds: one weights file twice in an ensemble",
+        setup=lambda t: _ensemble_args(t, t.weights("dsen2cr-small-nosar"), t.weights("dsen2cr-small-nosar")),
+        message="dsen2cr-small-nosar.safetensors: the same network as ",
+        absent=("o.tif", "s.tif"),
+    ),
+    dict(
+        name="remove-clouds: an ensemble of a weights file and its byte copy",
+        setup=lambda t: _ensemble_args(
+            t, t.weights("dsen2cr-small-nosar"), _byte_copy(t, t.weights("dsen2cr-small-nosar"), "copy.safetensors")
+        ),
+        message="copy.safetensors: the same network as ",
+        absent=("o.tif", "s.tif"),
+    ),
+    dict(
+        name="remove-clouds: an ensemble of weights and a checkpoint holding the same tensors",
+        setup=lambda t: _ensemble_args(
+            t, t.weights("dsen2cr-small-nosar"), _as_checkpoint(t, t.weights("dsen2cr-small-nosar"))
+        ),
+        message="same.ckpt: the same network as ",
+        absent=("o.tif", "s.tif"),
+    ),
+]
+
+
 @pytest.mark.parametrize("case", ["cache dir is a file", "HOME unset", "unicode paths with spaces"])
 def test_unusual_but_valid_environments(
     workdir: Path, run_cli: Callable[..., subprocess.CompletedProcess], case: str

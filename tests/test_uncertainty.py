@@ -299,6 +299,27 @@ def test_an_ensemble_combines_means_and_variances_by_the_law_of_total_variance()
         ensemble([members[0], sar])
 
 
+def test_an_ensemble_of_copies_is_refused() -> None:
+    """Copies never disagree: an ensemble of them would claim sigma 0 (its members' spread) everywhere. Refused:
+    one model in memory twice, two models with equal weights, two files of one SHA-256; kept: distinct weights,
+    and plain functions (nothing to compare)."""
+    from dsen2cr.ensemble import ensemble
+    from dsen2cr.predictor import Predictor, predictor_from_model
+
+    torch.manual_seed(0)
+    first, second, twin = (ModelConfig(1, 4, False).build().eval() for _ in range(3))
+    twin.load_state_dict(first.state_dict())
+    for other in (first, twin):
+        with pytest.raises(DSen2CRError, match="a model in memory: the same network as a model in memory"):
+            ensemble([predictor_from_model(first, device="cpu"), predictor_from_model(other, device="cpu")])
+    assert ensemble([predictor_from_model(first, device="cpu"), predictor_from_model(second, device="cpu")])
+    config, cpu = ModelConfig(1, 4, False), torch.device("cpu")
+    same_file = [Predictor(_Member(v, None), config, cpu, weights=f"m{v}", weights_sha256="ab" * 32) for v in (1, 2)]
+    with pytest.raises(DSen2CRError, match="m2: the same network as m1"):
+        ensemble(same_file)
+    assert ensemble([Predictor(_Member(1.0, None), config, cpu, weights=f"m{v}") for v in (1, 2)])
+
+
 def test_ensembles_from_the_command_line(workdir: Path, synthetic_tree: Path, capsys: pytest.CaptureFixture) -> None:
     """remove-clouds --weights A B --uncertainty-out: the mean prediction and sigma = sqrt(mean variance +
     variance of the means), recomputed here in float64; evaluate --weights A B scores the ensemble's sigma;
