@@ -604,6 +604,20 @@ def _s1_with_descriptions(tmp: Path, names: tuple[str, str]) -> Path:
     return path
 
 
+def _s1_pair(tmp: Path, names: tuple[str, str], descriptions: tuple[str, str] = ("", "")) -> str:
+    """An S1 ``first,second`` pair of single-band files on the scene's grid, with these names and band
+    descriptions."""
+    import rasterio
+
+    rng = np.random.default_rng(5)
+    for name, description in zip(names, descriptions, strict=True):
+        write_geotiff(tmp / name, rng.uniform(-25, -5, (1, 40, 50)).astype(np.float32), crs=UTM32N, transform=ORIGIN)
+        if description:
+            with rasterio.open(tmp / name, "r+") as dataset:
+                dataset.set_band_description(1, description)
+    return ",".join(str(tmp / name) for name in names)
+
+
 def _s2_as(tmp: Path, dtype: str, *, crs: object = UTM32N, pixel: float = 10, low: int = 1, high: int = 200) -> Path:
     array = np.random.default_rng(4).integers(low, high, (13, 40, 50)).astype(dtype)
     transform = from_origin(500000 if pixel >= 1 else 9.0, 5000000 if pixel >= 1 else 48.0, pixel, pixel)
@@ -648,6 +662,20 @@ CASES += [
         name="remove-clouds: S1 band descriptions say VH, VV",
         setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", s1=_s1_with_descriptions(t, ("VH", "VV")), sar=True),
         message="s1_described.tif: S1 band descriptions are ('VH', 'VV'); expected VV, VH",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: an S1 pair given VH first (by the files' names)",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", s1=_s1_pair(t, ("s1_vh.tif", "s1_vv.tif")), sar=True),
+        message="s1_vh.tif: its name says VH, but an S1 pair's first file is VV (VV.tif,VH.tif)",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: an S1 pair of one polarisation twice (by the files' band descriptions)",
+        setup=lambda t: _remove_to(
+            t, t.scene()[0], t / "o.tif", s1=_s1_pair(t, ("a.tif", "b.tif"), ("Sigma0_VV_db", "VV")), sar=True
+        ),
+        message="b.tif: its band description says VV, but an S1 pair's second file is VH (VV.tif,VH.tif)",
         absent=("o.tif",),
     ),
     dict(
