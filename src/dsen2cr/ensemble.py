@@ -6,10 +6,12 @@ own backend and checks; the ensemble is a :class:`~dsen2cr.predictor.Predictor` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec
@@ -111,6 +113,8 @@ def ensemble(members: list[Predictor]) -> Predictor:
         raise DSen2CRError(f"an ensemble needs at least two members, got {len(members)}")
     names = [member.weights or "a model in memory" for member in members]
     check_same_inputs(names, [member.include_sar for member in members])
+    models = [getattr(member.predict, "model", member.predict) for member in members]  # a PyTorch backend's model
+    check_distinct_members(names, models, [member.weights_sha256 for member in members])
     spec = EnsembleSpec(tuple(member.config for member in members))
     digests = ";".join(member.weights_sha256 or "unknown" for member in members)
     return Predictor(EnsembleBackend(members), spec, members[0].device, members[0].float32, "; ".join(names), digests)
@@ -124,3 +128,29 @@ def check_same_inputs(names: list[str], include_sar: list[bool]) -> None:
         raise DSen2CRError(
             f"{with_sar}: takes SAR input but {without} does not; an ensemble's members take the same inputs"
         )
+
+
+def check_distinct_members(names: Sequence[str], networks: Sequence[object], digests: Sequence[str | None]) -> None:
+    """Refuse two members that are one network: one file twice, a byte copy (equal SHA-256 in ``digests``) or the
+    same weights in two files (a checkpoint and its export: equal tensors of the PyTorch models in ``networks``).
+    Copies never disagree, so an ensemble of them would give its members' spread, σ, as 0 everywhere."""
+    for later in range(1, len(names)):
+        for earlier in range(later):
+            same_file = digests[later] is not None and digests[later] == digests[earlier]
+            if same_file or _equal_weights(networks[earlier], networks[later]):
+                why = "equal SHA-256" if same_file else "equal weights"
+                why = "named twice" if names[later] == names[earlier] else why
+                raise DSen2CRError(
+                    f"{names[later]}: the same network as {names[earlier]} ({why}); an ensemble's members are models "
+                    "trained apart (another trainer.seed, say): copies never disagree, so its σ would be 0"
+                )
+
+
+def _equal_weights(first: object, second: object) -> bool:
+    """Whether two PyTorch models hold equal tensors under equal names (False for anything else)."""
+    if not isinstance(first, torch.nn.Module) or not isinstance(second, torch.nn.Module):
+        return False
+    mine, theirs = first.state_dict(), second.state_dict()
+    return mine.keys() == theirs.keys() and all(
+        mine[name].shape == theirs[name].shape and torch.equal(mine[name], theirs[name]) for name in mine
+    )

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dsen2cr.auto import plan_scene_run, resolve_device
-from dsen2cr.ensemble import EnsembleSpec, check_same_inputs, ensemble
+from dsen2cr.ensemble import EnsembleSpec, check_distinct_members, check_same_inputs, ensemble
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
 from dsen2cr.inputs.readers import scene_size
@@ -157,6 +157,8 @@ def _plan_and_predictor(
     device = resolve_device(settings.device)
     networks = [load_network(weights, device=device) for weights in settings.weights_files]
     check_same_inputs(list(settings.weights_files), [network.config.include_sar for network in networks])
+    models, digests = [network.model for network in networks], [network.weights_sha256 for network in networks]
+    check_distinct_members(list(settings.weights_files), models, digests)
     without_s1 = [job.s2 for job in mine if job.s1 is None]
     if any(network.config.include_sar for network in networks) and without_s1:
         raise DSen2CRError(
