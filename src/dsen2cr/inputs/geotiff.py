@@ -3,6 +3,7 @@ stacked into a 2-band VRT."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
@@ -28,17 +29,24 @@ def geotiff_s2(path: Path, offset: int | None) -> S2Product:
 
 
 def stack_pair(vv: str, vh: str, source: str) -> str:
-    """A 2-band VRT (XML text GDAL opens directly) of two single-band files on one grid."""
+    """A 2-band VRT (XML text GDAL opens directly) of two single-band files on one grid; a file whose name or band
+    description names the other polarisation (``s1_vh.tif`` first) is refused: the VRT keeps neither."""
     from xml.sax.saxutils import escape
 
     from dsen2cr.rasters import open_raster
 
     grids = []
-    for name, path in (("VV", vv), ("VH", vh)):
+    for (name, slot), path in zip((("VV", "first"), ("VH", "second")), (vv, vh), strict=True):
         with open_raster(path, bands=1, what=f"S1 {name}") as dataset:
             grids.append(
                 (dataset.crs, dataset.transform, dataset.width, dataset.height, dataset.dtypes[0], dataset.nodata)
             )
+            description = dataset.descriptions[0] or ""
+        for what, text in (("name", Path(path).name), ("band description", description)):
+            if (found := polarisation(text.upper())) in ("VV", "VH") and found != name:
+                raise DSen2CRError(
+                    f"{path}: its {what} says {found}, but an S1 pair's {slot} file is {name} (VV.tif,VH.tif)"
+                )
     if grids[0][:4] != grids[1][:4]:
         raise DSen2CRError(f"{source}: VV and VH are not on one grid (CRS, transform or size differ)")
     crs, transform, width, height, dtype, nodata = grids[0]
@@ -57,3 +65,10 @@ def stack_pair(vv: str, vh: str, source: str) -> str:
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{srs}</SRS>'
         f"<GeoTransform>{geotransform}</GeoTransform>{bands}</VRTDataset>"
     )
+
+
+def polarisation(text: str) -> str | None:
+    """VV, VH, HH or HV when an upper-case band description or file name names exactly one of them (``VV``,
+    ``SIGMA0_VV_DB``, ``S1_VH.TIF``), else None."""
+    names = {p for p in ("VV", "VH", "HH", "HV") if re.search(rf"(^|[^A-Z]){p}([^A-Z]|$)", text)}
+    return names.pop() if len(names) == 1 else None

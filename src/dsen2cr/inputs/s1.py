@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import resolve_s1
+from dsen2cr.inputs.geotiff import polarisation
 from dsen2cr.inputs.readers import Grid, on_grid
 from dsen2cr.preprocessing import NUM_S1_BANDS
 from dsen2cr.rasters import open_raster, read_window
@@ -25,16 +25,10 @@ log = logging.getLogger(__name__)
 def _check_polarisations(name: str, descriptions: tuple[str | None, ...]) -> None:
     """Refuse an S1 file whose band descriptions name its polarisations in another order than VV, VH (the
     network would take VH for VV). Files without such names pass."""
-    found = [_polarisation((d or "").upper()) for d in descriptions]
+    found = [polarisation((d or "").upper()) for d in descriptions]
     if any(found) and found != ["VV", "VH"]:
         said = tuple((d or "").strip() for d in descriptions)
         raise DSen2CRError(f"{name}: S1 band descriptions are {said}; expected VV, VH (band 1 VV, band 2 VH)")
-
-
-def _polarisation(description: str) -> str | None:
-    """VV or VH when a band description names exactly one of them (``VV``, ``Sigma0_VV_db``), else None."""
-    names = {p for p in ("VV", "VH", "HH", "HV") if re.search(rf"(^|[^A-Z]){p}([^A-Z]|$)", description)}
-    return names.pop() if len(names) == 1 else None
 
 
 class S1Source:
