@@ -215,6 +215,18 @@ CASES = [
         absent=("out.tif",),
     ),
     dict(
+        name="remove-clouds: S1 with VH in band 1 and VV in band 2 (no band names)",
+        setup=lambda t: _remove(t, *t.scene(s1=_swapped_db())),
+        message="s1.tif: S1 band 2 is brighter than band 1 (median band 1 - band 2: -6.0 dB",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: an S1 pair given VH first (neutral names)",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", s1=_s1_pair(t, ("a.tif", "b.tif"), db=True), sar=True),
+        message="S1 band 2 is brighter than band 1",
+        absent=("o.tif",),
+    ),
+    dict(
         name="remove-clouds: SAR weights without --s1",
         setup=lambda t: _remove(t, t.scene()[0], None),
         message="these weights need SAR input; pass --s1",
@@ -407,6 +419,32 @@ def test_minus_infinity_in_s1_is_no_data(workdir: Path, capsys: pytest.CaptureFi
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "S1 has no data under 50.0% of the valid S2 pixels" in err
+
+
+def test_swapped_s1_bands_that_the_files_name_are_taken_as_named(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """Band 2 brighter than band 1 by 6 dB, in a file whose band descriptions say VV, VH, and in an S1 STAC item's
+    vv and vh assets: taken as named, with a warning (the names are the user's word); real-like S1, VV above VH,
+    passes without one."""
+    import json
+
+    import rasterio
+
+    s2 = _s2_file(workdir)
+    described = _s1_file(workdir, _swapped_db())
+    with rasterio.open(described, "r+") as dataset:
+        dataset.descriptions = ("VV", "VH")
+    for name, band in (("vv", 0), ("vh", 1)):
+        write_geotiff(workdir / f"{name}.tif", _swapped_db()[band : band + 1], crs=UTM32N, transform=ORIGIN)
+    item = {"type": "Feature", "id": "s1", "properties": {}, "assets": {n: {"href": f"{n}.tif"} for n in ("vv", "vh")}}
+    (workdir / "s1.json").write_text(json.dumps(item))
+    for s1 in (described, workdir / "s1.json"):
+        capsys.readouterr()
+        assert main([*_remove_with(workdir, s2, s1), "--overwrite"]) == 0
+        err = capsys.readouterr().err
+        assert "S1 band 2 is brighter than band 1 (median band 1 - band 2: -6.0 dB" in err
+        assert "taken as named (VV, VH)" in err
+    assert main([*_remove_with(workdir, s2, _s1_file(workdir, _swapped_db()[::-1].copy())), "--overwrite"]) == 0
+    assert "brighter" not in capsys.readouterr().err
 
 
 def test_a_band_file_in_another_crs_is_refused(workdir: Path) -> None:
@@ -604,14 +642,21 @@ def _s1_with_descriptions(tmp: Path, names: tuple[str, str]) -> Path:
     return path
 
 
-def _s1_pair(tmp: Path, names: tuple[str, str], descriptions: tuple[str, str] = ("", "")) -> str:
+def _swapped_db() -> np.ndarray:
+    """S1 dB with VH (about -18 dB) in band 1 and VV (about -12 dB) in band 2: VV is some 5-8 dB above VH."""
+    vv = np.random.default_rng(6).normal(-12, 2, (40, 50))
+    return np.stack([vv - 6, vv]).astype(np.float32)
+
+
+def _s1_pair(tmp: Path, names: tuple[str, str], descriptions: tuple[str, str] = ("", ""), db: bool = False) -> str:
     """An S1 ``first,second`` pair of single-band files on the scene's grid, with these names and band
-    descriptions."""
+    descriptions (``db``: VH in the first, VV in the second, else random dB in both)."""
     import rasterio
 
     rng = np.random.default_rng(5)
-    for name, description in zip(names, descriptions, strict=True):
-        write_geotiff(tmp / name, rng.uniform(-25, -5, (1, 40, 50)).astype(np.float32), crs=UTM32N, transform=ORIGIN)
+    for index, (name, description) in enumerate(zip(names, descriptions, strict=True)):
+        band = _swapped_db()[index : index + 1] if db else rng.uniform(-25, -5, (1, 40, 50)).astype(np.float32)
+        write_geotiff(tmp / name, band, crs=UTM32N, transform=ORIGIN)
         if description:
             with rasterio.open(tmp / name, "r+") as dataset:
                 dataset.set_band_description(1, description)
