@@ -28,34 +28,42 @@ def geotiff_s2(path: Path, offset: int | None) -> S2Product:
     return product
 
 
-def stack_pair(vv: str, vh: str, source: str) -> str:
-    """A 2-band VRT (XML text GDAL opens directly) of two single-band files on one grid; a file whose name or band
-    description names the other polarisation (``s1_vh.tif`` first) is refused: the VRT keeps neither."""
+def stack_pair(vv: str, vh: str, source: str, *, named: bool = False) -> str:
+    """A 2-band VRT (XML text GDAL opens directly) of two single-band files on one grid. A file whose name or band
+    description names the other polarisation (``s1_vh.tif`` first) is refused; a band whose file names its own
+    (or all, when ``named``: a STAC item's ``vv`` and ``vh`` assets) gets it as its description, so that what
+    the files said is known from the VRT."""
     from xml.sax.saxutils import escape
 
     from dsen2cr.rasters import open_raster
 
-    grids = []
+    grids, descriptions = [], []
     for (name, slot), path in zip((("VV", "first"), ("VH", "second")), (vv, vh), strict=True):
         with open_raster(path, bands=1, what=f"S1 {name}") as dataset:
             grids.append(
                 (dataset.crs, dataset.transform, dataset.width, dataset.height, dataset.dtypes[0], dataset.nodata)
             )
             description = dataset.descriptions[0] or ""
-        for what, text in (("name", Path(path).name), ("band description", description)):
-            if (found := polarisation(text.upper())) in ("VV", "VH") and found != name:
+        said = {
+            what: polarisation(text.upper())
+            for what, text in (("name", Path(path).name), ("band description", description))
+        }
+        for what, found in said.items():
+            if found in ("VV", "VH") and found != name:
                 raise DSen2CRError(
                     f"{path}: its {what} says {found}, but an S1 pair's {slot} file is {name} (VV.tif,VH.tif)"
                 )
+        descriptions.append(name if named or name in said.values() else "")
     if grids[0][:4] != grids[1][:4]:
         raise DSen2CRError(f"{source}: VV and VH are not on one grid (CRS, transform or size differ)")
     crs, transform, width, height, dtype, nodata = grids[0]
     vrt_type = {"float32": "Float32", "float64": "Float64"}.get(dtype, "Float32")
     bands = ""
-    for index, path in enumerate((vv, vh), start=1):
+    for index, (path, description) in enumerate(zip((vv, vh), descriptions, strict=True), start=1):
         nodata_xml = f"<NoDataValue>{nodata}</NoDataValue>" if nodata is not None else ""
+        description_xml = f"<Description>{description}</Description>" if description else ""
         bands += (
-            f'<VRTRasterBand dataType="{vrt_type}" band="{index}">{nodata_xml}<SimpleSource>'
+            f'<VRTRasterBand dataType="{vrt_type}" band="{index}">{description_xml}{nodata_xml}<SimpleSource>'
             f'<SourceFilename relativeToVRT="0">{escape(str(path))}</SourceFilename><SourceBand>1</SourceBand>'
             "</SimpleSource></VRTRasterBand>"
         )

@@ -21,6 +21,10 @@ from dsen2cr.rasters import open_raster, read_window
 
 log = logging.getLogger(__name__)
 
+#: How far (dB) the median of band 2 may lie above band 1 before S1 counts as swapped: VH lies some 5-8 dB below
+#: VV on land and water (the bundled sample: 5-8 dB), and near the noise floor (calm water) the two come close.
+SWAPPED_MARGIN_DB = 2.0
+
 
 def _check_polarisations(name: str, descriptions: tuple[str | None, ...]) -> None:
     """Refuse an S1 file whose band descriptions name its polarisations in another order than VV, VH (the
@@ -94,11 +98,13 @@ class S1Source:
         self._check_units()
 
     def _check_units(self) -> None:
-        """Refuse linear-power input unless ``linear`` (then it is converted to dB when read)."""
-        finite = self._valid_values(self._lattice_sample())
-        if finite.size == 0:  # data only between the lattice windows: look at the whole file, decimated
+        """Refuse linear-power input unless ``linear`` (then it is converted to dB when read), then check the band
+        order (:meth:`_check_band_order`)."""
+        sample = self._lattice_sample()
+        if not self._valid(sample).any():  # data only between the lattice windows: look at the whole file, decimated
             height, width = min(256, self._src.height), min(256, self._src.width)
-            finite = self._valid_values(self._src.read(out_shape=(2, height, width)).astype(np.float64))
+            sample = self._src.read(out_shape=(2, height, width)).astype(np.float64).reshape(2, -1)
+        finite = sample[self._valid(sample)]
         if finite.size == 0:
             raise DSen2CRError(f"{self.path}: S1 holds no valid values")
         looks_linear = finite.min() >= 0 and np.median(finite) < 1.0
@@ -109,14 +115,40 @@ class S1Source:
             )
         if self.linear and not looks_linear:
             log.warning("%s: S1 given as linear power, but the values look like dB already", self.path)
+        self._check_band_order(sample)
 
-    def _valid_values(self, values: np.ndarray) -> np.ndarray:
-        """The finite values that are not the file's nodata value, flattened."""
-        finite = values[np.isfinite(values)]
-        return finite if self._src.nodata is None else finite[finite != self._src.nodata]
+    def _check_band_order(self, sample: np.ndarray) -> None:
+        """Refuse S1 whose band 2 is brighter than band 1 by more than :data:`SWAPPED_MARGIN_DB` (the median over
+        the (2, n) ``sample``'s pixels valid in both): VH lies some 5-8 dB below VV on land and water, so such
+        bands are swapped and the network would take VH for VV. Bands the files name VV, VH are taken as named,
+        with a warning."""
+        both = self._valid(sample).all(axis=0)
+        if self.linear:
+            both &= (sample > 0).all(axis=0)
+        if both.sum() < 100:
+            return
+        db = sample[:, both] if not self.linear else 10 * np.log10(sample[:, both])
+        difference = float(np.median(db[0] - db[1]))
+        if difference >= -SWAPPED_MARGIN_DB:
+            return
+        said = (
+            f"{self.path}: S1 band 2 is brighter than band 1 (median band 1 - band 2: {difference:.1f} dB; VV lies "
+            "some 5-8 dB above VH on land and water)"
+        )
+        if [polarisation((d or "").upper()) for d in self._src.descriptions] == ["VV", "VH"]:
+            log.warning("%s; the file names them VV, VH, so they are taken as named (VV, VH)", said)
+            return
+        raise DSen2CRError(
+            f"{said}: the bands look swapped; give VV first (or name the bands VV, VH to have them taken as they are)"
+        )
+
+    def _valid(self, values: np.ndarray) -> np.ndarray:
+        """Where values are finite and not the file's nodata value."""
+        valid = np.isfinite(values)
+        return valid if self._src.nodata is None else valid & (values != self._src.nodata)
 
     def _lattice_sample(self, grid: int = 4, size: int = 64) -> np.ndarray:
-        """Values of a grid x grid lattice of small windows spread over the file: a few blocks are decoded,
+        """Values (2, n) of a grid x grid lattice of small windows spread over the file: a few blocks are decoded,
         where a decimated read of the whole file would decode all of them."""
         height, width = self._src.height, self._src.width
         size_y, size_x = min(size, height), min(size, width)
@@ -126,7 +158,8 @@ class S1Source:
             for j in range(grid)
         }
         return np.concatenate(
-            [self._src.read(window=Window(c, r, size_x, size_y)).astype(np.float64).ravel() for r, c in windows]
+            [self._src.read(window=Window(c, r, size_x, size_y)).astype(np.float64).reshape(2, -1) for r, c in windows],
+            axis=1,
         )
 
     def read(self, window: Window) -> np.ndarray:

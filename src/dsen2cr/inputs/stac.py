@@ -198,4 +198,4 @@ def s1_assets(location: str) -> tuple[str, str]:
 
 def stac_s1(location: str) -> str:
     """A 2-band VRT of the ``vv`` and ``vh`` assets of an S1 STAC item."""
-    return stack_pair(*s1_assets(location), location)
+    return stack_pair(*s1_assets(location), location, named=True)  # the item names its assets vv and vh
