@@ -965,12 +965,16 @@ def test_an_html_page_behind_a_stac_url_is_named(workdir: Path, capsys: pytest.C
 
 def test_an_s1_file_whose_name_holds_a_comma_is_one_file(workdir: Path) -> None:
     """``--s1 's1,final.tif'`` names an existing file: read as that file (it was split as a VV,VH pair, 's1: S1
-    scene not found'), the same output as under a plain name; a pair is still a pair."""
+    scene not found'), the same output as under a plain name; so is a manifest's relative ``"s1,final.tif"``."""
     s2, s1 = workdir.scene()
     (workdir / "s1,final.tif").write_bytes(s1.read_bytes())
     assert main(_remove_to(workdir, s2, workdir / "comma.tif", s1=workdir / "s1,final.tif", sar=True)) == 0
     assert main(_remove_to(workdir, s2, workdir / "plain.tif", s1=s1, sar=True)) == 0
     assert (workdir / "comma.tif").read_bytes() == (workdir / "plain.tif").read_bytes()
+    (workdir / "m.csv").write_text('s2,s1,out\ns2.tif,"s1,final.tif",listed.tif\n')
+    weights = str(workdir.weights("dsen2cr-small"))
+    assert main(["remove-clouds", "--weights", weights, "--manifest", str(workdir / "m.csv"), "--no-progress"]) == 0
+    assert (workdir / "listed.tif").read_bytes() == (workdir / "plain.tif").read_bytes()
 
 
 @pytest.mark.parametrize(

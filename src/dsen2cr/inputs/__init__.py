@@ -56,10 +56,12 @@ def is_stac(text: str) -> bool:
     return is_url(text) or text.lower().endswith(".json")
 
 
-def s1_parts(text: str) -> list[str]:
-    """The files an ``--s1`` value names: the two of a ``VV,VH`` pair, else the value (an S2 value is never
-    split: a comma is a legal character of a file name)."""
-    return [p.strip() for p in text.split(",")] if "," in text else [text]
+def s1_parts(text: str, base: Path | None = None) -> list[str]:
+    """The files an ``--s1`` value names: the two of a ``VV,VH`` pair, else the value: one without a comma, or an
+    existing file's (relative to ``base`` when given; a comma is a legal character of a file name; an S2 value
+    is never split)."""
+    whole = Path(text) if base is None else base / text
+    return [p.strip() for p in text.split(",")] if "," in text and not whole.exists() else [text]
 
 
 def local_inputs(s2: str, s1: str | None, product: S2Product | None = None) -> list[tuple[str, Path]]:
@@ -88,8 +90,7 @@ def resolve_s1(arg: str | Path) -> str:
     text = str(arg)
     if is_stac(text):
         return stac_s1(text)
-    if "," in text:
-        parts = s1_parts(text)
+    if len(parts := s1_parts(text)) > 1:
         if len(parts) != 2 or not all(parts):
             raise DSen2CRError(f"{text}: an S1 pair is two files, VV,VH")
         return stack_pair(parts[0], parts[1], text)

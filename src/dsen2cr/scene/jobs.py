@@ -52,7 +52,7 @@ def read_manifest(path: Path) -> list[SceneJob]:
 
     def resolve_input(text: str, *, pair: bool) -> str:
         """Relative paths (each of a VV,VH pair) against the manifest's folder; URLs as they are."""
-        parts = s1_parts(text.strip()) if pair else [text.strip()]
+        parts = s1_parts(text.strip(), base) if pair else [text.strip()]
         return ",".join(p if "://" in p else str(base / p) for p in parts)
 
     try:
