@@ -786,6 +786,37 @@ CASES += [
         absent=("o.tif",),
     ),
     dict(
+        name="remove-clouds: --s2-offset -100000",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", "--s2-offset=-100000"),
+        message="--s2-offset: -100000 is not an offset a Sentinel-2 product holds",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --s2-offset 1000 (the sign flipped)",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", "--s2-offset", "1000"),
+        message="--s2-offset: 1000 is not an offset a Sentinel-2 product holds",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --s2-offset -1000 for a GeoTIFF that holds no offset (dark DN)",
+        setup=lambda t: _remove_to(
+            t,
+            t.scene(s2=np.random.default_rng(8).integers(1, 900, (13, 40, 50)).astype(np.uint16))[0],
+            t / "o.tif",
+            "--s2-offset=-1000",
+        ),
+        message="s2.tif: the offset -1000 (--s2-offset) takes B1 to 0 or below on 100% of its valid pixels",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: SAFE metadata offsets -3000 that the data does not hold",
+        setup=lambda t: _remove_to(
+            t, t.safe("p", baseline="05.10", offsets={i: -3000 for i in range(13)}), t / "o.tif"
+        ),
+        message="the offset -3000 (the product's metadata) takes B1 to 0 or below on 9",
+        absent=("o.tif",),
+    ),
+    dict(
         name="remove-clouds: a zip holding two SAFEs",
         setup=lambda t: _remove_to(t, _zip_of_two_safes(t), t / "o.tif"),
         message="two.SAFE.zip: holds 2 Sentinel-2 products",
