@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.geotiff import geotiff_s2, stack_pair
-from dsen2cr.inputs.product import S2Product, is_url
+from dsen2cr.inputs.product import MAX_OFFSET_DN, S2Product, is_url, plausible_offset
 from dsen2cr.inputs.safe import safe_folder, zipped_safe
 from dsen2cr.inputs.stac import s1_assets, stac_s1, stac_s2
 
@@ -29,6 +29,11 @@ def resolve_s2(arg: str | Path, *, offset: int | None = None) -> S2Product:
     """The :class:`S2Product` an ``--s2`` argument names (``offset``: ``--s2-offset`` for files whose metadata
     cannot say, i.e. GeoTIFFs and bare ``IMG_DATA`` folders)."""
     text = str(arg)
+    if offset is not None and not (plausible_offset(offset) and offset <= 0):
+        raise DSen2CRError(
+            f"--s2-offset: {offset} is not an offset a Sentinel-2 product holds: they are added to the DN, -1000 "
+            f"since baseline 04.00 (never positive, nor below -{MAX_OFFSET_DN})"
+        )
     if is_stac(text):
         if offset is not None:
             raise DSen2CRError(f"{text}: --s2-offset is for GeoTIFFs; a STAC item declares its offsets")

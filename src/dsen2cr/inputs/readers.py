@@ -96,6 +96,7 @@ class S2Source:
             if not checked:
                 self._check_declared()
                 self._check_units()
+                self._check_offsets()
         except DSen2CRError:
             self.close()
             raise
@@ -164,6 +165,28 @@ class S2Source:
                 f"{self.name}: S2 values look like reflectance (99th percentile {np.percentile(finite, 99):.3g}); "
                 "expected L1C digital numbers (reflectance x 10000), e.g. uint16"
             )
+
+    def _check_offsets(self) -> None:
+        """Refuse offsets the data does not hold: one that takes a band to 0 or below (DN 1 once clipped) on more
+        than half of its valid pixels in a decimated sample. Data that holds its offset (-1000: reflectance 0 is
+        DN 1000) lies above it nearly everywhere; dark land in the visible bands lies far below 1000 without it."""
+        offsets = np.asarray(self.product.offsets, np.float64)
+        if not offsets.any():
+            return
+        sample = self.read_decimated(256).astype(np.float64)
+        nodata = 0 if self.nodata is None else self.nodata
+        for band, offset, values in zip(self.bands, offsets, sample, strict=True):
+            values = values[(values != nodata) & np.isfinite(values)]
+            if offset == 0 or values.size == 0:
+                continue
+            lost = float(np.mean(np.rint((values + offset) * self.product.scale) < 1))
+            if lost > 0.5:
+                source = {"option": "--s2-offset", "metadata": "the product's metadata", "stac": "the STAC item"}
+                raise DSen2CRError(
+                    f"{self.name}: the offset {offset:g} ({source.get(self.product.offset_from, 'declared')}) takes "
+                    f"{band} to 0 or below on {lost:.0%} of its valid pixels (median DN {np.median(values):.0f}): "
+                    "the data holds no such offset"
+                )
 
     def _open_band_files(self, files: list[str], resampling: Resampling) -> None:
         """Open one file per band; resample the coarser ones onto the B02 grid. Bands of one product share a
