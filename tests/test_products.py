@@ -74,6 +74,25 @@ def test_geotiff_offset_option(weights: Path, tmp_path: Path) -> None:
     assert (got[:, :5, :5] == 0).all()
 
 
+def test_a_missing_offset_is_warned(weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An L1C GeoTIFF whose cirrus band B10 lies above 1000 DN in the median (an export of a baseline 04.00+
+    product, DN + 1000; B10 without it lies at tens of DN) run without --s2-offset: a warning names the option;
+    with --s2-offset -1000, or for the same scene without the shift, none."""
+    rng = np.random.default_rng(1)
+    s2 = rng.integers(500, 4000, (13, 40, 50)).astype(np.uint16)
+    s2[10] = rng.integers(5, 60, (40, 50))  # B10, cirrus: tens of DN under a clear sky
+    origin = from_origin(500000, 5000000, 10, 10)
+    plain = write_geotiff(tmp_path / "plain.tif", s2, crs=CRS_33N, transform=origin)
+    shifted = write_geotiff(tmp_path / "shifted.tif", s2 + np.uint16(1000), crs=CRS_33N, transform=origin)
+    for scene, extra, warned in ((shifted, (), True), (shifted, ("--s2-offset", "-1000"), False), (plain, (), False)):
+        caplog.clear()
+        _run(weights, scene, tmp_path / f"{scene.stem}{len(extra)}.tif", *extra)
+        said = [r.getMessage() for r in caplog.records if "--s2-offset -1000" in r.getMessage()]
+        assert bool(said) == warned, said
+        if warned:
+            assert said[0].startswith(f"{scene}: B10 (cirrus) lies at 10") and "baseline 04.00" in said[0]
+
+
 def test_zipped_product_equals_the_folder(weights: Path, tmp_path: Path, make_safe: Callable[..., Path]) -> None:
     safe = make_safe(tmp_path / "p", baseline="05.10", shift=1000, offsets=ALL_OFFSETS)
     archive = tmp_path / f"{safe.name}.zip"
