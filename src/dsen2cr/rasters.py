@@ -83,3 +83,15 @@ def read_window(
     except Exception as error:  # rasterio raises several types for damaged files
         reason = " ".join(str(error).split())
         raise DSen2CRError(f"{dataset.name}: cannot read pixels, the file may be truncated ({reason})") from None
+
+
+def lattice_windows(height: int, width: int, grid: int = 4, size: int = 64) -> list[Window]:
+    """A grid x grid lattice of windows of at most ``size`` px spread evenly over a raster (corners included): a
+    sample of a few blocks, where a decimated read of the whole raster would decode all of them."""
+    size_y, size_x = min(size, height), min(size, width)
+    corners = {
+        (round(i * (height - size_y) / max(grid - 1, 1)), round(j * (width - size_x) / max(grid - 1, 1)))
+        for i in range(grid)
+        for j in range(grid)
+    }
+    return [Window(col, row, size_x, size_y) for row, col in sorted(corners)]

@@ -23,7 +23,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, resolve_s2
 from dsen2cr.inputs.product import band_code
 from dsen2cr.preprocessing import S2_BANDS
-from dsen2cr.rasters import gdal_block_cache, open_raster, read_window
+from dsen2cr.rasters import gdal_block_cache, lattice_windows, open_raster, read_window
 
 log = logging.getLogger(__name__)
 
@@ -168,25 +168,48 @@ class S2Source:
 
     def _check_offsets(self) -> None:
         """Refuse offsets the data does not hold: one that takes a band to 0 or below (DN 1 once clipped) on more
-        than half of its valid pixels in a decimated sample. Data that holds its offset (-1000: reflectance 0 is
-        DN 1000) lies above it nearly everywhere; dark land in the visible bands lies far below 1000 without it."""
+        than half of its valid pixels. Data that holds its offset (-1000: reflectance 0 is DN 1000) lies above it
+        nearly everywhere; dark land in the visible bands lies far below 1000 without it. Where no offset is
+        known (a GeoTIFF, a folder without metadata), warn about a Level-1C B10 (cirrus) above 1000 DN in the
+        median: tens of DN under a clear sky, so it holds baseline 04.00's offset. Both look at a lattice sample
+        (:func:`dsen2cr.rasters.lattice_windows`), or the decimated scene where it has no valid pixel."""
         offsets = np.asarray(self.product.offsets, np.float64)
-        if not offsets.any():
+        if not offsets.any() and (self.product.offset_from != "none" or "B10" not in self.bands):
             return
-        sample = self.read_decimated(256).astype(np.float64)
+        sample = self._raw_sample()
         nodata = 0 if self.nodata is None else self.nodata
         for band, offset, values in zip(self.bands, offsets, sample, strict=True):
             values = values[(values != nodata) & np.isfinite(values)]
-            if offset == 0 or values.size == 0:
+            if values.size == 0:
                 continue
             lost = float(np.mean(np.rint((values + offset) * self.product.scale) < 1))
-            if lost > 0.5:
+            if offset and lost > 0.5:
                 source = {"option": "--s2-offset", "metadata": "the product's metadata", "stac": "the STAC item"}
                 raise DSen2CRError(
                     f"{self.name}: the offset {offset:g} ({source.get(self.product.offset_from, 'declared')}) takes "
                     f"{band} to 0 or below on {lost:.0%} of its valid pixels (median DN {np.median(values):.0f}): "
                     "the data holds no such offset"
                 )
+            if band == "B10" and not offset and self.level == "L1C" and np.median(values) >= 1000:
+                log.warning(
+                    "%s: B10 (cirrus) lies at %.0f DN in the median, where a clear sky gives tens: products of "
+                    "processing baseline 04.00+ (since 2022) add 1000 to every DN; if this is an export of one, give "
+                    "--s2-offset -1000",
+                    self.name,
+                    np.median(values),
+                )
+
+    def _raw_sample(self) -> np.ndarray:
+        """The input's DN (bands, n), offsets kept, of a lattice of small windows spread over the scene, or of the
+        decimated scene where those hold no valid pixel."""
+        parts = [
+            np.concatenate([read_window(dataset, window) for dataset in self._datasets]).reshape(len(self.bands), -1)
+            for window in lattice_windows(self.grid.height, self.grid.width)
+        ]
+        sample = np.concatenate(parts, axis=1)
+        if not self.valid(sample[:, :, None]).any():
+            sample = self.read_decimated(256).reshape(len(self.bands), -1)
+        return sample.astype(np.float64)
 
     def _open_band_files(self, files: list[str], resampling: Resampling) -> None:
         """Open one file per band; resample the coarser ones onto the B02 grid. Bands of one product share a

@@ -17,7 +17,7 @@ from dsen2cr.inputs import resolve_s1
 from dsen2cr.inputs.geotiff import polarisation
 from dsen2cr.inputs.readers import Grid, on_grid
 from dsen2cr.preprocessing import NUM_S1_BANDS
-from dsen2cr.rasters import open_raster, read_window
+from dsen2cr.rasters import lattice_windows, open_raster, read_window
 
 log = logging.getLogger(__name__)
 
@@ -147,20 +147,10 @@ class S1Source:
         valid = np.isfinite(values)
         return valid if self._src.nodata is None else valid & (values != self._src.nodata)
 
-    def _lattice_sample(self, grid: int = 4, size: int = 64) -> np.ndarray:
-        """Values (2, n) of a grid x grid lattice of small windows spread over the file: a few blocks are decoded,
-        where a decimated read of the whole file would decode all of them."""
-        height, width = self._src.height, self._src.width
-        size_y, size_x = min(size, height), min(size, width)
-        windows = {
-            (round(i * (height - size_y) / max(grid - 1, 1)), round(j * (width - size_x) / max(grid - 1, 1)))
-            for i in range(grid)
-            for j in range(grid)
-        }
-        return np.concatenate(
-            [self._src.read(window=Window(c, r, size_x, size_y)).astype(np.float64).reshape(2, -1) for r, c in windows],
-            axis=1,
-        )
+    def _lattice_sample(self) -> np.ndarray:
+        """Values (2, n) of small windows spread over the file (:func:`dsen2cr.rasters.lattice_windows`)."""
+        windows = lattice_windows(self._src.height, self._src.width)
+        return np.concatenate([self._src.read(window=w).astype(np.float64).reshape(2, -1) for w in windows], axis=1)
 
     def read(self, window: Window) -> np.ndarray:
         """(2, h, w) float32 dB of ``window``; NaN where S1 has no data."""
