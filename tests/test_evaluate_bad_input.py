@@ -107,6 +107,12 @@ def _evaluate_ensemble(tmp: Path, *weights: Path) -> list[str]:
 
 CASES = [
     dict(
+        name="evaluate: --cloud-threshold -1 (every pixel cloud)",
+        setup=lambda t: _evaluate(t, t.weights(), extra=("--cloud-threshold=-1",)),
+        message="--cloud-threshold: expected a cloud score in [0, 1] (the paper's 0.2), got '-1'",
+        absent=("eval",),
+    ),
+    dict(
         name="evaluate: one weights file twice in an ensemble (its sigma would be 0)",
         setup=lambda t: _evaluate_ensemble(t, t.weights(), t.weights()),
         message="dsen2cr-small.safetensors: the same network as ",

@@ -817,6 +817,12 @@ CASES += [
         absent=("o.tif",),
     ),
     dict(
+        name="remove-clouds: --cloud-threshold 20 (a percentage for a score in [0, 1])",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", "--cloud-threshold", "20"),
+        message="--cloud-threshold: expected a cloud score in [0, 1] (the paper's 0.2), got '20'",
+        absent=("o.tif",),
+    ),
+    dict(
         name="remove-clouds: a zip holding two SAFEs",
         setup=lambda t: _remove_to(t, _zip_of_two_safes(t), t / "o.tif"),
         message="two.SAFE.zip: holds 2 Sentinel-2 products",
