@@ -175,7 +175,7 @@ CASES = [
     dict(
         name="evaluate: --cloud-threshold nan",
         setup=lambda t: _evaluate_args(t, t.tree(), t.tree() / "files.csv", None, "--cloud-threshold", "nan"),
-        message="expected a finite number",
+        message="expected a cloud score in [0, 1] (the paper's 0.2), got 'nan'",
         absent=("eval",),
     ),
     dict(

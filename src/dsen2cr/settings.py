@@ -118,8 +118,8 @@ class SceneSettings:
             raise DSen2CRError(f"--feather: must be 0 or more pixels, got {self.feather}")
         if self.feather > MAX_FEATHER:
             raise DSen2CRError(f"--feather: must be in [0, {MAX_FEATHER}] pixels, got {self.feather}")
-        if not math.isfinite(self.cloud_threshold):
-            raise DSen2CRError(f"--cloud-threshold: must be a finite number, got {self.cloud_threshold}")
+        if not 0.0 <= self.cloud_threshold <= 1.0:
+            raise DSen2CRError(f"--cloud-threshold: must be a cloud score in [0, 1], got {self.cloud_threshold}")
         self.cog_options()  # compression and level known, and this GDAL writes them
 
     @property

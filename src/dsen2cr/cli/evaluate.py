@@ -11,7 +11,7 @@ from dsen2cr.cli.options import (
     add_no_progress,
     add_overwrite,
     add_weights,
-    finite_float,
+    cloud_score,
 )
 from dsen2cr.precision import PRECISIONS
 
@@ -40,7 +40,7 @@ def register(subparsers: SubParsers) -> None:
         "precision (default: %(default)s; ONNX files run the precision they were exported in)",
     )
     parser.add_argument("--batch-size", type=int, default=4, help="default: %(default)s")
-    parser.add_argument("--cloud-threshold", type=finite_float, default=0.2, help="default: %(default)s")
+    parser.add_argument("--cloud-threshold", type=cloud_score, default=0.2, help="default: %(default)s")
     parser.add_argument("--no-images", action="store_true", help="metrics only: no GeoTIFFs, no PNG previews")
     parser.add_argument(
         "--mask",

@@ -4,6 +4,7 @@ one spelling, one help text and one check for each, so every command behaves the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -98,6 +99,17 @@ def auto_or_int(value: str) -> str | int:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected auto or an integer, got {value!r}") from None
+
+
+def cloud_score(value: str) -> float:
+    """Argument type: a threshold on the paper detector's cloud score, a number in [0, 1] (a percentage such as
+    20 would find no cloud at all)."""
+    number = float("nan")
+    with contextlib.suppress(ValueError):
+        number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a cloud score in [0, 1] (the paper's 0.2), got {value!r}")
+    return number
 
 
 def finite_float(value: str) -> float:

@@ -14,6 +14,7 @@ from dsen2cr.cli.options import (
     add_overwrite,
     add_weights,
     auto_or_int,
+    cloud_score,
     finite_float,
 )
 from dsen2cr.outputs.geotiff import COG_COMPRESSION_LEVELS
@@ -124,7 +125,7 @@ def _add_compute(parser: argparse.ArgumentParser) -> None:
 def _add_masks(parser: argparse.ArgumentParser) -> None:
     """The cloud/shadow map and ``--keep-clear``."""
     parser.add_argument(
-        "--cloud-threshold", type=finite_float, default=0.2, help="of --mask paper (default: %(default)s)"
+        "--cloud-threshold", type=cloud_score, default=0.2, help="of --mask paper (default: %(default)s)"
     )
     parser.add_argument(
         "--mask",
