@@ -186,6 +186,32 @@ def test_worker_errors_are_one_line(workdir: Path, capsys: pytest.CaptureFixture
     assert "every value is NaN" in lines[0] and "Original Traceback" not in lines[0] and "File " not in lines[0]
 
 
+def test_a_resume_keeps_the_runs_settings(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """A resumed run continues with its own settings: the optimiser's state (its learning rate too) comes from
+    the checkpoint, so optim.lr=0.5 trained at the run's lr while config.yaml and the checkpoints said 0.5.
+    Refused (exit 2, naming the key and both values), as is a changed seed and optim.epochs the checkpoint has
+    already finished (Lightning's 'internal error'); the run's files stay as they were. More epochs, other
+    workers: resumed."""
+    config = str(workdir.config())
+    assert main(["train", "--config", config, "--no-progress"]) == 0
+    run = workdir / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    kept = {path: path.read_bytes() for path in (last, run / "config.yaml")}
+    resume = ["train", "--config", config, "--no-progress", "--resume", str(last)]
+    for override, said in (
+        ("optim.lr=0.5", "resumed with optim.lr 0.5, but the run trained with 7e-05"),
+        ("trainer.seed=7", "resumed with trainer.seed 7, but the run trained with 42"),
+        ("optim.epochs=1", "has finished 1 epoch; optim.epochs 1 leaves none to train: set it above 1"),
+    ):
+        capsys.readouterr()
+        assert main([*resume, override]) == 2, override
+        err = capsys.readouterr().err
+        assert said in err and "internal error" not in err, err
+        assert all(path.read_bytes() == content for path, content in kept.items())
+    assert main([*resume, "optim.epochs=2", "data.num_workers=1"]) == 0
+    assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 2
+
+
 @pytest.mark.slow
 def test_sigterm_during_training_keeps_complete_checkpoints(
     workdir: Path, terminate_when: Callable[..., int], private_tmp_env: dict[str, str]
