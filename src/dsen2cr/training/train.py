@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -170,8 +171,10 @@ def run_training(
 def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, progress: bool) -> Path:
     """:func:`run_training` under the run folder's lock."""
     out = prepare_run_dir(config, resume=None if resume is None else str(resume), overwrite=overwrite)
+    resumed_step = None
     if resume is not None:
         _check_resume_checkpoint(Path(resume), config)
+        resumed_step = _check_resume_settings(Path(resume), config, out / RESOLVED_CONFIG)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(config.trainer.matmul_precision)
     # convolutions too: PyTorch leaves cuDNN convolutions on TF32 after set_float32_matmul_precision("highest")
@@ -182,7 +185,6 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
         config.data, config.loss, config.optim.batch_size, config.trainer.seed, global_batch=config.optim.global_batch
     )
     datamodule.setup("fit")
-    resumed_step = None if resume is None else _checkpoint_step(Path(resume))
     trainer = build_trainer(config, out, progress=progress, resumed_step=resumed_step)
     task = build_task(config)
     try:
@@ -198,12 +200,61 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
     return last
 
 
-def _checkpoint_step(path: Path) -> int:
-    """The global step a training checkpoint was saved at (0 when it does not say)."""
+#: What a resumed run may change: how long it trains, where its data lies and how it is read, where and how
+#: it runs and logs. Everything else is the run's own: the optimiser's state comes from the checkpoint.
+RESUME_MAY_CHANGE = frozenset(
+    {"optim.epochs", "data.root", "data.file_list", "data.train_rois", "data.val_rois", "data.test_rois"}
+    | {"data.num_workers", "trainer.out_dir", "trainer.accelerator", "trainer.devices", "trainer.num_nodes"}
+    | {"trainer.strategy", "trainer.log_every_n_steps", "trainer.val_images"}
+)
+
+
+def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> int:
+    """Refuse a resume that changes the run's settings (those of the checkpoint's own record, ``loss`` and
+    ``optim``, and of the run folder's ``config.yaml``; but :data:`RESUME_MAY_CHANGE`) or asks for no epoch
+    beyond those the checkpoint finished; return the checkpoint's global step. A changed learning rate, say,
+    would not apply (the optimiser's state is restored) while the run's records said it did."""
+    import dataclasses
+
+    import yaml
+
     with path.open("rb") as file:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    step = checkpoint.get("global_step", 0) if isinstance(checkpoint, dict) else 0
-    return int(step) if isinstance(step, int) else 0
+    checkpoint = checkpoint if isinstance(checkpoint, dict) else {}
+    stored: dict[str, Any] = {}
+    if run_config.is_file():
+        with contextlib.suppress(yaml.YAMLError, OSError, UnicodeDecodeError):
+            stored.update(_flattened(yaml.safe_load(run_config.read_text(encoding="utf-8"))))
+    hyper = checkpoint.get("hyper_parameters")
+    if isinstance(hyper, dict):
+        stored.update(_flattened({section: hyper.get(section) for section in ("loss", "optim")}))
+    asked = _flattened(dataclasses.asdict(config))
+    for key, value in stored.items():
+        if key in asked and key not in RESUME_MAY_CHANGE and asked[key] != value:
+            raise DSen2CRError(
+                f"{path}: resumed with {key} {asked[key]}, but the run trained with {value}; a resumed run continues "
+                "with its own settings (the optimiser's state comes from the checkpoint): only optim.epochs, the "
+                "data's location and workers, and where it runs may change; start a new run for other settings"
+            )
+    epoch = checkpoint.get("epoch")
+    finished = epoch + 1 if isinstance(epoch, int) else 0
+    if config.optim.epochs <= finished:
+        raise DSen2CRError(
+            f"{path}: has finished {finished} epoch{'s' if finished != 1 else ''}; optim.epochs "
+            f"{config.optim.epochs} leaves none to train: set it above {finished}"
+        )
+    step = checkpoint.get("global_step", 0)
+    return step if isinstance(step, int) else 0
+
+
+def _flattened(values: object, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` as ``{"optim.lr": 1}`` (lists and scalars are leaves; anything else is empty)."""
+    if not isinstance(values, dict):
+        return {prefix.rstrip("."): values} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat.update(_flattened(value, f"{prefix}{key}."))
+    return flat
 
 
 def _check_resume_checkpoint(path: Path, config: RunConfig) -> None:
