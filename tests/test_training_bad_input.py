@@ -186,12 +186,14 @@ def test_worker_errors_are_one_line(workdir: Path, capsys: pytest.CaptureFixture
     assert "every value is NaN" in lines[0] and "Original Traceback" not in lines[0] and "File " not in lines[0]
 
 
-def test_a_resume_keeps_the_runs_settings(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_resume_keeps_the_runs_settings(
+    workdir: Path, capsys: pytest.CaptureFixture, recwarn: pytest.WarningsRecorder
+) -> None:
     """A resumed run continues with its own settings: the optimiser's state (its learning rate too) comes from
     the checkpoint, so optim.lr=0.5 trained at the run's lr while config.yaml and the checkpoints said 0.5.
     Refused (exit 2, naming the key and both values), as is a changed seed and optim.epochs the checkpoint has
     already finished (Lightning's 'internal error'); the run's files stay as they were. More epochs, other
-    workers: resumed."""
+    workers: resumed, without Lightning's warning that the checkpoint folder is not empty."""
     config = str(workdir.config())
     assert main(["train", "--config", config, "--no-progress"]) == 0
     run = workdir / "run"
@@ -208,8 +210,11 @@ def test_a_resume_keeps_the_runs_settings(workdir: Path, capsys: pytest.CaptureF
         err = capsys.readouterr().err
         assert said in err and "internal error" not in err, err
         assert all(path.read_bytes() == content for path, content in kept.items())
+    recwarn.clear()
     assert main([*resume, "optim.epochs=2", "data.num_workers=1"]) == 0
     assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 2
+    # Lightning's warning that the checkpoint folder is not empty says nothing to a resume (it must not be empty)
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
 
 
 @pytest.mark.slow
