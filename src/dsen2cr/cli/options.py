@@ -159,6 +159,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # a resume's checkpoint folder holds the run's checkpoints; a fresh run's is refused before if it holds one
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
 #: The optional extras and the modules each provides (``pip install 'dsen2cr[EXTRA]'``).
