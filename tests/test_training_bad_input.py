@@ -210,6 +210,13 @@ def test_a_resume_keeps_the_runs_settings(
         err = capsys.readouterr().err
         assert said in err and "internal error" not in err, err
         assert all(path.read_bytes() == content for path, content in kept.items())
+    # a checkpoint of such a resume from before: its record says 0.5, its optimiser state the lr it trained with
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["hyper_parameters"]["optim"]["lr"] = 0.5
+    torch.save(checkpoint, workdir / "recorded.ckpt")
+    recorded = ["train", "--config", config, "--no-progress", "--resume", str(workdir / "recorded.ckpt")]
+    assert main([*recorded, "optim.lr=0.5", "optim.epochs=2"]) == 2
+    assert "resumed with optim.lr 0.5, but the run trained with 7e-05" in capsys.readouterr().err
     recwarn.clear()
     assert main([*resume, "optim.epochs=2", "data.num_workers=1"]) == 0
     assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 2
