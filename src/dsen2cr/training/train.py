@@ -210,8 +210,9 @@ RESUME_MAY_CHANGE = frozenset(
 
 
 def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> int:
-    """Refuse a resume that changes the run's settings (those of the checkpoint's own record, ``loss`` and
-    ``optim``, and of the run folder's ``config.yaml``; but :data:`RESUME_MAY_CHANGE`) or asks for no epoch
+    """Refuse a resume that changes the run's settings (those of the run folder's ``config.yaml``, then of the
+    checkpoint's own record, ``loss`` and ``optim``, then of its optimiser state; but
+    :data:`RESUME_MAY_CHANGE`) or asks for no epoch
     beyond those the checkpoint finished; return the checkpoint's global step. A changed learning rate, say,
     would not apply (the optimiser's state is restored) while the run's records said it did."""
     import dataclasses
@@ -228,6 +229,7 @@ def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> i
     hyper = checkpoint.get("hyper_parameters")
     if isinstance(hyper, dict):
         stored.update(_flattened({section: hyper.get(section) for section in ("loss", "optim")}))
+    stored.update(_optimiser_settings(checkpoint))  # what the restored optimiser will use, whatever the record says
     asked = _flattened(dataclasses.asdict(config))
     for key, value in stored.items():
         if key in asked and key not in RESUME_MAY_CHANGE and asked[key] != value:
@@ -247,10 +249,25 @@ def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> i
     return step if isinstance(step, int) else 0
 
 
+def _optimiser_settings(checkpoint: dict) -> dict[str, Any]:
+    """``optim.lr``, ``betas``, ``eps`` and ``momentum_decay`` of the checkpoint's optimiser state (empty when it
+    holds none)."""
+    states = checkpoint.get("optimizer_states")
+    groups = (
+        states[0].get("param_groups") if isinstance(states, list) and states and isinstance(states[0], dict) else None
+    )
+    if not isinstance(groups, list) or not groups or not isinstance(groups[0], dict):
+        return {}
+    names = ("lr", "betas", "eps", "momentum_decay")
+    found = {name: groups[0][name] for name in names if name in groups[0]}
+    return _flattened({"optim": {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in found.items()}})
+
+
 def _flattened(values: object, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1}}`` as ``{"optim.lr": 1}`` (lists and scalars are leaves; anything else is empty)."""
+    """``{"optim": {"lr": 1}}`` as ``{"optim.lr": 1}`` (lists, tuples as lists, and scalars are leaves)."""
     if not isinstance(values, dict):
-        return {prefix.rstrip("."): values} if prefix else {}
+        leaf = list(values) if isinstance(values, tuple) else values
+        return {prefix.rstrip("."): leaf} if prefix else {}
     flat: dict[str, Any] = {}
     for key, value in values.items():
         flat.update(_flattened(value, f"{prefix}{key}."))
