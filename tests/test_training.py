@@ -203,6 +203,30 @@ def test_export_round_trip_and_variant_check(
     assert load_model(tmp_path / "copy.safetensors").config == a.config
 
 
+def test_weights_files_of_one_model_are_byte_identical(tmp_path: Path) -> None:
+    """Saving one model twice gives one file, byte for byte (so one SHA-256 in every output's provenance):
+    safetensors writes its metadata in a random order (upstream issue #584), so 10 saves in one process gave up
+    to 10 files; the header is written with sorted keys and still read by safetensors, metadata and tensors."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from dsen2cr import create_model
+
+    model = create_model("dsen2cr-small")
+    paths = [
+        save_weights(model, tmp_path / f"{i}.safetensors", provenance={"source": "a", "b": "c"}) for i in range(10)
+    ]
+    assert len({hashlib.sha256(path.read_bytes()).hexdigest() for path in paths}) == 1
+    header = paths[0].read_bytes()[8 : 8 + int.from_bytes(paths[0].read_bytes()[:8], "little")]
+    assert list(json.loads(header)["__metadata__"]) == sorted(json.loads(header)["__metadata__"])
+    with safe_open(str(paths[0]), "pt") as stored:
+        assert stored.metadata()["source"] == "a" and json.loads(stored.metadata()["dsen2cr_model_config"])
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(stored.get_tensor(name), tensor)
+    assert load_model(paths[0]).config == model.config
+
+
 def test_paper_config_is_the_original_run() -> None:
     """`config paper` trains as the original did: fp32 without TF32, a global batch of 16, the original's crop
     offsets and last-batch rule; `paper-fast` states its deviations."""
