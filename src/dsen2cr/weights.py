@@ -29,7 +29,7 @@ FORMAT_VALUE = "dsen2cr-weights-v1"
 def save_weights(model: CloudRemovalNetwork, path: str | Path, *, provenance: dict[str, str] | None = None) -> Path:
     """Write a model's weights and configuration to a safetensors file, atomically (``provenance``: more
     metadata, e.g. where the weights came from)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     config = model.config
@@ -40,8 +40,19 @@ def save_weights(model: CloudRemovalNetwork, path: str | Path, *, provenance: di
         FAMILY_KEY: family_of(config).name,
     }
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        tmp.write_bytes(_sorted_header(save(state, metadata=metadata)))
     return Path(path)
+
+
+def _sorted_header(blob: bytes) -> bytes:
+    """A safetensors file with its JSON header's keys sorted: safetensors writes the metadata in a random order
+    (its issue #584), so two saves of one model differed in bytes and SHA-256. The data offsets are relative to
+    the data, so only the header changes; it is padded with spaces so that the data stays 8-byte aligned."""
+    length = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + length :]
 
 
 def config_from_metadata(raw: Any, path: Path | str, family: Any = None) -> ModelSpec:
