@@ -762,3 +762,24 @@ def test_remove_clouds_array_equals_the_file_run(workdir: Path) -> None:
         dsen2cr.remove_clouds_array(predictor, s2_dn, s1_db[:, :, 1:])
     with pytest.raises(DSen2CRError, match="s2_dn: 3 bands; expected 13"):
         dsen2cr.remove_clouds_array(predictor, s2_dn[:3], s1_db)
+
+
+def test_remove_clouds_array_errors_name_the_arguments(workdir: Path) -> None:
+    """Errors about the arrays' values name the argument, not the temporary GeoTIFF the arrays were written to
+    (it was '/tmp/dsen2cr-arrays-…/s2.tif: S2 values look like reflectance'); a bands-last array is told how to
+    turn it; S1 whose VH lies above VV is refused (the array names no polarisation: VV, VH by the contract)."""
+    import dsen2cr
+    from dsen2cr.errors import DSen2CRError
+
+    s2, _ = workdir.scene()
+    with rasterio.open(s2) as source:
+        s2_dn = source.read()
+    vv = np.random.default_rng(9).normal(-12, 2, s2_dn.shape[1:])
+    predictor = dsen2cr.load_predictor(workdir.weights("dsen2cr-small"), device="cpu")
+    nosar = dsen2cr.load_predictor(workdir.weights("dsen2cr-small-nosar"), device="cpu")
+    with pytest.raises(DSen2CRError, match=r"^s2_dn: S2 values look like reflectance"):
+        dsen2cr.remove_clouds_array(nosar, s2_dn / 10000.0)
+    with pytest.raises(DSen2CRError, match=r"^s1_db: S1 band 2 is brighter than band 1"):
+        dsen2cr.remove_clouds_array(predictor, s2_dn, np.stack([vv - 6, vv]).astype(np.float32))
+    with pytest.raises(DSen2CRError, match=r"bands last .*np\.moveaxis\(s2_dn, -1, 0\)"):
+        dsen2cr.remove_clouds_array(nosar, np.moveaxis(s2_dn, 0, -1))
