@@ -781,5 +781,5 @@ def test_remove_clouds_array_errors_name_the_arguments(workdir: Path) -> None:
         dsen2cr.remove_clouds_array(nosar, s2_dn / 10000.0)
     with pytest.raises(DSen2CRError, match=r"^s1_db: S1 band 2 is brighter than band 1"):
         dsen2cr.remove_clouds_array(predictor, s2_dn, np.stack([vv - 6, vv]).astype(np.float32))
-    with pytest.raises(DSen2CRError, match=r"bands last .*np\.moveaxis\(s2_dn, -1, 0\)"):
+    with pytest.raises(DSen2CRError, match=r"bands last.*np\.moveaxis\(s2_dn, -1, 0\)"):
         dsen2cr.remove_clouds_array(nosar, np.moveaxis(s2_dn, 0, -1))

@@ -65,14 +65,8 @@ def remove_clouds_array(
         work = Path(folder)
         s2 = write_geotiff(work / "s2.tif", s2_dn, crs=grid_crs, transform=grid_transform, band_names=names)
         s1 = None
-        if s1_db is not None:
-            s1 = write_geotiff(
-                work / "s1.tif",
-                s1_db.astype(np.float32),
-                crs=grid_crs,
-                transform=grid_transform,
-                band_names=["VV", "VH"],
-            )
+        if s1_db is not None:  # no band names: the array states none, so its band order is checked by its values
+            s1 = write_geotiff(work / "s1.tif", s1_db.astype(np.float32), crs=grid_crs, transform=grid_transform)
         job = SceneJob(
             str(s2),
             None if s1 is None else str(s1),
@@ -80,7 +74,11 @@ def remove_clouds_array(
             mask_out=work / "mask.tif",
             uncertainty_out=work / "sigma.tif" if uncertainty else None,
         )
-        remove_clouds(predictor, job, settings)
+        try:
+            remove_clouds(predictor, job, settings)
+        except DSen2CRError as error:  # name the arguments, not the temporary files they were written to
+            named = str(error).replace(str(s2), "s2_dn")
+            raise DSen2CRError(named if s1 is None else named.replace(str(s1), "s1_db")) from None
         with open_raster(job.out, what="output") as out, open_raster(work / "mask.tif", what="mask") as mask:
             image, tags, codes = out.read(), out.tags(), mask.read(1)
         sigma = None
@@ -98,7 +96,8 @@ def _check_arrays(s2_dn: np.ndarray, s1_db: np.ndarray | None, band_names: list[
         )
     bands = s2_dn.shape[0]
     if band_names is None and bands not in (12, 13):
-        raise DSen2CRError(f"s2_dn: {bands} bands; expected 13 (L1C) or 12 (L2A), or name them with band_names")
+        turn = "; it looks bands last: np.moveaxis(s2_dn, -1, 0)" if s2_dn.shape[-1] in (12, 13) else ""
+        raise DSen2CRError(f"s2_dn: {bands} bands; expected 13 (L1C) or 12 (L2A), or name them with band_names{turn}")
     if band_names is not None and len(band_names) != bands:
         raise DSen2CRError(f"band_names: {len(band_names)} names for {bands} bands")
     if s1_db is not None and (s1_db.ndim != 3 or s1_db.shape != (NUM_S1_BANDS, *s2_dn.shape[1:])):
