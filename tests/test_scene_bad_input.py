@@ -823,6 +823,11 @@ CASES += [
         absent=("o.tif",),
     ),
     dict(
+        name="remove-clouds: --out an existing folder without the trailing slash",
+        setup=lambda t: (t / "outdir").mkdir() or _remove_to(t, t.scene()[0], t / "outdir"),
+        message="outdir: is a folder; end it with a slash (",
+    ),
+    dict(
         name="remove-clouds: a zip holding two SAFEs",
         setup=lambda t: _remove_to(t, _zip_of_two_safes(t), t / "o.tif"),
         message="two.SAFE.zip: holds 2 Sentinel-2 products",
