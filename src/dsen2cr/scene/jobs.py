@@ -82,6 +82,11 @@ def output_path(path: Path, s2: str, text: str | None = None) -> Path:
     ``<scene>_cloudfree.tif`` in it."""
     given = str(path) if text is None else text.strip()
     if not given.endswith(("/", os.sep)):
+        if path.is_dir():
+            raise DSen2CRError(
+                f"{given}: is a folder; end it with a slash ({given.rstrip('/')}/) to write "
+                f"{scene_stem(s2)}_cloudfree.tif into it, or name an output file"
+            )
         return path
     if not path.is_dir():
         raise DSen2CRError(f"{given}: output folder does not exist")
