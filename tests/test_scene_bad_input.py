@@ -447,6 +447,32 @@ def test_swapped_s1_bands_that_the_files_name_are_taken_as_named(workdir: Path, 
     assert "brighter" not in capsys.readouterr().err
 
 
+def test_zero_in_s1_without_a_declared_nodata_is_no_data(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """Exports fill S1 outside its swath with 0 and often declare no nodata (Earth Engine; SNAP's no-data value
+    is 0): 0.0 dB exactly is a fill, not a bright target (it was fed to the network as 0 dB). Taken as no data:
+    the output equals the run on the same S1 with NaN there, and the missing share is warned; on S1 warped onto
+    the grid too, where 0 was blended into its neighbours."""
+    s1 = np.random.default_rng(1).uniform(-25, -5, (2, 40, 50)).astype(np.float32)
+    s2 = _s2_file(workdir)
+    runs = {}
+    for name, fill in (("zero", 0.0), ("nan", np.nan)):
+        filled = s1.copy()
+        filled[:, :, :25] = fill
+        for warped in (False, True):
+            # warped: the same values on a grid 1 m off the scene's, so the S1 is resampled onto it
+            origin = from_origin(500001 if warped else 500000, 5000000, 10, 10)
+            path = write_geotiff(workdir / f"s1{name}{warped}.tif", filled, crs=UTM32N, transform=origin)
+            out = workdir / f"o{name}{warped}.tif"
+            weights = str(workdir.weights("dsen2cr-small"))
+            argv = ["remove-clouds", "--weights", weights, "--s2", str(s2), "--s1", str(path), "--out", str(out)]
+            capsys.readouterr()
+            assert main([*argv, "--no-progress"]) == 0
+            assert "S1 has no data under 5" in capsys.readouterr().err
+            runs[name, warped] = out.read_bytes()
+    assert runs["zero", False] == runs["nan", False]
+    assert runs["zero", True] == runs["nan", True]
+
+
 def test_a_band_file_in_another_crs_is_refused(workdir: Path) -> None:
     """A product folder whose B06 declares another CRS with the same transform numbers is refused (it was read
     as if it were on the B02 grid)."""
