@@ -84,26 +84,32 @@ class S1Source:
             grid.height,
         )
         self.warped = not same_grid
+        # a file that declares no nodata: 0 is (exports fill S1 outside its swath with it; SNAP's no-data value)
+        self.nodata = 0.0 if self._src.nodata is None else float(self._src.nodata)
+        sample = self._sample()
         if same_grid:
             self._reader: rasterio.io.DatasetReaderBase = self._src
         else:
+            # the warp takes one nodata value: undeclared, 0 where the sample holds a 0 fill, else NaN (NaN fills)
+            undeclared = np.nan if not (sample == 0).any() else 0.0
+            src_nodata = self.nodata if self._src.nodata is not None else undeclared
             self._reader = on_grid(
-                self._src,
-                grid,
-                Resampling.bilinear,
-                src_nodata=self._src.nodata if self._src.nodata is not None else np.nan,
-                nodata=np.nan,
-                dtype="float32",
+                self._src, grid, Resampling.bilinear, src_nodata=src_nodata, nodata=np.nan, dtype="float32"
             )
-        self._check_units()
+        self._check_units(sample)
 
-    def _check_units(self) -> None:
-        """Refuse linear-power input unless ``linear`` (then it is converted to dB when read), then check the band
-        order (:meth:`_check_band_order`)."""
+    def _sample(self) -> np.ndarray:
+        """Values (2, n) of a lattice of small windows spread over the file, or of the whole file decimated where
+        those hold no valid value."""
         sample = self._lattice_sample()
-        if not self._valid(sample).any():  # data only between the lattice windows: look at the whole file, decimated
+        if not self._valid(sample).any():
             height, width = min(256, self._src.height), min(256, self._src.width)
             sample = self._src.read(out_shape=(2, height, width)).astype(np.float64).reshape(2, -1)
+        return sample
+
+    def _check_units(self, sample: np.ndarray) -> None:
+        """Refuse linear-power input unless ``linear`` (then it is converted to dB when read), then check the band
+        order (:meth:`_check_band_order`), on ``sample`` (:meth:`_sample`)."""
         finite = sample[self._valid(sample)]
         if finite.size == 0:
             raise DSen2CRError(f"{self.path}: S1 holds no valid values")
@@ -143,9 +149,8 @@ class S1Source:
         )
 
     def _valid(self, values: np.ndarray) -> np.ndarray:
-        """Where values are finite and not the file's nodata value."""
-        valid = np.isfinite(values)
-        return valid if self._src.nodata is None else valid & (values != self._src.nodata)
+        """Where values are finite and not the nodata value (the file's, else 0)."""
+        return np.isfinite(values) & (values != self.nodata)
 
     def _lattice_sample(self) -> np.ndarray:
         """Values (2, n) of small windows spread over the file (:func:`dsen2cr.rasters.lattice_windows`)."""
@@ -155,9 +160,8 @@ class S1Source:
     def read(self, window: Window) -> np.ndarray:
         """(2, h, w) float32 dB of ``window``; NaN where S1 has no data."""
         data = read_window(self._reader, window).astype(np.float32)
-        nodata = self._reader.nodata
-        if nodata is not None and not np.isnan(nodata):
-            data[data == nodata] = np.nan
+        if not self.warped and not np.isnan(self.nodata):  # a warped reader gives NaN for it
+            data[data == self.nodata] = np.nan
         data[np.isinf(data)] = np.nan  # -inf dB (log of zero power) is no data, not the -25 dB clip floor
         if self.linear:
             with np.errstate(divide="ignore", invalid="ignore"):
