@@ -811,17 +811,14 @@ CASES += [
         message="RADIO_ADD_OFFSET 'inf' of band_id 0",
         absent=("o.tif",),
     ),
-    dict(
-        name="remove-clouds: --s2-offset -100000",
-        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", "--s2-offset=-100000"),
-        message="--s2-offset: -100000 is not an offset a Sentinel-2 product holds",
-        absent=("o.tif",),
-    ),
-    dict(
-        name="remove-clouds: --s2-offset 1000 (the sign flipped)",
-        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", "--s2-offset", "1000"),
-        message="--s2-offset: 1000 is not an offset a Sentinel-2 product holds",
-        absent=("o.tif",),
+    *(
+        dict(
+            name=f"remove-clouds: --s2-offset {offset} ({why})",
+            setup=lambda t, offset=offset: _remove_to(t, t.scene()[0], t / "o.tif", f"--s2-offset={offset}"),
+            message=f"--s2-offset: {offset} is not an offset a Sentinel-2 product holds",
+            absent=("o.tif",),
+        )
+        for offset, why in (("-100000", "beyond the DN range"), ("1000", "the sign flipped"))
     ),
     dict(
         name="remove-clouds: --s2-offset -1000 for a GeoTIFF that holds no offset (dark DN)",
