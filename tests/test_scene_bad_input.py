@@ -89,6 +89,14 @@ def _manifest(tmp: Path, rows: list[tuple[str, str, str]], name: str = "m.csv", 
     return path
 
 
+def _manifest_header_args(tmp: Path, header: str, row: str) -> list[str]:
+    """remove-clouds over a manifest ``m.csv`` of this header and one row (the small scene, no SAR)."""
+    tmp.scene()
+    (tmp / "m.csv").write_text(f"{header}\n{row}\n")
+    weights = str(tmp.weights("dsen2cr-small-nosar"))
+    return ["remove-clouds", "--weights", weights, "--manifest", str(tmp / "m.csv"), "--no-progress"]
+
+
 def _manifest_args(tmp: Path, rows: list[tuple[str, str, str]], *extra: str) -> list[str]:
     tmp.scene()
     weights = tmp.weights("dsen2cr-small-nosar")
@@ -473,6 +481,14 @@ def test_zero_in_s1_without_a_declared_nodata_is_no_data(workdir: Path, capsys: 
     assert runs["zero", True] == runs["nan", True]
 
 
+def test_manifest_headers_in_any_case_and_spacing(workdir: Path) -> None:
+    """A manifest header is read whatever its case and spaces around names (' S2 , OUT ' as spreadsheets
+    write them): the scene is written (today: 'manifest header lacks out, s2')."""
+    argv = _manifest_header_args(workdir, " S2 , OUT , Mask_Out", "s2.tif,o.tif,m.tif")
+    assert main(argv) == 0
+    assert (workdir / "o.tif").is_file() and (workdir / "m.tif").is_file()
+
+
 def test_a_band_file_in_another_crs_is_refused(workdir: Path) -> None:
     """A product folder whose B06 declares another CRS with the same transform numbers is refused (it was read
     as if it were on the B02 grid)."""
@@ -849,6 +865,26 @@ CASES += [
         name="remove-clouds: --out an existing folder without the trailing slash",
         setup=lambda t: (t / "outdir").mkdir() or _remove_to(t, t.scene()[0], t / "outdir"),
         message="outdir: is a folder; end it with a slash (",
+    ),
+    dict(
+        name="remove-clouds: a manifest column misspelt (mask_0ut: the map would silently not be written)",
+        setup=lambda t: _manifest_header_args(t, "s2,out,mask_0ut", "s2.tif,o.tif,m.tif"),
+        message="m.csv: manifest column 'mask_0ut' is not one of s2, s1, out, mask_out, preview, uncertainty_out; "
+        "did you mean 'mask_out'?",
+        absent=("o.tif", "m.tif"),
+    ),
+    dict(
+        name="remove-clouds: a manifest row with an unquoted VV,VH pair (one field too many)",
+        setup=lambda t: _manifest_header_args(t, "s2,s1,out", "s2.tif,vv.tif,vh.tif,o.tif"),
+        message="m.csv:2: more fields than the header's 3; quote a VV,VH pair",
+        absent=("o.tif", "vh.tif"),
+    ),
+    dict(
+        name="remove-clouds: a manifest separated by semicolons",
+        setup=lambda t: _manifest_header_args(t, "s2;out", "s2.tif;o.tif"),
+        message="m.csv: manifest column 's2;out' is not one of s2, s1, out, mask_out, preview, uncertainty_out; "
+        "separate the columns with commas",
+        absent=("o.tif",),
     ),
     dict(
         name="remove-clouds: a zip holding two SAFEs",
