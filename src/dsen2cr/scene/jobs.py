@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import logging
 import os
 from collections.abc import Iterator
@@ -41,6 +42,8 @@ def scene_stem(source: str) -> str:
 
 #: The manifest's optional output columns (beside ``out``).
 OPTIONAL_OUTPUTS = ("mask_out", "preview", "uncertainty_out")
+#: Every column a manifest may have.
+MANIFEST_COLUMNS = ("s2", "s1", "out", *OPTIONAL_OUTPUTS)
 
 
 def read_manifest(path: Path) -> list[SceneJob]:
@@ -57,11 +60,12 @@ def read_manifest(path: Path) -> list[SceneJob]:
 
     try:
         with path.open(newline="", encoding="utf-8-sig") as file:
-            rows = list(csv.DictReader(file))
-            fieldnames = set(rows[0]) if rows else set()
+            reader = csv.DictReader(file)
+            raw_rows, header = list(reader), list(reader.fieldnames or [])
     except (UnicodeDecodeError, csv.Error) as error:
         raise DSen2CRError(f"{path}: not a readable CSV manifest ({error})") from None
-    missing = {"s2", "out"} - fieldnames
+    rows = _manifest_rows(path, header, raw_rows)
+    missing = {"s2", "out"} - {name.strip().lower() for name in header}
     if rows and missing:
         raise DSen2CRError(f"{path}: manifest header lacks {', '.join(sorted(missing))} (expected s2,s1,out)")
     jobs = []
@@ -75,6 +79,34 @@ def read_manifest(path: Path) -> list[SceneJob]:
     if not jobs:
         raise DSen2CRError(f"{path}: manifest lists no scenes")
     return jobs
+
+
+def _manifest_rows(path: Path, header: list[str], rows: list[dict]) -> list[dict[str, str]]:
+    """The rows keyed by column names as the manifest defines them, whatever their case and the spaces around
+    them (``' S2 , OUT '``). Refused: a column that is none of :data:`MANIFEST_COLUMNS` (a misspelt one would be
+    silently left out: its output never written), a column twice, a row with more fields than the header (an
+    unquoted VV,VH pair or path with a comma)."""
+    names = [name.strip().lower() for name in header]
+    for given, name in zip(header, names, strict=True):
+        if name not in MANIFEST_COLUMNS:
+            close = difflib.get_close_matches(name, MANIFEST_COLUMNS, n=1)
+            hint = "separate the columns with commas" if ";" in name or "\t" in name else ""
+            hint = hint or (f"did you mean {close[0]!r}?" if close else "")
+            raise DSen2CRError(
+                f"{path}: manifest column {given.strip()!r} is not one of {', '.join(MANIFEST_COLUMNS)}"
+                + (f"; {hint}" if hint else "")
+            )
+        if names.count(name) > 1:
+            raise DSen2CRError(f"{path}: manifest column {name!r} appears twice")
+    keyed = []
+    for line, row in enumerate(rows, start=2):
+        if row.get(None):  # DictReader's key for fields beyond the header
+            raise DSen2CRError(
+                f"{path}:{line}: more fields than the header's {len(header)}; quote a VV,VH pair or a path with a "
+                'comma ("s1_vv.tif,s1_vh.tif")'
+            )
+        keyed.append({name: row.get(given) or "" for given, name in zip(header, names, strict=True)})
+    return keyed
 
 
 def output_path(path: Path, s2: str, text: str | None = None) -> Path:
