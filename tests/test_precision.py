@@ -260,6 +260,40 @@ def test_the_output_says_what_made_it_and_how_to_show_it(workdir: Path, weights_
     assert (colours[3], colours[2], colours[1]) == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
 
 
+def test_the_output_records_its_inputs_mask_threshold_tiling_and_s1_fill(workdir: Path) -> None:
+    """Beyond the model: which scene and S1 (file names, never a machine's folders), the paper mask's cloud
+    threshold, the tiling (exact, or an overlap below the exact one: pixels near window edges differ from
+    whole-image inference) and the share of valid pixels where S1 had no data and its scene mean filled in;
+    the cloud/shadow map records its scene and threshold too."""
+    from dsen2cr.cli import main
+    from dsen2cr.outputs.geotiff import write_geotiff
+
+    s2, s1 = workdir.scene()
+    weights = str(workdir.weights("dsen2cr-small"))
+    argv = ["remove-clouds", "--weights", weights, "--s2", str(s2), "--no-progress", "--s1"]
+    assert main([*argv, str(s1), "--out", str(workdir / "a.tif"), "--mask-out", str(workdir / "m.tif")]) == 0
+    with rasterio.open(workdir / "a.tif") as out, rasterio.open(workdir / "m.tif") as mask:
+        tags, mask_tags = out.tags(), mask.tags()
+    assert (tags["DSEN2CR_S2"], tags["DSEN2CR_S1"], tags["DSEN2CR_CLOUD_THRESHOLD"]) == ("s2.tif", "s1.tif", "0.2")
+    assert tags["DSEN2CR_TILING"] == "windows of at most 320 px, overlap 20 px (exact: whole-image inference)"
+    assert tags["DSEN2CR_S1_FILLED"] == "none"
+    assert (mask_tags["DSEN2CR_S2"], mask_tags["DSEN2CR_CLOUD_THRESHOLD"]) == ("s2.tif", "0.2")
+    with rasterio.open(s1) as source:
+        holes = source.read()
+        holes[:, :, :25] = np.nan
+        write_geotiff(workdir / "holes.tif", holes, crs=source.crs, transform=source.transform)
+    extra = ["--overlap", "4", "--cloud-threshold", "0.35", "--out", str(workdir / "b.tif")]
+    assert main([*argv, str(workdir / "holes.tif"), *extra]) == 0
+    with rasterio.open(workdir / "b.tif") as out:
+        tags = out.tags()
+    assert tags["DSEN2CR_TILING"] == (
+        "windows of at most 320 px, overlap 4 px (below the exact 20 px: pixels near window edges differ from "
+        "whole-image inference)"
+    )
+    assert tags["DSEN2CR_CLOUD_THRESHOLD"] == "0.35"
+    assert tags["DSEN2CR_S1_FILLED"].startswith("50.0% of the valid pixels, with the scene's mean (VV ")
+
+
 def test_a_dropped_tf32_candidate_falls_back_to_ieee_fp32_for_real(monkeypatch: pytest.MonkeyPatch) -> None:
     """When the TF32 check fails under --precision auto, the run continues with the reference: it must then
     compute in IEEE fp32 although the predictor's calls set TF32, as its precision says."""
