@@ -3,10 +3,14 @@ software reads, and the tags that record what computed the values and how the ru
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+from dsen2cr.inputs import s1_parts
+from dsen2cr.inputs.product import is_url
 from dsen2cr.inputs.readers import S2Source
-from dsen2cr.settings import SceneSettings
+from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings
 
 #: The sigma map's value where the input has no data (sigma is never negative).
 SIGMA_NODATA = -1.0
@@ -74,6 +78,46 @@ def run_tags(settings: SceneSettings) -> dict[str, str]:
         "DSEN2CR_KEEP_CLEAR": f"yes, feather {settings.feather} px" if settings.keep_clear else "no (every pixel)",
         "DSEN2CR_MASK": settings.mask,
     }
+
+
+def input_tags(job: SceneJob, settings: SceneSettings) -> dict[str, str]:
+    """Metadata of every output of a scene, its cloud/shadow map too: the scene and S1 it was made from (file
+    names, never a machine's folders) and the paper mask's cloud threshold."""
+    tags = {
+        "DSEN2CR_S2": _file_name(job.s2),
+        "DSEN2CR_S1": ",".join(_file_name(part) for part in s1_parts(job.s1)) if job.s1 else "none",
+    }
+    if settings.mask == "paper":
+        tags["DSEN2CR_CLOUD_THRESHOLD"] = f"{settings.cloud_threshold:g}"
+    return tags
+
+
+def scene_tags(
+    job: SceneJob, plan: ScenePlan, exact_overlap: int, s1_filled: float, s1_fill_db: tuple[float, float]
+) -> dict[str, str]:
+    """Metadata of an output image (and sigma map): :func:`run_tags`, :func:`input_tags`, the tiling (exact, or
+    an overlap below ``exact_overlap``) and the share of valid pixels where S1 had no data and its scene mean
+    (``s1_fill_db``) filled in."""
+    exact = (
+        "exact: whole-image inference"
+        if plan.overlap >= exact_overlap
+        else f"below the exact {exact_overlap} px: pixels near window edges differ from whole-image inference"
+    )
+    filled = (
+        f"{100 * s1_filled:.1f}% of the valid pixels, with the scene's mean (VV {s1_fill_db[0]:.1f} dB, VH "
+        f"{s1_fill_db[1]:.1f} dB)"
+    )
+    return {
+        **run_tags(plan.settings),
+        **input_tags(job, plan.settings),
+        "DSEN2CR_TILING": f"windows of at most {plan.tile} px, overlap {plan.overlap} px ({exact})",
+        "DSEN2CR_S1_FILLED": filled if s1_filled > 0 else "none",
+    }
+
+
+def _file_name(text: str) -> str:
+    """The file name of a path or URL (its last segment), or the text itself when it has none."""
+    return Path(urlparse(text).path if is_url(text) else text).name or text
 
 
 def preview_mode(settings: SceneSettings) -> str:

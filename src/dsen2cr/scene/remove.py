@@ -33,9 +33,10 @@ from dsen2cr.scene.describe import (
     describe_bands,
     describe_mask,
     describe_sigma_bands,
+    input_tags,
     output_tags,
     preview_mode,
-    run_tags,
+    scene_tags,
 )
 from dsen2cr.scene.masking import ReadWindow, SceneMasker, blend, keep_clear_weights
 from dsen2cr.scene.tiles import Tile, plan_tiles
@@ -128,13 +129,16 @@ def _remove_scene(
         with _progress_bar(len(tiles), enabled=plan.settings.progress) as bar, contextlib.ExitStack() as outputs:
             writer.open(outputs)
             _predict_tiles(predictor, inputs, tiles, plan, writer, bar.update)
+            if writer.valid == 0:
+                raise DSen2CRError(f"{job.s2}: S2 has no valid pixels (all nodata or NaN)")
             # what computed it, once the first batch settled the backend, and how it was asked for
+            exact, filled = 2 * predictor.config.receptive_radius, writer.missing / writer.valid
             for dataset in (writer.cog, writer.sigma):
                 if dataset is not None:
                     tags = predictor.provenance(with_variance=job.uncertainty_out is not None)
-                    dataset.update_tags(**tags, **run_tags(plan.settings))
-            if writer.valid == 0:
-                raise DSen2CRError(f"{job.s2}: S2 has no valid pixels (all nodata or NaN)")
+                    dataset.update_tags(**tags, **scene_tags(job, plan, exact, filled, inputs.s1_fill))
+            if writer.mask is not None:
+                writer.mask.update_tags(**input_tags(job, plan.settings))
             written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller
         seconds = time.perf_counter() - start
     fraction = writer.missing / writer.valid
