@@ -73,6 +73,19 @@ def test_evaluate_command(tmp_path: Path, synthetic_tree: Path, weights: Path) -
     assert summary["summary"]["identity"]["mae"]["mean"] == pytest.approx(np.mean(identity_mae))
     assert summary["summary"]["identity"]["mae"]["median"] == pytest.approx(np.median(identity_mae))
     assert (out / "summary.md").read_text().count("|") > 20 and (out / "summary.csv").is_file()
+    # the reports say what made them, as every output does: the weights and their SHA-256, precision, mask
+    import hashlib
+
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    made = summary["provenance"]
+    assert (made["DSEN2CR_WEIGHTS"], made["DSEN2CR_WEIGHTS_SHA256"]) == (weights.name, digest)
+    assert (made["DSEN2CR_PRECISION"], made["DSEN2CR_MASK"], made["DSEN2CR_CLOUD_THRESHOLD"]) == (
+        "fp32",
+        "paper",
+        "0.2",
+    )
+    markdown = (out / "summary.md").read_text()
+    assert f"weights {weights.name} (SHA-256 {digest[:12]}" in markdown and "precision fp32" in markdown
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 2 and "already holds an evaluation report; pass --overwrite" in again.stderr
 
