@@ -137,7 +137,9 @@ def evaluate(
             scorer.tags = predictor.provenance(with_variance=uncertain)  # settled once the first batch ran
             scorer.score(batch, torch.from_numpy(mean), None if variance is None else torch.from_numpy(variance))
     summary = summarise(scorer.rows, names)
-    _write_reports(scorer.rows, summary, out, names, o.protocol, o.window)
+    threshold = {"DSEN2CR_CLOUD_THRESHOLD": f"{o.cloud_threshold:g}"} if o.mask_kind == "paper" else {}
+    provenance = {**scorer.tags, "DSEN2CR_MASK": o.mask_kind, **threshold}
+    _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance)
     if uncertain:
         write_calibration(scorer.pooled(), out)
     return summary
@@ -281,9 +283,16 @@ def summary_markdown(summary: dict[str, dict[str, dict[str, float]]], images: in
 
 
 def _write_reports(
-    rows: list[dict[str, Any]], summary: dict, out: Path, names: Sequence[str], protocol: str, window: int | None
+    rows: list[dict[str, Any]],
+    summary: dict,
+    out: Path,
+    names: Sequence[str],
+    protocol: str,
+    window: int | None,
+    provenance: dict[str, str],
 ) -> None:
-    """Per-image CSV and the summary as Markdown, CSV and JSON."""
+    """Per-image CSV and the summary as Markdown, CSV and JSON; the Markdown and JSON say what made them
+    (``provenance``: the predictions' tags, the mask and its threshold)."""
     columns = ["patch_id", "method", "cloud_fraction", *names]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
@@ -291,14 +300,31 @@ def _write_reports(
     writer.writerows(rows)
     write_text_atomic(out / "metrics_per_image.csv", buffer.getvalue())
     images = len({r["patch_id"] for r in rows})
-    write_text_atomic(out / "summary.md", summary_markdown(summary, images, protocol))
+    write_text_atomic(out / "summary.md", summary_markdown(summary, images, protocol) + _made_by(provenance))
     lines = ["method,statistic," + ",".join(names)]
     for method, metrics in summary.items():
         for statistic in ("mean", "median"):
             lines.append(f"{method},{statistic}," + ",".join(f"{metrics[n][statistic]:.6g}" for n in names))
     write_text_atomic(out / "summary.csv", "\n".join(lines) + "\n")
     report = {"images": images, "protocol": protocol, "window": window or None, "units": UNITS[protocol]}
+    report["provenance"] = provenance
     write_text_atomic(out / "summary.json", json.dumps({**report, "summary": summary}, indent=2) + "\n")
+
+
+def _made_by(provenance: dict[str, str]) -> str:
+    """A line of what made a report: model, weights and their SHA-256, precision, backend, version, mask."""
+    get = provenance.get
+    weights = (
+        f"weights {get('DSEN2CR_WEIGHTS', 'in memory')} (SHA-256 {get('DSEN2CR_WEIGHTS_SHA256', 'unknown')[:12]}…)"
+    )
+    threshold = (
+        f", cloud threshold {provenance['DSEN2CR_CLOUD_THRESHOLD']}" if "DSEN2CR_CLOUD_THRESHOLD" in provenance else ""
+    )
+    return (
+        f"\nMade by {get('DSEN2CR_MODEL', 'a model')}, {weights}, precision {get('DSEN2CR_PRECISION', 'unknown')}, "
+        f"backend {get('DSEN2CR_BACKEND', 'unknown')}, dsen2cr {get('DSEN2CR_VERSION', 'unknown')}; mask "
+        f"{get('DSEN2CR_MASK', 'paper')}{threshold}.\n"
+    )
 
 
 def _write_prediction(triplet: Triplet, pred_dn: np.ndarray, folder: Path, tags: dict[str, str]) -> None:
