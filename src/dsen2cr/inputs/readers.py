@@ -200,8 +200,13 @@ class S2Source:
                 )
 
     def _raw_sample(self) -> np.ndarray:
-        """The input's DN (bands, n), offsets kept, of a lattice of small windows spread over the scene, or of the
-        decimated scene where those hold no valid pixel."""
+        """The input's DN (bands, n), offsets kept: the decimated scene where every file has overviews (a
+        product's JP2 bands, COGs: read from them), else a lattice of small windows spread over the scene (a few
+        blocks, where a decimated read would decode the whole file), or the decimated scene where those hold no
+        valid pixel. (Full-resolution windows of JP2 bands decode a tile each: 11.4 s against 0.66 s from the
+        overviews for a 4096 x 10980 IMG_DATA folder.)"""
+        if all(dataset.overviews(1) for dataset in self._datasets):
+            return self.read_decimated(256).reshape(len(self.bands), -1).astype(np.float64)
         parts = [
             np.concatenate([read_window(dataset, window) for dataset in self._datasets]).reshape(len(self.bands), -1)
             for window in lattice_windows(self.grid.height, self.grid.width)
