@@ -84,8 +84,10 @@ def test_evaluate_command(tmp_path: Path, synthetic_tree: Path, weights: Path) -
         "paper",
         "0.2",
     )
+    assert made["DSEN2CR_DATA"] == "files.csv, split train"  # which patches: the list's name, never its folder
     markdown = (out / "summary.md").read_text()
     assert f"weights {weights.name} (SHA-256 {digest[:12]}" in markdown and "precision fp32" in markdown
+    assert "on files.csv, split train" in markdown
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 2 and "already holds an evaluation report; pass --overwrite" in again.stderr
 
