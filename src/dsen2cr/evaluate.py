@@ -80,7 +80,7 @@ class EvaluationOptions:
     :func:`dsen2cr.metrics.original_metrics`). ``window``: score the top-left ``window`` x ``window`` pixels
     of each patch (NaN fill and mask computed on that window, as the original reads it); None: the full patch.
     ``mask_kind``: the cloud/shadow map of the region metrics, ``paper`` or ``s2cloudless``. ``progress``: a
-    bar counting patches on stderr.
+    bar counting patches on stderr. ``data``: what the patches are (the file list and split), for the reports.
     """
 
     batch_size: int = 4
@@ -91,6 +91,8 @@ class EvaluationOptions:
     window: int | None = None
     mask_kind: str = "paper"
     progress: bool = False
+    #: What the triplets are, for the reports' provenance (``files.csv, split test``); None: not said.
+    data: str | None = None
 
 
 def evaluate(
@@ -139,6 +141,8 @@ def evaluate(
     summary = summarise(scorer.rows, names)
     threshold = {"DSEN2CR_CLOUD_THRESHOLD": f"{o.cloud_threshold:g}"} if o.mask_kind == "paper" else {}
     provenance = {**scorer.tags, "DSEN2CR_MASK": o.mask_kind, **threshold}
+    if o.data:
+        provenance["DSEN2CR_DATA"] = o.data
     _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance)
     if uncertain:
         write_calibration(scorer.pooled(), out)
@@ -320,8 +324,10 @@ def _made_by(provenance: dict[str, str]) -> str:
     threshold = (
         f", cloud threshold {provenance['DSEN2CR_CLOUD_THRESHOLD']}" if "DSEN2CR_CLOUD_THRESHOLD" in provenance else ""
     )
+    data = f" on {provenance['DSEN2CR_DATA']}" if "DSEN2CR_DATA" in provenance else ""
     return (
-        f"\nMade by {get('DSEN2CR_MODEL', 'a model')}, {weights}, precision {get('DSEN2CR_PRECISION', 'unknown')}, "
+        f"\nMade{data} by {get('DSEN2CR_MODEL', 'a model')}, {weights}, "
+        f"precision {get('DSEN2CR_PRECISION', 'unknown')}, "
         f"backend {get('DSEN2CR_BACKEND', 'unknown')}, dsen2cr {get('DSEN2CR_VERSION', 'unknown')}; mask "
         f"{get('DSEN2CR_MASK', 'paper')}{threshold}.\n"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dsen2cr.cli.options import (
     SubParsers,
@@ -97,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
     predictor = members[0] if len(members) == 1 else ensemble(members)
     if args.file_list:
         triplets = select_split(read_file_list(args.file_list, args.data_root), args.split, source=args.file_list)
+        data = f"{Path(args.file_list).name}, split {args.split}"
     else:
+        data = f"the ROIs of {Path(args.rois).name}"
         triplets = select_rois(scan_release(args.data_root)[0], read_roi_list(args.rois))
         if not triplets:
             raise DSen2CRError(f"{args.rois}: none of its ROIs has patches under {args.data_root}")
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
             window=window or None,
             mask_kind=args.mask,
             progress=not args.no_progress,
+            data=data,
         )
     print(summary_markdown(summary, len(triplets), args.protocol))
     print(f"reports in {args.out}")
