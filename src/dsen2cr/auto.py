@@ -102,10 +102,10 @@ def memory_budget(device: str | torch.device) -> int:
 
 def choose_tile(config: ModelSpec, *, batch_size: int, memory_bytes: int, overlap: int) -> int:
     """The tile (a multiple of 64) for ``--tile auto``: just large enough for ``TARGET_REDUNDANCY`` at the overlap,
-    or at the exact one (twice the receptive radius) when that is larger (a smaller overlap trades accuracy for
-    work, and must not buy tiny windows), smaller when a batch of such windows would not fit in
-    ``memory_bytes``, never below the overlap plus 64 pixels."""
-    enough = math.ceil(max(overlap, 2 * config.receptive_radius) / (1 - TARGET_REDUNDANCY**-0.5))
+    or at the exact one (:func:`~dsen2cr.scene.tiles.default_overlap`) when that is larger (a smaller overlap
+    trades accuracy for work, and must not buy tiny windows), smaller when a batch of such windows would not fit
+    in ``memory_bytes``, never below the overlap plus 64 pixels."""
+    enough = math.ceil(max(overlap, default_overlap(config)) / (1 - TARGET_REDUNDANCY**-0.5))
     fits = math.isqrt(int(memory_bytes / max(batch_size, 1) / window_bytes(config, 1, 1)))
     return max(_round_up_64(overlap + 64), min(_round_up_64(enough), fits // 64 * 64))
 

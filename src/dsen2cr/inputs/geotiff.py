@@ -45,8 +45,7 @@ def stack_pair(vv: str, vh: str, source: str, *, named: bool = False) -> str:
             )
             description = dataset.descriptions[0] or ""
         said = {
-            what: polarisation(text.upper())
-            for what, text in (("name", Path(path).name), ("band description", description))
+            what: polarisation(text) for what, text in (("name", Path(path).name), ("band description", description))
         }
         for what, found in said.items():
             if found in ("VV", "VH") and found != name:
@@ -75,8 +74,9 @@ def stack_pair(vv: str, vh: str, source: str, *, named: bool = False) -> str:
     )
 
 
-def polarisation(text: str) -> str | None:
-    """VV, VH, HH or HV when an upper-case band description or file name names exactly one of them (``VV``,
-    ``SIGMA0_VV_DB``, ``S1_VH.TIF``), else None."""
-    names = {p for p in ("VV", "VH", "HH", "HV") if re.search(rf"(^|[^A-Z]){p}([^A-Z]|$)", text)}
+def polarisation(text: str | None) -> str | None:
+    """VV, VH, HH or HV when a band description or file name names exactly one of them, in any case (``VV``,
+    ``Sigma0_VV_db``, ``s1_vh.tif``), else None."""
+    upper = (text or "").upper()
+    names = {p for p in ("VV", "VH", "HH", "HV") if re.search(rf"(^|[^A-Z]){p}([^A-Z]|$)", upper)}
     return names.pop() if len(names) == 1 else None

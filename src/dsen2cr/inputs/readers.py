@@ -171,8 +171,8 @@ class S2Source:
         than half of its valid pixels. Data that holds its offset (-1000: reflectance 0 is DN 1000) lies above it
         nearly everywhere; dark land in the visible bands lies far below 1000 without it. Where no offset is
         known (a GeoTIFF, a folder without metadata), warn about a Level-1C B10 (cirrus) above 1000 DN in the
-        median: tens of DN under a clear sky, so it holds baseline 04.00's offset. Both look at a lattice sample
-        (:func:`dsen2cr.rasters.lattice_windows`), or the decimated scene where it has no valid pixel."""
+        median: tens of DN under a clear sky, so it holds baseline 04.00's offset. Both look at
+        :meth:`_raw_sample`."""
         offsets = np.asarray(self.product.offsets, np.float64)
         if not offsets.any() and (self.product.offset_from != "none" or "B10" not in self.bands):
             return
@@ -190,13 +190,13 @@ class S2Source:
                     f"{band} to 0 or below on {lost:.0%} of its valid pixels (median DN {np.median(values):.0f}): "
                     "the data holds no such offset"
                 )
-            if band == "B10" and not offset and self.level == "L1C" and np.median(values) >= 1000:
+            if band == "B10" and not offset and self.level == "L1C" and (median := np.median(values)) >= 1000:
                 log.warning(
                     "%s: B10 (cirrus) lies at %.0f DN in the median, where a clear sky gives tens: products of "
                     "processing baseline 04.00+ (since 2022) add 1000 to every DN; if this is an export of one, give "
                     "--s2-offset -1000",
                     self.name,
-                    np.median(values),
+                    median,
                 )
 
     def _raw_sample(self) -> np.ndarray:

@@ -29,7 +29,7 @@ SWAPPED_MARGIN_DB = 2.0
 def _check_polarisations(name: str, descriptions: tuple[str | None, ...]) -> None:
     """Refuse an S1 file whose band descriptions name its polarisations in another order than VV, VH (the
     network would take VH for VV). Files without such names pass."""
-    found = [polarisation((d or "").upper()) for d in descriptions]
+    found = [polarisation(d) for d in descriptions]
     if any(found) and found != ["VV", "VH"]:
         said = tuple((d or "").strip() for d in descriptions)
         raise DSen2CRError(f"{name}: S1 band descriptions are {said}; expected VV, VH (band 1 VV, band 2 VH)")
@@ -141,7 +141,7 @@ class S1Source:
             f"{self.path}: S1 band 2 is brighter than band 1 (median band 1 - band 2: {difference:.1f} dB; VV lies "
             "some 5-8 dB above VH on land and water)"
         )
-        if [polarisation((d or "").upper()) for d in self._src.descriptions] == ["VV", "VH"]:
+        if [polarisation(d) for d in self._src.descriptions] == ["VV", "VH"]:
             log.warning("%s; the file names them VV, VH, so they are taken as named (VV, VH)", said)
             return
         raise DSen2CRError(

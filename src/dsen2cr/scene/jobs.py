@@ -65,9 +65,6 @@ def read_manifest(path: Path) -> list[SceneJob]:
     except (UnicodeDecodeError, csv.Error) as error:
         raise DSen2CRError(f"{path}: not a readable CSV manifest ({error})") from None
     rows = _manifest_rows(path, header, raw_rows)
-    missing = {"s2", "out"} - {name.strip().lower() for name in header}
-    if rows and missing:
-        raise DSen2CRError(f"{path}: manifest header lacks {', '.join(sorted(missing))} (expected s2,s1,out)")
     jobs = []
     for line, row in enumerate(rows, start=2):
         if not (row["s2"] or "").strip() or not (row["out"] or "").strip():
@@ -85,7 +82,7 @@ def _manifest_rows(path: Path, header: list[str], rows: list[dict]) -> list[dict
     """The rows keyed by column names as the manifest defines them, whatever their case and the spaces around
     them (``' S2 , OUT '``). Refused: a column that is none of :data:`MANIFEST_COLUMNS` (a misspelt one would be
     silently left out: its output never written), a column twice, a row with more fields than the header (an
-    unquoted VV,VH pair or path with a comma)."""
+    unquoted VV,VH pair or path with a comma); rows without the s2 or out column."""
     names = [name.strip().lower() for name in header]
     for given, name in zip(header, names, strict=True):
         if name not in MANIFEST_COLUMNS:
@@ -98,6 +95,8 @@ def _manifest_rows(path: Path, header: list[str], rows: list[dict]) -> list[dict
             )
         if names.count(name) > 1:
             raise DSen2CRError(f"{path}: manifest column {name!r} appears twice")
+    if rows and (missing := {"s2", "out"} - set(names)):
+        raise DSen2CRError(f"{path}: manifest header lacks {', '.join(sorted(missing))} (expected s2,s1,out)")
     keyed = []
     for line, row in enumerate(rows, start=2):
         if row.get(None):  # DictReader's key for fields beyond the header

@@ -39,7 +39,7 @@ from dsen2cr.scene.describe import (
     scene_tags,
 )
 from dsen2cr.scene.masking import ReadWindow, SceneMasker, blend, keep_clear_weights
-from dsen2cr.scene.tiles import Tile, plan_tiles
+from dsen2cr.scene.tiles import Tile, default_overlap, plan_tiles
 from dsen2cr.settings import SceneJob as SceneJob  # re-exported: the job is what remove_clouds takes
 from dsen2cr.settings import ScenePlan, SceneSettings
 from dsen2cr.visualize import Quicklook
@@ -132,16 +132,16 @@ def _remove_scene(
             if writer.valid == 0:
                 raise DSen2CRError(f"{job.s2}: S2 has no valid pixels (all nodata or NaN)")
             # what computed it, once the first batch settled the backend, and how it was asked for
-            exact, filled = 2 * predictor.config.receptive_radius, writer.missing / writer.valid
+            fraction = writer.missing / writer.valid  # of valid S2 pixels where S1's scene mean filled in
+            exact = default_overlap(predictor.config)
             for dataset in (writer.cog, writer.sigma):
                 if dataset is not None:
                     tags = predictor.provenance(with_variance=job.uncertainty_out is not None)
-                    dataset.update_tags(**tags, **scene_tags(job, plan, exact, filled, inputs.s1_fill))
+                    dataset.update_tags(**tags, **scene_tags(job, plan, exact, fraction, inputs.s1_fill))
             if writer.mask is not None:
                 writer.mask.update_tags(**input_tags(job, plan.settings))
             written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller
         seconds = time.perf_counter() - start
-    fraction = writer.missing / writer.valid
     if predictor.include_sar and fraction > 0:
         log.warning(
             "%s: S1 has no data under %.1f%% of the valid S2 pixels; filled with the scene's S1 mean "

@@ -211,10 +211,9 @@ RESUME_MAY_CHANGE = frozenset(
 
 def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> int:
     """Refuse a resume that changes the run's settings (those of the run folder's ``config.yaml``, then of the
-    checkpoint's own record, ``loss`` and ``optim``, then of its optimiser state; but
-    :data:`RESUME_MAY_CHANGE`) or asks for no epoch
-    beyond those the checkpoint finished; return the checkpoint's global step. A changed learning rate, say,
-    would not apply (the optimiser's state is restored) while the run's records said it did."""
+    checkpoint's own record, ``loss`` and ``optim``, then of its optimiser state; but :data:`RESUME_MAY_CHANGE`)
+    or asks for no epoch beyond those the checkpoint finished; return the checkpoint's global step. A changed
+    learning rate, say, would not apply (the optimiser's state is restored) while the run's records said it did."""
     import dataclasses
 
     import yaml
