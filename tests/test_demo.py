@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ def test_demo_writes_its_report(tmp_path: Path) -> None:
     # the third model predicts sigma: evaluated on it, and its sigma map of the real scene is 0 where kept
     assert "| DSen2-CR small, without SAR, with sigma |" in text and "+-1 sigma coverage" in text
     assert (out / "evaluation-uncertainty" / "calibration.png").is_file()
+    # the report's calibration is the diagram's (pooled over both images), the per-image mean named as such
+    pooled = json.loads((out / "evaluation-uncertainty" / "calibration.json").read_text())
+    assert f"UCE {pooled['uce']:.4f} (" in text and f"coverage {pooled['coverage_1sigma']:.3f} (" in text
+    assert "averaged per image" in text
     with rasterio.open(out / "scene" / "T33UUU_20170216_sigma.tif") as sigma:
         values = sigma.read()
         assert sigma.count == 13 and values.min() == 0 and values.max() > 0

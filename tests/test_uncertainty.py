@@ -224,8 +224,25 @@ def test_evaluate_scores_the_uncertainty_of_a_diag_model(tmp_path: Path, synthet
     assert sum(report["bins"]["counts"]) == report["values"] > 0 and len(report["bins"]["counts"]) == 20
     assert -1.0 <= report["spearman_sigma_abs_error"] <= 1.0
     assert Image.open(tmp_path / "e" / "calibration.png").size[0] >= 500
+    # the pooled UCE, recomputed here from the bins in float64, is what summary.md and summary.json quote beside
+    # the table's per-image means (binned on each image's own sigma range: another number)
+    counts = np.array(report["bins"]["counts"], dtype=np.float64)
+    filled = counts > 0
+    rms_sigma, rms_error = (
+        np.array(report["bins"][k], dtype=object)[filled].astype(np.float64) for k in ("rms_sigma", "rms_error")
+    )
+    uce = float((counts[filled] / counts.sum() * np.abs(rms_sigma - rms_error)).sum())
+    assert report["uce"] == pytest.approx(uce, rel=1e-9)
+    text = (tmp_path / "e" / "summary.md").read_text()
+    assert f"pooled over all {len(triplets)} images ({report['values']:,} sampled values" in text
+    assert f"UCE {uce:.4f}" in text and f"+-1 sigma coverage {report['coverage_1sigma']:.3f}" in text
+    assert "uce and auce are per image" in text
+    pooled = json.loads((tmp_path / "e" / "summary.json").read_text())["calibration"]
+    assert pooled["uce"] == pytest.approx(uce, rel=1e-9) and "bins" not in pooled
     plain = evaluate(DSen2CR(num_blocks=1, num_features=4).eval(), triplets, tmp_path / "p", write_images=False)
     assert "coverage_1sigma" not in plain["model"] and not (tmp_path / "p" / "calibration.json").exists()
+    assert "pooled" not in (tmp_path / "p" / "summary.md").read_text()
+    assert "calibration" not in json.loads((tmp_path / "p" / "summary.json").read_text())
 
 
 def test_onnx_export_has_both_outputs_and_int8_keeps_sigma_close(
