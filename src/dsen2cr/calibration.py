@@ -19,6 +19,7 @@ for the image metrics), per pixel value (band and pixel), in float64:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -95,3 +96,17 @@ def spearman(error: np.ndarray, sigma: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(error, sigma).statistic)
+
+
+def pooled_sentence(report: dict[str, Any], images: int) -> str:
+    """A Markdown sentence of the calibration pooled over every image (``calibration.json``'s numbers, which
+    the reliability diagram shows), told apart from a summary table's per-image ``uce`` and ``auce``."""
+    where = "the image" if images == 1 else f"all {images} images"
+    return (
+        f"Calibration pooled over {where} ({report['values']:,} sampled values; `calibration.json`, "
+        f"`calibration.png`): +-1 sigma coverage {report['coverage_1sigma']:.3f}, +-2 sigma "
+        f"{report['coverage_2sigma']:.3f}, UCE {report['uce']:.4f}, AUCE {report['auce']:.4f}, Spearman(sigma, "
+        f"|error|) {report['spearman_sigma_abs_error']:.2f}. The table's uce and auce are per image (all its "
+        "values, binned on its own sigma range), then averaged; pooled, a sample of the values shares one set of "
+        "bins, so the two differ.\n"
+    )

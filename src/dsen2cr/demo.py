@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -209,13 +210,15 @@ def _write_report(out: Path, summaries: dict, images: int, scenes: dict[str, Sce
         lines.append(f"| {name} | " + " | ".join(f"{metrics[m]['mean']:.4f}" for m in HEADLINE) + " |")
     sigma = summaries["without SAR, with sigma"]["model"]
     scene, plain, uncertain = scenes["kept"], scenes["plain"], scenes["sigma"]
+    pooled = json.loads((out / "evaluation-uncertainty" / "calibration.json").read_text())
     lines += [
         "",
-        "The model with sigma (Gaussian NLL, cloud-aware) on the same images: +-1 sigma coverage "
-        f"{sigma['coverage_1sigma']['mean']:.3f} (0.683 when calibrated), +-2 sigma "
-        f"{sigma['coverage_2sigma']['mean']:.3f} (0.954), UCE {sigma['uce']['mean']:.4f}; MAE of its most certain 10 % "
-        f"of values {sigma['mae_certain10']['mean']:.4f}, of 90 % {sigma['mae_certain90']['mean']:.4f}. Reliability "
-        "diagram: `evaluation-uncertainty/calibration.png`.",
+        f"The model with sigma (Gaussian NLL, cloud-aware) on the same images, pooled over their {pooled['values']:,} "
+        "sampled values as in its reliability diagram `evaluation-uncertainty/calibration.png`: +-1 sigma coverage "
+        f"{pooled['coverage_1sigma']:.3f} (0.683 when calibrated), +-2 sigma {pooled['coverage_2sigma']:.3f} (0.954), "
+        f"UCE {pooled['uce']:.4f} (averaged per image: {sigma['uce']['mean']:.4f}); MAE of its most certain 10 % of "
+        f"values {sigma['mae_certain10']['mean']:.4f}, of 90 % {sigma['mae_certain90']['mean']:.4f} (means over "
+        "images).",
         "",
         "Per-image metrics, predictions (GeoTIFF) and previews: `evaluation-sar/`, `evaluation-nosar/`, "
         "`evaluation-uncertainty/`.",

@@ -22,6 +22,7 @@ from dsen2cr.calibration import (
     CALIBRATION_BINS,
     UNCERTAINTY_METRIC_NAMES,
     errors_of_bins,
+    pooled_sentence,
     reflectance_errors,
     reliability_bins,
     spearman,
@@ -143,9 +144,8 @@ def evaluate(
     provenance = {**scorer.tags, "DSEN2CR_MASK": o.mask_kind, **threshold}
     if o.data:
         provenance["DSEN2CR_DATA"] = o.data
-    _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance)
-    if uncertain:
-        write_calibration(scorer.pooled(), out)
+    calibration = write_calibration(scorer.pooled(), out) if uncertain else None
+    _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance, calibration)
     return summary
 
 
@@ -294,9 +294,11 @@ def _write_reports(
     protocol: str,
     window: int | None,
     provenance: dict[str, str],
+    calibration: dict[str, Any] | None = None,
 ) -> None:
     """Per-image CSV and the summary as Markdown, CSV and JSON; the Markdown and JSON say what made them
-    (``provenance``: the predictions' tags, the mask and its threshold)."""
+    (``provenance``: the predictions' tags, the mask and its threshold) and give the pooled ``calibration``
+    of a model with sigma (:func:`write_calibration`'s, without its bins)."""
     columns = ["patch_id", "method", "cloud_fraction", *names]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
@@ -304,7 +306,8 @@ def _write_reports(
     writer.writerows(rows)
     write_text_atomic(out / "metrics_per_image.csv", buffer.getvalue())
     images = len({r["patch_id"] for r in rows})
-    write_text_atomic(out / "summary.md", summary_markdown(summary, images, protocol) + _made_by(provenance))
+    pooled = "\n" + pooled_sentence(calibration, images) if calibration else ""
+    write_text_atomic(out / "summary.md", summary_markdown(summary, images, protocol) + pooled + _made_by(provenance))
     lines = ["method,statistic," + ",".join(names)]
     for method, metrics in summary.items():
         for statistic in ("mean", "median"):
@@ -312,6 +315,8 @@ def _write_reports(
     write_text_atomic(out / "summary.csv", "\n".join(lines) + "\n")
     report = {"images": images, "protocol": protocol, "window": window or None, "units": UNITS[protocol]}
     report["provenance"] = provenance
+    if calibration:
+        report["calibration"] = {key: value for key, value in calibration.items() if key != "bins"}
     write_text_atomic(out / "summary.json", json.dumps({**report, "summary": summary}, indent=2) + "\n")
 
 
