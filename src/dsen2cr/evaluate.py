@@ -39,7 +39,7 @@ from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS, S2_MODEL_SCALE, s1_model_to_db, s2_model_to_dn
 from dsen2cr.rasters import open_raster
-from dsen2cr.scene.describe import describe_bands
+from dsen2cr.scene.describe import describe_bands, threshold_tags
 from dsen2cr.visualize import (
     figure_with_titles,
     label,
@@ -140,8 +140,7 @@ def evaluate(
             scorer.tags = predictor.provenance(with_variance=uncertain)  # settled once the first batch ran
             scorer.score(batch, torch.from_numpy(mean), None if variance is None else torch.from_numpy(variance))
     summary = summarise(scorer.rows, names)
-    threshold = {"DSEN2CR_CLOUD_THRESHOLD": f"{o.cloud_threshold:g}"} if o.mask_kind == "paper" else {}
-    provenance = {**scorer.tags, "DSEN2CR_MASK": o.mask_kind, **threshold}
+    provenance = {**scorer.tags, "DSEN2CR_MASK": o.mask_kind, **threshold_tags(o.mask_kind, o.cloud_threshold)}
     if o.data:
         provenance["DSEN2CR_DATA"] = o.data
     calibration = write_calibration(scorer.pooled(), out) if uncertain else None

@@ -83,13 +83,16 @@ def run_tags(settings: SceneSettings) -> dict[str, str]:
 def input_tags(job: SceneJob, settings: SceneSettings) -> dict[str, str]:
     """Metadata of every output of a scene, its cloud/shadow map too: the scene and S1 it was made from (file
     names, never a machine's folders) and the paper mask's cloud threshold."""
-    tags = {
+    return {
         "DSEN2CR_S2": _file_name(job.s2),
         "DSEN2CR_S1": ",".join(_file_name(part) for part in s1_parts(job.s1)) if job.s1 else "none",
+        **threshold_tags(settings.mask, settings.cloud_threshold),
     }
-    if settings.mask == "paper":
-        tags["DSEN2CR_CLOUD_THRESHOLD"] = f"{settings.cloud_threshold:g}"
-    return tags
+
+
+def threshold_tags(mask: str, cloud_threshold: float) -> dict[str, str]:
+    """``DSEN2CR_CLOUD_THRESHOLD`` of the paper's detector (``mask`` ``paper``); nothing for other masks."""
+    return {"DSEN2CR_CLOUD_THRESHOLD": f"{cloud_threshold:g}"} if mask == "paper" else {}
 
 
 def scene_tags(
