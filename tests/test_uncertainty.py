@@ -337,6 +337,41 @@ def test_an_ensemble_of_copies_is_refused() -> None:
     assert ensemble([Predictor(_Member(1.0, None), config, cpu, weights=f"m{v}") for v in (1, 2)])
 
 
+def test_an_ensembles_provenance_with_variance_says_what_computed_each_member() -> None:
+    """With its variance, an ensemble runs its members with a variance tail eagerly in IEEE fp32 (the reference
+    itself, distance 0) and the others through their checked backends; its provenance must say so. It said "not
+    checked" for an ensemble of eager fp32 members (the tail member's checked backend never ran), and recorded a
+    tail member built for bf16 (as auto builds fp16 on a GPU) as bf16, though IEEE fp32 computed it."""
+    from dsen2cr.ensemble import ensemble
+    from dsen2cr.predictor import predictor_from_model
+
+    torch.manual_seed(0)
+    tail = ModelConfig(1, 4, False, 0.1, "diag").build().eval()
+    plain = ModelConfig(1, 4, False).build().eval()
+    s2 = np.random.default_rng(0).uniform(0.05, 0.3, (1, 13, 16, 16)).astype(np.float32)
+
+    def members(precision: str) -> list:
+        return [predictor_from_model(model, device="cpu", precision=precision) for model in (tail, plain)]
+
+    fp32 = ensemble(members("fp32"))
+    fp32.predict_with_variance(s2, None)
+    tags = fp32.provenance(with_variance=True)
+    assert (tags["DSEN2CR_PRECISION"], tags["DSEN2CR_CHECK_P99_DN"], tags["DSEN2CR_CHECK_MAX_DN"]) == (
+        "fp32",
+        "0.00",
+        "0.00",
+    ), tags
+    half = ensemble(members("bf16"))
+    half.predict_with_variance(s2, None)
+    tags = half.provenance(with_variance=True)
+    plain_check = half.predict.members[1].check_dn  # type: ignore[attr-defined]  # the ensemble's backend
+    assert plain_check is not None, "the plain member ran its checked bf16 backend"
+    assert tags["DSEN2CR_PRECISION"] == "fp32/bf16", tags  # the tail member in IEEE fp32, the other in bf16
+    assert tags["DSEN2CR_CHECK_MAX_DN"] == f"{plain_check[1]:.2f}", tags
+    half(s2, None)  # without the variance both members run their checked bf16 backends
+    assert half.provenance()["DSEN2CR_PRECISION"] == "bf16"
+
+
 def test_ensembles_from_the_command_line(workdir: Path, synthetic_tree: Path, capsys: pytest.CaptureFixture) -> None:
     """remove-clouds --weights A B --uncertainty-out: the mean prediction and sigma = sqrt(mean variance +
     variance of the means), recomputed here in float64; evaluate --weights A B scores the ensemble's sigma;
@@ -366,6 +401,7 @@ def test_ensembles_from_the_command_line(workdir: Path, synthetic_tree: Path, ca
         assert np.abs(out.read().astype(float) - np.clip(np.rint(mean[0].numpy() * 2000), 1, 10000)).max() <= 1
         np.testing.assert_allclose(sigma.read(), np.sqrt(variance[0].numpy()) * 2000, rtol=1e-4)
         assert sigma.tags()["DSEN2CR_MODEL"].startswith("ensemble of 2")
+        assert sigma.tags()["DSEN2CR_CHECK_MAX_DN"] != "not checked" != out.tags()["DSEN2CR_CHECK_MAX_DN"]
     root = synthetic_tree
     rois = ["--data-root", str(root), "--rois", str(_rois(workdir)), "--no-progress", "--no-images"]
     assert main(["evaluate", "--weights", *paths, *rois, "--out", str(workdir / "ens")]) == 0
