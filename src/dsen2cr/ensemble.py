@@ -75,15 +75,26 @@ class EnsembleBackend:
     @property
     def precision(self) -> str:
         """The members' precisions (one word when they agree)."""
-        return "/".join(dict.fromkeys(member.precision for member in self.members))
+        return self.computed_by()[1]
 
     @property
     def check_dn(self) -> tuple[float, float] | None:
         """The largest first-batch distance to IEEE fp32 over the members (None if a member was not checked)."""
-        checks = [member.check_dn for member in self.members]
+        return self.computed_by()[2]
+
+    def computed_by(self, *, with_variance: bool = False) -> tuple[str, str, tuple[float, float] | None]:
+        """``ensemble``, the members' precisions (one word when they agree) and their largest first-batch
+        distance to IEEE fp32 (None if a member was not checked), as the members ran: ``with_variance``, as
+        :meth:`predict_with_variance` runs them (those with a variance tail eagerly, the others through their
+        checked backends)."""
+        runs = [
+            member.computed_by(with_variance=with_variance and member.uncertainty == "diag") for member in self.members
+        ]
+        precision = "/".join(dict.fromkeys(precision for _, precision, _ in runs))
+        checks = [check for _, _, check in runs]
         if any(check is None for check in checks):
-            return None
-        return max(c[0] for c in checks if c), max(c[1] for c in checks if c)
+            return self.backend, precision, None
+        return self.backend, precision, (max(c[0] for c in checks if c), max(c[1] for c in checks if c))
 
     def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         """The mean of the members' predictions."""

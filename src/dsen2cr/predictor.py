@@ -63,6 +63,19 @@ class Predictor:
         for IEEE fp32 eager (the reference itself); None before the first batch, or for ONNX files."""
         return getattr(self.predict, "check_dn", None)
 
+    def computed_by(self, *, with_variance: bool = False) -> tuple[str, str, tuple[float, float] | None]:
+        """The backend, precision and first-batch check (:attr:`check_dn`) of what computed the predictions.
+        ``with_variance``: they came from :meth:`predict_with_variance`, which runs a PyTorch model eagerly in
+        the predictor's float32 arithmetic (IEEE fp32, the reference itself, or TF32), not its checked backend;
+        an ensemble answers for its members as it ran them."""
+        if with_variance and isinstance(self.predict, CheckedBackend):
+            exact = self.float32 == "ieee"
+            return "eager", "fp32" if exact else "tf32", (0.0, 0.0) if exact else None
+        members = getattr(self.predict, "computed_by", None)  # an ensemble's backend
+        if members is not None:
+            return members(with_variance=with_variance)
+        return self.backend, self.precision, self.check_dn
+
     def provenance(self, *, with_variance: bool = False) -> dict[str, str]:
         """What computed the predictions, for an output's metadata (tags ``DSEN2CR_*``). ``with_variance``: the
         predictions came from :meth:`predict_with_variance`, which runs a PyTorch model eagerly in the
@@ -70,11 +83,7 @@ class Predictor:
         from dsen2cr.models import family_of
         from dsen2cr.version import __version__
 
-        check = self.check_dn
-        backend, precision = self.backend, self.precision
-        if with_variance and isinstance(self.predict, CheckedBackend):
-            backend, precision = "eager", "fp32" if self.float32 == "ieee" else "tf32"
-            check = (0.0, 0.0) if self.float32 == "ieee" else None
+        backend, precision, check = self.computed_by(with_variance=with_variance)
         try:
             family = f"{family_of(self.config).name} "
         except DSen2CRError:  # an ensemble: its description names its members
