@@ -3,6 +3,7 @@ libraries' formulas, configs, weights files and training with them."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import subprocess
 from collections.abc import Callable
@@ -405,7 +406,11 @@ def test_ensembles_from_the_command_line(workdir: Path, synthetic_tree: Path, ca
     root = synthetic_tree
     rois = ["--data-root", str(root), "--rois", str(_rois(workdir)), "--no-progress", "--no-images"]
     assert main(["evaluate", "--weights", *paths, *rois, "--out", str(workdir / "ens")]) == 0
-    assert "coverage_1sigma" in (workdir / "ens" / "summary.md").read_text()
+    report = (workdir / "ens" / "summary.md").read_text()
+    assert "coverage_1sigma" in report
+    # every member's SHA-256, not the first 12 characters of the first one's
+    digests = [hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12] for path in paths]
+    assert f"(SHA-256 {digests[0]}…; {digests[1]}…)" in report, report
     capsys.readouterr()
     plain = [str(save_weights(ModelConfig(2, 8, True).build(), workdir / "sar.safetensors")), paths[0]]
     assert main(["evaluate", "--weights", *plain, *rois, "--out", str(workdir / "e")]) == 2
