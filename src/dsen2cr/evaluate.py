@@ -322,9 +322,9 @@ def _write_reports(
 def _made_by(provenance: dict[str, str]) -> str:
     """A line of what made a report: model, weights and their SHA-256, precision, backend, version, mask."""
     get = provenance.get
-    weights = (
-        f"weights {get('DSEN2CR_WEIGHTS', 'in memory')} (SHA-256 {get('DSEN2CR_WEIGHTS_SHA256', 'unknown')[:12]}…)"
-    )
+    members = get("DSEN2CR_WEIGHTS_SHA256", "unknown").split(";")  # an ensemble's, one per member
+    digests = "; ".join(d if d == "unknown" else f"{d[:12]}…" for d in members)
+    weights = f"weights {get('DSEN2CR_WEIGHTS', 'in memory')} (SHA-256 {digests})"
     threshold = (
         f", cloud threshold {provenance['DSEN2CR_CLOUD_THRESHOLD']}" if "DSEN2CR_CLOUD_THRESHOLD" in provenance else ""
     )
