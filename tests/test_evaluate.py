@@ -242,3 +242,12 @@ def test_original_protocol_matches_the_original_formulas(
             assert float(row[name]) == pytest.approx(expected[name], rel=1e-5, abs=1e-9), (row["method"], name)
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["protocol"] == "original" and summary["window"] == window
+
+
+def test_the_summary_counts_one_image_in_the_singular() -> None:
+    """The summary says "Evaluation on 1 image", not "1 images" (a split of one patch, as the demo's has)."""
+    from dsen2cr.evaluate import summary_markdown
+
+    one = {"model": {"mae": {"mean": 0.1, "median": 0.1}}}
+    assert summary_markdown(one, 1).startswith("Evaluation on 1 image; ")
+    assert summary_markdown(one, 2).startswith("Evaluation on 2 images; ")
