@@ -271,7 +271,7 @@ def summary_markdown(summary: dict[str, dict[str, dict[str, float]]], images: in
     """The summary as a Markdown table (means, medians in brackets), with every metric it holds."""
     names = list(summary["model"])
     lines = [
-        f"Evaluation on {images} images; {UNITS[protocol]}; mean (median).",
+        f"Evaluation on {images} image{'' if images == 1 else 's'}; {UNITS[protocol]}; mean (median).",
         "",
         "| method | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
