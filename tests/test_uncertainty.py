@@ -317,6 +317,33 @@ def test_an_ensemble_combines_means_and_variances_by_the_law_of_total_variance()
         ensemble([members[0], sar])
 
 
+def test_an_ensemble_mixing_members_with_and_without_variance_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A member without a variance tail adds 0 to the ensemble's aleatoric part (the mean of the members'
+    variances), which understates it: the first variance says so once, naming the member; ensembles whose
+    members all predict a variance, or none does (sigma is then their disagreement alone), say nothing."""
+    import logging
+
+    from dsen2cr.ensemble import ensemble
+    from dsen2cr.predictor import Predictor
+
+    config, cpu = ModelConfig(1, 4, False), torch.device("cpu")
+    s2 = np.zeros((1, 13, 4, 4), np.float32)
+
+    def run(variances: list[float | None]) -> str:
+        members = [Predictor(_Member(float(i), v), config, cpu, weights=f"m{i}") for i, v in enumerate(variances)]
+        combined = ensemble(members)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dsen2cr"):
+            combined.predict_with_variance(s2, None)
+            combined.predict_with_variance(s2, None)
+        return caplog.text
+
+    mixed = run([0.04, None, 0.10])
+    assert mixed.count("m1: predicts no variance") == 1, mixed
+    assert "aleatoric part as 0 (the mean of 3 members' variances, 2 predicted)" in mixed
+    assert run([0.04, 0.10]) == run([None, None]) == ""
+
+
 def test_an_ensemble_of_copies_is_refused() -> None:
     """Copies never disagree: an ensemble of them would claim sigma 0 (its members' spread) everywhere. Refused:
     one model in memory twice, two models with equal weights, two files of one SHA-256; kept: distinct weights,
