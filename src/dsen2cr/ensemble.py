@@ -6,6 +6,7 @@ own backend and checks; the ensemble is a :class:`~dsen2cr.predictor.Predictor` 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ import torch
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec
 from dsen2cr.predictor import Predictor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class EnsembleBackend:
     def __init__(self, members: list[Predictor]) -> None:
         self.members = members
         self.uncertainty = "diag"
+        self._variance_told = False  # whether a mixed ensemble has said what its aleatoric part holds
 
     @property
     def precision(self) -> str:
@@ -104,7 +108,10 @@ class EnsembleBackend:
         return (total / len(self.members)).astype(np.float32)
 
     def predict_with_variance(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """The mean prediction and the total variance (aleatoric + epistemic), float32."""
+        """The mean prediction and the total variance (aleatoric + epistemic), float32; members without a
+        variance tail add 0 to the aleatoric part (said once, as a warning, when others have one)."""
+        if not self._variance_told:
+            self._warn_of_members_without_variance()
         means, variances = [], []
         for member in self.members:
             if member.uncertainty == "diag":
@@ -116,6 +123,23 @@ class EnsembleBackend:
         stacked = np.stack(means)
         aleatoric, epistemic = np.mean(variances, axis=0), stacked.var(axis=0)
         return stacked.mean(axis=0).astype(np.float32), (aleatoric + epistemic).astype(np.float32)
+
+    def _warn_of_members_without_variance(self) -> None:
+        """Warn when some members predict a variance and others do not: the aleatoric part, the mean of all the
+        members' variances, counts the others' as 0 and so understates the noise."""
+        self._variance_told = True
+        without = [member.weights or "a model in memory" for member in self.members if member.uncertainty != "diag"]
+        if without and len(without) < len(self.members):
+            log.warning(
+                "%s: %s no variance; the ensemble's sigma counts %s aleatoric part as 0 (the mean of %d "
+                "members' variances, %d predicted), which understates it; members trained with "
+                "model.uncertainty=diag give their own",
+                ", ".join(without),
+                "predicts" if len(without) == 1 else "predict",
+                "its" if len(without) == 1 else "their",
+                len(self.members),
+                len(self.members) - len(without),
+            )
 
 
 def ensemble(members: list[Predictor]) -> Predictor:
