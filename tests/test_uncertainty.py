@@ -149,20 +149,25 @@ def _tiny_config(tmp_path: Path, root: Path, *overrides: str) -> list[str]:
 
 
 def test_training_with_gnll_logs_coverage_and_refuses_a_resume_without_the_head(
-    tmp_path: Path, synthetic_tree: Path
+    tmp_path: Path, synthetic_tree: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """One epoch of gnll training writes a diag checkpoint whose validation logged the 1-sigma coverage;
-    resuming it as a model without uncertainty is refused naming both."""
+    """One epoch of gnll training writes a diag checkpoint whose validation logged the 1-sigma coverage, in the
+    metrics file and in the epoch's line (where a user watching the run sees it); resuming it as a model without
+    uncertainty is refused naming both."""
     import csv
+    import logging
 
     from dsen2cr.training.train import run_training
 
     path, *_ = _tiny_config(tmp_path, synthetic_tree)
-    last = run_training(load_config(path), progress=False)
+    with caplog.at_level(logging.INFO, logger="dsen2cr"):
+        last = run_training(load_config(path), progress=False)
     assert load_model(last).config.uncertainty == "diag"
     rows = list(csv.DictReader((tmp_path / "run" / "logs" / "csv" / "metrics.csv").open()))
     coverage = [float(r["val_coverage_1sigma"]) for r in rows if r.get("val_coverage_1sigma")]
     assert coverage and 0.0 <= coverage[-1] <= 1.0
+    epoch_line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 0: "))
+    assert f"val_coverage_1sigma {coverage[-1]:.4f}" in epoch_line, epoch_line
     plain = load_config(path, ["model.uncertainty=none", "loss.name=carl"])
     with pytest.raises(DSen2CRError, match="variance per band model, but B=2, F=16 with SAR was asked for"):
         run_training(plain, resume=last, progress=False)
