@@ -284,6 +284,36 @@ def test_onnx_export_has_both_outputs_and_int8_keeps_sigma_close(
     assert 0 < relative.max() < 0.10, relative.max()
 
 
+def test_remove_clouds_writes_sigma_from_an_onnx_file(workdir: Path) -> None:
+    """remove-clouds --uncertainty-out with the ONNX export of a diag model, as the README promises (the file
+    has both outputs): the prediction and sigma of the PyTorch model, recomputed here in float64, with --backend
+    auto and onnxruntime; the tags say onnxruntime computed them. It was refused ("predicts none")."""
+    pytest.importorskip("onnxruntime")
+    import rasterio
+
+    from dsen2cr.cli import main
+    from dsen2cr.preprocessing import s2_dn_to_model
+
+    torch.manual_seed(0)
+    model = ModelConfig(2, 8, False, 0.1, "diag").build().eval()
+    weights = save_weights(model, workdir / "d.safetensors")
+    assert main(["export-onnx", "--weights", str(weights), str(workdir / "d.onnx")]) == 0
+    s2, _ = workdir.scene()
+    for extra, name in (((), "auto"), (("--backend", "onnxruntime"), "onnxruntime")):
+        argv = ["remove-clouds", "--weights", str(workdir / "d.onnx"), "--s2", str(s2), "--no-progress", *extra]
+        outputs = ["--out", str(workdir / f"{name}.tif"), "--uncertainty-out", str(workdir / f"{name}-sigma.tif")]
+        assert main([*argv, *outputs]) == 0
+    with rasterio.open(s2) as source:
+        x = torch.from_numpy(s2_dn_to_model(source.read())).double()[None]
+    with torch.no_grad():
+        mean, variance = model.double().forward_with_variance(x)
+    for name in ("auto", "onnxruntime"):
+        with rasterio.open(workdir / f"{name}.tif") as out, rasterio.open(workdir / f"{name}-sigma.tif") as sigma:
+            assert np.abs(out.read().astype(float) - np.clip(np.rint(mean[0].numpy() * 2000), 1, 10000)).max() <= 1
+            np.testing.assert_allclose(sigma.read(), np.sqrt(variance[0].numpy()) * 2000, rtol=1e-4)
+            assert sigma.tags()["DSEN2CR_BACKEND"] == out.tags()["DSEN2CR_BACKEND"] == "onnxruntime"
+
+
 class _Member:
     """A member with a constant prediction (and variance): a plain batch function a Predictor can hold."""
 
