@@ -1147,8 +1147,8 @@ CASES += [
                 "--precision",
                 precision,
             ],
-            message="s.tif: --uncertainty-out runs the model eagerly in fp32 (or tf32); leave --backend auto or eager "
-            "and --precision auto, fp32 or tf32",
+            message="s.tif: --uncertainty-out runs the model eagerly in fp32 (or tf32), an ONNX file with "
+            "onnxruntime; leave --backend auto, eager or onnxruntime and --precision auto, fp32 or tf32",
             absent=("o.tif", "s.tif"),
         )
         for precision in ("fp16", "bf16")

@@ -41,16 +41,17 @@ def check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, prod
 
 
 def check_uncertainty_output(path: Path, uncertainty: str, weights: str | None, settings: SceneSettings) -> None:
-    """``--uncertainty-out`` needs weights with a variance output (``uncertainty`` ``diag``; an ONNX file has
-    none), run eagerly: the variance comes from the PyTorch model in fp32 or TF32 (neither a compiled nor an
-    ONNX backend, nor fp16 or bf16, gives it)."""
+    """``--uncertainty-out`` needs weights with a variance output (``uncertainty`` ``diag``: an ONNX file
+    exported from such a model has it), run eagerly: the variance comes from the PyTorch model in fp32 or TF32
+    (neither a compiled backend nor fp16 or bf16 gives it), or from an ONNX file's own output."""
     if uncertainty != "diag":
         raise DSen2CRError(
             f"{path}: --uncertainty-out needs weights that predict their uncertainty (trained with "
             f"model.uncertainty=diag); {weights or 'this model'} predicts none"
         )
-    if settings.backend not in ("auto", "eager") or settings.precision in HALF_DTYPES:
+    if settings.backend not in ("auto", "eager", "onnxruntime") or settings.precision in HALF_DTYPES:
         raise DSen2CRError(
-            f"{path}: --uncertainty-out runs the model eagerly in fp32 (or tf32); leave --backend auto or eager and "
-            f"--precision auto, fp32 or tf32 (got --backend {settings.backend}, --precision {settings.precision})"
+            f"{path}: --uncertainty-out runs the model eagerly in fp32 (or tf32), an ONNX file with onnxruntime; "
+            "leave --backend auto, eager or onnxruntime and --precision auto, fp32 or tf32 (got --backend "
+            f"{settings.backend}, --precision {settings.precision})"
         )

@@ -207,8 +207,9 @@ def _plan_and_predictor(
     config = networks[0].config if single else EnsembleSpec(tuple(network.config for network in networks))
     for job in mine:
         if job.uncertainty_out is not None:
-            uncertainty = "none" if single and networks[0].onnx else config.uncertainty
-            check_uncertainty_output(job.uncertainty_out, uncertainty, ", ".join(settings.weights_files), settings)
+            check_uncertainty_output(
+                job.uncertainty_out, config.uncertainty, ", ".join(settings.weights_files), settings
+            )
     known = [size for size in sizes if size]
     plan = plan_scene_run(settings, config, scene_sizes=known, onnx=networks[0].onnx, device=device)
     members = [predictor_for_plan(network, plan) for network in networks]
