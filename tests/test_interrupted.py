@@ -3,6 +3,7 @@ nothing at the output path and a rerun succeeds."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -77,6 +78,8 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_weights(tmp_path: Path,
 
 
 def test_sigkilled_scene_run_leaves_no_output(tmp_path: Path, weights_file: Callable[[str], Path]) -> None:
+    """A scene run killed while writing leaves no output; a rerun on the same output succeeds and removes the
+    temporaries the killed run left beside it (they stayed, hidden, for the user to find), and no other's."""
     rng = np.random.default_rng(0)
     origin = from_origin(500000, 5000000, 10, 10)
     s2 = write_geotiff(
@@ -110,9 +113,18 @@ def test_sigkilled_scene_run_leaves_no_output(tmp_path: Path, weights_file: Call
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not out.exists()
+    left = {path.name for path in out.parent.iterdir()} - {".clear.tif.lock"}
+    assert any(".tmp.tif" in name for name in left), left  # the killed run's temporary image (and staging files)
+    # temporaries the rerun must keep: another output's, and one of a process that still runs (this one)
+    others = [f".other.{999_999_999}.abcdefgh.tmp.tif", f".clear.{os.getpid()}.abcdefgh.tmp.tif"]
+    for name in others:
+        (out.parent / name).write_bytes(b"")
     rerun = subprocess.run(command, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert out.is_file()
+    # the rerun removed what the killed run left (a full tile's staging files are gigabytes), and said so
+    assert sorted(path.name for path in out.parent.iterdir()) == sorted(["clear.tif", *others])
+    assert f"removed {len(left)} files that a killed run (process {process.pid}) left" in rerun.stderr, rerun.stderr
 
 
 @pytest.mark.slow  # real training processes, signalled: ~30 s
@@ -127,7 +139,6 @@ def test_interrupted_training_says_so_and_exits_with_its_status(
     """Ctrl-C and SIGTERM during train exit 130 / 143 with one line (Lightning turned them into exit 1 with
     nothing said); SIGTERM to the whole process group, as ``timeout`` sends it, reaches the DataLoader worker
     too, which ignores it, so the run ends as terminated (it ended with an 'internal error' from the worker)."""
-    import os
 
     config = workdir.config(optim={"epochs": 50}, data={"repeats": 8, "num_workers": 1 if group else 0})
     checkpoints = workdir / "run" / "checkpoints"
