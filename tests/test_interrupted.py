@@ -124,7 +124,7 @@ def test_sigkilled_scene_run_leaves_no_output(tmp_path: Path, weights_file: Call
     assert out.is_file()
     # the rerun removed what the killed run left (a full tile's staging files are gigabytes), and said so
     assert sorted(path.name for path in out.parent.iterdir()) == sorted(["clear.tif", *others])
-    assert f"removed {len(left)} files that a killed run (process {process.pid}) left" in rerun.stderr, rerun.stderr
+    assert f"removed {len(left)} files that a killed run (process {process.pid}) left" in rerun.stdout, rerun.stdout
 
 
 @pytest.mark.slow  # real training processes, signalled: ~30 s

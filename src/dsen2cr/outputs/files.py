@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ from pathlib import Path
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.formats import SUFFIXES, describe, sniff
 
+log = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -28,12 +31,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     A reader never sees a half-written file at ``path``, and a failed or killed write leaves ``path`` as it was.
     The move never replaces a file the block did not expect: ``path`` as it was on entry (absent: the result is
     linked into place only if nothing appeared there meanwhile; present: replaced only if unchanged). Two runs
-    writing one output therefore never both "succeed": the second refuses, naming the file.
+    writing one output therefore never both "succeed": the second refuses, naming the file. The temporary is
+    ``.STEM.PID.RANDOM.tmpSUFFIX``: the writing process's id tells what a killed run left
+    (:func:`remove_leftovers`).
     """
     path = Path(path)
     check_output_folder_of(path)
     expected = _signature(path)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    prefix = f".{path.stem}.{os.getpid()}."
+    handle, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(handle)
     tmp = Path(tmp_name)
     try:
@@ -121,10 +127,34 @@ def output_locks(paths: Iterable[Path]) -> Iterator[None]:
         for path in paths:
             if Path(path).parent.is_dir() and not is_launched_worker():
                 taken.append(_take_lock(Path(path)))
+                remove_leftovers(Path(path))
         yield
     finally:
         for lock in taken:
             lock.unlink(missing_ok=True)
+
+
+def remove_leftovers(path: Path) -> None:
+    """Remove what killed runs writing ``path`` left beside it: their temporaries of :func:`atomic_path`
+    (``.STEM.PID.RANDOM.tmpSUFFIX``, PID a process that no longer runs) and the files named after them (a scene's
+    staging and overview files, gigabytes for a full tile), saying so in a line per killed process. Temporaries
+    of live processes, of other outputs and without a process id (written before it was in the name) stay."""
+    temporary = re.compile(rf"\.{re.escape(path.stem)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp{re.escape(path.suffix)}(\..+)?")
+    killed: dict[int, list[Path]] = {}
+    for entry in path.parent.iterdir():
+        match = temporary.fullmatch(entry.name)
+        if match and int(match[1]) != os.getpid() and not _is_running(int(match[1])):
+            killed.setdefault(int(match[1]), []).append(entry)
+    for pid, entries in sorted(killed.items()):
+        size = 0
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                size += entry.lstat().st_size
+                _remove_entry(entry, best_effort=True)
+        amount = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+        log.info(
+            "%s: removed %d files that a killed run (process %d) left beside it (%s)", path, len(entries), pid, amount
+        )
 
 
 def is_launched_worker() -> bool:
