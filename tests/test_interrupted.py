@@ -254,3 +254,23 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_weights(
     resumed = load_model(train.run_training(config, resume=last, progress=False))
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{point}: {name}")
+
+
+def test_a_resume_removes_what_the_killed_run_left_in_its_folder(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run killed while writing a checkpoint leaves its hidden temporary (a paper-size checkpoint is about
+    230 MB); resuming the run removes those of processes that no longer run, in the run folder and its
+    checkpoints, and says so; a live process's stays."""
+    from dsen2cr.cli import main
+
+    config = workdir.config()
+    argv = ["train", "--config", str(config), "--no-progress"]
+    assert main([*argv, "optim.epochs=1"]) == 0
+    run, checkpoints = workdir / "run", workdir / "run" / "checkpoints"
+    killed = [checkpoints / ".last.999999999.abcdefgh.tmp.ckpt", run / ".config.999999999.k1ll3d_x.tmp.yaml"]
+    live = checkpoints / f".last.{os.getpid()}.abcdefgh.tmp.ckpt"
+    for path in (*killed, live):
+        path.write_bytes(b"partial")
+    capsys.readouterr()
+    assert main([*argv, "optim.epochs=2", "--resume", str(checkpoints / "last.ckpt")]) == 0
+    assert not any(path.exists() for path in killed) and live.exists()
+    assert capsys.readouterr().out.count("removed 1 file that a killed run (process 999999999) left") == 2
