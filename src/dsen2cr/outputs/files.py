@@ -139,9 +139,22 @@ def remove_leftovers(path: Path) -> None:
     (``.STEM.PID.RANDOM.tmpSUFFIX``, PID a process that no longer runs) and the files named after them (a scene's
     staging and overview files, gigabytes for a full tile), saying so in a line per killed process. Temporaries
     of live processes, of other outputs and without a process id (written before it was in the name) stay."""
-    temporary = re.compile(rf"\.{re.escape(path.stem)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp{re.escape(path.suffix)}(\..+)?")
+    _remove_killed_temporaries(path.parent, re.escape(path.stem), re.escape(path.suffix), f"{path}", "beside it")
+
+
+def remove_leftovers_in(folder: Path) -> None:
+    """:func:`remove_leftovers` for every output of a folder that one run owns (a training run's folder and its
+    checkpoints): the temporaries of any name there whose process no longer runs."""
+    if folder.is_dir():
+        _remove_killed_temporaries(folder, r".+", r"\.[^.]+", f"{folder}", "in it")
+
+
+def _remove_killed_temporaries(folder: Path, stem: str, suffix: str, what: str, where: str) -> None:
+    """Remove the entries of ``folder`` named ``.STEM.PID.RANDOM.tmpSUFFIX[.MORE]`` (``stem`` and ``suffix``:
+    regular expressions) whose process PID no longer runs, with a line per process."""
+    temporary = re.compile(rf"\.{stem}\.(\d+)\.[a-z0-9_]{{8}}\.tmp{suffix}(\..+)?")
     killed: dict[int, list[Path]] = {}
-    for entry in path.parent.iterdir():
+    for entry in folder.iterdir():
         match = temporary.fullmatch(entry.name)
         if match and int(match[1]) != os.getpid() and not _is_running(int(match[1])):
             killed.setdefault(int(match[1]), []).append(entry)
@@ -152,9 +165,8 @@ def remove_leftovers(path: Path) -> None:
                 size += entry.lstat().st_size
                 _remove_entry(entry, best_effort=True)
         amount = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
-        log.info(
-            "%s: removed %d files that a killed run (process %d) left beside it (%s)", path, len(entries), pid, amount
-        )
+        files = "1 file" if len(entries) == 1 else f"{len(entries)} files"
+        log.info("%s: removed %s that a killed run (process %d) left %s (%s)", what, files, pid, where, amount)
 
 
 def is_launched_worker() -> bool:

@@ -25,6 +25,7 @@ from dsen2cr.outputs.files import (
     output_locks,
     path_identity,
     prepare_output_folder,
+    remove_leftovers_in,
     write_failure,
 )
 from dsen2cr.precision import set_float32_arithmetic
@@ -82,6 +83,9 @@ def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -
             )
     if is_launched_worker() or resume is not None:
         out.mkdir(parents=True, exist_ok=True)
+        if not is_launched_worker():  # rank 0 resuming: what a killed process of the run left goes
+            remove_leftovers_in(out)
+            remove_leftovers_in(out / CHECKPOINT_DIR)
         return out
     # A folder without a checkpoint is not a run: what a failed start left (config.yaml, logs) is replaced.
     has_checkpoint = (out / CHECKPOINT_DIR).is_dir() and any((out / CHECKPOINT_DIR).glob("*.ckpt"))
