@@ -274,3 +274,26 @@ def test_a_resume_removes_what_the_killed_run_left_in_its_folder(workdir: Path, 
     assert main([*argv, "optim.epochs=2", "--resume", str(checkpoints / "last.ckpt")]) == 0
     assert not any(path.exists() for path in killed) and live.exists()
     assert capsys.readouterr().out.count("removed 1 file that a killed run (process 999999999) left") == 2
+
+
+def test_a_file_command_removes_what_a_killed_run_of_its_output_left(
+    workdir: Path, weights_file: Callable[[str], Path], capsys: pytest.CaptureFixture
+) -> None:
+    """Every command that writes one named output (here export) removes what killed runs of that output left
+    beside it, listing its folder once; another output's temporary in the same folder stays."""
+    from dsen2cr.cli import main
+
+    out = workdir / "exported.safetensors"
+    killed = [
+        workdir / ".exported.999999999.abcdefgh.tmp.safetensors",
+        workdir / ".exported.999999998.x_y_z_12.tmp.safetensors",
+    ]
+    other = workdir / ".other.999999999.abcdefgh.tmp.safetensors"
+    for path in (*killed, other):
+        path.write_bytes(b"partial")
+    capsys.readouterr()
+    assert main(["export", str(weights_file("dsen2cr-small-nosar")), str(out)]) == 0
+    assert out.is_file() and not any(path.exists() for path in killed) and other.exists()
+    said = capsys.readouterr().out
+    assert "removed 1 file that a killed run (process 999999998) left beside it" in said, said
+    assert "removed 1 file that a killed run (process 999999999) left beside it" in said, said

@@ -24,7 +24,7 @@ from typing import Any
 from dsen2cr.cli import config, data, demo, evaluate, export, models, remove_clouds, train, weights
 from dsen2cr.cli.options import NoAbbrevParser, add_verbosity, merge_spellings, setup_logging
 from dsen2cr.errors import DSen2CRError, one_line
-from dsen2cr.outputs.files import output_locks
+from dsen2cr.outputs.locks import output_locks
 from dsen2cr.version import __version__
 
 Handler = Callable[[argparse.Namespace], int | None]

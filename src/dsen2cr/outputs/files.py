@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.formats import SUFFIXES, describe, sniff
-
-log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -33,7 +30,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     linked into place only if nothing appeared there meanwhile; present: replaced only if unchanged). Two runs
     writing one output therefore never both "succeed": the second refuses, naming the file. The temporary is
     ``.STEM.PID.RANDOM.tmpSUFFIX``: the writing process's id tells what a killed run left
-    (:func:`remove_leftovers`).
+    (:func:`~dsen2cr.outputs.locks.remove_leftovers`).
     """
     path = Path(path)
     check_output_folder_of(path)
@@ -108,111 +105,6 @@ def _publish(tmp: Path, path: Path, expected: tuple[int, int, int, int] | None) 
         if os.path.lexists(path):
             raise DSen2CRError(lost.format("appeared")) from None
         os.replace(tmp, path)
-
-
-#: The suffix of a lock file beside an output (``.NAME.lock``): the process writing it, by pid.
-LOCK_SUFFIX = ".lock"
-
-
-@contextlib.contextmanager
-def output_locks(paths: Iterable[Path]) -> Iterator[None]:
-    """Hold a lock beside each output for the block, so that a second run on one output is refused at its
-    start, naming the process that writes it (the final no-replace move of :func:`atomic_path` stays the
-    guarantee). A lock whose process has ended (a killed run) is stale and taken over; every lock taken is
-    removed on the way out, also on an error or a signal. An output whose folder does not exist yet is not
-    locked (the command creates the folder; the lock would have to create it first); processes a launcher
-    started for a run that rank 0 holds (:func:`is_launched_worker`) take no lock."""
-    taken: list[Path] = []
-    try:
-        for path in paths:
-            if Path(path).parent.is_dir() and not is_launched_worker():
-                taken.append(_take_lock(Path(path)))
-                remove_leftovers(Path(path))
-        yield
-    finally:
-        for lock in taken:
-            lock.unlink(missing_ok=True)
-
-
-def remove_leftovers(path: Path) -> None:
-    """Remove what killed runs writing ``path`` left beside it: their temporaries of :func:`atomic_path`
-    (``.STEM.PID.RANDOM.tmpSUFFIX``, PID a process that no longer runs) and the files named after them (a scene's
-    staging and overview files, gigabytes for a full tile), saying so in a line per killed process. Temporaries
-    of live processes, of other outputs and without a process id (written before it was in the name) stay."""
-    _remove_killed_temporaries(path.parent, re.escape(path.stem), re.escape(path.suffix), f"{path}", "beside it")
-
-
-def remove_leftovers_in(folder: Path) -> None:
-    """:func:`remove_leftovers` for every output of a folder that one run owns (a training run's folder and its
-    checkpoints): the temporaries of any name there whose process no longer runs."""
-    if folder.is_dir():
-        _remove_killed_temporaries(folder, r".+", r"\.[^.]+", f"{folder}", "in it")
-
-
-def _remove_killed_temporaries(folder: Path, stem: str, suffix: str, what: str, where: str) -> None:
-    """Remove the entries of ``folder`` named ``.STEM.PID.RANDOM.tmpSUFFIX[.MORE]`` (``stem`` and ``suffix``:
-    regular expressions) whose process PID no longer runs, with a line per process."""
-    temporary = re.compile(rf"\.{stem}\.(\d+)\.[a-z0-9_]{{8}}\.tmp{suffix}(\..+)?")
-    killed: dict[int, list[Path]] = {}
-    for entry in folder.iterdir():
-        match = temporary.fullmatch(entry.name)
-        if match and int(match[1]) != os.getpid() and not _is_running(int(match[1])):
-            killed.setdefault(int(match[1]), []).append(entry)
-    for pid, entries in sorted(killed.items()):
-        size = 0
-        for entry in entries:
-            with contextlib.suppress(OSError):
-                size += entry.lstat().st_size
-                _remove_entry(entry, best_effort=True)
-        amount = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
-        files = "1 file" if len(entries) == 1 else f"{len(entries)} files"
-        log.info("%s: removed %s that a killed run (process %d) left %s (%s)", what, files, pid, where, amount)
-
-
-def is_launched_worker() -> bool:
-    """Whether this process is a rank > 0 started by Lightning's launcher, torchrun or SLURM for a run that
-    rank 0 has already prepared (and whose outputs rank 0 owns)."""
-    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
-
-
-def _take_lock(path: Path) -> Path:
-    """Create ``.NAME.lock`` beside ``path`` holding this process's pid (atomically: O_EXCL)."""
-    lock = path.with_name(f".{path.name}{LOCK_SUFFIX}")
-    for _ in range(2):
-        try:
-            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _lock_owner(lock)
-            if owner is not None and owner != os.getpid() and _is_running(owner):
-                raise DSen2CRError(
-                    f"{path}: another dsen2cr run (process {owner}) is writing it; wait for it to end or choose "
-                    f"another output (a lock {lock.name} left by a process that no longer runs is ignored)"
-                ) from None
-            lock.unlink(missing_ok=True)  # stale: its process has ended
-            continue
-        with os.fdopen(handle, "w") as file:
-            file.write(f"{os.getpid()}\n")
-        return lock
-    raise DSen2CRError(f"{path}: cannot take the lock {lock}")
-
-
-def _lock_owner(lock: Path) -> int | None:
-    """The pid written in a lock file (None when unreadable)."""
-    try:
-        return int(lock.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _is_running(pid: int) -> bool:
-    """Whether a process with this pid exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _umask() -> int:

@@ -20,10 +20,10 @@ from dsen2cr.outputs.files import (
     check_distinct_outputs,
     check_input_file,
     check_output_file,
-    output_locks,
     path_identity,
 )
 from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
+from dsen2cr.outputs.locks import output_locks
 from dsen2cr.predictor import Predictor, load_network, predictor_for_plan
 from dsen2cr.scene.checks import OUTPUT_KINDS, check_uncertainty_output, job_outputs
 from dsen2cr.scene.remove import SceneReport, remove_clouds

@@ -1,0 +1,134 @@
+"""Who writes an output (docs/design.md §3.4): a lock beside each output for the run, so that a second run on it
+is refused at its start, and the removal of what killed runs left beside their outputs (the temporaries of
+:func:`~dsen2cr.outputs.files.atomic_path` carry their process's id)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from dsen2cr.errors import DSen2CRError
+
+log = logging.getLogger(__name__)
+
+#: The suffix of a lock file beside an output (``.NAME.lock``): the process writing it, by pid.
+LOCK_SUFFIX = ".lock"
+
+
+@contextlib.contextmanager
+def output_locks(paths: Iterable[Path]) -> Iterator[None]:
+    """Hold a lock beside each output for the block, so that a second run on one output is refused at its
+    start, naming the process that writes it (the final no-replace move of ``atomic_path`` stays the
+    guarantee). A lock whose process has ended (a killed run) is stale and taken over; every lock taken is
+    removed on the way out, also on an error or a signal. An output whose folder does not exist yet is not
+    locked (the command creates the folder; the lock would have to create it first); processes a launcher
+    started for a run that rank 0 holds (:func:`is_launched_worker`) take no lock."""
+    taken: list[Path] = []
+    locked: list[Path] = []
+    try:
+        for path in paths:
+            if Path(path).parent.is_dir() and not is_launched_worker():
+                taken.append(_take_lock(Path(path)))
+                locked.append(Path(path))
+        remove_leftovers(locked)  # the outputs are this run's now: what a killed run of them left goes
+        yield
+    finally:
+        for lock in taken:
+            lock.unlink(missing_ok=True)
+
+
+def remove_leftovers(paths: Iterable[Path]) -> None:
+    """Remove what killed runs writing ``paths`` left beside them: their temporaries of ``atomic_path``
+    (``.STEM.PID.RANDOM.tmpSUFFIX``, PID a process that no longer runs) and the files named after them (a scene's
+    staging and overview files, gigabytes for a full tile), saying so in a line per output and killed process.
+    Temporaries of live processes, of other outputs and without a process id (written before it was in the
+    name) stay. Each folder is listed once, however many outputs it holds."""
+    by_folder: dict[Path, dict[tuple[str, str], Path]] = {}
+    for path in paths:
+        by_folder.setdefault(path.parent, {})[(path.stem, path.suffix)] = path
+    for folder, outputs in by_folder.items():
+        _remove_killed_temporaries(folder, outputs)
+
+
+def remove_leftovers_in(folder: Path) -> None:
+    """:func:`remove_leftovers` for every output of a folder that one run owns (a training run's folder and its
+    checkpoints): the temporaries of any name there whose process no longer runs."""
+    if folder.is_dir():
+        _remove_killed_temporaries(folder, None)
+
+
+#: A temporary of ``atomic_path`` (``.STEM.PID.RANDOM.tmpSUFFIX``) or a file named after it (``….staging.tif``).
+_TEMPORARY = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]*)?(?:\..+)?")
+
+
+def _remove_killed_temporaries(folder: Path, outputs: dict[tuple[str, str], Path] | None) -> None:
+    """Remove the temporaries in ``folder`` whose process no longer runs and that belong to one of ``outputs``
+    (by stem and suffix; None: to any output, the folder being one run's), with a line per output and process."""
+    killed: dict[tuple[Path, int], list[Path]] = {}
+    for entry in folder.iterdir():
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match is None or int(match["pid"]) == os.getpid() or _is_running(int(match["pid"])):
+            continue
+        output = folder if outputs is None else outputs.get((match["stem"], match["suffix"] or ""))
+        if output is not None:
+            killed.setdefault((output, int(match["pid"])), []).append(entry)
+    for (output, pid), entries in sorted(killed.items()):
+        size = 0
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                size += entry.lstat().st_size
+                entry.unlink()
+        amount = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+        files = "1 file" if len(entries) == 1 else f"{len(entries)} files"
+        where = "in it" if output == folder else "beside it"
+        log.info("%s: removed %s that a killed run (process %d) left %s (%s)", output, files, pid, where, amount)
+
+
+def is_launched_worker() -> bool:
+    """Whether this process is a rank > 0 started by Lightning's launcher, torchrun or SLURM for a run that
+    rank 0 has already prepared (and whose outputs rank 0 owns)."""
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def _take_lock(path: Path) -> Path:
+    """Create ``.NAME.lock`` beside ``path`` holding this process's pid (atomically: O_EXCL)."""
+    lock = path.with_name(f".{path.name}{LOCK_SUFFIX}")
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None and owner != os.getpid() and _is_running(owner):
+                raise DSen2CRError(
+                    f"{path}: another dsen2cr run (process {owner}) is writing it; wait for it to end or choose "
+                    f"another output (a lock {lock.name} left by a process that no longer runs is ignored)"
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: its process has ended
+            continue
+        with os.fdopen(handle, "w") as file:
+            file.write(f"{os.getpid()}\n")
+        return lock
+    raise DSen2CRError(f"{path}: cannot take the lock {lock}")
+
+
+def _lock_owner(lock: Path) -> int | None:
+    """The pid written in a lock file (None when unreadable)."""
+    try:
+        return int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_running(pid: int) -> bool:
+    """Whether a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
