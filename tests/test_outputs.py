@@ -186,6 +186,34 @@ def test_a_command_takes_over_a_stale_lock_and_removes_its_own(workdir: Path) ->
     assert (workdir / "o.safetensors").is_file() and not lock.exists()
 
 
+def test_a_lock_from_another_host_is_never_taken_for_stale(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """On a file system that several machines share (a cluster's), a lock's process id means nothing on
+    another host: a lock written on another host is taken for a live run (refused, naming the process, the
+    host and how to clear a killed run's lock), and neither it nor that run's temporaries are touched. The
+    lock was taken over as stale (its pid runs nowhere here), and the run's clean-up then removed the other
+    host's live temporaries. A lock of an ended process on this host is taken over, as before."""
+    import socket
+    import subprocess
+    import sys
+
+    from dsen2cr.cli import main
+
+    ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    out = workdir / "o.safetensors"
+    lock, theirs = workdir / ".o.safetensors.lock", workdir / f".o.{ended}.abcdefgh.tmp.safetensors"
+    lock.write_text(f"{ended} node-17.cluster.example\n")
+    theirs.write_bytes(b"being written on node 17")
+    argv = ["export", str(workdir.weights()), str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: another dsen2cr run (process {ended} on node-17.cluster.example) is writing it" in err, err
+    assert f"if that run was killed, delete {lock}" in err, err
+    assert lock.read_text() == f"{ended} node-17.cluster.example\n" and theirs.exists() and not out.exists()
+    lock.write_text(f"{ended} {socket.gethostname()}\n")  # this host's, ended: stale
+    assert main(argv) == 0
+    assert out.is_file() and not lock.exists() and not theirs.exists()
+
+
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 kB tmpfs: too small for any output but a tiny mask (needs root and mount; skipped otherwise)."""
