@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -95,13 +96,20 @@ def is_launched_worker() -> bool:
 
 
 def _take_lock(path: Path) -> Path:
-    """Create ``.NAME.lock`` beside ``path`` holding this process's pid (atomically: O_EXCL)."""
+    """Create ``.NAME.lock`` beside ``path`` holding this process's pid and host (atomically: O_EXCL). A lock of
+    an ended process of this host is stale and taken over; one written on another host (a shared file system)
+    is taken for a live run, since its pid cannot be checked here."""
     lock = path.with_name(f".{path.name}{LOCK_SUFFIX}")
     for _ in range(2):
         try:
             handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            owner = _lock_owner(lock)
+            owner, host = _lock_owner(lock)
+            if owner is not None and host not in (None, socket.gethostname()):
+                raise DSen2CRError(
+                    f"{path}: another dsen2cr run (process {owner} on {host}) is writing it; wait for it to end or "
+                    f"choose another output (if that run was killed, delete {lock})"
+                ) from None
             if owner is not None and owner != os.getpid() and _is_running(owner):
                 raise DSen2CRError(
                     f"{path}: another dsen2cr run (process {owner}) is writing it; wait for it to end or choose "
@@ -110,17 +118,19 @@ def _take_lock(path: Path) -> Path:
             lock.unlink(missing_ok=True)  # stale: its process has ended
             continue
         with os.fdopen(handle, "w") as file:
-            file.write(f"{os.getpid()}\n")
+            file.write(f"{os.getpid()} {socket.gethostname()}\n")
         return lock
     raise DSen2CRError(f"{path}: cannot take the lock {lock}")
 
 
-def _lock_owner(lock: Path) -> int | None:
-    """The pid written in a lock file (None when unreadable)."""
+def _lock_owner(lock: Path) -> tuple[int | None, str | None]:
+    """The pid and host written in a lock file (None for what is unreadable or absent: locks written before the
+    host was recorded hold the pid alone)."""
     try:
-        return int(lock.read_text().split()[0])
+        fields = lock.read_text().split()
+        return int(fields[0]), fields[1] if len(fields) > 1 else None
     except (OSError, ValueError, IndexError):
-        return None
+        return None, None
 
 
 def _is_running(pid: int) -> bool:
