@@ -16,7 +16,7 @@ from dsen2cr.errors import DSen2CRError
 
 log = logging.getLogger(__name__)
 
-#: The suffix of a lock file beside an output (``.NAME.lock``): the process writing it, by pid.
+#: The suffix of a lock file beside an output (``.NAME.lock``): the process writing it, by pid and host.
 LOCK_SUFFIX = ".lock"
 
 
@@ -24,8 +24,9 @@ LOCK_SUFFIX = ".lock"
 def output_locks(paths: Iterable[Path]) -> Iterator[None]:
     """Hold a lock beside each output for the block, so that a second run on one output is refused at its
     start, naming the process that writes it (the final no-replace move of ``atomic_path`` stays the
-    guarantee). A lock whose process has ended (a killed run) is stale and taken over; every lock taken is
-    removed on the way out, also on an error or a signal. An output whose folder does not exist yet is not
+    guarantee). A lock whose process has ended (a killed run on this host) is stale and taken over, and what
+    that run left beside the output removed (:func:`remove_leftovers`); every lock taken is removed on the way
+    out, also on an error or a signal. An output whose folder does not exist yet is not
     locked (the command creates the folder; the lock would have to create it first); processes a launcher
     started for a run that rank 0 holds (:func:`is_launched_worker`) take no lock."""
     taken: list[Path] = []
@@ -72,11 +73,12 @@ def _remove_killed_temporaries(folder: Path, outputs: dict[tuple[str, str], Path
     killed: dict[tuple[Path, int], list[Path]] = {}
     for entry in folder.iterdir():
         match = _TEMPORARY.fullmatch(entry.name)
-        if match is None or int(match["pid"]) == os.getpid() or _is_running(int(match["pid"])):
+        if match is None:
             continue
+        pid = int(match["pid"])
         output = folder if outputs is None else outputs.get((match["stem"], match["suffix"] or ""))
-        if output is not None:
-            killed.setdefault((output, int(match["pid"])), []).append(entry)
+        if output is not None and pid != os.getpid() and not _is_running(pid):
+            killed.setdefault((output, pid), []).append(entry)
     for (output, pid), entries in sorted(killed.items()):
         size = 0
         for entry in entries:
