@@ -276,3 +276,31 @@ def test_the_readme_xarray_recipe_selects_bands_by_name(workdir: Path) -> None:
         dn = out.read(out.descriptions.index("B4") + 1).astype(np.float64)
     np.testing.assert_allclose(red[5:], dn[5:] * 1e-4, rtol=1e-6)
     assert np.isnan(red[:5]).all()
+
+
+def test_sigma_reads_in_the_units_of_the_image(workdir: Path) -> None:
+    """The sigma COG declares the image's scale (DN x 0.0001 = reflectance): a reader that applies scales
+    (rioxarray with mask_and_scale, QGIS) gets the image and its sigma both in reflectance, so image +- sigma
+    means something. sigma declared no scale and read as DN beside an image read as reflectance: 10000 times
+    too wide."""
+    rioxarray = pytest.importorskip("rioxarray")
+    import rasterio
+
+    from dsen2cr.cli import main
+    from dsen2cr.models.dsen2cr import ModelConfig
+    from dsen2cr.weights import save_weights
+
+    s2 = np.random.default_rng(0).integers(300, 3000, (13, 40, 50)).astype(np.uint16)
+    s2[:, :5] = 0  # no data
+    scene, _ = workdir.scene(s2=s2)
+    weights = save_weights(ModelConfig(1, 4, False, 0.1, "diag").build(), workdir / "d.safetensors")
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(scene), "--out", str(workdir / "o.tif")]
+    assert main([*argv, "--uncertainty-out", str(workdir / "s.tif")]) == 0
+    image = rioxarray.open_rasterio(workdir / "o.tif", mask_and_scale=True).values
+    sigma = rioxarray.open_rasterio(workdir / "s.tif", mask_and_scale=True).values
+    with rasterio.open(workdir / "s.tif") as raw:
+        sigma_dn = raw.read().astype(np.float64)
+        assert raw.scales == (1e-4,) * 13 and raw.offsets == (0.0,) * 13
+    np.testing.assert_allclose(sigma[:, 5:], sigma_dn[:, 5:] * 1e-4, rtol=1e-6)
+    assert np.isnan(sigma[:, :5]).all() and np.isnan(image[:, :5]).all()
+    assert 0 < np.nanmax(sigma) < 1 and np.nanmax(image) <= 1  # both reflectances (sigma in DN: hundreds)
