@@ -32,10 +32,13 @@ def describe_mask(dataset: Any, settings: SceneSettings) -> None:
 
 
 def describe_sigma_bands(dataset: Any, bands: list[str], settings: SceneSettings) -> None:
-    """The sigma map's band names (``sigma B02``) and what its values mean."""
+    """The sigma map's band names (``sigma B02``), what its values mean, and the image's scale (DN x 0.0001 =
+    reflectance), so that readers applying scales show image and sigma in one unit."""
     for index, name in enumerate(bands, start=1):
         dataset.set_band_description(index, f"sigma {name}")
         dataset.update_tags(index, BAND=name)
+    dataset.scales = [1e-4] * len(bands)
+    dataset.offsets = [0.0] * len(bands)
     kept = (
         "0 where --keep-clear kept the input, scaled by the blend weight at its edge; " if settings.keep_clear else ""
     )
