@@ -297,3 +297,22 @@ def test_a_file_command_removes_what_a_killed_run_of_its_output_left(
     said = capsys.readouterr().out
     assert "removed 1 file that a killed run (process 999999998) left beside it" in said, said
     assert "removed 1 file that a killed run (process 999999999) left beside it" in said, said
+
+
+def test_the_clean_up_says_only_what_it_removed(
+    workdir: Path, weights_file: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leftover that cannot be removed (here a folder under a temporary's name; in real life another user's
+    file in a shared folder) stays and is not counted: the line names the files actually removed."""
+    import logging
+
+    from dsen2cr.cli import main
+
+    stuck = workdir / ".exported.999999999.abcdefgh.tmp.safetensors"
+    stuck.mkdir()
+    gone = workdir / ".exported.999999999.abcdefgh.tmp.safetensors.staging.tif"
+    gone.write_bytes(b"partial")
+    with caplog.at_level(logging.INFO, logger="dsen2cr"):
+        assert main(["export", str(weights_file("dsen2cr-small-nosar")), str(workdir / "exported.safetensors")]) == 0
+    assert stuck.is_dir() and not gone.exists()
+    assert "removed 1 file that a killed run (process 999999999) left beside it" in caplog.text, caplog.text
