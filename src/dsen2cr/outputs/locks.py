@@ -80,13 +80,16 @@ def _remove_killed_temporaries(folder: Path, outputs: dict[tuple[str, str], Path
         if output is not None and pid != os.getpid() and not _is_running(pid):
             killed.setdefault((output, pid), []).append(entry)
     for (output, pid), entries in sorted(killed.items()):
-        size = 0
+        removed, size = 0, 0
         for entry in entries:
-            with contextlib.suppress(OSError):
-                size += entry.lstat().st_size
+            with contextlib.suppress(OSError):  # another user's file in a shared folder stays, uncounted
+                entry_size = entry.lstat().st_size
                 entry.unlink()
+                removed, size = removed + 1, size + entry_size
+        if not removed:
+            continue
         amount = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
-        files = "1 file" if len(entries) == 1 else f"{len(entries)} files"
+        files = "1 file" if removed == 1 else f"{removed} files"
         where = "in it" if output == folder else "beside it"
         log.info("%s: removed %s that a killed run (process %d) left %s (%s)", output, files, pid, where, amount)
 
