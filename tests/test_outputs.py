@@ -214,6 +214,50 @@ def test_a_lock_from_another_host_is_never_taken_for_stale(workdir: Path, capsys
     assert out.is_file() and not lock.exists() and not theirs.exists()
 
 
+def test_an_output_name_too_long_for_its_temporaries_is_refused_before_any_work(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Files named after an output (the lock, the temporary, a scene's staging and overview files) are longer
+    than it: a name that fits the file system but leaves them no room is refused at the start, naming it and
+    the longest name that works; that longest name works for a whole scene run (every file beside it fits). A
+    226-byte name failed after the model had loaded, with the system's error naming a staging file."""
+    import os
+
+    from dsen2cr.cli import main
+
+    wide = np.random.default_rng(0).integers(300, 3000, (13, 40, 600)).astype(np.uint16)  # 600 px: overviews
+    s2, _ = workdir.scene(s2=wide)
+    weights = str(workdir.weights("dsen2cr-small-nosar"))
+    room = os.pathconf(workdir, "PC_NAME_MAX") - 45
+    too_long = workdir / ("c" * (room - 3) + "x.tif")  # room + 2 bytes
+    assert main(["remove-clouds", "--weights", weights, "--s2", str(s2), "--out", str(too_long)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert f"{too_long}: a name of {room + 2} bytes leaves no room for the files named after it" in err, err
+    assert f"at most {room} bytes here" in err and "backend:" not in captured.out  # before any work
+    assert main(["export", weights, str(workdir / ("e" * (room + 1) + ".safetensors"))]) == 2
+    assert list(workdir.glob(".c*")) == list(workdir.glob(".e*")) == []
+    longest = workdir / ("d" * (room - 4) + ".tif")
+    assert (
+        main(
+            [
+                "remove-clouds",
+                "--weights",
+                weights,
+                "--s2",
+                str(s2),
+                "--out",
+                str(longest),
+                "--mask-out",
+                str(workdir / ("m" * (room - 4) + ".tif")),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert longest.is_file() and not list(workdir.glob(".d*"))
+
+
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 kB tmpfs: too small for any output but a tiny mask (needs root and mount; skipped otherwise)."""
