@@ -136,6 +136,12 @@ def check_output_folder_of(path: Path) -> None:
         raise DSen2CRError(f"{path}: output folder {folder} is not writable")
 
 
+#: The bytes that the longest file named after an output adds to its name: ``atomic_path``'s temporary
+#: (``.NAME`` as ``.STEM.PID.RANDOM.tmpSUFFIX``, a pid of up to 7 digits) and a scene's staging and overview files
+#: named after that (``.staging.tif.ovr128.tif``); the lock (``.NAME.lock``) adds less.
+NAMED_AFTER_BYTES = 45
+
+
 def check_output_file(path: str | Path, *, overwrite: bool, kind: str | None = None) -> Path:
     """Fail early unless ``path`` can be written: its folder exists and is writable, and it does not exist
     yet (or ``overwrite``, and it is a file). With ``kind`` (what the command writes, a key of
@@ -149,6 +155,7 @@ def check_output_file(path: str | Path, *, overwrite: bool, kind: str | None = N
         raise DSen2CRError(
             f"{path}: this command writes {describe(kind)}; name it *{SUFFIXES[kind][0]} (the name says what it is)"
         )
+    check_name_length(path)
     if path.exists() and not overwrite:
         raise DSen2CRError(f"{path}: exists; pass --overwrite to replace it")
     if path.is_file() and kind is not None and (found := sniff(path)) not in (kind, "empty"):
@@ -158,6 +165,21 @@ def check_output_file(path: str | Path, *, overwrite: bool, kind: str | None = N
         )
     check_output_folder_of(path)
     return path
+
+
+def check_name_length(path: Path) -> None:
+    """Refuse a name that leaves the files named after it (:data:`NAMED_AFTER_BYTES`) no room under the
+    folder's longest file name (255 bytes on common file systems)."""
+    try:
+        longest = os.pathconf(path.parent if path.parent.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    room, length = longest - NAMED_AFTER_BYTES, len(os.fsencode(path.name))
+    if length > room:
+        raise DSen2CRError(
+            f"{path}: a name of {length} bytes leaves no room for the files named after it while it is written "
+            f"(temporary, lock, staging); an output's name takes at most {room} bytes here: shorten it"
+        )
 
 
 def check_output_folder(

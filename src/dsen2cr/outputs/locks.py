@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.outputs.files import check_name_length
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def output_locks(paths: Iterable[Path]) -> Iterator[None]:
     try:
         for path in paths:
             if Path(path).parent.is_dir() and not is_launched_worker():
+                check_name_length(Path(path))  # the lock is named after it: said of the output, not the lock
                 taken.append(_take_lock(Path(path)))
                 locked.append(Path(path))
         remove_leftovers(locked)  # the outputs are this run's now: what a killed run of them left goes
