@@ -1,0 +1,59 @@
+"""The prepared GPU run (``scripts/gpu_benchmark.sh``, #27): a device is lent to few sessions, for 15 minutes, with
+no time for a second try, so every command the script runs must at least parse here, on the CPU, against the
+benchmark modules and the CLI as they are now (a renamed or dropped option would cost the whole lease)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_benchmark.sh"
+#: ``python3 -m MODULE ARGS``, up to a redirection or a pipe.
+_COMMAND = re.compile(r"python3 -m (benchmarks(?:\.\w+)?|dsen2cr\.cli) (.*?)\s*(?:2>&1|\||$)")
+
+
+def _commands() -> list[tuple[str, list[str]]]:
+    """The script's Python commands: (module, arguments), its continued lines joined."""
+    text = SCRIPT.read_text().replace("\\\n", " ")
+    return [(match[1], shlex.split(match[2])) for match in _COMMAND.finditer(text)]
+
+
+class _ParsedError(Exception):
+    """Raised once the arguments parsed: the measurement itself is not run."""
+
+
+def test_the_script_is_valid_bash_and_runs_the_modules_it_names() -> None:
+    """bash -n accepts it, and it runs the CLI and every benchmark its header lists as a step."""
+    assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
+    modules = {module for module, _ in _commands()}
+    assert "dsen2cr.cli" in modules and {"benchmarks", "benchmarks.training_rate", "benchmarks.keep_clear"} <= modules
+    assert len(_commands()) >= 14, _commands()
+
+
+@pytest.mark.parametrize(("module", "args"), _commands(), ids=lambda value: str(value)[:60])
+def test_every_command_of_the_gpu_script_parses(module: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arguments of each command are accepted by the parser of the module it runs (stopped right after
+    parsing: nothing is measured)."""
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self: argparse.ArgumentParser, *given: object, **options: object) -> object:
+        real(self, *given, **options)  # type: ignore[arg-type]  # exits 2 on an unknown or invalid argument
+        raise _ParsedError
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    if module == "dsen2cr.cli":
+        from dsen2cr.cli import build_parser
+
+        with pytest.raises(_ParsedError):
+            build_parser().parse_args(args)
+        return
+    main = importlib.import_module(f"{module}.__main__" if module == "benchmarks" else module).main
+    monkeypatch.setattr("sys.argv", [module, *args])
+    with pytest.raises(_ParsedError):
+        main()
