@@ -5,6 +5,7 @@ benchmark modules and the CLI as they are now (a renamed or dropped option would
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import re
 import shlex
@@ -29,11 +30,16 @@ class _ParsedError(Exception):
 
 
 def test_the_script_is_valid_bash_and_runs_the_modules_it_names() -> None:
-    """bash -n accepts it, and it runs the CLI and every benchmark its header lists as a step."""
+    """bash -n accepts it, it runs the CLI and the benchmarks of #27's items, and its inline Python compiles
+    and imports what it uses."""
     assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
     modules = {module for module, _ in _commands()}
     assert "dsen2cr.cli" in modules and {"benchmarks", "benchmarks.training_rate", "benchmarks.keep_clear"} <= modules
     assert len(_commands()) >= 14, _commands()
+    for source in re.findall(r"<<'EOF'[^\n]*\n(.*?)\nEOF\n", SCRIPT.read_text(), flags=re.S):  # inline Python
+        tree = compile(source, "gpu_benchmark.sh", "exec", flags=ast.PyCF_ONLY_AST)
+        imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+        exec(compile(ast.Module(imports, type_ignores=[]), "gpu_benchmark.sh", "exec"), {})  # its names exist
 
 
 @pytest.mark.parametrize(("module", "args"), _commands(), ids=lambda value: str(value)[:60])
