@@ -27,22 +27,21 @@ def output_locks(paths: Iterable[Path]) -> Iterator[None]:
     start, naming the process that writes it (the final no-replace move of ``atomic_path`` stays the
     guarantee). A lock whose process has ended (a killed run on this host) is stale and taken over, and what
     that run left beside the output removed (:func:`remove_leftovers`); every lock taken is removed on the way
-    out, also on an error or a signal. An output whose folder does not exist yet is not
-    locked (the command creates the folder; the lock would have to create it first); processes a launcher
-    started for a run that rank 0 holds (:func:`is_launched_worker`) take no lock."""
-    taken: list[Path] = []
+    out, also on an error or a signal. An output whose folder does not exist yet is not locked (the command
+    creates the folder; the lock would have to create it first); processes a launcher started for a run that
+    rank 0 holds (:func:`is_launched_worker`) take no lock."""
     locked: list[Path] = []
     try:
-        for path in paths:
-            if Path(path).parent.is_dir() and not is_launched_worker():
-                check_name_length(Path(path))  # the lock is named after it: said of the output, not the lock
-                taken.append(_take_lock(Path(path)))
-                locked.append(Path(path))
+        for path in map(Path, paths):
+            if path.parent.is_dir() and not is_launched_worker():
+                check_name_length(path)  # the lock is named after it: said of the output, not the lock
+                _take_lock(path)
+                locked.append(path)
         remove_leftovers(locked)  # the outputs are this run's now: what a killed run of them left goes
         yield
     finally:
-        for lock in taken:
-            lock.unlink(missing_ok=True)
+        for path in locked:
+            _lock_path(path).unlink(missing_ok=True)
 
 
 def remove_leftovers(paths: Iterable[Path]) -> None:
@@ -102,11 +101,16 @@ def is_launched_worker() -> bool:
     return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
-def _take_lock(path: Path) -> Path:
+def _lock_path(path: Path) -> Path:
+    """The lock beside an output: ``.NAME.lock``."""
+    return path.with_name(f".{path.name}{LOCK_SUFFIX}")
+
+
+def _take_lock(path: Path) -> None:
     """Create ``.NAME.lock`` beside ``path`` holding this process's pid and host (atomically: O_EXCL). A lock of
     an ended process of this host is stale and taken over; one written on another host (a shared file system)
     is taken for a live run, since its pid cannot be checked here."""
-    lock = path.with_name(f".{path.name}{LOCK_SUFFIX}")
+    lock = _lock_path(path)
     for _ in range(2):
         try:
             handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -126,7 +130,7 @@ def _take_lock(path: Path) -> Path:
             continue
         with os.fdopen(handle, "w") as file:
             file.write(f"{os.getpid()} {socket.gethostname()}\n")
-        return lock
+        return
     raise DSen2CRError(f"{path}: cannot take the lock {lock}")
 
 
