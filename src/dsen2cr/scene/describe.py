@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from dsen2cr.inputs import s1_parts
 from dsen2cr.inputs.product import is_url
 from dsen2cr.inputs.readers import S2Source
+from dsen2cr.preprocessing import S2_REFLECTANCE_SCALE
 from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings
 
 #: The sigma map's value where the input has no data (sigma is never negative).
@@ -37,8 +38,7 @@ def describe_sigma_bands(dataset: Any, bands: list[str], settings: SceneSettings
     for index, name in enumerate(bands, start=1):
         dataset.set_band_description(index, f"sigma {name}")
         dataset.update_tags(index, BAND=name)
-    dataset.scales = [1e-4] * len(bands)
-    dataset.offsets = [0.0] * len(bands)
+    _declare_reflectance_scale(dataset, len(bands))
     kept = (
         "0 where --keep-clear kept the input, scaled by the blend weight at its edge; " if settings.keep_clear else ""
     )
@@ -57,9 +57,15 @@ def describe_bands(dataset: Any, bands: list[str]) -> None:
     for index, name in enumerate(bands, start=1):
         dataset.set_band_description(index, name)
         dataset.update_tags(index, BAND=name)
-    dataset.scales = [1e-4] * len(bands)
-    dataset.offsets = [0.0] * len(bands)
+    _declare_reflectance_scale(dataset, len(bands))
     dataset.colorinterp = [colours.get(name, ColorInterp.undefined) for name in bands]
+
+
+def _declare_reflectance_scale(dataset: Any, count: int) -> None:
+    """Scale 1 / 10000, offset 0 on every band: readers that apply scales (QGIS, rioxarray) show DN as
+    reflectance."""
+    dataset.scales = [1 / S2_REFLECTANCE_SCALE] * count
+    dataset.offsets = [0.0] * count
 
 
 def output_tags(s2: S2Source) -> dict[str, str]:
