@@ -395,3 +395,16 @@ def private_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("dsen2cr-cache")
     os.environ["DSEN2CR_CACHE_DIR"] = str(folder)
     return folder
+
+
+@pytest.fixture
+def machine_of(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[int | None], None]:
+    """``machine_of(cores)``: this process sees a machine of ``cores`` CPUs (None: the count unknown) that it may
+    use whole: all of them in its affinity, no container's or job's cgroup limits."""
+    monkeypatch.setattr("dsen2cr.machine.PROC_CGROUP", tmp_path / "no-proc-self-cgroup")
+
+    def of(cores: int | None) -> None:
+        monkeypatch.setattr("os.cpu_count", lambda: cores)
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores or 1)))
+
+    return of

@@ -209,7 +209,9 @@ def test_shadow_statistics_of_a_scene(scene: dict) -> None:
     np.testing.assert_array_equal(shadow_mask(s2, stats), shadow_mask(s2))
 
 
-def test_parallel_finishing_writes_what_one_thread_writes(scene: dict, tmp_path: Path) -> None:
+def test_parallel_finishing_writes_what_one_thread_writes(
+    scene: dict, tmp_path: Path, machine_of: Callable[[int | None], None]
+) -> None:
     """On a GPU, windows become output pixels (keep-clear's map, distances, blend) on several threads beside
     the network (#27 item 4): the image and the map are those of one thread bit for bit, and the map is the
     whole scene's, computed here. The rule: one thread on a CPU; all cores but two, at most 8, on a GPU."""
@@ -236,13 +238,14 @@ def test_parallel_finishing_writes_what_one_thread_writes(scene: dict, tmp_path:
     np.testing.assert_array_equal(written[4][1][0], codes)
 
     for cores, expected in ((16, 8), (64, 8), (4, 2), (2, 1), (None, 1)):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("os.cpu_count", lambda cores=cores: cores)
-            assert resolve_finish_threads(torch.device("cuda")) == expected, cores
-            assert resolve_finish_threads(torch.device("cpu")) == 1
+        machine_of(cores)
+        assert resolve_finish_threads(torch.device("cuda")) == expected, cores
+        assert resolve_finish_threads(torch.device("cpu")) == 1
 
 
-def test_windows_held_for_the_statistics_pass_share_the_machines_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_windows_held_for_the_statistics_pass_share_the_machines_memory(
+    monkeypatch: pytest.MonkeyPatch, machine_of: Callable[[int | None], None]
+) -> None:
     """What a run may hold while the statistics pass runs: on a GPU 4 GiB, at most an eighth of the memory
     shared among the run's processes on the machine (torchrun's ``LOCAL_WORLD_SIZE``: one per GPU); on a CPU
     nothing."""
@@ -250,6 +253,7 @@ def test_windows_held_for_the_statistics_pass_share_the_machines_memory(monkeypa
 
     from dsen2cr.auto import resolve_hold_bytes
 
+    machine_of(16)  # no container limit: the memory is what psutil says
     gib = 2**30
     for memory, ranks, expected in ((128, None, 4), (16, None, 2), (128, "1", 4), (128, "8", 2), (24, "4", 0.75)):
         monkeypatch.setattr("psutil.virtual_memory", lambda memory=memory: SimpleNamespace(total=memory * gib))

@@ -182,3 +182,4 @@ def test_a_run_in_a_memory_limited_container_plans_for_its_limit(tmp_path: Path,
     assert result.returncode == 0, result.stderr
     budget = float(result.stdout.split("budget")[0].rsplit("for a ", 1)[1].split()[0])
     assert 0.2 < budget <= 0.6, result.stdout  # GiB: half of at most 1.2 GB less what the process already uses
+    assert "within this container's or job's memory limit of 1.20 GiB" in result.stdout

@@ -287,7 +287,11 @@ def test_stac_item_in_a_folder_with_spaces_and_accents(
 
 @pytest.mark.parametrize("level", ["L1C", "L2A"])
 def test_band_files_read_side_by_side_give_the_same_pixels(
-    tmp_path: Path, make_safe: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, level: str
+    tmp_path: Path,
+    make_safe: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    machine_of: Callable[[int | None], None],
+    level: str,
 ) -> None:
     """A product's band files read on several threads at once (a GPU run's reader) give what one thread reading
     them in turn gives, on windows inside and at the edges; B02 is the file's values less the declared offset
@@ -326,10 +330,9 @@ def test_band_files_read_side_by_side_give_the_same_pixels(
         one.close()
         four.close()
     for cores, expected in ((16, 13), (4, 4), (None, 1)):
-        with monkeypatch.context() as patch:
-            patch.setattr("os.cpu_count", lambda cores=cores: cores)
-            assert auto.resolve_band_threads(torch.device("cuda")) == expected
-            assert auto.resolve_band_threads(torch.device("cpu")) == 1
+        machine_of(cores)
+        assert auto.resolve_band_threads(torch.device("cuda")) == expected
+        assert auto.resolve_band_threads(torch.device("cpu")) == 1
 
 
 @pytest.mark.parametrize("kind", ["GeoTIFF", "L1C", "L2A"])

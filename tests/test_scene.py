@@ -348,7 +348,9 @@ def test_torchrun_ranks_split_the_scenes(
 
 
 @pytest.mark.parametrize("ranks", [None, "1", "4"])
-def test_a_torchruns_processes_share_the_machine(monkeypatch: pytest.MonkeyPatch, ranks: str | None) -> None:
+def test_a_torchruns_processes_share_the_machine(
+    monkeypatch: pytest.MonkeyPatch, machine_of: Callable[[int | None], None], ranks: str | None
+) -> None:
     """Under torchrun (one process per GPU, ``LOCAL_WORLD_SIZE`` on the machine) each process takes its share
     of the machine's cores and memory for its threads and GDAL's block cache; alone, all of them as before.
     16 cores and 16 GiB: alone 13 band threads, 8 finishing, 16 compressing, GDAL on all CPUs, a 1 GiB cache;
@@ -361,7 +363,7 @@ def test_a_torchruns_processes_share_the_machine(monkeypatch: pytest.MonkeyPatch
     from dsen2cr.outputs.geotiff import cog_options, compression_threads
     from dsen2cr.rasters import gdal_block_cache
 
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    machine_of(16)
     monkeypatch.setattr("psutil.virtual_memory", lambda: SimpleNamespace(total=16 * 2**30))
     if ranks is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -498,7 +500,9 @@ def _gdal_cache_max() -> int:
     return int(getter())
 
 
-def test_scene_runs_with_a_real_gdal_block_cache(scene: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scene_runs_with_a_real_gdal_block_cache(
+    scene: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, machine_of: Callable[[int | None], None]
+) -> None:
     """The reads (reader thread) and the COG copy run with a block cache of at least 64 MiB. Before: the bound
     was given to rasterio as ``GDAL_CACHEMAX=128``, which it takes as 128 bytes, so every window read
     decompressed its halo blocks again and the COG copy re-read the scene for each overview (2.7x slower)."""
@@ -535,6 +539,7 @@ def test_scene_runs_with_a_real_gdal_block_cache(scene: dict, tmp_path: Path, mo
     assert set(seen.values()) == {256 * 2**20}  # a CPU run's
     # on a GPU: 1 GiB (a full tile's JPEG 2000 block rows, read again by the mask), at most an eighth of the
     # memory, at least 256 MiB
+    machine_of(16)  # no container limit: the memory is what psutil says
     for memory, expected in ((24 * 2**30, 2**30), (4 * 2**30, 512 * 2**20), (2**30, 256 * 2**20)):
         monkeypatch.setattr("psutil.virtual_memory", lambda memory=memory: SimpleNamespace(total=memory))
         assert resolve_block_cache_bytes(torch.device("cuda")) == expected

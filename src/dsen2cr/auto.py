@@ -89,15 +89,14 @@ def window_bytes(config: ModelSpec, height: int, width: int) -> int:
 
 
 def memory_budget(device: str | torch.device) -> int:
-    """Memory that ``--tile auto`` may fill: half the free memory of a GPU; on CPU half the available memory,
-    at most ``MAX_CPU_MEMORY``."""
+    """Memory that ``--tile auto`` may fill: half the free memory of a GPU; on CPU half the available memory
+    (within a container's or batch job's limit: :func:`dsen2cr.machine.available_memory_bytes`), at most
+    ``MAX_CPU_MEMORY``."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
-    import psutil
-
-    return min(psutil.virtual_memory().available // 2, MAX_CPU_MEMORY)
+    return min(machine.available_memory_bytes() // 2, MAX_CPU_MEMORY)
 
 
 def choose_tile(config: ModelSpec, *, batch_size: int, memory_bytes: int, overlap: int) -> int:
@@ -125,7 +124,15 @@ def resolve_tile(
         return int(tile)
     budget = memory_budget(device) if memory_gib is None else int(memory_gib * 2**30)
     chosen = choose_tile(config, batch_size=batch_size, memory_bytes=budget, overlap=overlap)
-    log.info("tiles: at most %d px, batch %d (--tile auto for a %.2f GiB budget)", chosen, batch_size, budget / 2**30)
+    limit = machine.memory_limit() if memory_gib is None and torch.device(device).type == "cpu" else None
+    within = "" if limit is None else f", within this container's or job's memory limit of {limit[0] / 2**30:.2f} GiB"
+    log.info(
+        "tiles: at most %d px, batch %d (--tile auto for a %.2f GiB budget%s)",
+        chosen,
+        batch_size,
+        budget / 2**30,
+        within,
+    )
     return chosen
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dsen2cr import machine
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import check_input_file
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
@@ -31,8 +32,14 @@ class OnnxPredictor:
             raise DSen2CRError("onnxruntime is not installed: pip install 'dsen2cr[onnx]'") from None
         path = check_input_file(path, "ONNX")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+        options = ort.SessionOptions()
+        threads = machine.limited_cores()  # onnxruntime sizes its pool by the machine, not a container's quota
+        if threads is not None:
+            options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+            )
         except Exception as error:  # onnxruntime raises its own exception types
             raise DSen2CRError(f"{path}: not a readable ONNX model ({' '.join(str(error).split())[:200]})") from None
         inputs = {i.name: i.shape for i in self.session.get_inputs()}

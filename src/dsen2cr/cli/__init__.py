@@ -122,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     setup_logging(logging.DEBUG if args.verbose or args.debug else logging.WARNING if args.quiet else logging.INFO)
+    if args.command in COMPUTING_COMMANDS:
+        _fit_torch_threads()
     _SIGNALLED.clear()
     previous = _install_sigterm()
     try:
@@ -154,6 +156,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 _NOT_INSTALLED = object()
+#: Commands that run the network: PyTorch's CPU threads are fitted to this process's share of the CPUs.
+COMPUTING_COMMANDS = frozenset({"train", "evaluate", "remove-clouds", "demo", "export-onnx"})
+
+
+def _fit_torch_threads() -> None:
+    """Give PyTorch this process's share of the CPUs where its default would take more (a container's CPU
+    quota, torchrun's processes sharing the machine: :func:`dsen2cr.machine.torch_cpu_threads`), and say so."""
+    from dsen2cr import machine
+
+    threads = machine.fit_torch_threads()
+    if threads is not None:
+        quota = machine.cpu_quota()
+        why = f"a CPU quota of {quota:g}" if quota is not None else f"{machine.local_processes()} processes"
+        logging.getLogger(__name__).info("cpu: PyTorch on %d thread%s (%s)", threads, "s" * (threads > 1), why)
 
 
 def _outputs_to_lock(args: argparse.Namespace) -> list[Path]:

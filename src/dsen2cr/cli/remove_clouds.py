@@ -97,7 +97,7 @@ def _add_compute(parser: argparse.ArgumentParser) -> None:
         dest="memory_gib",
         type=finite_float,
         help="GiB of working memory for --tile auto (default: half the free GPU memory; on CPU half the available "
-        "memory, at most 8)",
+        "memory within a container's or job's limit, at most 8)",
     )
     add_device(parser)
     parser.add_argument(
