@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dsen2cr import machine
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.machine import limited_cores
 from dsen2cr.outputs.files import check_input_file
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY, config_from_metadata
@@ -33,7 +33,7 @@ class OnnxPredictor:
         path = check_input_file(path, "ONNX")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
         options = ort.SessionOptions()
-        threads = machine.limited_cores()  # onnxruntime sizes its pool by the machine, not a container's quota
+        threads = limited_cores()  # onnxruntime sizes its pool by the machine, not a container's quota
         if threads is not None:
             options.intra_op_num_threads = threads
         try:

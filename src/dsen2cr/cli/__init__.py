@@ -163,12 +163,12 @@ COMPUTING_COMMANDS = frozenset({"train", "evaluate", "remove-clouds", "demo", "e
 def _fit_torch_threads() -> None:
     """Give PyTorch this process's share of the CPUs where its default would take more (a container's CPU
     quota, torchrun's processes sharing the machine: :func:`dsen2cr.machine.torch_cpu_threads`), and say so."""
-    from dsen2cr import machine
+    from dsen2cr.machine import cpu_quota, fit_torch_threads, local_processes
 
-    threads = machine.fit_torch_threads()
+    threads = fit_torch_threads()
     if threads is not None:
-        quota = machine.cpu_quota()
-        why = f"a CPU quota of {quota:g}" if quota is not None else f"{machine.local_processes()} processes"
+        quota = cpu_quota()
+        why = f"a CPU quota of {quota:g}" if quota is not None else f"{local_processes()} processes on the machine"
         logging.getLogger(__name__).info("cpu: PyTorch on %d thread%s (%s)", threads, "s" * (threads > 1), why)
 
 
