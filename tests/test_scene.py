@@ -331,20 +331,36 @@ def test_manifest_with_several_scenes(
     assert bad.returncode == 2 and "manifest header lacks s2" in bad.stderr
 
 
-def test_torchrun_ranks_split_the_scenes(
-    scene: dict, tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+@pytest.mark.parametrize("launcher", ["torchrun", "srun"])
+def test_a_runs_ranks_split_the_scenes_and_lock_their_own(
+    scene: dict, tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess], launcher: str
 ) -> None:
+    """Rank 1 of 2, started by torchrun or as task 1 of an ``srun`` step (a batch job's way, no torchrun), takes
+    every second scene of the manifest. Each rank writes outputs of its own, so each locks them: a live run on
+    rank 1's scene is refused there (rank 1 took no lock, and wrote beside that run)."""
     import os
+    import socket
 
     s2, s1 = scene["folder"] / "s2.tif", scene["folder"] / "s1.tif"
     manifest = tmp_path / "scenes.csv"
     manifest.write_text("s2,s1,out\n" + "".join(f"{s2},{s1},{tmp_path / f'{n}.tif'}\n" for n in "abc"))
-    env = dict(os.environ, RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")
-    result = run_cli(
-        "remove-clouds", "--weights", str(scene["weights"]), "--manifest", str(manifest), "--no-progress", env=env
-    )
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS")
+    env = {name: value for name, value in os.environ.items() if name not in names}
+    if launcher == "torchrun":
+        env.update(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")
+    else:
+        env.update(SLURM_PROCID="1", SLURM_LOCALID="1", SLURM_NODEID="0", SLURM_NTASKS="2", SLURM_STEP_NUM_TASKS="2")
+    args = ("remove-clouds", "--weights", str(scene["weights"]), "--manifest", str(manifest), "--no-progress")
+    lock = tmp_path / ".b.tif.lock"
+    lock.write_text(f"{os.getpid()} {socket.gethostname()}\n")  # this test's process: a live run on b.tif
+    refused = run_cli(*args, env=env)
+    assert refused.returncode == 2 and "b.tif" in refused.stderr and str(os.getpid()) in refused.stderr
+    assert not list(tmp_path.glob("*.tif"))
+    lock.unlink()
+    result = run_cli(*args, env=env)
     assert result.returncode == 0, result.stderr
     assert {p.name for p in tmp_path.glob("*.tif")} == {"b.tif"}  # rank 1 of 2 takes every second scene
+    assert not list(tmp_path.glob(".*.lock"))
 
 
 @pytest.mark.parametrize("ranks", [None, "1", "4"])

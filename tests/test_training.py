@@ -184,6 +184,65 @@ def test_two_process_ddp_on_cpu_keeps_ranks_equal(
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_an_srun_steps_two_tasks_train_as_one_ddp_run(tmp_path: Path, synthetic_tree: Path) -> None:
+    """Lightning's documented way on a cluster: ``srun --ntasks-per-node 2 dsen2cr train … --devices 2`` starts
+    both processes, Lightning's SLURM environment joins them (gloo on CPU here, with the variables srun sets).
+    Task 1 is a worker of task 0's run: it does not lock the run folder (it was refused, "locked by process …",
+    and task 0 waited for it at the rendezvous), and the two ranks end with the same weights."""
+    import os
+    import socket
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = _config(tmp_path, synthetic_tree)
+    command = [sys.executable, "-m", "dsen2cr.cli", "train", "--config", str(config), "optim.epochs=1"]
+    command += ["trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.deterministic=false"]
+    command += ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress"]
+    step = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "dsen2cr-train",
+        "SLURM_NODELIST": "127.0.0.1",
+        "SLURM_NNODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_STEP_TASKS_PER_NODE": "2",
+        "MASTER_PORT": str(port),
+    }
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE")
+    base = {name: value for name, value in os.environ.items() if name not in names}
+    logs = [tmp_path / f"task{task}.log" for task in range(2)]
+    tasks = [
+        subprocess.Popen(
+            command,
+            env={**base, **step, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for task, log in enumerate(logs)
+    ]
+    deadline = time.monotonic() + 240
+    try:  # a task that fails leaves the other waiting at the rendezvous: stop at the first failure
+        while time.monotonic() < deadline and not all(t.poll() == 0 for t in tasks):
+            if any(t.poll() not in (None, 0) for t in tasks):
+                break
+            time.sleep(0.5)
+    finally:
+        for task in tasks:
+            task.kill()
+            task.wait()
+    assert [task.returncode for task in tasks] == [0, 0], [log.read_text()[-2000:] for log in logs]
+    digests = json.loads((tmp_path / "run" / "weights_digest.json").read_text())["ranks"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert not list((tmp_path / "run").parent.glob(".run*.lock"))  # task 0's lock went with it
+
+
 def test_export_round_trip_and_variant_check(
     tmp_path: Path, synthetic_tree: Path, run_cli: Callable[..., subprocess.CompletedProcess]
 ) -> None:

@@ -1,0 +1,83 @@
+"""How a process was started for a run of several (torchrun, a SLURM job step), read in one place
+(``dsen2cr.launch``): ranks, local ranks, processes per machine, and which process holds the run's outputs."""
+
+from __future__ import annotations
+
+import pytest
+
+LAUNCH_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_NODEID",
+    "SLURM_NTASKS",
+    "SLURM_NTASKS_PER_NODE",
+    "SLURM_STEP_NUM_TASKS",
+    "SLURM_STEP_TASKS_PER_NODE",
+)
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch):
+    """Set exactly the given launch variables (the others removed)."""
+
+    def set_only(**values: str) -> None:
+        for name in LAUNCH_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return set_only
+
+
+def test_an_srun_steps_tasks(environment) -> None:
+    """``srun --nodes 4 --ntasks 7`` puts 2 tasks on each of the first three nodes and 1 on the fourth
+    (``SLURM_STEP_TASKS_PER_NODE=2(x3),1``): task 6 is rank 6 of 7, alone on node 3; task 3 is the second of two
+    on node 1, and a worker of the run."""
+    from dsen2cr.launch import Launch, is_launched_worker, this_launch
+    from dsen2cr.machine import local_processes
+
+    step = {"SLURM_STEP_NUM_TASKS": "7", "SLURM_NTASKS": "7", "SLURM_STEP_TASKS_PER_NODE": "2(x3),1"}
+    environment(**step, SLURM_PROCID="6", SLURM_LOCALID="0", SLURM_NODEID="3")
+    assert this_launch() == Launch(rank=6, world=7, local_rank=0, local_world=1, launcher="srun")
+    environment(**step, SLURM_PROCID="3", SLURM_LOCALID="1", SLURM_NODEID="1")
+    assert this_launch() == Launch(rank=3, world=7, local_rank=1, local_world=2, launcher="srun")
+    assert is_launched_worker() and local_processes() == 2
+    environment(**step, SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0")
+    assert not is_launched_worker()
+
+
+def test_a_batch_script_is_one_process(environment) -> None:
+    """The batch script's own environment (``sbatch --ntasks 4``, no ``srun``) counts the job's tasks in
+    ``SLURM_NTASKS`` but started one process: it is not a run of four (it would take a quarter of the scenes)."""
+    from dsen2cr.launch import Launch, is_launched_worker, this_launch
+
+    environment(SLURM_NTASKS="4", SLURM_NTASKS_PER_NODE="4", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0")
+    assert this_launch() == Launch() and not is_launched_worker()
+
+
+def test_torchrun_comes_first_and_lightnings_launcher_makes_workers(environment) -> None:
+    """A torchrun per node started by ``srun`` (one task per node): torchrun's ranks are the run's. Lightning's
+    own launcher sets ``LOCAL_RANK`` and ``NODE_RANK`` (no ``RANK``): its children are workers."""
+    from dsen2cr.launch import Launch, is_launched_worker, this_launch
+
+    environment(
+        SLURM_STEP_NUM_TASKS="2",
+        SLURM_PROCID="1",
+        SLURM_LOCALID="0",
+        RANK="5",
+        WORLD_SIZE="8",
+        LOCAL_RANK="1",
+        LOCAL_WORLD_SIZE="4",
+    )
+    assert this_launch() == Launch(rank=5, world=8, local_rank=1, local_world=4, launcher="torchrun")
+    environment(LOCAL_RANK="1", NODE_RANK="0", WORLD_SIZE="2")
+    assert this_launch().rank == 0 and is_launched_worker()
+    environment(LOCAL_RANK="0", NODE_RANK="1", WORLD_SIZE="4")
+    assert is_launched_worker()
+    environment(RANK="", WORLD_SIZE="x")  # unreadable values: one process, not a crash
+    assert this_launch() == Launch(launcher="torchrun") and not is_launched_worker()
