@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 
 import torch
@@ -16,6 +15,7 @@ import torch
 import dsen2cr.machine as machine
 from dsen2cr.compile_cache import COMPILE_SAVING, build_key, recorded_build_seconds
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.launch import this_launch
 from dsen2cr.models import ModelSpec
 from dsen2cr.precision import FLOAT32_MODES, HALF_DTYPES, PRECISIONS
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
@@ -47,12 +47,14 @@ EAGER_CPU_FLOPS = 1.5e11
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` is CUDA when PyTorch sees a GPU, else the CPU; any other name is checked (one-line error).
-    Under torchrun (``WORLD_SIZE`` > 1, ``LOCAL_RANK`` set), a CUDA device without an index is this process's
-    GPU, ``cuda:LOCAL_RANK``."""
+    In a run of several processes (torchrun, an ``srun`` step: :func:`dsen2cr.launch.this_launch`), a CUDA device
+    without an index is this process's GPU: ``cuda:LOCAL_RANK``, or the only one it sees where the launcher gave
+    each process its own (``srun --gpus-per-task 1``)."""
     resolved = _device(device)
-    local = os.environ.get("LOCAL_RANK")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and resolved.type == "cuda" and resolved.index is None and local:
-        resolved = _device(f"cuda:{local}")
+    launch = this_launch()
+    if launch.world > 1 and resolved.type == "cuda" and resolved.index is None and launch.local_rank is not None:
+        own = launch.local_rank if torch.cuda.device_count() != 1 else 0
+        resolved = _device(f"cuda:{own}")
     return resolved
 
 

@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from dsen2cr.launch import this_launch
+
 #: Where the kernel's control groups are mounted (v2: one hierarchy; v1: one folder per controller).
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: This process's control groups, one line each: ``ID:CONTROLLERS:PATH`` (v2: ``0::PATH``).
@@ -21,11 +23,9 @@ NO_LIMIT = 2**62
 
 
 def local_processes() -> int:
-    """The run's processes on this machine: torchrun's ``LOCAL_WORLD_SIZE`` (one per GPU), else 1."""
-    try:
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
+    """The run's processes on this machine: torchrun's ``LOCAL_WORLD_SIZE`` (one per GPU), an ``srun`` step's
+    tasks on this node (:func:`dsen2cr.launch.this_launch`), else 1."""
+    return this_launch().local_world
 
 
 def cores() -> int:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.launch import is_launched_worker
 from dsen2cr.outputs.files import check_name_length
 
 log = logging.getLogger(__name__)
@@ -22,18 +23,19 @@ LOCK_SUFFIX = ".lock"
 
 
 @contextlib.contextmanager
-def output_locks(paths: Iterable[Path]) -> Iterator[None]:
+def output_locks(paths: Iterable[Path], *, each_process: bool = False) -> Iterator[None]:
     """Hold a lock beside each output for the block, so that a second run on one output is refused at its
     start, naming the process that writes it (the final no-replace move of ``atomic_path`` stays the
     guarantee). A lock whose process has ended (a killed run on this host) is stale and taken over, and what
     that run left beside the output removed (:func:`remove_leftovers`); every lock taken is removed on the way
     out, also on an error or a signal. An output whose folder does not exist yet is not locked (the command
     creates the folder; the lock would have to create it first); processes a launcher started for a run that
-    rank 0 holds (:func:`is_launched_worker`) take no lock."""
+    rank 0 holds (:func:`~dsen2cr.launch.is_launched_worker`) take no lock, unless ``each_process`` says that
+    each process of the run writes outputs of its own (remove-clouds' ranks, each its share of the scenes)."""
     locked: list[Path] = []
     try:
         for path in map(Path, paths):
-            if path.parent.is_dir() and not is_launched_worker():
+            if path.parent.is_dir() and (each_process or not is_launched_worker()):
                 check_name_length(path)  # the lock is named after it: said of the output, not the lock
                 _take_lock(path)
                 locked.append(path)
@@ -93,12 +95,6 @@ def _remove_killed_temporaries(folder: Path, outputs: dict[tuple[str, str], Path
         files = "1 file" if removed == 1 else f"{removed} files"
         where = "in it" if output == folder else "beside it"
         log.info("%s: removed %s that a killed run (process %d) left %s (%s)", output, files, pid, where, amount)
-
-
-def is_launched_worker() -> bool:
-    """Whether this process is a rank > 0 started by Lightning's launcher, torchrun or SLURM for a run that
-    rank 0 has already prepared (and whose outputs rank 0 owns)."""
-    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
 def _lock_path(path: Path) -> Path:

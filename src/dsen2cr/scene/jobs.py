@@ -16,6 +16,7 @@ from dsen2cr.ensemble import EnsembleSpec, check_distinct_members, check_same_in
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
 from dsen2cr.inputs.readers import scene_size
+from dsen2cr.launch import this_launch
 from dsen2cr.outputs.files import (
     check_distinct_outputs,
     check_input_file,
@@ -170,7 +171,8 @@ def run_scene_jobs(
     overwritten either); each scene's S2 input is resolved once."""
     if settings.weights is None:
         raise DSen2CRError("remove-clouds: --weights is required")
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    launch = this_launch()  # torchrun's ranks or an srun step's tasks split the scenes
+    rank, world = launch.rank, launch.world
     resolved = [_resolve(job, settings) for job in jobs]
     all_products = [product for product, _ in resolved]
     check_jobs(
@@ -181,7 +183,7 @@ def run_scene_jobs(
         extra_inputs=list(extra_inputs),
     )
     mine = jobs[rank::world]
-    with output_locks(path for job in mine for _, path in job_outputs(job)):
+    with output_locks((path for job in mine for _, path in job_outputs(job)), each_process=True):
         yield from _run_my_jobs(mine, all_products[rank::world], [size for _, size in resolved[rank::world]], settings)
 
 

@@ -18,9 +18,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dsen2cr.config import RunConfig, save_config
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.launch import is_launched_worker
 from dsen2cr.models import family_of
 from dsen2cr.outputs.files import atomic_path, path_identity, prepare_output_folder, write_failure
-from dsen2cr.outputs.locks import is_launched_worker, output_locks, remove_leftovers_in
+from dsen2cr.outputs.locks import output_locks, remove_leftovers_in
 from dsen2cr.precision import set_float32_arithmetic
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.logs import HistoryCSVLogger
