@@ -243,6 +243,67 @@ def test_an_srun_steps_two_tasks_train_as_one_ddp_run(tmp_path: Path, synthetic_
     assert not list((tmp_path / "run").parent.glob(".run*.lock"))  # task 0's lock went with it
 
 
+SLURM_STEP = {"SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}
+
+
+@pytest.mark.parametrize(
+    ("variables", "settings", "refusal"),
+    [
+        ({}, {"devices": 2, "strategy": "ddp"}, "was not started by srun"),  # the batch script's own process
+        ({}, {"devices": 1, "num_nodes": 2}, "was not started by srun"),
+        ({}, {"devices": 1, "strategy": "ddp"}, "was not started by srun"),  # DDP takes SLURM_NTASKS for its world
+        ({}, {"devices": 1}, None),  # one device: Lightning does not wait for the job's other tasks
+        ({"SLURM_JOB_NAME": "interactive"}, {"devices": 2, "strategy": "ddp"}, None),  # Lightning ignores SLURM
+        ({"SLURM_NTASKS": "1"}, {"devices": 2, "strategy": "ddp"}, None),  # a job of one task: Lightning's launcher
+        (SLURM_STEP, {"devices": 1}, "set --devices 2 --num-nodes 1"),  # task 1 would train a run of its own
+        (SLURM_STEP, {"devices": "auto"}, "set --devices 2 --num-nodes 1"),
+        ({**SLURM_STEP, "SLURM_NNODES": "1"}, {"devices": 2, "num_nodes": 2}, "set --devices 2 --num-nodes 1"),
+        (SLURM_STEP, {"devices": 2, "strategy": "ddp"}, None),
+        ({**SLURM_STEP, "RANK": "1", "WORLD_SIZE": "2"}, {"devices": 1}, None),  # torchrun in the step: its own rules
+    ],
+)
+def test_processes_that_lightning_would_not_join_are_refused(
+    monkeypatch: pytest.MonkeyPatch, variables: dict, settings: dict, refusal: str | None
+) -> None:
+    """In a SLURM job of two tasks (``sbatch --ntasks-per-node 2``): the batch script's own process asking for
+    several devices hung forever (Lightning took the job's two tasks for the run's processes and waited for the
+    second; SIGTERM did not stop it), and an srun step whose tasks do not match --devices/--num-nodes trained
+    runs of their own into one folder or failed as an internal error. Refused before anything is written."""
+    from dsen2cr.config import TrainerSection
+    from dsen2cr.training.train import check_launch
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NNODES"):
+        monkeypatch.delenv(name, raising=False)
+    job = {"SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "2", "SLURM_PROCID": "0"}
+    for name, value in {**job, **variables}.items():
+        monkeypatch.setenv(name, value)
+    trainer = TrainerSection(accelerator="cpu", **settings)
+    if refusal is None:
+        check_launch(trainer)
+    else:
+        with pytest.raises(DSen2CRError, match=refusal):
+            check_launch(trainer)
+
+
+def test_a_batch_scripts_own_process_is_refused_on_the_command_line(
+    workdir, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
+    """The refusal is one line, exit 2, and the run folder is never created (a process of its own, killed after
+    two minutes: the hang it prevents is deaf to SIGTERM)."""
+    import os
+
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_STEP_NUM_TASKS")
+    env = {name: value for name, value in os.environ.items() if name not in names}
+    env.update(SLURM_JOB_ID="7", SLURM_JOB_NAME="train", SLURM_NTASKS="4", SLURM_NTASKS_PER_NODE="4")
+    env.update(SLURM_NODELIST="127.0.0.1", SLURM_NNODES="1", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0")
+    run = workdir / "run"
+    argv = ["train", "--config", str(workdir.config()), "--out-dir", str(run), "--devices", "4", "--strategy", "ddp"]
+    result = run_cli(*argv, "--accelerator", "cpu", "--no-progress", env=env, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith("dsen2cr train: error: SLURM_NTASKS=4: ") and "srun dsen2cr train" in result.stderr
+    assert result.stderr.count("\n") == 1 and not run.exists()
+
+
 def test_export_round_trip_and_variant_check(
     tmp_path: Path, synthetic_tree: Path, run_cli: Callable[..., subprocess.CompletedProcess]
 ) -> None:
