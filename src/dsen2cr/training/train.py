@@ -16,9 +16,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from dsen2cr.config import RunConfig, save_config
+from dsen2cr.config import RunConfig, TrainerSection, save_config
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.launch import is_launched_worker
+from dsen2cr.launch import is_launched_worker, this_launch
 from dsen2cr.models import family_of
 from dsen2cr.outputs.files import atomic_path, path_identity, prepare_output_folder, write_failure
 from dsen2cr.outputs.locks import output_locks, remove_leftovers_in
@@ -150,12 +150,44 @@ def training_float32(matmul_precision: str) -> str:
     return "ieee" if matmul_precision == "highest" else "tf32"
 
 
+def check_launch(trainer: TrainerSection) -> None:
+    """Refuse, before anything is written, processes that Lightning would not join as they were started: in a
+    SLURM job of several tasks a process that ``srun`` did not start, asking for several devices (Lightning takes
+    the job's tasks for the run's processes and waits for the others forever, deaf to SIGTERM); in an ``srun``
+    step, ``trainer.devices`` other than its tasks on this node (task 1 would train a run of its own into task 0's
+    folder) or ``trainer.num_nodes`` other than its nodes."""
+    env, launch = os.environ, this_launch()
+    slurm = "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")  # as Lightning sees it
+    if not slurm or launch.launcher == "torchrun":
+        return
+    if launch.launcher == "none":
+        several_gpus = trainer.accelerator != "cpu" and torch.cuda.device_count() > 1
+        several = (trainer.devices == "auto" and several_gpus) or trainer.devices not in ("auto", 1)
+        distributed = several or trainer.num_nodes > 1 or trainer.strategy not in ("auto", "single_device")
+        tasks = env["SLURM_NTASKS"]
+        if distributed and tasks not in ("", "1"):
+            raise DSen2CRError(
+                f"SLURM_NTASKS={tasks}: this process runs in a SLURM job of {tasks} tasks but was not started by srun, "
+                "and Lightning would wait for the others forever; start it as `srun dsen2cr train …` (one task per "
+                "device), or ask the job for one task"
+            )
+        return
+    nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES") or "1"
+    if trainer.devices != launch.local_world or str(trainer.num_nodes) != nodes:
+        raise DSen2CRError(
+            f"trainer.devices {trainer.devices}, trainer.num_nodes {trainer.num_nodes}: srun started {launch.world} "
+            f"tasks, {launch.local_world} on this node, on {nodes} node(s); set --devices {launch.local_world} "
+            f"--num-nodes {nodes} (one task per device), or start fewer tasks"
+        )
+
+
 def run_training(
     config: RunConfig, *, resume: str | Path | None = None, overwrite: bool = False, progress: bool = True
 ) -> Path:
     """Train (or resume) a run; return the path of the last checkpoint. The run folder is locked for the run
     (a second run on it is refused at its start, naming this process). A failed write (a full disk) is one
     line naming the run folder; a run that fails before its first checkpoint removes the folder it created."""
+    check_launch(config.trainer)
     out = Path(config.trainer.out_dir)
     created = not out.exists() and not is_launched_worker()
     with output_locks([out]):
