@@ -183,3 +183,28 @@ def test_a_run_in_a_memory_limited_container_plans_for_its_limit(tmp_path: Path,
     budget = float(result.stdout.split("budget")[0].rsplit("for a ", 1)[1].split()[0])
     assert 0.2 < budget <= 0.6, result.stdout  # GiB: half of at most 1.2 GB less what the process already uses
     assert "within this container's or job's memory limit of 1.20 GiB" in result.stdout
+
+
+def test_a_memory_budget_beyond_the_containers_limit_is_warned_of(
+    cgroups, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--memory 4`` in a container whose limit leaves 0.75 GiB plans 4 GiB of windows, which the kernel kills:
+    said once, with what the limit leaves; a budget within it, or none given, is not warned of."""
+    import logging
+
+    from dsen2cr import create_model
+    from dsen2cr.auto import resolve_tile
+
+    root, proc = cgroups
+    proc.write_text("0::/\n")
+    _tree(root, {"cgroup.controllers": "memory", "memory.max": str(GIB), "memory.current": str(GIB // 4)})
+    config = create_model("dsen2cr-nosar").config
+    with caplog.at_level(logging.INFO, logger="dsen2cr"):
+        resolve_tile(config, "auto", device="cpu", batch_size=1, overlap=64, memory_gib=4)
+        resolve_tile(config, "auto", device="cpu", batch_size=1, overlap=64, memory_gib=0.5)
+        resolve_tile(config, "auto", device="cpu", batch_size=1, overlap=64)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "--memory 4.00 GiB is more than this container's or job's memory limit leaves (0.75 GiB of 1.00 GiB): the "
+        "kernel may kill the run; give --memory 0.38 or less (half what it leaves, as the default plans)"
+    ]
