@@ -121,13 +121,25 @@ def resolve_tile(
     memory_gib: float | None = None,
 ) -> int:
     """``tile`` itself, or for ``auto`` :func:`choose_tile` for the memory budget (``memory_gib``, else the
-    device's :func:`memory_budget`); the automatic choice is logged."""
+    device's :func:`memory_budget`); the automatic choice is logged, and on a CPU a ``memory_gib`` beyond what a
+    container's or job's memory limit leaves is warned of (the kernel kills a process at its limit)."""
     if tile != "auto":
         return int(tile)
     budget = memory_budget(device) if memory_gib is None else int(memory_gib * 2**30)
     chosen = choose_tile(config, batch_size=batch_size, memory_bytes=budget, overlap=overlap)
-    limit = machine.memory_limit() if memory_gib is None and torch.device(device).type == "cpu" else None
-    within = "" if limit is None else f", within this container's or job's memory limit of {limit[0] / 2**30:.2f} GiB"
+    limit = machine.memory_limit() if torch.device(device).type == "cpu" else None
+    if limit is not None and memory_gib is not None and budget > limit[1]:
+        log.warning(
+            "--memory %.2f GiB is more than this container's or job's memory limit leaves (%.2f GiB of %.2f GiB): "
+            "the kernel may kill the run; give --memory %.2f or less (half what it leaves, as the default plans)",
+            memory_gib,
+            limit[1] / 2**30,
+            limit[0] / 2**30,
+            limit[1] / 2 / 2**30,
+        )
+    within = ""
+    if limit is not None and memory_gib is None:
+        within = f", within this container's or job's memory limit of {limit[0] / 2**30:.2f} GiB"
     log.info(
         "tiles: at most %d px, batch %d (--tile auto for a %.2f GiB budget%s)",
         chosen,
