@@ -363,6 +363,30 @@ def test_a_runs_ranks_split_the_scenes_and_lock_their_own(
     assert not list(tmp_path.glob(".*.lock"))
 
 
+def test_a_rank_without_a_scene_says_so_and_loads_nothing(
+    scene: dict, tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
+    """Rank 1 of 2 with one scene to share: it said nothing, loaded the model and planned tiles for no scene
+    (each idle task of ``srun --ntasks 8`` over 3 scenes did that); now one line, nothing loaded, exit 0."""
+    import os
+
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS")
+    env = {name: value for name, value in os.environ.items() if name not in names}
+    env.update(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")
+    out = tmp_path / "a.tif"
+    result = run_cli(
+        "remove-clouds", "--weights", str(scene["weights"]), "--s2", str(scene["folder"] / "s2.tif"),
+        "--s1", str(scene["folder"] / "s1.tif"), "--out", str(out), "--no-progress", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "torchrun: rank 1 of 2 takes 0 of the 1 scenes" in result.stdout
+    assert "tiles:" not in result.stdout and not out.exists()
+    env.update(RANK="0")
+    result = run_cli("remove-clouds", "--weights", str(scene["weights"]), "--s2", str(scene["folder"] / "s2.tif"),
+                     "--s1", str(scene["folder"] / "s1.tif"), "--out", str(out), "--no-progress", env=env)  # fmt: skip
+    assert result.returncode == 0 and "rank 0 of 2 takes 1 of the 1 scenes" in result.stdout and out.is_file()
+
+
 @pytest.mark.parametrize("ranks", [None, "1", "4"])
 def test_a_torchruns_processes_share_the_machine(
     monkeypatch: pytest.MonkeyPatch, machine_of: Callable[[int | None], None], ranks: str | None
