@@ -183,6 +183,10 @@ def run_scene_jobs(
         extra_inputs=list(extra_inputs),
     )
     mine = jobs[rank::world]
+    if world > 1:
+        log.info("%s: rank %d of %d takes %d of the %d scenes", launch.launcher, rank, world, len(mine), len(jobs))
+    if not mine:
+        return
     with output_locks((path for job in mine for _, path in job_outputs(job)), each_process=True):
         yield from _run_my_jobs(mine, all_products[rank::world], [size for _, size in resolved[rank::world]], settings)
 
