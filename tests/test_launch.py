@@ -81,3 +81,21 @@ def test_torchrun_comes_first_and_lightnings_launcher_makes_workers(environment)
     assert is_launched_worker()
     environment(RANK="", WORLD_SIZE="x")  # unreadable values: one process, not a crash
     assert this_launch() == Launch(launcher="torchrun") and not is_launched_worker()
+
+
+@pytest.mark.parametrize(("visible", "expected"), [(4, "cuda:2"), (1, "cuda:0")])
+def test_each_process_takes_its_gpu(environment, monkeypatch: pytest.MonkeyPatch, visible: int, expected: str) -> None:
+    """Task 2 of an srun step takes ``cuda:2`` where it sees the node's four GPUs, and the one it sees where
+    ``srun --gpus-per-task 1`` gave each task its own (``cuda:2`` did not exist there); one process alone keeps
+    ``cuda``; an index given is kept."""
+    import torch
+
+    from dsen2cr.auto import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    environment(SLURM_STEP_NUM_TASKS="4", SLURM_PROCID="2", SLURM_LOCALID="2", SLURM_STEP_TASKS_PER_NODE="4")
+    assert str(resolve_device("cuda")) == expected == str(resolve_device("auto"))
+    assert str(resolve_device("cuda:0")) == "cuda:0"
+    environment()
+    assert str(resolve_device("cuda")) == "cuda"
