@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -148,21 +149,9 @@ def test_a_run_in_a_memory_limited_container_plans_for_its_limit(tmp_path: Path,
     if group is None:
         pytest.skip("no writable cgroup v1 memory controller here")
     try:
-        command = [
-            sys.executable,
-            "-m",
-            "dsen2cr.cli",
-            "remove-clouds",
-            "--weights",
-            str(weights_file("dsen2cr-small-nosar")),
-            "--s2",
-            str(sample_scene()),
-            "--out",
-            str(tmp_path / "out.tif"),
-            "--no-progress",
-            "--backend",
-            "eager",
-        ]
+        weights, out = weights_file("dsen2cr-small-nosar"), tmp_path / "out.tif"
+        command = [sys.executable, "-m", "dsen2cr.cli", "remove-clouds", "--weights", str(weights), "--s2",
+                   str(sample_scene()), "--out", str(out), "--no-progress", "--backend", "eager"]  # fmt: skip
         result = subprocess.run(
             command,
             capture_output=True,
@@ -171,13 +160,11 @@ def test_a_run_in_a_memory_limited_container_plans_for_its_limit(tmp_path: Path,
             preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())),
         )
     finally:
-        for _ in range(50):
+        for _ in range(50):  # the group can be removed once the kernel has moved its ended process out
             try:
                 group.rmdir()
                 break
             except OSError:
-                import time
-
                 time.sleep(0.1)
     assert result.returncode == 0, result.stderr
     budget = float(result.stdout.split("budget")[0].rsplit("for a ", 1)[1].split()[0])
