@@ -98,16 +98,25 @@ def test_cgroup_v1_container_sees_its_own_group_at_the_mount(cgroups, monkeypatc
 
 
 def test_no_cgroup_and_the_whole_machine(cgroups, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without cgroup files (macOS, a bare machine) and on all cores: the machine whole, PyTorch's default kept;
-    a narrower affinity (taskset, a job's binding) is this process's share, not divided again."""
+    """Without cgroup files (macOS, a bare machine) and on all cores: the machine whole, PyTorch's default kept.
+    A narrower affinity (taskset, a container's cpuset) is shared by torchrun's processes; an srun task that
+    SLURM bound to its own CPUs (``-c 4``: ``SLURM_CPUS_PER_TASK``) keeps them, not divided again."""
     from dsen2cr import machine
 
     assert machine.memory_limit() is None and machine.cpu_quota() is None
     assert (machine.cores(), machine.limited_cores(), machine.gdal_threads()) == (16, None, "ALL_CPUS")
     assert machine.torch_cpu_threads() is None
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert (machine.cores(), machine.limited_cores(), machine.gdal_threads()) == (4, 4, "4")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert machine.cores() == 4 and machine.limited_cores() == 4
+    assert machine.cores() == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    step = {"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "1", "SLURM_STEP_TASKS_PER_NODE": "4"}
+    for name, value in step.items():
+        monkeypatch.setenv(name, value)
+    assert machine.cores() == 1  # not bound (no -c): the four tasks share the four CPUs
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+    assert machine.cores() == 4
 
 
 def test_torch_threads_follow_the_quota_unless_omp_num_threads_says(cgroups, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,14 +30,16 @@ def local_processes() -> int:
 
 def cores() -> int:
     """This process's cores (at least 1): those it may run on (its CPU affinity: ``taskset``, ``docker
-    --cpuset-cpus``, a batch job's binding), at most its cgroup's CPU quota (``docker --cpus``) rounded up, divided
-    among the run's processes on the machine unless the affinity is already narrower than the machine (a launcher
-    that pinned each process gave it its share)."""
+    --cpuset-cpus``, a batch job's), at most its cgroup's CPU quota (``docker --cpus``) rounded up, divided among
+    the run's processes on the machine, unless SLURM bound this task to its own (an ``srun`` task whose affinity
+    is no larger than ``SLURM_CPUS_PER_TASK``: dividing again would leave it a fraction)."""
     machine = os.cpu_count() or 1
     allowed = _affinity() or machine
     quota = cpu_quota()
     usable = allowed if quota is None else min(allowed, math.ceil(quota))
-    return max(1, usable if allowed < machine else usable // local_processes())
+    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    bound = this_launch().launcher == "srun" and per_task.isdigit() and allowed <= int(per_task)
+    return max(1, usable if bound else usable // local_processes())
 
 
 def memory_bytes() -> int:
@@ -63,8 +65,7 @@ def available_memory_bytes() -> int:
 def gdal_threads() -> str:
     """GDAL's ``NUM_THREADS``: ``ALL_CPUS`` for a process alone on a machine it may use whole, else its share of
     the cores."""
-    machine = os.cpu_count() or 1
-    return "ALL_CPUS" if cores() == machine and local_processes() == 1 else str(cores())
+    return "ALL_CPUS" if limited_cores() is None else str(cores())
 
 
 def limited_cores() -> int | None:
