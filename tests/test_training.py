@@ -429,3 +429,53 @@ def test_overrides_may_follow_the_options(workdir: Path, capsys: pytest.CaptureF
     assert "crop_size: 32" in (run / "config.yaml").read_text()
     with pytest.raises(SystemExit):
         main([*argv, "--no-such-option"])
+
+
+def test_loader_workers_beyond_the_shared_memory_are_refused(
+    workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Loader workers hand batches over in shared memory (/dev/shm: 64 MB in a Docker container by default): two
+    workers, each with two batches in flight, of 2 samples of 29 values per 32x32 px (4 bytes each), need
+    2 x 2 x 2 x 29 x 32 x 32 x 4 = 950,272 bytes. With less free, one line names the need, the space and the fixes,
+    exit 2, no run folder (it was an "internal error ... this is a bug" from PyTorch, mid-epoch)."""
+    from dsen2cr.cli import main
+
+    need = 2 * 2 * 2 * 29 * 32 * 32 * 4
+    config = workdir.config(data={"num_workers": 2, "crop_size": 32}, optim={"batch_size": 2})
+    argv = ["train", "--config", str(config), "--no-progress"]
+    monkeypatch.setattr("dsen2cr.training.datamodule.shared_memory_free", lambda: need - 1)
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "data.num_workers: 2 loader workers hold up to 0.95 MB of batches in shared memory" in error, error
+    assert "/dev/shm has 0.95 MB free" in error and "--shm-size" in error and "data.num_workers=0" in error
+    assert error.count("\n") == 1 and not (workdir / "run").exists()
+    monkeypatch.setattr("dsen2cr.training.datamodule.shared_memory_free", lambda: need)
+    assert main(argv) == 0, capsys.readouterr().err
+
+
+def _small_shared_memory() -> bool:
+    """Whether this machine lets a process mount a 64 MB /dev/shm of its own, as a Docker container has."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64m tmpfs /dev/shm"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+def test_training_in_a_containers_64_mb_shared_memory(tmp_path: Path) -> None:
+    """Measured: ``dsen2cr train --config small-cpu data.crop_size=120 optim.batch_size=32 data.num_workers=2`` in
+    a 64 MB /dev/shm (a private mount, as Docker's default) failed as an "internal error (RuntimeError: unable to
+    allocate shared memory ...); this is a bug", exit 1. Now refused with the fixes, exit 2."""
+    import shlex
+    import sys
+
+    if not _small_shared_memory():
+        pytest.skip("no private mount namespace here (unshare -m as root)")
+    train = [sys.executable, "-m", "dsen2cr.cli", "train", "--config", "small-cpu", "optim.epochs=1"]
+    train += ["data.crop_size=120", "optim.batch_size=32", "data.num_workers=2", "--out", str(tmp_path / "run")]
+    script = "mount -t tmpfs -o size=64m tmpfs /dev/shm && exec " + shlex.join([*train, "--no-progress"])
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "loader workers hold up to 214 MB of batches in shared memory" in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
