@@ -435,21 +435,23 @@ def test_loader_workers_beyond_the_shared_memory_are_refused(
     workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """Loader workers hand batches over in shared memory (/dev/shm: 64 MB in a Docker container by default): two
-    workers, each with two batches in flight, of 2 samples of 29 values per 32x32 px (4 bytes each), need
-    2 x 2 x 2 x 29 x 32 x 32 x 4 = 950,272 bytes. With less free, one line names the need, the space and the fixes,
-    exit 2, no run folder (it was an "internal error ... this is a bug" from PyTorch, mid-epoch)."""
+    workers, each with two batches in flight, of 2 training samples of 32x32 px (28 float32 bands and an int8
+    mask: 113 bytes a pixel) need 2 x 2 x 2 x 113 x 32 x 32 = 925,696 bytes; the validation loader's full 48 px
+    patches 2,082,816. With less free, one line names the need, the space and the fixes, exit 2, no run folder
+    (it was an "internal error ... this is a bug" from PyTorch, mid-epoch)."""
     from dsen2cr.cli import main
 
-    need = 2 * 2 * 2 * 29 * 32 * 32 * 4
+    train, validation = 2 * 2 * 2 * 113 * 32 * 32, 2 * 2 * 2 * 113 * 48 * 48
     config = workdir.config(data={"num_workers": 2, "crop_size": 32}, optim={"batch_size": 2})
     argv = ["train", "--config", str(config), "--no-progress"]
-    monkeypatch.setattr("dsen2cr.training.datamodule.shared_memory_free", lambda: need - 1)
-    assert main(argv) == 2
-    error = capsys.readouterr().err
-    assert "data.num_workers: 2 loader workers hold up to 0.95 MB of batches in shared memory" in error, error
-    assert "/dev/shm has 0.95 MB free" in error and "--shm-size" in error and "data.num_workers=0" in error
-    assert error.count("\n") == 1 and not (workdir / "run").exists()
-    monkeypatch.setattr("dsen2cr.training.datamodule.shared_memory_free", lambda: need)
+    for free, needed in ((train - 1, "0.93"), (validation - 1, "2.08")):
+        monkeypatch.setattr("dsen2cr.training.datamodule.shared_memory_free", lambda free=free: free)
+        assert main(argv) == 2
+        error = capsys.readouterr().err
+        assert f"data.num_workers: 2 loader workers hold up to {needed} MB of batches in shared memory" in error
+        assert f"/dev/shm has {free / 1e6:.2f} MB free" in error and "--shm-size 1g" in error, error
+        assert "data.num_workers=0" in error and error.count("\n") == 1 and not (workdir / "run").exists()
+    monkeypatch.setattr("dsen2cr.training.datamodule.shared_memory_free", lambda: validation)
     assert main(argv) == 0, capsys.readouterr().err
 
 
@@ -477,5 +479,6 @@ def test_training_in_a_containers_64_mb_shared_memory(tmp_path: Path) -> None:
     script = "mount -t tmpfs -o size=64m tmpfs /dev/shm && exec " + shlex.join([*train, "--no-progress"])
     result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "loader workers hold up to 214 MB of batches in shared memory" in result.stderr, result.stderr
+    # 2 workers x 2 batches x 32 samples x 113 bytes x 120 x 120 px
+    assert "loader workers hold up to 208.28 MB of batches in shared memory" in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()

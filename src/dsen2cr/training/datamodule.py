@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -13,6 +15,42 @@ from dsen2cr.config import DataSection, LossSection
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import resolve_split
 from dsen2cr.errors import DSen2CRError
+
+#: Where loader workers hand batches to the training process (PyTorch's shared memory; 64 MB in a Docker
+#: container unless run with ``--shm-size`` or ``--ipc=host``).
+SHARED_MEMORY = Path("/dev/shm")
+#: Batches each loader worker prepares ahead (DataLoader's ``prefetch_factor`` default).
+PREFETCH_FACTOR = 2
+
+
+def shared_memory_free() -> int | None:
+    """Free bytes of :data:`SHARED_MEMORY` (None where the system has no such folder: macOS, Windows)."""
+    try:
+        return shutil.disk_usage(SHARED_MEMORY).free
+    except OSError:
+        return None
+
+
+def check_shared_memory(
+    dataset: torch.utils.data.Dataset, key: Any, batch: int, workers: int, processes: int = 1
+) -> None:
+    """Refuse loader workers whose batches in flight (``workers`` x :data:`PREFETCH_FACTOR` batches of ``batch``
+    samples like ``dataset[key]``, for each of the run's ``processes`` on this machine) do not fit in the free
+    shared memory: PyTorch fails mid-epoch with "unable to allocate shared memory", or a worker dies of SIGBUS."""
+    free = shared_memory_free()
+    if workers == 0 or free is None:
+        return
+    sample_bytes = sum(value.nbytes for value in dataset[key].values() if isinstance(value, torch.Tensor))
+    need = processes * workers * PREFETCH_FACTOR * batch * sample_bytes
+    if need > free:
+        each = "" if processes == 1 else f" on each of {processes} processes"
+        size_gib = max(1, -(-2 * need // 2**30))  # twice the need, in whole GiB
+        raise DSen2CRError(
+            f"data.num_workers: {workers} loader workers{each} hold up to {need / 1e6:.2f} MB of batches in "
+            f"shared memory, but {SHARED_MEMORY} has {free / 1e6:.2f} MB free (a Docker container's default is "
+            f"64 MB): run the container with --shm-size {size_gib}g or --ipc=host, lower data.num_workers or "
+            "optim.batch_size, or set data.num_workers=0"
+        )
 
 
 class EpochShuffle(torch.utils.data.Sampler[tuple[int, int]]):
@@ -105,6 +143,10 @@ class SEN12MSCRDataModule(L.LightningDataModule):
             )
         return self.batch_size // world
 
+    def _here(self) -> int:
+        """The run's processes on this machine (they share its /dev/shm): the trainer's devices per node."""
+        return max(1, int(self.trainer.num_devices)) if self.trainer is not None else 1
+
     def _loader(
         self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler | None, *, drop_last: bool = False
     ) -> DataLoader:
@@ -132,9 +174,11 @@ class SEN12MSCRDataModule(L.LightningDataModule):
                 "weights); lower optim.batch_size, raise data.repeats, or set data.drop_last: false"
             )
         sampler = EpochShuffle(len(self.train_set), self.seed)
+        check_shared_memory(self.train_set, (0, 0), self.batch_per_device(), self.data.num_workers, self._here())
         return self._loader(self.train_set, sampler, drop_last=self.data.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         """The validation loader (full patches)."""
         assert self.val_set is not None
+        check_shared_memory(self.val_set, 0, self.batch_per_device(), self.data.num_workers, self._here())
         return self._loader(self.val_set, None)
