@@ -482,3 +482,21 @@ def test_training_in_a_containers_64_mb_shared_memory(tmp_path: Path) -> None:
     # 2 workers x 2 batches x 32 samples x 113 bytes x 120 x 120 px
     assert "loader workers hold up to 208.28 MB of batches in shared memory" in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_fails_while_its_loader_workers_live_exits(tmp_path: Path) -> None:
+    """Training's loader workers ignore SIGTERM (the process group's, from ``timeout`` or a scheduler), and
+    multiprocessing ends them at exit with SIGTERM, then waits for them: a run that failed while they lived (here
+    the validation loader's full 120 px patches do not fit in a 32 MB /dev/shm, after the training loader's 64 px
+    crops did and its workers ran) printed its error and then never exited (killed after 120 s). Now exit 2."""
+    import shlex
+    import sys
+
+    if not _small_shared_memory():
+        pytest.skip("no private mount namespace here (unshare -m as root)")
+    train = [sys.executable, "-m", "dsen2cr.cli", "train", "--config", "small-cpu", "optim.epochs=1"]
+    train += ["data.crop_size=64", "optim.batch_size=8", "data.num_workers=2", "--out", str(tmp_path / "run")]
+    script = "mount -t tmpfs -o size=32m tmpfs /dev/shm && exec " + shlex.join([*train, "--no-progress"])
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "hold up to 52.07 MB of batches in shared memory, but /dev/shm has" in result.stderr, result.stderr
