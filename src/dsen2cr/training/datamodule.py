@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,10 +85,32 @@ class EpochShuffle(torch.utils.data.Sampler[tuple[int, int]]):
 def _ignore_sigterm(worker_id: int) -> None:
     """In a DataLoader worker: ignore SIGTERM. ``timeout`` and schedulers signal the whole process group; the
     main process ends the run cleanly and its workers with it (they also exit when it dies), where a killed
-    worker made the run end with a DataLoader error instead."""
+    worker made the run end with a DataLoader error instead. (So the main process kills, not terminates, those
+    still alive at its exit: :func:`_end_workers_at_exit`.)"""
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _end_workers_at_exit() -> None:
+    """At the main process's exit, SIGKILL its daemonic children still alive (loader workers of a run that
+    failed while they lived): multiprocessing's own exit handler ends them with SIGTERM, which they ignore
+    (:func:`_ignore_sigterm`), and then waited for them forever. Registered after multiprocessing's handler, so it
+    runs before it."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
+
+
+@functools.cache
+def _register_end_of_workers() -> None:
+    """Register :func:`_end_workers_at_exit` once, when the first loader with workers is built."""
+    import multiprocessing.util  # noqa: F401  (its exit handler first, so that ours runs before it)
+
+    atexit.register(_end_workers_at_exit)
 
 
 class SEN12MSCRDataModule(L.LightningDataModule):
@@ -151,6 +175,8 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler | None, *, drop_last: bool = False
     ) -> DataLoader:
         """A DataLoader with the configured workers."""
+        if self.data.num_workers > 0:
+            _register_end_of_workers()
         return DataLoader(
             dataset,
             batch_size=self.batch_per_device(),
