@@ -455,29 +455,29 @@ def test_loader_workers_beyond_the_shared_memory_are_refused(
     assert main(argv) == 0, capsys.readouterr().err
 
 
-def _small_shared_memory() -> bool:
-    """Whether this machine lets a process mount a 64 MB /dev/shm of its own, as a Docker container has."""
+def _train_in_shared_memory(tmp_path: Path, size: str, *overrides: str, timeout: float) -> subprocess.CompletedProcess:
+    """``dsen2cr train --config small-cpu`` for one epoch with ``overrides``, in a private ``/dev/shm`` of
+    ``size`` (a tmpfs in a mount namespace of its own, as a Docker container has; skipped where this machine
+    does not allow one: ``unshare -m`` as root)."""
+    import shlex
     import shutil
+    import sys
 
-    if shutil.which("unshare") is None:
-        return False
-    probe = ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64m tmpfs /dev/shm"]
-    return subprocess.run(probe, capture_output=True).returncode == 0
+    probe = ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs /dev/shm"]
+    if shutil.which("unshare") is None or subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.skip("no private mount namespace here (unshare -m as root)")
+    train = [sys.executable, "-m", "dsen2cr.cli", "train", "--config", "small-cpu", "optim.epochs=1", *overrides]
+    train += ["--out", str(tmp_path / "run"), "--no-progress"]
+    script = f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec {shlex.join(train)}"
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=timeout)
 
 
 def test_training_in_a_containers_64_mb_shared_memory(tmp_path: Path) -> None:
     """Measured: ``dsen2cr train --config small-cpu data.crop_size=120 optim.batch_size=32 data.num_workers=2`` in
     a 64 MB /dev/shm (a private mount, as Docker's default) failed as an "internal error (RuntimeError: unable to
     allocate shared memory ...); this is a bug", exit 1. Now refused with the fixes, exit 2."""
-    import shlex
-    import sys
-
-    if not _small_shared_memory():
-        pytest.skip("no private mount namespace here (unshare -m as root)")
-    train = [sys.executable, "-m", "dsen2cr.cli", "train", "--config", "small-cpu", "optim.epochs=1"]
-    train += ["data.crop_size=120", "optim.batch_size=32", "data.num_workers=2", "--out", str(tmp_path / "run")]
-    script = "mount -t tmpfs -o size=64m tmpfs /dev/shm && exec " + shlex.join([*train, "--no-progress"])
-    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    overrides = ("data.crop_size=120", "optim.batch_size=32", "data.num_workers=2")
+    result = _train_in_shared_memory(tmp_path, "64m", *overrides, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     # 2 workers x 2 batches x 32 samples x 113 bytes x 120 x 120 px
     assert "loader workers hold up to 208.28 MB of batches in shared memory" in result.stderr, result.stderr
@@ -489,14 +489,7 @@ def test_a_run_that_fails_while_its_loader_workers_live_exits(tmp_path: Path) ->
     multiprocessing ends them at exit with SIGTERM, then waits for them: a run that failed while they lived (here
     the validation loader's full 120 px patches do not fit in a 32 MB /dev/shm, after the training loader's 64 px
     crops did and its workers ran) printed its error and then never exited (killed after 120 s). Now exit 2."""
-    import shlex
-    import sys
-
-    if not _small_shared_memory():
-        pytest.skip("no private mount namespace here (unshare -m as root)")
-    train = [sys.executable, "-m", "dsen2cr.cli", "train", "--config", "small-cpu", "optim.epochs=1"]
-    train += ["data.crop_size=64", "optim.batch_size=8", "data.num_workers=2", "--out", str(tmp_path / "run")]
-    script = "mount -t tmpfs -o size=32m tmpfs /dev/shm && exec " + shlex.join([*train, "--no-progress"])
-    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    overrides = ("data.crop_size=64", "optim.batch_size=8", "data.num_workers=2")
+    result = _train_in_shared_memory(tmp_path, "32m", *overrides, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "hold up to 52.07 MB of batches in shared memory, but /dev/shm has" in result.stderr, result.stderr
