@@ -167,9 +167,11 @@ class SEN12MSCRDataModule(L.LightningDataModule):
             )
         return self.batch_size // world
 
-    def _here(self) -> int:
-        """The run's processes on this machine (they share its /dev/shm): the trainer's devices per node."""
-        return max(1, int(self.trainer.num_devices)) if self.trainer is not None else 1
+    def _check_shared_memory(self, dataset: torch.utils.data.Dataset, key: Any) -> None:
+        """:func:`check_shared_memory` for this run's loaders: its batch per device and workers, on each of the
+        run's processes on this machine (the trainer's devices per node, which share its /dev/shm)."""
+        processes = max(1, int(self.trainer.num_devices)) if self.trainer is not None else 1
+        check_shared_memory(dataset, key, self.batch_per_device(), self.data.num_workers, processes)
 
     def _loader(
         self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler | None, *, drop_last: bool = False
@@ -200,11 +202,11 @@ class SEN12MSCRDataModule(L.LightningDataModule):
                 "weights); lower optim.batch_size, raise data.repeats, or set data.drop_last: false"
             )
         sampler = EpochShuffle(len(self.train_set), self.seed)
-        check_shared_memory(self.train_set, (0, 0), self.batch_per_device(), self.data.num_workers, self._here())
+        self._check_shared_memory(self.train_set, (0, 0))
         return self._loader(self.train_set, sampler, drop_last=self.data.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         """The validation loader (full patches)."""
         assert self.val_set is not None
-        check_shared_memory(self.val_set, 0, self.batch_per_device(), self.data.num_workers, self._here())
+        self._check_shared_memory(self.val_set, 0)
         return self._loader(self.val_set, None)

@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -157,8 +158,7 @@ def check_launch(trainer: TrainerSection) -> None:
     step, ``trainer.devices`` other than its tasks on this node (task 1 would train a run of its own into task 0's
     folder) or ``trainer.num_nodes`` other than its nodes."""
     env, launch = os.environ, this_launch()
-    slurm = "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")  # as Lightning sees it
-    if not slurm or launch.launcher == "torchrun":
+    if launch.launcher == "torchrun" or not SLURMEnvironment.detect():  # Lightning's own rule for a SLURM run
         return
     if launch.launcher == "none":
         several_gpus = trainer.accelerator != "cpu" and torch.cuda.device_count() > 1
