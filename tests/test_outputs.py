@@ -350,3 +350,48 @@ def test_sigma_reads_in_the_units_of_the_image(workdir: Path) -> None:
     np.testing.assert_allclose(sigma[:, 5:], sigma_dn[:, 5:] * 1e-4, rtol=1e-6)
     assert np.isnan(sigma[:, :5]).all() and np.isnan(image[:, :5]).all()
     assert 0 < np.nanmax(sigma) < 1 and np.nanmax(image) <= 1  # both reflectances (sigma in DN: hundreds)
+
+
+def _ended_pid() -> int:
+    """The id of a process that has ended (a run killed with SIGKILL leaves such ids in its temporaries)."""
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+
+
+def test_a_folder_output_is_replaced_despite_a_killed_runs_temporary(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A report, demo, run or sample folder whose earlier run was killed while it wrote one of its files holds
+    that write's hidden temporary (``.NAME.PID.RANDOM.tmpSUFFIX``). It was taken for a file the command did not
+    write, so the folder was refused even with ``--overwrite`` ("holds '.NOTICE.…tmp', which is not part of the
+    bundled sample"), and only deleting it by hand helped. The temporary of a name the command writes, of a
+    process that has ended, is now removed with the earlier run's entries (a folder that holds nothing else
+    needs no ``--overwrite``: no run completed a file there), saying so; a live process's temporary, and a
+    temporary of a name the command does not write, still make the folder foreign."""
+    from dsen2cr.cli import main
+
+    out = workdir / "sample"
+    argv = ["data", "sample", "--out", str(out)]
+    assert main(argv) == 0
+    killed = out / f".NOTICE.{_ended_pid()}.abcd1234.tmp"
+    killed.write_text("half a notice")
+    assert main([*argv, "--overwrite"]) == 0
+    assert not killed.exists() and (out / "NOTICE").is_file()
+    assert f"{out}: removed 1 file that a killed run left in it" in capsys.readouterr().out
+
+    only = workdir / "only"
+    only.mkdir()
+    (only / f".NOTICE.{_ended_pid()}.abcd1234.tmp").write_text("killed at the first file")
+    assert main(["data", "sample", "--out", str(only)]) == 0
+    assert sorted(p.name for p in only.iterdir()) == ["NOTICE", "scene", "sen12mscr"]
+
+    live = out / f".NOTICE.{os.getppid()}.abcd1234.tmp"  # a process that runs for the whole test
+    foreign = out / f".notes.{_ended_pid()}.abcd1234.tmp.txt"  # a name data sample does not write
+    for entry in (live, foreign):
+        entry.write_text("not ours")
+        assert main([*argv, "--overwrite"]) == 2
+        assert f"holds {entry.name!r}, which is not part of the bundled sample" in capsys.readouterr().err
+        assert entry.read_text() == "not ours"
+        entry.unlink()
