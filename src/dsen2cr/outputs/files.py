@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import shutil
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.formats import SUFFIXES, describe, sniff
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -51,6 +54,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         _publish(tmp, path, expected)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: A temporary of ``atomic_path`` (``.STEM.PID.RANDOM.tmpSUFFIX``) or a file named after it (``….staging.tif``).
+_TEMPORARY = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]*)?(?:\..+)?")
+
+
+def temporary_writer(name: str) -> tuple[str, int] | None:
+    """For a file named as :func:`atomic_path`'s temporaries are (or named after one): the name of the output it
+    was written for and the id of the process that wrote it; None for any other name."""
+    match = _TEMPORARY.fullmatch(name)
+    return None if match is None else (match["stem"] + (match["suffix"] or ""), int(match["pid"]))
+
+
+def process_is_running(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_killed_temporary(name: str, outputs: Collection[str]) -> bool:
+    """Whether ``name`` is a temporary that a process which no longer runs (a killed run) left while writing one
+    of ``outputs``."""
+    writer = temporary_writer(name)
+    if writer is None or writer[0] not in outputs:
+        return False
+    return writer[1] != os.getpid() and not process_is_running(writer[1])
 
 
 #: ``os error 28`` in the message of a library that reports the OS's error as text (safetensors).
@@ -197,15 +231,17 @@ def check_output_folder(
     An empty or missing folder is fine. A folder that holds only entries of ``owned`` (an earlier run of the
     same command) is refused unless ``overwrite``. A folder holding anything else is refused even with
     ``overwrite``: it is not the command's to delete (``dsen2cr demo --out ~ --overwrite`` must never touch a
-    home folder).
+    home folder). The temporaries that a killed run left while writing entries of ``owned`` are an earlier
+    run's entries too (removed without ``overwrite`` when the folder holds nothing else).
     """
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise DSen2CRError(f"{out}: exists and is not a folder")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if not entries:
-        return []
-    foreign = [name for name in entries if name not in owned]
+    killed = [name for name in entries if is_killed_temporary(name, owned)]  # a killed earlier run's, not foreign
+    if len(killed) == len(entries):  # no earlier run completed a file here: nothing to replace
+        return [out / name for name in killed]
+    foreign = [name for name in entries if name not in owned and name not in killed]
     if foreign:
         raise DSen2CRError(
             f"{out}: holds {foreign[0]!r}, which is not part of {what}; choose an empty or new folder "
@@ -226,8 +262,11 @@ def prepare_output_folder(
 ) -> Path:
     """:func:`check_output_folder`, then remove the earlier run's entries and create the folder."""
     out = Path(path)
-    for target in check_output_folder(out, owned=owned, overwrite=overwrite, what=what, hint=hint):
+    earlier = check_output_folder(out, owned=owned, overwrite=overwrite, what=what, hint=hint)
+    for target in earlier:
         _remove_entry(target)
+    if killed := sum(temporary_writer(target.name) is not None for target in earlier):
+        log.info("%s: removed %s that a killed run left in it", out, "1 file" if killed == 1 else f"{killed} files")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.launch import is_launched_worker
-from dsen2cr.outputs.files import check_name_length
+from dsen2cr.outputs.files import check_name_length, process_is_running, temporary_writer
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +51,9 @@ def remove_leftovers(paths: Iterable[Path]) -> None:
     staging and overview files, gigabytes for a full tile), saying so in a line per output and killed process.
     Temporaries of live processes, of other outputs and without a process id (written before it was in the
     name) stay. Each folder is listed once, however many outputs it holds."""
-    by_folder: dict[Path, dict[tuple[str, str], Path]] = {}
+    by_folder: dict[Path, dict[str, Path]] = {}
     for path in paths:
-        by_folder.setdefault(path.parent, {})[(path.stem, path.suffix)] = path
+        by_folder.setdefault(path.parent, {})[path.name] = path
     for folder, outputs in by_folder.items():
         _remove_killed_temporaries(folder, outputs)
 
@@ -66,21 +65,17 @@ def remove_leftovers_in(folder: Path) -> None:
         _remove_killed_temporaries(folder, None)
 
 
-#: A temporary of ``atomic_path`` (``.STEM.PID.RANDOM.tmpSUFFIX``) or a file named after it (``….staging.tif``).
-_TEMPORARY = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]*)?(?:\..+)?")
-
-
-def _remove_killed_temporaries(folder: Path, outputs: dict[tuple[str, str], Path] | None) -> None:
+def _remove_killed_temporaries(folder: Path, outputs: dict[str, Path] | None) -> None:
     """Remove the temporaries in ``folder`` whose process no longer runs and that belong to one of ``outputs``
-    (by stem and suffix; None: to any output, the folder being one run's), with a line per output and process."""
+    (by name; None: to any output, the folder being one run's), with a line per output and process."""
     killed: dict[tuple[Path, int], list[Path]] = {}
     for entry in folder.iterdir():
-        match = _TEMPORARY.fullmatch(entry.name)
-        if match is None:
+        writer = temporary_writer(entry.name)
+        if writer is None:
             continue
-        pid = int(match["pid"])
-        output = folder if outputs is None else outputs.get((match["stem"], match["suffix"] or ""))
-        if output is not None and pid != os.getpid() and not _is_running(pid):
+        name, pid = writer
+        output = folder if outputs is None else outputs.get(name)
+        if output is not None and pid != os.getpid() and not process_is_running(pid):
             killed.setdefault((output, pid), []).append(entry)
     for (output, pid), entries in sorted(killed.items()):
         removed, size = 0, 0
@@ -117,7 +112,7 @@ def _take_lock(path: Path) -> None:
                     f"{path}: another dsen2cr run (process {owner} on {host}) is writing it; wait for it to end or "
                     f"choose another output (if that run was killed, delete {lock})"
                 ) from None
-            if owner is not None and owner != os.getpid() and _is_running(owner):
+            if owner is not None and owner != os.getpid() and process_is_running(owner):
                 raise DSen2CRError(
                     f"{path}: another dsen2cr run (process {owner}) is writing it; wait for it to end or choose "
                     f"another output (a lock {lock.name} left by a process that no longer runs is ignored)"
@@ -138,14 +133,3 @@ def _lock_owner(lock: Path) -> tuple[int | None, str | None]:
         return int(fields[0]), fields[1] if len(fields) > 1 else None
     except (OSError, ValueError, IndexError):
         return None, None
-
-
-def _is_running(pid: int) -> bool:
-    """Whether a process with this pid exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
