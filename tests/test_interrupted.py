@@ -296,7 +296,7 @@ def test_a_file_command_removes_what_a_killed_run_of_its_output_left(
     assert out.is_file() and not any(path.exists() for path in killed) and other.exists()
     said = capsys.readouterr().out
     assert "removed 1 file that a killed run (process 999999998) left beside it" in said, said
-    assert "removed 1 file that a killed run (process 999999999) left beside it" in said, said
+    assert "removed 1 file that a killed run (process 999999999) left beside it (7 bytes)" in said, said
 
 
 def test_the_clean_up_says_only_what_it_removed(

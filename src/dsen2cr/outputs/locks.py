@@ -86,7 +86,7 @@ def _remove_killed_temporaries(folder: Path, outputs: dict[str, Path] | None) ->
                 removed, size = removed + 1, size + entry_size
         if not removed:
             continue
-        amount = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+        amount = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB" if size >= 1e3 else f"{size} bytes"
         files = "1 file" if removed == 1 else f"{removed} files"
         where = "in it" if output == folder else "beside it"
         log.info("%s: removed %s that a killed run (process %d) left %s (%s)", output, files, pid, where, amount)
