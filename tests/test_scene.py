@@ -828,3 +828,44 @@ def test_remove_clouds_array_errors_name_the_arguments(workdir: Path) -> None:
         dsen2cr.remove_clouds_array(predictor, s2_dn, np.stack([vv - 6, vv]).astype(np.float32))
     with pytest.raises(DSen2CRError, match=r"bands last.*np\.moveaxis\(s2_dn, -1, 0\)"):
         dsen2cr.remove_clouds_array(nosar, np.moveaxis(s2_dn, 0, -1))
+
+
+def test_remove_clouds_array_speaks_of_its_arguments_and_reads_masked_arrays(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the in-memory entry says and records names its arguments, not the temporary copies it ran on: a
+    warning about the values read '/tmp/dsen2cr-arrays-…/s2.tif: B10 (cirrus) lies at …' and the result's tags
+    gave ``DSEN2CR_S2`` 's2.tif'. A numpy masked array (as ``rasterio.read(masked=True)`` gives it) had its
+    mask dropped, the hidden values run as data; its masked pixels are now no data (S2: in any band; S1: filled
+    with the scene's mean, as NaN is). S1 that is not an array is one line, not an internal error."""
+    import logging
+
+    import dsen2cr
+    from dsen2cr.errors import DSen2CRError
+
+    s2, s1 = workdir.scene()
+    with rasterio.open(s2) as a, rasterio.open(s1) as b:
+        s2_dn, s1_db = a.read(), b.read()
+    predictor = dsen2cr.load_predictor(workdir.weights("dsen2cr-small"), device="cpu")
+    offset = s2_dn.copy()
+    offset[10] = 1500  # B10 of a baseline 04.00 product, offset kept: the run warns
+    with caplog.at_level(logging.WARNING):
+        result = dsen2cr.remove_clouds_array(predictor, offset, s1_db)
+    assert "s2_dn: B10 (cirrus) lies at 1500 DN" in caplog.text, caplog.text
+    assert "dsen2cr-arrays-" not in caplog.text, caplog.text
+    assert (result.tags["DSEN2CR_S2"], result.tags["DSEN2CR_S1"]) == ("s2_dn", "s1_db")
+
+    hidden = np.zeros(s2_dn.shape, bool)
+    hidden[3, :10] = True  # one band masked: the pixel is no data
+    s1_nan = s1_db.astype(np.float32)
+    s1_nan[:, 20:30] = np.nan
+    s1_hidden = np.ma.masked_array(s1_db.astype(np.float32), np.isnan(s1_nan))
+    masked = dsen2cr.remove_clouds_array(predictor, np.ma.masked_array(s2_dn, hidden), s1_hidden)
+    zeroed = s2_dn.copy()
+    zeroed[:, :10] = 0
+    expected = dsen2cr.remove_clouds_array(predictor, zeroed, s1_nan)
+    assert (masked.image[:, :10] == 0).all() and (masked.mask[:10] == 255).all()
+    np.testing.assert_array_equal(masked.image, expected.image)
+    assert masked.tags["DSEN2CR_S1_FILLED"] == expected.tags["DSEN2CR_S1_FILLED"] != "none"
+    with pytest.raises(DSen2CRError, match=r"^s1_db: expected a \(2, height, width\) array, got <class 'list'>"):
+        dsen2cr.remove_clouds_array(predictor, s2_dn, s1_db.tolist())
