@@ -4,8 +4,11 @@ GeoTIFF copies in a temporary folder that is removed afterwards; the outputs com
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,7 @@ def remove_clouds_array(
     :func:`~dsen2cr.scene.remove.remove_clouds` takes them (``keep_clear``, ``mask``, ...); ``uncertainty``:
     also return sigma (a model with a variance output)."""
     _check_arrays(s2_dn, s1_db, band_names)
+    s2_dn, s1_db = _fill_masked(s2_dn, s1_db)
     if (crs is None) != (transform is None):
         raise DSen2CRError("crs and transform: give both (the arrays' grid) or neither (a placeholder grid)")
     grid_crs, grid_transform = (crs, transform) if crs is not None else PLACEHOLDER_GRID
@@ -74,13 +78,15 @@ def remove_clouds_array(
             mask_out=work / "mask.tif",
             uncertainty_out=work / "sigma.tif" if uncertainty else None,
         )
+        copies = {str(s2): "s2_dn", **({} if s1 is None else {str(s1): "s1_db"})}
         try:
-            remove_clouds(predictor, job, settings)
+            with _naming_arguments(copies):
+                remove_clouds(predictor, job, settings)
         except DSen2CRError as error:  # name the arguments, not the temporary files they were written to
-            named = str(error).replace(str(s2), "s2_dn")
-            raise DSen2CRError(named if s1 is None else named.replace(str(s1), "s1_db")) from None
+            raise DSen2CRError(_name_arguments(str(error), copies)) from None
         with open_raster(job.out, what="output") as out, open_raster(work / "mask.tif", what="mask") as mask:
             image, tags, codes = out.read(), out.tags(), mask.read(1)
+        tags.update(DSEN2CR_S2="s2_dn", DSEN2CR_S1="none" if s1 is None else "s1_db")
         sigma = None
         if job.uncertainty_out is not None:
             with open_raster(job.uncertainty_out, what="sigma") as sigma_file:
@@ -100,5 +106,58 @@ def _check_arrays(s2_dn: np.ndarray, s1_db: np.ndarray | None, band_names: list[
         raise DSen2CRError(f"s2_dn: {bands} bands; expected 13 (L1C) or 12 (L2A), or name them with band_names{turn}")
     if band_names is not None and len(band_names) != bands:
         raise DSen2CRError(f"band_names: {len(band_names)} names for {bands} bands")
+    if s1_db is not None and not isinstance(s1_db, np.ndarray):
+        raise DSen2CRError(f"s1_db: expected a (2, height, width) array, got {type(s1_db)}")
     if s1_db is not None and (s1_db.ndim != 3 or s1_db.shape != (NUM_S1_BANDS, *s2_dn.shape[1:])):
         raise DSen2CRError(f"s1_db: expected shape (2, {s2_dn.shape[1]}, {s2_dn.shape[2]}), got {s1_db.shape}")
+
+
+def _fill_masked(s2_dn: np.ndarray, s1_db: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Masked arrays (``rasterio``'s ``read(masked=True)``) as the files' no data: an S2 pixel masked in any band
+    is 0 in every band, a masked S1 value NaN (filled with the scene's mean, as S1's no data is)."""
+    if isinstance(s2_dn, np.ma.MaskedArray):
+        hidden = np.ma.getmaskarray(s2_dn).any(axis=0)
+        s2_dn = np.where(hidden, 0, s2_dn.filled(0)).astype(s2_dn.dtype)
+    if isinstance(s1_db, np.ma.MaskedArray):
+        s1_db = np.ma.filled(s1_db.astype(np.float32), np.nan)
+    return s2_dn, s1_db
+
+
+def _name_arguments(text: str, copies: dict[str, str]) -> str:
+    """``text`` with the temporary copies' paths replaced by the names of the arguments they hold."""
+    for path, name in copies.items():
+        text = text.replace(path, name)
+    return text
+
+
+class _ArgumentNames(logging.Filter):
+    """Rewrite a log record's message so that it names the arguments instead of their temporary copies."""
+
+    def __init__(self, copies: dict[str, str]) -> None:
+        super().__init__()
+        self.copies = copies
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(path in message for path in self.copies):
+            record.msg, record.args = _name_arguments(message, self.copies), None
+        return True
+
+
+@contextlib.contextmanager
+def _naming_arguments(copies: dict[str, str]) -> Iterator[None]:
+    """For the block, the package's log records name the arguments, not their copies (a logger's filter sees
+    only the records made on it, so each of the package's loggers gets one)."""
+    rename = _ArgumentNames(copies)
+    loggers = [
+        logger
+        for name, logger in list(logging.root.manager.loggerDict.items())
+        if isinstance(logger, logging.Logger) and (name == "dsen2cr" or name.startswith("dsen2cr."))
+    ]
+    for logger in loggers:
+        logger.addFilter(rename)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(rename)
