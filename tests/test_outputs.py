@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -260,20 +261,28 @@ def test_an_output_name_too_long_for_its_temporaries_is_refused_before_any_work(
     assert longest.is_file() and not list(workdir.glob(".d*"))
 
 
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 16 kB tmpfs: too small for any output but a tiny mask (needs root and mount; skipped otherwise)."""
+@contextlib.contextmanager
+def _small_disk(folder: Path, kilobytes: int) -> Iterator[Path]:
+    """``folder`` as a tmpfs of ``kilobytes`` kB for the block (needs root and mount; the test is skipped
+    otherwise)."""
     import subprocess
 
-    folder = tmp_path / "full"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(folder)], capture_output=True)
+    size = f"size={kilobytes}k"
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(folder)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()})")
     try:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 kB tmpfs: too small for any output but a tiny mask (needs root and mount; skipped otherwise)."""
+    with _small_disk(tmp_path / "full", 16) as folder:
+        yield folder
 
 
 @pytest.mark.parametrize("command", ["remove-clouds", "export", "evaluate", "train"])
@@ -395,3 +404,24 @@ def test_a_folder_output_is_replaced_despite_a_killed_runs_temporary(
         assert f"holds {entry.name!r}, which is not part of the bundled sample" in capsys.readouterr().err
         assert entry.read_text() == "not ours"
         entry.unlink()
+
+
+#: What a 50 x 40 px scene's image stages uncompressed (13 uint16 bands in one whole 256 px block).
+STAGED_IMAGE = 256 * 256 * 13 * 2
+
+
+def test_a_scene_whose_cog_does_not_fit_beside_its_staging_is_one_line(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A disk that holds a scene's staged image but fills while its overviews' VRT and COG are written beside it
+    (a real ENOSPC) ends in one line naming the output, nothing left. GDAL's "Failed to write whole XML document"
+    (the VRT) was not taken for a failed write: "internal error (CPLE_FileIOError …); this is a bug", exit 1."""
+    from dsen2cr.cli import main
+
+    s2, _ = workdir.scene()
+    argv = ["remove-clouds", "--weights", str(workdir.weights("dsen2cr-small-nosar")), "--s2", str(s2)]
+    with _small_disk(workdir / "tight", STAGED_IMAGE // 1024 + 16) as tight:
+        assert main([*argv, "--out", str(tight / "o.tif"), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "No space left on device" in err[-1] and str(tight / "o.tif") in err[-1], err
+        assert list(tight.iterdir()) == []
