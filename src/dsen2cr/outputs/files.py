@@ -94,6 +94,9 @@ _OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")
 #: The OS errors of a write that failed for want of room or a working device (not of a missing input).
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
+#: GDAL's messages for a failed write ("Write failed", "write error", "Failed to write whole XML document": a VRT).
+_GDAL_WRITE_FAILED = re.compile(r"[Ww]rite (failed|error)|[Ff]ailed to write")
+
 
 def write_failure(error: BaseException, folder: Path) -> str | None:
     """Why writing into ``folder`` failed, in the OS's words (``No space left on device``), if ``error`` is a
@@ -106,7 +109,7 @@ def write_failure(error: BaseException, folder: Path) -> str | None:
     if (match := _OS_ERROR_IN_TEXT.search(text)) is not None and int(match.group(1)) in _WRITE_ERRNOS:
         return os.strerror(int(match.group(1)))
     causes = f"{text} {error.__cause__ or ''}"
-    if type(error).__module__.startswith("rasterio") and re.search(r"[Ww]rite (failed|error)", causes):
+    if type(error).__module__.startswith("rasterio") and _GDAL_WRITE_FAILED.search(causes):
         stat = os.statvfs(folder)
         full = stat.f_bavail * stat.f_frsize < 4 * 2**20
         return os.strerror(errno.ENOSPC) if full else "GDAL could not write the file"
