@@ -1,6 +1,6 @@
 """What a scene's job can be refused for before any input is opened: its outputs (writable, of the right kind,
 replacing no input and not each other), a missing S1, and ``--uncertainty-out`` with weights or settings that
-cannot give it."""
+cannot give it; and once its grid is known, before any window, the room its outputs take while written."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs
+from dsen2cr.outputs.cog_stream import streams
 from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
+from dsen2cr.outputs.room import StagedOutput, check_room, staged_bytes
 from dsen2cr.precision import HALF_DTYPES
 from dsen2cr.predictor import Predictor
 from dsen2cr.settings import SceneJob, SceneSettings
@@ -55,3 +57,18 @@ def check_uncertainty_output(path: Path, uncertainty: str, weights: str | None, 
             "leave --backend auto, eager or onnxruntime and --precision auto, fp32 or tf32 (got --backend "
             f"{settings.backend}, --precision {settings.precision})"
         )
+
+
+def check_scene_room(job: SceneJob, height: int, width: int, bands: int, settings: SceneSettings, stream: bool) -> None:
+    """Refuse a scene whose COGs (``bands`` of uint16, a uint8 map, ``bands`` of float32 sigma) cannot be
+    staged in their folders, warn where they may not fit with their COGs (:func:`dsen2cr.outputs.room.check_room`);
+    ``stream``: the COGs are to be compressed while written (where the options allow it)."""
+    options = settings.cog_options()
+    kinds = [(job.out, bands, "uint16"), (job.mask_out, 1, "uint8"), (job.uncertainty_out, bands, "float32")]
+    check_room(
+        [
+            StagedOutput(Path(path), staged_bytes(height, width, count, dtype), stream and streams(options, dtype))
+            for path, count, dtype in kinds
+            if path is not None
+        ]
+    )

@@ -26,7 +26,7 @@ from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
 from dsen2cr.rasters import gdal_block_cache, set_block_cache_bytes
 from dsen2cr.scene.batches import BackgroundWriter, iter_predictions, write_in_order
-from dsen2cr.scene.checks import check_job
+from dsen2cr.scene.checks import check_job, check_scene_room
 from dsen2cr.scene.describe import (
     MASK_NODATA,
     SIGMA_NODATA,
@@ -233,6 +233,7 @@ class _TileWriter:
         fail, the map is removed), the quicklook saved last, once the COG is in place."""
         s2, grid, job = self.inputs.s2, self.inputs.grid, self.job
         grid_profile = {"width": grid.width, "height": grid.height, "crs": grid.crs, "transform": grid.transform}
+        check_scene_room(job, grid.height, grid.width, len(s2.bands), self.settings, self.stream)
         options = self.settings.cog_options()
         if job.preview is not None:
             caption = f"{Path(job.s2).name}: model {self.model}; cloud/shadow mask: {self.settings.mask}"

@@ -1,0 +1,82 @@
+"""Room on disk for a scene's outputs while they are written (docs/design.md §3.4). A COG is staged uncompressed
+beside its output (the image and each overview level, in whole blocks) and then compressed into the COG beside
+that staging by GDAL's copy; a COG compressed while written keeps only its compressed tiles until the file is
+assembled beside them. Either way a folder needs, at worst (data that do not compress), twice the uncompressed
+levels; the staging alone is certain where GDAL's copy makes the COG."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.outputs.geotiff import COG_OPTIONS, STAGING_OPTIONS
+from dsen2cr.outputs.overviews import level_shapes, overview_factors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StagedOutput:
+    """One output COG of a scene: where it goes, its uncompressed levels' bytes (:func:`staged_bytes`), and
+    whether it is compressed while written (``streamed``: its uncompressed levels are never all on disk)."""
+
+    path: Path
+    staged: int
+    streamed: bool
+
+
+def staged_bytes(height: int, width: int, count: int, dtype: str) -> int:
+    """Bytes of a COG's image and overview levels (those GDAL's COG driver makes) uncompressed, in the staging
+    file's whole blocks: a full 10980 x 10980 Sentinel-2 tile of 13 uint16 bands stages 4.2 GB."""
+    block = int(str(STAGING_OPTIONS["blockxsize"]))
+    levels = level_shapes(height, width, overview_factors(height, width, int(COG_OPTIONS["blocksize"])))
+    blocks = sum(math.ceil(h / block) * math.ceil(w / block) for h, w in levels)
+    return blocks * block * block * count * np.dtype(dtype).itemsize
+
+
+def check_room(outputs: Sequence[StagedOutput]) -> None:
+    """Refuse, before any work, outputs whose folder cannot hold what is certainly staged there (one line with
+    the room there is and the room needed); warn where it may not hold the worst case, twice the uncompressed
+    levels (the COGs as large as their staging, data that do not compress). Outputs on one file system share
+    its room."""
+    by_device: dict[int, list[StagedOutput]] = {}
+    for output in outputs:
+        by_device.setdefault(os.stat(output.path.parent).st_dev, []).append(output)
+    for group in by_device.values():
+        folder = group[0].path.parent
+        free = shutil.disk_usage(folder).free
+        staged = sum(output.staged for output in group)
+        certain = sum(output.staged for output in group if not output.streamed)
+        if free < certain:
+            raise DSen2CRError(
+                f"{group[0].path}: {folder} has {describe_bytes(free)} free, and this scene's outputs stage "
+                f"{describe_bytes(certain)} there uncompressed while they are written (the image and its overview "
+                "levels in whole blocks, then the compressed COG beside them): free space there or choose another "
+                "folder"
+            )
+        if free < 2 * staged:
+            log.warning(
+                "%s: %s has %s free, and this scene's outputs may need up to %s there while they are written (their "
+                "%s uncompressed and the COG beside them, as large where the data do not compress): the run may fail "
+                "for want of room at its end",
+                group[0].path,
+                folder,
+                describe_bytes(free),
+                describe_bytes(2 * staged),
+                describe_bytes(staged),
+            )
+
+
+def describe_bytes(size: int) -> str:
+    """A size for people: 4.21 GB, 1.77 MB, 12 kB."""
+    if size >= 1e9:
+        return f"{size / 1e9:.2f} GB"
+    return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
