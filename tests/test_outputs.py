@@ -456,3 +456,27 @@ def test_a_scene_whose_cog_does_not_fit_beside_its_staging_is_one_line(
         err = capsys.readouterr().err.strip().splitlines()
         assert "No space left on device" in err[-1] and str(tight / "o.tif") in err[-1], err
         assert list(tight.iterdir()) == []
+
+
+def test_a_disk_that_fills_anywhere_in_a_scenes_write_is_one_line(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """Disks that hold a scene's staging and fill at some later point of its write (the overview levels, the
+    VRT, GDAL's copy into the COG, its directories): every run ends complete (exit 0) or in the one line naming
+    the output and 'No space left on device', nothing left. A disk filled at the COG's directories was
+    "internal error (CPLE_AppDefinedError: TIFFRewriteDirectory:Error fetching directory count)", exit 1: the
+    staging was removed before the error was looked at, so the disk no longer looked full."""
+    from dsen2cr.cli import main
+
+    s2, _ = workdir.scene(s2=np.random.default_rng(1).integers(1, 10000, (13, 300, 280)).astype(np.uint16))
+    argv = ["remove-clouds", "--weights", str(workdir.weights("dsen2cr-small-nosar")), "--s2", str(s2)]
+    staged = (2 * 2 + 1) * 256 * 256 * 13 * 2  # the image in 2 x 2 blocks, one overview level in 1: 8.52 MB
+    outcomes = set()
+    for extra in range(64, 4500, 384):  # kB beyond the staging: from a few tiles of the COG to all of it
+        with _small_disk(workdir / f"disk{extra}", staged // 1024 + extra) as disk:
+            code = main([*argv, "--out", str(disk / "o.tif"), "--no-progress"])
+            last = capsys.readouterr().err.strip().splitlines()[-1]
+            assert code in (0, 2), last
+            if code == 2:
+                assert "No space left on device" in last and str(disk / "o.tif") in last, last
+            assert sorted(p.name for p in disk.iterdir()) == (["o.tif"] if code == 0 else [])
+            outcomes.add(code)
+    assert outcomes == {0, 2}
