@@ -462,15 +462,16 @@ def test_a_disk_that_fills_anywhere_in_a_scenes_write_is_one_line(workdir: Path,
     """Disks that hold a scene's staging and fill at some later point of its write (the overview levels, the
     VRT, GDAL's copy into the COG, its directories): every run ends complete (exit 0) or in the one line naming
     the output and 'No space left on device', nothing left. A disk filled at the COG's directories was
-    "internal error (CPLE_AppDefinedError: TIFFRewriteDirectory:Error fetching directory count)", exit 1: the
-    staging was removed before the error was looked at, so the disk no longer looked full."""
+    "internal error (CPLE_AppDefinedError: TIFFRewriteDirectory:Error fetching directory count)", exit 1: GDAL
+    says where it failed, not why, and removes its unfinished copy (megabytes) before it reports the failure, and
+    the staging was removed before the error was looked at, so the disk no longer looked full."""
     from dsen2cr.cli import main
 
-    s2, _ = workdir.scene(s2=np.random.default_rng(1).integers(1, 10000, (13, 300, 280)).astype(np.uint16))
+    s2, _ = workdir.scene(s2=np.random.default_rng(1).integers(1, 10000, (13, 600, 560)).astype(np.uint16))
     argv = ["remove-clouds", "--weights", str(workdir.weights("dsen2cr-small-nosar")), "--s2", str(s2)]
-    staged = (2 * 2 + 1) * 256 * 256 * 13 * 2  # the image in 2 x 2 blocks, one overview level in 1: 8.52 MB
+    staged = (3 * 3 + 2 * 2 + 1) * 256 * 256 * 13 * 2  # the image in 3 x 3 blocks, its overviews in 2 x 2 and 1
     outcomes = set()
-    for extra in range(64, 4500, 384):  # kB beyond the staging: from a few tiles of the COG to all of it
+    for extra in range(64, 13000, 2048):  # kB beyond the staging (23.9 MB): a few tiles of the COG to all of it
         with _small_disk(workdir / f"disk{extra}", staged // 1024 + extra) as disk:
             code = main([*argv, "--out", str(disk / "o.tif"), "--no-progress"])
             last = capsys.readouterr().err.strip().splitlines()[-1]

@@ -46,10 +46,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         try:
             yield tmp
         except Exception as error:
-            reason = write_failure(error, path.parent)
-            if reason is None:
-                raise
-            raise DSen2CRError(f"{path}: cannot write it ({reason}); nothing was written there") from error
+            raise_write_failure(error, path)
+            raise
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions of a plain open()
         _publish(tmp, path, expected)
     finally:
@@ -98,22 +96,35 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS
 _GDAL_WRITE_FAILED = re.compile(r"[Ww]rite (failed|error)|[Ff]ailed to write")
 
 
-def write_failure(error: BaseException, folder: Path) -> str | None:
+def raise_write_failure(error: BaseException, path: Path, *, room: int = 0) -> None:
+    """If ``error`` is a failed write into ``path``'s folder (:func:`write_failure`; ``room``: what the write
+    could still have needed there), raise the one-line error that names ``path`` from it; else return, for the
+    caller to re-raise ``error``."""
+    reason = write_failure(error, path.parent, room=room)
+    if reason is not None:
+        raise DSen2CRError(f"{path}: cannot write it ({reason}); nothing was written there") from error
+
+
+def write_failure(error: BaseException, folder: Path, *, room: int = 0) -> str | None:
     """Why writing into ``folder`` failed, in the OS's words (``No space left on device``), if ``error`` is a
     failed write: an ``OSError``, a library's message carrying the OS error, or GDAL's write error (whose
     cause GDAL prints but does not chain: a full disk is recognised by the folder's free space). None for any
-    other error (not a write failure: left as it is)."""
+    other error (not a write failure: left as it is). A GDAL error while the folder has less room than ``room``
+    (what the write could still have needed: GDAL removes a copy it failed to finish before it reports the
+    failure) or 4 MiB is taken for a full disk's: GDAL says where it failed ("TIFFRewriteDirectory:Error
+    fetching directory count"), not why."""
     if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
         return os.strerror(error.errno)
     text = str(error)
     if (match := _OS_ERROR_IN_TEXT.search(text)) is not None and int(match.group(1)) in _WRITE_ERRNOS:
         return os.strerror(int(match.group(1)))
     causes = f"{text} {error.__cause__ or ''}"
-    if type(error).__module__.startswith("rasterio") and _GDAL_WRITE_FAILED.search(causes):
-        stat = os.statvfs(folder)
-        full = stat.f_bavail * stat.f_frsize < 4 * 2**20
-        return os.strerror(errno.ENOSPC) if full else "GDAL could not write the file"
-    return None
+    if not type(error).__module__.startswith("rasterio"):
+        return None
+    stat = os.statvfs(folder)
+    if stat.f_bavail * stat.f_frsize < max(room, 4 * 2**20):
+        return os.strerror(errno.ENOSPC)
+    return "GDAL could not write the file" if _GDAL_WRITE_FAILED.search(causes) else None
 
 
 def _signature(path: Path) -> tuple[int, int, int, int] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from rasterio.windows import Window
 import dsen2cr.machine as machine
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.cog_stream import COGStream, option, streams
-from dsen2cr.outputs.files import atomic_path
+from dsen2cr.outputs.files import atomic_path, raise_write_failure
 from dsen2cr.outputs.overviews import OverviewPyramid, average_2x2, level_shapes, mode_2x2, overview_factors
 
 #: Creation options of every GeoTIFF the project writes: tiled, compressed, BigTIFF when needed.
@@ -203,6 +204,10 @@ def cog_writer(
             else:
                 source = staging if pyramid is None else pyramid.source(staging)
                 rasterio.shutil.copy(source, final_tmp, **options)
+        except Exception as error:  # the COG would have taken at most what is staged for it, still there now
+            staged = sum(file.stat().st_size for file in final_tmp.parent.glob(glob.escape(final_tmp.name) + ".*"))
+            raise_write_failure(error, Path(path), room=staged)
+            raise
         finally:
             if streamed is not None:
                 streamed.remove()
