@@ -869,3 +869,45 @@ def test_remove_clouds_array_speaks_of_its_arguments_and_reads_masked_arrays(
     assert masked.tags["DSEN2CR_S1_FILLED"] == expected.tags["DSEN2CR_S1_FILLED"] != "none"
     with pytest.raises(DSen2CRError, match=r"^s1_db: expected a \(2, height, width\) array, got <class 'list'>"):
         dsen2cr.remove_clouds_array(predictor, s2_dn, s1_db.tolist())
+
+
+def test_remove_clouds_array_runs_in_the_temporary_folder_it_is_given(workdir: Path) -> None:
+    """The in-memory entry writes its GeoTIFF copies and outputs in a temporary folder: the system's ($TMPDIR,
+    often a RAM-backed /tmp of a few GB, where a full tile takes some 10 GB) unless ``temporary_folder`` names
+    another. One without room for the staged outputs is refused before any window in a line that names
+    ``temporary_folder`` and its folder (it named '/tmp/dsen2cr-arrays-…/out.tif', a folder the caller could
+    not choose); the folder is left as it was."""
+    import subprocess
+
+    import dsen2cr
+    from dsen2cr.scene import arrays
+
+    s2, _ = workdir.scene()
+    with rasterio.open(s2) as source:
+        s2_dn = source.read()
+    predictor = dsen2cr.load_predictor(workdir.weights("dsen2cr-small-nosar"), device="cpu")
+    chosen = workdir / "chosen"
+    chosen.mkdir()
+    seen: list[str] = []
+    real = arrays.remove_clouds
+
+    def recording(predictor: object, job: object, settings: object) -> object:
+        seen.append(str(job.out))  # type: ignore[attr-defined]
+        return real(predictor, job, settings)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(arrays, "remove_clouds", recording)
+        result = dsen2cr.remove_clouds_array(predictor, s2_dn, temporary_folder=chosen)
+    assert seen[0].startswith(f"{chosen}/dsen2cr-arrays-") and list(chosen.iterdir()) == []
+    assert result.image.shape == s2_dn.shape
+
+    small = workdir / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1024k", "tmpfs", str(small)]).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        with pytest.raises(DSen2CRError, match=rf"^temporary_folder {small} has .* free, and this scene's outputs"):
+            dsen2cr.remove_clouds_array(predictor, s2_dn, temporary_folder=small)
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
