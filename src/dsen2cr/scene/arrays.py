@@ -52,12 +52,14 @@ def remove_clouds_array(
     transform: Affine | None = None,
     band_names: list[str] | None = None,
     uncertainty: bool = False,
+    temporary_folder: str | Path | None = None,
 ) -> ArrayResult:
     """Remove the clouds of ``s2_dn`` ((13, H, W) L1C or (12, H, W) L2A DN as Sentinel-2 delivers them, without
     offset; ``band_names`` for another order) with ``s1_db`` ((2, H, W) VV, VH in dB on the same grid) for a model
     with SAR. ``crs`` and ``transform`` place the arrays (a placeholder grid when omitted); ``settings`` as
     :func:`~dsen2cr.scene.remove.remove_clouds` takes them (``keep_clear``, ``mask``, ...); ``uncertainty``:
-    also return sigma (a model with a variance output)."""
+    also return sigma (a model with a variance output). ``temporary_folder``: where the copies and outputs are
+    written while the scene runs (default: the system's, ``$TMPDIR``; a full tile takes some 10 GB there)."""
     _check_arrays(s2_dn, s1_db, band_names)
     s2_dn, s1_db = _fill_masked(s2_dn, s1_db)
     if (crs is None) != (transform is None):
@@ -65,7 +67,7 @@ def remove_clouds_array(
     grid_crs, grid_transform = (crs, transform) if crs is not None else PLACEHOLDER_GRID
     names = band_names or (S2_BANDS if s2_dn.shape[0] == len(S2_BANDS) else [b for b in S2_BANDS if b != "B10"])
     settings = dataclasses.replace(settings or SceneSettings(), progress=False, overwrite=False)
-    with tempfile.TemporaryDirectory(prefix="dsen2cr-arrays-") as folder:
+    with tempfile.TemporaryDirectory(prefix="dsen2cr-arrays-", dir=temporary_folder) as folder:
         work = Path(folder)
         s2 = write_geotiff(work / "s2.tif", s2_dn, crs=grid_crs, transform=grid_transform, band_names=names)
         s1 = None
@@ -79,6 +81,7 @@ def remove_clouds_array(
             uncertainty_out=work / "sigma.tif" if uncertainty else None,
         )
         copies = {str(s2): "s2_dn", **({} if s1 is None else {str(s1): "s1_db"})}
+        copies[f"{job.out}: {work} has"] = f"temporary_folder {work.parent} has"  # the room check's, named for you
         try:
             with _naming_arguments(copies):
                 remove_clouds(predictor, job, settings)
