@@ -481,3 +481,34 @@ def test_a_disk_that_fills_anywhere_in_a_scenes_write_is_one_line(workdir: Path,
             assert sorted(p.name for p in disk.iterdir()) == (["o.tif"] if code == 0 else [])
             outcomes.add(code)
     assert outcomes == {0, 2}
+
+
+def test_a_run_folder_without_room_for_its_checkpoints_is_refused_or_warned_of(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A training run keeps a checkpoint after every epoch and last.ckpt beside them (weights and NAdam's two
+    moments, float32: 12 bytes a parameter, 227 MB for the paper's model); a run folder without room for the
+    first epoch's two failed only once that epoch had trained (hours on SEN12MS-CR). It is now refused before
+    the first batch, with the room there is and the room needed; one that holds the first epoch's but not every
+    epoch's is warned of (here it then stops at a later epoch, one line, its complete checkpoints kept)."""
+    from dsen2cr.cli import main
+
+    checkpoint = 82_093 * 12  # dsen2cr-small's parameters, by the registry's table; the file adds some kB
+    config = workdir.config(optim={"epochs": 3, "batch_size": 2})
+    with _small_disk(workdir / "small", 1536) as small:
+        out = small / "run"
+        assert main(["train", "--config", str(config), "--out-dir", str(out), "--no-progress"]) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith(f"dsen2cr train: error: {out}: {small} has "), line
+        assert f"its first epoch needs {2 * checkpoint / 1e6:.2f} MB there" in line, line
+        assert list(small.iterdir()) == []
+    with _small_disk(workdir / "tight", 3584) as tight:
+        out = tight / "run"
+        assert main(["train", "--config", str(config), "--out-dir", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert any(f"every epoch's: up to {5 * checkpoint / 1e6:.2f} MB there" in line for line in err), err
+        assert "No space left on device" in err[-1] and "its complete checkpoints stay" in err[-1], err
+        assert len(list((out / "checkpoints").glob("epoch00[0-9]-*.ckpt"))) >= 1
+    with _small_disk(workdir / "roomy", 8192) as roomy:
+        assert main(["train", "--config", str(config), "--out-dir", str(roomy / "run"), "--no-progress"]) == 0
+        assert "up to" not in capsys.readouterr().err
