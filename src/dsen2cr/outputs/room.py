@@ -80,3 +80,29 @@ def describe_bytes(size: int) -> str:
     if size >= 1e9:
         return f"{size / 1e9:.2f} GB"
     return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+
+
+def check_run_room(folder: Path, checkpoint: int, epochs: int) -> None:
+    """Refuse a training run whose folder has no room for its first epoch's checkpoint and ``last.ckpt``
+    (``checkpoint`` bytes each), before the first batch; warn where it has no room for a checkpoint of each of
+    the ``epochs`` left to train, ``last.ckpt`` and the next ``last.ckpt`` written beside it."""
+    free = shutil.disk_usage(folder).free
+    first, every = 2 * checkpoint, (epochs + 2) * checkpoint
+    if free < first:
+        raise DSen2CRError(
+            f"{folder}: {folder.parent} has {describe_bytes(free)} free, and this run writes a checkpoint of "
+            f"{describe_bytes(checkpoint)} after every epoch and last.ckpt beside them: its first epoch needs "
+            f"{describe_bytes(first)} there; free space there or choose another run folder"
+        )
+    if free < every:
+        log.warning(
+            "%s: %s has %s free, but this run keeps a checkpoint of %s for each of its %d epochs to train, and "
+            "last.ckpt written beside the one it replaces, every epoch's: up to %s there; it may stop for want of "
+            "room at a later epoch (its complete checkpoints stay, and --resume continues)",
+            folder,
+            folder.parent,
+            describe_bytes(free),
+            describe_bytes(checkpoint),
+            epochs,
+            describe_bytes(every),
+        )

@@ -23,6 +23,7 @@ from dsen2cr.launch import is_launched_worker, this_launch
 from dsen2cr.models import family_of
 from dsen2cr.outputs.files import atomic_path, path_identity, prepare_output_folder, write_failure
 from dsen2cr.outputs.locks import output_locks, remove_leftovers_in
+from dsen2cr.outputs.room import check_run_room
 from dsen2cr.precision import set_float32_arithmetic
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.logs import HistoryCSVLogger
@@ -205,10 +206,10 @@ def run_training(
 def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, progress: bool) -> Path:
     """:func:`run_training` under the run folder's lock."""
     out = prepare_run_dir(config, resume=None if resume is None else str(resume), overwrite=overwrite)
-    resumed_step = None
+    resumed_step, finished = None, 0
     if resume is not None:
         _check_resume_checkpoint(Path(resume), config)
-        resumed_step = _check_resume_settings(Path(resume), config, out / RESOLVED_CONFIG)
+        resumed_step, finished = _check_resume_settings(Path(resume), config, out / RESOLVED_CONFIG)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(config.trainer.matmul_precision)
     # convolutions too: PyTorch leaves cuDNN convolutions on TF32 after set_float32_matmul_precision("highest")
@@ -221,6 +222,9 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
     datamodule.setup("fit")
     trainer = build_trainer(config, out, progress=progress, resumed_step=resumed_step)
     task = build_task(config)
+    if not is_launched_worker():  # rank 0 writes the checkpoints: weights and NAdam's two moments, as stored
+        stored = 3 * sum(parameter.numel() * parameter.element_size() for parameter in task.parameters())
+        check_run_room(out, stored, config.optim.epochs - finished)
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
     except SystemExit:
@@ -243,10 +247,11 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
-def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> int:
+def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> tuple[int, int]:
     """Refuse a resume that changes the run's settings (those of the run folder's ``config.yaml``, then of the
     checkpoint's own record, ``loss`` and ``optim``, then of its optimiser state; but :data:`RESUME_MAY_CHANGE`)
-    or asks for no epoch beyond those the checkpoint finished; return the checkpoint's global step. A changed
+    or asks for no epoch beyond those the checkpoint finished; return the checkpoint's global step and the epochs
+    it finished. A changed
     learning rate, say, would not apply (the optimiser's state is restored) while the run's records said it did."""
     import dataclasses
 
@@ -279,7 +284,7 @@ def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> i
             f"{config.optim.epochs} leaves none to train: set it above {finished}"
         )
     step = checkpoint.get("global_step", 0)
-    return step if isinstance(step, int) else 0
+    return (step if isinstance(step, int) else 0), finished
 
 
 def _optimiser_settings(checkpoint: dict) -> dict[str, Any]:
