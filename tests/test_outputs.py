@@ -513,3 +513,42 @@ def test_a_run_folder_without_room_for_its_checkpoints_is_refused_or_warned_of(
     with _small_disk(workdir / "roomy", 8192) as roomy:
         assert main(["train", "--config", str(config), "--out-dir", str(roomy / "run"), "--no-progress"]) == 0
         assert "up to" not in capsys.readouterr().err
+
+
+def _test_split(workdir: Path, patches: int) -> tuple[Path, Path]:
+    """A release tree whose test split holds ``patches`` 48 px patches, and its file list."""
+    root, lines = workdir / "many", []
+    for roi in range(1, patches + 1):
+        t = workdir.triplet(root, "ROIs1158_spring", roi, 0, size=48, seed=roi)
+        lines.append(
+            f"3\tROIs1158_spring_s1/s1_{roi}\tROIs1158_spring_s2/s2_{roi}\tROIs1158_spring_s2_cloudy/s2_cloudy_{roi}"
+            f"\t{t.s1.name}"
+        )
+    (root / "files.csv").write_text("\n".join(lines) + "\n")
+    return root, root / "files.csv"
+
+
+def test_an_evaluation_whose_images_will_not_fit_stops_after_its_first_batch(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """evaluate writes a GeoTIFF and seven PNGs for every patch (some 2 MB a 256 px patch, 17 GB for
+    SEN12MS-CR's test split) and removes the report when it fails: a disk that filled at patch 5000 lost hours.
+    After the first batch, what it wrote is projected onto the split: a report that will not fit stops there,
+    one line with what the first patches wrote, the rest's need, the room, and --no-images; one that fits runs
+    on."""
+    from dsen2cr.cli import main
+
+    root, files = _test_split(workdir, 16)
+    argv = ["evaluate", "--weights", str(workdir.weights()), "--data-root", str(root), "--file-list", str(files)]
+    argv += ["--batch-size", "2", "--no-progress"]
+    assert main([*argv, "--out", str(workdir / "measure")]) == 0
+    total = sum(f.stat().st_size for f in (workdir / "measure").rglob("*") if f.is_file())
+    with _small_disk(workdir / "small", total // 2 // 1024) as small:
+        out = small / "report"
+        assert main([*argv, "--out", str(out)]) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith(f"dsen2cr evaluate: error: {out}: the first 2 patches wrote "), line
+        assert "the other 14 need about" in line and "--no-images" in line, line
+        assert list(small.iterdir()) == []
+    with _small_disk(workdir / "roomy", 2 * total // 1024) as roomy:
+        assert main([*argv, "--out", str(roomy / "report")]) == 0
