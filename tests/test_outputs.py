@@ -531,8 +531,8 @@ def _test_split(workdir: Path, patches: int) -> tuple[Path, Path]:
 def test_an_evaluation_whose_images_will_not_fit_stops_after_its_first_batch(
     workdir: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """evaluate writes a GeoTIFF and seven PNGs for every patch (some 2 MB a 256 px patch, 17 GB for
-    SEN12MS-CR's test split) and removes the report when it fails: a disk that filled at patch 5000 lost hours.
+    """evaluate writes a GeoTIFF and previews for every patch (2.2 MB a 256 px patch: 2.2 GB a thousand) and
+    removes the report when it fails: a disk that filled at patch 5000 lost hours of work.
     After the first batch, what it wrote is projected onto the split: a report that will not fit stops there,
     one line with what the first patches wrote, the rest's need, the room, and --no-images; one that fits runs
     on."""

@@ -36,6 +36,7 @@ from dsen2cr.metrics import METRIC_NAMES, ORIGINAL_METRIC_NAMES, REGION_METRIC_N
 from dsen2cr.models import CloudRemovalNetwork
 from dsen2cr.outputs.files import write_text_atomic
 from dsen2cr.outputs.geotiff import write_geotiff
+from dsen2cr.outputs.room import check_projected_room
 from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS, S2_MODEL_SCALE, s1_model_to_db, s2_model_to_dn
 from dsen2cr.rasters import open_raster
@@ -60,16 +61,10 @@ UNITS = {
     "original": "the original code's units: model units (DN / 2000) unclipped, PSNR and SSIM on DN, SAM in radians",
 }
 #: What :func:`evaluate` writes into its report folder (``--overwrite`` replaces these, nothing else).
-REPORT_ENTRIES = (
-    "metrics_per_image.csv",
-    "summary.md",
-    "summary.csv",
-    "summary.json",
-    "predictions",
-    "previews",
-    "calibration.json",
-    "calibration.png",
-)
+REPORT_ENTRIES: tuple[str, ...] = ("metrics_per_image.csv", "summary.md", "summary.csv", "summary.json")
+REPORT_ENTRIES += ("predictions", "previews", "calibration.json", "calibration.png")
+#: What to do about a report whose images will not fit (``outputs.room.check_projected_room``).
+ROOM_HINT = "free space there, choose another --out, or pass --no-images (the metrics alone)"
 
 
 @dataclass(frozen=True)
@@ -139,6 +134,9 @@ def evaluate(
                 mean, variance = predictor(batch["s2_cloudy"].numpy(), s1), None
             scorer.tags = predictor.provenance(with_variance=uncertain)  # settled once the first batch ran
             scorer.score(batch, torch.from_numpy(mean), None if variance is None else torch.from_numpy(variance))
+            if o.write_images and len(scorer.rows) == 2 * len(batch["patch_id"]):  # the first batch: will it fit?
+                images = [out / "predictions", out / "previews"]
+                check_projected_room(out, images, len(batch["patch_id"]), len(triplets), what="patches", hint=ROOM_HINT)
     summary = summarise(scorer.rows, names)
     provenance = {**scorer.tags, "DSEN2CR_MASK": o.mask_kind, **threshold_tags(o.mask_kind, o.cloud_threshold)}
     if o.data:

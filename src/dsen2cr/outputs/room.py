@@ -106,3 +106,16 @@ def check_run_room(folder: Path, checkpoint: int, epochs: int) -> None:
             epochs,
             describe_bytes(every),
         )
+
+
+def check_projected_room(folder: Path, parts: Sequence[Path], done: int, total: int, *, what: str, hint: str) -> None:
+    """Once ``done`` of ``total`` items (``what``: "patches") wrote into ``parts`` (folders in ``folder``), refuse
+    to go on where the rest, at the bytes the first ones took, will not fit the room left there (one line, with
+    ``hint``: what to do)."""
+    written = sum(entry.stat().st_size for part in parts for entry in part.rglob("*") if entry.is_file())
+    need, free = written * (total - done) // max(done, 1), shutil.disk_usage(folder).free
+    if need > free:
+        raise DSen2CRError(
+            f"{folder}: the first {done} {what} wrote {describe_bytes(written)}, so the other {total - done} need "
+            f"about {describe_bytes(need)} more, and {folder} has {describe_bytes(free)} free: {hint}"
+        )
