@@ -45,6 +45,28 @@ def test_an_unchanged_file_is_replaced_and_a_new_one_written(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
+def test_an_output_that_is_a_symbolic_link_is_an_existing_output(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """An output name that is a symbolic link exists, whether its target does or not: without --overwrite it is
+    refused at the start; with it, the link itself is replaced by the output and its target never written. A
+    dangling link was taken for an absent output: the scene ran, and then its result was refused as "appeared
+    while this run was writing it (another run …)"."""
+    from dsen2cr.cli import main
+
+    s2, _ = workdir.scene()
+    argv = ["remove-clouds", "--weights", str(workdir.weights("dsen2cr-small-nosar")), "--s2", str(s2)]
+    kept = workdir / "kept.tif"
+    kept.write_bytes(b"someone else's file")
+    for target in (workdir / "nowhere.tif", kept):
+        link = workdir / "o.tif"
+        link.symlink_to(target)
+        assert main([*argv, "--out", str(link), "--no-progress"]) == 2
+        assert f"{link}: exists; pass --overwrite to replace it" in capsys.readouterr().err
+        assert main([*argv, "--out", str(link), "--no-progress", "--overwrite"]) == 0
+        assert not link.is_symlink() and link.is_file() and not (workdir / "nowhere.tif").exists()
+        assert kept.read_bytes() == b"someone else's file"
+        link.unlink()
+
+
 def test_two_scene_runs_on_one_output_never_both_succeed(tmp_path: Path, workdir: Path) -> None:
     """The first run to finish keeps its output; the other (here: its output appears while it predicts)
     refuses with one line instead of replacing it and saying 'wrote'."""
