@@ -55,7 +55,7 @@ def test_an_output_that_is_a_symbolic_link_is_an_existing_output(workdir: Path, 
     s2, _ = workdir.scene()
     argv = ["remove-clouds", "--weights", str(workdir.weights("dsen2cr-small-nosar")), "--s2", str(s2)]
     kept = workdir / "kept.tif"
-    kept.write_bytes(b"someone else's file")
+    kept.write_bytes(s2.read_bytes())  # someone else's GeoTIFF
     for target in (workdir / "nowhere.tif", kept):
         link = workdir / "o.tif"
         link.symlink_to(target)
@@ -63,7 +63,7 @@ def test_an_output_that_is_a_symbolic_link_is_an_existing_output(workdir: Path, 
         assert f"{link}: exists; pass --overwrite to replace it" in capsys.readouterr().err
         assert main([*argv, "--out", str(link), "--no-progress", "--overwrite"]) == 0
         assert not link.is_symlink() and link.is_file() and not (workdir / "nowhere.tif").exists()
-        assert kept.read_bytes() == b"someone else's file"
+        assert kept.read_bytes() == s2.read_bytes()
         link.unlink()
 
 

@@ -128,9 +128,10 @@ def write_failure(error: BaseException, folder: Path, *, room: int = 0) -> str |
 
 
 def _signature(path: Path) -> tuple[int, int, int, int] | None:
-    """What identifies the file at ``path`` now (device, inode, size, modification time), None if absent."""
+    """What identifies the entry at ``path`` now (device, inode, size, modification time), None if absent; a
+    symbolic link is itself the entry (the move replaces the link, never writes its target)."""
     try:
-        stat = os.stat(path)
+        stat = os.lstat(path)
     except FileNotFoundError:
         return None
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
@@ -204,7 +205,7 @@ def check_output_file(path: str | Path, *, overwrite: bool, kind: str | None = N
             f"{path}: this command writes {describe(kind)}; name it *{SUFFIXES[kind][0]} (the name says what it is)"
         )
     check_name_length(path)
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:  # a symbolic link exists, whether its target does or not
         raise DSen2CRError(f"{path}: exists; pass --overwrite to replace it")
     if path.is_file() and kind is not None and (found := sniff(path)) not in (kind, "empty"):
         raise DSen2CRError(
