@@ -350,6 +350,15 @@ def path_identity(path: Path) -> str:
     return os.path.normcase(os.path.realpath(path))
 
 
+def describe_bytes(size: int) -> str:
+    """A size for people: 4.27 GB, 1.77 MB, 12 kB, 7 bytes."""
+    if size >= 1e9:
+        return f"{size / 1e9:.2f} GB"
+    if size >= 1e6:
+        return f"{size / 1e6:.2f} MB"
+    return f"{size / 1e3:.0f} kB" if size >= 1e3 else f"{size} bytes"
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write a UTF-8 text file atomically; return its path."""
     with atomic_path(path) as tmp:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.launch import is_launched_worker
-from dsen2cr.outputs.files import check_name_length, process_is_running, temporary_writer
+from dsen2cr.outputs.files import check_name_length, describe_bytes, process_is_running, temporary_writer
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,16 @@ def _remove_killed_temporaries(folder: Path, outputs: dict[str, Path] | None) ->
                 removed, size = removed + 1, size + entry_size
         if not removed:
             continue
-        amount = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB" if size >= 1e3 else f"{size} bytes"
         files = "1 file" if removed == 1 else f"{removed} files"
         where = "in it" if output == folder else "beside it"
-        log.info("%s: removed %s that a killed run (process %d) left %s (%s)", output, files, pid, where, amount)
+        log.info(
+            "%s: removed %s that a killed run (process %d) left %s (%s)",
+            output,
+            files,
+            pid,
+            where,
+            describe_bytes(size),
+        )
 
 
 def _lock_path(path: Path) -> Path:

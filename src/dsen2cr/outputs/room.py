@@ -1,8 +1,10 @@
-"""Room on disk for a scene's outputs while they are written (docs/design.md §3.4). A COG is staged uncompressed
-beside its output (the image and each overview level, in whole blocks) and then compressed into the COG beside
-that staging by GDAL's copy; a COG compressed while written keeps only its compressed tiles until the file is
-assembled beside them. Either way a folder needs, at worst (data that do not compress), twice the uncompressed
-levels; the staging alone is certain where GDAL's copy makes the COG."""
+"""Room on disk for what a long command writes, checked before the work that a full disk would waste
+(docs/design.md §3.4). A scene's COG is staged uncompressed beside its output (the image and each overview level,
+in whole blocks) and then compressed into the COG beside that staging by GDAL's copy; a COG compressed while
+written keeps only its compressed tiles until the file is assembled beside them. Either way a folder needs, at
+worst (data that do not compress), twice the uncompressed levels; the staging alone is certain where GDAL's copy
+makes the COG. A training run keeps a checkpoint of every epoch; an evaluation's images are projected from its
+first batch."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.outputs.files import describe_bytes
 from dsen2cr.outputs.geotiff import COG_OPTIONS, STAGING_OPTIONS
 from dsen2cr.outputs.overviews import level_shapes, overview_factors
 
@@ -35,7 +38,7 @@ class StagedOutput:
 
 def staged_bytes(height: int, width: int, count: int, dtype: str) -> int:
     """Bytes of a COG's image and overview levels (those GDAL's COG driver makes) uncompressed, in the staging
-    file's whole blocks: a full 10980 x 10980 Sentinel-2 tile of 13 uint16 bands stages 4.2 GB."""
+    file's whole blocks: a full 10980 x 10980 Sentinel-2 tile of 13 uint16 bands stages 4.27 GB."""
     block = int(str(STAGING_OPTIONS["blockxsize"]))
     levels = level_shapes(height, width, overview_factors(height, width, int(COG_OPTIONS["blocksize"])))
     blocks = sum(math.ceil(h / block) * math.ceil(w / block) for h, w in levels)
@@ -73,13 +76,6 @@ def check_room(outputs: Sequence[StagedOutput]) -> None:
                 describe_bytes(2 * staged),
                 describe_bytes(staged),
             )
-
-
-def describe_bytes(size: int) -> str:
-    """A size for people: 4.21 GB, 1.77 MB, 12 kB."""
-    if size >= 1e9:
-        return f"{size / 1e9:.2f} GB"
-    return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
 
 
 def check_run_room(folder: Path, checkpoint: int, epochs: int) -> None:
