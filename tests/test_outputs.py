@@ -512,8 +512,8 @@ def test_a_run_folder_without_room_for_its_checkpoints_is_refused_or_warned_of(
     moments, float32: 12 bytes a parameter, 227 MB for the paper's model); a run folder without room for the
     first epoch's two failed only once that epoch had trained (hours on SEN12MS-CR). It is now refused before
     the first batch, with the room there is and the room needed; one that holds the first epoch's but not every
-    epoch's is warned of (here it then stops at a later epoch: one line naming the checkpoint, the complete
-    checkpoints kept)."""
+    epoch's is warned of (here it then stops at a later epoch: one line naming the checkpoint and the newest
+    complete one to resume from; the line said only "nothing was written there")."""
     from dsen2cr.cli import main
 
     checkpoint = 82_093 * 12  # dsen2cr-small's parameters, by the registry's table; the file adds some kB
@@ -531,7 +531,10 @@ def test_a_run_folder_without_room_for_its_checkpoints_is_refused_or_warned_of(
         err = capsys.readouterr().err.strip().splitlines()
         assert any(f"every epoch's: up to {5 * checkpoint / 1e6:.2f} MB there" in line for line in err), err
         assert "No space left on device" in err[-1] and str(out / "checkpoints") in err[-1], err
-        assert list((out / "checkpoints").glob("epoch000-*.ckpt")), list(out.rglob("*"))  # complete ones stay
+        newest = max((out / "checkpoints").glob("*.ckpt"), key=lambda path: path.stat().st_mtime_ns)
+        assert err[-1].endswith(
+            f"its complete checkpoints stay: free space and resume from the newest, --resume {newest}"
+        )
     with _small_disk(workdir / "roomy", 8192) as roomy:
         assert main(["train", "--config", str(config), "--out-dir", str(roomy / "run"), "--no-progress"]) == 0
         assert "up to" not in capsys.readouterr().err
