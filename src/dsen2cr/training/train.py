@@ -47,8 +47,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Save ``checkpoint`` to ``path`` atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+        try:
+            with atomic_path(path) as tmp:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+        except DSen2CRError as error:  # a failed write (a full disk): say what stays and how to go on
+            complete = sorted(path.parent.glob("*.ckpt"), key=lambda done: done.stat().st_mtime_ns)
+            if not complete:
+                raise
+            hint = f"its complete checkpoints stay: free space and resume from the newest, --resume {complete[-1]}"
+            raise DSen2CRError(f"{error}; {hint}") from error
 
 
 class _EpochLine(Callback):
