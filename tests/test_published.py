@@ -103,3 +103,29 @@ def test_an_unreachable_server_gets_one_whole_line_with_the_alternatives(
     assert len(lines) == 1 and url in lines[0], lines
     assert "give a mirror with --url" in lines[0] and "dsen2cr convert-keras FILE OUT.safetensors" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_download_that_fills_the_disk_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A disk that fills during the download was "download of carl-sar failed ([Errno 28] No space left on
+    device); rerun to resume, give a mirror with --url, …": a mirror does not help a full disk. Now one line
+    naming the output, the disk's error and what was received, kept beside it for a rerun to resume."""
+    import subprocess
+
+    pytest.importorskip("gdown", reason="the optional 'weights' extra is not installed")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "big.h5").write_bytes(bytes(3_000_000))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1024k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    httpd = _serve(tmp_path / "site")
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/big.h5"
+        out = disk / "w.safetensors"
+        assert main(["weights", "download", "carl-sar", "--out", str(out), "--url", url, "--no-progress"]) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"{out}: cannot write the download (No space left on device)" in line, line
+        assert "give a mirror" not in line and "kept beside it" in line and "a rerun resumes" in line, line
+    finally:
+        httpd.shutdown()
+        subprocess.run(["umount", str(disk)], check=True)
