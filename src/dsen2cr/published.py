@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec, ModelVariant, published_weights
-from dsen2cr.outputs.files import check_output_file
+from dsen2cr.outputs.files import check_output_file, describe_bytes, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ def download_published(
     try:
         got = gdown.download(url=source, output=str(raw), quiet=not progress, resume=True, retries=3)
     except Exception as error:  # gdown raises its own and requests' types
+        if (reason := write_failure(error, out.parent)) is not None:  # a full disk: no mirror helps
+            kept = describe_bytes(raw.stat().st_size) if raw.is_file() else "nothing"
+            raise DSen2CRError(
+                f"{out}: cannot write the download ({reason}); what was received ({kept}) is kept beside it in "
+                f"{raw.name}, which a rerun resumes once there is room"
+            ) from None
         raise DSen2CRError(f"{source}: download of {name} failed ({_shortened(error)}); {_ALTERNATIVES}") from None
     if not got or not raw.is_file():
         raise DSen2CRError(f"{source}: download of {name} failed (nothing received); {_ALTERNATIVES}")
