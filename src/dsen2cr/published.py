@@ -4,6 +4,7 @@ the family's Keras importer, write safetensors that record the source and its SH
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 from pathlib import Path
@@ -38,10 +39,11 @@ def download_published(
         got = gdown.download(url=source, output=str(raw), quiet=not progress, resume=True, retries=3)
     except Exception as error:  # gdown raises its own and requests' types
         if (reason := write_failure(error, out.parent)) is not None:  # a full disk: no mirror helps
-            kept = describe_bytes(raw.stat().st_size) if raw.is_file() else "nothing"
+            partial = max(out.parent.glob(glob.escape(raw.name) + "*"), key=lambda p: p.stat().st_size, default=raw)
+            kept = describe_bytes(partial.stat().st_size) if partial.is_file() else "nothing"  # gdown's own name
             raise DSen2CRError(
                 f"{out}: cannot write the download ({reason}); what was received ({kept}) is kept beside it in "
-                f"{raw.name}, which a rerun resumes once there is room"
+                f"{partial.name}, which a rerun resumes once there is room"
             ) from None
         raise DSen2CRError(f"{source}: download of {name} failed ({_shortened(error)}); {_ALTERNATIVES}") from None
     if not got or not raw.is_file():
