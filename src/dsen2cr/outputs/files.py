@@ -76,13 +76,16 @@ def process_is_running(pid: int) -> bool:
     return True
 
 
+def process_has_ended(pid: int) -> bool:
+    """Whether ``pid`` is another process than this one that no longer runs (a killed run's)."""
+    return pid != os.getpid() and not process_is_running(pid)
+
+
 def is_killed_temporary(name: str, outputs: Collection[str]) -> bool:
     """Whether ``name`` is a temporary that a process which no longer runs (a killed run) left while writing one
     of ``outputs``."""
     writer = temporary_writer(name)
-    if writer is None or writer[0] not in outputs:
-        return False
-    return writer[1] != os.getpid() and not process_is_running(writer[1])
+    return writer is not None and writer[0] in outputs and process_has_ended(writer[1])
 
 
 #: ``os error 28`` in the message of a library that reports the OS's error as text (safetensors).

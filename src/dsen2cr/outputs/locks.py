@@ -13,7 +13,13 @@ from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.launch import is_launched_worker
-from dsen2cr.outputs.files import check_name_length, describe_bytes, process_is_running, temporary_writer
+from dsen2cr.outputs.files import (
+    check_name_length,
+    describe_bytes,
+    process_has_ended,
+    process_is_running,
+    temporary_writer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +81,7 @@ def _remove_killed_temporaries(folder: Path, outputs: dict[str, Path] | None) ->
             continue
         name, pid = writer
         output = folder if outputs is None else outputs.get(name)
-        if output is not None and pid != os.getpid() and not process_is_running(pid):
+        if output is not None and process_has_ended(pid):
             killed.setdefault((output, pid), []).append(entry)
     for (output, pid), entries in sorted(killed.items()):
         removed, size = 0, 0

@@ -258,8 +258,8 @@ def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> t
     """Refuse a resume that changes the run's settings (those of the run folder's ``config.yaml``, then of the
     checkpoint's own record, ``loss`` and ``optim``, then of its optimiser state; but :data:`RESUME_MAY_CHANGE`)
     or asks for no epoch beyond those the checkpoint finished; return the checkpoint's global step and the epochs
-    it finished. A changed
-    learning rate, say, would not apply (the optimiser's state is restored) while the run's records said it did."""
+    it finished. A changed learning rate, say, would not apply (the optimiser's state is restored) while the run's
+    records said it did."""
     import dataclasses
 
     import yaml
