@@ -44,6 +44,15 @@ def _index_args(tmp: Path, out: Path, *extra: str) -> list[str]:
     return ["data", "index", str(root), "--out", str(out), *extra]
 
 
+def _without_s1(tmp: Path) -> list[str]:
+    """A tree whose S1 folders are missing (only the S2 archives downloaded)."""
+    import shutil
+
+    root = tmp.tree()
+    shutil.rmtree(root / "ROIs1158_spring_s1")
+    return ["data", "index", str(root), "--out", str(tmp / "i.csv")]
+
+
 #: The table: each row is run by ``test_bad_input`` through the ``check_case`` fixture.
 CASES = [
     dict(
@@ -57,6 +66,12 @@ CASES = [
         setup=lambda t: ["data", "index", str(_mkdir(t / "empty")), "--out", str(t / "i.csv")],
         message="no SEN12MS-CR data found",
         absent=("i.csv",),
+    ),
+    dict(
+        name="data index: no S1 at all",
+        setup=lambda t: _without_s1(t),
+        message="no complete patch: all 3 lack a partner file (e.g. ",
+        absent=("i.csv", "i.csv.skipped.tsv"),
     ),
     dict(
         name="data index: bad ROI list",

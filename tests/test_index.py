@@ -60,3 +60,49 @@ def test_geotiff_writes_are_atomic(tmp_path: Path) -> None:
         write_geotiff(target, np.zeros((4, 4)), crs=CRS.from_epsg(32632), transform=from_origin(0, 0, 10, 10))
     assert target.read_bytes() == b"previous result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
+
+
+def test_patches_without_their_s1_are_listed_as_skipped(
+    tmp_path: Path, write_release_triplet: Callable[..., Triplet]
+) -> None:
+    """The scan started from the S1 files: a cloudy and a clear S2 whose S1 file, or whole S1 ROI folder, was
+    missing (an S1 archive cut short) were left out of the file list without a word. Every patch of any sensor
+    is now either indexed or listed with the files it lacks."""
+    root = tmp_path / "data"
+    write_release_triplet(root, "ROIs1158_spring", 1, 0)
+    write_release_triplet(root, "ROIs1158_spring", 1, 1).s1.unlink()  # one S1 file missing
+    roi_without_s1 = write_release_triplet(root, "ROIs1158_spring", 2, 0)
+    for path in roi_without_s1.s1.parent.iterdir():  # the whole S1 ROI folder missing
+        path.unlink()
+    roi_without_s1.s1.parent.rmdir()
+    write_release_triplet(root, "ROIs1868_summer", 3, 0).s2.unlink()  # only the cloudy S2 and its S1
+    report = index_dataset(root, tmp_path / "files.csv")
+    assert [t.patch_id for t in report.triplets] == ["ROIs1158_spring_1_p0"]
+    listed = (tmp_path / "files.csv.skipped.tsv").read_text().splitlines()
+    assert len(report.skipped) == len(listed) == 3, listed
+    reasons = {path.name: reason for path, reason in report.skipped}
+    assert set(reasons) == {"ROIs1158_spring_s2_1_p1.tif", "ROIs1158_spring_s2_2_p0.tif", "ROIs1868_summer_s1_3_p0.tif"}
+    assert reasons["ROIs1158_spring_s2_1_p1.tif"] == (
+        f"missing partner file {root / 'ROIs1158_spring_s1' / 's1_1' / 'ROIs1158_spring_s1_1_p1.tif'}"
+    )
+    assert reasons["ROIs1158_spring_s2_2_p0.tif"].endswith("ROIs1158_spring_s1_2_p0.tif")
+    assert reasons["ROIs1868_summer_s1_3_p0.tif"].endswith("ROIs1868_summer_s2_3_p0.tif")
+
+
+def test_flat_layout_patches_without_their_s1_are_listed_as_skipped(
+    tmp_path: Path, write_release_triplet: Callable[..., Triplet]
+) -> None:
+    """The flat layout's scan also started from ``s1/``: a patch only in ``s2_cloudFree/`` and ``s2_cloudy/``
+    was left out silently."""
+    t = write_release_triplet(tmp_path / "nested", "ROIs1158_spring", 101, 0)
+    flat = tmp_path / "flat"
+    for folder, path in (("s1", t.s1), ("s2_cloudFree", t.s2), ("s2_cloudy", t.s2_cloudy)):
+        (flat / folder).mkdir(parents=True)
+        for patch in (0, 1):
+            if folder != "s1" or patch == 0:
+                (flat / folder / f"ROIs1158_spring_101_{patch}.tif").write_bytes(path.read_bytes())
+    report = index_dataset(flat, tmp_path / "flat.csv")
+    assert [t.patch_id for t in report.triplets] == ["ROIs1158_spring_101_p0"]
+    assert [(path.name, reason) for path, reason in report.skipped] == [
+        ("ROIs1158_spring_101_1.tif", f"missing partner file {flat / 's1' / 'ROIs1158_spring_101_1.tif'}")
+    ]
