@@ -294,3 +294,32 @@ def test_an_unreachable_server_leaves_no_folder(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert "cannot reach the server" in err and "--base-url" in err
     assert not out.exists()
+
+
+def test_a_download_of_some_modalities_says_what_the_file_list_lacks(
+    server: _Server, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Downloading one modality at a time is natural (S2 archives are 30-68 GB): the S1 alone used to end in an
+    empty files.csv, announced as the file list. Now a season without all three modalities is named with the
+    command that completes it, an empty file list is not written, and the run that completes the tree indexes
+    it."""
+    out = tmp_path / "data"
+    assert main(_argv(server, out, "--modalities", "s1")) == 0
+    captured = capsys.readouterr()
+    assert not (out / "files.csv").exists()
+    assert "not indexed: no season has all of s1, s2 and s2_cloudy yet" in captured.out, captured.out
+    for season in SEASONS:
+        assert f"warning: {download.SEASONS[season]}: s2, s2_cloudy not downloaded yet" in captured.err
+    assert f"dsen2cr data download --out {out} --seasons {' '.join(SEASONS)} --modalities s2 s2_cloudy" in captured.err
+    # the first season completed: indexed, and the other one named again
+    first = [*_argv(server, out, "--modalities", "s2", "s2_cloudy")]
+    first[first.index("--seasons") + 1 : first.index("--seasons") + 1 + len(SEASONS)] = SEASONS[:1]
+    assert main(first) == 0
+    captured = capsys.readouterr()
+    rows = list(csv.reader((out / "files.csv").open(), delimiter="\t"))
+    assert len(rows) == 2 and all(row[4].startswith(download.SEASONS[SEASONS[0]]) for row in rows), rows
+    assert f"warning: {download.SEASONS[SEASONS[1]]}: s2, s2_cloudy not downloaded yet" in captured.err
+    assert f"--seasons {SEASONS[1]} --modalities s2 s2_cloudy" in captured.err
+    assert main(_argv(server, out, "--modalities", "s2", "s2_cloudy")) == 0
+    assert len(list(csv.reader((out / "files.csv").open(), delimiter="\t"))) == 4
+    assert "not downloaded yet" not in capsys.readouterr().err

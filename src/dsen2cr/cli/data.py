@@ -108,7 +108,10 @@ def run_download(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         jobs=args.jobs,
     )
-    print(f"SEN12MS-CR under {args.out}; file list {file_list}")
+    if file_list is None:
+        print(f"SEN12MS-CR under {args.out}; not indexed: no season has all of s1, s2 and s2_cloudy yet")
+    else:
+        print(f"SEN12MS-CR under {args.out}; file list {file_list}")
     return 0
 
 

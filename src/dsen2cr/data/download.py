@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import shlex
 import shutil
 import tarfile
 import threading
@@ -109,9 +110,9 @@ def download_dataset(
     progress: bool = True,
     backoff: float = 2.0,
     jobs: int = 1,
-) -> Path:
+) -> Path | None:
     """Download, verify and unpack the chosen archives into ``out`` (``jobs`` at a time); index the tree; return
-    its file list."""
+    its file list (None while no season has all three modalities: nothing to index yet)."""
     if not 1 <= jobs <= MAX_JOBS:
         raise DSen2CRError(f"--jobs: must be in [1, {MAX_JOBS}], got {jobs}")
     for season in seasons:
@@ -153,12 +154,38 @@ def download_dataset(
     if downloads.is_dir() and not any(downloads.iterdir()):
         downloads.rmdir()
     val, test = write_splits(out)
+    if not _complete_seasons(out):
+        return None
     from dsen2cr.data.index import index_dataset
     from dsen2cr.data.layout import read_roi_list
 
     file_list = out / "files.csv"
     index_dataset(out, file_list, val_rois=read_roi_list(val), test_rois=read_roi_list(test), overwrite=True)
     return file_list
+
+
+def _complete_seasons(out: Path) -> list[str]:
+    """The seasons under ``out`` that have all three modalities. Each season that has only some is warned of,
+    and the command that completes them is given once (a patch needs its S1, S2 and cloudy S2 files)."""
+    complete, lacking = [], {}
+    for season, top in SEASONS.items():
+        missing = [modality for modality in MODALITIES if not (out / f"{top}_{modality}").is_dir()]
+        if not missing:
+            complete.append(season)
+        elif len(missing) < len(MODALITIES):
+            lacking[season] = missing
+            log.warning(
+                "%s: %s not downloaded yet; its patches join the file list once they are", top, ", ".join(missing)
+            )
+    if lacking:
+        modalities = [m for m in MODALITIES if any(m in missing for missing in lacking.values())]
+        log.warning(
+            "to complete the tree: dsen2cr data download --out %s --seasons %s --modalities %s",
+            shlex.quote(str(out)),
+            " ".join(lacking),
+            " ".join(modalities),
+        )
+    return complete
 
 
 def _remote_size(url: str, archive: Archive) -> int:

@@ -13,6 +13,7 @@ import rasterio
 from dsen2cr.data.layout import (
     SPLIT_NAMES,
     Triplet,
+    is_sensor_folder,
     parse_patch_name,
     scan_release,
     write_file_list,
@@ -55,15 +56,17 @@ def scan_flat(root: Path) -> tuple[list[Triplet], list[tuple[Path, str]]]:
             f"{root}: no SEN12MS-CR data found (expected ROIs*_s1 season folders, or s1/, s2_cloudFree/ and "
             "s2_cloudy/ folders)"
         )
-    names = [{e.name for e in os.scandir(f)} for f in folders[1:]]
+    names = [{e.name for e in os.scandir(f)} for f in folders]
     triplets, skipped = [], []
-    for name in sorted(e.name for e in os.scandir(folders[0])):
+    for name in sorted(set().union(*names)):
         parsed = parse_patch_name(name)
         if parsed is None:
             continue
-        missing = [str(f / name) for f, present in zip(folders[1:], names, strict=True) if name not in present]
-        if missing:
-            skipped.append((folders[0] / name, f"missing partner file {', '.join(missing)}"))
+        present = [name in listed for listed in names]
+        if not all(present):
+            missing = [str(f / name) for f, here in zip(folders, present, strict=True) if not here]
+            first = next(f / name for f, here in zip(folders, present, strict=True) if here)
+            skipped.append((first, f"missing partner file {', '.join(missing)}"))
             continue
         season, roi, patch = parsed
         s1_file, s2_file, cloudy_file = (f / name for f in folders)
@@ -119,7 +122,7 @@ def index_dataset(
         if parse_patch_name(path.name) is not None:
             raise DSen2CRError(f"{path}: is named like a SEN12MS-CR patch file; the file list must not replace one")
         check_output_file(path, overwrite=overwrite, kind="text")
-    is_release = any(e.is_dir() and e.name.startswith("ROIs") and e.name.endswith("_s1") for e in os.scandir(root))
+    is_release = any(e.is_dir() and is_sensor_folder(e.name) for e in os.scandir(root))
     triplets, skipped = scan_release(root) if is_release else scan_flat(root)
     if not triplets and not skipped:
         raise DSen2CRError(f"{root}: no SEN12MS-CR patch files found")
@@ -146,6 +149,8 @@ def index_dataset(
                 continue
             split = 2 if triplet.roi in val_rois else 3 if triplet.roi in test_rois else 1
             report.triplets.append(replace(triplet, split=split))
+    if not report.triplets:
+        raise DSen2CRError(f"{root}: {_none_usable(report.skipped)}")
     write_file_list(report.triplets, out_csv, root)
     if report.skipped:
         with atomic_path(skipped_path) as tmp:
@@ -153,3 +158,11 @@ def index_dataset(
     elif overwrite:
         skipped_path.unlink(missing_ok=True)  # an earlier run's list of skipped patches no longer applies
     return report
+
+
+def _none_usable(skipped: list[tuple[Path, str]]) -> str:
+    """Why a tree gives no file list: every patch found was skipped (the first reason as the example)."""
+    path, reason = skipped[0]
+    if all(why.startswith("missing partner file") for _, why in skipped):
+        return f"no complete patch: all {len(skipped)} lack a partner file (e.g. {path}: {reason})"
+    return f"no usable patch: all {len(skipped)} were skipped (e.g. {path}: {reason})"

@@ -42,6 +42,8 @@ _SEASON = r"ROIs\d+_[A-Za-z0-9]+"
 _PATCH_FILE = re.compile(
     rf"^(?P<season>{_SEASON})_(?:(?P<sensor>s1|s2_cloudy|s2)_)?(?P<roi>\d+)_p?(?P<patch>\d+)\.tiff?$"
 )
+#: A season folder of one sensor in the official release, e.g. ROIs1158_spring_s2_cloudy.
+_SENSOR_FOLDER = re.compile(rf"(?P<season>{_SEASON})_(?P<sensor>s1|s2_cloudy|s2)")
 _ROI_ID = re.compile(rf"^(?P<season>{_SEASON}?)(?:_s1|_s2|_s2_cloudy)?[/_ ]+(?:s1_|s2_|s2_cloudy_)?(?P<roi>\d+)$")
 
 
@@ -66,6 +68,11 @@ def release_triplet(root: str | Path, season: str, roi: int, patch: int, split: 
     by the release's naming rule (paths only; nothing is read or written)."""
     paths = {s: Path(root) / f"{season}_{s}" / f"{s}_{roi}" / f"{season}_{s}_{roi}_p{patch}.tif" for s in SENSORS}
     return Triplet(f"{season}_{roi}_p{patch}", f"{season}/{roi}", paths["s1"], paths["s2"], paths["s2_cloudy"], split)
+
+
+def is_sensor_folder(name: str) -> bool:
+    """Whether ``name`` is a season folder of one sensor in the official release (``ROIs1158_spring_s1``)."""
+    return _SENSOR_FOLDER.fullmatch(name) is not None
 
 
 def parse_patch_name(name: str) -> tuple[str, str, str] | None:
@@ -157,59 +164,46 @@ def write_file_list(triplets: Iterable[Triplet], csv_path: str | Path, data_root
 def scan_release(root: str | Path) -> tuple[list[Triplet], list[tuple[Path, str]]]:
     """Find the triplets of an official (nested) SEN12MS-CR tree.
 
-    Returns the complete triplets (split 0: unassigned) and the skipped files with the reason.
+    Every patch file of every sensor counts. Returns the complete triplets (split 0: unassigned), and for each
+    patch that lacks a partner, its first file found with the reason naming the files it lacks.
     """
     root = Path(root)
     if not root.is_dir():
         raise DSen2CRError(f"{root}: dataset root is not a folder")
-    season_dirs = sorted(
-        (d for d in os.scandir(root) if d.is_dir() and re.fullmatch(rf"{_SEASON}_s1", d.name)), key=lambda d: d.name
-    )
-    triplets: list[Triplet] = []
-    skipped: list[tuple[Path, str]] = []
-    for season_dir in season_dirs:
-        season = season_dir.name[: -len("_s1")]
-        for roi_dir in sorted(os.scandir(season_dir.path), key=lambda d: d.name):
-            roi_match = re.fullmatch(r"s1_(\d+)", roi_dir.name)
-            if not roi_dir.is_dir() or roi_match is None:
+    found: dict[tuple[str, str, str], dict[str, Path]] = {}
+    for season_dir in os.scandir(root):
+        folder = _SENSOR_FOLDER.fullmatch(season_dir.name)
+        if folder is None or not season_dir.is_dir():
+            continue
+        season, sensor = folder["season"], folder["sensor"]
+        for roi_dir in os.scandir(season_dir.path):
+            roi_match = re.fullmatch(rf"{sensor}_(\d+)", roi_dir.name)
+            if roi_match is None or not roi_dir.is_dir():
                 continue
             roi = roi_match[1]
-            s2_dir = root / f"{season}_s2" / f"s2_{roi}"
-            cloudy_dir = root / f"{season}_s2_cloudy" / f"s2_cloudy_{roi}"
-            s2_names = _tif_names(s2_dir)
-            cloudy_names = _tif_names(cloudy_dir)
-            for entry in sorted(os.scandir(roi_dir.path), key=lambda d: d.name):
-                parsed = parse_patch_name(entry.name)
-                if parsed is None or not _is_release_name(entry.name):
-                    continue
-                s2_name, cloudy_name = _release_name(entry.name, "s2"), _release_name(entry.name, "s2_cloudy")
-                missing = [
-                    str(folder / name)
-                    for folder, name, present in ((s2_dir, s2_name, s2_names), (cloudy_dir, cloudy_name, cloudy_names))
-                    if name not in present
-                ]
-                if missing:
-                    skipped.append((Path(entry.path), f"missing partner file {', '.join(missing)}"))
-                    continue
-                _, _, patch = parsed
-                triplets.append(
-                    Triplet(
-                        f"{season}_{roi}_p{patch}",
-                        f"{season}/{roi}",
-                        Path(entry.path),
-                        s2_dir / s2_name,
-                        cloudy_dir / cloudy_name,
-                    )
-                )
+            for entry in os.scandir(roi_dir.path):
+                match = _PATCH_FILE.match(entry.name)
+                if match is not None and (match["season"], match["sensor"], match["roi"]) == (season, sensor, roi):
+                    found.setdefault((season, roi, str(int(match["patch"]))), {})[sensor] = Path(entry.path)
+    triplets: list[Triplet] = []
+    skipped: list[tuple[Path, str]] = []
+    # the order the S1 files sort in (season, ROI folder, file name), as file lists have always been written
+    for season, roi, patch in sorted(found, key=lambda key: (key[0], f"s1_{key[1]}", f"p{key[2]}.tif")):
+        files = found[season, roi, patch]
+        if len(files) < len(SENSORS):
+            suffix = next(iter(files.values())).suffix
+            missing = [
+                str(root / f"{season}_{sensor}" / f"{sensor}_{roi}" / f"{season}_{sensor}_{roi}_p{patch}{suffix}")
+                for sensor in SENSORS
+                if sensor not in files
+            ]
+            first = next(files[sensor] for sensor in SENSORS if sensor in files)
+            skipped.append((first, f"missing partner file {', '.join(missing)}"))
+            continue
+        triplets.append(
+            Triplet(f"{season}_{roi}_p{patch}", f"{season}/{roi}", files["s1"], files["s2"], files["s2_cloudy"])
+        )
     return triplets, skipped
-
-
-def _tif_names(folder: Path) -> set[str]:
-    """Names of the files in ``folder`` (empty when it does not exist)."""
-    try:
-        return {entry.name for entry in os.scandir(folder)}
-    except FileNotFoundError:
-        return set()
 
 
 def read_roi_list(path: str | Path) -> set[str]:
