@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from rasterio.crs import CRS
 
 from dsen2cr.data.index import index_dataset
@@ -106,3 +107,23 @@ def test_flat_layout_patches_without_their_s1_are_listed_as_skipped(
     assert [(path.name, reason) for path, reason in report.skipped] == [
         ("ROIs1158_spring_101_1.tif", f"missing partner file {flat / 's1' / 'ROIs1158_spring_101_1.tif'}")
     ]
+
+
+def test_roi_lists_are_checked_against_the_seasons_the_tree_holds(
+    tmp_path: Path, write_release_triplet: Callable[..., Triplet], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The common split names ROIs of all four seasons, so every download of fewer seasons (``--seasons
+    winter``, the README's example) warned that ROIs of its lists 'match no patch: check the ids or the root'.
+    A ROI of a season the tree does not hold is expected to be absent; one of a season it holds, or of a season
+    the release does not have (a misspelt id), is still warned of."""
+    root = tmp_path / "data"
+    write_release_triplet(root, "ROIs2017_winter", 22, 0)
+    write_release_triplet(root, "ROIs2017_winter", 5, 0)
+    val = {"ROIs2017_winter/22", "ROIs1868_summer/19", "ROIs1158_spring/17"}
+    with caplog.at_level("WARNING"):
+        index_dataset(root, tmp_path / "a.csv", val_rois=val, test_rois={"ROIs1970_fall/139"})
+    assert not caplog.records, caplog.text
+    with caplog.at_level("WARNING"):
+        index_dataset(root, tmp_path / "b.csv", val_rois=val | {"ROIs2017_winter/23"}, test_rois={"ROIs1158_sprng/1"})
+    assert "1 ROI(s) of the validation list match no patch" in caplog.text and "ROIs2017_winter/23" in caplog.text
+    assert "1 ROI(s) of the test list match no patch" in caplog.text and "ROIs1158_sprng/1" in caplog.text
