@@ -15,6 +15,7 @@ from rasterio.transform import from_origin
 
 from dsen2cr import create_model
 from dsen2cr.cli import main
+from dsen2cr.errors import DSen2CRError
 from dsen2cr.weights import CONFIG_KEY
 
 UTM32N = CRS.from_epsg(32632)
@@ -184,6 +185,35 @@ def test_worker_errors_are_one_line(workdir: Path, capsys: pytest.CaptureFixture
     lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
     assert status == 2 and len(lines) == 1, err
     assert "every value is NaN" in lines[0] and "Original Traceback" not in lines[0] and "File " not in lines[0]
+
+
+def test_a_run_stopped_by_bad_data_says_how_to_go_on(
+    workdir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A patch that cannot be read in a later epoch (a file damaged after data index checked its header) stops
+    the run with the file's one line, and the run's checkpoints stay; the line did not say so, nor what to do
+    once the file is fixed or dropped from the file list: resume from the newest checkpoint."""
+    from dsen2cr.data import dataset
+
+    run = workdir / "run"
+    real_read = dataset.read_window
+
+    def read_window(source, window):  # the file turns unreadable once the first epoch's checkpoint is written
+        if any((run / "checkpoints").glob("epoch*.ckpt")):
+            raise DSen2CRError(f"{source.name}: cannot read S2 cloud-free (TIFFReadDirectory: failed)")
+        return real_read(source, window)
+
+    monkeypatch.setattr(dataset, "read_window", read_window)
+    assert main(_train(workdir, "optim.epochs=3")) == 2
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning:")]
+    newest = max((run / "checkpoints").glob("*.ckpt"), key=lambda path: path.stat().st_mtime_ns)
+    assert len(lines) == 1 and ": cannot read S2 cloud-free (TIFFReadDirectory: failed)" in lines[0], lines
+    assert lines[0].endswith(
+        f"; the run's complete checkpoints stay: once that is fixed, resume from the newest, --resume {newest}"
+    ), lines[0]
+    assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 1
+    assert main(_train(workdir, "optim.epochs=3", "--resume", str(newest))) == 2  # still unreadable: no hint twice
+    assert capsys.readouterr().err.count("complete checkpoints stay") == 1
 
 
 def test_a_resume_keeps_the_runs_settings(
