@@ -533,7 +533,7 @@ def test_a_run_folder_without_room_for_its_checkpoints_is_refused_or_warned_of(
         assert "No space left on device" in err[-1] and str(out / "checkpoints") in err[-1], err
         newest = max((out / "checkpoints").glob("*.ckpt"), key=lambda path: path.stat().st_mtime_ns)
         assert err[-1].endswith(
-            f"its complete checkpoints stay: free space and resume from the newest, --resume {newest}"
+            f"the run's complete checkpoints stay: once that is fixed, resume from the newest, --resume {newest}"
         )
     with _small_disk(workdir / "roomy", 8192) as roomy:
         assert main(["train", "--config", str(config), "--out-dir", str(roomy / "run"), "--no-progress"]) == 0

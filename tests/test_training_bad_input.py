@@ -16,6 +16,7 @@ from rasterio.transform import from_origin
 from dsen2cr import create_model
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.training.module import DSen2CRTask
 from dsen2cr.weights import CONFIG_KEY
 
 UTM32N = CRS.from_epsg(32632)
@@ -214,6 +215,12 @@ def test_a_run_stopped_by_bad_data_says_how_to_go_on(
     assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 1
     assert main(_train(workdir, "optim.epochs=3", "--resume", str(newest))) == 2  # still unreadable: no hint twice
     assert capsys.readouterr().err.count("complete checkpoints stay") == 1
+    # a NaN loss is not one to resume into (a resume keeps optim.lr): its own line, without the hint
+    monkeypatch.setattr(dataset, "read_window", real_read)
+    monkeypatch.setattr(DSen2CRTask, "_loss", lambda *args: torch.tensor(float("nan")))
+    assert main(_train(workdir, "optim.epochs=3", "--resume", str(newest))) == 2
+    err = capsys.readouterr().err
+    assert "training loss became nan" in err and "resume from the newest" not in err, err
 
 
 def test_a_resume_keeps_the_runs_settings(

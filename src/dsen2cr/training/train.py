@@ -27,7 +27,7 @@ from dsen2cr.outputs.room import check_run_room
 from dsen2cr.precision import set_float32_arithmetic
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.logs import HistoryCSVLogger
-from dsen2cr.training.module import DSen2CRTask
+from dsen2cr.training.module import DSen2CRTask, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Save ``checkpoint`` to ``path`` atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with atomic_path(path) as tmp:
-                super().save_checkpoint(checkpoint, tmp, storage_options)
-        except DSen2CRError as error:  # a failed write (a full disk): say what stays and how to go on
-            complete = sorted(path.parent.glob("*.ckpt"), key=lambda done: done.stat().st_mtime_ns)
-            if not complete:
-                raise
-            hint = f"its complete checkpoints stay: free space and resume from the newest, --resume {complete[-1]}"
-            raise DSen2CRError(f"{error}; {hint}") from error
+        with atomic_path(path) as tmp:  # a failed write (a full disk) is one line: run_training adds what stays
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 class _EpochLine(Callback):
@@ -234,6 +227,12 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
         check_run_room(out, stored, config.optim.epochs - finished)
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
+    except DSen2CRError as error:  # a patch it cannot read, a full disk: say what stays and how to go on
+        complete = sorted((out / CHECKPOINT_DIR).glob("*.ckpt"), key=lambda done: done.stat().st_mtime_ns)
+        if not complete or isinstance(error, NonFiniteLossError):  # a resume would meet the same loss again
+            raise
+        hint = "the run's complete checkpoints stay: once that is fixed, resume from the newest"
+        raise DSen2CRError(f"{error}; {hint}, --resume {complete[-1]}") from error
     except SystemExit:
         if trainer.interrupted:  # Lightning turns Ctrl-C and SIGTERM into SystemExit(1) after its teardown
             raise KeyboardInterrupt from None  # the command line reports it as what it was (130 or 143)
