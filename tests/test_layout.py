@@ -104,8 +104,14 @@ def test_malformed_file_list_lines(tmp_path: Path, line: str, message: str) -> N
         read_file_list(csv_path, tmp_path)
 
 
-def test_empty_split_is_an_error(tmp_path: Path) -> None:
+def test_empty_split_is_an_error_that_says_where_splits_come_from(tmp_path: Path) -> None:
+    """A file list from ``data index`` without ROI lists puts every patch in train; training then stopped at
+    'split val has no patches', leaving the user to guess why."""
     csv_path = tmp_path / "files.csv"
-    csv_path.write_text("1\ts1\ts2\ts2_cloudy\tROIs1158_spring_1_1.tif\n")
-    with pytest.raises(DSen2CRError, match=r"files\.csv: split test has no patches"):
+    csv_path.write_text("1\ts1\ts2\ts2_cloudy\tROIs1158_spring_1_1.tif\n" * 2)
+    with pytest.raises(DSen2CRError) as raised:
         select_split(read_file_list(csv_path, tmp_path), "test", source=str(csv_path))
+    assert str(raised.value) == (
+        f"{csv_path}: split test has no patches (it holds train 2); data index puts the ROIs of --val-rois in val "
+        "and those of --test-rois in test (the common split: dsen2cr data splits)"
+    )
