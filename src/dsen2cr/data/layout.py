@@ -21,6 +21,7 @@ import csv
 import io
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,9 +243,15 @@ def split_number(split: str | int) -> int:
 def select_split(triplets: Iterable[Triplet], split: str | int, *, source: str = "file list") -> list[Triplet]:
     """The triplets of one split (``train``/``val``/``test`` or 1/2/3); an empty split is an error."""
     number = split_number(split)
+    triplets = list(triplets)
     chosen = [t for t in triplets if t.split == number]
     if not chosen:
-        raise DSen2CRError(f"{source}: split {SPLIT_NAMES.get(number, number)} has no patches")
+        held = Counter(t.split for t in triplets)
+        holds = ", ".join(f"{SPLIT_NAMES.get(n, n)} {held[n]}" for n in sorted(held)) or "no patches"
+        raise DSen2CRError(
+            f"{source}: split {SPLIT_NAMES.get(number, number)} has no patches (it holds {holds}); data index puts "
+            "the ROIs of --val-rois in val and those of --test-rois in test (the common split: dsen2cr data splits)"
+        )
     return chosen
 
 
