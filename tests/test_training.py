@@ -431,6 +431,30 @@ def test_overrides_may_follow_the_options(workdir: Path, capsys: pytest.CaptureF
         main([*argv, "--no-such-option"])
 
 
+def test_each_epochs_line_gives_that_epochs_training_loss(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """The line printed per epoch (``epoch N: train_loss_epoch …, val_loss …``) was written when validation
+    ended, before Lightning reduces the epoch's training loss: it gave the previous epoch's training loss under
+    this epoch's number (and none for the first). Each line must give the numbers metrics.csv records for
+    its epoch."""
+    from dsen2cr.cli import main
+
+    run = workdir / "run"
+    assert main(["train", "--config", str(workdir.config()), "optim.epochs=3", "--no-progress"]) == 0
+    printed = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("epoch "):
+            epoch, _, values = line.partition(": ")
+            printed[int(epoch.split()[1])] = dict(part.split(" ") for part in values.split(", "))
+    recorded: dict[int, dict[str, str]] = {}
+    for row in csv.DictReader((run / "logs" / "csv" / "metrics.csv").open()):
+        recorded.setdefault(int(row["epoch"]), {}).update({k: v for k, v in row.items() if v and k != "step"})
+    assert sorted(printed) == [0, 1, 2], printed
+    for epoch, values in printed.items():
+        assert set(values) == {"train_loss_epoch", "val_loss", "val_mae", "val_psnr"}, values
+        for key, value in values.items():
+            assert float(value) == pytest.approx(float(recorded[epoch][key]), abs=5e-5), (epoch, key)
+
+
 def test_loader_workers_beyond_the_shared_memory_are_refused(
     workdir, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
