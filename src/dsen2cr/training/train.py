@@ -52,18 +52,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class _EpochLine(Callback):
-    """Log one line per validated epoch (useful in logs where progress bars are off); with a variance tail, the
-    share of validation values within ±1σ of the target (0.683 when σ is calibrated)."""
+    """Log one line per epoch (useful in logs where progress bars are off): its training loss and the metrics of
+    its validation; with a variance tail, the share of validation values within ±1σ of the target (0.683 when σ
+    is calibrated). Written when the epoch ends: validation ends before Lightning reduces the epoch's training
+    loss, so a line written then gave the previous epoch's."""
 
     #: The metrics of the line, those the run logs.
     KEYS = ("train_loss_epoch", "val_loss", "val_mae", "val_psnr", "val_coverage_1sigma")
 
+    def __init__(self) -> None:
+        self.validated_epoch: int | None = None
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if not trainer.sanity_checking:
+            self.validated_epoch = trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
             return
-        m = trainer.callback_metrics
-        parts = [f"{k} {m[k].item():.4f}" for k in self.KEYS if k in m]
-        log.info("epoch %d: %s", trainer.current_epoch, ", ".join(parts))
+        m = trainer.callback_metrics  # the epoch's reduced training loss, read after the epoch's end
+        validated = self.validated_epoch == trainer.current_epoch  # else the val_ values are an earlier epoch's
+        keys = [k for k in self.KEYS if k in m and (validated or not k.startswith("val_"))]
+        log.info("epoch %d: %s", trainer.current_epoch, ", ".join(f"{k} {m[k].item():.4f}" for k in keys))
 
 
 def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -> Path:
