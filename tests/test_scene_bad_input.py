@@ -231,6 +231,12 @@ CASES = [
         absent=("out.tif",),
     ),
     dict(
+        name="remove-clouds: S1 in dB with --s1-linear",
+        setup=lambda t: _remove(t, *t.scene(), "--s1-linear"),
+        message="s1.tif: S1 given as linear power (--s1-linear), but it holds negative values (median -",
+        absent=("out.tif",),
+    ),
+    dict(
         name="remove-clouds: S1 with VH in band 1 and VV in band 2 (no band names)",
         setup=lambda t: _remove(t, *t.scene(s1=_swapped_db())),
         message="s1.tif: S1 band 2 is brighter than band 1 (median band 1 - band 2: -6.0 dB",
