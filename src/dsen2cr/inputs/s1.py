@@ -119,6 +119,11 @@ class S1Source:
                 f"{self.path}: S1 values look like linear power (all >= 0, median {np.median(finite):.3g}), not dB; "
                 "convert to dB (10*log10), or pass --s1-linear (s1_linear=True in Python)"
             )
+        if self.linear and finite.min() < 0:  # the logarithm of a power below 0 is no value at all
+            raise DSen2CRError(
+                f"{self.path}: S1 given as linear power (--s1-linear), but it holds negative values (median "
+                f"{np.median(finite):.3g}): it looks like dB already; drop --s1-linear (s1_linear=False in Python)"
+            )
         if self.linear and not looks_linear:
             log.warning("%s: S1 given as linear power, but the values look like dB already", self.path)
         self._check_band_order(sample)
