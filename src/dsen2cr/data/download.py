@@ -25,18 +25,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dsen2cr.data.layout import SEASONS
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://dataserv.ub.tum.de/s/m1554803/download?path=/&files="
-SEASONS = {
-    "spring": "ROIs1158_spring",
-    "summer": "ROIs1868_summer",
-    "fall": "ROIs1970_fall",
-    "winter": "ROIs2017_winter",
-}
 MODALITIES = ("s1", "s2", "s2_cloudy")
 #: Archive sizes in KiB (the dataset's public download script), for the free-space check and the progress
 #: total when the server gives no length.

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import rasterio
 
-from dsen2cr.data.download import SEASONS
 from dsen2cr.data.layout import (
+    SEASONS,
     SPLIT_NAMES,
     Triplet,
     is_sensor_folder,

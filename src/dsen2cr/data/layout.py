@@ -33,6 +33,13 @@ from dsen2cr.outputs.files import check_input_file
 if TYPE_CHECKING:
     from dsen2cr.config import DataSection
 
+#: The release's four seasons: the name ``data download --seasons`` takes, and the folders' prefix.
+SEASONS = {
+    "spring": "ROIs1158_spring",
+    "summer": "ROIs1868_summer",
+    "fall": "ROIs1970_fall",
+    "winter": "ROIs2017_winter",
+}
 SPLITS = {"train": 1, "val": 2, "test": 3}
 SPLIT_NAMES = {number: name for name, number in SPLITS.items()}
 #: Folder suffixes of the three sensors in the official release.
