@@ -115,3 +115,29 @@ def test_empty_split_is_an_error_that_says_where_splits_come_from(tmp_path: Path
         f"{csv_path}: split test has no patches (it holds train 2); data index puts the ROIs of --val-rois in val "
         "and those of --test-rois in test (the common split: dsen2cr data splits)"
     )
+
+
+def test_roi_lists_take_complete_patches_and_say_which_they_leave_out(
+    tmp_path: Path, write_release_triplet: Callable[..., Triplet], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Training (data.val_rois, …) and evaluate --rois scan the tree themselves: a patch of a listed ROI that
+    lacked a partner file was left out without a word (data index lists it). Now a warning counts them and
+    names one; a list none of whose ROIs has a complete patch is refused."""
+    from dsen2cr.data.layout import triplets_of_rois
+
+    root = tmp_path / "data"
+    write_release_triplet(root, "ROIs1158_spring", 1, 0)
+    write_release_triplet(root, "ROIs1158_spring", 1, 1).s1.unlink()
+    write_release_triplet(root, "ROIs1158_spring", 2, 0).s2.unlink()  # not listed: not spoken of
+    rois = tmp_path / "rois.txt"
+    rois.write_text("ROIs1158_spring/1\n")
+    with caplog.at_level("WARNING"):
+        assert [t.patch_id for t in triplets_of_rois(root, rois)] == ["ROIs1158_spring_1_p0"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{rois}: 1 patch of its ROIs lacks a partner file and is left out (e.g. "
+        f"{root / 'ROIs1158_spring_s2' / 's2_1' / 'ROIs1158_spring_s2_1_p1.tif'}: missing partner file "
+        f"{root / 'ROIs1158_spring_s1' / 's1_1' / 'ROIs1158_spring_s1_1_p1.tif'})"
+    ]
+    rois.write_text("ROIs1158_spring/2\n")
+    with pytest.raises(DSen2CRError, match=r"rois.txt: none of its ROIs has a complete patch under .*data \(1 lacks"):
+        triplets_of_rois(root, rois)
