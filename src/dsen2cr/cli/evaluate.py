@@ -70,7 +70,7 @@ def register(subparsers: SubParsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``."""
-    from dsen2cr.data.layout import read_file_list, read_roi_list, scan_release, select_rois, select_split
+    from dsen2cr.data.layout import read_file_list, select_split, triplets_of_rois
     from dsen2cr.ensemble import ensemble
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.evaluate import REPORT_ENTRIES, evaluate, summary_markdown
@@ -101,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
         data = f"{Path(args.file_list).name}, split {args.split}"
     else:
         data = f"the ROIs of {Path(args.rois).name}"
-        triplets = select_rois(scan_release(args.data_root)[0], read_roi_list(args.rois))
-        if not triplets:
-            raise DSen2CRError(f"{args.rois}: none of its ROIs has patches under {args.data_root}")
+        triplets = triplets_of_rois(args.data_root, args.rois)
     with output_folder(args.out, **folder):  # a failed evaluation leaves no half report behind
         summary = evaluate(
             predictor,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
 from collections import Counter
@@ -32,6 +33,8 @@ from dsen2cr.outputs.files import check_input_file
 
 if TYPE_CHECKING:
     from dsen2cr.config import DataSection
+
+log = logging.getLogger(__name__)
 
 #: The release's four seasons: the name ``data download --seasons`` takes, and the folders' prefix.
 SEASONS = {
@@ -277,7 +280,34 @@ def resolve_split(data: DataSection, split: str) -> list[Triplet]:
     roi_file = {"train": data.train_rois, "val": data.val_rois, "test": data.test_rois}[name]
     if roi_file is None:
         raise DSen2CRError(f"data: give data.file_list, or data.{name}_rois with a release root")
-    triplets = select_rois(scan_release(data.root)[0], read_roi_list(roi_file))
-    if not triplets:
-        raise DSen2CRError(f"{roi_file}: none of its ROIs has patches under {data.root}")
-    return triplets
+    return triplets_of_rois(data.root, roi_file)
+
+
+def triplets_of_rois(root: str | Path, roi_file: str | Path) -> list[Triplet]:
+    """The complete triplets of the ROIs listed in ``roi_file`` under the release tree ``root``. The patches of
+    those ROIs that lack a partner file are warned of (how many, and one of them); a list none of whose ROIs
+    has a complete patch is refused."""
+    rois = read_roi_list(roi_file)
+    triplets, skipped = scan_release(root)
+    chosen = select_rois(triplets, rois)
+    incomplete = [(path, reason) for path, reason in skipped if _roi_of(path) in rois]
+    if not chosen:
+        lacking = (
+            f" ({len(incomplete)} {'lacks' if len(incomplete) == 1 else 'lack'} a partner file)" if incomplete else ""
+        )
+        raise DSen2CRError(f"{roi_file}: none of its ROIs has a complete patch under {root}{lacking}")
+    if incomplete:
+        said = (
+            "1 patch of its ROIs lacks a partner file and is"
+            if len(incomplete) == 1
+            else (f"{len(incomplete)} patches of its ROIs lack a partner file and are")
+        )
+        path, reason = incomplete[0]
+        log.warning("%s: %s left out (e.g. %s: %s)", roi_file, said, path, reason)
+    return chosen
+
+
+def _roi_of(path: Path) -> str | None:
+    """The ROI id of a release patch file's path (None if its name is not a patch file's)."""
+    parsed = parse_patch_name(path.name)
+    return None if parsed is None else f"{parsed[0]}/{parsed[1]}"
