@@ -266,8 +266,9 @@ def reliability_diagram(
     top.set(ylabel="RMS |error| (reflectance)", xlim=(0, limit), ylim=(0, limit))
     top.legend(loc="upper left")
     top.set_title(
-        f"Reliability: ±1σ coverage {report['coverage_1sigma']:.3f} (ideal 0.683), UCE {report['uce']:.4f}\n"
-        f"Spearman(σ, |error|) {report['spearman_sigma_abs_error']:.3f}, {report['values']:,} values",
+        f"Reliability: ±1σ coverage {report['coverage_1sigma']:.3f} (calibrated: 0.683 for Gaussian errors,\n"
+        f"0.757 for Laplace), UCE {report['uce']:.4f}, Spearman(σ, |error|) "
+        f"{report['spearman_sigma_abs_error']:.3f}, {report['values']:,} values",
         fontsize=9,
     )
     bottom.bar(rms_sigma[filled], counts[filled] / counts.sum(), width=limit / 40, color="tab:grey")
