@@ -245,9 +245,11 @@ def run(args: argparse.Namespace) -> int:
     )
     manifest = (Path(args.manifest),) if args.manifest else ()
     for report in run_scene_jobs(jobs, settings, extra_inputs=manifest):
+        size = f"{report.megapixels:.2f} Mpx" if report.megapixels >= 0.01 else f"{round(report.megapixels * 1e6)} px"
         print(
-            f"wrote {report.out}: {report.megapixels:.2f} Mpx in {report.seconds:.1f} s "
-            f"({report.megapixels / max(report.seconds, 1e-9):.3f} Mpx/s, {report.tiles} tiles"
+            f"wrote {report.out}: {size} in {report.seconds:.1f} s "
+            f"({report.megapixels / max(report.seconds, 1e-9):.3f} Mpx/s, {report.tiles} tile"
+            + ("s" if report.tiles != 1 else "")
             + (f", {report.skipped} without valid pixels skipped)" if report.skipped else ")")
         )
     return 0
