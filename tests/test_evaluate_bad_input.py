@@ -97,6 +97,14 @@ def _evaluate_into_root(tmp: Path) -> list[str]:
     return [*args[: args.index("--out")], "--out", str(tmp / "data"), "--overwrite"]
 
 
+def _run_folder(tmp: Path) -> Path:
+    """A training run's folder (``dsen2cr train --out run``): checkpoints/, logs/, config.yaml."""
+    (tmp / "run" / "checkpoints").mkdir(parents=True)
+    (tmp / "run" / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")
+    (tmp / "run" / "config.yaml").write_text("model: {}\n")
+    return tmp / "run"
+
+
 #: The table: each row is run by ``test_bad_input`` through the ``check_case`` fixture.
 def _evaluate_ensemble(tmp: Path, *weights: Path) -> list[str]:
     """``evaluate`` argv of an ensemble over the small tree."""
@@ -128,6 +136,12 @@ CASES = [
         name="evaluate: weights is a folder",
         setup=lambda t: _evaluate(t, t),
         message="is a directory, expected a weights file",
+        absent=("eval",),
+    ),
+    dict(
+        name="evaluate: weights is a training run's folder",
+        setup=lambda t: _evaluate(t, _run_folder(t)),
+        message="run: is a training run's folder, not a weights file; give one of its checkpoints, e.g. ",
         absent=("eval",),
     ),
     dict(
