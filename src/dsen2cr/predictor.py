@@ -17,7 +17,6 @@ from dsen2cr.backends import CheckedBackend, select_backend
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.models import CloudRemovalNetwork, ModelSpec
 from dsen2cr.onnx_runtime import OnnxPredictor
-from dsen2cr.outputs.files import check_input_file
 from dsen2cr.precision import HALF_DTYPES, float32_arithmetic
 from dsen2cr.settings import ScenePlan
 
@@ -195,10 +194,10 @@ def is_onnx(weights: str | Path) -> bool:
 def load_network(weights: str | Path, *, device: torch.device) -> Network:
     """The network in a weights file: ONNX files (fp32 or int8) as onnxruntime sessions, safetensors, Lightning
     checkpoints and Keras HDF5 as PyTorch models on ``device``."""
-    from dsen2cr.weights import load_model  # the weights module pulls in h5py and safetensors: only when loading
+    from dsen2cr.weights import check_weights_file, load_model  # h5py and safetensors: only when loading
 
     # a regular file first: hashing a FIFO or a device would wait forever
-    digest = _sha256(check_input_file(weights, "ONNX" if is_onnx(weights) else "weights"))
+    digest = _sha256(check_weights_file(weights, "ONNX" if is_onnx(weights) else "weights"))
     if is_onnx(weights):
         onnx = OnnxPredictor(weights, device=str(device))
         return Network(onnx, onnx.config, Path(weights).name, digest)

@@ -169,6 +169,17 @@ NAMED_KINDS = {
 }
 
 
+def check_weights_file(path: str | Path, what: str) -> Path:
+    """``path`` as a Path if it is a regular file (:func:`~dsen2cr.outputs.files.check_input_file`, ``what``
+    naming the kind); a training run's folder is told the checkpoint to give instead."""
+    last = Path(path) / "checkpoints" / "last.ckpt"  # what dsen2cr train writes into its run folder
+    if last.is_file():
+        raise DSen2CRError(
+            f"{path}: is a training run's folder, not a weights file; give one of its checkpoints, e.g. {last}"
+        )
+    return check_input_file(path, what)
+
+
 def load_model(
     path: str | Path, *, device: str | torch.device = "cpu", expected: ModelSpec | None = None
 ) -> CloudRemovalNetwork:
@@ -176,7 +187,7 @@ def load_model(
 
     With ``expected``, weights of another variant are refused, naming both.
     """
-    path = check_input_file(path, "weights")
+    path = check_weights_file(path, "weights")
     kind = sniff(path)  # by content: a name can be wrong (a safetensors file named .ckpt, a .pth checkpoint)
     if kind == "hdf5":
         from dsen2cr.keras import load_keras_weights  # (lazy: h5py only for Keras files)
