@@ -127,6 +127,12 @@ CASES = [
         absent=("eval",),
     ),
     dict(
+        name="evaluate: a data root that does not exist",
+        setup=lambda t: [*_evaluate(t, t.weights())[:5], str(t / "elsewhere"), *_evaluate(t, t.weights())[6:]],
+        message="elsewhere is not a folder (the dataset root the file list and ROI lists refer to)",
+        absent=("eval",),
+    ),
+    dict(
         name="evaluate: missing weights",
         setup=lambda t: _evaluate(t, t / "w.safetensors"),
         message="w.safetensors: weights file not found",

@@ -27,6 +27,11 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
 def _mkrun(tmp: Path) -> Path:
     run = tmp / "existing"
     (run / "checkpoints").mkdir(parents=True)
@@ -84,9 +89,21 @@ CASES = [
     ),
     dict(
         name="train: data root without the listed files",
-        setup=lambda t: ["train", "--config", str(t.config()), f"data.root={t / 'elsewhere'}"],
+        setup=lambda t: ["train", "--config", str(t.config()), f"data.root={_mkdir(t / 'elsewhere')}"],
         message="file of patch ROIs1158_spring_1_p0 not found",
         absent=("run/checkpoints",),
+    ),
+    dict(
+        name="train: data root that does not exist",
+        setup=lambda t: ["train", "--config", str(t.config()), f"data.root={t / 'elsewhere'}"],
+        message="elsewhere is not a folder (the dataset root the file list and ROI lists refer to)",
+        absent=("run/checkpoints",),
+    ),
+    dict(
+        name="train: the paper config with only data.root set",
+        setup=lambda t: ["train", "--config", "paper", f"data.root={t.tree()}", f"trainer.out_dir={t / 'run'}"],
+        message="data.file_list: /data/SEN12MS-CR/files.csv not found; it is not under data.root ",
+        absent=("run",),
     ),
     dict(
         name="train: malformed file list line",
