@@ -70,7 +70,7 @@ def register(subparsers: SubParsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``."""
-    from dsen2cr.data.layout import read_file_list, select_split, triplets_of_rois
+    from dsen2cr.data.layout import check_data_root, read_file_list, select_split, triplets_of_rois
     from dsen2cr.ensemble import ensemble
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.evaluate import REPORT_ENTRIES, evaluate, summary_markdown
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         raise DSen2CRError(f"--window: must be 0 (full patch) or a size in pixels, got {window}")
     folder = {"owned": REPORT_ENTRIES, "overwrite": args.overwrite, "what": "an evaluation report"}
     check_output_folder(args.out, **folder)
+    check_data_root(args.data_root, "--data-root")
     members = [
         # exact numbers: eager IEEE fp32 unless asked otherwise; an ONNX file (fp32 or int8) runs as exported
         load_predictor(

@@ -274,13 +274,28 @@ def resolve_split(data: DataSection, split: str) -> list[Triplet]:
 
         sample = sample_file_list()
         return select_split(read_file_list(sample, sample_dataset_root()), split, source=str(sample))
+    check_data_root(data.root, "data.root")
     if data.file_list is not None:
+        if (
+            not Path(data.file_list).exists()
+            and Path(data.root).resolve() not in Path(data.file_list).resolve().parents
+        ):
+            raise DSen2CRError(  # a config's file list that the root given on the command line left behind
+                f"data.file_list: {data.file_list} not found; it is not under data.root {data.root}: set it too "
+                f"(e.g. data.file_list={Path(data.root) / 'files.csv'})"
+            )
         return select_split(read_file_list(data.file_list, data.root), split, source=data.file_list)
     name = SPLIT_NAMES[split_number(split)]
     roi_file = {"train": data.train_rois, "val": data.val_rois, "test": data.test_rois}[name]
     if roi_file is None:
         raise DSen2CRError(f"data: give data.file_list, or data.{name}_rois with a release root")
     return triplets_of_rois(data.root, roi_file)
+
+
+def check_data_root(root: str | Path, key: str) -> None:
+    """Refuse a dataset root (``key``: the option or config key that gave it) that is not a folder."""
+    if not Path(root).is_dir():
+        raise DSen2CRError(f"{key}: {root} is not a folder (the dataset root the file list and ROI lists refer to)")
 
 
 def triplets_of_rois(root: str | Path, roi_file: str | Path) -> list[Triplet]:
