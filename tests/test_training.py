@@ -323,6 +323,46 @@ def test_export_round_trip_and_variant_check(
     assert load_model(tmp_path / "copy.safetensors").config == a.config
 
 
+def test_exported_weights_record_what_made_them(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """An exported weights file recorded only the network's shape: not the checkpoint it came from, its epoch,
+    the loss it was trained with, nor the version that wrote it; every later output names the weights file and
+    its SHA-256, so the chain broke there. It now records them (read back here with safetensors alone), and a
+    weights file exported again keeps its training record and names its own source."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from dsen2cr import __version__
+    from dsen2cr.cli import main
+
+    config = workdir.config(optim={"epochs": 2, "batch_size": 2}, loss={"name": "carl", "lam": 0.5})
+    assert main(["train", "--config", str(config), "--no-progress"]) == 0
+    last = workdir / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    first, second = workdir / "a.safetensors", workdir / "b.safetensors"
+    assert main(["export", str(last), str(first)]) == 0
+    with safe_open(first, "pt") as weights:
+        metadata = weights.metadata()
+    assert metadata["dsen2cr_source"] == "last.ckpt"
+    assert metadata["dsen2cr_source_sha256"] == hashlib.sha256(last.read_bytes()).hexdigest()
+    assert metadata["dsen2cr_version"] == __version__
+    training = json.loads(metadata["dsen2cr_training"])
+    assert training == {
+        "epochs_completed": checkpoint["epoch"] + 1,
+        "global_step": checkpoint["global_step"],
+        "loss": checkpoint["hyper_parameters"]["loss"],
+        "file_list": "files.csv",
+    }
+    assert training["loss"]["name"] == "carl" and training["loss"]["lam"] == 0.5
+    assert training["epochs_completed"] == 2
+    assert main(["export", str(first), str(second)]) == 0
+    with safe_open(second, "pt") as weights:
+        again = weights.metadata()
+    assert again["dsen2cr_source"] == "a.safetensors"
+    assert again["dsen2cr_source_sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert again["dsen2cr_training"] == metadata["dsen2cr_training"]
+
+
 def test_weights_files_of_one_model_are_byte_identical(tmp_path: Path) -> None:
     """Saving one model twice gives one file, byte for byte (so one SHA-256 in every output's provenance):
     safetensors writes its metadata in a random order (upstream issue #584), so 10 saves in one process gave up
