@@ -17,6 +17,7 @@ from dsen2cr.backends import CheckedBackend, select_backend
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.models import CloudRemovalNetwork, ModelSpec
 from dsen2cr.onnx_runtime import OnnxPredictor
+from dsen2cr.outputs.files import file_sha256
 from dsen2cr.precision import HALF_DTYPES, float32_arithmetic
 from dsen2cr.settings import ScenePlan
 
@@ -197,27 +198,12 @@ def load_network(weights: str | Path, *, device: torch.device) -> Network:
     from dsen2cr.weights import check_weights_file, load_model  # h5py and safetensors: only when loading
 
     # a regular file first: hashing a FIFO or a device would wait forever
-    digest = _sha256(check_weights_file(weights, "ONNX" if is_onnx(weights) else "weights"))
+    digest = file_sha256(check_weights_file(weights, "ONNX" if is_onnx(weights) else "weights"))
     if is_onnx(weights):
         onnx = OnnxPredictor(weights, device=str(device))
         return Network(onnx, onnx.config, Path(weights).name, digest)
     model = load_model(weights, device=device)
     return Network(model, model.config, Path(weights).name, digest)
-
-
-def _sha256(path: Path) -> str | None:
-    """The SHA-256 of a file, read in 16 MiB blocks (about 0.1 s for the paper's 76 MB weights); None when it
-    cannot be read (the loader says why)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as file:
-            while block := file.read(16 * 2**20):
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def predictor_for_plan(network: Network | CloudRemovalNetwork, plan: ScenePlan) -> Predictor:

@@ -5,18 +5,15 @@ the family's Keras importer, write safetensors that record the source and its SH
 from __future__ import annotations
 
 import glob
-import hashlib
 import logging
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec, ModelVariant, published_weights
-from dsen2cr.outputs.files import check_output_file, describe_bytes, write_failure
+from dsen2cr.outputs.files import check_output_file, describe_bytes, file_sha256, write_failure
+from dsen2cr.version import __version__
 
 log = logging.getLogger(__name__)
-
-SOURCE_KEY = "dsen2cr_source"
-SHA256_KEY = "dsen2cr_source_sha256"
 
 
 def download_published(
@@ -48,17 +45,17 @@ def download_published(
         raise DSen2CRError(f"{source}: download of {name} failed ({_shortened(error)}); {_ALTERNATIVES}") from None
     if not got or not raw.is_file():
         raise DSen2CRError(f"{source}: download of {name} failed (nothing received); {_ALTERNATIVES}")
-    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    digest = file_sha256(raw) or "unknown"
     try:
         config, state = _checked_keras(raw, name, variant)
     except DSen2CRError as error:  # not what the name promises: a rerun must download again, not resume it
         raw.unlink(missing_ok=True)
         raise DSen2CRError(f"{source}: {error}; the downloaded file was removed") from None
-    from dsen2cr.weights import save_weights  # (lazy: safetensors only when writing)
+    from dsen2cr.weights import SHA256_KEY, SOURCE_KEY, VERSION_KEY, save_weights  # (safetensors when writing)
 
     model = config.build()
     model.load_state_dict(state)
-    save_weights(model, out, provenance={SOURCE_KEY: source, SHA256_KEY: digest})
+    save_weights(model, out, provenance={SOURCE_KEY: source, SHA256_KEY: digest, VERSION_KEY: __version__})
     raw.unlink()
     log.info("%s: SHA-256 %s", source, digest)
     return out

@@ -24,6 +24,12 @@ CONFIG_KEY = "dsen2cr_model_config"
 FAMILY_KEY = "dsen2cr_model_family"
 FORMAT_KEY = "format"
 FORMAT_VALUE = "dsen2cr-weights-v1"
+#: What made a weights file (docs/design.md §9): the file it was written from and that file's SHA-256, the
+#: version that wrote it, and for weights of a dsen2cr training run, its record (epoch, step, loss).
+SOURCE_KEY = "dsen2cr_source"
+SHA256_KEY = "dsen2cr_source_sha256"
+VERSION_KEY = "dsen2cr_version"
+TRAINING_KEY = "dsen2cr_training"
 
 
 def save_weights(model: CloudRemovalNetwork, path: str | Path, *, provenance: dict[str, str] | None = None) -> Path:
@@ -100,8 +106,8 @@ def expected_shapes(config: ModelSpec) -> dict[str, tuple[int, ...]]:
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
-def _load_safetensors(path: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
-    """Read config and state dict from a safetensors weights file."""
+def _load_safetensors(path: Path) -> tuple[ModelSpec, dict[str, torch.Tensor], dict[str, str]]:
+    """Read config, state dict and training record (:data:`TRAINING_KEY`, if any) from a safetensors file."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -110,12 +116,13 @@ def _load_safetensors(path: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
             state = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (safe_open has no iter)
     except (SafetensorError, OSError, ValueError) as error:
         raise DSen2CRError(f"{path}: not a readable safetensors file ({' '.join(str(error).split())})") from None
-    return config_from_metadata(metadata.get(CONFIG_KEY), path, metadata.get(FAMILY_KEY)), state
+    record = {TRAINING_KEY: metadata[TRAINING_KEY]} if TRAINING_KEY in metadata else {}
+    return config_from_metadata(metadata.get(CONFIG_KEY), path, metadata.get(FAMILY_KEY)), state, record
 
 
-def _load_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
-    """Read config and model state dict from a Lightning checkpoint, refusing pickled objects and archives that
-    would inflate far beyond their size on disk."""
+def _load_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.Tensor], dict[str, str]]:
+    """Read config, model state dict and training record from a Lightning checkpoint, refusing pickled objects
+    and archives that would inflate far beyond their size on disk."""
     _check_inflation(path)
     try:
         with path.open("rb") as file:  # a file object: torch must not go by the name (it reads *.safetensors itself)
@@ -133,7 +140,17 @@ def _load_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.T
     if not isinstance(checkpoint["state_dict"], dict):
         raise DSen2CRError(f"{path}: state_dict is a {type(checkpoint['state_dict']).__name__}, expected a mapping")
     state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if str(k).startswith("model.")}
-    return config, state
+    return config, state, _training_record(checkpoint)
+
+
+def _training_record(checkpoint: dict[str, Any]) -> dict[str, str]:
+    """The record of a dsen2cr training checkpoint: the epoch it was saved at (0-based, as its file name), the
+    optimiser steps and the loss settings (empty for a checkpoint without them)."""
+    settings = checkpoint.get("hyper_parameters")
+    if not isinstance(settings, dict) or not isinstance(settings.get("loss"), dict):
+        return {}
+    record = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"), "loss": settings["loss"]}
+    return {TRAINING_KEY: json.dumps(record, sort_keys=True)}
 
 
 #: torch.save stores its archive members uncompressed; a checkpoint whose members inflate to more than this
@@ -187,16 +204,25 @@ def load_model(
 
     With ``expected``, weights of another variant are refused, naming both.
     """
+    return load_model_and_record(path, device=device, expected=expected)[0]
+
+
+def load_model_and_record(
+    path: str | Path, *, device: str | torch.device = "cpu", expected: ModelSpec | None = None
+) -> tuple[CloudRemovalNetwork, dict[str, str]]:
+    """:func:`load_model`, and the file's training record (metadata for :func:`save_weights`; empty for a Keras
+    file or weights without one)."""
     path = check_weights_file(path, "weights")
     kind = sniff(path)  # by content: a name can be wrong (a safetensors file named .ckpt, a .pth checkpoint)
+    record: dict[str, str] = {}
     if kind == "hdf5":
         from dsen2cr.keras import load_keras_weights  # (lazy: h5py only for Keras files)
 
         config, state = load_keras_weights(path)
     elif kind == "pytorch":
-        config, state = _load_lightning_checkpoint(path)
+        config, state, record = _load_lightning_checkpoint(path)
     elif kind == "safetensors":
-        config, state = _load_safetensors(path)
+        config, state, record = _load_safetensors(path)
     elif path.suffix.lower() in NAMED_KINDS:
         raise DSen2CRError(f"{path}: {NAMED_KINDS[path.suffix.lower()]} (it holds {describe(kind)})")
     else:
@@ -210,4 +236,4 @@ def load_model(
     check_state(config, state, path)
     model = config.build()
     model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
+    return model.to(device).eval(), record

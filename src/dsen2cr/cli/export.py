@@ -70,13 +70,16 @@ def register(subparsers: SubParsers) -> None:
 def run_export(args: argparse.Namespace) -> int:
     """Run ``export`` and ``convert-keras``: any weights file in, safetensors weights out."""
     from dsen2cr.models import family_of
-    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
-    from dsen2cr.weights import load_model, save_weights
+    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file, file_sha256
+    from dsen2cr.version import __version__
+    from dsen2cr.weights import SHA256_KEY, SOURCE_KEY, VERSION_KEY, load_model_and_record, save_weights
 
     check_distinct_outputs([("weights", Path(args.out))], [("source", Path(args.source))])
     check_output_file(args.out, overwrite=args.overwrite, kind="safetensors")
-    model = load_model(args.source)
-    save_weights(model, args.out)
+    model, record = load_model_and_record(args.source)
+    source = Path(args.source)
+    made_by = {SOURCE_KEY: source.name, SHA256_KEY: file_sha256(source) or "unknown", VERSION_KEY: __version__}
+    save_weights(model, args.out, provenance={**record, **made_by})
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out} ({family_of(model.config).name} {model.config.describe()}, {params:,} parameters)")
     return 0
