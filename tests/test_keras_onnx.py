@@ -119,6 +119,36 @@ def test_onnx_export_matches_pytorch_on_any_size(
             np.testing.assert_allclose(got, model(s2, s1).numpy(), atol=1e-4, rtol=0)
 
 
+def test_onnx_files_record_what_made_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An ONNX file recorded the model's shape and its precision, not the weights it was exported from, the
+    version, nor for int8 the calibration that set its ranges (on which its accuracy depends). Now both kinds
+    record the source's name and SHA-256 and the version, the source's training record, and an int8 file its
+    calibration (read back here with onnx alone)."""
+    pytest.importorskip("onnxruntime")
+    import hashlib
+    import json
+
+    import onnx
+
+    from dsen2cr import __version__
+    from dsen2cr.cli import main
+
+    record = {"dsen2cr_training": json.dumps({"epoch": 3, "global_step": 40, "loss": {"name": "carl"}})}
+    weights = save_weights(create_model("dsen2cr-small"), tmp_path / "small.safetensors", provenance=record)
+    files = {}
+    for extra, name in (((), "fp32.onnx"), (("--int8", "--calibration-patches", "2"), "int8.onnx")):
+        assert main(["export-onnx", "--weights", str(weights), *extra, str(tmp_path / name)]) == 0
+        props = {entry.key: entry.value for entry in onnx.load(str(tmp_path / name)).metadata_props}
+        assert props["dsen2cr_source"] == "small.safetensors", props
+        assert props["dsen2cr_source_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+        assert props["dsen2cr_version"] == __version__
+        assert props["dsen2cr_training"] == record["dsen2cr_training"]
+        files[name] = props
+    assert "dsen2cr_int8_calibration" not in files["fp32.onnx"]
+    calibration = json.loads(files["int8.onnx"]["dsen2cr_int8_calibration"])
+    assert calibration == {"method": "minmax", "crops": 2, "patches": 6, "file_list": "the bundled sample, train"}
+
+
 def test_onnx_file_with_other_inputs_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from dsen2cr.onnx_runtime import OnnxPredictor
