@@ -8,14 +8,14 @@ import json
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dsen2cr.data.dataset import SEN12MSCRDataset
+from dsen2cr.data.dataset import calibration_batches
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import CloudRemovalNetwork, ModelSpec, family_of
@@ -327,33 +327,6 @@ def _feeds_reader(feeds: Iterable[dict[str, np.ndarray]]) -> Any:
             return next(self.remaining, None)
 
     return Reader()
-
-
-def calibration_batches(triplets: list[Triplet], patches: int = 16, crop_size: int = 128) -> Iterable[Batch]:
-    """``patches`` calibration inputs (batch of one, model units): a ``crop_size`` window (or the whole patch,
-    if smaller) of each triplet in turn, windows drawn with a fixed seed. Each iteration reads them again
-    (the same crops), so that quantisation can go over them twice without keeping them."""
-    return _CalibrationCrops(triplets, patches, crop_size)
-
-
-class _CalibrationCrops:
-    """The crops of :func:`calibration_batches`, read from their files on each iteration."""
-
-    def __init__(self, triplets: list[Triplet], patches: int, crop_size: int) -> None:
-        self.triplets, self.patches, self.crop_size = triplets, patches, crop_size
-
-    def __iter__(self) -> Iterator[Batch]:
-        import rasterio
-
-        with rasterio.open(self.triplets[0].s2_cloudy) as first:
-            crop_size = min(self.crop_size, first.height, first.width)
-        repeats = -(-self.patches // len(self.triplets))
-        dataset = SEN12MSCRDataset(
-            self.triplets, train=True, crop_size=crop_size, augment=False, repeats=repeats, seed=0
-        )
-        for index in range(self.patches):
-            sample = dataset[index]
-            yield sample["s2_cloudy"][None].numpy(), sample["s1"][None].numpy()
 
 
 def calibration_bytes_per_crop(config: ModelSpec, crop_size: int = 128) -> int:

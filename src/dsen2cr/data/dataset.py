@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -160,3 +160,34 @@ def _flip_rotate(array: np.ndarray, flip: int, turns: int) -> np.ndarray:
     elif flip == 2:
         array = array[:, :, ::-1]
     return np.ascontiguousarray(np.rot90(array, turns, axes=(1, 2)))
+
+
+#: One calibration input: (S2, S1 or None), a batch of one in model units.
+CalibrationBatch = tuple[np.ndarray, np.ndarray | None]
+
+
+def calibration_batches(triplets: list[Triplet], patches: int = 16, crop_size: int = 128) -> Iterable[CalibrationBatch]:
+    """``patches`` calibration inputs (batch of one, model units): a ``crop_size`` window (or the whole patch,
+    if smaller) of each triplet in turn, windows drawn with a fixed seed. Each iteration reads them again
+    (the same crops), so that quantisation can go over them twice without keeping them."""
+    return _CalibrationCrops(triplets, patches, crop_size)
+
+
+class _CalibrationCrops:
+    """The crops of :func:`calibration_batches`, read from their files on each iteration."""
+
+    def __init__(self, triplets: list[Triplet], patches: int, crop_size: int) -> None:
+        self.triplets, self.patches, self.crop_size = triplets, patches, crop_size
+
+    def __iter__(self) -> Iterator[CalibrationBatch]:
+        import rasterio
+
+        with rasterio.open(self.triplets[0].s2_cloudy) as first:
+            crop_size = min(self.crop_size, first.height, first.width)
+        repeats = -(-self.patches // len(self.triplets))
+        dataset = SEN12MSCRDataset(
+            self.triplets, train=True, crop_size=crop_size, augment=False, repeats=repeats, seed=0
+        )
+        for index in range(self.patches):
+            sample = dataset[index]
+            yield sample["s2_cloudy"][None].numpy(), sample["s1"][None].numpy()
