@@ -146,7 +146,7 @@ def test_onnx_files_record_what_made_them(tmp_path: Path, capsys: pytest.Capture
         files[name] = props
     assert "dsen2cr_int8_calibration" not in files["fp32.onnx"]
     calibration = json.loads(files["int8.onnx"]["dsen2cr_int8_calibration"])
-    assert calibration == {"method": "minmax", "crops": 2, "patches": 6, "file_list": "the bundled sample, train"}
+    assert calibration == {"method": "minmax", "crops": 2, "patches": 4, "file_list": "the bundled sample, train"}
 
 
 def test_onnx_file_with_other_inputs_is_refused(tmp_path: Path) -> None:

@@ -37,9 +37,12 @@ class _WithVariance(torch.nn.Module):
         return self.model.forward_with_variance(s2, s1)
 
 
-def export_onnx(model: CloudRemovalNetwork, out: str | Path, *, opset: int | None = None) -> Path:
+def export_onnx(
+    model: CloudRemovalNetwork, out: str | Path, *, opset: int | None = None, provenance: dict[str, str] | None = None
+) -> Path:
     """Export ``model`` to ONNX with dynamic batch, height and width; write it atomically. A model with
-    ``uncertainty: diag`` gets a second output, ``variance`` (model units squared)."""
+    ``uncertainty: diag`` gets a second output, ``variance`` (model units squared). ``provenance``: more
+    metadata, what made the file (its source weights, the version)."""
     model = model.cpu().eval()
     uncertain = model.config.uncertainty == "diag"
     size = 32
@@ -68,14 +71,22 @@ def export_onnx(model: CloudRemovalNetwork, out: str | Path, *, opset: int | Non
         )
     if program is None:  # only the legacy exporter (dynamo=False) returns nothing
         raise RuntimeError("torch.onnx.export returned no program")
-    return _save_with_metadata(program.model_proto, out, model.config, "fp32")
+    return _save_with_metadata(program.model_proto, out, model.config, "fp32", provenance)
 
 
-def _save_with_metadata(proto: Any, out: str | Path, config: ModelSpec, precision: str) -> Path:
-    """Set the dsen2cr metadata (model configuration, precision) of an ONNX model and save it atomically."""
+def _save_with_metadata(
+    proto: Any, out: str | Path, config: ModelSpec, precision: str, provenance: dict[str, str] | None = None
+) -> Path:
+    """Set the dsen2cr metadata (model configuration, precision, ``provenance``) of an ONNX model and save it
+    atomically."""
     import onnx
 
-    ours = {CONFIG_KEY: json.dumps(config.to_dict()), FAMILY_KEY: family_of(config).name, PRECISION_KEY: precision}
+    ours = {
+        **(provenance or {}),
+        CONFIG_KEY: json.dumps(config.to_dict()),
+        FAMILY_KEY: family_of(config).name,
+        PRECISION_KEY: precision,
+    }
     kept = [(e.key, e.value) for e in proto.metadata_props if e.key not in ours]
     del proto.metadata_props[:]
     for key, value in [*kept, *ours.items()]:
@@ -93,6 +104,8 @@ Batch = tuple[np.ndarray, np.ndarray | None]
 #: every activation of every calibration batch in memory for the last two: about 1 GB per 128x128 crop with
 #: the paper's model.
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+#: The metadata key of an int8 file's calibration (JSON: method, crops, patches, file list).
+CALIBRATION_KEY = "dsen2cr_int8_calibration"
 CALIBRATION_PERCENTILE = 99.999
 
 
@@ -154,7 +167,7 @@ def quantize_onnx(source: str | Path, out: str | Path, calibration: Iterable[Bat
         )
         import onnx
 
-        return _save_with_metadata(onnx.load(str(quantized)), out, fp32.config, "int8")
+        return _save_with_metadata(onnx.load(str(quantized)), out, fp32.config, "int8")  # the source's others kept
 
 
 #: The operators int8 quantisation converts: convolutions (with their ReLU, fused into one int8 kernel). The
@@ -344,11 +357,14 @@ def export_onnx_int8(
     patches: int = 16,
     *,
     method: str = "minmax",
+    provenance: dict[str, str] | None = None,
+    data: str = "given patches",
 ) -> Path:
     """Export ``model`` to ONNX and quantise it to int8 (:func:`quantize_onnx` with ``method``), calibrated on
     ``patches`` crops of the ``calibration`` triplets; the fp32 export lives in a temporary folder that is
-    always removed. Refuses, before any work, a histogram calibration whose activations would not fit in the
-    available memory."""
+    always removed. The file records ``provenance`` and its calibration (:data:`CALIBRATION_KEY`: the method,
+    the crops, the patches and ``data``, what they are). Refuses, before any work, a histogram calibration
+    whose activations would not fit in the available memory."""
     if method != "minmax":
         import psutil
 
@@ -360,6 +376,8 @@ def export_onnx_int8(
                 f"memory, about {need / 2**30:.1f} GiB for {patches} crops of this model, more than the "
                 f"{available / 2**30:.1f} GiB available; use fewer --calibration-patches or minmax"
             )
+    record = {"method": method, "crops": patches, "patches": len(calibration), "file_list": data}
+    provenance = {**(provenance or {}), CALIBRATION_KEY: json.dumps(record, sort_keys=True)}
     with tempfile.TemporaryDirectory(prefix="dsen2cr-export-") as tmp:
-        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx")
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", provenance=provenance)
         return quantize_onnx(fp32, out, calibration_batches(calibration, patches), method=method)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dsen2cr.cli.options import SubParsers, add_command, add_output_file, add_weights, require_extra
+
+if TYPE_CHECKING:
+    from dsen2cr.models import CloudRemovalNetwork
 
 #: ``--calibration-patches`` at most: activation ranges settle after a few hundred crops.
 MAX_CALIBRATION_PATCHES = 4096
@@ -70,19 +74,33 @@ def register(subparsers: SubParsers) -> None:
 def run_export(args: argparse.Namespace) -> int:
     """Run ``export`` and ``convert-keras``: any weights file in, safetensors weights out."""
     from dsen2cr.models import family_of
-    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file, file_sha256
-    from dsen2cr.version import __version__
-    from dsen2cr.weights import SHA256_KEY, SOURCE_KEY, VERSION_KEY, load_model_and_record, save_weights
+    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
+    from dsen2cr.weights import save_weights
 
     check_distinct_outputs([("weights", Path(args.out))], [("source", Path(args.source))])
     check_output_file(args.out, overwrite=args.overwrite, kind="safetensors")
-    model, record = load_model_and_record(args.source)
-    source = Path(args.source)
-    made_by = {SOURCE_KEY: source.name, SHA256_KEY: file_sha256(source) or "unknown", VERSION_KEY: __version__}
-    save_weights(model, args.out, provenance={**record, **made_by})
+    model, provenance = _load_with_provenance(args.source)
+    save_weights(model, args.out, provenance=provenance)
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out} ({family_of(model.config).name} {model.config.describe()}, {params:,} parameters)")
     return 0
+
+
+def _load_with_provenance(source: str | Path) -> tuple[CloudRemovalNetwork, dict[str, str]]:
+    """The model in a weights file, and the metadata that says what made a file written from it: the source's
+    name and SHA-256, the version, and the source's training record (:func:`dsen2cr.weights.load_model_and_record`)."""
+    from dsen2cr.outputs.files import file_sha256
+    from dsen2cr.version import __version__
+    from dsen2cr.weights import SHA256_KEY, SOURCE_KEY, VERSION_KEY, load_model_and_record
+
+    model, record = load_model_and_record(source)
+    path = Path(source)
+    return model, {
+        **record,
+        SOURCE_KEY: path.name,
+        SHA256_KEY: file_sha256(path) or "unknown",
+        VERSION_KEY: __version__,
+    }
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
@@ -91,7 +109,6 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.onnx_export import export_onnx, export_onnx_int8
     from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
-    from dsen2cr.weights import load_model
 
     inputs = [("weights", Path(args.weights))]
     if args.calibration_list:
@@ -102,8 +119,9 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         raise DSen2CRError(
             f"--calibration-patches: must be in [1, {MAX_CALIBRATION_PATCHES}], got {args.calibration_patches}"
         )
+    model, provenance = _load_with_provenance(args.weights)
     if not args.int8:
-        export_onnx(load_model(args.weights), args.out)
+        export_onnx(model, args.out, provenance=provenance)
         print(f"wrote {args.out}")
         return 0
     from dsen2cr.config import DataSection
@@ -113,8 +131,15 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         raise DSen2CRError("--calibration-root: needed with --calibration-list (the folder its paths refer to)")
     data = DataSection(root=args.calibration_root, file_list=args.calibration_list)
     triplets = resolve_split(data, args.calibration_split)
+    listed = Path(args.calibration_list).name if args.calibration_list else "the bundled sample"
     export_onnx_int8(
-        load_model(args.weights), args.out, triplets, args.calibration_patches, method=args.calibration_method
+        model,
+        args.out,
+        triplets,
+        args.calibration_patches,
+        method=args.calibration_method,
+        provenance=provenance,
+        data=f"{listed}, {args.calibration_split}",
     )
     print(
         f"wrote {args.out} (int8, {args.calibration_method} calibration on {args.calibration_patches} crops of "
