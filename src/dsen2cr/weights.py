@@ -24,7 +24,7 @@ CONFIG_KEY = "dsen2cr_model_config"
 FAMILY_KEY = "dsen2cr_model_family"
 FORMAT_KEY = "format"
 FORMAT_VALUE = "dsen2cr-weights-v1"
-#: What made a weights file (docs/design.md §9): the file it was written from and that file's SHA-256, the
+#: What made a weights file (docs/design.md §3.4): the file it was written from and that file's SHA-256, the
 #: version that wrote it, and for weights of a dsen2cr training run, its record (epoch, step, loss).
 SOURCE_KEY = "dsen2cr_source"
 SHA256_KEY = "dsen2cr_source_sha256"
