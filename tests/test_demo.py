@@ -11,8 +11,16 @@ import rasterio
 from dsen2cr.demo import DEMO_SYNTHETIC, run_demo
 
 
-def test_demo_writes_its_report(tmp_path: Path) -> None:
-    report = run_demo(tmp_path / "out", overrides=["optim.epochs=1", "data.repeats=1", "data.num_workers=0"])
+def test_demo_writes_its_report(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="dsen2cr.demo"):
+        report = run_demo(tmp_path / "out", overrides=["optim.epochs=1", "data.repeats=1", "data.num_workers=0"])
+    # each training's line names the model once ("B=4, F=32 with SAR with SAR" said it twice)
+    trainings = [r.getMessage() for r in caplog.records if "[demo] training" in r.getMessage()]
+    assert (
+        trainings[0]
+        == f"[demo] training the model with SAR (B=4, F=32 with SAR, 1 epoch) -> {tmp_path / 'out' / 'train-sar'}"
+    )
+    assert trainings[2].startswith("[demo] training the model without SAR, with sigma (B=4, F=32 without SAR, variance")
     text = report.read_text()
     assert "| DSen2-CR small, with SAR |" in text and "| identity (cloudy input) |" in text
     out = tmp_path / "out"
