@@ -125,11 +125,13 @@ def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: 
     summaries, weights = {}, {}
     for name, folder, include_sar, extra in DEMO_MODELS:
         config = _demo_config(config_path, out, include_sar, file_list, [*overrides, *extra], folder)
+        epochs = config.optim.epochs
         log.info(
-            "[demo] training model %s %s (%d epochs) -> %s",
-            config.model.model_config().describe(),
+            "[demo] training the model %s (%s, %d epoch%s) -> %s",
             name,
-            config.optim.epochs,
+            config.model.model_config().describe(),
+            epochs,
+            "" if epochs == 1 else "s",
             config.trainer.out_dir,
         )
         checkpoint = run_training(config, overwrite=True, progress=False)
