@@ -30,6 +30,13 @@ SOURCE_KEY = "dsen2cr_source"
 SHA256_KEY = "dsen2cr_source_sha256"
 VERSION_KEY = "dsen2cr_version"
 TRAINING_KEY = "dsen2cr_training"
+#: Where ``dsen2cr train`` keeps a run's checkpoints in its folder (:func:`last_checkpoint`: the newest).
+CHECKPOINT_DIR = "checkpoints"
+
+
+def last_checkpoint(run: str | Path) -> Path:
+    """The checkpoint ``dsen2cr train`` writes last into the run folder ``run`` (Lightning's ``last.ckpt``)."""
+    return Path(run) / CHECKPOINT_DIR / "last.ckpt"
 
 
 def save_weights(model: CloudRemovalNetwork, path: str | Path, *, provenance: dict[str, str] | None = None) -> Path:
@@ -189,7 +196,7 @@ NAMED_KINDS = {
 def check_weights_file(path: str | Path, what: str) -> Path:
     """``path`` as a Path if it is a regular file (:func:`~dsen2cr.outputs.files.check_input_file`, ``what``
     naming the kind); a training run's folder is told the checkpoint to give instead."""
-    last = Path(path) / "checkpoints" / "last.ckpt"  # what dsen2cr train writes into its run folder
+    last = last_checkpoint(path)
     if last.is_file():
         raise DSen2CRError(
             f"{path}: is a training run's folder, not a weights file; give one of its checkpoints, e.g. {last}"

@@ -28,10 +28,10 @@ from dsen2cr.precision import set_float32_arithmetic
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.logs import HistoryCSVLogger
 from dsen2cr.training.module import DSen2CRTask, NonFiniteLossError
+from dsen2cr.weights import CHECKPOINT_DIR, last_checkpoint
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
 RESOLVED_CONFIG = "config.yaml"
 #: What a run writes into its folder (``--overwrite`` replaces these, and refuses a folder with anything else).
 RUN_ENTRIES = (CHECKPOINT_DIR, "logs", RESOLVED_CONFIG, "weights_digest.json")
@@ -247,7 +247,7 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
         if trainer.interrupted:  # Lightning turns Ctrl-C and SIGTERM into SystemExit(1) after its teardown
             raise KeyboardInterrupt from None  # the command line reports it as what it was (130 or 143)
         raise
-    last = out / CHECKPOINT_DIR / "last.ckpt"
+    last = last_checkpoint(out)
     loss = trainer.callback_metrics.get("val_loss")
     if loss is not None and not math.isfinite(float(loss)):
         raise DSen2CRError(f"{out}: validation loss is {float(loss)}")
