@@ -11,7 +11,6 @@ from pathlib import Path
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec, ModelVariant, published_weights
 from dsen2cr.outputs.files import check_output_file, describe_bytes, file_sha256, write_failure
-from dsen2cr.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +50,11 @@ def download_published(
     except DSen2CRError as error:  # not what the name promises: a rerun must download again, not resume it
         raw.unlink(missing_ok=True)
         raise DSen2CRError(f"{source}: {error}; the downloaded file was removed") from None
-    from dsen2cr.weights import SHA256_KEY, SOURCE_KEY, VERSION_KEY, save_weights  # (safetensors when writing)
+    from dsen2cr.weights import made_by, save_weights  # (lazy: safetensors only when writing)
 
     model = config.build()
     model.load_state_dict(state)
-    save_weights(model, out, provenance={SOURCE_KEY: source, SHA256_KEY: digest, VERSION_KEY: __version__})
+    save_weights(model, out, provenance=made_by(source, digest))
     raw.unlink()
     log.info("%s: SHA-256 %s", source, digest)
     return out

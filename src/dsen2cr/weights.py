@@ -17,7 +17,8 @@ import torch
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.formats import describe, sniff
 from dsen2cr.models import DEFAULT_FAMILY, CloudRemovalNetwork, ModelSpec, family_of, get_family
-from dsen2cr.outputs.files import atomic_path, check_input_file
+from dsen2cr.outputs.files import atomic_path, check_input_file, file_sha256
+from dsen2cr.version import __version__
 
 CONFIG_KEY = "dsen2cr_model_config"
 #: The model family's name (absent from files written before the registry, which are all DSen2-CR).
@@ -32,6 +33,19 @@ VERSION_KEY = "dsen2cr_version"
 TRAINING_KEY = "dsen2cr_training"
 #: Where ``dsen2cr train`` keeps a run's checkpoints in its folder (:func:`last_checkpoint`: the newest).
 CHECKPOINT_DIR = "checkpoints"
+
+
+def made_by(source: str, sha256: str | None) -> dict[str, str]:
+    """The metadata that says what made a weights or ONNX file: its source (a file's name, a URL) and the
+    source's SHA-256, and the version that wrote it."""
+    return {SOURCE_KEY: source, SHA256_KEY: sha256 or "unknown", VERSION_KEY: __version__}
+
+
+def load_model_with_provenance(path: str | Path) -> tuple[CloudRemovalNetwork, dict[str, str]]:
+    """The model in a weights file (:func:`load_model_and_record`) and the metadata of a file written from it:
+    :func:`made_by` the source file, and the source's training record."""
+    model, record = load_model_and_record(path)
+    return model, {**record, **made_by(Path(path).name, file_sha256(Path(path)))}
 
 
 def last_checkpoint(run: str | Path) -> Path:

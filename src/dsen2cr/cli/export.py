@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dsen2cr.cli.options import SubParsers, add_command, add_output_file, add_weights, require_extra
-
-if TYPE_CHECKING:
-    from dsen2cr.models import CloudRemovalNetwork
 
 #: ``--calibration-patches`` at most: activation ranges settle after a few hundred crops.
 MAX_CALIBRATION_PATCHES = 4096
@@ -75,32 +71,15 @@ def run_export(args: argparse.Namespace) -> int:
     """Run ``export`` and ``convert-keras``: any weights file in, safetensors weights out."""
     from dsen2cr.models import family_of
     from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
-    from dsen2cr.weights import save_weights
+    from dsen2cr.weights import load_model_with_provenance, save_weights
 
     check_distinct_outputs([("weights", Path(args.out))], [("source", Path(args.source))])
     check_output_file(args.out, overwrite=args.overwrite, kind="safetensors")
-    model, provenance = _load_with_provenance(args.source)
+    model, provenance = load_model_with_provenance(args.source)
     save_weights(model, args.out, provenance=provenance)
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out} ({family_of(model.config).name} {model.config.describe()}, {params:,} parameters)")
     return 0
-
-
-def _load_with_provenance(source: str | Path) -> tuple[CloudRemovalNetwork, dict[str, str]]:
-    """The model in a weights file, and the metadata that says what made a file written from it: the source's
-    name and SHA-256, the version, and the source's training record (:func:`dsen2cr.weights.load_model_and_record`)."""
-    from dsen2cr.outputs.files import file_sha256
-    from dsen2cr.version import __version__
-    from dsen2cr.weights import SHA256_KEY, SOURCE_KEY, VERSION_KEY, load_model_and_record
-
-    model, record = load_model_and_record(source)
-    path = Path(source)
-    return model, {
-        **record,
-        SOURCE_KEY: path.name,
-        SHA256_KEY: file_sha256(path) or "unknown",
-        VERSION_KEY: __version__,
-    }
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
@@ -109,6 +88,7 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.onnx_export import export_onnx, export_onnx_int8
     from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
+    from dsen2cr.weights import load_model_with_provenance
 
     inputs = [("weights", Path(args.weights))]
     if args.calibration_list:
@@ -119,7 +99,7 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         raise DSen2CRError(
             f"--calibration-patches: must be in [1, {MAX_CALIBRATION_PATCHES}], got {args.calibration_patches}"
         )
-    model, provenance = _load_with_provenance(args.weights)
+    model, provenance = load_model_with_provenance(args.weights)
     if not args.int8:
         export_onnx(model, args.out, provenance=provenance)
         print(f"wrote {args.out}")
