@@ -36,3 +36,26 @@ def test_every_public_name_resolves() -> None:
 
     for name in dsen2cr.__all__:
         assert getattr(dsen2cr, name) is not None, name
+
+
+def test_help_and_version_import_no_heavy_library() -> None:
+    """``dsen2cr --help``, ``--version`` and every command's ``--help`` build their parsers without importing
+    torch, rasterio, scipy or Lightning (the CLI's docstring promises it: they took 2.2 s, torch's import)."""
+    code = (
+        "import argparse, contextlib, io, sys\n"
+        "from dsen2cr.cli import build_parser, main\n"
+        "def commands(parser, prefix):\n"
+        "    for action in parser._actions:\n"
+        "        if isinstance(action, argparse._SubParsersAction):\n"
+        "            for name, sub in action.choices.items():\n"
+        "                yield [*prefix, name]\n"
+        "                yield from commands(sub, [*prefix, name])\n"
+        "lines = [['--help'], ['--version'], *([*c, '--help'] for c in commands(build_parser(), []))]\n"
+        "assert len(lines) > 12, lines\n"
+        "for argv in lines:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'rasterio', 'scipy', 'lightning'})\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
