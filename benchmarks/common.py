@@ -57,7 +57,7 @@ def machine_info() -> dict[str, object]:
 
 def add_compression_arguments(parser: argparse.ArgumentParser, what: str = "the scene's COG") -> None:
     """``--compress`` and ``--compress-level`` as ``remove-clouds`` takes them."""
-    from dsen2cr.outputs.geotiff import COG_COMPRESSION_LEVELS
+    from dsen2cr.choices import COG_COMPRESSION_LEVELS
 
     parser.add_argument(
         "--compress", choices=list(COG_COMPRESSION_LEVELS), default="deflate", help=f"{what} compression"

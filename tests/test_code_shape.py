@@ -42,7 +42,7 @@ LAYERS = [
     ["models"],
     ["preprocessing", "cloud_detection", "losses", "metrics", "calibration"],
     ["precision"],
-    ["errors", "version", "formats", "machine"],
+    ["errors", "version", "formats", "machine", "choices"],
     ["launch"],
 ]
 #: Lazy imports upward, each allowed for the reason its comment gives in the code (none today).

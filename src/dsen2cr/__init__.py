@@ -1,20 +1,30 @@
 """dsen2cr: cloud removal for Sentinel-2 with Sentinel-1 SAR fusion (DSen2-CR, Meraner et al. 2020).
 
 The model registry, preprocessing, masks, losses and metrics import without the training stack (Lightning).
-``load_predictor``, ``remove_clouds`` and ``remove_clouds_array`` (and the settings they take) are imported on
-first use, so that ``import dsen2cr`` stays light.
+Every public name is imported on first use, so that ``import dsen2cr`` imports no torch: the command line's
+``--help`` and ``--version`` stay fast.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dsen2cr.models import VARIANTS, create_model, get_variant
-from dsen2cr.models.dsen2cr import DSen2CR
 from dsen2cr.version import __version__
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time each is imported when first asked for
+    from dsen2cr.models import VARIANTS, create_model, get_variant
+    from dsen2cr.models.dsen2cr import DSen2CR
+    from dsen2cr.predictor import load_predictor
+    from dsen2cr.scene.arrays import remove_clouds_array
+    from dsen2cr.scene.remove import remove_clouds
+    from dsen2cr.settings import SceneJob, SceneSettings
 
 #: Public names imported on first use: name -> module.
 _LAZY = {
+    "VARIANTS": "dsen2cr.models",
+    "create_model": "dsen2cr.models",
+    "get_variant": "dsen2cr.models",
+    "DSen2CR": "dsen2cr.models.dsen2cr",
     "load_predictor": "dsen2cr.predictor",
     "remove_clouds": "dsen2cr.scene.remove",
     "remove_clouds_array": "dsen2cr.scene.arrays",

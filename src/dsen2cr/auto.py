@@ -13,13 +13,13 @@ from collections.abc import Sequence
 import torch
 
 import dsen2cr.machine as machine
+from dsen2cr.choices import GDAL_CACHE_BYTES, PRECISIONS
 from dsen2cr.compile_cache import COMPILE_SAVING, build_key, recorded_build_seconds
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.launch import this_launch
 from dsen2cr.models import ModelSpec
-from dsen2cr.precision import FLOAT32_MODES, HALF_DTYPES, PRECISIONS
+from dsen2cr.precision import FLOAT32_MODES, HALF_DTYPES
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
-from dsen2cr.rasters import GDAL_CACHE_BYTES
 from dsen2cr.scene.tiles import default_overlap, plan_tiles
 from dsen2cr.settings import BACKEND_CHOICES, ScenePlan, SceneSettings
 

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_REFLECTANCE_SCALE, fill_nan
 
 CLOUD = 1
 SHADOW = -1
 CLEAR = 0
-DEFAULT_CLOUD_THRESHOLD = 0.2
 
 _B = {name: index for index, name in enumerate(S2_BANDS)}
 _CLOSING_SIZE = 5

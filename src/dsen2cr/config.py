@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsen2cr.cloud_detection import COMPUTED_MASKS, DEFAULT_CLOUD_THRESHOLD
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
+from dsen2cr.cloud_detection import COMPUTED_MASKS
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import LIKELIHOODS
 from dsen2cr.models import VARIANTS, ModelSpec, family_of

@@ -28,7 +28,7 @@ from dsen2cr.calibration import (
     spearman,
     uncertainty_metrics,
 )
-from dsen2cr.cloud_detection import DEFAULT_CLOUD_THRESHOLD
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError

@@ -16,9 +16,6 @@ from typing import Any
 
 import torch
 
-#: What ``--precision`` takes: ``auto`` (decided in :func:`dsen2cr.auto.resolve_precision`), IEEE ``fp32``,
-#: ``tf32`` (float32 inputs, TF32 tensor-core products on GPUs that have them), ``fp16``, ``bf16``.
-PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
 #: The float32 mode of each precision's float32 arithmetic: IEEE or TF32. fp16 and bf16 compute in 16 bits
 #: (their fused forms' fp32 parts in IEEE whatever is set); fp16's mode is that of the run it falls back to
 #: when ``auto`` chose it and it fails its check on the first batch: TF32 eager.

@@ -13,16 +13,10 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 import dsen2cr.machine as machine
+from dsen2cr.choices import GDAL_CACHE_BYTES
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import check_input_file
 
-#: GDAL's block cache for a scene run, in bytes (rasterio passes an integer GDAL_CACHEMAX to GDAL as bytes: a
-#: value in MB would be a cache of a few hundred bytes). GDAL's default, 5 % of RAM, holds written blocks and
-#: makes memory grow with the scene on a large machine; a fixed cache keeps it flat while holding the blocks
-#: that overlapping windows read twice and the rows that overviews are computed from. This is the default and
-#: floor; a run sets its own with :func:`set_block_cache_bytes` (:func:`dsen2cr.auto.resolve_block_cache_bytes`:
-#: larger on a GPU).
-GDAL_CACHE_BYTES = 256 * 2**20
 _block_cache_bytes = GDAL_CACHE_BYTES  # the bound in force (GDAL's cache is one per process)
 
 

@@ -16,15 +16,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from dsen2cr.cloud_detection import DEFAULT_CLOUD_THRESHOLD
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD, GDAL_CACHE_BYTES, PRECISIONS
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.outputs.geotiff import check_compression_level, cog_options
-from dsen2cr.precision import PRECISIONS
-from dsen2cr.rasters import GDAL_CACHE_BYTES
+
+if TYPE_CHECKING:
+    import torch
 
 #: Backends a user may ask for (``auto``: decided by :func:`dsen2cr.auto.plan_backend`).
 BACKEND_CHOICES = ("auto", "eager", "compiled", "onnxruntime")
@@ -129,6 +127,8 @@ class SceneSettings:
 
     def cog_options(self) -> dict[str, str | int]:
         """The COG creation options of ``compression`` at ``compression_level`` (checked against this GDAL)."""
+        from dsen2cr.outputs.geotiff import check_compression_level, cog_options
+
         check_compression_level(self.compression, self.compression_level, name="--compress-level")
         return cog_options(self.compression, self.compression_level)
 

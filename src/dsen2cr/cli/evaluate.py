@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dsen2cr.choices import PRECISIONS
 from dsen2cr.cli.options import (
     SubParsers,
     add_command,
@@ -14,7 +15,6 @@ from dsen2cr.cli.options import (
     add_weights,
     cloud_score,
 )
-from dsen2cr.precision import PRECISIONS
 
 
 def register(subparsers: SubParsers) -> None:

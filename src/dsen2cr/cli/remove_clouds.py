@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dsen2cr.choices import COG_COMPRESSION_LEVELS, PRECISIONS
 from dsen2cr.cli.options import (
     SubParsers,
     add_command,
@@ -17,8 +18,6 @@ from dsen2cr.cli.options import (
     cloud_score,
     finite_float,
 )
-from dsen2cr.outputs.geotiff import COG_COMPRESSION_LEVELS
-from dsen2cr.precision import PRECISIONS
 from dsen2cr.settings import BACKEND_CHOICES, DEFAULT_FEATHER, MASK_KINDS, MAX_FEATHER, RESAMPLINGS
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ import torch
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from dsen2cr.cloud_detection import DEFAULT_CLOUD_THRESHOLD, computed_mask
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
+from dsen2cr.cloud_detection import computed_mask
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, s1_db_to_model, s2_dn_to_model

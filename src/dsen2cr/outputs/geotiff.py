@@ -22,6 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 import dsen2cr.machine as machine
+from dsen2cr.choices import COG_COMPRESSION_LEVELS
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.cog_stream import COGStream, option, streams
 from dsen2cr.outputs.files import atomic_path, raise_write_failure
@@ -57,10 +58,6 @@ COG_OPTIONS: dict[str, str | int] = {
     # so that viewers stretch it at once; measured: no cost beyond noise on a 4096 px, 13-band copy here
     "STATISTICS": "YES",
 }
-
-#: The lossless compressions a scene's COG can have, with the levels GDAL accepts for each (lower: faster and
-#: larger). deflate is read by every GeoTIFF reader; zstd needs GDAL >= 2.3 or libtiff >= 4.0.10 to read.
-COG_COMPRESSION_LEVELS: dict[str, range] = {"deflate": range(1, 10), "zstd": range(1, 23)}
 
 
 def cog_options(compression: str = "deflate", level: int | None = None) -> dict[str, str | int]:

@@ -1,0 +1,24 @@
+"""The choices and defaults that a run's settings (:mod:`dsen2cr.settings`) and the command line's options are
+checked against, in a module that imports nothing heavy: ``dsen2cr --help`` builds every parser without torch,
+rasterio or scipy (docs/design.md §1). Every module that needs one imports it from here."""
+
+from __future__ import annotations
+
+#: What ``--precision`` takes: ``auto`` (decided in :func:`dsen2cr.auto.resolve_precision`), IEEE ``fp32``,
+#: ``tf32`` (float32 inputs, TF32 tensor-core products on GPUs that have them), ``fp16``, ``bf16``.
+PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
+
+#: The lossless compressions a scene's COG can have, with the levels GDAL accepts for each (lower: faster and
+#: larger). deflate is read by every GeoTIFF reader; zstd needs GDAL >= 2.3 or libtiff >= 4.0.10 to read.
+COG_COMPRESSION_LEVELS: dict[str, range] = {"deflate": range(1, 10), "zstd": range(1, 23)}
+
+#: The paper mask's cloud threshold on its score (``--cloud-threshold``; :mod:`dsen2cr.cloud_detection`).
+DEFAULT_CLOUD_THRESHOLD = 0.2
+
+#: GDAL's block cache for a scene run, in bytes (rasterio passes an integer GDAL_CACHEMAX to GDAL as bytes: a
+#: value in MB would be a cache of a few hundred bytes). GDAL's default, 5 % of RAM, holds written blocks and
+#: makes memory grow with the scene on a large machine; a fixed cache keeps it flat while holding the blocks
+#: that overlapping windows read twice and the rows that overviews are computed from. This is the default and
+#: floor; a run sets its own (:func:`dsen2cr.rasters.set_block_cache_bytes`,
+#: :func:`dsen2cr.auto.resolve_block_cache_bytes`: larger on a GPU).
+GDAL_CACHE_BYTES = 256 * 2**20
