@@ -95,6 +95,35 @@ def test_ssim_is_nan_when_the_window_does_not_fit() -> None:
     assert math.isnan(got["ssim"]) and math.isfinite(got["mae"])
 
 
+@pytest.mark.parametrize("name", ["pred", "target", "cloudy"])
+def test_image_metrics_refuse_reflectance(name: str) -> None:
+    """Reflectance (0-1, as rioxarray's ``mask_and_scale=True`` reads an output COG) in place of DN: the metrics
+    compared 0.05 with 500 and returned a PSNR of 12 dB, without a word; now refused, naming the array."""
+    pred, target, cloudy, mask = _pair(10)
+    arrays = {"pred": pred, "target": target, "cloudy": cloudy}
+    arrays[name] = arrays[name].astype(np.float32) / 10000
+    with pytest.raises(ValueError, match=rf"^{name}: values look like reflectance \(99th percentile 0\.\d+\); "):
+        image_metrics(arrays["pred"], arrays["target"], cloudy=arrays["cloudy"], mask=mask)
+
+
+def test_image_metrics_refuse_nan() -> None:
+    """No data as NaN (``mask_and_scale=True``) made every metric NaN; refused, with the count."""
+    pred, target, _, _ = _pair(11)
+    target = target.astype(np.float64)
+    target[:, :2, :3] = np.nan
+    with pytest.raises(ValueError, match=r"^target: 78 values are NaN"):
+        image_metrics(pred, target)
+
+
+def test_image_metrics_take_float_dn() -> None:
+    """DN in a float array (a float GeoTIFF, or a prediction before rounding) is DN: the same metrics."""
+    pred, target, cloudy, mask = _pair(12)
+    expected = _reference(pred, target, cloudy, mask)
+    got = image_metrics(pred.astype(np.float32), target.astype(np.float64), cloudy=cloudy, mask=mask)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-4, rel=1e-6), key
+
+
 def test_batch_metrics_are_means_over_images() -> None:
     pairs = [_pair(seed, 24, 24) for seed in (6, 7)]
     to_model = lambda a: torch.from_numpy(a.astype(np.float32) / 2000)  # noqa: E731
