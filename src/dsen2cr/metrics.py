@@ -19,7 +19,13 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from dsen2cr.preprocessing import NUM_S2_BANDS, S2_MODEL_SCALE, s2_dn_to_reflectance, s2_model_to_reflectance
+from dsen2cr.preprocessing import (
+    NUM_S2_BANDS,
+    S2_MODEL_SCALE,
+    reflectance_percentile,
+    s2_dn_to_reflectance,
+    s2_model_to_reflectance,
+)
 
 METRIC_NAMES: tuple[str, ...] = ("mae", "rmse", "psnr", "ssim", "sam")
 REGION_METRIC_NAMES: tuple[str, ...] = ("mae_cloudy", "sam_cloudy", "mae_clear", "sam_clear")
@@ -192,7 +198,8 @@ def image_metrics(
 
     Returns ``mae``, ``rmse``, ``psnr``, ``ssim`` and ``sam`` (degrees); with ``cloudy`` (the cloudy input,
     DN) and ``mask`` (the (H, W) cloud/shadow map, non-zero = cloud or shadow) also ``mae_cloudy``,
-    ``sam_cloudy``, ``mae_clear`` and ``sam_clear``. Computed in float64.
+    ``sam_cloudy``, ``mae_clear`` and ``sam_clear``. Computed in float64. ``ValueError`` for NaN, or for
+    reflectance (0-1) in place of DN.
     """
     arrays = {"pred": pred, "target": target, "cloudy": cloudy}
     batch: dict[str, torch.Tensor | None] = {}
@@ -202,12 +209,32 @@ def image_metrics(
             continue
         if value.ndim != 3:
             raise ValueError(f"{name}: expected shape ({NUM_S2_BANDS}, H, W), got {tuple(value.shape)}")
+        _check_dn(name, value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value))
         batch[name] = s2_dn_to_reflectance(value).unsqueeze(0)
     mask_batch = None if mask is None else torch.as_tensor(np.asarray(mask)).unsqueeze(0)
     if (cloudy is None) != (mask is None):
         raise ValueError("cloudy and mask: give both for the region metrics, or neither")
     values = reflectance_metrics(batch["pred"], batch["target"], batch["cloudy"], mask_batch)  # type: ignore[arg-type]
     return {name: float(value[0]) for name, value in values.items()}
+
+
+def _check_dn(name: str, values: np.ndarray) -> None:
+    """Raise ``ValueError`` for S2 that is not DN: NaN (no data as rioxarray's ``mask_and_scale`` reads it), or
+    reflectance (0-1) in a float array. Metrics of either are numbers, and wrong ones."""
+    if values.dtype.kind != "f":
+        return
+    missing = int(np.isnan(values).sum())
+    if missing:
+        raise ValueError(
+            f"{name}: {missing} values are NaN; metrics need DN everywhere (no data as NaN: crop it away, or read "
+            "the file without mask_and_scale)"
+        )
+    percentile = reflectance_percentile(values)
+    if percentile is not None:
+        raise ValueError(
+            f"{name}: values look like reflectance (99th percentile {percentile:.3g}); expected DN (reflectance x "
+            "10000): multiply by 10000"
+        )
 
 
 def batch_metrics(

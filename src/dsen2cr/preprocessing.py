@@ -101,6 +101,22 @@ def s2_dn_to_reflectance(s2_dn: np.ndarray | torch.Tensor) -> torch.Tensor:
     return (s2 / S2_REFLECTANCE_SCALE).clamp(0.0, 1.0)
 
 
+#: S2 whose valid values lie at or below this in their 99th percentile holds reflectance (0-1), not DN.
+REFLECTANCE_LOOK_MAX = 2.0
+
+
+def reflectance_percentile(s2: np.ndarray) -> float | None:
+    """The 99th percentile of the finite, non-zero values of ``s2`` when it is at most
+    :data:`REFLECTANCE_LOOK_MAX`: S2 that holds reflectance (0-1) where DN (reflectance x 10000) are expected.
+    None for DN (or no valid value)."""
+    values = np.asarray(s2, dtype=np.float64)
+    valid = values[np.isfinite(values) & (values != 0)]
+    if not valid.size:
+        return None
+    percentile = float(np.percentile(valid, 99))
+    return percentile if percentile <= REFLECTANCE_LOOK_MAX else None
+
+
 def s1_db_to_model(s1_db: np.ndarray) -> np.ndarray:
     """Convert S1 backscatter in dB, shape (2, H, W) with VV then VH, to float32 model units in [0, 2]."""
     s1 = fill_nan(np.asarray(s1_db, dtype=np.float32), "S1")

@@ -22,7 +22,7 @@ from rasterio.windows import Window
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, resolve_s2
 from dsen2cr.inputs.product import band_code
-from dsen2cr.preprocessing import S2_BANDS
+from dsen2cr.preprocessing import S2_BANDS, reflectance_percentile
 from dsen2cr.rasters import gdal_block_cache, lattice_windows, open_raster, read_window
 
 log = logging.getLogger(__name__)
@@ -159,10 +159,10 @@ class S2Source:
                 f"{self.name}: S2 holds negative DN (as low as {sample.min():.0f} in a sample); expected DN >= 0 "
                 "(reflectance x 10000, 0 = nodata)"
             )
-        finite = sample[np.isfinite(sample) & (sample != 0)]
-        if finite.size and np.percentile(finite, 99) <= 2.0:
+        percentile = reflectance_percentile(sample)
+        if percentile is not None:
             raise DSen2CRError(
-                f"{self.name}: S2 values look like reflectance (99th percentile {np.percentile(finite, 99):.3g}); "
+                f"{self.name}: S2 values look like reflectance (99th percentile {percentile:.3g}); "
                 "expected L1C digital numbers (reflectance x 10000), e.g. uint16"
             )
 
