@@ -828,6 +828,26 @@ def test_remove_clouds_array_errors_name_the_arguments(workdir: Path) -> None:
         dsen2cr.remove_clouds_array(predictor, s2_dn, np.stack([vv - 6, vv]).astype(np.float32))
     with pytest.raises(DSen2CRError, match=r"bands last.*np\.moveaxis\(s2_dn, -1, 0\)"):
         dsen2cr.remove_clouds_array(nosar, np.moveaxis(s2_dn, 0, -1))
+    # a model with SAR and no s1_db, and uncertainty=True for weights without the variance: they told the
+    # command line's options and named a file in the removed temporary folder ('/tmp/dsen2cr-arrays-…/sigma.tif:
+    # --uncertainty-out needs weights …'; 's2_dn: … pass --s1 (an s1 in the job in Python)')
+    with pytest.raises(DSen2CRError, match=r"^s1_db: these weights need SAR input: VV, VH in dB on the grid of s2_dn"):
+        dsen2cr.remove_clouds_array(predictor, s2_dn)
+    with pytest.raises(DSen2CRError, match=r"^uncertainty=True needs weights that predict their uncertainty") as error:
+        dsen2cr.remove_clouds_array(nosar, s2_dn, uncertainty=True)
+    assert "dsen2cr-arrays-" not in str(error.value) and "--uncertainty-out" not in str(error.value)
+    from dsen2cr.models.dsen2cr import DSen2CR
+    from dsen2cr.weights import save_weights
+
+    with_sigma = save_weights(
+        DSen2CR(num_blocks=2, num_features=8, include_sar=False, uncertainty="diag"), workdir / "sigma.safetensors"
+    )
+    compiled = dsen2cr.SceneSettings(backend="compiled")
+    with pytest.raises(DSen2CRError, match=r"^uncertainty=True runs the model eagerly in fp32") as error:
+        dsen2cr.remove_clouds_array(
+            dsen2cr.load_predictor(with_sigma, device="cpu"), s2_dn, uncertainty=True, settings=compiled
+        )
+    assert "dsen2cr-arrays-" not in str(error.value)
 
 
 def test_remove_clouds_array_speaks_of_its_arguments_and_reads_masked_arrays(
