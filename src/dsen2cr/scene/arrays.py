@@ -22,6 +22,7 @@ from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S1_BANDS, S2_BANDS
 from dsen2cr.rasters import open_raster
+from dsen2cr.scene.checks import check_uncertainty_output
 from dsen2cr.scene.remove import remove_clouds
 from dsen2cr.settings import SceneJob, SceneSettings
 
@@ -67,6 +68,10 @@ def remove_clouds_array(
     grid_crs, grid_transform = (crs, transform) if crs is not None else PLACEHOLDER_GRID
     names = band_names or (S2_BANDS if s2_dn.shape[0] == len(S2_BANDS) else [b for b in S2_BANDS if b != "B10"])
     settings = dataclasses.replace(settings or SceneSettings(), progress=False, overwrite=False)
+    if predictor.include_sar and s1_db is None:
+        raise DSen2CRError("s1_db: these weights need SAR input: VV, VH in dB on the grid of s2_dn, a (2, H, W) array")
+    if uncertainty:
+        check_uncertainty_output("uncertainty=True", predictor.uncertainty, predictor.weights, settings)
     with tempfile.TemporaryDirectory(prefix="dsen2cr-arrays-", dir=temporary_folder) as folder:
         work = Path(folder)
         s2 = write_geotiff(work / "s2.tif", s2_dn, crs=grid_crs, transform=grid_transform, band_names=names)

@@ -34,7 +34,9 @@ def check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, prod
     for role, path in job_outputs(job):
         check_output_file(path, overwrite=settings.overwrite, kind=OUTPUT_KINDS[role])
     if job.uncertainty_out is not None:
-        check_uncertainty_output(job.uncertainty_out, predictor.uncertainty, predictor.weights, settings)
+        check_uncertainty_output(
+            f"{job.uncertainty_out}: --uncertainty-out", predictor.uncertainty, predictor.weights, settings
+        )
     if predictor.include_sar and job.s1 is None:
         raise DSen2CRError(
             f"{job.s2}: these weights need SAR input; pass --s1 (an s1 in the job in Python): VV, VH in dB on or "
@@ -42,18 +44,19 @@ def check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, prod
         )
 
 
-def check_uncertainty_output(path: Path, uncertainty: str, weights: str | None, settings: SceneSettings) -> None:
-    """``--uncertainty-out`` needs weights with a variance output (``uncertainty`` ``diag``: an ONNX file
-    exported from such a model has it), run eagerly: the variance comes from the PyTorch model in fp32 or TF32
-    (neither a compiled backend nor fp16 or bf16 gives it), or from an ONNX file's own output."""
+def check_uncertainty_output(asked: str, uncertainty: str, weights: str | None, settings: SceneSettings) -> None:
+    """σ, as ``asked`` for it (``sigma.tif: --uncertainty-out``; ``uncertainty=True`` in Python), needs weights
+    with a variance output (``uncertainty`` ``diag``: an ONNX file exported from such a model has it), run
+    eagerly: the variance comes from the PyTorch model in fp32 or TF32 (neither a compiled backend nor fp16 or
+    bf16 gives it), or from an ONNX file's own output."""
     if uncertainty != "diag":
         raise DSen2CRError(
-            f"{path}: --uncertainty-out needs weights that predict their uncertainty (trained with "
+            f"{asked} needs weights that predict their uncertainty (trained with "
             f"model.uncertainty=diag); {weights or 'this model'} predicts none"
         )
     if settings.backend not in ("auto", "eager", "onnxruntime") or settings.precision in HALF_DTYPES:
         raise DSen2CRError(
-            f"{path}: --uncertainty-out runs the model eagerly in fp32 (or tf32), an ONNX file with onnxruntime; "
+            f"{asked} runs the model eagerly in fp32 (or tf32), an ONNX file with onnxruntime; "
             "leave --backend auto, eager or onnxruntime and --precision auto, fp32 or tf32 (got --backend "
             f"{settings.backend}, --precision {settings.precision})"
         )

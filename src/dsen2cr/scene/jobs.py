@@ -213,9 +213,8 @@ def _plan_and_predictor(
     config = networks[0].config if single else EnsembleSpec(tuple(network.config for network in networks))
     for job in mine:
         if job.uncertainty_out is not None:
-            check_uncertainty_output(
-                job.uncertainty_out, config.uncertainty, ", ".join(settings.weights_files), settings
-            )
+            asked = f"{job.uncertainty_out}: --uncertainty-out"
+            check_uncertainty_output(asked, config.uncertainty, ", ".join(settings.weights_files), settings)
     known = [size for size in sizes if size]
     plan = plan_scene_run(settings, config, scene_sizes=known, onnx=networks[0].onnx, device=device)
     members = [predictor_for_plan(network, plan) for network in networks]
