@@ -850,6 +850,40 @@ def test_remove_clouds_array_errors_name_the_arguments(workdir: Path) -> None:
     assert "dsen2cr-arrays-" not in str(error.value)
 
 
+def test_remove_clouds_array_puts_named_bands_in_order(workdir: Path) -> None:
+    """``band_names`` for another order, as the docstring promises: bands in any order, named in any of the
+    usual spellings (B2, B02, b8a), run as the same bands in the usual order, L1C and L2A (it was refused, 'band
+    descriptions say B12 B11 …; expected the order B01 …'). Names that are no S2 band were ignored, and the
+    bands run in the order given; they, a band named twice and a band missing are refused, naming band_names."""
+    import dsen2cr
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.preprocessing import S2_BANDS
+
+    s2, _ = workdir.scene()
+    with rasterio.open(s2) as source:
+        s2_dn = source.read()
+    nosar = dsen2cr.load_predictor(workdir.weights("dsen2cr-small-nosar"), device="cpu")
+    order = np.random.default_rng(3).permutation(13)
+    spelt = [
+        S2_BANDS[i].lower() if k % 3 == 0 else S2_BANDS[i][0] + S2_BANDS[i][1:].zfill(2) for k, i in enumerate(order)
+    ]
+    got = dsen2cr.remove_clouds_array(nosar, s2_dn[order], band_names=spelt)
+    np.testing.assert_array_equal(got.image, dsen2cr.remove_clouds_array(nosar, s2_dn).image)
+    l2a = [i for i in order if S2_BANDS[i] != "B10"]
+    got = dsen2cr.remove_clouds_array(nosar, s2_dn[l2a], band_names=[S2_BANDS[i] for i in l2a])
+    usual = [i for i in range(13) if S2_BANDS[i] != "B10"]
+    np.testing.assert_array_equal(got.image, dsen2cr.remove_clouds_array(nosar, s2_dn[usual]).image)
+    for names, message in (
+        (["X", *S2_BANDS[1:]], r"^band_names: 'X' is not a Sentinel-2 band"),
+        (["B2", *S2_BANDS[1:]], r"^band_names: B2 named twice"),
+        ([*S2_BANDS[:8], "B9", "B9", "B10", "B11", "B12"], r"^band_names: B9 named twice"),
+    ):
+        with pytest.raises(DSen2CRError, match=message):
+            dsen2cr.remove_clouds_array(nosar, s2_dn, band_names=names)
+    with pytest.raises(DSen2CRError, match=r"^band_names: B8A, B11 missing; expected the 13 bands of L1C"):
+        dsen2cr.remove_clouds_array(nosar, s2_dn[:11], band_names=[b for b in S2_BANDS if b not in ("B8A", "B11")])
+
+
 def test_remove_clouds_array_speaks_of_its_arguments_and_reads_masked_arrays(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
