@@ -18,6 +18,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs.product import band_of
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S1_BANDS, S2_BANDS
@@ -55,18 +56,21 @@ def remove_clouds_array(
     uncertainty: bool = False,
     temporary_folder: str | Path | None = None,
 ) -> ArrayResult:
-    """Remove the clouds of ``s2_dn`` ((13, H, W) L1C or (12, H, W) L2A DN as Sentinel-2 delivers them, without
-    offset; ``band_names`` for another order) with ``s1_db`` ((2, H, W) VV, VH in dB on the same grid) for a model
-    with SAR. ``crs`` and ``transform`` place the arrays (a placeholder grid when omitted); ``settings`` as
-    :func:`~dsen2cr.scene.remove.remove_clouds` takes them (``keep_clear``, ``mask``, ...); ``uncertainty``:
-    also return sigma (a model with a variance output). ``temporary_folder``: where the copies and outputs are
-    written while the scene runs (default: the system's, ``$TMPDIR``; a full tile takes some 10 GB there)."""
+    """Remove the clouds of ``s2_dn`` ((13, H, W) L1C or (12, H, W) L2A DN as Sentinel-2 delivers them, without offset;
+    ``band_names`` for another order: the result's bands are in the usual one) with ``s1_db`` ((2, H, W) VV, VH in
+    dB on the same grid) for a model with SAR. ``crs`` and ``transform`` place the arrays (a placeholder grid when
+    omitted); ``settings`` as :func:`~dsen2cr.scene.remove.remove_clouds` takes them (``keep_clear``, ``mask``,
+    ...); ``uncertainty``: also return sigma (a model with a variance output). ``temporary_folder``: where the
+    copies and outputs are written while the scene runs (default: the system's, ``$TMPDIR``; a full tile takes some
+    10 GB there)."""
     _check_arrays(s2_dn, s1_db, band_names)
+    if band_names is not None:
+        s2_dn = s2_dn[_usual_order(band_names)]
     s2_dn, s1_db = _fill_masked(s2_dn, s1_db)
     if (crs is None) != (transform is None):
         raise DSen2CRError("crs and transform: give both (the arrays' grid) or neither (a placeholder grid)")
     grid_crs, grid_transform = (crs, transform) if crs is not None else PLACEHOLDER_GRID
-    names = band_names or (S2_BANDS if s2_dn.shape[0] == len(S2_BANDS) else [b for b in S2_BANDS if b != "B10"])
+    names = S2_BANDS if s2_dn.shape[0] == len(S2_BANDS) else [b for b in S2_BANDS if b != "B10"]
     settings = dataclasses.replace(settings or SceneSettings(), progress=False, overwrite=False)
     if predictor.include_sar and s1_db is None:
         raise DSen2CRError("s1_db: these weights need SAR input: VV, VH in dB on the grid of s2_dn, a (2, H, W) array")
@@ -111,13 +115,32 @@ def _check_arrays(s2_dn: np.ndarray, s1_db: np.ndarray | None, band_names: list[
     bands = s2_dn.shape[0]
     if band_names is None and bands not in (12, 13):
         turn = "; it looks bands last: np.moveaxis(s2_dn, -1, 0)" if s2_dn.shape[-1] in (12, 13) else ""
-        raise DSen2CRError(f"s2_dn: {bands} bands; expected 13 (L1C) or 12 (L2A), or name them with band_names{turn}")
+        raise DSen2CRError(f"s2_dn: {bands} bands; expected 13 (L1C) or 12 (L2A){turn}")
     if band_names is not None and len(band_names) != bands:
         raise DSen2CRError(f"band_names: {len(band_names)} names for {bands} bands")
     if s1_db is not None and not isinstance(s1_db, np.ndarray):
         raise DSen2CRError(f"s1_db: expected a (2, height, width) array, got {type(s1_db)}")
     if s1_db is not None and (s1_db.ndim != 3 or s1_db.shape != (NUM_S1_BANDS, *s2_dn.shape[1:])):
         raise DSen2CRError(f"s1_db: expected shape (2, {s2_dn.shape[1]}, {s2_dn.shape[2]}), got {s1_db.shape}")
+
+
+def _usual_order(band_names: list[str]) -> list[int]:
+    """The indices that put bands named ``band_names`` (B2, B02, b8a) in the usual order: B1 ... B12 with B8A
+    after B8 (L1C), the same without B10 (L2A)."""
+    names = [band_of(str(name)) for name in band_names]
+    unknown = [given for given, name in zip(band_names, names, strict=True) if name is None]
+    if unknown:
+        raise DSen2CRError(f"band_names: {unknown[0]!r} is not a Sentinel-2 band (B1 ... B12, B8A; B01 spellings too)")
+    repeated = [name for name in S2_BANDS if names.count(name) > 1]
+    if repeated:
+        raise DSen2CRError(f"band_names: {', '.join(repeated)} named twice")
+    usual = S2_BANDS if "B10" in names else [name for name in S2_BANDS if name != "B10"]
+    missing = [name for name in usual if name not in names]
+    if missing:
+        raise DSen2CRError(
+            f"band_names: {', '.join(missing)} missing; expected the 13 bands of L1C, or the 12 of L2A (no B10)"
+        )
+    return [names.index(name) for name in usual]
 
 
 def _fill_masked(s2_dn: np.ndarray, s1_db: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
