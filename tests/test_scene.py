@@ -954,6 +954,11 @@ def test_remove_clouds_array_runs_in_the_temporary_folder_it_is_given(workdir: P
         result = dsen2cr.remove_clouds_array(predictor, s2_dn, temporary_folder=chosen)
     assert seen[0].startswith(f"{chosen}/dsen2cr-arrays-") and list(chosen.iterdir()) == []
     assert result.image.shape == s2_dn.shape
+    # a folder that does not exist, or a file: '[Errno 2] No such file or directory: …/dsen2cr-arrays-g4dls4yp'
+    with pytest.raises(DSen2CRError, match=rf"^temporary_folder: {workdir}/none: no such folder$"):
+        dsen2cr.remove_clouds_array(predictor, s2_dn, temporary_folder=workdir / "none")
+    with pytest.raises(DSen2CRError, match=rf"^temporary_folder: {s2}: is a file, not a folder$"):
+        dsen2cr.remove_clouds_array(predictor, s2_dn, temporary_folder=s2)
 
     small = workdir / "small"
     small.mkdir()
