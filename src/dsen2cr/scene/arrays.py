@@ -70,6 +70,9 @@ def remove_clouds_array(
     if (crs is None) != (transform is None):
         raise DSen2CRError("crs and transform: give both (the arrays' grid) or neither (a placeholder grid)")
     grid_crs, grid_transform = (crs, transform) if crs is not None else PLACEHOLDER_GRID
+    if temporary_folder is not None and not Path(temporary_folder).is_dir():
+        problem = "is a file, not a folder" if Path(temporary_folder).exists() else "no such folder"
+        raise DSen2CRError(f"temporary_folder: {temporary_folder}: {problem}")
     names = S2_BANDS if s2_dn.shape[0] == len(S2_BANDS) else [b for b in S2_BANDS if b != "B10"]
     settings = dataclasses.replace(settings or SceneSettings(), progress=False, overwrite=False)
     if predictor.include_sar and s1_db is None:
