@@ -251,3 +251,31 @@ def test_the_summary_counts_one_image_in_the_singular() -> None:
     one = {"model": {"mae": {"mean": 0.1, "median": 0.1}}}
     assert summary_markdown(one, 1).startswith("Evaluation on 1 image; ")
     assert summary_markdown(one, 2).startswith("Evaluation on 2 images; ")
+
+
+def test_evaluate_batches_patches_of_mixed_sizes(workdir: Path) -> None:
+    """A batch of patches of different sizes (a user's own dataset) was refused ('differ in size; evaluate them
+    with --batch-size 1'); now each batch runs as one stack per size, and the report lists the patches in the
+    order given: the same rows, to float precision, as one patch at a time."""
+    from dsen2cr.evaluate import evaluate
+
+    root = workdir / "mixed"
+    triplets = [
+        workdir.triplet(root, "ROIs1158_spring", roi, 0, size=size, seed=roi)  # type: ignore[attr-defined]
+        for roi, size in ((1, 64), (2, 48), (3, 64), (4, 32))
+    ]
+    model = create_model("dsen2cr-small").eval()
+
+    def rows(batch_size: int) -> list[dict[str, str]]:
+        out = workdir / f"eval{batch_size}"
+        evaluate(model, triplets, out, batch_size=batch_size, write_images=False)
+        return list(csv.DictReader((out / "metrics_per_image.csv").open()))
+
+    one_by_one, mixed = rows(1), rows(4)
+    expected_order = [(t.patch_id, method) for t in triplets for method in ("model", "identity")]
+    assert [(r["patch_id"], r["method"]) for r in mixed] == expected_order
+    assert [(r["patch_id"], r["method"]) for r in one_by_one] == expected_order
+    for got, want in zip(mixed, one_by_one, strict=True):
+        for key, value in want.items():
+            if key not in ("patch_id", "method") and value not in ("", "nan"):
+                assert float(got[key]) == pytest.approx(float(value), rel=1e-5, abs=1e-7), (got["patch_id"], key)
