@@ -83,11 +83,6 @@ def _with(tmp: Path, mutate: Callable[[Path], None]) -> tuple[Path, Path]:
     return root, file_list
 
 
-def _mixed_sizes(root: Path) -> None:
-    t = root.triplet(root, "ROIs1158_spring", 4, 0, size=64, seed=5)  # replaces the 48 px patch (root: a Workdir)
-    assert t.s1.exists()
-
-
 def _missing_second_patch(root: Path) -> None:
     (root / "ROIs1158_spring_s1" / "s1_4" / "ROIs1158_spring_s1_4_p0.tif").unlink()
 
@@ -172,12 +167,6 @@ CASES = [
         name="evaluate: second patch missing",
         setup=lambda t: _evaluate_args(t, *_with(t, _missing_second_patch)),
         message="not found",
-        absent=("eval",),
-    ),
-    dict(
-        name="evaluate: patches of two sizes in a batch",
-        setup=lambda t: _evaluate_args(t, *_with(t, _mixed_sizes), None, "--batch-size", "2"),
-        message="differ in size",
         absent=("eval",),
     ),
     dict(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -113,7 +114,7 @@ def evaluate(
     dataset = SEN12MSCRDataset(
         triplets, train=False, cloud_threshold=o.cloud_threshold, window=o.window or None, mask=o.mask_kind
     )
-    loader = DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers, collate_fn=_collate_one_size)
+    loader = DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers, collate_fn=_collate_by_size)
     predictor = (
         predictor_from_model(model, device=next(model.parameters()).device)
         if isinstance(model, CloudRemovalNetwork)
@@ -125,7 +126,7 @@ def evaluate(
     scorer = _Scorer(o, out, {t.patch_id: t for t in triplets}, bool(predictor.include_sar))
     bar = tqdm(total=len(triplets), unit="patch", desc="evaluate", disable=not o.progress, dynamic_ncols=True)
     with torch.inference_mode(), bar:
-        for batch in loader:
+        for batch in itertools.chain.from_iterable(loader):  # each of a batch's sizes
             bar.update(len(batch["patch_id"]))
             s1 = batch["s1"].numpy() if model.include_sar else None
             if uncertain:
@@ -137,6 +138,8 @@ def evaluate(
             if o.write_images and len(scorer.rows) == 2 * len(batch["patch_id"]):  # the first batch: will it fit?
                 images = [out / "predictions", out / "previews"]
                 check_projected_room(out, images, len(batch["patch_id"]), len(triplets), what="patches", hint=ROOM_HINT)
+    order = {t.patch_id: position for position, t in enumerate(triplets)}
+    scorer.rows.sort(key=lambda row: order[row["patch_id"]])  # stable: the model's row, then the identity's
     summary = summarise(scorer.rows, names)
     provenance = {**scorer.tags, "DSEN2CR_MASK": o.mask_kind, **threshold_tags(o.mask_kind, o.cloud_threshold)}
     if o.data:
@@ -235,16 +238,13 @@ def _original(pred: torch.Tensor, target: torch.Tensor, cloudy: torch.Tensor, ma
     return {name: float(value[0]) for name, value in values.items()}
 
 
-def _collate_one_size(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the samples of a batch, refusing (naming two patches) a batch whose patches differ in size."""
-    sizes = {tuple(s["s2_cloudy"].shape[1:]): s["patch_id"] for s in samples}
-    if len(sizes) > 1:
-        (size_a, patch_a), (size_b, patch_b) = list(sizes.items())[:2]
-        raise DSen2CRError(
-            f"patches {patch_a} ({size_a[0]}x{size_a[1]}) and {patch_b} ({size_b[0]}x{size_b[1]}) differ in size; "
-            "evaluate them with --batch-size 1, or in separate runs"
-        )
-    return default_collate(samples)
+def _collate_by_size(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stack the samples of a batch, one stack per patch size (a dataset of mixed sizes runs in smaller
+    batches; the report puts the patches back in their order)."""
+    by_size: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+    for sample in samples:
+        by_size.setdefault(tuple(sample["s2_cloudy"].shape[1:]), []).append(sample)
+    return [default_collate(group) for group in by_size.values()]
 
 
 def summarise(

@@ -40,7 +40,9 @@ def register(subparsers: SubParsers) -> None:
         help="auto: IEEE fp32 on every device (metrics are exact); tf32 (GPUs), fp16 or bf16 to score a faster "
         "precision (default: %(default)s; ONNX files run the precision they were exported in)",
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="default: %(default)s")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="patches per batch (of mixed sizes: a stack per size); default: 4"
+    )
     parser.add_argument("--cloud-threshold", type=cloud_score, default=0.2, help="default: %(default)s")
     parser.add_argument("--no-images", action="store_true", help="metrics only: no GeoTIFFs, no PNG previews")
     parser.add_argument(
