@@ -577,3 +577,50 @@ def test_an_evaluation_whose_images_will_not_fit_stops_after_its_first_batch(
         assert list(small.iterdir()) == []
     with _small_disk(workdir / "roomy", 2 * total // 1024) as roomy:
         assert main([*argv, "--out", str(roomy / "report")]) == 0
+
+
+def _png_text(path: Path) -> dict[str, str]:
+    """A PNG's text chunks (tEXt, zTXt, iTXt), as Pillow reads them."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return {key: str(value) for key, value in image.text.items()}  # type: ignore[attr-defined]
+
+
+def test_every_png_records_what_made_it(workdir: Path) -> None:
+    """Every output records what made it: the quicklook of --preview, an evaluation's figures and panels and
+    its reliability diagram carry the provenance of the rasters beside them (model, weights and their SHA-256,
+    precision, backend, version, ...) as PNG text, as the COG's tags do. They recorded nothing."""
+    import hashlib
+
+    import rasterio
+
+    from dsen2cr.cli import main
+    from dsen2cr.models.dsen2cr import ModelConfig
+    from dsen2cr.weights import save_weights
+
+    weights = save_weights(ModelConfig(1, 4, True, 0.1, "diag").build(), workdir / "d.safetensors")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    s2, s1 = workdir.scene()
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(s2), "--s1", str(s1), "--no-progress"]
+    assert main([*argv, "--out", str(workdir / "o.tif"), "--preview", str(workdir / "p.png")]) == 0
+    with rasterio.open(workdir / "o.tif") as cog:
+        expected = {key: value for key, value in cog.tags().items() if key.startswith("DSEN2CR_")}
+    assert expected["DSEN2CR_WEIGHTS_SHA256"] == digest and len(expected) > 15
+    text = _png_text(workdir / "p.png")
+    assert {key: value for key, value in text.items() if key.startswith("DSEN2CR_")} == expected
+
+    root, file_list = workdir.tree_with_two_test_patches()  # type: ignore[attr-defined]
+    report = workdir / "eval"
+    argv = ["evaluate", "--no-progress", "--weights", str(weights), "--data-root", str(root)]
+    assert main([*argv, "--file-list", str(file_list), "--split", "test", "--out", str(report)]) == 0
+    patch = sorted((report / "predictions").glob("*.tif"))[0]
+    with rasterio.open(patch) as prediction:
+        expected = {key: value for key, value in prediction.tags().items() if key.startswith("DSEN2CR_")}
+    assert expected["DSEN2CR_WEIGHTS_SHA256"] == digest
+    figures = [report / "previews" / f"{patch.stem}.png", report / "previews" / patch.stem / "prediction.png"]
+    for figure in [*figures, report / "calibration.png"]:
+        text = _png_text(figure)
+        assert {key: text.get(key) for key in expected} == expected, figure
+    assert _png_text(figures[0])["DSEN2CR_PATCH"] == patch.stem
