@@ -35,7 +35,12 @@ def test_demo_writes_its_report(tmp_path: Path, caplog: pytest.LogCaptureFixture
     with rasterio.open(out / "scene" / "T33UUU_20170216_cloudfree.tif") as scene:
         assert scene.count == 13 and scene.crs.to_epsg() == 32633 and scene.shape == (768, 640)
     assert (out / "scene" / "T33UUU_20170216_before_after.png").is_file()
-    assert (out / "scene" / "T33UUU_20170216_comparison.png").is_file()
+    from PIL import Image
+
+    with Image.open(out / "scene" / "T33UUU_20170216_comparison.png") as comparison:  # records what made it
+        made_by = dict(comparison.text)
+    assert made_by["DSEN2CR_WEIGHTS"] == "dsen2cr-demo-nosar.safetensors" and "DSEN2CR_WEIGHTS_SHA256" in made_by
+    assert made_by["DSEN2CR_KEEP_CLEAR"] == "middle panel: no (every pixel); right panel: yes, feather 5 px"
     assert (out / "evaluation-sar" / "summary.md").is_file()
     # the third model predicts sigma: evaluated on it, and its sigma map of the real scene is 0 where kept
     assert "| DSen2-CR small, without SAR, with sigma |" in text and "+-1 sigma coverage" in text

@@ -190,8 +190,11 @@ def _comparison(plain_preview: Path, kept_preview: Path, out: Path) -> Path:
     from dsen2cr.visualize import save_png, side_by_side
 
     plain, kept = (np.asarray(Image.open(p).convert("RGB")) for p in (plain_preview, kept_preview))
+    with Image.open(kept_preview) as preview:
+        text = dict(preview.text)  # what made it (the previews record it)
+    text["DSEN2CR_KEEP_CLEAR"] = f"middle panel: no (every pixel); right panel: {text.get('DSEN2CR_KEEP_CLEAR')}"
     half = (kept.shape[1] - 4) // 2
-    return save_png(out, side_by_side([kept[:, :half], plain[:, -half:], kept[:, -half:]]))
+    return save_png(out, side_by_side([kept[:, :half], plain[:, -half:], kept[:, -half:]]), text)
 
 
 def _write_report(out: Path, summaries: dict, images: int, scenes: dict[str, SceneReport]) -> Path:

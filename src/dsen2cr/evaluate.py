@@ -141,10 +141,10 @@ def evaluate(
     order = {t.patch_id: position for position, t in enumerate(triplets)}
     scorer.rows.sort(key=lambda row: order[row["patch_id"]])  # stable: the model's row, then the identity's
     summary = summarise(scorer.rows, names)
-    provenance = {**scorer.tags, "DSEN2CR_MASK": o.mask_kind, **threshold_tags(o.mask_kind, o.cloud_threshold)}
+    provenance = {**scorer.tags, **scorer.mask_tags}
     if o.data:
         provenance["DSEN2CR_DATA"] = o.data
-    calibration = write_calibration(scorer.pooled(), out) if uncertain else None
+    calibration = write_calibration(scorer.pooled(), out, provenance) if uncertain else None
     _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance, calibration)
     return summary
 
@@ -163,6 +163,8 @@ class _Scorer:
         self.rows: list[dict[str, Any]] = []
         self.samples: list[tuple[np.ndarray, np.ndarray]] = []
         self.rng = np.random.default_rng(0)
+        mask, threshold = options.mask_kind, options.cloud_threshold  # the map the region metrics use
+        self.mask_tags = {"DSEN2CR_MASK": mask} | threshold_tags(mask, threshold)
 
     def score(self, batch: dict[str, Any], pred: torch.Tensor, variance: torch.Tensor | None) -> None:
         """Score one batch of predictions (model units) and, for a model with uncertainty, their variances."""
@@ -188,7 +190,8 @@ class _Scorer:
                 s1_db = s1_model_to_db(batch["s1"][i].numpy()) if self.include_sar else None
                 images = {"cloudy": cloudy_dn, "target": target_dn, "prediction": pred_dn}
                 caption = _caption(patch_id, self.rows[-2], self.rows[-1], self.options.protocol)
-                _write_previews(patch_id, s1_db, images, mask, caption, self.out / "previews")
+                text = {**self.tags, **self.mask_tags, "DSEN2CR_PATCH": patch_id}  # what made the pictures
+                _write_previews(patch_id, s1_db, images, mask, caption, self.out / "previews", text)
 
     def _keep_sample(self, pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray) -> None:
         """Keep up to :attr:`SAMPLE` random (|error|, sigma) values of a patch (reflectance)."""
@@ -203,10 +206,10 @@ class _Scorer:
         return np.concatenate([e for e, _ in self.samples]), np.concatenate([s for _, s in self.samples])
 
 
-def write_calibration(pooled: tuple[np.ndarray, np.ndarray], out: Path) -> dict[str, Any]:
+def write_calibration(pooled: tuple[np.ndarray, np.ndarray], out: Path, text: dict[str, str]) -> dict[str, Any]:
     """The calibration over every evaluated value (a fixed sample of each patch): ``calibration.json`` (the
     pooled metrics, Spearman's rank correlation of sigma and |error|, and the reliability bins) and the
-    reliability diagram ``calibration.png``; returns the JSON's content."""
+    reliability diagram ``calibration.png`` (``text``, what made it, as PNG text); returns the JSON's content."""
     error, sigma = pooled
     edges = np.linspace(sigma.min(), sigma.max(), CALIBRATION_BINS + 1)
     rms_sigma, rms_error, counts = reliability_bins(error, sigma, edges)
@@ -227,7 +230,7 @@ def write_calibration(pooled: tuple[np.ndarray, np.ndarray], out: Path) -> dict[
         },
     }
     write_text_atomic(out / "calibration.json", json.dumps(report, indent=2) + "\n")
-    reliability_diagram(out / "calibration.png", rms_sigma, rms_error, counts, report)
+    reliability_diagram(out / "calibration.png", rms_sigma, rms_error, counts, report, text)
     return report
 
 
@@ -371,9 +374,11 @@ def _write_previews(
     mask: np.ndarray,
     caption: str,
     folder: Path,
+    text: dict[str, str],
 ) -> None:
     """The original's per-image PNGs (the SAR panel for a model with SAR) plus one combined figure: titled
-    panels at least :data:`FIGURE_PANEL` px wide, the patch id and its metrics above, the mask legend below."""
+    panels at least :data:`FIGURE_PANEL` px wide, the patch id and its metrics above, the mask legend below;
+    each with ``text`` (what made it) as PNG text."""
     panels = {"sar": s1_false_colour(s1_db)} if s1_db is not None else {}
     panels |= {
         "cloudy": s2_rgb(images["cloudy"]),
@@ -385,11 +390,11 @@ def _write_previews(
     image_dir = folder / patch_id
     image_dir.mkdir(parents=True, exist_ok=True)
     for name, image in panels.items():
-        save_png(image_dir / f"{name}.png", image)
+        save_png(image_dir / f"{name}.png", image, text)
     titles = {"sar": "SAR (VV, VH, ratio)", "cloudy": "Cloudy", "cloudy_bright": "Cloudy (brightened)"}
     titles |= {"target": "Target (cloud-free)", "prediction": "Prediction", "mask": "Cloud/shadow map"}
     scale = max(1, -(-FIGURE_PANEL // max(mask.shape)))  # nearest-neighbour upscaling of small patches
     large = [image.repeat(scale, axis=0).repeat(scale, axis=1) for image in panels.values()]
     figure = figure_with_titles(large, [titles[name] for name in panels], footer=mask_legend())
     header = label(caption, figure.shape[1], 18)
-    save_png(folder / f"{patch_id}.png", np.concatenate([header, figure], axis=0))
+    save_png(folder / f"{patch_id}.png", np.concatenate([header, figure], axis=0), text)

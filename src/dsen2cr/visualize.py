@@ -66,11 +66,16 @@ def side_by_side(images: list[np.ndarray], gap: int = 4) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def save_png(path: str | Path, image: np.ndarray) -> Path:
-    """Write a uint8 (H, W, 3) image as PNG atomically."""
+def save_png(path: str | Path, image: np.ndarray, text: dict[str, str] | None = None) -> Path:
+    """Write a uint8 (H, W, 3) image as PNG atomically, with ``text`` (what made it: the tags of the rasters it
+    shows) as its text chunks (iTXt: UTF-8, so file names of any script)."""
+    from PIL.PngImagePlugin import PngInfo
 
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_itxt(key, value)
     with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
     return Path(path)
 
 
@@ -142,6 +147,7 @@ class Quicklook:
         self.mode, self.caption = mode, caption  # how the output was made; the first line (scene, model, mask)
         self.mask: np.ndarray | None = None  # 1 cloud, -1 shadow, 0 clear
         self.sigma: np.ndarray | None = None  # mean sigma over the bands (DN); negative: no data
+        self.text: dict[str, str] = {}  # what made it (the output COG's tags), written as PNG text
 
     def add(
         self,
@@ -188,7 +194,7 @@ class Quicklook:
         figure = figure_with_titles(panels, titles, footer=strip)
         if self.caption:
             figure = np.concatenate([label(self.caption, figure.shape[1], 16), figure], axis=0)
-        return save_png(path, figure)
+        return save_png(path, figure, self.text)
 
 
 #: Colour of the shadow outline on a quicklook's input panel (cyan: visible on dark shadows).
@@ -241,11 +247,17 @@ def mask_outline(mask: np.ndarray) -> np.ndarray:
 
 
 def reliability_diagram(
-    path: str | Path, rms_sigma: np.ndarray, rms_error: np.ndarray, counts: np.ndarray, report: dict
+    path: str | Path,
+    rms_sigma: np.ndarray,
+    rms_error: np.ndarray,
+    counts: np.ndarray,
+    report: dict,
+    text: dict[str, str] | None = None,
 ) -> Path | None:
     """A reliability diagram (PNG): RMS error against RMS sigma per bin of sigma, the diagonal of perfect
-    calibration, the bins' share of values, and the pooled coverage, UCE and Spearman in the title. Drawn with
-    matplotlib (the ``train`` extra); without it, a warning and no file (None)."""
+    calibration, the bins' share of values, and the pooled coverage, UCE and Spearman in the title; ``text``
+    (what made it) as PNG text. Drawn with matplotlib (the ``train`` extra); without it, a warning and no file
+    (None)."""
     try:
         import matplotlib
 
@@ -275,6 +287,6 @@ def reliability_diagram(
     bottom.set(xlabel="RMS predicted σ (reflectance)", ylabel="share")
     figure.tight_layout()
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+        figure.savefig(tmp, format="png", dpi=100, metadata=text)
     plt.close(figure)
     return Path(path)

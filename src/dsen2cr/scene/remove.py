@@ -134,10 +134,12 @@ def _remove_scene(
             # what computed it, once the first batch settled the backend, and how it was asked for
             fraction = writer.missing / writer.valid  # of valid S2 pixels where S1's scene mean filled in
             exact = default_overlap(predictor.config)
-            for dataset in (writer.cog, writer.sigma):
-                if dataset is not None:
-                    tags = predictor.provenance(with_variance=job.uncertainty_out is not None)
-                    dataset.update_tags(**tags, **scene_tags(job, plan, exact, fraction, inputs.s1_fill))
+            tags = predictor.provenance(with_variance=job.uncertainty_out is not None)
+            tags |= scene_tags(job, plan, exact, fraction, inputs.s1_fill)
+            for dataset in filter(None, (writer.cog, writer.sigma)):
+                dataset.update_tags(**tags)
+            if writer.quicklook is not None:  # the preview records what the COG does
+                writer.quicklook.text = output_tags(inputs.s2) | tags
             if writer.mask is not None:
                 writer.mask.update_tags(**input_tags(job, plan.settings))
             written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller
