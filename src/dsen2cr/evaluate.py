@@ -42,16 +42,7 @@ from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS, S2_MODEL_SCALE, s1_model_to_db, s2_model_to_dn
 from dsen2cr.rasters import open_raster
 from dsen2cr.scene.describe import describe_bands, threshold_tags
-from dsen2cr.visualize import (
-    figure_with_titles,
-    label,
-    mask_colours,
-    mask_legend,
-    reliability_diagram,
-    s1_false_colour,
-    s2_rgb,
-    save_png,
-)
+from dsen2cr.visualize import reliability_diagram, write_patch_previews
 
 METHODS = ("model", "identity")
 ALL_METRICS = METRIC_NAMES + REGION_METRIC_NAMES
@@ -191,7 +182,7 @@ class _Scorer:
                 images = {"cloudy": cloudy_dn, "target": target_dn, "prediction": pred_dn}
                 caption = _caption(patch_id, self.rows[-2], self.rows[-1], self.options.protocol)
                 text = {**self.tags, **self.mask_tags, "DSEN2CR_PATCH": patch_id}  # what made the pictures
-                _write_previews(patch_id, s1_db, images, mask, caption, self.out / "previews", text)
+                write_patch_previews(patch_id, s1_db, images, mask, caption, self.out / "previews", text)
 
     def _keep_sample(self, pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray) -> None:
         """Keep up to :attr:`SAMPLE` random (|error|, sigma) values of a patch (reflectance)."""
@@ -361,40 +352,3 @@ def _caption(patch_id: str, model: dict[str, Any], identity: dict[str, Any], pro
         f"PSNR {model['psnr']:.2f} dB, SSIM {model['ssim']:.3f}, SAM {model['sam']:.2f} deg "
         f"(cloudy input: MAE {identity['mae']:.4f}, PSNR {identity['psnr']:.2f} dB)"
     )
-
-
-#: The evaluation figure's panels are drawn at least this wide (SEN12MS-CR's 256 px; the sample's 120 px doubled).
-FIGURE_PANEL = 240
-
-
-def _write_previews(
-    patch_id: str,
-    s1_db: np.ndarray | None,
-    images: dict[str, np.ndarray],
-    mask: np.ndarray,
-    caption: str,
-    folder: Path,
-    text: dict[str, str],
-) -> None:
-    """The original's per-image PNGs (the SAR panel for a model with SAR) plus one combined figure: titled
-    panels at least :data:`FIGURE_PANEL` px wide, the patch id and its metrics above, the mask legend below;
-    each with ``text`` (what made it) as PNG text."""
-    panels = {"sar": s1_false_colour(s1_db)} if s1_db is not None else {}
-    panels |= {
-        "cloudy": s2_rgb(images["cloudy"]),
-        "cloudy_bright": s2_rgb(images["cloudy"], brighten=2.5),
-        "target": s2_rgb(images["target"]),
-        "prediction": s2_rgb(images["prediction"]),
-        "mask": mask_colours(mask),
-    }
-    image_dir = folder / patch_id
-    image_dir.mkdir(parents=True, exist_ok=True)
-    for name, image in panels.items():
-        save_png(image_dir / f"{name}.png", image, text)
-    titles = {"sar": "SAR (VV, VH, ratio)", "cloudy": "Cloudy", "cloudy_bright": "Cloudy (brightened)"}
-    titles |= {"target": "Target (cloud-free)", "prediction": "Prediction", "mask": "Cloud/shadow map"}
-    scale = max(1, -(-FIGURE_PANEL // max(mask.shape)))  # nearest-neighbour upscaling of small patches
-    large = [image.repeat(scale, axis=0).repeat(scale, axis=1) for image in panels.values()]
-    figure = figure_with_titles(large, [titles[name] for name in panels], footer=mask_legend())
-    header = label(caption, figure.shape[1], 18)
-    save_png(folder / f"{patch_id}.png", np.concatenate([header, figure], axis=0), text)

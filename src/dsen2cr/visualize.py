@@ -290,3 +290,40 @@ def reliability_diagram(
         figure.savefig(tmp, format="png", dpi=100, metadata=text)
     plt.close(figure)
     return Path(path)
+
+
+#: The evaluation figure's panels are drawn at least this wide (SEN12MS-CR's 256 px; the sample's 120 px doubled).
+FIGURE_PANEL = 240
+
+
+def write_patch_previews(
+    patch_id: str,
+    s1_db: np.ndarray | None,
+    images: dict[str, np.ndarray],
+    mask: np.ndarray,
+    caption: str,
+    folder: Path,
+    text: dict[str, str],
+) -> None:
+    """The original's per-image PNGs (the SAR panel for a model with SAR) plus one combined figure: titled
+    panels at least :data:`FIGURE_PANEL` px wide, the patch id and its metrics above, the mask legend below;
+    each with ``text`` (what made it) as PNG text."""
+    panels = {"sar": s1_false_colour(s1_db)} if s1_db is not None else {}
+    panels |= {
+        "cloudy": s2_rgb(images["cloudy"]),
+        "cloudy_bright": s2_rgb(images["cloudy"], brighten=2.5),
+        "target": s2_rgb(images["target"]),
+        "prediction": s2_rgb(images["prediction"]),
+        "mask": mask_colours(mask),
+    }
+    image_dir = folder / patch_id
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for name, image in panels.items():
+        save_png(image_dir / f"{name}.png", image, text)
+    titles = {"sar": "SAR (VV, VH, ratio)", "cloudy": "Cloudy", "cloudy_bright": "Cloudy (brightened)"}
+    titles |= {"target": "Target (cloud-free)", "prediction": "Prediction", "mask": "Cloud/shadow map"}
+    scale = max(1, -(-FIGURE_PANEL // max(mask.shape)))  # nearest-neighbour upscaling of small patches
+    large = [image.repeat(scale, axis=0).repeat(scale, axis=1) for image in panels.values()]
+    figure = figure_with_titles(large, [titles[name] for name in panels], footer=mask_legend())
+    header = label(caption, figure.shape[1], 18)
+    save_png(folder / f"{patch_id}.png", np.concatenate([header, figure], axis=0), text)
