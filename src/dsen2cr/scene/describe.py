@@ -1,5 +1,6 @@
-"""What a scene's outputs say about themselves (docs/design.md §4.4): band names, scale and colours that GIS
-software reads, and the tags that record what computed the values and how the run was asked for."""
+"""What a scene's outputs hold and say about themselves (docs/design.md §4.4): their values (DN, sigma, the
+map's codes, each with its no-data value), band names, scale and colours that GIS software reads, and the tags
+that record what computed the values and how the run was asked for."""
 
 from __future__ import annotations
 
@@ -7,17 +8,49 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
+
 from dsen2cr.inputs import s1_parts
 from dsen2cr.inputs.product import is_url
 from dsen2cr.inputs.readers import S2Source
-from dsen2cr.preprocessing import S2_REFLECTANCE_SCALE
+from dsen2cr.preprocessing import S2_CLIP_DN, S2_MODEL_SCALE, S2_REFLECTANCE_SCALE
 from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings
 
+#: The image's value where the input has no data (valid pixels are clipped to [1, 10000]).
+OUTPUT_NODATA = 0
 #: The sigma map's value where the input has no data (sigma is never negative).
 SIGMA_NODATA = -1.0
 #: The cloud/shadow map's classes (uint8 code, name, colour of its colour table) and its no-data code.
 MASK_CLASSES = ((0, "clear", (90, 120, 90)), (1, "cloud", (255, 255, 255)), (2, "shadow", (30, 30, 110)))
 MASK_NODATA = 255
+
+
+def output_dn(pred: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Model units to uint16 DN in [1, 10000] on valid pixels (0 stays reserved for nodata)."""
+    scaled = np.multiply(pred, np.float32(S2_MODEL_SCALE))  # one temporary, rounded and clipped in place
+    np.clip(np.rint(scaled, out=scaled), 1, S2_CLIP_DN[1], out=scaled)
+    dn = scaled.astype(np.uint16)
+    dn[:, ~valid] = OUTPUT_NODATA
+    return dn
+
+
+def sigma_dn(variance: np.ndarray, valid: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """sigma in DN (float32) from variances in model units; under ``--keep-clear`` scaled by the prediction's
+    weight (0 where the input is kept: the input is taken as exact; the blend's sigma at a feathered edge);
+    :data:`SIGMA_NODATA` where S2 has no data."""
+    sigma = np.sqrt(variance, dtype=np.float32) * np.float32(S2_MODEL_SCALE)
+    if weights is not None:
+        sigma *= weights[None].astype(np.float32)
+    sigma[:, ~valid] = SIGMA_NODATA
+    return sigma
+
+
+def mask_codes(mask: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The written cloud/shadow map: uint8 codes of :data:`MASK_CLASSES` from the internal map (1 cloud, -1
+    shadow, 0 clear), :data:`MASK_NODATA` where S2 has no data (never "shadow" or "clear")."""
+    codes = np.where(mask == 1, 1, np.where(mask == -1, 2, 0)).astype(np.uint8)
+    codes[~valid] = MASK_NODATA
+    return codes
 
 
 def describe_mask(dataset: Any, settings: SceneSettings) -> None:

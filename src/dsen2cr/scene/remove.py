@@ -23,20 +23,24 @@ from dsen2cr.onnx_runtime import OnnxPredictor
 from dsen2cr.outputs.finisher import completes_in_background
 from dsen2cr.outputs.geotiff import cog_writer
 from dsen2cr.predictor import Predictor
-from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_CLIP_DN, S2_MODEL_SCALE
+from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS
 from dsen2cr.rasters import gdal_block_cache, set_block_cache_bytes
 from dsen2cr.scene.batches import BackgroundWriter, iter_predictions, write_in_order
 from dsen2cr.scene.checks import check_job, check_scene_room
 from dsen2cr.scene.describe import (
     MASK_NODATA,
+    OUTPUT_NODATA,
     SIGMA_NODATA,
     describe_bands,
     describe_mask,
     describe_sigma_bands,
     input_tags,
+    mask_codes,
+    output_dn,
     output_tags,
     preview_mode,
     scene_tags,
+    sigma_dn,
 )
 from dsen2cr.scene.masking import ReadWindow, SceneMasker, blend, keep_clear_weights
 from dsen2cr.scene.tiles import Tile, default_overlap, plan_tiles
@@ -46,7 +50,6 @@ from dsen2cr.visualize import Quicklook
 
 log = logging.getLogger(__name__)
 
-OUTPUT_NODATA = 0
 #: A callback that takes a scene's outputs once every tile is written (see :func:`remove_clouds`).
 DeferOutputs = Callable[[contextlib.ExitStack], None]
 
@@ -262,7 +265,7 @@ class _TileWriter:
         the 13 means (``--uncertainty-out``). The cloud/shadow map is made from the window's DN as read
         (``window_dn``) where it holds the pixels the map needs around the core."""
         pred, variance = pred[:NUM_S2_BANDS], pred[NUM_S2_BANDS:]
-        out_dn = _to_output_dn(pred, valid)
+        out_dn = output_dn(pred, valid)
         masker, core_mask, weights = self.inputs.masker, None, None
         read = ReadWindow(tile.window, window_dn)
         if self.settings.keep_clear and masker is not None:
@@ -271,7 +274,7 @@ class _TileWriter:
             out_dn[:, ~valid] = OUTPUT_NODATA
         elif masker is not None:
             core_mask = masker.window(tile.core, read)
-        sigma = None if self.sigma is None else _sigma_dn(variance, valid, weights)
+        sigma = None if self.sigma is None else sigma_dn(variance, valid, weights)
         return _TileOutput(tile, dn, valid, holes, out_dn, sigma, core_mask)
 
     def write(self, done: _TileOutput) -> None:
@@ -344,26 +347,6 @@ def _means_and_variances(predictor: Predictor) -> Callable[[np.ndarray, np.ndarr
     return predict
 
 
-def _sigma_dn(variance: np.ndarray, valid: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    """sigma in DN (float32) from variances in model units; under ``--keep-clear`` scaled by the prediction's
-    weight (0 where the input is kept: the input is taken as exact; the blend's sigma at a feathered edge);
-    :data:`SIGMA_NODATA` where S2 has no data."""
-    sigma = np.sqrt(variance, dtype=np.float32) * np.float32(S2_MODEL_SCALE)
-    if weights is not None:
-        sigma *= weights[None].astype(np.float32)
-    sigma[:, ~valid] = SIGMA_NODATA
-    return sigma
-
-
-def _to_output_dn(pred: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Model units to uint16 DN in [1, 10000] on valid pixels (0 stays reserved for nodata)."""
-    scaled = np.multiply(pred, np.float32(S2_MODEL_SCALE))  # one temporary, rounded and clipped in place
-    np.clip(np.rint(scaled, out=scaled), 1, S2_CLIP_DN[1], out=scaled)
-    dn = scaled.astype(np.uint16)
-    dn[:, ~valid] = OUTPUT_NODATA
-    return dn
-
-
 def _save_on_success(quicklook: Quicklook, path: str | Path) -> Callable[..., bool]:
     """An exit callback that saves the quicklook when the block it guards succeeded."""
 
@@ -373,14 +356,6 @@ def _save_on_success(quicklook: Quicklook, path: str | Path) -> Callable[..., bo
         return False  # never swallow the block's error
 
     return save
-
-
-def mask_codes(mask: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """The written cloud/shadow map: uint8 codes of :data:`MASK_CLASSES` from the internal map (1 cloud, -1
-    shadow, 0 clear), :data:`MASK_NODATA` where S2 has no data (never "shadow" or "clear")."""
-    codes = np.where(mask == 1, 1, np.where(mask == -1, 2, 0)).astype(np.uint8)
-    codes[~valid] = MASK_NODATA
-    return codes
 
 
 @contextlib.contextmanager
