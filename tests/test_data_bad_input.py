@@ -114,6 +114,12 @@ CASES = [
         absent=("n.csv",),
     ),
     dict(
+        name="data synth: --seed -5",  # an internal error (numpy's 'expected non-negative integer')
+        setup=lambda t: ["data", "synth", "--out", str(t / "s"), "--count", "1", "--seed", "-5"],
+        message="seed: must be in [0, 4294967295], got -5",
+        absent=("s",),
+    ),
+    dict(
         name="data synth: --size 100000",
         setup=lambda t: ["data", "synth", "--out", str(t / "s"), "--count", "1", "--size", "100000"],
         message="size: must be in [16, 4096]",

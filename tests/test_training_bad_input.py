@@ -160,6 +160,18 @@ CASES = [
         absent=("run",),
     ),
     dict(
+        name="train: trainer.seed=-1",  # an internal error once the data loaded (Lightning's seed_everything)
+        setup=lambda t: _train(t, "trainer.seed=-1"),
+        message="trainer.seed: must be in [0, 4294967295], got -1",
+        absent=("run",),
+    ),
+    dict(
+        name="train: optim.epochs=0",  # the bound was printed as 1e+06
+        setup=lambda t: _train(t, "optim.epochs=0"),
+        message="optim.epochs: must be in [1, 1000000], got 0",
+        absent=("run",),
+    ),
+    dict(
         name="train: trainer.devices=0",
         setup=lambda t: _train(t, "trainer.devices=0"),
         message="trainer.devices: must be in [1,",
