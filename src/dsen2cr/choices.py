@@ -22,3 +22,7 @@ DEFAULT_CLOUD_THRESHOLD = 0.2
 #: floor; a run sets its own (:func:`dsen2cr.rasters.set_block_cache_bytes`,
 #: :func:`dsen2cr.auto.resolve_block_cache_bytes`: larger on a GPU).
 GDAL_CACHE_BYTES = 256 * 2**20
+
+#: The largest random seed (``trainer.seed``, ``data synth --seed``): numpy's generators and Lightning's
+#: ``seed_everything`` take seeds in [0, 2**32 - 1] and fail, or pick another, outside them.
+MAX_SEED = 2**32 - 1

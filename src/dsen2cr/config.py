@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD, MAX_SEED
 from dsen2cr.cloud_detection import COMPUTED_MASKS
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import LIKELIHOODS
@@ -241,6 +241,7 @@ def _validate(config: RunConfig, source: str) -> None:
         "optim.momentum_decay": (config.optim.momentum_decay, 0.0, 1.0),
         "loss.lam": (config.loss.lam, 0.0, 1e6),
         "loss.cloud_threshold": (config.loss.cloud_threshold, 0.0, 1.0),
+        "trainer.seed": (t.seed, 0, MAX_SEED),
         "trainer.num_nodes": (t.num_nodes, 1, 100_000),
         "trainer.devices": (t.devices if isinstance(t.devices, int) else None, 1, 100_000),
         "trainer.log_every_n_steps": (t.log_every_n_steps, 1, 10**9),
@@ -251,13 +252,18 @@ def _validate(config: RunConfig, source: str) -> None:
     }
     for key, (value, lowest, highest) in ranges.items():
         if value is not None and not lowest <= value <= highest:
-            raise DSen2CRError(f"{source}: {key}: must be in [{lowest:g}, {highest:g}], got {value}")
+            raise DSen2CRError(f"{source}: {key}: must be in [{_bound(lowest)}, {_bound(highest)}], got {value}")
     if t.matmul_precision not in ("highest", "high", "medium"):
         raise DSen2CRError(
             f"{source}: trainer.matmul_precision: expected highest, high or medium, got {t.matmul_precision!r}"
         )
     if len(config.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in config.optim.betas):
         raise DSen2CRError(f"{source}: optim.betas: expected two numbers in [0, 1), got {config.optim.betas}")
+
+
+def _bound(value: float) -> str:
+    """A range's bound as written: an integer in full (1000000, not 1e+06), a float in short (1e-30)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _validate_loss(config: RunConfig, source: str) -> None:

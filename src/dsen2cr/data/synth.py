@@ -13,6 +13,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from scipy import ndimage
 
+from dsen2cr.choices import MAX_SEED
 from dsen2cr.data.layout import Triplet, release_triplet, write_file_list
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import output_folder
@@ -117,6 +118,8 @@ def write_synthetic_dataset(
         raise DSen2CRError(f"count: must be in [1, {MAX_COUNT}], got {count}")
     if not 16 <= size <= MAX_SIZE:
         raise DSen2CRError(f"size: must be in [16, {MAX_SIZE}] pixels, got {size}")
+    if not 0 <= seed <= MAX_SEED:
+        raise DSen2CRError(f"seed: must be in [0, {MAX_SEED}], got {seed}")
     # Its season names are real ones: writing into an existing tree could overwrite a real dataset's patches, so
     # only a new or empty folder is written; a run that fails or is stopped removes what it wrote (a rerun works).
     owned = [f"{season}_{kind}" for season in SEASONS for kind in ("s1", "s2", "s2_cloudy")] + ["files.csv"]
