@@ -117,3 +117,14 @@ def test_output_and_weights_are_named_alike_in_every_command(workdir: Path, caps
         with pytest.raises(SystemExit):
             parse_arguments(build_parser(), argv)
         assert message in capsys.readouterr().err
+
+
+def test_an_error_names_the_whole_command(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """An error of a command of a group names the command as typed, as argparse's own errors do ('dsen2cr data
+    synth: error: …'); it said 'dsen2cr data: error: …'."""
+    from dsen2cr.cli import main
+
+    assert main(["data", "synth", "--out", str(workdir / "s"), "--count", "0"]) == 2
+    assert capsys.readouterr().err.startswith("dsen2cr data synth: error: count: must be in [1, 100000], got 0")
+    assert main(["weights", "download", "no-such-weights", "--out", str(workdir / "w.safetensors")]) == 2
+    assert capsys.readouterr().err.startswith("dsen2cr weights download: error: ")
