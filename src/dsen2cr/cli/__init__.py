@@ -138,21 +138,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DSen2CRError, OSError) as error:
         if args.debug:
             raise
-        print(f"dsen2cr {args.command}: error: {one_line(error)}", file=sys.stderr)
+        print(f"dsen2cr {_command_line_name(args)}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except Exception as error:
         if args.debug:
             raise
         message = one_line(error)[:300]
         print(
-            f"dsen2cr {args.command}: internal error ({type(error).__name__}: {message}); this is a bug: rerun with "
-            "--debug for the traceback and report it",
+            f"dsen2cr {_command_line_name(args)}: internal error ({type(error).__name__}: {message}); this is a bug: "
+            "rerun with --debug for the traceback and report it",
             file=sys.stderr,
         )
         return 1
     finally:
         if previous is not _NOT_INSTALLED:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _command_line_name(args: argparse.Namespace) -> str:
+    """The command as typed: ``remove-clouds``, or a group's ``data synth``, ``weights download``."""
+    return " ".join(filter(None, [args.command, getattr(args, f"{args.command}_command", None)]))
 
 
 _NOT_INSTALLED = object()
