@@ -279,3 +279,22 @@ def test_evaluate_batches_patches_of_mixed_sizes(workdir: Path) -> None:
         for key, value in want.items():
             if key not in ("patch_id", "method") and value not in ("", "nan"):
                 assert float(got[key]) == pytest.approx(float(value), rel=1e-5, abs=1e-7), (got["patch_id"], key)
+
+
+def test_a_window_smaller_than_ssims_is_warned_of(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``--window 5`` scores 5 px windows: SSIM's 11 px Gaussian window does not fit, so its column stayed
+    empty ('–') without a word; now a warning says why (the other metrics are scored)."""
+    import logging
+
+    from dsen2cr.evaluate import evaluate
+
+    triplets = [workdir.triplet(workdir / "w", "ROIs1158_spring", 1, 0, size=32)]  # type: ignore[attr-defined]
+    model = create_model("dsen2cr-small").eval()
+    with caplog.at_level(logging.WARNING, logger="dsen2cr"):
+        summary = evaluate(model, triplets, workdir / "e", window=5, write_images=False)
+    assert "--window 5 is smaller than SSIM's 11 px window: ssim stays empty" in caplog.text, caplog.text
+    assert np.isnan(summary["model"]["ssim"]["mean"]) and np.isfinite(summary["model"]["mae"]["mean"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dsen2cr"):
+        evaluate(model, triplets, workdir / "e11", window=11, write_images=False)
+    assert "SSIM" not in caplog.text
