@@ -8,6 +8,7 @@ import dataclasses
 import io
 import itertools
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +34,14 @@ from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.metrics import METRIC_NAMES, ORIGINAL_METRIC_NAMES, REGION_METRIC_NAMES, image_metrics, original_metrics
+from dsen2cr.metrics import (
+    METRIC_NAMES,
+    ORIGINAL_METRIC_NAMES,
+    REGION_METRIC_NAMES,
+    SSIM_WINDOW,
+    image_metrics,
+    original_metrics,
+)
 from dsen2cr.models import CloudRemovalNetwork
 from dsen2cr.outputs.files import write_text_atomic
 from dsen2cr.outputs.geotiff import write_geotiff
@@ -43,6 +51,8 @@ from dsen2cr.preprocessing import S2_BANDS, S2_MODEL_SCALE, s1_model_to_db, s2_m
 from dsen2cr.rasters import open_raster
 from dsen2cr.scene.describe import describe_bands, threshold_tags
 from dsen2cr.visualize import reliability_diagram, write_patch_previews
+
+log = logging.getLogger(__name__)
 
 METHODS = ("model", "identity")
 ALL_METRICS = METRIC_NAMES + REGION_METRIC_NAMES
@@ -98,6 +108,8 @@ def evaluate(
     baseline (the cloudy input taken as the prediction).
     """
     o = dataclasses.replace(options or EvaluationOptions(), **changes)
+    if o.window is not None and 0 < o.window < SSIM_WINDOW:
+        log.warning("--window %d is smaller than SSIM's %d px window: ssim stays empty", o.window, SSIM_WINDOW)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if o.protocol not in PROTOCOLS:
