@@ -467,6 +467,27 @@ def test_s2cloudless_scene_mask_does_not_depend_on_the_tiling(scene: dict, tmp_p
         assert "shadow" not in a.descriptions[0] and a.tags(1)["CATEGORIES"] == "0 clear, 1 cloud, 255 no data"
 
 
+def test_s2cloudless_on_level_2a_is_warned_of(scene: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """s2cloudless was trained on Level-1C top-of-atmosphere data with its cirrus band B10; Level-2A has no B10
+    (the run fills it with a clear-sky constant), so its map sees no cirrus there: warned of, naming the scene.
+    It ran without a word (the Level-2A warning spoke of the weights only). Level-1C input has no such line."""
+    pytest.importorskip("s2cloudless", reason="the optional 'masks' extra is not installed")
+    import logging
+
+    from dsen2cr.preprocessing import S2_BANDS
+
+    l2a = tmp_path / "l2a.tif"
+    write_geotiff(l2a, np.delete(scene["s2"], S2_BANDS.index("B10"), axis=0), crs=UTM, transform=ORIGIN)
+    argv = ["remove-clouds", "--weights", str(scene["weights"]), "--mask", "s2cloudless", "--no-progress"]
+    with caplog.at_level(logging.WARNING, logger="dsen2cr"):
+        assert main([*argv, "--s2", str(l2a), "--out", str(tmp_path / "o.tif")]) == 0
+    assert f"{l2a}: --mask s2cloudless was trained on Level-1C data with its cirrus band B10" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dsen2cr"):
+        assert main([*argv, "--s2", str(scene["folder"] / "s2.tif"), "--out", str(tmp_path / "o1c.tif")]) == 0
+    assert "s2cloudless was trained" not in caplog.text
+
+
 def test_evaluate_and_training_take_the_s2cloudless_mask(
     tmp_path: Path, synthetic_tree: Path, weights_file: Callable[[str], Path]
 ) -> None:
