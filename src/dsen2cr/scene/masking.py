@@ -13,6 +13,7 @@ Masks (``--mask``):
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,8 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.readers import Grid, S2Source, on_grid
 from dsen2cr.rasters import gdal_block_cache, open_raster, read_window
 from dsen2cr.settings import MASK_KINDS
+
+log = logging.getLogger(__name__)
 
 #: SCL classes (Level-2A scene classification) that count as cloud, and as shadow.
 SCL_CLOUD = (8, 9, 10)
@@ -121,6 +124,13 @@ class SceneMasker:
             self._open_product_mask()
         else:
             computed_mask(kind, np.zeros((13, 1, 1), np.uint16))  # fails now, not mid-scene, without the extra
+            if s2.level == "L2A":
+                log.warning(
+                    "%s: --mask s2cloudless was trained on Level-1C data with its cirrus band B10, which Level-2A "
+                    "lacks (filled with a clear-sky value): its map sees no cirrus and carries the surface-reflectance "
+                    "shift",
+                    s2.name,
+                )
 
     def _open_product_mask(self) -> None:
         """The product's SCL or MSK_CLASSI file, warped by nearest neighbour onto the 10 m grid."""
