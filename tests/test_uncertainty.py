@@ -494,3 +494,27 @@ def test_a_non_finite_variance_is_refused_like_a_nan_prediction() -> None:
     predictor = predictor_from_model(model, device=torch.device("cpu"))
     with pytest.raises(DSen2CRError, match="predicted NaN, infinite or absurdly large values or variances"):
         predictor.predict_with_variance(np.ones((1, 13, 8, 8), np.float32), None)
+
+
+def test_load_ensemble_loads_weights_files_as_one_predictor(tmp_path: Path) -> None:
+    """``dsen2cr.load_ensemble(files)``: the Python form of ``--weights A B C`` (the command line had it; Python
+    had to assemble members by hand, and ``load_predictor([a, b])`` was a TypeError): the mean of the members'
+    predictions and the variance of their spread, computed here in float64; ``load_predictor`` given several
+    files says where they go."""
+    import dsen2cr
+
+    files = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        files.append(
+            save_weights(DSen2CR(num_blocks=1, num_features=4, include_sar=False), tmp_path / f"m{seed}.safetensors")
+        )
+    s2 = np.random.default_rng(0).uniform(0, 2, (1, 13, 24, 24)).astype(np.float32)
+    singles = [dsen2cr.load_predictor(f, device="cpu", backend="eager")(s2, None).astype(np.float64) for f in files]
+    combined = dsen2cr.load_ensemble(files, device="cpu", backend="eager")
+    mean, variance = combined.predict_with_variance(s2, None)
+    np.testing.assert_allclose(mean, (singles[0] + singles[1]) / 2, atol=1e-6)
+    np.testing.assert_allclose(variance, ((singles[0] - singles[1]) / 2) ** 2, atol=1e-9, rtol=1e-4)
+    assert combined.provenance()["DSEN2CR_MODEL"].startswith("ensemble of 2")
+    with pytest.raises(DSen2CRError, match=r"^weights: load_predictor takes one file; for an ensemble"):
+        dsen2cr.load_predictor(files, device="cpu")  # type: ignore[arg-type]
