@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from dsen2cr.version import __version__
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time each is imported when first asked for
+    from dsen2cr.ensemble import load_ensemble
     from dsen2cr.models import VARIANTS, create_model, get_variant
     from dsen2cr.models.dsen2cr import DSen2CR
     from dsen2cr.predictor import load_predictor
@@ -26,6 +27,7 @@ _LAZY = {
     "get_variant": "dsen2cr.models",
     "DSen2CR": "dsen2cr.models.dsen2cr",
     "load_predictor": "dsen2cr.predictor",
+    "load_ensemble": "dsen2cr.ensemble",
     "remove_clouds": "dsen2cr.scene.remove",
     "remove_clouds_array": "dsen2cr.scene.arrays",
     "SceneJob": "dsen2cr.settings",
@@ -50,6 +52,7 @@ __all__ = [
     "__version__",
     "create_model",
     "get_variant",
+    "load_ensemble",
     "load_predictor",
     "remove_clouds",
     "remove_clouds_array",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec
-from dsen2cr.predictor import Predictor
+from dsen2cr.predictor import Predictor, load_predictor
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,13 @@ def ensemble(members: list[Predictor]) -> Predictor:
     spec = EnsembleSpec(tuple(member.config for member in members))
     digests = ";".join(member.weights_sha256 or "unknown" for member in members)
     return Predictor(EnsembleBackend(members), spec, members[0].device, members[0].float32, "; ".join(names), digests)
+
+
+def load_ensemble(weights: Sequence[str | Path], **options: Any) -> Predictor:
+    """One predictor of the weights files ``weights`` (at least two; ``--weights A B C`` on the command line),
+    each loaded by :func:`~dsen2cr.predictor.load_predictor` with ``options`` (``device``, ``backend``,
+    ``precision``, ...)."""
+    return ensemble([load_predictor(path, **options) for path in weights])
 
 
 def check_same_inputs(names: list[str], include_sar: list[bool]) -> None:

@@ -5,6 +5,7 @@ backends to try is decided in :mod:`dsen2cr.auto`."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,7 +260,12 @@ def load_predictor(
     exact: bool = False,
 ) -> Predictor:
     """The predictor for a weights file (see :func:`load_network`; ``backend`` and ``precision`` as
-    :func:`predictor_from_model` takes them; ``exact``: ``auto`` is IEEE fp32 on every device)."""
+    :func:`predictor_from_model` takes them; ``exact``: ``auto`` is IEEE fp32 on every device). Several files
+    make an ensemble: :func:`dsen2cr.ensemble.load_ensemble`."""
+    if not isinstance(weights, str | os.PathLike):
+        raise DSen2CRError(
+            "weights: load_predictor takes one file; for an ensemble of several, dsen2cr.load_ensemble(files)"
+        )
     plan_backend(backend, "fp32", None, torch.device("cpu"), onnx=is_onnx(weights))  # refused before loading
     resolved = resolve_device(device)
     network = load_network(weights, device=resolved)
