@@ -970,3 +970,29 @@ def test_remove_clouds_array_runs_in_the_temporary_folder_it_is_given(workdir: P
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_settings_that_the_given_predictor_would_ignore_are_refused(workdir: Path) -> None:
+    """``remove_clouds(predictor, job, SceneSettings(precision="bf16"))`` ran the predictor as loaded (IEEE fp32
+    eager) and recorded fp32: the settings' backend, precision, device and weights were ignored without a word.
+    Now a value other than ``auto`` (or the predictor's own) is refused, saying where it is chosen."""
+    import dsen2cr
+    from dsen2cr.errors import DSen2CRError
+
+    s2, _ = workdir.scene()
+    weights = workdir.weights("dsen2cr-small-nosar")
+    predictor = dsen2cr.load_predictor(weights, device="cpu", backend="eager", precision="fp32")
+    job = dsen2cr.SceneJob(str(s2), None, workdir / "o.tif")
+    for settings, message in (
+        (dsen2cr.SceneSettings(precision="bf16"), r"^precision bf16: remove_clouds runs the predictor as loaded"),
+        (dsen2cr.SceneSettings(backend="compiled"), r"^backend compiled: remove_clouds runs the predictor as loaded"),
+        (dsen2cr.SceneSettings(device="cuda"), r"^device cuda: remove_clouds runs the predictor as loaded"),
+        (dsen2cr.SceneSettings(weights="other.safetensors"), r"^weights other\.safetensors: remove_clouds runs"),
+    ):
+        with pytest.raises(DSen2CRError, match=message):
+            dsen2cr.remove_clouds(predictor, job, settings)
+        with pytest.raises(DSen2CRError, match=message):
+            dsen2cr.remove_clouds_array(predictor, np.ones((13, 20, 20), np.uint16), settings=settings)
+    assert not (workdir / "o.tif").exists()
+    same = dsen2cr.SceneSettings(precision="fp32", backend="eager", device="cpu", progress=False)
+    assert dsen2cr.remove_clouds(predictor, job, same).tiles == 1
