@@ -26,7 +26,7 @@ from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS
 from dsen2cr.rasters import gdal_block_cache, set_block_cache_bytes
 from dsen2cr.scene.batches import BackgroundWriter, iter_predictions, write_in_order
-from dsen2cr.scene.checks import check_job, check_scene_room
+from dsen2cr.scene.checks import check_job, check_scene_room, check_settings_fit
 from dsen2cr.scene.describe import (
     MASK_NODATA,
     OUTPUT_NODATA,
@@ -95,6 +95,7 @@ def remove_clouds(
     arithmetic auto falls back to (TF32 on a GPU), which its outputs then record, as do later scenes'.
     """
     if not isinstance(plan, ScenePlan):
+        check_settings_fit(predictor, plan or SceneSettings())
         onnx = isinstance(predictor.predict, OnnxPredictor)
         plan = plan_scene_run(plan or SceneSettings(), predictor.config, device=predictor.device, onnx=onnx)
     product = s2_product or resolve_s2(job.s2, offset=plan.settings.s2_offset)
