@@ -128,3 +128,17 @@ def test_an_error_names_the_whole_command(workdir: Path, capsys: pytest.CaptureF
     assert capsys.readouterr().err.startswith("dsen2cr data synth: error: count: must be in [1, 100000], got 0")
     assert main(["weights", "download", "no-such-weights", "--out", str(workdir / "w.safetensors")]) == 2
     assert capsys.readouterr().err.startswith("dsen2cr weights download: error: ")
+
+
+def test_config_help_lists_every_bundled_config(capsys: pytest.CaptureFixture) -> None:
+    """``dsen2cr --help`` and ``dsen2cr config --help`` name the bundled configs as the package ships them (the
+    list was written into the help by hand: a config added later would be missing there)."""
+    from dsen2cr.cli import main
+    from dsen2cr.config import bundled_config_names
+
+    names = bundled_config_names()
+    assert len(names) >= 4
+    with pytest.raises(SystemExit):
+        main(["config", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"one of: {', '.join(names)}" in text, text
