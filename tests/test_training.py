@@ -78,7 +78,7 @@ def test_unknown_key_and_wrong_type(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_load() -> None:
-    from dsen2cr.config import bundled_config_names
+    from dsen2cr.choices import bundled_config_names
 
     assert bundled_config_names() == ["paper", "paper-fast", "paper-uncertainty", "small-cpu"]
     for name in bundled_config_names():

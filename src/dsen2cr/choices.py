@@ -1,8 +1,11 @@
 """The choices and defaults that a run's settings (:mod:`dsen2cr.settings`) and the command line's options are
 checked against, in a module that imports nothing heavy: ``dsen2cr --help`` builds every parser without torch,
-rasterio or scipy (docs/design.md §1). Every module that needs one imports it from here."""
+rasterio or scipy (docs/design.md §1). Every module that needs one imports it from here. The bundled training
+configs (``dsen2cr config NAME``, ``--config NAME``) are listed here too."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 #: What ``--precision`` takes: ``auto`` (decided in :func:`dsen2cr.auto.resolve_precision`), IEEE ``fp32``,
 #: ``tf32`` (float32 inputs, TF32 tensor-core products on GPUs that have them), ``fp16``, ``bf16``.
@@ -26,3 +29,22 @@ GDAL_CACHE_BYTES = 256 * 2**20
 #: The largest random seed (``trainer.seed``, ``data synth --seed``): numpy's generators and Lightning's
 #: ``seed_everything`` take seeds in [0, 2**32 - 1] and fail, or pick another, outside them.
 MAX_SEED = 2**32 - 1
+
+
+def bundled_config_names() -> list[str]:
+    """Names of the configs shipped with the package."""
+    return sorted(p.stem for p in _bundled_dir().glob("*.yaml"))
+
+
+def _bundled_dir() -> Path:
+    """Folder of the bundled configs."""
+    from importlib import resources
+
+    return Path(str(resources.files("dsen2cr") / "configs"))
+
+
+def bundled_config_path(name: str) -> Path | None:
+    """Path of a bundled config (``paper``, ``small-cpu``), or None when ``name`` is not one."""
+    if name in bundled_config_names():
+        return _bundled_dir() / f"{name}.yaml"
+    return None

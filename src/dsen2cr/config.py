@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD, MAX_SEED
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD, MAX_SEED, bundled_config_path
 from dsen2cr.cloud_detection import COMPUTED_MASKS
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import LIKELIHOODS
@@ -323,25 +323,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if overrides:
         source = f"{source} + overrides"
     return config_from_dict(data, source)
-
-
-def bundled_config_names() -> list[str]:
-    """Names of the configs shipped with the package."""
-    return sorted(p.stem for p in _bundled_dir().glob("*.yaml"))
-
-
-def _bundled_dir() -> Path:
-    """Folder of the bundled configs."""
-    from importlib import resources
-
-    return Path(str(resources.files("dsen2cr") / "configs"))
-
-
-def bundled_config_path(name: str) -> Path | None:
-    """Path of a bundled config (``paper``, ``small-cpu``), or None when ``name`` is not one."""
-    if name in bundled_config_names():
-        return _bundled_dir() / f"{name}.yaml"
-    return None
 
 
 def save_config(config: RunConfig, path: str | Path) -> Path:
