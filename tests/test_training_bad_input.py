@@ -83,6 +83,12 @@ CASES = [
         message="nope.yaml: config file not found",
     ),
     dict(
+        name="train: a misspelt bundled config",  # 'papr: config file not found', the bundled names unsaid
+        setup=lambda t: ["train", "--config", "papr"],
+        message="papr: config file not found, nor a bundled config (paper, paper-fast, paper-uncertainty, "
+        "small-cpu); did you mean paper?",
+    ),
+    dict(
         name="train: invalid YAML",
         setup=lambda t: ["train", "--config", str(_write(t / "bad.yaml", "optim: [1, 2"))],
         message="bad.yaml: not valid YAML",
