@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD, MAX_SEED, bundled_config_path
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD, MAX_SEED, bundled_config_names, bundled_config_path
 from dsen2cr.cloud_detection import COMPUTED_MASKS
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import LIKELIHOODS
@@ -296,7 +296,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = bundled_config_path(str(path)) or Path(path)
         source = str(path)
         if not path.is_file():
-            raise DSen2CRError(f"{path}: config file not found")
+            names = bundled_config_names()
+            close = difflib.get_close_matches(str(path), names, n=1)
+            raise DSen2CRError(
+                f"{path}: config file not found, nor a bundled config ({', '.join(names)})"
+                + (f"; did you mean {close[0]}?" if close else "")
+            )
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
         except yaml.YAMLError as error:
