@@ -996,3 +996,21 @@ def test_settings_that_the_given_predictor_would_ignore_are_refused(workdir: Pat
     assert not (workdir / "o.tif").exists()
     same = dsen2cr.SceneSettings(precision="fp32", backend="eager", device="cpu", progress=False)
     assert dsen2cr.remove_clouds(predictor, job, same).tiles == 1
+
+
+def test_settings_name_a_gpu_as_the_predictor_does_in_either_spelling() -> None:
+    """``cuda`` and ``cuda:0`` name one GPU for a process of its own: a predictor loaded on either passes settings
+    that give the other (``load_predictor(device="cuda")`` keeps no index); another GPU is refused."""
+    import torch
+
+    from dsen2cr import create_model
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.predictor import Predictor
+    from dsen2cr.scene.checks import check_settings_fit
+    from dsen2cr.settings import SceneSettings
+
+    config = create_model("dsen2cr-small-nosar").config
+    for loaded, asked in (("cuda", "cuda:0"), ("cuda:0", "cuda"), ("cpu", "cpu:0"), ("cuda:1", "cuda:1")):
+        check_settings_fit(Predictor(lambda s2, s1: s2, config, torch.device(loaded)), SceneSettings(device=asked))
+    with pytest.raises(DSen2CRError, match=r"^device cuda:1: remove_clouds runs the predictor as loaded"):
+        check_settings_fit(Predictor(lambda s2, s1: s2, config, torch.device("cuda")), SceneSettings(device="cuda:1"))
