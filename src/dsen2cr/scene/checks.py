@@ -48,16 +48,22 @@ def check_settings_fit(predictor: Predictor, settings: SceneSettings) -> None:
     """Refuse run settings that a predictor given ready-made would ignore: it runs as loaded, so ``weights``,
     ``backend``, ``precision`` and ``device`` are chosen in :func:`~dsen2cr.predictor.load_predictor`; ``auto``
     or the predictor's own value pass."""
-    loaded = {"backend": predictor.backend, "precision": predictor.precision, "device": str(predictor.device)}
+    loaded = {"backend": predictor.backend, "precision": predictor.precision, "device": _device(predictor.device)}
     asked = {"weights": settings.weights, "backend": settings.backend, "precision": settings.precision}
     asked["device"] = settings.device
     for name, value in asked.items():
-        if value in (None, "auto", loaded.get(name)) or (name == "device" and f"{value}:0" == loaded["device"]):
-            continue  # "cuda" names the loaded "cuda:0"
+        if value in (None, "auto") or (_device(value) if name == "device" else value) == loaded.get(name):
+            continue
         raise DSen2CRError(
             f"{name} {value}: remove_clouds runs the predictor as loaded ({predictor.backend}, "
             f"{predictor.precision} on {predictor.device}); choose {name} in load_predictor, or leave it auto"
         )
+
+
+def _device(device: object) -> str:
+    """A device's name, ``cuda`` and ``cuda:0`` alike (a process's first GPU), ``cpu`` and ``cpu:0`` alike."""
+    name = str(device)
+    return {"cuda": "cuda:0", "cpu:0": "cpu"}.get(name, name)
 
 
 def check_uncertainty_output(asked: str, uncertainty: str, weights: str | None, settings: SceneSettings) -> None:
