@@ -202,12 +202,9 @@ def scan_release(root: str | Path) -> tuple[list[Triplet], list[tuple[Path, str]
     for season, roi, patch in sorted(found, key=lambda key: (key[0], f"s1_{key[1]}", f"p{key[2]}.tif")):
         files = found[season, roi, patch]
         if len(files) < len(SENSORS):
-            suffix = next(iter(files.values())).suffix
-            missing = [
-                str(root / f"{season}_{sensor}" / f"{sensor}_{roi}" / f"{season}_{sensor}_{roi}_p{patch}{suffix}")
-                for sensor in SENSORS
-                if sensor not in files
-            ]
+            suffix = next(iter(files.values())).suffix  # the partners' names by the release's rule, .tif or .tiff
+            expected = release_triplet(root, season, int(roi), int(patch)).paths()
+            missing = [str(expected[sensor].with_suffix(suffix)) for sensor in SENSORS if sensor not in files]
             first = next(files[sensor] for sensor in SENSORS if sensor in files)
             skipped.append((first, f"missing partner file {', '.join(missing)}"))
             continue

@@ -95,9 +95,10 @@ def remove_clouds(
     arithmetic auto falls back to (TF32 on a GPU), which its outputs then record, as do later scenes'.
     """
     if not isinstance(plan, ScenePlan):
-        check_settings_fit(predictor, plan or SceneSettings())
+        settings = plan or SceneSettings()
+        check_settings_fit(predictor, settings)
         onnx = isinstance(predictor.predict, OnnxPredictor)
-        plan = plan_scene_run(plan or SceneSettings(), predictor.config, device=predictor.device, onnx=onnx)
+        plan = plan_scene_run(settings, predictor.config, device=predictor.device, onnx=onnx)
     product = s2_product or resolve_s2(job.s2, offset=plan.settings.s2_offset)
     check_job(predictor, job, plan.settings, product)
     try:
