@@ -111,6 +111,18 @@ class EnsembleBackend:
     def predict_with_variance(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The mean prediction and the total variance (aleatoric + epistemic), float32; members without a
         variance tail add 0 to the aleatoric part (said once, as a warning, when others have one)."""
+        mean, aleatoric, epistemic = self._moments(s2, s1)
+        return mean.astype(np.float32), (aleatoric + epistemic).astype(np.float32)
+
+    def predict_variance_parts(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """The mean prediction, the aleatoric variance (the mean of the members' predicted variances) and the
+        epistemic variance (the variance of their predictions), float32; their sum is
+        :meth:`predict_with_variance`'s."""
+        return tuple(moment.astype(np.float32) for moment in self._moments(s2, s1))
+
+    def _moments(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The mean of the members' predictions, the mean of their variances and the variance of their
+        predictions, float64."""
         if not self._variance_told:
             self._warn_of_members_without_variance()
         means, variances = [], []
@@ -122,8 +134,7 @@ class EnsembleBackend:
             means.append(mean.astype(np.float64))
             variances.append(variance.astype(np.float64))
         stacked = np.stack(means)
-        aleatoric, epistemic = np.mean(variances, axis=0), stacked.var(axis=0)
-        return stacked.mean(axis=0).astype(np.float32), (aleatoric + epistemic).astype(np.float32)
+        return stacked.mean(axis=0), np.mean(variances, axis=0), stacked.var(axis=0)
 
     def _warn_of_members_without_variance(self) -> None:
         """Warn when some members predict a variance and others do not: the aleatoric part, the mean of all the

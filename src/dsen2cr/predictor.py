@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 #: (batch, height, width) of the windows a predictor will run, or a function of the model configuration that
 #: gives it (the tile depends on the model): ``--backend auto`` looks up what compiling that shape cost before.
 WindowShape = tuple[int, int, int] | Callable[[ModelSpec], tuple[int, int, int]]
+#: Why one model's variance is not split (the refusals of :meth:`Predictor.predict_variance_parts` and of
+#: ``--uncertainty-parts``).
+ONE_MODEL_HAS_NO_PARTS = (
+    "one model's variance is all aleatoric (the noise it predicts); the epistemic part is the disagreement of "
+    "an ensemble's members: give several weights files (--weights A B C, load_ensemble)"
+)
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,22 @@ class Predictor:
             raise DSen2CRError(
                 "the model predicted NaN, infinite or absurdly large values or variances for finite inputs; its "
                 "weights are broken: nothing was written"
+            )
+        return arrays
+
+    def predict_variance_parts(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """An ensemble's prediction and the two parts of its variance, aleatoric (the mean of the members'
+        predicted variances) and epistemic (the variance of their predictions), of one batch (model units,
+        float32); non-finite values stop the run as in :meth:`__call__`. One model has no parts: its variance
+        (:meth:`predict_with_variance`) is all aleatoric."""
+        parts = getattr(self.predict, "predict_variance_parts", None)  # an ensemble's backend
+        if parts is None:
+            raise DSen2CRError(f"{self.weights or 'this model'}: {ONE_MODEL_HAS_NO_PARTS}")
+        arrays = parts(s2, s1)
+        if not all(_sums_to_a_finite_number(array) for array in arrays):
+            raise DSen2CRError(
+                "the ensemble predicted NaN, infinite or absurdly large values or variances for finite inputs; a "
+                "member's weights are broken: nothing was written"
             )
         return arrays
 

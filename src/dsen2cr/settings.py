@@ -90,6 +90,7 @@ class SceneSettings:
     keep_clear: bool = False
     feather: int = DEFAULT_FEATHER
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
+    uncertainty_parts: bool = False  # the sigma file also holds an ensemble's aleatoric and epistemic sigma
     compression: str = "deflate"
     compression_level: int | None = None  # None: GDAL's default for the compression
     overwrite: bool = False

@@ -161,6 +161,13 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         "trained with model.uncertainty=diag)",
     )
     parser.add_argument(
+        "--uncertainty-parts",
+        action="store_true",
+        help="an ensemble's --uncertainty-out also holds the two parts of its sigma after the total: aleatoric "
+        "(from the mean of the members' predicted variances: the noise they expect) and epistemic (from the "
+        "variance of their predictions: how much they disagree), total^2 = aleatoric^2 + epistemic^2",
+    )
+    parser.add_argument(
         "--compress",
         dest="compression",
         choices=tuple(COG_COMPRESSION_LEVELS),

@@ -36,12 +36,15 @@ PLACEHOLDER_GRID = (CRS.from_epsg(32632), from_origin(500000, 5000000, 10, 10))
 class ArrayResult:
     """What :func:`remove_clouds_array` returns: the cloud-free image (uint16 DN, the input's bands, 0 = no
     data), the cloud/shadow map (uint8: 0 clear, 1 cloud, 2 shadow, 255 no data), sigma per band in DN (float32,
-    -1 = no data) when asked for, and the tags a GeoTIFF output would carry (model, weights, precision, ...)."""
+    -1 = no data) when asked for, and the tags a GeoTIFF output would carry (model, weights, precision, ...);
+    with ``uncertainty_parts``, an ensemble's aleatoric and epistemic sigma (sigma^2 = their squares' sum)."""
 
     image: np.ndarray
     mask: np.ndarray
     sigma: np.ndarray | None
     tags: dict[str, str]
+    sigma_aleatoric: np.ndarray | None = None
+    sigma_epistemic: np.ndarray | None = None
 
 
 def remove_clouds_array(
@@ -60,7 +63,8 @@ def remove_clouds_array(
     ``band_names`` for another order: the result's bands are in the usual one) with ``s1_db`` ((2, H, W) VV, VH in
     dB on the same grid) for a model with SAR. ``crs`` and ``transform`` place the arrays (a placeholder grid when
     omitted); ``settings`` as :func:`~dsen2cr.scene.remove.remove_clouds` takes them (``keep_clear``, ``mask``,
-    ...); ``uncertainty``: also return sigma (a model with a variance output). ``temporary_folder``: where the
+    ...); ``uncertainty``: also return sigma (a model with a variance output; with the settings'
+    ``uncertainty_parts``, an ensemble's, also its two parts). ``temporary_folder``: where the
     copies and outputs are written while the scene runs (default: the system's, ``$TMPDIR``; a full tile takes some
     10 GB there)."""
     _check_arrays(s2_dn, s1_db, band_names)
@@ -77,6 +81,8 @@ def remove_clouds_array(
     settings = dataclasses.replace(settings or SceneSettings(), progress=False, overwrite=False)
     if predictor.include_sar and s1_db is None:
         raise DSen2CRError("s1_db: these weights need SAR input: VV, VH in dB on the grid of s2_dn, a (2, H, W) array")
+    if settings.uncertainty_parts and not uncertainty:
+        raise DSen2CRError("uncertainty_parts: needs uncertainty=True (the parts are those of sigma)")
     if uncertainty:
         check_uncertainty_output("uncertainty=True", predictor.uncertainty, predictor.weights, settings)
     with tempfile.TemporaryDirectory(prefix="dsen2cr-arrays-", dir=temporary_folder) as folder:
@@ -102,11 +108,12 @@ def remove_clouds_array(
         with open_raster(job.out, what="output") as out, open_raster(work / "mask.tif", what="mask") as mask:
             image, tags, codes = out.read(), out.tags(), mask.read(1)
         tags.update(DSEN2CR_S2="s2_dn", DSEN2CR_S1="none" if s1 is None else "s1_db")
-        sigma = None
+        sigmas: list[np.ndarray | None] = [None] * 3
         if job.uncertainty_out is not None:
             with open_raster(job.uncertainty_out, what="sigma") as sigma_file:
-                sigma = sigma_file.read()
-    return ArrayResult(image, codes, sigma, tags)
+                every = sigma_file.read()
+            sigmas = list(np.split(every, len(every) // len(image)))  # the total, then any parts
+    return ArrayResult(image, codes, sigmas[0], tags, *sigmas[1:])
 
 
 def _check_arrays(s2_dn: np.ndarray, s1_db: np.ndarray | None, band_names: list[str] | None) -> None:

@@ -12,7 +12,7 @@ from dsen2cr.outputs.cog_stream import streams
 from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
 from dsen2cr.outputs.room import StagedOutput, check_room, staged_bytes
 from dsen2cr.precision import HALF_DTYPES
-from dsen2cr.predictor import Predictor
+from dsen2cr.predictor import ONE_MODEL_HAS_NO_PARTS, Predictor
 from dsen2cr.settings import SceneJob, SceneSettings
 
 #: What each output of a scene holds (its name must say so; see dsen2cr.outputs.files.check_output_file).
@@ -37,6 +37,11 @@ def check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, prod
         check_uncertainty_output(
             f"{job.uncertainty_out}: --uncertainty-out", predictor.uncertainty, predictor.weights, settings
         )
+        if settings.uncertainty_parts:
+            members = getattr(predictor.predict, "members", None)  # an ensemble's backend
+            check_uncertainty_parts(
+                None if members is None else [member.uncertainty for member in members], predictor.weights
+            )
     if predictor.include_sar and job.s1 is None:
         raise DSen2CRError(
             f"{job.s2}: these weights need SAR input; pass --s1 (an s1 in the job in Python): VV, VH in dB on or "
@@ -84,12 +89,33 @@ def check_uncertainty_output(asked: str, uncertainty: str, weights: str | None, 
         )
 
 
+def check_uncertainty_parts(member_uncertainties: list[str] | None, weights: str | None) -> None:
+    """``--uncertainty-parts`` needs an ensemble (``member_uncertainties``: its members' ``uncertainty``; None
+    for one model, whose variance is all aleatoric) of which a member predicts a variance (else the aleatoric
+    part is unknown and the sigma all epistemic)."""
+    if member_uncertainties is None:
+        raise DSen2CRError(f"--uncertainty-parts: {weights or 'this model'}: {ONE_MODEL_HAS_NO_PARTS}")
+    if "diag" not in member_uncertainties:
+        raise DSen2CRError(
+            "--uncertainty-parts: no member of the ensemble predicts its variance (model.uncertainty=diag), so "
+            "the aleatoric part is unknown; its sigma is the members' disagreement alone, all epistemic, which "
+            "--uncertainty-out writes without the option"
+        )
+
+
+def sigma_band_count(bands: int, settings: SceneSettings) -> int:
+    """The sigma file's bands for an image of ``bands``: the total sigma's, then with ``--uncertainty-parts``
+    the aleatoric and the epistemic sigma's."""
+    return 3 * bands if settings.uncertainty_parts else bands
+
+
 def check_scene_room(job: SceneJob, height: int, width: int, bands: int, settings: SceneSettings, stream: bool) -> None:
     """Refuse a scene whose COGs (``bands`` of uint16, a uint8 map, ``bands`` of float32 sigma) cannot be
     staged in their folders, warn where they may not fit with their COGs (:func:`dsen2cr.outputs.room.check_room`);
     ``stream``: the COGs are to be compressed while written (where the options allow it)."""
     options = settings.cog_options()
-    kinds = [(job.out, bands, "uint16"), (job.mask_out, 1, "uint8"), (job.uncertainty_out, bands, "float32")]
+    sigma_bands = sigma_band_count(bands, settings)
+    kinds = [(job.out, bands, "uint16"), (job.mask_out, 1, "uint8"), (job.uncertainty_out, sigma_bands, "float32")]
     check_room(
         [
             StagedOutput(Path(path), staged_bytes(height, width, count, dtype), stream and streams(options, dtype))

@@ -66,18 +66,29 @@ def describe_mask(dataset: Any, settings: SceneSettings) -> None:
 
 
 def describe_sigma_bands(dataset: Any, bands: list[str], settings: SceneSettings) -> None:
-    """The sigma map's band names (``sigma B02``), what its values mean, and the image's scale (DN x 0.0001 =
-    reflectance), so that readers applying scales show image and sigma in one unit."""
-    for index, name in enumerate(bands, start=1):
-        dataset.set_band_description(index, f"sigma {name}")
+    """The sigma map's band names (``sigma B02``; with ``--uncertainty-parts`` then ``aleatoric sigma B02``
+    and ``epistemic sigma B02``), what its values mean, and the image's scale (DN x 0.0001 = reflectance), so
+    that readers applying scales show image and sigma in one unit."""
+    parts = ("", "aleatoric ", "epistemic ") if settings.uncertainty_parts else ("",)
+    names = [(f"{part}sigma {name}", name) for part in parts for name in bands]
+    for index, (description, name) in enumerate(names, start=1):
+        dataset.set_band_description(index, description)
         dataset.update_tags(index, BAND=name)
-    _declare_reflectance_scale(dataset, len(bands))
+    _declare_reflectance_scale(dataset, len(names))
     kept = (
         "0 where --keep-clear kept the input, scaled by the blend weight at its edge; " if settings.keep_clear else ""
     )
+    n = len(bands)
+    split = (
+        f". Bands 1-{n}: the total sigma; {n + 1}-{2 * n}: its aleatoric part (from the mean of the ensemble "
+        f"members' predicted variances); {2 * n + 1}-{3 * n}: its epistemic part (from the variance of their "
+        "predictions); total^2 = aleatoric^2 + epistemic^2"
+        if settings.uncertainty_parts
+        else ""
+    )
     dataset.update_tags(
         DSEN2CR_UNCERTAINTY=f"predicted standard deviation per band and pixel, DN (reflectance x 10000); {kept}"
-        f"{SIGMA_NODATA:g} = no data"
+        f"{SIGMA_NODATA:g} = no data{split}"
     )
 
 

@@ -26,7 +26,7 @@ from dsen2cr.outputs.files import (
 from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.predictor import Predictor, load_network, predictor_for_plan
-from dsen2cr.scene.checks import OUTPUT_KINDS, check_uncertainty_output, job_outputs
+from dsen2cr.scene.checks import OUTPUT_KINDS, check_uncertainty_output, check_uncertainty_parts, job_outputs
 from dsen2cr.scene.remove import SceneReport, remove_clouds
 from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings
 
@@ -171,6 +171,11 @@ def run_scene_jobs(
     overwritten either); each scene's S2 input is resolved once."""
     if settings.weights is None:
         raise DSen2CRError("remove-clouds: --weights is required")
+    if settings.uncertainty_parts and all(job.uncertainty_out is None for job in jobs):
+        raise DSen2CRError(
+            "--uncertainty-parts: needs --uncertainty-out (or a manifest's uncertainty_out column), the sigma file "
+            "that holds the parts"
+        )
     launch = this_launch()  # torchrun's ranks or an srun step's tasks split the scenes
     rank, world = launch.rank, launch.world
     resolved = [_resolve(job, settings) for job in jobs]
@@ -211,10 +216,12 @@ def _plan_and_predictor(
         raise DSen2CRError("--weights: an ensemble's members are all ONNX files or all PyTorch weights, not both")
     single = len(networks) == 1
     config = networks[0].config if single else EnsembleSpec(tuple(network.config for network in networks))
+    names = ", ".join(settings.weights_files)
     for job in mine:
         if job.uncertainty_out is not None:
-            asked = f"{job.uncertainty_out}: --uncertainty-out"
-            check_uncertainty_output(asked, config.uncertainty, ", ".join(settings.weights_files), settings)
+            check_uncertainty_output(f"{job.uncertainty_out}: --uncertainty-out", config.uncertainty, names, settings)
+    if settings.uncertainty_parts:
+        check_uncertainty_parts(None if single else [network.config.uncertainty for network in networks], names)
     known = [size for size in sizes if size]
     plan = plan_scene_run(settings, config, scene_sizes=known, onnx=networks[0].onnx, device=device)
     members = [predictor_for_plan(network, plan) for network in networks]

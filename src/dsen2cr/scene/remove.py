@@ -26,7 +26,7 @@ from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS
 from dsen2cr.rasters import gdal_block_cache, set_block_cache_bytes
 from dsen2cr.scene.batches import BackgroundWriter, iter_predictions, write_in_order
-from dsen2cr.scene.checks import check_job, check_scene_room, check_settings_fit
+from dsen2cr.scene.checks import check_job, check_scene_room, check_settings_fit, sigma_band_count
 from dsen2cr.scene.describe import (
     MASK_NODATA,
     OUTPUT_NODATA,
@@ -97,6 +97,8 @@ def remove_clouds(
     if not isinstance(plan, ScenePlan):
         settings = plan or SceneSettings()
         check_settings_fit(predictor, settings)
+        if settings.uncertainty_parts and job.uncertainty_out is None:
+            raise DSen2CRError("uncertainty_parts: needs the job's uncertainty_out, the sigma file that holds them")
         onnx = isinstance(predictor.predict, OnnxPredictor)
         plan = plan_scene_run(settings, predictor.config, device=predictor.device, onnx=onnx)
     product = s2_product or resolve_s2(job.s2, offset=plan.settings.s2_offset)
@@ -233,7 +235,8 @@ class _TileWriter:
     cog: Any = None
     mask: Any = None
     sigma: Any = None
-    written: list[int] = field(default_factory=list)
+    written: list[int] = field(default_factory=list)  # the predicted bands that the outputs hold
+    sigma_written: list[int] = field(default_factory=list)  # and of sigma (with the parts: three times)
 
     def open(self, outputs: contextlib.ExitStack) -> None:
         """Open the outputs in ``outputs``; they are left in reverse order: the COG is made first (should that
@@ -248,7 +251,8 @@ class _TileWriter:
             outputs.push(_save_on_success(self.quicklook, job.preview))
         self.mask = outputs.enter_context(_optional_mask(job.mask_out, grid_profile, self.settings, self.stream))
         if job.uncertainty_out is not None:
-            sigma_profile = dict(grid_profile, count=len(s2.bands), dtype="float32", nodata=SIGMA_NODATA)
+            count = sigma_band_count(len(s2.bands), self.settings)
+            sigma_profile = dict(grid_profile, count=count, dtype="float32", nodata=SIGMA_NODATA)
             sigma = cog_writer(job.uncertainty_out, sigma_profile, options, overviews="average", stream=self.stream)
             self.sigma = outputs.enter_context(sigma)
             describe_sigma_bands(self.sigma, s2.bands, self.settings)
@@ -258,13 +262,17 @@ class _TileWriter:
         dst.update_tags(**output_tags(s2))
         self.cog = dst
         self.written = [S2_BANDS.index(band) for band in s2.bands]  # the input's bands: never a made-up B10
+        parts = range(3 if self.settings.uncertainty_parts else 1)  # the total sigma's bands, then the parts'
+        self.sigma_written = [part * NUM_S2_BANDS + band for part in parts for band in self.written]
 
     def prepare(
         self, tile: Tile, pred: np.ndarray, dn: np.ndarray, valid: np.ndarray, holes: int, window_dn: np.ndarray
     ) -> _TileOutput:
         """One tile's output pixels (any thread: it writes nothing): the prediction in DN, blended with the
         input under ``--keep-clear``, its sigma; a prediction with 26 channels carries the variances after
-        the 13 means (``--uncertainty-out``). The cloud/shadow map is made from the window's DN as read
+        the 13 means (``--uncertainty-out``), with 39 an ensemble's aleatoric and epistemic variances
+        (``--uncertainty-parts``; sigma then holds the total's, the aleatoric and the epistemic sigma). The
+        cloud/shadow map is made from the window's DN as read
         (``window_dn``) where it holds the pixels the map needs around the core."""
         pred, variance = pred[:NUM_S2_BANDS], pred[NUM_S2_BANDS:]
         out_dn = output_dn(pred, valid)
@@ -276,6 +284,8 @@ class _TileWriter:
             out_dn[:, ~valid] = OUTPUT_NODATA
         elif masker is not None:
             core_mask = masker.window(tile.core, read)
+        if len(variance) > NUM_S2_BANDS:  # the parts: the total's variance first
+            variance = np.concatenate([variance[:NUM_S2_BANDS] + variance[NUM_S2_BANDS:], variance])
         sigma = None if self.sigma is None else sigma_dn(variance, valid, weights)
         return _TileOutput(tile, dn, valid, holes, out_dn, sigma, core_mask)
 
@@ -284,9 +294,10 @@ class _TileWriter:
         tile, valid = done.tile, done.valid
         self.cog.write(done.out_dn[self.written], window=tile.core)
         if done.sigma is not None:
-            self.sigma.write(done.sigma[self.written], window=tile.core)
-        if self.quicklook is not None:
-            self.quicklook.add(tile.core, done.dn, done.out_dn, done.core_mask, done.sigma)
+            self.sigma.write(done.sigma[self.sigma_written], window=tile.core)
+        if self.quicklook is not None:  # the total sigma
+            total = None if done.sigma is None else done.sigma[:NUM_S2_BANDS]
+            self.quicklook.add(tile.core, done.dn, done.out_dn, done.core_mask, total)
         self.missing += done.holes
         self.valid += int(valid.sum())
         self.skipped += not valid.any()
@@ -319,15 +330,16 @@ def _predict_tiles(
     """Run every tile through ``predictor`` (read ahead on one thread) and hand each result to ``writer`` (on
     another); while the mask's statistics pass runs, results wait in memory up to ``plan.hold_bytes``."""
     with_variance = writer.job.uncertainty_out is not None
+    parts = with_variance and plan.settings.uncertainty_parts
     predictions = iter_predictions(
-        _means_and_variances(predictor) if with_variance else predictor,
+        _means_and_variances(predictor, parts=parts) if with_variance else predictor,
         inputs.s2,
         inputs.s1,
         tiles,
         batch_size=plan.batch_size,
         s1_fill_db=inputs.s1_fill,
         on_batch=on_batch,
-        channels=2 * NUM_S2_BANDS if with_variance else NUM_S2_BANDS,
+        channels=(3 if parts else 2 if with_variance else 1) * NUM_S2_BANDS,
     )
     # closed explicitly: its reader thread must have stopped before the sources close, also when an error or a
     # signal leaves the loop (else a read of a closed file crashes the process)
@@ -340,11 +352,13 @@ def _predict_tiles(
         )
 
 
-def _means_and_variances(predictor: Predictor) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
-    """A batch function giving the 13 means then the 13 variances of each window (26 channels)."""
+def _means_and_variances(predictor: Predictor, *, parts: bool) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
+    """A batch function giving the 13 means then the 13 variances of each window (26 channels); ``parts``: the
+    13 aleatoric then the 13 epistemic variances of an ensemble instead (39 channels)."""
 
     def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
-        return np.concatenate(predictor.predict_with_variance(s2, s1), axis=1)
+        moments = predictor.predict_variance_parts(s2, s1) if parts else predictor.predict_with_variance(s2, s1)
+        return np.concatenate(moments, axis=1)
 
     return predict
 

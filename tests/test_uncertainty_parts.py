@@ -1,0 +1,188 @@
+"""An ensemble's sigma split into its aleatoric and epistemic parts (docs/design.md §6): the mean of the members'
+predicted variances and the variance of their predictions, written beside the total by ``--uncertainty-parts``
+and returned by the Python API; checked against the members run alone in float64."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.models.dsen2cr import ModelConfig
+from dsen2cr.weights import save_weights
+
+
+class _Member:
+    """A member with a constant prediction (and variance): a plain batch function a Predictor can hold."""
+
+    def __init__(self, value: float, variance: float | None) -> None:
+        self.value, self.variance = value, variance
+        self.uncertainty = "none" if variance is None else "diag"
+
+    def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        return np.full_like(s2, self.value)
+
+    def predict_with_variance(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        return self(s2, s1), np.full_like(s2, self.variance)
+
+
+def test_an_ensembles_variance_parts_by_hand() -> None:
+    """Members predicting 1 (variance 0.04), 3 (no variance) and 2 (variance 0.10): aleatoric (0.04 + 0 +
+    0.10) / 3, epistemic var(1, 3, 2) = 2/3, their sum the total variance; one model has no parts."""
+    from dsen2cr.ensemble import ensemble
+    from dsen2cr.predictor import Predictor
+
+    config = ModelConfig(1, 4, False)
+    cpu = torch.device("cpu")
+    members = [
+        Predictor(_Member(value, variance), config, cpu, weights=f"m{index}")
+        for index, (value, variance) in enumerate([(1.0, 0.04), (3.0, None), (2.0, 0.10)])
+    ]
+    combined = ensemble(members)
+    s2 = np.zeros((1, 13, 4, 4), np.float32)
+    mean, aleatoric, epistemic = combined.predict_variance_parts(s2, None)
+    np.testing.assert_allclose(mean, 2.0)
+    np.testing.assert_allclose(aleatoric, 0.14 / 3, rtol=1e-6)
+    np.testing.assert_allclose(epistemic, 2 / 3, rtol=1e-6)
+    np.testing.assert_allclose(combined.predict_with_variance(s2, None)[1], aleatoric + epistemic, rtol=1e-6)
+    single = Predictor(_Member(1.0, 0.04), config, cpu, weights="one.safetensors")
+    with pytest.raises(DSen2CRError, match=r"^one\.safetensors: one model's variance is all aleatoric"):
+        single.predict_variance_parts(s2, None)
+
+
+def _members(folder: Path, uncertainties: tuple[str, ...]) -> tuple[list[torch.nn.Module], list[str]]:
+    """Small seeded models without SAR, saved as weights files."""
+    models, paths = [], []
+    for seed, uncertainty in enumerate(uncertainties):
+        torch.manual_seed(seed)
+        models.append(ModelConfig(2, 8, False, 0.1, uncertainty).build().eval())
+        paths.append(str(save_weights(models[-1], folder / f"m{seed}.safetensors")))
+    return models, paths
+
+
+def _parts_by_hand(models: list[torch.nn.Module], s2_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Aleatoric and epistemic sigma in DN of ``models`` on the scene, in float64 (the tool's members predict in
+    float32: where they nearly agree, their difference is a few float32 roundings, some 0.003 DN)."""
+    import rasterio
+
+    from dsen2cr.preprocessing import s2_dn_to_model
+
+    with rasterio.open(s2_path) as source:
+        x = torch.from_numpy(s2_dn_to_model(source.read())).double()[None]
+    means, variances = [], []
+    with torch.no_grad():
+        for model in models:
+            double = model.double()
+            if model.config.uncertainty == "diag":
+                mean, variance = double.forward_with_variance(x)
+            else:
+                mean, variance = double(x), torch.zeros_like(x)
+            means.append(mean[0].numpy())
+            variances.append(variance[0].numpy())
+    aleatoric = np.mean(variances, axis=0)
+    epistemic = np.var(means, axis=0)
+    return np.sqrt(aleatoric) * 2000, np.sqrt(epistemic) * 2000
+
+
+def test_remove_clouds_writes_the_parts_after_the_total(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """--uncertainty-parts: the sigma COG holds the total sigma (bands 1-13, as without it), then the aleatoric
+    and the epistemic sigma (14-26, 27-39), named so, each as the members run alone give it in float64."""
+    import rasterio
+
+    from dsen2cr.cli import main
+
+    models, paths = _members(workdir, ("diag", "none", "diag"))
+    s2, _ = workdir.scene()
+    argv = ["remove-clouds", "--weights", *paths, "--s2", str(s2), "--no-progress", "--out", str(workdir / "o.tif")]
+    assert main([*argv, "--uncertainty-out", str(workdir / "s.tif"), "--uncertainty-parts"]) == 0
+    aleatoric, epistemic = _parts_by_hand(models, s2)
+    with rasterio.open(workdir / "s.tif") as sigma:
+        assert sigma.count == 39
+        values = sigma.read().astype(np.float64)
+        np.testing.assert_allclose(values[13:26], aleatoric, rtol=1e-4, atol=0.01)
+        np.testing.assert_allclose(values[26:], epistemic, rtol=1e-4, atol=0.01)
+        np.testing.assert_allclose(values[:13], np.hypot(aleatoric, epistemic), rtol=1e-4, atol=0.01)
+        assert sigma.descriptions[0] == "sigma B1" and sigma.descriptions[13] == "aleatoric sigma B1"
+        assert sigma.descriptions[38] == "epistemic sigma B12"
+        assert sigma.scales == (1e-4,) * 39
+        assert "aleatoric" in sigma.tags()["DSEN2CR_UNCERTAINTY"]
+    # without the option the file holds the total alone, as before (summed from float64 parts: one float32 ulp)
+    assert main([*argv[:-1], str(workdir / "o2.tif"), "--uncertainty-out", str(workdir / "total.tif")]) == 0
+    with rasterio.open(workdir / "total.tif") as total, rasterio.open(workdir / "s.tif") as parted:
+        assert total.count == 13
+        np.testing.assert_allclose(total.read(), parted.read(list(range(1, 14))), rtol=3e-7)
+
+
+def test_uncertainty_parts_messages(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """The refusals' words (one line each on stderr)."""
+    from dsen2cr.cli import main
+
+    s2, _ = workdir.scene()
+    for uncertainties, with_sigma, message in [
+        (("diag",), True, "m0.safetensors: one model's variance is all aleatoric"),
+        (("none", "none"), True, "no member of the ensemble predicts its variance"),
+        (("diag", "none"), False, "--uncertainty-parts: needs --uncertainty-out"),
+    ]:
+        folder = workdir / f"{'_'.join(uncertainties)}-{with_sigma}"
+        folder.mkdir()
+        _, paths = _members(folder, uncertainties)
+        argv = ["remove-clouds", "--weights", *paths, "--s2", str(s2), "--out", str(folder / "o.tif")]
+        argv += ["--uncertainty-out", str(folder / "s.tif")] if with_sigma else []
+        assert main([*argv, "--uncertainty-parts", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not list(folder.glob("*.tif")), list(folder.glob("*.tif"))
+
+
+def test_keep_clear_scales_every_part_alike(workdir: Path) -> None:
+    """Under --keep-clear sigma is 0 where the input is kept and scaled by the blend weight at the edge: the
+    parts alike, so the total stays sqrt(aleatoric^2 + epistemic^2) in every pixel."""
+    import rasterio
+
+    from dsen2cr.cli import main
+    from dsen2cr.data.synth import add_synthetic_clouds, synthetic_clear_scene
+
+    _, paths = _members(workdir, ("diag", "diag"))
+    rng = np.random.default_rng(5)
+    clear, _ = synthetic_clear_scene((60, 80), rng)
+    s2, _ = workdir.scene(s2=add_synthetic_clouds(clear, rng)[0])
+    argv = ["remove-clouds", "--weights", *paths, "--s2", str(s2), "--no-progress", "--out", str(workdir / "o.tif")]
+    argv += ["--uncertainty-out", str(workdir / "s.tif"), "--uncertainty-parts", "--keep-clear"]
+    assert main(argv) == 0
+    with rasterio.open(workdir / "s.tif") as sigma:
+        values = sigma.read().astype(np.float64)
+    valid = values[0] >= 0
+    total, aleatoric, epistemic = values[:13], values[13:26], values[26:]
+    np.testing.assert_allclose(total[:, valid], np.hypot(aleatoric, epistemic)[:, valid], rtol=1e-5, atol=1e-3)
+    kept = (total[:, valid] == 0).all(axis=0)
+    assert kept.any() and not kept.all()
+    assert (aleatoric[:, valid][:, kept] == 0).all() and (epistemic[:, valid][:, kept] == 0).all()
+
+
+def test_the_array_api_returns_the_parts(workdir: Path) -> None:
+    """remove_clouds_array with settings uncertainty_parts: sigma (the total), sigma_aleatoric and
+    sigma_epistemic, as the members run alone give them; asked for without uncertainty=True, refused."""
+    import rasterio
+
+    import dsen2cr
+    from dsen2cr.settings import SceneSettings
+
+    models, paths = _members(workdir, ("diag", "diag"))
+    s2, _ = workdir.scene()
+    with rasterio.open(s2) as source:
+        s2_dn = source.read()
+    predictor = dsen2cr.load_ensemble(paths, device="cpu")
+    settings = SceneSettings(uncertainty_parts=True)
+    result = dsen2cr.remove_clouds_array(predictor, s2_dn, settings=settings, uncertainty=True)
+    aleatoric, epistemic = _parts_by_hand(models, s2)
+    assert result.sigma is not None and result.sigma_aleatoric is not None and result.sigma_epistemic is not None
+    np.testing.assert_allclose(result.sigma_aleatoric, aleatoric, rtol=1e-4, atol=0.01)
+    np.testing.assert_allclose(result.sigma_epistemic, epistemic, rtol=1e-4, atol=0.01)
+    np.testing.assert_allclose(result.sigma, np.hypot(aleatoric, epistemic), rtol=1e-4, atol=0.01)
+    plain = dsen2cr.remove_clouds_array(predictor, s2_dn, uncertainty=True)
+    assert plain.sigma_aleatoric is None and plain.sigma_epistemic is None
+    with pytest.raises(DSen2CRError, match=r"^uncertainty_parts: needs uncertainty=True"):
+        dsen2cr.remove_clouds_array(predictor, s2_dn, settings=settings)
