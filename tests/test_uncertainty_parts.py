@@ -4,6 +4,7 @@ and returned by the Python API; checked against the members run alone in float64
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,36 @@ def test_the_array_api_returns_the_parts(workdir: Path) -> None:
     assert plain.sigma_aleatoric is None and plain.sigma_epistemic is None
     with pytest.raises(DSen2CRError, match=r"^uncertainty_parts: needs uncertainty=True"):
         dsen2cr.remove_clouds_array(predictor, s2_dn, settings=settings)
+
+
+def test_evaluate_reports_an_ensembles_parts(tmp_path: Path, synthetic_tree: Path) -> None:
+    """evaluate of an ensemble with a variance head: per image the RMS of the aleatoric and of the epistemic
+    sigma (reflectance), recomputed here in float64 from the members; their squares sum to the total's mean
+    variance. One model has no such columns."""
+    import csv
+
+    import dsen2cr
+    from dsen2cr.data.dataset import SEN12MSCRDataset
+    from dsen2cr.data.layout import read_file_list, select_split
+    from dsen2cr.evaluate import evaluate
+
+    models, paths = _members(tmp_path, ("diag", "none"))
+    triplets = select_split(read_file_list(synthetic_tree / "files.csv", synthetic_tree), "train")[:2]
+    predictor = dsen2cr.load_ensemble(paths, device="cpu")
+    summary = evaluate(predictor, triplets, tmp_path / "e", write_images=False, progress=False)
+    assert "rms_sigma_aleatoric" in summary["model"] and "rms_sigma_epistemic" in summary["model"]
+    rows = [r for r in csv.DictReader((tmp_path / "e" / "metrics_per_image.csv").open()) if r["method"] == "model"]
+    for triplet, row in zip(triplets, rows, strict=True):
+        sample = SEN12MSCRDataset([triplet], train=False)[0]
+        x = sample["s2_cloudy"][None].double()
+        with torch.no_grad():
+            first_mean, first_variance = models[0].double().forward_with_variance(x)
+            second_mean = models[1].double()(x)
+        aleatoric = first_variance.numpy() / 2
+        epistemic = ((first_mean - second_mean).numpy() / 2) ** 2
+        for name, variance in (("rms_sigma_aleatoric", aleatoric), ("rms_sigma_epistemic", epistemic)):
+            expected = math.sqrt(variance.mean()) * 2000 / 10000  # model units to reflectance
+            assert float(row[name]) == pytest.approx(expected, rel=1e-4), name
+    one = dsen2cr.load_predictor(paths[0], device="cpu")
+    single = evaluate(one, triplets, tmp_path / "s", write_images=False, progress=False)
+    assert "coverage_1sigma" in single["model"] and "rms_sigma_aleatoric" not in single["model"]

@@ -15,6 +15,8 @@ for the image metrics), per pixel value (band and pixel), in float64:
   bins that hold values (Ebel et al. 2023);
 - ``mae_certain10/50/90``: the MAE of the 10 / 50 / 90 % of values with the smallest sigma (a sparsification
   curve: for sigma that ranks errors, it grows with the share).
+- ``rms_sigma_aleatoric``, ``rms_sigma_epistemic`` (an ensemble of which a member predicts a variance): the RMS
+  over the values of the two parts of sigma, the noise the members expect and their disagreement.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ UNCERTAINTY_METRIC_NAMES: tuple[str, ...] = (
     "mae_certain50",
     "mae_certain90",
 )
+#: An ensemble's two parts of sigma, per image (:func:`sigma_part_metrics`).
+SIGMA_PART_NAMES: tuple[str, ...] = ("rms_sigma_aleatoric", "rms_sigma_epistemic")
 #: Bins of sigma for UCE, AUCE and the reliability diagram.
 CALIBRATION_BINS = 20
 #: The shares of the most certain values whose MAE is reported.
@@ -63,6 +67,16 @@ def uncertainty_metrics(pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np
         count = max(1, round(share / 100 * error.size))
         values[f"mae_certain{share}"] = float(error[order[:count]].mean())
     return values
+
+
+def sigma_part_metrics(aleatoric_dn: np.ndarray, epistemic_dn: np.ndarray) -> dict[str, float]:
+    """An ensemble's aleatoric and epistemic sigma (DN) over one image: the RMS of each over the values, as
+    reflectance (float64); their squares sum to the mean of the total variance."""
+    parts = (aleatoric_dn, epistemic_dn)
+    return {
+        name: math.sqrt(float(np.mean(np.square(np.asarray(sigma, np.float64))))) / 10000.0
+        for name, sigma in zip(SIGMA_PART_NAMES, parts, strict=True)
+    }
 
 
 def reliability_bins(

@@ -22,11 +22,13 @@ from tqdm import tqdm
 
 from dsen2cr.calibration import (
     CALIBRATION_BINS,
+    SIGMA_PART_NAMES,
     UNCERTAINTY_METRIC_NAMES,
     errors_of_bins,
     pooled_sentence,
     reflectance_errors,
     reliability_bins,
+    sigma_part_metrics,
     spearman,
     uncertainty_metrics,
 )
@@ -125,19 +127,19 @@ def evaluate(
     )
     # a model that predicts its variance is also judged on it (the original protocol has no such columns)
     uncertain = o.protocol == "default" and getattr(predictor, "uncertainty", "none") == "diag"
-    names = PROTOCOLS[o.protocol] + (UNCERTAINTY_METRIC_NAMES if uncertain else ())
+    parted = uncertain and predictor.has_variance_parts  # an ensemble's aleatoric and epistemic sigma too
+    names = (
+        PROTOCOLS[o.protocol] + (UNCERTAINTY_METRIC_NAMES if uncertain else ()) + (SIGMA_PART_NAMES if parted else ())
+    )
     scorer = _Scorer(o, out, {t.patch_id: t for t in triplets}, bool(predictor.include_sar))
     bar = tqdm(total=len(triplets), unit="patch", desc="evaluate", disable=not o.progress, dynamic_ncols=True)
     with torch.inference_mode(), bar:
         for batch in itertools.chain.from_iterable(loader):  # each of a batch's sizes
             bar.update(len(batch["patch_id"]))
             s1 = batch["s1"].numpy() if model.include_sar else None
-            if uncertain:
-                mean, variance = predictor.predict_with_variance(batch["s2_cloudy"].numpy(), s1)
-            else:
-                mean, variance = predictor(batch["s2_cloudy"].numpy(), s1), None
+            mean, variance, parts = _predict(predictor, batch["s2_cloudy"].numpy(), s1, uncertain, parted)
             scorer.tags = predictor.provenance(with_variance=uncertain)  # settled once the first batch ran
-            scorer.score(batch, torch.from_numpy(mean), None if variance is None else torch.from_numpy(variance))
+            scorer.score(batch, mean, variance, parts)
             if o.write_images and len(scorer.rows) == 2 * len(batch["patch_id"]):  # the first batch: will it fit?
                 images = [out / "predictions", out / "previews"]
                 check_projected_room(out, images, len(batch["patch_id"]), len(triplets), what="patches", hint=ROOM_HINT)
@@ -150,6 +152,21 @@ def evaluate(
     calibration = write_calibration(scorer.pooled(), out, provenance) if uncertain else None
     _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance, calibration)
     return summary
+
+
+def _predict(
+    predictor: Predictor, s2: np.ndarray, s1: np.ndarray | None, uncertain: bool, parted: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None]:
+    """One batch's prediction, its variance (``uncertain``) and an ensemble's aleatoric and epistemic parts of
+    it (``parted``), as tensors (model units)."""
+    if parted:
+        mean, aleatoric, epistemic = predictor.predict_variance_parts(s2, s1)
+        parts = [torch.from_numpy(aleatoric), torch.from_numpy(epistemic)]
+        return torch.from_numpy(mean), parts[0] + parts[1], parts
+    if uncertain:
+        mean, variance = predictor.predict_with_variance(s2, s1)
+        return torch.from_numpy(mean), torch.from_numpy(variance), None
+    return torch.from_numpy(predictor(s2, s1)), None, None
 
 
 class _Scorer:
@@ -169,8 +186,15 @@ class _Scorer:
         mask, threshold = options.mask_kind, options.cloud_threshold  # the map the region metrics use
         self.mask_tags = {"DSEN2CR_MASK": mask} | threshold_tags(mask, threshold)
 
-    def score(self, batch: dict[str, Any], pred: torch.Tensor, variance: torch.Tensor | None) -> None:
-        """Score one batch of predictions (model units) and, for a model with uncertainty, their variances."""
+    def score(
+        self,
+        batch: dict[str, Any],
+        pred: torch.Tensor,
+        variance: torch.Tensor | None,
+        parts: list[torch.Tensor] | None = None,
+    ) -> None:
+        """Score one batch of predictions (model units) and, for a model with uncertainty, their variances
+        (and an ensemble's aleatoric and epistemic ``parts`` of them)."""
         for i, patch_id in enumerate(batch["patch_id"]):
             pred_dn = s2_model_to_dn(pred[i])
             cloudy_dn = s2_model_to_dn(batch["s2_cloudy"][i])
@@ -185,6 +209,10 @@ class _Scorer:
                 if method == "model" and variance is not None:
                     sigma_dn = variance[i].double().sqrt().numpy() * S2_MODEL_SCALE
                     values.update(uncertainty_metrics(pred_dn, target_dn, sigma_dn))
+                    if parts is not None:
+                        values.update(
+                            sigma_part_metrics(*(p[i].double().sqrt().numpy() * S2_MODEL_SCALE for p in parts))
+                        )
                     self._keep_sample(pred_dn, target_dn, sigma_dn)
                 cloud_fraction = float((mask != 0).mean())
                 self.rows.append({"patch_id": patch_id, "method": method, "cloud_fraction": cloud_fraction, **values})

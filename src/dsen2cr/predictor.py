@@ -158,6 +158,13 @@ class Predictor:
             )
         return arrays
 
+    @property
+    def has_variance_parts(self) -> bool:
+        """Whether :meth:`predict_variance_parts` gives both parts: an ensemble of which a member predicts a
+        variance (without one, its aleatoric part is unknown)."""
+        members = getattr(self.predict, "members", None)  # an ensemble's backend
+        return members is not None and any(member.uncertainty == "diag" for member in members)
+
     def predict_variance_parts(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, ...]:
         """An ensemble's prediction and the two parts of its variance, aleatoric (the mean of the members'
         predicted variances) and epistemic (the variance of their predictions), of one batch (model units,
