@@ -325,8 +325,8 @@ def test_export_round_trip_and_variant_check(
 
 def test_exported_weights_record_what_made_them(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     """An exported weights file recorded only the network's shape: not the checkpoint it came from, its epoch,
-    the loss it was trained with, nor the version that wrote it; every later output names the weights file and
-    its SHA-256, so the chain broke there. It now records them (read back here with safetensors alone), and a
+    the loss it was trained with, the data, nor the version that wrote it; every later output names the weights
+    file and its SHA-256, so the chain broke there. It now records them (read back here with safetensors alone), and a
     weights file exported again keeps its training record and names its own source."""
     import hashlib
 
@@ -351,7 +351,18 @@ def test_exported_weights_record_what_made_them(workdir: Path, capsys: pytest.Ca
         "epoch": checkpoint["epoch"],
         "global_step": checkpoint["global_step"],
         "loss": checkpoint["hyper_parameters"]["loss"],
+        "data": checkpoint["hyper_parameters"]["data"],
     }
+    # the data it trained on, by the file list's name (never a machine's folders), the patches of each split
+    # (counted here from the list's rows; their ids, season_roi_pN, hashed sorted one per line) and the crops
+    rows = [line.split("\t") for line in (workdir.tree() / "files.csv").read_text().splitlines() if line.strip()]
+    for split, number in (("train", "1"), ("val", "2")):
+        ids = sorted(row[-1].strip().removesuffix(".tif").replace("_s1_", "_") for row in rows if row[0] == number)
+        assert training["data"][f"{split}_patches"] == len(ids) > 0
+        digest = hashlib.sha256("".join(f"{patch}\n" for patch in ids).encode()).hexdigest()
+        assert training["data"][f"{split}_patches_sha256"] == digest
+    assert training["data"]["files"] == "files.csv" and str(workdir) not in metadata["dsen2cr_training"]
+    assert training["data"]["seed"] == 42 and training["data"]["crop_size"] == 32  # trainer.seed, data.crop_size
     assert training["loss"]["name"] == "carl" and training["loss"]["lam"] == 0.5
     assert training["epoch"] == 1 and any((workdir / "run" / "checkpoints").glob("epoch001-*.ckpt"))  # as named
     assert main(["export", str(first), str(second)]) == 0
