@@ -141,3 +141,14 @@ def test_roi_lists_take_complete_patches_and_say_which_they_leave_out(
     rois.write_text("ROIs1158_spring/2\n")
     with pytest.raises(DSen2CRError, match=r"rois.txt: none of its ROIs has a complete patch under .*data \(1 lacks"):
         triplets_of_rois(root, rois)
+
+
+def test_data_files_name_the_lists_without_their_folders() -> None:
+    """A run's record names the list files its splits come from, never the folders they lie in."""
+    from dsen2cr.config import DataSection
+    from dsen2cr.data.layout import data_files
+
+    assert data_files(DataSection(root="/d", file_list="/d/lists/files.csv")) == "files.csv"
+    rois = DataSection(root="/d", train_rois="/x/train.txt", val_rois="/x/val.txt", test_rois="/x/test.txt")
+    assert data_files(rois) == "train: train.txt, val: val.txt"
+    assert data_files(DataSection()) == "the bundled sample's files.csv"

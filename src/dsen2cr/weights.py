@@ -166,11 +166,13 @@ def _load_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.T
 
 def _training_record(checkpoint: dict[str, Any]) -> dict[str, str]:
     """The record of a dsen2cr training checkpoint: the epoch it was saved at (0-based, as its file name), the
-    optimiser steps and the loss settings (empty for a checkpoint without them)."""
+    optimiser steps, the loss settings and the data it trained on (empty for a checkpoint without them)."""
     settings = checkpoint.get("hyper_parameters")
     if not isinstance(settings, dict) or not isinstance(settings.get("loss"), dict):
         return {}
     record = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"), "loss": settings["loss"]}
+    if isinstance(settings.get("data"), dict):  # what it trained on (checkpoints of earlier versions lack it)
+        record["data"] = settings["data"]
     return {TRAINING_KEY: json.dumps(record, sort_keys=True)}
 
 

@@ -262,6 +262,17 @@ def select_split(triplets: Iterable[Triplet], split: str | int, *, source: str =
     return chosen
 
 
+def data_files(data: DataSection) -> str:
+    """The list files a run's splits come from, by name (never a machine's folders): the file list, the train
+    and val ROI lists, or the bundled sample's file list."""
+    if data.root is None:
+        return "the bundled sample's files.csv"
+    if data.file_list is not None:
+        return Path(data.file_list).name
+    lists = (("train", data.train_rois), ("val", data.val_rois))
+    return ", ".join(f"{split}: {Path(roi_file).name}" for split, roi_file in lists if roi_file is not None)
+
+
 def resolve_split(data: DataSection, split: str) -> list[Triplet]:
     """The triplets of one split from the file list, or from a ROI list over a scanned release tree."""
     if data.root is None:

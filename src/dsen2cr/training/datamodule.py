@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from dsen2cr.config import DataSection, LossSection
 from dsen2cr.data.dataset import SEN12MSCRDataset
-from dsen2cr.data.layout import resolve_split
+from dsen2cr.data.layout import data_files, resolve_split
 from dsen2cr.errors import DSen2CRError
 
 #: Where loader workers hand batches to the training process (PyTorch's shared memory; 64 MB in a Docker
@@ -153,6 +154,20 @@ class SEN12MSCRDataModule(L.LightningDataModule):
             )
         if self.val_set is None:
             self.val_set = SEN12MSCRDataset(resolve_split(self.data, "val"), train=False, **common)
+
+    def record(self) -> dict[str, Any]:
+        """What the run trains and validates on (after :meth:`setup`), for its weights' training record: the
+        list files by name (never a machine's folders), each split's patch count and the SHA-256 of its sorted
+        patch ids (``season_roi_pN``, one per line: the same split gives the same digest wherever the data
+        lies), and how training samples are drawn."""
+        assert self.train_set is not None and self.val_set is not None, "setup() first"
+        record: dict[str, Any] = {"files": data_files(self.data)}
+        for split, dataset in (("train", self.train_set), ("val", self.val_set)):
+            ids = sorted(triplet.patch_id for triplet in dataset.triplets)
+            record[f"{split}_patches"] = len(ids)
+            record[f"{split}_patches_sha256"] = hashlib.sha256("".join(f"{i}\n" for i in ids).encode()).hexdigest()
+        drawn = {"crop_size": self.data.crop_size, "augment": self.data.augment, "repeats": self.data.repeats}
+        return record | drawn | {"seed": self.seed}
 
     def batch_per_device(self) -> int:
         """The batch of one rank: ``batch_size``, or with ``global_batch`` its share of the global batch (the

@@ -38,9 +38,10 @@ class DSen2CRTask(L.LightningModule):
         val_images: int = 4,
         channels_last: bool = True,
         model_family: str = DEFAULT_FAMILY,
+        data: dict[str, Any] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # ``data`` too: what the run trains on, for the weights' training record
         self.model_config = get_family(model_family).config_from_dict(model, "model")
         self.model_family = model_family
         self.loss_settings = LossSection(**loss)

@@ -143,8 +143,9 @@ def build_trainer(config: RunConfig, out: Path, *, progress: bool = True, resume
     )
 
 
-def build_task(config: RunConfig) -> DSen2CRTask:
-    """The LightningModule for a run configuration."""
+def build_task(config: RunConfig, data: dict[str, Any] | None = None) -> DSen2CRTask:
+    """The LightningModule for a run configuration; ``data``: what it trains on, for its checkpoints' record
+    (:meth:`~dsen2cr.training.datamodule.SEN12MSCRDataModule.record`)."""
     model = config.model.model_config()
     return DSen2CRTask(
         model=model.to_dict(),
@@ -153,6 +154,7 @@ def build_task(config: RunConfig) -> DSen2CRTask:
         optim=config.optim.__dict__.copy(),
         val_images=config.trainer.val_images,
         channels_last=config.trainer.channels_last,
+        data=data,
     )
 
 
@@ -231,7 +233,7 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
     )
     datamodule.setup("fit")
     trainer = build_trainer(config, out, progress=progress, resumed_step=resumed_step)
-    task = build_task(config)
+    task = build_task(config, datamodule.record())
     if not is_launched_worker():  # rank 0 writes the checkpoints: weights and NAdam's two moments, as stored
         stored = 3 * sum(parameter.numel() * parameter.element_size() for parameter in task.parameters())
         check_run_room(out, stored, config.optim.epochs - finished)
