@@ -25,6 +25,7 @@ LAYERS = [
     ["auto"],
     ["scene.tiles", "scene"],
     ["settings"],
+    ["weights_info"],
     ["onnx_export"],
     ["onnx_runtime"],
     ["backends"],

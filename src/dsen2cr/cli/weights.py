@@ -8,8 +8,10 @@ from dsen2cr.cli.options import SubParsers, add_command, add_no_progress, add_ov
 
 
 def register(subparsers: SubParsers) -> None:
-    """Add ``weights`` and its subcommand ``download``."""
-    weights = add_command(subparsers, "weights", help="the published DSen2-CR models")
+    """Add ``weights`` and its subcommands ``download`` and ``info``."""
+    weights = add_command(
+        subparsers, "weights", help="weights files: download the published models, describe any weights file"
+    )
     commands = weights.add_subparsers(dest="weights_command", metavar="WEIGHTS_COMMAND", required=True)
     download = add_command(
         commands,
@@ -22,6 +24,15 @@ def register(subparsers: SubParsers) -> None:
     add_overwrite(download, "replace an existing output file")
     add_no_progress(download)
     download.set_defaults(handler=run_download)
+    info = add_command(
+        commands,
+        "info",
+        help="what a weights file holds and what made it: kind, SHA-256, model, parameters, source, version, "
+        "training record and its data (any file --weights takes: safetensors, checkpoint, Keras HDF5, ONNX)",
+    )
+    info.add_argument("files", nargs="+", metavar="FILE", help="weights files")
+    info.add_argument("--json", action="store_true", help="print one JSON list of the files' descriptions")
+    info.set_defaults(handler=run_info)
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -30,4 +41,18 @@ def run_download(args: argparse.Namespace) -> int:
 
     out = download_published(args.name, args.out, url=args.url, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"wrote {out}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Run ``weights info``: every file described before any is printed (a bad file prints nothing)."""
+    import json
+
+    from dsen2cr.weights_info import info_lines, weights_info
+
+    described = [weights_info(path) for path in args.files]
+    if args.json:
+        print(json.dumps([info.to_dict() for info in described], indent=2))
+    else:
+        print("\n".join(line for info in described for line in info_lines(info)))
     return 0

@@ -1,0 +1,151 @@
+"""What a weights file holds and what made it (``dsen2cr weights info``): its kind, SHA-256, model and size, and
+the provenance that exports record (source file, version, training record with its data; an int8 file's
+calibration), read from any file ``--weights`` takes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsen2cr.formats import sniff
+from dsen2cr.models import VARIANTS, ModelSpec, family_of
+from dsen2cr.outputs.files import check_input_file, file_sha256
+from dsen2cr.weights import SHA256_KEY, SOURCE_KEY, TRAINING_KEY, VERSION_KEY, load_model_and_record
+
+#: The kinds of weights file, by content.
+KINDS = {"safetensors": "safetensors weights", "pytorch": "Lightning checkpoint", "hdf5": "Keras HDF5"}
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """A weights file's description: ``provenance`` holds what made it, as recorded (``source``,
+    ``source_sha256``, ``version``, ``training`` and for int8 ONNX files ``int8_calibration``; absent keys were
+    not recorded)."""
+
+    file: str
+    kind: str
+    sha256: str
+    model: str
+    parameters: int
+    variant: str | None = None  # the registry's variant of that configuration, if any
+    precision: str = "fp32"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The description as JSON-ready data."""
+        return asdict(self)
+
+
+def weights_info(path: str | Path) -> WeightsInfo:
+    """Describe the weights file ``path`` (safetensors, Lightning checkpoint, Keras HDF5 or ONNX), loading it as
+    ``--weights`` does, so that a file it would refuse is refused here with the same message."""
+    path = check_input_file(path, "weights")
+    if path.suffix.lower() == ".onnx":
+        return _onnx_info(path)
+    model, record = load_model_and_record(path)
+    metadata = _safetensors_metadata(path) if sniff(path) == "safetensors" else dict(record)
+    return _describe(path, KINDS.get(sniff(path), sniff(path)), model.config, "fp32", metadata)
+
+
+def _onnx_info(path: Path) -> WeightsInfo:
+    """An exported ONNX file (fp32 or int8): its model configuration and records are its metadata."""
+    from dsen2cr.onnx_export import CALIBRATION_KEY
+    from dsen2cr.onnx_runtime import OnnxPredictor
+
+    onnx = OnnxPredictor(path)
+    metadata = dict(onnx.session.get_modelmeta().custom_metadata_map)
+    if CALIBRATION_KEY in metadata:
+        metadata["int8_calibration"] = metadata.pop(CALIBRATION_KEY)
+    return _describe(path, "ONNX model", onnx.config, onnx.precision, metadata)
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's metadata (the header's strings)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as weights:
+        return dict(weights.metadata() or {})
+
+
+def _describe(path: Path, kind: str, config: ModelSpec, precision: str, metadata: dict[str, str]) -> WeightsInfo:
+    """The description of a loaded file from its configuration and metadata."""
+    names = {SOURCE_KEY: "source", SHA256_KEY: "source_sha256", VERSION_KEY: "version", TRAINING_KEY: "training"}
+    names["int8_calibration"] = "int8_calibration"
+    provenance: dict[str, Any] = {}
+    for key, name in names.items():
+        if key in metadata:
+            provenance[name] = _json_or_text(metadata[key])
+    variant = next((v.name for v in VARIANTS.values() if v.config == config), None)
+    return WeightsInfo(
+        file=path.name,
+        kind=kind,
+        sha256=file_sha256(path) or "unknown",  # read once already: None only if it vanished since
+        model=f"{family_of(config).name} {config.describe()}",
+        parameters=config.build_parameter_count(),
+        variant=variant,
+        precision=precision,
+        provenance=provenance,
+    )
+
+
+def _json_or_text(value: str) -> Any:
+    """A metadata value: its JSON when it is a JSON object, else the text."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    return parsed if isinstance(parsed, dict) else value
+
+
+def info_lines(info: WeightsInfo) -> list[str]:
+    """The description as lines for people: the file, its model, and what made it."""
+    variant = f", variant {info.variant}" if info.variant else ""
+    lines = [
+        f"{info.file}: {info.kind}, {info.precision}, SHA-256 {info.sha256}",
+        f"  model: {info.model} ({info.parameters:,} parameters{variant})",
+    ]
+    made = info.provenance
+    if "source" in made or "version" in made:
+        source = f" from {made['source']} (SHA-256 {made.get('source_sha256', 'unknown')})" if "source" in made else ""
+        lines.append(f"  written by: dsen2cr {made.get('version', 'unknown version')}{source}")
+    training = made.get("training")
+    if isinstance(training, dict):
+        lines.append("  " + _training_line(training))
+        if isinstance(training.get("data"), dict):
+            lines.append("  " + _data_line(training["data"]))
+    elif "training" not in made:
+        lines.append("  training: not recorded (a Keras file, or weights saved without a training run's record)")
+    calibration = made.get("int8_calibration")
+    if isinstance(calibration, dict):
+        lines.append(
+            f"  int8 calibration: {calibration.get('method')} on {calibration.get('crops')} crops of "
+            f"{calibration.get('patches')} patches ({calibration.get('file_list')})"
+        )
+    return lines
+
+
+def _training_line(training: dict[str, Any]) -> str:
+    """The training record: when it was saved and the loss (its name, then its settings)."""
+    epoch, steps = training.get("epoch"), training.get("global_step")
+    when = f"after {epoch + 1} epochs ({steps} optimiser steps)" if isinstance(epoch, int) else "at an unknown epoch"
+    loss = dict(training.get("loss") or {})
+    name = loss.pop("name", "not recorded")
+    return f"training: saved {when}; loss {name}" + (f" ({_pairs(loss)})" if loss else "")
+
+
+def _data_line(data: dict[str, Any]) -> str:
+    """The data of the training record."""
+    splits = []
+    for split in ("train", "val"):
+        count = data.get(f"{split}_patches")
+        noun = "patch" if count == 1 else "patches"
+        splits.append(f"{split} {count} {noun} (their ids' SHA-256 {data.get(f'{split}_patches_sha256')})")
+    drawn = _pairs({k: data[k] for k in ("crop_size", "augment", "repeats", "seed") if k in data})
+    return f"data: {data.get('files', 'unknown')}; {', '.join(splits)}; {drawn}"
+
+
+def _pairs(values: dict[str, Any]) -> str:
+    """``key value`` pairs, comma-separated."""
+    return ", ".join(f"{key} {value}" for key, value in values.items())

@@ -1,0 +1,91 @@
+"""``dsen2cr weights info``: what a weights file holds and what made it, for every kind ``--weights`` takes,
+checked against the files read here with safetensors, hashlib, torch and onnx alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsen2cr.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "keras"
+
+
+def _info(capsys: pytest.CaptureFixture, *files: Path) -> list[dict]:
+    """``weights info --json`` of ``files``, parsed."""
+    capsys.readouterr()
+    assert main(["weights", "info", "--json", *map(str, files)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_weights_info_of_a_trained_run(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """A checkpoint and its export: kind, SHA-256, parameters (counted here from the tensors), model, variant,
+    and the export's record of its source, version and training with its data; the text form says the same."""
+    from safetensors import safe_open
+
+    from dsen2cr import __version__
+
+    config = workdir.config(optim={"epochs": 2, "batch_size": 2})
+    assert main(["train", "--config", str(config), "--no-progress"]) == 0
+    last = workdir / "run" / "checkpoints" / "last.ckpt"
+    exported = workdir / "small.safetensors"
+    assert main(["export", str(last), str(exported)]) == 0
+    with safe_open(exported, "pt") as weights:
+        metadata = weights.metadata()
+        parameters = sum(weights.get_tensor(name).numel() for name in weights.keys())  # noqa: SIM118
+    ckpt, safetensors = _info(capsys, last, exported)
+    assert safetensors["kind"] == "safetensors weights" and ckpt["kind"] == "Lightning checkpoint"
+    assert safetensors["sha256"] == hashlib.sha256(exported.read_bytes()).hexdigest()
+    assert ckpt["sha256"] == hashlib.sha256(last.read_bytes()).hexdigest()
+    assert safetensors["parameters"] == ckpt["parameters"] == parameters
+    assert safetensors["variant"] == "dsen2cr-small" and safetensors["model"].startswith("dsen2cr B=4, F=32 with SAR")
+    made = safetensors["provenance"]
+    assert made["source"] == "last.ckpt" and made["version"] == __version__
+    assert made["source_sha256"] == ckpt["sha256"]
+    assert made["training"] == json.loads(metadata["dsen2cr_training"]) == ckpt["provenance"]["training"]
+    assert made["training"]["data"]["files"] == "files.csv"
+    assert main(["weights", "info", str(exported)]) == 0
+    text = capsys.readouterr().out
+    assert f"small.safetensors: safetensors weights, fp32, SHA-256 {safetensors['sha256']}" in text
+    assert f"({parameters:,} parameters, variant dsen2cr-small)" in text
+    assert f"written by: dsen2cr {__version__} from last.ckpt (SHA-256 {ckpt['sha256']})" in text
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert f"training: saved after {checkpoint['epoch'] + 1} epochs ({checkpoint['global_step']} optimiser" in text
+    assert "data: files.csv; train 1 patch (their ids' SHA-256 " in text and "seed 42" in text
+    assert "; loss carl (" in text
+
+
+def test_weights_info_of_keras_and_onnx_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The original's Keras file (no record: said so) and ONNX exports (precision, source, int8 calibration)."""
+    pytest.importorskip("onnxruntime")
+    keras = FIXTURES / "keras224_multigpu_sar.h5"
+    (info,) = _info(capsys, keras)
+    assert info["kind"] == "Keras HDF5" and info["model"] == "dsen2cr B=5, F=8 with SAR" and info["provenance"] == {}
+    assert main(["weights", "info", str(keras)]) == 0
+    assert "training: not recorded" in capsys.readouterr().out
+    weights = tmp_path / "k.safetensors"
+    assert main(["convert-keras", str(keras), str(weights)]) == 0
+    assert main(["export-onnx", "--weights", str(weights), str(tmp_path / "k.onnx")]) == 0
+    (onnx,) = _info(capsys, tmp_path / "k.onnx")
+    assert onnx["kind"] == "ONNX model" and onnx["precision"] == "fp32" and onnx["model"] == info["model"]
+    assert onnx["provenance"]["source"] == "k.safetensors"
+    assert onnx["provenance"]["source_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    int8 = ["export-onnx", "--weights", str(weights), "--int8", "--calibration-patches", "2", str(tmp_path / "q.onnx")]
+    assert main(int8) == 0
+    (quantised,) = _info(capsys, tmp_path / "q.onnx")
+    assert quantised["precision"] == "int8" and quantised["provenance"]["int8_calibration"]["method"] == "minmax"
+    assert main(["weights", "info", str(tmp_path / "q.onnx")]) == 0
+    assert "int8 calibration: minmax on 2 crops of 4 patches (the bundled sample, train)" in capsys.readouterr().out
+
+
+def test_weights_info_refuses_what_is_not_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A text file and a missing file: one line naming the file, exit 2, as --weights says it."""
+    (tmp_path / "notes.safetensors").write_text("not weights\n")
+    for name, words in (("notes.safetensors", "notes.safetensors: "), ("missing.ckpt", "missing.ckpt: ")):
+        assert main(["weights", "info", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
