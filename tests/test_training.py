@@ -567,3 +567,42 @@ def test_a_run_that_fails_while_its_loader_workers_live_exits(tmp_path: Path) ->
     result = _train_in_shared_memory(tmp_path, "32m", *overrides, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "hold up to 52.07 MB of batches in shared memory, but /dev/shm has" in result.stderr, result.stderr
+
+
+def test_resume_auto_starts_continues_and_finishes_like_a_requeued_job(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``train --resume auto``, one command line for a cluster job's first start and its requeues: a new run
+    where the folder holds no checkpoint, the newest checkpoint's run otherwise (its weights those of an
+    uninterrupted run), and once every epoch is trained, nothing to do (exit 0, no checkpoint written). A
+    changed setting is refused as with a named checkpoint."""
+    from dsen2cr.cli import main
+
+    deterministic = {"deterministic": True, "seed": 3}
+    straight_dir = workdir / "straight"
+    straight_dir.mkdir()
+    (straight_dir / "c.yaml").write_text(
+        workdir.config(optim={"epochs": 2, "batch_size": 2}, trainer=deterministic)
+        .read_text()
+        .replace(str(workdir / "run"), str(straight_dir / "run"))
+    )
+    assert main(["train", "--config", str(straight_dir / "c.yaml"), "--no-progress"]) == 0
+    straight = load_model(straight_dir / "run" / "checkpoints" / "last.ckpt")
+    config = workdir.config(optim={"epochs": 2, "batch_size": 2}, trainer=deterministic)
+    argv = ["train", "--config", str(config), "--no-progress", "--resume", "auto"]
+    assert main([*argv, "optim.epochs=1"]) == 0  # a first start: no run folder yet
+    checkpoints = workdir / "run" / "checkpoints"
+    assert "no checkpoint in " in capsys.readouterr().out
+    assert main(argv) == 0  # the requeue: the newest checkpoint's run, to epoch 2
+    assert f"resuming from {checkpoints}" in capsys.readouterr().out
+    for (name, a), b in zip(
+        straight.state_dict().items(), load_model(checkpoints / "last.ckpt").state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    written = {path: path.stat().st_mtime_ns for path in checkpoints.iterdir()}
+    assert main(argv) == 0  # requeued once more after the end
+    out = capsys.readouterr().out
+    assert "has trained its 2 epochs" in out and f"last checkpoint: {checkpoints / 'last.ckpt'}" in out
+    assert {path: path.stat().st_mtime_ns for path in checkpoints.iterdir()} == written
+    assert main([*argv, "optim.epochs=3", "optim.lr=0.1"]) == 2
+    assert "resumed with optim.lr 0.1, but the run trained with" in capsys.readouterr().err
