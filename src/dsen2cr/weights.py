@@ -53,6 +53,14 @@ def last_checkpoint(run: str | Path) -> Path:
     return Path(run) / CHECKPOINT_DIR / "last.ckpt"
 
 
+def newest_checkpoint(run: str | Path) -> Path | None:
+    """The newest complete checkpoint in the run folder ``run`` (None if it holds none): by modification time,
+    ``last.ckpt`` first among equals. (``last.ckpt`` may be older than the newest epoch's when its own write found
+    the disk full.)"""
+    found = list((Path(run) / CHECKPOINT_DIR).glob("*.ckpt"))
+    return max(found, key=lambda path: (path.stat().st_mtime_ns, path.name == "last.ckpt"), default=None)
+
+
 def save_weights(model: CloudRemovalNetwork, path: str | Path, *, provenance: dict[str, str] | None = None) -> Path:
     """Write a model's weights and configuration to a safetensors file, atomically (``provenance``: more
     metadata, e.g. where the weights came from)."""

@@ -34,7 +34,13 @@ def register(subparsers: SubParsers) -> None:
         "paper's settings)",
     )
     parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides")
-    parser.add_argument("--resume", metavar="CKPT", help="continue the run of this checkpoint exactly")
+    parser.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="continue the run of this checkpoint exactly; auto: of the run folder's newest checkpoint if it holds "
+        "one (else start the run; a run that has trained every epoch exits 0): one command line for a cluster "
+        "job's first start and its requeues",
+    )
     add_overwrite(parser, "replace the run already in the output folder (its checkpoints, logs and config only)")
     parser.add_argument("--out-dir", "--out", dest="out_dir", help="the run folder: shortcut for trainer.out_dir=...")
     parser.add_argument("--devices", help="shortcut for trainer.devices=... (e.g. 4, or auto)")

@@ -28,9 +28,12 @@ from dsen2cr.precision import set_float32_arithmetic
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.logs import HistoryCSVLogger
 from dsen2cr.training.module import DSen2CRTask, NonFiniteLossError
-from dsen2cr.weights import CHECKPOINT_DIR, last_checkpoint
+from dsen2cr.weights import CHECKPOINT_DIR, last_checkpoint, newest_checkpoint
 
 log = logging.getLogger(__name__)
+
+#: ``--resume auto``: the run folder's newest checkpoint if it holds one, else a new run (a requeued job's line).
+RESUME_AUTO = "auto"
 
 RESOLVED_CONFIG = "config.yaml"
 #: What a run writes into its folder (``--overwrite`` replaces these, and refuses a folder with anything else).
@@ -197,7 +200,9 @@ def check_launch(trainer: TrainerSection) -> None:
 def run_training(
     config: RunConfig, *, resume: str | Path | None = None, overwrite: bool = False, progress: bool = True
 ) -> Path:
-    """Train (or resume) a run; return the path of the last checkpoint. The run folder is locked for the run
+    """Train (or resume from the checkpoint ``resume``; :data:`RESUME_AUTO`: the run folder's newest, if any; a
+    run that has trained every epoch then returns it untouched) a run; return the path of the last checkpoint.
+    The run folder is locked for the run
     (a second run on it is refused at its start, naming this process). A failed write (a full disk) is one
     line naming the run folder; a run that fails before its first checkpoint removes the folder it created."""
     check_launch(config.trainer)
@@ -217,11 +222,27 @@ def run_training(
 
 def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, progress: bool) -> Path:
     """:func:`run_training` under the run folder's lock."""
+    automatic = resume == RESUME_AUTO
+    if automatic:
+        resume = _newest_or_none(Path(config.trainer.out_dir))
     out = prepare_run_dir(config, resume=None if resume is None else str(resume), overwrite=overwrite)
     resumed_step, finished = None, 0
     if resume is not None:
         _check_resume_checkpoint(Path(resume), config)
         resumed_step, finished = _check_resume_settings(Path(resume), config, out / RESOLVED_CONFIG)
+        if config.optim.epochs <= finished:
+            if automatic:  # a requeued job whose run has ended: nothing to do
+                log.info(
+                    "%s: has trained its %d epochs (optim.epochs %d): nothing to train",
+                    out,
+                    finished,
+                    config.optim.epochs,
+                )
+                return Path(resume)
+            raise DSen2CRError(
+                f"{resume}: has finished {finished} epoch{'s' if finished != 1 else ''}; optim.epochs "
+                f"{config.optim.epochs} leaves none to train: set it above {finished}"
+            )
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(config.trainer.matmul_precision)
     # convolutions too: PyTorch leaves cuDNN convolutions on TF32 after set_float32_matmul_precision("highest")
@@ -240,11 +261,11 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
     except DSen2CRError as error:  # a patch it cannot read, a full disk: say what stays and how to go on
-        complete = sorted((out / CHECKPOINT_DIR).glob("*.ckpt"), key=lambda done: done.stat().st_mtime_ns)
-        if not complete or isinstance(error, NonFiniteLossError):  # a resume would meet the same loss again
+        newest = newest_checkpoint(out)
+        if newest is None or isinstance(error, NonFiniteLossError):  # a resume would meet the same loss again
             raise
         hint = "the run's complete checkpoints stay: once that is fixed, resume from the newest"
-        raise DSen2CRError(f"{error}; {hint}, --resume {complete[-1]}") from error
+        raise DSen2CRError(f"{error}; {hint}, --resume {newest}") from error
     except SystemExit:
         if trainer.interrupted:  # Lightning turns Ctrl-C and SIGTERM into SystemExit(1) after its teardown
             raise KeyboardInterrupt from None  # the command line reports it as what it was (130 or 143)
@@ -265,12 +286,21 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
+def _newest_or_none(out: Path) -> Path | None:
+    """``--resume auto``: the run folder's newest complete checkpoint, or None (a new run), said in the log."""
+    newest = newest_checkpoint(out)
+    if newest is None:
+        log.info("--resume auto: no checkpoint in %s: starting the run", out)
+    else:
+        log.info("--resume auto: resuming from %s, the run's newest checkpoint", newest)
+    return newest
+
+
 def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> tuple[int, int]:
     """Refuse a resume that changes the run's settings (those of the run folder's ``config.yaml``, then of the
-    checkpoint's own record, ``loss`` and ``optim``, then of its optimiser state; but :data:`RESUME_MAY_CHANGE`)
-    or asks for no epoch beyond those the checkpoint finished; return the checkpoint's global step and the epochs
-    it finished. A changed learning rate, say, would not apply (the optimiser's state is restored) while the run's
-    records said it did."""
+    checkpoint's own record, ``loss`` and ``optim``, then of its optimiser state; but :data:`RESUME_MAY_CHANGE`);
+    return the checkpoint's global step and the epochs it finished. A changed learning rate, say, would not apply
+    (the optimiser's state is restored) while the run's records said it did."""
     import dataclasses
 
     import yaml
@@ -296,11 +326,6 @@ def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> t
             )
     epoch = checkpoint.get("epoch")
     finished = epoch + 1 if isinstance(epoch, int) else 0
-    if config.optim.epochs <= finished:
-        raise DSen2CRError(
-            f"{path}: has finished {finished} epoch{'s' if finished != 1 else ''}; optim.epochs "
-            f"{config.optim.epochs} leaves none to train: set it above {finished}"
-        )
     step = checkpoint.get("global_step", 0)
     return (step if isinstance(step, int) else 0), finished
 
