@@ -606,3 +606,8 @@ def test_resume_auto_starts_continues_and_finishes_like_a_requeued_job(
     assert {path: path.stat().st_mtime_ns for path in checkpoints.iterdir()} == written
     assert main([*argv, "optim.epochs=3", "optim.lr=0.1"]) == 2
     assert "resumed with optim.lr 0.1, but the run trained with" in capsys.readouterr().err
+    # --overwrite would replace the run that --resume continues: the two are refused together, nothing touched
+    for resume in ("auto", str(checkpoints / "last.ckpt")):
+        assert main([*argv[:-1], resume, "optim.epochs=3", "--overwrite"]) == 2
+        assert "--resume and --overwrite: choose one" in capsys.readouterr().err
+        assert {path: path.stat().st_mtime_ns for path in checkpoints.iterdir()} == written
