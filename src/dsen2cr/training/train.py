@@ -205,6 +205,10 @@ def run_training(
     The run folder is locked for the run
     (a second run on it is refused at its start, naming this process). A failed write (a full disk) is one
     line naming the run folder; a run that fails before its first checkpoint removes the folder it created."""
+    if resume is not None and overwrite:
+        raise DSen2CRError(
+            "--resume and --overwrite: choose one (--resume continues the run in the folder, --overwrite replaces it)"
+        )
     check_launch(config.trainer)
     out = Path(config.trainer.out_dir)
     created = not out.exists() and not is_launched_worker()
