@@ -12,6 +12,8 @@ from dsen2cr.demo import DEMO_SYNTHETIC, run_demo
 
 
 def test_demo_writes_its_report(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The report, the training tree, weights that record what made them (the demo's weights said nothing of
+    their training), the scene's outputs and pictures with their provenance, the sigma model's calibration."""
     with caplog.at_level("INFO", logger="dsen2cr.demo"):
         report = run_demo(tmp_path / "out", overrides=["optim.epochs=1", "data.repeats=1", "data.num_workers=0"])
     # each training's line names the model once ("B=4, F=32 with SAR with SAR" said it twice)
@@ -30,8 +32,14 @@ def test_demo_writes_its_report(tmp_path: Path, caplog: pytest.LogCaptureFixture
     assert sorted(r[0] for r in sample) == ["1", "1", "1", "1", "2", "3"]
     assert {r[0] for r in rows if r not in sample} == {"1"} and len(rows) == 6 + DEMO_SYNTHETIC["count"]
     assert "2 held-out images" in text or "(2 images" in text
+    from safetensors import safe_open
+
     for name in ("dsen2cr-demo-sar.safetensors", "dsen2cr-demo-nosar.safetensors"):
-        assert (out / "weights" / name).is_file()
+        with safe_open(out / "weights" / name, "pt") as weights:  # what made them, as `export` records it
+            metadata = weights.metadata()
+        training = json.loads(metadata["dsen2cr_training"])
+        assert metadata["dsen2cr_source"] == "last.ckpt" and training["epoch"] == 0
+        assert training["data"]["train_patches"] == sum(row[0] == "1" for row in rows)
     with rasterio.open(out / "scene" / "T33UUU_20170216_cloudfree.tif") as scene:
         assert scene.count == 13 and scene.crs.to_epsg() == 32633 and scene.shape == (768, 640)
     assert (out / "scene" / "T33UUU_20170216_before_after.png").is_file()
