@@ -116,7 +116,7 @@ def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: 
     from dsen2cr.data.layout import resolve_split
     from dsen2cr.predictor import load_predictor
     from dsen2cr.training.train import run_training
-    from dsen2cr.weights import load_model, save_weights
+    from dsen2cr.weights import load_model_with_provenance, save_weights
 
     file_list = None
     if config_path is None:
@@ -137,7 +137,8 @@ def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: 
         checkpoint = run_training(config, overwrite=True, progress=False)
         weights[folder] = out / "weights" / f"dsen2cr-demo-{folder}.safetensors"
         weights[folder].parent.mkdir(exist_ok=True)
-        save_weights(load_model(checkpoint), weights[folder])
+        model, provenance = load_model_with_provenance(checkpoint)  # what made them, as `export` records it
+        save_weights(model, weights[folder], provenance=provenance)
         held_out = resolve_split(config.data, "val") + resolve_split(config.data, "test")
         log.info("[demo] evaluating on %d held-out images", len(held_out))
         summaries[name] = evaluate(
