@@ -352,6 +352,30 @@ def test_an_ensemble_combines_means_and_variances_by_the_law_of_total_variance()
         ensemble([members[0], sar])
 
 
+def test_an_ensembles_variance_parts_by_hand() -> None:
+    """Members predicting 1 (variance 0.04), 3 (no variance) and 2 (variance 0.10): aleatoric (0.04 + 0 +
+    0.10) / 3, epistemic var(1, 3, 2) = 2/3, their sum the total variance; one model has no parts."""
+    from dsen2cr.ensemble import ensemble
+    from dsen2cr.predictor import Predictor
+
+    config = ModelConfig(1, 4, False)
+    cpu = torch.device("cpu")
+    members = [
+        Predictor(_Member(value, variance), config, cpu, weights=f"m{index}")
+        for index, (value, variance) in enumerate([(1.0, 0.04), (3.0, None), (2.0, 0.10)])
+    ]
+    combined = ensemble(members)
+    s2 = np.zeros((1, 13, 4, 4), np.float32)
+    mean, aleatoric, epistemic = combined.predict_variance_parts(s2, None)
+    np.testing.assert_allclose(mean, 2.0)
+    np.testing.assert_allclose(aleatoric, 0.14 / 3, rtol=1e-6)
+    np.testing.assert_allclose(epistemic, 2 / 3, rtol=1e-6)
+    np.testing.assert_allclose(combined.predict_with_variance(s2, None)[1], aleatoric + epistemic, rtol=1e-6)
+    single = Predictor(_Member(1.0, 0.04), config, cpu, weights="one.safetensors")
+    with pytest.raises(DSen2CRError, match=r"^one\.safetensors: one model's variance is all aleatoric"):
+        single.predict_variance_parts(s2, None)
+
+
 def test_an_ensemble_mixing_members_with_and_without_variance_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     """A member without a variance tail adds 0 to the ensemble's aleatoric part (the mean of the members'
     variances), which understates it: the first variance says so once, naming the member; ensembles whose
