@@ -129,7 +129,8 @@ def info_lines(info: WeightsInfo) -> list[str]:
 def _training_line(training: dict[str, Any]) -> str:
     """The training record: when it was saved and the loss (its name, then its settings)."""
     epoch, steps = training.get("epoch"), training.get("global_step")
-    when = f"after {epoch + 1} epochs ({steps} optimiser steps)" if isinstance(epoch, int) else "at an unknown epoch"
+    epochs = f"{epoch + 1} epoch{'s' if epoch != 0 else ''}" if isinstance(epoch, int) else ""
+    when = f"after {epochs} ({steps} optimiser steps)" if epochs else "at an unknown epoch"
     loss = dict(training.get("loss") or {})
     name = loss.pop("name", "not recorded")
     return f"training: saved {when}; loss {name}" + (f" ({_pairs(loss)})" if loss else "")

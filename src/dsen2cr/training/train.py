@@ -236,12 +236,8 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
         resumed_step, finished = _check_resume_settings(Path(resume), config, out / RESOLVED_CONFIG)
         if config.optim.epochs <= finished:
             if automatic:  # a requeued job whose run has ended: nothing to do
-                log.info(
-                    "%s: has trained its %d epochs (optim.epochs %d): nothing to train",
-                    out,
-                    finished,
-                    config.optim.epochs,
-                )
+                epochs = f"{finished} epoch{'s' if finished != 1 else ''}"
+                log.info("%s: has trained its %s (optim.epochs %d): nothing to train", out, epochs, config.optim.epochs)
                 return Path(resume)
             raise DSen2CRError(
                 f"{resume}: has finished {finished} epoch{'s' if finished != 1 else ''}; optim.epochs "
