@@ -194,6 +194,25 @@ def test_calibration_metrics_by_hand() -> None:
     assert got["mae_certain90"] == pytest.approx(np.mean([0.01, 0.02, 0.03, 0.04]))  # round(3.6) -> 4
 
 
+def test_sparsification_curve_and_ause_by_hand() -> None:
+    """The discard curve: the MAE of the values left once the 0, 5, ..., 95 % with the largest sigma are
+    removed, beside the oracle's (the largest errors removed), and AUSE, the mean gap. sigma that ranks the
+    errors exactly has AUSE 0; sigma that ranks them backwards, computed here by hand."""
+    from dsen2cr.calibration import sparsification
+
+    error = np.array([0.01, 0.02, 0.03, 0.04])
+    exact = sparsification(error, np.array([0.015, 0.015, 0.02, 0.05]))
+    assert exact["ause"] == pytest.approx(0.0, abs=1e-15)
+    assert exact["removed"] == pytest.approx([i / 20 for i in range(20)])
+    backwards = sparsification(error, np.array([0.05, 0.02, 0.015, 0.015]))  # certain first: 0.03 0.04 0.02 0.01
+    kept = [4, 4, 4, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1]  # round((1 - share) x 4), at least 1
+    by_sigma = {4: 0.025, 3: 0.03, 2: 0.035, 1: 0.03}
+    oracle = {4: 0.025, 3: 0.02, 2: 0.015, 1: 0.01}
+    assert backwards["mae_by_sigma"] == pytest.approx([by_sigma[k] for k in kept])
+    assert backwards["mae_oracle"] == pytest.approx([oracle[k] for k in kept])
+    assert backwards["ause"] == pytest.approx((3 * 0 + 5 * 0.01 + 5 * 0.02 + 7 * 0.02) / 20)
+
+
 def test_evaluate_scores_the_uncertainty_of_a_diag_model(tmp_path: Path, synthetic_tree: Path) -> None:
     """evaluate of a diag model: the uncertainty columns for the model rows (coverage recomputed here in
     float64 from the network), calibration.json whose bins hold every sampled value, and a reliability PNG; a
@@ -229,6 +248,8 @@ def test_evaluate_scores_the_uncertainty_of_a_diag_model(tmp_path: Path, synthet
     report = json.loads((tmp_path / "e" / "calibration.json").read_text())
     assert sum(report["bins"]["counts"]) == report["values"] > 0 and len(report["bins"]["counts"]) == 20
     assert -1.0 <= report["spearman_sigma_abs_error"] <= 1.0
+    assert report["sparsification"]["ause"] == report["ause"] >= 0 and len(report["sparsification"]["removed"]) == 20
+    assert report["sparsification"]["mae_by_sigma"][0] == pytest.approx(report["sparsification"]["mae_oracle"][0])
     assert Image.open(tmp_path / "e" / "calibration.png").size[0] >= 500
     # the pooled UCE, recomputed here from the bins in float64, is what summary.md and summary.json quote beside
     # the table's per-image means (binned on each image's own sigma range: another number)
@@ -242,9 +263,11 @@ def test_evaluate_scores_the_uncertainty_of_a_diag_model(tmp_path: Path, synthet
     text = (tmp_path / "e" / "summary.md").read_text()
     assert f"pooled over all {len(triplets)} images ({report['values']:,} sampled values" in text
     assert f"UCE {uce:.4f}" in text and f"+-1 sigma coverage {report['coverage_1sigma']:.3f}" in text
+    assert f"AUSE {report['ause']:.4f}" in text
     assert "uce and auce are per image" in text
     pooled = json.loads((tmp_path / "e" / "summary.json").read_text())["calibration"]
-    assert pooled["uce"] == pytest.approx(uce, rel=1e-9) and "bins" not in pooled
+    assert pooled["uce"] == pytest.approx(uce, rel=1e-9) and "bins" not in pooled and "sparsification" not in pooled
+    assert pooled["ause"] == report["ause"]
     plain = evaluate(DSen2CR(num_blocks=1, num_features=4).eval(), triplets, tmp_path / "p", write_images=False)
     assert "coverage_1sigma" not in plain["model"] and not (tmp_path / "p" / "calibration.json").exists()
     assert "pooled" not in (tmp_path / "p" / "summary.md").read_text()

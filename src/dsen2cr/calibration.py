@@ -15,6 +15,7 @@ for the image metrics), per pixel value (band and pixel), in float64:
   bins that hold values (Ebel et al. 2023);
 - ``mae_certain10/50/90``: the MAE of the 10 / 50 / 90 % of values with the smallest sigma (a sparsification
   curve: for sigma that ranks errors, it grows with the share).
+- pooled over every image, the sparsification curve and its AUSE (:func:`sparsification`);
 - ``rms_sigma_aleatoric``, ``rms_sigma_epistemic`` (an ensemble of which a member predicts a variance): the RMS
   over the values of the two parts of sigma, the noise the members expect and their disagreement.
 """
@@ -38,6 +39,8 @@ UNCERTAINTY_METRIC_NAMES: tuple[str, ...] = (
 )
 #: An ensemble's two parts of sigma, per image (:func:`sigma_part_metrics`).
 SIGMA_PART_NAMES: tuple[str, ...] = ("rms_sigma_aleatoric", "rms_sigma_epistemic")
+#: The shares of values removed, most uncertain first, along the sparsification (discard) curve.
+DISCARD_SHARES: tuple[float, ...] = tuple(i / 20 for i in range(20))
 #: Bins of sigma for UCE, AUCE and the reliability diagram.
 CALIBRATION_BINS = 20
 #: The shares of the most certain values whose MAE is reported.
@@ -77,6 +80,20 @@ def sigma_part_metrics(aleatoric_dn: np.ndarray, epistemic_dn: np.ndarray) -> di
         name: math.sqrt(float(np.mean(np.square(np.asarray(sigma, np.float64))))) / 10000.0
         for name, sigma in zip(SIGMA_PART_NAMES, parts, strict=True)
     }
+
+
+def sparsification(error: np.ndarray, sigma: np.ndarray) -> dict[str, Any]:
+    """The sparsification (discard) curve of pooled values: at each share of :data:`DISCARD_SHARES`, the MAE of
+    the values left once that share with the largest sigma is removed (``mae_by_sigma``), and the oracle's, which
+    removes the largest errors (``mae_oracle``, the best any sigma could do); ``ause``, the mean gap between the
+    two (0: sigma ranks the errors exactly; Ilg et al. 2018). At least one value is always kept."""
+    by_sigma = np.cumsum(error[np.argsort(sigma, kind="stable")], dtype=np.float64)  # most certain first
+    by_error = np.cumsum(np.sort(error), dtype=np.float64)
+    kept = [max(1, round((1 - share) * error.size)) for share in DISCARD_SHARES]
+    curve = [float(by_sigma[k - 1] / k) for k in kept]
+    oracle = [float(by_error[k - 1] / k) for k in kept]
+    ause = float(np.mean(np.subtract(curve, oracle)))
+    return {"removed": list(DISCARD_SHARES), "mae_by_sigma": curve, "mae_oracle": oracle, "ause": ause}
 
 
 def reliability_bins(
@@ -121,7 +138,8 @@ def pooled_sentence(report: dict[str, Any], images: int) -> str:
         f"Calibration pooled over {where} ({report['values']:,} sampled values; `calibration.json`, "
         f"`calibration.png`): +-1 sigma coverage {report['coverage_1sigma']:.3f}, +-2 sigma "
         f"{report['coverage_2sigma']:.3f}, UCE {report['uce']:.4f}, AUCE {report['auce']:.4f}, Spearman(sigma, "
-        f"|error|) {report['spearman_sigma_abs_error']:.2f}. The table's uce and auce are per image (all its "
-        "values, binned on its own sigma range), then averaged; pooled, a sample of the values shares one set of "
-        "bins, so the two differ.\n"
+        f"|error|) {report['spearman_sigma_abs_error']:.2f}, AUSE {report['ause']:.4f} (the MAE left as the most "
+        "uncertain values are removed, against removing the largest errors: 0 when sigma ranks them exactly). The "
+        "table's uce and auce are per image (all its values, binned on its own sigma range), then averaged; pooled, "
+        "a sample of the values shares one set of bins, so the two differ.\n"
     )

@@ -29,6 +29,7 @@ from dsen2cr.calibration import (
     reflectance_errors,
     reliability_bins,
     sigma_part_metrics,
+    sparsification,
     spearman,
     uncertainty_metrics,
 )
@@ -253,6 +254,8 @@ def write_calibration(pooled: tuple[np.ndarray, np.ndarray], out: Path, text: di
         "uce": uce,
         "auce": auce,
         "spearman_sigma_abs_error": spearman(error, sigma),
+        "ause": (curve := sparsification(error, sigma))["ause"],
+        "sparsification": curve,
         "bins": {
             "edges": edges.tolist(),
             "rms_sigma": [None if math.isnan(v) else v for v in rms_sigma.tolist()],
@@ -329,7 +332,7 @@ def _write_reports(
 ) -> None:
     """Per-image CSV and the summary as Markdown, CSV and JSON; the Markdown and JSON say what made them
     (``provenance``: the predictions' tags, the mask and its threshold) and give the pooled ``calibration``
-    of a model with sigma (:func:`write_calibration`'s, without its bins)."""
+    of a model with sigma (:func:`write_calibration`'s, without its bins and curve)."""
     columns = ["patch_id", "method", "cloud_fraction", *names]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
@@ -347,7 +350,7 @@ def _write_reports(
     report = {"images": images, "protocol": protocol, "window": window or None, "units": UNITS[protocol]}
     report["provenance"] = provenance
     if calibration:
-        report["calibration"] = {key: value for key, value in calibration.items() if key != "bins"}
+        report["calibration"] = {k: v for k, v in calibration.items() if k not in ("bins", "sparsification")}
     write_text_atomic(out / "summary.json", json.dumps({**report, "summary": summary}, indent=2) + "\n")
 
 
