@@ -272,8 +272,8 @@ class _TileWriter:
         input under ``--keep-clear``, its sigma; a prediction with 26 channels carries the variances after
         the 13 means (``--uncertainty-out``), with 39 an ensemble's aleatoric and epistemic variances
         (``--uncertainty-parts``; sigma then holds the total's, the aleatoric and the epistemic sigma). The
-        cloud/shadow map is made from the window's DN as read
-        (``window_dn``) where it holds the pixels the map needs around the core."""
+        cloud/shadow map is made from the window's DN as read (``window_dn``) where it holds the pixels the map
+        needs around the core."""
         pred, variance = pred[:NUM_S2_BANDS], pred[NUM_S2_BANDS:]
         out_dn = output_dn(pred, valid)
         masker, core_mask, weights = self.inputs.masker, None, None
