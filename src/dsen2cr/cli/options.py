@@ -161,6 +161,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     # a resume's checkpoint folder holds the run's checkpoints; a fresh run's is refused before if it holds one
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    # Lightning's all_gather (the end's check of equal weights on every rank) calls a function torch 2.13 deprecates
+    warnings.filterwarnings("ignore", message=".*torch.distributed.nn.functional.all_gather is deprecated.*")
 
 
 #: The optional extras and the modules each provides (``pip install 'dsen2cr[EXTRA]'``).

@@ -86,9 +86,12 @@ class DSen2CRTask(L.LightningModule):
                 "the run stopped, the checkpoints of earlier epochs are kept (try a lower optim.lr or "
                 "trainer.gradient_clip_val)"
             )
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=pred.shape[0])
-        # the batch this rank sees (with optim.global_batch, the global batch over the ranks)
-        self.log("batch_per_device", float(pred.shape[0]), on_step=False, on_epoch=True, reduce_fx="max")
+        size = pred.shape[0]
+        self.log("train_loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
+        # the epoch's mean over every rank's batches (reduced over the ranks once, at the epoch's end)
+        self.log("train_loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
+        # the batch a rank sees (with optim.global_batch, the global batch over the ranks): the largest over them
+        self.log("batch_per_device", float(size), on_step=False, on_epoch=True, reduce_fx="max", sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
