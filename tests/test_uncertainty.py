@@ -565,3 +565,36 @@ def test_load_ensemble_loads_weights_files_as_one_predictor(tmp_path: Path) -> N
     assert combined.provenance()["DSEN2CR_MODEL"].startswith("ensemble of 2")
     with pytest.raises(DSen2CRError, match=r"^weights: load_predictor takes one file; for an ensemble"):
         dsen2cr.load_predictor(files, device="cpu")  # type: ignore[arg-type]
+
+
+def test_sigma_outputs_record_the_likelihood_their_model_was_trained_with(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """sigma means a standard deviation under the likelihood that trained it (a Laplace model's 95 % interval is
+    2.12 sigma, a Gaussian's 1.96): outputs with sigma record it (DSEN2CR_LIKELIHOOD, from the weights' training
+    record; unknown without one), and the reliability figure's title gives the coverage that likelihood expects
+    of calibrated sigma (both, when it is unknown)."""
+    import rasterio
+
+    from dsen2cr.cli import main
+    from dsen2cr.predictor import load_predictor, predictor_from_model
+    from dsen2cr.visualize import reliability_title
+
+    config = workdir.config(model={"variant": "dsen2cr-small", "uncertainty": "diag"}, loss={"name": "lnll"})
+    assert main(["train", "--config", str(config), "--no-progress"]) == 0
+    weights = workdir / "lnll.safetensors"
+    assert main(["export", str(workdir / "run" / "checkpoints" / "last.ckpt"), str(weights)]) == 0
+    predictor = load_predictor(weights, device="cpu")
+    assert predictor.provenance(with_variance=True)["DSEN2CR_LIKELIHOOD"] == "lnll (Laplace)"
+    assert "DSEN2CR_LIKELIHOOD" not in predictor.provenance()  # no sigma: nothing to interpret
+    s2, s1 = workdir.scene()
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(s2), "--s1", str(s1), "--no-progress"]
+    assert main([*argv, "--out", str(workdir / "o.tif"), "--uncertainty-out", str(workdir / "s.tif")]) == 0
+    with rasterio.open(workdir / "s.tif") as sigma:
+        assert sigma.tags()["DSEN2CR_LIKELIHOOD"] == "lnll (Laplace)"
+    in_memory = predictor_from_model(DSen2CR(num_blocks=1, num_features=4, uncertainty="diag").eval(), device="cpu")
+    assert in_memory.provenance(with_variance=True)["DSEN2CR_LIKELIHOOD"] == "unknown (no training record)"
+    report = {"coverage_1sigma": 0.7, "uce": 0.01, "spearman_sigma_abs_error": 0.5, "values": 100}
+    assert "calibrated: 0.757 for Laplace errors, as lnll assumes" in reliability_title(report, "lnll (Laplace)")
+    assert "calibrated: 0.683 for Gaussian errors, as gnll assumes" in reliability_title(report, "gnll (Gaussian)")
+    assert "0.683 for Gaussian errors" in (both := reliability_title(report, None)) and "0.757 for Laplace" in both

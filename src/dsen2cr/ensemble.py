@@ -164,7 +164,10 @@ def ensemble(members: list[Predictor]) -> Predictor:
     check_distinct_members(names, models, [member.weights_sha256 for member in members])
     spec = EnsembleSpec(tuple(member.config for member in members))
     digests = ";".join(member.weights_sha256 or "unknown" for member in members)
-    return Predictor(EnsembleBackend(members), spec, members[0].device, members[0].float32, "; ".join(names), digests)
+    trained = [member.likelihood or "unknown" for member in members if member.uncertainty == "diag"]  # their sigma
+    likelihood = "/".join(dict.fromkeys(trained)) or None
+    backend = EnsembleBackend(members)
+    return Predictor(backend, spec, members[0].device, members[0].float32, "; ".join(names), digests, likelihood)
 
 
 def load_ensemble(weights: Sequence[str | Path], **options: Any) -> Predictor:

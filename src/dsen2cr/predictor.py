@@ -51,6 +51,9 @@ class Predictor:
     #: The weights file's name and SHA-256 (None for a model in memory).
     weights: str | None = None
     weights_sha256: str | None = None
+    #: The likelihood that trained its variance, as its training record names it (``lnll (Laplace)``; None:
+    #: unknown): what sigma's intervals mean.
+    likelihood: str | None = None
 
     @property
     def backend(self) -> str:
@@ -104,7 +107,7 @@ class Predictor:
             "DSEN2CR_BACKEND": backend,
             "DSEN2CR_CHECK_P99_DN": "not checked" if check is None else f"{check[0]:.2f}",
             "DSEN2CR_CHECK_MAX_DN": "not checked" if check is None else f"{check[1]:.2f}",
-        }
+        } | ({"DSEN2CR_LIKELIHOOD": self.likelihood or "unknown (no training record)"} if with_variance else {})
 
     def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         """Predict one batch (model units) in the predictor's float32 arithmetic; a prediction with NaN,
@@ -210,6 +213,7 @@ class Network:
     #: The weights file's name and SHA-256 (None for a model in memory): what every output records.
     weights: str | None = None
     weights_sha256: str | None = None
+    likelihood: str | None = None  # what trained its variance (:attr:`Predictor.likelihood`)
 
     @property
     def onnx(self) -> bool:
@@ -225,15 +229,16 @@ def is_onnx(weights: str | Path) -> bool:
 def load_network(weights: str | Path, *, device: torch.device) -> Network:
     """The network in a weights file: ONNX files (fp32 or int8) as onnxruntime sessions, safetensors, Lightning
     checkpoints and Keras HDF5 as PyTorch models on ``device``."""
-    from dsen2cr.weights import check_weights_file, load_model  # h5py and safetensors: only when loading
+    from dsen2cr.weights import check_weights_file, load_model_and_record, recorded_likelihood  # (lazy: h5py)
 
     # a regular file first: hashing a FIFO or a device would wait forever
     digest = file_sha256(check_weights_file(weights, "ONNX" if is_onnx(weights) else "weights"))
     if is_onnx(weights):
         onnx = OnnxPredictor(weights, device=str(device))
-        return Network(onnx, onnx.config, Path(weights).name, digest)
-    model = load_model(weights, device=device)
-    return Network(model, model.config, Path(weights).name, digest)
+        likelihood = recorded_likelihood(dict(onnx.session.get_modelmeta().custom_metadata_map))
+        return Network(onnx, onnx.config, Path(weights).name, digest, likelihood)
+    model, record = load_model_and_record(weights, device=device)
+    return Network(model, model.config, Path(weights).name, digest, recorded_likelihood(record))
 
 
 def predictor_for_plan(network: Network | CloudRemovalNetwork, plan: ScenePlan) -> Predictor:
@@ -252,14 +257,17 @@ def _predictor(
         if backends != ("onnxruntime",):
             raise DSen2CRError(f"backend {backends[0]}: an ONNX file runs with the onnxruntime backend (or auto)")
         log.info("backend: onnxruntime (%s)", network.model.precision)
-        return Predictor(network.model, network.config, device, "ieee", network.weights, network.weights_sha256)
+        named = (network.weights, network.weights_sha256, network.likelihood)
+        return Predictor(network.model, network.config, device, "ieee", *named)
     float32 = float32_mode_of(precision, device)
     checked = select_backend(network.model, backends, device, strict=strict, float32=float32)
     if checked.candidates == ["eager"] and float32 == "ieee":
         log.info("backend: eager, IEEE fp32")
     else:
         log.info("backend: trying %s (%s), checked against IEEE fp32 on the first batch", *backends[:1], precision)
-    return Predictor(checked, network.config, device, float32, network.weights, network.weights_sha256)
+    return Predictor(
+        checked, network.config, device, float32, network.weights, network.weights_sha256, network.likelihood
+    )
 
 
 def predictor_from_model(

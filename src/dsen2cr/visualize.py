@@ -277,12 +277,7 @@ def reliability_diagram(
     top.plot([0, limit], [0, limit], "--", color="grey", label="perfect calibration")
     top.set(ylabel="RMS |error| (reflectance)", xlim=(0, limit), ylim=(0, limit))
     top.legend(loc="upper left")
-    top.set_title(
-        f"Reliability: ±1σ coverage {report['coverage_1sigma']:.3f} (calibrated: 0.683 for Gaussian errors,\n"
-        f"0.757 for Laplace), UCE {report['uce']:.4f}, Spearman(σ, |error|) "
-        f"{report['spearman_sigma_abs_error']:.3f}, {report['values']:,} values",
-        fontsize=9,
-    )
+    top.set_title(reliability_title(report, (text or {}).get("DSEN2CR_LIKELIHOOD")), fontsize=9)
     bottom.bar(rms_sigma[filled], counts[filled] / counts.sum(), width=limit / 40, color="tab:grey")
     bottom.set(xlabel="RMS predicted σ (reflectance)", ylabel="share")
     figure.tight_layout()
@@ -290,6 +285,21 @@ def reliability_diagram(
         figure.savefig(tmp, format="png", dpi=100, metadata=text)
     plt.close(figure)
     return Path(path)
+
+
+def reliability_title(report: dict, likelihood: str | None) -> str:
+    """The reliability diagram's title: the pooled coverage beside what calibrated sigma gives under the
+    ``likelihood`` that trained it (``gnll (Gaussian)``, ``lnll (Laplace)``; both when unknown), UCE, Spearman."""
+    expected = "0.683 for Gaussian errors, 0.757 for Laplace"
+    if likelihood is not None and likelihood.startswith("gnll"):
+        expected = "0.683 for Gaussian errors, as gnll assumes"
+    elif likelihood is not None and likelihood.startswith("lnll"):
+        expected = "0.757 for Laplace errors, as lnll assumes"
+    return (
+        f"Reliability: ±1σ coverage {report['coverage_1sigma']:.3f}\n(calibrated: {expected}),\nUCE "
+        f"{report['uce']:.4f}, Spearman(σ, |error|) {report['spearman_sigma_abs_error']:.3f}, "
+        f"{report['values']:,} values"
+    )
 
 
 #: The evaluation figure's panels are drawn at least this wide (SEN12MS-CR's 256 px; the sample's 120 px doubled).

@@ -53,6 +53,20 @@ def last_checkpoint(run: str | Path) -> Path:
     return Path(run) / CHECKPOINT_DIR / "last.ckpt"
 
 
+#: How outputs name the likelihood that trained a model's sigma (``DSEN2CR_LIKELIHOOD``).
+LIKELIHOOD_NAMES = {"gnll": "gnll (Gaussian)", "lnll": "lnll (Laplace)"}
+
+
+def recorded_likelihood(record: dict[str, str]) -> str | None:
+    """The likelihood loss (:data:`LIKELIHOOD_NAMES`' description) that a training record (metadata with
+    :data:`TRAINING_KEY`) names, or None (no record, or a loss that is no likelihood)."""
+    try:
+        name = json.loads(record[TRAINING_KEY])["loss"]["name"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return LIKELIHOOD_NAMES.get(name) if isinstance(name, str) else None
+
+
 def newest_checkpoint(run: str | Path) -> Path | None:
     """The newest complete checkpoint in the run folder ``run`` (None if it holds none): by modification time,
     ``last.ckpt`` first among equals. (``last.ckpt`` may be older than the newest epoch's when its own write found
