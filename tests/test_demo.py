@@ -56,6 +56,7 @@ def test_demo_writes_its_report(tmp_path: Path, caplog: pytest.LogCaptureFixture
     # the report's calibration is the diagram's (pooled over both images), the per-image mean named as such
     pooled = json.loads((out / "evaluation-uncertainty" / "calibration.json").read_text())
     assert f"UCE {pooled['uce']:.4f} (" in text and f"coverage {pooled['coverage_1sigma']:.3f} (" in text
+    assert f"AUSE {pooled['ause']:.4f} (pooled" in text
     assert "averaged per image" in text
     with rasterio.open(out / "scene" / "T33UUU_20170216_sigma.tif") as sigma:
         values = sigma.read()

@@ -224,7 +224,8 @@ def _write_report(out: Path, summaries: dict, images: int, scenes: dict[str, Sce
         f"{pooled['coverage_1sigma']:.3f} (0.683 when calibrated), +-2 sigma {pooled['coverage_2sigma']:.3f} (0.954), "
         f"UCE {pooled['uce']:.4f} (averaged per image: {sigma['uce']['mean']:.4f}); MAE of its most certain 10 % of "
         f"values {sigma['mae_certain10']['mean']:.4f}, of 90 % {sigma['mae_certain90']['mean']:.4f} (means over "
-        "images).",
+        f"images); AUSE {pooled['ause']:.4f} (pooled: the MAE left as the most uncertain values are removed, against "
+        "removing the largest errors; 0 when sigma ranks the errors exactly).",
         "",
         "Per-image metrics, predictions (GeoTIFF) and previews: `evaluation-sar/`, `evaluation-nosar/`, "
         "`evaluation-uncertainty/`.",
