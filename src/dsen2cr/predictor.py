@@ -162,11 +162,16 @@ class Predictor:
         return arrays
 
     @property
+    def member_uncertainties(self) -> list[str] | None:
+        """An ensemble's members' :attr:`uncertainty` (None for one model)."""
+        members = getattr(self.predict, "members", None)  # an ensemble's backend
+        return None if members is None else [member.uncertainty for member in members]
+
+    @property
     def has_variance_parts(self) -> bool:
         """Whether :meth:`predict_variance_parts` gives both parts: an ensemble of which a member predicts a
         variance (without one, its aleatoric part is unknown)."""
-        members = getattr(self.predict, "members", None)  # an ensemble's backend
-        return members is not None and any(member.uncertainty == "diag" for member in members)
+        return "diag" in (self.member_uncertainties or [])
 
     def predict_variance_parts(self, s2: np.ndarray, s1: np.ndarray | None) -> tuple[np.ndarray, ...]:
         """An ensemble's prediction and the two parts of its variance, aleatoric (the mean of the members'

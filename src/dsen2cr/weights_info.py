@@ -45,8 +45,9 @@ def weights_info(path: str | Path) -> WeightsInfo:
     if path.suffix.lower() == ".onnx":
         return _onnx_info(path)
     model, record = load_model_and_record(path)
-    metadata = _safetensors_metadata(path) if sniff(path) == "safetensors" else dict(record)
-    return _describe(path, KINDS.get(sniff(path), sniff(path)), model.config, "fp32", metadata)
+    kind = sniff(path)
+    metadata = _safetensors_metadata(path) if kind == "safetensors" else dict(record)
+    return _describe(path, KINDS.get(kind, kind), model.config, "fp32", metadata)
 
 
 def _onnx_info(path: Path) -> WeightsInfo:

@@ -38,10 +38,7 @@ def check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, prod
             f"{job.uncertainty_out}: --uncertainty-out", predictor.uncertainty, predictor.weights, settings
         )
         if settings.uncertainty_parts:
-            members = getattr(predictor.predict, "members", None)  # an ensemble's backend
-            check_uncertainty_parts(
-                None if members is None else [member.uncertainty for member in members], predictor.weights
-            )
+            check_uncertainty_parts(predictor.member_uncertainties, predictor.weights)
     if predictor.include_sar and job.s1 is None:
         raise DSen2CRError(
             f"{job.s2}: these weights need SAR input; pass --s1 (an s1 in the job in Python): VV, VH in dB on or "

@@ -235,13 +235,13 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
         _check_resume_checkpoint(Path(resume), config)
         resumed_step, finished = _check_resume_settings(Path(resume), config, out / RESOLVED_CONFIG)
         if config.optim.epochs <= finished:
+            epochs = f"{finished} epoch{'s' if finished != 1 else ''}"
             if automatic:  # a requeued job whose run has ended: nothing to do
-                epochs = f"{finished} epoch{'s' if finished != 1 else ''}"
                 log.info("%s: has trained its %s (optim.epochs %d): nothing to train", out, epochs, config.optim.epochs)
                 return Path(resume)
             raise DSen2CRError(
-                f"{resume}: has finished {finished} epoch{'s' if finished != 1 else ''}; optim.epochs "
-                f"{config.optim.epochs} leaves none to train: set it above {finished}"
+                f"{resume}: has finished {epochs}; optim.epochs {config.optim.epochs} leaves none to train: set it "
+                f"above {finished}"
             )
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(config.trainer.matmul_precision)
