@@ -206,7 +206,8 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """The training loader (Lightning sets its sampler's epoch before each epoch)."""
+        """The training loader (Lightning sets its sampler's epoch before each epoch; it starts at a resumed
+        run's)."""
         assert self.train_set is not None
         world = self.trainer.world_size if self.trainer is not None else 1
         per_rank = len(self.train_set) // world  # Lightning's distributed sampler splits the samples evenly
@@ -216,7 +217,11 @@ class SEN12MSCRDataModule(L.LightningDataModule):
                 f"samples per process and data.drop_last is true: no batch would run (the run would save untrained "
                 "weights); lower optim.batch_size, raise data.repeats, or set data.drop_last: false"
             )
-        sampler = EpochShuffle(len(self.train_set), self.seed)
+        # A resumed run's epoch: loader workers fetch their first batches as Lightning makes the iterator, before
+        # it sets the restored epoch on the sampler, so the sampler must start there (Lightning's own number).
+        progress = self.trainer.fit_loop.epoch_progress.current if self.trainer is not None else None
+        epoch = int(getattr(progress, "processed", 0))  # what Lightning passes to set_epoch (typed as a base class)
+        sampler = EpochShuffle(len(self.train_set), self.seed, epoch)
         self._check_shared_memory(self.train_set, (0, 0))
         return self._loader(self.train_set, sampler, drop_last=self.data.drop_last)
 
