@@ -185,6 +185,29 @@ def test_a_resumed_run_keeps_its_history_and_writes_the_image_grid(workdir: Path
     assert "val/sar_cloudy_pred_target_mask" in events.Tags()["images"]
 
 
+def test_only_rank_0_cuts_a_resumed_runs_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under DDP a resumed run's other ranks made the CSV writer too (Lightning's own logger makes it on rank 0
+    only), so two processes cut ``metrics.csv`` to the checkpoint's step at once, and one of them failed now and
+    then: "metrics.csv: changed while this run was writing it" (seen resuming a 2-process run)."""
+    import csv
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from dsen2cr.training.logs import HistoryCSVLogger
+
+    history = tmp_path / "logs" / "csv" / "metrics.csv"
+    history.parent.mkdir(parents=True)
+    history.write_text("epoch,step,train_loss_step\n" + "".join(f"0,{step},0.{step}\n" for step in range(1, 7)))
+    written = history.read_bytes()
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    HistoryCSVLogger(tmp_path, name="logs", version="csv", keep_until_step=3).experiment  # noqa: B018
+    assert history.read_bytes() == written  # rank 1 leaves the file to rank 0
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    HistoryCSVLogger(tmp_path, name="logs", version="csv", keep_until_step=3).experiment  # noqa: B018
+    with open(history, newline="") as file:
+        assert [row["step"] for row in csv.DictReader(file)] == ["1", "2", "3"]
+
+
 class _KilledError(Exception):
     """Stands for SIGKILL at a chosen point: raised from a hook, nothing runs after it but Lightning's teardown
     (which writes no checkpoint)."""
