@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import os
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -22,8 +23,10 @@ class HistoryCSVLogger(CSVLogger):
         self.keep_until_step = keep_until_step
 
     @property
+    @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        """The writer (made on first use, as Lightning's)."""
+        """The writer (made on first use and on rank 0 only, as Lightning's: under DDP the other ranks cut the
+        history too, and two processes rewrote ``metrics.csv`` at once)."""
         if not isinstance(self._experiment, _HistoryWriter):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _HistoryWriter(self.log_dir, self.keep_until_step)
