@@ -196,7 +196,8 @@ def test_an_srun_steps_two_tasks_train_as_one_ddp_run(tmp_path: Path, synthetic_
     """Lightning's documented way on a cluster: ``srun --ntasks-per-node 2 dsen2cr train … --devices 2`` starts
     both processes, Lightning's SLURM environment joins them (gloo on CPU here, with the variables srun sets).
     Task 1 is a worker of task 0's run: it does not lock the run folder (it was refused, "locked by process …",
-    and task 0 waited for it at the rendezvous), and the two ranks end with the same weights."""
+    and task 0 waited for it at the rendezvous), nor repeat task 0's lines in the job's log, and the two ranks
+    end with the same weights."""
     import os
     import socket
     import sys
@@ -245,6 +246,9 @@ def test_an_srun_steps_two_tasks_train_as_one_ddp_run(tmp_path: Path, synthetic_
             task.kill()
             task.wait()
     assert [task.returncode for task in tasks] == [0, 0], [log.read_text()[-2000:] for log in logs]
+    # one run, told once: the tasks' output goes to one job log, so a worker prints warnings and errors only
+    assert "last checkpoint: " in logs[0].read_text() and "epoch 0: " in logs[0].read_text()
+    assert "last checkpoint: " not in logs[1].read_text(), logs[1].read_text()[-2000:]
     digests = json.loads((tmp_path / "run" / "weights_digest.json").read_text())["ranks"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
