@@ -24,6 +24,7 @@ from typing import Any
 from dsen2cr.cli import config, data, demo, evaluate, export, models, remove_clouds, train, weights
 from dsen2cr.cli.options import NoAbbrevParser, add_verbosity, merge_spellings, setup_logging
 from dsen2cr.errors import DSen2CRError, one_line
+from dsen2cr.launch import is_launched_worker
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.version import __version__
 
@@ -121,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
-    setup_logging(logging.DEBUG if args.verbose or args.debug else logging.WARNING if args.quiet else logging.INFO)
+    level = logging.DEBUG if args.verbose or args.debug else logging.WARNING if args.quiet else logging.INFO
+    if args.command == "train" and is_launched_worker():  # one run: rank 0 tells it (the tasks share a job log)
+        level = max(level, logging.WARNING)
+    setup_logging(level)
     if args.command in COMPUTING_COMMANDS:
         _fit_torch_threads()
     _SIGNALLED.clear()

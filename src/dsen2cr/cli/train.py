@@ -12,6 +12,7 @@ from dsen2cr.cli.options import (
     quiet_lightning,
     require_extra,
 )
+from dsen2cr.launch import is_launched_worker
 
 #: Shortcut options and the ``trainer`` keys they set.
 TRAINER_SHORTCUTS = ("out_dir", "devices", "num_nodes", "strategy", "accelerator")
@@ -63,5 +64,6 @@ def run(args: argparse.Namespace) -> int:
     from dsen2cr.training.train import run_training
 
     last = run_training(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"last checkpoint: {last}")
+    if not is_launched_worker():  # rank 0 tells the run's result (the workers' output goes to the same log)
+        print(f"last checkpoint: {last}")
     return 0
