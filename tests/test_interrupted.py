@@ -279,6 +279,82 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_weights(
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{point}: {name}")
 
 
+def _slurm_step(monkeypatch: pytest.MonkeyPatch, bin_dir: Path) -> Path:
+    """The variables ``srun`` sets for a one-task step, and an ``scontrol`` on the PATH that records what it was
+    asked (its log's path returned)."""
+    record = bin_dir / "scontrol.log"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    step = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "dsen2cr-train", "SLURM_NTASKS": "1", "SLURM_NNODES": "1"}
+    step |= {"SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_STEP_NUM_TASKS": "1"}
+    step |= {"SLURM_STEP_TASKS_PER_NODE": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NODELIST": "127.0.0.1"}
+    for name, value in step.items():
+        monkeypatch.setenv(name, value)
+    return record
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_a_slurm_requeue_resumes_mid_epoch_to_the_uninterrupted_weights(
+    tmp_path: Path, synthetic_tree: Path, monkeypatch: pytest.MonkeyPatch, epoch: int
+) -> None:
+    """``#SBATCH --signal=SIGUSR1@90``: SLURM warns the job's tasks before its time limit. The run saves where it
+    is at the end of the batch under way (``checkpoints/requeue.ckpt``), asks ``scontrol requeue``, and the
+    requeued job's ``train --resume auto`` continues from that batch: to the weights of an uninterrupted run, each
+    step logged once, the requeue checkpoint removed once its epoch has its own. Lightning's handler saved at
+    whatever line the signal found (``hpc_ckpt_1.ckpt`` in the run folder, where a requeue in the first epoch was
+    refused as no part of a run) and ``--resume auto`` repeated the epoch from its start."""
+    import csv
+    import signal as signals
+
+    import lightning as L
+
+    from dsen2cr.training import train
+
+    def config_of(name: str) -> Path:
+        return _config(tmp_path, synthetic_tree, tmp_path / name)
+
+    straight = load_model(train.run_training(load_config(config_of("straight"), ["optim.epochs=2"]), progress=False))
+    record = _slurm_step(monkeypatch, tmp_path / "bin")
+
+    class WarnedThenKilled(L.Callback):  # SLURM's warning at batch 3 of the epoch, the time limit's kill at 6
+        def on_train_batch_end(self, trainer, module, outputs, data, index) -> None:  # type: ignore[no-untyped-def]
+            if trainer.current_epoch == epoch and index == 3:
+                os.kill(os.getpid(), signals.SIGUSR1)
+
+        def on_train_batch_start(self, trainer, module, data, index) -> None:  # type: ignore[no-untyped-def]
+            if trainer.current_epoch == epoch and index == 6:
+                raise _KilledError("the time limit")
+
+    build = train.build_trainer
+
+    def with_slurm(*args: object, **kwargs: object) -> object:
+        trainer = build(*args, **kwargs)  # type: ignore[arg-type]
+        trainer.callbacks.append(WarnedThenKilled())
+        return trainer
+
+    monkeypatch.setattr(train, "build_trainer", with_slurm)
+    config = load_config(config_of("requeued"), ["optim.epochs=2", "trainer.log_every_n_steps=1"])
+    with pytest.raises(_KilledError):
+        train.run_training(config, resume="auto", progress=False)
+    checkpoints = tmp_path / "requeued" / "checkpoints"
+    assert record.read_text() == "requeue 4242\n"
+    saved = torch.load(checkpoints / "requeue.ckpt", map_location="cpu", weights_only=True)
+    batches = 12  # 6 training patches x 4 repeats in batches of 2
+    assert (saved["epoch"], saved["global_step"]) in {(epoch, epoch * batches + 4), (epoch, epoch * batches + 5)}
+    assert sorted(path.name for path in (tmp_path / "requeued").iterdir()) == ["checkpoints", "config.yaml", "logs"]
+    monkeypatch.setattr(train, "build_trainer", build)
+    resumed = load_model(train.run_training(config, resume="auto", progress=False))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert not (checkpoints / "requeue.ckpt").exists()
+    with open(tmp_path / "requeued" / "logs" / "csv" / "metrics.csv", newline="") as file:
+        steps = [int(row["step"]) for row in csv.DictReader(file) if row.get("train_loss_step")]
+    assert steps == sorted(set(steps)) and len(steps) == 2 * batches
+
+
 def test_a_resume_removes_what_the_killed_run_left_in_its_folder(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     """A run killed while writing a checkpoint leaves its hidden temporary (a paper-size checkpoint is about
     230 MB); resuming the run removes those of processes that no longer run, in the run folder and its
