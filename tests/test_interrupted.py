@@ -205,7 +205,30 @@ def test_only_rank_0_cuts_a_resumed_runs_history(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     HistoryCSVLogger(tmp_path, name="logs", version="csv", keep_until_step=3).experiment  # noqa: B018
     with open(history, newline="") as file:
-        assert [row["step"] for row in csv.DictReader(file)] == ["1", "2", "3"]
+        assert [row["step"] for row in csv.DictReader(file)] == ["1", "2"]
+
+
+def test_a_resumed_run_drops_the_rows_of_the_part_it_trains_again(workdir: Path) -> None:
+    """A batch's row in ``metrics.csv`` carries the number of batches before it (an epoch's rows, its last batch's),
+    so the row at a checkpoint's global step is the first batch after it: a run killed after that batch kept its
+    row, and the resumed run logged that step again."""
+    import csv
+
+    from dsen2cr.cli import main
+
+    argv = ["train", "--config", str(workdir.config()), "--no-progress", "trainer.log_every_n_steps=1"]
+    assert main([*argv, "optim.epochs=1"]) == 0
+    last = workdir / "run" / "checkpoints" / "last.ckpt"
+    steps = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    history = workdir / "run" / "logs" / "csv" / "metrics.csv"
+    with open(history, newline="") as file:
+        rows = list(csv.DictReader(file))
+    with open(history, "a", newline="") as file:  # what the killed run logged of epoch 1's first batch
+        csv.DictWriter(file, fieldnames=list(rows[0])).writerow({**rows[0], "epoch": "1", "step": str(steps)})
+    assert main([*argv, "optim.epochs=2", "--resume", str(last)]) == 0
+    with open(history, newline="") as file:
+        logged = [int(row["step"]) for row in csv.DictReader(file) if row.get("train_loss_step")]
+    assert logged == list(range(2 * steps))
 
 
 class _KilledError(Exception):
