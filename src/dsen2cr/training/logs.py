@@ -1,6 +1,6 @@
 """The run's CSV log that keeps its history: Lightning's CSV writer deletes ``metrics.csv`` when its folder
 exists, so a resumed run kept only the epochs after the resume. Here the rows up to the resumed checkpoint's
-step stay (later ones belonged to the interrupted part, which runs again), and new rows are appended."""
+step stay (those from it on belonged to the interrupted part, which runs again), and new rows are appended."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dsen2cr.outputs.files import atomic_path
 
 
 class HistoryCSVLogger(CSVLogger):
-    """A ``CSVLogger`` whose ``metrics.csv`` keeps the rows up to ``keep_until_step`` (a resumed run: the
+    """A ``CSVLogger`` whose ``metrics.csv`` keeps the rows before ``keep_until_step`` (a resumed run: the
     checkpoint's global step; None: a new run, which starts the file afresh)."""
 
     def __init__(self, *args: object, keep_until_step: int | None = None, **kwargs: object) -> None:
@@ -50,7 +50,9 @@ class _HistoryWriter(ExperimentWriter):
             return
         with open(path, newline="") as file:
             rows = list(csv.DictReader(file))
-        kept = [row for row in rows if row.get("step") and float(row["step"]) <= self._keep_until_step]
+        # a batch's row carries the batches before it (an epoch's rows, its last batch's): the row at the
+        # checkpoint's global step is the first batch after it, which the resumed run trains and logs again
+        kept = [row for row in rows if row.get("step") and float(row["step"]) < self._keep_until_step]
         self.metrics_keys = sorted(set().union(*kept)) if kept else []
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=self.metrics_keys)

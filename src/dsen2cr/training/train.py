@@ -106,7 +106,7 @@ def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -
 
 def build_trainer(config: RunConfig, out: Path, *, progress: bool = True, resumed_step: int | None = None) -> L.Trainer:
     """A Lightning Trainer with the run's checkpointing, logging and distribution settings (``resumed_step``:
-    the global step of the checkpoint a resumed run starts from; its CSV log keeps the rows up to it)."""
+    the global step of the checkpoint a resumed run starts from; its CSV log keeps the rows before it)."""
     t = config.trainer
     checkpoint = ModelCheckpoint(
         dirpath=out / CHECKPOINT_DIR,
