@@ -192,12 +192,9 @@ def test_two_process_ddp_on_cpu_keeps_ranks_equal(
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_an_srun_steps_two_tasks_train_as_one_ddp_run(tmp_path: Path, synthetic_tree: Path) -> None:
-    """Lightning's documented way on a cluster: ``srun --ntasks-per-node 2 dsen2cr train … --devices 2`` starts
-    both processes, Lightning's SLURM environment joins them (gloo on CPU here, with the variables srun sets).
-    Task 1 is a worker of task 0's run: it does not lock the run folder (it was refused, "locked by process …",
-    and task 0 waited for it at the rendezvous), nor repeat task 0's lines in the job's log, and the two ranks
-    end with the same weights."""
+def _srun_two_tasks(tmp_path: Path, command: list[str], name: str) -> list[Path]:
+    """Run ``command`` as the two tasks of an ``srun`` step on this machine (the variables srun sets; gloo on CPU);
+    return the tasks' logs. A task that fails leaves the other waiting at the rendezvous: both stop then."""
     import os
     import socket
     import sys
@@ -206,10 +203,6 @@ def test_an_srun_steps_two_tasks_train_as_one_ddp_run(tmp_path: Path, synthetic_
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = _config(tmp_path, synthetic_tree)
-    command = [sys.executable, "-m", "dsen2cr.cli", "train", "--config", str(config), "optim.epochs=1"]
-    command += ["trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.deterministic=false"]
-    command += ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress"]
     step = {
         "SLURM_JOB_ID": "4242",
         "SLURM_JOB_NAME": "dsen2cr-train",
@@ -225,10 +218,10 @@ def test_an_srun_steps_two_tasks_train_as_one_ddp_run(tmp_path: Path, synthetic_
     }
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE")
     base = {name: value for name, value in os.environ.items() if name not in names}
-    logs = [tmp_path / f"task{task}.log" for task in range(2)]
+    logs = [tmp_path / f"{name}.task{task}.log" for task in range(2)]
     tasks = [
         subprocess.Popen(
-            command,
+            [sys.executable, "-m", "dsen2cr.cli", *command],
             env={**base, **step, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)},
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
@@ -236,7 +229,7 @@ def test_an_srun_steps_two_tasks_train_as_one_ddp_run(tmp_path: Path, synthetic_
         for task, log in enumerate(logs)
     ]
     deadline = time.monotonic() + 240
-    try:  # a task that fails leaves the other waiting at the rendezvous: stop at the first failure
+    try:
         while time.monotonic() < deadline and not all(t.poll() == 0 for t in tasks):
             if any(t.poll() not in (None, 0) for t in tasks):
                 break
@@ -246,6 +239,20 @@ def test_an_srun_steps_two_tasks_train_as_one_ddp_run(tmp_path: Path, synthetic_
             task.kill()
             task.wait()
     assert [task.returncode for task in tasks] == [0, 0], [log.read_text()[-2000:] for log in logs]
+    return logs
+
+
+def test_an_srun_steps_two_tasks_train_as_one_ddp_run(tmp_path: Path, synthetic_tree: Path) -> None:
+    """Lightning's documented way on a cluster: ``srun --ntasks-per-node 2 dsen2cr train … --devices 2`` starts
+    both processes, Lightning's SLURM environment joins them (gloo on CPU here, with the variables srun sets).
+    Task 1 is a worker of task 0's run: it does not lock the run folder (it was refused, "locked by process …",
+    and task 0 waited for it at the rendezvous), nor repeat task 0's lines in the job's log, and the two ranks
+    end with the same weights."""
+    config = _config(tmp_path, synthetic_tree)
+    command = ["train", "--config", str(config), "optim.epochs=1"]
+    command += ["trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.deterministic=false"]
+    command += ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress"]
+    logs = _srun_two_tasks(tmp_path, command, "train")
     # one run, told once: the tasks' output goes to one job log, so a worker prints warnings and errors only
     assert "last checkpoint: " in logs[0].read_text() and "epoch 0: " in logs[0].read_text()
     assert "last checkpoint: " not in logs[1].read_text(), logs[1].read_text()[-2000:]
@@ -253,6 +260,26 @@ def test_an_srun_steps_two_tasks_train_as_one_ddp_run(tmp_path: Path, synthetic_
     assert len(digests) == 2 and digests[0] == digests[1]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert not list((tmp_path / "run").parent.glob(".run*.lock"))  # task 0's lock went with it
+
+
+def test_a_ddp_run_resumed_with_loader_workers_ends_with_the_uninterrupted_weights(
+    tmp_path: Path, synthetic_tree: Path
+) -> None:
+    """Under DDP Lightning's distributed sampler shuffles the epoch's order again by its own epoch number, which
+    it sets after loader workers have made their iterator: a resumed run's first epoch went in epoch 0's order."""
+    straight_dir, split_dir = tmp_path / "straight", tmp_path / "split"
+    straight_dir.mkdir(), split_dir.mkdir()
+    ddp = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress", "data.num_workers=1"]
+    config = _config(straight_dir, synthetic_tree, optim__batch_size="2")
+    _srun_two_tasks(tmp_path, ["train", "--config", str(config), "optim.epochs=2", *ddp], "straight")
+    config = _config(split_dir, synthetic_tree, optim__batch_size="2")
+    _srun_two_tasks(tmp_path, ["train", "--config", str(config), "optim.epochs=1", *ddp], "first")
+    resume = ["--resume", "auto", "optim.epochs=2"]
+    _srun_two_tasks(tmp_path, ["train", "--config", str(config), *resume, *ddp], "resumed")
+    straight = load_model(straight_dir / "run" / "checkpoints" / "last.ckpt")
+    resumed = load_model(split_dir / "run" / "checkpoints" / "last.ckpt")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
 SLURM_STEP = {"SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}
