@@ -319,16 +319,17 @@ def _slurm_step(monkeypatch: pytest.MonkeyPatch, bin_dir: Path) -> Path:
     return record
 
 
-@pytest.mark.parametrize("epoch", [0, 1])
+@pytest.mark.parametrize(("epoch", "workers"), [(0, 0), (1, 2)])
 def test_a_slurm_requeue_resumes_mid_epoch_to_the_uninterrupted_weights(
-    tmp_path: Path, synthetic_tree: Path, monkeypatch: pytest.MonkeyPatch, epoch: int
+    tmp_path: Path, synthetic_tree: Path, monkeypatch: pytest.MonkeyPatch, epoch: int, workers: int
 ) -> None:
     """``#SBATCH --signal=SIGUSR1@90``: SLURM warns the job's tasks before its time limit. The run saves where it
     is at the end of the batch under way (``checkpoints/requeue.ckpt``), asks ``scontrol requeue``, and the
     requeued job's ``train --resume auto`` continues from that batch: to the weights of an uninterrupted run, each
     step logged once, the requeue checkpoint removed once its epoch has its own. Lightning's handler saved at
     whatever line the signal found (``hpc_ckpt_1.ckpt`` in the run folder, where a requeue in the first epoch was
-    refused as no part of a run) and ``--resume auto`` repeated the epoch from its start."""
+    refused as no part of a run) and ``--resume auto`` repeated the epoch from its start. With loader workers too:
+    they make an iteration of the batches they never draw from before the one they use."""
     import csv
     import signal as signals
 
@@ -359,7 +360,9 @@ def test_a_slurm_requeue_resumes_mid_epoch_to_the_uninterrupted_weights(
         return trainer
 
     monkeypatch.setattr(train, "build_trainer", with_slurm)
-    config = load_config(config_of("requeued"), ["optim.epochs=2", "trainer.log_every_n_steps=1"])
+    config = load_config(
+        config_of("requeued"), ["optim.epochs=2", "trainer.log_every_n_steps=1", f"data.num_workers={workers}"]
+    )
     with pytest.raises(_KilledError):
         train.run_training(config, resume="auto", progress=False)
     checkpoints = tmp_path / "requeued" / "checkpoints"

@@ -83,6 +83,18 @@ class EpochShuffle(torch.utils.data.Sampler[tuple[int, int]]):
         return ((self.epoch, index) for index in torch.randperm(self.size, generator=generator).tolist())
 
 
+class TrainingLoader(DataLoader):
+    """The training DataLoader, whose sampler starts at ``start_epoch`` (a resumed run's)."""
+
+    def __init__(self, *args: Any, start_epoch: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.start_epoch = start_epoch
+        # Workers make their iterator, and fetch its first batches, before Lightning sets the restored epoch on the
+        # sampler: it starts at that epoch (under DDP Lightning's distributed sampler, which shuffles again by it)
+        if callable(set_epoch := getattr(self.sampler, "set_epoch", None)):
+            set_epoch(start_epoch)
+
+
 def _ignore_sigterm(worker_id: int) -> None:
     """In a DataLoader worker: ignore SIGTERM. ``timeout`` and schedulers signal the whole process group; the
     main process ends the run cleanly and its workers with it (they also exit when it dies), where a killed
@@ -119,8 +131,8 @@ class SEN12MSCRDataModule(L.LightningDataModule):
 
     The training loader is built once with persistent workers (and pinned memory on CUDA); its sampler is an
     ``EpochShuffle`` whose ``(epoch, index)`` keys make crops, augmentations and order depend only on
-    (seed, epoch): a resumed run sees what an uninterrupted one would. Under DDP, Lightning splits that order
-    across ranks.
+    (seed, epoch): a resumed run sees what an uninterrupted one would. Under DDP, Lightning's distributed sampler
+    shuffles that order again (by its seed and the epoch) and splits it across ranks.
     """
 
     def __init__(
@@ -188,22 +200,18 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         processes = max(1, int(self.trainer.num_devices)) if self.trainer is not None else 1
         check_shared_memory(dataset, key, self.batch_per_device(), self.data.num_workers, processes)
 
-    def _loader(
-        self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler | None, *, drop_last: bool = False
-    ) -> DataLoader:
-        """A DataLoader with the configured workers."""
+    def _loader_options(self, *, drop_last: bool = False) -> dict[str, Any]:
+        """A DataLoader's options: the configured batch and workers."""
         if self.data.num_workers > 0:
             _register_end_of_workers()
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_per_device(),
-            sampler=sampler,
-            drop_last=drop_last,
-            num_workers=self.data.num_workers,
-            persistent_workers=self.data.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            worker_init_fn=_ignore_sigterm,
-        )
+        return {
+            "batch_size": self.batch_per_device(),
+            "drop_last": drop_last,
+            "num_workers": self.data.num_workers,
+            "persistent_workers": self.data.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+            "worker_init_fn": _ignore_sigterm,
+        }
 
     def train_dataloader(self) -> DataLoader:
         """The training loader (Lightning sets its sampler's epoch before each epoch; it starts at a resumed
@@ -217,16 +225,16 @@ class SEN12MSCRDataModule(L.LightningDataModule):
                 f"samples per process and data.drop_last is true: no batch would run (the run would save untrained "
                 "weights); lower optim.batch_size, raise data.repeats, or set data.drop_last: false"
             )
-        # A resumed run's epoch: loader workers fetch their first batches as Lightning makes the iterator, before
-        # it sets the restored epoch on the sampler, so the sampler must start there (Lightning's own number).
+        # what Lightning passes to set_epoch: a resumed run's epoch (typed as a base class without it)
         progress = self.trainer.fit_loop.epoch_progress.current if self.trainer is not None else None
-        epoch = int(getattr(progress, "processed", 0))  # what Lightning passes to set_epoch (typed as a base class)
+        epoch = int(getattr(progress, "processed", 0))
         sampler = EpochShuffle(len(self.train_set), self.seed, epoch)
         self._check_shared_memory(self.train_set, (0, 0))
-        return self._loader(self.train_set, sampler, drop_last=self.data.drop_last)
+        options = self._loader_options(drop_last=self.data.drop_last)
+        return TrainingLoader(self.train_set, sampler=sampler, start_epoch=epoch, **options)
 
     def val_dataloader(self) -> DataLoader:
         """The validation loader (full patches)."""
         assert self.val_set is not None
         self._check_shared_memory(self.val_set, 0)
-        return self._loader(self.val_set, None)
+        return DataLoader(self.val_set, **self._loader_options())
