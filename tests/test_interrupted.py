@@ -319,9 +319,18 @@ def _slurm_step(monkeypatch: pytest.MonkeyPatch, bin_dir: Path) -> Path:
     return record
 
 
-@pytest.mark.parametrize(("epoch", "workers"), [(0, 0), (1, 2)])
+@pytest.mark.parametrize(
+    ("warned", "killed", "workers"),
+    [((0, 3), (0, 6), 0), ((1, 3), (1, 6), 2), ((0, 11), (1, 2), 0)],  # (epoch, batch); 11: the epoch's last
+    ids=["mid-epoch 0", "mid-epoch 1 with workers", "at an epoch's last batch"],
+)
 def test_a_slurm_requeue_resumes_mid_epoch_to_the_uninterrupted_weights(
-    tmp_path: Path, synthetic_tree: Path, monkeypatch: pytest.MonkeyPatch, epoch: int, workers: int
+    tmp_path: Path,
+    synthetic_tree: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    warned: tuple[int, int],
+    killed: tuple[int, int],
+    workers: int,
 ) -> None:
     """``#SBATCH --signal=SIGUSR1@90``: SLURM warns the job's tasks before its time limit. The run saves where it
     is at the end of the batch under way (``checkpoints/requeue.ckpt``), asks ``scontrol requeue``, and the
@@ -329,7 +338,8 @@ def test_a_slurm_requeue_resumes_mid_epoch_to_the_uninterrupted_weights(
     step logged once, the requeue checkpoint removed once its epoch has its own. Lightning's handler saved at
     whatever line the signal found (``hpc_ckpt_1.ckpt`` in the run folder, where a requeue in the first epoch was
     refused as no part of a run) and ``--resume auto`` repeated the epoch from its start. With loader workers too:
-    they make an iteration of the batches they never draw from before the one they use."""
+    they make an iteration of the batches they never draw from before the one they use. A warning at an epoch's
+    last batch waits for the epoch's own checkpoint, then requeues."""
     import csv
     import signal as signals
 
@@ -343,13 +353,11 @@ def test_a_slurm_requeue_resumes_mid_epoch_to_the_uninterrupted_weights(
     straight = load_model(train.run_training(load_config(config_of("straight"), ["optim.epochs=2"]), progress=False))
     record = _slurm_step(monkeypatch, tmp_path / "bin")
 
-    class WarnedThenKilled(L.Callback):  # SLURM's warning at batch 3 of the epoch, the time limit's kill at 6
-        def on_train_batch_end(self, trainer, module, outputs, data, index) -> None:  # type: ignore[no-untyped-def]
-            if trainer.current_epoch == epoch and index == 3:
-                os.kill(os.getpid(), signals.SIGUSR1)
-
+    class WarnedThenKilled(L.Callback):  # SLURM's warning during a batch, the time limit's kill a few batches later
         def on_train_batch_start(self, trainer, module, data, index) -> None:  # type: ignore[no-untyped-def]
-            if trainer.current_epoch == epoch and index == 6:
+            if (trainer.current_epoch, index) == warned:
+                os.kill(os.getpid(), signals.SIGUSR1)
+            if (trainer.current_epoch, index) == killed:
                 raise _KilledError("the time limit")
 
     build = train.build_trainer
@@ -367,9 +375,12 @@ def test_a_slurm_requeue_resumes_mid_epoch_to_the_uninterrupted_weights(
         train.run_training(config, resume="auto", progress=False)
     checkpoints = tmp_path / "requeued" / "checkpoints"
     assert record.read_text() == "requeue 4242\n"
-    saved = torch.load(checkpoints / "requeue.ckpt", map_location="cpu", weights_only=True)
     batches = 12  # 6 training patches x 4 repeats in batches of 2
-    assert (saved["epoch"], saved["global_step"]) in {(epoch, epoch * batches + 4), (epoch, epoch * batches + 5)}
+    if warned[1] == batches - 1:  # the epoch's last batch: its own checkpoint came first, then the requeue
+        assert not (checkpoints / "requeue.ckpt").exists()
+    else:
+        saved = torch.load(checkpoints / "requeue.ckpt", map_location="cpu", weights_only=True)
+        assert (saved["epoch"], saved["global_step"]) == (warned[0], warned[0] * batches + warned[1] + 1)
     assert sorted(path.name for path in (tmp_path / "requeued").iterdir()) == ["checkpoints", "config.yaml", "logs"]
     monkeypatch.setattr(train, "build_trainer", build)
     resumed = load_model(train.run_training(config, resume="auto", progress=False))

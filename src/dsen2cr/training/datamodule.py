@@ -5,8 +5,9 @@ from __future__ import annotations
 import atexit
 import functools
 import hashlib
+import itertools
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +84,78 @@ class EpochShuffle(torch.utils.data.Sampler[tuple[int, int]]):
         return ((self.epoch, index) for index in torch.randperm(self.size, generator=generator).tolist())
 
 
-class TrainingLoader(DataLoader):
-    """The training DataLoader, whose sampler starts at ``start_epoch`` (a resumed run's)."""
+class _SkipFirst:
+    """A batch sampler whose first iteration starts after ``skip`` batches (indices only: nothing is read); its
+    length stays the epoch's, as Lightning counts a resumed epoch's batches from where it stopped."""
 
-    def __init__(self, *args: Any, start_epoch: int = 0, **kwargs: Any) -> None:
+    def __init__(self, batches: Iterable[list[Any]], skip: int) -> None:
+        self.batches = batches
+        self.skip = skip
+
+    def __len__(self) -> int:
+        """The epoch's batches."""
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        """This epoch's batches, the first iteration drawn from after the skipped ones (a DataLoader's workers
+        make an iteration they never draw from before the one they use)."""
+        batches: Iterator[list[Any]] = iter(self.batches)
+        if self.skip:  # a generator: this runs at the first draw
+            batches, self.skip = itertools.islice(batches, self.skip, None), 0
+        yield from batches
+
+
+class TrainingLoader(DataLoader):
+    """The training DataLoader, whose sampler starts at ``start_epoch`` (a resumed run's). A run resumed in the
+    middle of an epoch (from a SLURM requeue checkpoint, :mod:`dsen2cr.training.requeue`) starts after the
+    ``skip_batches`` batches of the epoch that it had trained, as an uninterrupted run goes on; later epochs are
+    whole. Under DDP each rank skips its own batches.
+
+    Lightning takes a loader with ``state_dict``/``load_state_dict`` for one that resumes mid-epoch (else it
+    warns that it does not): this one's state is the loops' progress in the checkpoint, which the data module
+    reads when it makes the loader (:func:`resumed_position`), so there is nothing more to store."""
+
+    def __init__(self, *args: Any, start_epoch: int = 0, skip_batches: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.start_epoch = start_epoch
+        self.skip_batches = skip_batches
+        self._skipping: _SkipFirst | None = None
         # Workers make their iterator, and fetch its first batches, before Lightning sets the restored epoch on the
         # sampler: it starts at that epoch (under DDP Lightning's distributed sampler, which shuffles again by it)
         if callable(set_epoch := getattr(self.sampler, "set_epoch", None)):
             set_epoch(start_epoch)
+
+    @property
+    def _index_sampler(self) -> Any:
+        """The batch sampler, the first epoch's iteration after the skipped batches (one wrapper: the workers'
+        iterator keeps the one it was made with for every epoch)."""
+        batches = super()._index_sampler
+        if not self.skip_batches:
+            return batches
+        if self._skipping is None:
+            self._skipping = _SkipFirst(batches, self.skip_batches)
+        return self._skipping
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing: where a resumed epoch starts comes from the loops' progress (class docstring)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore (class docstring)."""
+
+
+def resumed_position(trainer: L.Trainer | None) -> tuple[int, int]:
+    """Where a trainer restored from a checkpoint goes on: the epoch (the one Lightning passes to the sampler's
+    ``set_epoch``) and, in an epoch the checkpoint interrupted, the batches of it already trained (else 0)."""
+    if trainer is None:
+        return 0, 0
+    epochs = trainer.fit_loop.epoch_progress.current.state_dict()  # ready, started, processed, completed
+    if epochs["started"] <= epochs["processed"]:  # at an epoch's start or end
+        return epochs["processed"], 0
+    batches = trainer.fit_loop.epoch_loop.batch_progress.current.state_dict()
+    # saved at a batch's end, that batch is done (Lightning counts it so on restoring); else the completed ones
+    at_batch_end = batches["started"] == batches["processed"] == batches["completed"] + 1
+    return epochs["processed"], batches["processed"] if at_batch_end else batches["completed"]
 
 
 def _ignore_sigterm(worker_id: int) -> None:
@@ -225,13 +288,11 @@ class SEN12MSCRDataModule(L.LightningDataModule):
                 f"samples per process and data.drop_last is true: no batch would run (the run would save untrained "
                 "weights); lower optim.batch_size, raise data.repeats, or set data.drop_last: false"
             )
-        # what Lightning passes to set_epoch: a resumed run's epoch (typed as a base class without it)
-        progress = self.trainer.fit_loop.epoch_progress.current if self.trainer is not None else None
-        epoch = int(getattr(progress, "processed", 0))
+        epoch, skip = resumed_position(self.trainer)
         sampler = EpochShuffle(len(self.train_set), self.seed, epoch)
         self._check_shared_memory(self.train_set, (0, 0))
         options = self._loader_options(drop_last=self.data.drop_last)
-        return TrainingLoader(self.train_set, sampler=sampler, start_epoch=epoch, **options)
+        return TrainingLoader(self.train_set, sampler=sampler, start_epoch=epoch, skip_batches=skip, **options)
 
     def val_dataloader(self) -> DataLoader:
         """The validation loader (full patches)."""

@@ -28,6 +28,7 @@ from dsen2cr.precision import set_float32_arithmetic
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.logs import HistoryCSVLogger
 from dsen2cr.training.module import DSen2CRTask, NonFiniteLossError
+from dsen2cr.training.requeue import SlurmRequeue, slurm_job
 from dsen2cr.weights import CHECKPOINT_DIR, last_checkpoint, newest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,10 @@ def build_trainer(config: RunConfig, out: Path, *, progress: bool = True, resume
         enable_version_counter=False,
     )
     callbacks: list[Callback] = [checkpoint, _EpochLine()]
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if (job := slurm_job()) is not None:  # SLURM's time-limit warning taken at a batch's end, not Lightning's way
+        callbacks.append(SlurmRequeue(job))
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     loggers = [
@@ -139,7 +144,7 @@ def build_trainer(config: RunConfig, out: Path, *, progress: bool = True, resume
         limit_val_batches=None if t.limit_val_batches == 1.0 else t.limit_val_batches,
         callbacks=callbacks,
         logger=loggers,
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -286,6 +291,16 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
+def _finished_epochs(checkpoint: dict[str, Any]) -> int:
+    """The epochs a checkpoint holds complete: the fit loop's processed epochs (a SLURM requeue checkpoint is
+    saved in the middle of its epoch), else those of its epoch number (an epoch's own checkpoint)."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        epoch = checkpoint.get("epoch")
+        return epoch + 1 if isinstance(epoch, int) else 0
+
+
 def _newest_or_none(out: Path) -> Path | None:
     """``--resume auto``: the run folder's newest complete checkpoint, or None (a new run), said in the log."""
     newest = newest_checkpoint(out)
@@ -324,8 +339,7 @@ def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> t
                 "with its own settings (the optimiser's state comes from the checkpoint): only optim.epochs, the "
                 "data's location and workers, and where it runs may change; start a new run for other settings"
             )
-    epoch = checkpoint.get("epoch")
-    finished = epoch + 1 if isinstance(epoch, int) else 0
+    finished = _finished_epochs(checkpoint)
     step = checkpoint.get("global_step", 0)
     return (step if isinstance(step, int) else 0), finished
 
