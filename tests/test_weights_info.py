@@ -59,6 +59,27 @@ def test_weights_info_of_a_trained_run(workdir: Path, capsys: pytest.CaptureFixt
     assert "; loss carl (" in text
 
 
+def test_weights_info_of_a_checkpoint_saved_mid_epoch(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """A SLURM requeue checkpoint is saved in the middle of an epoch: its record says how far the run had come
+    (it said "after 2 epochs" of a run in its second, from the epoch number alone). Made here as Lightning saves
+    one at a batch's end: the epoch started but not processed, the batches of it processed."""
+    config = workdir.config(optim={"epochs": 2, "batch_size": 2})
+    assert main(["train", "--config", str(config), "--no-progress"]) == 0
+    checkpoint = torch.load(workdir / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    loops = checkpoint["loops"]["fit_loop"]
+    for counts in loops["epoch_progress"].values():
+        counts["processed"] = counts["completed"] = counts["started"] - 1  # epoch 2 under way
+    loops["epoch_loop.batch_progress"]["current"].update(ready=3, started=3, processed=3, completed=2)  # 3rd's end
+    middle = workdir / "requeue.ckpt"
+    torch.save(checkpoint, middle)
+    (record,) = _info(capsys, middle)
+    training = record["provenance"]["training"]
+    assert (training["epoch"], training["finished_epochs"], training["epoch_batches"]) == (1, 1, 3)
+    assert main(["weights", "info", str(middle)]) == 0
+    text = capsys.readouterr().out
+    assert f"training: saved after 1 epoch and 3 batches ({checkpoint['global_step']} optimiser steps)" in text
+
+
 def test_weights_info_of_keras_and_onnx_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The original's Keras file (no record: said so) and ONNX exports (precision, source, int8 calibration)."""
     pytest.importorskip("onnxruntime")
