@@ -186,13 +186,41 @@ def _load_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.T
     return config, state, _training_record(checkpoint)
 
 
+def finished_epochs(checkpoint: dict[str, Any]) -> int:
+    """The epochs a Lightning checkpoint holds complete: its fit loop's processed epochs (a SLURM requeue
+    checkpoint is saved in the middle of its epoch), else those of its epoch number (an epoch's own checkpoint)."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        epoch = checkpoint.get("epoch")
+        return epoch + 1 if isinstance(epoch, int) else 0
+
+
+def epoch_batches(checkpoint: dict[str, Any]) -> int:
+    """The batches of its unfinished epoch that a checkpoint saved mid-epoch holds (0 at an epoch's end): those
+    processed when it was saved at a batch's end, as Lightning counts them on restoring, else those completed."""
+    try:
+        epochs = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
+        batches = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+        if epochs["started"] <= epochs["processed"]:
+            return 0
+        at_batch_end = batches["started"] == batches["processed"] == batches["completed"] + 1
+        return int(batches["processed"] if at_batch_end else batches["completed"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
 def _training_record(checkpoint: dict[str, Any]) -> dict[str, str]:
     """The record of a dsen2cr training checkpoint: the epoch it was saved at (0-based, as its file name), the
-    optimiser steps, the loss settings and the data it trained on (empty for a checkpoint without them)."""
+    epochs it finished and, saved mid-epoch, the batches of the next, the optimiser steps, the loss settings and
+    the data it trained on (empty for a checkpoint without them)."""
     settings = checkpoint.get("hyper_parameters")
     if not isinstance(settings, dict) or not isinstance(settings.get("loss"), dict):
         return {}
     record = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"), "loss": settings["loss"]}
+    record["finished_epochs"] = finished_epochs(checkpoint)
+    if batches := epoch_batches(checkpoint):
+        record["epoch_batches"] = batches
     if isinstance(settings.get("data"), dict):  # what it trained on (checkpoints of earlier versions lack it)
         record["data"] = settings["data"]
     return {TRAINING_KEY: json.dumps(record, sort_keys=True)}

@@ -130,7 +130,11 @@ def info_lines(info: WeightsInfo) -> list[str]:
 def _training_line(training: dict[str, Any]) -> str:
     """The training record: when it was saved and the loss (its name, then its settings)."""
     epoch, steps = training.get("epoch"), training.get("global_step")
-    epochs = f"{epoch + 1} epoch{'s' if epoch != 0 else ''}" if isinstance(epoch, int) else ""
+    finished, batches = training.get("finished_epochs"), training.get("epoch_batches")
+    if isinstance(finished, int) and isinstance(batches, int) and batches > 0:  # saved mid-epoch (a requeue's)
+        epochs = f"{finished} epoch{'s' if finished != 1 else ''} and {batches} batch{'es' if batches != 1 else ''}"
+    else:
+        epochs = f"{epoch + 1} epoch{'s' if epoch != 0 else ''}" if isinstance(epoch, int) else ""
     when = f"after {epochs} ({steps} optimiser steps)" if epochs else "at an unknown epoch"
     loss = dict(training.get("loss") or {})
     name = loss.pop("name", "not recorded")

@@ -19,6 +19,7 @@ from dsen2cr.config import DataSection, LossSection
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import data_files, resolve_split
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.weights import epoch_batches, finished_epochs
 
 #: Where loader workers hand batches to the training process (PyTorch's shared memory; 64 MB in a Docker
 #: container unless run with ``--shm-size`` or ``--ipc=host``).
@@ -149,13 +150,11 @@ def resumed_position(trainer: L.Trainer | None) -> tuple[int, int]:
     ``set_epoch``) and, in an epoch the checkpoint interrupted, the batches of it already trained (else 0)."""
     if trainer is None:
         return 0, 0
-    epochs = trainer.fit_loop.epoch_progress.current.state_dict()  # ready, started, processed, completed
-    if epochs["started"] <= epochs["processed"]:  # at an epoch's start or end
-        return epochs["processed"], 0
-    batches = trainer.fit_loop.epoch_loop.batch_progress.current.state_dict()
-    # saved at a batch's end, that batch is done (Lightning counts it so on restoring); else the completed ones
-    at_batch_end = batches["started"] == batches["processed"] == batches["completed"] + 1
-    return epochs["processed"], batches["processed"] if at_batch_end else batches["completed"]
+    loop = trainer.fit_loop  # its restored progress, as the checkpoint holds it
+    progress = {"epoch_progress": {"current": loop.epoch_progress.current.state_dict()}}
+    progress["epoch_loop.batch_progress"] = {"current": loop.epoch_loop.batch_progress.current.state_dict()}
+    checkpoint = {"loops": {"fit_loop": progress}}
+    return finished_epochs(checkpoint), epoch_batches(checkpoint)
 
 
 def _ignore_sigterm(worker_id: int) -> None:

@@ -29,7 +29,7 @@ from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.logs import HistoryCSVLogger
 from dsen2cr.training.module import DSen2CRTask, NonFiniteLossError
 from dsen2cr.training.requeue import SlurmRequeue, slurm_job
-from dsen2cr.weights import CHECKPOINT_DIR, last_checkpoint, newest_checkpoint
+from dsen2cr.weights import CHECKPOINT_DIR, finished_epochs, last_checkpoint, newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -291,16 +291,6 @@ RESUME_MAY_CHANGE = frozenset(
 )
 
 
-def _finished_epochs(checkpoint: dict[str, Any]) -> int:
-    """The epochs a checkpoint holds complete: the fit loop's processed epochs (a SLURM requeue checkpoint is
-    saved in the middle of its epoch), else those of its epoch number (an epoch's own checkpoint)."""
-    try:
-        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except (KeyError, TypeError, ValueError):
-        epoch = checkpoint.get("epoch")
-        return epoch + 1 if isinstance(epoch, int) else 0
-
-
 def _newest_or_none(out: Path) -> Path | None:
     """``--resume auto``: the run folder's newest complete checkpoint, or None (a new run), said in the log."""
     newest = newest_checkpoint(out)
@@ -339,7 +329,7 @@ def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> t
                 "with its own settings (the optimiser's state comes from the checkpoint): only optim.epochs, the "
                 "data's location and workers, and where it runs may change; start a new run for other settings"
             )
-    finished = _finished_epochs(checkpoint)
+    finished = finished_epochs(checkpoint)
     step = checkpoint.get("global_step", 0)
     return (step if isinstance(step, int) else 0), finished
 
