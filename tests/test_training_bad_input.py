@@ -296,6 +296,31 @@ def test_a_resume_keeps_the_runs_settings(
     assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
 
 
+def test_a_mid_epoch_checkpoint_resumes_on_as_many_processes(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """A checkpoint saved in the middle of an epoch (a SLURM requeue's) continues that epoch after the batches
+    each process had trained: on another number of processes those batches are other samples, and the epoch
+    would train some twice and others never. Refused, naming both counts and what to do; an epoch's own
+    checkpoint resumes on any number (as before). Made here as Lightning saves one at a batch's end, by 2."""
+    config = str(workdir.config())
+    assert main(["train", "--config", config, "--no-progress"]) == 0
+    last = workdir / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["dsen2cr_world_size"] == 1
+    checkpoint["dsen2cr_world_size"] = 2
+    loops = checkpoint["loops"]["fit_loop"]
+    for counts in loops["epoch_progress"].values():
+        counts["processed"] = counts["completed"] = counts["started"] - 1  # its epoch under way
+    loops["epoch_loop.batch_progress"]["current"].update(ready=1, started=1, processed=1, completed=0)
+    middle = workdir / "run" / "checkpoints" / "requeue.ckpt"
+    torch.save(checkpoint, middle)
+    kept = last.read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--config", config, "--no-progress", "--resume", str(middle), "optim.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{middle}: saved in the middle of epoch 1 by 2 processes, resumed by 1" in err, err
+    assert err.count("\n") == 1 and last.read_bytes() == kept
+
+
 @pytest.mark.slow
 def test_sigterm_during_training_keeps_complete_checkpoints(
     workdir: Path, terminate_when: Callable[..., int], private_tmp_env: dict[str, str]
