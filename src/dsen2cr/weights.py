@@ -186,6 +186,10 @@ def _load_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.T
     return config, state, _training_record(checkpoint)
 
 
+#: A training checkpoint's record of the processes that saved it (a mid-epoch one continues only on as many).
+WORLD_SIZE_KEY = "dsen2cr_world_size"
+
+
 def finished_epochs(checkpoint: dict[str, Any]) -> int:
     """The epochs a Lightning checkpoint holds complete: its fit loop's processed epochs (a SLURM requeue
     checkpoint is saved in the middle of its epoch), else those of its epoch number (an epoch's own checkpoint)."""

@@ -12,7 +12,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import carl_loss, l1_loss, likelihood_loss
 from dsen2cr.metrics import batch_metrics
 from dsen2cr.models import DEFAULT_FAMILY, get_family
-from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY
+from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY, WORLD_SIZE_KEY
 
 
 def weights_digest(model: torch.nn.Module) -> torch.Tensor:
@@ -145,6 +145,8 @@ class DSen2CRTask(L.LightningModule):
             raise DSen2CRError(f"the {gathered.shape[0]} training processes ended with different weights")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the model configuration so that the checkpoint alone rebuilds the network."""
+        """Store the model configuration so that the checkpoint alone rebuilds the network, and the run's
+        processes (a checkpoint saved mid-epoch continues only on as many)."""
         checkpoint[CONFIG_KEY] = self.model_config.to_dict()
         checkpoint[FAMILY_KEY] = self.model_family
+        checkpoint[WORLD_SIZE_KEY] = self.trainer.world_size

@@ -29,7 +29,14 @@ from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.logs import HistoryCSVLogger
 from dsen2cr.training.module import DSen2CRTask, NonFiniteLossError
 from dsen2cr.training.requeue import SlurmRequeue, slurm_job
-from dsen2cr.weights import CHECKPOINT_DIR, finished_epochs, last_checkpoint, newest_checkpoint
+from dsen2cr.weights import (
+    CHECKPOINT_DIR,
+    WORLD_SIZE_KEY,
+    epoch_batches,
+    finished_epochs,
+    last_checkpoint,
+    newest_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +242,10 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
     if automatic:
         resume = _newest_or_none(Path(config.trainer.out_dir))
     out = prepare_run_dir(config, resume=None if resume is None else str(resume), overwrite=overwrite)
-    resumed_step, finished = None, 0
+    resumed_step, finished, mid_epoch_by = None, 0, None
     if resume is not None:
         _check_resume_checkpoint(Path(resume), config)
-        resumed_step, finished = _check_resume_settings(Path(resume), config, out / RESOLVED_CONFIG)
+        resumed_step, finished, mid_epoch_by = _check_resume_settings(Path(resume), config, out / RESOLVED_CONFIG)
         if config.optim.epochs <= finished:
             epochs = f"{finished} epoch{'s' if finished != 1 else ''}"
             if automatic:  # a requeued job whose run has ended: nothing to do
@@ -248,6 +255,9 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
                 f"{resume}: has finished {epochs}; optim.epochs {config.optim.epochs} leaves none to train: set it "
                 f"above {finished}"
             )
+    trainer = build_trainer(config, out, progress=progress, resumed_step=resumed_step)
+    if mid_epoch_by is not None and mid_epoch_by != trainer.world_size:
+        _refuse_other_processes(Path(resume), out, finished, mid_epoch_by, trainer.world_size)  # type: ignore[arg-type]
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(config.trainer.matmul_precision)
     # convolutions too: PyTorch leaves cuDNN convolutions on TF32 after set_float32_matmul_precision("highest")
@@ -258,7 +268,6 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
         config.data, config.loss, config.optim.batch_size, config.trainer.seed, global_batch=config.optim.global_batch
     )
     datamodule.setup("fit")
-    trainer = build_trainer(config, out, progress=progress, resumed_step=resumed_step)
     task = build_task(config, datamodule.record())
     if not is_launched_worker():  # rank 0 writes the checkpoints: weights and NAdam's two moments, as stored
         stored = 3 * sum(parameter.numel() * parameter.element_size() for parameter in task.parameters())
@@ -301,10 +310,23 @@ def _newest_or_none(out: Path) -> Path | None:
     return newest
 
 
-def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> tuple[int, int]:
+def _refuse_other_processes(path: Path, out: Path, finished: int, saved_by: int, world: int) -> None:
+    """A checkpoint saved mid-epoch continues its epoch after the batches each process had trained: on another
+    number of processes those are other samples (some would train twice, others never)."""
+    last = last_checkpoint(out)
+    instead = f"resume from the epoch's own checkpoint, --resume {last}" if last.is_file() else "start the run anew"
+    raise DSen2CRError(
+        f"{path}: saved in the middle of epoch {finished + 1} by {saved_by} processes, resumed by {world}: it "
+        f"continues that epoch after the batches each process had trained, so only on as many; run on {saved_by} "
+        f"(--devices x --num-nodes), or {instead}"
+    )
+
+
+def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> tuple[int, int, int | None]:
     """Refuse a resume that changes the run's settings (those of the run folder's ``config.yaml``, then of the
     checkpoint's own record, ``loss`` and ``optim``, then of its optimiser state; but :data:`RESUME_MAY_CHANGE`);
-    return the checkpoint's global step and the epochs it finished. A changed learning rate, say, would not apply
+    return the checkpoint's global step, the epochs it finished and, saved mid-epoch, the processes that saved it
+    (else None). A changed learning rate, say, would not apply
     (the optimiser's state is restored) while the run's records said it did."""
     import dataclasses
 
@@ -331,7 +353,8 @@ def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> t
             )
     finished = finished_epochs(checkpoint)
     step = checkpoint.get("global_step", 0)
-    return (step if isinstance(step, int) else 0), finished
+    saved_by = checkpoint.get(WORLD_SIZE_KEY) if epoch_batches(checkpoint) else None
+    return (step if isinstance(step, int) else 0), finished, saved_by if isinstance(saved_by, int) else None
 
 
 def _optimiser_settings(checkpoint: dict) -> dict[str, Any]:
