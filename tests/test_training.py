@@ -388,6 +388,7 @@ def test_exported_weights_record_what_made_them(workdir: Path, capsys: pytest.Ca
     training = json.loads(metadata["dsen2cr_training"])
     assert training == {
         "epoch": checkpoint["epoch"],
+        "finished_epochs": 2,  # saved at the end of its second epoch
         "global_step": checkpoint["global_step"],
         "loss": checkpoint["hyper_parameters"]["loss"],
         "data": checkpoint["hyper_parameters"]["data"],
