@@ -40,7 +40,8 @@ def register(subparsers: SubParsers) -> None:
         metavar="CKPT",
         help="continue the run of this checkpoint exactly; auto: of the run folder's newest checkpoint if it holds "
         "one (else start the run; a run that has trained every epoch exits 0): one command line for a cluster "
-        "job's first start and its requeues",
+        "job's first start and its requeues (under SLURM with #SBATCH --signal=SIGUSR1@90 a job saves mid-epoch "
+        "and requeues itself before its time limit)",
     )
     add_overwrite(parser, "replace the run already in the output folder (its checkpoints, logs and config only)")
     parser.add_argument("--out-dir", "--out", dest="out_dir", help="the run folder: shortcut for trainer.out_dir=...")

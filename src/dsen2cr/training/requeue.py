@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 REQUEUE_CHECKPOINT = "requeue.ckpt"
 #: The signal to ask SLURM for (``#SBATCH --signal=SIGUSR1@90``): Lightning's, so its documented line works.
 REQUEUE_SIGNAL = signal.SIGUSR1
+_NOT_TAKEN = object()
 
 
 def slurm_job() -> str | None:
@@ -55,7 +56,7 @@ class SlurmRequeue(L.Callback):
         self.job = job
         self.warned = False  # set by the signal; read at a batch's end
         self.pending = False  # the warning came during an epoch's last batch: requeue after its checkpoint
-        self._previous: Any = None
+        self._previous: Any = _NOT_TAKEN
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Take the signal (only a flag: nothing is saved inside a signal handler)."""
@@ -63,9 +64,9 @@ class SlurmRequeue(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Give the signal back to its earlier handler."""
-        if self._previous is not None:
-            signal.signal(REQUEUE_SIGNAL, self._previous)
-            self._previous = None
+        if self._previous is not _NOT_TAKEN:
+            signal.signal(REQUEUE_SIGNAL, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._previous = _NOT_TAKEN
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.warned = True
@@ -83,7 +84,8 @@ class SlurmRequeue(L.Callback):
         path = Path(trainer.default_root_dir) / CHECKPOINT_DIR / REQUEUE_CHECKPOINT
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
-            log.info("SLURM's time-limit warning: saved epoch %d at batch %d in %s", trainer.current_epoch, index, path)
+            epochs = f"{trainer.current_epoch} epoch{'s' if trainer.current_epoch != 1 else ''}"
+            log.info("SLURM's time-limit warning: saved the run after %s and %d batches in %s", epochs, index, path)
             self._requeue(path)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
