@@ -1,5 +1,5 @@
 """The run's CSV log that keeps its history: Lightning's CSV writer deletes ``metrics.csv`` when its folder
-exists, so a resumed run kept only the epochs after the resume. Here the rows up to the resumed checkpoint's
+exists, so a resumed run kept only the epochs after the resume. Here the rows before the resumed checkpoint's
 step stay (those from it on belonged to the interrupted part, which runs again), and new rows are appended."""
 
 from __future__ import annotations
