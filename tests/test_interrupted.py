@@ -339,7 +339,8 @@ def test_a_slurm_requeue_resumes_mid_epoch_to_the_uninterrupted_weights(
     whatever line the signal found (``hpc_ckpt_1.ckpt`` in the run folder, where a requeue in the first epoch was
     refused as no part of a run) and ``--resume auto`` repeated the epoch from its start. With loader workers too:
     they make an iteration of the batches they never draw from before the one they use. A warning at an epoch's
-    last batch waits for the epoch's own checkpoint, then requeues."""
+    last batch waits for the epoch's own checkpoint, then requeues. The requeued epoch's training loss is the mean
+    over all its batches (each process's partial sums travel in the checkpoint)."""
     import csv
     import signal as signals
 
@@ -388,8 +389,15 @@ def test_a_slurm_requeue_resumes_mid_epoch_to_the_uninterrupted_weights(
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert not (checkpoints / "requeue.ckpt").exists()
     with open(tmp_path / "requeued" / "logs" / "csv" / "metrics.csv", newline="") as file:
-        steps = [int(row["step"]) for row in csv.DictReader(file) if row.get("train_loss_step")]
+        rows = list(csv.DictReader(file))
+    steps = [int(row["step"]) for row in rows if row.get("train_loss_step")]
     assert steps == sorted(set(steps)) and len(steps) == 2 * batches
+    # each epoch's training loss is its mean over all its batches, the requeued one's too (it was the batches' after
+    # the requeue alone)
+    with open(tmp_path / "straight" / "logs" / "csv" / "metrics.csv", newline="") as file:
+        expected = [float(row["train_loss_epoch"]) for row in csv.DictReader(file) if row.get("train_loss_epoch")]
+    losses = [float(row["train_loss_epoch"]) for row in rows if row.get("train_loss_epoch")]
+    assert losses == pytest.approx(expected, rel=1e-6, abs=0)
 
 
 def test_a_resume_removes_what_the_killed_run_left_in_its_folder(workdir: Path, capsys: pytest.CaptureFixture) -> None:
