@@ -12,7 +12,11 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import carl_loss, l1_loss, likelihood_loss
 from dsen2cr.metrics import batch_metrics
 from dsen2cr.models import DEFAULT_FAMILY, get_family
-from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY, WORLD_SIZE_KEY
+from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY, WORLD_SIZE_KEY, epoch_batches
+
+#: A checkpoint's sums of its epoch's training loss so far, ``[sum of loss x samples, samples]`` per rank: a run
+#: resumed mid-epoch (a SLURM requeue) reports the mean over all the epoch's batches.
+EPOCH_LOSS_KEY = "dsen2cr_epoch_loss_sums"
 
 
 def weights_digest(model: torch.nn.Module) -> torch.Tensor:
@@ -49,6 +53,13 @@ class DSen2CRTask(L.LightningModule):
         self.val_images = val_images
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model_config.build().to(memory_format=self.memory_format)  # type: ignore[call-overload]
+        self._loss_sum: torch.Tensor | None = None  # this rank's epoch so far: sum of loss x samples, and samples
+        self._samples = 0
+        self._resumed_mid_epoch = False  # the next batch's logged loss carries the restored ones'
+
+    def on_train_epoch_start(self) -> None:
+        """Start the epoch's sums of the training loss (not called for an epoch resumed mid-way)."""
+        self._loss_sum, self._samples = None, 0
 
     def forward(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the cloud-free image."""
@@ -88,8 +99,15 @@ class DSen2CRTask(L.LightningModule):
             )
         size = pred.shape[0]
         self.log("train_loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
+        weighted = loss.detach().double() * size
+        self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
+        self._samples += size
+        logged, weight = loss, size
+        if self._resumed_mid_epoch:  # this batch stands for those before the requeue too: the epoch's mean is whole
+            logged, weight = (self._loss_sum / self._samples).float(), self._samples
+            self._resumed_mid_epoch = False
         # the epoch's mean over every rank's batches (reduced over the ranks once, at the epoch's end)
-        self.log("train_loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
+        self.log("train_loss_epoch", logged, on_step=False, on_epoch=True, sync_dist=True, batch_size=weight)
         # the batch a rank sees (with optim.global_batch, the global batch over the ranks): the largest over them
         self.log("batch_per_device", float(size), on_step=False, on_epoch=True, reduce_fx="max", sync_dist=True)
         return loss
@@ -150,3 +168,16 @@ class DSen2CRTask(L.LightningModule):
         checkpoint[CONFIG_KEY] = self.model_config.to_dict()
         checkpoint[FAMILY_KEY] = self.model_family
         checkpoint[WORLD_SIZE_KEY] = self.trainer.world_size
+        # every rank saves (rank 0 writes): the ranks' sums of the epoch's loss so far
+        so_far = torch.zeros((), dtype=torch.float64, device=self.device) if self._loss_sum is None else self._loss_sum
+        mine = torch.stack([so_far, so_far.new_tensor(float(self._samples))])
+        checkpoint[EPOCH_LOSS_KEY] = torch.as_tensor(self.all_gather(mine)).reshape(-1, 2).tolist()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint saved mid-epoch: this rank's sums of the epoch's loss so far go on."""
+        sums = checkpoint.get(EPOCH_LOSS_KEY)
+        if not epoch_batches(checkpoint) or not isinstance(sums, list) or len(sums) <= self.global_rank:
+            return
+        total, samples = sums[self.global_rank]
+        self._loss_sum = torch.tensor(total, dtype=torch.float64, device=self.device)
+        self._samples, self._resumed_mid_epoch = int(samples), True
