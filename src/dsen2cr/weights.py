@@ -190,28 +190,31 @@ def _load_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.T
 WORLD_SIZE_KEY = "dsen2cr_world_size"
 
 
-def finished_epochs(checkpoint: dict[str, Any]) -> int:
-    """The epochs a Lightning checkpoint holds complete: its fit loop's processed epochs (a SLURM requeue
-    checkpoint is saved in the middle of its epoch), else those of its epoch number (an epoch's own checkpoint)."""
+def loop_position(epochs: dict[str, int], batches: dict[str, int]) -> tuple[int, int]:
+    """Where a fit loop stands, from its epoch and batch progress (the ``current`` counters, as a Lightning
+    checkpoint holds them): the epochs finished, and the batches of the next already trained (0 at an epoch's start
+    or end; saved at a batch's end, that batch counts, as Lightning counts it on restoring; else the completed)."""
+    if epochs["started"] <= epochs["processed"]:
+        return epochs["processed"], 0
+    at_batch_end = batches["started"] == batches["processed"] == batches["completed"] + 1
+    return epochs["processed"], batches["processed"] if at_batch_end else batches["completed"]
+
+
+def checkpoint_position(checkpoint: dict[str, Any]) -> tuple[int, int]:
+    """:func:`loop_position` of a Lightning checkpoint (a SLURM requeue's is saved in the middle of its epoch);
+    one without the loop's state has finished the epochs its epoch number says."""
     try:
-        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except (KeyError, TypeError, ValueError):
+        loop = checkpoint["loops"]["fit_loop"]
+        return loop_position(loop["epoch_progress"]["current"], loop["epoch_loop.batch_progress"]["current"])
+    except (KeyError, TypeError):
         epoch = checkpoint.get("epoch")
-        return epoch + 1 if isinstance(epoch, int) else 0
+        return (epoch + 1 if isinstance(epoch, int) else 0), 0
 
 
-def epoch_batches(checkpoint: dict[str, Any]) -> int:
-    """The batches of its unfinished epoch that a checkpoint saved mid-epoch holds (0 at an epoch's end): those
-    processed when it was saved at a batch's end, as Lightning counts them on restoring, else those completed."""
-    try:
-        epochs = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
-        batches = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
-        if epochs["started"] <= epochs["processed"]:
-            return 0
-        at_batch_end = batches["started"] == batches["processed"] == batches["completed"] + 1
-        return int(batches["processed"] if at_batch_end else batches["completed"])
-    except (KeyError, TypeError, ValueError):
-        return 0
+def progress_phrase(epochs: int, batches: int = 0) -> str:
+    """How far a run had come, for messages: ``2 epochs``, ``1 epoch and 3 batches``."""
+    phrase = f"{epochs} epoch{'s' if epochs != 1 else ''}"
+    return f"{phrase} and {batches} batch{'es' if batches != 1 else ''}" if batches else phrase
 
 
 def _training_record(checkpoint: dict[str, Any]) -> dict[str, str]:
@@ -222,8 +225,8 @@ def _training_record(checkpoint: dict[str, Any]) -> dict[str, str]:
     if not isinstance(settings, dict) or not isinstance(settings.get("loss"), dict):
         return {}
     record = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"), "loss": settings["loss"]}
-    record["finished_epochs"] = finished_epochs(checkpoint)
-    if batches := epoch_batches(checkpoint):
+    record["finished_epochs"], batches = checkpoint_position(checkpoint)
+    if batches:
         record["epoch_batches"] = batches
     if isinstance(settings.get("data"), dict):  # what it trained on (checkpoints of earlier versions lack it)
         record["data"] = settings["data"]

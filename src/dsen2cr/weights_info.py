@@ -12,7 +12,14 @@ from typing import Any
 from dsen2cr.formats import sniff
 from dsen2cr.models import VARIANTS, ModelSpec, family_of
 from dsen2cr.outputs.files import check_input_file, file_sha256
-from dsen2cr.weights import SHA256_KEY, SOURCE_KEY, TRAINING_KEY, VERSION_KEY, load_model_and_record
+from dsen2cr.weights import (
+    SHA256_KEY,
+    SOURCE_KEY,
+    TRAINING_KEY,
+    VERSION_KEY,
+    load_model_and_record,
+    progress_phrase,
+)
 
 #: The kinds of weights file, by content.
 KINDS = {"safetensors": "safetensors weights", "pytorch": "Lightning checkpoint", "hdf5": "Keras HDF5"}
@@ -130,12 +137,12 @@ def info_lines(info: WeightsInfo) -> list[str]:
 def _training_line(training: dict[str, Any]) -> str:
     """The training record: when it was saved and the loss (its name, then its settings)."""
     epoch, steps = training.get("epoch"), training.get("global_step")
-    finished, batches = training.get("finished_epochs"), training.get("epoch_batches")
-    if isinstance(finished, int) and isinstance(batches, int) and batches > 0:  # saved mid-epoch (a requeue's)
-        epochs = f"{finished} epoch{'s' if finished != 1 else ''} and {batches} batch{'es' if batches != 1 else ''}"
+    finished = training.get("finished_epochs", epoch + 1 if isinstance(epoch, int) else None)  # earlier records
+    batches = training.get("epoch_batches", 0)  # saved mid-epoch (a SLURM requeue's)
+    if isinstance(finished, int) and isinstance(batches, int):
+        when = f"after {progress_phrase(finished, batches)} ({steps} optimiser steps)"
     else:
-        epochs = f"{epoch + 1} epoch{'s' if epoch != 0 else ''}" if isinstance(epoch, int) else ""
-    when = f"after {epochs} ({steps} optimiser steps)" if epochs else "at an unknown epoch"
+        when = "at an unknown epoch"
     loss = dict(training.get("loss") or {})
     name = loss.pop("name", "not recorded")
     return f"training: saved {when}; loss {name}" + (f" ({_pairs(loss)})" if loss else "")

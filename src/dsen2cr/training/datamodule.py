@@ -19,7 +19,7 @@ from dsen2cr.config import DataSection, LossSection
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import data_files, resolve_split
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.weights import epoch_batches, finished_epochs
+from dsen2cr.weights import loop_position
 
 #: Where loader workers hand batches to the training process (PyTorch's shared memory; 64 MB in a Docker
 #: container unless run with ``--shm-size`` or ``--ipc=host``).
@@ -151,10 +151,7 @@ def resumed_position(trainer: L.Trainer | None) -> tuple[int, int]:
     if trainer is None:
         return 0, 0
     loop = trainer.fit_loop  # its restored progress, as the checkpoint holds it
-    progress = {"epoch_progress": {"current": loop.epoch_progress.current.state_dict()}}
-    progress["epoch_loop.batch_progress"] = {"current": loop.epoch_loop.batch_progress.current.state_dict()}
-    checkpoint = {"loops": {"fit_loop": progress}}
-    return finished_epochs(checkpoint), epoch_batches(checkpoint)
+    return loop_position(loop.epoch_progress.current.state_dict(), loop.epoch_loop.batch_progress.current.state_dict())
 
 
 def _ignore_sigterm(worker_id: int) -> None:

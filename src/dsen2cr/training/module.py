@@ -12,7 +12,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import carl_loss, l1_loss, likelihood_loss
 from dsen2cr.metrics import batch_metrics
 from dsen2cr.models import DEFAULT_FAMILY, get_family
-from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY, WORLD_SIZE_KEY, epoch_batches
+from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY, WORLD_SIZE_KEY, checkpoint_position
 
 #: A checkpoint's sums of its epoch's training loss so far, ``[sum of loss x samples, samples]`` per rank: a run
 #: resumed mid-epoch (a SLURM requeue) reports the mean over all the epoch's batches.
@@ -176,7 +176,7 @@ class DSen2CRTask(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint saved mid-epoch: this rank's sums of the epoch's loss so far go on."""
         sums = checkpoint.get(EPOCH_LOSS_KEY)
-        if not epoch_batches(checkpoint) or not isinstance(sums, list) or len(sums) <= self.global_rank:
+        if not checkpoint_position(checkpoint)[1] or not isinstance(sums, list) or len(sums) <= self.global_rank:
             return
         total, samples = sums[self.global_rank]
         self._loss_sum = torch.tensor(total, dtype=torch.float64, device=self.device)

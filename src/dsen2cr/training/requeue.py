@@ -24,7 +24,7 @@ from typing import Any
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
-from dsen2cr.weights import CHECKPOINT_DIR
+from dsen2cr.weights import CHECKPOINT_DIR, progress_phrase
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,8 @@ class SlurmRequeue(L.Callback):
         path = Path(trainer.default_root_dir) / CHECKPOINT_DIR / REQUEUE_CHECKPOINT
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
-            epochs = f"{trainer.current_epoch} epoch{'s' if trainer.current_epoch != 1 else ''}"
-            log.info("SLURM's time-limit warning: saved the run after %s and %d batches in %s", epochs, index, path)
+            done = progress_phrase(trainer.current_epoch, index)
+            log.info("SLURM's time-limit warning: saved the run after %s in %s", done, path)
             self._requeue(path)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

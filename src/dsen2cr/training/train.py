@@ -32,10 +32,10 @@ from dsen2cr.training.requeue import SlurmRequeue, slurm_job
 from dsen2cr.weights import (
     CHECKPOINT_DIR,
     WORLD_SIZE_KEY,
-    epoch_batches,
-    finished_epochs,
+    checkpoint_position,
     last_checkpoint,
     newest_checkpoint,
+    progress_phrase,
 )
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
         _check_resume_checkpoint(Path(resume), config)
         resumed_step, finished, mid_epoch_by = _check_resume_settings(Path(resume), config, out / RESOLVED_CONFIG)
         if config.optim.epochs <= finished:
-            epochs = f"{finished} epoch{'s' if finished != 1 else ''}"
+            epochs = progress_phrase(finished)
             if automatic:  # a requeued job whose run has ended: nothing to do
                 log.info("%s: has trained its %s (optim.epochs %d): nothing to train", out, epochs, config.optim.epochs)
                 return Path(resume)
@@ -351,9 +351,9 @@ def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> t
                 "with its own settings (the optimiser's state comes from the checkpoint): only optim.epochs, the "
                 "data's location and workers, and where it runs may change; start a new run for other settings"
             )
-    finished = finished_epochs(checkpoint)
+    finished, batches = checkpoint_position(checkpoint)
     step = checkpoint.get("global_step", 0)
-    saved_by = checkpoint.get(WORLD_SIZE_KEY) if epoch_batches(checkpoint) else None
+    saved_by = checkpoint.get(WORLD_SIZE_KEY) if batches else None
     return (step if isinstance(step, int) else 0), finished, saved_by if isinstance(saved_by, int) else None
 
 
