@@ -160,17 +160,23 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path: Path, synthetic_tree: Pat
         task.training_step(batch, 0)
 
 
-def test_two_process_ddp_on_cpu_keeps_ranks_equal(
+def test_two_process_ddp_on_cpu_keeps_ranks_equal_and_validates_each_patch_once(
     tmp_path: Path, synthetic_tree: Path, run_cli: Callable[..., subprocess.CompletedProcess]
 ) -> None:
-    config = _config(tmp_path, synthetic_tree)
+    """Two DDP processes train as one run (equal weights at the end) and validate every validation patch once:
+    with 3 patches on 2 ranks Lightning's distributed sampler gave rank 1 patch 0 again, so val_loss was the mean
+    of 4 values (here 1.4007 against the 3 patches' 1.3936), and a run's val_loss changed with its process count."""
+    rows = (synthetic_tree / "files.csv").read_text().splitlines()
+    rows = [("2" if i < 3 else "1") + row[1:] for i, row in enumerate(rows)]  # 3 validation patches, 7 training
+    (tmp_path / "files.csv").write_text("\n".join(rows) + "\n")
+    config = _config(tmp_path, synthetic_tree, data__file_list=str(tmp_path / "files.csv"))
     result = run_cli(
         "train",
         "--config",
         str(config),
         "optim.epochs=1",
+        "optim.batch_size=1",  # rank 0 validates 2 batches, rank 1 one: uneven, which must not stall
         "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=1",
         "trainer.deterministic=false",
         "--accelerator",
         "cpu",
@@ -188,8 +194,27 @@ def test_two_process_ddp_on_cpu_keeps_ranks_equal(
     assert "sync_dist=True" not in result.stderr and "deprecated" not in result.stderr, result.stderr[-3000:]
     digests = json.loads((tmp_path / "run" / "weights_digest.json").read_text())["ranks"]
     assert len(digests) == 2 and digests[0] == digests[1]
-    # and the run really trained: the weights moved away from a fresh initialisation with the same seed
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    # val_loss and val_mae: the means over the 3 patches, each once, computed here in float64 with the weights the
+    # validation ran with (the epoch's checkpoint is saved after it)
+    from dsen2cr.data.dataset import SEN12MSCRDataset
+    from dsen2cr.data.layout import resolve_split
+
+    run_config = load_config(config)
+    patches = SEN12MSCRDataset(resolve_split(run_config.data, "val"), train=False, seed=7)
+    assert len(patches) == 3
+    model = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt").double().eval()
+    losses, maes = [], []
+    with torch.no_grad():
+        for sample in (patches[i] for i in range(3)):
+            cloudy, s1, target = (sample[k][None].double() for k in ("s2_cloudy", "s1", "s2"))
+            pred = model(cloudy, s1)
+            losses.append(carl_loss(pred, cloudy, target, sample["cloud_mask"][None], lam=1.0).item())
+            maes.append(((pred / 5).clamp(0, 1) - (target / 5).clamp(0, 1)).abs().mean().item())
+    with (tmp_path / "run" / "logs" / "csv" / "metrics.csv").open() as log:
+        logged = [row for row in csv.DictReader(log) if row.get("val_loss")]
+    assert len(logged) == 1
+    assert float(logged[0]["val_loss"]) == pytest.approx(np.mean(losses), rel=1e-5), losses
+    assert float(logged[0]["val_mae"]) == pytest.approx(np.mean(maes), rel=1e-5), maes
 
 
 def _srun_two_tasks(tmp_path: Path, command: list[str], name: str) -> list[Path]:
