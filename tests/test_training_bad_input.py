@@ -335,3 +335,21 @@ def test_sigterm_during_training_keeps_complete_checkpoints(
 
     load_model(checkpoints / "last.ckpt")  # complete and loadable
     assert not list(checkpoints.glob(".*tmp*"))
+
+
+def test_a_validation_split_smaller_than_the_processes_is_refused() -> None:
+    """Under DDP each process validates its own patches, each patch once; a process left without one would skip
+    the validation whose sums the others add up with it, and they would wait for it for ever. The bundled
+    sample's validation split has one patch: refused on two processes, taken on one."""
+    from types import SimpleNamespace
+
+    from dsen2cr.config import DataSection, LossSection
+    from dsen2cr.training.datamodule import SEN12MSCRDataModule
+
+    module = SEN12MSCRDataModule(DataSection(), LossSection(), 4, 0)
+    module.trainer = SimpleNamespace(world_size=2)  # type: ignore[assignment]
+    with pytest.raises(DSen2CRError, match="the validation split has 1 patch, fewer than the run's 2 processes"):
+        module.setup("fit")
+    module.trainer = SimpleNamespace(world_size=1)  # type: ignore[assignment]
+    module.setup("fit")
+    assert module.val_set is not None and len(module.val_set) == 1

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from dsen2cr.config import DataSection, LossSection
@@ -225,6 +226,12 @@ class SEN12MSCRDataModule(L.LightningDataModule):
             )
         if self.val_set is None:
             self.val_set = SEN12MSCRDataset(resolve_split(self.data, "val"), train=False, **common)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if (patches := len(self.val_set)) < world:  # a process with nothing to validate would skip the validation
+            raise DSen2CRError(  # the others end by adding their sums together, and they would wait for it for ever
+                f"data: the validation split has {patches} patch{'es' if patches != 1 else ''}, fewer than the run's "
+                f"{world} processes: each validates its own patches; add validation patches or train on fewer processes"
+            )
 
     def record(self) -> dict[str, Any]:
         """What the run trains and validates on (after :meth:`setup`), for its weights' training record: the
@@ -291,7 +298,13 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         return TrainingLoader(self.train_set, sampler=sampler, start_epoch=epoch, skip_batches=skip, **options)
 
     def val_dataloader(self) -> DataLoader:
-        """The validation loader (full patches)."""
+        """The validation loader (full patches); under DDP each rank takes every world-th patch, each patch once
+        (Lightning's distributed sampler repeats patches to give every rank as many, which weighed them twice in
+        the means)."""
         assert self.val_set is not None
         self._check_shared_memory(self.val_set, 0)
-        return DataLoader(self.val_set, **self._loader_options())
+        if self.trainer is None or self.trainer.world_size == 1:
+            return DataLoader(self.val_set, **self._loader_options())
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
+        return DataLoader(self.val_set, sampler=sampler, **self._loader_options())

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, cast
 
 import lightning as L
 import torch
+from torchmetrics.aggregation import MeanMetric
 
 from dsen2cr.config import LossSection, OptimSection
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import carl_loss, l1_loss, likelihood_loss
-from dsen2cr.metrics import batch_metrics
+from dsen2cr.metrics import METRIC_NAMES, REGION_METRIC_NAMES, batch_metrics
 from dsen2cr.models import DEFAULT_FAMILY, get_family
 from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY, WORLD_SIZE_KEY, checkpoint_position
 
@@ -24,6 +26,35 @@ def weights_digest(model: torch.nn.Module) -> torch.Tensor:
     flat = torch.cat([p.detach().flatten().double() for p in model.parameters()])
     position = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device) % 9973 + 1
     return torch.stack([flat.sum(), flat.square().sum(), (flat * position).sum()])
+
+
+class ValidationMeans(torch.nn.Module):
+    """The means over the validation patches of the loss, the paper metrics and their cloud/clear variants (and
+    with a variance tail the share of values within ±1σ), each patch counted once whatever the number of
+    processes: sums and weights in float64, added over the ranks at the epoch's end by every rank in one order
+    (a rank with fewer batches, or none with a cloudy region, takes part all the same). A NaN value (an empty
+    region, an image smaller than SSIM's window) is left out of its mean."""
+
+    def __init__(self, coverage: bool) -> None:
+        super().__init__()
+        names = ("loss", *METRIC_NAMES, *REGION_METRIC_NAMES, *(("coverage_1sigma",) if coverage else ()))
+        self.means = torch.nn.ModuleDict({n: MeanMetric(nan_strategy="ignore").set_dtype(torch.float64) for n in names})
+
+    def update(self, values: dict[str, torch.Tensor], weight: float = 1.0) -> None:
+        """Add per-image values (shape (N,)) or a batch's mean (weight: its images) of the named metrics."""
+        for name, value in values.items():
+            self._mean(name).update(value.detach().double(), weight)
+
+    def compute_and_reset(self) -> dict[str, float]:
+        """Every metric's mean over all ranks' patches (NaN where none had a value); the sums start again."""
+        out = {name: float(self._mean(name).compute()) for name in self.means}
+        for name in self.means:
+            self._mean(name).reset()
+        return out
+
+    def _mean(self, name: str) -> MeanMetric:
+        """The named metric's mean (typed)."""
+        return cast(MeanMetric, self.means[name])
 
 
 class NonFiniteLossError(DSen2CRError):
@@ -56,6 +87,7 @@ class DSen2CRTask(L.LightningModule):
         self._loss_sum: torch.Tensor | None = None  # this rank's epoch so far: sum of loss x samples, and samples
         self._samples = 0
         self._resumed_mid_epoch = False  # the next batch's logged loss carries the restored ones'
+        self.validation = ValidationMeans(coverage=self.model_config.uncertainty != "none")
 
     def on_train_epoch_start(self) -> None:
         """Start the epoch's sums of the training loss (not called for an epoch resumed mid-way)."""
@@ -116,16 +148,19 @@ class DSen2CRTask(L.LightningModule):
         """Validation loss, paper metrics and (first batch) an image grid."""
         pred, variance = self._predict(batch["s2_cloudy"], batch["s1"])
         size = pred.shape[0]
-        self.log("val_loss", self._loss(batch, pred, variance), prog_bar=True, sync_dist=True, batch_size=size)
-        metrics = batch_metrics(pred, batch["s2"], batch["s2_cloudy"], batch["cloud_mask"])
+        self.validation.update({"loss": self._loss(batch, pred, variance)}, weight=size)
+        self.validation.update(batch_metrics(pred, batch["s2"], batch["s2_cloudy"], batch["cloud_mask"]), weight=size)
         if variance is not None:  # calibration: the share of values within one sigma of the target (ideal 0.683)
             within = (pred - batch["s2"]).abs() <= variance.sqrt()
-            metrics["coverage_1sigma"] = within.float().mean()
-        for name, value in metrics.items():
-            if torch.isfinite(value):
-                self.log(f"val_{name}", value, sync_dist=True, batch_size=size)
+            self.validation.update({"coverage_1sigma": within.float().mean()}, weight=size)
         if batch_idx == 0:
             self._log_image_grid(batch, pred)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the validation's means over every patch of every rank (a metric no patch had is not logged)."""
+        for name, value in self.validation.compute_and_reset().items():
+            if math.isfinite(value):  # the same on every rank: the ranks log the same names, so their syncs pair
+                self.log(f"val_{name}", value, prog_bar=name == "loss", sync_dist=True)
 
     def _log_image_grid(self, batch: dict[str, Any], pred: torch.Tensor) -> None:
         """Rows of SAR, cloudy, prediction, target and mask for the first images, to TensorBoard."""
