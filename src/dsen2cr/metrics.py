@@ -237,6 +237,23 @@ def _check_dn(name: str, values: np.ndarray) -> None:
         )
 
 
+def batch_image_metrics(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    cloudy: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Training-time metrics of (N, 13, H, W) tensors in model units, one value per image (shape (N,)): those of
+    :func:`reflectance_metrics` on their reflectance, NaN for an image whose region is empty."""
+    to_reflectance = s2_model_to_reflectance
+    return reflectance_metrics(
+        to_reflectance(pred.detach()),
+        to_reflectance(target),
+        None if cloudy is None else to_reflectance(cloudy),
+        mask,
+    )
+
+
 def batch_metrics(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -247,11 +264,4 @@ def batch_metrics(
 
     Images whose region is empty are left out of that region's mean (NaN when no image has the region).
     """
-    to_reflectance = s2_model_to_reflectance
-    values = reflectance_metrics(
-        to_reflectance(pred.detach()),
-        to_reflectance(target),
-        None if cloudy is None else to_reflectance(cloudy),
-        mask,
-    )
-    return {name: value.nanmean() for name, value in values.items()}
+    return {name: value.nanmean() for name, value in batch_image_metrics(pred, target, cloudy, mask).items()}

@@ -12,7 +12,7 @@ from torchmetrics.aggregation import MeanMetric
 from dsen2cr.config import LossSection, OptimSection
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import carl_loss, l1_loss, likelihood_loss
-from dsen2cr.metrics import METRIC_NAMES, REGION_METRIC_NAMES, batch_metrics
+from dsen2cr.metrics import METRIC_NAMES, REGION_METRIC_NAMES, batch_image_metrics
 from dsen2cr.models import DEFAULT_FAMILY, get_family
 from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY, WORLD_SIZE_KEY, checkpoint_position
 
@@ -149,7 +149,8 @@ class DSen2CRTask(L.LightningModule):
         pred, variance = self._predict(batch["s2_cloudy"], batch["s1"])
         size = pred.shape[0]
         self.validation.update({"loss": self._loss(batch, pred, variance)}, weight=size)
-        self.validation.update(batch_metrics(pred, batch["s2"], batch["s2_cloudy"], batch["cloud_mask"]), weight=size)
+        # per image: a region's mean is over the images that have it (a batch's was weighted by all its images)
+        self.validation.update(batch_image_metrics(pred, batch["s2"], batch["s2_cloudy"], batch["cloud_mask"]))
         if variance is not None:  # calibration: the share of values within one sigma of the target (ideal 0.683)
             within = (pred - batch["s2"]).abs() <= variance.sqrt()
             self.validation.update({"coverage_1sigma": within.float().mean()}, weight=size)
