@@ -148,6 +148,20 @@ CASES = [
         absent=("run",),
     ),
     dict(
+        name="train: a fraction of the validation below one batch",  # an internal error once the first epoch trained
+        setup=lambda t: _train(t, "trainer.limit_val_batches=0.5"),
+        message="trainer.limit_val_batches: 0.5 of the 1 validation batch a process runs is less than one batch; "
+        "raise it to at least 1, or give a number of batches (an integer)",
+        absent=("run",),
+    ),
+    dict(
+        name="train: a fraction of the training below one batch",  # an internal error (Lightning's)
+        setup=lambda t: _train(t, "trainer.limit_train_batches=0.5"),
+        message="trainer.limit_train_batches: 0.5 of the 1 training batch a process runs is less than one batch; "
+        "raise it to at least 1, or give a number of batches (an integer)",
+        absent=("run",),
+    ),
+    dict(
         name="train: optim.lr=1e400",
         setup=lambda t: _train(t, "optim.lr=1e400"),
         message="optim.lr: expected a finite number",
