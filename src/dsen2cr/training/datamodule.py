@@ -232,6 +232,27 @@ class SEN12MSCRDataModule(L.LightningDataModule):
                 f"data: the validation split has {patches} patch{'es' if patches != 1 else ''}, fewer than the run's "
                 f"{world} processes: each validates its own patches; add validation patches or train on fewer processes"
             )
+        self._check_batch_limits(world)
+
+    def _check_batch_limits(self, world: int) -> None:
+        """Refuse a fraction of ``trainer.limit_train_batches`` or ``limit_val_batches`` that leaves a process less
+        than one batch (Lightning's own check is an internal error, the validation's once the first epoch trained
+        and only on the ranks it hits: under DDP the ranks validate unequal shares)."""
+        assert self.train_set is not None and self.val_set is not None
+        size = self.batch_per_device()
+        train = -(-len(self.train_set) // world)  # Lightning's distributed sampler gives every rank as many
+        fewest = {  # the fewest batches a process runs
+            "train": train // size if self.data.drop_last else -(-train // size),
+            "val": -(-(len(self.val_set) // world) // size),
+        }
+        for split, what in (("train", "training"), ("val", "validation")):
+            limit, batches = getattr(self.trainer, f"limit_{split}_batches", 1.0), fewest[split]
+            if isinstance(limit, float) and batches and int(batches * limit) == 0:
+                raise DSen2CRError(
+                    f"trainer.limit_{split}_batches: {limit:g} of the {batches} {what} batch"
+                    f"{'es' if batches != 1 else ''} a process runs is less than one batch; raise it to at least "
+                    f"{1 / batches:.3g}, or give a number of batches (an integer)"
+                )
 
     def record(self) -> dict[str, Any]:
         """What the run trains and validates on (after :meth:`setup`), for its weights' training record: the
