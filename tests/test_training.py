@@ -715,3 +715,36 @@ def test_validation_region_metrics_are_means_over_the_images_that_have_the_regio
     means = task.validation.compute_and_reset()
     assert means["mae_cloudy"] == pytest.approx(np.mean(expected_mae), rel=1e-5)
     assert means["sam_cloudy"] == pytest.approx(np.mean(expected_sam), rel=1e-4)
+
+
+def test_validation_takes_patches_of_different_sizes(workdir: Path) -> None:
+    """Your own data may hold patches of several sizes: training crops them to one size, but validation runs whole
+    patches, and a batch of a 48 px and a 64 px patch failed once the first epoch had trained (an internal error:
+    "stack expects each tensor to be equal size"). They run in one stack per size, as in evaluate; val_loss and
+    val_mae are the means over the patches, computed here in float64 with the run's weights."""
+    from dsen2cr.cli import main
+    from dsen2cr.data.dataset import SEN12MSCRDataset
+    from dsen2cr.data.layout import resolve_split
+
+    root = workdir.tree()
+    other = workdir.triplet(root, "ROIs1158_spring", 2, 1, size=64, seed=5)
+    with (root / "files.csv").open("a") as rows:
+        rows.write(
+            f"2\tROIs1158_spring_s1/s1_2\tROIs1158_spring_s2/s2_2\tROIs1158_spring_s2_cloudy/s2_cloudy_2\t{other.s1.name}\n"
+        )
+    config = workdir.config()  # a batch of 2: the two validation patches together
+    assert main(["train", "--config", str(config), "--no-progress"]) == 0
+    patches = SEN12MSCRDataset(resolve_split(load_config(config).data, "val"), train=False)
+    assert sorted(patches[i]["s2"].shape[-1] for i in range(len(patches))) == [48, 64]
+    model = load_model(workdir / "run" / "checkpoints" / "last.ckpt").double().eval()
+    losses, maes = [], []
+    with torch.no_grad():
+        for sample in (patches[i] for i in range(len(patches))):
+            cloudy, s1, target = (sample[k][None].double() for k in ("s2_cloudy", "s1", "s2"))
+            pred = model(cloudy, s1)
+            losses.append(carl_loss(pred, cloudy, target, sample["cloud_mask"][None], lam=1.0).item())
+            maes.append(((pred / 5).clamp(0, 1) - (target / 5).clamp(0, 1)).abs().mean().item())
+    with (workdir / "run" / "logs" / "csv" / "metrics.csv").open() as log:
+        logged = [row for row in csv.DictReader(log) if row.get("val_loss")]
+    assert float(logged[-1]["val_loss"]) == pytest.approx(np.mean(losses), rel=1e-5), losses
+    assert float(logged[-1]["val_mae"]) == pytest.approx(np.mean(maes), rel=1e-5), maes
