@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dsen2cr.calibration import (
@@ -34,7 +34,7 @@ from dsen2cr.calibration import (
     uncertainty_metrics,
 )
 from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
-from dsen2cr.data.dataset import SEN12MSCRDataset
+from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.metrics import (
@@ -120,7 +120,7 @@ def evaluate(
     dataset = SEN12MSCRDataset(
         triplets, train=False, cloud_threshold=o.cloud_threshold, window=o.window or None, mask=o.mask_kind
     )
-    loader = DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers, collate_fn=_collate_by_size)
+    loader = DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers, collate_fn=collate_by_size)
     predictor = (
         predictor_from_model(model, device=next(model.parameters()).device)
         if isinstance(model, CloudRemovalNetwork)
@@ -273,15 +273,6 @@ def _original(pred: torch.Tensor, target: torch.Tensor, cloudy: torch.Tensor, ma
     p, t, c = (x.to(torch.float64)[None] for x in (pred, target, cloudy))
     values = original_metrics(p, t, c, torch.as_tensor(mask)[None])
     return {name: float(value[0]) for name, value in values.items()}
-
-
-def _collate_by_size(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stack the samples of a batch, one stack per patch size (a dataset of mixed sizes runs in smaller
-    batches; the report puts the patches back in their order)."""
-    by_size: dict[tuple[int, ...], list[dict[str, Any]]] = {}
-    for sample in samples:
-        by_size.setdefault(tuple(sample["s2_cloudy"].shape[1:]), []).append(sample)
-    return [default_collate(group) for group in by_size.values()]
 
 
 def summarise(

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from rasterio.windows import Window
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.cloud_detection import computed_mask
@@ -192,3 +192,12 @@ class _CalibrationCrops:
         for index in range(self.patches):
             sample = dataset[index]
             yield sample["s2_cloudy"][None].numpy(), sample["s1"][None].numpy()
+
+
+def collate_by_size(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stack the samples of a batch, one stack per patch size, in the order the sizes first come (the whole patches
+    of a dataset of mixed sizes, your own data, run as smaller batches; one stack where all share a size)."""
+    by_size: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+    for sample in samples:
+        by_size.setdefault(tuple(sample["s2_cloudy"].shape[1:]), []).append(sample)
+    return [default_collate(group) for group in by_size.values()]

@@ -17,7 +17,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from dsen2cr.config import DataSection, LossSection
-from dsen2cr.data.dataset import SEN12MSCRDataset
+from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
 from dsen2cr.data.layout import data_files, resolve_split
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.weights import loop_position
@@ -319,13 +319,14 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         return TrainingLoader(self.train_set, sampler=sampler, start_epoch=epoch, skip_batches=skip, **options)
 
     def val_dataloader(self) -> DataLoader:
-        """The validation loader (full patches); under DDP each rank takes every world-th patch, each patch once
-        (Lightning's distributed sampler repeats patches to give every rank as many, which weighed them twice in
-        the means)."""
+        """The validation loader (whole patches, a batch of one stack per patch size); under DDP each rank takes
+        every world-th patch, each patch once (Lightning's distributed sampler repeats patches to give every rank
+        as many, which weighed them twice in the means)."""
         assert self.val_set is not None
         self._check_shared_memory(self.val_set, 0)
+        options = self._loader_options() | {"collate_fn": collate_by_size}  # whole patches: one stack per size
         if self.trainer is None or self.trainer.world_size == 1:
-            return DataLoader(self.val_set, **self._loader_options())
+            return DataLoader(self.val_set, **options)
         world, rank = self.trainer.world_size, self.trainer.global_rank
         sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
-        return DataLoader(self.val_set, sampler=sampler, **self._loader_options())
+        return DataLoader(self.val_set, sampler=sampler, **options)

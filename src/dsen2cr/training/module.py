@@ -144,18 +144,20 @@ class DSen2CRTask(L.LightningModule):
         self.log("batch_per_device", float(size), on_step=False, on_epoch=True, reduce_fx="max", sync_dist=True)
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Validation loss, paper metrics and (first batch) an image grid."""
-        pred, variance = self._predict(batch["s2_cloudy"], batch["s1"])
-        size = pred.shape[0]
-        self.validation.update({"loss": self._loss(batch, pred, variance)}, weight=size)
-        # per image: a region's mean is over the images that have it (a batch's was weighted by all its images)
-        self.validation.update(batch_image_metrics(pred, batch["s2"], batch["s2_cloudy"], batch["cloud_mask"]))
-        if variance is not None:  # calibration: the share of values within one sigma of the target (ideal 0.683)
-            within = (pred - batch["s2"]).abs() <= variance.sqrt()
-            self.validation.update({"coverage_1sigma": within.float().mean()}, weight=size)
-        if batch_idx == 0:
-            self._log_image_grid(batch, pred)
+    def validation_step(self, batch: list[dict[str, Any]] | dict[str, Any], batch_idx: int) -> None:
+        """Validation loss, paper metrics and (first batch) an image grid; a batch is one stack per patch size
+        (``collate_by_size``) or a single stack."""
+        for index, group in enumerate(batch if isinstance(batch, list) else [batch]):
+            pred, variance = self._predict(group["s2_cloudy"], group["s1"])
+            size = pred.shape[0]
+            self.validation.update({"loss": self._loss(group, pred, variance)}, weight=size)
+            # per image: a region's mean is over the images that have it (a batch's was weighted by all its images)
+            self.validation.update(batch_image_metrics(pred, group["s2"], group["s2_cloudy"], group["cloud_mask"]))
+            if variance is not None:  # calibration: the share of values within one sigma of the target (ideal 0.683)
+                within = (pred - group["s2"]).abs() <= variance.sqrt()
+                self.validation.update({"coverage_1sigma": within.float().mean()}, weight=size)
+            if batch_idx == 0 and index == 0:
+                self._log_image_grid(group, pred)
 
     def on_validation_epoch_end(self) -> None:
         """Log the validation's means over every patch of every rank (a metric no patch had is not logged)."""
