@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -748,3 +749,20 @@ def test_validation_takes_patches_of_different_sizes(workdir: Path) -> None:
         logged = [row for row in csv.DictReader(log) if row.get("val_loss")]
     assert float(logged[-1]["val_loss"]) == pytest.approx(np.mean(losses), rel=1e-5), losses
     assert float(logged[-1]["val_mae"]) == pytest.approx(np.mean(maes), rel=1e-5), maes
+
+
+def test_a_validation_loss_that_is_nan_stays_nan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A validation batch whose prediction is NaN makes val_loss NaN (the checkpoint's name says ``val_lossnan``):
+    left out of the mean, it would pass for the other batches' loss. Regions that a patch lacks are still left
+    out of their metric's mean (not NaN)."""
+    from dsen2cr.training.module import DSen2CRTask
+
+    task = DSen2CRTask(model={"num_blocks": 1, "num_features": 8, "include_sar": True}, loss={"name": "l1"}, optim={})
+    target = torch.full((2, 13, 16, 16), 1.5)
+    batch = {"s2_cloudy": target, "s1": torch.zeros(2, 2, 16, 16), "s2": target, "cloud_mask": torch.zeros(2, 16, 16)}
+    for pred in (target + 0.1, torch.full_like(target, float("nan"))):
+        monkeypatch.setattr(task, "_predict", lambda s2, s1, pred=pred: (pred, None))
+        task.validation_step(batch, 1)
+    means = task.validation.compute_and_reset()
+    assert math.isnan(means["loss"]) and math.isnan(means["mae"])
+    assert math.isnan(means["mae_cloudy"])  # no patch has a cloud: no value, not logged
