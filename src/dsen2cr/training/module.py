@@ -33,12 +33,17 @@ class ValidationMeans(torch.nn.Module):
     with a variance tail the share of values within ±1σ), each patch counted once whatever the number of
     processes: sums and weights in float64, added over the ranks at the epoch's end by every rank in one order
     (a rank with fewer batches, or none with a cloudy region, takes part all the same). A NaN value (an empty
-    region, an image smaller than SSIM's window) is left out of its mean."""
+    region, an image smaller than SSIM's window) is left out of its mean; other NaNs make theirs NaN."""
+
+    #: Metrics that a patch may lack (an empty region; SSIM of a patch smaller than its window): their NaN values
+    #: are left out of the mean. Any other NaN (a NaN prediction) makes its mean NaN, as it should.
+    MAY_LACK = ("ssim", *REGION_METRIC_NAMES)
 
     def __init__(self, coverage: bool) -> None:
         super().__init__()
         names = ("loss", *METRIC_NAMES, *REGION_METRIC_NAMES, *(("coverage_1sigma",) if coverage else ()))
-        self.means = torch.nn.ModuleDict({n: MeanMetric(nan_strategy="ignore").set_dtype(torch.float64) for n in names})
+        means = {n: MeanMetric(nan_strategy="ignore" if n in self.MAY_LACK else "disable") for n in names}
+        self.means = torch.nn.ModuleDict({name: mean.set_dtype(torch.float64) for name, mean in means.items()})
 
     def update(self, values: dict[str, torch.Tensor], weight: float = 1.0) -> None:
         """Add per-image values (shape (N,)) or a batch's mean (weight: its images) of the named metrics."""
@@ -160,9 +165,10 @@ class DSen2CRTask(L.LightningModule):
                 self._log_image_grid(group, pred)
 
     def on_validation_epoch_end(self) -> None:
-        """Log the validation's means over every patch of every rank (a metric no patch had is not logged)."""
+        """Log the validation's means over every patch of every rank: val_loss always (NaN too: the checkpoint's
+        name shows it), a metric when it is finite (one no patch had is not logged)."""
         for name, value in self.validation.compute_and_reset().items():
-            if math.isfinite(value):  # the same on every rank: the ranks log the same names, so their syncs pair
+            if math.isfinite(value) or name == "loss":  # the same on every rank: their syncs pair
                 self.log(f"val_{name}", value, prog_bar=name == "loss", sync_dist=True)
 
     def _log_image_grid(self, batch: dict[str, Any], pred: torch.Tensor) -> None:
