@@ -318,3 +318,22 @@ def test_a_dropped_tf32_candidate_falls_back_to_ieee_fp32_for_real(monkeypatch: 
     seen.clear()
     predictor(*_inputs())
     assert predictor.precision == "fp32" and seen == ["ieee"]
+
+
+def test_a_callers_autocast_does_not_reach_a_float32_predictor() -> None:
+    """A caller's own ``torch.autocast`` (a notebook, a Lightning module under bf16-mixed calling the Python API)
+    ran the fp32 network in bf16 while its outputs said fp32 (30 DN off on the bundled scene). Inside the
+    predictor's call float32 means float32: the prediction and the variance equal those made outside it."""
+    from dsen2cr.models.dsen2cr import DSen2CR
+
+    torch.manual_seed(0)
+    model = DSen2CR(num_blocks=2, num_features=16, include_sar=False, uncertainty="diag").eval()
+    predictor = predictor_from_model(model, backend="eager", device="cpu", precision="fp32")
+    s2, s1 = _inputs()
+    plain, (plain_mean, plain_variance) = predictor(s2, s1), predictor.predict_with_variance(s2, s1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = predictor(s2, s1)
+        mean, variance = predictor.predict_with_variance(s2, s1)
+        assert torch.is_autocast_enabled("cpu")  # the caller's context is theirs again after the call
+    assert np.array_equal(inside, plain) and inside.dtype == np.float32
+    assert np.array_equal(mean, plain_mean) and np.array_equal(variance, plain_variance)
