@@ -63,21 +63,40 @@ def float32_mode() -> dict[str, str]:
     return {flag.label: flag.mode() for flag in _flags()}
 
 
+#: The device types whose autocast a caller may have switched on.
+AUTOCAST_DEVICES = ("cpu", "cuda", "mps")
+
+
+def _autocast_on(device: str) -> bool:
+    """Whether the caller's autocast is on for ``device`` (PyTorch 2.4's function, or the older ones)."""
+    try:
+        return bool(torch.is_autocast_enabled(device))
+    except TypeError:  # PyTorch before 2.4: the CPU's function and CUDA's
+        return bool(
+            torch.is_autocast_cpu_enabled() if device == "cpu" else device == "cuda" and torch.is_autocast_enabled()
+        )
+
+
 @contextlib.contextmanager
 def float32_arithmetic(mode: str) -> Iterator[None]:
     """Within the block, float32 convolutions and matmuls compute in ``mode`` (``ieee`` or ``tf32``) on every
-    device; the previous modes are restored afterwards (also on an error)."""
+    device, also under a caller's ``torch.autocast`` (switched off inside: a 16-bit backend sets its own); the
+    previous modes are restored afterwards (also on an error)."""
     if mode not in ("ieee", "tf32"):
         raise ValueError(f"float32 mode: expected ieee or tf32, got {mode!r}")
     flags = _flags()
     before = [getattr(flag.owner, flag.attribute) for flag in flags]
-    try:
-        for flag in flags:
-            setattr(flag.owner, flag.attribute, flag.value_for(mode))
-        yield
-    finally:
-        for flag, value in zip(flags, before, strict=True):
-            setattr(flag.owner, flag.attribute, value)
+    with contextlib.ExitStack() as callers_autocast_off:
+        for device in AUTOCAST_DEVICES:
+            if _autocast_on(device):
+                callers_autocast_off.enter_context(torch.autocast(device, enabled=False))
+        try:
+            for flag in flags:
+                setattr(flag.owner, flag.attribute, flag.value_for(mode))
+            yield
+        finally:
+            for flag, value in zip(flags, before, strict=True):
+                setattr(flag.owner, flag.attribute, value)
 
 
 def set_float32_arithmetic(mode: str) -> None:
