@@ -197,25 +197,37 @@ def test_two_process_ddp_on_cpu_keeps_ranks_equal_and_validates_each_patch_once(
     assert len(digests) == 2 and digests[0] == digests[1]
     # val_loss and val_mae: the means over the 3 patches, each once, computed here in float64 with the weights the
     # validation ran with (the epoch's checkpoint is saved after it)
+    losses, maes, sizes = _validation_by_hand(config, tmp_path / "run")
+    assert sizes == [96, 96, 96]
+    logged = _logged_validation(tmp_path / "run")
+    assert len(logged) == 1
+    assert float(logged[0]["val_loss"]) == pytest.approx(np.mean(losses), rel=1e-5), losses
+    assert float(logged[0]["val_mae"]) == pytest.approx(np.mean(maes), rel=1e-5), maes
+
+
+def _validation_by_hand(config: Path, run: Path) -> tuple[list[float], list[float], list[int]]:
+    """Each validation patch's CARL loss and MAE (reflectance), computed once in float64 with the weights the run's
+    last validation ran with (its last checkpoint is saved after it), and the patches' widths."""
     from dsen2cr.data.dataset import SEN12MSCRDataset
     from dsen2cr.data.layout import resolve_split
 
-    run_config = load_config(config)
-    patches = SEN12MSCRDataset(resolve_split(run_config.data, "val"), train=False, seed=7)
-    assert len(patches) == 3
-    model = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt").double().eval()
-    losses, maes = [], []
+    patches = SEN12MSCRDataset(resolve_split(load_config(config).data, "val"), train=False)
+    model = load_model(run / "checkpoints" / "last.ckpt").double().eval()
+    losses, maes, sizes = [], [], []
     with torch.no_grad():
-        for sample in (patches[i] for i in range(3)):
+        for sample in (patches[i] for i in range(len(patches))):
             cloudy, s1, target = (sample[k][None].double() for k in ("s2_cloudy", "s1", "s2"))
             pred = model(cloudy, s1)
             losses.append(carl_loss(pred, cloudy, target, sample["cloud_mask"][None], lam=1.0).item())
             maes.append(((pred / 5).clamp(0, 1) - (target / 5).clamp(0, 1)).abs().mean().item())
-    with (tmp_path / "run" / "logs" / "csv" / "metrics.csv").open() as log:
-        logged = [row for row in csv.DictReader(log) if row.get("val_loss")]
-    assert len(logged) == 1
-    assert float(logged[0]["val_loss"]) == pytest.approx(np.mean(losses), rel=1e-5), losses
-    assert float(logged[0]["val_mae"]) == pytest.approx(np.mean(maes), rel=1e-5), maes
+            sizes.append(int(target.shape[-1]))
+    return losses, maes, sizes
+
+
+def _logged_validation(run: Path) -> list[dict[str, str]]:
+    """The rows of the run's metrics.csv that hold a validation."""
+    with (run / "logs" / "csv" / "metrics.csv").open() as log:
+        return [row for row in csv.DictReader(log) if row.get("val_loss")]
 
 
 def _srun_two_tasks(tmp_path: Path, command: list[str], name: str) -> list[Path]:
@@ -724,8 +736,6 @@ def test_validation_takes_patches_of_different_sizes(workdir: Path) -> None:
     "stack expects each tensor to be equal size"). They run in one stack per size, as in evaluate; val_loss and
     val_mae are the means over the patches, computed here in float64 with the run's weights."""
     from dsen2cr.cli import main
-    from dsen2cr.data.dataset import SEN12MSCRDataset
-    from dsen2cr.data.layout import resolve_split
 
     root = workdir.tree()
     other = workdir.triplet(root, "ROIs1158_spring", 2, 1, size=64, seed=5)
@@ -735,18 +745,9 @@ def test_validation_takes_patches_of_different_sizes(workdir: Path) -> None:
         )
     config = workdir.config()  # a batch of 2: the two validation patches together
     assert main(["train", "--config", str(config), "--no-progress"]) == 0
-    patches = SEN12MSCRDataset(resolve_split(load_config(config).data, "val"), train=False)
-    assert sorted(patches[i]["s2"].shape[-1] for i in range(len(patches))) == [48, 64]
-    model = load_model(workdir / "run" / "checkpoints" / "last.ckpt").double().eval()
-    losses, maes = [], []
-    with torch.no_grad():
-        for sample in (patches[i] for i in range(len(patches))):
-            cloudy, s1, target = (sample[k][None].double() for k in ("s2_cloudy", "s1", "s2"))
-            pred = model(cloudy, s1)
-            losses.append(carl_loss(pred, cloudy, target, sample["cloud_mask"][None], lam=1.0).item())
-            maes.append(((pred / 5).clamp(0, 1) - (target / 5).clamp(0, 1)).abs().mean().item())
-    with (workdir / "run" / "logs" / "csv" / "metrics.csv").open() as log:
-        logged = [row for row in csv.DictReader(log) if row.get("val_loss")]
+    losses, maes, sizes = _validation_by_hand(config, workdir / "run")
+    assert sorted(sizes) == [48, 64]
+    logged = _logged_validation(workdir / "run")
     assert float(logged[-1]["val_loss"]) == pytest.approx(np.mean(losses), rel=1e-5), losses
     assert float(logged[-1]["val_mae"]) == pytest.approx(np.mean(maes), rel=1e-5), maes
 
