@@ -35,9 +35,10 @@ class ValidationMeans(torch.nn.Module):
     (a rank with fewer batches, or none with a cloudy region, takes part all the same). A NaN value (an empty
     region, an image smaller than SSIM's window) is left out of its mean; other NaNs make theirs NaN."""
 
-    #: Metrics that a patch may lack (an empty region; SSIM of a patch smaller than its window): their NaN values
-    #: are left out of the mean. Any other NaN (a NaN prediction) makes its mean NaN, as it should.
-    MAY_LACK = ("ssim", *REGION_METRIC_NAMES)
+    #: Metrics that a patch may lack (an empty region; SSIM of a patch smaller than its window; SAM of a patch whose
+    #: spectra are all zero, no data): their NaN values are left out of the mean. Any other NaN (a NaN prediction)
+    #: makes its mean NaN, as it should.
+    MAY_LACK = ("ssim", "sam", *REGION_METRIC_NAMES)
 
     def __init__(self, coverage: bool) -> None:
         super().__init__()
