@@ -337,3 +337,33 @@ def test_a_callers_autocast_does_not_reach_a_float32_predictor() -> None:
         assert torch.is_autocast_enabled("cpu")  # the caller's context is theirs again after the call
     assert np.array_equal(inside, plain) and inside.dtype == np.float32
     assert np.array_equal(mean, plain_mean) and np.array_equal(variance, plain_variance)
+
+
+def test_a_training_run_sets_its_arithmetic_for_the_run_and_restores_the_callers(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_training trains in its config's float32 arithmetic (the paper's: IEEE convolutions and matmuls), and a
+    Python caller gets its own back: a notebook that trained the paper-fast config went on in TF32 (or after the
+    paper config in IEEE) for the rest of the process."""
+    from dsen2cr.config import load_config
+    from dsen2cr.training.module import DSen2CRTask
+    from dsen2cr.training.train import run_training
+
+    seen: list[tuple[dict[str, str], str]] = []
+    step = DSen2CRTask.training_step
+
+    def recording(self: DSen2CRTask, *args: object) -> torch.Tensor:
+        seen.append((float32_mode(), torch.get_float32_matmul_precision()))
+        return step(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DSen2CRTask, "training_step", recording)
+    before_matmul = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        with float32_arithmetic("tf32"):  # the caller's
+            run_training(load_config(workdir.config(), ["trainer.matmul_precision=highest"]), progress=False)
+            assert float32_mode() == {"cudnn.conv": "tf32", "cuda.matmul": "tf32"}
+            assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before_matmul)
+    assert seen and all(s == ({"cudnn.conv": "ieee", "cuda.matmul": "ieee"}, "highest") for s in seen), seen
