@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from benchmarks.common import report
 from dsen2cr.config import RunConfig, load_config
 from dsen2cr.data.synth import write_synthetic_dataset
-from dsen2cr.precision import set_float32_arithmetic
+from dsen2cr.precision import set_float32_arithmetic, training_float32
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
-from dsen2cr.training.train import build_task, training_float32
+from dsen2cr.training.train import build_task
 
 
 class _StepTimer(L.Callback):

@@ -217,7 +217,7 @@ def test_the_output_records_what_computed_it(
 def test_paper_config_trains_in_ieee_fp32() -> None:
     """trainer.matmul_precision highest (the paper config) sets convolutions to IEEE too; high is TF32."""
     from dsen2cr.config import load_config
-    from dsen2cr.training.train import training_float32
+    from dsen2cr.precision import training_float32
 
     assert load_config("paper").trainer.matmul_precision == "highest"
     assert training_float32("highest") == "ieee"

@@ -100,6 +100,27 @@ def float32_arithmetic(mode: str) -> Iterator[None]:
 
 
 def set_float32_arithmetic(mode: str) -> None:
-    """Set the float32 mode of convolutions and matmuls for the rest of the process (a training run)."""
+    """Set the float32 mode of convolutions and matmuls for the rest of the process (a benchmark; a training run
+    sets it for the run, :func:`training_arithmetic`)."""
     for flag in _flags():
         setattr(flag.owner, flag.attribute, flag.value_for(mode))
+
+
+@contextlib.contextmanager
+def training_arithmetic(matmul_precision: str) -> Iterator[None]:
+    """Within the block, ``torch.set_float32_matmul_precision(matmul_precision)`` and convolutions to match
+    (:func:`training_float32`: PyTorch leaves cuDNN convolutions on TF32 after ``"highest"``); the caller's
+    arithmetic is restored afterwards (a notebook that trained paper-fast went on in TF32)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(matmul_precision)
+    try:
+        with float32_arithmetic(training_float32(matmul_precision)):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def training_float32(matmul_precision: str) -> str:
+    """The float32 arithmetic of convolutions and matmuls for ``trainer.matmul_precision``: IEEE for
+    ``highest`` (the paper config), TF32 for ``high`` and ``medium`` (paper-fast: a stated deviation)."""
+    return "ieee" if matmul_precision == "highest" else "tf32"

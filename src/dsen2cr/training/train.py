@@ -24,7 +24,7 @@ from dsen2cr.models import family_of
 from dsen2cr.outputs.files import atomic_path, path_identity, prepare_output_folder, write_failure
 from dsen2cr.outputs.locks import output_locks, remove_leftovers_in
 from dsen2cr.outputs.room import check_run_room
-from dsen2cr.precision import set_float32_arithmetic
+from dsen2cr.precision import training_arithmetic
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.logs import HistoryCSVLogger
 from dsen2cr.training.module import DSen2CRTask, NonFiniteLossError
@@ -173,12 +173,6 @@ def build_task(config: RunConfig, data: dict[str, Any] | None = None) -> DSen2CR
     )
 
 
-def training_float32(matmul_precision: str) -> str:
-    """The float32 arithmetic of convolutions and matmuls for ``trainer.matmul_precision``: IEEE for
-    ``highest`` (the paper config), TF32 for ``high`` and ``medium`` (paper-fast: a stated deviation)."""
-    return "ieee" if matmul_precision == "highest" else "tf32"
-
-
 def check_launch(trainer: TrainerSection) -> None:
     """Refuse, before anything is written, processes that Lightning would not join as they were started: in a
     SLURM job of several tasks a process that ``srun`` did not start, asking for several devices (Lightning takes
@@ -224,7 +218,7 @@ def run_training(
     check_launch(config.trainer)
     out = Path(config.trainer.out_dir)
     created = not out.exists() and not is_launched_worker()
-    with output_locks([out]):
+    with output_locks([out]), training_arithmetic(config.trainer.matmul_precision):
         try:
             return _train(config, resume=resume, overwrite=overwrite, progress=progress)
         except BaseException as error:
@@ -259,9 +253,6 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
     if mid_epoch_by is not None and mid_epoch_by != trainer.world_size:
         _refuse_other_processes(Path(resume), out, finished, mid_epoch_by, trainer.world_size)  # type: ignore[arg-type]
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    torch.set_float32_matmul_precision(config.trainer.matmul_precision)
-    # convolutions too: PyTorch leaves cuDNN convolutions on TF32 after set_float32_matmul_precision("highest")
-    set_float32_arithmetic(training_float32(config.trainer.matmul_precision))
     if not is_launched_worker():
         save_config(config, out / RESOLVED_CONFIG)
     datamodule = SEN12MSCRDataModule(
