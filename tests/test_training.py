@@ -767,3 +767,27 @@ def test_a_validation_loss_that_is_nan_stays_nan(monkeypatch: pytest.MonkeyPatch
     means = task.validation.compute_and_reset()
     assert math.isnan(means["loss"]) and math.isnan(means["mae"])
     assert math.isnan(means["mae_cloudy"])  # no patch has a cloud: no value, not logged
+
+
+def test_a_training_run_gives_a_python_caller_its_determinism_back(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``trainer.deterministic: true`` (the small-cpu config) makes Lightning switch deterministic algorithms on
+    and set CUBLAS_WORKSPACE_CONFIG for the rest of the process: a notebook, or ``dsen2cr demo``, went on to remove
+    clouds under them. The run sets them for itself; the caller's come back."""
+    import os
+
+    from dsen2cr.training.train import run_training
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)  # the caller's
+    try:
+        run_training(load_config(workdir.config(), ["trainer.deterministic=true"]), progress=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        assert torch.backends.cudnn.deterministic is False and torch.backends.cudnn.benchmark is False
+    finally:
+        torch.use_deterministic_algorithms(previous)
