@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,7 @@ def run_training(
     check_launch(config.trainer)
     out = Path(config.trainer.out_dir)
     created = not out.exists() and not is_launched_worker()
-    with output_locks([out]), training_arithmetic(config.trainer.matmul_precision):
+    with output_locks([out]), _callers_determinism(), training_arithmetic(config.trainer.matmul_precision):
         try:
             return _train(config, resume=resume, overwrite=overwrite, progress=progress)
         except BaseException as error:
@@ -228,6 +229,25 @@ def run_training(
             if reason is None:
                 raise
             raise DSen2CRError(f"{out}: cannot write the run ({reason}); its complete checkpoints stay") from error
+
+
+@contextlib.contextmanager
+def _callers_determinism() -> Iterator[None]:
+    """Give a Python caller back what Lightning's Trainer sets for the rest of the process (deterministic
+    algorithms, cuDNN's deterministic and benchmark flags, CUBLAS_WORKSPACE_CONFIG): a notebook, or ``dsen2cr
+    demo``, removed clouds under a run's ``trainer.deterministic`` after it."""
+    algorithms = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(algorithms[0], warn_only=algorithms[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, progress: bool) -> Path:
