@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from benchmarks.common import report
 from dsen2cr.config import RunConfig, load_config
 from dsen2cr.data.synth import write_synthetic_dataset
-from dsen2cr.precision import set_float32_arithmetic, training_float32
+from dsen2cr.precision import training_arithmetic
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.train import build_task
 
@@ -103,9 +103,7 @@ def _fit_rate(
     config: RunConfig, loader: DataLoader, device: torch.device, warmup: int, steps: int, folder: Path
 ) -> float:
     """Samples/s of ``Trainer.fit`` over ``loader``: ``steps`` timed batches after ``warmup`` (what the run
-    writes goes to ``folder``)."""
-    torch.set_float32_matmul_precision(config.trainer.matmul_precision)
-    set_float32_arithmetic(training_float32(config.trainer.matmul_precision))
+    writes goes to ``folder``), in the config's float32 arithmetic as ``dsen2cr train`` runs it."""
     timer = _StepTimer(warmup, device)
     trainer = L.Trainer(
         default_root_dir=folder,
@@ -120,7 +118,8 @@ def _fit_rate(
         enable_model_summary=False,
         callbacks=[timer],
     )
-    trainer.fit(build_task(config), train_dataloaders=loader)
+    with training_arithmetic(config.trainer.matmul_precision):
+        trainer.fit(build_task(config), train_dataloaders=loader)
     return timer.samples / timer.seconds
 
 

@@ -80,8 +80,8 @@ def test_fp32_is_ieee_with_a_pytorch_that_has_only_the_legacy_flags(monkeypatch:
         assert (old.cudnn.allow_tf32, old.cuda.matmul.allow_tf32) == (True, True)  # type: ignore[attr-defined]
         raise RuntimeError("an error inside the call")
     assert (old.cudnn.allow_tf32, old.cuda.matmul.allow_tf32) == (True, False)  # type: ignore[attr-defined]
-    precision.set_float32_arithmetic("ieee")  # a training run of the paper config
-    assert (old.cudnn.allow_tf32, old.cuda.matmul.allow_tf32) == (False, False)  # type: ignore[attr-defined]
+    with precision.training_arithmetic("highest"):  # a training run of the paper config
+        assert (old.cudnn.allow_tf32, old.cuda.matmul.allow_tf32) == (False, False)  # type: ignore[attr-defined]
 
 
 def test_auto_and_named_precisions_per_device(

@@ -99,13 +99,6 @@ def float32_arithmetic(mode: str) -> Iterator[None]:
                 setattr(flag.owner, flag.attribute, value)
 
 
-def set_float32_arithmetic(mode: str) -> None:
-    """Set the float32 mode of convolutions and matmuls for the rest of the process (a benchmark; a training run
-    sets it for the run, :func:`training_arithmetic`)."""
-    for flag in _flags():
-        setattr(flag.owner, flag.attribute, flag.value_for(mode))
-
-
 @contextlib.contextmanager
 def training_arithmetic(matmul_precision: str) -> Iterator[None]:
     """Within the block, ``torch.set_float32_matmul_precision(matmul_precision)`` and convolutions to match
