@@ -30,10 +30,14 @@ from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.logs import HistoryCSVLogger
 from dsen2cr.training.module import DSen2CRTask, NonFiniteLossError
 from dsen2cr.training.requeue import SlurmRequeue, slurm_job
+from dsen2cr.training.resume import (
+    check_resume_checkpoint,
+    check_resume_settings,
+    newest_or_none,
+    refuse_other_processes,
+)
 from dsen2cr.weights import (
     CHECKPOINT_DIR,
-    WORLD_SIZE_KEY,
-    checkpoint_position,
     last_checkpoint,
     newest_checkpoint,
     progress_phrase,
@@ -254,12 +258,12 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
     """:func:`run_training` under the run folder's lock."""
     automatic = resume == RESUME_AUTO
     if automatic:
-        resume = _newest_or_none(Path(config.trainer.out_dir))
+        resume = newest_or_none(Path(config.trainer.out_dir))
     out = prepare_run_dir(config, resume=None if resume is None else str(resume), overwrite=overwrite)
     resumed_step, finished, mid_epoch_by = None, 0, None
     if resume is not None:
-        _check_resume_checkpoint(Path(resume), config)
-        resumed_step, finished, mid_epoch_by = _check_resume_settings(Path(resume), config, out / RESOLVED_CONFIG)
+        check_resume_checkpoint(Path(resume), config)
+        resumed_step, finished, mid_epoch_by = check_resume_settings(Path(resume), config, out / RESOLVED_CONFIG)
         if config.optim.epochs <= finished:
             epochs = progress_phrase(finished)
             if automatic:  # a requeued job whose run has ended: nothing to do
@@ -271,7 +275,7 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
             )
     trainer = build_trainer(config, out, progress=progress, resumed_step=resumed_step)
     if mid_epoch_by is not None and mid_epoch_by != trainer.world_size:
-        _refuse_other_processes(Path(resume), out, finished, mid_epoch_by, trainer.world_size)  # type: ignore[arg-type]
+        refuse_other_processes(Path(resume), out, finished, mid_epoch_by, trainer.world_size)  # type: ignore[arg-type]
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     if not is_launched_worker():
         save_config(config, out / RESOLVED_CONFIG)
@@ -300,101 +304,3 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
     if loss is not None and not math.isfinite(float(loss)):
         raise DSen2CRError(f"{out}: validation loss is {float(loss)}")
     return last
-
-
-#: What a resumed run may change: how long it trains, where its data lies and how it is read, where and how
-#: it runs and logs. Everything else is the run's own: the optimiser's state comes from the checkpoint.
-RESUME_MAY_CHANGE = frozenset(
-    {"optim.epochs", "data.root", "data.file_list", "data.train_rois", "data.val_rois", "data.test_rois"}
-    | {"data.num_workers", "trainer.out_dir", "trainer.accelerator", "trainer.devices", "trainer.num_nodes"}
-    | {"trainer.strategy", "trainer.log_every_n_steps", "trainer.val_images"}
-)
-
-
-def _newest_or_none(out: Path) -> Path | None:
-    """``--resume auto``: the run folder's newest complete checkpoint, or None (a new run), said in the log."""
-    newest = newest_checkpoint(out)
-    if newest is None:
-        log.info("--resume auto: no checkpoint in %s: starting the run", out)
-    else:
-        log.info("--resume auto: resuming from %s, the run's newest checkpoint", newest)
-    return newest
-
-
-def _refuse_other_processes(path: Path, out: Path, finished: int, saved_by: int, world: int) -> None:
-    """A checkpoint saved mid-epoch continues its epoch after the batches each process had trained: on another
-    number of processes those are other samples (some would train twice, others never)."""
-    last = last_checkpoint(out)
-    instead = f"resume from the epoch's own checkpoint, --resume {last}" if last.is_file() else "start the run anew"
-    raise DSen2CRError(
-        f"{path}: saved in the middle of epoch {finished + 1} by {saved_by} processes, resumed by {world}: it "
-        f"continues that epoch after the batches each process had trained, so only on as many; run on {saved_by} "
-        f"(--devices x --num-nodes), or {instead}"
-    )
-
-
-def _check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> tuple[int, int, int | None]:
-    """Refuse a resume that changes the run's settings (those of the run folder's ``config.yaml``, then of the
-    checkpoint's own record, ``loss`` and ``optim``, then of its optimiser state; but :data:`RESUME_MAY_CHANGE`);
-    return the checkpoint's global step, the epochs it finished and, saved mid-epoch, the processes that saved it
-    (else None). A changed learning rate, say, would not apply
-    (the optimiser's state is restored) while the run's records said it did."""
-    import dataclasses
-
-    import yaml
-
-    with path.open("rb") as file:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    checkpoint = checkpoint if isinstance(checkpoint, dict) else {}
-    stored: dict[str, Any] = {}
-    if run_config.is_file():
-        with contextlib.suppress(yaml.YAMLError, OSError, UnicodeDecodeError):
-            stored.update(_flattened(yaml.safe_load(run_config.read_text(encoding="utf-8"))))
-    hyper = checkpoint.get("hyper_parameters")
-    if isinstance(hyper, dict):
-        stored.update(_flattened({section: hyper.get(section) for section in ("loss", "optim")}))
-    stored.update(_optimiser_settings(checkpoint))  # what the restored optimiser will use, whatever the record says
-    asked = _flattened(dataclasses.asdict(config))
-    for key, value in stored.items():
-        if key in asked and key not in RESUME_MAY_CHANGE and asked[key] != value:
-            raise DSen2CRError(
-                f"{path}: resumed with {key} {asked[key]}, but the run trained with {value}; a resumed run continues "
-                "with its own settings (the optimiser's state comes from the checkpoint): only optim.epochs, the "
-                "data's location and workers, and where it runs may change; start a new run for other settings"
-            )
-    finished, batches = checkpoint_position(checkpoint)
-    step = checkpoint.get("global_step", 0)
-    saved_by = checkpoint.get(WORLD_SIZE_KEY) if batches else None
-    return (step if isinstance(step, int) else 0), finished, saved_by if isinstance(saved_by, int) else None
-
-
-def _optimiser_settings(checkpoint: dict) -> dict[str, Any]:
-    """``optim.lr``, ``betas``, ``eps`` and ``momentum_decay`` of the checkpoint's optimiser state (empty when it
-    holds none)."""
-    states = checkpoint.get("optimizer_states")
-    groups = (
-        states[0].get("param_groups") if isinstance(states, list) and states and isinstance(states[0], dict) else None
-    )
-    if not isinstance(groups, list) or not groups or not isinstance(groups[0], dict):
-        return {}
-    names = ("lr", "betas", "eps", "momentum_decay")
-    found = {name: groups[0][name] for name in names if name in groups[0]}
-    return _flattened({"optim": {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in found.items()}})
-
-
-def _flattened(values: object, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1}}`` as ``{"optim.lr": 1}`` (lists, tuples as lists, and scalars are leaves)."""
-    if not isinstance(values, dict):
-        leaf = list(values) if isinstance(values, tuple) else values
-        return {prefix.rstrip("."): leaf} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        flat.update(_flattened(value, f"{prefix}{key}."))
-    return flat
-
-
-def _check_resume_checkpoint(path: Path, config: RunConfig) -> None:
-    """Refuse a resume checkpoint that is missing, unsafe to load, or of another model variant."""
-    from dsen2cr.weights import load_model
-
-    load_model(path, expected=config.model.model_config())
