@@ -53,6 +53,7 @@ def _ckpt_like(tmp: Path) -> Path:
 
 
 ORIGIN = from_origin(500000, 5000000, 10, 10)
+KERAS_FILE = Path(__file__).parent / "fixtures" / "keras" / "keras224_full_sar.h5"
 
 
 def _train(tmp: Path, *overrides: str, **sections: dict) -> list[str]:
@@ -127,6 +128,19 @@ CASES = [
         setup=lambda t: ["train", "--config", str(t.config()), "--resume", str(_ckpt_like(t))],
         message="holds a B=16, F=256 without SAR model, but B=4, F=32 with SAR was asked for",
         absent=("run/checkpoints",),
+    ),
+    dict(  # an internal error (torch.load's UnpicklingError) once the weights had loaded for the variant check
+        name="train: resume from a weights file",
+        setup=lambda t: _train(t, "--resume", str(t.weights())),
+        message="dsen2cr-small.safetensors: holds a safetensors weights file, not a checkpoint of dsen2cr train; "
+        "--resume continues a run from one of its checkpoints (RUN/checkpoints/last.ckpt)",
+        absent=("run",),
+    ),
+    dict(
+        name="train: resume from a Keras file",
+        setup=lambda t: _train(t, "model.num_blocks=5", "model.num_features=8", "--resume", str(KERAS_FILE)),
+        message="keras224_full_sar.h5: holds a HDF5 file (Keras weights), not a checkpoint of dsen2cr train",
+        absent=("run",),
     ),
     dict(
         name="train: out_dir is the data root",
