@@ -139,7 +139,7 @@ CASES = [
     dict(
         name="train: resume from a Keras file",
         setup=lambda t: _train(t, "model.num_blocks=5", "model.num_features=8", "--resume", str(KERAS_FILE)),
-        message="keras224_full_sar.h5: holds a HDF5 file (Keras weights), not a checkpoint of dsen2cr train",
+        message="keras224_full_sar.h5: holds an HDF5 file (Keras weights), not a checkpoint of dsen2cr train",
         absent=("run",),
     ),
     dict(

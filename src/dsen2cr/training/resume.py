@@ -109,7 +109,15 @@ def _flattened(values: object, prefix: str = "") -> dict[str, Any]:
 
 
 def check_resume_checkpoint(path: Path, config: RunConfig) -> None:
-    """Refuse a resume checkpoint that is missing, unsafe to load, or of another model variant."""
-    from dsen2cr.weights import load_model
+    """Refuse a resume checkpoint that is missing, no training checkpoint (weights: they hold no optimiser or
+    loop state), unsafe to load, or of another model variant."""
+    from dsen2cr.formats import describe, sniff
+    from dsen2cr.weights import check_weights_file, load_model
 
+    kind = sniff(check_weights_file(path, "checkpoint"))
+    if kind in ("safetensors", "hdf5"):
+        raise DSen2CRError(
+            f"{path}: holds {describe(kind)}, not a checkpoint of dsen2cr train; --resume continues a run from "
+            "one of its checkpoints (RUN/checkpoints/last.ckpt)"
+        )
     load_model(path, expected=config.model.model_config())
