@@ -52,6 +52,14 @@ def _ckpt_like(tmp: Path) -> Path:
     return path
 
 
+def _with_head(tmp: Path) -> Path:
+    """Weights of the small model with a variance head."""
+    from dsen2cr.models.dsen2cr import DSen2CR
+    from dsen2cr.weights import save_weights
+
+    return save_weights(DSen2CR(num_blocks=4, num_features=32, uncertainty="diag"), tmp / "head.safetensors")
+
+
 ORIGIN = from_origin(500000, 5000000, 10, 10)
 KERAS_FILE = Path(__file__).parent / "fixtures" / "keras" / "keras224_full_sar.h5"
 
@@ -140,6 +148,33 @@ CASES = [
         name="train: resume from a Keras file",
         setup=lambda t: _train(t, "model.num_blocks=5", "model.num_features=8", "--resume", str(KERAS_FILE)),
         message="keras224_full_sar.h5: holds an HDF5 file (Keras weights), not a checkpoint of dsen2cr train",
+        absent=("run",),
+    ),
+    dict(
+        name="train: init_weights of another model",
+        setup=lambda t: _train(t, f"model.init_weights={t.weights('dsen2cr-small-nosar')}"),
+        message="dsen2cr-small-nosar.safetensors: holds a B=4, F=32 without SAR model, but the run trains B=4, F=32 "
+        "with SAR; set model.variant (or model.num_blocks, num_features, include_sar, uncertainty) to the weights'",
+        absent=("run",),
+    ),
+    dict(  # a head the run would not train: refused, not dropped
+        name="train: init_weights with a variance head, the run without",
+        setup=lambda t: _train(t, f"model.init_weights={_with_head(t)}"),
+        message="holds a B=4, F=32 with SAR, variance per band model, but the run trains B=4, F=32 with SAR;",
+        absent=("run",),
+    ),
+    dict(  # read before the run folder is touched: --overwrite must not have replaced the run by then
+        name="train: init_weights missing, with --overwrite of a run",
+        setup=lambda t: _train(
+            t, f"trainer.out_dir={_mkrun(t)}", f"model.init_weights={t / 'gone.safetensors'}", "--overwrite"
+        ),
+        message="gone.safetensors: weights file not found",
+        keep=("existing/checkpoints/last.ckpt", "existing/config.yaml"),
+    ),
+    dict(
+        name="train: init_weights a file that holds no weights",
+        setup=lambda t: _train(t, f"model.init_weights={_write(t / 'notes.txt', 'not weights')}"),
+        message="notes.txt: holds a text file, not weights dsen2cr reads",
         absent=("run",),
     ),
     dict(

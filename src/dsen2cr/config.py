@@ -40,13 +40,15 @@ class ModelSection:
     include_sar: bool | None = None
     res_scale: float | None = None
     uncertainty: str | None = None  # none | diag (a variance per band and pixel; trains with gnll or lnll)
+    init_weights: str | None = None  # weights a new run starts from (fine-tuning): any file --weights takes but ONNX
 
     def model_config(self) -> ModelSpec:
         """The resolved network configuration, validated by its family."""
         if self.variant not in VARIANTS:
             raise DSen2CRError(f"model.variant: unknown variant {self.variant!r}; choose one of {sorted(VARIANTS)}")
         base = VARIANTS[self.variant].config
-        explicit = {k: v for k, v in dataclasses.asdict(self).items() if k != "variant" and v is not None}
+        sizes = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("variant", "init_weights")}
+        explicit = {k: v for k, v in sizes.items() if v is not None}
         return family_of(base).config_from_dict({**base.to_dict(), **explicit}, "model")
 
 

@@ -220,7 +220,7 @@ def progress_phrase(epochs: int, batches: int = 0) -> str:
 def _training_record(checkpoint: dict[str, Any]) -> dict[str, str]:
     """The record of a dsen2cr training checkpoint: the epoch it was saved at (0-based, as its file name), the
     epochs it finished and, saved mid-epoch, the batches of the next, the optimiser steps, the loss settings and
-    the data it trained on (empty for a checkpoint without them)."""
+    the data it trained on, and the weights it started from (empty for a checkpoint without them)."""
     settings = checkpoint.get("hyper_parameters")
     if not isinstance(settings, dict) or not isinstance(settings.get("loss"), dict):
         return {}
@@ -230,6 +230,8 @@ def _training_record(checkpoint: dict[str, Any]) -> dict[str, str]:
         record["epoch_batches"] = batches
     if isinstance(settings.get("data"), dict):  # what it trained on (checkpoints of earlier versions lack it)
         record["data"] = settings["data"]
+    if isinstance(settings.get("init_weights"), dict):  # the weights it started from (model.init_weights)
+        record["init_weights"] = settings["init_weights"]
     return {TRAINING_KEY: json.dumps(record, sort_keys=True)}
 
 

@@ -123,6 +123,10 @@ def info_lines(info: WeightsInfo) -> list[str]:
         lines.append("  " + _training_line(training))
         if isinstance(training.get("data"), dict):
             lines.append("  " + _data_line(training["data"]))
+        start = training.get("init_weights")
+        if isinstance(start, dict):  # model.init_weights: fine-tuned from these
+            fresh = f", {start['fresh']} new" if start.get("fresh") else ""
+            lines.append(f"  started from: {start.get('file')} (SHA-256 {start.get('sha256')}){fresh}")
     elif "training" not in made:
         lines.append("  training: not recorded (a Keras file, or weights saved without a training run's record)")
     calibration = made.get("int8_calibration")

@@ -80,9 +80,11 @@ class DSen2CRTask(L.LightningModule):
         channels_last: bool = True,
         model_family: str = DEFAULT_FAMILY,
         data: dict[str, Any] | None = None,
+        init_weights: dict[str, str] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()  # ``data`` too: what the run trains on, for the weights' training record
+        # ``data`` and ``init_weights`` too: what the run trains on and starts from, for the weights' training record
+        self.save_hyperparameters()
         self.model_config = get_family(model_family).config_from_dict(model, "model")
         self.model_family = model_family
         self.loss_settings = LossSection(**loss)

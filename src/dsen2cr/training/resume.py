@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from dsen2cr.config import RunConfig
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.training.initial_weights import INIT_KEY
 from dsen2cr.weights import WORLD_SIZE_KEY, checkpoint_position, last_checkpoint, newest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,21 @@ def refuse_other_processes(path: Path, out: Path, finished: int, saved_by: int, 
     )
 
 
-def check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> tuple[int, int, int | None]:
+class ResumePoint(NamedTuple):
+    """Where a resumed run starts: the checkpoint's global step, the epochs it finished, the processes that saved
+    it when it was saved mid-epoch (else None), and the record of the weights the run started from (its
+    ``model.init_weights``; None for a run started afresh), which its next checkpoints keep."""
+
+    step: int
+    finished: int
+    saved_by: int | None
+    init_weights: dict[str, str] | None
+
+
+def check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> ResumePoint:
     """Refuse a resume that changes the run's settings (those of the run folder's ``config.yaml``, then of the
     checkpoint's own record, ``loss`` and ``optim``, then of its optimiser state; but :data:`RESUME_MAY_CHANGE`);
-    return the checkpoint's global step, the epochs it finished and, saved mid-epoch, the processes that saved it
-    (else None). A changed learning rate, say, would not apply
+    return where it starts. A changed learning rate, say, would not apply
     (the optimiser's state is restored) while the run's records said it did."""
     import dataclasses
 
@@ -80,7 +91,13 @@ def check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> tu
     finished, batches = checkpoint_position(checkpoint)
     step = checkpoint.get("global_step", 0)
     saved_by = checkpoint.get(WORLD_SIZE_KEY) if batches else None
-    return (step if isinstance(step, int) else 0), finished, saved_by if isinstance(saved_by, int) else None
+    started_from = hyper.get(INIT_KEY) if isinstance(hyper, dict) else None
+    return ResumePoint(
+        step if isinstance(step, int) else 0,
+        finished,
+        saved_by if isinstance(saved_by, int) else None,
+        started_from if isinstance(started_from, dict) else None,
+    )
 
 
 def _optimiser_settings(checkpoint: dict) -> dict[str, Any]:

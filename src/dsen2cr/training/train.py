@@ -27,6 +27,7 @@ from dsen2cr.outputs.locks import output_locks, remove_leftovers_in
 from dsen2cr.outputs.room import check_run_room
 from dsen2cr.precision import training_arithmetic
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
+from dsen2cr.training.initial_weights import read_initial_weights, start_from
 from dsen2cr.training.logs import HistoryCSVLogger
 from dsen2cr.training.module import DSen2CRTask, NonFiniteLossError
 from dsen2cr.training.requeue import SlurmRequeue, slurm_job
@@ -163,9 +164,13 @@ def build_trainer(config: RunConfig, out: Path, *, progress: bool = True, resume
     )
 
 
-def build_task(config: RunConfig, data: dict[str, Any] | None = None) -> DSen2CRTask:
-    """The LightningModule for a run configuration; ``data``: what it trains on, for its checkpoints' record
-    (:meth:`~dsen2cr.training.datamodule.SEN12MSCRDataModule.record`)."""
+def build_task(
+    config: RunConfig, data: dict[str, Any] | None = None, started_from: dict[str, str] | None = None
+) -> DSen2CRTask:
+    """The LightningModule for a run configuration; ``data``: what it trains on, and ``started_from``: the record
+    of the weights it started from (``model.init_weights``), for its checkpoints' record
+    (:meth:`~dsen2cr.training.datamodule.SEN12MSCRDataModule.record`,
+    :attr:`~dsen2cr.training.initial_weights.InitialWeights.record`)."""
     model = config.model.model_config()
     return DSen2CRTask(
         model=model.to_dict(),
@@ -175,6 +180,7 @@ def build_task(config: RunConfig, data: dict[str, Any] | None = None) -> DSen2CR
         val_images=config.trainer.val_images,
         channels_last=config.trainer.channels_last,
         data=data,
+        init_weights=started_from,
     )
 
 
@@ -259,11 +265,16 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
     automatic = resume == RESUME_AUTO
     if automatic:
         resume = newest_or_none(Path(config.trainer.out_dir))
+    initial = None  # read before the run folder is touched (--overwrite replaces a run); a resume has its own
+    if resume is None and config.model.init_weights is not None:
+        initial = read_initial_weights(config.model.init_weights, config.model.model_config())
     out = prepare_run_dir(config, resume=None if resume is None else str(resume), overwrite=overwrite)
-    resumed_step, finished, mid_epoch_by = None, 0, None
+    resumed_step, finished, mid_epoch_by, started_from = None, 0, None, None if initial is None else initial.record
     if resume is not None:
         check_resume_checkpoint(Path(resume), config)
-        resumed_step, finished, mid_epoch_by = check_resume_settings(Path(resume), config, out / RESOLVED_CONFIG)
+        resumed_step, finished, mid_epoch_by, started_from = check_resume_settings(
+            Path(resume), config, out / RESOLVED_CONFIG
+        )
         if config.optim.epochs <= finished:
             epochs = progress_phrase(finished)
             if automatic:  # a requeued job whose run has ended: nothing to do
@@ -283,7 +294,9 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
         config.data, config.loss, config.optim.batch_size, config.trainer.seed, global_batch=config.optim.global_batch
     )
     datamodule.setup("fit")
-    task = build_task(config, datamodule.record())
+    task = build_task(config, datamodule.record(), started_from)
+    if initial is not None:
+        start_from(task.model, initial)
     if not is_launched_worker():  # rank 0 writes the checkpoints: weights and NAdam's two moments, as stored
         stored = 3 * sum(parameter.numel() * parameter.element_size() for parameter in task.parameters())
         check_run_room(out, stored, config.optim.epochs - finished)
