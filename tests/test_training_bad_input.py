@@ -141,7 +141,8 @@ CASES = [
         name="train: resume from a weights file",
         setup=lambda t: _train(t, "--resume", str(t.weights())),
         message="dsen2cr-small.safetensors: holds a safetensors weights file, not a checkpoint of dsen2cr train; "
-        "--resume continues a run from one of its checkpoints (RUN/checkpoints/last.ckpt)",
+        "--resume continues a run from one of its checkpoints (RUN/checkpoints/last.ckpt); to start a new run from "
+        "these weights, set model.init_weights=",
         absent=("run",),
     ),
     dict(

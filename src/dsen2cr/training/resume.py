@@ -135,6 +135,7 @@ def check_resume_checkpoint(path: Path, config: RunConfig) -> None:
     if kind in ("safetensors", "hdf5"):
         raise DSen2CRError(
             f"{path}: holds {describe(kind)}, not a checkpoint of dsen2cr train; --resume continues a run from "
-            "one of its checkpoints (RUN/checkpoints/last.ckpt)"
+            f"one of its checkpoints (RUN/checkpoints/last.ckpt); to start a new run from these weights, set "
+            f"model.init_weights={path}"
         )
     load_model(path, expected=config.model.model_config())
