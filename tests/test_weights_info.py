@@ -110,3 +110,12 @@ def test_weights_info_refuses_what_is_not_weights(tmp_path: Path, capsys: pytest
         assert main(["weights", "info", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
+
+
+def test_the_training_line_counts_one_step_as_one() -> None:
+    """A run of one optimiser step says so in the singular ('1 optimiser steps' before), as epochs and batches do."""
+    from dsen2cr.weights_info import _training_line
+
+    record = {"epoch": 0, "global_step": 1, "finished_epochs": 1, "loss": {"name": "carl"}}
+    assert _training_line(record) == "training: saved after 1 epoch (1 optimiser step); loss carl"
+    assert "(2 optimiser steps)" in _training_line({**record, "global_step": 2})
