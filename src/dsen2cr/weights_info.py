@@ -144,7 +144,7 @@ def _training_line(training: dict[str, Any]) -> str:
     finished = training.get("finished_epochs", epoch + 1 if isinstance(epoch, int) else None)  # earlier records
     batches = training.get("epoch_batches", 0)  # saved mid-epoch (a SLURM requeue's)
     if isinstance(finished, int) and isinstance(batches, int):
-        when = f"after {progress_phrase(finished, batches)} ({steps} optimiser steps)"
+        when = f"after {progress_phrase(finished, batches)} ({steps} optimiser step{'' if steps == 1 else 's'})"
     else:
         when = "at an unknown epoch"
     loss = dict(training.get("loss") or {})
