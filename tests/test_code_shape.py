@@ -33,6 +33,7 @@ LAYERS = [
     ["published"],
     ["weights"],
     ["keras"],
+    ["data.patches"],  # your own scenes cut into training patches: reads them as remove-clouds does
     ["inputs"],
     ["data"],
     ["config"],

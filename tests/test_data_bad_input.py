@@ -1,6 +1,7 @@
-"""Bad input to data index and data synth, table-driven through the console entry point (the ``check_case`` fixture):
-each row is an unusual but plausible input; the command exits with the expected status and one line on
-stderr naming the file or option and the problem, no traceback, inputs unchanged, nothing left behind."""
+"""Bad input to data index, data synth and data patches, table-driven through the console entry point (the
+``check_case`` fixture): each row is an unusual but plausible input; the command exits with the expected status
+and one line on stderr naming the file or option and the problem, no traceback, inputs unchanged, nothing left
+behind."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 from rasterio.crs import CRS
+from rasterio.transform import Affine
 
 from conftest import default_sigint
+from dsen2cr.outputs.geotiff import write_geotiff
 
 UTM32N = CRS.from_epsg(32632)
 
@@ -125,7 +130,83 @@ CASES = [
         message="size: must be in [16, 4096]",
         absent=("s",),
     ),
+    dict(
+        name="data patches: the two S2 scenes on different grids",
+        setup=lambda t: _patches(t, clear=_shifted_copy(t)),
+        message="shifted.tif: its grid (50x40 px, EPSG:32632, origin 500030.0, 5000000.0) is not --s2-cloudy's "
+        "(50x40 px, EPSG:32632, origin 500000.0, 5000000.0)",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: a Level-2A target for a Level-1C input",
+        setup=lambda t: _patches(t, clear=_l2a_copy(t)),
+        message="l2a.tif: Level-2A, but --s2-cloudy is Level-1C",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: one file as input and target",
+        setup=lambda t: _patches(t, clear=t.scene()[0]),
+        message="s2.tif: is --s2-cloudy too; the target is another, cloud-free acquisition",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: a scene smaller than a patch",
+        setup=lambda t: _patches(t, "--size", "64"),
+        message="s2.tif: the scene is 50x40 px, smaller than one 64 px patch",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: no patch with data in all three images",
+        setup=lambda t: _patches(t, s1=_s1_with_gaps()),
+        message="s2.tif: no 16 px patch has data in all three images: no data in --s1 (6)",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: a collection name that is no file-name token",
+        setup=lambda t: _patches(t, "--collection", "my_data"),
+        message="--collection: letters and digits only",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: --size 8",
+        setup=lambda t: _patches(t, "--size", "8"),
+        message="--size: must be at least 16 px, got 8",
+        absent=("own",),
+    ),
 ]
+
+
+def _patches(tmp: Path, *extra: str, clear: Path | None = None, s1: np.ndarray | None = None) -> list[str]:
+    """``data patches`` of the workdir's scene (its copy as the cloud-free one, unless ``clear``) in 16 px."""
+    s2, s1_path = tmp.scene(s1=s1)  # type: ignore[attr-defined]
+    if clear is None:
+        clear = tmp / "clear.tif"
+        clear.write_bytes(s2.read_bytes())
+    args = ["--s2-cloudy", str(s2), "--s2", str(clear), "--s1", str(s1_path), "--out", str(tmp / "own")]
+    return ["data", "patches", *args, "--roi", "1", "--size", "16", "--no-progress", *extra]
+
+
+def _s1_with_gaps() -> np.ndarray:
+    """S1 of the workdir's scene with no data in every 16 px patch (a stripe of NaN every 8 columns)."""
+    s1 = np.stack([np.full((40, 50), -12.0), np.full((40, 50), -19.0)]).astype(np.float32)
+    s1[:, :, ::8] = np.nan
+    return s1
+
+
+def _shifted_copy(tmp: Path) -> Path:
+    """The scene 3 pixels east."""
+    s2, _ = tmp.scene()  # type: ignore[attr-defined]
+    with rasterio.open(s2) as src:
+        return write_geotiff(
+            tmp / "shifted.tif", src.read(), crs=src.crs, transform=src.transform * Affine.translation(3, 0)
+        )
+
+
+def _l2a_copy(tmp: Path) -> Path:
+    """The scene's 12 Level-2A bands (B10 dropped)."""
+    s2, _ = tmp.scene()  # type: ignore[attr-defined]
+    with rasterio.open(s2) as src:
+        return write_geotiff(tmp / "l2a.tif", np.delete(src.read(), 10, axis=0), crs=src.crs, transform=src.transform)
 
 
 def test_bad_input(bad_input: dict, check_case: Callable[[dict], None]) -> None:

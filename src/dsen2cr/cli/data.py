@@ -1,11 +1,14 @@
-"""``dsen2cr data {index,synth,sample}``: index a SEN12MS-CR tree, write a synthetic one, copy the bundled sample."""
+"""``dsen2cr data {index,synth,download,splits,sample,patches}``: index a SEN12MS-CR tree, write a synthetic one,
+download the release and its split, copy the bundled sample, cut your own scenes into patches."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dsen2cr.cli.options import SubParsers, add_command, add_no_progress, add_overwrite
+from dsen2cr.settings import RESAMPLINGS
 
 
 def register(subparsers: SubParsers) -> None:
@@ -51,6 +54,8 @@ def register(subparsers: SubParsers) -> None:
     download.add_argument("--jobs", type=int, default=1, help="archives fetched at once (default: %(default)s)")
     add_no_progress(download)
     download.set_defaults(handler=run_download)
+
+    _register_patches(data_commands)
 
     splits = add_command(data_commands, "splits", help="write the validation and test ROI lists of the common split")
     splits.add_argument("--out", required=True, help="folder to write val_rois.txt and test_rois.txt into")
@@ -130,4 +135,67 @@ def run_sample(args: argparse.Namespace) -> int:
 
     out = copy_sample(args.out, overwrite=args.overwrite)
     print(f"copied the bundled sample data to {out} (see {out / 'NOTICE'})")
+    return 0
+
+
+def _register_patches(data_commands: SubParsers) -> None:
+    """Add ``data patches``."""
+    patches = add_command(
+        data_commands,
+        "patches",
+        help="cut your own scenes (cloudy S2, cloud-free S2, S1) into SEN12MS-CR training patches of one ROI",
+        description="Cut a cloudy Sentinel-2 scene, a cloud-free one on the same grid and Sentinel-1 (warped onto "
+        "that grid) into SIZE px triplets of one ROI in the SEN12MS-CR release layout under OUT "
+        "(ROIs0_COLLECTION_s1/s1_ROI/ROIs0_COLLECTION_s1_ROI_pN.tif, ...), read as remove-clouds reads scenes. "
+        "Patches with no data in any of the three images are left out. Then list them, with the splits of your "
+        "ROI lists, with dsen2cr data index OUT --out OUT/files.csv.",
+    )
+    patches.add_argument("--s2-cloudy", required=True, help="the cloudy S2 scene (the model's input): as --s2 takes")
+    patches.add_argument(
+        "--s2", required=True, help="the cloud-free S2 scene on the same grid (the target): GeoTIFF, .SAFE, zip, STAC"
+    )
+    patches.add_argument("--s1", required=True, help="S1: VV+VH GeoTIFF, VV.tif,VH.tif pair, or STAC item (in dB)")
+    patches.add_argument("--out", required=True, help="dataset root: the ROI's three folders are added to it")
+    patches.add_argument("--roi", type=int, required=True, help="this scene's ROI number (splits go by ROI)")
+    patches.add_argument(
+        "--collection", default="own", help="letters and digits: the season token ROIs0_COLLECTION (default: own)"
+    )
+    patches.add_argument("--size", type=int, default=256, help="patch size in pixels (default: %(default)s)")
+    patches.add_argument("--s2-offset", type=int, help="DN offset of the cloud-free S2 GeoTIFF (e.g. -1000)")
+    patches.add_argument("--s2-cloudy-offset", type=int, help="DN offset of the cloudy S2 GeoTIFF (e.g. -1000)")
+    patches.add_argument(
+        "--resampling",
+        choices=RESAMPLINGS,
+        default="nearest",
+        help="for 20 m and 60 m bands of product folders (default: %(default)s)",
+    )
+    patches.add_argument("--s1-linear", action="store_true", help="S1 is linear power: convert it to dB")
+    add_overwrite(patches, "replace the ROI's patches of an earlier run (a ROI folder holding other files is refused)")
+    add_no_progress(patches)
+    patches.set_defaults(handler=run_patches)
+
+
+def run_patches(args: argparse.Namespace) -> int:
+    """Run ``data patches``."""
+    from dsen2cr.data.patches import SceneTriplet, cut_patches
+
+    scenes = SceneTriplet(
+        args.s2_cloudy, args.s2, args.s1, args.s2_cloudy_offset, args.s2_offset, args.s1_linear, args.resampling
+    )
+    report = cut_patches(
+        scenes,
+        args.out,
+        roi=args.roi,
+        collection=args.collection,
+        size=args.size,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    left_out = sum(report.left_out.values())
+    reasons = ", ".join(f"{reason} ({count})" for reason, count in report.left_out.most_common())
+    print(
+        f"wrote {report.written} patch{'es' if report.written != 1 else ''} of {args.size} px, ROI {report.roi_id}, "
+        f"under {args.out}" + (f"; left out {left_out}: {reasons}" if left_out else "")
+    )
+    print(f"next: dsen2cr data index {args.out} --out {Path(args.out) / 'files.csv'} [--val-rois …] [--test-rois …]")
     return 0

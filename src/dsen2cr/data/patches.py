@@ -1,0 +1,240 @@
+"""Training patches from your own scenes (``dsen2cr data patches``): a cloudy and a cloud-free Sentinel-2
+acquisition on one grid, and Sentinel-1 warped onto it, cut into SEN12MS-CR triplets of one ROI in the release's
+nested layout (docs/design.md §3.7), which ``dsen2cr data index`` then lists with the splits of your ROI lists.
+
+The inputs are read as ``remove-clouds`` reads them (GeoTIFFs, ``.SAFE`` folders and zips, STAC items; offsets
+removed, 20 m and 60 m bands resampled onto the 10 m grid, Level-2A's B10 filled), so a model trained on the
+patches sees what it will see on those scenes. A patch with no data in any of its three images is left out:
+SEN12MS-CR's patches are complete, and a filled one would teach the fill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+from tqdm import tqdm
+
+from dsen2cr.data.layout import SENSORS, release_triplet
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs import s1_parts
+from dsen2cr.inputs.readers import Grid, S2Source
+from dsen2cr.inputs.s1 import S1Source
+from dsen2cr.outputs.files import check_output_folder, output_folder
+from dsen2cr.outputs.geotiff import write_geotiff
+from dsen2cr.outputs.locks import output_locks
+from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
+from dsen2cr.version import __version__
+
+#: The release's season token is ``ROIs<number>_<word>``; your patches' is ``ROIs0_<collection>``.
+SEASON_NUMBER = "ROIs0"
+_COLLECTION = re.compile(r"[A-Za-z0-9]+")
+#: The smallest patch: the training crops and SSIM's window need room.
+MIN_PATCH_SIZE = 16
+MAX_ROI = 10**6
+
+
+@dataclass
+class PatchReport:
+    """What a run of :func:`cut_patches` wrote: the patches, those left out by reason, the ROI id and folders."""
+
+    roi_id: str
+    folders: list[Path]
+    written: int = 0
+    left_out: Counter[str] = field(default_factory=Counter)
+
+
+def patch_windows(height: int, width: int, size: int) -> list[tuple[int, Window]]:
+    """Non-overlapping ``size`` x ``size`` windows from the scene's top-left corner, numbered row by row (the
+    strips at the right and bottom edges narrower than a patch are left out)."""
+    columns = width // size
+    return [
+        (row * columns + column, Window(column * size, row * size, size, size))
+        for row in range(height // size)
+        for column in range(columns)
+    ]
+
+
+def season_of(collection: str) -> str:
+    """The season token of your patches' folders and files (``ROIs0_own``)."""
+    if not _COLLECTION.fullmatch(collection):
+        raise DSen2CRError(
+            f"--collection: letters and digits only (it becomes part of every file name), got {collection!r}"
+        )
+    return f"{SEASON_NUMBER}_{collection}"
+
+
+def _check_numbers(roi: int, size: int) -> None:
+    """The ROI number and the patch size: in range."""
+    if not 0 <= roi <= MAX_ROI:
+        raise DSen2CRError(f"--roi: must be in [0, {MAX_ROI}], got {roi}")
+    if size < MIN_PATCH_SIZE:
+        raise DSen2CRError(f"--size: must be at least {MIN_PATCH_SIZE} px, got {size}")
+
+
+@dataclass(frozen=True)
+class SceneTriplet:
+    """The three scenes a ROI's patches are cut from, as ``--s2-cloudy``, ``--s2`` and ``--s1`` name them, and how
+    to read them (the two S2 GeoTIFFs' ``--s2-cloudy-offset``/``--s2-offset``, S1 in linear power, the resampling
+    of 20 m and 60 m bands)."""
+
+    s2_cloudy: str
+    s2: str
+    s1: str
+    s2_cloudy_offset: int | None = None
+    s2_offset: int | None = None
+    s1_linear: bool = False
+    resampling: str = "nearest"
+
+
+def _open_inputs(scenes: SceneTriplet) -> tuple[S2Source, S2Source, S1Source]:
+    """The three inputs, the cloud-free S2 on the cloudy one's grid and of its processing level, S1 warped onto
+    that grid (closed again when refused)."""
+    s2 = scenes.s2
+    with contextlib.suppress(OSError):  # (a missing file is the reader's to name)
+        if Path(s2).samefile(scenes.s2_cloudy):
+            raise DSen2CRError(
+                f"{s2}: is --s2-cloudy too; the target is another, cloud-free acquisition of the scene (a pair of one "
+                "image teaches the model to copy its input)"
+            )
+    with contextlib.ExitStack() as opened:
+        cloudy = S2Source(scenes.s2_cloudy, offset=scenes.s2_cloudy_offset, resampling=scenes.resampling)
+        opened.callback(cloudy.close)
+        clear = S2Source(s2, offset=scenes.s2_offset, resampling=scenes.resampling)
+        opened.callback(clear.close)
+        if clear.grid != cloudy.grid:
+            raise DSen2CRError(
+                f"{s2}: its grid ({_grid_text(clear)}) is not --s2-cloudy's ({_grid_text(cloudy)}): the two "
+                "acquisitions must lie on one grid, pixel for pixel (products of one MGRS tile do; warp one onto the "
+                "other with gdalwarp -t_srs, -tr 10 10 and -te)"
+            )
+        if clear.level != cloudy.level:
+            raise DSen2CRError(
+                f"{s2}: Level-{clear.level[1:]}, but --s2-cloudy is Level-{cloudy.level[1:]}: a model learns the "
+                "target's radiometry from the input's; give two products of one level"
+            )
+        sar = S1Source(scenes.s1, cloudy.grid, linear=scenes.s1_linear)
+        opened.pop_all()
+    return cloudy, clear, sar
+
+
+def _grid_text(source: S2Source) -> str:
+    """A grid in words: size, CRS and origin."""
+    grid = source.grid
+    origin = f"{grid.transform.c:.1f}, {grid.transform.f:.1f}"
+    return f"{grid.width}x{grid.height} px, {grid.crs.to_string()}, origin {origin}"
+
+
+def cut_patches(
+    scenes: SceneTriplet,
+    out: str | Path,
+    *,
+    roi: int,
+    collection: str = "own",
+    size: int = 256,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PatchReport:
+    """Cut the cloudy S2 scene, its cloud-free partner and the SAR scene of ``scenes`` into ``size`` px
+    triplets of ROI ``roi`` under ``out`` (``ROIs0_<collection>_s1/s1_<roi>/…_p<n>.tif``, the release's
+    naming). A ROI folder that already holds patches is refused unless ``overwrite`` (then replaced; one holding
+    other files is refused even so)."""
+    _check_numbers(roi, size)
+    season = season_of(collection)
+    s2_cloudy = scenes.s2_cloudy
+    cloudy, clear, sar = _open_inputs(scenes)
+    with contextlib.ExitStack() as stack:
+        for source in (cloudy, clear, sar):
+            stack.callback(source.close)
+        grid = cloudy.grid
+        windows = patch_windows(grid.height, grid.width, size)
+        if not windows:
+            raise DSen2CRError(
+                f"{s2_cloudy}: the scene is {grid.width}x{grid.height} px, smaller than one {size} px patch"
+            )
+        folders = [release_triplet(out, season, roi, 0).paths()[sensor].parent for sensor in SENSORS]
+        names = {
+            sensor: _patch_names(folder, season, sensor, roi, len(windows))
+            for sensor, folder in zip(SENSORS, folders, strict=True)
+        }
+        for folder in (Path(out), *(folder.parent for folder in folders)):
+            if not folder.is_dir():
+                folder.mkdir(parents=True)
+                stack.callback(_remove_if_empty, folder)  # a failed run leaves no empty folder (season, root)
+        stack.enter_context(output_locks(folders))
+        what = f"the patches of ROI {roi}"
+        for folder, sensor in zip(folders, SENSORS, strict=True):  # all three checked before any is replaced
+            check_output_folder(folder, owned=names[sensor], overwrite=overwrite, what=what)
+        for folder, sensor in zip(folders, SENSORS, strict=True):
+            stack.enter_context(output_folder(folder, owned=names[sensor], overwrite=overwrite, what=what))
+        report = PatchReport(f"{season}/{roi}", folders)
+        for number, window in tqdm(windows, unit="patch", desc="patches", disable=not progress, dynamic_ncols=True):
+            arrays = {"s2_cloudy": cloudy.read(window), "s2": clear.read(window), "s1": sar.read(window)}
+            reason = _left_out_because(arrays, cloudy, clear)
+            if reason is not None:
+                report.left_out[reason] += 1
+                continue
+            _write_triplet(release_triplet(out, season, roi, number).paths(), arrays, grid, window, scenes)
+            report.written += 1
+        if not report.written:
+            reasons = ", ".join(f"{reason} ({count})" for reason, count in report.left_out.most_common())
+            raise DSen2CRError(f"{s2_cloudy}: no {size} px patch has data in all three images: {reasons}")
+        return report
+
+
+def _patch_names(folder: Path, season: str, sensor: str, roi: int, count: int) -> set[str]:
+    """The file names a run may write into a ROI's folder or replace there: its own patches' and those of an
+    earlier run of the ROI (of another ``--size``, so of other numbers; anything else there is not ours)."""
+    pattern = re.compile(rf"{re.escape(season)}_{sensor}_{roi}_p\d+\.tif")
+    earlier = {p.name for p in folder.iterdir() if pattern.fullmatch(p.name)} if folder.is_dir() else set()
+    return earlier | {f"{season}_{sensor}_{roi}_p{number}.tif" for number in range(count)}
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a folder this run created if nothing is in it (a failed run's)."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _left_out_because(arrays: dict[str, np.ndarray], cloudy: S2Source, clear: S2Source) -> str | None:
+    """Why a patch is left out (no data in one of its images), or None."""
+    if not cloudy.valid(arrays["s2_cloudy"]).all():
+        return "no data in --s2-cloudy"
+    if not clear.valid(arrays["s2"]).all():
+        return "no data in --s2"
+    if not np.isfinite(arrays["s1"]).all():
+        return "no data in --s1"
+    return None
+
+
+def _write_triplet(
+    paths: dict[str, Path], arrays: dict[str, np.ndarray], grid: Grid, window: Window, scenes: SceneTriplet
+) -> None:
+    """Write one patch's three files: S2 as uint16 DN (13 bands), S1 as float32 dB (VV, VH), with the window's
+    georeferencing and tags naming the scene and the window they were cut from."""
+    transform = window_transform(window, grid.transform)
+    source_of = {"s2_cloudy": Path(scenes.s2_cloudy).name, "s2": Path(scenes.s2).name}
+    source_of["s1"] = ",".join(Path(part).name for part in s1_parts(scenes.s1))
+    for sensor, path in paths.items():
+        array = arrays[sensor]
+        if sensor != "s1" and array.dtype != np.uint16:
+            array = np.clip(np.rint(array), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+        tags = {
+            "DSEN2CR_SOURCE": source_of[sensor],
+            "DSEN2CR_WINDOW": f"column {window.col_off}, row {window.row_off}, {window.width}x{window.height} px",
+            "DSEN2CR_VERSION": __version__,
+        }
+        if sensor != "s1":
+            tags["DSEN2CR_RADIOMETRY"] = "offset-free reflectance x 10000"
+
+        def describe(dataset: object, tags: dict[str, str] = tags) -> None:
+            dataset.update_tags(**tags)  # type: ignore[attr-defined]
+
+        bands = S1_BANDS if sensor == "s1" else S2_BANDS
+        write_geotiff(path, array, crs=grid.crs, transform=transform, band_names=bands, describe=describe)

@@ -1,0 +1,106 @@
+"""``dsen2cr data patches``: your own scenes cut into SEN12MS-CR triplets of one ROI, checked against the scenes
+read here with rasterio (pixels, georeferencing, the offset removed, what was left out), then indexed and trained
+on; the re-run policy of a ROI's folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from dsen2cr.cli import main
+from dsen2cr.data.layout import read_file_list
+from dsen2cr.outputs.geotiff import write_geotiff
+
+UTM33N = CRS.from_epsg(32633)
+ORIGIN = from_origin(400000, 5800000, 10, 10)
+
+
+def _scenes(folder: Path) -> tuple[Path, Path, Path, np.ndarray, np.ndarray, np.ndarray]:
+    """A 100 x 70 px cloudy scene stored with the baseline-04.00 offset (+1000 DN), a cloud-free one with no data
+    in the top-middle 32 px patch, and S1 with no data in the bottom-right one; the arrays as they should come out
+    (the cloudy scene offset-free)."""
+    rng = np.random.default_rng(7)
+    cloudy = rng.integers(500, 9000, size=(13, 70, 100)).astype(np.uint16)
+    clear = rng.integers(200, 6000, size=(13, 70, 100)).astype(np.uint16)
+    cloudy[10], clear[10] = rng.integers(5, 40, size=(2, 70, 100))  # B10 (cirrus) of a clear sky: tens of DN
+    clear[:, 5:9, 40:45] = 0  # in patch 1 (row 0, column 1)
+    s1 = np.stack([rng.uniform(-20, -5, (70, 100)), rng.uniform(-28, -12, (70, 100))]).astype(np.float32)
+    s1[:, 40:45, 70:75] = np.nan  # in patch 5 (row 1, column 2)
+    paths = (
+        write_geotiff(folder / "cloudy.tif", cloudy + 1000, crs=UTM33N, transform=ORIGIN),
+        write_geotiff(folder / "clear.tif", clear, crs=UTM33N, transform=ORIGIN),
+        write_geotiff(folder / "s1.tif", s1, crs=UTM33N, transform=ORIGIN),
+    )
+    return (*paths, cloudy, clear, s1)
+
+
+def _patches(folder: Path, *extra: str) -> list[str]:
+    return [
+        "data", "patches", "--s2-cloudy", str(folder / "cloudy.tif"), "--s2-cloudy-offset", "-1000",
+        "--s2", str(folder / "clear.tif"), "--s1", str(folder / "s1.tif"), "--out", str(folder / "own"),
+        "--size", "32", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def test_patches_are_the_scenes_windows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Six 32 px windows fit (3 columns of 100 px, 2 rows of 70); the two with no data are left out; the four
+    written hold the scenes' pixels (the cloudy one's offset removed), on the window's grid, named as the release
+    names patches, tagged with their source; data index lists them by ROI and train runs on them."""
+    *_, cloudy, clear, s1 = _scenes(tmp_path)
+    assert main(_patches(tmp_path, "--roi", "3")) == 0
+    out = capsys.readouterr().out
+    assert "wrote 4 patches of 32 px, ROI ROIs0_own/3" in out
+    assert "left out 2: no data in --s2 (1), no data in --s1 (1)" in out
+    own = tmp_path / "own"
+    for number in (0, 2, 3, 4):
+        row, column = divmod(number, 3)
+        window = Window(column * 32, row * 32, 32, 32)
+        rows, columns = slice(row * 32, row * 32 + 32), slice(column * 32, column * 32 + 32)
+        expected = {"s2_cloudy": cloudy, "s2": clear, "s1": s1}
+        for sensor, array in expected.items():
+            path = own / f"ROIs0_own_{sensor}" / f"{sensor}_3" / f"ROIs0_own_{sensor}_3_p{number}.tif"
+            with rasterio.open(path) as patch:
+                np.testing.assert_array_equal(patch.read(), array[:, rows, columns])
+                assert patch.crs == UTM33N and patch.transform == window_transform(window, ORIGIN)
+                assert patch.tags()["DSEN2CR_WINDOW"] == f"column {column * 32}, row {row * 32}, 32x32 px"
+                assert patch.dtypes[0] == ("float32" if sensor == "s1" else "uint16")
+    for number in (1, 5):
+        assert not list(own.rglob(f"*_p{number}.tif"))
+    (tmp_path / "val.txt").write_text("ROIs0_own/4\n")
+    assert main(_patches(tmp_path, "--roi", "4")) == 0
+    index = ["data", "index", str(own), "--out", str(own / "files.csv"), "--val-rois", str(tmp_path / "val.txt")]
+    assert main(index) == 0
+    triplets = read_file_list(own / "files.csv", own)
+    assert sorted((t.roi, t.split) for t in triplets) == [("ROIs0_own/3", 1)] * 4 + [("ROIs0_own/4", 2)] * 4
+    run = ["train", "--config", "small-cpu", "--no-progress", f"data.root={own}", f"data.file_list={own / 'files.csv'}"]
+    settings = ["optim.epochs=1", "data.crop_size=32", "data.repeats=1", "data.num_workers=0", "optim.batch_size=4"]
+    assert main([*run, *settings, f"trainer.out_dir={tmp_path / 'run'}"]) == 0
+    assert "epoch 0: train_loss_epoch" in capsys.readouterr().out
+
+
+def test_a_rois_patches_are_replaced_only_with_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A ROI that holds patches is refused; --overwrite replaces them (an earlier run of another size too); a ROI
+    folder holding anything else is refused even so, and no folder of the three is touched."""
+    _scenes(tmp_path)
+    assert main(_patches(tmp_path, "--roi", "1", "--size", "16")) == 0  # 6 x 4 windows, 2 with no data
+    folder = tmp_path / "own" / "ROIs0_own_s1" / "s1_1"
+    assert len(list(folder.iterdir())) == 22
+    capsys.readouterr()
+    assert main(_patches(tmp_path, "--roi", "1")) == 2
+    assert "s1_1: already holds the patches of ROI 1; pass --overwrite to replace it" in capsys.readouterr().err
+    assert len(list(folder.iterdir())) == 22
+    assert main(_patches(tmp_path, "--roi", "1", "--overwrite")) == 0
+    assert sorted(p.name for p in folder.iterdir()) == [f"ROIs0_own_s1_1_p{n}.tif" for n in (0, 2, 3, 4)]
+    note = tmp_path / "own" / "ROIs0_own_s2_cloudy" / "s2_cloudy_1" / "notes.txt"
+    note.write_text("mine")
+    capsys.readouterr()
+    assert main(_patches(tmp_path, "--roi", "1", "--overwrite")) == 2
+    assert "holds 'notes.txt', which is not part of the patches of ROI 1" in capsys.readouterr().err
+    assert len(list(folder.iterdir())) == 4 and note.read_text() == "mine"
