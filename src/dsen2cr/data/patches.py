@@ -30,6 +30,7 @@ from dsen2cr.outputs.files import check_output_folder, output_folder
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
+from dsen2cr.rasters import gdal_block_cache
 from dsen2cr.version import __version__
 
 #: The release's season token is ``ROIs<number>_<word>``; your patches' is ``ROIs0_<collection>``.
@@ -148,8 +149,9 @@ def cut_patches(
     _check_numbers(roi, size)
     season = season_of(collection)
     s2_cloudy = scenes.s2_cloudy
-    cloudy, clear, sar = _open_inputs(scenes)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(gdal_block_cache())  # GDAL's cache, decoding threads and remote reads, as remove-clouds
+        cloudy, clear, sar = _open_inputs(scenes)
         for source in (cloudy, clear, sar):
             stack.callback(source.close)
         grid = cloudy.grid
