@@ -142,3 +142,17 @@ def test_config_help_lists_every_bundled_config(capsys: pytest.CaptureFixture) -
         main(["config", "--help"])
     text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps at hyphens
     assert f"one of: {', '.join(names)}" in text, text
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_no_error() -> None:
+    """``dsen2cr models | head -1``: the reader closes the pipe; the command stops quietly, as command-line tools
+    killed by SIGPIPE do (exit 141), instead of 'error: [Errno 32] Broken pipe' (exit 2) and Python's
+    'Exception ignored … BrokenPipeError' at exit. Here the pipe is closed before the command writes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dsen2cr.cli", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the command has imported its modules, let alone printed
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, err
+    assert err == ""
