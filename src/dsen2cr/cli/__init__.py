@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
+import select
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -140,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dsen2cr: interrupted", file=sys.stderr)
         return 130
     except (DSen2CRError, OSError) as error:
+        if isinstance(error, BrokenPipeError) and _stdout_reader_gone():  # `dsen2cr … | head`: its reader has read
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit goes nowhere
+            return 128 + signal.SIGPIPE  # as a command-line tool that SIGPIPE stopped
         if args.debug:
             raise
         print(f"dsen2cr {_command_line_name(args)}: error: {one_line(error)}", file=sys.stderr)
@@ -157,6 +162,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not _NOT_INSTALLED:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (``| head`` after its lines): the pipe's write
+    end then reports an error to poll."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLERR)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's captured stdout), no poll
+        return False
 
 
 def _command_line_name(args: argparse.Namespace) -> str:
