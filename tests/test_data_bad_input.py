@@ -158,13 +158,19 @@ CASES = [
     dict(
         name="data patches: no patch with data in all three images",
         setup=lambda t: _patches(t, s1=_s1_with_gaps()),
-        message="s2.tif: no 16 px patch has data in all three images: no data in --s1 (6)",
+        message="s2.tif: no 16 px patch to keep: no data in --s1 (6)",
         absent=("own",),
     ),
     dict(
         name="data patches: a collection name that is no file-name token",
         setup=lambda t: _patches(t, "--collection", "my_data"),
         message="--collection: letters and digits only",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: --max-target-cloud 1.5",
+        setup=lambda t: _patches(t, "--max-target-cloud", "1.5"),
+        message="--max-target-cloud: a share in [0, 1], got 1.5",
         absent=("own",),
     ),
     dict(

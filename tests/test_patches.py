@@ -24,13 +24,15 @@ ORIGIN = from_origin(400000, 5800000, 10, 10)
 
 def _scenes(folder: Path) -> tuple[Path, Path, Path, np.ndarray, np.ndarray, np.ndarray]:
     """A 100 x 70 px cloudy scene stored with the baseline-04.00 offset (+1000 DN), a cloud-free one with no data
-    in the top-middle 32 px patch, and S1 with no data in the bottom-right one; the arrays as they should come out
-    (the cloudy scene offset-free)."""
+    in the top-middle 32 px patch and a cloud in the bottom-left one, and S1 with no data in the bottom-right one;
+    the arrays as they should come out (the cloudy scene offset-free)."""
     rng = np.random.default_rng(7)
     cloudy = rng.integers(500, 9000, size=(13, 70, 100)).astype(np.uint16)
-    clear = rng.integers(200, 6000, size=(13, 70, 100)).astype(np.uint16)
+    clear = rng.integers(200, 1500, size=(13, 70, 100)).astype(np.uint16)  # dark enough to hold no cloud
     cloudy[10], clear[10] = rng.integers(5, 40, size=(2, 70, 100))  # B10 (cirrus) of a clear sky: tens of DN
     clear[:, 5:9, 40:45] = 0  # in patch 1 (row 0, column 1)
+    clear[:, 32:64, 0:32] = 8000  # patch 3 (row 1, column 0) all white: a cloud by every test of the detector
+    clear[10, 32:64, 0:32] = 20
     s1 = np.stack([rng.uniform(-20, -5, (70, 100)), rng.uniform(-28, -12, (70, 100))]).astype(np.float32)
     s1[:, 40:45, 70:75] = np.nan  # in patch 5 (row 1, column 2)
     paths = (
@@ -50,16 +52,17 @@ def _patches(folder: Path, *extra: str) -> list[str]:
 
 
 def test_patches_are_the_scenes_windows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Six 32 px windows fit (3 columns of 100 px, 2 rows of 70); the two with no data are left out; the four
-    written hold the scenes' pixels (the cloudy one's offset removed), on the window's grid, named as the release
-    names patches, tagged with their source; data index lists them by ROI and train runs on them."""
+    """Six 32 px windows fit (3 columns of 100 px, 2 rows of 70); the two with no data and the one whose target
+    holds a cloud are left out (kept with --max-target-cloud 1); the three written hold the scenes' pixels (the
+    cloudy one's offset removed), on the window's grid, named as the release names patches, tagged with their
+    source; data index lists them by ROI and train runs on them."""
     *_, cloudy, clear, s1 = _scenes(tmp_path)
     assert main(_patches(tmp_path, "--roi", "3")) == 0
     out = capsys.readouterr().out
-    assert "wrote 4 patches of 32 px, ROI ROIs0_own/3" in out
-    assert "left out 2: no data in --s2 (1), no data in --s1 (1)" in out
+    assert "wrote 3 patches of 32 px, ROI ROIs0_own/3" in out and "the inputs' cloud cover" in out
+    assert "left out 3: no data in --s2 (1), --s2 cloudier than 10% (1), no data in --s1 (1)" in out
     own = tmp_path / "own"
-    for number in (0, 2, 3, 4):
+    for number in (0, 2, 4):
         row, column = divmod(number, 3)
         window = Window(column * 32, row * 32, 32, 32)
         rows, columns = slice(row * 32, row * 32 + 32), slice(column * 32, column * 32 + 32)
@@ -71,14 +74,15 @@ def test_patches_are_the_scenes_windows(tmp_path: Path, capsys: pytest.CaptureFi
                 assert patch.crs == UTM33N and patch.transform == window_transform(window, ORIGIN)
                 assert patch.tags()["DSEN2CR_WINDOW"] == f"column {column * 32}, row {row * 32}, 32x32 px"
                 assert patch.dtypes[0] == ("float32" if sensor == "s1" else "uint16")
-    for number in (1, 5):
+    for number in (1, 3, 5):
         assert not list(own.rglob(f"*_p{number}.tif"))
     (tmp_path / "val.txt").write_text("ROIs0_own/4\n")
-    assert main(_patches(tmp_path, "--roi", "4")) == 0
+    assert main(_patches(tmp_path, "--roi", "4", "--max-target-cloud", "1")) == 0  # the cloudy target kept
+    assert "wrote 4 patches of 32 px, ROI ROIs0_own/4" in capsys.readouterr().out
     index = ["data", "index", str(own), "--out", str(own / "files.csv"), "--val-rois", str(tmp_path / "val.txt")]
     assert main(index) == 0
     triplets = read_file_list(own / "files.csv", own)
-    assert sorted((t.roi, t.split) for t in triplets) == [("ROIs0_own/3", 1)] * 4 + [("ROIs0_own/4", 2)] * 4
+    assert sorted((t.roi, t.split) for t in triplets) == [("ROIs0_own/3", 1)] * 3 + [("ROIs0_own/4", 2)] * 4
     run = ["train", "--config", "small-cpu", "--no-progress", f"data.root={own}", f"data.file_list={own / 'files.csv'}"]
     settings = ["optim.epochs=1", "data.crop_size=32", "data.repeats=1", "data.num_workers=0", "optim.batch_size=4"]
     assert main([*run, *settings, f"trainer.out_dir={tmp_path / 'run'}"]) == 0
@@ -89,18 +93,18 @@ def test_a_rois_patches_are_replaced_only_with_overwrite(tmp_path: Path, capsys:
     """A ROI that holds patches is refused; --overwrite replaces them (an earlier run of another size too); a ROI
     folder holding anything else is refused even so, and no folder of the three is touched."""
     _scenes(tmp_path)
-    assert main(_patches(tmp_path, "--roi", "1", "--size", "16")) == 0  # 6 x 4 windows, 2 with no data
+    assert main(_patches(tmp_path, "--roi", "1", "--size", "16")) == 0  # 6 x 4 windows: 2 with no data, 4 cloud
     folder = tmp_path / "own" / "ROIs0_own_s1" / "s1_1"
-    assert len(list(folder.iterdir())) == 22
+    assert len(list(folder.iterdir())) == 18
     capsys.readouterr()
     assert main(_patches(tmp_path, "--roi", "1")) == 2
     assert "s1_1: already holds the patches of ROI 1; pass --overwrite to replace it" in capsys.readouterr().err
-    assert len(list(folder.iterdir())) == 22
+    assert len(list(folder.iterdir())) == 18
     assert main(_patches(tmp_path, "--roi", "1", "--overwrite")) == 0
-    assert sorted(p.name for p in folder.iterdir()) == [f"ROIs0_own_s1_1_p{n}.tif" for n in (0, 2, 3, 4)]
+    assert sorted(p.name for p in folder.iterdir()) == [f"ROIs0_own_s1_1_p{n}.tif" for n in (0, 2, 4)]
     note = tmp_path / "own" / "ROIs0_own_s2_cloudy" / "s2_cloudy_1" / "notes.txt"
     note.write_text("mine")
     capsys.readouterr()
     assert main(_patches(tmp_path, "--roi", "1", "--overwrite")) == 2
     assert "holds 'notes.txt', which is not part of the patches of ROI 1" in capsys.readouterr().err
-    assert len(list(folder.iterdir())) == 4 and note.read_text() == "mine"
+    assert len(list(folder.iterdir())) == 3 and note.read_text() == "mine"

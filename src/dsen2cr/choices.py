@@ -17,6 +17,8 @@ COG_COMPRESSION_LEVELS: dict[str, range] = {"deflate": range(1, 10), "zstd": ran
 
 #: The paper mask's cloud threshold on its score (``--cloud-threshold``; :mod:`dsen2cr.cloud_detection`).
 DEFAULT_CLOUD_THRESHOLD = 0.2
+#: ``data patches``: a target patch with more cloud than this share (the paper's detector) is left out.
+DEFAULT_MAX_TARGET_CLOUD = 0.1
 
 #: GDAL's block cache for a scene run, in bytes (rasterio passes an integer GDAL_CACHEMAX to GDAL as bytes: a
 #: value in MB would be a cache of a few hundred bytes). GDAL's default, 5 % of RAM, holds written blocks and

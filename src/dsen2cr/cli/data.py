@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dsen2cr.choices import DEFAULT_MAX_TARGET_CLOUD
 from dsen2cr.cli.options import SubParsers, add_command, add_no_progress, add_overwrite
 from dsen2cr.settings import RESAMPLINGS
 
@@ -161,6 +162,13 @@ def _register_patches(data_commands: SubParsers) -> None:
         "--collection", default="own", help="letters and digits: the season token ROIs0_COLLECTION (default: own)"
     )
     patches.add_argument("--size", type=int, default=256, help="patch size in pixels (default: %(default)s)")
+    patches.add_argument(
+        "--max-target-cloud",
+        type=float,
+        default=DEFAULT_MAX_TARGET_CLOUD,
+        help="leave out patches whose cloud-free image is cloudier than this share by the paper's detector "
+        "(1: keep all; default: %(default)s)",
+    )
     patches.add_argument("--s2-offset", type=int, help="DN offset of the cloud-free S2 GeoTIFF (e.g. -1000)")
     patches.add_argument("--s2-cloudy-offset", type=int, help="DN offset of the cloudy S2 GeoTIFF (e.g. -1000)")
     patches.add_argument(
@@ -188,14 +196,16 @@ def run_patches(args: argparse.Namespace) -> int:
         roi=args.roi,
         collection=args.collection,
         size=args.size,
+        max_target_cloud=args.max_target_cloud,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
     left_out = sum(report.left_out.values())
     reasons = ", ".join(f"{reason} ({count})" for reason, count in report.left_out.most_common())
+    cover = f"the inputs' cloud cover {100 * sum(report.input_cloud) / report.written:.0f} % in the mean"
     print(
         f"wrote {report.written} patch{'es' if report.written != 1 else ''} of {args.size} px, ROI {report.roi_id}, "
-        f"under {args.out}" + (f"; left out {left_out}: {reasons}" if left_out else "")
+        f"under {args.out} ({cover})" + (f"; left out {left_out}: {reasons}" if left_out else "")
     )
     print(f"next: dsen2cr data index {args.out} --out {Path(args.out) / 'files.csv'} [--val-rois …] [--test-rois …]")
     return 0

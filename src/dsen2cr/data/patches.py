@@ -21,6 +21,8 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD, DEFAULT_MAX_TARGET_CLOUD
+from dsen2cr.cloud_detection import cloud_score
 from dsen2cr.data.layout import SENSORS, release_triplet
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import s1_parts
@@ -49,6 +51,7 @@ class PatchReport:
     folders: list[Path]
     written: int = 0
     left_out: Counter[str] = field(default_factory=Counter)
+    input_cloud: list[float] = field(default_factory=list)  # the cloud fraction of each written patch's input
 
 
 def patch_windows(height: int, width: int, size: int) -> list[tuple[int, Window]]:
@@ -71,12 +74,19 @@ def season_of(collection: str) -> str:
     return f"{SEASON_NUMBER}_{collection}"
 
 
-def _check_numbers(roi: int, size: int) -> None:
-    """The ROI number and the patch size: in range."""
+def _check_numbers(roi: int, size: int, max_target_cloud: float) -> None:
+    """The ROI number, the patch size and the target's cloud limit: in range."""
     if not 0 <= roi <= MAX_ROI:
         raise DSen2CRError(f"--roi: must be in [0, {MAX_ROI}], got {roi}")
     if size < MIN_PATCH_SIZE:
         raise DSen2CRError(f"--size: must be at least {MIN_PATCH_SIZE} px, got {size}")
+    if not 0.0 <= max_target_cloud <= 1.0:
+        raise DSen2CRError(f"--max-target-cloud: a share in [0, 1], got {max_target_cloud}")
+
+
+def cloud_fraction(s2_dn: np.ndarray) -> float:
+    """The share of a (13, H, W) DN patch that the paper's detector calls cloud (score at least its threshold)."""
+    return float((cloud_score(s2_dn) >= DEFAULT_CLOUD_THRESHOLD).mean())
 
 
 @dataclass(frozen=True)
@@ -139,14 +149,16 @@ def cut_patches(
     roi: int,
     collection: str = "own",
     size: int = 256,
+    max_target_cloud: float = DEFAULT_MAX_TARGET_CLOUD,
     overwrite: bool = False,
     progress: bool = True,
 ) -> PatchReport:
     """Cut the cloudy S2 scene, its cloud-free partner and the SAR scene of ``scenes`` into ``size`` px
     triplets of ROI ``roi`` under ``out`` (``ROIs0_<collection>_s1/s1_<roi>/…_p<n>.tif``, the release's
-    naming). A ROI folder that already holds patches is refused unless ``overwrite`` (then replaced; one holding
-    other files is refused even so)."""
-    _check_numbers(roi, size)
+    naming), leaving out those with no data, or whose target is cloudier than ``max_target_cloud``
+    (:func:`cloud_fraction`). A ROI folder that already holds patches is refused unless ``overwrite`` (then
+    replaced; one holding other files is refused even so)."""
+    _check_numbers(roi, size, max_target_cloud)
     season = season_of(collection)
     s2_cloudy = scenes.s2_cloudy
     with contextlib.ExitStack() as stack:
@@ -178,15 +190,16 @@ def cut_patches(
         report = PatchReport(f"{season}/{roi}", folders)
         for number, window in tqdm(windows, unit="patch", desc="patches", disable=not progress, dynamic_ncols=True):
             arrays = {"s2_cloudy": cloudy.read(window), "s2": clear.read(window), "s1": sar.read(window)}
-            reason = _left_out_because(arrays, cloudy, clear)
+            reason = _left_out_because(arrays, cloudy, clear, max_target_cloud)
             if reason is not None:
                 report.left_out[reason] += 1
                 continue
             _write_triplet(release_triplet(out, season, roi, number).paths(), arrays, grid, window, scenes)
             report.written += 1
+            report.input_cloud.append(cloud_fraction(arrays["s2_cloudy"]))
         if not report.written:
             reasons = ", ".join(f"{reason} ({count})" for reason, count in report.left_out.most_common())
-            raise DSen2CRError(f"{s2_cloudy}: no {size} px patch has data in all three images: {reasons}")
+            raise DSen2CRError(f"{s2_cloudy}: no {size} px patch to keep: {reasons}")
         return report
 
 
@@ -204,14 +217,18 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()
 
 
-def _left_out_because(arrays: dict[str, np.ndarray], cloudy: S2Source, clear: S2Source) -> str | None:
-    """Why a patch is left out (no data in one of its images), or None."""
+def _left_out_because(
+    arrays: dict[str, np.ndarray], cloudy: S2Source, clear: S2Source, max_target_cloud: float
+) -> str | None:
+    """Why a patch is left out (no data in one of its images, a target with clouds), or None."""
     if not cloudy.valid(arrays["s2_cloudy"]).all():
         return "no data in --s2-cloudy"
     if not clear.valid(arrays["s2"]).all():
         return "no data in --s2"
     if not np.isfinite(arrays["s1"]).all():
         return "no data in --s1"
+    if max_target_cloud < 1.0 and cloud_fraction(arrays["s2"]) > max_target_cloud:
+        return f"--s2 cloudier than {max_target_cloud:.0%}"
     return None
 
 
