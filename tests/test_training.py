@@ -769,6 +769,31 @@ def test_a_validation_loss_that_is_nan_stays_nan(monkeypatch: pytest.MonkeyPatch
     assert math.isnan(means["mae_cloudy"])  # no patch has a cloud: no value, not logged
 
 
+def test_a_validation_loss_that_becomes_nan_stops_the_run_at_that_epoch(
+    tmp_path: Path, synthetic_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose validation prediction turns NaN (diverged) stops the run at that epoch's validation, as a NaN
+    training loss does: it trained on to its last epoch and only then said "validation loss is nan". The
+    checkpoints of earlier epochs stay; none is written for the NaN epoch."""
+    from dsen2cr.training.module import DSen2CRTask, NonFiniteLossError
+
+    predict = DSen2CRTask._predict
+
+    def nan_in_epoch_1(self: DSen2CRTask, s2: torch.Tensor, s1: torch.Tensor | None) -> tuple:
+        pred, variance = predict(self, s2, s1)
+        diverged = not self.training and self.current_epoch == 1
+        return (torch.full_like(pred, float("nan")) if diverged else pred), variance
+
+    monkeypatch.setattr(DSen2CRTask, "_predict", nan_in_epoch_1)
+    config = _config(tmp_path, synthetic_tree, optim__epochs="3")
+    with pytest.raises(NonFiniteLossError, match="validation loss became nan at epoch 1; the run stopped"):
+        _train(config)
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert len(checkpoints) == 2 and checkpoints[0].startswith("epoch000-") and "last.ckpt" in checkpoints
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "csv" / "metrics.csv").open()))
+    assert {row["epoch"] for row in rows} == {"0", "1"}  # epoch 2 never trained
+
+
 def test_a_training_run_gives_a_python_caller_its_determinism_back(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
