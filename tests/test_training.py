@@ -773,8 +773,8 @@ def test_a_validation_loss_that_becomes_nan_stops_the_run_at_that_epoch(
     tmp_path: Path, synthetic_tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A model whose validation prediction turns NaN (diverged) stops the run at that epoch's validation, as a NaN
-    training loss does: it trained on to its last epoch and only then said "validation loss is nan". The
-    checkpoints of earlier epochs stay; none is written for the NaN epoch."""
+    training loss does: it trained on to its last epoch (and exited 0 when that epoch's validation was finite).
+    The checkpoints of earlier epochs stay; none is written for the NaN epoch."""
     from dsen2cr.training.module import DSen2CRTask, NonFiniteLossError
 
     predict = DSen2CRTask._predict

@@ -168,11 +168,19 @@ class DSen2CRTask(L.LightningModule):
                 self._log_image_grid(group, pred)
 
     def on_validation_epoch_end(self) -> None:
-        """Log the validation's means over every patch of every rank: val_loss always (NaN too: the checkpoint's
-        name shows it), a metric when it is finite (one no patch had is not logged)."""
-        for name, value in self.validation.compute_and_reset().items():
+        """Log the validation's means over every patch of every rank: val_loss always, a metric when it is finite
+        (one no patch had is not logged); a NaN or infinite val_loss (a diverged model) stops the run here, as a
+        training loss does, before this epoch's checkpoint (every rank: the means are over all of them)."""
+        means = self.validation.compute_and_reset()
+        for name, value in means.items():
             if math.isfinite(value) or name == "loss":  # the same on every rank: their syncs pair
                 self.log(f"val_{name}", value, prog_bar=name == "loss", sync_dist=True)
+        if not math.isfinite(means["loss"]):
+            raise NonFiniteLossError(
+                f"validation loss became {means['loss']} at epoch {self.current_epoch}; the run stopped, the "
+                "checkpoints of earlier epochs are kept (a diverged model: try a lower optim.lr, "
+                "trainer.gradient_clip_val, or trainer.precision 32-true)"
+            )
 
     def _log_image_grid(self, batch: dict[str, Any], pred: torch.Tensor) -> None:
         """Rows of SAR, cloudy, prediction, target and mask for the first images, to TensorBoard."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -312,8 +311,4 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
         if trainer.interrupted:  # Lightning turns Ctrl-C and SIGTERM into SystemExit(1) after its teardown
             raise KeyboardInterrupt from None  # the command line reports it as what it was (130 or 143)
         raise
-    last = last_checkpoint(out)
-    loss = trainer.callback_metrics.get("val_loss")
-    if loss is not None and not math.isfinite(float(loss)):
-        raise DSen2CRError(f"{out}: validation loss is {float(loss)}")
-    return last
+    return last_checkpoint(out)  # (a NaN validation loss stopped the run at its epoch: DSen2CRTask)
