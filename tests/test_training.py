@@ -205,6 +205,42 @@ def test_two_process_ddp_on_cpu_keeps_ranks_equal_and_validates_each_patch_once(
     assert float(logged[0]["val_mae"]) == pytest.approx(np.mean(maes), rel=1e-5), maes
 
 
+#: Loaded at start-up by every process of a run (PYTHONPATH): the training loss of the process whose rank
+#: NAN_RANK names becomes NaN from its second step on.
+NAN_ON_ONE_RANK = """
+import os
+from dsen2cr.training import module
+
+loss_of = module.DSen2CRTask._loss
+
+def nan_on_one_rank(self, batch, pred, variance):
+    value = loss_of(self, batch, pred, variance)
+    diverged = self.training and self.global_rank == int(os.environ["NAN_RANK"]) and self.global_step >= 1
+    return value * float("nan") if diverged else value
+
+module.DSen2CRTask._loss = nan_on_one_rank
+"""
+
+
+def test_a_nan_training_loss_on_one_ddp_process_stops_every_process_alike(
+    tmp_path: Path, synthetic_tree: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
+    """Under DDP, a training loss that becomes NaN on one process stops them all at that step with its message,
+    exit 2: it stopped that process alone, and the others then failed on the closed connection, an internal error
+    (exit 1, "this is a bug")."""
+    import os
+
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(NAN_ON_ONE_RANK)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "inject"), "NAN_RANK": "1"}
+    config = _config(tmp_path, synthetic_tree)
+    args = ("--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress")
+    result = run_cli("train", "--config", str(config), "optim.batch_size=1", *args, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "internal error" not in result.stderr, result.stderr[-3000:]
+    assert "training loss became nan at epoch 0, step 1; the run stopped" in result.stderr, result.stderr[-3000:]
+
+
 def _validation_by_hand(config: Path, run: Path) -> tuple[list[float], list[float], list[int]]:
     """Each validation patch's CARL loss and MAE (reflectance), computed once in float64 with the weights the run's
     last validation ran with (its last checkpoint is saved after it), and the patches' widths."""
