@@ -131,9 +131,11 @@ class DSen2CRTask(L.LightningModule):
         """One optimisation step; stops the run on a NaN or infinite loss."""
         pred, variance = self._predict(batch["s2_cloudy"], batch["s1"])
         loss = self._loss(batch, pred, variance)
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if not self._on_every_rank(finite):  # every process stops at this step (one alone left the others failing)
+            became = f"became {loss.item()}" if not finite else "of another process became NaN or infinite"
             raise NonFiniteLossError(
-                f"training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
+                f"training loss {became} at epoch {self.current_epoch}, step {self.global_step}; "
                 "the run stopped, the checkpoints of earlier epochs are kept (try a lower optim.lr or "
                 "trainer.gradient_clip_val)"
             )
@@ -151,6 +153,12 @@ class DSen2CRTask(L.LightningModule):
         # the batch a rank sees (with optim.global_batch, the global batch over the ranks): the largest over them
         self.log("batch_per_device", float(size), on_step=False, on_epoch=True, reduce_fx="max", sync_dist=True)
         return loss
+
+    def _on_every_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every process of the run (one small all-reduce under DDP; ``flag`` itself
+        for a task that no trainer runs)."""
+        trainer = self._trainer
+        return flag if trainer is None else trainer.strategy.reduce_boolean_decision(flag, all=True)
 
     def validation_step(self, batch: list[dict[str, Any]] | dict[str, Any], batch_idx: int) -> None:
         """Validation loss, paper metrics and (first batch) an image grid; a batch is one stack per patch size
