@@ -241,6 +241,29 @@ def test_a_nan_training_loss_on_one_ddp_process_stops_every_process_alike(
     assert "training loss became nan at epoch 0, step 1; the run stopped" in result.stderr, result.stderr[-3000:]
 
 
+def test_a_ddp_process_whose_peer_stopped_says_so_not_internal_error(
+    tmp_path: Path, synthetic_tree: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
+    """Under DDP, a patch that one process cannot read stops that process with its one line; the other, whose
+    next collective finds the connection closed, says that another process of the run stopped (exit 2), not
+    "internal error … this is a bug" (exit 1) with gloo's message."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_tree, root)
+    first_training_row = next(r for r in (root / "files.csv").read_text().splitlines() if r.startswith("1"))
+    _, _, s2_folder, _, name = first_training_row.split("\t")
+    s2_file = root / s2_folder / name.replace("_s1_", "_s2_")
+    s2_file.write_bytes(b"not a GeoTIFF")
+    config = _config(tmp_path, root)
+    args = ("--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress")
+    result = run_cli("train", "--config", str(config), "optim.batch_size=1", *args, timeout=300)
+    assert "internal error" not in result.stderr, result.stderr[-3000:]
+    assert f"{s2_file.name}: cannot read S2 cloud-free" in result.stderr, result.stderr[-3000:]
+    assert "another process of this run stopped" in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 2, result.stderr[-3000:]
+
+
 def _validation_by_hand(config: Path, run: Path) -> tuple[list[float], list[float], list[int]]:
     """Each validation patch's CARL loss and MAE (reflectance), computed once in float64 with the weights the run's
     last validation ran with (its last checkpoint is saved after it), and the patches' widths."""
