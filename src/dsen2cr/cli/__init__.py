@@ -153,6 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = one_line(error)[:300]
+        if _peer_stopped(error):  # not a bug here: the process that stopped first has said why
+            print(
+                f"dsen2cr {_command_line_name(args)}: error: another process of this run stopped (its message says "
+                f"why), so this one stopped too ({type(error).__name__}: {message[:120]})",
+                file=sys.stderr,
+            )
+            return 2
         print(
             f"dsen2cr {_command_line_name(args)}: internal error ({type(error).__name__}: {message}); this is a bug: "
             "rerun with --debug for the traceback and report it",
@@ -162,6 +169,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not _NOT_INSTALLED:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+#: What a process of a distributed run meets when another process of it has stopped: gloo's and NCCL's words.
+_PEER_GONE = re.compile(r"closed by peer|reset by peer|remote process exited|communicator was aborted", re.IGNORECASE)
+
+
+def _peer_stopped(error: BaseException) -> bool:
+    """Whether ``error`` is a collective's failure because another process of the run stopped (torch.distributed's
+    errors, or gloo's and NCCL's messages of a closed connection)."""
+    distributed = sys.modules.get("torch.distributed")
+    peer_error = getattr(distributed, "DistError", None)
+    return (isinstance(peer_error, type) and isinstance(error, peer_error)) or bool(_PEER_GONE.search(str(error)))
 
 
 def _stdout_reader_gone() -> bool:
