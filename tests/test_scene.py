@@ -114,6 +114,8 @@ def test_remove_clouds_writes_a_georeferenced_cog(
         "--no-progress",
     )
     assert result.returncode == 0, result.stderr
+    # the result line names every file the scene wrote (it named the image alone)
+    assert f"; also {tmp_path / 'mask.tif'} (mask), {tmp_path / 'preview.png'} (preview)\n" in result.stdout
     with rasterio.open(out) as dst:
         assert (dst.crs, dst.transform, dst.count, dst.dtypes[0], dst.nodata) == (UTM, ORIGIN, 13, "uint16", 0)
         assert dst.descriptions == S2_BANDS and dst.profile["tiled"] and dst.overviews(1) == [2, 4]

@@ -61,6 +61,7 @@ def test_remove_clouds_writes_the_parts_after_the_total(workdir: Path, capsys: p
     s2, _ = workdir.scene()
     argv = ["remove-clouds", "--weights", *paths, "--s2", str(s2), "--no-progress", "--out", str(workdir / "o.tif")]
     assert main([*argv, "--uncertainty-out", str(workdir / "s.tif"), "--uncertainty-parts"]) == 0
+    assert f"; also {workdir / 's.tif'} (sigma)\n" in capsys.readouterr().out  # the result line names it
     aleatoric, epistemic = _parts_by_hand(models, s2)
     with rasterio.open(workdir / "s.tif") as sigma:
         assert sigma.count == 39
