@@ -250,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
         uncertainty_out=args.uncertainty_out,
     )
     manifest = (Path(args.manifest),) if args.manifest else ()
+    job_of = {job.out: job for job in jobs}
     for report in run_scene_jobs(jobs, settings, extra_inputs=manifest):
         size = f"{report.megapixels:.2f} Mpx" if report.megapixels >= 0.01 else f"{round(report.megapixels * 1e6)} px"
         print(
@@ -257,5 +258,15 @@ def run(args: argparse.Namespace) -> int:
             f"({report.megapixels / max(report.seconds, 1e-9):.3f} Mpx/s, {report.tiles} tile"
             + ("s" if report.tiles != 1 else "")
             + (f", {report.skipped} without valid pixels skipped)" if report.skipped else ")")
+            + _also_written(job_of.get(report.out))
         )
     return 0
+
+
+def _also_written(job: SceneJob | None) -> str:
+    """``; also S.tif (sigma), M.tif (mask), P.png (preview)``: a scene's other outputs, for its result line."""
+    if job is None:
+        return ""
+    others = [(job.uncertainty_out, "sigma"), (job.mask_out, "mask"), (job.preview, "preview")]
+    written = [f"{path} ({what})" for path, what in others if path is not None]
+    return f"; also {', '.join(written)}" if written else ""
