@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from dsen2cr.choices import DEFAULT_MAX_TARGET_CLOUD
-from dsen2cr.cli.options import SubParsers, add_command, add_no_progress, add_overwrite
-from dsen2cr.settings import RESAMPLINGS
+from dsen2cr.cli.options import SubParsers, add_command, add_no_progress, add_overwrite, add_scene_reading
 
 
 def register(subparsers: SubParsers) -> None:
@@ -171,13 +170,7 @@ def _register_patches(data_commands: SubParsers) -> None:
     )
     patches.add_argument("--s2-offset", type=int, help="DN offset of the cloud-free S2 GeoTIFF (e.g. -1000)")
     patches.add_argument("--s2-cloudy-offset", type=int, help="DN offset of the cloudy S2 GeoTIFF (e.g. -1000)")
-    patches.add_argument(
-        "--resampling",
-        choices=RESAMPLINGS,
-        default="nearest",
-        help="for 20 m and 60 m bands of product folders (default: %(default)s)",
-    )
-    patches.add_argument("--s1-linear", action="store_true", help="S1 is linear power: convert it to dB")
+    add_scene_reading(patches)
     add_overwrite(patches, "replace the ROI's patches of an earlier run (a ROI folder holding other files is refused)")
     add_no_progress(patches)
     patches.set_defaults(handler=run_patches)

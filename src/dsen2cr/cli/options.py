@@ -74,6 +74,20 @@ def merge_spellings(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         setattr(args, name, given[0])
 
 
+def add_scene_reading(parser: argparse.ArgumentParser) -> None:
+    """How scenes are read (``remove-clouds``, ``data patches``): ``--resampling`` of a product's 20 m and 60 m
+    bands, ``--s1-linear``."""
+    from dsen2cr.settings import RESAMPLINGS
+
+    parser.add_argument(
+        "--resampling",
+        choices=RESAMPLINGS,
+        default="nearest",
+        help="for 20 m and 60 m bands of product folders (default: %(default)s, as in training)",
+    )
+    parser.add_argument("--s1-linear", action="store_true", help="S1 is linear power: convert it to dB")
+
+
 def add_overwrite(parser: argparse.ArgumentParser, help_text: str) -> None:
     """``--overwrite``: replace what an earlier run of this command wrote (see ``dsen2cr.outputs.files``)."""
     parser.add_argument("--overwrite", action="store_true", help=help_text)

@@ -13,12 +13,13 @@ from dsen2cr.cli.options import (
     add_device,
     add_no_progress,
     add_overwrite,
+    add_scene_reading,
     add_weights,
     auto_or_int,
     cloud_score,
     finite_float,
 )
-from dsen2cr.settings import BACKEND_CHOICES, DEFAULT_FEATHER, MASK_KINDS, MAX_FEATHER, RESAMPLINGS
+from dsen2cr.settings import BACKEND_CHOICES, DEFAULT_FEATHER, MASK_KINDS, MAX_FEATHER
 
 if TYPE_CHECKING:
     from dsen2cr.settings import SceneJob
@@ -63,13 +64,7 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manifest", help="CSV with columns s2,s1,out[,mask_out,preview,uncertainty_out] (instead of --s2/--s1/--out)"
     )
-    parser.add_argument(
-        "--resampling",
-        choices=RESAMPLINGS,
-        default="nearest",
-        help="for 20 m and 60 m bands of product folders (default: %(default)s, as in training)",
-    )
-    parser.add_argument("--s1-linear", action="store_true", help="S1 is linear power: convert it to dB")
+    add_scene_reading(parser)
 
 
 def _add_compute(parser: argparse.ArgumentParser) -> None:
