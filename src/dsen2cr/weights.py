@@ -31,6 +31,9 @@ SOURCE_KEY = "dsen2cr_source"
 SHA256_KEY = "dsen2cr_source_sha256"
 VERSION_KEY = "dsen2cr_version"
 TRAINING_KEY = "dsen2cr_training"
+#: A training record's (and the training task's hyperparameter's) record of the weights a fine-tuned run started
+#: from (``model.init_weights``): their file's name and SHA-256.
+INIT_WEIGHTS_KEY = "init_weights"
 #: Where ``dsen2cr train`` keeps a run's checkpoints in its folder (:func:`last_checkpoint`: the newest).
 CHECKPOINT_DIR = "checkpoints"
 
@@ -230,8 +233,8 @@ def _training_record(checkpoint: dict[str, Any]) -> dict[str, str]:
         record["epoch_batches"] = batches
     if isinstance(settings.get("data"), dict):  # what it trained on (checkpoints of earlier versions lack it)
         record["data"] = settings["data"]
-    if isinstance(settings.get("init_weights"), dict):  # the weights it started from (model.init_weights)
-        record["init_weights"] = settings["init_weights"]
+    if isinstance(settings.get(INIT_WEIGHTS_KEY), dict):  # the weights it started from (model.init_weights)
+        record[INIT_WEIGHTS_KEY] = settings[INIT_WEIGHTS_KEY]
     return {TRAINING_KEY: json.dumps(record, sort_keys=True)}
 
 

@@ -13,6 +13,7 @@ from dsen2cr.formats import sniff
 from dsen2cr.models import VARIANTS, ModelSpec, family_of
 from dsen2cr.outputs.files import check_input_file, file_sha256
 from dsen2cr.weights import (
+    INIT_WEIGHTS_KEY,
     SHA256_KEY,
     SOURCE_KEY,
     TRAINING_KEY,
@@ -123,7 +124,7 @@ def info_lines(info: WeightsInfo) -> list[str]:
         lines.append("  " + _training_line(training))
         if isinstance(training.get("data"), dict):
             lines.append("  " + _data_line(training["data"]))
-        start = training.get("init_weights")
+        start = training.get(INIT_WEIGHTS_KEY)
         if isinstance(start, dict):  # model.init_weights: fine-tuned from these
             fresh = f", {start['fresh']} new" if start.get("fresh") else ""
             lines.append(f"  started from: {start.get('file')} (SHA-256 {start.get('sha256')}){fresh}")

@@ -18,9 +18,6 @@ from dsen2cr.weights import expected_shapes, load_model
 
 log = logging.getLogger(__name__)
 
-#: The task's hyperparameter, and the training record's key, that names the weights a run started from.
-INIT_KEY = "init_weights"
-
 
 @dataclass(frozen=True)
 class InitialWeights:

@@ -12,8 +12,7 @@ import torch
 
 from dsen2cr.config import RunConfig
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.training.initial_weights import INIT_KEY
-from dsen2cr.weights import WORLD_SIZE_KEY, checkpoint_position, last_checkpoint, newest_checkpoint
+from dsen2cr.weights import INIT_WEIGHTS_KEY, WORLD_SIZE_KEY, checkpoint_position, last_checkpoint, newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def check_resume_settings(path: Path, config: RunConfig, run_config: Path) -> Re
     finished, batches = checkpoint_position(checkpoint)
     step = checkpoint.get("global_step", 0)
     saved_by = checkpoint.get(WORLD_SIZE_KEY) if batches else None
-    started_from = hyper.get(INIT_KEY) if isinstance(hyper, dict) else None
+    started_from = hyper.get(INIT_WEIGHTS_KEY) if isinstance(hyper, dict) else None
     return ResumePoint(
         step if isinstance(step, int) else 0,
         finished,
