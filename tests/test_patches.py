@@ -108,3 +108,28 @@ def test_a_rois_patches_are_replaced_only_with_overwrite(tmp_path: Path, capsys:
     assert main(_patches(tmp_path, "--roi", "1", "--overwrite")) == 2
     assert "holds 'notes.txt', which is not part of the patches of ROI 1" in capsys.readouterr().err
     assert len(list(folder.iterdir())) == 3 and note.read_text() == "mine"
+
+
+def test_patches_of_products_have_their_offsets_removed(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two SAFE products of one tile, the later of baseline 05.10 (DN + 1000, declared -1000 in its metadata): the
+    patches of both hold the bands at 10 m without the offset (B02 compared with its JP2 read here; B11, a 20 m
+    band, with its JP2 read here and repeated onto the 10 m grid, as nearest neighbour does)."""
+    before = workdir.safe("before")  # type: ignore[attr-defined]
+    after = workdir.safe("after", baseline="05.10", shift=1000, offsets={i: -1000 for i in range(13)})  # type: ignore[attr-defined]
+    grid = from_origin(399960, 5800020, 10, 10)
+    s1 = np.stack([np.full((60, 60), -11.0), np.full((60, 60), -18.0)]).astype(np.float32)
+    write_geotiff(workdir / "s1.tif", s1, crs=UTM33N, transform=grid)
+    argv = ["data", "patches", "--s2-cloudy", str(after), "--s2", str(before), "--s1", str(workdir / "s1.tif")]
+    options = ["--out", str(workdir / "own"), "--roi", "7", "--size", "32", "--max-target-cloud", "1"]
+    assert main([*argv, *options, "--no-progress"]) == 0, capsys.readouterr().err
+    assert "wrote 1 patch of 32 px" in capsys.readouterr().out  # 60 px: one 32 px window
+    for sensor, product, shift in (("s2_cloudy", after, 1000), ("s2", before, 0)):
+        jp2 = {band: next(product.rglob(f"*_{band}.jp2")) for band in ("B02", "B11")}
+        with rasterio.open(jp2["B02"]) as b02, rasterio.open(jp2["B11"]) as b11:
+            blue = b02.read(1, window=Window(0, 0, 32, 32)).astype(np.int64) - shift
+            swir = np.repeat(np.repeat(b11.read(1, window=Window(0, 0, 16, 16)), 2, 0), 2, 1).astype(np.int64) - shift
+        path = workdir / "own" / f"ROIs0_own_{sensor}" / f"{sensor}_7" / f"ROIs0_own_{sensor}_7_p0.tif"
+        with rasterio.open(path) as patch:
+            np.testing.assert_array_equal(patch.read(2), blue)
+            np.testing.assert_array_equal(patch.read(12), swir)
+            assert patch.tags()["DSEN2CR_SOURCE"] == product.name and patch.transform == grid
