@@ -2,7 +2,8 @@
 GeoTIFFs (tiled, deflate: what exports give) and from products' JPEG 2000 bands (an ``IMG_DATA`` folder of the
 13 bands at their native 10, 20 and 60 m, lossless in 1024 px blocks, as ESA's files:
 :func:`benchmarks.product_read.write_product`), every window kept (``--max-target-cloud 1``: the reads, the
-checks and the writes), and from the GeoTIFFs with the target's cloud check at its default.
+checks and the writes; also on one thread, where the run writes its files and reads product bands on this
+process's cores), and from the GeoTIFFs with the target's cloud check at its default.
 
 The scenes: the bundled real L1C scene mirrored across ``--size`` x ``--size`` px, as input and as target (the
 target holds its clouds: the default check leaves those windows out); S1: uniform random dB on the same grid.
@@ -20,6 +21,7 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
+import dsen2cr.data.patches as patches
 from benchmarks.common import report
 from benchmarks.product_read import write_product
 from benchmarks.scene import _mirrored
@@ -52,6 +54,9 @@ def timed_cut(scenes: SceneTriplet, out: Path, max_target_cloud: float) -> tuple
     return time.perf_counter() - start, report.written, sum(report.left_out.values())
 
 
+default_threads = patches.writer_threads
+
+
 def main() -> None:
     """Measure and report."""
     parser = argparse.ArgumentParser()
@@ -63,6 +68,7 @@ def main() -> None:
         cloudy, clear, s1 = write_geotiffs(folder, args.size)
         products = [write_product(folder / name, args.size, args.size) for name in ("input", "target")]
         runs = {
+            "GeoTIFFs, every window kept, one thread": (SceneTriplet(str(cloudy), str(clear), str(s1)), 1.0),
             "GeoTIFFs, every window kept": (SceneTriplet(str(cloudy), str(clear), str(s1)), 1.0),
             "GeoTIFFs, the target's cloud check (0.1)": (SceneTriplet(str(cloudy), str(clear), str(s1)), 0.1),
             "JPEG 2000 bands (IMG_DATA), every window kept": (
@@ -71,9 +77,12 @@ def main() -> None:
             ),
         }
         for index, (name, (scenes, max_cloud)) in enumerate(runs.items()):
+            threads = 1 if name.endswith("one thread") else default_threads()
+            patches.writer_threads = lambda threads=threads: threads  # type: ignore[misc]
             seconds, written, left_out = timed_cut(scenes, folder / f"out{index}", max_cloud)
             megapixels = args.size * args.size / 1e6
-            note = f"{written} patches written, {left_out} left out; {megapixels / seconds:.2f} Mpx/s of the scene"
+            note = f"{written} patches written, {left_out} left out; {megapixels / seconds:.2f} Mpx/s of the scene; "
+            note += f"{threads} writer thread{'s' if threads != 1 else ''} (and band readers)"
             rows.append({"measure": f"{args.size}x{args.size} px, {name}", "value": seconds, "unit": "s", "note": note})
     report("patches", rows)
 

@@ -133,3 +133,26 @@ def test_patches_of_products_have_their_offsets_removed(workdir: Path, capsys: p
             np.testing.assert_array_equal(patch.read(2), blue)
             np.testing.assert_array_equal(patch.read(12), swir)
             assert patch.tags()["DSEN2CR_SOURCE"] == product.name and patch.transform == grid
+
+
+def test_a_failed_write_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files are written on threads: a write that fails (a full disk, say) stops the run with its line, and the
+    patches written before it, on any thread, are removed with the folders the run made."""
+    import dsen2cr.data.patches as patches
+    from dsen2cr.errors import DSen2CRError
+
+    _scenes(tmp_path)
+    write, calls = patches._write_files, []
+
+    def fail_third(*args: object) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise DSen2CRError("own/…_p3.tif: cannot write (No space left on device)")
+        write(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(patches, "_write_files", fail_third)
+    assert main(_patches(tmp_path, "--roi", "1", "--size", "16")) == 2
+    assert "cannot write (No space left on device)" in capsys.readouterr().err
+    assert not (tmp_path / "own").exists()

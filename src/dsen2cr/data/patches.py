@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import s1_parts
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source
+from dsen2cr.machine import cores
 from dsen2cr.outputs.files import check_output_folder, output_folder
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.outputs.locks import output_locks
@@ -115,9 +117,12 @@ def _open_inputs(scenes: SceneTriplet) -> tuple[S2Source, S2Source, S1Source]:
                 "image teaches the model to copy its input)"
             )
     with contextlib.ExitStack() as opened:
-        cloudy = S2Source(scenes.s2_cloudy, offset=scenes.s2_cloudy_offset, resampling=scenes.resampling)
+        threads = writer_threads()  # a product's band files decoded side by side
+        cloudy = S2Source(
+            scenes.s2_cloudy, offset=scenes.s2_cloudy_offset, resampling=scenes.resampling, band_threads=threads
+        )
         opened.callback(cloudy.close)
-        clear = S2Source(s2, offset=scenes.s2_offset, resampling=scenes.resampling)
+        clear = S2Source(s2, offset=scenes.s2_offset, resampling=scenes.resampling, band_threads=threads)
         opened.callback(clear.close)
         if clear.grid != cloudy.grid:
             raise DSen2CRError(
@@ -188,15 +193,26 @@ def cut_patches(
         for folder, sensor in zip(folders, SENSORS, strict=True):
             stack.enter_context(output_folder(folder, owned=names[sensor], overwrite=overwrite, what=what))
         report = PatchReport(f"{season}/{roi}", folders)
+        # the files are written on threads (deflate is most of the time: 89 % on one thread; benchmarks.patches),
+        # at most twice as many patches in flight as writers; on an error the queued writes are cancelled
+        workers = writer_threads()
+        writers = ThreadPoolExecutor(workers, thread_name_prefix="dsen2cr-patches")
+        stack.callback(writers.shutdown, wait=True, cancel_futures=True)
+        pending: deque[Future[None]] = deque()
         for number, window in tqdm(windows, unit="patch", desc="patches", disable=not progress, dynamic_ncols=True):
             arrays = {"s2_cloudy": cloudy.read(window), "s2": clear.read(window), "s1": sar.read(window)}
             reason = _left_out_because(arrays, cloudy, clear, max_target_cloud)
             if reason is not None:
                 report.left_out[reason] += 1
                 continue
-            _write_triplet(release_triplet(out, season, roi, number).paths(), arrays, grid, window, scenes)
+            paths = release_triplet(out, season, roi, number).paths()
+            pending.append(writers.submit(_write_triplet, paths, arrays, grid, window, scenes))
             report.written += 1
             report.input_cloud.append(cloud_fraction(arrays["s2_cloudy"]))
+            while len(pending) > 2 * workers:
+                pending.popleft().result()
+        for future in pending:
+            future.result()
         if not report.written:
             reasons = ", ".join(f"{reason} ({count})" for reason, count in report.left_out.most_common())
             raise DSen2CRError(f"{s2_cloudy}: no {size} px patch to keep: {reasons}")
@@ -232,11 +248,25 @@ def _left_out_because(
     return None
 
 
+def writer_threads() -> int:
+    """Threads that write a run's patch files: this process's cores (:func:`dsen2cr.machine.cores`), at most 16."""
+    return max(1, min(16, cores()))
+
+
 def _write_triplet(
     paths: dict[str, Path], arrays: dict[str, np.ndarray], grid: Grid, window: Window, scenes: SceneTriplet
 ) -> None:
-    """Write one patch's three files: S2 as uint16 DN (13 bands), S1 as float32 dB (VV, VH), with the window's
-    georeferencing and tags naming the scene and the window they were cut from."""
+    """Write one patch's three files (on a writer thread: in GDAL's settings of its own): S2 as uint16 DN (13
+    bands), S1 as float32 dB (VV, VH), with the window's georeferencing and tags naming the scene and the window
+    they were cut from."""
+    with gdal_block_cache():
+        _write_files(paths, arrays, grid, window, scenes)
+
+
+def _write_files(
+    paths: dict[str, Path], arrays: dict[str, np.ndarray], grid: Grid, window: Window, scenes: SceneTriplet
+) -> None:
+    """:func:`_write_triplet`'s files."""
     transform = window_transform(window, grid.transform)
     source_of = {"s2_cloudy": Path(scenes.s2_cloudy).name, "s2": Path(scenes.s2).name}
     source_of["s1"] = ",".join(Path(part).name for part in s1_parts(scenes.s1))
