@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD, DEFAULT_MAX_TARGET_CLOUD
 from dsen2cr.cloud_detection import cloud_score
-from dsen2cr.data.layout import SENSORS, release_triplet
+from dsen2cr.data.layout import SENSORS, parse_patch_name, release_triplet
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import s1_parts
 from dsen2cr.inputs.readers import Grid, S2Source
@@ -221,10 +221,18 @@ def cut_patches(
 
 def _patch_names(folder: Path, season: str, sensor: str, roi: int, count: int) -> set[str]:
     """The file names a run may write into a ROI's folder or replace there: its own patches' and those of an
-    earlier run of the ROI (of another ``--size``, so of other numbers; anything else there is not ours)."""
-    pattern = re.compile(rf"{re.escape(season)}_{sensor}_{roi}_p\d+\.tif")
-    earlier = {p.name for p in folder.iterdir() if pattern.fullmatch(p.name)} if folder.is_dir() else set()
-    return earlier | {f"{season}_{sensor}_{roi}_p{number}.tif" for number in range(count)}
+    earlier run of the ROI (of another ``--size``, so of other numbers; anything else there is not ours), named
+    by the release's rule (:func:`~dsen2cr.data.layout.release_triplet`)."""
+
+    def name(number: int) -> str:
+        return release_triplet(folder, season, roi, number).paths()[sensor].name
+
+    earlier = set()
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        parsed = parse_patch_name(entry.name)
+        if parsed is not None and entry.name == name(int(parsed[2])):
+            earlier.add(entry.name)
+    return earlier | {name(number) for number in range(count)}
 
 
 def _remove_if_empty(folder: Path) -> None:
