@@ -39,8 +39,8 @@ def read_initial_weights(path: str | Path, config: ModelSpec) -> InitialWeights:
     except DSen2CRError as error:
         raise DSen2CRError(f"model.init_weights: {error}") from None
     held = model.config
-    without_head = held.uncertainty == "none" and {**held.to_dict(), "uncertainty": config.uncertainty}
-    if held != config and without_head != config.to_dict():
+    adds_head = held.uncertainty == "none" and {**held.to_dict(), "uncertainty": config.uncertainty} == config.to_dict()
+    if held != config and not adds_head:
         raise DSen2CRError(
             f"{where}: holds a {held.describe()} model, but the run trains {config.describe()}; set model.variant "
             "(or model.num_blocks, num_features, include_sar, uncertainty) to the weights' model"
