@@ -4,8 +4,6 @@ one plan (docs/design.md §4.4)."""
 from __future__ import annotations
 
 import contextlib
-import csv
-import difflib
 import logging
 import os
 from collections.abc import Iterator
@@ -15,11 +13,11 @@ from dsen2cr.auto import plan_scene_run, resolve_device
 from dsen2cr.ensemble import EnsembleSpec, check_distinct_members, check_same_inputs, ensemble
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
+from dsen2cr.inputs.manifest import manifest_input, read_manifest_rows
 from dsen2cr.inputs.readers import scene_size
 from dsen2cr.launch import this_launch
 from dsen2cr.outputs.files import (
     check_distinct_outputs,
-    check_input_file,
     check_output_file,
     path_identity,
 )
@@ -51,62 +49,17 @@ def read_manifest(path: Path) -> list[SceneJob]:
     """Read a manifest CSV with a header: ``s2,s1,out`` (``s1`` may be left out for a model without SAR) and
     optionally ``mask_out,preview,uncertainty_out``. Relative paths
     are relative to the manifest's folder (so a manifest travels with its scenes); a UTF-8 BOM is read."""
-    path = check_input_file(path, "manifest")
-    base = path.parent
-
-    def resolve_input(text: str, *, pair: bool) -> str:
-        """Relative paths (each of a VV,VH pair) against the manifest's folder; URLs as they are."""
-        parts = s1_parts(text.strip(), base) if pair else [text.strip()]
-        return ",".join(p if "://" in p else str(base / p) for p in parts)
-
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as file:
-            reader = csv.DictReader(file)
-            raw_rows, header = list(reader), list(reader.fieldnames or [])
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise DSen2CRError(f"{path}: not a readable CSV manifest ({error})") from None
-    rows = _manifest_rows(path, header, raw_rows)
+    rows = read_manifest_rows(path, MANIFEST_COLUMNS, required=("s2", "out"), header="s2,s1,out")
+    base = Path(path).parent
     jobs = []
-    for line, row in enumerate(rows, start=2):
-        if not (row["s2"] or "").strip() or not (row["out"] or "").strip():
-            raise DSen2CRError(f"{path}:{line}: s2 and out must not be empty")
-        s2 = resolve_input(row["s2"], pair=False)
-        optional = {k: output_path(base / row[k].strip(), s2) if row.get(k) else None for k in OPTIONAL_OUTPUTS}
-        s1 = resolve_input(row["s1"], pair=True) if (row.get("s1") or "").strip() else None  # no column: no SAR
-        jobs.append(SceneJob(s2, s1, output_path(base / row["out"].strip(), s2, row["out"]), **optional))
-    if not jobs:
-        raise DSen2CRError(f"{path}: manifest lists no scenes")
+    for row in rows:
+        if not row.text("s2") or not row.text("out"):
+            raise DSen2CRError(f"{path}:{row.line}: s2 and out must not be empty")
+        s2 = manifest_input(row.text("s2"), path)
+        optional = {k: output_path(base / row.text(k), s2) if row.fields.get(k) else None for k in OPTIONAL_OUTPUTS}
+        s1 = manifest_input(row.text("s1"), path, pair=True) if row.text("s1") else None  # no column: no SAR
+        jobs.append(SceneJob(s2, s1, output_path(base / row.text("out"), s2, row.fields["out"]), **optional))
     return jobs
-
-
-def _manifest_rows(path: Path, header: list[str], rows: list[dict]) -> list[dict[str, str]]:
-    """The rows keyed by column names as the manifest defines them, whatever their case and the spaces around
-    them (``' S2 , OUT '``). Refused: a column that is none of :data:`MANIFEST_COLUMNS` (a misspelt one would be
-    silently left out: its output never written), a column twice, a row with more fields than the header (an
-    unquoted VV,VH pair or path with a comma); rows without the s2 or out column."""
-    names = [name.strip().lower() for name in header]
-    for given, name in zip(header, names, strict=True):
-        if name not in MANIFEST_COLUMNS:
-            close = difflib.get_close_matches(name, MANIFEST_COLUMNS, n=1)
-            hint = "separate the columns with commas" if ";" in name or "\t" in name else ""
-            hint = hint or (f"did you mean {close[0]!r}?" if close else "")
-            raise DSen2CRError(
-                f"{path}: manifest column {given.strip()!r} is not one of {', '.join(MANIFEST_COLUMNS)}"
-                + (f"; {hint}" if hint else "")
-            )
-        if names.count(name) > 1:
-            raise DSen2CRError(f"{path}: manifest column {name!r} appears twice")
-    if rows and (missing := {"s2", "out"} - set(names)):
-        raise DSen2CRError(f"{path}: manifest header lacks {', '.join(sorted(missing))} (expected s2,s1,out)")
-    keyed = []
-    for line, row in enumerate(rows, start=2):
-        if row.get(None):  # DictReader's key for fields beyond the header
-            raise DSen2CRError(
-                f"{path}:{line}: more fields than the header's {len(header)}; quote a VV,VH pair or a path with a "
-                'comma ("s1_vv.tif,s1_vh.tif")'
-            )
-        keyed.append({name: row.get(given) or "" for given, name in zip(header, names, strict=True)})
-    return keyed
 
 
 def output_path(path: Path, s2: str, text: str | None = None) -> Path:

@@ -1,0 +1,78 @@
+"""Manifests: CSV files that list many inputs, one job a row (``remove-clouds --manifest``, ``data patches
+--manifest``). One reader, so both take the same files: a header whose names may be in any case and spaced, a
+UTF-8 BOM, paths relative to the manifest's folder (a manifest travels with its scenes)."""
+
+from __future__ import annotations
+
+import csv
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs import s1_parts
+from dsen2cr.outputs.files import check_input_file
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One row of a manifest: its line in the file (the header is line 1) and its fields by column name (``""`` for
+    an empty field or a column the manifest lacks)."""
+
+    line: int
+    fields: dict[str, str]
+
+    def text(self, column: str) -> str:
+        """The field, stripped of spaces."""
+        return self.fields.get(column, "").strip()
+
+
+def read_manifest_rows(
+    path: str | Path, columns: tuple[str, ...], required: tuple[str, ...], header: str
+) -> list[ManifestRow]:
+    """The rows of the manifest CSV ``path``, keyed by column names whatever their case and the spaces around them
+    (``' S2 , OUT '``). Refused in one line naming the file: not a CSV, a column that is none of ``columns`` (a
+    misspelt one would be silently left out), a column twice, a header without the ``required`` ones (``header``
+    is the one the message expects), a row with more fields than the header (an unquoted VV,VH pair or path with a
+    comma), no rows."""
+    path = check_input_file(path, "manifest")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            reader = csv.DictReader(file)
+            raw_rows, given_names = list(reader), list(reader.fieldnames or [])
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DSen2CRError(f"{path}: not a readable CSV manifest ({error})") from None
+    names = [name.strip().lower() for name in given_names]
+    for given, name in zip(given_names, names, strict=True):
+        if name not in columns:
+            close = difflib.get_close_matches(name, columns, n=1)
+            hint = "separate the columns with commas" if ";" in name or "\t" in name else ""
+            hint = hint or (f"did you mean {close[0]!r}?" if close else "")
+            raise DSen2CRError(
+                f"{path}: manifest column {given.strip()!r} is not one of {', '.join(columns)}"
+                + (f"; {hint}" if hint else "")
+            )
+        if names.count(name) > 1:
+            raise DSen2CRError(f"{path}: manifest column {name!r} appears twice")
+    if raw_rows and (missing := set(required) - set(names)):
+        raise DSen2CRError(f"{path}: manifest header lacks {', '.join(sorted(missing))} (expected {header})")
+    rows = []
+    for line, row in enumerate(raw_rows, start=2):
+        if row.get(None):  # DictReader's key for fields beyond the header
+            raise DSen2CRError(
+                f"{path}:{line}: more fields than the header's {len(given_names)}; quote a VV,VH pair or a path with a "
+                'comma ("s1_vv.tif,s1_vh.tif")'
+            )
+        fields = {name: row.get(given) or "" for given, name in zip(given_names, names, strict=True)}
+        rows.append(ManifestRow(line, fields))
+    if not rows:
+        raise DSen2CRError(f"{path}: manifest lists no scenes")
+    return rows
+
+
+def manifest_input(text: str, manifest: str | Path, *, pair: bool = False) -> str:
+    """An input path of a manifest's field: relative paths (each of a ``VV,VH`` pair when ``pair``) against the
+    manifest's folder, URLs as they are."""
+    base = Path(manifest).parent
+    parts = s1_parts(text.strip(), base) if pair else [text.strip()]
+    return ",".join(part if "://" in part else str(base / part) for part in parts)
