@@ -3,7 +3,9 @@ GeoTIFFs (tiled, deflate: what exports give) and from products' JPEG 2000 bands 
 13 bands at their native 10, 20 and 60 m, lossless in 1024 px blocks, as ESA's files:
 :func:`benchmarks.product_read.write_product`), every window kept (``--max-target-cloud 1``: the reads, the
 checks and the writes; also on one thread, where the run writes its files and reads product bands on this
-process's cores), and from the GeoTIFFs with the target's cloud check at its default.
+process's cores), and from the GeoTIFFs with the target's cloud check at its default. Also what ``--manifest``
+adds a row before any is cut: its check (the product pair and S1 opened, grids and levels compared, the ROI's
+folders looked at).
 
 The scenes: the bundled real L1C scene mirrored across ``--size`` x ``--size`` px, as input and as target (the
 target holds its clouds: the default check leaves those windows out); S1: uniform random dB on the same grid.
@@ -25,6 +27,7 @@ import dsen2cr.data.patches as patches
 from benchmarks.common import report
 from benchmarks.product_read import write_product
 from benchmarks.scene import _mirrored
+from dsen2cr.data.patch_jobs import PatchJob, check_patch_jobs
 from dsen2cr.data.patches import SceneTriplet, cut_patches
 from dsen2cr.data.sample import sample_scene
 from dsen2cr.outputs.geotiff import write_geotiff
@@ -84,6 +87,16 @@ def main() -> None:
             note = f"{written} patches written, {left_out} left out; {megapixels / seconds:.2f} Mpx/s of the scene; "
             note += f"{threads} writer thread{'s' if threads != 1 else ''} (and band readers)"
             rows.append({"measure": f"{args.size}x{args.size} px, {name}", "value": seconds, "unit": "s", "note": note})
+        start = time.perf_counter()
+        check_patch_jobs([PatchJob(SceneTriplet(str(products[0]), str(products[1]), str(s1)), 2)], folder / "out9")
+        rows.append(
+            {
+                "measure": f"{args.size}x{args.size} px, JPEG 2000 bands: a manifest row's check before any is cut",
+                "value": time.perf_counter() - start,
+                "unit": "s",
+                "note": "both products' 13 band files and S1 opened, the offset's sample read, grids compared",
+            }
+        )
     report("patches", rows)
 
 

@@ -33,6 +33,7 @@ LAYERS = [
     ["published"],
     ["weights"],
     ["keras"],
+    ["data.patch_jobs"],  # many scene pairs of a manifest, each cut by data.patches
     ["data.patches"],  # your own scenes cut into training patches: reads them as remove-clouds does
     ["inputs"],
     ["data"],

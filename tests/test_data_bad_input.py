@@ -131,6 +131,49 @@ CASES = [
         absent=("s",),
     ),
     dict(
+        name="data patches: a manifest that gives one ROI to two rows",
+        setup=lambda t: _patch_manifest(t, "s2.tif,clear.tif,s1.tif,1", "s2.tif,clear.tif,s1.tif,1"),
+        message="m.csv:3: ROI 1 is also ",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: a manifest's ROI that is no number",
+        setup=lambda t: _patch_manifest(t, "s2.tif,clear.tif,s1.tif,first"),
+        message="m.csv:2: roi must be a whole number, got 'first'",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: a manifest with a misspelt column",
+        setup=lambda t: _patch_manifest(t, "s2.tif,clear.tif,s1.tif,1", header="s2_cloudly,s2,s1,roi"),
+        message="m.csv: manifest column 's2_cloudly' is not one of s2_cloudy, s2, s1, roi, s2_cloudy_offset, "
+        "s2_offset; did you mean 's2_cloudy'?",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: a manifest row without its S1",
+        setup=lambda t: _patch_manifest(t, "s2.tif,clear.tif,,1"),
+        message="m.csv:2: s1 must not be empty",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: a manifest whose second row is on another grid (refused before the first is cut)",
+        setup=lambda t: _patch_manifest(t, "s2.tif,clear.tif,s1.tif,1", f"s2.tif,{_shifted_copy(t).name},s1.tif,2"),
+        message="m.csv:3: ",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: --manifest and --roi",
+        setup=lambda t: [*_patch_manifest(t, "s2.tif,clear.tif,s1.tif,1"), "--roi", "4"],
+        message="--manifest: its rows name the scenes, ROIs and offsets",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: no --roi",
+        setup=lambda t: [arg for arg in _patches(t) if arg not in ("--roi", "1")],
+        message="data patches: needs --roi (or --manifest",
+        absent=("own",),
+    ),
+    dict(
         name="data patches: the two S2 scenes on different grids",
         setup=lambda t: _patches(t, clear=_shifted_copy(t)),
         message="shifted.tif: its grid (50x40 px, EPSG:32632, origin 500030.0, 5000000.0) is not --s2-cloudy's "
@@ -190,6 +233,13 @@ def _patches(tmp: Path, *extra: str, clear: Path | None = None, s1: np.ndarray |
         clear.write_bytes(s2.read_bytes())
     args = ["--s2-cloudy", str(s2), "--s2", str(clear), "--s1", str(s1_path), "--out", str(tmp / "own")]
     return ["data", "patches", *args, "--roi", "1", "--size", "16", "--no-progress", *extra]
+
+
+def _patch_manifest(tmp: Path, *rows: str, header: str = "s2_cloudy,s2,s1,roi") -> list[str]:
+    """``data patches --manifest m.csv`` of ``rows`` (paths relative to the workdir: its scene, clear.tif a copy)."""
+    _patches(tmp)
+    manifest = _write(tmp / "m.csv", "\n".join([header, *rows]) + "\n")
+    return ["data", "patches", "--manifest", str(manifest), "--out", str(tmp / "own"), "--size", "16", "--no-progress"]
 
 
 def _s1_with_gaps() -> np.ndarray:

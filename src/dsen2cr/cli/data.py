@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dsen2cr.choices import DEFAULT_MAX_TARGET_CLOUD
 from dsen2cr.cli.options import SubParsers, add_command, add_no_progress, add_overwrite, add_scene_reading
+from dsen2cr.errors import DSen2CRError
 
 
 def register(subparsers: SubParsers) -> None:
@@ -150,13 +151,18 @@ def _register_patches(data_commands: SubParsers) -> None:
         "Patches with no data in any of the three images are left out. Then list them, with the splits of your "
         "ROI lists, with dsen2cr data index OUT --out OUT/files.csv.",
     )
-    patches.add_argument("--s2-cloudy", required=True, help="the cloudy S2 scene (the model's input): as --s2 takes")
+    patches.add_argument("--s2-cloudy", help="the cloudy S2 scene (the model's input): as --s2 takes")
     patches.add_argument(
-        "--s2", required=True, help="the cloud-free S2 scene on the same grid (the target): GeoTIFF, .SAFE, zip, STAC"
+        "--s2", help="the cloud-free S2 scene on the same grid (the target): GeoTIFF, .SAFE, zip, STAC"
     )
-    patches.add_argument("--s1", required=True, help="S1: VV+VH GeoTIFF, VV.tif,VH.tif pair, or STAC item (in dB)")
-    patches.add_argument("--out", required=True, help="dataset root: the ROI's three folders are added to it")
-    patches.add_argument("--roi", type=int, required=True, help="this scene's ROI number (splits go by ROI)")
+    patches.add_argument("--s1", help="S1: VV+VH GeoTIFF, VV.tif,VH.tif pair, or STAC item (in dB)")
+    patches.add_argument("--roi", type=int, help="this scene's ROI number (splits go by ROI)")
+    patches.add_argument(
+        "--manifest",
+        help="instead of the four above, a CSV of many scene pairs, a ROI each: columns s2_cloudy,s2,s1,roi "
+        "[,s2_cloudy_offset,s2_offset], paths relative to its folder; every row is checked before the first is cut",
+    )
+    patches.add_argument("--out", required=True, help="dataset root: the ROIs' folders are added to it")
     patches.add_argument(
         "--collection", default="own", help="letters and digits: the season token ROIs0_COLLECTION (default: own)"
     )
@@ -168,8 +174,14 @@ def _register_patches(data_commands: SubParsers) -> None:
         help="leave out patches whose cloud-free image is cloudier than this share by the paper's detector "
         "(1: keep all; default: %(default)s)",
     )
-    patches.add_argument("--s2-offset", type=int, help="DN offset of the cloud-free S2 GeoTIFF (e.g. -1000)")
-    patches.add_argument("--s2-cloudy-offset", type=int, help="DN offset of the cloudy S2 GeoTIFF (e.g. -1000)")
+    patches.add_argument(
+        "--s2-offset", type=int, help="DN offset of the cloud-free S2 GeoTIFF (e.g. -1000; a manifest's s2_offset)"
+    )
+    patches.add_argument(
+        "--s2-cloudy-offset",
+        type=int,
+        help="DN offset of the cloudy S2 GeoTIFF (e.g. -1000; a manifest's s2_cloudy_offset)",
+    )
     add_scene_reading(patches)
     add_overwrite(patches, "replace the ROI's patches of an earlier run (a ROI folder holding other files is refused)")
     add_no_progress(patches)
@@ -177,28 +189,60 @@ def _register_patches(data_commands: SubParsers) -> None:
 
 
 def run_patches(args: argparse.Namespace) -> int:
-    """Run ``data patches``."""
-    from dsen2cr.data.patches import SceneTriplet, cut_patches
+    """Run ``data patches``: one scene pair, or a manifest's."""
+    from dsen2cr.data.patch_jobs import PatchJob, check_patch_jobs, cut_patch_jobs, read_patch_manifest, warn_overlaps
+    from dsen2cr.data.patches import PatchReport, SceneTriplet
 
-    scenes = SceneTriplet(
-        args.s2_cloudy, args.s2, args.s1, args.s2_cloudy_offset, args.s2_offset, args.s1_linear, args.resampling
-    )
-    report = cut_patches(
-        scenes,
+    single = {"--s2-cloudy": args.s2_cloudy, "--s2": args.s2, "--s1": args.s1, "--roi": args.roi}
+    offsets = {"--s2-cloudy-offset": args.s2_cloudy_offset, "--s2-offset": args.s2_offset}
+    if args.manifest is not None:
+        if given := [name for name, value in {**single, **offsets}.items() if value is not None]:
+            raise DSen2CRError(
+                f"--manifest: its rows name the scenes, ROIs and offsets (columns s2_cloudy,s2,s1,roi,"
+                f"s2_cloudy_offset,s2_offset); leave out {', '.join(given)}"
+            )
+        jobs = read_patch_manifest(args.manifest, s1_linear=args.s1_linear, resampling=args.resampling)
+    elif missing := [name for name, value in single.items() if value is None]:
+        raise DSen2CRError(f"data patches: needs {', '.join(missing)} (or --manifest with a row per scene pair)")
+    else:
+        scenes = SceneTriplet(
+            args.s2_cloudy, args.s2, args.s1, args.s2_cloudy_offset, args.s2_offset, args.s1_linear, args.resampling
+        )
+        jobs = [PatchJob(scenes, args.roi)]
+    collection, size, max_target_cloud = args.collection, args.size, args.max_target_cloud
+    if len(jobs) > 1:
+        checked = check_patch_jobs(
+            jobs,
+            args.out,
+            collection=collection,
+            size=size,
+            max_target_cloud=max_target_cloud,
+            overwrite=args.overwrite,
+        )
+        warn_overlaps(checked)
+
+    def say(job: PatchJob, report: PatchReport) -> None:
+        """A ROI's line: what it wrote, the inputs' cloud cover, what was left out and why."""
+        left_out = sum(report.left_out.values())
+        reasons = ", ".join(f"{reason} ({count})" for reason, count in report.left_out.most_common())
+        cover = f"the inputs' cloud cover {100 * sum(report.input_cloud) / report.written:.0f} % in the mean"
+        print(
+            f"wrote {report.written} patch{'es' if report.written != 1 else ''} of {args.size} px, ROI "
+            f"{report.roi_id}, under {args.out} ({cover})" + (f"; left out {left_out}: {reasons}" if left_out else ""),
+            flush=True,
+        )
+
+    reports = cut_patch_jobs(
+        jobs,
         args.out,
-        roi=args.roi,
-        collection=args.collection,
-        size=args.size,
-        max_target_cloud=args.max_target_cloud,
+        collection=collection,
+        size=size,
+        max_target_cloud=max_target_cloud,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        on_written=say,
     )
-    left_out = sum(report.left_out.values())
-    reasons = ", ".join(f"{reason} ({count})" for reason, count in report.left_out.most_common())
-    cover = f"the inputs' cloud cover {100 * sum(report.input_cloud) / report.written:.0f} % in the mean"
-    print(
-        f"wrote {report.written} patch{'es' if report.written != 1 else ''} of {args.size} px, ROI {report.roi_id}, "
-        f"under {args.out} ({cover})" + (f"; left out {left_out}: {reasons}" if left_out else "")
-    )
+    if len(reports) > 1:
+        print(f"wrote {sum(report.written for report in reports)} patches of {len(reports)} ROIs under {args.out}")
     print(f"next: dsen2cr data index {args.out} --out {Path(args.out) / 'files.csv'} [--val-rois …] [--test-rois …]")
     return 0

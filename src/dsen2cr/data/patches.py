@@ -67,6 +67,15 @@ def patch_windows(height: int, width: int, size: int) -> list[tuple[int, Window]
     ]
 
 
+def scene_windows(s2_cloudy: str, grid: Grid, size: int) -> list[tuple[int, Window]]:
+    """The :func:`patch_windows` of a scene on ``grid``; a one-line error naming ``s2_cloudy`` when the scene is
+    smaller than one patch."""
+    windows = patch_windows(grid.height, grid.width, size)
+    if not windows:
+        raise DSen2CRError(f"{s2_cloudy}: the scene is {grid.width}x{grid.height} px, smaller than one {size} px patch")
+    return windows
+
+
 def season_of(collection: str) -> str:
     """The season token of your patches' folders and files (``ROIs0_own``)."""
     if not _COLLECTION.fullmatch(collection):
@@ -76,7 +85,7 @@ def season_of(collection: str) -> str:
     return f"{SEASON_NUMBER}_{collection}"
 
 
-def _check_numbers(roi: int, size: int, max_target_cloud: float) -> None:
+def check_numbers(roi: int, size: int, max_target_cloud: float) -> None:
     """The ROI number, the patch size and the target's cloud limit: in range."""
     if not 0 <= roi <= MAX_ROI:
         raise DSen2CRError(f"--roi: must be in [0, {MAX_ROI}], got {roi}")
@@ -106,7 +115,7 @@ class SceneTriplet:
     resampling: str = "nearest"
 
 
-def _open_inputs(scenes: SceneTriplet) -> tuple[S2Source, S2Source, S1Source]:
+def open_scenes(scenes: SceneTriplet) -> tuple[S2Source, S2Source, S1Source]:
     """The three inputs, the cloud-free S2 on the cloudy one's grid and of its processing level, S1 warped onto
     that grid (closed again when refused)."""
     s2 = scenes.s2
@@ -163,33 +172,24 @@ def cut_patches(
     naming), leaving out those with no data, or whose target is cloudier than ``max_target_cloud``
     (:func:`cloud_fraction`). A ROI folder that already holds patches is refused unless ``overwrite`` (then
     replaced; one holding other files is refused even so)."""
-    _check_numbers(roi, size, max_target_cloud)
+    check_numbers(roi, size, max_target_cloud)
     season = season_of(collection)
     s2_cloudy = scenes.s2_cloudy
     with contextlib.ExitStack() as stack:
         stack.enter_context(gdal_block_cache())  # GDAL's cache, decoding threads and remote reads, as remove-clouds
-        cloudy, clear, sar = _open_inputs(scenes)
+        cloudy, clear, sar = open_scenes(scenes)
         for source in (cloudy, clear, sar):
             stack.callback(source.close)
         grid = cloudy.grid
-        windows = patch_windows(grid.height, grid.width, size)
-        if not windows:
-            raise DSen2CRError(
-                f"{s2_cloudy}: the scene is {grid.width}x{grid.height} px, smaller than one {size} px patch"
-            )
-        folders = [release_triplet(out, season, roi, 0).paths()[sensor].parent for sensor in SENSORS]
-        names = {
-            sensor: _patch_names(folder, season, sensor, roi, len(windows))
-            for sensor, folder in zip(SENSORS, folders, strict=True)
-        }
+        windows = scene_windows(s2_cloudy, grid, size)
+        folders, names = roi_outputs(out, season, roi, len(windows))
         for folder in (Path(out), *(folder.parent for folder in folders)):
             if not folder.is_dir():
                 folder.mkdir(parents=True)
                 stack.callback(_remove_if_empty, folder)  # a failed run leaves no empty folder (season, root)
         stack.enter_context(output_locks(folders))
+        check_roi_outputs(folders, names, roi, overwrite=overwrite)
         what = f"the patches of ROI {roi}"
-        for folder, sensor in zip(folders, SENSORS, strict=True):  # all three checked before any is replaced
-            check_output_folder(folder, owned=names[sensor], overwrite=overwrite, what=what)
         for folder, sensor in zip(folders, SENSORS, strict=True):
             stack.enter_context(output_folder(folder, owned=names[sensor], overwrite=overwrite, what=what))
         report = PatchReport(f"{season}/{roi}", folders)
@@ -217,6 +217,22 @@ def cut_patches(
             reasons = ", ".join(f"{reason} ({count})" for reason, count in report.left_out.most_common())
             raise DSen2CRError(f"{s2_cloudy}: no {size} px patch to keep: {reasons}")
         return report
+
+
+def roi_outputs(out: str | Path, season: str, roi: int, count: int) -> tuple[list[Path], dict[str, set[str]]]:
+    """A ROI's three folders under ``out`` (s1, s2, s2_cloudy) and, by sensor, the file names a run of ``count``
+    patches may write or replace in them."""
+    folders = [release_triplet(out, season, roi, 0).paths()[sensor].parent for sensor in SENSORS]
+    pairs = zip(SENSORS, folders, strict=True)
+    names = {sensor: _patch_names(folder, season, sensor, roi, count) for sensor, folder in pairs}
+    return folders, names
+
+
+def check_roi_outputs(folders: list[Path], names: dict[str, set[str]], roi: int, *, overwrite: bool) -> None:
+    """Without changing anything: a ROI's folders (:func:`roi_outputs`) are free, or hold only its patches of an
+    earlier run and ``overwrite`` is given; all three are checked before any is replaced."""
+    for folder, sensor in zip(folders, SENSORS, strict=True):
+        check_output_folder(folder, owned=names[sensor], overwrite=overwrite, what=f"the patches of ROI {roi}")
 
 
 def _patch_names(folder: Path, season: str, sensor: str, roi: int, count: int) -> set[str]:
