@@ -1,7 +1,10 @@
 """``data index`` at scale: a release-layout tree of many small (32x32) triplets, indexed with 16 threads.
 
 The per-triplet time (scan + open three files + compare grids) extrapolates to the 122,218 triplets of
-SEN12MS-CR. Run: ``python -m benchmarks.index [--count 5000]``.
+SEN12MS-CR. Also the check of held-out ground at the release's scale (footprints made up, no files): 122,218
+patches in 169 ROIs, 20 of them held out, once as distinct places (the boxes around ROIs part them at once), once
+with every ROI's box over every other's and no patch shared (each held-out ROI compared patch by patch with
+every training ROI: the most work the check can do). Run: ``python -m benchmarks.index [--count 5000]``.
 """
 
 from __future__ import annotations
@@ -16,11 +19,33 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from benchmarks.common import report
-from dsen2cr.data.index import index_dataset
-from dsen2cr.data.layout import release_triplet
+from dsen2cr.data.index import held_out_on_training_ground, index_dataset
+from dsen2cr.data.layout import Triplet, release_triplet
 from dsen2cr.outputs.geotiff import write_geotiff
+from dsen2cr.rasters import Footprint
 
 RELEASE_TRIPLETS = 122_218
+RELEASE_ROIS = 169
+
+
+def held_out_check_seconds(*, distinct: bool) -> float:
+    """Seconds of :func:`held_out_on_training_ground` over the release's count of patches: ROIs of 2560 m patches
+    on a 27-wide lattice, 100 km apart (``distinct``) or 10 m apart (every box over every other, patches of
+    different ROIs interleaved without sharing ground: each 5 m wide here, so none overlaps another)."""
+    per_roi = RELEASE_TRIPLETS // RELEASE_ROIS + 1
+    triplets, footprints = [], []
+    for index in range(RELEASE_TRIPLETS):
+        roi, patch = divmod(index, per_roi)
+        split = 3 if roi < 10 else 2 if roi < 20 else 1
+        row, column = divmod(patch, 27)
+        west, south = (roi * 100_000.0 if distinct else roi * 10.0) + column * 2560.0, row * 2560.0
+        triplets.append(Triplet(f"p{index}", f"ROIs1158_spring/{roi}", Path("s1"), Path("s2"), Path("c"), split))
+        footprints.append(Footprint("EPSG:32632", (west, south, west + (2560.0 if distinct else 5.0), south + 5.0)))
+    start = time.perf_counter()
+    found = held_out_on_training_ground(triplets, footprints)
+    seconds = time.perf_counter() - start
+    assert not found
+    return seconds
 
 
 def main() -> None:
@@ -53,6 +78,8 @@ def main() -> None:
                 "seconds": seconds,
                 "ms_per_triplet": 1000 * per,
                 "minutes_for_release": per * RELEASE_TRIPLETS / 60,
+                "held_out_check_s_release_distinct_rois": held_out_check_seconds(distinct=True),
+                "held_out_check_s_release_worst_case": held_out_check_seconds(distinct=False),
             }
         ],
     )

@@ -127,3 +127,38 @@ def test_roi_lists_are_checked_against_the_seasons_the_tree_holds(
         index_dataset(root, tmp_path / "b.csv", val_rois=val | {"ROIs2017_winter/23"}, test_rois={"ROIs1158_sprng/1"})
     assert "1 ROI(s) of the validation list match no patch" in caplog.text and "ROIs2017_winter/23" in caplog.text
     assert "1 ROI(s) of the test list match no patch" in caplog.text and "ROIs1158_sprng/1" in caplog.text
+
+
+def test_held_out_patches_on_training_ground_are_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Training ROI 1: 32 px patches (320 m) at x = 0 and 1000 m. Test ROI 2: a patch half over the first (counted)
+    and one whose west edge touches its east edge (not: no shared area). Test ROI 4: a patch between ROI 1's two,
+    inside the box around them but on none (not). Validation ROI 3: ROI 1's ground on another CRS (not compared).
+    Each placement worked out by hand: one test patch of three lies on training ground."""
+    import logging
+
+    import numpy as np
+    from rasterio.transform import from_origin
+
+    from dsen2cr.data.layout import release_triplet
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    placed = [(1, 0, 0.0, 32632), (1, 1, 1000.0, 32632), (2, 0, 160.0, 32632), (2, 1, 320.0, 32632)]
+    placed += [(4, 0, 500.0, 32632), (3, 0, 0.0, 32633)]
+    for roi, patch, west, epsg in placed:
+        grid = {"crs": CRS.from_epsg(epsg), "transform": from_origin(400000 + west, 5000000, 10, 10)}
+        for sensor, path in release_triplet(root, "ROIs0_own", roi, patch).paths().items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            bands = 2 if sensor == "s1" else 13
+            write_geotiff(path, rng.integers(1, 5000, size=(bands, 32, 32)).astype(np.float32), **grid)
+    with caplog.at_level(logging.WARNING):
+        report = index_dataset(
+            root, tmp_path / "files.csv", val_rois={"ROIs0_own/3"}, test_rois={"ROIs0_own/2", "ROIs0_own/4"}
+        )
+    assert report.on_training_ground == {3: (1, ["ROIs0_own/2"], ["ROIs0_own/1"])}
+    warned = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warned == [
+        "1 of the 3 test patches (ROI ROIs0_own/2) lie on ground that training patches cover (ROI ROIs0_own/1): a "
+        "model would be scored there on ground it trained on; give ROIs of one place one split (--val-rois, "
+        "--test-rois)"
+    ]

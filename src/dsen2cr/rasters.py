@@ -1,15 +1,18 @@
 """Reading rasters with rasterio: validated opens (local files, GDAL ``/vsi…`` paths, VRT XML) and windowed
-reads whose every error names the file and what is wrong with it (``DSen2CRError``), and GDAL's bounded block
-cache for a scene run."""
+reads whose every error names the file and what is wrong with it (``DSen2CRError``), GDAL's bounded block
+cache for a scene run, and the ground a raster covers (:class:`Footprint`)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine, array_bounds
 from rasterio.windows import Window
 
 import dsen2cr.machine as machine
@@ -89,3 +92,30 @@ def lattice_windows(height: int, width: int, grid: int = 4, size: int = 64) -> l
         for j in range(grid)
     }
     return [Window(col, row, size_x, size_y) for row, col in sorted(corners)]
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The ground a raster covers: its CRS (as text: comparable, hashable) and its bounds in it (left, bottom,
+    right, top)."""
+
+    crs: str
+    bounds: tuple[float, float, float, float]
+
+    @classmethod
+    def of(cls, crs: CRS | None, transform: Affine, width: int, height: int) -> Footprint:
+        """The footprint of a ``width`` x ``height`` px grid."""
+        west, south, east, north = array_bounds(height, width, transform)
+        bounds = (min(west, east), min(south, north), max(west, east), max(south, north))
+        return cls(crs.to_string() if crs is not None else "", bounds)
+
+    def overlaps(self, other: Footprint) -> bool:
+        """Whether the two share ground of positive area (footprints on two CRSs are not compared: False)."""
+        return self.crs == other.crs and bool(overlapping(np.array([self.bounds]), np.array([other.bounds])).any())
+
+
+def overlapping(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Which of the ``(n, 4)`` bounds ``first`` share ground of positive area with which of the ``(m, 4)`` bounds
+    ``second`` (one CRS): an ``(n, m)`` boolean array (edges that touch do not overlap)."""
+    a, b = first[:, None, :], second[None, :, :]
+    return (a[..., 0] < b[..., 2]) & (b[..., 0] < a[..., 2]) & (a[..., 1] < b[..., 3]) & (b[..., 1] < a[..., 3])

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import rasterio
 
 from dsen2cr.data.layout import (
@@ -22,6 +23,7 @@ from dsen2cr.data.layout import (
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import atomic_path, check_output_file
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
+from dsen2cr.rasters import Footprint, overlapping
 
 _EXPECTED_BANDS = {"s1": NUM_S1_BANDS, "s2": NUM_S2_BANDS, "s2_cloudy": NUM_S2_BANDS}
 #: Folder names of the DSen2-CR flat layout (the cloud-free folder has had both names in the wild).
@@ -39,6 +41,8 @@ class IndexReport:
 
     triplets: list[Triplet] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    #: By held-out split (2, 3): its patches on ground of training patches, their ROIs, those training ROIs.
+    on_training_ground: dict[int, tuple[int, list[str], list[str]]] = field(default_factory=dict)
 
     def split_counts(self) -> dict[str, int]:
         """Number of triplets per split name."""
@@ -77,6 +81,17 @@ def scan_flat(root: Path) -> tuple[list[Triplet], list[tuple[Path, str]]]:
 
 def check_triplet(triplet: Triplet) -> str | None:
     """Return why a triplet is unusable (band counts, sizes, CRS or transforms that disagree), or None."""
+    return _checked(triplet)[0]
+
+
+def _checked(triplet: Triplet) -> tuple[str | None, Footprint | None]:
+    """:func:`check_triplet`'s answer, and the ground a usable triplet covers."""
+    problem = _problem(triplet)
+    return (problem, None) if isinstance(problem, str) else (None, problem)
+
+
+def _problem(triplet: Triplet) -> str | Footprint:
+    """Why a triplet is unusable, else its footprint."""
     grids = {}
     for role, path in triplet.paths().items():
         try:
@@ -95,7 +110,7 @@ def check_triplet(triplet: Triplet) -> str | None:
             return f"{path}: CRS {crs} differs from {ref_path} ({ref[2]})"
         if not transform.almost_equals(ref[3], precision=1e-6):
             return f"{path}: geotransform differs from {ref_path}"
-    return None
+    return Footprint.of(ref[2], ref[3], ref[0], ref[1])
 
 
 def index_dataset(
@@ -145,15 +160,28 @@ def index_dataset(
                 absent[0],
             )
     report = IndexReport(skipped=list(skipped))
+    footprints = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for triplet, problem in zip(triplets, pool.map(check_triplet, triplets), strict=True):
-            if problem is not None:
-                report.skipped.append((triplet.s1, problem))
+        for triplet, (problem, footprint) in zip(triplets, pool.map(_checked, triplets), strict=True):
+            if problem is not None or footprint is None:
+                report.skipped.append((triplet.s1, str(problem)))
                 continue
             split = 2 if triplet.roi in val_rois else 3 if triplet.roi in test_rois else 1
             report.triplets.append(replace(triplet, split=split))
+            footprints.append(footprint)
     if not report.triplets:
         raise DSen2CRError(f"{root}: {_none_usable(report.skipped)}")
+    report.on_training_ground = held_out_on_training_ground(report.triplets, footprints)
+    for split, (count, rois, training_rois) in report.on_training_ground.items():
+        log.warning(
+            "%d of the %d %s patches (%s) lie on ground that training patches cover (%s): a model would be scored "
+            "there on ground it trained on; give ROIs of one place one split (--val-rois, --test-rois)",
+            count,
+            report.split_counts()[SPLIT_NAMES[split]],
+            {2: "validation", 3: "test"}[split],
+            _some(rois),
+            _some(training_rois),
+        )
     write_file_list(report.triplets, out_csv, root)
     if report.skipped:
         with atomic_path(skipped_path) as tmp:
@@ -161,6 +189,44 @@ def index_dataset(
     elif overwrite:
         skipped_path.unlink(missing_ok=True)  # an earlier run's list of skipped patches no longer applies
     return report
+
+
+def held_out_on_training_ground(
+    triplets: list[Triplet], footprints: list[Footprint]
+) -> dict[int, tuple[int, list[str], list[str]]]:
+    """For the validation and test splits of ``triplets`` (each covering its ``footprints`` ground): how many of
+    their patches share ground with a training patch (on one CRS), their ROIs and the training ROIs concerned.
+    ROIs are compared by the box around their patches first, then patch by patch."""
+    places: dict[tuple[str, str], list[int]] = {}  # (ROI, CRS) -> its patches
+    for index, (triplet, footprint) in enumerate(zip(triplets, footprints, strict=True)):
+        places.setdefault((triplet.roi, footprint.crs), []).append(index)
+    bounds = {place: np.array([footprints[i].bounds for i in indices]) for place, indices in places.items()}
+    split_of = {place: triplets[indices[0]].split for place, indices in places.items()}
+    box = {place: np.concatenate([b[:, :2].min(axis=0), b[:, 2:].max(axis=0)])[None] for place, b in bounds.items()}
+    found: dict[int, tuple[int, list[str], list[str]]] = {}
+    for held, held_bounds in bounds.items():
+        if split_of[held] == 1:
+            continue
+        hits, training_rois = np.zeros(len(held_bounds), dtype=bool), []
+        for trained, trained_bounds in bounds.items():
+            if split_of[trained] != 1 or trained[1] != held[1] or not overlapping(box[held], box[trained])[0, 0]:
+                continue
+            shared = overlapping(held_bounds, trained_bounds).any(axis=1)
+            if shared.any():
+                hits |= shared
+                training_rois.append(trained[0])
+        if hits.any():
+            count, rois, trained_rois = found.get(split_of[held], (0, [], []))
+            rois.append(held[0])
+            trained_rois += [roi for roi in training_rois if roi not in trained_rois]
+            found[split_of[held]] = (count + int(hits.sum()), rois, trained_rois)
+    return found
+
+
+def _some(rois: list[str]) -> str:
+    """ROI ids for a message (``ROI a``, ``ROIs a, b``): up to three, then how many more."""
+    more = f" and {len(rois) - 3} more" if len(rois) > 3 else ""
+    return ("ROI " if len(rois) == 1 else "ROIs ") + ", ".join(sorted(rois)[:3]) + more
 
 
 def _none_usable(skipped: list[tuple[Path, str]]) -> str:

@@ -11,9 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rasterio.crs import CRS
-from rasterio.transform import array_bounds
-
 from dsen2cr.choices import DEFAULT_MAX_TARGET_CLOUD
 from dsen2cr.data.patches import (
     PatchReport,
@@ -28,7 +25,7 @@ from dsen2cr.data.patches import (
 )
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.manifest import manifest_input, read_manifest_rows
-from dsen2cr.rasters import gdal_block_cache
+from dsen2cr.rasters import Footprint, gdal_block_cache
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +46,6 @@ class PatchJob:
     def named(self, error: DSen2CRError) -> str:
         """An error's message, after the row's place when it has one."""
         return f"{self.where}: {error}" if self.where else str(error)
-
-
-@dataclass(frozen=True)
-class _Footprint:
-    """The ground a row's scenes cover: their CRS and bounds."""
-
-    crs: CRS
-    bounds: tuple[float, float, float, float]
-
-    def overlaps(self, other: _Footprint) -> bool:
-        """Whether the two share ground of positive area (on one CRS; footprints on two are not compared)."""
-        if self.crs != other.crs:
-            return False
-        left, bottom, right, top = self.bounds
-        other_left, other_bottom, other_right, other_top = other.bounds
-        return left < other_right and other_left < right and bottom < other_top and other_bottom < top
 
 
 def read_patch_manifest(path: str | Path, *, s1_linear: bool = False, resampling: str = "nearest") -> list[PatchJob]:
@@ -133,11 +114,11 @@ def check_patch_jobs(
             check_roi_outputs(folders, names, job.roi, overwrite=overwrite)
         except DSen2CRError as error:
             raise DSen2CRError(job.named(error)) from None
-        footprints.append(_Footprint(grid.crs, array_bounds(grid.height, grid.width, grid.transform)))
+        footprints.append(Footprint.of(grid.crs, grid.transform, grid.width, grid.height))
     return _overlapping_groups(jobs, footprints)
 
 
-def _overlapping_groups(jobs: list[PatchJob], footprints: list[_Footprint]) -> list[list[PatchJob]]:
+def _overlapping_groups(jobs: list[PatchJob], footprints: list[Footprint]) -> list[list[PatchJob]]:
     """The groups (two rows or more) of rows joined by overlapping footprints, in the manifest's order."""
     group_of = list(range(len(jobs)))  # each row's group: the first row of it
 
