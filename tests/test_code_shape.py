@@ -18,6 +18,7 @@ LAYERS = [
     ["evaluate"],
     ["training"],
     ["scene.jobs", "scene.arrays"],
+    ["scene.done"],  # scenes an earlier run finished (--skip-existing)
     ["scene.remove", "scene.checks"],
     ["ensemble"],
     ["scene.batches", "scene.masking", "scene.describe"],

@@ -94,6 +94,7 @@ class SceneSettings:
     compression: str = "deflate"
     compression_level: int | None = None  # None: GDAL's default for the compression
     overwrite: bool = False
+    skip_existing: bool = False  # scenes an earlier run finished are skipped (dsen2cr.scene.done)
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -178,6 +178,13 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         help="deflate 1-9 (default 6), zstd 1-22 (default 9): lower writes faster and larger files",
     )
     add_overwrite(parser, "replace existing outputs (never one of the inputs)")
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip the scenes an earlier run finished: every output there, the image made with these weights from "
+        "the same inputs, --keep-clear, --mask and cloud threshold (a stopped batch goes on); one made otherwise is "
+        "refused (replaced with --overwrite)",
+    )
 
 
 def jobs_from_arguments(

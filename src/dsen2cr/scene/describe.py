@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from dsen2cr.inputs import s1_parts
-from dsen2cr.inputs.product import is_url
+from dsen2cr.inputs.product import S2Product, is_url
 from dsen2cr.inputs.readers import S2Source
 from dsen2cr.preprocessing import S2_CLIP_DN, S2_MODEL_SCALE, S2_REFLECTANCE_SCALE
 from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings
@@ -115,14 +115,19 @@ def _declare_reflectance_scale(dataset: Any, count: int) -> None:
 def output_tags(s2: S2Source) -> dict[str, str]:
     """Metadata of an output: what its DN mean, so that no one applies an offset twice."""
     product = s2.product
-    offsets = ",".join(f"{band}:{offset}" for band, offset in zip(product.bands, product.offsets, strict=True))
     return {
         "DSEN2CR_RADIOMETRY": "reflectance x 10000, no offset; 0 = nodata",
         "DSEN2CR_PROCESSING_LEVEL": product.level,
-        "DSEN2CR_OFFSET_REMOVED": offsets if any(product.offsets) else "none",
+        "DSEN2CR_OFFSET_REMOVED": offset_tag(product),
         "DSEN2CR_OFFSET_SOURCE": product.offset_from,
         "DSEN2CR_PROCESSING_BASELINE": product.baseline or "unknown",
     }
+
+
+def offset_tag(product: S2Product) -> str:
+    """``DSEN2CR_OFFSET_REMOVED``: the DN offset removed from each band (``B01:-1000,…``), or ``none``."""
+    offsets = ",".join(f"{band}:{offset}" for band, offset in zip(product.bands, product.offsets, strict=True))
+    return offsets if any(product.offsets) else "none"
 
 
 def run_tags(settings: SceneSettings) -> dict[str, str]:

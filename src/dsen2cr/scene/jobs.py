@@ -25,6 +25,7 @@ from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.predictor import Predictor, load_network, predictor_for_plan
 from dsen2cr.scene.checks import OUTPUT_KINDS, check_uncertainty_output, check_uncertainty_parts, job_outputs
+from dsen2cr.scene.done import finished_jobs
 from dsen2cr.scene.remove import SceneReport, remove_clouds
 from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings
 
@@ -85,14 +86,17 @@ def check_jobs(
     weights: tuple[str, ...],
     overwrite: bool,
     extra_inputs: list[Path],
+    finished: list[bool] | None = None,
 ) -> None:
     """Everything about the jobs that can be checked before the first scene runs: every input exists, every
-    output can be written (exists only with ``overwrite``; its folder exists), and no output is an input (any
-    file a scene reads: product members, STAC assets, S1 pair members), lies in an input folder, or is another
-    output (refused even with ``overwrite``). ``products``: each job's resolved S2 input (None if unresolved)."""
+    output can be written (exists only with ``overwrite``; its folder exists; the outputs of the jobs that are
+    ``finished``, which will be skipped, may exist), and no output is an input (any file a scene reads: product
+    members, STAC assets, S1 pair members), lies in an input folder, or is another output (refused even with
+    ``overwrite``). ``products``: each job's resolved S2 input (None if unresolved)."""
     inputs: list[tuple[str, Path]] = [("weights", Path(w)) for w in weights] + [("file", p) for p in extra_inputs]
     outputs: list[tuple[str, Path]] = []
-    for job, product in zip(jobs, products, strict=True):
+    skipped: set[Path] = set()
+    for job, product, done in zip(jobs, products, finished or [False] * len(jobs), strict=True):
         named = [("s2", job.s2), *[("s1", part) for part in s1_parts(job.s1 or "")]]
         for role, text in named:  # as text: a URL is not a path ("http://a" would become "http:/a")
             if text and "://" not in text and not Path(text).exists():
@@ -101,9 +105,11 @@ def check_jobs(
                 raise DSen2CRError(f"{text}: {role.upper()} scene not found{hint if chained else ''}")
         inputs += local_inputs(job.s2, job.s1, product)
         outputs += [(role, target) for role, target in job_outputs(job)]
+        skipped.update(target for _, target in job_outputs(job) if done)
     check_distinct_outputs(outputs, inputs)  # first: "would replace the weights" says more than a name rule
     for role, target in outputs:
-        check_output_file(target, overwrite=overwrite, kind=OUTPUT_KINDS[role])
+        if target not in skipped:
+            check_output_file(target, overwrite=overwrite, kind=OUTPUT_KINDS[role])
 
 
 def _resolve(job: SceneJob, settings: SceneSettings) -> tuple[S2Product | None, tuple[int, int] | None]:
@@ -133,20 +139,32 @@ def run_scene_jobs(
     rank, world = launch.rank, launch.world
     resolved = [_resolve(job, settings) for job in jobs]
     all_products = [product for product, _ in resolved]
+    finished = finished_jobs(jobs, all_products, settings) if settings.skip_existing else [False] * len(jobs)
     check_jobs(
         jobs,
         all_products,
         weights=settings.weights_files,
         overwrite=settings.overwrite,
         extra_inputs=list(extra_inputs),
+        finished=finished,
     )
-    mine = jobs[rank::world]
+    # the ranks split the whole list (what an earlier run finished does not move a scene to another rank)
+    share = range(rank, len(jobs), world)
+    for index in share:
+        if finished[index]:
+            log.info("skipped %s: an earlier run finished it (--skip-existing)", jobs[index].out)
+    mine = [index for index in share if not finished[index]]
     if world > 1:
         log.info("%s: rank %d of %d takes %d of the %d scenes", launch.launcher, rank, world, len(mine), len(jobs))
     if not mine:
         return
-    with output_locks((path for job in mine for _, path in job_outputs(job)), each_process=True):
-        yield from _run_my_jobs(mine, all_products[rank::world], [size for _, size in resolved[rank::world]], settings)
+    with output_locks((path for index in mine for _, path in job_outputs(jobs[index])), each_process=True):
+        yield from _run_my_jobs(
+            [jobs[index] for index in mine],
+            [all_products[index] for index in mine],
+            [resolved[index][1] for index in mine],
+            settings,
+        )
 
 
 def _plan_and_predictor(

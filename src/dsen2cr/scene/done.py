@@ -1,0 +1,79 @@
+"""Scenes an earlier run finished (``remove-clouds --skip-existing``): a batch that stopped (an error, a job's time
+limit, a killed process) goes on where it stopped, its finished scenes skipped rather than computed again. A
+scene counts as finished when every output it asks for exists and its image records what this run would: the
+same weights (SHA-256), the same S2 and S1 inputs (file names) and S2 offset, ``--keep-clear``, ``--mask`` and the
+cloud threshold."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import rasterio
+from rasterio.errors import RasterioIOError
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs import S2Product
+from dsen2cr.outputs.files import file_sha256
+from dsen2cr.scene.checks import job_outputs
+from dsen2cr.scene.describe import input_tags, offset_tag, run_tags
+from dsen2cr.settings import SceneJob, SceneSettings
+
+log = logging.getLogger(__name__)
+
+#: The image tags compared, and what each records, for messages.
+COMPARED = {
+    "DSEN2CR_WEIGHTS_SHA256": "weights (SHA-256)",
+    "DSEN2CR_S2": "S2 input",
+    "DSEN2CR_S1": "S1 input",
+    "DSEN2CR_OFFSET_REMOVED": "S2 offset removed",
+    "DSEN2CR_KEEP_CLEAR": "--keep-clear",
+    "DSEN2CR_MASK": "--mask",
+    "DSEN2CR_CLOUD_THRESHOLD": "--cloud-threshold",
+}
+
+
+def weights_digest(settings: SceneSettings) -> str:
+    """The SHA-256 that an output of the run's weights records (an ensemble's members', joined by ``;``)."""
+    return ";".join(file_sha256(Path(weights)) or "unknown" for weights in settings.weights_files)
+
+
+def made_otherwise(job: SceneJob, product: S2Product, settings: SceneSettings, digest: str) -> str | None:
+    """How the job's existing image was made otherwise than this run would make it (the first tag of
+    :data:`COMPARED` that differs, in words), or None when it records the same."""
+    try:
+        with rasterio.open(job.out) as image:
+            tags = image.tags()
+    except RasterioIOError as error:
+        return f"it cannot be read as a GeoTIFF ({' '.join(str(error).split())})"
+    expected = {"DSEN2CR_WEIGHTS_SHA256": digest, **run_tags(settings), **input_tags(job, settings)}
+    expected["DSEN2CR_OFFSET_REMOVED"] = offset_tag(product)
+    for key, what in COMPARED.items():
+        made, wanted = tags.get(key), expected.get(key)
+        if made != wanted:
+            if key == "DSEN2CR_WEIGHTS_SHA256":
+                made, wanted = (text[:12] + "…" if text and len(text) > 12 else text for text in (made, wanted))
+            return f"made with {what} {made or 'not recorded'}, this run's is {wanted or 'none'}"
+    return None
+
+
+def finished_jobs(jobs: list[SceneJob], products: list[S2Product | None], settings: SceneSettings) -> list[bool]:
+    """For each job (its S2 input resolved: ``products``), whether an earlier run finished it: every output it asks
+    for exists and its image records what this run would (:func:`made_otherwise`). A job with some of its outputs
+    only is not finished (its outputs follow the usual rule: replaced with ``overwrite``, refused without), nor one
+    whose input cannot be resolved (its run says why). One whose outputs all exist but were made otherwise is
+    refused in one line, unless ``overwrite`` (then made again)."""
+    finished, digest = [], None
+    for job, product in zip(jobs, products, strict=True):
+        if product is None or not all(path.is_file() for _, path in job_outputs(job)):
+            finished.append(False)
+            continue
+        digest = digest if digest is not None else weights_digest(settings)
+        differs = made_otherwise(job, product, settings, digest)
+        if differs is not None and not settings.overwrite:
+            raise DSen2CRError(
+                f"{job.out}: exists, {differs}: --skip-existing skips only scenes made as this run would make them; "
+                "pass --overwrite to replace it"
+            )
+        finished.append(differs is None)
+    return finished
