@@ -44,7 +44,7 @@ LAYERS = [
     ["rasters"],
     ["outputs"],
     ["models"],
-    ["preprocessing", "cloud_detection", "losses", "metrics", "calibration"],
+    ["preprocessing", "cloud_detection", "losses", "metrics", "calibration", "summary"],
     ["precision"],
     ["errors", "version", "formats", "machine", "choices"],
     ["launch"],

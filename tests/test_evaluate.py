@@ -246,7 +246,7 @@ def test_original_protocol_matches_the_original_formulas(
 
 def test_the_summary_counts_one_image_in_the_singular() -> None:
     """The summary says "Evaluation on 1 image", not "1 images" (a split of one patch, as the demo's has)."""
-    from dsen2cr.evaluate import summary_markdown
+    from dsen2cr.summary import summary_markdown
 
     one = {"model": {"mae": {"mean": 0.1, "median": 0.1}}}
     assert summary_markdown(one, 1).startswith("Evaluation on 1 image; ")

@@ -53,18 +53,14 @@ from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS, S2_MODEL_SCALE, s1_model_to_db, s2_model_to_dn
 from dsen2cr.rasters import open_raster
 from dsen2cr.scene.describe import describe_bands, threshold_tags
+from dsen2cr.summary import UNITS, Summary, summarise, summary_markdown
 from dsen2cr.visualize import reliability_diagram, write_patch_previews
 
 log = logging.getLogger(__name__)
 
-METHODS = ("model", "identity")
 ALL_METRICS = METRIC_NAMES + REGION_METRIC_NAMES
 #: The metrics each protocol reports, and their units.
 PROTOCOLS: dict[str, tuple[str, ...]] = {"default": ALL_METRICS, "original": ORIGINAL_METRIC_NAMES}
-UNITS = {
-    "default": "reflectance clipped to [0, 1], SAM in degrees",
-    "original": "the original code's units: model units (DN / 2000) unclipped, PSNR and SSIM on DN, SAM in radians",
-}
 #: What :func:`evaluate` writes into its report folder (``--overwrite`` replaces these, nothing else).
 REPORT_ENTRIES: tuple[str, ...] = ("metrics_per_image.csv", "summary.md", "summary.csv", "summary.json")
 REPORT_ENTRIES += ("predictions", "previews", "calibration.json", "calibration.png")
@@ -102,13 +98,14 @@ def evaluate(
     out_dir: str | Path,
     options: EvaluationOptions | None = None,
     **changes: Any,
-) -> dict[str, dict[str, dict[str, float]]]:
+) -> Summary:
     """Evaluate ``model`` (a predictor from :func:`dsen2cr.predictor.load_predictor`, e.g. an int8 ONNX file; or
     a PyTorch model, run eager fp32 on its device); write reports (and predictions and previews) to ``out_dir``.
     ``options`` (:class:`EvaluationOptions`), with ``changes`` to its fields given as keywords.
 
-    Returns the summary: ``{method: {metric: {"mean": x, "median": y}}}`` for the model and the identity
-    baseline (the cloudy input taken as the prediction).
+    Returns the summary: ``{method: {metric: {"mean": x, "median": y, "ci_low": …, "ci_high": …, "rois": n}}}``
+    for the model and the identity baseline (the cloudy input taken as the prediction); the interval is the
+    mean's, each ROI a cluster (:func:`dsen2cr.summary.summarise`).
     """
     o = dataclasses.replace(options or EvaluationOptions(), **changes)
     if o.window is not None and 0 < o.window < SSIM_WINDOW:
@@ -146,7 +143,7 @@ def evaluate(
                 check_projected_room(out, images, len(batch["patch_id"]), len(triplets), what="patches", hint=ROOM_HINT)
     order = {t.patch_id: position for position, t in enumerate(triplets)}
     scorer.rows.sort(key=lambda row: order[row["patch_id"]])  # stable: the model's row, then the identity's
-    summary = summarise(scorer.rows, names)
+    summary = summarise(scorer.rows, names, {t.patch_id: t.roi for t in triplets})
     provenance = {**scorer.tags, **scorer.mask_tags}
     if o.data:
         provenance["DSEN2CR_DATA"] = o.data
@@ -275,42 +272,6 @@ def _original(pred: torch.Tensor, target: torch.Tensor, cloudy: torch.Tensor, ma
     return {name: float(value[0]) for name, value in values.items()}
 
 
-def summarise(
-    rows: Sequence[dict[str, Any]], names: Sequence[str] = ALL_METRICS
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean and median of every metric per method (NaN entries, i.e. empty regions, left out)."""
-    summary: dict[str, dict[str, dict[str, float]]] = {}
-    for method in METHODS:
-        chosen = [r for r in rows if r["method"] == method]
-        summary[method] = {}
-        for name in names:
-            values = np.array([float(r[name]) for r in chosen if name in r], dtype=np.float64)
-            values = values[~np.isnan(values)]
-            summary[method][name] = {
-                "mean": float(values.mean()) if values.size else math.nan,
-                "median": float(np.median(values)) if values.size else math.nan,
-            }
-    return summary
-
-
-def summary_markdown(summary: dict[str, dict[str, dict[str, float]]], images: int, protocol: str = "default") -> str:
-    """The summary as a Markdown table (means, medians in brackets), with every metric it holds."""
-    names = list(summary["model"])
-    lines = [
-        f"Evaluation on {images} image{'' if images == 1 else 's'}; {UNITS[protocol]}; mean (median).",
-        "",
-        "| method | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for method, metrics in summary.items():
-        cells = [
-            "–" if math.isnan(m["mean"]) else f"{m['mean']:.4f} ({m['median']:.4f})"  # the identity has no sigma
-            for m in (metrics[name] for name in names)
-        ]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def _write_reports(
     rows: list[dict[str, Any]],
     summary: dict,
@@ -335,7 +296,7 @@ def _write_reports(
     write_text_atomic(out / "summary.md", summary_markdown(summary, images, protocol) + pooled + _made_by(provenance))
     lines = ["method,statistic," + ",".join(names)]
     for method, metrics in summary.items():
-        for statistic in ("mean", "median"):
+        for statistic in ("mean", "median", "ci_low", "ci_high"):
             lines.append(f"{method},{statistic}," + ",".join(f"{metrics[n][statistic]:.6g}" for n in names))
     write_text_atomic(out / "summary.csv", "\n".join(lines) + "\n")
     report = {"images": images, "protocol": protocol, "window": window or None, "units": UNITS[protocol]}

@@ -75,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
     from dsen2cr.data.layout import check_data_root, read_file_list, select_split, triplets_of_rois
     from dsen2cr.ensemble import ensemble
     from dsen2cr.errors import DSen2CRError
-    from dsen2cr.evaluate import REPORT_ENTRIES, evaluate, summary_markdown
+    from dsen2cr.evaluate import REPORT_ENTRIES, evaluate
     from dsen2cr.outputs.files import check_output_folder, output_folder
     from dsen2cr.predictor import is_onnx, load_predictor
+    from dsen2cr.summary import summary_markdown
 
     if args.batch_size < 1:
         raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")

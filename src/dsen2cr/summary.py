@@ -1,0 +1,102 @@
+"""An evaluation's summary: per method and metric the mean and median over the images, and the mean's confidence
+interval with the patches of one ROI taken as a cluster (they show one place on one date, so their errors are
+not independent: an interval that took every patch as an independent draw would be too narrow)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+#: The rows an evaluation scores: the model, and the identity baseline (the cloudy input as the prediction).
+METHODS = ("model", "identity")
+#: The confidence level of the summary's intervals.
+CONFIDENCE = 0.95
+UNITS = {
+    "default": "reflectance clipped to [0, 1], SAM in degrees",
+    "original": "the original code's units: model units (DN / 2000) unclipped, PSNR and SSIM on DN, SAM in radians",
+}
+
+Summary = dict[str, dict[str, dict[str, float]]]
+
+
+def clustered_interval(values: np.ndarray, clusters: Sequence[str], level: float = CONFIDENCE) -> tuple[float, float]:
+    """The ``level`` confidence interval of the mean of ``values`` where values of one cluster may be correlated:
+    mean ± t(level, G − 1) · SE, with the cluster-robust standard error SE² = G / (G − 1) · Σ_g (Σ_{i∈g} (x_i −
+    mean))² / n² over the G clusters of the n values (with one value per cluster, the usual s / √n; with equal
+    clusters, the t-interval of the clusters' means). NaN bounds with fewer than two clusters."""
+    values = np.asarray(values, dtype=np.float64)
+    names, index = np.unique(np.asarray(clusters), return_inverse=True)
+    count = len(names)
+    if count < 2 or values.size == 0:
+        return math.nan, math.nan
+    mean = values.mean()
+    sums = np.bincount(index, weights=values - mean, minlength=count)
+    error = math.sqrt(count / (count - 1) * float((sums**2).sum())) / values.size
+    half = float(stats.t.ppf(0.5 + level / 2, count - 1)) * error
+    return float(mean - half), float(mean + half)
+
+
+def summarise(rows: Sequence[dict[str, Any]], names: Sequence[str], roi_of: Mapping[str, str] | None = None) -> Summary:
+    """Mean and median of every metric per method (NaN entries, i.e. empty regions, left out), and the mean's
+    :data:`CONFIDENCE` interval (``ci_low``, ``ci_high``) with each ROI a cluster (``roi_of``: the ROI of each
+    ``patch_id``; without it, each image its own) and ``rois``, the ROIs that hold the metric."""
+    summary: Summary = {}
+    for method in METHODS:
+        chosen = [r for r in rows if r["method"] == method]
+        summary[method] = {}
+        for name in names:
+            pairs = [(float(r[name]), r["patch_id"]) for r in chosen if name in r and not math.isnan(float(r[name]))]
+            values = np.array([value for value, _ in pairs], dtype=np.float64)
+            clusters = [roi_of[patch] if roi_of else patch for _, patch in pairs]
+            low, high = clustered_interval(values, clusters)
+            summary[method][name] = {
+                "mean": float(values.mean()) if values.size else math.nan,
+                "median": float(np.median(values)) if values.size else math.nan,
+                "ci_low": low,
+                "ci_high": high,
+                "rois": len(set(clusters)),
+            }
+    return summary
+
+
+def summary_markdown(summary: Summary, images: int, protocol: str = "default") -> str:
+    """The summary as Markdown: a table of means (medians in brackets), with every metric it holds, then one of
+    the means' confidence intervals where it has them."""
+    names = list(summary["model"])
+    lines = [
+        f"Evaluation on {images} image{'' if images == 1 else 's'}; {UNITS[protocol]}; mean (median).",
+        "",
+        "| method | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for method, metrics in summary.items():
+        cells = [
+            "–" if math.isnan(m["mean"]) else f"{m['mean']:.4f} ({m['median']:.4f})"  # the identity has no sigma
+            for m in (metrics[name] for name in names)
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    model = summary["model"]
+    if any("ci_low" in model[name] and not math.isnan(model[name]["ci_low"]) for name in names):
+        rois = int(max(model[name].get("rois", 0) for name in names))
+        lines += [
+            "",
+            f"{CONFIDENCE:.0%} confidence interval of each mean, the patches of one ROI taken as one cluster "
+            f"({rois} ROI{'' if rois == 1 else 's'}; fewer than two: none):",
+            "",
+            "| method | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for method, metrics in summary.items():
+            cells = [_interval_cell(metrics[name]) for name in names]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _interval_cell(metric: Mapping[str, float]) -> str:
+    """``[low, high]``, or ``–`` where there is none."""
+    low, high = metric.get("ci_low", math.nan), metric.get("ci_high", math.nan)
+    return "–" if math.isnan(low) else f"[{low:.4f}, {high:.4f}]"

@@ -1,0 +1,75 @@
+"""An evaluation summary's confidence intervals, each ROI a cluster: checked against scipy's t-interval of
+independent values (one patch per ROI) and of the ROIs' means (ROIs of equal size), and end to end on an
+evaluation's own per-image CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from dsen2cr.models import create_model
+from dsen2cr.summary import clustered_interval, summary_markdown
+
+
+def _t_interval(values: np.ndarray) -> tuple[float, float]:
+    """scipy's 95 % t-interval of the mean of independent ``values``."""
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    return float(low), float(high)
+
+
+def test_one_patch_per_roi_gives_the_t_interval_of_the_patches() -> None:
+    values = np.random.default_rng(0).gamma(2.0, 0.02, size=9)
+    got = clustered_interval(values, [f"R/{n}" for n in range(9)])
+    assert got == pytest.approx(_t_interval(values), rel=1e-12)
+
+
+def test_rois_of_equal_size_give_the_t_interval_of_their_means() -> None:
+    """Six ROIs of four patches: the interval is that of the six ROI means (five degrees of freedom), wider than
+    the 24 patches taken as independent would give."""
+    rng = np.random.default_rng(1)
+    roi_level = rng.normal(0.03, 0.01, size=6)
+    values = np.repeat(roi_level, 4) + rng.normal(0, 0.002, size=24)
+    clusters = [f"R/{n // 4}" for n in range(24)]
+    got = clustered_interval(values, clusters)
+    assert got == pytest.approx(_t_interval(values.reshape(6, 4).mean(axis=1)), rel=1e-12)
+    naive = _t_interval(values)
+    assert got[1] - got[0] > 2 * (naive[1] - naive[0])
+
+
+def test_fewer_than_two_rois_give_no_interval() -> None:
+    assert all(math.isnan(bound) for bound in clustered_interval(np.array([0.1, 0.2, 0.3]), ["R/1"] * 3))
+    assert all(math.isnan(bound) for bound in clustered_interval(np.array([]), []))
+
+
+def test_an_evaluation_reports_each_means_interval(workdir: Path) -> None:
+    """Two ROIs of two patches each: summary.json's interval of every metric is scipy's t-interval of the two ROI
+    means of the per-image CSV's values (one degree of freedom); summary.csv and summary.md give it too."""
+    from dsen2cr.evaluate import evaluate
+
+    root = workdir / "tree"
+    triplets = [
+        workdir.triplet(root, "ROIs1158_spring", roi, patch, size=32, seed=10 * roi + patch)  # type: ignore[attr-defined]
+        for roi in (1, 2)
+        for patch in (0, 1)
+    ]
+    out = workdir / "e"
+    evaluate(create_model("dsen2cr-small").eval(), triplets, out, write_images=False)
+    rows = [r for r in csv.DictReader((out / "metrics_per_image.csv").open()) if r["method"] == "model"]
+    summary = json.loads((out / "summary.json").read_text())["summary"]["model"]
+    for name in ("mae", "rmse", "psnr", "ssim", "sam"):
+        values = np.array([float(r[name]) for r in rows])
+        want = _t_interval(values.reshape(2, 2).mean(axis=1))
+        assert (summary[name]["ci_low"], summary[name]["ci_high"]) == pytest.approx(want, rel=1e-5), name
+        assert summary[name]["rois"] == 2
+    table = (out / "summary.csv").read_text().splitlines()
+    assert [line.split(",")[:2] for line in table[-2:]] == [["identity", "ci_low"], ["identity", "ci_high"]]
+    text = (out / "summary.md").read_text()
+    assert "95% confidence interval of each mean, the patches of one ROI taken as one cluster (2 ROIs" in text
+    assert f"[{summary['mae']['ci_low']:.4f}, {summary['mae']['ci_high']:.4f}]" in text
+    assert summary_markdown({"model": {"mae": {"mean": 0.1, "median": 0.1}}}, 1).count("|---|") == 1
