@@ -15,7 +15,7 @@ LAYERS = [
     ["dsen2cr"],  # the package itself: the public names, some imported on first use
     ["cli"],
     ["demo"],
-    ["evaluate"],
+    ["evaluate", "compare"],
     ["training"],
     ["scene.jobs", "scene.arrays"],
     ["scene.done"],  # scenes an earlier run finished (--skip-existing)

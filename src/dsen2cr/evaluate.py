@@ -143,7 +143,7 @@ def evaluate(
                 check_projected_room(out, images, len(batch["patch_id"]), len(triplets), what="patches", hint=ROOM_HINT)
     order = {t.patch_id: position for position, t in enumerate(triplets)}
     scorer.rows.sort(key=lambda row: order[row["patch_id"]])  # stable: the model's row, then the identity's
-    summary = summarise(scorer.rows, names, {t.patch_id: t.roi for t in triplets})
+    summary = summarise(scorer.rows, names)
     provenance = {**scorer.tags, **scorer.mask_tags}
     if o.data:
         provenance["DSEN2CR_DATA"] = o.data
@@ -213,7 +213,10 @@ class _Scorer:
                         )
                     self._keep_sample(pred_dn, target_dn, sigma_dn)
                 cloud_fraction = float((mask != 0).mean())
-                self.rows.append({"patch_id": patch_id, "method": method, "cloud_fraction": cloud_fraction, **values})
+                roi = self.by_id[patch_id].roi
+                self.rows.append(
+                    {"patch_id": patch_id, "roi": roi, "method": method, "cloud_fraction": cloud_fraction, **values}
+                )
             if self.options.write_images:
                 _write_prediction(self.by_id[patch_id], pred_dn, self.out / "predictions", self.tags)
                 s1_db = s1_model_to_db(batch["s1"][i].numpy()) if self.include_sar else None
@@ -285,7 +288,7 @@ def _write_reports(
     """Per-image CSV and the summary as Markdown, CSV and JSON; the Markdown and JSON say what made them
     (``provenance``: the predictions' tags, the mask and its threshold) and give the pooled ``calibration``
     of a model with sigma (:func:`write_calibration`'s, without its bins and curve)."""
-    columns = ["patch_id", "method", "cloud_fraction", *names]
+    columns = ["patch_id", "roi", "method", "cloud_fraction", *names]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()

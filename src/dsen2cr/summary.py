@@ -40,18 +40,19 @@ def clustered_interval(values: np.ndarray, clusters: Sequence[str], level: float
     return float(mean - half), float(mean + half)
 
 
-def summarise(rows: Sequence[dict[str, Any]], names: Sequence[str], roi_of: Mapping[str, str] | None = None) -> Summary:
+def summarise(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> Summary:
     """Mean and median of every metric per method (NaN entries, i.e. empty regions, left out), and the mean's
-    :data:`CONFIDENCE` interval (``ci_low``, ``ci_high``) with each ROI a cluster (``roi_of``: the ROI of each
-    ``patch_id``; without it, each image its own) and ``rois``, the ROIs that hold the metric."""
+    :data:`CONFIDENCE` interval (``ci_low``, ``ci_high``) with each ROI a cluster (a row's ``roi``; a row without
+    one, its image its own) and ``rois``, the ROIs that hold the metric."""
     summary: Summary = {}
     for method in METHODS:
         chosen = [r for r in rows if r["method"] == method]
         summary[method] = {}
         for name in names:
-            pairs = [(float(r[name]), r["patch_id"]) for r in chosen if name in r and not math.isnan(float(r[name]))]
+            pairs = [(float(r[name]), r.get("roi", r["patch_id"])) for r in chosen if name in r]
+            pairs = [(value, roi) for value, roi in pairs if not math.isnan(value)]
             values = np.array([value for value, _ in pairs], dtype=np.float64)
-            clusters = [roi_of[patch] if roi_of else patch for _, patch in pairs]
+            clusters = [roi for _, roi in pairs]
             low, high = clustered_interval(values, clusters)
             summary[method][name] = {
                 "mean": float(values.mean()) if values.size else math.nan,

@@ -1,0 +1,174 @@
+"""Two evaluation reports of one test set compared patch by patch (``dsen2cr compare A B``): for every metric both
+hold, the means and the mean of the per-patch difference B − A with its confidence interval, the ROIs as clusters
+(:func:`dsen2cr.summary.clustered_interval`). Both models saw the same patches, so their difference is known far
+better than either mean: this says whether, say, a fine-tuned model beats the published one on your region."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.summary import CONFIDENCE, clustered_interval
+
+log = logging.getLogger(__name__)
+
+#: Per-image columns that are no metric.
+_NOT_METRICS = ("patch_id", "roi", "method", "cloud_fraction")
+#: What the provenance of two comparable reports must share, and what it is, for messages.
+_SAME = {"protocol": "protocol", "window": "window", "units": "units"}
+_SAME_MAP = {"DSEN2CR_MASK": "--mask", "DSEN2CR_CLOUD_THRESHOLD": "--cloud-threshold"}
+
+
+@dataclass(frozen=True)
+class Report:
+    """An evaluation report as :func:`read_report` finds it: the model's values by patch and metric, each patch's
+    ROI, and its ``summary.json`` (protocol, window, units, provenance)."""
+
+    folder: Path
+    values: dict[str, dict[str, float]]
+    roi_of: dict[str, str]
+    summary: dict[str, Any]
+
+    def made_by(self) -> str:
+        """The weights and their SHA-256 (its first 12 digits), in words."""
+        provenance = self.summary.get("provenance", {})
+        digest = str(provenance.get("DSEN2CR_WEIGHTS_SHA256", "unknown"))
+        return f"{provenance.get('DSEN2CR_WEIGHTS', 'unknown weights')} (SHA-256 {digest[:12]})"
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    """One metric of two reports over the patches where both hold it: their means, the mean of B − A and its
+    confidence interval, and which is better (``A``, ``B``, or ``""`` when the interval holds 0 or the metric
+    has no better direction)."""
+
+    metric: str
+    patches: int
+    rois: int
+    mean_a: float
+    mean_b: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    better: str
+
+
+def read_report(folder: str | Path) -> Report:
+    """The model rows of an evaluation report folder (``metrics_per_image.csv``, ``summary.json``); refused in one
+    line naming the folder when it is none or predates the ROI column."""
+    folder = Path(folder)
+    table, summary_file = folder / "metrics_per_image.csv", folder / "summary.json"
+    if not table.is_file() or not summary_file.is_file():
+        raise DSen2CRError(f"{folder}: not an evaluation report (no metrics_per_image.csv and summary.json there)")
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        with table.open(newline="", encoding="utf-8") as file:
+            rows = [row for row in csv.DictReader(file) if row.get("method") == "model"]
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as error:
+        raise DSen2CRError(f"{folder}: an unreadable evaluation report ({error})") from None
+    if rows and "roi" not in rows[0]:
+        raise DSen2CRError(f"{table}: has no roi column (a report of an earlier version): evaluate again")
+    values = {
+        row["patch_id"]: {name: _number(text) for name, text in row.items() if name not in _NOT_METRICS} for row in rows
+    }
+    return Report(folder, values, {row["patch_id"]: row["roi"] for row in rows}, summary)
+
+
+def _number(text: str | None) -> float:
+    """A CSV field as a number (NaN for an empty one: a region the patch lacks)."""
+    try:
+        return float(text) if text else math.nan
+    except ValueError:
+        return math.nan
+
+
+def higher_is_better(metric: str) -> bool | None:
+    """Whether a larger value of ``metric`` is better: PSNR and SSIM (of any region or protocol) yes; calibration's
+    coverages and an ensemble's sigma parts have no better side (None); every other metric, an error, no."""
+    if metric.startswith(("coverage", "rms_sigma")):
+        return None
+    return "psnr" in metric or "ssim" in metric
+
+
+def compare_reports(a: Report, b: Report) -> list[MetricComparison]:
+    """Every metric both reports hold, compared over their common patches (which must be all of each's)."""
+    _check_comparable(a, b)
+    patches = sorted(a.values)
+    metrics = [name for name in a.values[patches[0]] if name in b.values[patches[0]]]
+    comparisons = []
+    for metric in metrics:
+        pairs = [(a.values[p][metric], b.values[p][metric], a.roi_of[p]) for p in patches]
+        pairs = [(x, y, roi) for x, y, roi in pairs if math.isfinite(x) and math.isfinite(y)]
+        if not pairs:
+            continue
+        first = np.array([x for x, _, _ in pairs])
+        second = np.array([y for _, y, _ in pairs])
+        rois = [roi for _, _, roi in pairs]
+        low, high = clustered_interval(second - first, rois)
+        direction = higher_is_better(metric)
+        better = ""
+        if direction is not None and not math.isnan(low) and (low > 0 or high < 0):
+            better = "B" if (low > 0) == direction else "A"
+        means = float(first.mean()), float(second.mean()), float((second - first).mean())
+        comparisons.append(MetricComparison(metric, len(pairs), len(set(rois)), *means, low, high, better))
+    return comparisons
+
+
+def _check_comparable(a: Report, b: Report) -> None:
+    """The two reports score one set of patches in one protocol, window and units; a different cloud/shadow map
+    (the region metrics') is warned of."""
+    if a.folder.resolve() == b.folder.resolve():
+        raise DSen2CRError(f"{b.folder}: the same report as {a.folder}; compare two evaluations")
+    for key, what in _SAME.items():
+        if a.summary.get(key) != b.summary.get(key):
+            raise DSen2CRError(
+                f"{b.folder}: scored with {what} {b.summary.get(key)!r}, {a.folder} with {a.summary.get(key)!r}: "
+                "evaluate both alike"
+            )
+    only_a, only_b = sorted(set(a.values) - set(b.values)), sorted(set(b.values) - set(a.values))
+    if only_a or only_b or not a.values:
+        example = (only_a or only_b or ["none"])[0]
+        raise DSen2CRError(
+            f"{b.folder}: holds {len(b.values)} patches, {a.folder} {len(a.values)}; {len(only_a)} only in the "
+            f"first and {len(only_b)} only in the second (e.g. {example}): compare evaluations of one test set"
+        )
+    if moved := [patch for patch in a.values if a.roi_of[patch] != b.roi_of[patch]]:
+        raise DSen2CRError(f"{b.folder}: patch {moved[0]} lies in ROI {b.roi_of[moved[0]]}, in {a.folder} in another")
+    provenance_a, provenance_b = a.summary.get("provenance", {}), b.summary.get("provenance", {})
+    for key, what in _SAME_MAP.items():
+        if provenance_a.get(key) != provenance_b.get(key):
+            log.warning(
+                "%s: its region metrics (*_cloudy, *_clear) use %s %s, %s's %s: they score other pixels",
+                b.folder,
+                what,
+                provenance_b.get(key),
+                a.folder,
+                provenance_a.get(key),
+            )
+
+
+def comparison_markdown(a: Report, b: Report, comparisons: list[MetricComparison]) -> str:
+    """The comparison as Markdown: what A and B are, then a row per metric."""
+    patches = max((c.patches for c in comparisons), default=0)
+    rois = max((c.rois for c in comparisons), default=0)
+    lines = [
+        f"A: {a.folder} ({a.made_by()}); B: {b.folder} ({b.made_by()}).",
+        f"Patch by patch on {patches} patches of {rois} ROI{'' if rois == 1 else 's'}; {a.summary.get('units')}; "
+        f"{CONFIDENCE:.0%} confidence interval of the mean difference, the patches of one ROI one cluster.",
+        "",
+        "| metric | A | B | B − A | interval of B − A | better |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        interval = "–" if math.isnan(c.ci_low) else f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+        better = c.better or ("–" if higher_is_better(c.metric) is None else "not shown")
+        lines.append(f"| {c.metric} | {c.mean_a:.4f} | {c.mean_b:.4f} | {c.difference:+.4f} | {interval} | {better} |")
+    return "\n".join(lines) + "\n"
