@@ -33,6 +33,7 @@ def test_two_evaluations_compared_patch_by_patch(workdir: Path, capsys: pytest.C
     for name, seed in (("a", 0), ("b", 1)):
         torch.manual_seed(seed)
         evaluate(create_model("dsen2cr-small").eval(), triplets, workdir / name, write_images=False)
+    capsys.readouterr()  # (what evaluate logged)
     assert main(["compare", str(workdir / "a"), str(workdir / "b"), "--json"]) == 0
     got = {row["metric"]: row for row in json.loads(capsys.readouterr().out)["metrics"]}
 

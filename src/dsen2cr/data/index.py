@@ -81,17 +81,12 @@ def scan_flat(root: Path) -> tuple[list[Triplet], list[tuple[Path, str]]]:
 
 def check_triplet(triplet: Triplet) -> str | None:
     """Return why a triplet is unusable (band counts, sizes, CRS or transforms that disagree), or None."""
-    return _checked(triplet)[0]
+    problem = _problem_or_footprint(triplet)
+    return problem if isinstance(problem, str) else None
 
 
-def _checked(triplet: Triplet) -> tuple[str | None, Footprint | None]:
-    """:func:`check_triplet`'s answer, and the ground a usable triplet covers."""
-    problem = _problem(triplet)
-    return (problem, None) if isinstance(problem, str) else (None, problem)
-
-
-def _problem(triplet: Triplet) -> str | Footprint:
-    """Why a triplet is unusable, else its footprint."""
+def _problem_or_footprint(triplet: Triplet) -> str | Footprint:
+    """Why a triplet is unusable (:func:`check_triplet`), else the ground it covers."""
     grids = {}
     for role, path in triplet.paths().items():
         try:
@@ -162,9 +157,9 @@ def index_dataset(
     report = IndexReport(skipped=list(skipped))
     footprints = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for triplet, (problem, footprint) in zip(triplets, pool.map(_checked, triplets), strict=True):
-            if problem is not None or footprint is None:
-                report.skipped.append((triplet.s1, str(problem)))
+        for triplet, footprint in zip(triplets, pool.map(_problem_or_footprint, triplets), strict=True):
+            if isinstance(footprint, str):
+                report.skipped.append((triplet.s1, footprint))
                 continue
             split = 2 if triplet.roi in val_rois else 3 if triplet.roi in test_rois else 1
             report.triplets.append(replace(triplet, split=split))
