@@ -278,6 +278,8 @@ def test_the_output_records_its_inputs_mask_threshold_tiling_and_s1_fill(workdir
     assert tags["DSEN2CR_TILING"] == "windows of at most 320 px, overlap 20 px (exact: whole-image inference)"
     assert tags["DSEN2CR_S1_FILLED"] == "none"
     assert (mask_tags["DSEN2CR_S2"], mask_tags["DSEN2CR_CLOUD_THRESHOLD"]) == ("s2.tif", "0.2")
+    assert tags["DSEN2CR_S1_UNITS"] == mask_tags["DSEN2CR_S1_UNITS"] == "dB"
+    assert "DSEN2CR_RESAMPLING" not in tags  # a 13-band GeoTIFF at 10 m: nothing resampled
     with rasterio.open(s1) as source:
         holes = source.read()
         holes[:, :, :25] = np.nan

@@ -56,6 +56,7 @@ def test_baseline_offset_is_removed(weights: Path, tmp_path: Path, make_safe: Ca
     assert (
         tags["DSEN2CR_OFFSET_REMOVED"].startswith("B1:-1000,B2:-1000") and tags["DSEN2CR_OFFSET_SOURCE"] == "metadata"
     )
+    assert tags["DSEN2CR_RESAMPLING"] == "nearest (20 m and 60 m bands onto the 10 m grid)"
 
 
 def test_geotiff_offset_option(weights: Path, tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def test_a_stopped_batch_goes_on_where_it_stopped(workdir: Path, capsys: pytest.
 
 
 def test_a_scene_made_otherwise_is_refused_unless_overwrite(workdir: Path, capsys: pytest.CaptureFixture) -> None:
-    """a.tif made by other weights, without --keep-clear or without an S2 offset: refused in one line naming what
+    """a.tif made by other weights, without --keep-clear, an S2 offset or --s1-linear: refused in one line naming what
     differs, the file unchanged; with --overwrite it is made again and records the new weights' SHA-256 (hashed
     here)."""
     manifest = _manifest(workdir, "a")
@@ -75,6 +75,8 @@ def test_a_scene_made_otherwise_is_refused_unless_overwrite(workdir: Path, capsy
     assert "made with --keep-clear no (every pixel), this run's is yes, feather" in capsys.readouterr().err
     assert _remove_clouds(workdir, manifest, "--skip-existing", "--s2-offset", "-1000") == 2
     assert "made with S2 offset removed none, this run's is B1:-1000," in capsys.readouterr().err
+    assert _remove_clouds(workdir, manifest, "--skip-existing", "--s1-linear") == 2
+    assert "made with S1 read as dB, this run's is linear power, converted to dB" in capsys.readouterr().err
     assert _state(workdir / "a.tif") == before
     assert _remove_clouds(workdir, manifest, "--skip-existing", "--overwrite", weights=other) == 0
     with rasterio.open(workdir / "a.tif") as image:

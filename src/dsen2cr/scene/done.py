@@ -1,8 +1,8 @@
 """Scenes an earlier run finished (``remove-clouds --skip-existing``): a batch that stopped (an error, a job's time
 limit, a killed process) goes on where it stopped, its finished scenes skipped rather than computed again. A
 scene counts as finished when every output it asks for exists and its image records what this run would: the
-same weights (SHA-256), the same S2 and S1 inputs (file names) and S2 offset, ``--keep-clear``, ``--mask`` and the
-cloud threshold."""
+same weights (SHA-256), the same S2 and S1 inputs (file names), S2 offset, S1 units and resampling, ``--keep-clear``,
+``--mask`` and the cloud threshold."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product
 from dsen2cr.outputs.files import file_sha256
 from dsen2cr.scene.checks import job_outputs
-from dsen2cr.scene.describe import input_tags, offset_tag, run_tags
+from dsen2cr.scene.describe import input_tags, offset_tag, resampling_tags, run_tags
 from dsen2cr.settings import SceneJob, SceneSettings
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,15 @@ COMPARED = {
     "DSEN2CR_S2": "S2 input",
     "DSEN2CR_S1": "S1 input",
     "DSEN2CR_OFFSET_REMOVED": "S2 offset removed",
+    "DSEN2CR_S1_UNITS": "S1 read as",
+    "DSEN2CR_RESAMPLING": "--resampling",
     "DSEN2CR_KEEP_CLEAR": "--keep-clear",
     "DSEN2CR_MASK": "--mask",
     "DSEN2CR_CLOUD_THRESHOLD": "--cloud-threshold",
 }
+
+#: Tags that outputs of earlier versions lack.
+_LATER = ("DSEN2CR_S1_UNITS", "DSEN2CR_RESAMPLING")
 
 
 def weights_digest(settings: SceneSettings) -> str:
@@ -48,8 +53,11 @@ def made_otherwise(job: SceneJob, product: S2Product, settings: SceneSettings, d
         return f"it cannot be read as a GeoTIFF ({' '.join(str(error).split())})"
     expected = {"DSEN2CR_WEIGHTS_SHA256": digest, **run_tags(settings), **input_tags(job, settings)}
     expected["DSEN2CR_OFFSET_REMOVED"] = offset_tag(product)
+    expected.update(resampling_tags(product, settings.resampling))
     for key, what in COMPARED.items():
         made, wanted = tags.get(key), expected.get(key)
+        if key in _LATER and made is None:
+            continue  # an output of a version before the tag: not known, not held against it
         if made != wanted:
             if key == "DSEN2CR_WEIGHTS_SHA256":
                 made, wanted = (text[:12] + "…" if text and len(text) > 12 else text for text in (made, wanted))
