@@ -27,7 +27,7 @@ import dsen2cr.data.patches as patches
 from benchmarks.common import report
 from benchmarks.product_read import write_product
 from benchmarks.scene import _mirrored
-from dsen2cr.data.patch_jobs import PatchJob, check_patch_jobs
+from dsen2cr.data.patch_jobs import PatchJob, PatchOptions, check_patch_jobs
 from dsen2cr.data.patches import SceneTriplet, cut_patches
 from dsen2cr.data.sample import sample_scene
 from dsen2cr.outputs.geotiff import write_geotiff
@@ -88,7 +88,8 @@ def main() -> None:
             note += f"{threads} writer thread{'s' if threads != 1 else ''} (and band readers)"
             rows.append({"measure": f"{args.size}x{args.size} px, {name}", "value": seconds, "unit": "s", "note": note})
         start = time.perf_counter()
-        check_patch_jobs([PatchJob(SceneTriplet(str(products[0]), str(products[1]), str(s1)), 2)], folder / "out9")
+        job = PatchJob(SceneTriplet(str(products[0]), str(products[1]), str(s1)), 2)
+        check_patch_jobs([job], folder / "out9", PatchOptions())
         rows.append(
             {
                 "measure": f"{args.size}x{args.size} px, JPEG 2000 bands: a manifest row's check before any is cut",

@@ -190,7 +190,14 @@ def _register_patches(data_commands: SubParsers) -> None:
 
 def run_patches(args: argparse.Namespace) -> int:
     """Run ``data patches``: one scene pair, or a manifest's."""
-    from dsen2cr.data.patch_jobs import PatchJob, check_patch_jobs, cut_patch_jobs, read_patch_manifest, warn_overlaps
+    from dsen2cr.data.patch_jobs import (
+        PatchJob,
+        PatchOptions,
+        check_patch_jobs,
+        cut_patch_jobs,
+        read_patch_manifest,
+        warn_overlaps,
+    )
     from dsen2cr.data.patches import PatchReport, SceneTriplet
 
     single = {"--s2-cloudy": args.s2_cloudy, "--s2": args.s2, "--s1": args.s1, "--roi": args.roi}
@@ -209,17 +216,9 @@ def run_patches(args: argparse.Namespace) -> int:
             args.s2_cloudy, args.s2, args.s1, args.s2_cloudy_offset, args.s2_offset, args.s1_linear, args.resampling
         )
         jobs = [PatchJob(scenes, args.roi)]
-    collection, size, max_target_cloud = args.collection, args.size, args.max_target_cloud
+    options = PatchOptions(args.collection, args.size, args.max_target_cloud, args.overwrite)
     if len(jobs) > 1:
-        checked = check_patch_jobs(
-            jobs,
-            args.out,
-            collection=collection,
-            size=size,
-            max_target_cloud=max_target_cloud,
-            overwrite=args.overwrite,
-        )
-        warn_overlaps(checked)
+        warn_overlaps(check_patch_jobs(jobs, args.out, options))
 
     def say(job: PatchJob, report: PatchReport) -> None:
         """A ROI's line: what it wrote, the inputs' cloud cover, what was left out and why."""
@@ -232,16 +231,7 @@ def run_patches(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    reports = cut_patch_jobs(
-        jobs,
-        args.out,
-        collection=collection,
-        size=size,
-        max_target_cloud=max_target_cloud,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        on_written=say,
-    )
+    reports = cut_patch_jobs(jobs, args.out, options, progress=not args.no_progress, on_written=say)
     if len(reports) > 1:
         print(f"wrote {sum(report.written for report in reports)} patches of {len(reports)} ROIs under {args.out}")
     print(f"next: dsen2cr data index {args.out} --out {Path(args.out) / 'files.csv'} [--val-rois …] [--test-rois …]")

@@ -6,6 +6,7 @@ files, grids and levels, its ROI's folders), then each is cut into its ROI as on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,17 @@ log = logging.getLogger(__name__)
 #: Every column a ``data patches`` manifest may have.
 PATCH_MANIFEST_COLUMNS = ("s2_cloudy", "s2", "s1", "roi", "s2_cloudy_offset", "s2_offset")
 _REQUIRED = ("s2_cloudy", "s2", "s1", "roi")
+
+
+@dataclass(frozen=True)
+class PatchOptions:
+    """How every row is cut (:func:`~dsen2cr.data.patches.cut_patches`' options): the collection's name, the
+    patch size, the target's cloud limit, and whether an earlier run's patches of a ROI are replaced."""
+
+    collection: str = "own"
+    size: int = 256
+    max_target_cloud: float = DEFAULT_MAX_TARGET_CLOUD
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,32 +98,24 @@ def _whole_number(text: str, where: str, column: str) -> int | None:
         raise DSen2CRError(f"{where}: {column} must be a whole number, got {text!r}") from None
 
 
-def check_patch_jobs(
-    jobs: list[PatchJob],
-    out: str | Path,
-    *,
-    collection: str = "own",
-    size: int = 256,
-    max_target_cloud: float = DEFAULT_MAX_TARGET_CLOUD,
-    overwrite: bool = False,
-) -> list[list[PatchJob]]:
+def check_patch_jobs(jobs: list[PatchJob], out: str | Path, options: PatchOptions) -> list[list[PatchJob]]:
     """Check every row as :func:`~dsen2cr.data.patches.cut_patches` would before its first patch, without writing
     anything: the numbers, the three scenes (readable, one grid, one level, S1 warped onto it), a scene of at least
-    one patch, the ROI's folders free (or an earlier run's with ``overwrite``). A refusal names the row. Returns
+    one patch, the ROI's folders free (or an earlier run's with ``options.overwrite``). A refusal names the row. Returns
     the groups of rows whose scenes cover overlapping ground (on one CRS): their ROIs belong in one split."""
-    season = season_of(collection)
+    season = season_of(options.collection)
     footprints = []
     for job in jobs:
         try:
-            check_numbers(job.roi, size, max_target_cloud)
+            check_numbers(job.roi, options.size, options.max_target_cloud)
             with gdal_block_cache(), contextlib.ExitStack() as opened:
                 sources = open_scenes(job.scenes)
                 for source in sources:
                     opened.callback(source.close)
                 grid = sources[0].grid
-                windows = scene_windows(job.scenes.s2_cloudy, grid, size)
+                windows = scene_windows(job.scenes.s2_cloudy, grid, options.size)
             folders, names = roi_outputs(out, season, job.roi, len(windows))
-            check_roi_outputs(folders, names, job.roi, overwrite=overwrite)
+            check_roi_outputs(folders, names, job.roi, overwrite=options.overwrite)
         except DSen2CRError as error:
             raise DSen2CRError(job.named(error)) from None
         footprints.append(Footprint.of(grid.crs, grid.transform, grid.width, grid.height))
@@ -154,30 +158,18 @@ def warn_overlaps(groups: list[list[PatchJob]]) -> None:
 def cut_patch_jobs(
     jobs: list[PatchJob],
     out: str | Path,
+    options: PatchOptions,
     *,
-    collection: str = "own",
-    size: int = 256,
-    max_target_cloud: float = DEFAULT_MAX_TARGET_CLOUD,
-    overwrite: bool = False,
     progress: bool = True,
     on_written: Callable[[PatchJob, PatchReport], None] | None = None,
 ) -> list[PatchReport]:
-    """Cut every row into its ROI (:func:`~dsen2cr.data.patches.cut_patches` with these options), in the
+    """Cut every row into its ROI (:func:`~dsen2cr.data.patches.cut_patches` with ``options``), in the
     manifest's order, calling ``on_written`` after each. An error stops the run naming its row: the rows before it
     stay written (each ROI whole), the failing row's ROI leaves nothing, the rows after it are not begun."""
     reports = []
     for done, job in enumerate(jobs):
         try:
-            report = cut_patches(
-                job.scenes,
-                out,
-                roi=job.roi,
-                collection=collection,
-                size=size,
-                max_target_cloud=max_target_cloud,
-                overwrite=overwrite,
-                progress=progress,
-            )
+            report = cut_patches(job.scenes, out, roi=job.roi, progress=progress, **dataclasses.asdict(options))
         except DSen2CRError as error:
             rois = ", ".join(str(earlier.roi) for earlier in jobs[:done])
             written = f"; the row{'s' if done > 1 else ''} before it stay{'' if done > 1 else 's'} written (ROI {rois})"
