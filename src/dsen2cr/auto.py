@@ -180,11 +180,7 @@ def resolve_precision(
         return "fp32"
     cuda = device.type == "cuda"
     if precision == "auto":
-        fast = cuda and not exact  # a GPU, and no exact results asked for
-        if fast and backend == "auto" and _capability(device) >= FP16_TENSOR_CORES:
-            chosen = "fp16"
-        else:
-            chosen = "tf32" if fast and has_tf32(device) else "fp32"
+        chosen = auto_precision(device, exact=exact, backend=backend)
         reason = "exact results" if exact else f"auto on {_name(device)}"
         reason += "" if backend == "auto" or exact else f" with --backend {backend}"
         log.info("precision: %s (%s; --precision fp32, tf32, fp16 or bf16 to choose)", chosen, reason)
@@ -197,6 +193,16 @@ def resolve_precision(
     if precision in HALF_DTYPES and not cuda:
         log.info("precision: %s on %s runs under autocast, usually slower than fp32 there", precision, device.type)
     return precision
+
+
+def auto_precision(device: torch.device, *, exact: bool = False, backend: str = "auto") -> str:
+    """What ``--precision auto`` picks for a PyTorch model on ``device`` (:func:`resolve_precision`, which says
+    why): fp16 on a GPU with fp16 tensor cores, else TF32 on a GPU that has it, else IEEE fp32; IEEE fp32 on a CPU
+    and for ``exact`` results; a float32 ``backend`` the user named keeps float32."""
+    fast = device.type == "cuda" and not exact  # a GPU, and no exact results asked for
+    if fast and backend == "auto" and _capability(device) >= FP16_TENSOR_CORES:
+        return "fp16"
+    return "tf32" if fast and has_tf32(device) else "fp32"
 
 
 #: Compute capability from which NVIDIA GPUs multiply fp16 on tensor cores (Volta), and TF32 (Ampere).

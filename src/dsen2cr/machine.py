@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,17 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
 #: A cgroup v1 memory limit at or above this is "no limit" (the kernel writes 2**63 rounded down to a page).
 NO_LIMIT = 2**62
+#: Where loader workers hand batches to the training process (PyTorch's shared memory; 64 MB in a Docker
+#: container unless run with ``--shm-size`` or ``--ipc=host``).
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def shared_memory_free() -> int | None:
+    """Free bytes of :data:`SHARED_MEMORY` (None where the system has no such folder: macOS, Windows)."""
+    try:
+        return shutil.disk_usage(SHARED_MEMORY).free
+    except OSError:
+        return None
 
 
 def local_processes() -> int:

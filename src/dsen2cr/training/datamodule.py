@@ -6,9 +6,7 @@ import atexit
 import functools
 import hashlib
 import itertools
-import shutil
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,21 +18,11 @@ from dsen2cr.config import DataSection, LossSection
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
 from dsen2cr.data.layout import data_files, resolve_split
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.machine import SHARED_MEMORY, shared_memory_free
 from dsen2cr.weights import loop_position
 
-#: Where loader workers hand batches to the training process (PyTorch's shared memory; 64 MB in a Docker
-#: container unless run with ``--shm-size`` or ``--ipc=host``).
-SHARED_MEMORY = Path("/dev/shm")
 #: Batches each loader worker prepares ahead (DataLoader's ``prefetch_factor`` default).
 PREFETCH_FACTOR = 2
-
-
-def shared_memory_free() -> int | None:
-    """Free bytes of :data:`SHARED_MEMORY` (None where the system has no such folder: macOS, Windows)."""
-    try:
-        return shutil.disk_usage(SHARED_MEMORY).free
-    except OSError:
-        return None
 
 
 def check_shared_memory(
