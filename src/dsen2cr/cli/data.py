@@ -14,7 +14,11 @@ from dsen2cr.errors import DSen2CRError
 
 def register(subparsers: SubParsers) -> None:
     """Add ``data`` and its subcommands."""
-    data = add_command(subparsers, "data", help="index, synthesise or copy SEN12MS-CR-layout data")
+    data = add_command(
+        subparsers,
+        "data",
+        help="SEN12MS-CR-layout data: download, index, split, synthesise, copy the sample, cut your own scenes",
+    )
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
 
     index = add_command(
