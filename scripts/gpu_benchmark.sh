@@ -54,6 +54,7 @@ python3 -c "import imagecodecs" 2>/dev/null \
     || echo "imagecodecs is not installed here: COGs are compressed by GDAL's copy (carry its wheel in .whl/)" | tee -a "$OUT_DIR/gpu.log"
 python3 -c "import torch, rasterio; print('torch', torch.__version__, 'rasterio', rasterio.__version__)" \
     | tee -a "$OUT_DIR/gpu.log"
+timeout 60 python3 -m dsen2cr.cli doctor 2>&1 | tee -a "$OUT_DIR/gpu.log" || true  # the install as the tool sees it
 
 step_cli() {
 python3 - "$scratch" <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Check the built image (make image-test): `dsen2cr --version`, then `remove-clouds` on the bundled real scene
-# inside it (fresh small weights made there), and the output checked: 13 bands of uint16 in the scene's CRS
-# and size, reflectance scale, provenance tags. Runs with docker or podman where one works, else buildah.
+# Check the built image (make image-test): `dsen2cr --version` and `dsen2cr doctor` (the install inside it), then
+# `remove-clouds` on the bundled real scene inside it (fresh small weights made there), and the output checked:
+# 13 bands of uint16 in the scene's CRS and size, reflectance scale, provenance tags. Runs with docker or podman where one works, else buildah.
 # Usage: scripts/test_image.sh [IMAGE]   (default: localhost/dsen2cr:cpu)
 set -euo pipefail
 IMAGE=${1:-localhost/dsen2cr:cpu}
@@ -15,6 +15,7 @@ else
   run() { buildah run --isolation chroot --user dsen2cr "$container" -- "$@"; }
 fi
 run dsen2cr --version
+run dsen2cr doctor
 run bash -c '
 set -euo pipefail
 cd "$(mktemp -d)"

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dsen2cr"
 LAYERS = [
     ["dsen2cr"],  # the package itself: the public names, some imported on first use
     ["cli"],
-    ["demo"],
+    ["demo", "doctor"],
     ["evaluate", "compare"],
     ["training"],
     ["scene.jobs", "scene.arrays"],
