@@ -229,7 +229,9 @@ def _write_report(out: Path, summaries: dict, images: int, scenes: dict[str, Sce
         "",
         "Per-image metrics, predictions (GeoTIFF) and previews: `evaluation-sar/`, `evaluation-nosar/`, "
         "`evaluation-uncertainty/`.",
-        f"All metrics: {', '.join(ALL_METRICS)} in `evaluation-*/summary.md`.",
+        f"All metrics: {', '.join(ALL_METRICS)} in `evaluation-*/summary.md`, with each mean's 95 % confidence "
+        "interval (two images of two ROIs: wide). Two models patch by patch, from this folder: `dsen2cr compare "
+        "evaluation-nosar evaluation-sar`.",
         "",
         "## Real cloudy scene (T33UUU, 2017-02-16, no S1: models without SAR)",
         "",
