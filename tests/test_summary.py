@@ -49,7 +49,8 @@ def test_fewer_than_two_rois_give_no_interval() -> None:
 
 def test_an_evaluation_reports_each_means_interval(workdir: Path) -> None:
     """Two ROIs of two patches each: summary.json's interval of every metric is scipy's t-interval of the two ROI
-    means of the per-image CSV's values (one degree of freedom); summary.csv and summary.md give it too."""
+    means of the per-image CSV's values (one degree of freedom); summary.csv and summary.md give it too; the
+    per-ROI CSV holds each ROI's means of the per-image values."""
     from dsen2cr.evaluate import evaluate
 
     root = workdir / "tree"
@@ -73,3 +74,11 @@ def test_an_evaluation_reports_each_means_interval(workdir: Path) -> None:
     assert "95% confidence interval of each mean, the patches of one ROI taken as one cluster (2 ROIs" in text
     assert f"[{summary['mae']['ci_low']:.4f}, {summary['mae']['ci_high']:.4f}]" in text
     assert summary_markdown({"model": {"mae": {"mean": 0.1, "median": 0.1}}}, 1).count("|---|") == 1
+    per_roi = list(csv.DictReader((out / "metrics_per_roi.csv").open()))
+    assert [(r["roi"], r["method"], r["patches"]) for r in per_roi] == [
+        ("ROIs1158_spring/1", "model", "2"), ("ROIs1158_spring/1", "identity", "2"),
+        ("ROIs1158_spring/2", "model", "2"), ("ROIs1158_spring/2", "identity", "2"),
+    ]  # fmt: skip
+    for row in per_roi[::2]:
+        values = [float(r["psnr"]) for r in rows if r["roi"] == row["roi"]]
+        assert float(row["psnr"]) == pytest.approx(np.mean(values), rel=1e-5)

@@ -53,7 +53,7 @@ from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS, S2_MODEL_SCALE, s1_model_to_db, s2_model_to_dn
 from dsen2cr.rasters import open_raster
 from dsen2cr.scene.describe import describe_bands, threshold_tags
-from dsen2cr.summary import UNITS, Summary, summarise, summary_markdown
+from dsen2cr.summary import UNITS, Summary, per_roi_csv, summarise, summary_markdown
 from dsen2cr.visualize import reliability_diagram, write_patch_previews
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ ALL_METRICS = METRIC_NAMES + REGION_METRIC_NAMES
 #: The metrics each protocol reports, and their units.
 PROTOCOLS: dict[str, tuple[str, ...]] = {"default": ALL_METRICS, "original": ORIGINAL_METRIC_NAMES}
 #: What :func:`evaluate` writes into its report folder (``--overwrite`` replaces these, nothing else).
-REPORT_ENTRIES: tuple[str, ...] = ("metrics_per_image.csv", "summary.md", "summary.csv", "summary.json")
+REPORT_ENTRIES: tuple[str, ...] = ("metrics_per_image.csv", "metrics_per_roi.csv", "summary.md", "summary.csv")
+REPORT_ENTRIES += ("summary.json",)
 REPORT_ENTRIES += ("predictions", "previews", "calibration.json", "calibration.png")
 #: What to do about a report whose images will not fit (``outputs.room.check_projected_room``).
 ROOM_HINT = "free space there, choose another --out, or pass --no-images (the metrics alone)"
@@ -285,7 +286,7 @@ def _write_reports(
     provenance: dict[str, str],
     calibration: dict[str, Any] | None = None,
 ) -> None:
-    """Per-image CSV and the summary as Markdown, CSV and JSON; the Markdown and JSON say what made them
+    """Per-image and per-ROI CSVs and the summary as Markdown, CSV and JSON; the Markdown and JSON say what made them
     (``provenance``: the predictions' tags, the mask and its threshold) and give the pooled ``calibration``
     of a model with sigma (:func:`write_calibration`'s, without its bins and curve)."""
     columns = ["patch_id", "roi", "method", "cloud_fraction", *names]
@@ -294,6 +295,7 @@ def _write_reports(
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / "metrics_per_image.csv", buffer.getvalue())
+    write_text_atomic(out / "metrics_per_roi.csv", per_roi_csv(rows, names))
     images = len({r["patch_id"] for r in rows})
     pooled = "\n" + pooled_sentence(calibration, images) if calibration else ""
     write_text_atomic(out / "summary.md", summary_markdown(summary, images, protocol) + pooled + _made_by(provenance))

@@ -64,6 +64,22 @@ def summarise(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> Summary:
     return summary
 
 
+def per_roi_csv(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
+    """``metrics_per_roi.csv``: per ROI (in the order the rows first name them) and method, its patches and the
+    mean of every metric over those that hold it (empty where none does)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row.get("roi", row["patch_id"]), row["method"]), []).append(row)
+    lines = [",".join(["roi", "method", "patches", *names])]
+    for (roi, method), chosen in groups.items():
+        means = []
+        for name in names:
+            values = [float(r[name]) for r in chosen if name in r and not math.isnan(float(r[name]))]
+            means.append(f"{np.mean(values):.6g}" if values else "")
+        lines.append(",".join([roi, method, str(len(chosen)), *means]))
+    return "\n".join(lines) + "\n"
+
+
 def summary_markdown(summary: Summary, images: int, protocol: str = "default") -> str:
     """The summary as Markdown: a table of means (medians in brackets), with every metric it holds, then one of
     the means' confidence intervals where it has them."""
