@@ -58,6 +58,13 @@ def test_two_evaluations_compared_patch_by_patch(workdir: Path, capsys: pytest.C
         assert row["better"] == expected, metric
     assert main(["compare", str(workdir / "a"), str(workdir / "b")]) == 0
     table = capsys.readouterr().out
+    one_roi = [t for t in triplets if t.roi == "ROIs1158_spring/1"]
+    for name in ("c", "d"):
+        evaluate(create_model("dsen2cr-small").eval(), one_roi, workdir / name, write_images=False)
+    capsys.readouterr()
+    assert main(["compare", str(workdir / "c"), str(workdir / "d"), "--json"]) == 0
+    strict = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert strict["metrics"][0]["ci_low"] is None  # one ROI: no interval, and strict JSON says so
     assert "| metric | A | B | B − A | interval of B − A | better |" in table and "on 4 patches of 2 ROIs" in table
 
 

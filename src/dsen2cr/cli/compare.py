@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 
 from dsen2cr.cli.options import SubParsers, add_command
 
@@ -31,9 +32,12 @@ def run(args: argparse.Namespace) -> int:
 
     a, b = read_report(args.a), read_report(args.b)
     comparisons = compare_reports(a, b)
-    if args.json:
-        rows = [dataclasses.asdict(comparison) for comparison in comparisons]
-        print(json.dumps({"a": str(a.folder), "b": str(b.folder), "metrics": rows}, indent=2))
+    if args.json:  # strict JSON: an interval there is none of (fewer than two ROIs) is null, not NaN
+        rows = [
+            {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in row.items()}
+            for row in (dataclasses.asdict(comparison) for comparison in comparisons)
+        ]
+        print(json.dumps({"a": str(a.folder), "b": str(b.folder), "metrics": rows}, indent=2, allow_nan=False))
     else:
         print(comparison_markdown(a, b, comparisons), end="")
     return 0
