@@ -72,8 +72,24 @@ def _deep_yaml(tmp: Path) -> Path:
     return _write(tmp / "deep.yaml", "[" * 20000 + "]" * 20000)
 
 
+def _validating_on_training_patches(tmp: Path) -> list[str]:
+    """A file list whose training patch is listed in the validation split too (a list split by hand)."""
+    argv = _train(tmp)
+    files = tmp.tree() / "files.csv"  # type: ignore[attr-defined]
+    training = files.read_text().splitlines()[0]
+    files.write_text(files.read_text() + "2" + training[1:] + "\n")
+    return argv
+
+
 #: The table: each row is run by ``test_bad_input`` through the ``check_case`` fixture.
 CASES = [
+    dict(
+        name="train: a validation patch that is a training patch too",
+        setup=_validating_on_training_patches,
+        message="files.csv: 1 of the 2 validation patches are training patches too (e.g. ROIs1158_spring_1_p0): the "
+        "validation would score what the model trains on; give each patch one split",
+        absent=("run",),
+    ),
     dict(
         name="train: unknown key",
         setup=lambda t: ["train", "--config", str(t.config(optim={"lrr": 1.0}))],

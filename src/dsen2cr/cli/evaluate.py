@@ -72,7 +72,13 @@ def register(subparsers: SubParsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``."""
-    from dsen2cr.data.layout import check_data_root, read_file_list, select_split, triplets_of_rois
+    from dsen2cr.data.layout import (
+        check_data_root,
+        read_file_list,
+        select_split,
+        triplets_of_rois,
+        warn_of_leaks,
+    )
     from dsen2cr.ensemble import ensemble
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.evaluate import REPORT_ENTRIES, evaluate
@@ -101,7 +107,10 @@ def run(args: argparse.Namespace) -> int:
     ]
     predictor = members[0] if len(members) == 1 else ensemble(members)
     if args.file_list:
-        triplets = select_split(read_file_list(args.file_list, args.data_root), args.split, source=args.file_list)
+        listed = read_file_list(args.file_list, args.data_root)
+        triplets = select_split(listed, args.split, source=args.file_list)
+        if args.split != "train":  # the list's training patches: what a model trained on this list saw
+            warn_of_leaks([t for t in listed if t.split == 1], triplets, args.split, args.file_list)
         data = f"{Path(args.file_list).name}, split {args.split}"
     else:
         data = f"the ROIs of {Path(args.rois).name}"

@@ -262,6 +262,51 @@ def select_split(triplets: Iterable[Triplet], split: str | int, *, source: str =
     return chosen
 
 
+def held_out_leaks(training: Sequence[Triplet], held_out: Sequence[Triplet]) -> tuple[list[Triplet], list[Triplet]]:
+    """The ``held_out`` patches (validation or test) that are ``training`` patches too, and the others that lie in a
+    ROI training patches come from (neighbours of what a model trains on: splits go by ROI)."""
+    patches, rois = {t.patch_id for t in training}, {t.roi for t in training}
+    same = [t for t in held_out if t.patch_id in patches]
+    return same, [t for t in held_out if t.roi in rois and t.patch_id not in patches]
+
+
+def warn_of_leaks(training: Sequence[Triplet], held_out: Sequence[Triplet], name: str, source: str) -> None:
+    """Warn of the ``name`` split's patches that :func:`held_out_leaks` finds in ``training`` (``source``: where
+    the splits come from)."""
+    same, neighbours = held_out_leaks(training, held_out)
+    if same:
+        log.warning(
+            "%s: %d of the %d %s patches are training patches too (e.g. %s): they score a model on what it trained on",
+            source,
+            len(same),
+            len(held_out),
+            name,
+            same[0].patch_id,
+        )
+    if neighbours:
+        log.warning(
+            "%s: %d of the %d %s patches lie in ROIs that training patches come from (e.g. %s): neighbours of what a "
+            "model trained on; split by ROI (data index --val-rois, --test-rois)",
+            source,
+            len(neighbours),
+            len(held_out),
+            name,
+            neighbours[0].roi,
+        )
+
+
+def check_validation_split(training: Sequence[Triplet], validation: Sequence[Triplet], source: str) -> None:
+    """Refuse validation patches that are training patches too (the validation would score what the model trains
+    on, and the checkpoint chosen by it means nothing); warn of those in ROIs training patches come from."""
+    same, _ = held_out_leaks(training, validation)
+    if same:
+        raise DSen2CRError(
+            f"{source}: {len(same)} of the {len(validation)} validation patches are training patches too (e.g. "
+            f"{same[0].patch_id}): the validation would score what the model trains on; give each patch one split"
+        )
+    warn_of_leaks(training, validation, "validation", source)
+
+
 def data_files(data: DataSection) -> str:
     """The list files a run's splits come from, by name (never a machine's folders): the file list, the train
     and val ROI lists, or the bundled sample's file list."""

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from dsen2cr.config import DataSection, LossSection
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
-from dsen2cr.data.layout import data_files, resolve_split
+from dsen2cr.data.layout import check_validation_split, data_files, resolve_split
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.machine import SHARED_MEMORY, shared_memory_free
 from dsen2cr.weights import loop_position
@@ -214,6 +214,7 @@ class SEN12MSCRDataModule(L.LightningDataModule):
             )
         if self.val_set is None:
             self.val_set = SEN12MSCRDataset(resolve_split(self.data, "val"), train=False, **common)
+            check_validation_split(self.train_set.triplets, self.val_set.triplets, data_files(self.data))
         world = self.trainer.world_size if self.trainer is not None else 1
         if (patches := len(self.val_set)) < world:  # a process with nothing to validate would skip the validation
             raise DSen2CRError(  # the others end by adding their sums together, and they would wait for it for ever
