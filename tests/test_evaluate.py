@@ -283,7 +283,8 @@ def test_evaluate_batches_patches_of_mixed_sizes(workdir: Path) -> None:
 
 def test_a_window_smaller_than_ssims_is_warned_of(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
     """``--window 5`` scores 5 px windows: SSIM's 11 px Gaussian window does not fit, so its column stayed
-    empty ('–') without a word; now a warning says why (the other metrics are scored)."""
+    empty ('–') without a word; now a warning says why (the other metrics are scored); summary.json holds null
+    for it, never NaN."""
     import logging
 
     from dsen2cr.evaluate import evaluate
@@ -294,6 +295,9 @@ def test_a_window_smaller_than_ssims_is_warned_of(workdir: Path, caplog: pytest.
         summary = evaluate(model, triplets, workdir / "e", window=5, write_images=False)
     assert "--window 5 is smaller than SSIM's 11 px window: ssim stays empty" in caplog.text, caplog.text
     assert np.isnan(summary["model"]["ssim"]["mean"]) and np.isfinite(summary["model"]["mae"]["mean"])
+    # summary.json is strict JSON (jq and JavaScript refuse Python's NaN token): the empty mean is null there
+    written = json.loads((workdir / "e" / "summary.json").read_text(), parse_constant=pytest.fail)
+    assert written["summary"]["model"]["ssim"]["mean"] is None
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="dsen2cr"):
         evaluate(model, triplets, workdir / "e11", window=11, write_images=False)

@@ -7,7 +7,6 @@ import csv
 import dataclasses
 import io
 import itertools
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ from dsen2cr.metrics import (
     original_metrics,
 )
 from dsen2cr.models import CloudRemovalNetwork
-from dsen2cr.outputs.files import write_text_atomic
+from dsen2cr.outputs.files import json_text, write_text_atomic
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.outputs.room import check_projected_room
 from dsen2cr.predictor import Predictor, predictor_from_model
@@ -264,7 +263,7 @@ def write_calibration(pooled: tuple[np.ndarray, np.ndarray], out: Path, text: di
             "counts": counts.astype(int).tolist(),
         },
     }
-    write_text_atomic(out / "calibration.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "calibration.json", json_text(report))
     reliability_diagram(out / "calibration.png", rms_sigma, rms_error, counts, report, text)
     return report
 
@@ -308,7 +307,7 @@ def _write_reports(
     report["provenance"] = provenance
     if calibration:
         report["calibration"] = {k: v for k, v in calibration.items() if k not in ("bins", "sparsification")}
-    write_text_atomic(out / "summary.json", json.dumps({**report, "summary": summary}, indent=2) + "\n")
+    write_text_atomic(out / "summary.json", json_text({**report, "summary": summary}))
 
 
 def _made_by(provenance: dict[str, str]) -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 
 from dsen2cr.cli.options import SubParsers, add_command
 
@@ -29,15 +27,13 @@ def register(subparsers: SubParsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``compare``."""
     from dsen2cr.compare import compare_reports, comparison_markdown, read_report
+    from dsen2cr.outputs.files import json_text
 
     a, b = read_report(args.a), read_report(args.b)
     comparisons = compare_reports(a, b)
     if args.json:  # strict JSON: an interval there is none of (fewer than two ROIs) is null, not NaN
-        rows = [
-            {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in row.items()}
-            for row in (dataclasses.asdict(comparison) for comparison in comparisons)
-        ]
-        print(json.dumps({"a": str(a.folder), "b": str(b.folder), "metrics": rows}, indent=2, allow_nan=False))
+        rows = [dataclasses.asdict(comparison) for comparison in comparisons]
+        print(json_text({"a": str(a.folder), "b": str(b.folder), "metrics": rows}), end="")
     else:
         print(comparison_markdown(a, b, comparisons), end="")
     return 0
