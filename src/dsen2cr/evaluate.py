@@ -45,14 +45,14 @@ from dsen2cr.metrics import (
     original_metrics,
 )
 from dsen2cr.models import CloudRemovalNetwork
-from dsen2cr.outputs.files import json_text, write_text_atomic
+from dsen2cr.outputs.files import write_text_atomic
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.outputs.room import check_projected_room
 from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS, S2_MODEL_SCALE, s1_model_to_db, s2_model_to_dn
 from dsen2cr.rasters import open_raster
 from dsen2cr.scene.describe import describe_bands, threshold_tags
-from dsen2cr.summary import UNITS, Summary, per_roi_csv, summarise, summary_markdown
+from dsen2cr.summary import UNITS, Summary, json_text, per_roi_csv, summarise, summary_markdown
 from dsen2cr.visualize import reliability_diagram, write_patch_previews
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,11 @@
 """An evaluation's summary: per method and metric the mean and median over the images, and the mean's confidence
 interval with the patches of one ROI taken as a cluster (they show one place on one date, so their errors are
-not independent: an interval that took every patch as an independent draw would be too narrow)."""
+not independent: an interval that took every patch as an independent draw would be too narrow); and the strict
+JSON the reports are written in."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -117,3 +119,20 @@ def _interval_cell(metric: Mapping[str, float]) -> str:
     """``[low, high]``, or ``–`` where there is none."""
     low, high = metric.get("ci_low", math.nan), metric.get("ci_high", math.nan)
     return "–" if math.isnan(low) else f"[{low:.4f}, {high:.4f}]"
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite float in it (in dicts, lists, tuples) made None: JSON has no NaN, and
+    strict readers (jq, JavaScript, most languages' parsers) refuse Python's ``NaN`` token."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """``value`` as strict JSON (:func:`finite_or_null`), indented, with a final newline."""
+    return json.dumps(finite_or_null(value), indent=2, allow_nan=False) + "\n"

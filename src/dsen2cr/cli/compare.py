@@ -27,7 +27,7 @@ def register(subparsers: SubParsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``compare``."""
     from dsen2cr.compare import compare_reports, comparison_markdown, read_report
-    from dsen2cr.outputs.files import json_text
+    from dsen2cr.summary import json_text
 
     a, b = read_report(args.a), read_report(args.b)
     comparisons = compare_reports(a, b)

@@ -11,16 +11,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import logging
-import math
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.formats import SUFFIXES, describe, sniff
@@ -384,20 +381,3 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
-
-
-def finite_or_null(value: Any) -> Any:
-    """``value`` with every NaN or infinite float in it (in dicts, lists, tuples) made None: JSON has no NaN, and
-    strict readers (jq, JavaScript, most languages' parsers) refuse Python's ``NaN`` token."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite_or_null(item) for item in value]
-    return value
-
-
-def json_text(value: Any) -> str:
-    """``value`` as strict JSON (:func:`finite_or_null`), indented, with a final newline."""
-    return json.dumps(finite_or_null(value), indent=2, allow_nan=False) + "\n"
