@@ -17,7 +17,7 @@ import torch
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec
-from dsen2cr.predictor import Predictor, load_predictor
+from dsen2cr.predictor import Predictor, load_predictor, recorded_sha256
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def ensemble(members: list[Predictor]) -> Predictor:
     models = [getattr(member.predict, "model", member.predict) for member in members]  # a PyTorch backend's model
     check_distinct_members(names, models, [member.weights_sha256 for member in members])
     spec = EnsembleSpec(tuple(member.config for member in members))
-    digests = ";".join(member.weights_sha256 or "unknown" for member in members)
+    digests = recorded_sha256(member.weights_sha256 for member in members)
     trained = [member.likelihood or "unknown" for member in members if member.uncertainty == "diag"]  # their sigma
     likelihood = "/".join(dict.fromkeys(trained)) or None
     backend = EnsembleBackend(members)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,6 +224,12 @@ class Network:
     def onnx(self) -> bool:
         """Whether it is an exported ONNX file (it runs with onnxruntime only)."""
         return isinstance(self.model, OnnxPredictor)
+
+
+def recorded_sha256(digests: Iterable[str | None]) -> str:
+    """What an output's ``DSEN2CR_WEIGHTS_SHA256`` records for weights of these SHA-256 digests: one file's, or an
+    ensemble's members' in order, joined by ``;`` (``unknown`` for a model in memory)."""
+    return ";".join(digest or "unknown" for digest in digests)
 
 
 def is_onnx(weights: str | Path) -> bool:

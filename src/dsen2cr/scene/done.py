@@ -6,7 +6,6 @@ same weights (SHA-256), the same S2 and S1 inputs (file names), S2 offset, S1 un
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import rasterio
@@ -15,11 +14,10 @@ from rasterio.errors import RasterioIOError
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product
 from dsen2cr.outputs.files import file_sha256
+from dsen2cr.predictor import recorded_sha256
 from dsen2cr.scene.checks import job_outputs
 from dsen2cr.scene.describe import input_tags, offset_tag, resampling_tags, run_tags
 from dsen2cr.settings import SceneJob, SceneSettings
-
-log = logging.getLogger(__name__)
 
 #: The image tags compared, and what each records, for messages.
 COMPARED = {
@@ -39,8 +37,8 @@ _LATER = ("DSEN2CR_S1_UNITS", "DSEN2CR_RESAMPLING")
 
 
 def weights_digest(settings: SceneSettings) -> str:
-    """The SHA-256 that an output of the run's weights records (an ensemble's members', joined by ``;``)."""
-    return ";".join(file_sha256(Path(weights)) or "unknown" for weights in settings.weights_files)
+    """The SHA-256 that an output of the run's weights records (:func:`~dsen2cr.predictor.recorded_sha256`)."""
+    return recorded_sha256(file_sha256(Path(weights)) for weights in settings.weights_files)
 
 
 def made_otherwise(job: SceneJob, product: S2Product, settings: SceneSettings, digest: str) -> str | None:
