@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 #: Per-image columns that are no metric.
 _NOT_METRICS = ("patch_id", "roi", "method", "cloud_fraction")
-#: What the provenance of two comparable reports must share, and what it is, for messages.
-_SAME = {"protocol": "protocol", "window": "window", "units": "units"}
+#: What the summaries of two comparable reports must share.
+_SAME = ("protocol", "window", "units")
+#: What their region metrics' cloud/shadow map is made with (warned of where it differs), for messages.
 _SAME_MAP = {"DSEN2CR_MASK": "--mask", "DSEN2CR_CLOUD_THRESHOLD": "--cloud-threshold"}
 
 
@@ -127,10 +128,10 @@ def _check_comparable(a: Report, b: Report) -> None:
     (the region metrics') is warned of."""
     if a.folder.resolve() == b.folder.resolve():
         raise DSen2CRError(f"{b.folder}: the same report as {a.folder}; compare two evaluations")
-    for key, what in _SAME.items():
+    for key in _SAME:
         if a.summary.get(key) != b.summary.get(key):
             raise DSen2CRError(
-                f"{b.folder}: scored with {what} {b.summary.get(key)!r}, {a.folder} with {a.summary.get(key)!r}: "
+                f"{b.folder}: scored with {key} {b.summary.get(key)!r}, {a.folder} with {a.summary.get(key)!r}: "
                 "evaluate both alike"
             )
     only_a, only_b = sorted(set(a.values) - set(b.values)), sorted(set(b.values) - set(a.values))

@@ -48,12 +48,17 @@ class PatchOptions:
 
 @dataclass(frozen=True)
 class PatchJob:
-    """One scene pair: its scenes, its ROI number and, for a manifest's row, where it is (``pairs.csv:3``, as
-    messages name it)."""
+    """One scene pair: its scenes, its ROI number and, for a manifest's row, the manifest and the row's line."""
 
     scenes: SceneTriplet
     roi: int
-    where: str | None = None
+    manifest: str | None = None
+    line: int = 0
+
+    @property
+    def where(self) -> str | None:
+        """The row as messages name it (``pairs.csv:3``); None for a pair given by options."""
+        return f"{self.manifest}:{self.line}" if self.manifest is not None else None
 
     def named(self, error: DSen2CRError) -> str:
         """An error's message, after the row's place when it has one."""
@@ -84,7 +89,7 @@ def read_patch_manifest(path: str | Path, *, s1_linear: bool = False, resampling
             s1_linear=s1_linear,
             resampling=resampling,
         )
-        jobs.append(PatchJob(scenes, roi, where))
+        jobs.append(PatchJob(scenes, roi, str(path), row.line))
     return jobs
 
 
@@ -145,12 +150,11 @@ def warn_overlaps(groups: list[list[PatchJob]]) -> None:
     """Warn once per group of rows whose scenes overlap: ROIs of one place in two splits score a model on ground
     it trained on."""
     for group in groups:
-        places = [str(job.where).rsplit(":", 1) for job in group]
         log.warning(
             "%s: rows %s (ROIs %s) cover overlapping ground: give their ROIs one split (data index --val-rois, "
             "--test-rois), or a model is scored on ground it trained on",
-            places[0][0],
-            ", ".join(place[-1] for place in places),
+            group[0].manifest,
+            ", ".join(str(job.line) for job in group),
             ", ".join(str(job.roi) for job in group),
         )
 
