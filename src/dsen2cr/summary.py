@@ -51,8 +51,7 @@ def summarise(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> Summary:
         chosen = [r for r in rows if r["method"] == method]
         summary[method] = {}
         for name in names:
-            pairs = [(float(r[name]), r.get("roi", r["patch_id"])) for r in chosen if name in r]
-            pairs = [(value, roi) for value, roi in pairs if not math.isnan(value)]
+            pairs = _scored(chosen, name)
             values = np.array([value for value, _ in pairs], dtype=np.float64)
             clusters = [roi for _, roi in pairs]
             low, high = clustered_interval(values, clusters)
@@ -66,17 +65,28 @@ def summarise(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> Summary:
     return summary
 
 
+def _roi(row: dict[str, Any]) -> str:
+    """A row's ROI (a row without one: its image, a cluster of its own)."""
+    return str(row.get("roi", row["patch_id"]))
+
+
+def _scored(rows: Sequence[dict[str, Any]], name: str) -> list[tuple[float, str]]:
+    """The values of metric ``name`` in ``rows`` with their ROIs, NaN entries (empty regions) left out."""
+    pairs = [(float(row[name]), _roi(row)) for row in rows if name in row]
+    return [(value, roi) for value, roi in pairs if not math.isnan(value)]
+
+
 def per_roi_csv(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
     """``metrics_per_roi.csv``: per ROI (in the order the rows first name them) and method, its patches and the
     mean of every metric over those that hold it (empty where none does)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row.get("roi", row["patch_id"]), row["method"]), []).append(row)
+        groups.setdefault((_roi(row), row["method"]), []).append(row)
     lines = [",".join(["roi", "method", "patches", *names])]
     for (roi, method), chosen in groups.items():
         means = []
         for name in names:
-            values = [float(r[name]) for r in chosen if name in r and not math.isnan(float(r[name]))]
+            values = [value for value, _ in _scored(chosen, name)]
             means.append(f"{np.mean(values):.6g}" if values else "")
         lines.append(",".join([roi, method, str(len(chosen)), *means]))
     return "\n".join(lines) + "\n"
