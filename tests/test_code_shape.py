@@ -19,7 +19,7 @@ LAYERS = [
     ["training"],
     ["scene.jobs", "scene.arrays"],
     ["scene.done"],  # scenes an earlier run finished (--skip-existing)
-    ["scene.remove", "scene.checks"],
+    ["scene.remove", "scene.checks", "scene.sources"],
     ["ensemble"],
     ["scene.batches", "scene.masking", "scene.describe"],
     ["predictor"],

@@ -17,8 +17,6 @@ from tqdm import tqdm
 from dsen2cr.auto import plan_scene_run
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.inputs import S2Product, resolve_s2
-from dsen2cr.inputs.readers import Grid, S2Source
-from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
 from dsen2cr.onnx_runtime import OnnxPredictor
 from dsen2cr.outputs.finisher import completes_in_background
 from dsen2cr.outputs.geotiff import cog_writer
@@ -42,7 +40,8 @@ from dsen2cr.scene.describe import (
     scene_tags,
     sigma_dn,
 )
-from dsen2cr.scene.masking import ReadWindow, SceneMasker, blend, keep_clear_weights
+from dsen2cr.scene.masking import ReadWindow, blend, keep_clear_weights
+from dsen2cr.scene.sources import SceneInputs, open_scene_inputs
 from dsen2cr.scene.tiles import Tile, default_overlap, plan_tiles
 from dsen2cr.settings import SceneJob as SceneJob  # re-exported: the job is what remove_clouds takes
 from dsen2cr.settings import ScenePlan, SceneSettings
@@ -127,7 +126,7 @@ def _remove_scene(
 ) -> SceneReport:
     """The run of :func:`remove_clouds` on the checked job."""
     set_block_cache_bytes(plan.block_cache_bytes)
-    with gdal_block_cache(), _open_inputs(predictor, job, plan, product) as inputs:
+    with gdal_block_cache(), open_scene_inputs(predictor, job, plan, product) as inputs:
         tiles = plan_tiles(inputs.grid.height, inputs.grid.width, plan.tile, plan.overlap)
         start = time.perf_counter()
         writer = _TileWriter(
@@ -167,53 +166,6 @@ def _remove_scene(
         defer_outputs(written_outputs)
     megapixels = inputs.grid.width * inputs.grid.height / 1e6
     return SceneReport(job.out, len(tiles), megapixels, seconds, fraction, writer.skipped)
-
-
-@dataclass
-class SceneInputs:
-    """A scene's open inputs: S2, S1 (None without SAR) and the value that fills S1 holes, and the cloud/shadow
-    masker (None when nothing needs the mask)."""
-
-    s2: S2Source
-    s1: S1Source | None = None
-    s1_fill: tuple[float, float] = (0.0, 0.0)
-    masker: SceneMasker | None = None
-
-    @property
-    def grid(self) -> Grid:
-        """The scene's 10 m grid."""
-        return self.s2.grid
-
-
-@contextlib.contextmanager
-def _open_inputs(predictor: Predictor, job: SceneJob, plan: ScenePlan, product: S2Product) -> Iterator[SceneInputs]:
-    """Open S2 (resolved once: ``product``), S1 warped onto its grid, and the masker; close them all on the way
-    out."""
-    settings = plan.settings
-    s2 = S2Source(product, resampling=settings.resampling, band_threads=plan.band_threads)
-    inputs = SceneInputs(s2)
-    try:
-        if settings.keep_clear and s2.dtype not in ("uint8", "uint16"):
-            raise DSen2CRError(
-                f"{s2.name}: --keep-clear keeps input pixels bit for bit, but S2 is {s2.dtype} and the output "
-                "is uint16; convert the input to uint16 DN first"
-            )
-        if settings.keep_clear or job.mask_out is not None or job.preview is not None or settings.mask != "paper":
-            # its own file handles: the batch loop's reader thread owns ``s2`` while the loop runs; its statistics
-            # pass reads the whole scene before the first map, on as many threads as the reader reads bands
-            inputs.masker = SceneMasker(s2.reopen(), settings.mask, settings.cloud_threshold, plan.band_threads)
-        if predictor.include_sar:
-            assert job.s1 is not None  # checked in check_job
-            inputs.s1 = S1Source(job.s1, s2.grid, linear=settings.s1_linear)
-            inputs.s1_fill = s1_scene_mean(inputs.s1, s2.grid.height, s2.grid.width)
-        elif job.s1 is not None:
-            log.warning("these weights were trained without SAR: the S1 input is ignored")
-        yield inputs
-    finally:
-        s2.close()
-        for source in (inputs.s1, inputs.masker):
-            if source is not None:
-                source.close()
 
 
 @dataclass
