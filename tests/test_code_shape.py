@@ -24,7 +24,7 @@ LAYERS = [
     ["scene.batches", "scene.masking", "scene.describe"],
     ["predictor"],
     ["auto"],
-    ["scene.tiles", "scene"],
+    ["scene.tiles", "scene.area", "scene"],
     ["settings"],
     ["weights_info"],
     ["onnx_export"],

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
@@ -52,6 +53,16 @@ def _write(path: Path, text: str) -> Path:
 
 
 ORIGIN = from_origin(500000, 5000000, 10, 10)
+
+
+def _bounds_miss_the_second_scene(tmp: Path) -> list[str]:
+    """Two scenes 10 km apart, and --bounds that cover all of the first."""
+    s2, _ = tmp.scene()
+    with rasterio.open(s2) as scene:
+        write_geotiff(tmp / "far.tif", scene.read(), crs=UTM32N, transform=from_origin(510000, 5000000, 10, 10))
+    (tmp / "outdir").mkdir()
+    args = _remove_args(tmp, "--out", str(tmp / "outdir"), "--bounds", *["500000", "4999600", "500500", "5000000"])
+    return [*args, "--s2", str(s2), str(tmp / "far.tif")]
 
 
 def _remove_args(tmp: Path, *extra: str, s1: bool = False, weights: Path | None = None) -> list[str]:
@@ -425,6 +436,79 @@ CASES = [
         setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_foreign_onnx(t)),
         message="ONNX inputs ['x']",
         absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --bounds-crs without --bounds",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--bounds-crs", "EPSG:4326"),
+        message="--bounds-crs: says what --bounds are in; give --bounds LEFT BOTTOM RIGHT TOP",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --bounds with left and right swapped",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), "--bounds", *["500300", "4999700", "500100", "4999900"]
+        ),
+        message="--bounds: expected LEFT BOTTOM RIGHT TOP with left < right and bottom < top, got 500300 4999700",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --bounds of another place",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), "--bounds", *["400000", "4999700", "400100", "4999900"]
+        ),
+        message="s2.tif: --bounds 400000 4999700 400100 4999900 lie outside the scene, which covers 500000 4999600 "
+        "500500 5000000 in EPSG:32632",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --bounds in longitude/latitude of another place",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), "--bounds", *["11.5", "48.1", "11.6", "48.2"], "--bounds-crs", "EPSG:4326"
+        ),
+        message="s2.tif: --bounds 11.5 48.1 11.6 48.2 (EPSG:4326) lie outside the scene, which covers 9.00000 45.",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --bounds latitude and longitude swapped",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), "--bounds", *["45.1", "9.0", "45.2", "9.1"], "--bounds-crs", "EPSG:4326"
+        ),
+        message="lie outside the scene",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --bounds latitude beyond 90",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), "--bounds", *["9", "45", "10", "95"], "--bounds-crs", "EPSG:4326"
+        ),
+        message="--bounds: 9 45 10 95 are no longitudes and latitudes of EPSG:4326",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --bounds-crs that is no CRS",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), "--bounds", *["0", "0", "1", "1"], "--bounds-crs", "EPSG:4326x"
+        ),
+        message="--bounds-crs: 'EPSG:4326x' is not a coordinate reference system",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --bounds with three numbers",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--bounds", "0", "0", "1"),
+        message="argument --bounds: expected 4 arguments",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --bounds nan",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--bounds", "nan", "0", "1", "1"),
+        message="argument --bounds: expected a finite number, got 'nan'",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --bounds that miss the second of two scenes: refused before the first",
+        setup=_bounds_miss_the_second_scene,
+        message="far.tif: --bounds 500000 4999600 500500 5000000 lie outside the scene",
+        absent=("outdir/s2_cloudfree.tif", "outdir/far_cloudfree.tif"),
     ),
 ]
 

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from rasterio.windows import Window
 
 import dsen2cr.machine as machine
 from dsen2cr.choices import GDAL_CACHE_BYTES, PRECISIONS
@@ -20,7 +21,7 @@ from dsen2cr.launch import this_launch
 from dsen2cr.models import ModelSpec
 from dsen2cr.precision import FLOAT32_MODES, HALF_DTYPES
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
-from dsen2cr.scene.tiles import default_overlap, plan_tiles
+from dsen2cr.scene.tiles import area_region, default_overlap, plan_tiles
 from dsen2cr.settings import BACKEND_CHOICES, ScenePlan, SceneSettings
 
 log = logging.getLogger(__name__)
@@ -294,23 +295,24 @@ def plan_scene_run(
     settings: SceneSettings,
     config: ModelSpec,
     *,
-    scene_sizes: Sequence[tuple[int, int]] = (),
+    scene_areas: Sequence[tuple[int, int, Window]] = (),
     onnx: bool = False,
     device: torch.device | None = None,
 ) -> ScenePlan:
     """The plan of a run of ``settings`` with a model of ``config``: the device, the batch size, the tile (for
     the memory budget), the overlap (exact unless set), and the backends for a run over scenes of
-    ``scene_sizes`` (height, width), whose first window shape ``--backend auto`` looks up in the compile
-    records. ``device``: already resolved (a predictor's), else from the settings."""
+    ``scene_areas`` (height, width and the window of it to process), whose first window shape ``--backend auto``
+    looks up in the compile records. ``device``: already resolved (a predictor's), else from the settings."""
     device = resolve_device(settings.device) if device is None else device
     batch_size = resolve_batch_size(settings.batch_size, device)
     overlap = default_overlap(config) if settings.overlap is None else settings.overlap
     tile = resolve_tile(
         config, settings.tile, device=device, batch_size=batch_size, overlap=overlap, memory_gib=settings.memory_gib
     )
-    height, width = scene_sizes[0] if scene_sizes else (tile, tile)
-    window = plan_tiles(height, width, tile, overlap)[0].window
-    pixels = float(sum(h * w for h, w in scene_sizes)) if scene_sizes else None
+    regions = [area_region(height, width, area, overlap) for height, width, area in scene_areas]
+    window = plan_tiles(regions[0].height, regions[0].width, tile, overlap)[0].window if regions else None
+    window_shape = (batch_size, tile, tile) if window is None else (batch_size, window.height, window.width)
+    pixels = float(sum(region.height * region.width for region in regions)) if regions else None
     precision = resolve_precision(settings.precision, device, onnx=onnx, backend=settings.backend)
     backends, strict = plan_backend(
         settings.backend,
@@ -320,7 +322,7 @@ def plan_scene_run(
         onnx=onnx,
         named_precision=settings.precision != "auto",
         pixels=pixels,
-        window_shape=(batch_size, window.height, window.width),
+        window_shape=window_shape,
     )
     if overlap < default_overlap(config):
         log.warning(

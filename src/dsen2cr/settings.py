@@ -23,6 +23,7 @@ from dsen2cr.errors import DSen2CRError
 
 if TYPE_CHECKING:
     import torch
+    from rasterio.crs import CRS
 
 #: Backends a user may ask for (``auto``: decided by :func:`dsen2cr.auto.plan_backend`).
 BACKEND_CHOICES = ("auto", "eager", "compiled", "onnxruntime")
@@ -86,6 +87,9 @@ class SceneSettings:
     resampling: str = "nearest"
     s1_linear: bool = False
     s2_offset: int | None = None
+    # the part of each scene to process: left, bottom, right, top in bounds_crs (None: the scene's own CRS)
+    bounds: tuple[float, float, float, float] | None = None
+    bounds_crs: str | None = None
     mask: str = "paper"
     keep_clear: bool = False
     feather: int = DEFAULT_FEATHER
@@ -100,6 +104,9 @@ class SceneSettings:
     def __post_init__(self) -> None:
         if isinstance(self.weights, list):  # argparse's nargs="+"
             object.__setattr__(self, "weights", tuple(self.weights))
+        if self.bounds is not None:
+            object.__setattr__(self, "bounds", tuple(self.bounds))
+        self._check_bounds()
         for name in self.weights_files:
             check_utf8_name(name)
         _choice("--backend", self.backend, BACKEND_CHOICES)
@@ -121,6 +128,27 @@ class SceneSettings:
         if not 0.0 <= self.cloud_threshold <= 1.0:
             raise DSen2CRError(f"--cloud-threshold: must be a cloud score in [0, 1], got {self.cloud_threshold}")
         self.cog_options()  # compression and level known, and this GDAL writes them
+
+    def _check_bounds(self) -> None:
+        """``bounds``: four finite numbers, left < right and bottom < top; ``bounds_crs`` only with them, a CRS."""
+        if self.bounds is None:
+            if self.bounds_crs is not None:
+                raise DSen2CRError("--bounds-crs: says what --bounds are in; give --bounds LEFT BOTTOM RIGHT TOP")
+            return
+        if len(self.bounds) != 4 or not all(isinstance(v, int | float) and math.isfinite(v) for v in self.bounds):
+            raise DSen2CRError(f"--bounds: expected four finite numbers LEFT BOTTOM RIGHT TOP, got {self.bounds}")
+        left, bottom, right, top = self.bounds
+        if not (left < right and bottom < top):
+            raise DSen2CRError(
+                f"--bounds: expected LEFT BOTTOM RIGHT TOP with left < right and bottom < top, got "
+                f"{' '.join(f'{v:.12g}' for v in self.bounds)}"
+            )
+        geographic = self.bounds_crs is not None and parse_crs(self.bounds_crs, "--bounds-crs").is_geographic
+        if geographic and not (left >= -180 and right <= 360 and bottom >= -90 and top <= 90):
+            raise DSen2CRError(
+                f"--bounds: {' '.join(f'{v:.12g}' for v in self.bounds)} are no longitudes and latitudes of "
+                f"{self.bounds_crs} (LEFT BOTTOM RIGHT TOP: longitude, then latitude within [-90, 90])"
+            )
 
     @property
     def weights_files(self) -> tuple[str, ...]:
@@ -166,6 +194,19 @@ class ScenePlan:
     band_threads: int = 1
     block_cache_bytes: int = GDAL_CACHE_BYTES
     hold_bytes: int = 0
+
+
+def parse_crs(text: str, option: str) -> CRS:
+    """The CRS ``text`` names (``EPSG:4326``, a WKT or PROJ string), or a one-line error naming ``option``."""
+    import rasterio  # here: the command line's help imports this module, and stays without rasterio
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        with rasterio.Env():  # GDAL's and PROJ's messages go to the error raised, not to stderr
+            return CRS.from_user_input(text)
+    except (CRSError, ValueError) as error:
+        raise DSen2CRError(f"{option}: {text!r} is not a coordinate reference system ({error})") from None
 
 
 def check_utf8_name(path: str | Path) -> None:

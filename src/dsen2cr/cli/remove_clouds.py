@@ -64,6 +64,19 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manifest", help="CSV with columns s2,s1,out[,mask_out,preview,uncertainty_out] (instead of --s2/--s1/--out)"
     )
+    parser.add_argument(
+        "--bounds",
+        nargs=4,
+        type=finite_float,
+        metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
+        help="process only this part of each scene (as gdalwarp's -te): the pixels it covers or touches, on the "
+        "scene's own grid, read with the context the whole scene's run sees, so they equal that run's pixels "
+        "(default: the whole scene)",
+    )
+    parser.add_argument(
+        "--bounds-crs",
+        help="the CRS of --bounds, e.g. EPSG:4326 for longitude/latitude (default: each scene's own CRS)",
+    )
     add_scene_reading(parser)
 
 

@@ -306,13 +306,12 @@ def _read_band(dataset: rasterio.io.DatasetReaderBase, window: Window) -> np.nda
         return read_window(dataset, window)
 
 
-def scene_size(product: S2Product) -> tuple[int, int]:
-    """(height, width) of the 10 m grid of a resolved S2 input (B02's, or the file's), without opening the
-    other bands."""
+def scene_grid(product: S2Product) -> Grid:
+    """The 10 m grid of a resolved S2 input (B02's, or the file's), without opening the other bands."""
     single = len(product.files) == 1
     path = product.files[0] if single else product.files[product.bands.index("B2")]
     with open_raster(path, what="S2" if single else "S2 band B02") as dataset:
-        return dataset.height, dataset.width
+        return Grid(dataset.crs, dataset.transform, dataset.width, dataset.height)
 
 
 #: B10 for Level-2A input, which has none: 15 DN (reflectance 0.0015) is a clear-sky value of the cirrus band

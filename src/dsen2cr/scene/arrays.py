@@ -83,6 +83,11 @@ def remove_clouds_array(
         raise DSen2CRError("s1_db: these weights need SAR input: VV, VH in dB on the grid of s2_dn, a (2, H, W) array")
     if settings.uncertainty_parts and not uncertainty:
         raise DSen2CRError("uncertainty_parts: needs uncertainty=True (the parts are those of sigma)")
+    if settings.bounds is not None:
+        raise DSen2CRError(
+            "bounds: remove_clouds_array returns the arrays' whole grid; slice its result for a part (the pixels a "
+            "--bounds run of the part would give)"
+        )
     if uncertainty:
         check_uncertainty_output("uncertainty=True", predictor.uncertainty, predictor.weights, settings)
     with tempfile.TemporaryDirectory(prefix="dsen2cr-arrays-", dir=temporary_folder) as folder:

@@ -1,8 +1,8 @@
 """Scenes an earlier run finished (``remove-clouds --skip-existing``): a batch that stopped (an error, a job's time
 limit, a killed process) goes on where it stopped, its finished scenes skipped rather than computed again. A
 scene counts as finished when every output it asks for exists and its image records what this run would: the
-same weights (SHA-256), the same S2 and S1 inputs (file names), S2 offset, S1 units and resampling, ``--keep-clear``,
-``--mask`` and the cloud threshold."""
+same weights (SHA-256), the same S2 and S1 inputs (file names), the same area of the scene (``--bounds``), S2 offset,
+S1 units and resampling, ``--keep-clear``, ``--mask`` and the cloud threshold."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from rasterio.errors import RasterioIOError
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product
+from dsen2cr.inputs.readers import scene_grid
 from dsen2cr.outputs.files import file_sha256
 from dsen2cr.predictor import recorded_sha256
+from dsen2cr.scene.area import WHOLE_SCENE, area_text, area_window
 from dsen2cr.scene.checks import job_outputs
 from dsen2cr.scene.describe import input_tags, offset_tag, resampling_tags, run_tags
 from dsen2cr.settings import SceneJob, SceneSettings
@@ -24,6 +26,7 @@ COMPARED = {
     "DSEN2CR_WEIGHTS_SHA256": "weights (SHA-256)",
     "DSEN2CR_S2": "S2 input",
     "DSEN2CR_S1": "S1 input",
+    "DSEN2CR_AREA": "area",
     "DSEN2CR_OFFSET_REMOVED": "S2 offset removed",
     "DSEN2CR_S1_UNITS": "S1 read as",
     "DSEN2CR_RESAMPLING": "--resampling",
@@ -51,6 +54,9 @@ def made_otherwise(job: SceneJob, product: S2Product, settings: SceneSettings, d
         return f"it cannot be read as a GeoTIFF ({' '.join(str(error).split())})"
     expected = {"DSEN2CR_WEIGHTS_SHA256": digest, **run_tags(settings), **input_tags(job, settings)}
     expected["DSEN2CR_OFFSET_REMOVED"] = offset_tag(product)
+    grid = scene_grid(product)
+    expected["DSEN2CR_AREA"] = area_text(area_window(grid, settings, job.s2, warn=False), grid)
+    tags.setdefault("DSEN2CR_AREA", WHOLE_SCENE)  # made before --bounds: of the whole scene
     expected.update(resampling_tags(product, settings.resampling))
     for key, what in COMPARED.items():
         made, wanted = tags.get(key), expected.get(key)

@@ -9,12 +9,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from rasterio.windows import Window
+
 from dsen2cr.auto import plan_scene_run, resolve_device
 from dsen2cr.ensemble import EnsembleSpec, check_distinct_members, check_same_inputs, ensemble
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
 from dsen2cr.inputs.manifest import manifest_input, read_manifest_rows
-from dsen2cr.inputs.readers import scene_size
+from dsen2cr.inputs.readers import scene_grid
 from dsen2cr.launch import this_launch
 from dsen2cr.outputs.files import (
     check_distinct_outputs,
@@ -24,12 +26,16 @@ from dsen2cr.outputs.files import (
 from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.predictor import Predictor, load_network, predictor_for_plan
+from dsen2cr.scene.area import area_window
 from dsen2cr.scene.checks import OUTPUT_KINDS, check_uncertainty_output, check_uncertainty_parts, job_outputs
 from dsen2cr.scene.done import finished_jobs
 from dsen2cr.scene.remove import SceneReport, remove_clouds
 from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings
 
 log = logging.getLogger(__name__)
+
+#: A scene's height and width, and the window of it to process (all of it without ``--bounds``).
+SceneArea = tuple[int, int, Window]
 
 
 def scene_stem(source: str) -> str:
@@ -112,14 +118,16 @@ def check_jobs(
             check_output_file(target, overwrite=overwrite, kind=OUTPUT_KINDS[role])
 
 
-def _resolve(job: SceneJob, settings: SceneSettings) -> tuple[S2Product | None, tuple[int, int] | None]:
-    """A job's S2 input resolved once for the whole run, and its size (None when it cannot be: its run
-    reports the error)."""
+def _resolve(job: SceneJob, settings: SceneSettings) -> tuple[S2Product | None, SceneArea | None]:
+    """A job's S2 input resolved once for the whole run, and its size with the window of it to process (None when
+    it cannot be: its run reports the error; ``--bounds`` that miss the scene are refused here, before any
+    scene runs)."""
     try:
         product = resolve_s2(job.s2, offset=settings.s2_offset)
-        return product, scene_size(product)
+        grid = scene_grid(product)
     except DSen2CRError:
         return None, None
+    return product, (grid.height, grid.width, area_window(grid, settings, job.s2, warn=False))
 
 
 def run_scene_jobs(
@@ -168,7 +176,7 @@ def run_scene_jobs(
 
 
 def _plan_and_predictor(
-    mine: list[SceneJob], sizes: list[tuple[int, int] | None], settings: SceneSettings
+    mine: list[SceneJob], areas: list[SceneArea | None], settings: SceneSettings
 ) -> tuple[ScenePlan, Predictor]:
     """Load the weights (several: an ensemble, :mod:`dsen2cr.ensemble`), refuse what the jobs ask of them before
     any decision is printed (tiles, backend), then plan the run and build the predictor."""
@@ -193,8 +201,8 @@ def _plan_and_predictor(
             check_uncertainty_output(f"{job.uncertainty_out}: --uncertainty-out", config.uncertainty, names, settings)
     if settings.uncertainty_parts:
         check_uncertainty_parts(None if single else [network.config.uncertainty for network in networks], names)
-    known = [size for size in sizes if size]
-    plan = plan_scene_run(settings, config, scene_sizes=known, onnx=networks[0].onnx, device=device)
+    known = [area for area in areas if area]
+    plan = plan_scene_run(settings, config, scene_areas=known, onnx=networks[0].onnx, device=device)
     members = [predictor_for_plan(network, plan) for network in networks]
     return plan, members[0] if single else ensemble(members)
 
@@ -202,11 +210,11 @@ def _plan_and_predictor(
 def _run_my_jobs(
     mine: list[SceneJob],
     products: list[S2Product | None],
-    sizes: list[tuple[int, int] | None],
+    areas: list[SceneArea | None],
     settings: SceneSettings,
 ) -> Iterator[SceneReport]:
     """Run this rank's jobs (checked, their inputs resolved, their outputs locked) with one predictor."""
-    plan, predictor = _plan_and_predictor(mine, sizes, settings)
+    plan, predictor = _plan_and_predictor(mine, areas, settings)
     finisher = OutputFinisher(background=completes_in_background(predictor.device))
     try:
         for job, product in zip(mine, products, strict=True):

@@ -12,17 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio.windows import Window
 from tqdm import tqdm
 
 from dsen2cr.auto import plan_scene_run
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.inputs import S2Product, resolve_s2
+from dsen2cr.inputs.readers import Grid, scene_grid
 from dsen2cr.onnx_runtime import OnnxPredictor
 from dsen2cr.outputs.finisher import completes_in_background
 from dsen2cr.outputs.geotiff import cog_writer
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS
 from dsen2cr.rasters import gdal_block_cache, set_block_cache_bytes
+from dsen2cr.scene.area import area_grid, area_tags, area_window
 from dsen2cr.scene.batches import BackgroundWriter, iter_predictions, write_in_order
 from dsen2cr.scene.checks import check_job, check_scene_room, check_settings_fit, sigma_band_count
 from dsen2cr.scene.describe import (
@@ -42,7 +45,7 @@ from dsen2cr.scene.describe import (
 )
 from dsen2cr.scene.masking import ReadWindow, blend, keep_clear_weights
 from dsen2cr.scene.sources import SceneInputs, open_scene_inputs
-from dsen2cr.scene.tiles import Tile, default_overlap, plan_tiles
+from dsen2cr.scene.tiles import Tile, default_overlap, plan_area_tiles
 from dsen2cr.settings import SceneJob as SceneJob  # re-exported: the job is what remove_clouds takes
 from dsen2cr.settings import ScenePlan, SceneSettings
 from dsen2cr.visualize import Quicklook
@@ -102,8 +105,9 @@ def remove_clouds(
         plan = plan_scene_run(settings, predictor.config, device=predictor.device, onnx=onnx)
     product = s2_product or resolve_s2(job.s2, offset=plan.settings.s2_offset)
     check_job(predictor, job, plan.settings, product)
+    area = area_window(scene_grid(product), plan.settings, job.s2)
     try:
-        return _remove_scene(predictor, job, plan, product, defer_outputs)
+        return _remove_scene(predictor, job, plan, product, area, defer_outputs)
     except HalfPrecisionOverflowError as overflow:  # auto chose fp16 or bf16: what it wrote is gone with the error
         failed = predictor.precision
         overflow.fall_back()
@@ -114,7 +118,7 @@ def remove_clouds(
             failed,
             predictor.precision,
         )
-        return _remove_scene(predictor, job, plan, product, defer_outputs)
+        return _remove_scene(predictor, job, plan, product, area, defer_outputs)
 
 
 def _remove_scene(
@@ -122,32 +126,41 @@ def _remove_scene(
     job: SceneJob,
     plan: ScenePlan,
     product: S2Product,
+    area: Window,
     defer_outputs: DeferOutputs | None,
 ) -> SceneReport:
-    """The run of :func:`remove_clouds` on the checked job."""
+    """The run of :func:`remove_clouds` on the checked job, for the ``area`` of its scene (a window: all of it
+    without ``--bounds``)."""
     set_block_cache_bytes(plan.block_cache_bytes)
     with gdal_block_cache(), open_scene_inputs(predictor, job, plan, product) as inputs:
-        tiles = plan_tiles(inputs.grid.height, inputs.grid.width, plan.tile, plan.overlap)
+        tiles = plan_area_tiles(inputs.grid.height, inputs.grid.width, area, plan.tile, plan.overlap)
         start = time.perf_counter()
         writer = _TileWriter(
-            inputs, plan.settings, job, predictor.config.describe(), completes_in_background(predictor.device)
+            inputs,
+            area_grid(area, inputs.grid),
+            plan.settings,
+            job,
+            model=predictor.config.describe(),
+            stream=completes_in_background(predictor.device),
         )
         with _progress_bar(len(tiles), enabled=plan.settings.progress) as bar, contextlib.ExitStack() as outputs:
             writer.open(outputs)
             _predict_tiles(predictor, inputs, tiles, plan, writer, bar.update)
             if writer.valid == 0:
-                raise DSen2CRError(f"{job.s2}: S2 has no valid pixels (all nodata or NaN)")
+                where = " inside --bounds" if plan.settings.bounds is not None else ""
+                raise DSen2CRError(f"{job.s2}: S2 has no valid pixels{where} (all nodata or NaN)")
             # what computed it, once the first batch settled the backend, and how it was asked for
             fraction = writer.missing / writer.valid  # of valid S2 pixels where S1's scene mean filled in
             exact = default_overlap(predictor.config)
             tags = predictor.provenance(with_variance=job.uncertainty_out is not None)
             tags |= scene_tags(job, plan, exact, fraction, inputs.s1_fill)
+            tags |= area_tags(area, inputs.grid, plan.settings)
             for dataset in filter(None, (writer.cog, writer.sigma)):
                 dataset.update_tags(**tags)
             if writer.quicklook is not None:  # the preview records what the COG does
                 writer.quicklook.text = output_tags(inputs.s2) | tags
             if writer.mask is not None:
-                writer.mask.update_tags(**input_tags(job, plan.settings))
+                writer.mask.update_tags(**input_tags(job, plan.settings), **area_tags(area, inputs.grid, plan.settings))
             written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller
         seconds = time.perf_counter() - start
     if predictor.include_sar and fraction > 0:
@@ -164,16 +177,18 @@ def _remove_scene(
         seconds = time.perf_counter() - start
     else:
         defer_outputs(written_outputs)
-    megapixels = inputs.grid.width * inputs.grid.height / 1e6
+    megapixels = area.width * area.height / 1e6
     return SceneReport(job.out, len(tiles), megapixels, seconds, fraction, writer.skipped)
 
 
 @dataclass
 class _TileWriter:
     """Writes each tile's prediction (on the writer thread, which alone touches the output files, the masker
-    and the quicklook while the loop runs) and counts valid pixels, S1 holes and skipped tiles."""
+    and the quicklook while the loop runs) onto the outputs' ``grid`` (the scene's, or the part of it asked for)
+    and counts valid pixels, S1 holes and skipped tiles."""
 
     inputs: SceneInputs
+    grid: Grid
     settings: SceneSettings
     job: SceneJob
     model: str = ""  # the model's description, for the quicklook's caption
@@ -193,7 +208,7 @@ class _TileWriter:
     def open(self, outputs: contextlib.ExitStack) -> None:
         """Open the outputs in ``outputs``; they are left in reverse order: the COG is made first (should that
         fail, the map is removed), the quicklook saved last, once the COG is in place."""
-        s2, grid, job = self.inputs.s2, self.inputs.grid, self.job
+        s2, grid, job = self.inputs.s2, self.grid, self.job
         grid_profile = {"width": grid.width, "height": grid.height, "crs": grid.crs, "transform": grid.transform}
         check_scene_room(job, grid.height, grid.width, len(s2.bands), self.settings, self.stream)
         options = self.settings.cog_options()
@@ -244,17 +259,17 @@ class _TileWriter:
     def write(self, done: _TileOutput) -> None:
         """Write one prepared tile to the outputs and count it (the writer thread only)."""
         tile, valid = done.tile, done.valid
-        self.cog.write(done.out_dn[self.written], window=tile.core)
+        self.cog.write(done.out_dn[self.written], window=tile.out)
         if done.sigma is not None:
-            self.sigma.write(done.sigma[self.sigma_written], window=tile.core)
+            self.sigma.write(done.sigma[self.sigma_written], window=tile.out)
         if self.quicklook is not None:  # the total sigma
             total = None if done.sigma is None else done.sigma[:NUM_S2_BANDS]
-            self.quicklook.add(tile.core, done.dn, done.out_dn, done.core_mask, total)
+            self.quicklook.add(tile.out, done.dn, done.out_dn, done.core_mask, total)
         self.missing += done.holes
         self.valid += int(valid.sum())
         self.skipped += not valid.any()
         if self.mask is not None and done.core_mask is not None:
-            self.mask.write(mask_codes(done.core_mask, valid)[None], window=tile.core)
+            self.mask.write(mask_codes(done.core_mask, valid)[None], window=tile.out)
 
 
 @dataclass

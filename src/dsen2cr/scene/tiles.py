@@ -28,10 +28,18 @@ def default_overlap(model: nn.Module | ModelSpec) -> int:
 
 @dataclass(frozen=True)
 class Tile:
-    """A window to run the network on, and the part of it (core) that goes to the output."""
+    """A window to run the network on, and the part of it (core) that goes to the output, both on the scene's
+    grid; ``origin`` is the output's first row and column on that grid ((0, 0): the output is the whole scene)."""
 
     window: Window
     core: Window
+    origin: tuple[int, int] = (0, 0)
+
+    @property
+    def out(self) -> Window:
+        """The core's place in the output."""
+        row0, col0 = self.origin
+        return Window(self.core.col_off - col0, self.core.row_off - row0, self.core.width, self.core.height)
 
     def core_in_tile(self) -> tuple[slice, slice]:
         """Row and column slices of the core inside the tile's prediction."""
@@ -72,6 +80,46 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
         for c0, cw, cc0, cc1 in _axis_tiles(width, tile, overlap):
             tiles.append(Tile(Window(c0, r0, cw, rh), Window(cc0, cr0, cc1 - cc0, cr1 - cr0)))
     return tiles
+
+
+def plan_area_tiles(height: int, width: int, area: Window, tile: int, overlap: int) -> list[Tile]:
+    """Tiles whose cores cover ``area`` (a window of a height x width scene) once, the output being that area:
+    the windows read up to half the overlap of the scene around it (clipped at the scene's edges), so its pixels
+    are those of the whole scene's run (with an exact overlap, whole-image inference on both)."""
+    region = area_region(height, width, area, overlap)
+    col0, row0 = region.col_off, region.row_off
+    tiles = []
+    for planned in plan_tiles(region.height, region.width, tile, overlap):
+        window = Window(planned.window.col_off + col0, planned.window.row_off + row0, *_size(planned.window))
+        core = _intersection(
+            Window(planned.core.col_off + col0, planned.core.row_off + row0, *_size(planned.core)), area
+        )
+        if core is not None:
+            tiles.append(Tile(window, core, (area.row_off, area.col_off)))
+    return tiles
+
+
+def area_region(height: int, width: int, area: Window, overlap: int) -> Window:
+    """What the tiles of ``area`` read: the area and half the overlap of the scene around it (clipped at the
+    scene's edges, where the windows align with them)."""
+    margin = (overlap + 1) // 2
+    row0, col0 = max(0, area.row_off - margin), max(0, area.col_off - margin)
+    row1 = min(height, area.row_off + area.height + margin)
+    col1 = min(width, area.col_off + area.width + margin)
+    return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def _size(window: Window) -> tuple[int, int]:
+    """(width, height) of a window."""
+    return window.width, window.height
+
+
+def _intersection(a: Window, b: Window) -> Window | None:
+    """The pixels two windows share, or None."""
+    col0, row0 = max(a.col_off, b.col_off), max(a.row_off, b.row_off)
+    col1 = min(a.col_off + a.width, b.col_off + b.width)
+    row1 = min(a.row_off + a.height, b.row_off + b.height)
+    return Window(col0, row0, col1 - col0, row1 - row0) if col1 > col0 and row1 > row0 else None
 
 
 def planned_pixels(tiles: list[Tile]) -> int:
