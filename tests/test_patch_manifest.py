@@ -105,11 +105,15 @@ def test_every_row_is_checked_before_the_first_patch(tmp_path: Path, capsys: pyt
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("failing", "ending"),
+    [(1, "the row before it stays written (ROI 0)"), (2, "the rows before it stay written (ROIs 0, 1)")],
+)
 def test_a_failure_mid_run_keeps_the_rows_before_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, failing: int, ending: str
 ) -> None:
-    """A write of row 3 fails (a full disk): the run stops with one line naming the row and the ROI written before
-    it; that ROI's patches are whole, the failing row's ROI leaves nothing, row 4 is not begun."""
+    """A write of row 3 (or 4) fails (a full disk): the run stops with one line naming the row and the ROIs written
+    before it; their patches are whole, the failing row's ROI leaves nothing, the rows after it are not begun."""
     import dsen2cr.data.patches as patches
     from dsen2cr.errors import DSen2CRError
 
@@ -122,18 +126,19 @@ def test_a_failure_mid_run_keeps_the_rows_before_it(
     )
     write = patches._write_files
 
-    def fail_in_roi_1(paths: dict[str, Path], *args: object) -> None:
-        if "_1_p" in paths["s1"].name:
+    def fail_in_roi(paths: dict[str, Path], *args: object) -> None:
+        if f"_{failing}_p" in paths["s1"].name:
             raise DSen2CRError(f"{paths['s1']}: cannot write (No space left on device)")
         write(paths, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(patches, "_write_files", fail_in_roi_1)
+    monkeypatch.setattr(patches, "_write_files", fail_in_roi)
     out = tmp_path / "own"
     capsys.readouterr()
     assert (
         main(["data", "patches", "--manifest", str(manifest), "--out", str(out), "--size", "32", "--no-progress"]) == 2
     )
     err = capsys.readouterr().err.strip()
-    assert f"error: {manifest}:3: " in err and err.endswith("the row before it stays written (ROI 0)"), err
-    assert len(list(out.rglob("*_0_p*.tif"))) == 6
-    assert not list(out.rglob("*_1*")) and not list(out.rglob("*_2*"))
+    assert f"error: {manifest}:{failing + 2}: " in err and err.endswith(ending), err
+    for roi in range(failing):
+        assert len(list(out.rglob(f"*_{roi}_p*.tif"))) == 6
+    assert not any(list(out.rglob(f"*_{roi}*")) for roi in range(failing, 3))

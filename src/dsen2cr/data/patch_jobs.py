@@ -176,7 +176,12 @@ def cut_patch_jobs(
             report = cut_patches(job.scenes, out, roi=job.roi, progress=progress, **dataclasses.asdict(options))
         except DSen2CRError as error:
             rois = ", ".join(str(earlier.roi) for earlier in jobs[:done])
-            written = f"; the row{'s' if done > 1 else ''} before it stay{'' if done > 1 else 's'} written (ROI {rois})"
+            rows = (
+                f"the rows before it stay written (ROIs {rois})"
+                if done > 1
+                else f"the row before it stays written (ROI {rois})"
+            )
+            written = f"; {rows}"
             raise DSen2CRError(job.named(error) + (written if done else "")) from None
         if on_written is not None:
             on_written(job, report)
