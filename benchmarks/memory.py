@@ -105,8 +105,9 @@ def main() -> None:
         tiles = plan_tiles(args.scene, args.scene, 256, default_overlap(model))
         with gdal_block_cache():  # as remove_clouds runs
             samples = []
+            fill = lambda: (-12.0, -19.0)  # noqa: E731
             for _ in iter_predictions(
-                predictor_from_model(model, device="cpu"), s2, s1, tiles, batch_size=4, s1_fill_db=(-12.0, -19.0)
+                predictor_from_model(model, device="cpu"), s2, s1, tiles, batch_size=4, s1_fill_db=fill
             ):
                 samples.append(rss_mib())
         rows.append(_row(f"scene {args.scene}x{args.scene}, {len(tiles)} tiles", samples))

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 WEST, NORTH = 500000.0, 5000000.0  # the test scene's corner (conftest.SCENE_ORIGIN)
 GRID = Grid(rasterio.crs.CRS.from_epsg(32632), rasterio.Affine(10, 0, WEST, 0, -10, NORTH), 50, 40)
+GRID_BOUNDS = (WEST + 100, NORTH - 300, WEST + 300, NORTH - 100)  # columns 10-29, rows 10-29
 
 
 def _window(*bounds: float, crs: str | None = None) -> tuple[int, int, int, int]:
@@ -159,3 +160,32 @@ def test_arrays_refuse_bounds(workdir: Path) -> None:
     s2 = np.full((13, 40, 50), 1000, np.uint16)
     with pytest.raises(DSen2CRError, match="bounds: remove_clouds_array returns the arrays' whole grid"):
         dsen2cr.remove_clouds_array(predictor, s2, None, settings=settings, crs=GRID.crs, transform=GRID.transform)
+
+
+def test_s1_scene_mean_only_when_s1_has_holes(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S1's scene mean fills its holes: S1 without holes is not read whole for it (a pass over all of S1 before the
+    first window: some 11 s for a full tile here); with holes it is the mean of S1 under the scene, as numpy
+    gives it."""
+    import dsen2cr.inputs.s1 as s1_module
+
+    passes = []
+    mean = s1_module.s1_scene_mean
+    monkeypatch.setattr(s1_module, "s1_scene_mean", lambda *args, **kw: passes.append(1) or mean(*args, **kw))
+    s2, s1 = workdir.scene()
+    weights = str(workdir.weights("dsen2cr-small"))
+    base = ["remove-clouds", "--weights", weights, "--s2", str(s2), "--backend", "eager", "--no-progress"]
+    assert main([*base, "--s1", str(s1), "--out", str(workdir / "a.tif"), "--bounds", *map(str, GRID_BOUNDS)]) == 0
+    assert passes == []
+    with rasterio.open(s1) as source:
+        db = source.read()
+        db[:, :, :10] = np.nan  # holes in the west, under valid S2
+        holes = workdir / "holes.tif"
+        with rasterio.open(holes, "w", **source.profile) as target:
+            target.write(db)
+    assert main([*base, "--s1", str(holes), "--out", str(workdir / "b.tif")]) == 0
+    assert passes == [1]
+    vv, vh = np.nanmean(db.astype(np.float64), axis=(1, 2))
+    with rasterio.open(workdir / "b.tif") as out:
+        assert out.tags()["DSEN2CR_S1_FILLED"] == (
+            f"20.0% of the valid pixels, with the scene's mean (VV {vv:.1f} dB, VH {vh:.1f} dB)"
+        )

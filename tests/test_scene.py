@@ -69,7 +69,8 @@ def test_tiling_equals_whole_image_inference(scene: dict, tile: int) -> None:
     tiles = plan_tiles(389, 517, tile, default_overlap(model))
     got = np.full_like(expected, np.nan)
     covered = np.zeros(expected.shape[1:], dtype=int)
-    for t, pred, *_ in iter_predictions(predictor_from_model(model), s2, s1, tiles, batch_size=3, s1_fill_db=(0, 0)):
+    predictions = iter_predictions(predictor_from_model(model), s2, s1, tiles, batch_size=3, s1_fill_db=lambda: (0, 0))
+    for t, pred, *_ in predictions:
         rows = slice(t.core.row_off, t.core.row_off + t.core.height)
         cols = slice(t.core.col_off, t.core.col_off + t.core.width)
         got[:, rows, cols] = pred
@@ -85,7 +86,7 @@ def test_too_small_overlap_shows_seams(scene: dict) -> None:
     s1 = S1Source(scene["folder"] / "s1.tif", s2.grid)
     got = np.zeros_like(expected)
     for t, pred, *_ in iter_predictions(
-        predictor_from_model(model), s2, s1, plan_tiles(389, 517, 128, 0), batch_size=4, s1_fill_db=(0, 0)
+        predictor_from_model(model), s2, s1, plan_tiles(389, 517, 128, 0), batch_size=4, s1_fill_db=lambda: (0, 0)
     ):
         got[:, t.core.row_off : t.core.row_off + t.core.height, t.core.col_off : t.core.col_off + t.core.width] = pred
     assert np.abs(got - expected).max() > 1e-3  # the test above can fail
@@ -716,7 +717,7 @@ def test_a_reader_thread_a_signal_orphaned_never_reads_after_the_loop(monkeypatc
     tiles = plan_tiles(100, 100, 64, 0)
     with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(threading.Thread, "start", start_then_interrupted)
-        next(batches.iter_predictions(None, None, None, tiles, batch_size=1, s1_fill_db=(0, 0)))  # type: ignore[arg-type]
+        next(batches.iter_predictions(None, None, None, tiles, batch_size=1, s1_fill_db=lambda: (0, 0)))  # type: ignore[arg-type]
     events.append("sources closed")  # what remove_clouds does next
     time.sleep(0.5)  # time for a stray read to run
     assert events in (["sources closed"], ["read starts", "read ends", "sources closed"]), events

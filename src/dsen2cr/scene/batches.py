@@ -34,7 +34,7 @@ def iter_predictions(
     tiles: list[Tile],
     *,
     batch_size: int,
-    s1_fill_db: tuple[float, float],
+    s1_fill_db: Callable[[], tuple[float, float]],
     on_batch: Callable[[int], object] | None = None,
     channels: int = NUM_S2_BANDS,
 ) -> Generator[Prediction, None, None]:
@@ -218,9 +218,11 @@ class _Batch:
     s1_model: np.ndarray | None
 
 
-def _read_batch(s2: S2Source, s1: S1Source | None, group: list[Tile], s1_fill_db: tuple[float, float]) -> _Batch:
+def _read_batch(
+    s2: S2Source, s1: S1Source | None, group: list[Tile], s1_fill_db: Callable[[], tuple[float, float]]
+) -> _Batch:
     """Read and preprocess the windows of one batch (S1 only where the tile is run; its holes are filled
-    with ``s1_fill_db``)."""
+    with ``s1_fill_db()``, asked for only where there are holes)."""
     s2_dn = [s2.read(t.window) for t in group]
     cores = [t.core_in_tile() for t in group]
     valid = [s2.valid(dn) for dn in s2_dn]
@@ -241,8 +243,11 @@ def _read_batch(s2: S2Source, s1: S1Source | None, group: list[Tile], s1_fill_db
             db = s1.read(group[i].window)
             rows, cols = cores[i]
             missing[i] = int((np.isnan(db).any(axis=0) & valid[i])[rows, cols].sum())
-            for band in range(NUM_S1_BANDS):
-                db[band][np.isnan(db[band])] = s1_fill_db[band]
+            holes = np.isnan(db)
+            if holes.any():
+                fill = s1_fill_db()
+                for band in range(NUM_S1_BANDS):
+                    db[band][holes[band]] = fill[band]
             s1_model[row] = s1_db_to_model(db)
     return _Batch(s2_dn, valid_cores, missing, run, s2_model, s1_model)
 

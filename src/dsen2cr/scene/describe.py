@@ -167,25 +167,27 @@ def threshold_tags(mask: str, cloud_threshold: float) -> dict[str, str]:
 
 
 def scene_tags(
-    job: SceneJob, plan: ScenePlan, exact_overlap: int, s1_filled: float, s1_fill_db: tuple[float, float]
+    job: SceneJob, plan: ScenePlan, exact_overlap: int, s1_filled: float, s1_fill_db: tuple[float, float] | None
 ) -> dict[str, str]:
     """Metadata of an output image (and sigma map): :func:`run_tags`, :func:`input_tags`, the tiling (exact, or
     an overlap below ``exact_overlap``) and the share of valid pixels where S1 had no data and its scene mean
-    (``s1_fill_db``) filled in."""
+    (``s1_fill_db``, given when that share is above 0) filled in."""
     exact = (
         "exact: whole-image inference"
         if plan.overlap >= exact_overlap
         else f"below the exact {exact_overlap} px: pixels near window edges differ from whole-image inference"
     )
-    filled = (
-        f"{100 * s1_filled:.1f}% of the valid pixels, with the scene's mean (VV {s1_fill_db[0]:.1f} dB, VH "
-        f"{s1_fill_db[1]:.1f} dB)"
-    )
+    filled = "none"
+    if s1_filled > 0 and s1_fill_db is not None:
+        filled = (
+            f"{100 * s1_filled:.1f}% of the valid pixels, with the scene's mean (VV {s1_fill_db[0]:.1f} dB, VH "
+            f"{s1_fill_db[1]:.1f} dB)"
+        )
     return {
         **run_tags(plan.settings),
         **input_tags(job, plan.settings),
         "DSEN2CR_TILING": f"windows of at most {plan.tile} px, overlap {plan.overlap} px ({exact})",
-        "DSEN2CR_S1_FILLED": filled if s1_filled > 0 else "none",
+        "DSEN2CR_S1_FILLED": filled,
     }
 
 

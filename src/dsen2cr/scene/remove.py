@@ -153,7 +153,8 @@ def _remove_scene(
             fraction = writer.missing / writer.valid  # of valid S2 pixels where S1's scene mean filled in
             exact = default_overlap(predictor.config)
             tags = predictor.provenance(with_variance=job.uncertainty_out is not None)
-            tags |= scene_tags(job, plan, exact, fraction, inputs.s1_fill)
+            fill = inputs.s1_fill() if fraction > 0 else None  # asked for by the holes already: no second pass
+            tags |= scene_tags(job, plan, exact, fraction, fill)
             tags |= area_tags(area, inputs.grid, plan.settings)
             for dataset in filter(None, (writer.cog, writer.sigma)):
                 dataset.update_tags(**tags)
@@ -169,7 +170,7 @@ def _remove_scene(
             "(VV %.1f dB, VH %.1f dB)",
             job.s1,
             100 * fraction,
-            *inputs.s1_fill,
+            *inputs.s1_fill(),
         )
     if defer_outputs is None:
         with gdal_block_cache():

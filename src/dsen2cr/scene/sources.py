@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product
 from dsen2cr.inputs.readers import Grid, S2Source
-from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
+from dsen2cr.inputs.s1 import S1SceneFill, S1Source
 from dsen2cr.predictor import Predictor
 from dsen2cr.scene.masking import SceneMasker
 from dsen2cr.settings import SceneJob, ScenePlan
@@ -21,12 +21,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SceneInputs:
-    """A scene's open inputs: S2, S1 (None without SAR) and the value that fills S1 holes, and the cloud/shadow
-    masker (None when nothing needs the mask)."""
+    """A scene's open inputs: S2, S1 (None without SAR) and what fills S1's holes (its scene mean, computed when
+    first asked for: :class:`~dsen2cr.inputs.s1.S1SceneFill`), and the cloud/shadow masker (None when nothing
+    needs the mask)."""
 
     s2: S2Source
     s1: S1Source | None = None
-    s1_fill: tuple[float, float] = (0.0, 0.0)
+    s1_fill: Callable[[], tuple[float, float]] = lambda: (0.0, 0.0)
     masker: SceneMasker | None = None
 
     @property
@@ -57,7 +58,7 @@ def open_scene_inputs(
         if predictor.include_sar:
             assert job.s1 is not None  # checked in check_job
             inputs.s1 = S1Source(job.s1, s2.grid, linear=settings.s1_linear)
-            inputs.s1_fill = s1_scene_mean(inputs.s1, s2.grid.height, s2.grid.width)
+            inputs.s1_fill = S1SceneFill(inputs.s1, s2.grid.height, s2.grid.width)
         elif job.s1 is not None:
             log.warning("these weights were trained without SAR: the S1 input is ignored")
         yield inputs
