@@ -5,6 +5,7 @@ keeps the rows before it and names its row; rows of overlapping ground are warne
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,80 @@ def test_a_failure_mid_run_keeps_the_rows_before_it(
     for roi in range(failing):
         assert len(list(out.rglob(f"*_{roi}_p*.tif"))) == 6
     assert not any(list(out.rglob(f"*_{roi}*")) for roi in range(failing, 3))
+
+
+def _files(out: Path) -> dict[Path, tuple[bytes, int]]:
+    return {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in sorted(out.rglob("*.tif"))}
+
+
+def test_skip_existing_goes_on_where_a_stopped_run_left(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run stopped in row 2 (ROI 1: one patch's cloud-free file never written) before row 3: --skip-existing keeps
+    ROI 0 and ROI 1's whole patch file for file (bytes, modification time), writes ROI 1's missing patch (the
+    scene's window, pixel for pixel) and ROI 2; patches of other scenes or another size are refused."""
+    arrays = [
+        _pair(tmp_path, name, origin_x=origin, seed=seed)
+        for name, origin, seed in (("a", 4e5, 1), ("b", 5e5, 2), ("c", 6e5, 3))
+    ]
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(
+        "s2_cloudy,s2,s1,roi\n"
+        + "".join(f"{n}/cloudy.tif,{n}/clear.tif,{n}/s1.tif,{roi}\n" for roi, n in enumerate("abc"))
+    )
+    out = tmp_path / "own"
+    argv = ["data", "patches", "--manifest", str(manifest), "--out", str(out), "--size", "32", "--no-progress"]
+    assert main(argv) == 0
+    for folder in list(out.rglob("*_2")):  # row 3 not begun
+        shutil.rmtree(folder)
+    (out / "ROIs0_own_s2" / "s2_1" / "ROIs0_own_s2_1_p1.tif").unlink()  # stopped inside row 2
+    before = _files(out)
+    capsys.readouterr()
+    assert main([*argv, "--skip-existing"]) == 0
+    said = capsys.readouterr().out
+    assert "ROI ROIs0_own/0, under" in said and "wrote 0 patches" in said and "kept 2 that an earlier run wrote" in said
+    after = _files(out)
+    assert {path: after[path] for path in before if "_1_p1" not in path.name} == {
+        path: value for path, value in before.items() if "_1_p1" not in path.name
+    }  # kept: bytes and modification times
+    assert len(after) == 18
+    np.testing.assert_array_equal(_patch(out, "s2", 1, 1), arrays[1]["s2"][:, :, 32:64])
+    np.testing.assert_array_equal(_patch(out, "s1", 2, 0), arrays[2]["s1"][:, :, 0:32])
+    # patches of other scenes (row 2 now cut from c's scenes) or of another size: refused, nothing changed
+    manifest.write_text(
+        "s2_cloudy,s2,s1,roi\n"
+        + "".join(f"{n}/cloudy.tif,{n}/clear.tif,{n}/s1.tif,{roi}\n" for roi, n in enumerate("acc"))
+    )
+    capsys.readouterr()
+    assert main([*argv, "--skip-existing"]) == 2
+    err = capsys.readouterr().err
+    # (the scenes of b and c have the same file names: the patches' georeferencing tells them apart)
+    assert f"{manifest}:3: " in err, err
+    assert "ROIs0_own_s1_1_p0.tif: lies at 500000.0, 5800000.0, where this run's patch of its number does not" in err
+    manifest.write_text(
+        "s2_cloudy,s2,s1,roi\n"
+        + "".join(f"{n}/cloudy.tif,{n}/clear.tif,{n}/s1.tif,{roi}\n" for roi, n in enumerate("abc"))
+    )
+    assert main([*argv[:-3], "--size", "16", "--no-progress", "--skip-existing"]) == 2
+    err = capsys.readouterr().err
+    assert "ROIs0_own_s1_0_p0.tif: 32x32 px, this run cuts 16 px patches: --skip-existing keeps only the patches" in err
+    assert _files(out) == after
+
+
+def test_skip_existing_with_overwrite_cuts_again_what_was_cut_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """One pair cut, then given again under another name: --skip-existing refuses its patches (they record the
+    other name); with --overwrite too, the ROI is cut again, as --overwrite alone would."""
+    _pair(tmp_path, "a", origin_x=400000, seed=1)
+    shutil.copy(tmp_path / "a" / "cloudy.tif", tmp_path / "a" / "cloudy2.tif")
+    base = ["data", "patches", "--s2", str(tmp_path / "a/clear.tif"), "--s1", str(tmp_path / "a/s1.tif"), "--roi", "4"]
+    argv = [*base, "--out", str(tmp_path / "own"), "--size", "32", "--no-progress"]
+    assert main([*argv, "--s2-cloudy", str(tmp_path / "a/cloudy.tif")]) == 0
+    capsys.readouterr()
+    again = [*argv, "--s2-cloudy", str(tmp_path / "a/cloudy2.tif"), "--skip-existing"]
+    assert main(again) == 2
+    err = capsys.readouterr().err
+    assert "ROIs0_own_s2_cloudy_4_p0.tif: cut from cloudy.tif, this run cuts from cloudy2.tif: --skip-existing" in err
+    assert main([*again, "--overwrite"]) == 0
+    assert "wrote 2 patches" in capsys.readouterr().out
+    with rasterio.open(tmp_path / "own/ROIs0_own_s2_cloudy/s2_cloudy_4/ROIs0_own_s2_cloudy_4_p1.tif") as patch:
+        assert patch.tags()["DSEN2CR_SOURCE"] == "cloudy2.tif"

@@ -188,6 +188,12 @@ def _register_patches(data_commands: SubParsers) -> None:
     )
     add_scene_reading(patches)
     add_overwrite(patches, "replace the ROI's patches of an earlier run (a ROI folder holding other files is refused)")
+    patches.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep the patches an earlier run of these scenes and size wrote and cut the rest (a stopped run goes "
+        "on); patches cut otherwise are refused (replaced with --overwrite)",
+    )
     add_no_progress(patches)
     patches.set_defaults(handler=run_patches)
 
@@ -220,7 +226,7 @@ def run_patches(args: argparse.Namespace) -> int:
             args.s2_cloudy, args.s2, args.s1, args.s2_cloudy_offset, args.s2_offset, args.s1_linear, args.resampling
         )
         jobs = [PatchJob(scenes, args.roi)]
-    options = PatchOptions(args.collection, args.size, args.max_target_cloud, args.overwrite)
+    options = PatchOptions(args.collection, args.size, args.max_target_cloud, args.overwrite, args.skip_existing)
     if len(jobs) > 1:
         warn_overlaps(check_patch_jobs(jobs, args.out, options))
 
@@ -228,10 +234,12 @@ def run_patches(args: argparse.Namespace) -> int:
         """A ROI's line: what it wrote, the inputs' cloud cover, what was left out and why."""
         left_out = sum(report.left_out.values())
         reasons = ", ".join(f"{reason} ({count})" for reason, count in report.left_out.most_common())
-        cover = f"the inputs' cloud cover {100 * sum(report.input_cloud) / report.written:.0f} % in the mean"
+        cover = f"the inputs' cloud cover {100 * sum(report.input_cloud) / len(report.input_cloud):.0f} % in the mean"
+        kept = f"; kept {report.kept} that an earlier run wrote" if report.kept else ""
         print(
             f"wrote {report.written} patch{'es' if report.written != 1 else ''} of {args.size} px, ROI "
-            f"{report.roi_id}, under {args.out} ({cover})" + (f"; left out {left_out}: {reasons}" if left_out else ""),
+            f"{report.roi_id}, under {args.out} ({cover}){kept}"
+            + (f"; left out {left_out}: {reasons}" if left_out else ""),
             flush=True,
         )
 

@@ -19,6 +19,7 @@ from dsen2cr.data.patches import (
     check_numbers,
     check_roi_outputs,
     cut_patches,
+    keeps_earlier_patches,
     open_scenes,
     roi_outputs,
     scene_windows,
@@ -38,12 +39,14 @@ _REQUIRED = ("s2_cloudy", "s2", "s1", "roi")
 @dataclass(frozen=True)
 class PatchOptions:
     """How every row is cut (:func:`~dsen2cr.data.patches.cut_patches`' options): the collection's name, the
-    patch size, the target's cloud limit, and whether an earlier run's patches of a ROI are replaced."""
+    patch size, the target's cloud limit, and whether an earlier run's patches of a ROI are replaced, or kept to
+    go on where it stopped."""
 
     collection: str = "own"
     size: int = 256
     max_target_cloud: float = DEFAULT_MAX_TARGET_CLOUD
     overwrite: bool = False
+    skip_existing: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,10 @@ def check_patch_jobs(jobs: list[PatchJob], out: str | Path, options: PatchOption
                 grid = sources[0].grid
                 windows = scene_windows(job.scenes.s2_cloudy, grid, options.size)
             folders, names = roi_outputs(out, season, job.roi, len(windows))
-            check_roi_outputs(folders, names, job.roi, overwrite=options.overwrite)
+            keep = options.skip_existing and keeps_earlier_patches(
+                folders, names, job.scenes, grid, windows, job.roi, overwrite=options.overwrite
+            )
+            check_roi_outputs(folders, names, job.roi, overwrite=options.overwrite, keep_earlier=keep)
         except DSen2CRError as error:
             raise DSen2CRError(job.named(error)) from None
         footprints.append(Footprint.of(grid.crs, grid.transform, grid.width, grid.height))

@@ -34,7 +34,7 @@ from dsen2cr.outputs.files import check_output_folder, output_folder
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
-from dsen2cr.rasters import gdal_block_cache
+from dsen2cr.rasters import gdal_block_cache, open_raster
 from dsen2cr.version import __version__
 
 #: The release's season token is ``ROIs<number>_<word>``; your patches' is ``ROIs0_<collection>``.
@@ -52,6 +52,7 @@ class PatchReport:
     roi_id: str
     folders: list[Path]
     written: int = 0
+    kept: int = 0  # patches an earlier run wrote, kept (--skip-existing)
     left_out: Counter[str] = field(default_factory=Counter)
     input_cloud: list[float] = field(default_factory=list)  # the cloud fraction of each written patch's input
 
@@ -165,13 +166,16 @@ def cut_patches(
     size: int = 256,
     max_target_cloud: float = DEFAULT_MAX_TARGET_CLOUD,
     overwrite: bool = False,
+    skip_existing: bool = False,
     progress: bool = True,
 ) -> PatchReport:
     """Cut the cloudy S2 scene, its cloud-free partner and the SAR scene of ``scenes`` into ``size`` px
     triplets of ROI ``roi`` under ``out`` (``ROIs0_<collection>_s1/s1_<roi>/…_p<n>.tif``, the release's
     naming), leaving out those with no data, or whose target is cloudier than ``max_target_cloud``
     (:func:`cloud_fraction`). A ROI folder that already holds patches is refused unless ``overwrite`` (then
-    replaced; one holding other files is refused even so)."""
+    replaced; one holding other files is refused even so), or ``skip_existing`` and they are an earlier run's of
+    these scenes and size (:func:`keeps_earlier_patches`): the patches whose three files are there are kept, the
+    others cut (a stopped run goes on)."""
     check_numbers(roi, size, max_target_cloud)
     season = season_of(collection)
     s2_cloudy = scenes.s2_cloudy
@@ -188,10 +192,12 @@ def cut_patches(
                 folder.mkdir(parents=True)
                 stack.callback(_remove_if_empty, folder)  # a failed run leaves no empty folder (season, root)
         stack.enter_context(output_locks(folders))
-        check_roi_outputs(folders, names, roi, overwrite=overwrite)
+        keep = skip_existing and keeps_earlier_patches(folders, names, scenes, grid, windows, roi, overwrite=overwrite)
+        check_roi_outputs(folders, names, roi, overwrite=overwrite, keep_earlier=keep)
         what = f"the patches of ROI {roi}"
         for folder, sensor in zip(folders, SENSORS, strict=True):
-            stack.enter_context(output_folder(folder, owned=names[sensor], overwrite=overwrite, what=what))
+            owned = names[sensor]
+            stack.enter_context(output_folder(folder, owned=owned, overwrite=overwrite, what=what, keep_earlier=keep))
         report = PatchReport(f"{season}/{roi}", folders)
         # the files are written on threads (deflate is most of the time: 89 % on one thread; benchmarks.patches),
         # at most twice as many patches in flight as writers; on an error the queued writes are cancelled
@@ -206,14 +212,17 @@ def cut_patches(
                 report.left_out[reason] += 1
                 continue
             paths = release_triplet(out, season, roi, number).paths()
+            report.input_cloud.append(cloud_fraction(arrays["s2_cloudy"]))
+            if keep and all(path.is_file() for path in paths.values()):
+                report.kept += 1
+                continue
             pending.append(writers.submit(_write_triplet, paths, arrays, grid, window, scenes))
             report.written += 1
-            report.input_cloud.append(cloud_fraction(arrays["s2_cloudy"]))
             while len(pending) > 2 * workers:
                 pending.popleft().result()
         for future in pending:
             future.result()
-        if not report.written:
+        if not report.written + report.kept:
             reasons = ", ".join(f"{reason} ({count})" for reason, count in report.left_out.most_common())
             raise DSen2CRError(f"{s2_cloudy}: no {size} px patch to keep: {reasons}")
         return report
@@ -228,11 +237,65 @@ def roi_outputs(out: str | Path, season: str, roi: int, count: int) -> tuple[lis
     return folders, names
 
 
-def check_roi_outputs(folders: list[Path], names: dict[str, set[str]], roi: int, *, overwrite: bool) -> None:
+def check_roi_outputs(
+    folders: list[Path], names: dict[str, set[str]], roi: int, *, overwrite: bool, keep_earlier: bool = False
+) -> None:
     """Without changing anything: a ROI's folders (:func:`roi_outputs`) are free, or hold only its patches of an
-    earlier run and ``overwrite`` is given; all three are checked before any is replaced."""
+    earlier run and ``overwrite`` (or ``keep_earlier``) is given; all three are checked before any is replaced."""
+    what = f"the patches of ROI {roi}"
     for folder, sensor in zip(folders, SENSORS, strict=True):
-        check_output_folder(folder, owned=names[sensor], overwrite=overwrite, what=f"the patches of ROI {roi}")
+        check_output_folder(folder, owned=names[sensor], overwrite=overwrite, what=what, keep_earlier=keep_earlier)
+
+
+def keeps_earlier_patches(
+    folders: list[Path],
+    names: dict[str, set[str]],
+    scenes: SceneTriplet,
+    grid: Grid,
+    windows: list[tuple[int, Window]],
+    roi: int,
+    *,
+    overwrite: bool,
+) -> bool:
+    """For ``--skip-existing``: whether the patches an earlier run left in a ROI's folders are kept: every one is a
+    window of these ``scenes`` (the file names its files record, :func:`_write_files`) and lies where this run's
+    patch of its number lies (its georeferencing: the same ground and size). Patches cut otherwise are refused in
+    one line, or with ``overwrite`` replaced (False)."""
+    sources = _source_names(scenes)
+    window_of = dict(windows)
+    for folder, sensor in zip(folders, SENSORS, strict=True):
+        for path in sorted(folder / name for name in names[sensor] if (folder / name).is_file()):
+            parsed = parse_patch_name(path.name)
+            window = window_of.get(int(parsed[2])) if parsed is not None else None
+            differs = _cut_otherwise(path, sources[sensor], grid, window)
+            if differs and not overwrite:
+                raise DSen2CRError(
+                    f"{differs}: --skip-existing keeps only the patches this run would cut; pass --overwrite to cut "
+                    f"ROI {roi} again"
+                )
+            if differs:
+                return False
+    return True
+
+
+def _cut_otherwise(path: Path, source: str, grid: Grid, window: Window | None) -> str | None:
+    """How a patch file was cut otherwise than as ``window`` of ``grid`` (None: no window of this run has its
+    number) from ``source`` (the name its files record), in words, or None."""
+    try:
+        with open_raster(path, what="patch") as patch:
+            recorded, transform = patch.tags().get("DSEN2CR_SOURCE"), patch.transform
+            shape = (patch.width, patch.height)
+    except DSen2CRError as error:
+        return str(error)
+    if recorded != source:
+        return f"{path}: cut from {recorded or 'scenes it does not record'}, this run cuts from {source}"
+    if window is None:
+        return f"{path}: this run cuts no patch of its number (a smaller scene, or patches of another size)"
+    if shape != (window.width, window.height):
+        return f"{path}: {shape[0]}x{shape[1]} px, this run cuts {window.width} px patches"
+    if not transform.almost_equals(window_transform(window, grid.transform)):
+        return f"{path}: lies at {transform.c:.1f}, {transform.f:.1f}, where this run's patch of its number does not"
+    return None
 
 
 def _patch_names(folder: Path, season: str, sensor: str, roi: int, count: int) -> set[str]:
@@ -272,6 +335,15 @@ def _left_out_because(
     return None
 
 
+def _source_names(scenes: SceneTriplet) -> dict[str, str]:
+    """What each sensor's patch files record as their source (``DSEN2CR_SOURCE``): the scenes' file names."""
+    return {
+        "s2_cloudy": Path(scenes.s2_cloudy).name,
+        "s2": Path(scenes.s2).name,
+        "s1": ",".join(Path(part).name for part in s1_parts(scenes.s1)),
+    }
+
+
 def writer_threads() -> int:
     """Threads that write a run's patch files: this process's cores (:func:`dsen2cr.machine.cores`), at most 16."""
     return max(1, min(16, cores()))
@@ -292,8 +364,7 @@ def _write_files(
 ) -> None:
     """:func:`_write_triplet`'s files."""
     transform = window_transform(window, grid.transform)
-    source_of = {"s2_cloudy": Path(scenes.s2_cloudy).name, "s2": Path(scenes.s2).name}
-    source_of["s1"] = ",".join(Path(part).name for part in s1_parts(scenes.s1))
+    source_of = _source_names(scenes)
     for sensor, path in paths.items():
         array = arrays[sensor]
         if sensor != "s1" and array.dtype != np.uint16:

@@ -255,6 +255,7 @@ def check_output_folder(
     overwrite: bool,
     what: str,
     hint: str = "pass --overwrite to replace it",
+    keep_earlier: bool = False,
 ) -> list[Path]:
     """Check, without changing anything, that a command may write the entries ``owned`` (which make up
     ``what``, e.g. "a demo") into the folder ``path``; return the earlier entries that
@@ -264,7 +265,8 @@ def check_output_folder(
     same command) is refused unless ``overwrite``. A folder holding anything else is refused even with
     ``overwrite``: it is not the command's to delete (``dsen2cr demo --out ~ --overwrite`` must never touch a
     home folder). The temporaries that a killed run left while writing entries of ``owned`` are an earlier
-    run's entries too (removed without ``overwrite`` when the folder holds nothing else).
+    run's entries too (removed without ``overwrite`` when the folder holds nothing else). ``keep_earlier``: an
+    earlier run's entries are kept, to go on where it stopped (only a killed run's temporaries are removed).
     """
     out = Path(path)
     if out.exists() and not out.is_dir():
@@ -279,6 +281,8 @@ def check_output_folder(
             f"{out}: holds {foreign[0]!r}, which is not part of {what}; choose an empty or new folder "
             "(--overwrite only replaces what an earlier run of the command wrote)"
         )
+    if keep_earlier:
+        return [out / name for name in killed]
     if not overwrite:
         raise DSen2CRError(f"{out}: already holds {what}; {hint}")
     return [out / name for name in entries]
@@ -291,10 +295,14 @@ def prepare_output_folder(
     overwrite: bool,
     what: str,
     hint: str = "pass --overwrite to replace it",
+    keep_earlier: bool = False,
 ) -> Path:
-    """:func:`check_output_folder`, then remove the earlier run's entries and create the folder."""
+    """:func:`check_output_folder`, then remove the earlier run's entries (only a killed run's temporaries with
+    ``keep_earlier``) and create the folder."""
     out = Path(path)
-    earlier = check_output_folder(out, owned=owned, overwrite=overwrite, what=what, hint=hint)
+    earlier = check_output_folder(
+        out, owned=owned, overwrite=overwrite, what=what, hint=hint, keep_earlier=keep_earlier
+    )
     for target in earlier:
         _remove_entry(target)
     if killed := sum(temporary_writer(target.name) is not None for target in earlier):
@@ -314,17 +322,21 @@ def output_folder(
     overwrite: bool,
     what: str,
     hint: str = "pass --overwrite to replace it",
+    keep_earlier: bool = False,
 ) -> Iterator[Path]:
     """:func:`prepare_output_folder` for the duration of a command; if the command fails, the entries it wrote
-    are removed again (and the folder, if it created it), so a failed command leaves nothing behind."""
+    are removed again (and the folder, if it created it), so a failed command leaves nothing behind (with
+    ``keep_earlier``, the earlier run's entries stay)."""
     out = Path(path)
     created = not out.exists()
-    prepare_output_folder(out, owned=owned, overwrite=overwrite, what=what, hint=hint)
+    prepare_output_folder(out, owned=owned, overwrite=overwrite, what=what, hint=hint, keep_earlier=keep_earlier)
+    kept = {name for name in owned if os.path.lexists(out / name)} if keep_earlier else set()
     try:
         yield out
     except BaseException:
         for name in owned:
-            _remove_entry(out / name, best_effort=True)
+            if name not in kept:
+                _remove_entry(out / name, best_effort=True)
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if empty
