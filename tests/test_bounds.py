@@ -32,7 +32,7 @@ GRID_BOUNDS = (WEST + 100, NORTH - 300, WEST + 300, NORTH - 100)  # columns 10-2
 
 
 def _window(*bounds: float, crs: str | None = None) -> tuple[int, int, int, int]:
-    window = area_window(GRID, SceneSettings(bounds=bounds, bounds_crs=crs), "s2.tif")
+    window = area_window(GRID, SceneSettings(bounds=bounds, bounds_crs=crs).area, "s2.tif")
     return window.col_off, window.row_off, window.width, window.height
 
 
@@ -189,3 +189,28 @@ def test_s1_scene_mean_only_when_s1_has_holes(workdir: Path, monkeypatch: pytest
         assert out.tags()["DSEN2CR_S1_FILLED"] == (
             f"20.0% of the valid pixels, with the scene's mean (VV {vv:.1f} dB, VH {vh:.1f} dB)"
         )
+
+
+def test_a_manifest_row_has_its_own_bounds(workdir: Path) -> None:
+    """A manifest's bounds column (in its bounds_crs, or the scene's CRS) holds for its row; a row without takes the
+    run's --bounds; each output records its part."""
+    workdir.scene()  # s2.tif
+    to_lonlat = Transformer.from_crs(32632, 4326, always_xy=True)
+    (left, top), (right, bottom) = (to_lonlat.transform(WEST + x, NORTH - y) for x, y in ((105, 105), (295, 295)))
+    (workdir / "scenes.csv").write_text(
+        "s2,out,bounds,bounds_crs\n"
+        f"s2.tif,a.tif,{WEST + 100} {NORTH - 200} {WEST + 300} {NORTH},\n"
+        f"s2.tif,b.tif,{left} {bottom} {right} {top},EPSG:4326\n"
+        "s2.tif,c.tif,,\n"
+    )
+    weights = str(workdir.weights("dsen2cr-small-nosar"))
+    argv = ["remove-clouds", "--weights", weights, "--manifest", str(workdir / "scenes.csv"), "--no-progress"]
+    assert main([*argv, "--bounds", str(WEST), str(NORTH - 100), str(WEST + 100), str(NORTH)]) == 0
+    areas = {}
+    for name in "abc":
+        with rasterio.open(workdir / f"{name}.tif") as out:
+            areas[name] = (out.tags()["DSEN2CR_AREA"], out.tags()["DSEN2CR_BOUNDS"])
+    assert areas["a"] == ("columns 10-29, rows 0-19 of the scene's 50 x 40 px", "500100 4999800 500300 5000000")
+    assert areas["b"][0] == "columns 10-29, rows 10-29 of the scene's 50 x 40 px"  # 105..295 m: pixels 10 to 29
+    assert areas["b"][1].endswith("(EPSG:4326)")
+    assert areas["c"] == ("columns 0-9, rows 0-9 of the scene's 50 x 40 px", "500000 4999900 500100 5000000")

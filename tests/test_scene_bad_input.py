@@ -55,6 +55,14 @@ def _write(path: Path, text: str) -> Path:
 ORIGIN = from_origin(500000, 5000000, 10, 10)
 
 
+def _manifest_with_bounds(tmp: Path, bounds: str, crs: str) -> list[str]:
+    """remove-clouds of a manifest whose one row has these ``bounds`` and ``bounds_crs`` fields."""
+    s2, _ = tmp.scene()
+    (tmp / "scenes.csv").write_text(f"s2,out,bounds,bounds_crs\n{s2.name},o.tif,{bounds},{crs}\n")
+    weights = str(tmp.weights("dsen2cr-small-nosar"))
+    return ["remove-clouds", "--weights", weights, "--manifest", str(tmp / "scenes.csv"), "--no-progress"]
+
+
 def _bounds_miss_the_second_scene(tmp: Path) -> list[str]:
     """Two scenes 10 km apart, and --bounds that cover all of the first."""
     s2, _ = tmp.scene()
@@ -502,6 +510,36 @@ CASES = [
         name="remove-clouds: --bounds nan",
         setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--bounds", "nan", "0", "1", "1"),
         message="argument --bounds: expected a finite number, got 'nan'",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a manifest row's bounds of three numbers",
+        setup=lambda t: _manifest_with_bounds(t, "500000 4999600 500500", ""),
+        message="scenes.csv:2: bounds: expected four finite numbers LEFT BOTTOM RIGHT TOP, got [500000.0",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a manifest row's bounds that are no numbers",
+        setup=lambda t: _manifest_with_bounds(t, "west south east north", ""),
+        message="scenes.csv:2: bounds: expected four numbers LEFT BOTTOM RIGHT TOP, got 'west south east north'",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a manifest row's bounds of another place",
+        setup=lambda t: _manifest_with_bounds(t, "0 0 10 10", ""),
+        message="scenes.csv:2: bounds 0 0 10 10 lie outside the scene, which covers 500000 4999600 500500 5000000",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a manifest row's bounds_crs without bounds",
+        setup=lambda t: _manifest_with_bounds(t, "", "EPSG:4326"),
+        message="scenes.csv:2: bounds_crs says what the row's bounds are in; give its bounds too",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a manifest row's bounds_crs that is no CRS",
+        setup=lambda t: _manifest_with_bounds(t, "9 45 10 46", "EPSG:43260"),
+        message="scenes.csv:2: bounds_crs: 'EPSG:43260' is not a coordinate reference system",
         absent=("o.tif",),
     ),
     dict(
@@ -967,7 +1005,8 @@ CASES += [
     dict(
         name="remove-clouds: a manifest column misspelt (mask_0ut: the map would silently not be written)",
         setup=lambda t: _manifest_header_args(t, "s2,out,mask_0ut", "s2.tif,o.tif,m.tif"),
-        message="m.csv: manifest column 'mask_0ut' is not one of s2, s1, out, mask_out, preview, uncertainty_out; "
+        message="m.csv: manifest column 'mask_0ut' is not one of s2, s1, out, mask_out, preview, uncertainty_out, "
+        "bounds, bounds_crs; "
         "did you mean 'mask_out'?",
         absent=("o.tif", "m.tif"),
     ),
@@ -980,7 +1019,8 @@ CASES += [
     dict(
         name="remove-clouds: a manifest separated by semicolons",
         setup=lambda t: _manifest_header_args(t, "s2;out", "s2.tif;o.tif"),
-        message="m.csv: manifest column 's2;out' is not one of s2, s1, out, mask_out, preview, uncertainty_out; "
+        message="m.csv: manifest column 's2;out' is not one of s2, s1, out, mask_out, preview, uncertainty_out, "
+        "bounds, bounds_crs; "
         "separate the columns with commas",
         absent=("o.tif",),
     ),

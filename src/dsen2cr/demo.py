@@ -19,7 +19,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -168,7 +168,8 @@ def _demo_scene(scene_dir: Path, weights: dict[str, Path], device: str) -> dict[
 
     def job(out: str, **outputs: str) -> SceneJob:
         """A job of the scene whose outputs are named ``T33UUU_20170216_<name>``."""
-        return SceneJob(scene_name, None, Path(f"{stem}_{out}"), **{k: Path(f"{stem}_{v}") for k, v in outputs.items()})
+        paths: dict[str, Any] = {k: Path(f"{stem}_{v}") for k, v in outputs.items()}
+        return SceneJob(scene_name, None, Path(f"{stem}_{out}"), **paths)
 
     plain = job("cloudfree_all_pixels.tif", preview="all_pixels.png")
     kept = job("cloudfree.tif", mask_out="cloud_shadow_mask.tif", preview="before_after.png")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,7 @@ class SceneJob:
     mask_out: Path | None = None
     preview: Path | None = None
     uncertainty_out: Path | None = None
+    bounds: Bounds | None = None  # the part of this scene (a manifest's bounds column), instead of --bounds
 
     def __post_init__(self) -> None:
         for name in (
@@ -130,25 +131,17 @@ class SceneSettings:
         self.cog_options()  # compression and level known, and this GDAL writes them
 
     def _check_bounds(self) -> None:
-        """``bounds``: four finite numbers, left < right and bottom < top; ``bounds_crs`` only with them, a CRS."""
+        """``bounds`` (:func:`checked_bounds`); ``bounds_crs`` only with them."""
         if self.bounds is None:
             if self.bounds_crs is not None:
                 raise DSen2CRError("--bounds-crs: says what --bounds are in; give --bounds LEFT BOTTOM RIGHT TOP")
             return
-        if len(self.bounds) != 4 or not all(isinstance(v, int | float) and math.isfinite(v) for v in self.bounds):
-            raise DSen2CRError(f"--bounds: expected four finite numbers LEFT BOTTOM RIGHT TOP, got {self.bounds}")
-        left, bottom, right, top = self.bounds
-        if not (left < right and bottom < top):
-            raise DSen2CRError(
-                f"--bounds: expected LEFT BOTTOM RIGHT TOP with left < right and bottom < top, got "
-                f"{' '.join(f'{v:.12g}' for v in self.bounds)}"
-            )
-        geographic = self.bounds_crs is not None and parse_crs(self.bounds_crs, "--bounds-crs").is_geographic
-        if geographic and not (left >= -180 and right <= 360 and bottom >= -90 and top <= 90):
-            raise DSen2CRError(
-                f"--bounds: {' '.join(f'{v:.12g}' for v in self.bounds)} are no longitudes and latitudes of "
-                f"{self.bounds_crs} (LEFT BOTTOM RIGHT TOP: longitude, then latitude within [-90, 90])"
-            )
+        checked_bounds(self.bounds, self.bounds_crs)
+
+    @property
+    def area(self) -> Bounds | None:
+        """``bounds`` in ``bounds_crs``, for every scene of the run (a job's own win: :func:`scene_bounds`)."""
+        return None if self.bounds is None else checked_bounds(self.bounds, self.bounds_crs)
 
     @property
     def weights_files(self) -> tuple[str, ...]:
@@ -194,6 +187,51 @@ class ScenePlan:
     band_threads: int = 1
     block_cache_bytes: int = GDAL_CACHE_BYTES
     hold_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A part of a scene, as ``--bounds`` (or a manifest's ``bounds`` column) gives it: left, bottom, right, top in
+    ``crs`` (None: the scene's own CRS). Made by :func:`checked_bounds`."""
+
+    left: float
+    bottom: float
+    right: float
+    top: float
+    crs: str | None = None
+    label: str = field(default="--bounds", compare=False)  # what messages call them: --bounds, a manifest's row
+
+    def text(self) -> str:
+        """The bounds as given, with their CRS when named (``12.6 52.46 12.63 52.48 (EPSG:4326)``)."""
+        numbers = " ".join(f"{value:.12g}" for value in (self.left, self.bottom, self.right, self.top))
+        return f"{numbers} ({self.crs})" if self.crs else numbers
+
+
+def checked_bounds(
+    values: object, crs: str | None, option: str = "--bounds", crs_option: str = "--bounds-crs"
+) -> Bounds:
+    """:class:`Bounds` of four finite numbers with left < right and bottom < top, in ``crs`` (a CRS GDAL knows;
+    a geographic one takes longitudes and latitudes within [-90, 90]), or a one-line error naming ``option`` (or
+    ``crs_option``)."""
+    numbers = tuple(values) if isinstance(values, list | tuple) else ()
+    if len(numbers) != 4 or not all(isinstance(v, int | float) and math.isfinite(v) for v in numbers):
+        raise DSen2CRError(f"{option}: expected four finite numbers LEFT BOTTOM RIGHT TOP, got {values}")
+    bounds = Bounds(*numbers, crs=crs, label=option)
+    given = bounds.text().split(" (")[0]
+    if not (bounds.left < bounds.right and bounds.bottom < bounds.top):
+        raise DSen2CRError(f"{option}: expected LEFT BOTTOM RIGHT TOP with left < right and bottom < top, got {given}")
+    geographic = crs is not None and parse_crs(crs, crs_option).is_geographic
+    if geographic and not (bounds.left >= -180 and bounds.right <= 360 and bounds.bottom >= -90 and bounds.top <= 90):
+        raise DSen2CRError(
+            f"{option}: {given} are no longitudes and latitudes of {crs} (LEFT BOTTOM RIGHT TOP: longitude, then "
+            "latitude within [-90, 90])"
+        )
+    return bounds
+
+
+def scene_bounds(job: SceneJob, settings: SceneSettings) -> Bounds | None:
+    """The part of ``job``'s scene to process: the job's own bounds, else the run's (None: the whole scene)."""
+    return job.bounds if job.bounds is not None else settings.area
 
 
 def parse_crs(text: str, option: str) -> CRS:

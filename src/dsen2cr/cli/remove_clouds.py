@@ -62,7 +62,9 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         "items declare theirs",
     )
     parser.add_argument(
-        "--manifest", help="CSV with columns s2,s1,out[,mask_out,preview,uncertainty_out] (instead of --s2/--s1/--out)"
+        "--manifest",
+        help="CSV with columns s2,s1,out[,mask_out,preview,uncertainty_out,bounds,bounds_crs] (instead of "
+        "--s2/--s1/--out; a row's bounds, LEFT BOTTOM RIGHT TOP apart by spaces, instead of --bounds)",
     )
     parser.add_argument(
         "--bounds",

@@ -14,7 +14,7 @@ from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.readers import Grid
-from dsen2cr.settings import SceneSettings, parse_crs
+from dsen2cr.settings import Bounds, parse_crs
 
 log = logging.getLogger(__name__)
 
@@ -22,22 +22,21 @@ log = logging.getLogger(__name__)
 WHOLE_SCENE = "whole scene"
 
 
-def area_window(grid: Grid, settings: SceneSettings, name: str, *, warn: bool = True) -> Window:
-    """The pixels of ``grid`` (the scene ``name``'s) that ``settings.bounds`` cover or touch, in
-    ``settings.bounds_crs`` (default: the scene's CRS); the whole grid without bounds. Bounds that reach beyond the
+def area_window(grid: Grid, bounds: Bounds | None, name: str, *, warn: bool = True) -> Window:
+    """The pixels of ``grid`` (the scene ``name``'s) that ``bounds`` cover or touch, in their CRS (default: the
+    scene's); the whole grid without bounds. Bounds that reach beyond the
     scene are clipped to it (``warn``: a warning says so), bounds that miss it are refused. An edge that lies on a
     pixel edge (within 1e-6 px) takes no pixel beyond it: the bounds of an earlier output give its pixels."""
     full = Window(0, 0, grid.width, grid.height)
-    if settings.bounds is None:
+    if bounds is None:
         return full
-    left, bottom, right, top = settings.bounds
-    crs = parse_crs(settings.bounds_crs, "--bounds-crs") if settings.bounds_crs else grid.crs
+    left, bottom, right, top = bounds.left, bounds.bottom, bounds.right, bounds.top
+    crs = parse_crs(bounds.crs, f"{bounds.label}-crs") if bounds.crs else grid.crs  # (checked when made)
     if crs != grid.crs:
         left, bottom, right, top = transform_bounds(crs, grid.crs, left, bottom, right, top, densify_pts=21)
         if not all(map(math.isfinite, (left, bottom, right, top))):
             raise DSen2CRError(
-                f"{name}: --bounds {_bounds_text(settings)} cannot be expressed in the scene's CRS "
-                f"{grid.crs.to_string()}"
+                f"{name}: {bounds.label} {bounds.text()} cannot be expressed in the scene's CRS {grid.crs.to_string()}"
             )
     inverse = ~grid.transform
     corners = np.array([inverse * (x, y) for x in (left, right) for y in (bottom, top)])
@@ -48,27 +47,28 @@ def area_window(grid: Grid, settings: SceneSettings, name: str, *, warn: bool = 
         covers = transform_bounds(grid.crs, crs, *_grid_bounds(grid), densify_pts=21)
         digits = 5 if crs.is_geographic else 0
         raise DSen2CRError(
-            f"{name}: --bounds {_bounds_text(settings)} lie outside the scene, which covers "
+            f"{name}: {bounds.label} {bounds.text()} lie outside the scene, which covers "
             f"{' '.join(f'{value:.{digits}f}' for value in covers)} in {crs.to_string()}"
         )
     clipped = Window(inside[0], inside[1], inside[2] - inside[0], inside[3] - inside[1])
     if warn and inside != (col0, row0, col1, row1):
         log.warning(
-            "%s: --bounds %s reach beyond the scene: clipped to the %d x %d px inside it",
+            "%s: %s %s reach beyond the scene: clipped to the %d x %d px inside it",
             name,
-            _bounds_text(settings),
+            bounds.label,
+            bounds.text(),
             clipped.width,
             clipped.height,
         )
     return clipped
 
 
-def area_tags(window: Window, grid: Grid, settings: SceneSettings) -> dict[str, str]:
+def area_tags(window: Window, grid: Grid, bounds: Bounds | None) -> dict[str, str]:
     """What an output records of the area it holds: ``DSEN2CR_AREA`` (:func:`area_text`) and, when asked for,
     ``DSEN2CR_BOUNDS`` as given."""
     tags = {"DSEN2CR_AREA": area_text(window, grid)}
-    if settings.bounds is not None:
-        tags["DSEN2CR_BOUNDS"] = _bounds_text(settings)
+    if bounds is not None:
+        tags["DSEN2CR_BOUNDS"] = bounds.text()
     return tags
 
 
@@ -99,10 +99,3 @@ def _grid_bounds(grid: Grid) -> tuple[float, float, float, float]:
     """(west, south, east, north) of a grid in its CRS."""
     xs, ys = zip(*(grid.transform * (c, r) for c in (0, grid.width) for r in (0, grid.height)), strict=True)
     return min(xs), min(ys), max(xs), max(ys)
-
-
-def _bounds_text(settings: SceneSettings) -> str:
-    """``--bounds`` as given, with its CRS when named."""
-    assert settings.bounds is not None
-    numbers = " ".join(f"{value:.12g}" for value in settings.bounds)
-    return f"{numbers} ({settings.bounds_crs})" if settings.bounds_crs else numbers

@@ -19,7 +19,7 @@ from dsen2cr.predictor import recorded_sha256
 from dsen2cr.scene.area import WHOLE_SCENE, area_text, area_window
 from dsen2cr.scene.checks import job_outputs
 from dsen2cr.scene.describe import input_tags, offset_tag, resampling_tags, run_tags
-from dsen2cr.settings import SceneJob, SceneSettings
+from dsen2cr.settings import SceneJob, SceneSettings, scene_bounds
 
 #: The image tags compared, and what each records, for messages.
 COMPARED = {
@@ -55,7 +55,7 @@ def made_otherwise(job: SceneJob, product: S2Product, settings: SceneSettings, d
     expected = {"DSEN2CR_WEIGHTS_SHA256": digest, **run_tags(settings), **input_tags(job, settings)}
     expected["DSEN2CR_OFFSET_REMOVED"] = offset_tag(product)
     grid = scene_grid(product)
-    expected["DSEN2CR_AREA"] = area_text(area_window(grid, settings, job.s2, warn=False), grid)
+    expected["DSEN2CR_AREA"] = area_text(area_window(grid, scene_bounds(job, settings), job.s2, warn=False), grid)
     tags.setdefault("DSEN2CR_AREA", WHOLE_SCENE)  # made before --bounds: of the whole scene
     expected.update(resampling_tags(product, settings.resampling))
     for key, what in COMPARED.items():

@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rasterio.windows import Window
 
@@ -15,7 +16,7 @@ from dsen2cr.auto import plan_scene_run, resolve_device
 from dsen2cr.ensemble import EnsembleSpec, check_distinct_members, check_same_inputs, ensemble
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
-from dsen2cr.inputs.manifest import manifest_input, read_manifest_rows
+from dsen2cr.inputs.manifest import ManifestRow, manifest_input, read_manifest_rows
 from dsen2cr.inputs.readers import scene_grid
 from dsen2cr.launch import this_launch
 from dsen2cr.outputs.files import (
@@ -30,7 +31,7 @@ from dsen2cr.scene.area import area_window
 from dsen2cr.scene.checks import OUTPUT_KINDS, check_uncertainty_output, check_uncertainty_parts, job_outputs
 from dsen2cr.scene.done import finished_jobs
 from dsen2cr.scene.remove import SceneReport, remove_clouds
-from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings
+from dsen2cr.settings import Bounds, SceneJob, ScenePlan, SceneSettings, checked_bounds, scene_bounds
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,14 @@ def scene_stem(source: str) -> str:
 
 #: The manifest's optional output columns (beside ``out``).
 OPTIONAL_OUTPUTS = ("mask_out", "preview", "uncertainty_out")
-#: Every column a manifest may have.
-MANIFEST_COLUMNS = ("s2", "s1", "out", *OPTIONAL_OUTPUTS)
+#: Every column a manifest may have: the scene, its outputs, and the part of it to process (``bounds``: LEFT BOTTOM
+#: RIGHT TOP, in ``bounds_crs`` or the scene's CRS; instead of ``--bounds`` for that row).
+MANIFEST_COLUMNS = ("s2", "s1", "out", *OPTIONAL_OUTPUTS, "bounds", "bounds_crs")
 
 
 def read_manifest(path: Path) -> list[SceneJob]:
     """Read a manifest CSV with a header: ``s2,s1,out`` (``s1`` may be left out for a model without SAR) and
-    optionally ``mask_out,preview,uncertainty_out``. Relative paths
+    optionally ``mask_out,preview,uncertainty_out`` and ``bounds,bounds_crs`` (:func:`row_bounds`). Relative paths
     are relative to the manifest's folder (so a manifest travels with its scenes); a UTF-8 BOM is read."""
     rows = read_manifest_rows(path, MANIFEST_COLUMNS, required=("s2", "out"), header="s2,s1,out")
     base = Path(path).parent
@@ -63,10 +65,28 @@ def read_manifest(path: Path) -> list[SceneJob]:
         if not row.text("s2") or not row.text("out"):
             raise DSen2CRError(f"{path}:{row.line}: s2 and out must not be empty")
         s2 = manifest_input(row.text("s2"), path)
-        optional = {k: output_path(base / row.text(k), s2) if row.fields.get(k) else None for k in OPTIONAL_OUTPUTS}
+        optional: dict[str, Any] = {
+            k: output_path(base / row.text(k), s2) if row.fields.get(k) else None for k in OPTIONAL_OUTPUTS
+        }
         s1 = manifest_input(row.text("s1"), path, pair=True) if row.text("s1") else None  # no column: no SAR
-        jobs.append(SceneJob(s2, s1, output_path(base / row.text("out"), s2, row.fields["out"]), **optional))
+        out = output_path(base / row.text("out"), s2, row.fields["out"])
+        jobs.append(SceneJob(s2, s1, out, **optional, bounds=row_bounds(row, f"{path}:{row.line}")))
     return jobs
+
+
+def row_bounds(row: ManifestRow, where: str) -> Bounds | None:
+    """A manifest row's ``bounds`` (four numbers, LEFT BOTTOM RIGHT TOP, apart by spaces) in its ``bounds_crs``
+    (empty: the scene's CRS), or None when the row has none (the run's ``--bounds`` then hold for it)."""
+    text, crs = row.text("bounds"), row.text("bounds_crs") or None
+    if not text:
+        if crs is not None:
+            raise DSen2CRError(f"{where}: bounds_crs says what the row's bounds are in; give its bounds too")
+        return None
+    try:
+        values = [float(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise DSen2CRError(f"{where}: bounds: expected four numbers LEFT BOTTOM RIGHT TOP, got {text!r}") from None
+    return checked_bounds(values, crs, f"{where}: bounds", f"{where}: bounds_crs")
 
 
 def output_path(path: Path, s2: str, text: str | None = None) -> Path:
@@ -127,7 +147,7 @@ def _resolve(job: SceneJob, settings: SceneSettings) -> tuple[S2Product | None, 
         grid = scene_grid(product)
     except DSen2CRError:
         return None, None
-    return product, (grid.height, grid.width, area_window(grid, settings, job.s2, warn=False))
+    return product, (grid.height, grid.width, area_window(grid, scene_bounds(job, settings), job.s2, warn=False))
 
 
 def run_scene_jobs(

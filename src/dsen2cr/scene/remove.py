@@ -47,7 +47,7 @@ from dsen2cr.scene.masking import ReadWindow, blend, keep_clear_weights
 from dsen2cr.scene.sources import SceneInputs, open_scene_inputs
 from dsen2cr.scene.tiles import Tile, default_overlap, plan_area_tiles
 from dsen2cr.settings import SceneJob as SceneJob  # re-exported: the job is what remove_clouds takes
-from dsen2cr.settings import ScenePlan, SceneSettings
+from dsen2cr.settings import ScenePlan, SceneSettings, scene_bounds
 from dsen2cr.visualize import Quicklook
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def remove_clouds(
         plan = plan_scene_run(settings, predictor.config, device=predictor.device, onnx=onnx)
     product = s2_product or resolve_s2(job.s2, offset=plan.settings.s2_offset)
     check_job(predictor, job, plan.settings, product)
-    area = area_window(scene_grid(product), plan.settings, job.s2)
+    bounds = scene_bounds(job, plan.settings)
+    area = area_window(scene_grid(product), bounds, job.s2)
     try:
         return _remove_scene(predictor, job, plan, product, area, defer_outputs)
     except HalfPrecisionOverflowError as overflow:  # auto chose fp16 or bf16: what it wrote is gone with the error
@@ -147,7 +148,7 @@ def _remove_scene(
             writer.open(outputs)
             _predict_tiles(predictor, inputs, tiles, plan, writer, bar.update)
             if writer.valid == 0:
-                where = " inside --bounds" if plan.settings.bounds is not None else ""
+                where = " inside --bounds" if scene_bounds(job, plan.settings) is not None else ""
                 raise DSen2CRError(f"{job.s2}: S2 has no valid pixels{where} (all nodata or NaN)")
             # what computed it, once the first batch settled the backend, and how it was asked for
             fraction = writer.missing / writer.valid  # of valid S2 pixels where S1's scene mean filled in
@@ -155,13 +156,14 @@ def _remove_scene(
             tags = predictor.provenance(with_variance=job.uncertainty_out is not None)
             fill = inputs.s1_fill() if fraction > 0 else None  # asked for by the holes already: no second pass
             tags |= scene_tags(job, plan, exact, fraction, fill)
-            tags |= area_tags(area, inputs.grid, plan.settings)
+            tags |= area_tags(area, inputs.grid, scene_bounds(job, plan.settings))
             for dataset in filter(None, (writer.cog, writer.sigma)):
                 dataset.update_tags(**tags)
             if writer.quicklook is not None:  # the preview records what the COG does
                 writer.quicklook.text = output_tags(inputs.s2) | tags
             if writer.mask is not None:
-                writer.mask.update_tags(**input_tags(job, plan.settings), **area_tags(area, inputs.grid, plan.settings))
+                area_recorded = area_tags(area, inputs.grid, scene_bounds(job, plan.settings))
+                writer.mask.update_tags(**input_tags(job, plan.settings), **area_recorded)
             written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller
         seconds = time.perf_counter() - start
     if predictor.include_sar and fraction > 0:
