@@ -173,6 +173,7 @@ def test_skip_existing_goes_on_where_a_stopped_run_left(tmp_path: Path, capsys: 
     assert main([*argv, "--skip-existing"]) == 0
     said = capsys.readouterr().out
     assert "ROI ROIs0_own/0, under" in said and "wrote 0 patches" in said and "kept 2 that an earlier run wrote" in said
+    assert f"wrote 3 patches of 3 ROIs under {out}; kept 3 that an earlier run wrote" in said  # ROI 1: 1 + 1, ROI 2: 2
     after = _files(out)
     assert {path: after[path] for path in before if "_1_p1" not in path.name} == {
         path: value for path, value in before.items() if "_1_p1" not in path.name

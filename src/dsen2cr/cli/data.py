@@ -245,6 +245,9 @@ def run_patches(args: argparse.Namespace) -> int:
 
     reports = cut_patch_jobs(jobs, args.out, options, progress=not args.no_progress, on_written=say)
     if len(reports) > 1:
-        print(f"wrote {sum(report.written for report in reports)} patches of {len(reports)} ROIs under {args.out}")
+        kept = sum(report.kept for report in reports)
+        also = f"; kept {kept} that an earlier run wrote" if kept else ""
+        written = sum(report.written for report in reports)
+        print(f"wrote {written} patches of {len(reports)} ROIs under {args.out}{also}")
     print(f"next: dsen2cr data index {args.out} --out {Path(args.out) / 'files.csv'} [--val-rois …] [--test-rois …]")
     return 0

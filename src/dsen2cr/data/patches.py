@@ -54,7 +54,7 @@ class PatchReport:
     written: int = 0
     kept: int = 0  # patches an earlier run wrote, kept (--skip-existing)
     left_out: Counter[str] = field(default_factory=Counter)
-    input_cloud: list[float] = field(default_factory=list)  # the cloud fraction of each written patch's input
+    input_cloud: list[float] = field(default_factory=list)  # the cloud fraction of each kept patch's input
 
 
 def patch_windows(height: int, width: int, size: int) -> list[tuple[int, Window]]:
