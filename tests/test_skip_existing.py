@@ -110,3 +110,19 @@ def test_ranks_keep_their_share_whatever_was_finished(
     assert sorted(path.name for path in workdir.glob("?.tif")) == ["b.tif", "d.tif"]
     printed = capsys.readouterr().out
     assert "rank 1 of 2 takes 1 of the 4 scenes" in printed and f"skipped {workdir / 'b.tif'}" in printed
+
+
+def test_a_rank_does_not_refuse_what_another_rank_already_wrote(
+    workdir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under torchrun every rank checks every row before its first scene, but the ranks start apart: a rank that
+    starts late finds the outputs a faster rank already wrote. Rank 0 of 2 (rows a and c of a, b, c) with b.tif
+    there, as rank 1 wrote it a moment before: rank 0 writes a and c, b.tif untouched (it is rank 1's to refuse)."""
+    assert _remove_clouds(workdir, _manifest(workdir, "b")) == 0
+    before = _state(workdir / "b.tif")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    capsys.readouterr()
+    assert _remove_clouds(workdir, _manifest(workdir, "abc")) == 0, capsys.readouterr().err
+    assert sorted(path.name for path in workdir.glob("?.tif")) == ["a.tif", "b.tif", "c.tif"]
+    assert _state(workdir / "b.tif") == before

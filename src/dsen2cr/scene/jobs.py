@@ -112,17 +112,18 @@ def check_jobs(
     weights: tuple[str, ...],
     overwrite: bool,
     extra_inputs: list[Path],
-    finished: list[bool] | None = None,
+    unchecked: list[bool] | None = None,
 ) -> None:
     """Everything about the jobs that can be checked before the first scene runs: every input exists, every
-    output can be written (exists only with ``overwrite``; its folder exists; the outputs of the jobs that are
-    ``finished``, which will be skipped, may exist), and no output is an input (any file a scene reads: product
+    output can be written (exists only with ``overwrite``; its folder exists; the outputs of the jobs marked
+    ``unchecked`` may exist: those an earlier run finished, which will be skipped, and another rank's, which that
+    rank checks itself and may have written already), and no output is an input (any file a scene reads: product
     members, STAC assets, S1 pair members), lies in an input folder, or is another output (refused even with
     ``overwrite``). ``products``: each job's resolved S2 input (None if unresolved)."""
     inputs: list[tuple[str, Path]] = [("weights", Path(w)) for w in weights] + [("file", p) for p in extra_inputs]
     outputs: list[tuple[str, Path]] = []
-    skipped: set[Path] = set()
-    for job, product, done in zip(jobs, products, finished or [False] * len(jobs), strict=True):
+    not_checked: set[Path] = set()
+    for job, product, done in zip(jobs, products, unchecked or [False] * len(jobs), strict=True):
         named = [("s2", job.s2), *[("s1", part) for part in s1_parts(job.s1 or "")]]
         for role, text in named:  # as text: a URL is not a path ("http://a" would become "http:/a")
             if text and "://" not in text and not Path(text).exists():
@@ -131,10 +132,10 @@ def check_jobs(
                 raise DSen2CRError(f"{text}: {role.upper()} scene not found{hint if chained else ''}")
         inputs += local_inputs(job.s2, job.s1, product)
         outputs += [(role, target) for role, target in job_outputs(job)]
-        skipped.update(target for _, target in job_outputs(job) if done)
+        not_checked.update(target for _, target in job_outputs(job) if done)
     check_distinct_outputs(outputs, inputs)  # first: "would replace the weights" says more than a name rule
     for role, target in outputs:
-        if target not in skipped:
+        if target not in not_checked:
             check_output_file(target, overwrite=overwrite, kind=OUTPUT_KINDS[role])
 
 
@@ -168,16 +169,16 @@ def run_scene_jobs(
     resolved = [_resolve(job, settings) for job in jobs]
     all_products = [product for product, _ in resolved]
     finished = finished_jobs(jobs, all_products, settings) if settings.skip_existing else [False] * len(jobs)
+    # the ranks split the whole list (what an earlier run finished does not move a scene to another rank)
+    share = range(rank, len(jobs), world)
     check_jobs(
         jobs,
         all_products,
         weights=settings.weights_files,
         overwrite=settings.overwrite,
         extra_inputs=list(extra_inputs),
-        finished=finished,
+        unchecked=[done or index not in share for index, done in enumerate(finished)],
     )
-    # the ranks split the whole list (what an earlier run finished does not move a scene to another rank)
-    share = range(rank, len(jobs), world)
     for index in share:
         if finished[index]:
             log.info("skipped %s: an earlier run finished it (--skip-existing)", jobs[index].out)
