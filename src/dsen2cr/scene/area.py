@@ -9,8 +9,10 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.readers import Grid
@@ -44,7 +46,7 @@ def area_window(grid: Grid, bounds: Bounds | None, name: str, *, warn: bool = Tr
     col1, row1 = (_snap(value, math.ceil) for value in corners.max(axis=0))
     inside = (max(col0, 0), max(row0, 0), min(col1, grid.width), min(row1, grid.height))
     if inside[2] <= inside[0] or inside[3] <= inside[1]:
-        covers = transform_bounds(grid.crs, crs, *_grid_bounds(grid), densify_pts=21)
+        covers = transform_bounds(grid.crs, crs, *array_bounds(grid.height, grid.width, grid.transform), densify_pts=21)
         digits = 5 if crs.is_geographic else 0
         raise DSen2CRError(
             f"{name}: {bounds.label} {bounds.text()} lie outside the scene, which covers "
@@ -84,8 +86,7 @@ def area_text(window: Window, grid: Grid) -> str:
 
 def area_grid(window: Window, grid: Grid) -> Grid:
     """The grid of ``window``'s pixels: the scene's CRS and pixel size, its origin at the window's corner."""
-    transform = grid.transform * grid.transform.translation(window.col_off, window.row_off)
-    return Grid(grid.crs, transform, window.width, window.height)
+    return Grid(grid.crs, window_transform(window, grid.transform), window.width, window.height)
 
 
 def _snap(value: float, rounding: Callable[[float], int]) -> int:
@@ -93,9 +94,3 @@ def _snap(value: float, rounding: Callable[[float], int]) -> int:
     1e-6 px of one (an edge on a pixel edge)."""
     nearest = round(value)
     return int(nearest) if abs(value - nearest) < 1e-6 else rounding(value)
-
-
-def _grid_bounds(grid: Grid) -> tuple[float, float, float, float]:
-    """(west, south, east, north) of a grid in its CRS."""
-    xs, ys = zip(*(grid.transform * (c, r) for c in (0, grid.width) for r in (0, grid.height)), strict=True)
-    return min(xs), min(ys), max(xs), max(ys)

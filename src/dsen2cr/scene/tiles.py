@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rasterio.windows import Window
+from rasterio.windows import Window, intersect, intersection
 from torch import nn
 
 from dsen2cr.errors import DSen2CRError
@@ -87,15 +87,11 @@ def plan_area_tiles(height: int, width: int, area: Window, tile: int, overlap: i
     the windows read up to half the overlap of the scene around it (clipped at the scene's edges), so its pixels
     are those of the whole scene's run (with an exact overlap, whole-image inference on both)."""
     region = area_region(height, width, area, overlap)
-    col0, row0 = region.col_off, region.row_off
     tiles = []
     for planned in plan_tiles(region.height, region.width, tile, overlap):
-        window = Window(planned.window.col_off + col0, planned.window.row_off + row0, *_size(planned.window))
-        core = _intersection(
-            Window(planned.core.col_off + col0, planned.core.row_off + row0, *_size(planned.core)), area
-        )
-        if core is not None:
-            tiles.append(Tile(window, core, (area.row_off, area.col_off)))
+        core = _shifted(planned.core, region)
+        if intersect(core, area):
+            tiles.append(Tile(_shifted(planned.window, region), intersection(core, area), (area.row_off, area.col_off)))
     return tiles
 
 
@@ -109,17 +105,9 @@ def area_region(height: int, width: int, area: Window, overlap: int) -> Window:
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
-def _size(window: Window) -> tuple[int, int]:
-    """(width, height) of a window."""
-    return window.width, window.height
-
-
-def _intersection(a: Window, b: Window) -> Window | None:
-    """The pixels two windows share, or None."""
-    col0, row0 = max(a.col_off, b.col_off), max(a.row_off, b.row_off)
-    col1 = min(a.col_off + a.width, b.col_off + b.width)
-    row1 = min(a.row_off + a.height, b.row_off + b.height)
-    return Window(col0, row0, col1 - col0, row1 - row0) if col1 > col0 and row1 > row0 else None
+def _shifted(window: Window, region: Window) -> Window:
+    """A window planned within ``region``, on the scene's grid."""
+    return Window(window.col_off + region.col_off, window.row_off + region.row_off, window.width, window.height)
 
 
 def planned_pixels(tiles: list[Tile]) -> int:
