@@ -214,3 +214,13 @@ def test_a_manifest_row_has_its_own_bounds(workdir: Path) -> None:
     assert areas["b"][0] == "columns 10-29, rows 10-29 of the scene's 50 x 40 px"  # 105..295 m: pixels 10 to 29
     assert areas["b"][1].endswith("(EPSG:4326)")
     assert areas["c"] == ("columns 0-9, rows 0-9 of the scene's 50 x 40 px", "500000 4999900 500100 5000000")
+
+
+def test_bounds_are_checked_however_made() -> None:
+    """A job's Bounds made in Python are checked as --bounds are: swapped edges, latitudes beyond 90."""
+    from dsen2cr.settings import Bounds, SceneJob
+
+    with pytest.raises(DSen2CRError, match="left < right and bottom < top, got 500300 4999700 500100 4999900"):
+        SceneJob("s2.tif", None, Path("o.tif"), bounds=Bounds(500300, 4999700, 500100, 4999900))
+    with pytest.raises(DSen2CRError, match="9 45 10 95 are no longitudes and latitudes of EPSG:4326"):
+        Bounds(9, 45, 10, 95, crs="EPSG:4326")

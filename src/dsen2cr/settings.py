@@ -12,6 +12,7 @@ Messages name the command-line option a setting comes from (``--feather``), sinc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -131,16 +132,15 @@ class SceneSettings:
         self.cog_options()  # compression and level known, and this GDAL writes them
 
     def _check_bounds(self) -> None:
-        """``bounds`` (:func:`checked_bounds`); ``bounds_crs`` only with them."""
-        if self.bounds is None:
-            if self.bounds_crs is not None:
-                raise DSen2CRError("--bounds-crs: says what --bounds are in; give --bounds LEFT BOTTOM RIGHT TOP")
-            return
-        checked_bounds(self.bounds, self.bounds_crs)
+        """``bounds`` (checked as :attr:`area`); ``bounds_crs`` only with them."""
+        if self.bounds is None and self.bounds_crs is not None:
+            raise DSen2CRError("--bounds-crs: says what --bounds are in; give --bounds LEFT BOTTOM RIGHT TOP")
+        _ = self.area
 
-    @property
+    @functools.cached_property
     def area(self) -> Bounds | None:
-        """``bounds`` in ``bounds_crs``, for every scene of the run (a job's own win: :func:`scene_bounds`)."""
+        """``bounds`` in ``bounds_crs``, for every scene of the run (a job's own win: :func:`scene_bounds`); made
+        once (its CRS parsed once)."""
         return None if self.bounds is None else checked_bounds(self.bounds, self.bounds_crs)
 
     @property
@@ -192,41 +192,51 @@ class ScenePlan:
 @dataclass(frozen=True)
 class Bounds:
     """A part of a scene, as ``--bounds`` (or a manifest's ``bounds`` column) gives it: left, bottom, right, top in
-    ``crs`` (None: the scene's own CRS). Made by :func:`checked_bounds`."""
+    ``crs`` (None: the scene's own CRS); checked when made, however made (the command line, a manifest, the Python
+    API): finite numbers, left < right and bottom < top, a CRS GDAL knows, in which a geographic one takes
+    longitudes and latitudes within [-90, 90]. ``label`` and ``crs_label`` name them in messages."""
 
     left: float
     bottom: float
     right: float
     top: float
     crs: str | None = None
-    label: str = field(default="--bounds", compare=False)  # what messages call them: --bounds, a manifest's row
+    label: str = field(default="--bounds", compare=False)
+    crs_label: str = field(default="--bounds-crs", compare=False)
+
+    def __post_init__(self) -> None:
+        values = (self.left, self.bottom, self.right, self.top)
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            raise DSen2CRError(f"{self.label}: expected four finite numbers LEFT BOTTOM RIGHT TOP, got {values}")
+        if not (self.left < self.right and self.bottom < self.top):
+            raise DSen2CRError(
+                f"{self.label}: expected LEFT BOTTOM RIGHT TOP with left < right and bottom < top, got {self.numbers()}"
+            )
+        geographic = self.crs is not None and parse_crs(self.crs, self.crs_label).is_geographic
+        if geographic and not (self.left >= -180 and self.right <= 360 and self.bottom >= -90 and self.top <= 90):
+            raise DSen2CRError(
+                f"{self.label}: {self.numbers()} are no longitudes and latitudes of {self.crs} (LEFT BOTTOM RIGHT "
+                "TOP: longitude, then latitude within [-90, 90])"
+            )
+
+    def numbers(self) -> str:
+        """The four numbers as given (``12.6 52.46 12.63 52.48``)."""
+        return " ".join(f"{value:.12g}" for value in (self.left, self.bottom, self.right, self.top))
 
     def text(self) -> str:
         """The bounds as given, with their CRS when named (``12.6 52.46 12.63 52.48 (EPSG:4326)``)."""
-        numbers = " ".join(f"{value:.12g}" for value in (self.left, self.bottom, self.right, self.top))
-        return f"{numbers} ({self.crs})" if self.crs else numbers
+        return f"{self.numbers()} ({self.crs})" if self.crs else self.numbers()
 
 
 def checked_bounds(
     values: object, crs: str | None, option: str = "--bounds", crs_option: str = "--bounds-crs"
 ) -> Bounds:
-    """:class:`Bounds` of four finite numbers with left < right and bottom < top, in ``crs`` (a CRS GDAL knows;
-    a geographic one takes longitudes and latitudes within [-90, 90]), or a one-line error naming ``option`` (or
-    ``crs_option``)."""
+    """:class:`Bounds` of four ``values`` in ``crs`` (checked as :class:`Bounds` checks them), or a one-line error
+    naming ``option`` (or ``crs_option``)."""
     numbers = tuple(values) if isinstance(values, list | tuple) else ()
-    if len(numbers) != 4 or not all(isinstance(v, int | float) and math.isfinite(v) for v in numbers):
+    if len(numbers) != 4:
         raise DSen2CRError(f"{option}: expected four finite numbers LEFT BOTTOM RIGHT TOP, got {values}")
-    bounds = Bounds(*numbers, crs=crs, label=option)
-    given = bounds.text().split(" (")[0]
-    if not (bounds.left < bounds.right and bounds.bottom < bounds.top):
-        raise DSen2CRError(f"{option}: expected LEFT BOTTOM RIGHT TOP with left < right and bottom < top, got {given}")
-    geographic = crs is not None and parse_crs(crs, crs_option).is_geographic
-    if geographic and not (bounds.left >= -180 and bounds.right <= 360 and bounds.bottom >= -90 and bounds.top <= 90):
-        raise DSen2CRError(
-            f"{option}: {given} are no longitudes and latitudes of {crs} (LEFT BOTTOM RIGHT TOP: longitude, then "
-            "latitude within [-90, 90])"
-        )
-    return bounds
+    return Bounds(*numbers, crs=crs, label=option, crs_label=crs_option)
 
 
 def scene_bounds(job: SceneJob, settings: SceneSettings) -> Bounds | None:

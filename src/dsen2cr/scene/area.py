@@ -33,7 +33,7 @@ def area_window(grid: Grid, bounds: Bounds | None, name: str, *, warn: bool = Tr
     if bounds is None:
         return full
     left, bottom, right, top = bounds.left, bounds.bottom, bounds.right, bounds.top
-    crs = parse_crs(bounds.crs, f"{bounds.label}-crs") if bounds.crs else grid.crs  # (checked when made)
+    crs = parse_crs(bounds.crs, bounds.crs_label) if bounds.crs else grid.crs
     if crs != grid.crs:
         left, bottom, right, top = transform_bounds(crs, grid.crs, left, bottom, right, top, densify_pts=21)
         if not all(map(math.isfinite, (left, bottom, right, top))):
