@@ -61,9 +61,17 @@ ALL_METRICS = METRIC_NAMES + REGION_METRIC_NAMES
 #: The metrics each protocol reports, and their units.
 PROTOCOLS: dict[str, tuple[str, ...]] = {"default": ALL_METRICS, "original": ORIGINAL_METRIC_NAMES}
 #: What :func:`evaluate` writes into its report folder (``--overwrite`` replaces these, nothing else).
-REPORT_ENTRIES: tuple[str, ...] = ("metrics_per_image.csv", "metrics_per_roi.csv", "summary.md", "summary.csv")
-REPORT_ENTRIES += ("summary.json",)
-REPORT_ENTRIES += ("predictions", "previews", "calibration.json", "calibration.png")
+REPORT_ENTRIES: tuple[str, ...] = (
+    "metrics_per_image.csv",
+    "metrics_per_roi.csv",
+    "summary.md",
+    "summary.csv",
+    "summary.json",
+    "predictions",
+    "previews",
+    "calibration.json",
+    "calibration.png",
+)
 #: What to do about a report whose images will not fit (``outputs.room.check_projected_room``).
 ROOM_HINT = "free space there, choose another --out, or pass --no-images (the metrics alone)"
 

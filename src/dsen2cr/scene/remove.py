@@ -105,8 +105,7 @@ def remove_clouds(
         plan = plan_scene_run(settings, predictor.config, device=predictor.device, onnx=onnx)
     product = s2_product or resolve_s2(job.s2, offset=plan.settings.s2_offset)
     check_job(predictor, job, plan.settings, product)
-    bounds = scene_bounds(job, plan.settings)
-    area = area_window(scene_grid(product), bounds, job.s2)
+    area = area_window(scene_grid(product), scene_bounds(job, plan.settings), job.s2)
     try:
         return _remove_scene(predictor, job, plan, product, area, defer_outputs)
     except HalfPrecisionOverflowError as overflow:  # auto chose fp16 or bf16: what it wrote is gone with the error
@@ -133,6 +132,7 @@ def _remove_scene(
     """The run of :func:`remove_clouds` on the checked job, for the ``area`` of its scene (a window: all of it
     without ``--bounds``)."""
     set_block_cache_bytes(plan.block_cache_bytes)
+    bounds = scene_bounds(job, plan.settings)
     with gdal_block_cache(), open_scene_inputs(predictor, job, plan, product) as inputs:
         tiles = plan_area_tiles(inputs.grid.height, inputs.grid.width, area, plan.tile, plan.overlap)
         start = time.perf_counter()
@@ -148,7 +148,7 @@ def _remove_scene(
             writer.open(outputs)
             _predict_tiles(predictor, inputs, tiles, plan, writer, bar.update)
             if writer.valid == 0:
-                where = " inside --bounds" if scene_bounds(job, plan.settings) is not None else ""
+                where = " inside --bounds" if bounds is not None else ""
                 raise DSen2CRError(f"{job.s2}: S2 has no valid pixels{where} (all nodata or NaN)")
             # what computed it, once the first batch settled the backend, and how it was asked for
             fraction = writer.missing / writer.valid  # of valid S2 pixels where S1's scene mean filled in
@@ -156,14 +156,14 @@ def _remove_scene(
             tags = predictor.provenance(with_variance=job.uncertainty_out is not None)
             fill = inputs.s1_fill() if fraction > 0 else None  # asked for by the holes already: no second pass
             tags |= scene_tags(job, plan, exact, fraction, fill)
-            tags |= area_tags(area, inputs.grid, scene_bounds(job, plan.settings))
+            recorded_area = area_tags(area, inputs.grid, bounds)
+            tags |= recorded_area
             for dataset in filter(None, (writer.cog, writer.sigma)):
                 dataset.update_tags(**tags)
             if writer.quicklook is not None:  # the preview records what the COG does
                 writer.quicklook.text = output_tags(inputs.s2) | tags
             if writer.mask is not None:
-                area_recorded = area_tags(area, inputs.grid, scene_bounds(job, plan.settings))
-                writer.mask.update_tags(**input_tags(job, plan.settings), **area_recorded)
+                writer.mask.update_tags(**input_tags(job, plan.settings), **recorded_area)
             written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller
         seconds = time.perf_counter() - start
     if predictor.include_sar and fraction > 0:
