@@ -166,11 +166,11 @@ def test_s1_scene_mean_only_when_s1_has_holes(workdir: Path, monkeypatch: pytest
     """S1's scene mean fills its holes: S1 without holes is not read whole for it (a pass over all of S1 before the
     first window: some 11 s for a full tile here); with holes it is the mean of S1 under the scene, as numpy
     gives it."""
-    import dsen2cr.inputs.s1 as s1_module
+    import dsen2cr.scene.sources as sources  # where the scene's inputs are opened and the fill is set up
 
     passes = []
-    mean = s1_module.s1_scene_mean
-    monkeypatch.setattr(s1_module, "s1_scene_mean", lambda *args, **kw: passes.append(1) or mean(*args, **kw))
+    mean = sources.s1_scene_mean
+    monkeypatch.setattr(sources, "s1_scene_mean", lambda *args, **kw: passes.append(1) or mean(*args, **kw))
     s2, s1 = workdir.scene()
     weights = str(workdir.weights("dsen2cr-small"))
     base = ["remove-clouds", "--weights", weights, "--s2", str(s2), "--backend", "eager", "--no-progress"]

@@ -180,22 +180,6 @@ class S1Source:
         self._src.close()
 
 
-class S1SceneFill:
-    """What fills S1's holes: the mean VV and VH (dB) of S1 under the scene (:func:`s1_scene_mean`), computed the
-    first time a hole needs it (on the thread that reads S1), so that S1 without holes is never read whole for it
-    (a pass over all of S1 before the first window: some 11 s for a full tile warped onto its grid, on 2 cores)."""
-
-    def __init__(self, s1: S1Source, grid_height: int, grid_width: int) -> None:
-        self._s1, self._shape = s1, (grid_height, grid_width)
-        self._value: tuple[float, float] | None = None
-
-    def __call__(self) -> tuple[float, float]:
-        """The mean (VV, VH) in dB."""
-        if self._value is None:
-            self._value = s1_scene_mean(self._s1, *self._shape)
-        return self._value
-
-
 def s1_scene_mean(s1: S1Source, grid_height: int, grid_width: int, block: int = 1024) -> tuple[float, float]:
     """Mean VV and VH (dB) of the S1 data under the scene, streamed block by block (the documented fill)."""
     sums, counts = np.zeros(2), np.zeros(2)

@@ -4,6 +4,7 @@ and the cloud/shadow masker when an output needs it (docs/design.md §4.4)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product
 from dsen2cr.inputs.readers import Grid, S2Source
-from dsen2cr.inputs.s1 import S1SceneFill, S1Source
+from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
 from dsen2cr.predictor import Predictor
 from dsen2cr.scene.masking import SceneMasker
 from dsen2cr.settings import SceneJob, ScenePlan
@@ -21,9 +22,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SceneInputs:
-    """A scene's open inputs: S2, S1 (None without SAR) and what fills S1's holes (its scene mean, computed when
-    first asked for: :class:`~dsen2cr.inputs.s1.S1SceneFill`), and the cloud/shadow masker (None when nothing
-    needs the mask)."""
+    """A scene's open inputs: S2, S1 (None without SAR) and what fills S1's holes (its scene mean,
+    :func:`~dsen2cr.inputs.s1.s1_scene_mean`, computed when first asked for), and the cloud/shadow masker (None when
+    nothing needs the mask)."""
 
     s2: S2Source
     s1: S1Source | None = None
@@ -58,7 +59,9 @@ def open_scene_inputs(
         if predictor.include_sar:
             assert job.s1 is not None  # checked in check_job
             inputs.s1 = S1Source(job.s1, s2.grid, linear=settings.s1_linear)
-            inputs.s1_fill = S1SceneFill(inputs.s1, s2.grid.height, s2.grid.width)
+            # computed the first time a hole needs it (on the thread that reads S1), then kept: S1 without holes is
+            # never read whole for it (a pass over all of S1: some 11 s for a full tile warped onto its grid here)
+            inputs.s1_fill = functools.cache(functools.partial(s1_scene_mean, inputs.s1, s2.grid.height, s2.grid.width))
         elif job.s1 is not None:
             log.warning("these weights were trained without SAR: the S1 input is ignored")
         yield inputs
