@@ -15,6 +15,8 @@ from dsen2cr.outputs.files import atomic_path
 from dsen2cr.preprocessing import S1_CLIP_DB, S2_BANDS, s1_model_to_db, s2_model_to_dn
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rasterio.windows import Window
 
 #: Indices of B4, B3, B2 (red, green, blue) in the 13-band order.
@@ -95,12 +97,37 @@ def training_grid(batch: dict, pred: torch.Tensor, max_images: int = 4) -> np.nd
 
 
 def label(text: str, width: int, height: int = 16) -> np.ndarray:
-    """A white strip of ``width`` pixels with black text."""
+    """A white strip of ``width`` pixels with black text, wrapped onto as many lines as it takes (at spaces; a
+    word wider than the strip at characters): ``height`` for one line, :data:`LINE_STEP` more for each further."""
     from PIL import ImageDraw
 
-    strip = Image.new("RGB", (width, height), (255, 255, 255))
-    ImageDraw.Draw(strip).text((2, 2), text, fill=(0, 0, 0))
+    lines = wrap_lines(text, width - 2 * TEXT_MARGIN, ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength)
+    strip = Image.new("RGB", (width, height + LINE_STEP * (len(lines) - 1)), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for number, line in enumerate(lines):
+        draw.text((TEXT_MARGIN, TEXT_MARGIN + LINE_STEP * number), line, fill=(0, 0, 0))
     return np.asarray(strip)
+
+
+#: Pixels between a strip's edge and its text, and from one line of text to the next (the default font's 12 px).
+TEXT_MARGIN, LINE_STEP = 2, 13
+
+
+def wrap_lines(text: str, width: float, length: Callable[[str], float]) -> list[str]:
+    """``text`` in lines of at most ``width`` as ``length`` measures them: words joined while they fit, a word
+    wider than a line split at characters (a file name); never fewer than one line."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and length(joined) <= width:
+            lines[-1] = joined
+            continue
+        lines.append("")
+        for character in word:
+            if lines[-1] and length(lines[-1] + character) > width:
+                lines.append("")
+            lines[-1] += character
+    return lines or [""]
 
 
 def mask_legend() -> np.ndarray:
@@ -116,16 +143,39 @@ def mask_legend() -> np.ndarray:
     return np.asarray(strip)
 
 
-def figure_with_titles(panels: list[np.ndarray], titles: list[str], footer: np.ndarray | None = None) -> np.ndarray:
-    """Panels side by side, each with its title above; an optional footer strip below, left-aligned."""
-    titled = [np.concatenate([label(t, p.shape[1]), p], axis=0) for p, t in zip(panels, titles, strict=True)]
-    figure = side_by_side(titled)
-    if footer is not None:
-        row = np.full((footer.shape[0], figure.shape[1], 3), 255, dtype=np.uint8)
-        width = min(footer.shape[1], figure.shape[1])
-        row[:, :width] = footer[:, :width]
+def figure_with_titles(
+    panels: list[np.ndarray], titles: list[str], footer: np.ndarray | list[np.ndarray] | None = None
+) -> np.ndarray:
+    """Panels side by side, each with its title above (wrapped to its width; the panels kept level); below, the
+    footer strips, left-aligned, side by side as far as the figure's width allows and the rest on further rows."""
+    strips = [label(title, panel.shape[1]) for panel, title in zip(panels, titles, strict=True)]
+    tallest = max(strip.shape[0] for strip in strips)
+    strips = [np.pad(strip, ((0, tallest - strip.shape[0]), (0, 0), (0, 0)), constant_values=255) for strip in strips]
+    figure = side_by_side([np.concatenate(pair, axis=0) for pair in zip(strips, panels, strict=True)])
+    rows = footer_rows([footer] if isinstance(footer, np.ndarray) else footer or [], figure.shape[1])
+    for strip in rows:
+        row = np.full((strip.shape[0], figure.shape[1], 3), 255, dtype=np.uint8)
+        width = min(strip.shape[1], figure.shape[1])
+        row[:, :width] = strip[:, :width]
         figure = np.concatenate([figure, row], axis=0)
     return figure
+
+
+def footer_rows(strips: list[np.ndarray], width: int, gap: int = 4) -> list[np.ndarray]:
+    """Legend strips joined side by side (:func:`side_by_side`) into rows no wider than ``width`` where they
+    fit; a strip wider than ``width`` on its own row."""
+    rows: list[list[np.ndarray]] = []
+    for strip in strips:
+        if rows and sum(s.shape[1] + gap for s in rows[-1]) + strip.shape[1] <= width:
+            rows[-1].append(strip)
+        else:
+            rows.append([strip])
+    return [side_by_side(row, gap) for row in rows]
+
+
+#: Figures' panels (an evaluation's patches, a quicklook of a small part) are drawn at least this large (SEN12MS-CR's
+#: 256 px; the sample's 120 px doubled).
+FIGURE_PANEL = 240
 
 
 #: Colour of the cloud/shadow outline drawn on a quicklook's input panel (yellow).
@@ -176,22 +226,28 @@ class Quicklook:
 
     def save(self, path: str | Path) -> Path:
         """Write the titled panels as PNG: input (cloud and shadow outlined), output, and with sigma the mean
-        sigma over the bands; below, the outline legend (and the colour bar of sigma)."""
-        before = rgb_image(self.before)
+        sigma over the bands; below, the outline legend (and the colour bar of sigma). A part smaller than
+        :data:`FIGURE_PANEL` px is drawn larger (each pixel repeated), so its titles and legends have room."""
+        grow = max(1, -(-FIGURE_PANEL // max(self.before.shape[1:])))
+
+        def larger(image: np.ndarray) -> np.ndarray:
+            return image.repeat(grow, axis=-2).repeat(grow, axis=-1)
+
+        before = rgb_image(larger(self.before))
         footer = [outline_legend()] if self.mask is not None else []
         if self.mask is not None:
-            before[mask_outline(self.mask == -1)] = SHADOW_OUTLINE
-            before[mask_outline(self.mask == 1)] = OUTLINE_COLOUR  # drawn last: a cloud's edge wins
-        panels = [before, rgb_image(self.after)]
+            mask = larger(self.mask)
+            before[mask_outline(mask == -1)] = SHADOW_OUTLINE
+            before[mask_outline(mask == 1)] = OUTLINE_COLOUR  # drawn last: a cloud's edge wins
+        panels = [before, rgb_image(larger(self.after))]
         titles = ["Input (cloud and shadow outlined)" if self.mask is not None else "Input", f"Output: {self.mode}"]
         if self.sigma is not None:
             valid = self.sigma[self.sigma >= 0]
             top = float(np.percentile(valid, 99)) if valid.size else 1.0
-            panels.append(sigma_colours(self.sigma, top))
+            panels.append(sigma_colours(larger(self.sigma), top))
             titles.append("Mean sigma over the bands (DN)")
             footer.append(colour_bar(top))
-        strip = side_by_side(footer) if footer else None
-        figure = figure_with_titles(panels, titles, footer=strip)
+        figure = figure_with_titles(panels, titles, footer=footer)
         if self.caption:
             figure = np.concatenate([label(self.caption, figure.shape[1], 16), figure], axis=0)
         return save_png(path, figure, self.text)
@@ -300,10 +356,6 @@ def reliability_title(report: dict, likelihood: str | None) -> str:
         f"{report['uce']:.4f}, Spearman(σ, |error|) {report['spearman_sigma_abs_error']:.3f}, "
         f"{report['values']:,} values"
     )
-
-
-#: The evaluation figure's panels are drawn at least this wide (SEN12MS-CR's 256 px; the sample's 120 px doubled).
-FIGURE_PANEL = 240
 
 
 def write_patch_previews(
