@@ -19,8 +19,8 @@ from rasterio.windows import Window
 import dsen2cr
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs.area import area_window
 from dsen2cr.inputs.readers import Grid
-from dsen2cr.scene.area import area_window
 from dsen2cr.scene.tiles import plan_area_tiles
 from dsen2cr.settings import SceneSettings
 
@@ -218,7 +218,8 @@ def test_a_manifest_row_has_its_own_bounds(workdir: Path) -> None:
 
 def test_bounds_are_checked_however_made() -> None:
     """A job's Bounds made in Python are checked as --bounds are: swapped edges, latitudes beyond 90."""
-    from dsen2cr.settings import Bounds, SceneJob
+    from dsen2cr.bounds import Bounds
+    from dsen2cr.settings import SceneJob
 
     with pytest.raises(DSen2CRError, match="left < right and bottom < top, got 500300 4999700 500100 4999900"):
         SceneJob("s2.tif", None, Path("o.tif"), bounds=Bounds(500300, 4999700, 500100, 4999900))

@@ -24,7 +24,7 @@ LAYERS = [
     ["scene.batches", "scene.masking", "scene.describe"],
     ["predictor"],
     ["auto"],
-    ["scene.tiles", "scene.area", "scene"],
+    ["scene.tiles", "scene"],
     ["settings"],
     ["weights_info"],
     ["onnx_export"],
@@ -46,7 +46,7 @@ LAYERS = [
     ["models"],
     ["preprocessing", "cloud_detection", "losses", "metrics", "calibration", "summary"],
     ["precision"],
-    ["errors", "version", "formats", "machine", "choices"],
+    ["errors", "version", "formats", "machine", "choices", "bounds"],
     ["launch"],
 ]
 #: Lazy imports upward, each allowed for the reason its comment gives in the code (none today).

@@ -13,9 +13,11 @@ from typing import Any
 from rasterio.windows import Window
 
 from dsen2cr.auto import plan_scene_run, resolve_device
+from dsen2cr.bounds import Bounds, checked_bounds
 from dsen2cr.ensemble import EnsembleSpec, check_distinct_members, check_same_inputs, ensemble
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
+from dsen2cr.inputs.area import area_window
 from dsen2cr.inputs.manifest import ManifestRow, manifest_input, read_manifest_rows
 from dsen2cr.inputs.readers import scene_grid
 from dsen2cr.launch import this_launch
@@ -27,11 +29,10 @@ from dsen2cr.outputs.files import (
 from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.predictor import Predictor, load_network, predictor_for_plan
-from dsen2cr.scene.area import area_window
 from dsen2cr.scene.checks import OUTPUT_KINDS, check_uncertainty_output, check_uncertainty_parts, job_outputs
 from dsen2cr.scene.done import finished_jobs
 from dsen2cr.scene.remove import SceneReport, remove_clouds
-from dsen2cr.settings import Bounds, SceneJob, ScenePlan, SceneSettings, checked_bounds, scene_bounds
+from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings, scene_bounds
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from dsen2cr.auto import plan_scene_run
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.inputs import S2Product, resolve_s2
+from dsen2cr.inputs.area import area_grid, area_tags, area_window
 from dsen2cr.inputs.readers import Grid, scene_grid
 from dsen2cr.onnx_runtime import OnnxPredictor
 from dsen2cr.outputs.finisher import completes_in_background
@@ -25,7 +26,6 @@ from dsen2cr.outputs.geotiff import cog_writer
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS
 from dsen2cr.rasters import gdal_block_cache, set_block_cache_bytes
-from dsen2cr.scene.area import area_grid, area_tags, area_window
 from dsen2cr.scene.batches import BackgroundWriter, iter_predictions, write_in_order
 from dsen2cr.scene.checks import check_job, check_scene_room, check_settings_fit, sigma_band_count
 from dsen2cr.scene.describe import (

@@ -14,9 +14,9 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from dsen2cr.bounds import Bounds, parse_crs
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.readers import Grid
-from dsen2cr.settings import Bounds, parse_crs
 
 log = logging.getLogger(__name__)
 
