@@ -63,6 +63,16 @@ def checked_bounds(
     return Bounds(*numbers, crs=crs, label=option, crs_label=crs_option)
 
 
+def given_bounds(
+    values: object | None, crs: str | None, option: str = "--bounds", crs_option: str = "--bounds-crs"
+) -> Bounds | None:
+    """:func:`checked_bounds` of options that may be left out (None: the whole scene); a CRS without bounds is
+    refused (it says what bounds are in)."""
+    if values is None and crs is not None:
+        raise DSen2CRError(f"{crs_option}: says what {option} are in; give {option} LEFT BOTTOM RIGHT TOP")
+    return None if values is None else checked_bounds(values, crs, option, crs_option)
+
+
 def parse_crs(text: str, option: str) -> CRS:
     """The CRS ``text`` names (``EPSG:4326``, a WKT or PROJ string), or a one-line error naming ``option``."""
     import rasterio  # here: the command line's help imports this module, and stays without rasterio

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsen2cr.bounds import Bounds, checked_bounds
+from dsen2cr.bounds import Bounds, given_bounds
 from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD, GDAL_CACHE_BYTES, PRECISIONS
 from dsen2cr.errors import DSen2CRError
 
@@ -133,15 +133,13 @@ class SceneSettings:
 
     def _check_bounds(self) -> None:
         """``bounds`` (checked as :attr:`area`); ``bounds_crs`` only with them."""
-        if self.bounds is None and self.bounds_crs is not None:
-            raise DSen2CRError("--bounds-crs: says what --bounds are in; give --bounds LEFT BOTTOM RIGHT TOP")
         _ = self.area
 
     @functools.cached_property
     def area(self) -> Bounds | None:
         """``bounds`` in ``bounds_crs``, for every scene of the run (a job's own win: :func:`scene_bounds`); made
         once (its CRS parsed once)."""
-        return None if self.bounds is None else checked_bounds(self.bounds, self.bounds_crs)
+        return given_bounds(self.bounds, self.bounds_crs)
 
     @property
     def weights_files(self) -> tuple[str, ...]:

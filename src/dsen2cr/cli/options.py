@@ -126,6 +126,22 @@ def cloud_score(value: str) -> float:
     return number
 
 
+def add_bounds(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--bounds LEFT BOTTOM RIGHT TOP`` (``what`` a run does with the part they give) and ``--bounds-crs``
+    (``remove-clouds``, ``data patches``)."""
+    parser.add_argument(
+        "--bounds",
+        nargs=4,
+        type=finite_float,
+        metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
+        help=f"only this part of each scene (as gdalwarp's -te): {what} (default: the whole scene)",
+    )
+    parser.add_argument(
+        "--bounds-crs",
+        help="the CRS of --bounds, e.g. EPSG:4326 for longitude/latitude (default: each scene's own CRS)",
+    )
+
+
 def finite_float(value: str) -> float:
     """Argument type: a finite number (``nan`` and ``inf`` are refused)."""
     try:

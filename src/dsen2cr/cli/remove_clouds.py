@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from dsen2cr.choices import COG_COMPRESSION_LEVELS, PRECISIONS
 from dsen2cr.cli.options import (
     SubParsers,
+    add_bounds,
     add_command,
     add_device,
     add_no_progress,
@@ -66,18 +67,10 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         help="CSV with columns s2,s1,out[,mask_out,preview,uncertainty_out,bounds,bounds_crs] (instead of "
         "--s2/--s1/--out; a row's bounds, LEFT BOTTOM RIGHT TOP apart by spaces, instead of --bounds)",
     )
-    parser.add_argument(
-        "--bounds",
-        nargs=4,
-        type=finite_float,
-        metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
-        help="process only this part of each scene (as gdalwarp's -te): the pixels it covers or touches, on the "
-        "scene's own grid, read with the context the whole scene's run sees, so they equal that run's pixels "
-        "(default: the whole scene)",
-    )
-    parser.add_argument(
-        "--bounds-crs",
-        help="the CRS of --bounds, e.g. EPSG:4326 for longitude/latitude (default: each scene's own CRS)",
+    add_bounds(
+        parser,
+        "the pixels it covers or touches, on the scene's own grid, read with the context the whole scene's run "
+        "sees, so they equal that run's pixels",
     )
     add_scene_reading(parser)
 

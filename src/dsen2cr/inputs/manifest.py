@@ -9,6 +9,7 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
+from dsen2cr.bounds import Bounds, checked_bounds
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import s1_parts
 from dsen2cr.outputs.files import check_input_file
@@ -76,3 +77,18 @@ def manifest_input(text: str, manifest: str | Path, *, pair: bool = False) -> st
     base = Path(manifest).parent
     parts = s1_parts(text.strip(), base) if pair else [text.strip()]
     return ",".join(part if "://" in part else str(base / part) for part in parts)
+
+
+def row_bounds(row: ManifestRow, where: str) -> Bounds | None:
+    """A manifest row's ``bounds`` (four numbers, LEFT BOTTOM RIGHT TOP, apart by spaces) in its ``bounds_crs``
+    (empty: the scene's CRS), or None when the row has none (the run's ``--bounds`` then hold for it)."""
+    text, crs = row.text("bounds"), row.text("bounds_crs") or None
+    if not text:
+        if crs is not None:
+            raise DSen2CRError(f"{where}: bounds_crs says what the row's bounds are in; give its bounds too")
+        return None
+    try:
+        values = [float(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise DSen2CRError(f"{where}: bounds: expected four numbers LEFT BOTTOM RIGHT TOP, got {text!r}") from None
+    return checked_bounds(values, crs, f"{where}: bounds", f"{where}: bounds_crs")

@@ -13,12 +13,11 @@ from typing import Any
 from rasterio.windows import Window
 
 from dsen2cr.auto import plan_scene_run, resolve_device
-from dsen2cr.bounds import Bounds, checked_bounds
 from dsen2cr.ensemble import EnsembleSpec, check_distinct_members, check_same_inputs, ensemble
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
 from dsen2cr.inputs.area import area_window
-from dsen2cr.inputs.manifest import ManifestRow, manifest_input, read_manifest_rows
+from dsen2cr.inputs.manifest import manifest_input, read_manifest_rows, row_bounds
 from dsen2cr.inputs.readers import scene_grid
 from dsen2cr.launch import this_launch
 from dsen2cr.outputs.files import (
@@ -73,21 +72,6 @@ def read_manifest(path: Path) -> list[SceneJob]:
         out = output_path(base / row.text("out"), s2, row.fields["out"])
         jobs.append(SceneJob(s2, s1, out, **optional, bounds=row_bounds(row, f"{path}:{row.line}")))
     return jobs
-
-
-def row_bounds(row: ManifestRow, where: str) -> Bounds | None:
-    """A manifest row's ``bounds`` (four numbers, LEFT BOTTOM RIGHT TOP, apart by spaces) in its ``bounds_crs``
-    (empty: the scene's CRS), or None when the row has none (the run's ``--bounds`` then hold for it)."""
-    text, crs = row.text("bounds"), row.text("bounds_crs") or None
-    if not text:
-        if crs is not None:
-            raise DSen2CRError(f"{where}: bounds_crs says what the row's bounds are in; give its bounds too")
-        return None
-    try:
-        values = [float(part) for part in text.replace(",", " ").split()]
-    except ValueError:
-        raise DSen2CRError(f"{where}: bounds: expected four numbers LEFT BOTTOM RIGHT TOP, got {text!r}") from None
-    return checked_bounds(values, crs, f"{where}: bounds", f"{where}: bounds_crs")
 
 
 def output_path(path: Path, s2: str, text: str | None = None) -> Path:
