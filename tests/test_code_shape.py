@@ -36,6 +36,7 @@ LAYERS = [
     ["keras"],
     ["data.patch_jobs"],  # many scene pairs of a manifest, each cut by data.patches
     ["data.patches"],  # your own scenes cut into training patches: reads them as remove-clouds does
+    ["data.patch_folders"],  # a ROI's folders: what a run may write there, an earlier run's patches kept
     ["inputs"],
     ["data"],
     ["config"],

@@ -13,17 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsen2cr.choices import DEFAULT_MAX_TARGET_CLOUD
+from dsen2cr.data.patch_folders import check_roi_outputs, keeps_earlier_patches, roi_outputs
 from dsen2cr.data.patches import (
     PatchReport,
     SceneTriplet,
     check_numbers,
-    check_roi_outputs,
     cut_patches,
-    keeps_earlier_patches,
     open_scenes,
-    roi_outputs,
     scene_windows,
     season_of,
+    source_names,
 )
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.manifest import manifest_input, read_manifest_rows
@@ -124,7 +123,7 @@ def check_patch_jobs(jobs: list[PatchJob], out: str | Path, options: PatchOption
                 windows = scene_windows(job.scenes.s2_cloudy, grid, options.size)
             folders, names = roi_outputs(out, season, job.roi, len(windows))
             keep = options.skip_existing and keeps_earlier_patches(
-                folders, names, job.scenes, grid, windows, job.roi, overwrite=options.overwrite
+                folders, names, source_names(job.scenes), grid, windows, job.roi, overwrite=options.overwrite
             )
             check_roi_outputs(folders, names, job.roi, overwrite=options.overwrite, keep_earlier=keep)
         except DSen2CRError as error:

@@ -24,17 +24,18 @@ from tqdm import tqdm
 
 from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD, DEFAULT_MAX_TARGET_CLOUD
 from dsen2cr.cloud_detection import cloud_score
-from dsen2cr.data.layout import SENSORS, parse_patch_name, release_triplet
+from dsen2cr.data.layout import SENSORS, release_triplet
+from dsen2cr.data.patch_folders import check_roi_outputs, keeps_earlier_patches, roi_outputs
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import s1_parts
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source
 from dsen2cr.machine import cores
-from dsen2cr.outputs.files import check_output_folder, output_folder
+from dsen2cr.outputs.files import output_folder
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
-from dsen2cr.rasters import gdal_block_cache, open_raster
+from dsen2cr.rasters import gdal_block_cache
 from dsen2cr.version import __version__
 
 #: The release's season token is ``ROIs<number>_<word>``; your patches' is ``ROIs0_<collection>``.
@@ -174,7 +175,7 @@ def cut_patches(
     naming), leaving out those with no data, or whose target is cloudier than ``max_target_cloud``
     (:func:`cloud_fraction`). A ROI folder that already holds patches is refused unless ``overwrite`` (then
     replaced; one holding other files is refused even so), or ``skip_existing`` and they are an earlier run's of
-    these scenes and size (:func:`keeps_earlier_patches`): the patches whose three files are there are kept, the
+    these scenes and size (``keeps_earlier_patches``): the patches whose three files are there are kept, the
     others cut (a stopped run goes on)."""
     check_numbers(roi, size, max_target_cloud)
     season = season_of(collection)
@@ -192,7 +193,9 @@ def cut_patches(
                 folder.mkdir(parents=True)
                 stack.callback(_remove_if_empty, folder)  # a failed run leaves no empty folder (season, root)
         stack.enter_context(output_locks(folders))
-        keep = skip_existing and keeps_earlier_patches(folders, names, scenes, grid, windows, roi, overwrite=overwrite)
+        keep = skip_existing and keeps_earlier_patches(
+            folders, names, source_names(scenes), grid, windows, roi, overwrite=overwrite
+        )
         check_roi_outputs(folders, names, roi, overwrite=overwrite, keep_earlier=keep)
         what = f"the patches of ROI {roi}"
         for folder, sensor in zip(folders, SENSORS, strict=True):
@@ -228,92 +231,6 @@ def cut_patches(
         return report
 
 
-def roi_outputs(out: str | Path, season: str, roi: int, count: int) -> tuple[list[Path], dict[str, set[str]]]:
-    """A ROI's three folders under ``out`` (s1, s2, s2_cloudy) and, by sensor, the file names a run of ``count``
-    patches may write or replace in them."""
-    folders = [release_triplet(out, season, roi, 0).paths()[sensor].parent for sensor in SENSORS]
-    pairs = zip(SENSORS, folders, strict=True)
-    names = {sensor: _patch_names(folder, season, sensor, roi, count) for sensor, folder in pairs}
-    return folders, names
-
-
-def check_roi_outputs(
-    folders: list[Path], names: dict[str, set[str]], roi: int, *, overwrite: bool, keep_earlier: bool = False
-) -> None:
-    """Without changing anything: a ROI's folders (:func:`roi_outputs`) are free, or hold only its patches of an
-    earlier run and ``overwrite`` (or ``keep_earlier``) is given; all three are checked before any is replaced."""
-    what = f"the patches of ROI {roi}"
-    for folder, sensor in zip(folders, SENSORS, strict=True):
-        check_output_folder(folder, owned=names[sensor], overwrite=overwrite, what=what, keep_earlier=keep_earlier)
-
-
-def keeps_earlier_patches(
-    folders: list[Path],
-    names: dict[str, set[str]],
-    scenes: SceneTriplet,
-    grid: Grid,
-    windows: list[tuple[int, Window]],
-    roi: int,
-    *,
-    overwrite: bool,
-) -> bool:
-    """For ``--skip-existing``: whether the patches an earlier run left in a ROI's folders are kept: every one is a
-    window of these ``scenes`` (the file names its files record, :func:`_write_files`) and lies where this run's
-    patch of its number lies (its georeferencing: the same ground and size). Patches cut otherwise are refused in
-    one line, or with ``overwrite`` replaced (False)."""
-    sources = _source_names(scenes)
-    window_of = dict(windows)
-    for folder, sensor in zip(folders, SENSORS, strict=True):
-        for path in sorted(folder / name for name in names[sensor] if (folder / name).is_file()):
-            parsed = parse_patch_name(path.name)
-            window = window_of.get(int(parsed[2])) if parsed is not None else None
-            differs = _cut_otherwise(path, sources[sensor], grid, window)
-            if differs and not overwrite:
-                raise DSen2CRError(
-                    f"{differs}: --skip-existing keeps only the patches this run would cut; pass --overwrite to cut "
-                    f"ROI {roi} again"
-                )
-            if differs:
-                return False
-    return True
-
-
-def _cut_otherwise(path: Path, source: str, grid: Grid, window: Window | None) -> str | None:
-    """How a patch file was cut otherwise than as ``window`` of ``grid`` (None: no window of this run has its
-    number) from ``source`` (the name its files record), in words, or None."""
-    try:
-        with open_raster(path, what="patch") as patch:
-            recorded, transform = patch.tags().get("DSEN2CR_SOURCE"), patch.transform
-            shape = (patch.width, patch.height)
-    except DSen2CRError as error:
-        return str(error)
-    if recorded != source:
-        return f"{path}: cut from {recorded or 'scenes it does not record'}, this run cuts from {source}"
-    if window is None:
-        return f"{path}: this run cuts no patch of its number (a smaller scene, or patches of another size)"
-    if shape != (window.width, window.height):
-        return f"{path}: {shape[0]}x{shape[1]} px, this run cuts {window.width} px patches"
-    if not transform.almost_equals(window_transform(window, grid.transform)):
-        return f"{path}: lies at {transform.c:.1f}, {transform.f:.1f}, where this run's patch of its number does not"
-    return None
-
-
-def _patch_names(folder: Path, season: str, sensor: str, roi: int, count: int) -> set[str]:
-    """The file names a run may write into a ROI's folder or replace there: its own patches' and those of an
-    earlier run of the ROI (of another ``--size``, so of other numbers; anything else there is not ours), named
-    by the release's rule (:func:`~dsen2cr.data.layout.release_triplet`)."""
-
-    def name(number: int) -> str:
-        return release_triplet(folder, season, roi, number).paths()[sensor].name
-
-    earlier = set()
-    for entry in folder.iterdir() if folder.is_dir() else ():
-        parsed = parse_patch_name(entry.name)
-        if parsed is not None and entry.name == name(int(parsed[2])):
-            earlier.add(entry.name)
-    return earlier | {name(number) for number in range(count)}
-
-
 def _remove_if_empty(folder: Path) -> None:
     """Remove a folder this run created if nothing is in it (a failed run's)."""
     with contextlib.suppress(OSError):
@@ -335,7 +252,7 @@ def _left_out_because(
     return None
 
 
-def _source_names(scenes: SceneTriplet) -> dict[str, str]:
+def source_names(scenes: SceneTriplet) -> dict[str, str]:
     """What each sensor's patch files record as their source (``DSEN2CR_SOURCE``): the scenes' file names."""
     return {
         "s2_cloudy": Path(scenes.s2_cloudy).name,
@@ -364,7 +281,7 @@ def _write_files(
 ) -> None:
     """:func:`_write_triplet`'s files."""
     transform = window_transform(window, grid.transform)
-    source_of = _source_names(scenes)
+    source_of = source_names(scenes)
     for sensor, path in paths.items():
         array = arrays[sensor]
         if sensor != "s1" and array.dtype != np.uint16:
