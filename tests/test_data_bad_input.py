@@ -146,7 +146,7 @@ CASES = [
         name="data patches: a manifest with a misspelt column",
         setup=lambda t: _patch_manifest(t, "s2.tif,clear.tif,s1.tif,1", header="s2_cloudly,s2,s1,roi"),
         message="m.csv: manifest column 's2_cloudly' is not one of s2_cloudy, s2, s1, roi, s2_cloudy_offset, "
-        "s2_offset; did you mean 's2_cloudy'?",
+        "s2_offset, bounds, bounds_crs; did you mean 's2_cloudy'?",
         absent=("own",),
     ),
     dict(
@@ -196,6 +196,45 @@ CASES = [
         name="data patches: a scene smaller than a patch",
         setup=lambda t: _patches(t, "--size", "64"),
         message="s2.tif: the scene is 50x40 px, smaller than one 64 px patch",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: --bounds that hold no whole patch",
+        setup=lambda t: _patches(t, "--bounds", "500000", "4999850", "500150", "5000000"),
+        message="s2.tif: --bounds 500000 4999850 500150 5000000 hold no whole 16 px patch (columns 0-14, rows 0-14 "
+        "of the scene's 50 x 40 px; patches lie every 16 px from the scene's top-left corner, as without bounds)",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: --bounds of another place",
+        setup=lambda t: _patches(t, "--bounds", "600000", "4999850", "600150", "5000000"),
+        message="s2.tif: --bounds 600000 4999850 600150 5000000 lie outside the scene, which covers 500000 4999600 "
+        "500500 5000000 in EPSG:32632",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: --bounds-crs without --bounds",
+        setup=lambda t: _patches(t, "--bounds-crs", "EPSG:4326"),
+        message="--bounds-crs: says what --bounds are in; give --bounds LEFT BOTTOM RIGHT TOP",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: a manifest row's bounds of three numbers",
+        setup=lambda t: _patch_manifest(
+            t, "s2.tif,clear.tif,s1.tif,1,500000 4999850 500150", header="s2_cloudy,s2,s1,roi,bounds"
+        ),
+        message="m.csv:2: bounds: expected four finite numbers LEFT BOTTOM RIGHT TOP, got",
+        absent=("own",),
+    ),
+    dict(
+        name="data patches: a manifest row's part that holds no whole patch (refused before any row is cut)",
+        setup=lambda t: _patch_manifest(
+            t,
+            "s2.tif,clear.tif,s1.tif,1,,",
+            "s2.tif,clear.tif,s1.tif,2,500000 4999850 500150 5000000,EPSG:32632",
+            header="s2_cloudy,s2,s1,roi,bounds,bounds_crs",
+        ),
+        message="s2.tif: bounds 500000 4999850 500150 5000000 (EPSG:32632) hold no whole 16 px patch",
         absent=("own",),
     ),
     dict(

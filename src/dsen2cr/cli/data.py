@@ -7,8 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from dsen2cr.bounds import given_bounds
 from dsen2cr.choices import DEFAULT_MAX_TARGET_CLOUD
-from dsen2cr.cli.options import SubParsers, add_command, add_no_progress, add_overwrite, add_scene_reading
+from dsen2cr.cli.options import SubParsers, add_bounds, add_command, add_no_progress, add_overwrite, add_scene_reading
 from dsen2cr.errors import DSen2CRError
 
 
@@ -164,7 +165,8 @@ def _register_patches(data_commands: SubParsers) -> None:
     patches.add_argument(
         "--manifest",
         help="instead of the four above, a CSV of many scene pairs, a ROI each: columns s2_cloudy,s2,s1,roi "
-        "[,s2_cloudy_offset,s2_offset], paths relative to its folder; every row is checked before the first is cut",
+        "[,s2_cloudy_offset,s2_offset,bounds,bounds_crs], paths relative to its folder (a row's bounds, LEFT BOTTOM "
+        "RIGHT TOP apart by spaces, instead of --bounds); every row is checked before the first is cut",
     )
     patches.add_argument("--out", required=True, help="dataset root: the ROIs' folders are added to it")
     patches.add_argument(
@@ -185,6 +187,11 @@ def _register_patches(data_commands: SubParsers) -> None:
         "--s2-cloudy-offset",
         type=int,
         help="DN offset of the cloudy S2 GeoTIFF (e.g. -1000; a manifest's s2_cloudy_offset)",
+    )
+    add_bounds(
+        patches,
+        "the patches wholly inside it, where a run without bounds cuts them (their numbers too): two ROIs of one "
+        "scene pair on ground apart",
     )
     add_scene_reading(patches)
     add_overwrite(patches, "replace the ROI's patches of an earlier run (a ROI folder holding other files is refused)")
@@ -212,18 +219,26 @@ def run_patches(args: argparse.Namespace) -> int:
 
     single = {"--s2-cloudy": args.s2_cloudy, "--s2": args.s2, "--s1": args.s1, "--roi": args.roi}
     offsets = {"--s2-cloudy-offset": args.s2_cloudy_offset, "--s2-offset": args.s2_offset}
+    bounds = given_bounds(args.bounds, args.bounds_crs)
     if args.manifest is not None:
         if given := [name for name, value in {**single, **offsets}.items() if value is not None]:
             raise DSen2CRError(
                 f"--manifest: its rows name the scenes, ROIs and offsets (columns s2_cloudy,s2,s1,roi,"
                 f"s2_cloudy_offset,s2_offset); leave out {', '.join(given)}"
             )
-        jobs = read_patch_manifest(args.manifest, s1_linear=args.s1_linear, resampling=args.resampling)
+        jobs = read_patch_manifest(args.manifest, s1_linear=args.s1_linear, resampling=args.resampling, bounds=bounds)
     elif missing := [name for name, value in single.items() if value is None]:
         raise DSen2CRError(f"data patches: needs {', '.join(missing)} (or --manifest with a row per scene pair)")
     else:
         scenes = SceneTriplet(
-            args.s2_cloudy, args.s2, args.s1, args.s2_cloudy_offset, args.s2_offset, args.s1_linear, args.resampling
+            args.s2_cloudy,
+            args.s2,
+            args.s1,
+            args.s2_cloudy_offset,
+            args.s2_offset,
+            args.s1_linear,
+            args.resampling,
+            bounds,
         )
         jobs = [PatchJob(scenes, args.roi)]
     options = PatchOptions(args.collection, args.size, args.max_target_cloud, args.overwrite, args.skip_existing)

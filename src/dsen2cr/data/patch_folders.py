@@ -4,6 +4,7 @@ free (or an earlier run's, with ``--overwrite``), and which patches of an earlie
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from rasterio.windows import Window
@@ -16,12 +17,15 @@ from dsen2cr.outputs.files import check_output_folder
 from dsen2cr.rasters import open_raster
 
 
-def roi_outputs(out: str | Path, season: str, roi: int, count: int) -> tuple[list[Path], dict[str, set[str]]]:
-    """A ROI's three folders under ``out`` (s1, s2, s2_cloudy) and, by sensor, the file names a run of ``count``
-    patches may write or replace in them."""
+def roi_outputs(
+    out: str | Path, season: str, roi: int, numbers: Iterable[int]
+) -> tuple[list[Path], dict[str, set[str]]]:
+    """A ROI's three folders under ``out`` (s1, s2, s2_cloudy) and, by sensor, the file names a run that cuts the
+    patches of ``numbers`` may write or replace in them."""
     folders = [release_triplet(out, season, roi, 0).paths()[sensor].parent for sensor in SENSORS]
+    numbers = list(numbers)
     pairs = zip(SENSORS, folders, strict=True)
-    names = {sensor: _patch_names(folder, season, sensor, roi, count) for sensor, folder in pairs}
+    names = {sensor: _patch_names(folder, season, sensor, roi, numbers) for sensor, folder in pairs}
     return folders, names
 
 
@@ -77,7 +81,7 @@ def _cut_otherwise(path: Path, source: str, grid: Grid, window: Window | None) -
     if recorded != source:
         return f"{path}: cut from {recorded or 'scenes it does not record'}, this run cuts from {source}"
     if window is None:
-        return f"{path}: this run cuts no patch of its number (a smaller scene, or patches of another size)"
+        return f"{path}: this run cuts no patch of its number (a smaller scene or part, or patches of another size)"
     if shape != (window.width, window.height):
         return f"{path}: {shape[0]}x{shape[1]} px, this run cuts {window.width} px patches"
     if not transform.almost_equals(window_transform(window, grid.transform)):
@@ -85,7 +89,7 @@ def _cut_otherwise(path: Path, source: str, grid: Grid, window: Window | None) -
     return None
 
 
-def _patch_names(folder: Path, season: str, sensor: str, roi: int, count: int) -> set[str]:
+def _patch_names(folder: Path, season: str, sensor: str, roi: int, numbers: list[int]) -> set[str]:
     """The file names a run may write into a ROI's folder or replace there: its own patches' and those of an
     earlier run of the ROI (of another ``--size``, so of other numbers; anything else there is not ours), named
     by the release's rule (:func:`~dsen2cr.data.layout.release_triplet`)."""
@@ -98,4 +102,4 @@ def _patch_names(folder: Path, season: str, sensor: str, roi: int, count: int) -
         parsed = parse_patch_name(entry.name)
         if parsed is not None and entry.name == name(int(parsed[2])):
             earlier.add(entry.name)
-    return earlier | {name(number) for number in range(count)}
+    return earlier | {name(number) for number in numbers}

@@ -1,7 +1,8 @@
 """Many scene pairs in one run of ``data patches`` (``--manifest``): a CSV whose rows each name a cloudy scene, a
 cloud-free one on its grid, Sentinel-1 and the ROI number their patches get (``s2_cloudy,s2,s1,roi``, optionally
-``s2_cloudy_offset,s2_offset`` for GeoTIFF exports). Every row is checked before the first patch is written (its
-files, grids and levels, its ROI's folders), then each is cut into its ROI as one ``data patches`` run would."""
+``s2_cloudy_offset,s2_offset`` for GeoTIFF exports and ``bounds,bounds_crs`` for the row's part of its scenes).
+Every row is checked before the first patch is written (its files, grids and levels, its ROI's folders), then each
+is cut into its ROI as one ``data patches`` run would."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rasterio.windows import transform as window_transform
+from rasterio.windows import union
+
+from dsen2cr.bounds import Bounds
 from dsen2cr.choices import DEFAULT_MAX_TARGET_CLOUD
 from dsen2cr.data.patch_folders import check_roi_outputs, keeps_earlier_patches, roi_outputs
 from dsen2cr.data.patches import (
@@ -25,13 +30,13 @@ from dsen2cr.data.patches import (
     source_names,
 )
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs.manifest import manifest_input, read_manifest_rows
+from dsen2cr.inputs.manifest import manifest_input, read_manifest_rows, row_bounds
 from dsen2cr.rasters import Footprint, gdal_block_cache
 
 log = logging.getLogger(__name__)
 
 #: Every column a ``data patches`` manifest may have.
-PATCH_MANIFEST_COLUMNS = ("s2_cloudy", "s2", "s1", "roi", "s2_cloudy_offset", "s2_offset")
+PATCH_MANIFEST_COLUMNS = ("s2_cloudy", "s2", "s1", "roi", "s2_cloudy_offset", "s2_offset", "bounds", "bounds_crs")
 _REQUIRED = ("s2_cloudy", "s2", "s1", "roi")
 
 
@@ -67,10 +72,13 @@ class PatchJob:
         return f"{self.where}: {error}" if self.where else str(error)
 
 
-def read_patch_manifest(path: str | Path, *, s1_linear: bool = False, resampling: str = "nearest") -> list[PatchJob]:
+def read_patch_manifest(
+    path: str | Path, *, s1_linear: bool = False, resampling: str = "nearest", bounds: Bounds | None = None
+) -> list[PatchJob]:
     """The rows of a ``data patches`` manifest (:data:`PATCH_MANIFEST_COLUMNS`; paths relative to its folder), read
-    with ``s1_linear`` and ``resampling`` as the run's options say. Refused in one line naming the row: an empty
-    required field, a ROI or offset that is not a whole number, a ROI of two rows."""
+    with ``s1_linear`` and ``resampling`` as the run's options say; a row's part of its scenes is its ``bounds``
+    (in ``bounds_crs``), else ``bounds`` (``--bounds``). Refused in one line naming the row: an empty required
+    field, a ROI or offset that is not a whole number, a ROI of two rows, bounds that are not four numbers."""
     rows = read_manifest_rows(path, PATCH_MANIFEST_COLUMNS, _REQUIRED, header="s2_cloudy,s2,s1,roi")
     jobs: list[PatchJob] = []
     first_of: dict[int, str] = {}
@@ -90,6 +98,7 @@ def read_patch_manifest(path: str | Path, *, s1_linear: bool = False, resampling
             s2_offset=_whole_number(row.text("s2_offset"), where, "s2_offset"),
             s1_linear=s1_linear,
             resampling=resampling,
+            bounds=row_bounds(row, where, name_row=False) or bounds,  # (the job names its row: PatchJob.named)
         )
         jobs.append(PatchJob(scenes, roi, str(path), row.line))
     return jobs
@@ -109,7 +118,8 @@ def check_patch_jobs(jobs: list[PatchJob], out: str | Path, options: PatchOption
     """Check every row as :func:`~dsen2cr.data.patches.cut_patches` would before its first patch, without writing
     anything: the numbers, the three scenes (readable, one grid, one level, S1 warped onto it), a scene of at least
     one patch, the ROI's folders free (or an earlier run's with ``options.overwrite``). A refusal names the row. Returns
-    the groups of rows whose scenes cover overlapping ground (on one CRS): their ROIs belong in one split."""
+    the groups of rows whose patches cover overlapping ground (on one CRS): their ROIs belong in one split (rows of
+    one scene pair with parts apart from each other are not a group: the way to split a scene by area)."""
     season = season_of(options.collection)
     footprints = []
     for job in jobs:
@@ -120,15 +130,16 @@ def check_patch_jobs(jobs: list[PatchJob], out: str | Path, options: PatchOption
                 for source in sources:
                     opened.callback(source.close)
                 grid = sources[0].grid
-                windows = scene_windows(job.scenes.s2_cloudy, grid, options.size)
-            folders, names = roi_outputs(out, season, job.roi, len(windows))
+                windows = scene_windows(job.scenes, grid, options.size, warn=False)  # (warned when cut)
+            folders, names = roi_outputs(out, season, job.roi, [number for number, _ in windows])
             keep = options.skip_existing and keeps_earlier_patches(
                 folders, names, source_names(job.scenes), grid, windows, job.roi, overwrite=options.overwrite
             )
             check_roi_outputs(folders, names, job.roi, overwrite=options.overwrite, keep_earlier=keep)
         except DSen2CRError as error:
             raise DSen2CRError(job.named(error)) from None
-        footprints.append(Footprint.of(grid.crs, grid.transform, grid.width, grid.height))
+        cut = union(*(window for _, window in windows))  # the ground of the patches (a part's, with bounds)
+        footprints.append(Footprint.of(grid.crs, window_transform(cut, grid.transform), cut.width, cut.height))
     return _overlapping_groups(jobs, footprints)
 
 

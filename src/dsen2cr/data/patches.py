@@ -22,12 +22,14 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm import tqdm
 
+from dsen2cr.bounds import Bounds
 from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD, DEFAULT_MAX_TARGET_CLOUD
 from dsen2cr.cloud_detection import cloud_score
 from dsen2cr.data.layout import SENSORS, release_triplet
 from dsen2cr.data.patch_folders import check_roi_outputs, keeps_earlier_patches, roi_outputs
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import s1_parts
+from dsen2cr.inputs.area import area_text, area_window
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source
 from dsen2cr.machine import cores
@@ -69,13 +71,32 @@ def patch_windows(height: int, width: int, size: int) -> list[tuple[int, Window]
     ]
 
 
-def scene_windows(s2_cloudy: str, grid: Grid, size: int) -> list[tuple[int, Window]]:
-    """The :func:`patch_windows` of a scene on ``grid``; a one-line error naming ``s2_cloudy`` when the scene is
-    smaller than one patch."""
+def scene_windows(scenes: SceneTriplet, grid: Grid, size: int, *, warn: bool = True) -> list[tuple[int, Window]]:
+    """The :func:`patch_windows` of the scenes on ``grid`` (numbered and placed on the whole scene's patch grid,
+    whatever the part), those wholly inside ``scenes.bounds`` where given (``warn``: bounds beyond the scene are
+    said to be clipped). A one-line error naming ``--s2-cloudy`` when the scene, or the part, holds no patch."""
     windows = patch_windows(grid.height, grid.width, size)
+    name = scenes.s2_cloudy
     if not windows:
-        raise DSen2CRError(f"{s2_cloudy}: the scene is {grid.width}x{grid.height} px, smaller than one {size} px patch")
+        raise DSen2CRError(f"{name}: the scene is {grid.width}x{grid.height} px, smaller than one {size} px patch")
+    if scenes.bounds is None:
+        return windows
+    area = area_window(grid, scenes.bounds, name, warn=warn)
+    windows = [(number, window) for number, window in windows if _within(window, area)]
+    if not windows:
+        raise DSen2CRError(
+            f"{name}: {scenes.bounds.label} {scenes.bounds.text()} hold no whole {size} px patch "
+            f"({area_text(area, grid)}; patches lie every {size} px from the scene's top-left corner, as without "
+            "bounds)"
+        )
     return windows
+
+
+def _within(window: Window, area: Window) -> bool:
+    """Whether every pixel of ``window`` lies in ``area``."""
+    (top, bottom), (left, right) = window.toranges()
+    (area_top, area_bottom), (area_left, area_right) = area.toranges()
+    return area_top <= top and bottom <= area_bottom and area_left <= left and right <= area_right
 
 
 def season_of(collection: str) -> str:
@@ -104,9 +125,9 @@ def cloud_fraction(s2_dn: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class SceneTriplet:
-    """The three scenes a ROI's patches are cut from, as ``--s2-cloudy``, ``--s2`` and ``--s1`` name them, and how
+    """The three scenes a ROI's patches are cut from, as ``--s2-cloudy``, ``--s2`` and ``--s1`` name them, how
     to read them (the two S2 GeoTIFFs' ``--s2-cloudy-offset``/``--s2-offset``, S1 in linear power, the resampling
-    of 20 m and 60 m bands)."""
+    of 20 m and 60 m bands), and the part of them to cut (``--bounds``; None: the whole scene)."""
 
     s2_cloudy: str
     s2: str
@@ -115,6 +136,7 @@ class SceneTriplet:
     s2_offset: int | None = None
     s1_linear: bool = False
     resampling: str = "nearest"
+    bounds: Bounds | None = None  # the part to cut (--bounds, a manifest's bounds column): its whole patches
 
 
 def open_scenes(scenes: SceneTriplet) -> tuple[S2Source, S2Source, S1Source]:
@@ -186,8 +208,8 @@ def cut_patches(
         for source in (cloudy, clear, sar):
             stack.callback(source.close)
         grid = cloudy.grid
-        windows = scene_windows(s2_cloudy, grid, size)
-        folders, names = roi_outputs(out, season, roi, len(windows))
+        windows = scene_windows(scenes, grid, size)
+        folders, names = roi_outputs(out, season, roi, [number for number, _ in windows])
         for folder in (Path(out), *(folder.parent for folder in folders)):
             if not folder.is_dir():
                 folder.mkdir(parents=True)

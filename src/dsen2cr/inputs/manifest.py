@@ -5,6 +5,7 @@ UTF-8 BOM, paths relative to the manifest's folder (a manifest travels with its 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,9 +80,11 @@ def manifest_input(text: str, manifest: str | Path, *, pair: bool = False) -> st
     return ",".join(part if "://" in part else str(base / part) for part in parts)
 
 
-def row_bounds(row: ManifestRow, where: str) -> Bounds | None:
+def row_bounds(row: ManifestRow, where: str, *, name_row: bool = True) -> Bounds | None:
     """A manifest row's ``bounds`` (four numbers, LEFT BOTTOM RIGHT TOP, apart by spaces) in its ``bounds_crs``
-    (empty: the scene's CRS), or None when the row has none (the run's ``--bounds`` then hold for it)."""
+    (empty: the scene's CRS), or None when the row has none (the run's ``--bounds`` then hold for it). Refusals
+    name the row (``where``), and so do the bounds' own later messages unless ``name_row`` is False (where the
+    caller's messages name it)."""
     text, crs = row.text("bounds"), row.text("bounds_crs") or None
     if not text:
         if crs is not None:
@@ -91,4 +94,5 @@ def row_bounds(row: ManifestRow, where: str) -> Bounds | None:
         values = [float(part) for part in text.replace(",", " ").split()]
     except ValueError:
         raise DSen2CRError(f"{where}: bounds: expected four numbers LEFT BOTTOM RIGHT TOP, got {text!r}") from None
-    return checked_bounds(values, crs, f"{where}: bounds", f"{where}: bounds_crs")
+    bounds = checked_bounds(values, crs, f"{where}: bounds", f"{where}: bounds_crs")
+    return bounds if name_row else dataclasses.replace(bounds, label="bounds", crs_label="bounds_crs")
