@@ -7,8 +7,9 @@ process's cores), and from the GeoTIFFs with the target's cloud check at its def
 adds a row before any is cut: its check (the product pair and S1 opened, grids and levels compared, the ROI's
 folders looked at).
 
-The scenes: the bundled real L1C scene mirrored across ``--size`` x ``--size`` px, as input and as target (the
-target holds its clouds: the default check leaves those windows out); S1: uniform random dB on the same grid.
+The scenes: the bundled real L1C scene mirrored across ``--size`` x ``--size`` px, as input and, 1 DN brighter, as
+target (the same pixels would be left out as no target; the target holds its clouds: the default check leaves
+those windows out); S1: uniform random dB on the same grid.
 Run: ``python -m benchmarks.patches [--size 2048]`` (writes benchmarks/results/patches.json and .md).
 """
 
@@ -37,7 +38,7 @@ ORIGIN = from_origin(399960, 5800020, 10, 10)
 
 
 def write_geotiffs(folder: Path, size: int) -> tuple[Path, Path, Path]:
-    """The input, the target (the same pixels) and S1 as tiled, compressed GeoTIFFs on one grid."""
+    """The input, the target (its pixels 1 DN brighter) and S1 as tiled, compressed GeoTIFFs on one grid."""
     with rasterio.open(sample_scene()) as dataset:
         sample, crs = dataset.read(), dataset.crs
     image = sample[:, _mirrored(0, size, sample.shape[1])][:, :, _mirrored(0, size, sample.shape[2])]
@@ -45,7 +46,7 @@ def write_geotiffs(folder: Path, size: int) -> tuple[Path, Path, Path]:
     s1 = np.stack([rng.uniform(-20, -5, (size, size)), rng.uniform(-28, -12, (size, size))]).astype(np.float32)
     return (
         write_geotiff(folder / "cloudy.tif", image, crs=crs, transform=ORIGIN),
-        write_geotiff(folder / "clear.tif", image, crs=crs, transform=ORIGIN),
+        write_geotiff(folder / "clear.tif", image + np.uint16(1), crs=crs, transform=ORIGIN),
         write_geotiff(folder / "s1.tif", s1, crs=crs, transform=ORIGIN),
     )
 
@@ -69,7 +70,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         cloudy, clear, s1 = write_geotiffs(folder, args.size)
-        products = [write_product(folder / name, args.size, args.size) for name in ("input", "target")]
+        products = [
+            write_product(folder / name, args.size, args.size, shift) for name, shift in (("input", 0), ("target", 1))
+        ]
         runs = {
             "GeoTIFFs, every window kept, one thread": (SceneTriplet(str(cloudy), str(clear), str(s1)), 1.0),
             "GeoTIFFs, every window kept": (SceneTriplet(str(cloudy), str(clear), str(s1)), 1.0),

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import rasterio
 import torch
 from rasterio.crs import CRS
@@ -49,8 +50,9 @@ RESOLUTION |= {band: 20 for band in S2_BANDS if band not in RESOLUTION}
 FULL_TILE = 10980 * 10980
 
 
-def write_product(folder: Path, width: int, height: int) -> Path:
-    """An ``IMG_DATA`` folder of the 13 bands as lossless JPEG 2000 in 1024 px blocks; returns the folder."""
+def write_product(folder: Path, width: int, height: int, shift: int = 0) -> Path:
+    """An ``IMG_DATA`` folder of the 13 bands as lossless JPEG 2000 in 1024 px blocks (``shift`` DN added: another
+    date's pixels, for a timing); returns the folder."""
     with rasterio.open(sample_scene()) as dataset:
         sample, crs = dataset.read(), dataset.crs or CRS.from_epsg(32633)
     image = sample[:, _mirrored(0, height, sample.shape[1])][:, :, _mirrored(0, width, sample.shape[2])]
@@ -58,7 +60,7 @@ def write_product(folder: Path, width: int, height: int) -> Path:
     img_data.mkdir(parents=True)
     for index, band in enumerate(S2_BANDS):
         step = RESOLUTION[band] // 10
-        pixels = image[index, ::step, ::step][: height // step, : width // step]
+        pixels = image[index, ::step, ::step][: height // step, : width // step] + np.uint16(shift)
         profile = dict(driver="JP2OpenJPEG", width=pixels.shape[1], height=pixels.shape[0], count=1, dtype="uint16")
         profile.update(crs=crs, transform=from_origin(399960, 5800020, RESOLUTION[band], RESOLUTION[band]))
         profile.update(QUALITY=100, REVERSIBLE="YES", BLOCKXSIZE=1024, BLOCKYSIZE=1024)

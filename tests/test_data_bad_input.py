@@ -193,6 +193,12 @@ CASES = [
         absent=("own",),
     ),
     dict(
+        name="data patches: a copy of the input as the target (another file, the same pixels)",
+        setup=lambda t: _patches(t),
+        message="s2.tif: no 16 px patch to keep: --s2 the same pixels as --s2-cloudy (6)",
+        absent=("own",),
+    ),
+    dict(
         name="data patches: a scene smaller than a patch",
         setup=lambda t: _patches(t, "--size", "64"),
         message="s2.tif: the scene is 50x40 px, smaller than one 64 px patch",

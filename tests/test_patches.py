@@ -111,11 +111,12 @@ def test_a_rois_patches_are_replaced_only_with_overwrite(tmp_path: Path, capsys:
 
 
 def test_patches_of_products_have_their_offsets_removed(workdir: Path, capsys: pytest.CaptureFixture) -> None:
-    """Two SAFE products of one tile, the later of baseline 05.10 (DN + 1000, declared -1000 in its metadata): the
+    """Two SAFE products of one tile, the later of baseline 05.10 (declared -1000 in its metadata; stored 1100 DN
+    above the earlier one, whose pixels it would be without the offset and 100 DN of change): the
     patches of both hold the bands at 10 m without the offset (B02 compared with its JP2 read here; B11, a 20 m
     band, with its JP2 read here and repeated onto the 10 m grid, as nearest neighbour does)."""
     before = workdir.safe("before")  # type: ignore[attr-defined]
-    after = workdir.safe("after", baseline="05.10", shift=1000, offsets={i: -1000 for i in range(13)})  # type: ignore[attr-defined]
+    after = workdir.safe("after", baseline="05.10", shift=1100, offsets={i: -1000 for i in range(13)})  # type: ignore[attr-defined]
     grid = from_origin(399960, 5800020, 10, 10)
     s1 = np.stack([np.full((60, 60), -11.0), np.full((60, 60), -18.0)]).astype(np.float32)
     write_geotiff(workdir / "s1.tif", s1, crs=UTM33N, transform=grid)

@@ -262,13 +262,16 @@ def _remove_if_empty(folder: Path) -> None:
 def _left_out_because(
     arrays: dict[str, np.ndarray], cloudy: S2Source, clear: S2Source, max_target_cloud: float
 ) -> str | None:
-    """Why a patch is left out (no data in one of its images, a target with clouds), or None."""
+    """Why a patch is left out (no data in one of its images, a target that is the input's pixels, a target with
+    clouds), or None."""
     if not cloudy.valid(arrays["s2_cloudy"]).all():
         return "no data in --s2-cloudy"
     if not clear.valid(arrays["s2"]).all():
         return "no data in --s2"
     if not np.isfinite(arrays["s1"]).all():
         return "no data in --s1"
+    if np.array_equal(arrays["s2"], arrays["s2_cloudy"]):  # one acquisition under two names (a zip and its SAFE)
+        return "--s2 the same pixels as --s2-cloudy"
     if max_target_cloud < 1.0 and cloud_fraction(arrays["s2"]) > max_target_cloud:
         return f"--s2 cloudier than {max_target_cloud:.0%}"
     return None
