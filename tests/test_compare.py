@@ -42,7 +42,7 @@ def test_two_evaluations_compared_patch_by_patch(workdir: Path, capsys: pytest.C
         return {row["patch_id"]: row for row in rows if row["method"] == "model"}
 
     a, b = model_rows("a"), model_rows("b")
-    for metric, lower_better in (("mae", True), ("rmse", True), ("psnr", False), ("ssim", False), ("sam", True)):
+    for metric in ("mae", "rmse", "psnr", "ssim", "sam"):
         patches = sorted(a)
         difference = np.array([float(b[p][metric]) - float(a[p][metric]) for p in patches])
         roi_means = [
@@ -54,8 +54,14 @@ def test_two_evaluations_compared_patch_by_patch(workdir: Path, capsys: pytest.C
         assert row["mean_a"] == pytest.approx(np.mean([float(a[p][metric]) for p in patches]), rel=1e-6)
         assert row["difference"] == pytest.approx(difference.mean(), rel=1e-6, abs=1e-9)
         assert (row["patches"], row["rois"]) == (4, 2)
-        expected = "" if low <= 0 <= high else ("B" if (high < 0) == lower_better else "A")
-        assert row["better"] == expected, metric
+        assert row["p_value"] == pytest.approx(stats.ttest_1samp(roi_means, 0).pvalue, rel=1e-5), metric
+        assert (row["p_value"] < 0.05) == (not low <= 0 <= high), metric  # the test the interval inverts
+    family = {name: row["p_value"] for name, row in got.items() if not name.startswith(("coverage", "rms_sigma"))}
+    for name, adjusted in _holm_by_hand(family).items():
+        assert got[name]["p_holm"] == pytest.approx(adjusted, rel=1e-9), name
+        lower_better = "psnr" not in name and "ssim" not in name
+        expected = "" if adjusted >= 0.05 else ("B" if (got[name]["difference"] < 0) == lower_better else "A")
+        assert got[name]["better"] == expected, name
     assert main(["compare", str(workdir / "a"), str(workdir / "b")]) == 0
     table = capsys.readouterr().out
     one_roi = [t for t in triplets if t.roi == "ROIs1158_spring/1"]
@@ -65,7 +71,65 @@ def test_two_evaluations_compared_patch_by_patch(workdir: Path, capsys: pytest.C
     assert main(["compare", str(workdir / "c"), str(workdir / "d"), "--json"]) == 0
     strict = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
     assert strict["metrics"][0]["ci_low"] is None  # one ROI: no interval, and strict JSON says so
-    assert "| metric | A | B | B − A | interval of B − A | better |" in table and "on 4 patches of 2 ROIs" in table
+    assert "| metric | A | B | B − A | interval of B − A | p (Holm) | better |" in table
+    assert "on 4 patches of 2 ROIs" in table
+
+
+def _holm_by_hand(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's adjusted p-values, written out: the k-th smallest of m times (m − k + 1), at most 1, made monotone."""
+    ranked = sorted(p_values, key=p_values.get)  # type: ignore[arg-type]
+    adjusted, running = {}, 0.0
+    for k, name in enumerate(ranked, start=1):
+        running = max(running, min(1.0, (len(ranked) - k + 1) * p_values[name]))
+        adjusted[name] = running
+    return adjusted
+
+
+def test_many_metrics_call_a_side_better_only_past_holms_threshold(tmp_path: Path) -> None:
+    """Eight ROIs of three patches, the ROI means of B − A set by hand (t on 7 degrees of freedom): B's MAE and
+    PSNR clearly better (kept after Holm's adjustment over the four metrics with a side); its SSIM (p ≈ 0.03) and
+    RMSE (p ≈ 0.04) gains each leave 0 out of their own interval, which alone used to call B better, but not
+    once adjusted (0.06): not called; a coverage has no side and stays out of the family. The p-values are
+    scipy's t-test of the ROI means (equal clusters: the same test)."""
+    from dsen2cr.compare import Report, compare_reports
+
+    rng = np.random.default_rng(5)
+    patches = [f"R/{roi}_p{n}" for roi in range(8) for n in range(3)]
+    roi_of = {patch: patch.split("_")[0] for patch in patches}
+    z = np.array([-1.5, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 1.25])
+    z = (z - z.mean()) / z.std(ddof=1)  # the ROIs' deviations: mean 0, sd 1
+    t_values = {"mae": -20.0, "rmse": -2.5, "psnr": 15.0, "ssim": 2.77, "coverage_1sigma": 5.0}
+    scale = {"mae": 0.004, "rmse": 0.004, "psnr": 0.5, "ssim": 0.006, "coverage_1sigma": 0.01}
+
+    def difference(metric: str, patch: str) -> float:
+        roi, number = int(roi_of[patch][2:]), int(patch[-1])
+        roi_mean = (t_values[metric] / np.sqrt(8) + z[roi]) * scale[metric]
+        return float(roi_mean + (number - 1) * 0.5 * scale[metric])  # the patches of a ROI about its mean
+
+    a_values = {p: {m: float(rng.uniform(0.2, 0.4)) for m in t_values} for p in patches}
+    b_values = {p: {m: a_values[p][m] + difference(m, p) for m in t_values} for p in patches}
+    summary = {"protocol": "default", "window": None, "units": "u", "provenance": {}}
+    a = Report(tmp_path / "a", a_values, roi_of, summary)
+    b = Report(tmp_path / "b", b_values, roi_of, summary)
+    got = {c.metric: c for c in compare_reports(a, b)}
+    raw = {}
+    for metric in t_values:
+        differences = np.array([b_values[p][metric] - a_values[p][metric] for p in patches])
+        roi_means = [differences[[roi_of[p] == roi for p in patches]].mean() for roi in sorted(set(roi_of.values()))]
+        raw[metric] = float(stats.ttest_1samp(roi_means, 0).pvalue)
+        assert got[metric].p_value == pytest.approx(raw[metric], rel=1e-6), metric
+    adjusted = _holm_by_hand({m: raw[m] for m in ("mae", "rmse", "psnr", "ssim")})
+    for metric in ("ssim", "rmse"):
+        assert raw[metric] < 0.05 <= adjusted[metric], (metric, raw, adjusted)  # the case Holm is for
+    assert {m: got[m].p_holm for m in adjusted} == pytest.approx(adjusted, rel=1e-9)
+    assert {m: got[m].better for m in t_values} == {
+        "mae": "B",
+        "rmse": "",
+        "psnr": "B",
+        "ssim": "",
+        "coverage_1sigma": "",
+    }
+    assert np.isnan(got["coverage_1sigma"].p_holm) and got["coverage_1sigma"].p_value < 0.05
 
 
 def _report(folder: Path, patches: dict[str, str], *, protocol: str = "default", roi: bool = True) -> Path:

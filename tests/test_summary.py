@@ -82,3 +82,16 @@ def test_an_evaluation_reports_each_means_interval(workdir: Path) -> None:
     for row in per_roi[::2]:
         values = [float(r["psnr"]) for r in rows if r["roi"] == row["roi"]]
         assert float(row["psnr"]) == pytest.approx(np.mean(values), rel=1e-5)
+
+
+def test_holm_adjustment_and_p_values_at_their_edges() -> None:
+    """Holm's adjustment worked by hand (0.01 × 3, 0.03 × 2, then no lower than that), NaN left out of the family;
+    a difference that is the same everywhere has p 0 (or 1 when it is 0); one ROI gives no p-value."""
+    from dsen2cr.summary import clustered_p_value, holm_adjusted
+
+    got = holm_adjusted([0.01, math.nan, 0.04, 0.03])
+    assert got[0] == pytest.approx(0.03) and math.isnan(got[1]) and got[2:] == pytest.approx([0.06, 0.06])
+    assert holm_adjusted([0.5, 0.9]) == [1.0, 1.0]
+    assert clustered_p_value(np.full(6, 0.002), ["a", "a", "b", "b", "c", "c"]) == 0.0
+    assert clustered_p_value(np.zeros(4), ["a", "a", "b", "b"]) == 1.0
+    assert math.isnan(clustered_p_value(np.array([0.1, 0.2]), ["a", "a"]))

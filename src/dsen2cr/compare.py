@@ -1,7 +1,8 @@
 """Two evaluation reports of one test set compared patch by patch (``dsen2cr compare A B``): for every metric both
 hold, the means and the mean of the per-patch difference B − A with its confidence interval, the ROIs as clusters
-(:func:`dsen2cr.summary.clustered_interval`). Both models saw the same patches, so their difference is known far
-better than either mean: this says whether, say, a fine-tuned model beats the published one on your region."""
+(:func:`dsen2cr.summary.clustered_interval`), its p-value, and which is better after Holm's adjustment over the
+metrics. Both models saw the same patches, so their difference is known far better than either mean: this says
+whether, say, a fine-tuned model beats the published one on your region."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.summary import CONFIDENCE, clustered_interval
+from dsen2cr.summary import CONFIDENCE, clustered_interval, clustered_p_value, holm_adjusted
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ class Report:
 @dataclass(frozen=True)
 class MetricComparison:
     """One metric of two reports over the patches where both hold it: their means, the mean of B − A and its
-    confidence interval, and which is better (``A``, ``B``, or ``""`` when the interval holds 0 or the metric
-    has no better direction)."""
+    confidence interval, the p-value of B − A being 0 on its own (``p_value``) and Holm-adjusted over the metrics
+    that have a better side (``p_holm``; NaN for the others), and which is better (``A``, ``B``, or ``""`` when
+    ``p_holm`` is not below 1 − :data:`~dsen2cr.summary.CONFIDENCE` or the metric has no better side)."""
 
     metric: str
     patches: int
@@ -59,6 +61,8 @@ class MetricComparison:
     difference: float
     ci_low: float
     ci_high: float
+    p_value: float
+    p_holm: float
     better: str
 
 
@@ -100,11 +104,13 @@ def higher_is_better(metric: str) -> bool | None:
 
 
 def compare_reports(a: Report, b: Report) -> list[MetricComparison]:
-    """Every metric both reports hold, compared over their common patches (which must be all of each's)."""
+    """Every metric both reports hold, compared over their common patches (which must be all of each's); which
+    model is better is decided at a family-wise level of 1 − :data:`~dsen2cr.summary.CONFIDENCE` over the metrics
+    that have a better side (Holm), so that of many metrics none is called better by chance alone."""
     _check_comparable(a, b)
     patches = sorted(a.values)
     metrics = [name for name in a.values[patches[0]] if name in b.values[patches[0]]]
-    comparisons = []
+    rows = []
     for metric in metrics:
         pairs = [(a.values[p][metric], b.values[p][metric], a.roi_of[p]) for p in patches]
         pairs = [(x, y, roi) for x, y, roi in pairs if math.isfinite(x) and math.isfinite(y)]
@@ -114,12 +120,16 @@ def compare_reports(a: Report, b: Report) -> list[MetricComparison]:
         second = np.array([y for _, y, _ in pairs])
         rois = [roi for _, _, roi in pairs]
         low, high = clustered_interval(second - first, rois)
-        direction = higher_is_better(metric)
-        better = ""
-        if direction is not None and not math.isnan(low) and (low > 0 or high < 0):
-            better = "B" if (low > 0) == direction else "A"
+        p_value = clustered_p_value(second - first, rois)
         means = float(first.mean()), float(second.mean()), float((second - first).mean())
-        comparisons.append(MetricComparison(metric, len(pairs), len(set(rois)), *means, low, high, better))
+        rows.append((metric, len(pairs), len(set(rois)), *means, low, high, p_value))
+    family = [row[-1] if higher_is_better(row[0]) is not None else math.nan for row in rows]
+    comparisons = []
+    for row, p_holm in zip(rows, holm_adjusted(family), strict=True):
+        better = ""
+        if p_holm < 1 - CONFIDENCE:
+            better = "B" if (row[5] > 0) == higher_is_better(row[0]) else "A"  # row[5]: the mean of B − A
+        comparisons.append(MetricComparison(*row, p_holm, better))
     return comparisons
 
 
@@ -160,16 +170,31 @@ def comparison_markdown(a: Report, b: Report, comparisons: list[MetricComparison
     """The comparison as Markdown: what A and B are, then a row per metric."""
     patches = max((c.patches for c in comparisons), default=0)
     rois = max((c.rois for c in comparisons), default=0)
+    family = sum(not math.isnan(c.p_holm) for c in comparisons)
     lines = [
         f"A: {a.folder} ({a.made_by()}); B: {b.folder} ({b.made_by()}).",
         f"Patch by patch on {patches} patches of {rois} ROI{'' if rois == 1 else 's'}; {a.summary.get('units')}; "
         f"{CONFIDENCE:.0%} confidence interval of the mean difference, the patches of one ROI one cluster.",
         "",
-        "| metric | A | B | B − A | interval of B − A | better |",
-        "|---|---|---|---|---|---|",
+        (
+            f"p: of B − A = 0, on its own (Holm-adjusted over the {family} metrics with a better side); better: where "
+            f"the adjusted p is below {1 - CONFIDENCE:.2g} (the chance that any metric is called better where the "
+            f"models are alike is at most {1 - CONFIDENCE:.0%})."
+            if family
+            else "No interval, p-value or better side: they need two ROIs or more (the ROIs are the independent draws)."
+        ),
+        "",
+        "| metric | A | B | B − A | interval of B − A | p (Holm) | better |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in comparisons:
         interval = "–" if math.isnan(c.ci_low) else f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+        p_values = (
+            "–"
+            if math.isnan(c.p_value)
+            else f"{c.p_value:.3g}" + ("" if math.isnan(c.p_holm) else f" ({c.p_holm:.3g})")
+        )
         better = c.better or ("–" if higher_is_better(c.metric) is None else "not shown")
-        lines.append(f"| {c.metric} | {c.mean_a:.4f} | {c.mean_b:.4f} | {c.difference:+.4f} | {interval} | {better} |")
+        means = f"{c.mean_a:.4f} | {c.mean_b:.4f} | {c.difference:+.4f}"
+        lines.append(f"| {c.metric} | {means} | {interval} | {p_values} | {better} |")
     return "\n".join(lines) + "\n"

@@ -30,16 +30,50 @@ def clustered_interval(values: np.ndarray, clusters: Sequence[str], level: float
     mean ± t(level, G − 1) · SE, with the cluster-robust standard error SE² = G / (G − 1) · Σ_g (Σ_{i∈g} (x_i −
     mean))² / n² over the G clusters of the n values (with one value per cluster, the usual s / √n; with equal
     clusters, the t-interval of the clusters' means). NaN bounds with fewer than two clusters."""
+    mean, error, count = _clustered_error(values, clusters)
+    if count < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, count - 1)) * error
+    return mean - half, mean + half
+
+
+def clustered_p_value(values: np.ndarray, clusters: Sequence[str]) -> float:
+    """The two-sided p-value of the mean of ``values`` being 0, by the test :func:`clustered_interval` inverts
+    (t = mean / SE on G − 1 degrees of freedom: the interval leaves out 0 at level 1 − α exactly where p < α). NaN
+    with fewer than two clusters; 1 where every value is 0, 0 where they all lie on one side of 0 alike."""
+    mean, error, count = _clustered_error(values, clusters)
+    if count < 2:
+        return math.nan
+    if error == 0:
+        return 1.0 if mean == 0 else 0.0
+    return float(2 * stats.t.sf(abs(mean) / error, count - 1))
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` (NaN ones left out of the family and kept NaN): the k-th
+    smallest of the m becomes max over j ≤ k of min(1, (m − j + 1) · p_(j)). Rejecting where the adjusted value
+    is below α keeps the chance of any false rejection among the m at most α, whatever their dependence."""
+    order = sorted((p, index) for index, p in enumerate(p_values) if not math.isnan(p))
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+def _clustered_error(values: np.ndarray, clusters: Sequence[str]) -> tuple[float, float, int]:
+    """The mean of ``values``, its cluster-robust standard error (:func:`clustered_interval`) and the number of
+    clusters G (NaN mean and error where G < 2)."""
     values = np.asarray(values, dtype=np.float64)
     names, index = np.unique(np.asarray(clusters), return_inverse=True)
     count = len(names)
     if count < 2 or values.size == 0:
-        return math.nan, math.nan
+        return math.nan, math.nan, count
     mean = values.mean()
     sums = np.bincount(index, weights=values - mean, minlength=count)
     error = math.sqrt(count / (count - 1) * float((sums**2).sum())) / values.size
-    half = float(stats.t.ppf(0.5 + level / 2, count - 1)) * error
-    return float(mean - half), float(mean + half)
+    return float(mean), error, count
 
 
 def summarise(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> Summary:
