@@ -11,7 +11,8 @@ from urllib.parse import urlparse
 import numpy as np
 
 from dsen2cr.inputs import s1_parts
-from dsen2cr.inputs.product import S2Product, is_url
+from dsen2cr.inputs.product import is_url
+from dsen2cr.inputs.provenance import s1_units_tags, s2_read_tags
 from dsen2cr.inputs.readers import S2Source
 from dsen2cr.preprocessing import S2_CLIP_DN, S2_MODEL_SCALE, S2_REFLECTANCE_SCALE
 from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings
@@ -113,23 +114,9 @@ def _declare_reflectance_scale(dataset: Any, count: int) -> None:
 
 
 def output_tags(s2: S2Source) -> dict[str, str]:
-    """Metadata of an output: what its DN mean, so that no one applies an offset twice, and how a product's
-    coarser bands were resampled."""
-    product = s2.product
-    return {
-        "DSEN2CR_RADIOMETRY": "reflectance x 10000, no offset; 0 = nodata",
-        "DSEN2CR_PROCESSING_LEVEL": product.level,
-        "DSEN2CR_OFFSET_REMOVED": offset_tag(product),
-        "DSEN2CR_OFFSET_SOURCE": product.offset_from,
-        "DSEN2CR_PROCESSING_BASELINE": product.baseline or "unknown",
-        **resampling_tags(product, s2.resampling),
-    }
-
-
-def offset_tag(product: S2Product) -> str:
-    """``DSEN2CR_OFFSET_REMOVED``: the DN offset removed from each band (``B01:-1000,…``), or ``none``."""
-    offsets = ",".join(f"{band}:{offset}" for band, offset in zip(product.bands, product.offsets, strict=True))
-    return offsets if any(product.offsets) else "none"
+    """Metadata of an output: what its DN mean, so that no one applies an offset twice, and how the S2 it was
+    computed from was read (:func:`~dsen2cr.inputs.provenance.s2_read_tags`)."""
+    return {"DSEN2CR_RADIOMETRY": "reflectance x 10000, no offset; 0 = nodata", **s2_read_tags(s2)}
 
 
 def run_tags(settings: SceneSettings) -> dict[str, str]:
@@ -144,21 +131,13 @@ def input_tags(job: SceneJob, settings: SceneSettings) -> dict[str, str]:
     """Metadata of every output of a scene, its cloud/shadow map too: the scene and S1 it was made from (file
     names, never a machine's folders), how S1 was read (dB, or linear power converted) and the paper mask's cloud
     threshold."""
-    units = {"DSEN2CR_S1_UNITS": "linear power, converted to dB (--s1-linear)" if settings.s1_linear else "dB"}
+    units = s1_units_tags(settings.s1_linear)
     return {
         "DSEN2CR_S2": _file_name(job.s2),
         "DSEN2CR_S1": ",".join(_file_name(part) for part in s1_parts(job.s1)) if job.s1 else "none",
         **(units if job.s1 else {}),
         **threshold_tags(settings.mask, settings.cloud_threshold),
     }
-
-
-def resampling_tags(product: S2Product, resampling: str) -> dict[str, str]:
-    """``DSEN2CR_RESAMPLING`` of a product read band file by band file (its 20 m and 60 m bands resampled onto
-    the 10 m grid by ``resampling``); nothing for a multi-band file, which is read as it is."""
-    if len(product.files) < 2:
-        return {}
-    return {"DSEN2CR_RESAMPLING": f"{resampling} (20 m and 60 m bands onto the 10 m grid)"}
 
 
 def threshold_tags(mask: str, cloud_threshold: float) -> dict[str, str]:

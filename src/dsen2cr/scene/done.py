@@ -14,11 +14,12 @@ from rasterio.errors import RasterioIOError
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product
 from dsen2cr.inputs.area import WHOLE_SCENE, area_text, area_window
+from dsen2cr.inputs.provenance import offset_tag, resampling_tags
 from dsen2cr.inputs.readers import scene_grid
 from dsen2cr.outputs.files import file_sha256
 from dsen2cr.predictor import recorded_sha256
 from dsen2cr.scene.checks import job_outputs
-from dsen2cr.scene.describe import input_tags, offset_tag, resampling_tags, run_tags
+from dsen2cr.scene.describe import input_tags, run_tags
 from dsen2cr.settings import SceneJob, SceneSettings, scene_bounds
 
 #: The image tags compared, and what each records, for messages.

@@ -1,0 +1,40 @@
+"""What an output records of the Sentinel-2 and Sentinel-1 inputs it was read from (``remove-clouds``' images and
+maps, ``data patches``' patch files): the processing level and baseline, the DN offset removed and where it was
+declared, how a product's coarser bands were resampled, and S1's units."""
+
+from __future__ import annotations
+
+from dsen2cr.inputs.product import S2Product
+from dsen2cr.inputs.readers import S2Source
+
+
+def s2_read_tags(s2: S2Source) -> dict[str, str]:
+    """How ``s2`` was read: its processing level and baseline, the offset removed (:func:`offset_tag`) and where it
+    was declared, and the resampling of a product's coarser bands (:func:`resampling_tags`)."""
+    product = s2.product
+    return {
+        "DSEN2CR_PROCESSING_LEVEL": product.level,
+        "DSEN2CR_OFFSET_REMOVED": offset_tag(product),
+        "DSEN2CR_OFFSET_SOURCE": product.offset_from,
+        "DSEN2CR_PROCESSING_BASELINE": product.baseline or "unknown",
+        **resampling_tags(product, s2.resampling),
+    }
+
+
+def offset_tag(product: S2Product) -> str:
+    """``DSEN2CR_OFFSET_REMOVED``: the DN offset removed from each band (``B01:-1000,…``), or ``none``."""
+    offsets = ",".join(f"{band}:{offset}" for band, offset in zip(product.bands, product.offsets, strict=True))
+    return offsets if any(product.offsets) else "none"
+
+
+def resampling_tags(product: S2Product, resampling: str) -> dict[str, str]:
+    """``DSEN2CR_RESAMPLING`` of a product read band file by band file (its 20 m and 60 m bands resampled onto
+    the 10 m grid by ``resampling``); nothing for a multi-band file, which is read as it is."""
+    if len(product.files) < 2:
+        return {}
+    return {"DSEN2CR_RESAMPLING": f"{resampling} (20 m and 60 m bands onto the 10 m grid)"}
+
+
+def s1_units_tags(linear: bool) -> dict[str, str]:
+    """``DSEN2CR_S1_UNITS``: how S1 was read (dB, or linear power converted with ``--s1-linear``)."""
+    return {"DSEN2CR_S1_UNITS": "linear power, converted to dB (--s1-linear)" if linear else "dB"}
