@@ -17,6 +17,7 @@ from rasterio.windows import transform as window_transform
 from dsen2cr.cli import main
 from dsen2cr.data.layout import read_file_list
 from dsen2cr.outputs.geotiff import write_geotiff
+from dsen2cr.preprocessing import S2_BANDS
 
 UTM33N = CRS.from_epsg(32633)
 ORIGIN = from_origin(400000, 5800000, 10, 10)
@@ -134,6 +135,42 @@ def test_patches_of_products_have_their_offsets_removed(workdir: Path, capsys: p
             np.testing.assert_array_equal(patch.read(2), blue)
             np.testing.assert_array_equal(patch.read(12), swir)
             assert patch.tags()["DSEN2CR_SOURCE"] == product.name and patch.transform == grid
+            tags = patch.tags()
+            offsets = ",".join(f"{band}:-1000" for band in S2_BANDS) if shift else "none"
+            assert tags["DSEN2CR_OFFSET_REMOVED"] == offsets  # what was removed, as the product declared it
+            assert tags["DSEN2CR_OFFSET_SOURCE"] == "metadata"  # (02.04 declares none)
+            assert tags["DSEN2CR_PROCESSING_BASELINE"] == ("05.10" if shift else "02.04")
+            assert tags["DSEN2CR_PROCESSING_LEVEL"] == "L1C"
+            assert tags["DSEN2CR_RESAMPLING"] == "nearest (20 m and 60 m bands onto the 10 m grid)"
+    with rasterio.open(next((workdir / "own").rglob("*_s1_7_p0.tif"))) as patch:
+        assert patch.tags()["DSEN2CR_S1_UNITS"] == "dB"
+
+
+def test_skip_existing_refuses_patches_read_otherwise(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Patches cut with the cloudy GeoTIFF's offset removed, or S1 read as dB, are not kept by a run that reads
+    them otherwise (the offset left out, --s1-linear): their files record how they were read, and the rerun
+    names the difference; the same options keep them."""
+    _scenes(tmp_path)
+    assert main(_patches(tmp_path, "--roi", "1")) == 0
+    with rasterio.open(next((tmp_path / "own").rglob("*_s2_cloudy_1_p0.tif"))) as patch:
+        assert patch.tags()["DSEN2CR_OFFSET_REMOVED"] == ",".join(f"{band}:-1000" for band in S2_BANDS)
+        assert patch.tags()["DSEN2CR_OFFSET_SOURCE"] == "option"
+    capsys.readouterr()
+    argv = _patches(tmp_path, "--roi", "1", "--skip-existing")
+    without_offset = argv[: argv.index("--s2-cloudy-offset")] + argv[argv.index("--s2-cloudy-offset") + 2 :]
+    assert main(without_offset) == 2
+    err = capsys.readouterr().err
+    assert "_s2_cloudy_1_p0.tif: read with DSEN2CR_OFFSET_REMOVED 'B1:-1000," in err and "reads with 'none'" in err
+    s1 = tmp_path / "s1.tif"
+    with rasterio.open(s1) as source:
+        linear, profile = 10 ** (source.read() / 10), source.profile
+    with rasterio.open(s1, "w", **profile) as target:  # the same values, stored as linear power
+        target.write(linear)
+    assert main([*argv, "--s1-linear"]) == 2
+    assert "_s1_1_p0.tif: read with DSEN2CR_S1_UNITS 'dB', this run reads with 'linear power" in capsys.readouterr().err
+    assert main([*argv[:-1], "--skip-existing", "--overwrite", "--s1-linear"]) == 0
+    assert main([*argv, "--s1-linear"]) == 0
+    assert "kept 3 that an earlier run wrote" in capsys.readouterr().out
 
 
 def test_a_failed_write_leaves_nothing(

@@ -42,7 +42,7 @@ def check_roi_outputs(
 def keeps_earlier_patches(
     folders: list[Path],
     names: dict[str, set[str]],
-    sources: dict[str, str],
+    recorded: dict[str, dict[str, str]],
     grid: Grid,
     windows: list[tuple[int, Window]],
     roi: int,
@@ -50,15 +50,16 @@ def keeps_earlier_patches(
     overwrite: bool,
 ) -> bool:
     """For ``--skip-existing``: whether the patches an earlier run left in a ROI's folders are kept: every one is a
-    window of the same scenes (``sources``: by sensor, the file names its files record) and lies where this run's
-    patch of its number lies (its georeferencing: the same ground and size). Patches cut otherwise are refused in
-    one line, or with ``overwrite`` replaced (False)."""
+    window of the same scenes, read alike (``recorded``: by sensor, the tags this run's files record: the scenes'
+    file names, offsets removed, resampling, S1's units; a tag an earlier version did not write is not compared)
+    and lies where this run's patch of its number lies (its georeferencing: the same ground and size). Patches cut
+    otherwise are refused in one line, or with ``overwrite`` replaced (False)."""
     window_of = dict(windows)
     for folder, sensor in zip(folders, SENSORS, strict=True):
         for path in sorted(folder / name for name in names[sensor] if (folder / name).is_file()):
             parsed = parse_patch_name(path.name)
             window = window_of.get(int(parsed[2])) if parsed is not None else None
-            differs = _cut_otherwise(path, sources[sensor], grid, window)
+            differs = _cut_otherwise(path, recorded[sensor], grid, window)
             if differs and not overwrite:
                 raise DSen2CRError(
                     f"{differs}: --skip-existing keeps only the patches this run would cut; pass --overwrite to cut "
@@ -69,17 +70,22 @@ def keeps_earlier_patches(
     return True
 
 
-def _cut_otherwise(path: Path, source: str, grid: Grid, window: Window | None) -> str | None:
+def _cut_otherwise(path: Path, expected: dict[str, str], grid: Grid, window: Window | None) -> str | None:
     """How a patch file was cut otherwise than as ``window`` of ``grid`` (None: no window of this run has its
-    number) from ``source`` (the name its files record), in words, or None."""
+    number), or read otherwise than its ``expected`` tags say (``DSEN2CR_SOURCE``: the scenes' names), in words, or
+    None."""
     try:
         with open_raster(path, what="patch") as patch:
-            recorded, transform = patch.tags().get("DSEN2CR_SOURCE"), patch.transform
+            tags, transform = patch.tags(), patch.transform
             shape = (patch.width, patch.height)
     except DSen2CRError as error:
         return str(error)
+    source, recorded = expected["DSEN2CR_SOURCE"], tags.get("DSEN2CR_SOURCE")
     if recorded != source:
         return f"{path}: cut from {recorded or 'scenes it does not record'}, this run cuts from {source}"
+    for key, value in expected.items():
+        if key in tags and tags[key] != value:
+            return f"{path}: read with {key} {tags[key]!r}, this run reads with {value!r}"
     if window is None:
         return f"{path}: this run cuts no patch of its number (a smaller scene or part, or patches of another size)"
     if shape != (window.width, window.height):

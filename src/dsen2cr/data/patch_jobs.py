@@ -25,9 +25,9 @@ from dsen2cr.data.patches import (
     check_numbers,
     cut_patches,
     open_scenes,
+    recorded_tags,
     scene_windows,
     season_of,
-    source_names,
 )
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.manifest import manifest_input, read_manifest_rows, row_bounds
@@ -131,9 +131,10 @@ def check_patch_jobs(jobs: list[PatchJob], out: str | Path, options: PatchOption
                     opened.callback(source.close)
                 grid = sources[0].grid
                 windows = scene_windows(job.scenes, grid, options.size, warn=False)  # (warned when cut)
+                tags = recorded_tags(job.scenes, sources[0], sources[1])
             folders, names = roi_outputs(out, season, job.roi, [number for number, _ in windows])
             keep = options.skip_existing and keeps_earlier_patches(
-                folders, names, source_names(job.scenes), grid, windows, job.roi, overwrite=options.overwrite
+                folders, names, tags, grid, windows, job.roi, overwrite=options.overwrite
             )
             check_roi_outputs(folders, names, job.roi, overwrite=options.overwrite, keep_earlier=keep)
         except DSen2CRError as error:

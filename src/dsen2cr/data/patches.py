@@ -30,6 +30,7 @@ from dsen2cr.data.patch_folders import check_roi_outputs, keeps_earlier_patches,
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import s1_parts
 from dsen2cr.inputs.area import area_text, area_window
+from dsen2cr.inputs.provenance import s1_units_tags, s2_read_tags
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source
 from dsen2cr.machine import cores
@@ -215,9 +216,8 @@ def cut_patches(
                 folder.mkdir(parents=True)
                 stack.callback(_remove_if_empty, folder)  # a failed run leaves no empty folder (season, root)
         stack.enter_context(output_locks(folders))
-        keep = skip_existing and keeps_earlier_patches(
-            folders, names, source_names(scenes), grid, windows, roi, overwrite=overwrite
-        )
+        tags = recorded_tags(scenes, cloudy, clear)
+        keep = skip_existing and keeps_earlier_patches(folders, names, tags, grid, windows, roi, overwrite=overwrite)
         check_roi_outputs(folders, names, roi, overwrite=overwrite, keep_earlier=keep)
         what = f"the patches of ROI {roi}"
         for folder, sensor in zip(folders, SENSORS, strict=True):
@@ -241,7 +241,7 @@ def cut_patches(
             if keep and all(path.is_file() for path in paths.values()):
                 report.kept += 1
                 continue
-            pending.append(writers.submit(_write_triplet, paths, arrays, grid, window, scenes))
+            pending.append(writers.submit(_write_triplet, paths, arrays, grid, window, tags))
             report.written += 1
             while len(pending) > 2 * workers:
                 pending.popleft().result()
@@ -277,12 +277,18 @@ def _left_out_because(
     return None
 
 
-def source_names(scenes: SceneTriplet) -> dict[str, str]:
-    """What each sensor's patch files record as their source (``DSEN2CR_SOURCE``): the scenes' file names."""
+def recorded_tags(scenes: SceneTriplet, cloudy: S2Source, clear: S2Source) -> dict[str, dict[str, str]]:
+    """What each sensor's patch files record of how they were read (but their window): the scenes' file names
+    (``DSEN2CR_SOURCE``), the S2 values' meaning and the products' level, baseline, offsets removed and resampling
+    (:func:`~dsen2cr.inputs.provenance.s2_read_tags`), S1's units; compared by ``--skip-existing``."""
+    radiometry = {"DSEN2CR_RADIOMETRY": "offset-free reflectance x 10000"}
     return {
-        "s2_cloudy": Path(scenes.s2_cloudy).name,
-        "s2": Path(scenes.s2).name,
-        "s1": ",".join(Path(part).name for part in s1_parts(scenes.s1)),
+        "s2_cloudy": {"DSEN2CR_SOURCE": Path(scenes.s2_cloudy).name, **radiometry, **s2_read_tags(cloudy)},
+        "s2": {"DSEN2CR_SOURCE": Path(scenes.s2).name, **radiometry, **s2_read_tags(clear)},
+        "s1": {
+            "DSEN2CR_SOURCE": ",".join(Path(part).name for part in s1_parts(scenes.s1)),
+            **s1_units_tags(scenes.s1_linear),
+        },
     }
 
 
@@ -292,35 +298,29 @@ def writer_threads() -> int:
 
 
 def _write_triplet(
-    paths: dict[str, Path], arrays: dict[str, np.ndarray], grid: Grid, window: Window, scenes: SceneTriplet
+    paths: dict[str, Path], arrays: dict[str, np.ndarray], grid: Grid, window: Window, tags: dict[str, dict[str, str]]
 ) -> None:
     """Write one patch's three files (on a writer thread: in GDAL's settings of its own): S2 as uint16 DN (13
-    bands), S1 as float32 dB (VV, VH), with the window's georeferencing and tags naming the scene and the window
-    they were cut from."""
+    bands), S1 as float32 dB (VV, VH), with the window's georeferencing and tags saying how they were read
+    (``tags`` by sensor: :func:`recorded_tags`), the window they were cut from and the version."""
     with gdal_block_cache():
-        _write_files(paths, arrays, grid, window, scenes)
+        _write_files(paths, arrays, grid, window, tags)
 
 
 def _write_files(
-    paths: dict[str, Path], arrays: dict[str, np.ndarray], grid: Grid, window: Window, scenes: SceneTriplet
+    paths: dict[str, Path], arrays: dict[str, np.ndarray], grid: Grid, window: Window, tags: dict[str, dict[str, str]]
 ) -> None:
     """:func:`_write_triplet`'s files."""
     transform = window_transform(window, grid.transform)
-    source_of = source_names(scenes)
+    where = f"column {window.col_off}, row {window.row_off}, {window.width}x{window.height} px"
     for sensor, path in paths.items():
         array = arrays[sensor]
         if sensor != "s1" and array.dtype != np.uint16:
             array = np.clip(np.rint(array), 0, np.iinfo(np.uint16).max).astype(np.uint16)
-        tags = {
-            "DSEN2CR_SOURCE": source_of[sensor],
-            "DSEN2CR_WINDOW": f"column {window.col_off}, row {window.row_off}, {window.width}x{window.height} px",
-            "DSEN2CR_VERSION": __version__,
-        }
-        if sensor != "s1":
-            tags["DSEN2CR_RADIOMETRY"] = "offset-free reflectance x 10000"
+        written = {**tags[sensor], "DSEN2CR_WINDOW": where, "DSEN2CR_VERSION": __version__}
 
-        def describe(dataset: object, tags: dict[str, str] = tags) -> None:
-            dataset.update_tags(**tags)  # type: ignore[attr-defined]
+        def describe(dataset: object, written: dict[str, str] = written) -> None:
+            dataset.update_tags(**written)  # type: ignore[attr-defined]
 
         bands = S1_BANDS if sensor == "s1" else S2_BANDS
         write_geotiff(path, array, crs=grid.crs, transform=transform, band_names=bands, describe=describe)

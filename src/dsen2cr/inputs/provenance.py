@@ -22,7 +22,7 @@ def s2_read_tags(s2: S2Source) -> dict[str, str]:
 
 
 def offset_tag(product: S2Product) -> str:
-    """``DSEN2CR_OFFSET_REMOVED``: the DN offset removed from each band (``B01:-1000,…``), or ``none``."""
+    """``DSEN2CR_OFFSET_REMOVED``: the DN offset removed from each band (``B1:-1000,…``), or ``none``."""
     offsets = ",".join(f"{band}:{offset}" for band, offset in zip(product.bands, product.offsets, strict=True))
     return offsets if any(product.offsets) else "none"
 
