@@ -225,3 +225,65 @@ def test_bounds_are_checked_however_made() -> None:
         SceneJob("s2.tif", None, Path("o.tif"), bounds=Bounds(500300, 4999700, 500100, 4999900))
     with pytest.raises(DSen2CRError, match="9 45 10 95 are no longitudes and latitudes of EPSG:4326"):
         Bounds(9, 45, 10, 95, crs="EPSG:4326")
+
+
+def _shadowed_scene() -> np.ndarray:
+    """A scene whose near-infrared, SWIR and blue grow from west to east, with a very dark corner: the part's own
+    statistics call its western third shadow, the scene's (their minimum in the corner) none of it."""
+    east = np.tile(np.arange(50), (40, 1)) / 50
+    s2 = np.full((13, 40, 50), 1200.0)
+    s2[1] = 500 + 400 * east  # B2
+    s2[7] = s2[11] = 2000 + 1500 * east  # B8, B11
+    s2[:, 0:8, 0:8] = 150
+    s2[10] = 20  # B10: a clear sky's cirrus
+    return s2.astype(np.uint16)
+
+
+def test_mask_statistics_of_the_area_are_the_parts_own_pixels(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``--mask-statistics area``: the shadow thresholds take the part's pixels' statistics (worked out here in
+    float64 from the part's DN, the map then made as the paper's detector makes it, with the scene around the part
+    as context: 128 shadow pixels, where the scene's statistics give none), the statistics pass reads no block
+    beyond the part, the outputs record it, and --skip-existing tells a run with the scene's statistics apart."""
+    from scipy import ndimage
+
+    import dsen2cr.scene.masking as masking
+    from dsen2cr.cloud_detection import cloud_shadow_mask
+
+    blocks: list[Window] = []
+    block_stats = masking._block_stats
+
+    def recorded(s2: object, window: Window, stop: object) -> object:
+        blocks.append(window)
+        return block_stats(s2, window, stop)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(masking, "_block_stats", recorded)
+    s2 = _shadowed_scene()
+    scene, _ = workdir.scene(s2=s2)
+    weights = workdir.weights("dsen2cr-small-nosar")
+    bounds = ["--bounds", str(WEST + 153), str(NORTH - 275), str(WEST + 347), str(NORTH - 122)]
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(scene), "--tile", "32", "--no-progress", *bounds]
+    for name, statistics in (("area", "area"), ("scene", "scene")):
+        mask_out = ["--mask-out", str(workdir / f"{name}_mask.tif"), "--mask-statistics", statistics]
+        assert main([*argv, "--out", str(workdir / f"{name}.tif"), *mask_out]) == 0
+    window = Window(15, 12, 20, 16)  # by hand above
+    assert blocks == [window, Window(0, 0, 50, 40)]  # the part alone; then the whole scene
+    r = s2.astype(np.float64) / 10000
+    csi, blue = (r[7] + r[11]) / 2, r[1]
+    part = (slice(12, 28), slice(15, 35))
+    t3 = csi[part].min() + 0.75 * (csi[part].mean() - csi[part].min())
+    t4 = blue[part].min() + 5 / 6 * (blue[part].mean() - blue[part].min())
+    dark = ((csi < t3) & (blue < t4)).astype(int)
+    expected = np.where(ndimage.convolve(dark, np.ones((5, 5), int), mode="constant") > 12, 2, 0)
+    expected[cloud_shadow_mask(s2) == 1] = 1
+    with rasterio.open(workdir / "area_mask.tif") as mask, rasterio.open(workdir / "area.tif") as image:
+        np.testing.assert_array_equal(mask.read(1), expected[part])
+        assert (mask.read(1) == 2).sum() == 128
+        assert mask.tags()["DSEN2CR_MASK_STATISTICS"] == image.tags()["DSEN2CR_MASK_STATISTICS"] == "area"
+    with rasterio.open(workdir / "scene_mask.tif") as mask:
+        assert (mask.read(1) == 2).sum() == 0 and mask.tags()["DSEN2CR_MASK_STATISTICS"] == "scene"
+    capsys.readouterr()
+    again = [*argv, "--out", str(workdir / "area.tif"), "--skip-existing"]
+    assert main(again) == 2
+    assert "made with --mask-statistics area, this run's is scene" in capsys.readouterr().err

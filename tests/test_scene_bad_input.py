@@ -310,6 +310,14 @@ CASES = [
         absent=("o.tif",),
     ),
     dict(
+        name="remove-clouds: --mask-statistics area with --mask product (which has no statistics)",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), "--mask", "product", "--mask-statistics", "area", "--keep-clear"
+        ),
+        message="--mask-statistics: is for --mask paper's shadow thresholds; --mask product has none",
+        absent=("o.tif",),
+    ),
+    dict(
         name="remove-clouds: --mask-out is --out",
         setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), "--mask-out", str(t / "o.tif")),
         message="would replace output out",

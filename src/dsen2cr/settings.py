@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 BACKEND_CHOICES = ("auto", "eager", "compiled", "onnxruntime")
 RESAMPLINGS = ("nearest", "bilinear")
 MASK_KINDS = ("paper", "product", "s2cloudless")
+#: Where the paper mask's shadow thresholds take their image statistics: the whole scene, or a --bounds part.
+MASK_STATISTICS = ("scene", "area")
 #: The smallest tile the planner accepts (pixels).
 MIN_TILE = 16
 #: ``--feather`` default (pixels): the paper mask's score is smoothed over 5 px (grey closing radius 2, then
@@ -93,6 +95,7 @@ class SceneSettings:
     bounds: tuple[float, float, float, float] | None = None
     bounds_crs: str | None = None
     mask: str = "paper"
+    mask_statistics: str = "scene"  # the paper mask's statistics: of the whole scene, or of the --bounds part
     keep_clear: bool = False
     feather: int = DEFAULT_FEATHER
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
@@ -115,6 +118,11 @@ class SceneSettings:
         _choice("--precision", self.precision, PRECISIONS)
         _choice("--resampling", self.resampling, RESAMPLINGS)
         _choice("--mask", self.mask, MASK_KINDS)
+        _choice("--mask-statistics", self.mask_statistics, MASK_STATISTICS)
+        if self.mask_statistics != "scene" and self.mask != "paper":
+            raise DSen2CRError(
+                f"--mask-statistics: is for --mask paper's shadow thresholds; --mask {self.mask} has none"
+            )
         if self.tile != "auto" and not (_is_int(self.tile) and int(self.tile) >= MIN_TILE):
             raise DSen2CRError(f"--tile: must be at least {MIN_TILE} pixels (or auto), got {self.tile}")
         if self.overlap is not None and not (_is_int(self.overlap) and self.overlap >= 0):

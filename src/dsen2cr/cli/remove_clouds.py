@@ -20,7 +20,7 @@ from dsen2cr.cli.options import (
     cloud_score,
     finite_float,
 )
-from dsen2cr.settings import BACKEND_CHOICES, DEFAULT_FEATHER, MASK_KINDS, MAX_FEATHER
+from dsen2cr.settings import BACKEND_CHOICES, DEFAULT_FEATHER, MASK_KINDS, MASK_STATISTICS, MAX_FEATHER
 
 if TYPE_CHECKING:
     from dsen2cr.settings import SceneJob
@@ -136,6 +136,14 @@ def _add_masks(parser: argparse.ArgumentParser) -> None:
         help="cloud/shadow map for --mask-out, --keep-clear and the preview outline: paper (the paper's detector, "
         "scene-wide statistics), product (Level-2A SCL, Level-1C MSK_CLASSI_B00) or s2cloudless (clouds only; "
         "pip install 'dsen2cr[masks]') (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mask-statistics",
+        choices=MASK_STATISTICS,
+        default="scene",
+        help="where --mask paper's shadow thresholds take their statistics: the whole scene (a --bounds part's map "
+        "is the whole run's) or area: the part's own pixels, as the paper's code took each image's (reads nothing "
+        "beyond the part: over HTTP, a small part's bytes) (default: %(default)s)",
     )
     parser.add_argument(
         "--keep-clear",

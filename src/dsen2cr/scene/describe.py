@@ -129,14 +129,15 @@ def run_tags(settings: SceneSettings) -> dict[str, str]:
 
 def input_tags(job: SceneJob, settings: SceneSettings) -> dict[str, str]:
     """Metadata of every output of a scene, its cloud/shadow map too: the scene and S1 it was made from (file
-    names, never a machine's folders), how S1 was read (dB, or linear power converted) and the paper mask's cloud
-    threshold."""
+    names, never a machine's folders), how S1 was read (dB, or linear power converted), and the paper mask's cloud
+    threshold and where its shadow thresholds took their statistics (``scene`` or the ``area`` of --bounds)."""
     units = s1_units_tags(settings.s1_linear)
     return {
         "DSEN2CR_S2": _file_name(job.s2),
         "DSEN2CR_S1": ",".join(_file_name(part) for part in s1_parts(job.s1)) if job.s1 else "none",
         **(units if job.s1 else {}),
         **threshold_tags(settings.mask, settings.cloud_threshold),
+        **({"DSEN2CR_MASK_STATISTICS": settings.mask_statistics} if settings.mask == "paper" else {}),
     }
 
 

@@ -34,6 +34,7 @@ COMPARED = {
     "DSEN2CR_KEEP_CLEAR": "--keep-clear",
     "DSEN2CR_MASK": "--mask",
     "DSEN2CR_CLOUD_THRESHOLD": "--cloud-threshold",
+    "DSEN2CR_MASK_STATISTICS": "--mask-statistics",
 }
 
 #: Tags that outputs of earlier versions lack.
@@ -58,6 +59,8 @@ def made_otherwise(job: SceneJob, product: S2Product, settings: SceneSettings, d
     grid = scene_grid(product)
     expected["DSEN2CR_AREA"] = area_text(area_window(grid, scene_bounds(job, settings), job.s2, warn=False), grid)
     tags.setdefault("DSEN2CR_AREA", WHOLE_SCENE)  # made before --bounds: of the whole scene
+    if tags.get("DSEN2CR_MASK") == "paper":
+        tags.setdefault("DSEN2CR_MASK_STATISTICS", "scene")  # made before --mask-statistics: the scene's
     expected.update(resampling_tags(product, settings.resampling))
     for key, what in COMPARED.items():
         made, wanted = tags.get(key), expected.get(key)

@@ -98,12 +98,18 @@ class SceneMasker:
     it closes).
 
     :meth:`window` may run on several threads at once: each reads through file handles of its own. The
-    paper mask's scene statistics are gathered on a thread of their own from the start (its blocks read on
-    ``stats_threads``), so that the network runs meanwhile; the first window waits for them (and raises their
-    error, a bad read, if any)."""
+    paper mask's scene statistics (of the window ``statistics_of`` instead, where given: a part's own pixels) are
+    gathered on a thread of their own from the start (its blocks read on ``stats_threads``), so that the network
+    runs meanwhile; the first window waits for them (and raises their error, a bad read, if any)."""
 
     def __init__(
-        self, s2: S2Source, kind: str = "paper", threshold: float = DEFAULT_CLOUD_THRESHOLD, stats_threads: int = 1
+        self,
+        s2: S2Source,
+        kind: str = "paper",
+        threshold: float = DEFAULT_CLOUD_THRESHOLD,
+        stats_threads: int = 1,
+        *,
+        statistics_of: Window | None = None,
     ) -> None:
         if kind not in MASK_KINDS:
             raise DSen2CRError(f"mask: expected one of {MASK_KINDS}, got {kind!r}")
@@ -119,7 +125,8 @@ class SceneMasker:
         self._stats_thread: ThreadPoolExecutor | None = None
         if kind == "paper":
             self._stats_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-mask-stats")
-            self._stats = self._stats_thread.submit(_scene_shadow_stats_on_thread, s2, self._stop, stats_threads)
+            area = statistics_of or Window(0, 0, s2.grid.width, s2.grid.height)
+            self._stats = self._stats_thread.submit(_scene_shadow_stats_on_thread, s2, area, self._stop, stats_threads)
         elif kind == "product":
             self._open_product_mask()
         else:
@@ -222,16 +229,24 @@ def product_mask(classes: np.ndarray, kind: str) -> np.ndarray:
     return result
 
 
-def _scene_shadow_stats_on_thread(s2: S2Source, stop: threading.Event, threads: int) -> ShadowStats | None:
+def _scene_shadow_stats_on_thread(
+    s2: S2Source, area: Window, stop: threading.Event, threads: int
+) -> ShadowStats | None:
     """:func:`_scene_shadow_stats` on a thread of its own (GDAL's block cache bounded as on the others)."""
     with gdal_block_cache():
-        return _scene_shadow_stats(s2, stop=stop, threads=threads)
+        return _scene_shadow_stats(s2, area=area, stop=stop, threads=threads)
 
 
 def _scene_shadow_stats(
-    s2: S2Source, block: int = 1024, *, stop: threading.Event | None = None, threads: int = 1
+    s2: S2Source,
+    block: int = 1024,
+    *,
+    area: Window | None = None,
+    stop: threading.Event | None = None,
+    threads: int = 1,
 ) -> ShadowStats | None:
-    """The shadow thresholds' statistics over the scene's valid pixels (one streamed pass; ``stop``, when set,
+    """The shadow thresholds' statistics over the valid pixels of the scene, or of its window ``area``, in blocks
+    from its corner (one streamed pass; ``stop``, when set,
     ends it before the next read, returning None). Each block reads :data:`SHADOW_STATS_BANDS` only (a
     product's three band files of thirteen) where one of them has data on every pixel; a pixel where none has
     may hold data in another band (a swath's edge differs between bands), so such a block is read whole.
@@ -239,10 +254,12 @@ def _scene_shadow_stats(
     With ``threads`` > 1 the blocks are read on that many threads, each through handles of its own; the blocks'
     sums are added in the scene's order all the same, so the statistics are those of one thread bit for bit."""
     grid = s2.grid
+    area = area or Window(0, 0, grid.width, grid.height)
+    (top, bottom), (left, right) = area.toranges()
     windows = [
-        Window(col, row, min(block, grid.width - col), min(block, grid.height - row))
-        for row in range(0, grid.height, block)
-        for col in range(0, grid.width, block)
+        Window(col, row, min(block, right - col), min(block, bottom - row))
+        for row in range(top, bottom, block)
+        for col in range(left, right, block)
     ]
     if threads <= 1:
         return _merged(_block_stats(s2, window, stop) for window in windows)

@@ -133,7 +133,7 @@ def _remove_scene(
     without ``--bounds``)."""
     set_block_cache_bytes(plan.block_cache_bytes)
     bounds = scene_bounds(job, plan.settings)
-    with gdal_block_cache(), open_scene_inputs(predictor, job, plan, product) as inputs:
+    with gdal_block_cache(), open_scene_inputs(predictor, job, plan, product, area) as inputs:
         tiles = plan_area_tiles(inputs.grid.height, inputs.grid.width, area, plan.tile, plan.overlap)
         start = time.perf_counter()
         writer = _TileWriter(

@@ -9,6 +9,8 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from rasterio.windows import Window
+
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product
 from dsen2cr.inputs.readers import Grid, S2Source
@@ -39,10 +41,10 @@ class SceneInputs:
 
 @contextlib.contextmanager
 def open_scene_inputs(
-    predictor: Predictor, job: SceneJob, plan: ScenePlan, product: S2Product
+    predictor: Predictor, job: SceneJob, plan: ScenePlan, product: S2Product, area: Window
 ) -> Iterator[SceneInputs]:
-    """Open S2 (resolved once: ``product``), S1 warped onto its grid, and the masker; close them all on the way
-    out."""
+    """Open S2 (resolved once: ``product``), S1 warped onto its grid, and the masker (the paper mask's statistics
+    of the whole scene, or of ``area`` with ``--mask-statistics area``); close them all on the way out."""
     settings = plan.settings
     s2 = S2Source(product, resampling=settings.resampling, band_threads=plan.band_threads)
     inputs = SceneInputs(s2)
@@ -55,7 +57,10 @@ def open_scene_inputs(
         if settings.keep_clear or job.mask_out is not None or job.preview is not None or settings.mask != "paper":
             # its own file handles: the batch loop's reader thread owns ``s2`` while the loop runs; its statistics
             # pass reads the whole scene before the first map, on as many threads as the reader reads bands
-            inputs.masker = SceneMasker(s2.reopen(), settings.mask, settings.cloud_threshold, plan.band_threads)
+            statistics_of = area if settings.mask_statistics == "area" else None
+            inputs.masker = SceneMasker(
+                s2.reopen(), settings.mask, settings.cloud_threshold, plan.band_threads, statistics_of=statistics_of
+            )
         if predictor.include_sar:
             assert job.s1 is not None  # checked in check_job
             inputs.s1 = S1Source(job.s1, s2.grid, linear=settings.s1_linear)
