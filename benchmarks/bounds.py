@@ -8,8 +8,9 @@ the network's pixels are those of the planned windows (a part's windows read hal
 
 ``--remote``: the scene as a STAC item whose 13 band COGs (deflate, 512 px blocks, with overviews) an HTTP server
 on 127.0.0.1 serves by byte ranges, as object stores do; the bytes and requests it answers are counted, for the
-whole scene and parts of a quarter and an eighth of its side (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``, as COG
-readers set it: GDAL lists no folder on the server).
+whole scene and parts of a quarter and an eighth of its side, the eighth also with ``--mask-out`` and the mask's
+statistics of the scene or of the part (``--mask-statistics area``) (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``, as
+COG readers set it: GDAL lists no folder on the server).
 
 Run: ``python -m benchmarks.bounds [--device cuda] [--size 4096] [--variant dsen2cr-nosar] [--remote]``
 (writes benchmarks/results/bounds[-cuda][-remote].json and .md).
@@ -175,7 +176,7 @@ def remote_rows(predictor: object, size: int, variant: str) -> list[dict[str, ob
         item = {"type": "Feature", "id": "remote", "properties": {"s2:processing_baseline": "02.14"}, "assets": assets}
         (folder / "item.json").write_text(json.dumps(item))
         step = (east - west) / size
-        runs: list[tuple[str, tuple[float, float, float, float] | None]] = [("whole scene", None)]
+        runs: list[tuple[str, tuple[float, float, float, float] | None, str | None]] = [("whole scene", None, None)]
         for fraction in (4, 8):
             side = size // fraction
             first = (size - side) // 2
@@ -185,13 +186,20 @@ def remote_rows(predictor: object, size: int, variant: str) -> list[dict[str, ob
                 west + (first + side) * step,
                 north - first * step,
             )
-            runs.append((f"--bounds of {side}x{side} px (1/{fraction**2} of it)", part))
+            runs.append((f"--bounds of {side}x{side} px (1/{fraction**2} of it)", part, None))
+        name, part, _ = runs[-1]
+        runs.append((f"{name}, --mask-out (the scene's mask statistics)", part, "scene"))
+        runs.append((f"{name}, --mask-out --mask-statistics area", part, "area"))
         try:
-            for name, bounds in runs:
+            for name, bounds, statistics in runs:
                 _RangeServer.counts.update(bytes=0, requests=0)
-                job = SceneJob(f"{base}/item.json", None, folder / "out.tif")
+                mask_out = folder / "mask.tif" if statistics else None
+                job = SceneJob(f"{base}/item.json", None, folder / "out.tif", mask_out=mask_out)
+                settings = SceneSettings(
+                    progress=False, bounds=bounds, overwrite=True, mask_statistics=statistics or "scene"
+                )
                 start = time.perf_counter()
-                remove_clouds(predictor, job, SceneSettings(progress=False, bounds=bounds, overwrite=True))  # type: ignore[arg-type]
+                remove_clouds(predictor, job, settings)  # type: ignore[arg-type]
                 total = time.perf_counter() - start
                 fetched, requests = _RangeServer.counts["bytes"], _RangeServer.counts["requests"]
                 share = f"{fetched / stored:.3f} of the COGs' {stored / 1e6:.1f} MB"
