@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from rasterio.windows import Window
 
 from dsen2cr.visualize import (
     RGB_BANDS,
@@ -53,7 +54,6 @@ def test_a_small_parts_quicklook_is_drawn_larger_with_its_legends_whole() -> Non
     after = rng.integers(1, 3000, size=(13, 30, 20)).astype(np.uint16)
     mask = np.zeros((30, 20), np.int8)  # clear: no outlines drawn over the input
     sigma = rng.uniform(0, 500, size=(13, 30, 20)).astype(np.float32)
-    from rasterio.windows import Window
 
     quicklook = Quicklook(30, 20, caption=CAPTION)
     quicklook.add(Window(0, 0, 20, 30), before, after, mask, sigma)
@@ -100,3 +100,16 @@ def _saved(quicklook: Quicklook) -> np.ndarray:
 def _texts(quicklook: Quicklook) -> list[str]:
     titles = ["Input (cloud and shadow outlined)", f"Output: {quicklook.mode}", "Mean sigma over the bands (DN)"]
     return [quicklook.caption, *titles]
+
+
+def test_the_colour_bar_keeps_one_line_whatever_sigmas_scale() -> None:
+    """Sigma's 99th percentile of a poorly trained model can be huge: the colour bar's label stays one line (it
+    wrapped onto a second and the preview failed), and a sigma map holding infinities still draws."""
+    for top in (5.0, 695.0, 123456.0, 1e12):
+        assert colour_bar(top).shape == (18, 260, 3)
+    quicklook = Quicklook(20, 20)
+    sigma = np.full((13, 20, 20), 1e12, np.float32)
+    sigma[:, :5] = np.inf
+    quicklook.add(Window(0, 0, 20, 20), *np.ones((2, 13, 20, 20), np.uint16), sigma_dn=sigma)
+    figure = _saved(quicklook)
+    assert figure.shape[1] == 3 * 240 + 2 * 4

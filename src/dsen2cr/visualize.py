@@ -242,7 +242,7 @@ class Quicklook:
         panels = [before, rgb_image(larger(self.after))]
         titles = ["Input (cloud and shadow outlined)" if self.mask is not None else "Input", f"Output: {self.mode}"]
         if self.sigma is not None:
-            valid = self.sigma[self.sigma >= 0]
+            valid = self.sigma[np.isfinite(self.sigma) & (self.sigma >= 0)]
             top = float(np.percentile(valid, 99)) if valid.size else 1.0
             panels.append(sigma_colours(larger(self.sigma), top))
             titles.append("Mean sigma over the bands (DN)")
@@ -291,7 +291,8 @@ def colour_bar(top: float, width: int = 260) -> np.ndarray:
     strip = np.full((18, width, 3), 255, np.uint8)
     strip[3:15, 30 : 30 + ramp.shape[1]] = ramp
     strip[:, :28] = label("0", 28, 18)
-    strip[:, 32 + ramp.shape[1] :] = label(f"{top:.0f} DN", width - 32 - ramp.shape[1], 18)
+    text = f"{top:.0f} DN" if top < 1e6 else f"{top:.1e} DN"  # one line: a poorly trained model's sigma is huge
+    strip[:, 32 + ramp.shape[1] :] = label(text, width - 32 - ramp.shape[1], 18)[:18]
     return strip
 
 
