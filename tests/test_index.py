@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pyproj import Transformer
 from rasterio.crs import CRS
 
 from dsen2cr.data.index import index_dataset
@@ -132,8 +133,11 @@ def test_roi_lists_are_checked_against_the_seasons_the_tree_holds(
 def test_held_out_patches_on_training_ground_are_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Training ROI 1: 32 px patches (320 m) at x = 0 and 1000 m. Test ROI 2: a patch half over the first (counted)
     and one whose west edge touches its east edge (not: no shared area). Test ROI 4: a patch between ROI 1's two,
-    inside the box around them but on none (not). Validation ROI 3: ROI 1's ground on another CRS (not compared).
-    Each placement worked out by hand: one test patch of three lies on training ground."""
+    inside the box around them but on none (not). Validation ROI 3: ROI 1's numbers on the next UTM zone, 6
+    degrees east (not: other ground). Validation ROI 5: on the next zone's grid too, one patch over ROI 1's first
+    (its corner taken there by pyproj, 40 m east and 50 m south: counted, as tiles of two zones overlap) and one
+    a patch's width east of ROI 1's second (not: beside it). Each placement worked out by hand: one test patch of
+    three and one validation patch of three lie on training ground."""
     import logging
 
     import numpy as np
@@ -145,20 +149,54 @@ def test_held_out_patches_on_training_ground_are_warned(tmp_path: Path, caplog: 
     rng = np.random.default_rng(0)
     placed = [(1, 0, 0.0, 32632), (1, 1, 1000.0, 32632), (2, 0, 160.0, 32632), (2, 1, 320.0, 32632)]
     placed += [(4, 0, 500.0, 32632), (3, 0, 0.0, 32633)]
+    to_zone_33 = Transformer.from_crs(32632, 32633, always_xy=True)
+    east, north = to_zone_33.transform(400000 + 40, 5000000 - 50)  # 40 m east, 50 m south of ROI 1's first patch
+    beside_east, beside_north = to_zone_33.transform(400000 + 1000 + 320, 5000000)  # east of ROI 1's second
+    origins = {(5, 0): (east, north), (5, 1): (beside_east, beside_north)}
+    placed += [(5, 0, 0.0, 32633), (5, 1, 0.0, 32633)]
     for roi, patch, west, epsg in placed:
-        grid = {"crs": CRS.from_epsg(epsg), "transform": from_origin(400000 + west, 5000000, 10, 10)}
+        x, y = origins.get((roi, patch), (400000 + west, 5000000))
+        grid = {"crs": CRS.from_epsg(epsg), "transform": from_origin(x, y, 10, 10)}
         for sensor, path in release_triplet(root, "ROIs0_own", roi, patch).paths().items():
             path.parent.mkdir(parents=True, exist_ok=True)
             bands = 2 if sensor == "s1" else 13
             write_geotiff(path, rng.integers(1, 5000, size=(bands, 32, 32)).astype(np.float32), **grid)
     with caplog.at_level(logging.WARNING):
         report = index_dataset(
-            root, tmp_path / "files.csv", val_rois={"ROIs0_own/3"}, test_rois={"ROIs0_own/2", "ROIs0_own/4"}
+            root,
+            tmp_path / "files.csv",
+            val_rois={"ROIs0_own/3", "ROIs0_own/5"},
+            test_rois={"ROIs0_own/2", "ROIs0_own/4"},
         )
-    assert report.on_training_ground == {3: (1, ["ROIs0_own/2"], ["ROIs0_own/1"])}
+    assert report.on_training_ground == {
+        2: (1, ["ROIs0_own/5"], ["ROIs0_own/1"]),
+        3: (1, ["ROIs0_own/2"], ["ROIs0_own/1"]),
+    }
     warned = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert warned == [
         "1 of the 3 test patches (ROI ROIs0_own/2) lie on ground that training patches cover (ROI ROIs0_own/1): a "
         "model would be scored there on ground it trained on; give ROIs of one place one split (--val-rois, "
-        "--test-rois)"
+        "--test-rois)",
+        "1 of the 3 validation patches (ROI ROIs0_own/5) lie on ground that training patches cover (ROI "
+        "ROIs0_own/1): a model would be scored there on ground it trained on; give ROIs of one place one split "
+        "(--val-rois, --test-rois)",
     ]
+
+
+def test_footprints_on_two_utm_zones_are_compared_by_their_ground() -> None:
+    """A 10 km square on zone 32 by the zone's edge; the same ground's middle on zone 33 (by pyproj): overlapping;
+    a square on zone 33 100 m east of the first's east edge (both its corners taken there by pyproj): not; the
+    first's numbers on zone 33 (6 degrees east): not; a footprint without a CRS: not compared."""
+    from dsen2cr.rasters import Footprint
+
+    first = Footprint("EPSG:32632", (690000.0, 5800000.0, 700000.0, 5810000.0))
+    to_33 = Transformer.from_crs(32632, 32633, always_xy=True)
+    (west, south), (east, north) = to_33.transform(695000, 5803000), to_33.transform(699000, 5807000)
+    middle = Footprint("EPSG:32633", (west, south, east, north))
+    corners = [to_33.transform(700000, y) for y in (5800000, 5810000)]
+    edge = max(x for x, _ in corners) + 100
+    beside = Footprint("EPSG:32633", (edge, min(y for _, y in corners), edge + 10000, max(y for _, y in corners)))
+    assert first.overlaps(middle) and middle.overlaps(first)
+    assert not first.overlaps(beside) and not beside.overlaps(first)
+    assert not first.overlaps(Footprint("EPSG:32633", first.bounds))
+    assert not first.overlaps(Footprint("", first.bounds))

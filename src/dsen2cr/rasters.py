@@ -13,6 +13,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine, array_bounds
+from rasterio.warp import transform
 from rasterio.windows import Window
 
 import dsen2cr.machine as machine
@@ -109,9 +110,21 @@ class Footprint:
         bounds = (min(west, east), min(south, north), max(west, east), max(south, north))
         return cls(crs.to_string() if crs is not None else "", bounds)
 
-    def overlaps(self, other: Footprint) -> bool:
-        """Whether the two share ground of positive area (footprints on two CRSs are not compared: False)."""
-        return self.crs == other.crs and bool(overlapping(np.array([self.bounds]), np.array([other.bounds])).any())
+    def overlaps(self, other: Footprint, samples: int = 32) -> bool:
+        """Whether the two share ground of positive area: on one CRS by their bounds (edges that touch do not
+        count); on two (tiles of neighbouring UTM zones), whether a point of a ``samples`` x ``samples`` lattice over
+        either lies inside the other, taken onto its CRS (:func:`lattice_inside`: never a false alarm, where boxes
+        turned onto another CRS would overlap beside each other; a sliver narrower than 1/``samples`` of a side is
+        missed). Without a CRS, False."""
+        first, second = np.array([self.bounds]), np.array([other.bounds])
+        if self.crs == other.crs:
+            return bool(overlapping(first, second).any())
+        if not self.crs or not other.crs:
+            return False
+        return bool(
+            lattice_inside(first, self.crs, second, other.crs, samples).any()
+            or lattice_inside(second, other.crs, first, self.crs, samples).any()
+        )
 
 
 def overlapping(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -119,3 +132,20 @@ def overlapping(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     ``second`` (one CRS): an ``(n, m)`` boolean array (edges that touch do not overlap)."""
     a, b = first[:, None, :], second[None, :, :]
     return (a[..., 0] < b[..., 2]) & (b[..., 0] < a[..., 2]) & (a[..., 1] < b[..., 3]) & (b[..., 1] < a[..., 3])
+
+
+def lattice_inside(
+    first: np.ndarray, first_crs: str, second: np.ndarray, second_crs: str, samples: int = 1
+) -> np.ndarray:
+    """``(n, m)``: whether a point of a ``samples`` x ``samples`` lattice over each of the ``(n, 4)`` bounds
+    ``first`` (its cells' centres; ``samples`` 1: its centre), taken from ``first_crs`` onto ``second_crs``, lies
+    strictly inside each of the ``(m, 4)`` bounds ``second``."""
+    steps = (np.arange(samples) + 0.5) / samples
+    xs = first[:, 0:1] + (first[:, 2:3] - first[:, 0:1]) * steps  # (n, samples)
+    ys = first[:, 1:2] + (first[:, 3:4] - first[:, 1:2]) * steps
+    xs, ys = np.repeat(xs, samples, axis=1), np.tile(ys, (1, samples))  # every x with every y
+    moved_x, moved_y = transform(first_crs, second_crs, xs.ravel(), ys.ravel())
+    x = np.asarray(moved_x).reshape(len(first), -1, 1)
+    y = np.asarray(moved_y).reshape(len(first), -1, 1)
+    inside = (second[:, 0] < x) & (x < second[:, 2]) & (second[:, 1] < y) & (y < second[:, 3])  # (n, points, m)
+    return np.asarray(inside.any(axis=1))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.warp import transform_bounds
 
 from dsen2cr.data.layout import (
     SEASONS,
@@ -23,7 +24,7 @@ from dsen2cr.data.layout import (
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import atomic_path, check_output_file
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
-from dsen2cr.rasters import Footprint, overlapping
+from dsen2cr.rasters import Footprint, lattice_inside, overlapping
 
 _EXPECTED_BANDS = {"s1": NUM_S1_BANDS, "s2": NUM_S2_BANDS, "s2_cloudy": NUM_S2_BANDS}
 #: Folder names of the DSen2-CR flat layout (the cloud-free folder has had both names in the wild).
@@ -190,23 +191,34 @@ def held_out_on_training_ground(
     triplets: list[Triplet], footprints: list[Footprint]
 ) -> dict[int, tuple[int, list[str], list[str]]]:
     """For the validation and test splits of ``triplets`` (each covering its ``footprints`` ground): how many of
-    their patches share ground with a training patch (on one CRS), their ROIs and the training ROIs concerned.
-    ROIs are compared by the box around their patches first, then patch by patch."""
+    their patches share ground with a training patch, their ROIs and the training ROIs concerned. ROIs are
+    compared by the box around their patches first (in longitude and latitude across CRSs), then patch by patch:
+    on one CRS by their bounds (edges that only touch share nothing), across CRSs (tiles of two UTM zones) by
+    whether either patch holds the other's centre (a patch's box on another CRS is turned a little, so boxes of
+    patches side by side would overlap)."""
     places: dict[tuple[str, str], list[int]] = {}  # (ROI, CRS) -> its patches
     for index, (triplet, footprint) in enumerate(zip(triplets, footprints, strict=True)):
         places.setdefault((triplet.roi, footprint.crs), []).append(index)
     bounds = {place: np.array([footprints[i].bounds for i in indices]) for place, indices in places.items()}
     split_of = {place: triplets[indices[0]].split for place, indices in places.items()}
     box = {place: np.concatenate([b[:, :2].min(axis=0), b[:, 2:].max(axis=0)])[None] for place, b in bounds.items()}
+    lonlat = {place: _lonlat_box(place[1], b[0]) for place, b in box.items()}
     found: dict[int, tuple[int, list[str], list[str]]] = {}
     for held, held_bounds in bounds.items():
         if split_of[held] == 1:
             continue
         hits, training_rois = np.zeros(len(held_bounds), dtype=bool), []
         for trained, trained_bounds in bounds.items():
-            if split_of[trained] != 1 or trained[1] != held[1] or not overlapping(box[held], box[trained])[0, 0]:
+            if split_of[trained] != 1:
                 continue
-            shared = overlapping(held_bounds, trained_bounds).any(axis=1)
+            if trained[1] == held[1]:
+                if not overlapping(box[held], box[trained])[0, 0]:
+                    continue
+                shared = overlapping(held_bounds, trained_bounds).any(axis=1)
+            elif _near(lonlat[held], lonlat[trained]):
+                shared = _centre_held_either_way(held_bounds, held[1], trained_bounds, trained[1])
+            else:
+                continue
             if shared.any():
                 hits |= shared
                 training_rois.append(trained[0])
@@ -216,6 +228,29 @@ def held_out_on_training_ground(
             trained_rois += [roi for roi in training_rois if roi not in trained_rois]
             found[split_of[held]] = (count + int(hits.sum()), rois, trained_rois)
     return found
+
+
+def _lonlat_box(crs: str, box: np.ndarray) -> np.ndarray | None:
+    """A box on ``crs`` as longitudes and latitudes (its edges sampled densely), or None without a CRS."""
+    if not crs:
+        return None
+    return np.array([transform_bounds(crs, "EPSG:4326", *box, densify_pts=21)])
+
+
+def _near(first: np.ndarray | None, second: np.ndarray | None, margin: float = 0.01) -> bool:
+    """Whether two longitude/latitude boxes overlap, or lie within ``margin`` degrees (about 1 km) of it."""
+    if first is None or second is None:
+        return False
+    grown = first + np.array([-margin, -margin, margin, margin])
+    return bool(overlapping(grown, second)[0, 0])
+
+
+def _centre_held_either_way(held: np.ndarray, held_crs: str, trained: np.ndarray, trained_crs: str) -> np.ndarray:
+    """For each held patch (bounds on ``held_crs``): whether its centre lies in a training patch (bounds on
+    ``trained_crs``), or a training patch's centre lies in it."""
+    held_centre_trained = lattice_inside(held, held_crs, trained, trained_crs).any(axis=1)
+    trained_centre_held = lattice_inside(trained, trained_crs, held, held_crs).any(axis=0)
+    return np.asarray(held_centre_trained | trained_centre_held)
 
 
 def _some(rois: list[str]) -> str:
