@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from dsen2cr.config import load_config
+from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import carl_loss
 from dsen2cr.weights import load_model, save_weights
@@ -664,6 +665,22 @@ def test_loader_workers_beyond_the_shared_memory_are_refused(
         assert "data.num_workers=0" in error and error.count("\n") == 1 and not (workdir / "run").exists()
     monkeypatch.setattr("dsen2cr.training.datamodule.shared_memory_free", lambda: validation)
     assert main(argv) == 0, capsys.readouterr().err
+
+
+def test_the_validation_loaders_need_is_its_largest_patchs(
+    tmp_path: Path, write_release_triplet: Callable[..., Triplet]
+) -> None:
+    """Validation batches are whole patches, of the size each ROI was cut at (the release's 256 px, or data
+    patches' --size): the shared-memory check takes the largest ROI's patch, not the first patch (32 px here,
+    where ROI 2's are 64 px: a need four times too small, and a crash mid-validation in a container)."""
+    from dsen2cr.data.dataset import SEN12MSCRDataset
+    from dsen2cr.training.datamodule import largest_patch
+
+    triplets = [write_release_triplet(tmp_path, "ROIs0_own", 1, n, size=32) for n in range(3)]
+    triplets += [write_release_triplet(tmp_path, "ROIs0_own", 2, n, size=64) for n in range(2)]
+    dataset = SEN12MSCRDataset(triplets, train=False)
+    assert largest_patch(dataset) == 3
+    assert dataset[largest_patch(dataset)]["s2"].shape[-2:] == (64, 64)
 
 
 def _train_in_shared_memory(tmp_path: Path, size: str, *overrides: str, timeout: float) -> subprocess.CompletedProcess:

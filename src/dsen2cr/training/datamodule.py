@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import lightning as L
+import rasterio
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
@@ -45,6 +46,20 @@ def check_shared_memory(
             f"64 MB): run the container with --shm-size {size_gib}g or --ipc=host, lower data.num_workers or "
             "optim.batch_size, or set data.num_workers=0"
         )
+
+
+def largest_patch(dataset: SEN12MSCRDataset) -> int:
+    """The index of the validation patch with the most pixels: each ROI's first is opened (a ROI's patches are cut
+    at one size: the release's 256 px, or ``data patches --size``), so its batches' need is the loader's largest."""
+    first_of: dict[str, int] = {}
+    for index, triplet in enumerate(dataset.triplets):
+        first_of.setdefault(triplet.roi, index)
+
+    def pixels(index: int) -> int:
+        with rasterio.open(dataset.triplets[index].s2) as patch:
+            return patch.width * patch.height
+
+    return max(first_of.values(), key=pixels)
 
 
 class EpochShuffle(torch.utils.data.Sampler[tuple[int, int]]):
@@ -312,7 +327,7 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         every world-th patch, each patch once (Lightning's distributed sampler repeats patches to give every rank
         as many, which weighed them twice in the means)."""
         assert self.val_set is not None
-        self._check_shared_memory(self.val_set, 0)
+        self._check_shared_memory(self.val_set, largest_patch(self.val_set))
         options = self._loader_options() | {"collate_fn": collate_by_size}  # whole patches: one stack per size
         if self.trainer is None or self.trainer.world_size == 1:
             return DataLoader(self.val_set, **options)
