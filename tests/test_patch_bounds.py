@@ -72,7 +72,9 @@ def test_a_part_holds_the_whole_runs_patches_that_lie_wholly_inside_it(
     _scenes(tmp_path)
     assert main([*_patches(tmp_path, "whole"), "--roi", "1"]) == 0
     assert main([*_patches(tmp_path, "part"), "--roi", "1", "--bounds", *_box((20, 100), (0, 70))]) == 0
-    assert "wrote 4 patches of 32 px, ROI ROIs0_own/1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote 6 patches of 32 px, ROI ROIs0_own/1, under" in out  # the whole scene: no part named
+    assert "wrote 4 patches of 32 px, ROI ROIs0_own/1 of columns 20-99, rows 0-69 of the scene's 100 x 70 px" in out
     whole, part = _cut(tmp_path / "whole"), _cut(tmp_path / "part")
     assert sorted(whole["s1"]) == [0, 1, 2, 3, 4, 5] and sorted(part["s1"]) == [1, 2, 4, 5]
     for sensor in ("s1", "s2", "s2_cloudy"):

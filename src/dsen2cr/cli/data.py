@@ -216,6 +216,7 @@ def run_patches(args: argparse.Namespace) -> int:
         warn_overlaps,
     )
     from dsen2cr.data.patches import PatchReport, SceneTriplet
+    from dsen2cr.inputs.area import WHOLE_SCENE
 
     single = {"--s2-cloudy": args.s2_cloudy, "--s2": args.s2, "--s1": args.s1, "--roi": args.roi}
     offsets = {"--s2-cloudy-offset": args.s2_cloudy_offset, "--s2-offset": args.s2_offset}
@@ -246,14 +247,16 @@ def run_patches(args: argparse.Namespace) -> int:
         warn_overlaps(check_patch_jobs(jobs, args.out, options))
 
     def say(job: PatchJob, report: PatchReport) -> None:
-        """A ROI's line: what it wrote, the inputs' cloud cover, what was left out and why."""
+        """A ROI's line: what it wrote (of which part of the scenes), the inputs' cloud cover, what was left out
+        and why."""
         left_out = sum(report.left_out.values())
         reasons = ", ".join(f"{reason} ({count})" for reason, count in report.left_out.most_common())
         cover = f"the inputs' cloud cover {100 * sum(report.input_cloud) / len(report.input_cloud):.0f} % in the mean"
         kept = f"; kept {report.kept} that an earlier run wrote" if report.kept else ""
+        part = f" of {report.area}" if report.area != WHOLE_SCENE else ""
         print(
             f"wrote {report.written} patch{'es' if report.written != 1 else ''} of {args.size} px, ROI "
-            f"{report.roi_id}, under {args.out} ({cover}){kept}"
+            f"{report.roi_id}{part}, under {args.out} ({cover}){kept}"
             + (f"; left out {left_out}: {reasons}" if left_out else ""),
             flush=True,
         )

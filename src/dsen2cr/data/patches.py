@@ -29,7 +29,7 @@ from dsen2cr.data.layout import SENSORS, release_triplet
 from dsen2cr.data.patch_folders import check_roi_outputs, keeps_earlier_patches, roi_outputs
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import s1_parts
-from dsen2cr.inputs.area import area_text, area_window
+from dsen2cr.inputs.area import WHOLE_SCENE, area_text, area_window
 from dsen2cr.inputs.provenance import s1_units_tags, s2_read_tags
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source
@@ -51,7 +51,8 @@ MAX_ROI = 10**6
 
 @dataclass
 class PatchReport:
-    """What a run of :func:`cut_patches` wrote: the patches, those left out by reason, the ROI id and folders."""
+    """What a run of :func:`cut_patches` wrote: the patches, those left out by reason, the ROI id and folders, and
+    the part of the scenes they were cut from (``--bounds``; in words, :func:`~dsen2cr.inputs.area.area_text`)."""
 
     roi_id: str
     folders: list[Path]
@@ -59,6 +60,7 @@ class PatchReport:
     kept: int = 0  # patches an earlier run wrote, kept (--skip-existing)
     left_out: Counter[str] = field(default_factory=Counter)
     input_cloud: list[float] = field(default_factory=list)  # the cloud fraction of each kept patch's input
+    area: str = WHOLE_SCENE
 
 
 def patch_windows(height: int, width: int, size: int) -> list[tuple[int, Window]]:
@@ -224,6 +226,7 @@ def cut_patches(
             owned = names[sensor]
             stack.enter_context(output_folder(folder, owned=owned, overwrite=overwrite, what=what, keep_earlier=keep))
         report = PatchReport(f"{season}/{roi}", folders)
+        report.area = area_text(area_window(grid, scenes.bounds, s2_cloudy, warn=False), grid)
         # the files are written on threads (deflate is most of the time: 89 % on one thread; benchmarks.patches),
         # at most twice as many patches in flight as writers; on an error the queued writes are cancelled
         workers = writer_threads()
