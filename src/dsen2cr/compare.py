@@ -7,6 +7,7 @@ whether, say, a fine-tuned model beats the published one on your region."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -110,7 +111,7 @@ def compare_reports(a: Report, b: Report) -> list[MetricComparison]:
     _check_comparable(a, b)
     patches = sorted(a.values)
     metrics = [name for name in a.values[patches[0]] if name in b.values[patches[0]]]
-    rows = []
+    unadjusted = []
     for metric in metrics:
         pairs = [(a.values[p][metric], b.values[p][metric], a.roi_of[p]) for p in patches]
         pairs = [(x, y, roi) for x, y, roi in pairs if math.isfinite(x) and math.isfinite(y)]
@@ -122,14 +123,16 @@ def compare_reports(a: Report, b: Report) -> list[MetricComparison]:
         low, high = clustered_interval(second - first, rois)
         p_value = clustered_p_value(second - first, rois)
         means = float(first.mean()), float(second.mean()), float((second - first).mean())
-        rows.append((metric, len(pairs), len(set(rois)), *means, low, high, p_value))
-    family = [row[-1] if higher_is_better(row[0]) is not None else math.nan for row in rows]
+        unadjusted.append(
+            MetricComparison(metric, len(pairs), len(set(rois)), *means, low, high, p_value, math.nan, "")
+        )
+    family = [c.p_value if higher_is_better(c.metric) is not None else math.nan for c in unadjusted]
     comparisons = []
-    for row, p_holm in zip(rows, holm_adjusted(family), strict=True):
+    for comparison, p_holm in zip(unadjusted, holm_adjusted(family), strict=True):
         better = ""
         if p_holm < 1 - CONFIDENCE:
-            better = "B" if (row[5] > 0) == higher_is_better(row[0]) else "A"  # row[5]: the mean of B − A
-        comparisons.append(MetricComparison(*row, p_holm, better))
+            better = "B" if (comparison.difference > 0) == higher_is_better(comparison.metric) else "A"
+        comparisons.append(dataclasses.replace(comparison, p_holm=p_holm, better=better))
     return comparisons
 
 
