@@ -115,7 +115,8 @@ TEXT_MARGIN, LINE_STEP = 2, 13
 
 def wrap_lines(text: str, width: float, length: Callable[[str], float]) -> list[str]:
     """``text`` in lines of at most ``width`` as ``length`` measures them: words joined while they fit, a word
-    wider than a line split at characters (a file name); never fewer than one line."""
+    wider than a line split at characters (a file name: Pillow's own ``ImageText.Text.wrap`` refuses such a
+    word); never fewer than one line."""
     lines: list[str] = []
     for word in text.split(" "):
         joined = f"{lines[-1]} {word}" if lines else word
