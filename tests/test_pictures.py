@@ -113,3 +113,18 @@ def test_the_colour_bar_keeps_one_line_whatever_sigmas_scale() -> None:
     quicklook.add(Window(0, 0, 20, 20), *np.ones((2, 13, 20, 20), np.uint16), sigma_dn=sigma)
     figure = _saved(quicklook)
     assert figure.shape[1] == 3 * 240 + 2 * 4
+
+
+def test_a_narrow_strips_panels_are_widened_with_white_for_their_titles() -> None:
+    """A part 2 px wide and 300 px tall (drawn larger only up to 240 px on its longer side: not at all): each panel
+    is its 2 px of image, then white up to 120 px, so its title wraps at words, not a character a line."""
+    quicklook = Quicklook(300, 2)
+    rng = np.random.default_rng(2)
+    before = rng.integers(1, 3000, size=(13, 300, 2)).astype(np.uint16)
+    quicklook.add(Window(0, 0, 2, 300), before, before)
+    figure = _saved(quicklook)
+    assert figure.shape[1] == 2 * 120 + 4
+    panel = figure[-300:, :120]
+    np.testing.assert_array_equal(panel[:, :2], rgb_image(before[RGB_BANDS]))
+    assert (panel[:, 2:] == 255).all()
+    assert figure.shape[0] - 300 <= 16 + 13 * 2  # "Output: every pixel predicted": at most three lines

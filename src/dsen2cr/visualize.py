@@ -179,6 +179,16 @@ def footer_rows(strips: list[np.ndarray], width: int, gap: int = 4) -> list[np.n
 FIGURE_PANEL = 240
 
 
+#: A quicklook's panels are at least this wide, white beside a narrower image, so that their titles wrap at words.
+MIN_PANEL_WIDTH = 120
+
+
+def widened(image: np.ndarray, width: int) -> np.ndarray:
+    """A (H, W, 3) image with white added on its right up to ``width`` px (as it is when wide enough)."""
+    extra = max(0, width - image.shape[1])
+    return np.pad(image, ((0, 0), (0, extra), (0, 0)), constant_values=255) if extra else image
+
+
 #: Colour of the cloud/shadow outline drawn on a quicklook's input panel (yellow).
 OUTLINE_COLOUR = (255, 220, 0)
 
@@ -228,7 +238,8 @@ class Quicklook:
     def save(self, path: str | Path) -> Path:
         """Write the titled panels as PNG: input (cloud and shadow outlined), output, and with sigma the mean
         sigma over the bands; below, the outline legend (and the colour bar of sigma). A part smaller than
-        :data:`FIGURE_PANEL` px is drawn larger (each pixel repeated), so its titles and legends have room."""
+        :data:`FIGURE_PANEL` px is drawn larger (each pixel repeated), so its titles and legends have room; a panel
+        still narrower than :data:`MIN_PANEL_WIDTH` is widened with white (a strip of a few pixels)."""
         grow = max(1, -(-FIGURE_PANEL // max(self.before.shape[1:])))
 
         def larger(image: np.ndarray) -> np.ndarray:
@@ -248,7 +259,7 @@ class Quicklook:
             panels.append(sigma_colours(larger(self.sigma), top))
             titles.append("Mean sigma over the bands (DN)")
             footer.append(colour_bar(top))
-        figure = figure_with_titles(panels, titles, footer=footer)
+        figure = figure_with_titles([widened(panel, MIN_PANEL_WIDTH) for panel in panels], titles, footer=footer)
         if self.caption:
             figure = np.concatenate([label(self.caption, figure.shape[1], 16), figure], axis=0)
         return save_png(path, figure, self.text)
