@@ -15,6 +15,7 @@ import torch
 from scipy import stats
 
 from dsen2cr.cli import main
+from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import create_model
 
 
@@ -130,6 +131,13 @@ def test_many_metrics_call_a_side_better_only_past_holms_threshold(tmp_path: Pat
         "coverage_1sigma": "",
     }
     assert np.isnan(got["coverage_1sigma"].p_holm) and got["coverage_1sigma"].p_value < 0.05
+    # SSIM chosen before comparing (--metric ssim): judged alone, its p is its own, and B is better; the rest are
+    # shown, not judged; a coverage has no side to judge
+    chosen = {c.metric: c for c in compare_reports(a, b, judged=["ssim"])}
+    assert chosen["ssim"].p_holm == pytest.approx(raw["ssim"], rel=1e-6) and chosen["ssim"].better == "B"
+    assert all(np.isnan(chosen[m].p_holm) and chosen[m].better == "" for m in ("mae", "rmse", "psnr"))
+    with pytest.raises(DSen2CRError, match="--metric: coverage_1sigma has no better side"):
+        compare_reports(a, b, judged=["coverage_1sigma"])
 
 
 def _report(folder: Path, patches: dict[str, str], *, protocol: str = "default", roi: bool = True) -> Path:
@@ -181,6 +189,17 @@ CASES = [
         name="compare: a report without the roi column",
         setup=lambda t: ["compare", str(_report(t / "a", _PATCHES)), str(_report(t / "b", _PATCHES, roi=False))],
         message="metrics_per_image.csv: has no roi column (a report of an earlier version): evaluate again",
+    ),
+    dict(
+        name="compare: --metric that neither report holds",
+        setup=lambda t: [
+            "compare",
+            str(_report(t / "a", _PATCHES)),
+            str(_report(t / "b", _PATCHES)),
+            "--metric",
+            "maee",
+        ],
+        message="--metric: 'maee' is not a metric both reports hold (mae)",
     ),
 ]
 

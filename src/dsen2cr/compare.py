@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,13 +105,19 @@ def higher_is_better(metric: str) -> bool | None:
     return "psnr" in metric or "ssim" in metric
 
 
-def compare_reports(a: Report, b: Report) -> list[MetricComparison]:
+def compare_reports(a: Report, b: Report, judged: Sequence[str] | None = None) -> list[MetricComparison]:
     """Every metric both reports hold, compared over their common patches (which must be all of each's); which
     model is better is decided at a family-wise level of 1 − :data:`~dsen2cr.summary.CONFIDENCE` over the metrics
-    that have a better side (Holm), so that of many metrics none is called better by chance alone."""
+    judged (Holm): the ``judged`` ones (``--metric``, chosen before comparing), else every one with a better side,
+    so that of many metrics none is called better by chance alone."""
     _check_comparable(a, b)
     patches = sorted(a.values)
     metrics = [name for name in a.values[patches[0]] if name in b.values[patches[0]]]
+    for name in judged or ():
+        if name not in metrics:
+            raise DSen2CRError(f"--metric: {name!r} is not a metric both reports hold ({', '.join(metrics)})")
+        if higher_is_better(name) is None:
+            raise DSen2CRError(f"--metric: {name} has no better side (a coverage of sigma): it cannot be judged")
     unadjusted = []
     for metric in metrics:
         pairs = [(a.values[p][metric], b.values[p][metric], a.roi_of[p]) for p in patches]
@@ -126,7 +133,8 @@ def compare_reports(a: Report, b: Report) -> list[MetricComparison]:
         unadjusted.append(
             MetricComparison(metric, len(pairs), len(set(rois)), *means, low, high, p_value, math.nan, "")
         )
-    family = [c.p_value if higher_is_better(c.metric) is not None else math.nan for c in unadjusted]
+    chosen = set(judged) if judged else {c.metric for c in unadjusted if higher_is_better(c.metric) is not None}
+    family = [c.p_value if c.metric in chosen else math.nan for c in unadjusted]
     comparisons = []
     for comparison, p_holm in zip(unadjusted, holm_adjusted(family), strict=True):
         better = ""
@@ -180,7 +188,7 @@ def comparison_markdown(a: Report, b: Report, comparisons: list[MetricComparison
         f"{CONFIDENCE:.0%} confidence interval of the mean difference, the patches of one ROI one cluster.",
         "",
         (
-            f"p: of B − A = 0, on its own (Holm-adjusted over the {family} metrics with a better side); better: where "
+            f"p: of B − A = 0, on its own (Holm-adjusted over the {family} metrics judged); better: where "
             f"the adjusted p is below {1 - CONFIDENCE:.2g} (the chance that any metric is called better where the "
             f"models are alike is at most {1 - CONFIDENCE:.0%})."
             if family
@@ -197,7 +205,7 @@ def comparison_markdown(a: Report, b: Report, comparisons: list[MetricComparison
             if math.isnan(c.p_value)
             else f"{c.p_value:.3g}" + ("" if math.isnan(c.p_holm) else f" ({c.p_holm:.3g})")
         )
-        better = c.better or ("–" if higher_is_better(c.metric) is None else "not shown")
+        better = c.better or ("–" if math.isnan(c.p_holm) else "not shown")
         means = f"{c.mean_a:.4f} | {c.mean_b:.4f} | {c.difference:+.4f}"
         lines.append(f"| {c.metric} | {means} | {interval} | {p_values} | {better} |")
     return "\n".join(lines) + "\n"
