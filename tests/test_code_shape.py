@@ -40,6 +40,7 @@ LAYERS = [
     ["inputs"],
     ["data"],
     ["config"],
+    ["quicklook"],  # a scene's before/after picture, drawn with visualize's pieces
     ["visualize"],
     ["outputs.finisher"],
     ["rasters"],

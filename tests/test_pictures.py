@@ -5,16 +5,8 @@ from __future__ import annotations
 import numpy as np
 from rasterio.windows import Window
 
-from dsen2cr.visualize import (
-    RGB_BANDS,
-    Quicklook,
-    colour_bar,
-    label,
-    mask_colours,
-    outline_legend,
-    rgb_image,
-    wrap_lines,
-)
+from dsen2cr.quicklook import Quicklook, colour_bar, outline_legend
+from dsen2cr.visualize import RGB_BANDS, label, mask_colours, rgb_image, wrap_lines
 
 CAPTION = "T33UUU_20170216T102101_L1C_10m.tif: model B=4, F=32 without SAR, variance per band; cloud/shadow mask: paper"
 

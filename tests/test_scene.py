@@ -426,7 +426,8 @@ def test_a_torchruns_processes_share_the_machine(
 
 
 def test_quicklook_is_the_decimated_image() -> None:
-    from dsen2cr.visualize import RGB_BANDS, Quicklook
+    from dsen2cr.quicklook import Quicklook
+    from dsen2cr.visualize import RGB_BANDS
 
     rng = np.random.default_rng(0)
     before = rng.integers(1, 9000, size=(13, 389, 517)).astype(np.uint16)

@@ -25,6 +25,7 @@ from dsen2cr.outputs.finisher import completes_in_background
 from dsen2cr.outputs.geotiff import cog_writer
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS
+from dsen2cr.quicklook import Quicklook
 from dsen2cr.rasters import gdal_block_cache, set_block_cache_bytes
 from dsen2cr.scene.batches import BackgroundWriter, iter_predictions, write_in_order
 from dsen2cr.scene.checks import check_job, check_scene_room, check_settings_fit, sigma_band_count
@@ -48,7 +49,6 @@ from dsen2cr.scene.sources import SceneInputs, open_scene_inputs
 from dsen2cr.scene.tiles import Tile, default_overlap, plan_area_tiles
 from dsen2cr.settings import SceneJob as SceneJob  # re-exported: the job is what remove_clouds takes
 from dsen2cr.settings import ScenePlan, SceneSettings, scene_bounds
-from dsen2cr.visualize import Quicklook
 
 log = logging.getLogger(__name__)
 
