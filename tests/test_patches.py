@@ -148,8 +148,8 @@ def test_patches_of_products_have_their_offsets_removed(workdir: Path, capsys: p
 
 def test_skip_existing_refuses_patches_read_otherwise(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Patches cut with the cloudy GeoTIFF's offset removed, or S1 read as dB, are not kept by a run that reads
-    them otherwise (the offset left out, --s1-linear): their files record how they were read, and the rerun
-    names the difference; the same options keep them."""
+    them otherwise (the offset left out, --s1-linear), nor by one with another --max-target-cloud: their files
+    record how they were read and chosen, and the rerun names the difference; the same options keep them."""
     _scenes(tmp_path)
     assert main(_patches(tmp_path, "--roi", "1")) == 0
     with rasterio.open(next((tmp_path / "own").rglob("*_s2_cloudy_1_p0.tif"))) as patch:
@@ -160,17 +160,21 @@ def test_skip_existing_refuses_patches_read_otherwise(tmp_path: Path, capsys: py
     without_offset = argv[: argv.index("--s2-cloudy-offset")] + argv[argv.index("--s2-cloudy-offset") + 2 :]
     assert main(without_offset) == 2
     err = capsys.readouterr().err
-    assert "_s2_cloudy_1_p0.tif: read with DSEN2CR_OFFSET_REMOVED 'B1:-1000," in err and "reads with 'none'" in err
+    assert "_s2_cloudy_1_p0.tif: recorded DSEN2CR_OFFSET_REMOVED 'B1:-1000," in err and "this run's is 'none'" in err
     s1 = tmp_path / "s1.tif"
     with rasterio.open(s1) as source:
         linear, profile = 10 ** (source.read() / 10), source.profile
     with rasterio.open(s1, "w", **profile) as target:  # the same values, stored as linear power
         target.write(linear)
     assert main([*argv, "--s1-linear"]) == 2
-    assert "_s1_1_p0.tif: read with DSEN2CR_S1_UNITS 'dB', this run reads with 'linear power" in capsys.readouterr().err
+    assert "_s1_1_p0.tif: recorded DSEN2CR_S1_UNITS 'dB', this run's is 'linear power" in capsys.readouterr().err
     assert main([*argv[:-1], "--skip-existing", "--overwrite", "--s1-linear"]) == 0
     assert main([*argv, "--s1-linear"]) == 0
     assert "kept 3 that an earlier run wrote" in capsys.readouterr().out
+    # a stricter limit on the target's clouds would leave out patches the earlier run kept: not kept silently
+    assert main([*argv, "--s1-linear", "--max-target-cloud", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "_s2_1_p0.tif: recorded DSEN2CR_MAX_TARGET_CLOUD '0.1', this run's is '0.05'" in err
 
 
 def test_a_failed_write_leaves_nothing(

@@ -50,8 +50,9 @@ def keeps_earlier_patches(
     overwrite: bool,
 ) -> bool:
     """For ``--skip-existing``: whether the patches an earlier run left in a ROI's folders are kept: every one is a
-    window of the same scenes, read alike (``recorded``: by sensor, the tags this run's files record: the scenes'
-    file names, offsets removed, resampling, S1's units; a tag an earlier version did not write is not compared)
+    window of the same scenes, read and chosen alike (``recorded``: by sensor, the tags this run's files record:
+    the scenes' file names, offsets removed, resampling, S1's units, the target's cloud limit; a tag an earlier
+    version did not write is not compared)
     and lies where this run's patch of its number lies (its georeferencing: the same ground and size). Patches cut
     otherwise are refused in one line, or with ``overwrite`` replaced (False)."""
     window_of = dict(windows)
@@ -85,7 +86,7 @@ def _cut_otherwise(path: Path, expected: dict[str, str], grid: Grid, window: Win
         return f"{path}: cut from {recorded or 'scenes it does not record'}, this run cuts from {source}"
     for key, value in expected.items():
         if key in tags and tags[key] != value:
-            return f"{path}: read with {key} {tags[key]!r}, this run reads with {value!r}"
+            return f"{path}: recorded {key} {tags[key]!r}, this run's is {value!r}"
     if window is None:
         return f"{path}: this run cuts no patch of its number (a smaller scene or part, or patches of another size)"
     if shape != (window.width, window.height):

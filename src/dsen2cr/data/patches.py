@@ -218,7 +218,7 @@ def cut_patches(
                 folder.mkdir(parents=True)
                 stack.callback(_remove_if_empty, folder)  # a failed run leaves no empty folder (season, root)
         stack.enter_context(output_locks(folders))
-        tags = recorded_tags(scenes, cloudy, clear)
+        tags = recorded_tags(scenes, cloudy, clear, max_target_cloud)
         keep = skip_existing and keeps_earlier_patches(folders, names, tags, grid, windows, roi, overwrite=overwrite)
         check_roi_outputs(folders, names, roi, overwrite=overwrite, keep_earlier=keep)
         what = f"the patches of ROI {roi}"
@@ -280,14 +280,22 @@ def _left_out_because(
     return None
 
 
-def recorded_tags(scenes: SceneTriplet, cloudy: S2Source, clear: S2Source) -> dict[str, dict[str, str]]:
-    """What each sensor's patch files record of how they were read (but their window): the scenes' file names
-    (``DSEN2CR_SOURCE``), the S2 values' meaning and the products' level, baseline, offsets removed and resampling
-    (:func:`~dsen2cr.inputs.provenance.s2_read_tags`), S1's units; compared by ``--skip-existing``."""
+def recorded_tags(
+    scenes: SceneTriplet, cloudy: S2Source, clear: S2Source, max_target_cloud: float
+) -> dict[str, dict[str, str]]:
+    """What each sensor's patch files record of how they were read and chosen (but their window): the scenes' file
+    names (``DSEN2CR_SOURCE``), the S2 values' meaning and the products' level, baseline, offsets removed and
+    resampling (:func:`~dsen2cr.inputs.provenance.s2_read_tags`), S1's units, and on the target's the cloud limit
+    it passed (``--max-target-cloud``); compared by ``--skip-existing``."""
     radiometry = {"DSEN2CR_RADIOMETRY": "offset-free reflectance x 10000"}
     return {
         "s2_cloudy": {"DSEN2CR_SOURCE": Path(scenes.s2_cloudy).name, **radiometry, **s2_read_tags(cloudy)},
-        "s2": {"DSEN2CR_SOURCE": Path(scenes.s2).name, **radiometry, **s2_read_tags(clear)},
+        "s2": {
+            "DSEN2CR_SOURCE": Path(scenes.s2).name,
+            **radiometry,
+            **s2_read_tags(clear),
+            "DSEN2CR_MAX_TARGET_CLOUD": f"{max_target_cloud:g}",
+        },
         "s1": {
             "DSEN2CR_SOURCE": ",".join(Path(part).name for part in s1_parts(scenes.s1)),
             **s1_units_tags(scenes.s1_linear),
