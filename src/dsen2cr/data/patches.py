@@ -74,17 +74,20 @@ def patch_windows(height: int, width: int, size: int) -> list[tuple[int, Window]
     ]
 
 
-def scene_windows(scenes: SceneTriplet, grid: Grid, size: int, *, warn: bool = True) -> list[tuple[int, Window]]:
-    """The :func:`patch_windows` of the scenes on ``grid`` (numbered and placed on the whole scene's patch grid,
-    whatever the part), those wholly inside ``scenes.bounds`` where given (``warn``: bounds beyond the scene are
-    said to be clipped). A one-line error naming ``--s2-cloudy`` when the scene, or the part, holds no patch."""
+def scene_windows(
+    scenes: SceneTriplet, grid: Grid, size: int, *, warn: bool = True
+) -> tuple[Window, list[tuple[int, Window]]]:
+    """The part of the scenes on ``grid`` to cut (:func:`~dsen2cr.inputs.area.area_window` of ``scenes.bounds``:
+    all of it without; ``warn``: bounds beyond the scene are said to be clipped) and its :func:`patch_windows`
+    (numbered and placed on the whole scene's patch grid, whatever the part), those wholly inside it. A one-line
+    error naming ``--s2-cloudy`` when the scene, or the part, holds no patch."""
     windows = patch_windows(grid.height, grid.width, size)
     name = scenes.s2_cloudy
     if not windows:
         raise DSen2CRError(f"{name}: the scene is {grid.width}x{grid.height} px, smaller than one {size} px patch")
-    if scenes.bounds is None:
-        return windows
     area = area_window(grid, scenes.bounds, name, warn=warn)
+    if scenes.bounds is None:
+        return area, windows
     windows = [(number, window) for number, window in windows if _within(window, area)]
     if not windows:
         raise DSen2CRError(
@@ -92,7 +95,7 @@ def scene_windows(scenes: SceneTriplet, grid: Grid, size: int, *, warn: bool = T
             f"({area_text(area, grid)}; patches lie every {size} px from the scene's top-left corner, as without "
             "bounds)"
         )
-    return windows
+    return area, windows
 
 
 def _within(window: Window, area: Window) -> bool:
@@ -211,7 +214,7 @@ def cut_patches(
         for source in (cloudy, clear, sar):
             stack.callback(source.close)
         grid = cloudy.grid
-        windows = scene_windows(scenes, grid, size)
+        area, windows = scene_windows(scenes, grid, size)
         folders, names = roi_outputs(out, season, roi, [number for number, _ in windows])
         for folder in (Path(out), *(folder.parent for folder in folders)):
             if not folder.is_dir():
@@ -225,8 +228,7 @@ def cut_patches(
         for folder, sensor in zip(folders, SENSORS, strict=True):
             owned = names[sensor]
             stack.enter_context(output_folder(folder, owned=owned, overwrite=overwrite, what=what, keep_earlier=keep))
-        report = PatchReport(f"{season}/{roi}", folders)
-        report.area = area_text(area_window(grid, scenes.bounds, s2_cloudy, warn=False), grid)
+        report = PatchReport(f"{season}/{roi}", folders, area=area_text(area, grid))
         # the files are written on threads (deflate is most of the time: 89 % on one thread; benchmarks.patches),
         # at most twice as many patches in flight as writers; on an error the queued writes are cancelled
         workers = writer_threads()
