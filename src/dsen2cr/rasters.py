@@ -112,19 +112,15 @@ class Footprint:
 
     def overlaps(self, other: Footprint, samples: int = 32) -> bool:
         """Whether the two share ground of positive area: on one CRS by their bounds (edges that touch do not
-        count); on two (tiles of neighbouring UTM zones), whether a point of a ``samples`` x ``samples`` lattice over
-        either lies inside the other, taken onto its CRS (:func:`lattice_inside`: never a false alarm, where boxes
-        turned onto another CRS would overlap beside each other; a sliver narrower than 1/``samples`` of a side is
-        missed). Without a CRS, False."""
+        count); on two (tiles of neighbouring UTM zones), :func:`lattice_overlap` with a ``samples`` x ``samples``
+        lattice (never a false alarm; a sliver narrower than 1/``samples`` of a side is missed). Without a CRS,
+        False."""
         first, second = np.array([self.bounds]), np.array([other.bounds])
         if self.crs == other.crs:
             return bool(overlapping(first, second).any())
         if not self.crs or not other.crs:
             return False
-        return bool(
-            lattice_inside(first, self.crs, second, other.crs, samples).any()
-            or lattice_inside(second, other.crs, first, self.crs, samples).any()
-        )
+        return bool(lattice_overlap(first, self.crs, second, other.crs, samples)[0, 0])
 
 
 def overlapping(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -132,6 +128,19 @@ def overlapping(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     ``second`` (one CRS): an ``(n, m)`` boolean array (edges that touch do not overlap)."""
     a, b = first[:, None, :], second[None, :, :]
     return (a[..., 0] < b[..., 2]) & (b[..., 0] < a[..., 2]) & (a[..., 1] < b[..., 3]) & (b[..., 1] < a[..., 3])
+
+
+def lattice_overlap(
+    first: np.ndarray, first_crs: str, second: np.ndarray, second_crs: str, samples: int = 1
+) -> np.ndarray:
+    """``(n, m)``: whether each of the ``(n, 4)`` bounds ``first`` (on ``first_crs``) and each of the ``(m, 4)``
+    bounds ``second`` (on ``second_crs``) share ground, as far as a point of either's ``samples`` x ``samples``
+    lattice lies inside the other (:func:`lattice_inside`, both ways): boxes turned onto another CRS would overlap
+    their neighbours, points do not."""
+    return np.asarray(
+        lattice_inside(first, first_crs, second, second_crs, samples)
+        | lattice_inside(second, second_crs, first, first_crs, samples).T
+    )
 
 
 def lattice_inside(

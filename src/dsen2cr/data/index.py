@@ -24,7 +24,7 @@ from dsen2cr.data.layout import (
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import atomic_path, check_output_file
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
-from dsen2cr.rasters import Footprint, lattice_inside, overlapping
+from dsen2cr.rasters import Footprint, lattice_overlap, overlapping
 
 _EXPECTED_BANDS = {"s1": NUM_S1_BANDS, "s2": NUM_S2_BANDS, "s2_cloudy": NUM_S2_BANDS}
 #: Folder names of the DSen2-CR flat layout (the cloud-free folder has had both names in the wild).
@@ -216,7 +216,7 @@ def held_out_on_training_ground(
                     continue
                 shared = overlapping(held_bounds, trained_bounds).any(axis=1)
             elif _near(lonlat[held], lonlat[trained]):
-                shared = _centre_held_either_way(held_bounds, held[1], trained_bounds, trained[1])
+                shared = lattice_overlap(held_bounds, held[1], trained_bounds, trained[1]).any(axis=1)  # centres
             else:
                 continue
             if shared.any():
@@ -243,14 +243,6 @@ def _near(first: np.ndarray | None, second: np.ndarray | None, margin: float = 0
         return False
     grown = first + np.array([-margin, -margin, margin, margin])
     return bool(overlapping(grown, second)[0, 0])
-
-
-def _centre_held_either_way(held: np.ndarray, held_crs: str, trained: np.ndarray, trained_crs: str) -> np.ndarray:
-    """For each held patch (bounds on ``held_crs``): whether its centre lies in a training patch (bounds on
-    ``trained_crs``), or a training patch's centre lies in it."""
-    held_centre_trained = lattice_inside(held, held_crs, trained, trained_crs).any(axis=1)
-    trained_centre_held = lattice_inside(trained, trained_crs, held, held_crs).any(axis=0)
-    return np.asarray(held_centre_trained | trained_centre_held)
 
 
 def _some(rois: list[str]) -> str:
