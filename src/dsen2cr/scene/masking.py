@@ -125,8 +125,9 @@ class SceneMasker:
         self._stats_thread: ThreadPoolExecutor | None = None
         if kind == "paper":
             self._stats_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-mask-stats")
-            area = statistics_of or Window(0, 0, s2.grid.width, s2.grid.height)
-            self._stats = self._stats_thread.submit(_scene_shadow_stats_on_thread, s2, area, self._stop, stats_threads)
+            self._stats = self._stats_thread.submit(
+                _scene_shadow_stats_on_thread, s2, statistics_of, self._stop, stats_threads
+            )
         elif kind == "product":
             self._open_product_mask()
         else:
@@ -230,7 +231,7 @@ def product_mask(classes: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _scene_shadow_stats_on_thread(
-    s2: S2Source, area: Window, stop: threading.Event, threads: int
+    s2: S2Source, area: Window | None, stop: threading.Event, threads: int
 ) -> ShadowStats | None:
     """:func:`_scene_shadow_stats` on a thread of its own (GDAL's block cache bounded as on the others)."""
     with gdal_block_cache():
