@@ -62,6 +62,7 @@ def test_image_metrics_match_independent_float64(seed: int) -> None:
     assert set(got) == set(expected)
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, abs=1e-4, rel=1e-6), name
+    assert got["ssim"] == pytest.approx(expected["ssim"], abs=1e-12)  # the same sums in float64: equal to rounding
 
 
 def test_identical_images() -> None:
