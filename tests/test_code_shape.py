@@ -16,6 +16,7 @@ LAYERS = [
     ["cli"],
     ["demo", "doctor"],
     ["evaluate", "compare"],
+    ["evaluation_progress"],  # an evaluation's scored batches as they are scored (evaluate --resume)
     ["training"],
     ["scene.jobs", "scene.arrays"],
     ["scene.done"],  # scenes an earlier run finished (--skip-existing)

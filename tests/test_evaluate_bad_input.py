@@ -4,6 +4,7 @@ stderr naming the file or option and the problem, no traceback, inputs unchanged
 
 from __future__ import annotations
 
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from dsen2cr import create_model
+from dsen2cr.cli import main
 from dsen2cr.weights import save_weights
 
 UTM32N = CRS.from_epsg(32632)
@@ -100,6 +102,35 @@ def _run_folder(tmp: Path) -> Path:
     return tmp / "run"
 
 
+def _stopped(tmp: Path, *, delete: str | None = None, garbage: bool = False) -> list[str]:
+    """An evaluation of two test patches stopped by the second (NaN): the first scored and kept for --resume
+    (``delete``: then a file of its report removed; ``garbage``: its progress overwritten). Returns its argv,
+    the second patch mended."""
+    root, file_list = tmp.tree_with_two_test_patches(nan_cloudy=True)
+    argv = _evaluate_args(tmp, root, file_list, None, "--batch-size", "1")
+    assert main(argv) == 2 and (tmp / "eval" / "progress").is_dir()
+    cloudy = root / "ROIs1158_spring_s2_cloudy" / "s2_cloudy_4" / "ROIs1158_spring_s2_cloudy_4_p0.tif"
+    shutil.copyfile(root / "ROIs1158_spring_s2" / "s2_4" / "ROIs1158_spring_s2_4_p0.tif", cloudy)
+    if delete is not None:
+        (tmp / "eval" / delete).unlink()
+    if garbage:
+        (tmp / "eval" / "progress" / "batches.jsonl").write_text("not json\n")
+    return argv
+
+
+def _complete(tmp: Path) -> list[str]:
+    """A complete evaluation's argv (its report in tmp/eval)."""
+    argv = _evaluate_args(tmp, tmp.tree(), tmp.tree() / "files.csv")
+    assert main(argv) == 0
+    return argv
+
+
+def _with_weights(argv: list[str], weights: Path, *extra: str) -> list[str]:
+    """``argv`` with other weights."""
+    at = argv.index("--weights") + 1
+    return [*argv[:at], str(weights), *argv[at + 1 :], *extra]
+
+
 #: The table: each row is run by ``test_bad_input`` through the ``check_case`` fixture.
 def _evaluate_ensemble(tmp: Path, *weights: Path) -> list[str]:
     """``evaluate`` argv of an ensemble over the small tree."""
@@ -170,10 +201,52 @@ CASES = [
         absent=("eval",),
     ),
     dict(
-        name="evaluate: a NaN patch mid-run",
+        name="evaluate: a NaN patch mid-run (the patch before it kept for --resume)",
         setup=lambda t: _evaluate_args(t, *t.tree_with_two_test_patches(nan_cloudy=True), None, "--batch-size", "1"),
         message="every value is NaN",
-        absent=("eval",),
+        absent=("eval/summary.md", "eval/metrics_per_image.csv"),
+    ),
+    dict(
+        name="evaluate: --resume with --overwrite",
+        setup=lambda t: [*_stopped(t), "--resume", "--overwrite"],
+        message="--resume and --overwrite: one goes on from a stopped evaluation, the other starts again",
+        keep=("eval/progress/batches.jsonl",),
+    ),
+    dict(
+        name="evaluate: a stopped evaluation's folder without --resume",
+        setup=lambda t: _stopped(t),
+        message="eval: already holds a stopped evaluation (1 of 2 patches scored); pass --resume to go on from it",
+        keep=("eval/progress/batches.jsonl",),
+    ),
+    dict(
+        name="evaluate: --resume with other weights",
+        setup=lambda t: _with_weights(_stopped(t), t.weights("dsen2cr-small-nosar"), "--resume"),
+        message="the stopped evaluation there scored DSEN2CR_WEIGHTS_SHA256 ",
+        keep=("eval/progress/batches.jsonl",),
+    ),
+    dict(
+        name="evaluate: --resume of another split",
+        setup=lambda t: [*_stopped(t), "--resume", "--split", "val"],
+        message="scored a list of 2 patches, this run's is another of 1",
+        keep=("eval/progress/batches.jsonl",),
+    ),
+    dict(
+        name="evaluate: --resume without the prediction of a patch it scored",
+        setup=lambda t: [*_stopped(t, delete="predictions/ROIs1158_spring_3_p0.tif"), "--resume"],
+        message="ROIs1158_spring_3_p0.tif: missing, though the stopped evaluation scored ROIs1158_spring_3_p0",
+        keep=("eval/progress/batches.jsonl",),
+    ),
+    dict(
+        name="evaluate: --resume of a progress file that is no evaluation's",
+        setup=lambda t: [*_stopped(t, garbage=True), "--resume"],
+        message="batches.jsonl: not the progress of an evaluation",
+        keep=("eval/progress/batches.jsonl",),
+    ),
+    dict(
+        name="evaluate: --resume of a complete report",
+        setup=lambda t: [*_complete(t), "--resume"],
+        message="eval: holds a complete evaluation report, nothing to resume; --overwrite replaces it",
+        keep=("eval/summary.md",),
     ),
     dict(
         name="evaluate: weights with a NaN",
@@ -212,7 +285,7 @@ def test_bad_input(bad_input: dict, check_case: Callable[[dict], None]) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_during_evaluate_leaves_nothing(
+def test_sigterm_during_evaluate_keeps_only_what_resume_goes_on_from(
     workdir: Path, terminate_when: Callable[..., int], private_tmp_env: dict[str, str]
 ) -> None:
     root = workdir / "data"
@@ -235,6 +308,12 @@ def test_sigterm_during_evaluate_leaves_nothing(
         "--out",
         str(workdir / "eval"),
     ]
-    status = terminate_when(command, lambda: any((workdir / "eval").glob("previews/*.png")), private_tmp_env)
+    lines = workdir / "eval" / "progress" / "batches.jsonl"
+    recorded = lambda: lines.exists() and len(lines.read_text().splitlines()) > 1  # noqa: E731  # a batch scored
+    status = terminate_when(command, recorded, private_tmp_env)
     assert status == 128 + signal.SIGTERM
-    assert not (workdir / "eval").exists()
+    assert sorted(p.name for p in (workdir / "eval").iterdir()) == ["predictions", "previews", "progress"]
+    assert not list((workdir / "tmp").iterdir())
+    assert main([*command, "--resume", "--no-progress", "--no-images"]) == 2  # the images are part of what it scored
+    assert main([*command, "--resume", "--no-progress"]) == 0
+    assert not (workdir / "eval" / "progress").exists() and (workdir / "eval" / "summary.md").exists()

@@ -36,6 +36,7 @@ from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.evaluation_progress import PROGRESS, Scored, evaluation_identity, open_progress
 from dsen2cr.metrics import (
     METRIC_NAMES,
     ORIGINAL_METRIC_NAMES,
@@ -71,6 +72,7 @@ REPORT_ENTRIES: tuple[str, ...] = (
     "previews",
     "calibration.json",
     "calibration.png",
+    PROGRESS,  # while it runs, and kept when it stops: what --resume goes on from
 )
 #: What to do about a report whose images will not fit (``outputs.room.check_projected_room``).
 ROOM_HINT = "free space there, choose another --out, or pass --no-images (the metrics alone)"
@@ -98,6 +100,8 @@ class EvaluationOptions:
     progress: bool = False
     #: What the triplets are, for the reports' provenance (``files.csv, split test``); None: not said.
     data: str | None = None
+    #: Go on from the patches that a stopped evaluation of the same patches and settings scored in the folder.
+    resume: bool = False
 
 
 def evaluate(
@@ -122,10 +126,6 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     if o.protocol not in PROTOCOLS:
         raise DSen2CRError(f"protocol: expected one of {sorted(PROTOCOLS)}, got {o.protocol!r}")
-    dataset = SEN12MSCRDataset(
-        triplets, train=False, cloud_threshold=o.cloud_threshold, window=o.window or None, mask=o.mask_kind
-    )
-    loader = DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers, collate_fn=collate_by_size)
     predictor = (
         predictor_from_model(model, device=next(model.parameters()).device)
         if isinstance(model, CloudRemovalNetwork)
@@ -138,17 +138,32 @@ def evaluate(
         PROTOCOLS[o.protocol] + (UNCERTAINTY_METRIC_NAMES if uncertain else ()) + (SIGMA_PART_NAMES if parted else ())
     )
     scorer = _Scorer(o, out, {t.patch_id: t for t in triplets}, bool(predictor.include_sar))
+    scorer.tags = predictor.provenance(with_variance=uncertain)  # settled once the first batch ran (below)
+    settings = {"protocol": o.protocol, "window": f"{o.window} px" if o.window else "the full patch"}
+    settings |= {"mask": o.mask_kind, "cloud threshold": f"{o.cloud_threshold:g}", "data": o.data or "not said"}
+    settings["images"] = "written" if o.write_images else "not written (--no-images)"
+    identity = evaluation_identity([t.patch_id for t in triplets], settings, scorer.tags)
+    progress, scored = open_progress(out, identity, resume=o.resume, images=o.write_images)
+    scorer.restore(scored)
+    remaining = [t for t in triplets if t.patch_id not in scored.patch_ids]
+    dataset = SEN12MSCRDataset(
+        remaining, train=False, cloud_threshold=o.cloud_threshold, window=o.window or None, mask=o.mask_kind
+    )
+    loader = DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers, collate_fn=collate_by_size)
     bar = tqdm(total=len(triplets), unit="patch", desc="evaluate", disable=not o.progress, dynamic_ncols=True)
+    bar.update(len(triplets) - len(remaining))
     with torch.inference_mode(), bar:
         for batch in itertools.chain.from_iterable(loader):  # each of a batch's sizes
             bar.update(len(batch["patch_id"]))
             s1 = batch["s1"].numpy() if model.include_sar else None
             mean, variance, parts = _predict(predictor, batch["s2_cloudy"].numpy(), s1, uncertain, parted)
-            scorer.tags = predictor.provenance(with_variance=uncertain)  # settled once the first batch ran
+            scorer.tags = predictor.provenance(with_variance=uncertain)
+            rows, samples = len(scorer.rows), len(scorer.samples)
             scorer.score(batch, mean, variance, parts)
-            if o.write_images and len(scorer.rows) == 2 * len(batch["patch_id"]):  # the first batch: will it fit?
+            if o.write_images and rows == 2 * (len(triplets) - len(remaining)):  # this run's first batch: will it fit?
                 images = [out / "predictions", out / "previews"]
-                check_projected_room(out, images, len(batch["patch_id"]), len(triplets), what="patches", hint=ROOM_HINT)
+                check_projected_room(out, images, len(scorer.rows) // 2, len(triplets), what="patches", hint=ROOM_HINT)
+            progress.add(scorer.rows[rows:], scorer.samples[samples:], scorer.rng.bit_generator.state)
     order = {t.patch_id: position for position, t in enumerate(triplets)}
     scorer.rows.sort(key=lambda row: order[row["patch_id"]])  # stable: the model's row, then the identity's
     summary = summarise(scorer.rows, names)
@@ -157,6 +172,7 @@ def evaluate(
         provenance["DSEN2CR_DATA"] = o.data
     calibration = write_calibration(scorer.pooled(), out, provenance) if uncertain else None
     _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance, calibration)
+    progress.remove()  # the report is complete
     return summary
 
 
@@ -232,6 +248,12 @@ class _Scorer:
                 caption = _caption(patch_id, self.rows[-2], self.rows[-1], self.options.protocol)
                 text = {**self.tags, **self.mask_tags, "DSEN2CR_PATCH": patch_id}  # what made the pictures
                 write_patch_previews(patch_id, s1_db, images, mask, caption, self.out / "previews", text)
+
+    def restore(self, scored: Scored) -> None:
+        """Go on from what a stopped run ``scored``: its rows, samples and the sampler's state after them."""
+        self.rows, self.samples = list(scored.rows), list(scored.samples)
+        if scored.sampler is not None:
+            self.rng.bit_generator.state = scored.sampler
 
     def _keep_sample(self, pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray) -> None:
         """Keep up to :attr:`SAMPLE` random (|error|, sigma) values of a patch (reflectance)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
+from typing import Any
 
 from dsen2cr.choices import PRECISIONS
 from dsen2cr.cli.options import (
@@ -32,6 +34,13 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="default: %(default)s")
     parser.add_argument("--out", required=True, help="report folder")
     add_overwrite(parser, "replace an earlier report in the folder (a folder holding other files is refused)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the patches that a stopped evaluation of the same patches, weights and settings scored in "
+        "--out (kept there when it stopped); with none there, start (one command line for a job that may be "
+        "stopped and run again)",
+    )
     add_device(parser)
     parser.add_argument(
         "--precision",
@@ -81,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from dsen2cr.ensemble import ensemble
     from dsen2cr.errors import DSen2CRError
-    from dsen2cr.evaluate import REPORT_ENTRIES, evaluate
+    from dsen2cr.evaluate import evaluate
+    from dsen2cr.evaluation_progress import keep_progress, scored_patches
     from dsen2cr.outputs.files import check_output_folder, output_folder
     from dsen2cr.predictor import is_onnx, load_predictor
     from dsen2cr.summary import summary_markdown
@@ -91,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     window = args.window if args.window is not None else (128 if args.protocol == "original" else 0)
     if window < 0:
         raise DSen2CRError(f"--window: must be 0 (full patch) or a size in pixels, got {window}")
-    folder = {"owned": REPORT_ENTRIES, "overwrite": args.overwrite, "what": "an evaluation report"}
+    folder = _report_folder(Path(args.out), resume=args.resume, overwrite=args.overwrite)
     check_output_folder(args.out, **folder)
     check_data_root(args.data_root, "--data-root")
     members = [
@@ -115,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         data = f"the ROIs of {Path(args.rois).name}"
         triplets = triplets_of_rois(args.data_root, args.rois)
-    with output_folder(args.out, **folder):  # a failed evaluation leaves no half report behind
+    # a failed evaluation leaves no half report behind: only what a rerun with --resume goes on from
+    scored_before = (scored_patches(Path(args.out)) or (0, 0))[0] if args.resume else 0
+    keep = functools.partial(keep_progress, Path(args.out), ("predictions", "previews"), scored_before)
+    with output_folder(args.out, **folder, keep_on_failure=keep):
         summary = evaluate(
             predictor,
             triplets,
@@ -128,7 +141,33 @@ def run(args: argparse.Namespace) -> int:
             mask_kind=args.mask,
             progress=not args.no_progress,
             data=data,
+            resume=args.resume,
         )
     print(summary_markdown(summary, len(triplets), args.protocol))
     print(f"reports in {args.out}")
     return 0
+
+
+def _report_folder(out: Path, *, resume: bool, overwrite: bool) -> dict[str, Any]:
+    """How the command may write into the report folder ``out`` (:func:`~dsen2cr.outputs.files.output_folder`'s
+    arguments): with ``resume``, keeping what a stopped evaluation left there to go on from it."""
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.evaluate import REPORT_ENTRIES
+    from dsen2cr.evaluation_progress import PROGRESS, PROGRESS_LINES, scored_patches
+
+    if resume and overwrite:
+        raise DSen2CRError("--resume and --overwrite: one goes on from a stopped evaluation, the other starts again")
+    stopped = scored_patches(out)
+    if resume and stopped is None and (out / PROGRESS).exists():
+        raise DSen2CRError(
+            f"{out / PROGRESS / PROGRESS_LINES}: not the progress of an evaluation (unreadable); --overwrite starts "
+            "the evaluation again"
+        )
+    if resume and stopped is None and (out / "summary.json").is_file():
+        raise DSen2CRError(f"{out}: holds a complete evaluation report, nothing to resume; --overwrite replaces it")
+    folder: dict[str, Any] = {"owned": REPORT_ENTRIES, "overwrite": overwrite}
+    if stopped is None:
+        return folder | {"what": "an evaluation report"}
+    what = f"a stopped evaluation ({stopped[0]} of {stopped[1]} patches scored)"
+    hint = "pass --resume to go on from it, or --overwrite to start again"
+    return folder | {"what": what, "hint": hint, "keep_earlier": resume}

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
@@ -323,10 +323,12 @@ def output_folder(
     what: str,
     hint: str = "pass --overwrite to replace it",
     keep_earlier: bool = False,
+    keep_on_failure: Callable[[], Collection[str]] | None = None,
 ) -> Iterator[Path]:
     """:func:`prepare_output_folder` for the duration of a command; if the command fails, the entries it wrote
     are removed again (and the folder, if it created it), so a failed command leaves nothing behind (with
-    ``keep_earlier``, the earlier run's entries stay)."""
+    ``keep_earlier``, the earlier run's entries stay; ``keep_on_failure``, asked once the command failed, names
+    entries to keep too: what a rerun can go on from)."""
     out = Path(path)
     created = not out.exists()
     prepare_output_folder(out, owned=owned, overwrite=overwrite, what=what, hint=hint, keep_earlier=keep_earlier)
@@ -334,6 +336,7 @@ def output_folder(
     try:
         yield out
     except BaseException:
+        kept.update(keep_on_failure() if keep_on_failure is not None else ())
         for name in owned:
             if name not in kept:
                 _remove_entry(out / name, best_effort=True)

@@ -1,0 +1,247 @@
+"""An evaluation's progress: each finished batch's rows and calibration sample, appended to the report folder's
+``progress/`` as soon as the batch is scored, so that an evaluation stopped on the way (Ctrl-C, a scheduler's
+time limit, a broken patch, SIGKILL) goes on with ``evaluate --resume`` from the patches it scored and ends with
+the report an uninterrupted run writes.
+
+``progress/batches.jsonl`` starts with a line that says what is evaluated (the patches, protocol, window, mask,
+threshold, images, and what computes the predictions: weights' SHA-256, model, precision, backend, version);
+then one line per batch: its rows, the lengths of its patches' calibration samples (``samples.f64``: each
+sample's |errors| then its sigmas, float64) and the sampler's state after it. Lines are appended, never
+rewritten: a line cut short by a kill is dropped when read, with the samples written for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.outputs.files import write_text_atomic
+from dsen2cr.outputs.locks import remove_leftovers_in
+
+log = logging.getLogger(__name__)
+
+#: The entry of the report folder that holds the progress while the evaluation runs.
+PROGRESS = "progress"
+PROGRESS_LINES = "batches.jsonl"
+_SAMPLES = "samples.f64"
+_FORMAT = "dsen2cr evaluation progress 1"
+
+#: The predictions' tags that a resumed evaluation must share with the stopped one: what computed them (the
+#: weights' path may differ, their SHA-256 not; the first batch's check is measured again by every run).
+COMPARED_TAGS = (
+    "DSEN2CR_WEIGHTS_SHA256",
+    "DSEN2CR_MODEL",
+    "DSEN2CR_PRECISION",
+    "DSEN2CR_BACKEND",
+    "DSEN2CR_LIKELIHOOD",
+    "DSEN2CR_VERSION",
+)
+
+Sample = tuple[np.ndarray, np.ndarray]
+
+
+def evaluation_identity(patch_ids: Sequence[str], settings: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
+    """What an evaluation is, as its progress records it: the ordered patches (their count and a SHA-256 of their
+    ids), the scoring ``settings`` (protocol, window, …) and the ``COMPARED_TAGS`` of ``tags``."""
+    digest = hashlib.sha256("\n".join(patch_ids).encode()).hexdigest()
+    compared = {key: tags[key] for key in COMPARED_TAGS if key in tags}
+    return {"patches": len(patch_ids), "patches_sha256": digest, **settings, "tags": compared}
+
+
+@dataclass
+class Scored:
+    """What the stopped run scored: the rows of its patches (model and identity), their calibration samples,
+    and the sampler's state after the last of them (None: nothing scored)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    sampler: dict[str, Any] | None = None
+
+    @property
+    def patch_ids(self) -> set[str]:
+        """The patches scored."""
+        return {row["patch_id"] for row in self.rows}
+
+
+class EvaluationProgress:
+    """The progress of one evaluation in ``out/progress`` (see the module's docstring)."""
+
+    def __init__(self, out: Path, identity: dict[str, Any]) -> None:
+        self.folder = out / PROGRESS
+        self.identity = identity
+        self.batches = 0  # lines of batches in the file
+
+    @classmethod
+    def start(cls, out: Path, identity: dict[str, Any]) -> EvaluationProgress:
+        """A new, empty progress in ``out`` (an earlier one there is replaced)."""
+        progress = cls(out, identity)
+        shutil.rmtree(progress.folder, ignore_errors=True)
+        progress.folder.mkdir(parents=True)
+        (progress.folder / _SAMPLES).touch()
+        header = json.dumps({"format": _FORMAT, "identity": identity}, sort_keys=True)
+        write_text_atomic(progress.folder / PROGRESS_LINES, header + "\n")
+        return progress
+
+    @classmethod
+    def resume(cls, out: Path, identity: dict[str, Any]) -> tuple[EvaluationProgress, Scored]:
+        """The progress a stopped run left in ``out``, checked to be of the evaluation ``identity`` describes,
+        and what it scored (a line cut short by a kill, and the samples written for it, are dropped)."""
+        progress = cls(out, identity)
+        lines_path, samples_path = progress.folder / PROGRESS_LINES, progress.folder / _SAMPLES
+        try:
+            text = lines_path.read_text(encoding="utf-8")
+            header = json.loads(text.split("\n", 1)[0])
+            recorded = header["identity"] if header.get("format") == _FORMAT else None
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise DSen2CRError(
+                f"{lines_path}: not the progress of an evaluation ({error}); --overwrite starts the evaluation again"
+            ) from None
+        if recorded is None:
+            raise DSen2CRError(f"{lines_path}: progress of another format; --overwrite starts the evaluation again")
+        _check_same_evaluation(lines_path.parent.parent, recorded, identity)
+        scored = Scored()
+        end = 0  # of the samples that complete lines describe
+        with open(samples_path, "rb") as samples:
+            for line in text.split("\n")[1:]:
+                batch = _complete_batch(line)
+                if batch is None:
+                    break  # cut short by a kill: it and whatever follows were never complete
+                lengths = batch["samples"]
+                values = np.fromfile(samples, dtype="<f8", count=2 * sum(lengths))
+                if values.size != 2 * sum(lengths):
+                    break  # its samples were cut short: the batch is scored again
+                scored.rows.extend(batch["rows"])
+                scored.sampler = batch["sampler"]
+                for length in lengths:
+                    scored.samples.append((values[:length], values[length : 2 * length]))
+                    values = values[2 * length :]
+                end += 16 * sum(lengths)
+                progress.batches += 1
+        kept = text.split("\n")[: progress.batches + 1]
+        write_text_atomic(lines_path, "\n".join(kept) + "\n")  # without a line cut short: appends go on after it
+        os.truncate(samples_path, end)
+        return progress, scored
+
+    def add(self, rows: list[dict[str, Any]], samples: list[Sample], sampler: Mapping[str, Any]) -> None:
+        """Record one scored batch: its ``rows``, its patches' calibration ``samples`` (|error|, sigma) and the
+        sampler's state after them; the samples first, so that a complete line always has its samples."""
+        with open(self.folder / _SAMPLES, "ab") as file:
+            for error, sigma in samples:
+                file.write(np.asarray(error, dtype="<f8").tobytes())
+                file.write(np.asarray(sigma, dtype="<f8").tobytes())
+        line = {"rows": rows, "samples": [len(error) for error, _ in samples], "sampler": sampler}
+        with open(self.folder / PROGRESS_LINES, "a", encoding="utf-8") as file:
+            file.write(json.dumps(line) + "\n")
+        self.batches += 1
+
+    def remove(self) -> None:
+        """Remove the progress (the report is complete)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _complete_batch(line: str) -> dict[str, Any] | None:
+    """A batch's line as :meth:`EvaluationProgress.add` wrote it, or None for one cut short (or empty)."""
+    try:
+        batch = json.loads(line)
+    except ValueError:
+        return None
+    complete = isinstance(batch, dict) and {"rows", "samples", "sampler"} <= batch.keys()
+    return batch if complete else None
+
+
+def _check_same_evaluation(out: Path, recorded: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Refuse to go on from a stopped run of another evaluation, naming the first thing that differs."""
+    if identity["tags"].get("DSEN2CR_WEIGHTS_SHA256", "unknown") == "unknown":
+        raise DSen2CRError(
+            f"{out}: the weights' SHA-256 is unknown (a model in memory), so nothing tells they scored the stopped "
+            "evaluation; --overwrite starts it again"
+        )
+    recorded_tags, tags = recorded.get("tags", {}), identity["tags"]
+    for key in COMPARED_TAGS:  # the weights first
+        if recorded_tags.get(key) != tags.get(key):
+            _refuse(out, f"{key} {recorded_tags.get(key, 'none')}", tags.get(key, "none"))
+    if (recorded.get("patches"), recorded.get("patches_sha256")) != (identity["patches"], identity["patches_sha256"]):
+        raise DSen2CRError(
+            f"{out}: the stopped evaluation there scored a list of {recorded.get('patches')} patches, this run's is "
+            f"another of {identity['patches']}; give its patches to go on from it, or --overwrite to start again"
+        )
+    for key in sorted(set(recorded) | set(identity)):
+        if key not in ("tags", "patches", "patches_sha256") and recorded.get(key) != identity.get(key):
+            _refuse(out, f"{key} {recorded.get(key)}", f"{identity.get(key)}")
+
+
+def _refuse(out: Path, recorded: str, now: str) -> None:
+    """The error of a stopped evaluation that is not this one."""
+    raise DSen2CRError(
+        f"{out}: the stopped evaluation there scored {recorded}, this run's is {now}; give its settings to go on "
+        "from it, or --overwrite to start again"
+    )
+
+
+def open_progress(
+    out: Path, identity: dict[str, Any], *, resume: bool, images: bool
+) -> tuple[EvaluationProgress, Scored]:
+    """The progress of the evaluation ``identity`` describes in ``out``: with ``resume`` the one a stopped run
+    left there, if any, and what it scored (said in a line), checked to have the ``images`` of every patch it
+    scored (``predictions/PATCH.tif``; what a killed run was writing there is removed); else (or with none
+    there) a new one."""
+    if not (resume and (out / PROGRESS).is_dir()):
+        return EvaluationProgress.start(out, identity), Scored()
+    progress, scored = EvaluationProgress.resume(out, identity)
+    if images and scored.rows:
+        patches = sorted(scored.patch_ids)
+        for folder in [out / "predictions", out / "previews", *(out / "previews" / patch_id for patch_id in patches)]:
+            remove_leftovers_in(folder)
+        missing = next((p for p in patches if not (out / "predictions" / f"{p}.tif").is_file()), None)
+        if missing is not None:
+            raise DSen2CRError(
+                f"{out / 'predictions' / missing}.tif: missing, though the stopped evaluation scored {missing}; "
+                "--overwrite starts the evaluation again"
+            )
+    done = len(scored.patch_ids)
+    log.info("%s: going on from the %d of %d patches a stopped run scored", out, done, identity["patches"])
+    return progress, scored
+
+
+def scored_patches(out: Path) -> tuple[int, int] | None:
+    """How many patches the progress in ``out`` holds scored, and of how many; None where there is none."""
+    try:
+        lines = (out / PROGRESS / PROGRESS_LINES).read_text(encoding="utf-8").split("\n")
+        total = int(json.loads(lines[0])["identity"]["patches"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    done: set[str] = set()
+    for line in lines[1:]:
+        batch = _complete_batch(line)
+        if batch is None:
+            break
+        done.update(row["patch_id"] for row in batch["rows"])
+    return len(done), total
+
+
+def keep_progress(out: Path, entries: Sequence[str], scored_before: int = 0) -> tuple[str, ...]:
+    """The entries of a failed evaluation's folder to keep for ``--resume`` (``progress`` and the images'
+    ``entries``) when it scored a patch, saying so in a warning where this run scored more than the
+    ``scored_before`` it went on from; else none."""
+    counts = scored_patches(out)
+    if counts is None or counts[0] == 0:
+        return ()
+    if counts[0] <= scored_before:  # nothing new: the stopped run's progress stays as it was
+        return (PROGRESS, *entries)
+    log.warning(
+        "%s: the %d of %d patches scored are kept: run the command again with --resume to go on from them "
+        "(--overwrite starts again)",
+        out,
+        *counts,
+    )
+    return (PROGRESS, *entries)

@@ -1,0 +1,154 @@
+"""``evaluate --resume``: an evaluation stopped on the way (an interrupt in process, SIGKILL in a process of its
+own) goes on from the patches it scored and ends with the report of an uninterrupted run, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dsen2cr.cli import main
+from dsen2cr.models.dsen2cr import DSen2CR
+from dsen2cr.weights import save_weights
+
+#: The report's files that must equal an uninterrupted run's (the σ model's calibration included).
+REPORT = (
+    "metrics_per_image.csv",
+    "metrics_per_roi.csv",
+    "summary.md",
+    "summary.csv",
+    "summary.json",
+    "calibration.json",
+)
+
+
+@pytest.fixture(scope="module")
+def sigma_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model that predicts its variance: its calibration sample depends on the sampler's state."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = DSen2CR(num_blocks=2, num_features=8, include_sar=True, uncertainty="diag")
+    return save_weights(model, tmp_path_factory.mktemp("sigma") / "sigma.safetensors")
+
+
+def _argv(weights: Path, root: Path, out: Path, *extra: str) -> list[str]:
+    """``evaluate`` of the synthetic tree's training split (6 patches), one patch a batch."""
+    return [
+        "evaluate", "--no-progress", "--weights", str(weights), "--data-root", str(root),
+        "--file-list", str(root / "files.csv"), "--split", "train", "--batch-size", "1", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _same_report(a: Path, b: Path) -> None:
+    for name in REPORT:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    names = [sorted(p.name for p in (report / "predictions").iterdir()) for report in (a, b)]
+    assert names[0] == names[1]
+    assert not (b / "progress").exists()
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory, synthetic_tree: Path, sigma_weights: Path) -> Path:
+    """The uninterrupted evaluation."""
+    out = tmp_path_factory.mktemp("straight") / "eval"
+    assert main(_argv(sigma_weights, synthetic_tree, out)) == 0
+    return out
+
+
+def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_report(
+    tmp_path: Path,
+    synthetic_tree: Path,
+    sigma_weights: Path,
+    straight: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from dsen2cr import evaluate
+
+    score, calls = evaluate._Scorer.score, []
+
+    def interrupted(self: evaluate._Scorer, *args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 3:  # Ctrl-C while the third patch is scored
+            raise KeyboardInterrupt
+        score(self, *args, **kwargs)
+
+    out = tmp_path / "eval"
+    monkeypatch.setattr(evaluate._Scorer, "score", interrupted)
+    assert main(_argv(sigma_weights, synthetic_tree, out)) == 130
+    err = capsys.readouterr().err
+    assert "the 2 of 6 patches scored are kept: run the command again with --resume" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["predictions", "previews", "progress"]
+    assert len((out / "progress" / "batches.jsonl").read_text().splitlines()) == 3  # its header and two batches
+
+    monkeypatch.setattr(evaluate._Scorer, "score", score)
+    assert main(_argv(sigma_weights, synthetic_tree, out)) == 2  # without --resume: refused, nothing lost
+    assert "holds a stopped evaluation (2 of 6 patches scored); pass --resume" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(evaluate._Scorer, "score", lambda *a, **k: (calls.append(1), score(*a, **k)))
+    assert main(_argv(sigma_weights, synthetic_tree, out, "--resume")) == 0
+    assert len(calls) == 4  # only the patches not scored before
+    _same_report(straight, out)
+
+
+def test_a_sigkilled_evaluation_resumes_to_the_uninterrupted_report(
+    tmp_path: Path, synthetic_tree: Path, sigma_weights: Path, straight: Path
+) -> None:
+    """Killed once two batches are recorded; a line cut short and samples written for it (as a kill in the
+    middle of a batch's record leaves them) are dropped."""
+    out = tmp_path / "eval"
+    command = [sys.executable, "-m", "dsen2cr.cli", *_argv(sigma_weights, synthetic_tree, out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lines = out / "progress" / "batches.jsonl"
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if lines.exists() and len(lines.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the evaluation ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    recorded = lines.read_text()
+    with lines.open("a") as file:
+        file.write(recorded.splitlines()[-1][:40])  # a line cut short
+    with (out / "progress" / "samples.f64").open("ab") as file:
+        file.write(b"\0" * 1000)
+
+    assert main(_argv(sigma_weights, synthetic_tree, out, "--resume")) == 0
+    _same_report(straight, out)
+    left = [p for p in (out / "predictions").iterdir() if p.name.startswith(".")]  # the kill's temporaries
+    assert not left + [p for p in (out / "previews").rglob(".*") if p.is_file()]
+
+
+def test_resume_in_an_empty_folder_starts_the_evaluation(
+    tmp_path: Path, synthetic_tree: Path, sigma_weights: Path, straight: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One command line for a job that may be stopped and run again: the first run starts."""
+    out = tmp_path / "eval"
+    assert main(_argv(sigma_weights, synthetic_tree, out, "--resume")) == 0
+    _same_report(straight, out)
+    assert "going on from" not in caplog.text
+
+
+def test_the_progress_records_what_it_evaluates(tmp_path: Path, synthetic_tree: Path, sigma_weights: Path) -> None:
+    """Its first line: the patches, the settings and what computes the predictions (the weights' SHA-256)."""
+    from dsen2cr.evaluation_progress import EvaluationProgress, evaluation_identity
+    from dsen2cr.outputs.files import file_sha256
+
+    tags = {"DSEN2CR_WEIGHTS_SHA256": file_sha256(sigma_weights) or "", "DSEN2CR_PRECISION": "fp32", "OTHER": "x"}
+    identity = evaluation_identity(["a", "b"], {"protocol": "default"}, tags)
+    progress = EvaluationProgress.start(tmp_path, identity)
+    progress.add([{"patch_id": "a", "mae": float("nan")}], [], {"state": 1})
+    header = json.loads((tmp_path / "progress" / "batches.jsonl").read_text().splitlines()[0])
+    assert header["identity"]["patches"] == 2 and header["identity"]["protocol"] == "default"
+    assert header["identity"]["tags"] == {k: tags[k] for k in ("DSEN2CR_WEIGHTS_SHA256", "DSEN2CR_PRECISION")}
+    _, scored = EvaluationProgress.resume(tmp_path, identity)
+    assert scored.patch_ids == {"a"} and scored.sampler == {"state": 1}
+    assert str(scored.rows[0]["mae"]) == "nan"
