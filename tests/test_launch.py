@@ -99,3 +99,22 @@ def test_each_process_takes_its_gpu(environment, monkeypatch: pytest.MonkeyPatch
     assert str(resolve_device("cuda:0")) == "cuda:0"
     environment()
     assert str(resolve_device("cuda")) == "cuda"
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_refusal_of_the_whole_run_is_said_by_rank_0_alone(
+    environment, rank: str, tmp_path, capsys: pytest.CaptureFixture
+) -> None:
+    """Every task of an srun step reads the same config: a key it misspells stops them all, and rank 0 alone says
+    so (the launched tasks stop with exit 2 and no line); one process's own refusal is said by that process."""
+    from dsen2cr.cli import main
+
+    environment(SLURM_PROCID=rank, SLURM_STEP_NUM_TASKS="2")
+    config = tmp_path / "run.yaml"
+    config.write_text("optim:\n  epoch: 3\n")
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert ("unknown key" in err) == (rank == "0"), err
+    assert main(["evaluate", "--weights", str(tmp_path / "none.safetensors"), "--data-root", str(tmp_path),
+                 "--rois", str(config), "--out", str(tmp_path / "eval")]) == 2  # fmt: skip
+    assert "none.safetensors" in capsys.readouterr().err

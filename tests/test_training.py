@@ -242,6 +242,21 @@ def test_a_nan_training_loss_on_one_ddp_process_stops_every_process_alike(
     assert "training loss became nan at epoch 0, step 1; the run stopped" in result.stderr, result.stderr[-3000:]
 
 
+def test_a_refusal_every_ddp_process_reaches_is_said_once(
+    workdir: Path, run_cli: Callable[..., subprocess.CompletedProcess]
+) -> None:
+    """A check of the settings, the file lists and the process count stops every process of the run alike: rank 0
+    says it, the other processes stop without repeating it (every one of them printed it: eight lines on eight
+    GPUs). The bundled sample's validation split has one patch, fewer than two processes."""
+    args = ("--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--no-progress")
+    args += ("--out", str(workdir / "run"))
+    result = run_cli("train", "--config", "small-cpu", *args, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "the validation split has 1 patch, fewer than the run's 2 processes" in lines[0]
+
+
 def test_a_ddp_process_whose_peer_stopped_says_so_not_internal_error(
     tmp_path: Path, synthetic_tree: Path, run_cli: Callable[..., subprocess.CompletedProcess]
 ) -> None:

@@ -13,6 +13,13 @@ class DSen2CRError(Exception):
     """
 
 
+class RunWideError(DSen2CRError):
+    """A refusal that every process of a multi-process run reaches alike, from what they share (the settings, the
+    file lists, the number of processes): rank 0 says it, and the processes it launched stop without repeating
+    it (each of eight GPUs' processes printed the line). Not for what one process meets alone (a patch it reads,
+    its machine's shared memory): that process's line is the only one that says why the run stopped."""
+
+
 class HalfPrecisionOverflowError(DSen2CRError):
     """A 16-bit precision that ``--precision auto`` chose overflowed on a batch after the first (whose check it
     passed). ``fall_back`` drops it: the next batch settles the float32 arithmetic auto falls back to, checked as

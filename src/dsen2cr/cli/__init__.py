@@ -25,7 +25,7 @@ from typing import Any
 
 from dsen2cr.cli import compare, config, data, demo, doctor, evaluate, export, models, remove_clouds, train, weights
 from dsen2cr.cli.options import NoAbbrevParser, add_verbosity, merge_spellings, setup_logging
-from dsen2cr.errors import DSen2CRError, one_line
+from dsen2cr.errors import DSen2CRError, RunWideError, one_line
 from dsen2cr.launch import is_launched_worker
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.version import __version__
@@ -147,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 128 + signal.SIGPIPE  # as a command-line tool that SIGPIPE stopped
         if args.debug:
             raise
+        if isinstance(error, RunWideError) and is_launched_worker():  # rank 0 says it, once for the run
+            return 2
         print(f"dsen2cr {_command_line_name(args)}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except Exception as error:

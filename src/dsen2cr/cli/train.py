@@ -12,6 +12,7 @@ from dsen2cr.cli.options import (
     quiet_lightning,
     require_extra,
 )
+from dsen2cr.errors import DSen2CRError, RunWideError
 from dsen2cr.launch import is_launched_worker
 
 #: Shortcut options and the ``trainer`` keys they set.
@@ -60,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     overrides += [f"trainer.{key}={getattr(args, key)}" for key in TRAINER_SHORTCUTS if getattr(args, key) is not None]
-    config = load_config(args.config, overrides)
+    try:
+        config = load_config(args.config, overrides)
+    except DSen2CRError as error:  # every task of an srun step reads the same config: rank 0 says what is wrong
+        raise RunWideError(str(error)) from error
     quiet_lightning()
     from dsen2cr.training.train import run_training
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from dsen2cr.config import DataSection, LossSection
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
 from dsen2cr.data.layout import check_validation_split, data_files, resolve_split
-from dsen2cr.errors import DSen2CRError
+from dsen2cr.errors import DSen2CRError, RunWideError
 from dsen2cr.machine import SHARED_MEMORY, shared_memory_free
 from dsen2cr.weights import loop_position
 
@@ -232,7 +232,7 @@ class SEN12MSCRDataModule(L.LightningDataModule):
             check_validation_split(self.train_set.triplets, self.val_set.triplets, data_files(self.data))
         world = self.trainer.world_size if self.trainer is not None else 1
         if (patches := len(self.val_set)) < world:  # a process with nothing to validate would skip the validation
-            raise DSen2CRError(  # the others end by adding their sums together, and they would wait for it for ever
+            raise RunWideError(  # the others end by adding their sums together, and they would wait for it for ever
                 f"data: the validation split has {patches} patch{'es' if patches != 1 else ''}, fewer than the run's "
                 f"{world} processes: each validates its own patches; add validation patches or train on fewer processes"
             )
@@ -252,7 +252,7 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         for split, what in (("train", "training"), ("val", "validation")):
             limit, batches = getattr(self.trainer, f"limit_{split}_batches", 1.0), fewest[split]
             if isinstance(limit, float) and batches and int(batches * limit) == 0:
-                raise DSen2CRError(
+                raise RunWideError(
                     f"trainer.limit_{split}_batches: {limit:g} of the {batches} {what} batch"
                     f"{'es' if batches != 1 else ''} a process runs is less than one batch; raise it to at least "
                     f"{1 / batches:.3g}, or give a number of batches (an integer)"
@@ -279,7 +279,7 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         if not self.global_batch or world == 1:
             return self.batch_size
         if self.batch_size % world:
-            raise DSen2CRError(
+            raise RunWideError(
                 f"optim.batch_size: the global batch {self.batch_size} does not split over {world} processes "
                 "(optim.global_batch is true); choose a device count that divides it"
             )
@@ -311,7 +311,7 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         per_rank = len(self.train_set) // world  # Lightning's distributed sampler splits the samples evenly
         if self.data.drop_last and per_rank < self.batch_per_device():
-            raise DSen2CRError(
+            raise RunWideError(
                 f"optim.batch_size: {self.batch_per_device()} per process, but an epoch has {per_rank} training "
                 f"samples per process and data.drop_last is true: no batch would run (the run would save untrained "
                 "weights); lower optim.batch_size, raise data.repeats, or set data.drop_last: false"
