@@ -152,3 +152,19 @@ def test_the_progress_records_what_it_evaluates(tmp_path: Path, synthetic_tree: 
     _, scored = EvaluationProgress.resume(tmp_path, identity)
     assert scored.patch_ids == {"a"} and scored.sampler == {"state": 1}
     assert str(scored.rows[0]["mae"]) == "nan"
+
+
+def test_the_pooled_calibration_sample_is_bounded(
+    tmp_path: Path, synthetic_tree: Path, sigma_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20,000 values a patch, and 2 million in all: fewer a patch where there are many (the test split's thousands
+    of patches kept 160 M values, whose calibration took some 20 GB at the end of an evaluation of hours).
+    Here the bound is lowered to 1000 values for the 6 patches: 166 each."""
+    import json
+
+    from dsen2cr import evaluate
+
+    monkeypatch.setattr(evaluate, "POOLED_CALIBRATION_VALUES", 1000)
+    out = tmp_path / "eval"
+    assert main(_argv(sigma_weights, synthetic_tree, out, "--no-images")) == 0
+    assert json.loads((out / "calibration.json").read_text())["values"] == 6 * 166

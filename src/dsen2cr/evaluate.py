@@ -74,6 +74,9 @@ REPORT_ENTRIES: tuple[str, ...] = (
     "calibration.png",
     PROGRESS,  # while it runs, and kept when it stops: what --resume goes on from
 )
+#: The values kept in all for the pooled calibration of a model with sigma: up to :attr:`_Scorer.SAMPLE` a patch,
+#: fewer where there are many (the 160 M of thousands of patches took some 20 GB to calibrate at the end).
+POOLED_CALIBRATION_VALUES = 2_000_000
 #: What to do about a report whose images will not fit (``outputs.room.check_projected_room``).
 ROOM_HINT = "free space there, choose another --out, or pass --no-images (the metrics alone)"
 
@@ -195,7 +198,7 @@ class _Scorer:
     """Scores the patches of each batch (model and identity rows), writes their images, and keeps a sample of
     (|error|, sigma) values for the reliability diagram."""
 
-    #: Values per patch kept for the pooled calibration (a fixed random subset).
+    #: Values per patch kept for the pooled calibration (a fixed random subset), at most.
     SAMPLE = 20_000
 
     def __init__(self, options: EvaluationOptions, out: Path, by_id: dict[str, Triplet], include_sar: bool) -> None:
@@ -204,6 +207,7 @@ class _Scorer:
         self.tags: dict[str, str] = {}  # what computed the predictions (set once the first batch ran)
         self.rows: list[dict[str, Any]] = []
         self.samples: list[tuple[np.ndarray, np.ndarray]] = []
+        self.sample = max(1, min(self.SAMPLE, POOLED_CALIBRATION_VALUES // max(1, len(by_id))))
         self.rng = np.random.default_rng(0)
         mask, threshold = options.mask_kind, options.cloud_threshold  # the map the region metrics use
         self.mask_tags = {"DSEN2CR_MASK": mask} | threshold_tags(mask, threshold)
@@ -256,10 +260,10 @@ class _Scorer:
             self.rng.bit_generator.state = scored.sampler
 
     def _keep_sample(self, pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray) -> None:
-        """Keep up to :attr:`SAMPLE` random (|error|, sigma) values of a patch (reflectance)."""
+        """Keep up to :attr:`sample` random (|error|, sigma) values of a patch (reflectance)."""
         error, sigma = reflectance_errors(pred_dn, target_dn, sigma_dn)
-        if error.size > self.SAMPLE:
-            chosen = self.rng.choice(error.size, self.SAMPLE, replace=False)
+        if error.size > self.sample:
+            chosen = self.rng.choice(error.size, self.sample, replace=False)
             error, sigma = error[chosen], sigma[chosen]
         self.samples.append((error, sigma))
 
