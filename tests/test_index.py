@@ -136,8 +136,9 @@ def test_held_out_patches_on_training_ground_are_warned(tmp_path: Path, caplog: 
     inside the box around them but on none (not). Validation ROI 3: ROI 1's numbers on the next UTM zone, 6
     degrees east (not: other ground). Validation ROI 5: on the next zone's grid too, one patch over ROI 1's first
     (its corner taken there by pyproj, 40 m east and 50 m south: counted, as tiles of two zones overlap) and one
-    a patch's width east of ROI 1's second (not: beside it). Each placement worked out by hand: one test patch of
-    three and one validation patch of three lie on training ground."""
+    a patch's width east of ROI 1's second (not: beside it), and one over the south-east corner of ROI 1's second
+    (120 m x 220 m of its 320 m x 320 m, neither patch holding the other's centre: counted). Each placement worked
+    out by hand: one test patch of three and two validation patches of four lie on training ground."""
     import logging
 
     import numpy as np
@@ -152,8 +153,9 @@ def test_held_out_patches_on_training_ground_are_warned(tmp_path: Path, caplog: 
     to_zone_33 = Transformer.from_crs(32632, 32633, always_xy=True)
     east, north = to_zone_33.transform(400000 + 40, 5000000 - 50)  # 40 m east, 50 m south of ROI 1's first patch
     beside_east, beside_north = to_zone_33.transform(400000 + 1000 + 320, 5000000)  # east of ROI 1's second
-    origins = {(5, 0): (east, north), (5, 1): (beside_east, beside_north)}
-    placed += [(5, 0, 0.0, 32633), (5, 1, 0.0, 32633)]
+    corner_east, corner_north = to_zone_33.transform(400000 + 1200, 5000000 - 100)  # ROI 1's second's corner
+    origins = {(5, 0): (east, north), (5, 1): (beside_east, beside_north), (5, 2): (corner_east, corner_north)}
+    placed += [(5, 0, 0.0, 32633), (5, 1, 0.0, 32633), (5, 2, 0.0, 32633)]
     for roi, patch, west, epsg in placed:
         x, y = origins.get((roi, patch), (400000 + west, 5000000))
         grid = {"crs": CRS.from_epsg(epsg), "transform": from_origin(x, y, 10, 10)}
@@ -169,7 +171,7 @@ def test_held_out_patches_on_training_ground_are_warned(tmp_path: Path, caplog: 
             test_rois={"ROIs0_own/2", "ROIs0_own/4"},
         )
     assert report.on_training_ground == {
-        2: (1, ["ROIs0_own/5"], ["ROIs0_own/1"]),
+        2: (2, ["ROIs0_own/5"], ["ROIs0_own/1"]),
         3: (1, ["ROIs0_own/2"], ["ROIs0_own/1"]),
     }
     warned = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
@@ -177,7 +179,7 @@ def test_held_out_patches_on_training_ground_are_warned(tmp_path: Path, caplog: 
         "1 of the 3 test patches (ROI ROIs0_own/2) lie on ground that training patches cover (ROI ROIs0_own/1): a "
         "model would be scored there on ground it trained on; give ROIs of one place one split (--val-rois, "
         "--test-rois)",
-        "1 of the 3 validation patches (ROI ROIs0_own/5) lie on ground that training patches cover (ROI "
+        "2 of the 4 validation patches (ROI ROIs0_own/5) lie on ground that training patches cover (ROI "
         "ROIs0_own/1): a model would be scored there on ground it trained on; give ROIs of one place one split "
         "(--val-rois, --test-rois)",
     ]

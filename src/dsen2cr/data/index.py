@@ -187,6 +187,11 @@ def index_dataset(
     return report
 
 
+#: Points across each side of a patch whose lattice (cells' centres) tells shared ground across CRSs: an overlap of
+#: more than about a quarter of a side each way is found (by the centres alone, only one of over half).
+PATCH_LATTICE = 4
+
+
 def held_out_on_training_ground(
     triplets: list[Triplet], footprints: list[Footprint]
 ) -> dict[int, tuple[int, list[str], list[str]]]:
@@ -194,8 +199,9 @@ def held_out_on_training_ground(
     their patches share ground with a training patch, their ROIs and the training ROIs concerned. ROIs are
     compared by the box around their patches first (in longitude and latitude across CRSs), then patch by patch:
     on one CRS by their bounds (edges that only touch share nothing), across CRSs (tiles of two UTM zones) by
-    whether either patch holds the other's centre (a patch's box on another CRS is turned a little, so boxes of
-    patches side by side would overlap)."""
+    whether either patch holds a point of the other's :data:`PATCH_LATTICE` (a patch's box on another CRS is
+    turned a little, so boxes of patches side by side would overlap; the lattice's points lie an eighth of a side
+    inside, far more than that turn moves them)."""
     places: dict[tuple[str, str], list[int]] = {}  # (ROI, CRS) -> its patches
     for index, (triplet, footprint) in enumerate(zip(triplets, footprints, strict=True)):
         places.setdefault((triplet.roi, footprint.crs), []).append(index)
@@ -216,7 +222,7 @@ def held_out_on_training_ground(
                     continue
                 shared = overlapping(held_bounds, trained_bounds).any(axis=1)
             elif _near(lonlat[held], lonlat[trained]):
-                shared = lattice_overlap(held_bounds, held[1], trained_bounds, trained[1]).any(axis=1)  # centres
+                shared = lattice_overlap(held_bounds, held[1], trained_bounds, trained[1], PATCH_LATTICE).any(axis=1)
             else:
                 continue
             if shared.any():
