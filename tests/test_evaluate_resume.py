@@ -168,3 +168,27 @@ def test_the_pooled_calibration_sample_is_bounded(
     out = tmp_path / "eval"
     assert main(_argv(sigma_weights, synthetic_tree, out, "--no-images")) == 0
     assert json.loads((out / "calibration.json").read_text())["values"] == 6 * 166
+
+
+def test_a_batch_that_cannot_be_recorded_is_one_line_naming_the_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fills while a batch is recorded: the error names the progress file and the OS's reason (a bare
+    "[Errno 28] No space left on device" named nothing); what was recorded before stays."""
+    import builtins
+    import errno
+
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.evaluation_progress import EvaluationProgress, evaluation_identity
+
+    progress = EvaluationProgress.start(tmp_path, evaluation_identity(["a"], {}, {}))
+    real_open = builtins.open
+
+    def full(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full)
+    with pytest.raises(DSen2CRError, match=r"samples.f64: cannot record a scored batch \(No space left on device\)"):
+        progress.add([{"patch_id": "a"}], [], {})

@@ -134,14 +134,23 @@ class EvaluationProgress:
 
     def add(self, rows: list[dict[str, Any]], samples: list[Sample], sampler: Mapping[str, Any]) -> None:
         """Record one scored batch: its ``rows``, its patches' calibration ``samples`` (|error|, sigma) and the
-        sampler's state after them; the samples first, so that a complete line always has its samples."""
-        with open(self.folder / _SAMPLES, "ab") as file:
-            for error, sigma in samples:
-                file.write(np.asarray(error, dtype="<f8").tobytes())
-                file.write(np.asarray(sigma, dtype="<f8").tobytes())
-        line = {"rows": rows, "samples": [len(error) for error, _ in samples], "sampler": sampler}
-        with open(self.folder / PROGRESS_LINES, "a", encoding="utf-8") as file:
-            file.write(json.dumps(line) + "\n")
+        sampler's state after them; the samples first, so that a complete line always has its samples. A write
+        that fails (a full disk) is one line naming the file; what was recorded before stays."""
+        path = self.folder / _SAMPLES
+        try:
+            with open(path, "ab") as file:
+                for error, sigma in samples:
+                    file.write(np.asarray(error, dtype="<f8").tobytes())
+                    file.write(np.asarray(sigma, dtype="<f8").tobytes())
+            line = {"rows": rows, "samples": [len(error) for error, _ in samples], "sampler": sampler}
+            path = self.folder / PROGRESS_LINES
+            with open(path, "a", encoding="utf-8") as file:
+                file.write(json.dumps(line) + "\n")
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise DSen2CRError(
+                f"{path}: cannot record a scored batch ({reason}); the batches recorded before it stay for --resume"
+            ) from error
         self.batches += 1
 
     def remove(self) -> None:
