@@ -76,15 +76,14 @@ class Scored:
 class EvaluationProgress:
     """The progress of one evaluation in ``out/progress`` (see the module's docstring)."""
 
-    def __init__(self, out: Path, identity: dict[str, Any]) -> None:
+    def __init__(self, out: Path) -> None:
         self.folder = out / PROGRESS
-        self.identity = identity
         self.batches = 0  # lines of batches in the file
 
     @classmethod
     def start(cls, out: Path, identity: dict[str, Any]) -> EvaluationProgress:
         """A new, empty progress in ``out`` (an earlier one there is replaced)."""
-        progress = cls(out, identity)
+        progress = cls(out)
         shutil.rmtree(progress.folder, ignore_errors=True)
         progress.folder.mkdir(parents=True)
         (progress.folder / _SAMPLES).touch()
@@ -96,7 +95,7 @@ class EvaluationProgress:
     def resume(cls, out: Path, identity: dict[str, Any]) -> tuple[EvaluationProgress, Scored]:
         """The progress a stopped run left in ``out``, checked to be of the evaluation ``identity`` describes,
         and what it scored (a line cut short by a kill, and the samples written for it, are dropped)."""
-        progress = cls(out, identity)
+        progress = cls(out)
         lines_path, samples_path = progress.folder / PROGRESS_LINES, progress.folder / _SAMPLES
         try:
             text = lines_path.read_text(encoding="utf-8")
