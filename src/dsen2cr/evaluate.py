@@ -116,7 +116,9 @@ def evaluate(
 ) -> Summary:
     """Evaluate ``model`` (a predictor from :func:`dsen2cr.predictor.load_predictor`, e.g. an int8 ONNX file; or
     a PyTorch model, run eager fp32 on its device); write reports (and predictions and previews) to ``out_dir``.
-    ``options`` (:class:`EvaluationOptions`), with ``changes`` to its fields given as keywords.
+    ``options`` (:class:`EvaluationOptions`), with ``changes`` to its fields given as keywords. Each batch is
+    recorded in ``out_dir/progress`` as it is scored (:mod:`dsen2cr.evaluation_progress`), removed once the report
+    is written; with ``resume`` a stopped evaluation's progress there is gone on from.
 
     Returns the summary: ``{method: {metric: {"mean": x, "median": y, "ci_low": …, "ci_high": …, "rois": n}}}``
     for the model and the identity baseline (the cloudy input taken as the prediction); the interval is the
