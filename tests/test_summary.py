@@ -95,3 +95,27 @@ def test_holm_adjustment_and_p_values_at_their_edges() -> None:
     assert clustered_p_value(np.full(6, 0.002), ["a", "a", "b", "b", "c", "c"]) == 0.0
     assert clustered_p_value(np.zeros(4), ["a", "a", "b", "b"]) == 1.0
     assert math.isnan(clustered_p_value(np.array([0.1, 0.2]), ["a", "a"]))
+
+
+def test_an_image_identical_to_its_target_makes_an_infinite_mean_said_so() -> None:
+    """A prediction (or the cloudy input) equal to its target has RMSE 0 and an infinite PSNR: the mean over the
+    images is infinite and its interval undefined. numpy's warning leaked to stderr ("invalid value encountered
+    in subtract"); now no warning, an empty interval and a line under the table that says why."""
+    import warnings
+
+    from dsen2cr.summary import summarise
+
+    rows = [
+        {"patch_id": f"p{i}", "roi": f"r{i % 3}", "method": method, "psnr": psnr}
+        for i, psnr in enumerate([20.0, 22.0, math.inf, 25.0, 21.0, 23.0])
+        for method in ("model", "identity")
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = summarise(rows, ["psnr"])
+    psnr = summary["model"]["psnr"]
+    assert psnr["mean"] == math.inf and psnr["median"] == 22.5
+    assert math.isnan(psnr["ci_low"]) and math.isnan(psnr["ci_high"])
+    text = summary_markdown(summary, 6)
+    assert "| model | inf (22.5000) |" in text
+    assert "psnr of model: infinite mean, an image equal to its target (RMSE 0); read the median" in text

@@ -70,6 +70,9 @@ def _clustered_error(values: np.ndarray, clusters: Sequence[str]) -> tuple[float
     count = len(names)
     if count < 2 or values.size == 0:
         return math.nan, math.nan, count
+    if not np.isfinite(values).all():  # a perfect image's PSNR: the mean is infinite, its spread undefined
+        with np.errstate(invalid="ignore"):
+            return float(values.mean()), math.nan, count
     mean = values.mean()
     sums = np.bincount(index, weights=values - mean, minlength=count)
     error = math.sqrt(count / (count - 1) * float((sums**2).sum())) / values.size
@@ -142,6 +145,12 @@ def summary_markdown(summary: Summary, images: int, protocol: str = "default") -
             for m in (metrics[name] for name in names)
         ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    infinite = [f"{n} of {method}" for method, metrics in summary.items() for n in names if _infinite(metrics[n])]
+    if infinite:  # after a blank line: a line right under a table is one of its rows
+        lines += [
+            "",
+            *(f"{what}: infinite mean, an image equal to its target (RMSE 0); read the median" for what in infinite),
+        ]
     model = summary["model"]
     if any("ci_low" in model[name] and not math.isnan(model[name]["ci_low"]) for name in names):
         rois = int(max(model[name].get("rois", 0) for name in names))
@@ -157,6 +166,11 @@ def summary_markdown(summary: Summary, images: int, protocol: str = "default") -
             cells = [_interval_cell(metrics[name]) for name in names]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _infinite(metric: Mapping[str, float]) -> bool:
+    """Whether a metric's mean is infinite (a PSNR over images of which one equals its target)."""
+    return math.isinf(metric["mean"])
 
 
 def _interval_cell(metric: Mapping[str, float]) -> str:
