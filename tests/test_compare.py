@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -138,6 +139,30 @@ def test_many_metrics_call_a_side_better_only_past_holms_threshold(tmp_path: Pat
     assert all(np.isnan(chosen[m].p_holm) and chosen[m].better == "" for m in ("mae", "rmse", "psnr"))
     with pytest.raises(DSen2CRError, match="--metric: coverage_1sigma has no better side"):
         compare_reports(a, b, judged=["coverage_1sigma"])
+
+
+def test_a_metric_compared_over_fewer_patches_says_how_many(tmp_path: Path) -> None:
+    """A patch where either report has no finite value (an empty region's NaN, a perfect image's infinite PSNR) is
+    left out of that metric's comparison; the Markdown said nothing of it. Four patches of four ROIs: mae_cloudy
+    empty on one, psnr infinite for B on another."""
+    from dsen2cr.compare import Report, compare_reports, comparison_markdown
+
+    patches = [f"R/{n}_p0" for n in range(4)]
+    roi_of = {patch: patch.split("_")[0] for patch in patches}
+    a_values = {p: {"mae": 0.02 + 0.001 * n, "mae_cloudy": 0.03, "psnr": 30.0} for n, p in enumerate(patches)}
+    b_values = {p: {"mae": 0.01 + 0.002 * n, "mae_cloudy": 0.02, "psnr": 31.0} for n, p in enumerate(patches)}
+    a_values[patches[0]]["mae_cloudy"] = b_values[patches[0]]["mae_cloudy"] = math.nan
+    b_values[patches[1]]["psnr"] = math.inf
+    summary = {"protocol": "default", "window": None, "units": "u", "provenance": {}}
+    a = Report(tmp_path / "a", a_values, roi_of, summary)
+    b = Report(tmp_path / "b", b_values, roi_of, summary)
+    text = comparison_markdown(a, b, compare_reports(a, b))
+    assert "Patch by patch on 4 patches of 4 ROIs" in text
+    notes = [line for line in text.splitlines() if "of the 4 patches" in line]
+    assert notes == [
+        "mae_cloudy: 3 of the 4 patches, psnr: 3 of the 4 patches (the others have no finite value in one report or "
+        "both: an empty region, a perfect image's PSNR)."
+    ]
 
 
 def _report(folder: Path, patches: dict[str, str], *, protocol: str = "default", roi: bool = True) -> Path:

@@ -178,9 +178,10 @@ def _check_comparable(a: Report, b: Report) -> None:
 
 
 def comparison_markdown(a: Report, b: Report, comparisons: list[MetricComparison]) -> str:
-    """The comparison as Markdown: what A and B are, then a row per metric."""
-    patches = max((c.patches for c in comparisons), default=0)
-    rois = max((c.rois for c in comparisons), default=0)
+    """The comparison as Markdown: what A and B are, then a row per metric, and the metrics compared over fewer
+    patches than all (a patch without a finite value in either report is left out of that metric's)."""
+    patches = len(a.values)
+    rois = len({a.roi_of[patch] for patch in a.values})
     family = sum(not math.isnan(c.p_holm) for c in comparisons)
     lines = [
         f"A: {a.folder} ({a.made_by()}); B: {b.folder} ({b.made_by()}).",
@@ -208,4 +209,8 @@ def comparison_markdown(a: Report, b: Report, comparisons: list[MetricComparison
         better = c.better or ("–" if math.isnan(c.p_holm) else "not shown")
         means = f"{c.mean_a:.4f} | {c.mean_b:.4f} | {c.difference:+.4f}"
         lines.append(f"| {c.metric} | {means} | {interval} | {p_values} | {better} |")
+    fewer = [f"{c.metric}: {c.patches} of the {patches} patches" for c in comparisons if c.patches < patches]
+    if fewer:  # after a blank line: a line right under a table is one of its rows
+        reason = "the others have no finite value in one report or both: an empty region, a perfect image's PSNR"
+        lines += ["", f"{', '.join(fewer)} ({reason})."]
     return "\n".join(lines) + "\n"
