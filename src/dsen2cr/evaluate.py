@@ -36,7 +36,14 @@ from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.evaluation_progress import PROGRESS, Scored, evaluation_identity, open_progress
+from dsen2cr.evaluation_progress import (
+    PREDICTIONS,
+    PREVIEWS,
+    PROGRESS,
+    Scored,
+    evaluation_identity,
+    open_progress,
+)
 from dsen2cr.metrics import (
     METRIC_NAMES,
     ORIGINAL_METRIC_NAMES,
@@ -68,8 +75,8 @@ REPORT_ENTRIES: tuple[str, ...] = (
     "summary.md",
     "summary.csv",
     "summary.json",
-    "predictions",
-    "previews",
+    PREDICTIONS,
+    PREVIEWS,
     "calibration.json",
     "calibration.png",
     PROGRESS,  # while it runs, and kept when it stops: what --resume goes on from
@@ -150,7 +157,8 @@ def evaluate(
     identity = evaluation_identity([t.patch_id for t in triplets], settings, scorer.tags)
     progress, scored = open_progress(out, identity, resume=o.resume, images=o.write_images)
     scorer.restore(scored)
-    remaining = [t for t in triplets if t.patch_id not in scored.patch_ids]
+    scored_ids = scored.patch_ids  # a set made once (built for every triplet, thousands of times over)
+    remaining = [t for t in triplets if t.patch_id not in scored_ids]
     dataset = SEN12MSCRDataset(
         remaining, train=False, cloud_threshold=o.cloud_threshold, window=o.window or None, mask=o.mask_kind
     )
@@ -158,15 +166,15 @@ def evaluate(
     bar = tqdm(total=len(triplets), unit="patch", desc="evaluate", disable=not o.progress, dynamic_ncols=True)
     bar.update(len(triplets) - len(remaining))
     with torch.inference_mode(), bar:
-        for batch in itertools.chain.from_iterable(loader):  # each of a batch's sizes
+        for number, batch in enumerate(itertools.chain.from_iterable(loader)):  # each of a batch's sizes
             bar.update(len(batch["patch_id"]))
             s1 = batch["s1"].numpy() if model.include_sar else None
             mean, variance, parts = _predict(predictor, batch["s2_cloudy"].numpy(), s1, uncertain, parted)
             scorer.tags = predictor.provenance(with_variance=uncertain)
             rows, samples = len(scorer.rows), len(scorer.samples)
             scorer.score(batch, mean, variance, parts)
-            if o.write_images and rows == 2 * (len(triplets) - len(remaining)):  # this run's first batch: will it fit?
-                images = [out / "predictions", out / "previews"]
+            if o.write_images and number == 0:  # this run's first batch: will the rest fit?
+                images = [out / PREDICTIONS, out / PREVIEWS]
                 check_projected_room(out, images, len(scorer.rows) // 2, len(triplets), what="patches", hint=ROOM_HINT)
             progress.add(scorer.rows[rows:], scorer.samples[samples:], scorer.rng.bit_generator.state)
     order = {t.patch_id: position for position, t in enumerate(triplets)}
@@ -248,12 +256,12 @@ class _Scorer:
                     {"patch_id": patch_id, "roi": roi, "method": method, "cloud_fraction": cloud_fraction, **values}
                 )
             if self.options.write_images:
-                _write_prediction(self.by_id[patch_id], pred_dn, self.out / "predictions", self.tags)
+                _write_prediction(self.by_id[patch_id], pred_dn, self.out / PREDICTIONS, self.tags)
                 s1_db = s1_model_to_db(batch["s1"][i].numpy()) if self.include_sar else None
                 images = {"cloudy": cloudy_dn, "target": target_dn, "prediction": pred_dn}
                 caption = _caption(patch_id, self.rows[-2], self.rows[-1], self.options.protocol)
                 text = {**self.tags, **self.mask_tags, "DSEN2CR_PATCH": patch_id}  # what made the pictures
-                write_patch_previews(patch_id, s1_db, images, mask, caption, self.out / "previews", text)
+                write_patch_previews(patch_id, s1_db, images, mask, caption, self.out / PREVIEWS, text)
 
     def restore(self, scored: Scored) -> None:
         """Go on from what a stopped run ``scored``: its rows, samples and the sampler's state after them."""

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: The entry of the report folder that holds the progress while the evaluation runs.
 PROGRESS = "progress"
+#: The report's folders of images: each scored patch's prediction (``PATCH.tif``) and previews, which a stopped
+#: evaluation keeps with its progress and a resumed one goes on with.
+PREDICTIONS, PREVIEWS = "predictions", "previews"
 PROGRESS_LINES = "batches.jsonl"
 _SAMPLES = "samples.f64"
 _FORMAT = "dsen2cr evaluation progress 1"
@@ -206,18 +209,17 @@ def open_progress(
     if not (resume and (out / PROGRESS).is_dir()):
         return EvaluationProgress.start(out, identity), Scored()
     progress, scored = EvaluationProgress.resume(out, identity)
-    if images and scored.rows:
-        patches = sorted(scored.patch_ids)
-        for folder in [out / "predictions", out / "previews", *(out / "previews" / patch_id for patch_id in patches)]:
+    patches = sorted(scored.patch_ids)
+    if images and patches:
+        for folder in [out / PREDICTIONS, out / PREVIEWS, *(out / PREVIEWS / patch_id for patch_id in patches)]:
             remove_leftovers_in(folder)
-        missing = next((p for p in patches if not (out / "predictions" / f"{p}.tif").is_file()), None)
+        missing = next((p for p in patches if not (out / PREDICTIONS / f"{p}.tif").is_file()), None)
         if missing is not None:
             raise DSen2CRError(
-                f"{out / 'predictions' / missing}.tif: missing, though the stopped evaluation scored {missing}; "
+                f"{out / PREDICTIONS / missing}.tif: missing, though the stopped evaluation scored {missing}; "
                 "--overwrite starts the evaluation again"
             )
-    done = len(scored.patch_ids)
-    log.info("%s: going on from the %d of %d patches a stopped run scored", out, done, identity["patches"])
+    log.info("%s: going on from the %d of %d patches a stopped run scored", out, len(patches), identity["patches"])
     return progress, scored
 
 
@@ -237,19 +239,19 @@ def scored_patches(out: Path) -> tuple[int, int] | None:
     return len(done), total
 
 
-def keep_progress(out: Path, entries: Sequence[str], scored_before: int = 0) -> tuple[str, ...]:
-    """The entries of a failed evaluation's folder to keep for ``--resume`` (``progress`` and the images'
-    ``entries``) when it scored a patch, saying so in a warning where this run scored more than the
-    ``scored_before`` it went on from; else none."""
+def keep_progress(out: Path, scored_before: int = 0) -> tuple[str, ...]:
+    """The entries of a failed evaluation's folder to keep for ``--resume`` (its progress and image folders) when
+    it scored a patch, saying so in a warning where this run scored more than the ``scored_before`` it went on
+    from; else none."""
     counts = scored_patches(out)
     if counts is None or counts[0] == 0:
         return ()
     if counts[0] <= scored_before:  # nothing new: the stopped run's progress stays as it was
-        return (PROGRESS, *entries)
+        return (PROGRESS, PREDICTIONS, PREVIEWS)
     log.warning(
         "%s: the %d of %d patches scored are kept: run the command again with --resume to go on from them "
         "(--overwrite starts again)",
         out,
         *counts,
     )
-    return (PROGRESS, *entries)
+    return (PROGRESS, PREDICTIONS, PREVIEWS)

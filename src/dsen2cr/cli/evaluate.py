@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     window = args.window if args.window is not None else (128 if args.protocol == "original" else 0)
     if window < 0:
         raise DSen2CRError(f"--window: must be 0 (full patch) or a size in pixels, got {window}")
-    folder = _report_folder(Path(args.out), resume=args.resume, overwrite=args.overwrite)
+    stopped = scored_patches(Path(args.out))  # a stopped evaluation's (scored, of all), or None
+    folder = _report_folder(Path(args.out), stopped, resume=args.resume, overwrite=args.overwrite)
     check_output_folder(args.out, **folder)
     check_data_root(args.data_root, "--data-root")
     members = [
@@ -126,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
         data = f"the ROIs of {Path(args.rois).name}"
         triplets = triplets_of_rois(args.data_root, args.rois)
     # a failed evaluation leaves no half report behind: only what a rerun with --resume goes on from
-    scored_before = (scored_patches(Path(args.out)) or (0, 0))[0] if args.resume else 0
-    keep = functools.partial(keep_progress, Path(args.out), ("predictions", "previews"), scored_before)
+    scored_before = stopped[0] if args.resume and stopped is not None else 0
+    keep = functools.partial(keep_progress, Path(args.out), scored_before)
     with output_folder(args.out, **folder, keep_on_failure=keep):
         summary = evaluate(
             predictor,
@@ -148,16 +149,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_folder(out: Path, *, resume: bool, overwrite: bool) -> dict[str, Any]:
+def _report_folder(out: Path, stopped: tuple[int, int] | None, *, resume: bool, overwrite: bool) -> dict[str, Any]:
     """How the command may write into the report folder ``out`` (:func:`~dsen2cr.outputs.files.output_folder`'s
-    arguments): with ``resume``, keeping what a stopped evaluation left there to go on from it."""
+    arguments): with ``resume``, keeping what a stopped evaluation left there (``stopped``: its patches scored and
+    all, :func:`~dsen2cr.evaluation_progress.scored_patches`) to go on from it."""
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.evaluate import REPORT_ENTRIES
-    from dsen2cr.evaluation_progress import PROGRESS, PROGRESS_LINES, scored_patches
+    from dsen2cr.evaluation_progress import PROGRESS, PROGRESS_LINES
 
     if resume and overwrite:
         raise DSen2CRError("--resume and --overwrite: one goes on from a stopped evaluation, the other starts again")
-    stopped = scored_patches(out)
     if resume and stopped is None and (out / PROGRESS).exists():
         raise DSen2CRError(
             f"{out / PROGRESS / PROGRESS_LINES}: not the progress of an evaluation (unreadable); --overwrite starts "
