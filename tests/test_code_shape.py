@@ -23,6 +23,7 @@ LAYERS = [
     ["scene.remove", "scene.checks", "scene.sources"],
     ["ensemble"],
     ["scene.batches", "scene.masking", "scene.describe"],
+    ["scene.journal"],  # a scene's predicted windows, kept while it runs (remove-clouds --resume)
     ["predictor"],
     ["auto"],
     ["scene.tiles", "scene"],

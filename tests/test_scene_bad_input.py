@@ -1391,3 +1391,48 @@ def test_unusual_but_valid_environments(
     if case == "cache dir is a file":
         assert "compile cache: cannot create" in result.stderr
         assert (workdir / "cache").read_text() == "mine"
+
+
+# ------------------------------------------------------------- remove-clouds --resume: a stopped scene's journal
+
+
+def _with_journal(tmp: Path, lines: str, *extra: str) -> list[str]:
+    """remove-clouds into o.tif, beside which a stopped run's journal holds ``lines``."""
+    journal = tmp / ".o.tif.journal"
+    journal.mkdir()
+    (journal / "windows.jsonl").write_text(lines)
+    (journal / "predictions.f32").write_bytes(b"")
+    return _remove_to(tmp, tmp.scene()[0], tmp / "o.tif", *extra)
+
+
+_JOURNAL_HEADER = '{"format": "dsen2cr scene journal 1", "identity": {"windows": 12}}\n'
+
+CASES += [
+    dict(
+        name="remove-clouds: --resume with --overwrite",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", "--resume", "--overwrite"),
+        message="--resume goes on from a stopped scene, --overwrite starts it again: give one of them",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a stopped run's journal beside the output, without --resume",
+        setup=lambda t: _with_journal(t, _JOURNAL_HEADER),
+        message="o.tif: a stopped run of this scene predicted 0 of its 12 windows (kept in .o.tif.journal): --resume",
+        absent=("o.tif",),
+        keep=(".o.tif.journal/windows.jsonl",),
+    ),
+    dict(
+        name="remove-clouds: --resume with a journal that is not one",
+        setup=lambda t: _with_journal(t, "PK\x03\x04 not json\n", "--resume"),
+        message=".o.tif.journal/windows.jsonl: not a scene's journal (",
+        absent=("o.tif",),
+        keep=(".o.tif.journal/windows.jsonl",),
+    ),
+    dict(
+        name="remove-clouds: --resume with a journal of another version's format",
+        setup=lambda t: _with_journal(t, '{"format": "dsen2cr scene journal 9", "identity": {}}\n', "--resume"),
+        message="windows.jsonl: a journal of another format; --overwrite starts the scene again",
+        absent=("o.tif",),
+        keep=(".o.tif.journal/windows.jsonl",),
+    ),
+]

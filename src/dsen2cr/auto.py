@@ -291,6 +291,21 @@ def compile_pays_off(
     return saving > build
 
 
+#: Eager CPU seconds of a scene from which ``--journal auto`` keeps its predicted windows: a stop after this much
+#: work costs more than writing them (4 bytes a band and pixel) costs time.
+JOURNAL_AFTER_SECONDS = 600.0
+
+
+def resolve_journal(journal: str, config: ModelSpec, device: torch.device, pixels: float) -> bool:
+    """Whether a scene of ``pixels`` keeps a journal of its predicted windows (``--journal``): ``on``, ``off``, or
+    ``auto``: on a CPU where the network's estimated time for the scene passes :data:`JOURNAL_AFTER_SECONDS`
+    (a full tile with the paper's model: hours), never on a GPU (seconds a tile, and the journal's gigabytes would
+    cost more than they save)."""
+    if journal != "auto":
+        return journal == "on"
+    return device.type == "cpu" and estimated_eager_seconds(config, pixels) >= JOURNAL_AFTER_SECONDS
+
+
 def plan_scene_run(
     settings: SceneSettings,
     config: ModelSpec,

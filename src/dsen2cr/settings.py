@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 #: Backends a user may ask for (``auto``: decided by :func:`dsen2cr.auto.plan_backend`).
 BACKEND_CHOICES = ("auto", "eager", "compiled", "onnxruntime")
 RESAMPLINGS = ("nearest", "bilinear")
+#: ``--journal``: keep each predicted window beside the output while a scene runs (``auto``: decided by
+#: :func:`dsen2cr.auto.resolve_journal`).
+JOURNAL_CHOICES = ("auto", "on", "off")
 MASK_KINDS = ("paper", "product", "s2cloudless")
 #: Where the paper mask's shadow thresholds take their image statistics: the whole scene, or a --bounds part.
 MASK_STATISTICS = ("scene", "area")
@@ -104,6 +107,8 @@ class SceneSettings:
     compression_level: int | None = None  # None: GDAL's default for the compression
     overwrite: bool = False
     skip_existing: bool = False  # scenes an earlier run finished are skipped (dsen2cr.scene.done)
+    journal: str = "auto"  # each predicted window kept beside the output while the scene runs (dsen2cr.scene.journal)
+    resume: bool = False  # a stopped scene goes on from the windows its journal holds
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -117,6 +122,9 @@ class SceneSettings:
         _choice("--backend", self.backend, BACKEND_CHOICES)
         _choice("--precision", self.precision, PRECISIONS)
         _choice("--resampling", self.resampling, RESAMPLINGS)
+        _choice("--journal", self.journal, JOURNAL_CHOICES)
+        if self.resume and self.overwrite:
+            raise DSen2CRError("--resume goes on from a stopped scene, --overwrite starts it again: give one of them")
         _choice("--mask", self.mask, MASK_KINDS)
         _choice("--mask-statistics", self.mask_statistics, MASK_STATISTICS)
         if self.mask_statistics != "scene" and self.mask != "paper":

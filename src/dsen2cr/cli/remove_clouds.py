@@ -20,7 +20,14 @@ from dsen2cr.cli.options import (
     cloud_score,
     finite_float,
 )
-from dsen2cr.settings import BACKEND_CHOICES, DEFAULT_FEATHER, MASK_KINDS, MASK_STATISTICS, MAX_FEATHER
+from dsen2cr.settings import (
+    BACKEND_CHOICES,
+    DEFAULT_FEATHER,
+    JOURNAL_CHOICES,
+    MASK_KINDS,
+    MASK_STATISTICS,
+    MAX_FEATHER,
+)
 
 if TYPE_CHECKING:
     from dsen2cr.settings import SceneJob
@@ -201,6 +208,20 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         "the same inputs, --keep-clear, --mask and cloud threshold (a stopped batch goes on); one made otherwise is "
         "refused (replaced with --overwrite)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the windows a stopped run of a scene predicted (its journal, kept beside the output), "
+        "with the same inputs, weights and settings; a scene without one starts",
+    )
+    parser.add_argument(
+        "--journal",
+        choices=JOURNAL_CHOICES,
+        default="auto",
+        help="keep each predicted window beside the output (.NAME.journal: 4 bytes a band and pixel, 6.3 GB for "
+        "a full tile; removed once the scene is written) so that a stopped scene goes on with --resume; auto: on "
+        "a CPU for a scene whose network takes more than about 10 minutes (default: %(default)s)",
+    )
 
 
 def jobs_from_arguments(
@@ -275,7 +296,8 @@ def run(args: argparse.Namespace) -> int:
             f"wrote {report.out}: {size} in {report.seconds:.1f} s "
             f"({report.megapixels / max(report.seconds, 1e-9):.3f} Mpx/s, {report.tiles} tile"
             + ("s" if report.tiles != 1 else "")
-            + (f", {report.skipped} without valid pixels skipped)" if report.skipped else ")")
+            + (f", {report.skipped} without valid pixels skipped" if report.skipped else "")
+            + (f", {report.resumed} predicted by a stopped run)" if report.resumed else ")")
             + _also_written(job_of.get(report.out))
         )
     return 0

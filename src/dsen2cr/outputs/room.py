@@ -62,8 +62,8 @@ def check_room(outputs: Sequence[StagedOutput]) -> None:
             raise DSen2CRError(
                 f"{group[0].path}: {folder} has {describe_bytes(free)} free, and this scene's outputs stage "
                 f"{describe_bytes(certain)} there uncompressed while they are written (the image and its overview "
-                "levels in whole blocks, then the compressed COG beside them): free space there or choose another "
-                "folder"
+                "levels in whole blocks, then the compressed COG beside them; a journal's predicted windows): free "
+                "space there or choose another folder"
             )
         if free < 2 * staged:
             log.warning(

@@ -78,7 +78,9 @@ def remove_clouds_array(
         problem = "is a file, not a folder" if Path(temporary_folder).exists() else "no such folder"
         raise DSen2CRError(f"temporary_folder: {temporary_folder}: {problem}")
     names = S2_BANDS if s2_dn.shape[0] == len(S2_BANDS) else [b for b in S2_BANDS if b != "B10"]
-    settings = dataclasses.replace(settings or SceneSettings(), progress=False, overwrite=False)
+    settings = dataclasses.replace(
+        settings or SceneSettings(), progress=False, overwrite=False, journal="off", resume=False
+    )
     if predictor.include_sar and s1_db is None:
         raise DSen2CRError("s1_db: these weights need SAR input: VV, VH in dB on the grid of s2_dn, a (2, H, W) array")
     if settings.uncertainty_parts and not uncertainty:

@@ -13,11 +13,13 @@ from typing import TypeVar
 
 import numpy as np
 
+from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.readers import S2Source
 from dsen2cr.inputs.s1 import S1Source
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, s1_db_to_model, s2_dn_to_model_into
 from dsen2cr.rasters import gdal_block_cache
+from dsen2cr.scene.journal import SceneJournal
 from dsen2cr.scene.tiles import Tile
 
 T = TypeVar("T")
@@ -37,6 +39,7 @@ def iter_predictions(
     s1_fill_db: Callable[[], tuple[float, float]],
     on_batch: Callable[[int], object] | None = None,
     channels: int = NUM_S2_BANDS,
+    journal: SceneJournal | None = None,
 ) -> Generator[Prediction, None, None]:
     """Run ``predictor`` (a function of a batch of S2 and S1 windows giving ``channels`` channels per window)
     over ``tiles``; yield (tile, prediction in model units, S2 DN, S2 valid mask, number of valid S2 pixels
@@ -46,7 +49,8 @@ def iter_predictions(
     Tiles whose core holds no valid S2 pixel (outside the swath, say) are not run: their prediction is zeros,
     and their output is nodata anyway. A reader thread reads and preprocesses the next batch while the
     predictor runs on this one (GDAL and numpy release the GIL); only that thread touches the sources while
-    the loop runs.
+    the loop runs. With a ``journal``, the batches a stopped run predicted are taken from it (their windows read
+    again, not predicted), and each batch predicted is recorded in it.
     """
     batches = [tiles[first : first + batch_size] for first in range(0, len(tiles), batch_size)]
     pad_to = batch_size if len(tiles) > batch_size else len(tiles)
@@ -64,7 +68,7 @@ def iter_predictions(
                 return _read_batch(s2, s1, group, s1_fill_db)
 
     try:
-        yield from _run_batches(predictor, batches, pad_to, read, on_batch, channels)
+        yield from _run_batches(predictor, batches, pad_to, read, on_batch, channels, journal)
     finally:
         # The executor's shutdown waits only for the threads it knows of: a signal (Ctrl-C, SIGTERM) that
         # arrives while it starts its thread leaves that thread unknown to it but running its first read. Wait
@@ -80,6 +84,7 @@ def _run_batches(
     read: Callable[[list[Tile]], _Batch | None],
     on_batch: Callable[[int], object] | None,
     channels: int,
+    journal: SceneJournal | None,
 ) -> Iterator[Prediction]:
     """The loop of :func:`iter_predictions`: read the next batch on a reader thread while this one runs."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-read") as reader:
@@ -89,20 +94,41 @@ def _run_batches(
             batch = pending.result()
             assert batch is not None  # reads stop only once this loop has ended
             pending = reader.submit(read, batches[index + 1]) if index + 1 < len(batches) else None
-            pred = None
-            if batch.s2_model is not None:  # some tile of the batch has valid pixels
-                pred = predictor(*_pad_batch(batch.s2_model, batch.s1_model, pad_to))
-            row_of = {tile_index: row for row, tile_index in enumerate(batch.run)}
+            core_of = _predicted_cores(predictor, group, batch, pad_to, journal, index)
             for i, tile in enumerate(group):
                 rows, cols = tile.core_in_tile()
-                if pred is not None and i in row_of:
-                    core_pred = pred[row_of[i]][:, rows, cols]
-                else:
+                core_pred = core_of.get(i)
+                if core_pred is None:
                     core_pred = np.zeros((channels, *batch.valid_cores[i].shape), np.float32)
                 dn_core = batch.windows[i][:, rows, cols]
                 yield tile, core_pred, dn_core, batch.valid_cores[i], batch.missing[i], batch.windows[i]
             if on_batch is not None:
                 on_batch(len(group))
+
+
+def _predicted_cores(
+    predictor: Predictor | BatchFunction,
+    group: list[Tile],
+    batch: _Batch,
+    pad_to: int,
+    journal: SceneJournal | None,
+    index: int,
+) -> dict[int, np.ndarray]:
+    """The predicted core of each window of batch ``index`` that is run (by its place in ``group``): from the
+    ``journal`` where a stopped run predicted it, else from ``predictor`` (then recorded in the journal)."""
+    if journal is not None and (recorded := journal.cores(index)) is not None:
+        if len(recorded) != len(batch.run):
+            raise DSen2CRError(f"{journal.folder}: batch {index} holds {len(recorded)} windows, not {len(batch.run)}")
+        return dict(zip(batch.run, recorded, strict=True))
+    cores: dict[int, np.ndarray] = {}
+    if batch.s2_model is not None:  # some tile of the batch has valid pixels
+        pred = predictor(*_pad_batch(batch.s2_model, batch.s1_model, pad_to))
+        for row, i in enumerate(batch.run):
+            rows, cols = group[i].core_in_tile()
+            cores[i] = pred[row][:, rows, cols]
+    if journal is not None:
+        journal.record(index, len(group), [cores[i] for i in batch.run])
+    return cores
 
 
 class BackgroundWriter:

@@ -106,10 +106,13 @@ def sigma_band_count(bands: int, settings: SceneSettings) -> int:
     return 3 * bands if settings.uncertainty_parts else bands
 
 
-def check_scene_room(job: SceneJob, height: int, width: int, bands: int, settings: SceneSettings, stream: bool) -> None:
+def check_scene_room(
+    job: SceneJob, height: int, width: int, bands: int, settings: SceneSettings, stream: bool, journal_bytes: int = 0
+) -> None:
     """Refuse a scene whose COGs (``bands`` of uint16, a uint8 map, ``bands`` of float32 sigma) cannot be
     staged in their folders, warn where they may not fit with their COGs (:func:`dsen2cr.outputs.room.check_room`);
-    ``stream``: the COGs are to be compressed while written (where the options allow it)."""
+    ``stream``: the COGs are to be compressed while written (where the options allow it); ``journal_bytes``: what
+    the scene's journal writes beside the image, counted with them."""
     options = settings.cog_options()
     sigma_bands = sigma_band_count(bands, settings)
     kinds = [(job.out, bands, "uint16"), (job.mask_out, 1, "uint8"), (job.uncertainty_out, sigma_bands, "float32")]
@@ -119,4 +122,5 @@ def check_scene_room(job: SceneJob, height: int, width: int, bands: int, setting
             for path, count, dtype in kinds
             if path is not None
         ]
+        + ([StagedOutput(Path(job.out), journal_bytes, False)] if journal_bytes else [])
     )

@@ -30,6 +30,7 @@ from dsen2cr.outputs.locks import output_locks
 from dsen2cr.predictor import Predictor, load_network, predictor_for_plan
 from dsen2cr.scene.checks import OUTPUT_KINDS, check_uncertainty_output, check_uncertainty_parts, job_outputs
 from dsen2cr.scene.done import finished_jobs
+from dsen2cr.scene.journal import check_no_journal
 from dsen2cr.scene.remove import SceneReport, remove_clouds
 from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings, scene_bounds
 
@@ -98,13 +99,16 @@ def check_jobs(
     overwrite: bool,
     extra_inputs: list[Path],
     unchecked: list[bool] | None = None,
+    resume: bool = False,
 ) -> None:
     """Everything about the jobs that can be checked before the first scene runs: every input exists, every
     output can be written (exists only with ``overwrite``; its folder exists; the outputs of the jobs marked
     ``unchecked`` may exist: those an earlier run finished, which will be skipped, and another rank's, which that
     rank checks itself and may have written already), and no output is an input (any file a scene reads: product
     members, STAC assets, S1 pair members), lies in an input folder, or is another output (refused even with
-    ``overwrite``). ``products``: each job's resolved S2 input (None if unresolved)."""
+    ``overwrite``). A stopped run's journal of a scene to run is refused unless ``resume`` or ``overwrite``
+    (:func:`~dsen2cr.scene.journal.check_no_journal`). ``products``: each job's resolved S2 input (None if
+    unresolved)."""
     inputs: list[tuple[str, Path]] = [("weights", Path(w)) for w in weights] + [("file", p) for p in extra_inputs]
     outputs: list[tuple[str, Path]] = []
     not_checked: set[Path] = set()
@@ -122,6 +126,9 @@ def check_jobs(
     for role, target in outputs:
         if target not in not_checked:
             check_output_file(target, overwrite=overwrite, kind=OUTPUT_KINDS[role])
+    for job in jobs:
+        if job.out not in not_checked:
+            check_no_journal(job.out, resume=resume, overwrite=overwrite)
 
 
 def _resolve(job: SceneJob, settings: SceneSettings) -> tuple[S2Product | None, SceneArea | None]:
@@ -163,6 +170,7 @@ def run_scene_jobs(
         overwrite=settings.overwrite,
         extra_inputs=list(extra_inputs),
         unchecked=[done or index not in share for index, done in enumerate(finished)],
+        resume=settings.resume,
     )
     for index in share:
         if finished[index]:

@@ -44,6 +44,7 @@ from dsen2cr.scene.describe import (
     scene_tags,
     sigma_dn,
 )
+from dsen2cr.scene.journal import SceneJournal, network_channels, open_scene_journal
 from dsen2cr.scene.masking import ReadWindow, blend, keep_clear_weights
 from dsen2cr.scene.sources import SceneInputs, open_scene_inputs
 from dsen2cr.scene.tiles import Tile, default_overlap, plan_area_tiles
@@ -66,6 +67,7 @@ class SceneReport:
     seconds: float
     s1_missing_fraction: float = 0.0
     skipped: int = 0  # tiles whose core holds no valid S2 pixel (not run)
+    resumed: int = 0  # tiles a stopped run predicted (--resume), taken from its journal
 
 
 def remove_clouds(
@@ -145,8 +147,12 @@ def _remove_scene(
             stream=completes_in_background(predictor.device),
         )
         with _progress_bar(len(tiles), enabled=plan.settings.progress) as bar, contextlib.ExitStack() as outputs:
+            journal = open_scene_journal(predictor, job, plan, product, area, len(tiles))
+            if journal is not None:  # first in: removed once every output is in place, kept if one fails
+                outputs.push(journal)
+                writer.journal_bytes = journal.bytes_to_come()
             writer.open(outputs)
-            _predict_tiles(predictor, inputs, tiles, plan, writer, bar.update)
+            _predict_tiles(predictor, inputs, tiles, plan, writer, bar.update, journal)
             if writer.valid == 0:
                 where = " inside --bounds" if bounds is not None else ""
                 raise DSen2CRError(f"{job.s2}: S2 has no valid pixels{where} (all nodata or NaN)")
@@ -154,6 +160,7 @@ def _remove_scene(
             fraction = writer.missing / writer.valid  # of valid S2 pixels where S1's scene mean filled in
             exact = default_overlap(predictor.config)
             tags = predictor.provenance(with_variance=job.uncertainty_out is not None)
+            tags = journal.tags(tags) if journal is not None else tags
             fill = inputs.s1_fill() if fraction > 0 else None  # asked for by the holes already: no second pass
             tags |= scene_tags(job, plan, exact, fraction, fill)
             recorded_area = area_tags(area, inputs.grid, bounds)
@@ -181,7 +188,8 @@ def _remove_scene(
     else:
         defer_outputs(written_outputs)
     megapixels = area.width * area.height / 1e6
-    return SceneReport(job.out, len(tiles), megapixels, seconds, fraction, writer.skipped)
+    resumed = journal.replayed if journal is not None else 0
+    return SceneReport(job.out, len(tiles), megapixels, seconds, fraction, writer.skipped, resumed)
 
 
 @dataclass
@@ -198,6 +206,7 @@ class _TileWriter:
     # COGs compressed while written: on a GPU, whose network leaves the CPU free; on a CPU the compression took
     # the network's cores (1.47x the plain run on 2 cores), so GDAL's copy compresses after the network there
     stream: bool = False
+    journal_bytes: int = 0  # what the scene's journal will write beside the outputs
     missing: int = 0
     valid: int = 0
     skipped: int = 0
@@ -213,7 +222,7 @@ class _TileWriter:
         fail, the map is removed), the quicklook saved last, once the COG is in place."""
         s2, grid, job = self.inputs.s2, self.grid, self.job
         grid_profile = {"width": grid.width, "height": grid.height, "crs": grid.crs, "transform": grid.transform}
-        check_scene_room(job, grid.height, grid.width, len(s2.bands), self.settings, self.stream)
+        check_scene_room(job, grid.height, grid.width, len(s2.bands), self.settings, self.stream, self.journal_bytes)
         options = self.settings.cog_options()
         if job.preview is not None:
             caption = f"{Path(job.s2).name}: model {self.model}; cloud/shadow mask: {self.settings.mask}"
@@ -296,11 +305,13 @@ def _predict_tiles(
     plan: ScenePlan,
     writer: _TileWriter,
     on_batch: Callable[[int], object],
+    journal: SceneJournal | None,
 ) -> None:
-    """Run every tile through ``predictor`` (read ahead on one thread) and hand each result to ``writer`` (on
-    another); while the mask's statistics pass runs, results wait in memory up to ``plan.hold_bytes``."""
-    with_variance = writer.job.uncertainty_out is not None
-    parts = with_variance and plan.settings.uncertainty_parts
+    """Run every tile through ``predictor`` (read ahead on one thread; the batches a stopped run predicted taken
+    from its ``journal``, and each batch predicted recorded there) and hand each result to ``writer`` (on another);
+    while the mask's statistics pass runs, results wait in memory up to ``plan.hold_bytes``."""
+    channels = network_channels(writer.job, plan)
+    with_variance, parts = channels > 1, channels == 3
     predictions = iter_predictions(
         _means_and_variances(predictor, parts=parts) if with_variance else predictor,
         inputs.s2,
@@ -309,7 +320,8 @@ def _predict_tiles(
         batch_size=plan.batch_size,
         s1_fill_db=inputs.s1_fill,
         on_batch=on_batch,
-        channels=(3 if parts else 2 if with_variance else 1) * NUM_S2_BANDS,
+        channels=channels * NUM_S2_BANDS,
+        journal=journal,
     )
     # closed explicitly: its reader thread must have stopped before the sources close, also when an error or a
     # signal leaves the loop (else a read of a closed file crashes the process)

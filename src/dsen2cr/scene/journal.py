@@ -1,0 +1,338 @@
+"""A scene's journal: each batch of windows the network predicted, kept beside the output while the scene runs, so
+that a scene stopped on the way (Ctrl-C, a scheduler's time limit, a broken block of the input, SIGKILL) goes on
+with ``remove-clouds --resume`` from the windows it predicted instead of starting again: on a CPU a full tile with
+the paper's model takes hours, nearly all of them the network's (docs/design.md §4.4).
+
+``.NAME.journal/`` beside the image ``NAME``: ``windows.jsonl`` starts with a line that says what is predicted (the
+scene's inputs with their sizes and modification times, the area, tiles, overlap and batch, the weights' SHA-256,
+model, precision, backends, device and version); then one line per batch: its windows and the shapes of the
+predicted cores it appended to ``predictions.f32`` (float32, as the network gave them). ``provenance.json`` holds
+what computed the first batch (the outputs' ``DSEN2CR_*`` tags, its check included). Lines are appended, never
+rewritten: a line cut short by a kill is dropped when read, with the predictions written for it. Only the network's
+output is kept: the outputs are made again from it, bit for bit those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from dsen2cr.auto import resolve_journal
+from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
+from dsen2cr.inputs import S2Product, local_inputs
+from dsen2cr.outputs.files import write_text_atomic
+from dsen2cr.predictor import Predictor
+from dsen2cr.preprocessing import NUM_S2_BANDS
+from dsen2cr.settings import SceneJob, ScenePlan
+
+log = logging.getLogger(__name__)
+
+_FORMAT = "dsen2cr scene journal 1"
+_LINES, _PREDICTIONS, _PROVENANCE = "windows.jsonl", "predictions.f32", "provenance.json"
+#: The tags of what computed the predictions that a resumed scene must share with the stopped run's.
+COMPUTED_BY = ("DSEN2CR_PRECISION", "DSEN2CR_BACKEND")
+#: The tags of what computed the predictions and of the first batch's check, which a resumed scene's outputs take
+#: from the stopped run (the weights' path and the rest are this run's).
+_CHECKED = (*COMPUTED_BY, "DSEN2CR_CHECK_P99_DN", "DSEN2CR_CHECK_MAX_DN")
+#: The tag a resumed scene's outputs carry: how many of its windows a stopped run predicted.
+RESUMED_TAG = "DSEN2CR_RESUMED_WINDOWS"
+
+
+def scene_identity(
+    tags: dict[str, str],
+    precision: str,
+    job: SceneJob,
+    plan: ScenePlan,
+    area: Window,
+    files: Sequence[Path],
+    *,
+    windows: int,
+    channels: int,
+) -> dict[str, Any]:
+    """What a scene run's predictions are, as its journal records them: what computes them (``tags``: the
+    predictor's weights SHA-256, model and version; its ``precision``, the plan's backends and device), the inputs
+    (as given, and each local file's size and modification time: ``files``), the ``area`` of the scene, the
+    plan's tiles, overlap and batch, the reading settings that change what the network sees, and the number of
+    ``windows`` and of ``channels`` predicted per pixel."""
+    stats = [(path, path.stat()) for path in files if path.is_file()]
+    settings = plan.settings
+    return {
+        "weights_sha256": tags.get("DSEN2CR_WEIGHTS_SHA256"),
+        "model": tags.get("DSEN2CR_MODEL"),
+        "version": tags.get("DSEN2CR_VERSION"),
+        "precision": precision,
+        "backends": list(plan.backends),
+        "device": plan.device.type,
+        "s2": job.s2,
+        "s1": job.s1,
+        "files": [[str(path), stat.st_size, stat.st_mtime_ns] for path, stat in stats],
+        "area": [int(area.col_off), int(area.row_off), int(area.width), int(area.height)],
+        "tile": plan.tile,
+        "overlap": plan.overlap,
+        "batch_size": plan.batch_size,
+        "s2_offset": settings.s2_offset,
+        "resampling": settings.resampling,
+        "s1_linear": settings.s1_linear,
+        "windows": windows,
+        "channels": channels,
+    }
+
+
+def journal_path(out: Path) -> Path:
+    """The journal folder of the scene whose image is ``out`` (hidden, beside it)."""
+    return out.with_name(f".{out.name}.journal")
+
+
+def journal_windows(out: Path) -> tuple[int, int] | None:
+    """How many windows the journal of ``out`` holds predicted, and of how many; None where there is none (or one
+    that cannot be read: the run that opens it says why)."""
+    try:
+        lines = (journal_path(out) / _LINES).read_text(encoding="utf-8").split("\n")
+        total = int(json.loads(lines[0])["identity"]["windows"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return sum(batch["windows"] for batch in _complete_batches(lines[1:])), total
+
+
+def check_no_journal(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a scene that a stopped run left a journal of, unless ``resume`` (go on from it) or ``overwrite``
+    (start again), naming how much it holds."""
+    if resume or overwrite or not journal_path(out).exists():
+        return
+    counts = journal_windows(out)
+    held = f"predicted {counts[0]} of its {counts[1]} windows" if counts else "left a journal"
+    raise DSen2CRError(
+        f"{out}: a stopped run of this scene {held} (kept in {journal_path(out).name}): --resume goes on from them, "
+        "--overwrite starts the scene again"
+    )
+
+
+class SceneJournal:
+    """The journal of one scene run (see the module's docstring): :meth:`cores` gives a batch a stopped run
+    predicted, :meth:`record` keeps one this run predicted; used as an exit callback of the scene's outputs, it is
+    removed once they are in place and kept (said in a warning) when the scene fails."""
+
+    def __init__(self, out: Path, identity: dict[str, Any], provenance: Callable[[], dict[str, str]]) -> None:
+        self.out, self.folder = out, journal_path(out)
+        self.identity, self._provenance = identity, provenance
+        self.batches: list[tuple[int, int, list[tuple[int, ...]]]] = []  # windows, offset, shapes of each batch
+        self.recorded_provenance: dict[str, str] | None = None
+        self.replayed = 0  # windows given back from the journal
+        self.predicted = 0  # windows this run predicted
+
+    @classmethod
+    def open(
+        cls, out: Path, identity: dict[str, Any], provenance: Callable[[], dict[str, str]], *, resume: bool
+    ) -> SceneJournal:
+        """The journal of ``out``: with ``resume`` the one a stopped run left, checked to be of the scene
+        ``identity`` describes (said in a line), else (or with none there) a new one, an earlier one replaced."""
+        journal = cls(out, identity, provenance)
+        if resume and journal.folder.is_dir():
+            journal._resume()
+            return journal
+        shutil.rmtree(journal.folder, ignore_errors=True)
+        journal.folder.mkdir()
+        (journal.folder / _PREDICTIONS).touch()
+        header = json.dumps({"format": _FORMAT, "identity": identity}, sort_keys=True)
+        write_text_atomic(journal.folder / _LINES, header + "\n")
+        return journal
+
+    def _resume(self) -> None:
+        """Read the stopped run's batches (a line cut short, and what follows it, dropped) after checking that it
+        predicted this scene as this run would."""
+        lines_path = self.folder / _LINES
+        try:
+            lines = lines_path.read_text(encoding="utf-8").split("\n")
+            header = json.loads(lines[0])
+            recorded = header["identity"] if header.get("format") == _FORMAT else None
+            provenance_path = self.folder / _PROVENANCE
+            if provenance_path.exists():
+                self.recorded_provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise DSen2CRError(
+                f"{lines_path}: not a scene's journal ({error}); --overwrite starts the scene again"
+            ) from None
+        if recorded is None:
+            raise DSen2CRError(f"{lines_path}: a journal of another format; --overwrite starts the scene again")
+        self._check_same_scene(recorded)
+        size, offset = (self.folder / _PREDICTIONS).stat().st_size, 0
+        for batch in _complete_batches(lines[1:]):
+            shapes = [tuple(shape) for shape in batch["shapes"]]
+            end = offset + 4 * sum(int(np.prod(shape)) for shape in shapes)
+            if end > size:
+                break  # its predictions were cut short: the batch is predicted again
+            self.batches.append((batch["windows"], offset, shapes))
+            offset = end
+        if self.batches and self.recorded_provenance is None:
+            self.batches, offset = [], 0  # a kill between the first batch and its provenance: nothing to go on from
+        kept = lines[: len(self.batches) + 1]
+        write_text_atomic(lines_path, "\n".join(kept) + "\n")  # appends go on after the last complete line
+        os.truncate(self.folder / _PREDICTIONS, offset)
+        done = sum(windows for windows, _, _ in self.batches)
+        log.info("%s: going on from the %d of %d windows a stopped run predicted", self.out, done, recorded["windows"])
+
+    def _check_same_scene(self, recorded: dict[str, Any]) -> None:
+        """Refuse a journal of another scene or run, naming the first thing that differs."""
+        then, now = recorded.get("files"), self.identity["files"]
+        if then != now:
+            changed = next((path for path, *_ in now if [path, *_] not in (then or [])), None)
+            if changed is not None and any(entry[0] == changed for entry in then or []):
+                raise DSen2CRError(
+                    f"{self.out}: {changed} changed (size or modification time) since the stopped run predicted "
+                    "windows from it; --overwrite starts the scene again"
+                )
+        for key in sorted(set(recorded) | set(self.identity)):
+            if recorded.get(key) != self.identity.get(key):
+                raise DSen2CRError(
+                    f"{self.out}: the stopped run's windows were predicted with {key} {_shown(recorded.get(key))}, "
+                    f"this run's is {_shown(self.identity.get(key))}; give its settings and inputs to go on from "
+                    "them, or --overwrite to start the scene again"
+                )
+
+    def bytes_to_come(self) -> int:
+        """At most what the journal will still write: 4 bytes a channel and pixel of the area, less what it holds."""
+        _, _, width, height = self.identity["area"]
+        held = (self.folder / _PREDICTIONS).stat().st_size
+        return max(0, 4 * width * height * self.identity["channels"] - held)
+
+    def cores(self, index: int) -> list[np.ndarray] | None:
+        """The predicted cores of batch ``index`` (of its windows that were run) as the stopped run kept them,
+        or None where it did not get that far."""
+        if index >= len(self.batches):
+            return None
+        windows, offset, shapes = self.batches[index]
+        cores = []
+        with open(self.folder / _PREDICTIONS, "rb") as data:
+            data.seek(offset)
+            for shape in shapes:
+                count = int(np.prod(shape))
+                cores.append(np.fromfile(data, dtype="<f4", count=count).reshape(shape))
+        self.replayed += windows
+        return cores
+
+    def record(self, index: int, windows: int, cores: Sequence[np.ndarray]) -> None:
+        """Keep batch ``index`` (of ``windows`` windows) that this run predicted: the cores of the windows that
+        were run, in order. The first batch of a run that goes on from a stopped one must be computed as the
+        stopped run's were (backend and precision), else the outputs would mix two arithmetics."""
+        if index != len(self.batches):
+            raise ValueError(f"batch {index} recorded after {len(self.batches)} batches")
+        provenance = self._provenance() if self.predicted == 0 else None
+        if provenance is not None and self.recorded_provenance is not None:
+            self._check_computed_alike(provenance)
+        offset = (self.folder / _PREDICTIONS).stat().st_size
+        try:
+            with open(self.folder / _PREDICTIONS, "ab") as data:
+                for core in cores:
+                    data.write(np.ascontiguousarray(core, dtype="<f4").tobytes())
+                data.flush()
+                os.fsync(data.fileno())  # the predictions are on disk before the line that says they are
+            if self.recorded_provenance is None and provenance is not None:
+                write_text_atomic(self.folder / _PROVENANCE, json.dumps(provenance, sort_keys=True))
+                self.recorded_provenance = provenance
+            line = {"batch": index, "windows": windows, "shapes": [list(core.shape) for core in cores]}
+            with open(self.folder / _LINES, "a", encoding="utf-8") as file:
+                file.write(json.dumps(line) + "\n")
+        except OSError as error:
+            raise DSen2CRError(
+                f"{self.folder}: cannot record a predicted batch ({error.strerror or error}); the batches recorded "
+                "before it stay for --resume"
+            ) from error
+        self.batches.append((windows, offset, [tuple(core.shape) for core in cores]))
+        self.predicted += windows
+
+    def _check_computed_alike(self, provenance: dict[str, str]) -> None:
+        """Refuse to go on where this run computes otherwise than the stopped one did."""
+        assert self.recorded_provenance is not None
+        then = ", ".join(f"{self.recorded_provenance.get(key)}" for key in COMPUTED_BY)
+        now = ", ".join(f"{provenance.get(key)}" for key in COMPUTED_BY)
+        if then != now:
+            raise DSen2CRError(
+                f"{self.out}: the stopped run's windows were computed in {then} (precision, backend), this run's in "
+                f"{now}; the outputs would mix them: give --precision and --backend as they were, or --overwrite to "
+                "start the scene again"
+            )
+
+    def tags(self, tags: dict[str, str]) -> dict[str, str]:
+        """The outputs' tags of what computed them: ``tags`` (this run's predictor's), or, where windows came from
+        the journal, the stopped run's (its first batch's check is the scene's), with :data:`RESUMED_TAG`."""
+        if not self.replayed or self.recorded_provenance is None:
+            return tags
+        recorded = {key: value for key, value in self.recorded_provenance.items() if key in _CHECKED}
+        return tags | recorded | {RESUMED_TAG: f"{self.replayed} of {self.identity['windows']}"}
+
+    def __call__(self, exc_type: type[BaseException] | None, *exc: object) -> bool:
+        """Exit callback of the scene's outputs: remove the journal once they are in place (or when a 16-bit
+        precision overflowed: the scene runs again); keep it, saying so, when the scene failed after a batch."""
+        held = sum(windows for windows, _, _ in self.batches)
+        if exc_type is None or issubclass(exc_type, HalfPrecisionOverflowError) or held == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:
+            log.warning(
+                "%s: the %d of %d windows predicted are kept in %s: run the command again with --resume to go on "
+                "from them (--overwrite starts again)",
+                self.out,
+                held,
+                self.identity["windows"],
+                self.folder,
+            )
+        return False  # never swallow the error
+
+
+def open_scene_journal(
+    predictor: Predictor, job: SceneJob, plan: ScenePlan, product: S2Product, area: Window, windows: int
+) -> SceneJournal | None:
+    """The scene's journal (:mod:`dsen2cr.scene.journal`) where ``--journal`` keeps one for this scene, or
+    ``--resume`` finds a stopped run's; None otherwise (a stopped run's removed with ``--overwrite``)."""
+    settings, folder = plan.settings, journal_path(job.out)
+    check_no_journal(job.out, resume=settings.resume, overwrite=settings.overwrite)
+    stopped = settings.resume and folder.is_dir()
+    if not (stopped or resolve_journal(settings.journal, predictor.config, plan.device, area.width * area.height)):
+        shutil.rmtree(folder, ignore_errors=True)  # a stopped run's, with --overwrite
+        return None
+    with_variance = job.uncertainty_out is not None
+    tags = predictor.provenance(with_variance=with_variance)
+    if tags["DSEN2CR_WEIGHTS_SHA256"] == "unknown":  # nothing could tell a later run what predicted the windows
+        if settings.journal == "on":
+            raise DSen2CRError(f"{job.out}: --journal on: needs weights read from a file (a model in memory has none)")
+        return None
+    files = [path for _, path in local_inputs(job.s2, job.s1, product)]
+    channels = network_channels(job, plan) * NUM_S2_BANDS
+    identity = scene_identity(tags, predictor.precision, job, plan, area, files, windows=windows, channels=channels)
+    return SceneJournal.open(
+        job.out, identity, lambda: predictor.provenance(with_variance=with_variance), resume=settings.resume
+    )
+
+
+def network_channels(job: SceneJob, plan: ScenePlan) -> int:
+    """Channels the network gives per pixel, in 13s: the means, then with ``--uncertainty-out`` the variances
+    (with ``--uncertainty-parts`` an ensemble's aleatoric and epistemic ones)."""
+    with_variance = job.uncertainty_out is not None
+    return 3 if with_variance and plan.settings.uncertainty_parts else 2 if with_variance else 1
+
+
+def _complete_batches(lines: Sequence[str]) -> list[dict[str, Any]]:
+    """The batches' lines as :meth:`SceneJournal.record` wrote them, up to the first one cut short (or empty)."""
+    batches = []
+    for line in lines:
+        try:
+            batch = json.loads(line)
+        except ValueError:
+            break
+        if not (isinstance(batch, dict) and {"batch", "windows", "shapes"} <= batch.keys()):
+            break
+        batches.append(batch)
+    return batches
+
+
+def _shown(value: object) -> str:
+    """A recorded setting in a message (a long digest shortened)."""
+    text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return text[:60] + "…" if len(text) > 64 else text
