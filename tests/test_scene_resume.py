@@ -116,6 +116,27 @@ def test_a_journal_is_refused_without_resume_and_overwrite_starts_again(
     assert len(calls) == 12 and not (workdir / ".c.tif.journal").exists()
 
 
+def test_a_running_scenes_journal_is_not_taken_for_a_stopped_ones(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """While another run writes the scene (its lock held by a live process), its journal is that run's: a second
+    run, with --resume or without, is refused by the lock, naming the process, and the journal is left alone."""
+    _stopped_after(workdir, monkeypatch, 2)
+    listing = sorted(entry.name for entry in (workdir / JOURNAL).iterdir())
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (workdir / ".b.tif.lock").write_text(f"{other.pid}\n")
+        for extra in ([], ["--resume"]):
+            capsys.readouterr()
+            assert _run(workdir, "b.tif", *extra) == 2
+            err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
+            assert len(err) == 1 and f"another dsen2cr run (process {other.pid}) is writing it" in err[0], err
+    finally:
+        other.kill()
+        other.wait()
+    assert sorted(entry.name for entry in (workdir / JOURNAL).iterdir()) == listing
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

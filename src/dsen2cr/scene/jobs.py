@@ -99,16 +99,13 @@ def check_jobs(
     overwrite: bool,
     extra_inputs: list[Path],
     unchecked: list[bool] | None = None,
-    resume: bool = False,
 ) -> None:
     """Everything about the jobs that can be checked before the first scene runs: every input exists, every
     output can be written (exists only with ``overwrite``; its folder exists; the outputs of the jobs marked
     ``unchecked`` may exist: those an earlier run finished, which will be skipped, and another rank's, which that
     rank checks itself and may have written already), and no output is an input (any file a scene reads: product
     members, STAC assets, S1 pair members), lies in an input folder, or is another output (refused even with
-    ``overwrite``). A stopped run's journal of a scene to run is refused unless ``resume`` or ``overwrite``
-    (:func:`~dsen2cr.scene.journal.check_no_journal`). ``products``: each job's resolved S2 input (None if
-    unresolved)."""
+    ``overwrite``). ``products``: each job's resolved S2 input (None if unresolved)."""
     inputs: list[tuple[str, Path]] = [("weights", Path(w)) for w in weights] + [("file", p) for p in extra_inputs]
     outputs: list[tuple[str, Path]] = []
     not_checked: set[Path] = set()
@@ -126,9 +123,6 @@ def check_jobs(
     for role, target in outputs:
         if target not in not_checked:
             check_output_file(target, overwrite=overwrite, kind=OUTPUT_KINDS[role])
-    for job in jobs:
-        if job.out not in not_checked:
-            check_no_journal(job.out, resume=resume, overwrite=overwrite)
 
 
 def _resolve(job: SceneJob, settings: SceneSettings) -> tuple[S2Product | None, SceneArea | None]:
@@ -170,7 +164,6 @@ def run_scene_jobs(
         overwrite=settings.overwrite,
         extra_inputs=list(extra_inputs),
         unchecked=[done or index not in share for index, done in enumerate(finished)],
-        resume=settings.resume,
     )
     for index in share:
         if finished[index]:
@@ -181,6 +174,8 @@ def run_scene_jobs(
     if not mine:
         return
     with output_locks((path for index in mine for _, path in job_outputs(jobs[index])), each_process=True):
+        for index in mine:  # under this run's locks: a journal is a stopped run's, not a running one's
+            check_no_journal(jobs[index].out, resume=settings.resume, overwrite=settings.overwrite)
         yield from _run_my_jobs(
             [jobs[index] for index in mine],
             [all_products[index] for index in mine],
