@@ -1435,4 +1435,37 @@ CASES += [
         absent=("o.tif",),
         keep=(".o.tif.journal/windows.jsonl",),
     ),
+    dict(
+        name="remove-clouds: --resume with a journal whose predictions file is gone",
+        setup=lambda t: _without_predictions(_with_journal(t, _JOURNAL_HEADER, "--resume"), t),
+        message=".o.tif.journal/predictions.f32: missing; --overwrite starts the scene again",
+        absent=("o.tif",),
+        keep=(".o.tif.journal/windows.jsonl",),
+    ),
+    dict(
+        name="remove-clouds: a file where the journal goes, with --resume",
+        setup=lambda t: _journal_file(t, "--resume"),
+        message=".o.tif.journal: is not a journal folder (a file); move it away, or choose another output",
+        absent=("o.tif",),
+        keep=(".o.tif.journal",),
+    ),
+    dict(
+        name="remove-clouds: a file where the journal goes, with --overwrite",
+        setup=lambda t: _journal_file(t, "--overwrite"),
+        message=".o.tif.journal: is not a journal folder (a file); move it away, or choose another output",
+        absent=("o.tif",),
+        keep=(".o.tif.journal",),
+    ),
 ]
+
+
+def _without_predictions(argv: list[str], tmp: Path) -> list[str]:
+    """``argv``, its journal's predictions file removed."""
+    (tmp / ".o.tif.journal" / "predictions.f32").unlink()
+    return argv
+
+
+def _journal_file(tmp: Path, *extra: str) -> list[str]:
+    """remove-clouds into o.tif, a file of the user's named where its journal goes."""
+    (tmp / ".o.tif.journal").write_text("mine")
+    return _remove_to(tmp, tmp.scene()[0], tmp / "o.tif", "--journal", "on", *extra)

@@ -104,8 +104,13 @@ def journal_windows(out: Path) -> tuple[int, int] | None:
 
 def check_no_journal(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse a scene that a stopped run left a journal of, unless ``resume`` (go on from it) or ``overwrite``
-    (start again), naming how much it holds."""
-    if resume or overwrite or not journal_path(out).exists():
+    (start again), naming how much it holds; and, whatever the options, a file or link of another's where the
+    journal goes (never replaced)."""
+    path = journal_path(out)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        kind = "a link" if path.is_symlink() else "a file"
+        raise DSen2CRError(f"{path}: is not a journal folder ({kind}); move it away, or choose another output")
+    if resume or overwrite or not path.exists():
         return
     counts = journal_windows(out)
     held = f"predicted {counts[0]} of its {counts[1]} windows" if counts else "left a journal"
@@ -162,8 +167,11 @@ class SceneJournal:
             ) from None
         if recorded is None:
             raise DSen2CRError(f"{lines_path}: a journal of another format; --overwrite starts the scene again")
+        predictions = self.folder / _PREDICTIONS
+        if not predictions.is_file():
+            raise DSen2CRError(f"{predictions}: missing; --overwrite starts the scene again")
         self._check_same_scene(recorded)
-        size, offset = (self.folder / _PREDICTIONS).stat().st_size, 0
+        size, offset = predictions.stat().st_size, 0
         for batch in _complete_batches(lines[1:]):
             shapes = [tuple(shape) for shape in batch["shapes"]]
             end = offset + 4 * sum(int(np.prod(shape)) for shape in shapes)
