@@ -20,11 +20,14 @@ import torch
 
 from dsen2cr.auto import JOURNAL_AFTER_SECONDS, resolve_journal
 from dsen2cr.cli import main
+from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import create_model, get_variant
 from dsen2cr.outputs import room
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.outputs.room import staged_bytes
-from dsen2cr.predictor import Predictor
+from dsen2cr.predictor import Predictor, predictor_from_model
+from dsen2cr.scene.remove import remove_clouds
+from dsen2cr.settings import SceneJob, SceneSettings
 from dsen2cr.weights import save_weights
 
 #: 50 x 40 px in windows of 16 px overlapping by 4: 4 x 3 windows, one batch each on a CPU.
@@ -267,6 +270,19 @@ def test_the_room_check_counts_the_journal(
     assert "free, and this scene's outputs stage" in capsys.readouterr().err
     assert calls == [] and not (workdir / JOURNAL).exists()
     assert _run(workdir, "b.tif", "--journal", "off") == 0
+
+
+def test_a_model_in_memory_keeps_no_journal(workdir: Path) -> None:
+    """Without a weights file's SHA-256 nothing could tell a later run what predicted the windows: refused with
+    journal "on" before any output is written, none kept under "off" (and auto)."""
+    s2, s1 = _scene(workdir)
+    predictor = predictor_from_model(create_model("dsen2cr-small"), device="cpu")
+    job = SceneJob(str(s2), str(s1), workdir / "b.tif")
+    with pytest.raises(DSen2CRError, match=r"b\.tif: --journal on: needs weights read from a file"):
+        remove_clouds(predictor, job, SceneSettings(journal="on", progress=False))
+    assert sorted(entry.name for entry in workdir.iterdir()) == ["s1.tif", "s2.tif"]
+    remove_clouds(predictor, job, SceneSettings(journal="off", progress=False))
+    assert sorted(entry.name for entry in workdir.iterdir()) == ["b.tif", "s1.tif", "s2.tif"]
 
 
 def test_journal_auto_is_on_for_long_cpu_scenes_only() -> None:
