@@ -1431,7 +1431,7 @@ CASES += [
     dict(
         name="remove-clouds: --resume with a journal of another version's format",
         setup=lambda t: _with_journal(t, '{"format": "dsen2cr scene journal 9", "identity": {}}\n', "--resume"),
-        message="windows.jsonl: a journal of another format; --overwrite starts the scene again",
+        message="windows.jsonl: written by another version of dsen2cr (format 'dsen2cr scene journal 9'); --overwrite",
         absent=("o.tif",),
         keep=(".o.tif.journal/windows.jsonl",),
     ),

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.outputs.files import write_text_atomic
+from dsen2cr.outputs.appended import complete_lines, keep_lines, read_record, start_record
 from dsen2cr.outputs.locks import remove_leftovers_in
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ PREDICTIONS, PREVIEWS = "predictions", "previews"
 PROGRESS_LINES = "batches.jsonl"
 _SAMPLES = "samples.f64"
 _FORMAT = "dsen2cr evaluation progress 1"
+#: What a batch's line holds (:meth:`EvaluationProgress.add`).
+_BATCH_KEYS = ("rows", "samples", "sampler")
 
 #: The predictions' tags that a resumed evaluation must share with the stopped one: what computed them (the
 #: weights' path may differ, their SHA-256 not; the first batch's check is measured again by every run).
@@ -90,8 +92,7 @@ class EvaluationProgress:
         shutil.rmtree(progress.folder, ignore_errors=True)
         progress.folder.mkdir(parents=True)
         (progress.folder / _SAMPLES).touch()
-        header = json.dumps({"format": _FORMAT, "identity": identity}, sort_keys=True)
-        write_text_atomic(progress.folder / PROGRESS_LINES, header + "\n")
+        start_record(progress.folder / PROGRESS_LINES, _FORMAT, identity)
         return progress
 
     @classmethod
@@ -100,24 +101,14 @@ class EvaluationProgress:
         and what it scored (a line cut short by a kill, and the samples written for it, are dropped)."""
         progress = cls(out)
         lines_path, samples_path = progress.folder / PROGRESS_LINES, progress.folder / _SAMPLES
-        try:
-            text = lines_path.read_text(encoding="utf-8")
-            header = json.loads(text.split("\n", 1)[0])
-            recorded = header["identity"] if header.get("format") == _FORMAT else None
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise DSen2CRError(
-                f"{lines_path}: not the progress of an evaluation ({error}); --overwrite starts the evaluation again"
-            ) from None
-        if recorded is None:
-            raise DSen2CRError(f"{lines_path}: progress of another format; --overwrite starts the evaluation again")
+        recorded, lines = read_record(
+            lines_path, _FORMAT, what="the progress of an evaluation", again="--overwrite starts the evaluation again"
+        )
         _check_same_evaluation(lines_path.parent.parent, recorded, identity)
         scored = Scored()
         end = 0  # of the samples that complete lines describe
         with open(samples_path, "rb") as samples:
-            for line in text.split("\n")[1:]:
-                batch = _complete_batch(line)
-                if batch is None:
-                    break  # cut short by a kill: it and whatever follows were never complete
+            for batch in complete_lines(lines, _BATCH_KEYS):  # a line cut short by a kill, and what follows, dropped
                 lengths = batch["samples"]
                 values = np.fromfile(samples, dtype="<f8", count=2 * sum(lengths))
                 if values.size != 2 * sum(lengths):
@@ -129,8 +120,7 @@ class EvaluationProgress:
                     values = values[2 * length :]
                 end += 16 * sum(lengths)
                 progress.batches += 1
-        kept = text.split("\n")[: progress.batches + 1]
-        write_text_atomic(lines_path, "\n".join(kept) + "\n")  # without a line cut short: appends go on after it
+        keep_lines(lines_path, lines, progress.batches)  # without a line cut short: appends go on after it
         os.truncate(samples_path, end)
         return progress, scored
 
@@ -158,16 +148,6 @@ class EvaluationProgress:
     def remove(self) -> None:
         """Remove the progress (the report is complete)."""
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _complete_batch(line: str) -> dict[str, Any] | None:
-    """A batch's line as :meth:`EvaluationProgress.add` wrote it, or None for one cut short (or empty)."""
-    try:
-        batch = json.loads(line)
-    except ValueError:
-        return None
-    complete = isinstance(batch, dict) and {"rows", "samples", "sampler"} <= batch.keys()
-    return batch if complete else None
 
 
 def _check_same_evaluation(out: Path, recorded: dict[str, Any], identity: dict[str, Any]) -> None:
@@ -226,15 +206,12 @@ def open_progress(
 def scored_patches(out: Path) -> tuple[int, int] | None:
     """How many patches the progress in ``out`` holds scored, and of how many; None where there is none."""
     try:
-        lines = (out / PROGRESS / PROGRESS_LINES).read_text(encoding="utf-8").split("\n")
-        total = int(json.loads(lines[0])["identity"]["patches"])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        identity, lines = read_record(out / PROGRESS / PROGRESS_LINES, _FORMAT, what="", again="")
+        total = int(identity["patches"])
+    except (DSen2CRError, KeyError, TypeError, ValueError):
         return None
     done: set[str] = set()
-    for line in lines[1:]:
-        batch = _complete_batch(line)
-        if batch is None:
-            break
+    for batch in complete_lines(lines, _BATCH_KEYS):
         done.update(row["patch_id"] for row in batch["rows"])
     return len(done), total
 

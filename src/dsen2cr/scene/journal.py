@@ -28,6 +28,7 @@ from rasterio.windows import Window
 from dsen2cr.auto import resolve_journal
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.inputs import S2Product, local_inputs
+from dsen2cr.outputs.appended import complete_lines, keep_lines, read_record, start_record
 from dsen2cr.outputs.files import write_text_atomic
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 _FORMAT = "dsen2cr scene journal 1"
 _LINES, _PREDICTIONS, _PROVENANCE = "windows.jsonl", "predictions.f32", "provenance.json"
+#: What a batch's line holds (:meth:`SceneJournal.record`).
+_BATCH_KEYS = ("batch", "windows", "shapes")
 #: The tags of what computed the predictions that a resumed scene must share with the stopped run's.
 COMPUTED_BY = ("DSEN2CR_PRECISION", "DSEN2CR_BACKEND")
 #: The tags of what computed the predictions and of the first batch's check, which a resumed scene's outputs take
@@ -95,11 +98,11 @@ def journal_windows(out: Path) -> tuple[int, int] | None:
     """How many windows the journal of ``out`` holds predicted, and of how many; None where there is none (or one
     that cannot be read: the run that opens it says why)."""
     try:
-        lines = (journal_path(out) / _LINES).read_text(encoding="utf-8").split("\n")
-        total = int(json.loads(lines[0])["identity"]["windows"])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        identity, lines = read_record(journal_path(out) / _LINES, _FORMAT, what="", again="")
+        total = int(identity["windows"])
+    except (DSen2CRError, KeyError, TypeError, ValueError):
         return None
-    return sum(batch["windows"] for batch in _complete_batches(lines[1:])), total
+    return sum(batch["windows"] for batch in complete_lines(lines, _BATCH_KEYS)), total
 
 
 def check_no_journal(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -146,33 +149,26 @@ class SceneJournal:
         shutil.rmtree(journal.folder, ignore_errors=True)
         journal.folder.mkdir()
         (journal.folder / _PREDICTIONS).touch()
-        header = json.dumps({"format": _FORMAT, "identity": identity}, sort_keys=True)
-        write_text_atomic(journal.folder / _LINES, header + "\n")
+        start_record(journal.folder / _LINES, _FORMAT, identity)
         return journal
 
     def _resume(self) -> None:
         """Read the stopped run's batches (a line cut short, and what follows it, dropped) after checking that it
         predicted this scene as this run would."""
-        lines_path = self.folder / _LINES
+        lines_path, again = self.folder / _LINES, "--overwrite starts the scene again"
+        recorded, lines = read_record(lines_path, _FORMAT, what="a scene's journal", again=again)
+        provenance_path = self.folder / _PROVENANCE
         try:
-            lines = lines_path.read_text(encoding="utf-8").split("\n")
-            header = json.loads(lines[0])
-            recorded = header["identity"] if header.get("format") == _FORMAT else None
-            provenance_path = self.folder / _PROVENANCE
             if provenance_path.exists():
-                self.recorded_provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise DSen2CRError(
-                f"{lines_path}: not a scene's journal ({error}); --overwrite starts the scene again"
-            ) from None
-        if recorded is None:
-            raise DSen2CRError(f"{lines_path}: a journal of another format; --overwrite starts the scene again")
+                self.recorded_provenance = dict(json.loads(provenance_path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as error:
+            raise DSen2CRError(f"{provenance_path}: cannot be read ({error}); {again}") from None
         predictions = self.folder / _PREDICTIONS
         if not predictions.is_file():
-            raise DSen2CRError(f"{predictions}: missing; --overwrite starts the scene again")
+            raise DSen2CRError(f"{predictions}: missing; {again}")
         self._check_same_scene(recorded)
         size, offset = predictions.stat().st_size, 0
-        for batch in _complete_batches(lines[1:]):
+        for batch in complete_lines(lines, _BATCH_KEYS):  # a line cut short by a kill, and what follows, dropped
             shapes = [tuple(shape) for shape in batch["shapes"]]
             end = offset + 4 * sum(int(np.prod(shape)) for shape in shapes)
             if end > size:
@@ -181,8 +177,7 @@ class SceneJournal:
             offset = end
         if self.batches and self.recorded_provenance is None:
             self.batches, offset = [], 0  # a kill between the first batch and its provenance: nothing to go on from
-        kept = lines[: len(self.batches) + 1]
-        write_text_atomic(lines_path, "\n".join(kept) + "\n")  # appends go on after the last complete line
+        keep_lines(lines_path, lines, len(self.batches))  # appends go on after the last complete line
         os.truncate(self.folder / _PREDICTIONS, offset)
         done = sum(windows for windows, _, _ in self.batches)
         log.info("%s: going on from the %d of %d windows a stopped run predicted", self.out, done, recorded["windows"])
@@ -324,20 +319,6 @@ def network_channels(job: SceneJob, plan: ScenePlan) -> int:
     (with ``--uncertainty-parts`` an ensemble's aleatoric and epistemic ones)."""
     with_variance = job.uncertainty_out is not None
     return 3 if with_variance and plan.settings.uncertainty_parts else 2 if with_variance else 1
-
-
-def _complete_batches(lines: Sequence[str]) -> list[dict[str, Any]]:
-    """The batches' lines as :meth:`SceneJournal.record` wrote them, up to the first one cut short (or empty)."""
-    batches = []
-    for line in lines:
-        try:
-            batch = json.loads(line)
-        except ValueError:
-            break
-        if not (isinstance(batch, dict) and {"batch", "windows", "shapes"} <= batch.keys()):
-            break
-        batches.append(batch)
-    return batches
 
 
 def _shown(value: object) -> str:
