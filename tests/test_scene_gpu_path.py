@@ -216,7 +216,7 @@ def _overflowing_fp16(monkeypatch: pytest.MonkeyPatch, on_call: int) -> list[int
     return calls
 
 
-@pytest.mark.parametrize(("gpu_path", "scene"), [(False, 1), (True, 2)])
+@pytest.mark.parametrize(("gpu_path", "scene", "journal"), [(False, 1, "off"), (True, 2, "off"), (True, 2, "on")])
 def test_fp16_that_auto_chose_and_that_overflows_later_reruns_the_scene_in_float32(
     inputs: tuple[Path, Path, Path],
     tmp_path: Path,
@@ -224,12 +224,14 @@ def test_fp16_that_auto_chose_and_that_overflows_later_reruns_the_scene_in_float
     caplog: pytest.LogCaptureFixture,
     gpu_path: bool,
     scene: int,
+    journal: str,
 ) -> None:
     """fp16 chosen by ``auto`` (as on a GPU) passes the first batch's check and overflows on a later batch of the
     first or the second scene (the first then completing on its own thread, as on a GPU): that scene is run again
     from the start in the float32 arithmetic auto falls back to (IEEE fp32 on this CPU, TF32 on a GPU), with a
     warning; its outputs and the later scenes' are those of a run in that precision and say so, the scenes before
-    stay fp16. The run stopped with an error before, after most of the work."""
+    stay fp16. The run stopped with an error before, after most of the work. With a journal, the fp16 windows it
+    kept go with the overflow (the scene's run again records its own), and none is left once the scenes are done."""
     s2, s1, weights = inputs
     settings = dict(weights=str(weights), device="cpu", tile=128, progress=False)
     reference = tmp_path / "fp32.tif"
@@ -247,7 +249,7 @@ def test_fp16_that_auto_chose_and_that_overflows_later_reruns_the_scene_in_float
         monkeypatch.setattr(dsen2cr.auto, "resolve_hold_bytes", lambda device: 2**30)
     jobs = [SceneJob(str(s2), str(s1), tmp_path / f"auto{i}.tif", mask_out=tmp_path / f"m{i}.tif") for i in (1, 2)]
     with caplog.at_level("WARNING"):
-        reports = list(run_scene_jobs(jobs, SceneSettings(**settings)))
+        reports = list(run_scene_jobs(jobs, SceneSettings(**settings, journal=journal)))
     assert len(reports) == 2 and len(calls) == overflow_on  # fp16 ran until it overflowed, then never again
     assert any("fp16 overflowed" in r.message and "again" in r.message for r in caplog.records), caplog.text
     with rasterio.open(reference) as fp32:

@@ -41,8 +41,9 @@ def _scene(workdir: Path) -> tuple[Path, Path]:
     return (s2, s1) if s2.exists() else workdir.scene()  # type: ignore[attr-defined]
 
 
-def _run(workdir: Path, out: str, *extra: str, weights: Path | None = None) -> int:
-    s2, s1 = _scene(workdir)
+def _run(workdir: Path, out: str, *extra: str, weights: Path | None = None, s2: Path | None = None) -> int:
+    scene, s1 = _scene(workdir)
+    s2 = s2 or scene
     weights = weights or workdir.weights()  # type: ignore[attr-defined]
     argv = ["remove-clouds", "--weights", str(weights), "--s2", str(s2), "--s1", str(s1), "--out", str(workdir / out)]
     return main([*argv, "--mask-out", str(workdir / f"{out[0]}_mask.tif"), "--no-progress", *WINDOWS, *extra])
@@ -147,6 +148,7 @@ def test_a_running_scenes_journal_is_not_taken_for_a_stopped_ones(
         (["--s2-offset", "-1000"], "predicted with s2_offset None, this run's is -1000"),
         (["--weights"], "predicted with weights_sha256 "),
         (["touch"], "s2.tif changed (size or modification time) since the stopped run predicted windows from it"),
+        (["another s2"], "predicted with s2 "),
     ],
 )
 def test_resume_refuses_a_journal_of_another_run(
@@ -160,6 +162,10 @@ def test_resume_refuses_a_journal_of_another_run(
     if change == ["--weights"]:
         torch.manual_seed(5)
         weights, extra = save_weights(create_model("dsen2cr-small"), workdir / "other.safetensors"), []
+    elif change == ["another s2"]:
+        other = workdir / "other.tif"
+        shutil.copy2(_scene(workdir)[0], other)
+        extra = []
     elif change == ["touch"]:
         s2, _ = _scene(workdir)
         os.utime(s2, ns=(os.stat(s2).st_atime_ns, os.stat(s2).st_mtime_ns + 10**9))
@@ -167,7 +173,8 @@ def test_resume_refuses_a_journal_of_another_run(
     capsys.readouterr()
     calls = _count_batches(monkeypatch)
     # the last "--tile" given wins with argparse: the change follows WINDOWS
-    assert _run(workdir, "b.tif", "--resume", *extra, weights=weights) == 2
+    s2 = workdir / "other.tif" if change == ["another s2"] else None
+    assert _run(workdir, "b.tif", "--resume", *extra, weights=weights, s2=s2) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning:")]
     assert len(err) == 1 and message in err[0] and "--overwrite" in err[0], err
     assert calls == [] and (workdir / JOURNAL).is_dir() and not (workdir / "b.tif").exists()

@@ -184,15 +184,14 @@ class SceneJournal:
 
     def _check_same_scene(self, recorded: dict[str, Any]) -> None:
         """Refuse a journal of another scene or run, naming the first thing that differs."""
-        then, now = recorded.get("files"), self.identity["files"]
-        if then != now:
-            changed = next((path for path, *_ in now if [path, *_] not in (then or [])), None)
-            if changed is not None and any(entry[0] == changed for entry in then or []):
-                raise DSen2CRError(
-                    f"{self.out}: {changed} changed (size or modification time) since the stopped run predicted "
-                    "windows from it; --overwrite starts the scene again"
-                )
-        for key in sorted(set(recorded) | set(self.identity)):
+        then = {entry[0]: entry for entry in recorded.get("files") or []}
+        changed = next((entry[0] for entry in self.identity["files"] if then.get(entry[0], entry) != entry), None)
+        if changed is not None:
+            raise DSen2CRError(
+                f"{self.out}: {changed} changed (size or modification time) since the stopped run predicted "
+                "windows from it; --overwrite starts the scene again"
+            )
+        for key in [*self.identity, *(key for key in recorded if key not in self.identity)]:  # weights, inputs first
             if recorded.get(key) != self.identity.get(key):
                 raise DSen2CRError(
                     f"{self.out}: the stopped run's windows were predicted with {key} {_shown(recorded.get(key))}, "
