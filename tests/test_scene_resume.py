@@ -98,6 +98,27 @@ def test_a_stopped_scene_goes_on_from_the_windows_it_predicted(
     assert not (workdir / JOURNAL).exists()
 
 
+def test_a_resumed_scene_records_the_check_of_its_first_predicted_batch(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scene's first window holds no valid pixel (not run, as outside a swath), and bf16 is checked against IEEE
+    fp32 on the first batch the network runs: the stopped run's journal records that check, not what the
+    predictor said before it ran, and the resumed outputs carry it, as an uninterrupted run's do."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(1, 8000, size=(13, 40, 50)).astype(np.uint16)
+    pixels[:, :16, :16] = 0  # the first window's core: no data
+    workdir.scene(s2=pixels)  # type: ignore[attr-defined]
+    assert _run(workdir, "a.tif", "--precision", "bf16") == 0
+    _stopped_after(workdir, monkeypatch, 2, "--precision", "bf16")
+    assert _run(workdir, "b.tif", "--precision", "bf16", "--resume") == 0
+    with rasterio.open(workdir / "a.tif") as whole, rasterio.open(workdir / "b.tif") as resumed:
+        np.testing.assert_array_equal(whole.read(), resumed.read())
+        tags, resumed_tags = whole.tags(), resumed.tags()
+    assert tags["DSEN2CR_CHECK_P99_DN"] != "not checked"
+    assert resumed_tags.pop("DSEN2CR_RESUMED_WINDOWS") == "3 of 12"
+    assert resumed_tags == tags
+
+
 def test_a_journal_is_refused_without_resume_and_overwrite_starts_again(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
