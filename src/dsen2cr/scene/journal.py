@@ -7,9 +7,9 @@ the paper's model takes hours, nearly all of them the network's (docs/design.md 
 scene's inputs with their sizes and modification times, the area, tiles, overlap and batch, the weights' SHA-256,
 model, precision, backends, device and version); then one line per batch: its windows and the shapes of the
 predicted cores it appended to ``predictions.f32`` (float32, as the network gave them). ``provenance.json`` holds
-what computed the first batch (the outputs' ``DSEN2CR_*`` tags, its check included). Lines are appended, never
-rewritten: a line cut short by a kill is dropped when read, with the predictions written for it. Only the network's
-output is kept: the outputs are made again from it, bit for bit those of an uninterrupted run.
+what computed the first batch the network ran (the outputs' ``DSEN2CR_*`` tags, its check included). Lines are
+appended, never rewritten: a line cut short by a kill is dropped when read, with the predictions written for it.
+Only the network's output is kept: the outputs are made again from it, bit for bit those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class SceneJournal:
         self.batches: list[tuple[int, int, list[tuple[int, ...]]]] = []  # windows, offset, shapes of each batch
         self.recorded_provenance: dict[str, str] | None = None
         self.replayed = 0  # windows given back from the journal
-        self.predicted = 0  # windows this run predicted
+        self._computed_here = False  # whether the network ran on a batch in this run
 
     @classmethod
     def open(
@@ -175,8 +175,8 @@ class SceneJournal:
                 break  # its predictions were cut short: the batch is predicted again
             self.batches.append((batch["windows"], offset, shapes))
             offset = end
-        if self.batches and self.recorded_provenance is None:
-            self.batches, offset = [], 0  # a kill between the first batch and its provenance: nothing to go on from
+        if self.recorded_provenance is None and any(shapes for _, _, shapes in self.batches):
+            raise DSen2CRError(f"{self.folder / _PROVENANCE}: missing; {again}")  # written before a run batch's line
         keep_lines(lines_path, lines, len(self.batches))  # appends go on after the last complete line
         os.truncate(self.folder / _PREDICTIONS, offset)
         done = sum(windows for windows, _, _ in self.batches)
@@ -226,9 +226,11 @@ class SceneJournal:
         stopped run's were (backend and precision), else the outputs would mix two arithmetics."""
         if index != len(self.batches):
             raise ValueError(f"batch {index} recorded after {len(self.batches)} batches")
-        provenance = self._provenance() if self.predicted == 0 else None
-        if provenance is not None and self.recorded_provenance is not None:
-            self._check_computed_alike(provenance)
+        provenance = None
+        if cores and not self._computed_here:  # the network's first batch in this run: its backend settled
+            provenance, self._computed_here = self._provenance(), True
+            if self.recorded_provenance is not None:
+                self._check_computed_alike(provenance)
         offset = (self.folder / _PREDICTIONS).stat().st_size
         try:
             with open(self.folder / _PREDICTIONS, "ab") as data:
@@ -248,7 +250,6 @@ class SceneJournal:
                 "before it stay for --resume"
             ) from error
         self.batches.append((windows, offset, [tuple(core.shape) for core in cores]))
-        self.predicted += windows
 
     def _check_computed_alike(self, provenance: dict[str, str]) -> None:
         """Refuse to go on where this run computes otherwise than the stopped one did."""
