@@ -1409,12 +1409,6 @@ _JOURNAL_HEADER = '{"format": "dsen2cr scene journal 1", "identity": {"windows":
 
 CASES += [
     dict(
-        name="remove-clouds: --resume with --overwrite",
-        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", "--resume", "--overwrite"),
-        message="--resume goes on from a stopped scene, --overwrite starts it again: give one of them",
-        absent=("o.tif",),
-    ),
-    dict(
         name="remove-clouds: a stopped run's journal beside the output, without --resume",
         setup=lambda t: _with_journal(t, _JOURNAL_HEADER),
         message="o.tif: a stopped run of this scene predicted 0 of its 12 windows (kept in .o.tif.journal): --resume",

@@ -119,6 +119,29 @@ def test_a_resumed_scene_records_the_check_of_its_first_predicted_batch(
     assert resumed_tags == tags
 
 
+def test_a_stopped_run_that_was_replacing_an_output_goes_on_with_resume_and_overwrite(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """b.tif exists (an earlier run's), and a run replacing it (--overwrite) stopped after 4 windows: --resume alone
+    is refused (the output exists), --overwrite alone would start again; both go on from the journal and replace
+    b.tif with the pixels of an uninterrupted run."""
+    assert _run(workdir, "a.tif") == 0
+    assert _run(workdir, "b.tif", "--tile", "24") == 0  # the earlier output, made otherwise
+    with monkeypatch.context() as patch:
+        _count_batches(patch, stop_at=5)
+        assert _run(workdir, "b.tif", "--journal", "on", "--overwrite") == 130
+    assert (workdir / "b.tif").is_file() and (workdir / JOURNAL).is_dir()
+    capsys.readouterr()
+    assert _run(workdir, "b.tif", "--resume") == 2
+    assert "b.tif: exists; pass --overwrite to replace it" in capsys.readouterr().err
+    calls = _count_batches(monkeypatch)
+    assert _run(workdir, "b.tif", "--resume", "--overwrite") == 0
+    assert len(calls) == 8 and not (workdir / JOURNAL).exists()
+    with rasterio.open(workdir / "a.tif") as whole, rasterio.open(workdir / "b.tif") as resumed:
+        np.testing.assert_array_equal(whole.read(), resumed.read())
+        assert resumed.tags()["DSEN2CR_RESUMED_WINDOWS"] == "4 of 12"
+
+
 def test_a_journal_is_refused_without_resume_and_overwrite_starts_again(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
