@@ -108,7 +108,7 @@ class SceneSettings:
     overwrite: bool = False
     skip_existing: bool = False  # scenes an earlier run finished are skipped (dsen2cr.scene.done)
     journal: str = "auto"  # each predicted window kept beside the output while the scene runs (dsen2cr.scene.journal)
-    resume: bool = False  # a stopped scene goes on from the windows its journal holds
+    resume: bool = False  # a stopped scene goes on from the windows its journal holds (with overwrite too)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -123,8 +123,6 @@ class SceneSettings:
         _choice("--precision", self.precision, PRECISIONS)
         _choice("--resampling", self.resampling, RESAMPLINGS)
         _choice("--journal", self.journal, JOURNAL_CHOICES)
-        if self.resume and self.overwrite:
-            raise DSen2CRError("--resume goes on from a stopped scene, --overwrite starts it again: give one of them")
         _choice("--mask", self.mask, MASK_KINDS)
         _choice("--mask-statistics", self.mask_statistics, MASK_STATISTICS)
         if self.mask_statistics != "scene" and self.mask != "paper":

@@ -212,7 +212,8 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         "--resume",
         action="store_true",
         help="go on from the windows a stopped run of a scene predicted (its journal, kept beside the output), "
-        "with the same inputs, weights and settings; a scene without one starts",
+        "with the same inputs, weights and settings; a scene without one starts; with --overwrite, the outputs "
+        "there are replaced",
     )
     parser.add_argument(
         "--journal",

@@ -106,8 +106,9 @@ def journal_windows(out: Path) -> tuple[int, int] | None:
 
 
 def check_no_journal(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse a scene that a stopped run left a journal of, unless ``resume`` (go on from it) or ``overwrite``
-    (start again), naming how much it holds; and, whatever the options, a file or link of another's where the
+    """Refuse a scene that a stopped run left a journal of, unless ``resume`` (go on from it, also with
+    ``overwrite``: then the outputs there are replaced) or ``overwrite`` alone (start again), naming how much it
+    holds; and, whatever the options, a file or link of another's where the
     journal goes (never replaced)."""
     path = journal_path(out)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
