@@ -101,9 +101,7 @@ class EvaluationProgress:
         and what it scored (a line cut short by a kill, and the samples written for it, are dropped)."""
         progress = cls(out)
         lines_path, samples_path = progress.folder / PROGRESS_LINES, progress.folder / _SAMPLES
-        recorded, lines = read_record(
-            lines_path, _FORMAT, what="the progress of an evaluation", again="--overwrite starts the evaluation again"
-        )
+        recorded, lines = read_progress(out)
         _check_same_evaluation(lines_path.parent.parent, recorded, identity)
         scored = Scored()
         end = 0  # of the samples that complete lines describe
@@ -201,6 +199,15 @@ def open_progress(
             )
     log.info("%s: going on from the %d of %d patches a stopped run scored", out, len(patches), identity["patches"])
     return progress, scored
+
+
+def read_progress(out: Path) -> tuple[dict[str, Any], list[str]]:
+    """The identity and the batches' lines of the progress in ``out``; one that cannot be read (or of another
+    version's format) is refused in one line naming it."""
+    path = out / PROGRESS / PROGRESS_LINES
+    return read_record(
+        path, _FORMAT, what="the progress of an evaluation", again="--overwrite starts the evaluation again"
+    )
 
 
 def scored_patches(out: Path) -> tuple[int, int] | None:

@@ -155,15 +155,13 @@ def _report_folder(out: Path, stopped: tuple[int, int] | None, *, resume: bool, 
     all, :func:`~dsen2cr.evaluation_progress.scored_patches`) to go on from it."""
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.evaluate import REPORT_ENTRIES
-    from dsen2cr.evaluation_progress import PROGRESS, PROGRESS_LINES
+    from dsen2cr.evaluation_progress import PROGRESS, read_progress
 
     if resume and overwrite:
         raise DSen2CRError("--resume and --overwrite: one goes on from a stopped evaluation, the other starts again")
     if resume and stopped is None and (out / PROGRESS).exists():
-        raise DSen2CRError(
-            f"{out / PROGRESS / PROGRESS_LINES}: not the progress of an evaluation (unreadable); --overwrite starts "
-            "the evaluation again"
-        )
+        read_progress(out)  # says why it cannot be gone on from
+        raise DSen2CRError(f"{out / PROGRESS}: holds no evaluation's progress; --overwrite starts the evaluation again")
     if resume and stopped is None and (out / "summary.json").is_file():
         raise DSen2CRError(f"{out}: holds a complete evaluation report, nothing to resume; --overwrite replaces it")
     folder: dict[str, Any] = {"owned": REPORT_ENTRIES, "overwrite": overwrite}
