@@ -80,8 +80,10 @@ def test_a_stopped_scene_goes_on_from_the_windows_it_predicted(
     writes the image and map of an uninterrupted run, pixel for pixel, with the tags of what computed them and how
     many windows the stopped run predicted; the journal is then gone."""
     assert _run(workdir, "a.tif") == 0
+    assert "keeping each predicted window" not in capsys.readouterr().out  # auto: a scene of seconds keeps none
     _stopped_after(workdir, monkeypatch, 5)
-    err = capsys.readouterr().err
+    printed, err = capsys.readouterr()
+    assert f"b.tif: keeping each predicted window in {JOURNAL} (up to 104 kB, removed once" in printed
     assert f"the 5 of 12 windows predicted are kept in {workdir / JOURNAL}: run the command again with --resume" in err
     calls = _count_batches(monkeypatch)
     assert _run(workdir, "b.tif", "--resume") == 0

@@ -29,7 +29,7 @@ from dsen2cr.auto import resolve_journal
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.inputs import S2Product, local_inputs
 from dsen2cr.outputs.appended import complete_lines, keep_lines, read_record, start_record
-from dsen2cr.outputs.files import write_text_atomic
+from dsen2cr.outputs.files import describe_bytes, write_text_atomic
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS
 from dsen2cr.settings import SceneJob, ScenePlan
@@ -310,6 +310,14 @@ def open_scene_journal(
     files = [path for _, path in local_inputs(job.s2, job.s1, product)]
     channels = network_channels(job, plan) * NUM_S2_BANDS
     identity = scene_identity(tags, predictor.precision, job, plan, area, files, windows=windows, channels=channels)
+    if not stopped:
+        log.info(
+            "%s: keeping each predicted window in %s (up to %s, removed once the scene is written), so that a stopped "
+            "run goes on with --resume (--journal off keeps none)",
+            job.out,
+            folder.name,
+            describe_bytes(4 * area.width * area.height * channels),
+        )
     return SceneJournal.open(
         job.out, identity, lambda: predictor.provenance(with_variance=with_variance), resume=settings.resume
     )
