@@ -24,6 +24,7 @@ LAYERS = [
     ["ensemble"],
     ["scene.batches", "scene.masking", "scene.describe"],
     ["scene.journal"],  # a scene's predicted windows, kept while it runs (remove-clouds --resume)
+    ["scene.time_limit"],  # SLURM's warning before a job's time limit: the scene stops at a batch's end
     ["predictor"],
     ["auto"],
     ["scene.tiles", "scene"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -323,6 +324,64 @@ def test_the_room_check_counts_the_journal(
     assert "free, and this scene's outputs stage" in capsys.readouterr().err
     assert calls == [] and not (workdir / JOURNAL).exists()
     assert _run(workdir, "b.tif", "--journal", "off") == 0
+
+
+def _slurm_job(monkeypatch: pytest.MonkeyPatch, bin_dir: Path) -> Path:
+    """The variables of a SLURM batch job, and an ``scontrol`` on the PATH that records what it was asked (its
+    log's path returned)."""
+    record = bin_dir / "scontrol.log"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for name, value in {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "tiles", "SLURM_NTASKS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    return record
+
+
+def _warned_at(monkeypatch: pytest.MonkeyPatch, batch: int) -> list[int]:
+    """SLURM's time-limit warning (SIGUSR1 to this process) while the network predicts batch ``batch``."""
+    calls: list[int] = []
+    predict = Predictor.__call__
+
+    def warned(self: Predictor, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        calls.append(len(calls) + 1)
+        if len(calls) == batch:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return predict(self, s2, s1)
+
+    monkeypatch.setattr(Predictor, "__call__", warned)
+    return calls
+
+
+def test_slurms_time_limit_warning_stops_the_scene_and_requeues_the_job(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """#SBATCH --signal=SIGUSR1@90 with --resume: the warning during batch 4 stops the scene once that batch is
+    recorded, the job is requeued (scontrol requeue 4242), the exit status is SIGUSR1's; the requeued command goes on
+    from the 4 windows to the image of an uninterrupted run. Without --resume the warning is said and the run goes
+    on to the end, not requeued."""
+    assert _run(workdir, "a.tif") == 0
+    record = _slurm_job(monkeypatch, workdir / "bin")
+    with monkeypatch.context() as patch:
+        _warned_at(patch, 4)
+        assert _run(workdir, "b.tif", "--journal", "on", "--resume") == 128 + signal.SIGUSR1
+    assert record.read_text() == "requeue 4242\n"
+    err = capsys.readouterr().err
+    assert "the 4 of 12 windows predicted are kept" in err and "requeued job 4242, whose --resume goes on" in err
+    assert not (workdir / "b.tif").exists()
+    calls = _count_batches(monkeypatch)
+    assert _run(workdir, "b.tif", "--journal", "on", "--resume") == 0
+    assert len(calls) == 8
+    with rasterio.open(workdir / "a.tif") as whole, rasterio.open(workdir / "b.tif") as resumed:
+        np.testing.assert_array_equal(whole.read(), resumed.read())
+    with monkeypatch.context() as patch:
+        _warned_at(patch, 2)
+        assert _run(workdir, "c.tif", "--journal", "on") == 0
+    assert "without --resume nothing would go on from this scene's windows" in capsys.readouterr().err
+    assert record.read_text() == "requeue 4242\n" and (workdir / "c.tif").is_file()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # given back
 
 
 def test_a_model_in_memory_keeps_no_journal(workdir: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 
 
@@ -47,6 +48,38 @@ def this_launch() -> Launch:
             launcher="srun",
         )
     return Launch(local_world=max(1, _int(env.get("LOCAL_WORLD_SIZE", "1"), 1)))
+
+
+def slurm_job_id() -> str | None:
+    """The SLURM job this process runs in, as ``scontrol requeue`` takes it (``ARRAYJOB_TASK`` for an array task),
+    or None outside SLURM."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array is not None:
+        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def slurm_batch_job() -> str | None:
+    """:func:`slurm_job_id` where this process runs as SLURM's (a batch job or its ``srun`` step: not in an
+    interactive allocation, whose job name is ``bash`` or ``interactive``, nor under torchrun), else None: the
+    rule by which Lightning takes a run for a SLURM run."""
+    env = os.environ
+    if ("RANK" in env and "WORLD_SIZE" in env) or "SLURM_NTASKS" not in env:
+        return None
+    if env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    return slurm_job_id()
+
+
+def scontrol_requeue(job: str) -> str | None:
+    """Ask SLURM to requeue ``job`` (``scontrol requeue JOB``): None when it did, else why not, for a warning."""
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return str(error)
+    if result.returncode == 0:
+        return None
+    return (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
 
 
 def is_launched_worker() -> bool:

@@ -30,7 +30,7 @@ from dsen2cr.settings import (
 )
 
 if TYPE_CHECKING:
-    from dsen2cr.settings import SceneJob
+    from dsen2cr.settings import SceneJob, SceneSettings
 
 
 def register(subparsers: SubParsers) -> None:
@@ -275,8 +275,9 @@ def jobs_from_arguments(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``remove-clouds``."""
-    from dsen2cr.scene.jobs import run_scene_jobs
+    """Run ``remove-clouds``; under SLURM, its time-limit warning (``#SBATCH --signal=SIGUSR1@90``) stops a run with
+    ``--resume`` at a batch's end and requeues the job (:mod:`dsen2cr.scene.time_limit`)."""
+    from dsen2cr.scene.time_limit import TimeLimitWarning, time_limit_warning
     from dsen2cr.settings import SceneSettings
 
     settings = SceneSettings.from_options(argparse.Namespace(**vars(args), progress=not args.no_progress))
@@ -290,6 +291,18 @@ def run(args: argparse.Namespace) -> int:
         uncertainty_out=args.uncertainty_out,
     )
     manifest = (Path(args.manifest),) if args.manifest else ()
+    with time_limit_warning(stops=settings.resume) as slurm_job:
+        try:
+            _run_and_report(jobs, settings, manifest)
+        except TimeLimitWarning:
+            return _requeued(slurm_job)
+    return 0
+
+
+def _run_and_report(jobs: list[SceneJob], settings: SceneSettings, manifest: tuple[Path, ...]) -> None:
+    """Run the scenes, printing a line for each one written."""
+    from dsen2cr.scene.jobs import run_scene_jobs
+
     job_of = {job.out: job for job in jobs}
     for report in run_scene_jobs(jobs, settings, extra_inputs=manifest):
         size = f"{report.megapixels:.2f} Mpx" if report.megapixels >= 0.01 else f"{round(report.megapixels * 1e6)} px"
@@ -301,7 +314,30 @@ def run(args: argparse.Namespace) -> int:
             + (f", {report.resumed} predicted by a stopped run)" if report.resumed else ")")
             + _also_written(job_of.get(report.out))
         )
-    return 0
+
+
+def _requeued(job: str | None) -> int:
+    """After SLURM's time-limit warning stopped a scene: ask SLURM to requeue ``job`` (the requeued command's
+    ``--resume`` goes on from the scene's journal); the exit status of a process stopped by the signal."""
+    import logging
+    import signal
+
+    from dsen2cr.launch import scontrol_requeue, this_launch
+
+    log = logging.getLogger("dsen2cr.scene.time_limit")
+    failure = scontrol_requeue(job) if job is not None else "not a SLURM job"
+    if failure is None:
+        log.warning("SLURM's time-limit warning: the scene stopped; requeued job %s, whose --resume goes on", job)
+    else:
+        others = " (each task of the step asks: another may have asked first)" if this_launch().world > 1 else ""
+        log.warning(
+            "SLURM's time-limit warning: the scene stopped, but scontrol requeue %s failed (%s)%s; run the command "
+            "again (--resume goes on from the scene's journal)",
+            job,
+            failure,
+            others,
+        )
+    return 128 + signal.SIGUSR1
 
 
 def _also_written(job: SceneJob | None) -> str:

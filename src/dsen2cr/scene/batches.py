@@ -21,6 +21,7 @@ from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS, s1_db_to_model, s2
 from dsen2cr.rasters import gdal_block_cache
 from dsen2cr.scene.journal import SceneJournal
 from dsen2cr.scene.tiles import Tile
+from dsen2cr.scene.time_limit import stop_if_warned
 
 T = TypeVar("T")
 #: A function from a batch of S2 (and S1) windows in model units to its predictions.
@@ -104,6 +105,7 @@ def _run_batches(
                 yield tile, core_pred, dn_core, batch.valid_cores[i], batch.missing[i], batch.windows[i]
             if on_batch is not None:
                 on_batch(len(group))
+            stop_if_warned()  # SLURM's time-limit warning: the batch is recorded, the scene stops here
 
 
 def _predicted_cores(

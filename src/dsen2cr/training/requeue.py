@@ -14,9 +14,7 @@ goes once the next epoch starts (its epoch has a checkpoint of its own by then).
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import subprocess
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
+from dsen2cr.launch import scontrol_requeue, slurm_job_id
 from dsen2cr.weights import CHECKPOINT_DIR, progress_phrase
 
 log = logging.getLogger(__name__)
@@ -41,10 +40,7 @@ def slurm_job() -> str | None:
     allocation); else None."""
     if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():
         return None
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    if array is not None:
-        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
-    return os.environ.get("SLURM_JOB_ID")
+    return slurm_job_id()
 
 
 class SlurmRequeue(L.Callback):
@@ -108,16 +104,10 @@ class SlurmRequeue(L.Callback):
 
     def _requeue(self, checkpoint: Path) -> None:
         """``scontrol requeue JOB``; a failure is a warning (the job then ends at its time limit)."""
-        command = ["scontrol", "requeue", self.job]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            failure = str(error)
-        else:
-            if result.returncode == 0:
-                log.info("requeued SLURM job %s: its `train --resume auto` continues from %s", self.job, checkpoint)
-                return
-            failure = (result.stderr or result.stdout).strip() or f"exit status {result.returncode}"
+        failure = scontrol_requeue(self.job)
+        if failure is None:
+            log.info("requeued SLURM job %s: its `train --resume auto` continues from %s", self.job, checkpoint)
+            return
         log.warning(
             "scontrol requeue %s failed (%s): the job ends at its time limit; to continue, run it again with "
             "--resume auto (from %s)",
