@@ -381,6 +381,20 @@ def terminate_when() -> Callable[..., int]:
 
 
 @pytest.fixture
+def stand_in_scontrol(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An ``scontrol`` first on the PATH that records each command it is asked (``requeue 4242``) in the file
+    whose path is returned, for SLURM's requeue without SLURM."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = bin_dir / "scontrol.log"
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return record
+
+
+@pytest.fixture
 def private_tmp_env(workdir: Workdir) -> dict[str, str]:
     """The environment with ``TMPDIR`` a fresh folder of this test's, to check that nothing is left there."""
     private = workdir / "tmp"

@@ -302,21 +302,13 @@ def test_a_run_killed_at_any_phase_resumes_to_the_uninterrupted_weights(
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{point}: {name}")
 
 
-def _slurm_step(monkeypatch: pytest.MonkeyPatch, bin_dir: Path) -> Path:
-    """The variables ``srun`` sets for a one-task step, and an ``scontrol`` on the PATH that records what it was
-    asked (its log's path returned)."""
-    record = bin_dir / "scontrol.log"
-    bin_dir.mkdir()
-    scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
-    scontrol.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+def _slurm_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables ``srun`` sets for a one-task step."""
     step = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "dsen2cr-train", "SLURM_NTASKS": "1", "SLURM_NNODES": "1"}
     step |= {"SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_STEP_NUM_TASKS": "1"}
     step |= {"SLURM_STEP_TASKS_PER_NODE": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NODELIST": "127.0.0.1"}
     for name, value in step.items():
         monkeypatch.setenv(name, value)
-    return record
 
 
 @pytest.mark.parametrize(
@@ -331,6 +323,7 @@ def test_a_slurm_requeue_resumes_mid_epoch_to_the_uninterrupted_weights(
     warned: tuple[int, int],
     killed: tuple[int, int],
     workers: int,
+    stand_in_scontrol: Path,
 ) -> None:
     """``#SBATCH --signal=SIGUSR1@90``: SLURM warns the job's tasks before its time limit. The run saves where it
     is at the end of the batch under way (``checkpoints/requeue.ckpt``), asks ``scontrol requeue``, and the
@@ -352,7 +345,8 @@ def test_a_slurm_requeue_resumes_mid_epoch_to_the_uninterrupted_weights(
         return _config(tmp_path, synthetic_tree, tmp_path / name)
 
     straight = load_model(train.run_training(load_config(config_of("straight"), ["optim.epochs=2"]), progress=False))
-    record = _slurm_step(monkeypatch, tmp_path / "bin")
+    _slurm_step(monkeypatch)
+    record = stand_in_scontrol
 
     class WarnedThenKilled(L.Callback):  # SLURM's warning during a batch, the time limit's kill a few batches later
         def on_train_batch_start(self, trainer, module, data, index) -> None:  # type: ignore[no-untyped-def]
