@@ -277,7 +277,7 @@ def jobs_from_arguments(
 def run(args: argparse.Namespace) -> int:
     """Run ``remove-clouds``; under SLURM, its time-limit warning (``#SBATCH --signal=SIGUSR1@90``) stops a run with
     ``--resume`` at a batch's end and requeues the job (:mod:`dsen2cr.scene.time_limit`)."""
-    from dsen2cr.scene.time_limit import TimeLimitWarning, time_limit_warning
+    from dsen2cr.scene.time_limit import TimeLimitWarning, requeue_after_warning, time_limit_warning
     from dsen2cr.settings import SceneSettings
 
     settings = SceneSettings.from_options(argparse.Namespace(**vars(args), progress=not args.no_progress))
@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             _run_and_report(jobs, settings, manifest)
         except TimeLimitWarning:
-            return _requeued(slurm_job)
+            return requeue_after_warning(slurm_job)
     return 0
 
 
@@ -314,30 +314,6 @@ def _run_and_report(jobs: list[SceneJob], settings: SceneSettings, manifest: tup
             + (f", {report.resumed} predicted by a stopped run)" if report.resumed else ")")
             + _also_written(job_of.get(report.out))
         )
-
-
-def _requeued(job: str | None) -> int:
-    """After SLURM's time-limit warning stopped a scene: ask SLURM to requeue ``job`` (the requeued command's
-    ``--resume`` goes on from the scene's journal); the exit status of a process stopped by the signal."""
-    import logging
-    import signal
-
-    from dsen2cr.launch import scontrol_requeue, this_launch
-
-    log = logging.getLogger("dsen2cr.scene.time_limit")
-    failure = scontrol_requeue(job) if job is not None else "not a SLURM job"
-    if failure is None:
-        log.warning("SLURM's time-limit warning: the scene stopped; requeued job %s, whose --resume goes on", job)
-    else:
-        others = " (each task of the step asks: another may have asked first)" if this_launch().world > 1 else ""
-        log.warning(
-            "SLURM's time-limit warning: the scene stopped, but scontrol requeue %s failed (%s)%s; run the command "
-            "again (--resume goes on from the scene's journal)",
-            job,
-            failure,
-            others,
-        )
-    return 128 + signal.SIGUSR1
 
 
 def _also_written(job: SceneJob | None) -> str:

@@ -179,7 +179,7 @@ class SceneJournal:
         if self.recorded_provenance is None and any(shapes for _, _, shapes in self.batches):
             raise DSen2CRError(f"{self.folder / _PROVENANCE}: missing; {again}")  # written before a run batch's line
         keep_lines(lines_path, lines, len(self.batches))  # appends go on after the last complete line
-        os.truncate(self.folder / _PREDICTIONS, offset)
+        os.truncate(predictions, offset)
         done = sum(windows for windows, _, _ in self.batches)
         log.info("%s: going on from the %d of %d windows a stopped run predicted", self.out, done, recorded["windows"])
 
@@ -200,11 +200,15 @@ class SceneJournal:
                     "them, or --overwrite to start the scene again"
                 )
 
-    def bytes_to_come(self) -> int:
-        """At most what the journal will still write: 4 bytes a channel and pixel of the area, less what it holds."""
+    @property
+    def total_bytes(self) -> int:
+        """At most what the journal holds once every window is predicted: 4 bytes a channel and pixel of the area."""
         _, _, width, height = self.identity["area"]
-        held = (self.folder / _PREDICTIONS).stat().st_size
-        return max(0, 4 * width * height * self.identity["channels"] - held)
+        return 4 * width * height * self.identity["channels"]
+
+    def bytes_to_come(self) -> int:
+        """At most what the journal will still write: :attr:`total_bytes` less what it holds."""
+        return max(0, self.total_bytes - (self.folder / _PREDICTIONS).stat().st_size)
 
     def cores(self, index: int) -> list[np.ndarray] | None:
         """The predicted cores of batch ``index`` (of its windows that were run) as the stopped run kept them,
@@ -310,17 +314,18 @@ def open_scene_journal(
     files = [path for _, path in local_inputs(job.s2, job.s1, product)]
     channels = network_channels(job, plan) * NUM_S2_BANDS
     identity = scene_identity(tags, predictor.precision, job, plan, area, files, windows=windows, channels=channels)
+    journal = SceneJournal.open(
+        job.out, identity, lambda: predictor.provenance(with_variance=with_variance), resume=settings.resume
+    )
     if not stopped:
         log.info(
             "%s: keeping each predicted window in %s (up to %s, removed once the scene is written), so that a stopped "
             "run goes on with --resume (--journal off keeps none)",
             job.out,
             folder.name,
-            describe_bytes(4 * area.width * area.height * channels),
+            describe_bytes(journal.total_bytes),
         )
-    return SceneJournal.open(
-        job.out, identity, lambda: predictor.provenance(with_variance=with_variance), resume=settings.resume
-    )
+    return journal
 
 
 def network_channels(job: SceneJob, plan: ScenePlan) -> int:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-from dsen2cr.launch import slurm_batch_job
+from dsen2cr.launch import scontrol_requeue, slurm_batch_job, this_launch
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +70,22 @@ def stop_if_warned() -> None:
             "SLURM warned of the job's time limit; without --resume nothing would go on from this scene's windows, "
             "so the run goes on until the limit (with --resume it stops here and the job is requeued)"
         )
+
+
+def requeue_after_warning(job: str | None) -> int:
+    """Once the warning stopped a scene (:class:`TimeLimitWarning`): ask SLURM to requeue ``job`` (the requeued
+    command's ``--resume`` goes on from the scene's journal), saying how it went; the exit status of a process
+    stopped by the signal."""
+    failure = scontrol_requeue(job) if job is not None else "not a SLURM job"
+    if failure is None:
+        log.warning("SLURM's time-limit warning: the scene stopped; requeued job %s, whose --resume goes on", job)
+    else:
+        others = " (each task of the step asks: another may have asked first)" if this_launch().world > 1 else ""
+        log.warning(
+            "SLURM's time-limit warning: the scene stopped, but scontrol requeue %s failed (%s)%s; run the command "
+            "again (--resume goes on from the scene's journal)",
+            job,
+            failure,
+            others,
+        )
+    return 128 + REQUEUE_SIGNAL
