@@ -50,6 +50,13 @@ def _run(workdir: Path, out: str, *extra: str, weights: Path | None = None, s2: 
     return main([*argv, "--mask-out", str(workdir / f"{out[0]}_mask.tif"), "--no-progress", *WINDOWS, *extra])
 
 
+def _same_pixels(whole: Path, resumed: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Check that ``resumed`` holds the pixels of ``whole``; both files' tags."""
+    with rasterio.open(whole) as first, rasterio.open(resumed) as second:
+        np.testing.assert_array_equal(first.read(), second.read())
+        return first.tags(), second.tags()
+
+
 def _count_batches(monkeypatch: pytest.MonkeyPatch, *, stop_at: int | None = None) -> list[int]:
     """Count the batches the network predicts; with ``stop_at``, Ctrl-C as that batch starts (1-based)."""
     calls: list[int] = []
@@ -90,12 +97,8 @@ def test_a_stopped_scene_goes_on_from_the_windows_it_predicted(
     assert _run(workdir, "b.tif", "--resume") == 0
     assert len(calls) == 7
     assert "5 predicted by a stopped run)" in capsys.readouterr().out
-    for name in ("a.tif", "a_mask.tif"):
-        with rasterio.open(workdir / name) as whole, rasterio.open(workdir / name.replace("a", "b", 1)) as resumed:
-            np.testing.assert_array_equal(whole.read(), resumed.read())
-            tags, resumed_tags = whole.tags(), resumed.tags()
-    with rasterio.open(workdir / "a.tif") as whole, rasterio.open(workdir / "b.tif") as resumed:
-        tags, resumed_tags = whole.tags(), resumed.tags()
+    _same_pixels(workdir / "a_mask.tif", workdir / "b_mask.tif")
+    tags, resumed_tags = _same_pixels(workdir / "a.tif", workdir / "b.tif")
     assert resumed_tags.pop("DSEN2CR_RESUMED_WINDOWS") == "5 of 12"
     assert resumed_tags == tags
     assert not (workdir / JOURNAL).exists()
@@ -114,9 +117,7 @@ def test_a_resumed_scene_records_the_check_of_its_first_predicted_batch(
     assert _run(workdir, "a.tif", "--precision", "bf16") == 0
     _stopped_after(workdir, monkeypatch, 2, "--precision", "bf16")
     assert _run(workdir, "b.tif", "--precision", "bf16", "--resume") == 0
-    with rasterio.open(workdir / "a.tif") as whole, rasterio.open(workdir / "b.tif") as resumed:
-        np.testing.assert_array_equal(whole.read(), resumed.read())
-        tags, resumed_tags = whole.tags(), resumed.tags()
+    tags, resumed_tags = _same_pixels(workdir / "a.tif", workdir / "b.tif")
     assert tags["DSEN2CR_CHECK_P99_DN"] != "not checked"
     assert resumed_tags.pop("DSEN2CR_RESUMED_WINDOWS") == "3 of 12"
     assert resumed_tags == tags
@@ -140,9 +141,7 @@ def test_a_stopped_run_that_was_replacing_an_output_goes_on_with_resume_and_over
     calls = _count_batches(monkeypatch)
     assert _run(workdir, "b.tif", "--resume", "--overwrite") == 0
     assert len(calls) == 8 and not (workdir / JOURNAL).exists()
-    with rasterio.open(workdir / "a.tif") as whole, rasterio.open(workdir / "b.tif") as resumed:
-        np.testing.assert_array_equal(whole.read(), resumed.read())
-        assert resumed.tags()["DSEN2CR_RESUMED_WINDOWS"] == "4 of 12"
+    assert _same_pixels(workdir / "a.tif", workdir / "b.tif")[1]["DSEN2CR_RESUMED_WINDOWS"] == "4 of 12"
 
 
 def test_a_journal_is_refused_without_resume_and_overwrite_starts_again(
@@ -243,9 +242,7 @@ def test_a_batch_cut_short_by_a_kill_is_predicted_again(
     calls = _count_batches(monkeypatch)
     assert _run(workdir, "b.tif", "--resume") == 0
     assert len(calls) == 9
-    with rasterio.open(workdir / "a.tif") as whole, rasterio.open(workdir / "b.tif") as resumed:
-        np.testing.assert_array_equal(whole.read(), resumed.read())
-        assert resumed.tags()["DSEN2CR_RESUMED_WINDOWS"] == "3 of 12"
+    assert _same_pixels(workdir / "a.tif", workdir / "b.tif")[1]["DSEN2CR_RESUMED_WINDOWS"] == "3 of 12"
 
 
 def test_a_stopped_batch_of_scenes_goes_on_with_skip_existing_and_resume(
@@ -270,8 +267,7 @@ def test_a_stopped_batch_of_scenes_goes_on_with_skip_existing_and_resume(
     assert len(calls) == 10
     printed = capsys.readouterr().out
     assert "skipped" in printed and "2 predicted by a stopped run)" in printed
-    with rasterio.open(workdir / "a.tif") as a, rasterio.open(workdir / "b.tif") as b:
-        np.testing.assert_array_equal(a.read(), b.read())
+    _same_pixels(workdir / "a.tif", workdir / "b.tif")
     assert not (workdir / JOURNAL).exists()
 
 
@@ -304,9 +300,7 @@ def test_a_scene_killed_with_sigkill_goes_on_from_its_journal(workdir: Path, pri
     process.kill()
     process.wait()
     assert main([*command, "--out", str(out / "b.tif"), "--resume"]) == 0
-    with rasterio.open(workdir / "whole.tif") as whole, rasterio.open(out / "b.tif") as resumed:
-        np.testing.assert_array_equal(whole.read(), resumed.read())
-        done, of = resumed.tags()["DSEN2CR_RESUMED_WINDOWS"].split(" of ")
+    done, of = _same_pixels(workdir / "whole.tif", out / "b.tif")[1]["DSEN2CR_RESUMED_WINDOWS"].split(" of ")
     assert int(done) >= 4 and of == "81"
     assert sorted(entry.name for entry in out.iterdir()) == ["b.tif"]
 
@@ -368,8 +362,7 @@ def test_slurms_time_limit_warning_stops_the_scene_and_requeues_the_job(
     calls = _count_batches(monkeypatch)
     assert _run(workdir, "b.tif", "--journal", "on", "--resume") == 0
     assert len(calls) == 8
-    with rasterio.open(workdir / "a.tif") as whole, rasterio.open(workdir / "b.tif") as resumed:
-        np.testing.assert_array_equal(whole.read(), resumed.read())
+    _same_pixels(workdir / "a.tif", workdir / "b.tif")
     with monkeypatch.context() as patch:
         _warned_at(patch, 2)
         assert _run(workdir, "c.tif", "--journal", "on") == 0
