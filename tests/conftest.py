@@ -82,6 +82,8 @@ SAFE_RESOLUTION = {
     "B10": 60,
 }
 SAFE_TILE = "T33UUU_20230610T101559"
+#: The sensing time the products of :func:`_make_safe` declare (their names say 10:15:59, to the second).
+SAFE_SENSING_TIME = "2023-06-10T10:15:59.024Z"
 
 
 def _band_array(band: str, seed: int = 0) -> np.ndarray:
@@ -127,7 +129,8 @@ def _product_metadata(level: str, baseline: str, offsets: dict[int, int] | None)
     return (
         f'<?xml version="1.0" encoding="UTF-8"?><n1:Level-{level[1:]}_User_Product '
         f'xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-{level[1:]}.xsd">'
-        f"<n1:General_Info><Product_Info><PROCESSING_BASELINE>{baseline}</PROCESSING_BASELINE></Product_Info>"
+        f"<n1:General_Info><Product_Info><PRODUCT_START_TIME>{SAFE_SENSING_TIME}</PRODUCT_START_TIME>"
+        f"<PROCESSING_BASELINE>{baseline}</PROCESSING_BASELINE></Product_Info>"
         f"<Product_Image_Characteristics>{quantification}{offset_list}</Product_Image_Characteristics>"
         f"</n1:General_Info></n1:Level-{level[1:]}_User_Product>"
     )

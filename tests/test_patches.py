@@ -141,6 +141,7 @@ def test_patches_of_products_have_their_offsets_removed(workdir: Path, capsys: p
             assert tags["DSEN2CR_OFFSET_SOURCE"] == "metadata"  # (02.04 declares none)
             assert tags["DSEN2CR_PROCESSING_BASELINE"] == ("05.10" if shift else "02.04")
             assert tags["DSEN2CR_PROCESSING_LEVEL"] == "L1C"
+            assert tags["DSEN2CR_SENSING_TIME"] == "2023-06-10T10:15:59.024Z"  # the product metadata's
             assert tags["DSEN2CR_RESAMPLING"] == "nearest (20 m and 60 m bands onto the 10 m grid)"
     with rasterio.open(next((workdir / "own").rglob("*_s1_7_p0.tif"))) as patch:
         assert patch.tags()["DSEN2CR_S1_UNITS"] == "dB"

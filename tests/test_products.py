@@ -18,7 +18,8 @@ from rasterio.windows import Window
 
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs.product import L2A_BANDS, band_code
+from dsen2cr.inputs import resolve_s2
+from dsen2cr.inputs.product import L2A_BANDS, band_code, sensing_time_text
 from dsen2cr.inputs.stac import EARTH_SEARCH_KEYS
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.preprocessing import S2_BANDS
@@ -142,9 +143,17 @@ def test_level2a_product_gives_its_twelve_bands(
 
 
 def _stac_item(
-    folder: Path, safe: Path, *, keys: str, offsets: bool, level: str = "L1C", drop: tuple[str, ...] = ()
+    folder: Path,
+    safe: Path,
+    *,
+    keys: str,
+    offsets: bool,
+    level: str = "L1C",
+    drop: tuple[str, ...] = (),
+    properties: dict | None = None,
 ) -> Path:
-    """A STAC item whose assets are single-band GeoTIFF copies of a SAFE's band files (relative hrefs)."""
+    """A STAC item whose assets are single-band GeoTIFF copies of a SAFE's band files (relative hrefs), with
+    ``properties`` beside the product type and baseline."""
     earth_search = {band: key for key, band in EARTH_SEARCH_KEYS.items()}
     assets = {}
     for band in S2_BANDS if level == "L1C" else L2A_BANDS:
@@ -160,7 +169,7 @@ def _stac_item(
         if offsets:
             asset["raster:bands"] = [{"scale": 0.0001, "offset": -0.1, "nodata": 0}]
         assets[key] = asset
-    properties = {"s2:product_type": f"S2MSI{level[1:]}", "s2:processing_baseline": "05.10"}
+    properties = {"s2:product_type": f"S2MSI{level[1:]}", "s2:processing_baseline": "05.10", **(properties or {})}
     item = {"type": "Feature", "stac_version": "1.0.0", "id": "S2B_T33UUU", "properties": properties, "assets": assets}
     path = folder / "item.json"
     path.write_text(json.dumps(item))
@@ -203,6 +212,51 @@ def test_s1_pair_equals_the_stacked_file(tmp_path: Path, weights_file: Callable[
     }
     (tmp_path / "s1.json").write_text(json.dumps(item))
     np.testing.assert_array_equal(_run(sar, s2, tmp_path / "c.tif", "--s1", str(tmp_path / "s1.json")), expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2017-02-16T10:21:01.026Z", "2017-02-16T10:21:01.026Z"),
+        ("2017-02-16T10:21:01Z", "2017-02-16T10:21:01Z"),
+        ("2017-02-16T10:21:01", "2017-02-16T10:21:01Z"),  # no zone: UTC, as Sentinel metadata means it
+        ("2017-02-16T12:21:01+02:00", "2017-02-16T10:21:01Z"),
+        ("2017-02-16T00:21:01.5+0100", "2017-02-15T23:21:01.5Z"),  # across midnight
+        ("2017-02-30T10:21:01Z", None),  # no such day
+        ("16/02/2017", None),
+        ("", None),
+    ],
+)
+def test_sensing_time_text(text: str, expected: str | None) -> None:
+    assert sensing_time_text(text) == expected
+
+
+def test_sensing_time_of_each_input(workdir: Path) -> None:
+    """Where the sensing time comes from: a product's metadata (to the millisecond, where its name says the
+    second), a STAC item's datetime (in UTC), else a Sentinel-2 name (the first stamp: the datatake's), else
+    unknown."""
+    safe = workdir.safe("p", baseline="05.10", shift=1000, offsets=ALL_OFFSETS)
+    assert resolve_s2(safe).sensing_time == "2023-06-10T10:15:59.024Z"
+    image_data = next(safe.rglob("IMG_DATA"))  # band files T33UUU_20230610T101559_B01.jp2, no metadata
+    assert resolve_s2(image_data).sensing_time == "2023-06-10T10:15:59Z"
+    (workdir / "stac").mkdir()
+    when = {"datetime": "2023-06-10T12:15:59.024+02:00"}
+    item = _stac_item(workdir / "stac", safe, keys="planetary", offsets=False, properties=when)
+    assert resolve_s2(item).sensing_time == "2023-06-10T10:15:59.024Z"
+    s2, _ = workdir.scene()
+    assert resolve_s2(s2).sensing_time is None  # s2.tif: nothing says
+    named = s2.rename(workdir / "S2A_MSIL1C_20170216T102101_N0204_R065_T33UUU_20170216T102052.tif")
+    assert resolve_s2(named).sensing_time == "2017-02-16T10:21:01Z"
+
+
+def test_output_records_the_sensing_time(weights: Path, workdir: Path) -> None:
+    safe = workdir.safe("p")
+    _run(weights, safe, workdir / "safe.tif")
+    s2, _ = workdir.scene()
+    _run(weights, s2, workdir / "plain.tif")
+    with rasterio.open(workdir / "safe.tif") as safe_out, rasterio.open(workdir / "plain.tif") as plain_out:
+        assert safe_out.tags()["DSEN2CR_SENSING_TIME"] == "2023-06-10T10:15:59.024Z"
+        assert plain_out.tags()["DSEN2CR_SENSING_TIME"] == "unknown"
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.geotiff import geotiff_s2, stack_pair
-from dsen2cr.inputs.product import MAX_OFFSET_DN, S2Product, is_url, plausible_offset
+from dsen2cr.inputs.product import MAX_OFFSET_DN, S2Product, is_url, plausible_offset, sensing_time_of_name
 from dsen2cr.inputs.safe import safe_folder, zipped_safe
 from dsen2cr.inputs.stac import s1_assets, stac_s1, stac_s2
 
@@ -40,10 +40,15 @@ def resolve_s2(arg: str | Path, *, offset: int | None = None) -> S2Product:
         return stac_s2(text)
     path = Path(text)
     if path.suffix.lower() == ".zip":
-        return _with_offset_option(zipped_safe(path), offset)
-    if path.is_dir():
-        return _with_offset_option(safe_folder(path), offset)
-    return geotiff_s2(path, offset)
+        product = _with_offset_option(zipped_safe(path), offset)
+    elif path.is_dir():
+        product = _with_offset_option(safe_folder(path), offset)
+    else:
+        product = geotiff_s2(path, offset)
+    if product.sensing_time is None:  # no metadata says: Sentinel-2's names do (the product's, else a band file's)
+        names = (path.resolve().name, *(Path(file).name for file in product.files[:1]))
+        product.sensing_time = next(filter(None, map(sensing_time_of_name, names)), None)
+    return product
 
 
 def _with_offset_option(product: S2Product, offset: int | None) -> S2Product:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlparse
 
 from dsen2cr.preprocessing import S2_BANDS
@@ -48,6 +49,7 @@ class S2Product:
     baseline: str | None = None
     offset_from: str = "none"  # where the offsets come from: metadata, stac, option, none
     masks: dict[str, str] = field(default_factory=dict)  # the product's own masks: SCL (L2A), MSK_CLASSI (L1C)
+    sensing_time: str | None = None  # when the scene was sensed, ISO 8601 in UTC (sensing_time_text); None: unknown
 
     def __post_init__(self) -> None:
         if not self.offsets:
@@ -66,3 +68,38 @@ def plausible_offset(dn: float) -> bool:
 def is_url(text: str) -> bool:
     """Whether ``text`` is an http(s) or s3 URL."""
     return urlparse(text).scheme in ("http", "https", "s3")
+
+
+#: An ISO 8601 date and time as product metadata and STAC items write them (``2017-02-16T10:21:01.026Z``).
+_ISO_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?")
+#: The stamp of Sentinel-2 product and band file names (``S2A_MSIL1C_20170216T102101_N0204_…``,
+#: ``T33UUU_20170216T102101_B01.jp2``): the first in a name is the datatake's sensing start.
+_NAME_TIME = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})(?!\d)")
+
+
+def sensing_time_text(text: str | None) -> str | None:
+    """An ISO 8601 date and time (a zone other than UTC converted; none: UTC) as ``2017-02-16T10:21:01.026Z``, or
+    None when ``text`` is not one (or not a real date)."""
+    match = _ISO_TIME.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        return None
+    fraction, zone = match[7] or "", match[8] or "Z"
+    try:
+        year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        hours, minutes = int(zone[1:3]), int(zone[-2:])
+        moment -= sign * timedelta(hours=hours, minutes=minutes)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
+
+
+def sensing_time_of_name(name: str) -> str | None:
+    """The sensing time that a Sentinel-2 product or band file name holds (its first ``YYYYMMDDTHHMMSS``), in
+    the form of :func:`sensing_time_text`, or None."""
+    match = _NAME_TIME.search(name)
+    if match is None:
+        return None
+    return sensing_time_text("{}-{}-{}T{}:{}:{}Z".format(*match.groups()))

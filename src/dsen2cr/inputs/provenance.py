@@ -9,14 +9,16 @@ from dsen2cr.inputs.readers import S2Source
 
 
 def s2_read_tags(s2: S2Source) -> dict[str, str]:
-    """How ``s2`` was read: its processing level and baseline, the offset removed (:func:`offset_tag`) and where it
-    was declared, and the resampling of a product's coarser bands (:func:`resampling_tags`)."""
+    """How ``s2`` was read: its processing level and baseline, when it was sensed (``unknown`` where neither its
+    metadata nor its name says), the offset removed (:func:`offset_tag`) and where it was declared, and the
+    resampling of a product's coarser bands (:func:`resampling_tags`)."""
     product = s2.product
     return {
         "DSEN2CR_PROCESSING_LEVEL": product.level,
         "DSEN2CR_OFFSET_REMOVED": offset_tag(product),
         "DSEN2CR_OFFSET_SOURCE": product.offset_from,
         "DSEN2CR_PROCESSING_BASELINE": product.baseline or "unknown",
+        "DSEN2CR_SENSING_TIME": product.sensing_time or "unknown",
         **resampling_tags(product, s2.resampling),
     }
 

@@ -11,7 +11,14 @@ import zipfile
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs.product import L2A_BANDS, MAX_OFFSET_DN, S2Product, band_code, plausible_offset
+from dsen2cr.inputs.product import (
+    L2A_BANDS,
+    MAX_OFFSET_DN,
+    S2Product,
+    band_code,
+    plausible_offset,
+    sensing_time_text,
+)
 from dsen2cr.preprocessing import S2_BANDS
 
 
@@ -101,13 +108,16 @@ def _resolution(name: str) -> int:
 
 
 def _apply_metadata(product: S2Product, xml: bytes, where: str) -> None:
-    """Quantification value, processing baseline and per-band offsets from ``MTD_MSIL1C/2A.xml``."""
+    """Quantification value, processing baseline, per-band offsets and the sensing time (the datatake's start)
+    from ``MTD_MSIL1C/2A.xml``."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as error:
         raise DSen2CRError(f"{where}: product metadata is not valid XML ({error})") from None
     baseline = _find_text(root, "PROCESSING_BASELINE")
     product.baseline = baseline
+    times = (_find_text(root, tag) for tag in ("PRODUCT_START_TIME", "DATATAKE_SENSING_START"))
+    product.sensing_time = next(filter(None, map(sensing_time_text, times)), None)
     l2a = product.level == "L2A"
     quantification = _find_text(root, "BOA_QUANTIFICATION_VALUE" if l2a else "QUANTIFICATION_VALUE")
     if quantification is None:

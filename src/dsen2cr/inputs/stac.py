@@ -21,6 +21,7 @@ from dsen2cr.inputs.product import (
     band_of,
     is_url,
     plausible_offset,
+    sensing_time_text,
 )
 from dsen2cr.inputs.safe import baseline_at_least_04
 from dsen2cr.preprocessing import S2_BANDS
@@ -145,6 +146,7 @@ def stac_s2(location: str) -> S2Product:
     files = [_asset_href(assets[band][1], base) for band in wanted]
     baseline = properties.get("s2:processing_baseline")
     product = S2Product(location, list(wanted), files, level, baseline=str(baseline) if baseline else None)
+    product.sensing_time = sensing_time_text(properties.get("datetime") or properties.get("start_datetime"))
     scl = next(
         (asset for key, asset in item["assets"].items() if key.lower() == "scl" and isinstance(asset, dict)), None
     )
