@@ -238,6 +238,33 @@ class Workdir(type(Path())):  # type: ignore[misc]  # the concrete Path class of
         return _make_safe(self / name if name else self, **options)
 
 
+def write_stac_item(s2: Path, folder: Path, *, raster_bands: dict | None = None, **properties: object) -> Path:
+    """A Level-1C STAC item ``folder/item.json`` of a 13-band GeoTIFF: one single-band GeoTIFF per band, Planetary
+    Computer's keys (``B01``), relative hrefs, each asset's ``raster:bands`` ``raster_bands`` (none when None), and
+    ``properties`` beside the product type."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    assets = {}
+    with rasterio.open(s2) as src:
+        data, crs, transform = src.read(), src.crs, src.transform
+    for index, band in enumerate(S2_BANDS):
+        write_geotiff(folder / f"{band_code(band)}.tif", data[index : index + 1], crs=crs, transform=transform)
+        asset: dict = {"href": f"{band_code(band)}.tif", "eo:bands": [{"name": band_code(band)}]}
+        if raster_bands is not None:
+            asset["raster:bands"] = [dict(raster_bands)]
+        assets[band_code(band)] = asset
+    item = {"type": "Feature", "id": "x", "properties": {"s2:product_type": "S2MSI1C", **properties}, "assets": assets}
+    (folder / "item.json").write_text(json.dumps(item))
+    return folder / "item.json"
+
+
+@pytest.fixture
+def stac_item_of() -> Callable[..., Path]:
+    """``stac_item_of(s2, folder, *, raster_bands=None, **properties)``: :func:`write_stac_item`."""
+    return write_stac_item
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Workdir:
     """This test's temporary folder, with builders (:class:`Workdir`)."""

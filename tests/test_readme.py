@@ -3,6 +3,7 @@ line, and the ones that run on the bundled data do, as written."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -36,7 +37,8 @@ def test_every_readme_command_parses(command: str) -> None:
 
 def test_the_first_scene_example_runs_on_the_bundled_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """'Remove clouds from whole scenes', its first two commands as written (the demo's weights stood in for by
-    fresh ones at the same path): the sample is copied, the scene's clouds removed, the map and preview written."""
+    fresh ones at the same path): the sample is copied, the scene's clouds removed, the map, preview and STAC item
+    written."""
     from dsen2cr import create_model
     from dsen2cr.cli import main
     from dsen2cr.weights import save_weights
@@ -50,7 +52,11 @@ def test_the_first_scene_example_runs_on_the_bundled_data(tmp_path: Path, monkey
         assert main([*shlex.split(command)[1:], *(["--no-progress"] if "remove-clouds" in command else [])]) == 0
     assert sorted(p.name for p in tmp_path.glob("T33UUU_*")) == [
         "T33UUU_before_after.png",
+        "T33UUU_cloudfree.json",
         "T33UUU_cloudfree.tif",
         "T33UUU_mask.tif",
     ]
+    item = json.loads((tmp_path / "T33UUU_cloudfree.json").read_text())
+    assert item["properties"]["datetime"] == "2017-02-16T10:21:01Z"  # the scene's name: T33UUU_20170216T102101_…
+    assert item["assets"]["image"]["href"] == "T33UUU_cloudfree.tif"
     assert os.listdir(tmp_path / "sample")

@@ -17,6 +17,7 @@ import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
+from conftest import write_stac_item
 from dsen2cr import create_model
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
@@ -717,30 +718,9 @@ def _remove_to(
 
 
 def _stac_s2(tmp: Path, folder: str = "stac", **raster_bands: object) -> Path:
-    """A STAC item of the test scene: one single-band GeoTIFF per band, relative hrefs, ``raster:bands`` with
+    """A STAC item of the test scene (:func:`conftest.write_stac_item`) in ``folder``, its assets' ``raster:bands``
     ``raster_bands`` (none when empty)."""
-    s2, _ = tmp.scene()
-    where = tmp / folder
-    where.mkdir(parents=True, exist_ok=True)
-    import rasterio
-
-    from dsen2cr.inputs.product import band_code
-    from dsen2cr.preprocessing import S2_BANDS
-
-    assets = {}
-    with rasterio.open(s2) as src:
-        data = src.read()
-        for index, band in enumerate(S2_BANDS):
-            write_geotiff(where / f"{band_code(band)}.tif", data[index : index + 1], crs=UTM32N, transform=ORIGIN)
-            asset: dict = {"href": f"{band_code(band)}.tif", "eo:bands": [{"name": band_code(band)}]}
-            if raster_bands:
-                asset["raster:bands"] = [dict(raster_bands)]
-            assets[band_code(band)] = asset
-    item = {"type": "Feature", "id": "x", "properties": {"s2:product_type": "S2MSI1C"}, "assets": assets}
-    import json
-
-    (where / "item.json").write_text(json.dumps(item))
-    return where / "item.json"
+    return write_stac_item(tmp.scene()[0], tmp / folder, raster_bands=raster_bands or None)
 
 
 def _stac_s1(tmp: Path) -> Path:
@@ -1014,7 +994,7 @@ CASES += [
         name="remove-clouds: a manifest column misspelt (mask_0ut: the map would silently not be written)",
         setup=lambda t: _manifest_header_args(t, "s2,out,mask_0ut", "s2.tif,o.tif,m.tif"),
         message="m.csv: manifest column 'mask_0ut' is not one of s2, s1, out, mask_out, preview, uncertainty_out, "
-        "bounds, bounds_crs; "
+        "stac_item, bounds, bounds_crs; "
         "did you mean 'mask_out'?",
         absent=("o.tif", "m.tif"),
     ),
@@ -1028,7 +1008,7 @@ CASES += [
         name="remove-clouds: a manifest separated by semicolons",
         setup=lambda t: _manifest_header_args(t, "s2;out", "s2.tif;o.tif"),
         message="m.csv: manifest column 's2;out' is not one of s2, s1, out, mask_out, preview, uncertainty_out, "
-        "bounds, bounds_crs; "
+        "stac_item, bounds, bounds_crs; "
         "separate the columns with commas",
         absent=("o.tif",),
     ),
@@ -1299,7 +1279,7 @@ CASES += [
             str(t.scene()[0]),
             str(t.scene()[0]),
         ],
-        message="--mask-out/--preview/--uncertainty-out: name them per scene in a --manifest",
+        message="--mask-out/--preview/--uncertainty-out/--stac-item: name them per scene in a --manifest",
         absent=("s.tif",),
     ),
     dict(
@@ -1334,6 +1314,67 @@ def _as_checkpoint(tmp: Path, source: Path) -> Path:
     state = {f"model.{key}": value for key, value in model.state_dict().items()}
     torch.save({"state_dict": state, CONFIG_KEY: model.config.to_dict()}, tmp / "same.ckpt")
     return tmp / "same.ckpt"
+
+
+# ------------------------------------------------------------------------------------------------ --stac-item
+CASES += [
+    dict(
+        name="remove-clouds: --stac-item for a scene whose sensing time nothing says",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", "--stac-item", str(t / "i.json")),
+        message="s2.tif: --stac-item i.json: when the scene was sensed is unknown (no product metadata nor STAC "
+        "datetime, no Sentinel-2 date and time such as 20170216T102101 in its name)",
+        absent=("o.tif", "i.json"),
+    ),
+    dict(
+        name="remove-clouds: --stac-item not named .json",
+        setup=lambda t: _remove_to(t, _sensed_scene(t), t / "o.tif", "--stac-item", str(t / "i.xml")),
+        message="i.xml: this command writes a JSON file; name it *.json",
+        absent=("o.tif", "i.xml"),
+    ),
+    dict(
+        name="remove-clouds: --stac-item that is the S2 STAC item read",
+        setup=lambda t: _remove_to(
+            t, _stac_s2(t), t / "o.tif", "--stac-item", str(t / "stac" / "item.json"), "--overwrite"
+        ),
+        message="item.json: output stac_item would replace",
+        keep=("stac/item.json",),
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --stac-item naming a weights file, --overwrite",
+        setup=lambda t: _remove_to(
+            t, _sensed_scene(t), t / "o.tif", "--stac-item", str(_byte_copy(t, t.weights(), "w.json")), "--overwrite"
+        ),
+        message="w.json: holds a safetensors weights file, not a JSON file",
+        keep=("w.json",),
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --stac-item of a scene that fails (no valid pixels): no item",
+        setup=lambda t: _remove_to(t, _sensed_scene(t, empty=True), t / "o.tif", "--stac-item", str(t / "i.json")),
+        message="T32TPT_20230610T101559_10m.tif: S2 has no valid pixels",
+        absent=("o.tif", "i.json"),
+    ),
+    dict(
+        name="remove-clouds: --stac-item for several scenes",
+        setup=lambda t: [
+            *_remove_args(t, "--out", str(t), "--stac-item", str(t / "i.json")),
+            "--s2",
+            str(_sensed_scene(t)),
+            str(t.scene()[0]),
+        ],
+        message="--mask-out/--preview/--uncertainty-out/--stac-item: name them per scene in a --manifest",
+        absent=("i.json",),
+    ),
+]
+
+
+def _sensed_scene(tmp: Path, *, empty: bool = False) -> Path:
+    """The test scene (``empty``: all nodata) under a Sentinel-2 name, which says when it was sensed."""
+    s2, _ = tmp.scene(s2=np.zeros((13, 40, 50), np.uint16) if empty else None)
+    named = tmp / "T32TPT_20230610T101559_10m.tif"
+    named.write_bytes(s2.read_bytes())
+    return named
 
 
 # An ensemble of copies: they never disagree, so its sigma (the members' spread) would be 0 everywhere.

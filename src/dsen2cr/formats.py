@@ -18,6 +18,7 @@ DESCRIPTIONS = {
     "onnx": "ONNX model",
     "zip": "zip archive",
     "text": "text file",
+    "json": "JSON file",
     "empty": "empty file",
     "unknown": "file of unknown kind",
 }
@@ -27,8 +28,11 @@ SUFFIXES = {
     "onnx": (".onnx",),
     "geotiff": (".tif", ".tiff"),
     "png": (".png",),
+    "json": (".json",),
     "text": (".csv", ".tsv", ".txt", ".md", ".yaml", ".json"),
 }
+#: What :func:`sniff` calls the files of a kind it does not tell apart by content (a JSON file is text).
+SNIFFED_AS = {"json": "text"}
 #: torch.save's legacy (pickle) format: protocol 2, then its magic number 0x1950a86a20f9469cfc6c.
 _TORCH_LEGACY = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 _MAGIC = (

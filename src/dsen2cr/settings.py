@@ -56,6 +56,7 @@ class SceneJob:
     mask_out: Path | None = None
     preview: Path | None = None
     uncertainty_out: Path | None = None
+    stac_item: Path | None = None  # a STAC item (JSON) describing the outputs, written once they are in place
     bounds: Bounds | None = None  # the part of this scene (a manifest's bounds column), instead of --bounds
 
     def __post_init__(self) -> None:
@@ -64,6 +65,7 @@ class SceneJob:
             "mask_out",
             "preview",
             "uncertainty_out",
+            "stac_item",
         ):  # paths given as text (the Python API) become Paths
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
@@ -72,7 +74,7 @@ class SceneJob:
             value = getattr(self, name)
             if isinstance(value, Path):
                 object.__setattr__(self, name, str(value))
-        for value in (self.s2, self.s1, self.out, self.mask_out, self.preview, self.uncertainty_out):
+        for value in (self.s2, self.s1, self.out, self.mask_out, self.preview, self.uncertainty_out, self.stac_item):
             if value is not None:
                 check_utf8_name(value)
 

@@ -71,7 +71,7 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--manifest",
-        help="CSV with columns s2,s1,out[,mask_out,preview,uncertainty_out,bounds,bounds_crs] (instead of "
+        help="CSV with columns s2,s1,out[,mask_out,preview,uncertainty_out,stac_item,bounds,bounds_crs] (instead of "
         "--s2/--s1/--out; a row's bounds, LEFT BOTTOM RIGHT TOP apart by spaces, instead of --bounds)",
     )
     add_bounds(
@@ -179,6 +179,11 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         "trained with model.uncertainty=diag)",
     )
     parser.add_argument(
+        "--stac-item",
+        help="also write a STAC item (JSON) describing the outputs: footprint, sensing time, bands and their "
+        "statistics, what made them, relative hrefs (one scene)",
+    )
+    parser.add_argument(
         "--uncertainty-parts",
         action="store_true",
         help="an ensemble's --uncertainty-out also holds the two parts of its sigma after the total: aleatoric "
@@ -234,6 +239,7 @@ def jobs_from_arguments(
     mask_out: str | None,
     preview: str | None,
     uncertainty_out: str | None = None,
+    stac_item: str | None = None,
 ) -> list[SceneJob]:
     """Scene jobs from ``--s2/--s1/--out`` lists or a manifest CSV."""
     from dsen2cr.errors import DSen2CRError
@@ -243,8 +249,10 @@ def jobs_from_arguments(
     if manifest is not None:
         if s2 or s1 or out:
             raise DSen2CRError("--manifest: give either a manifest or --s2/--s1/--out, not both")
-        if mask_out or preview or uncertainty_out:
-            raise DSen2CRError("--manifest: name --mask-out/--preview/--uncertainty-out in its columns instead")
+        if mask_out or preview or uncertainty_out or stac_item:
+            raise DSen2CRError(
+                "--manifest: name --mask-out/--preview/--uncertainty-out/--stac-item in its columns instead"
+            )
         return read_manifest(Path(manifest))
     if not s2 or not out:
         raise DSen2CRError("remove-clouds: --s2 and --out are required (or --manifest)")
@@ -260,11 +268,13 @@ def jobs_from_arguments(
                 Path(mask_out) if mask_out else None,
                 Path(preview) if preview else None,
                 Path(uncertainty_out) if uncertainty_out else None,
+                Path(stac_item) if stac_item else None,
             )
         ]
-    if mask_out or preview or uncertainty_out:
+    if mask_out or preview or uncertainty_out or stac_item:
         raise DSen2CRError(
-            "--mask-out/--preview/--uncertainty-out: name them per scene in a --manifest when processing several scenes"
+            "--mask-out/--preview/--uncertainty-out/--stac-item: name them per scene in a --manifest when processing "
+            "several scenes"
         )
     folder = Path(out)
     if not folder.is_dir():
@@ -289,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
         mask_out=args.mask_out,
         preview=args.preview,
         uncertainty_out=args.uncertainty_out,
+        stac_item=args.stac_item,
     )
     manifest = (Path(args.manifest),) if args.manifest else ()
     with time_limit_warning(stops=settings.resume) as slurm_job:
@@ -317,9 +328,11 @@ def _run_and_report(jobs: list[SceneJob], settings: SceneSettings, manifest: tup
 
 
 def _also_written(job: SceneJob | None) -> str:
-    """``; also S.tif (sigma), M.tif (mask), P.png (preview)``: a scene's other outputs, for its result line."""
+    """``; also S.tif (sigma), M.tif (mask), P.png (preview), I.json (STAC item)``: a scene's other outputs, for
+    its result line."""
     if job is None:
         return ""
     others = [(job.uncertainty_out, "sigma"), (job.mask_out, "mask"), (job.preview, "preview")]
+    others.append((job.stac_item, "STAC item"))
     written = [f"{path} ({what})" for path, what in others if path is not None]
     return f"; also {', '.join(written)}" if written else ""

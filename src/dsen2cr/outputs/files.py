@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.formats import SUFFIXES, describe, sniff
+from dsen2cr.formats import SNIFFED_AS, SUFFIXES, describe, sniff
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def check_output_file(path: str | Path, *, overwrite: bool, kind: str | None = N
     check_name_length(path)
     if os.path.lexists(path) and not overwrite:  # a symbolic link exists, whether its target does or not
         raise DSen2CRError(f"{path}: exists; pass --overwrite to replace it")
-    if path.is_file() and kind is not None and (found := sniff(path)) not in (kind, "empty"):
+    if path.is_file() and kind is not None and (found := sniff(path)) not in (SNIFFED_AS.get(kind, kind), "empty"):
         raise DSen2CRError(
             f"{path}: holds {describe(found)}, not {describe(kind)}: it was not written by this command and is not "
             "replaced, --overwrite or not (swapped arguments?)"

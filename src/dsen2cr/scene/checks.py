@@ -13,26 +13,35 @@ from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
 from dsen2cr.outputs.room import StagedOutput, check_room, staged_bytes
 from dsen2cr.precision import HALF_DTYPES
 from dsen2cr.predictor import ONE_MODEL_HAS_NO_PARTS, Predictor
+from dsen2cr.scene.stac_item import check_stac_item
 from dsen2cr.settings import SceneJob, SceneSettings
 
 #: What each output of a scene holds (its name must say so; see dsen2cr.outputs.files.check_output_file).
-OUTPUT_KINDS = {"out": "geotiff", "mask_out": "geotiff", "preview": "png", "uncertainty_out": "geotiff"}
+OUTPUT_KINDS = {
+    "out": "geotiff",
+    "mask_out": "geotiff",
+    "preview": "png",
+    "uncertainty_out": "geotiff",
+    "stac_item": "json",
+}
 
 
 def job_outputs(job: SceneJob) -> list[tuple[str, Path]]:
-    """The outputs a job writes, as ``(role, path)``: ``out``, and ``mask_out``, ``preview`` and
-    ``uncertainty_out`` when asked."""
+    """The outputs a job writes, as ``(role, path)``: ``out``, and ``mask_out``, ``preview``,
+    ``uncertainty_out`` and ``stac_item`` when asked."""
     named = [("out", job.out), ("mask_out", job.mask_out), ("preview", job.preview)]
-    named.append(("uncertainty_out", job.uncertainty_out))
+    named += [("uncertainty_out", job.uncertainty_out), ("stac_item", job.stac_item)]
     return [(role, path) for role, path in named if path is not None]
 
 
 def check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, product: S2Product) -> None:
     """What can be refused before any input is opened: outputs that cannot be written or would replace an
-    input (any file the scene reads) or each other, a missing S1."""
+    input (any file the scene reads) or each other, a missing S1, a STAC item of a scene whose sensing time is
+    unknown."""
     check_distinct_outputs(job_outputs(job), local_inputs(job.s2, job.s1, product))
     for role, path in job_outputs(job):
         check_output_file(path, overwrite=settings.overwrite, kind=OUTPUT_KINDS[role])
+    check_stac_item(job, product)
     if job.uncertainty_out is not None:
         check_uncertainty_output(
             f"{job.uncertainty_out}: --uncertainty-out", predictor.uncertainty, predictor.weights, settings

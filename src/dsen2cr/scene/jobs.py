@@ -32,6 +32,7 @@ from dsen2cr.scene.checks import OUTPUT_KINDS, check_uncertainty_output, check_u
 from dsen2cr.scene.done import finished_jobs
 from dsen2cr.scene.journal import check_no_journal
 from dsen2cr.scene.remove import SceneReport, remove_clouds
+from dsen2cr.scene.stac_item import check_stac_item
 from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings, scene_bounds
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def scene_stem(source: str) -> str:
 
 
 #: The manifest's optional output columns (beside ``out``).
-OPTIONAL_OUTPUTS = ("mask_out", "preview", "uncertainty_out")
+OPTIONAL_OUTPUTS = ("mask_out", "preview", "uncertainty_out", "stac_item")
 #: Every column a manifest may have: the scene, its outputs, and the part of it to process (``bounds``: LEFT BOTTOM
 #: RIGHT TOP, in ``bounds_crs`` or the scene's CRS; instead of ``--bounds`` for that row).
 MANIFEST_COLUMNS = ("s2", "s1", "out", *OPTIONAL_OUTPUTS, "bounds", "bounds_crs")
@@ -57,8 +58,9 @@ MANIFEST_COLUMNS = ("s2", "s1", "out", *OPTIONAL_OUTPUTS, "bounds", "bounds_crs"
 
 def read_manifest(path: Path) -> list[SceneJob]:
     """Read a manifest CSV with a header: ``s2,s1,out`` (``s1`` may be left out for a model without SAR) and
-    optionally ``mask_out,preview,uncertainty_out`` and ``bounds,bounds_crs`` (:func:`row_bounds`). Relative paths
-    are relative to the manifest's folder (so a manifest travels with its scenes); a UTF-8 BOM is read."""
+    optionally ``mask_out,preview,uncertainty_out,stac_item`` and ``bounds,bounds_crs`` (:func:`row_bounds`).
+    Relative paths are relative to the manifest's folder (so a manifest travels with its scenes); a UTF-8 BOM is
+    read."""
     rows = read_manifest_rows(path, MANIFEST_COLUMNS, required=("s2", "out"), header="s2,s1,out")
     base = Path(path).parent
     jobs = []
@@ -123,6 +125,9 @@ def check_jobs(
     for role, target in outputs:
         if target not in not_checked:
             check_output_file(target, overwrite=overwrite, kind=OUTPUT_KINDS[role])
+    for job, product in zip(jobs, products, strict=True):
+        if product is not None:
+            check_stac_item(job, product)  # a STAC item needs the sensing time
 
 
 def _resolve(job: SceneJob, settings: SceneSettings) -> tuple[S2Product | None, SceneArea | None]:

@@ -47,6 +47,7 @@ from dsen2cr.scene.describe import (
 from dsen2cr.scene.journal import SceneJournal, network_channels, open_scene_journal
 from dsen2cr.scene.masking import ReadWindow, blend, keep_clear_weights
 from dsen2cr.scene.sources import SceneInputs, open_scene_inputs
+from dsen2cr.scene.stac_item import write_on_success
 from dsen2cr.scene.tiles import Tile, default_overlap, plan_area_tiles
 from dsen2cr.settings import SceneJob as SceneJob  # re-exported: the job is what remove_clouds takes
 from dsen2cr.settings import ScenePlan, SceneSettings, scene_bounds
@@ -151,6 +152,8 @@ def _remove_scene(
             if journal is not None:  # first in: removed once every output is in place, kept if one fails
                 outputs.push(journal)
                 writer.journal_bytes = journal.bytes_to_come()
+            if job.stac_item is not None:  # then the item: written once the files it describes are in place
+                outputs.push(write_on_success(job, product))
             writer.open(outputs)
             _predict_tiles(predictor, inputs, tiles, plan, writer, bar.update, journal)
             if writer.valid == 0:

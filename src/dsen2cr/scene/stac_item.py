@@ -1,0 +1,247 @@
+"""A STAC item for a scene's outputs (``remove-clouds --stac-item``): written once every file it describes is in
+place, from those files as they are (grid, bands, statistics, what made them), so that a catalogue can list
+the cloud-free scene beside the products it came from (docs/design.md §4.4)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import rasterio
+from rasterio.warp import transform_geom
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs import S2Product, is_stac, s1_parts
+from dsen2cr.outputs.files import write_text_atomic
+from dsen2cr.settings import SceneJob
+from dsen2cr.version import __version__
+
+STAC_VERSION = "1.0.0"
+EXTENSIONS = [
+    "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/classification/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/processing/v1.1.0/schema.json",
+]
+COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+#: Each band's STAC common name, centre wavelength and full width at half maximum (µm; Sentinel-2A's MSI).
+SPECTRAL = {
+    "B1": ("coastal", 0.443, 0.027),
+    "B2": ("blue", 0.490, 0.098),
+    "B3": ("green", 0.560, 0.045),
+    "B4": ("red", 0.665, 0.038),
+    "B5": ("rededge", 0.704, 0.019),
+    "B6": ("rededge", 0.740, 0.018),
+    "B7": ("rededge", 0.783, 0.028),
+    "B8": ("nir", 0.842, 0.145),
+    "B8A": ("nir08", 0.865, 0.033),
+    "B9": ("nir09", 0.945, 0.026),
+    "B10": ("cirrus", 1.375, 0.075),
+    "B11": ("swir16", 1.610, 0.143),
+    "B12": ("swir22", 2.190, 0.242),
+}
+#: The points along each edge of the footprint, so that it follows the grid's curves in longitude and latitude.
+EDGE_POINTS = 4
+
+
+def check_stac_item(job: SceneJob, product: S2Product) -> None:
+    """Refuse ``--stac-item`` for a scene whose sensing time is unknown (a STAC item must give one), before any
+    work."""
+    if job.stac_item is not None and product.sensing_time is None:
+        raise DSen2CRError(
+            f"{job.s2}: --stac-item {job.stac_item.name}: when the scene was sensed is unknown (no product metadata "
+            "nor STAC datetime, no Sentinel-2 date and time such as 20170216T102101 in its name), and a STAC item "
+            "must say it; give the product itself, or name the file as Sentinel-2 names it"
+        )
+
+
+def write_on_success(job: SceneJob, product: S2Product) -> Callable[..., bool]:
+    """An exit callback that writes the job's STAC item (:func:`scene_item`) when the block it guards succeeded:
+    pushed on a scene's outputs before them, it runs once they are all in place."""
+
+    def write(exc_type: type[BaseException] | None, *exc: object) -> bool:
+        if exc_type is None and job.stac_item is not None:
+            write_text_atomic(job.stac_item, json.dumps(scene_item(job, product), indent=2) + "\n")
+        return False  # never swallow the block's error
+
+    return write
+
+
+def scene_item(job: SceneJob, product: S2Product) -> dict[str, Any]:
+    """The STAC item (version :data:`STAC_VERSION`) of a scene's outputs, read from the files: the image's grid
+    (its footprint in longitude and latitude, ``proj:``), sensing time, bands (``eo:bands``, ``raster:bands`` with
+    the files' statistics), and what made it (``processing:``); an asset for each output written, hrefs relative to
+    the item; ``derived_from`` links to input STAC items."""
+    assert job.stac_item is not None
+    with rasterio.open(job.out) as image:
+        tags, properties = image.tags(), _grid_properties(image)
+        geometry = _footprint(image)
+        assets = {"image": _image_asset(image, job)}
+    if job.mask_out is not None:
+        assets["cloud_mask"] = _mask_asset(job)
+    if job.uncertainty_out is not None:
+        assets["uncertainty"] = _uncertainty_asset(job)
+    if job.preview is not None:
+        preview = {"title": "Before and after (RGB)", "type": "image/png", "roles": ["overview"]}
+        assets["preview"] = {"href": _href(job.preview, job.stac_item), **preview}
+    coordinates = [point for ring in geometry["coordinates"] for point in ring]
+    longitudes, latitudes = [x for x, _ in coordinates], [y for _, y in coordinates]
+    properties |= {
+        "datetime": product.sensing_time,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "constellation": "sentinel-2",
+        "instruments": ["msi", "c-sar"] if job.s1 else ["msi"],
+        "processing:software": {"dsen2cr": __version__},
+        "processing:lineage": _lineage(tags),
+    }
+    return {
+        "type": "Feature",
+        "stac_version": STAC_VERSION,
+        "stac_extensions": EXTENSIONS,
+        "id": job.out.stem,
+        "geometry": geometry,
+        "bbox": [min(longitudes), min(latitudes), max(longitudes), max(latitudes)],
+        "properties": properties,
+        "links": _derived_from(job),
+        "assets": assets,
+    }
+
+
+def _grid_properties(image: Any) -> dict[str, Any]:
+    """The projection extension's fields of the image's grid (an EPSG code where the CRS has one, else WKT2)."""
+    epsg = image.crs.to_epsg()
+    return {
+        "proj:epsg": epsg,
+        **({} if epsg is not None else {"proj:wkt2": image.crs.to_wkt()}),
+        "proj:shape": [image.height, image.width],
+        "proj:transform": list(image.transform)[:6],
+        "proj:bbox": list(image.bounds),
+        "gsd": abs(image.transform.a),
+    }
+
+
+def _footprint(image: Any) -> dict[str, Any]:
+    """The image's outline in longitude and latitude (EPSG:4326), its edges followed point by point,
+    counterclockwise (GeoJSON's right-hand rule)."""
+    left, bottom, right, top = image.bounds
+    steps = [i / EDGE_POINTS for i in range(EDGE_POINTS)]
+    ring = (
+        [(left, top - (top - bottom) * t) for t in steps]
+        + [(left + (right - left) * t, bottom) for t in steps]
+        + [(right, bottom + (top - bottom) * t) for t in steps]
+        + [(right - (right - left) * t, top) for t in steps]
+    )
+    polygon = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
+    outline = transform_geom(image.crs, "EPSG:4326", polygon)
+    return {"type": "Polygon", "coordinates": [[[round(x, 7), round(y, 7)] for x, y in outline["coordinates"][0]]]}
+
+
+def _image_asset(image: Any, job: SceneJob) -> dict[str, Any]:
+    """The cloud-free image: its bands named (``eo:bands``) and described (``raster:bands``)."""
+    eo_bands = []
+    for name in image.descriptions:
+        common, centre, width = SPECTRAL[name]
+        eo_bands.append(
+            {"name": name, "common_name": common, "center_wavelength": centre, "full_width_half_max": width}
+        )
+    return {
+        "href": _href(job.out, job.stac_item),
+        "type": COG_TYPE,
+        "title": "Cloud-free Sentinel-2 (DSen2-CR), reflectance x 10000",
+        "roles": ["data"],
+        "eo:bands": eo_bands,
+        "raster:bands": _raster_bands(image),
+    }
+
+
+def _mask_asset(job: SceneJob) -> dict[str, Any]:
+    """The cloud/shadow map, its codes as classification classes (with the colours of its colour table)."""
+    assert job.mask_out is not None
+    with rasterio.open(job.mask_out) as mask:
+        colours, classes = mask.colormap(1), []
+        for entry in mask.tags()["DSEN2CR_MASK_CLASSES"].split(", "):  # "0 clear, 1 cloud, 2 shadow, 255 no data"
+            code, _, name = entry.partition(" ")
+            value = int(code)
+            if value == mask.nodata:
+                classes.append({"value": value, "name": "no_data", "description": name, "nodata": True})
+                continue
+            hint = "{:02X}{:02X}{:02X}".format(*colours[value][:3])
+            classes.append({"value": value, "name": name.replace(" ", "_"), "description": name, "color_hint": hint})
+        bands = _raster_bands(mask)
+        bands[0]["classification:classes"] = classes
+        title = mask.descriptions[0]
+    return {
+        "href": _href(job.mask_out, job.stac_item),
+        "type": COG_TYPE,
+        "title": title,
+        "roles": ["cloud", "cloud-shadow"],
+        "raster:bands": bands,
+    }
+
+
+def _uncertainty_asset(job: SceneJob) -> dict[str, Any]:
+    """The per-pixel standard deviation (DN), a band per image band (with the parts: three per band)."""
+    assert job.uncertainty_out is not None
+    with rasterio.open(job.uncertainty_out) as sigma:
+        bands, names = _raster_bands(sigma), list(sigma.descriptions)
+    return {
+        "href": _href(job.uncertainty_out, job.stac_item),
+        "type": COG_TYPE,
+        "title": "Per-pixel standard deviation of the prediction (DN): " + ", ".join(names),
+        "roles": ["data", "uncertainty"],
+        "raster:bands": bands,
+    }
+
+
+def _raster_bands(dataset: Any) -> list[dict[str, Any]]:
+    """``raster:bands`` of a file: data type, nodata, resolution, scale and offset, and the statistics its band
+    tags hold (GDAL's ``STATISTICS_*``)."""
+    bands = []
+    for index in range(1, dataset.count + 1):
+        band: dict[str, Any] = {"data_type": dataset.dtypes[index - 1], "spatial_resolution": abs(dataset.transform.a)}
+        if dataset.nodata is not None:
+            band["nodata"] = dataset.nodata
+        scale, offset = dataset.scales[index - 1], dataset.offsets[index - 1]
+        if (scale, offset) != (1.0, 0.0):
+            band |= {"scale": scale, "offset": offset}
+        stats = dataset.tags(index)
+        named = {"minimum": "MINIMUM", "maximum": "MAXIMUM", "mean": "MEAN", "stddev": "STDDEV"}
+        named["valid_percent"] = "VALID_PERCENT"
+        found = {key: float(stats[f"STATISTICS_{tag}"]) for key, tag in named.items() if f"STATISTICS_{tag}" in stats}
+        if found:
+            band["statistics"] = found
+        bands.append(band)
+    return bands
+
+
+def _lineage(tags: dict[str, str]) -> str:
+    """What made the image, in words, from its tags."""
+    s1 = tags.get("DSEN2CR_S1", "none")
+    return (
+        f"Clouds removed from {tags.get('DSEN2CR_S2')} {'with S1 ' + s1 if s1 != 'none' else 'without SAR'} by the "
+        f"DSen2-CR network (Meraner et al., ISPRS 2020), model {tags.get('DSEN2CR_MODEL')}, weights "
+        f"{tags.get('DSEN2CR_WEIGHTS')} (SHA-256 {tags.get('DSEN2CR_WEIGHTS_SHA256')}), precision "
+        f"{tags.get('DSEN2CR_PRECISION')}, --keep-clear {tags.get('DSEN2CR_KEEP_CLEAR')}"
+    )
+
+
+def _derived_from(job: SceneJob) -> list[dict[str, str]]:
+    """``derived_from`` links to the STAC items among the inputs (as given: a URL, or a path relative to the
+    item)."""
+    links = []
+    for source in (job.s2, *s1_parts(job.s1 or "")):
+        if is_stac(source):
+            href = source if "://" in source else _href(Path(source), job.stac_item)
+            links.append({"rel": "derived_from", "href": href, "type": "application/geo+json"})
+    return links
+
+
+def _href(path: Path, item: Path | None) -> str:
+    """``path`` relative to the item's folder, with forward slashes (a catalogue moves as a whole)."""
+    assert item is not None
+    return Path(os.path.relpath(Path(path).resolve(), Path(item).resolve().parent)).as_posix()

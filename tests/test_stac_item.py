@@ -1,0 +1,115 @@
+"""remove-clouds --stac-item: a STAC item of a scene's outputs, read back with pystac (another library's reader),
+its footprint checked against pyproj and its statistics against the pixels."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from pyproj import Transformer
+from pystac.extensions.eo import EOExtension
+from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import RasterExtension
+
+from dsen2cr.cli import main
+
+SENSED = "T32TPT_20230610T101559_10m.tif"  # a Sentinel-2 name: sensed 2023-06-10 10:15:59 UTC
+
+
+@pytest.fixture
+def scene(workdir: Path) -> Path:
+    """The test scene (UTM 32N, 50 x 40 px) under a Sentinel-2 name."""
+    s2, _ = workdir.scene()
+    return s2.rename(workdir / SENSED)
+
+
+def _remove(workdir: Path, *argv: str) -> None:
+    weights = workdir.weights("dsen2cr-small-nosar")
+    assert main(["remove-clouds", "--weights", str(weights), "--no-progress", "--device", "cpu", *argv]) == 0
+
+
+def _ring_area(ring: list[list[float]]) -> float:
+    """Signed area of a ring (shoelace): positive when counterclockwise."""
+    return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in itertools.pairwise(ring)) / 2
+
+
+def test_item_describes_the_outputs(workdir: Path, scene: Path) -> None:
+    (workdir / "out").mkdir()
+    (workdir / "catalog").mkdir()
+    out, mask, preview = (workdir / "out" / name for name in ("a.tif", "m.tif", "p.png"))
+    item_path = workdir / "catalog" / "a.json"
+    _remove(
+        workdir,
+        *("--s2", str(scene), "--out", str(out), "--mask-out", str(mask), "--preview", str(preview)),
+        *("--stac-item", str(item_path)),
+    )
+    item = pystac.Item.from_file(str(item_path))
+    assert item.id == "a"
+    assert item.datetime == datetime(2023, 6, 10, 10, 15, 59, tzinfo=timezone.utc)
+    assert item.properties["processing:software"]["dsen2cr"]
+    assert "dsen2cr-small-nosar.safetensors" in item.properties["processing:lineage"]
+    # hrefs relative to the item, resolved by pystac to the files written
+    assert json.loads(item_path.read_text())["assets"]["image"]["href"] == "../out/a.tif"
+    for key, path in (("image", out), ("cloud_mask", mask), ("preview", preview)):
+        assert Path(item.assets[key].get_absolute_href()).resolve() == path.resolve()
+    with rasterio.open(out) as image:
+        pixels = image.read().astype(np.float64)
+        crs, transform, bounds = image.crs, image.transform, image.bounds
+    projection = ProjectionExtension.ext(item)
+    assert projection.epsg == crs.to_epsg() == 32632
+    assert projection.shape == [40, 50] and projection.transform == list(transform)[:6]
+    # the footprint: the corners in longitude and latitude, by pyproj
+    to_lonlat = Transformer.from_crs(crs.to_wkt(), "EPSG:4326", always_xy=True)
+    corners = [to_lonlat.transform(x, y) for x in (bounds.left, bounds.right) for y in (bounds.bottom, bounds.top)]
+    lons, lats = [x for x, _ in corners], [y for _, y in corners]
+    np.testing.assert_allclose(item.bbox, [min(lons), min(lats), max(lons), max(lats)], atol=1e-6)
+    ring = item.geometry["coordinates"][0]
+    assert ring[0] == ring[-1] and _ring_area(ring) > 0  # closed, counterclockwise
+    # the bands: names, common names, and statistics that the pixels give
+    image_asset = item.assets["image"]
+    bands = EOExtension.ext(image_asset).bands
+    assert [band.name for band in bands][:4] == ["B1", "B2", "B3", "B4"]
+    assert [band.common_name for band in bands][1:4] == ["blue", "green", "red"]
+    raster = RasterExtension.ext(image_asset).bands
+    assert len(raster) == 13
+    for index, band in enumerate(raster):
+        valid = pixels[index][pixels[index] != 0]
+        assert band.nodata == 0 and band.data_type == "uint16" and band.scale == 0.0001
+        assert band.statistics.mean == pytest.approx(valid.mean(), rel=1e-9)
+        assert band.statistics.minimum == valid.min() and band.statistics.maximum == valid.max()
+    # the map's classes, with the colours of its colour table
+    classes = RasterExtension.ext(item.assets["cloud_mask"]).bands[0].to_dict()["classification:classes"]
+    assert [(c["value"], c["name"]) for c in classes] == [(0, "clear"), (1, "cloud"), (2, "shadow"), (255, "no_data")]
+    with rasterio.open(mask) as written:
+        colours = written.colormap(1)
+    assert classes[1]["color_hint"] == "{:02X}{:02X}{:02X}".format(*colours[1][:3])
+    assert item.assets["preview"].media_type == "image/png" and not item.get_links("derived_from")
+
+
+def test_item_of_a_stac_input_links_it(workdir: Path, scene: Path, stac_item_of: Callable[..., Path]) -> None:
+    """An S2 STAC item read: the output's item says so (``derived_from``) and takes its datetime."""
+    source = stac_item_of(scene, workdir / "source", datetime="2023-06-10T12:15:59.5+02:00")
+    _remove(workdir, "--s2", str(source), "--out", str(workdir / "o.tif"), "--stac-item", str(workdir / "o.json"))
+    item = pystac.Item.from_file(str(workdir / "o.json"))
+    assert item.datetime == datetime(2023, 6, 10, 10, 15, 59, 500000, tzinfo=timezone.utc)
+    (link,) = item.get_links("derived_from")
+    assert Path(link.get_absolute_href()).resolve() == source.resolve()
+
+
+def test_manifest_column_and_skip_existing(workdir: Path, scene: Path) -> None:
+    """A manifest's stac_item column; --skip-existing counts the item as one of the scene's outputs."""
+    manifest = workdir / "m.csv"
+    manifest.write_text(f"s2,out,stac_item\n{scene.name},o.tif,o.json\n")
+    _remove(workdir, "--manifest", str(manifest))
+    first = json.loads((workdir / "o.json").read_text())
+    assert first["assets"]["image"]["href"] == "o.tif"
+    (workdir / "o.json").unlink()  # the scene is no longer finished: made again, its item with it
+    _remove(workdir, "--manifest", str(manifest), "--skip-existing", "--overwrite")
+    assert json.loads((workdir / "o.json").read_text())["properties"]["datetime"] == "2023-06-10T10:15:59Z"
