@@ -13,12 +13,15 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
+import rasterio.crs
+import rasterio.transform
 from pyproj import Transformer
 from pystac.extensions.eo import EOExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterExtension
 
 from dsen2cr.cli import main
+from dsen2cr.outputs.geotiff import write_geotiff
 
 SENSED = "T32TPT_20230610T101559_10m.tif"  # a Sentinel-2 name: sensed 2023-06-10 10:15:59 UTC
 
@@ -113,3 +116,28 @@ def test_manifest_column_and_skip_existing(workdir: Path, scene: Path) -> None:
     (workdir / "o.json").unlink()  # the scene is no longer finished: made again, its item with it
     _remove(workdir, "--manifest", str(manifest), "--skip-existing", "--overwrite")
     assert json.loads((workdir / "o.json").read_text())["properties"]["datetime"] == "2023-06-10T10:15:59Z"
+
+
+def test_footprint_across_the_antimeridian(workdir: Path) -> None:
+    """A scene of UTM zone 60 S (Fiji) astride 180°: its footprint is cut there into two polygons (GeoJSON's rule),
+    each counterclockwise, and its bbox runs from the eastern part's west edge to the western part's east edge
+    (first longitude larger than the third, as STAC says for a box across the antimeridian)."""
+    crs = "EPSG:32760"
+    to_utm = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    x180, y = to_utm.transform(180.0, -17.6)
+    origin = rasterio.transform.from_origin(round(x180) - 250, round(y) + 200, 10, 10)  # 500 x 400 m, 180° inside
+    s2 = np.random.default_rng(0).integers(1, 8000, size=(13, 40, 50)).astype(np.uint16)
+    scene = write_geotiff(workdir / SENSED, s2, crs=rasterio.crs.CRS.from_string(crs), transform=origin)
+    _remove(workdir, "--s2", str(scene), "--out", str(workdir / "o.tif"), "--stac-item", str(workdir / "o.json"))
+    item = pystac.Item.from_file(str(workdir / "o.json"))
+    assert item.geometry["type"] == "MultiPolygon"
+    east, west = sorted(item.geometry["coordinates"], key=lambda polygon: -polygon[0][0][0])
+    assert all(179.99 < x <= 180 for x, _ in east[0]) and all(-180 <= x < -179.99 for x, _ in west[0])
+    assert _ring_area(east[0]) > 0 and _ring_area(west[0]) > 0
+    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    left, top = origin.c, origin.f
+    corners = [to_lonlat.transform(x, y) for x in (left, left + 500) for y in (top - 400, top)]
+    lons, lats = [x for x, _ in corners], [y for _, y in corners]
+    expected = [min(x for x in lons if x > 0), min(lats), max(x for x in lons if x < 0), max(lats)]
+    np.testing.assert_allclose(item.bbox, expected, atol=1e-6)
+    assert item.bbox[0] > item.bbox[2]

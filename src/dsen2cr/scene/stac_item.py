@@ -4,6 +4,7 @@ the cloud-free scene beside the products it came from (docs/design.md §4.4)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Callable
@@ -47,6 +48,8 @@ SPECTRAL = {
 }
 #: The points along each edge of the footprint, so that it follows the grid's curves in longitude and latitude.
 EDGE_POINTS = 4
+#: How near 180° (degrees) a part of a footprint cut at the antimeridian reaches.
+ON_ANTIMERIDIAN = 1e-6
 
 
 def check_stac_item(job: SceneJob, product: S2Product) -> None:
@@ -89,8 +92,6 @@ def scene_item(job: SceneJob, product: S2Product) -> dict[str, Any]:
     if job.preview is not None:
         preview = {"title": "Before and after (RGB)", "type": "image/png", "roles": ["overview"]}
         assets["preview"] = {"href": _href(job.preview, job.stac_item), **preview}
-    coordinates = [point for ring in geometry["coordinates"] for point in ring]
-    longitudes, latitudes = [x for x, _ in coordinates], [y for _, y in coordinates]
     properties |= {
         "datetime": product.sensing_time,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -105,7 +106,7 @@ def scene_item(job: SceneJob, product: S2Product) -> dict[str, Any]:
         "stac_extensions": EXTENSIONS,
         "id": job.out.stem,
         "geometry": geometry,
-        "bbox": [min(longitudes), min(latitudes), max(longitudes), max(latitudes)],
+        "bbox": _bbox(geometry),
         "properties": properties,
         "links": _derived_from(job),
         "assets": assets,
@@ -126,8 +127,9 @@ def _grid_properties(image: Any) -> dict[str, Any]:
 
 
 def _footprint(image: Any) -> dict[str, Any]:
-    """The image's outline in longitude and latitude (EPSG:4326), its edges followed point by point,
-    counterclockwise (GeoJSON's right-hand rule)."""
+    """The image's outline in longitude and latitude (EPSG:4326), its edges followed point by point: a polygon,
+    or where it crosses the antimeridian two, cut there (GDAL cuts it), each counterclockwise (GeoJSON's
+    right-hand rule)."""
     left, bottom, right, top = image.bounds
     steps = [i / EDGE_POINTS for i in range(EDGE_POINTS)]
     ring = (
@@ -138,7 +140,30 @@ def _footprint(image: Any) -> dict[str, Any]:
     )
     polygon = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
     outline = transform_geom(image.crs, "EPSG:4326", polygon)
-    return {"type": "Polygon", "coordinates": [[[round(x, 7), round(y, 7)] for x, y in outline["coordinates"][0]]]}
+    parts = [outline["coordinates"]] if outline["type"] == "Polygon" else outline["coordinates"]
+    rings = [_counterclockwise([[round(x, 7), round(y, 7)] for x, y in part[0]]) for part in parts]
+    if len(rings) == 1:
+        return {"type": "Polygon", "coordinates": rings}
+    return {"type": "MultiPolygon", "coordinates": [[ring] for ring in rings]}
+
+
+def _counterclockwise(ring: list[list[float]]) -> list[list[float]]:
+    """The closed ring, reversed if it runs clockwise (its shoelace area negative)."""
+    area = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in itertools.pairwise(ring))
+    return ring if area >= 0 else ring[::-1]
+
+
+def _bbox(geometry: dict[str, Any]) -> list[float]:
+    """West, south, east, north of a footprint; across the antimeridian (two parts, one on each side) the
+    eastern part's west edge first and the western part's east edge third, as STAC has it."""
+    rings = [geometry["coordinates"][0]] if geometry["type"] == "Polygon" else [p[0] for p in geometry["coordinates"]]
+    latitudes = [y for ring in rings for _, y in ring]
+    east = [x for ring in rings if max(x for x, _ in ring) > 180 - ON_ANTIMERIDIAN for x, _ in ring]
+    west = [x for ring in rings if min(x for x, _ in ring) < -180 + ON_ANTIMERIDIAN for x, _ in ring]
+    if len(rings) > 1 and east and west:
+        return [min(east), min(latitudes), max(west), max(latitudes)]
+    longitudes = [x for ring in rings for x, _ in ring]
+    return [min(longitudes), min(latitudes), max(longitudes), max(latitudes)]
 
 
 def _image_asset(image: Any, job: SceneJob) -> dict[str, Any]:
