@@ -227,6 +227,25 @@ def test_bounds_are_checked_however_made() -> None:
         Bounds(9, 45, 10, 95, crs="EPSG:4326")
 
 
+def test_longitudes_across_the_antimeridian() -> None:
+    """A scene of UTM zone 60 S astride 180°: longitude bounds across it (left > right, as STAC boxes and the
+    scene's own extent in refusals say it) take the pixels on both sides, as 180.005 for -179.995 does; pyproj
+    gives the expected columns."""
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32760", always_xy=True)
+    x180, y = to_utm.transform(180.0, -17.6)
+    west, north = round(x180) - 1000, round(y) + 1000
+    grid = Grid(rasterio.crs.CRS.from_epsg(32760), rasterio.Affine(10, 0, west, 0, -10, north), 200, 200)
+    across = SceneSettings(bounds=(179.995, -17.605, -179.995, -17.600), bounds_crs="EPSG:4326").area
+    unwrapped = SceneSettings(bounds=(179.995, -17.605, 180.005, -17.600), bounds_crs="EPSG:4326").area
+    window = area_window(grid, across, "s2.tif")
+    assert window == area_window(grid, unwrapped, "s2.tif")
+    xs = [to_utm.transform(lon, lat)[0] for lon in (179.995, -179.995) for lat in (-17.605, -17.6)]
+    assert window.col_off == math.floor((min(xs) - west) / 10) and window.width > 100  # both sides of 180°
+    assert window.col_off + window.width == math.ceil((max(xs) - west) / 10)
+    with pytest.raises(DSen2CRError, match="left < right and bottom < top"):  # in metres, left > right is an error
+        SceneSettings(bounds=(west + 500, north - 500, west + 100, north - 100)).area
+
+
 def _shadowed_scene() -> np.ndarray:
     """A scene whose near-infrared, SWIR and blue grow from west to east, with a very dark corner: the part's own
     statistics call its western third shadow, the scene's (their minimum in the corner) none of it."""

@@ -18,7 +18,9 @@ class Bounds:
     """A part of a scene, as ``--bounds`` (or a manifest's ``bounds`` column) gives it: left, bottom, right, top in
     ``crs`` (None: the scene's own CRS); checked when made, however made (the command line, a manifest, the Python
     API): finite numbers, left < right and bottom < top, a CRS GDAL knows, in which a geographic one takes
-    longitudes and latitudes within [-90, 90]. ``label`` and ``crs_label`` name them in messages."""
+    longitudes and latitudes within [-90, 90]; there left > right is a box across the antimeridian (as STAC writes
+    it: 179.9 -17.7 -179.9 -17.5), longitudes within [-180, 180]. ``label`` and ``crs_label`` name them in
+    messages."""
 
     left: float
     bottom: float
@@ -32,11 +34,14 @@ class Bounds:
         values = (self.left, self.bottom, self.right, self.top)
         if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
             raise DSen2CRError(f"{self.label}: expected four finite numbers LEFT BOTTOM RIGHT TOP, got {values}")
-        if not (self.left < self.right and self.bottom < self.top):
-            raise DSen2CRError(
-                f"{self.label}: expected LEFT BOTTOM RIGHT TOP with left < right and bottom < top, got {self.numbers()}"
-            )
         geographic = self.crs is not None and parse_crs(self.crs, self.crs_label).is_geographic
+        across = geographic and self.right < self.left <= 180 and self.right >= -180  # a box across the antimeridian
+        if not ((self.left < self.right or across) and self.bottom < self.top):
+            hint = " (longitudes across 180°: each within -180 to 180)" if geographic else ""
+            raise DSen2CRError(
+                f"{self.label}: expected LEFT BOTTOM RIGHT TOP with left < right and bottom < top, got "
+                f"{self.numbers()}{hint}"
+            )
         if geographic and not (self.left >= -180 and self.right <= 360 and self.bottom >= -90 and self.top <= 90):
             raise DSen2CRError(
                 f"{self.label}: {self.numbers()} are no longitudes and latitudes of {self.crs} (LEFT BOTTOM RIGHT "
