@@ -366,8 +366,10 @@ def test_a_slurm_requeue_resumes_mid_epoch_to_the_uninterrupted_weights(
     config = load_config(
         config_of("requeued"), ["optim.epochs=2", "trainer.log_every_n_steps=1", f"data.num_workers={workers}"]
     )
+    before = signals.getsignal(signals.SIGUSR1)
     with pytest.raises(_KilledError):
         train.run_training(config, resume="auto", progress=False)
+    assert signals.getsignal(signals.SIGUSR1) is before  # given back by the run that failed, too
     checkpoints = tmp_path / "requeued" / "checkpoints"
     assert record.read_text() == "requeue 4242\n"
     batches = 12  # 6 training patches x 4 repeats in batches of 2

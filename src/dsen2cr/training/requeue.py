@@ -60,6 +60,12 @@ class SlurmRequeue(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Give the signal back to its earlier handler."""
+        self.give_back_signal()
+
+    def give_back_signal(self) -> None:
+        """Give the signal back to the handler it had before :meth:`setup` (once). A run that fails calls it after
+        ``fit``: Lightning then calls no teardown hook, and its own signal handling puts back the handlers it found
+        at the start, this callback's among them."""
         if self._previous is not _NOT_TAKEN:
             signal.signal(REQUEUE_SIGNAL, self._previous if self._previous is not None else signal.SIG_DFL)
             self._previous = _NOT_TAKEN

@@ -311,4 +311,8 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
         if trainer.interrupted:  # Lightning turns Ctrl-C and SIGTERM into SystemExit(1) after its teardown
             raise KeyboardInterrupt from None  # the command line reports it as what it was (130 or 143)
         raise
+    finally:  # a Python session that goes on keeps no handler of this run's, however it ended
+        for callback in getattr(trainer, "callbacks", []):  # set by Lightning's connector, unknown to its types
+            if isinstance(callback, SlurmRequeue):
+                callback.give_back_signal()
     return last_checkpoint(out)  # (a NaN validation loss stopped the run at its epoch: DSen2CRTask)
