@@ -179,16 +179,16 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         "trained with model.uncertainty=diag)",
     )
     parser.add_argument(
-        "--stac-item",
-        help="also write a STAC item (JSON) describing the outputs: footprint, sensing time, bands and their "
-        "statistics, what made them, relative hrefs (one scene)",
-    )
-    parser.add_argument(
         "--uncertainty-parts",
         action="store_true",
         help="an ensemble's --uncertainty-out also holds the two parts of its sigma after the total: aleatoric "
         "(from the mean of the members' predicted variances: the noise they expect) and epistemic (from the "
         "variance of their predictions: how much they disagree), total^2 = aleatoric^2 + epistemic^2",
+    )
+    parser.add_argument(
+        "--stac-item",
+        help="also write a STAC item (JSON) describing the outputs: footprint, sensing time, bands and their "
+        "statistics, what made them, relative hrefs (one scene)",
     )
     parser.add_argument(
         "--compress",
