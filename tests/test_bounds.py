@@ -17,6 +17,7 @@ from pyproj import Transformer
 from rasterio.windows import Window
 
 import dsen2cr
+from dsen2cr.bounds import Bounds
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.area import area_window
@@ -243,7 +244,7 @@ def test_longitudes_across_the_antimeridian() -> None:
     assert window.col_off == math.floor((min(xs) - west) / 10) and window.width > 100  # both sides of 180°
     assert window.col_off + window.width == math.ceil((max(xs) - west) / 10)
     with pytest.raises(DSen2CRError, match="left < right and bottom < top"):  # in metres, left > right is an error
-        SceneSettings(bounds=(west + 500, north - 500, west + 100, north - 100)).area
+        Bounds(west + 500, north - 500, west + 100, north - 100)
 
 
 def _shadowed_scene() -> np.ndarray:
