@@ -43,6 +43,13 @@ def test_demo_writes_its_report(tmp_path: Path, caplog: pytest.LogCaptureFixture
     with rasterio.open(out / "scene" / "T33UUU_20170216_cloudfree.tif") as scene:
         assert scene.count == 13 and scene.crs.to_epsg() == 32633 and scene.shape == (768, 640)
     assert (out / "scene" / "T33UUU_20170216_before_after.png").is_file()
+    item = json.loads((out / "scene" / "T33UUU_20170216_cloudfree.json").read_text())  # its STAC item
+    assert item["properties"]["datetime"] == "2017-02-16T10:21:01Z"
+    assert {key: asset["href"] for key, asset in item["assets"].items()} == {
+        "image": "T33UUU_20170216_cloudfree.tif",
+        "cloud_mask": "T33UUU_20170216_cloud_shadow_mask.tif",
+        "preview": "T33UUU_20170216_before_after.png",
+    }
     from PIL import Image
 
     with Image.open(out / "scene" / "T33UUU_20170216_comparison.png") as comparison:  # records what made it

@@ -153,8 +153,8 @@ def _run_demo(out: Path, config_path: str | None, overrides: list[str], device: 
 
 def _demo_scene(scene_dir: Path, weights: dict[str, Path], device: str) -> dict[str, SceneReport]:
     """The bundled real L1C scene (no S1: the models without SAR) with every pixel predicted, with
-    ``--keep-clear``, and with ``--keep-clear`` by the model with sigma (``--uncertainty-out``); the comparison
-    figure of the first two."""
+    ``--keep-clear`` (and its STAC item), and with ``--keep-clear`` by the model with sigma
+    (``--uncertainty-out``); the comparison figure of the first two."""
     from dsen2cr.data.sample import sample_scene
     from dsen2cr.predictor import load_predictor
     from dsen2cr.scene.remove import remove_clouds
@@ -172,7 +172,9 @@ def _demo_scene(scene_dir: Path, weights: dict[str, Path], device: str) -> dict[
         return SceneJob(scene_name, None, Path(f"{stem}_{out}"), **paths)
 
     plain = job("cloudfree_all_pixels.tif", preview="all_pixels.png")
-    kept = job("cloudfree.tif", mask_out="cloud_shadow_mask.tif", preview="before_after.png")
+    kept = job(
+        "cloudfree.tif", mask_out="cloud_shadow_mask.tif", preview="before_after.png", stac_item="cloudfree.json"
+    )
     uncertain = job("cloudfree_sigma_model.tif", preview="sigma.png", uncertainty_out="sigma.tif")
     reports = {
         "plain": remove_clouds(predictor, plain, SceneSettings(progress=False)),
