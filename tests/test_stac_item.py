@@ -141,3 +141,20 @@ def test_footprint_across_the_antimeridian(workdir: Path) -> None:
     expected = [min(x for x in lons if x > 0), min(lats), max(x for x in lons if x < 0), max(lats)]
     np.testing.assert_allclose(item.bbox, expected, atol=1e-6)
     assert item.bbox[0] > item.bbox[2]
+
+
+def test_a_grid_without_an_epsg_code_gives_its_wkt2(workdir: Path) -> None:
+    """A scene reprojected to a CRS of its own (no EPSG code): no ``proj:epsg``, and ``proj:wkt2`` WKT2, which
+    pyproj reads as the same CRS."""
+    import pyproj
+
+    proj4 = "+proj=laea +lat_0=52 +lon_0=11 +x_0=4321000 +y_0=3210000 +ellps=GRS80 +units=m +no_defs"
+    crs = rasterio.crs.CRS.from_proj4(proj4)
+    s2 = np.random.default_rng(0).integers(1, 8000, size=(13, 40, 50)).astype(np.uint16)
+    origin = rasterio.transform.from_origin(4321000, 3210000, 10, 10)
+    scene = write_geotiff(workdir / SENSED, s2, crs=crs, transform=origin)
+    _remove(workdir, "--s2", str(scene), "--out", str(workdir / "o.tif"), "--stac-item", str(workdir / "o.json"))
+    projection = ProjectionExtension.ext(pystac.Item.from_file(str(workdir / "o.json")))
+    assert projection.epsg is None
+    assert projection.wkt2.startswith("PROJCRS[")  # WKT2, not GDAL's WKT1 (PROJCS[)
+    assert pyproj.CRS.from_wkt(projection.wkt2).equals(pyproj.CRS.from_proj4(proj4), ignore_axis_order=True)

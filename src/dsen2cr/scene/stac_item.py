@@ -114,11 +114,11 @@ def scene_item(job: SceneJob, product: S2Product) -> dict[str, Any]:
 
 
 def _grid_properties(image: Any) -> dict[str, Any]:
-    """The projection extension's fields of the image's grid (an EPSG code where the CRS has one, else WKT2)."""
+    """The projection extension's fields of the image's grid: its CRS as an EPSG code where it has one, else as
+    WKT2 (``proj:epsg`` then left out: pystac reads a null one as the code ``EPSG:None``)."""
     epsg = image.crs.to_epsg()
     return {
-        "proj:epsg": epsg,
-        **({} if epsg is not None else {"proj:wkt2": image.crs.to_wkt()}),
+        **({"proj:epsg": epsg} if epsg is not None else {"proj:wkt2": image.crs.to_wkt(version="WKT2_2019")}),
         "proj:shape": [image.height, image.width],
         "proj:transform": list(image.transform)[:6],
         "proj:bbox": list(image.bounds),
