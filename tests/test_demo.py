@@ -25,6 +25,7 @@ def test_demo_writes_its_report(tmp_path: Path, caplog: pytest.LogCaptureFixture
     assert trainings[2].startswith("[demo] training the model without SAR, with sigma (B=4, F=32 without SAR, variance")
     text = report.read_text()
     assert "| DSen2-CR small, with SAR |" in text and "| identity (cloudy input) |" in text
+    assert "STAC item, to add it to a catalogue: `scene/T33UUU_20170216_cloudfree.json`" in text
     out = tmp_path / "out"
     # the training tree: the bundled sample with its splits plus synthetic patches, all of those train
     rows = [line.split("\t") for line in (out / "data" / "files.csv").read_text().splitlines()]

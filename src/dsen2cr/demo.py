@@ -240,7 +240,8 @@ def _write_report(out: Path, summaries: dict, images: int, scenes: dict[str, Sce
         "",
         f"`scene/T33UUU_20170216_cloudfree.tif` (`--keep-clear`: clear pixels kept, clouds and shadows replaced): "
         f"{scene.megapixels:.2f} Mpx in {scene.seconds:.1f} s, {scene.tiles} tiles; "
-        f"`scene/T33UUU_20170216_cloudfree_all_pixels.tif` (every pixel predicted): {plain.seconds:.1f} s.",
+        f"`scene/T33UUU_20170216_cloudfree_all_pixels.tif` (every pixel predicted): {plain.seconds:.1f} s. The "
+        "first one's STAC item, to add it to a catalogue: `scene/T33UUU_20170216_cloudfree.json`.",
         "",
         "Input with the cloud/shadow outline, every pixel predicted, `--keep-clear`:",
         "",
