@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -106,16 +107,31 @@ def test_item_of_a_stac_input_links_it(workdir: Path, scene: Path, stac_item_of:
     assert Path(link.get_absolute_href()).resolve() == source.resolve()
 
 
-def test_manifest_column_and_skip_existing(workdir: Path, scene: Path) -> None:
-    """A manifest's stac_item column; --skip-existing counts the item as one of the scene's outputs."""
+def test_manifest_column_and_skip_existing(workdir: Path, scene: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A manifest's stac_item column. --skip-existing writes the item of a scene an earlier run finished without
+    one (outputs of a run before --stac-item, or one killed between its image and its item) from the files there,
+    computing nothing again; a finished scene with its item is left as it is."""
     manifest = workdir / "m.csv"
-    manifest.write_text(f"s2,out,stac_item\n{scene.name},o.tif,o.json\n")
-    _remove(workdir, "--manifest", str(manifest))
-    first = json.loads((workdir / "o.json").read_text())
-    assert first["assets"]["image"]["href"] == "o.tif"
-    (workdir / "o.json").unlink()  # the scene is no longer finished: made again, its item with it
-    _remove(workdir, "--manifest", str(manifest), "--skip-existing", "--overwrite")
-    assert json.loads((workdir / "o.json").read_text())["properties"]["datetime"] == "2023-06-10T10:15:59Z"
+    manifest.write_text(f"s2,out,mask_out\n{scene.name},o.tif,m.tif\n")
+    _remove(workdir, "--manifest", str(manifest))  # yesterday's run, without items
+    before = {name: (workdir / name).stat() for name in ("o.tif", "m.tif")}
+    manifest.write_text(f"s2,out,mask_out,stac_item\n{scene.name},o.tif,m.tif,catalog/o.json\n")
+    (workdir / "catalog").mkdir()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _remove(workdir, "--manifest", str(manifest), "--skip-existing")
+    item = json.loads((workdir / "catalog" / "o.json").read_text())
+    assert item["properties"]["datetime"] == "2023-06-10T10:15:59Z"
+    assert {key: asset["href"] for key, asset in item["assets"].items()} == {
+        "image": "../o.tif",
+        "cloud_mask": "../m.tif",
+    }
+    for name, stat in before.items():  # not written again
+        assert ((workdir / name).stat().st_mtime_ns, (workdir / name).stat().st_ino) == (stat.st_mtime_ns, stat.st_ino)
+    assert "wrote the STAC item" in caplog.text and "backend:" not in caplog.text  # no network was loaded
+    written = (workdir / "catalog" / "o.json").stat().st_mtime_ns
+    _remove(workdir, "--manifest", str(manifest), "--skip-existing")
+    assert (workdir / "catalog" / "o.json").stat().st_mtime_ns == written
 
 
 def test_footprint_across_the_antimeridian(workdir: Path) -> None:

@@ -1,6 +1,7 @@
 """Scenes an earlier run finished (``remove-clouds --skip-existing``): a batch that stopped (an error, a job's time
 limit, a killed process) goes on where it stopped, its finished scenes skipped rather than computed again. A
-scene counts as finished when every output it asks for exists and its image records what this run would: the
+scene counts as finished when every output it asks for exists (but a STAC item, which is written from the others:
+:func:`dsen2cr.scene.jobs.run_scene_jobs` writes a missing one) and its image records what this run would: the
 same weights (SHA-256), the same S2 and S1 inputs (file names), the same area of the scene (``--bounds``), S2 offset,
 S1 units and resampling, ``--keep-clear``, ``--mask`` and the cloud threshold."""
 
@@ -75,13 +76,14 @@ def made_otherwise(job: SceneJob, product: S2Product, settings: SceneSettings, d
 
 def finished_jobs(jobs: list[SceneJob], products: list[S2Product | None], settings: SceneSettings) -> list[bool]:
     """For each job (its S2 input resolved: ``products``), whether an earlier run finished it: every output it asks
-    for exists and its image records what this run would (:func:`made_otherwise`). A job with some of its outputs
-    only is not finished (its outputs follow the usual rule: replaced with ``overwrite``, refused without), nor one
-    whose input cannot be resolved (its run says why). One whose outputs all exist but were made otherwise is
-    refused in one line, unless ``overwrite`` (then made again)."""
+    for exists (its STAC item may be missing) and its image records what this run would (:func:`made_otherwise`).
+    A job with some of its outputs only is not finished (its outputs follow the usual rule: replaced with
+    ``overwrite``, refused without), nor one whose input cannot be resolved (its run says why). One whose outputs
+    all exist but were made otherwise is refused in one line, unless ``overwrite`` (then made again)."""
     finished, digest = [], None
     for job, product in zip(jobs, products, strict=True):
-        if product is None or not all(path.is_file() for _, path in job_outputs(job)):
+        computed = [path for role, path in job_outputs(job) if role != "stac_item"]  # the item is read from them
+        if product is None or not all(path.is_file() for path in computed):
             finished.append(False)
             continue
         digest = digest if digest is not None else weights_digest(settings)

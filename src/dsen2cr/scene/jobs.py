@@ -32,7 +32,7 @@ from dsen2cr.scene.checks import OUTPUT_KINDS, check_uncertainty_output, check_u
 from dsen2cr.scene.done import finished_jobs
 from dsen2cr.scene.journal import check_no_journal
 from dsen2cr.scene.remove import SceneReport, remove_clouds
-from dsen2cr.scene.stac_item import check_stac_item
+from dsen2cr.scene.stac_item import check_stac_item, missing_item, write_finished_item
 from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings, scene_bounds
 
 log = logging.getLogger(__name__)
@@ -174,11 +174,19 @@ def run_scene_jobs(
         if finished[index]:
             log.info("skipped %s: an earlier run finished it (--skip-existing)", jobs[index].out)
     mine = [index for index in share if not finished[index]]
+    # finished scenes without the STAC item asked for: written from their files, nothing computed again
+    items = [index for index in share if finished[index] and missing_item(jobs[index])]
     if world > 1:
         log.info("%s: rank %d of %d takes %d of the %d scenes", launch.launcher, rank, world, len(mine), len(jobs))
-    if not mine:
+    if not mine and not items:
         return
-    with output_locks((path for index in mine for _, path in job_outputs(jobs[index])), each_process=True):
+    locked = [path for index in mine for _, path in job_outputs(jobs[index])]
+    locked += [path for index in items for role, path in job_outputs(jobs[index]) if role == "stac_item"]
+    with output_locks(locked, each_process=True):
+        for index in items:
+            write_finished_item(jobs[index], all_products[index])
+        if not mine:
+            return
         for index in mine:  # under this run's locks: a journal is a stopped run's, not a running one's
             check_no_journal(jobs[index].out, resume=settings.resume, overwrite=settings.overwrite)
         yield from _run_my_jobs(

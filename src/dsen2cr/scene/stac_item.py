@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -17,9 +18,11 @@ from rasterio.warp import transform_geom
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, is_stac, s1_parts
-from dsen2cr.outputs.files import write_text_atomic
+from dsen2cr.outputs.files import check_output_file, write_text_atomic
 from dsen2cr.settings import SceneJob
 from dsen2cr.version import __version__
+
+log = logging.getLogger(__name__)
 
 STAC_VERSION = "1.0.0"
 EXTENSIONS = [
@@ -73,6 +76,19 @@ def write_on_success(job: SceneJob, product: S2Product) -> Callable[..., bool]:
         return False  # never swallow the block's error
 
     return write
+
+
+def missing_item(job: SceneJob) -> bool:
+    """Whether the job asks for a STAC item that is not there."""
+    return job.stac_item is not None and not os.path.lexists(job.stac_item)
+
+
+def write_finished_item(job: SceneJob, product: S2Product | None) -> None:
+    """Write the STAC item of a scene an earlier run finished without it (``--skip-existing``), from its files."""
+    assert job.stac_item is not None and product is not None  # a finished scene's input was resolved
+    check_output_file(job.stac_item, overwrite=False, kind="json")
+    write_on_success(job, product)(None)
+    log.info("wrote the STAC item %s of %s, which an earlier run finished (--skip-existing)", job.stac_item, job.out)
 
 
 def scene_item(job: SceneJob, product: S2Product) -> dict[str, Any]:
