@@ -249,6 +249,30 @@ def test_sensing_time_of_each_input(workdir: Path) -> None:
     assert resolve_s2(named).sensing_time == "2017-02-16T10:21:01Z"
 
 
+def test_sensing_time_of_a_geotiff_from_its_tags(workdir: Path, weights: Path) -> None:
+    """A GeoTIFF exported with GDAL from a product keeps its metadata (``PRODUCT_START_TIME``, or the SENTINEL2
+    driver's ``DATATAKE_1_DATATAKE_SENSING_START``), GDAL's ``IMAGERY`` domain has ``ACQUISITIONDATETIME``, and a
+    dsen2cr output records ``DSEN2CR_SENSING_TIME``: each says when, before any name does."""
+    s2, _ = workdir.scene()
+    cases = [
+        ({"PRODUCT_START_TIME": "2021-05-04T10:20:31.024Z"}, None, "2021-05-04T10:20:31.024Z"),
+        ({"DATATAKE_1_DATATAKE_SENSING_START": "2021-05-04T10:20:31.024Z"}, None, "2021-05-04T10:20:31.024Z"),
+        ({}, {"ACQUISITIONDATETIME": "2021-05-04T10:20:31Z"}, "2021-05-04T10:20:31Z"),
+        ({"PRODUCT_START_TIME": "not a time"}, None, "2017-02-16T10:21:01Z"),  # then the name
+    ]
+    for index, (tags, imagery, expected) in enumerate(cases):
+        path = workdir / f"T32TPT_20170216T102101_{index}.tif"
+        path.write_bytes(s2.read_bytes())
+        with rasterio.open(path, "r+") as dataset:
+            dataset.update_tags(**tags)
+            if imagery:
+                dataset.update_tags(ns="IMAGERY", **imagery)
+        assert resolve_s2(path).sensing_time == expected, tags
+    # an output of this tool, given again (its name says nothing)
+    _run(weights, workdir / "T32TPT_20170216T102101_0.tif", workdir / "out.tif")
+    assert resolve_s2(workdir / "out.tif").sensing_time == "2021-05-04T10:20:31.024Z"
+
+
 def test_output_records_the_sensing_time(weights: Path, workdir: Path) -> None:
     safe = workdir.safe("p")
     _run(weights, safe, workdir / "safe.tif")

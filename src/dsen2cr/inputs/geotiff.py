@@ -7,22 +7,31 @@ import re
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs.product import L2A_BANDS, S2Product
+from dsen2cr.inputs.product import L2A_BANDS, S2Product, sensing_time_text
 from dsen2cr.preprocessing import S2_BANDS
+
+#: Metadata that says when a GeoTIFF's scene was sensed, in order: a dsen2cr output's, then what GDAL copies from a
+#: product (its SENTINEL2 driver's names) into a GeoTIFF exported from it.
+SENSING_TIME_TAGS = ("DSEN2CR_SENSING_TIME", "PRODUCT_START_TIME", "DATATAKE_1_DATATAKE_SENSING_START", "SENSING_TIME")
 
 
 def geotiff_s2(path: Path, offset: int | None) -> S2Product:
-    """A 13-band (L1C order) or 12-band (L2A order) file."""
+    """A 13-band (L1C order) or 12-band (L2A order) file; its sensing time from its metadata where that says it
+    (:data:`SENSING_TIME_TAGS`, then GDAL's ``IMAGERY`` domain's ``ACQUISITIONDATETIME``)."""
     from dsen2cr.rasters import open_raster
 
     with open_raster(path, what="S2") as dataset:
         count = dataset.count
+        tags = dataset.tags()
+        said = [tags.get(name) for name in SENSING_TIME_TAGS]
+        said.append(dataset.tags(ns="IMAGERY").get("ACQUISITIONDATETIME"))
     if count not in (len(S2_BANDS), len(L2A_BANDS)):
         raise DSen2CRError(
             f"{path}: S2 has {count} bands, expected 13 (L1C: B1 ... B12, B8A) or 12 (L2A: the same without B10)"
         )
     level = "L1C" if count == len(S2_BANDS) else "L2A"
     product = S2Product(str(path), list(S2_BANDS if level == "L1C" else L2A_BANDS), [str(path)], level)
+    product.sensing_time = next(filter(None, map(sensing_time_text, said)), None)
     if offset is not None:
         product.offsets, product.offset_from = [offset] * count, "option"
     return product
