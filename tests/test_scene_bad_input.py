@@ -1321,8 +1321,9 @@ CASES += [
     dict(
         name="remove-clouds: --stac-item for a scene whose sensing time nothing says",
         setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", "--stac-item", str(t / "i.json")),
-        message="s2.tif: --stac-item i.json: when the scene was sensed is unknown (no product metadata nor STAC "
-        "datetime, no Sentinel-2 date and time such as 20170216T102101 in its name)",
+        message="s2.tif: --stac-item i.json: when the scene was sensed is unknown (no metadata says it, nor a "
+        "Sentinel-2 date and time such as 20170216T102101 in its name), and a STAC item must say it; give the product "
+        "itself, or tag the file (gdal_edit.py -mo PRODUCT_START_TIME=2017-02-16T10:21:01Z FILE)",
         absent=("o.tif", "i.json"),
     ),
     dict(

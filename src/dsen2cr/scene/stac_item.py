@@ -60,9 +60,9 @@ def check_stac_item(job: SceneJob, product: S2Product) -> None:
     work."""
     if job.stac_item is not None and product.sensing_time is None:
         raise DSen2CRError(
-            f"{job.s2}: --stac-item {job.stac_item.name}: when the scene was sensed is unknown (no product metadata "
-            "nor STAC datetime, no Sentinel-2 date and time such as 20170216T102101 in its name), and a STAC item "
-            "must say it; give the product itself, or name the file as Sentinel-2 names it"
+            f"{job.s2}: --stac-item {job.stac_item.name}: when the scene was sensed is unknown (no metadata says it, "
+            "nor a Sentinel-2 date and time such as 20170216T102101 in its name), and a STAC item must say it; give "
+            "the product itself, or tag the file (gdal_edit.py -mo PRODUCT_START_TIME=2017-02-16T10:21:01Z FILE)"
         )
 
 
