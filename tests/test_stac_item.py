@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -174,3 +175,43 @@ def test_a_grid_without_an_epsg_code_gives_its_wkt2(workdir: Path) -> None:
     assert projection.epsg is None
     assert projection.wkt2.startswith("PROJCRS[")  # WKT2, not GDAL's WKT1 (PROJCS[)
     assert pyproj.CRS.from_wkt(projection.wkt2).equals(pyproj.CRS.from_proj4(proj4), ignore_axis_order=True)
+
+
+def _inside(point: tuple[float, float], ring: list[list[float]], tolerance: float = 1e-6) -> bool:
+    """Whether ``point`` lies inside the closed ``ring`` (ray casting) or within ``tolerance`` degrees of its edge
+    (about 0.1 m: the outline's edges are chords of the grid's curved lines, its coordinates rounded to 1e-7)."""
+    x, y = point
+    crossings = 0
+    for (x0, y0), (x1, y1) in itertools.pairwise(ring):
+        t = max(0.0, min(1.0, ((x - x0) * (x1 - x0) + (y - y0) * (y1 - y0)) / ((x1 - x0) ** 2 + (y1 - y0) ** 2)))
+        if math.hypot(x - x0 - t * (x1 - x0), y - y0 - t * (y1 - y0)) <= tolerance:
+            return True  # on the edge
+        if (y0 > y) != (y1 > y) and x < x0 + (y - y0) * (x1 - x0) / (y1 - y0):
+            crossings += 1
+    return crossings % 2 == 1
+
+
+def test_footprint_is_the_valid_data(workdir: Path) -> None:
+    """A scene at the edge of the swath (its north-east corner no data, a diagonal edge, as Sentinel-2 tiles
+    there are): the footprint holds every valid pixel (each corner, by pyproj) and leaves the no-data corner out;
+    the scene is large enough to have an overview, from which the outline is read."""
+    height, width = 520, 640
+    rows, cols = np.mgrid[0:height, 0:width]
+    s2 = np.random.default_rng(0).integers(1, 8000, size=(13, height, width)).astype(np.uint16)
+    s2[:, cols > rows + 300] = 0  # no data beyond the swath's edge
+    origin = rasterio.transform.from_origin(500000, 5000000, 10, 10)
+    crs = rasterio.crs.CRS.from_epsg(32632)
+    scene = write_geotiff(workdir / SENSED, s2, crs=crs, transform=origin)
+    _remove(workdir, "--s2", str(scene), "--out", str(workdir / "o.tif"), "--stac-item", str(workdir / "o.json"))
+    with rasterio.open(workdir / "o.tif") as image:
+        assert image.overviews(1)  # the outline comes from an overview
+    ring = pystac.Item.from_file(str(workdir / "o.json")).geometry["coordinates"][0]
+    to_lonlat = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True)
+    edge = [(r, c) for r in range(height) for c in (0, min(width - 1, r + 300))]  # each row's outermost valid pixels
+    for r, c in edge:
+        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            corner = to_lonlat.transform(500000 + 10 * (c + dx), 5000000 - 10 * (r + dy))
+            assert _inside(corner, ring), (r, c, dx, dy)
+    far = to_lonlat.transform(500000 + 10 * (width - 20), 5000000 - 10 * 20)  # deep in the no-data corner
+    assert not _inside(far, ring)
+    assert _ring_area(ring) > 0

@@ -4,6 +4,7 @@ the cloud-free scene beside the products it came from (docs/design.md §4.4)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -13,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import rasterio
 from rasterio.warp import transform_geom
 
@@ -51,6 +53,8 @@ SPECTRAL = {
 }
 #: The points along each edge of the footprint, so that it follows the grid's curves in longitude and latitude.
 EDGE_POINTS = 4
+#: The valid-data outline is read from the coarsest overview with at least this many pixels on its shorter side.
+FOOTPRINT_PIXELS = 256
 #: How near 180° (degrees) a part of a footprint cut at the antimeridian reaches.
 ON_ANTIMERIDIAN = 1e-6
 
@@ -99,7 +103,7 @@ def scene_item(job: SceneJob, product: S2Product) -> dict[str, Any]:
     assert job.stac_item is not None
     with rasterio.open(job.out) as image:
         tags, properties = image.tags(), _grid_properties(image)
-        geometry = _footprint(image)
+        geometry = _footprint(image, _valid_hull(job.out, image))
         assets = {"image": _image_asset(image, job)}
     if job.mask_out is not None:
         assets["cloud_mask"] = _mask_asset(job)
@@ -142,18 +146,54 @@ def _grid_properties(image: Any) -> dict[str, Any]:
     }
 
 
-def _footprint(image: Any) -> dict[str, Any]:
-    """The image's outline in longitude and latitude (EPSG:4326), its edges followed point by point: a polygon,
-    or where it crosses the antimeridian two, cut there (GDAL cuts it), each counterclockwise (GeoJSON's
-    right-hand rule)."""
-    left, bottom, right, top = image.bounds
+def _valid_hull(path: Path, image: Any) -> list[tuple[float, float]]:
+    """The convex hull of the image's valid pixels in its CRS, counterclockwise: the image's rectangle when every
+    pixel is valid, less where a swath's edge left no data (a tile's part of a swath is convex). Read from the
+    coarsest overview at least :data:`FOOTPRINT_PIXELS` on its shorter side, whose pixels are valid where a pixel
+    below is (each level the mean of the valid pixels under it), so the hull holds every valid pixel."""
+    factors = image.overviews(1)
+    fits = [
+        level for level, factor in enumerate(factors) if min(image.height, image.width) // factor >= FOOTPRINT_PIXELS
+    ]
+    with rasterio.open(path, overview_level=fits[-1]) if fits else contextlib.nullcontext(image) as coarse:
+        valid, transform = coarse.read_masks(1) > 0, coarse.transform
+    points = []
+    for row in np.flatnonzero(valid.any(axis=1)):  # each row's outermost valid pixels, their outer corners
+        columns = np.flatnonzero(valid[row])
+        points += [transform * (column, y) for column in (columns[0], columns[-1] + 1) for y in (row, row + 1)]
+    return _convex_hull(points)
+
+
+def _convex_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The convex hull of ``points``, counterclockwise, its first point not repeated (Andrew's monotone chain)."""
+
+    def turn(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    unique = sorted(set(points))
+    lower: list[tuple[float, float]] = []
+    upper: list[tuple[float, float]] = []
+    for point in unique:
+        while len(lower) >= 2 and turn(lower[-2], lower[-1], point) <= 0:
+            lower.pop()
+        lower.append(point)
+    for point in reversed(unique):
+        while len(upper) >= 2 and turn(upper[-2], upper[-1], point) <= 0:
+            upper.pop()
+        upper.append(point)
+    return lower[:-1] + upper[:-1]
+
+
+def _footprint(image: Any, hull: list[tuple[float, float]]) -> dict[str, Any]:
+    """The outline ``hull`` (in the image's CRS) in longitude and latitude (EPSG:4326), its edges followed point by
+    point: a polygon, or where it crosses the antimeridian two, cut there (GDAL cuts it), each counterclockwise
+    (GeoJSON's right-hand rule)."""
     steps = [i / EDGE_POINTS for i in range(EDGE_POINTS)]
-    ring = (
-        [(left, top - (top - bottom) * t) for t in steps]
-        + [(left + (right - left) * t, bottom) for t in steps]
-        + [(right, bottom + (top - bottom) * t) for t in steps]
-        + [(right - (right - left) * t, top) for t in steps]
-    )
+    ring = [
+        (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t)
+        for (x0, y0), (x1, y1) in zip(hull, hull[1:] + hull[:1], strict=True)
+        for t in steps
+    ]
     polygon = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
     outline = transform_geom(image.crs, "EPSG:4326", polygon)
     parts = [outline["coordinates"]] if outline["type"] == "Polygon" else outline["coordinates"]
