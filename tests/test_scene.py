@@ -4,6 +4,7 @@ warping and coverage, product folders, and bad input."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import time
@@ -759,6 +760,38 @@ def test_out_with_a_trailing_slash_writes_into_the_folder(scene: dict, tmp_path:
     assert main([*common, "--manifest", str(manifest)]) == 0
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["s2_cloudfree.tif"]
     assert main([*common, "--s2", s2, "--s1", s1, "--out", f"{tmp_path / 'none'}/"]) == 2
+
+
+def test_other_outputs_given_as_folders(workdir: Path) -> None:
+    """``--mask-out``, ``--preview``, ``--uncertainty-out`` and ``--stac-item`` given as folders (``masks/``) write
+    ``<image>_mask.tif``, ``<image>_preview.png``, ``<image>_sigma.tif`` and ``<image>.json`` there, named after
+    each scene's image: so several scenes get them without a manifest, and a manifest's column may be a folder."""
+    from dsen2cr.cli import main
+
+    s2, _ = workdir.scene()
+    first, second = workdir / "T32TPT_20230610T101559.tif", workdir / "T32TPT_20230620T101559.tif"
+    first.write_bytes(s2.read_bytes())
+    second.write_bytes(s2.read_bytes())
+    for name in ("out", "masks", "previews", "items", "rows"):
+        (workdir / name).mkdir()
+    weights = workdir.weights("dsen2cr-small-nosar")
+    common = ["remove-clouds", "--weights", str(weights), "--no-progress"]
+    outputs = [f"--mask-out={workdir / 'masks'}/", f"--preview={workdir / 'previews'}/"]
+    outputs.append(f"--stac-item={workdir / 'items'}/")
+    assert main([*common, "--s2", str(first), str(second), "--out", f"{workdir / 'out'}/", *outputs]) == 0
+    stems = ["T32TPT_20230610T101559_cloudfree", "T32TPT_20230620T101559_cloudfree"]
+    assert sorted(p.name for p in (workdir / "out").iterdir()) == [f"{stem}.tif" for stem in stems]
+    assert sorted(p.name for p in (workdir / "masks").iterdir()) == [f"{stem}_mask.tif" for stem in stems]
+    assert sorted(p.name for p in (workdir / "previews").iterdir()) == [f"{stem}_preview.png" for stem in stems]
+    assert sorted(p.name for p in (workdir / "items").iterdir()) == [f"{stem}.json" for stem in stems]
+    item = json.loads((workdir / "items" / f"{stems[1]}.json").read_text())
+    assert item["assets"]["cloud_mask"]["href"] == f"../masks/{stems[1]}_mask.tif"
+    # one scene with a named image, and a manifest's column
+    assert main([*common, "--s2", str(first), "--out", str(workdir / "one.tif"), f"--mask-out={workdir}/rows/"]) == 0
+    manifest = workdir / "m.csv"
+    manifest.write_text(f"s2,out,preview\n{second.name},two.tif,rows/\n")
+    assert main([*common, "--manifest", str(manifest)]) == 0
+    assert sorted(p.name for p in (workdir / "rows").iterdir()) == ["one_mask.tif", "two_preview.png"]
 
 
 def test_the_mask_declares_nodata_and_never_labels_no_data(tmp_path: Path) -> None:

@@ -1279,7 +1279,8 @@ CASES += [
             str(t.scene()[0]),
             str(t.scene()[0]),
         ],
-        message="--mask-out/--preview/--uncertainty-out/--stac-item: name them per scene in a --manifest",
+        message="with several scenes, give a folder (masks/) for each scene's file named after its image, or name them "
+        "per scene in a --manifest",
         absent=("s.tif",),
     ),
     dict(
@@ -1357,6 +1358,20 @@ CASES += [
         absent=("o.tif", "i.json"),
     ),
     dict(
+        name="remove-clouds: --mask-out a folder that does not exist",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", f"--mask-out={t / 'masks'}/"),
+        message="masks/: output folder does not exist",
+        absent=("o.tif", "masks"),
+    ),
+    dict(
+        name="remove-clouds: --stac-item an existing folder without the trailing slash",
+        setup=lambda t: (
+            (t / "items").mkdir() or _remove_to(t, _sensed_scene(t), t / "o.tif", "--stac-item", str(t / "items"))
+        ),
+        message="items: is a folder; end it with a slash (",
+        absent=("o.tif",),
+    ),
+    dict(
         name="remove-clouds: --stac-item for several scenes",
         setup=lambda t: [
             *_remove_args(t, "--out", str(t), "--stac-item", str(t / "i.json")),
@@ -1364,7 +1379,8 @@ CASES += [
             str(_sensed_scene(t)),
             str(t.scene()[0]),
         ],
-        message="--mask-out/--preview/--uncertainty-out/--stac-item: name them per scene in a --manifest",
+        message="with several scenes, give a folder (masks/) for each scene's file named after its image, or name them "
+        "per scene in a --manifest",
         absent=("i.json",),
     ),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -170,13 +171,18 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output GeoTIFF (one scene) or folder (several scenes)")
     parser.add_argument(
         "--mask-out",
-        help="also write the cloud/shadow map (uint8 COG: 0 clear, 1 cloud, 2 shadow, 255 no data; one scene)",
+        help="also write the cloud/shadow map (uint8 COG: 0 clear, 1 cloud, 2 shadow, 255 no data); a folder "
+        "(masks/): each scene's IMAGE_mask.tif in it",
     )
-    parser.add_argument("--preview", help="also write an RGB quicklook PNG of input and output (one scene)")
+    parser.add_argument(
+        "--preview",
+        help="also write an RGB quicklook PNG of input and output; a folder (previews/): each scene's "
+        "IMAGE_preview.png",
+    )
     parser.add_argument(
         "--uncertainty-out",
-        help="also write the predicted sigma per band (float32 GeoTIFF in DN, -1 = no data; one scene; weights "
-        "trained with model.uncertainty=diag)",
+        help="also write the predicted sigma per band (float32 GeoTIFF in DN, -1 = no data; weights trained with "
+        "model.uncertainty=diag); a folder (sigma/): each scene's IMAGE_sigma.tif",
     )
     parser.add_argument(
         "--uncertainty-parts",
@@ -188,7 +194,7 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stac-item",
         help="also write a STAC item (JSON) describing the outputs: footprint, sensing time, bands and their "
-        "statistics, what made them, relative hrefs (one scene)",
+        "statistics, what made them, relative hrefs; a folder (items/): each scene's IMAGE.json",
     )
     parser.add_argument(
         "--compress",
@@ -243,7 +249,7 @@ def jobs_from_arguments(
 ) -> list[SceneJob]:
     """Scene jobs from ``--s2/--s1/--out`` lists or a manifest CSV."""
     from dsen2cr.errors import DSen2CRError
-    from dsen2cr.scene.jobs import output_path, read_manifest, scene_stem
+    from dsen2cr.scene.jobs import other_output_path, output_path, read_manifest, scene_stem
     from dsen2cr.settings import SceneJob
 
     if manifest is not None:
@@ -258,30 +264,28 @@ def jobs_from_arguments(
         raise DSen2CRError("remove-clouds: --s2 and --out are required (or --manifest)")
     if s1 is not None and len(s1) != len(s2):
         raise DSen2CRError(f"--s1: {len(s1)} files for {len(s2)} S2 scenes; give one S1 per S2 scene")
+    asked = {"mask_out": mask_out, "preview": preview, "uncertainty_out": uncertainty_out, "stac_item": stac_item}
+    given = {role: text for role, text in asked.items() if text}
     if len(s2) == 1:
-        target = output_path(Path(out), s2[0], out)  # "--out folder/": the scene's file in that folder
-        return [
-            SceneJob(
-                s2[0],
-                s1[0] if s1 else None,
-                target,
-                Path(mask_out) if mask_out else None,
-                Path(preview) if preview else None,
-                Path(uncertainty_out) if uncertainty_out else None,
-                Path(stac_item) if stac_item else None,
+        targets = [output_path(Path(out), s2[0], out)]  # "--out folder/": the scene's file in that folder
+    else:
+        named = [f"--{role.replace('_', '-')}" for role, text in given.items() if not text.endswith(("/", os.sep))]
+        if named:
+            raise DSen2CRError(
+                f"{'/'.join(named)}: with several scenes, give a folder (masks/) for each scene's file named after "
+                "its image, or name them per scene in a --manifest"
             )
-        ]
-    if mask_out or preview or uncertainty_out or stac_item:
-        raise DSen2CRError(
-            "--mask-out/--preview/--uncertainty-out/--stac-item: name them per scene in a --manifest when processing "
-            "several scenes"
-        )
-    folder = Path(out)
-    if not folder.is_dir():
-        raise DSen2CRError(f"{folder}: with several scenes --out must be an existing folder")
+        folder = Path(out)
+        if not folder.is_dir():
+            raise DSen2CRError(f"{folder}: with several scenes --out must be an existing folder")
+        targets = [folder / f"{scene_stem(a)}_cloudfree.tif" for a in s2]
     partners: list[str | None] = list(s1) if s1 else [None] * len(s2)
-    pairs = zip(s2, partners, strict=True)
-    return [SceneJob(a, b, folder / f"{scene_stem(a)}_cloudfree.tif") for a, b in pairs]
+    jobs = []
+    for a, b, target in zip(s2, partners, targets, strict=True):  # "masks/": each scene's file named after its image
+        others = {role: other_output_path(Path(text), role, target, text) for role, text in given.items()}
+        mask, quicklook, sigma, item = (others.get(role) for role in asked)
+        jobs.append(SceneJob(a, b, target, mask, quicklook, sigma, item))
+    return jobs
 
 
 def run(args: argparse.Namespace) -> int:

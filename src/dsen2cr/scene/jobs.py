@@ -68,11 +68,12 @@ def read_manifest(path: Path) -> list[SceneJob]:
         if not row.text("s2") or not row.text("out"):
             raise DSen2CRError(f"{path}:{row.line}: s2 and out must not be empty")
         s2 = manifest_input(row.text("s2"), path)
-        optional: dict[str, Any] = {
-            k: output_path(base / row.text(k), s2) if row.fields.get(k) else None for k in OPTIONAL_OUTPUTS
-        }
         s1 = manifest_input(row.text("s1"), path, pair=True) if row.text("s1") else None  # no column: no SAR
         out = output_path(base / row.text("out"), s2, row.fields["out"])
+        optional: dict[str, Any] = {
+            k: other_output_path(base / row.text(k), k, out, row.text(k)) if row.fields.get(k) else None
+            for k in OPTIONAL_OUTPUTS
+        }
         jobs.append(SceneJob(s2, s1, out, **optional, bounds=row_bounds(row, f"{path}:{row.line}")))
     return jobs
 
@@ -91,6 +92,28 @@ def output_path(path: Path, s2: str, text: str | None = None) -> Path:
     if not path.is_dir():
         raise DSen2CRError(f"{given}: output folder does not exist")
     return path / f"{scene_stem(s2)}_cloudfree.tif"
+
+
+#: What a scene's other outputs are named in a folder given for them (``masks/``), after its image's stem.
+FOLDER_NAMES = {"mask_out": "{}_mask.tif", "preview": "{}_preview.png", "uncertainty_out": "{}_sigma.tif"}
+FOLDER_NAMES["stac_item"] = "{}.json"
+
+
+def other_output_path(path: Path, role: str, out: Path, text: str | None = None) -> Path:
+    """An output other than the image (``role``: ``mask_out``, ``preview``, ``uncertainty_out``, ``stac_item``)
+    named as given, or for a folder (its name given with a trailing slash, ``text``) the file of
+    :data:`FOLDER_NAMES` named after the image ``out`` in it."""
+    given = str(path) if text is None else text.strip()
+    if not given.endswith(("/", os.sep)):
+        if path.is_dir():
+            raise DSen2CRError(
+                f"{given}: is a folder; end it with a slash ({given.rstrip('/')}/) to write "
+                f"{FOLDER_NAMES[role].format(out.stem)} into it, or name an output file"
+            )
+        return path
+    if not path.is_dir():
+        raise DSen2CRError(f"{given}: output folder does not exist")
+    return path / FOLDER_NAMES[role].format(out.stem)
 
 
 def check_jobs(
