@@ -81,17 +81,7 @@ def read_manifest(path: Path) -> list[SceneJob]:
 def output_path(path: Path, s2: str, text: str | None = None) -> Path:
     """An output named as given, or, for a folder (its name given with a trailing slash, ``text``), the file
     ``<scene>_cloudfree.tif`` in it."""
-    given = str(path) if text is None else text.strip()
-    if not given.endswith(("/", os.sep)):
-        if path.is_dir():
-            raise DSen2CRError(
-                f"{given}: is a folder; end it with a slash ({given.rstrip('/')}/) to write "
-                f"{scene_stem(s2)}_cloudfree.tif into it, or name an output file"
-            )
-        return path
-    if not path.is_dir():
-        raise DSen2CRError(f"{given}: output folder does not exist")
-    return path / f"{scene_stem(s2)}_cloudfree.tif"
+    return _file_or_folder(path, text, f"{scene_stem(s2)}_cloudfree.tif")
 
 
 #: What a scene's other outputs are named in a folder given for them (``masks/``), after its image's stem.
@@ -103,17 +93,23 @@ def other_output_path(path: Path, role: str, out: Path, text: str | None = None)
     """An output other than the image (``role``: ``mask_out``, ``preview``, ``uncertainty_out``, ``stac_item``)
     named as given, or for a folder (its name given with a trailing slash, ``text``) the file of
     :data:`FOLDER_NAMES` named after the image ``out`` in it."""
+    return _file_or_folder(path, text, FOLDER_NAMES[role].format(out.stem))
+
+
+def _file_or_folder(path: Path, text: str | None, name: str) -> Path:
+    """``path`` as given (``text``: as the user wrote it), or ``name`` in it when that ends with a slash: an
+    existing folder named without one, or a missing one named with one, is refused."""
     given = str(path) if text is None else text.strip()
     if not given.endswith(("/", os.sep)):
         if path.is_dir():
             raise DSen2CRError(
-                f"{given}: is a folder; end it with a slash ({given.rstrip('/')}/) to write "
-                f"{FOLDER_NAMES[role].format(out.stem)} into it, or name an output file"
+                f"{given}: is a folder; end it with a slash ({given.rstrip('/')}/) to write {name} into it, or name "
+                "an output file"
             )
         return path
     if not path.is_dir():
         raise DSen2CRError(f"{given}: output folder does not exist")
-    return path / FOLDER_NAMES[role].format(out.stem)
+    return path / name
 
 
 def check_jobs(
