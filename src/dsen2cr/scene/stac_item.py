@@ -57,6 +57,8 @@ EDGE_POINTS = 4
 FOOTPRINT_PIXELS = 256
 #: How near 180° (degrees) a part of a footprint cut at the antimeridian reaches.
 ON_ANTIMERIDIAN = 1e-6
+#: ``raster:bands`` statistics and the GDAL band tags that hold them.
+STATISTICS = {key: f"STATISTICS_{key.upper()}" for key in ("minimum", "maximum", "mean", "stddev", "valid_percent")}
 
 
 def check_stac_item(job: SceneJob, product: S2Product) -> None:
@@ -70,13 +72,19 @@ def check_stac_item(job: SceneJob, product: S2Product) -> None:
         )
 
 
+def write_item(job: SceneJob, product: S2Product) -> None:
+    """Write the job's STAC item (:func:`scene_item`) under a temporary name, then rename it into place."""
+    assert job.stac_item is not None
+    write_text_atomic(job.stac_item, json.dumps(scene_item(job, product), indent=2) + "\n")
+
+
 def write_on_success(job: SceneJob, product: S2Product) -> Callable[..., bool]:
-    """An exit callback that writes the job's STAC item (:func:`scene_item`) when the block it guards succeeded:
+    """An exit callback that writes the job's STAC item (:func:`write_item`) when the block it guards succeeded:
     pushed on a scene's outputs before them, it runs once they are all in place."""
 
     def write(exc_type: type[BaseException] | None, *exc: object) -> bool:
-        if exc_type is None and job.stac_item is not None:
-            write_text_atomic(job.stac_item, json.dumps(scene_item(job, product), indent=2) + "\n")
+        if exc_type is None:
+            write_item(job, product)
         return False  # never swallow the block's error
 
     return write
@@ -91,7 +99,7 @@ def write_finished_item(job: SceneJob, product: S2Product | None) -> None:
     """Write the STAC item of a scene an earlier run finished without it (``--skip-existing``), from its files."""
     assert job.stac_item is not None and product is not None  # a finished scene's input was resolved
     check_output_file(job.stac_item, overwrite=False, kind="json")
-    write_on_success(job, product)(None)
+    write_item(job, product)
     log.info("wrote the STAC item %s of %s, which an earlier run finished (--skip-existing)", job.stac_item, job.out)
 
 
@@ -291,9 +299,7 @@ def _raster_bands(dataset: Any) -> list[dict[str, Any]]:
         if (scale, offset) != (1.0, 0.0):
             band |= {"scale": scale, "offset": offset}
         stats = dataset.tags(index)
-        named = {"minimum": "MINIMUM", "maximum": "MAXIMUM", "mean": "MEAN", "stddev": "STDDEV"}
-        named["valid_percent"] = "VALID_PERCENT"
-        found = {key: float(stats[f"STATISTICS_{tag}"]) for key, tag in named.items() if f"STATISTICS_{tag}" in stats}
+        found = {key: float(stats[tag]) for key, tag in STATISTICS.items() if tag in stats}
         if found:
             band["statistics"] = found
         bands.append(band)
