@@ -1386,10 +1386,94 @@ CASES += [
 ]
 
 
-def _sensed_scene(tmp: Path, *, empty: bool = False) -> Path:
+# ------------------------------------------------------------------------------------------------ --s1-max-days
+CASES += [
+    dict(
+        name="remove-clouds: S1 sensed 40 days from the scene, --s1-max-days 10",
+        setup=lambda t: _remove_to(
+            t, _sensed_scene(t), t / "o.tif", "--s1-max-days", "10", s1=_dated_s1(t, "2023-07-20T05:12:34Z"), sar=True
+        ),
+        message="s1.tif: sensed 2023-07-20T05:12:34Z, 39.8 days after S2 (2023-06-10T10:15:59Z), beyond --s1-max-days "
+        "10; give S1 sensed closer to the scene's date",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --s1-max-days with S1 whose date nothing says",
+        setup=lambda t: _remove_to(t, _sensed_scene(t), t / "o.tif", "--s1-max-days", "10", s1=t / "s1.tif", sar=True),
+        message="s1.tif: --s1-max-days 10: when S1 was sensed is unknown (no metadata says it, nor a date and time "
+        "such as 20170216T051234 in its name); give its STAC item, or tag the file (gdal_edit.py -mo "
+        "ACQUISITION_START_TIME=2017-02-16T05:12:34Z FILE)",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --s1-max-days with a scene whose date nothing says",
+        setup=lambda t: _remove_to(
+            t, t.scene()[0], t / "o.tif", "--s1-max-days", "10", s1=_dated_s1(t, "2023-06-08T05:12:34Z"), sar=True
+        ),
+        message="s2.tif: --s1-max-days 10: when the S2 scene was sensed is unknown",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: --s1-max-days -1",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", "--s1-max-days", "-1", s1=t / "s1.tif", sar=True),
+        message="--s1-max-days: must be 0 or more days, got -1.0",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: the second of two scenes has S1 too far in time (refused before the first runs)",
+        setup=lambda t: _second_scene_too_far(t),
+        message="far.tif: sensed 2023-06-08T05:12:34Z, 44.2 days before S2 (2023-07-22T10:15:59Z), beyond "
+        "--s1-max-days 10",
+        absent=("outdir/T32TPT_20230610T101559_10m_cloudfree.tif",),
+    ),
+    dict(
+        name="remove-clouds: an S1 pair of two acquisitions",
+        setup=lambda t: _remove_to(t, _sensed_scene(t), t / "o.tif", s1=_pair_of_two_dates(t), sar=True),
+        message="VV and VH were sensed at different times (VV 2023-06-08T05:12:34Z, VH 2023-06-20T05:12:34Z): an S1 "
+        "pair is the two polarisations of one acquisition",
+        absent=("o.tif",),
+    ),
+]
+
+
+def _dated_s1(tmp: Path, when: str, name: str = "s1.tif") -> Path:
+    """The test scene's S1 as ``name``, tagged as GDAL's Sentinel-1 driver tags a product's sensing start."""
+    _, s1 = tmp.scene()
+    dated = tmp / name
+    if dated != s1:
+        dated.write_bytes(s1.read_bytes())
+    with rasterio.open(dated, "r+") as dataset:
+        dataset.update_tags(ACQUISITION_START_TIME=when)
+    return dated
+
+
+def _second_scene_too_far(tmp: Path) -> list[str]:
+    """Two scenes into one folder, --s1-max-days 10: the first with S1 2.2 days before it, the second 44.2 days."""
+    first, second = _sensed_scene(tmp), _sensed_scene(tmp, name="T32TPT_20230722T101559_10m.tif")
+    near, far = (_dated_s1(tmp, "2023-06-08T05:12:34Z", name) for name in ("near.tif", "far.tif"))
+    (tmp / "outdir").mkdir()
+    args = _remove_to(tmp, first, tmp / "outdir", "--s1-max-days", "10", sar=True)
+    return [*args, "--s2", str(first), str(second), "--s1", str(near), str(far)]
+
+
+def _pair_of_two_dates(tmp: Path) -> str:
+    """A VV,VH pair of the test scene's S1 bands, named after two acquisitions 12 days apart."""
+    _, s1 = tmp.scene()
+    with rasterio.open(s1) as dataset:
+        data = dataset.read()
+    names = (
+        "S1A_IW_20230608T051234_DVP_RTC10_G_gpuned_5F3A_VV.tif",
+        "S1A_IW_20230620T051234_DVP_RTC10_G_gpuned_77C1_VH.tif",
+    )
+    for index, name in enumerate(names):
+        write_geotiff(tmp / name, data[index : index + 1], crs=UTM32N, transform=ORIGIN)
+    return ",".join(str(tmp / name) for name in names)
+
+
+def _sensed_scene(tmp: Path, *, empty: bool = False, name: str = "T32TPT_20230610T101559_10m.tif") -> Path:
     """The test scene (``empty``: all nodata) under a Sentinel-2 name, which says when it was sensed."""
     s2, _ = tmp.scene(s2=np.zeros((13, 40, 50), np.uint16) if empty else None)
-    named = tmp / "T32TPT_20230610T101559_10m.tif"
+    named = tmp / name
     named.write_bytes(s2.read_bytes())
     return named
 

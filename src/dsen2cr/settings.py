@@ -95,6 +95,7 @@ class SceneSettings:
     memory_gib: float | None = None  # None: the device's budget (dsen2cr.auto.memory_budget)
     resampling: str = "nearest"
     s1_linear: bool = False
+    s1_max_days: float | None = None  # S1 sensed further from the scene is refused (None: warned beyond 12 days)
     s2_offset: int | None = None
     # the part of each scene to process: left, bottom, right, top in bounds_crs (None: the scene's own CRS)
     bounds: tuple[float, float, float, float] | None = None
@@ -137,6 +138,8 @@ class SceneSettings:
             raise DSen2CRError(f"--overlap: must be 0 or more pixels, got {self.overlap}")
         if self.batch_size != "auto" and not (_is_int(self.batch_size) and int(self.batch_size) >= 1):
             raise DSen2CRError(f"--batch-size: must be at least 1, got {self.batch_size}")
+        if self.s1_max_days is not None and not (math.isfinite(self.s1_max_days) and self.s1_max_days >= 0):
+            raise DSen2CRError(f"--s1-max-days: must be 0 or more days, got {self.s1_max_days}")
         if self.memory_gib is not None and not (math.isfinite(self.memory_gib) and self.memory_gib > 0):
             raise DSen2CRError(f"--memory: must be a positive number of GiB, got {self.memory_gib}")
         if not (_is_int(self.feather) and self.feather >= 0):

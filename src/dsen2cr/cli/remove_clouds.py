@@ -71,6 +71,13 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         "items declare theirs",
     )
     parser.add_argument(
+        "--s1-max-days",
+        type=finite_float,
+        metavar="DAYS",
+        help="refuse a scene whose S1 was sensed more than DAYS from it, or when either date is unknown, before "
+        "any work (default: beyond 12 days a warning; the outputs record S1's date and its distance from S2)",
+    )
+    parser.add_argument(
         "--manifest",
         help="CSV with columns s2,s1,out[,mask_out,preview,uncertainty_out,stac_item,bounds,bounds_crs] (instead of "
         "--s2/--s1/--out; a row's bounds, LEFT BOTTOM RIGHT TOP apart by spaces, instead of --bounds)",

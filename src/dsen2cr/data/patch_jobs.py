@@ -131,7 +131,7 @@ def check_patch_jobs(jobs: list[PatchJob], out: str | Path, options: PatchOption
                     opened.callback(source.close)
                 grid = sources[0].grid
                 _, windows = scene_windows(job.scenes, grid, options.size, warn=False)  # (warned when cut)
-                tags = recorded_tags(job.scenes, sources[0], sources[1], options.max_target_cloud)
+                tags = recorded_tags(job.scenes, *sources, options.max_target_cloud)
             folders, names = roi_outputs(out, season, job.roi, [number for number, _ in windows])
             keep = options.skip_existing and keeps_earlier_patches(
                 folders, names, tags, grid, windows, job.roi, overwrite=options.overwrite

@@ -221,7 +221,7 @@ def cut_patches(
                 folder.mkdir(parents=True)
                 stack.callback(_remove_if_empty, folder)  # a failed run leaves no empty folder (season, root)
         stack.enter_context(output_locks(folders))
-        tags = recorded_tags(scenes, cloudy, clear, max_target_cloud)
+        tags = recorded_tags(scenes, cloudy, clear, sar, max_target_cloud)
         keep = skip_existing and keeps_earlier_patches(folders, names, tags, grid, windows, roi, overwrite=overwrite)
         check_roi_outputs(folders, names, roi, overwrite=overwrite, keep_earlier=keep)
         what = f"the patches of ROI {roi}"
@@ -283,12 +283,12 @@ def _left_out_because(
 
 
 def recorded_tags(
-    scenes: SceneTriplet, cloudy: S2Source, clear: S2Source, max_target_cloud: float
+    scenes: SceneTriplet, cloudy: S2Source, clear: S2Source, sar: S1Source, max_target_cloud: float
 ) -> dict[str, dict[str, str]]:
     """What each sensor's patch files record of how they were read and chosen (but their window): the scenes' file
     names (``DSEN2CR_SOURCE``), the S2 values' meaning and the products' level, baseline, offsets removed and
-    resampling (:func:`~dsen2cr.inputs.provenance.s2_read_tags`), S1's units, and on the target's the cloud limit
-    it passed (``--max-target-cloud``); compared by ``--skip-existing``."""
+    resampling (:func:`~dsen2cr.inputs.provenance.s2_read_tags`), when each scene was sensed, S1's units, and on the
+    target's the cloud limit it passed (``--max-target-cloud``); compared by ``--skip-existing``."""
     radiometry = {"DSEN2CR_RADIOMETRY": "offset-free reflectance x 10000"}
     return {
         "s2_cloudy": {"DSEN2CR_SOURCE": Path(scenes.s2_cloudy).name, **radiometry, **s2_read_tags(cloudy)},
@@ -301,6 +301,7 @@ def recorded_tags(
         "s1": {
             "DSEN2CR_SOURCE": ",".join(Path(part).name for part in s1_parts(scenes.s1)),
             **s1_units_tags(scenes.s1_linear),
+            "DSEN2CR_SENSING_TIME": sar.sensing_time or "unknown",
         },
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.product import L2A_BANDS, S2Product, sensing_time_text
@@ -22,19 +23,26 @@ def geotiff_s2(path: Path, offset: int | None) -> S2Product:
 
     with open_raster(path, what="S2") as dataset:
         count = dataset.count
-        tags = dataset.tags()
-        said = [tags.get(name) for name in SENSING_TIME_TAGS]
-        said.append(dataset.tags(ns="IMAGERY").get("ACQUISITIONDATETIME"))
+        sensing_time = tagged_sensing_time(dataset, SENSING_TIME_TAGS)
     if count not in (len(S2_BANDS), len(L2A_BANDS)):
         raise DSen2CRError(
             f"{path}: S2 has {count} bands, expected 13 (L1C: B1 ... B12, B8A) or 12 (L2A: the same without B10)"
         )
     level = "L1C" if count == len(S2_BANDS) else "L2A"
     product = S2Product(str(path), list(S2_BANDS if level == "L1C" else L2A_BANDS), [str(path)], level)
-    product.sensing_time = next(filter(None, map(sensing_time_text, said)), None)
+    product.sensing_time = sensing_time
     if offset is not None:
         product.offsets, product.offset_from = [offset] * count, "option"
     return product
+
+
+def tagged_sensing_time(dataset: Any, names: tuple[str, ...]) -> str | None:
+    """When an open raster's scene was sensed, from the first of its tags ``names`` that holds a date and time
+    (:func:`~dsen2cr.inputs.product.sensing_time_text`), then GDAL's ``IMAGERY`` domain's ``ACQUISITIONDATETIME``;
+    None when none does."""
+    tags = dataset.tags()
+    said = [tags.get(name) for name in names] + [dataset.tags(ns="IMAGERY").get("ACQUISITIONDATETIME")]
+    return next(filter(None, map(sensing_time_text, said)), None)
 
 
 def stack_pair(vv: str, vh: str, source: str, *, named: bool = False) -> str:

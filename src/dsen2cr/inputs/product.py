@@ -72,14 +72,16 @@ def is_url(text: str) -> bool:
 
 #: An ISO 8601 date and time as product metadata and STAC items write them (``2017-02-16T10:21:01.026Z``).
 _ISO_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?")
-#: The stamp of Sentinel-2 product and band file names (``S2A_MSIL1C_20170216T102101_N0204_…``,
-#: ``T33UUU_20170216T102101_B01.jp2``): the first in a name is the datatake's sensing start.
+#: The stamp of Sentinel product and file names (``S2A_MSIL1C_20170216T102101_N0204_…``,
+#: ``T33UUU_20170216T102101_B01.jp2``, ``S1A_IW_GRDH_1SDV_20170216T051234_20170216T051259_…``,
+#: ``S1A_IW_20170216T051234_DVP_RTC30_G_gpuned_5F3A_VV.tif``): the first in a name is the sensing start.
 _NAME_TIME = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})(?!\d)")
 
 
-def sensing_time_text(text: str | None) -> str | None:
-    """An ISO 8601 date and time (a zone other than UTC converted; none: UTC) as ``2017-02-16T10:21:01.026Z``, or
-    None when ``text`` is not one (or not a real date)."""
+def _parse_time(text: str | None) -> tuple[datetime, str] | None:
+    """The moment an ISO 8601 date and time names, to the second, in UTC (a zone other than UTC converted; none:
+    UTC), and its fraction of a second as written (``026``, or empty), or None when ``text`` is not one (or not a
+    real date)."""
     match = _ISO_TIME.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None:
         return None
@@ -93,12 +95,40 @@ def sensing_time_text(text: str | None) -> str | None:
         sign = 1 if zone[0] == "+" else -1
         hours, minutes = int(zone[1:3]), int(zone[-2:])
         moment -= sign * timedelta(hours=hours, minutes=minutes)
+    return moment, fraction
+
+
+def sensing_time_text(text: str | None) -> str | None:
+    """An ISO 8601 date and time (a zone other than UTC converted; none: UTC) as ``2017-02-16T10:21:01.026Z``, or
+    None when ``text`` is not one (or not a real date)."""
+    parsed = _parse_time(text)
+    if parsed is None:
+        return None
+    moment, fraction = parsed
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
 
 
+def sensing_moment(text: str | None) -> datetime | None:
+    """The moment an ISO 8601 date and time names, in UTC to the microsecond, or None (:func:`sensing_time_text`)."""
+    parsed = _parse_time(text)
+    if parsed is None:
+        return None
+    moment, fraction = parsed
+    return moment + timedelta(microseconds=int(fraction[:6].ljust(6, "0")))
+
+
+def days_between(earlier: str, later: str) -> float:
+    """The days from one sensing time (:func:`sensing_time_text`'s form) to another: negative when ``later``
+    comes first."""
+    first, second = sensing_moment(earlier), sensing_moment(later)
+    assert first is not None and second is not None, (earlier, later)
+    return (second - first).total_seconds() / 86400
+
+
 def sensing_time_of_name(name: str) -> str | None:
-    """The sensing time that a Sentinel-2 product or band file name holds (its first ``YYYYMMDDTHHMMSS``), in
-    the form of :func:`sensing_time_text`, or None."""
+    """The sensing time that a Sentinel product or file name holds (its first ``YYYYMMDDTHHMMSS``: a Sentinel-2
+    product's or band file's, a Sentinel-1 product's or an RTC file's), in the form of :func:`sensing_time_text`, or
+    None."""
     match = _NAME_TIME.search(name)
     if match is None:
         return None

@@ -146,7 +146,7 @@ def stac_s2(location: str) -> S2Product:
     files = [_asset_href(assets[band][1], base) for band in wanted]
     baseline = properties.get("s2:processing_baseline")
     product = S2Product(location, list(wanted), files, level, baseline=str(baseline) if baseline else None)
-    product.sensing_time = sensing_time_text(properties.get("datetime") or properties.get("start_datetime"))
+    product.sensing_time = _item_time(properties)
     scl = next(
         (asset for key, asset in item["assets"].items() if key.lower() == "scl" and isinstance(asset, dict)), None
     )
@@ -157,6 +157,20 @@ def stac_s2(location: str) -> S2Product:
         offsets.append(_stac_offset(assets[band][1], product.baseline, location, assets[band][0]))
     product.offsets, product.offset_from = offsets, "stac"
     return product
+
+
+def _item_time(properties: object) -> str | None:
+    """When an item's scene was sensed: its ``datetime``, else its ``start_datetime`` (an item of a time span has
+    a null ``datetime``); None when neither holds a date and time."""
+    if not isinstance(properties, dict):
+        return None
+    return sensing_time_text(properties.get("datetime") or properties.get("start_datetime"))
+
+
+def item_sensing_time(location: str) -> str | None:
+    """When the scene of the STAC item at ``location`` was sensed (:func:`_item_time`), or None."""
+    item, _ = _read_item(location)
+    return _item_time(item.get("properties"))
 
 
 def _stac_offset(asset: dict, baseline: str | None, location: str, key: str) -> int:

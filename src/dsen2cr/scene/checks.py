@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs
+from dsen2cr.inputs.s1_time import check_s1_gap, s1_sensing_time
 from dsen2cr.outputs.cog_stream import streams
 from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
 from dsen2cr.outputs.room import StagedOutput, check_room, staged_bytes
@@ -37,7 +38,7 @@ def job_outputs(job: SceneJob) -> list[tuple[str, Path]]:
 def check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, product: S2Product) -> None:
     """What can be refused before any input is opened: outputs that cannot be written or would replace an
     input (any file the scene reads) or each other, a missing S1, a STAC item of a scene whose sensing time is
-    unknown."""
+    unknown, S1 sensed further from the scene than ``--s1-max-days`` (or at a time nothing says, then)."""
     check_distinct_outputs(job_outputs(job), local_inputs(job.s2, job.s1, product))
     for role, path in job_outputs(job):
         check_output_file(path, overwrite=settings.overwrite, kind=OUTPUT_KINDS[role])
@@ -53,6 +54,15 @@ def check_job(predictor: Predictor, job: SceneJob, settings: SceneSettings, prod
             f"{job.s2}: these weights need SAR input; pass --s1 (an s1 in the job in Python): VV, VH in dB on or "
             "near the S2 grid"
         )
+    if predictor.include_sar:
+        check_s1_date(job, product, settings)
+
+
+def check_s1_date(job: SceneJob, product: S2Product, settings: SceneSettings) -> None:
+    """``--s1-max-days``: refuse S1 sensed further from the scene (or when either date is unknown); nothing
+    without the option or without S1."""
+    if job.s1 is not None and settings.s1_max_days is not None:
+        check_s1_gap(job.s2, job.s1, product.sensing_time, s1_sensing_time(job.s1), settings.s1_max_days)
 
 
 def check_settings_fit(predictor: Predictor, settings: SceneSettings) -> None:

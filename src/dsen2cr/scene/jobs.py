@@ -28,7 +28,13 @@ from dsen2cr.outputs.files import (
 from dsen2cr.outputs.finisher import OutputFinisher, completes_in_background
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.predictor import Predictor, load_network, predictor_for_plan
-from dsen2cr.scene.checks import OUTPUT_KINDS, check_uncertainty_output, check_uncertainty_parts, job_outputs
+from dsen2cr.scene.checks import (
+    OUTPUT_KINDS,
+    check_s1_date,
+    check_uncertainty_output,
+    check_uncertainty_parts,
+    job_outputs,
+)
 from dsen2cr.scene.done import finished_jobs
 from dsen2cr.scene.journal import check_no_journal
 from dsen2cr.scene.remove import SceneReport, remove_clouds
@@ -217,10 +223,11 @@ def run_scene_jobs(
 
 
 def _plan_and_predictor(
-    mine: list[SceneJob], areas: list[SceneArea | None], settings: SceneSettings
+    mine: list[SceneJob], products: list[S2Product | None], areas: list[SceneArea | None], settings: SceneSettings
 ) -> tuple[ScenePlan, Predictor]:
     """Load the weights (several: an ensemble, :mod:`dsen2cr.ensemble`), refuse what the jobs ask of them before
-    any decision is printed (tiles, backend), then plan the run and build the predictor."""
+    any decision is printed (tiles, backend; S1 too far in time from a scene, before the first runs), then plan the
+    run and build the predictor."""
     device = resolve_device(settings.device)
     networks = [load_network(weights, device=device) for weights in settings.weights_files]
     check_same_inputs(list(settings.weights_files), [network.config.include_sar for network in networks])
@@ -232,6 +239,10 @@ def _plan_and_predictor(
             f"{without_s1[0]}: these weights need SAR input; pass --s1 (or an s1 column in the manifest): VV, VH "
             "in dB on or near the S2 grid"
         )
+    if any(network.config.include_sar for network in networks):
+        for job, product in zip(mine, products, strict=True):
+            if product is not None:
+                check_s1_date(job, product, settings)
     if len({network.onnx for network in networks}) > 1:
         raise DSen2CRError("--weights: an ensemble's members are all ONNX files or all PyTorch weights, not both")
     single = len(networks) == 1
@@ -255,7 +266,7 @@ def _run_my_jobs(
     settings: SceneSettings,
 ) -> Iterator[SceneReport]:
     """Run this rank's jobs (checked, their inputs resolved, their outputs locked) with one predictor."""
-    plan, predictor = _plan_and_predictor(mine, areas, settings)
+    plan, predictor = _plan_and_predictor(mine, products, areas, settings)
     finisher = OutputFinisher(background=completes_in_background(predictor.device))
     try:
         for job, product in zip(mine, products, strict=True):

@@ -19,6 +19,7 @@ from dsen2cr.auto import plan_scene_run
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.inputs import S2Product, resolve_s2
 from dsen2cr.inputs.area import area_grid, area_tags, area_window
+from dsen2cr.inputs.provenance import s1_time_tags
 from dsen2cr.inputs.readers import Grid, scene_grid
 from dsen2cr.onnx_runtime import OnnxPredictor
 from dsen2cr.outputs.finisher import completes_in_background
@@ -166,6 +167,8 @@ def _remove_scene(
             tags = journal.tags(tags) if journal is not None else tags
             fill = inputs.s1_fill() if fraction > 0 else None  # asked for by the holes already: no second pass
             tags |= scene_tags(job, plan, exact, fraction, fill)
+            if inputs.s1 is not None:
+                tags |= s1_time_tags(product.sensing_time, inputs.s1.sensing_time)
             recorded_area = area_tags(area, inputs.grid, bounds)
             tags |= recorded_area
             for dataset in filter(None, (writer.cog, writer.sigma)):

@@ -15,6 +15,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
+from dsen2cr.inputs.s1_time import report_s1_gap
 from dsen2cr.predictor import Predictor
 from dsen2cr.scene.masking import SceneMasker
 from dsen2cr.settings import SceneJob, ScenePlan
@@ -64,6 +65,7 @@ def open_scene_inputs(
         if predictor.include_sar:
             assert job.s1 is not None  # checked in check_job
             inputs.s1 = S1Source(job.s1, s2.grid, linear=settings.s1_linear)
+            report_s1_gap(job.s1, product.sensing_time, inputs.s1.sensing_time, warn=settings.s1_max_days is None)
             # computed the first time a hole needs it (on the thread that reads S1), then kept: S1 without holes is
             # never read whole for it (a pass over all of S1: some 11 s for a full tile warped onto its grid here)
             inputs.s1_fill = functools.cache(functools.partial(s1_scene_mean, inputs.s1, s2.grid.height, s2.grid.width))

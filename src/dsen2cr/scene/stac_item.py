@@ -20,6 +20,7 @@ from rasterio.warp import transform_geom
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, is_stac, s1_parts
+from dsen2cr.inputs.s1_time import gap_text
 from dsen2cr.outputs.files import check_output_file, write_text_atomic
 from dsen2cr.settings import SceneJob
 from dsen2cr.version import __version__
@@ -309,8 +310,12 @@ def _raster_bands(dataset: Any) -> list[dict[str, Any]]:
 def _lineage(tags: dict[str, str]) -> str:
     """What made the image, in words, from its tags."""
     s1 = tags.get("DSEN2CR_S1", "none")
+    sar = f"with S1 {s1}" if s1 != "none" else "without SAR"
+    gap = tags.get("DSEN2CR_S1_DAYS_FROM_S2", "unknown")
+    if s1 != "none" and gap != "unknown":  # an image of an earlier version has no such tag
+        sar += f" (sensed {tags.get('DSEN2CR_S1_SENSING_TIME')}, {gap_text(float(gap))})"
     return (
-        f"Clouds removed from {tags.get('DSEN2CR_S2')} {'with S1 ' + s1 if s1 != 'none' else 'without SAR'} by the "
+        f"Clouds removed from {tags.get('DSEN2CR_S2')} {sar} by the "
         f"DSen2-CR network (Meraner et al., ISPRS 2020), model {tags.get('DSEN2CR_MODEL')}, weights "
         f"{tags.get('DSEN2CR_WEIGHTS')} (SHA-256 {tags.get('DSEN2CR_WEIGHTS_SHA256')}), precision "
         f"{tags.get('DSEN2CR_PRECISION')}, --keep-clear {tags.get('DSEN2CR_KEEP_CLEAR')}"

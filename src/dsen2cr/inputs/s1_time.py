@@ -1,0 +1,108 @@
+"""When S1 was sensed, and how far in time it lies from the S2 scene it stands in for under the clouds
+(docs/design.md §4.5). DSen2-CR takes S1 of about the scene's date: what the network puts under a cloud follows
+the ground as S1 saw it, so the further apart the two, the more that ground may have changed (a harvest, a flood,
+snow)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs import is_stac, s1_parts
+from dsen2cr.inputs.geotiff import tagged_sensing_time
+from dsen2cr.inputs.product import days_between, sensing_time_of_name
+from dsen2cr.inputs.stac import item_sensing_time
+
+log = logging.getLogger(__name__)
+
+#: Metadata that says when an S1 file was sensed: a dsen2cr patch's, then what GDAL's SAFE (Sentinel-1) driver
+#: reads from a product, which exports made with GDAL carry on.
+S1_SENSING_TIME_TAGS = ("DSEN2CR_SENSING_TIME", "ACQUISITION_START_TIME")
+#: Beyond this many days between S1 and S2 a run warns: one Sentinel-1 satellite passes over a place every 12 days
+#: (two of them every 6), so an acquisition closer in time most likely exists.
+GAP_WARNING_DAYS = 12.0
+#: VV and VH of one acquisition were sensed together; an S1 pair whose files say times further apart is two.
+PAIR_SECONDS = 3600.0
+
+
+def s1_sensing_time(s1: str) -> str | None:
+    """When the S1 that an ``--s1`` value names was sensed (ISO 8601 in UTC), or None when nothing says: an S1 STAC
+    item's ``datetime`` (else ``start_datetime``); a file's metadata (:data:`S1_SENSING_TIME_TAGS`, the ``IMAGERY``
+    domain's ``ACQUISITIONDATETIME``), else the first ``YYYYMMDDTHHMMSS`` of its name (a product's, an RTC
+    file's). A ``VV,VH`` pair whose two files say times more than an hour apart is refused (two acquisitions)."""
+    if is_stac(s1):
+        return item_sensing_time(s1)
+    parts = s1_parts(s1)
+    times = [_file_sensing_time(part) for part in parts]
+    known = [time for time in times if time is not None]
+    if len(known) == 2 and abs(days_between(known[0], known[1])) * 86400 > PAIR_SECONDS:
+        raise DSen2CRError(
+            f"{s1}: VV and VH were sensed at different times (VV {known[0]}, VH {known[1]}): an S1 pair is the two "
+            "polarisations of one acquisition"
+        )
+    return known[0] if known else None
+
+
+def _file_sensing_time(path: str) -> str | None:
+    """When an S1 file was sensed, by its metadata, else by its name; None when neither says."""
+    from dsen2cr.rasters import open_raster
+
+    with open_raster(path, what="S1") as dataset:
+        tagged = tagged_sensing_time(dataset, S1_SENSING_TIME_TAGS)
+    return tagged or sensing_time_of_name(Path(path).name)
+
+
+def s1_gap_days(s2_time: str | None, s1_time: str | None) -> float | None:
+    """The days from the S2 scene's sensing to S1's (negative: S1 sensed first), or None when either is unknown."""
+    return None if s2_time is None or s1_time is None else days_between(s2_time, s1_time)
+
+
+def gap_text(gap: float) -> str:
+    """A gap of :func:`s1_gap_days` in words: ``2.2 days before S2``, ``0.5 days after S2``."""
+    return f"{abs(gap):.1f} days {'before' if gap < 0 else 'after'} S2"
+
+
+def check_s1_gap(s2: str, s1: str, s2_time: str | None, s1_time: str | None, max_days: float) -> None:
+    """Refuse S1 sensed more than ``max_days`` from the S2 scene (``--s1-max-days``), or a pair of which either
+    time is unknown (the promise cannot be checked), saying how to give it."""
+    option = f"--s1-max-days {max_days:g}"
+    if s2_time is None:
+        raise DSen2CRError(
+            f"{s2}: {option}: when the S2 scene was sensed is unknown (no metadata says it, nor a Sentinel-2 date and "
+            "time such as 20170216T102101 in its name); give the product itself, or tag the file (gdal_edit.py -mo "
+            "PRODUCT_START_TIME=2017-02-16T10:21:01Z FILE)"
+        )
+    if s1_time is None:
+        raise DSen2CRError(
+            f"{s1}: {option}: when S1 was sensed is unknown (no metadata says it, nor a date and time such as "
+            "20170216T051234 in its name); give its STAC item, or tag the file (gdal_edit.py -mo "
+            "ACQUISITION_START_TIME=2017-02-16T05:12:34Z FILE)"
+        )
+    gap = days_between(s2_time, s1_time)
+    if abs(gap) > max_days:
+        raise DSen2CRError(
+            f"{s1}: sensed {s1_time}, {gap_text(gap)} ({s2_time}), beyond {option}; give S1 sensed closer to the "
+            "scene's date"
+        )
+
+
+def report_s1_gap(s1: str, s2_time: str | None, s1_time: str | None, *, warn: bool = True) -> None:
+    """Say when S1 was sensed and how far from S2 (a debug line when unknown); warn (``warn``) beyond
+    :data:`GAP_WARNING_DAYS`."""
+    gap = s1_gap_days(s2_time, s1_time)
+    if gap is None:
+        log.debug("S1 %s: when it or the S2 scene was sensed is unknown; their distance in time is not known", s1)
+        return
+    if warn and abs(gap) > GAP_WARNING_DAYS:
+        log.warning(
+            "%s: S1 sensed %s, %s (%s): the network fills the clouds with the ground as S1 saw it then; Sentinel-1 "
+            "passes every 6 to 12 days, so S1 closer in time most likely exists (--s1-max-days refuses pairs "
+            "further apart)",
+            s1,
+            s1_time,
+            gap_text(gap),
+            s2_time,
+        )
+    else:
+        log.info("S1: sensed %s, %s", s1_time, gap_text(gap))
