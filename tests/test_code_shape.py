@@ -18,6 +18,7 @@ LAYERS = [
     ["evaluate", "compare"],
     ["evaluation_progress"],  # an evaluation's scored batches as they are scored (evaluate --resume)
     ["training"],
+    ["scene.dry_run"],  # remove-clouds --dry-run: every scene checked as its run would, nothing written
     ["scene.jobs", "scene.arrays"],
     ["scene.done"],  # scenes an earlier run finished (--skip-existing)
     ["scene.remove", "scene.checks", "scene.sources"],

@@ -241,6 +241,13 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         "a full tile; removed once the scene is written) so that a stopped scene goes on with --resume; auto: on "
         "a CPU for a scene whose network takes more than about 10 minutes (default: %(default)s)",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every scene as its run would before its first window (outputs, inputs opened and sampled, S1's "
+        "date, disk room) and say what it would write; a refused scene is listed and the rest checked; nothing is "
+        "written, the network is not run (exit 2 if any scene would be refused)",
+    )
 
 
 def jobs_from_arguments(
@@ -313,6 +320,9 @@ def run(args: argparse.Namespace) -> int:
         stac_item=args.stac_item,
     )
     manifest = (Path(args.manifest),) if args.manifest else ()
+    if args.dry_run:
+        _dry_run(jobs, settings, manifest)
+        return 0
     with time_limit_warning(stops=settings.resume) as slurm_job:
         try:
             _run_and_report(jobs, settings, manifest)
@@ -336,6 +346,27 @@ def _run_and_report(jobs: list[SceneJob], settings: SceneSettings, manifest: tup
             + (f", {report.resumed} predicted by a stopped run)" if report.resumed else ")")
             + _also_written(job_of.get(report.out))
         )
+
+
+def _dry_run(jobs: list[SceneJob], settings: SceneSettings, manifest: tuple[Path, ...]) -> None:
+    """``--dry-run``: a line for each scene (``would write OUT: …``, or ``refused: REASON``); refused scenes end it
+    with an error that counts them."""
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.scene.dry_run import dry_run_scene_jobs
+
+    checks = dry_run_scene_jobs(jobs, settings, extra_inputs=manifest)
+    for check in checks:
+        if check.refused is not None:
+            print(f"refused: {check.refused}")
+        else:
+            print(f"would write {check.job.out}: {check.said}{_also_written(check.job)}")
+    refused = sum(check.refused is not None for check in checks)
+    if refused:
+        raise DSen2CRError(
+            f"--dry-run: {refused} of {len(checks)} scene{'s' if len(checks) != 1 else ''} would be refused (listed "
+            "above); nothing was written"
+        )
+    print(f"dry run: {len(checks)} scene{'s' if len(checks) != 1 else ''} checked; nothing was written")
 
 
 def _also_written(job: SceneJob | None) -> str:

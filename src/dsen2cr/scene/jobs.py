@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,12 +168,24 @@ def _resolve(job: SceneJob, settings: SceneSettings) -> tuple[S2Product | None, 
     return product, (grid.height, grid.width, area_window(grid, scene_bounds(job, settings), job.s2, warn=False))
 
 
-def run_scene_jobs(
-    jobs: list[SceneJob], settings: SceneSettings, *, extra_inputs: tuple[Path, ...] = ()
-) -> Iterator[SceneReport]:
-    """Process this rank's share of ``jobs`` with one predictor and one plan (made for the scenes' sizes).
-    Every job is checked first (:func:`check_jobs`; ``extra_inputs`` such as the manifest must not be
-    overwritten either); each scene's S2 input is resolved once."""
+@dataclass
+class CheckedJobs:
+    """A run's jobs, checked (:func:`check_jobs`), and this process's share of them: ``mine`` to run, ``items`` finished
+    but for the STAC item asked for; each job's S2 input resolved once, with its area (None: unresolved, its run
+    reports why)."""
+
+    jobs: list[SceneJob]
+    products: list[S2Product | None]
+    areas: list[SceneArea | None]
+    finished: list[bool]
+    mine: list[int]
+    items: list[int]
+
+
+def checked_jobs(jobs: list[SceneJob], settings: SceneSettings, extra_inputs: tuple[Path, ...] = ()) -> CheckedJobs:
+    """Check every job before the first scene runs (:func:`check_jobs`; ``extra_inputs`` such as the manifest must
+    not be overwritten either), resolve each scene's S2 input once, and take this rank's share: torchrun's ranks or
+    an srun step's tasks split the scenes; with ``--skip-existing`` those an earlier run finished are skipped."""
     if settings.weights is None:
         raise DSen2CRError("remove-clouds: --weights is required")
     if settings.uncertainty_parts and all(job.uncertainty_out is None for job in jobs):
@@ -180,16 +193,16 @@ def run_scene_jobs(
             "--uncertainty-parts: needs --uncertainty-out (or a manifest's uncertainty_out column), the sigma file "
             "that holds the parts"
         )
-    launch = this_launch()  # torchrun's ranks or an srun step's tasks split the scenes
+    launch = this_launch()
     rank, world = launch.rank, launch.world
     resolved = [_resolve(job, settings) for job in jobs]
-    all_products = [product for product, _ in resolved]
-    finished = finished_jobs(jobs, all_products, settings) if settings.skip_existing else [False] * len(jobs)
+    products = [product for product, _ in resolved]
+    finished = finished_jobs(jobs, products, settings) if settings.skip_existing else [False] * len(jobs)
     # the ranks split the whole list (what an earlier run finished does not move a scene to another rank)
     share = range(rank, len(jobs), world)
     check_jobs(
         jobs,
-        all_products,
+        products,
         weights=settings.weights_files,
         overwrite=settings.overwrite,
         extra_inputs=list(extra_inputs),
@@ -203,31 +216,46 @@ def run_scene_jobs(
     items = [index for index in share if finished[index] and missing_item(jobs[index])]
     if world > 1:
         log.info("%s: rank %d of %d takes %d of the %d scenes", launch.launcher, rank, world, len(mine), len(jobs))
+    return CheckedJobs(jobs, products, [area for _, area in resolved], finished, mine, items)
+
+
+def run_scene_jobs(
+    jobs: list[SceneJob], settings: SceneSettings, *, extra_inputs: tuple[Path, ...] = ()
+) -> Iterator[SceneReport]:
+    """Process this rank's share of ``jobs`` (:func:`checked_jobs`) with one predictor and one plan (made for the
+    scenes' sizes)."""
+    checked = checked_jobs(jobs, settings, extra_inputs)
+    mine, items = checked.mine, checked.items
     if not mine and not items:
         return
     locked = [path for index in mine for _, path in job_outputs(jobs[index])]
     locked += [path for index in items for role, path in job_outputs(jobs[index]) if role == "stac_item"]
     with output_locks(locked, each_process=True):
         for index in items:
-            write_finished_item(jobs[index], all_products[index])
+            write_finished_item(jobs[index], checked.products[index])
         if not mine:
             return
         for index in mine:  # under this run's locks: a journal is a stopped run's, not a running one's
             check_no_journal(jobs[index].out, resume=settings.resume, overwrite=settings.overwrite)
         yield from _run_my_jobs(
             [jobs[index] for index in mine],
-            [all_products[index] for index in mine],
-            [resolved[index][1] for index in mine],
+            [checked.products[index] for index in mine],
+            [checked.areas[index] for index in mine],
             settings,
         )
 
 
-def _plan_and_predictor(
-    mine: list[SceneJob], products: list[S2Product | None], areas: list[SceneArea | None], settings: SceneSettings
+def plan_and_predictor(
+    mine: list[SceneJob],
+    products: list[S2Product | None],
+    areas: list[SceneArea | None],
+    settings: SceneSettings,
+    *,
+    check_dates: bool = True,
 ) -> tuple[ScenePlan, Predictor]:
     """Load the weights (several: an ensemble, :mod:`dsen2cr.ensemble`), refuse what the jobs ask of them before
-    any decision is printed (tiles, backend; S1 too far in time from a scene, before the first runs), then plan the
-    run and build the predictor."""
+    any decision is printed (tiles, backend; with ``check_dates``, S1 too far in time from a scene, before the first
+    runs), then plan the run and build the predictor."""
     device = resolve_device(settings.device)
     networks = [load_network(weights, device=device) for weights in settings.weights_files]
     check_same_inputs(list(settings.weights_files), [network.config.include_sar for network in networks])
@@ -239,7 +267,7 @@ def _plan_and_predictor(
             f"{without_s1[0]}: these weights need SAR input; pass --s1 (or an s1 column in the manifest): VV, VH "
             "in dB on or near the S2 grid"
         )
-    if any(network.config.include_sar for network in networks):
+    if check_dates and any(network.config.include_sar for network in networks):
         for job, product in zip(mine, products, strict=True):
             if product is not None:
                 check_s1_date(job, product, settings)
@@ -266,7 +294,7 @@ def _run_my_jobs(
     settings: SceneSettings,
 ) -> Iterator[SceneReport]:
     """Run this rank's jobs (checked, their inputs resolved, their outputs locked) with one predictor."""
-    plan, predictor = _plan_and_predictor(mine, products, areas, settings)
+    plan, predictor = plan_and_predictor(mine, products, areas, settings)
     finisher = OutputFinisher(background=completes_in_background(predictor.device))
     try:
         for job, product in zip(mine, products, strict=True):

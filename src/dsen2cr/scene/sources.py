@@ -42,10 +42,11 @@ class SceneInputs:
 
 @contextlib.contextmanager
 def open_scene_inputs(
-    predictor: Predictor, job: SceneJob, plan: ScenePlan, product: S2Product, area: Window
+    predictor: Predictor, job: SceneJob, plan: ScenePlan, product: S2Product, area: Window, *, checking: bool = False
 ) -> Iterator[SceneInputs]:
     """Open S2 (resolved once: ``product``), S1 warped onto its grid, and the masker (the paper mask's statistics
-    of the whole scene, or of ``area`` with ``--mask-statistics area``); close them all on the way out."""
+    of the whole scene, or of ``area`` with ``--mask-statistics area``); close them all on the way out. ``checking``:
+    opened for their checks alone (``--dry-run``): no paper masker, whose statistics pass reads the whole scene."""
     settings = plan.settings
     s2 = S2Source(product, resampling=settings.resampling, band_threads=plan.band_threads)
     inputs = SceneInputs(s2)
@@ -55,7 +56,8 @@ def open_scene_inputs(
                 f"{s2.name}: --keep-clear keeps input pixels bit for bit, but S2 is {s2.dtype} and the output "
                 "is uint16; convert the input to uint16 DN first"
             )
-        if settings.keep_clear or job.mask_out is not None or job.preview is not None or settings.mask != "paper":
+        needs_mask = settings.keep_clear or job.mask_out is not None or job.preview is not None
+        if (needs_mask and not (checking and settings.mask == "paper")) or settings.mask != "paper":
             # its own file handles: the batch loop's reader thread owns ``s2`` while the loop runs; its statistics
             # pass reads the whole scene before the first map, on as many threads as the reader reads bands
             statistics_of = area if settings.mask_statistics == "area" else None
