@@ -1449,7 +1449,7 @@ def _dated_s1(tmp: Path, when: str, name: str = "s1.tif") -> Path:
 
 def _second_scene_too_far(tmp: Path) -> list[str]:
     """Two scenes into one folder, --s1-max-days 10: the first with S1 2.2 days before it, the second 44.2 days."""
-    first, second = _sensed_scene(tmp), _sensed_scene(tmp, name="T32TPT_20230722T101559_10m.tif")
+    first, second = _sensed_scene(tmp), _sensed_scene(tmp, "T32TPT_20230722T101559_10m.tif")
     near, far = (_dated_s1(tmp, "2023-06-08T05:12:34Z", name) for name in ("near.tif", "far.tif"))
     (tmp / "outdir").mkdir()
     args = _remove_to(tmp, first, tmp / "outdir", "--s1-max-days", "10", sar=True)
@@ -1470,10 +1470,10 @@ def _pair_of_two_dates(tmp: Path) -> str:
     return ",".join(str(tmp / name) for name in names)
 
 
-def _sensed_scene(tmp: Path, *, empty: bool = False, name: str = "T32TPT_20230610T101559_10m.tif") -> Path:
+def _sensed_scene(tmp: Path, file_name: str = "T32TPT_20230610T101559_10m.tif", *, empty: bool = False) -> Path:
     """The test scene (``empty``: all nodata) under a Sentinel-2 name, which says when it was sensed."""
     s2, _ = tmp.scene(s2=np.zeros((13, 40, 50), np.uint16) if empty else None)
-    named = tmp / name
+    named = tmp / file_name
     named.write_bytes(s2.read_bytes())
     return named
 

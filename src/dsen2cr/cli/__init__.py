@@ -23,7 +23,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dsen2cr.cli import compare, config, data, demo, doctor, evaluate, export, models, remove_clouds, train, weights
+from dsen2cr.cli import (
+    compare,
+    config,
+    data,
+    demo,
+    doctor,
+    evaluate,
+    export,
+    models,
+    pair,
+    remove_clouds,
+    train,
+    weights,
+)
 from dsen2cr.cli.options import NoAbbrevParser, add_verbosity, merge_spellings, setup_logging
 from dsen2cr.errors import DSen2CRError, RunWideError, one_line
 from dsen2cr.launch import is_launched_worker
@@ -33,7 +46,7 @@ from dsen2cr.version import __version__
 Handler = Callable[[argparse.Namespace], int | None]
 
 #: The commands in the order ``dsen2cr --help`` lists them.
-COMMAND_MODULES = (data, config, models, train, evaluate, compare, export, weights, remove_clouds, demo, doctor)
+COMMAND_MODULES = (data, config, models, train, evaluate, compare, export, weights, pair, remove_clouds, demo, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

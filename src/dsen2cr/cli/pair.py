@@ -1,0 +1,98 @@
+"""``dsen2cr pair``: each S2 scene paired with the S1 acquisition nearest to it in time that covers it, written as a
+``remove-clouds --manifest``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+from pathlib import Path
+
+from dsen2cr.cli.options import SubParsers, add_command, add_overwrite, finite_float
+
+
+def register(subparsers: SubParsers) -> None:
+    """Add ``pair``."""
+    parser = add_command(
+        subparsers,
+        "pair",
+        help="pair each S2 scene with the S1 nearest to it in time that covers it: a remove-clouds manifest",
+        description="For each S2 scene (any --s2 input of remove-clouds), the S1 acquisition among those given that "
+        "lies nearest in time to it (S1's date from its STAC item, its metadata or its name) and holds data under "
+        "at least --min-cover of the scene's valid pixels; written as a remove-clouds manifest (s2,s1,out, paths "
+        "relative to it). Every S2 scene must get one.",
+    )
+    parser.add_argument("--s2", nargs="+", required=True, help="S2 scenes: GeoTIFFs, .SAFE folders or zips, STAC items")
+    parser.add_argument(
+        "--s1", nargs="+", required=True, help="S1 candidates: VV+VH GeoTIFFs, VV.tif,VH.tif pairs, STAC items"
+    )
+    parser.add_argument("--out", required=True, help="the manifest to write (scenes.csv)")
+    parser.add_argument(
+        "--images",
+        help="the folder of the cloud-free images the manifest names (<scene>_cloudfree.tif; default: the manifest's)",
+    )
+    parser.add_argument(
+        "--min-cover",
+        type=finite_float,
+        default=0.95,
+        help="the share of a scene's valid pixels an S1 must hold data under (default: %(default)s)",
+    )
+    parser.add_argument("--s1-max-days", type=finite_float, metavar="DAYS", help="pair no S1 further than DAYS")
+    parser.add_argument("--s2-offset", type=int, help="DN offset of GeoTIFFs exported from baseline 04.00+ products")
+    add_overwrite(parser, "replace an existing manifest")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``pair``: check the options and the manifest's place, pair, print a line a scene, write the manifest."""
+    import logging
+
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.inputs import local_inputs, s1_parts
+    from dsen2cr.inputs.pairing import pair_scenes
+    from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text
+    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file, write_text_atomic
+    from dsen2cr.scene.jobs import scene_stem
+
+    if not 0 < args.min_cover <= 1:
+        raise DSen2CRError(f"--min-cover: must be a share in (0, 1], got {args.min_cover:g}")
+    if args.s1_max_days is not None and args.s1_max_days < 0:
+        raise DSen2CRError(f"--s1-max-days: must be 0 or more days, got {args.s1_max_days:g}")
+    manifest = Path(args.out)
+    inputs = [found for s2 in args.s2 for found in local_inputs(s2, None)]  # the manifest replaces none of them
+    inputs += [found for s1 in args.s1 for found in local_inputs(args.s2[0], s1) if found[0] == "s1"]
+    check_distinct_outputs([("out", manifest)], inputs)
+    check_output_file(manifest, overwrite=args.overwrite, kind="text")
+    images = Path(args.images) if args.images is not None else manifest.parent
+    if not images.is_dir():
+        raise DSen2CRError(f"--images {images}: folder does not exist")
+    pairings = pair_scenes(
+        args.s2, args.s1, s2_offset=args.s2_offset, min_cover=args.min_cover, max_days=args.s1_max_days
+    )
+    stems = [scene_stem(pairing.s2) for pairing in pairings]
+    if len(set(stems)) < len(stems):
+        twice = next(stem for stem in stems if stems.count(stem) > 1)
+        raise DSen2CRError(f"--s2: two scenes named {twice}: their images would have one name; rename one")
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["s2", "s1", "out"])
+    log = logging.getLogger(__name__)
+    for pairing, stem in zip(pairings, stems, strict=True):
+        print(f"{pairing.s2}: S1 {pairing.s1}, {gap_text(pairing.days)}, covering {pairing.cover:.0%} of the scene")
+        if abs(pairing.days) > GAP_WARNING_DAYS:
+            log.warning("%s: the nearest S1 that covers it was sensed %s", pairing.s2, gap_text(pairing.days))
+        s1 = ",".join(_relative(part, manifest) for part in s1_parts(pairing.s1))
+        image = _relative(str(images / f"{stem}_cloudfree.tif"), manifest)
+        writer.writerow([_relative(pairing.s2, manifest), s1, image])
+    write_text_atomic(manifest, rows.getvalue())
+    print(f"wrote {manifest}: {len(pairings)} scene{'s' if len(pairings) != 1 else ''} (remove-clouds --manifest)")
+    return 0
+
+
+def _relative(text: str, manifest: Path) -> str:
+    """A path as the manifest names it: relative to its folder (manifests travel with their scenes), a URL as it
+    is."""
+    if "://" in text:
+        return text
+    return Path(os.path.relpath(Path(text).resolve(), manifest.resolve().parent)).as_posix()

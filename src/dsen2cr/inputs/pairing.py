@@ -1,0 +1,142 @@
+"""Each S2 scene paired with the S1 acquisition nearest to it in time among those that cover it (``dsen2cr pair``,
+docs/design.md §4.5): S1's sensing time as :mod:`~dsen2cr.inputs.s1_time` reads it, and the share of the scene's
+valid pixels where S1 holds data, sampled on a lattice of the scene's grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.warp import transform as transform_points
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs import resolve_s1, resolve_s2
+from dsen2cr.inputs.product import days_between
+from dsen2cr.inputs.readers import S2Source
+from dsen2cr.inputs.s1_time import gap_text, s1_sensing_time
+from dsen2cr.preprocessing import NUM_S1_BANDS
+
+#: The lattice of a scene's grid on which S1's cover is sampled: at most this many points a side.
+LATTICE_SIZE = 48
+#: The share of a scene's valid pixels an S1 acquisition must hold data under to be paired with it, by default: the
+#: run fills the rest with S1's scene mean (and warns), which tells the network nothing of the ground there.
+DEFAULT_MIN_COVER = 0.95
+
+
+@dataclass(frozen=True)
+class S1Acquisition:
+    """An S1 input as given (``text``: a file, a ``VV,VH`` pair, a STAC item) and when it was sensed."""
+
+    text: str
+    sensing_time: str
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """An S2 scene (as given) and the S1 paired with it: the days from the scene to S1 (negative: S1 first) and the
+    share of the scene's valid pixels S1 covers."""
+
+    s2: str
+    s1: str
+    days: float
+    cover: float
+
+
+def s1_acquisition(text: str) -> S1Acquisition:
+    """An S1 candidate: refused when nothing says when it was sensed (it could not be ranked)."""
+    sensing_time = s1_sensing_time(text)
+    if sensing_time is None:
+        raise DSen2CRError(
+            f"{text}: when S1 was sensed is unknown (no metadata says it, nor a date and time such as 20170216T051234 "
+            "in its name), so it cannot be paired by date; give its STAC item, or tag the file (gdal_edit.py -mo "
+            "ACQUISITION_START_TIME=2017-02-16T05:12:34Z FILE)"
+        )
+    return S1Acquisition(text, sensing_time)
+
+
+def scene_lattice(s2: S2Source) -> tuple[np.ndarray, np.ndarray]:
+    """Map coordinates (x, y in the scene's CRS) of the centres of a lattice of at most :data:`LATTICE_SIZE` points a
+    side over the scene's valid pixels (read decimated: a product's overviews)."""
+    decimated = s2.read_decimated(LATTICE_SIZE)
+    valid = s2.valid(decimated)
+    grid = s2.grid
+    rows, cols = np.nonzero(valid)
+    row_step, col_step = grid.height / valid.shape[0], grid.width / valid.shape[1]
+    xs, ys = grid.transform * ((cols + 0.5) * col_step, (rows + 0.5) * row_step)
+    return np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+
+
+def s1_cover(text: str, crs: object, xs: np.ndarray, ys: np.ndarray) -> float:
+    """The share of the points (``xs``, ``ys`` in ``crs``) where the S1 input ``text`` holds data in both bands (not
+    its nodata value, nor 0 where it declares none, nor NaN): 0 for points outside it."""
+    from dsen2cr.rasters import open_raster
+
+    if len(xs) == 0:
+        return 0.0
+    with open_raster(resolve_s1(text), bands=NUM_S1_BANDS, what="S1 (VV, VH)") as dataset:
+        if dataset.crs is None:
+            raise DSen2CRError(f"{text}: S1 has no coordinate reference system")
+        s1_xs, s1_ys = transform_points(crs, dataset.crs, xs.tolist(), ys.tolist())
+        inverse = ~dataset.transform
+        cols, rows = inverse * (np.asarray(s1_xs), np.asarray(s1_ys))
+        inside = (cols >= 0) & (cols < dataset.width) & (rows >= 0) & (rows < dataset.height)
+        points = [(x, y) for x, y, keep in zip(s1_xs, s1_ys, inside, strict=True) if keep]
+        values = np.array([value for value in dataset.sample(points)], np.float64).reshape(-1, NUM_S1_BANDS)
+        nodata = 0.0 if dataset.nodata is None else dataset.nodata
+    held = np.all(np.isfinite(values) & (values != nodata), axis=1)
+    return float(held.sum()) / len(xs)
+
+
+def pair_scenes(
+    s2_inputs: list[str],
+    s1_inputs: list[str],
+    *,
+    s2_offset: int | None = None,
+    min_cover: float = DEFAULT_MIN_COVER,
+    max_days: float | None = None,
+) -> list[Pairing]:
+    """Each S2 scene with the S1 acquisition nearest to it in time among those that hold data under at least
+    ``min_cover`` of its valid pixels (and lie within ``max_days`` of it, when given); of two as near, the one that
+    covers more. An S2 scene whose sensing time nothing says, or that no S1 can be paired with, is refused, naming
+    the nearest S1 that covers any of it."""
+    acquisitions = [s1_acquisition(text) for text in s1_inputs]
+    pairings = []
+    for s2_text in s2_inputs:
+        product = resolve_s2(s2_text, offset=s2_offset)
+        if product.sensing_time is None:
+            raise DSen2CRError(
+                f"{s2_text}: when the S2 scene was sensed is unknown (no metadata says it, nor a Sentinel-2 date and "
+                "time such as 20170216T102101 in its name), so no S1 can be paired with it by date; give the product "
+                "itself, or tag the file (gdal_edit.py -mo PRODUCT_START_TIME=2017-02-16T10:21:01Z FILE)"
+            )
+        sensed = product.sensing_time
+        s2 = S2Source(product)
+        try:
+            xs, ys = scene_lattice(s2)
+            crs = s2.grid.crs
+        finally:
+            s2.close()
+        found = [
+            Pairing(s2_text, s1.text, days_between(sensed, s1.sensing_time), s1_cover(s1.text, crs, xs, ys))
+            for s1 in acquisitions
+        ]
+        pairings.append(_nearest(s2_text, found, min_cover, max_days))
+    return pairings
+
+
+def _nearest(s2: str, found: list[Pairing], min_cover: float, max_days: float | None) -> Pairing:
+    """The pairing of ``found`` nearest in time among those that cover ``min_cover`` within ``max_days``; refused
+    when there is none, naming the nearest S1 that covers any of the scene."""
+    eligible = [p for p in found if p.cover >= min_cover and (max_days is None or abs(p.days) <= max_days)]
+    if eligible:
+        return min(eligible, key=lambda p: (abs(p.days), -p.cover))
+    within = f" within {max_days:g} days" if max_days is not None else ""
+    overlapping = sorted((p for p in found if p.cover > 0), key=lambda p: abs(p.days))
+    if not overlapping:
+        raise DSen2CRError(f"{s2}: no S1 given holds data over it")
+    best = overlapping[0]
+    raise DSen2CRError(
+        f"{s2}: no S1 given covers {min_cover:.0%} of it{within}; the nearest in time that covers any is {best.s1} "
+        f"({best.cover:.0%} of it, {gap_text(best.days)}): give more S1, or a lower --min-cover"
+        + (" or a larger --s1-max-days" if max_days is not None else "")
+    )

@@ -1,0 +1,120 @@
+"""dsen2cr pair: each S2 scene with the S1 nearest to it in time that covers it, as a remove-clouds manifest; the
+cover checked against shares counted by hand, an S1 on another CRS (warped by rasterio) among the candidates."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+from dsen2cr.cli import main
+from dsen2cr.inputs.pairing import LATTICE_SIZE, pair_scenes
+from dsen2cr.outputs.geotiff import write_geotiff
+
+UTM32N = CRS.from_epsg(32632)
+ORIGIN = from_origin(500000, 5000000, 10, 10)
+S2_NAME = "T32TPT_20230610T101559_10m.tif"  # sensed 2023-06-10 10:15:59 UTC
+
+
+def _s2(folder: Path, *, nodata_columns: int = 0) -> Path:
+    """A 200 x 250 px scene, no data in its first ``nodata_columns`` columns."""
+    dn = np.random.default_rng(1).integers(200, 3000, size=(13, 200, 250)).astype(np.uint16)
+    dn[10] = 20  # B10 of a clear sky
+    dn[:, :, :nodata_columns] = 0
+    return write_geotiff(folder / S2_NAME, dn, crs=UTM32N, transform=ORIGIN)
+
+
+def _s1(folder: Path, stamp: str, *, nan_from_column: int | None = None) -> Path:
+    """S1 on the scene's grid, sensed at ``stamp`` (its name says so), NaN from ``nan_from_column`` on."""
+    db = np.random.default_rng(2).uniform(-25, -5, size=(2, 200, 250)).astype(np.float32)
+    db[1] -= 6  # VH below VV
+    if nan_from_column is not None:
+        db[:, :, nan_from_column:] = np.nan
+    return write_geotiff(
+        folder / f"S1A_IW_GRDH_1SDV_{stamp}_{stamp}_048901_05E1A2_3C4F_db.tif", db, crs=UTM32N, transform=ORIGIN
+    )
+
+
+def _s1_in_lonlat(folder: Path, stamp: str) -> Path:
+    """S1 of the whole scene and beyond, warped to longitude/latitude (EPSG:4326) by rasterio."""
+    source = _s1(folder, "20000101T000000")
+    with rasterio.open(source) as src:
+        data = src.read()
+        transform, width, height = calculate_default_transform(
+            src.crs, "EPSG:4326", src.width + 40, src.height + 40, *np.add(src.bounds, (-200, -200, 200, 200))
+        )
+        warped = np.full((2, height, width), np.nan, np.float32)
+        left, top = src.bounds.left - 200, src.bounds.top + 200
+        padded = np.full((2, src.height + 40, src.width + 40), -15.0, np.float32)
+        padded[:, 20:-20, 20:-20] = data
+        reproject(
+            padded,
+            warped,
+            src_transform=from_origin(left, top, 10, 10),
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs="EPSG:4326",
+            resampling=Resampling.nearest,
+            dst_nodata=np.nan,
+        )
+    source.unlink()
+    path = folder / f"S1A_IW_{stamp}_DVP_RTC10_G_gpuned_5F3A_lonlat.tif"
+    return write_geotiff(path, warped, crs=CRS.from_epsg(4326), transform=transform)
+
+
+def test_the_nearest_s1_that_covers_the_scene_is_chosen(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    s2 = _s2(workdir)
+    candidates = [
+        _s1(workdir, "20230608T051234"),  # 2.2 days before, all of it
+        _s1(workdir, "20230611T051234", nan_from_column=125),  # 0.8 days after, half of it
+        _s1(workdir, "20230630T051234"),  # 19.8 days after, all of it
+        _s1_in_lonlat(workdir, "20230609T171234"),  # 0.7 days before, all of it, on another CRS
+    ]
+    argv = ["pair", "--s2", str(s2), "--s1", *map(str, candidates), "--out", str(workdir / "scenes.csv")]
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{s2}: S1 {candidates[3]}, 0.7 days before S2, covering 100% of the scene" in out
+    with (workdir / "scenes.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert rows == [{"s2": S2_NAME, "s1": candidates[3].name, "out": "T32TPT_20230610T101559_10m_cloudfree.tif"}]
+    # without it, the half-covered one is nearer but covers too little: the one 2.2 days before
+    (workdir / "scenes.csv").unlink()
+    assert main(argv[: argv.index(str(candidates[3]))] + argv[argv.index("--out") :]) == 0
+    assert f"{s2}: S1 {candidates[0]}, 2.2 days before S2, covering 100% of the scene" in capsys.readouterr().out
+
+
+def test_cover_is_the_share_of_valid_pixels_under_s1(workdir: Path) -> None:
+    s2 = _s2(workdir, nodata_columns=100)  # valid: columns 100-249
+    s1 = _s1(workdir, "20230608T051234", nan_from_column=150)  # data: columns 0-149
+    [pairing] = pair_scenes([str(s2)], [str(s1)], min_cover=0.1)
+    assert pairing.cover == pytest.approx(50 / 150, abs=2 / LATTICE_SIZE)  # by hand: 50 of the 150 valid columns
+    assert pairing.days == pytest.approx(-(2 + (5 * 3600 + 3 * 60 + 25) / 86400), abs=1e-9)
+
+
+def test_the_manifest_runs(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    (workdir / "inputs").mkdir()
+    (workdir / "images").mkdir()
+    s2 = _s2(workdir / "inputs")
+    vv, vh = (workdir / "inputs" / f"S1A_IW_20230608T051234_DVP_RTC10_G_gpuned_5F3A_{p}.tif" for p in ("VV", "VH"))
+    with rasterio.open(_s1(workdir / "inputs", "20230608T051234")) as src:
+        for index, path in enumerate((vv, vh), start=1):
+            write_geotiff(path, src.read(index)[None], crs=src.crs, transform=src.transform)
+    manifest = workdir / "scenes.csv"
+    argv = ["pair", "--s2", str(s2), "--s1", f"{vv},{vh}", "--out", str(manifest), "--images", str(workdir / "images")]
+    assert main(argv) == 0
+    with manifest.open(newline="") as file:
+        [row] = list(csv.DictReader(file))
+    assert row["s1"] == f"inputs/{vv.name},inputs/{vh.name}"  # one quoted field, relative to the manifest
+    weights = str(workdir.weights("dsen2cr-small"))
+    assert main(["remove-clouds", "--weights", weights, "--manifest", str(manifest), "--no-progress"]) == 0
+    with rasterio.open(workdir / "images" / "T32TPT_20230610T101559_10m_cloudfree.tif") as dataset:
+        tags = dataset.tags()
+    assert tags["DSEN2CR_S1"] == f"{vv.name},{vh.name}"
+    assert tags["DSEN2CR_S1_DAYS_FROM_S2"] == "-2.21"

@@ -1,0 +1,139 @@
+"""Bad input to ``dsen2cr pair``, table-driven through the console entry point (the ``check_case`` fixture): each
+row is an unusual but plausible input; the command exits 2 with one line on stderr naming the file or option and
+the problem, no traceback, inputs unchanged, no manifest left behind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from dsen2cr.outputs.geotiff import write_geotiff
+
+UTM32N = CRS.from_epsg(32632)
+S2_NAME = "T32TPT_20230610T101559_10m.tif"
+S1_NAME = "S1A_IW_GRDH_1SDV_20230608T051234_20230608T051259_048901_05E1A2_3C4F_db.tif"
+
+
+def _s2(tmp: Path, name: str = S2_NAME) -> Path:
+    """A 40 x 50 px scene (the workdir's) under ``name`` (folders in it made)."""
+    s2, _ = tmp.scene()
+    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp / name).write_bytes(s2.read_bytes())
+    return tmp / name
+
+
+def _s1(tmp: Path, name: str = S1_NAME, *, origin: tuple[float, float] = (500000, 5000000)) -> Path:
+    """The workdir's S1 under ``name``, its grid at ``origin``."""
+    _, s1 = tmp.scene()
+    db = np.stack([np.full((40, 50), -10.0), np.full((40, 50), -17.0)]).astype(np.float32)
+    if origin == (500000, 5000000):
+        (tmp / name).write_bytes(s1.read_bytes())
+        return tmp / name
+    return write_geotiff(tmp / name, db, crs=UTM32N, transform=from_origin(*origin, 10, 10))
+
+
+def _pair(tmp: Path, s2: list[Path], s1: list[Path], *extra: str) -> list[str]:
+    return ["pair", "--s2", *map(str, s2), "--s1", *map(str, s1), "--out", str(tmp / "scenes.csv"), *extra]
+
+
+CASES = [
+    dict(
+        name="pair: an S1 candidate whose date nothing says",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t), _s1(t, "s1.tif")]),
+        message="s1.tif: when S1 was sensed is unknown (no metadata says it, nor a date and time such as "
+        "20170216T051234 in its name), so it cannot be paired by date",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: an S2 scene whose date nothing says",
+        setup=lambda t: _pair(t, [t.scene()[0]], [_s1(t)]),
+        message="s2.tif: when the S2 scene was sensed is unknown",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: no S1 over the scene",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t, origin=(600000, 5000000))]),
+        message=f"{S2_NAME}: no S1 given holds data over it",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: the only S1 over the scene lies beyond --s1-max-days",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t)], "--s1-max-days", "1"),
+        message=f"{S2_NAME}: no S1 given covers 95% of it within 1 days; the nearest in time that covers any is ",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: --min-cover 0",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t)], "--min-cover", "0"),
+        message="--min-cover: must be a share in (0, 1], got 0",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: --min-cover 95 (a percentage)",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t)], "--min-cover", "95"),
+        message="--min-cover: must be a share in (0, 1], got 95",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: two S2 scenes of one name in two folders",
+        setup=lambda t: _pair(t, [_s2(t, f"a/{S2_NAME}"), _s2(t, f"b/{S2_NAME}")], [_s1(t)]),
+        message="--s2: two scenes named T32TPT_20230610T101559_10m: their images would have one name; rename one",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: --images a folder that does not exist",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t)], "--images", str(t / "images")),
+        message="images: folder does not exist",
+        absent=("scenes.csv", "images"),
+    ),
+    dict(
+        name="pair: an existing manifest without --overwrite",
+        setup=lambda t: (t / "scenes.csv").write_text("s2,s1,out\n") and _pair(t, [_s2(t)], [_s1(t)]),
+        message="scenes.csv: exists; pass --overwrite to replace it",
+        keep=("scenes.csv",),
+    ),
+    dict(
+        name="pair: --out the S1 STAC item read, --overwrite",
+        setup=lambda t: [
+            "pair",
+            "--s2",
+            str(_s2(t)),
+            "--s1",
+            str(_s1_item(t)),
+            "--out",
+            str(t / "item.json"),
+            "--overwrite",
+        ],
+        message="item.json: output out would replace",
+        keep=("item.json",),
+    ),
+]
+
+
+def _s1_item(tmp: Path) -> Path:
+    """An S1 STAC item (vv and vh assets) of the workdir's S1, sensed 2023-06-08."""
+    import json
+
+    import rasterio
+
+    _, s1 = tmp.scene()
+    with rasterio.open(s1) as src:
+        for index, name in enumerate(("vv", "vh"), start=1):
+            write_geotiff(tmp / f"{name}.tif", src.read(index)[None], crs=src.crs, transform=src.transform)
+    item = {
+        "type": "Feature",
+        "id": "s1",
+        "properties": {"datetime": "2023-06-08T05:12:34Z"},
+        "assets": {"vv": {"href": "vv.tif"}, "vh": {"href": "vh.tif"}},
+    }
+    (tmp / "item.json").write_text(json.dumps(item))
+    return tmp / "item.json"
+
+
+def test_bad_input(bad_input: dict, check_case: Callable[[dict], None]) -> None:
+    """Each row of ``CASES`` (parametrized by the ``bad_input`` hook in conftest.py)."""
+    check_case(bad_input)
