@@ -51,7 +51,7 @@ CASES = [
     dict(
         name="pair: an S2 scene whose date nothing says",
         setup=lambda t: _pair(t, [t.scene()[0]], [_s1(t)]),
-        message="s2.tif: when the S2 scene was sensed is unknown",
+        message="s2.tif: when the scene was sensed is unknown",
         absent=("scenes.csv",),
     ),
     dict(

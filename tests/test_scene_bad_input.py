@@ -1410,7 +1410,7 @@ CASES += [
         setup=lambda t: _remove_to(
             t, t.scene()[0], t / "o.tif", "--s1-max-days", "10", s1=_dated_s1(t, "2023-06-08T05:12:34Z"), sar=True
         ),
-        message="s2.tif: --s1-max-days 10: when the S2 scene was sensed is unknown",
+        message="s2.tif: --s1-max-days 10: when the scene was sensed is unknown",
         absent=("o.tif",),
     ),
     dict(

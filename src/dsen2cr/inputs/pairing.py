@@ -11,9 +11,9 @@ from rasterio.warp import transform as transform_points
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import resolve_s1, resolve_s2
-from dsen2cr.inputs.product import days_between
+from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between
 from dsen2cr.inputs.readers import S2Source
-from dsen2cr.inputs.s1_time import gap_text, s1_sensing_time
+from dsen2cr.inputs.s1_time import GIVE_S1_TIME, UNKNOWN_S1_TIME, gap_text, s1_sensing_time
 from dsen2cr.preprocessing import NUM_S1_BANDS
 
 #: The lattice of a scene's grid on which S1's cover is sampled: at most this many points a side.
@@ -46,11 +46,7 @@ def s1_acquisition(text: str) -> S1Acquisition:
     """An S1 candidate: refused when nothing says when it was sensed (it could not be ranked)."""
     sensing_time = s1_sensing_time(text)
     if sensing_time is None:
-        raise DSen2CRError(
-            f"{text}: when S1 was sensed is unknown (no metadata says it, nor a date and time such as 20170216T051234 "
-            "in its name), so it cannot be paired by date; give its STAC item, or tag the file (gdal_edit.py -mo "
-            "ACQUISITION_START_TIME=2017-02-16T05:12:34Z FILE)"
-        )
+        raise DSen2CRError(f"{text}: {UNKNOWN_S1_TIME}, so it cannot be paired by date; {GIVE_S1_TIME}")
     return S1Acquisition(text, sensing_time)
 
 
@@ -105,9 +101,7 @@ def pair_scenes(
         product = resolve_s2(s2_text, offset=s2_offset)
         if product.sensing_time is None:
             raise DSen2CRError(
-                f"{s2_text}: when the S2 scene was sensed is unknown (no metadata says it, nor a Sentinel-2 date and "
-                "time such as 20170216T102101 in its name), so no S1 can be paired with it by date; give the product "
-                "itself, or tag the file (gdal_edit.py -mo PRODUCT_START_TIME=2017-02-16T10:21:01Z FILE)"
+                f"{s2_text}: {UNKNOWN_SENSING_TIME}, so no S1 can be paired with it by date; {GIVE_SENSING_TIME}"
             )
         sensed = product.sensing_time
         s2 = S2Source(product)

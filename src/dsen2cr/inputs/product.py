@@ -125,6 +125,16 @@ def days_between(earlier: str, later: str) -> float:
     return (second - first).total_seconds() / 86400
 
 
+#: Why a scene's sensing time is unknown, and how to give it: for the commands that need it.
+UNKNOWN_SENSING_TIME = (
+    "when the scene was sensed is unknown (no metadata says it, nor a Sentinel-2 date and time such as 20170216T102101 "
+    "in its name)"
+)
+GIVE_SENSING_TIME = (
+    "give the product itself, or tag the file (gdal_edit.py -mo PRODUCT_START_TIME=2017-02-16T10:21:01Z FILE)"
+)
+
+
 def sensing_time_of_name(name: str) -> str | None:
     """The sensing time that a Sentinel product or file name holds (its first ``YYYYMMDDTHHMMSS``: a Sentinel-2
     product's or band file's, a Sentinel-1 product's or an RTC file's), in the form of :func:`sensing_time_text`, or

@@ -11,7 +11,7 @@ from pathlib import Path
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import is_stac, s1_parts
 from dsen2cr.inputs.geotiff import tagged_sensing_time
-from dsen2cr.inputs.product import days_between, sensing_time_of_name
+from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between, sensing_time_of_name
 from dsen2cr.inputs.stac import item_sensing_time
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 #: Metadata that says when an S1 file was sensed: a dsen2cr patch's, then what GDAL's SAFE (Sentinel-1) driver
 #: reads from a product, which exports made with GDAL carry on.
 S1_SENSING_TIME_TAGS = ("DSEN2CR_SENSING_TIME", "ACQUISITION_START_TIME")
+#: Why S1's sensing time is unknown, and how to give it.
+UNKNOWN_S1_TIME = (
+    "when S1 was sensed is unknown (no metadata says it, nor a date and time such as 20170216T051234 in its name)"
+)
+GIVE_S1_TIME = "give its STAC item, or tag the file (gdal_edit.py -mo ACQUISITION_START_TIME=2017-02-16T05:12:34Z FILE)"
 #: Beyond this many days between S1 and S2 a run warns: one Sentinel-1 satellite passes over a place every 12 days
 #: (two of them every 6), so an acquisition closer in time most likely exists.
 GAP_WARNING_DAYS = 12.0
@@ -68,17 +73,9 @@ def check_s1_gap(s2: str, s1: str, s2_time: str | None, s1_time: str | None, max
     time is unknown (the promise cannot be checked), saying how to give it."""
     option = f"--s1-max-days {max_days:g}"
     if s2_time is None:
-        raise DSen2CRError(
-            f"{s2}: {option}: when the S2 scene was sensed is unknown (no metadata says it, nor a Sentinel-2 date and "
-            "time such as 20170216T102101 in its name); give the product itself, or tag the file (gdal_edit.py -mo "
-            "PRODUCT_START_TIME=2017-02-16T10:21:01Z FILE)"
-        )
+        raise DSen2CRError(f"{s2}: {option}: {UNKNOWN_SENSING_TIME}; {GIVE_SENSING_TIME}")
     if s1_time is None:
-        raise DSen2CRError(
-            f"{s1}: {option}: when S1 was sensed is unknown (no metadata says it, nor a date and time such as "
-            "20170216T051234 in its name); give its STAC item, or tag the file (gdal_edit.py -mo "
-            "ACQUISITION_START_TIME=2017-02-16T05:12:34Z FILE)"
-        )
+        raise DSen2CRError(f"{s1}: {option}: {UNKNOWN_S1_TIME}; {GIVE_S1_TIME}")
     gap = days_between(s2_time, s1_time)
     if abs(gap) > max_days:
         raise DSen2CRError(

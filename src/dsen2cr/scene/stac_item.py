@@ -20,6 +20,7 @@ from rasterio.warp import transform_geom
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, is_stac, s1_parts
+from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME
 from dsen2cr.inputs.s1_time import gap_text
 from dsen2cr.outputs.files import check_output_file, write_text_atomic
 from dsen2cr.settings import SceneJob
@@ -67,9 +68,8 @@ def check_stac_item(job: SceneJob, product: S2Product) -> None:
     work."""
     if job.stac_item is not None and product.sensing_time is None:
         raise DSen2CRError(
-            f"{job.s2}: --stac-item {job.stac_item.name}: when the scene was sensed is unknown (no metadata says it, "
-            "nor a Sentinel-2 date and time such as 20170216T102101 in its name), and a STAC item must say it; give "
-            "the product itself, or tag the file (gdal_edit.py -mo PRODUCT_START_TIME=2017-02-16T10:21:01Z FILE)"
+            f"{job.s2}: --stac-item {job.stac_item.name}: {UNKNOWN_SENSING_TIME}, and a STAC item must say it; "
+            f"{GIVE_SENSING_TIME}"
         )
 
 
