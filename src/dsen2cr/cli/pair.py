@@ -30,11 +30,13 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--out", required=True, help="the manifest to write (scenes.csv)")
     parser.add_argument(
         "--images",
+        metavar="DIR",
         help="the folder of the cloud-free images the manifest names (<scene>_cloudfree.tif; default: the manifest's)",
     )
     parser.add_argument(
         "--min-cover",
         type=finite_float,
+        metavar="SHARE",
         default=0.95,
         help="the share of a scene's valid pixels an S1 must hold data under (default: %(default)s)",
     )
