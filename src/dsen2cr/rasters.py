@@ -72,12 +72,17 @@ def open_raster(path: str | Path, *, bands: int | None = None, what: str = "rast
 
 
 def read_window(
-    dataset: rasterio.DatasetReader, window: Window | None = None, indexes: list[int] | None = None
+    dataset: rasterio.DatasetReader,
+    window: Window | None = None,
+    indexes: list[int] | None = None,
+    *,
+    out_shape: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    """Read the bands ``indexes`` (1-based; None: all) of an open raster in ``window``, naming the file when the
-    read fails (e.g. truncated)."""
+    """Read the bands ``indexes`` (1-based; None: all) of an open raster in ``window`` (decimated to ``out_shape``
+    when given: GDAL's nearest pixel, from overviews where the file has them), naming the file when the read fails
+    (e.g. truncated)."""
     try:
-        return dataset.read(indexes, window=window)
+        return dataset.read(indexes, window=window, out_shape=out_shape)
     except Exception as error:  # rasterio raises several types for damaged files
         reason = " ".join(str(error).split())
         raise DSen2CRError(f"{dataset.name}: cannot read pixels, the file may be truncated ({reason})") from None

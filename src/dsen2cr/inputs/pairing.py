@@ -1,12 +1,14 @@
 """Each S2 scene paired with the S1 acquisition nearest to it in time among those that cover it (``dsen2cr pair``,
 docs/design.md §4.5): S1's sensing time as :mod:`~dsen2cr.inputs.s1_time` reads it, and the share of the scene's
-valid pixels where S1 holds data, sampled on a lattice of the scene's grid."""
+valid pixels where S1 holds data: a lattice of the scene's grid looked up in each S1's data mask, read once per S1,
+decimated."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+from rasterio.transform import Affine
 from rasterio.warp import transform as transform_points
 
 from dsen2cr.errors import DSen2CRError
@@ -15,6 +17,7 @@ from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days
 from dsen2cr.inputs.readers import S2Source
 from dsen2cr.inputs.s1_time import GIVE_S1_TIME, UNKNOWN_S1_TIME, gap_text, s1_sensing_time
 from dsen2cr.preprocessing import NUM_S1_BANDS
+from dsen2cr.rasters import read_window
 
 #: The lattice of a scene's grid on which S1's cover is sampled: at most this many points a side.
 LATTICE_SIZE = 48
@@ -62,25 +65,49 @@ def scene_lattice(s2: S2Source) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(xs, np.float64), np.asarray(ys, np.float64)
 
 
-def s1_cover(text: str, crs: object, xs: np.ndarray, ys: np.ndarray) -> float:
-    """The share of the points (``xs``, ``ys`` in ``crs``) where the S1 input ``text`` holds data in both bands (not
-    its nodata value, nor 0 where it declares none, nor NaN): 0 for points outside it."""
-    from dsen2cr.rasters import open_raster
+#: S1's data mask is read once per candidate, decimated to at most this many pixels a side (GDAL's nearest pixel
+#: of each cell; a file's overviews where it has them): 11 px of a full tile at 10 m, far below a lattice step.
+FOOTPRINT_SIZE = 1024
 
-    if len(xs) == 0:
-        return 0.0
-    with open_raster(resolve_s1(text), bands=NUM_S1_BANDS, what="S1 (VV, VH)") as dataset:
-        if dataset.crs is None:
-            raise DSen2CRError(f"{text}: S1 has no coordinate reference system")
-        s1_xs, s1_ys = transform_points(crs, dataset.crs, xs.tolist(), ys.tolist())
-        inverse = ~dataset.transform
-        cols, rows = inverse * (np.asarray(s1_xs), np.asarray(s1_ys))
-        inside = (cols >= 0) & (cols < dataset.width) & (rows >= 0) & (rows < dataset.height)
-        points = [(x, y) for x, y, keep in zip(s1_xs, s1_ys, inside, strict=True) if keep]
-        values = np.array([value for value in dataset.sample(points)], np.float64).reshape(-1, NUM_S1_BANDS)
-        nodata = 0.0 if dataset.nodata is None else dataset.nodata
-    held = np.all(np.isfinite(values) & (values != nodata), axis=1)
-    return float(held.sum()) / len(xs)
+
+@dataclass(frozen=True)
+class S1Footprint:
+    """Where an S1 input holds data in both bands (not its nodata value, nor 0 where it declares none, nor NaN), on
+    a decimated grid of it: ``valid`` (rows, columns), its CRS and the transform from map coordinates to that
+    grid's pixels."""
+
+    valid: np.ndarray
+    crs: object
+    to_pixels: Affine
+
+    @classmethod
+    def read(cls, text: str) -> S1Footprint:
+        """The footprint of the S1 input ``text`` (a file, a ``VV,VH`` pair, a STAC item), read once, decimated."""
+        from dsen2cr.rasters import open_raster
+
+        with open_raster(resolve_s1(text), bands=NUM_S1_BANDS, what="S1 (VV, VH)") as dataset:
+            if dataset.crs is None:
+                raise DSen2CRError(f"{text}: S1 has no coordinate reference system")
+            scale = max(1, int(np.ceil(max(dataset.width, dataset.height) / FOOTPRINT_SIZE)))
+            shape = (max(1, dataset.height // scale), max(1, dataset.width // scale))
+            values = read_window(dataset, None, out_shape=(NUM_S1_BANDS, *shape))
+            nodata = 0.0 if dataset.nodata is None else dataset.nodata
+            pixels = Affine.scale(shape[1] / dataset.width, shape[0] / dataset.height) * ~dataset.transform
+            crs = dataset.crs
+        valid = np.all(np.isfinite(values) & (values != nodata), axis=0)
+        return cls(valid, crs, pixels)
+
+    def cover(self, crs: object, xs: np.ndarray, ys: np.ndarray) -> float:
+        """The share of the points (``xs``, ``ys`` in ``crs``) that lie where S1 holds data (0 outside it)."""
+        if len(xs) == 0:
+            return 0.0
+        s1_xs, s1_ys = transform_points(crs, self.crs, xs.tolist(), ys.tolist())
+        x, y, a = np.asarray(s1_xs), np.asarray(s1_ys), self.to_pixels
+        cols, rows = a.a * x + a.b * y + a.c, a.d * x + a.e * y + a.f
+        height, width = self.valid.shape
+        inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+        held = self.valid[rows[inside].astype(int), cols[inside].astype(int)]
+        return float(held.sum()) / len(xs)
 
 
 def pair_scenes(
@@ -96,6 +123,7 @@ def pair_scenes(
     covers more. An S2 scene whose sensing time nothing says, or that no S1 can be paired with, is refused, naming
     the nearest S1 that covers any of it."""
     acquisitions = [s1_acquisition(text) for text in s1_inputs]
+    footprints: dict[str, S1Footprint] = {}
     pairings = []
     for s2_text in s2_inputs:
         product = resolve_s2(s2_text, offset=s2_offset)
@@ -110,10 +138,12 @@ def pair_scenes(
             crs = s2.grid.crs
         finally:
             s2.close()
-        found = [
-            Pairing(s2_text, s1.text, days_between(sensed, s1.sensing_time), s1_cover(s1.text, crs, xs, ys))
-            for s1 in acquisitions
-        ]
+        found = []
+        for s1 in acquisitions:
+            if s1.text not in footprints:  # read once, for every scene
+                footprints[s1.text] = S1Footprint.read(s1.text)
+            cover = footprints[s1.text].cover(crs, xs, ys)
+            found.append(Pairing(s2_text, s1.text, days_between(sensed, s1.sensing_time), cover))
         pairings.append(_nearest(s2_text, found, min_cover, max_days))
     return pairings
 
