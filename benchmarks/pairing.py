@@ -104,7 +104,7 @@ def main() -> None:
         dates_seconds = time.perf_counter() - start
         start = time.perf_counter()
         footprints = [S1Footprint.read(path) for path in s1_paths]
-        tool = [[footprint.cover(*lattice) for footprint in footprints] for lattice in lattices]
+        tool = [[float(footprint.held(*lattice).mean()) for footprint in footprints] for lattice in lattices]
         tool_seconds = time.perf_counter() - start
         start = time.perf_counter()
         lookup = [[point_lookup_cover(path, *lattice) for path in s1_paths] for lattice in lattices]

@@ -4,6 +4,8 @@ cover checked against shares counted by hand, an S1 on another CRS (warped by ra
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +120,29 @@ def test_the_manifest_runs(workdir: Path, capsys: pytest.CaptureFixture) -> None
         tags = dataset.tags()
     assert tags["DSEN2CR_S1"] == f"{vv.name},{vh.name}"
     assert tags["DSEN2CR_S1_DAYS_FROM_S2"] == "-2.21"
+
+
+@pytest.mark.parametrize("fill", ["nan", "0"])  # no data as NaN, or as 0 in files that declare no nodata value
+def test_frames_of_one_pass_are_named_with_the_command_that_merges_them(
+    workdir: Path, capsys: pytest.CaptureFixture, fill: str
+) -> None:
+    s2 = _s2(workdir)
+    frames = np.random.default_rng(3).uniform(-25, -5, size=(2, 2, 200, 250)).astype(np.float32)
+    frames[0, :, :, 125:] = float(fill)  # the frame holding the west half
+    frames[1, :, :, :120] = float(fill)  # the next frame of the pass, 25 s later: the east half and a little more
+    west, east = (
+        write_geotiff(workdir / f"S1A_IW_GRDH_1SDV_{stamp}_x_db.tif", frame, crs=UTM32N, transform=ORIGIN)
+        for stamp, frame in zip(("20230608T051234", "20230608T051259"), frames, strict=True)
+    )
+    argv = ["pair", "--s2", str(s2), "--s1", str(west), str(east), "--out", str(workdir / "scenes.csv")]
+    capsys.readouterr()
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    merged = workdir / "S1_20230608T051234_merged.tif"
+    command = f"rio merge --nodata {fill} {west} {east} S1_20230608T051234_merged.tif"  # told their no-data value
+    assert f"{west}, {east}, frames of one pass (2.2 days before S2), cover 100% of it together" in error
+    assert f"merge them into one file first ({command}) and give that" in error
+    rio = Path(sys.executable).parent / "rio"
+    subprocess.run([str(rio), *command.split()[1:]], cwd=workdir, check=True, capture_output=True)
+    assert main([*argv[:4], str(merged), *argv[6:]]) == 0
+    assert f"{s2}: S1 {merged}, 2.2 days before S2, covering 100% of the scene" in capsys.readouterr().out

@@ -5,6 +5,7 @@ decimated."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,7 @@ from rasterio.transform import Affine
 from rasterio.warp import transform as transform_points
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs import resolve_s1, resolve_s2
+from dsen2cr.inputs import is_stac, resolve_s1, resolve_s2, s1_parts
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between
 from dsen2cr.inputs.readers import S2Source
 from dsen2cr.inputs.s1_time import GIVE_S1_TIME, UNKNOWN_S1_TIME, gap_text, s1_sensing_time
@@ -74,11 +75,13 @@ FOOTPRINT_SIZE = 1024
 class S1Footprint:
     """Where an S1 input holds data in both bands (not its nodata value, nor 0 where it declares none, nor NaN), on
     a decimated grid of it: ``valid`` (rows, columns), its CRS and the transform from map coordinates to that
-    grid's pixels."""
+    grid's pixels; ``zero_fill``: it declares no nodata value and holds 0 (the fill of Earth Engine's exports), which
+    a merge must be told."""
 
     valid: np.ndarray
     crs: object
     to_pixels: Affine
+    zero_fill: bool = False
 
     @classmethod
     def read(cls, text: str) -> S1Footprint:
@@ -93,21 +96,22 @@ class S1Footprint:
             values = read_window(dataset, None, out_shape=(NUM_S1_BANDS, *shape))
             nodata = 0.0 if dataset.nodata is None else dataset.nodata
             pixels = Affine.scale(shape[1] / dataset.width, shape[0] / dataset.height) * ~dataset.transform
-            crs = dataset.crs
+            crs, zero_fill = dataset.crs, dataset.nodata is None and bool((values == 0).any())
         valid = np.all(np.isfinite(values) & (values != nodata), axis=0)
-        return cls(valid, crs, pixels)
+        return cls(valid, crs, pixels, zero_fill)
 
-    def cover(self, crs: object, xs: np.ndarray, ys: np.ndarray) -> float:
-        """The share of the points (``xs``, ``ys`` in ``crs``) that lie where S1 holds data (0 outside it)."""
+    def held(self, crs: object, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Whether S1 holds data at each of the points (``xs``, ``ys`` in ``crs``): False outside it."""
         if len(xs) == 0:
-            return 0.0
+            return np.zeros(0, bool)
         s1_xs, s1_ys = transform_points(crs, self.crs, xs.tolist(), ys.tolist())
         x, y, a = np.asarray(s1_xs), np.asarray(s1_ys), self.to_pixels
         cols, rows = a.a * x + a.b * y + a.c, a.d * x + a.e * y + a.f
         height, width = self.valid.shape
         inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
-        held = self.valid[rows[inside].astype(int), cols[inside].astype(int)]
-        return float(held.sum()) / len(xs)
+        held = np.zeros(len(xs), bool)
+        held[inside] = self.valid[rows[inside].astype(int), cols[inside].astype(int)]
+        return held
 
 
 def pair_scenes(
@@ -138,13 +142,18 @@ def pair_scenes(
             crs = s2.grid.crs
         finally:
             s2.close()
-        found = []
+        found, held = [], {}
         for s1 in acquisitions:
             if s1.text not in footprints:  # read once, for every scene
                 footprints[s1.text] = S1Footprint.read(s1.text)
-            cover = footprints[s1.text].cover(crs, xs, ys)
+            held[s1.text] = footprints[s1.text].held(crs, xs, ys)
+            cover = float(held[s1.text].mean()) if len(xs) else 0.0
             found.append(Pairing(s2_text, s1.text, days_between(sensed, s1.sensing_time), cover))
-        pairings.append(_nearest(s2_text, found, min_cover, max_days))
+        try:
+            pairings.append(_nearest(s2_text, found, min_cover, max_days))
+        except DSen2CRError as refusal:
+            hint = _one_pass_hint(found, held, footprints, acquisitions, min_cover, max_days)
+            raise DSen2CRError(f"{refusal}{hint}") from None
     return pairings
 
 
@@ -164,3 +173,43 @@ def _nearest(s2: str, found: list[Pairing], min_cover: float, max_days: float | 
         f"({best.cover:.0%} of it, {gap_text(best.days)}): give more S1, or a lower --min-cover"
         + (" or a larger --s1-max-days" if max_days is not None else "")
     )
+
+
+#: S1 files sensed this close together are frames of one pass (consecutive slices of a datatake lie some 25 s apart;
+#: the next pass over a place is hours away).
+ONE_PASS_SECONDS = 600.0
+
+
+def _one_pass_hint(
+    found: list[Pairing],
+    held: dict[str, np.ndarray],
+    footprints: dict[str, S1Footprint],
+    acquisitions: list[S1Acquisition],
+    min_cover: float,
+    max_days: float | None,
+) -> str:
+    """For a refused scene: the frames of one pass that cover ``min_cover`` of it together, and how to merge them
+    into one file named with the pass's time (``rio merge``, which comes with rasterio, told the frames' no-data value:
+    NaN, or 0 where a frame declares none and holds 0); empty when there are none."""
+    time_of = {s1.text: s1.sensing_time for s1 in acquisitions}
+    passes: list[list[Pairing]] = []
+    for pairing in sorted((p for p in found if p.cover > 0), key=lambda p: p.days):
+        if passes and (pairing.days - passes[-1][0].days) * 86400 <= ONE_PASS_SECONDS:
+            passes[-1].append(pairing)
+        else:
+            passes.append([pairing])
+    for frames in sorted(passes, key=lambda frames: abs(frames[0].days)):
+        cover = float(np.mean(np.any([held[p.s1] for p in frames], axis=0)))
+        if len(frames) < 2 or cover < min_cover or (max_days is not None and abs(frames[0].days) > max_days):
+            continue
+        names = [p.s1 for p in frames]
+        if any(is_stac(name) or len(s1_parts(name)) > 1 for name in names):  # rio merge takes 2-band files
+            how = "merge them into one 2-band file first, its name holding the pass's date and time, and give that"
+        else:
+            stamp = time_of[names[0]][:19].replace("-", "").replace(":", "")
+            nodata = "0" if any(footprints[name].zero_fill for name in names) else "nan"
+            command = shlex.join(["rio", "merge", "--nodata", nodata, *names, f"S1_{stamp}_merged.tif"])
+            how = f"merge them into one file first ({command}) and give that"
+        together = f"{', '.join(names)}, frames of one pass ({gap_text(frames[0].days)}), cover {cover:.0%} of it"
+        return f"; {together} together: {how}"
+    return ""
