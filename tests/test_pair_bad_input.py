@@ -18,9 +18,9 @@ S2_NAME = "T32TPT_20230610T101559_10m.tif"
 S1_NAME = "S1A_IW_GRDH_1SDV_20230608T051234_20230608T051259_048901_05E1A2_3C4F_db.tif"
 
 
-def _s2(tmp: Path, name: str = S2_NAME) -> Path:
-    """A 40 x 50 px scene (the workdir's) under ``name`` (folders in it made)."""
-    s2, _ = tmp.scene()
+def _s2(tmp: Path, name: str = S2_NAME, *, empty: bool = False) -> Path:
+    """A 40 x 50 px scene (the workdir's; ``empty``: all nodata) under ``name`` (folders in it made)."""
+    s2, _ = tmp.scene(s2=np.zeros((13, 40, 50), np.uint16) if empty else None)
     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
     (tmp / name).write_bytes(s2.read_bytes())
     return tmp / name
@@ -58,6 +58,12 @@ CASES = [
         name="pair: no S1 over the scene",
         setup=lambda t: _pair(t, [_s2(t)], [_s1(t, origin=(600000, 5000000))]),
         message=f"{S2_NAME}: no S1 given holds data over it",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: an S2 scene without valid pixels",
+        setup=lambda t: _pair(t, [_s2(t, empty=True)], [_s1(t)]),
+        message=f"{S2_NAME}: S2 has no valid pixels (all nodata or NaN): nothing to pair",
         absent=("scenes.csv",),
     ),
     dict(

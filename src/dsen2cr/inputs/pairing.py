@@ -142,12 +142,14 @@ def pair_scenes(
             crs = s2.grid.crs
         finally:
             s2.close()
+        if len(xs) == 0:
+            raise DSen2CRError(f"{s2_text}: S2 has no valid pixels (all nodata or NaN): nothing to pair")
         found, held = [], {}
         for s1 in acquisitions:
             if s1.text not in footprints:  # read once, for every scene
                 footprints[s1.text] = S1Footprint.read(s1.text)
             held[s1.text] = footprints[s1.text].held(crs, xs, ys)
-            cover = float(held[s1.text].mean()) if len(xs) else 0.0
+            cover = float(held[s1.text].mean())
             found.append(Pairing(s2_text, s1.text, days_between(sensed, s1.sensing_time), cover))
         try:
             pairings.append(_nearest(s2_text, found, min_cover, max_days))
