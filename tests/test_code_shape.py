@@ -24,6 +24,7 @@ LAYERS = [
     ["scene.remove", "scene.checks", "scene.sources"],
     ["ensemble"],
     ["scene.batches", "scene.masking", "scene.describe"],
+    ["scene.stac_collection"],  # a STAC Collection of a batch's items
     ["scene.stac_item"],  # a STAC item describing a scene's outputs, read from them once they are in place
     ["scene.journal"],  # a scene's predicted windows, kept while it runs (remove-clouds --resume)
     ["scene.time_limit"],  # SLURM's warning before a job's time limit: the scene stops at a batch's end

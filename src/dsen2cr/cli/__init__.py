@@ -34,6 +34,7 @@ from dsen2cr.cli import (
     models,
     pair,
     remove_clouds,
+    stac_collection,
     train,
     weights,
 )
@@ -46,7 +47,21 @@ from dsen2cr.version import __version__
 Handler = Callable[[argparse.Namespace], int | None]
 
 #: The commands in the order ``dsen2cr --help`` lists them.
-COMMAND_MODULES = (data, config, models, train, evaluate, compare, export, weights, pair, remove_clouds, demo, doctor)
+COMMAND_MODULES = (
+    data,
+    config,
+    models,
+    train,
+    evaluate,
+    compare,
+    export,
+    weights,
+    pair,
+    remove_clouds,
+    stac_collection,
+    demo,
+    doctor,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,177 @@
+"""A STAC Collection of a batch's items (``dsen2cr stac-collection``: the ``remove-clouds --stac-item items/`` of many
+scenes, or any STAC items): their spatial and temporal extent, summaries of their grids and bands, and a link to
+each item, relative, so that the folder travels as a self-contained static catalogue (docs/design.md §4.4). The
+items are read, never rewritten."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs.product import sensing_moment
+from dsen2cr.outputs.files import check_distinct_outputs, check_input_file, check_output_file, write_text_atomic
+from dsen2cr.scene.stac_item import STAC_VERSION
+from dsen2cr.version import __version__
+
+log = logging.getLogger(__name__)
+
+#: The terms of the Copernicus Sentinel data every dsen2cr image is made from (free and open, with attribution).
+SENTINEL_DATA_TERMS = "https://sentinels.copernicus.eu/documents/247904/690755/Sentinel_Data_Legal_Notice"
+
+
+def read_item(path: Path) -> dict[str, Any]:
+    """A STAC item file, checked for what a collection takes from it: a Feature with an id, a bbox of four finite
+    numbers, and a ``datetime`` (or ``start_datetime``) that is a date and time."""
+    check_input_file(path, "STAC item")
+    try:
+        item = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise DSen2CRError(f"{path}: not a STAC item (not valid JSON: {error})") from None
+    if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("id"), str):
+        raise DSen2CRError(f"{path}: not a STAC item (no Feature with an id)")
+    bbox = item.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        raise DSen2CRError(f"{path}: STAC item {item['id']!r} has no bbox of four numbers (west, south, east, north)")
+    properties = item.get("properties")
+    if not isinstance(properties, dict) or _item_moment(properties) is None:
+        raise DSen2CRError(f"{path}: STAC item {item['id']!r} has no datetime (nor start_datetime)")
+    return item
+
+
+def _is_this_collection(path: Path, out: Path) -> bool:
+    """Whether ``path`` is the collection being written (an earlier run's), which a glob of its folder matches."""
+    if not (out.exists() and path.exists() and path.samefile(out)):
+        return False
+    try:
+        held = json.loads(out.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return False
+    if isinstance(held, dict) and held.get("type") == "Collection":
+        log.info("left out %s: it is the collection being written", path)
+        return True
+    return False
+
+
+def _is_number(value: object) -> bool:
+    """A finite JSON number (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _item_moment(properties: dict[str, Any]) -> str | None:
+    """An item's ``datetime``, else its ``start_datetime``, as written, when it is a date and time."""
+    for key in ("datetime", "start_datetime"):
+        if sensing_moment(properties.get(key)) is not None:
+            return str(properties[key])
+    return None
+
+
+def _moment(stamp: str) -> datetime:
+    """The moment of a date and time :func:`read_item` checked."""
+    moment = sensing_moment(stamp)
+    assert moment is not None, stamp
+    return moment
+
+
+def spatial_extent(bboxes: list[list[float]]) -> list[list[float]]:
+    """The collection's bboxes: first the one that holds every item's (west, south, east, north; across the
+    antimeridian, where an item's west lies east of its east, the whole width of the globe), then each item's, as
+    STAC lets a collection list the parts of its extent."""
+    south, north = min(b[1] for b in bboxes), max(b[3] for b in bboxes)
+    if any(b[0] > b[2] for b in bboxes):
+        west, east = -180.0, 180.0
+    else:
+        west, east = min(b[0] for b in bboxes), max(b[2] for b in bboxes)
+    return [[west, south, east, north], *bboxes] if len(bboxes) > 1 else [[west, south, east, north]]
+
+
+def _summaries(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the items share or span: their ground sampling distances, EPSG codes, constellations and instruments,
+    and the bands of the first item's image."""
+    summaries: dict[str, Any] = {}
+    for key in ("gsd", "proj:epsg", "constellation"):
+        values = sorted({item["properties"][key] for item in items if item.get("properties", {}).get(key) is not None})
+        if values:
+            summaries[key] = values
+    instruments = {i for item in items for i in item.get("properties", {}).get("instruments") or []}
+    if instruments:
+        summaries["instruments"] = sorted(instruments)
+    image = (items[0].get("assets") or {}).get("image") or {}
+    if image.get("eo:bands"):
+        summaries["eo:bands"] = image["eo:bands"]
+    return summaries
+
+
+def collection_of(
+    items: list[tuple[Path, dict[str, Any]]], out: Path, *, collection_id: str, description: str, title: str | None
+) -> dict[str, Any]:
+    """The STAC Collection (version :data:`STAC_VERSION`) of ``items`` (each with its file), to be written to
+    ``out``: extent, summaries, and links to the items relative to ``out``'s folder."""
+    stamps = sorted((str(_item_moment(item["properties"])) for _, item in items), key=_moment)
+    start, end = stamps[0], stamps[-1]
+    links = [{"rel": "root", "href": f"./{out.name}", "type": "application/json"}]
+    links.append({"rel": "license", "href": SENTINEL_DATA_TERMS, "title": "Copernicus Sentinel data terms"})
+    for path, item in items:
+        href = Path(os.path.relpath(path.resolve(), out.resolve().parent)).as_posix()
+        links.append(
+            {
+                "rel": "item",
+                "href": href if href.startswith(".") else f"./{href}",
+                "type": "application/geo+json",
+                "title": item["id"],
+            }
+        )
+    collection: dict[str, Any] = {
+        "type": "Collection",
+        "stac_version": STAC_VERSION,
+        "id": collection_id,
+        **({"title": title} if title else {}),
+        "description": description,
+        "license": "proprietary",
+        "extent": {
+            "spatial": {"bbox": spatial_extent([item["bbox"] for _, item in items])},
+            "temporal": {"interval": [[start, end]]},
+        },
+        "summaries": _summaries([item for _, item in items]),
+        "links": links,
+        "providers": [{"name": f"dsen2cr {__version__}", "roles": ["processor"]}],
+    }
+    return collection
+
+
+def write_collection(
+    paths: list[Path],
+    out: Path,
+    *,
+    collection_id: str | None = None,
+    title: str | None = None,
+    description: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Read the items at ``paths``, refuse two of one id, and write their collection to ``out`` (``.json``; never
+    one of the items); return it. ``out`` itself among ``paths`` when it holds a collection (``items/*.json`` run
+    again) is left out, said in a line."""
+    paths = [path for path in paths if not _is_this_collection(path, out)]
+    check_distinct_outputs([("out", out)], [("item", path) for path in paths])
+    check_output_file(out, overwrite=overwrite, kind="json")
+    items = [(path, read_item(path)) for path in paths]
+    seen: dict[str, Path] = {}
+    for path, item in items:
+        if item["id"] in seen:
+            raise DSen2CRError(
+                f"{path}: STAC item id {item['id']!r} is also {seen[item['id']]}'s; a collection's ids are unique"
+            )
+        seen[item["id"]] = path
+    collection_id = collection_id or out.resolve().parent.name or "dsen2cr"
+    description = description or (
+        f"Cloud-free Sentinel-2 scenes made by dsen2cr (DSen2-CR, Meraner et al., ISPRS 2020): {len(items)} item"
+        f"{'s' if len(items) != 1 else ''}"
+    )
+    collection = collection_of(items, out, collection_id=collection_id, description=description, title=title)
+    write_text_atomic(out, json.dumps(collection, indent=2) + "\n")
+    return collection
