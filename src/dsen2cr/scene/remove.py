@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 DeferOutputs = Callable[[contextlib.ExitStack], None]
 
 
+#: Said when S1 misses much of a scene: a scene often lies across two frames of one pass, of which one was given.
+FRAMES_HINT = "; where a scene lies across frames of one S1 pass, dsen2cr pair names those that cover it together"
+FRAMES_HINT_FRACTION = 0.05
+
+
 @dataclass
 class SceneReport:
     """What a scene run did."""
@@ -182,10 +187,11 @@ def _remove_scene(
     if predictor.include_sar and fraction > 0:
         log.warning(
             "%s: S1 has no data under %.1f%% of the valid S2 pixels; filled with the scene's S1 mean "
-            "(VV %.1f dB, VH %.1f dB)",
+            "(VV %.1f dB, VH %.1f dB)%s",
             job.s1,
             100 * fraction,
             *inputs.s1_fill(),
+            FRAMES_HINT if fraction >= FRAMES_HINT_FRACTION else "",
         )
     if defer_outputs is None:
         with gdal_block_cache():
