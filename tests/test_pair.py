@@ -108,18 +108,22 @@ def test_the_manifest_runs(workdir: Path, capsys: pytest.CaptureFixture) -> None
     with rasterio.open(_s1(workdir / "inputs", "20230608T051234")) as src:
         for index, path in enumerate((vv, vh), start=1):
             write_geotiff(path, src.read(index)[None], crs=src.crs, transform=src.transform)
+    (workdir / "masks").mkdir()
     manifest = workdir / "scenes.csv"
     argv = ["pair", "--s2", str(s2), "--s1", f"{vv},{vh}", "--out", str(manifest), "--images", str(workdir / "images")]
-    assert main(argv) == 0
+    assert main([*argv, "--mask-out", str(workdir / "masks"), "--stac-item", str(workdir / "images")]) == 0
     with manifest.open(newline="") as file:
         [row] = list(csv.DictReader(file))
     assert row["s1"] == f"inputs/{vv.name},inputs/{vh.name}"  # one quoted field, relative to the manifest
+    assert (row["mask_out"], row["stac_item"]) == ("masks/", "images/")  # folders: each file named after its image
     weights = str(workdir.weights("dsen2cr-small"))
     assert main(["remove-clouds", "--weights", weights, "--manifest", str(manifest), "--no-progress"]) == 0
     with rasterio.open(workdir / "images" / "T32TPT_20230610T101559_10m_cloudfree.tif") as dataset:
         tags = dataset.tags()
     assert tags["DSEN2CR_S1"] == f"{vv.name},{vh.name}"
     assert tags["DSEN2CR_S1_DAYS_FROM_S2"] == "-2.21"
+    assert (workdir / "masks" / "T32TPT_20230610T101559_10m_cloudfree_mask.tif").is_file()
+    assert (workdir / "images" / "T32TPT_20230610T101559_10m_cloudfree.json").is_file()
 
 
 @pytest.mark.parametrize("fill", ["nan", "0"])  # no data as NaN, or as 0 in files that declare no nodata value

@@ -97,6 +97,12 @@ CASES = [
         absent=("scenes.csv", "images"),
     ),
     dict(
+        name="pair: --mask-out a folder that does not exist",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t)], "--mask-out", str(t / "masks")),
+        message="masks: folder does not exist",
+        absent=("scenes.csv", "masks"),
+    ),
+    dict(
         name="pair: an existing manifest without --overwrite",
         setup=lambda t: (t / "scenes.csv").write_text("s2,s1,out\n") and _pair(t, [_s2(t)], [_s1(t)]),
         message="scenes.csv: exists; pass --overwrite to replace it",

@@ -11,6 +11,14 @@ from pathlib import Path
 
 from dsen2cr.cli.options import SubParsers, add_command, add_overwrite, finite_float
 
+#: The manifest's other output columns that pair can fill with a folder (remove-clouds names each file in it).
+FOLDER_COLUMNS = {
+    "mask_out": "cloud/shadow map",
+    "preview": "quicklook",
+    "uncertainty_out": "sigma file",
+    "stac_item": "STAC item",
+}
+
 
 def register(subparsers: SubParsers) -> None:
     """Add ``pair``."""
@@ -40,6 +48,12 @@ def register(subparsers: SubParsers) -> None:
         default=0.95,
         help="the share of a scene's valid pixels an S1 must hold data under (default: %(default)s)",
     )
+    for option, what in FOLDER_COLUMNS.items():
+        parser.add_argument(
+            f"--{option.replace('_', '-')}",
+            metavar="DIR",
+            help=f"also a {option} column: each scene's {what} in this folder, named after its image",
+        )
     parser.add_argument("--s1-max-days", type=finite_float, metavar="DAYS", help="pair no S1 further than DAYS")
     parser.add_argument("--s2-offset", type=int, help="DN offset of GeoTIFFs exported from baseline 04.00+ products")
     add_overwrite(parser, "replace an existing manifest")
@@ -69,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
     images = Path(args.images) if args.images is not None else manifest.parent
     if not images.is_dir():
         raise DSen2CRError(f"--images {images}: folder does not exist")
+    folders = {name: Path(getattr(args, name)) for name in FOLDER_COLUMNS if getattr(args, name) is not None}
+    for name, folder in folders.items():
+        if not folder.is_dir():
+            raise DSen2CRError(f"--{name.replace('_', '-')} {folder}: folder does not exist")
     pairings = pair_scenes(
         args.s2, args.s1, s2_offset=args.s2_offset, min_cover=args.min_cover, max_days=args.s1_max_days
     )
@@ -78,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise DSen2CRError(f"--s2: two scenes named {twice}: their images would have one name; rename one")
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
-    writer.writerow(["s2", "s1", "out"])
+    writer.writerow(["s2", "s1", "out", *folders])
+    columns = [_relative(str(folder), manifest) + "/" for folder in folders.values()]
     log = logging.getLogger(__name__)
     for pairing, stem in zip(pairings, stems, strict=True):
         print(f"{pairing.s2}: S1 {pairing.s1}, {gap_text(pairing.days)}, covering {pairing.cover:.0%} of the scene")
@@ -86,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             log.warning("%s: the nearest S1 that covers it was sensed %s", pairing.s2, gap_text(pairing.days))
         s1 = ",".join(_relative(part, manifest) for part in s1_parts(pairing.s1))
         image = _relative(str(images / f"{stem}_cloudfree.tif"), manifest)
-        writer.writerow([_relative(pairing.s2, manifest), s1, image])
+        writer.writerow([_relative(pairing.s2, manifest), s1, image, *columns])
     write_text_atomic(manifest, rows.getvalue())
     print(f"wrote {manifest}: {len(pairings)} scene{'s' if len(pairings) != 1 else ''} (remove-clouds --manifest)")
     return 0
