@@ -7,10 +7,13 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pystac
 import pytest
+from stac_pydantic import Collection as StacCollection
 
 from dsen2cr.cli import main
+from dsen2cr.scene.stac_collection import longitude_extent
 
 
 def _item(folder: Path, item_id: str, bbox: list[float], when: str) -> Path:
@@ -43,15 +46,11 @@ def test_collection_of_items(workdir: Path, capsys: pytest.CaptureFixture) -> No
     argv = ["stac-collection", *map(str, items), "--out", str(out), "--title", "Summer 2023"]
     assert main(argv) == 0
     assert "collection 'items' of 3 items, bbox 8.50000 44.50000 11.00000 46.40000" in capsys.readouterr().out
+    StacCollection.model_validate(json.loads(out.read_text()))  # stac-pydantic's model, as stac-fastapi ingests it
     collection = pystac.Collection.from_file(str(out))
     assert collection.id == "items" and collection.title == "Summer 2023"
-    # by hand: the west of c, the south of b, the east of b, the north of c; then each item's bbox
-    assert collection.extent.spatial.bboxes[0] == [8.5, 44.5, 11.0, 46.4]
-    assert collection.extent.spatial.bboxes[1:] == [
-        [9.0, 45.0, 10.5, 46.0],
-        [10.0, 44.5, 11.0, 45.5],
-        [8.5, 45.2, 9.5, 46.4],
-    ]
+    # by hand: the west of c, the south of b, the east of b, the north of c (the items' own are not listed)
+    assert collection.extent.spatial.bboxes == [[8.5, 44.5, 11.0, 46.4]]
     interval = collection.extent.temporal.intervals[0]
     assert interval == [
         datetime(2023, 6, 10, 10, 0, tzinfo=timezone.utc),
@@ -68,16 +67,39 @@ def test_collection_of_items(workdir: Path, capsys: pytest.CaptureFixture) -> No
     assert "of 3 items" in capsys.readouterr().out
 
 
-def test_an_item_across_the_antimeridian_widens_the_extent_to_the_globe(workdir: Path) -> None:
-    items = [
-        _item(workdir, "fiji", [179.5, -17.0, -179.5, -16.0], "2023-06-10T22:00:00Z"),
-        _item(workdir, "vanua", [178.0, -17.5, 179.0, -16.5], "2023-06-11T22:00:00Z"),
-    ]
+@pytest.mark.parametrize(
+    "bboxes, expected",
+    [
+        ([[179.5, -17.0, -179.5, -16.0], [178.0, -17.5, 179.0, -16.5]], [178.0, -17.5, -179.5, -16.0]),
+        ([[179.0, -17.0, 179.5, -16.0], [-179.5, -17.5, -179.0, -16.5]], [179.0, -17.5, -179.0, -16.0]),
+    ],
+)
+def test_items_about_the_antimeridian_give_an_extent_across_it(
+    workdir: Path, bboxes: list[list[float]], expected: list[float]
+) -> None:
+    items = [_item(workdir, f"i{index}", bbox, "2023-06-10T22:00:00Z") for index, bbox in enumerate(bboxes)]
     out = workdir / "collection.json"
     assert main(["stac-collection", *map(str, items), "--out", str(out), "--id", "fiji"]) == 0
+    StacCollection.model_validate(json.loads(out.read_text()))  # its rule for boxes across the antimeridian
     collection = pystac.Collection.from_file(str(out))
     assert collection.id == "fiji"
-    assert collection.extent.spatial.bboxes[0] == [-180.0, -17.5, 180.0, -16.0]
+    assert collection.extent.spatial.bboxes == [expected]  # west of 180 first, then east of it, as STAC writes
+
+
+def test_longitude_extent_is_the_shortest_run_that_holds_every_span() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        count = int(rng.integers(1, 6))
+        wests = rng.uniform(-180, 180, count).round(1)
+        widths = rng.uniform(0.1, rng.choice([10, 60, 200]), count).round(1)  # 0.1 at least: a span, not a point
+        spans = [(float(w), round((w + d + 180) % 360 - 180, 6)) for w, d in zip(wests, widths, strict=True)]
+        west, east = longitude_extent(spans)
+        width = (east - west) % 360 if (west, east) != (-180.0, 180.0) else 360.0
+        # by brute force: a shortest run starts at some span's west and reaches round to the farthest span's east
+        best = min(max((w - start) % 360 + d for w, d in zip(wests, widths, strict=True)) for start in wests)
+        assert width == pytest.approx(min(best, 360.0), abs=1e-6), (spans, west, east)
+        for w, d in zip(wests, widths, strict=True):  # and it holds every span
+            assert (w - west) % 360 + d <= width + 1e-6 or width == 360.0
 
 
 def test_items_that_remove_clouds_wrote(workdir: Path) -> None:
@@ -102,6 +124,7 @@ def test_items_that_remove_clouds_wrote(workdir: Path) -> None:
     items = sorted((workdir / "items").glob("*.json"))
     out = workdir / "items" / "collection.json"
     assert main(["stac-collection", *map(str, items), "--out", str(out)]) == 0
+    StacCollection.model_validate(json.loads(out.read_text()))
     collection = pystac.Collection.from_file(str(out))
     images = sorted(Path(item.assets["image"].get_absolute_href() or "") for item in collection.get_items())
     assert images == sorted((workdir / "out").glob("*_cloudfree.tif"))

@@ -21,6 +21,7 @@ from pyproj import Transformer
 from pystac.extensions.eo import EOExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterExtension
+from stac_pydantic import Item as StacItem
 
 from dsen2cr.cli import main
 from dsen2cr.outputs.geotiff import write_geotiff
@@ -33,6 +34,13 @@ def scene(workdir: Path) -> Path:
     """The test scene (UTM 32N, 50 x 40 px) under a Sentinel-2 name."""
     s2, _ = workdir.scene()
     return s2.rename(workdir / SENSED)
+
+
+def _read_item(path: Path) -> pystac.Item:
+    """The item at ``path``, checked first against stac-pydantic's STAC models (what stac-fastapi ingests with),
+    then read with pystac."""
+    StacItem.model_validate(json.loads(path.read_text()))
+    return pystac.Item.from_file(str(path))
 
 
 def _remove(workdir: Path, *argv: str) -> None:
@@ -55,7 +63,7 @@ def test_item_describes_the_outputs(workdir: Path, scene: Path) -> None:
         *("--s2", str(scene), "--out", str(out), "--mask-out", str(mask), "--preview", str(preview)),
         *("--stac-item", str(item_path)),
     )
-    item = pystac.Item.from_file(str(item_path))
+    item = _read_item(item_path)
     assert item.id == "a"
     assert item.datetime == datetime(2023, 6, 10, 10, 15, 59, tzinfo=timezone.utc)
     assert item.properties["processing:software"]["dsen2cr"]
@@ -102,7 +110,7 @@ def test_item_of_a_stac_input_links_it(workdir: Path, scene: Path, stac_item_of:
     """An S2 STAC item read: the output's item says so (``derived_from``) and takes its datetime."""
     source = stac_item_of(scene, workdir / "source", datetime="2023-06-10T12:15:59.5+02:00")
     _remove(workdir, "--s2", str(source), "--out", str(workdir / "o.tif"), "--stac-item", str(workdir / "o.json"))
-    item = pystac.Item.from_file(str(workdir / "o.json"))
+    item = _read_item(workdir / "o.json")
     assert item.datetime == datetime(2023, 6, 10, 10, 15, 59, 500000, tzinfo=timezone.utc)
     (link,) = item.get_links("derived_from")
     assert Path(link.get_absolute_href()).resolve() == source.resolve()
@@ -146,7 +154,7 @@ def test_footprint_across_the_antimeridian(workdir: Path) -> None:
     s2 = np.random.default_rng(0).integers(1, 8000, size=(13, 40, 50)).astype(np.uint16)
     scene = write_geotiff(workdir / SENSED, s2, crs=rasterio.crs.CRS.from_string(crs), transform=origin)
     _remove(workdir, "--s2", str(scene), "--out", str(workdir / "o.tif"), "--stac-item", str(workdir / "o.json"))
-    item = pystac.Item.from_file(str(workdir / "o.json"))
+    item = _read_item(workdir / "o.json")
     assert item.geometry["type"] == "MultiPolygon"
     east, west = sorted(item.geometry["coordinates"], key=lambda polygon: -polygon[0][0][0])
     assert all(179.99 < x <= 180 for x, _ in east[0]) and all(-180 <= x < -179.99 for x, _ in west[0])
@@ -171,7 +179,7 @@ def test_a_grid_without_an_epsg_code_gives_its_wkt2(workdir: Path) -> None:
     origin = rasterio.transform.from_origin(4321000, 3210000, 10, 10)
     scene = write_geotiff(workdir / SENSED, s2, crs=crs, transform=origin)
     _remove(workdir, "--s2", str(scene), "--out", str(workdir / "o.tif"), "--stac-item", str(workdir / "o.json"))
-    projection = ProjectionExtension.ext(pystac.Item.from_file(str(workdir / "o.json")))
+    projection = ProjectionExtension.ext(_read_item(workdir / "o.json"))
     assert projection.epsg is None
     assert projection.wkt2.startswith("PROJCRS[")  # WKT2, not GDAL's WKT1 (PROJCS[)
     assert pyproj.CRS.from_wkt(projection.wkt2).equals(pyproj.CRS.from_proj4(proj4), ignore_axis_order=True)
@@ -205,7 +213,7 @@ def test_footprint_is_the_valid_data(workdir: Path) -> None:
     _remove(workdir, "--s2", str(scene), "--out", str(workdir / "o.tif"), "--stac-item", str(workdir / "o.json"))
     with rasterio.open(workdir / "o.tif") as image:
         assert image.overviews(1)  # the outline comes from an overview
-    ring = pystac.Item.from_file(str(workdir / "o.json")).geometry["coordinates"][0]
+    ring = _read_item(workdir / "o.json").geometry["coordinates"][0]
     to_lonlat = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True)
     edge = [(r, c) for r in range(height) for c in (0, min(width - 1, r + 300))]  # each row's outermost valid pixels
     for r, c in edge:

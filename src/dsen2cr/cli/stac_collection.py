@@ -13,8 +13,9 @@ def register(subparsers: SubParsers) -> None:
         subparsers,
         "stac-collection",
         help="a STAC Collection of STAC items (a batch's --stac-item files): extent, summaries, links to each",
-        description="Write a STAC 1.0.0 Collection of the items given: the spatial extent that holds them (across "
-        "the antimeridian, the globe's width) and each item's, the time from the first to the last, summaries of "
+        description="Write a STAC 1.0.0 Collection of the items given: the bbox that holds them (the shortest run "
+        "of longitudes that does, across the antimeridian where that is shorter), the time from the first to the "
+        "last, summaries of "
         "their GSD, EPSG codes, constellations, instruments and the first item's bands, and a link to each item "
         "relative to the collection (a static catalogue that travels as a folder). The items are not rewritten.",
     )

@@ -79,15 +79,39 @@ def _moment(stamp: str) -> datetime:
 
 
 def spatial_extent(bboxes: list[list[float]]) -> list[list[float]]:
-    """The collection's bboxes: first the one that holds every item's (west, south, east, north; across the
-    antimeridian, where an item's west lies east of its east, the whole width of the globe), then each item's, as
-    STAC lets a collection list the parts of its extent."""
-    south, north = min(b[1] for b in bboxes), max(b[3] for b in bboxes)
-    if any(b[0] > b[2] for b in bboxes):
-        west, east = -180.0, 180.0
-    else:
-        west, east = min(b[0] for b in bboxes), max(b[2] for b in bboxes)
-    return [[west, south, east, north], *bboxes] if len(bboxes) > 1 else [[west, south, east, north]]
+    """The collection's bbox: the latitudes that hold every item's, and the shortest run of longitudes that does
+    (:func:`longitude_extent`: across the antimeridian where that is shorter, west then east of it, as STAC writes
+    such boxes). The items' own bboxes are not listed: a batch's thousand would swell the collection, and STAC
+    makes them optional."""
+    west, east = longitude_extent([(b[0], b[2]) for b in bboxes])
+    return [[west, min(b[1] for b in bboxes), east, max(b[3] for b in bboxes)]]
+
+
+def longitude_extent(spans: list[tuple[float, float]]) -> tuple[float, float]:
+    """The shortest run of longitudes that holds every span (west, east; one whose west lies east of its east
+    crosses the antimeridian): the circle less its widest gap between the spans, as (west, east) with west > east
+    when it crosses 180°; (-180, 180) when the spans leave no gap."""
+    arcs = sorted((west, east + 360 if west > east else east) for west, east in spans)  # starts in [-180, 180]
+    merged: list[list[float]] = []
+    for start, stop in arcs:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    while len(merged) > 1 and merged[-1][1] >= merged[0][0] + 360:  # the last reaches round over the first
+        merged[-1][1] = max(merged[-1][1], merged.pop(0)[1] + 360)
+    if merged[-1][1] - merged[-1][0] >= 360 or (len(merged) == 1 and merged[0][1] - merged[0][0] >= 360):
+        return -180.0, 180.0
+    gaps = [(merged[i + 1][0] - merged[i][1], i + 1) for i in range(len(merged) - 1)]
+    gaps.append((merged[0][0] + 360 - merged[-1][1], 0))  # from the last span round to the first
+    _, after = max(gaps)
+    west, east = merged[after][0], merged[after - 1][1]  # after the widest gap, round to before it
+    return _longitude(west), _longitude(east)
+
+
+def _longitude(value: float) -> float:
+    """A longitude in [-180, 180] (180 kept as it is)."""
+    return value if -180 <= value <= 180 else (value + 180) % 360 - 180
 
 
 def _summaries(items: list[dict[str, Any]]) -> dict[str, Any]:
