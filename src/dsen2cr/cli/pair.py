@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 from pathlib import Path
 
 from dsen2cr.cli.options import SubParsers, add_command, add_overwrite, finite_float
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from dsen2cr.inputs import local_inputs, s1_parts
     from dsen2cr.inputs.pairing import pair_scenes
     from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text
-    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file, write_text_atomic
+    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file, href_from, write_text_atomic
     from dsen2cr.scene.jobs import scene_stem
 
     if not 0 < args.min_cover <= 1:
@@ -97,23 +96,15 @@ def run(args: argparse.Namespace) -> int:
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
     writer.writerow(["s2", "s1", "out", *folders])
-    columns = [_relative(str(folder), manifest) + "/" for folder in folders.values()]
+    columns = [href_from(manifest, folder) + "/" for folder in folders.values()]
     log = logging.getLogger(__name__)
     for pairing, stem in zip(pairings, stems, strict=True):
         print(f"{pairing.s2}: S1 {pairing.s1}, {gap_text(pairing.days)}, covering {pairing.cover:.0%} of the scene")
         if abs(pairing.days) > GAP_WARNING_DAYS:
             log.warning("%s: the nearest S1 that covers it was sensed %s", pairing.s2, gap_text(pairing.days))
-        s1 = ",".join(_relative(part, manifest) for part in s1_parts(pairing.s1))
-        image = _relative(str(images / f"{stem}_cloudfree.tif"), manifest)
-        writer.writerow([_relative(pairing.s2, manifest), s1, image, *columns])
+        s1 = ",".join(href_from(manifest, part) for part in s1_parts(pairing.s1))
+        image = href_from(manifest, images / f"{stem}_cloudfree.tif")
+        writer.writerow([href_from(manifest, pairing.s2), s1, image, *columns])
     write_text_atomic(manifest, rows.getvalue())
     print(f"wrote {manifest}: {len(pairings)} scene{'s' if len(pairings) != 1 else ''} (remove-clouds --manifest)")
     return 0
-
-
-def _relative(text: str, manifest: Path) -> str:
-    """A path as the manifest names it: relative to its folder (manifests travel with their scenes), a URL as it
-    is."""
-    if "://" in text:
-        return text
-    return Path(os.path.relpath(Path(text).resolve(), manifest.resolve().parent)).as_posix()

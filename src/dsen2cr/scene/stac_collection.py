@@ -8,14 +8,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.product import sensing_moment
-from dsen2cr.outputs.files import check_distinct_outputs, check_input_file, check_output_file, write_text_atomic
+from dsen2cr.outputs.files import (
+    check_distinct_outputs,
+    check_input_file,
+    check_output_file,
+    href_from,
+    write_text_atomic,
+)
 from dsen2cr.scene.stac_item import STAC_VERSION
 from dsen2cr.version import __version__
 
@@ -141,7 +146,7 @@ def collection_of(
     links = [{"rel": "root", "href": f"./{out.name}", "type": "application/json"}]
     links.append({"rel": "license", "href": SENTINEL_DATA_TERMS, "title": "Copernicus Sentinel data terms"})
     for path, item in items:
-        href = Path(os.path.relpath(path.resolve(), out.resolve().parent)).as_posix()
+        href = href_from(out, path)
         links.append(
             {
                 "rel": "item",

@@ -22,7 +22,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, is_stac, s1_parts
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME
 from dsen2cr.inputs.s1_time import gap_text
-from dsen2cr.outputs.files import check_output_file, write_text_atomic
+from dsen2cr.outputs.files import check_output_file, href_from, write_text_atomic
 from dsen2cr.settings import SceneJob
 from dsen2cr.version import __version__
 
@@ -328,12 +328,13 @@ def _derived_from(job: SceneJob) -> list[dict[str, str]]:
     links = []
     for source in (job.s2, *s1_parts(job.s1 or "")):
         if is_stac(source):
-            href = source if "://" in source else _href(Path(source), job.stac_item)
+            href = _href(source, job.stac_item)
             links.append({"rel": "derived_from", "href": href, "type": "application/geo+json"})
     return links
 
 
-def _href(path: Path, item: Path | None) -> str:
-    """``path`` relative to the item's folder, with forward slashes (a catalogue moves as a whole)."""
+def _href(target: str | Path, item: Path | None) -> str:
+    """``target`` as the item names it (:func:`~dsen2cr.outputs.files.href_from`: relative to its folder, a URL as
+    it is; a catalogue moves as a whole)."""
     assert item is not None
-    return Path(os.path.relpath(Path(path).resolve(), Path(item).resolve().parent)).as_posix()
+    return href_from(item, target)
