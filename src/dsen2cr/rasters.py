@@ -4,6 +4,7 @@ cache for a scene run, and the ground a raster covers (:class:`Footprint`)."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,13 @@ def open_raster(path: str | Path, *, bands: int | None = None, what: str = "rast
         dataset.close()
         raise DSen2CRError(f"{name}: {what} has {count} bands, expected {bands}")
     return dataset
+
+
+def decimated_shape(height: int, width: int, max_size: int) -> tuple[int, int]:
+    """The shape of a raster read decimated by a whole factor, the least that brings its longer side to at most
+    ``max_size`` (each side at least 1)."""
+    scale = max(1, math.ceil(max(height, width) / max_size))
+    return max(1, height // scale), max(1, width // scale)
 
 
 def read_window(

@@ -18,7 +18,7 @@ from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days
 from dsen2cr.inputs.readers import S2Source
 from dsen2cr.inputs.s1_time import GIVE_S1_TIME, UNKNOWN_S1_TIME, gap_text, s1_sensing_time
 from dsen2cr.preprocessing import NUM_S1_BANDS
-from dsen2cr.rasters import read_window
+from dsen2cr.rasters import decimated_shape, read_window
 
 #: The lattice of a scene's grid on which S1's cover is sampled: at most this many points a side.
 LATTICE_SIZE = 48
@@ -91,8 +91,7 @@ class S1Footprint:
         with open_raster(resolve_s1(text), bands=NUM_S1_BANDS, what="S1 (VV, VH)") as dataset:
             if dataset.crs is None:
                 raise DSen2CRError(f"{text}: S1 has no coordinate reference system")
-            scale = max(1, int(np.ceil(max(dataset.width, dataset.height) / FOOTPRINT_SIZE)))
-            shape = (max(1, dataset.height // scale), max(1, dataset.width // scale))
+            shape = decimated_shape(dataset.height, dataset.width, FOOTPRINT_SIZE)
             values = read_window(dataset, None, out_shape=(NUM_S1_BANDS, *shape))
             nodata = 0.0 if dataset.nodata is None else dataset.nodata
             pixels = Affine.scale(shape[1] / dataset.width, shape[0] / dataset.height) * ~dataset.transform

@@ -23,7 +23,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, resolve_s2
 from dsen2cr.inputs.product import band_code
 from dsen2cr.preprocessing import S2_BANDS, reflectance_percentile
-from dsen2cr.rasters import gdal_block_cache, lattice_windows, open_raster, read_window
+from dsen2cr.rasters import decimated_shape, gdal_block_cache, lattice_windows, open_raster, read_window
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +282,7 @@ class S2Source:
 
     def read_decimated(self, max_size: int) -> np.ndarray:
         """The whole scene at reduced resolution (longest side at most ``max_size``), for quick checks."""
-        scale = max(1, int(np.ceil(max(self.grid.width, self.grid.height) / max_size)))
-        shape = (max(1, self.grid.height // scale), max(1, self.grid.width // scale))
+        shape = decimated_shape(self.grid.height, self.grid.width, max_size)
         return np.concatenate([d.read(out_shape=(d.count, *shape)) for d in self._datasets], axis=0)
 
     def reopen(self) -> S2Source:
