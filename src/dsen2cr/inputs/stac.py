@@ -146,7 +146,7 @@ def stac_s2(location: str) -> S2Product:
     files = [_asset_href(assets[band][1], base) for band in wanted]
     baseline = properties.get("s2:processing_baseline")
     product = S2Product(location, list(wanted), files, level, baseline=str(baseline) if baseline else None)
-    product.sensing_time = _item_time(properties)
+    product.sensing_time = item_time(properties)
     scl = next(
         (asset for key, asset in item["assets"].items() if key.lower() == "scl" and isinstance(asset, dict)), None
     )
@@ -159,18 +159,19 @@ def stac_s2(location: str) -> S2Product:
     return product
 
 
-def _item_time(properties: object) -> str | None:
-    """When an item's scene was sensed: its ``datetime``, else its ``start_datetime`` (an item of a time span has
-    a null ``datetime``); None when neither holds a date and time."""
+def item_time(properties: object) -> str | None:
+    """When an item's scene was sensed, in UTC (:func:`~dsen2cr.inputs.product.sensing_time_text`): its
+    ``datetime``, else its ``start_datetime`` (an item of a time span has a null ``datetime``); None when neither
+    holds a date and time (or ``properties`` is no object)."""
     if not isinstance(properties, dict):
         return None
     return sensing_time_text(properties.get("datetime") or properties.get("start_datetime"))
 
 
 def item_sensing_time(location: str) -> str | None:
-    """When the scene of the STAC item at ``location`` was sensed (:func:`_item_time`), or None."""
+    """When the scene of the STAC item at ``location`` was sensed (:func:`item_time`), or None."""
     item, _ = _read_item(location)
-    return _item_time(item.get("properties"))
+    return item_time(item.get("properties"))
 
 
 def _stac_offset(asset: dict, baseline: str | None, location: str, key: str) -> int:
@@ -181,9 +182,9 @@ def _stac_offset(asset: dict, baseline: str | None, location: str, key: str) -> 
         if isinstance(entry, dict) and entry.get("offset") is not None:
             offset, scale = entry["offset"], entry.get("scale", 1.0)
             label = f"{location}: raster:bands"
-            if not _is_finite_number(offset):
+            if not is_finite_number(offset):
                 raise DSen2CRError(f"{label} offset {offset!r} of asset {key} is not a finite number")
-            if not (_is_finite_number(scale) and scale > 0):
+            if not (is_finite_number(scale) and scale > 0):
                 raise DSen2CRError(f"{label} scale {scale!r} of asset {key} is not a positive number")
             dn = offset / scale
             if not plausible_offset(dn):
@@ -197,7 +198,7 @@ def _stac_offset(asset: dict, baseline: str | None, location: str, key: str) -> 
     return 0
 
 
-def _is_finite_number(value: object) -> bool:
+def is_finite_number(value: object) -> bool:
     """Whether a JSON value is a finite number (not a bool, not a string)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 

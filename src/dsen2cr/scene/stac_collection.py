@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.product import sensing_moment
+from dsen2cr.inputs.stac import is_finite_number, item_time
 from dsen2cr.outputs.files import (
     check_distinct_outputs,
     check_input_file,
@@ -41,10 +41,9 @@ def read_item(path: Path) -> dict[str, Any]:
     if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("id"), str):
         raise DSen2CRError(f"{path}: not a STAC item (no Feature with an id)")
     bbox = item.get("bbox")
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)):
         raise DSen2CRError(f"{path}: STAC item {item['id']!r} has no bbox of four numbers (west, south, east, north)")
-    properties = item.get("properties")
-    if not isinstance(properties, dict) or _item_moment(properties) is None:
+    if item_time(item.get("properties")) is None:
         raise DSen2CRError(f"{path}: STAC item {item['id']!r} has no datetime (nor start_datetime)")
     return item
 
@@ -61,19 +60,6 @@ def _is_this_collection(path: Path, out: Path) -> bool:
         log.info("left out %s: it is the collection being written", path)
         return True
     return False
-
-
-def _is_number(value: object) -> bool:
-    """A finite JSON number (not a bool)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _item_moment(properties: dict[str, Any]) -> str | None:
-    """An item's ``datetime``, else its ``start_datetime``, as written, when it is a date and time."""
-    for key in ("datetime", "start_datetime"):
-        if sensing_moment(properties.get(key)) is not None:
-            return str(properties[key])
-    return None
 
 
 def _moment(stamp: str) -> datetime:
@@ -140,8 +126,8 @@ def collection_of(
     items: list[tuple[Path, dict[str, Any]]], out: Path, *, collection_id: str, description: str, title: str | None
 ) -> dict[str, Any]:
     """The STAC Collection (version :data:`STAC_VERSION`) of ``items`` (each with its file), to be written to
-    ``out``: extent, summaries, and links to the items relative to ``out``'s folder."""
-    stamps = sorted((str(_item_moment(item["properties"])) for _, item in items), key=_moment)
+    ``out``: extent (its time in UTC), summaries, and links to the items relative to ``out``'s folder."""
+    stamps = sorted((str(item_time(item["properties"])) for _, item in items), key=_moment)
     start, end = stamps[0], stamps[-1]
     links = [{"rel": "root", "href": f"./{out.name}", "type": "application/json"}]
     links.append({"rel": "license", "href": SENTINEL_DATA_TERMS, "title": "Copernicus Sentinel data terms"})
