@@ -170,14 +170,12 @@ def _resolve(job: SceneJob, settings: SceneSettings) -> tuple[S2Product | None, 
 
 @dataclass
 class CheckedJobs:
-    """A run's jobs, checked (:func:`check_jobs`), and this process's share of them: ``mine`` to run, ``items`` finished
-    but for the STAC item asked for; each job's S2 input resolved once, with its area (None: unresolved, its run
-    reports why)."""
+    """This process's share of a run's checked jobs (:func:`check_jobs`), as indices into them: ``mine`` to run,
+    ``items`` finished but for the STAC item asked for; each job's S2 input resolved once, with its area (None:
+    unresolved, its run reports why)."""
 
-    jobs: list[SceneJob]
     products: list[S2Product | None]
     areas: list[SceneArea | None]
-    finished: list[bool]
     mine: list[int]
     items: list[int]
 
@@ -216,7 +214,7 @@ def checked_jobs(jobs: list[SceneJob], settings: SceneSettings, extra_inputs: tu
     items = [index for index in share if finished[index] and missing_item(jobs[index])]
     if world > 1:
         log.info("%s: rank %d of %d takes %d of the %d scenes", launch.launcher, rank, world, len(mine), len(jobs))
-    return CheckedJobs(jobs, products, [area for _, area in resolved], finished, mine, items)
+    return CheckedJobs(products, [area for _, area in resolved], mine, items)
 
 
 def run_scene_jobs(
