@@ -57,7 +57,7 @@ def open_scene_inputs(
                 "is uint16; convert the input to uint16 DN first"
             )
         needs_mask = settings.keep_clear or job.mask_out is not None or job.preview is not None
-        if (needs_mask and not (checking and settings.mask == "paper")) or settings.mask != "paper":
+        if settings.mask != "paper" or (needs_mask and not checking):
             # its own file handles: the batch loop's reader thread owns ``s2`` while the loop runs; its statistics
             # pass reads the whole scene before the first map, on as many threads as the reader reads bands
             statistics_of = area if settings.mask_statistics == "area" else None
