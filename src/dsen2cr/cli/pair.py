@@ -70,10 +70,6 @@ def run(args: argparse.Namespace) -> int:
     from dsen2cr.outputs.files import check_distinct_outputs, check_output_file, href_from, write_text_atomic
     from dsen2cr.scene.jobs import scene_stem
 
-    if not 0 < args.min_cover <= 1:
-        raise DSen2CRError(f"--min-cover: must be a share in (0, 1], got {args.min_cover:g}")
-    if args.s1_max_days is not None and args.s1_max_days < 0:
-        raise DSen2CRError(f"--s1-max-days: must be 0 or more days, got {args.s1_max_days:g}")
     manifest = Path(args.out)
     inputs = [found for s2 in args.s2 for found in local_inputs(s2, None)]  # the manifest replaces none of them
     inputs += [found for s1 in args.s1 for found in local_inputs(args.s2[0], s1) if found[0] == "s1"]

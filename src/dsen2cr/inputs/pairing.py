@@ -124,7 +124,11 @@ def pair_scenes(
     """Each S2 scene with the S1 acquisition nearest to it in time among those that hold data under at least
     ``min_cover`` of its valid pixels (and lie within ``max_days`` of it, when given); of two as near, the one that
     covers more. An S2 scene whose sensing time nothing says, or that no S1 can be paired with, is refused, naming
-    the nearest S1 that covers any of it."""
+    the nearest S1 that covers any of it, as are a ``min_cover`` that is no share and a negative ``max_days``."""
+    if not 0 < min_cover <= 1:
+        raise DSen2CRError(f"--min-cover: must be a share in (0, 1], got {min_cover:g}")
+    if max_days is not None and max_days < 0:
+        raise DSen2CRError(f"--s1-max-days: must be 0 or more days, got {max_days:g}")
     acquisitions = [s1_acquisition(text) for text in s1_inputs]
     footprints: dict[str, S1Footprint] = {}
     pairings = []
