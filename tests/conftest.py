@@ -259,6 +259,28 @@ def write_stac_item(s2: Path, folder: Path, *, raster_bands: dict | None = None,
     return folder / "item.json"
 
 
+def split_s1(s1: Path, vv_name: str, vh_name: str) -> str:
+    """The two bands of the 2-band S1 file ``s1`` as single-band files ``vv_name`` and ``vh_name`` beside it, on its
+    grid; returns the ``--s1`` pair ``VV,VH`` of their paths."""
+    with rasterio.open(s1) as dataset:
+        data, crs, transform = dataset.read(), dataset.crs, dataset.transform
+    for index, name in enumerate((vv_name, vh_name)):
+        write_geotiff(s1.with_name(name), data[index : index + 1], crs=crs, transform=transform)
+    return f"{s1.with_name(vv_name)},{s1.with_name(vh_name)}"
+
+
+def write_s1_item(s1: Path, name: str = "s1_item.json", **properties: object) -> Path:
+    """An S1 STAC item ``name`` beside the 2-band S1 file ``s1``: ``vv`` and ``vh`` assets (its bands as files,
+    :func:`split_s1`) and ``properties``."""
+    import json
+
+    split_s1(s1, "vv.tif", "vh.tif")
+    item = {"type": "Feature", "id": "s1", "properties": properties}
+    item["assets"] = {"vv": {"href": "vv.tif"}, "vh": {"href": "vh.tif"}}
+    s1.with_name(name).write_text(json.dumps(item))
+    return s1.with_name(name)
+
+
 @pytest.fixture
 def stac_item_of() -> Callable[..., Path]:
     """``stac_item_of(s2, folder, *, raster_bands=None, **properties)``: :func:`write_stac_item`."""

@@ -15,6 +15,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
+from conftest import split_s1
 from dsen2cr.cli import main
 from dsen2cr.inputs.pairing import LATTICE_SIZE, pair_scenes
 from dsen2cr.outputs.geotiff import write_geotiff
@@ -104,10 +105,9 @@ def test_the_manifest_runs(workdir: Path, capsys: pytest.CaptureFixture) -> None
     (workdir / "inputs").mkdir()
     (workdir / "images").mkdir()
     s2 = _s2(workdir / "inputs")
-    vv, vh = (workdir / "inputs" / f"S1A_IW_20230608T051234_DVP_RTC10_G_gpuned_5F3A_{p}.tif" for p in ("VV", "VH"))
-    with rasterio.open(_s1(workdir / "inputs", "20230608T051234")) as src:
-        for index, path in enumerate((vv, vh), start=1):
-            write_geotiff(path, src.read(index)[None], crs=src.crs, transform=src.transform)
+    stem = "S1A_IW_20230608T051234_DVP_RTC10_G_gpuned_5F3A"
+    pair = split_s1(_s1(workdir / "inputs", "20230608T051234"), f"{stem}_VV.tif", f"{stem}_VH.tif")
+    vv, vh = map(Path, pair.split(","))
     (workdir / "masks").mkdir()
     manifest = workdir / "scenes.csv"
     argv = ["pair", "--s2", str(s2), "--s1", f"{vv},{vh}", "--out", str(manifest), "--images", str(workdir / "images")]

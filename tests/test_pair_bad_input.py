@@ -11,6 +11,7 @@ import numpy as np
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
+from conftest import write_s1_item
 from dsen2cr.outputs.geotiff import write_geotiff
 
 UTM32N = CRS.from_epsg(32632)
@@ -115,7 +116,7 @@ CASES = [
             "--s2",
             str(_s2(t)),
             "--s1",
-            str(_s1_item(t)),
+            str(write_s1_item(t.scene()[1], "item.json", datetime="2023-06-08T05:12:34Z")),
             "--out",
             str(t / "item.json"),
             "--overwrite",
@@ -124,26 +125,6 @@ CASES = [
         keep=("item.json",),
     ),
 ]
-
-
-def _s1_item(tmp: Path) -> Path:
-    """An S1 STAC item (vv and vh assets) of the workdir's S1, sensed 2023-06-08."""
-    import json
-
-    import rasterio
-
-    _, s1 = tmp.scene()
-    with rasterio.open(s1) as src:
-        for index, name in enumerate(("vv", "vh"), start=1):
-            write_geotiff(tmp / f"{name}.tif", src.read(index)[None], crs=src.crs, transform=src.transform)
-    item = {
-        "type": "Feature",
-        "id": "s1",
-        "properties": {"datetime": "2023-06-08T05:12:34Z"},
-        "assets": {"vv": {"href": "vv.tif"}, "vh": {"href": "vh.tif"}},
-    }
-    (tmp / "item.json").write_text(json.dumps(item))
-    return tmp / "item.json"
 
 
 def test_bad_input(bad_input: dict, check_case: Callable[[dict], None]) -> None:

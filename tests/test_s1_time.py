@@ -4,7 +4,6 @@ days checked against arithmetic done by hand."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pystac
 import pytest
 import rasterio
 
+from conftest import split_s1, write_s1_item
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.product import days_between
@@ -31,31 +31,6 @@ def _tag(path: Path, **tags: str) -> Path:
 
 def _renamed(path: Path, name: str) -> Path:
     return path.rename(path.with_name(name))
-
-
-def _split(s1: Path, vv_name: str, vh_name: str) -> str:
-    """The two bands of ``s1`` as single-band files ``vv_name`` and ``vh_name`` beside it; the --s1 pair."""
-    from dsen2cr.outputs.geotiff import write_geotiff
-
-    with rasterio.open(s1) as dataset:
-        data, crs, transform = dataset.read(), dataset.crs, dataset.transform
-    for index, name in enumerate((vv_name, vh_name)):
-        write_geotiff(s1.with_name(name), data[index : index + 1], crs=crs, transform=transform)
-    return f"{s1.with_name(vv_name)},{s1.with_name(vh_name)}"
-
-
-def _s1_item(s1: Path, **properties: object) -> Path:
-    """An S1 STAC item beside ``s1`` with ``vv`` and ``vh`` assets (its two bands as files) and ``properties``."""
-    _split(s1, "vv.tif", "vh.tif")
-    item = {
-        "type": "Feature",
-        "id": "s1",
-        "properties": properties,
-        "assets": {"vv": {"href": "vv.tif"}, "vh": {"href": "vh.tif"}},
-    }
-    path = s1.with_name("s1_item.json")
-    path.write_text(json.dumps(item))
-    return path
 
 
 def test_days_between_by_hand() -> None:
@@ -92,23 +67,23 @@ def test_s1_sensing_time(workdir: Path, case: str, expected: str | None) -> None
         given = str(_renamed(s1, S1_NAME))
     elif case == "rtc pair":
         stem = "S1A_IW_20230608T051234_DVP_RTC10_G_gpuned_5F3A"
-        given = _split(s1, f"{stem}_VV.tif", f"{stem}_VH.tif")
+        given = split_s1(s1, f"{stem}_VV.tif", f"{stem}_VH.tif")
     elif case == "pair, one named":
-        given = _split(s1, "vv.tif", "S1A_IW_20230608T051234_DVP_RTC10_G_gpuned_5F3A_VH.tif")
+        given = split_s1(s1, "vv.tif", "S1A_IW_20230608T051234_DVP_RTC10_G_gpuned_5F3A_VH.tif")
     elif case == "stac item":
-        given = str(_s1_item(s1, datetime="2023-06-08T07:12:34+02:00"))
+        given = str(write_s1_item(s1, datetime="2023-06-08T07:12:34+02:00"))
     elif case == "stac item of a span":
-        given = str(_s1_item(s1, datetime=None, start_datetime="2023-06-08T05:12:34Z"))
+        given = str(write_s1_item(s1, datetime=None, start_datetime="2023-06-08T05:12:34Z"))
     elif case == "nothing says":
         given = str(s1)
     else:
-        given = str(_s1_item(s1))
+        given = str(write_s1_item(s1))
     assert s1_sensing_time(given) == expected
 
 
 def test_a_pair_of_two_acquisitions_is_refused(workdir: Path) -> None:
     _, s1 = workdir.scene()
-    pair = _split(s1, "S1A_IW_20230608T051234_VV.tif", "S1A_IW_20230620T051234_VH.tif")
+    pair = split_s1(s1, "S1A_IW_20230608T051234_VV.tif", "S1A_IW_20230620T051234_VH.tif")
     with pytest.raises(DSen2CRError, match="VV and VH were sensed at different times"):
         s1_sensing_time(pair)
 

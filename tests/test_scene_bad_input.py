@@ -17,7 +17,7 @@ import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from conftest import write_stac_item
+from conftest import split_s1, write_stac_item
 from dsen2cr import create_model
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
@@ -1460,15 +1460,8 @@ def _second_scene_too_far(tmp: Path) -> list[str]:
 def _pair_of_two_dates(tmp: Path) -> str:
     """A VV,VH pair of the test scene's S1 bands, named after two acquisitions 12 days apart."""
     _, s1 = tmp.scene()
-    with rasterio.open(s1) as dataset:
-        data = dataset.read()
-    names = (
-        "S1A_IW_20230608T051234_DVP_RTC10_G_gpuned_5F3A_VV.tif",
-        "S1A_IW_20230620T051234_DVP_RTC10_G_gpuned_77C1_VH.tif",
-    )
-    for index, name in enumerate(names):
-        write_geotiff(tmp / name, data[index : index + 1], crs=UTM32N, transform=ORIGIN)
-    return ",".join(str(tmp / name) for name in names)
+    vv = "S1A_IW_20230608T051234_DVP_RTC10_G_gpuned_5F3A_VV.tif"
+    return split_s1(s1, vv, "S1A_IW_20230620T051234_DVP_RTC10_G_gpuned_77C1_VH.tif")
 
 
 def _sensed_scene(tmp: Path, file_name: str = "T32TPT_20230610T101559_10m.tif", *, empty: bool = False) -> Path:
