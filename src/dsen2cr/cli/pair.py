@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from dsen2cr.inputs import local_inputs, s1_parts
     from dsen2cr.inputs.pairing import pair_scenes
     from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text
-    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file, href_from, write_text_atomic
+    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file, write_text_atomic
+    from dsen2cr.outputs.hrefs import href_from
     from dsen2cr.scene.jobs import scene_stem
 
     manifest = Path(args.out)

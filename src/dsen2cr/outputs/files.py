@@ -396,12 +396,3 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
-
-
-def href_from(document: str | Path, target: str | Path) -> str:
-    """How the file ``document`` (a STAC item or collection, a manifest) names ``target``: a URL as it is, a path
-    relative to the document's folder with forward slashes (so that the document travels with what it names)."""
-    text = str(target)
-    if "://" in text:
-        return text
-    return Path(os.path.relpath(Path(text).resolve(), Path(document).resolve().parent)).as_posix()

@@ -18,9 +18,9 @@ from dsen2cr.outputs.files import (
     check_distinct_outputs,
     check_input_file,
     check_output_file,
-    href_from,
     write_text_atomic,
 )
+from dsen2cr.outputs.hrefs import href_from
 from dsen2cr.scene.stac_item import STAC_VERSION
 from dsen2cr.version import __version__
 

@@ -22,7 +22,8 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, is_stac, s1_parts
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME
 from dsen2cr.inputs.s1_time import gap_text
-from dsen2cr.outputs.files import check_output_file, href_from, write_text_atomic
+from dsen2cr.outputs.files import check_output_file, write_text_atomic
+from dsen2cr.outputs.hrefs import href_from
 from dsen2cr.settings import SceneJob
 from dsen2cr.version import __version__
 
@@ -334,7 +335,7 @@ def _derived_from(job: SceneJob) -> list[dict[str, str]]:
 
 
 def _href(target: str | Path, item: Path | None) -> str:
-    """``target`` as the item names it (:func:`~dsen2cr.outputs.files.href_from`: relative to its folder, a URL as
+    """``target`` as the item names it (:func:`~dsen2cr.outputs.hrefs.href_from`: relative to its folder, a URL as
     it is; a catalogue moves as a whole)."""
     assert item is not None
     return href_from(item, target)
