@@ -64,18 +64,14 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from dsen2cr.errors import DSen2CRError
-    from dsen2cr.inputs import local_inputs, s1_parts
+    from dsen2cr.inputs import s1_parts
     from dsen2cr.inputs.pairing import pair_scenes
     from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text
-    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file, write_text_atomic
+    from dsen2cr.outputs.files import write_text_atomic
     from dsen2cr.outputs.hrefs import href_from
     from dsen2cr.scene.jobs import scene_stem
 
-    manifest = Path(args.out)
-    inputs = [found for s2 in args.s2 for found in local_inputs(s2, None)]  # the manifest replaces none of them
-    inputs += [found for s1 in args.s1 for found in local_inputs(args.s2[0], s1) if found[0] == "s1"]
-    check_distinct_outputs([("out", manifest)], inputs)
-    check_output_file(manifest, overwrite=args.overwrite, kind="text")
+    manifest = checked_manifest(args.out, args.s2, args.s1, overwrite=args.overwrite)
     images = Path(args.images) if args.images is not None else manifest.parent
     if not images.is_dir():
         raise DSen2CRError(f"--images {images}: folder does not exist")
@@ -105,3 +101,17 @@ def run(args: argparse.Namespace) -> int:
     write_text_atomic(manifest, rows.getvalue())
     print(f"wrote {manifest}: {len(pairings)} scene{'s' if len(pairings) != 1 else ''} (remove-clouds --manifest)")
     return 0
+
+
+def checked_manifest(out: str, s2_inputs: list[str], s1_inputs: list[str], *, overwrite: bool) -> Path:
+    """The manifest ``--out`` to write, refused before any work where it would replace one of the inputs or a file
+    this command did not write (without ``overwrite``)."""
+    from dsen2cr.inputs import local_inputs
+    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
+
+    manifest = Path(out)
+    inputs = [found for s2 in s2_inputs for found in local_inputs(s2, None)]  # the manifest replaces none of them
+    inputs += [found for s1 in s1_inputs for found in local_inputs(s2_inputs[0], s1) if found[0] == "s1"]
+    check_distinct_outputs([("out", manifest)], inputs)
+    check_output_file(manifest, overwrite=overwrite, kind="text")
+    return manifest

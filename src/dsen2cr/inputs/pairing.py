@@ -15,7 +15,7 @@ from rasterio.warp import transform as transform_points
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import is_stac, resolve_s1, resolve_s2, s1_parts
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between
-from dsen2cr.inputs.readers import S2Source
+from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1_time import GIVE_S1_TIME, UNKNOWN_S1_TIME, gap_text, s1_sensing_time
 from dsen2cr.preprocessing import NUM_S1_BANDS
 from dsen2cr.rasters import decimated_shape, read_window
@@ -57,12 +57,15 @@ def s1_acquisition(text: str) -> S1Acquisition:
 def scene_lattice(s2: S2Source) -> tuple[np.ndarray, np.ndarray]:
     """Map coordinates (x, y in the scene's CRS) of the centres of a lattice of at most :data:`LATTICE_SIZE` points a
     side over the scene's valid pixels (read decimated: a product's overviews)."""
-    decimated = s2.read_decimated(LATTICE_SIZE)
-    valid = s2.valid(decimated)
-    grid = s2.grid
-    rows, cols = np.nonzero(valid)
+    return lattice_points(s2.grid, s2.valid(s2.read_decimated(LATTICE_SIZE)))
+
+
+def lattice_points(grid: Grid, valid: np.ndarray, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Map coordinates (x, y in ``grid``'s CRS) of the centres of the True cells of ``valid`` (a decimated raster of
+    ``grid``'s whole extent), of every ``step``-th row and column."""
+    rows, cols = np.nonzero(valid[::step, ::step])
     row_step, col_step = grid.height / valid.shape[0], grid.width / valid.shape[1]
-    xs, ys = grid.transform * ((cols + 0.5) * col_step, (rows + 0.5) * row_step)
+    xs, ys = grid.transform * ((cols * step + 0.5) * col_step, (rows * step + 0.5) * row_step)
     return np.asarray(xs, np.float64), np.asarray(ys, np.float64)
 
 
@@ -155,14 +158,14 @@ def pair_scenes(
             cover = float(held[s1.text].mean())
             found.append(Pairing(s2_text, s1.text, days_between(sensed, s1.sensing_time), cover))
         try:
-            pairings.append(_nearest(s2_text, found, min_cover, max_days))
+            pairings.append(nearest_pairing(s2_text, found, min_cover, max_days))
         except DSen2CRError as refusal:
             hint = _one_pass_hint(found, held, footprints, acquisitions, min_cover, max_days)
             raise DSen2CRError(f"{refusal}{hint}") from None
     return pairings
 
 
-def _nearest(s2: str, found: list[Pairing], min_cover: float, max_days: float | None) -> Pairing:
+def nearest_pairing(s2: str, found: list[Pairing], min_cover: float, max_days: float | None) -> Pairing:
     """The pairing of ``found`` nearest in time among those that cover ``min_cover`` within ``max_days``; refused
     when there is none, naming the nearest S1 that covers any of the scene."""
     eligible = [p for p in found if p.cover >= min_cover and (max_days is None or abs(p.days) <= max_days)]

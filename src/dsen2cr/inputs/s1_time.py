@@ -63,9 +63,9 @@ def s1_gap_days(s2_time: str | None, s1_time: str | None) -> float | None:
     return None if s2_time is None or s1_time is None else days_between(s2_time, s1_time)
 
 
-def gap_text(gap: float) -> str:
-    """A gap of :func:`s1_gap_days` in words: ``2.2 days before S2``, ``0.5 days after S2``."""
-    return f"{abs(gap):.1f} days {'before' if gap < 0 else 'after'} S2"
+def gap_text(gap: float, of: str = "S2") -> str:
+    """A gap of :func:`s1_gap_days` in words: ``2.2 days before S2``, ``0.5 days after S2`` (``of``: what S2)."""
+    return f"{abs(gap):.1f} days {'before' if gap < 0 else 'after'} {of}"
 
 
 def check_s1_gap(s2: str, s1: str, s2_time: str | None, s1_time: str | None, max_days: float) -> None:
