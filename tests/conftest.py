@@ -269,6 +269,24 @@ def split_s1(s1: Path, vv_name: str, vh_name: str) -> str:
     return f"{s1.with_name(vv_name)},{s1.with_name(vh_name)}"
 
 
+def write_dated_s2(
+    folder: Path, left: int, stamp: str, *, cloud_columns: int = 0, nodata_columns: int = 0, add: int = 0
+) -> Path:
+    """A 120 x 160 px 13-band L1C scene of dark ground (DN 500-519, B10 20) on the 10 m UTM 32N grid whose left edge
+    is ``left`` (top 5000000), sensed at ``stamp`` (its name ``T32…_{stamp}_10m.tif`` says so), with an opaque cloud
+    (6000 DN, B10 300: every rule of the paper's detector says cloud) over its first ``cloud_columns`` columns and
+    no data in its last ``nodata_columns``; ``add`` added to every valid DN (a baseline 04.00 export's offset)."""
+    rng = np.random.default_rng(int(stamp[:8]) + left)
+    dn = rng.integers(500, 520, size=(13, 120, 160)).astype(np.uint16)
+    dn[S2_BANDS.index("B10")] = 20
+    dn[:, :, :cloud_columns] = 6000
+    dn[S2_BANDS.index("B10"), :, :cloud_columns] = 300
+    dn[:, :, dn.shape[2] - nodata_columns :] = 0
+    dn[dn > 0] += add
+    path = folder / f"T32{'TPT' if left == 500000 else 'TQT'}_{stamp}_10m.tif"
+    return write_geotiff(path, dn, crs=CRS.from_epsg(32632), transform=from_origin(left, 5000000, 10, 10))
+
+
 def write_s1_item(s1: Path, name: str = "s1_item.json", **properties: object) -> Path:
     """An S1 STAC item ``name`` beside the 2-band S1 file ``s1``: ``vv`` and ``vh`` assets (its bands as files,
     :func:`split_s1`) and ``properties``."""

@@ -43,6 +43,7 @@ LAYERS = [
     ["data.patch_jobs"],  # many scene pairs of a manifest, each cut by data.patches
     ["data.patches"],  # your own scenes cut into training patches: reads them as remove-clouds does
     ["data.patch_folders"],  # a ROI's folders: what a run may write there, an earlier run's patches kept
+    ["data.triplets"],  # training triplets chosen from a collection of scenes, for data.patch_jobs' manifest
     ["inputs"],
     ["data"],
     ["config"],

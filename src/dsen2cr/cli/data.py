@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dsen2cr.bounds import given_bounds
 from dsen2cr.choices import DEFAULT_MAX_TARGET_CLOUD
+from dsen2cr.cli.data_triplets import register as register_triplets
 from dsen2cr.cli.options import SubParsers, add_bounds, add_command, add_no_progress, add_overwrite, add_scene_reading
 from dsen2cr.errors import DSen2CRError
 
@@ -62,6 +63,7 @@ def register(subparsers: SubParsers) -> None:
     download.set_defaults(handler=run_download)
 
     _register_patches(data_commands)
+    register_triplets(data_commands)
 
     splits = add_command(data_commands, "splits", help="write the validation and test ROI lists of the common split")
     splits.add_argument("--out", required=True, help="folder to write val_rois.txt and test_rois.txt into")

@@ -242,7 +242,16 @@ class S2Source:
 
     def read(self, window: Window) -> np.ndarray:
         """(13, h, w) DN of ``window`` in model convention (offsets removed; B10 filled for Level-2A)."""
-        raw = self._read_input_bands(window, list(range(len(self.bands))))
+        return self._with_b10(self._read_input_bands(window, list(range(len(self.bands)))))
+
+    def read_decimated_scene(self, max_size: int) -> np.ndarray:
+        """The whole scene at reduced resolution (longest side at most ``max_size``; a product's overviews) as
+        :meth:`read` gives a window: (13, h, w) DN in model convention."""
+        raw = self.read_decimated(max_size)
+        return self._with_b10(self._remove_offsets(raw, self._offsets) if self._converts else raw)
+
+    def _with_b10(self, raw: np.ndarray) -> np.ndarray:
+        """The input's bands as the 13 L1C bands: B10 filled for Level-2A (where the pixel is valid)."""
         if self.level == "L2A":
             fill = np.where(self.valid(raw), L2A_B10_FILL_DN, 0 if self.nodata is None else self.nodata)
             raw = np.insert(raw, S2_BANDS.index("B10"), fill.astype(raw.dtype), axis=0)

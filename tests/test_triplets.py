@@ -1,0 +1,132 @@
+"""dsen2cr data triplets: training triplets chosen from a collection of scenes (each cloudy scene with the clear one
+of its grid nearest in time, and the S1 nearest to that target), checked against clouds painted on known columns,
+dates counted by hand, and the manifest cut by data patches."""
+
+from __future__ import annotations
+
+import csv
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from conftest import write_dated_s2
+from dsen2cr.cli import main
+from dsen2cr.data import triplets
+from dsen2cr.data.triplets import S2Scene, choose_triplets
+from dsen2cr.outputs.geotiff import write_geotiff
+
+UTM32N = CRS.from_epsg(32632)
+HEIGHT, WIDTH = 120, 160
+TILE_A, TILE_B = 500000, 600000  # two grids' left edges (one CRS, 10 m)
+
+
+def _s1(folder: Path, stamp: str, *, nan_right_of: int | None = None) -> Path:
+    """S1 at 100 m over both grids, sensed at ``stamp`` (its name says so); NaN right of ``nan_right_of`` (metres
+    east of TILE_A's left edge)."""
+    width = (TILE_B - TILE_A) // 100 + WIDTH // 10 + 2
+    db = np.random.default_rng(3).uniform(-25, -5, size=(2, HEIGHT // 10 + 2, width)).astype(np.float32)
+    if nan_right_of is not None:
+        db[:, :, nan_right_of // 100 :] = np.nan
+    name = f"S1A_IW_GRDH_1SDV_{stamp}_{stamp}_048901_05E1A2_3C4F_db.tif"
+    return write_geotiff(folder / name, db, crs=UTM32N, transform=from_origin(TILE_A, 5000000, 100, 100))
+
+
+def test_cloud_cover_is_the_painted_share(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    painted = write_dated_s2(workdir, TILE_A, "20230610T101559", cloud_columns=64)
+    read = S2Scene.read(str(painted))
+    # by hand: the cloud's score 1 (the detector's ceiling), the ground's about -1.94 (its B1 + B10 rule); the 7 px
+    # mean is cloud (0.2 or more) where 6 or more of its 7 columns are (5 - 1.94 * 2 < 0.2 * 7): columns 0-61
+    assert read.cloud == pytest.approx(62 / WIDTH, abs=0.5 / WIDTH)
+    assert read.sensing_time.startswith("2023-06-10T10:15:59")
+    half = S2Scene.read(str(write_dated_s2(workdir, TILE_B, "20230610T101559", cloud_columns=64, nodata_columns=60)))
+    assert half.cloud == pytest.approx(62 / (WIDTH - 60), abs=0.5 / WIDTH)  # a share of the valid pixels
+    # a baseline 04.00 export read with its offset: the same clouds; read decimated 4x: about the same
+    (workdir / "offset").mkdir()
+    shifted = write_dated_s2(workdir / "offset", TILE_A, "20230610T101559", cloud_columns=64, add=1000)
+    assert S2Scene.read(str(shifted), offset=-1000).cloud == read.cloud
+    with rasterio.open(painted) as dataset:  # Level-2A: no B10 (filled as the reader fills it)
+        l2a = np.delete(dataset.read(), 10, axis=0)
+    level_2a = write_geotiff(
+        workdir / "offset" / "l2a_20230610T101559.tif", l2a, crs=UTM32N, transform=dataset.transform
+    )
+    assert (S2Scene.read(str(level_2a)).level, S2Scene.read(str(level_2a)).cloud) == ("L2A", read.cloud)
+    monkeypatch.setattr(triplets, "SCENE_READ_SIZE", WIDTH // 4)
+    assert S2Scene.read(str(painted)).cloud == pytest.approx(64 / WIDTH, abs=10 / WIDTH)
+
+
+def test_each_cloudy_scene_gets_the_nearest_clear_one_of_its_grid(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    scene = partial(write_dated_s2, workdir)
+    scenes = {
+        "a_cloudy": scene(TILE_A, "20230610T101559", cloud_columns=64),
+        "b_cloudy": scene(TILE_B, "20230605T101559", cloud_columns=64),
+        "a_clear": scene(TILE_A, "20230601T101559"),  # 9 days before a_cloudy
+        "a_clear_half": scene(TILE_A, "20230612T101559", nodata_columns=100),  # nearer, 60 of 160 columns
+        "a_late": scene(TILE_A, "20230801T101559", cloud_columns=64),  # 50 days after the nearest clear
+        "a_hazy": scene(TILE_A, "20230620T101559", cloud_columns=14),  # 12/160 = 7.5 %: neither
+        "b_clear": scene(TILE_B, "20230620T101559"),  # 15 days after b_cloudy (a_clear is nearer, on A)
+    }
+    s1 = {
+        "0531": _s1(workdir, "20230531T051234"),  # 1.2 days before a_clear
+        "0601": _s1(workdir, "20230601T171234", nan_right_of=800),  # 0.3 days after a_clear, 80 of its 160 columns
+        "0609": _s1(workdir, "20230609T171234"),  # 0.7 days before a_cloudy
+        "0604": _s1(workdir, "20230604T171234"),  # 0.7 days before b_cloudy
+        "0619": _s1(workdir, "20230619T171234"),  # 0.7 days before b_clear
+    }
+    manifest = workdir / "pairs.csv"
+    argv = ["data", "triplets", "--s2", *map(str, scenes.values()), "--s1", *map(str, s1.values())]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    with manifest.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert rows == [
+        {"s2_cloudy": scenes["a_cloudy"].name, "s2": scenes["a_clear"].name, "s1": s1["0531"].name, "roi": "1"},
+        {"s2_cloudy": scenes["b_cloudy"].name, "s2": scenes["b_clear"].name, "s1": s1["0619"].name, "roi": "2"},
+    ]
+    assert (
+        f"ROI 1: input {scenes['a_cloudy']} (39% cloud), target {scenes['a_clear']} (0% cloud, 9.0 days before the "
+        f"input), S1 {s1['0531']} (1.2 days before the target); all three hold data under 100% of the input"
+    ) in out
+    assert f"left out {scenes['a_late']}: no clear scene" in out and "lies 50.0 days before it (--max-days)" in out
+    assert f"{scenes['a_hazy']}: 8% cloud: neither an input" in out
+    # S1 near the inputs instead; ROIs from 7
+    manifest.unlink()
+    assert main([*argv, "--out", str(manifest), "--s1-near", "input", "--first-roi", "7"]) == 0
+    with manifest.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["s1"], row["roi"]) for row in rows] == [(s1["0609"].name, "7"), (s1["0604"].name, "8")]
+
+
+def test_the_half_covered_target_is_chosen_under_a_lower_min_cover(workdir: Path) -> None:
+    scene = partial(write_dated_s2, workdir)
+    cloudy = scene(TILE_A, "20230610T101559", cloud_columns=64)
+    far = scene(TILE_A, "20230601T101559")
+    half = scene(TILE_A, "20230612T101559", nodata_columns=100)
+    s1 = _s1(workdir, "20230611T171234")
+    choice = choose_triplets([str(cloudy), str(far), str(half)], [str(s1)], min_cover=0.3)
+    [triplet] = choice.triplets
+    assert triplet.s2.text == str(half)
+    assert triplet.target_days == pytest.approx(2.0)
+    assert triplet.cover == pytest.approx(60 / WIDTH, abs=1 / WIDTH)  # by hand: its 60 valid columns of 160
+
+
+def test_the_manifest_is_cut_by_data_patches(workdir: Path) -> None:
+    (workdir / "scenes").mkdir()
+    cloudy = write_dated_s2(workdir / "scenes", TILE_A, "20230610T101559", cloud_columns=64)
+    clear = write_dated_s2(workdir / "scenes", TILE_A, "20230601T101559")
+    s1 = _s1(workdir / "scenes", "20230531T051234")
+    manifest = workdir / "pairs.csv"
+    argv = ["data", "triplets", "--s2", str(cloudy), str(clear), "--s1", str(s1), "--out", str(manifest)]
+    assert main(argv) == 0
+    out = workdir / "patches"
+    assert main(["data", "patches", "--manifest", str(manifest), "--out", str(out), "--size", "40", "-q"]) == 0
+    patches = sorted((out / "ROIs0_own_s2_cloudy" / "s2_cloudy_1").glob("*.tif"))
+    assert len(patches) == (HEIGHT // 40) * (WIDTH // 40)
+    for folder, source in (("s2_cloudy", cloudy), ("s2", clear), ("s1", s1)):
+        with rasterio.open(out / f"ROIs0_own_{folder}" / f"{folder}_1" / f"ROIs0_own_{folder}_1_p0.tif") as patch:
+            assert patch.tags()["DSEN2CR_SOURCE"] == source.name
