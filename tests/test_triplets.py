@@ -5,6 +5,7 @@ dates counted by hand, and the manifest cut by data patches."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -13,11 +14,15 @@ import pytest
 import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 from conftest import write_dated_s2
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.cli import main
+from dsen2cr.cloud_detection import cloud_score
 from dsen2cr.data import triplets
 from dsen2cr.data.triplets import S2Scene, choose_triplets
+from dsen2cr.inputs.readers import S2Source
 from dsen2cr.outputs.geotiff import write_geotiff
 
 UTM32N = CRS.from_epsg(32632)
@@ -130,3 +135,23 @@ def test_the_manifest_is_cut_by_data_patches(workdir: Path) -> None:
     for folder, source in (("s2_cloudy", cloudy), ("s2", clear), ("s1", s1)):
         with rasterio.open(out / f"ROIs0_own_{folder}" / f"{folder}_1" / f"ROIs0_own_{folder}_1_p0.tif") as patch:
             assert patch.tags()["DSEN2CR_SOURCE"] == source.name
+
+
+@pytest.mark.parametrize(
+    ("level", "baseline", "shift", "offsets"),
+    [("L1C", "02.04", 0, None), ("L2A", "04.00", 1000, dict.fromkeys(range(13), -1000))],
+)
+def test_a_product_is_read_as_its_windows_are(
+    make_safe: Callable[..., Path], tmp_path: Path, level: str, baseline: str, shift: int, offsets: dict | None
+) -> None:
+    """A product's bands at 10, 20 and 60 m (and a baseline 04.00 product's offsets): the 512 px read of a small
+    product is its full-resolution scene, so its cloud share is the one of the scene read window by window."""
+    safe = make_safe(tmp_path, level=level, baseline=baseline, shift=shift, offsets=offsets)
+    source = S2Source(str(safe))
+    whole = source.read(Window(0, 0, source.grid.width, source.grid.height))
+    source.close()
+    expected = float((cloud_score(whole) >= DEFAULT_CLOUD_THRESHOLD).mean())
+    scene = S2Scene.read(str(safe))
+    assert 0.05 < expected < 0.95  # (the product holds both cloud and ground by the detector)
+    assert (scene.level, scene.cloud) == (level, pytest.approx(expected, abs=1e-12))
+    assert scene.sensing_time.startswith("2023-06-10T10:15:59")
