@@ -907,3 +907,17 @@ def test_a_training_run_gives_a_python_caller_its_determinism_back(
         assert torch.backends.cudnn.deterministic is False and torch.backends.cudnn.benchmark is False
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def test_a_checkpoint_is_checked_mapped_and_a_legacy_one_read(tmp_path: Path) -> None:
+    """check_resume_settings maps a checkpoint's tensors (not read: its records are a few kB); a file of torch's
+    legacy format, which cannot be mapped, is read whole, the same contents."""
+    from dsen2cr.training.resume import _load_mapped
+
+    contents = {"state_dict": {"w": torch.arange(6.0).reshape(2, 3)}, "global_step": 7}
+    for legacy in (False, True):
+        path = tmp_path / f"legacy{legacy}.ckpt"
+        torch.save(contents, path, _use_new_zipfile_serialization=not legacy)
+        loaded = _load_mapped(path)
+        assert loaded["global_step"] == 7
+        assert torch.equal(loaded["state_dict"]["w"], contents["state_dict"]["w"])
