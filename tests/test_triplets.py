@@ -155,3 +155,16 @@ def test_a_product_is_read_as_its_windows_are(
     assert 0.05 < expected < 0.95  # (the product holds both cloud and ground by the detector)
     assert (scene.level, scene.cloud) == (level, pytest.approx(expected, abs=1e-12))
     assert scene.sensing_time.startswith("2023-06-10T10:15:59")
+
+
+def test_data_patches_warns_of_s1_far_from_both_scenes(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cloudy = write_dated_s2(workdir, TILE_A, "20230610T101559", cloud_columns=64)
+    clear = write_dated_s2(workdir, TILE_A, "20230601T101559")
+    argv = ["data", "patches", "--s2-cloudy", str(cloudy), "--s2", str(clear), "--size", "40", "-q"]
+    far = _s1(workdir, "20230710T051234")  # by hand: 38.8 days after the target, 29.8 after the input
+    assert main([*argv, "--s1", str(far), "--out", str(workdir / "far"), "--roi", "1"]) == 0
+    assert "S1 sensed 38.8 days after the target and 29.8 days after the input: beyond 12 days of both" in caplog.text
+    caplog.clear()
+    near_input = _s1(workdir, "20230612T051234")  # 1.8 days after the input, 10.8 after the target: no warning
+    assert main([*argv, "--s1", str(near_input), "--out", str(workdir / "near"), "--roi", "1"]) == 0
+    assert "beyond 12 days" not in caplog.text

@@ -11,6 +11,7 @@ SEN12MS-CR's patches are complete, and a filled one would teach the fill.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +34,7 @@ from dsen2cr.inputs.area import WHOLE_SCENE, area_text, area_window
 from dsen2cr.inputs.provenance import s1_units_tags, s2_read_tags
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source
+from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text, s1_gap_days
 from dsen2cr.machine import cores
 from dsen2cr.outputs.files import output_folder
 from dsen2cr.outputs.geotiff import write_geotiff
@@ -40,6 +42,8 @@ from dsen2cr.outputs.locks import output_locks
 from dsen2cr.preprocessing import S1_BANDS, S2_BANDS
 from dsen2cr.rasters import gdal_block_cache
 from dsen2cr.version import __version__
+
+log = logging.getLogger(__name__)
 
 #: The release's season token is ``ROIs<number>_<word>``; your patches' is ``ROIs0_<collection>``.
 SEASON_NUMBER = "ROIs0"
@@ -213,6 +217,7 @@ def cut_patches(
         cloudy, clear, sar = open_scenes(scenes)
         for source in (cloudy, clear, sar):
             stack.callback(source.close)
+        _warn_s1_gap(scenes.s1, cloudy, clear, sar)
         grid = cloudy.grid
         area, windows = scene_windows(scenes, grid, size)
         folders, names = roi_outputs(out, season, roi, [number for number, _ in windows])
@@ -256,6 +261,23 @@ def cut_patches(
             reasons = ", ".join(f"{reason} ({count})" for reason, count in report.left_out.most_common())
             raise DSen2CRError(f"{s2_cloudy}: no {size} px patch to keep: {reasons}")
         return report
+
+
+def _warn_s1_gap(s1: str, cloudy: S2Source, clear: S2Source, sar: S1Source) -> None:
+    """Warn when S1 was sensed more than :data:`GAP_WARNING_DAYS` from both S2 scenes (its ground need be neither's:
+    the model would learn to distrust S1); silent where a date is unknown."""
+    to_target = s1_gap_days(clear.product.sensing_time, sar.sensing_time)
+    to_input = s1_gap_days(cloudy.product.sensing_time, sar.sensing_time)
+    if to_target is None or to_input is None or min(abs(to_target), abs(to_input)) <= GAP_WARNING_DAYS:
+        return
+    log.warning(
+        "%s: S1 sensed %s and %s: beyond %d days of both, the ground it shows need be neither's, and the model learns "
+        "to take less from S1 (data triplets chooses S1 near the target)",
+        s1,
+        gap_text(to_target, "the target"),
+        gap_text(to_input, "the input"),
+        GAP_WARNING_DAYS,
+    )
 
 
 def _remove_if_empty(folder: Path) -> None:
