@@ -15,9 +15,10 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from conftest import split_s1
+from conftest import split_s1, write_s1_item
 from dsen2cr.cli import main
 from dsen2cr.inputs.pairing import LATTICE_SIZE, pair_scenes
+from dsen2cr.inputs.s1_time import s1_orbit_direction
 from dsen2cr.outputs.geotiff import write_geotiff
 
 UTM32N = CRS.from_epsg(32632)
@@ -150,3 +151,30 @@ def test_frames_of_one_pass_are_named_with_the_command_that_merges_them(
     subprocess.run([str(rio), *command.split()[1:]], cwd=workdir, check=True, capture_output=True)
     assert main([*argv[:4], str(merged), *argv[6:]]) == 0
     assert f"{s2}: S1 {merged}, 2.2 days before S2, covering 100% of the scene" in capsys.readouterr().out
+
+
+def _on_pass(s1: Path, direction: str) -> Path:
+    """``s1`` tagged as GDAL's Sentinel-1 driver tags a product's pass (``ORBIT_DIRECTION``)."""
+    with rasterio.open(s1, "r+") as dataset:
+        dataset.update_tags(ORBIT_DIRECTION=direction)
+    return s1
+
+
+def test_orbit_keeps_one_pass(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    s2 = _s2(workdir)
+    descending = _on_pass(_s1(workdir, "20230609T171234"), "DESCENDING")  # 0.7 days before
+    ascending = _on_pass(_s1(workdir, "20230607T051234"), "ASCENDING")  # 3.2 days before
+    argv = ["pair", "--s2", str(s2), "--s1", str(descending), str(ascending), "--out", str(workdir / "scenes.csv")]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert (
+        f"S1 {descending}, 0.7 days before S2, covering 100% of the scene, descending pass" in capsys.readouterr().out
+    )
+    assert main([*argv, "--overwrite", "--orbit", "ascending"]) == 0
+    assert f"S1 {ascending}, 3.2 days before S2, covering 100% of the scene, ascending pass" in capsys.readouterr().out
+    item = write_s1_item(_s1(workdir, "20230611T051234"), "s1.json", datetime="2023-06-11T05:12:34Z")
+    assert s1_orbit_direction(str(item)) is None
+    item.write_text(item.read_text().replace('"properties": {', '"properties": {"sat:orbit_state": "ascending", '))
+    assert s1_orbit_direction(str(item)) == "ascending"
+    [pairing] = pair_scenes([str(s2)], [str(descending), str(ascending), str(item)], orbit="ascending")
+    assert (pairing.s1, pairing.orbit) == (str(item), "ascending")  # 0.2 days after, the nearest ascending

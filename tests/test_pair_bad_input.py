@@ -8,10 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from conftest import write_s1_item
+from conftest import split_s1, write_s1_item
 from dsen2cr.outputs.geotiff import write_geotiff
 
 UTM32N = CRS.from_epsg(32632)
@@ -35,6 +36,23 @@ def _s1(tmp: Path, name: str = S1_NAME, *, origin: tuple[float, float] = (500000
         (tmp / name).write_bytes(s1.read_bytes())
         return tmp / name
     return write_geotiff(tmp / name, db, crs=UTM32N, transform=from_origin(*origin, 10, 10))
+
+
+def _tagged(s1: Path, direction: str) -> Path:
+    """``s1`` tagged with the pass GDAL's Sentinel-1 driver reads (``ORBIT_DIRECTION``)."""
+    with rasterio.open(s1, "r+") as dataset:
+        dataset.update_tags(ORBIT_DIRECTION=direction)
+    return s1
+
+
+def _two_passes(tmp: Path) -> str:
+    """A ``VV,VH`` pair of the workdir's S1 whose VV says an ascending pass and VH a descending one."""
+    stem = "S1A_IW_GRDH_1SDV_20230608T051234_20230608T051259_048901_05E1A2_3C4F"
+    pair = split_s1(_s1(tmp), f"{stem}_VV.tif", f"{stem}_VH.tif")
+    vv, vh = map(Path, pair.split(","))
+    _tagged(vv, "ASCENDING")
+    _tagged(vh, "DESCENDING")
+    return pair
 
 
 def _pair(tmp: Path, s2: list[Path], s1: list[Path], *extra: str) -> list[str]:
@@ -102,6 +120,25 @@ CASES = [
         setup=lambda t: _pair(t, [_s2(t)], [_s1(t)], "--mask-out", str(t / "masks")),
         message="masks: folder does not exist",
         absent=("scenes.csv", "masks"),
+    ),
+    dict(
+        name="pair: --orbit with a candidate whose pass nothing says",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t)], "--orbit", "ascending"),
+        message=f"{S1_NAME}: --orbit ascending: on which pass S1 was sensed is unknown (no STAC sat:orbit_state, no "
+        "ORBIT_DIRECTION tag); give its STAC item, or tag the file (gdal_edit.py -mo ORBIT_DIRECTION=ASCENDING FILE)",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: --orbit of a pass no candidate was sensed on",
+        setup=lambda t: _pair(t, [_s2(t)], [_tagged(_s1(t), "DESCENDING")], "--orbit", "ascending"),
+        message="--orbit ascending: none of the 1 S1 given was sensed on that pass",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: a VV,VH pair whose files say two passes",
+        setup=lambda t: _pair(t, [_s2(t)], [_two_passes(t)]),
+        message="VV and VH say different passes (ascending, descending): one acquisition is one",
+        absent=("scenes.csv",),
     ),
     dict(
         name="pair: an existing manifest without --overwrite",

@@ -21,7 +21,7 @@ from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.cli import main
 from dsen2cr.cloud_detection import cloud_score
 from dsen2cr.data import triplets
-from dsen2cr.data.triplets import S2Scene, choose_triplets
+from dsen2cr.data.triplets import S2Scene, TripletRules, choose_triplets
 from dsen2cr.inputs.readers import S2Source
 from dsen2cr.outputs.geotiff import write_geotiff
 
@@ -113,7 +113,7 @@ def test_the_half_covered_target_is_chosen_under_a_lower_min_cover(workdir: Path
     far = scene(TILE_A, "20230601T101559")
     half = scene(TILE_A, "20230612T101559", nodata_columns=100)
     s1 = _s1(workdir, "20230611T171234")
-    choice = choose_triplets([str(cloudy), str(far), str(half)], [str(s1)], min_cover=0.3)
+    choice = choose_triplets([str(cloudy), str(far), str(half)], [str(s1)], TripletRules(min_cover=0.3))
     [triplet] = choice.triplets
     assert triplet.s2.text == str(half)
     assert triplet.target_days == pytest.approx(2.0)
@@ -168,3 +168,17 @@ def test_data_patches_warns_of_s1_far_from_both_scenes(workdir: Path, caplog: py
     near_input = _s1(workdir, "20230612T051234")  # 1.8 days after the input, 10.8 after the target: no warning
     assert main([*argv, "--s1", str(near_input), "--out", str(workdir / "near"), "--roi", "1"]) == 0
     assert "beyond 12 days" not in caplog.text
+
+
+def test_orbit_keeps_one_pass(workdir: Path) -> None:
+    cloudy = write_dated_s2(workdir, TILE_A, "20230610T101559", cloud_columns=64)
+    clear = write_dated_s2(workdir, TILE_A, "20230601T101559")
+    s1 = {"descending": _s1(workdir, "20230531T171234"), "ascending": _s1(workdir, "20230529T051234")}
+    for direction, path in s1.items():
+        with rasterio.open(path, "r+") as dataset:
+            dataset.update_tags(ORBIT_DIRECTION=direction.upper())
+    inputs = ([str(cloudy), str(clear)], list(map(str, s1.values())))
+    [nearest] = choose_triplets(*inputs).triplets
+    assert (nearest.s1, nearest.s1_orbit) == (str(s1["descending"]), "descending")  # 0.7 days before the target
+    [ascending] = choose_triplets(*inputs, TripletRules(orbit="ascending")).triplets
+    assert (ascending.s1, ascending.s1_orbit) == (str(s1["ascending"]), "ascending")  # 3.2 days before it

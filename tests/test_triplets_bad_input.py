@@ -81,6 +81,12 @@ CASES = [
         absent=("pairs.csv",),
     ),
     dict(
+        name="data triplets: --orbit with a candidate whose pass nothing says",
+        setup=lambda t: _triplets(t, _scenes(t), [_s1(t)], "--orbit", "descending"),
+        message=f"{S1_NAME}: --orbit descending: on which pass S1 was sensed is unknown",
+        absent=("pairs.csv",),
+    ),
+    dict(
         name="data triplets: --cloudy not above --clear",
         setup=lambda t: _triplets(t, _scenes(t), [_s1(t)], "--cloudy", "0.05"),
         message="--cloudy 0.05 must exceed --clear 0.05: a scene would be both an input and a target",

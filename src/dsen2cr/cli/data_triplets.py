@@ -64,6 +64,12 @@ def register(data_commands: SubParsers) -> None:
         "it shows the ground under the input's clouds) or to the input (default: %(default)s)",
     )
     parser.add_argument("--s1-max-days", type=finite_float, metavar="DAYS", help="choose no S1 further than DAYS")
+    parser.add_argument(
+        "--orbit",
+        choices=["ascending", "descending"],
+        help="only S1 of this pass (a STAC item's sat:orbit_state, a file's ORBIT_DIRECTION tag): one direction keeps "
+        "a series' look (the slopes S1 sees, its time of day)",
+    )
     parser.add_argument("--first-roi", type=int, default=1, help="the first row's ROI number (default: %(default)s)")
     parser.add_argument("--s2-offset", type=int, help="DN offset of GeoTIFFs exported from baseline 04.00+ products")
     add_overwrite(parser, "replace an existing manifest")
@@ -76,25 +82,23 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from dsen2cr.cli.pair import checked_manifest
-    from dsen2cr.data.triplets import choose_triplets, grid_groups
+    from dsen2cr.data.triplets import TripletRules, choose_triplets, grid_groups
     from dsen2cr.inputs import s1_parts
     from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text
     from dsen2cr.outputs.files import write_text_atomic
     from dsen2cr.outputs.hrefs import href_from
 
     manifest = checked_manifest(args.out, args.s2, args.s1, overwrite=args.overwrite)
-    choice = choose_triplets(
-        args.s2,
-        args.s1,
-        s2_offset=args.s2_offset,
+    rules = TripletRules(
         max_target_cloud=args.clear,
         min_input_cloud=args.cloudy,
         max_days=args.max_days,
         min_cover=args.min_cover,
         s1_near=args.s1_near,
         s1_max_days=args.s1_max_days,
-        first_roi=args.first_roi,
+        orbit=args.orbit,
     )
+    choice = choose_triplets(args.s2, args.s1, rules, s2_offset=args.s2_offset, first_roi=args.first_roi)
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
     offsets = ["s2_cloudy_offset", "s2_offset"] if args.s2_offset is not None else []
@@ -102,11 +106,12 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger(__name__)
     for triplet in choice.triplets:
         near = "the target" if args.s1_near == "target" else "the input"
+        on_pass = f", {triplet.s1_orbit} pass" if triplet.s1_orbit else ""
         print(
             f"ROI {triplet.roi}: input {triplet.s2_cloudy.text} ({triplet.s2_cloudy.cloud:.0%} cloud), target "
             f"{triplet.s2.text} ({triplet.s2.cloud:.0%} cloud, {gap_text(triplet.target_days, 'the input')}), S1 "
-            f"{triplet.s1} ({gap_text(triplet.s1_days, near)}); all three hold data under {triplet.cover:.0%} of "
-            "the input"
+            f"{triplet.s1} ({gap_text(triplet.s1_days, near)}{on_pass}); all three hold data under "
+            f"{triplet.cover:.0%} of the input"
         )
         if abs(triplet.s1_days) > GAP_WARNING_DAYS:
             log.warning("ROI %d: its S1 was sensed %s", triplet.roi, gap_text(triplet.s1_days, near))

@@ -54,6 +54,12 @@ def register(subparsers: SubParsers) -> None:
             help=f"also a {option} column: each scene's {what} in this folder, named after its image",
         )
     parser.add_argument("--s1-max-days", type=finite_float, metavar="DAYS", help="pair no S1 further than DAYS")
+    parser.add_argument(
+        "--orbit",
+        choices=["ascending", "descending"],
+        help="only S1 of this pass (a STAC item's sat:orbit_state, a file's ORBIT_DIRECTION tag): one direction keeps "
+        "a series' look (the slopes S1 sees, its time of day)",
+    )
     parser.add_argument("--s2-offset", type=int, help="DN offset of GeoTIFFs exported from baseline 04.00+ products")
     add_overwrite(parser, "replace an existing manifest")
     parser.set_defaults(handler=run)
@@ -80,7 +86,12 @@ def run(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             raise DSen2CRError(f"--{name.replace('_', '-')} {folder}: folder does not exist")
     pairings = pair_scenes(
-        args.s2, args.s1, s2_offset=args.s2_offset, min_cover=args.min_cover, max_days=args.s1_max_days
+        args.s2,
+        args.s1,
+        s2_offset=args.s2_offset,
+        min_cover=args.min_cover,
+        max_days=args.s1_max_days,
+        orbit=args.orbit,
     )
     stems = [scene_stem(pairing.s2) for pairing in pairings]
     if len(set(stems)) < len(stems):
@@ -92,7 +103,11 @@ def run(args: argparse.Namespace) -> int:
     columns = [href_from(manifest, folder) + "/" for folder in folders.values()]
     log = logging.getLogger(__name__)
     for pairing, stem in zip(pairings, stems, strict=True):
-        print(f"{pairing.s2}: S1 {pairing.s1}, {gap_text(pairing.days)}, covering {pairing.cover:.0%} of the scene")
+        on_pass = f", {pairing.orbit} pass" if pairing.orbit else ""
+        print(
+            f"{pairing.s2}: S1 {pairing.s1}, {gap_text(pairing.days)}, covering {pairing.cover:.0%} of the scene"
+            + on_pass
+        )
         if abs(pairing.days) > GAP_WARNING_DAYS:
             log.warning("%s: the nearest S1 that covers it was sensed %s", pairing.s2, gap_text(pairing.days))
         s1 = ",".join(href_from(manifest, part) for part in s1_parts(pairing.s1))

@@ -21,7 +21,7 @@ from dsen2cr.inputs.pairing import (
     S1Footprint,
     lattice_points,
     nearest_pairing,
-    s1_acquisition,
+    s1_candidates,
 )
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between
 from dsen2cr.inputs.readers import Grid, S2Source
@@ -77,7 +77,7 @@ class S2Scene:
 class Triplet:
     """A ROI's scenes: the input (``s2_cloudy``), its target (``s2``) and ``s1``; the days from the input to the
     target and from the S2 that S1 was chosen near to S1 (negative: before it); ``cover``, the share of the input's
-    valid pixels where all three hold data."""
+    valid pixels where all three hold data; S1's pass, where known."""
 
     roi: int
     s2_cloudy: S2Scene
@@ -86,6 +86,7 @@ class Triplet:
     target_days: float
     s1_days: float
     cover: float
+    s1_orbit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,81 +99,82 @@ class TripletChoice:
     neither: list[S2Scene]
 
 
+@dataclass(frozen=True)
+class TripletRules:
+    """How triplets are chosen: a scene at least ``min_input_cloud`` cloud is an input, at most ``max_target_cloud`` a
+    target; a target within ``max_days`` of its input, holding data under ``min_cover`` of the input's valid pixels;
+    S1 near the target (``s1_near="input"``: the input), holding data under ``min_cover`` of where both S2 do, within
+    ``s1_max_days`` and of ``orbit``'s passes when given. Refused, naming the option, where they choose nothing
+    sensible."""
+
+    max_target_cloud: float = DEFAULT_MAX_TARGET_CLOUD
+    min_input_cloud: float = DEFAULT_MIN_INPUT_CLOUD
+    max_days: float = DEFAULT_MAX_DAYS
+    min_cover: float = 0.95
+    s1_near: str = "target"
+    s1_max_days: float | None = None
+    orbit: str | None = None
+
+    def __post_init__(self) -> None:
+        for option, share in (("--clear", self.max_target_cloud), ("--cloudy", self.min_input_cloud)):
+            if not 0 <= share <= 1:
+                raise DSen2CRError(f"{option}: must be a share in [0, 1], got {share:g}")
+        if self.min_input_cloud <= self.max_target_cloud:
+            raise DSen2CRError(
+                f"--cloudy {self.min_input_cloud:g} must exceed --clear {self.max_target_cloud:g}: a scene would be "
+                "both an input and a target"
+            )
+        if not 0 < self.min_cover <= 1:
+            raise DSen2CRError(f"--min-cover: must be a share in (0, 1], got {self.min_cover:g}")
+        for option, days in (("--max-days", self.max_days), ("--s1-max-days", self.s1_max_days)):
+            if days is not None and days < 0:
+                raise DSen2CRError(f"{option}: must be 0 or more days, got {days:g}")
+        if self.s1_near not in S1_NEAR:
+            raise DSen2CRError(f"--s1-near: one of {', '.join(S1_NEAR)}, got {self.s1_near!r}")
+
+
 def choose_triplets(
     s2_inputs: list[str],
     s1_inputs: list[str],
+    rules: TripletRules | None = None,
     *,
     s2_offset: int | None = None,
-    max_target_cloud: float = DEFAULT_MAX_TARGET_CLOUD,
-    min_input_cloud: float = DEFAULT_MIN_INPUT_CLOUD,
-    max_days: float = DEFAULT_MAX_DAYS,
-    min_cover: float = 0.95,
-    s1_near: str = "target",
-    s1_max_days: float | None = None,
     first_roi: int = 1,
 ) -> TripletChoice:
-    """Each scene of ``s2_inputs`` at least ``min_input_cloud`` cloud, with the scene of its grid and level at most
-    ``max_target_cloud`` cloud nearest to it in time within ``max_days`` that holds data under ``min_cover`` of its
-    valid pixels, and the S1 nearest in time to the target (``s1_near="input"``: to the input) that holds data under
-    ``min_cover`` of where both do (within ``s1_max_days``); ROIs numbered from ``first_roi`` in the inputs' order.
-    An input without such a target or S1 is left out with its reason; none left at all is refused."""
-    _check_choices(max_target_cloud, min_input_cloud, max_days, min_cover, s1_near, s1_max_days, first_roi)
+    """Each scene of ``s2_inputs`` cloudy enough to be an input (``rules``, default :class:`TripletRules`), with the
+    target of its grid and level nearest to it in time that covers it, and the S1 nearest in time to the target (or
+    to the input) that covers where both do; ROIs numbered from ``first_roi`` in the inputs' order. An input without
+    such a target or S1 is left out with its reason; none left at all is refused."""
+    rules = rules or TripletRules()
+    if first_roi < 1:
+        raise DSen2CRError(f"--first-roi: must be 1 or more, got {first_roi}")
     scenes = [S2Scene.read(text, s2_offset) for text in s2_inputs]
     _check_distinct(scenes)
-    acquisitions = [s1_acquisition(text) for text in s1_inputs]
+    acquisitions = s1_candidates(s1_inputs, rules.orbit)
     footprints: dict[str, S1Footprint] = {}
-    targets = [scene for scene in scenes if scene.cloud <= max_target_cloud]
+    targets = [scene for scene in scenes if scene.cloud <= rules.max_target_cloud]
     triplets: list[Triplet] = []
     left_out: list[str] = []
     for scene in scenes:
         if math.isnan(scene.cloud):
             left_out.append(f"{scene.text}: S2 has no valid pixels (all nodata or NaN)")
             continue
-        if scene.cloud < min_input_cloud:
+        if scene.cloud < rules.min_input_cloud:
             continue
         try:
-            target, days = _target(scene, targets, max_target_cloud, max_days, min_cover)
-            s1_choice = _nearest_s1(scene, target, s1_near, acquisitions, footprints, min_cover, s1_max_days)
+            target, days = _target(scene, targets, rules)
+            s1_choice = _nearest_s1(scene, target, rules, acquisitions, footprints)
         except DSen2CRError as reason:
             left_out.append(str(reason))
             continue
         cover = float((scene.valid & target.valid).sum() / scene.valid.sum()) * s1_choice.cover
         roi = first_roi + len(triplets)
-        triplets.append(Triplet(roi, scene, target, s1_choice.s1, days, s1_choice.days, cover))
-    neither = [scene for scene in scenes if max_target_cloud < scene.cloud < min_input_cloud]
+        triplets.append(Triplet(roi, scene, target, s1_choice.s1, days, s1_choice.days, cover, s1_choice.orbit))
+    neither = [scene for scene in scenes if rules.max_target_cloud < scene.cloud < rules.min_input_cloud]
     if not triplets:
         reasons = "; ".join(left_out) or "no scene is cloudy enough to be an input"
         raise DSen2CRError(f"--s2: no triplet to write of the {len(scenes)} scenes given: {reasons}")
     return TripletChoice(triplets, left_out, neither)
-
-
-def _check_choices(
-    max_target_cloud: float,
-    min_input_cloud: float,
-    max_days: float,
-    min_cover: float,
-    s1_near: str,
-    s1_max_days: float | None,
-    first_roi: int,
-) -> None:
-    """Refuse settings that choose nothing sensible, naming the option."""
-    for option, share in (("--clear", max_target_cloud), ("--cloudy", min_input_cloud)):
-        if not 0 <= share <= 1:
-            raise DSen2CRError(f"{option}: must be a share in [0, 1], got {share:g}")
-    if min_input_cloud <= max_target_cloud:
-        raise DSen2CRError(
-            f"--cloudy {min_input_cloud:g} must exceed --clear {max_target_cloud:g}: a scene would be both an input "
-            "and a target"
-        )
-    if not 0 < min_cover <= 1:
-        raise DSen2CRError(f"--min-cover: must be a share in (0, 1], got {min_cover:g}")
-    for option, days in (("--max-days", max_days), ("--s1-max-days", s1_max_days)):
-        if days is not None and days < 0:
-            raise DSen2CRError(f"{option}: must be 0 or more days, got {days:g}")
-    if s1_near not in S1_NEAR:
-        raise DSen2CRError(f"--s1-near: one of {', '.join(S1_NEAR)}, got {s1_near!r}")
-    if first_roi < 1:
-        raise DSen2CRError(f"--first-roi: must be 1 or more, got {first_roi}")
 
 
 def _check_distinct(scenes: list[S2Scene]) -> None:
@@ -187,12 +189,11 @@ def _check_distinct(scenes: list[S2Scene]) -> None:
                 )
 
 
-def _target(
-    scene: S2Scene, targets: list[S2Scene], max_target_cloud: float, max_days: float, min_cover: float
-) -> tuple[S2Scene, float]:
+def _target(scene: S2Scene, targets: list[S2Scene], rules: TripletRules) -> tuple[S2Scene, float]:
     """The target of the input ``scene`` and the days from it to the target: the clear scene of its grid and level
-    nearest in time within ``max_days`` that holds data under ``min_cover`` of its valid pixels (of two as near, the
-    one that covers more); refused naming what came nearest."""
+    nearest in time within ``rules.max_days`` that holds data under ``rules.min_cover`` of its valid pixels (of two
+    as near, the one that covers more); refused naming what came nearest."""
+    max_target_cloud, max_days, min_cover = rules.max_target_cloud, rules.max_days, rules.min_cover
     own = [t for t in targets if t.grid == scene.grid and t.level == scene.level and t.text != scene.text]
     clear = f"no clear scene (--clear: at most {max_target_cloud:.0%} cloud) of its grid and level"
     if not own:
@@ -220,16 +221,14 @@ def _target(
 def _nearest_s1(
     scene: S2Scene,
     target: S2Scene,
-    s1_near: str,
+    rules: TripletRules,
     acquisitions: list[S1Acquisition],
     footprints: dict[str, S1Footprint],
-    min_cover: float,
-    s1_max_days: float | None,
 ) -> Pairing:
-    """The S1 of the input ``scene`` and its ``target``: the acquisition nearest in time to the one ``s1_near`` names
-    that holds data under ``min_cover`` of the pixels where both S2 do (a lattice of them; ``footprints`` read once
-    for every scene); refused naming the nearest that covers any."""
-    near = target if s1_near == "target" else scene
+    """The S1 of the input ``scene`` and its ``target``: the acquisition nearest in time to the one ``rules.s1_near``
+    names that holds data under ``rules.min_cover`` of the pixels where both S2 do (a lattice of them;
+    ``footprints`` read once for every scene); refused naming the nearest that covers any."""
+    near = target if rules.s1_near == "target" else scene
     both = scene.valid & target.valid
     xs, ys = lattice_points(scene.grid, both, max(1, math.ceil(max(both.shape) / LATTICE_SIZE)))
     found = []
@@ -237,9 +236,9 @@ def _nearest_s1(
         if s1.text not in footprints:
             footprints[s1.text] = S1Footprint.read(s1.text)
         cover = float(footprints[s1.text].held(scene.grid.crs, xs, ys).mean())
-        found.append(Pairing(near.text, s1.text, days_between(near.sensing_time, s1.sensing_time), cover))
+        found.append(Pairing(near.text, s1.text, days_between(near.sensing_time, s1.sensing_time), cover, s1.orbit))
     named = scene.text if near is scene else f"{scene.text} (S1 near its target {target.text})"
-    return nearest_pairing(named, found, min_cover, s1_max_days)
+    return nearest_pairing(named, found, rules.min_cover, rules.s1_max_days)
 
 
 def grid_groups(triplets: list[Triplet]) -> list[list[int]]:

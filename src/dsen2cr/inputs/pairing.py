@@ -16,7 +16,16 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import is_stac, resolve_s1, resolve_s2, s1_parts
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between
 from dsen2cr.inputs.readers import Grid, S2Source
-from dsen2cr.inputs.s1_time import GIVE_S1_TIME, UNKNOWN_S1_TIME, gap_text, s1_sensing_time
+from dsen2cr.inputs.s1_time import (
+    GIVE_S1_ORBIT,
+    GIVE_S1_TIME,
+    ORBIT_DIRECTIONS,
+    UNKNOWN_S1_ORBIT,
+    UNKNOWN_S1_TIME,
+    gap_text,
+    s1_orbit_direction,
+    s1_sensing_time,
+)
 from dsen2cr.preprocessing import NUM_S1_BANDS
 from dsen2cr.rasters import decimated_shape, read_window
 
@@ -29,29 +38,48 @@ DEFAULT_MIN_COVER = 0.95
 
 @dataclass(frozen=True)
 class S1Acquisition:
-    """An S1 input as given (``text``: a file, a ``VV,VH`` pair, a STAC item) and when it was sensed."""
+    """An S1 input as given (``text``: a file, a ``VV,VH`` pair, a STAC item), when it was sensed and on which pass
+    (``ascending``, ``descending``; None: nothing says)."""
 
     text: str
     sensing_time: str
+    orbit: str | None = None
 
 
 @dataclass(frozen=True)
 class Pairing:
     """An S2 scene (as given) and the S1 paired with it: the days from the scene to S1 (negative: S1 first) and the
-    share of the scene's valid pixels S1 covers."""
+    share of the scene's valid pixels S1 covers; S1's pass, where known."""
 
     s2: str
     s1: str
     days: float
     cover: float
+    orbit: str | None = None
 
 
-def s1_acquisition(text: str) -> S1Acquisition:
-    """An S1 candidate: refused when nothing says when it was sensed (it could not be ranked)."""
+def s1_acquisition(text: str, orbit: str | None = None) -> S1Acquisition:
+    """An S1 candidate: refused when nothing says when it was sensed (it could not be ranked), or, when only passes
+    of ``orbit`` are to be paired, on which pass."""
     sensing_time = s1_sensing_time(text)
     if sensing_time is None:
         raise DSen2CRError(f"{text}: {UNKNOWN_S1_TIME}, so it cannot be paired by date; {GIVE_S1_TIME}")
-    return S1Acquisition(text, sensing_time)
+    direction = s1_orbit_direction(text)
+    if orbit is not None and direction is None:
+        raise DSen2CRError(f"{text}: --orbit {orbit}: {UNKNOWN_S1_ORBIT}; {GIVE_S1_ORBIT}")
+    return S1Acquisition(text, sensing_time, direction)
+
+
+def s1_candidates(s1_inputs: list[str], orbit: str | None = None) -> list[S1Acquisition]:
+    """The S1 inputs as candidates (:func:`s1_acquisition`), those of ``orbit``'s passes only when it is given;
+    refused when that leaves none."""
+    if orbit is not None and orbit not in ORBIT_DIRECTIONS:
+        raise DSen2CRError(f"--orbit: one of {', '.join(ORBIT_DIRECTIONS)}, got {orbit!r}")
+    acquisitions = [s1_acquisition(text, orbit) for text in s1_inputs]
+    kept = [s1 for s1 in acquisitions if orbit is None or s1.orbit == orbit]
+    if not kept:
+        raise DSen2CRError(f"--orbit {orbit}: none of the {len(acquisitions)} S1 given was sensed on that pass")
+    return kept
 
 
 def scene_lattice(s2: S2Source) -> tuple[np.ndarray, np.ndarray]:
@@ -123,16 +151,18 @@ def pair_scenes(
     s2_offset: int | None = None,
     min_cover: float = DEFAULT_MIN_COVER,
     max_days: float | None = None,
+    orbit: str | None = None,
 ) -> list[Pairing]:
     """Each S2 scene with the S1 acquisition nearest to it in time among those that hold data under at least
-    ``min_cover`` of its valid pixels (and lie within ``max_days`` of it, when given); of two as near, the one that
-    covers more. An S2 scene whose sensing time nothing says, or that no S1 can be paired with, is refused, naming
-    the nearest S1 that covers any of it, as are a ``min_cover`` that is no share and a negative ``max_days``."""
+    ``min_cover`` of its valid pixels (and lie within ``max_days`` of it, and were sensed on an ``orbit`` pass, when
+    given); of two as near, the one that covers more. An S2 scene whose sensing time nothing says, or that no S1 can
+    be paired with, is refused, naming the nearest S1 that covers any of it, as are a ``min_cover`` that is no share
+    and a negative ``max_days``."""
     if not 0 < min_cover <= 1:
         raise DSen2CRError(f"--min-cover: must be a share in (0, 1], got {min_cover:g}")
     if max_days is not None and max_days < 0:
         raise DSen2CRError(f"--s1-max-days: must be 0 or more days, got {max_days:g}")
-    acquisitions = [s1_acquisition(text) for text in s1_inputs]
+    acquisitions = s1_candidates(s1_inputs, orbit)
     footprints: dict[str, S1Footprint] = {}
     pairings = []
     for s2_text in s2_inputs:
@@ -156,7 +186,7 @@ def pair_scenes(
                 footprints[s1.text] = S1Footprint.read(s1.text)
             held[s1.text] = footprints[s1.text].held(crs, xs, ys)
             cover = float(held[s1.text].mean())
-            found.append(Pairing(s2_text, s1.text, days_between(sensed, s1.sensing_time), cover))
+            found.append(Pairing(s2_text, s1.text, days_between(sensed, s1.sensing_time), cover, s1.orbit))
         try:
             pairings.append(nearest_pairing(s2_text, found, min_cover, max_days))
         except DSen2CRError as refusal:

@@ -1,5 +1,5 @@
-"""When S1 was sensed, and how far in time it lies from the S2 scene it stands in for under the clouds
-(docs/design.md §4.5). DSen2-CR takes S1 of about the scene's date: what the network puts under a cloud follows
+"""When S1 was sensed (and on which pass), and how far in time it lies from the S2 scene it stands in for under the
+clouds (docs/design.md §4.5). DSen2-CR takes S1 of about the scene's date: what the network puts under a cloud follows
 the ground as S1 saw it, so the further apart the two, the more that ground may have changed (a harvest, a flood,
 snow)."""
 
@@ -12,7 +12,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import is_stac, s1_parts
 from dsen2cr.inputs.geotiff import tagged_sensing_time
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between, sensing_time_of_name
-from dsen2cr.inputs.stac import item_sensing_time
+from dsen2cr.inputs.stac import item_orbit_state, item_sensing_time
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,13 @@ GIVE_S1_TIME = "give its STAC item, or tag the file (gdal_edit.py -mo ACQUISITIO
 #: Beyond this many days between S1 and S2 a run warns: one Sentinel-1 satellite passes over a place every 12 days
 #: (two of them every 6), so an acquisition closer in time most likely exists.
 GAP_WARNING_DAYS = 12.0
+#: Metadata that says on which pass an S1 file was sensed: what GDAL's SAFE (Sentinel-1) driver reads from a
+#: product (``ASCENDING``, ``DESCENDING``), which exports made with GDAL carry on, then a dsen2cr output's.
+S1_ORBIT_TAGS = ("ORBIT_DIRECTION", "DSEN2CR_S1_ORBIT_DIRECTION")
+ORBIT_DIRECTIONS = ("ascending", "descending")
+#: Why S1's pass is unknown, and how to give it.
+UNKNOWN_S1_ORBIT = "on which pass S1 was sensed is unknown (no STAC sat:orbit_state, no ORBIT_DIRECTION tag)"
+GIVE_S1_ORBIT = "give its STAC item, or tag the file (gdal_edit.py -mo ORBIT_DIRECTION=ASCENDING FILE)"
 #: VV and VH of one acquisition were sensed together; an S1 pair whose files say times further apart is two.
 PAIR_SECONDS = 3600.0
 
@@ -47,6 +54,29 @@ def s1_sensing_time(s1: str) -> str | None:
             "polarisations of one acquisition"
         )
     return known[0] if known else None
+
+
+def s1_orbit_direction(s1: str) -> str | None:
+    """On which pass the S1 that an ``--s1`` value names was sensed (``ascending``, ``descending``), or None when
+    nothing says: an S1 STAC item's ``sat:orbit_state``, a file's metadata (:data:`S1_ORBIT_TAGS`). A ``VV,VH`` pair
+    whose files say two passes is refused."""
+    if is_stac(s1):
+        state = item_orbit_state(s1)
+        return state if state in ORBIT_DIRECTIONS else None
+    said = {direction for direction in map(_file_orbit_direction, s1_parts(s1)) if direction is not None}
+    if len(said) > 1:
+        raise DSen2CRError(f"{s1}: VV and VH say different passes ({', '.join(sorted(said))}): one acquisition is one")
+    return said.pop() if said else None
+
+
+def _file_orbit_direction(path: str) -> str | None:
+    """The pass an S1 file's tags say, or None."""
+    from dsen2cr.rasters import open_raster
+
+    with open_raster(path, what="S1") as dataset:
+        tags = dataset.tags()
+    said = [(tags.get(name) or "").strip().lower() for name in S1_ORBIT_TAGS]
+    return next((direction for direction in said if direction in ORBIT_DIRECTIONS), None)
 
 
 def _file_sensing_time(path: str) -> str | None:

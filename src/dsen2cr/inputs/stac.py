@@ -174,6 +174,15 @@ def item_sensing_time(location: str) -> str | None:
     return item_time(item.get("properties"))
 
 
+def item_orbit_state(location: str) -> str | None:
+    """The pass of the STAC item at ``location`` (``sat:orbit_state``, lower case: ``ascending``, ``descending``),
+    or None when it says none."""
+    item, _ = _read_item(location)
+    properties = item.get("properties")
+    state = properties.get("sat:orbit_state") if isinstance(properties, dict) else None
+    return state.strip().lower() if isinstance(state, str) and state.strip() else None
+
+
 def _stac_offset(asset: dict, baseline: str | None, location: str, key: str) -> int:
     """DN to add to asset ``key``: from ``raster:bands`` scale and offset (scale 0.0001, offset −0.1 -> −1000),
     else −1000 for baseline 04.00 and later, else 0. A scale that is not a positive number (0 is not "no
