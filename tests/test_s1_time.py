@@ -15,7 +15,7 @@ from conftest import split_s1, write_s1_item
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.product import days_between
-from dsen2cr.inputs.s1_time import s1_sensing_time
+from dsen2cr.inputs.s1_time import s1_orbit_direction, s1_sensing_time
 
 S2_NAME = "T32TPT_20230610T101559_10m.tif"  # sensed 2023-06-10 10:15:59 UTC
 # a GRD product's name: sensed 2023-06-08 05:12:34 UTC, 2 days 5 h 3 min 25 s before S2
@@ -106,10 +106,22 @@ def test_outputs_and_item_record_s1s_date(workdir: Path, caplog: pytest.LogCaptu
     assert tags["DSEN2CR_S1_SENSING_TIME"] == "2023-06-08T05:12:34Z"
     assert float(tags["DSEN2CR_S1_DAYS_FROM_S2"]) == pytest.approx(GAP_DAYS, abs=0.005)
     assert tags["DSEN2CR_S1_DAYS_FROM_S2"] == "-2.21"
+    assert tags["DSEN2CR_S1_ORBIT_DIRECTION"] == "unknown"  # (nothing says)
     assert "S1: sensed 2023-06-08T05:12:34Z, 2.2 days before S2" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "S1 sensed" in r.getMessage()]
     lineage = pystac.Item.from_file(str(item)).properties["processing:lineage"]
     assert f"with S1 {S1_NAME} (sensed 2023-06-08T05:12:34Z, 2.2 days before S2)" in lineage
+
+
+def test_outputs_and_item_record_s1s_pass(workdir: Path) -> None:
+    s2, s1 = workdir.scene()
+    s2, s1 = _renamed(s2, S2_NAME), _tag(_renamed(s1, S1_NAME), ORBIT_DIRECTION="DESCENDING")  # as GDAL's driver says
+    out, item = workdir / "out.tif", workdir / "out.json"
+    assert _remove_with_sar(workdir, s2, str(s1), "--out", str(out), "--stac-item", str(item)) == 0
+    with rasterio.open(out) as dataset:
+        assert dataset.tags()["DSEN2CR_S1_ORBIT_DIRECTION"] == "descending"
+    lineage = pystac.Item.from_file(str(item)).properties["processing:lineage"]
+    assert f"with S1 {S1_NAME} (sensed 2023-06-08T05:12:34Z, 2.2 days before S2, descending pass)" in lineage
 
 
 def test_s1_of_another_month_is_warned_and_recorded(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -146,10 +158,12 @@ def test_patches_record_s1s_date(workdir: Path) -> None:
         clear, crs, transform = dataset.read() // 4, dataset.crs, dataset.transform
     clear[10] = 20  # B10 of a clear sky
     write_geotiff(workdir / "clear.tif", clear, crs=crs, transform=transform)
-    s1 = _renamed(s1, S1_NAME)
+    s1 = _tag(_renamed(s1, S1_NAME), ORBIT_DIRECTION="ASCENDING")
     argv = ["data", "patches", "--s2-cloudy", str(s2), "--s2", str(workdir / "clear.tif"), "--s1", str(s1)]
     assert main([*argv, "--out", str(workdir / "patches"), "--roi", "1", "--size", "32", "--no-progress"]) == 0
     s1_patches = sorted((workdir / "patches").rglob("*_s1_*.tif"))
     assert s1_patches
     with rasterio.open(s1_patches[0]) as dataset:
         assert dataset.tags()["DSEN2CR_SENSING_TIME"] == "2023-06-08T05:12:34Z"
+        assert dataset.tags()["DSEN2CR_S1_ORBIT_DIRECTION"] == "ascending"
+    assert s1_orbit_direction(str(s1_patches[0])) == "ascending"  # a patch given as S1 says its pass

@@ -324,6 +324,7 @@ def recorded_tags(
             "DSEN2CR_SOURCE": ",".join(Path(part).name for part in s1_parts(scenes.s1)),
             **s1_units_tags(scenes.s1_linear),
             "DSEN2CR_SENSING_TIME": sar.sensing_time or "unknown",
+            "DSEN2CR_S1_ORBIT_DIRECTION": sar.orbit_direction or "unknown",
         },
     }
 

@@ -38,13 +38,15 @@ def resampling_tags(product: S2Product, resampling: str) -> dict[str, str]:
     return {"DSEN2CR_RESAMPLING": f"{resampling} (20 m and 60 m bands onto the 10 m grid)"}
 
 
-def s1_time_tags(s2_time: str | None, s1_time: str | None) -> dict[str, str]:
+def s1_time_tags(s2_time: str | None, s1_time: str | None, orbit: str | None = None) -> dict[str, str]:
     """``DSEN2CR_S1_SENSING_TIME``: when S1 was sensed; ``DSEN2CR_S1_DAYS_FROM_S2``: the days from the S2 scene's
-    sensing to S1's (``-2.21``: S1 sensed first); ``unknown`` where nothing says."""
+    sensing to S1's (``-2.21``: S1 sensed first); ``DSEN2CR_S1_ORBIT_DIRECTION``: its pass (``ascending``,
+    ``descending``); ``unknown`` where nothing says."""
     gap = s1_gap_days(s2_time, s1_time)
     return {
         "DSEN2CR_S1_SENSING_TIME": s1_time or "unknown",
         "DSEN2CR_S1_DAYS_FROM_S2": "unknown" if gap is None else f"{gap:+.2f}",
+        "DSEN2CR_S1_ORBIT_DIRECTION": orbit or "unknown",
     }
 
 

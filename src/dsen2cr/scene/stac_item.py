@@ -314,7 +314,9 @@ def _lineage(tags: dict[str, str]) -> str:
     sar = f"with S1 {s1}" if s1 != "none" else "without SAR"
     gap = tags.get("DSEN2CR_S1_DAYS_FROM_S2", "unknown")
     if s1 != "none" and gap != "unknown":  # an image of an earlier version has no such tag
-        sar += f" (sensed {tags.get('DSEN2CR_S1_SENSING_TIME')}, {gap_text(float(gap))})"
+        orbit = tags.get("DSEN2CR_S1_ORBIT_DIRECTION", "unknown")
+        on_pass = f", {orbit} pass" if orbit != "unknown" else ""
+        sar += f" (sensed {tags.get('DSEN2CR_S1_SENSING_TIME')}, {gap_text(float(gap))}{on_pass})"
     return (
         f"Clouds removed from {tags.get('DSEN2CR_S2')} {sar} by the "
         f"DSen2-CR network (Meraner et al., ISPRS 2020), model {tags.get('DSEN2CR_MODEL')}, weights "
