@@ -182,3 +182,20 @@ def test_orbit_keeps_one_pass(workdir: Path) -> None:
     assert (nearest.s1, nearest.s1_orbit) == (str(s1["descending"]), "descending")  # 0.7 days before the target
     [ascending] = choose_triplets(*inputs, TripletRules(orbit="ascending")).triplets
     assert (ascending.s1, ascending.s1_orbit) == (str(s1["ascending"]), "ascending")  # 3.2 days before it
+
+
+def test_an_input_without_s1_near_its_target_is_left_out(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    scenes = [
+        write_dated_s2(workdir, TILE_A, "20230610T101559", cloud_columns=64),
+        write_dated_s2(workdir, TILE_A, "20230601T101559"),
+        write_dated_s2(workdir, TILE_B, "20230605T101559", cloud_columns=64),
+        write_dated_s2(workdir, TILE_B, "20230620T101559"),
+    ]
+    s1 = _s1(workdir, "20230531T051234")  # 1.2 days before A's target, 20.2 before B's
+    argv = ["data", "triplets", "--s2", *map(str, scenes), "--s1", str(s1), "--out", str(workdir / "pairs.csv")]
+    assert main([*argv, "--s1-max-days", "5"]) == 0
+    out = capsys.readouterr().out
+    assert f"left out {scenes[2]} (S1 near its target {scenes[3]}): no S1 given covers 95% of it within 5 days" in out
+    assert f"the nearest in time that covers any is {s1} (100% of it, 20.2 days before the target)" in out
+    with (workdir / "pairs.csv").open(newline="") as file:
+        assert [row["s2_cloudy"] for row in csv.DictReader(file)] == [scenes[0].name]

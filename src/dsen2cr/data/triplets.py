@@ -238,7 +238,7 @@ def _nearest_s1(
         cover = float(footprints[s1.text].held(scene.grid.crs, xs, ys).mean())
         found.append(Pairing(near.text, s1.text, days_between(near.sensing_time, s1.sensing_time), cover, s1.orbit))
     named = scene.text if near is scene else f"{scene.text} (S1 near its target {target.text})"
-    return nearest_pairing(named, found, rules.min_cover, rules.s1_max_days)
+    return nearest_pairing(named, found, rules.min_cover, rules.s1_max_days, f"the {rules.s1_near}")
 
 
 def grid_groups(triplets: list[Triplet]) -> list[list[int]]:

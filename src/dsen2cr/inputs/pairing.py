@@ -195,9 +195,10 @@ def pair_scenes(
     return pairings
 
 
-def nearest_pairing(s2: str, found: list[Pairing], min_cover: float, max_days: float | None) -> Pairing:
+def nearest_pairing(s2: str, found: list[Pairing], min_cover: float, max_days: float | None, of: str = "S2") -> Pairing:
     """The pairing of ``found`` nearest in time among those that cover ``min_cover`` within ``max_days``; refused
-    when there is none, naming the nearest S1 that covers any of the scene."""
+    when there is none, naming the nearest S1 that covers any of the scene (its days from ``of``: the S2 they count
+    from)."""
     eligible = [p for p in found if p.cover >= min_cover and (max_days is None or abs(p.days) <= max_days)]
     if eligible:
         return min(eligible, key=lambda p: (abs(p.days), -p.cover))
@@ -208,7 +209,7 @@ def nearest_pairing(s2: str, found: list[Pairing], min_cover: float, max_days: f
     best = overlapping[0]
     raise DSen2CRError(
         f"{s2}: no S1 given covers {min_cover:.0%} of it{within}; the nearest in time that covers any is {best.s1} "
-        f"({best.cover:.0%} of it, {gap_text(best.days)}): give more S1, or a lower --min-cover"
+        f"({best.cover:.0%} of it, {gap_text(best.days, of)}): give more S1, or a lower --min-cover"
         + (" or a larger --s1-max-days" if max_days is not None else "")
     )
 
