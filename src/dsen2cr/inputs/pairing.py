@@ -23,8 +23,7 @@ from dsen2cr.inputs.s1_time import (
     UNKNOWN_S1_ORBIT,
     UNKNOWN_S1_TIME,
     gap_text,
-    s1_orbit_direction,
-    s1_sensing_time,
+    s1_facts,
 )
 from dsen2cr.preprocessing import NUM_S1_BANDS
 from dsen2cr.rasters import decimated_shape, read_window
@@ -61,13 +60,12 @@ class Pairing:
 def s1_acquisition(text: str, orbit: str | None = None) -> S1Acquisition:
     """An S1 candidate: refused when nothing says when it was sensed (it could not be ranked), or, when only passes
     of ``orbit`` are to be paired, on which pass."""
-    sensing_time = s1_sensing_time(text)
-    if sensing_time is None:
+    facts = s1_facts(text)
+    if facts.sensing_time is None:
         raise DSen2CRError(f"{text}: {UNKNOWN_S1_TIME}, so it cannot be paired by date; {GIVE_S1_TIME}")
-    direction = s1_orbit_direction(text)
-    if orbit is not None and direction is None:
+    if orbit is not None and facts.orbit is None:
         raise DSen2CRError(f"{text}: --orbit {orbit}: {UNKNOWN_S1_ORBIT}; {GIVE_S1_ORBIT}")
-    return S1Acquisition(text, sensing_time, direction)
+    return S1Acquisition(text, facts.sensing_time, facts.orbit)
 
 
 def s1_candidates(s1_inputs: list[str], orbit: str | None = None) -> list[S1Acquisition]:

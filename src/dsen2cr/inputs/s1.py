@@ -16,7 +16,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import resolve_s1
 from dsen2cr.inputs.geotiff import polarisation
 from dsen2cr.inputs.readers import Grid, on_grid
-from dsen2cr.inputs.s1_time import s1_orbit_direction, s1_sensing_time
+from dsen2cr.inputs.s1_time import s1_facts
 from dsen2cr.preprocessing import NUM_S1_BANDS
 from dsen2cr.rasters import lattice_windows, open_raster, read_window
 
@@ -51,9 +51,10 @@ class S1Source:
         try:
             self._open(grid)
             #: when S1 was sensed (ISO 8601 in UTC; None: nothing says), compared with the S2 scene's
-            self.sensing_time = s1_sensing_time(self.path)
+            facts = s1_facts(self.path)
+            self.sensing_time = facts.sensing_time
             #: on which pass (``ascending``, ``descending``; None: nothing says)
-            self.orbit_direction = s1_orbit_direction(self.path)
+            self.orbit_direction = facts.orbit
         except DSen2CRError:
             self._src.close()
             raise

@@ -6,13 +6,14 @@ snow)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import is_stac, s1_parts
 from dsen2cr.inputs.geotiff import tagged_sensing_time
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between, sensing_time_of_name
-from dsen2cr.inputs.stac import item_orbit_state, item_sensing_time
+from dsen2cr.inputs.stac import item_properties, item_time
 
 log = logging.getLogger(__name__)
 
@@ -38,54 +39,62 @@ GIVE_S1_ORBIT = "give its STAC item, or tag the file (gdal_edit.py -mo ORBIT_DIR
 PAIR_SECONDS = 3600.0
 
 
-def s1_sensing_time(s1: str) -> str | None:
-    """When the S1 that an ``--s1`` value names was sensed (ISO 8601 in UTC), or None when nothing says: an S1 STAC
-    item's ``datetime`` (else ``start_datetime``); a file's metadata (:data:`S1_SENSING_TIME_TAGS`, the ``IMAGERY``
-    domain's ``ACQUISITIONDATETIME``), else the first ``YYYYMMDDTHHMMSS`` of its name (a product's, an RTC
-    file's). A ``VV,VH`` pair whose two files say times more than an hour apart is refused (two acquisitions)."""
+@dataclass(frozen=True)
+class S1Facts:
+    """What an S1 input says of its acquisition: when it was sensed (ISO 8601 in UTC) and on which pass
+    (``ascending``, ``descending``); None where nothing says."""
+
+    sensing_time: str | None
+    orbit: str | None
+
+
+def s1_facts(s1: str) -> S1Facts:
+    """When and on which pass the S1 that an ``--s1`` value names was sensed, each file's metadata (or the STAC item)
+    read once. Time: an S1 STAC item's ``datetime`` (else ``start_datetime``); a file's metadata
+    (:data:`S1_SENSING_TIME_TAGS`, the ``IMAGERY`` domain's ``ACQUISITIONDATETIME``), else the first
+    ``YYYYMMDDTHHMMSS`` of its name (a product's, an RTC file's). Pass: the item's ``sat:orbit_state``, a file's
+    :data:`S1_ORBIT_TAGS`. A ``VV,VH`` pair whose files say times more than an hour apart, or two passes, is refused
+    (two acquisitions)."""
     if is_stac(s1):
-        return item_sensing_time(s1)
-    parts = s1_parts(s1)
-    times = [_file_sensing_time(part) for part in parts]
-    known = [time for time in times if time is not None]
+        properties = item_properties(s1)
+        state = properties.get("sat:orbit_state")
+        orbit = state.strip().lower() if isinstance(state, str) else None
+        return S1Facts(item_time(properties), orbit if orbit in ORBIT_DIRECTIONS else None)
+    facts = [_file_facts(part) for part in s1_parts(s1)]
+    known = [fact.sensing_time for fact in facts if fact.sensing_time is not None]
     if len(known) == 2 and abs(days_between(known[0], known[1])) * 86400 > PAIR_SECONDS:
         raise DSen2CRError(
             f"{s1}: VV and VH were sensed at different times (VV {known[0]}, VH {known[1]}): an S1 pair is the two "
             "polarisations of one acquisition"
         )
-    return known[0] if known else None
+    passes = {fact.orbit for fact in facts if fact.orbit is not None}
+    if len(passes) > 1:
+        raise DSen2CRError(
+            f"{s1}: VV and VH say different passes ({', '.join(sorted(passes))}): one acquisition is one"
+        )
+    return S1Facts(known[0] if known else None, passes.pop() if passes else None)
+
+
+def s1_sensing_time(s1: str) -> str | None:
+    """When the S1 that an ``--s1`` value names was sensed (:func:`s1_facts`), or None when nothing says."""
+    return s1_facts(s1).sensing_time
 
 
 def s1_orbit_direction(s1: str) -> str | None:
-    """On which pass the S1 that an ``--s1`` value names was sensed (``ascending``, ``descending``), or None when
-    nothing says: an S1 STAC item's ``sat:orbit_state``, a file's metadata (:data:`S1_ORBIT_TAGS`). A ``VV,VH`` pair
-    whose files say two passes is refused."""
-    if is_stac(s1):
-        state = item_orbit_state(s1)
-        return state if state in ORBIT_DIRECTIONS else None
-    said = {direction for direction in map(_file_orbit_direction, s1_parts(s1)) if direction is not None}
-    if len(said) > 1:
-        raise DSen2CRError(f"{s1}: VV and VH say different passes ({', '.join(sorted(said))}): one acquisition is one")
-    return said.pop() if said else None
+    """On which pass the S1 that an ``--s1`` value names was sensed (:func:`s1_facts`), or None when nothing says."""
+    return s1_facts(s1).orbit
 
 
-def _file_orbit_direction(path: str) -> str | None:
-    """The pass an S1 file's tags say, or None."""
-    from dsen2cr.rasters import open_raster
-
-    with open_raster(path, what="S1") as dataset:
-        tags = dataset.tags()
-    said = [(tags.get(name) or "").strip().lower() for name in S1_ORBIT_TAGS]
-    return next((direction for direction in said if direction in ORBIT_DIRECTIONS), None)
-
-
-def _file_sensing_time(path: str) -> str | None:
-    """When an S1 file was sensed, by its metadata, else by its name; None when neither says."""
+def _file_facts(path: str) -> S1Facts:
+    """When and on which pass an S1 file was sensed, by its metadata (its time else by its name)."""
     from dsen2cr.rasters import open_raster
 
     with open_raster(path, what="S1") as dataset:
         tagged = tagged_sensing_time(dataset, S1_SENSING_TIME_TAGS)
-    return tagged or sensing_time_of_name(Path(path).name)
+        tags = dataset.tags()
+    said = [(tags.get(name) or "").strip().lower() for name in S1_ORBIT_TAGS]
+    orbit = next((direction for direction in said if direction in ORBIT_DIRECTIONS), None)
+    return S1Facts(tagged or sensing_time_of_name(Path(path).name), orbit)
 
 
 def s1_gap_days(s2_time: str | None, s1_time: str | None) -> float | None:

@@ -168,19 +168,11 @@ def item_time(properties: object) -> str | None:
     return sensing_time_text(properties.get("datetime") or properties.get("start_datetime"))
 
 
-def item_sensing_time(location: str) -> str | None:
-    """When the scene of the STAC item at ``location`` was sensed (:func:`item_time`), or None."""
-    item, _ = _read_item(location)
-    return item_time(item.get("properties"))
-
-
-def item_orbit_state(location: str) -> str | None:
-    """The pass of the STAC item at ``location`` (``sat:orbit_state``, lower case: ``ascending``, ``descending``),
-    or None when it says none."""
+def item_properties(location: str) -> dict:
+    """The ``properties`` of the STAC item at ``location`` (empty where it has none)."""
     item, _ = _read_item(location)
     properties = item.get("properties")
-    state = properties.get("sat:orbit_state") if isinstance(properties, dict) else None
-    return state.strip().lower() if isinstance(state, str) and state.strip() else None
+    return properties if isinstance(properties, dict) else {}
 
 
 def _stac_offset(asset: dict, baseline: str | None, location: str, key: str) -> int:
