@@ -7,7 +7,8 @@ import argparse
 import csv
 import io
 
-from dsen2cr.cli.options import SubParsers, add_command, add_overwrite, finite_float
+from dsen2cr.cli.options import SubParsers, add_command, finite_float
+from dsen2cr.cli.pair import add_collection, add_s1_choice, checked_manifest
 
 
 def register(data_commands: SubParsers) -> None:
@@ -22,11 +23,7 @@ def register(data_commands: SubParsers) -> None:
         "(s2_cloudy,s2,s1,roi, paths relative to it), a ROI a row. Cloud cover is estimated by the paper's detector "
         "on each scene read at most 512 px a side.",
     )
-    parser.add_argument("--s2", nargs="+", required=True, help="S2 scenes: GeoTIFFs, .SAFE folders or zips, STAC items")
-    parser.add_argument(
-        "--s1", nargs="+", required=True, help="S1 candidates: VV+VH GeoTIFFs, VV.tif,VH.tif pairs, STAC items"
-    )
-    parser.add_argument("--out", required=True, help="the manifest to write (pairs.csv)")
+    add_collection(parser, "pairs.csv")
     parser.add_argument(
         "--cloudy",
         type=finite_float,
@@ -63,16 +60,8 @@ def register(data_commands: SubParsers) -> None:
         help="choose S1 nearest in time to the target (S1 then shows the ground the target shows, as at inference "
         "it shows the ground under the input's clouds) or to the input (default: %(default)s)",
     )
-    parser.add_argument("--s1-max-days", type=finite_float, metavar="DAYS", help="choose no S1 further than DAYS")
-    parser.add_argument(
-        "--orbit",
-        choices=["ascending", "descending"],
-        help="only S1 of this pass (a STAC item's sat:orbit_state, a file's ORBIT_DIRECTION tag): one direction keeps "
-        "a series' look (the slopes S1 sees, its time of day)",
-    )
     parser.add_argument("--first-roi", type=int, default=1, help="the first row's ROI number (default: %(default)s)")
-    parser.add_argument("--s2-offset", type=int, help="DN offset of GeoTIFFs exported from baseline 04.00+ products")
-    add_overwrite(parser, "replace an existing manifest")
+    add_s1_choice(parser)
     parser.set_defaults(handler=run)
 
 
@@ -81,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     write the manifest."""
     import logging
 
-    from dsen2cr.cli.pair import checked_manifest
     from dsen2cr.data.triplets import TripletRules, choose_triplets, grid_groups
     from dsen2cr.inputs import s1_parts
     from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text

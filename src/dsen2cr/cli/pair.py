@@ -30,11 +30,7 @@ def register(subparsers: SubParsers) -> None:
         "at least --min-cover of the scene's valid pixels; written as a remove-clouds manifest (s2,s1,out, paths "
         "relative to it). Every S2 scene must get one.",
     )
-    parser.add_argument("--s2", nargs="+", required=True, help="S2 scenes: GeoTIFFs, .SAFE folders or zips, STAC items")
-    parser.add_argument(
-        "--s1", nargs="+", required=True, help="S1 candidates: VV+VH GeoTIFFs, VV.tif,VH.tif pairs, STAC items"
-    )
-    parser.add_argument("--out", required=True, help="the manifest to write (scenes.csv)")
+    add_collection(parser, "scenes.csv")
     parser.add_argument(
         "--images",
         metavar="DIR",
@@ -53,7 +49,24 @@ def register(subparsers: SubParsers) -> None:
             metavar="DIR",
             help=f"also a {option} column: each scene's {what} in this folder, named after its image",
         )
-    parser.add_argument("--s1-max-days", type=finite_float, metavar="DAYS", help="pair no S1 further than DAYS")
+    add_s1_choice(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_collection(parser: argparse.ArgumentParser, manifest: str) -> None:
+    """The scenes and S1 candidates a pairing command chooses from, and the manifest it writes (``--out``, named
+    like ``manifest``)."""
+    parser.add_argument("--s2", nargs="+", required=True, help="S2 scenes: GeoTIFFs, .SAFE folders or zips, STAC items")
+    parser.add_argument(
+        "--s1", nargs="+", required=True, help="S1 candidates: VV+VH GeoTIFFs, VV.tif,VH.tif pairs, STAC items"
+    )
+    parser.add_argument("--out", required=True, help=f"the manifest to write ({manifest})")
+
+
+def add_s1_choice(parser: argparse.ArgumentParser) -> None:
+    """Which S1 a pairing command may choose (``--s1-max-days``, ``--orbit``), how it reads S2 GeoTIFF exports
+    (``--s2-offset``), and ``--overwrite`` of its manifest."""
+    parser.add_argument("--s1-max-days", type=finite_float, metavar="DAYS", help="choose no S1 further than DAYS")
     parser.add_argument(
         "--orbit",
         choices=["ascending", "descending"],
@@ -62,7 +75,6 @@ def register(subparsers: SubParsers) -> None:
     )
     parser.add_argument("--s2-offset", type=int, help="DN offset of GeoTIFFs exported from baseline 04.00+ products")
     add_overwrite(parser, "replace an existing manifest")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
