@@ -55,6 +55,15 @@ def _two_passes(tmp: Path) -> str:
     return pair
 
 
+def _collection(tmp: Path, ids: list[str]) -> Path:
+    """An ItemCollection ``s2_items.json`` of items with ``ids`` (an empty one: no id)."""
+    import json
+
+    features = [{"type": "Feature", "assets": {}, **({"id": item_id} if item_id else {})} for item_id in ids]
+    (tmp / "s2_items.json").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return tmp / "s2_items.json"
+
+
 def _pair(tmp: Path, s2: list[Path], s1: list[Path], *extra: str) -> list[str]:
     return ["pair", "--s2", *map(str, s2), "--s1", *map(str, s1), "--out", str(tmp / "scenes.csv"), *extra]
 
@@ -138,6 +147,18 @@ CASES = [
         name="pair: a VV,VH pair whose files say two passes",
         setup=lambda t: _pair(t, [_s2(t)], [_two_passes(t)]),
         message="VV and VH say different passes (ascending, descending): one acquisition is one",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: an S2 ItemCollection of two items of one id",
+        setup=lambda t: _pair(t, [_collection(t, ["a", "a"])], [_s1(t)]),
+        message="s2_items.json: two items of the ItemCollection have the id a",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: an S2 ItemCollection with an item without id",
+        setup=lambda t: _pair(t, [_collection(t, ["a", ""])], [_s1(t)]),
+        message="s2_items.json: item 1 of the ItemCollection has no id to name it by",
         absent=("scenes.csv",),
     ),
     dict(

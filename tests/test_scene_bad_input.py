@@ -1134,7 +1134,14 @@ CASES += [
     dict(
         name="remove-clouds: a STAC ItemCollection as --s2",
         setup=lambda t: _remove_to(t, _item_collection(t), t / "o.tif"),
-        message="collection.json: a STAC ItemCollection of 2 items, not an item",
+        message="collection.json#ITEM_ID, or give the collection to dsen2cr pair or data triplets, which take each "
+        "of its items",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: an item id the ItemCollection does not hold",
+        setup=lambda t: _remove_to(t, f"{_item_collection(t)}#c", t / "o.tif"),
+        message="collection.json#c: the ItemCollection ",
         absent=("o.tif",),
     ),
     dict(

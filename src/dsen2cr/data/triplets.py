@@ -25,6 +25,7 @@ from dsen2cr.inputs.pairing import (
 )
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between
 from dsen2cr.inputs.readers import Grid, S2Source
+from dsen2cr.inputs.stac import collection_items
 
 #: Each scene is read at most this many pixels a side (a product's overviews) for its cloud cover and its data.
 SCENE_READ_SIZE = 512
@@ -148,7 +149,7 @@ def choose_triplets(
     rules = rules or TripletRules()
     if first_roi < 1:
         raise DSen2CRError(f"--first-roi: must be 1 or more, got {first_roi}")
-    scenes = [S2Scene.read(text, s2_offset) for text in s2_inputs]
+    scenes = [S2Scene.read(text, s2_offset) for given in s2_inputs for text in collection_items(given)]
     _check_distinct(scenes)
     acquisitions = s1_candidates(s1_inputs, rules.orbit)
     footprints: dict[str, S1Footprint] = {}

@@ -22,7 +22,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.geotiff import geotiff_s2, stack_pair
 from dsen2cr.inputs.product import MAX_OFFSET_DN, S2Product, is_url, plausible_offset, sensing_time_of_name
 from dsen2cr.inputs.safe import safe_folder, zipped_safe
-from dsen2cr.inputs.stac import s1_assets, stac_s1, stac_s2
+from dsen2cr.inputs.stac import is_stac, item_reference, s1_assets, stac_s1, stac_s2
 
 
 def resolve_s2(arg: str | Path, *, offset: int | None = None) -> S2Product:
@@ -61,11 +61,6 @@ def _with_offset_option(product: S2Product, offset: int | None) -> S2Product:
     return product
 
 
-def is_stac(text: str) -> bool:
-    """Whether an ``--s2``/``--s1`` value names a STAC item (a ``.json`` path or a URL)."""
-    return is_url(text) or text.lower().endswith(".json")
-
-
 def s1_parts(text: str, base: Path | None = None) -> list[str]:
     """The files an ``--s1`` value names: the two of a ``VV,VH`` pair, else the value: one without a comma, or an
     existing file's (relative to ``base`` when given; a comma is a legal character of a file name; an S2 value
@@ -78,14 +73,14 @@ def local_inputs(s2: str, s1: str | None, product: S2Product | None = None) -> l
     """Every local file or folder a scene reads, as ``(role, path)``: the ``--s2`` value (a file, a product
     folder or zip, a STAC item) and, when resolved, its band files and product masks; the ``--s1`` file(s) and
     the assets of an S1 STAC item. Remote inputs (URLs, ``/vsicurl/``) have no local path."""
-    found: list[tuple[str, Path]] = [] if is_url(s2) else [("s2", Path(s2))]
+    found: list[tuple[str, Path]] = [] if is_url(s2) else [("s2", Path(item_reference(s2)[0]))]
     if product is not None:
         found += [("s2", Path(f)) for f in [*product.files, *product.masks.values()] if _is_local(f)]
     for part in s1_parts(s1) if s1 else []:
         if is_stac(part):
             found += [("s1", Path(f)) for f in s1_assets(part) if _is_local(f)]
         if not is_url(part):
-            found.append(("s1", Path(part)))
+            found.append(("s1", Path(item_reference(part)[0])))
     return found
 
 

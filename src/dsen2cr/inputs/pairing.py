@@ -25,6 +25,7 @@ from dsen2cr.inputs.s1_time import (
     gap_text,
     s1_facts,
 )
+from dsen2cr.inputs.stac import collection_items
 from dsen2cr.preprocessing import NUM_S1_BANDS
 from dsen2cr.rasters import decimated_shape, read_window
 
@@ -69,11 +70,11 @@ def s1_acquisition(text: str, orbit: str | None = None) -> S1Acquisition:
 
 
 def s1_candidates(s1_inputs: list[str], orbit: str | None = None) -> list[S1Acquisition]:
-    """The S1 inputs as candidates (:func:`s1_acquisition`), those of ``orbit``'s passes only when it is given;
-    refused when that leaves none."""
+    """The S1 inputs as candidates (:func:`s1_acquisition`; each item of an ItemCollection one), those of ``orbit``'s
+    passes only when it is given; refused when that leaves none."""
     if orbit is not None and orbit not in ORBIT_DIRECTIONS:
         raise DSen2CRError(f"--orbit: one of {', '.join(ORBIT_DIRECTIONS)}, got {orbit!r}")
-    acquisitions = [s1_acquisition(text, orbit) for text in s1_inputs]
+    acquisitions = [s1_acquisition(text, orbit) for given in s1_inputs for text in collection_items(given)]
     kept = [s1 for s1 in acquisitions if orbit is None or s1.orbit == orbit]
     if not kept:
         raise DSen2CRError(f"--orbit {orbit}: none of the {len(acquisitions)} S1 given was sensed on that pass")
@@ -163,7 +164,7 @@ def pair_scenes(
     acquisitions = s1_candidates(s1_inputs, orbit)
     footprints: dict[str, S1Footprint] = {}
     pairings = []
-    for s2_text in s2_inputs:
+    for s2_text in (text for given in s2_inputs for text in collection_items(given)):
         product = resolve_s2(s2_text, offset=s2_offset)
         if product.sensing_time is None:
             raise DSen2CRError(

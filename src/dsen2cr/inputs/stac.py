@@ -56,29 +56,83 @@ def gdal_path(href: str) -> str:
     return href
 
 
-def _read_item(location: str) -> tuple[dict, str]:
-    """The STAC item JSON at a path or an http(s) URL, and the base its relative hrefs resolve against."""
-    try:
-        if is_url(location):
-            item = json.loads(_fetch(location))
-            base = location
-        else:
-            from dsen2cr.outputs.files import check_input_file
+def item_reference(text: str) -> tuple[str, str | None]:
+    """The document and the item id of a reference to one item of a STAC ItemCollection, ``items.json#ID`` (or a
+    URL ending ``#ID``: a search's results saved or served); ``(text, None)`` for anything else."""
+    document, hash_sign, item_id = text.rpartition("#")
+    if hash_sign and item_id and (is_url(document) or document.lower().endswith(".json")):
+        return document, item_id
+    return text, None
 
-            path = check_input_file(Path(location), "STAC item")
-            item = json.loads(path.read_text(encoding="utf-8-sig"))
-            base = path.resolve().as_uri()
+
+def is_stac(text: str) -> bool:
+    """Whether an ``--s2``/``--s1`` value names a STAC item (a ``.json`` path or a URL; ``…#ID``: an item of an
+    ItemCollection)."""
+    document, _ = item_reference(text)
+    return is_url(document) or document.lower().endswith(".json")
+
+
+def _read_document(document: str) -> tuple[object, str]:
+    """The JSON at a path or an http(s) URL, and the base its relative hrefs resolve against."""
+    try:
+        if is_url(document):
+            return json.loads(_fetch(document)), document
+        from dsen2cr.outputs.files import check_input_file
+
+        path = check_input_file(Path(document), "STAC item")
+        return json.loads(path.read_text(encoding="utf-8-sig")), path.resolve().as_uri()
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise DSen2CRError(f"{location}: not a STAC item (not valid JSON: {error})") from None
-    if isinstance(item, dict) and item.get("type") == "FeatureCollection":
+        raise DSen2CRError(f"{document}: not a STAC item (not valid JSON: {error})") from None
+
+
+def _is_collection(document: object) -> bool:
+    """Whether a JSON document is a STAC ItemCollection (a GeoJSON FeatureCollection)."""
+    return isinstance(document, dict) and document.get("type") == "FeatureCollection"
+
+
+def _read_item(location: str) -> tuple[dict, str]:
+    """The STAC item JSON at a path or an http(s) URL (``…#ID``: the item of that id in an ItemCollection), and
+    the base its relative hrefs resolve against."""
+    document, item_id = item_reference(location)
+    item, base = _read_document(document)
+    if item_id is not None and _is_collection(item):
+        assert isinstance(item, dict)
+        features = [f for f in item.get("features") or [] if isinstance(f, dict) and f.get("id") == item_id]
+        if not features:
+            count = len(item.get("features") or [])
+            raise DSen2CRError(f"{location}: the ItemCollection {document} of {count} items holds no item {item_id}")
+        item = features[0]
+    elif item_id is not None and not (isinstance(item, dict) and item.get("id") == item_id):
+        raise DSen2CRError(f"{location}: {document} is no ItemCollection, nor the item {item_id}")
+    if _is_collection(item):
+        assert isinstance(item, dict)
         count = len(item.get("features") or [])
         raise DSen2CRError(
-            f"{location}: a STAC ItemCollection of {count} items, not an item; give one item per scene (--s2 "
-            "item.json, or one manifest row each)"
+            f"{location}: a STAC ItemCollection of {count} items, not an item; name one as {location}#ITEM_ID, or "
+            "give the collection to dsen2cr pair or data triplets, which take each of its items"
         )
     if not isinstance(item, dict) or not isinstance(item.get("assets"), dict):
         raise DSen2CRError(f"{location}: not a STAC item (no assets)")
     return item, base
+
+
+def collection_items(text: str) -> list[str]:
+    """An ``--s2``/``--s1`` value as the scenes it names: each item of a STAC ItemCollection as ``DOCUMENT#ID`` (in
+    the collection's order), any other value as it is. Items without an id, or two of one id, are refused."""
+    if not is_stac(text) or item_reference(text)[1] is not None:
+        return [text]
+    document, _ = _read_document(text)
+    if not _is_collection(document):
+        return [text]
+    assert isinstance(document, dict)
+    ids = [f.get("id") if isinstance(f, dict) else None for f in document.get("features") or []]
+    if not ids:
+        raise DSen2CRError(f"{text}: an ItemCollection of no items")
+    if bad := next((str(i) for i, item_id in enumerate(ids) if not isinstance(item_id, str) or not item_id), None):
+        raise DSen2CRError(f"{text}: item {bad} of the ItemCollection has no id to name it by")
+    if twice := next((item_id for item_id in ids if ids.count(item_id) > 1), None):
+        raise DSen2CRError(f"{text}: two items of the ItemCollection have the id {twice}")
+    return [f"{text}#{item_id}" for item_id in ids]
 
 
 #: Largest STAC item fetched by URL (bytes): items are a few kB.

@@ -20,6 +20,7 @@ from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
 from dsen2cr.inputs.area import area_window
 from dsen2cr.inputs.manifest import manifest_input, read_manifest_rows, row_bounds
 from dsen2cr.inputs.readers import scene_grid
+from dsen2cr.inputs.stac import item_reference
 from dsen2cr.launch import this_launch
 from dsen2cr.outputs.files import (
     check_distinct_outputs,
@@ -49,7 +50,11 @@ SceneArea = tuple[int, int, Window]
 
 
 def scene_stem(source: str) -> str:
-    """A name for a scene's outputs: the product name without ``.SAFE``/``.SAFE.zip``, else the file stem."""
+    """A name for a scene's outputs: the product name without ``.SAFE``/``.SAFE.zip``, else the file stem; an item of
+    a STAC ItemCollection (``items.json#ID``), its id."""
+    _, item_id = item_reference(source)
+    if item_id is not None:
+        return item_id.replace("/", "_").replace("\\", "_")
     name = Path(source.rstrip("/")).name
     for suffix in (".zip", ".SAFE", ".json", ".tif", ".tiff", ".jp2"):
         name = name.removesuffix(suffix)
@@ -140,7 +145,7 @@ def check_jobs(
     for job, product, done in zip(jobs, products, unchecked or [False] * len(jobs), strict=True):
         named = [("s2", job.s2), *[("s1", part) for part in s1_parts(job.s1 or "")]]
         for role, text in named:  # as text: a URL is not a path ("http://a" would become "http:/a")
-            if text and "://" not in text and not Path(text).exists():
+            if text and "://" not in text and not Path(item_reference(text)[0]).exists():
                 chained = any(path_identity(Path(text)) == path_identity(other.out) for other in jobs)
                 hint = " (it is another row's output: rows run independently, never one after the other)"
                 raise DSen2CRError(f"{text}: {role.upper()} scene not found{hint if chained else ''}")
