@@ -113,3 +113,47 @@ def test_data_triplets_takes_each_item(workdir: Path, capsys: pytest.CaptureFixt
     with rasterio.open(patch) as dataset:
         assert dataset.tags()["DSEN2CR_SOURCE"] == "items.json#clear"
         assert dataset.tags()["DSEN2CR_SENSING_TIME"].startswith("2023-06-01T10:15:59")
+
+
+def test_a_collection_by_url_is_fetched_once(workdir: Path) -> None:
+    """pair reads each item of a collection by URL several times (its bands, time, files): one request serves all."""
+    import http.server
+    import threading
+
+    for folder in ("a", "b"):
+        (workdir / folder).mkdir()
+    items = {
+        "A": write_stac_item(write_dated_s2(workdir / "a", 500000, "20230610T101559"), workdir / "a" / "item"),
+        "B": write_stac_item(write_dated_s2(workdir / "b", 500000, "20230620T101559"), workdir / "b" / "item"),
+    }
+    collection = _collection(workdir / "items.json", items)
+    document = json.loads(collection.read_text())
+    for feature, item in zip(document["features"], items.values(), strict=True):  # assets by file:// URI
+        feature["properties"]["datetime"] = f"2023-06-{10 if feature['id'] == 'A' else 20}T10:15:59Z"
+        for asset in feature["assets"].values():
+            asset["href"] = (item.parent / Path(asset["href"]).name).resolve().as_uri()
+    body = json.dumps(document).encode()
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/search.json"
+    s1 = _s1(workdir, "20230611T051234")
+    try:
+        assert main(["pair", "--s2", url, "--s1", str(s1), "--out", str(workdir / "scenes.csv")]) == 0
+    finally:
+        httpd.shutdown()
+    with (workdir / "scenes.csv").open(newline="") as file:
+        assert [row["s2"] for row in csv.DictReader(file)] == [f"{url}#A", f"{url}#B"]
+    assert requests == ["/search.json"]

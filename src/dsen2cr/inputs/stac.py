@@ -4,6 +4,7 @@ through ``/vsicurl/`` and ``/vsis3/`` (docs/design.md §4.5)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -139,8 +140,10 @@ def collection_items(text: str) -> list[str]:
 MAX_ITEM_BYTES = 16 * 2**20
 
 
+@functools.lru_cache(maxsize=4)
 def _fetch(url: str) -> bytes:
-    """The bytes of a STAC item at an http(s) URL (the usual proxy variables apply)."""
+    """The bytes of a STAC item at an http(s) URL (the usual proxy variables apply); kept for the next read of it in
+    this process (a scene's item is read for its bands, its time and its files; an ItemCollection for each item)."""
     import urllib.request
 
     if urlparse(url).scheme not in ("http", "https"):
