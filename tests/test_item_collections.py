@@ -157,3 +157,20 @@ def test_a_collection_by_url_is_fetched_once(workdir: Path) -> None:
     with (workdir / "scenes.csv").open(newline="") as file:
         assert [row["s2"] for row in csv.DictReader(file)] == [f"{url}#A", f"{url}#B"]
     assert requests == ["/search.json"]
+
+
+def test_remove_clouds_without_sar_takes_each_item(workdir: Path) -> None:
+    for folder in ("a", "b", "out"):
+        (workdir / folder).mkdir()
+    items = {
+        "A": write_stac_item(write_dated_s2(workdir / "a", 500000, "20230610T101559", cloud_columns=64), workdir / "a"),
+        "B": write_stac_item(write_dated_s2(workdir / "b", 500000, "20230620T101559"), workdir / "b"),
+    }
+    collection = _collection(workdir / "items.json", items)
+    weights = str(workdir.weights("dsen2cr-small-nosar"))
+    argv = ["remove-clouds", "--weights", weights, "--no-progress"]
+    assert main([*argv, "--s2", str(collection), "--out", f"{workdir / 'out'}/"]) == 0
+    assert sorted(path.name for path in (workdir / "out").iterdir()) == ["A_cloudfree.tif", "B_cloudfree.tif"]
+    assert main([*argv, "--s2", str(items["A"]), "--out", str(workdir / "alone.tif")]) == 0
+    with rasterio.open(workdir / "out" / "A_cloudfree.tif") as listed, rasterio.open(workdir / "alone.tif") as given:
+        np.testing.assert_array_equal(listed.read(), given.read())

@@ -1132,8 +1132,8 @@ CASES += [
         absent=("o.tif",),
     ),
     dict(
-        name="remove-clouds: a STAC ItemCollection as --s2",
-        setup=lambda t: _remove_to(t, _item_collection(t), t / "o.tif"),
+        name="remove-clouds: a STAC ItemCollection as --s2, with --s1",
+        setup=lambda t: _remove_to(t, _item_collection(t), t / "o.tif", s1=t.scene()[1], sar=True),
         message="collection.json#ITEM_ID, or give the collection to dsen2cr pair or data triplets, which take each "
         "of its items",
         absent=("o.tif",),

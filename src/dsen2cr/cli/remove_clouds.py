@@ -276,6 +276,10 @@ def jobs_from_arguments(
         return read_manifest(Path(manifest))
     if not s2 or not out:
         raise DSen2CRError("remove-clouds: --s2 and --out are required (or --manifest)")
+    if s1 is None:  # a model without SAR: each item of an ItemCollection is a scene (with S1: pair them first)
+        from dsen2cr.inputs.stac import collection_items
+
+        s2 = [item for text in s2 for item in collection_items(text)]
     if s1 is not None and len(s1) != len(s2):
         raise DSen2CRError(f"--s1: {len(s1)} files for {len(s2)} S2 scenes; give one S1 per S2 scene")
     asked = {"mask_out": mask_out, "preview": preview, "uncertainty_out": uncertainty_out, "stac_item": stac_item}

@@ -110,7 +110,8 @@ def _read_item(location: str) -> tuple[dict, str]:
         count = len(item.get("features") or [])
         raise DSen2CRError(
             f"{location}: a STAC ItemCollection of {count} items, not an item; name one as {location}#ITEM_ID, or "
-            "give the collection to dsen2cr pair or data triplets, which take each of its items"
+            "give the collection to dsen2cr pair or data triplets, which take each of its items (remove-clouds takes "
+            "each too, without --s1)"
         )
     if not isinstance(item, dict) or not isinstance(item.get("assets"), dict):
         raise DSen2CRError(f"{location}: not a STAC item (no assets)")
