@@ -27,7 +27,7 @@ from dsen2cr.inputs.s1_time import (
 )
 from dsen2cr.inputs.stac import collection_items
 from dsen2cr.preprocessing import NUM_S1_BANDS
-from dsen2cr.rasters import decimated_shape, read_window
+from dsen2cr.rasters import decimated_shape, read_decimated
 
 #: The lattice of a scene's grid on which S1's cover is sampled: at most this many points a side.
 LATTICE_SIZE = 48
@@ -122,7 +122,7 @@ class S1Footprint:
             if dataset.crs is None:
                 raise DSen2CRError(f"{text}: S1 has no coordinate reference system")
             shape = decimated_shape(dataset.height, dataset.width, FOOTPRINT_SIZE)
-            values = read_window(dataset, None, out_shape=(NUM_S1_BANDS, *shape))
+            values = read_decimated(dataset, shape)
             nodata = 0.0 if dataset.nodata is None else dataset.nodata
             pixels = Affine.scale(shape[1] / dataset.width, shape[0] / dataset.height) * ~dataset.transform
             crs, zero_fill = dataset.crs, dataset.nodata is None and bool((values == 0).any())

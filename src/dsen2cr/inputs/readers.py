@@ -23,7 +23,14 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, resolve_s2
 from dsen2cr.inputs.product import band_code
 from dsen2cr.preprocessing import S2_BANDS, reflectance_percentile
-from dsen2cr.rasters import decimated_shape, gdal_block_cache, lattice_windows, open_raster, read_window
+from dsen2cr.rasters import (
+    decimated_shape,
+    gdal_block_cache,
+    lattice_windows,
+    open_raster,
+    read_decimated,
+    read_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +299,7 @@ class S2Source:
     def read_decimated(self, max_size: int) -> np.ndarray:
         """The whole scene at reduced resolution (longest side at most ``max_size``), for quick checks."""
         shape = decimated_shape(self.grid.height, self.grid.width, max_size)
-        return np.concatenate([d.read(out_shape=(d.count, *shape)) for d in self._datasets], axis=0)
+        return np.concatenate([read_decimated(d, shape) for d in self._datasets], axis=0)
 
     def reopen(self) -> S2Source:
         """The same scene on file handles of its own (for another thread: GDAL datasets are not thread-safe),
