@@ -45,3 +45,17 @@ def test_overviews_are_gdals_to_read(tmp_path: Path) -> None:
         from_overview = dataset.read(out_shape=(1, 128, 128))
         assert not np.array_equal(from_overview, dataset.read()[:, 2::4, 2::4])
         np.testing.assert_array_equal(read_decimated(dataset, (128, 128)), from_overview)
+
+
+def test_a_file_of_one_strip_is_read_in_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dsen2cr.rasters
+
+    monkeypatch.setattr(dsen2cr.rasters, "STRIP_BYTES", 3 * 200 * 2 * 10)  # ten rows at a time
+    path = tmp_path / "one.tif"
+    profile = {"driver": "GTiff", "crs": "EPSG:32632", "transform": from_origin(0, 0, 10, 10), "count": 3}
+    layout = {"tiled": True, "blockxsize": 256, "blockysize": 256}  # one block holds the whole file
+    with rasterio.open(path, "w", width=200, height=150, dtype="uint16", **layout, **profile) as dataset:
+        dataset.write(np.random.default_rng(1).integers(0, 9999, (3, 150, 200), dtype=np.uint16))
+    with rasterio.open(path) as dataset:
+        assert dataset.block_shapes[0] == (256, 256)
+        np.testing.assert_array_equal(read_decimated(dataset, (37, 51)), dataset.read(out_shape=(3, 37, 51)))

@@ -96,6 +96,10 @@ def read_window(
         raise DSen2CRError(f"{dataset.name}: cannot read pixels, the file may be truncated ({reason})") from None
 
 
+#: The most bytes :func:`read_decimated` holds of a file at once (a strip of its blocks).
+STRIP_BYTES = 256 * 2**20
+
+
 def read_decimated(dataset: rasterio.DatasetReader, shape: tuple[int, int]) -> np.ndarray:
     """Every band of an open raster decimated to ``shape`` (rows, columns): the nearest pixel of each cell, as GDAL
     picks it (source index ``floor((i + 0.5) * size / n)``). GDAL reads it from the file's overviews where it has
@@ -107,7 +111,8 @@ def read_decimated(dataset: rasterio.DatasetReader, shape: tuple[int, int]) -> n
         return read_window(dataset, None, out_shape=(dataset.count, height, width))
     rows = np.floor((np.arange(height) + 0.5) * (dataset.height / height)).astype(np.int64)
     cols = np.floor((np.arange(width) + 0.5) * (dataset.width / width)).astype(np.int64)
-    strip = max(1, dataset.block_shapes[0][0])
+    row_bytes = dataset.width * dataset.count * np.dtype(dataset.dtypes[0]).itemsize
+    strip = max(1, min(dataset.block_shapes[0][0], STRIP_BYTES // row_bytes))  # a file of one strip: in parts
     out = np.empty((dataset.count, height, width), dtype=dataset.dtypes[0])
     for start in range(0, dataset.height, strip):
         wanted = np.nonzero((rows >= start) & (rows < start + strip))[0]
