@@ -18,7 +18,7 @@ from dsen2cr.inputs.geotiff import polarisation
 from dsen2cr.inputs.readers import Grid, on_grid
 from dsen2cr.inputs.s1_time import s1_facts
 from dsen2cr.preprocessing import NUM_S1_BANDS
-from dsen2cr.rasters import lattice_windows, open_raster, read_window
+from dsen2cr.rasters import lattice_windows, open_raster, read_decimated, read_window
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class S1Source:
         sample = self._lattice_sample()
         if not self._valid(sample).any():
             height, width = min(256, self._src.height), min(256, self._src.width)
-            sample = self._src.read(out_shape=(2, height, width)).astype(np.float64).reshape(2, -1)
+            sample = read_decimated(self._src, (height, width)).astype(np.float64).reshape(2, -1)
         return sample
 
     def _check_units(self, sample: np.ndarray) -> None:
