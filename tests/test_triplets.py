@@ -199,3 +199,26 @@ def test_an_input_without_s1_near_its_target_is_left_out(workdir: Path, capsys: 
     assert f"the nearest in time that covers any is {s1} (100% of it, 20.2 days before the target)" in out
     with (workdir / "pairs.csv").open(newline="") as file:
         assert [row["s2_cloudy"] for row in csv.DictReader(file)] == [scenes[0].name]
+
+
+def test_one_acquisition_at_two_levels_is_two_products(workdir: Path) -> None:
+    """Level-1C and Level-2A of one acquisition (one grid, one time) are two products, each paired within its level;
+    only the same product given twice is refused (test_triplets_bad_input)."""
+    scenes = {}
+    for level in ("l1c", "l2a"):
+        (workdir / level).mkdir()
+        cloudy = write_dated_s2(workdir / level, TILE_A, "20230610T101559", cloud_columns=64)
+        clear = write_dated_s2(workdir / level, TILE_A, "20230601T101559")
+        if level == "l2a":  # no B10, as Level-2A
+            for path in (cloudy, clear):
+                with rasterio.open(path) as dataset:
+                    data, transform = np.delete(dataset.read(), 10, axis=0), dataset.transform
+                write_geotiff(path, data, crs=UTM32N, transform=transform)
+        scenes[level] = (cloudy, clear)
+    s1 = _s1(workdir, "20230531T051234")
+    inputs = [str(path) for pair in scenes.values() for path in pair]
+    choice = choose_triplets(inputs, [str(s1)])
+    assert [(t.s2_cloudy.level, t.s2_cloudy.text, t.s2.text) for t in choice.triplets] == [
+        ("L1C", str(scenes["l1c"][0]), str(scenes["l1c"][1])),
+        ("L2A", str(scenes["l2a"][0]), str(scenes["l2a"][1])),
+    ]
