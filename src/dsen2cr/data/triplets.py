@@ -179,14 +179,16 @@ def choose_triplets(
 
 
 def _check_distinct(scenes: list[S2Scene]) -> None:
-    """Refuse one acquisition given twice (one file twice, or a zip and its unzipped folder: one grid, one sensing
-    time): its ROIs would repeat one another's patches, across the splits too."""
+    """Refuse one product given twice (one file twice, or a zip and its unzipped folder: one grid, one sensing time,
+    one level): its ROIs would repeat one another's patches, across the splits too. The Level-1C and Level-2A
+    products of one acquisition are two (each is paired within its level)."""
     for index, scene in enumerate(scenes):
         for other in scenes[:index]:
-            if other.grid == scene.grid and other.sensing_time == scene.sensing_time:
+            same = (other.grid, other.sensing_time, other.level) == (scene.grid, scene.sensing_time, scene.level)
+            if same:
                 raise DSen2CRError(
-                    f"{scene.text}: the acquisition {other.text} is too (one grid, sensed at {scene.sensing_time}): "
-                    "give each scene once"
+                    f"{scene.text}: the acquisition {other.text} is too (one grid, sensed at {scene.sensing_time}, "
+                    f"Level-{scene.level[1:]}): give each scene once"
                 )
 
 
