@@ -19,6 +19,7 @@ from dsen2cr.inputs.pairing import (
     Pairing,
     S1Acquisition,
     S1Footprint,
+    check_pairing_limits,
     lattice_points,
     nearest_pairing,
     s1_candidates,
@@ -125,11 +126,9 @@ class TripletRules:
                 f"--cloudy {self.min_input_cloud:g} must exceed --clear {self.max_target_cloud:g}: a scene would be "
                 "both an input and a target"
             )
-        if not 0 < self.min_cover <= 1:
-            raise DSen2CRError(f"--min-cover: must be a share in (0, 1], got {self.min_cover:g}")
-        for option, days in (("--max-days", self.max_days), ("--s1-max-days", self.s1_max_days)):
-            if days is not None and days < 0:
-                raise DSen2CRError(f"{option}: must be 0 or more days, got {days:g}")
+        check_pairing_limits(self.min_cover, self.s1_max_days)
+        if self.max_days < 0:
+            raise DSen2CRError(f"--max-days: must be 0 or more days, got {self.max_days:g}")
         if self.s1_near not in S1_NEAR:
             raise DSen2CRError(f"--s1-near: one of {', '.join(S1_NEAR)}, got {self.s1_near!r}")
 

@@ -157,10 +157,7 @@ def pair_scenes(
     given); of two as near, the one that covers more. An S2 scene whose sensing time nothing says, or that no S1 can
     be paired with, is refused, naming the nearest S1 that covers any of it, as are a ``min_cover`` that is no share
     and a negative ``max_days``."""
-    if not 0 < min_cover <= 1:
-        raise DSen2CRError(f"--min-cover: must be a share in (0, 1], got {min_cover:g}")
-    if max_days is not None and max_days < 0:
-        raise DSen2CRError(f"--s1-max-days: must be 0 or more days, got {max_days:g}")
+    check_pairing_limits(min_cover, max_days)
     acquisitions = s1_candidates(s1_inputs, orbit)
     footprints: dict[str, S1Footprint] = {}
     pairings = []
@@ -192,6 +189,14 @@ def pair_scenes(
             hint = _one_pass_hint(found, held, footprints, acquisitions, min_cover, max_days)
             raise DSen2CRError(f"{refusal}{hint}") from None
     return pairings
+
+
+def check_pairing_limits(min_cover: float, max_days: float | None) -> None:
+    """Refuse a ``min_cover`` that is no share (``--min-cover``) and a negative ``max_days`` (``--s1-max-days``)."""
+    if not 0 < min_cover <= 1:
+        raise DSen2CRError(f"--min-cover: must be a share in (0, 1], got {min_cover:g}")
+    if max_days is not None and max_days < 0:
+        raise DSen2CRError(f"--s1-max-days: must be 0 or more days, got {max_days:g}")
 
 
 def nearest_pairing(s2: str, found: list[Pairing], min_cover: float, max_days: float | None, of: str = "S2") -> Pairing:
