@@ -162,12 +162,12 @@ def choose_triplets(
         if scene.cloud < rules.min_input_cloud:
             continue
         try:
-            target, days = _target(scene, targets, rules)
+            target, days, shared = _target(scene, targets, rules)
             s1_choice = _nearest_s1(scene, target, rules, acquisitions, footprints)
         except DSen2CRError as reason:
             left_out.append(str(reason))
             continue
-        cover = float((scene.valid & target.valid).sum() / scene.valid.sum()) * s1_choice.cover
+        cover = shared * s1_choice.cover
         roi = first_roi + len(triplets)
         triplets.append(Triplet(roi, scene, target, s1_choice.s1, days, s1_choice.days, cover, s1_choice.orbit))
     neither = [scene for scene in scenes if rules.max_target_cloud < scene.cloud < rules.min_input_cloud]
@@ -191,8 +191,9 @@ def _check_distinct(scenes: list[S2Scene]) -> None:
                 )
 
 
-def _target(scene: S2Scene, targets: list[S2Scene], rules: TripletRules) -> tuple[S2Scene, float]:
-    """The target of the input ``scene`` and the days from it to the target: the clear scene of its grid and level
+def _target(scene: S2Scene, targets: list[S2Scene], rules: TripletRules) -> tuple[S2Scene, float, float]:
+    """The target of the input ``scene``, the days from it to the target and the share of its valid pixels where the
+    target holds data: the clear scene of its grid and level
     nearest in time within ``rules.max_days`` that holds data under ``rules.min_cover`` of its valid pixels (of two
     as near, the one that covers more); refused naming what came nearest."""
     max_target_cloud, max_days, min_cover = rules.max_target_cloud, rules.max_days, rules.min_cover
@@ -206,7 +207,7 @@ def _target(scene: S2Scene, targets: list[S2Scene], rules: TripletRules) -> tupl
     eligible = [t for t in within if cover[t.text] >= min_cover]
     if eligible:
         target = min(eligible, key=lambda t: (abs(days[t.text]), -cover[t.text]))
-        return target, days[target.text]
+        return target, days[target.text], cover[target.text]
     if not within:
         nearest = min(own, key=lambda t: abs(days[t.text]))
         raise DSen2CRError(
