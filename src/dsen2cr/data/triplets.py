@@ -193,9 +193,9 @@ def _check_distinct(scenes: list[S2Scene]) -> None:
 
 def _target(scene: S2Scene, targets: list[S2Scene], rules: TripletRules) -> tuple[S2Scene, float, float]:
     """The target of the input ``scene``, the days from it to the target and the share of its valid pixels where the
-    target holds data: the clear scene of its grid and level
-    nearest in time within ``rules.max_days`` that holds data under ``rules.min_cover`` of its valid pixels (of two
-    as near, the one that covers more); refused naming what came nearest."""
+    target holds data: the clear scene of its grid and level nearest in time within ``rules.max_days`` that holds
+    data under ``rules.min_cover`` of its valid pixels (of two as near, the one that covers more); refused naming
+    what came nearest."""
     max_target_cloud, max_days, min_cover = rules.max_target_cloud, rules.max_days, rules.min_cover
     own = [t for t in targets if t.grid == scene.grid and t.level == scene.level and t.text != scene.text]
     clear = f"no clear scene (--clear: at most {max_target_cloud:.0%} cloud) of its grid and level"
