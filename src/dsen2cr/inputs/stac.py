@@ -74,16 +74,27 @@ def is_stac(text: str) -> bool:
 
 
 def _read_document(document: str) -> tuple[object, str]:
-    """The JSON at a path or an http(s) URL, and the base its relative hrefs resolve against."""
+    """The JSON at a path or an http(s) URL (parsed once per process while the file is unchanged: an
+    ItemCollection's items are each read several times; to be read, not modified), and the base its relative hrefs
+    resolve against."""
     try:
         if is_url(document):
-            return json.loads(_fetch(document)), document
+            return _parsed(document, None), document
         from dsen2cr.outputs.files import check_input_file
 
-        path = check_input_file(Path(document), "STAC item")
-        return json.loads(path.read_text(encoding="utf-8-sig")), path.resolve().as_uri()
+        path = check_input_file(Path(document), "STAC item").resolve()
+        stat = path.stat()
+        return _parsed(str(path), (stat.st_mtime_ns, stat.st_size)), path.as_uri()
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise DSen2CRError(f"{document}: not a STAC item (not valid JSON: {error})") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(document: str, stamp: tuple[int, int] | None) -> object:
+    """The parsed JSON of a URL (``stamp`` None: fetched) or of a local file as of ``stamp`` (its modification time
+    and size: a file changed since is read again)."""
+    text = _fetch(document) if stamp is None else Path(document).read_text(encoding="utf-8-sig")
+    return json.loads(text)
 
 
 def _is_collection(document: object) -> bool:
@@ -141,10 +152,8 @@ def collection_items(text: str) -> list[str]:
 MAX_ITEM_BYTES = 16 * 2**20
 
 
-@functools.lru_cache(maxsize=4)
 def _fetch(url: str) -> bytes:
-    """The bytes of a STAC item at an http(s) URL (the usual proxy variables apply); kept for the next read of it in
-    this process (a scene's item is read for its bands, its time and its files; an ItemCollection for each item)."""
+    """The bytes of a STAC item at an http(s) URL (the usual proxy variables apply)."""
     import urllib.request
 
     if urlparse(url).scheme not in ("http", "https"):
