@@ -140,7 +140,9 @@ def test_a_second_run_on_one_output_is_refused_at_its_start(workdir: Path, capsy
 def _locked_command(tmp: Path, command: str) -> tuple[list[str], Path]:
     """The arguments of ``command`` writing one output, and that output."""
     out = {"train": tmp / "run", "export": tmp / "o.safetensors", "export-onnx": tmp / "o.onnx"}.get(command)
-    out = out or tmp / ("o.csv" if command == "data index" else "o.safetensors" if command == "weights" else "out")
+    csv_out = ("data index", "pair", "data triplets")
+    out = out or tmp / ("o.csv" if command in csv_out else "o.safetensors" if command == "weights" else "out")
+    out = tmp / "o.json" if command == "stac-collection" else out
     root = tmp.tree() if command in ("evaluate", "data index", "train") else None
     argv = {
         "evaluate": ["evaluate", "--weights", str(tmp.weights()), "--data-root", str(root), "--rois", "x"],
@@ -154,6 +156,9 @@ def _locked_command(tmp: Path, command: str) -> tuple[list[str], Path]:
         "data download": ["data", "download", "--base-url", "http://127.0.0.1:9/"],
         "demo": ["demo"],
         "train": ["train", "--config", str(tmp.config()), "--out-dir", str(out), "--no-progress"],
+        "pair": ["pair", "--s2", str(tmp / "s2.tif"), "--s1", str(tmp / "s1.tif")],
+        "data triplets": ["data", "triplets", "--s2", str(tmp / "s2.tif"), "--s1", str(tmp / "s1.tif")],
+        "stac-collection": ["stac-collection", str(tmp / "item.json")],
     }[command]
     if command in ("export", "export-onnx"):
         return [*argv, str(out)], out
@@ -174,6 +179,9 @@ def _locked_command(tmp: Path, command: str) -> tuple[list[str], Path]:
         "data download",
         "demo",
         "train",
+        "pair",
+        "data triplets",
+        "stac-collection",
     ],
 )
 def test_every_command_refuses_an_output_another_run_is_writing(
