@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from dsen2cr.data.triplets import TripletRules, choose_triplets, grid_groups
-    from dsen2cr.inputs import s1_parts
+    from dsen2cr.inputs import map_s1_files
     from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text
     from dsen2cr.outputs.files import write_text_atomic
     from dsen2cr.outputs.hrefs import href_from
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if abs(triplet.s1_days) > GAP_WARNING_DAYS:
             log.warning("ROI %d: its S1 was sensed %s", triplet.roi, gap_text(triplet.s1_days, near))
-        s1 = ",".join(href_from(manifest, part) for part in s1_parts(triplet.s1))
+        s1 = map_s1_files(triplet.s1, lambda part: href_from(manifest, part))
         scenes = [href_from(manifest, triplet.s2_cloudy.text), href_from(manifest, triplet.s2.text)]
         writer.writerow([*scenes, s1, triplet.roi, *[args.s2_offset] * len(offsets)])
     for reason in choice.left_out:

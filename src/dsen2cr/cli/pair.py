@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from dsen2cr.errors import DSen2CRError
-    from dsen2cr.inputs import s1_parts
+    from dsen2cr.inputs import map_s1_files
     from dsen2cr.inputs.pairing import pair_scenes
     from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text
     from dsen2cr.outputs.files import write_text_atomic
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if abs(pairing.days) > GAP_WARNING_DAYS:
             log.warning("%s: the nearest S1 that covers it was sensed %s", pairing.s2, gap_text(pairing.days))
-        s1 = ",".join(href_from(manifest, part) for part in s1_parts(pairing.s1))
+        s1 = map_s1_files(pairing.s1, lambda part: href_from(manifest, part))
         image = href_from(manifest, images / f"{stem}_cloudfree.tif")
         writer.writerow([href_from(manifest, pairing.s2), s1, image, *columns])
     write_text_atomic(manifest, rows.getvalue())

@@ -29,7 +29,7 @@ from dsen2cr.cloud_detection import cloud_score
 from dsen2cr.data.layout import SENSORS, release_triplet
 from dsen2cr.data.patch_folders import check_roi_outputs, keeps_earlier_patches, roi_outputs
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs import s1_parts
+from dsen2cr.inputs import map_s1_files
 from dsen2cr.inputs.area import WHOLE_SCENE, area_text, area_window
 from dsen2cr.inputs.provenance import s1_units_tags, s2_read_tags
 from dsen2cr.inputs.readers import Grid, S2Source
@@ -321,7 +321,7 @@ def recorded_tags(
             "DSEN2CR_MAX_TARGET_CLOUD": f"{max_target_cloud:g}",
         },
         "s1": {
-            "DSEN2CR_SOURCE": ",".join(Path(part).name for part in s1_parts(scenes.s1)),
+            "DSEN2CR_SOURCE": map_s1_files(scenes.s1, lambda part: Path(part).name),
             **s1_units_tags(scenes.s1_linear),
             "DSEN2CR_SENSING_TIME": sar.sensing_time or "unknown",
             "DSEN2CR_S1_ORBIT_DIRECTION": sar.orbit_direction or "unknown",

@@ -11,11 +11,13 @@ DN = reflectance × 10000 + 1000 and declare the shift per band (``RADIO_ADD_OFF
 the offsets are read here and removed by the reader before anything else.
 
 ``--s1`` takes a 2-band GeoTIFF (VV, VH), a pair ``VV.tif,VH.tif`` of single-band files on one grid, or a STAC
-item with ``vv`` and ``vh`` assets; pairs become a 2-band GDAL VRT.
+item with ``vv`` and ``vh`` assets; pairs become a 2-band GDAL VRT. Frames of one pass (consecutive slices of a
+datatake, each holding part of a scene) are joined with ``+`` (``frame1.tif+frame2.tif``) and read as one S1.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
@@ -61,12 +63,45 @@ def _with_offset_option(product: S2Product, offset: int | None) -> S2Product:
     return product
 
 
-def s1_parts(text: str, base: Path | None = None) -> list[str]:
-    """The files an ``--s1`` value names: the two of a ``VV,VH`` pair, else the value: one without a comma, or an
-    existing file's (relative to ``base`` when given; a comma is a legal character of a file name; an S2 value
-    is never split)."""
+#: Joins the frames of one S1 pass in an ``--s1`` value: ``frame1.tif+frame2.tif``.
+FRAME_JOIN = "+"
+
+
+def s1_frames(text: str, base: Path | None = None) -> list[str]:
+    """The frames an ``--s1`` value joins with ``+`` (consecutive slices of one pass, read as one S1), each anything
+    an ``--s1`` value takes (a file, a ``VV,VH`` pair, a STAC item); the value itself when it joins none or names an
+    existing file (relative to ``base`` when given: ``+`` is a legal character of a file name). Refused: an empty
+    frame (``a.tif+``), a frame given twice."""
+    whole = Path(text) if base is None else base / text
+    if FRAME_JOIN not in text or whole.exists():
+        return [text]
+    frames = [frame.strip() for frame in text.split(FRAME_JOIN)]
+    if not all(frames):
+        raise DSen2CRError(f"{text}: an empty frame; frames of one S1 pass are joined with + (frame1.tif+frame2.tif)")
+    if len(set(frames)) < len(frames):
+        raise DSen2CRError(f"{text}: a frame given twice; frames of one S1 pass are joined with + once each")
+    return frames
+
+
+def _pair_parts(text: str, base: Path | None) -> list[str]:
+    """The files one frame of an ``--s1`` value names: the two of a ``VV,VH`` pair, else the frame itself."""
     whole = Path(text) if base is None else base / text
     return [p.strip() for p in text.split(",")] if "," in text and not whole.exists() else [text]
+
+
+def s1_parts(text: str, base: Path | None = None) -> list[str]:
+    """The files an ``--s1`` value names, frame after frame (:func:`s1_frames`): the two of a ``VV,VH`` pair, else
+    the frame: one without a comma, or an existing file's (relative to ``base`` when given; a comma is a legal
+    character of a file name; an S2 value is never split)."""
+    return [part for frame in s1_frames(text, base) for part in _pair_parts(frame, base)]
+
+
+def map_s1_files(text: str, change: Callable[[str], str], base: Path | None = None) -> str:
+    """An ``--s1`` value with each file it names (:func:`s1_parts`) replaced by ``change(file)``, its frames and
+    pairs kept (``a_vv.tif,a_vh.tif+b.tif``): for paths made relative to a manifest, or file names in a tag."""
+    return FRAME_JOIN.join(
+        ",".join(change(part) for part in _pair_parts(frame, base)) for frame in s1_frames(text, base)
+    )
 
 
 def local_inputs(s2: str, s1: str | None, product: S2Product | None = None) -> list[tuple[str, Path]]:
@@ -93,6 +128,8 @@ def resolve_s1(arg: str | Path) -> str:
     """A GDAL path with VV and VH as bands 1 and 2: the file itself, or a VRT of a ``VV,VH`` pair or of the
     ``vv``/``vh`` assets of a STAC item."""
     text = str(arg)
+    if len(s1_frames(text)) > 1:
+        raise DSen2CRError(f"{text}: frames joined with + are read one by one (dsen2cr.inputs.s1.S1Source)")
     if is_stac(text):
         return stac_s1(text)
     if len(parts := s1_parts(text)) > 1:
@@ -102,4 +139,13 @@ def resolve_s1(arg: str | Path) -> str:
     return text
 
 
-__all__ = ["S2Product", "is_stac", "local_inputs", "resolve_s1", "resolve_s2", "s1_parts"]
+__all__ = [
+    "S2Product",
+    "is_stac",
+    "local_inputs",
+    "map_s1_files",
+    "resolve_s1",
+    "resolve_s2",
+    "s1_frames",
+    "s1_parts",
+]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dsen2cr.bounds import Bounds, checked_bounds
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs import s1_parts
+from dsen2cr.inputs import map_s1_files
 from dsen2cr.outputs.files import check_input_file
 
 
@@ -73,11 +73,14 @@ def read_manifest_rows(
 
 
 def manifest_input(text: str, manifest: str | Path, *, pair: bool = False) -> str:
-    """An input path of a manifest's field: relative paths (each of a ``VV,VH`` pair when ``pair``) against the
-    manifest's folder, URLs as they are."""
+    """An input path of a manifest's field: relative paths (each of a ``VV,VH`` pair and of frames joined with ``+``
+    when ``pair``: an S1 field) against the manifest's folder, URLs as they are."""
     base = Path(manifest).parent
-    parts = s1_parts(text.strip(), base) if pair else [text.strip()]
-    return ",".join(part if "://" in part else str(base / part) for part in parts)
+
+    def rebased(part: str) -> str:
+        return part if "://" in part else str(base / part)
+
+    return map_s1_files(text.strip(), rebased, base) if pair else rebased(text.strip())
 
 
 def row_bounds(row: ManifestRow, where: str, *, name_row: bool = True) -> Bounds | None:

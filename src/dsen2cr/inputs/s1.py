@@ -1,5 +1,5 @@
-"""Reading S1 window by window: VV and VH in dB on the S2 grid, warped on the fly when the grids differ
-(docs/design.md §4.4)."""
+"""Reading S1 window by window: VV and VH in dB on the S2 grid, warped on the fly when the grids differ, the frames
+of one pass read as one (docs/design.md §4.4)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs import resolve_s1
+from dsen2cr.inputs import resolve_s1, s1_frames
 from dsen2cr.inputs.geotiff import polarisation
 from dsen2cr.inputs.readers import Grid, on_grid
 from dsen2cr.inputs.s1_time import s1_facts
@@ -40,21 +40,53 @@ class S1Source:
     """S1 VV and VH in dB on the S2 grid, warped on the fly when the grids differ.
 
     ``path`` is anything :func:`dsen2cr.inputs.resolve_s1` takes: a 2-band file, a ``VV,VH`` pair of
-    single-band files, or a STAC item with ``vv`` and ``vh`` assets. Pixels outside the S1 footprint, marked
-    nodata, or infinite read as NaN.
+    single-band files, or a STAC item with ``vv`` and ``vh`` assets; or frames of one pass joined with ``+``
+    (:func:`dsen2cr.inputs.s1_frames`), each checked on its own and read where the frames before it have no data
+    (as ``rio merge`` puts them together). Pixels outside the S1 footprint, marked nodata, or infinite read as NaN.
     """
 
     def __init__(self, path: str | Path, grid: Grid, *, linear: bool = False) -> None:
         self.path = str(path)  # named in messages
         self.linear = linear
+        self._frames: list[S1File] = []
+        try:
+            for frame in s1_frames(self.path):
+                self._frames.append(S1File(frame, grid, linear=linear))
+            facts = s1_facts(self.path)
+        except DSen2CRError:
+            self.close()
+            raise
+        #: when S1 was sensed (ISO 8601 in UTC; the first frame's; None: nothing says), compared with the S2 scene's
+        self.sensing_time = facts.sensing_time
+        #: on which pass (``ascending``, ``descending``; None: nothing says)
+        self.orbit_direction = facts.orbit
+
+    def read(self, window: Window) -> np.ndarray:
+        """(2, h, w) float32 dB of ``window``; NaN where S1 has no data (in no frame)."""
+        data = self._frames[0].read(window)
+        for frame in self._frames[1:]:
+            holes = np.isnan(data)
+            if not holes.any():
+                break
+            data[holes] = frame.read(window)[holes]
+        return data
+
+    def close(self) -> None:
+        """Close the files."""
+        for frame in self._frames:
+            frame.close()
+
+
+class S1File:
+    """One S1 input (a 2-band file, a ``VV,VH`` pair, a STAC item) on the S2 grid: what it declares checked, read
+    window by window in dB (warped where the grids differ; NaN where it has no data)."""
+
+    def __init__(self, path: str, grid: Grid, *, linear: bool = False) -> None:
+        self.path = path  # named in messages
+        self.linear = linear
         self._src = open_raster(resolve_s1(path), bands=NUM_S1_BANDS, what="S1 (VV, VH)")
         try:
             self._open(grid)
-            #: when S1 was sensed (ISO 8601 in UTC; None: nothing says), compared with the S2 scene's
-            facts = s1_facts(self.path)
-            self.sensing_time = facts.sensing_time
-            #: on which pass (``ascending``, ``descending``; None: nothing says)
-            self.orbit_direction = facts.orbit
         except DSen2CRError:
             self._src.close()
             raise

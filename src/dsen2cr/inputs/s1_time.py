@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs import is_stac, s1_parts
+from dsen2cr.inputs import is_stac, s1_frames, s1_parts
 from dsen2cr.inputs.geotiff import tagged_sensing_time
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between, sensing_time_of_name
 from dsen2cr.inputs.stac import item_properties, item_time
@@ -37,6 +37,9 @@ UNKNOWN_S1_ORBIT = "on which pass S1 was sensed is unknown (no STAC sat:orbit_st
 GIVE_S1_ORBIT = "give its STAC item, or tag the file (gdal_edit.py -mo ORBIT_DIRECTION=ASCENDING FILE)"
 #: VV and VH of one acquisition were sensed together; an S1 pair whose files say times further apart is two.
 PAIR_SECONDS = 3600.0
+#: S1 files sensed this close together are frames of one pass (consecutive slices of a datatake lie some 25 s apart;
+#: the next pass over a place is hours away).
+ONE_PASS_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,9 @@ def s1_facts(s1: str) -> S1Facts:
     (:data:`S1_SENSING_TIME_TAGS`, the ``IMAGERY`` domain's ``ACQUISITIONDATETIME``), else the first
     ``YYYYMMDDTHHMMSS`` of its name (a product's, an RTC file's). Pass: the item's ``sat:orbit_state``, a file's
     :data:`S1_ORBIT_TAGS`. A ``VV,VH`` pair whose files say times more than an hour apart, or two passes, is refused
-    (two acquisitions)."""
+    (two acquisitions). Frames joined with ``+`` are one pass's (:func:`_pass_facts`)."""
+    if len(frames := s1_frames(s1)) > 1:
+        return _pass_facts(s1, frames)
     if is_stac(s1):
         properties = item_properties(s1)
         state = properties.get("sat:orbit_state")
@@ -73,6 +78,31 @@ def s1_facts(s1: str) -> S1Facts:
             f"{s1}: VV and VH say different passes ({', '.join(sorted(passes))}): one acquisition is one"
         )
     return S1Facts(known[0] if known else None, passes.pop() if passes else None)
+
+
+def _pass_facts(s1: str, frames: list[str]) -> S1Facts:
+    """What the frames of one pass (joined with ``+`` in ``s1``) say together: the pass's start (the first frame's
+    time) and its direction (the one those that say it agree on). Refused: a frame whose time nothing says (that it
+    belongs to the pass cannot be checked), frames sensed more than :data:`ONE_PASS_SECONDS` apart or said to be of
+    two passes (they are not one pass's: the ground seen at two times)."""
+    facts = [s1_facts(frame) for frame in frames]
+    for frame, fact in zip(frames, facts, strict=True):
+        if fact.sensing_time is None:
+            raise DSen2CRError(
+                f"{frame}: {UNKNOWN_S1_TIME}, so it cannot be checked to be a frame of the pass of {s1}; {GIVE_S1_TIME}"
+            )
+    stamps = [str(fact.sensing_time) for fact in facts]
+    order = sorted(range(len(frames)), key=lambda i: days_between(stamps[0], stamps[i]))  # formats may differ
+    (first, first_frame), (last, last_frame) = ((stamps[i], frames[i]) for i in (order[0], order[-1]))
+    if days_between(first, last) * 86400 > ONE_PASS_SECONDS:
+        raise DSen2CRError(
+            f"{first_frame}, {last_frame}: frames joined with + are slices of one pass, sensed minutes apart; these "
+            f"were sensed at {first} and {last}: give one pass's frames (the ground at one time)"
+        )
+    passes = {fact.orbit for fact in facts if fact.orbit is not None}
+    if len(passes) > 1:
+        raise DSen2CRError(f"{s1}: the frames joined with + say different passes ({', '.join(sorted(passes))})")
+    return S1Facts(first, passes.pop() if passes else None)
 
 
 def s1_sensing_time(s1: str) -> str | None:

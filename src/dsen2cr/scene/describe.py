@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from dsen2cr.inputs import s1_parts
+from dsen2cr.inputs import map_s1_files
 from dsen2cr.inputs.product import is_url
 from dsen2cr.inputs.provenance import s1_units_tags, s2_read_tags
 from dsen2cr.inputs.readers import S2Source
@@ -134,7 +134,7 @@ def input_tags(job: SceneJob, settings: SceneSettings) -> dict[str, str]:
     units = s1_units_tags(settings.s1_linear)
     return {
         "DSEN2CR_S2": _file_name(job.s2),
-        "DSEN2CR_S1": ",".join(_file_name(part) for part in s1_parts(job.s1)) if job.s1 else "none",
+        "DSEN2CR_S1": map_s1_files(job.s1, _file_name) if job.s1 else "none",
         **(units if job.s1 else {}),
         **threshold_tags(settings.mask, settings.cloud_threshold),
         **({"DSEN2CR_MASK_STATISTICS": settings.mask_statistics} if settings.mask == "paper" else {}),
