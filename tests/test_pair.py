@@ -128,29 +128,64 @@ def test_the_manifest_runs(workdir: Path, capsys: pytest.CaptureFixture) -> None
 
 
 @pytest.mark.parametrize("fill", ["nan", "0"])  # no data as NaN, or as 0 in files that declare no nodata value
-def test_frames_of_one_pass_are_named_with_the_command_that_merges_them(
-    workdir: Path, capsys: pytest.CaptureFixture, fill: str
-) -> None:
+def test_frames_of_one_pass_are_joined(workdir: Path, capsys: pytest.CaptureFixture, fill: str) -> None:
+    """A scene across two frames of one pass, neither covering enough: paired with both, joined with + in the
+    manifest; its image equals the one made with the frames merged into one file by ``rio merge`` (rasterio's)."""
+    (workdir / "images").mkdir()
     s2 = _s2(workdir)
     frames = np.random.default_rng(3).uniform(-25, -5, size=(2, 2, 200, 250)).astype(np.float32)
+    frames[:, 1] -= 6  # VH below VV
     frames[0, :, :, 125:] = float(fill)  # the frame holding the west half
     frames[1, :, :, :120] = float(fill)  # the next frame of the pass, 25 s later: the east half and a little more
+    frames[1, :, :, 120:125] -= 1  # where both hold data, other values: the first frame's count
     west, east = (
         write_geotiff(workdir / f"S1A_IW_GRDH_1SDV_{stamp}_x_db.tif", frame, crs=UTM32N, transform=ORIGIN)
         for stamp, frame in zip(("20230608T051234", "20230608T051259"), frames, strict=True)
     )
-    argv = ["pair", "--s2", str(s2), "--s1", str(west), str(east), "--out", str(workdir / "scenes.csv")]
+    far = _s1(workdir, "20230622T051234")  # another pass, 12 days later, all of the scene
+    manifest = workdir / "scenes.csv"
+    argv = ["pair", "--s2", str(s2), "--s1", str(far), str(east), str(west), "--out", str(manifest)]
     capsys.readouterr()
-    assert main(argv) == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    merged = workdir / "S1_20230608T051234_merged.tif"
-    command = f"rio merge --nodata {fill} {west} {east} S1_20230608T051234_merged.tif"  # told their no-data value
-    assert f"{west}, {east}, frames of one pass (2.2 days before S2), cover 100% of it together" in error
-    assert f"merge them into one file first ({command}) and give that" in error
+    assert main([*argv, "--images", str(workdir / "images")]) == 0
+    out = capsys.readouterr().out
+    assert f"{s2}: S1 {east}+{west}, 2.2 days before S2, covering 100% of the scene" in out  # the larger one first
+    with manifest.open(newline="") as file:
+        [row] = list(csv.DictReader(file))
+    assert row["s1"] == f"{east.name}+{west.name}"
+    weights = str(workdir.weights("dsen2cr-small"))
+    assert main(["remove-clouds", "--weights", weights, "--manifest", str(manifest), "-q", "--no-progress"]) == 0
     rio = Path(sys.executable).parent / "rio"
-    subprocess.run([str(rio), *command.split()[1:]], cwd=workdir, check=True, capture_output=True)
-    assert main([*argv[:4], str(merged), *argv[6:]]) == 0
-    assert f"{s2}: S1 {merged}, 2.2 days before S2, covering 100% of the scene" in capsys.readouterr().out
+    merge = [str(rio), "merge", "--nodata", fill, east.name, west.name, "merged.tif"]  # the first counts
+    subprocess.run(merge, cwd=workdir, check=True, capture_output=True)
+    merged = (workdir / "merged.tif").rename(workdir / "S1A_IW_GRDH_1SDV_20230608T051234_merged.tif")
+    out = workdir / "merged_cloudfree.tif"
+    assert (
+        main(["remove-clouds", "--weights", weights, "--s2", str(s2), "--s1", str(merged), "--out", str(out), "-q"])
+        == 0
+    )
+    with rasterio.open(workdir / "images" / "T32TPT_20230610T101559_10m_cloudfree.tif") as a, rasterio.open(out) as b:
+        assert np.array_equal(a.read(), b.read())
+        assert a.tags()["DSEN2CR_S1"] == f"{east.name}+{west.name}"
+
+
+def test_a_frame_joins_only_where_it_adds_cover(workdir: Path) -> None:
+    s2 = _s2(workdir)
+    whole = _s1(workdir, "20230608T051234")  # all of the scene
+    part = _s1(workdir, "20230608T051259", nan_from_column=100)  # the same pass, 25 s later, part of it
+    most = _s1(workdir, "20230611T051259", nan_from_column=240)  # another pass: 96 % of it
+    rest = _s1(workdir, "20230611T051324", nan_from_column=None)  # its next frame: all of it
+    [pairing] = pair_scenes([str(s2)], [str(part), str(whole)], min_cover=0.95)
+    assert (pairing.s1, pairing.cover) == (str(whole), 1.0)  # part adds nothing
+    with rasterio.open(rest, "r+") as dataset:  # the next frame holds only the columns the first lacks, and some
+        data = dataset.read()
+        data[:, :, :200] = np.nan
+        dataset.write(data)
+    [pairing] = pair_scenes([str(s2)], [str(whole), str(rest), str(most)], min_cover=0.95)
+    assert pairing.s1 == f"{most}+{rest}"  # 0.8 days after S2: nearer than the whole one 2.2 days before
+    assert pairing.cover == 1.0
+    assert pairing.days == pytest.approx(
+        (18 * 3600 + 57 * 60) / 86400, abs=1e-9
+    )  # the pass's start: its first frame's time
 
 
 def _on_pass(s1: Path, direction: str) -> Path:

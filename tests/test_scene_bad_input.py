@@ -572,7 +572,8 @@ def test_minus_infinity_in_s1_is_no_data(workdir: Path, capsys: pytest.CaptureFi
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "S1 has no data under 50.0% of the valid S2 pixels" in err
-    assert "where a scene lies across frames of one S1 pass, give them joined with + (frame1.tif+frame2.tif)" in err
+    hint = "where a scene lies across frames of one S1 pass, give them joined with + (frame1.tif+frame2.tif), as"
+    assert f"{hint} dsen2cr pair joins them" in err
 
 
 def test_swapped_s1_bands_that_the_files_name_are_taken_as_named(workdir: Path, capsys: pytest.CaptureFixture) -> None:

@@ -222,3 +222,45 @@ def test_one_acquisition_at_two_levels_is_two_products(workdir: Path) -> None:
         ("L1C", str(scenes["l1c"][0]), str(scenes["l1c"][1])),
         ("L2A", str(scenes["l2a"][0]), str(scenes["l2a"][1])),
     ]
+
+
+def test_frames_of_one_pass_are_joined(workdir: Path) -> None:
+    """S1 in two frames of one pass, each over about half of the scene: the triplet's S1 is both, joined with +; its
+    patches hold the S1 the frames were cut from (away from the seam, where each frame is warped on its own)."""
+    (workdir / "scenes").mkdir()
+    cloudy = write_dated_s2(workdir / "scenes", TILE_A, "20230610T101559", cloud_columns=64)
+    clear = write_dated_s2(workdir / "scenes", TILE_A, "20230601T101559")
+    west = _s1(workdir / "scenes", "20230531T051234", nan_right_of=900)
+    west = west.rename(west.with_name(west.name.replace("_db", "_west_db")))
+    whole = _s1(workdir / "scenes", "20230531T051234")
+    with rasterio.open(whole) as dataset:
+        data, profile = dataset.read(), dataset.profile
+    data[:, :, :7] = np.nan  # the east frame, 25 s later, from 700 m east of the scene's edge
+    east = write_geotiff(
+        workdir / "scenes" / "S1A_IW_GRDH_1SDV_20230531T051259_x_db.tif",
+        data,
+        crs=UTM32N,
+        transform=profile["transform"],
+    )
+    cut = {}
+    for name, s1 in (("frames", [east, west]), ("whole", [whole])):
+        manifest = workdir / f"{name}.csv"
+        argv = ["data", "triplets", "--s2", str(cloudy), str(clear), "--s1", *map(str, s1), "--out", str(manifest)]
+        assert main(argv) == 0
+        out = workdir / name
+        assert main(["data", "patches", "--manifest", str(manifest), "--out", str(out), "--size", "40", "-q"]) == 0
+        folder = out / "ROIs0_own_s1" / "s1_1"
+        scene = np.full((2, HEIGHT, WIDTH), np.nan, np.float32)  # the patches put back where they lie
+        for path in folder.glob("*.tif"):
+            with rasterio.open(path) as patch:
+                col, row = ~from_origin(TILE_A, 5000000, 10, 10) * (patch.transform.c, patch.transform.f)
+                scene[:, round(row) : round(row) + 40, round(col) : round(col) + 40] = patch.read()
+                cut[f"{name} source"] = patch.tags()["DSEN2CR_SOURCE"]
+        cut[name] = scene
+    with (workdir / "frames.csv").open(newline="") as file:
+        assert next(csv.DictReader(file))["s1"] == f"scenes/{west.name}+scenes/{east.name}"  # west covers more
+    assert cut["frames source"] == f"{west.name}+{east.name}"
+    assert np.isfinite(cut["frames"]).all()
+    away = np.r_[0:80, 100:WIDTH]  # the seam: west's last pixel ends 900 m east of the scene's edge
+    assert np.array_equal(cut["frames"][:, :, away], cut["whole"][:, :, away])
+    assert not np.array_equal(cut["frames"], cut["whole"])  # within a pixel of the seam, each frame's own values

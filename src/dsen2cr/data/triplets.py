@@ -20,9 +20,11 @@ from dsen2cr.inputs.pairing import (
     S1Acquisition,
     S1Footprint,
     check_pairing_limits,
+    joined_passes,
     lattice_points,
     nearest_pairing,
     s1_candidates,
+    s1_held,
 )
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between
 from dsen2cr.inputs.readers import Grid, S2Source
@@ -230,18 +232,20 @@ def _nearest_s1(
 ) -> Pairing:
     """The S1 of the input ``scene`` and its ``target``: the acquisition nearest in time to the one ``rules.s1_near``
     names that holds data under ``rules.min_cover`` of the pixels where both S2 do (a lattice of them;
-    ``footprints`` read once for every scene); refused naming the nearest that covers any."""
+    ``footprints`` read once for every scene; frames of one pass one candidate, joined); refused naming the nearest
+    that covers any."""
     near = target if rules.s1_near == "target" else scene
     both = scene.valid & target.valid
     xs, ys = lattice_points(scene.grid, both, max(1, math.ceil(max(both.shape) / LATTICE_SIZE)))
-    found = []
+    found, held = [], {}
     for s1 in acquisitions:
-        if s1.text not in footprints:
-            footprints[s1.text] = S1Footprint.read(s1.text)
-        cover = float(footprints[s1.text].held(scene.grid.crs, xs, ys).mean())
+        held[s1.text] = s1_held(footprints, s1.text, scene.grid.crs, xs, ys)
+        cover = float(held[s1.text].mean())
         found.append(Pairing(near.text, s1.text, days_between(near.sensing_time, s1.sensing_time), cover, s1.orbit))
     named = scene.text if near is scene else f"{scene.text} (S1 near its target {target.text})"
-    return nearest_pairing(named, found, rules.min_cover, rules.s1_max_days, f"the {rules.s1_near}")
+    return nearest_pairing(
+        named, joined_passes(found, held), rules.min_cover, rules.s1_max_days, f"the {rules.s1_near}"
+    )
 
 
 def grid_groups(triplets: list[Triplet]) -> list[list[int]]:

@@ -1,11 +1,10 @@
 """Each S2 scene paired with the S1 acquisition nearest to it in time among those that cover it (``dsen2cr pair``,
 docs/design.md §4.5): S1's sensing time as :mod:`~dsen2cr.inputs.s1_time` reads it, and the share of the scene's
 valid pixels where S1 holds data: a lattice of the scene's grid looked up in each S1's data mask, read once per S1,
-decimated."""
+decimated. A scene that lies across frames of one pass is paired with them joined (``a.tif+b.tif``)."""
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,12 +12,13 @@ from rasterio.transform import Affine
 from rasterio.warp import transform as transform_points
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs import is_stac, resolve_s1, resolve_s2, s1_parts
+from dsen2cr.inputs import FRAME_JOIN, resolve_s1, resolve_s2, s1_frames
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1_time import (
     GIVE_S1_ORBIT,
     GIVE_S1_TIME,
+    ONE_PASS_SECONDS,
     ORBIT_DIRECTIONS,
     UNKNOWN_S1_ORBIT,
     UNKNOWN_S1_TIME,
@@ -105,13 +105,11 @@ FOOTPRINT_SIZE = 1024
 class S1Footprint:
     """Where an S1 input holds data in both bands (not its nodata value, nor 0 where it declares none, nor NaN), on
     a decimated grid of it: ``valid`` (rows, columns), its CRS and the transform from map coordinates to that
-    grid's pixels; ``zero_fill``: it declares no nodata value and holds 0 (the fill of Earth Engine's exports), which
-    a merge must be told."""
+    grid's pixels."""
 
     valid: np.ndarray
     crs: object
     to_pixels: Affine
-    zero_fill: bool = False
 
     @classmethod
     def read(cls, text: str) -> S1Footprint:
@@ -125,9 +123,9 @@ class S1Footprint:
             values = read_decimated(dataset, shape)
             nodata = 0.0 if dataset.nodata is None else dataset.nodata
             pixels = Affine.scale(shape[1] / dataset.width, shape[0] / dataset.height) * ~dataset.transform
-            crs, zero_fill = dataset.crs, dataset.nodata is None and bool((values == 0).any())
+            crs = dataset.crs
         valid = np.all(np.isfinite(values) & (values != nodata), axis=0)
-        return cls(valid, crs, pixels, zero_fill)
+        return cls(valid, crs, pixels)
 
     def held(self, crs: object, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """Whether S1 holds data at each of the points (``xs``, ``ys`` in ``crs``): False outside it."""
@@ -143,6 +141,42 @@ class S1Footprint:
         return held
 
 
+def s1_held(footprints: dict[str, S1Footprint], text: str, crs: object, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Whether the S1 input ``text`` (frames joined with ``+``: any of them) holds data at each of the points (``xs``,
+    ``ys`` in ``crs``); each frame's footprint read once into ``footprints``, for every scene."""
+    held = np.zeros(len(xs), bool)
+    for frame in s1_frames(text):
+        if frame not in footprints:
+            footprints[frame] = S1Footprint.read(frame)
+        held |= footprints[frame].held(crs, xs, ys)
+    return held
+
+
+def joined_passes(found: list[Pairing], held: dict[str, np.ndarray]) -> list[Pairing]:
+    """``found`` (one scene's candidates) with the frames of each pass (sensed within :data:`ONE_PASS_SECONDS` of its
+    first, on one pass where said) that hold data over the scene replaced by one candidate: the frame that covers
+    most, joined with ``+`` to each frame that adds cover (``held``: each candidate's points), most first; its days
+    the pass's start (its first frame's, as :class:`~dsen2cr.inputs.s1.S1Source` dates frames)."""
+    passes: list[list[Pairing]] = []
+    for pairing in sorted((p for p in found if p.cover > 0), key=lambda p: p.days):
+        first = passes[-1][0] if passes else None
+        if first and (pairing.days - first.days) * 86400 <= ONE_PASS_SECONDS and pairing.orbit == first.orbit:
+            passes[-1].append(pairing)
+        else:
+            passes.append([pairing])
+    joined = [p for p in found if p.cover == 0]
+    for frames in passes:
+        chosen, union = [], np.zeros_like(held[frames[0].s1])
+        for frame in sorted(frames, key=lambda p: -p.cover):
+            if (held[frame.s1] & ~union).any():
+                chosen.append(frame)
+                union |= held[frame.s1]
+        text = FRAME_JOIN.join(frame.s1 for frame in chosen)
+        start = min(frame.days for frame in chosen)
+        joined.append(Pairing(chosen[0].s2, text, start, float(union.mean()), chosen[0].orbit))
+    return joined
+
+
 def pair_scenes(
     s2_inputs: list[str],
     s1_inputs: list[str],
@@ -154,7 +188,8 @@ def pair_scenes(
 ) -> list[Pairing]:
     """Each S2 scene with the S1 acquisition nearest to it in time among those that hold data under at least
     ``min_cover`` of its valid pixels (and lie within ``max_days`` of it, and were sensed on an ``orbit`` pass, when
-    given); of two as near, the one that covers more. An S2 scene whose sensing time nothing says, or that no S1 can
+    given); of two as near, the one that covers more. Frames of one pass count as one candidate
+    (:func:`joined_passes`). An S2 scene whose sensing time nothing says, or that no S1 can
     be paired with, is refused, naming the nearest S1 that covers any of it, as are a ``min_cover`` that is no share
     and a negative ``max_days``."""
     check_pairing_limits(min_cover, max_days)
@@ -178,16 +213,10 @@ def pair_scenes(
             raise DSen2CRError(f"{s2_text}: S2 has no valid pixels (all nodata or NaN): nothing to pair")
         found, held = [], {}
         for s1 in acquisitions:
-            if s1.text not in footprints:  # read once, for every scene
-                footprints[s1.text] = S1Footprint.read(s1.text)
-            held[s1.text] = footprints[s1.text].held(crs, xs, ys)
+            held[s1.text] = s1_held(footprints, s1.text, crs, xs, ys)
             cover = float(held[s1.text].mean())
             found.append(Pairing(s2_text, s1.text, days_between(sensed, s1.sensing_time), cover, s1.orbit))
-        try:
-            pairings.append(nearest_pairing(s2_text, found, min_cover, max_days))
-        except DSen2CRError as refusal:
-            hint = _one_pass_hint(found, held, footprints, acquisitions, min_cover, max_days)
-            raise DSen2CRError(f"{refusal}{hint}") from None
+        pairings.append(nearest_pairing(s2_text, joined_passes(found, held), min_cover, max_days))
     return pairings
 
 
@@ -216,43 +245,3 @@ def nearest_pairing(s2: str, found: list[Pairing], min_cover: float, max_days: f
         f"({best.cover:.0%} of it, {gap_text(best.days, of)}): give more S1, or a lower --min-cover"
         + (" or a larger --s1-max-days" if max_days is not None else "")
     )
-
-
-#: S1 files sensed this close together are frames of one pass (consecutive slices of a datatake lie some 25 s apart;
-#: the next pass over a place is hours away).
-ONE_PASS_SECONDS = 600.0
-
-
-def _one_pass_hint(
-    found: list[Pairing],
-    held: dict[str, np.ndarray],
-    footprints: dict[str, S1Footprint],
-    acquisitions: list[S1Acquisition],
-    min_cover: float,
-    max_days: float | None,
-) -> str:
-    """For a refused scene: the frames of one pass that cover ``min_cover`` of it together, and how to merge them
-    into one file named with the pass's time (``rio merge``, which comes with rasterio, told the frames' no-data value:
-    NaN, or 0 where a frame declares none and holds 0); empty when there are none."""
-    time_of = {s1.text: s1.sensing_time for s1 in acquisitions}
-    passes: list[list[Pairing]] = []
-    for pairing in sorted((p for p in found if p.cover > 0), key=lambda p: p.days):
-        if passes and (pairing.days - passes[-1][0].days) * 86400 <= ONE_PASS_SECONDS:
-            passes[-1].append(pairing)
-        else:
-            passes.append([pairing])
-    for frames in sorted(passes, key=lambda frames: abs(frames[0].days)):
-        cover = float(np.mean(np.any([held[p.s1] for p in frames], axis=0)))
-        if len(frames) < 2 or cover < min_cover or (max_days is not None and abs(frames[0].days) > max_days):
-            continue
-        names = [p.s1 for p in frames]
-        if any(is_stac(name) or len(s1_parts(name)) > 1 for name in names):  # rio merge takes 2-band files
-            how = "merge them into one 2-band file first, its name holding the pass's date and time, and give that"
-        else:
-            stamp = time_of[names[0]][:19].replace("-", "").replace(":", "")
-            nodata = "0" if any(footprints[name].zero_fill for name in names) else "nan"
-            command = shlex.join(["rio", "merge", "--nodata", nodata, *names, f"S1_{stamp}_merged.tif"])
-            how = f"merge them into one file first ({command}) and give that"
-        together = f"{', '.join(names)}, frames of one pass ({gap_text(frames[0].days)}), cover {cover:.0%} of it"
-        return f"; {together} together: {how}"
-    return ""

@@ -60,7 +60,10 @@ DeferOutputs = Callable[[contextlib.ExitStack], None]
 
 
 #: Said when S1 misses much of a scene: a scene often lies across two frames of one pass, of which one was given.
-FRAMES_HINT = "; where a scene lies across frames of one S1 pass, give them joined with + (frame1.tif+frame2.tif)"
+FRAMES_HINT = (
+    "; where a scene lies across frames of one S1 pass, give them joined with + (frame1.tif+frame2.tif), as dsen2cr "
+    "pair joins them"
+)
 FRAMES_HINT_FRACTION = 0.05
 
 
