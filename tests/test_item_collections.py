@@ -174,3 +174,41 @@ def test_remove_clouds_without_sar_takes_each_item(workdir: Path) -> None:
     assert main([*argv, "--s2", str(items["A"]), "--out", str(workdir / "alone.tif")]) == 0
     with rasterio.open(workdir / "out" / "A_cloudfree.tif") as listed, rasterio.open(workdir / "alone.tif") as given:
         np.testing.assert_array_equal(listed.read(), given.read())
+
+
+def test_frames_of_one_pass_in_a_collection_are_joined(workdir: Path) -> None:
+    """A search's S1 items, two frames of one pass each over half of the scene: pair joins the two items; the image
+    equals the one made with the S1 they were cut from, away from the seam."""
+    (workdir / "a").mkdir()
+    scene = write_dated_s2(workdir / "a", 500000, "20230610T101559", cloud_columns=64)
+    whole = _s1(workdir / "whole", "20230609T051234")
+    with rasterio.open(whole) as dataset:
+        db, transform = dataset.read(), dataset.transform
+    frames = {}
+    for item_id, stamp, columns in (
+        ("S1A_W", "20230609T051234", slice(45, None)),
+        ("S1A_E", "20230609T051259", slice(0, 40)),
+    ):
+        part = db.copy()
+        part[:, :, columns] = np.nan
+        (workdir / item_id).mkdir()
+        path = write_geotiff(workdir / item_id / "s1.tif", part, crs=CRS.from_epsg(32632), transform=transform)
+        frames[item_id] = write_s1_item(path, datetime=f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}T05:12:{stamp[-2:]}Z")
+    collection = _collection(workdir / "s1_items.json", frames)
+    manifest = workdir / "scenes.csv"
+    assert main(["pair", "--s2", str(scene), "--s1", str(collection), "--out", str(manifest)]) == 0
+    with manifest.open(newline="") as file:
+        [row] = list(csv.DictReader(file))
+    assert row["s1"] == "s1_items.json#S1A_W+s1_items.json#S1A_E"
+    weights = str(workdir.weights("dsen2cr-small"))
+    assert main(["remove-clouds", "--weights", weights, "--manifest", str(manifest), "--no-progress"]) == 0
+    alone = workdir / "alone.tif"
+    argv = ["remove-clouds", "--weights", weights, "--s2", str(scene), "--s1", str(whole), "--out", str(alone)]
+    assert main([*argv, "--no-progress"]) == 0
+    with rasterio.open(workdir / row["out"]) as listed, rasterio.open(alone) as given:
+        joined, one = listed.read(), given.read()
+    # each 20 m frame is warped onto the scene's 10 m grid on its own: near the seam (S1's column 45, the scene's 90)
+    # the values differ, within the network's reach (its receptive field) of it
+    away = np.r_[0:75, 105:160]
+    np.testing.assert_array_equal(joined[:, :, away], one[:, :, away])
+    assert not np.array_equal(joined, one)
