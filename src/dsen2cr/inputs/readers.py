@@ -60,6 +60,38 @@ def on_grid(src: rasterio.io.DatasetReaderBase, grid: Grid, resampling: Resampli
     )
 
 
+def grid_offset(src: rasterio.io.DatasetReaderBase, grid: Grid) -> tuple[int, int] | None:
+    """Where ``grid``'s first pixel lies among ``src``'s pixels (column, row) when ``src`` lies on ``grid``'s pixel
+    lattice (one CRS, pixel size and orientation; origins a whole number of pixels apart, within 1e-6 px), so that
+    its windows are ``grid``'s shifted: read as they are, no warp; else None."""
+    ours, theirs = src.transform, grid.transform
+    if src.crs != grid.crs or not all(
+        math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+        for a, b in zip(ours[:2] + ours[3:5], theirs[:2] + theirs[3:5], strict=True)
+    ):
+        return None
+    col, row = ~ours * (theirs.c, theirs.f)
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return round(col), round(row)
+
+
+def read_shifted(src: rasterio.io.DatasetReaderBase, window: Window, offset: tuple[int, int]) -> np.ndarray:
+    """``window`` of a grid whose first pixel is ``src``'s pixel ``offset`` (:func:`grid_offset`), as float32 of
+    every band: what ``src`` holds there, NaN beyond its edges."""
+    col, row = int(window.col_off) + offset[0], int(window.row_off) + offset[1]
+    height, width = int(window.height), int(window.width)
+    left, top = max(col, 0), max(row, 0)
+    right, bottom = min(col + width, src.width), min(row + height, src.height)
+    if (left, top, right, bottom) == (col, row, col + width, row + height):  # all within src
+        return read_window(src, Window(col, row, width, height)).astype(np.float32, copy=False)
+    out = np.full((src.count, height, width), np.nan, np.float32)
+    if right > left and bottom > top:
+        part = read_window(src, Window(left, top, right - left, bottom - top))
+        out[:, top - row : bottom - row, left - col : right - col] = part
+    return out
+
+
 class S2Source:
     """S2 DN on a 10 m grid, read window by window, always as the 13 L1C bands in model convention: offset-free
     reflectance x 10000 (docs/design.md §4.5).

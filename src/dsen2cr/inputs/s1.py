@@ -15,7 +15,7 @@ from rasterio.windows import Window
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import resolve_s1, s1_frames
 from dsen2cr.inputs.geotiff import polarisation
-from dsen2cr.inputs.readers import Grid, on_grid
+from dsen2cr.inputs.readers import Grid, grid_offset, on_grid, read_shifted
 from dsen2cr.inputs.s1_time import s1_facts
 from dsen2cr.preprocessing import NUM_S1_BANDS
 from dsen2cr.rasters import lattice_windows, open_raster, read_decimated, read_window
@@ -115,17 +115,14 @@ class S1File:
         overlap_h = min(s1_bounds[3], s2_bounds[3]) - max(s1_bounds[1], s2_bounds[1])
         if overlap_w <= 0 or overlap_h <= 0:
             raise DSen2CRError(f"{self.path}: S1 does not overlap the S2 scene at all")
-        same_grid = (self._src.crs, self._src.transform, self._src.width, self._src.height) == (
-            grid.crs,
-            grid.transform,
-            grid.width,
-            grid.height,
-        )
-        self.warped = not same_grid
+        #: where the scene's first pixel lies among S1's when S1 lies on the scene's pixel lattice (read as it is,
+        #: a window shifted: RTC frames of the scene's UTM zone, S1 exported on its grid); None: warped
+        self.offset = grid_offset(self._src, grid)
+        self.warped = self.offset is None
         # a file that declares no nodata: 0 is (exports fill S1 outside its swath with it; SNAP's no-data value)
         self.nodata = 0.0 if self._src.nodata is None else float(self._src.nodata)
         sample = self._sample()
-        if same_grid:
+        if not self.warped:
             self._reader: rasterio.io.DatasetReaderBase = self._src
         else:
             # the warp takes one nodata value: undeclared, 0 where the sample holds a 0 fill, else NaN (NaN fills)
@@ -202,7 +199,10 @@ class S1File:
 
     def read(self, window: Window) -> np.ndarray:
         """(2, h, w) float32 dB of ``window``; NaN where S1 has no data."""
-        data = read_window(self._reader, window).astype(np.float32)
+        if self.offset is None:
+            data = read_window(self._reader, window).astype(np.float32)
+        else:
+            data = read_shifted(self._reader, window, self.offset)  # NaN beyond S1's edges
         if not self.warped and not np.isnan(self.nodata):  # a warped reader gives NaN for it
             data[data == self.nodata] = np.nan
         data[np.isinf(data)] = np.nan  # -inf dB (log of zero power) is no data, not the -25 dB clip floor
