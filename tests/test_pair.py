@@ -17,7 +17,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from conftest import split_s1, write_s1_item
 from dsen2cr.cli import main
-from dsen2cr.inputs.pairing import LATTICE_SIZE, pair_scenes
+from dsen2cr.inputs.pairing import LATTICE_SIZE, pair_scenes, polarisation_pairs
 from dsen2cr.inputs.s1_time import s1_orbit_direction
 from dsen2cr.outputs.geotiff import write_geotiff
 
@@ -213,3 +213,37 @@ def test_orbit_keeps_one_pass(workdir: Path, capsys: pytest.CaptureFixture) -> N
     assert s1_orbit_direction(str(item)) == "ascending"
     [pairing] = pair_scenes([str(s2)], [str(descending), str(ascending), str(item)], orbit="ascending")
     assert (pairing.s1, pairing.orbit) == (str(item), "ascending")  # 0.2 days after, the nearest ascending
+
+
+def test_single_polarisation_files_are_paired_by_name(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """A folder of ASF HyP3 RTC products, one file a polarisation (``…_VV.tif``, ``…_VH.tif``), given as it is: each
+    VV file with the VH file of its name, as one candidate; the nearest pair of files chosen, written as a pair."""
+    s2 = _s2(workdir)
+    (workdir / "rtc").mkdir()
+    files = []
+    for stamp in ("20230608T051234", "20230609T171234"):  # 2.2 and 0.7 days before S2
+        stem = f"S1A_IW_{stamp}_DVP_RTC10_G_gpuned_5F3A"
+        pair = split_s1(_s1(workdir / "rtc", stamp), f"{stem}_VV.tif", f"{stem}_VH.tif")
+        files += pair.split(",")
+    for path in (workdir / "rtc").glob("S1A_IW_GRDH_*"):
+        path.unlink()  # only the single-polarisation files remain
+    manifest = workdir / "scenes.csv"
+    capsys.readouterr()
+    assert main(["pair", "--s2", str(s2), "--s1", *sorted(files), "--out", str(manifest)]) == 0
+    assert f"{s2}: S1 {files[2]},{files[3]}, 0.7 days before S2" in capsys.readouterr().out
+    with manifest.open(newline="") as file:
+        [row] = list(csv.DictReader(file))
+    assert row["s1"] == f"rtc/{Path(files[2]).name},rtc/{Path(files[3]).name}"  # VV first, as remove-clouds takes it
+
+
+def test_polarisation_pairs() -> None:
+    given = ["a/x_VH.tif", "a/x_VV.tif", "a/y_VH.tif", "b/x_VV.tif", "s1-vv.tif", "s1-vh.tif", "c/s1_VV_VH.tif"]
+    assert polarisation_pairs([*given, "items.json#S1_VV", "p_VV.tif,p_VH.tif"]) == [
+        "a/x_VV.tif,a/x_VH.tif",  # where the VV file stood
+        "a/y_VH.tif",  # no VV of its name: as given (refused as it is read: one band)
+        "b/x_VV.tif",  # another folder's VH is not its partner
+        "s1-vv.tif,s1-vh.tif",
+        "c/s1_VV_VH.tif",  # both named: a 2-band file
+        "items.json#S1_VV",  # a STAC item, and a pair given as one: as they are
+        "p_VV.tif,p_VH.tif",
+    ]

@@ -5,14 +5,16 @@ decimated. A scene that lies across frames of one pass is paired with them joine
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from rasterio.transform import Affine
 from rasterio.warp import transform as transform_points
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs import FRAME_JOIN, resolve_s1, resolve_s2, s1_frames
+from dsen2cr.inputs import FRAME_JOIN, is_stac, resolve_s1, resolve_s2, s1_frames, s1_parts
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1_time import (
@@ -70,15 +72,39 @@ def s1_acquisition(text: str, orbit: str | None = None) -> S1Acquisition:
 
 
 def s1_candidates(s1_inputs: list[str], orbit: str | None = None) -> list[S1Acquisition]:
-    """The S1 inputs as candidates (:func:`s1_acquisition`; each item of an ItemCollection one), those of ``orbit``'s
-    passes only when it is given; refused when that leaves none."""
+    """The S1 inputs as candidates (:func:`s1_acquisition`; each item of an ItemCollection one, single-polarisation
+    files paired by name, :func:`polarisation_pairs`), those of ``orbit``'s passes only when it is given; refused
+    when that leaves none."""
     if orbit is not None and orbit not in ORBIT_DIRECTIONS:
         raise DSen2CRError(f"--orbit: one of {', '.join(ORBIT_DIRECTIONS)}, got {orbit!r}")
-    acquisitions = [s1_acquisition(text, orbit) for given in s1_inputs for text in collection_items(given)]
+    texts = polarisation_pairs([text for given in s1_inputs for text in collection_items(given)])
+    acquisitions = [s1_acquisition(text, orbit) for text in texts]
     kept = [s1 for s1 in acquisitions if orbit is None or s1.orbit == orbit]
     if not kept:
         raise DSen2CRError(f"--orbit {orbit}: none of the {len(acquisitions)} S1 given was sensed on that pass")
     return kept
+
+
+#: A polarisation named in a file name: VV or VH apart from other letters (``…_VV.tif``, ``s1-vh.tif``).
+_POLARISATION_IN_NAME = re.compile(r"(?<![A-Z])V[VH](?![A-Z])")
+
+
+def polarisation_pairs(texts: list[str]) -> list[str]:
+    """The S1 inputs with each file whose name says VV (one polarisation a file, as ASF HyP3's RTC products
+    ``…_VV.tif`` and ``…_VH.tif``) given with the file of its folder whose name says VH in its place, as one
+    ``VV,VH`` pair where the VV file stood; the rest as given (a file without its partner is refused as it is read:
+    one band)."""
+    keys: dict[str, tuple[str, str]] = {}
+    for text in texts:
+        name = Path(text).name
+        found = list(_POLARISATION_IN_NAME.finditer(name.upper()))
+        if len(found) == 1 and not is_stac(text) and len(s1_parts(text)) == 1:
+            start, end = found[0].span()
+            keys[text] = (str(Path(text).parent / f"{name[:start]}{{}}{name[end:]}"), found[0].group())
+    partner = {key: text for text, (key, said) in keys.items() if said == "VH"}
+    paired = {text: partner[key] for text, (key, said) in keys.items() if said == "VV" and key in partner}
+    taken = set(paired.values())
+    return [f"{text},{paired[text]}" if text in paired else text for text in texts if text not in taken]
 
 
 def scene_lattice(s2: S2Source) -> tuple[np.ndarray, np.ndarray]:
