@@ -68,7 +68,22 @@ def _pair(tmp: Path, s2: list[Path], s1: list[Path], *extra: str) -> list[str]:
     return ["pair", "--s2", *map(str, s2), "--s1", *map(str, s1), "--out", str(tmp / "scenes.csv"), *extra]
 
 
+def _vh_alone(tmp: Path) -> Path:
+    """The VH file of an ASF HyP3-like pair of single-polarisation files, its VV file removed."""
+    stem = "S1A_IW_20230608T051234_DVP_RTC10_G_gpuned_5F3A"
+    vv, vh = map(Path, split_s1(_s1(tmp), f"{stem}_VV.tif", f"{stem}_VH.tif").split(","))
+    vv.unlink()
+    return vh
+
+
 CASES = [
+    dict(
+        name="pair: a single-polarisation S1 file without its partner (VH alone)",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t), _vh_alone(t)]),
+        message="_5F3A_VH.tif: S1 (VV, VH) has 1 band, expected 2; one polarisation a file: give the two as one S1 "
+        "pair, VV.tif,VH.tif",
+        absent=("scenes.csv",),
+    ),
     dict(
         name="pair: an S1 candidate whose date nothing says",
         setup=lambda t: _pair(t, [_s2(t)], [_s1(t), _s1(t, "s1.tif")]),

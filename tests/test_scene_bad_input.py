@@ -215,6 +215,13 @@ CASES = [
         absent=("out.tif",),
     ),
     dict(
+        name="remove-clouds: S1 of one polarisation (a VV file alone)",
+        setup=lambda t: _remove(t, *t.scene(s1=np.full((1, 40, 50), -10, np.float32))),
+        message="s1.tif: S1 (VV, VH) has 1 band, expected 2; one polarisation a file: give the two as one S1 pair, "
+        "VV.tif,VH.tif",
+        absent=("out.tif",),
+    ),
+    dict(
         name="remove-clouds: zero-byte S2",
         setup=lambda t: _remove(t, _write(t / "empty.tif", ""), t.scene()[1]),
         message="empty.tif: cannot read S2",

@@ -14,9 +14,10 @@ from rasterio.transform import Affine
 from rasterio.warp import transform as transform_points
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs import FRAME_JOIN, is_stac, resolve_s1, resolve_s2, s1_frames, s1_parts
+from dsen2cr.inputs import FRAME_JOIN, is_stac, resolve_s2, s1_frames, s1_parts
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between
 from dsen2cr.inputs.readers import Grid, S2Source
+from dsen2cr.inputs.s1 import open_s1
 from dsen2cr.inputs.s1_time import (
     GIVE_S1_ORBIT,
     GIVE_S1_TIME,
@@ -28,7 +29,6 @@ from dsen2cr.inputs.s1_time import (
     s1_facts,
 )
 from dsen2cr.inputs.stac import collection_items
-from dsen2cr.preprocessing import NUM_S1_BANDS
 from dsen2cr.rasters import decimated_shape, read_decimated
 
 #: The lattice of a scene's grid on which S1's cover is sampled: at most this many points a side.
@@ -140,9 +140,7 @@ class S1Footprint:
     @classmethod
     def read(cls, text: str) -> S1Footprint:
         """The footprint of the S1 input ``text`` (a file, a ``VV,VH`` pair, a STAC item), read once, decimated."""
-        from dsen2cr.rasters import open_raster
-
-        with open_raster(resolve_s1(text), bands=NUM_S1_BANDS, what="S1 (VV, VH)") as dataset:
+        with open_s1(text) as dataset:
             if dataset.crs is None:
                 raise DSen2CRError(f"{text}: S1 has no coordinate reference system")
             shape = decimated_shape(dataset.height, dataset.width, FOOTPRINT_SIZE)

@@ -36,6 +36,18 @@ def _check_polarisations(name: str, descriptions: tuple[str | None, ...]) -> Non
         raise DSen2CRError(f"{name}: S1 band descriptions are {said}; expected VV, VH (band 1 VV, band 2 VH)")
 
 
+def open_s1(text: str) -> rasterio.DatasetReader:
+    """The S1 input ``text`` (a file, a ``VV,VH`` pair, a STAC item) open as one 2-band raster (VV, VH); a file of one
+    band is refused saying how to give one polarisation a file (as a pair)."""
+    dataset = open_raster(resolve_s1(text), what="S1 (VV, VH)")
+    if dataset.count != NUM_S1_BANDS:
+        count = dataset.count
+        dataset.close()
+        advice = "; one polarisation a file: give the two as one S1 pair, VV.tif,VH.tif" if count == 1 else ""
+        raise DSen2CRError(f"{text}: S1 (VV, VH) has {count} band{'s' * (count != 1)}, expected 2{advice}")
+    return dataset
+
+
 class S1Source:
     """S1 VV and VH in dB on the S2 grid, warped on the fly when the grids differ.
 
@@ -84,7 +96,7 @@ class S1File:
     def __init__(self, path: str, grid: Grid, *, linear: bool = False) -> None:
         self.path = path  # named in messages
         self.linear = linear
-        self._src = open_raster(resolve_s1(path), bands=NUM_S1_BANDS, what="S1 (VV, VH)")
+        self._src = open_s1(path)
         try:
             self._open(grid)
         except DSen2CRError:
