@@ -17,6 +17,7 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from conftest import split_s1, write_s1_item
 from dsen2cr.cli import main
+from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.pairing import LATTICE_SIZE, pair_scenes, polarisation_pairs
 from dsen2cr.inputs.s1_time import s1_orbit_direction
 from dsen2cr.outputs.geotiff import write_geotiff
@@ -247,3 +248,21 @@ def test_polarisation_pairs() -> None:
         "items.json#S1_VV",  # a STAC item, and a pair given as one: as they are
         "p_VV.tif,p_VH.tif",
     ]
+
+
+def test_frames_join_where_their_files_say_one_pass(workdir: Path) -> None:
+    """Frames of one pass join when the passes their files say agree (one saying none: the other's); frames said to
+    be of two passes do not (remove-clouds refuses such a join), and then neither covers enough."""
+    s2 = _s2(workdir)
+    west = _s1(workdir, "20230608T051234", nan_from_column=130)
+    east = _s1(workdir, "20230608T051259")
+    with rasterio.open(east, "r+") as dataset:
+        data = dataset.read()
+        data[:, :, :120] = np.nan
+        dataset.write(data)
+    _on_pass(east, "DESCENDING")
+    [pairing] = pair_scenes([str(s2)], [str(west), str(east)])
+    assert (pairing.s1, pairing.orbit) == (f"{west}+{east}", "descending")  # west covers 52 %, east 52 %: west first
+    _on_pass(west, "ASCENDING")
+    with pytest.raises(DSen2CRError, match="no S1 given covers 95% of it"):
+        pair_scenes([str(s2)], [str(west), str(east)])

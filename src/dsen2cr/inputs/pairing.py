@@ -178,14 +178,16 @@ def s1_held(footprints: dict[str, S1Footprint], text: str, crs: object, xs: np.n
 
 def joined_passes(found: list[Pairing], held: dict[str, np.ndarray]) -> list[Pairing]:
     """``found`` (one scene's candidates) with the frames of each pass (sensed within :data:`ONE_PASS_SECONDS` of its
-    first, on one pass where said) that hold data over the scene replaced by one candidate: the frame that covers
-    most, joined with ``+`` to each frame that adds cover (``held``: each candidate's points), most first; its days
-    the pass's start (its first frame's, as :class:`~dsen2cr.inputs.s1.S1Source` dates frames)."""
+    first, said to be of one pass where their files say it, as :class:`~dsen2cr.inputs.s1.S1Source` checks them)
+    that hold data over the scene replaced by one candidate: the frame that covers most, joined with ``+`` to each
+    frame that adds cover (``held``: each candidate's points), most first; its days the pass's start (its first
+    frame's, as ``S1Source`` dates frames), its pass the one its frames say."""
     passes: list[list[Pairing]] = []
     for pairing in sorted((p for p in found if p.cover > 0), key=lambda p: p.days):
-        first = passes[-1][0] if passes else None
-        if first and (pairing.days - first.days) * 86400 <= ONE_PASS_SECONDS and pairing.orbit == first.orbit:
-            passes[-1].append(pairing)
+        group = passes[-1] if passes else []
+        said = {p.orbit for p in [*group, pairing]} - {None}
+        if group and (pairing.days - group[0].days) * 86400 <= ONE_PASS_SECONDS and len(said) <= 1:
+            group.append(pairing)
         else:
             passes.append([pairing])
     joined = [p for p in found if p.cover == 0]
@@ -197,7 +199,8 @@ def joined_passes(found: list[Pairing], held: dict[str, np.ndarray]) -> list[Pai
                 union |= held[frame.s1]
         text = FRAME_JOIN.join(frame.s1 for frame in chosen)
         start = min(frame.days for frame in chosen)
-        joined.append(Pairing(chosen[0].s2, text, start, float(union.mean()), chosen[0].orbit))
+        orbit = next((frame.orbit for frame in chosen if frame.orbit is not None), None)
+        joined.append(Pairing(chosen[0].s2, text, start, float(union.mean()), orbit))
     return joined
 
 
