@@ -49,7 +49,8 @@ def open_s1(text: str) -> rasterio.DatasetReader:
 
 
 class S1Source:
-    """S1 VV and VH in dB on the S2 grid, warped on the fly when the grids differ.
+    """S1 VV and VH in dB on the S2 grid: read as it is where it lies on the grid's pixel lattice, else warped on the
+    fly.
 
     ``path`` is anything :func:`dsen2cr.inputs.resolve_s1` takes: a 2-band file, a ``VV,VH`` pair of
     single-band files, or a STAC item with ``vv`` and ``vh`` assets; or frames of one pass joined with ``+``
@@ -68,7 +69,7 @@ class S1Source:
         except DSen2CRError:
             self.close()
             raise
-        #: when S1 was sensed (ISO 8601 in UTC; the first frame's; None: nothing says), compared with the S2 scene's
+        #: when S1 was sensed (ISO 8601 in UTC; of frames, the pass's start; None: nothing says), compared with S2's
         self.sensing_time = facts.sensing_time
         #: on which pass (``ascending``, ``descending``; None: nothing says)
         self.orbit_direction = facts.orbit
@@ -91,7 +92,8 @@ class S1Source:
 
 class S1File:
     """One S1 input (a 2-band file, a ``VV,VH`` pair, a STAC item) on the S2 grid: what it declares checked, read
-    window by window in dB (warped where the grids differ; NaN where it has no data)."""
+    window by window in dB (a window shifted where it lies on the S2 grid's pixel lattice, else warped; NaN where it
+    has no data)."""
 
     def __init__(self, path: str, grid: Grid, *, linear: bool = False) -> None:
         self.path = path  # named in messages
