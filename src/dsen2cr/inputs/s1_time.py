@@ -81,7 +81,7 @@ def s1_facts(s1: str) -> S1Facts:
 
 
 def _pass_facts(s1: str, frames: list[str]) -> S1Facts:
-    """What the frames of one pass (joined with ``+`` in ``s1``) say together: the pass's start (the first frame's
+    """What the frames of one pass (joined with ``+`` in ``s1``) say together: the pass's start (the earliest frame's
     time) and its direction (the one those that say it agree on). Refused: a frame whose time nothing says (that it
     belongs to the pass cannot be checked), frames sensed more than :data:`ONE_PASS_SECONDS` apart or said to be of
     two passes (they are not one pass's: the ground seen at two times)."""
