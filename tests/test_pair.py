@@ -266,3 +266,24 @@ def test_frames_join_where_their_files_say_one_pass(workdir: Path) -> None:
     _on_pass(west, "ASCENDING")
     with pytest.raises(DSen2CRError, match="no S1 given covers 95% of it"):
         pair_scenes([str(s2)], [str(west), str(east)])
+
+
+def test_frames_joined_by_hand_are_one_candidate(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """Frames given joined with + (STAC items, whose names end in .json as a collection's do): one candidate as
+    given, not read as an ItemCollection."""
+    s2 = _s2(workdir)
+    items = []
+    for name, stamp, columns in (
+        ("w", "2023-06-08T05:12:34Z", slice(130, None)),
+        ("e", "2023-06-08T05:12:59Z", slice(0, 120)),
+    ):
+        (workdir / name).mkdir()
+        s1 = _s1(workdir / name, "20230608T051234")
+        with rasterio.open(s1, "r+") as dataset:
+            data = dataset.read()
+            data[:, :, columns] = np.nan
+            dataset.write(data)
+        items.append(write_s1_item(s1, datetime=stamp))
+    joined = f"{items[0]}+{items[1]}"
+    assert main(["pair", "--s2", str(s2), "--s1", joined, "--out", str(workdir / "scenes.csv")]) == 0
+    assert f"{s2}: S1 {joined}, 2.2 days before S2, covering 100% of the scene" in capsys.readouterr().out
