@@ -134,13 +134,13 @@ def checked_manifest(out: str, s2_inputs: list[str], s1_inputs: list[str], *, ov
     """The manifest ``--out`` to write, refused before any work where it would replace one of the inputs or a file
     this command did not write (without ``overwrite``)."""
     from dsen2cr.inputs import local_inputs
-    from dsen2cr.inputs.stac import collection_items
+    from dsen2cr.inputs.pairing import s1_items
     from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
 
     manifest = Path(out)
-    s1_items = [item for s1 in s1_inputs for item in collection_items(s1)]  # (an S1 item's assets: read from it)
     inputs = [found for s2 in s2_inputs for found in local_inputs(s2, None)]  # the manifest replaces none of them
-    inputs += [found for s1 in s1_items for found in local_inputs(s2_inputs[0], s1) if found[0] == "s1"]
+    # (an S1 item's assets: read from it)
+    inputs += [found for s1 in s1_items(s1_inputs) for found in local_inputs(s2_inputs[0], s1) if found[0] == "s1"]
     check_distinct_outputs([("out", manifest)], inputs)
     check_output_file(manifest, overwrite=overwrite, kind="text")
     return manifest

@@ -71,13 +71,21 @@ def s1_acquisition(text: str, orbit: str | None = None) -> S1Acquisition:
     return S1Acquisition(text, facts.sensing_time, facts.orbit)
 
 
+def s1_items(s1_inputs: list[str]) -> list[str]:
+    """The S1 inputs as the acquisitions they name: each item of an ItemCollection as ``DOCUMENT#ID``, frames joined
+    with ``+`` (whose last may end in ``.json`` as a collection does) and other values as given."""
+    return [
+        text for given in s1_inputs for text in (collection_items(given) if len(s1_frames(given)) == 1 else [given])
+    ]
+
+
 def s1_candidates(s1_inputs: list[str], orbit: str | None = None) -> list[S1Acquisition]:
     """The S1 inputs as candidates (:func:`s1_acquisition`; each item of an ItemCollection one, single-polarisation
     files paired by name, :func:`polarisation_pairs`), those of ``orbit``'s passes only when it is given; refused
     when that leaves none."""
     if orbit is not None and orbit not in ORBIT_DIRECTIONS:
         raise DSen2CRError(f"--orbit: one of {', '.join(ORBIT_DIRECTIONS)}, got {orbit!r}")
-    texts = polarisation_pairs([text for given in s1_inputs for text in collection_items(given)])
+    texts = polarisation_pairs(s1_items(s1_inputs))
     acquisitions = [s1_acquisition(text, orbit) for text in texts]
     kept = [s1 for s1 in acquisitions if orbit is None or s1.orbit == orbit]
     if not kept:
