@@ -2,7 +2,8 @@
 window, the second frame where the first has no data) against merging them into one file first (``rio merge``'s
 way, rasterio.merge, written as a tiled GeoTIFF) and reading that, in the same run; and the frames read as they
 are (they lie on the scene's pixel lattice: windows shifted, the tool) against warped onto its grid (as every S1
-not on the scene's very grid was read before).
+not on the scene's very grid was read before); and frames at 20 m (one lattice, not the scene's) mosaicked on it and
+warped at once (the tool: as the file they were cut from) against each warped on its own (before).
 
 Two frames on the scene's 10 m pixel lattice (as RTC frames of the scene's UTM zone are), each a file of its own
 extent: the west one over 55 % of the scene's columns, the east one over the last 55 % (their overlap 10 %), read as
@@ -35,9 +36,9 @@ LEFT, TOP = 500000, 5000000
 LAYOUT = {"driver": "GTiff", "crs": "EPSG:32632", "tiled": True, "blockxsize": 512, "blockysize": 512}
 
 
-def _write(path: Path, data: np.ndarray, left: float) -> Path:
-    """A 2-band float32 dB GeoTIFF at 10 m whose left edge is ``left``, NaN its no-data value, deflate."""
-    profile = {**LAYOUT, "transform": from_origin(left, TOP, 10, 10), "nodata": np.nan, "compress": "deflate"}
+def _write(path: Path, data: np.ndarray, left: float, pixel: float = 10) -> Path:
+    """A 2-band float32 dB GeoTIFF of ``pixel`` m whose left edge is ``left``, NaN its no-data value, deflate."""
+    profile = {**LAYOUT, "transform": from_origin(left, TOP, pixel, pixel), "nodata": np.nan, "compress": "deflate"}
     with rasterio.open(path, "w", width=data.shape[2], height=data.shape[1], count=2, dtype="float32", **profile) as f:
         f.write(data)
     return path
@@ -77,6 +78,25 @@ def main() -> None:
         for way, warp in (("frames joined with + (the tool)", False), ("frames joined, each warped (before)", True)):
             with mock.patch("dsen2cr.inputs.s1.grid_offset", return_value=None) if warp else contextlib.nullcontext():
                 seconds = _read_all(f"{west}+{east}", grid, args.window)
+            rows.append({"way": way, "merge s": 0.0, "read s": seconds, "total s": seconds, "MB written": 0.0})
+        half, coarse = size // 2, db[:, ::2, ::2]  # the frames at 20 m: one lattice, not the scene's
+        west20 = _write(
+            Path(folder) / "S1A_IW_GRDH_1SDV_20230608T051234_w20_db.tif", coarse[:, :, : half * 55 // 100], LEFT, 20
+        )
+        east_col = half * 45 // 100
+        east20 = _write(
+            Path(folder) / "S1A_IW_GRDH_1SDV_20230608T051259_e20_db.tif",
+            coarse[:, :, east_col:],
+            LEFT + 20 * east_col,
+            20,
+        )
+        for way, each in (
+            ("20 m frames, mosaicked, warped at once (the tool)", False),
+            ("20 m frames, each warped (before)", True),
+        ):
+            lattice = mock.patch("dsen2cr.inputs.s1.CommonLattice.of", return_value=None)
+            with lattice if each else contextlib.nullcontext():
+                seconds = _read_all(f"{west20}+{east20}", grid, args.window)
             rows.append({"way": way, "merge s": 0.0, "read s": seconds, "total s": seconds, "MB written": 0.0})
         start = time.perf_counter()
         mosaic, transform = merge([west, east], nodata=np.nan)

@@ -178,7 +178,7 @@ def test_remove_clouds_without_sar_takes_each_item(workdir: Path) -> None:
 
 def test_frames_of_one_pass_in_a_collection_are_joined(workdir: Path) -> None:
     """A search's S1 items, two frames of one pass each over half of the scene: pair joins the two items; the image
-    equals the one made with the S1 they were cut from, away from the seam."""
+    equals the one made with the S1 they were cut from, at the seam too."""
     (workdir / "a").mkdir()
     scene = write_dated_s2(workdir / "a", 500000, "20230610T101559", cloud_columns=64)
     whole = _s1(workdir / "whole", "20230609T051234")
@@ -207,8 +207,6 @@ def test_frames_of_one_pass_in_a_collection_are_joined(workdir: Path) -> None:
     assert main([*argv, "--no-progress"]) == 0
     with rasterio.open(workdir / row["out"]) as listed, rasterio.open(alone) as given:
         joined, one = listed.read(), given.read()
-    # each 20 m frame is warped onto the scene's 10 m grid on its own: near the seam (S1's column 45, the scene's 90)
-    # the values differ, within the network's reach (its receptive field) of it
-    away = np.r_[0:75, 105:160]
-    np.testing.assert_array_equal(joined[:, :, away], one[:, :, away])
-    assert not np.array_equal(joined, one)
+    # the 20 m frames share a lattice: mosaicked on it and warped at once, as the S1 they were cut from (the warp's
+    # arithmetic some 1e-4 dB apart: a DN may round the other way)
+    assert np.abs(joined.astype(int) - one.astype(int)).max() <= 1

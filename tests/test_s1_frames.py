@@ -13,7 +13,7 @@ import pytest
 import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
-from rasterio.warp import Resampling, calculate_default_transform, reproject
+from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
 from rasterio.windows import Window
 
 from conftest import write_s1_item
@@ -192,3 +192,26 @@ def test_frames_as_stac_items(workdir: Path) -> None:
     item = json.loads((workdir / "frames.json").read_text())
     links = [link["href"] for link in item["links"] if link["rel"] == "derived_from"]
     assert links == [f"{Path(WEST).stem}/s1_item.json", f"{Path(EAST).stem}/s1_item.json"][::-1]
+
+
+@pytest.mark.parametrize("crs", [UTM32N, CRS.from_epsg(32633)])  # the scene's zone at 20 m, and the next zone
+def test_frames_on_one_lattice_read_as_the_file_they_were_cut_from(workdir: Path, crs: CRS) -> None:
+    """Frames on one pixel lattice that is not the scene's (20 m; or the next UTM zone): mosaicked on it, then warped
+    at once, they give what the S1 they were cut from gives warped, at the seam too."""
+    scene = S2Source(_s2(workdir))
+    west, _, _, north = transform_bounds(UTM32N, crs, 500000, 4999600, 500500, 5000000)
+    left, top = np.floor(west / 20) * 20 - 100, np.ceil(north / 20) * 20 + 100  # on the 20 m lattice, around it
+    db = np.random.default_rng(5).uniform(-25, -5, size=(2, 30, 36)).astype(np.float32)
+    db[1] -= 6
+    whole = write_geotiff(workdir / "s1_whole.tif", db, crs=crs, transform=from_origin(left, top, 20, 20))
+    west_db, east_db = db[:, :, :20], db[:, :, 14:]  # columns 0-19 and 14-35 of the 20 m lattice
+    west_frame = write_geotiff(workdir / WEST, west_db, crs=crs, transform=from_origin(left, top, 20, 20))
+    east_frame = write_geotiff(workdir / EAST, east_db, crs=crs, transform=from_origin(left + 14 * 20, top, 20, 20))
+    window = Window(0, 0, 50, 40)
+    joined, one = S1Source(f"{west_frame}+{east_frame}", scene.grid), S1Source(str(whole), scene.grid)
+    got, expected = joined.read(window), one.read(window)
+    per_window = np.concatenate([joined.read(Window(c, 0, 25, 40)) for c in (0, 25)], axis=2)  # windows as a run's
+    joined.close(), one.close(), scene.close()
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)  # the warp's arithmetic: some 1e-4 dB apart
+    np.testing.assert_allclose(per_window, expected, rtol=0, atol=1e-3)

@@ -226,7 +226,7 @@ def test_one_acquisition_at_two_levels_is_two_products(workdir: Path) -> None:
 
 def test_frames_of_one_pass_are_joined(workdir: Path) -> None:
     """S1 in two frames of one pass, each over about half of the scene: the triplet's S1 is both, joined with +; its
-    patches hold the S1 the frames were cut from (away from the seam, where each frame is warped on its own)."""
+    patches hold the S1 the frames were cut from."""
     (workdir / "scenes").mkdir()
     cloudy = write_dated_s2(workdir / "scenes", TILE_A, "20230610T101559", cloud_columns=64)
     clear = write_dated_s2(workdir / "scenes", TILE_A, "20230601T101559")
@@ -261,6 +261,6 @@ def test_frames_of_one_pass_are_joined(workdir: Path) -> None:
         assert next(csv.DictReader(file))["s1"] == f"scenes/{west.name}+scenes/{east.name}"  # west covers more
     assert cut["frames source"] == f"{west.name}+{east.name}"
     assert np.isfinite(cut["frames"]).all()
-    away = np.r_[0:80, 100:WIDTH]  # the seam: west's last pixel ends 900 m east of the scene's edge
-    assert np.array_equal(cut["frames"][:, :, away], cut["whole"][:, :, away])
-    assert not np.array_equal(cut["frames"], cut["whole"])  # within a pixel of the seam, each frame's own values
+    # one 100 m lattice: the frames mosaicked on it, then warped at once, as the S1 they were cut from (the warp's
+    # arithmetic some 1e-4 dB apart), at the seam too (900 m east of the scene's edge)
+    np.testing.assert_allclose(cut["frames"], cut["whole"], rtol=0, atol=1e-3)

@@ -4,12 +4,13 @@ of one pass read as one (docs/design.md §4.4)."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.warp import transform_bounds
+from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
@@ -69,6 +70,7 @@ class S1Source:
         except DSen2CRError:
             self.close()
             raise
+        self._lattice = CommonLattice.of(self._frames, grid)
         #: when S1 was sensed (ISO 8601 in UTC; of frames, the pass's start; None: nothing says), compared with S2's
         self.sensing_time = facts.sensing_time
         #: on which pass (``ascending``, ``descending``; None: nothing says)
@@ -76,6 +78,8 @@ class S1Source:
 
     def read(self, window: Window) -> np.ndarray:
         """(2, h, w) float32 dB of ``window``; NaN where S1 has no data (in no frame)."""
+        if self._lattice is not None:
+            return self._lattice.read(window)
         data = self._frames[0].read(window)
         for frame in self._frames[1:]:
             holes = np.isnan(data)
@@ -99,6 +103,8 @@ class S1File:
         self.path = path  # named in messages
         self.linear = linear
         self._src = open_s1(path)
+        #: the file's own grid (its pixel lattice)
+        self.lattice = Grid(self._src.crs, self._src.transform, self._src.width, self._src.height)
         try:
             self._open(grid)
         except DSen2CRError:
@@ -212,14 +218,23 @@ class S1File:
         return np.concatenate([self._src.read(window=w).astype(np.float64).reshape(2, -1) for w in windows], axis=1)
 
     def read(self, window: Window) -> np.ndarray:
-        """(2, h, w) float32 dB of ``window``; NaN where S1 has no data."""
-        if self.offset is None:
-            data = read_window(self._reader, window).astype(np.float32)
-        else:
-            data = read_shifted(self._reader, window, self.offset)  # NaN beyond S1's edges
-        if not self.warped and not np.isnan(self.nodata):  # a warped reader gives NaN for it
+        """(2, h, w) float32 dB of ``window`` of the S2 grid; NaN where S1 has no data."""
+        if self.offset is None:  # the warped reader gives NaN for no data
+            return self.in_db(read_window(self._reader, window).astype(np.float32))
+        return self.in_db(self.native(window, self.offset))
+
+    def native(self, window: Window, offset: tuple[int, int]) -> np.ndarray:
+        """(2, h, w) float32 of ``window`` of a grid on this file's pixel lattice whose first pixel is this file's pixel
+        ``offset``: its values as they are (power, where linear), NaN where it has no data and beyond its edges."""
+        data = read_shifted(self._src, window, offset)
+        if not np.isnan(self.nodata):
             data[data == self.nodata] = np.nan
-        data[np.isinf(data)] = np.nan  # -inf dB (log of zero power) is no data, not the -25 dB clip floor
+        return data
+
+    def in_db(self, data: np.ndarray) -> np.ndarray:
+        """``data`` of this file (NaN: no data) in dB: infinite values no data (-inf dB, the log of zero power, is not
+        the -25 dB clip floor), linear power converted."""
+        data[np.isinf(data)] = np.nan
         if self.linear:
             with np.errstate(divide="ignore", invalid="ignore"):
                 data = 10 * np.log10(np.where(data > 0, data, np.nan))
@@ -230,6 +245,60 @@ class S1File:
         if self._reader is not self._src:
             self._reader.close()
         self._src.close()
+
+
+class CommonLattice:
+    """Frames on one pixel lattice other than the S2 grid's (one CRS and pixel size, origins whole pixels apart: 20 m
+    frames of one UTM zone), read as one file made of them would be: each window's source block mosaicked on the
+    lattice (the first frame's data, what it lacks from the next, as ``rio merge`` does), then warped onto the window
+    at once (bilinear), so that a seam is interpolated across as in the merged file."""
+
+    #: Source pixels read beyond a window's footprint on the lattice: the bilinear kernel's reach and more.
+    PAD = 2
+
+    def __init__(self, frames: list[S1File], grid: Grid, offsets: list[tuple[int, int]]) -> None:
+        self.frames, self.grid, self.offsets = frames, grid, offsets
+        self.crs, self.transform = frames[0].lattice.crs, frames[0].lattice.transform
+
+    @classmethod
+    def of(cls, frames: list[S1File], grid: Grid) -> CommonLattice | None:
+        """The frames as one, where there are several, none lies on ``grid``'s lattice and they share one; else None
+        (each frame is then read on its own)."""
+        if len(frames) < 2 or any(not frame.warped for frame in frames):
+            return None
+        offsets = [grid_offset(frame._src, frames[0].lattice) for frame in frames]
+        if any(offset is None for offset in offsets):
+            return None
+        return cls(frames, grid, [offset for offset in offsets if offset is not None])
+
+    def read(self, window: Window) -> np.ndarray:
+        """(2, h, w) float32 dB of ``window`` of the S2 grid; NaN where no frame has data."""
+        left, bottom, right, top = transform_bounds(
+            self.grid.crs, self.crs, *rasterio.windows.bounds(window, self.grid.transform), densify_pts=21
+        )
+        inverse = ~self.transform
+        cols, rows = zip(*(inverse * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
+        col, row = math.floor(min(cols)) - self.PAD, math.floor(min(rows)) - self.PAD
+        block = Window(col, row, math.ceil(max(cols)) + self.PAD - col, math.ceil(max(rows)) + self.PAD - row)
+        data = self.frames[0].native(block, self.offsets[0])
+        for frame, offset in zip(self.frames[1:], self.offsets[1:], strict=True):
+            holes = np.isnan(data)
+            if not holes.any():
+                break
+            data[holes] = frame.native(block, offset)[holes]
+        out = np.full((NUM_S1_BANDS, int(window.height), int(window.width)), np.nan, np.float32)
+        reproject(
+            data,
+            out,
+            src_transform=rasterio.windows.transform(block, self.transform),
+            src_crs=self.crs,
+            dst_transform=rasterio.windows.transform(window, self.grid.transform),
+            dst_crs=self.grid.crs,
+            resampling=Resampling.bilinear,
+            src_nodata=np.nan,
+            dst_nodata=np.nan,
+        )
+        return self.frames[0].in_db(out)
 
 
 def s1_scene_mean(s1: S1Source, grid_height: int, grid_width: int, block: int = 1024) -> tuple[float, float]:
