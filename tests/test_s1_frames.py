@@ -194,10 +194,14 @@ def test_frames_as_stac_items(workdir: Path) -> None:
     assert links == [f"{Path(WEST).stem}/s1_item.json", f"{Path(EAST).stem}/s1_item.json"][::-1]
 
 
-@pytest.mark.parametrize("crs", [UTM32N, CRS.from_epsg(32633)])  # the scene's zone at 20 m, and the next zone
-def test_frames_on_one_lattice_read_as_the_file_they_were_cut_from(workdir: Path, crs: CRS) -> None:
+@pytest.mark.parametrize(
+    ("crs", "zero_fill"),
+    [(UTM32N, False), (CRS.from_epsg(32633), False), (UTM32N, True)],  # 20 m in the scene's zone; the next zone
+)
+def test_frames_on_one_lattice_read_as_the_file_they_were_cut_from(workdir: Path, crs: CRS, zero_fill: bool) -> None:
     """Frames on one pixel lattice that is not the scene's (20 m; or the next UTM zone): mosaicked on it, then warped
-    at once, they give what the S1 they were cut from gives warped, at the seam too."""
+    at once, they give what the S1 they were cut from gives warped, at the seam too; also frames of the whole extent
+    that hold 0 beyond their part and declare no nodata value (as Earth Engine exports them)."""
     scene = S2Source(_s2(workdir))
     west, _, _, north = transform_bounds(UTM32N, crs, 500000, 4999600, 500500, 5000000)
     left, top = np.floor(west / 20) * 20 - 100, np.ceil(north / 20) * 20 + 100  # on the 20 m lattice, around it
@@ -205,8 +209,12 @@ def test_frames_on_one_lattice_read_as_the_file_they_were_cut_from(workdir: Path
     db[1] -= 6
     whole = write_geotiff(workdir / "s1_whole.tif", db, crs=crs, transform=from_origin(left, top, 20, 20))
     west_db, east_db = db[:, :, :20], db[:, :, 14:]  # columns 0-19 and 14-35 of the 20 m lattice
+    east_left = left + 14 * 20
+    if zero_fill:
+        west_db, east_db = np.zeros_like(db), np.zeros_like(db)
+        west_db[:, :, :20], east_db[:, :, 14:], east_left = db[:, :, :20], db[:, :, 14:], left
     west_frame = write_geotiff(workdir / WEST, west_db, crs=crs, transform=from_origin(left, top, 20, 20))
-    east_frame = write_geotiff(workdir / EAST, east_db, crs=crs, transform=from_origin(left + 14 * 20, top, 20, 20))
+    east_frame = write_geotiff(workdir / EAST, east_db, crs=crs, transform=from_origin(east_left, top, 20, 20))
     window = Window(0, 0, 50, 40)
     joined, one = S1Source(f"{west_frame}+{east_frame}", scene.grid), S1Source(str(whole), scene.grid)
     got, expected = joined.read(window), one.read(window)

@@ -142,12 +142,15 @@ class S1File:
         # a file that declares no nodata: 0 is (exports fill S1 outside its swath with it; SNAP's no-data value)
         self.nodata = 0.0 if self._src.nodata is None else float(self._src.nodata)
         sample = self._sample()
+        #: the value that marks no data where the pixels are read as they are (:meth:`native`)
+        self._native_nodata = self.nodata
         if not self.warped:
             self._reader: rasterio.io.DatasetReaderBase = self._src
         else:
             # the warp takes one nodata value: undeclared, 0 where the sample holds a 0 fill, else NaN (NaN fills)
             undeclared = np.nan if not (sample == 0).any() else 0.0
             src_nodata = self.nodata if self._src.nodata is not None else undeclared
+            self._native_nodata = src_nodata  # mosaicked with other frames, then warped (CommonLattice): as the warp
             self._reader = on_grid(
                 self._src, grid, Resampling.bilinear, src_nodata=src_nodata, nodata=np.nan, dtype="float32"
             )
@@ -227,8 +230,8 @@ class S1File:
         """(2, h, w) float32 of ``window`` of a grid on this file's pixel lattice whose first pixel is this file's pixel
         ``offset``: its values as they are (power, where linear), NaN where it has no data and beyond its edges."""
         data = read_shifted(self._src, window, offset)
-        if not np.isnan(self.nodata):
-            data[data == self.nodata] = np.nan
+        if not np.isnan(self._native_nodata):
+            data[data == self._native_nodata] = np.nan
         return data
 
     def in_db(self, data: np.ndarray) -> np.ndarray:
