@@ -17,6 +17,23 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def tiled_geotiff(left: float = 500000, pixel: float = 10) -> dict[str, Any]:
+    """The creation options of the benchmarks' GeoTIFFs: UTM 32N, top edge at 5000000, ``pixel`` m pixels from the
+    left edge ``left``, 512 px tiles, deflate (size, bands and type are each benchmark's)."""
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    return {
+        "driver": "GTiff",
+        "crs": CRS.from_epsg(32632),
+        "transform": from_origin(left, 5000000, pixel, pixel),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+    }
+
+
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls."""
     for _ in range(warmup):

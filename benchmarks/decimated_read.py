@@ -21,19 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from benchmarks.common import report
+from benchmarks.common import report, tiled_geotiff
 from dsen2cr.rasters import decimated_shape, read_decimated
 
 
 def write_scene(path: Path, size: int) -> None:
     """The scene: 13 bands of dark ground, written in strips."""
     rng = np.random.default_rng(0)
-    profile = {"driver": "GTiff", "crs": "EPSG:32632", "transform": from_origin(500000, 5000000, 10, 10)}
-    layout = {"tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate"}
-    with rasterio.open(path, "w", width=size, height=size, count=13, dtype="uint16", **profile, **layout) as dataset:
+    profile = tiled_geotiff()
+    with rasterio.open(path, "w", width=size, height=size, count=13, dtype="uint16", **profile) as dataset:
         for row in range(0, size, 1024):
             height = min(1024, size - row)
             dataset.write(

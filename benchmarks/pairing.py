@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.crs import CRS
-from rasterio.transform import from_origin
 from rasterio.warp import transform as transform_points
 
-from benchmarks.common import report
+from benchmarks.common import report, tiled_geotiff
 from dsen2cr.inputs.pairing import LATTICE_SIZE, S1Footprint, pair_scenes, scene_lattice
 from dsen2cr.inputs.readers import S2Source
 from dsen2cr.inputs.s1_time import s1_sensing_time
@@ -33,17 +31,7 @@ from dsen2cr.inputs.s1_time import s1_sensing_time
 
 def write_inputs(folder: Path, size: int, scenes: int, candidates: int) -> tuple[list[str], list[str]]:
     """The scenes and the S1 candidates (named with their sensing times, a day apart)."""
-    profile = {
-        "driver": "GTiff",
-        "width": size,
-        "height": size,
-        "crs": CRS.from_epsg(32632),
-        "transform": from_origin(500000, 5000000, 10, 10),
-        "tiled": True,
-        "blockxsize": 512,
-        "blockysize": 512,
-        "compress": "deflate",
-    }
+    profile = {**tiled_geotiff(), "width": size, "height": size}
     rng = np.random.default_rng(0)
     s2_paths, s1_paths = [], []
     for index in range(scenes):

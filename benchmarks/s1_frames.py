@@ -28,17 +28,16 @@ from rasterio.merge import merge
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from benchmarks.common import report
+from benchmarks.common import report, tiled_geotiff
 from dsen2cr.inputs.readers import Grid
 from dsen2cr.inputs.s1 import S1Source
 
 LEFT, TOP = 500000, 5000000
-LAYOUT = {"driver": "GTiff", "crs": "EPSG:32632", "tiled": True, "blockxsize": 512, "blockysize": 512}
 
 
 def _write(path: Path, data: np.ndarray, left: float, pixel: float = 10) -> Path:
     """A 2-band float32 dB GeoTIFF of ``pixel`` m whose left edge is ``left``, NaN its no-data value, deflate."""
-    profile = {**LAYOUT, "transform": from_origin(left, TOP, pixel, pixel), "nodata": np.nan, "compress": "deflate"}
+    profile = {**tiled_geotiff(left, pixel), "nodata": np.nan}
     with rasterio.open(path, "w", width=data.shape[2], height=data.shape[1], count=2, dtype="float32", **profile) as f:
         f.write(data)
     return path

@@ -18,23 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from benchmarks.common import report
+from benchmarks.common import report, tiled_geotiff
 from dsen2cr.data.triplets import SCENE_READ_SIZE, S2Scene, choose_triplets
 
-PROFILE = {
-    "driver": "GTiff",
-    "crs": CRS.from_epsg(32632),
-    "transform": from_origin(500000, 5000000, 10, 10),
-    "tiled": True,
-    "blockxsize": 512,
-    "blockysize": 512,
-    "compress": "deflate",
-}
+PROFILE = tiled_geotiff()
 
 
 def write_scenes(folder: Path, size: int, scenes: int, overviews: bool) -> list[str]:
