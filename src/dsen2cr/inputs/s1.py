@@ -3,8 +3,10 @@ of one pass read as one (docs/design.md §4.4)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,17 @@ def open_s1(text: str) -> rasterio.DatasetReader:
     return dataset
 
 
+def first_data(first: np.ndarray, more: list[Callable[[], np.ndarray]]) -> np.ndarray:
+    """Frames put together as ``rio merge`` does: ``first`` (NaN: no data), its holes filled from each of ``more`` in
+    turn (each read only while holes remain)."""
+    for read in more:
+        holes = np.isnan(first)
+        if not holes.any():
+            break
+        first[holes] = read()[holes]
+    return first
+
+
 class S1Source:
     """S1 VV and VH in dB on the S2 grid: read as it is where it lies on the grid's pixel lattice, else warped on the
     fly.
@@ -80,13 +93,7 @@ class S1Source:
         """(2, h, w) float32 dB of ``window``; NaN where S1 has no data (in no frame)."""
         if self._lattice is not None:
             return self._lattice.read(window)
-        data = self._frames[0].read(window)
-        for frame in self._frames[1:]:
-            holes = np.isnan(data)
-            if not holes.any():
-                break
-            data[holes] = frame.read(window)[holes]
-        return data
+        return first_data(self._frames[0].read(window), [functools.partial(f.read, window) for f in self._frames[1:]])
 
     def close(self) -> None:
         """Close the files."""
@@ -283,12 +290,10 @@ class CommonLattice:
         cols, rows = zip(*(inverse * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
         col, row = math.floor(min(cols)) - self.PAD, math.floor(min(rows)) - self.PAD
         block = Window(col, row, math.ceil(max(cols)) + self.PAD - col, math.ceil(max(rows)) + self.PAD - row)
-        data = self.frames[0].native(block, self.offsets[0])
-        for frame, offset in zip(self.frames[1:], self.offsets[1:], strict=True):
-            holes = np.isnan(data)
-            if not holes.any():
-                break
-            data[holes] = frame.native(block, offset)[holes]
+        rest = zip(self.frames[1:], self.offsets[1:], strict=True)
+        data = first_data(
+            self.frames[0].native(block, self.offsets[0]), [functools.partial(f.native, block, o) for f, o in rest]
+        )
         out = np.full((NUM_S1_BANDS, int(window.height), int(window.width)), np.nan, np.float32)
         reproject(
             data,
