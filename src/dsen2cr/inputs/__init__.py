@@ -72,10 +72,9 @@ def s1_frames(text: str, base: Path | None = None) -> list[str]:
     an ``--s1`` value takes (a file, a ``VV,VH`` pair, a STAC item); the value itself when it joins none or names an
     existing file (relative to ``base`` when given: ``+`` is a legal character of a file name). Refused: an empty
     frame (``a.tif+``), a frame given twice."""
-    whole = Path(text) if base is None else base / text
-    if FRAME_JOIN not in text or whole.exists():
-        return [text]
-    frames = [frame.strip() for frame in text.split(FRAME_JOIN)]
+    frames = _split(text, FRAME_JOIN, base)
+    if len(frames) == 1:
+        return frames
     if not all(frames):
         raise DSen2CRError(f"{text}: an empty frame; frames of one S1 pass are joined with + (frame1.tif+frame2.tif)")
     if len(set(frames)) < len(frames):
@@ -85,8 +84,14 @@ def s1_frames(text: str, base: Path | None = None) -> list[str]:
 
 def _pair_parts(text: str, base: Path | None) -> list[str]:
     """The files one frame of an ``--s1`` value names: the two of a ``VV,VH`` pair, else the frame itself."""
+    return _split(text, ",", base)
+
+
+def _split(text: str, separator: str, base: Path | None) -> list[str]:
+    """``text`` split at ``separator`` (each part stripped), unless it holds none or names an existing file (relative
+    to ``base`` when given): then ``[text]``."""
     whole = Path(text) if base is None else base / text
-    return [p.strip() for p in text.split(",")] if "," in text and not whole.exists() else [text]
+    return [part.strip() for part in text.split(separator)] if separator in text and not whole.exists() else [text]
 
 
 def s1_parts(text: str, base: Path | None = None) -> list[str]:
