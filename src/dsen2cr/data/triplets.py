@@ -20,11 +20,10 @@ from dsen2cr.inputs.pairing import (
     S1Acquisition,
     S1Footprint,
     check_pairing_limits,
-    joined_passes,
     lattice_points,
     nearest_pairing,
     s1_candidates,
-    s1_held,
+    scene_candidates,
 )
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between
 from dsen2cr.inputs.readers import Grid, S2Source
@@ -237,15 +236,9 @@ def _nearest_s1(
     near = target if rules.s1_near == "target" else scene
     both = scene.valid & target.valid
     xs, ys = lattice_points(scene.grid, both, max(1, math.ceil(max(both.shape) / LATTICE_SIZE)))
-    found, held = [], {}
-    for s1 in acquisitions:
-        held[s1.text] = s1_held(footprints, s1.text, scene.grid.crs, xs, ys)
-        cover = float(held[s1.text].mean())
-        found.append(Pairing(near.text, s1.text, days_between(near.sensing_time, s1.sensing_time), cover, s1.orbit))
+    found = scene_candidates(near.text, near.sensing_time, (scene.grid.crs, xs, ys), acquisitions, footprints)
     named = scene.text if near is scene else f"{scene.text} (S1 near its target {target.text})"
-    return nearest_pairing(
-        named, joined_passes(found, held), rules.min_cover, rules.s1_max_days, f"the {rules.s1_near}"
-    )
+    return nearest_pairing(named, found, rules.min_cover, rules.s1_max_days, f"the {rules.s1_near}")
 
 
 def grid_groups(triplets: list[Triplet]) -> list[list[int]]:

@@ -246,13 +246,28 @@ def pair_scenes(
             s2.close()
         if len(xs) == 0:
             raise DSen2CRError(f"{s2_text}: S2 has no valid pixels (all nodata or NaN): nothing to pair")
-        found, held = [], {}
-        for s1 in acquisitions:
-            held[s1.text] = s1_held(footprints, s1.text, crs, xs, ys)
-            cover = float(held[s1.text].mean())
-            found.append(Pairing(s2_text, s1.text, days_between(sensed, s1.sensing_time), cover, s1.orbit))
-        pairings.append(nearest_pairing(s2_text, joined_passes(found, held), min_cover, max_days))
+        found = scene_candidates(s2_text, sensed, (crs, xs, ys), acquisitions, footprints)
+        pairings.append(nearest_pairing(s2_text, found, min_cover, max_days))
     return pairings
+
+
+def scene_candidates(
+    s2: str,
+    sensed: str,
+    points: tuple[object, np.ndarray, np.ndarray],
+    acquisitions: list[S1Acquisition],
+    footprints: dict[str, S1Footprint],
+) -> list[Pairing]:
+    """Each acquisition as a pairing of the scene ``s2`` (sensed at ``sensed``): its days from the scene and the share
+    of the scene's ``points`` (CRS, x, y) where it holds data (``footprints`` read once for every scene), the frames
+    of one pass as one candidate (:func:`joined_passes`)."""
+    crs, xs, ys = points
+    found, held = [], {}
+    for s1 in acquisitions:
+        held[s1.text] = s1_held(footprints, s1.text, crs, xs, ys)
+        cover = float(held[s1.text].mean())
+        found.append(Pairing(s2, s1.text, days_between(sensed, s1.sensing_time), cover, s1.orbit))
+    return joined_passes(found, held)
 
 
 def check_pairing_limits(min_cover: float, max_days: float | None) -> None:
