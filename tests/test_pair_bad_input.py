@@ -18,6 +18,7 @@ from dsen2cr.outputs.geotiff import write_geotiff
 UTM32N = CRS.from_epsg(32632)
 S2_NAME = "T32TPT_20230610T101559_10m.tif"
 S1_NAME = "S1A_IW_GRDH_1SDV_20230608T051234_20230608T051259_048901_05E1A2_3C4F_db.tif"
+RTC_NAME = "S1A_IW_20230608T051234_DVP_RTC10_G_gpuned_5F3A.tif"  # ASF HyP3's: no orbit in it
 
 
 def _s2(tmp: Path, name: str = S2_NAME, *, empty: bool = False) -> Path:
@@ -156,6 +157,27 @@ CASES = [
         name="pair: --orbit of a pass no candidate was sensed on",
         setup=lambda t: _pair(t, [_s2(t)], [_tagged(_s1(t), "DESCENDING")], "--orbit", "ascending"),
         message="--orbit ascending: none of the 1 S1 given was sensed on that pass",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: --relative-orbit beyond Sentinel-1's 175",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t)], "--relative-orbit", "45", "176"),
+        message="--relative-orbit: Sentinel-1's are 1 to 175, got 176",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: --relative-orbit with a candidate whose relative orbit nothing says",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t, RTC_NAME)], "--relative-orbit", "45"),
+        message=f"{RTC_NAME}: --relative-orbit 45: S1's relative orbit is unknown (no STAC sat:relative_orbit, no "
+        "MISSION_ID and ORBIT_NUMBER tags, no Sentinel-1 product name with its absolute orbit); give its STAC item, "
+        "or tag the file (gdal_edit.py -mo DSEN2CR_S1_RELATIVE_ORBIT=45 FILE)",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: --relative-orbit no candidate was sensed on",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t)], "--relative-orbit", "45", "46"),
+        # S1_NAME: S1A's absolute orbit 48901, relative (48901 - 73) % 175 + 1 = 4
+        message="--relative-orbit 45 46: none of the 1 S1 given was sensed on it (they lie on relative orbit 4)",
         absent=("scenes.csv",),
     ),
     dict(

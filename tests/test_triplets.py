@@ -95,7 +95,8 @@ def test_each_cloudy_scene_gets_the_nearest_clear_one_of_its_grid(workdir: Path,
     ]
     assert (
         f"ROI 1: input {scenes['a_cloudy']} (39% cloud), target {scenes['a_clear']} (0% cloud, 9.0 days before the "
-        f"input), S1 {s1['0531']} (1.2 days before the target); all three hold data under 100% of the input"
+        f"input), S1 {s1['0531']} (1.2 days before the target, relative orbit 4); all three hold data under 100% of "
+        "the input"
     ) in out
     assert f"left out {scenes['a_late']}: no clear scene" in out and "lies 50.0 days before it (--max-days)" in out
     assert f"{scenes['a_hazy']}: 8% cloud: neither an input" in out

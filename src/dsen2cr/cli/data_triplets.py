@@ -8,7 +8,7 @@ import csv
 import io
 
 from dsen2cr.cli.options import SubParsers, add_command, finite_float
-from dsen2cr.cli.pair import add_collection, add_s1_choice, checked_manifest
+from dsen2cr.cli.pair import add_collection, add_s1_choice, checked_manifest, pass_text
 
 
 def register(data_commands: SubParsers) -> None:
@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         s1_near=args.s1_near,
         s1_max_days=args.s1_max_days,
         orbit=args.orbit,
+        tracks=tuple(args.relative_orbit),
     )
     choice = choose_triplets(args.s2, args.s1, rules, s2_offset=args.s2_offset, first_roi=args.first_roi)
     rows = io.StringIO()
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger(__name__)
     for triplet in choice.triplets:
         near = "the target" if args.s1_near == "target" else "the input"
-        on_pass = f", {triplet.s1_orbit} pass" if triplet.s1_orbit else ""
+        on_pass = pass_text(triplet.s1_orbit, triplet.s1_track)
         print(
             f"ROI {triplet.roi}: input {triplet.s2_cloudy.text} ({triplet.s2_cloudy.cloud:.0%} cloud), target "
             f"{triplet.s2.text} ({triplet.s2.cloud:.0%} cloud, {gap_text(triplet.target_days, 'the input')}), S1 "

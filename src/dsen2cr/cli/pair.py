@@ -64,14 +64,23 @@ def add_collection(parser: argparse.ArgumentParser, manifest: str) -> None:
 
 
 def add_s1_choice(parser: argparse.ArgumentParser) -> None:
-    """Which S1 a pairing command may choose (``--s1-max-days``, ``--orbit``), how it reads S2 GeoTIFF exports
-    (``--s2-offset``), and ``--overwrite`` of its manifest."""
+    """Which S1 a pairing command may choose (``--s1-max-days``, ``--orbit``, ``--relative-orbit``), how it reads S2
+    GeoTIFF exports (``--s2-offset``), and ``--overwrite`` of its manifest."""
     parser.add_argument("--s1-max-days", type=finite_float, metavar="DAYS", help="choose no S1 further than DAYS")
     parser.add_argument(
         "--orbit",
         choices=["ascending", "descending"],
         help="only S1 of this pass (a STAC item's sat:orbit_state, a file's ORBIT_DIRECTION tag): one direction keeps "
         "a series' look (the slopes S1 sees, its time of day)",
+    )
+    parser.add_argument(
+        "--relative-orbit",
+        type=int,
+        nargs="+",
+        metavar="N",
+        default=[],
+        help="only S1 of these relative orbits (1-175; a STAC item's sat:relative_orbit, a product's name or its "
+        "MISSION_ID and ORBIT_NUMBER tags): one track sees each place from one angle, every 12 days",
     )
     parser.add_argument("--s2-offset", type=int, help="DN offset of GeoTIFFs exported from baseline 04.00+ products")
     add_overwrite(parser, "replace an existing manifest")
@@ -104,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         min_cover=args.min_cover,
         max_days=args.s1_max_days,
         orbit=args.orbit,
+        tracks=tuple(args.relative_orbit),
     )
     stems = [scene_stem(pairing.s2) for pairing in pairings]
     if len(set(stems)) < len(stems):
@@ -115,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     columns = [href_from(manifest, folder) + "/" for folder in folders.values()]
     log = logging.getLogger(__name__)
     for pairing, stem in zip(pairings, stems, strict=True):
-        on_pass = f", {pairing.orbit} pass" if pairing.orbit else ""
+        on_pass = pass_text(pairing.orbit, pairing.track)
         print(
             f"{pairing.s2}: S1 {pairing.s1}, {gap_text(pairing.days)}, covering {pairing.cover:.0%} of the scene"
             + on_pass
@@ -127,7 +137,27 @@ def run(args: argparse.Namespace) -> int:
         writer.writerow([href_from(manifest, pairing.s2), s1, image, *columns])
     write_text_atomic(manifest, rows.getvalue())
     print(f"wrote {manifest}: {len(pairings)} scene{'s' if len(pairings) != 1 else ''} (remove-clouds --manifest)")
+    report_tracks([pairing.track for pairing in pairings])
     return 0
+
+
+def pass_text(orbit: str | None, track: int | None) -> str:
+    """S1's pass and relative orbit for a line of what was chosen: ``, descending pass, relative orbit 22``."""
+    return (f", {orbit} pass" if orbit else "") + (f", relative orbit {track}" if track is not None else "")
+
+
+def report_tracks(tracks: list[int | None]) -> None:
+    """Say, where the S1 chosen lie on more than one relative orbit, how many scenes each got, and how to keep one
+    (each track sees the ground from its own angle: a series on one looks alike from date to date)."""
+    known = [track for track in tracks if track is not None]
+    if len(set(known)) < 2:
+        return
+    counts = sorted(((known.count(t), t) for t in set(known)), key=lambda c: (-c[0], c[1]))
+    each = ", ".join(f"{track}: {count}" for count, track in counts)
+    print(
+        f"S1 chosen on {len(counts)} relative orbits (scenes each: {each}); each sees the ground from its own "
+        f"angle: --relative-orbit {counts[0][1]} keeps one"
+    )
 
 
 def checked_manifest(out: str, s2_inputs: list[str], s1_inputs: list[str], *, overwrite: bool) -> Path:

@@ -34,7 +34,7 @@ from dsen2cr.inputs.area import WHOLE_SCENE, area_text, area_window
 from dsen2cr.inputs.provenance import s1_units_tags, s2_read_tags
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source
-from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text, s1_gap_days
+from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, S1_TRACK_TAG, gap_text, s1_gap_days
 from dsen2cr.machine import cores
 from dsen2cr.outputs.files import output_folder
 from dsen2cr.outputs.geotiff import write_geotiff
@@ -325,6 +325,7 @@ def recorded_tags(
             **s1_units_tags(scenes.s1_linear),
             "DSEN2CR_SENSING_TIME": sar.sensing_time or "unknown",
             "DSEN2CR_S1_ORBIT_DIRECTION": sar.orbit_direction or "unknown",
+            S1_TRACK_TAG: "unknown" if sar.relative_orbit is None else str(sar.relative_orbit),
         },
     }
 

@@ -80,7 +80,7 @@ class S2Scene:
 class Triplet:
     """A ROI's scenes: the input (``s2_cloudy``), its target (``s2``) and ``s1``; the days from the input to the
     target and from the S2 that S1 was chosen near to S1 (negative: before it); ``cover``, the share of the input's
-    valid pixels where all three hold data; S1's pass, where known."""
+    valid pixels where all three hold data; S1's pass and relative orbit, where known."""
 
     roi: int
     s2_cloudy: S2Scene
@@ -90,6 +90,7 @@ class Triplet:
     s1_days: float
     cover: float
     s1_orbit: str | None = None
+    s1_track: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,8 @@ class TripletRules:
     """How triplets are chosen: a scene at least ``min_input_cloud`` cloud is an input, at most ``max_target_cloud`` a
     target; a target within ``max_days`` of its input, holding data under ``min_cover`` of the input's valid pixels;
     S1 near the target (``s1_near="input"``: the input), holding data under ``min_cover`` of where both S2 do, within
-    ``s1_max_days`` and of ``orbit``'s passes when given. Refused, naming the option, where they choose nothing
-    sensible."""
+    ``s1_max_days``, of ``orbit``'s passes and of the relative orbits ``tracks`` when given. Refused, naming the
+    option, where they choose nothing sensible."""
 
     max_target_cloud: float = DEFAULT_MAX_TARGET_CLOUD
     min_input_cloud: float = DEFAULT_MIN_INPUT_CLOUD
@@ -117,6 +118,7 @@ class TripletRules:
     s1_near: str = "target"
     s1_max_days: float | None = None
     orbit: str | None = None
+    tracks: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for option, share in (("--clear", self.max_target_cloud), ("--cloudy", self.min_input_cloud)):
@@ -151,7 +153,7 @@ def choose_triplets(
         raise DSen2CRError(f"--first-roi: must be 1 or more, got {first_roi}")
     scenes = [S2Scene.read(text, s2_offset) for given in s2_inputs for text in collection_items(given)]
     _check_distinct(scenes)
-    acquisitions = s1_candidates(s1_inputs, rules.orbit)
+    acquisitions = s1_candidates(s1_inputs, rules.orbit, rules.tracks)
     footprints: dict[str, S1Footprint] = {}
     targets = [scene for scene in scenes if scene.cloud <= rules.max_target_cloud]
     triplets: list[Triplet] = []
@@ -170,7 +172,8 @@ def choose_triplets(
             continue
         cover = shared * s1_choice.cover
         roi = first_roi + len(triplets)
-        triplets.append(Triplet(roi, scene, target, s1_choice.s1, days, s1_choice.days, cover, s1_choice.orbit))
+        facts = (s1_choice.orbit, s1_choice.track)
+        triplets.append(Triplet(roi, scene, target, s1_choice.s1, days, s1_choice.days, cover, *facts))
     neither = [scene for scene in scenes if rules.max_target_cloud < scene.cloud < rules.min_input_cloud]
     if not triplets:
         reasons = "; ".join(left_out) or "no scene is cloudy enough to be an input"

@@ -21,10 +21,13 @@ from dsen2cr.inputs.s1 import open_s1
 from dsen2cr.inputs.s1_time import (
     GIVE_S1_ORBIT,
     GIVE_S1_TIME,
+    GIVE_S1_TRACK,
     ONE_PASS_SECONDS,
     ORBIT_DIRECTIONS,
+    ORBITS_PER_CYCLE,
     UNKNOWN_S1_ORBIT,
     UNKNOWN_S1_TIME,
+    UNKNOWN_S1_TRACK,
     gap_text,
     s1_facts,
 )
@@ -40,35 +43,44 @@ DEFAULT_MIN_COVER = 0.95
 
 @dataclass(frozen=True)
 class S1Acquisition:
-    """An S1 input as given (``text``: a file, a ``VV,VH`` pair, a STAC item), when it was sensed and on which pass
-    (``ascending``, ``descending``; None: nothing says)."""
+    """An S1 input as given (``text``: a file, a ``VV,VH`` pair, a STAC item), when it was sensed, on which pass
+    (``ascending``, ``descending``) and relative orbit (``track``); None: nothing says."""
 
     text: str
     sensing_time: str
     orbit: str | None = None
+    track: int | None = None
 
 
 @dataclass(frozen=True)
 class Pairing:
     """An S2 scene (as given) and the S1 paired with it: the days from the scene to S1 (negative: S1 first) and the
-    share of the scene's valid pixels S1 covers; S1's pass, where known."""
+    share of the scene's valid pixels S1 covers; S1's pass and relative orbit (``track``), where known."""
 
     s2: str
     s1: str
     days: float
     cover: float
     orbit: str | None = None
+    track: int | None = None
 
 
-def s1_acquisition(text: str, orbit: str | None = None) -> S1Acquisition:
+def s1_acquisition(text: str, orbit: str | None = None, tracks: tuple[int, ...] = ()) -> S1Acquisition:
     """An S1 candidate: refused when nothing says when it was sensed (it could not be ranked), or, when only passes
-    of ``orbit`` are to be paired, on which pass."""
+    of ``orbit`` (or relative orbits among ``tracks``) are to be paired, on which pass (relative orbit)."""
     facts = s1_facts(text)
     if facts.sensing_time is None:
         raise DSen2CRError(f"{text}: {UNKNOWN_S1_TIME}, so it cannot be paired by date; {GIVE_S1_TIME}")
     if orbit is not None and facts.orbit is None:
         raise DSen2CRError(f"{text}: --orbit {orbit}: {UNKNOWN_S1_ORBIT}; {GIVE_S1_ORBIT}")
-    return S1Acquisition(text, facts.sensing_time, facts.orbit)
+    if tracks and facts.track is None:
+        raise DSen2CRError(f"{text}: --relative-orbit {track_list(tracks)}: {UNKNOWN_S1_TRACK}; {GIVE_S1_TRACK}")
+    return S1Acquisition(text, facts.sensing_time, facts.orbit, facts.track)
+
+
+def track_list(tracks: tuple[int, ...]) -> str:
+    """Relative orbits as ``--relative-orbit`` takes them: ``45 117``."""
+    return " ".join(map(str, tracks))
 
 
 def s1_items(s1_inputs: list[str]) -> list[str]:
@@ -79,18 +91,28 @@ def s1_items(s1_inputs: list[str]) -> list[str]:
     ]
 
 
-def s1_candidates(s1_inputs: list[str], orbit: str | None = None) -> list[S1Acquisition]:
+def s1_candidates(s1_inputs: list[str], orbit: str | None = None, tracks: tuple[int, ...] = ()) -> list[S1Acquisition]:
     """The S1 inputs as candidates (:func:`s1_acquisition`; each item of an ItemCollection one, single-polarisation
-    files paired by name, :func:`polarisation_pairs`), those of ``orbit``'s passes only when it is given; refused
-    when that leaves none."""
+    files paired by name, :func:`polarisation_pairs`), those of ``orbit``'s passes only when it is given, and of the
+    relative orbits ``tracks`` only when any are; refused when that leaves none."""
     if orbit is not None and orbit not in ORBIT_DIRECTIONS:
         raise DSen2CRError(f"--orbit: one of {', '.join(ORBIT_DIRECTIONS)}, got {orbit!r}")
+    for track in tracks:
+        if not 1 <= track <= ORBITS_PER_CYCLE:
+            raise DSen2CRError(f"--relative-orbit: Sentinel-1's are 1 to {ORBITS_PER_CYCLE}, got {track}")
     texts = polarisation_pairs(s1_items(s1_inputs))
-    acquisitions = [s1_acquisition(text, orbit) for text in texts]
+    acquisitions = [s1_acquisition(text, orbit, tracks) for text in texts]
     kept = [s1 for s1 in acquisitions if orbit is None or s1.orbit == orbit]
     if not kept:
         raise DSen2CRError(f"--orbit {orbit}: none of the {len(acquisitions)} S1 given was sensed on that pass")
-    return kept
+    on_track = [s1 for s1 in kept if not tracks or s1.track in tracks]
+    if not on_track:
+        said = sorted({s1.track for s1 in kept if s1.track is not None})
+        raise DSen2CRError(
+            f"--relative-orbit {track_list(tracks)}: none of the {len(kept)} S1 given was sensed on it (they lie on "
+            f"relative orbit{'s' if len(said) > 1 else ''} {', '.join(map(str, said))})"
+        )
+    return on_track
 
 
 #: A polarisation named in a file name: VV or VH apart from other letters (``…_VV.tif``, ``s1-vh.tif``).
@@ -189,7 +211,8 @@ def joined_passes(found: list[Pairing], held: dict[str, np.ndarray]) -> list[Pai
     first, said to be of one pass where their files say it, as :class:`~dsen2cr.inputs.s1.S1Source` checks them)
     that hold data over the scene replaced by one candidate: the frame that covers most, joined with ``+`` to each
     frame that adds cover (``held``: each candidate's points), most first; its days the pass's start (its first
-    frame's, as ``S1Source`` dates frames), its pass the one its frames say."""
+    frame's, as ``S1Source`` dates frames), its pass the one its frames say, its relative orbit the earliest said (as
+    ``S1Source`` takes it)."""
     passes: list[list[Pairing]] = []
     for pairing in sorted((p for p in found if p.cover > 0), key=lambda p: p.days):
         group = passes[-1] if passes else []
@@ -208,7 +231,9 @@ def joined_passes(found: list[Pairing], held: dict[str, np.ndarray]) -> list[Pai
         text = FRAME_JOIN.join(frame.s1 for frame in chosen)
         start = min(frame.days for frame in chosen)
         orbit = next((frame.orbit for frame in chosen if frame.orbit is not None), None)
-        joined.append(Pairing(chosen[0].s2, text, start, float(union.mean()), orbit))
+        first = sorted(chosen, key=lambda frame: frame.days)
+        track = next((frame.track for frame in first if frame.track is not None), None)
+        joined.append(Pairing(chosen[0].s2, text, start, float(union.mean()), orbit, track))
     return joined
 
 
@@ -220,15 +245,16 @@ def pair_scenes(
     min_cover: float = DEFAULT_MIN_COVER,
     max_days: float | None = None,
     orbit: str | None = None,
+    tracks: tuple[int, ...] = (),
 ) -> list[Pairing]:
     """Each S2 scene with the S1 acquisition nearest to it in time among those that hold data under at least
-    ``min_cover`` of its valid pixels (and lie within ``max_days`` of it, and were sensed on an ``orbit`` pass, when
-    given); of two as near, the one that covers more. Frames of one pass count as one candidate
-    (:func:`joined_passes`). An S2 scene whose sensing time nothing says, or that no S1 can
-    be paired with, is refused, naming the nearest S1 that covers any of it, as are a ``min_cover`` that is no share
+    ``min_cover`` of its valid pixels (and lie within ``max_days`` of it, and were sensed on an ``orbit`` pass, and
+    on one of the relative orbits ``tracks``, when given); of two as near, the one that covers more. Frames of one
+    pass count as one candidate (:func:`joined_passes`). An S2 scene whose sensing time nothing says, or that no S1
+    can be paired with, is refused, naming the nearest S1 that covers any of it, as are a ``min_cover`` that is no share
     and a negative ``max_days``."""
     check_pairing_limits(min_cover, max_days)
-    acquisitions = s1_candidates(s1_inputs, orbit)
+    acquisitions = s1_candidates(s1_inputs, orbit, tracks)
     footprints: dict[str, S1Footprint] = {}
     pairings = []
     for s2_text in (text for given in s2_inputs for text in collection_items(given)):
@@ -266,7 +292,7 @@ def scene_candidates(
     for s1 in acquisitions:
         held[s1.text] = s1_held(footprints, s1.text, crs, xs, ys)
         cover = float(held[s1.text].mean())
-        found.append(Pairing(s2, s1.text, days_between(sensed, s1.sensing_time), cover, s1.orbit))
+        found.append(Pairing(s2, s1.text, days_between(sensed, s1.sensing_time), cover, s1.orbit, s1.track))
     return joined_passes(found, held)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dsen2cr.inputs.product import S2Product
 from dsen2cr.inputs.readers import S2Source
-from dsen2cr.inputs.s1_time import s1_gap_days
+from dsen2cr.inputs.s1_time import S1_TRACK_TAG, s1_gap_days
 
 
 def s2_read_tags(s2: S2Source) -> dict[str, str]:
@@ -38,15 +38,18 @@ def resampling_tags(product: S2Product, resampling: str) -> dict[str, str]:
     return {"DSEN2CR_RESAMPLING": f"{resampling} (20 m and 60 m bands onto the 10 m grid)"}
 
 
-def s1_time_tags(s2_time: str | None, s1_time: str | None, orbit: str | None = None) -> dict[str, str]:
+def s1_time_tags(
+    s2_time: str | None, s1_time: str | None, orbit: str | None = None, track: int | None = None
+) -> dict[str, str]:
     """``DSEN2CR_S1_SENSING_TIME``: when S1 was sensed; ``DSEN2CR_S1_DAYS_FROM_S2``: the days from the S2 scene's
     sensing to S1's (``-2.21``: S1 sensed first); ``DSEN2CR_S1_ORBIT_DIRECTION``: its pass (``ascending``,
-    ``descending``); ``unknown`` where nothing says."""
+    ``descending``); ``DSEN2CR_S1_RELATIVE_ORBIT``: its relative orbit (1 to 175); ``unknown`` where nothing says."""
     gap = s1_gap_days(s2_time, s1_time)
     return {
         "DSEN2CR_S1_SENSING_TIME": s1_time or "unknown",
         "DSEN2CR_S1_DAYS_FROM_S2": "unknown" if gap is None else f"{gap:+.2f}",
         "DSEN2CR_S1_ORBIT_DIRECTION": orbit or "unknown",
+        S1_TRACK_TAG: "unknown" if track is None else str(track),
     }
 
 

@@ -88,6 +88,8 @@ class S1Source:
         self.sensing_time = facts.sensing_time
         #: on which pass (``ascending``, ``descending``; None: nothing says)
         self.orbit_direction = facts.orbit
+        #: its relative orbit (1 to 175; of frames, the pass's start's; None: nothing says)
+        self.relative_orbit = facts.track
 
     def read(self, window: Window) -> np.ndarray:
         """(2, h, w) float32 dB of ``window``; NaN where S1 has no data (in no frame)."""

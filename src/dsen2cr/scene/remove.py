@@ -175,8 +175,8 @@ def _remove_scene(
             tags = journal.tags(tags) if journal is not None else tags
             fill = inputs.s1_fill() if fraction > 0 else None  # asked for by the holes already: no second pass
             tags |= scene_tags(job, plan, exact, fraction, fill)
-            if inputs.s1 is not None:
-                tags |= s1_time_tags(product.sensing_time, inputs.s1.sensing_time, inputs.s1.orbit_direction)
+            if (sar := inputs.s1) is not None:
+                tags |= s1_time_tags(product.sensing_time, sar.sensing_time, sar.orbit_direction, sar.relative_orbit)
             recorded_area = area_tags(area, inputs.grid, bounds)
             tags |= recorded_area
             for dataset in filter(None, (writer.cog, writer.sigma)):

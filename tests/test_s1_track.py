@@ -1,0 +1,187 @@
+"""S1's relative orbit (its track): read from a STAC item, GDAL's Sentinel-1 tags or a product's name, checked against
+the relative orbits ESA's own manifests state; kept to with ``pair --relative-orbit`` and ``data triplets
+--relative-orbit``, said where a batch's S1 lie on several, and recorded on what remove-clouds and data patches
+write."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from conftest import split_s1, write_dated_s2, write_s1_item
+from dsen2cr.cli import main
+from dsen2cr.data.triplets import TripletRules, choose_triplets
+from dsen2cr.inputs.pairing import pair_scenes
+from dsen2cr.inputs.s1_time import relative_orbit, s1_facts, track_of_name
+from dsen2cr.outputs.geotiff import write_geotiff
+
+UTM32N = CRS.from_epsg(32632)
+TILE_LEFT = 500000
+S2_NAME = "T32TPT_20230610T101559_10m.tif"  # sensed 2023-06-10 10:15:59 UTC
+
+#: Products and the absolute and relative orbits their manifest.safe states (ESA's numbers, as xarray-sentinel's
+#: and the sat extension's test data record them): not computed here.
+ESA_MANIFESTS = [
+    ("S1A_IW_GRDH_1SDV_20160822T182823_20160822T182848_012717_013FFE_90AF", "S1A", 12717, 45),
+    ("S1A_S6_SLC__1SDV_20210402T115512_20210402T115535_037271_046407_39FD", "S1A", 37271, 99),
+    ("S1A_S3_SLC__1SDV_20210401T152855_20210401T152914_037258_04638E_6001", "S1A", 37258, 86),
+    ("S1A_EW_SLC__1SDH_20210403T122536_20210403T122630_037286_046484_8152", "S1A", 37286, 114),
+    ("S1B_WV_SLC__1SSV_20210403T083025_20210403T084452_026300_032390_D542", "S1B", 26300, 24),
+    ("S1B_IW_GRDH_1SDV_20210401T052623_20210401T052648_026269_032297_ECC8", "S1B", 26269, 168),
+]
+
+
+@pytest.mark.parametrize("name, mission, absolute, expected", ESA_MANIFESTS)
+def test_relative_orbit_is_the_one_esa_states(name: str, mission: str, absolute: int, expected: int) -> None:
+    assert relative_orbit(mission, absolute) == expected
+    assert relative_orbit(mission.lower(), absolute) == expected
+    assert track_of_name(f"{name}.SAFE") == expected
+    assert track_of_name(f"{name.lower()}_db.tif") == expected  # an export named after it
+
+
+def test_names_and_satellites_that_say_no_relative_orbit() -> None:
+    assert track_of_name("S1A_IW_20230608T051234_DVP_RTC30_G_gpuned_ABCD_VV.tif") is None  # HyP3 RTC: no orbit
+    assert track_of_name("s1_20230608.tif") is None
+    assert relative_orbit("S1D", 1000) is None  # a satellite whose numbering this version does not know
+    # S1C: MintPy's offset; S1C flies S1A's tracks 6 days later (180 degrees apart on one orbit), so its orbit
+    # 9435 (2026-09-13 23:11 UTC) lies on the track S1A flew 6 days before: 28940.56 orbits after S1A's orbit 37271
+    # (relative 99) crossed the equator (2021-04-02 11:17:22, ESA's manifest), at 12 * 86400 / 175 s an orbit
+    by_phase = (99 - 1 + 28940) % 175 + 1
+    assert relative_orbit("S1C", 9435) == by_phase == 164
+
+
+def _s1(folder: Path, name: str, **tags: str) -> Path:
+    """S1 over the whole scene (UTM 32N, 10 m) named ``name``, with ``tags``."""
+    db = np.random.default_rng(2).uniform(-25, -5, size=(2, 120, 160)).astype(np.float32)
+    path = write_geotiff(folder / name, db, crs=UTM32N, transform=from_origin(TILE_LEFT, 5000000, 10, 10))
+    if tags:
+        with rasterio.open(path, "r+") as dataset:
+            dataset.update_tags(**tags)
+    return path
+
+
+def _product(stamp: str, mission: str = "S1A", absolute: int = 12717) -> str:
+    """A GRD product's name of ``mission``'s ``absolute`` orbit, sensed at ``stamp``, as exported (``_db.tif``)."""
+    return f"{mission}_IW_GRDH_1SDV_{stamp}_{stamp}_{absolute:06d}_013FFE_90AF_db.tif"
+
+
+def test_what_says_the_relative_orbit(workdir: Path) -> None:
+    named = _s1(workdir, _product("20230608T051234"))  # S1A orbit 12717: relative 45
+    assert s1_facts(str(named)).track == 45
+    # GDAL's Sentinel-1 driver's tags (an export of a product: gdal_translate keeps them) under any name
+    gdal = _s1(workdir, "export.tif", MISSION_ID="S1B", ORBIT_NUMBER="26269", ACQUISITION_START_TIME="2023-06-08")
+    assert s1_facts(str(gdal)).track == 168
+    # dsen2cr's own tag says it over the name's
+    tagged = _s1(workdir, _product("20230608T051235"), DSEN2CR_S1_RELATIVE_ORBIT="117")
+    assert s1_facts(str(tagged)).track == 117
+    assert s1_facts(str(_s1(workdir, "s1.tif"))).track is None
+    # a VV,VH pair: whichever file says it
+    pair = split_s1(named, "vv.tif", "S1A_IW_GRDH_1SDV_20230608T051234_20230608T051259_012717_013FFE_90AF_VH.tif")
+    assert s1_facts(pair).track == 45
+    # STAC: sat:relative_orbit, else sat:absolute_orbit of its platform
+    item = write_s1_item(named, "rel.json", datetime="2023-06-08T05:12:34Z", **{"sat:relative_orbit": 22})
+    assert s1_facts(str(item)).track == 22
+    properties = {"sat:absolute_orbit": 26300, "platform": "sentinel-1b"}
+    item = write_s1_item(named, "abs.json", datetime="2023-06-08T05:12:34Z", **properties)
+    assert s1_facts(str(item)).track == 24
+    # frames of one pass: the pass's start's (the earlier frame's), whichever order they are given in
+    later = _s1(workdir, "S1A_IW_GRDH_1SDV_20230608T051259_20230608T051324_012718_013FFE_90AF_db.tif")
+    assert s1_facts(f"{later}+{named}").track == 45
+
+
+def _scene(folder: Path, stamp: str = "20230610T101559") -> Path:
+    """A 120 x 160 px clear scene on the S1's grid, sensed at ``stamp`` (its name says so)."""
+    dn = np.random.default_rng(1).integers(200, 3000, size=(13, 120, 160)).astype(np.uint16)
+    dn[10] = 20  # B10 of a clear sky
+    path = folder / f"T32TPT_{stamp}_10m.tif"
+    return write_geotiff(path, dn, crs=UTM32N, transform=from_origin(TILE_LEFT, 5000000, 10, 10))
+
+
+def test_pair_keeps_the_relative_orbits_asked_for(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    s2 = _scene(workdir)
+    near = _s1(workdir, _product("20230609T171234", absolute=12717))  # 0.7 days before S2, relative orbit 45
+    far = _s1(workdir, _product("20230607T051234", absolute=12790))  # 3.2 days before, (12790 - 73) % 175 + 1 = 118
+    argv = ["pair", "--s2", str(s2), "--s1", str(near), str(far), "--out", str(workdir / "scenes.csv")]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"S1 {near}, 0.7 days before S2, covering 100% of the scene, relative orbit 45" in capsys.readouterr().out
+    assert main([*argv, "--overwrite", "--relative-orbit", "118"]) == 0
+    assert f"S1 {far}, 3.2 days before S2, covering 100% of the scene, relative orbit 118" in capsys.readouterr().out
+    with open(workdir / "scenes.csv", newline="") as manifest:
+        assert [row["s1"] for row in csv.DictReader(manifest)] == [far.name]
+    assert main([*argv, "--overwrite", "--relative-orbit", "7", "118"]) == 0  # any of those given
+    assert [p.track for p in pair_scenes([str(s2)], [str(near), str(far)], tracks=(118,))] == [118]
+
+
+def test_pair_says_when_its_s1_lie_on_several_relative_orbits(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    s2 = [str(_scene(workdir, stamp)) for stamp in ("20230610T101559", "20230622T101559", "20230704T101559")]
+    s1 = [  # one 0.7 days before each scene: on relative orbits 45, 45, then 118
+        _s1(workdir, _product("20230609T171234", absolute=12717)),
+        _s1(workdir, _product("20230621T171234", absolute=12892)),  # 175 orbits (12 days) later: 45 again
+        _s1(workdir, _product("20230703T171234", absolute=13140)),  # (13140 - 73) % 175 + 1 = 118
+    ]
+    capsys.readouterr()
+    assert main(["pair", "--s2", *s2, "--s1", *map(str, s1), "--out", str(workdir / "scenes.csv")]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "S1 chosen on 2 relative orbits (scenes each: 45: 2, 118: 1); each sees the ground from its own angle: "
+        "--relative-orbit 45 keeps one" in out
+    )
+    assert main(["pair", "--s2", *s2[:2], "--s1", *map(str, s1), "--out", str(workdir / "two.csv")]) == 0
+    assert "relative orbits (scenes each" not in capsys.readouterr().out  # one track: nothing to say
+
+
+def test_triplets_keep_the_relative_orbits_asked_for(workdir: Path) -> None:
+    cloudy = write_dated_s2(workdir, TILE_LEFT, "20230610T101559", cloud_columns=64)
+    clear = write_dated_s2(workdir, TILE_LEFT, "20230601T101559")
+    near = _s1(workdir, _product("20230531T171234", absolute=12717))  # 0.7 days before the target: 45
+    far = _s1(workdir, _product("20230529T051234", absolute=12790))  # 3.2 days before it: 118
+    inputs = ([str(cloudy), str(clear)], [str(near), str(far)])
+    [nearest] = choose_triplets(*inputs).triplets
+    assert (nearest.s1, nearest.s1_track) == (str(near), 45)
+    [kept] = choose_triplets(*inputs, TripletRules(tracks=(118,))).triplets
+    assert (kept.s1, kept.s1_track) == (str(far), 118)
+
+
+def test_outputs_record_the_relative_orbit(workdir: Path) -> None:
+    s2, s1 = workdir.scene()
+    s2 = s2.rename(s2.with_name(S2_NAME))
+    s1 = s1.rename(s1.with_name(_product("20230608T051234", "S1B", 26300)))  # relative orbit 24
+    with rasterio.open(s1, "r+") as dataset:
+        dataset.update_tags(ORBIT_DIRECTION="DESCENDING")
+    out, item = workdir / "out.tif", workdir / "out.json"
+    weights = workdir.weights("dsen2cr-small")
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(s2), "--s1", str(s1), "--no-progress"]
+    assert main([*argv, "--device", "cpu", "--out", str(out), "--stac-item", str(item)]) == 0
+    with rasterio.open(out) as dataset:
+        assert dataset.tags()["DSEN2CR_S1_RELATIVE_ORBIT"] == "24"
+    lineage = pystac.Item.from_file(str(item)).properties["processing:lineage"]
+    assert "(sensed 2023-06-08T05:12:34Z, 2.2 days before S2, descending pass, relative orbit 24)" in lineage
+    # data patches record it too, and a patch given as S1 says it again
+    clear = workdir / "clear.tif"
+    with rasterio.open(s2) as dataset:
+        dark = dataset.read() // 4
+        dark[10] = 20  # B10 of a clear sky
+        write_geotiff(clear, dark, crs=dataset.crs, transform=dataset.transform)
+    argv = ["data", "patches", "--s2-cloudy", str(s2), "--s2", str(clear), "--s1", str(s1), "--size", "32"]
+    assert main([*argv, "--out", str(workdir / "patches"), "--roi", "1", "--no-progress"]) == 0
+    [patch, *_] = sorted((workdir / "patches").rglob("*_s1_*.tif"))
+    with rasterio.open(patch) as dataset:
+        assert dataset.tags()["DSEN2CR_S1_RELATIVE_ORBIT"] == "24"
+    assert s1_facts(str(patch)).track == 24
+
+
+def test_outputs_say_unknown_where_nothing_says(workdir: Path) -> None:
+    s2, s1 = workdir.scene()
+    weights = workdir.weights("dsen2cr-small")
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(s2), "--s1", str(s1), "--no-progress"]
+    assert main([*argv, "--device", "cpu", "--out", str(workdir / "out.tif")]) == 0
+    with rasterio.open(workdir / "out.tif") as dataset:
+        assert dataset.tags()["DSEN2CR_S1_RELATIVE_ORBIT"] == "unknown"
