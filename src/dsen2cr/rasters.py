@@ -134,6 +134,15 @@ def lattice_windows(height: int, width: int, grid: int = 4, size: int = 64) -> l
     return [Window(col, row, size_x, size_y) for row, col in sorted(corners)]
 
 
+def utm_epsg(crs: CRS, grid_transform: Affine, width: int, height: int) -> int:
+    """The EPSG code of the WGS 84 UTM zone (326NN north of the equator, 327NN south) of the centre of a grid of
+    ``width`` x ``height`` pixels: the zone of 6 degrees of longitude it lies in."""
+    x, y = grid_transform * (width / 2, height / 2)
+    (lon,), (lat,) = transform(crs, "EPSG:4326", [x], [y])
+    zone = min(60, max(1, math.floor((lon + 180) / 6) + 1))
+    return (32600 if lat >= 0 else 32700) + zone
+
+
 @dataclass(frozen=True)
 class Footprint:
     """The ground a raster covers: its CRS (as text: comparable, hashable) and its bounds in it (left, bottom,

@@ -30,6 +30,7 @@ from dsen2cr.rasters import (
     open_raster,
     read_decimated,
     read_window,
+    utm_epsg,
 )
 
 log = logging.getLogger(__name__)
@@ -174,16 +175,18 @@ class S2Source:
         """Refuse a grid the model was not trained on: a geographic CRS, or pixels other than 10 m (+-5 %)."""
         crs, transform = self.grid.crs, self.grid.transform
         if crs.is_geographic:
+            epsg = f"EPSG:{utm_epsg(crs, transform, self.grid.width, self.grid.height)}"
             raise DSen2CRError(
                 f"{self.name}: S2 is on a geographic CRS ({crs.to_string()}); the model works on 10 m pixels: "
-                "reproject it to UTM at 10 m first (gdalwarp -t_srs EPSG:326NN -tr 10 10)"
+                f"reproject it to 10 m in the UTM zone of its centre first (rio warp IN OUT --dst-crs {epsg} --res "
+                f"10, or gdalwarp -t_srs {epsg} -tr 10 10 IN OUT)"
             )
         metres = crs.linear_units_factor[1] if crs.is_projected else 1.0
         width, height = (metres * math.hypot(transform.a, transform.d), metres * math.hypot(transform.b, transform.e))
         if not (abs(width - 10) <= 0.5 and abs(height - 10) <= 0.5):
             raise DSen2CRError(
                 f"{self.name}: S2 pixels are {width:.3g} x {height:.3g} m; the model works at 10 m: resample it to "
-                "10 m first (gdalwarp -tr 10 10)"
+                "10 m first (rio warp IN OUT --res 10, or gdalwarp -tr 10 10 IN OUT)"
             )
 
     def _check_units(self) -> None:
