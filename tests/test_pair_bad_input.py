@@ -169,8 +169,8 @@ CASES = [
         name="pair: --relative-orbit with a candidate whose relative orbit nothing says",
         setup=lambda t: _pair(t, [_s2(t)], [_s1(t, RTC_NAME)], "--relative-orbit", "45"),
         message=f"{RTC_NAME}: --relative-orbit 45: S1's relative orbit is unknown (no STAC sat:relative_orbit, no "
-        "MISSION_ID and ORBIT_NUMBER tags, no Sentinel-1 product name with its absolute orbit); give its STAC item, "
-        "or tag the file (gdal_edit.py -mo DSEN2CR_S1_RELATIVE_ORBIT=45 FILE)",
+        "MISSION_ID and ORBIT_NUMBER tags, no Sentinel-1 product's or OPERA burst's name); give its STAC item, or "
+        "tag the file (gdal_edit.py -mo DSEN2CR_S1_RELATIVE_ORBIT=45 FILE)",
         absent=("scenes.csv",),
     ),
     dict(

@@ -46,6 +46,19 @@ def test_relative_orbit_is_the_one_esa_states(name: str, mission: str, absolute:
     assert track_of_name(f"{name.lower()}_db.tif") == expected  # an export named after it
 
 
+@pytest.mark.parametrize(
+    "name, track",
+    [  # OPERA RTC-S1 bursts, as ASF serves them: the burst ID's T087 is the track
+        ("OPERA_L2_RTC-S1_T087-185679-IW2_20200101T161622Z_20250911T203016Z_S1A_30_v1.0_VH.tif", 87),
+        ("OPERA_L2_RTC-S1_T168-359429-IW2_20231217T052415Z_20231220T055805Z_S1A_30_v1.0_VV.tif", 168),
+        ("OPERA_L2_RTC-S1_T165-352512-IW3_20200723T000516Z_20250908T213809Z_S1B_30_v1.0_VH.tif", 165),
+        ("OPERA_L2_RTC-S1_T002-002345-IW1_20240101T000000Z_20240102T000000Z_S1A_30_v1.0_VV.tif", 2),
+    ],
+)
+def test_opera_bursts_say_their_track(name: str, track: int) -> None:
+    assert track_of_name(name) == track
+
+
 def test_names_and_satellites_that_say_no_relative_orbit() -> None:
     assert track_of_name("S1A_IW_20230608T051234_DVP_RTC30_G_gpuned_ABCD_VV.tif") is None  # HyP3 RTC: no orbit
     assert track_of_name("s1_20230608.tif") is None

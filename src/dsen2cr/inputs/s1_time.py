@@ -51,10 +51,13 @@ TRACK_OFFSETS = {"S1A": 73, "S1B": 27, "S1C": 172}
 #: A Sentinel-1 product's name: satellite, mode and type, start and stop, absolute orbit, datatake, checksum
 #: (``S1A_IW_GRDH_1SDV_20170216T051234_20170216T051259_015335_0191A9_5C2F``).
 _PRODUCT_NAME = re.compile(r"(?<![A-Z0-9])(S1[A-Z])_[A-Z0-9_]+?_\d{8}T\d{6}_\d{8}T\d{6}_(\d{6})_[0-9A-F]{6}")
+#: An OPERA RTC-S1 burst's name (NASA JPL's, ASF): its burst ID begins with its track (relative orbit)
+#: (``OPERA_L2_RTC-S1_T087-185679-IW2_20200101T161622Z_…_VV.tif``).
+_OPERA_BURST = re.compile(r"OPERA_L2_RTC-S1_T(\d{3})-\d{6}-IW[1-3]_")
 #: Why S1's relative orbit is unknown, and how to give it.
 UNKNOWN_S1_TRACK = (
     "S1's relative orbit is unknown (no STAC sat:relative_orbit, no MISSION_ID and ORBIT_NUMBER tags, no Sentinel-1 "
-    "product name with its absolute orbit)"
+    "product's or OPERA burst's name)"
 )
 GIVE_S1_TRACK = f"give its STAC item, or tag the file (gdal_edit.py -mo {S1_TRACK_TAG}=45 FILE)"
 #: VV and VH of one acquisition were sensed together; an S1 pair whose files say times further apart is two.
@@ -83,7 +86,10 @@ def relative_orbit(mission: str, absolute: int) -> int | None:
 
 
 def track_of_name(name: str) -> int | None:
-    """The relative orbit a Sentinel-1 product's name says (its satellite and absolute orbit), or None."""
+    """The relative orbit a Sentinel-1 product's name says (its satellite and absolute orbit), or an OPERA RTC-S1
+    burst's (its track); None where it says none."""
+    if (burst := _OPERA_BURST.search(name.upper())) is not None:
+        return _track_number(burst.group(1).lstrip("0"))
     found = _PRODUCT_NAME.search(name.upper())
     return None if found is None else relative_orbit(found.group(1), int(found.group(2)))
 
