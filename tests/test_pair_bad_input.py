@@ -56,6 +56,17 @@ def _two_passes(tmp: Path) -> str:
     return pair
 
 
+def _two_tracks(tmp: Path) -> tuple[list[Path], list[Path]]:
+    """Scenes of June 10 and June 22 (10:15:59), S1 of relative orbit 45 (S1A orbit 12717) of June 9 (05:12:34) and
+    of 118 (orbit 12790) of June 23."""
+    scenes = [_s2(tmp, "T32TPT_20230610T101559_10m.tif"), _s2(tmp, "T32TPT_20230622T101559_10m.tif")]
+    names = [
+        f"S1A_IW_GRDH_1SDV_{stamp}_{stamp}_{orbit}_013FFE_90AF_db.tif"
+        for stamp, orbit in (("20230609T051234", "012717"), ("20230623T051234", "012790"))
+    ]
+    return scenes, [_s1(tmp, name) for name in names]
+
+
 def _collection(tmp: Path, ids: list[str]) -> Path:
     """An ItemCollection ``s2_items.json`` of items with ``ids`` (an empty one: no id)."""
     import json
@@ -178,6 +189,21 @@ CASES = [
         setup=lambda t: _pair(t, [_s2(t)], [_s1(t)], "--relative-orbit", "45", "46"),
         # S1_NAME: S1A's absolute orbit 48901, relative (48901 - 73) % 175 + 1 = 4
         message="--relative-orbit 45 46: none of the 1 S1 given was sensed on it (they lie on relative orbit 4)",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: --relative-orbit neither a number nor same",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t)], "--relative-orbit", "T045"),
+        message="--relative-orbit: relative orbit numbers (1 to 175), or same alone; got 'T045'",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: --relative-orbit same where no relative orbit serves every scene",
+        setup=lambda t: _pair(t, *_two_tracks(t), "--relative-orbit", "same", "--s1-max-days", "5"),
+        # S1 of 45 lies 1.2 days before the first scene and 13.2 before the second; S1 of 118 0.8 days after the
+        # second, 12.8 after the first: within 5 days, each serves one
+        message="--relative-orbit same: no relative orbit has S1 that covers 95% of every one of the 2 scenes within 5 "
+        "days (45: 1, 118: 1): give more S1 of one, or pair the scenes apart",
         absent=("scenes.csv",),
     ),
     dict(

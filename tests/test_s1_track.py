@@ -18,6 +18,7 @@ from rasterio.transform import from_origin
 from conftest import split_s1, write_dated_s2, write_s1_item
 from dsen2cr.cli import main
 from dsen2cr.data.triplets import TripletRules, choose_triplets
+from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.pairing import pair_scenes
 from dsen2cr.inputs.s1_time import relative_orbit, s1_facts, track_of_name
 from dsen2cr.outputs.geotiff import write_geotiff
@@ -198,3 +199,45 @@ def test_outputs_say_unknown_where_nothing_says(workdir: Path) -> None:
     assert main([*argv, "--device", "cpu", "--out", str(workdir / "out.tif")]) == 0
     with rasterio.open(workdir / "out.tif") as dataset:
         assert dataset.tags()["DSEN2CR_S1_RELATIVE_ORBIT"] == "unknown"
+
+
+def _series(workdir: Path) -> tuple[list[str], dict[str, Path]]:
+    """Three scenes 12 days apart (June 10, June 22, July 4, 10:15:59) and S1 of two tracks: 45 sensed 0.7107 days
+    (17 h 3 min 25 s) before the first two scenes, 118 0.7893 days (18 h 56 min 35 s) after the first and 0.7107
+    days before the third."""
+    s2 = [str(_scene(workdir, stamp)) for stamp in ("20230610T101559", "20230622T101559", "20230704T101559")]
+    s1 = {
+        "45 June 9": _s1(workdir, _product("20230609T171234", absolute=12717)),
+        "45 June 21": _s1(workdir, _product("20230621T171234", absolute=12892)),
+        "118 June 11": _s1(workdir, _product("20230611T051234", absolute=12790)),
+        "118 July 3": _s1(workdir, _product("20230703T171234", absolute=13140)),
+    }
+    return s2, s1
+
+
+def test_same_relative_orbit_is_the_one_nearest_on_average(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    s2, s1 = _series(workdir)
+    candidates = list(map(str, s1.values()))
+    nearest = pair_scenes(s2, candidates)  # each scene's nearest: 45, 45, 118
+    assert [p.s1 for p in nearest] == [str(s1[k]) for k in ("45 June 9", "45 June 21", "118 July 3")]
+    # one track, by hand: 45 serves the third scene with June 21 only, 12.7107 days before it: mean
+    # (0.7107 + 0.7107 + 12.7107) / 3 = 4.7107; 118 serves the second with June 11, 11.2107 days before it (July 3 is
+    # 11.2893 after): mean (0.7893 + 11.2107 + 0.7107) / 3 = 4.2369, the nearer
+    same = pair_scenes(s2, candidates, tracks="same")
+    assert [p.s1 for p in same] == [str(s1[k]) for k in ("118 June 11", "118 June 11", "118 July 3")]
+    assert [p.track for p in same] == [118] * 3
+    assert [round(abs(p.days), 4) for p in same] == [0.7893, 11.2107, 0.7107]
+    # within 12 days 45 serves two scenes only, 118 all three; within 10 days neither serves all
+    assert [p.track for p in pair_scenes(s2, candidates, tracks="same", max_days=12)] == [118] * 3
+    with pytest.raises(DSen2CRError, match=r"no relative orbit has S1 .* within 10 days \(45: 2, 118: 2\)"):
+        pair_scenes(s2, candidates, tracks="same", max_days=10)
+    argv = ["pair", "--s2", *s2, "--s1", *candidates, "--out", str(workdir / "scenes.csv")]
+    capsys.readouterr()
+    assert main([*argv, "--relative-orbit", "same"]) == 0
+    out = capsys.readouterr().out
+    assert "--relative-orbit same: relative orbit 118, whose S1 serve every scene, 4.2 days from S2 on average" in out
+    assert "relative orbits (scenes each" not in out
+    with open(workdir / "scenes.csv", newline="") as manifest:
+        assert [row["s1"] for row in csv.DictReader(manifest)] == [s1[k].name for k in ("118 June 11",) * 2] + [
+            s1["118 July 3"].name
+        ]

@@ -81,6 +81,12 @@ CASES = [
         absent=("pairs.csv",),
     ),
     dict(
+        name="data triplets: --relative-orbit same (pair's choice of one track for a series)",
+        setup=lambda t: _triplets(t, _scenes(t), [_s1(t)], "--relative-orbit", "same"),
+        message="--relative-orbit: relative orbit numbers (1 to 175); got 'same'",
+        absent=("pairs.csv",),
+    ),
+    dict(
         name="data triplets: --orbit with a candidate whose pass nothing says",
         setup=lambda t: _triplets(t, _scenes(t), [_s1(t)], "--orbit", "descending"),
         message=f"{S1_NAME}: --orbit descending: on which pass S1 was sensed is unknown",

@@ -8,7 +8,7 @@ import csv
 import io
 
 from dsen2cr.cli.options import SubParsers, add_command, finite_float
-from dsen2cr.cli.pair import add_collection, add_s1_choice, checked_manifest, pass_text
+from dsen2cr.cli.pair import add_collection, add_s1_choice, checked_manifest, pass_text, relative_orbits
 
 
 def register(data_commands: SubParsers) -> None:
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         s1_near=args.s1_near,
         s1_max_days=args.s1_max_days,
         orbit=args.orbit,
-        tracks=tuple(args.relative_orbit),
+        tracks=relative_orbits(args.relative_orbit),
     )
     choice = choose_triplets(args.s2, args.s1, rules, s2_offset=args.s2_offset, first_roi=args.first_roi)
     rows = io.StringIO()

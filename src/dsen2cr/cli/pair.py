@@ -49,7 +49,7 @@ def register(subparsers: SubParsers) -> None:
             metavar="DIR",
             help=f"also a {option} column: each scene's {what} in this folder, named after its image",
         )
-    add_s1_choice(parser)
+    add_s1_choice(parser, same=True)
     parser.set_defaults(handler=run)
 
 
@@ -63,9 +63,10 @@ def add_collection(parser: argparse.ArgumentParser, manifest: str) -> None:
     parser.add_argument("--out", required=True, help=f"the manifest to write ({manifest})")
 
 
-def add_s1_choice(parser: argparse.ArgumentParser) -> None:
-    """Which S1 a pairing command may choose (``--s1-max-days``, ``--orbit``, ``--relative-orbit``), how it reads S2
-    GeoTIFF exports (``--s2-offset``), and ``--overwrite`` of its manifest."""
+def add_s1_choice(parser: argparse.ArgumentParser, *, same: bool = False) -> None:
+    """Which S1 a pairing command may choose (``--s1-max-days``, ``--orbit``, ``--relative-orbit``; ``same``: it
+    takes ``--relative-orbit same``), how it reads S2 GeoTIFF exports (``--s2-offset``), and ``--overwrite`` of its
+    manifest."""
     parser.add_argument("--s1-max-days", type=finite_float, metavar="DAYS", help="choose no S1 further than DAYS")
     parser.add_argument(
         "--orbit",
@@ -75,12 +76,12 @@ def add_s1_choice(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--relative-orbit",
-        type=int,
         nargs="+",
         metavar="N",
         default=[],
         help="only S1 of these relative orbits (1-175; a STAC item's sat:relative_orbit, a product's name or its "
-        "MISSION_ID and ORBIT_NUMBER tags): one track sees each place from one angle, every 12 days",
+        "MISSION_ID and ORBIT_NUMBER tags): one track sees each place from one angle, every 12 days"
+        + ("; same: the one that serves every scene, nearest in time on average" if same else ""),
     )
     parser.add_argument("--s2-offset", type=int, help="DN offset of GeoTIFFs exported from baseline 04.00+ products")
     add_overwrite(parser, "replace an existing manifest")
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.inputs import map_s1_files
-    from dsen2cr.inputs.pairing import pair_scenes
+    from dsen2cr.inputs.pairing import SAME_TRACK, pair_scenes
     from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text
     from dsen2cr.outputs.files import write_text_atomic
     from dsen2cr.outputs.hrefs import href_from
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         min_cover=args.min_cover,
         max_days=args.s1_max_days,
         orbit=args.orbit,
-        tracks=tuple(args.relative_orbit),
+        tracks=SAME_TRACK if args.relative_orbit == [SAME_TRACK] else relative_orbits(args.relative_orbit, same=True),
     )
     stems = [scene_stem(pairing.s2) for pairing in pairings]
     if len(set(stems)) < len(stems):
@@ -137,8 +138,26 @@ def run(args: argparse.Namespace) -> int:
         writer.writerow([href_from(manifest, pairing.s2), s1, image, *columns])
     write_text_atomic(manifest, rows.getvalue())
     print(f"wrote {manifest}: {len(pairings)} scene{'s' if len(pairings) != 1 else ''} (remove-clouds --manifest)")
+    if args.relative_orbit == [SAME_TRACK]:
+        mean = sum(abs(pairing.days) for pairing in pairings) / len(pairings)
+        print(
+            f"--relative-orbit {SAME_TRACK}: relative orbit {pairings[0].track}, whose S1 serve every scene, "
+            f"{mean:.1f} days from S2 on average"
+        )
     report_tracks([pairing.track for pairing in pairings])
     return 0
+
+
+def relative_orbits(values: list[str], *, same: bool = False) -> tuple[int, ...]:
+    """``--relative-orbit``'s values as relative orbit numbers; anything else refused, naming the option (``same``:
+    saying that the command also takes ``same``)."""
+    from dsen2cr.errors import DSen2CRError
+
+    for value in values:
+        if not value.isdigit():
+            also = ", or same alone" if same else ""
+            raise DSen2CRError(f"--relative-orbit: relative orbit numbers (1 to 175){also}; got {value!r}")
+    return tuple(int(value) for value in values)
 
 
 def pass_text(orbit: str | None, track: int | None) -> str:

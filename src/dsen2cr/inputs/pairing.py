@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import fmean
+from typing import Final, Literal
 
 import numpy as np
 from rasterio.transform import Affine
@@ -33,6 +35,11 @@ from dsen2cr.inputs.s1_time import (
 )
 from dsen2cr.inputs.stac import collection_items
 from dsen2cr.rasters import decimated_shape, read_decimated
+
+#: ``--relative-orbit same``: every scene's S1 of one relative orbit, the one that serves them all nearest in time.
+SAME_TRACK: Final = "same"
+#: The relative orbits S1 may be chosen from: any (empty), those given, or :data:`SAME_TRACK`.
+Tracks = tuple[int, ...] | Literal["same"]
 
 #: The lattice of a scene's grid on which S1's cover is sampled: at most this many points a side.
 LATTICE_SIZE = 48
@@ -65,9 +72,10 @@ class Pairing:
     track: int | None = None
 
 
-def s1_acquisition(text: str, orbit: str | None = None, tracks: tuple[int, ...] = ()) -> S1Acquisition:
+def s1_acquisition(text: str, orbit: str | None = None, tracks: Tracks = ()) -> S1Acquisition:
     """An S1 candidate: refused when nothing says when it was sensed (it could not be ranked), or, when only passes
-    of ``orbit`` (or relative orbits among ``tracks``) are to be paired, on which pass (relative orbit)."""
+    of ``orbit`` (or relative orbits among ``tracks``, or one relative orbit) are to be paired, on which pass
+    (relative orbit)."""
     facts = s1_facts(text)
     if facts.sensing_time is None:
         raise DSen2CRError(f"{text}: {UNKNOWN_S1_TIME}, so it cannot be paired by date; {GIVE_S1_TIME}")
@@ -78,9 +86,9 @@ def s1_acquisition(text: str, orbit: str | None = None, tracks: tuple[int, ...] 
     return S1Acquisition(text, facts.sensing_time, facts.orbit, facts.track)
 
 
-def track_list(tracks: tuple[int, ...]) -> str:
-    """Relative orbits as ``--relative-orbit`` takes them: ``45 117``."""
-    return " ".join(map(str, tracks))
+def track_list(tracks: Tracks) -> str:
+    """Relative orbits as ``--relative-orbit`` takes them: ``45 117``, or ``same``."""
+    return tracks if isinstance(tracks, str) else " ".join(map(str, tracks))
 
 
 def s1_items(s1_inputs: list[str]) -> list[str]:
@@ -91,13 +99,16 @@ def s1_items(s1_inputs: list[str]) -> list[str]:
     ]
 
 
-def s1_candidates(s1_inputs: list[str], orbit: str | None = None, tracks: tuple[int, ...] = ()) -> list[S1Acquisition]:
+def s1_candidates(s1_inputs: list[str], orbit: str | None = None, tracks: Tracks = ()) -> list[S1Acquisition]:
     """The S1 inputs as candidates (:func:`s1_acquisition`; each item of an ItemCollection one, single-polarisation
     files paired by name, :func:`polarisation_pairs`), those of ``orbit``'s passes only when it is given, and of the
-    relative orbits ``tracks`` only when any are; refused when that leaves none."""
+    relative orbits ``tracks`` only when any are (:data:`SAME_TRACK`: all, each of a known one); refused when that
+    leaves none."""
     if orbit is not None and orbit not in ORBIT_DIRECTIONS:
         raise DSen2CRError(f"--orbit: one of {', '.join(ORBIT_DIRECTIONS)}, got {orbit!r}")
-    for track in tracks:
+    if isinstance(tracks, str) and tracks != SAME_TRACK:
+        raise DSen2CRError(f"--relative-orbit: numbers 1 to {ORBITS_PER_CYCLE}, or {SAME_TRACK}; got {tracks!r}")
+    for track in () if isinstance(tracks, str) else tracks:
         if not 1 <= track <= ORBITS_PER_CYCLE:
             raise DSen2CRError(f"--relative-orbit: Sentinel-1's are 1 to {ORBITS_PER_CYCLE}, got {track}")
     texts = polarisation_pairs(s1_items(s1_inputs))
@@ -105,7 +116,7 @@ def s1_candidates(s1_inputs: list[str], orbit: str | None = None, tracks: tuple[
     kept = [s1 for s1 in acquisitions if orbit is None or s1.orbit == orbit]
     if not kept:
         raise DSen2CRError(f"--orbit {orbit}: none of the {len(acquisitions)} S1 given was sensed on that pass")
-    on_track = [s1 for s1 in kept if not tracks or s1.track in tracks]
+    on_track = [s1 for s1 in kept if isinstance(tracks, str) or not tracks or s1.track in tracks]
     if not on_track:
         said = sorted({s1.track for s1 in kept if s1.track is not None})
         raise DSen2CRError(
@@ -245,18 +256,19 @@ def pair_scenes(
     min_cover: float = DEFAULT_MIN_COVER,
     max_days: float | None = None,
     orbit: str | None = None,
-    tracks: tuple[int, ...] = (),
+    tracks: Tracks = (),
 ) -> list[Pairing]:
     """Each S2 scene with the S1 acquisition nearest to it in time among those that hold data under at least
     ``min_cover`` of its valid pixels (and lie within ``max_days`` of it, and were sensed on an ``orbit`` pass, and
-    on one of the relative orbits ``tracks``, when given); of two as near, the one that covers more. Frames of one
-    pass count as one candidate (:func:`joined_passes`). An S2 scene whose sensing time nothing says, or that no S1
-    can be paired with, is refused, naming the nearest S1 that covers any of it, as are a ``min_cover`` that is no share
-    and a negative ``max_days``."""
+    on one of the relative orbits ``tracks``, when given; :data:`SAME_TRACK`: on the one relative orbit that serves
+    every scene, :func:`one_track`); of two as near, the one that covers more. Frames of one pass count as one
+    candidate (:func:`joined_passes`). An S2 scene whose sensing time nothing says, or that no S1 can be paired with,
+    is refused, naming the nearest S1 that covers any of it, as are a ``min_cover`` that is no share and a negative
+    ``max_days``."""
     check_pairing_limits(min_cover, max_days)
     acquisitions = s1_candidates(s1_inputs, orbit, tracks)
     footprints: dict[str, S1Footprint] = {}
-    pairings = []
+    scenes: list[tuple[str, list[Pairing]]] = []
     for s2_text in (text for given in s2_inputs for text in collection_items(given)):
         product = resolve_s2(s2_text, offset=s2_offset)
         if product.sensing_time is None:
@@ -273,8 +285,41 @@ def pair_scenes(
         if len(xs) == 0:
             raise DSen2CRError(f"{s2_text}: S2 has no valid pixels (all nodata or NaN): nothing to pair")
         found = scene_candidates(s2_text, sensed, (crs, xs, ys), acquisitions, footprints)
-        pairings.append(nearest_pairing(s2_text, found, min_cover, max_days))
-    return pairings
+        if tracks != SAME_TRACK:
+            nearest_pairing(s2_text, found, min_cover, max_days)  # refused here, before the next scene is read
+        scenes.append((s2_text, found))
+    if tracks == SAME_TRACK:
+        return one_track(scenes, min_cover, max_days)
+    return [nearest_pairing(s2, found, min_cover, max_days) for s2, found in scenes]
+
+
+def one_track(scenes: list[tuple[str, list[Pairing]]], min_cover: float, max_days: float | None) -> list[Pairing]:
+    """Each scene (its candidates) paired with S1 of one relative orbit (``--relative-orbit same``: a series that
+    sees the ground from one angle, date after date): of the relative orbits whose S1 serve every scene
+    (:func:`nearest_pairing` within it), the one nearest in time on average (then the one that covers more, then the
+    lower number). Refused where none serves them all, saying how many each serves."""
+    served: dict[int, list[Pairing]] = {}
+    for track in sorted({p.track for _, found in scenes for p in found if p.track is not None}):
+        served[track] = []
+        for s2, found in scenes:
+            try:
+                served[track].append(nearest_pairing(s2, [p for p in found if p.track == track], min_cover, max_days))
+            except DSen2CRError:
+                continue
+    complete = [track for track, chosen in served.items() if len(chosen) == len(scenes)]
+    if not complete:
+        counts = sorted(served.items(), key=lambda item: (-len(item[1]), item[0]))
+        within = f" within {max_days:g} days" if max_days is not None else ""
+        raise DSen2CRError(
+            f"--relative-orbit {SAME_TRACK}: no relative orbit has S1 that covers {min_cover:.0%} of every one of the "
+            f"{len(scenes)} scenes{within} ("
+            + ", ".join(f"{track}: {len(chosen)}" for track, chosen in counts)
+            + "): give more S1 of one, or pair the scenes apart"
+        )
+    return min(
+        (served[track] for track in complete),
+        key=lambda chosen: (fmean(abs(p.days) for p in chosen), -fmean(p.cover for p in chosen), chosen[0].track),
+    )
 
 
 def scene_candidates(
