@@ -27,7 +27,10 @@
 #              CPU side of a run takes on 16 cores (#27 item 4: below the network's ~11 s, or it bounds the run);
 #   training   python -m benchmarks.training_rate --device cuda: paper and paper-fast, the loader alone (8 and 16
 #              workers), the training step alone and end to end (#27 item 5: end to end >= 90 % of the step);
-#   compile    bf16 autocast against bf16 autocast compiled on one batch of the scene's windows.
+#   compile    bf16 autocast against bf16 autocast compiled on one batch of the scene's windows;
+#   evaluate   python -m benchmarks.evaluate_rate --device cuda --variant dsen2cr: 96 patches with the paper-size
+#              model, scored on the main thread after each batch against on threads beside the network (last: the
+#              machine's cores score, the GPU waits on them).
 # Wheels in .whl/ are installed under /tmp/site first, each package from the wheel that fits the device's Python
 # (pip chooses). The device image lacks rasterio and imagecodecs (without it GDAL's copy compresses the COGs, and
 # the script says so): scripts/gpu_wheels.sh puts them in .whl/ within the 64 MiB a run carries; then
@@ -38,7 +41,7 @@ set -u
 SECONDS=0  # the budget counts from here (installing the wheels too)
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
 # In the order given: the default puts #27's measurements first (the whole list may not fit a 15-minute lease).
-STEPS=${STEPS:-accuracy fused keepclear training overviews cli benchmark reads pipeline nonet zstd cog}
+STEPS=${STEPS:-accuracy fused keepclear training overviews cli benchmark reads pipeline nonet zstd cog evaluate}
 BUDGET=${BUDGET:-560}
 mkdir -p "$OUT_DIR"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -134,6 +137,11 @@ step_training() {
     fi
     timeout $(cap 180) python3 -m benchmarks.training_rate --device cuda 2>&1 | tee "$OUT_DIR/training.log"
     cp benchmarks/results/training_rate-cuda.* "$OUT_DIR/" 2>/dev/null
+}
+step_evaluate() {
+    timeout $(cap 150) python3 -m benchmarks.evaluate_rate --device cuda --variant dsen2cr --patches 96 \
+        --name evaluate_rate-cuda 2>&1 | tee "$OUT_DIR/evaluate_rate.log"
+    cp benchmarks/results/evaluate_rate-cuda.* "$OUT_DIR/" 2>/dev/null
 }
 step_compile() {
     timeout $(cap 150) python3 -m benchmarks.windows_half --compiled 2>&1 | tee -a "$OUT_DIR/gpu.log"

@@ -16,6 +16,7 @@ LAYERS = [
     ["cli"],
     ["demo", "doctor"],
     ["evaluate", "compare"],
+    ["evaluation_scoring"],  # an evaluation's patches scored and their images written, on threads
     ["evaluation_progress"],  # an evaluation's scored batches as they are scored (evaluate --resume)
     ["training"],
     ["scene.dry_run"],  # remove-clouds --dry-run: every scene checked as its run would, nothing written

@@ -141,6 +141,12 @@ def _evaluate_ensemble(tmp: Path, *weights: Path) -> list[str]:
 
 CASES = [
     dict(
+        name="evaluate: --score-threads 0",
+        setup=lambda t: _evaluate(t, t.weights(), extra=("--score-threads", "0")),
+        message="--score-threads: must be at least 1, got 0",
+        absent=("eval",),
+    ),
+    dict(
         name="evaluate: --cloud-threshold -1 (every pixel cloud)",
         setup=lambda t: _evaluate(t, t.weights(), extra=("--cloud-threshold=-1",)),
         message="--cloud-threshold: expected a cloud score in [0, 1] (the paper's 0.2), got '-1'",

@@ -70,31 +70,64 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_report(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    from dsen2cr import evaluate
+    from dsen2cr.evaluation_scoring import Scorer
 
-    score, calls = evaluate._Scorer.score, []
+    submit, calls = Scorer.submit, []
 
-    def interrupted(self: evaluate._Scorer, *args: object, **kwargs: object) -> None:
+    def interrupted(self: Scorer, *args: object, **kwargs: object) -> None:
         calls.append(1)
-        if len(calls) == 3:  # Ctrl-C while the third patch is scored
+        if len(calls) == 3:  # Ctrl-C as the third patch is handed to the scorer, the second still being scored
             raise KeyboardInterrupt
-        score(self, *args, **kwargs)
+        submit(self, *args, **kwargs)
 
     out = tmp_path / "eval"
-    monkeypatch.setattr(evaluate._Scorer, "score", interrupted)
+    monkeypatch.setattr(Scorer, "submit", interrupted)
     assert main(_argv(sigma_weights, synthetic_tree, out)) == 130
     err = capsys.readouterr().err
     assert "the 2 of 6 patches scored are kept: run the command again with --resume" in err, err
     assert sorted(p.name for p in out.iterdir()) == ["predictions", "previews", "progress"]
     assert len((out / "progress" / "batches.jsonl").read_text().splitlines()) == 3  # its header and two batches
 
-    monkeypatch.setattr(evaluate._Scorer, "score", score)
+    monkeypatch.setattr(Scorer, "submit", submit)
     assert main(_argv(sigma_weights, synthetic_tree, out)) == 2  # without --resume: refused, nothing lost
     assert "holds a stopped evaluation (2 of 6 patches scored); pass --resume" in capsys.readouterr().err
     calls.clear()
-    monkeypatch.setattr(evaluate._Scorer, "score", lambda *a, **k: (calls.append(1), score(*a, **k)))
+    monkeypatch.setattr(Scorer, "submit", lambda *a, **k: (calls.append(1), submit(*a, **k)))
     assert main(_argv(sigma_weights, synthetic_tree, out, "--resume")) == 0
     assert len(calls) == 4  # only the patches not scored before
+    _same_report(straight, out)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_patch_whose_scoring_fails_keeps_the_batches_before_it(
+    tmp_path: Path,
+    synthetic_tree: Path,
+    sigma_weights: Path,
+    straight: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    threads: int,
+) -> None:
+    """The third patch's scoring fails on a scorer thread (the fourth may be scored beside it): the first two are
+    kept, nothing after the failed one (a run that goes on from them draws the calibration's sample as one that
+    never stopped did), and the resumed report is the uninterrupted one."""
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.evaluation_scoring import Scorer
+
+    with open(straight / "metrics_per_image.csv") as report:
+        third = [line.split(",")[0] for line in report.read().splitlines()[1:]][::2][2]  # the model's rows
+    score_patch = Scorer._score_patch
+
+    def failing(self: Scorer, batch: dict, i: int, *args: object) -> object:
+        if batch["patch_id"][i] == third:
+            raise DSen2CRError(f"{third}: cannot be scored")
+        return score_patch(self, batch, i, *args)
+
+    out = tmp_path / "eval"
+    monkeypatch.setattr(Scorer, "_score_patch", failing)
+    assert main([*_argv(sigma_weights, synthetic_tree, out), "--score-threads", str(threads)]) == 2
+    assert len((out / "progress" / "batches.jsonl").read_text().splitlines()) == 3  # its header and two batches
+    monkeypatch.setattr(Scorer, "_score_patch", score_patch)
+    assert main([*_argv(sigma_weights, synthetic_tree, out, "--resume"), "--score-threads", str(threads)]) == 0
     _same_report(straight, out)
 
 
@@ -192,3 +225,22 @@ def test_a_batch_that_cannot_be_recorded_is_one_line_naming_the_progress(
     monkeypatch.setattr(builtins, "open", full)
     with pytest.raises(DSen2CRError, match=r"samples.f64: cannot record a scored batch \(No space left on device\)"):
         progress.add([{"patch_id": "a"}], [], {})
+
+
+def test_patches_scored_on_threads_give_one_threads_report(
+    tmp_path: Path, synthetic_tree: Path, sigma_weights: Path
+) -> None:
+    """Scored on 4 threads (two batches at once) or on the main thread: the same report byte for byte (the
+    calibration's sample drawn in the patches' order), the same predictions and previews."""
+    reports = []
+    for threads in (1, 4):
+        out = tmp_path / f"threads{threads}"
+        assert main([*_argv(sigma_weights, synthetic_tree, out), "--score-threads", str(threads)]) == 0
+        reports.append(out)
+    _same_report(*reports)
+    for folder in ("predictions", "previews"):
+        files = [sorted(p for p in (report / folder).rglob("*") if p.is_file()) for report in reports]
+        assert [p.relative_to(reports[0]) for p in files[0]] == [p.relative_to(reports[1]) for p in files[1]]
+        assert files[0]
+        for a, b in zip(*files, strict=True):
+            assert a.read_bytes() == b.read_bytes(), a.name

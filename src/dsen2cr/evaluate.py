@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,43 +26,29 @@ from dsen2cr.calibration import (
     UNCERTAINTY_METRIC_NAMES,
     errors_of_bins,
     pooled_sentence,
-    reflectance_errors,
     reliability_bins,
-    sigma_part_metrics,
     sparsification,
     spearman,
-    uncertainty_metrics,
 )
 from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
 from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.evaluation_progress import (
-    PREDICTIONS,
-    PREVIEWS,
-    PROGRESS,
-    Scored,
-    evaluation_identity,
-    open_progress,
-)
+from dsen2cr.evaluation_progress import PREDICTIONS, PREVIEWS, PROGRESS, evaluation_identity, open_progress
+from dsen2cr.evaluation_scoring import Scorer
+from dsen2cr.machine import cores
 from dsen2cr.metrics import (
     METRIC_NAMES,
     ORIGINAL_METRIC_NAMES,
     REGION_METRIC_NAMES,
     SSIM_WINDOW,
-    image_metrics,
-    original_metrics,
 )
 from dsen2cr.models import CloudRemovalNetwork
 from dsen2cr.outputs.files import write_text_atomic
-from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.outputs.room import check_projected_room
 from dsen2cr.predictor import Predictor, predictor_from_model
-from dsen2cr.preprocessing import S2_BANDS, S2_MODEL_SCALE, s1_model_to_db, s2_model_to_dn
-from dsen2cr.rasters import open_raster
-from dsen2cr.scene.describe import describe_bands, threshold_tags
 from dsen2cr.summary import UNITS, Summary, json_text, per_roi_csv, summarise, summary_markdown
-from dsen2cr.visualize import reliability_diagram, write_patch_previews
+from dsen2cr.visualize import reliability_diagram
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +68,9 @@ REPORT_ENTRIES: tuple[str, ...] = (
     "calibration.png",
     PROGRESS,  # while it runs, and kept when it stops: what --resume goes on from
 )
-#: The values kept in all for the pooled calibration of a model with sigma: up to :attr:`_Scorer.SAMPLE` a patch,
-#: fewer where there are many (the 160 M of thousands of patches took some 20 GB to calibrate at the end).
+#: The values kept in all for the pooled calibration of a model with sigma: up to ``Scorer.SAMPLE`` a patch
+#: (:mod:`dsen2cr.evaluation_scoring`), fewer where there are many (the 160 M of thousands of patches took some 20 GB
+#: to calibrate at the end).
 POOLED_CALIBRATION_VALUES = 2_000_000
 #: What to do about a report whose images will not fit (``outputs.room.check_projected_room``).
 ROOM_HINT = "free space there, choose another --out, or pass --no-images (the metrics alone)"
@@ -112,6 +100,9 @@ class EvaluationOptions:
     data: str | None = None
     #: Go on from the patches that a stopped evaluation of the same patches and settings scored in the folder.
     resume: bool = False
+    #: Threads that score the patches and write their images while the model predicts the next batch; None: this
+    #: process's cores, at most 8 (1: each batch scored after it is predicted, on the main thread).
+    score_threads: int | None = None
 
 
 def evaluate(
@@ -149,7 +140,7 @@ def evaluate(
     names = (
         PROTOCOLS[o.protocol] + (UNCERTAINTY_METRIC_NAMES if uncertain else ()) + (SIGMA_PART_NAMES if parted else ())
     )
-    scorer = _Scorer(o, out, {t.patch_id: t for t in triplets}, bool(predictor.include_sar))
+    scorer = _new_scorer(o, out, triplets, bool(predictor.include_sar))
     scorer.tags = predictor.provenance(with_variance=uncertain)  # settled once the first batch ran (below)
     settings = {"protocol": o.protocol, "window": f"{o.window} px" if o.window else "the full patch"}
     settings |= {"mask": o.mask_kind, "cloud threshold": f"{o.cloud_threshold:g}", "data": o.data or "not said"}
@@ -165,18 +156,10 @@ def evaluate(
     loader = DataLoader(dataset, batch_size=o.batch_size, num_workers=o.num_workers, collate_fn=collate_by_size)
     bar = tqdm(total=len(triplets), unit="patch", desc="evaluate", disable=not o.progress, dynamic_ncols=True)
     bar.update(len(triplets) - len(remaining))
-    with torch.inference_mode(), bar:
-        for number, batch in enumerate(itertools.chain.from_iterable(loader)):  # each of a batch's sizes
-            bar.update(len(batch["patch_id"]))
-            s1 = batch["s1"].numpy() if model.include_sar else None
-            mean, variance, parts = _predict(predictor, batch["s2_cloudy"].numpy(), s1, uncertain, parted)
-            scorer.tags = predictor.provenance(with_variance=uncertain)
-            rows, samples = len(scorer.rows), len(scorer.samples)
-            scorer.score(batch, mean, variance, parts)
-            if o.write_images and number == 0:  # this run's first batch: will the rest fit?
-                images = [out / PREDICTIONS, out / PREVIEWS]
-                check_projected_room(out, images, len(scorer.rows) // 2, len(triplets), what="patches", hint=ROOM_HINT)
-            progress.add(scorer.rows[rows:], scorer.samples[samples:], scorer.rng.bit_generator.state)
+    record = functools.partial(_record_oldest, scorer, progress, out, o.write_images, len(triplets))
+    batches = itertools.chain.from_iterable(loader)  # each of a batch's sizes
+    with torch.inference_mode(), bar, scorer:
+        _score_batches(batches, predictor, scorer, record, bar, uncertain=uncertain, parted=parted)
     order = {t.patch_id: position for position, t in enumerate(triplets)}
     scorer.rows.sort(key=lambda row: order[row["patch_id"]])  # stable: the model's row, then the identity's
     summary = summarise(scorer.rows, names)
@@ -187,6 +170,71 @@ def evaluate(
     _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance, calibration)
     progress.remove()  # the report is complete
     return summary
+
+
+def _new_scorer(o: EvaluationOptions, out: Path, triplets: Sequence[Triplet], include_sar: bool) -> Scorer:
+    """The scorer of an evaluation with options ``o``: on ``score_threads`` threads (default: the process's cores,
+    at most 8), sampling at most :data:`POOLED_CALIBRATION_VALUES` for the calibration in all."""
+    threads = o.score_threads if o.score_threads is not None else min(8, cores())
+    return Scorer(
+        out,
+        {t.patch_id: t for t in triplets},
+        include_sar,
+        protocol=o.protocol,
+        write_images=o.write_images,
+        mask=(o.mask_kind, o.cloud_threshold),
+        sample=POOLED_CALIBRATION_VALUES // max(1, len(triplets)),
+        threads=threads,
+    )
+
+
+def _score_batches(
+    batches: Iterable[dict[str, Any]],
+    predictor: Predictor,
+    scorer: Scorer,
+    record: Callable[[], None],
+    bar: tqdm,
+    *,
+    uncertain: bool,
+    parted: bool,
+) -> None:
+    """Predict each batch and score it (on the scorer's threads the next batch is predicted while one is scored),
+    ``record`` each scored batch in order; a run stopped by an error or a signal records what it scored first."""
+    try:
+        for number, batch in enumerate(batches):
+            bar.update(len(batch["patch_id"]))
+            s1 = batch["s1"].numpy() if predictor.include_sar else None
+            mean, variance, parts = _predict(predictor, batch["s2_cloudy"].numpy(), s1, uncertain, parted)
+            scorer.tags = predictor.provenance(with_variance=uncertain)
+            scorer.submit(number, batch, mean, variance, parts)
+            while len(scorer.pending) > (1 if scorer.overlapped else 0):
+                record()
+    except BaseException:
+        _record_scored(scorer, record)  # a stopped run keeps what it scored, for --resume
+        raise
+    while scorer.pending:
+        record()
+
+
+def _record_oldest(scorer: Scorer, progress: Any, out: Path, images: bool, total: int) -> None:
+    """Wait for the oldest batch being scored and record it in the progress file (what ``--resume`` goes on from);
+    after this run's first batch (``images``: they are written), check that the rest of the images will fit."""
+    rows, samples = len(scorer.rows), len(scorer.samples)
+    number = scorer.finish_oldest()
+    if images and number == 0:  # this run's first batch: will the rest fit?
+        folders = [out / PREDICTIONS, out / PREVIEWS]
+        check_projected_room(out, folders, len(scorer.rows) // 2, total, what="patches", hint=ROOM_HINT)
+    progress.add(scorer.rows[rows:], scorer.samples[samples:], scorer.rng.bit_generator.state)
+
+
+def _record_scored(scorer: Scorer, record: Callable[[], None]) -> None:
+    """Record the batches being scored, in order, up to the first whose scoring failed (none after one did: a run
+    that goes on from them draws the calibration's sample as one that never stopped)."""
+    while scorer.pending and not scorer.failed:
+        try:
+            record()
+        except Exception:
+            return
 
 
 def _predict(
@@ -202,84 +250,6 @@ def _predict(
         mean, variance = predictor.predict_with_variance(s2, s1)
         return torch.from_numpy(mean), torch.from_numpy(variance), None
     return torch.from_numpy(predictor(s2, s1)), None, None
-
-
-class _Scorer:
-    """Scores the patches of each batch (model and identity rows), writes their images, and keeps a sample of
-    (|error|, sigma) values for the reliability diagram."""
-
-    #: Values per patch kept for the pooled calibration (a fixed random subset), at most.
-    SAMPLE = 20_000
-
-    def __init__(self, options: EvaluationOptions, out: Path, by_id: dict[str, Triplet], include_sar: bool) -> None:
-        self.options, self.out, self.by_id = options, out, by_id
-        self.include_sar = include_sar  # the figure shows the SAR input only to a model that reads it
-        self.tags: dict[str, str] = {}  # what computed the predictions (set once the first batch ran)
-        self.rows: list[dict[str, Any]] = []
-        self.samples: list[tuple[np.ndarray, np.ndarray]] = []
-        self.sample = max(1, min(self.SAMPLE, POOLED_CALIBRATION_VALUES // max(1, len(by_id))))
-        self.rng = np.random.default_rng(0)
-        mask, threshold = options.mask_kind, options.cloud_threshold  # the map the region metrics use
-        self.mask_tags = {"DSEN2CR_MASK": mask} | threshold_tags(mask, threshold)
-
-    def score(
-        self,
-        batch: dict[str, Any],
-        pred: torch.Tensor,
-        variance: torch.Tensor | None,
-        parts: list[torch.Tensor] | None = None,
-    ) -> None:
-        """Score one batch of predictions (model units) and, for a model with uncertainty, their variances
-        (and an ensemble's aleatoric and epistemic ``parts`` of them)."""
-        for i, patch_id in enumerate(batch["patch_id"]):
-            pred_dn = s2_model_to_dn(pred[i])
-            cloudy_dn = s2_model_to_dn(batch["s2_cloudy"][i])
-            target_dn = s2_model_to_dn(batch["s2"][i])
-            mask = batch["cloud_mask"][i].numpy()
-            for method, candidate in (("model", pred_dn), ("identity", cloudy_dn)):
-                if self.options.protocol == "original":
-                    unclipped = pred[i] if method == "model" else batch["s2_cloudy"][i]
-                    values = _original(unclipped, batch["s2"][i], batch["s2_cloudy"][i], batch["cloud_mask"][i])
-                else:
-                    values = image_metrics(candidate, target_dn, cloudy=cloudy_dn, mask=mask)
-                if method == "model" and variance is not None:
-                    sigma_dn = variance[i].double().sqrt().numpy() * S2_MODEL_SCALE
-                    values.update(uncertainty_metrics(pred_dn, target_dn, sigma_dn))
-                    if parts is not None:
-                        values.update(
-                            sigma_part_metrics(*(p[i].double().sqrt().numpy() * S2_MODEL_SCALE for p in parts))
-                        )
-                    self._keep_sample(pred_dn, target_dn, sigma_dn)
-                cloud_fraction = float((mask != 0).mean())
-                roi = self.by_id[patch_id].roi
-                self.rows.append(
-                    {"patch_id": patch_id, "roi": roi, "method": method, "cloud_fraction": cloud_fraction, **values}
-                )
-            if self.options.write_images:
-                _write_prediction(self.by_id[patch_id], pred_dn, self.out / PREDICTIONS, self.tags)
-                s1_db = s1_model_to_db(batch["s1"][i].numpy()) if self.include_sar else None
-                images = {"cloudy": cloudy_dn, "target": target_dn, "prediction": pred_dn}
-                caption = _caption(patch_id, self.rows[-2], self.rows[-1], self.options.protocol)
-                text = {**self.tags, **self.mask_tags, "DSEN2CR_PATCH": patch_id}  # what made the pictures
-                write_patch_previews(patch_id, s1_db, images, mask, caption, self.out / PREVIEWS, text)
-
-    def restore(self, scored: Scored) -> None:
-        """Go on from what a stopped run ``scored``: its rows, samples and the sampler's state after them."""
-        self.rows, self.samples = list(scored.rows), list(scored.samples)
-        if scored.sampler is not None:
-            self.rng.bit_generator.state = scored.sampler
-
-    def _keep_sample(self, pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray) -> None:
-        """Keep up to :attr:`sample` random (|error|, sigma) values of a patch (reflectance)."""
-        error, sigma = reflectance_errors(pred_dn, target_dn, sigma_dn)
-        if error.size > self.sample:
-            chosen = self.rng.choice(error.size, self.sample, replace=False)
-            error, sigma = error[chosen], sigma[chosen]
-        self.samples.append((error, sigma))
-
-    def pooled(self) -> tuple[np.ndarray, np.ndarray]:
-        """The kept (|error|, sigma) values of every patch."""
-        return np.concatenate([e for e, _ in self.samples]), np.concatenate([s for _, s in self.samples])
 
 
 def write_calibration(pooled: tuple[np.ndarray, np.ndarray], out: Path, text: dict[str, str]) -> dict[str, Any]:
@@ -310,13 +280,6 @@ def write_calibration(pooled: tuple[np.ndarray, np.ndarray], out: Path, text: di
     write_text_atomic(out / "calibration.json", json_text(report))
     reliability_diagram(out / "calibration.png", rms_sigma, rms_error, counts, report, text)
     return report
-
-
-def _original(pred: torch.Tensor, target: torch.Tensor, cloudy: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """The original's metrics of one image (model units, float64)."""
-    p, t, c = (x.to(torch.float64)[None] for x in (pred, target, cloudy))
-    values = original_metrics(p, t, c, torch.as_tensor(mask)[None])
-    return {name: float(value[0]) for name, value in values.items()}
 
 
 def _write_reports(
@@ -369,29 +332,4 @@ def _made_by(provenance: dict[str, str]) -> str:
         f"precision {get('DSEN2CR_PRECISION', 'unknown')}, "
         f"backend {get('DSEN2CR_BACKEND', 'unknown')}, dsen2cr {get('DSEN2CR_VERSION', 'unknown')}; mask "
         f"{get('DSEN2CR_MASK', 'paper')}{threshold}.\n"
-    )
-
-
-def _write_prediction(triplet: Triplet, pred_dn: np.ndarray, folder: Path, tags: dict[str, str]) -> None:
-    """The prediction as a uint16 GeoTIFF with the cloudy input's georeferencing, and what a scene output says
-    of itself: band names, reflectance scale, red/green/blue hints, what computed it (``tags``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open_raster(triplet.s2_cloudy, what="S2 cloudy") as src:
-        crs, transform = src.crs, src.transform
-
-    def describe(dataset: Any) -> None:
-        describe_bands(dataset, list(S2_BANDS))
-        dataset.update_tags(**tags, DSEN2CR_RADIOMETRY="reflectance x 10000 (the patch's DN)")
-
-    write_geotiff(folder / f"{triplet.patch_id}.tif", pred_dn, crs=crs, transform=transform, describe=describe)
-
-
-def _caption(patch_id: str, model: dict[str, Any], identity: dict[str, Any], protocol: str) -> str:
-    """The figure's first line: the patch and how the model did against leaving the clouds."""
-    if protocol != "default":
-        return f"{patch_id} (cloud cover {model['cloud_fraction']:.0%})"
-    return (
-        f"{patch_id}, cloud cover {model['cloud_fraction']:.0%}: model MAE {model['mae']:.4f}, "
-        f"PSNR {model['psnr']:.2f} dB, SSIM {model['ssim']:.3f}, SAM {model['sam']:.2f} deg "
-        f"(cloudy input: MAE {identity['mae']:.4f}, PSNR {identity['psnr']:.2f} dB)"
     )

@@ -55,6 +55,13 @@ def register(subparsers: SubParsers) -> None:
     parser.add_argument("--cloud-threshold", type=cloud_score, default=0.2, help="default: %(default)s")
     parser.add_argument("--no-images", action="store_true", help="metrics only: no GeoTIFFs, no PNG previews")
     parser.add_argument(
+        "--score-threads",
+        type=int,
+        metavar="N",
+        help="threads that score the patches and write their images while the model predicts the next batch "
+        "(default: the process's cores, at most 8; 1: each batch scored after it is predicted)",
+    )
+    parser.add_argument(
         "--mask",
         choices=["paper", "s2cloudless"],
         default="paper",
@@ -98,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    if args.score_threads is not None and args.score_threads < 1:
+        raise DSen2CRError(f"--score-threads: must be at least 1, got {args.score_threads}")
     window = args.window if args.window is not None else (128 if args.protocol == "original" else 0)
     if window < 0:
         raise DSen2CRError(f"--window: must be 0 (full patch) or a size in pixels, got {window}")
@@ -143,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             data=data,
             resume=args.resume,
+            score_threads=args.score_threads,
         )
     print(summary_markdown(summary, len(triplets), args.protocol))
     print(f"reports in {args.out}")
