@@ -146,7 +146,7 @@ def test_pair_says_when_its_s1_lie_on_several_relative_orbits(workdir: Path, cap
     out = capsys.readouterr().out
     assert (
         "S1 chosen on 2 relative orbits (scenes each: 45: 2, 118: 1); each sees the ground from its own angle: "
-        "--relative-orbit 45 keeps one" in out
+        "--relative-orbit same keeps the one that serves every scene, if one does" in out
     )
     assert main(["pair", "--s2", *s2[:2], "--s1", *map(str, s1), "--out", str(workdir / "two.csv")]) == 0
     assert "relative orbits (scenes each" not in capsys.readouterr().out  # one track: nothing to say

@@ -167,7 +167,8 @@ def pass_text(orbit: str | None, track: int | None) -> str:
 
 def report_tracks(tracks: list[int | None]) -> None:
     """Say, where the S1 chosen lie on more than one relative orbit, how many scenes each got, and how to keep one
-    (each track sees the ground from its own angle: a series on one looks alike from date to date)."""
+    (``--relative-orbit same``: each track sees the ground from its own angle, a series on one looks alike from date
+    to date)."""
     known = [track for track in tracks if track is not None]
     if len(set(known)) < 2:
         return
@@ -175,7 +176,7 @@ def report_tracks(tracks: list[int | None]) -> None:
     each = ", ".join(f"{track}: {count}" for count, track in counts)
     print(
         f"S1 chosen on {len(counts)} relative orbits (scenes each: {each}); each sees the ground from its own "
-        f"angle: --relative-orbit {counts[0][1]} keeps one"
+        f"angle: --relative-orbit same keeps the one that serves every scene, if one does"
     )
 
 
