@@ -244,3 +244,35 @@ def test_patches_scored_on_threads_give_one_threads_report(
         assert files[0]
         for a, b in zip(*files, strict=True):
             assert a.read_bytes() == b.read_bytes(), a.name
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_batch_whose_record_fails_keeps_the_batches_before_it(
+    tmp_path: Path,
+    synthetic_tree: Path,
+    sigma_weights: Path,
+    straight: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    threads: int,
+) -> None:
+    """Recording the third batch fails (its progress line cannot be written: a full disk) while the fourth is
+    already scored beside it: the first two stay recorded and nothing after the failed one (it is not recorded
+    after the fact, out of order), and the resumed report is the uninterrupted one."""
+    from dsen2cr.evaluation_progress import EvaluationProgress as Progress
+
+    add, calls = Progress.add, []
+
+    def failing(self: Progress, *args: object) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        add(self, *args)
+
+    out = tmp_path / "eval"
+    monkeypatch.setattr(Progress, "add", failing)
+    assert main([*_argv(sigma_weights, synthetic_tree, out), "--score-threads", str(threads)]) != 0
+    assert len(calls) == 3  # no batch recorded after the one that failed
+    assert len((out / "progress" / "batches.jsonl").read_text().splitlines()) == 3  # its header and two batches
+    monkeypatch.setattr(Progress, "add", add)
+    assert main([*_argv(sigma_weights, synthetic_tree, out, "--resume"), "--score-threads", str(threads)]) == 0
+    _same_report(straight, out)
