@@ -220,16 +220,20 @@ def _record_oldest(scorer: Scorer, progress: Any, out: Path, images: bool, total
     """Wait for the oldest batch being scored and record it in the progress file (what ``--resume`` goes on from);
     after this run's first batch (``images``: they are written), check that the rest of the images will fit."""
     rows, samples = len(scorer.rows), len(scorer.samples)
-    number = scorer.finish_oldest()
-    if images and number == 0:  # this run's first batch: will the rest fit?
-        folders = [out / PREDICTIONS, out / PREVIEWS]
-        check_projected_room(out, folders, len(scorer.rows) // 2, total, what="patches", hint=ROOM_HINT)
-    progress.add(scorer.rows[rows:], scorer.samples[samples:], scorer.rng.bit_generator.state)
+    try:
+        number = scorer.finish_oldest()
+        if images and number == 0:  # this run's first batch: will the rest fit?
+            folders = [out / PREDICTIONS, out / PREVIEWS]
+            check_projected_room(out, folders, len(scorer.rows) // 2, total, what="patches", hint=ROOM_HINT)
+        progress.add(scorer.rows[rows:], scorer.samples[samples:], scorer.rng.bit_generator.state)
+    except BaseException:
+        scorer.failed = True  # no batch after this one is recorded
+        raise
 
 
 def _record_scored(scorer: Scorer, record: Callable[[], None]) -> None:
-    """Record the batches being scored, in order, up to the first whose scoring failed (none after one did: a run
-    that goes on from them draws the calibration's sample as one that never stopped)."""
+    """Record the batches being scored, in order, up to the first whose scoring or record failed (none after it: a
+    run that goes on from them draws the calibration's sample as one that never stopped)."""
     while scorer.pending and not scorer.failed:
         try:
             record()

@@ -75,7 +75,7 @@ class Scorer:
         self.mask_tags = {"DSEN2CR_MASK": kind} | threshold_tags(kind, threshold)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dsen2cr-score") if threads > 1 else None
         self.pending: deque[BatchScore] = deque()
-        #: a patch's scoring failed: the batches after it are not to be recorded
+        #: a patch's scoring (or a batch's record) failed: the batches after it are not to be recorded
         self.failed = False
 
     @property
