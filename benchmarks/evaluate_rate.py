@@ -5,7 +5,8 @@ batch is predicted (the default: the process's cores, at most 8), and the networ
 predictions alone, in the same process). The small model keeps the network's part near a GPU's share of the paper
 model's run, where scoring on one core bound the whole evaluation.
 
-Run: ``python -m benchmarks.evaluate_rate [--patches 48] [--variant dsen2cr-small] [--device cpu] [--name NAME]``
+Run: ``python -m benchmarks.evaluate_rate [--patches 48] [--variant dsen2cr-small] [--device cpu] [--num-workers 0]
+[--name NAME]``
 (writes benchmarks/results/evaluate_rate.json and .md, or NAME's).
 """
 
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--variant", default="dsen2cr-small")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--num-workers", type=int, default=0, help="processes reading the patches (evaluate's)")
     parser.add_argument("--name", default="evaluate_rate")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -63,7 +65,8 @@ def main() -> None:
         for threads, way in ((1, "scored after each batch, main thread (before)"), (None, "scored on threads")):
             start = time.perf_counter()
             out = Path(folder) / f"report_{threads}"
-            evaluate(predictor, triplets, out, batch_size=args.batch_size, score_threads=threads)
+            options = {"batch_size": args.batch_size, "score_threads": threads, "num_workers": args.num_workers}
+            evaluate(predictor, triplets, out, **options)
             seconds = time.perf_counter() - start
             used = 1 if threads == 1 else min(8, cores())
             rows.append(

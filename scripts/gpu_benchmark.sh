@@ -28,9 +28,9 @@
 #   training   python -m benchmarks.training_rate --device cuda: paper and paper-fast, the loader alone (8 and 16
 #              workers), the training step alone and end to end (#27 item 5: end to end >= 90 % of the step);
 #   compile    bf16 autocast against bf16 autocast compiled on one batch of the scene's windows;
-#   evaluate   python -m benchmarks.evaluate_rate --device cuda --variant dsen2cr: 96 patches with the paper-size
-#              model, scored on the main thread after each batch against on threads beside the network (last: the
-#              machine's cores score, the GPU waits on them).
+#   evaluate   python -m benchmarks.evaluate_rate --device cuda --variant dsen2cr --num-workers 4: 96 patches with
+#              the paper-size model, scored on the main thread after each batch against on threads beside the
+#              network (last: the machine's cores read and score, the GPU waits on them).
 # Wheels in .whl/ are installed under /tmp/site first, each package from the wheel that fits the device's Python
 # (pip chooses). The device image lacks rasterio and imagecodecs (without it GDAL's copy compresses the COGs, and
 # the script says so): scripts/gpu_wheels.sh puts them in .whl/ within the 64 MiB a run carries; then
@@ -140,7 +140,7 @@ step_training() {
 }
 step_evaluate() {
     timeout $(cap 150) python3 -m benchmarks.evaluate_rate --device cuda --variant dsen2cr --patches 96 \
-        --name evaluate_rate-cuda 2>&1 | tee "$OUT_DIR/evaluate_rate.log"
+        --num-workers 4 --name evaluate_rate-cuda 2>&1 | tee "$OUT_DIR/evaluate_rate.log"
     cp benchmarks/results/evaluate_rate-cuda.* "$OUT_DIR/" 2>/dev/null
 }
 step_compile() {

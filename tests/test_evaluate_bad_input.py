@@ -141,6 +141,12 @@ def _evaluate_ensemble(tmp: Path, *weights: Path) -> list[str]:
 
 CASES = [
     dict(
+        name="evaluate: --num-workers -1",
+        setup=lambda t: _evaluate(t, t.weights(), extra=("--num-workers=-1",)),
+        message="--num-workers: must be 0 or more, got -1",
+        absent=("eval",),
+    ),
+    dict(
         name="evaluate: --score-threads 0",
         setup=lambda t: _evaluate(t, t.weights(), extra=("--score-threads", "0")),
         message="--score-threads: must be at least 1, got 0",

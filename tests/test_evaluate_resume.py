@@ -230,12 +230,14 @@ def test_a_batch_that_cannot_be_recorded_is_one_line_naming_the_progress(
 def test_patches_scored_on_threads_give_one_threads_report(
     tmp_path: Path, synthetic_tree: Path, sigma_weights: Path
 ) -> None:
-    """Scored on 4 threads (two batches at once) or on the main thread: the same report byte for byte (the
-    calibration's sample drawn in the patches' order), the same predictions and previews."""
+    """Scored on 4 threads (two batches at once) with the patches read by worker processes, or all on the main
+    thread: the same report byte for byte (the calibration's sample drawn in the patches' order), the same
+    predictions and previews."""
     reports = []
-    for threads in (1, 4):
+    for threads, workers in ((1, 0), (4, 2)):  # and the patches read by 2 worker processes (--num-workers)
         out = tmp_path / f"threads{threads}"
-        assert main([*_argv(sigma_weights, synthetic_tree, out), "--score-threads", str(threads)]) == 0
+        argv = [*_argv(sigma_weights, synthetic_tree, out), "--score-threads", str(threads)]
+        assert main([*argv, "--num-workers", str(workers)]) == 0
         reports.append(out)
     _same_report(*reports)
     for folder in ("predictions", "previews"):
