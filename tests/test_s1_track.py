@@ -241,3 +241,30 @@ def test_same_relative_orbit_is_the_one_nearest_on_average(workdir: Path, capsys
         assert [row["s1"] for row in csv.DictReader(manifest)] == [s1[k].name for k in ("118 June 11",) * 2] + [
             s1["118 July 3"].name
         ]
+
+
+def test_a_collections_items_are_kept_to_their_relative_orbit(workdir: Path) -> None:
+    """A search's S1 items (an ItemCollection, as Planetary Computer returns them: sat:relative_orbit said):
+    ``--relative-orbit`` keeps the item of that track, the nearer one on another left out."""
+    import json
+
+    s2 = _scene(workdir)
+    features = []
+    for item_id, stamp, track in (("near", "2023-06-09T17:12:34Z", 45), ("far", "2023-06-07T05:12:34Z", 118)):
+        (workdir / item_id).mkdir()
+        path = _s1(workdir / item_id, "s1.tif")
+        item = json.loads(write_s1_item(path, datetime=stamp, **{"sat:relative_orbit": track}).read_text())
+        for asset in item["assets"].values():
+            asset["href"] = f"{item_id}/{asset['href']}"
+        features.append({**item, "id": item_id})
+    collection = workdir / "s1_items.json"
+    collection.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    [nearest] = pair_scenes([str(s2)], [str(collection)])
+    assert (nearest.s1, nearest.track) == (f"{collection}#near", 45)
+    [kept] = pair_scenes([str(s2)], [str(collection)], tracks=(118,))
+    assert (kept.s1, kept.track) == (f"{collection}#far", 118)
+    manifest = workdir / "scenes.csv"
+    argv = ["pair", "--s2", str(s2), "--s1", str(collection), "--out", str(manifest)]
+    assert main([*argv, "--relative-orbit", "118"]) == 0
+    with open(manifest, newline="") as file:
+        assert [row["s1"] for row in csv.DictReader(file)] == ["s1_items.json#far"]
