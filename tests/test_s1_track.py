@@ -162,6 +162,11 @@ def test_triplets_keep_the_relative_orbits_asked_for(workdir: Path) -> None:
     assert (nearest.s1, nearest.s1_track) == (str(near), 45)
     [kept] = choose_triplets(*inputs, TripletRules(tracks=(118,))).triplets
     assert (kept.s1, kept.s1_track) == (str(far), 118)
+    manifest = workdir / "pairs.csv"
+    argv = ["data", "triplets", "--s2", str(cloudy), str(clear), "--s1", str(near), str(far), "--out", str(manifest)]
+    assert main([*argv, "--relative-orbit", "118"]) == 0
+    with open(manifest, newline="") as file:
+        assert [row["s1"] for row in csv.DictReader(file)] == [far.name]
 
 
 def test_outputs_record_the_relative_orbit(workdir: Path) -> None:
