@@ -278,3 +278,51 @@ def test_a_batch_whose_record_fails_keeps_the_batches_before_it(
     monkeypatch.setattr(Progress, "add", add)
     assert main([*_argv(sigma_weights, synthetic_tree, out, "--resume"), "--score-threads", str(threads)]) == 0
     _same_report(straight, out)
+
+
+def test_large_patches_are_scored_within_half_the_memory_left(
+    tmp_path: Path, synthetic_tree: Path, sigma_weights: Path, straight: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring a patch holds some 2.5 KB a pixel (2.6 GB for a 1024 px patch): threads score at once only what
+    half the memory left at the start holds. With room for one of the tree's 96 px patches and a half, 4 threads
+    score one patch at a time; the report is the same."""
+    import threading
+
+    from dsen2cr import evaluation_scoring
+    from dsen2cr.evaluation_scoring import SCORING_BYTES_PER_PIXEL, MemoryBudget, Scorer
+
+    one_patch = SCORING_BYTES_PER_PIXEL * 96 * 96
+    monkeypatch.setattr(evaluation_scoring, "available_memory_bytes", lambda: 3 * one_patch)
+    score, lock, running, most = Scorer._score, threading.Lock(), [0], [0]
+
+    def counted(self: Scorer, *args: object) -> object:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            return score(self, *args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(Scorer, "_score", counted)
+    out = tmp_path / "eval"
+    assert main([*_argv(sigma_weights, synthetic_tree, out), "--score-threads", "4"]) == 0
+    assert most == [1]
+    _same_report(straight, out)
+    # the budget itself: two holders that do not fit together wait for each other; one alone runs however large
+    budget, order = MemoryBudget(100), []
+
+    def hold(name: str, amount: int, seconds: float) -> None:
+        with budget.hold(amount):
+            order.append(f"{name} in")
+            time.sleep(seconds)
+            order.append(f"{name} out")
+
+    first = threading.Thread(target=hold, args=("a", 60, 0.2))
+    first.start()
+    time.sleep(0.05)
+    hold("b", 60, 0)  # waits for a
+    first.join()
+    hold("c", 500, 0)  # beyond the budget, alone
+    assert order == ["a in", "a out", "b in", "b out", "c in", "c out"]

@@ -5,8 +5,11 @@ Rows and the calibration's sample come out in the patches' order, whatever order
 
 from __future__ import annotations
 
+import threading
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +20,39 @@ import torch
 from dsen2cr.calibration import reflectance_errors, sigma_part_metrics, uncertainty_metrics
 from dsen2cr.data.layout import Triplet
 from dsen2cr.evaluation_progress import PREDICTIONS, PREVIEWS, Scored
+from dsen2cr.machine import available_memory_bytes
 from dsen2cr.metrics import image_metrics, original_metrics
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.preprocessing import S2_BANDS, S2_MODEL_SCALE, s1_model_to_db, s2_model_to_dn
 from dsen2cr.rasters import open_raster
 from dsen2cr.scene.describe import describe_bands, threshold_tags
 from dsen2cr.visualize import write_patch_previews
+
+#: Memory a patch's scoring holds at its peak, a pixel: the metrics' float64 copies and SSIM's moments of 13 bands,
+#: a model's sigma against its errors (measured: 2.0-2.3 KB a pixel of 256 to 1024 px patches), and its images.
+SCORING_BYTES_PER_PIXEL = 2500
+
+
+class MemoryBudget:
+    """Bytes the patches being scored may hold at once: a patch waits until its share fits beside the others' (one
+    alone always runs, however large), so that threads scoring large patches do not take the machine's memory."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.used = total, 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, amount: int) -> Iterator[None]:
+        """Hold ``amount`` bytes of the budget while the block runs (waiting until they fit)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.used == 0 or self.used + amount <= self.total)
+            self.used += amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= amount
+                self._changed.notify_all()
 
 
 @dataclass
@@ -46,8 +76,9 @@ class Scorer:
     """Scores the patches of each batch (model and identity rows: the ``protocol``'s metrics, the region metrics on
     the ``mask_kind`` map at ``cloud_threshold``), writes their images (``write_images``), and keeps a sample of up
     to ``sample`` (|error|, sigma) values a patch for the reliability diagram; ``threads`` > 1: on a pool of that
-    many threads, up to two batches at once (the next one submitted while one is scored). A context manager: the
-    pool is shut down on leaving, patches not yet started cancelled."""
+    many threads, up to two batches at once (the next one submitted while one is scored), as many patches at once as
+    half the memory available when it starts holds (:data:`SCORING_BYTES_PER_PIXEL`; ``memory``: another budget). A
+    context manager: the pool is shut down on leaving, patches not yet started cancelled."""
 
     #: Values per patch kept for the pooled calibration (a fixed random subset), at most.
     SAMPLE = 20_000
@@ -63,6 +94,7 @@ class Scorer:
         mask: tuple[str, float],
         sample: int,
         threads: int = 1,
+        memory: int | None = None,
     ) -> None:
         self.out, self.by_id, self.protocol, self.write_images = out, by_id, protocol, write_images
         self.include_sar = include_sar  # the figure shows the SAR input only to a model that reads it
@@ -74,6 +106,7 @@ class Scorer:
         kind, threshold = mask  # the map the region metrics use
         self.mask_tags = {"DSEN2CR_MASK": kind} | threshold_tags(kind, threshold)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dsen2cr-score") if threads > 1 else None
+        self.budget = MemoryBudget(memory if memory is not None else available_memory_bytes() // 2)
         self.pending: deque[BatchScore] = deque()
         #: a patch's scoring (or a batch's record) failed: the batches after it are not to be recorded
         self.failed = False
@@ -137,7 +170,21 @@ class Scorer:
         parts: list[torch.Tensor] | None,
         tags: dict[str, str],
     ) -> PatchScore:
-        """Score patch ``i`` of ``batch`` (its rows; its errors and sigma for the sample) and write its images."""
+        """Score patch ``i`` of ``batch`` (its rows; its errors and sigma for the sample) and write its images, within
+        the memory budget."""
+        with self.budget.hold(SCORING_BYTES_PER_PIXEL * pred[i].shape[-1] * pred[i].shape[-2]):
+            return self._score(batch, i, pred, variance, parts, tags)
+
+    def _score(
+        self,
+        batch: dict[str, Any],
+        i: int,
+        pred: torch.Tensor,
+        variance: torch.Tensor | None,
+        parts: list[torch.Tensor] | None,
+        tags: dict[str, str],
+    ) -> PatchScore:
+        """:meth:`_score_patch`'s work."""
         patch_id = batch["patch_id"][i]
         pred_dn = s2_model_to_dn(pred[i])
         cloudy_dn = s2_model_to_dn(batch["s2_cloudy"][i])
