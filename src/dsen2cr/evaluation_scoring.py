@@ -74,7 +74,7 @@ class BatchScore:
 
 class Scorer:
     """Scores the patches of each batch (model and identity rows: the ``protocol``'s metrics, the region metrics on
-    the ``mask_kind`` map at ``cloud_threshold``), writes their images (``write_images``), and keeps a sample of up
+    the map of ``mask``, its kind and cloud threshold), writes their images (``write_images``), and keeps a sample of up
     to ``sample`` (|error|, sigma) values a patch for the reliability diagram; ``threads`` > 1: on a pool of that
     many threads, up to two batches at once (the next one submitted while one is scored), as many patches at once as
     half the memory available when it starts holds (:data:`SCORING_BYTES_PER_PIXEL`; ``memory``: another budget). A
