@@ -161,19 +161,12 @@ class Scorer:
                 self._keep_sample(*result.errors)
         return scored.number
 
-    def _score_patch(
-        self,
-        batch: dict[str, Any],
-        i: int,
-        pred: torch.Tensor,
-        variance: torch.Tensor | None,
-        parts: list[torch.Tensor] | None,
-        tags: dict[str, str],
-    ) -> PatchScore:
-        """Score patch ``i`` of ``batch`` (its rows; its errors and sigma for the sample) and write its images, within
-        the memory budget."""
-        with self.budget.hold(SCORING_BYTES_PER_PIXEL * pred[i].shape[-1] * pred[i].shape[-2]):
-            return self._score(batch, i, pred, variance, parts, tags)
+    def _score_patch(self, batch: dict[str, Any], i: int, *prediction: Any) -> PatchScore:
+        """Score patch ``i`` of ``batch`` (:meth:`_score`; ``prediction``: its other arguments) within the memory
+        budget."""
+        height, width = batch["s2_cloudy"][i].shape[-2:]
+        with self.budget.hold(SCORING_BYTES_PER_PIXEL * height * width):
+            return self._score(batch, i, *prediction)
 
     def _score(
         self,
@@ -184,7 +177,9 @@ class Scorer:
         parts: list[torch.Tensor] | None,
         tags: dict[str, str],
     ) -> PatchScore:
-        """:meth:`_score_patch`'s work."""
+        """Score patch ``i`` of ``batch`` (its rows; its errors and sigma for the sample) and write its images: the
+        predictions ``pred`` (model units), a model's ``variance`` and an ensemble's ``parts`` of it, ``tags`` what
+        computed them."""
         patch_id = batch["patch_id"][i]
         pred_dn = s2_model_to_dn(pred[i])
         cloudy_dn = s2_model_to_dn(batch["s2_cloudy"][i])
