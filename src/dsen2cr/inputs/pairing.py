@@ -240,11 +240,10 @@ def joined_passes(found: list[Pairing], held: dict[str, np.ndarray]) -> list[Pai
                 chosen.append(frame)
                 union |= held[frame.s1]
         text = FRAME_JOIN.join(frame.s1 for frame in chosen)
-        start = min(frame.days for frame in chosen)
         orbit = next((frame.orbit for frame in chosen if frame.orbit is not None), None)
-        first = sorted(chosen, key=lambda frame: frame.days)
-        track = next((frame.track for frame in first if frame.track is not None), None)
-        joined.append(Pairing(chosen[0].s2, text, start, float(union.mean()), orbit, track))
+        in_time = sorted(chosen, key=lambda frame: frame.days)
+        track = next((frame.track for frame in in_time if frame.track is not None), None)
+        joined.append(Pairing(chosen[0].s2, text, in_time[0].days, float(union.mean()), orbit, track))
     return joined
 
 
@@ -268,7 +267,7 @@ def pair_scenes(
     check_pairing_limits(min_cover, max_days)
     acquisitions = s1_candidates(s1_inputs, orbit, tracks)
     footprints: dict[str, S1Footprint] = {}
-    scenes: list[tuple[str, list[Pairing]]] = []
+    pairings, scenes = [], []  # each scene's pairing, or (same track) each scene's candidates to choose from
     for s2_text in (text for given in s2_inputs for text in collection_items(given)):
         product = resolve_s2(s2_text, offset=s2_offset)
         if product.sensing_time is None:
@@ -285,12 +284,11 @@ def pair_scenes(
         if len(xs) == 0:
             raise DSen2CRError(f"{s2_text}: S2 has no valid pixels (all nodata or NaN): nothing to pair")
         found = scene_candidates(s2_text, sensed, (crs, xs, ys), acquisitions, footprints)
-        if tracks != SAME_TRACK:
-            nearest_pairing(s2_text, found, min_cover, max_days)  # refused here, before the next scene is read
-        scenes.append((s2_text, found))
-    if tracks == SAME_TRACK:
-        return one_track(scenes, min_cover, max_days)
-    return [nearest_pairing(s2, found, min_cover, max_days) for s2, found in scenes]
+        if tracks == SAME_TRACK:
+            scenes.append((s2_text, found))
+        else:  # refused here, before the next scene is read
+            pairings.append(nearest_pairing(s2_text, found, min_cover, max_days))
+    return one_track(scenes, min_cover, max_days) if tracks == SAME_TRACK else pairings
 
 
 def one_track(scenes: list[tuple[str, list[Pairing]]], min_cover: float, max_days: float | None) -> list[Pairing]:
