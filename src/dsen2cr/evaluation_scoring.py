@@ -108,7 +108,7 @@ class Scorer:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dsen2cr-score") if threads > 1 else None
         self.budget = MemoryBudget(memory if memory is not None else available_memory_bytes() // 2)
         self.pending: deque[BatchScore] = deque()
-        #: a patch's scoring (or a batch's record) failed: the batches after it are not to be recorded
+        #: a batch's scoring or record failed (set by whoever records them, ``evaluate``): no batch after it is recorded
         self.failed = False
 
     @property
@@ -151,11 +151,7 @@ class Scorer:
         sampler in the patches' order, as one thread would); returns the batch's number."""
         scored = self.pending.popleft()
         for patch in scored.patches:
-            try:
-                result = patch.result()
-            except BaseException:
-                self.failed = True
-                raise
+            result = patch.result()
             self.rows.extend(result.rows)
             if result.errors is not None:
                 self._keep_sample(*result.errors)
