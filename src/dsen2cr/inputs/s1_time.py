@@ -89,7 +89,7 @@ def track_of_name(name: str) -> int | None:
     """The relative orbit a Sentinel-1 product's name says (its satellite and absolute orbit), or an OPERA RTC-S1
     burst's (its track); None where it says none."""
     if (burst := _OPERA_BURST.search(name.upper())) is not None:
-        return _track_number(burst.group(1).lstrip("0"))
+        return _track_number(burst.group(1))
     found = _PRODUCT_NAME.search(name.upper())
     return None if found is None else relative_orbit(found.group(1), int(found.group(2)))
 
