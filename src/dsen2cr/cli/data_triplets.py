@@ -8,7 +8,7 @@ import csv
 import io
 
 from dsen2cr.cli.options import SubParsers, add_command, finite_float
-from dsen2cr.cli.pair import add_collection, add_s1_choice, checked_manifest, pass_text, relative_orbits
+from dsen2cr.cli.pair import add_collection, add_s1_choice, checked_manifest, relative_orbits
 
 
 def register(data_commands: SubParsers) -> None:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dsen2cr.data.triplets import TripletRules, choose_triplets, grid_groups
     from dsen2cr.inputs import map_s1_files
-    from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text
+    from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text, pass_text
     from dsen2cr.outputs.files import write_text_atomic
     from dsen2cr.outputs.hrefs import href_from
 

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.inputs import map_s1_files
     from dsen2cr.inputs.pairing import SAME_TRACK, pair_scenes
-    from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text
+    from dsen2cr.inputs.s1_time import GAP_WARNING_DAYS, gap_text, pass_text
     from dsen2cr.outputs.files import write_text_atomic
     from dsen2cr.outputs.hrefs import href_from
     from dsen2cr.scene.jobs import scene_stem
@@ -158,11 +158,6 @@ def relative_orbits(values: list[str], *, same: bool = False) -> tuple[int, ...]
             also = ", or same alone" if same else ""
             raise DSen2CRError(f"--relative-orbit: relative orbit numbers (1 to 175){also}; got {value!r}")
     return tuple(int(value) for value in values)
-
-
-def pass_text(orbit: str | None, track: int | None) -> str:
-    """S1's pass and relative orbit for a line of what was chosen: ``, descending pass, relative orbit 22``."""
-    return (f", {orbit} pass" if orbit else "") + (f", relative orbit {track}" if track is not None else "")
 
 
 def report_tracks(tracks: list[int | None]) -> None:

@@ -202,6 +202,12 @@ def _file_facts(path: str) -> S1Facts:
     return S1Facts(tagged or sensing_time_of_name(name), orbit, _tagged_track(tags) or track_of_name(name))
 
 
+def pass_text(orbit: str | None, track: int | None) -> str:
+    """S1's pass and relative orbit as a line of what was chosen or what made an output ends with them:
+    ``, descending pass, relative orbit 22``; nothing of what is unknown (None)."""
+    return (f", {orbit} pass" if orbit else "") + (f", relative orbit {track}" if track is not None else "")
+
+
 def s1_gap_days(s2_time: str | None, s1_time: str | None) -> float | None:
     """The days from the S2 scene's sensing to S1's (negative: S1 sensed first), or None when either is unknown."""
     return None if s2_time is None or s1_time is None else days_between(s2_time, s1_time)

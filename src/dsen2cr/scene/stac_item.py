@@ -21,7 +21,7 @@ from rasterio.warp import transform_geom
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, is_stac, s1_parts
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME
-from dsen2cr.inputs.s1_time import S1_TRACK_TAG, gap_text
+from dsen2cr.inputs.s1_time import S1_TRACK_TAG, gap_text, pass_text
 from dsen2cr.outputs.files import check_output_file, write_text_atomic
 from dsen2cr.outputs.hrefs import href_from
 from dsen2cr.settings import SceneJob
@@ -314,11 +314,8 @@ def _lineage(tags: dict[str, str]) -> str:
     sar = f"with S1 {s1}" if s1 != "none" else "without SAR"
     gap = tags.get("DSEN2CR_S1_DAYS_FROM_S2", "unknown")
     if s1 != "none" and gap != "unknown":  # an image of an earlier version has no such tag
-        orbit = tags.get("DSEN2CR_S1_ORBIT_DIRECTION", "unknown")
-        track = tags.get(S1_TRACK_TAG, "unknown")
-        on_pass = (f", {orbit} pass" if orbit != "unknown" else "") + (
-            f", relative orbit {track}" if track != "unknown" else ""
-        )
+        orbit, track = tags.get("DSEN2CR_S1_ORBIT_DIRECTION", "unknown"), tags.get(S1_TRACK_TAG, "unknown")
+        on_pass = pass_text(None if orbit == "unknown" else orbit, int(track) if track.isdigit() else None)
         sar += f" (sensed {tags.get('DSEN2CR_S1_SENSING_TIME')}, {gap_text(float(gap))}{on_pass})"
     return (
         f"Clouds removed from {tags.get('DSEN2CR_S2')} {sar} by the "
