@@ -299,6 +299,41 @@ def write_s1_item(s1: Path, name: str = "s1_item.json", **properties: object) ->
     return s1.with_name(name)
 
 
+#: A Sentinel-1 IW GRD product's name, as ESA names it (S1A, absolute orbit 15335: relative orbit 38).
+S1_GRD_NAME = "S1A_IW_GRDH_1SDV_20170216T051234_20170216T051259_015335_0191A9_5C2F"
+
+
+def write_s1_product(folder: Path, name: str = S1_GRD_NAME, *, suffix: str = ".SAFE", zipped: bool = False) -> Path:
+    """A Sentinel-1 Level-1 product as ESA delivers it, in small: ``name + suffix`` holding ``manifest.safe`` and
+    ``measurement/`` with VV and VH files of amplitude DN (uint16) in radar geometry, georeferenced by ground
+    control points only (no map grid), named as ESA names them (``s1a-iw-grd-vv-…-001.tiff``); ``zipped``: that
+    folder in ``name + suffix + .zip``, as the Copernicus Data Space delivers it (the folder removed)."""
+    import shutil
+
+    from rasterio.control import GroundControlPoint
+
+    product = folder / f"{name}{suffix}"
+    (product / "measurement").mkdir(parents=True)
+    (product / "annotation" / "calibration").mkdir(parents=True)
+    (product / "manifest.safe").write_text('<?xml version="1.0"?>\n<xfdu:XFDU xmlns:xfdu="urn:ccsds:schema:xfdu:1"/>\n')
+    corners = [(0, 0, 12.0, 52.5), (0, 49, 12.7, 52.5), (39, 0, 12.0, 52.2), (39, 49, 12.7, 52.2)]
+    gcps = [GroundControlPoint(row, col, x, y, 0.0) for row, col, x, y in corners]
+    parts = name.lower().replace("__", "_").split("_")  # s1a, iw, grdh, 1sdv, start, stop, orbit, datatake, sum
+    kind = parts[2][:3]
+    for number, polarisation in enumerate(("vv", "vh"), start=1):
+        file = (
+            f"{parts[0]}-{parts[1]}-{kind}-{polarisation}-{parts[4]}-{parts[5]}-{parts[6]}-{parts[7]}-00{number}.tiff"
+        )
+        profile = dict(driver="GTiff", width=50, height=40, count=1, dtype="uint16", gcps=gcps, crs="EPSG:4326")
+        with rasterio.open(product / "measurement" / file, "w", **profile) as dataset:
+            dataset.write(np.full((1, 40, 50), 120 * number, np.uint16))
+    if not zipped:
+        return product
+    archive = shutil.make_archive(str(product), "zip", root_dir=folder, base_dir=product.name)
+    shutil.rmtree(product)
+    return Path(archive)
+
+
 @pytest.fixture
 def stac_item_of() -> Callable[..., Path]:
     """``stac_item_of(s2, folder, *, raster_bands=None, **properties)``: :func:`write_stac_item`."""

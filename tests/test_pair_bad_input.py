@@ -12,7 +12,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from conftest import split_s1, write_s1_item
+from conftest import split_s1, write_s1_item, write_s1_product
 from dsen2cr.outputs.geotiff import write_geotiff
 
 UTM32N = CRS.from_epsg(32632)
@@ -94,6 +94,12 @@ CASES = [
         setup=lambda t: _pair(t, [_s2(t)], [_s1(t), _vh_alone(t)]),
         message="_5F3A_VH.tif: S1 (VV, VH) has 1 band, expected 2; one polarisation a file: give the two as one S1 "
         "pair, VV.tif,VH.tif",
+        absent=("scenes.csv",),
+    ),
+    dict(
+        name="pair: a zipped Sentinel-1 GRD product among the S1 (a catalogue's download, not processed)",
+        setup=lambda t: _pair(t, [_s2(t)], [_s1(t), write_s1_product(t, zipped=True)]),
+        message="SAFE.zip: a Sentinel-1 Level-1 GRD product (amplitude in radar geometry); --s1 takes VV and VH",
         absent=("scenes.csv",),
     ),
     dict(

@@ -17,7 +17,7 @@ import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from conftest import split_s1, write_stac_item
+from conftest import S1_GRD_NAME, split_s1, write_s1_item, write_s1_product, write_stac_item
 from dsen2cr import create_model
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
@@ -176,6 +176,28 @@ def _s1_file(tmp: Path, array: np.ndarray, crs: object = UTM32N) -> Path:
     return write_geotiff(tmp / "s1x.tif", array, crs=crs, transform=ORIGIN)
 
 
+def _s1_radar_geometry(tmp: Path) -> Path:
+    """S1 in dB as SNAP writes a calibrated product not yet terrain-corrected: float32 VV and VH with ground
+    control points (longitude/latitude) and no map grid."""
+    from rasterio.control import GroundControlPoint
+
+    corners = [(0, 0, 9.0, 45.1), (0, 49, 9.5, 45.1), (39, 0, 9.0, 44.9), (39, 49, 9.5, 44.9)]
+    gcps = [GroundControlPoint(row, col, x, y, 0.0) for row, col, x, y in corners]
+    profile = dict(driver="GTiff", width=50, height=40, count=2, dtype="float32", gcps=gcps, crs="EPSG:4326")
+    with rasterio.open(tmp / "s1_sigma0_db.tif", "w", **profile) as dataset:
+        dataset.write(np.stack([np.full((40, 50), -10.0), np.full((40, 50), -17.0)]).astype(np.float32))
+    return tmp / "s1_sigma0_db.tif"
+
+
+def _grd_item(tmp: Path) -> Path:
+    """An S1 STAC item of the Planetary Computer's sentinel-1-grd collection (vv and vh assets beside it)."""
+    import json
+
+    item = write_s1_item(tmp.scene()[1], "grd_item.json", datetime="2017-02-16T05:12:34Z")
+    item.write_text(json.dumps({**json.loads(item.read_text()), "collection": "sentinel-1-grd"}))
+    return item
+
+
 def _remove_with(tmp: Path, s2: Path, s1: Path | None = None) -> list[str]:
     variant = "dsen2cr-small" if s1 is not None else "dsen2cr-small-nosar"
     args = ["remove-clouds", "--weights", str(tmp.weights(variant)), "--s2", str(s2), "--out", str(tmp / "o.tif")]
@@ -309,6 +331,64 @@ CASES = [
         name="remove-clouds: a directory as S1",
         setup=lambda t: _remove(t, t.scene()[0], t),
         message="is a directory, expected a S1",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: a Sentinel-1 GRD product (.SAFE folder) as S1",
+        setup=lambda t: _remove(t, t.scene()[0], write_s1_product(t)),
+        message=f"{S1_GRD_NAME}.SAFE: a Sentinel-1 Level-1 GRD product (amplitude in radar geometry);",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: a zipped Sentinel-1 GRD product (.SAFE.zip, as the Copernicus Data Space delivers it)",
+        setup=lambda t: _remove(t, t.scene()[0], write_s1_product(t, zipped=True)),
+        message="SAFE.zip: a Sentinel-1 Level-1 GRD product (amplitude in radar geometry); --s1 takes VV and VH",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: a zipped Sentinel-1 GRD product named without .SAFE (ASF's)",
+        setup=lambda t: _remove(t, t.scene()[0], write_s1_product(t, suffix="", zipped=True)),
+        message="5C2F.zip: a Sentinel-1 Level-1 GRD product",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: a Sentinel-1 SLC product as S1",
+        setup=lambda t: _remove(t, t.scene()[0], write_s1_product(t, S1_GRD_NAME.replace("GRDH", "SLC_"))),
+        message="a Sentinel-1 Level-1 SLC product (complex values in radar geometry)",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: a renamed Sentinel-1 product folder (manifest.safe, measurement/) as S1",
+        setup=lambda t: _remove(t, t.scene()[0], write_s1_product(t).rename(t / "my_s1")),
+        message="my_s1: a Sentinel-1 product (amplitude or complex values in radar geometry)",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: a Sentinel-1 GRD product's measurement file as S1",
+        setup=lambda t: _remove(t, t.scene()[0], next((write_s1_product(t) / "measurement").glob("*-vv-*"))),
+        message="-001.tiff: a measurement file of a Sentinel-1 Level-1 GRD product (amplitude in radar geometry)",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: a Sentinel-1 GRD product's measurement files as a VV,VH pair",
+        setup=lambda t: _remove(
+            t,
+            t.scene()[0],
+            ",".join(map(str, sorted((write_s1_product(t) / "measurement").glob("*.tiff"), reverse=True))),
+        ),
+        message="-001.tiff: a measurement file of a Sentinel-1 Level-1 GRD product",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: an S1 STAC item of sentinel-1-grd (its assets: amplitude in radar geometry)",
+        setup=lambda t: _remove(t, t.scene()[0], _grd_item(t)),
+        message="grd_item.json: an item of sentinel-1-grd (Level-1 GRD: amplitude in radar geometry); --s1 takes VV",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: S1 in dB georeferenced by ground control points only (radar geometry)",
+        setup=lambda t: _remove(t, t.scene()[0], _s1_radar_geometry(t)),
+        message="s1_sigma0_db.tif: S1 is in radar geometry (ground control points, no map grid): terrain-correct it",
         absent=("out.tif",),
     ),
     dict(
