@@ -11,8 +11,10 @@ DN = reflectance × 10000 + 1000 and declare the shift per band (``RADIO_ADD_OFF
 the offsets are read here and removed by the reader before anything else.
 
 ``--s1`` takes a 2-band GeoTIFF (VV, VH), a pair ``VV.tif,VH.tif`` of single-band files on one grid, or a STAC
-item with ``vv`` and ``vh`` assets; pairs become a 2-band GDAL VRT. Frames of one pass (consecutive slices of a
-datatake, each holding part of a scene) are joined with ``+`` (``frame1.tif+frame2.tif``) and read as one S1.
+item with ``vv`` and ``vh`` assets; pairs become a 2-band GDAL VRT. Sentinel-1 products as delivered (amplitude in
+radar geometry) are refused saying how to make what it takes (:mod:`~dsen2cr.inputs.s1_products`). Frames of one
+pass (consecutive slices of a datatake, each holding part of a scene) are joined with ``+``
+(``frame1.tif+frame2.tif``) and read as one S1.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.geotiff import geotiff_s2, stack_pair
 from dsen2cr.inputs.product import MAX_OFFSET_DN, S2Product, is_url, plausible_offset, sensing_time_of_name
+from dsen2cr.inputs.s1_products import refuse_s1_product
 from dsen2cr.inputs.safe import safe_folder, zipped_safe
 from dsen2cr.inputs.stac import is_stac, item_reference, s1_assets, stac_s1, stac_s2
 
@@ -135,6 +138,8 @@ def resolve_s1(arg: str | Path) -> str:
     text = str(arg)
     if len(s1_frames(text)) > 1:
         raise DSen2CRError(f"{text}: frames joined with + are read one by one (dsen2cr.inputs.s1.S1Source)")
+    for part in s1_parts(text):
+        refuse_s1_product(part)
     if is_stac(text):
         return stac_s1(text)
     if len(parts := s1_parts(text)) > 1:

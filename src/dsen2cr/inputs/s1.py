@@ -130,6 +130,11 @@ class S1File:
                 "(integer amplitude or complex data must be calibrated and converted first)"
             )
         if self._src.crs is None:
+            if self._src.gcps[0]:  # georeferenced by the geolocation grid only, as a calibrated product before TC
+                raise DSen2CRError(
+                    f"{self.path}: S1 is in radar geometry (ground control points, no map grid): terrain-correct it "
+                    "onto a map grid first (SNAP's Terrain-Correction; Earth Engine's COPERNICUS/S1_GRD is)"
+                )
             raise DSen2CRError(f"{self.path}: S1 has no coordinate reference system")
         try:
             s1_bounds = transform_bounds(self._src.crs, grid.crs, *self._src.bounds)

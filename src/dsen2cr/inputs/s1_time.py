@@ -14,6 +14,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import is_stac, s1_frames, s1_parts
 from dsen2cr.inputs.geotiff import tagged_sensing_time
 from dsen2cr.inputs.product import GIVE_SENSING_TIME, UNKNOWN_SENSING_TIME, days_between, sensing_time_of_name
+from dsen2cr.inputs.s1_products import refuse_s1_product
 from dsen2cr.inputs.stac import item_properties, item_time
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ def _file_facts(path: str) -> S1Facts:
     relative orbit else by its name)."""
     from dsen2cr.rasters import open_raster
 
+    refuse_s1_product(path)
     with open_raster(path, what="S1") as dataset:
         tagged = tagged_sensing_time(dataset, S1_SENSING_TIME_TAGS)
         tags = dataset.tags()

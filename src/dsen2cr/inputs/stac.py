@@ -24,6 +24,7 @@ from dsen2cr.inputs.product import (
     plausible_offset,
     sensing_time_text,
 )
+from dsen2cr.inputs.s1_products import refuse_s1_grd_item
 from dsen2cr.inputs.safe import baseline_at_least_04
 from dsen2cr.preprocessing import S2_BANDS
 
@@ -274,6 +275,7 @@ def is_finite_number(value: object) -> bool:
 def s1_assets(location: str) -> tuple[str, str]:
     """The GDAL paths of the ``vv`` and ``vh`` assets of an S1 STAC item."""
     item, base = _read_item(location)
+    refuse_s1_grd_item(location, item)
     assets = {key.lower(): asset for key, asset in item["assets"].items() if isinstance(asset, dict)}
     missing = [name for name in ("vv", "vh") if name not in assets]
     if missing:
