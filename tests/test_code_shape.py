@@ -56,7 +56,7 @@ LAYERS = [
     ["models"],
     ["preprocessing", "cloud_detection", "losses", "metrics", "calibration", "summary"],
     ["precision"],
-    ["errors", "version", "formats", "machine", "choices", "bounds"],
+    ["errors", "version", "formats", "machine", "choices", "bounds", "signed_urls"],
     ["launch"],
 ]
 #: Lazy imports upward, each allowed for the reason its comment gives in the code (none today).

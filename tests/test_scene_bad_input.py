@@ -198,6 +198,18 @@ def _grd_item(tmp: Path) -> Path:
     return item
 
 
+def _expired_s1_item(tmp: Path) -> Path:
+    """An S1 STAC item whose vv and vh hrefs are Azure SAS URLs (the Planetary Computer's) that expired."""
+    import json
+
+    query = "st=2026-01-05T09%3A45%3A00Z&se=2026-01-05T10%3A45%3A00Z&sp=rl&sr=c&sig=x"
+    base = "https://sentinel1euwestrtc.blob.core.windows.net/sentinel1-grd-rtc/GRD/2026/1/5/IW/DV"
+    assets = {name: {"href": f"{base}/measurement/iw-{name}.tiff?{query}"} for name in ("vv", "vh")}
+    item = {"type": "Feature", "id": "S1A_IW_GRDH_1SDV_20260105", "properties": {}, "assets": assets}
+    (tmp / "s1_rtc.json").write_text(json.dumps(item))
+    return tmp / "s1_rtc.json"
+
+
 def _remove_with(tmp: Path, s2: Path, s1: Path | None = None) -> list[str]:
     variant = "dsen2cr-small" if s1 is not None else "dsen2cr-small-nosar"
     args = ["remove-clouds", "--weights", str(tmp.weights(variant)), "--s2", str(s2), "--out", str(tmp / "o.tif")]
@@ -383,6 +395,12 @@ CASES = [
         name="remove-clouds: an S1 STAC item of sentinel-1-grd (its assets: amplitude in radar geometry)",
         setup=lambda t: _remove(t, t.scene()[0], _grd_item(t)),
         message="grd_item.json: an item of sentinel-1-grd (Level-1 GRD: amplitude in radar geometry); --s1 takes VV",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: an S1 STAC item whose assets' signed URLs expired (a search saved yesterday)",
+        setup=lambda t: _remove(t, t.scene()[0], _expired_s1_item(t)),
+        message="s1_rtc.json: the signed URLs of its assets expired at 2026-01-05T10:45:00Z; save the search again",
         absent=("out.tif",),
     ),
     dict(

@@ -1,0 +1,270 @@
+"""STAC items whose assets are signed URLs (the Planetary Computer signs its hrefs with SAS tokens that expire, as
+S3 and Google Cloud Storage presign theirs): a scene stopped when its token expired goes on from its journal once the
+search is saved again (signed anew), and a token already expired is refused before any work. A server on 127.0.0.1
+serves the assets with HTTP ranges, as blob storage does, and refuses signatures it did not give or that expired."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone, tzinfo
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import write_stac_item
+from dsen2cr import signed_urls
+from dsen2cr.cli import main
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.predictor import Predictor
+from dsen2cr.signed_urls import url_expiry
+
+#: 50 x 40 px in windows of 16 px overlapping by 4: 4 x 3 windows, one batch each on a CPU.
+WINDOWS = ["--tile", "16", "--overlap", "4"]
+
+
+#: The store's server, run in a process of its own (GDAL reads some parts of a file holding Python's lock: a server in
+#: the test's process would not answer them). Argument: the folder; the signature it takes is read from the folder's
+#: ``.signature`` at each request, each request's path appended to ``.requests``; it prints its port.
+SERVER = r"""
+import http.server, sys
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+folder = Path(sys.argv[1])
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_HEAD(self):
+        self.do_GET(body=False)
+
+    def do_GET(self, body=True):
+        with open(folder / ".requests", "a") as log:
+            log.write(self.path + "\n")
+        url = urlparse(self.path)
+        query = parse_qs(url.query)
+        expiry = datetime.fromisoformat(query.get("se", ["2000-01-01T00:00:00Z"])[0].replace("Z", "+00:00"))
+        if query.get("sig") != [(folder / ".signature").read_text()] or expiry <= datetime.now(timezone.utc):
+            self.send_error(403, "Server failed to authenticate the request")
+            return
+        path = folder / url.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start, end = 0, len(data) - 1
+        ranged = self.headers.get("Range")
+        if ranged:
+            first, _, last = ranged.removeprefix("bytes=").partition("-")
+            start, end = int(first), min(int(last or end), end)
+        self.send_response(206 if ranged else 200)
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        if body:
+            self.wfile.write(data[start : end + 1])
+
+    def log_message(self, *args):
+        pass
+
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+class BlobStore:
+    """Files of a folder served over HTTP with ranges, in a process of its own; a request must carry the signature
+    the store gave last (``sig``) and an expiry (``se``) still to come, else 403, as Azure blob storage answers an
+    expired SAS."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.signature = "first"
+        self.process = subprocess.Popen([sys.executable, "-c", SERVER, str(folder)], stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+
+    @property
+    def signature(self) -> str:
+        """The signature the store takes now (another one is another token)."""
+        return (self.folder / ".signature").read_text()
+
+    @signature.setter
+    def signature(self, value: str) -> None:
+        (self.folder / ".signature").write_text(value)
+
+    @property
+    def requests(self) -> int:
+        """How many requests the store answered (refusals too)."""
+        log = self.folder / ".requests"
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+    def sign(self, name: str, *, signature: str, expires_in: timedelta) -> str:
+        """The signed URL of file ``name``, as a search signs an asset's href (``se`` percent-encoded, as Azure's)."""
+        expiry = (datetime.now(timezone.utc) + expires_in).strftime("%Y-%m-%dT%H:%M:%SZ")
+        query = f"st=2026-01-01T00%3A00%3A00Z&se={quote(expiry)}&sp=rl&sr=c&sig={signature}"
+        return f"http://127.0.0.1:{self.port}/{name}?{query}"
+
+    def close(self) -> None:
+        """Stop the server."""
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def blob_store(workdir: Path) -> Iterator[BlobStore]:
+    """A :class:`BlobStore` of the workdir's ``assets/`` folder, stopped afterwards."""
+    store = BlobStore(workdir / "assets")
+    yield store
+    store.close()
+
+
+def _signed_search(workdir: Path, store: BlobStore, *, signature: str, expires_in: timedelta) -> Path:
+    """The workdir's scene as a STAC search saved as one ItemCollection (``items.json``), its one item's assets served
+    by ``store`` and signed with ``signature`` until ``expires_in`` from now (the file written anew each time)."""
+    if not (workdir / "assets" / "item.json").exists():
+        write_stac_item(workdir.scene()[0], workdir / "assets", datetime="2017-02-16T10:21:01Z")
+    item = json.loads((workdir / "assets" / "item.json").read_text())
+    item["id"] = "S2B_MSIL1C_20170216T102101_R065_T32TPT"
+    for asset in item["assets"].values():
+        asset["href"] = store.sign(asset["href"], signature=signature, expires_in=expires_in)
+    collection = workdir / "items.json"
+    collection.unlink(missing_ok=True)
+    time.sleep(0.01)  # a modification time of its own
+    collection.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
+    return collection
+
+
+def _remove(workdir: Path, collection: Path, out: str, *extra: str) -> int:
+    weights = workdir.weights("dsen2cr-small-nosar")  # type: ignore[attr-defined]
+    scene = f"{collection}#S2B_MSIL1C_20170216T102101_R065_T32TPT"
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", scene, "--out", str(workdir / out)]
+    return main([*argv, "--no-progress", *WINDOWS, *extra])
+
+
+def test_a_scene_stopped_when_its_token_expired_goes_on_once_the_search_is_signed_anew(
+    workdir: Path, blob_store: BlobStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The token expires after three batches (the store turns to another signature, as a new token is another): the
+    run stops there, its journal kept, and says what happened; the search saved again (another file, other
+    signatures in it) and ``--resume``: the scene goes on from its journal (it was refused: items.json changed) and
+    ends with the pixels of an uninterrupted run."""
+    search = _signed_search(workdir, blob_store, signature="first", expires_in=timedelta(hours=1))
+    assert _remove(workdir, search, "whole.tif") == 0
+    batches: list[int] = []
+    predict = Predictor.__call__
+
+    class TwoHoursLater(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> TwoHoursLater:  # type: ignore[override]
+            return cls.fromtimestamp(time.time() + 7200, tz)
+
+    def counted(self: Predictor, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        batches.append(len(batches) + 1)
+        if len(batches) == 3:  # the token expires: the store takes another, and the run's clock says so
+            blob_store.signature = "second"
+            monkeypatch.setattr(signed_urls, "datetime", TwoHoursLater)
+        return predict(self, s2, s1)
+
+    monkeypatch.setattr(Predictor, "__call__", counted)
+    capsys.readouterr()
+    assert _remove(workdir, search, "b.tif", "--journal", "on") == 2
+    err = capsys.readouterr().err
+    assert "the server refused the read: the URL's signature expired at " in err, err
+    assert "save the search again (its assets signed anew) and run again (--resume goes on" in err
+    monkeypatch.setattr(signed_urls, "datetime", datetime)
+    assert (workdir / ".b.tif.journal").is_dir() and not (workdir / "b.tif").exists()
+    stopped_at = len(batches)
+    search = _signed_search(workdir, blob_store, signature="second", expires_in=timedelta(hours=1))
+    assert _remove(workdir, search, "b.tif", "--resume") == 0, capsys.readouterr().err
+    assert len(batches) - stopped_at < 12  # the batches the journal held were not predicted again
+    with rasterio.open(workdir / "whole.tif") as whole, rasterio.open(workdir / "b.tif") as resumed:
+        np.testing.assert_array_equal(whole.read(), resumed.read())
+
+
+def test_a_changed_item_is_not_taken_for_a_re_signed_one(workdir: Path, blob_store: BlobStore) -> None:
+    """Only the signatures may differ: an item whose asset is another file is another scene's."""
+    search = _signed_search(workdir, blob_store, signature="first", expires_in=timedelta(hours=1))
+    with pytest.MonkeyPatch.context() as patch:
+        calls: list[int] = []
+        predict = Predictor.__call__
+
+        def stopped(self: Predictor, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return predict(self, s2, s1)
+
+        patch.setattr(Predictor, "__call__", stopped)
+        assert _remove(workdir, search, "b.tif", "--journal", "on") == 130
+    collection = json.loads(search.read_text())
+    asset = collection["features"][0]["assets"]["B02"]
+    (workdir / "assets" / "B02_v2.tif").write_bytes((workdir / "assets" / "B02.tif").read_bytes())
+    asset["href"] = asset["href"].replace("/B02.tif?", "/B02_v2.tif?")
+    search.write_text(json.dumps(collection))
+    assert _remove(workdir, search, "b.tif", "--resume") == 2
+
+
+def test_expired_signatures_are_refused_before_any_work(
+    workdir: Path, blob_store: BlobStore, capsys: pytest.CaptureFixture
+) -> None:
+    """A search saved yesterday: refused with when its signatures expired, before the store is asked anything."""
+    search = _signed_search(workdir, blob_store, signature="first", expires_in=timedelta(hours=-20))
+    asked = blob_store.requests
+    assert _remove(workdir, search, "o.tif") == 2
+    err = capsys.readouterr().err
+    assert "the signed URLs of its assets expired at " in err and "save the search again" in err, err
+    assert blob_store.requests == asked and not (workdir / "o.tif").exists()
+
+
+@pytest.mark.parametrize(
+    ("href", "expiry"),
+    [
+        # Azure SAS (the Planetary Computer's): se, percent-encoded or not
+        (
+            "https://a.blob.core.windows.net/c/B02.tif?st=2023-06-01T10%3A00%3A00Z&se=2023-06-02T10%3A45%3A00Z&sig=x",
+            "2023-06-02T10:45:00+00:00",
+        ),
+        ("https://a.blob.core.windows.net/c/B02.tif?se=2023-06-02T10:45:00Z&sig=x", "2023-06-02T10:45:00+00:00"),
+        # S3 presigned (SigV4): X-Amz-Date + X-Amz-Expires seconds
+        (
+            "https://b.s3.amazonaws.com/B02.tif?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20231201T235900Z"
+            "&X-Amz-Expires=3600&X-Amz-Signature=ab",
+            "2023-12-02T00:59:00+00:00",
+        ),
+        # Google Cloud Storage signed URL (V4)
+        (
+            "https://storage.googleapis.com/b/B02.tif?X-Goog-Date=20231201T120000Z&X-Goog-Expires=900&X-Goog-Signature=c",
+            "2023-12-01T12:15:00+00:00",
+        ),
+        ("https://earth-search.example/B02.tif", None),  # unsigned
+        ("B02.tif", None),
+        ("https://a.blob.core.windows.net/c/B02.tif?se=tomorrow&sig=x", None),  # not a time: nothing known
+    ],
+)
+def test_the_expiry_of_a_signed_url(href: str, expiry: str | None) -> None:
+    """Each signing scheme's expiry, computed by hand from its query."""
+    found = url_expiry(href)
+    assert (found.isoformat() if found else None) == expiry
+
+
+def test_url_expiry_is_timezone_aware() -> None:
+    """An expiry is compared with the time now in UTC: a naive time would raise."""
+    found = url_expiry("https://a.blob.core.windows.net/c/x.tif?se=2023-06-02T10%3A45%3A00Z&sig=x")
+    assert found is not None and found.utcoffset() == timedelta(0)
+    with pytest.raises(DSen2CRError, match="expired at 2023-06-02T10:45:00Z"):
+        from dsen2cr.signed_urls import refuse_expired
+
+        refuse_expired("item.json", ["https://a.blob.core.windows.net/c/x.tif?se=2023-06-02T10%3A45%3A00Z&sig=x"])
