@@ -21,6 +21,7 @@ import dsen2cr.machine as machine
 from dsen2cr.choices import GDAL_CACHE_BYTES
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import check_input_file
+from dsen2cr.signed_urls import read_failure
 
 _block_cache_bytes = GDAL_CACHE_BYTES  # the bound in force (GDAL's cache is one per process)
 
@@ -92,8 +93,7 @@ def read_window(
     try:
         return dataset.read(indexes, window=window, out_shape=out_shape)
     except Exception as error:  # rasterio raises several types for damaged files
-        reason = " ".join(str(error).split())
-        raise DSen2CRError(f"{dataset.name}: cannot read pixels, the file may be truncated ({reason})") from None
+        raise DSen2CRError(read_failure(dataset.name, " ".join(str(error).split()))) from None
 
 
 #: The most bytes :func:`read_decimated` holds of a file at once (a strip of its blocks).

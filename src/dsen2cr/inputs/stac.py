@@ -5,6 +5,7 @@ through ``/vsicurl/`` and ``/vsis3/`` (docs/design.md §4.5)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -27,6 +28,7 @@ from dsen2cr.inputs.product import (
 from dsen2cr.inputs.s1_products import refuse_s1_grd_item
 from dsen2cr.inputs.safe import baseline_at_least_04
 from dsen2cr.preprocessing import S2_BANDS
+from dsen2cr.signed_urls import refuse_expired, unsigned
 
 #: Earth Search (Element 84) asset keys of the S2 bands.
 EARTH_SEARCH_KEYS = {
@@ -212,6 +214,7 @@ def stac_s2(location: str) -> S2Product:
             f"{location}: STAC item lacks the assets of bands {', '.join(missing)} (the model needs them)"
         )
     files = [_asset_href(assets[band][1], base) for band in wanted]
+    refuse_expired(location, files)  # the server would refuse every read, after the work before the first
     baseline = properties.get("s2:processing_baseline")
     product = S2Product(location, list(wanted), files, level, baseline=str(baseline) if baseline else None)
     product.sensing_time = item_time(properties)
@@ -280,9 +283,28 @@ def s1_assets(location: str) -> tuple[str, str]:
     missing = [name for name in ("vv", "vh") if name not in assets]
     if missing:
         raise DSen2CRError(f"{location}: STAC item lacks the {' and '.join(missing)} asset(s) (VV, VH)")
-    return _asset_href(assets["vv"], base), _asset_href(assets["vh"], base)
+    hrefs = _asset_href(assets["vv"], base), _asset_href(assets["vh"], base)
+    refuse_expired(location, hrefs)
+    return hrefs
 
 
 def stac_s1(location: str) -> str:
     """A 2-band VRT of the ``vv`` and ``vh`` assets of an S1 STAC item."""
     return stack_pair(*s1_assets(location), location, named=True)  # the item names its assets vv and vh
+
+
+def _without_signatures(value: object) -> object:
+    """A STAC document with each ``href`` as a search saved again still gives it: without its query (signatures)."""
+    if isinstance(value, dict):
+        return {
+            key: unsigned(item) if key == "href" and isinstance(item, str) else _without_signatures(item)
+            for key, item in value.items()
+        }
+    return [_without_signatures(item) for item in value] if isinstance(value, list) else value
+
+
+def item_digest(location: str) -> str:
+    """SHA-256 of the STAC item at ``location`` (``…#ID``: in an ItemCollection) but for its hrefs' signatures: the
+    same for a search saved again, signed anew (another file, other tokens), another for an item that changed."""
+    item, _ = _read_item(location)
+    return hashlib.sha256(json.dumps(_without_signatures(item), sort_keys=True).encode()).hexdigest()

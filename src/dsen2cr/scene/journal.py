@@ -27,7 +27,8 @@ from rasterio.windows import Window
 
 from dsen2cr.auto import resolve_journal
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
-from dsen2cr.inputs import S2Product, local_inputs
+from dsen2cr.inputs import S2Product, is_stac, local_inputs, s1_parts
+from dsen2cr.inputs.stac import item_digest, item_reference
 from dsen2cr.outputs.appended import complete_lines, keep_lines, read_record, start_record
 from dsen2cr.outputs.files import describe_bytes, write_text_atomic
 from dsen2cr.predictor import Predictor
@@ -192,6 +193,15 @@ class SceneJournal:
                 f"{self.out}: {changed} changed (size or modification time) since the stopped run predicted "
                 "windows from it; --overwrite starts the scene again"
             )
+        then_items = recorded.get("items") or {}
+        changed = next(
+            (name for name, digest in self.identity.get("items", {}).items() if then_items.get(name) != digest), None
+        )
+        if changed is not None:
+            raise DSen2CRError(
+                f"{self.out}: the STAC item {changed} changed (beyond its assets' signatures) since the stopped run "
+                "predicted windows from it; --overwrite starts the scene again"
+            )
         for key in [*self.identity, *(key for key in recorded if key not in self.identity)]:  # weights, inputs first
             if recorded.get(key) != self.identity.get(key):
                 raise DSen2CRError(
@@ -311,9 +321,13 @@ def open_scene_journal(
         if settings.journal == "on":
             raise DSen2CRError(f"{job.out}: --journal on: needs weights read from a file (a model in memory has none)")
         return None
-    files = [path for _, path in local_inputs(job.s2, job.s1, product)]
+    items = {value: item_digest(value) for value in (job.s2, *s1_parts(job.s1 or "")) if value and is_stac(value)}
+    documents = {Path(item_reference(value)[0]).absolute() for value in items}  # known by their items' digests
+    files = [path for _, path in local_inputs(job.s2, job.s1, product) if path.absolute() not in documents]
     channels = network_channels(job, plan) * NUM_S2_BANDS
     identity = scene_identity(tags, predictor.precision, job, plan, area, files, windows=windows, channels=channels)
+    if items:  # a STAC item by what it says but its signatures: a search saved again (signed anew) is the same
+        identity["items"] = items
     journal = SceneJournal.open(
         job.out, identity, lambda: predictor.provenance(with_variance=with_variance), resume=settings.resume
     )

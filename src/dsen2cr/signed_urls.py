@@ -1,0 +1,86 @@
+"""Signed URLs, as catalogues hand out their assets' hrefs: the Planetary Computer signs them with Azure SAS tokens
+(``se=``, the expiry), S3 and Google Cloud Storage presign theirs (``X-Amz-Date`` and ``X-Amz-Expires``,
+``X-Goog-Date`` and ``X-Goog-Expires``). A token expires, mostly within the hour: a search saved and read later is
+refused with when it expired, a scene whose token expires while it runs stops (its journal kept), and a search saved
+again (signed anew) is the same search for ``--resume``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlparse, urlunparse
+
+from dsen2cr.errors import DSen2CRError
+
+#: What to do once a search's signatures expired.
+SIGN_ANEW = "save the search again (its assets signed anew)"
+
+
+def _stamp(text: str) -> datetime | None:
+    """A ``20231201T235900Z`` stamp (SigV4's) in UTC, or None."""
+    try:
+        return datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def url_expiry(href: str) -> datetime | None:
+    """When the signature of ``href`` expires (in UTC), or None where its query says none (not signed, or no time)."""
+    query = parse_qs(urlparse(href).query)
+    if "se" in query:  # Azure SAS: the signed expiry, ISO 8601
+        try:
+            expiry = datetime.fromisoformat(query["se"][0].replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return expiry if expiry.tzinfo else expiry.replace(tzinfo=timezone.utc)
+    for scheme in ("Amz", "Goog"):  # S3 and Google Cloud Storage (V4): signed at a time, valid for some seconds
+        signed, seconds = query.get(f"X-{scheme}-Date"), query.get(f"X-{scheme}-Expires")
+        if signed and seconds and seconds[0].isdigit() and (start := _stamp(signed[0])) is not None:
+            return start + timedelta(seconds=int(seconds[0]))
+    return None
+
+
+def unsigned(href: str) -> str:
+    """``href`` without its query (its signature and the token's times): what a search saved again still says."""
+    parsed = urlparse(href)
+    return urlunparse(parsed._replace(query="")) if parsed.scheme in ("http", "https") else href
+
+
+def earliest_expiry(hrefs: Iterable[str]) -> datetime | None:
+    """The earliest expiry of the signed ``hrefs``, or None where none is signed."""
+    return min(filter(None, map(url_expiry, hrefs)), default=None)
+
+
+def _utc_text(when: datetime) -> str:
+    """A time in UTC as ``2023-06-02T10:45:00Z``."""
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def refuse_expired(location: str, hrefs: Iterable[str]) -> None:
+    """Refuse the STAC item at ``location`` where a signature of its asset ``hrefs`` has expired: reading them would
+    only get the server's refusal, after the work before it."""
+    expiry = earliest_expiry(hrefs)
+    if expiry is not None and expiry <= datetime.now(timezone.utc):
+        raise DSen2CRError(f"{location}: the signed URLs of its assets expired at {_utc_text(expiry)}; {SIGN_ANEW}")
+
+
+def remote_href(gdal_path: str) -> str | None:
+    """The URL a GDAL path reads (``/vsicurl/https://…``, or the URL itself), or None for a local path."""
+    text = gdal_path.removeprefix("/vsicurl/")
+    return text if text.startswith(("http://", "https://")) else None
+
+
+def read_failure(gdal_path: str, reason: str) -> str:
+    """The line that says why reading pixels of ``gdal_path`` failed (GDAL's ``reason``): a signed URL whose token
+    expired since the run began is refused by its server (GDAL says only that the read failed), a remote file's
+    read failed on the way, a local file is likely truncated."""
+    href = remote_href(gdal_path)
+    if href is None:
+        return f"{gdal_path}: cannot read pixels, the file may be truncated ({reason})"
+    expiry = url_expiry(href)
+    if expiry is not None and expiry <= datetime.now(timezone.utc):
+        return (
+            f"{gdal_path}: the server refused the read: the URL's signature expired at {_utc_text(expiry)}; "
+            f"{SIGN_ANEW} and run again (--resume goes on from the windows a stopped scene's journal holds)"
+        )
+    return f"{gdal_path}: cannot read pixels from the server ({reason})"
