@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from conftest import write_stac_item
+from conftest import split_s1, write_stac_item
 from dsen2cr import signed_urls
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
@@ -268,3 +268,131 @@ def test_url_expiry_is_timezone_aware() -> None:
         from dsen2cr.signed_urls import refuse_expired
 
         refuse_expired("item.json", ["https://a.blob.core.windows.net/c/x.tif?se=2023-06-02T10%3A45%3A00Z&sig=x"])
+
+
+def _signed_s1_item(workdir: Path, store: BlobStore, *, signature: str, expires_in: timedelta) -> Path:
+    """The workdir's S1 as an S1 STAC item (``s1_item.json``) whose vv and vh assets ``store`` serves, signed."""
+    if not (workdir / "assets" / "vv.tif").exists():
+        split_s1(workdir.scene()[1], "vv.tif", "vh.tif")
+        for name in ("vv.tif", "vh.tif"):
+            (workdir / name).rename(workdir / "assets" / name)
+    assets = {
+        key: {"href": store.sign(f"{key}.tif", signature=signature, expires_in=expires_in)} for key in ("vv", "vh")
+    }
+    item = {"type": "Feature", "id": "s1", "properties": {"datetime": "2017-02-16T05:12:34Z"}, "assets": assets}
+    (workdir / "s1_item.json").write_text(json.dumps(item))
+    return workdir / "s1_item.json"
+
+
+def _rotated_at_first_batch(monkeypatch: pytest.MonkeyPatch, store: BlobStore) -> None:
+    """The store takes another signature once the network runs its first batch (the token the run holds expired)."""
+    predict = Predictor.__call__
+
+    def rotated(self: Predictor, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        store.signature = "second"
+        return predict(self, s2, s1)
+
+    monkeypatch.setattr(Predictor, "__call__", rotated)
+
+
+def test_fetched_inputs_outlive_their_signatures(
+    workdir: Path, blob_store: BlobStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--fetch-inputs on``: the S2 item's 13 bands and the S1 item's VV and VH are downloaded beside the output
+    before the network runs; the token expiring at the first batch changes nothing: the output is the one read from
+    the server as the run goes, and the copies are gone afterwards."""
+    search = _signed_search(workdir, blob_store, signature="first", expires_in=timedelta(hours=1))
+    s1 = _signed_s1_item(workdir, blob_store, signature="first", expires_in=timedelta(hours=1))
+    weights = str(workdir.weights("dsen2cr-small"))  # type: ignore[attr-defined]
+    scene = f"{search}#S2B_MSIL1C_20170216T102101_R065_T32TPT"
+
+    def run(out: str, *extra: str) -> int:
+        argv = ["remove-clouds", "--weights", weights, "--s2", scene, "--s1", str(s1), "--out", str(workdir / out)]
+        return main([*argv, "--no-progress", *WINDOWS, *extra])
+
+    assert run("streamed.tif", "--fetch-inputs", "off") == 0
+    _rotated_at_first_batch(monkeypatch, blob_store)
+    with caplog.at_level("INFO"):
+        assert run("fetched.tif", "--fetch-inputs", "on") == 0
+    assert "fetched.tif: 15 remote assets downloaded beside it" in caplog.text
+    with rasterio.open(workdir / "streamed.tif") as streamed, rasterio.open(workdir / "fetched.tif") as fetched:
+        np.testing.assert_array_equal(streamed.read(), fetched.read())
+        assert fetched.tags()["DSEN2CR_S2"] == streamed.tags()["DSEN2CR_S2"]  # the item, not a copy, is recorded
+    assert not [path.name for path in workdir.iterdir() if ".tmp" in path.name]
+
+
+def test_fetch_auto_downloads_what_would_expire_during_the_run(
+    workdir: Path, blob_store: BlobStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``auto`` on a CPU: signatures that hold 5 more minutes (the run's estimate plus 10 minutes' margin is more)
+    are fetched, and the token's end at the first batch changes nothing; signatures that hold an hour are read
+    from the server as the run goes."""
+    _rotated_at_first_batch(monkeypatch, blob_store)
+    search = _signed_search(workdir, blob_store, signature="first", expires_in=timedelta(minutes=5))
+    with caplog.at_level("INFO"):
+        assert _remove(workdir, search, "soon.tif") == 0
+    assert "expire in 5 min, before the network's estimated 0 min here ends: downloaded first" in caplog.text
+    blob_store.signature = "first"
+    caplog.clear()
+    search = _signed_search(workdir, blob_store, signature="first", expires_in=timedelta(hours=1))
+    with caplog.at_level("INFO"):
+        assert _remove(workdir, search, "later.tif") == 2  # read as it goes: refused once the token changed
+    assert "downloaded" not in caplog.text
+
+
+def test_a_download_the_server_refuses_is_one_line(
+    workdir: Path, blob_store: BlobStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A signature the server no longer takes (revoked before it expired): the download names the asset and the
+    server's answer; nothing is left beside the output."""
+    from dsen2cr.scene import sources
+
+    search = _signed_search(workdir, blob_store, signature="first", expires_in=timedelta(hours=1))
+    listed = sources.remote_assets
+
+    def revoked(*args: object) -> list[str]:  # once the scene's checks read the headers, before the downloads
+        blob_store.signature = "revoked"
+        return listed(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sources, "remote_assets", revoked)
+    assert _remove(workdir, search, "o.tif", "--fetch-inputs", "on") == 2
+    err = capsys.readouterr().err
+    assert "/B01.tif?" in err and "cannot download it (HTTP 403" in err, err
+    assert not [path.name for path in workdir.iterdir() if path.name.startswith(".o.")]
+
+
+def test_a_fetched_copy_is_named_as_the_outputs_temporaries() -> None:
+    """A killed run's copies are removed by the next run on the output (:func:`remove_leftovers`): their names say
+    the output and the process."""
+    from dsen2cr.outputs.files import temporary_writer
+
+    assert temporary_writer(".T33UUU.4242.ab12cd_3.tmp.tif.input3-B04.tif") == ("T33UUU.tif", 4242)
+
+
+@pytest.mark.parametrize(
+    ("fetch", "device", "variant", "pixels", "left", "fetched"),
+    [
+        ("on", "cuda", "dsen2cr-small", 100, None, True),
+        ("off", "cpu", "dsen2cr", 10980**2, 60.0, False),
+        ("auto", "cpu", "dsen2cr", 10980**2, 3600.0, True),  # the paper model on a full tile: hours on a CPU
+        ("auto", "cpu", "dsen2cr", 10980**2, 30 * 3600.0, False),  # a token of 30 hours outlasts it
+        ("auto", "cpu", "dsen2cr", 10980**2, None, False),  # unsigned
+        ("auto", "cuda", "dsen2cr", 10980**2, 60.0, False),  # a GPU reads a tile within seconds of its start
+        ("auto", "cpu", "dsen2cr-small", 1000**2, 1200.0, False),  # minutes' work, a token of 20 min
+        ("auto", "cpu", "dsen2cr-small", 1000**2, 300.0, True),  # within the 10 min margin
+    ],
+)
+def test_fetch_auto_by_hand(
+    fetch: str, device: str, variant: str, pixels: int, left: float | None, fetched: bool
+) -> None:
+    """The rule, worked by hand: fetch where the token ends before the network's estimated time (2 FLOP a weight
+    and pixel at 1.5e11 FLOP/s) plus 600 s."""
+    import torch
+
+    from dsen2cr.auto import resolve_fetch
+    from dsen2cr.models import get_variant
+
+    config = get_variant(variant).config
+    seconds = pixels * 2 * config.build_parameter_count() / 1.5e11
+    assert (variant, round(seconds)) != ("dsen2cr", 0) and (seconds > 3600) == (variant == "dsen2cr")
+    assert resolve_fetch(fetch, config, torch.device(device), pixels, left) is fetched

@@ -166,13 +166,11 @@ def resolve_precision(
 ) -> str:
     """What ``--precision`` means here: ``fp32`` (IEEE), ``tf32``, ``fp16`` or ``bf16``.
 
-    ``auto``: IEEE fp32 on a CPU, in ``exact`` runs (evaluate's metrics) and for ONNX files (which run the
-    precision they were exported in); on a GPU with fp16 tensor cores (compute capability 7.0 and later) fp16:
-    p99 6.9 / max 29.0 DN from float64 on the paper-size model, where TF32 measured p99 4 / max 12 DN and bf16
-    p99 51 / max 206 DN (docs/design.md §13), at bf16's tensor-core rate (twice TF32's); on older GPUs IEEE
-    fp32. A float32 ``backend`` the user named (eager, compiled) keeps auto in float32: TF32 where the GPU has
-    it, else IEEE fp32. ``tf32`` on a CPU, or a GPU before compute capability 8.0, is IEEE fp32: said, not
-    refused. ``bf16`` on a GPU without bf16 is refused."""
+    ``auto``: IEEE fp32 on a CPU, in ``exact`` runs (evaluate's) and for ONNX files (run as exported); on a GPU
+    with fp16 tensor cores (7.0+) fp16, p99 6.9 / max 29 DN from float64 on the paper-size model (TF32 4 / 12,
+    bf16 51 / 206: docs/design.md §13) at bf16's rate; IEEE fp32 on older GPUs. A float32 ``backend`` named
+    (eager, compiled) keeps auto in float32 (TF32 where the GPU has it). ``tf32`` without TF32 (a CPU, a GPU
+    before 8.0) is IEEE fp32: said, not refused. ``bf16`` on a GPU without bf16 is refused."""
     if precision not in PRECISIONS:
         raise DSen2CRError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if onnx:
@@ -294,16 +292,24 @@ def compile_pays_off(
 #: Eager CPU seconds of a scene from which ``--journal auto`` keeps its predicted windows: a stop after this much
 #: work costs more than writing them (4 bytes a band and pixel) costs time.
 JOURNAL_AFTER_SECONDS = 600.0
+#: ``--fetch-inputs auto``: seconds beyond the network's estimate a scene's signatures must hold not to be fetched.
+FETCH_MARGIN_SECONDS = 600.0
 
 
 def resolve_journal(journal: str, config: ModelSpec, device: torch.device, pixels: float) -> bool:
     """Whether a scene of ``pixels`` keeps a journal of its predicted windows (``--journal``): ``on``, ``off``, or
     ``auto``: on a CPU where the network's estimated time for the scene passes :data:`JOURNAL_AFTER_SECONDS`
-    (a full tile with the paper's model: hours), never on a GPU (seconds a tile, and the journal's gigabytes would
-    cost more than they save)."""
+    (a full tile with the paper's model: hours), never on a GPU (seconds a tile: its gigabytes would cost more)."""
     if journal != "auto":
         return journal == "on"
     return device.type == "cpu" and estimated_eager_seconds(config, pixels) >= JOURNAL_AFTER_SECONDS
+
+
+def resolve_fetch(fetch: str, config: ModelSpec, device: torch.device, pixels: float, left: float | None) -> bool:
+    """Whether a scene downloads its remote assets first (``--fetch-inputs`` ``on``, ``off``; ``auto``: on a CPU where
+    their signatures expire, in ``left`` seconds, before the network's estimate and :data:`FETCH_MARGIN_SECONDS`)."""
+    needed = estimated_eager_seconds(config, pixels) + FETCH_MARGIN_SECONDS
+    return fetch == "on" if fetch != "auto" else device.type == "cpu" and left is not None and left < needed
 
 
 def plan_scene_run(
@@ -355,32 +361,28 @@ def plan_scene_run(
 
 
 def resolve_finish_threads(device: torch.device) -> int:
-    """Threads that turn predicted windows into output pixels (``--keep-clear``'s map, distances and blend,
-    numpy and scipy work that releases the GIL) while the network runs: on a GPU, whose network leaves the CPU
-    idle, all cores but two (the network's feeder and the reader), at most 8; on a CPU one, beside the network,
-    which uses every core (benchmarks.keep_clear)."""
+    """Threads that turn predicted windows into output pixels (``--keep-clear``'s map and blend, numpy and scipy
+    releasing the GIL) while the network runs: on a GPU all cores but the feeder's and the reader's, at most 8; on
+    a CPU one, beside the network, which uses every core (benchmarks.keep_clear)."""
     if device.type != "cuda":
         return 1
     return max(1, min(8, machine.cores() - 2))
 
 
 def resolve_band_threads(device: torch.device) -> int:
-    """Threads that read a product's band files side by side (:class:`~dsen2cr.inputs.readers.S2Source`): on a
-    GPU, whose network can outrun one thread decoding JPEG 2000 bands one after the other, every core, at most
-    one per band; on a CPU one (the network, far slower than the reads, uses every core). The mask's
-    statistics pass reads its blocks on as many threads (the first map waits for it)."""
+    """Threads that read a product's band files side by side (:class:`~dsen2cr.inputs.readers.S2Source`), and the
+    mask's statistics pass its blocks: on a GPU, whose network can outrun one thread decoding JPEG 2000 bands,
+    every core, at most one per band; on a CPU one (the network, far slower than the reads, uses every core)."""
     if device.type != "cuda":
         return 1
     return max(1, min(NUM_S2_BANDS, machine.cores()))
 
 
 def resolve_block_cache_bytes(device: torch.device) -> int:
-    """GDAL's block cache for a scene run (:func:`dsen2cr.rasters.set_block_cache_bytes`): 256 MiB
-    (``GDAL_CACHE_BYTES``) on a CPU, whose network is far slower than any read; on a GPU 1 GiB (at most an
-    eighth of the memory, at least 256 MiB): a product's JPEG 2000 bands decode in 1024 px blocks, one block
-    row of a full tile's 13 bands is 168 MB and a row of windows touches up to three (the cloud mask's
-    statistics pass reads them too, through its own handles), so at 256 MiB blocks were decoded again
-    (benchmarks.product_read: reads 1.52x faster at 1 GiB)."""
+    """GDAL's block cache for a scene run (:func:`dsen2cr.rasters.set_block_cache_bytes`): 256 MiB on a CPU, whose
+    network is far slower than any read; on a GPU 1 GiB (at most an eighth of the memory): a block row of a full
+    tile's 13 JPEG 2000 bands is 168 MB and a row of windows touches up to three, so at 256 MiB blocks were
+    decoded again (benchmarks.product_read: reads 1.52x faster at 1 GiB)."""
     if device.type != "cuda":
         return GDAL_CACHE_BYTES
     return max(GDAL_CACHE_BYTES, min(2**30, machine.memory_bytes() // 8))
@@ -388,11 +390,9 @@ def resolve_block_cache_bytes(device: torch.device) -> int:
 
 def resolve_hold_bytes(device: torch.device) -> int:
     """Bytes of predicted windows that may wait in memory while the cloud mask's statistics pass runs (the first
-    map waits for it; :func:`dsen2cr.scene.batches.write_in_order`): on a GPU, whose network would otherwise stop
-    once the writer's queue is full, 4 GiB (at most an eighth of the memory; a full tile's 1024 px window is
-    about 80 MB: some 50 windows, four seconds of an H200's network), the eighth shared among the run's
-    processes on the machine (:func:`dsen2cr.machine.memory_bytes`); on a CPU none (its network is far slower than the
-    pass, and its memory stays as ``--memory`` plans it)."""
+    map waits for it; :func:`dsen2cr.scene.batches.write_in_order`): on a GPU 4 GiB (at most an eighth of this
+    process's share of the memory, :func:`dsen2cr.machine.memory_bytes`; some 50 windows of 1024 px, four seconds
+    of an H200's network); on a CPU none (its network is far slower than the pass)."""
     if device.type != "cuda":
         return 0
     return min(4 * 2**30, machine.memory_bytes() // 8)

@@ -32,6 +32,9 @@ RESAMPLINGS = ("nearest", "bilinear")
 #: ``--journal``: keep each predicted window beside the output while a scene runs (``auto``: decided by
 #: :func:`dsen2cr.auto.resolve_journal`).
 JOURNAL_CHOICES = ("auto", "on", "off")
+#: ``--fetch-inputs``: download a scene's remote assets before its network runs (``auto``: decided by
+#: :func:`dsen2cr.auto.resolve_fetch`, where their signed URLs would expire during the run).
+FETCH_CHOICES = ("auto", "on", "off")
 MASK_KINDS = ("paper", "product", "s2cloudless")
 #: Where the paper mask's shadow thresholds take their image statistics: the whole scene, or a --bounds part.
 MASK_STATISTICS = ("scene", "area")
@@ -112,6 +115,7 @@ class SceneSettings:
     skip_existing: bool = False  # scenes an earlier run finished are skipped (dsen2cr.scene.done)
     journal: str = "auto"  # each predicted window kept beside the output while the scene runs (dsen2cr.scene.journal)
     resume: bool = False  # a stopped scene goes on from the windows its journal holds (with overwrite too)
+    fetch_inputs: str = "auto"  # remote assets downloaded beside the output before the network runs (inputs.fetch)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -126,6 +130,7 @@ class SceneSettings:
         _choice("--precision", self.precision, PRECISIONS)
         _choice("--resampling", self.resampling, RESAMPLINGS)
         _choice("--journal", self.journal, JOURNAL_CHOICES)
+        _choice("--fetch-inputs", self.fetch_inputs, FETCH_CHOICES)
         _choice("--mask", self.mask, MASK_KINDS)
         _choice("--mask-statistics", self.mask_statistics, MASK_STATISTICS)
         if self.mask_statistics != "scene" and self.mask != "paper":

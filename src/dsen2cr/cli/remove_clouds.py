@@ -24,6 +24,7 @@ from dsen2cr.cli.options import (
 from dsen2cr.settings import (
     BACKEND_CHOICES,
     DEFAULT_FEATHER,
+    FETCH_CHOICES,
     JOURNAL_CHOICES,
     MASK_KINDS,
     MASK_STATISTICS,
@@ -88,6 +89,14 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         "sees, so they equal that run's pixels",
     )
     add_scene_reading(parser)
+    parser.add_argument(
+        "--fetch-inputs",
+        choices=FETCH_CHOICES,
+        default="auto",
+        help="download a scene's remote assets (STAC items' hrefs) beside the output before the network runs, "
+        "removed once it is read; auto: on a CPU where their signed URLs would expire during the run "
+        "(a Planetary Computer token holds about an hour; a full tile takes hours on a CPU) (default: %(default)s)",
+    )
 
 
 def _add_compute(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ pass (consecutive slices of a datatake, each holding part of a scene) are joined
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
@@ -132,16 +132,16 @@ def _is_local(gdal_path: str) -> bool:
     return not gdal_path.startswith("/vsi") and not is_url(gdal_path)
 
 
-def resolve_s1(arg: str | Path) -> str:
+def resolve_s1(arg: str | Path, local: Mapping[str, str] | None = None) -> str:
     """A GDAL path with VV and VH as bands 1 and 2: the file itself, or a VRT of a ``VV,VH`` pair or of the
-    ``vv``/``vh`` assets of a STAC item."""
+    ``vv``/``vh`` assets of a STAC item (from their ``local`` copies where a scene fetched them)."""
     text = str(arg)
     if len(s1_frames(text)) > 1:
         raise DSen2CRError(f"{text}: frames joined with + are read one by one (dsen2cr.inputs.s1.S1Source)")
     for part in s1_parts(text):
         refuse_s1_product(part)
     if is_stac(text):
-        return stac_s1(text)
+        return stac_s1(text, local)
     if len(parts := s1_parts(text)) > 1:
         if len(parts) != 2 or not all(parts):
             raise DSen2CRError(f"{text}: an S1 pair is two files, VV,VH")

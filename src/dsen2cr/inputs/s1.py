@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +39,10 @@ def _check_polarisations(name: str, descriptions: tuple[str | None, ...]) -> Non
         raise DSen2CRError(f"{name}: S1 band descriptions are {said}; expected VV, VH (band 1 VV, band 2 VH)")
 
 
-def open_s1(text: str) -> rasterio.DatasetReader:
-    """The S1 input ``text`` (a file, a ``VV,VH`` pair, a STAC item) open as one 2-band raster (VV, VH); a file of one
-    band is refused saying how to give one polarisation a file (as a pair)."""
-    dataset = open_raster(resolve_s1(text), what="S1 (VV, VH)")
+def open_s1(text: str, local: Mapping[str, str] | None = None) -> rasterio.DatasetReader:
+    """The S1 input ``text`` (a file, a ``VV,VH`` pair, a STAC item: its assets' ``local`` copies where fetched) open
+    as one 2-band raster (VV, VH); a file of one band is refused saying how to give one polarisation a file."""
+    dataset = open_raster(resolve_s1(text, local), what="S1 (VV, VH)")
     if dataset.count != NUM_S1_BANDS:
         count = dataset.count
         dataset.close()
@@ -70,15 +70,18 @@ class S1Source:
     single-band files, or a STAC item with ``vv`` and ``vh`` assets; or frames of one pass joined with ``+``
     (:func:`dsen2cr.inputs.s1_frames`), each checked on its own and read where the frames before it have no data
     (as ``rio merge`` puts them together). Pixels outside the S1 footprint, marked nodata, or infinite read as NaN.
+    ``local``: the local copies of STAC items' assets a scene fetched (:mod:`dsen2cr.inputs.fetch`), read instead.
     """
 
-    def __init__(self, path: str | Path, grid: Grid, *, linear: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, grid: Grid, *, linear: bool = False, local: Mapping[str, str] | None = None
+    ) -> None:
         self.path = str(path)  # named in messages
         self.linear = linear
         self._frames: list[S1File] = []
         try:
             for frame in s1_frames(self.path):
-                self._frames.append(S1File(frame, grid, linear=linear))
+                self._frames.append(S1File(frame, grid, linear=linear, local=local))
             facts = s1_facts(self.path)
         except DSen2CRError:
             self.close()
@@ -108,10 +111,10 @@ class S1File:
     window by window in dB (a window shifted where it lies on the S2 grid's pixel lattice, else warped; NaN where it
     has no data)."""
 
-    def __init__(self, path: str, grid: Grid, *, linear: bool = False) -> None:
+    def __init__(self, path: str, grid: Grid, *, linear: bool = False, local: Mapping[str, str] | None = None) -> None:
         self.path = path  # named in messages
         self.linear = linear
-        self._src = open_s1(path)
+        self._src = open_s1(path, local)
         #: the file's own grid (its pixel lattice)
         self.lattice = Grid(self._src.crs, self._src.transform, self._src.width, self._src.height)
         try:

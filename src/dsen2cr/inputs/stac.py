@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 from urllib.request import url2pathname
@@ -288,9 +289,11 @@ def s1_assets(location: str) -> tuple[str, str]:
     return hrefs
 
 
-def stac_s1(location: str) -> str:
-    """A 2-band VRT of the ``vv`` and ``vh`` assets of an S1 STAC item."""
-    return stack_pair(*s1_assets(location), location, named=True)  # the item names its assets vv and vh
+def stac_s1(location: str, local: Mapping[str, str] | None = None) -> str:
+    """A 2-band VRT of the ``vv`` and ``vh`` assets of an S1 STAC item (read from their ``local`` copies where a
+    scene fetched them, :mod:`dsen2cr.inputs.fetch`)."""
+    vv, vh = ((local or {}).get(path, path) for path in s1_assets(location))
+    return stack_pair(vv, vh, location, named=True)  # the item names its assets vv and vh
 
 
 def _without_signatures(value: object) -> object:

@@ -8,17 +8,22 @@ import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 
 from rasterio.windows import Window
 
+from dsen2cr.auto import estimated_eager_seconds, resolve_fetch
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product
+from dsen2cr.inputs.fetch import fetched, local_product, remote_assets
 from dsen2cr.inputs.readers import Grid, S2Source
 from dsen2cr.inputs.s1 import S1Source, s1_scene_mean
 from dsen2cr.inputs.s1_time import report_s1_gap
 from dsen2cr.predictor import Predictor
 from dsen2cr.scene.masking import SceneMasker
 from dsen2cr.settings import SceneJob, ScenePlan
+from dsen2cr.signed_urls import earliest_expiry, remote_href
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,48 @@ def open_scene_inputs(
 ) -> Iterator[SceneInputs]:
     """Open S2 (resolved once: ``product``), S1 warped onto its grid, and the masker (the paper mask's statistics
     of the whole scene, or of ``area`` with ``--mask-statistics area``); close them all on the way out. ``checking``:
-    opened for their checks alone (``--dry-run``): no paper masker, whose statistics pass reads the whole scene."""
+    opened for their checks alone (``--dry-run``): no paper masker, whose statistics pass reads the whole scene;
+    nothing fetched. Remote assets are downloaded first where ``--fetch-inputs`` says (:func:`_fetched`)."""
+    with contextlib.ExitStack() as fetched_inputs:  # removed once the inputs are closed
+        local = {} if checking else fetched_inputs.enter_context(_fetched(predictor, job, plan, product, area))
+        with _opened_inputs(predictor, job, plan, local_product(product, local), area, local, checking) as inputs:
+            yield inputs
+
+
+def _fetched(
+    predictor: Predictor, job: SceneJob, plan: ScenePlan, product: S2Product, area: Window
+) -> contextlib.AbstractContextManager[dict[str, str]]:
+    """The local copies of the scene's remote assets where ``--fetch-inputs`` downloads them first (``auto``:
+    :func:`~dsen2cr.auto.resolve_fetch`, where their signatures would expire during the run), else none."""
+    paths = remote_assets(product, job.s1 if predictor.include_sar else None)
+    expiry = earliest_expiry(filter(None, map(remote_href, paths)))
+    left = None if expiry is None else (expiry - datetime.now(timezone.utc)).total_seconds()
+    pixels = area.width * area.height
+    if not paths or not resolve_fetch(plan.settings.fetch_inputs, predictor.config, plan.device, pixels, left):
+        return contextlib.nullcontext({})
+    if plan.settings.fetch_inputs == "auto" and left is not None:
+        log.info(
+            "%s: the signed URLs of its %d remote assets expire in %.0f min, before the network's estimated %.0f min "
+            "here ends: downloaded first (--fetch-inputs off reads them as the run goes)",
+            job.out,
+            len(paths),
+            left / 60,
+            estimated_eager_seconds(predictor.config, pixels) / 60,
+        )
+    return fetched(paths, Path(job.out))
+
+
+@contextlib.contextmanager
+def _opened_inputs(
+    predictor: Predictor,
+    job: SceneJob,
+    plan: ScenePlan,
+    product: S2Product,
+    area: Window,
+    local: dict[str, str],
+    checking: bool,
+) -> Iterator[SceneInputs]:
+    """The scene's inputs open (:func:`open_scene_inputs`), remote assets read from their ``local`` copies."""
     settings = plan.settings
     s2 = S2Source(product, resampling=settings.resampling, band_threads=plan.band_threads)
     inputs = SceneInputs(s2)
@@ -66,7 +112,7 @@ def open_scene_inputs(
             )
         if predictor.include_sar:
             assert job.s1 is not None  # checked in check_job
-            inputs.s1 = S1Source(job.s1, s2.grid, linear=settings.s1_linear)
+            inputs.s1 = S1Source(job.s1, s2.grid, linear=settings.s1_linear, local=local)
             report_s1_gap(job.s1, product.sensing_time, inputs.s1.sensing_time, warn=settings.s1_max_days is None)
             # computed the first time a hole needs it (on the thread that reads S1), then kept: S1 without holes is
             # never read whole for it (a pass over all of S1: some 11 s for a full tile warped onto its grid here)
