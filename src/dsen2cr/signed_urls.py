@@ -80,7 +80,12 @@ def read_failure(gdal_path: str, reason: str) -> str:
     expiry = url_expiry(href)
     if expiry is not None and expiry <= datetime.now(timezone.utc):
         return (
-            f"{gdal_path}: the server refused the read: the URL's signature expired at {_utc_text(expiry)}; "
+            f"{shown(href)}: the server refused the read: the URL's signature expired at {_utc_text(expiry)}; "
             f"{SIGN_ANEW} and run again (--resume goes on from the windows a stopped scene's journal holds)"
         )
-    return f"{gdal_path}: cannot read pixels from the server ({reason})"
+    return f"{shown(href)}: cannot read pixels from the server ({reason})"
+
+
+def shown(href: str) -> str:
+    """A URL as a message names it: a signed one without its query (a token is a credential; logs are shared)."""
+    return unsigned(href) + ("?…" if url_expiry(href) is not None else "")

@@ -6,6 +6,7 @@ what a killed run left is removed by the next run on the output), and is removed
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import shutil
@@ -23,7 +24,8 @@ from dsen2cr.inputs import is_stac, s1_parts
 from dsen2cr.inputs.product import S2Product
 from dsen2cr.inputs.stac import s1_assets
 from dsen2cr.outputs.files import describe_bytes, raise_write_failure
-from dsen2cr.signed_urls import read_failure, remote_href
+from dsen2cr.rasters import GDAL_HTTP_OPTIONS
+from dsen2cr.signed_urls import read_failure, remote_href, shown
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +43,66 @@ def remote_assets(product: S2Product, s1: str | None) -> list[str]:
     return [path for path in dict.fromkeys(paths) if remote_href(path) is not None]
 
 
+def _retries() -> tuple[int, float]:
+    """How often a download is tried again and how many seconds apart: GDAL's remote reads' settings
+    (``GDAL_HTTP_MAX_RETRY``, ``GDAL_HTTP_RETRY_DELAY``: the environment's, else the run's), so both fail alike."""
+    setting = {**GDAL_HTTP_OPTIONS, **os.environ}
+    return int(setting["GDAL_HTTP_MAX_RETRY"]), float(setting["GDAL_HTTP_RETRY_DELAY"])
+
+
+def _expected_size(response: http.client.HTTPResponse, done: int) -> int | None:
+    """The whole file's size a response says (``Content-Range``'s total, else ``done`` + ``Content-Length``)."""
+    total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    length = response.headers.get("Content-Length")
+    return done + int(length) if length and length.isdigit() else None
+
+
 def _download(path: str, target: Path) -> int:
-    """Download the remote GDAL ``path`` to ``target``; its size. A refusal says why (an expired signature: how to go
-    on), as a read would."""
+    """Download the remote GDAL ``path`` to ``target``; its size. A connection that drops, or a body shorter than
+    its headers say, is asked again from the byte it reached (as often as GDAL's reads retry); a refusal says why
+    (an expired signature: how to go on), as a read would."""
     href = remote_href(path)
     assert href is not None
-    try:
-        with urllib.request.urlopen(href, timeout=FETCH_TIMEOUT_SECONDS) as response, target.open("wb") as file:
-            shutil.copyfileobj(response, file, 2**20)
-    except urllib.error.HTTPError as error:
-        message = read_failure(path, f"HTTP {error.code} {error.reason}")
-        raise DSen2CRError(message.replace("cannot read pixels from the server", "cannot download it")) from None
-    except (urllib.error.URLError, TimeoutError) as error:
-        reason = getattr(error, "reason", error)
-        raise DSen2CRError(
-            f"{path}: cannot download it ({reason}); --fetch-inputs off reads it as the run goes"
-        ) from None
-    except OSError as error:
-        raise_write_failure(error, target)
-        raise
-    return target.stat().st_size
+    retries, delay = _retries()
+    done, expected, attempt = 0, None, 0
+    while True:
+        headers = {"Range": f"bytes={done}-"} if done else {}
+        try:
+            request = urllib.request.Request(href, headers=headers)
+            with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_SECONDS) as response:
+                if done and response.status != 206:  # the server sends the whole file again
+                    done = 0
+                expected = _expected_size(response, done)
+                with target.open("r+b" if done else "wb") as file:
+                    file.seek(done)
+                    shutil.copyfileobj(response, file, 2**20)
+                    file.truncate()
+            done = target.stat().st_size
+            if expected is None or done >= expected:
+                return done
+            reason: object = f"the connection closed early, of {expected}"
+        except urllib.error.HTTPError as error:
+            if error.code not in (429, 500, 502, 503, 504) or attempt >= retries:
+                message = read_failure(path, f"HTTP {error.code} {error.reason}")
+                raise DSen2CRError(
+                    message.replace("cannot read pixels from the server", "cannot download it")
+                ) from None
+            reason = f"HTTP {error.code}"
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
+            reason = getattr(error, "reason", error)
+            done = target.stat().st_size if target.exists() else 0
+        except OSError as error:
+            raise_write_failure(error, target)
+            raise
+        if attempt >= retries:
+            raise DSen2CRError(
+                f"{shown(href)}: cannot download it ({reason}); --fetch-inputs off reads it as the run goes"
+            )
+        attempt += 1
+        log.info("%s: the download stopped at %d bytes (%s): asked again from there", shown(href), done, reason)
+        time.sleep(delay)
 
 
 @contextlib.contextmanager
