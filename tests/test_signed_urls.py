@@ -425,3 +425,15 @@ def test_a_download_cut_short_goes_on_from_where_it_stopped(
     with rasterio.open(workdir / "streamed.tif") as streamed, rasterio.open(workdir / "fetched.tif") as fetched:
         np.testing.assert_array_equal(streamed.read(), fetched.read())
     assert ranged
+
+
+def test_messages_name_signed_urls_without_their_signature(
+    workdir: Path, blob_store: BlobStore, capsys: pytest.CaptureFixture
+) -> None:
+    """A signature the server refuses before the run (revoked): the line names the band's URL, not its token."""
+    search = _signed_search(workdir, blob_store, signature="first", expires_in=timedelta(hours=1))
+    blob_store.signature = "revoked"
+    assert _remove(workdir, search, "o.tif") == 2
+    err = capsys.readouterr().err
+    assert f"http://127.0.0.1:{blob_store.port}/B" in err and ".tif?…: cannot read S2 band" in err, err
+    assert "sig=" not in err and "se=" not in err

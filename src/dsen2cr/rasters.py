@@ -21,7 +21,7 @@ import dsen2cr.machine as machine
 from dsen2cr.choices import GDAL_CACHE_BYTES
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import check_input_file
-from dsen2cr.signed_urls import read_failure
+from dsen2cr.signed_urls import displayed, read_failure
 
 _block_cache_bytes = GDAL_CACHE_BYTES  # the bound in force (GDAL's cache is one per process)
 
@@ -58,7 +58,7 @@ def open_raster(path: str | Path, *, bands: int | None = None, what: str = "rast
     readable and has ``bands`` bands."""
     text = str(path)
     virtual = text.startswith(("/vsi", "<VRTDataset"))  # GDAL virtual file systems and VRTs built in memory
-    name = "VRT" if text.startswith("<") else text
+    name = "VRT" if text.startswith("<") else displayed(text)
     if not virtual:
         path = check_input_file(path, what)
     try:

@@ -89,3 +89,9 @@ def read_failure(gdal_path: str, reason: str) -> str:
 def shown(href: str) -> str:
     """A URL as a message names it: a signed one without its query (a token is a credential; logs are shared)."""
     return unsigned(href) + ("?…" if url_expiry(href) is not None else "")
+
+
+def displayed(gdal_path: str) -> str:
+    """A GDAL path as a message names it: a remote file's URL through :func:`shown`, anything else as it is."""
+    href = remote_href(gdal_path)
+    return gdal_path if href is None else shown(href)
