@@ -210,6 +210,14 @@ def _expired_s1_item(tmp: Path) -> Path:
     return tmp / "s1_rtc.json"
 
 
+def _s2_product_folder(tmp: Path) -> Path:
+    """A Level-1C product folder, as named and laid out by ESA (its metadata only: enough to be known)."""
+    folder = tmp / "S2B_MSIL1C_20170216T102101_N0204_R065_T32TPT_20170216T102101.SAFE"
+    folder.mkdir()
+    (folder / "MTD_MSIL1C.xml").write_text("<n1:Level-1C_User_Product/>")
+    return folder
+
+
 def _remove_with(tmp: Path, s2: Path, s1: Path | None = None) -> list[str]:
     variant = "dsen2cr-small" if s1 is not None else "dsen2cr-small-nosar"
     args = ["remove-clouds", "--weights", str(tmp.weights(variant)), "--s2", str(s2), "--out", str(tmp / "o.tif")]
@@ -395,6 +403,26 @@ CASES = [
         name="remove-clouds: an S1 STAC item of sentinel-1-grd (its assets: amplitude in radar geometry)",
         setup=lambda t: _remove(t, t.scene()[0], _grd_item(t)),
         message="grd_item.json: an item of sentinel-1-grd (Level-1 GRD: amplitude in radar geometry); --s1 takes VV",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: a zipped Sentinel-1 product given as --s2 (the two inputs swapped)",
+        setup=lambda t: _remove(t, write_s1_product(t, zipped=True), t.scene()[1], weights=t.weights("dsen2cr-small")),
+        message="SAFE.zip: a Sentinel-1 Level-1 GRD product (amplitude in radar geometry) given as --s2; --s2 takes the "
+        "Sentinel-2 scene, --s1 its S1",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: a Sentinel-1 product folder given as --s2",
+        setup=lambda t: _remove(t, write_s1_product(t), None, weights=t.weights("dsen2cr-small-nosar")),
+        message=".SAFE: a Sentinel-1 Level-1 GRD product (amplitude in radar geometry) given as --s2",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: a Sentinel-2 product folder given as --s1 (the two inputs swapped)",
+        setup=lambda t: _remove(t, t.scene()[0], _s2_product_folder(t)),
+        message="S2B_MSIL1C_20170216T102101_N0204_R065_T32TPT_20170216T102101.SAFE: a Sentinel-2 product given as "
+        "--s1; --s1 takes VV and VH backscatter",
         absent=("out.tif",),
     ),
     dict(
