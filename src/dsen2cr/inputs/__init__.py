@@ -25,7 +25,7 @@ from pathlib import Path
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.geotiff import geotiff_s2, stack_pair
 from dsen2cr.inputs.product import MAX_OFFSET_DN, S2Product, is_url, plausible_offset, sensing_time_of_name
-from dsen2cr.inputs.s1_products import refuse_s1_product
+from dsen2cr.inputs.s1_products import refuse_s1_as_s2, refuse_s1_product
 from dsen2cr.inputs.safe import safe_folder, zipped_safe
 from dsen2cr.inputs.stac import is_stac, item_reference, s1_assets, stac_s1, stac_s2
 
@@ -43,6 +43,7 @@ def resolve_s2(arg: str | Path, *, offset: int | None = None) -> S2Product:
         if offset is not None:
             raise DSen2CRError(f"{text}: --s2-offset is for GeoTIFFs; a STAC item declares its offsets")
         return stac_s2(text)
+    refuse_s1_as_s2(text)
     path = Path(text)
     if path.suffix.lower() == ".zip":
         product = _with_offset_option(zipped_safe(path), offset)

@@ -15,6 +15,8 @@ from dsen2cr.errors import DSen2CRError
 _PRODUCT_NAME = re.compile(r"S1[A-Z]_(?:IW|EW|SM|WV|S[1-6])_(GRD[FHM]|SLC_|RAW_|OCN_)_\d[SA][A-Z]{2}_\d{8}T\d{6}", re.I)
 #: A measurement file of a Level-1 product, as ESA names it (``s1a-iw-grd-vv-20170216t051234-…-001.tiff``).
 _MEASUREMENT_NAME = re.compile(r"s1[a-z]-(?:iw|ew|wv|s[1-6])[1-3]?-(grd|slc)-(?:vv|vh|hh|hv)-\d{8}t\d{6}-", re.I)
+#: A Sentinel-2 product's name (``S2B_MSIL1C_20170216T102101_N0204_R065_T32TPT_…``).
+_S2_PRODUCT_NAME = re.compile(r"S2[A-Z]_MSIL(?:1C|2A)_\d{8}T\d{6}_", re.I)
 #: What each product type holds.
 _PRODUCT_KINDS = {
     "GRD": "a Sentinel-1 Level-1 GRD product (amplitude in radar geometry)",
@@ -45,26 +47,52 @@ def _is_product_folder(path: Path) -> bool:
     return path.is_dir() and (path / "manifest.safe").is_file() and (path / "measurement").is_dir()
 
 
+def _s1_product_kind(path: Path) -> tuple[str, str | None] | None:
+    """What ``path`` is where it is a Sentinel-1 product as delivered (its description, and its type: ``GRD``,
+    ``SLC``, ``RAW``, ``OCN``, None where only its layout says), else None."""
+    kind = _product_type(path.name)
+    if kind is not None and (path.is_dir() or path.name.lower().endswith((".safe", ".zip"))):
+        return _PRODUCT_KINDS[kind], kind
+    if _is_product_folder(path):
+        return "a Sentinel-1 product (amplitude or complex values in radar geometry)", None
+    if found := _MEASUREMENT_NAME.match(path.name):
+        kind = found.group(1).upper()
+        return f"a measurement file of {_PRODUCT_KINDS[kind]}", kind
+    return None
+
+
+def _is_s2_product(path: Path) -> bool:
+    """Whether ``path`` is a Sentinel-2 product folder or zip (its name, or its metadata file)."""
+    named = _S2_PRODUCT_NAME.match(path.name) and (path.is_dir() or path.name.lower().endswith((".safe", ".zip")))
+    return bool(named) or (path.is_dir() and any(path.glob("MTD_MSIL*.xml")))
+
+
 def refuse_s1_product(part: str) -> None:
     """Refuse ``part`` (one file of an ``--s1`` value) where it is a Sentinel-1 product as delivered: a ``.SAFE``
     folder (or any folder laid out as one), a zipped product (``….SAFE.zip``, ``….zip``), or one of its measurement
     files; the refusal says what it is and how to make the σ⁰ dB ``--s1`` takes. Files whose names merely begin
-    with a product's (``S1A_IW_GRDH_…_db.tif``, exports named after their product) pass."""
+    with a product's (``S1A_IW_GRDH_…_db.tif``, exports named after their product) pass. A Sentinel-2 product
+    (the two inputs swapped) is refused saying so."""
     path = Path(part)
-    name = path.name
-    kind = _product_type(name)
-    if kind is not None and (path.is_dir() or name.lower().endswith((".safe", ".zip"))):
-        what = _PRODUCT_KINDS[kind]
-    elif _is_product_folder(path):
-        what = "a Sentinel-1 product (amplitude or complex values in radar geometry)"
-    elif found := _MEASUREMENT_NAME.match(name):
-        kind = found.group(1).upper()
-        what = f"a measurement file of {_PRODUCT_KINDS[kind]}"
-    else:
+    if _is_s2_product(path):
+        raise DSen2CRError(f"{part}: a Sentinel-2 product given as --s1; {S1_WANTED}, and --s2 the Sentinel-2 scene")
+    found = _s1_product_kind(path)
+    if found is None:
         return
+    what, kind = found
     advice = "use the GRD product of the same acquisition; " if kind in ("RAW", "OCN") else ""
     how = S1_HOW.format(slc=", TOPSAR-Deburst, Multilook" if kind == "SLC" else "")
     raise DSen2CRError(f"{part}: {what}; {advice}{S1_WANTED}: {how}")
+
+
+def refuse_s1_as_s2(text: str) -> None:
+    """Refuse an ``--s2`` value that is a Sentinel-1 product as delivered (the two inputs swapped)."""
+    found = _s1_product_kind(Path(text))
+    if found is not None:
+        raise DSen2CRError(
+            f"{text}: {found[0]} given as --s2; --s2 takes the Sentinel-2 scene, --s1 its S1 (VV and VH in dB on a "
+            "map grid: a product as delivered is processed first)"
+        )
 
 
 #: STAC collections of Level-1 GRD products as delivered (the Planetary Computer's and the Copernicus Data Space's id).
