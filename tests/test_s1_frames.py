@@ -18,6 +18,7 @@ from rasterio.windows import Window
 
 from conftest import write_s1_item
 from dsen2cr.cli import main
+from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import map_s1_files, s1_frames, s1_parts
 from dsen2cr.inputs.readers import S2Source
 from dsen2cr.inputs.s1 import S1Source
@@ -223,3 +224,41 @@ def test_frames_on_one_lattice_read_as_the_file_they_were_cut_from(workdir: Path
     assert np.isfinite(expected).all()
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)  # the warp's arithmetic: some 1e-4 dB apart
     np.testing.assert_allclose(per_window, expected, rtol=0, atol=1e-3)
+
+
+def test_frames_in_a_folder_whose_name_holds_a_plus(workdir: Path) -> None:
+    """``S1+S2/west.tif+S1+S2/east.tif``: split where every part names an existing file (it was split at every +,
+    'S1: S1 scene not found'); the same image as the frames under plain names."""
+    _s2(workdir)
+    west, east = _frames(workdir)
+    (workdir / "S1+S2").mkdir()
+    for frame in (west, east):
+        (workdir / "S1+S2" / frame.name).write_bytes(frame.read_bytes())
+    joined = f"{workdir}/S1+S2/{WEST}+{workdir}/S1+S2/{EAST}"
+    assert s1_frames(joined) == [f"{workdir}/S1+S2/{WEST}", f"{workdir}/S1+S2/{EAST}"]
+    weights = workdir.weights("dsen2cr-small")
+    assert main(_remove(workdir, f"{west}+{east}", "plain.tif", weights)) == 0
+    assert main(_remove(workdir, joined, "plus.tif", weights)) == 0
+    with rasterio.open(workdir / "plain.tif") as a, rasterio.open(workdir / "plus.tif") as b:
+        assert np.array_equal(a.read(), b.read())
+
+
+def test_a_pair_in_a_folder_whose_name_holds_a_comma(tmp_path: Path) -> None:
+    """``run,1/vv.tif,run,1/vh.tif``: the pair of the two files that exist (relative to a manifest's folder too)."""
+    (tmp_path / "run,1").mkdir()
+    for name in ("vv.tif", "vh.tif"):
+        (tmp_path / "run,1" / name).touch()
+    assert s1_parts(f"{tmp_path}/run,1/vv.tif,{tmp_path}/run,1/vh.tif") == [
+        f"{tmp_path}/run,1/vv.tif",
+        f"{tmp_path}/run,1/vh.tif",
+    ]
+    assert s1_parts("run,1/vv.tif,run,1/vh.tif", base=tmp_path) == ["run,1/vv.tif", "run,1/vh.tif"]
+
+
+def test_a_value_two_splits_fit_is_refused(tmp_path: Path) -> None:
+    """Files ``a+b.tif``, ``a`` and ``b.tif`` beside ``c.tif``: ``a+b.tif+c.tif`` splits two ways into existing files;
+    refused, saying so, rather than guessed."""
+    for name in ("a+b.tif", "a", "b.tif", "c.tif"):
+        (tmp_path / name).touch()
+    with pytest.raises(DSen2CRError, match=r"a\+b.tif\+c.tif: splits at \+ two ways into existing files"):
+        s1_frames("a+b.tif+c.tif", base=tmp_path)
