@@ -19,7 +19,7 @@ pass (consecutive slices of a datatake, each holding part of a scene) are joined
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
@@ -93,9 +93,39 @@ def _pair_parts(text: str, base: Path | None) -> list[str]:
 
 def _split(text: str, separator: str, base: Path | None) -> list[str]:
     """``text`` split at ``separator`` (each part stripped), unless it holds none or names an existing file (relative
-    to ``base`` when given): then ``[text]``."""
-    whole = Path(text) if base is None else base / text
-    return [part.strip() for part in text.split(separator)] if separator in text and not whole.exists() else [text]
+    to ``base`` when given): then ``[text]``. Where a folder's name holds the separator (``S1+S2/a.tif+S1+S2/b.tif``),
+    at the places where every part names an existing file (a pair's files each, for frames), or a URL; where none
+    does, at every separator (the file missing is named when read); where two splits do, refused."""
+    if separator not in text or _exists(text, base):
+        return [text]
+    pieces = text.split(separator)
+    fits = list(_splits_into_existing(pieces, separator, base))
+    if len(fits) > 1:
+        raise DSen2CRError(
+            f"{text}: splits at {separator} two ways into existing files ({' | '.join(map(repr, fits[:2]))}); name "
+            f"them through links without {separator}"
+        )
+    return fits[0] if fits else [piece.strip() for piece in pieces]
+
+
+def _exists(text: str, base: Path | None) -> bool:
+    """Whether ``text`` names an existing file or folder (relative to ``base`` when given), or the document of an
+    item of an ItemCollection (``items.json#ID``) that exists."""
+    document = item_reference(text.strip())[0]
+    return (Path(document) if base is None else base / document).exists()
+
+
+def _splits_into_existing(pieces: list[str], separator: str, base: Path | None) -> Iterator[list[str]]:
+    """Each way of joining consecutive ``pieces`` (back with ``separator``) into parts that each name what exists:
+    a file (for frames, ``+``: a frame's pair, each file), or a URL of one piece."""
+    for end in range(1, len(pieces) + 1):
+        part = separator.join(pieces[:end]).strip()
+        names = _pair_parts(part, base) if separator == FRAME_JOIN else [part]
+        if all(_exists(name, base) or (end == 1 and is_url(name)) for name in names):
+            if end == len(pieces):
+                yield [part]
+            else:
+                yield from ([part, *rest] for rest in _splits_into_existing(pieces[end:], separator, base))
 
 
 def s1_parts(text: str, base: Path | None = None) -> list[str]:
