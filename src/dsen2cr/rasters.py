@@ -64,7 +64,7 @@ def open_raster(path: str | Path, *, bands: int | None = None, what: str = "rast
     try:
         dataset = rasterio.open(text if virtual else path)
     except RasterioIOError as error:
-        reason = " ".join(str(error).split())
+        reason = " ".join(str(error).split()).replace(text, name)  # GDAL's words name the path: a signed one's token
         raise DSen2CRError(f"{name}: cannot read {what} ({reason})") from None
     if bands is not None and dataset.count != bands:
         count = dataset.count
