@@ -70,25 +70,26 @@ def remote_href(gdal_path: str) -> str | None:
     return text if text.startswith(("http://", "https://")) else None
 
 
-def read_failure(gdal_path: str, reason: str) -> str:
-    """The line that says why reading pixels of ``gdal_path`` failed (GDAL's ``reason``): a signed URL whose token
-    expired since the run began is refused by its server (GDAL says only that the read failed), a remote file's
-    read failed on the way, a local file is likely truncated."""
+def read_failure(gdal_path: str, reason: str, *, download: bool = False) -> str:
+    """The line that says why reading pixels of ``gdal_path`` (``download``: downloading it) failed, GDAL's or the
+    server's ``reason``: a signed URL whose token expired since the run began is refused by its server (GDAL says
+    only that the read failed), a remote file's read failed on the way, a local file is likely truncated."""
     href = remote_href(gdal_path)
     if href is None:
         return f"{gdal_path}: cannot read pixels, the file may be truncated ({reason})"
     expiry = url_expiry(href)
     if expiry is not None and expiry <= datetime.now(timezone.utc):
         return (
-            f"{shown(href)}: the server refused the read: the URL's signature expired at {_utc_text(expiry)}; "
-            f"{SIGN_ANEW} and run again (--resume goes on from the windows a stopped scene's journal holds)"
+            f"{shown(href)}: the server refused the {'download' if download else 'read'}: the URL's signature expired "
+            f"at {_utc_text(expiry)}; {SIGN_ANEW} and run again (--resume goes on from the windows a stopped scene's "
+            "journal holds)"
         )
-    return f"{shown(href)}: cannot read pixels from the server ({reason})"
+    return f"{shown(href)}: cannot {'download it' if download else 'read pixels from the server'} ({reason})"
 
 
 def shown(href: str) -> str:
-    """A URL as a message names it: a signed one without its query (a token is a credential; logs are shared)."""
-    return unsigned(href) + ("?…" if url_expiry(href) is not None else "")
+    """A URL as a message names it: without its query (a signed URL's token is a credential; logs are shared)."""
+    return unsigned(href) + ("?…" if urlparse(href).query else "")
 
 
 def displayed(gdal_path: str) -> str:

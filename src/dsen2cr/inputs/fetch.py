@@ -85,10 +85,7 @@ def _download(path: str, target: Path) -> int:
             reason: object = f"the connection closed early, of {expected}"
         except urllib.error.HTTPError as error:
             if error.code not in (429, 500, 502, 503, 504) or attempt >= retries:
-                message = read_failure(path, f"HTTP {error.code} {error.reason}")
-                raise DSen2CRError(
-                    message.replace("cannot read pixels from the server", "cannot download it")
-                ) from None
+                raise DSen2CRError(read_failure(path, f"HTTP {error.code} {error.reason}", download=True)) from None
             reason = f"HTTP {error.code}"
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
             reason = getattr(error, "reason", error)
