@@ -408,8 +408,8 @@ CASES = [
     dict(
         name="remove-clouds: a zipped Sentinel-1 product given as --s2 (the two inputs swapped)",
         setup=lambda t: _remove(t, write_s1_product(t, zipped=True), t.scene()[1], weights=t.weights("dsen2cr-small")),
-        message="SAFE.zip: a Sentinel-1 Level-1 GRD product (amplitude in radar geometry) given as --s2; --s2 takes the "
-        "Sentinel-2 scene, --s1 its S1",
+        message="SAFE.zip: a Sentinel-1 Level-1 GRD product (amplitude in radar geometry) given as --s2; --s2 takes "
+        "the Sentinel-2 scene, --s1 its S1",
         absent=("out.tif",),
     ),
     dict(
