@@ -33,7 +33,7 @@ WINDOWS = ["--tile", "16", "--overlap", "4"]
 #: the test's process would not answer them). Argument: the folder; the signature it takes is read from the folder's
 #: ``.signature`` at each request, each request's path appended to ``.requests``; it prints its port.
 SERVER = r"""
-import http.server, sys
+import http.server, json, sys
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -48,7 +48,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self, body=True):
         with open(folder / ".requests", "a") as log:
             log.write(self.path + "\n")
-        url = urlparse(self.path)
+        url = urlparse(self.path)  # an absolute URI where the store serves as the proxy of blob storage's hosts
+        if url.path.startswith("/api/sas/v1/token/"):  # the Planetary Computer's token API: a token of an hour
+            expiry = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() + 3600, timezone.utc)
+            se = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
+            signature = (folder / ".signature").read_text()
+            token = f"st=2026-01-01T00%3A00%3A00Z&se={se.replace(':', '%3A')}&sp=rl&sr=c&sig={signature}"
+            body = json.dumps({"msft:expiry": se, "token": token}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         query = parse_qs(url.query)
         expiry = datetime.fromisoformat(query.get("se", ["2000-01-01T00:00:00Z"])[0].replace("Z", "+00:00"))
         if query.get("sig") != [(folder / ".signature").read_text()] or expiry <= datetime.now(timezone.utc):
@@ -437,3 +449,65 @@ def test_messages_name_signed_urls_without_their_signature(
     err = capsys.readouterr().err
     assert f"http://127.0.0.1:{blob_store.port}/B" in err and ".tif?…: cannot read S2 band" in err, err
     assert "sig=" not in err and "se=" not in err
+
+
+def _pc_item(workdir: Path, store: BlobStore, *, signature: str, expires_in: timedelta) -> Path:
+    """The workdir's scene as a Planetary Computer item: its assets in blob storage (``http://sentinel2l2a01.blob.core.
+    windows.net/sentinel2-l2/…``, which the store serves as the proxy of that host), signed."""
+    if not (workdir / "assets" / "item.json").exists():
+        write_stac_item(workdir.scene()[0], workdir / "assets", datetime="2017-02-16T10:21:01Z")
+    container = workdir / "assets" / "sentinel2-l2"
+    container.mkdir(exist_ok=True)
+    item = json.loads((workdir / "assets" / "item.json").read_text())
+    for asset in item["assets"].values():
+        (container / asset["href"]).write_bytes((workdir / "assets" / asset["href"]).read_bytes())
+        href = store.sign(f"sentinel2-l2/{asset['href']}", signature=signature, expires_in=expires_in)
+        asset["href"] = href.replace(f"127.0.0.1:{store.port}", "sentinel2l2a01.blob.core.windows.net")
+    (workdir / "pc_item.json").write_text(json.dumps(item))
+    return workdir / "pc_item.json"
+
+
+@pytest.fixture
+def planetary_computer(blob_store: BlobStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The store as the Planetary Computer: its token API (``PC_SDK_SAS_URL``) and the proxy of its blob storage's
+    hosts (``http_proxy``: GDAL's curl and Python's urllib follow it); the SDK's tokens forgotten before and after."""
+    sas = pytest.importorskip("planetary_computer.sas")
+    monkeypatch.setenv("PC_SDK_SAS_URL", f"http://127.0.0.1:{blob_store.port}/api/sas/v1/token")
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{blob_store.port}")
+    monkeypatch.setenv("no_proxy", "")
+    sas.TOKEN_CACHE.clear()
+    sas.Settings.get.cache_clear()  # the SDK reads its settings once
+    yield
+    sas.TOKEN_CACHE.clear()
+    sas.Settings.get.cache_clear()
+
+
+def test_planetary_computer_assets_whose_token_expired_are_signed_anew(
+    workdir: Path, blob_store: BlobStore, planetary_computer: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An item saved yesterday (its token expired, the store now takes another signature): with the Planetary
+    Computer's SDK installed (``dsen2cr[pc]``), its assets are signed anew through its token API, and the scene is
+    the one of the same bands as local files."""
+    blob_store.signature = "today"
+    item = _pc_item(workdir, blob_store, signature="yesterday", expires_in=timedelta(hours=-20))
+    weights = str(workdir.weights("dsen2cr-small-nosar"))  # type: ignore[attr-defined]
+    local = ["--s2", str(workdir / "assets" / "item.json"), "--out", str(workdir / "local.tif")]
+    assert main(["remove-clouds", "--weights", weights, *local, "--no-progress", *WINDOWS]) == 0
+    with caplog.at_level("INFO"):
+        argv = ["--s2", str(item), "--out", str(workdir / "pc.tif"), "--no-progress", *WINDOWS]
+        assert main(["remove-clouds", "--weights", weights, *argv]) == 0
+    assert "signed anew through the Planetary Computer's token API" in caplog.text, caplog.text
+    with rasterio.open(workdir / "local.tif") as a, rasterio.open(workdir / "pc.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_without_the_sdk_an_expired_planetary_computer_item_says_how_to_sign_anew(
+    workdir: Path, blob_store: BlobStore, planetary_computer: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the SDK, the refusal names the extra that signs anew by itself."""
+    monkeypatch.setitem(sys.modules, "planetary_computer", None)  # an import of it fails
+    item = _pc_item(workdir, blob_store, signature="yesterday", expires_in=timedelta(hours=-20))
+    with pytest.raises(DSen2CRError, match=r"save the search again \(its assets signed anew\), or pip install "):
+        from dsen2cr.inputs import resolve_s2
+
+        resolve_s2(str(item))
