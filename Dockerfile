@@ -32,7 +32,7 @@ RUN if [ -f /tmp/wheels/pip-ca.crt ]; then export PIP_CERT=/tmp/wheels/pip-ca.cr
 COPY pyproject.toml README.md LICENSE* /tmp/dsen2cr/
 COPY src /tmp/dsen2cr/src
 RUN if [ -f /tmp/wheels/pip-ca.crt ]; then export PIP_CERT=/tmp/wheels/pip-ca.crt; fi \
-    && pip install "/tmp/dsen2cr[train,onnx,masks,weights]" \
+    && pip install "/tmp/dsen2cr[train,onnx,masks,weights,pc]" \
     && rm -rf /tmp/dsen2cr /tmp/wheels
 
 RUN useradd --create-home --shell /usr/sbin/nologin dsen2cr

@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
-	$(BIN)/python -m pip install --quiet -e '.[train,onnx,masks,weights,test]'
+	$(BIN)/python -m pip install --quiet -e '.[train,onnx,masks,weights,pc,test]'
 	touch $(STAMP)
 
 test: $(STAMP) lint

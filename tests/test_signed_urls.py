@@ -511,3 +511,36 @@ def test_without_the_sdk_an_expired_planetary_computer_item_says_how_to_sign_ane
         from dsen2cr.inputs import resolve_s2
 
         resolve_s2(str(item))
+
+
+def test_a_scene_that_runs_later_than_its_check_gets_its_token_anew(
+    workdir: Path, blob_store: BlobStore, planetary_computer: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch reads every scene's item at its start; a scene that runs an hour later finds its token expired (the
+    store takes another signature by then): it is signed anew as the scene starts, and the scene is the one of the
+    same bands as local files."""
+    import dsen2cr
+    from dsen2cr.inputs import resolve_s2
+    from dsen2cr.settings import SceneJob, SceneSettings
+
+    item = _pc_item(workdir, blob_store, signature="first", expires_in=timedelta(minutes=30))
+    product = resolve_s2(str(item))  # the batch's start: 30 minutes left, nothing signed anew
+    assert all("sig=first" in path for path in product.files)
+    blob_store.signature = "second"
+
+    class AnHourLater(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> AnHourLater:  # type: ignore[override]
+            return cls.fromtimestamp(time.time() + 3600, tz)
+
+    predictor = dsen2cr.load_predictor(workdir.weights("dsen2cr-small-nosar"), device="cpu")  # type: ignore[attr-defined]
+    settings = SceneSettings(tile=16, overlap=4, progress=False)
+    dsen2cr.remove_clouds(
+        predictor, SceneJob(str(workdir / "assets" / "item.json"), None, str(workdir / "local.tif")), settings
+    )
+    monkeypatch.setattr(signed_urls, "datetime", AnHourLater)
+    dsen2cr.remove_clouds(
+        predictor, SceneJob(str(item), None, str(workdir / "later.tif")), settings, s2_product=product
+    )
+    with rasterio.open(workdir / "local.tif") as a, rasterio.open(workdir / "later.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())

@@ -26,6 +26,7 @@ EXTRAS = (
     ("onnx", "onnxruntime", "export-onnx, ONNX weights, --backend onnxruntime"),
     ("masks", "s2cloudless", "--mask s2cloudless"),
     ("weights", "gdown", "weights download"),
+    ("pc", "planetary-computer", "Planetary Computer assets whose token expired signed anew"),
     ("(any)", "imagecodecs", "COGs compressed while written; without it GDAL's copy at the end"),
 )
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 from urllib.parse import parse_qs, urlparse, urlunparse
 
 from dsen2cr.errors import DSen2CRError
 
 #: What to do once a search's signatures expired.
 SIGN_ANEW = "save the search again (its assets signed anew)"
+#: The hosts of the Planetary Computer's blob storage, whose tokens its SDK (``dsen2cr[pc]``) gets anew.
+PC_BLOB_HOSTS = ".blob.core.windows.net"
 
 
 def _stamp(text: str) -> datetime | None:
@@ -58,10 +61,44 @@ def _utc_text(when: datetime) -> str:
 
 def refuse_expired(location: str, hrefs: Iterable[str]) -> None:
     """Refuse the STAC item at ``location`` where a signature of its asset ``hrefs`` has expired: reading them would
-    only get the server's refusal, after the work before it."""
+    only get the server's refusal, after the work before it. Planetary Computer assets: with how to have them signed
+    anew by themselves where its SDK is missing."""
+    hrefs = list(hrefs)
     expiry = earliest_expiry(hrefs)
     if expiry is not None and expiry <= datetime.now(timezone.utc):
-        raise DSen2CRError(f"{location}: the signed URLs of its assets expired at {_utc_text(expiry)}; {SIGN_ANEW}")
+        sdk = ", or pip install 'dsen2cr[pc]' (signed anew by themselves)" if any(map(_is_pc_blob, hrefs)) else ""
+        raise DSen2CRError(
+            f"{location}: the signed URLs of its assets expired at {_utc_text(expiry)}; {SIGN_ANEW}{sdk}"
+        )
+
+
+def _is_pc_blob(href: str) -> bool:
+    """Whether ``href`` (or the GDAL path of it) lies in the Planetary Computer's blob storage (Azure's hosts)."""
+    return urlparse(remote_href(href) or "").netloc.endswith(PC_BLOB_HOSTS)
+
+
+def _planetary_computer() -> Any:
+    """The Planetary Computer's SDK (``dsen2cr[pc]``), or None where it is not installed."""
+    try:
+        import planetary_computer
+    except ImportError:
+        return None
+    return planetary_computer
+
+
+def fresh(gdal_path: str, seconds: float) -> str:
+    """``gdal_path`` (a remote file's, or its URL), signed anew where its signature expires within ``seconds`` and
+    the Planetary Computer's SDK signs it (its blob storage's hosts: :data:`PC_BLOB_HOSTS`); else as it is."""
+    href, expiry = remote_href(gdal_path), url_expiry(gdal_path)
+    if href is None or expiry is None or not _is_pc_blob(href) or (sdk := _planetary_computer()) is None:
+        return gdal_path
+    if (expiry - datetime.now(timezone.utc)).total_seconds() > seconds:
+        return gdal_path
+    try:
+        signed = sdk.sign_url(unsigned(href))  # through its token API: a token of its container, kept while valid
+    except Exception as error:  # requests' and pydantic's errors: the API's answer
+        raise DSen2CRError(f"{shown(href)}: cannot be signed anew ({' '.join(str(error).split())[:200]})") from None
+    return gdal_path.replace(href, signed)
 
 
 def remote_href(gdal_path: str) -> str | None:

@@ -14,7 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -22,10 +22,10 @@ from urllib.parse import urlparse
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import is_stac, s1_parts
 from dsen2cr.inputs.product import S2Product
-from dsen2cr.inputs.stac import s1_assets
+from dsen2cr.inputs.stac import SIGNED_FOR_SECONDS, s1_assets
 from dsen2cr.outputs.files import describe_bytes, raise_write_failure
 from dsen2cr.rasters import GDAL_HTTP_OPTIONS
-from dsen2cr.signed_urls import read_failure, remote_href, shown
+from dsen2cr.signed_urls import fresh, read_failure, remote_href, shown
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +103,20 @@ def _download(path: str, target: Path) -> int:
 
 
 @contextlib.contextmanager
-def fetched(paths: Iterable[str], out: Path) -> Iterator[dict[str, str]]:
-    """Download the remote GDAL ``paths`` beside the output ``out`` (as its temporaries); yield each path's local
-    copy, removed on the way out."""
+def fetched(sources: Mapping[str, str], out: Path) -> Iterator[dict[str, str]]:
+    """Download each remote file of ``sources`` (the GDAL path a scene names it by: the one to download, signed anew
+    where it was) beside the output ``out`` (as its temporaries); yield each path's local copy, removed on the way
+    out."""
     local: dict[str, str] = {}
     start, size = time.perf_counter(), 0
     try:
-        for index, path in enumerate(paths):
-            name = Path(urlparse(remote_href(path) or "").path).name or "asset"
+        for index, (path, source) in enumerate(sources.items()):
+            name = Path(urlparse(remote_href(source) or "").path).name or "asset"
             prefix, suffix = f".{out.stem}.{os.getpid()}.", f".tmp{out.suffix}.input{index}-{name}"
             handle, copy = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=out.parent)
             os.close(handle)
             local[path] = copy
-            size += _download(path, Path(copy))
+            size += _download(source, Path(copy))
         log.info(
             "%s: %d remote assets downloaded beside it (%s in %.1f s), read from there",
             out,
@@ -133,3 +134,9 @@ def local_product(product: S2Product, local: dict[str, str]) -> S2Product:
     """``product`` reading its band files and masks from their ``local`` copies where it has them."""
     files = [local.get(path, path) for path in product.files]
     return replace(product, files=files, masks={key: local.get(path, path) for key, path in product.masks.items()})
+
+
+def signed_for_now(product: S2Product) -> S2Product:
+    """``product`` (resolved at a batch's start) with its Planetary Computer assets whose token expires within
+    :data:`~dsen2cr.inputs.stac.SIGNED_FOR_SECONDS` signed anew, as the scene starts (its SDK installed)."""
+    return local_product(product, {path: fresh(path, SIGNED_FOR_SECONDS) for path in remote_assets(product, None)})

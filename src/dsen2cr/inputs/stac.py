@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,8 +30,13 @@ from dsen2cr.inputs.product import (
 from dsen2cr.inputs.s1_products import refuse_s1_grd_item
 from dsen2cr.inputs.safe import baseline_at_least_04
 from dsen2cr.preprocessing import S2_BANDS
-from dsen2cr.signed_urls import refuse_expired, unsigned
+from dsen2cr.signed_urls import fresh, refuse_expired, unsigned
 
+log = logging.getLogger(__name__)
+
+#: A token that expires sooner than this when an item is read is got anew where it can be (the checks and first reads
+#: of a scene take seconds; a run's fetch or later reads get theirs anew for the run: dsen2cr.scene.sources).
+SIGNED_FOR_SECONDS = 900.0
 #: Earth Search (Element 84) asset keys of the S2 bands.
 EARTH_SEARCH_KEYS = {
     "coastal": "B1",
@@ -182,6 +188,17 @@ def _asset_href(asset: dict, base: str) -> str:
     return gdal_path(href)
 
 
+def _usable(location: str, paths: list[str]) -> list[str]:
+    """The GDAL paths of an item's assets to read now: Planetary Computer assets whose token expires within
+    :data:`SIGNED_FOR_SECONDS` signed anew where its SDK is installed (said once an item); refused where a token has
+    expired all the same (:func:`~dsen2cr.signed_urls.refuse_expired`)."""
+    renewed = [fresh(path, SIGNED_FOR_SECONDS) for path in paths]
+    if renewed != paths:
+        log.info("%s: its assets' token expires: signed anew through the Planetary Computer's token API", location)
+    refuse_expired(location, renewed)  # the server would refuse every read, after the work before the first
+    return renewed
+
+
 def _asset_band(key: str, asset: dict) -> str | None:
     """The S2 band an asset holds: its ``eo:bands`` (or STAC 1.1 ``bands``) name, else its key."""
     for entry in asset.get("eo:bands") or asset.get("bands") or []:
@@ -214,16 +231,17 @@ def stac_s2(location: str) -> S2Product:
         raise DSen2CRError(
             f"{location}: STAC item lacks the assets of bands {', '.join(missing)} (the model needs them)"
         )
-    files = [_asset_href(assets[band][1], base) for band in wanted]
-    refuse_expired(location, files)  # the server would refuse every read, after the work before the first
-    baseline = properties.get("s2:processing_baseline")
-    product = S2Product(location, list(wanted), files, level, baseline=str(baseline) if baseline else None)
-    product.sensing_time = item_time(properties)
     scl = next(
         (asset for key, asset in item["assets"].items() if key.lower() == "scl" and isinstance(asset, dict)), None
     )
-    if scl is not None:
-        product.masks["SCL"] = _asset_href(scl, base)
+    *files, mask = _usable(
+        location, [*(_asset_href(assets[band][1], base) for band in wanted), _asset_href(scl, base) if scl else ""]
+    )
+    baseline = properties.get("s2:processing_baseline")
+    product = S2Product(location, list(wanted), files, level, baseline=str(baseline) if baseline else None)
+    product.sensing_time = item_time(properties)
+    if mask:
+        product.masks["SCL"] = mask
     offsets = []
     for band in wanted:
         offsets.append(_stac_offset(assets[band][1], product.baseline, location, assets[band][0]))
@@ -284,9 +302,8 @@ def s1_assets(location: str) -> tuple[str, str]:
     missing = [name for name in ("vv", "vh") if name not in assets]
     if missing:
         raise DSen2CRError(f"{location}: STAC item lacks the {' and '.join(missing)} asset(s) (VV, VH)")
-    hrefs = _asset_href(assets["vv"], base), _asset_href(assets["vh"], base)
-    refuse_expired(location, hrefs)
-    return hrefs
+    vv, vh = _usable(location, [_asset_href(assets["vv"], base), _asset_href(assets["vh"], base)])
+    return vv, vh
 
 
 def stac_s1(location: str, local: Mapping[str, str] | None = None) -> str:

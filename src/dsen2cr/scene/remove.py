@@ -19,6 +19,7 @@ from dsen2cr.auto import plan_scene_run
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.inputs import S2Product, resolve_s2
 from dsen2cr.inputs.area import area_grid, area_tags, area_window
+from dsen2cr.inputs.fetch import signed_for_now
 from dsen2cr.inputs.provenance import s1_time_tags
 from dsen2cr.inputs.readers import Grid, scene_grid
 from dsen2cr.onnx_runtime import OnnxPredictor
@@ -115,7 +116,7 @@ def remove_clouds(
             raise DSen2CRError("uncertainty_parts: needs the job's uncertainty_out, the sigma file that holds them")
         onnx = isinstance(predictor.predict, OnnxPredictor)
         plan = plan_scene_run(settings, predictor.config, device=predictor.device, onnx=onnx)
-    product = s2_product or resolve_s2(job.s2, offset=plan.settings.s2_offset)
+    product = signed_for_now(s2_product) if s2_product else resolve_s2(job.s2, offset=plan.settings.s2_offset)
     check_job(predictor, job, plan.settings, product)
     area = area_window(scene_grid(product), scene_bounds(job, plan.settings), job.s2)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rasterio.windows import Window
 
-from dsen2cr.auto import estimated_eager_seconds, resolve_fetch
+from dsen2cr.auto import FETCH_MARGIN_SECONDS, estimated_eager_seconds, resolve_fetch
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product
 from dsen2cr.inputs.fetch import fetched, local_product, remote_assets
@@ -23,7 +23,7 @@ from dsen2cr.inputs.s1_time import report_s1_gap
 from dsen2cr.predictor import Predictor
 from dsen2cr.scene.masking import SceneMasker
 from dsen2cr.settings import SceneJob, ScenePlan
-from dsen2cr.signed_urls import earliest_expiry, remote_href
+from dsen2cr.signed_urls import earliest_expiry, fresh
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,17 @@ def open_scene_inputs(
 def _fetched(
     predictor: Predictor, job: SceneJob, plan: ScenePlan, product: S2Product, area: Window
 ) -> contextlib.AbstractContextManager[dict[str, str]]:
-    """The local copies of the scene's remote assets where ``--fetch-inputs`` downloads them first (``auto``:
-    :func:`~dsen2cr.auto.resolve_fetch`, where their signatures would expire during the run), else none."""
+    """What the scene reads in place of its remote assets: Planetary Computer assets whose token expires during the
+    run signed anew (where its SDK is installed), and local copies where ``--fetch-inputs`` downloads them first
+    (``auto``: :func:`~dsen2cr.auto.resolve_fetch`, where their signatures would expire during the run)."""
     paths = remote_assets(product, job.s1 if predictor.include_sar else None)
-    expiry = earliest_expiry(filter(None, map(remote_href, paths)))
-    left = None if expiry is None else (expiry - datetime.now(timezone.utc)).total_seconds()
     pixels = area.width * area.height
+    network = estimated_eager_seconds(predictor.config, pixels) if plan.device.type == "cpu" else 0.0
+    renewed = {path: fresh(path, network + FETCH_MARGIN_SECONDS) for path in paths}
+    expiry = earliest_expiry(renewed.values())
+    left = None if expiry is None else (expiry - datetime.now(timezone.utc)).total_seconds()
     if not paths or not resolve_fetch(plan.settings.fetch_inputs, predictor.config, plan.device, pixels, left):
-        return contextlib.nullcontext({})
+        return contextlib.nullcontext({path: new for path, new in renewed.items() if new != path})
     if plan.settings.fetch_inputs == "auto" and left is not None:
         log.info(
             "%s: the signed URLs of its %d remote assets expire in %.0f min, before the network's estimated %.0f min "
@@ -77,9 +80,9 @@ def _fetched(
             job.out,
             len(paths),
             left / 60,
-            estimated_eager_seconds(predictor.config, pixels) / 60,
+            network / 60,
         )
-    return fetched(paths, Path(job.out))
+    return fetched(renewed, Path(job.out))
 
 
 @contextlib.contextmanager
