@@ -199,12 +199,12 @@ def _grd_item(tmp: Path) -> Path:
 
 
 def _expired_s1_item(tmp: Path) -> Path:
-    """An S1 STAC item whose vv and vh hrefs are Azure SAS URLs (the Planetary Computer's) that expired."""
+    """An S1 STAC item whose vv and vh hrefs are S3 presigned URLs (SigV4) that expired an hour after signing."""
     import json
 
-    query = "st=2026-01-05T09%3A45%3A00Z&se=2026-01-05T10%3A45%3A00Z&sp=rl&sr=c&sig=x"
-    base = "https://sentinel1euwestrtc.blob.core.windows.net/sentinel1-grd-rtc/GRD/2026/1/5/IW/DV"
-    assets = {name: {"href": f"{base}/measurement/iw-{name}.tiff?{query}"} for name in ("vv", "vh")}
+    query = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20260105T094500Z&X-Amz-Expires=3600&X-Amz-Signature=ab12"
+    base = "https://s1-rtc.s3.eu-central-1.amazonaws.com/2026/1/5/IW/DV"
+    assets = {name: {"href": f"{base}/iw-{name}.tiff?{query}"} for name in ("vv", "vh")}
     item = {"type": "Feature", "id": "S1A_IW_GRDH_1SDV_20260105", "properties": {}, "assets": assets}
     (tmp / "s1_rtc.json").write_text(json.dumps(item))
     return tmp / "s1_rtc.json"

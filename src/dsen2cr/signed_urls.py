@@ -80,7 +80,8 @@ def _is_pc_blob(href: str) -> bool:
 def _planetary_computer() -> Any:
     """The Planetary Computer's SDK (``dsen2cr[pc]``), or None where it is not installed."""
     try:
-        import planetary_computer
+        import planetary_computer.sas
+        import planetary_computer.utils
     except ImportError:
         return None
     return planetary_computer
@@ -94,10 +95,15 @@ def fresh(gdal_path: str, seconds: float) -> str:
         return gdal_path
     if (expiry - datetime.now(timezone.utc)).total_seconds() > seconds:
         return gdal_path
-    try:
-        signed = sdk.sign_url(unsigned(href))  # through its token API: a token of its container, kept while valid
-    except Exception as error:  # requests' and pydantic's errors: the API's answer
-        raise DSen2CRError(f"{shown(href)}: cannot be signed anew ({' '.join(str(error).split())[:200]})") from None
+    plain = unsigned(href)
+    try:  # a token of its container through the SDK's token API (kept while valid), asked at most 4 times
+        account, container = sdk.utils.parse_blob_url(urlparse(plain))
+        signed = sdk.sas.get_token(account, container, retry_total=3, retry_backoff_factor=0.5).sign(plain).href
+    except Exception as error:  # requests', urllib3's and pydantic's errors: the API's answer, or none
+        raise DSen2CRError(
+            f"{shown(href)}: its token expires at {_utc_text(expiry)} and cannot be signed anew through the "
+            f"Planetary Computer's token API ({' '.join(str(error).split())[:200]}); {SIGN_ANEW}"
+        ) from None
     return gdal_path.replace(href, signed)
 
 
