@@ -49,6 +49,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with open(folder / ".requests", "a") as log:
             log.write(self.path + "\n")
         url = urlparse(self.path)  # an absolute URI where the store serves as the proxy of blob storage's hosts
+        if url.path.startswith("/api/sas/v1/token/") and (folder / ".api_down").exists():
+            self.send_error(503, "Service Unavailable")
+            return
         if url.path.startswith("/api/sas/v1/token/"):  # the Planetary Computer's token API: a token of an hour
             expiry = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() + 3600, timezone.utc)
             se = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -544,3 +547,19 @@ def test_a_scene_that_runs_later_than_its_check_gets_its_token_anew(
     )
     with rasterio.open(workdir / "local.tif") as a, rasterio.open(workdir / "later.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_a_token_api_that_does_not_answer_is_one_line(
+    workdir: Path, blob_store: BlobStore, planetary_computer: None, capsys: pytest.CaptureFixture
+) -> None:
+    """The token API answers 503 (asked 4 times): the line says when the token expired, that it could not be got
+    anew, and how to go on; nothing is written."""
+    (workdir / "assets" / ".api_down").touch()
+    item = _pc_item(workdir, blob_store, signature="yesterday", expires_in=timedelta(hours=-20))
+    weights = str(workdir.weights("dsen2cr-small-nosar"))  # type: ignore[attr-defined]
+    argv = ["remove-clouds", "--weights", weights, "--s2", str(item), "--out", str(workdir / "o.tif"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "/sentinel2-l2/B01.tif?…: its token expires at " in err, err
+    assert "cannot be signed anew through the Planetary Computer's token API (" in err and "503" in err
+    assert "save the search again" in err and not (workdir / "o.tif").exists()
