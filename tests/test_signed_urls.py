@@ -563,3 +563,21 @@ def test_a_token_api_that_does_not_answer_is_one_line(
     assert "/sentinel2-l2/B01.tif?…: its token expires at " in err, err
     assert "cannot be signed anew through the Planetary Computer's token API (" in err and "503" in err
     assert "save the search again" in err and not (workdir / "o.tif").exists()
+
+
+def test_an_unsigned_planetary_computer_item_is_signed(
+    workdir: Path, blob_store: BlobStore, planetary_computer: None
+) -> None:
+    """An item read from the Planetary Computer's STAC API without the SDK's signing (its hrefs bare, which its blob
+    storage refuses): signed through the SDK as it is read, the scene is the one of the same bands as local files."""
+    item_path = _pc_item(workdir, blob_store, signature="first", expires_in=timedelta(hours=1))
+    item = json.loads(item_path.read_text())
+    for asset in item["assets"].values():
+        asset["href"] = asset["href"].partition("?")[0]
+    item_path.write_text(json.dumps(item))
+    weights = str(workdir.weights("dsen2cr-small-nosar"))  # type: ignore[attr-defined]
+    for scene, out in ((workdir / "assets" / "item.json", "local.tif"), (item_path, "pc.tif")):
+        argv = ["--s2", str(scene), "--out", str(workdir / out), "--no-progress", *WINDOWS]
+        assert main(["remove-clouds", "--weights", weights, *argv]) == 0
+    with rasterio.open(workdir / "local.tif") as a, rasterio.open(workdir / "pc.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())

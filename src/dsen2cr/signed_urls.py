@@ -88,23 +88,37 @@ def _planetary_computer() -> Any:
 
 
 def fresh(gdal_path: str, seconds: float) -> str:
-    """``gdal_path`` (a remote file's, or its URL), signed anew where its signature expires within ``seconds`` and
-    the Planetary Computer's SDK signs it (its blob storage's hosts: :data:`PC_BLOB_HOSTS`); else as it is."""
+    """``gdal_path`` (a remote file's, or its URL) signed through the Planetary Computer's SDK where it lies in its
+    blob storage (:data:`PC_BLOB_HOSTS`) and the SDK is installed: anew where its signature expires within
+    ``seconds``, and where it is not signed at all (an item read from its STAC API without the SDK's signing: its
+    assets refuse unsigned reads; a container that cannot be signed is read as it is); else as it is."""
     href, expiry = remote_href(gdal_path), url_expiry(gdal_path)
-    if href is None or expiry is None or not _is_pc_blob(href) or (sdk := _planetary_computer()) is None:
+    if href is None or not _is_pc_blob(href) or (sdk := _planetary_computer()) is None:
         return gdal_path
+    if expiry is None:
+        if urlparse(href).query:  # signed some other way, or not ours to sign
+            return gdal_path
+        try:
+            return gdal_path.replace(href, _signed(sdk, href))
+        except Exception:  # another's public container: its files read unsigned
+            return gdal_path
     if (expiry - datetime.now(timezone.utc)).total_seconds() > seconds:
         return gdal_path
-    plain = unsigned(href)
-    try:  # a token of its container through the SDK's token API (kept while valid), asked at most 4 times
-        account, container = sdk.utils.parse_blob_url(urlparse(plain))
-        signed = sdk.sas.get_token(account, container, retry_total=3, retry_backoff_factor=0.5).sign(plain).href
+    try:
+        return gdal_path.replace(href, _signed(sdk, href))
     except Exception as error:  # requests', urllib3's and pydantic's errors: the API's answer, or none
         raise DSen2CRError(
             f"{shown(href)}: its token expires at {_utc_text(expiry)} and cannot be signed anew through the "
             f"Planetary Computer's token API ({' '.join(str(error).split())[:200]}); {SIGN_ANEW}"
         ) from None
-    return gdal_path.replace(href, signed)
+
+
+def _signed(sdk: Any, href: str) -> str:
+    """``href`` (its query dropped) signed with a token of its container from the SDK's token API (kept while valid),
+    asked at most 4 times (the SDK's default, 10 with backoff, waits minutes where the API cannot be reached)."""
+    plain = unsigned(href)
+    account, container = sdk.utils.parse_blob_url(urlparse(plain))
+    return str(sdk.sas.get_token(account, container, retry_total=3, retry_backoff_factor=0.5).sign(plain).href)
 
 
 def remote_href(gdal_path: str) -> str | None:

@@ -194,7 +194,10 @@ def _usable(location: str, paths: list[str]) -> list[str]:
     expired all the same (:func:`~dsen2cr.signed_urls.refuse_expired`)."""
     renewed = [fresh(path, SIGNED_FOR_SECONDS) for path in paths]
     if renewed != paths:
-        log.info("%s: its assets' token expires: signed anew through the Planetary Computer's token API", location)
+        log.info(
+            "%s: its assets signed anew through the Planetary Computer's token API (unsigned, or their token ends)",
+            location,
+        )
     refuse_expired(location, renewed)  # the server would refuse every read, after the work before the first
     return renewed
 
