@@ -581,3 +581,20 @@ def test_an_unsigned_planetary_computer_item_is_signed(
         assert main(["remove-clouds", "--weights", weights, *argv]) == 0
     with rasterio.open(workdir / "local.tif") as a, rasterio.open(workdir / "pc.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_a_container_the_api_does_not_sign_is_read_unsigned_and_asked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unsigned files of another's public container in blob storage: the token API refuses; each file is read as it
+    is, and the API is asked once for the folder, not once a file."""
+    pytest.importorskip("planetary_computer.sas")
+    asked: list[str] = []
+
+    def refused(sdk: object, href: str) -> str:
+        asked.append(href)
+        raise ValueError("403 Forbidden")
+
+    monkeypatch.setattr(signed_urls, "_signed", refused)
+    monkeypatch.setattr(signed_urls, "_UNSIGNABLE", set())
+    paths = [f"/vsicurl/https://public.blob.core.windows.net/open/B0{band}.tif" for band in (2, 3, 4)]
+    assert [signed_urls.fresh(path, 900.0) for path in paths] == paths
+    assert len(asked) == 1
