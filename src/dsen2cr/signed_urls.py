@@ -18,7 +18,7 @@ SIGN_ANEW = "save the search again (its assets signed anew)"
 #: The hosts of the Planetary Computer's blob storage, whose tokens its SDK (``dsen2cr[pc]``) gets anew.
 PC_BLOB_HOSTS = ".blob.core.windows.net"
 #: Folders of blob storage whose unsigned files the token API would not sign (asked once a process).
-_UNSIGNABLE: set[tuple[str, str]] = set()
+_UNSIGNABLE: set[str] = set()
 
 
 def _stamp(text: str) -> datetime | None:
@@ -98,13 +98,13 @@ def fresh(gdal_path: str, seconds: float) -> str:
     if href is None or not _is_pc_blob(href) or (sdk := _planetary_computer()) is None:
         return gdal_path
     if expiry is None:
-        container = urlparse(href).netloc, unsigned(href).rsplit("/", 1)[0]
-        if urlparse(href).query or container in _UNSIGNABLE:  # signed some other way, or not the API's to sign
+        folder = unsigned(href).rsplit("/", 1)[0]  # scheme, host and path: the container and its folders
+        if urlparse(href).query or folder in _UNSIGNABLE:  # signed some other way, or not the API's to sign
             return gdal_path
         try:
             return gdal_path.replace(href, _signed(sdk, href))
         except Exception:  # another's public container: its files read unsigned, the API not asked again
-            _UNSIGNABLE.add(container)
+            _UNSIGNABLE.add(folder)
             return gdal_path
     if (expiry - datetime.now(timezone.utc)).total_seconds() > seconds:
         return gdal_path

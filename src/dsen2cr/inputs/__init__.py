@@ -169,11 +169,12 @@ def resolve_s1(arg: str | Path, local: Mapping[str, str] | None = None) -> str:
     text = str(arg)
     if len(s1_frames(text)) > 1:
         raise DSen2CRError(f"{text}: frames joined with + are read one by one (dsen2cr.inputs.s1.S1Source)")
-    for part in s1_parts(text):
+    parts = s1_parts(text)
+    for part in parts:
         refuse_s1_product(part)
     if is_stac(text):
         return stac_s1(text, local)
-    if len(parts := s1_parts(text)) > 1:
+    if len(parts) > 1:
         if len(parts) != 2 or not all(parts):
             raise DSen2CRError(f"{text}: an S1 pair is two files, VV,VH")
         return stack_pair(parts[0], parts[1], text)
