@@ -188,6 +188,64 @@ def test_stac_item_equals_the_safe(
     np.testing.assert_array_equal(_run(weights, item, tmp_path / "s.tif"), _run(weights, safe, tmp_path / "f.tif"))
 
 
+def _cdse_item(folder: Path, safe: Path, level: str) -> Path:
+    """A STAC 1.1 item as the Copernicus Data Space Ecosystem's catalogue gives one: Level-2A bands at their own and
+    every coarser resolution of the product (keys ``B02_10m``, ``B02_20m``, ``B02_60m`` in the catalogue's
+    alphabetical order, each naming ``B02`` in ``bands``, its ``gsd`` said) with their offset as the asset's
+    ``raster:offset`` and ``raster:scale``, an ``SCL_20m`` and ``SCL_60m``; Level-1C bands one asset each (``B02``);
+    the baseline as ``processing:version``, the level as ``product:type``."""
+    assets: dict[str, dict] = {}
+    for band in S2_BANDS if level == "L1C" else L2A_BANDS:
+        source = next(safe.rglob(f"*_{band_code(band)}*.jp2"))
+        with rasterio.open(source) as src:
+            data, crs, transform = src.read(), src.crs, src.transform
+        native = round(transform.a)
+        for resolution in [native] if level == "L1C" else [r for r in (10, 20, 60) if r >= native]:
+            factor = resolution // native
+            coarse = data.reshape(1, data.shape[1] // factor, factor, -1, factor).mean(axis=(2, 4)).round()
+            key = band_code(band) if level == "L1C" else f"{band_code(band)}_{resolution}m"
+            write_geotiff(
+                folder / f"{key}.tif", coarse.astype(np.uint16), crs=crs, transform=transform * transform.scale(factor)
+            )
+            asset: dict = {"href": f"{key}.tif", "gsd": resolution, "bands": [{"name": band_code(band)}]}
+            if level == "L2A":
+                asset |= {"raster:scale": 0.0001, "raster:offset": -0.1}
+            assets[key] = asset
+    if level == "L2A":
+        for resolution in (20, 60):
+            write_geotiff(
+                folder / f"SCL_{resolution}m.tif",
+                np.full((1, SIZE * 10 // resolution, SIZE * 10 // resolution), 4, np.uint8),
+                crs=CRS_33N,
+                transform=from_origin(399960, 5800020, resolution, resolution),
+            )
+            assets[f"SCL_{resolution}m"] = {"href": f"SCL_{resolution}m.tif", "gsd": resolution}
+    properties = {"product:type": f"S2MSI{level[1:]}", "processing:version": "05.10"}
+    item = {"type": "Feature", "stac_version": "1.1.0", "id": "S2B_CDSE", "properties": properties}
+    path = folder / "item.json"
+    path.write_text(json.dumps(item | {"assets": dict(sorted(assets.items()))}))
+    return path
+
+
+@pytest.mark.parametrize("level", ["L1C", "L2A"])
+def test_a_copernicus_data_space_item_equals_the_safe(
+    weights: Path, tmp_path: Path, level: str, make_safe: Callable[..., Path]
+) -> None:
+    """A Copernicus Data Space Ecosystem item (STAC 1.1) gives the SAFE's output: each band read from its finest
+    asset (the 60 m copies came last, and were read), the offset from processing:version (Level-1C) or the assets'
+    raster:offset and raster:scale (Level-2A), both of which it missed (the offset was taken for 0), and the product's
+    classification from its finest SCL."""
+    safe = make_safe(tmp_path / "p", level=level, baseline="05.10", shift=1000, offsets=ALL_OFFSETS)
+    (tmp_path / "stac").mkdir()
+    item = _cdse_item(tmp_path / "stac", safe, level)
+    product = resolve_s2(item)
+    assert product.offsets == [-1000] * len(product.bands) and product.level == level
+    if level == "L2A":
+        assert product.files[0].endswith("B01_60m.tif") and product.files[1].endswith("B02_10m.tif")
+        assert product.masks["SCL"].endswith("SCL_20m.tif")
+    np.testing.assert_array_equal(_run(weights, item, tmp_path / "s.tif"), _run(weights, safe, tmp_path / "f.tif"))
+
+
 def test_s1_pair_equals_the_stacked_file(tmp_path: Path, weights_file: Callable[[str], Path]) -> None:
     import torch
 
