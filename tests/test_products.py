@@ -20,7 +20,7 @@ from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import resolve_s2
 from dsen2cr.inputs.product import L2A_BANDS, band_code, sensing_time_text
-from dsen2cr.inputs.stac import EARTH_SEARCH_KEYS
+from dsen2cr.inputs.stac_bands import EARTH_SEARCH_KEYS, band_assets, stac_offset
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.preprocessing import S2_BANDS
 
@@ -244,6 +244,43 @@ def test_a_copernicus_data_space_item_equals_the_safe(
         assert product.files[0].endswith("B01_60m.tif") and product.files[1].endswith("B02_10m.tif")
         assert product.masks["SCL"].endswith("SCL_20m.tif")
     np.testing.assert_array_equal(_run(weights, item, tmp_path / "s.tif"), _run(weights, safe, tmp_path / "f.tif"))
+
+
+@pytest.mark.parametrize(
+    ("assets", "chosen"),
+    [
+        ({"B02_60m": {}, "B02_20m": {}, "B02_10m": {}}, "B02_10m"),  # by the key's resolution
+        ({"a": {"gsd": 60, "bands": [{"name": "B02"}]}, "b": {"gsd": 10, "bands": [{"name": "B02"}]}}, "b"),
+        ({"a": {"proj:transform": [20, 0, 0, 0, -20, 0], "eo:bands": [{"name": "B2"}]}, "B02_10m": {}}, "B02_10m"),
+        # one resolution: the COG before the product's JPEG 2000, whatever their order
+        (
+            {
+                "x": {"type": "image/jp2", "eo:bands": [{"name": "B02"}]},
+                "y": {"href": "B02.tif", "bands": [{"name": "B02"}]},
+            },
+            "y",
+        ),
+        ({"blue": {"href": "b.tif"}, "blue-jp2": {"href": "b.jp2"}}, "blue"),  # Earth Search's JP2 copy is no key
+    ],
+)
+def test_the_asset_a_band_is_read_from(assets: dict, chosen: str) -> None:
+    assert band_assets("item.json", assets)["B2"][0] == chosen
+
+
+@pytest.mark.parametrize(
+    ("asset", "dn"),
+    [
+        ({"raster:bands": [{"scale": 0.0001, "offset": -0.1}]}, -1000),  # STAC 1.0 (Earth Search)
+        ({"bands": [{"name": "B02", "raster:scale": 0.0001, "raster:offset": -0.1}]}, -1000),  # STAC 1.1, per band
+        ({"raster:scale": 0.0001, "raster:offset": -0.1}, -1000),  # STAC 1.1, the asset's own
+        ({"raster:scale": 0.0001}, 0),  # a scale alone declares no offset: the baseline (none here) decides
+        ({"raster:offset": -1000}, -1000),  # in DN (no scale)
+    ],
+)
+def test_the_offsets_an_asset_declares(asset: dict, dn: int) -> None:
+    assert stac_offset(asset, None, "item.json", "B02") == dn
+    if "offset" not in str(asset):
+        assert stac_offset(asset, "05.11", "item.json", "B02") == -1000
 
 
 def test_s1_pair_equals_the_stacked_file(tmp_path: Path, weights_file: Callable[[str], Path]) -> None:

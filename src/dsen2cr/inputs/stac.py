@@ -1,6 +1,6 @@
-"""STAC items (a JSON path or URL): S2 items with one asset per band (Planetary Computer or Earth Search
-naming, ``raster:bands`` scale and offset), S1 items with ``vv`` and ``vh`` assets; remote assets are read
-through ``/vsicurl/`` and ``/vsis3/`` (docs/design.md §4.5)."""
+"""STAC items (a JSON path or URL): S2 items with one asset per band (Planetary Computer, Earth Search or Copernicus
+Data Space naming and offsets: :mod:`~dsen2cr.inputs.stac_bands`), S1 items with ``vv`` and ``vh`` assets; remote
+assets are read through ``/vsicurl/`` and ``/vsis3/`` (docs/design.md §4.5)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
@@ -16,19 +15,9 @@ from urllib.request import url2pathname
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.geotiff import stack_pair
-from dsen2cr.inputs.product import (
-    BASELINE_04_OFFSET,
-    L2A_BANDS,
-    MAX_OFFSET_DN,
-    S2Product,
-    band_code,
-    band_of,
-    is_url,
-    plausible_offset,
-    sensing_time_text,
-)
+from dsen2cr.inputs.product import L2A_BANDS, S2Product, band_code, is_url, sensing_time_text
 from dsen2cr.inputs.s1_products import refuse_s1_grd_item
-from dsen2cr.inputs.safe import baseline_at_least_04
+from dsen2cr.inputs.stac_bands import band_assets, item_level_and_baseline, scl_asset, stac_offset
 from dsen2cr.preprocessing import S2_BANDS
 from dsen2cr.signed_urls import fresh, refuse_expired, unsigned
 
@@ -37,22 +26,6 @@ log = logging.getLogger(__name__)
 #: A token that expires sooner than this when an item is read is got anew where it can be (the checks and first reads
 #: of a scene take seconds; a run's fetch or later reads get theirs anew for the run: dsen2cr.scene.sources).
 SIGNED_FOR_SECONDS = 900.0
-#: Earth Search (Element 84) asset keys of the S2 bands.
-EARTH_SEARCH_KEYS = {
-    "coastal": "B1",
-    "blue": "B2",
-    "green": "B3",
-    "red": "B4",
-    "rededge1": "B5",
-    "rededge2": "B6",
-    "rededge3": "B7",
-    "nir": "B8",
-    "nir08": "B8A",
-    "nir09": "B9",
-    "cirrus": "B10",
-    "swir16": "B11",
-    "swir22": "B12",
-}
 
 
 def gdal_path(href: str) -> str:
@@ -202,53 +175,29 @@ def _usable(location: str, paths: list[str]) -> list[str]:
     return renewed
 
 
-def _asset_band(key: str, asset: dict) -> str | None:
-    """The S2 band an asset holds: its ``eo:bands`` (or STAC 1.1 ``bands``) name, else its key."""
-    for entry in asset.get("eo:bands") or asset.get("bands") or []:
-        if isinstance(entry, dict):
-            band = band_of(str(entry.get("name", "")))
-            if band is not None:
-                return band
-    return band_of(key) or EARTH_SEARCH_KEYS.get(key.lower())
-
-
 def stac_s2(location: str) -> S2Product:
-    """An S2 STAC item: one asset per band (Planetary Computer or Earth Search naming)."""
+    """An S2 STAC item: one asset per band (Planetary Computer, Earth Search or Copernicus Data Space naming; a band
+    at several resolutions read from its finest, :mod:`~dsen2cr.inputs.stac_bands`)."""
     item, base = _read_item(location)
-    assets = {
-        band: (key, asset)
-        for key, asset in item["assets"].items()
-        if isinstance(asset, dict)
-        for band in [_asset_band(key, asset)]
-        if band is not None
-    }
+    assets = band_assets(location, item["assets"])
     properties = item.get("properties") or {}
-    product_type = str(properties.get("s2:product_type", "")).upper()
-    if "2A" in product_type or "1C" in product_type:  # S2MSI2A, S2MSI1C
-        level = "L2A" if "2A" in product_type else "L1C"
-    else:  # no product type: an item with a cirrus band is top of atmosphere
-        level = "L1C" if "B10" in assets else "L2A"
+    level, baseline = item_level_and_baseline(properties if isinstance(properties, dict) else {}, assets)
     wanted = S2_BANDS if level == "L1C" else L2A_BANDS
     missing = [band_code(b) for b in wanted if b not in assets]
     if missing:
         raise DSen2CRError(
             f"{location}: STAC item lacks the assets of bands {', '.join(missing)} (the model needs them)"
         )
-    scl = next(
-        (asset for key, asset in item["assets"].items() if key.lower() == "scl" and isinstance(asset, dict)), None
-    )
+    scl = scl_asset(item["assets"])
     *files, mask = _usable(
         location, [*(_asset_href(assets[band][1], base) for band in wanted), _asset_href(scl, base) if scl else ""]
     )
-    baseline = properties.get("s2:processing_baseline")
-    product = S2Product(location, list(wanted), files, level, baseline=str(baseline) if baseline else None)
+    product = S2Product(location, list(wanted), files, level, baseline=baseline)
     product.sensing_time = item_time(properties)
     if mask:
         product.masks["SCL"] = mask
-    offsets = []
-    for band in wanted:
-        offsets.append(_stac_offset(assets[band][1], product.baseline, location, assets[band][0]))
-    product.offsets, product.offset_from = offsets, "stac"
+    product.offsets = [stac_offset(assets[band][1], product.baseline, location, assets[band][0]) for band in wanted]
+    product.offset_from = "stac"
     return product
 
 
@@ -266,35 +215,6 @@ def item_properties(location: str) -> dict:
     item, _ = _read_item(location)
     properties = item.get("properties")
     return properties if isinstance(properties, dict) else {}
-
-
-def _stac_offset(asset: dict, baseline: str | None, location: str, key: str) -> int:
-    """DN to add to asset ``key``: from ``raster:bands`` scale and offset (scale 0.0001, offset −0.1 -> −1000),
-    else −1000 for baseline 04.00 and later, else 0. A scale that is not a positive number (0 is not "no
-    scale"), an offset that is not a finite number, or one beyond what Sentinel-2 products hold is refused."""
-    for entry in asset.get("raster:bands") or []:
-        if isinstance(entry, dict) and entry.get("offset") is not None:
-            offset, scale = entry["offset"], entry.get("scale", 1.0)
-            label = f"{location}: raster:bands"
-            if not is_finite_number(offset):
-                raise DSen2CRError(f"{label} offset {offset!r} of asset {key} is not a finite number")
-            if not (is_finite_number(scale) and scale > 0):
-                raise DSen2CRError(f"{label} scale {scale!r} of asset {key} is not a positive number")
-            dn = offset / scale
-            if not plausible_offset(dn):
-                raise DSen2CRError(
-                    f"{label} scale {scale!r} of asset {key} with offset {offset!r} gives {dn:.3g} DN; Sentinel-2 "
-                    f"products hold offsets within +-{MAX_OFFSET_DN} DN"
-                )
-            return round(dn)
-    if baseline is not None and baseline_at_least_04(baseline):
-        return BASELINE_04_OFFSET
-    return 0
-
-
-def is_finite_number(value: object) -> bool:
-    """Whether a JSON value is a finite number (not a bool, not a string)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def s1_assets(location: str) -> tuple[str, str]:

@@ -13,7 +13,8 @@ from typing import Any
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.product import sensing_moment
-from dsen2cr.inputs.stac import is_finite_number, item_time
+from dsen2cr.inputs.stac import item_time
+from dsen2cr.inputs.stac_bands import is_finite_number
 from dsen2cr.outputs.files import (
     check_distinct_outputs,
     check_input_file,
