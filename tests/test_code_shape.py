@@ -56,7 +56,8 @@ LAYERS = [
     ["models"],
     ["preprocessing", "cloud_detection", "losses", "metrics", "calibration", "summary"],
     ["precision"],
-    ["errors", "version", "formats", "machine", "choices", "bounds", "signed_urls"],
+    ["signed_urls"],
+    ["errors", "version", "formats", "machine", "choices", "bounds", "bucket_access"],
     ["launch"],
 ]
 #: Lazy imports upward, each allowed for the reason its comment gives in the code (none today).

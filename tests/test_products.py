@@ -283,6 +283,43 @@ def test_the_offsets_an_asset_declares(asset: dict, dn: int) -> None:
         assert stac_offset(asset, "05.11", "item.json", "B02") == -1000
 
 
+@pytest.mark.parametrize(
+    ("bucket", "hint"),
+    [
+        ("eodata", "eodata is the Copernicus Data Space Ecosystem's bucket: set AWS_S3_ENDPOINT=eodata.dataspace."),
+        ("sentinel-s2-l1c", "sentinel-s2-l1c bills the requester: set AWS_REQUEST_PAYER=requester and your AWS"),
+    ],
+)
+def test_an_item_in_a_bucket_that_needs_settings_says_which(
+    weights: Path,
+    tmp_path: Path,
+    bucket: str,
+    hint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A Copernicus Data Space item (its hrefs in s3://eodata, served at its own endpoint with its own keys) and an
+    Earth Search Level-1C item (s3://sentinel-s2-l1c, which bills the requester) read without those settings: the
+    line says what the bucket needs, beside GDAL's reason (no credentials; with keys for AWS, eodata "does not exist").
+    Nothing leaves this machine: no credentials, and GDAL asks no cloud's instance metadata for any."""
+    for name in ("AWS_S3_ENDPOINT", "AWS_REQUEST_PAYER", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("CPL_AWS_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("CPL_AWS_AUTODETECT_EC2", "NO")
+    assets = {band_code(b): {"href": f"s3://{bucket}/tiles/33/U/UU/{band_code(b)}.jp2"} for b in S2_BANDS}
+    item = tmp_path / "item.json"
+    item.write_text(json.dumps({"type": "Feature", "id": "x", "properties": {}, "assets": assets}))
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", str(item), "--out", str(tmp_path / "o.tif")]
+    assert main([*argv, "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"/vsis3/{bucket}/tiles/33/U/UU/B0" in err and hint in err, err
+    if bucket != "eodata":
+        monkeypatch.setenv("AWS_REQUEST_PAYER", "requester")  # said: the line is GDAL's
+        assert main([*argv, "--device", "cpu", "--no-progress"]) == 2
+        assert "bills the requester" not in capsys.readouterr().err
+
+
 def test_s1_pair_equals_the_stacked_file(tmp_path: Path, weights_file: Callable[[str], Path]) -> None:
     import torch
 

@@ -18,6 +18,7 @@ from rasterio.warp import transform
 from rasterio.windows import Window
 
 import dsen2cr.machine as machine
+from dsen2cr.bucket_access import bucket_hint
 from dsen2cr.choices import GDAL_CACHE_BYTES
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import check_input_file
@@ -65,7 +66,7 @@ def open_raster(path: str | Path, *, bands: int | None = None, what: str = "rast
         dataset = rasterio.open(text if virtual else path)
     except RasterioIOError as error:
         reason = " ".join(str(error).split()).replace(text, name)  # GDAL's words name the path: a signed one's token
-        raise DSen2CRError(f"{name}: cannot read {what} ({reason})") from None
+        raise DSen2CRError(f"{name}: cannot read {what} ({reason}){bucket_hint(text)}") from None
     if bands is not None and dataset.count != bands:
         count = dataset.count
         dataset.close()

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlparse, urlunparse
 
+from dsen2cr.bucket_access import bucket_hint
 from dsen2cr.errors import DSen2CRError
 
 #: What to do once a search's signatures expired.
@@ -136,6 +137,8 @@ def read_failure(gdal_path: str, reason: str, *, download: bool = False) -> str:
     server's ``reason``: a signed URL whose token expired since the run began is refused by its server (GDAL says
     only that the read failed), a remote file's read failed on the way, a local file is likely truncated."""
     href = remote_href(gdal_path)
+    if href is None and gdal_path.startswith("/vsis3/"):
+        return f"{gdal_path}: cannot read pixels from the bucket ({reason}){bucket_hint(gdal_path)}"
     if href is None:
         return f"{gdal_path}: cannot read pixels, the file may be truncated ({reason})"
     expiry = url_expiry(href)
