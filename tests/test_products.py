@@ -188,6 +188,21 @@ def test_stac_item_equals_the_safe(
     np.testing.assert_array_equal(_run(weights, item, tmp_path / "s.tif"), _run(weights, safe, tmp_path / "f.tif"))
 
 
+def test_an_earth_search_item_whose_offset_was_applied_is_read_as_it_is(
+    weights: Path, tmp_path: Path, make_safe: Callable[..., Path]
+) -> None:
+    """Earth Search's sentinel-2-l2a items of baseline 04.00 and later hold pixels with the offset already removed
+    (``earthsearch:boa_offset_applied: true``) while their ``raster:bands`` still declare offset −0.1: the pixels
+    are read as they are, the output that of the same pixels in a product without offset (the declared −1000 DN was
+    removed a second time: every reflectance 0.1 low, exit 0, where most pixels are bright, as a cloudy scene's)."""
+    safe = make_safe(tmp_path / "p", level="L2A", baseline="02.14")
+    (tmp_path / "stac").mkdir()
+    applied = {"s2:processing_baseline": "05.09", "earthsearch:boa_offset_applied": True}
+    item = _stac_item(tmp_path / "stac", safe, keys="earth-search", offsets=True, level="L2A", properties=applied)
+    assert resolve_s2(item).offsets == [0] * len(L2A_BANDS)
+    np.testing.assert_array_equal(_run(weights, item, tmp_path / "s.tif"), _run(weights, safe, tmp_path / "f.tif"))
+
+
 def _cdse_item(folder: Path, safe: Path, level: str) -> Path:
     """A STAC 1.1 item as the Copernicus Data Space Ecosystem's catalogue gives one: Level-2A bands at their own and
     every coarser resolution of the product (keys ``B02_10m``, ``B02_20m``, ``B02_60m`` in the catalogue's
