@@ -17,7 +17,14 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.geotiff import stack_pair
 from dsen2cr.inputs.product import L2A_BANDS, S2Product, band_code, is_url, sensing_time_text
 from dsen2cr.inputs.s1_products import refuse_s1_grd_item
-from dsen2cr.inputs.stac_bands import band_assets, item_level_and_baseline, scl_asset, stac_offset
+from dsen2cr.inputs.stac_bands import (
+    OFFSET_REMOVED,
+    band_assets,
+    item_level_and_baseline,
+    offset_removed,
+    scl_asset,
+    stac_offset,
+)
 from dsen2cr.preprocessing import S2_BANDS
 from dsen2cr.signed_urls import fresh, refuse_expired, unsigned
 
@@ -180,8 +187,9 @@ def stac_s2(location: str) -> S2Product:
     at several resolutions read from its finest, :mod:`~dsen2cr.inputs.stac_bands`)."""
     item, base = _read_item(location)
     assets = band_assets(location, item["assets"])
-    properties = item.get("properties") or {}
-    level, baseline = item_level_and_baseline(properties if isinstance(properties, dict) else {}, assets)
+    said = item.get("properties")
+    properties: dict = said if isinstance(said, dict) else {}
+    level, baseline = item_level_and_baseline(properties, assets)
     wanted = S2_BANDS if level == "L1C" else L2A_BANDS
     missing = [band_code(b) for b in wanted if b not in assets]
     if missing:
@@ -196,7 +204,15 @@ def stac_s2(location: str) -> S2Product:
     product.sensing_time = item_time(properties)
     if mask:
         product.masks["SCL"] = mask
-    product.offsets = [stac_offset(assets[band][1], product.baseline, location, assets[band][0]) for band in wanted]
+    if offset_removed(properties):
+        log.info(
+            "%s: its pixels hold no offset (%s): the offsets its assets declare are not removed",
+            location,
+            OFFSET_REMOVED,
+        )
+        product.offsets = [0] * len(wanted)
+    else:
+        product.offsets = [stac_offset(assets[band][1], baseline, location, assets[band][0]) for band in wanted]
     product.offset_from = "stac"
     return product
 

@@ -144,6 +144,17 @@ def stac_offset(asset: dict, baseline: str | None, location: str, key: str) -> i
     return round(dn)
 
 
+#: Earth Search's property that says its COGs' pixels hold no offset: it removed baseline 04.00's when it made them
+#: (their ``raster:bands`` still declare offset −0.1).
+OFFSET_REMOVED = "earthsearch:boa_offset_applied"
+
+
+def offset_removed(properties: dict) -> bool:
+    """Whether an item says its pixels hold no offset any more, whatever its assets declare
+    (:data:`OFFSET_REMOVED`)."""
+    return properties.get(OFFSET_REMOVED) in (True, "true", "True")
+
+
 def item_level_and_baseline(properties: dict, bands: dict) -> tuple[str, str | None]:
     """An S2 item's processing level (``L1C`` or ``L2A``: its ``s2:product_type`` or ``product:type``, else L1C where
     it holds the cirrus band B10) and its processing baseline (``s2:processing_baseline`` or
