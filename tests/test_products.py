@@ -153,9 +153,13 @@ def _stac_item(
     properties: dict | None = None,
 ) -> Path:
     """A STAC item whose assets are single-band GeoTIFF copies of a SAFE's band files (relative hrefs), with
-    ``properties`` beside the product type and baseline."""
+    ``properties`` beside the product type and baseline, and a true-colour image that names B04, B03 and B02 in its
+    bands: last as the Planetary Computer's ``visual``, first as Earth Search's ``overview``."""
     earth_search = {band: key for key, band in EARTH_SEARCH_KEYS.items()}
-    assets = {}
+    with rasterio.open(next(safe.rglob("*_B02*.jp2"))) as src:
+        write_geotiff(folder / "TCI.tif", np.repeat(src.read(), 3, axis=0), crs=src.crs, transform=src.transform)
+    true_colour = {"href": "TCI.tif", "gsd": 10, "eo:bands": [{"name": name} for name in ("B04", "B03", "B02")]}
+    assets = {} if keys == "planetary" else {"overview": true_colour}
     for band in S2_BANDS if level == "L1C" else L2A_BANDS:
         if band in drop:
             continue
@@ -169,6 +173,8 @@ def _stac_item(
         if offsets:
             asset["raster:bands"] = [{"scale": 0.0001, "offset": -0.1, "nodata": 0}]
         assets[key] = asset
+    if keys == "planetary":
+        assets["visual"] = true_colour
     properties = {"s2:product_type": f"S2MSI{level[1:]}", "s2:processing_baseline": "05.10", **(properties or {})}
     item = {"type": "Feature", "stac_version": "1.0.0", "id": "S2B_T33UUU", "properties": properties, "assets": assets}
     path = folder / "item.json"
@@ -276,6 +282,8 @@ def test_a_copernicus_data_space_item_equals_the_safe(
             "y",
         ),
         ({"blue": {"href": "b.tif"}, "blue-jp2": {"href": "b.jp2"}}, "blue"),  # Earth Search's JP2 copy is no key
+        # the Planetary Computer's true-colour image names B04, B03 and B02 in its eo:bands: no band's asset
+        ({"visual": {"gsd": 10, "eo:bands": [{"name": "B02"}, {"name": "B03"}, {"name": "B04"}]}, "B02": {}}, "B02"),
     ],
 )
 def test_the_asset_a_band_is_read_from(assets: dict, chosen: str) -> None:

@@ -51,8 +51,12 @@ def _key_name(key: str) -> str:
 
 def asset_band(key: str, asset: dict) -> str | None:
     """The S2 band an asset holds: its ``eo:bands`` (or STAC 1.1 ``bands``) name, else its key (``B02``,
-    ``B02_10m``, Earth Search's ``blue``), else None."""
-    for entry in _listed(asset, "eo:bands") + _listed(asset, "bands"):
+    ``B02_10m``, Earth Search's ``blue``), else None; None for an asset of several bands (the true-colour image,
+    ``visual``, names B04, B03 and B02)."""
+    listed = _listed(asset, "eo:bands") or _listed(asset, "bands")
+    if len(listed) > 1:
+        return None
+    for entry in listed:
         band = band_of(str(entry.get("name", "")))
         if band is not None:
             return band
