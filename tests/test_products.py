@@ -19,7 +19,7 @@ from rasterio.windows import Window
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import resolve_s2
-from dsen2cr.inputs.product import L2A_BANDS, band_code, sensing_time_text
+from dsen2cr.inputs.product import L2A_BANDS, band_code, band_of, sensing_time_text
 from dsen2cr.inputs.stac_bands import EARTH_SEARCH_KEYS, band_assets, stac_offset
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.preprocessing import S2_BANDS
@@ -207,6 +207,39 @@ def test_an_earth_search_item_whose_offset_was_applied_is_read_as_it_is(
     item = _stac_item(tmp_path / "stac", safe, keys="earth-search", offsets=True, level="L2A", properties=applied)
     assert resolve_s2(item).offsets == [0] * len(L2A_BANDS)
     np.testing.assert_array_equal(_run(weights, item, tmp_path / "s.tif"), _run(weights, safe, tmp_path / "f.tif"))
+
+
+@pytest.mark.parametrize(
+    ("names", "level"),
+    [
+        # Earth Engine's COPERNICUS/S2_HARMONIZED exported whole: its 13 bands, then QA10, QA20 and QA60
+        ([*(band_code(b) for b in S2_BANDS), "QA10", "QA20", "QA60"], "L1C"),
+        # the product's order (B8A after B09), as a stack of its JP2 bands is made: each band is where it says
+        (["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B8A", "B10", "B11", "B12"], "L1C"),
+        # COPERNICUS/S2_SR_HARMONIZED's bands of interest with its AOT, WVP and SCL before them, named as GDAL gives
+        # Earth Engine's names (B1, B8A): Level-2A
+        (["AOT", "WVP", "SCL", *(b for b in S2_BANDS if b != "B10")], "L2A"),
+    ],
+)
+def test_a_geotiff_whose_band_descriptions_name_the_bands_is_read_by_them(
+    weights: Path, tmp_path: Path, names: list[str], level: str
+) -> None:
+    """A multi-band GeoTIFF whose band descriptions name the S2 bands is read by them, whatever else it holds and
+    in whatever order: the output is that of the file of those bands in order (it was refused: 16 bands, or the
+    descriptions in another order)."""
+    wanted = S2_BANDS if level == "L1C" else [b for b in S2_BANDS if b != "B10"]
+    rng = np.random.default_rng(5)
+    bands = {name: rng.integers(300, 6000, (40, 50)).astype(np.uint16) for name in names}
+    ordered = np.stack([bands[next(n for n in names if band_of(n) == b)] for b in wanted])
+    write_geotiff(tmp_path / "ordered.tif", ordered, crs=CRS_33N, transform=from_origin(400000, 5800000, 10, 10))
+    stacked = np.stack([bands[n] for n in names])
+    path = write_geotiff(
+        tmp_path / "export.tif", stacked, crs=CRS_33N, transform=from_origin(400000, 5800000, 10, 10), band_names=names
+    )
+    product = resolve_s2(path)
+    assert product.level == level and product.bands == list(wanted)
+    expected = _run(weights, tmp_path / "ordered.tif", tmp_path / "a.tif")
+    np.testing.assert_array_equal(_run(weights, path, tmp_path / "b.tif"), expected)
 
 
 def _cdse_item(folder: Path, safe: Path, level: str) -> Path:

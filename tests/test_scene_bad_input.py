@@ -537,14 +537,45 @@ CASES = [
         absent=("o.tif",),
     ),
     dict(
-        name="remove-clouds: S2 bands named in another order",
+        name="remove-clouds: S2 band descriptions that name B04 twice (and no B03)",
         setup=lambda t: _remove_with(
             t,
             _s2_file(
-                t, names=["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B8A", "B10", "B11", "B12"]
+                t, names=["B01", "B02", "B04", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
             ),
         ),
-        message="band descriptions say",
+        message="s2x.tif: band descriptions name B04 twice (bands 3 and 4)",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a 16-band export whose band descriptions name no B8A (Earth Engine's, three QA bands)",
+        setup=lambda t: _remove_with(
+            t,
+            _s2_file(
+                t,
+                np.random.default_rng(0).integers(1, 8000, (16, 40, 50)).astype(np.uint16),
+                names=[
+                    "B1",
+                    "B2",
+                    "B3",
+                    "B4",
+                    "B5",
+                    "B6",
+                    "B7",
+                    "B8",
+                    "B9",
+                    "B10",
+                    "B11",
+                    "B12",
+                    "QA10",
+                    "QA20",
+                    "QA60",
+                    "X",
+                ],
+            ),
+        ),
+        message="s2x.tif: S2 has 16 bands, expected 13 (L1C: B1 ... B12, B8A) or 12 (L2A: the same without B10); its "
+        "band descriptions name B1, B2, B3, B4, B5, B6, B7, B8, B9, B10, B11, B12, not B8A",
         absent=("o.tif",),
     ),
     dict(
