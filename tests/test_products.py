@@ -240,6 +240,11 @@ def test_a_geotiff_whose_band_descriptions_name_the_bands_is_read_by_them(
     assert product.level == level and product.bands == list(wanted)
     expected = _run(weights, tmp_path / "ordered.tif", tmp_path / "a.tif")
     np.testing.assert_array_equal(_run(weights, path, tmp_path / "b.tif"), expected)
+    with rasterio.open(tmp_path / "b.tif") as out:  # the file's band of each S2 band, where not 1 ... n
+        assert list(out.descriptions) == list(wanted)
+        said = out.tags().get("DSEN2CR_S2_FILE_BANDS", ",".join(f"{b}:{i}" for i, b in enumerate(wanted, start=1)))
+    read = {band: names[int(index) - 1] for band, index in (part.split(":") for part in said.split(","))}
+    assert read == {b: next(n for n in names if band_of(n) == b) for b in wanted}
 
 
 def _cdse_item(folder: Path, safe: Path, level: str) -> Path:

@@ -3,13 +3,16 @@ stacked into a 2-band VRT."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs.product import L2A_BANDS, S2Product, sensing_time_text
+from dsen2cr.inputs.product import L2A_BANDS, S2Product, band_of, sensing_time_text
 from dsen2cr.preprocessing import S2_BANDS
+
+log = logging.getLogger(__name__)
 
 #: Metadata that says when a GeoTIFF's scene was sensed, in order: a dsen2cr output's, then what GDAL copies from a
 #: product (its SENTINEL2 driver's names) into a GeoTIFF exported from it.
@@ -17,23 +20,56 @@ SENSING_TIME_TAGS = ("DSEN2CR_SENSING_TIME", "PRODUCT_START_TIME", "DATATAKE_1_D
 
 
 def geotiff_s2(path: Path, offset: int | None) -> S2Product:
-    """A 13-band (L1C order) or 12-band (L2A order) file; its sensing time from its metadata where that says it
+    """A 13-band (L1C order) or 12-band (L2A order) file, or one whose band descriptions name the S2 bands (read by
+    them, whatever else it holds: Earth Engine's QA bands); its sensing time from its metadata where that says it
     (:data:`SENSING_TIME_TAGS`, then GDAL's ``IMAGERY`` domain's ``ACQUISITIONDATETIME``)."""
     from dsen2cr.rasters import open_raster
 
     with open_raster(path, what="S2") as dataset:
-        count = dataset.count
+        count, descriptions = dataset.count, dataset.descriptions
         sensing_time = tagged_sensing_time(dataset, SENSING_TIME_TAGS)
-    if count not in (len(S2_BANDS), len(L2A_BANDS)):
+    level, file_bands = _named_bands(path, descriptions)
+    if level is None and count not in (len(S2_BANDS), len(L2A_BANDS)):
+        named = [band for band in S2_BANDS if band in file_bands]
+        said = (
+            f"; its band descriptions name {', '.join(named)}, not {', '.join(b for b in S2_BANDS if b not in named)}"
+        )
         raise DSen2CRError(
             f"{path}: S2 has {count} bands, expected 13 (L1C: B1 ... B12, B8A) or 12 (L2A: the same without B10)"
+            + (said if named else "")
         )
-    level = "L1C" if count == len(S2_BANDS) else "L2A"
-    product = S2Product(str(path), list(S2_BANDS if level == "L1C" else L2A_BANDS), [str(path)], level)
+    if level is None:
+        level = "L1C" if count == len(S2_BANDS) else "L2A"
+        file_bands = {}
+    bands = list(S2_BANDS if level == "L1C" else L2A_BANDS)
+    indexes = [file_bands[band] for band in bands] if file_bands else []
+    product = S2Product(str(path), bands, [str(path)], level, file_bands=indexes)
+    if indexes and indexes != list(range(1, len(bands) + 1)):
+        unread = [d or f"band {i}" for i, d in enumerate(descriptions, start=1) if i not in indexes]
+        log.info(
+            "%s: bands read by their descriptions (%s)%s",
+            path,
+            ", ".join(f"{band} is band {index}" for band, index in zip(bands, indexes, strict=True)),
+            f"; {', '.join(unread)} not read" if unread else "",
+        )
     product.sensing_time = sensing_time
     if offset is not None:
-        product.offsets, product.offset_from = [offset] * count, "option"
+        product.offsets, product.offset_from = [offset] * len(bands), "option"
     return product
+
+
+def _named_bands(path: Path, descriptions: tuple[str | None, ...]) -> tuple[str | None, dict[str, int]]:
+    """The level a file's band descriptions name every band of (L1C's 13, else L2A's 12), or None, and each S2
+    band they name -> its band (1-based). A band named twice is refused."""
+    named: dict[str, int] = {}
+    for index, description in enumerate(descriptions, start=1):
+        band = band_of(description or "")
+        if band is not None and band in named:
+            raise DSen2CRError(f"{path}: band descriptions name {description} twice (bands {named[band]} and {index})")
+        if band is not None:
+            named[band] = index
+    level = next((lvl for lvl, need in (("L1C", S2_BANDS), ("L2A", L2A_BANDS)) if set(need) <= set(named)), None)
+    return level, named
 
 
 def tagged_sensing_time(dataset: Any, names: tuple[str, ...]) -> str | None:

@@ -36,8 +36,9 @@ class S2Product:
     """Where the bands of an S2 input are and how to read them.
 
     ``files`` holds one GDAL path per band of ``bands`` (a product), or a single multi-band file whose bands
-    are ``bands`` in order. ``offsets`` are the DN to add to each band's stored values (−1000 for baseline 04.00
-    and later), ``scale`` the factor from (DN + offset) to reflectance × 10000 (10000 / quantification value).
+    ``file_bands`` (1-based; by default 1 … n) are ``bands`` in order. ``offsets`` are the DN to add to each band's
+    stored values (−1000 for baseline 04.00 and later), ``scale`` the factor from (DN + offset) to reflectance ×
+    10000 (10000 / quantification value).
     """
 
     source: str
@@ -50,10 +51,13 @@ class S2Product:
     offset_from: str = "none"  # where the offsets come from: metadata, stac, option, none
     masks: dict[str, str] = field(default_factory=dict)  # the product's own masks: SCL (L2A), MSK_CLASSI (L1C)
     sensing_time: str | None = None  # when the scene was sensed, ISO 8601 in UTC (sensing_time_text); None: unknown
+    file_bands: list[int] = field(default_factory=list)  # a multi-band file's band (1-based) of each of ``bands``
 
     def __post_init__(self) -> None:
         if not self.offsets:
             self.offsets = [0] * len(self.bands)
+        if not self.file_bands and len(self.files) == 1:
+            self.file_bands = list(range(1, len(self.bands) + 1))
 
 
 #: The largest DN offset a product may declare: Sentinel-2 uses -1000; beyond the DN range an offset is absurd.

@@ -21,6 +21,17 @@ def s2_read_tags(s2: S2Source) -> dict[str, str]:
         "DSEN2CR_PROCESSING_BASELINE": product.baseline or "unknown",
         "DSEN2CR_SENSING_TIME": product.sensing_time or "unknown",
         **resampling_tags(product, s2.resampling),
+        **file_band_tags(product),
+    }
+
+
+def file_band_tags(product: S2Product) -> dict[str, str]:
+    """``DSEN2CR_S2_FILE_BANDS`` of a multi-band file read by its band descriptions (another order, or bands it
+    holds beside them): the file's band each S2 band was read from (``B1:1,…,B8A:10,…``); nothing otherwise."""
+    if product.file_bands == list(range(1, len(product.bands) + 1)) or not product.file_bands:
+        return {}
+    return {
+        "DSEN2CR_S2_FILE_BANDS": ",".join(f"{b}:{i}" for b, i in zip(product.bands, product.file_bands, strict=True))
     }
 
 

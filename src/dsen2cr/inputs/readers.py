@@ -132,7 +132,8 @@ class S2Source:
                 self._datasets = [dataset]
                 self.grid = Grid(dataset.crs, dataset.transform, dataset.width, dataset.height)
                 self.nodata = dataset.nodata
-                _check_band_names(self.name, dataset.descriptions, self.bands)
+                descriptions = tuple(dataset.descriptions[i - 1] for i in self.product.file_bands)
+                _check_band_names(self.name, descriptions, self.bands)
             if not checked:
                 self._check_declared()
                 self._check_units()
@@ -250,7 +251,7 @@ class S2Source:
         if all(dataset.overviews(1) for dataset in self._datasets):
             return self.read_decimated(256).reshape(len(self.bands), -1).astype(np.float64)
         parts = [
-            np.concatenate([read_window(dataset, window) for dataset in self._datasets]).reshape(len(self.bands), -1)
+            self._read_file_bands(window).reshape(len(self.bands), -1)
             for window in lattice_windows(self.grid.height, self.grid.width)
         ]
         sample = np.concatenate(parts, axis=1)
@@ -307,7 +308,7 @@ class S2Source:
     def _read_input_bands(self, window: Window, indices: list[int]) -> np.ndarray:
         """The input's bands ``indices`` (positions in :attr:`bands`) of ``window``, offsets removed."""
         if len(self._datasets) == 1:
-            raw = read_window(self._datasets[0], window, [i + 1 for i in indices])
+            raw = read_window(self._datasets[0], window, [self.product.file_bands[i] for i in indices])
         elif self._band_pool is None:
             raw = np.concatenate([read_window(self._datasets[i], window) for i in indices], axis=0)
         else:
@@ -334,7 +335,14 @@ class S2Source:
     def read_decimated(self, max_size: int) -> np.ndarray:
         """The whole scene at reduced resolution (longest side at most ``max_size``), for quick checks."""
         shape = decimated_shape(self.grid.height, self.grid.width, max_size)
-        return np.concatenate([read_decimated(d, shape) for d in self._datasets], axis=0)
+        raw = np.concatenate([read_decimated(d, shape) for d in self._datasets], axis=0)
+        return raw if len(self._datasets) > 1 else raw[np.asarray(self.product.file_bands) - 1]
+
+    def _read_file_bands(self, window: Window) -> np.ndarray:
+        """The input's bands of ``window`` as stored (offsets kept): each band file's, or a file's bands."""
+        if len(self._datasets) == 1:
+            return read_window(self._datasets[0], window, self.product.file_bands)
+        return np.concatenate([read_window(dataset, window) for dataset in self._datasets])
 
     def reopen(self) -> S2Source:
         """The same scene on file handles of its own (for another thread: GDAL datasets are not thread-safe),
