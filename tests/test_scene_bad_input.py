@@ -300,6 +300,20 @@ CASES = [
         absent=("out.tif",),
     ),
     dict(
+        name="remove-clouds: an ASF HyP3 RTC product in amplitude (its name's scale letter: a) as a VV,VH pair",
+        setup=lambda t: _remove(t, t.scene()[0], _hyp3_amplitude_pair(t)),
+        message="S1A_IW_20230608T051234_DVP_RTC10_G_gauned_5F3A_VV.tif: an ASF HyP3 RTC product in amplitude (the "
+        "'a' of gauned); --s1 takes sigma0 in dB, and --s1-linear linear power: make the product again with scale "
+        "decibel (or power, with --s1-linear)",
+        absent=("out.tif",),
+    ),
+    dict(
+        name="remove-clouds: an ASF HyP3 RTC product in amplitude with --s1-linear (read as power: dB halved)",
+        setup=lambda t: _remove(t, t.scene()[0], _hyp3_amplitude_pair(t), "--s1-linear"),
+        message="S1A_IW_20230608T051234_DVP_RTC10_G_gauned_5F3A_VV.tif: an ASF HyP3 RTC product in amplitude",
+        absent=("out.tif",),
+    ),
+    dict(
         name="remove-clouds: S1 in dB with --s1-linear",
         setup=lambda t: _remove(t, *t.scene(), "--s1-linear"),
         message="s1.tif: S1 given as linear power (--s1-linear), but it holds negative values (median -",
@@ -1627,6 +1641,19 @@ def _second_scene_too_far(tmp: Path) -> list[str]:
     (tmp / "outdir").mkdir()
     args = _remove_to(tmp, first, tmp / "outdir", "--s1-max-days", "10", sar=True)
     return [*args, "--s2", str(first), str(second), "--s1", str(near), str(far)]
+
+
+def _hyp3_amplitude_pair(tmp: Path) -> str:
+    """The test scene's S1 as ASF's HyP3 delivers an RTC product ordered in amplitude: one file per polarisation,
+    named ``…_RTC10_G_gauned_…_VV.tif`` (gamma0, amplitude), holding the square root of linear power (0.05 to 0.5:
+    what a check of the values takes for power)."""
+    _, s1 = tmp.scene()
+    with rasterio.open(s1) as dataset:
+        amplitude = np.sqrt(10 ** (dataset.read() / 10)).astype(np.float32)
+        crs, transform = dataset.crs, dataset.transform
+    source = write_geotiff(tmp / "amplitude.tif", amplitude, crs=crs, transform=transform)
+    name = "S1A_IW_20230608T051234_DVP_RTC10_G_gauned_5F3A"
+    return split_s1(source, f"{name}_VV.tif", f"{name}_VH.tif")
 
 
 def _pair_of_two_dates(tmp: Path) -> str:
