@@ -36,6 +36,22 @@ S1_HOW = (
 )
 
 
+#: An ASF HyP3 RTC product's name: ``…_RTC30_G_gpuned_5F3A``, its six letters gamma0 (g) or sigma0 (s), power (p),
+#: amplitude (a) or decibel (d), then masking, filtering, clipping and DEM matching.
+_HYP3_RTC_NAME = re.compile(r"_RTC\d{2}_[A-Z]_(?P<flags>[gs](?P<scale>[pad])[uw][nf][ec][dm])_[0-9A-F]{4}", re.I)
+
+
+def refuse_amplitude(part: str) -> None:
+    """Refuse an ASF HyP3 RTC file (or folder) whose name says amplitude: its values lie where power's do (a check of
+    the values takes them for power), and ``--s1-linear`` would read them as power, their dB halved."""
+    found = _HYP3_RTC_NAME.search(Path(part).name)
+    if found and found["scale"].lower() == "a":
+        raise DSen2CRError(
+            f"{part}: an ASF HyP3 RTC product in amplitude (the 'a' of {found['flags']}); --s1 takes sigma0 in dB, and "
+            "--s1-linear linear power: make the product again with scale decibel (or power, with --s1-linear)"
+        )
+
+
 def _product_type(name: str) -> str | None:
     """``GRD``, ``SLC``, ``RAW`` or ``OCN`` where ``name`` begins with a Sentinel-1 product's name, else None."""
     found = _PRODUCT_NAME.match(name)
@@ -74,6 +90,7 @@ def refuse_s1_product(part: str) -> None:
     with a product's (``S1A_IW_GRDH_…_db.tif``, exports named after their product) pass. A Sentinel-2 product
     (the two inputs swapped) is refused saying so."""
     path = Path(part)
+    refuse_amplitude(part)
     if _is_s2_product(path):
         raise DSen2CRError(f"{part}: a Sentinel-2 product given as --s1; {S1_WANTED}, and --s2 the Sentinel-2 scene")
     found = _s1_product_kind(path)
