@@ -21,6 +21,7 @@ from conftest import S1_GRD_NAME, split_s1, write_s1_item, write_s1_product, wri
 from dsen2cr import create_model
 from dsen2cr.cli import main
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.inputs.geotiff import polarisation
 from dsen2cr.outputs.geotiff import write_geotiff
 from dsen2cr.weights import save_weights
 
@@ -737,6 +738,28 @@ def test_minus_infinity_in_s1_is_no_data(workdir: Path, capsys: pytest.CaptureFi
     assert f"{hint} dsen2cr pair joins them" in err
 
 
+@pytest.mark.parametrize(
+    "names",
+    [("VV", "VH", "angle"), ("VH", "VV"), ("angle", "Sigma0_VH_db", "Sigma0_VV_db")],
+    ids=["Earth Engine's export with its angle band", "VH first", "SNAP's names after an angle band"],
+)
+def test_s1_bands_are_read_by_their_descriptions(workdir: Path, names: tuple[str, ...]) -> None:
+    """An S1 file whose band descriptions name VV and VH is read by them, in any order and beside other bands
+    (Earth Engine's COPERNICUS/S1_GRD exported whole holds VV, VH and angle): the output of the file of VV, VH (it
+    was refused: 3 bands; descriptions VH, VV)."""
+    s2 = _s2_file(workdir)
+    rng = np.random.default_rng(8)
+    vv, vh, angle = rng.uniform(-14, -8, (40, 50)), rng.uniform(-22, -16, (40, 50)), rng.uniform(30, 46, (40, 50))
+    planes = {"VV": vv, "VH": vh}
+    stacked = np.stack([planes.get(polarisation(n) or "", angle) for n in names]).astype(np.float32)
+    described = write_geotiff(workdir / "described.tif", stacked, crs=UTM32N, transform=ORIGIN, band_names=list(names))
+    plain = _s1_file(workdir, np.stack([vv, vh]).astype(np.float32))
+    assert main([*_remove_with(workdir, s2, plain), "--overwrite"]) == 0
+    expected = _pixels(workdir / "o.tif")
+    assert main([*_remove_with(workdir, s2, described), "--overwrite"]) == 0
+    np.testing.assert_array_equal(_pixels(workdir / "o.tif"), expected)
+
+
 def test_swapped_s1_bands_that_the_files_name_are_taken_as_named(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     """Band 2 brighter than band 1 by 6 dB, in a file whose band descriptions say VV, VH, and in an S1 STAC item's
     vv and vh assets: taken as named, with a warning (the names are the user's word); real-like S1, VV above VH,
@@ -1033,9 +1056,17 @@ CASES += [
         keep=("vv.tif",),
     ),
     dict(
-        name="remove-clouds: S1 band descriptions say VH, VV",
-        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", s1=_s1_with_descriptions(t, ("VH", "VV")), sar=True),
-        message="s1_described.tif: S1 band descriptions are ('VH', 'VV'); expected VV, VH",
+        name="remove-clouds: S1 band descriptions that name VV twice",
+        setup=lambda t: _remove_to(
+            t, t.scene()[0], t / "o.tif", s1=_s1_with_descriptions(t, ("VV", "Sigma0_VV")), sar=True
+        ),
+        message="s1_described.tif: S1 band descriptions name VV twice (bands 1 and 2: 'VV', 'Sigma0_VV')",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: S1 band descriptions that say HH, HV (another polarisation pair)",
+        setup=lambda t: _remove_to(t, t.scene()[0], t / "o.tif", s1=_s1_with_descriptions(t, ("HH", "HV")), sar=True),
+        message="s1_described.tif: S1 band descriptions are ('HH', 'HV'); expected VV, VH",
         absent=("o.tif",),
     ),
     dict(
