@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs.geotiff import geotiff_s2, stack_pair
+from dsen2cr.inputs.geotiff import geotiff_s2, select_polarisations, stack_pair
 from dsen2cr.inputs.product import MAX_OFFSET_DN, S2Product, is_url, plausible_offset, sensing_time_of_name
 from dsen2cr.inputs.s1_products import refuse_s1_as_s2, refuse_s1_product
 from dsen2cr.inputs.safe import safe_folder, zipped_safe
@@ -178,7 +178,7 @@ def resolve_s1(arg: str | Path, local: Mapping[str, str] | None = None) -> str:
         if len(parts) != 2 or not all(parts):
             raise DSen2CRError(f"{text}: an S1 pair is two files, VV,VH")
         return stack_pair(parts[0], parts[1], text)
-    return text
+    return select_polarisations(text)
 
 
 __all__ = [

@@ -86,8 +86,6 @@ def stack_pair(vv: str, vh: str, source: str, *, named: bool = False) -> str:
     description names the other polarisation (``s1_vh.tif`` first) is refused; a band whose file names its own
     (or all, when ``named``: a STAC item's ``vv`` and ``vh`` assets) gets it as its description, so that what
     the files said is known from the VRT."""
-    from xml.sax.saxutils import escape
-
     from dsen2cr.rasters import open_raster
 
     grids, descriptions = [], []
@@ -108,15 +106,47 @@ def stack_pair(vv: str, vh: str, source: str, *, named: bool = False) -> str:
         descriptions.append(name if named or name in said.values() else "")
     if grids[0][:4] != grids[1][:4]:
         raise DSen2CRError(f"{source}: VV and VH are not on one grid (CRS, transform or size differ)")
-    crs, transform, width, height, dtype, nodata = grids[0]
+    return _vrt([(vv, 1, descriptions[0]), (vh, 1, descriptions[1])], grids[0])
+
+
+def select_polarisations(path: str) -> str:
+    """An S1 file as VV and VH: the file itself where its band descriptions say nothing else (VV, VH; no names),
+    else a 2-band VRT of the bands they name VV and VH, in any order and beside other bands (Earth Engine's
+    ``COPERNICUS/S1_GRD`` exported whole: VV, VH, angle). A polarisation named twice is refused."""
+    from dsen2cr.rasters import open_raster
+
+    with open_raster(path, what="S1 (VV, VH)") as dataset:
+        descriptions = dataset.descriptions
+        grid = (dataset.crs, dataset.transform, dataset.width, dataset.height, dataset.dtypes[0], dataset.nodata)
+    found = [polarisation(d) for d in descriptions]
+    for name in ("VV", "VH"):
+        if found.count(name) > 1:
+            first, second = (i for i, said in enumerate(found, start=1) if said == name)
+            raise DSen2CRError(
+                f"{path}: S1 band descriptions name {name} twice (bands {first} and {second}: "
+                f"{descriptions[first - 1]!r}, {descriptions[second - 1]!r})"
+            )
+    if "VV" not in found or "VH" not in found or found == ["VV", "VH"]:
+        return path
+    vv, vh = found.index("VV") + 1, found.index("VH") + 1
+    log.info("%s: VV is band %d, VH band %d (by their band descriptions)", path, vv, vh)
+    return _vrt([(path, vv, "VV"), (path, vh, "VH")], grid)
+
+
+def _vrt(sources: list[tuple[str, int, str]], grid: tuple) -> str:
+    """A VRT (XML text GDAL opens directly) of ``sources`` (file, its band, the description to give it: none where
+    empty), on ``grid`` (CRS, transform, width, height, data type, nodata: the files')."""
+    from xml.sax.saxutils import escape
+
+    crs, transform, width, height, dtype, nodata = grid
     vrt_type = {"float32": "Float32", "float64": "Float64"}.get(dtype, "Float32")
     bands = ""
-    for index, (path, description) in enumerate(zip((vv, vh), descriptions, strict=True), start=1):
+    for index, (path, band, description) in enumerate(sources, start=1):
         nodata_xml = f"<NoDataValue>{nodata}</NoDataValue>" if nodata is not None else ""
         description_xml = f"<Description>{description}</Description>" if description else ""
         bands += (
             f'<VRTRasterBand dataType="{vrt_type}" band="{index}">{description_xml}{nodata_xml}<SimpleSource>'
-            f'<SourceFilename relativeToVRT="0">{escape(str(path))}</SourceFilename><SourceBand>1</SourceBand>'
+            f'<SourceFilename relativeToVRT="0">{escape(str(path))}</SourceFilename><SourceBand>{band}</SourceBand>'
             "</SimpleSource></VRTRasterBand>"
         )
     geotransform = ", ".join(repr(v) for v in transform.to_gdal())
