@@ -177,6 +177,12 @@ def _s1_file(tmp: Path, array: np.ndarray, crs: object = UTM32N) -> Path:
     return write_geotiff(tmp / "s1x.tif", array, crs=crs, transform=ORIGIN)
 
 
+def _uint16_pair(tmp: Path) -> str:
+    """A VV,VH pair of uint16 files (amplitude DN: what a GRD product's measurement files hold, renamed)."""
+    amplitude = np.random.default_rng(2).integers(50, 400, (2, 40, 50)).astype(np.uint16)
+    return split_s1(_s1_file(tmp, amplitude), "s1_vv.tif", "s1_vh.tif")
+
+
 def _s1_radar_geometry(tmp: Path) -> Path:
     """S1 in dB as SNAP writes a calibrated product not yet terrain-corrected: float32 VV and VH with ground
     control points (longitude/latitude) and no map grid."""
@@ -537,6 +543,20 @@ CASES = [
         name="remove-clouds: S1 as uint16 amplitude",
         setup=lambda t: _remove_with(t, _s2_file(t), _s1_file(t, np.full((2, 40, 50), 200, np.uint16))),
         message="S1 is uint16; expected float dB",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: an S1 pair of uint16 files (integer amplitude, one polarisation a file)",
+        setup=lambda t: _remove_with(t, _s2_file(t), _uint16_pair(t)),
+        message="S1 is uint16; expected float dB",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: S1 of float32 digital numbers (50 to 400: amplitude, not dB)",
+        setup=lambda t: _remove_with(
+            t, _s2_file(t), _s1_file(t, np.random.default_rng(1).uniform(50, 400, (2, 40, 50)).astype(np.float32))
+        ),
+        message="s1x.tif: S1 values do not look like dB (median ",
         absent=("o.tif",),
     ),
     dict(
