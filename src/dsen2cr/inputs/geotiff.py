@@ -138,8 +138,10 @@ def _vrt(sources: list[tuple[str, int, str]], grid: tuple) -> str:
     empty), on ``grid`` (CRS, transform, width, height, data type, nodata: the files')."""
     from xml.sax.saxutils import escape
 
+    from rasterio.dtypes import dtype_rev, typename_fwd
+
     crs, transform, width, height, dtype, nodata = grid
-    vrt_type = {"float32": "Float32", "float64": "Float64"}.get(dtype, "Float32")
+    vrt_type = typename_fwd[dtype_rev[dtype]]  # the files' own (an integer pair is refused as the file would be)
     bands = ""
     for index, (path, band, description) in enumerate(sources, start=1):
         nodata_xml = f"<NoDataValue>{nodata}</NoDataValue>" if nodata is not None else ""

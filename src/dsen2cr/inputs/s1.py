@@ -25,6 +25,9 @@ from dsen2cr.rasters import lattice_windows, open_raster, read_decimated, read_w
 
 log = logging.getLogger(__name__)
 
+#: The highest median (dB) S1 in dB may hold: sigma0 lies between about -30 and +5 dB on land and water (bright
+#: cities reach +10 to +20 in a few pixels, not in the median); amplitude and digital numbers lie far above.
+MAX_MEDIAN_DB = 10.0
 #: How far (dB) the median of band 2 may lie above band 1 before S1 counts as swapped: VH lies some 5-8 dB below
 #: VV on land and water (the bundled sample: 5-8 dB), and near the noise floor (calm water) the two come close.
 SWAPPED_MARGIN_DB = 2.0
@@ -201,6 +204,12 @@ class S1File:
             )
         if self.linear and not looks_linear:
             log.warning("%s: S1 given as linear power, but the values look like dB already", self.path)
+        if not self.linear and (median := float(np.median(finite))) > MAX_MEDIAN_DB:
+            raise DSen2CRError(
+                f"{self.path}: S1 values do not look like dB (median {median:.4g}; backscatter in dB lies below "
+                f"{MAX_MEDIAN_DB:g} nearly everywhere): amplitude or digital numbers must be calibrated to sigma0 and "
+                "converted to dB first"
+            )
         self._check_band_order(sample)
 
     def _check_band_order(self, sample: np.ndarray) -> None:
