@@ -95,6 +95,28 @@ def test_a_missing_offset_is_warned(weights: Path, tmp_path: Path, caplog: pytes
             assert said[0].startswith(f"{scene}: B10 (cirrus) lies at 10") and "baseline 04.00" in said[0]
 
 
+def test_a_missing_offset_of_a_level_2a_geotiff_is_warned(
+    weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 12-band Level-2A GeoTIFF (no B10 to tell by) whose darkest blue pixels lie at 1000 DN or above: surface
+    reflectance of water and shadow lies at tens to hundreds of DN in B2, so the file holds baseline 04.00's +1000
+    (bands stacked from the Planetary Computer's or Earth Search's COGs): a warning names --s2-offset -1000 (it ran
+    silently, every reflectance 0.1 high). With the option, or without the shift, none."""
+    rng = np.random.default_rng(4)
+    s2 = rng.integers(300, 4000, (12, 40, 50)).astype(np.uint16)
+    s2[1, :10] = rng.integers(40, 250, (10, 50))  # B2 over water: tens to hundreds of DN
+    origin = from_origin(500000, 5000000, 10, 10)
+    plain = write_geotiff(tmp_path / "plain.tif", s2, crs=CRS_33N, transform=origin)
+    shifted = write_geotiff(tmp_path / "shifted.tif", s2 + np.uint16(1000), crs=CRS_33N, transform=origin)
+    for scene, extra, warned in ((shifted, (), True), (shifted, ("--s2-offset", "-1000"), False), (plain, (), False)):
+        caplog.clear()
+        _run(weights, scene, tmp_path / f"{scene.stem}{len(extra)}.tif", *extra)
+        said = [r.getMessage() for r in caplog.records if "--s2-offset -1000" in r.getMessage()]
+        assert bool(said) == warned, said
+        if warned:
+            assert said[0].startswith(f"{scene}: B2 (blue) lies at 10") and "baseline 04.00" in said[0]
+
+
 def test_value_checks_read_overviews_where_the_files_have_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The offset checks' sample comes from the files' overviews where every file has them (a product's JP2
     bands, COGs: 16 full-resolution windows decoded 16 JP2 tiles a band, 11.4 s for a 4096 x 10980 IMG_DATA
