@@ -214,10 +214,11 @@ class S2Source:
         than half of its valid pixels. Data that holds its offset (-1000: reflectance 0 is DN 1000) lies above it
         nearly everywhere; dark land in the visible bands lies far below 1000 without it. Where no offset is
         known (a GeoTIFF, a folder without metadata), warn about a Level-1C B10 (cirrus) above 1000 DN in the
-        median: tens of DN under a clear sky, so it holds baseline 04.00's offset. Both look at
+        median (tens of DN under a clear sky) or a Level-2A B2 (blue) whose darkest 1 % lies at 1000 DN or above
+        (surface reflectance of water and shadow: tens to hundreds): it holds baseline 04.00's offset. Both look at
         :meth:`_raw_sample`."""
         offsets = np.asarray(self.product.offsets, np.float64)
-        if not offsets.any() and (self.product.offset_from != "none" or "B10" not in self.bands):
+        if not offsets.any() and self.product.offset_from != "none":
             return
         sample = self._raw_sample()
         nodata = 0 if self.nodata is None else self.nodata
@@ -233,13 +234,12 @@ class S2Source:
                     f"{band} to 0 or below on {lost:.0%} of its valid pixels (median DN {np.median(values):.0f}): "
                     "the data holds no such offset"
                 )
-            if band == "B10" and not offset and self.level == "L1C" and (median := np.median(values)) >= 1000:
+            if not offset and (said := _offset_kept(band, self.level, values)):
                 log.warning(
-                    "%s: B10 (cirrus) lies at %.0f DN in the median, where a clear sky gives tens: products of "
-                    "processing baseline 04.00+ (since 2022) add 1000 to every DN; if this is an export of one, give "
-                    "--s2-offset -1000",
+                    "%s: %s: products of processing baseline 04.00+ (since 2022) add 1000 to every DN; if this is an "
+                    "export of one, give --s2-offset -1000",
                     self.name,
-                    median,
+                    said,
                 )
 
     def _raw_sample(self) -> np.ndarray:
@@ -356,6 +356,20 @@ class S2Source:
             pool.shutdown(wait=True)
         for dataset in self._datasets:
             dataset.close()
+
+
+def _offset_kept(band: str, level: str, values: np.ndarray) -> str | None:
+    """What says a band's valid DN ``values`` hold baseline 04.00's +1000, or None: a Level-1C B10 (cirrus) at 1000
+    DN or above in the median, where a clear sky gives tens; a Level-2A B2 (blue) whose darkest 1 % lies at 1000 DN
+    or above, where water and shadow lie at tens to hundreds (a scene all cloud or snow may show it too)."""
+    if band == "B10" and level == "L1C" and (median := np.median(values)) >= 1000:
+        return f"B10 (cirrus) lies at {median:.0f} DN in the median, where a clear sky gives tens"
+    if band == "B2" and level == "L2A" and (darkest := np.percentile(values, 1)) >= 1000:
+        return (
+            f"B2 (blue) lies at {darkest:.0f} DN or above in its darkest 1 %, where surface reflectance of water and "
+            "shadow gives tens to hundreds (unless the scene is all cloud or snow)"
+        )
+    return None
 
 
 def _read_band(dataset: rasterio.io.DatasetReaderBase, window: Window) -> np.ndarray:
