@@ -168,6 +168,41 @@ def test_product_mask_end_to_end(
     np.testing.assert_array_equal(mask, expected)
 
 
+def test_the_scl_band_of_an_export_is_its_product_mask(tmp_path: Path, weights_file: Callable[[str], Path]) -> None:
+    """An Earth Engine export of COPERNICUS/S2_SR_HARMONIZED holding its SCL band beside the reflectance bands (read by
+    their band descriptions): --mask product takes the SCL band as the product's mask (it was refused: no product
+    mask), its classes written as the map."""
+    from rasterio.transform import from_origin
+
+    from dsen2cr.outputs.geotiff import write_geotiff
+    from dsen2cr.preprocessing import S2_BANDS
+
+    rng = np.random.default_rng(3)
+    names = [*(b for b in S2_BANDS if b != "B10"), "AOT", "SCL"]
+    stack = rng.integers(300, 4000, (len(names), 40, 50)).astype(np.uint16)
+    scl = np.full((40, 50), 4, np.uint16)  # vegetation
+    scl[:10, :20] = 9  # cloud (high probability)
+    scl[30:, 30:] = 3  # cloud shadow
+    stack[-1] = scl
+    export = write_geotiff(
+        tmp_path / "export.tif",
+        stack,
+        crs="EPSG:32633",
+        transform=from_origin(400000, 5800000, 10, 10),
+        band_names=names,
+    )
+    torch.manual_seed(0)
+    argv = ["remove-clouds", "--weights", str(weights_file("dsen2cr-small-nosar")), "--s2", str(export)]
+    argv += ["--out", str(tmp_path / "o.tif"), "--mask", "product", "--mask-out", str(tmp_path / "m.tif")]
+    assert main([*argv, "--keep-clear", "--no-progress"]) == 0
+    with rasterio.open(tmp_path / "m.tif") as dataset:
+        mask = dataset.read(1)
+    expected = np.zeros((40, 50), np.uint8)
+    expected[:10, :20] = 1
+    expected[30:, 30:] = 2  # shadow
+    np.testing.assert_array_equal(mask, expected)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
