@@ -403,6 +403,23 @@ def test_an_item_in_a_bucket_that_needs_settings_says_which(
         assert "bills the requester" not in capsys.readouterr().err
 
 
+def test_a_vrt_is_named_by_its_files_in_messages(tmp_path: Path) -> None:
+    """A failure to read through a VRT made of an S1 pair (or of a file's bands) names the files and bands it
+    reads, not the VRT's XML (which GDAL gives as the dataset's name)."""
+    from dsen2cr.inputs.geotiff import stack_pair
+    from dsen2cr.signed_urls import read_failure
+
+    origin = from_origin(400000, 5800000, 10, 10)
+    for name in ("a & b_vv.tif", "a & b_vh.tif"):
+        write_geotiff(tmp_path / name, np.full((1, 4, 4), -10, np.float32), crs=CRS_33N, transform=origin)
+    xml = stack_pair(str(tmp_path / "a & b_vv.tif"), str(tmp_path / "a & b_vh.tif"), "pair")
+    said = read_failure(xml, "TIFFReadEncodedTile() failed")
+    assert said == (
+        f"{tmp_path}/a & b_vv.tif band 1 + {tmp_path}/a & b_vh.tif band 1: cannot read pixels, a file may be "
+        "truncated (TIFFReadEncodedTile() failed)"
+    )
+
+
 def test_s1_pair_equals_the_stacked_file(tmp_path: Path, weights_file: Callable[[str], Path]) -> None:
     import torch
 

@@ -59,7 +59,7 @@ def open_raster(path: str | Path, *, bands: int | None = None, what: str = "rast
     readable and has ``bands`` bands."""
     text = str(path)
     virtual = text.startswith(("/vsi", "<VRTDataset"))  # GDAL virtual file systems and VRTs built in memory
-    name = "VRT" if text.startswith("<") else displayed(text)
+    name = displayed(text)
     if not virtual:
         path = check_input_file(path, what)
     try:

@@ -6,10 +6,12 @@ again (signed anew) is the same search for ``--resume``."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlparse, urlunparse
+from xml.sax.saxutils import unescape
 
 from dsen2cr.bucket_access import bucket_hint
 from dsen2cr.errors import DSen2CRError
@@ -137,6 +139,8 @@ def read_failure(gdal_path: str, reason: str, *, download: bool = False) -> str:
     server's ``reason``: a signed URL whose token expired since the run began is refused by its server (GDAL says
     only that the read failed), a remote file's read failed on the way, a local file is likely truncated."""
     href = remote_href(gdal_path)
+    if gdal_path.startswith("<VRTDataset"):
+        return f"{displayed(gdal_path)}: cannot read pixels, a file may be truncated ({reason})"
     if href is None and gdal_path.startswith("/vsis3/"):
         return f"{gdal_path}: cannot read pixels from the bucket ({reason}){bucket_hint(gdal_path)}"
     if href is None:
@@ -157,6 +161,10 @@ def shown(href: str) -> str:
 
 
 def displayed(gdal_path: str) -> str:
-    """A GDAL path as a message names it: a remote file's URL through :func:`shown`, anything else as it is."""
+    """A GDAL path as a message names it: a remote file's URL through :func:`shown`, a VRT's XML by the files and
+    bands it reads (``a_vv.tif band 1 + a_vh.tif band 1``), anything else as it is."""
+    if gdal_path.startswith("<VRTDataset"):
+        sources = re.findall(r"<SourceFilename[^>]*>(.*?)</SourceFilename><SourceBand>(\d+)</SourceBand>", gdal_path)
+        return " + ".join(f"{displayed(unescape(path))} band {band}" for path, band in sources) or "VRT"
     href = remote_href(gdal_path)
     return gdal_path if href is None else shown(href)

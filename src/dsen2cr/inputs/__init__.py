@@ -159,8 +159,8 @@ def local_inputs(s2: str, s1: str | None, product: S2Product | None = None) -> l
 
 
 def _is_local(gdal_path: str) -> bool:
-    """Whether a GDAL path is a local file (not ``/vsi…``, not a URL)."""
-    return not gdal_path.startswith("/vsi") and not is_url(gdal_path)
+    """Whether a GDAL path is a local file (not ``/vsi…``, not a URL, not a VRT's XML: its files are named besides)."""
+    return not gdal_path.startswith(("/vsi", "<")) and not is_url(gdal_path)
 
 
 def resolve_s1(arg: str | Path, local: Mapping[str, str] | None = None) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.inputs.product import L2A_BANDS, S2Product, band_of, sensing_time_text
+from dsen2cr.inputs.product import L2A_BANDS, S2Product, band_code, band_of, sensing_time_text
 from dsen2cr.preprocessing import S2_BANDS
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def geotiff_s2(path: Path, offset: int | None) -> S2Product:
     with open_raster(path, what="S2") as dataset:
         count, descriptions = dataset.count, dataset.descriptions
         sensing_time = tagged_sensing_time(dataset, SENSING_TIME_TAGS)
+        grid = (dataset.crs, dataset.transform, dataset.width, dataset.height, dataset.dtypes[0], dataset.nodata)
     level, file_bands = _named_bands(path, descriptions)
     if level is None and count not in (len(S2_BANDS), len(L2A_BANDS)):
         named = [band for band in S2_BANDS if band in file_bands]
@@ -53,6 +54,9 @@ def geotiff_s2(path: Path, offset: int | None) -> S2Product:
             f"; {', '.join(unread)} not read" if unread else "",
         )
     product.sensing_time = sensing_time
+    scl = [i for i, d in enumerate(descriptions, start=1) if (d or "").strip().upper() == "SCL"]
+    if level == "L2A" and len(scl) == 1:  # an export's scene classification (Earth Engine's S2_SR): --mask product
+        product.masks["SCL"] = _vrt([(str(path), scl[0], "SCL")], grid)
     if offset is not None:
         product.offsets, product.offset_from = [offset] * len(bands), "option"
     return product
@@ -165,3 +169,16 @@ def polarisation(text: str | None) -> str | None:
     upper = (text or "").upper()
     names = {p for p in ("VV", "VH", "HH", "HV") if re.search(rf"(^|[^A-Z]){p}([^A-Z]|$)", upper)}
     return names.pop() if len(names) == 1 else None
+
+
+def check_band_names(name: str, descriptions: tuple[str | None, ...], bands: list[str]) -> None:
+    """Refuse a file whose band descriptions name S2 bands in another order than ``bands`` (L1C: B1 ... B12
+    with B8A after B8; L2A: the same without B10): its bands would be fed to the network in the wrong places.
+    Files without names pass."""
+    names = [(d or "").strip().upper() for d in descriptions]
+    if not all(re.fullmatch(r"B\d{1,2}A?", n) for n in names):
+        return
+    found = [band_code(n) for n in names]
+    expected = [band_code(b) for b in bands]
+    if found != expected:
+        raise DSen2CRError(f"{name}: band descriptions say {' '.join(found)}; expected the order {' '.join(expected)}")

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlparse
 
+import numpy as np
+
 from dsen2cr.preprocessing import S2_BANDS
 
 #: Level-2A products have no B10 (cirrus, top of atmosphere only); the 12 bands in their order.
@@ -147,3 +149,17 @@ def sensing_time_of_name(name: str) -> str | None:
     if match is None:
         return None
     return sensing_time_text("{}-{}-{}T{}:{}:{}Z".format(*match.groups()))
+
+
+def offset_kept(band: str, level: str, values: np.ndarray) -> str | None:
+    """What says a band's valid DN ``values`` hold baseline 04.00's +1000, or None: a Level-1C B10 (cirrus) at 1000
+    DN or above in the median, where a clear sky gives tens; a Level-2A B2 (blue) whose darkest 1 % lies at 1000 DN
+    or above, where water and shadow lie at tens to hundreds (a scene all cloud or snow may show it too)."""
+    if band == "B10" and level == "L1C" and (median := np.median(values)) >= 1000:
+        return f"B10 (cirrus) lies at {median:.0f} DN in the median, where a clear sky gives tens"
+    if band == "B2" and level == "L2A" and (darkest := np.percentile(values, 1)) >= 1000:
+        return (
+            f"B2 (blue) lies at {darkest:.0f} DN or above in its darkest 1 %, where surface reflectance of water and "
+            "shadow gives tens to hundreds (unless the scene is all cloud or snow)"
+        )
+    return None

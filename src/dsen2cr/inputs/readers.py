@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from rasterio.windows import Window
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, resolve_s2
-from dsen2cr.inputs.product import band_code
+from dsen2cr.inputs.geotiff import check_band_names
+from dsen2cr.inputs.product import offset_kept
 from dsen2cr.preprocessing import S2_BANDS, reflectance_percentile
 from dsen2cr.rasters import (
     decimated_shape,
@@ -133,7 +133,7 @@ class S2Source:
                 self.grid = Grid(dataset.crs, dataset.transform, dataset.width, dataset.height)
                 self.nodata = dataset.nodata
                 descriptions = tuple(dataset.descriptions[i - 1] for i in self.product.file_bands)
-                _check_band_names(self.name, descriptions, self.bands)
+                check_band_names(self.name, descriptions, self.bands)
             if not checked:
                 self._check_declared()
                 self._check_units()
@@ -234,7 +234,7 @@ class S2Source:
                     f"{band} to 0 or below on {lost:.0%} of its valid pixels (median DN {np.median(values):.0f}): "
                     "the data holds no such offset"
                 )
-            if not offset and (said := _offset_kept(band, self.level, values)):
+            if not offset and (said := offset_kept(band, self.level, values)):
                 log.warning(
                     "%s: %s: products of processing baseline 04.00+ (since 2022) add 1000 to every DN; if this is an "
                     "export of one, give --s2-offset -1000",
@@ -358,20 +358,6 @@ class S2Source:
             dataset.close()
 
 
-def _offset_kept(band: str, level: str, values: np.ndarray) -> str | None:
-    """What says a band's valid DN ``values`` hold baseline 04.00's +1000, or None: a Level-1C B10 (cirrus) at 1000
-    DN or above in the median, where a clear sky gives tens; a Level-2A B2 (blue) whose darkest 1 % lies at 1000 DN
-    or above, where water and shadow lie at tens to hundreds (a scene all cloud or snow may show it too)."""
-    if band == "B10" and level == "L1C" and (median := np.median(values)) >= 1000:
-        return f"B10 (cirrus) lies at {median:.0f} DN in the median, where a clear sky gives tens"
-    if band == "B2" and level == "L2A" and (darkest := np.percentile(values, 1)) >= 1000:
-        return (
-            f"B2 (blue) lies at {darkest:.0f} DN or above in its darkest 1 %, where surface reflectance of water and "
-            "shadow gives tens to hundreds (unless the scene is all cloud or snow)"
-        )
-    return None
-
-
 def _read_band(dataset: rasterio.io.DatasetReaderBase, window: Window) -> np.ndarray:
     """One band file's window, on a band-reading thread (in the scene's GDAL settings, which are per thread)."""
     with gdal_block_cache():
@@ -398,16 +384,3 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         log.warning("%s", message)
-
-
-def _check_band_names(name: str, descriptions: tuple[str | None, ...], bands: list[str]) -> None:
-    """Refuse a file whose band descriptions name S2 bands in another order than ``bands`` (L1C: B1 ... B12
-    with B8A after B8; L2A: the same without B10): its bands would be fed to the network in the wrong places.
-    Files without names pass."""
-    names = [(d or "").strip().upper() for d in descriptions]
-    if not all(re.fullmatch(r"B\d{1,2}A?", n) for n in names):
-        return
-    found = [band_code(n) for n in names]
-    expected = [band_code(b) for b in bands]
-    if found != expected:
-        raise DSen2CRError(f"{name}: band descriptions say {' '.join(found)}; expected the order {' '.join(expected)}")

@@ -42,6 +42,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs.readers import Grid, S2Source, on_grid
 from dsen2cr.rasters import gdal_block_cache, open_raster, read_window
 from dsen2cr.settings import MASK_KINDS
+from dsen2cr.signed_urls import displayed
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,8 @@ class SceneMasker:
         if covered < MIN_MASK_COVERAGE:
             self._source.close()
             raise DSen2CRError(
-                f"{masks[self.product_kind]}: the product's {self.product_kind} mask covers {100 * covered:.1f}% of "
+                f"{displayed(masks[self.product_kind])}: the product's {self.product_kind} mask covers "
+                f"{100 * covered:.1f}% of "
                 f"the scene ({self.s2.name}); a product mask must cover all of it (or use --mask paper)"
             )
         self._product = on_grid(self._source, self.s2.grid, Resampling.nearest)
