@@ -1,5 +1,6 @@
-"""GeoTIFF inputs: a 13-band (L1C) or 12-band (L2A) S2 file, and an S1 ``VV,VH`` pair of single-band files
-stacked into a 2-band VRT."""
+"""GeoTIFF inputs: a 13-band (L1C) or 12-band (L2A) S2 file, or one whose band descriptions name the bands (read by
+them, its SCL band a product mask); an S1 ``VV,VH`` pair of single-band files stacked into a 2-band VRT, and an S1
+file's bands named VV and VH elsewhere than 1 and 2 taken into one."""
 
 from __future__ import annotations
 
