@@ -76,45 +76,38 @@ def test_geotiff_offset_option(weights: Path, tmp_path: Path) -> None:
     assert (got[:, :5, :5] == 0).all()
 
 
-def test_a_missing_offset_is_warned(weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """An L1C GeoTIFF whose cirrus band B10 lies above 1000 DN in the median (an export of a baseline 04.00+
-    product, DN + 1000; B10 without it lies at tens of DN) run without --s2-offset: a warning names the option;
-    with --s2-offset -1000, or for the same scene without the shift, none."""
+def _dark_water(level: str) -> np.ndarray:
+    """A GeoTIFF's DN without offset (``level``: 13 bands, or Level-2A's 12): L1C's cirrus band B10 at tens of DN
+    (a clear sky); L2A's blue band B2 at tens to hundreds of DN over a strip of water."""
     rng = np.random.default_rng(1)
-    s2 = rng.integers(500, 4000, (13, 40, 50)).astype(np.uint16)
-    s2[10] = rng.integers(5, 60, (40, 50))  # B10, cirrus: tens of DN under a clear sky
-    origin = from_origin(500000, 5000000, 10, 10)
-    plain = write_geotiff(tmp_path / "plain.tif", s2, crs=CRS_33N, transform=origin)
-    shifted = write_geotiff(tmp_path / "shifted.tif", s2 + np.uint16(1000), crs=CRS_33N, transform=origin)
-    for scene, extra, warned in ((shifted, (), True), (shifted, ("--s2-offset", "-1000"), False), (plain, (), False)):
-        caplog.clear()
-        _run(weights, scene, tmp_path / f"{scene.stem}{len(extra)}.tif", *extra)
-        said = [r.getMessage() for r in caplog.records if "--s2-offset -1000" in r.getMessage()]
-        assert bool(said) == warned, said
-        if warned:
-            assert said[0].startswith(f"{scene}: B10 (cirrus) lies at 10") and "baseline 04.00" in said[0]
-
-
-def test_a_missing_offset_of_a_level_2a_geotiff_is_warned(
-    weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A 12-band Level-2A GeoTIFF (no B10 to tell by) whose darkest blue pixels lie at 1000 DN or above: surface
-    reflectance of water and shadow lies at tens to hundreds of DN in B2, so the file holds baseline 04.00's +1000
-    (bands stacked from the Planetary Computer's or Earth Search's COGs): a warning names --s2-offset -1000 (it ran
-    silently, every reflectance 0.1 high). With the option, or without the shift, none."""
-    rng = np.random.default_rng(4)
+    if level == "L1C":
+        s2 = rng.integers(500, 4000, (13, 40, 50)).astype(np.uint16)
+        s2[10] = rng.integers(5, 60, (40, 50))  # B10, cirrus: tens of DN under a clear sky
+        return s2
     s2 = rng.integers(300, 4000, (12, 40, 50)).astype(np.uint16)
     s2[1, :10] = rng.integers(40, 250, (10, 50))  # B2 over water: tens to hundreds of DN
+    return s2
+
+
+@pytest.mark.parametrize(("level", "said"), [("L1C", "B10 (cirrus) lies at 10"), ("L2A", "B2 (blue) lies at 10")])
+def test_a_missing_offset_is_warned(
+    weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, level: str, said: str
+) -> None:
+    """A GeoTIFF exported from a baseline 04.00+ product (DN + 1000) run without --s2-offset: a warning names the
+    option, where a Level-1C B10 (cirrus) lies above 1000 DN in the median (tens of DN without the offset), or the
+    darkest 1 % of a Level-2A B2 (blue) does (tens to hundreds over water and shadow: it ran silently, every
+    reflectance 0.1 high). With --s2-offset -1000, or for the same scene without the shift, none."""
+    s2 = _dark_water(level)
     origin = from_origin(500000, 5000000, 10, 10)
     plain = write_geotiff(tmp_path / "plain.tif", s2, crs=CRS_33N, transform=origin)
     shifted = write_geotiff(tmp_path / "shifted.tif", s2 + np.uint16(1000), crs=CRS_33N, transform=origin)
     for scene, extra, warned in ((shifted, (), True), (shifted, ("--s2-offset", "-1000"), False), (plain, (), False)):
         caplog.clear()
         _run(weights, scene, tmp_path / f"{scene.stem}{len(extra)}.tif", *extra)
-        said = [r.getMessage() for r in caplog.records if "--s2-offset -1000" in r.getMessage()]
-        assert bool(said) == warned, said
+        found = [r.getMessage() for r in caplog.records if "--s2-offset -1000" in r.getMessage()]
+        assert bool(found) == warned, found
         if warned:
-            assert said[0].startswith(f"{scene}: B2 (blue) lies at 10") and "baseline 04.00" in said[0]
+            assert found[0].startswith(f"{scene}: {said}") and "baseline 04.00" in found[0]
 
 
 def test_value_checks_read_overviews_where_the_files_have_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
