@@ -308,7 +308,9 @@ def _logged_validation(run: Path) -> list[dict[str, str]]:
 def _srun_two_tasks(tmp_path: Path, command: list[str], name: str) -> list[Path]:
     """Run ``command`` as the two tasks of an ``srun`` step on this machine (the variables srun sets; gloo on CPU);
     return the tasks' logs. A task that fails leaves the other waiting at the rendezvous: both stop then."""
+    import contextlib
     import os
+    import signal
     import socket
     import sys
     import time
@@ -338,6 +340,7 @@ def _srun_two_tasks(tmp_path: Path, command: list[str], name: str) -> list[Path]
             env={**base, **step, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)},
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # with its loader workers: killed together below
         )
         for task, log in enumerate(logs)
     ]
@@ -348,8 +351,9 @@ def _srun_two_tasks(tmp_path: Path, command: list[str], name: str) -> list[Path]
                 break
             time.sleep(0.5)
     finally:
-        for task in tasks:
-            task.kill()
+        for task in tasks:  # the task's process group: a loader worker outlived its killed task (and held a core)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(task.pid, signal.SIGKILL)
             task.wait()
     assert [task.returncode for task in tasks] == [0, 0], [log.read_text()[-2000:] for log in logs]
     return logs
