@@ -4,6 +4,7 @@ stderr naming the file or option and the problem, no traceback, inputs unchanged
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -1041,6 +1042,15 @@ def _s2_as(tmp: Path, dtype: str, *, crs: object = UTM32N, pixel: float = 10, lo
     return write_geotiff(tmp / f"s2_{dtype}.tif", array, crs=crs, transform=transform)
 
 
+def _web_mercator_s2(tmp: Path) -> Path:
+    """A 13-band scene exported in Web Mercator at 10 m (Earth Engine's exports take any CRS asked for), at 9 degrees
+    east, 50 degrees north (y = ln(tan(45 + 50 / 2 degrees)) x 6378137 m): its pixels span 10 x cos 50 = 6.4 m."""
+    array = np.random.default_rng(4).integers(300, 5000, (13, 40, 50)).astype(np.uint16)
+    y = math.log(math.tan(math.radians(45 + 25))) * 6378137
+    transform = from_origin(math.radians(9) * 6378137, y, 10, 10)
+    return write_geotiff(tmp / "s2_mercator.tif", array, crs="EPSG:3857", transform=transform)
+
+
 def _non_utf8(tmp: Path, name: bytes) -> str:
     """A path whose file name holds a byte that is not UTF-8 (as Python hands it over from argv)."""
     return str(tmp) + "/" + os.fsdecode(name)
@@ -1274,6 +1284,14 @@ CASES += [
         name="remove-clouds: an EPSG:4326 GeoTIFF at 0.0001 degrees",
         setup=lambda t: _remove_to(t, _s2_as(t, "uint16", crs="EPSG:4326", pixel=0.0001, high=5000), t / "o.tif"),
         message="s2_uint16.tif: S2 is on a geographic CRS (EPSG:4326)",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="remove-clouds: a GeoTIFF in Web Mercator (EPSG:3857) at 10 m, at 50 degrees north: 6.4 m on the ground",
+        setup=lambda t: _remove_to(t, _web_mercator_s2(t), t / "o.tif"),
+        message="s2_mercator.tif: S2 pixels are 10 x 10 m in EPSG:3857, but 6.42 x 6.42 m on the ground here; the "
+        "model works at 10 m: reproject it to 10 m in the UTM zone of its centre first (rio warp IN OUT --dst-crs "
+        "EPSG:32632 --res 10",
         absent=("o.tif",),
     ),
     dict(
