@@ -807,6 +807,14 @@ def test_swapped_s1_bands_that_the_files_name_are_taken_as_named(workdir: Path, 
     assert "brighter" not in capsys.readouterr().err
 
 
+def test_s2_in_an_engineering_crs_runs(workdir: Path) -> None:
+    """S2 on a local engineering CRS in metres runs as before: its ground cannot be related to longitude and latitude,
+    so only its pixels' size in its own units is checked (the ground check of Web Mercator's stretch stopped it with
+    an internal error)."""
+    s2 = _s2_file(workdir, crs=CRS.from_wkt('LOCAL_CS["local",UNIT["metre",1]]'))
+    assert main(_remove_with(workdir, s2)) == 0
+
+
 def test_zero_in_s1_without_a_declared_nodata_is_no_data(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     """Exports fill S1 outside its swath with 0 and often declare no nodata (Earth Engine; SNAP's no-data value
     is 0): 0.0 dB exactly is a fill, not a bright target (it was fed to the network as 0 dB). Taken as no data:

@@ -144,6 +144,30 @@ def utm_epsg(crs: CRS, grid_transform: Affine, width: int, height: int) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
+#: The Earth's mean radius (m), for distances on the ground between nearby points (0.3 % of the ellipsoid's at most).
+EARTH_RADIUS_M = 6371008.8
+
+
+def ground_pixel_size(crs: CRS, grid_transform: Affine, width: int, height: int) -> tuple[float, float] | None:
+    """The width and height (m) on the ground of the pixel at the centre of a grid: what its CRS's units say, but for
+    a projection that stretches (Web Mercator's 10 m span 10 x cos(latitude) m), the distance its corners lie apart;
+    None for a CRS that cannot be related to longitude and latitude (an engineering CRS)."""
+    col, row = width // 2, height // 2
+    xs, ys = zip(*(grid_transform * point for point in ((col, row), (col + 1, row), (col, row + 1))), strict=True)
+    try:
+        lons, lats = transform(crs, "EPSG:4326", list(xs), list(ys))
+    except Exception:  # PROJ finds no operation (GDAL's error classes, several): the ground is unknown
+        return None
+    points = [(math.radians(lon), math.radians(lat)) for lon, lat in zip(lons, lats, strict=True)]
+
+    def apart(a: tuple[float, float], b: tuple[float, float]) -> float:
+        """Haversine distance (m) of two (longitude, latitude) points in radians."""
+        h = math.sin((b[1] - a[1]) / 2) ** 2 + math.cos(a[1]) * math.cos(b[1]) * math.sin((b[0] - a[0]) / 2) ** 2
+        return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(h))
+
+    return apart(points[0], points[1]), apart(points[0], points[2])
+
+
 @dataclass(frozen=True)
 class Footprint:
     """The ground a raster covers: its CRS (as text: comparable, hashable) and its bounds in it (left, bottom,

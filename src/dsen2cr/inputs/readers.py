@@ -26,6 +26,7 @@ from dsen2cr.preprocessing import S2_BANDS, reflectance_percentile
 from dsen2cr.rasters import (
     decimated_shape,
     gdal_block_cache,
+    ground_pixel_size,
     lattice_windows,
     open_raster,
     read_decimated,
@@ -173,7 +174,8 @@ class S2Source:
         self._check_pixel_size()
 
     def _check_pixel_size(self) -> None:
-        """Refuse a grid the model was not trained on: a geographic CRS, or pixels other than 10 m (+-5 %)."""
+        """Refuse a grid the model was not trained on: a geographic CRS, or pixels other than 10 m (+-5 %) in the
+        CRS's units or on the ground (a projection that stretches: Web Mercator's 10 m at 50 degrees span 6.4 m)."""
         crs, transform = self.grid.crs, self.grid.transform
         if crs.is_geographic:
             epsg = f"EPSG:{utm_epsg(crs, transform, self.grid.width, self.grid.height)}"
@@ -188,6 +190,15 @@ class S2Source:
             raise DSen2CRError(
                 f"{self.name}: S2 pixels are {width:.3g} x {height:.3g} m; the model works at 10 m: resample it to "
                 "10 m first (rio warp IN OUT --res 10, or gdalwarp -tr 10 10 IN OUT)"
+            )
+        ground = ground_pixel_size(crs, transform, self.grid.width, self.grid.height)
+        if ground is not None and not all(abs(side - 10) <= 0.5 for side in ground):
+            epsg = f"EPSG:{utm_epsg(crs, transform, self.grid.width, self.grid.height)}"
+            raise DSen2CRError(
+                f"{self.name}: S2 pixels are {width:.3g} x {height:.3g} m in {crs.to_string()}, but {ground[0]:.3g} x "
+                f"{ground[1]:.3g} m on the ground here; the model works at 10 m: reproject it to 10 m in the UTM zone "
+                f"of its centre first (rio warp IN OUT --dst-crs {epsg} --res 10, or gdalwarp -t_srs {epsg} -tr 10 10 "
+                "IN OUT)"
             )
 
     def _check_units(self) -> None:
