@@ -144,6 +144,16 @@ def utm_epsg(crs: CRS, grid_transform: Affine, width: int, height: int) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
+def into_utm(crs: CRS, grid_transform: Affine, width: int, height: int) -> str:
+    """How to reproject a grid to 10 m in the UTM zone of its centre (:func:`utm_epsg`), with rasterio's CLI or
+    GDAL's."""
+    epsg = f"EPSG:{utm_epsg(crs, grid_transform, width, height)}"
+    return (
+        f"reproject it to 10 m in the UTM zone of its centre first (rio warp IN OUT --dst-crs {epsg} --res 10, or "
+        f"gdalwarp -t_srs {epsg} -tr 10 10 IN OUT)"
+    )
+
+
 #: The Earth's mean radius (m), for distances on the ground between nearby points (0.3 % of the ellipsoid's at most).
 EARTH_RADIUS_M = 6371008.8
 

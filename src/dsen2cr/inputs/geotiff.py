@@ -29,7 +29,7 @@ def geotiff_s2(path: Path, offset: int | None) -> S2Product:
     with open_raster(path, what="S2") as dataset:
         count, descriptions = dataset.count, dataset.descriptions
         sensing_time = tagged_sensing_time(dataset, SENSING_TIME_TAGS)
-        grid = (dataset.crs, dataset.transform, dataset.width, dataset.height, dataset.dtypes[0], dataset.nodata)
+        grid = _grid_of(dataset)
     level, file_bands = _named_bands(path, descriptions)
     if level is None and count not in (len(S2_BANDS), len(L2A_BANDS)):
         named = [band for band in S2_BANDS if band in file_bands]
@@ -96,9 +96,7 @@ def stack_pair(vv: str, vh: str, source: str, *, named: bool = False) -> str:
     grids, descriptions = [], []
     for (name, slot), path in zip((("VV", "first"), ("VH", "second")), (vv, vh), strict=True):
         with open_raster(path, bands=1, what=f"S1 {name}") as dataset:
-            grids.append(
-                (dataset.crs, dataset.transform, dataset.width, dataset.height, dataset.dtypes[0], dataset.nodata)
-            )
+            grids.append(_grid_of(dataset))
             description = dataset.descriptions[0] or ""
         said = {
             what: polarisation(text) for what, text in (("name", Path(path).name), ("band description", description))
@@ -122,7 +120,7 @@ def select_polarisations(path: str) -> str:
 
     with open_raster(path, what="S1 (VV, VH)") as dataset:
         descriptions = dataset.descriptions
-        grid = (dataset.crs, dataset.transform, dataset.width, dataset.height, dataset.dtypes[0], dataset.nodata)
+        grid = _grid_of(dataset)
     found = [polarisation(d) for d in descriptions]
     for name in ("VV", "VH"):
         if found.count(name) > 1:
@@ -136,6 +134,12 @@ def select_polarisations(path: str) -> str:
     vv, vh = found.index("VV") + 1, found.index("VH") + 1
     log.info("%s: VV is band %d, VH band %d (by their band descriptions)", path, vv, vh)
     return _vrt([(path, vv, "VV"), (path, vh, "VH")], grid)
+
+
+def _grid_of(dataset: Any) -> tuple:
+    """What a VRT of an open raster's bands takes from it (:func:`_vrt`): CRS, transform, width, height, its first
+    band's data type and nodata."""
+    return dataset.crs, dataset.transform, dataset.width, dataset.height, dataset.dtypes[0], dataset.nodata
 
 
 def _vrt(sources: list[tuple[str, int, str]], grid: tuple) -> str:

@@ -27,11 +27,11 @@ from dsen2cr.rasters import (
     decimated_shape,
     gdal_block_cache,
     ground_pixel_size,
+    into_utm,
     lattice_windows,
     open_raster,
     read_decimated,
     read_window,
-    utm_epsg,
 )
 
 log = logging.getLogger(__name__)
@@ -176,29 +176,25 @@ class S2Source:
     def _check_pixel_size(self) -> None:
         """Refuse a grid the model was not trained on: a geographic CRS, or pixels other than 10 m (+-5 %) in the
         CRS's units or on the ground (a projection that stretches: Web Mercator's 10 m at 50 degrees span 6.4 m)."""
-        crs, transform = self.grid.crs, self.grid.transform
+        crs, transform, width, height = self.grid.crs, self.grid.transform, self.grid.width, self.grid.height
         if crs.is_geographic:
-            epsg = f"EPSG:{utm_epsg(crs, transform, self.grid.width, self.grid.height)}"
             raise DSen2CRError(
                 f"{self.name}: S2 is on a geographic CRS ({crs.to_string()}); the model works on 10 m pixels: "
-                f"reproject it to 10 m in the UTM zone of its centre first (rio warp IN OUT --dst-crs {epsg} --res "
-                f"10, or gdalwarp -t_srs {epsg} -tr 10 10 IN OUT)"
+                f"{into_utm(crs, transform, width, height)}"
             )
         metres = crs.linear_units_factor[1] if crs.is_projected else 1.0
-        width, height = (metres * math.hypot(transform.a, transform.d), metres * math.hypot(transform.b, transform.e))
-        if not (abs(width - 10) <= 0.5 and abs(height - 10) <= 0.5):
+        size = (metres * math.hypot(transform.a, transform.d), metres * math.hypot(transform.b, transform.e))
+        if not _near_10_m(size):
             raise DSen2CRError(
-                f"{self.name}: S2 pixels are {width:.3g} x {height:.3g} m; the model works at 10 m: resample it to "
+                f"{self.name}: S2 pixels are {size[0]:.3g} x {size[1]:.3g} m; the model works at 10 m: resample it to "
                 "10 m first (rio warp IN OUT --res 10, or gdalwarp -tr 10 10 IN OUT)"
             )
-        ground = ground_pixel_size(crs, transform, self.grid.width, self.grid.height)
-        if ground is not None and not all(abs(side - 10) <= 0.5 for side in ground):
-            epsg = f"EPSG:{utm_epsg(crs, transform, self.grid.width, self.grid.height)}"
+        ground = ground_pixel_size(crs, transform, width, height)
+        if ground is not None and not _near_10_m(ground):
             raise DSen2CRError(
-                f"{self.name}: S2 pixels are {width:.3g} x {height:.3g} m in {crs.to_string()}, but {ground[0]:.3g} x "
-                f"{ground[1]:.3g} m on the ground here; the model works at 10 m: reproject it to 10 m in the UTM zone "
-                f"of its centre first (rio warp IN OUT --dst-crs {epsg} --res 10, or gdalwarp -t_srs {epsg} -tr 10 10 "
-                "IN OUT)"
+                f"{self.name}: S2 pixels are {size[0]:.3g} x {size[1]:.3g} m in {crs.to_string()}, but {ground[0]:.3g} "
+                f"x {ground[1]:.3g} m on the ground here; the model works at 10 m: "
+                + into_utm(crs, transform, width, height)
             )
 
     def _check_units(self) -> None:
@@ -367,6 +363,11 @@ class S2Source:
             pool.shutdown(wait=True)
         for dataset in self._datasets:
             dataset.close()
+
+
+def _near_10_m(sides: tuple[float, float]) -> bool:
+    """Whether a pixel's width and height are both 10 m, within 5 %."""
+    return all(abs(side - 10) <= 0.5 for side in sides)
 
 
 def _read_band(dataset: rasterio.io.DatasetReaderBase, window: Window) -> np.ndarray:
