@@ -15,7 +15,7 @@ LAYERS = [
     ["dsen2cr"],  # the package itself: the public names, some imported on first use
     ["cli"],
     ["demo", "doctor"],
-    ["evaluate", "compare"],
+    ["evaluate", "compare", "sigma_calibration"],
     ["evaluation_scoring"],  # an evaluation's patches scored and their images written, on threads
     ["evaluation_progress"],  # an evaluation's scored batches as they are scored (evaluate --resume)
     ["training"],

@@ -1,5 +1,5 @@
-"""Bad input to export, convert-keras, export-onnx and weights download, table-driven through the console entry
-point (the ``check_case`` fixture):
+"""Bad input to export, convert-keras, export-onnx, weights download and calibrate-sigma, table-driven through
+the console entry point (the ``check_case`` fixture):
 each row is an unusual but plausible input; the command exits with the expected status and one line on
 stderr naming the file or option and the problem, no traceback, inputs unchanged, nothing left behind."""
 
@@ -379,3 +379,81 @@ def test_weights_are_read_by_content_not_by_name(workdir: Path) -> None:
         got = load_model(path)
         assert got.config == expected.config
     torch.testing.assert_close(load_model(workdir / "named-wrong.ckpt").state_dict(), expected.state_dict())
+
+
+def _sigma_weights(tmp: Path, name: str = "sigma.safetensors", scale: object = None, diag: bool = True) -> Path:
+    """Small weights with a variance head (``diag``), with a stored sigma scale ``scale`` when given."""
+    from dsen2cr.models.dsen2cr import ModelConfig
+    from dsen2cr.weights import SIGMA_SCALE_KEY, save_weights
+
+    model = ModelConfig(1, 4, False, 0.1, "diag" if diag else "none").build()
+    record = {SIGMA_SCALE_KEY: json.dumps({"scale": scale})} if scale is not None else None
+    return save_weights(model, tmp / name, provenance=record)
+
+
+def _calibrate(tmp: Path, weights: Path, *extra: str, out: str = "c.safetensors") -> list[str]:
+    """weights calibrate-sigma of ``weights`` on the small release tree's val split."""
+    root = tmp.tree()
+    data = ["--data-root", str(root), "--file-list", str(root / "files.csv"), "--no-progress"]
+    return ["weights", "calibrate-sigma", "--weights", str(weights), "--out", str(tmp / out), *data, *extra]
+
+
+def _onnx_of(tmp: Path) -> Path:
+    from dsen2cr.onnx_export import export_onnx
+    from dsen2cr.weights import load_model
+
+    return export_onnx(load_model(_sigma_weights(tmp)), tmp / "sigma.onnx")
+
+
+CASES += [
+    dict(
+        name="calibrate-sigma: weights of a model without sigma",
+        setup=lambda t: _calibrate(t, t.weights("dsen2cr-small-nosar")),
+        message="dsen2cr-small-nosar.safetensors: predicts no sigma (model.uncertainty: none); nothing to calibrate",
+        absent=("c.safetensors",),
+    ),
+    dict(
+        name="calibrate-sigma: an ONNX file",
+        setup=lambda t: _calibrate(t, _onnx_of(t)),
+        message="sigma.onnx: an ONNX file's graph cannot take a sigma scale; calibrate the weights it was exported",
+        absent=("c.safetensors",),
+    ),
+    dict(
+        name="calibrate-sigma: --out is the input weights",
+        setup=lambda t: _calibrate(t, _sigma_weights(t), out="sigma.safetensors"),
+        message="sigma.safetensors: output weights would replace input weights",
+        keep=("sigma.safetensors",),
+    ),
+    dict(
+        name="calibrate-sigma: --out exists",
+        setup=lambda t: _calibrate(t, _sigma_weights(t), out=_existing(t, "c.safetensors").name),
+        message="c.safetensors: exists; pass --overwrite to replace it",
+        keep=("c.safetensors",),
+    ),
+    dict(
+        name="calibrate-sigma: --split train (the model's own patches)",
+        setup=lambda t: _calibrate(t, _sigma_weights(t), "--split", "train"),
+        message="argument --split: invalid choice: 'train'",
+        absent=("c.safetensors",),
+    ),
+    dict(
+        name="weights whose stored sigma scale has 12 factors",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_sigma_weights(t, scale=[1.0] * 12)),
+        message="sigma.safetensors: stored sigma scale must hold 13 finite positive factors (one per S2 band)",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="weights whose stored sigma scale holds a zero",
+        setup=lambda t: _calibrate(t, _sigma_weights(t, scale=[1.0] * 12 + [0])),
+        message="sigma.safetensors: stored sigma scale must hold 13 finite positive factors",
+        absent=("c.safetensors",),
+    ),
+    dict(
+        name="a sigma scale in weights of a model without sigma",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), weights=_sigma_weights(t, scale=[1.0] * 13, diag=False)
+        ),
+        message="sigma.safetensors: holds a sigma scale, but its model predicts no sigma",
+        absent=("o.tif",),
+    ),
+]

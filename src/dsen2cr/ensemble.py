@@ -166,8 +166,10 @@ def ensemble(members: list[Predictor]) -> Predictor:
     digests = recorded_sha256(member.weights_sha256 for member in members)
     trained = [member.likelihood or "unknown" for member in members if member.uncertainty == "diag"]  # their sigma
     likelihood = "/".join(dict.fromkeys(trained)) or None
+    calibrated = [f"{n}: {m.sigma_calibration}" for n, m in zip(names, members, strict=True) if m.sigma_calibration]
     backend = EnsembleBackend(members)
-    return Predictor(backend, spec, members[0].device, members[0].float32, "; ".join(names), digests, likelihood)
+    described = ("; ".join(names), digests, likelihood, "; ".join(calibrated) or None)
+    return Predictor(backend, spec, members[0].device, members[0].float32, *described)
 
 
 def load_ensemble(weights: Sequence[str | Path], **options: Any) -> Predictor:

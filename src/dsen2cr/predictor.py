@@ -54,6 +54,9 @@ class Predictor:
     #: The likelihood that trained its variance, as its training record names it (``lnll (Laplace)``; None:
     #: unknown): what sigma's intervals mean.
     likelihood: str | None = None
+    #: The calibration of its sigma fitted after training (``dsen2cr weights calibrate-sigma``), as outputs name
+    #: it; None: sigma as trained.
+    sigma_calibration: str | None = None
 
     @property
     def backend(self) -> str:
@@ -107,7 +110,14 @@ class Predictor:
             "DSEN2CR_BACKEND": backend,
             "DSEN2CR_CHECK_P99_DN": "not checked" if check is None else f"{check[0]:.2f}",
             "DSEN2CR_CHECK_MAX_DN": "not checked" if check is None else f"{check[1]:.2f}",
-        } | ({"DSEN2CR_LIKELIHOOD": self.likelihood or "unknown (no training record)"} if with_variance else {})
+        } | (self._sigma_provenance() if with_variance else {})
+
+    def _sigma_provenance(self) -> dict[str, str]:
+        """What trained the sigma of the outputs, and how it was calibrated after training."""
+        return {
+            "DSEN2CR_LIKELIHOOD": self.likelihood or "unknown (no training record)",
+            "DSEN2CR_SIGMA_CALIBRATION": self.sigma_calibration or "none (sigma as trained)",
+        }
 
     def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         """Predict one batch (model units) in the predictor's float32 arithmetic; a prediction with NaN,
@@ -219,6 +229,7 @@ class Network:
     weights: str | None = None
     weights_sha256: str | None = None
     likelihood: str | None = None  # what trained its variance (:attr:`Predictor.likelihood`)
+    sigma_calibration: str | None = None  # :attr:`Predictor.sigma_calibration`
 
     @property
     def onnx(self) -> bool:
@@ -240,16 +251,23 @@ def is_onnx(weights: str | Path) -> bool:
 def load_network(weights: str | Path, *, device: torch.device) -> Network:
     """The network in a weights file: ONNX files (fp32 or int8) as onnxruntime sessions, safetensors, Lightning
     checkpoints and Keras HDF5 as PyTorch models on ``device``."""
-    from dsen2cr.weights import check_weights_file, load_model_and_record, recorded_likelihood  # (lazy: h5py)
+    from dsen2cr.weights import (  # (lazy: h5py)
+        check_weights_file,
+        load_model_and_record,
+        recorded_likelihood,
+        sigma_calibration_text,
+    )
 
     # a regular file first: hashing a FIFO or a device would wait forever
     digest = file_sha256(check_weights_file(weights, "ONNX" if is_onnx(weights) else "weights"))
     if is_onnx(weights):
         onnx = OnnxPredictor(weights, device=str(device))
-        likelihood = recorded_likelihood(dict(onnx.session.get_modelmeta().custom_metadata_map))
-        return Network(onnx, onnx.config, Path(weights).name, digest, likelihood)
-    model, record = load_model_and_record(weights, device=device)
-    return Network(model, model.config, Path(weights).name, digest, recorded_likelihood(record))
+        record = dict(onnx.session.get_modelmeta().custom_metadata_map)  # the scale is in its graph already
+    else:
+        model, record = load_model_and_record(weights, device=device)
+    described = recorded_likelihood(record), sigma_calibration_text(record, weights)
+    network = onnx if is_onnx(weights) else model
+    return Network(network, network.config, Path(weights).name, digest, *described)
 
 
 def predictor_for_plan(network: Network | CloudRemovalNetwork, plan: ScenePlan) -> Predictor:
@@ -268,7 +286,7 @@ def _predictor(
         if backends != ("onnxruntime",):
             raise DSen2CRError(f"backend {backends[0]}: an ONNX file runs with the onnxruntime backend (or auto)")
         log.info("backend: onnxruntime (%s)", network.model.precision)
-        named = (network.weights, network.weights_sha256, network.likelihood)
+        named = (network.weights, network.weights_sha256, network.likelihood, network.sigma_calibration)
         return Predictor(network.model, network.config, device, "ieee", *named)
     float32 = float32_mode_of(precision, device)
     checked = select_backend(network.model, backends, device, strict=strict, float32=float32)
@@ -276,9 +294,8 @@ def _predictor(
         log.info("backend: eager, IEEE fp32")
     else:
         log.info("backend: trying %s (%s), checked against IEEE fp32 on the first batch", *backends[:1], precision)
-    return Predictor(
-        checked, network.config, device, float32, network.weights, network.weights_sha256, network.likelihood
-    )
+    named = (network.weights, network.weights_sha256, network.likelihood, network.sigma_calibration)
+    return Predictor(checked, network.config, device, float32, *named)
 
 
 def predictor_from_model(

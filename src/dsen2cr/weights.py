@@ -8,6 +8,7 @@ the published Keras HDF5 files.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.formats import describe, sniff
 from dsen2cr.models import DEFAULT_FAMILY, CloudRemovalNetwork, ModelSpec, family_of, get_family
 from dsen2cr.outputs.files import atomic_path, check_input_file, file_sha256
+from dsen2cr.preprocessing import NUM_S2_BANDS
 from dsen2cr.version import __version__
 
 CONFIG_KEY = "dsen2cr_model_config"
@@ -34,6 +36,9 @@ TRAINING_KEY = "dsen2cr_training"
 #: A training record's (and the training task's hyperparameter's) record of the weights a fine-tuned run started
 #: from (``model.init_weights``): their file's name and SHA-256.
 INIT_WEIGHTS_KEY = "init_weights"
+#: A calibration of the model's sigma fitted after training (``dsen2cr weights calibrate-sigma``): JSON with the
+#: factor of each band (``scale``), the likelihood it was fitted by, and the data it was fitted on.
+SIGMA_SCALE_KEY = "dsen2cr_sigma_scale"
 #: Where ``dsen2cr train`` keeps a run's checkpoints in its folder (:func:`last_checkpoint`: the newest).
 CHECKPOINT_DIR = "checkpoints"
 
@@ -162,7 +167,7 @@ def _load_safetensors(path: Path) -> tuple[ModelSpec, dict[str, torch.Tensor], d
             state = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (safe_open has no iter)
     except (SafetensorError, OSError, ValueError) as error:
         raise DSen2CRError(f"{path}: not a readable safetensors file ({' '.join(str(error).split())})") from None
-    record = {TRAINING_KEY: metadata[TRAINING_KEY]} if TRAINING_KEY in metadata else {}
+    record = {key: metadata[key] for key in (TRAINING_KEY, SIGMA_SCALE_KEY) if key in metadata}
     return config_from_metadata(metadata.get(CONFIG_KEY), path, metadata.get(FAMILY_KEY)), state, record
 
 
@@ -321,4 +326,40 @@ def load_model_and_record(
     check_state(config, state, path)
     model = config.build()
     model.load_state_dict(state, strict=True)
+    if SIGMA_SCALE_KEY in record:
+        model.set_sigma_scale(recorded_sigma_scale(record, path, model.config.uncertainty)["scale"])
     return model.to(device).eval(), record
+
+
+def recorded_sigma_scale(record: dict[str, str], path: Path | str, uncertainty: str = "diag") -> dict[str, Any]:
+    """The sigma calibration a weights file's metadata holds (:data:`SIGMA_SCALE_KEY`: ``scale``, one factor per
+    S2 band, and what it was fitted by and on), checked: a one-line error naming ``path`` otherwise."""
+    try:
+        value = json.loads(record[SIGMA_SCALE_KEY])
+    except (json.JSONDecodeError, RecursionError, TypeError):
+        raise DSen2CRError(f"{path}: stored sigma scale ({SIGMA_SCALE_KEY}) is not valid JSON") from None
+    scale = value.get("scale") if isinstance(value, dict) else None
+    if not isinstance(scale, list) or len(scale) != NUM_S2_BANDS or not all(_positive_number(v) for v in scale):
+        raise DSen2CRError(
+            f"{path}: stored sigma scale must hold {NUM_S2_BANDS} finite positive factors (one per S2 band), got "
+            f"{str(scale)[:80]}"
+        )
+    if uncertainty != "diag":
+        raise DSen2CRError(f"{path}: holds a sigma scale, but its model predicts no sigma (model.uncertainty: none)")
+    return value
+
+
+def _positive_number(value: object) -> bool:
+    """Whether a JSON value is a finite positive number (not a bool, not a string)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def sigma_calibration_text(record: dict[str, str], path: Path | str) -> str | None:
+    """How outputs name a weights file's sigma calibration (``DSEN2CR_SIGMA_CALIBRATION``): the factors' range
+    and what they were fitted on; None when it has none (sigma as trained)."""
+    if SIGMA_SCALE_KEY not in record:
+        return None
+    value = recorded_sigma_scale(record, path)
+    scale = value["scale"]
+    data, values, likelihood = (value.get(key, "unknown") for key in ("data", "values", "likelihood"))
+    return f"sigma x {min(scale):.3g} to {max(scale):.3g} per band, fitted on {data} ({values} values, {likelihood})"

@@ -15,6 +15,7 @@ from dsen2cr.outputs.files import check_input_file, file_sha256
 from dsen2cr.weights import (
     INIT_WEIGHTS_KEY,
     SHA256_KEY,
+    SIGMA_SCALE_KEY,
     SOURCE_KEY,
     TRAINING_KEY,
     VERSION_KEY,
@@ -29,7 +30,8 @@ KINDS = {"safetensors": "safetensors weights", "pytorch": "Lightning checkpoint"
 @dataclass(frozen=True)
 class WeightsInfo:
     """A weights file's description: ``provenance`` holds what made it, as recorded (``source``,
-    ``source_sha256``, ``version``, ``training`` and for int8 ONNX files ``int8_calibration``; absent keys were
+    ``source_sha256``, ``version``, ``training``, for int8 ONNX files ``int8_calibration``, for weights whose
+    sigma was calibrated ``sigma_scale``; absent keys were
     not recorded)."""
 
     file: str
@@ -82,6 +84,7 @@ def _describe(path: Path, kind: str, config: ModelSpec, precision: str, metadata
     """The description of a loaded file from its configuration and metadata."""
     names = {SOURCE_KEY: "source", SHA256_KEY: "source_sha256", VERSION_KEY: "version", TRAINING_KEY: "training"}
     names["int8_calibration"] = "int8_calibration"
+    names[SIGMA_SCALE_KEY] = "sigma_scale"
     provenance: dict[str, Any] = {}
     for key, name in names.items():
         if key in metadata:
@@ -135,6 +138,13 @@ def info_lines(info: WeightsInfo) -> list[str]:
         lines.append(
             f"  int8 calibration: {calibration.get('method')} on {calibration.get('crops')} crops of "
             f"{calibration.get('patches')} patches ({calibration.get('file_list')})"
+        )
+    scale = made.get("sigma_scale")
+    if isinstance(scale, dict) and isinstance(scale.get("scale"), list):
+        factors = ", ".join(f"{k:.3g}" for k in scale["scale"])
+        lines.append(
+            f"  sigma calibrated: x {factors} (per band), fitted by {scale.get('likelihood')} on {scale.get('data')} "
+            f"({scale.get('values')} values)"
         )
     return lines
 

@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         data = f"the ROIs of {Path(args.rois).name}"
         triplets = triplets_of_rois(args.data_root, args.rois)
+    _warn_of_calibration_data(members, data)
     # a failed evaluation leaves no half report behind: only what a rerun with --resume goes on from
     scored_before = stopped[0] if args.resume and stopped is not None else 0
     keep = functools.partial(keep_progress, Path(args.out), scored_before)
@@ -191,3 +192,18 @@ def _report_folder(out: Path, stopped: tuple[int, int] | None, *, resume: bool, 
     what = f"a stopped evaluation ({stopped[0]} of {stopped[1]} patches scored)"
     hint = "pass --resume to go on from it, or --overwrite to start again"
     return folder | {"what": what, "hint": hint, "keep_earlier": resume}
+
+
+def _warn_of_calibration_data(members: list[Any], data: str) -> None:
+    """Warn of weights whose sigma was calibrated on the patches evaluated (``data``, as both name them): the
+    calibration metrics then flatter them."""
+    import logging
+
+    for member in members:
+        if member.sigma_calibration and f"fitted on {data} (" in member.sigma_calibration:
+            logging.getLogger("dsen2cr.evaluate").warning(
+                "%s: its sigma was calibrated on %s, the patches evaluated here: its coverage and UCE flatter it; "
+                "evaluate on a split it was not calibrated on",
+                member.weights,
+                data,
+            )

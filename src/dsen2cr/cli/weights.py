@@ -1,16 +1,19 @@
-"""``dsen2cr weights download``: a published model, converted to the project's weights file."""
+"""``dsen2cr weights``: download a published model (converted to the project's weights file), describe weights
+files, calibrate a model's sigma on held-out patches."""
 
 from __future__ import annotations
 
 import argparse
 
-from dsen2cr.cli.options import SubParsers, add_command, add_no_progress, add_overwrite
+from dsen2cr.cli.options import SubParsers, add_command, add_device, add_no_progress, add_overwrite
 
 
 def register(subparsers: SubParsers) -> None:
-    """Add ``weights`` and its subcommands ``download`` and ``info``."""
+    """Add ``weights`` and its subcommands ``download``, ``info`` and ``calibrate-sigma``."""
     weights = add_command(
-        subparsers, "weights", help="weights files: download the published models, describe any weights file"
+        subparsers,
+        "weights",
+        help="weights files: download the published models, describe any weights file, calibrate a model's sigma",
     )
     commands = weights.add_subparsers(dest="weights_command", metavar="WEIGHTS_COMMAND", required=True)
     download = add_command(
@@ -33,6 +36,38 @@ def register(subparsers: SubParsers) -> None:
     info.add_argument("files", nargs="+", metavar="FILE", help="weights files")
     info.add_argument("--json", action="store_true", help="print one JSON list of the files' descriptions")
     info.set_defaults(handler=run_info)
+    _register_calibrate_sigma(commands)
+
+
+def _register_calibrate_sigma(commands: SubParsers) -> None:
+    """Add ``weights calibrate-sigma``."""
+    calibrate = add_command(
+        commands,
+        "calibrate-sigma",
+        help="fit one factor per band to a model's sigma on held-out patches (by the likelihood that trained it) "
+        "and write the weights with it: sigma whose +-1 sigma holds what it says",
+    )
+    calibrate.add_argument(
+        "--weights", required=True, help="weights of a model with sigma: .safetensors (dsen2cr export) or .ckpt"
+    )
+    calibrate.add_argument("--data-root", required=True, help="dataset root folder")
+    calibrate.add_argument("--file-list", required=True, help="DSen2-CR file list (with --split)")
+    calibrate.add_argument(
+        "--split",
+        default="val",
+        choices=["val", "test"],
+        help="held-out patches to fit on (default: %(default)s; the training patches would make sigma too small "
+        "elsewhere; evaluate on another split than the one fitted on)",
+    )
+    calibrate.add_argument("--out", required=True, help="safetensors weights file to write")
+    add_overwrite(calibrate, "replace an existing output file (never the input)")
+    add_device(calibrate)
+    calibrate.add_argument("--batch-size", type=int, default=4, help="patches per batch (default: %(default)s)")
+    calibrate.add_argument(
+        "--num-workers", type=int, default=0, metavar="N", help="processes that read the patches (default: 0)"
+    )
+    add_no_progress(calibrate, "no progress bar (patches)")
+    calibrate.set_defaults(handler=run_calibrate_sigma)
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -55,4 +90,44 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps([info.to_dict() for info in described], indent=2))
     else:
         print("\n".join(line for info in described for line in info_lines(info)))
+    return 0
+
+
+def run_calibrate_sigma(args: argparse.Namespace) -> int:
+    """Run ``weights calibrate-sigma``."""
+    from pathlib import Path
+
+    from dsen2cr.data.layout import check_data_root, read_file_list, select_split, warn_of_leaks
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
+    from dsen2cr.predictor import is_onnx
+    from dsen2cr.sigma_calibration import calibrate_weights, fit_table
+
+    if is_onnx(args.weights):
+        raise DSen2CRError(
+            f"{args.weights}: an ONNX file's graph cannot take a sigma scale; calibrate the weights it was exported "
+            "from, then export-onnx the calibrated file"
+        )
+    if args.batch_size < 1:
+        raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise DSen2CRError(f"--num-workers: must be 0 or more, got {args.num_workers}")
+    check_distinct_outputs([("weights", Path(args.out))], [("weights", Path(args.weights))])
+    check_output_file(args.out, overwrite=args.overwrite, kind="safetensors")
+    check_data_root(args.data_root, "--data-root")
+    listed = read_file_list(args.file_list, args.data_root)
+    triplets = select_split(listed, args.split, source=args.file_list)
+    warn_of_leaks([t for t in listed if t.split == 1], triplets, args.split, args.file_list)
+    fit = calibrate_weights(
+        args.weights,
+        triplets,
+        args.out,
+        data=f"{Path(args.file_list).name}, split {args.split}",
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )
+    print(fit_table(fit))
+    print(f"wrote {args.out}")
     return 0

@@ -108,11 +108,13 @@ class DSen2CR(CloudRemovalNetwork):
     def forward_with_variance(
         self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prediction and its variance per band and pixel (model units squared), from one pass."""
+        """The prediction and its variance per band and pixel (model units squared, times the square of a
+        calibration's sigma scale where one is set), from one pass."""
         if self.config.uncertainty != "diag":
             return super().forward_with_variance(s2_cloudy, s1)
         features = self.blocks(torch.relu(self.head(self._check_inputs(s2_cloudy, s1))))
-        return self.tail(features) + s2_cloudy, variance_from_raw(self.variance_tail(features))
+        variance = self.scaled_variance(variance_from_raw(self.variance_tail(features)))
+        return self.tail(features) + s2_cloudy, variance
 
     def _check_inputs(self, s2_cloudy: torch.Tensor, s1: torch.Tensor | None) -> torch.Tensor:
         """Validate shapes and return the network input (S2, or S2 and S1 concatenated)."""

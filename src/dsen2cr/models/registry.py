@@ -7,7 +7,7 @@ family's module reaches a network through these types only, so no other module a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.preprocessing import VARIANCE_FLOOR
+from dsen2cr.preprocessing import NUM_S2_BANDS, VARIANCE_FLOOR
 
 
 class ModelSpec(Protocol):
@@ -76,6 +76,30 @@ class CloudRemovalNetwork(nn.Module):
         """The prediction and its variance per band and pixel (model units squared, each >= VARIANCE_FLOOR), for
         a network whose configuration has ``uncertainty`` ``diag``."""
         raise DSen2CRError(f"this model ({self.config.describe()}) predicts no uncertainty (model.uncertainty: none)")
+
+    def set_sigma_scale(self, scale: Sequence[float] | None) -> None:
+        """Multiply the sigma this network predicts for each band by ``scale`` (one positive factor per S2 band;
+        None: sigma as trained): a calibration fitted after training (:mod:`dsen2cr.sigma_calibration`). The
+        factors are no weights: the state dict leaves them out, a weights file keeps them in its metadata."""
+        if scale is not None:
+            values = torch.as_tensor(scale, dtype=torch.float64)
+            if values.shape != (NUM_S2_BANDS,) or not bool(torch.isfinite(values).all() and (values > 0).all()):
+                raise ValueError(f"sigma scale: expected {NUM_S2_BANDS} finite positive factors, got {scale!r}")
+            device = next(self.parameters()).device
+            self.register_buffer("sigma_scale", values.to(torch.float32).to(device), persistent=False)
+        elif "sigma_scale" in self._buffers:
+            del self._buffers["sigma_scale"]
+
+    @property
+    def sigma_scale_factors(self) -> tuple[float, ...] | None:
+        """The factors :meth:`set_sigma_scale` set (None: sigma as trained)."""
+        scale = self._buffers.get("sigma_scale")
+        return None if scale is None else tuple(float(v) for v in scale.tolist())
+
+    def scaled_variance(self, variance: torch.Tensor) -> torch.Tensor:
+        """``variance`` (N, 13, H, W) times the square of each band's sigma scale (:meth:`set_sigma_scale`)."""
+        scale = self._buffers.get("sigma_scale")
+        return variance if scale is None else variance * scale.view(1, -1, 1, 1).square()
 
 
 #: What a network may predict besides the image: nothing, or a variance per band and pixel (docs/design.md §6).

@@ -1,0 +1,243 @@
+"""Calibrating a model's sigma after training (docs/design.md §6): one factor per band, fitted on held-out
+patches by the likelihood that trained the model, and kept in a new weights file (``dsen2cr weights
+calibrate-sigma``).
+
+A network trained with a likelihood learns sigma on its training patches, where its errors are smaller than on
+ground it has not seen: its sigma is then too small elsewhere (or, with a cloud-aware weighting or few
+epochs, too large). Scaling each band's sigma by one factor (sigma scaling, Laves et al. 2020; the variance
+scaling of Kuleshov et al. 2018 with one parameter) keeps how sigma ranks the pixels and fixes its size: the
+factor that maximises the likelihood of held-out targets is, per band c over its values,
+
+- Gaussian (``gnll``): ``k_c = sqrt(mean(z^2))``;
+- Laplace (``lnll``, scale b = sigma / sqrt 2): ``k_c = sqrt(2) * mean(|z|)``;
+
+with ``z = (prediction - target) / sigma``, the prediction and the target as reflectance clipped to [0, 1] (the
+metrics' convention, :mod:`dsen2cr.calibration`). Fitted on the output of weights that already hold factors,
+the new ones multiply them (the same fit as from the raw sigma: both statistics are homogeneous in sigma).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dsen2cr.calibration import reflectance_errors
+from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
+from dsen2cr.data.layout import Triplet
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.predictor import Predictor, predictor_from_model
+from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_MODEL_SCALE, s2_model_to_dn
+from dsen2cr.weights import (
+    LIKELIHOOD_NAMES,
+    SIGMA_SCALE_KEY,
+    load_model_with_provenance,
+    recorded_likelihood,
+    recorded_sigma_scale,
+    save_weights,
+)
+
+log = logging.getLogger(__name__)
+
+#: The edges of the bins of ln|z| that the coverage before and after scaling is read from (|z| from 8e-7 to
+#: 3000; 0.005 wide: coverage within about 0.1 % of the exact count; smaller |z|, exact zeros included, in the
+#: first bin, larger in the last).
+LOG_Z_EDGES = np.linspace(-14.0, 8.0, 4401)
+
+#: Why weights without a variance head cannot be calibrated.
+NO_SIGMA = "predicts no sigma (model.uncertainty: none); nothing to calibrate (train one with model.uncertainty=diag)"
+
+
+@dataclass(frozen=True)
+class SigmaFit:
+    """The factors fitted on held-out patches and what they change there (mean negative log-likelihood per value
+    in nats, sigma as reflectance; the share of values within +-1 sigma), over every band's values."""
+
+    likelihood: str
+    patches: int
+    values: int
+    scale: tuple[float, ...]
+    nll_before: float
+    nll_after: float
+    coverage_before: float
+    coverage_after: float
+    #: The factors the weights already held, which the fitted ones multiply (None: sigma as trained).
+    earlier: tuple[float, ...] | None = None
+
+    @property
+    def total_scale(self) -> list[float]:
+        """The factors a weights file keeps: the fitted ones times :attr:`earlier`."""
+        return [k * e for k, e in zip(self.scale, self.earlier or [1.0] * NUM_S2_BANDS, strict=True)]
+
+    def record(self, data: str) -> dict[str, object]:
+        """What a weights file keeps (:data:`~dsen2cr.weights.SIGMA_SCALE_KEY`): the factors
+        (:attr:`total_scale`), the likelihood, the data they were fitted on (``data``) and how many values."""
+        fitted = {"likelihood": self.likelihood, "data": data, "patches": self.patches, "values": self.values}
+        return {"scale": self.total_scale} | fitted
+
+
+class ScaleStatistics:
+    """Per band, in float64: the count of values, the sums of z^2, |z| and ln sigma (reflectance), and a
+    histogram of ln|z| (:data:`LOG_Z_EDGES`)."""
+
+    def __init__(self) -> None:
+        self.count = np.zeros(NUM_S2_BANDS)
+        self.sum_z2 = np.zeros(NUM_S2_BANDS)
+        self.sum_abs_z = np.zeros(NUM_S2_BANDS)
+        self.sum_log_sigma = np.zeros(NUM_S2_BANDS)
+        self.histogram = np.zeros((NUM_S2_BANDS, LOG_Z_EDGES.size - 1))
+        self.patches = 0
+
+    def add(self, pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray) -> None:
+        """One patch: prediction and target (13, H, W) DN, sigma (13, H, W) DN."""
+        error, sigma = (a.reshape(NUM_S2_BANDS, -1) for a in reflectance_errors(pred_dn, target_dn, sigma_dn))
+        z = error / sigma
+        self.count += z.shape[1]
+        self.sum_z2 += np.square(z).sum(axis=1)
+        self.sum_abs_z += z.sum(axis=1)
+        self.sum_log_sigma += np.log(sigma).sum(axis=1)
+        with np.errstate(divide="ignore"):
+            log_z = np.clip(np.log(z), LOG_Z_EDGES[0], LOG_Z_EDGES[-1])
+        for band in range(NUM_S2_BANDS):
+            self.histogram[band] += np.histogram(log_z[band], bins=LOG_Z_EDGES)[0]
+        self.patches += 1
+
+    def fit(self, likelihood: str) -> SigmaFit:
+        """The factors that maximise ``likelihood`` (``gnll`` or ``lnll``) of the values added, and the mean NLL
+        and the +-1 sigma coverage before and after."""
+        if not self.count.any():
+            raise DSen2CRError("calibrate-sigma: no values to fit the sigma scale on (no patches)")
+        if likelihood == "gnll":
+            scale = np.sqrt(self.sum_z2 / self.count)
+        else:
+            scale = math.sqrt(2.0) * self.sum_abs_z / self.count
+        if not np.all(np.isfinite(scale) & (scale > 0)):
+            raise DSen2CRError(f"calibrate-sigma: the fitted factors are not finite positive numbers: {scale.tolist()}")
+        ones = np.ones(NUM_S2_BANDS)
+        return SigmaFit(
+            likelihood,
+            self.patches,
+            int(self.count.sum()),
+            tuple(float(k) for k in scale),
+            self._mean_nll(likelihood, ones),
+            self._mean_nll(likelihood, scale),
+            self._coverage(ones),
+            self._coverage(scale),
+        )
+
+    def _mean_nll(self, likelihood: str, scale: np.ndarray) -> float:
+        """The mean negative log-likelihood per value with sigma times ``scale`` (per band)."""
+        log_sigma = self.sum_log_sigma + self.count * np.log(scale)
+        if likelihood == "gnll":  # 0.5 log 2 pi + ln sigma + z^2 / 2
+            terms = 0.5 * math.log(2 * math.pi) * self.count + log_sigma + 0.5 * self.sum_z2 / scale**2
+        else:  # b = sigma / sqrt 2: ln 2b + |e| / b = ln(sqrt 2 sigma) + sqrt 2 |z|
+            terms = 0.5 * math.log(2.0) * self.count + log_sigma + math.sqrt(2.0) * self.sum_abs_z / scale
+        return float(terms.sum() / self.count.sum())
+
+    def _coverage(self, scale: np.ndarray) -> float:
+        """The share of values with |z| <= each band's factor, read from the histogram (linear within a bin)."""
+        inside = 0.0
+        for band in range(NUM_S2_BANDS):
+            cumulative = np.concatenate(([0.0], np.cumsum(self.histogram[band])))
+            inside += float(np.interp(math.log(scale[band]), LOG_Z_EDGES, cumulative))
+        return inside / float(self.count.sum())
+
+
+def fit_sigma_scale(
+    predictor: Predictor,
+    triplets: Sequence[Triplet],
+    likelihood: str,
+    *,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> SigmaFit:
+    """Fit one factor per band to the sigma ``predictor`` gives on ``triplets`` (every value of every patch),
+    by ``likelihood`` (``gnll`` or ``lnll``)."""
+    if predictor.uncertainty != "diag":
+        raise DSen2CRError(f"{predictor.weights or 'this model'}: {NO_SIGMA}")
+    if not triplets:
+        raise DSen2CRError("calibrate-sigma: no patches to fit the sigma scale on")
+    dataset = SEN12MSCRDataset(list(triplets), train=False)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_by_size)
+    statistics = ScaleStatistics()
+    bar = tqdm(total=len(triplets), unit="patch", desc="calibrate-sigma", disable=not progress, dynamic_ncols=True)
+    with torch.inference_mode(), bar:
+        for batch in itertools.chain.from_iterable(loader):
+            s1 = batch["s1"].numpy() if predictor.include_sar else None
+            mean, variance = predictor.predict_with_variance(batch["s2_cloudy"].numpy(), s1)
+            for i in range(mean.shape[0]):
+                sigma_dn = np.sqrt(variance[i].astype(np.float64)) * S2_MODEL_SCALE
+                statistics.add(s2_model_to_dn(mean[i]), s2_model_to_dn(batch["s2"][i]), sigma_dn)
+            bar.update(mean.shape[0])
+    return statistics.fit(likelihood)
+
+
+def calibrate_weights(
+    weights: str | Path,
+    triplets: Sequence[Triplet],
+    out: str | Path,
+    *,
+    data: str,
+    device: str = "auto",
+    batch_size: int = 4,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> SigmaFit:
+    """Fit the sigma scale of the model in ``weights`` on ``triplets`` (held-out patches; ``data`` names them
+    in the record) and write the weights with it to ``out`` (safetensors; the model's weights unchanged)."""
+    model, provenance = load_model_with_provenance(weights)
+    if model.config.uncertainty != "diag":
+        raise DSen2CRError(f"{weights}: {NO_SIGMA}")
+    earlier = model.sigma_scale_factors
+    trained = recorded_likelihood(provenance)
+    likelihood = next((name for name, text in LIKELIHOOD_NAMES.items() if text == trained), None)
+    if likelihood is None:
+        likelihood = "gnll"
+        log.warning("%s: no training record names its likelihood; sigma is fitted as a Gaussian's (gnll)", weights)
+    if earlier is not None:
+        log.info("%s: holds a sigma scale (%s); the new factors multiply it", weights, _range(earlier))
+        recorded_sigma_scale(provenance, weights)
+    predictor = predictor_from_model(model, device=device, precision="fp32")
+    fitted = fit_sigma_scale(
+        predictor, triplets, likelihood, batch_size=batch_size, num_workers=num_workers, progress=progress
+    )
+    fit = dataclasses.replace(fitted, earlier=earlier)
+    model.set_sigma_scale(fit.total_scale)
+    save_weights(model.cpu(), out, provenance={**provenance, SIGMA_SCALE_KEY: json.dumps(fit.record(data))})
+    return fit
+
+
+def _range(scale: Sequence[float]) -> str:
+    """``x 0.81 to 1.3``: a set of factors in a few characters."""
+    return f"x {min(scale):.3g} to {max(scale):.3g}"
+
+
+def fit_table(fit: SigmaFit) -> str:
+    """The fitted factors per band and what they change on the data they were fitted on, as Markdown."""
+    rows = [
+        f"sigma scale fitted by {LIKELIHOOD_NAMES[fit.likelihood]} on {fit.patches} patch{'es' * (fit.patches != 1)} "
+        f"({fit.values:,} values)",
+        "",
+        "| band | " + " | ".join(S2_BANDS) + " |",
+        "|---|" + "---|" * NUM_S2_BANDS,
+        "| factor | " + " | ".join(f"{k:.3f}" for k in fit.scale) + " |",
+        "",
+        f"on these patches: mean NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f} nats per value; +-1 sigma coverage "
+        f"{fit.coverage_before:.3f} -> {fit.coverage_after:.3f}",
+    ]
+    if fit.earlier is not None:
+        rows.append(
+            f"factors of the sigma the weights already scaled ({_range(fit.earlier)}): the file keeps their product"
+        )
+    return "\n".join(rows)

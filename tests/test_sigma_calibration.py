@@ -1,0 +1,180 @@
+"""Sigma calibrated after training (``dsen2cr weights calibrate-sigma``, docs/design.md §6): one factor per band
+fitted on held-out patches by the likelihood that trained the model, checked against the statistics computed
+here in float64 from the network; the factors' effect on the variance, on outputs, on ONNX and on their tags."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dsen2cr.cli import main
+from dsen2cr.data.dataset import SEN12MSCRDataset
+from dsen2cr.data.layout import Triplet, read_file_list, select_split
+from dsen2cr.models.dsen2cr import ModelConfig
+from dsen2cr.weights import SIGMA_SCALE_KEY, TRAINING_KEY, load_model, save_weights
+
+SCALE = [0.5 + 0.1 * band for band in range(13)]
+
+
+def _diag_weights(path: Path, likelihood: str | None = "gnll", *, include_sar: bool = True) -> Path:
+    """Randomly initialised weights of a small model with sigma whose training record names ``likelihood``."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = ModelConfig(2, 8, include_sar, 0.1, "diag").build().eval()
+    record = {TRAINING_KEY: json.dumps({"loss": {"name": likelihood}})} if likelihood else None
+    return save_weights(model, path, provenance=record)
+
+
+def _abs_z(weights: Path, triplets: list[Triplet]) -> np.ndarray:
+    """|prediction - target| / sigma per band (13, values), the network run here in float64; the prediction
+    rounded to DN, prediction and target clipped to [0, 1] reflectance (the metrics' convention)."""
+    model = load_model(weights).double()
+    columns = []
+    dataset = SEN12MSCRDataset(triplets, train=False)
+    for sample in (dataset[i] for i in range(len(dataset))):
+        with torch.no_grad():
+            mean, variance = model.forward_with_variance(
+                sample["s2_cloudy"][None].double(), sample["s1"][None].double()
+            )
+        pred = np.clip(np.rint(mean[0].numpy() * 2000), 0, 10000) / 10000
+        target = np.clip(sample["s2"].numpy().astype(np.float64) * 2000, 0, 10000) / 10000
+        sigma = np.sqrt(variance[0].numpy()) * 2000 / 10000
+        columns.append((np.abs(pred - target) / sigma).reshape(13, -1))
+    return np.concatenate(columns, axis=1)
+
+
+def test_a_sigma_scale_multiplies_each_bands_variance_and_leaves_the_prediction() -> None:
+    """set_sigma_scale: band c's variance times scale[c]^2, the prediction unchanged; the factors are no
+    weights (not in the state dict); None gives sigma as trained; bad factors are refused."""
+    torch.manual_seed(0)
+    model = ModelConfig(1, 4, False, 0.1, "diag").build().eval()
+    x = torch.rand(2, 13, 12, 10)
+    with torch.no_grad():
+        mean, variance = model.forward_with_variance(x)
+        model.set_sigma_scale(SCALE)
+        scaled_mean, scaled_variance = model.forward_with_variance(x)
+    assert torch.equal(mean, scaled_mean) and "sigma_scale" not in model.state_dict()
+    expected = variance.double() * torch.tensor(SCALE, dtype=torch.float64).view(1, -1, 1, 1) ** 2
+    torch.testing.assert_close(scaled_variance.double(), expected, rtol=1e-6, atol=0)
+    assert model.sigma_scale_factors == pytest.approx(SCALE)
+    model.set_sigma_scale(None)
+    with torch.no_grad():
+        assert torch.equal(model.forward_with_variance(x)[1], variance) and model.sigma_scale_factors is None
+    for bad in ([1.0] * 12, [0.0] * 13, [math.nan] * 13, [-1.0] * 13):
+        with pytest.raises(ValueError, match="13 finite positive factors"):
+            model.set_sigma_scale(bad)
+
+
+@pytest.mark.parametrize("likelihood", ["gnll", "lnll"])
+def test_calibrate_sigma_fits_each_bands_factor_by_the_models_likelihood(
+    workdir: Path, capsys: pytest.CaptureFixture, likelihood: str
+) -> None:
+    """The factors are the maximum-likelihood scale of the val patches' |z| computed here in float64
+    (Gaussian: sqrt(mean z^2); Laplace, b = sigma / sqrt 2: sqrt 2 mean |z|); after them the statistic is 1 on
+    those patches; the weights are unchanged; the printed coverage is the share of |z| within each factor; a
+    second calibration on the same patches finds factors of 1, so its file holds the first one's."""
+    root = workdir.tree()
+    weights = _diag_weights(workdir / "w.safetensors", likelihood)
+    args = ["weights", "calibrate-sigma", "--data-root", str(root), "--file-list", str(root / "files.csv")]
+    assert main([*args, "--weights", str(weights), "--out", str(workdir / "c.safetensors"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    val = select_split(read_file_list(root / "files.csv", root), "val")
+    z = _abs_z(weights, val)
+    expected = np.sqrt(np.mean(z**2, axis=1)) if likelihood == "gnll" else math.sqrt(2) * np.mean(z, axis=1)
+    calibrated = load_model(workdir / "c.safetensors")
+    assert calibrated.sigma_scale_factors == pytest.approx(expected.tolist(), rel=1e-4)
+    torch.testing.assert_close(calibrated.state_dict(), load_model(weights).state_dict(), rtol=0, atol=0)
+    z_after = _abs_z(workdir / "c.safetensors", val)
+    statistic = np.mean(z_after**2, axis=1) if likelihood == "gnll" else math.sqrt(2) * np.mean(z_after, axis=1)
+    np.testing.assert_allclose(statistic, 1.0, rtol=1e-4)
+    coverage_after = float(np.mean(z <= expected[:, None]))
+    assert f"coverage {np.mean(z <= 1):.3f} -> {coverage_after:.3f}" in printed, printed
+    assert f"fitted by {likelihood}" in printed and f"on 1 patch ({z.size:,} values)" in printed
+    again = ["--weights", str(workdir / "c.safetensors"), "--out", str(workdir / "c2.safetensors"), "--no-progress"]
+    assert main([*args, *again]) == 0
+    assert load_model(workdir / "c2.safetensors").sigma_scale_factors == pytest.approx(expected.tolist(), rel=1e-4)
+    record = json.loads(json.loads(_metadata(workdir / "c2.safetensors"))[SIGMA_SCALE_KEY])
+    assert record["data"] == "files.csv, split val" and record["likelihood"] == likelihood
+    assert record["patches"] == 1 and record["values"] == z.size
+
+
+def _metadata(path: Path) -> str:
+    """A safetensors file's metadata as JSON text."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as file:
+        return json.dumps(file.metadata())
+
+
+def test_calibrated_weights_scale_sigma_in_outputs_and_onnx_and_say_so(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """remove-clouds --uncertainty-out with calibrated weights: sigma of band c is the uncalibrated run's times
+    its factor (the prediction the same), and the sigma map's DSEN2CR_SIGMA_CALIBRATION says what fitted it
+    ('none (sigma as trained)' without); the ONNX export of the calibrated weights computes the scaled variance
+    and its outputs say so too; weights info names the calibration."""
+    pytest.importorskip("onnxruntime")
+    import rasterio
+
+    from dsen2cr.predictor import load_predictor
+
+    weights = _diag_weights(workdir / "w.safetensors", include_sar=False)
+    model = load_model(weights)
+    model.set_sigma_scale(SCALE)
+    record = {"scale": SCALE, "likelihood": "gnll", "data": "files.csv, split val", "patches": 3, "values": 999}
+    calibrated = save_weights(model, workdir / "c.safetensors", provenance={SIGMA_SCALE_KEY: json.dumps(record)})
+    assert main(["export-onnx", "--weights", str(calibrated), str(workdir / "c.onnx")]) == 0
+    s2, _ = workdir.scene()
+    for name in ("w.safetensors", "c.safetensors", "c.onnx"):
+        argv = ["remove-clouds", "--weights", str(workdir / name), "--s2", str(s2), "--no-progress"]
+        assert (
+            main([*argv, "--out", str(workdir / f"{name}.tif"), "--uncertainty-out", str(workdir / f"{name}-s.tif")])
+            == 0
+        )
+    read = {}
+    for name in ("w.safetensors", "c.safetensors", "c.onnx"):
+        with rasterio.open(workdir / f"{name}-s.tif") as sigma, rasterio.open(workdir / f"{name}.tif") as image:
+            read[name] = sigma.read().astype(np.float64), image.read(), sigma.tags()["DSEN2CR_SIGMA_CALIBRATION"]
+    plain, scaled, onnx = read["w.safetensors"], read["c.safetensors"], read["c.onnx"]
+    assert plain[2] == "none (sigma as trained)"
+    assert scaled[2] == onnx[2] == "sigma x 0.5 to 1.7 per band, fitted on files.csv, split val (999 values, gnll)"
+    assert np.array_equal(plain[1], scaled[1])
+    np.testing.assert_allclose(scaled[0], plain[0] * np.array(SCALE)[:, None, None], rtol=1e-3, atol=1)
+    np.testing.assert_allclose(onnx[0], scaled[0], rtol=1e-3, atol=1)
+    assert load_predictor(workdir / "c.onnx").sigma_calibration == scaled[2]
+    capsys.readouterr()
+    assert main(["weights", "info", str(calibrated)]) == 0
+    described = (
+        "sigma calibrated: x 0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7 (per band), fitted by"
+    )
+    assert described + " gnll on files.csv, split val (999 values)" in capsys.readouterr().out
+
+
+def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """evaluate of weights whose sigma was fitted on the split it scores warns (their coverage flatters them);
+    on another split it does not."""
+    root = workdir.tree()
+    data = ["--data-root", str(root), "--file-list", str(root / "files.csv"), "--no-progress"]
+    weights = _diag_weights(workdir / "w.safetensors")
+    out = workdir / "c.safetensors"
+    assert main(["weights", "calibrate-sigma", "--weights", str(weights), "--out", str(out), *data]) == 0
+    for split in ("val", "test"):
+        caplog.clear()
+        argv = ["evaluate", "--weights", str(out), *data, "--split", split, "--out", str(workdir / split)]
+        assert main([*argv, "--no-images"]) == 0
+        warned = [r.message for r in caplog.records if "its sigma was calibrated on" in r.message]
+        assert warned == (
+            [
+                "c.safetensors: its sigma was calibrated on files.csv, split val, the patches evaluated "
+                "here: its coverage and UCE flatter it; evaluate on a split it was not calibrated on"
+            ]
+            if split == "val"
+            else []
+        ), warned
