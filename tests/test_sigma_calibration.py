@@ -169,6 +169,8 @@ def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
         caplog.clear()
         argv = ["evaluate", "--weights", str(out), *data, "--split", split, "--out", str(workdir / split)]
         assert main([*argv, "--no-images"]) == 0
+        made_by = "; sigma x " in (workdir / split / "summary.md").read_text().split("Made on")[1]
+        assert made_by and "fitted on files.csv, split val" in (workdir / split / "summary.md").read_text()
         warned = [r.message for r in caplog.records if "its sigma was calibrated on" in r.message]
         assert warned == (
             [

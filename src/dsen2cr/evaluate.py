@@ -322,7 +322,8 @@ def _write_reports(
 
 
 def _made_by(provenance: dict[str, str]) -> str:
-    """A line of what made a report: model, weights and their SHA-256, precision, backend, version, mask."""
+    """A line of what made a report: model, weights and their SHA-256, precision, backend, version, mask, and a
+    calibration of sigma where the weights hold one."""
     get = provenance.get
     members = get("DSEN2CR_WEIGHTS_SHA256", "unknown").split(";")  # an ensemble's, one per member
     digests = "; ".join(d if d == "unknown" else f"{d[:12]}…" for d in members)
@@ -331,9 +332,11 @@ def _made_by(provenance: dict[str, str]) -> str:
         f", cloud threshold {provenance['DSEN2CR_CLOUD_THRESHOLD']}" if "DSEN2CR_CLOUD_THRESHOLD" in provenance else ""
     )
     data = f" on {provenance['DSEN2CR_DATA']}" if "DSEN2CR_DATA" in provenance else ""
+    calibrated = get("DSEN2CR_SIGMA_CALIBRATION", "none")
+    sigma = "" if calibrated.startswith("none") else f"; {calibrated}"
     return (
         f"\nMade{data} by {get('DSEN2CR_MODEL', 'a model')}, {weights}, "
         f"precision {get('DSEN2CR_PRECISION', 'unknown')}, "
         f"backend {get('DSEN2CR_BACKEND', 'unknown')}, dsen2cr {get('DSEN2CR_VERSION', 'unknown')}; mask "
-        f"{get('DSEN2CR_MASK', 'paper')}{threshold}.\n"
+        f"{get('DSEN2CR_MASK', 'paper')}{threshold}{sigma}.\n"
     )
