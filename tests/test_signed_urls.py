@@ -219,6 +219,56 @@ def test_a_scene_stopped_when_its_token_expired_goes_on_once_the_search_is_signe
         np.testing.assert_array_equal(whole.read(), resumed.read())
 
 
+#: remove-clouds run by ``dsen2cr.cli.main`` in a process of its own whose store's token expires after three batches
+#: (the store turns to another signature). Arguments: the store's folder, then the command line.
+EXPIRING_RUN = r"""
+import sys
+from pathlib import Path
+
+from dsen2cr.cli import main
+from dsen2cr.predictor import Predictor
+
+folder, argv = Path(sys.argv[1]), sys.argv[2:]
+predict, batches = Predictor.__call__, []
+
+
+def counted(self, s2, s1):
+    batches.append(1)
+    if len(batches) == 3:
+        (folder / ".signature").write_text("second")
+    return predict(self, s2, s1)
+
+
+Predictor.__call__ = counted
+sys.exit(main(argv))
+"""
+
+
+def test_a_read_refused_mid_run_prints_one_line_not_gdals_own(workdir: Path, blob_store: BlobStore) -> None:
+    """A read the server refuses mid-run (another token: the store's signature changed) fails in GDAL's own read-ahead
+    thread, where rasterio's error handler is not installed: GDAL printed its own line to the process's stderr
+    (``ERROR 1: Request for 3346-3631 failed with response_code=403``) before the command's, whose reason was the
+    decoder's complaint about the bytes it did not get (``ZIPDecode:Decoding error``; before that, rasterio's "Read
+    failed. See previous exception for details."). The command's stderr is one line, and it gives the server's
+    answer; with -v GDAL's own line stays (the stderr of a process of its own, as a user's terminal shows it)."""
+    search = _signed_search(workdir, blob_store, signature="first", expires_in=timedelta(hours=2))
+    weights = workdir.weights("dsen2cr-small-nosar")  # type: ignore[attr-defined]
+    scene = f"{search}#S2B_MSIL1C_20170216T102101_R065_T32TPT"
+    argv = ["remove-clouds", "--weights", str(weights), "--s2", scene, "--no-progress", "-q", *WINDOWS]
+    for verbose, out in ((False, "a.tif"), (True, "b.tif")):
+        blob_store.signature = "first"
+        command = [sys.executable, "-c", EXPIRING_RUN, str(blob_store.folder), *argv, "--out", str(workdir / out)]
+        run = subprocess.run([*command, *(["-v"] if verbose else [])], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2, run.stderr
+        lines = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+        assert "B01.tif?…: cannot read pixels from the server (" in lines[-1], run.stderr
+        assert "response_code=403" in lines[-1] and "sig=" not in lines[-1], run.stderr
+        if not verbose:
+            assert len(lines) == 1, run.stderr
+        else:
+            assert any(line.startswith("ERROR 1:") and "403" in line for line in lines), run.stderr
+
+
 def test_a_changed_item_is_not_taken_for_a_re_signed_one(workdir: Path, blob_store: BlobStore) -> None:
     """Only the signatures may differ: an item whose asset is another file is another scene's."""
     search = _signed_search(workdir, blob_store, signature="first", expires_in=timedelta(hours=1))
