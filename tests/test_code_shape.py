@@ -57,7 +57,7 @@ LAYERS = [
     ["preprocessing", "cloud_detection", "losses", "metrics", "calibration", "summary"],
     ["precision"],
     ["signed_urls"],
-    ["errors", "version", "formats", "machine", "choices", "bounds", "bucket_access"],
+    ["errors", "version", "formats", "machine", "choices", "bounds", "bucket_access", "gdal_messages"],
     ["launch"],
 ]
 #: Lazy imports upward, each allowed for the reason its comment gives in the code (none today).

@@ -21,6 +21,7 @@ import dsen2cr.machine as machine
 from dsen2cr.bucket_access import bucket_hint
 from dsen2cr.choices import GDAL_CACHE_BYTES
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.gdal_messages import last_thread_error
 from dsen2cr.outputs.files import check_input_file
 from dsen2cr.signed_urls import displayed, read_failure
 
@@ -94,7 +95,25 @@ def read_window(
     try:
         return dataset.read(indexes, window=window, out_shape=out_shape)
     except Exception as error:  # rasterio raises several types for damaged files
-        raise DSen2CRError(read_failure(dataset.name, " ".join(str(error).split()))) from None
+        reason, thread = gdal_reason(error), last_thread_error()
+        if thread is not None and thread not in reason:  # what GDAL's own thread met first: the server's answer
+            reason = f"{thread}, then {reason}"
+        raise DSen2CRError(read_failure(dataset.name, reason)) from None
+
+
+def gdal_reason(error: BaseException) -> str:
+    """What a failed GDAL call says, on one line: rasterio raises ``Read failed. See previous exception for details.``
+    from GDAL's own message (the server's ``response_code=403``, the codec's complaint), which is the reason a user
+    needs; each message of the chain once, innermost last."""
+    messages: list[str] = []
+    seen: BaseException | None = error
+    while seen is not None and len(messages) < 5:
+        text = " ".join(str(seen).split())
+        if text and text not in messages:
+            messages.append(text)
+        seen = seen.__cause__ or seen.__context__
+    said = [m for m in messages if "See previous exception" not in m]
+    return "; ".join(said or messages)
 
 
 #: The most bytes :func:`read_decimated` holds of a file at once (a strip of its blocks).

@@ -40,6 +40,7 @@ from dsen2cr.cli import (
 )
 from dsen2cr.cli.options import NoAbbrevParser, add_verbosity, merge_spellings, setup_logging
 from dsen2cr.errors import DSen2CRError, RunWideError, one_line
+from dsen2cr.gdal_messages import capture_thread_messages
 from dsen2cr.launch import is_launched_worker
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.version import __version__
@@ -156,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train" and is_launched_worker():  # one run: rank 0 tells it (the tasks share a job log)
         level = max(level, logging.WARNING)
     setup_logging(level)
+    if level > logging.DEBUG:  # -v and --debug show GDAL's own threads' messages as GDAL prints them
+        capture_thread_messages()
     if args.command in COMPUTING_COMMANDS:
         _fit_torch_threads()
     _SIGNALLED.clear()
