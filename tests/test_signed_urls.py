@@ -651,3 +651,27 @@ def test_a_container_the_api_does_not_sign_is_read_unsigned_and_asked_once(monke
     paths = [f"/vsicurl/https://public.blob.core.windows.net/open/B0{band}.tif" for band in (2, 3, 4)]
     assert [signed_urls.fresh(path, 900.0) for path in paths] == paths
     assert len(asked) == 1
+
+
+def test_a_failed_reads_reason_is_gdals_message_not_rasterios_pointer_to_it() -> None:
+    """rasterio raises "Read failed. See previous exception for details." from GDAL's messages: the reason is those
+    messages, outermost first, each once (none that another holds), on one line."""
+    from dsen2cr.rasters import gdal_reason
+
+    try:
+        try:
+            try:
+                raise RuntimeError("ZIPDecode:Decoding error\nat scanline 0")
+            except RuntimeError as inner:
+                raise OSError("a.tif, band 1: IReadBlock failed: TIFFReadEncodedTile() failed.") from inner
+        except OSError as middle:
+            raise ValueError("TIFFReadEncodedTile() failed. See previous exception for details.") from middle
+    except ValueError as outer:
+        reason = gdal_reason(outer)
+    assert (
+        reason
+        == "a.tif, band 1: IReadBlock failed: TIFFReadEncodedTile() failed.; ZIPDecode:Decoding error at scanline 0"
+    )
+    assert gdal_reason(ValueError("Read failed. See previous exception for details.")) == (
+        "Read failed. See previous exception for details."
+    )

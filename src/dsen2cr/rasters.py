@@ -104,7 +104,7 @@ def read_window(
 def gdal_reason(error: BaseException) -> str:
     """What a failed GDAL call says, on one line: rasterio raises ``Read failed. See previous exception for details.``
     from GDAL's own message (the server's ``response_code=403``, the codec's complaint), which is the reason a user
-    needs; each message of the chain once, innermost last."""
+    needs; each message of the chain once (none that another holds), innermost last."""
     messages: list[str] = []
     seen: BaseException | None = error
     while seen is not None and len(messages) < 5:
@@ -112,8 +112,8 @@ def gdal_reason(error: BaseException) -> str:
         if text and text not in messages:
             messages.append(text)
         seen = seen.__cause__ or seen.__context__
-    said = [m for m in messages if "See previous exception" not in m]
-    return "; ".join(said or messages)
+    said = [m for m in messages if "See previous exception" not in m] or messages
+    return "; ".join(m for m in said if not any(m != other and m in other for other in said))
 
 
 #: The most bytes :func:`read_decimated` holds of a file at once (a strip of its blocks).
