@@ -127,15 +127,16 @@ def test_calibrated_weights_scale_sigma_in_outputs_and_onnx_and_say_so(
     model = load_model(weights)
     model.set_sigma_scale(SCALE)
     record = {"scale": SCALE, "likelihood": "gnll", "data": "files.csv, split val", "patches": 3, "values": 999}
-    calibrated = save_weights(model, workdir / "c.safetensors", provenance={SIGMA_SCALE_KEY: json.dumps(record)})
+    provenance = {TRAINING_KEY: json.dumps({"loss": {"name": "gnll"}}), SIGMA_SCALE_KEY: json.dumps(record)}
+    calibrated = save_weights(model, workdir / "c.safetensors", provenance=provenance)
     assert main(["export-onnx", "--weights", str(calibrated), str(workdir / "c.onnx")]) == 0
     s2, _ = workdir.scene()
+    with rasterio.open(s2, "r+") as scene:  # a STAC item says when
+        scene.update_tags(PRODUCT_START_TIME="2017-02-16T10:21:01Z")
     for name in ("w.safetensors", "c.safetensors", "c.onnx"):
         argv = ["remove-clouds", "--weights", str(workdir / name), "--s2", str(s2), "--no-progress"]
-        assert (
-            main([*argv, "--out", str(workdir / f"{name}.tif"), "--uncertainty-out", str(workdir / f"{name}-s.tif")])
-            == 0
-        )
+        outputs = ["--out", str(workdir / f"{name}.tif"), "--uncertainty-out", str(workdir / f"{name}-s.tif")]
+        assert main([*argv, *outputs, "--stac-item", str(workdir / f"{name}.json")]) == 0
     read = {}
     for name in ("w.safetensors", "c.safetensors", "c.onnx"):
         with rasterio.open(workdir / f"{name}-s.tif") as sigma, rasterio.open(workdir / f"{name}.tif") as image:
@@ -147,6 +148,12 @@ def test_calibrated_weights_scale_sigma_in_outputs_and_onnx_and_say_so(
     np.testing.assert_allclose(scaled[0], plain[0] * np.array(SCALE)[:, None, None], rtol=1e-3, atol=1)
     np.testing.assert_allclose(onnx[0], scaled[0], rtol=1e-3, atol=1)
     assert load_predictor(workdir / "c.onnx").sigma_calibration == scaled[2]
+    lineages = {
+        name: json.loads((workdir / f"{name}.json").read_text())["properties"]["processing:lineage"]
+        for name in ("w.safetensors", "c.safetensors")
+    }
+    assert lineages["w.safetensors"].endswith("; sigma trained by gnll (Gaussian), calibrated: none (sigma as trained)")
+    assert lineages["c.safetensors"].endswith(f"; sigma trained by gnll (Gaussian), calibrated: {scaled[2]}")
     capsys.readouterr()
     assert main(["weights", "info", str(calibrated)]) == 0
     described = (

@@ -321,8 +321,17 @@ def _lineage(tags: dict[str, str]) -> str:
         f"Clouds removed from {tags.get('DSEN2CR_S2')} {sar} by the "
         f"DSen2-CR network (Meraner et al., ISPRS 2020), model {tags.get('DSEN2CR_MODEL')}, weights "
         f"{tags.get('DSEN2CR_WEIGHTS')} (SHA-256 {tags.get('DSEN2CR_WEIGHTS_SHA256')}), precision "
-        f"{tags.get('DSEN2CR_PRECISION')}, --keep-clear {tags.get('DSEN2CR_KEEP_CLEAR')}"
+        f"{tags.get('DSEN2CR_PRECISION')}, --keep-clear {tags.get('DSEN2CR_KEEP_CLEAR')}{_sigma_lineage(tags)}"
     )
+
+
+def _sigma_lineage(tags: dict[str, str]) -> str:
+    """What made the sigma beside the image (its tags say when it was written): the likelihood that trained it and
+    its calibration after training; nothing for an image without sigma."""
+    if "DSEN2CR_LIKELIHOOD" not in tags:
+        return ""
+    calibration = tags.get("DSEN2CR_SIGMA_CALIBRATION", "none (sigma as trained)")
+    return f"; sigma trained by {tags['DSEN2CR_LIKELIHOOD']}, calibrated: {calibration}"
 
 
 def _derived_from(job: SceneJob) -> list[dict[str, str]]:
