@@ -187,3 +187,32 @@ def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
             if split == "val"
             else []
         ), warned
+
+
+def test_scale_statistics_by_hand() -> None:
+    """Two values per band with |error| 50 and 300 DN and sigma 100 DN (z = 0.5 and 3): Gaussian factor
+    sqrt(4.625), Laplace sqrt 2 * 1.75; the mean Gaussian NLL before and after from the formula; the coverage within
+    +-1 sigma is 1/2 before and after the Gaussian factor (0.5 < 1 < 2.15 < 3). A band predicted exactly has no
+    scale to fit."""
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.sigma_calibration import ScaleStatistics
+
+    statistics = ScaleStatistics()
+    target = np.full((13, 1, 2), 1000, np.uint16)
+    pred = target + np.array([50, 300], np.uint16)[None, None, :]
+    statistics.add(pred, target, np.full((13, 1, 2), 100.0))
+    gaussian, laplace = statistics.fit("gnll"), statistics.fit("lnll")
+    assert gaussian.scale == pytest.approx([math.sqrt(4.625)] * 13, rel=1e-12)
+    assert laplace.scale == pytest.approx([math.sqrt(2) * 1.75] * 13, rel=1e-12)
+    sigma = 0.01  # reflectance
+    before = np.mean([0.5 * math.log(2 * math.pi * sigma**2) + 0.5 * z**2 for z in (0.5, 3)])
+    after = np.mean([0.5 * math.log(2 * math.pi * 4.625 * sigma**2) + 0.5 * z**2 / 4.625 for z in (0.5, 3)])
+    assert (gaussian.nll_before, gaussian.nll_after) == pytest.approx((before, after), rel=1e-12)
+    assert (gaussian.coverage_before, gaussian.coverage_after) == pytest.approx((0.5, 0.5), abs=1e-9)
+    assert (gaussian.patches, gaussian.values) == (1, 26)
+    exact = ScaleStatistics()
+    pred = pred.copy()
+    pred[10] = target[10]
+    exact.add(pred, target, np.full((13, 1, 2), 100.0))
+    with pytest.raises(DSen2CRError, match="every value of band B10 is predicted exactly on the 1 patch given"):
+        exact.fit("gnll")

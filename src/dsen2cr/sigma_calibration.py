@@ -121,8 +121,13 @@ class ScaleStatistics:
             scale = np.sqrt(self.sum_z2 / self.count)
         else:
             scale = math.sqrt(2.0) * self.sum_abs_z / self.count
-        if not np.all(np.isfinite(scale) & (scale > 0)):
-            raise DSen2CRError(f"calibrate-sigma: the fitted factors are not finite positive numbers: {scale.tolist()}")
+        exact = [band for band, k in zip(S2_BANDS, scale, strict=True) if not k > 0]
+        if exact:  # every value predicted exactly: the likelihood grows without bound as sigma shrinks to 0
+            raise DSen2CRError(
+                f"calibrate-sigma: every value of band {', '.join(exact)} is predicted exactly on the "
+                f"{self.patches} patch{'es' * (self.patches != 1)} given, so its sigma has no scale to fit; fit on "
+                "more patches"
+            )
         ones = np.ones(NUM_S2_BANDS)
         return SigmaFit(
             likelihood,
