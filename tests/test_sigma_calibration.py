@@ -148,6 +148,12 @@ def test_calibrated_weights_scale_sigma_in_outputs_and_onnx_and_say_so(
     np.testing.assert_allclose(scaled[0], plain[0] * np.array(SCALE)[:, None, None], rtol=1e-3, atol=1)
     np.testing.assert_allclose(onnx[0], scaled[0], rtol=1e-3, atol=1)
     assert load_predictor(workdir / "c.onnx").sigma_calibration == scaled[2]
+    for name in ("w", "c"):  # int8 keeps the factors fp32: sigma of the two int8 files apart by the factors alone
+        int8 = ["--int8", "--calibration-patches", "2", str(workdir / f"{name}8.onnx")]
+        assert main(["export-onnx", "--weights", str(workdir / f"{name}.safetensors"), *int8]) == 0
+    x = np.random.default_rng(0).uniform(0, 1.5, (1, 13, 24, 20)).astype(np.float32)
+    plain8, scaled8 = (load_predictor(workdir / f"{name}8.onnx").predict_with_variance(x, None)[1] for name in "wc")
+    np.testing.assert_allclose(np.sqrt(scaled8), np.sqrt(plain8) * np.array(SCALE)[None, :, None, None], rtol=1e-5)
     lineages = {
         name: json.loads((workdir / f"{name}.json").read_text())["properties"]["processing:lineage"]
         for name in ("w.safetensors", "c.safetensors")
