@@ -16,6 +16,7 @@ from dsen2cr.cli import main
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet, read_file_list, select_split
 from dsen2cr.models.dsen2cr import ModelConfig
+from dsen2cr.preprocessing import S2_BANDS
 from dsen2cr.weights import SIGMA_SCALE_KEY, TRAINING_KEY, load_model, save_weights
 
 SCALE = [0.5 + 0.1 * band for band in range(13)]
@@ -172,7 +173,8 @@ def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """evaluate of weights whose sigma was fitted on the split it scores warns (their coverage flatters them);
-    on another split it does not."""
+    on another split it does not. The report gives each band's coverage over every value (calibration.json's
+    per_band, summary.md), recomputed here in float64; the per-image CSV leaves the counts out."""
     root = workdir.tree()
     data = ["--data-root", str(root), "--file-list", str(root / "files.csv"), "--no-progress"]
     weights = _diag_weights(workdir / "w.safetensors")
@@ -182,6 +184,18 @@ def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
         caplog.clear()
         argv = ["evaluate", "--weights", str(out), *data, "--split", split, "--out", str(workdir / split)]
         assert main([*argv, "--no-images"]) == 0
+        if split == "test":  # each band's coverage over every value, recomputed here in float64
+            z = _abs_z(out, select_split(read_file_list(root / "files.csv", root), "test"))
+            per_band = json.loads((workdir / split / "calibration.json").read_text())["per_band"]
+            assert list(per_band) == list(S2_BANDS) and {v["values"] for v in per_band.values()} == {z.shape[1]}
+            for k, name in ((1, "coverage_1sigma"), (2, "coverage_2sigma")):
+                expected = np.mean(z <= k, axis=1)
+                np.testing.assert_allclose([v[name] for v in per_band.values()], expected, atol=2e-3)
+            said = f"B1 {per_band['B1']['coverage_1sigma']:.3f}, B2 {per_band['B2']['coverage_1sigma']:.3f}"
+            assert (
+                f"+-1 sigma coverage per band, over every value: {said}" in (workdir / split / "summary.md").read_text()
+            )
+            assert "band_coverage_counts" not in (workdir / split / "metrics_per_image.csv").read_text()
         made_by = "; sigma x " in (workdir / split / "summary.md").read_text().split("Made on")[1]
         assert made_by and "fitted on files.csv, split val" in (workdir / split / "summary.md").read_text()
         warned = [r.message for r in caplog.records if "its sigma was calibrated on" in r.message]

@@ -23,6 +23,7 @@ for the image metrics), per pixel value (band and pixel), in float64:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,33 @@ def spearman(error: np.ndarray, sigma: np.ndarray) -> float:
     return float(spearmanr(error, sigma).statistic)
 
 
+#: The key of a model's per-image row that holds its values' coverage per band (:func:`band_coverage_counts`):
+#: recorded with the rows (so a resumed evaluation has them), left out of the CSVs.
+BAND_COVERAGE_KEY = "band_coverage_counts"
+
+
+def band_coverage_counts(error: np.ndarray, sigma: np.ndarray, bands: int) -> list[list[int]]:
+    """Per band, [values, values with |error| <= sigma, with |error| <= 2 sigma], of one image's flat |error| and
+    sigma (:func:`reflectance_errors`: band after band)."""
+    error, sigma = error.reshape(bands, -1), sigma.reshape(bands, -1)
+    within = [(error <= k * sigma).sum(axis=1) for k in (1, 2)]
+    return [[int(error.shape[1]), int(one), int(two)] for one, two in zip(*within, strict=True)]
+
+
+def per_band_coverage(rows: list[dict[str, Any]], band_names: Sequence[str]) -> dict[str, dict[str, float]] | None:
+    """The +-1 and +-2 sigma coverage of every value of each band over the model rows that hold
+    :data:`BAND_COVERAGE_KEY` (exact counts, not the pooled sample); None where a row lacks them (a stopped
+    evaluation of an earlier version, resumed)."""
+    counts = [row.get(BAND_COVERAGE_KEY) for row in rows if row["method"] == "model"]
+    if not counts or any(c is None or len(c) != len(band_names) for c in counts):
+        return None
+    total = np.sum(np.array(counts, dtype=np.int64), axis=0)
+    return {
+        band: {"values": int(n), "coverage_1sigma": float(one / n), "coverage_2sigma": float(two / n)}
+        for band, (n, one, two) in zip(band_names, total.tolist(), strict=True)
+    }
+
+
 def pooled_sentence(report: dict[str, Any], images: int) -> str:
     """A Markdown sentence of the calibration pooled over every image (``calibration.json``'s numbers, which
     the reliability diagram shows), told apart from a summary table's per-image ``uce`` and ``auce``."""
@@ -141,5 +169,14 @@ def pooled_sentence(report: dict[str, Any], images: int) -> str:
         f"|error|) {report['spearman_sigma_abs_error']:.2f}, AUSE {report['ause']:.4f} (the MAE left as the most "
         "uncertain values are removed, against removing the largest errors: 0 when sigma ranks them exactly). The "
         "table's uce and auce are per image (all its values, binned on its own sigma range), then averaged; pooled, "
-        "a sample of the values shares one set of bins, so the two differ.\n"
+        "a sample of the values shares one set of bins, so the two differ.\n" + _per_band_sentence(report)
     )
+
+
+def _per_band_sentence(report: dict[str, Any]) -> str:
+    """The +-1 sigma coverage of each band over every value (``per_band``), where the report has it."""
+    bands = report.get("per_band")
+    if not bands:
+        return ""
+    each = ", ".join(f"{band} {values['coverage_1sigma']:.3f}" for band, values in bands.items())
+    return f"\n+-1 sigma coverage per band, over every value: {each}.\n"

@@ -25,6 +25,7 @@ from dsen2cr.calibration import (
     SIGMA_PART_NAMES,
     UNCERTAINTY_METRIC_NAMES,
     errors_of_bins,
+    per_band_coverage,
     pooled_sentence,
     reliability_bins,
     sparsification,
@@ -47,6 +48,7 @@ from dsen2cr.models import CloudRemovalNetwork
 from dsen2cr.outputs.files import write_text_atomic
 from dsen2cr.outputs.room import check_projected_room
 from dsen2cr.predictor import Predictor, predictor_from_model
+from dsen2cr.preprocessing import S2_BANDS
 from dsen2cr.summary import UNITS, Summary, json_text, per_roi_csv, summarise, summary_markdown
 from dsen2cr.visualize import reliability_diagram
 
@@ -166,7 +168,8 @@ def evaluate(
     provenance = {**scorer.tags, **scorer.mask_tags}
     if o.data:
         provenance["DSEN2CR_DATA"] = o.data
-    calibration = write_calibration(scorer.pooled(), out, provenance) if uncertain else None
+    per_band = per_band_coverage(scorer.rows, S2_BANDS) if uncertain else None
+    calibration = write_calibration(scorer.pooled(), out, provenance, per_band) if uncertain else None
     _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance, calibration)
     progress.remove()  # the report is complete
     return summary
@@ -256,10 +259,16 @@ def _predict(
     return torch.from_numpy(predictor(s2, s1)), None, None
 
 
-def write_calibration(pooled: tuple[np.ndarray, np.ndarray], out: Path, text: dict[str, str]) -> dict[str, Any]:
+def write_calibration(
+    pooled: tuple[np.ndarray, np.ndarray],
+    out: Path,
+    text: dict[str, str],
+    per_band: dict[str, dict[str, float]] | None = None,
+) -> dict[str, Any]:
     """The calibration over every evaluated value (a fixed sample of each patch): ``calibration.json`` (the
-    pooled metrics, Spearman's rank correlation of sigma and |error|, and the reliability bins) and the
-    reliability diagram ``calibration.png`` (``text``, what made it, as PNG text); returns the JSON's content."""
+    pooled metrics, Spearman's rank correlation of sigma and |error|, the reliability bins, and ``per_band``, each
+    band's coverage over all its values, where given) and the reliability diagram ``calibration.png`` (``text``,
+    what made it, as PNG text); returns the JSON's content."""
     error, sigma = pooled
     edges = np.linspace(sigma.min(), sigma.max(), CALIBRATION_BINS + 1)
     rms_sigma, rms_error, counts = reliability_bins(error, sigma, edges)
@@ -280,7 +289,7 @@ def write_calibration(pooled: tuple[np.ndarray, np.ndarray], out: Path, text: di
             "rms_error": [None if math.isnan(v) else v for v in rms_error.tolist()],
             "counts": counts.astype(int).tolist(),
         },
-    }
+    } | ({"per_band": per_band} if per_band else {})
     write_text_atomic(out / "calibration.json", json_text(report))
     reliability_diagram(out / "calibration.png", rms_sigma, rms_error, counts, report, text)
     return report

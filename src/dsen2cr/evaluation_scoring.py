@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsen2cr.calibration import reflectance_errors, sigma_part_metrics, uncertainty_metrics
+from dsen2cr.calibration import (
+    BAND_COVERAGE_KEY,
+    band_coverage_counts,
+    reflectance_errors,
+    sigma_part_metrics,
+    uncertainty_metrics,
+)
 from dsen2cr.data.layout import Triplet
 from dsen2cr.evaluation_progress import PREDICTIONS, PREVIEWS, Scored
 from dsen2cr.machine import available_memory_bytes
@@ -197,9 +203,10 @@ class Scorer:
                 score.errors = (error, sigma)
             cloud_fraction = float((mask != 0).mean())
             roi = self.by_id[patch_id].roi
-            score.rows.append(
-                {"patch_id": patch_id, "roi": roi, "method": method, "cloud_fraction": cloud_fraction, **values}
-            )
+            row = {"patch_id": patch_id, "roi": roi, "method": method, "cloud_fraction": cloud_fraction, **values}
+            if method == "model" and score.errors is not None:  # recorded with the row, left out of the CSVs
+                row[BAND_COVERAGE_KEY] = band_coverage_counts(*score.errors, pred_dn.shape[0])
+            score.rows.append(row)
         if self.write_images:
             write_prediction(self.by_id[patch_id], pred_dn, self.out / PREDICTIONS, tags)
             s1_db = s1_model_to_db(batch["s1"][i].numpy()) if self.include_sar else None
