@@ -94,7 +94,12 @@ def test_calibrate_sigma_fits_each_bands_factor_by_the_models_likelihood(
     statistic = np.mean(z_after**2, axis=1) if likelihood == "gnll" else math.sqrt(2) * np.mean(z_after, axis=1)
     np.testing.assert_allclose(statistic, 1.0, rtol=1e-4)
     coverage_after = float(np.mean(z <= expected[:, None]))
-    assert f"coverage {np.mean(z <= 1):.3f} -> {coverage_after:.3f}" in printed, printed
+    before, after = (float(v) for v in printed.split("+-1 sigma coverage ")[1].split()[0:3:2])
+    assert (before, after) == pytest.approx((np.mean(z <= 1), coverage_after), abs=2e-3), printed
+    per_band = np.mean(z <= expected[:, None], axis=1)
+    row = next(line for line in printed.splitlines() if line.startswith("| +-1 sigma after |"))
+    printed_band = [float(cell) for cell in row.strip("|").split("|")[1:]]
+    np.testing.assert_allclose(printed_band, per_band, atol=3e-3)  # read from a histogram of ln|z| (0.005 bins)
     assert f"fitted by {likelihood}" in printed and f"on 1 patch ({z.size:,} values)" in printed
     again = ["--weights", str(workdir / "c.safetensors"), "--out", str(workdir / "c2.safetensors"), "--no-progress"]
     assert main([*args, *again]) == 0
@@ -229,6 +234,7 @@ def test_scale_statistics_by_hand() -> None:
     after = np.mean([0.5 * math.log(2 * math.pi * 4.625 * sigma**2) + 0.5 * z**2 / 4.625 for z in (0.5, 3)])
     assert (gaussian.nll_before, gaussian.nll_after) == pytest.approx((before, after), rel=1e-12)
     assert (gaussian.coverage_before, gaussian.coverage_after) == pytest.approx((0.5, 0.5), abs=1e-9)
+    assert gaussian.band_coverage_before == gaussian.band_coverage_after == pytest.approx([0.5] * 13, abs=1e-9)
     assert (gaussian.patches, gaussian.values) == (1, 26)
     exact = ScaleStatistics()
     pred = pred.copy()

@@ -71,6 +71,9 @@ class SigmaFit:
     nll_after: float
     coverage_before: float
     coverage_after: float
+    #: Each band's +-1 sigma coverage on the patches fitted on, before and after its factor.
+    band_coverage_before: tuple[float, ...] = ()
+    band_coverage_after: tuple[float, ...] = ()
     #: The factors the weights already held, which the fitted ones multiply (None: sigma as trained).
     earlier: tuple[float, ...] | None = None
 
@@ -129,15 +132,19 @@ class ScaleStatistics:
                 "more patches"
             )
         ones = np.ones(NUM_S2_BANDS)
+        before, after = self._inside(ones), self._inside(scale)
+        total = float(self.count.sum())
         return SigmaFit(
             likelihood,
             self.patches,
-            int(self.count.sum()),
+            int(total),
             tuple(float(k) for k in scale),
             self._mean_nll(likelihood, ones),
             self._mean_nll(likelihood, scale),
-            self._coverage(ones),
-            self._coverage(scale),
+            float(before.sum() / total),
+            float(after.sum() / total),
+            tuple((before / self.count).tolist()),
+            tuple((after / self.count).tolist()),
         )
 
     def _mean_nll(self, likelihood: str, scale: np.ndarray) -> float:
@@ -149,13 +156,13 @@ class ScaleStatistics:
             terms = 0.5 * math.log(2.0) * self.count + log_sigma + math.sqrt(2.0) * self.sum_abs_z / scale
         return float(terms.sum() / self.count.sum())
 
-    def _coverage(self, scale: np.ndarray) -> float:
-        """The share of values with |z| <= each band's factor, read from the histogram (linear within a bin)."""
-        inside = 0.0
+    def _inside(self, scale: np.ndarray) -> np.ndarray:
+        """Per band, the values with |z| <= the band's factor, read from the histogram (linear within a bin)."""
+        inside = np.zeros(NUM_S2_BANDS)
         for band in range(NUM_S2_BANDS):
             cumulative = np.concatenate(([0.0], np.cumsum(self.histogram[band])))
-            inside += float(np.interp(math.log(scale[band]), LOG_Z_EDGES, cumulative))
-        return inside / float(self.count.sum())
+            inside[band] = np.interp(math.log(scale[band]), LOG_Z_EDGES, cumulative)
+        return inside
 
 
 def fit_sigma_scale(
@@ -237,6 +244,8 @@ def fit_table(fit: SigmaFit) -> str:
         "| band | " + " | ".join(S2_BANDS) + " |",
         "|---|" + "---|" * NUM_S2_BANDS,
         "| factor | " + " | ".join(f"{k:.3f}" for k in fit.scale) + " |",
+        "| +-1 sigma before | " + " | ".join(f"{c:.3f}" for c in fit.band_coverage_before) + " |",
+        "| +-1 sigma after | " + " | ".join(f"{c:.3f}" for c in fit.band_coverage_after) + " |",
         "",
         f"on these patches: mean NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f} nats per value; +-1 sigma coverage "
         f"{fit.coverage_before:.3f} -> {fit.coverage_after:.3f}",
