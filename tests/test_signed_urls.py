@@ -675,3 +675,23 @@ def test_a_failed_reads_reason_is_gdals_message_not_rasterios_pointer_to_it() ->
     assert gdal_reason(ValueError("Read failed. See previous exception for details.")) == (
         "Read failed. See previous exception for details."
     )
+
+
+def test_a_failed_read_takes_only_what_gdals_threads_said_while_it_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error GDAL's threads wrote before a read started (a retried request that then succeeded, another file's)
+    is not that read's reason; one written while it ran is, the last of them, without GDAL's ``ERROR n:``."""
+    from dsen2cr.gdal_messages import last_thread_error, log_position
+
+    log = tmp_path / "gdal.log"
+    log.write_text("ERROR 1: Request for 0-99 failed with response_code=503\n")
+    monkeypatch.setenv("CPL_LOG", str(log))
+    start = log_position()
+    assert start == log.stat().st_size and last_thread_error(since=start) is None
+    with log.open("a") as file:
+        file.write("Warning 1: something\nERROR 1: Request for 100-199 failed with response_code=403\nERROR 4: b\n")
+    assert last_thread_error(since=start) == "b"
+    assert last_thread_error(since=0) == "b" and last_thread_error(since=10**9) == "b"  # a log begun anew
+    monkeypatch.delenv("CPL_LOG")
+    assert log_position() == 0 and last_thread_error(since=0) is None

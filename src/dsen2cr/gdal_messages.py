@@ -5,8 +5,8 @@ remote file's read-ahead, multi-threaded decoding) report through GDAL's default
 process's stderr (``ERROR 1: Request for 3346-3631 failed with response_code=403``) beside the command's one line,
 while the read that waited on them failed with another reason (the decoder's complaint about the bytes it did not
 get). GDAL's default handler writes to the file its ``CPL_LOG`` option names: this process's own file, removed at
-exit, from which a failed read takes the last error (:func:`last_thread_error`). No heavy import: the command line
-sets it up before any command runs.
+exit, from which a failed read takes the last error written while it ran (:func:`last_thread_error`). No heavy
+import: the command line sets it up before any command runs.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from pathlib import Path
 
 #: GDAL's option naming the file its default error handler writes to (read from the environment, first use).
 LOG_OPTION = "CPL_LOG"
-#: How far :func:`last_thread_error` has read the log (bytes).
-_read_to = 0
 
 
 def capture_thread_messages() -> None:
@@ -33,22 +31,29 @@ def capture_thread_messages() -> None:
     atexit.register(Path(path).unlink, missing_ok=True)
 
 
-def last_thread_error() -> str | None:
-    """The last error GDAL's default handler wrote to the ``CPL_LOG`` file since the previous call (without its
-    ``ERROR n:`` prefix), or None."""
-    global _read_to
+def log_position() -> int:
+    """Where the ``CPL_LOG`` file ends now (0 without one): what :func:`last_thread_error` reads after."""
+    path = os.environ.get(LOG_OPTION)
+    if not path or path == os.devnull:
+        return 0
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def last_thread_error(since: int) -> str | None:
+    """The last error GDAL's default handler wrote to the ``CPL_LOG`` file after position ``since``
+    (:func:`log_position` before the call that failed), without its ``ERROR n:`` prefix; None if none."""
     path = os.environ.get(LOG_OPTION)
     if not path or path == os.devnull:
         return None
     try:
-        size = os.path.getsize(path)
-        if size < _read_to:  # written anew (GDAL opens it once per process, from its start)
-            _read_to = 0
         with open(path, "rb") as log:
-            log.seek(max(_read_to, size - 4096))
-            text = log.read(size - log.tell()).decode("utf-8", "replace")
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(since if since <= size else 0, size - 4096))
+            text = log.read().decode("utf-8", "replace")
     except OSError:
         return None
-    _read_to = size
     errors = [line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("ERROR ")]
     return errors[-1] if errors else None

@@ -21,7 +21,7 @@ import dsen2cr.machine as machine
 from dsen2cr.bucket_access import bucket_hint
 from dsen2cr.choices import GDAL_CACHE_BYTES
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.gdal_messages import last_thread_error
+from dsen2cr.gdal_messages import last_thread_error, log_position
 from dsen2cr.outputs.files import check_input_file
 from dsen2cr.signed_urls import displayed, read_failure
 
@@ -92,10 +92,11 @@ def read_window(
     """Read the bands ``indexes`` (1-based; None: all) of an open raster in ``window`` (decimated to ``out_shape``
     when given: GDAL's nearest pixel, from overviews where the file has them), naming the file when the read fails
     (e.g. truncated)."""
+    logged = log_position()  # what GDAL's own threads say while this read runs is about it
     try:
         return dataset.read(indexes, window=window, out_shape=out_shape)
     except Exception as error:  # rasterio raises several types for damaged files
-        reason, thread = gdal_reason(error), last_thread_error()
+        reason, thread = gdal_reason(error), last_thread_error(since=logged)
         if thread is not None and thread not in reason:  # what GDAL's own thread met first: the server's answer
             reason = f"{thread}, then {reason}"
         raise DSen2CRError(read_failure(dataset.name, reason)) from None
