@@ -695,3 +695,20 @@ def test_a_failed_read_takes_only_what_gdals_threads_said_while_it_ran(
     assert last_thread_error(since=0) == "b" and last_thread_error(since=10**9) == "b"  # a log begun anew
     monkeypatch.delenv("CPL_LOG")
     assert log_position() == 0 and last_thread_error(since=0) is None
+
+
+def test_without_a_writable_temporary_folder_gdal_prints_as_it_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only container (no temporary file to make) runs every command as before: GDAL's threads' messages are
+    not captured, nothing fails."""
+    import tempfile
+
+    from dsen2cr import gdal_messages
+
+    def refused(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.delenv("CPL_LOG", raising=False)
+    monkeypatch.delenv("CPL_DEBUG", raising=False)
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    gdal_messages.capture_thread_messages()
+    assert "CPL_LOG" not in os.environ

@@ -25,7 +25,10 @@ def capture_thread_messages() -> None:
     ``CPL_LOG`` or ``CPL_DEBUG`` set in the environment (the user's, or the parent process's) is left alone."""
     if LOG_OPTION in os.environ or "CPL_DEBUG" in os.environ:
         return
-    handle, path = tempfile.mkstemp(prefix=f"dsen2cr-gdal-{os.getpid()}-", suffix=".log")
+    try:
+        handle, path = tempfile.mkstemp(prefix=f"dsen2cr-gdal-{os.getpid()}-", suffix=".log")
+    except OSError:  # no writable temporary folder (a read-only container): GDAL prints them as it does
+        return
     os.close(handle)
     os.environ[LOG_OPTION] = path
     atexit.register(Path(path).unlink, missing_ok=True)
