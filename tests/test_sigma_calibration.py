@@ -4,6 +4,7 @@ here in float64 from the network; the factors' effect on the variance, on output
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -179,7 +180,8 @@ def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
 ) -> None:
     """evaluate of weights whose sigma was fitted on the split it scores warns (their coverage flatters them);
     on another split it does not. The report gives each band's coverage over every value (calibration.json's
-    per_band, summary.md), recomputed here in float64; the per-image CSV leaves the counts out."""
+    per_band, summary.md) and each image's coverage under cloud and shadow and over clear pixels
+    (coverage_1sigma_cloudy, _clear), recomputed here in float64; the per-image CSV leaves the counts out."""
     root = workdir.tree()
     data = ["--data-root", str(root), "--file-list", str(root / "files.csv"), "--no-progress"]
     weights = _diag_weights(workdir / "w.safetensors")
@@ -201,6 +203,14 @@ def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
                 f"+-1 sigma coverage per band, over every value: {said}" in (workdir / split / "summary.md").read_text()
             )
             assert "band_coverage_counts" not in (workdir / split / "metrics_per_image.csv").read_text()
+            sample = SEN12MSCRDataset(select_split(read_file_list(root / "files.csv", root), "test"), train=False)[0]
+            cloud = sample["cloud_mask"].numpy().ravel() != 0
+            rows = list(csv.DictReader((workdir / split / "metrics_per_image.csv").open()))
+            model_row = next(r for r in rows if r["method"] == "model")
+            for name, region in (("coverage_1sigma_cloudy", cloud), ("coverage_1sigma_clear", ~cloud)):
+                expected_region = np.mean(z[:, region] <= 1) if region.any() else math.nan
+                assert float(model_row[name] or "nan") == pytest.approx(expected_region, abs=2e-3, nan_ok=True)
+            assert cloud.all() and model_row["coverage_1sigma_clear"] == "nan"  # no clear pixel: no value
         made_by = "; sigma x " in (workdir / split / "summary.md").read_text().split("Made on")[1]
         assert made_by and "fitted on files.csv, split val" in (workdir / split / "summary.md").read_text()
         warned = [r.message for r in caplog.records if "its sigma was calibrated on" in r.message]
@@ -242,3 +252,18 @@ def test_scale_statistics_by_hand() -> None:
     exact.add(pred, target, np.full((13, 1, 2), 100.0))
     with pytest.raises(DSen2CRError, match="every value of band B10 is predicted exactly on the 1 patch given"):
         exact.fit("gnll")
+
+
+def test_coverage_under_clouds_and_over_clear_pixels_by_hand() -> None:
+    """A 2 x 2 image of 13 bands, its left column cloud: |error| 50 DN there against sigma 100 (all within), 200 on
+    the right against 100 (none within): coverage_1sigma_cloudy 1, _clear 0, and 0.5 over all; no cloud: NaN."""
+    from dsen2cr.calibration import uncertainty_metrics
+
+    target = np.full((13, 2, 2), 1000, np.uint16)
+    pred = target + np.array([[50, 200], [50, 200]], np.uint16)[None]
+    mask = np.array([[1, 0], [-1, 0]], np.int8)  # cloud and shadow both count as cloudy
+    values = uncertainty_metrics(pred, target, np.full((13, 2, 2), 100.0), mask)
+    assert (values["coverage_1sigma_cloudy"], values["coverage_1sigma_clear"], values["coverage_1sigma"]) == (1, 0, 0.5)
+    clear = uncertainty_metrics(pred, target, np.full((13, 2, 2), 100.0), np.zeros((2, 2), np.int8))
+    assert math.isnan(clear["coverage_1sigma_cloudy"]) and clear["coverage_1sigma_clear"] == 0.5
+    assert "coverage_1sigma_cloudy" not in uncertainty_metrics(pred, target, np.full((13, 2, 2), 100.0))

@@ -37,6 +37,8 @@ UNCERTAINTY_METRIC_NAMES: tuple[str, ...] = (
     "mae_certain10",
     "mae_certain50",
     "mae_certain90",
+    "coverage_1sigma_cloudy",
+    "coverage_1sigma_clear",
 )
 #: An ensemble's two parts of sigma, per image (:func:`sigma_part_metrics`).
 SIGMA_PART_NAMES: tuple[str, ...] = ("rms_sigma_aleatoric", "rms_sigma_epistemic")
@@ -56,9 +58,20 @@ def reflectance_errors(pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.
     return np.abs(pred - target), np.asarray(sigma_dn, np.float64).ravel() / 10000.0
 
 
-def uncertainty_metrics(pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray) -> dict[str, float]:
-    """The calibration metrics of one image (module docstring): prediction, target and sigma in DN, same shape."""
+def uncertainty_metrics(
+    pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray, mask: np.ndarray | None = None
+) -> dict[str, float]:
+    """The calibration metrics of one image (module docstring): prediction, target and sigma in DN, same shape
+    (bands first); with the image's cloud/shadow ``mask`` (H, W; non-zero = cloud or shadow) also the +-1 sigma
+    coverage of the values under cloud and shadow and of those of clear pixels (NaN for an empty region), the
+    regions of ``mae_cloudy`` and ``mae_clear``."""
     error, sigma = reflectance_errors(pred_dn, target_dn, sigma_dn)
+    regional: dict[str, float] = {}
+    if mask is not None:
+        within = (error <= sigma).reshape(np.shape(pred_dn)[0], -1)
+        cloud = np.asarray(mask).ravel() != 0
+        for name, region in (("coverage_1sigma_cloudy", cloud), ("coverage_1sigma_clear", ~cloud)):
+            regional[name] = float(within[:, region].mean()) if region.any() else math.nan
     nll = 0.5 * (np.log(2 * math.pi * sigma**2) + (error / sigma) ** 2)
     values = {
         "nll": float(nll.mean()),
@@ -70,7 +83,7 @@ def uncertainty_metrics(pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np
     for share in CERTAIN_SHARES:
         count = max(1, round(share / 100 * error.size))
         values[f"mae_certain{share}"] = float(error[order[:count]].mean())
-    return values
+    return values | regional
 
 
 def sigma_part_metrics(aleatoric_dn: np.ndarray, epistemic_dn: np.ndarray) -> dict[str, float]:

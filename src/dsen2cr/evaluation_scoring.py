@@ -196,7 +196,7 @@ class Scorer:
                 values = image_metrics(candidate, target_dn, cloudy=cloudy_dn, mask=mask)
             if method == "model" and variance is not None:
                 sigma_dn = variance[i].double().sqrt().numpy() * S2_MODEL_SCALE
-                values.update(uncertainty_metrics(pred_dn, target_dn, sigma_dn))
+                values.update(uncertainty_metrics(pred_dn, target_dn, sigma_dn, mask))
                 if parts is not None:
                     values.update(sigma_part_metrics(*(p[i].double().sqrt().numpy() * S2_MODEL_SCALE for p in parts)))
                 error, sigma = reflectance_errors(pred_dn, target_dn, sigma_dn)
