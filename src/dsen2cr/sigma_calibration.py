@@ -43,7 +43,6 @@ from dsen2cr.weights import (
     SIGMA_SCALE_KEY,
     load_model_with_provenance,
     recorded_likelihood,
-    recorded_sigma_scale,
     save_weights,
 )
 
@@ -219,7 +218,6 @@ def calibrate_weights(
         log.warning("%s: no training record names its likelihood; sigma is fitted as a Gaussian's (gnll)", weights)
     if earlier is not None:
         log.info("%s: holds a sigma scale (%s); the new factors multiply it", weights, _range(earlier))
-        recorded_sigma_scale(provenance, weights)
     predictor = predictor_from_model(model, device=device, precision="fp32")
     fitted = fit_sigma_scale(
         predictor, triplets, likelihood, batch_size=batch_size, num_workers=num_workers, progress=progress
