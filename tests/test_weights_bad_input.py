@@ -391,11 +391,11 @@ def _sigma_weights(tmp: Path, name: str = "sigma.safetensors", scale: object = N
     return save_weights(model, tmp / name, provenance=record)
 
 
-def _calibrate(tmp: Path, weights: Path, *extra: str, out: str = "c.safetensors") -> list[str]:
+def _calibrate(tmp: Path, *weights: Path | str, extra: tuple[str, ...] = (), out: str = "c.safetensors") -> list[str]:
     """weights calibrate-sigma of ``weights`` on the small release tree's val split."""
     root = tmp.tree()
     data = ["--data-root", str(root), "--file-list", str(root / "files.csv"), "--no-progress"]
-    return ["weights", "calibrate-sigma", "--weights", str(weights), "--out", str(tmp / out), *data, *extra]
+    return ["weights", "calibrate-sigma", "--weights", *map(str, weights), "--out", str(tmp / out), *data, *extra]
 
 
 def _onnx_of(tmp: Path) -> Path:
@@ -410,6 +410,12 @@ CASES += [
         name="calibrate-sigma: weights of a model without sigma",
         setup=lambda t: _calibrate(t, t.weights("dsen2cr-small-nosar")),
         message="dsen2cr-small-nosar.safetensors: predicts no sigma (model.uncertainty: none); nothing to calibrate",
+        absent=("c.safetensors",),
+    ),
+    dict(
+        name="calibrate-sigma: several weights (an ensemble)",
+        setup=lambda t: _calibrate(t, _sigma_weights(t), _sigma_weights(t, "other.safetensors")),
+        message="--weights: 2 files; calibrate-sigma calibrates one model: run it on each member of an ensemble",
         absent=("c.safetensors",),
     ),
     dict(
@@ -432,7 +438,7 @@ CASES += [
     ),
     dict(
         name="calibrate-sigma: --split train (the model's own patches)",
-        setup=lambda t: _calibrate(t, _sigma_weights(t), "--split", "train"),
+        setup=lambda t: _calibrate(t, _sigma_weights(t), extra=("--split", "train")),
         message="argument --split: invalid choice: 'train'",
         absent=("c.safetensors",),
     ),

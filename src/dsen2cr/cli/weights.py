@@ -48,7 +48,11 @@ def _register_calibrate_sigma(commands: SubParsers) -> None:
         "and write the weights with it: sigma whose +-1 sigma holds what it says",
     )
     calibrate.add_argument(
-        "--weights", required=True, help="weights of a model with sigma: .safetensors (dsen2cr export) or .ckpt"
+        "--weights",
+        required=True,
+        nargs="+",
+        help="weights of a model with sigma: .safetensors (dsen2cr export) or .ckpt (one file: an ensemble's members "
+        "are calibrated one by one)",
     )
     calibrate.add_argument("--data-root", required=True, help="dataset root folder")
     calibrate.add_argument("--file-list", required=True, help="DSen2-CR file list (with --split)")
@@ -103,6 +107,12 @@ def run_calibrate_sigma(args: argparse.Namespace) -> int:
     from dsen2cr.predictor import is_onnx
     from dsen2cr.sigma_calibration import calibrate_weights, fit_table
 
+    if len(args.weights) > 1:
+        raise DSen2CRError(
+            f"--weights: {len(args.weights)} files; calibrate-sigma calibrates one model: run it on each member of an "
+            "ensemble (their disagreement, the epistemic part of its sigma, is not scaled)"
+        )
+    args.weights = args.weights[0]
     if is_onnx(args.weights):
         raise DSen2CRError(
             f"{args.weights}: an ONNX file's graph cannot take a sigma scale; calibrate the weights it was exported "
