@@ -315,4 +315,13 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
         for callback in getattr(trainer, "callbacks", []):  # set by Lightning's connector, unknown to its types
             if isinstance(callback, SlurmRequeue):
                 callback.give_back_signal()
+    release_process_group()
     return last_checkpoint(out)  # (a NaN validation loss stopped the run at its epoch: DSen2CRTask)
+
+
+def release_process_group() -> None:
+    """Destroy the process group a multi-process run made, once its fit has ended (PyTorch's advice for a program's
+    end): left to the interpreter's exit, a rank of a finished two-task gloo run aborted once in a while ("terminate
+    called without an active exception", SIGABRT: the job then failed though its run had finished)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
