@@ -50,7 +50,9 @@ CALIBRATION_BINS = 20
 CERTAIN_SHARES = (10, 50, 90)
 
 
-def reflectance_errors(pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray) -> tuple[np.ndarray, ...]:
+def reflectance_errors(
+    pred_dn: np.ndarray, target_dn: np.ndarray, sigma_dn: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """|prediction - target| and sigma as reflectance, flat float64 (prediction and target clipped to [0, 1])."""
     if not pred_dn.shape == target_dn.shape == sigma_dn.shape:
         raise ValueError(f"shapes differ: prediction {pred_dn.shape}, target {target_dn.shape}, sigma {sigma_dn.shape}")
@@ -65,17 +67,17 @@ def uncertainty_metrics(
     (bands first); with the image's cloud/shadow ``mask`` (H, W; non-zero = cloud or shadow) also the +-1 sigma
     coverage of the values under cloud and shadow and of those of clear pixels (NaN for an empty region), the
     regions of ``mae_cloudy`` and ``mae_clear``."""
-    error, sigma = reflectance_errors(pred_dn, target_dn, sigma_dn)
-    regional: dict[str, float] = {}
-    if mask is not None:
-        within = (error <= sigma).reshape(np.shape(pred_dn)[0], -1)
-        cloud = np.asarray(mask).ravel() != 0
-        for name, region in (("coverage_1sigma_cloudy", cloud), ("coverage_1sigma_clear", ~cloud)):
-            regional[name] = float(within[:, region].mean()) if region.any() else math.nan
+    return uncertainty_metrics_of(*reflectance_errors(pred_dn, target_dn, sigma_dn), mask)
+
+
+def uncertainty_metrics_of(error: np.ndarray, sigma: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+    """:func:`uncertainty_metrics` of an image's flat |error| and sigma as :func:`reflectance_errors` gives them
+    (band after band; ``mask`` (H, W) of one band's pixels)."""
+    within = error <= sigma
     nll = 0.5 * (np.log(2 * math.pi * sigma**2) + (error / sigma) ** 2)
     values = {
         "nll": float(nll.mean()),
-        "coverage_1sigma": float((error <= sigma).mean()),
+        "coverage_1sigma": float(within.mean()),
         "coverage_2sigma": float((error <= 2 * sigma).mean()),
     }
     values["uce"], values["auce"] = calibration_errors(error, sigma)
@@ -83,7 +85,12 @@ def uncertainty_metrics(
     for share in CERTAIN_SHARES:
         count = max(1, round(share / 100 * error.size))
         values[f"mae_certain{share}"] = float(error[order[:count]].mean())
-    return values | regional
+    if mask is not None:
+        cloud = np.asarray(mask).ravel() != 0
+        by_pixel = within.reshape(-1, cloud.size)  # bands x pixels
+        for name, region in (("coverage_1sigma_cloudy", cloud), ("coverage_1sigma_clear", ~cloud)):
+            values[name] = float(by_pixel[:, region].mean()) if region.any() else math.nan
+    return values
 
 
 def sigma_part_metrics(aleatoric_dn: np.ndarray, epistemic_dn: np.ndarray) -> dict[str, float]:

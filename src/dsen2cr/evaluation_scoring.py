@@ -22,7 +22,7 @@ from dsen2cr.calibration import (
     band_coverage_counts,
     reflectance_errors,
     sigma_part_metrics,
-    uncertainty_metrics,
+    uncertainty_metrics_of,
 )
 from dsen2cr.data.layout import Triplet
 from dsen2cr.evaluation_progress import PREDICTIONS, PREVIEWS, Scored
@@ -196,11 +196,10 @@ class Scorer:
                 values = image_metrics(candidate, target_dn, cloudy=cloudy_dn, mask=mask)
             if method == "model" and variance is not None:
                 sigma_dn = variance[i].double().sqrt().numpy() * S2_MODEL_SCALE
-                values.update(uncertainty_metrics(pred_dn, target_dn, sigma_dn, mask))
+                score.errors = reflectance_errors(pred_dn, target_dn, sigma_dn)
+                values.update(uncertainty_metrics_of(*score.errors, mask))
                 if parts is not None:
                     values.update(sigma_part_metrics(*(p[i].double().sqrt().numpy() * S2_MODEL_SCALE for p in parts)))
-                error, sigma = reflectance_errors(pred_dn, target_dn, sigma_dn)
-                score.errors = (error, sigma)
             cloud_fraction = float((mask != 0).mean())
             roi = self.by_id[patch_id].roi
             row = {"patch_id": patch_id, "roi": roi, "method": method, "cloud_fraction": cloud_fraction, **values}
