@@ -260,13 +260,13 @@ def load_network(weights: str | Path, *, device: torch.device) -> Network:
 
     # a regular file first: hashing a FIFO or a device would wait forever
     digest = file_sha256(check_weights_file(weights, "ONNX" if is_onnx(weights) else "weights"))
+    network: CloudRemovalNetwork | OnnxPredictor
     if is_onnx(weights):
-        onnx = OnnxPredictor(weights, device=str(device))
-        record = dict(onnx.session.get_modelmeta().custom_metadata_map)  # the scale is in its graph already
+        network = OnnxPredictor(weights, device=str(device))
+        record = dict(network.session.get_modelmeta().custom_metadata_map)  # the scale is in its graph already
     else:
-        model, record = load_model_and_record(weights, device=device)
+        network, record = load_model_and_record(weights, device=device)
     described = recorded_likelihood(record), sigma_calibration_text(record, weights)
-    network = onnx if is_onnx(weights) else model
     return Network(network, network.config, Path(weights).name, digest, *described)
 
 
