@@ -34,10 +34,16 @@ def capture_thread_messages() -> None:
     atexit.register(Path(path).unlink, missing_ok=True)
 
 
+def _log_path() -> str | None:
+    """The file GDAL's default handler writes to, where it is one to read (not stderr, not the null device)."""
+    path = os.environ.get(LOG_OPTION)
+    return None if not path or path == os.devnull else path
+
+
 def log_position() -> int:
     """Where the ``CPL_LOG`` file ends now (0 without one): what :func:`last_thread_error` reads after."""
-    path = os.environ.get(LOG_OPTION)
-    if not path or path == os.devnull:
+    path = _log_path()
+    if path is None:
         return 0
     try:
         return os.path.getsize(path)
@@ -48,8 +54,8 @@ def log_position() -> int:
 def last_thread_error(since: int) -> str | None:
     """The last error GDAL's default handler wrote to the ``CPL_LOG`` file after position ``since``
     (:func:`log_position` before the call that failed), without its ``ERROR n:`` prefix; None if none."""
-    path = os.environ.get(LOG_OPTION)
-    if not path or path == os.devnull:
+    path = _log_path()
+    if path is None:
         return None
     try:
         with open(path, "rb") as log:
