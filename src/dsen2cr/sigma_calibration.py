@@ -68,13 +68,21 @@ class SigmaFit:
     scale: tuple[float, ...]
     nll_before: float
     nll_after: float
-    coverage_before: float
-    coverage_after: float
     #: Each band's +-1 sigma coverage on the patches fitted on, before and after its factor.
-    band_coverage_before: tuple[float, ...] = ()
-    band_coverage_after: tuple[float, ...] = ()
+    band_coverage_before: tuple[float, ...]
+    band_coverage_after: tuple[float, ...]
     #: The factors the weights already held, which the fitted ones multiply (None: sigma as trained).
     earlier: tuple[float, ...] | None = None
+
+    @property
+    def coverage_before(self) -> float:
+        """The +-1 sigma coverage of every value before the factors (each band holds as many values)."""
+        return float(np.mean(self.band_coverage_before))
+
+    @property
+    def coverage_after(self) -> float:
+        """The +-1 sigma coverage of every value after the factors."""
+        return float(np.mean(self.band_coverage_after))
 
     @property
     def total_scale(self) -> list[float]:
@@ -131,19 +139,15 @@ class ScaleStatistics:
                 "more patches"
             )
         ones = np.ones(NUM_S2_BANDS)
-        before, after = self._inside(ones), self._inside(scale)
-        total = float(self.count.sum())
         return SigmaFit(
             likelihood,
             self.patches,
-            int(total),
+            int(self.count.sum()),
             tuple(float(k) for k in scale),
             self._mean_nll(likelihood, ones),
             self._mean_nll(likelihood, scale),
-            float(before.sum() / total),
-            float(after.sum() / total),
-            tuple((before / self.count).tolist()),
-            tuple((after / self.count).tolist()),
+            tuple((self._inside(ones) / self.count).tolist()),
+            tuple((self._inside(scale) / self.count).tolist()),
         )
 
     def _mean_nll(self, likelihood: str, scale: np.ndarray) -> float:
