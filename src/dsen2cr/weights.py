@@ -362,4 +362,14 @@ def sigma_calibration_text(record: dict[str, str], path: Path | str) -> str | No
     value = recorded_sigma_scale(record, path)
     scale = value["scale"]
     data, values, likelihood = (value.get(key, "unknown") for key in ("data", "values", "likelihood"))
-    return f"sigma x {min(scale):.3g} to {max(scale):.3g} per band, fitted on {data} ({values} values, {likelihood})"
+    return f"sigma x {min(scale):.3g} to {max(scale):.3g} per band, {_fitted_on(data)}{values} values, {likelihood})"
+
+
+def _fitted_on(data: str) -> str:
+    """Where :func:`sigma_calibration_text` says the factors were fitted (:func:`calibrated_on` looks for it)."""
+    return f"fitted on {data} ("
+
+
+def calibrated_on(calibration: str | None, data: str) -> bool:
+    """Whether a :func:`sigma_calibration_text` says its factors were fitted on ``data`` (``files.csv, split val``)."""
+    return calibration is not None and _fitted_on(data) in calibration

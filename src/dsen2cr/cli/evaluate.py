@@ -199,8 +199,10 @@ def _warn_of_calibration_data(members: list[Any], data: str) -> None:
     calibration metrics then flatter them."""
     import logging
 
+    from dsen2cr.weights import calibrated_on
+
     for member in members:
-        if member.sigma_calibration and f"fitted on {data} (" in member.sigma_calibration:
+        if calibrated_on(member.sigma_calibration, data):
             logging.getLogger("dsen2cr.evaluate").warning(
                 "%s: its sigma was calibrated on %s, the patches evaluated here: its coverage and UCE flatter it; "
                 "evaluate on a split it was not calibrated on",
