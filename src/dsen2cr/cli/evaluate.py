@@ -15,7 +15,9 @@ from dsen2cr.cli.options import (
     add_no_progress,
     add_overwrite,
     add_weights,
+    check_loader_options,
     cloud_score,
+    file_list_split,
 )
 
 
@@ -96,13 +98,7 @@ def register(subparsers: SubParsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``."""
-    from dsen2cr.data.layout import (
-        check_data_root,
-        read_file_list,
-        select_split,
-        triplets_of_rois,
-        warn_of_leaks,
-    )
+    from dsen2cr.data.layout import check_data_root, triplets_of_rois
     from dsen2cr.ensemble import ensemble
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.evaluate import evaluate
@@ -111,10 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from dsen2cr.predictor import is_onnx, load_predictor
     from dsen2cr.summary import summary_markdown
 
-    if args.batch_size < 1:
-        raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")
-    if args.num_workers < 0:
-        raise DSen2CRError(f"--num-workers: must be 0 or more, got {args.num_workers}")
+    check_loader_options(args)
     if args.score_threads is not None and args.score_threads < 1:
         raise DSen2CRError(f"--score-threads: must be at least 1, got {args.score_threads}")
     window = args.window if args.window is not None else (128 if args.protocol == "original" else 0)
@@ -137,11 +130,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     predictor = members[0] if len(members) == 1 else ensemble(members)
     if args.file_list:
-        listed = read_file_list(args.file_list, args.data_root)
-        triplets = select_split(listed, args.split, source=args.file_list)
-        if args.split != "train":  # the list's training patches: what a model trained on this list saw
-            warn_of_leaks([t for t in listed if t.split == 1], triplets, args.split, args.file_list)
-        data = f"{Path(args.file_list).name}, split {args.split}"
+        triplets, data = file_list_split(args.data_root, args.file_list, args.split)
     else:
         data = f"the ROIs of {Path(args.rois).name}"
         triplets = triplets_of_rois(args.data_root, args.rois)

@@ -100,6 +100,31 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_loader_options(args: argparse.Namespace) -> None:
+    """``--batch-size`` at least 1 and ``--num-workers`` 0 or more (the commands that read patches in batches)."""
+    from dsen2cr.errors import DSen2CRError
+
+    if args.batch_size < 1:
+        raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise DSen2CRError(f"--num-workers: must be 0 or more, got {args.num_workers}")
+
+
+def file_list_split(data_root: str, file_list: str, split: str) -> tuple[list, str]:
+    """The triplets of ``split`` in ``file_list`` (warning of held-out patches on training ground), and how reports
+    and weights name them (``files.csv, split val``: evaluate and calibrate-sigma alike, so that evaluate knows weights
+    calibrated on the patches it scores)."""
+    from pathlib import Path
+
+    from dsen2cr.data.layout import read_file_list, select_split, warn_of_leaks
+
+    listed = read_file_list(file_list, data_root)
+    triplets = select_split(listed, split, source=file_list)
+    if split != "train":  # the list's training patches: what a model trained on this list saw
+        warn_of_leaks([t for t in listed if t.split == 1], triplets, split, file_list)
+    return triplets, f"{Path(file_list).name}, split {split}"
+
+
 def add_no_progress(parser: argparse.ArgumentParser, what: str = "no progress bar") -> None:
     """``--no-progress``."""
     parser.add_argument("--no-progress", action="store_true", help=what)

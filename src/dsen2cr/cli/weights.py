@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from dsen2cr.cli.options import SubParsers, add_command, add_device, add_no_progress, add_overwrite
+from dsen2cr.cli.options import (
+    SubParsers,
+    add_command,
+    add_device,
+    add_no_progress,
+    add_overwrite,
+    check_loader_options,
+    file_list_split,
+)
 
 
 def register(subparsers: SubParsers) -> None:
@@ -101,7 +109,7 @@ def run_calibrate_sigma(args: argparse.Namespace) -> int:
     """Run ``weights calibrate-sigma``."""
     from pathlib import Path
 
-    from dsen2cr.data.layout import check_data_root, read_file_list, select_split, warn_of_leaks
+    from dsen2cr.data.layout import check_data_root
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
     from dsen2cr.predictor import is_onnx
@@ -118,21 +126,16 @@ def run_calibrate_sigma(args: argparse.Namespace) -> int:
             f"{args.weights}: an ONNX file's graph cannot take a sigma scale; calibrate the weights it was exported "
             "from, then export-onnx the calibrated file"
         )
-    if args.batch_size < 1:
-        raise DSen2CRError(f"--batch-size: must be at least 1, got {args.batch_size}")
-    if args.num_workers < 0:
-        raise DSen2CRError(f"--num-workers: must be 0 or more, got {args.num_workers}")
+    check_loader_options(args)
     check_distinct_outputs([("weights", Path(args.out))], [("weights", Path(args.weights))])
     check_output_file(args.out, overwrite=args.overwrite, kind="safetensors")
     check_data_root(args.data_root, "--data-root")
-    listed = read_file_list(args.file_list, args.data_root)
-    triplets = select_split(listed, args.split, source=args.file_list)
-    warn_of_leaks([t for t in listed if t.split == 1], triplets, args.split, args.file_list)
+    triplets, data = file_list_split(args.data_root, args.file_list, args.split)
     fit = calibrate_weights(
         args.weights,
         triplets,
         args.out,
-        data=f"{Path(args.file_list).name}, split {args.split}",
+        data=data,
         device=args.device,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
