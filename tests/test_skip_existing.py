@@ -126,3 +126,23 @@ def test_a_rank_does_not_refuse_what_another_rank_already_wrote(
     assert _remove_clouds(workdir, _manifest(workdir, "abc")) == 0, capsys.readouterr().err
     assert sorted(path.name for path in workdir.glob("?.tif")) == ["a.tif", "b.tif", "c.tif"]
     assert _state(workdir / "b.tif") == before
+
+
+def test_an_ensemble_made_with_another_member_says_which_digest_differs(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """a.tif made by the ensemble of weights 0 and 1, the run's of 0 and 2: the refusal shows each member's
+    digest shortened, so the one that differs is seen (it showed the first member's twice)."""
+    manifest = _manifest(workdir, "a")
+    members = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        members.append(save_weights(create_model("dsen2cr-small"), workdir / f"m{seed}.safetensors"))
+    digests = [hashlib.sha256(member.read_bytes()).hexdigest()[:12] for member in members]
+    run = ["remove-clouds", "--manifest", str(manifest), "--no-progress", "--weights"]
+    assert main([*run, str(members[0]), str(members[1])]) == 0
+    capsys.readouterr()
+    assert main([*run, str(members[0]), str(members[2]), "--skip-existing"]) == 2
+    err = capsys.readouterr().err
+    made, wanted = f"{digests[0]}…;{digests[1]}…", f"{digests[0]}…;{digests[2]}…"
+    assert f"made with weights (SHA-256) {made}, this run's is {wanted}" in err, err
