@@ -269,6 +269,21 @@ def split_s1(s1: Path, vv_name: str, vh_name: str) -> str:
     return f"{s1.with_name(vv_name)},{s1.with_name(vh_name)}"
 
 
+def diag_weights(path: Path, likelihood: str | None = "gnll", *, include_sar: bool = True, seed: int = 0) -> Path:
+    """Randomly initialised weights (``seed``) of a small model with sigma whose training record names
+    ``likelihood``."""
+    import json
+
+    from dsen2cr.models.dsen2cr import ModelConfig
+    from dsen2cr.weights import TRAINING_KEY
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = ModelConfig(2, 8, include_sar, 0.1, "diag").build().eval()
+    record = {TRAINING_KEY: json.dumps({"loss": {"name": likelihood}})} if likelihood else None
+    return save_weights(model, path, provenance=record)
+
+
 def write_dated_s2(
     folder: Path, left: int, stamp: str, *, cloud_columns: int = 0, nodata_columns: int = 0, add: int = 0
 ) -> Path:

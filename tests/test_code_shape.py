@@ -34,6 +34,7 @@ LAYERS = [
     ["scene.tiles", "scene"],
     ["settings"],
     ["weights_info"],
+    ["ensemble_file"],  # an ensemble's members and its sigma scale, in a JSON file (--weights ensemble.json)
     ["onnx_export"],
     ["onnx_runtime"],
     ["backends"],

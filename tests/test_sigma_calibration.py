@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import diag_weights
 from dsen2cr.cli import main
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet, read_file_list, select_split
@@ -21,15 +22,6 @@ from dsen2cr.preprocessing import S2_BANDS
 from dsen2cr.weights import SIGMA_SCALE_KEY, TRAINING_KEY, load_model, save_weights
 
 SCALE = [0.5 + 0.1 * band for band in range(13)]
-
-
-def _diag_weights(path: Path, likelihood: str | None = "gnll", *, include_sar: bool = True) -> Path:
-    """Randomly initialised weights of a small model with sigma whose training record names ``likelihood``."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = ModelConfig(2, 8, include_sar, 0.1, "diag").build().eval()
-    record = {TRAINING_KEY: json.dumps({"loss": {"name": likelihood}})} if likelihood else None
-    return save_weights(model, path, provenance=record)
 
 
 def _abs_z(weights: Path, triplets: list[Triplet]) -> np.ndarray:
@@ -81,7 +73,7 @@ def test_calibrate_sigma_fits_each_bands_factor_by_the_models_likelihood(
     those patches; the weights are unchanged; the printed coverage is the share of |z| within each factor; a
     second calibration on the same patches finds factors of 1, so its file holds the first one's."""
     root = workdir.tree()
-    weights = _diag_weights(workdir / "w.safetensors", likelihood)
+    weights = diag_weights(workdir / "w.safetensors", likelihood)
     args = ["weights", "calibrate-sigma", "--data-root", str(root), "--file-list", str(root / "files.csv")]
     assert main([*args, "--weights", str(weights), "--out", str(workdir / "c.safetensors"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -130,7 +122,7 @@ def test_calibrated_weights_scale_sigma_in_outputs_and_onnx_and_say_so(
 
     from dsen2cr.predictor import load_predictor
 
-    weights = _diag_weights(workdir / "w.safetensors", include_sar=False)
+    weights = diag_weights(workdir / "w.safetensors", include_sar=False)
     model = load_model(weights)
     model.set_sigma_scale(SCALE)
     record = {"scale": SCALE, "likelihood": "gnll", "data": "files.csv, split val", "patches": 3, "values": 999}
@@ -184,7 +176,7 @@ def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
     (coverage_1sigma_cloudy, _clear), recomputed here in float64; the per-image CSV leaves the counts out."""
     root = workdir.tree()
     data = ["--data-root", str(root), "--file-list", str(root / "files.csv"), "--no-progress"]
-    weights = _diag_weights(workdir / "w.safetensors")
+    weights = diag_weights(workdir / "w.safetensors")
     out = workdir / "c.safetensors"
     assert main(["weights", "calibrate-sigma", "--weights", str(weights), "--out", str(out), *data]) == 0
     for split in ("val", "test"):

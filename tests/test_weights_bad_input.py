@@ -65,11 +65,14 @@ def _plain_h5(tmp: Path) -> Path:
     return tmp / "plain.h5"
 
 
-def _remove_args(tmp: Path, *extra: str, s1: bool = False, weights: Path | None = None) -> list[str]:
-    """remove-clouds over the small test scene (without SAR unless ``s1``)."""
+def _remove_args(
+    tmp: Path, *extra: str, s1: bool = False, weights: Path | None = None, also: Path | None = None
+) -> list[str]:
+    """remove-clouds over the small test scene (without SAR unless ``s1``); ``also``: a second weights file."""
     s2, s1_path = tmp.scene()
     variant = "dsen2cr-small" if s1 else "dsen2cr-small-nosar"
-    args = ["remove-clouds", "--weights", str(weights or tmp.weights(variant)), "--s2", str(s2), "--no-progress"]
+    named = [str(weights or tmp.weights(variant)), *([str(also)] if also else [])]
+    args = ["remove-clouds", "--weights", *named, "--s2", str(s2), "--no-progress"]
     return args + (["--s1", str(s1_path)] if s1 else []) + list(extra)
 
 
@@ -413,10 +416,16 @@ CASES += [
         absent=("c.safetensors",),
     ),
     dict(
-        name="calibrate-sigma: several weights (an ensemble)",
+        name="calibrate-sigma: several weights (an ensemble) into a safetensors file",
         setup=lambda t: _calibrate(t, _sigma_weights(t), _sigma_weights(t, "other.safetensors")),
-        message="--weights: 2 files; calibrate-sigma calibrates one model: run it on each member of an ensemble",
+        message="c.safetensors: an ensemble's factors go into an ensemble file that names its members: --out NAME.json",
         absent=("c.safetensors",),
+    ),
+    dict(
+        name="calibrate-sigma: one model into an ensemble file",
+        setup=lambda t: _calibrate(t, _sigma_weights(t), out="c.json"),
+        message="c.json: one model's factors go into its weights: --out NAME.safetensors",
+        absent=("c.json",),
     ),
     dict(
         name="calibrate-sigma: an ONNX file",
@@ -461,5 +470,86 @@ CASES += [
         ),
         message="sigma.safetensors: holds a sigma scale, but its model predicts no sigma",
         absent=("o.tif",),
+    ),
+]
+
+
+def _ensemble_file(tmp: Path, name: str = "ens.json", **changes: object) -> Path:
+    """An ensemble file of two small models with sigma (``a`` and ``b``), its entries replaced by ``changes``."""
+    from dsen2cr.ensemble_file import write_ensemble_file
+
+    members = [_sigma_weights(tmp, "a.safetensors"), _sigma_weights(tmp, "b.safetensors")]
+    path = write_ensemble_file(tmp / name, members, {"scale": [1.0] * 13, "data": "files.csv, split val"})
+    content = json.loads(path.read_text())
+    path.write_text(json.dumps(content | changes))
+    return path
+
+
+def _changed_member(tmp: Path) -> Path:
+    """An ensemble file whose member ``b`` was replaced after it was calibrated."""
+    path = _ensemble_file(tmp)
+    _sigma_weights(tmp, "b.safetensors")  # initialised anew: other bytes
+    return path
+
+
+CASES += [
+    dict(
+        name="an ensemble file beside other weights",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), weights=_ensemble_file(t), also=_sigma_weights(t, "c.safetensors")
+        ),
+        message="ens.json: an ensemble file names the whole ensemble (its members and their sigma scale); give it",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="an ensemble file whose member changed since it was calibrated",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_changed_member(t)),
+        message="has changed since the ensemble was calibrated (SHA-256",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="an ensemble file whose member is missing",
+        setup=lambda t: _remove_args(
+            t,
+            "--out",
+            str(t / "o.tif"),
+            weights=_ensemble_file(t, members=[{"file": "gone.safetensors", "sha256": "0"}] * 2),
+        ),
+        message="ens.json: its member gone.safetensors is not found",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="an ensemble file of one member",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), weights=_ensemble_file(t, members=[{"file": "a.safetensors", "sha256": "0"}])
+        ),
+        message='ens.json: its "members" must list at least two members',
+        absent=("o.tif",),
+    ),
+    dict(
+        name="an ensemble file whose sigma scale has 12 factors",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), weights=_ensemble_file(t, sigma_scale={"scale": [1.0] * 12})
+        ),
+        message="ens.json: stored sigma scale must hold 13 finite positive factors",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="a JSON file that is no ensemble file as --weights",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_ensemble_file(t, format="stac")),
+        message='ens.json: not an ensemble file (no "format": "dsen2cr ensemble 1")',
+        absent=("o.tif",),
+    ),
+    dict(
+        name="an ensemble file that is not JSON",
+        setup=lambda t: _remove_args(t, "--out", str(t / "o.tif"), weights=_existing(t, "ens.json", b"{members")),
+        message="ens.json: not an ensemble file (not JSON",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="export of an ensemble file",
+        setup=lambda t: ["export", "--weights", str(_ensemble_file(t)), "--out", str(t / "x.safetensors")],
+        message="ens.json: an ensemble file, not one network's weights; --weights of evaluate and remove-clouds runs",
+        absent=("x.safetensors",),
     ),
 ]

@@ -2,7 +2,8 @@
 the members'; its variance is the law of total variance over the members, aleatoric (the mean of the
 members' predicted variances; 0 for members without a variance output) plus epistemic (the variance of their
 predictions, how much independently trained models disagree), per band and pixel. Every member runs with its
-own backend and checks; the ensemble is a :class:`~dsen2cr.predictor.Predictor` like any other."""
+own backend and checks; the ensemble is a :class:`~dsen2cr.predictor.Predictor` like any other. An ensemble file
+(:mod:`dsen2cr.ensemble_file`) adds one factor per band for its sigma, fitted after training."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dsen2cr.ensemble_file import EnsembleFile, split_weights
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec
 from dsen2cr.predictor import Predictor, load_predictor, recorded_sha256
@@ -68,13 +70,16 @@ class EnsembleSpec:
 
 
 class EnsembleBackend:
-    """Runs the members in turn on each batch (each through its own backend, checks and float32 arithmetic)."""
+    """Runs the members in turn on each batch (each through its own backend, checks and float32 arithmetic);
+    ``sigma_scale``: one factor per band for the combined sigma (an ensemble file's; None: as combined)."""
 
     backend = "ensemble"
 
-    def __init__(self, members: list[Predictor]) -> None:
+    def __init__(self, members: list[Predictor], sigma_scale: Sequence[float] | None = None) -> None:
         self.members = members
         self.uncertainty = "diag"
+        squared = None if sigma_scale is None else np.square(np.asarray(sigma_scale, np.float64))
+        self._variance_scale = None if squared is None else squared[:, None, None]  # per band, on (N, 13, H, W)
         self._variance_told = False  # whether a mixed ensemble has said what its aleatoric part holds
 
     @property
@@ -134,7 +139,10 @@ class EnsembleBackend:
             means.append(mean.astype(np.float64))
             variances.append(variance.astype(np.float64))
         stacked = np.stack(means)
-        return stacked.mean(axis=0), np.mean(variances, axis=0), stacked.var(axis=0)
+        aleatoric, epistemic = np.mean(variances, axis=0), stacked.var(axis=0)
+        if self._variance_scale is not None:  # both parts alike: total^2 = aleatoric^2 + epistemic^2 still
+            aleatoric, epistemic = aleatoric * self._variance_scale, epistemic * self._variance_scale
+        return stacked.mean(axis=0), aleatoric, epistemic
 
     def _warn_of_members_without_variance(self) -> None:
         """Warn when some members predict a variance and others do not: the aleatoric part, the mean of all the
@@ -154,8 +162,10 @@ class EnsembleBackend:
             )
 
 
-def ensemble(members: list[Predictor]) -> Predictor:
-    """One predictor of ``members`` (at least two, all with or all without SAR, on one device)."""
+def ensemble(members: list[Predictor], calibration: EnsembleFile | None = None) -> Predictor:
+    """One predictor of ``members`` (at least two, all with or all without SAR, on one device); with
+    ``calibration``, the ensemble file they were read from, its sigma times the file's factors (outputs record
+    the file's SHA-256 after the members')."""
     if len(members) < 2:
         raise DSen2CRError(f"an ensemble needs at least two members, got {len(members)}")
     names = [member.weights or "a model in memory" for member in members]
@@ -163,20 +173,25 @@ def ensemble(members: list[Predictor]) -> Predictor:
     models = [getattr(member.predict, "model", member.predict) for member in members]  # a PyTorch backend's model
     check_distinct_members(names, models, [member.weights_sha256 for member in members])
     spec = EnsembleSpec(tuple(member.config for member in members))
-    digests = recorded_sha256(member.weights_sha256 for member in members)
+    files, digests = list(names), [member.weights_sha256 for member in members]
+    if calibration is not None:
+        files, digests = [*files, str(calibration.path)], [*digests, calibration.sha256]
     trained = [member.likelihood or "unknown" for member in members if member.uncertainty == "diag"]  # their sigma
     likelihood = "/".join(dict.fromkeys(trained)) or None
     calibrated = [f"{n}: {m.sigma_calibration}" for n, m in zip(names, members, strict=True) if m.sigma_calibration]
-    backend = EnsembleBackend(members)
-    described = ("; ".join(names), digests, likelihood, "; ".join(calibrated) or None)
+    if calibration is not None:
+        calibrated.insert(0, calibration.calibration)  # then the members' own, which scale their sigma first
+    backend = EnsembleBackend(members, None if calibration is None else calibration.scale)
+    described = ("; ".join(files), recorded_sha256(digests), likelihood, "; ".join(calibrated) or None)
     return Predictor(backend, spec, members[0].device, members[0].float32, *described)
 
 
-def load_ensemble(weights: Sequence[str | Path], **options: Any) -> Predictor:
-    """One predictor of the weights files ``weights`` (at least two; ``--weights A B C`` on the command line),
-    each loaded by :func:`~dsen2cr.predictor.load_predictor` with ``options`` (``device``, ``backend``,
-    ``precision``, ...)."""
-    return ensemble([load_predictor(path, **options) for path in weights])
+def load_ensemble(weights: str | Path | Sequence[str | Path], **options: Any) -> Predictor:
+    """One predictor of the weights files ``weights`` (at least two; ``--weights A B C`` on the command line) or
+    of an ensemble file (``ensemble.json``, its sigma calibrated), each member loaded by
+    :func:`~dsen2cr.predictor.load_predictor` with ``options`` (``device``, ``backend``, ``precision``, ...)."""
+    files, calibration = split_weights([weights] if isinstance(weights, str | Path) else weights)
+    return ensemble([load_predictor(path, **options) for path in files], calibration)
 
 
 def check_same_inputs(names: list[str], include_sar: list[bool]) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from dsen2cr.auto import float32_mode_of, plan_backend, resolve_device, resolve_precision
 from dsen2cr.backends import CheckedBackend, select_backend
+from dsen2cr.ensemble_file import is_ensemble_file
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.models import CloudRemovalNetwork, ModelSpec
 from dsen2cr.onnx_runtime import OnnxPredictor
@@ -331,6 +332,8 @@ def load_predictor(
         raise DSen2CRError(
             "weights: load_predictor takes one file; for an ensemble of several, dsen2cr.load_ensemble(files)"
         )
+    if is_ensemble_file(weights):
+        raise DSen2CRError(f"{weights}: an ensemble file names several networks; load it with dsen2cr.load_ensemble")
     plan_backend(backend, "fp32", None, torch.device("cpu"), onnx=is_onnx(weights))  # refused before loading
     resolved = resolve_device(device)
     network = load_network(weights, device=resolved)

@@ -26,6 +26,8 @@ from dsen2cr.errors import DSen2CRError
 if TYPE_CHECKING:
     import torch
 
+    from dsen2cr.ensemble_file import EnsembleFile
+
 #: Backends a user may ask for (``auto``: decided by :func:`dsen2cr.auto.plan_backend`).
 BACKEND_CHOICES = ("auto", "eager", "compiled", "onnxruntime")
 RESAMPLINGS = ("nearest", "bilinear")
@@ -124,7 +126,7 @@ class SceneSettings:
         if self.bounds is not None:
             object.__setattr__(self, "bounds", tuple(self.bounds))
         self._check_bounds()
-        for name in self.weights_files:
+        for name in (self.weights,) if isinstance(self.weights, str) else self.weights or ():
             check_utf8_name(name)
         _choice("--backend", self.backend, BACKEND_CHOICES)
         _choice("--precision", self.precision, PRECISIONS)
@@ -167,8 +169,29 @@ class SceneSettings:
 
     @property
     def weights_files(self) -> tuple[str, ...]:
-        """The weights files (one, or an ensemble's members; none when a predictor is passed)."""
-        return (self.weights,) if isinstance(self.weights, str) else tuple(self.weights or ())
+        """The weights files (one, or an ensemble's members, those of an ensemble file too; none when a predictor is
+        passed)."""
+        return self._weights_split[0]
+
+    @property
+    def ensemble_file(self) -> EnsembleFile | None:
+        """The ensemble file ``--weights`` names (its members and their sigma scale), or None."""
+        return self._weights_split[1]
+
+    @property
+    def recorded_weights_files(self) -> tuple[str, ...]:
+        """The files outputs record as their weights, in order: :attr:`weights_files`, then the ensemble file."""
+        extra = (str(self.ensemble_file.path),) if self.ensemble_file is not None else ()
+        return self.weights_files + extra
+
+    @functools.cached_property
+    def _weights_split(self) -> tuple[tuple[str, ...], EnsembleFile | None]:
+        """The weights files and ensemble file of ``weights`` (an ensemble file read and checked once)."""
+        from dsen2cr.ensemble_file import split_weights
+
+        given = (self.weights,) if isinstance(self.weights, str) else tuple(self.weights or ())
+        files, ensemble = split_weights(given) if given else ([], None)
+        return tuple(files), ensemble
 
     def cog_options(self) -> dict[str, str | int]:
         """The COG creation options of ``compression`` at ``compression_level`` (checked against this GDAL)."""

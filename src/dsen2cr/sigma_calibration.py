@@ -35,8 +35,10 @@ from tqdm import tqdm
 from dsen2cr.calibration import reflectance_errors
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
 from dsen2cr.data.layout import Triplet
+from dsen2cr.ensemble import ensemble
+from dsen2cr.ensemble_file import split_weights, write_ensemble_file
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.predictor import Predictor, predictor_from_model
+from dsen2cr.predictor import Predictor, is_onnx, load_predictor, predictor_from_model
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_MODEL_SCALE, s2_model_to_dn
 from dsen2cr.weights import (
     LIKELIHOOD_NAMES,
@@ -215,11 +217,10 @@ def calibrate_weights(
     if model.config.uncertainty != "diag":
         raise DSen2CRError(f"{weights}: {NO_SIGMA}")
     earlier = model.sigma_scale_factors
-    trained = recorded_likelihood(provenance)
-    likelihood = next((name for name, text in LIKELIHOOD_NAMES.items() if text == trained), None)
-    if likelihood is None:
-        likelihood = "gnll"
-        log.warning("%s: no training record names its likelihood; sigma is fitted as a Gaussian's (gnll)", weights)
+    likelihood = _likelihood_of(
+        recorded_likelihood(provenance),
+        f"{weights}: no training record names its likelihood; sigma is fitted as a Gaussian's (gnll)",
+    )
     if earlier is not None:
         log.info("%s: holds a sigma scale (%s); the new factors multiply it", weights, _range(earlier))
     predictor = predictor_from_model(model, device=device, precision="fp32")
@@ -230,6 +231,53 @@ def calibrate_weights(
     model.set_sigma_scale(fit.total_scale)
     save_weights(model.cpu(), out, provenance={**provenance, SIGMA_SCALE_KEY: json.dumps(fit.record(data))})
     return fit
+
+
+def calibrate_ensemble(
+    weights: Sequence[str | Path],
+    triplets: Sequence[Triplet],
+    out: str | Path,
+    *,
+    data: str,
+    device: str = "auto",
+    batch_size: int = 4,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> SigmaFit:
+    """Fit one factor per band to the sigma of the ensemble of ``weights`` (its members' files, or an ensemble file,
+    whose factors the new ones multiply) on ``triplets``, the members run in IEEE fp32 (ONNX files as exported),
+    and write an ensemble file of its members with them to ``out``
+    (:func:`~dsen2cr.ensemble_file.write_ensemble_file`)."""
+    files, earlier = split_weights(weights)
+    members = [
+        load_predictor(w, backend="onnxruntime" if is_onnx(w) else "eager", device=device, exact=True) for w in files
+    ]
+    predictor = ensemble(members, earlier)
+    trained = {member.likelihood for member in members if member.uncertainty == "diag"}
+    named = ", ".join(files) if earlier is None else str(earlier.path)
+    if trained:
+        recorded = ", ".join(sorted(text or "not recorded" for text in trained))
+        why = f"{named}: the members' sigma was not trained by one recorded likelihood ({recorded})"
+        likelihood = _likelihood_of(trained.pop() if len(trained) == 1 else None, f"{why}; fitted as a Gaussian's")
+    else:  # sigma is the members' disagreement alone: a variance, as a Gaussian's
+        likelihood = "gnll"
+    if earlier is not None:
+        log.info("%s: holds a sigma scale (%s); the new factors multiply it", earlier.path, _range(earlier.scale))
+    fitted = fit_sigma_scale(
+        predictor, triplets, likelihood, batch_size=batch_size, num_workers=num_workers, progress=progress
+    )
+    fit = dataclasses.replace(fitted, earlier=None if earlier is None else earlier.scale)
+    write_ensemble_file(out, files, fit.record(data))
+    return fit
+
+
+def _likelihood_of(trained: str | None, warning: str) -> str:
+    """The likelihood to fit sigma by: the one that trained it (``trained``, as a training record names it), else
+    a Gaussian's, with ``warning`` said."""
+    likelihood = next((key for key, text in LIKELIHOOD_NAMES.items() if text == trained), None)
+    if likelihood is None:
+        log.warning("%s", warning)
+    return likelihood or "gnll"
 
 
 def _range(scale: Sequence[float]) -> str:

@@ -273,6 +273,8 @@ NAMED_KINDS = {
     ".hdf5": "not an HDF5 file",
     ".safetensors": "not a readable safetensors file",
     ".ckpt": "not a readable checkpoint",
+    # an ensemble file (dsen2cr.ensemble_file) names several networks' weights
+    ".json": "an ensemble file, not one network's weights; --weights of evaluate and remove-clouds runs it",
 }
 
 
@@ -338,15 +340,27 @@ def recorded_sigma_scale(record: dict[str, str], path: Path | str, uncertainty: 
         value = json.loads(record[SIGMA_SCALE_KEY])
     except (json.JSONDecodeError, RecursionError, TypeError):
         raise DSen2CRError(f"{path}: stored sigma scale ({SIGMA_SCALE_KEY}) is not valid JSON") from None
+    checked = checked_sigma_scale(value, path)
+    if uncertainty != "diag":
+        raise DSen2CRError(f"{path}: holds a sigma scale, but its model predicts no sigma (model.uncertainty: none)")
+    return checked
+
+
+def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
+    """A stored sigma calibration (a weights file's, an ensemble file's) as read from JSON, checked: a mapping
+    whose ``scale`` holds one finite positive factor per S2 band; a one-line error naming ``path`` otherwise."""
     scale = value.get("scale") if isinstance(value, dict) else None
-    if not isinstance(scale, list) or len(scale) != NUM_S2_BANDS or not all(_positive_number(v) for v in scale):
+    if not isinstance(value, dict) or not _band_factors(scale):
         raise DSen2CRError(
             f"{path}: stored sigma scale must hold {NUM_S2_BANDS} finite positive factors (one per S2 band), got "
             f"{str(scale)[:80]}"
         )
-    if uncertainty != "diag":
-        raise DSen2CRError(f"{path}: holds a sigma scale, but its model predicts no sigma (model.uncertainty: none)")
     return value
+
+
+def _band_factors(scale: object) -> bool:
+    """Whether a JSON value is a list of one finite positive number per S2 band."""
+    return isinstance(scale, list) and len(scale) == NUM_S2_BANDS and all(_positive_number(v) for v in scale)
 
 
 def _positive_number(value: object) -> bool:
@@ -359,10 +373,16 @@ def sigma_calibration_text(record: dict[str, str], path: Path | str) -> str | No
     and what they were fitted on; None when it has none (sigma as trained)."""
     if SIGMA_SCALE_KEY not in record:
         return None
-    value = recorded_sigma_scale(record, path)
+    return calibration_text(recorded_sigma_scale(record, path))
+
+
+def calibration_text(value: dict[str, Any], subject: str = "sigma") -> str:
+    """``sigma x 0.2 to 0.862 per band, fitted on files.csv, split val (187200 values, gnll)``: a checked stored
+    calibration (:func:`checked_sigma_scale`) in words, of ``subject``'s sigma."""
     scale = value["scale"]
     data, values, likelihood = (value.get(key, "unknown") for key in ("data", "values", "likelihood"))
-    return f"sigma x {min(scale):.3g} to {max(scale):.3g} per band, {_fitted_on(data)}{values} values, {likelihood})"
+    factors = f"{subject} x {min(scale):.3g} to {max(scale):.3g} per band"
+    return f"{factors}, {_fitted_on(data)}{values} values, {likelihood})"
 
 
 def _fitted_on(data: str) -> str:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsen2cr.ensemble_file import is_ensemble_file, read_ensemble_file
 from dsen2cr.formats import sniff
 from dsen2cr.models import VARIANTS, ModelSpec, family_of
 from dsen2cr.outputs.files import check_input_file, file_sha256
@@ -54,6 +55,8 @@ def weights_info(path: str | Path) -> WeightsInfo:
     path = check_input_file(path, "weights")
     if path.suffix.lower() == ".onnx":
         return _onnx_info(path)
+    if is_ensemble_file(path):
+        return _ensemble_info(path)
     model, record = load_model_and_record(path)
     kind = sniff(path)
     metadata = _safetensors_metadata(path) if kind == "safetensors" else dict(record)
@@ -70,6 +73,25 @@ def _onnx_info(path: Path) -> WeightsInfo:
     if CALIBRATION_KEY in metadata:
         metadata["int8_calibration"] = metadata.pop(CALIBRATION_KEY)
     return _describe(path, "ONNX model", onnx.config, onnx.precision, metadata)
+
+
+def _ensemble_info(path: Path) -> WeightsInfo:
+    """An ensemble file: its members' models (each described as its own file is), their files and SHA-256, and
+    the ensemble's sigma scale."""
+    ensemble = read_ensemble_file(path)
+    members = [weights_info(member) for member in ensemble.members]
+    listed = [
+        {"file": str(member), "sha256": info.sha256} for member, info in zip(ensemble.members, members, strict=True)
+    ]
+    return WeightsInfo(
+        file=path.name,
+        kind="ensemble file",
+        sha256=ensemble.sha256,
+        model=f"ensemble of {len(members)} ({'; '.join(sorted({info.model for info in members}))})",
+        parameters=sum(info.parameters for info in members),
+        precision="/".join(dict.fromkeys(info.precision for info in members)),
+        provenance={"members": listed, "sigma_scale": ensemble.sigma_scale},
+    )
 
 
 def _safetensors_metadata(path: Path) -> dict[str, str]:
@@ -119,6 +141,8 @@ def info_lines(info: WeightsInfo) -> list[str]:
         f"  model: {info.model} ({info.parameters:,} parameters{variant})",
     ]
     made = info.provenance
+    for member in made.get("members", []):  # an ensemble file's
+        lines.append(f"  member: {member['file']} (SHA-256 {member['sha256']})")
     if "source" in made or "version" in made:
         source = f" from {made['source']} (SHA-256 {made.get('source_sha256', 'unknown')})" if "source" in made else ""
         lines.append(f"  written by: dsen2cr {made.get('version', 'unknown version')}{source}")
@@ -131,7 +155,7 @@ def info_lines(info: WeightsInfo) -> list[str]:
         if isinstance(start, dict):  # model.init_weights: fine-tuned from these
             fresh = f", {start['fresh']} new" if start.get("fresh") else ""
             lines.append(f"  started from: {start.get('file')} (SHA-256 {start.get('sha256')}){fresh}")
-    elif "training" not in made:
+    elif "training" not in made and "members" not in made:
         lines.append("  training: not recorded (a Keras file, or weights saved without a training run's record)")
     calibration = made.get("int8_calibration")
     if isinstance(calibration, dict):

@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``."""
     from dsen2cr.data.layout import check_data_root, triplets_of_rois
     from dsen2cr.ensemble import ensemble
+    from dsen2cr.ensemble_file import split_weights
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.evaluate import evaluate
     from dsen2cr.evaluation_progress import keep_progress, scored_patches
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     folder = _report_folder(Path(args.out), stopped, resume=args.resume, overwrite=args.overwrite)
     check_output_folder(args.out, **folder)
     check_data_root(args.data_root, "--data-root")
+    files, ensemble_file = split_weights(args.weights)  # an ensemble file: its members, and its sigma scale
     members = [
         # exact numbers: eager IEEE fp32 unless asked otherwise; an ONNX file (fp32 or int8) runs as exported
         load_predictor(
@@ -126,15 +128,18 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             exact=True,
         )
-        for w in args.weights
+        for w in files
     ]
-    predictor = members[0] if len(members) == 1 else ensemble(members)
+    predictor = members[0] if len(members) == 1 else ensemble(members, ensemble_file)
     if args.file_list:
         triplets, data = file_list_split(args.data_root, args.file_list, args.split)
     else:
         data = f"the ROIs of {Path(args.rois).name}"
         triplets = triplets_of_rois(args.data_root, args.rois)
-    _warn_of_calibration_data(members, data)
+    calibrations = [(member.weights, member.sigma_calibration) for member in members]
+    if ensemble_file is not None:
+        calibrations.append((str(ensemble_file.path), ensemble_file.calibration))
+    _warn_of_calibration_data(calibrations, data)
     # a failed evaluation leaves no half report behind: only what a rerun with --resume goes on from
     scored_before = stopped[0] if args.resume and stopped is not None else 0
     keep = functools.partial(keep_progress, Path(args.out), scored_before)
@@ -183,18 +188,18 @@ def _report_folder(out: Path, stopped: tuple[int, int] | None, *, resume: bool, 
     return folder | {"what": what, "hint": hint, "keep_earlier": resume}
 
 
-def _warn_of_calibration_data(members: list[Any], data: str) -> None:
-    """Warn of weights whose sigma was calibrated on the patches evaluated (``data``, as both name them): the
-    calibration metrics then flatter them."""
+def _warn_of_calibration_data(calibrations: list[tuple[str | None, str | None]], data: str) -> None:
+    """Warn of weights (an ensemble file, too) whose sigma was calibrated on the patches evaluated (``data``, as
+    both name them), given as (name, calibration text) pairs: the calibration metrics then flatter them."""
     import logging
 
     from dsen2cr.weights import calibrated_on
 
-    for member in members:
-        if calibrated_on(member.sigma_calibration, data):
+    for name, calibration in calibrations:
+        if calibrated_on(calibration, data):
             logging.getLogger("dsen2cr.evaluate").warning(
                 "%s: its sigma was calibrated on %s, the patches evaluated here: its coverage and UCE flatter it; "
                 "evaluate on a split it was not calibrated on",
-                member.weights,
+                name,
                 data,
             )

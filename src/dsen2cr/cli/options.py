@@ -42,7 +42,7 @@ def add_weights(parser: argparse.ArgumentParser, *, onnx: bool = False, ensemble
     """``--weights``: any weights file the project reads (``onnx``: ``.onnx`` too; ``ensemble``: several)."""
     kinds = ".safetensors (dsen2cr export), .ckpt (dsen2cr train), Keras .h5"
     several = "; several files: an ensemble (mean prediction, variance = mean of the members' variances + variance "
-    several += "of their predictions)"
+    several += "of their predictions), or an ensemble file (NAME.json of weights calibrate-sigma: sigma calibrated)"
     parser.add_argument(
         "--weights",
         required=True,

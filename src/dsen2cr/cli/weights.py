@@ -59,8 +59,8 @@ def _register_calibrate_sigma(commands: SubParsers) -> None:
         "--weights",
         required=True,
         nargs="+",
-        help="weights of a model with sigma: .safetensors (dsen2cr export) or .ckpt (one file: an ensemble's members "
-        "are calibrated one by one)",
+        help="weights of a model with sigma: .safetensors (dsen2cr export) or .ckpt; several files, or an ensemble "
+        "file: an ensemble, whose combined sigma (aleatoric and epistemic alike) is calibrated into an ensemble file",
     )
     calibrate.add_argument("--data-root", required=True, help="dataset root folder")
     calibrate.add_argument("--file-list", required=True, help="DSen2-CR file list (with --split)")
@@ -71,7 +71,12 @@ def _register_calibrate_sigma(commands: SubParsers) -> None:
         help="held-out patches to fit on (default: %(default)s; the training patches would make sigma too small "
         "elsewhere; evaluate on another split than the one fitted on)",
     )
-    calibrate.add_argument("--out", required=True, help="safetensors weights file to write")
+    calibrate.add_argument(
+        "--out",
+        required=True,
+        help="safetensors weights file to write; for an ensemble, an ensemble file (NAME.json: its members and the "
+        "factors, run by --weights NAME.json)",
+    )
     add_overwrite(calibrate, "replace an existing output file (never the input)")
     add_device(calibrate)
     calibrate.add_argument("--batch-size", type=int, default=4, help="patches per batch (default: %(default)s)")
@@ -110,29 +115,37 @@ def run_calibrate_sigma(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dsen2cr.data.layout import check_data_root
+    from dsen2cr.ensemble_file import is_ensemble_file
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
     from dsen2cr.predictor import is_onnx
-    from dsen2cr.sigma_calibration import calibrate_weights, fit_table
+    from dsen2cr.sigma_calibration import calibrate_ensemble, calibrate_weights, fit_table
 
-    if len(args.weights) > 1:
+    several = len(args.weights) > 1 or is_ensemble_file(args.weights[0])
+    if several and not is_ensemble_file(args.out):
         raise DSen2CRError(
-            f"--weights: {len(args.weights)} files; calibrate-sigma calibrates one model: run it on each member of an "
-            "ensemble (their disagreement, the epistemic part of its sigma, is not scaled)"
+            f"{args.out}: an ensemble's factors go into an ensemble file that names its members: --out NAME.json "
+            "(run by --weights NAME.json)"
         )
-    args.weights = args.weights[0]
-    if is_onnx(args.weights):
+    if not several and is_ensemble_file(args.out):
         raise DSen2CRError(
-            f"{args.weights}: an ONNX file's graph cannot take a sigma scale; calibrate the weights it was exported "
+            f"{args.out}: one model's factors go into its weights: --out NAME.safetensors (an ensemble file is for "
+            "several --weights)"
+        )
+    if not several and is_onnx(args.weights[0]):
+        raise DSen2CRError(
+            f"{args.weights[0]}: an ONNX file's graph cannot take a sigma scale; calibrate the weights it was exported "
             "from, then export-onnx the calibrated file"
         )
     check_loader_options(args)
-    check_distinct_outputs([("weights", Path(args.out))], [("weights", Path(args.weights))])
-    check_output_file(args.out, overwrite=args.overwrite, kind="safetensors")
+    inputs = [("weights", Path(w)) for w in args.weights]
+    check_distinct_outputs([("ensemble file" if several else "weights", Path(args.out))], inputs)
+    check_output_file(args.out, overwrite=args.overwrite, kind="json" if several else "safetensors")
     check_data_root(args.data_root, "--data-root")
     triplets, data = file_list_split(args.data_root, args.file_list, args.split)
-    fit = calibrate_weights(
-        args.weights,
+    calibrate = calibrate_ensemble if several else calibrate_weights
+    fit = calibrate(
+        args.weights if several else args.weights[0],
         triplets,
         args.out,
         data=data,

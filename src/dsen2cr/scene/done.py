@@ -44,7 +44,7 @@ _LATER = ("DSEN2CR_S1_UNITS", "DSEN2CR_RESAMPLING")
 
 def weights_digest(settings: SceneSettings) -> str:
     """The SHA-256 that an output of the run's weights records (:func:`~dsen2cr.predictor.recorded_sha256`)."""
-    return recorded_sha256(file_sha256(Path(weights)) for weights in settings.weights_files)
+    return recorded_sha256(file_sha256(Path(weights)) for weights in settings.recorded_weights_files)
 
 
 def made_otherwise(job: SceneJob, product: S2Product, settings: SceneSettings, digest: str) -> str | None:

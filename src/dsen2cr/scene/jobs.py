@@ -206,7 +206,7 @@ def checked_jobs(jobs: list[SceneJob], settings: SceneSettings, extra_inputs: tu
     check_jobs(
         jobs,
         products,
-        weights=settings.weights_files,
+        weights=settings.recorded_weights_files,
         overwrite=settings.overwrite,
         extra_inputs=list(extra_inputs),
         unchecked=[done or index not in share for index, done in enumerate(finished)],
@@ -287,7 +287,7 @@ def plan_and_predictor(
     known = [area for area in areas if area]
     plan = plan_scene_run(settings, config, scene_areas=known, onnx=networks[0].onnx, device=device)
     members = [predictor_for_plan(network, plan) for network in networks]
-    return plan, members[0] if single else ensemble(members)
+    return plan, members[0] if single else ensemble(members, settings.ensemble_file)
 
 
 def _run_my_jobs(
