@@ -142,3 +142,32 @@ def test_an_ensemble_files_sigma_is_its_members_times_its_factors_and_says_so(
     assert "ens.json: its sigma was calibrated on files.csv, split val, the patches evaluated here" in caplog.text
     summary = json.loads((workdir / "ev" / "summary.json").read_text())
     assert summary["provenance"]["DSEN2CR_SIGMA_CALIBRATION"] == tags["DSEN2CR_SIGMA_CALIBRATION"]
+
+
+def test_members_calibrated_one_by_one_are_told_to_calibrate_the_ensemble(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ensemble of members whose sigma was calibrated alone warns that its sigma is wider than calibrated and
+    says how to calibrate it as a whole (remove-clouds, evaluate); the ensemble file of those members, or members as
+    trained, do not."""
+    root = workdir.tree()
+    calibrated = []
+    for member in _members(workdir):
+        out = workdir / f"cal-{member.name}"
+        assert main(_calibrate(workdir, [member], out.name)) == 0
+        calibrated.append(out)
+    assert main(_calibrate(workdir, calibrated, "ens.json")) == 0
+    s2, s1 = workdir.scene()
+    scene = ["--s2", str(s2), "--s1", str(s1), "--out", str(workdir / "o.tif"), "--dry-run", "--no-progress"]
+    evaluate = ["--data-root", str(root), "--file-list", str(root / "files.csv"), "--split", "test", "--no-progress"]
+    told = "sigma calibrated one by one; the ensemble adds the members' disagreement to it"
+    how = "(dsen2cr weights calibrate-sigma --weights cal-m0.safetensors cal-m1.safetensors --out ensemble.json, then"
+    for case, (weights, warned) in enumerate(
+        ((calibrated, True), ([workdir / "ens.json"], False), (_members(workdir), False))
+    ):
+        caplog.clear()
+        assert main(["remove-clouds", "--weights", *map(str, weights), *scene]) == 0
+        assert (told in caplog.text, how in caplog.text) == (warned, warned), caplog.text
+        caplog.clear()
+        assert main(["evaluate", "--weights", *map(str, weights), *evaluate, "--out", str(workdir / f"ev{case}")]) == 0
+        assert (told in caplog.text) == warned, caplog.text

@@ -186,12 +186,28 @@ def ensemble(members: list[Predictor], calibration: EnsembleFile | None = None) 
     return Predictor(backend, spec, members[0].device, members[0].float32, *described)
 
 
+def warn_of_members_calibrated_alone(members: Sequence[Predictor], calibration: EnsembleFile | None) -> None:
+    """Warn when an ensemble's members had their sigma calibrated one by one and the ensemble was not (no
+    ``calibration``): their disagreement adds to that sigma, so the ensemble's is wider than calibrated."""
+    alone = [member.weights or "a model in memory" for member in members if member.sigma_calibration]
+    if alone and calibration is None:
+        log.warning(
+            "%s: sigma calibrated one by one; the ensemble adds the members' disagreement to it, so its sigma is "
+            "wider than calibrated: calibrate the ensemble as a whole (dsen2cr weights calibrate-sigma --weights %s "
+            "--out ensemble.json, then --weights ensemble.json)",
+            ", ".join(alone),
+            " ".join(member.weights or "MEMBER" for member in members),
+        )
+
+
 def load_ensemble(weights: str | Path | Sequence[str | Path], **options: Any) -> Predictor:
     """One predictor of the weights files ``weights`` (at least two; ``--weights A B C`` on the command line) or
     of an ensemble file (``ensemble.json``, its sigma calibrated), each member loaded by
     :func:`~dsen2cr.predictor.load_predictor` with ``options`` (``device``, ``backend``, ``precision``, ...)."""
     files, calibration = split_weights([weights] if isinstance(weights, str | Path) else weights)
-    return ensemble([load_predictor(path, **options) for path in files], calibration)
+    members = [load_predictor(path, **options) for path in files]
+    warn_of_members_calibrated_alone(members, calibration)
+    return ensemble(members, calibration)
 
 
 def check_same_inputs(names: list[str], include_sar: list[bool]) -> None:
