@@ -17,6 +17,7 @@ from conftest import diag_weights
 from dsen2cr.cli import main
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet, read_file_list, select_split
+from dsen2cr.ensemble_file import read_ensemble_file
 from dsen2cr.weights import load_model
 
 
@@ -171,3 +172,16 @@ def test_members_calibrated_one_by_one_are_told_to_calibrate_the_ensemble(
         caplog.clear()
         assert main(["evaluate", "--weights", *map(str, weights), *evaluate, "--out", str(workdir / f"ev{case}")]) == 0
         assert (told in caplog.text) == warned, caplog.text
+
+
+def test_an_ensemble_file_names_its_members_as_given(workdir: Path) -> None:
+    """A member given through a link (``latest.safetensors``) is named by the link, relative to the ensemble file,
+    not by what it points to (".." folded away)."""
+    members = _members(workdir)
+    (workdir / "runs").mkdir()
+    latest = workdir / "runs" / "latest.safetensors"
+    latest.symlink_to(members[1])
+    assert main(_calibrate(workdir, [members[0], workdir / "runs" / ".." / "runs" / latest.name], "ens.json")) == 0
+    written = json.loads((workdir / "ens.json").read_text())
+    assert [m["file"] for m in written["members"]] == ["m0.safetensors", "runs/latest.safetensors"]
+    assert read_ensemble_file(workdir / "ens.json").members == (workdir / "m0.safetensors", latest)

@@ -108,14 +108,14 @@ def _checked_member(path: Path, name: str, sha256: str) -> Path:
 
 
 def write_ensemble_file(out: str | Path, members: Sequence[str | Path], sigma_scale: dict[str, Any]) -> Path:
-    """Write an ensemble file of ``members`` (named relative to ``out``'s folder where they share a drive) with
-    their SHA-256 and the calibration ``sigma_scale`` (a record as :func:`~dsen2cr.weights.checked_sigma_scale`
-    takes), atomically."""
+    """Write an ensemble file of ``members`` (named as given, relative to ``out``'s folder where they share a drive:
+    a link stays a link) with their SHA-256 and the calibration ``sigma_scale`` (a record as
+    :func:`~dsen2cr.weights.checked_sigma_scale` takes), atomically."""
     out = Path(out)
-    folder = out.parent.resolve()
+    folder = out.parent.absolute()
     entries = []
     for member in members:
-        absolute = Path(member).resolve()
+        absolute = Path(member).absolute()
         try:
             name = os.path.relpath(absolute, folder)
         except ValueError:  # another drive (Windows): no relative path
