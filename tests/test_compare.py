@@ -165,6 +165,23 @@ def test_a_metric_compared_over_fewer_patches_says_how_many(tmp_path: Path) -> N
     ]
 
 
+def test_reports_of_ensembles_sharing_a_member_say_each_members_digest(tmp_path: Path) -> None:
+    """The first line names each report's weights with every member's SHA-256 shortened (an ensemble's, and an
+    ensemble file's after them): two ensembles that share their first member showed that member's digest alone,
+    the same for both."""
+    from dsen2cr.compare import Report
+
+    first, second, third = ("1" * 64, "2" * 64, "3" * 64)
+    made = {"a": f"{first};{second}", "b": f"{first};{third}"}
+    lines = {}
+    for name, digests in made.items():
+        provenance = {"DSEN2CR_WEIGHTS": f"m0.safetensors; m{name}.safetensors", "DSEN2CR_WEIGHTS_SHA256": digests}
+        summary = {"protocol": "default", "window": None, "units": "u", "provenance": provenance}
+        lines[name] = Report(tmp_path / name, {}, {}, summary).made_by()
+    assert lines["a"] == f"m0.safetensors; ma.safetensors (SHA-256 {first[:12]}…; {second[:12]}…)"
+    assert lines["b"] == f"m0.safetensors; mb.safetensors (SHA-256 {first[:12]}…; {third[:12]}…)"
+
+
 def _report(folder: Path, patches: dict[str, str], *, protocol: str = "default", roi: bool = True) -> Path:
     """A report folder as evaluate writes one (its CSV's model rows, its summary.json) for ``patches``
     (patch -> ROI)."""
