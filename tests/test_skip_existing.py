@@ -144,5 +144,5 @@ def test_an_ensemble_made_with_another_member_says_which_digest_differs(
     capsys.readouterr()
     assert main([*run, str(members[0]), str(members[2]), "--skip-existing"]) == 2
     err = capsys.readouterr().err
-    made, wanted = f"{digests[0]}…;{digests[1]}…", f"{digests[0]}…;{digests[2]}…"
+    made, wanted = f"{digests[0]}…; {digests[1]}…", f"{digests[0]}…; {digests[2]}…"
     assert f"made with weights (SHA-256) {made}, this run's is {wanted}" in err, err

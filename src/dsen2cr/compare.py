@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.formats import shortened_sha256
 from dsen2cr.summary import CONFIDENCE, clustered_interval, clustered_p_value, holm_adjusted
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,10 @@ class Report:
     summary: dict[str, Any]
 
     def made_by(self) -> str:
-        """The weights and their SHA-256 (its first 12 digits), in words."""
+        """The weights and their SHA-256 (each file's first 12 digits: an ensemble's members'), in words."""
         provenance = self.summary.get("provenance", {})
-        digest = str(provenance.get("DSEN2CR_WEIGHTS_SHA256", "unknown"))
-        return f"{provenance.get('DSEN2CR_WEIGHTS', 'unknown weights')} (SHA-256 {digest[:12]})"
+        digests = shortened_sha256(str(provenance.get("DSEN2CR_WEIGHTS_SHA256", "unknown")))
+        return f"{provenance.get('DSEN2CR_WEIGHTS', 'unknown weights')} (SHA-256 {digests})"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from dsen2cr.data.layout import Triplet
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.evaluation_progress import PREDICTIONS, PREVIEWS, PROGRESS, evaluation_identity, open_progress
 from dsen2cr.evaluation_scoring import Scorer
+from dsen2cr.formats import shortened_sha256
 from dsen2cr.machine import cores
 from dsen2cr.metrics import (
     METRIC_NAMES,
@@ -334,8 +335,7 @@ def _made_by(provenance: dict[str, str]) -> str:
     """A line of what made a report: model, weights and their SHA-256, precision, backend, version, mask, and a
     calibration of sigma where the weights hold one."""
     get = provenance.get
-    members = get("DSEN2CR_WEIGHTS_SHA256", "unknown").split(";")  # an ensemble's, one per member
-    digests = "; ".join(d if d == "unknown" else f"{d[:12]}…" for d in members)
+    digests = shortened_sha256(get("DSEN2CR_WEIGHTS_SHA256", "unknown"))  # an ensemble's, one per member
     weights = f"weights {get('DSEN2CR_WEIGHTS', 'in memory')} (SHA-256 {digests})"
     threshold = (
         f", cloud threshold {provenance['DSEN2CR_CLOUD_THRESHOLD']}" if "DSEN2CR_CLOUD_THRESHOLD" in provenance else ""

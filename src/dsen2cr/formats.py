@@ -87,3 +87,9 @@ def describe(kind: str) -> str:
     """``a safetensors weights file``: the kind in words, with its article."""
     words = DESCRIPTIONS.get(kind, DESCRIPTIONS["unknown"])
     return ("an " if words[0] in "aeiouAEIOUH" else "a ") + words
+
+
+def shortened_sha256(recorded: str) -> str:
+    """A recorded weights digest (an output's ``DSEN2CR_WEIGHTS_SHA256``: one file's, or an ensemble's members' joined
+    by ``;``) for people: each digest cut to its first 12 digits (``b1ab06776a88…; 1d9e8c82675b…``)."""
+    return "; ".join(d if d == "unknown" or len(d) <= 12 else f"{d[:12]}…" for d in recorded.split(";"))

@@ -13,6 +13,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.formats import shortened_sha256
 from dsen2cr.inputs import S2Product
 from dsen2cr.inputs.area import WHOLE_SCENE, area_text, area_window
 from dsen2cr.inputs.provenance import offset_tag, resampling_tags
@@ -69,16 +70,9 @@ def made_otherwise(job: SceneJob, product: S2Product, settings: SceneSettings, d
             continue  # an output of a version before the tag: not known, not held against it
         if made != wanted:
             if key == "DSEN2CR_WEIGHTS_SHA256":  # each file's digest shortened (an ensemble's, one per member)
-                made, wanted = (_shortened_digests(text) for text in (made, wanted))
+                made, wanted = (shortened_sha256(text) if text else text for text in (made, wanted))
             return f"made with {what} {made or 'not recorded'}, this run's is {wanted or 'none'}"
     return None
-
-
-def _shortened_digests(recorded: str | None) -> str | None:
-    """A recorded ``DSEN2CR_WEIGHTS_SHA256`` with each file's digest cut to 12 digits (``b1ab06776a88…;1d9e…``)."""
-    if recorded is None:
-        return None
-    return ";".join(digest[:12] + "…" if len(digest) > 12 else digest for digest in recorded.split(";"))
 
 
 def finished_jobs(jobs: list[SceneJob], products: list[S2Product | None], settings: SceneSettings) -> list[bool]:
