@@ -126,7 +126,7 @@ class SceneSettings:
         if self.bounds is not None:
             object.__setattr__(self, "bounds", tuple(self.bounds))
         self._check_bounds()
-        for name in (self.weights,) if isinstance(self.weights, str) else self.weights or ():
+        for name in self._given_weights:
             check_utf8_name(name)
         _choice("--backend", self.backend, BACKEND_CHOICES)
         _choice("--precision", self.precision, PRECISIONS)
@@ -189,9 +189,13 @@ class SceneSettings:
         """The weights files and ensemble file of ``weights`` (an ensemble file read and checked once)."""
         from dsen2cr.ensemble_file import split_weights
 
-        given = (self.weights,) if isinstance(self.weights, str) else tuple(self.weights or ())
-        files, ensemble = split_weights(given) if given else ([], None)
+        files, ensemble = split_weights(self._given_weights) if self._given_weights else ([], None)
         return tuple(files), ensemble
+
+    @property
+    def _given_weights(self) -> tuple[str, ...]:
+        """``weights`` as given: one file, several, or none."""
+        return (self.weights,) if isinstance(self.weights, str) else tuple(self.weights or ())
 
     def cog_options(self) -> dict[str, str | int]:
         """The COG creation options of ``compression`` at ``compression_level`` (checked against this GDAL)."""
