@@ -99,10 +99,11 @@ def _checked_member(path: Path, name: str, sha256: str) -> Path:
     member = Path(name) if Path(name).is_absolute() else path.parent / name
     if not member.is_file():
         raise DSen2CRError(f"{path}: its member {name} is not found (looked for {member})")
-    if file_sha256(member) != sha256:
+    found = file_sha256(member)
+    if found != sha256:
         raise DSen2CRError(
             f"{path}: its member {member} has changed since the ensemble was calibrated (SHA-256 "
-            f"{(file_sha256(member) or 'unreadable')[:12]}…, recorded {sha256[:12]}…); calibrate the ensemble again"
+            f"{(found or 'unreadable')[:12]}…, recorded {sha256[:12]}…); calibrate the ensemble again"
         )
     return member
 
