@@ -162,12 +162,15 @@ class EnsembleBackend:
             )
 
 
-def ensemble(members: list[Predictor], calibration: EnsembleFile | None = None) -> Predictor:
+def ensemble(members: list[Predictor], calibration: EnsembleFile | None = None, *, fitting: bool = False) -> Predictor:
     """One predictor of ``members`` (at least two, all with or all without SAR, on one device); with
     ``calibration``, the ensemble file they were read from, its sigma times the file's factors (outputs record
-    the file's SHA-256 after the members')."""
+    the file's SHA-256 after the members'). Members calibrated one by one without it are warned of
+    (:func:`_warn_of_members_calibrated_alone`), except while calibrate-sigma is ``fitting`` the ensemble's factors."""
     if len(members) < 2:
         raise DSen2CRError(f"an ensemble needs at least two members, got {len(members)}")
+    if not fitting:
+        _warn_of_members_calibrated_alone(members, calibration)
     names = [member.weights or "a model in memory" for member in members]
     check_same_inputs(names, [member.include_sar for member in members])
     models = [getattr(member.predict, "model", member.predict) for member in members]  # a PyTorch backend's model
@@ -186,7 +189,7 @@ def ensemble(members: list[Predictor], calibration: EnsembleFile | None = None) 
     return Predictor(backend, spec, members[0].device, members[0].float32, *described)
 
 
-def warn_of_members_calibrated_alone(members: Sequence[Predictor], calibration: EnsembleFile | None) -> None:
+def _warn_of_members_calibrated_alone(members: Sequence[Predictor], calibration: EnsembleFile | None) -> None:
     """Warn when an ensemble's members had their sigma calibrated one by one and the ensemble was not (no
     ``calibration``): their disagreement adds to that sigma, so the ensemble's is wider than calibrated."""
     alone = [member.weights or "a model in memory" for member in members if member.sigma_calibration]
@@ -205,9 +208,7 @@ def load_ensemble(weights: str | Path | Sequence[str | Path], **options: Any) ->
     of an ensemble file (``ensemble.json``, its sigma calibrated), each member loaded by
     :func:`~dsen2cr.predictor.load_predictor` with ``options`` (``device``, ``backend``, ``precision``, ...)."""
     files, calibration = split_weights([weights] if isinstance(weights, str | Path) else weights)
-    members = [load_predictor(path, **options) for path in files]
-    warn_of_members_calibrated_alone(members, calibration)
-    return ensemble(members, calibration)
+    return ensemble([load_predictor(path, **options) for path in files], calibration)
 
 
 def check_same_inputs(names: list[str], include_sar: list[bool]) -> None:

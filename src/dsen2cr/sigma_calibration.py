@@ -252,7 +252,7 @@ def calibrate_ensemble(
     members = [
         load_predictor(w, backend="onnxruntime" if is_onnx(w) else "eager", device=device, exact=True) for w in files
     ]
-    predictor = ensemble(members, earlier)
+    predictor = ensemble(members, earlier, fitting=True)
     trained = {member.likelihood for member in members if member.uncertainty == "diag"}
     named = ", ".join(files) if earlier is None else str(earlier.path)
     if trained:

@@ -99,7 +99,7 @@ def register(subparsers: SubParsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``."""
     from dsen2cr.data.layout import check_data_root, triplets_of_rois
-    from dsen2cr.ensemble import ensemble, warn_of_members_calibrated_alone
+    from dsen2cr.ensemble import ensemble
     from dsen2cr.ensemble_file import split_weights
     from dsen2cr.errors import DSen2CRError
     from dsen2cr.evaluate import evaluate
@@ -130,8 +130,6 @@ def run(args: argparse.Namespace) -> int:
         )
         for w in files
     ]
-    if len(members) > 1:
-        warn_of_members_calibrated_alone(members, ensemble_file)
     predictor = members[0] if len(members) == 1 else ensemble(members, ensemble_file)
     if args.file_list:
         triplets, data = file_list_split(args.data_root, args.file_list, args.split)

@@ -14,13 +14,7 @@ from typing import Any
 from rasterio.windows import Window
 
 from dsen2cr.auto import plan_scene_run, resolve_device
-from dsen2cr.ensemble import (
-    EnsembleSpec,
-    check_distinct_members,
-    check_same_inputs,
-    ensemble,
-    warn_of_members_calibrated_alone,
-)
+from dsen2cr.ensemble import EnsembleSpec, check_distinct_members, check_same_inputs, ensemble
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.inputs import S2Product, local_inputs, resolve_s2, s1_parts
 from dsen2cr.inputs.area import area_window
@@ -293,8 +287,6 @@ def plan_and_predictor(
     known = [area for area in areas if area]
     plan = plan_scene_run(settings, config, scene_areas=known, onnx=networks[0].onnx, device=device)
     members = [predictor_for_plan(network, plan) for network in networks]
-    if not single:
-        warn_of_members_calibrated_alone(members, settings.ensemble_file)
     return plan, members[0] if single else ensemble(members, settings.ensemble_file)
 
 
