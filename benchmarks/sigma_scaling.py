@@ -20,11 +20,11 @@ from benchmarks.common import report
 from dsen2cr.data.layout import read_file_list, select_split
 from dsen2cr.data.synth import write_synthetic_dataset
 from dsen2cr.ensemble import load_ensemble
-from dsen2cr.predictor import load_predictor
+from dsen2cr.predictor import load_exact_predictor
 from dsen2cr.sigma_calibration import calibrate_ensemble, calibrate_weights, fit_sigma_scale
 
 DATA = "synthetic, split val"
-#: How every model runs here: as calibrate-sigma runs it, eager in IEEE fp32.
+#: How the ensembles run here: as calibrate-sigma runs them, eager in IEEE fp32 (load_exact_predictor for one).
 EXACT = {"backend": "eager", "exact": True}
 
 
@@ -45,8 +45,8 @@ def main() -> None:
     calibrated = [work / f"calibrated-{index}.safetensors" for index in range(len(args.weights))]
     for weights, out in zip(args.weights, calibrated, strict=True):  # each member alone
         calibrate_weights(weights, val, out, data=DATA, progress=False)
-    runs = [(f"{args.weights[0].name} as trained", load_predictor(args.weights[0], **EXACT))]
-    runs.append((f"{args.weights[0].name} calibrated", load_predictor(calibrated[0], **EXACT)))
+    runs = [(f"{args.weights[0].name} as trained", load_exact_predictor(args.weights[0]))]
+    runs.append((f"{args.weights[0].name} calibrated", load_exact_predictor(calibrated[0])))
     if len(args.weights) > 1:
         calibrate_ensemble(args.weights, val, work / "ensemble.json", data=DATA, progress=False)
         runs += [

@@ -340,6 +340,15 @@ def load_predictor(
     return _predictor_with(network, backend, resolved, precision, window_shape, pixels, exact=exact)
 
 
+def load_exact_predictor(
+    weights: str | Path, *, device: str | torch.device = "auto", precision: str = "auto"
+) -> Predictor:
+    """The predictor whose numbers are judged or fitted on (``evaluate``, ``weights calibrate-sigma``): eager, in IEEE
+    fp32 on every device unless ``precision`` says otherwise; an ONNX file (fp32 or int8) runs as exported."""
+    backend = "onnxruntime" if is_onnx(weights) else "eager"
+    return load_predictor(weights, backend=backend, device=device, precision=precision, exact=True)
+
+
 def _predictor_with(
     network: Network,
     backend: str,

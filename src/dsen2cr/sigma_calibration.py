@@ -38,7 +38,7 @@ from dsen2cr.data.layout import Triplet
 from dsen2cr.ensemble import ensemble
 from dsen2cr.ensemble_file import split_weights, write_ensemble_file
 from dsen2cr.errors import DSen2CRError
-from dsen2cr.predictor import Predictor, is_onnx, load_predictor, predictor_from_model
+from dsen2cr.predictor import Predictor, load_exact_predictor, predictor_from_model
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_MODEL_SCALE, s2_model_to_dn
 from dsen2cr.weights import (
     LIKELIHOOD_NAMES,
@@ -249,9 +249,7 @@ def calibrate_ensemble(
     and write an ensemble file of its members with them to ``out``
     (:func:`~dsen2cr.ensemble_file.write_ensemble_file`)."""
     files, earlier = split_weights(weights)
-    members = [
-        load_predictor(w, backend="onnxruntime" if is_onnx(w) else "eager", device=device, exact=True) for w in files
-    ]
+    members = [load_exact_predictor(w, device=device) for w in files]
     predictor = ensemble(members, earlier, fitting=True)
     trained = {member.likelihood for member in members if member.uncertainty == "diag"}
     named = ", ".join(files) if earlier is None else str(earlier.path)

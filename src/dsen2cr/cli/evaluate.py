@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from dsen2cr.evaluate import evaluate
     from dsen2cr.evaluation_progress import keep_progress, scored_patches
     from dsen2cr.outputs.files import check_output_folder, output_folder
-    from dsen2cr.predictor import is_onnx, load_predictor
+    from dsen2cr.predictor import load_exact_predictor
     from dsen2cr.summary import summary_markdown
 
     check_loader_options(args)
@@ -119,17 +119,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out, **folder)
     check_data_root(args.data_root, "--data-root")
     files, ensemble_file = split_weights(args.weights)  # an ensemble file: its members, and its sigma scale
-    members = [
-        # exact numbers: eager IEEE fp32 unless asked otherwise; an ONNX file (fp32 or int8) runs as exported
-        load_predictor(
-            w,
-            backend="onnxruntime" if is_onnx(w) else "eager",
-            device=args.device,
-            precision=args.precision,
-            exact=True,
-        )
-        for w in files
-    ]
+    # exact numbers: eager IEEE fp32 unless asked otherwise; an ONNX file (fp32 or int8) runs as exported
+    members = [load_exact_predictor(w, device=args.device, precision=args.precision) for w in files]
     predictor = members[0] if len(members) == 1 else ensemble(members, ensemble_file)
     if args.file_list:
         triplets, data = file_list_split(args.data_root, args.file_list, args.split)
