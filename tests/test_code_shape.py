@@ -41,6 +41,7 @@ LAYERS = [
     ["compile_cache"],
     ["published"],
     ["weights"],
+    ["sigma_record"],  # a sigma calibration's stored record: checked, and in words
     ["keras"],
     ["data.patch_jobs"],  # many scene pairs of a manifest, each cut by data.patches
     ["data.patches"],  # your own scenes cut into training patches: reads them as remove-clouds does

@@ -18,7 +18,7 @@ from typing import Any
 
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.outputs.files import check_input_file, file_sha256, write_text_atomic
-from dsen2cr.weights import calibration_text, checked_sigma_scale
+from dsen2cr.sigma_record import calibration_text, checked_sigma_scale
 
 #: What an ensemble file's ``format`` says (a later format gets another number).
 FORMAT = "dsen2cr ensemble 1"
@@ -111,7 +111,7 @@ def _checked_member(path: Path, name: str, sha256: str) -> Path:
 def write_ensemble_file(out: str | Path, members: Sequence[str | Path], sigma_scale: dict[str, Any]) -> Path:
     """Write an ensemble file of ``members`` (named as given, relative to ``out``'s folder where they share a drive:
     a link stays a link) with their SHA-256 and the calibration ``sigma_scale`` (a record as
-    :func:`~dsen2cr.weights.checked_sigma_scale` takes), atomically."""
+    :func:`~dsen2cr.sigma_record.checked_sigma_scale` takes), atomically."""
     out = Path(out)
     folder = out.parent.absolute()
     entries = []

@@ -184,7 +184,7 @@ def _warn_of_calibration_data(calibrations: list[tuple[str | None, str | None]],
     both name them), given as (name, calibration text) pairs: the calibration metrics then flatter them."""
     import logging
 
-    from dsen2cr.weights import calibrated_on
+    from dsen2cr.sigma_record import calibrated_on
 
     for name, calibration in calibrations:
         if calibrated_on(calibration, data):

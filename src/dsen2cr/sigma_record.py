@@ -1,0 +1,53 @@
+"""A sigma calibration's stored record (``dsen2cr weights calibrate-sigma``; a weights file's
+``dsen2cr_sigma_scale``, an ensemble file's ``sigma_scale``): checked as read from JSON, and in words as outputs
+name it (``DSEN2CR_SIGMA_CALIBRATION``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from dsen2cr.errors import DSen2CRError
+from dsen2cr.preprocessing import NUM_S2_BANDS
+
+
+def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
+    """A stored sigma calibration (a weights file's, an ensemble file's) as read from JSON, checked: a mapping
+    whose ``scale`` holds one finite positive factor per S2 band; a one-line error naming ``path`` otherwise."""
+    scale = value.get("scale") if isinstance(value, dict) else None
+    if not isinstance(value, dict) or not _band_factors(scale):
+        raise DSen2CRError(
+            f"{path}: stored sigma scale must hold {NUM_S2_BANDS} finite positive factors (one per S2 band), got "
+            f"{str(scale)[:80]}"
+        )
+    return value
+
+
+def _band_factors(scale: object) -> bool:
+    """Whether a JSON value is a list of one finite positive number per S2 band."""
+    return isinstance(scale, list) and len(scale) == NUM_S2_BANDS and all(_positive_number(v) for v in scale)
+
+
+def _positive_number(value: object) -> bool:
+    """Whether a JSON value is a finite positive number (not a bool, not a string)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def calibration_text(value: dict[str, Any], subject: str = "sigma") -> str:
+    """``sigma x 0.2 to 0.862 per band, fitted on files.csv, split val (187200 values, gnll)``: a checked stored
+    calibration (:func:`checked_sigma_scale`) in words, of ``subject``'s sigma."""
+    scale = value["scale"]
+    data, values, likelihood = (value.get(key, "unknown") for key in ("data", "values", "likelihood"))
+    factors = f"{subject} x {min(scale):.3g} to {max(scale):.3g} per band"
+    return f"{factors}, {_fitted_on(data)}{values} values, {likelihood})"
+
+
+def _fitted_on(data: str) -> str:
+    """Where :func:`sigma_calibration_text` says the factors were fitted (:func:`calibrated_on` looks for it)."""
+    return f"fitted on {data} ("
+
+
+def calibrated_on(calibration: str | None, data: str) -> bool:
+    """Whether a :func:`sigma_calibration_text` says its factors were fitted on ``data`` (``files.csv, split val``)."""
+    return calibration is not None and _fitted_on(data) in calibration
