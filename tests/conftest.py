@@ -7,6 +7,7 @@ Test modules import nothing from here (nor from each other): they ask for these 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import signal
 import subprocess
@@ -282,6 +283,16 @@ def diag_weights(path: Path, likelihood: str | None = "gnll", *, include_sar: bo
         model = ModelConfig(2, 8, include_sar, 0.1, "diag").build().eval()
     record = {TRAINING_KEY: json.dumps({"loss": {"name": likelihood}})} if likelihood else None
     return save_weights(model, path, provenance=record)
+
+
+def intervals_said(intervals: dict[str, float]) -> str:
+    """How outputs state a stored calibration's intervals (share -> multiple of sigma): each multiple rounded up
+    to two decimals, ``68.3 % of values within +-1.08 sigma, 90 % within +-1.93 sigma, ...``."""
+    rounded_up = {float(level): math.ceil(q * 100 - 1e-9) / 100 for level, q in intervals.items()}
+    return ", ".join(
+        f"{100 * level:g} % {'of values ' * (i == 0)}within +-{q:.2f} sigma"
+        for i, (level, q) in enumerate(rounded_up.items())
+    )
 
 
 def write_dated_s2(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import diag_weights
+from conftest import diag_weights, intervals_said
 from dsen2cr.cli import main
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet, read_file_list, select_split
@@ -102,7 +102,8 @@ def test_an_ensemble_files_sigma_is_its_members_times_its_factors_and_says_so(
 
     members = _members(workdir)
     assert main(_calibrate(workdir, members, "ens.json")) == 0
-    scale = np.array(json.loads((workdir / "ens.json").read_text())["sigma_scale"]["scale"])
+    stored = json.loads((workdir / "ens.json").read_text())["sigma_scale"]
+    scale = np.array(stored["scale"])
     s2, s1 = workdir.scene()
     read = {}
     for name, weights in (("plain", [str(m) for m in members]), ("calibrated", [str(workdir / "ens.json")])):
@@ -117,7 +118,7 @@ def test_an_ensemble_files_sigma_is_its_members_times_its_factors_and_says_so(
     np.testing.assert_allclose(sigma, plain_sigma * factors, rtol=1e-3, atol=1)
     assert tags["DSEN2CR_SIGMA_CALIBRATION"] == (
         f"ensemble sigma (ens.json) x {scale.min():.3g} to {scale.max():.3g} per band, fitted on files.csv, split val "
-        f"(29952 values, gnll)"
+        f"(29952 values, gnll); there {intervals_said(stored['intervals'])}"
     )
     assert plain_tags["DSEN2CR_SIGMA_CALIBRATION"] == "none (sigma as trained)"
     digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in [*members, workdir / "ens.json"]]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import diag_weights
+from conftest import diag_weights, intervals_said
 from dsen2cr.cli import main
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet, read_file_list, select_split
@@ -100,6 +100,38 @@ def test_calibrate_sigma_fits_each_bands_factor_by_the_models_likelihood(
     record = json.loads(json.loads(_metadata(workdir / "c2.safetensors"))[SIGMA_SCALE_KEY])
     assert record["data"] == "files.csv, split val" and record["likelihood"] == likelihood
     assert record["patches"] == 1 and record["values"] == z.size
+
+
+def test_calibrate_sigma_states_the_intervals_that_held_each_share(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The intervals a fit records are split conformal ones: for each share p, the ceil(p (n + 1))-th smallest of
+    the n values' |error| / calibrated sigma, computed here in float64 from the network (the fit's is rounded up
+    to its histogram's bin, 0.5 %, and never below); each holds at least its share of those values. calibrate-sigma
+    prints them, weights info lists them, and every output's calibration text ends with them."""
+    from dsen2cr.predictor import load_predictor
+    from dsen2cr.sigma_calibration import INTERVAL_LEVELS
+
+    root = workdir.tree()
+    weights = diag_weights(workdir / "w.safetensors", "gnll")
+    args = ["weights", "calibrate-sigma", "--data-root", str(root), "--file-list", str(root / "files.csv")]
+    assert main([*args, "--weights", str(weights), "--out", str(workdir / "c.safetensors"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    factors = np.array(load_model(workdir / "c.safetensors").sigma_scale_factors)
+    scores = np.sort(
+        (_abs_z(weights, select_split(read_file_list(root / "files.csv", root), "val")) / factors[:, None]).ravel()
+    )
+    record = json.loads(json.loads(_metadata(workdir / "c.safetensors"))[SIGMA_SCALE_KEY])
+    assert list(record["intervals"]) == ["0.683", "0.9", "0.95", "0.99"] == [f"{p:g}" for p in INTERVAL_LEVELS]
+    for level, multiple in record["intervals"].items():
+        exact = scores[math.ceil(float(level) * (scores.size + 1)) - 1]
+        assert exact * (1 - 1e-4) <= multiple <= exact * math.exp(0.005) * (1 + 1e-4), (level, multiple, exact)
+        assert np.mean(scores <= multiple * (1 + 1e-4)) >= float(level)
+    said = intervals_said(record["intervals"])
+    assert f"intervals of the calibrated sigma on these patches: {said}" in printed
+    assert load_predictor(workdir / "c.safetensors").sigma_calibration.endswith(f"gnll); there {said}")
+    assert main(["weights", "info", str(workdir / "c.safetensors")]) == 0
+    assert f"  sigma intervals, where fitted: {said}" in capsys.readouterr().out.splitlines()
 
 
 def _metadata(path: Path) -> str:
@@ -238,6 +270,12 @@ def test_scale_statistics_by_hand() -> None:
     assert (gaussian.coverage_before, gaussian.coverage_after) == pytest.approx((0.5, 0.5), abs=1e-9)
     assert gaussian.band_coverage_before == gaussian.band_coverage_after == pytest.approx([0.5] * 13, abs=1e-9)
     assert (gaussian.patches, gaussian.values) == (1, 26)
+    # the calibrated scores are 0.5 / k and 3 / k, 13 of each: the ceil(p * 27)-th of 26 is the larger for p of
+    # 0.683, 0.9 and 0.95 (19th, 25th, 26th); 0.99 needs a 27th value, so it is left out
+    largest = 3 / math.sqrt(4.625)
+    assert [level for level, _ in gaussian.intervals] == [0.683, 0.9, 0.95]
+    for _, multiple in gaussian.intervals:
+        assert largest <= multiple <= largest * math.exp(0.005)
     exact = ScaleStatistics()
     pred = pred.copy()
     pred[10] = target[10]

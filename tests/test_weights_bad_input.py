@@ -384,13 +384,17 @@ def test_weights_are_read_by_content_not_by_name(workdir: Path) -> None:
     torch.testing.assert_close(load_model(workdir / "named-wrong.ckpt").state_dict(), expected.state_dict())
 
 
-def _sigma_weights(tmp: Path, name: str = "sigma.safetensors", scale: object = None, diag: bool = True) -> Path:
-    """Small weights with a variance head (``diag``), with a stored sigma scale ``scale`` when given."""
+def _sigma_weights(
+    tmp: Path, name: str = "sigma.safetensors", scale: object = None, diag: bool = True, intervals: object = None
+) -> Path:
+    """Small weights with a variance head (``diag``), with a stored sigma scale ``scale`` (and ``intervals``) when
+    given."""
     from dsen2cr.models.dsen2cr import ModelConfig
     from dsen2cr.weights import SIGMA_SCALE_KEY, save_weights
 
     model = ModelConfig(1, 4, False, 0.1, "diag" if diag else "none").build()
-    record = {SIGMA_SCALE_KEY: json.dumps({"scale": scale})} if scale is not None else None
+    stored = {"scale": scale} | ({"intervals": intervals} if intervals is not None else {})
+    record = {SIGMA_SCALE_KEY: json.dumps(stored)} if scale is not None else None
     return save_weights(model, tmp / name, provenance=record)
 
 
@@ -471,6 +475,15 @@ CASES += [
         message="sigma.safetensors: holds a sigma scale, but its model predicts no sigma",
         absent=("o.tif",),
     ),
+    dict(
+        name="weights whose stored sigma intervals name a share above 1",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), weights=_sigma_weights(t, scale=[1.0] * 13, intervals={"1.5": 2.0})
+        ),
+        message="sigma.safetensors: stored sigma intervals must map shares of values between 0 and 1 to finite "
+        "positive multiples of sigma, got {'1.5': 2.0}",
+        absent=("o.tif",),
+    ),
 ]
 
 
@@ -532,6 +545,17 @@ CASES += [
             t, "--out", str(t / "o.tif"), weights=_ensemble_file(t, sigma_scale={"scale": [1.0] * 12})
         ),
         message="ens.json: stored sigma scale must hold 13 finite positive factors",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="an ensemble file whose sigma intervals are not numbers",
+        setup=lambda t: _remove_args(
+            t,
+            "--out",
+            str(t / "o.tif"),
+            weights=_ensemble_file(t, sigma_scale={"scale": [1.0] * 13, "intervals": {"0.9": "wide"}}),
+        ),
+        message="ens.json: stored sigma intervals must map shares of values between 0 and 1 to finite positive",
         absent=("o.tif",),
     ),
     dict(

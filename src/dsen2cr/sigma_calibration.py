@@ -14,6 +14,12 @@ factor that maximises the likelihood of held-out targets is, per band c over its
 with ``z = (prediction - target) / sigma``, the prediction and the target as reflectance clipped to [0, 1] (the
 metrics' convention, :mod:`dsen2cr.calibration`). Fitted on the output of weights that already hold factors,
 the new ones multiply them (the same fit as from the raw sigma: both statistics are homogeneous in sigma).
+
+The errors' tails are rarely a Gaussian's, so +-1 sigma after the fit need not hold 68.3 % of the values, nor
++-1.645 sigma 90 %. The fit also measures, on the same values, the multiple of the calibrated sigma that holds
+each share of :data:`INTERVAL_LEVELS` of them (split conformal prediction with the normalised score
+|error| / sigma: the ceil(p (n + 1))-th smallest score of n), read from the histogram of ln|z| rounded up to the
+edge of its bin, so that on those values each interval holds at least its share.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from dsen2cr.ensemble_file import split_weights, write_ensemble_file
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.predictor import Predictor, load_exact_predictor, predictor_from_model
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_MODEL_SCALE, s2_model_to_dn
+from dsen2cr.sigma_record import intervals_text
 from dsen2cr.weights import (
     LIKELIHOOD_NAMES,
     SIGMA_SCALE_KEY,
@@ -54,6 +61,9 @@ log = logging.getLogger(__name__)
 #: 3000; 0.005 wide: coverage within about 0.1 % of the exact count; smaller |z|, exact zeros included, in the
 #: first bin, larger in the last).
 LOG_Z_EDGES = np.linspace(-14.0, 8.0, 4401)
+
+#: The shares of values whose interval (a multiple of the calibrated sigma) a fit measures and records.
+INTERVAL_LEVELS = (0.683, 0.9, 0.95, 0.99)
 
 #: Why weights without a variance head cannot be calibrated.
 NO_SIGMA = "predicts no sigma (model.uncertainty: none); nothing to calibrate (train one with model.uncertainty=diag)"
@@ -73,6 +83,9 @@ class SigmaFit:
     #: Each band's +-1 sigma coverage on the patches fitted on, before and after its factor.
     band_coverage_before: tuple[float, ...]
     band_coverage_after: tuple[float, ...]
+    #: (share of the values, the multiple of the calibrated sigma that held it there): :data:`INTERVAL_LEVELS`
+    #: that the values could measure.
+    intervals: tuple[tuple[float, float], ...] = ()
     #: The factors the weights already held, which the fitted ones multiply (None: sigma as trained).
     earlier: tuple[float, ...] | None = None
 
@@ -93,9 +106,11 @@ class SigmaFit:
 
     def record(self, data: str) -> dict[str, object]:
         """What a weights file keeps (:data:`~dsen2cr.weights.SIGMA_SCALE_KEY`): the factors
-        (:attr:`total_scale`), the likelihood, the data they were fitted on (``data``) and how many values."""
+        (:attr:`total_scale`), the likelihood, the data they were fitted on (``data``), how many values, and the
+        intervals measured there (``intervals``: share of the values -> multiple of sigma)."""
         fitted = {"likelihood": self.likelihood, "data": data, "patches": self.patches, "values": self.values}
-        return {"scale": self.total_scale} | fitted
+        intervals = {"intervals": {f"{level:g}": multiple for level, multiple in self.intervals}}
+        return {"scale": self.total_scale} | fitted | (intervals if self.intervals else {})
 
 
 class ScaleStatistics:
@@ -150,6 +165,7 @@ class ScaleStatistics:
             self._mean_nll(likelihood, scale),
             tuple((self._inside(ones) / self.count).tolist()),
             tuple((self._inside(scale) / self.count).tolist()),
+            self._intervals(scale),
         )
 
     def _mean_nll(self, likelihood: str, scale: np.ndarray) -> float:
@@ -160,6 +176,31 @@ class ScaleStatistics:
         else:  # b = sigma / sqrt 2: ln 2b + |e| / b = ln(sqrt 2 sigma) + sqrt 2 |z|
             terms = 0.5 * math.log(2.0) * self.count + log_sigma + math.sqrt(2.0) * self.sum_abs_z / scale
         return float(terms.sum() / self.count.sum())
+
+    def _intervals(self, scale: np.ndarray) -> tuple[tuple[float, float], ...]:
+        """For each share p of :data:`INTERVAL_LEVELS`, the smallest multiple q of sigma times ``scale`` within
+        which the histogram places ceil(p (n + 1)) of the n values, every value counted at its bin's upper edge
+        (so q is at most one bin, 0.5 %, above the exact score and never below it); a share that needs more values
+        than there are, or the histogram's last bin, is left out."""
+        cumulative = np.cumsum(self.histogram[:, :-1], axis=1)  # up to each bin's upper edge; the last bin unknown
+        total, log_scale = self.count.sum(), np.log(scale)
+
+        def held(log_q: float) -> float:
+            """The values whose bin lies wholly within q times each band's factor (the last bin never)."""
+            bins = np.searchsorted(LOG_Z_EDGES[1:-1], log_q + log_scale, side="right")
+            return float(sum(cumulative[b, n - 1] for b, n in enumerate(bins) if n > 0))
+
+        intervals = []
+        for level in INTERVAL_LEVELS:
+            needed = math.ceil(level * (total + 1))
+            low, high = float(LOG_Z_EDGES[0] - log_scale.max()), float(LOG_Z_EDGES[-2] - log_scale.min())
+            if needed > total or held(high) < needed:  # more than there are, or in the last bin
+                continue
+            for _ in range(60):  # the step where the count reaches the share, to far below a bin's width
+                middle = 0.5 * (low + high)
+                low, high = (middle, high) if held(middle) < needed else (low, middle)
+            intervals.append((level, float(math.exp(high))))
+        return tuple(intervals)
 
     def _inside(self, scale: np.ndarray) -> np.ndarray:
         """Per band, the values with |z| <= the band's factor, read from the histogram (linear within a bin)."""
@@ -298,6 +339,8 @@ def fit_table(fit: SigmaFit) -> str:
         f"on these patches: mean NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f} nats per value; +-1 sigma coverage "
         f"{fit.coverage_before:.3f} -> {fit.coverage_after:.3f}",
     ]
+    if fit.intervals:
+        rows.append(f"intervals of the calibrated sigma on these patches: {intervals_text(fit.intervals)}")
     if fit.earlier is not None:
         rows.append(
             f"factors of the sigma the weights already scaled ({_range(fit.earlier)}): the file keeps their product"

@@ -5,6 +5,7 @@ name it (``DSEN2CR_SIGMA_CALIBRATION``)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,38 @@ from dsen2cr.preprocessing import NUM_S2_BANDS
 
 def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
     """A stored sigma calibration (a weights file's, an ensemble file's) as read from JSON, checked: a mapping
-    whose ``scale`` holds one finite positive factor per S2 band; a one-line error naming ``path`` otherwise."""
+    whose ``scale`` holds one finite positive factor per S2 band and whose ``intervals``, where it has them, map
+    shares of values (between 0 and 1, as text) to finite positive multiples of sigma; a one-line error naming
+    ``path`` otherwise."""
     scale = value.get("scale") if isinstance(value, dict) else None
     if not isinstance(value, dict) or not _band_factors(scale):
         raise DSen2CRError(
             f"{path}: stored sigma scale must hold {NUM_S2_BANDS} finite positive factors (one per S2 band), got "
             f"{str(scale)[:80]}"
         )
+    if "intervals" in value and not _intervals(value["intervals"]):
+        raise DSen2CRError(
+            f"{path}: stored sigma intervals must map shares of values between 0 and 1 to finite positive multiples "
+            f"of sigma, got {str(value['intervals'])[:80]}"
+        )
     return value
+
+
+def recorded_intervals(value: dict[str, Any]) -> tuple[tuple[float, float], ...]:
+    """A checked stored calibration's intervals (:func:`checked_sigma_scale`) as (share of the values, multiple of
+    sigma) by share; none for a calibration that measured none (written before they were)."""
+    return tuple(sorted((float(level), float(multiple)) for level, multiple in value.get("intervals", {}).items()))
+
+
+def _intervals(intervals: object) -> bool:
+    """Whether a JSON value maps shares of values (text of a number between 0 and 1) to positive multiples."""
+    if not isinstance(intervals, dict):
+        return False
+    try:
+        levels = [float(level) for level in intervals]
+    except ValueError:
+        return False
+    return all(0 < level < 1 for level in levels) and all(_positive_number(v) for v in intervals.values())
 
 
 def _band_factors(scale: object) -> bool:
@@ -35,19 +60,32 @@ def _positive_number(value: object) -> bool:
 
 
 def calibration_text(value: dict[str, Any], subject: str = "sigma") -> str:
-    """``sigma x 0.2 to 0.862 per band, fitted on files.csv, split val (187200 values, gnll)``: a checked stored
-    calibration (:func:`checked_sigma_scale`) in words, of ``subject``'s sigma."""
+    """``sigma x 0.2 to 0.862 per band, fitted on files.csv, split val (187200 values, gnll); there 68.3 % of values
+    within +-1.08 sigma, ...``: a checked stored calibration (:func:`checked_sigma_scale`) in words, of
+    ``subject``'s sigma (the intervals where it measured them)."""
     scale = value["scale"]
     data, values, likelihood = (value.get(key, "unknown") for key in ("data", "values", "likelihood"))
     factors = f"{subject} x {min(scale):.3g} to {max(scale):.3g} per band"
-    return f"{factors}, {_fitted_on(data)}{values} values, {likelihood})"
+    intervals = recorded_intervals(value)
+    held = f"; there {intervals_text(intervals)}" if intervals else ""
+    return f"{factors}, {_fitted_on(data)}{values} values, {likelihood}){held}"
+
+
+def intervals_text(intervals: Sequence[tuple[float, float]]) -> str:
+    """``68.3 % of values within +-1.08 sigma, 90 % within +-1.93 sigma, ...``: intervals as (share, multiple of
+    sigma), each multiple rounded up to two decimals (so the interval said holds at least its share)."""
+    said = [
+        f"{100 * level:g} % within +-{math.ceil(multiple * 100 - 1e-9) / 100:.2f} sigma"
+        for level, multiple in intervals
+    ]
+    return ", ".join(said).replace(" % within", " % of values within", 1)
 
 
 def _fitted_on(data: str) -> str:
-    """Where :func:`sigma_calibration_text` says the factors were fitted (:func:`calibrated_on` looks for it)."""
+    """Where :func:`calibration_text` says the factors were fitted (:func:`calibrated_on` looks for it)."""
     return f"fitted on {data} ("
 
 
 def calibrated_on(calibration: str | None, data: str) -> bool:
-    """Whether a :func:`sigma_calibration_text` says its factors were fitted on ``data`` (``files.csv, split val``)."""
+    """Whether a :func:`calibration_text` says its factors were fitted on ``data`` (``files.csv, split val``)."""
     return calibration is not None and _fitted_on(data) in calibration

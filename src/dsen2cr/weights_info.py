@@ -13,6 +13,7 @@ from dsen2cr.ensemble_file import is_ensemble_file, read_ensemble_file
 from dsen2cr.formats import sniff
 from dsen2cr.models import VARIANTS, ModelSpec, family_of
 from dsen2cr.outputs.files import check_input_file, file_sha256
+from dsen2cr.sigma_record import checked_sigma_scale, intervals_text, recorded_intervals
 from dsen2cr.weights import (
     INIT_WEIGHTS_KEY,
     SHA256_KEY,
@@ -170,6 +171,8 @@ def info_lines(info: WeightsInfo) -> list[str]:
             f"  sigma calibrated: x {factors} (per band), fitted by {scale.get('likelihood')} on {scale.get('data')} "
             f"({scale.get('values')} values)"
         )
+        if intervals := recorded_intervals(checked_sigma_scale(scale, info.file)):
+            lines.append(f"  sigma intervals, where fitted: {intervals_text(intervals)}")
     return lines
 
 
