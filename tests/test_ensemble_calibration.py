@@ -94,7 +94,7 @@ def test_an_ensemble_files_sigma_is_its_members_times_its_factors_and_says_so(
     members' ensemble's, pixel for pixel; its total sigma and both parts (--uncertainty-parts) are the uncalibrated
     ensemble's times each band's factor; the tags name the calibration and record the ensemble file's SHA-256 after
     the members'; weights info lists the members and the factors; evaluate warns when it scores the split the
-    ensemble was calibrated on."""
+    ensemble was calibrated on, and says that the file's intervals held their shares there (within sampling)."""
     import rasterio
 
     from dsen2cr import load_ensemble, load_predictor
@@ -144,6 +144,9 @@ def test_an_ensemble_files_sigma_is_its_members_times_its_factors_and_says_so(
     assert "ens.json: its sigma was calibrated on files.csv, split val, the patches evaluated here" in caplog.text
     summary = json.loads((workdir / "ev" / "summary.json").read_text())
     assert summary["provenance"]["DSEN2CR_SIGMA_CALIBRATION"] == tags["DSEN2CR_SIGMA_CALIBRATION"]
+    stated = summary["calibration"]["stated_intervals"]  # the ensemble file's, on the patches it was fitted on
+    assert {level: held["sigma_multiple"] for level, held in stated.items()} == stored["intervals"]
+    assert all(held["held"] >= float(level) - 0.01 for level, held in stated.items()), stated
 
 
 def test_members_calibrated_one_by_one_are_told_to_calibrate_the_ensemble(

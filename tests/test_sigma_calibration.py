@@ -109,8 +109,8 @@ def test_calibrate_sigma_states_the_intervals_that_held_each_share(
     the n values' |error| / calibrated sigma, computed here in float64 from the network (the fit's is rounded up
     to its histogram's bin, 0.5 %, and never below); each holds at least its share of those values. calibrate-sigma
     prints them, weights info lists them, and every output's calibration text ends with them."""
+    from dsen2cr.calibration import INTERVAL_LEVELS
     from dsen2cr.predictor import load_predictor
-    from dsen2cr.sigma_calibration import INTERVAL_LEVELS
 
     root = workdir.tree()
     weights = diag_weights(workdir / "w.safetensors", "gnll")
@@ -246,6 +246,61 @@ def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
             if split == "val"
             else []
         ), warned
+
+
+def test_evaluate_says_what_the_stated_intervals_held_on_the_patches_it_scores(workdir: Path) -> None:
+    """Weights calibrated on the val split, evaluated on the test split: calibration.json gives the share of the
+    test values that each interval the calibration stated held, and the multiples of sigma that held each share
+    there, against |error| / sigma of every test value computed here in float64 (the report's are of its sample
+    of each patch's values: within sampling error); summary.md says both. Uncalibrated weights state none."""
+    root = workdir.tree()
+    data = ["--data-root", str(root), "--file-list", str(root / "files.csv"), "--no-progress", "--no-images"]
+    weights = diag_weights(workdir / "w.safetensors")
+    out = workdir / "c.safetensors"
+    assert main(["weights", "calibrate-sigma", "--weights", str(weights), "--out", str(out), *data[:-1]]) == 0
+    stated = json.loads(json.loads(_metadata(out))[SIGMA_SCALE_KEY])["intervals"]
+    for name in ("w.safetensors", "c.safetensors"):
+        argv = [
+            "evaluate",
+            "--weights",
+            str(workdir / name),
+            *data,
+            "--split",
+            "test",
+            "--out",
+            str(workdir / f"ev-{name}"),
+        ]
+        assert main(argv) == 0
+    assert "stated_intervals" not in json.loads((workdir / "ev-w.safetensors" / "calibration.json").read_text())
+    report = json.loads((workdir / "ev-c.safetensors" / "calibration.json").read_text())
+    scores = np.sort(_abs_z(out, select_split(read_file_list(root / "files.csv", root), "test")).ravel())
+    assert list(report["stated_intervals"]) == list(stated)
+    for level, multiple in stated.items():
+        held = report["stated_intervals"][level]
+        assert held["sigma_multiple"] == multiple
+        assert held["held"] == pytest.approx(np.mean(scores <= multiple), abs=0.01), level
+    for level in ("0.683", "0.9", "0.95"):
+        exact = np.quantile(scores, float(level))
+        assert report["intervals"][level] == pytest.approx(exact, rel=0.05), level
+    summary = (workdir / "ev-c.safetensors" / "summary.md").read_text()
+    first, held_first = stated["0.683"], report["stated_intervals"]["0.683"]["held"]
+    said = f"+-{math.ceil(first * 100 - 1e-9) / 100:.2f} sigma (68.3 %) held {held_first:.3f}"
+    assert f"The intervals its sigma's calibration stated, here: {said}, " in summary
+    here = f"+-{math.ceil(report['intervals']['0.683'] * 100 - 1e-9) / 100:.2f} sigma"
+    assert f"Intervals of the sampled values: 68.3 % of values within {here}, 90 % within" in summary
+    assert "calibration stated" not in (workdir / "ev-w.safetensors" / "summary.md").read_text()
+
+
+def test_interval_report_by_hand() -> None:
+    """|error| 0.1, 0.2, ..., 1.0 against sigma 1 (ten values): 68.3 % needs the ceil(0.683 * 11) = 8th smallest,
+    0.8; 90 % the 10th, 1.0; 95 % and 99 % an 11th, so they are left out. A stated +-0.85 sigma held 8 of 10."""
+    from dsen2cr.calibration import interval_report
+
+    error = np.arange(1, 11) / 10
+    report = interval_report(error, np.ones(10), [(0.9, 0.85)])
+    assert report["intervals"] == {"0.683": 0.8, "0.9": 1.0}
+    assert report["stated_intervals"] == {"0.9": {"sigma_multiple": 0.85, "held": 0.8}}
+    assert "stated_intervals" not in interval_report(error, np.ones(10))
 
 
 def test_scale_statistics_by_hand() -> None:

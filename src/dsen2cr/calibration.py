@@ -16,6 +16,9 @@ for the image metrics), per pixel value (band and pixel), in float64:
 - ``mae_certain10/50/90``: the MAE of the 10 / 50 / 90 % of values with the smallest sigma (a sparsification
   curve: for sigma that ranks errors, it grows with the share).
 - pooled over every image, the sparsification curve and its AUSE (:func:`sparsification`);
+- pooled over every image, the intervals: the multiple of sigma within which 68.3, 90, 95 and 99 % of the values
+  lay (split conformal: the ceil(p (n + 1))-th smallest |e| / sigma of n values), and the share that the
+  intervals a calibration stated held (:func:`interval_report`);
 - ``rms_sigma_aleatoric``, ``rms_sigma_epistemic`` (an ensemble of which a member predicts a variance): the RMS
   over the values of the two parts of sigma, the noise the members expect and their disagreement.
 """
@@ -48,6 +51,9 @@ DISCARD_SHARES: tuple[float, ...] = tuple(i / 20 for i in range(20))
 CALIBRATION_BINS = 20
 #: The shares of the most certain values whose MAE is reported.
 CERTAIN_SHARES = (10, 50, 90)
+#: The shares of values whose intervals (multiples of sigma that hold them) a calibration measures and records,
+#: and an evaluation measures again.
+INTERVAL_LEVELS = (0.683, 0.9, 0.95, 0.99)
 
 
 def reflectance_errors(
@@ -190,7 +196,23 @@ def pooled_sentence(report: dict[str, Any], images: int) -> str:
         "uncertain values are removed, against removing the largest errors: 0 when sigma ranks them exactly). The "
         "table's uce and auce are per image (all its values, binned on its own sigma range), then averaged; pooled, "
         "a sample of the values shares one set of bins, so the two differ.\n" + _per_band_sentence(report)
+    ) + _interval_sentence(report)
+
+
+def _interval_sentence(report: dict[str, Any]) -> str:
+    """The intervals of the sampled values, and the share the weights' stated intervals held, where the report
+    has them (:func:`interval_report`)."""
+    here = [(float(level), multiple) for level, multiple in report.get("intervals", {}).items()]
+    if not here:
+        return ""
+    stated = report.get("stated_intervals", {})
+    held = ", ".join(
+        f"+-{math.ceil(values['sigma_multiple'] * 100 - 1e-9) / 100:.2f} sigma ({100 * float(level):g} %) held "
+        f"{values['held']:.3f}"
+        for level, values in stated.items()
     )
+    said = f" The intervals its sigma's calibration stated, here: {held}." if held else ""
+    return f"\nIntervals of the sampled values: {intervals_text(here)}.{said}\n"
 
 
 def _per_band_sentence(report: dict[str, Any]) -> str:
@@ -200,3 +222,32 @@ def _per_band_sentence(report: dict[str, Any]) -> str:
         return ""
     each = ", ".join(f"{band} {values['coverage_1sigma']:.3f}" for band, values in bands.items())
     return f"\n+-1 sigma coverage per band, over every value: {each}.\n"
+
+
+def interval_report(
+    error: np.ndarray, sigma: np.ndarray, stated: Sequence[tuple[float, float]] = ()
+) -> dict[str, dict[str, Any]]:
+    """The intervals of pooled |error| and sigma: ``intervals``, for each share p of :data:`INTERVAL_LEVELS`, the
+    multiple of sigma within which that share of the values lay (the ceil(p (n + 1))-th smallest |error| / sigma
+    of the n values; a share that needs more values than there are is left out); and with ``stated`` intervals
+    (share, multiple: a calibration's), ``stated_intervals``, the share of these values each one held."""
+    scores = np.sort(error / sigma)
+    here = {}
+    for level in INTERVAL_LEVELS:
+        if (rank := math.ceil(level * (scores.size + 1))) <= scores.size:
+            here[f"{level:g}"] = float(scores[rank - 1])
+    held = {
+        f"{level:g}": {"sigma_multiple": multiple, "held": float(np.mean(error <= multiple * sigma))}
+        for level, multiple in stated
+    }
+    return {"intervals": here} | ({"stated_intervals": held} if held else {})
+
+
+def intervals_text(intervals: Sequence[tuple[float, float]]) -> str:
+    """``68.3 % of values within +-1.08 sigma, 90 % within +-1.93 sigma, ...``: intervals as (share, multiple of
+    sigma), each multiple rounded up to two decimals (so the interval said holds at least its share)."""
+    said = [
+        f"{100 * level:g} % within +-{math.ceil(multiple * 100 - 1e-9) / 100:.2f} sigma"
+        for level, multiple in intervals
+    ]
+    return ", ".join(said).replace(" % within", " % of values within", 1)

@@ -20,6 +20,7 @@ from dsen2cr.ensemble_file import EnsembleFile, split_weights
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec
 from dsen2cr.predictor import Predictor, load_predictor, recorded_sha256
+from dsen2cr.sigma_record import recorded_intervals
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,8 @@ def ensemble(members: list[Predictor], calibration: EnsembleFile | None = None, 
         calibrated.insert(0, calibration.calibration)  # then the members' own, which scale their sigma first
     backend = EnsembleBackend(members, None if calibration is None else calibration.scale)
     described = ("; ".join(files), recorded_sha256(digests), likelihood, "; ".join(calibrated) or None)
-    return Predictor(backend, spec, members[0].device, members[0].float32, *described)
+    intervals = () if calibration is None else recorded_intervals(calibration.sigma_scale)  # the members' are not its
+    return Predictor(backend, spec, members[0].device, members[0].float32, *described, intervals)
 
 
 def _warn_of_members_calibrated_alone(members: Sequence[Predictor], calibration: EnsembleFile | None) -> None:

@@ -25,6 +25,7 @@ from dsen2cr.calibration import (
     SIGMA_PART_NAMES,
     UNCERTAINTY_METRIC_NAMES,
     errors_of_bins,
+    interval_report,
     per_band_coverage,
     pooled_sentence,
     reliability_bins,
@@ -170,7 +171,8 @@ def evaluate(
     if o.data:
         provenance["DSEN2CR_DATA"] = o.data
     per_band = per_band_coverage(scorer.rows, S2_BANDS) if uncertain else None
-    calibration = write_calibration(scorer.pooled(), out, provenance, per_band) if uncertain else None
+    stated = getattr(predictor, "sigma_intervals", ())  # what its calibration measured where it was fitted
+    calibration = write_calibration(scorer.pooled(), out, provenance, per_band, stated) if uncertain else None
     _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance, calibration)
     progress.remove()  # the report is complete
     return summary
@@ -265,32 +267,38 @@ def write_calibration(
     out: Path,
     text: dict[str, str],
     per_band: dict[str, dict[str, float]] | None = None,
+    stated: Sequence[tuple[float, float]] = (),
 ) -> dict[str, Any]:
     """The calibration over every evaluated value (a fixed sample of each patch): ``calibration.json`` (the
-    pooled metrics, Spearman's rank correlation of sigma and |error|, the reliability bins, and ``per_band``, each
-    band's coverage over all its values, where given) and the reliability diagram ``calibration.png`` (``text``,
-    what made it, as PNG text); returns the JSON's content."""
+    pooled metrics, Spearman's rank correlation of sigma and |error|, the reliability bins, ``per_band``, each
+    band's coverage over all its values, where given, and the intervals of the values, with the share that the
+    ``stated`` intervals of the weights' calibration held: :func:`~dsen2cr.calibration.interval_report`) and the
+    reliability diagram ``calibration.png`` (``text``, what made it, as PNG text); returns the JSON's content."""
     error, sigma = pooled
     edges = np.linspace(sigma.min(), sigma.max(), CALIBRATION_BINS + 1)
     rms_sigma, rms_error, counts = reliability_bins(error, sigma, edges)
     uce, auce = errors_of_bins(rms_sigma, rms_error, counts)
-    report = {
-        "units": "reflectance (DN / 10000); sigma and |error| per pixel value",
-        "values": int(error.size),
-        "coverage_1sigma": float((error <= sigma).mean()),
-        "coverage_2sigma": float((error <= 2 * sigma).mean()),
-        "uce": uce,
-        "auce": auce,
-        "spearman_sigma_abs_error": spearman(error, sigma),
-        "ause": (curve := sparsification(error, sigma))["ause"],
-        "sparsification": curve,
-        "bins": {
-            "edges": edges.tolist(),
-            "rms_sigma": [None if math.isnan(v) else v for v in rms_sigma.tolist()],
-            "rms_error": [None if math.isnan(v) else v for v in rms_error.tolist()],
-            "counts": counts.astype(int).tolist(),
-        },
-    } | ({"per_band": per_band} if per_band else {})
+    report = (
+        {
+            "units": "reflectance (DN / 10000); sigma and |error| per pixel value",
+            "values": int(error.size),
+            "coverage_1sigma": float((error <= sigma).mean()),
+            "coverage_2sigma": float((error <= 2 * sigma).mean()),
+            "uce": uce,
+            "auce": auce,
+            "spearman_sigma_abs_error": spearman(error, sigma),
+            "ause": (curve := sparsification(error, sigma))["ause"],
+            "sparsification": curve,
+            "bins": {
+                "edges": edges.tolist(),
+                "rms_sigma": [None if math.isnan(v) else v for v in rms_sigma.tolist()],
+                "rms_error": [None if math.isnan(v) else v for v in rms_error.tolist()],
+                "counts": counts.astype(int).tolist(),
+            },
+        }
+        | ({"per_band": per_band} if per_band else {})
+        | interval_report(error, sigma, stated)
+    )
     write_text_atomic(out / "calibration.json", json_text(report))
     reliability_diagram(out / "calibration.png", rms_sigma, rms_error, counts, report, text)
     return report

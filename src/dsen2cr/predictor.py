@@ -58,6 +58,8 @@ class Predictor:
     #: The calibration of its sigma fitted after training (``dsen2cr weights calibrate-sigma``), as outputs name
     #: it; None: sigma as trained.
     sigma_calibration: str | None = None
+    #: The intervals that calibration measured where it was fitted: (share of the values, multiple of sigma).
+    sigma_intervals: tuple[tuple[float, float], ...] = ()
 
     @property
     def backend(self) -> str:
@@ -231,6 +233,13 @@ class Network:
     weights_sha256: str | None = None
     likelihood: str | None = None  # what trained its variance (:attr:`Predictor.likelihood`)
     sigma_calibration: str | None = None  # :attr:`Predictor.sigma_calibration`
+    sigma_intervals: tuple[tuple[float, float], ...] = ()  # :attr:`Predictor.sigma_intervals`
+
+    @property
+    def described(self) -> tuple[str | None, str | None, str | None, str | None, tuple[tuple[float, float], ...]]:
+        """What a predictor of it says of it: the file's name and SHA-256, what trained its sigma, the calibration
+        of its sigma and that calibration's intervals (:class:`Predictor`'s fields)."""
+        return self.weights, self.weights_sha256, self.likelihood, self.sigma_calibration, self.sigma_intervals
 
     @property
     def onnx(self) -> bool:
@@ -257,6 +266,7 @@ def load_network(weights: str | Path, *, device: torch.device) -> Network:
         load_model_and_record,
         recorded_likelihood,
         sigma_calibration_text,
+        sigma_intervals_of,
     )
 
     # a regular file first: hashing a FIFO or a device would wait forever
@@ -267,7 +277,11 @@ def load_network(weights: str | Path, *, device: torch.device) -> Network:
         record = dict(network.session.get_modelmeta().custom_metadata_map)  # the scale is in its graph already
     else:
         network, record = load_model_and_record(weights, device=device)
-    described = recorded_likelihood(record), sigma_calibration_text(record, weights)
+    described = (
+        recorded_likelihood(record),
+        sigma_calibration_text(record, weights),
+        sigma_intervals_of(record, weights),
+    )
     return Network(network, network.config, Path(weights).name, digest, *described)
 
 
@@ -287,16 +301,14 @@ def _predictor(
         if backends != ("onnxruntime",):
             raise DSen2CRError(f"backend {backends[0]}: an ONNX file runs with the onnxruntime backend (or auto)")
         log.info("backend: onnxruntime (%s)", network.model.precision)
-        named = (network.weights, network.weights_sha256, network.likelihood, network.sigma_calibration)
-        return Predictor(network.model, network.config, device, "ieee", *named)
+        return Predictor(network.model, network.config, device, "ieee", *network.described)
     float32 = float32_mode_of(precision, device)
     checked = select_backend(network.model, backends, device, strict=strict, float32=float32)
     if checked.candidates == ["eager"] and float32 == "ieee":
         log.info("backend: eager, IEEE fp32")
     else:
         log.info("backend: trying %s (%s), checked against IEEE fp32 on the first batch", *backends[:1], precision)
-    named = (network.weights, network.weights_sha256, network.likelihood, network.sigma_calibration)
-    return Predictor(checked, network.config, device, float32, *named)
+    return Predictor(checked, network.config, device, float32, *network.described)
 
 
 def predictor_from_model(

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dsen2cr.calibration import reflectance_errors
+from dsen2cr.calibration import INTERVAL_LEVELS, intervals_text, reflectance_errors
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
 from dsen2cr.data.layout import Triplet
 from dsen2cr.ensemble import ensemble
@@ -46,7 +46,6 @@ from dsen2cr.ensemble_file import split_weights, write_ensemble_file
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.predictor import Predictor, load_exact_predictor, predictor_from_model
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_MODEL_SCALE, s2_model_to_dn
-from dsen2cr.sigma_record import intervals_text
 from dsen2cr.weights import (
     LIKELIHOOD_NAMES,
     SIGMA_SCALE_KEY,
@@ -61,9 +60,6 @@ log = logging.getLogger(__name__)
 #: 3000; 0.005 wide: coverage within about 0.1 % of the exact count; smaller |z|, exact zeros included, in the
 #: first bin, larger in the last).
 LOG_Z_EDGES = np.linspace(-14.0, 8.0, 4401)
-
-#: The shares of values whose interval (a multiple of the calibrated sigma) a fit measures and records.
-INTERVAL_LEVELS = (0.683, 0.9, 0.95, 0.99)
 
 #: Why weights without a variance head cannot be calibrated.
 NO_SIGMA = "predicts no sigma (model.uncertainty: none); nothing to calibrate (train one with model.uncertainty=diag)"

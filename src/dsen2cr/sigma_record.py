@@ -5,10 +5,10 @@ name it (``DSEN2CR_SIGMA_CALIBRATION``)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dsen2cr.calibration import intervals_text
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.preprocessing import NUM_S2_BANDS
 
@@ -69,16 +69,6 @@ def calibration_text(value: dict[str, Any], subject: str = "sigma") -> str:
     intervals = recorded_intervals(value)
     held = f"; there {intervals_text(intervals)}" if intervals else ""
     return f"{factors}, {_fitted_on(data)}{values} values, {likelihood}){held}"
-
-
-def intervals_text(intervals: Sequence[tuple[float, float]]) -> str:
-    """``68.3 % of values within +-1.08 sigma, 90 % within +-1.93 sigma, ...``: intervals as (share, multiple of
-    sigma), each multiple rounded up to two decimals (so the interval said holds at least its share)."""
-    said = [
-        f"{100 * level:g} % within +-{math.ceil(multiple * 100 - 1e-9) / 100:.2f} sigma"
-        for level, multiple in intervals
-    ]
-    return ", ".join(said).replace(" % within", " % of values within", 1)
 
 
 def _fitted_on(data: str) -> str:

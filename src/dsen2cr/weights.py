@@ -18,7 +18,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.formats import describe, sniff
 from dsen2cr.models import DEFAULT_FAMILY, CloudRemovalNetwork, ModelSpec, family_of, get_family
 from dsen2cr.outputs.files import atomic_path, check_input_file, file_sha256
-from dsen2cr.sigma_record import calibration_text, checked_sigma_scale
+from dsen2cr.sigma_record import calibration_text, checked_sigma_scale, recorded_intervals
 from dsen2cr.version import __version__
 
 CONFIG_KEY = "dsen2cr_model_config"
@@ -343,6 +343,12 @@ def recorded_sigma_scale(record: dict[str, str], path: Path | str, uncertainty: 
     if uncertainty != "diag":
         raise DSen2CRError(f"{path}: holds a sigma scale, but its model predicts no sigma (model.uncertainty: none)")
     return checked
+
+
+def sigma_intervals_of(record: dict[str, str], path: Path | str) -> tuple[tuple[float, float], ...]:
+    """The intervals a weights file's sigma calibration measured where it was fitted (share of the values,
+    multiple of sigma); none without a calibration, or one written before intervals were measured."""
+    return recorded_intervals(recorded_sigma_scale(record, path)) if SIGMA_SCALE_KEY in record else ()
 
 
 def sigma_calibration_text(record: dict[str, str], path: Path | str) -> str | None:

@@ -9,11 +9,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsen2cr.calibration import intervals_text
 from dsen2cr.ensemble_file import is_ensemble_file, read_ensemble_file
 from dsen2cr.formats import sniff
 from dsen2cr.models import VARIANTS, ModelSpec, family_of
 from dsen2cr.outputs.files import check_input_file, file_sha256
-from dsen2cr.sigma_record import checked_sigma_scale, intervals_text, recorded_intervals
+from dsen2cr.sigma_record import checked_sigma_scale, recorded_intervals
 from dsen2cr.weights import (
     INIT_WEIGHTS_KEY,
     SHA256_KEY,
