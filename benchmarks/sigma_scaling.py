@@ -7,7 +7,9 @@ several, of their ensemble as a whole (``weights calibrate-sigma``), on the vali
 model as trained and calibrated and, with several, the ensemble as trained, of the members calibrated alone and
 calibrated as a whole, on both splits: the +-1 sigma coverage of every value (0.683 for calibrated Gaussian sigma)
 and the mean negative log-likelihood per value (a Gaussian's, nats, sigma as reflectance), pooled, as
-calibrate-sigma computes them. Writes benchmarks/results/sigma-scaling.json.
+calibrate-sigma computes them; and the share of the test values within the 68.3, 90 and 95 % intervals, as a
+Gaussian's (+-1, +-1.645, +-1.96 sigma) and, for a calibrated run, as its calibration stated them (the multiples
+that held those shares of the validation values). Writes benchmarks/results/sigma-scaling.json.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from dsen2cr.data.layout import read_file_list, select_split
 from dsen2cr.data.synth import write_synthetic_dataset
 from dsen2cr.ensemble import load_ensemble
 from dsen2cr.predictor import load_exact_predictor
-from dsen2cr.sigma_calibration import calibrate_ensemble, calibrate_weights, fit_sigma_scale
+from dsen2cr.sigma_calibration import calibrate_ensemble, calibrate_weights, scale_statistics
 
 DATA = "synthetic, split val"
+#: The Gaussian's multiples of sigma for each share of the values.
+GAUSSIAN = {0.683: 1.0, 0.9: 1.645, 0.95: 1.96}
 #: How the ensembles run here: as calibrate-sigma runs them, eager in IEEE fp32 (load_exact_predictor for one).
 EXACT = {"backend": "eager", "exact": True}
 
@@ -56,10 +60,16 @@ def main() -> None:
         ]
     rows = []
     for name, predictor in runs:  # a fit's "before" numbers are the predictor's as it is
-        on_val, on_test = (fit_sigma_scale(predictor, split, "gnll", progress=False) for split in (val, test))
+        on_val, on_test = (scale_statistics(predictor, split, progress=False) for split in (val, test))
         row: dict[str, object] = {"run": name, "val patches": len(val), "test patches": len(test)}
-        row.update({"coverage val": on_val.coverage_before, "NLL val": on_val.nll_before})
-        row.update({"coverage test": on_test.coverage_before, "NLL test": on_test.nll_before})
+        for split, statistics in (("val", on_val), ("test", on_test)):
+            fit = statistics.fit("gnll")
+            row.update({f"coverage {split}": fit.coverage_before, f"NLL {split}": fit.nll_before})
+        stated = dict(predictor.sigma_intervals)
+        for level, multiple in GAUSSIAN.items():  # +-1 sigma's is the coverage already
+            if multiple != 1.0:
+                row[f"+-{multiple:g} sigma test"] = on_test.held(multiple)
+            row[f"{100 * level:g} % stated test"] = on_test.held(stated[level]) if level in stated else None
         rows.append(row)
     report("sigma-scaling", rows)
 

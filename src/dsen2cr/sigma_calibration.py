@@ -198,6 +198,10 @@ class ScaleStatistics:
             intervals.append((level, float(math.exp(high))))
         return tuple(intervals)
 
+    def held(self, multiple: float) -> float:
+        """The share of every value added with |z| <= ``multiple`` (sigma as given; read from the histogram)."""
+        return float(self._inside(np.full(NUM_S2_BANDS, multiple)).sum() / self.count.sum())
+
     def _inside(self, scale: np.ndarray) -> np.ndarray:
         """Per band, the values with |z| <= the band's factor, read from the histogram (linear within a bin)."""
         inside = np.zeros(NUM_S2_BANDS)
@@ -218,6 +222,21 @@ def fit_sigma_scale(
 ) -> SigmaFit:
     """Fit one factor per band to the sigma ``predictor`` gives on ``triplets`` (every value of every patch),
     by ``likelihood`` (``gnll`` or ``lnll``)."""
+    statistics = scale_statistics(
+        predictor, triplets, batch_size=batch_size, num_workers=num_workers, progress=progress
+    )
+    return statistics.fit(likelihood)
+
+
+def scale_statistics(
+    predictor: Predictor,
+    triplets: Sequence[Triplet],
+    *,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> ScaleStatistics:
+    """The statistics of |error| / sigma that ``predictor`` gives on every value of every patch of ``triplets``."""
     if predictor.uncertainty != "diag":
         raise DSen2CRError(f"{predictor.weights or 'this model'}: {NO_SIGMA}")
     if not triplets:
@@ -234,7 +253,7 @@ def fit_sigma_scale(
                 sigma_dn = np.sqrt(variance[i].astype(np.float64)) * S2_MODEL_SCALE
                 statistics.add(s2_model_to_dn(mean[i]), s2_model_to_dn(batch["s2"][i]), sigma_dn)
             bar.update(mean.shape[0])
-    return statistics.fit(likelihood)
+    return statistics
 
 
 def calibrate_weights(
