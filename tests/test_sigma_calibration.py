@@ -157,7 +157,9 @@ def test_calibrated_weights_scale_sigma_in_outputs_and_onnx_and_say_so(
     weights = diag_weights(workdir / "w.safetensors", include_sar=False)
     model = load_model(weights)
     model.set_sigma_scale(SCALE)
+    intervals = {"0.683": 0.9021, "0.9": 1.7}
     record = {"scale": SCALE, "likelihood": "gnll", "data": "files.csv, split val", "patches": 3, "values": 999}
+    record["intervals"] = intervals
     provenance = {TRAINING_KEY: json.dumps({"loss": {"name": "gnll"}}), SIGMA_SCALE_KEY: json.dumps(record)}
     calibrated = save_weights(model, workdir / "c.safetensors", provenance=provenance)
     assert main(["export-onnx", "--weights", str(calibrated), str(workdir / "c.onnx")]) == 0
@@ -172,9 +174,18 @@ def test_calibrated_weights_scale_sigma_in_outputs_and_onnx_and_say_so(
     for name in ("w.safetensors", "c.safetensors", "c.onnx"):
         with rasterio.open(workdir / f"{name}-s.tif") as sigma, rasterio.open(workdir / f"{name}.tif") as image:
             read[name] = sigma.read().astype(np.float64), image.read(), sigma.tags()["DSEN2CR_SIGMA_CALIBRATION"]
+            read[name] += (sigma.tags()["DSEN2CR_SIGMA_INTERVALS"],)
     plain, scaled, onnx = read["w.safetensors"], read["c.safetensors"], read["c.onnx"]
-    assert plain[2] == "none (sigma as trained)"
-    assert scaled[2] == onnx[2] == "sigma x 0.5 to 1.7 per band, fitted on files.csv, split val (999 values, gnll)"
+    assert plain[2] == "none (sigma as trained)" and plain[3] == "none"
+    assert (
+        scaled[2]
+        == onnx[2]
+        == (
+            "sigma x 0.5 to 1.7 per band, fitted on files.csv, split val (999 values, gnll); there 68.3 % of values "
+            "within +-0.91 sigma, 90 % within +-1.70 sigma"
+        )
+    )
+    assert json.loads(scaled[3]) == json.loads(onnx[3]) == intervals  # for programs: full precision
     assert np.array_equal(plain[1], scaled[1])
     np.testing.assert_allclose(scaled[0], plain[0] * np.array(SCALE)[:, None, None], rtol=1e-3, atol=1)
     np.testing.assert_allclose(onnx[0], scaled[0], rtol=1e-3, atol=1)

@@ -4,6 +4,7 @@ backends to try is decided in :mod:`dsen2cr.auto`."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -116,10 +117,13 @@ class Predictor:
         } | (self._sigma_provenance() if with_variance else {})
 
     def _sigma_provenance(self) -> dict[str, str]:
-        """What trained the sigma of the outputs, and how it was calibrated after training."""
+        """What trained the sigma of the outputs, how it was calibrated after training, and the intervals that
+        calibration measured (JSON: share of the values -> multiple of sigma, for programs to read)."""
+        intervals = {f"{level:g}": multiple for level, multiple in self.sigma_intervals}
         return {
             "DSEN2CR_LIKELIHOOD": self.likelihood or "unknown (no training record)",
             "DSEN2CR_SIGMA_CALIBRATION": self.sigma_calibration or "none (sigma as trained)",
+            "DSEN2CR_SIGMA_INTERVALS": json.dumps(intervals) if intervals else "none",
         }
 
     def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
