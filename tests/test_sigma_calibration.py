@@ -304,7 +304,8 @@ def test_evaluate_says_what_the_stated_intervals_held_on_the_patches_it_scores(w
 
 def test_interval_report_by_hand() -> None:
     """|error| 0.1, 0.2, ..., 1.0 against sigma 1 (ten values): 68.3 % needs the ceil(0.683 * 11) = 8th smallest,
-    0.8; 90 % the 10th, 1.0; 95 % and 99 % an 11th, so they are left out. A stated +-0.85 sigma held 8 of 10."""
+    0.8; 90 % the 10th, 1.0; 95 % and 99 % an 11th, so they are left out. A stated +-0.85 sigma held 8 of 10.
+    A value with sigma 0 and an error needs an infinite multiple: its share is left out too."""
     from dsen2cr.calibration import interval_report
 
     error = np.arange(1, 11) / 10
@@ -312,6 +313,9 @@ def test_interval_report_by_hand() -> None:
     assert report["intervals"] == {"0.683": 0.8, "0.9": 1.0}
     assert report["stated_intervals"] == {"0.9": {"sigma_multiple": 0.85, "held": 0.8}}
     assert "stated_intervals" not in interval_report(error, np.ones(10))
+    # sigma 0 (an ensemble's members agreeing exactly): exact where the error is 0, beyond any multiple elsewhere
+    exact_but_one = interval_report(np.array([0.0] * 9 + [0.5]), np.array([1.0] * 9 + [0.0]))
+    assert exact_but_one["intervals"] == {"0.683": 0.0}
 
 
 def test_scale_statistics_by_hand() -> None:

@@ -207,8 +207,7 @@ def _interval_sentence(report: dict[str, Any]) -> str:
         return ""
     stated = report.get("stated_intervals", {})
     held = ", ".join(
-        f"+-{math.ceil(values['sigma_multiple'] * 100 - 1e-9) / 100:.2f} sigma ({100 * float(level):g} %) held "
-        f"{values['held']:.3f}"
+        f"+-{_rounded_up(values['sigma_multiple'])} sigma ({100 * float(level):g} %) held {values['held']:.3f}"
         for level, values in stated.items()
     )
     said = f" The intervals its sigma's calibration stated, here: {held}." if held else ""
@@ -231,10 +230,12 @@ def interval_report(
     multiple of sigma within which that share of the values lay (the ceil(p (n + 1))-th smallest |error| / sigma
     of the n values; a share that needs more values than there are is left out); and with ``stated`` intervals
     (share, multiple: a calibration's), ``stated_intervals``, the share of these values each one held."""
-    scores = np.sort(error / sigma)
+    with np.errstate(divide="ignore", invalid="ignore"):  # sigma 0 (members that agree exactly): exact or beyond
+        scores = np.sort(np.where(error > 0, error / sigma, 0.0))
     here = {}
     for level in INTERVAL_LEVELS:
-        if (rank := math.ceil(level * (scores.size + 1))) <= scores.size:
+        rank = math.ceil(level * (scores.size + 1))
+        if rank <= scores.size and math.isfinite(scores[rank - 1]):
             here[f"{level:g}"] = float(scores[rank - 1])
     held = {
         f"{level:g}": {"sigma_multiple": multiple, "held": float(np.mean(error <= multiple * sigma))}
@@ -246,8 +247,10 @@ def interval_report(
 def intervals_text(intervals: Sequence[tuple[float, float]]) -> str:
     """``68.3 % of values within +-1.08 sigma, 90 % within +-1.93 sigma, ...``: intervals as (share, multiple of
     sigma), each multiple rounded up to two decimals (so the interval said holds at least its share)."""
-    said = [
-        f"{100 * level:g} % within +-{math.ceil(multiple * 100 - 1e-9) / 100:.2f} sigma"
-        for level, multiple in intervals
-    ]
+    said = [f"{100 * level:g} % within +-{_rounded_up(multiple)} sigma" for level, multiple in intervals]
     return ", ".join(said).replace(" % within", " % of values within", 1)
+
+
+def _rounded_up(multiple: float) -> str:
+    """A multiple of sigma as an interval says it: rounded up to two decimals (``1.0734`` -> ``1.08``)."""
+    return f"{math.ceil(multiple * 100 - 1e-9) / 100:.2f}"
