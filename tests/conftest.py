@@ -285,14 +285,16 @@ def diag_weights(path: Path, likelihood: str | None = "gnll", *, include_sar: bo
     return save_weights(model, path, provenance=record)
 
 
-def intervals_said(intervals: dict[str, float]) -> str:
-    """How outputs state a stored calibration's intervals (share -> multiple of sigma): each multiple rounded up
-    to two decimals, ``68.3 % of values within +-1.08 sigma, 90 % within +-1.93 sigma, ...``."""
-    rounded_up = {float(level): math.ceil(q * 100 - 1e-9) / 100 for level, q in intervals.items()}
-    return ", ".join(
-        f"{100 * level:g} % {'of values ' * (i == 0)}within +-{q:.2f} sigma"
-        for i, (level, q) in enumerate(rounded_up.items())
-    )
+def intervals_said(intervals: dict[str, list[float]]) -> str:
+    """How outputs state a stored calibration's intervals (share -> each band's multiple of sigma): the range of
+    the multiples, each rounded up to two decimals, ``68.3 % of values within +-0.62 to 1.30 sigma, 90 % within
+    +-1.70 sigma (each band its multiple)``."""
+    said = []
+    for i, (level, multiples) in enumerate(intervals.items()):
+        low, high = (f"{math.ceil(q * 100 - 1e-9) / 100:.2f}" for q in (min(multiples), max(multiples)))
+        span = low if low == high else f"{low} to {high}"
+        said.append(f"{100 * float(level):g} % {'of values ' * (i == 0)}within +-{span} sigma")
+    return ", ".join(said) + " (each band its multiple)"
 
 
 def write_dated_s2(

@@ -29,13 +29,18 @@ REPORT = (
 
 @pytest.fixture(scope="module")
 def sigma_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small model that predicts its variance: its calibration sample depends on the sampler's state."""
+    """A small model that predicts its variance: its calibration sample depends on the sampler's state; its sigma
+    calibration states intervals, which each image's row counts (so a resumed report has them too)."""
     import torch
+
+    from dsen2cr.weights import SIGMA_SCALE_KEY
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = DSen2CR(num_blocks=2, num_features=8, include_sar=True, uncertainty="diag")
-    return save_weights(model, tmp_path_factory.mktemp("sigma") / "sigma.safetensors")
+    intervals = {"0.683": [1.0] * 13, "0.9": [1.645] * 13}
+    record = {SIGMA_SCALE_KEY: json.dumps({"scale": [1.0] * 13, "data": "elsewhere", "intervals": intervals})}
+    return save_weights(model, tmp_path_factory.mktemp("sigma") / "sigma.safetensors", provenance=record)
 
 
 def _argv(weights: Path, root: Path, out: Path, *extra: str) -> list[str]:
@@ -59,6 +64,7 @@ def straight(tmp_path_factory: pytest.TempPathFactory, synthetic_tree: Path, sig
     """The uninterrupted evaluation."""
     out = tmp_path_factory.mktemp("straight") / "eval"
     assert main(_argv(sigma_weights, synthetic_tree, out)) == 0
+    assert list(json.loads((out / "calibration.json").read_text())["stated_intervals"]) == ["0.683", "0.9"]
     return out
 
 

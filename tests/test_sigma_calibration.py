@@ -105,10 +105,11 @@ def test_calibrate_sigma_fits_each_bands_factor_by_the_models_likelihood(
 def test_calibrate_sigma_states_the_intervals_that_held_each_share(
     workdir: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """The intervals a fit records are split conformal ones: for each share p, the ceil(p (n + 1))-th smallest of
-    the n values' |error| / calibrated sigma, computed here in float64 from the network (the fit's is rounded up
-    to its histogram's bin, 0.5 %, and never below); each holds at least its share of those values. calibrate-sigma
-    prints them, weights info lists them, and every output's calibration text ends with them."""
+    """The intervals a fit records are split conformal ones, per band: for each share p, the ceil(p (n + 1))-th
+    smallest of the band's n values' |error| / calibrated sigma, computed here in float64 from the network (the
+    fit's is rounded up to its histogram's bin, 0.5 %, and never below); each holds at least its share of the
+    band's values. calibrate-sigma prints them, weights info lists them, and every output's calibration text ends
+    with their range."""
     from dsen2cr.calibration import INTERVAL_LEVELS
     from dsen2cr.predictor import load_predictor
 
@@ -118,20 +119,27 @@ def test_calibrate_sigma_states_the_intervals_that_held_each_share(
     assert main([*args, "--weights", str(weights), "--out", str(workdir / "c.safetensors"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     factors = np.array(load_model(workdir / "c.safetensors").sigma_scale_factors)
-    scores = np.sort(
-        (_abs_z(weights, select_split(read_file_list(root / "files.csv", root), "val")) / factors[:, None]).ravel()
-    )
+    val = select_split(read_file_list(root / "files.csv", root), "val")
+    scores = np.sort(_abs_z(weights, val) / factors[:, None], axis=1)  # each band's, calibrated
     record = json.loads(json.loads(_metadata(workdir / "c.safetensors"))[SIGMA_SCALE_KEY])
     assert list(record["intervals"]) == ["0.683", "0.9", "0.95", "0.99"] == [f"{p:g}" for p in INTERVAL_LEVELS]
-    for level, multiple in record["intervals"].items():
-        exact = scores[math.ceil(float(level) * (scores.size + 1)) - 1]
-        assert exact * (1 - 1e-4) <= multiple <= exact * math.exp(0.005) * (1 + 1e-4), (level, multiple, exact)
-        assert np.mean(scores <= multiple * (1 + 1e-4)) >= float(level)
+    for level, multiples in record["intervals"].items():
+        exact = scores[:, math.ceil(float(level) * (scores.shape[1] + 1)) - 1]
+        assert np.all(exact * (1 - 1e-4) <= multiples), (level, multiples, exact)
+        assert np.all(multiples <= exact * math.exp(0.005) * (1 + 1e-4)), (level, multiples, exact)
+        held = np.mean(scores <= np.array(multiples)[:, None] * (1 + 1e-4), axis=1)
+        assert np.all(held >= float(level)), (level, held)
+        row = next(line for line in printed.splitlines() if line.startswith(f"| {100 * float(level):g} % within"))
+        np.testing.assert_allclose([float(c) for c in row.strip("|").split("|")[1:]], multiples, atol=5e-4)
     said = intervals_said(record["intervals"])
     assert f"intervals of the calibrated sigma on these patches: {said}" in printed
     assert load_predictor(workdir / "c.safetensors").sigma_calibration.endswith(f"gnll); there {said}")
     assert main(["weights", "info", str(workdir / "c.safetensors")]) == 0
-    assert f"  sigma intervals, where fitted: {said}" in capsys.readouterr().out.splitlines()
+    listed = capsys.readouterr().out.splitlines()
+    for level, multiples in record["intervals"].items():
+        each = ", ".join(f"{m:.3g}" for m in multiples)
+        said_each = f"{100 * float(level):g} % of values within +- {each} sigma (per band)"
+        assert f"  sigma interval, where fitted: {said_each}" in listed
 
 
 def _metadata(path: Path) -> str:
@@ -157,7 +165,7 @@ def test_calibrated_weights_scale_sigma_in_outputs_and_onnx_and_say_so(
     weights = diag_weights(workdir / "w.safetensors", include_sar=False)
     model = load_model(weights)
     model.set_sigma_scale(SCALE)
-    intervals = {"0.683": 0.9021, "0.9": 1.7}
+    intervals = {"0.683": [0.9021] * 12 + [1.2], "0.9": [1.7] * 13}
     record = {"scale": SCALE, "likelihood": "gnll", "data": "files.csv, split val", "patches": 3, "values": 999}
     record["intervals"] = intervals
     provenance = {TRAINING_KEY: json.dumps({"loss": {"name": "gnll"}}), SIGMA_SCALE_KEY: json.dumps(record)}
@@ -182,7 +190,7 @@ def test_calibrated_weights_scale_sigma_in_outputs_and_onnx_and_say_so(
         == onnx[2]
         == (
             "sigma x 0.5 to 1.7 per band, fitted on files.csv, split val (999 values, gnll); there 68.3 % of values "
-            "within +-0.91 sigma, 90 % within +-1.70 sigma"
+            "within +-0.91 to 1.20 sigma, 90 % within +-1.70 sigma (each band its multiple)"
         )
     )
     assert json.loads(scaled[3]) == json.loads(onnx[3]) == intervals  # for programs: full precision
@@ -261,9 +269,10 @@ def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
 
 def test_evaluate_says_what_the_stated_intervals_held_on_the_patches_it_scores(workdir: Path) -> None:
     """Weights calibrated on the val split, evaluated on the test split: calibration.json gives the share of the
-    test values that each interval the calibration stated held, and the multiples of sigma that held each share
-    there, against |error| / sigma of every test value computed here in float64 (the report's are of its sample
-    of each patch's values: within sampling error); summary.md says both. Uncalibrated weights state none."""
+    test values (each band's and all) that each interval the calibration stated held, exact counts against
+    |error| / sigma of every test value computed here in float64, and the multiple of sigma (one for all bands)
+    that held each share of its sample of each patch's values (within sampling error); summary.md says both.
+    Uncalibrated weights state none."""
     root = workdir.tree()
     data = ["--data-root", str(root), "--file-list", str(root / "files.csv"), "--no-progress", "--no-images"]
     weights = diag_weights(workdir / "w.safetensors")
@@ -284,35 +293,36 @@ def test_evaluate_says_what_the_stated_intervals_held_on_the_patches_it_scores(w
         assert main(argv) == 0
     assert "stated_intervals" not in json.loads((workdir / "ev-w.safetensors" / "calibration.json").read_text())
     report = json.loads((workdir / "ev-c.safetensors" / "calibration.json").read_text())
-    scores = np.sort(_abs_z(out, select_split(read_file_list(root / "files.csv", root), "test")).ravel())
     assert list(report["stated_intervals"]) == list(stated)
-    for level, multiple in stated.items():
+    z = _abs_z(out, select_split(read_file_list(root / "files.csv", root), "test"))
+    scores = np.sort(z.ravel())
+    for level, multiples in stated.items():  # exact counts over every value: each band's, and all of them
         held = report["stated_intervals"][level]
-        assert held["sigma_multiple"] == multiple
-        assert held["held"] == pytest.approx(np.mean(scores <= multiple), abs=0.01), level
+        per_band = np.mean(z <= np.array(multiples)[:, None], axis=1)
+        assert [b["sigma_multiple"] for b in held["per_band"].values()] == multiples
+        np.testing.assert_allclose([b["held"] for b in held["per_band"].values()], per_band, atol=2e-3)
+        assert held["held"] == pytest.approx(per_band.mean(), abs=2e-3), level
     for level in ("0.683", "0.9", "0.95"):
         exact = np.quantile(scores, float(level))
         assert report["intervals"][level] == pytest.approx(exact, rel=0.05), level
     summary = (workdir / "ev-c.safetensors" / "summary.md").read_text()
-    first, held_first = stated["0.683"], report["stated_intervals"]["0.683"]["held"]
-    said = f"+-{math.ceil(first * 100 - 1e-9) / 100:.2f} sigma (68.3 %) held {held_first:.3f}"
-    assert f"The intervals its sigma's calibration stated, here: {said}, " in summary
+    first = report["stated_intervals"]["0.683"]
+    bands = [b["held"] for b in first["per_band"].values()]
+    said = f"68.3 % held {first['held']:.3f} (bands {min(bands):.3f} to {max(bands):.3f}), 90 % held"
+    assert f"The intervals its sigma's calibration stated, over every value here: {said}" in summary
     here = f"+-{math.ceil(report['intervals']['0.683'] * 100 - 1e-9) / 100:.2f} sigma"
-    assert f"Intervals of the sampled values: 68.3 % of values within {here}, 90 % within" in summary
+    assert f"one multiple for all bands: 68.3 % of values within {here}, 90 % within" in summary
     assert "calibration stated" not in (workdir / "ev-w.safetensors" / "summary.md").read_text()
 
 
 def test_interval_report_by_hand() -> None:
     """|error| 0.1, 0.2, ..., 1.0 against sigma 1 (ten values): 68.3 % needs the ceil(0.683 * 11) = 8th smallest,
-    0.8; 90 % the 10th, 1.0; 95 % and 99 % an 11th, so they are left out. A stated +-0.85 sigma held 8 of 10.
-    A value with sigma 0 and an error needs an infinite multiple: its share is left out too."""
+    0.8; 90 % the 10th, 1.0; 95 % and 99 % an 11th, so they are left out. A value with sigma 0 and an error needs
+    an infinite multiple: its share is left out too."""
     from dsen2cr.calibration import interval_report
 
     error = np.arange(1, 11) / 10
-    report = interval_report(error, np.ones(10), [(0.9, 0.85)])
-    assert report["intervals"] == {"0.683": 0.8, "0.9": 1.0}
-    assert report["stated_intervals"] == {"0.9": {"sigma_multiple": 0.85, "held": 0.8}}
-    assert "stated_intervals" not in interval_report(error, np.ones(10))
+    assert interval_report(error, np.ones(10)) == {"intervals": {"0.683": 0.8, "0.9": 1.0}}
     # sigma 0 (an ensemble's members agreeing exactly): exact where the error is 0, beyond any multiple elsewhere
     exact_but_one = interval_report(np.array([0.0] * 9 + [0.5]), np.array([1.0] * 9 + [0.0]))
     assert exact_but_one["intervals"] == {"0.683": 0.0}
@@ -340,18 +350,33 @@ def test_scale_statistics_by_hand() -> None:
     assert (gaussian.coverage_before, gaussian.coverage_after) == pytest.approx((0.5, 0.5), abs=1e-9)
     assert gaussian.band_coverage_before == gaussian.band_coverage_after == pytest.approx([0.5] * 13, abs=1e-9)
     assert (gaussian.patches, gaussian.values) == (1, 26)
-    # the calibrated scores are 0.5 / k and 3 / k, 13 of each: the ceil(p * 27)-th of 26 is the larger for p of
-    # 0.683, 0.9 and 0.95 (19th, 25th, 26th); 0.99 needs a 27th value, so it is left out
-    largest = 3 / math.sqrt(4.625)
-    assert [level for level, _ in gaussian.intervals] == [0.683, 0.9, 0.95]
-    for _, multiple in gaussian.intervals:
-        assert largest <= multiple <= largest * math.exp(0.005)
+    assert gaussian.intervals == ()  # two values a band: even 68.3 % needs the ceil(0.683 * 3) = 3rd of them
     exact = ScaleStatistics()
     pred = pred.copy()
     pred[10] = target[10]
     exact.add(pred, target, np.full((13, 1, 2), 100.0))
     with pytest.raises(DSen2CRError, match="every value of band B10 is predicted exactly on the 1 patch given"):
         exact.fit("gnll")
+
+
+def test_interval_statistics_by_hand() -> None:
+    """Ten values per band, |error| 10, 20, ..., 100 DN against sigma 100 DN (z = 0.1 ... 1.0): the Gaussian factor
+    is k = sqrt(0.385); 68.3 % of a band needs its ceil(0.683 * 11) = 8th smallest calibrated score, 0.8 / k, and 90 %
+    its 10th, 1.0 / k (each at most a bin, 0.5 %, above); 95 % and 99 % an 11th, so they are left out. held() of
+    those multiples on the uncalibrated sigma reads the shares back."""
+    from dsen2cr.sigma_calibration import ScaleStatistics
+
+    statistics = ScaleStatistics()
+    target = np.full((13, 1, 10), 1000, np.uint16)
+    statistics.add(target + np.arange(10, 101, 10, dtype=np.uint16)[None, None], target, np.full((13, 1, 10), 100.0))
+    fit = statistics.fit("gnll")
+    k = math.sqrt(0.385)
+    assert fit.scale == pytest.approx([k] * 13, rel=1e-12)
+    assert [level for level, _ in fit.intervals] == [0.683, 0.9]
+    for (_, multiples), score in zip(fit.intervals, (0.8 / k, 1.0 / k), strict=True):
+        assert all(score <= m <= score * math.exp(0.005) for m in multiples), (multiples, score)
+    held = [statistics.held(np.array(multiples) * k) for _, multiples in fit.intervals]
+    np.testing.assert_allclose(held, [[0.8] * 13, [1.0] * 13], atol=1e-9)
 
 
 def test_coverage_under_clouds_and_over_clear_pixels_by_hand() -> None:

@@ -478,10 +478,10 @@ CASES += [
     dict(
         name="weights whose stored sigma intervals name a share above 1",
         setup=lambda t: _remove_args(
-            t, "--out", str(t / "o.tif"), weights=_sigma_weights(t, scale=[1.0] * 13, intervals={"1.5": 2.0})
+            t, "--out", str(t / "o.tif"), weights=_sigma_weights(t, scale=[1.0] * 13, intervals={"1.5": [2.0] * 13})
         ),
-        message="sigma.safetensors: stored sigma intervals must map shares of values between 0 and 1 to finite "
-        "positive multiples of sigma, got {'1.5': 2.0}",
+        message="sigma.safetensors: stored sigma intervals must map shares of values between 0 and 1 to 13 finite "
+        "positive multiples of sigma (one per S2 band), got {'1.5': [2.0, 2.0",
         absent=("o.tif",),
     ),
 ]
@@ -548,14 +548,14 @@ CASES += [
         absent=("o.tif",),
     ),
     dict(
-        name="an ensemble file whose sigma intervals are not numbers",
+        name="an ensemble file whose sigma intervals hold 12 multiples",
         setup=lambda t: _remove_args(
             t,
             "--out",
             str(t / "o.tif"),
-            weights=_ensemble_file(t, sigma_scale={"scale": [1.0] * 13, "intervals": {"0.9": "wide"}}),
+            weights=_ensemble_file(t, sigma_scale={"scale": [1.0] * 13, "intervals": {"0.9": [1.5] * 12}}),
         ),
-        message="ens.json: stored sigma intervals must map shares of values between 0 and 1 to finite positive",
+        message="ens.json: stored sigma intervals must map shares of values between 0 and 1 to 13 finite positive",
         absent=("o.tif",),
     ),
     dict(

@@ -54,6 +54,8 @@ CERTAIN_SHARES = (10, 50, 90)
 #: The shares of values whose intervals (multiples of sigma that hold them) a calibration measures and records,
 #: and an evaluation measures again.
 INTERVAL_LEVELS = (0.683, 0.9, 0.95, 0.99)
+#: Intervals as a calibration states them: (share of the values, each band's multiple of its sigma), by share.
+Intervals = tuple[tuple[float, tuple[float, ...]], ...]
 
 
 def reflectance_errors(
@@ -201,17 +203,20 @@ def pooled_sentence(report: dict[str, Any], images: int) -> str:
 
 def _interval_sentence(report: dict[str, Any]) -> str:
     """The intervals of the sampled values, and the share the weights' stated intervals held, where the report
-    has them (:func:`interval_report`)."""
-    here = [(float(level), multiple) for level, multiple in report.get("intervals", {}).items()]
+    has them (:func:`interval_report`, :func:`stated_intervals_held`)."""
+    here = [(float(level), [multiple]) for level, multiple in report.get("intervals", {}).items()]
     if not here:
         return ""
-    stated = report.get("stated_intervals", {})
+    stated = report.get("stated_intervals") or {}
     held = ", ".join(
-        f"+-{_rounded_up(values['sigma_multiple'])} sigma ({100 * float(level):g} %) held {values['held']:.3f}"
+        f"{100 * float(level):g} % held {values['held']:.3f} (bands "
+        f"{min(b['held'] for b in values['per_band'].values()):.3f} to "
+        f"{max(b['held'] for b in values['per_band'].values()):.3f})"
         for level, values in stated.items()
     )
-    said = f" The intervals its sigma's calibration stated, here: {held}." if held else ""
-    return f"\nIntervals of the sampled values: {intervals_text(here)}.{said}\n"
+    said = f" The intervals its sigma's calibration stated, over every value here: {held}." if held else ""
+    pooled = intervals_text(here).removesuffix(" (each band its multiple)")
+    return f"\nIntervals of the sampled values, one multiple for all bands: {pooled}.{said}\n"
 
 
 def _per_band_sentence(report: dict[str, Any]) -> str:
@@ -223,13 +228,10 @@ def _per_band_sentence(report: dict[str, Any]) -> str:
     return f"\n+-1 sigma coverage per band, over every value: {each}.\n"
 
 
-def interval_report(
-    error: np.ndarray, sigma: np.ndarray, stated: Sequence[tuple[float, float]] = ()
-) -> dict[str, dict[str, Any]]:
-    """The intervals of pooled |error| and sigma: ``intervals``, for each share p of :data:`INTERVAL_LEVELS`, the
+def interval_report(error: np.ndarray, sigma: np.ndarray) -> dict[str, dict[str, float]]:
+    """The intervals of pooled |error| and sigma (``intervals``): for each share p of :data:`INTERVAL_LEVELS`, the
     multiple of sigma within which that share of the values lay (the ceil(p (n + 1))-th smallest |error| / sigma
-    of the n values; a share that needs more values than there are is left out); and with ``stated`` intervals
-    (share, multiple: a calibration's), ``stated_intervals``, the share of these values each one held."""
+    of the n values; a share that needs more values than there are, or an infinite multiple, is left out)."""
     with np.errstate(divide="ignore", invalid="ignore"):  # sigma 0 (members that agree exactly): exact or beyond
         scores = np.sort(np.where(error > 0, error / sigma, 0.0))
     here = {}
@@ -237,18 +239,54 @@ def interval_report(
         rank = math.ceil(level * (scores.size + 1))
         if rank <= scores.size and math.isfinite(scores[rank - 1]):
             here[f"{level:g}"] = float(scores[rank - 1])
-    held = {
-        f"{level:g}": {"sigma_multiple": multiple, "held": float(np.mean(error <= multiple * sigma))}
-        for level, multiple in stated
-    }
-    return {"intervals": here} | ({"stated_intervals": held} if held else {})
+    return {"intervals": here}
 
 
-def intervals_text(intervals: Sequence[tuple[float, float]]) -> str:
-    """``68.3 % of values within +-1.08 sigma, 90 % within +-1.93 sigma, ...``: intervals as (share, multiple of
-    sigma), each multiple rounded up to two decimals (so the interval said holds at least its share)."""
-    said = [f"{100 * level:g} % within +-{_rounded_up(multiple)} sigma" for level, multiple in intervals]
-    return ", ".join(said).replace(" % within", " % of values within", 1)
+#: The key of a model's per-image row that holds, for each interval its weights' calibration stated, each band's
+#: values within it (:func:`stated_interval_counts`): recorded with the row, left out of the CSVs.
+STATED_INTERVAL_KEY = "stated_interval_counts"
+
+
+def stated_interval_counts(error: np.ndarray, sigma: np.ndarray, stated: Intervals, bands: int) -> list[list[int]]:
+    """For each stated interval (share, each band's multiple of sigma), each band's values of one image within it
+    (flat |error| and sigma band after band, as :func:`reflectance_errors` gives them)."""
+    error, sigma = error.reshape(bands, -1), sigma.reshape(bands, -1)
+    return [
+        (error <= np.asarray(multiples, np.float64)[:, None] * sigma).sum(axis=1).tolist() for _, multiples in stated
+    ]
+
+
+def stated_intervals_held(
+    rows: list[dict[str, Any]], stated: Intervals, band_names: Sequence[str]
+) -> dict[str, dict[str, Any]] | None:
+    """The share of every value that each stated interval held over the model rows (``held``, and each band's
+    multiple and share, ``per_band``: exact counts, :data:`STATED_INTERVAL_KEY` against the rows' values per band,
+    :data:`BAND_COVERAGE_KEY`); None without stated intervals, or where a row lacks the counts."""
+    models = [row for row in rows if row["method"] == "model"]
+    counts = [row.get(STATED_INTERVAL_KEY) for row in models]
+    if not stated or not models or any(c is None or len(c) != len(stated) for c in counts):
+        return None
+    held = np.sum(np.array(counts, dtype=np.int64), axis=0)  # (intervals, bands)
+    values = np.sum(np.array([[n for n, *_ in row[BAND_COVERAGE_KEY]] for row in models], np.int64), axis=0)
+    report = {}
+    for (level, multiples), within in zip(stated, held, strict=True):
+        per_band = {
+            band: {"sigma_multiple": float(m), "held": float(h / n)}
+            for band, m, h, n in zip(band_names, multiples, within, values, strict=True)
+        }
+        report[f"{level:g}"] = {"held": float(within.sum() / values.sum()), "per_band": per_band}
+    return report
+
+
+def intervals_text(intervals: Sequence[tuple[float, Sequence[float]]]) -> str:
+    """``68.3 % of values within +-0.62 to 1.30 sigma, 90 % within +-1.40 to 1.80 sigma, ... (each band its
+    multiple)``: intervals as (share, each band's multiple of sigma), the multiples' range, each rounded up to two
+    decimals (so the interval said holds at least its share)."""
+    said = []
+    for level, multiples in intervals:
+        low, high = _rounded_up(min(multiples)), _rounded_up(max(multiples))
+        said.append(f"{100 * level:g} % within +-{low if low == high else f'{low} to {high}'} sigma")
+    return ", ".join(said).replace(" % within", " % of values within", 1) + " (each band its multiple)" * bool(said)
 
 
 def _rounded_up(multiple: float) -> str:

@@ -31,6 +31,7 @@ from dsen2cr.calibration import (
     reliability_bins,
     sparsification,
     spearman,
+    stated_intervals_held,
 )
 from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
@@ -146,6 +147,8 @@ def evaluate(
     )
     scorer = _new_scorer(o, out, triplets, bool(predictor.include_sar))
     scorer.tags = predictor.provenance(with_variance=uncertain)  # settled once the first batch ran (below)
+    if uncertain:  # what its calibration measured where it was fitted, counted again on every value here
+        scorer.stated_intervals = getattr(predictor, "sigma_intervals", ())
     settings = {"protocol": o.protocol, "window": f"{o.window} px" if o.window else "the full patch"}
     settings |= {"mask": o.mask_kind, "cloud threshold": f"{o.cloud_threshold:g}", "data": o.data or "not said"}
     settings["images"] = "written" if o.write_images else "not written (--no-images)"
@@ -171,8 +174,8 @@ def evaluate(
     if o.data:
         provenance["DSEN2CR_DATA"] = o.data
     per_band = per_band_coverage(scorer.rows, S2_BANDS) if uncertain else None
-    stated = getattr(predictor, "sigma_intervals", ())  # what its calibration measured where it was fitted
-    calibration = write_calibration(scorer.pooled(), out, provenance, per_band, stated) if uncertain else None
+    held = stated_intervals_held(scorer.rows, scorer.stated_intervals, S2_BANDS) if uncertain else None
+    calibration = write_calibration(scorer.pooled(), out, provenance, per_band, held) if uncertain else None
     _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance, calibration)
     progress.remove()  # the report is complete
     return summary
@@ -267,12 +270,13 @@ def write_calibration(
     out: Path,
     text: dict[str, str],
     per_band: dict[str, dict[str, float]] | None = None,
-    stated: Sequence[tuple[float, float]] = (),
+    stated: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The calibration over every evaluated value (a fixed sample of each patch): ``calibration.json`` (the
     pooled metrics, Spearman's rank correlation of sigma and |error|, the reliability bins, ``per_band``, each
-    band's coverage over all its values, where given, and the intervals of the values, with the share that the
-    ``stated`` intervals of the weights' calibration held: :func:`~dsen2cr.calibration.interval_report`) and the
+    band's coverage over all its values, where given, the intervals of the sampled values,
+    :func:`~dsen2cr.calibration.interval_report`, and the share of every value that the intervals the weights'
+    calibration stated held, ``stated``, where given: :func:`~dsen2cr.calibration.stated_intervals_held`) and the
     reliability diagram ``calibration.png`` (``text``, what made it, as PNG text); returns the JSON's content."""
     error, sigma = pooled
     edges = np.linspace(sigma.min(), sigma.max(), CALIBRATION_BINS + 1)
@@ -297,7 +301,8 @@ def write_calibration(
             },
         }
         | ({"per_band": per_band} if per_band else {})
-        | interval_report(error, sigma, stated)
+        | interval_report(error, sigma)
+        | ({"stated_intervals": stated} if stated else {})
     )
     write_text_atomic(out / "calibration.json", json_text(report))
     reliability_diagram(out / "calibration.png", rms_sigma, rms_error, counts, report, text)

@@ -19,9 +19,12 @@ import torch
 
 from dsen2cr.calibration import (
     BAND_COVERAGE_KEY,
+    STATED_INTERVAL_KEY,
+    Intervals,
     band_coverage_counts,
     reflectance_errors,
     sigma_part_metrics,
+    stated_interval_counts,
     uncertainty_metrics_of,
 )
 from dsen2cr.data.layout import Triplet
@@ -107,6 +110,8 @@ class Scorer:
         self.tags: dict[str, str] = {}  # what computed the predictions (set once the first batch ran)
         self.rows: list[dict[str, Any]] = []
         self.samples: list[tuple[np.ndarray, np.ndarray]] = []
+        #: the intervals the weights' calibration stated (share, each band's multiple of sigma), counted per image
+        self.stated_intervals: Intervals = ()
         self.sample = max(1, min(self.SAMPLE, sample))
         self.rng = np.random.default_rng(0)
         kind, threshold = mask  # the map the region metrics use
@@ -205,6 +210,10 @@ class Scorer:
             row = {"patch_id": patch_id, "roi": roi, "method": method, "cloud_fraction": cloud_fraction, **values}
             if method == "model" and score.errors is not None:  # recorded with the row, left out of the CSVs
                 row[BAND_COVERAGE_KEY] = band_coverage_counts(*score.errors, pred_dn.shape[0])
+                if self.stated_intervals:
+                    row[STATED_INTERVAL_KEY] = stated_interval_counts(
+                        *score.errors, self.stated_intervals, len(pred_dn)
+                    )
             score.rows.append(row)
         if self.write_images:
             write_prediction(self.by_id[patch_id], pred_dn, self.out / PREDICTIONS, tags)

@@ -16,6 +16,7 @@ import torch
 
 from dsen2cr.auto import float32_mode_of, plan_backend, resolve_device, resolve_precision
 from dsen2cr.backends import CheckedBackend, select_backend
+from dsen2cr.calibration import Intervals
 from dsen2cr.ensemble_file import is_ensemble_file
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.models import CloudRemovalNetwork, ModelSpec
@@ -59,8 +60,9 @@ class Predictor:
     #: The calibration of its sigma fitted after training (``dsen2cr weights calibrate-sigma``), as outputs name
     #: it; None: sigma as trained.
     sigma_calibration: str | None = None
-    #: The intervals that calibration measured where it was fitted: (share of the values, multiple of sigma).
-    sigma_intervals: tuple[tuple[float, float], ...] = ()
+    #: The intervals that calibration measured where it was fitted: (share of the values, each band's multiple of
+    #: its sigma).
+    sigma_intervals: Intervals = ()
 
     @property
     def backend(self) -> str:
@@ -118,8 +120,8 @@ class Predictor:
 
     def _sigma_provenance(self) -> dict[str, str]:
         """What trained the sigma of the outputs, how it was calibrated after training, and the intervals that
-        calibration measured (JSON: share of the values -> multiple of sigma, for programs to read)."""
-        intervals = {f"{level:g}": multiple for level, multiple in self.sigma_intervals}
+        calibration measured (JSON: share of the values -> each band's multiple of sigma, for programs to read)."""
+        intervals = {f"{level:g}": list(multiples) for level, multiples in self.sigma_intervals}
         return {
             "DSEN2CR_LIKELIHOOD": self.likelihood or "unknown (no training record)",
             "DSEN2CR_SIGMA_CALIBRATION": self.sigma_calibration or "none (sigma as trained)",
@@ -237,10 +239,10 @@ class Network:
     weights_sha256: str | None = None
     likelihood: str | None = None  # what trained its variance (:attr:`Predictor.likelihood`)
     sigma_calibration: str | None = None  # :attr:`Predictor.sigma_calibration`
-    sigma_intervals: tuple[tuple[float, float], ...] = ()  # :attr:`Predictor.sigma_intervals`
+    sigma_intervals: Intervals = ()  # :attr:`Predictor.sigma_intervals`
 
     @property
-    def described(self) -> tuple[str | None, str | None, str | None, str | None, tuple[tuple[float, float], ...]]:
+    def described(self) -> tuple[str | None, str | None, str | None, str | None, Intervals]:
         """What a predictor of it says of it: the file's name and SHA-256, what trained its sigma, the calibration
         of its sigma and that calibration's intervals (:class:`Predictor`'s fields)."""
         return self.weights, self.weights_sha256, self.likelihood, self.sigma_calibration, self.sigma_intervals

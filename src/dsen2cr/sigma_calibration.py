@@ -16,10 +16,10 @@ metrics' convention, :mod:`dsen2cr.calibration`). Fitted on the output of weight
 the new ones multiply them (the same fit as from the raw sigma: both statistics are homogeneous in sigma).
 
 The errors' tails are rarely a Gaussian's, so +-1 sigma after the fit need not hold 68.3 % of the values, nor
-+-1.645 sigma 90 %. The fit also measures, on the same values, the multiple of the calibrated sigma that holds
-each share of :data:`INTERVAL_LEVELS` of them (split conformal prediction with the normalised score
-|error| / sigma: the ceil(p (n + 1))-th smallest score of n), read from the histogram of ln|z| rounded up to the
-edge of its bin, so that on those values each interval holds at least its share.
++-1.645 sigma 90 %. The fit also measures, on the same values, the multiple of each band's calibrated sigma that
+holds each share of :data:`INTERVAL_LEVELS` of that band's values (split conformal prediction with the normalised
+score |error| / sigma, per band: the ceil(p (n + 1))-th smallest score of n), read from the histogram of ln|z|
+rounded up to the edge of its bin, so that on those values each band's interval holds at least its share.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dsen2cr.calibration import INTERVAL_LEVELS, intervals_text, reflectance_errors
+from dsen2cr.calibration import INTERVAL_LEVELS, Intervals, intervals_text, reflectance_errors
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
 from dsen2cr.data.layout import Triplet
 from dsen2cr.ensemble import ensemble
@@ -79,9 +79,9 @@ class SigmaFit:
     #: Each band's +-1 sigma coverage on the patches fitted on, before and after its factor.
     band_coverage_before: tuple[float, ...]
     band_coverage_after: tuple[float, ...]
-    #: (share of the values, the multiple of the calibrated sigma that held it there): :data:`INTERVAL_LEVELS`
-    #: that the values could measure.
-    intervals: tuple[tuple[float, float], ...] = ()
+    #: (share of the values, each band's multiple of its calibrated sigma that held that share of its values there):
+    #: the shares of :data:`INTERVAL_LEVELS` that the values could measure.
+    intervals: Intervals = ()
     #: The factors the weights already held, which the fitted ones multiply (None: sigma as trained).
     earlier: tuple[float, ...] | None = None
 
@@ -103,9 +103,9 @@ class SigmaFit:
     def record(self, data: str) -> dict[str, object]:
         """What a weights file keeps (:data:`~dsen2cr.weights.SIGMA_SCALE_KEY`): the factors
         (:attr:`total_scale`), the likelihood, the data they were fitted on (``data``), how many values, and the
-        intervals measured there (``intervals``: share of the values -> multiple of sigma)."""
+        intervals measured there (``intervals``: share of the values -> each band's multiple of sigma)."""
         fitted = {"likelihood": self.likelihood, "data": data, "patches": self.patches, "values": self.values}
-        intervals = {"intervals": {f"{level:g}": multiple for level, multiple in self.intervals}}
+        intervals = {"intervals": {f"{level:g}": list(multiples) for level, multiples in self.intervals}}
         return {"scale": self.total_scale} | fitted | (intervals if self.intervals else {})
 
 
@@ -173,34 +173,25 @@ class ScaleStatistics:
             terms = 0.5 * math.log(2.0) * self.count + log_sigma + math.sqrt(2.0) * self.sum_abs_z / scale
         return float(terms.sum() / self.count.sum())
 
-    def _intervals(self, scale: np.ndarray) -> tuple[tuple[float, float], ...]:
-        """For each share p of :data:`INTERVAL_LEVELS`, the smallest multiple q of sigma times ``scale`` within
-        which the histogram places ceil(p (n + 1)) of the n values, every value counted at its bin's upper edge
-        (so q is at most one bin, 0.5 %, above the exact score and never below it); a share that needs more values
-        than there are, or the histogram's last bin, is left out."""
+    def _intervals(self, scale: np.ndarray) -> Intervals:
+        """For each share p of :data:`INTERVAL_LEVELS`, each band's smallest multiple of its calibrated sigma (sigma
+        times its factor in ``scale``) within which the histogram places ceil(p (n + 1)) of its n values, every
+        value counted at its bin's upper edge (so at most one bin, 0.5 %, above the exact score, never below it); a
+        share that needs more values than a band has, or its last bin, is left out."""
         cumulative = np.cumsum(self.histogram[:, :-1], axis=1)  # up to each bin's upper edge; the last bin unknown
-        total, log_scale = self.count.sum(), np.log(scale)
-
-        def held(log_q: float) -> float:
-            """The values whose bin lies wholly within q times each band's factor (the last bin never)."""
-            bins = np.searchsorted(LOG_Z_EDGES[1:-1], log_q + log_scale, side="right")
-            return float(sum(cumulative[b, n - 1] for b, n in enumerate(bins) if n > 0))
-
         intervals = []
         for level in INTERVAL_LEVELS:
-            needed = math.ceil(level * (total + 1))
-            low, high = float(LOG_Z_EDGES[0] - log_scale.max()), float(LOG_Z_EDGES[-2] - log_scale.min())
-            if needed > total or held(high) < needed:  # more than there are, or in the last bin
+            reached = cumulative >= np.ceil(level * (self.count + 1))[:, None]
+            if not reached[:, -1].all():  # more values than a band has, or some in its last bin
                 continue
-            for _ in range(60):  # the step where the count reaches the share, to far below a bin's width
-                middle = 0.5 * (low + high)
-                low, high = (middle, high) if held(middle) < needed else (low, middle)
-            intervals.append((level, float(math.exp(high))))
+            upper_edges = LOG_Z_EDGES[reached.argmax(axis=1) + 1]  # of the first bin where each band reaches it
+            intervals.append((level, tuple(float(m) for m in np.exp(upper_edges) / scale)))
         return tuple(intervals)
 
-    def held(self, multiple: float) -> float:
-        """The share of every value added with |z| <= ``multiple`` (sigma as given; read from the histogram)."""
-        return float(self._inside(np.full(NUM_S2_BANDS, multiple)).sum() / self.count.sum())
+    def held(self, multiples: Sequence[float]) -> np.ndarray:
+        """Each band's share of its values with |z| <= its multiple in ``multiples`` (sigma as given; read from the
+        histogram)."""
+        return self._inside(np.asarray(multiples, np.float64)) / self.count
 
     def _inside(self, scale: np.ndarray) -> np.ndarray:
         """Per band, the values with |z| <= the band's factor, read from the histogram (linear within a bin)."""
@@ -340,7 +331,12 @@ def _range(scale: Sequence[float]) -> str:
 
 
 def fit_table(fit: SigmaFit) -> str:
-    """The fitted factors per band and what they change on the data they were fitted on, as Markdown."""
+    """The fitted factors per band and what they change on the data they were fitted on, and each band's intervals
+    of the calibrated sigma there, as Markdown."""
+    intervals = [  # each band's multiple of its calibrated sigma that held each share of its values
+        f"| {100 * level:g} % within (x sigma) | " + " | ".join(f"{m:.3f}" for m in multiples) + " |"
+        for level, multiples in fit.intervals
+    ]
     rows = [
         f"sigma scale fitted by {LIKELIHOOD_NAMES[fit.likelihood]} on {fit.patches} patch{'es' * (fit.patches != 1)} "
         f"({fit.values:,} values)",
@@ -350,6 +346,7 @@ def fit_table(fit: SigmaFit) -> str:
         "| factor | " + " | ".join(f"{k:.3f}" for k in fit.scale) + " |",
         "| +-1 sigma before | " + " | ".join(f"{c:.3f}" for c in fit.band_coverage_before) + " |",
         "| +-1 sigma after | " + " | ".join(f"{c:.3f}" for c in fit.band_coverage_after) + " |",
+        *intervals,
         "",
         f"on these patches: mean NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f} nats per value; +-1 sigma coverage "
         f"{fit.coverage_before:.3f} -> {fit.coverage_after:.3f}",

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dsen2cr.calibration import intervals_text
+from dsen2cr.calibration import Intervals, intervals_text
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.preprocessing import NUM_S2_BANDS
 
@@ -16,8 +16,8 @@ from dsen2cr.preprocessing import NUM_S2_BANDS
 def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
     """A stored sigma calibration (a weights file's, an ensemble file's) as read from JSON, checked: a mapping
     whose ``scale`` holds one finite positive factor per S2 band and whose ``intervals``, where it has them, map
-    shares of values (between 0 and 1, as text) to finite positive multiples of sigma; a one-line error naming
-    ``path`` otherwise."""
+    shares of values (between 0 and 1, as text) to one finite positive multiple of sigma per S2 band; a one-line
+    error naming ``path`` otherwise."""
     scale = value.get("scale") if isinstance(value, dict) else None
     if not isinstance(value, dict) or not _band_factors(scale):
         raise DSen2CRError(
@@ -26,27 +26,28 @@ def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
         )
     if "intervals" in value and not _intervals(value["intervals"]):
         raise DSen2CRError(
-            f"{path}: stored sigma intervals must map shares of values between 0 and 1 to finite positive multiples "
-            f"of sigma, got {str(value['intervals'])[:80]}"
+            f"{path}: stored sigma intervals must map shares of values between 0 and 1 to {NUM_S2_BANDS} finite "
+            f"positive multiples of sigma (one per S2 band), got {str(value['intervals'])[:80]}"
         )
     return value
 
 
-def recorded_intervals(value: dict[str, Any]) -> tuple[tuple[float, float], ...]:
-    """A checked stored calibration's intervals (:func:`checked_sigma_scale`) as (share of the values, multiple of
-    sigma) by share; none for a calibration that measured none (written before they were)."""
-    return tuple(sorted((float(level), float(multiple)) for level, multiple in value.get("intervals", {}).items()))
+def recorded_intervals(value: dict[str, Any]) -> Intervals:
+    """A checked stored calibration's intervals (:func:`checked_sigma_scale`) as (share of the values, each band's
+    multiple of sigma) by share; none for a calibration that measured none (written before they were)."""
+    intervals = value.get("intervals", {})
+    return tuple(sorted((float(level), tuple(float(m) for m in multiples)) for level, multiples in intervals.items()))
 
 
 def _intervals(intervals: object) -> bool:
-    """Whether a JSON value maps shares of values (text of a number between 0 and 1) to positive multiples."""
+    """Whether a JSON value maps shares of values (text of a number between 0 and 1) to multiples per band."""
     if not isinstance(intervals, dict):
         return False
     try:
         levels = [float(level) for level in intervals]
     except ValueError:
         return False
-    return all(0 < level < 1 for level in levels) and all(_positive_number(v) for v in intervals.values())
+    return all(0 < level < 1 for level in levels) and all(_band_factors(v) for v in intervals.values())
 
 
 def _band_factors(scale: object) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dsen2cr.calibration import Intervals
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.formats import describe, sniff
 from dsen2cr.models import DEFAULT_FAMILY, CloudRemovalNetwork, ModelSpec, family_of, get_family
@@ -345,9 +346,9 @@ def recorded_sigma_scale(record: dict[str, str], path: Path | str, uncertainty: 
     return checked
 
 
-def sigma_intervals_of(record: dict[str, str], path: Path | str) -> tuple[tuple[float, float], ...]:
-    """The intervals a weights file's sigma calibration measured where it was fitted (share of the values,
-    multiple of sigma); none without a calibration, or one written before intervals were measured."""
+def sigma_intervals_of(record: dict[str, str], path: Path | str) -> Intervals:
+    """The intervals a weights file's sigma calibration measured where it was fitted (share of the values, each
+    band's multiple of sigma); none without a calibration, or one written before intervals were measured."""
     return recorded_intervals(recorded_sigma_scale(record, path)) if SIGMA_SCALE_KEY in record else ()
 
 

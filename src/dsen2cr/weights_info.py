@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsen2cr.calibration import intervals_text
 from dsen2cr.ensemble_file import is_ensemble_file, read_ensemble_file
 from dsen2cr.formats import sniff
 from dsen2cr.models import VARIANTS, ModelSpec, family_of
@@ -172,8 +171,11 @@ def info_lines(info: WeightsInfo) -> list[str]:
             f"  sigma calibrated: x {factors} (per band), fitted by {scale.get('likelihood')} on {scale.get('data')} "
             f"({scale.get('values')} values)"
         )
-        if intervals := recorded_intervals(checked_sigma_scale(scale, info.file)):
-            lines.append(f"  sigma intervals, where fitted: {intervals_text(intervals)}")
+        for level, multiples in recorded_intervals(checked_sigma_scale(scale, info.file)):
+            each = ", ".join(f"{m:.3g}" for m in multiples)
+            lines.append(
+                f"  sigma interval, where fitted: {100 * level:g} % of values within +- {each} sigma (per band)"
+            )
     return lines
 
 
