@@ -270,7 +270,8 @@ def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
 def test_evaluate_says_what_the_stated_intervals_held_on_the_patches_it_scores(workdir: Path) -> None:
     """Weights calibrated on the val split, evaluated on the test split: calibration.json gives the share of the
     test values (each band's and all) that each interval the calibration stated held, exact counts against
-    |error| / sigma of every test value computed here in float64, and the multiple of sigma (one for all bands)
+    |error| / sigma of every test value computed here in float64, also under cloud and shadow and over clear
+    pixels, and the multiple of sigma (one for all bands)
     that held each share of its sample of each patch's values (within sampling error); summary.md says both.
     Uncalibrated weights state none."""
     root = workdir.tree()
@@ -289,26 +290,36 @@ def test_evaluate_says_what_the_stated_intervals_held_on_the_patches_it_scores(w
             "test",
             "--out",
             str(workdir / f"ev-{name}"),
+            "--cloud-threshold",
+            "0.8",  # a test patch with cloudy and clear pixels
         ]
         assert main(argv) == 0
     assert "stated_intervals" not in json.loads((workdir / "ev-w.safetensors" / "calibration.json").read_text())
     report = json.loads((workdir / "ev-c.safetensors" / "calibration.json").read_text())
     assert list(report["stated_intervals"]) == list(stated)
-    z = _abs_z(out, select_split(read_file_list(root / "files.csv", root), "test"))
+    test = select_split(read_file_list(root / "files.csv", root), "test")
+    z = _abs_z(out, test)
+    cloud = SEN12MSCRDataset(test, train=False, cloud_threshold=0.8)[0]["cloud_mask"].numpy().ravel() != 0
+    assert 0 < cloud.mean() < 1
     scores = np.sort(z.ravel())
-    for level, multiples in stated.items():  # exact counts over every value: each band's, and all of them
+    for level, multiples in stated.items():  # exact counts over every value: each band's, all, and each region's
         held = report["stated_intervals"][level]
-        per_band = np.mean(z <= np.array(multiples)[:, None], axis=1)
+        within = z <= np.array(multiples)[:, None]
         assert [b["sigma_multiple"] for b in held["per_band"].values()] == multiples
-        np.testing.assert_allclose([b["held"] for b in held["per_band"].values()], per_band, atol=2e-3)
-        assert held["held"] == pytest.approx(per_band.mean(), abs=2e-3), level
+        np.testing.assert_allclose([b["held"] for b in held["per_band"].values()], within.mean(axis=1), atol=2e-3)
+        assert held["held"] == pytest.approx(within.mean(), abs=2e-3), level
+        regions = (held["held_cloudy"], held["held_clear"])
+        assert regions == pytest.approx((within[:, cloud].mean(), within[:, ~cloud].mean()), abs=2e-3), level
     for level in ("0.683", "0.9", "0.95"):
         exact = np.quantile(scores, float(level))
         assert report["intervals"][level] == pytest.approx(exact, rel=0.05), level
     summary = (workdir / "ev-c.safetensors" / "summary.md").read_text()
     first = report["stated_intervals"]["0.683"]
     bands = [b["held"] for b in first["per_band"].values()]
-    said = f"68.3 % held {first['held']:.3f} (bands {min(bands):.3f} to {max(bands):.3f}), 90 % held"
+    said = (
+        f"68.3 % held {first['held']:.3f} (bands {min(bands):.3f} to {max(bands):.3f}; under cloud and shadow "
+        f"{first['held_cloudy']:.3f}, clear {first['held_clear']:.3f}), 90 % held"
+    )
     assert f"The intervals its sigma's calibration stated, over every value here: {said}" in summary
     here = f"+-{math.ceil(report['intervals']['0.683'] * 100 - 1e-9) / 100:.2f} sigma"
     assert f"one multiple for all bands: 68.3 % of values within {here}, 90 % within" in summary

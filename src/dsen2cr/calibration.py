@@ -208,15 +208,21 @@ def _interval_sentence(report: dict[str, Any]) -> str:
     if not here:
         return ""
     stated = report.get("stated_intervals") or {}
-    held = ", ".join(
-        f"{100 * float(level):g} % held {values['held']:.3f} (bands "
-        f"{min(b['held'] for b in values['per_band'].values()):.3f} to "
-        f"{max(b['held'] for b in values['per_band'].values()):.3f})"
-        for level, values in stated.items()
-    )
+    held = ", ".join(f"{100 * float(level):g} % held {_held_text(values)}" for level, values in stated.items())
     said = f" The intervals its sigma's calibration stated, over every value here: {held}." if held else ""
     pooled = intervals_text(here).removesuffix(" (each band its multiple)")
     return f"\nIntervals of the sampled values, one multiple for all bands: {pooled}.{said}\n"
+
+
+def _held_text(values: dict[str, Any]) -> str:
+    """``0.713 (bands 0.631 to 0.748; under cloud and shadow 0.745, clear 0.661)``: what a stated interval held."""
+    bands = [band["held"] for band in values["per_band"].values()]
+    regions = [
+        f"{name} {values[key]:.3f}"
+        for name, key in (("under cloud and shadow", "held_cloudy"), ("clear", "held_clear"))
+        if values.get(key) is not None
+    ]
+    return f"{values['held']:.3f} (bands {min(bands):.3f} to {max(bands):.3f}; {', '.join(regions)})"
 
 
 def _per_band_sentence(report: dict[str, Any]) -> str:
@@ -247,34 +253,51 @@ def interval_report(error: np.ndarray, sigma: np.ndarray) -> dict[str, dict[str,
 STATED_INTERVAL_KEY = "stated_interval_counts"
 
 
-def stated_interval_counts(error: np.ndarray, sigma: np.ndarray, stated: Intervals, bands: int) -> list[list[int]]:
+def stated_interval_counts(
+    error: np.ndarray, sigma: np.ndarray, stated: Intervals, bands: int, mask: np.ndarray
+) -> dict[str, Any]:
     """For each stated interval (share, each band's multiple of sigma), each band's values of one image within it
-    (flat |error| and sigma band after band, as :func:`reflectance_errors` gives them)."""
+    (``within``), and of those under cloud and shadow (``cloudy_within``; ``mask`` (H, W), non-zero), with the
+    image's pixels there (``cloudy_pixels``): flat |error| and sigma band after band, as
+    :func:`reflectance_errors` gives them."""
     error, sigma = error.reshape(bands, -1), sigma.reshape(bands, -1)
-    return [
-        (error <= np.asarray(multiples, np.float64)[:, None] * sigma).sum(axis=1).tolist() for _, multiples in stated
-    ]
+    cloud = np.asarray(mask).ravel() != 0
+    inside = [error <= np.asarray(multiples, np.float64)[:, None] * sigma for _, multiples in stated]
+    return {
+        "within": [held.sum(axis=1).tolist() for held in inside],
+        "cloudy_within": [held[:, cloud].sum(axis=1).tolist() for held in inside],
+        "cloudy_pixels": int(cloud.sum()),
+    }
 
 
 def stated_intervals_held(
     rows: list[dict[str, Any]], stated: Intervals, band_names: Sequence[str]
 ) -> dict[str, dict[str, Any]] | None:
-    """The share of every value that each stated interval held over the model rows (``held``, and each band's
-    multiple and share, ``per_band``: exact counts, :data:`STATED_INTERVAL_KEY` against the rows' values per band,
-    :data:`BAND_COVERAGE_KEY`); None without stated intervals, or where a row lacks the counts."""
+    """The share of every value that each stated interval held over the model rows (``held``; each band's multiple
+    and share, ``per_band``; the share under cloud and shadow and over clear pixels, ``held_cloudy`` and
+    ``held_clear``, None for a region with no pixel): exact counts, :data:`STATED_INTERVAL_KEY` against the rows'
+    values per band (:data:`BAND_COVERAGE_KEY`). None without stated intervals, or where a row lacks the counts."""
     models = [row for row in rows if row["method"] == "model"]
-    counts = [row.get(STATED_INTERVAL_KEY) for row in models]
-    if not stated or not models or any(c is None or len(c) != len(stated) for c in counts):
+    counts: list[dict[str, Any]] = [row.get(STATED_INTERVAL_KEY) or {} for row in models]
+    if not stated or not models or any(len(c.get("within", ())) != len(stated) for c in counts):
         return None
-    held = np.sum(np.array(counts, dtype=np.int64), axis=0)  # (intervals, bands)
+    held = np.array([c["within"] for c in counts], np.int64).sum(axis=0)  # (intervals, bands)
+    cloudy_held = np.array([c["cloudy_within"] for c in counts], np.int64).sum(axis=(0, 2))  # (intervals,)
     values = np.sum(np.array([[n for n, *_ in row[BAND_COVERAGE_KEY]] for row in models], np.int64), axis=0)
+    cloudy_values = sum(c["cloudy_pixels"] for c in counts) * len(band_names)
+    clear_values = int(values.sum()) - cloudy_values
     report = {}
-    for (level, multiples), within in zip(stated, held, strict=True):
+    for (level, multiples), within, cloudy in zip(stated, held, cloudy_held, strict=True):
         per_band = {
             band: {"sigma_multiple": float(m), "held": float(h / n)}
             for band, m, h, n in zip(band_names, multiples, within, values, strict=True)
         }
-        report[f"{level:g}"] = {"held": float(within.sum() / values.sum()), "per_band": per_band}
+        report[f"{level:g}"] = {
+            "held": float(within.sum() / values.sum()),
+            "held_cloudy": float(cloudy / cloudy_values) if cloudy_values else None,
+            "held_clear": float((within.sum() - cloudy) / clear_values) if clear_values else None,
+            "per_band": per_band,
+        }
     return report
 
 

@@ -211,9 +211,8 @@ class Scorer:
             if method == "model" and score.errors is not None:  # recorded with the row, left out of the CSVs
                 row[BAND_COVERAGE_KEY] = band_coverage_counts(*score.errors, pred_dn.shape[0])
                 if self.stated_intervals:
-                    row[STATED_INTERVAL_KEY] = stated_interval_counts(
-                        *score.errors, self.stated_intervals, len(pred_dn)
-                    )
+                    counts = stated_interval_counts(*score.errors, self.stated_intervals, len(pred_dn), mask)
+                    row[STATED_INTERVAL_KEY] = counts
             score.rows.append(row)
         if self.write_images:
             write_prediction(self.by_id[patch_id], pred_dn, self.out / PREDICTIONS, tags)
