@@ -56,6 +56,7 @@ LAYERS = [
     ["rasters"],
     ["outputs"],
     ["models"],
+    ["sigma_statistics"],  # a sigma calibration's statistics: the factors and intervals fitted from them
     ["preprocessing", "cloud_detection", "losses", "metrics", "calibration", "summary"],
     ["precision"],
     ["signed_urls"],

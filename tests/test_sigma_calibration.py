@@ -18,19 +18,22 @@ from dsen2cr.cli import main
 from dsen2cr.data.dataset import SEN12MSCRDataset
 from dsen2cr.data.layout import Triplet, read_file_list, select_split
 from dsen2cr.models.dsen2cr import ModelConfig
+from dsen2cr.predictor import load_predictor
 from dsen2cr.preprocessing import S2_BANDS
 from dsen2cr.weights import SIGMA_SCALE_KEY, TRAINING_KEY, load_model, save_weights
 
 SCALE = [0.5 + 0.1 * band for band in range(13)]
 
 
-def _abs_z(weights: Path, triplets: list[Triplet]) -> np.ndarray:
+def _abs_z(weights: Path, triplets: list[Triplet], *, cloudy_only: bool = False) -> np.ndarray:
     """|prediction - target| / sigma per band (13, values), the network run here in float64; the prediction
-    rounded to DN, prediction and target clipped to [0, 1] reflectance (the metrics' convention)."""
+    rounded to DN, prediction and target clipped to [0, 1] reflectance (the metrics' convention); ``cloudy_only``:
+    the values of pixels under cloud and shadow alone (the dataset's paper mask at its default threshold)."""
     model = load_model(weights).double()
     columns = []
     dataset = SEN12MSCRDataset(triplets, train=False)
     for sample in (dataset[i] for i in range(len(dataset))):
+        cloud = sample["cloud_mask"].numpy().ravel() != 0 if cloudy_only else slice(None)
         with torch.no_grad():
             mean, variance = model.forward_with_variance(
                 sample["s2_cloudy"][None].double(), sample["s1"][None].double()
@@ -38,7 +41,7 @@ def _abs_z(weights: Path, triplets: list[Triplet]) -> np.ndarray:
         pred = np.clip(np.rint(mean[0].numpy() * 2000), 0, 10000) / 10000
         target = np.clip(sample["s2"].numpy().astype(np.float64) * 2000, 0, 10000) / 10000
         sigma = np.sqrt(variance[0].numpy()) * 2000 / 10000
-        columns.append((np.abs(pred - target) / sigma).reshape(13, -1))
+        columns.append((np.abs(pred - target) / sigma).reshape(13, -1)[:, cloud])
     return np.concatenate(columns, axis=1)
 
 
@@ -111,7 +114,6 @@ def test_calibrate_sigma_states_the_intervals_that_held_each_share(
     band's values. calibrate-sigma prints them, weights info lists them, and every output's calibration text ends
     with their range."""
     from dsen2cr.calibration import INTERVAL_LEVELS
-    from dsen2cr.predictor import load_predictor
 
     root = workdir.tree()
     weights = diag_weights(workdir / "w.safetensors", "gnll")
@@ -142,6 +144,32 @@ def test_calibrate_sigma_states_the_intervals_that_held_each_share(
         assert f"  sigma interval, where fitted: {said_each}" in listed
 
 
+def test_calibrate_sigma_on_the_cloudy_region_fits_the_values_under_cloud_and_shadow(
+    workdir: Path, synthetic_tree: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--region cloudy: the factors are the maximum-likelihood scale of the val patches' values under cloud and
+    shadow alone (the dataset's paper mask), computed here in float64, not of all of them; the record, the
+    printed table, weights info and the calibration text say which values."""
+    weights = diag_weights(workdir / "w.safetensors", "gnll")
+    data = ["--data-root", str(synthetic_tree), "--file-list", str(synthetic_tree / "files.csv"), "--no-progress"]
+    argv = ["weights", "calibrate-sigma", "--weights", str(weights), *data, "--out", str(workdir / "c.safetensors")]
+    assert main([*argv, "--region", "cloudy"]) == 0
+    printed = capsys.readouterr().out
+    val = select_split(read_file_list(synthetic_tree / "files.csv", synthetic_tree), "val")
+    cloudy, every = _abs_z(weights, val, cloudy_only=True), _abs_z(weights, val)
+    assert 0 < cloudy.shape[1] < every.shape[1]  # some pixels clear, some not
+    expected = np.sqrt(np.mean(cloudy**2, axis=1))
+    assert not np.allclose(expected, np.sqrt(np.mean(every**2, axis=1)), rtol=1e-2)  # the region matters here
+    assert load_model(workdir / "c.safetensors").sigma_scale_factors == pytest.approx(expected.tolist(), rel=1e-4)
+    record = json.loads(json.loads(_metadata(workdir / "c.safetensors"))[SIGMA_SCALE_KEY])
+    assert record["region"] == "cloudy" and record["values"] == cloudy.size
+    assert f"({cloudy.size:,} values under cloud and shadow)" in printed
+    said = f"fitted on files.csv, split val ({cloudy.size} values under cloud and shadow, gnll); there "
+    assert said in load_predictor(workdir / "c.safetensors").sigma_calibration
+    assert main(["weights", "info", str(workdir / "c.safetensors")]) == 0
+    assert f"split val ({cloudy.size} values under cloud and shadow)" in capsys.readouterr().out
+
+
 def _metadata(path: Path) -> str:
     """A safetensors file's metadata as JSON text."""
     from safetensors import safe_open
@@ -159,8 +187,6 @@ def test_calibrated_weights_scale_sigma_in_outputs_and_onnx_and_say_so(
     and its outputs say so too; weights info names the calibration."""
     pytest.importorskip("onnxruntime")
     import rasterio
-
-    from dsen2cr.predictor import load_predictor
 
     weights = diag_weights(workdir / "w.safetensors", include_sar=False)
     model = load_model(weights)
@@ -345,7 +371,7 @@ def test_scale_statistics_by_hand() -> None:
     +-1 sigma is 1/2 before and after the Gaussian factor (0.5 < 1 < 2.15 < 3). A band predicted exactly has no
     scale to fit."""
     from dsen2cr.errors import DSen2CRError
-    from dsen2cr.sigma_calibration import ScaleStatistics
+    from dsen2cr.sigma_statistics import ScaleStatistics
 
     statistics = ScaleStatistics()
     target = np.full((13, 1, 2), 1000, np.uint16)
@@ -375,7 +401,7 @@ def test_interval_statistics_by_hand() -> None:
     is k = sqrt(0.385); 68.3 % of a band needs its ceil(0.683 * 11) = 8th smallest calibrated score, 0.8 / k, and 90 %
     its 10th, 1.0 / k (each at most a bin, 0.5 %, above); 95 % and 99 % an 11th, so they are left out. held() of
     those multiples on the uncalibrated sigma reads the shares back."""
-    from dsen2cr.sigma_calibration import ScaleStatistics
+    from dsen2cr.sigma_statistics import ScaleStatistics
 
     statistics = ScaleStatistics()
     target = np.full((13, 1, 10), 1000, np.uint16)
@@ -388,6 +414,34 @@ def test_interval_statistics_by_hand() -> None:
         assert all(score <= m <= score * math.exp(0.005) for m in multiples), (multiples, score)
     held = [statistics.held(np.array(multiples) * k) for _, multiples in fit.intervals]
     np.testing.assert_allclose(held, [[0.8] * 13, [1.0] * 13], atol=1e-9)
+
+
+def test_the_cloudy_region_takes_the_pixels_under_cloud_and_shadow_by_hand() -> None:
+    """Two pixels, |error| 50 and 300 DN against sigma 100; the second under cloud (mask 1) or shadow (-1): the
+    cloudy region's Gaussian factor is 3 (its one z), all values' sqrt(4.625). A patch without cloud adds nothing,
+    and with only such patches there is nothing to fit."""
+    from dsen2cr.errors import DSen2CRError
+    from dsen2cr.sigma_statistics import ScaleStatistics
+
+    target = np.full((13, 1, 2), 1000, np.uint16)
+    pred = target + np.array([50, 300], np.uint16)[None, None, :]
+    sigma = np.full((13, 1, 2), 100.0)
+    for flag in (1, -1):
+        cloudy = ScaleStatistics("cloudy")
+        cloudy.add(pred, target, sigma, np.array([[0, flag]]))
+        cloudy.add(pred, target, sigma, np.zeros((1, 2)))  # a clear patch
+        fit = cloudy.fit("gnll")
+        assert fit.scale == pytest.approx([3.0] * 13, rel=1e-12) and (fit.patches, fit.values) == (1, 13)
+        assert fit.region == "cloudy" and fit.record("d")["region"] == "cloudy"
+    every = ScaleStatistics()
+    every.add(pred, target, sigma, np.array([[0, 1]]))
+    assert every.fit("gnll").scale == pytest.approx([math.sqrt(4.625)] * 13) and "region" not in every.fit(
+        "gnll"
+    ).record("d")
+    clear = ScaleStatistics("cloudy")
+    clear.add(pred, target, sigma, np.zeros((1, 2)))
+    with pytest.raises(DSen2CRError, match=r"no values to fit the sigma scale on \(no pixel of the patches lies under"):
+        clear.fit("gnll")
 
 
 def test_coverage_under_clouds_and_over_clear_pixels_by_hand() -> None:

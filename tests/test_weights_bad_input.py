@@ -385,15 +385,15 @@ def test_weights_are_read_by_content_not_by_name(workdir: Path) -> None:
 
 
 def _sigma_weights(
-    tmp: Path, name: str = "sigma.safetensors", scale: object = None, diag: bool = True, intervals: object = None
+    tmp: Path, name: str = "sigma.safetensors", scale: object = None, diag: bool = True, **stored_too: object
 ) -> Path:
-    """Small weights with a variance head (``diag``), with a stored sigma scale ``scale`` (and ``intervals``) when
-    given."""
+    """Small weights with a variance head (``diag``), with a stored sigma scale ``scale`` (and the record's other
+    entries ``stored_too``: ``intervals``, ``region``) when given."""
     from dsen2cr.models.dsen2cr import ModelConfig
     from dsen2cr.weights import SIGMA_SCALE_KEY, save_weights
 
     model = ModelConfig(1, 4, False, 0.1, "diag" if diag else "none").build()
-    stored = {"scale": scale} | ({"intervals": intervals} if intervals is not None else {})
+    stored = {"scale": scale} | stored_too
     record = {SIGMA_SCALE_KEY: json.dumps(stored)} if scale is not None else None
     return save_weights(model, tmp / name, provenance=record)
 
@@ -473,6 +473,14 @@ CASES += [
             t, "--out", str(t / "o.tif"), weights=_sigma_weights(t, scale=[1.0] * 13, diag=False)
         ),
         message="sigma.safetensors: holds a sigma scale, but its model predicts no sigma",
+        absent=("o.tif",),
+    ),
+    dict(
+        name="weights whose stored sigma region is neither all nor cloudy",
+        setup=lambda t: _remove_args(
+            t, "--out", str(t / "o.tif"), weights=_sigma_weights(t, scale=[1.0] * 13, region="clear")
+        ),
+        message="sigma.safetensors: stored sigma region must be all or cloudy (the values fitted on), got clear",
         absent=("o.tif",),
     ),
     dict(

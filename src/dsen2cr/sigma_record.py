@@ -15,7 +15,8 @@ from dsen2cr.preprocessing import NUM_S2_BANDS
 
 def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
     """A stored sigma calibration (a weights file's, an ensemble file's) as read from JSON, checked: a mapping
-    whose ``scale`` holds one finite positive factor per S2 band and whose ``intervals``, where it has them, map
+    whose ``scale`` holds one finite positive factor per S2 band, whose ``region``, where it has one, is ``all`` or
+    ``cloudy``, and whose ``intervals``, where it has them, map
     shares of values (between 0 and 1, as text) to one finite positive multiple of sigma per S2 band; a one-line
     error naming ``path`` otherwise."""
     scale = value.get("scale") if isinstance(value, dict) else None
@@ -23,6 +24,10 @@ def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
         raise DSen2CRError(
             f"{path}: stored sigma scale must hold {NUM_S2_BANDS} finite positive factors (one per S2 band), got "
             f"{str(scale)[:80]}"
+        )
+    if value.get("region", "all") not in ("all", "cloudy"):
+        raise DSen2CRError(
+            f"{path}: stored sigma region must be all or cloudy (the values fitted on), got {str(value['region'])[:40]}"
         )
     if "intervals" in value and not _intervals(value["intervals"]):
         raise DSen2CRError(
@@ -69,7 +74,8 @@ def calibration_text(value: dict[str, Any], subject: str = "sigma") -> str:
     factors = f"{subject} x {min(scale):.3g} to {max(scale):.3g} per band"
     intervals = recorded_intervals(value)
     held = f"; there {intervals_text(intervals)}" if intervals else ""
-    return f"{factors}, {_fitted_on(data)}{values} values, {likelihood}){held}"
+    region = " under cloud and shadow" if value.get("region") == "cloudy" else ""
+    return f"{factors}, {_fitted_on(data)}{values} values{region}, {likelihood}){held}"
 
 
 def _fitted_on(data: str) -> str:

@@ -169,7 +169,7 @@ def info_lines(info: WeightsInfo) -> list[str]:
         factors = ", ".join(f"{k:.3g}" for k in scale["scale"])
         lines.append(
             f"  sigma calibrated: x {factors} (per band), fitted by {scale.get('likelihood')} on {scale.get('data')} "
-            f"({scale.get('values')} values)"
+            f"({scale.get('values')} values{' under cloud and shadow' * (scale.get('region') == 'cloudy')})"
         )
         for level, multiples in recorded_intervals(checked_sigma_scale(scale, info.file)):
             each = ", ".join(f"{m:.3g}" for m in multiples)

@@ -72,6 +72,13 @@ def _register_calibrate_sigma(commands: SubParsers) -> None:
         "elsewhere; evaluate on another split than the one fitted on)",
     )
     calibrate.add_argument(
+        "--region",
+        default="all",
+        choices=["all", "cloudy"],
+        help="the values to fit on: all of them (default), or those under cloud and shadow (the paper mask at "
+        "threshold 0.2, as evaluate's default): where remove-clouds --keep-clear uses the prediction and its sigma",
+    )
+    calibrate.add_argument(
         "--out",
         required=True,
         help="safetensors weights file to write; for an ensemble, an ensemble file (NAME.json: its members and the "
@@ -149,6 +156,7 @@ def run_calibrate_sigma(args: argparse.Namespace) -> int:
         triplets,
         args.out,
         data=data,
+        region=args.region,
         device=args.device,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
