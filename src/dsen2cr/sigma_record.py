@@ -15,10 +15,9 @@ from dsen2cr.preprocessing import NUM_S2_BANDS
 
 def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
     """A stored sigma calibration (a weights file's, an ensemble file's) as read from JSON, checked: a mapping
-    whose ``scale`` holds one finite positive factor per S2 band, whose ``region``, where it has one, is ``all`` or
-    ``cloudy``, and whose ``intervals``, where it has them, map
-    shares of values (between 0 and 1, as text) to one finite positive multiple of sigma per S2 band; a one-line
-    error naming ``path`` otherwise."""
+    whose ``scale`` holds one finite positive factor per S2 band, whose ``region``, where it has one, is ``all``
+    or ``cloudy``, and whose ``intervals``, where it has them, map shares of values (between 0 and 1, as text) to
+    one finite positive multiple of sigma per S2 band; a one-line error naming ``path`` otherwise."""
     scale = value.get("scale") if isinstance(value, dict) else None
     if not isinstance(value, dict) or not _band_factors(scale):
         raise DSen2CRError(
