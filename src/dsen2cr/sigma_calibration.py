@@ -146,9 +146,8 @@ def calibrate_ensemble(
 ) -> SigmaFit:
     """Fit one factor per band to the sigma of the ensemble of ``weights`` (its members' files, or an ensemble file,
     whose factors the new ones multiply) on ``triplets`` (every value or those under cloud and shadow: ``region``),
-    the members run in IEEE fp32 (ONNX files as exported),
-    and write an ensemble file of its members with them to ``out``
-    (:func:`~dsen2cr.ensemble_file.write_ensemble_file`)."""
+    the members run in IEEE fp32 (ONNX files as exported), and write an ensemble file of its members with them to
+    ``out`` (:func:`~dsen2cr.ensemble_file.write_ensemble_file`)."""
     files, earlier = split_weights(weights)
     members = [load_exact_predictor(w, device=device) for w in files]
     predictor = ensemble(members, earlier, fitting=True)
