@@ -210,7 +210,7 @@ def _interval_sentence(report: dict[str, Any]) -> str:
     stated = report.get("stated_intervals") or {}
     held = ", ".join(f"{100 * float(level):g} % held {_held_text(values)}" for level, values in stated.items())
     said = f" The intervals its sigma's calibration stated, over every value here: {held}." if held else ""
-    pooled = intervals_text(here).removesuffix(" (each band its multiple)")
+    pooled = intervals_text(here, by_band=False)
     return f"\nIntervals of the sampled values, one multiple for all bands: {pooled}.{said}\n"
 
 
@@ -301,15 +301,17 @@ def stated_intervals_held(
     return report
 
 
-def intervals_text(intervals: Sequence[tuple[float, Sequence[float]]]) -> str:
+def intervals_text(intervals: Sequence[tuple[float, Sequence[float]]], *, by_band: bool = True) -> str:
     """``68.3 % of values within +-0.62 to 1.30 sigma, 90 % within +-1.40 to 1.80 sigma, ... (each band its
     multiple)``: intervals as (share, each band's multiple of sigma), the multiples' range, each rounded up to two
-    decimals (so the interval said holds at least its share)."""
+    decimals (so the interval said holds at least its share); ``by_band`` False: one multiple for all bands."""
     said = []
     for level, multiples in intervals:
         low, high = _rounded_up(min(multiples)), _rounded_up(max(multiples))
         said.append(f"{100 * level:g} % within +-{low if low == high else f'{low} to {high}'} sigma")
-    return ", ".join(said).replace(" % within", " % of values within", 1) + " (each band its multiple)" * bool(said)
+    return ", ".join(said).replace(" % within", " % of values within", 1) + " (each band its multiple)" * (
+        by_band and bool(said)
+    )
 
 
 def _rounded_up(multiple: float) -> str:
