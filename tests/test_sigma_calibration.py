@@ -352,6 +352,35 @@ def test_evaluate_says_what_the_stated_intervals_held_on_the_patches_it_scores(w
     assert "calibration stated" not in (workdir / "ev-w.safetensors" / "summary.md").read_text()
 
 
+def test_evaluate_warns_of_stated_intervals_that_do_not_hold_their_share(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Weights whose stated 90 % interval is +-0.001 sigma (none of the test values within it) or +-1000 sigma (all
+    of them): evaluate warns, naming the share held overall and under cloud and shadow, and which way sigma is
+    wrong; by hand, a share within 0.05 of its own says nothing."""
+    from dsen2cr.calibration import stated_interval_warning
+
+    root = workdir.tree()
+    data = ["--data-root", str(root), "--file-list", str(root / "files.csv"), "--no-progress", "--no-images"]
+    model = load_model(diag_weights(workdir / "w.safetensors"))
+    for multiple, what in ((0.001, "too small"), (1000.0, "too large")):
+        record = {"scale": [1.0] * 13, "data": "elsewhere", "intervals": {"0.9": [multiple] * 13}}
+        weights = save_weights(model, workdir / f"{what}.safetensors", provenance={SIGMA_SCALE_KEY: json.dumps(record)})
+        caplog.clear()
+        argv = ["evaluate", "--weights", str(weights), *data, "--split", "test", "--out", str(workdir / what)]
+        assert main(argv) == 0
+        held = "0.000" if what == "too small" else "1.000"
+        said = f"(90 % held {held} (under cloud and shadow {held})): its sigma is {what} on these patches"
+        assert f"{weights.name}: the intervals its sigma's calibration stated do not hold" in caplog.text
+        assert said in caplog.text, caplog.text
+    near = {"0.9": {"held": 0.86, "held_cloudy": 0.94, "held_clear": 0.5, "per_band": {}}}
+    assert stated_interval_warning(near) is None  # within 0.05 (the clear pixels' share is not judged)
+    mixed = {"0.683": {"held": 0.6}, "0.9": {"held": 0.99, "held_cloudy": None}}
+    assert "68.3 % held 0.600, 90 % held 0.990): its sigma is not shaped like its errors" in str(
+        stated_interval_warning(mixed)
+    )
+
+
 def test_interval_report_by_hand() -> None:
     """|error| 0.1, 0.2, ..., 1.0 against sigma 1 (ten values): 68.3 % needs the ceil(0.683 * 11) = 8th smallest,
     0.8; 90 % the 10th, 1.0; 95 % and 99 % an 11th, so they are left out. A value with sigma 0 and an error needs

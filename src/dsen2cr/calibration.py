@@ -301,6 +301,33 @@ def stated_intervals_held(
     return report
 
 
+#: How far a stated interval's share of the values evaluated may stray from its own before evaluate warns.
+STATED_INTERVAL_TOLERANCE = 0.05
+
+
+def stated_interval_warning(held: dict[str, dict[str, Any]]) -> str | None:
+    """What to tell a user whose stated intervals (:func:`stated_intervals_held`) held more than
+    :data:`STATED_INTERVAL_TOLERANCE` less or more than their share of the values evaluated, or of those under
+    cloud and shadow, where --keep-clear uses sigma; None when they held their shares."""
+    said, gaps = [], []
+    for level, values in held.items():
+        shares = [values["held"], values.get("held_cloudy")]
+        strays = [share - float(level) for share in shares if share is not None]
+        if all(abs(gap) <= STATED_INTERVAL_TOLERANCE for gap in strays):
+            continue
+        gaps += strays
+        cloudy = f" (under cloud and shadow {shares[1]:.3f})" if shares[1] is not None else ""
+        said.append(f"{100 * float(level):g} % held {shares[0]:.3f}{cloudy}")
+    if not said:
+        return None
+    what = "too small" if max(gaps) < 0 else "too large" if min(gaps) > 0 else "not shaped like its errors"
+    return (
+        f"the intervals its sigma's calibration stated do not hold their shares here ({', '.join(said)}): its sigma "
+        f"is {what} on these patches; calibrate it on patches like them (weights calibrate-sigma; --region cloudy "
+        "for --keep-clear)"
+    )
+
+
 def intervals_text(intervals: Sequence[tuple[float, Sequence[float]]], *, by_band: bool = True) -> str:
     """``68.3 % of values within +-0.62 to 1.30 sigma, 90 % within +-1.40 to 1.80 sigma, ... (each band its
     multiple)``: intervals as (share, each band's multiple of sigma), the multiples' range, each rounded up to two

@@ -31,6 +31,7 @@ from dsen2cr.calibration import (
     reliability_bins,
     sparsification,
     spearman,
+    stated_interval_warning,
     stated_intervals_held,
 )
 from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
@@ -175,6 +176,8 @@ def evaluate(
         provenance["DSEN2CR_DATA"] = o.data
     per_band = per_band_coverage(scorer.rows, S2_BANDS) if uncertain else None
     held = stated_intervals_held(scorer.rows, scorer.stated_intervals, S2_BANDS) if uncertain else None
+    if held and (warning := stated_interval_warning(held)):
+        log.warning("%s: %s", getattr(predictor, "weights", None) or "the model", warning)
     calibration = write_calibration(scorer.pooled(), out, provenance, per_band, held) if uncertain else None
     _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance, calibration)
     progress.remove()  # the report is complete
