@@ -271,8 +271,7 @@ def load_network(weights: str | Path, *, device: torch.device) -> Network:
         check_weights_file,
         load_model_and_record,
         recorded_likelihood,
-        sigma_calibration_text,
-        sigma_intervals_of,
+        recorded_sigma_calibration,
     )
 
     # a regular file first: hashing a FIFO or a device would wait forever
@@ -283,12 +282,8 @@ def load_network(weights: str | Path, *, device: torch.device) -> Network:
         record = dict(network.session.get_modelmeta().custom_metadata_map)  # the scale is in its graph already
     else:
         network, record = load_model_and_record(weights, device=device)
-    described = (
-        recorded_likelihood(record),
-        sigma_calibration_text(record, weights),
-        sigma_intervals_of(record, weights),
-    )
-    return Network(network, network.config, Path(weights).name, digest, *described)
+    calibration = recorded_sigma_calibration(record, weights)
+    return Network(network, network.config, Path(weights).name, digest, recorded_likelihood(record), *calibration)
 
 
 def predictor_for_plan(network: Network | CloudRemovalNetwork, plan: ScenePlan) -> Predictor:

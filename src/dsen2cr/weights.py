@@ -346,15 +346,12 @@ def recorded_sigma_scale(record: dict[str, str], path: Path | str, uncertainty: 
     return checked
 
 
-def sigma_intervals_of(record: dict[str, str], path: Path | str) -> Intervals:
-    """The intervals a weights file's sigma calibration measured where it was fitted (share of the values, each
-    band's multiple of sigma); none without a calibration, or one written before intervals were measured."""
-    return recorded_intervals(recorded_sigma_scale(record, path)) if SIGMA_SCALE_KEY in record else ()
-
-
-def sigma_calibration_text(record: dict[str, str], path: Path | str) -> str | None:
-    """How outputs name a weights file's sigma calibration (``DSEN2CR_SIGMA_CALIBRATION``): the factors' range
-    and what they were fitted on; None when it has none (sigma as trained)."""
+def recorded_sigma_calibration(record: dict[str, str], path: Path | str) -> tuple[str | None, Intervals]:
+    """A weights file's sigma calibration as outputs name it (``DSEN2CR_SIGMA_CALIBRATION``: the factors' range and
+    what they were fitted on; None when it has none, sigma as trained) and the intervals it measured where it was
+    fitted (share of the values, each band's multiple of sigma; none without, or written before they were), from
+    one reading of the record."""
     if SIGMA_SCALE_KEY not in record:
-        return None
-    return calibration_text(recorded_sigma_scale(record, path))
+        return None, ()
+    stored = recorded_sigma_scale(record, path)
+    return calibration_text(stored), recorded_intervals(stored)
