@@ -412,6 +412,21 @@ def _onnx_of(tmp: Path) -> Path:
     return export_onnx(load_model(_sigma_weights(tmp)), tmp / "sigma.onnx")
 
 
+def _onnx_with_record(tmp: Path, stored: dict) -> Path:
+    """The small sigma model's ONNX export whose metadata holds the sigma calibration ``stored`` (written into the
+    file afterwards: a calibrated file's export holds one, carried from its weights)."""
+    import onnx
+
+    from dsen2cr.weights import SIGMA_SCALE_KEY
+
+    path = _onnx_of(tmp)
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = SIGMA_SCALE_KEY, json.dumps(stored)
+    onnx.save(proto, str(path))
+    return path
+
+
 CASES += [
     dict(
         name="calibrate-sigma: weights of a model without sigma",
@@ -474,6 +489,16 @@ CASES += [
         ),
         message="sigma.safetensors: holds a sigma scale, but its model predicts no sigma",
         absent=("o.tif",),
+    ),
+    dict(
+        name="weights info --json of an ONNX file whose stored sigma intervals hold 12 multiples",
+        setup=lambda t: [
+            "weights",
+            "info",
+            "--json",
+            str(_onnx_with_record(t, {"scale": [1.0] * 13, "intervals": {"0.9": [1.5] * 12}})),
+        ],
+        message="sigma.onnx: stored sigma intervals must map shares of values between 0 and 1 to 13 finite positive",
     ),
     dict(
         name="weights whose stored sigma region is neither all nor cloudy",
