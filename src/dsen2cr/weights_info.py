@@ -13,7 +13,7 @@ from dsen2cr.ensemble_file import is_ensemble_file, read_ensemble_file
 from dsen2cr.formats import sniff
 from dsen2cr.models import VARIANTS, ModelSpec, family_of
 from dsen2cr.outputs.files import check_input_file, file_sha256
-from dsen2cr.sigma_record import checked_sigma_scale, recorded_intervals
+from dsen2cr.sigma_record import recorded_intervals
 from dsen2cr.weights import (
     INIT_WEIGHTS_KEY,
     SHA256_KEY,
@@ -23,6 +23,7 @@ from dsen2cr.weights import (
     VERSION_KEY,
     load_model_and_record,
     progress_phrase,
+    recorded_sigma_scale,
 )
 
 #: The kinds of weights file, by content.
@@ -107,11 +108,12 @@ def _describe(path: Path, kind: str, config: ModelSpec, precision: str, metadata
     """The description of a loaded file from its configuration and metadata."""
     names = {SOURCE_KEY: "source", SHA256_KEY: "source_sha256", VERSION_KEY: "version", TRAINING_KEY: "training"}
     names["int8_calibration"] = "int8_calibration"
-    names[SIGMA_SCALE_KEY] = "sigma_scale"
     provenance: dict[str, Any] = {}
     for key, name in names.items():
         if key in metadata:
             provenance[name] = _json_or_text(metadata[key])
+    if SIGMA_SCALE_KEY in metadata:  # checked as --weights checks it (an ONNX file's too, which is not loaded here)
+        provenance["sigma_scale"] = recorded_sigma_scale(metadata, path)
     variant = next((v.name for v in VARIANTS.values() if v.config == config), None)
     return WeightsInfo(
         file=path.name,
@@ -164,14 +166,14 @@ def info_lines(info: WeightsInfo) -> list[str]:
             f"  int8 calibration: {calibration.get('method')} on {calibration.get('crops')} crops of "
             f"{calibration.get('patches')} patches ({calibration.get('file_list')})"
         )
-    scale = made.get("sigma_scale")
-    if isinstance(scale, dict) and isinstance(scale.get("scale"), list):
+    scale = made.get("sigma_scale")  # checked when described
+    if scale is not None:
         factors = ", ".join(f"{k:.3g}" for k in scale["scale"])
         lines.append(
             f"  sigma calibrated: x {factors} (per band), fitted by {scale.get('likelihood')} on {scale.get('data')} "
             f"({scale.get('values')} values{' under cloud and shadow' * (scale.get('region') == 'cloudy')})"
         )
-        for level, multiples in recorded_intervals(checked_sigma_scale(scale, info.file)):
+        for level, multiples in recorded_intervals(scale):
             each = ", ".join(f"{m:.3g}" for m in multiples)
             lines.append(
                 f"  sigma interval, where fitted: {100 * level:g} % of values within +- {each} sigma (per band)"
