@@ -70,7 +70,7 @@ def scale_statistics(
     progress: bool = True,
 ) -> ScaleStatistics:
     """The statistics of |error| / sigma that ``predictor`` gives on every value of every patch of ``triplets`` (or
-    on those under cloud and shadow: ``region``, :data:`REGIONS`)."""
+    on those under cloud and shadow: ``region``, :data:`~dsen2cr.sigma_statistics.REGIONS`)."""
     if predictor.uncertainty != "diag":
         raise DSen2CRError(f"{predictor.weights or 'this model'}: {NO_SIGMA}")
     if not triplets:

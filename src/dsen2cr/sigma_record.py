@@ -11,6 +11,7 @@ from typing import Any
 from dsen2cr.calibration import Intervals, intervals_text
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.preprocessing import NUM_S2_BANDS
+from dsen2cr.sigma_statistics import REGIONS
 
 
 def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
@@ -24,7 +25,7 @@ def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
             f"{path}: stored sigma scale must hold {NUM_S2_BANDS} finite positive factors (one per S2 band), got "
             f"{str(scale)[:80]}"
         )
-    if value.get("region", "all") not in ("all", "cloudy"):
+    if value.get("region", "all") not in REGIONS:
         raise DSen2CRError(
             f"{path}: stored sigma region must be all or cloudy (the values fitted on), got {str(value['region'])[:40]}"
         )

@@ -41,7 +41,7 @@ LOG_Z_EDGES = np.linspace(-14.0, 8.0, 4401)
 
 #: Which values a fit takes: every value of the patches, or only those under cloud and shadow (the paper mask at
 #: the dataset's threshold, as evaluate's default), where remove-clouds --keep-clear uses the prediction and sigma.
-REGIONS = {"all": "every value", "cloudy": "under cloud and shadow"}
+REGIONS = ("all", "cloudy")
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class ScaleStatistics:
 
     def __init__(self, region: str = "all") -> None:
         if region not in REGIONS:
-            raise ValueError(f"region: expected one of {sorted(REGIONS)}, got {region!r}")
+            raise ValueError(f"region: expected one of {REGIONS}, got {region!r}")
         self.region = region  # which values :meth:`add` takes
         self.count = np.zeros(NUM_S2_BANDS)
         self.sum_z2 = np.zeros(NUM_S2_BANDS)
