@@ -292,7 +292,8 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
     datamodule = SEN12MSCRDataModule(
         config.data, config.loss, config.optim.batch_size, config.trainer.seed, global_batch=config.optim.global_batch
     )
-    datamodule.setup("fit")
+    datamodule.trainer = trainer  # its checks take the run's process count: refused here, before Lightning's launcher
+    datamodule.setup("fit")  # starts the run's other processes (each of them would refuse the same settings)
     task = build_task(config, datamodule.record(), started_from)
     if initial is not None:
         start_from(task.model, initial)
