@@ -275,6 +275,39 @@ def test_a_refusal_known_before_the_launch_starts_no_other_process(
     assert not (workdir / "run").exists()
 
 
+@pytest.mark.parametrize("task", [0, 1])
+def test_a_refusal_every_srun_task_reaches_is_said_once(
+    tmp_path: Path,
+    synthetic_tree: Path,
+    task: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """Under srun every task of the step is a process of its own that checks the settings (here a global batch of
+    3 over the step's 2 tasks): task 0 says it, task 1 stops without repeating it (every one of them printed it:
+    eight lines in the job's log on eight GPUs); each exits 2 and leaves no run folder. Task 1 made the folder at
+    its start (rank 0 prepares it), and when it did so before task 0 looked, task 0 took it for the user's and
+    left it with its config.yaml: two refused srun steps of three on this machine left one."""
+    from dsen2cr.cli import main
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    step = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "dsen2cr-train", "SLURM_NODELIST": "127.0.0.1"}
+    step |= {"SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"}
+    step |= {"SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "MASTER_PORT": "29555"}
+    for name, value in {**step, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)}.items():
+        monkeypatch.setenv(name, value)
+    config = _config(tmp_path, synthetic_tree, optim__batch_size="3", optim__global_batch="true")
+    argv = ["train", "--config", str(config), "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    assert main([*argv, "--no-progress"]) == 2
+    said = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    if task == 0:
+        assert len(said) == 1 and "the global batch 3 does not split over 2 processes" in said[0], said
+    else:
+        assert said == []
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_ddp_process_whose_peer_stopped_says_so_not_internal_error(
     tmp_path: Path, synthetic_tree: Path, run_cli: Callable[..., subprocess.CompletedProcess]
 ) -> None:
