@@ -288,8 +288,11 @@ def test_a_refusal_every_srun_task_reaches_is_said_once(
     eight lines in the job's log on eight GPUs); each exits 2 and leaves no run folder. Task 1 made the folder at
     its start (rank 0 prepares it), and when it did so before task 0 looked, task 0 took it for the user's and
     left it with its config.yaml: two refused srun steps of three on this machine left one."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from dsen2cr.cli import main
 
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)  # Lightning sets task 1's for the process
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     step = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "dsen2cr-train", "SLURM_NODELIST": "127.0.0.1"}

@@ -93,8 +93,9 @@ class _EpochLine(Callback):
 
 
 def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -> Path:
-    """Create the run folder; refuse one that already holds a run unless resuming or ``overwrite``, and one that
-    holds anything a run does not write (``dsen2cr.outputs.files.prepare_output_folder``)."""
+    """Create the run folder (rank 0; a launched worker takes it as rank 0 makes it); refuse one that already holds
+    a run unless resuming or ``overwrite``, and one that holds anything a run does not write
+    (``dsen2cr.outputs.files.prepare_output_folder``)."""
     out = Path(config.trainer.out_dir)
     if config.data.root is not None:  # the dataset is read, never written (as a product folder in remove-clouds)
         root = path_identity(Path(config.data.root))
@@ -103,11 +104,12 @@ def prepare_run_dir(config: RunConfig, *, resume: str | None, overwrite: bool) -
                 f"trainer.out_dir: {out} is inside the data root {config.data.root}; the dataset is read, never "
                 "written: choose a run folder outside it"
             )
-    if is_launched_worker() or resume is not None:
+    if is_launched_worker():  # rank 0 prepares the folder (a worker writes nothing in it): a worker of an srun step
+        return out  # that made it at its start had rank 0 take it for the user's, and keep it after a refusal
+    if resume is not None:
         out.mkdir(parents=True, exist_ok=True)
-        if not is_launched_worker():  # rank 0 resuming: what a killed process of the run left goes
-            remove_leftovers_in(out)
-            remove_leftovers_in(out / CHECKPOINT_DIR)
+        remove_leftovers_in(out)  # what a killed process of the run left goes
+        remove_leftovers_in(out / CHECKPOINT_DIR)
         return out
     # A folder without a checkpoint is not a run: what a failed start left (config.yaml, logs) is replaced.
     has_checkpoint = (out / CHECKPOINT_DIR).is_dir() and any((out / CHECKPOINT_DIR).glob("*.ckpt"))
