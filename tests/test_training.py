@@ -311,6 +311,53 @@ def test_a_refusal_every_srun_task_reaches_is_said_once(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("task", "node", "said"),
+    [(0, 0, True), (1, 0, False), (1, 1, True)],
+    ids=["task 0", "task 1 on task 0's machine", "task 1 on another machine"],
+)
+@pytest.mark.parametrize("refusal", ["data root", "tasks and devices"])
+def test_a_refusal_of_the_files_every_srun_task_reads_is_said_once_per_machine(
+    tmp_path: Path,
+    synthetic_tree: Path,
+    refusal: str,
+    task: int,
+    node: int,
+    said: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A refusal of the files or the step that every task reaches alike before the run's processes join (a data
+    root that does not exist, --devices other than the step's tasks on the machine) is said by task 0; a task on
+    task 0's machine reads the same files and stops without repeating it (each task printed it: eight lines in the
+    job's log on eight GPUs), while a task on another machine, whose files may differ, says its own. Each exits 2."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from dsen2cr.cli import main
+
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)  # Lightning sets task 1's for the process
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    nodes, per_node = (1, "2") if node == 0 else (2, "1(x2)")  # both tasks on one machine, or one on each
+    step = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "dsen2cr-train", "SLURM_NODELIST": "127.0.0.1"}
+    step |= {"SLURM_NNODES": str(nodes), "SLURM_NODEID": str(node), "SLURM_NTASKS": "2"}
+    step |= {"SLURM_NTASKS_PER_NODE": per_node[0], "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": per_node}
+    for name, value in {**step, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task if nodes == 1 else 0)}.items():
+        monkeypatch.setenv(name, value)
+    devices = ["--devices", per_node[0], "--num-nodes", str(nodes)]
+    if refusal == "data root":
+        config, message = _config(tmp_path, tmp_path / "no-data"), "no-data is not a folder"
+    else:
+        config, message = _config(tmp_path, synthetic_tree), f"set --devices {per_node[0]} --num-nodes {nodes}"
+        devices[1] = "3"
+    argv = ["train", "--config", str(config), "--accelerator", "cpu", *devices, "--strategy", "ddp"]
+    assert main([*argv, "--no-progress"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(lines) == (1 if said else 0), lines
+    assert not said or message in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_ddp_process_whose_peer_stopped_says_so_not_internal_error(
     tmp_path: Path, synthetic_tree: Path, run_cli: Callable[..., subprocess.CompletedProcess]
 ) -> None:
