@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -542,6 +542,17 @@ def private_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("dsen2cr-cache")
     os.environ["DSEN2CR_CACHE_DIR"] = str(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_kept() -> Iterator[None]:
+    """PyTorch's CPU threads as each test found them: a command run in-process fits them to the process's share of
+    the machine (as a task of an srun step of two: 1 thread), and a test after it that compared weights trained
+    in-process with a subprocess's then found other bits (other threads, other sums)."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture
