@@ -11,6 +11,7 @@ LAUNCH_VARIABLES = (
     "LOCAL_RANK",
     "LOCAL_WORLD_SIZE",
     "NODE_RANK",
+    "GROUP_RANK",
     "SLURM_PROCID",
     "SLURM_LOCALID",
     "SLURM_NODEID",
@@ -81,6 +82,28 @@ def test_torchrun_comes_first_and_lightnings_launcher_makes_workers(environment)
     assert is_launched_worker()
     environment(RANK="", WORLD_SIZE="x")  # unreadable values: one process, not a crash
     assert this_launch() == Launch(launcher="torchrun") and not is_launched_worker()
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "3", "SLURM_NODEID": "0"}, True),  # srun: the node's id
+        ({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_NODEID": "1"}, False),
+        ({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5"}, False),  # nothing says: another machine, maybe
+        ({"RANK": "3", "WORLD_SIZE": "8", "GROUP_RANK": "0", "SLURM_NODEID": "1"}, True),  # torchrun's own, first
+        ({"RANK": "5", "WORLD_SIZE": "8", "GROUP_RANK": "1", "NODE_RANK": "0"}, False),
+        ({"RANK": "5", "WORLD_SIZE": "8", "NODE_RANK": "1"}, False),
+        ({"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2"}, True),  # Lightning's launcher
+        ({"LOCAL_RANK": "1", "NODE_RANK": "x", "WORLD_SIZE": "2"}, False),
+        ({}, False),
+    ],
+)
+def test_a_process_on_rank_0s_machine(environment, variables: dict[str, str], expected: bool) -> None:
+    """Which machine a process runs on, by what its launcher says: a worker there reads rank 0's files."""
+    from dsen2cr.launch import on_rank_zeros_machine
+
+    environment(**variables)
+    assert on_rank_zeros_machine() is expected
 
 
 @pytest.mark.parametrize(("visible", "expected"), [(4, "cuda:2"), (1, "cuda:0")])

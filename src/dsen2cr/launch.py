@@ -90,6 +90,15 @@ def is_launched_worker() -> bool:
     return any(_int(os.environ.get(name, "0")) > 0 for name in ("LOCAL_RANK", "NODE_RANK"))
 
 
+def on_rank_zeros_machine() -> bool:
+    """Whether this process runs on the machine of its run's rank 0, and so reads the same files: the machine's
+    rank that torchrun (``GROUP_RANK``), ``srun`` (``SLURM_NODEID``) or Lightning's launcher (``NODE_RANK``)
+    gives is 0. False where none says."""
+    names = {"torchrun": ("GROUP_RANK", "NODE_RANK"), "srun": ("SLURM_NODEID",)}.get(this_launch().launcher)
+    name = next((n for n in names or ("NODE_RANK",) if n in os.environ), None)
+    return name is not None and _int(os.environ[name], -1) == 0
+
+
 def _tasks_on_this_node(env: os._Environ[str] | dict[str, str]) -> int:
     """The step's tasks on this node: ``SLURM_STEP_TASKS_PER_NODE`` (``2(x3),1``: 2 on each of the first three
     nodes, 1 on the fourth) at ``SLURM_NODEID``, else ``SLURM_NTASKS_PER_NODE``, else 1."""

@@ -8,7 +8,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -18,8 +18,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dsen2cr.config import RunConfig, TrainerSection, save_config
-from dsen2cr.errors import DSen2CRError
-from dsen2cr.launch import is_launched_worker, this_launch
+from dsen2cr.errors import DSen2CRError, RunWideError
+from dsen2cr.launch import is_launched_worker, on_rank_zeros_machine, this_launch
 from dsen2cr.models import family_of
 from dsen2cr.outputs.files import atomic_path, path_identity, prepare_output_folder, write_failure
 from dsen2cr.outputs.locks import output_locks, remove_leftovers_in
@@ -227,7 +227,8 @@ def run_training(
         raise DSen2CRError(
             "--resume and --overwrite: choose one (--resume continues the run in the folder, --overwrite replaces it)"
         )
-    check_launch(config.trainer)
+    with _said_by_rank_zero():
+        check_launch(config.trainer)
     out = Path(config.trainer.out_dir)
     created = not out.exists() and not is_launched_worker()
     with output_locks([out]), _callers_determinism(), training_arithmetic(config.trainer.matmul_precision):
@@ -240,6 +241,19 @@ def run_training(
             if reason is None:
                 raise
             raise DSen2CRError(f"{out}: cannot write the run ({reason}); its complete checkpoints stay") from error
+
+
+@contextlib.contextmanager
+def _said_by_rank_zero() -> Iterator[None]:
+    """The checks every process of a run makes alike, on the same settings and files, before the processes join: a
+    worker on rank 0's machine stops without repeating rank 0's refusal (each of eight srun tasks printed it); one
+    on another machine, whose files may differ, says its own."""
+    try:
+        yield
+    except DSen2CRError as error:
+        if isinstance(error, RunWideError) or not (is_launched_worker() and on_rank_zeros_machine()):
+            raise
+        raise RunWideError(str(error)) from error
 
 
 @contextlib.contextmanager
@@ -261,8 +275,46 @@ def _callers_determinism() -> Iterator[None]:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
+class _PreparedRun(NamedTuple):
+    """A run ready to fit: its trainer, task and data, the checkpoint it resumes from, its folder."""
+
+    trainer: L.Trainer
+    task: DSen2CRTask
+    datamodule: SEN12MSCRDataModule
+    resume: Path | None
+    out: Path
+
+
 def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, progress: bool) -> Path:
     """:func:`run_training` under the run folder's lock."""
+    with _said_by_rank_zero():  # refusals before the processes join
+        prepared = _prepare(config, resume=resume, overwrite=overwrite, progress=progress)
+    if isinstance(prepared, Path):  # a requeued job whose run has ended
+        return prepared
+    trainer, task, datamodule, resume, out = prepared
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
+    except DSen2CRError as error:  # a patch it cannot read, a full disk: say what stays and how to go on
+        newest = newest_checkpoint(out)
+        if newest is None or isinstance(error, NonFiniteLossError):  # a resume would meet the same loss again
+            raise
+        hint = "the run's complete checkpoints stay: once that is fixed, resume from the newest"
+        raise DSen2CRError(f"{error}; {hint}, --resume {newest}") from error
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl-C and SIGTERM into SystemExit(1) after its teardown
+            raise KeyboardInterrupt from None  # the command line reports it as what it was (130 or 143)
+        raise
+    finally:  # a Python session that goes on keeps no handler of this run's, however it ended
+        for callback in getattr(trainer, "callbacks", []):  # set by Lightning's connector, unknown to its types
+            if isinstance(callback, SlurmRequeue):
+                callback.give_back_signal()
+    release_process_group()
+    return last_checkpoint(out)  # (a NaN validation loss stopped the run at its epoch: DSen2CRTask)
+
+
+def _prepare(config: RunConfig, *, resume: str | Path | None, overwrite: bool, progress: bool) -> _PreparedRun | Path:
+    """The run's checks, folder, trainer, task and data, before its processes join (or, for a requeued job whose
+    run has trained every epoch, the checkpoint to return untouched)."""
     automatic = resume == RESUME_AUTO
     if automatic:
         resume = newest_or_none(Path(config.trainer.out_dir))
@@ -302,24 +354,7 @@ def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, pro
     if not is_launched_worker():  # rank 0 writes the checkpoints: weights and NAdam's two moments, as stored
         stored = 3 * sum(parameter.numel() * parameter.element_size() for parameter in task.parameters())
         check_run_room(out, stored, config.optim.epochs - finished)
-    try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
-    except DSen2CRError as error:  # a patch it cannot read, a full disk: say what stays and how to go on
-        newest = newest_checkpoint(out)
-        if newest is None or isinstance(error, NonFiniteLossError):  # a resume would meet the same loss again
-            raise
-        hint = "the run's complete checkpoints stay: once that is fixed, resume from the newest"
-        raise DSen2CRError(f"{error}; {hint}, --resume {newest}") from error
-    except SystemExit:
-        if trainer.interrupted:  # Lightning turns Ctrl-C and SIGTERM into SystemExit(1) after its teardown
-            raise KeyboardInterrupt from None  # the command line reports it as what it was (130 or 143)
-        raise
-    finally:  # a Python session that goes on keeps no handler of this run's, however it ended
-        for callback in getattr(trainer, "callbacks", []):  # set by Lightning's connector, unknown to its types
-            if isinstance(callback, SlurmRequeue):
-                callback.give_back_signal()
-    release_process_group()
-    return last_checkpoint(out)  # (a NaN validation loss stopped the run at its epoch: DSen2CRTask)
+    return _PreparedRun(trainer, task, datamodule, None if resume is None else Path(resume), out)
 
 
 def release_process_group() -> None:
