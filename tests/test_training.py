@@ -167,7 +167,8 @@ def test_two_process_ddp_on_cpu_keeps_ranks_equal_and_validates_each_patch_once(
 ) -> None:
     """Two DDP processes train as one run (equal weights at the end) and validate every validation patch once:
     with 3 patches on 2 ranks Lightning's distributed sampler gave rank 1 patch 0 again, so val_loss was the mean
-    of 4 values (here 1.4007 against the 3 patches' 1.3936), and a run's val_loss changed with its process count."""
+    of 4 values (here 1.4007 against the 3 patches' 1.3936), and a run's val_loss changed with its process count.
+    A global batch (optim.global_batch) of 2 gives each rank 1."""
     rows = (synthetic_tree / "files.csv").read_text().splitlines()
     rows = [("2" if i < 3 else "1") + row[1:] for i, row in enumerate(rows)]  # 3 validation patches, 7 training
     (tmp_path / "files.csv").write_text("\n".join(rows) + "\n")
@@ -177,7 +178,8 @@ def test_two_process_ddp_on_cpu_keeps_ranks_equal_and_validates_each_patch_once(
         "--config",
         str(config),
         "optim.epochs=1",
-        "optim.batch_size=1",  # rank 0 validates 2 batches, rank 1 one: uneven, which must not stall
+        "optim.batch_size=2",  # the global batch: 1 per rank
+        "optim.global_batch=true",  # rank 0 validates 2 batches, rank 1 one: uneven, which must not stall
         "trainer.limit_train_batches=3",
         "trainer.deterministic=false",
         "--accelerator",
@@ -196,11 +198,13 @@ def test_two_process_ddp_on_cpu_keeps_ranks_equal_and_validates_each_patch_once(
     assert "sync_dist=True" not in result.stderr and "deprecated" not in result.stderr, result.stderr[-3000:]
     digests = json.loads((tmp_path / "run" / "weights_digest.json").read_text())["ranks"]
     assert len(digests) == 2 and digests[0] == digests[1]
+    logged = _logged_validation(tmp_path / "run")
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "csv" / "metrics.csv").open()))
+    assert {float(r["batch_per_device"]) for r in rows if r.get("batch_per_device")} == {1.0}
     # val_loss and val_mae: the means over the 3 patches, each once, computed here in float64 with the weights the
     # validation ran with (the epoch's checkpoint is saved after it)
     losses, maes, sizes = _validation_by_hand(config, tmp_path / "run")
     assert sizes == [96, 96, 96]
-    logged = _logged_validation(tmp_path / "run")
     assert len(logged) == 1
     assert float(logged[0]["val_loss"]) == pytest.approx(np.mean(losses), rel=1e-5), losses
     assert float(logged[0]["val_mae"]) == pytest.approx(np.mean(maes), rel=1e-5), maes
@@ -686,11 +690,9 @@ def test_original_crop_offsets_never_reach_the_last_row_and_column(synthetic_tre
         assert corners == ({(0, 0)} if original else set(offsets))
 
 
-def test_global_batch_splits_over_ranks(
-    tmp_path: Path, synthetic_tree: Path, run_cli: Callable[..., subprocess.CompletedProcess]
-) -> None:
-    """With optim.global_batch, a 2-process DDP run gives each rank half the batch; a world size that does not
-    divide the batch is refused."""
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused() -> None:
+    """With optim.global_batch each rank takes its share of the batch (a 2-process DDP run with a global batch of 2
+    trains 1 per rank: the two-process test above); a world size that does not divide the batch is refused."""
     from types import SimpleNamespace
 
     from dsen2cr.config import DataSection, LossSection
@@ -701,27 +703,9 @@ def test_global_batch_splits_over_ranks(
     module.trainer = SimpleNamespace(world_size=2)  # type: ignore[assignment]
     with pytest.raises(DSen2CRError, match="global batch 3 does not split over 2 processes"):
         module.batch_per_device()
-    result = run_cli(
-        "train",
-        "--config",
-        str(_config(tmp_path, synthetic_tree)),
-        "optim.epochs=1",
-        "optim.batch_size=4",
-        "optim.global_batch=true",
-        "trainer.limit_val_batches=1",
-        "trainer.deterministic=false",
-        "--accelerator",
-        "cpu",
-        "--devices",
-        "2",
-        "--strategy",
-        "ddp",
-        "--no-progress",
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "csv" / "metrics.csv").open()))
-    assert {float(r["batch_per_device"]) for r in rows if r.get("batch_per_device")} == {2.0}
+    module = SEN12MSCRDataModule(DataSection(), LossSection(), 4, 0, global_batch=True)
+    module.trainer = SimpleNamespace(world_size=2)  # type: ignore[assignment]
+    assert module.batch_per_device() == 2
 
 
 def test_overrides_may_follow_the_options(workdir: Path, capsys: pytest.CaptureFixture) -> None:
