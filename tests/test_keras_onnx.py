@@ -101,16 +101,15 @@ def test_bad_keras_files(tmp_path: Path) -> None:
         load_model(wrong_block)
 
 
-def test_onnx_export_matches_pytorch_on_any_size(
-    tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
-) -> None:
+def test_onnx_export_matches_pytorch_on_any_size(tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
+    from dsen2cr.cli import main
+
     torch.manual_seed(0)
     model = create_model("dsen2cr-small").eval()
     weights = save_weights(model, tmp_path / "small.safetensors")
     out = tmp_path / "small.onnx"
-    result = run_cli("export-onnx", "--weights", str(weights), str(out))
-    assert result.returncode == 0, result.stderr
+    assert main(["export-onnx", "--weights", str(weights), str(out)]) == 0
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for batch, h, w in ((1, 37, 29), (3, 64, 80)):
         s2, s1 = torch.rand(batch, 13, h, w) * 5, torch.rand(batch, 2, h, w) * 2
@@ -163,15 +162,14 @@ def test_onnx_file_with_other_inputs_is_refused(tmp_path: Path) -> None:
         OnnxPredictor(path)
 
 
-def test_int8_export_quantises_every_convolution_per_channel(
-    tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
-) -> None:
+def test_int8_export_quantises_every_convolution_per_channel(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """export-onnx --int8: int8 weights whose per-channel scales are max|w|/127 (recomputed here from the
     PyTorch weights), output near fp32 but not equal to it, and evaluate runs on the int8 file."""
     pytest.importorskip("onnxruntime")
     import onnx
     from onnx import numpy_helper
 
+    from dsen2cr.cli import main
     from dsen2cr.config import DataSection
     from dsen2cr.data.layout import resolve_split
     from dsen2cr.evaluate import evaluate
@@ -182,9 +180,8 @@ def test_int8_export_quantises_every_convolution_per_channel(
     model = create_model("dsen2cr-small").eval()
     weights = save_weights(model, tmp_path / "small.safetensors")
     out = tmp_path / "small-int8.onnx"
-    result = run_cli("export-onnx", "--weights", str(weights), "--int8", "--calibration-patches", "4", str(out))
-    assert result.returncode == 0, result.stderr
-    assert "int8, minmax calibration on 4 crops" in result.stdout
+    assert main(["export-onnx", "--weights", str(weights), "--int8", "--calibration-patches", "4", str(out)]) == 0
+    assert "int8, minmax calibration on 4 crops" in capsys.readouterr().out
 
     graph = onnx.load(str(out)).graph
     tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -274,21 +272,19 @@ def test_evaluate_scores_the_uncertainty_of_a_diag_model(tmp_path: Path, synthet
     assert "calibration" not in json.loads((tmp_path / "p" / "summary.json").read_text())
 
 
-def test_onnx_export_has_both_outputs_and_int8_keeps_sigma_close(
-    tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]
-) -> None:
+def test_onnx_export_has_both_outputs_and_int8_keeps_sigma_close(tmp_path: Path) -> None:
     """export-onnx of a diag model: outputs s2_cloudfree and variance equal to PyTorch's; the file serves
     predict_with_variance (evaluate, --uncertainty-out); int8 (both tails kept fp32) keeps sigma within 10 %
     (measured 1.6 % at most on this model)."""
     pytest.importorskip("onnxruntime")
+    from dsen2cr.cli import main
     from dsen2cr.predictor import load_predictor
 
     torch.manual_seed(0)
     model = ModelConfig(4, 32, True, 0.1, "diag").build().eval()
     weights = save_weights(model, tmp_path / "d.safetensors")
     for extra, name in (((), "d.onnx"), (("--int8", "--calibration-patches", "4"), "d8.onnx")):
-        result = run_cli("export-onnx", "--weights", str(weights), *extra, str(tmp_path / name))
-        assert result.returncode == 0, result.stderr
+        assert main(["export-onnx", "--weights", str(weights), *extra, str(tmp_path / name)]) == 0
     fp32, int8 = load_predictor(tmp_path / "d.onnx"), load_predictor(tmp_path / "d8.onnx")
     assert (fp32.uncertainty, int8.uncertainty, int8.precision) == ("diag", "diag", "int8")
     rng = np.random.default_rng(1)
