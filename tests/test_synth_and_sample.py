@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -83,22 +81,15 @@ def test_copy_sample(tmp_path: Path) -> None:
         copy_sample(out, overwrite=True)  # a folder holding anything else is never emptied
 
 
-def test_data_cli_synth_and_index(tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess]) -> None:
-    run = lambda *a: run_cli(*a)  # noqa: E731
-    result = run("data", "synth", "--out", str(tmp_path / "tree"), "--count", "4", "--size", "32")
-    assert result.returncode == 0, result.stderr
+def test_data_cli_synth_and_index(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dsen2cr.cli import main
+
+    assert main(["data", "synth", "--out", str(tmp_path / "tree"), "--count", "4", "--size", "32"]) == 0
     (tmp_path / "test.txt").write_text("ROIs1868_summer/2\n")
-    result = run(
-        "data",
-        "index",
-        str(tmp_path / "tree"),
-        "--out",
-        str(tmp_path / "idx.csv"),
-        "--test-rois",
-        str(tmp_path / "test.txt"),
-    )
-    assert result.returncode == 0, result.stderr
-    assert "indexed 4 triplets (train 2, val 0, test 2)" in result.stdout
-    result = run("data", "index", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.csv"))
-    assert result.returncode == 2 and result.stderr.strip().endswith("nowhere: dataset root is not a folder")
-    assert "Traceback" not in result.stderr and not (tmp_path / "x.csv").exists()
+    index = ["data", "index", str(tmp_path / "tree"), "--out", str(tmp_path / "idx.csv")]
+    assert main([*index, "--test-rois", str(tmp_path / "test.txt")]) == 0
+    assert "indexed 4 triplets (train 2, val 0, test 2)" in capsys.readouterr().out
+    assert main(["data", "index", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.csv")]) == 2
+    result = capsys.readouterr()
+    assert result.err.strip().endswith("nowhere: dataset root is not a folder")
+    assert "Traceback" not in result.err and not (tmp_path / "x.csv").exists()
