@@ -141,3 +141,46 @@ def test_a_refusal_of_the_whole_run_is_said_by_rank_0_alone(
     assert main(["evaluate", "--weights", str(tmp_path / "none.safetensors"), "--data-root", str(tmp_path),
                  "--rois", str(config), "--out", str(tmp_path / "eval")]) == 2  # fmt: skip
     assert "none.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variables", "launcher"),
+    [
+        ({"SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_NODEID": "0"}, "srun"),
+        ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0"}, "torchrun"),
+    ],
+)
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_command_of_one_process_started_as_several_is_refused(
+    environment,
+    workdir,
+    weights_file,
+    variables: dict[str, str],
+    launcher: str,
+    rank: int,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """``srun dsen2cr evaluate …`` in a job of two tasks per node (a batch script's ``#SBATCH --ntasks-per-node``
+    for its training) started two evaluations of one report at once: both failed, each with another error
+    (``output folder rep/progress does not exist``, ``[Errno 2] No such file …``), or could write it twice. A
+    command that writes and runs as one process is refused before any work in every process that a launcher
+    started several of (rank 0 says it, with how to start it once; the others stop with 2 and no line); a
+    command that only reads and prints (weights info, doctor) runs in each."""
+    from dsen2cr.cli import main
+
+    ranks = {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)} if launcher == "srun" else {}
+    ranks |= {"RANK": str(rank), "LOCAL_RANK": str(rank)} if launcher == "torchrun" else {}
+    environment(**variables, **ranks)
+    weights, data = weights_file("dsen2cr-small-nosar"), workdir.tree()
+    argv = ["evaluate", "--weights", str(weights), "--data-root", str(data), "--file-list", str(data / "files.csv")]
+    assert main([*argv, "--out", str(workdir / "report"), "--no-progress"]) == 2
+    said = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    if rank == 0:
+        assert len(said) == 1, said
+        assert f"evaluate runs as one process, but {launcher} started 2 (this is rank 0)" in said[0]
+        assert ("srun --ntasks 1 dsen2cr evaluate" if launcher == "srun" else "without torchrun") in said[0]
+    else:
+        assert said == []
+    assert not (workdir / "report").exists()
+    assert main(["weights", "info", str(weights)]) == 0
+    assert "dsen2cr-small" in capsys.readouterr().out
