@@ -138,9 +138,9 @@ def test_a_refusal_of_the_whole_run_is_said_by_rank_0_alone(
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert ("unknown key" in err) == (rank == "0"), err
-    assert main(["evaluate", "--weights", str(tmp_path / "none.safetensors"), "--data-root", str(tmp_path),
-                 "--rois", str(config), "--out", str(tmp_path / "eval")]) == 2  # fmt: skip
-    assert "none.safetensors" in capsys.readouterr().err
+    assert main(["remove-clouds", "--weights", str(tmp_path / "none.safetensors"), "--s2", str(config),
+                 str(tmp_path / "b.tif"), "--out", str(tmp_path)]) == 2  # fmt: skip
+    assert "b.tif: S2 scene not found" in capsys.readouterr().err  # each process checks the scenes it is given
 
 
 @pytest.mark.parametrize(

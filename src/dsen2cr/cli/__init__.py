@@ -41,7 +41,7 @@ from dsen2cr.cli import (
 from dsen2cr.cli.options import NoAbbrevParser, add_verbosity, merge_spellings, setup_logging
 from dsen2cr.errors import DSen2CRError, RunWideError, one_line
 from dsen2cr.gdal_messages import capture_thread_messages
-from dsen2cr.launch import is_launched_worker
+from dsen2cr.launch import is_launched_worker, this_launch
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.version import __version__
 
@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _SIGNALLED.clear()
     previous = _install_sigterm()
     try:
+        _check_one_process(args)
         with output_locks(_outputs_to_lock(args)):
             return int(handler(args) or 0)
     except KeyboardInterrupt as interrupt:
@@ -230,6 +231,27 @@ def _stdout_reader_gone() -> bool:
 def _command_line_name(args: argparse.Namespace) -> str:
     """The command as typed: ``remove-clouds``, or a group's ``data synth``, ``weights download``."""
     return " ".join(filter(None, [args.command, getattr(args, f"{args.command}_command", None)]))
+
+
+#: Commands that run as several processes: train (one run over them) and remove-clouds (they split the scenes).
+SEVERAL_PROCESS_COMMANDS = frozenset({"train", "remove-clouds"})
+#: Commands that only read and print: they run in every process a launcher started (doctor checks each machine).
+READING_COMMANDS = frozenset({"doctor", "models", "config", "compare", "weights info"})
+
+
+def _check_one_process(args: argparse.Namespace) -> None:
+    """Refuse a command that writes and runs as one process where srun or torchrun started several of it: each
+    would write the same outputs at once (two evaluations of one report both failed, each with another error).
+    Every process refuses alike; rank 0 says it."""
+    name = _command_line_name(args)
+    launch = this_launch()
+    if launch.world == 1 or args.command in SEVERAL_PROCESS_COMMANDS or name in READING_COMMANDS:
+        return
+    once = f"srun --ntasks 1 dsen2cr {name} …, or outside srun" if launch.launcher == "srun" else "without torchrun"
+    raise RunWideError(
+        f"{name} runs as one process, but {launch.launcher} started {launch.world} (this is rank {launch.rank}): "
+        f"each would write the same outputs at once; start it once ({once})"
+    )
 
 
 _NOT_INSTALLED = object()
