@@ -159,12 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(level)
     if level > logging.DEBUG:  # -v and --debug show GDAL's own threads' messages as GDAL prints them
         capture_thread_messages()
-    if args.command in COMPUTING_COMMANDS:
-        _fit_torch_threads()
     _SIGNALLED.clear()
     previous = _install_sigterm()
     try:
         _check_one_process(args)
+        if args.command in COMPUTING_COMMANDS:
+            _fit_torch_threads()
         with output_locks(_outputs_to_lock(args)):
             return int(handler(args) or 0)
     except KeyboardInterrupt as interrupt:
