@@ -247,10 +247,11 @@ def test_calibrated_weights_scale_sigma_in_outputs_and_onnx_and_say_so(
 def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """evaluate of weights whose sigma was fitted on the split it scores warns (their coverage flatters them);
-    on another split it does not. The report gives each band's coverage over every value (calibration.json's
-    per_band, summary.md) and each image's coverage under cloud and shadow and over clear pixels
-    (coverage_1sigma_cloudy, _clear), recomputed here in float64; the per-image CSV leaves the counts out."""
+    """evaluate of weights whose sigma was fitted on the split it scores warns (their coverage flatters them), and
+    its report says so (calibration.json, summary.md); on another split it does not. The report gives each band's
+    coverage over every value (calibration.json's per_band, summary.md) and each image's coverage under cloud and
+    shadow and over clear pixels (coverage_1sigma_cloudy, _clear), recomputed here in float64; the per-image CSV
+    leaves the counts out."""
     root = workdir.tree()
     data = ["--data-root", str(root), "--file-list", str(root / "files.csv"), "--no-progress"]
     weights = diag_weights(workdir / "w.safetensors")
@@ -282,6 +283,14 @@ def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
             assert cloud.all() and model_row["coverage_1sigma_clear"] == "nan"  # no clear pixel: no value
         made_by = "; sigma x " in (workdir / split / "summary.md").read_text().split("Made on")[1]
         assert made_by and "fitted on files.csv, split val" in (workdir / split / "summary.md").read_text()
+        # the report says it too (a report is read without the console's log)
+        report = json.loads((workdir / split / "calibration.json").read_text())
+        assert report["calibrated_on_these_patches"] == ("files.csv, split val" if split == "val" else None)
+        flattered = (
+            "Its sigma was calibrated on these patches (files.csv, split val): the coverage, UCE and intervals above "
+            "flatter it; evaluate it on patches it was not calibrated on."
+        )
+        assert (flattered in (workdir / split / "summary.md").read_text()) == (split == "val")
         warned = [r.message for r in caplog.records if "its sigma was calibrated on" in r.message]
         assert warned == (
             [
