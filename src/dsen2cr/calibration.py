@@ -190,15 +190,16 @@ def pooled_sentence(report: dict[str, Any], images: int) -> str:
     """A Markdown sentence of the calibration pooled over every image (``calibration.json``'s numbers, which
     the reliability diagram shows), told apart from a summary table's per-image ``uce`` and ``auce``."""
     where = "the image" if images == 1 else f"all {images} images"
-    return (
+    pooled = (
         f"Calibration pooled over {where} ({report['values']:,} sampled values; `calibration.json`, "
         f"`calibration.png`): +-1 sigma coverage {report['coverage_1sigma']:.3f}, +-2 sigma "
         f"{report['coverage_2sigma']:.3f}, UCE {report['uce']:.4f}, AUCE {report['auce']:.4f}, Spearman(sigma, "
         f"|error|) {report['spearman_sigma_abs_error']:.2f}, AUSE {report['ause']:.4f} (the MAE left as the most "
         "uncertain values are removed, against removing the largest errors: 0 when sigma ranks them exactly). The "
         "table's uce and auce are per image (all its values, binned on its own sigma range), then averaged; pooled, "
-        "a sample of the values shares one set of bins, so the two differ.\n" + _per_band_sentence(report)
-    ) + _interval_sentence(report)
+        "a sample of the values shares one set of bins, so the two differ.\n"
+    )
+    return pooled + _per_band_sentence(report) + _interval_sentence(report) + _flattered_sentence(report)
 
 
 def _interval_sentence(report: dict[str, Any]) -> str:
@@ -212,6 +213,17 @@ def _interval_sentence(report: dict[str, Any]) -> str:
     said = f" The intervals its sigma's calibration stated, over every value here: {held}." if held else ""
     pooled = intervals_text(here, by_band=False)
     return f"\nIntervals of the sampled values, one multiple for all bands: {pooled}.{said}\n"
+
+
+def _flattered_sentence(report: dict[str, Any]) -> str:
+    """Where the weights' sigma was calibrated on the patches evaluated: the numbers above flatter it."""
+    data = report.get("calibrated_on_these_patches")
+    if not data:
+        return ""
+    return (
+        f"\nIts sigma was calibrated on these patches ({data}): the coverage, UCE and intervals above flatter it; "
+        "evaluate it on patches it was not calibrated on.\n"
+    )
 
 
 def _held_text(values: dict[str, Any]) -> str:

@@ -53,6 +53,7 @@ from dsen2cr.outputs.files import write_text_atomic
 from dsen2cr.outputs.room import check_projected_room
 from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS
+from dsen2cr.sigma_record import calibrated_on
 from dsen2cr.summary import UNITS, Summary, json_text, per_roi_csv, summarise, summary_markdown
 from dsen2cr.visualize import reliability_diagram
 
@@ -278,10 +279,12 @@ def write_calibration(
     """The calibration over every evaluated value (a fixed sample of each patch): ``calibration.json`` (the
     pooled metrics, Spearman's rank correlation of sigma and |error|, the reliability bins, ``per_band``, each
     band's coverage over all its values, where given, the intervals of the sampled values,
-    :func:`~dsen2cr.calibration.interval_report`, and the share of every value that the intervals the weights'
-    calibration stated held, ``stated``, where given: :func:`~dsen2cr.calibration.stated_intervals_held`) and the
-    reliability diagram ``calibration.png`` (``text``, what made it, as PNG text); returns the JSON's content."""
+    :func:`~dsen2cr.calibration.interval_report`, the share of every value that the intervals the weights'
+    calibration stated held, ``stated``, where given: :func:`~dsen2cr.calibration.stated_intervals_held`, and the
+    patches the calibration was fitted on where they are those evaluated, which it flatters) and the reliability
+    diagram ``calibration.png`` (``text``, what made it, as PNG text); returns the JSON's content."""
     error, sigma = pooled
+    data = text.get("DSEN2CR_DATA", "")
     edges = np.linspace(sigma.min(), sigma.max(), CALIBRATION_BINS + 1)
     rms_sigma, rms_error, counts = reliability_bins(error, sigma, edges)
     uce, auce = errors_of_bins(rms_sigma, rms_error, counts)
@@ -306,6 +309,7 @@ def write_calibration(
         | ({"per_band": per_band} if per_band else {})
         | interval_report(error, sigma)
         | ({"stated_intervals": stated} if stated else {})
+        | {"calibrated_on_these_patches": data if calibrated_on(text.get("DSEN2CR_SIGMA_CALIBRATION"), data) else None}
     )
     write_text_atomic(out / "calibration.json", json_text(report))
     reliability_diagram(out / "calibration.png", rms_sigma, rms_error, counts, report, text)
