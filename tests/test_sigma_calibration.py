@@ -366,7 +366,7 @@ def test_evaluate_warns_of_stated_intervals_that_do_not_hold_their_share(
 ) -> None:
     """Weights whose stated 90 % interval is +-0.001 sigma (none of the test values within it) or +-1000 sigma (all
     of them): evaluate warns, naming the share held overall and under cloud and shadow, and which way sigma is
-    wrong; by hand, a share within 0.05 of its own says nothing."""
+    wrong, and summary.md says it too; by hand, a share within 0.05 of its own says nothing."""
     from dsen2cr.calibration import stated_interval_warning
 
     root = workdir.tree()
@@ -382,6 +382,8 @@ def test_evaluate_warns_of_stated_intervals_that_do_not_hold_their_share(
         said = f"(90 % held {held} (under cloud and shadow {held})): its sigma is {what} on these patches"
         assert f"{weights.name}: the intervals its sigma's calibration stated do not hold" in caplog.text
         assert said in caplog.text, caplog.text
+        summary = (workdir / what / "summary.md").read_text()  # read without the console's log
+        assert f"The intervals its sigma's calibration stated do not hold their shares here {said}" in summary
     near = {"0.9": {"held": 0.86, "held_cloudy": 0.94, "held_clear": 0.5, "per_band": {}}}
     assert stated_interval_warning(near) is None  # within 0.05 (the clear pixels' share is not judged)
     mixed = {"0.683": {"held": 0.6}, "0.9": {"held": 0.99, "held_cloudy": None}}
