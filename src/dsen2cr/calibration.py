@@ -211,6 +211,8 @@ def _interval_sentence(report: dict[str, Any]) -> str:
     stated = report.get("stated_intervals") or {}
     held = ", ".join(f"{100 * float(level):g} % held {_held_text(values)}" for level, values in stated.items())
     said = f" The intervals its sigma's calibration stated, over every value here: {held}." if held else ""
+    if stated and (warning := stated_interval_warning(stated)):  # as evaluate warns: the report is read without it
+        said += f" {warning[0].upper()}{warning[1:]}."
     pooled = intervals_text(here, by_band=False)
     return f"\nIntervals of the sampled values, one multiple for all bands: {pooled}.{said}\n"
 
