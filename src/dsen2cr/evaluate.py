@@ -284,7 +284,8 @@ def write_calibration(
     patches the calibration was fitted on where they are those evaluated, which it flatters) and the reliability
     diagram ``calibration.png`` (``text``, what made it, as PNG text); returns the JSON's content."""
     error, sigma = pooled
-    data = text.get("DSEN2CR_DATA", "")
+    data = text.get("DSEN2CR_DATA")  # None where a Python caller named no data
+    fitted_here = data is not None and calibrated_on(text.get("DSEN2CR_SIGMA_CALIBRATION"), data)
     edges = np.linspace(sigma.min(), sigma.max(), CALIBRATION_BINS + 1)
     rms_sigma, rms_error, counts = reliability_bins(error, sigma, edges)
     uce, auce = errors_of_bins(rms_sigma, rms_error, counts)
@@ -309,7 +310,7 @@ def write_calibration(
         | ({"per_band": per_band} if per_band else {})
         | interval_report(error, sigma)
         | ({"stated_intervals": stated} if stated else {})
-        | {"calibrated_on_these_patches": data if calibrated_on(text.get("DSEN2CR_SIGMA_CALIBRATION"), data) else None}
+        | {"calibrated_on_these_patches": data if fitted_here else None}
     )
     write_text_atomic(out / "calibration.json", json_text(report))
     reliability_diagram(out / "calibration.png", rms_sigma, rms_error, counts, report, text)
