@@ -279,6 +279,22 @@ def test_a_refusal_known_before_the_launch_starts_no_other_process(
     assert not (workdir / "run").exists()
 
 
+def _as_srun_task(monkeypatch: pytest.MonkeyPatch, task: int, *, node: int = 0) -> None:
+    """This process as task ``task`` of a two-task srun step: both on one machine (``node`` 0), or one on each
+    (``node`` 1: task 1's); Lightning's rank, which a run sets for the process, is kept for the tests after it."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    nodes, per_node = (1, "2") if node == 0 else (2, "1(x2)")
+    step = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "dsen2cr-train", "SLURM_NODELIST": "127.0.0.1"}
+    step |= {"SLURM_NNODES": str(nodes), "SLURM_NODEID": str(node), "SLURM_NTASKS": "2", "MASTER_PORT": "29555"}
+    step |= {"SLURM_NTASKS_PER_NODE": per_node[0], "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": per_node}
+    for name, value in {**step, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task if nodes == 1 else 0)}.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.mark.parametrize("task", [0, 1])
 def test_a_refusal_every_srun_task_reaches_is_said_once(
     tmp_path: Path,
@@ -292,18 +308,9 @@ def test_a_refusal_every_srun_task_reaches_is_said_once(
     eight lines in the job's log on eight GPUs); each exits 2 and leaves no run folder. Task 1 made the folder at
     its start (rank 0 prepares it), and when it did so before task 0 looked, task 0 took it for the user's and
     left it with its config.yaml: two refused srun steps of three on this machine left one."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
     from dsen2cr.cli import main
 
-    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)  # Lightning sets task 1's for the process
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    step = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "dsen2cr-train", "SLURM_NODELIST": "127.0.0.1"}
-    step |= {"SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"}
-    step |= {"SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "MASTER_PORT": "29555"}
-    for name, value in {**step, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)}.items():
-        monkeypatch.setenv(name, value)
+    _as_srun_task(monkeypatch, task)
     config = _config(tmp_path, synthetic_tree, optim__batch_size="3", optim__global_batch="true")
     argv = ["train", "--config", str(config), "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
     assert main([*argv, "--no-progress"]) == 2
@@ -335,19 +342,10 @@ def test_a_refusal_of_the_files_every_srun_task_reads_is_said_once_per_machine(
     root that does not exist, --devices other than the step's tasks on the machine) is said by task 0; a task on
     task 0's machine reads the same files and stops without repeating it (each task printed it: eight lines in the
     job's log on eight GPUs), while a task on another machine, whose files may differ, says its own. Each exits 2."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
     from dsen2cr.cli import main
 
-    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)  # Lightning sets task 1's for the process
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
-        monkeypatch.delenv(name, raising=False)
     nodes, per_node = (1, "2") if node == 0 else (2, "1(x2)")  # both tasks on one machine, or one on each
-    step = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "dsen2cr-train", "SLURM_NODELIST": "127.0.0.1"}
-    step |= {"SLURM_NNODES": str(nodes), "SLURM_NODEID": str(node), "SLURM_NTASKS": "2"}
-    step |= {"SLURM_NTASKS_PER_NODE": per_node[0], "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": per_node}
-    for name, value in {**step, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task if nodes == 1 else 0)}.items():
-        monkeypatch.setenv(name, value)
+    _as_srun_task(monkeypatch, task, node=node)
     devices = ["--devices", per_node[0], "--num-nodes", str(nodes)]
     if refusal == "data root":
         config, message = _config(tmp_path, tmp_path / "no-data"), "no-data is not a folder"
