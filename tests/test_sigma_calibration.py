@@ -25,13 +25,15 @@ from dsen2cr.weights import SIGMA_SCALE_KEY, TRAINING_KEY, load_model, save_weig
 SCALE = [0.5 + 0.1 * band for band in range(13)]
 
 
-def _abs_z(weights: Path, triplets: list[Triplet], *, cloudy_only: bool = False) -> np.ndarray:
+def _abs_z(
+    weights: Path, triplets: list[Triplet], *, cloudy_only: bool = False, cloud_threshold: float = 0.2
+) -> np.ndarray:
     """|prediction - target| / sigma per band (13, values), the network run here in float64; the prediction
     rounded to DN, prediction and target clipped to [0, 1] reflectance (the metrics' convention); ``cloudy_only``:
-    the values of pixels under cloud and shadow alone (the dataset's paper mask at its default threshold)."""
+    the values of pixels under cloud and shadow alone (the dataset's paper mask at ``cloud_threshold``)."""
     model = load_model(weights).double()
     columns = []
-    dataset = SEN12MSCRDataset(triplets, train=False)
+    dataset = SEN12MSCRDataset(triplets, train=False, cloud_threshold=cloud_threshold)
     for sample in (dataset[i] for i in range(len(dataset))):
         cloud = sample["cloud_mask"].numpy().ravel() != 0 if cloudy_only else slice(None)
         with torch.no_grad():
@@ -168,6 +170,28 @@ def test_calibrate_sigma_on_the_cloudy_region_fits_the_values_under_cloud_and_sh
     assert said in load_predictor(workdir / "c.safetensors").sigma_calibration
     assert main(["weights", "info", str(workdir / "c.safetensors")]) == 0
     assert f"split val ({cloudy.size} values under cloud and shadow)" in capsys.readouterr().out
+
+
+def test_calibrate_sigma_on_the_cloudy_region_at_another_cloud_threshold(
+    workdir: Path, synthetic_tree: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--region cloudy --cloud-threshold 0.8 (the one a user's remove-clouds --keep-clear runs take): the values
+    under the paper mask at 0.8, fewer than at 0.2, computed here in float64; the record and every text say it."""
+    weights = diag_weights(workdir / "w.safetensors", "gnll")
+    data = ["--data-root", str(synthetic_tree), "--file-list", str(synthetic_tree / "files.csv"), "--no-progress"]
+    argv = ["weights", "calibrate-sigma", "--weights", str(weights), *data, "--out", str(workdir / "c.safetensors")]
+    assert main([*argv, "--region", "cloudy", "--cloud-threshold", "0.8"]) == 0
+    printed = capsys.readouterr().out
+    val = select_split(read_file_list(synthetic_tree / "files.csv", synthetic_tree), "val")
+    cloudy = _abs_z(weights, val, cloudy_only=True, cloud_threshold=0.8)
+    assert 0 < cloudy.shape[1] < _abs_z(weights, val, cloudy_only=True).shape[1]  # the threshold matters here
+    expected = np.sqrt(np.mean(cloudy**2, axis=1))
+    assert load_model(workdir / "c.safetensors").sigma_scale_factors == pytest.approx(expected.tolist(), rel=1e-4)
+    record = json.loads(json.loads(_metadata(workdir / "c.safetensors"))[SIGMA_SCALE_KEY])
+    assert (record["region"], record["cloud_threshold"], record["values"]) == ("cloudy", 0.8, cloudy.size)
+    assert f"({cloudy.size:,} values under cloud and shadow at cloud threshold 0.8)" in printed
+    said = f"split val ({cloudy.size} values under cloud and shadow at cloud threshold 0.8, gnll); there "
+    assert said in load_predictor(workdir / "c.safetensors").sigma_calibration
 
 
 def _metadata(path: Path) -> str:

@@ -501,6 +501,24 @@ CASES += [
         message="sigma.onnx: stored sigma intervals must map shares of values between 0 and 1 to 13 finite positive",
     ),
     dict(
+        name="calibrate-sigma: --cloud-threshold without --region cloudy (every value is fitted)",
+        setup=lambda t: _calibrate(t, _sigma_weights(t), extra=("--cloud-threshold", "0.4")),
+        message="--cloud-threshold: the paper mask's threshold of --region cloudy; without it every value is fitted",
+        absent=("c.safetensors",),
+    ),
+    dict(
+        name="weights whose stored sigma cloud threshold is above 1",
+        setup=lambda t: _remove_args(
+            t,
+            "--out",
+            str(t / "o.tif"),
+            weights=_sigma_weights(t, scale=[1.0] * 13, region="cloudy", cloud_threshold=1.5),
+        ),
+        message="sigma.safetensors: stored sigma cloud threshold must be a number in (0, 1] (the paper mask's), got "
+        "1.5",
+        absent=("o.tif",),
+    ),
+    dict(
         name="weights whose stored sigma region is neither all nor cloudy",
         setup=lambda t: _remove_args(
             t, "--out", str(t / "o.tif"), weights=_sigma_weights(t, scale=[1.0] * 13, region="clear")
