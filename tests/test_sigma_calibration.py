@@ -192,6 +192,8 @@ def test_calibrate_sigma_on_the_cloudy_region_at_another_cloud_threshold(
     assert f"({cloudy.size:,} values under cloud and shadow at cloud threshold 0.8)" in printed
     said = f"split val ({cloudy.size} values under cloud and shadow at cloud threshold 0.8, gnll); there "
     assert said in load_predictor(workdir / "c.safetensors").sigma_calibration
+    assert main(["weights", "info", str(workdir / "c.safetensors")]) == 0
+    assert f"split val ({cloudy.size} values under cloud and shadow at cloud threshold 0.8)" in capsys.readouterr().out
 
 
 def _metadata(path: Path) -> str:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dsen2cr.calibration import intervals_text
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
 from dsen2cr.data.layout import Triplet
 from dsen2cr.ensemble import ensemble
@@ -27,6 +28,7 @@ from dsen2cr.ensemble_file import split_weights, write_ensemble_file
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.predictor import Predictor, load_exact_predictor, predictor_from_model
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_MODEL_SCALE, s2_model_to_dn
+from dsen2cr.sigma_record import region_words
 from dsen2cr.sigma_statistics import ScaleStatistics, SigmaFit
 from dsen2cr.weights import (
     LIKELIHOOD_NAMES,
@@ -48,16 +50,24 @@ def fit_sigma_scale(
     likelihood: str,
     *,
     region: str = "all",
+    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
     batch_size: int = 4,
     num_workers: int = 0,
     progress: bool = True,
 ) -> SigmaFit:
     """Fit one factor per band to the sigma ``predictor`` gives on ``triplets`` (every value of every patch, or
-    those under cloud and shadow: ``region``), by ``likelihood`` (``gnll`` or ``lnll``)."""
+    those under cloud and shadow: ``region``, by the paper mask at ``cloud_threshold``), by ``likelihood`` (``gnll``
+    or ``lnll``)."""
     statistics = scale_statistics(
-        predictor, triplets, region=region, batch_size=batch_size, num_workers=num_workers, progress=progress
+        predictor,
+        triplets,
+        region=region,
+        cloud_threshold=cloud_threshold,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
     )
-    return statistics.fit(likelihood)
+    return dataclasses.replace(statistics.fit(likelihood), cloud_threshold=cloud_threshold)
 
 
 def scale_statistics(
@@ -65,17 +75,19 @@ def scale_statistics(
     triplets: Sequence[Triplet],
     *,
     region: str = "all",
+    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
     batch_size: int = 4,
     num_workers: int = 0,
     progress: bool = True,
 ) -> ScaleStatistics:
     """The statistics of |error| / sigma that ``predictor`` gives on every value of every patch of ``triplets`` (or
-    on those under cloud and shadow: ``region``, :data:`~dsen2cr.sigma_statistics.REGIONS`)."""
+    on those under cloud and shadow: ``region``, :data:`~dsen2cr.sigma_statistics.REGIONS`, by each patch's paper
+    mask at ``cloud_threshold``)."""
     if predictor.uncertainty != "diag":
         raise DSen2CRError(f"{predictor.weights or 'this model'}: {NO_SIGMA}")
     if not triplets:
         raise DSen2CRError("calibrate-sigma: no patches to fit the sigma scale on")
-    dataset = SEN12MSCRDataset(list(triplets), train=False)
+    dataset = SEN12MSCRDataset(list(triplets), train=False, cloud_threshold=cloud_threshold)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_by_size)
     statistics = ScaleStatistics(region)
     bar = tqdm(total=len(triplets), unit="patch", desc="calibrate-sigma", disable=not progress, dynamic_ncols=True)
@@ -98,13 +110,15 @@ def calibrate_weights(
     *,
     data: str,
     region: str = "all",
+    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
     device: str = "auto",
     batch_size: int = 4,
     num_workers: int = 0,
     progress: bool = True,
 ) -> SigmaFit:
     """Fit the sigma scale of the model in ``weights`` on ``triplets`` (held-out patches; ``data`` names them
-    in the record; ``region``: every value or those under cloud and shadow) and write the weights with it to
+    in the record; ``region``: every value or those under cloud and shadow, by the paper mask at
+    ``cloud_threshold``) and write the weights with it to
     ``out`` (safetensors; the model's weights unchanged)."""
     model, provenance = load_model_with_provenance(weights)
     if model.config.uncertainty != "diag":
@@ -122,6 +136,7 @@ def calibrate_weights(
         triplets,
         likelihood,
         region=region,
+        cloud_threshold=cloud_threshold,
         batch_size=batch_size,
         num_workers=num_workers,
         progress=progress,
@@ -139,15 +154,16 @@ def calibrate_ensemble(
     *,
     data: str,
     region: str = "all",
+    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
     device: str = "auto",
     batch_size: int = 4,
     num_workers: int = 0,
     progress: bool = True,
 ) -> SigmaFit:
     """Fit one factor per band to the sigma of the ensemble of ``weights`` (its members' files, or an ensemble file,
-    whose factors the new ones multiply) on ``triplets`` (every value or those under cloud and shadow: ``region``),
-    the members run in IEEE fp32 (ONNX files as exported), and write an ensemble file of its members with them to
-    ``out`` (:func:`~dsen2cr.ensemble_file.write_ensemble_file`)."""
+    whose factors the new ones multiply) on ``triplets`` (every value or those under cloud and shadow: ``region``,
+    at ``cloud_threshold``), the members run in IEEE fp32 (ONNX files as exported), and write an ensemble file of
+    its members with them to ``out`` (:func:`~dsen2cr.ensemble_file.write_ensemble_file`)."""
     files, earlier = split_weights(weights)
     members = [load_exact_predictor(w, device=device) for w in files]
     predictor = ensemble(members, earlier, fitting=True)
@@ -166,6 +182,7 @@ def calibrate_ensemble(
         triplets,
         likelihood,
         region=region,
+        cloud_threshold=cloud_threshold,
         batch_size=batch_size,
         num_workers=num_workers,
         progress=progress,
@@ -198,7 +215,7 @@ def fit_table(fit: SigmaFit) -> str:
     ]
     rows = [
         f"sigma scale fitted by {LIKELIHOOD_NAMES[fit.likelihood]} on {fit.patches} patch{'es' * (fit.patches != 1)} "
-        f"({fit.values:,} values{' under cloud and shadow' * (fit.region == 'cloudy')})",
+        f"({fit.values:,} values{region_words(fit.region, fit.cloud_threshold)})",
         "",
         "| band | " + " | ".join(S2_BANDS) + " |",
         "|---|" + "---|" * NUM_S2_BANDS,

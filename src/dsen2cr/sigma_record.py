@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dsen2cr.calibration import Intervals, intervals_text
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.preprocessing import NUM_S2_BANDS
 from dsen2cr.sigma_statistics import REGIONS
@@ -17,8 +18,9 @@ from dsen2cr.sigma_statistics import REGIONS
 def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
     """A stored sigma calibration (a weights file's, an ensemble file's) as read from JSON, checked: a mapping
     whose ``scale`` holds one finite positive factor per S2 band, whose ``region``, where it has one, is ``all``
-    or ``cloudy``, and whose ``intervals``, where it has them, map shares of values (between 0 and 1, as text) to
-    one finite positive multiple of sigma per S2 band; a one-line error naming ``path`` otherwise."""
+    or ``cloudy`` (its ``cloud_threshold`` in (0, 1]), and whose ``intervals``, where it has them, map shares of
+    values (between 0 and 1, as text) to one finite positive multiple of sigma per S2 band; a one-line error naming
+    ``path`` otherwise."""
     scale = value.get("scale") if isinstance(value, dict) else None
     if not isinstance(value, dict) or not _band_factors(scale):
         raise DSen2CRError(
@@ -28,6 +30,12 @@ def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
     if value.get("region", "all") not in REGIONS:
         raise DSen2CRError(
             f"{path}: stored sigma region must be all or cloudy (the values fitted on), got {str(value['region'])[:40]}"
+        )
+    threshold = value.get("cloud_threshold", DEFAULT_CLOUD_THRESHOLD)
+    if not _positive_number(threshold) or threshold > 1:
+        raise DSen2CRError(
+            f"{path}: stored sigma cloud threshold must be a number in (0, 1] (the paper mask's), got "
+            f"{str(threshold)[:40]}"
         )
     if "intervals" in value and not _intervals(value["intervals"]):
         raise DSen2CRError(
@@ -74,8 +82,20 @@ def calibration_text(value: dict[str, Any], subject: str = "sigma") -> str:
     factors = f"{subject} x {min(scale):.3g} to {max(scale):.3g} per band"
     intervals = recorded_intervals(value)
     held = f"; there {intervals_text(intervals)}" if intervals else ""
-    region = " under cloud and shadow" if value.get("region") == "cloudy" else ""
-    return f"{factors}, {_fitted_on(data)}{values} values{region}, {likelihood}){held}"
+    return f"{factors}, {_fitted_on(data)}{values} values{recorded_region_words(value)}, {likelihood}){held}"
+
+
+def recorded_region_words(value: dict[str, Any]) -> str:
+    """:func:`region_words` of a checked stored calibration (a cloudy record without a threshold is 0.2's)."""
+    return region_words(value.get("region", "all"), value.get("cloud_threshold", DEFAULT_CLOUD_THRESHOLD))
+
+
+def region_words(region: str, cloud_threshold: float) -> str:
+    """`` under cloud and shadow`` (`` at cloud threshold 0.8`` where not the default): the values fitted on."""
+    if region != "cloudy":
+        return ""
+    other = f" at cloud threshold {cloud_threshold:g}" if cloud_threshold != DEFAULT_CLOUD_THRESHOLD else ""
+    return f" under cloud and shadow{other}"
 
 
 def _fitted_on(data: str) -> str:

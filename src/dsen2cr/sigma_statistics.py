@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dsen2cr.calibration import INTERVAL_LEVELS, Intervals, reflectance_errors
+from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS
 
@@ -65,6 +66,8 @@ class SigmaFit:
     earlier: tuple[float, ...] | None = None
     #: The values fitted on (:data:`REGIONS`).
     region: str = "all"
+    #: The paper mask's threshold that made the region ``cloudy`` (each patch's mask, as evaluate's).
+    cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD
 
     @property
     def coverage_before(self) -> float:
@@ -84,10 +87,10 @@ class SigmaFit:
     def record(self, data: str) -> dict[str, object]:
         """What a weights file keeps (:data:`~dsen2cr.weights.SIGMA_SCALE_KEY`): the factors
         (:attr:`total_scale`), the likelihood, the data they were fitted on (``data``), how many values (and
-        which: ``region``, where not all), and the intervals measured there (``intervals``: share of the values ->
-        each band's multiple of sigma)."""
+        which: ``region``, where not all, with its ``cloud_threshold``), and the intervals measured there
+        (``intervals``: share of the values -> each band's multiple of sigma)."""
         fitted = {"likelihood": self.likelihood, "data": data, "patches": self.patches, "values": self.values}
-        fitted |= {"region": self.region} if self.region != "all" else {}
+        fitted |= {"region": self.region, "cloud_threshold": self.cloud_threshold} if self.region != "all" else {}
         intervals = {"intervals": {f"{level:g}": list(multiples) for level, multiples in self.intervals}}
         return {"scale": self.total_scale} | fitted | (intervals if self.intervals else {})
 

@@ -12,6 +12,7 @@ from dsen2cr.cli.options import (
     add_no_progress,
     add_overwrite,
     check_loader_options,
+    cloud_score,
     file_list_split,
 )
 
@@ -77,7 +78,13 @@ def _register_calibrate_sigma(commands: SubParsers) -> None:
         default="all",
         choices=["all", "cloudy"],
         help="the values to fit on: all of them (default), or those under cloud and shadow (the paper mask at "
-        "threshold 0.2, as evaluate's default): where remove-clouds --keep-clear uses the prediction and its sigma",
+        "--cloud-threshold): where remove-clouds --keep-clear uses the prediction and its sigma",
+    )
+    calibrate.add_argument(
+        "--cloud-threshold",
+        type=cloud_score,
+        help="with --region cloudy: the paper mask's threshold (default 0.2, as evaluate's and remove-clouds'); give "
+        "the one your --keep-clear runs take",
     )
     calibrate.add_argument(
         "--out",
@@ -122,6 +129,7 @@ def run_calibrate_sigma(args: argparse.Namespace) -> int:
     """Run ``weights calibrate-sigma``."""
     from pathlib import Path
 
+    from dsen2cr.choices import DEFAULT_CLOUD_THRESHOLD
     from dsen2cr.data.layout import check_data_root
     from dsen2cr.ensemble_file import is_ensemble_file
     from dsen2cr.errors import DSen2CRError
@@ -129,6 +137,10 @@ def run_calibrate_sigma(args: argparse.Namespace) -> int:
     from dsen2cr.predictor import is_onnx
     from dsen2cr.sigma_calibration import calibrate_ensemble, calibrate_weights, fit_table
 
+    if args.cloud_threshold is not None and args.region != "cloudy":
+        raise DSen2CRError(
+            "--cloud-threshold: the paper mask's threshold of --region cloudy; without it every value is fitted"
+        )
     several = len(args.weights) > 1 or is_ensemble_file(args.weights[0])
     if several and not is_ensemble_file(args.out):
         raise DSen2CRError(
@@ -158,6 +170,7 @@ def run_calibrate_sigma(args: argparse.Namespace) -> int:
         args.out,
         data=data,
         region=args.region,
+        cloud_threshold=DEFAULT_CLOUD_THRESHOLD if args.cloud_threshold is None else args.cloud_threshold,
         device=args.device,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
