@@ -40,8 +40,9 @@ from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS
 #: first bin, larger in the last).
 LOG_Z_EDGES = np.linspace(-14.0, 8.0, 4401)
 
-#: Which values a fit takes: every value of the patches, or only those under cloud and shadow (the paper mask at
-#: the dataset's threshold, as evaluate's default), where remove-clouds --keep-clear uses the prediction and sigma.
+#: Which values a fit takes: every value of the patches, or only those under cloud and shadow (each patch's paper
+#: mask, at the threshold its dataset is read with: calibrate-sigma --cloud-threshold, 0.2 by default), where
+#: remove-clouds --keep-clear uses the prediction and sigma.
 REGIONS = ("all", "cloudy")
 
 
