@@ -203,6 +203,104 @@ def test_the_scl_band_of_an_export_is_its_product_mask(tmp_path: Path, weights_f
     np.testing.assert_array_equal(mask, expected)
 
 
+def test_earth_engine_qa_bands_mapping() -> None:
+    """Earth Engine's cloud bands as the product mask reads them (QA60, then MSK_CLASSI_OPAQUE and _CIRRUS where the
+    export has them): QA60's bit 10 (opaque) or 11 (cirrus), or an MSK_CLASSI band's 1, is cloud; nothing is shadow."""
+    from dsen2cr.scene.masking import product_mask
+
+    qa60 = np.array([[0, 1024, 2048, 3072, 0, 0]], np.uint16)
+    opaque = np.array([[0, 0, 0, 0, 1, 0]], np.uint16)
+    cirrus = np.array([[0, 0, 0, 1, 0, 1]], np.uint16)
+    assert product_mask(np.stack([qa60, opaque, cirrus]), "EE").tolist() == [[0, 1, 1, 1, 1, 1]]
+    assert product_mask(qa60[None], "EE").tolist() == [[0, 1, 1, 1, 0, 0]]  # an export of QA60 alone
+    assert product_mask(np.stack([opaque, cirrus]), "EE").tolist() == [[0, 0, 0, 1, 1, 1]]  # of MSK_CLASSI alone
+
+
+#: An Earth Engine whole-image export of COPERNICUS/S2_HARMONIZED: 13 bands, then its QA and MSK_CLASSI bands.
+EE_L1C_BANDS = ("QA10", "QA20", "QA60", "MSK_CLASSI_OPAQUE", "MSK_CLASSI_CIRRUS", "MSK_CLASSI_SNOW_ICE")
+
+
+def _ee_l1c_export(path: Path, qa: dict[str, np.ndarray], names: tuple[str, ...] = EE_L1C_BANDS) -> Path:
+    """A 40 x 50 export of S2_HARMONIZED holding the QA bands ``names`` (zero where ``qa`` gives none)."""
+    from dsen2cr.preprocessing import S2_BANDS
+
+    rng = np.random.default_rng(4)
+    stack = rng.integers(300, 4000, (len(S2_BANDS) + len(names), 40, 50)).astype(np.uint16)
+    for index, name in enumerate(names, start=len(S2_BANDS)):
+        stack[index] = qa.get(name, np.zeros((40, 50), np.uint16))
+    transform = from_origin(400000, 5800000, 10, 10)
+    return write_geotiff(path, stack, crs="EPSG:32633", transform=transform, band_names=[*S2_BANDS, *names])
+
+
+@pytest.mark.parametrize(
+    "names",
+    [EE_L1C_BANDS, ("QA60",), ("MSK_CLASSI_OPAQUE", "MSK_CLASSI_CIRRUS")],
+    ids=["whole export", "QA60 alone", "MSK_CLASSI alone"],
+)
+def test_the_qa_bands_of_an_earth_engine_l1c_export_are_its_product_mask(
+    tmp_path: Path, weights_file: Callable[[str], Path], names: tuple[str, ...], capsys: pytest.CaptureFixture
+) -> None:
+    """An Earth Engine export of COPERNICUS/S2_HARMONIZED (Level-1C: no SCL) with its QA60 band (until February
+    2022) or its MSK_CLASSI bands (from February 2024), or both: --mask product takes them as the product's mask (it
+    was refused: no product mask); QA10 and QA20 (always empty) and the snow band are not cloud. The run says the
+    map's shares of the valid pixels (computed here by hand)."""
+    qa = {name: np.zeros((40, 50), np.uint16) for name in EE_L1C_BANDS}
+    qa["QA60"][:10, :20] = 1024  # opaque
+    qa["QA60"][10:14, :20] = 2048  # cirrus
+    qa["MSK_CLASSI_OPAQUE"][:10, :20] = 1  # what February 2024 on says of the same clouds
+    qa["MSK_CLASSI_CIRRUS"][10:14, :20] = 1
+    qa["MSK_CLASSI_SNOW_ICE"][30:, :] = 1  # snow: not cloud
+    qa["QA10"][20:, 40:] = 7  # never read
+    export = _ee_l1c_export(tmp_path / "export.tif", qa, names)
+    torch.manual_seed(0)
+    argv = ["remove-clouds", "--weights", str(weights_file("dsen2cr-small-nosar")), "--s2", str(export)]
+    argv += ["--out", str(tmp_path / "o.tif"), "--mask", "product", "--mask-out", str(tmp_path / "m.tif")]
+    assert main([*argv, "--keep-clear", "--no-progress"]) == 0
+    with rasterio.open(tmp_path / "m.tif") as dataset:
+        mask, tags = dataset.read(1), dataset.tags()
+    expected = np.zeros((40, 50), np.uint8)
+    expected[:14, :20] = 1
+    np.testing.assert_array_equal(mask, expected)
+    assert "cloud 14.0%, shadow 0.0% of the valid pixels (mask product)" in capsys.readouterr().out  # 280 of 2000
+    assert (tags["DSEN2CR_CLOUD_PERCENT"], tags["DSEN2CR_SHADOW_PERCENT"]) == ("14.00", "0.00")
+
+
+def test_empty_earth_engine_qa_bands_are_warned_of(
+    tmp_path: Path, weights_file: Callable[[str], Path], capsys: pytest.CaptureFixture
+) -> None:
+    """Earth Engine masks out QA60 from February 2022 to February 2024 and MSK_CLASSI before February 2024: an
+    export of such a scene holds zeros there, a map of no cloud anywhere, and --keep-clear would keep every cloud.
+    The run ends (it cannot know that the scene has clouds) but warns, naming why and what to use instead."""
+    export = _ee_l1c_export(tmp_path / "export.tif", {})
+    torch.manual_seed(0)
+    argv = ["remove-clouds", "--weights", str(weights_file("dsen2cr-small-nosar")), "--s2", str(export)]
+    assert main([*argv, "--out", str(tmp_path / "o.tif"), "--mask", "product", "--keep-clear", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "cloud 0.0%, shadow 0.0%" in captured.out
+    warning = [line for line in captured.err.splitlines() if "flags no cloud" in line]
+    assert len(warning) == 1, captured.err
+    for said in ("export.tif", "Earth Engine", "February 2022", "February 2024", "--mask paper"):
+        assert said in warning[0], warning[0]
+
+
+def test_the_run_says_and_records_the_maps_shares(scene: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """With a map (--mask-out, --keep-clear, --preview) the result line gives its cloud and shadow shares of the valid
+    pixels, and the image and the map record them: the paper mask's, counted here from the map made by hand."""
+    _run(scene, tmp_path / "o.tif", "--keep-clear", "--mask-out", str(tmp_path / "m.tif"), "--tile", "128")
+    mask = _scene_mask(scene["s2"])
+    cloud, shadow = 100 * np.mean(mask == 1), 100 * np.mean(mask == -1)
+    assert cloud > 1 and shadow > 0.1
+    assert f"cloud {cloud:.1f}%, shadow {shadow:.1f}% of the valid pixels (mask paper)" in capsys.readouterr().out
+    for path in (tmp_path / "o.tif", tmp_path / "m.tif"):
+        with rasterio.open(path) as dataset:
+            tags = dataset.tags()
+        assert (tags["DSEN2CR_CLOUD_PERCENT"], tags["DSEN2CR_SHADOW_PERCENT"]) == (f"{cloud:.2f}", f"{shadow:.2f}")
+    _run(scene, tmp_path / "plain.tif")
+    with rasterio.open(tmp_path / "plain.tif") as dataset:
+        assert "DSEN2CR_CLOUD_PERCENT" not in dataset.tags()  # no map made: nothing said of one
+    assert "cloud " not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
