@@ -22,7 +22,7 @@ LAYERS = [
     ["scene.dry_run"],  # remove-clouds --dry-run: every scene checked as its run would, nothing written
     ["scene.jobs", "scene.arrays"],
     ["scene.done"],  # scenes an earlier run finished (--skip-existing)
-    ["scene.remove", "scene.checks", "scene.sources"],
+    ["scene.remove", "scene.tile_writer", "scene.checks", "scene.sources"],
     ["ensemble"],
     ["scene.batches", "scene.masking", "scene.describe"],
     ["scene.stac_collection"],  # a STAC Collection of a batch's items
