@@ -357,6 +357,8 @@ def _run_and_report(jobs: list[SceneJob], settings: SceneSettings, manifest: tup
             + ("s" if report.tiles != 1 else "")
             + (f", {report.skipped} without valid pixels skipped" if report.skipped else "")
             + (f", {report.resumed} predicted by a stopped run)" if report.resumed else ")")
+            + ("; cloud {:.1f}%, shadow {:.1f}%".format(*report.mask_percent) if report.mask_percent else "")
+            + (f" of the valid pixels (mask {settings.mask})" if report.mask_percent else "")
             + _also_written(job_of.get(report.out))
         )
 

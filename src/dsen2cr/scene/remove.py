@@ -62,6 +62,7 @@ class SceneReport:
     s1_missing_fraction: float = 0.0
     skipped: int = 0  # tiles whose core holds no valid S2 pixel (not run)
     resumed: int = 0  # tiles a stopped run predicted (--resume), taken from its journal
+    mask_percent: tuple[float, ...] | None = None  # the map's cloud and shadow shares of the valid pixels, if made
 
 
 def remove_clouds(
@@ -163,12 +164,14 @@ def _remove_scene(
                 tags |= s1_time_tags(product.sensing_time, sar.sensing_time, sar.orbit_direction, sar.relative_orbit)
             recorded_area = area_tags(area, inputs.grid, bounds)
             tags |= recorded_area
+            shares = writer.mask_shares()  # of the map made (--keep-clear, --mask-out, --preview), if any
+            tags |= shares
             for dataset in filter(None, (writer.cog, writer.sigma)):
                 dataset.update_tags(**tags)
             if writer.quicklook is not None:  # the preview records what the COG does
                 writer.quicklook.text = output_tags(inputs.s2) | tags
             if writer.mask is not None:
-                writer.mask.update_tags(**input_tags(job, plan.settings), **recorded_area)
+                writer.mask.update_tags(**input_tags(job, plan.settings), **recorded_area, **shares)
             written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller
         seconds = time.perf_counter() - start
     if predictor.include_sar and fraction > 0:
@@ -188,7 +191,8 @@ def _remove_scene(
         defer_outputs(written_outputs)
     megapixels = area.width * area.height / 1e6
     resumed = journal.replayed if journal is not None else 0
-    return SceneReport(job.out, len(tiles), megapixels, seconds, fraction, writer.skipped, resumed)
+    percent = tuple(float(shares[key]) for key in ("DSEN2CR_CLOUD_PERCENT", "DSEN2CR_SHADOW_PERCENT") if key in shares)
+    return SceneReport(job.out, len(tiles), megapixels, seconds, fraction, writer.skipped, resumed, percent or None)
 
 
 def _predict_tiles(

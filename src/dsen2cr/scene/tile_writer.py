@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from dsen2cr.cloud_detection import CLOUD, SHADOW
 from dsen2cr.inputs.readers import Grid
 from dsen2cr.outputs.geotiff import cog_writer
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS
@@ -39,7 +40,7 @@ from dsen2cr.settings import SceneJob, SceneSettings
 class TileWriter:
     """Writes each tile's prediction (on the writer thread, which alone touches the output files, the masker
     and the quicklook while the loop runs) onto the outputs' ``grid`` (the scene's, or the part of it asked for)
-    and counts valid pixels, S1 holes and skipped tiles."""
+    and counts valid pixels, S1 holes, skipped tiles and, where a map is made, its cloud and shadow pixels."""
 
     inputs: SceneInputs
     grid: Grid
@@ -53,6 +54,9 @@ class TileWriter:
     missing: int = 0
     valid: int = 0
     skipped: int = 0
+    mapped: int = 0  # valid pixels of the tiles with a cloud/shadow map, and of them cloud and shadow
+    cloud: int = 0
+    shadow: int = 0
     quicklook: Quicklook | None = None
     cog: Any = None
     mask: Any = None
@@ -123,8 +127,20 @@ class TileWriter:
         self.missing += done.holes
         self.valid += int(valid.sum())
         self.skipped += not valid.any()
+        if done.core_mask is not None:
+            self.mapped += int(valid.sum())
+            self.cloud += int(np.count_nonzero(valid & (done.core_mask == CLOUD)))
+            self.shadow += int(np.count_nonzero(valid & (done.core_mask == SHADOW)))
         if self.mask is not None and done.core_mask is not None:
             self.mask.write(mask_codes(done.core_mask, valid)[None], window=tile.out)
+
+    def mask_shares(self) -> dict[str, str]:
+        """The map's cloud and shadow shares of the valid pixels, in percent, as tags (``DSEN2CR_CLOUD_PERCENT``,
+        ``DSEN2CR_SHADOW_PERCENT``); none where no map was made."""
+        if not self.mapped:
+            return {}
+        cloud, shadow = 100 * self.cloud / self.mapped, 100 * self.shadow / self.mapped
+        return {"DSEN2CR_CLOUD_PERCENT": f"{cloud:.2f}", "DSEN2CR_SHADOW_PERCENT": f"{shadow:.2f}"}
 
 
 @dataclass
