@@ -158,8 +158,9 @@ def _add_masks(parser: argparse.ArgumentParser) -> None:
         choices=MASK_KINDS,
         default="paper",
         help="cloud/shadow map for --mask-out, --keep-clear and the preview outline: paper (the paper's detector, "
-        "its statistics: --mask-statistics), product (Level-2A SCL, Level-1C MSK_CLASSI_B00) or s2cloudless "
-        "(clouds only; pip install 'dsen2cr[masks]') (default: %(default)s)",
+        "its statistics: --mask-statistics), product (Level-2A SCL, Level-1C MSK_CLASSI_B00, an Earth Engine "
+        "export's SCL, QA60 or MSK_CLASSI bands) or s2cloudless (clouds only; pip install 'dsen2cr[masks]') "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--mask-statistics",

@@ -1,6 +1,7 @@
 """GeoTIFF inputs: a 13-band (L1C) or 12-band (L2A) S2 file, or one whose band descriptions name the bands (read by
-them, its SCL band a product mask); an S1 ``VV,VH`` pair of single-band files stacked into a 2-band VRT, and an S1
-file's bands named VV and VH elsewhere than 1 and 2 taken into one."""
+them; its SCL band, or Earth Engine's QA60 and MSK_CLASSI bands, a product mask); an S1 ``VV,VH`` pair of
+single-band files stacked into a 2-band VRT, and an S1 file's bands named VV and VH elsewhere than 1 and 2 taken
+into one."""
 
 from __future__ import annotations
 
@@ -55,12 +56,23 @@ def geotiff_s2(path: Path, offset: int | None) -> S2Product:
             f"; {', '.join(unread)} not read" if unread else "",
         )
     product.sensing_time = sensing_time
-    scl = [i for i, d in enumerate(descriptions, start=1) if (d or "").strip().upper() == "SCL"]
-    if level == "L2A" and len(scl) == 1:  # an export's scene classification (Earth Engine's S2_SR): --mask product
-        product.masks["SCL"] = _vrt([(str(path), scl[0], "SCL")], grid)
+    upper = [(d or "").strip().upper() for d in descriptions]
+    once = {name: i for i, name in enumerate(upper, start=1) if upper.count(name) == 1}  # a mask band named once
+    cloud_bands = [(str(path), once[name], name) for name in EARTH_ENGINE_CLOUD_BANDS if name in once]
+    if level == "L2A" and "SCL" in once:  # an export's scene classification (Earth Engine's S2_SR): --mask product
+        product.masks["SCL"] = _vrt([(str(path), once["SCL"], "SCL")], grid)
+    elif cloud_bands:  # Earth Engine's cloud bands (S2_HARMONIZED: Level-1C, no SCL)
+        product.masks["EE"] = _vrt(cloud_bands, grid)
     if offset is not None:
         product.offsets, product.offset_from = [offset] * len(bands), "option"
     return product
+
+
+#: Earth Engine's cloud bands of Sentinel-2 (``COPERNICUS/S2_HARMONIZED``, ``S2_SR_HARMONIZED``), in the order a
+#: product mask reads them (``scene.masking.product_mask``, kind ``EE``): QA60 (bit 10 opaque clouds, bit 11
+#: cirrus; masked out from February 2022 to February 2024), then the MSK_CLASSI bands (1: clouds; masked out
+#: before February 2024). QA10 and QA20 are always empty; MSK_CLASSI_SNOW_ICE is not cloud.
+EARTH_ENGINE_CLOUD_BANDS = ("QA60", "MSK_CLASSI_OPAQUE", "MSK_CLASSI_CIRRUS")
 
 
 def _named_bands(path: Path, descriptions: tuple[str | None, ...]) -> tuple[str | None, dict[str, int]]:

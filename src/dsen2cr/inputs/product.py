@@ -51,7 +51,7 @@ class S2Product:
     scale: float = 1.0
     baseline: str | None = None
     offset_from: str = "none"  # where the offsets come from: metadata, stac, option, none
-    masks: dict[str, str] = field(default_factory=dict)  # the product's own masks: SCL (L2A), MSK_CLASSI (L1C)
+    masks: dict[str, str] = field(default_factory=dict)  # own masks: SCL (L2A), MSK_CLASSI (L1C), EE (Earth Engine's)
     sensing_time: str | None = None  # when the scene was sensed, ISO 8601 in UTC (sensing_time_text); None: unknown
     file_bands: list[int] = field(default_factory=list)  # a multi-band file's band (1-based) of each of ``bands``
 

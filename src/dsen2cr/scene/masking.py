@@ -8,7 +8,8 @@ Masks (``--mask``):
   window equals the map of the whole scene there;
 - ``product``: the product's own classification, resampled by nearest neighbour onto the 10 m grid: Level-2A
   SCL (8, 9 cloud medium/high probability and 10 thin cirrus are cloud, 3 is shadow) or Level-1C (baseline
-  04.00+) ``MSK_CLASSI_B00`` (opaque clouds or cirrus are cloud; it has no shadow class).
+  04.00+) ``MSK_CLASSI_B00`` (opaque clouds or cirrus are cloud; it has no shadow class), or an Earth Engine
+  export's cloud bands (``EE``: QA60's opaque and cirrus bits, MSK_CLASSI_OPAQUE and _CIRRUS; no shadow class).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 #: SCL classes (Level-2A scene classification) that count as cloud, and as shadow.
 SCL_CLOUD = (8, 9, 10)
 SCL_SHADOW = (3,)
+#: The values of Earth Engine's cloud bands that are cloud: QA60's bit 10 (opaque), bit 11 (cirrus) or both, and the
+#: MSK_CLASSI bands' 1 (any other value, 0 or an export's nodata, is not).
+EE_CLOUD_VALUES = (1024, 2048, 3072, 1)
 
 
 class ThreadSources:
@@ -144,11 +148,12 @@ class SceneMasker:
     def _open_product_mask(self) -> None:
         """The product's SCL or MSK_CLASSI file, warped by nearest neighbour onto the 10 m grid."""
         masks = self.s2.product.masks
-        self.product_kind = "SCL" if "SCL" in masks else "MSK_CLASSI" if "MSK_CLASSI" in masks else None
+        self.product_kind = next((kind for kind in ("SCL", "MSK_CLASSI", "EE") if kind in masks), None)
         if self.product_kind is None:
             raise DSen2CRError(
                 f"{self.s2.name}: --mask product needs the product's own mask (Level-2A SCL, or Level-1C "
-                "QI_DATA/MSK_CLASSI_B00 of baseline 04.00+), which this input does not have; use --mask paper"
+                "QI_DATA/MSK_CLASSI_B00 of baseline 04.00+; an Earth Engine export's SCL, QA60 or MSK_CLASSI bands), "
+                "which this input does not have; use --mask paper"
             )
         self._source = open_raster(masks[self.product_kind], what=f"{self.product_kind} mask")
         covered = covered_fraction(self._source, self.s2.grid)
@@ -190,6 +195,19 @@ class SceneMasker:
         r0, c0 = window.row_off - outer.row_off, window.col_off - outer.col_off
         return mask[r0 : r0 + window.height, c0 : c0 + window.width]
 
+    def check_flagged(self, flagged: int) -> None:
+        """Warn where a scene's map made from an Earth Engine export's cloud bands flagged no pixel (``flagged``
+        cloud or shadow pixels of the whole run): Earth Engine masks those bands out for some years, and an export
+        holds zeros there, which say no cloud."""
+        if flagged or self.product_kind != "EE":
+            return
+        log.warning(
+            "%s: the map of its Earth Engine cloud bands (QA60, MSK_CLASSI) flags no cloud anywhere in the scene: "
+            "Earth Engine leaves QA60 empty for scenes sensed from February 2022 to February 2024 and MSK_CLASSI for "
+            "those before February 2024; if the scene has clouds, run it with --mask paper (or s2cloudless)",
+            self.s2.name,
+        )
+
     def close(self) -> None:
         """Stop the statistics pass (waiting for its read in progress) and close every file."""
         self._stop.set()
@@ -221,12 +239,15 @@ def covered_fraction(source: rasterio.io.DatasetReaderBase, grid: Grid) -> float
 
 
 def product_mask(classes: np.ndarray, kind: str) -> np.ndarray:
-    """The int8 cloud/shadow map of a product mask read as (bands, h, w): SCL classes, or MSK_CLASSI bands
-    (opaque clouds, cirrus, snow)."""
+    """The int8 cloud/shadow map of a product mask read as (bands, h, w): SCL classes, MSK_CLASSI bands (opaque
+    clouds, cirrus, snow), or Earth Engine's cloud bands (``EE``: those of QA60, MSK_CLASSI_OPAQUE and _CIRRUS an
+    export holds, a pixel cloud where any says so: :data:`EE_CLOUD_VALUES`)."""
     result = np.full(classes.shape[1:], CLEAR, np.int8)
     if kind == "SCL":
         result[np.isin(classes[0], SCL_SHADOW)] = SHADOW
         result[np.isin(classes[0], SCL_CLOUD)] = CLOUD
+    elif kind == "EE":
+        result[np.isin(classes, EE_CLOUD_VALUES).any(axis=0)] = CLOUD
     else:
         result[(classes[0] > 0) | (classes[1] > 0 if classes.shape[0] > 1 else False)] = CLOUD
     return result

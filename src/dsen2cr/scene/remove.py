@@ -165,6 +165,8 @@ def _remove_scene(
             recorded_area = area_tags(area, inputs.grid, bounds)
             tags |= recorded_area
             shares = writer.mask_shares()  # of the map made (--keep-clear, --mask-out, --preview), if any
+            if inputs.masker is not None and writer.mapped:
+                inputs.masker.check_flagged(writer.cloud + writer.shadow)
             tags |= shares
             for dataset in filter(None, (writer.cog, writer.sigma)):
                 dataset.update_tags(**tags)
