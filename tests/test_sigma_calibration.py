@@ -317,6 +317,7 @@ def test_evaluate_warns_of_weights_calibrated_on_the_patches_it_scores(
             "flatter it; evaluate it on patches it was not calibrated on."
         )
         assert (flattered in (workdir / split / "summary.md").read_text()) == (split == "val")
+        assert "its coverage and UCE flatter it" not in (workdir / split / "summary.md").read_text()  # said once
         warned = [r.message for r in caplog.records if "its sigma was calibrated on" in r.message]
         assert warned == (
             [
@@ -410,6 +411,7 @@ def test_evaluate_warns_of_stated_intervals_that_do_not_hold_their_share(
         assert said in caplog.text, caplog.text
         summary = (workdir / what / "summary.md").read_text()  # read without the console's log
         assert f"The intervals its sigma's calibration stated do not hold their shares here {said}" in summary
+        assert summary.count(said) == 1  # said in the report's own words, not listed again among its warnings
     near = {"0.9": {"held": 0.86, "held_cloudy": 0.94, "held_clear": 0.5, "per_band": {}}}
     assert stated_interval_warning(near) is None  # within 0.05 (the clear pixels' share is not judged)
     mixed = {"0.683": {"held": 0.6}, "0.9": {"held": 0.99, "held_cloudy": None}}

@@ -4,6 +4,7 @@ evaluate."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -47,7 +48,30 @@ def test_evaluate_warns_of_test_patches_beside_training_ones(
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert main([*argv, "--file-list", str(mixed), "--out", str(workdir / "e2")]) == 0
-    assert (
+    warning = (
         f"{mixed}: 1 of the 2 test patches lie in ROIs that training patches come from (e.g. ROIs1158_spring/1): "
-        "neighbours of what a model trained on; split by ROI" in caplog.text
-    ), caplog.text
+        "neighbours of what a model trained on; split by ROI"
+    )
+    assert warning in caplog.text, caplog.text
+    # the report says it too (a report is read without the console's log): each warning of the run, once
+    report = json.loads((workdir / "e2" / "summary.json").read_text())
+    assert [w for w in report["warnings"] if warning in w] == [f"{warning} (data index --val-rois, --test-rois)"]
+    assert f"- {warning} (data index --val-rois, --test-rois)" in (workdir / "e2" / "summary.md").read_text()
+    assert json.loads((workdir / "e1" / "summary.json").read_text())["warnings"] == []
+    assert "Warnings" not in (workdir / "e1" / "summary.md").read_text()
+
+
+def test_an_evaluations_report_lists_the_warnings_said_while_it_ran(workdir: Path) -> None:
+    """The Python API's evaluate lists what it warned of while it ran (here: a window smaller than SSIM's), and
+    what its caller said before (``warnings``), each once, in the order said."""
+    from dsen2cr.data.layout import read_file_list
+    from dsen2cr.evaluate import evaluate
+
+    root = workdir.tree()  # type: ignore[attr-defined]
+    triplets = [t for t in read_file_list(root / "files.csv", root) if t.split == 3]
+    earlier = ("files.csv: said by the caller", "files.csv: said by the caller")
+    evaluate(create_model("dsen2cr-small"), triplets, workdir / "e", window=5, write_images=False, warnings=earlier)
+    said = json.loads((workdir / "e" / "summary.json").read_text())["warnings"]
+    assert said == ["files.csv: said by the caller", "--window 5 is smaller than SSIM's 11 px window: ssim stays empty"]
+    listed = "Warnings said while it ran (as the console said them):\n\n- files.csv: said by the caller\n- --window 5"
+    assert listed in (workdir / "e" / "summary.md").read_text()
