@@ -61,6 +61,7 @@ LAYERS = [
     ["precision"],
     ["signed_urls"],
     ["errors", "version", "formats", "machine", "choices", "bounds", "bucket_access", "gdal_messages"],
+    ["said_warnings"],  # the warnings a command says while it runs, kept for its report
     ["launch"],
 ]
 #: Lazy imports upward, each allowed for the reason its comment gives in the code (none today).

@@ -53,6 +53,7 @@ from dsen2cr.outputs.files import write_text_atomic
 from dsen2cr.outputs.room import check_projected_room
 from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import S2_BANDS
+from dsen2cr.said_warnings import SAID_IN_REPORT, warnings_markdown, warnings_said
 from dsen2cr.sigma_record import calibrated_on
 from dsen2cr.summary import UNITS, Summary, json_text, per_roi_csv, summarise, summary_markdown
 from dsen2cr.visualize import reliability_diagram
@@ -110,6 +111,9 @@ class EvaluationOptions:
     #: Threads that score the patches and write their images while the model predicts the next batch; None: this
     #: process's cores, at most 8 (1: each batch scored after it is predicted, on the main thread).
     score_threads: int | None = None
+    #: What the caller warned of before the run (the CLI: reading the file list and the weights), listed in the
+    #: reports with what the run itself warns of (:mod:`dsen2cr.said_warnings`).
+    warnings: Sequence[str] = ()
 
 
 def evaluate(
@@ -130,9 +134,21 @@ def evaluate(
     mean's, each ROI a cluster (:func:`dsen2cr.summary.summarise`).
     """
     o = dataclasses.replace(options or EvaluationOptions(), **changes)
+    with warnings_said(o.warnings) as said:  # kept for the reports, which are read without the console
+        return _evaluate(model, triplets, Path(out_dir), o, said)
+
+
+def _evaluate(
+    model: Predictor | CloudRemovalNetwork,
+    triplets: Sequence[Triplet],
+    out: Path,
+    o: EvaluationOptions,
+    said: list[str],
+) -> Summary:
+    """:func:`evaluate` with its options ``o``, the warnings ``said`` (a list that grows as the run warns) listed
+    in its reports."""
     if o.window is not None and 0 < o.window < SSIM_WINDOW:
         log.warning("--window %d is smaller than SSIM's %d px window: ssim stays empty", o.window, SSIM_WINDOW)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if o.protocol not in PROTOCOLS:
         raise DSen2CRError(f"protocol: expected one of {sorted(PROTOCOLS)}, got {o.protocol!r}")
@@ -177,10 +193,11 @@ def evaluate(
         provenance["DSEN2CR_DATA"] = o.data
     per_band = per_band_coverage(scorer.rows, S2_BANDS) if uncertain else None
     held = stated_intervals_held(scorer.rows, scorer.stated_intervals, S2_BANDS) if uncertain else None
-    if held and (warning := stated_interval_warning(held)):
-        log.warning("%s: %s", getattr(predictor, "weights", None) or "the model", warning)
+    if held and (warning := stated_interval_warning(held)):  # summary.md says it in its own words: not listed
+        name = getattr(predictor, "weights", None) or "the model"
+        log.warning("%s: %s", name, warning, extra={SAID_IN_REPORT: True})
     calibration = write_calibration(scorer.pooled(), out, provenance, per_band, held) if uncertain else None
-    _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance, calibration)
+    _write_reports(scorer.rows, summary, out, names, o.protocol, o.window, provenance, calibration, said)
     progress.remove()  # the report is complete
     return summary
 
@@ -326,10 +343,12 @@ def _write_reports(
     window: int | None,
     provenance: dict[str, str],
     calibration: dict[str, Any] | None = None,
+    warnings: Sequence[str] = (),
 ) -> None:
     """Per-image and per-ROI CSVs and the summary as Markdown, CSV and JSON; the Markdown and JSON say what made them
     (``provenance``: the predictions' tags, the mask and its threshold) and give the pooled ``calibration``
-    of a model with sigma (:func:`write_calibration`'s, without its bins and curve)."""
+    of a model with sigma (:func:`write_calibration`'s, without its bins and curve) and the ``warnings`` said
+    while it ran."""
     columns = ["patch_id", "roi", "method", "cloud_fraction", *names]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
@@ -339,7 +358,8 @@ def _write_reports(
     write_text_atomic(out / "metrics_per_roi.csv", per_roi_csv(rows, names))
     images = len({r["patch_id"] for r in rows})
     pooled = "\n" + pooled_sentence(calibration, images) if calibration else ""
-    write_text_atomic(out / "summary.md", summary_markdown(summary, images, protocol) + pooled + _made_by(provenance))
+    markdown = summary_markdown(summary, images, protocol) + pooled + warnings_markdown(warnings)
+    write_text_atomic(out / "summary.md", markdown + _made_by(provenance))
     lines = ["method,statistic," + ",".join(names)]
     for method, metrics in summary.items():
         for statistic in ("mean", "median", "ci_low", "ci_high"):
@@ -349,7 +369,7 @@ def _write_reports(
     report["provenance"] = provenance
     if calibration:
         report["calibration"] = {k: v for k, v in calibration.items() if k not in ("bins", "sparsification")}
-    write_text_atomic(out / "summary.json", json_text({**report, "summary": summary}))
+    write_text_atomic(out / "summary.json", json_text({**report, "warnings": list(warnings), "summary": summary}))
 
 
 def _made_by(provenance: dict[str, str]) -> str:

@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from dsen2cr.evaluation_progress import keep_progress, scored_patches
     from dsen2cr.outputs.files import check_output_folder, output_folder
     from dsen2cr.predictor import load_exact_predictor
+    from dsen2cr.said_warnings import warnings_said
     from dsen2cr.summary import summary_markdown
 
     check_loader_options(args)
@@ -118,19 +119,20 @@ def run(args: argparse.Namespace) -> int:
     folder = _report_folder(Path(args.out), stopped, resume=args.resume, overwrite=args.overwrite)
     check_output_folder(args.out, **folder)
     check_data_root(args.data_root, "--data-root")
-    files, ensemble_file = split_weights(args.weights)  # an ensemble file: its members, and its sigma scale
-    # exact numbers: eager IEEE fp32 unless asked otherwise; an ONNX file (fp32 or int8) runs as exported
-    members = [load_exact_predictor(w, device=args.device, precision=args.precision) for w in files]
-    predictor = members[0] if len(members) == 1 else ensemble(members, ensemble_file)
-    if args.file_list:
-        triplets, data = file_list_split(args.data_root, args.file_list, args.split)
-    else:
-        data = f"the ROIs of {Path(args.rois).name}"
-        triplets = triplets_of_rois(args.data_root, args.rois)
-    calibrations = [(member.weights, member.sigma_calibration) for member in members]
-    if ensemble_file is not None:
-        calibrations.append((str(ensemble_file.path), ensemble_file.calibration))
-    _warn_of_calibration_data(calibrations, data)
+    with warnings_said() as said:  # what reading the weights and the data warns of, for the report too
+        files, ensemble_file = split_weights(args.weights)  # an ensemble file: its members, and its sigma scale
+        # exact numbers: eager IEEE fp32 unless asked otherwise; an ONNX file (fp32 or int8) runs as exported
+        members = [load_exact_predictor(w, device=args.device, precision=args.precision) for w in files]
+        predictor = members[0] if len(members) == 1 else ensemble(members, ensemble_file)
+        if args.file_list:
+            triplets, data = file_list_split(args.data_root, args.file_list, args.split)
+        else:
+            data = f"the ROIs of {Path(args.rois).name}"
+            triplets = triplets_of_rois(args.data_root, args.rois)
+        calibrations = [(member.weights, member.sigma_calibration) for member in members]
+        if ensemble_file is not None:
+            calibrations.append((str(ensemble_file.path), ensemble_file.calibration))
+        _warn_of_calibration_data(calibrations, data)
     # a failed evaluation leaves no half report behind: only what a rerun with --resume goes on from
     scored_before = stopped[0] if args.resume and stopped is not None else 0
     keep = functools.partial(keep_progress, Path(args.out), scored_before)
@@ -150,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             score_threads=args.score_threads,
             num_workers=args.num_workers,
+            warnings=tuple(said),
         )
     print(summary_markdown(summary, len(triplets), args.protocol))
     print(f"reports in {args.out}")
@@ -184,6 +187,7 @@ def _warn_of_calibration_data(calibrations: list[tuple[str | None, str | None]],
     both name them), given as (name, calibration text) pairs: the calibration metrics then flatter them."""
     import logging
 
+    from dsen2cr.said_warnings import SAID_IN_REPORT
     from dsen2cr.sigma_record import calibrated_on
 
     for name, calibration in calibrations:
@@ -193,4 +197,5 @@ def _warn_of_calibration_data(calibrations: list[tuple[str | None, str | None]],
                 "evaluate on a split it was not calibrated on",
                 name,
                 data,
+                extra={SAID_IN_REPORT: True},  # the report says it in its own words (calibrated_on_these_patches)
             )

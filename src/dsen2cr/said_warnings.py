@@ -1,0 +1,57 @@
+"""The warnings a command says while it runs, kept for its report: a report is read without the console's log.
+
+A warning that the report already says in its own words is logged with ``extra={SAID_IN_REPORT: True}`` and is
+not kept again."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+
+#: The log record attribute that marks a warning the report says in its own words (not listed again).
+SAID_IN_REPORT = "said_in_report"
+#: The most warnings a report lists (a run that warns of every patch would bury the report in them).
+MAX_LISTED = 30
+
+
+class _Keeper(logging.Handler):
+    """Keeps each warning's message once, in the order said."""
+
+    def __init__(self, said: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.said = said
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep ``record``'s message unless kept already or said in the report's own words."""
+        if getattr(record, SAID_IN_REPORT, False):
+            return
+        message = record.getMessage()
+        if message not in self.said:
+            self.said.append(message)
+
+
+@contextlib.contextmanager
+def warnings_said(earlier: Sequence[str] = (), logger: str = "dsen2cr") -> Iterator[list[str]]:
+    """The warnings ``logger`` (and those below it) says inside the block, each once, after ``earlier`` (what
+    was said before, kept once each): a list that grows while the block runs."""
+    said: list[str] = []
+    for message in earlier:
+        if message not in said:
+            said.append(message)
+    keeper = _Keeper(said)
+    target = logging.getLogger(logger)
+    target.addHandler(keeper)
+    try:
+        yield said
+    finally:
+        target.removeHandler(keeper)
+
+
+def warnings_markdown(said: Sequence[str]) -> str:
+    """A report's list of the warnings ``said`` (at most :data:`MAX_LISTED`, the rest counted), or nothing."""
+    if not said:
+        return ""
+    listed = "".join(f"- {message}\n" for message in said[:MAX_LISTED])
+    more = f"- … and {len(said) - MAX_LISTED} more (on the console)\n" if len(said) > MAX_LISTED else ""
+    return f"\nWarnings said while it ran (as the console said them):\n\n{listed}{more}"
