@@ -122,6 +122,7 @@ class SceneMasker:
         self.kind = kind
         self.threshold = threshold
         self._product: rasterio.io.DatasetReaderBase | None = None
+        self.product_kind: str | None = None  # a product mask's (SCL, MSK_CLASSI, EE), once opened
         self._source: rasterio.io.DatasetReaderBase | None = None
         self._lock = threading.Lock()  # the product mask's handle
         self._sources = ThreadSources(s2)  # each thread's handles, for the windows the caller did not read
