@@ -281,6 +281,13 @@ def test_empty_earth_engine_qa_bands_are_warned_of(
     assert len(warning) == 1, captured.err
     for said in ("export.tif", "Earth Engine", "February 2022", "February 2024", "--mask paper"):
         assert said in warning[0], warning[0]
+    # the image records the warnings its run said (read later, without the console), its inputs by name only
+    with rasterio.open(tmp_path / "o.tif") as dataset:
+        recorded = dataset.tags()["DSEN2CR_WARNINGS"].split("\n")
+    console = [line.removeprefix("warning: ") for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert len(console) == 2 and "B10 (cirrus) lies at" in console[0]  # the random DN look offset: said first
+    assert recorded == [line.replace(str(export), export.name) for line in console]
+    assert str(tmp_path) not in "".join(recorded)
 
 
 def test_the_run_says_and_records_the_maps_shares(scene: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -298,6 +305,7 @@ def test_the_run_says_and_records_the_maps_shares(scene: dict, tmp_path: Path, c
     _run(scene, tmp_path / "plain.tif")
     with rasterio.open(tmp_path / "plain.tif") as dataset:
         assert "DSEN2CR_CLOUD_PERCENT" not in dataset.tags()  # no map made: nothing said of one
+        assert "DSEN2CR_WARNINGS" not in dataset.tags()  # nothing warned of
     assert "cloud " not in capsys.readouterr().out
 
 

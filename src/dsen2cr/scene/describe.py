@@ -4,6 +4,7 @@ that record what computed the values and how the run was asked for."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -15,6 +16,7 @@ from dsen2cr.inputs.product import is_url
 from dsen2cr.inputs.provenance import s1_units_tags, s2_read_tags
 from dsen2cr.inputs.readers import S2Source
 from dsen2cr.preprocessing import S2_CLIP_DN, S2_MODEL_SCALE, S2_REFLECTANCE_SCALE
+from dsen2cr.said_warnings import MAX_LISTED
 from dsen2cr.settings import SceneJob, ScenePlan, SceneSettings
 
 #: The image's value where the input has no data (valid pixels are clipped to [1, 10000]).
@@ -169,6 +171,23 @@ def scene_tags(
         "DSEN2CR_TILING": f"windows of at most {plan.tile} px, overlap {plan.overlap} px ({exact})",
         "DSEN2CR_S1_FILLED": filled,
     }
+
+
+def warnings_tag(said: Sequence[str], files: Sequence[str]) -> dict[str, str]:
+    """``DSEN2CR_WARNINGS``: the warnings ``said`` while a scene ran, one a line (at most
+    :data:`~dsen2cr.said_warnings.MAX_LISTED`), the scene's ``files`` (its inputs' and outputs' paths) named by their
+    file names, as the other tags name them (never their folders); nothing where none was said."""
+    if not said:
+        return {}
+    paths = sorted({path for path in files if _file_name(path) != path}, key=len, reverse=True)  # longest first
+    lines = []
+    for message in said[:MAX_LISTED]:
+        for path in paths:
+            message = message.replace(path, _file_name(path))
+        lines.append(message)
+    if len(said) > MAX_LISTED:
+        lines.append(f"… and {len(said) - MAX_LISTED} more (on the console)")
+    return {"DSEN2CR_WARNINGS": "\n".join(lines)}
 
 
 def _file_name(text: str) -> str:

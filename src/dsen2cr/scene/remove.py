@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from dsen2cr.auto import plan_scene_run
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
-from dsen2cr.inputs import S2Product, resolve_s2
+from dsen2cr.inputs import S2Product, local_inputs, resolve_s2
 from dsen2cr.inputs.area import area_grid, area_tags, area_window
 from dsen2cr.inputs.fetch import signed_for_now
 from dsen2cr.inputs.provenance import s1_time_tags
@@ -26,9 +26,10 @@ from dsen2cr.outputs.finisher import completes_in_background
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS
 from dsen2cr.rasters import gdal_block_cache, set_block_cache_bytes
+from dsen2cr.said_warnings import warnings_said
 from dsen2cr.scene.batches import BackgroundWriter, iter_predictions, write_in_order
-from dsen2cr.scene.checks import check_job, check_settings_fit
-from dsen2cr.scene.describe import input_tags, output_tags, scene_tags
+from dsen2cr.scene.checks import check_job, check_settings_fit, job_outputs
+from dsen2cr.scene.describe import input_tags, output_tags, scene_tags, warnings_tag
 from dsen2cr.scene.journal import SceneJournal, network_channels, open_scene_journal
 from dsen2cr.scene.sources import SceneInputs, open_scene_inputs
 from dsen2cr.scene.stac_item import write_on_success
@@ -100,11 +101,26 @@ def remove_clouds(
             raise DSen2CRError("uncertainty_parts: needs the job's uncertainty_out, the sigma file that holds them")
         onnx = isinstance(predictor.predict, OnnxPredictor)
         plan = plan_scene_run(settings, predictor.config, device=predictor.device, onnx=onnx)
-    product = signed_for_now(s2_product) if s2_product else resolve_s2(job.s2, offset=plan.settings.s2_offset)
-    check_job(predictor, job, plan.settings, product)
-    area = area_window(scene_grid(product), scene_bounds(job, plan.settings), job.s2)
+    with warnings_said() as said:  # recorded on the outputs, read later without the console
+        product = signed_for_now(s2_product) if s2_product else resolve_s2(job.s2, offset=plan.settings.s2_offset)
+        check_job(predictor, job, plan.settings, product)
+        area = area_window(scene_grid(product), scene_bounds(job, plan.settings), job.s2)
+        return _run_scene(predictor, job, plan, product, area, defer_outputs, said)
+
+
+def _run_scene(
+    predictor: Predictor,
+    job: SceneJob,
+    plan: ScenePlan,
+    product: S2Product,
+    area: Window,
+    defer_outputs: DeferOutputs | None,
+    said: list[str],
+) -> SceneReport:
+    """:func:`_remove_scene`, once more in the precision auto falls back to where 16 bits overflowed after the
+    first batch (``said``: the warnings said so far, for the outputs' tags)."""
     try:
-        return _remove_scene(predictor, job, plan, product, area, defer_outputs)
+        return _remove_scene(predictor, job, plan, product, area, defer_outputs, said)
     except HalfPrecisionOverflowError as overflow:  # auto chose fp16 or bf16: what it wrote is gone with the error
         failed = predictor.precision
         overflow.fall_back()
@@ -115,7 +131,7 @@ def remove_clouds(
             failed,
             predictor.precision,
         )
-        return _remove_scene(predictor, job, plan, product, area, defer_outputs)
+        return _remove_scene(predictor, job, plan, product, area, defer_outputs, said)
 
 
 def _remove_scene(
@@ -125,9 +141,10 @@ def _remove_scene(
     product: S2Product,
     area: Window,
     defer_outputs: DeferOutputs | None,
+    said: Sequence[str] = (),
 ) -> SceneReport:
     """The run of :func:`remove_clouds` on the checked job, for the ``area`` of its scene (a window: all of it
-    without ``--bounds``)."""
+    without ``--bounds``), the warnings ``said`` (a list that grows as it runs) recorded on its outputs."""
     set_block_cache_bytes(plan.block_cache_bytes)
     bounds = scene_bounds(job, plan.settings)
     with gdal_block_cache(), open_scene_inputs(predictor, job, plan, product, area) as inputs:
@@ -167,7 +184,8 @@ def _remove_scene(
             shares = writer.mask_shares()  # of the map made (--keep-clear, --mask-out, --preview), if any
             if inputs.masker is not None and writer.mapped:
                 inputs.masker.check_flagged(writer.cloud + writer.shadow)
-            tags |= shares
+            files = [str(path) for _, path in [*local_inputs(job.s2, job.s1, product), *job_outputs(job)]]
+            tags |= shares | warnings_tag(said, files)
             for dataset in filter(None, (writer.cog, writer.sigma)):
                 dataset.update_tags(**tags)
             if writer.quicklook is not None:  # the preview records what the COG does
