@@ -37,7 +37,9 @@ def test_two_evaluations_compared_patch_by_patch(workdir: Path, capsys: pytest.C
         evaluate(create_model("dsen2cr-small").eval(), triplets, workdir / name, write_images=False)
     capsys.readouterr()  # (what evaluate logged)
     assert main(["compare", str(workdir / "a"), str(workdir / "b"), "--json"]) == 0
-    got = {row["metric"]: row for row in json.loads(capsys.readouterr().out)["metrics"]}
+    said = json.loads(capsys.readouterr().out)
+    assert said["warnings"] == {"a": [], "b": []}  # what each evaluation warned of: nothing here
+    got = {row["metric"]: row for row in said["metrics"]}
 
     def model_rows(name: str) -> dict[str, dict[str, str]]:
         rows = csv.DictReader((workdir / name / "metrics_per_image.csv").open())
@@ -180,6 +182,24 @@ def test_reports_of_ensembles_sharing_a_member_say_each_members_digest(tmp_path:
         lines[name] = Report(tmp_path / name, {}, {}, summary).made_by()
     assert lines["a"] == f"m0.safetensors; ma.safetensors (SHA-256 {first[:12]}…; {second[:12]}…)"
     assert lines["b"] == f"m0.safetensors; mb.safetensors (SHA-256 {first[:12]}…; {third[:12]}…)"
+
+
+def test_the_warnings_of_either_evaluation_are_said_with_the_comparison(tmp_path: Path) -> None:
+    """A report's warnings (summary.json's ``warnings``: held-out patches on training ground, say) bear on what its
+    numbers mean: the comparison says how many each evaluation warned of and the first, in the Markdown and the
+    JSON's ``warnings``; reports without any (or of versions before the list) say nothing."""
+    from dsen2cr.compare import Report, comparison_markdown, report_warnings
+
+    leak = "files.csv: 1 of the 2 test patches lie in ROIs that training patches come from (e.g. S/1): neighbours"
+    summary = {"protocol": "default", "window": None, "units": "u", "provenance": {}}
+    a = Report(tmp_path / "a", {}, {}, summary | {"warnings": [leak, "another"]})
+    b = Report(tmp_path / "b", {}, {}, summary)
+    text = comparison_markdown(a, b, [])
+    assert f"A's evaluation warned of 2 things (its summary.md lists them), first: {leak}" in text
+    assert "B's evaluation warned" not in text
+    assert report_warnings(a, b) == {"a": [leak, "another"], "b": []}
+    plain = comparison_markdown(b, b, [])
+    assert "warned" not in plain
 
 
 def _report(folder: Path, patches: dict[str, str], *, protocol: str = "default", roi: bool = True) -> Path:
