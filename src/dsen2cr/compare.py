@@ -178,6 +178,25 @@ def _check_comparable(a: Report, b: Report) -> None:
             )
 
 
+def report_warnings(a: Report, b: Report) -> dict[str, list[str]]:
+    """What each evaluation warned of while it ran (its ``summary.json``'s ``warnings``; none in a report of a
+    version before the list), as ``{"a": [...], "b": [...]}``."""
+    return {name: list(report.summary.get("warnings") or []) for name, report in (("a", a), ("b", b))}
+
+
+def _warnings_lines(a: Report, b: Report) -> list[str]:
+    """A line for each report whose evaluation warned: how many and the first."""
+    lines = []
+    for name, said in report_warnings(a, b).items():
+        if said:
+            things = "thing" if len(said) == 1 else "things"
+            lines.append(
+                f"{name.upper()}'s evaluation warned of {len(said)} {things} (its summary.md lists them), first: "
+                f"{said[0]}"
+            )
+    return ["", *lines] if lines else []
+
+
 def comparison_markdown(a: Report, b: Report, comparisons: list[MetricComparison]) -> str:
     """The comparison as Markdown: what A and B are, then a row per metric, and the metrics compared over fewer
     patches than all (a patch without a finite value in either report is left out of that metric's)."""
@@ -188,6 +207,7 @@ def comparison_markdown(a: Report, b: Report, comparisons: list[MetricComparison
         f"A: {a.folder} ({a.made_by()}); B: {b.folder} ({b.made_by()}).",
         f"Patch by patch on {patches} patches of {rois} ROI{'' if rois == 1 else 's'}; {a.summary.get('units')}; "
         f"{CONFIDENCE:.0%} confidence interval of the mean difference, the patches of one ROI one cluster.",
+        *_warnings_lines(a, b),
         "",
         (
             f"p: of B − A = 0, on its own (Holm-adjusted over the {family} metrics judged); better: where "
