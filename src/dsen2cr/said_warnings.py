@@ -18,13 +18,17 @@ MAX_LISTED = 30
 class _Keeper(logging.Handler):
     """Keeps each warning's message once, in the order said."""
 
-    def __init__(self, said: list[str]) -> None:
+    def __init__(self, said: list[str], skip_threads: str | None) -> None:
         super().__init__(logging.WARNING)
         self.said = said
+        self.skip_threads = skip_threads
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Keep ``record``'s message unless kept already or said in the report's own words."""
+        """Keep ``record``'s message unless kept already, said in the report's own words or said by a thread left
+        out."""
         if getattr(record, SAID_IN_REPORT, False):
+            return
+        if self.skip_threads and (record.threadName or "").startswith(self.skip_threads):
             return
         message = record.getMessage()
         if message not in self.said:
@@ -32,14 +36,17 @@ class _Keeper(logging.Handler):
 
 
 @contextlib.contextmanager
-def warnings_said(earlier: Sequence[str] = (), logger: str = "dsen2cr") -> Iterator[list[str]]:
+def warnings_said(
+    earlier: Sequence[str] = (), logger: str = "dsen2cr", *, skip_threads: str | None = None
+) -> Iterator[list[str]]:
     """The warnings ``logger`` (and those below it) says inside the block, each once, after ``earlier`` (what
-    was said before, kept once each): a list that grows while the block runs."""
+    was said before, kept once each): a list that grows while the block runs. ``skip_threads``: the name prefix of
+    threads whose warnings are not the block's (another job's, running beside it)."""
     said: list[str] = []
     for message in earlier:
         if message not in said:
             said.append(message)
-    keeper = _Keeper(said)
+    keeper = _Keeper(said, skip_threads)
     target = logging.getLogger(logger)
     target.addHandler(keeper)
     try:

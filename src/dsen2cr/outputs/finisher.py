@@ -15,6 +15,9 @@ from dsen2cr.rasters import gdal_block_cache
 
 #: A scene's report: a dataclass with the ``seconds`` the scene took (``dsen2cr.scene.remove.SceneReport``).
 Report = Any
+#: The name of the thread that completes a scene's outputs while the next scene runs (its warnings are not the next
+#: scene's: ``dsen2cr.scene.remove`` leaves them out of its tags).
+FINISH_THREAD = "dsen2cr-finish"
 
 
 def completes_in_background(device: torch.device) -> bool:
@@ -35,7 +38,7 @@ class OutputFinisher:
     """
 
     def __init__(self, *, background: bool = True) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsen2cr-finish") if background else None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=FINISH_THREAD) if background else None
         self._pending: tuple[Report, Future[float]] | None = None
 
     def submit(self, report: Report, outputs: contextlib.ExitStack) -> Report | None:

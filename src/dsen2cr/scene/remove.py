@@ -22,7 +22,7 @@ from dsen2cr.inputs.fetch import signed_for_now
 from dsen2cr.inputs.provenance import s1_time_tags
 from dsen2cr.inputs.readers import scene_grid
 from dsen2cr.onnx_runtime import OnnxPredictor
-from dsen2cr.outputs.finisher import completes_in_background
+from dsen2cr.outputs.finisher import FINISH_THREAD, completes_in_background
 from dsen2cr.predictor import Predictor
 from dsen2cr.preprocessing import NUM_S2_BANDS
 from dsen2cr.rasters import gdal_block_cache, set_block_cache_bytes
@@ -101,7 +101,7 @@ def remove_clouds(
             raise DSen2CRError("uncertainty_parts: needs the job's uncertainty_out, the sigma file that holds them")
         onnx = isinstance(predictor.predict, OnnxPredictor)
         plan = plan_scene_run(settings, predictor.config, device=predictor.device, onnx=onnx)
-    with warnings_said() as said:  # recorded on the outputs, read later without the console
+    with warnings_said(skip_threads=FINISH_THREAD) as said:  # recorded on the outputs, read later without the console
         product = signed_for_now(s2_product) if s2_product else resolve_s2(job.s2, offset=plan.settings.s2_offset)
         check_job(predictor, job, plan.settings, product)
         area = area_window(scene_grid(product), scene_bounds(job, plan.settings), job.s2)
