@@ -105,33 +105,19 @@ def remove_clouds(
         product = signed_for_now(s2_product) if s2_product else resolve_s2(job.s2, offset=plan.settings.s2_offset)
         check_job(predictor, job, plan.settings, product)
         area = area_window(scene_grid(product), scene_bounds(job, plan.settings), job.s2)
-        return _run_scene(predictor, job, plan, product, area, defer_outputs, said)
-
-
-def _run_scene(
-    predictor: Predictor,
-    job: SceneJob,
-    plan: ScenePlan,
-    product: S2Product,
-    area: Window,
-    defer_outputs: DeferOutputs | None,
-    said: list[str],
-) -> SceneReport:
-    """:func:`_remove_scene`, once more in the precision auto falls back to where 16 bits overflowed after the
-    first batch (``said``: the warnings said so far, for the outputs' tags)."""
-    try:
-        return _remove_scene(predictor, job, plan, product, area, defer_outputs, said)
-    except HalfPrecisionOverflowError as overflow:  # auto chose fp16 or bf16: what it wrote is gone with the error
-        failed = predictor.precision
-        overflow.fall_back()
-        log.warning(
-            "%s: %s overflowed on a batch after the first (NaN, infinite or absurdly large values): running the scene "
-            "again from the start in %s, what --precision auto falls back to (--precision tf32 avoids this)",
-            job.s2,
-            failed,
-            predictor.precision,
-        )
-        return _remove_scene(predictor, job, plan, product, area, defer_outputs, said)
+        try:
+            return _remove_scene(predictor, job, plan, product, area, defer_outputs, said)
+        except HalfPrecisionOverflowError as overflow:  # auto chose fp16 or bf16: what it wrote is gone with the error
+            failed = predictor.precision
+            overflow.fall_back()
+            log.warning(
+                "%s: %s overflowed on a batch after the first (NaN, infinite or absurdly large values): running the "
+                "scene again from the start in %s, what --precision auto falls back to (--precision tf32 avoids this)",
+                job.s2,
+                failed,
+                predictor.precision,
+            )
+            return _remove_scene(predictor, job, plan, product, area, defer_outputs, said)
 
 
 def _remove_scene(
