@@ -257,6 +257,8 @@ def test_fp16_that_auto_chose_and_that_overflows_later_reruns_the_scene_in_float
     for number, job in enumerate(jobs, start=1):
         with rasterio.open(job.out) as cog:
             pixels, tags = cog.read(), cog.tags()
+        # the scene run again says why on itself (DSEN2CR_WARNINGS), the others do not
+        assert ("fp16 overflowed on a batch after the first" in tags.get("DSEN2CR_WARNINGS", "")) == (number == scene)
         if number < scene:
             assert tags["DSEN2CR_PRECISION"] == "fp16"
             assert 0 < np.abs(pixels.astype(float) - expected).max() <= 40
