@@ -32,7 +32,7 @@ from benchmarks.common import report, timed_into
 from benchmarks.scene import write_scene
 from dsen2cr import auto, create_model
 from dsen2cr.predictor import predictor_from_model
-from dsen2cr.scene import batches, masking, remove
+from dsen2cr.scene import batches, masking, tile_writer
 from dsen2cr.scene.remove import remove_clouds
 from dsen2cr.settings import SceneJob, SceneSettings
 
@@ -42,8 +42,8 @@ NOTHING_HELD = "no window held"
 PARTS = (
     (masking, "_scene_shadow_stats", "shadow statistics pass over the scene"),
     (masking.SceneMasker, "window", "cloud/shadow map of the windows (detector; a read if the margin is short)"),
-    (remove, "keep_clear_weights", "keep-clear weights (map + distances)"),
-    (remove, "blend", "blend of input and prediction"),
+    (tile_writer, "keep_clear_weights", "keep-clear weights (map + distances)"),
+    (tile_writer, "blend", "blend of input and prediction"),
     (batches.BackgroundWriter, "submit", "the network waiting for the writer (its queue full)"),
 )
 

@@ -63,3 +63,13 @@ def test_every_command_of_the_gpu_script_parses(module: str, args: list[str], mo
     monkeypatch.setattr("sys.argv", [module, *args])
     with pytest.raises(_ParsedError):
         main()
+
+
+def test_what_the_keep_clear_benchmark_times_is_where_it_times_it() -> None:
+    """``benchmarks.keep_clear`` times the mask's parts by replacing module attributes: each must exist where it
+    is replaced (a function moved to another module broke the step with an AttributeError, caught only by running
+    it: the keep-clear weights and blend went to ``scene.tile_writer``)."""
+    from benchmarks.keep_clear import PARTS
+
+    for owner, attribute, _ in PARTS:
+        assert callable(getattr(owner, attribute, None)), f"{owner.__name__}.{attribute}"
