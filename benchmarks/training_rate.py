@@ -39,6 +39,7 @@ class _StepTimer(L.Callback):
     def __init__(self, warmup: int, device: torch.device) -> None:
         self.warmup, self.device = warmup, device
         self.start: float | None = None
+        self.batches = 0  # begun so far, over every epoch (a batch's index starts again at each epoch's)
         self.samples = 0
         self.seconds = 0.0
 
@@ -47,9 +48,10 @@ class _StepTimer(L.Callback):
             torch.cuda.synchronize(self.device)
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, index: int) -> None:
-        if index == self.warmup:
+        if self.batches == self.warmup:
             self._sync()
             self.start = time.perf_counter()
+        self.batches += 1
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, index: int
