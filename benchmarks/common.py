@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: Where the benchmarks write their results: ``benchmarks/results``, or the folder ``DSEN2CR_BENCHMARK_RESULTS`` names
+#: (a rehearsal of the GPU run on the CPU writes elsewhere: tests/test_gpu_script.py).
+RESULTS_DIR = Path(os.environ.get("DSEN2CR_BENCHMARK_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def tiled_geotiff(left: float = 500000, pixel: float = 10) -> dict[str, Any]:

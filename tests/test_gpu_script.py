@@ -73,3 +73,67 @@ def test_what_the_keep_clear_benchmark_times_is_where_it_times_it() -> None:
 
     for owner, attribute, _ in PARTS:
         assert callable(getattr(owner, attribute, None)), f"{owner.__name__}.{attribute}"
+
+
+#: How the GPU run's commands are made small enough for this CPU (their options' values, by option), and what each
+#: module needs besides to run small here: the rehearsal runs what the script runs, on tiny scenes.
+_SMALL_VALUES = {
+    "--device": "cpu",
+    "--variant": "dsen2cr-small",
+    "--scene-size": "256",
+    "--size": "256",
+    "--width": "512",
+    "--height": "256",
+    "--scenes": "2",
+    "--patches": "8",
+    "--num-workers": "1",
+}
+_SMALL_EXTRA = {
+    "benchmarks": ["--quick"],
+    "benchmarks.windows_half": ["--device", "cpu", "--variant", "dsen2cr-small", "--size", "256", "--batch-size", "2"],
+    "benchmarks.output_check": ["--size", "128", "--batch-size", "1"],
+    "benchmarks.product_read": ["--width", "512", "--tile", "256"],
+    "benchmarks.cog_copy": ["--width", "512", "--height", "256"],
+    "benchmarks.precision_accuracy": ["--size", "48"],
+    "benchmarks.training_rate": ["--configs", "small-cpu", "--workers", "1", "--count", "8", "--steps", "1"],
+}
+
+
+def _small(module: str, args: list[str]) -> list[str]:
+    """``args`` of the script's command of ``module`` made small: each option's value from :data:`_SMALL_VALUES`,
+    then :data:`_SMALL_EXTRA`'s (an option it gives again is its); the compiled step's ``--compiled`` left out
+    (inductor's build on this CPU is the slow tests' of the backends)."""
+    extra = _SMALL_EXTRA.get(module, [])
+    given_again = {arg for arg in extra if arg.startswith("--")}
+    small: list[str] = []
+    index = 0
+    while index < len(args):
+        option = args[index]
+        has_value = index + 1 < len(args) and not args[index + 1].startswith("--")
+        value = args[index + 1] if has_value else None
+        index += 2 if has_value else 1
+        if option == "--compiled" or option in given_again:
+            continue
+        small += [option] if value is None else [option, _SMALL_VALUES.get(option, value)]
+    return small + extra
+
+
+@pytest.mark.slow  # every benchmark the GPU run runs, on tiny scenes: about two minutes
+def test_every_step_of_the_gpu_script_runs_on_the_cpu_small(tmp_path: Path) -> None:
+    """A dress rehearsal of the one GPU run: each benchmark the script runs, with its options made small and the
+    device the CPU, runs to its end and writes its results (elsewhere than benchmarks/results). A step that parses
+    but fails at run time (a moved function it times) cost the whole lease before; this finds it here."""
+    import os
+    import sys
+
+    env = {**os.environ, "DSEN2CR_BENCHMARK_RESULTS": str(tmp_path / "results")}
+    failed = []
+    for module, args in _commands():
+        if module == "dsen2cr.cli":  # the CLI's own tests cover it
+            continue
+        command = [sys.executable, "-m", module, *_small(module, args)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=SCRIPT.parents[1])
+        if done.returncode != 0:
+            failed.append(f"{' '.join(command[2:])}: {done.stderr.strip().splitlines()[-1:]}")
+    assert not failed, failed
+    assert len(list((tmp_path / "results").glob("*.json"))) >= 10
