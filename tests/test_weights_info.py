@@ -59,6 +59,28 @@ def test_weights_info_of_a_trained_run(workdir: Path, capsys: pytest.CaptureFixt
     assert "; loss carl (" in text
 
 
+def test_weights_info_says_validation_beside_training(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run whose validation split holds a patch of a ROI training patches come from (a list split by patch) warned
+    of it while it trained; its weights keep it (the training record's ``val_in_training_rois``) and weights info
+    says it: the checkpoint was chosen on neighbours of what it trained on. A list split by ROI records 0."""
+    root = workdir.tree()
+    t = workdir.triplet(root, "ROIs1158_spring", 1, 1, size=48)
+    line = f"2\tROIs1158_spring_s1/s1_1\tROIs1158_spring_s2/s2_1\tROIs1158_spring_s2_cloudy/s2_cloudy_1\t{t.s1.name}"
+    (root / "mixed.csv").write_text((root / "files.csv").read_text() + line + "\n")
+    for name, listed in (("clean", "files.csv"), ("mixed", "mixed.csv")):
+        config = workdir.config(data={"file_list": str(root / listed)}, trainer={"out_dir": str(workdir / name)})
+        assert main(["train", "--config", str(config), "--no-progress"]) == 0
+        exported = workdir / f"{name}.safetensors"
+        assert main(["export", str(workdir / name / "checkpoints" / "last.ckpt"), str(exported)]) == 0
+        (info,) = _info(capsys, exported)
+        assert info["provenance"]["training"]["data"]["val_in_training_rois"] == (1 if name == "mixed" else 0)
+        assert main(["weights", "info", str(exported)]) == 0
+        said = "val 2 patches (their ids' SHA-256 "
+        text = capsys.readouterr().out
+        assert ("1 of them in ROIs training patches come from" in text) == (name == "mixed"), text
+        assert name == "clean" or said in text
+
+
 def test_weights_info_of_a_checkpoint_saved_mid_epoch(workdir: Path, capsys: pytest.CaptureFixture) -> None:
     """A SLURM requeue checkpoint is saved in the middle of an epoch: its record says how far the run had come
     (it said "after 2 epochs" of a run in its second, from the epoch number alone). Made here as Lightning saves
