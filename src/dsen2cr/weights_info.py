@@ -202,6 +202,8 @@ def _data_line(data: dict[str, Any]) -> str:
         count = data.get(f"{split}_patches")
         noun = "patch" if count == 1 else "patches"
         splits.append(f"{split} {count} {noun} (their ids' SHA-256 {data.get(f'{split}_patches_sha256')})")
+    if beside := data.get("val_in_training_rois"):  # absent in earlier files: not known
+        splits[-1] += f", {beside} of them in ROIs training patches come from (its validation scores flatter it)"
     drawn = _pairs({k: data[k] for k in ("crop_size", "augment", "repeats", "seed") if k in data})
     return f"data: {data.get('files', 'unknown')}; {', '.join(splits)}; {drawn}"
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from dsen2cr.config import DataSection, LossSection
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
-from dsen2cr.data.layout import check_validation_split, data_files, resolve_split
+from dsen2cr.data.layout import check_validation_split, data_files, held_out_leaks, resolve_split
 from dsen2cr.errors import DSen2CRError, RunWideError
 from dsen2cr.machine import SHARED_MEMORY, shared_memory_free
 from dsen2cr.weights import loop_position
@@ -262,13 +262,17 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         """What the run trains and validates on (after :meth:`setup`), for its weights' training record: the
         list files by name (never a machine's folders), each split's patch count and the SHA-256 of its sorted
         patch ids (``season_roi_pN``, one per line: the same split gives the same digest wherever the data
-        lies), and how training samples are drawn."""
+        lies), how many validation patches lie in ROIs training patches come from, and how training samples are
+        drawn."""
         assert self.train_set is not None and self.val_set is not None, "setup() first"
         record: dict[str, Any] = {"files": data_files(self.data)}
         for split, dataset in (("train", self.train_set), ("val", self.val_set)):
             ids = sorted(triplet.patch_id for triplet in dataset.triplets)
             record[f"{split}_patches"] = len(ids)
             record[f"{split}_patches_sha256"] = hashlib.sha256("".join(f"{i}\n" for i in ids).encode()).hexdigest()
+        # validation patches in ROIs training patches come from (a list split by patch; warned of at setup): the
+        # checkpoints were chosen on neighbours of what the model trained on
+        record["val_in_training_rois"] = len(held_out_leaks(self.train_set.triplets, self.val_set.triplets)[1])
         drawn = {"crop_size": self.data.crop_size, "augment": self.data.augment, "repeats": self.data.repeats}
         return record | drawn | {"seed": self.seed}
 
