@@ -67,7 +67,12 @@ def test_item_describes_the_outputs(workdir: Path, scene: Path) -> None:
     assert item.id == "a"
     assert item.datetime == datetime(2023, 6, 10, 10, 15, 59, tzinfo=timezone.utc)
     assert item.properties["processing:software"]["dsen2cr"]
-    assert "dsen2cr-small-nosar.safetensors" in item.properties["processing:lineage"]
+    lineage = item.properties["processing:lineage"]
+    assert "dsen2cr-small-nosar.safetensors" in lineage
+    with rasterio.open(out) as image:  # the map's shares, as the image records them
+        cloud, shadow = (float(image.tags()[f"DSEN2CR_{what}_PERCENT"]) for what in ("CLOUD", "SHADOW"))
+    said = f"--keep-clear no (every pixel); its cloud/shadow map (paper): cloud {cloud:.1f}%, shadow {shadow:.1f}%"
+    assert said in lineage, lineage
     # hrefs relative to the item, resolved by pystac to the files written
     assert json.loads(item_path.read_text())["assets"]["image"]["href"] == "../out/a.tif"
     for key, path in (("image", out), ("cloud_mask", mask), ("preview", preview)):
@@ -223,3 +228,13 @@ def test_footprint_is_the_valid_data(workdir: Path) -> None:
     far = to_lonlat.transform(500000 + 10 * (width - 20), 5000000 - 10 * 20)  # deep in the no-data corner
     assert not _inside(far, ring)
     assert _ring_area(ring) > 0
+
+
+def test_the_lineage_says_the_warnings_the_image_records() -> None:
+    """An image that records warnings (DSEN2CR_WARNINGS, one a line) has them in its item's lineage, after what made
+    it; one without has none."""
+    from dsen2cr.scene.stac_item import _lineage
+
+    tags = {"DSEN2CR_S2": "s2.tif", "DSEN2CR_KEEP_CLEAR": "true", "DSEN2CR_WARNINGS": "s2.tif: first\ns2.tif: second"}
+    assert _lineage(tags).endswith("; warned while it ran: s2.tif: first; s2.tif: second")
+    assert "warned" not in _lineage({"DSEN2CR_S2": "s2.tif"})

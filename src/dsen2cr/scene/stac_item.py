@@ -321,8 +321,26 @@ def _lineage(tags: dict[str, str]) -> str:
         f"Clouds removed from {tags.get('DSEN2CR_S2')} {sar} by the "
         f"DSen2-CR network (Meraner et al., ISPRS 2020), model {tags.get('DSEN2CR_MODEL')}, weights "
         f"{tags.get('DSEN2CR_WEIGHTS')} (SHA-256 {tags.get('DSEN2CR_WEIGHTS_SHA256')}), precision "
-        f"{tags.get('DSEN2CR_PRECISION')}, --keep-clear {tags.get('DSEN2CR_KEEP_CLEAR')}{_sigma_lineage(tags)}"
+        f"{tags.get('DSEN2CR_PRECISION')}, --keep-clear {tags.get('DSEN2CR_KEEP_CLEAR')}{_map_lineage(tags)}"
+        f"{_sigma_lineage(tags)}{_warnings_lineage(tags)}"
     )
+
+
+def _map_lineage(tags: dict[str, str]) -> str:
+    """The cloud/shadow map's shares of the valid pixels, where the run made one (its tags say them)."""
+    if "DSEN2CR_CLOUD_PERCENT" not in tags:
+        return ""
+    cloud, shadow = (float(tags.get(f"DSEN2CR_{what}_PERCENT", "nan")) for what in ("CLOUD", "SHADOW"))
+    return (
+        f"; its cloud/shadow map ({tags.get('DSEN2CR_MASK', 'paper')}): cloud {cloud:.1f}%, shadow {shadow:.1f}% of "
+        "the valid pixels"
+    )
+
+
+def _warnings_lineage(tags: dict[str, str]) -> str:
+    """The warnings said while the image was made (its ``DSEN2CR_WARNINGS``, one a line), or nothing."""
+    said = tags.get("DSEN2CR_WARNINGS")
+    return f"; warned while it ran: {'; '.join(said.splitlines())}" if said else ""
 
 
 def _sigma_lineage(tags: dict[str, str]) -> str:
