@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,12 @@ def test_weights_info_says_validation_beside_training(workdir: Path, capsys: pyt
         assert main(["export", str(workdir / name / "checkpoints" / "last.ckpt"), str(exported)]) == 0
         (info,) = _info(capsys, exported)
         assert info["provenance"]["training"]["data"]["val_in_training_rois"] == (1 if name == "mixed" else 0)
+        kept = workdir / name / "logs" / "warnings.log"  # the run's folder keeps what it warned of, with when
+        warned = kept.read_text() if kept.exists() else ""
+        assert ("1 of the 2 validation patches lie in ROIs that training patches come from" in warned) == (
+            name == "mixed"
+        ), warned
+        assert name == "clean" or re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", warned)
         assert main(["weights", "info", str(exported)]) == 0
         said = "val 2 patches (their ids' SHA-256 "
         text = capsys.readouterr().out
