@@ -80,7 +80,7 @@ def test_weights_info_says_validation_beside_training(workdir: Path, capsys: pyt
         assert ("1 of the 2 validation patches lie in ROIs that training patches come from" in warned) == (
             name == "mixed"
         ), warned
-        assert name == "clean" or re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", warned)
+        assert name == "clean" or re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", warned)  # UTC
         assert main(["weights", "info", str(exported)]) == 0
         said = "val 2 patches (their ids' SHA-256 "
         text = capsys.readouterr().out

@@ -1,16 +1,23 @@
-"""The run's CSV log that keeps its history: Lightning's CSV writer deletes ``metrics.csv`` when its folder
-exists, so a resumed run kept only the epochs after the resume. Here the rows before the resumed checkpoint's
-step stay (those from it on belonged to the interrupted part, which runs again), and new rows are appended."""
+"""A run's logs: the warnings it said (``logs/warnings.log``), and its CSV log that keeps its history: Lightning's
+CSV writer deletes ``metrics.csv`` when its folder exists, so a resumed run kept only the epochs after the resume.
+Here the rows before the resumed checkpoint's step stay (those from it on belonged to the interrupted part, which
+runs again), and new rows are appended."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
 import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from dsen2cr.launch import is_launched_worker
 from dsen2cr.outputs.files import atomic_path
 
 
@@ -58,3 +65,33 @@ class _HistoryWriter(ExperimentWriter):
             writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
             writer.writeheader()
             writer.writerows(kept)
+
+
+#: A run's warnings, each with when it was said, in its folder (appended by every start: resumes, requeues).
+WARNINGS_LOG = "warnings.log"
+
+
+@contextlib.contextmanager
+def warnings_kept(out: Path, earlier: Sequence[str]) -> Iterator[None]:
+    """Keep the warnings a run says in ``out/logs/warnings.log`` (rank 0; a launched worker keeps none): those said
+    before its folder was ready (``earlier``), then those said inside the block, one a line after the time (UTC):
+    a run's folder is read after the job, its console long gone."""
+    if is_launched_worker():
+        yield
+        return
+    path = out / "logs" / WARNINGS_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setLevel(logging.WARNING)
+    formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    for message in earlier:
+        handler.emit(logging.LogRecord("dsen2cr", logging.WARNING, __file__, 0, message, None, None))
+    target = logging.getLogger("dsen2cr")
+    target.addHandler(handler)
+    try:
+        yield
+    finally:
+        target.removeHandler(handler)
+        handler.close()

@@ -25,9 +25,10 @@ from dsen2cr.outputs.files import atomic_path, path_identity, prepare_output_fol
 from dsen2cr.outputs.locks import output_locks, remove_leftovers_in
 from dsen2cr.outputs.room import check_run_room
 from dsen2cr.precision import training_arithmetic
+from dsen2cr.said_warnings import warnings_said
 from dsen2cr.training.datamodule import SEN12MSCRDataModule
 from dsen2cr.training.initial_weights import read_initial_weights, start_from
-from dsen2cr.training.logs import HistoryCSVLogger
+from dsen2cr.training.logs import HistoryCSVLogger, warnings_kept
 from dsen2cr.training.module import DSen2CRTask, NonFiniteLossError
 from dsen2cr.training.requeue import SlurmRequeue, slurm_job
 from dsen2cr.training.resume import (
@@ -287,13 +288,15 @@ class _PreparedRun(NamedTuple):
 
 def _train(config: RunConfig, *, resume: str | Path | None, overwrite: bool, progress: bool) -> Path:
     """:func:`run_training` under the run folder's lock."""
-    with _said_by_rank_zero():  # refusals before the processes join
+    with warnings_said() as said, _said_by_rank_zero():  # refusals before the processes join
         prepared = _prepare(config, resume=resume, overwrite=overwrite, progress=progress)
     if isinstance(prepared, Path):  # a requeued job whose run has ended
         return prepared
     trainer, task, datamodule, resume, out = prepared
     try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=None if resume is None else str(resume), weights_only=True)
+        with warnings_kept(out, said):  # logs/warnings.log: what preparing the run and its fit warned of
+            checkpoint = None if resume is None else str(resume)
+            trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
     except DSen2CRError as error:  # a patch it cannot read, a full disk: say what stays and how to go on
         newest = newest_checkpoint(out)
         if newest is None or isinstance(error, NonFiniteLossError):  # a resume would meet the same loss again
