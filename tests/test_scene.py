@@ -214,8 +214,9 @@ def test_nodata_stays_nodata_and_partial_s1_warns(
     assert 0.4 < report.s1_missing_fraction < 0.6
     assert "S1 has no data under" in caplog.text
     with rasterio.open(tmp_path / "out.tif") as dst:
-        out = dst.read()
+        out, recorded = dst.read(), dst.tags().get("DSEN2CR_WARNINGS", "")
     assert (out[:, :40, :60] == 0).all() and (out[:, 40:, 60:] > 0).all()
+    assert recorded.startswith("s1.tif: S1 has no data under")  # the image says it too, by the file's name
 
 
 def _write_linear_s1(scene: dict, path: Path) -> None:
