@@ -162,6 +162,15 @@ def _remove_scene(
             tags = predictor.provenance(with_variance=job.uncertainty_out is not None)
             tags = journal.tags(tags) if journal is not None else tags
             fill = inputs.s1_fill() if fraction > 0 else None  # asked for by the holes already: no second pass
+            if predictor.include_sar and fill is not None:  # said before the tags, which record what was said
+                log.warning(
+                    "%s: S1 has no data under %.1f%% of the valid S2 pixels; filled with the scene's S1 mean "
+                    "(VV %.1f dB, VH %.1f dB)%s",
+                    job.s1,
+                    100 * fraction,
+                    *fill,
+                    FRAMES_HINT if fraction >= FRAMES_HINT_FRACTION else "",
+                )
             tags |= scene_tags(job, plan, exact, fraction, fill)
             if (sar := inputs.s1) is not None:
                 tags |= s1_time_tags(product.sensing_time, sar.sensing_time, sar.orbit_direction, sar.relative_orbit)
@@ -180,15 +189,6 @@ def _remove_scene(
                 writer.mask.update_tags(**input_tags(job, plan.settings), **recorded_area, **shares)
             written_outputs = outputs.pop_all()  # every tile written: completed below, or by the caller
         seconds = time.perf_counter() - start
-    if predictor.include_sar and fraction > 0:
-        log.warning(
-            "%s: S1 has no data under %.1f%% of the valid S2 pixels; filled with the scene's S1 mean "
-            "(VV %.1f dB, VH %.1f dB)%s",
-            job.s1,
-            100 * fraction,
-            *inputs.s1_fill(),
-            FRAMES_HINT if fraction >= FRAMES_HINT_FRACTION else "",
-        )
     if defer_outputs is None:
         with gdal_block_cache():
             written_outputs.close()
