@@ -290,6 +290,20 @@ def test_empty_earth_engine_qa_bands_are_warned_of(
     assert str(tmp_path) not in "".join(recorded)
 
 
+def test_a_batch_says_which_of_its_scenes_warned(scene: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A batch's result lines scroll by: after them, which of its scenes warned while they ran (the export's DN look
+    offset; the synthetic scene says nothing), their images' DSEN2CR_WARNINGS saying what. One scene says no more
+    than its line."""
+    export = _ee_l1c_export(tmp_path / "export.tif", {})
+    (tmp_path / "out").mkdir()
+    argv = ["remove-clouds", "--weights", str(scene["weights"]), "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--s2", str(scene["folder"] / "s2.tif"), str(export), "--out", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "1 of the 2 scenes written warned while they ran: export_cloudfree.tif (their DSEN2CR_WARNINGS)"
+    assert main([*argv, "--s2", str(export), "--out", str(tmp_path / "one.tif")]) == 0
+    assert "scenes written warned" not in capsys.readouterr().out
+
+
 def test_the_run_says_and_records_the_maps_shares(scene: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """With a map (--mask-out, --keep-clear, --preview) the result line gives its cloud and shadow shares of the valid
     pixels, and the image and the map record them: the paper mask's, counted here from the map made by hand."""
