@@ -32,7 +32,7 @@ from dsen2cr.settings import (
 )
 
 if TYPE_CHECKING:
-    from dsen2cr.settings import SceneJob, SceneSettings
+    from dsen2cr.settings import SceneJob
 
 
 def register(subparsers: SubParsers) -> None:
@@ -319,6 +319,7 @@ def jobs_from_arguments(
 def run(args: argparse.Namespace) -> int:
     """Run ``remove-clouds``; under SLURM, its time-limit warning (``#SBATCH --signal=SIGUSR1@90``) stops a run with
     ``--resume`` at a batch's end and requeues the job (:mod:`dsen2cr.scene.time_limit`)."""
+    from dsen2cr.cli.scene_lines import dry_run, run_and_report
     from dsen2cr.scene.time_limit import TimeLimitWarning, requeue_after_warning, time_limit_warning
     from dsen2cr.settings import SceneSettings
 
@@ -335,62 +336,11 @@ def run(args: argparse.Namespace) -> int:
     )
     manifest = (Path(args.manifest),) if args.manifest else ()
     if args.dry_run:
-        _dry_run(jobs, settings, manifest)
+        dry_run(jobs, settings, manifest)
         return 0
     with time_limit_warning(stops=settings.resume) as slurm_job:
         try:
-            _run_and_report(jobs, settings, manifest)
+            run_and_report(jobs, settings, manifest)
         except TimeLimitWarning:
             return requeue_after_warning(slurm_job)
     return 0
-
-
-def _run_and_report(jobs: list[SceneJob], settings: SceneSettings, manifest: tuple[Path, ...]) -> None:
-    """Run the scenes, printing a line for each one written."""
-    from dsen2cr.scene.jobs import run_scene_jobs
-
-    job_of = {job.out: job for job in jobs}
-    for report in run_scene_jobs(jobs, settings, extra_inputs=manifest):
-        size = f"{report.megapixels:.2f} Mpx" if report.megapixels >= 0.01 else f"{round(report.megapixels * 1e6)} px"
-        print(
-            f"wrote {report.out}: {size} in {report.seconds:.1f} s "
-            f"({report.megapixels / max(report.seconds, 1e-9):.3f} Mpx/s, {report.tiles} tile"
-            + ("s" if report.tiles != 1 else "")
-            + (f", {report.skipped} without valid pixels skipped" if report.skipped else "")
-            + (f", {report.resumed} predicted by a stopped run)" if report.resumed else ")")
-            + ("; cloud {:.1f}%, shadow {:.1f}%".format(*report.mask_percent) if report.mask_percent else "")
-            + (f" of the valid pixels (mask {settings.mask})" if report.mask_percent else "")
-            + _also_written(job_of.get(report.out))
-        )
-
-
-def _dry_run(jobs: list[SceneJob], settings: SceneSettings, manifest: tuple[Path, ...]) -> None:
-    """``--dry-run``: a line for each scene (``would write OUT: …``, or ``refused: REASON``); refused scenes end it
-    with an error that counts them."""
-    from dsen2cr.errors import DSen2CRError
-    from dsen2cr.scene.dry_run import dry_run_scene_jobs
-
-    checks = dry_run_scene_jobs(jobs, settings, extra_inputs=manifest)
-    for check in checks:
-        if check.refused is not None:
-            print(f"refused: {check.refused}")
-        else:
-            print(f"would write {check.job.out}: {check.said}{_also_written(check.job)}")
-    refused = sum(check.refused is not None for check in checks)
-    if refused:
-        raise DSen2CRError(
-            f"--dry-run: {refused} of {len(checks)} scene{'s' if len(checks) != 1 else ''} would be refused (listed "
-            "above); nothing was written"
-        )
-    print(f"dry run: {len(checks)} scene{'s' if len(checks) != 1 else ''} checked; nothing was written")
-
-
-def _also_written(job: SceneJob | None) -> str:
-    """``; also S.tif (sigma), M.tif (mask), P.png (preview), I.json (STAC item)``: a scene's other outputs, for
-    its result line."""
-    if job is None:
-        return ""
-    others = [(job.uncertainty_out, "sigma"), (job.mask_out, "mask"), (job.preview, "preview")]
-    others.append((job.stac_item, "STAC item"))
-    written = [f"{path} ({what})" for path, what in others if path is not None]
-    return f"; also {', '.join(written)}" if written else ""

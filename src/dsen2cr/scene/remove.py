@@ -64,6 +64,7 @@ class SceneReport:
     skipped: int = 0  # tiles whose core holds no valid S2 pixel (not run)
     resumed: int = 0  # tiles a stopped run predicted (--resume), taken from its journal
     mask_percent: tuple[float, ...] | None = None  # the map's cloud and shadow shares of the valid pixels, if made
+    warnings: int = 0  # said while the scene ran (its outputs' DSEN2CR_WARNINGS)
 
 
 def remove_clouds(
@@ -163,14 +164,7 @@ def _remove_scene(
             tags = journal.tags(tags) if journal is not None else tags
             fill = inputs.s1_fill() if fraction > 0 else None  # asked for by the holes already: no second pass
             if predictor.include_sar and fill is not None:  # said before the tags, which record what was said
-                log.warning(
-                    "%s: S1 has no data under %.1f%% of the valid S2 pixels; filled with the scene's S1 mean "
-                    "(VV %.1f dB, VH %.1f dB)%s",
-                    job.s1,
-                    100 * fraction,
-                    *fill,
-                    FRAMES_HINT if fraction >= FRAMES_HINT_FRACTION else "",
-                )
+                _warn_of_s1_holes(job, fraction, fill)
             tags |= scene_tags(job, plan, exact, fraction, fill)
             if (sar := inputs.s1) is not None:
                 tags |= s1_time_tags(product.sensing_time, sar.sensing_time, sar.orbit_direction, sar.relative_orbit)
@@ -198,7 +192,22 @@ def _remove_scene(
     megapixels = area.width * area.height / 1e6
     resumed = journal.replayed if journal is not None else 0
     percent = tuple(float(shares[key]) for key in ("DSEN2CR_CLOUD_PERCENT", "DSEN2CR_SHADOW_PERCENT") if key in shares)
-    return SceneReport(job.out, len(tiles), megapixels, seconds, fraction, writer.skipped, resumed, percent or None)
+    return SceneReport(
+        job.out, len(tiles), megapixels, seconds, fraction, writer.skipped, resumed, percent or None, len(said)
+    )
+
+
+def _warn_of_s1_holes(job: SceneJob, fraction: float, fill: tuple[float, float]) -> None:
+    """Warn that S1 has no data under ``fraction`` of the scene's valid S2 pixels, filled with its scene mean
+    ``fill`` (VV, VH dB), naming frames where much is missing."""
+    log.warning(
+        "%s: S1 has no data under %.1f%% of the valid S2 pixels; filled with the scene's S1 mean (VV %.1f dB, VH "
+        "%.1f dB)%s",
+        job.s1,
+        100 * fraction,
+        *fill,
+        FRAMES_HINT if fraction >= FRAMES_HINT_FRACTION else "",
+    )
 
 
 def _predict_tiles(
