@@ -63,7 +63,7 @@ class SceneReport:
     s1_missing_fraction: float = 0.0
     skipped: int = 0  # tiles whose core holds no valid S2 pixel (not run)
     resumed: int = 0  # tiles a stopped run predicted (--resume), taken from its journal
-    mask_percent: tuple[float, ...] | None = None  # the map's cloud and shadow shares of the valid pixels, if made
+    mask_percent: tuple[float, float] | None = None  # the map's cloud and shadow shares of the valid pixels, if made
     warnings: int = 0  # said while the scene ran (its outputs' DSEN2CR_WARNINGS)
 
 
@@ -191,9 +191,8 @@ def _remove_scene(
         defer_outputs(written_outputs)
     megapixels = area.width * area.height / 1e6
     resumed = journal.replayed if journal is not None else 0
-    percent = tuple(float(shares[key]) for key in ("DSEN2CR_CLOUD_PERCENT", "DSEN2CR_SHADOW_PERCENT") if key in shares)
     return SceneReport(
-        job.out, len(tiles), megapixels, seconds, fraction, writer.skipped, resumed, percent or None, len(said)
+        job.out, len(tiles), megapixels, seconds, fraction, writer.skipped, resumed, writer.mask_percent(), len(said)
     )
 
 

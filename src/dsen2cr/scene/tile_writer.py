@@ -131,16 +131,20 @@ class TileWriter:
             self.mapped += int(valid.sum())
             self.cloud += int(np.count_nonzero(valid & (done.core_mask == CLOUD)))
             self.shadow += int(np.count_nonzero(valid & (done.core_mask == SHADOW)))
-        if self.mask is not None and done.core_mask is not None:
-            self.mask.write(mask_codes(done.core_mask, valid)[None], window=tile.out)
+            if self.mask is not None:
+                self.mask.write(mask_codes(done.core_mask, valid)[None], window=tile.out)
+
+    def mask_percent(self) -> tuple[float, float] | None:
+        """The map's cloud and shadow shares of the valid pixels, in percent; None where no map was made."""
+        return (100 * self.cloud / self.mapped, 100 * self.shadow / self.mapped) if self.mapped else None
 
     def mask_shares(self) -> dict[str, str]:
-        """The map's cloud and shadow shares of the valid pixels, in percent, as tags (``DSEN2CR_CLOUD_PERCENT``,
-        ``DSEN2CR_SHADOW_PERCENT``); none where no map was made."""
-        if not self.mapped:
+        """:meth:`mask_percent` as tags (``DSEN2CR_CLOUD_PERCENT``, ``DSEN2CR_SHADOW_PERCENT``); none where no map
+        was made."""
+        percent = self.mask_percent()
+        if percent is None:
             return {}
-        cloud, shadow = 100 * self.cloud / self.mapped, 100 * self.shadow / self.mapped
-        return {"DSEN2CR_CLOUD_PERCENT": f"{cloud:.2f}", "DSEN2CR_SHADOW_PERCENT": f"{shadow:.2f}"}
+        return {"DSEN2CR_CLOUD_PERCENT": f"{percent[0]:.2f}", "DSEN2CR_SHADOW_PERCENT": f"{percent[1]:.2f}"}
 
 
 @dataclass
