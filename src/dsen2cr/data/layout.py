@@ -273,13 +273,17 @@ def held_out_leaks(training: Sequence[Triplet], held_out: Sequence[Triplet]) -> 
 def warn_of_leaks(training: Sequence[Triplet], held_out: Sequence[Triplet], name: str, source: str) -> None:
     """Warn of the ``name`` split's patches that :func:`held_out_leaks` finds in ``training`` (``source``: where
     the splits come from)."""
-    same, neighbours = held_out_leaks(training, held_out)
+    _say_leaks(*held_out_leaks(training, held_out), len(held_out), name, source)
+
+
+def _say_leaks(same: list[Triplet], neighbours: list[Triplet], count: int, name: str, source: str) -> None:
+    """Warn of the ``name`` split's (``count`` patches) ``same`` training patches and ``neighbours`` of them."""
     if same:
         log.warning(
             "%s: %d of the %d %s patches are training patches too (e.g. %s): they score a model on what it trained on",
             source,
             len(same),
-            len(held_out),
+            count,
             name,
             same[0].patch_id,
         )
@@ -289,22 +293,24 @@ def warn_of_leaks(training: Sequence[Triplet], held_out: Sequence[Triplet], name
             "model trained on; split by ROI (data index --val-rois, --test-rois)",
             source,
             len(neighbours),
-            len(held_out),
+            count,
             name,
             neighbours[0].roi,
         )
 
 
-def check_validation_split(training: Sequence[Triplet], validation: Sequence[Triplet], source: str) -> None:
+def check_validation_split(training: Sequence[Triplet], validation: Sequence[Triplet], source: str) -> int:
     """Refuse validation patches that are training patches too (the validation would score what the model trains
-    on, and the checkpoint chosen by it means nothing); warn of those in ROIs training patches come from."""
-    same, _ = held_out_leaks(training, validation)
+    on, and the checkpoint chosen by it means nothing); warn of those in ROIs training patches come from, and return
+    how many they are."""
+    same, neighbours = held_out_leaks(training, validation)
     if same:
         raise DSen2CRError(
             f"{source}: {len(same)} of the {len(validation)} validation patches are training patches too (e.g. "
             f"{same[0].patch_id}): the validation would score what the model trains on; give each patch one split"
         )
-    warn_of_leaks(training, validation, "validation", source)
+    _say_leaks(same, neighbours, len(validation), "validation", source)
+    return len(neighbours)
 
 
 def data_files(data: DataSection) -> str:

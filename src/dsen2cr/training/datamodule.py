@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from dsen2cr.config import DataSection, LossSection
 from dsen2cr.data.dataset import SEN12MSCRDataset, collate_by_size
-from dsen2cr.data.layout import check_validation_split, data_files, held_out_leaks, resolve_split
+from dsen2cr.data.layout import check_validation_split, data_files, resolve_split
 from dsen2cr.errors import DSen2CRError, RunWideError
 from dsen2cr.machine import SHARED_MEMORY, shared_memory_free
 from dsen2cr.weights import loop_position
@@ -209,6 +209,7 @@ class SEN12MSCRDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_set: SEN12MSCRDataset | None = None
         self.val_set: SEN12MSCRDataset | None = None
+        self.val_in_training_rois = 0  # validation patches in ROIs training patches come from (setup counts them)
 
     def setup(self, stage: str | None = None) -> None:
         """Resolve the splits and build the datasets (missing files fail here, not mid-epoch)."""
@@ -229,7 +230,9 @@ class SEN12MSCRDataModule(L.LightningDataModule):
             )
         if self.val_set is None:
             self.val_set = SEN12MSCRDataset(resolve_split(self.data, "val"), train=False, **common)
-            check_validation_split(self.train_set.triplets, self.val_set.triplets, data_files(self.data))
+            self.val_in_training_rois = check_validation_split(
+                self.train_set.triplets, self.val_set.triplets, data_files(self.data)
+            )
         world = self.trainer.world_size if self.trainer is not None else 1
         if (patches := len(self.val_set)) < world:  # a process with nothing to validate would skip the validation
             raise RunWideError(  # the others end by adding their sums together, and they would wait for it for ever
@@ -272,7 +275,7 @@ class SEN12MSCRDataModule(L.LightningDataModule):
             record[f"{split}_patches_sha256"] = hashlib.sha256("".join(f"{i}\n" for i in ids).encode()).hexdigest()
         # validation patches in ROIs training patches come from (a list split by patch; warned of at setup): the
         # checkpoints were chosen on neighbours of what the model trained on
-        record["val_in_training_rois"] = len(held_out_leaks(self.train_set.triplets, self.val_set.triplets)[1])
+        record["val_in_training_rois"] = self.val_in_training_rois
         drawn = {"crop_size": self.data.crop_size, "augment": self.data.augment, "repeats": self.data.repeats}
         return record | drawn | {"seed": self.seed}
 
