@@ -21,6 +21,7 @@ class _Keeper(logging.Handler):
     def __init__(self, said: list[str], skip_threads: str | None) -> None:
         super().__init__(logging.WARNING)
         self.said = said
+        self.seen = set(said)  # membership of the list in O(1): a run may warn of every one of thousands of patches
         self.skip_threads = skip_threads
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -31,7 +32,8 @@ class _Keeper(logging.Handler):
         if self.skip_threads and (record.threadName or "").startswith(self.skip_threads):
             return
         message = record.getMessage()
-        if message not in self.said:
+        if message not in self.seen:
+            self.seen.add(message)
             self.said.append(message)
 
 
@@ -42,10 +44,7 @@ def warnings_said(
     """The warnings ``logger`` (and those below it) says inside the block, each once, after ``earlier`` (what
     was said before, kept once each): a list that grows while the block runs. ``skip_threads``: the name prefix of
     threads whose warnings are not the block's (another job's, running beside it)."""
-    said: list[str] = []
-    for message in earlier:
-        if message not in said:
-            said.append(message)
+    said = list(dict.fromkeys(earlier))  # each once, in order
     keeper = _Keeper(said, skip_threads)
     target = logging.getLogger(logger)
     target.addHandler(keeper)
