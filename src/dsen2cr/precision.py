@@ -58,6 +58,17 @@ def _flags() -> list[_Flag]:
     return [_Flag("cudnn.conv", backends.cudnn, "allow_tf32"), _Flag("cuda.matmul", backends.cuda.matmul, "allow_tf32")]
 
 
+def _onednn_flags() -> list[_Flag]:
+    """oneDNN's flags for PyTorch's CPU convolutions and matmuls (PyTorch 2.9 on): a caller's ``bf16`` (or
+    ``set_float32_matmul_precision("medium")``'s matmuls) lowers float32 to bf16 on a CPU with bf16 units. Set as
+    the GPU's are: a CPU has no TF32 (``tf32`` computes IEEE there, measured), and PyTorch reads the matmul flags
+    together (``get_float32_matmul_precision`` raises on a CUDA and a oneDNN flag that no level gives). Its
+    environment variable, read when PyTorch loads, is another matter (:mod:`dsen2cr.onednn`)."""
+    mkldnn = getattr(_backends(), "mkldnn", None)
+    owners = (("mkldnn.conv", getattr(mkldnn, "conv", None)), ("mkldnn.matmul", getattr(mkldnn, "matmul", None)))
+    return [_Flag(label, owner, "fp32_precision") for label, owner in owners if hasattr(owner, "fp32_precision")]
+
+
 def float32_mode() -> dict[str, str]:
     """The current mode of each flag (``ieee``, ``tf32`` or ``none``) by label: what a run records."""
     return {flag.label: flag.mode() for flag in _flags()}
@@ -80,11 +91,11 @@ def _autocast_on(device: str) -> bool:
 @contextlib.contextmanager
 def float32_arithmetic(mode: str) -> Iterator[None]:
     """Within the block, float32 convolutions and matmuls compute in ``mode`` (``ieee`` or ``tf32``) on every
-    device, also under a caller's ``torch.autocast`` (switched off inside: a 16-bit backend sets its own); the
-    previous modes are restored afterwards (also on an error)."""
+    device (the CPU's oneDNN too), also under a caller's ``torch.autocast`` (switched off inside: a 16-bit backend
+    sets its own); the previous modes are restored afterwards (also on an error)."""
     if mode not in ("ieee", "tf32"):
         raise ValueError(f"float32 mode: expected ieee or tf32, got {mode!r}")
-    flags = _flags()
+    flags = _flags() + _onednn_flags()
     before = [getattr(flag.owner, flag.attribute) for flag in flags]
     with contextlib.ExitStack() as callers_autocast_off:
         for device in AUTOCAST_DEVICES:
@@ -101,9 +112,16 @@ def float32_arithmetic(mode: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def training_arithmetic(matmul_precision: str) -> Iterator[None]:
-    """Within the block, ``torch.set_float32_matmul_precision(matmul_precision)`` and convolutions to match
-    (:func:`training_float32`: PyTorch leaves cuDNN convolutions on TF32 after ``"highest"``); the caller's
-    arithmetic is restored afterwards (a notebook that trained paper-fast went on in TF32)."""
+    """Within the block, the float32 arithmetic of ``torch.set_float32_matmul_precision(matmul_precision)`` for
+    convolutions and matmuls alike (:func:`training_float32`: PyTorch leaves cuDNN convolutions on TF32 after
+    ``"highest"``); the caller's arithmetic is restored afterwards (a notebook that trained paper-fast went on in
+    TF32). With PyTorch's ``fp32_precision`` flags (2.9 on) only they are set: a caller's oneDNN flags that no
+    level of the older API gives made its ``get_float32_matmul_precision`` raise (``medium``, bf16 matmuls on a
+    CPU with bf16 units, is then ``high``: the network has no matmuls)."""
+    if _flags()[0].attribute == "fp32_precision":
+        with float32_arithmetic(training_float32(matmul_precision)):
+            yield
+        return
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(matmul_precision)
     try:
