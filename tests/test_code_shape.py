@@ -60,7 +60,7 @@ LAYERS = [
     ["preprocessing", "cloud_detection", "losses", "metrics", "calibration", "summary"],
     ["precision"],
     ["signed_urls"],
-    ["errors", "version", "formats", "machine", "choices", "bounds", "bucket_access", "gdal_messages"],
+    ["errors", "version", "formats", "machine", "choices", "bounds", "bucket_access", "gdal_messages", "onednn"],
     ["said_warnings"],  # the warnings a command says while it runs, kept for its report
     ["launch"],
 ]

@@ -95,8 +95,10 @@ def test_cpu_work_is_refused_where_onednn_was_told_at_load_to_lower_float32(
 ) -> None:
     """The variable is read once, when PyTorch loads, and no flag undoes it: a Python process that has it computes
     the CPU's float32 convolutions in bf16 whatever it asks. Predictors (whose every precision is IEEE fp32 or is
-    checked against it) and training on the CPU are refused, naming it, before any work; STRICT is IEEE."""
+    checked against it) and training on the CPU are refused, naming it, before any work, and doctor says it; STRICT
+    is IEEE."""
     from dsen2cr.config import load_config
+    from dsen2cr.doctor import findings
     from dsen2cr.training.train import run_training
 
     monkeypatch.setenv(name, "STRICT")
@@ -105,6 +107,10 @@ def test_cpu_work_is_refused_where_onednn_was_told_at_load_to_lower_float32(
     for precision in ("fp32", "bf16"):
         with pytest.raises(DSen2CRError, match=f"^{name}=bf16: .*IEEE fp32.*unset it before Python starts"):
             predictor_from_model(_model(), backend="eager", device="cpu", precision=precision)
+    doctor = [finding for finding in findings() if finding.text.startswith("cpu: ")]
+    assert [(f.ok, f.text.split(":")[1].strip()) for f in doctor] == [
+        (False, f"{name}=bf16 asks oneDNN for bf16 float32 arithmetic, read when PyTorch loaded")
+    ]
     config = load_config(workdir.config(), ["trainer.matmul_precision=highest"])
     with pytest.raises(DSen2CRError, match=f"^{name}=bf16: "):
         run_training(config, progress=False)

@@ -17,6 +17,7 @@ import torch
 import dsen2cr.machine as machine
 from dsen2cr.auto import auto_precision, has_tf32
 from dsen2cr.errors import DSen2CRError
+from dsen2cr.onednn import lowering_request
 from dsen2cr.outputs.geotiff import cog_options
 from dsen2cr.version import __version__
 
@@ -75,7 +76,12 @@ def _pytorch() -> list[Finding]:
                 ok=False,
             )
         )
-    found.append(Finding("device", cpu))
+    if lowered := lowering_request():  # a Python process's: the command leaves it out before PyTorch loads
+        cpu = (
+            f"cpu: {'='.join(lowered)} asks oneDNN for {lowered[1].lower()} float32 arithmetic, read when PyTorch "
+            "loaded: this process refuses work on the CPU; unset it before Python starts"
+        )
+    found.append(Finding("device", cpu, ok=lowered is None))
     found += [Finding("device", _gpu_line(index)) for index in range(torch.cuda.device_count() if build else 0)]
     return found
 

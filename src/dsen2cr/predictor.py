@@ -20,6 +20,7 @@ from dsen2cr.calibration import Intervals
 from dsen2cr.ensemble_file import is_ensemble_file
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
 from dsen2cr.models import CloudRemovalNetwork, ModelSpec
+from dsen2cr.onednn import refuse_lowered_cpu_float32
 from dsen2cr.onnx_runtime import OnnxPredictor
 from dsen2cr.outputs.files import file_sha256
 from dsen2cr.precision import HALF_DTYPES, float32_arithmetic
@@ -303,6 +304,8 @@ def _predictor(
             raise DSen2CRError(f"backend {backends[0]}: an ONNX file runs with the onnxruntime backend (or auto)")
         log.info("backend: onnxruntime (%s)", network.model.precision)
         return Predictor(network.model, network.config, device, "ieee", *network.described)
+    if device.type == "cpu":
+        refuse_lowered_cpu_float32(f"a {precision} run on the CPU (IEEE fp32, or checked against it)")
     float32 = float32_mode_of(precision, device)
     checked = select_backend(network.model, backends, device, strict=strict, float32=float32)
     if checked.candidates == ["eager"] and float32 == "ieee":

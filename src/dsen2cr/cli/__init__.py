@@ -42,6 +42,7 @@ from dsen2cr.cli.options import NoAbbrevParser, add_verbosity, merge_spellings, 
 from dsen2cr.errors import DSen2CRError, RunWideError, one_line
 from dsen2cr.gdal_messages import capture_thread_messages
 from dsen2cr.launch import is_launched_worker, this_launch
+from dsen2cr.onednn import leave_out_lowering
 from dsen2cr.outputs.locks import output_locks
 from dsen2cr.version import __version__
 
@@ -147,6 +148,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    left_out = leave_out_lowering()  # before PyTorch loads: oneDNN reads it then
     parser = build_parser()
     args = parse_arguments(parser, argv)
     handler: Handler | None = getattr(args, "handler", None)
@@ -157,6 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train" and is_launched_worker():  # one run: rank 0 tells it (the tasks share a job log)
         level = max(level, logging.WARNING)
     setup_logging(level)
+    if left_out:
+        logging.getLogger(__name__).warning(
+            "%s left out: under it oneDNN computes this CPU's float32 convolutions in lower precision while the "
+            "outputs would say fp32; --precision (train: trainer.precision) chooses the arithmetic",
+            left_out,
+        )
     if level > logging.DEBUG:  # -v and --debug show GDAL's own threads' messages as GDAL prints them
         capture_thread_messages()
     _SIGNALLED.clear()

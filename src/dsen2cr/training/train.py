@@ -21,6 +21,7 @@ from dsen2cr.config import RunConfig, TrainerSection, save_config
 from dsen2cr.errors import DSen2CRError, RunWideError
 from dsen2cr.launch import is_launched_worker, on_rank_zeros_machine, this_launch
 from dsen2cr.models import family_of
+from dsen2cr.onednn import refuse_lowered_cpu_float32
 from dsen2cr.outputs.files import atomic_path, path_identity, prepare_output_folder, write_failure
 from dsen2cr.outputs.locks import output_locks, remove_leftovers_in
 from dsen2cr.outputs.room import check_run_room
@@ -230,6 +231,10 @@ def run_training(
         )
     with _said_by_rank_zero():
         check_launch(config.trainer)
+        if config.trainer.accelerator == "cpu" or (
+            config.trainer.accelerator == "auto" and not torch.cuda.is_available()
+        ):
+            refuse_lowered_cpu_float32("training on the CPU (IEEE fp32)")
     out = Path(config.trainer.out_dir)
     created = not out.exists() and not is_launched_worker()
     with output_locks([out]), _callers_determinism(), training_arithmetic(config.trainer.matmul_precision):
