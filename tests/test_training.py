@@ -612,7 +612,9 @@ def test_exported_weights_record_what_made_them(workdir: Path, capsys: pytest.Ca
         "global_step": checkpoint["global_step"],
         "loss": checkpoint["hyper_parameters"]["loss"],
         "data": checkpoint["hyper_parameters"]["data"],
+        "arithmetic": checkpoint["dsen2cr_arithmetic"],  # what it computed in (test_trained_arithmetic)
     }
+    assert [start["from_epoch"] for start in training["arithmetic"]] == [0]
     # the data it trained on, by the file list's name (never a machine's folders), the patches of each split
     # (counted here from the list's rows; their ids, season_roi_pN, hashed sorted one per line) and the crops
     rows = [line.split("\t") for line in (workdir.tree() / "files.csv").read_text().splitlines() if line.strip()]

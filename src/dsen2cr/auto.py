@@ -180,15 +180,15 @@ def resolve_precision(
     cuda = device.type == "cuda"
     if precision == "auto":
         chosen = auto_precision(device, exact=exact, backend=backend)
-        reason = "exact results" if exact else f"auto on {_name(device)}"
+        reason = "exact results" if exact else f"auto on {device_name(device)}"
         reason += "" if backend == "auto" or exact else f" with --backend {backend}"
         log.info("precision: %s (%s; --precision fp32, tf32, fp16 or bf16 to choose)", chosen, reason)
         return chosen
     if precision == "tf32" and not has_tf32(device):
-        log.info("precision: tf32 on %s is IEEE fp32 (TF32 exists on NVIDIA GPUs from Ampere on)", _name(device))
+        log.info("precision: tf32 on %s is IEEE fp32 (TF32 exists on NVIDIA GPUs from Ampere on)", device_name(device))
         return "fp32"
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise DSen2CRError(f"--precision bf16: {_name(device)} cannot compute in bf16")
+        raise DSen2CRError(f"--precision bf16: {device_name(device)} cannot compute in bf16")
     if precision in HALF_DTYPES and not cuda:
         log.info("precision: %s on %s runs under autocast, usually slower than fp32 there", precision, device.type)
     return precision
@@ -225,7 +225,7 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-def _name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     """The device's name for a log line: the GPU's model on CUDA."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 

@@ -196,6 +196,9 @@ def _load_lightning_checkpoint(path: Path) -> tuple[ModelSpec, dict[str, torch.T
 
 #: A training checkpoint's record of the processes that saved it (a mid-epoch one continues only on as many).
 WORLD_SIZE_KEY = "dsen2cr_world_size"
+#: A training checkpoint's record of the arithmetic each start of its run trained in, read inside the run (the
+#: training record's ``arithmetic``: :func:`dsen2cr.training.module.observed_arithmetic`).
+ARITHMETIC_KEY = "dsen2cr_arithmetic"
 
 
 def loop_position(epochs: dict[str, int], batches: dict[str, int]) -> tuple[int, int]:
@@ -228,7 +231,8 @@ def progress_phrase(epochs: int, batches: int = 0) -> str:
 def _training_record(checkpoint: dict[str, Any]) -> dict[str, str]:
     """The record of a dsen2cr training checkpoint: the epoch it was saved at (0-based, as its file name), the
     epochs it finished and, saved mid-epoch, the batches of the next, the optimiser steps, the loss settings and
-    the data it trained on, and the weights it started from (empty for a checkpoint without them)."""
+    the data it trained on, the weights it started from and the arithmetic it computed in (empty for a checkpoint
+    without them)."""
     settings = checkpoint.get("hyper_parameters")
     if not isinstance(settings, dict) or not isinstance(settings.get("loss"), dict):
         return {}
@@ -240,6 +244,10 @@ def _training_record(checkpoint: dict[str, Any]) -> dict[str, str]:
         record["data"] = settings["data"]
     if isinstance(settings.get(INIT_WEIGHTS_KEY), dict):  # the weights it started from (model.init_weights)
         record[INIT_WEIGHTS_KEY] = settings[INIT_WEIGHTS_KEY]
+    if isinstance(
+        checkpoint.get(ARITHMETIC_KEY), list
+    ):  # what it computed in (checkpoints of earlier versions lack it)
+        record["arithmetic"] = checkpoint[ARITHMETIC_KEY]
     return {TRAINING_KEY: json.dumps(record, sort_keys=True)}
 
 

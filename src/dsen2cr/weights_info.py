@@ -154,6 +154,8 @@ def info_lines(info: WeightsInfo) -> list[str]:
         lines.append("  " + _training_line(training))
         if isinstance(training.get("data"), dict):
             lines.append("  " + _data_line(training["data"]))
+        if isinstance(training.get("arithmetic"), list) and training["arithmetic"]:  # absent in earlier files
+            lines.append("  arithmetic: " + arithmetic_words(training["arithmetic"]))
         start = training.get(INIT_WEIGHTS_KEY)
         if isinstance(start, dict):  # model.init_weights: fine-tuned from these
             fresh = f", {start['fresh']} new" if start.get("fresh") else ""
@@ -193,6 +195,45 @@ def _training_line(training: dict[str, Any]) -> str:
     loss = dict(training.get("loss") or {})
     name = loss.pop("name", "not recorded")
     return f"training: saved {when}; loss {name}" + (f" ({_pairs(loss)})" if loss else "")
+
+
+def arithmetic_words(starts: list[dict[str, Any]]) -> str:
+    """What a run trained in, from its record's ``arithmetic`` (each start that computed otherwise, from where it
+    started): ``IEEE fp32 convolutions and matmuls (trainer.precision 32-true) on cpu, 1 process, torch …``;
+    several, or one that started later than the run (earlier ones unrecorded), each ``from epoch N: …``."""
+    if len(starts) == 1 and (starts[0].get("from_epoch"), starts[0].get("from_batch")) == (0, 0):
+        return _start_words(starts[0])
+    said = []
+    for start in starts:
+        epoch, batch = start.get("from_epoch"), start.get("from_batch")
+        where = f"from epoch {epoch + 1}" if isinstance(epoch, int) else "from an unknown epoch"
+        said.append(
+            where + (f" batch {batch + 1}" if isinstance(batch, int) and batch else "") + ": " + _start_words(start)
+        )
+    return "; ".join(said)
+
+
+#: The float32 modes as ``weights info`` says them.
+FLOAT32_WORDS = {"ieee": "IEEE fp32", "tf32": "TF32"}
+
+
+def _start_words(start: dict[str, Any]) -> str:
+    """One start of a run's arithmetic in words."""
+    convolutions, matmuls = (
+        FLOAT32_WORDS.get(str(start.get(k)), str(start.get(k))) for k in ("convolutions", "matmuls")
+    )
+    both = (
+        f"{convolutions} convolutions and matmuls"
+        if convolutions == matmuls
+        else f"{convolutions} convolutions, {matmuls} matmuls"
+    )
+    precision, processes = start.get("precision"), start.get("processes")
+    how = (
+        f"{both} (trainer.precision {precision})"
+        if precision == "32-true"
+        else f"{precision} (16-bit autocast; the rest {both})"
+    )
+    return f"{how} on {start.get('device')}, {processes} process{'es' * (processes != 1)}, torch {start.get('torch')}"
 
 
 def _data_line(data: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, cast
 
@@ -9,12 +10,17 @@ import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
+from dsen2cr.auto import device_name, has_tf32
 from dsen2cr.config import LossSection, OptimSection
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.losses import carl_loss, l1_loss, likelihood_loss
 from dsen2cr.metrics import METRIC_NAMES, REGION_METRIC_NAMES, batch_image_metrics
 from dsen2cr.models import DEFAULT_FAMILY, get_family
-from dsen2cr.weights import CONFIG_KEY, FAMILY_KEY, WORLD_SIZE_KEY, checkpoint_position
+from dsen2cr.precision import float32_mode
+from dsen2cr.weights import ARITHMETIC_KEY, CONFIG_KEY, FAMILY_KEY, WORLD_SIZE_KEY, checkpoint_position
+from dsen2cr.weights_info import arithmetic_words
+
+log = logging.getLogger(__name__)
 
 #: A checkpoint's sums of its epoch's training loss so far, ``[sum of loss x samples, samples]`` per rank: a run
 #: resumed mid-epoch (a SLURM requeue) reports the mean over all the epoch's batches.
@@ -63,6 +69,24 @@ class ValidationMeans(torch.nn.Module):
         return cast(MeanMetric, self.means[name])
 
 
+def observed_arithmetic(trainer: L.Trainer, device: torch.device, start: tuple[int, int]) -> dict[str, Any]:
+    """What a start of a run (at ``start``: epochs finished, batches of the next) computes in, read inside the run
+    on its device: Lightning's precision, and the float32 mode of convolutions and matmuls from the flags PyTorch
+    computes by (IEEE on a device without TF32, which computes IEEE whatever they say), its device, processes and
+    PyTorch."""
+    flags, tf32 = float32_mode(), has_tf32(device)
+    return {
+        "from_epoch": start[0],
+        "from_batch": start[1],
+        "precision": str(trainer.precision),
+        "convolutions": flags["cudnn.conv"] if tf32 else "ieee",
+        "matmuls": flags["cuda.matmul"] if tf32 else "ieee",
+        "device": device_name(device),
+        "processes": trainer.world_size,
+        "torch": str(torch.__version__),  # a TorchVersion, which weights_only loading refuses
+    }
+
+
 class NonFiniteLossError(DSen2CRError):
     """The training loss became NaN or infinite."""
 
@@ -96,6 +120,22 @@ class DSen2CRTask(L.LightningModule):
         self._samples = 0
         self._resumed_mid_epoch = False  # the next batch's logged loss carries the restored ones'
         self.validation = ValidationMeans(coverage=self.model_config.uncertainty != "none")
+        self._arithmetic: list[
+            dict[str, Any]
+        ] = []  # each start's that computed otherwise (the checkpoint's, then ours)
+        self._start = (0, 0)  # where this start of the run begins: epochs finished, batches of the next
+
+    def on_train_start(self) -> None:
+        """Record the arithmetic this start of the run trains in, read inside it (a start that computes as the one
+        before it adds nothing), and say it."""
+        now = observed_arithmetic(self.trainer, self.device, self._start)
+        place = ("from_epoch", "from_batch")
+        if not self._arithmetic or {k: v for k, v in self._arithmetic[-1].items() if k not in place} != {
+            k: v for k, v in now.items() if k not in place
+        }:
+            self._arithmetic.append(now)
+        if self.trainer.is_global_zero:
+            log.info("arithmetic: %s", arithmetic_words([{**now, "from_epoch": 0, "from_batch": 0}]))
 
     def on_train_epoch_start(self) -> None:
         """Start the epoch's sums of the training loss (not called for an epoch resumed mid-way)."""
@@ -231,13 +271,18 @@ class DSen2CRTask(L.LightningModule):
         checkpoint[CONFIG_KEY] = self.model_config.to_dict()
         checkpoint[FAMILY_KEY] = self.model_family
         checkpoint[WORLD_SIZE_KEY] = self.trainer.world_size
+        checkpoint[ARITHMETIC_KEY] = self._arithmetic
         # every rank saves (rank 0 writes): the ranks' sums of the epoch's loss so far
         so_far = torch.zeros((), dtype=torch.float64, device=self.device) if self._loss_sum is None else self._loss_sum
         mine = torch.stack([so_far, so_far.new_tensor(float(self._samples))])
         checkpoint[EPOCH_LOSS_KEY] = torch.as_tensor(self.all_gather(mine)).reshape(-1, 2).tolist()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A checkpoint saved mid-epoch: this rank's sums of the epoch's loss so far go on."""
+        """The arithmetic of the run's earlier starts, and where this one begins; a checkpoint saved mid-epoch: this
+        rank's sums of the epoch's loss so far go on."""
+        earlier = checkpoint.get(ARITHMETIC_KEY)
+        self._arithmetic = list(earlier) if isinstance(earlier, list) else []
+        self._start = checkpoint_position(checkpoint)
         sums = checkpoint.get(EPOCH_LOSS_KEY)
         if not checkpoint_position(checkpoint)[1] or not isinstance(sums, list) or len(sums) <= self.global_rank:
             return
