@@ -25,6 +25,9 @@
 #   nonet      python -m benchmarks.without_network --size 10980: a full tile's run planned as on a GPU with the
 #              network replaced by the identity, plain and with --keep-clear --mask-out (held and not): what the
 #              CPU side of a run takes on 16 cores (#27 item 4: below the network's ~11 s, or it bounds the run);
+#   trainflags dsen2cr train, paper and paper-fast, two batches each on synthetic patches on cuda, then weights info:
+#              the arithmetic each run records, read inside it from PyTorch's flags (#27 item 1: the paper config's
+#              is IEEE fp32 convolutions and matmuls on the GPU, paper-fast's TF32 and bf16-mixed);
 #   training   python -m benchmarks.training_rate --device cuda: paper and paper-fast, the loader alone (8 and 16
 #              workers), the training step alone and end to end (#27 item 5: end to end >= 90 % of the step);
 #   compile    bf16 autocast against bf16 autocast compiled on one batch of the scene's windows;
@@ -41,7 +44,7 @@ set -u
 SECONDS=0  # the budget counts from here (installing the wheels too)
 OUT_DIR=${1:-${OUT:-benchmarks/results}}
 # In the order given: the default puts #27's measurements first (the whole list may not fit a 15-minute lease).
-STEPS=${STEPS:-accuracy fused keepclear training overviews cli benchmark reads pipeline nonet zstd cog evaluate}
+STEPS=${STEPS:-accuracy fused trainflags keepclear training overviews cli benchmark reads pipeline nonet zstd cog evaluate}
 BUDGET=${BUDGET:-560}
 mkdir -p "$OUT_DIR"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -105,6 +108,18 @@ step_fused() {
     timeout $(cap 100) python3 -m benchmarks.windows_half 2>&1 | tee -a "$OUT_DIR/gpu.log"
     timeout $(cap 60) python3 -m benchmarks.output_check --name output_check-gpu-machine 2>&1 | tee -a "$OUT_DIR/gpu.log"
     cp benchmarks/results/windows_half.* benchmarks/results/output_check-gpu-machine.* "$OUT_DIR/" 2>/dev/null
+}
+step_trainflags() {
+    timeout $(cap 30) python3 -m dsen2cr.cli data synth --out "$scratch/synth" --count 4 --size 128 2>&1 \
+        | tee -a "$OUT_DIR/gpu.log"
+    for config in paper paper-fast; do
+        timeout $(cap 90) python3 -m dsen2cr.cli train --config "$config" --accelerator gpu --devices 1 --no-progress \
+            data.root="$scratch/synth" data.file_list="$scratch/synth/files.csv" optim.epochs=1 \
+            trainer.limit_train_batches=2 trainer.limit_val_batches=1 trainer.out_dir="$scratch/run-$config" 2>&1 \
+            | tee -a "$OUT_DIR/gpu.log"
+        timeout $(cap 60) python3 -m dsen2cr.cli weights info "$scratch/run-$config/checkpoints/last.ckpt" 2>&1 \
+            | tee -a "$OUT_DIR/gpu.log"
+    done
 }
 step_accuracy() {
     timeout $(cap 120) python3 -m benchmarks.precision_accuracy --device cuda --size 0 2>&1 | tee -a "$OUT_DIR/gpu.log"
