@@ -528,3 +528,36 @@ def test_coverage_under_clouds_and_over_clear_pixels_by_hand() -> None:
     clear = uncertainty_metrics(pred, target, np.full((13, 2, 2), 100.0), np.zeros((2, 2), np.int8))
     assert math.isnan(clear["coverage_1sigma_cloudy"]) and clear["coverage_1sigma_clear"] == 0.5
     assert "coverage_1sigma_cloudy" not in uncertainty_metrics(pred, target, np.full((13, 2, 2), 100.0))
+
+
+def test_sigma_calibrated_beside_training_patches_says_so_wherever_it_goes(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Validation patches in ROIs training patches come from (a list split by patch) are neighbours of what the
+    model trained on: it errs less there, so factors fitted on them are too small elsewhere. calibrate-sigma warned
+    of it, and the weights it wrote kept nothing of it: now their record counts them (``patches_on_training_ground``,
+    of its ``patches``), weights info says it, and so does every sigma output's calibration text. A list split by
+    ROI records nothing."""
+    from dsen2cr.sigma_record import calibration_text, checked_sigma_scale
+
+    root = workdir.tree()
+    t = workdir.triplet(root, "ROIs1158_spring", 1, 1, size=48)
+    line = f"2\tROIs1158_spring_s1/s1_1\tROIs1158_spring_s2/s2_1\tROIs1158_spring_s2_cloudy/s2_cloudy_1\t{t.s1.name}"
+    (root / "mixed.csv").write_text((root / "files.csv").read_text() + line + "\n")
+    weights = diag_weights(workdir / "w.safetensors", "gnll")
+    said = "1 of its 2 patches lie in ROIs training patches come from (sigma fitted there may be too small elsewhere)"
+    for listed in ("files.csv", "mixed.csv"):
+        out = workdir / f"{listed}.safetensors"
+        args = ["weights", "calibrate-sigma", "--data-root", str(root), "--file-list", str(root / listed)]
+        assert main([*args, "--weights", str(weights), "--out", str(out), "--no-progress"]) == 0
+        record = json.loads(json.loads(_metadata(out))[SIGMA_SCALE_KEY])
+        mixed = listed == "mixed.csv"
+        assert record.get("patches_on_training_ground") == (1 if mixed else None)
+        assert record["patches"] == (2 if mixed else 1)
+        capsys.readouterr()
+        assert main(["weights", "info", str(out)]) == 0
+        info = capsys.readouterr().out
+        assert (said in info) == mixed, info
+        text = calibration_text(checked_sigma_scale(record, out))
+        assert (f"gnll; {said})" in text) == mixed, text
+        assert text.startswith("sigma x ") and f"fitted on {listed}, split val (" in text
