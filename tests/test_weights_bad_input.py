@@ -527,6 +527,17 @@ CASES += [
         absent=("o.tif",),
     ),
     dict(
+        name="weights whose stored sigma patches on training ground is not a count",
+        setup=lambda t: _remove_args(
+            t,
+            "--out",
+            str(t / "o.tif"),
+            weights=_sigma_weights(t, scale=[1.0] * 13, patches=2, patches_on_training_ground=-1),
+        ),
+        message="sigma.safetensors: stored sigma patches on training ground must be a count (0 or more), got -1",
+        absent=("o.tif",),
+    ),
+    dict(
         name="weights whose stored sigma intervals name a share above 1",
         setup=lambda t: _remove_args(
             t, "--out", str(t / "o.tif"), weights=_sigma_weights(t, scale=[1.0] * 13, intervals={"1.5": [2.0] * 13})

@@ -109,6 +109,7 @@ def calibrate_weights(
     out: str | Path,
     *,
     data: str,
+    beside_training: int = 0,
     region: str = "all",
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
     device: str = "auto",
@@ -117,9 +118,9 @@ def calibrate_weights(
     progress: bool = True,
 ) -> SigmaFit:
     """Fit the sigma scale of the model in ``weights`` on ``triplets`` (held-out patches; ``data`` names them
-    in the record; ``region``: every value or those under cloud and shadow, by the paper mask at
-    ``cloud_threshold``) and write the weights with it to
-    ``out`` (safetensors; the model's weights unchanged)."""
+    in the record, with ``beside_training``: how many lie in ROIs training patches come from; ``region``: every
+    value or those under cloud and shadow, by the paper mask at ``cloud_threshold``) and write the weights with it
+    to ``out`` (safetensors; the model's weights unchanged)."""
     model, provenance = load_model_with_provenance(weights)
     if model.config.uncertainty != "diag":
         raise DSen2CRError(f"{weights}: {NO_SIGMA}")
@@ -143,7 +144,9 @@ def calibrate_weights(
     )
     fit = dataclasses.replace(fitted, earlier=earlier)
     model.set_sigma_scale(fit.total_scale)
-    save_weights(model.cpu(), out, provenance={**provenance, SIGMA_SCALE_KEY: json.dumps(fit.record(data))})
+    save_weights(
+        model.cpu(), out, provenance={**provenance, SIGMA_SCALE_KEY: json.dumps(fit.record(data, beside_training))}
+    )
     return fit
 
 
@@ -153,6 +156,7 @@ def calibrate_ensemble(
     out: str | Path,
     *,
     data: str,
+    beside_training: int = 0,
     region: str = "all",
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
     device: str = "auto",
@@ -161,7 +165,8 @@ def calibrate_ensemble(
     progress: bool = True,
 ) -> SigmaFit:
     """Fit one factor per band to the sigma of the ensemble of ``weights`` (its members' files, or an ensemble file,
-    whose factors the new ones multiply) on ``triplets`` (every value or those under cloud and shadow: ``region``,
+    whose factors the new ones multiply) on ``triplets`` (``data`` and ``beside_training`` as
+    :func:`calibrate_weights` takes them; every value or those under cloud and shadow: ``region``,
     at ``cloud_threshold``), the members run in IEEE fp32 (ONNX files as exported), and write an ensemble file of
     its members with them to ``out`` (:func:`~dsen2cr.ensemble_file.write_ensemble_file`)."""
     files, earlier = split_weights(weights)
@@ -188,7 +193,7 @@ def calibrate_ensemble(
         progress=progress,
     )
     fit = dataclasses.replace(fitted, earlier=None if earlier is None else earlier.scale)
-    write_ensemble_file(out, files, fit.record(data))
+    write_ensemble_file(out, files, fit.record(data, beside_training))
     return fit
 
 

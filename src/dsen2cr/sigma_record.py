@@ -18,9 +18,9 @@ from dsen2cr.sigma_statistics import REGIONS
 def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
     """A stored sigma calibration (a weights file's, an ensemble file's) as read from JSON, checked: a mapping
     whose ``scale`` holds one finite positive factor per S2 band, whose ``region``, where it has one, is ``all``
-    or ``cloudy`` (its ``cloud_threshold`` in (0, 1]), and whose ``intervals``, where it has them, map shares of
-    values (between 0 and 1, as text) to one finite positive multiple of sigma per S2 band; a one-line error naming
-    ``path`` otherwise."""
+    or ``cloudy`` (its ``cloud_threshold`` in (0, 1]), whose ``patches_on_training_ground`` is a count, and whose
+    ``intervals``, where it has them, map shares of values (between 0 and 1, as text) to one finite positive
+    multiple of sigma per S2 band; a one-line error naming ``path`` otherwise."""
     scale = value.get("scale") if isinstance(value, dict) else None
     if not isinstance(value, dict) or not _band_factors(scale):
         raise DSen2CRError(
@@ -36,6 +36,11 @@ def checked_sigma_scale(value: object, path: Path | str) -> dict[str, Any]:
         raise DSen2CRError(
             f"{path}: stored sigma cloud threshold must be a number in (0, 1] (the paper mask's), got "
             f"{str(threshold)[:40]}"
+        )
+    beside = value.get("patches_on_training_ground", 0)
+    if not isinstance(beside, int) or isinstance(beside, bool) or beside < 0:
+        raise DSen2CRError(
+            f"{path}: stored sigma patches on training ground must be a count (0 or more), got {str(beside)[:40]}"
         )
     if "intervals" in value and not _intervals(value["intervals"]):
         raise DSen2CRError(
@@ -82,7 +87,20 @@ def calibration_text(value: dict[str, Any], subject: str = "sigma") -> str:
     factors = f"{subject} x {min(scale):.3g} to {max(scale):.3g} per band"
     intervals = recorded_intervals(value)
     held = f"; there {intervals_text(intervals)}" if intervals else ""
-    return f"{factors}, {_fitted_on(data)}{values} values{recorded_region_words(value)}, {likelihood}){held}"
+    fitted = f"{values} values{recorded_region_words(value)}, {likelihood}{training_ground_words(value)}"
+    return f"{factors}, {_fitted_on(data)}{fitted}){held}"
+
+
+def training_ground_words(value: dict[str, Any]) -> str:
+    """``; 3 of its 12 patches lie in ROIs training patches come from (…)`` where a checked stored calibration was
+    fitted on patches beside training ones (its factors too small elsewhere), else nothing."""
+    beside = value.get("patches_on_training_ground", 0)
+    if not beside:
+        return ""
+    return (
+        f"; {beside} of its {value.get('patches', 'unknown')} patches lie in ROIs training patches come from (sigma "
+        "fitted there may be too small elsewhere)"
+    )
 
 
 def recorded_region_words(value: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from dsen2cr.ensemble_file import is_ensemble_file, read_ensemble_file
 from dsen2cr.formats import sniff
 from dsen2cr.models import VARIANTS, ModelSpec, family_of
 from dsen2cr.outputs.files import check_input_file, file_sha256
-from dsen2cr.sigma_record import recorded_intervals, recorded_region_words
+from dsen2cr.sigma_record import recorded_intervals, recorded_region_words, training_ground_words
 from dsen2cr.weights import (
     INIT_WEIGHTS_KEY,
     SHA256_KEY,
@@ -173,7 +173,7 @@ def info_lines(info: WeightsInfo) -> list[str]:
         factors = ", ".join(f"{k:.3g}" for k in scale["scale"])
         lines.append(
             f"  sigma calibrated: x {factors} (per band), fitted by {scale.get('likelihood')} on {scale.get('data')} "
-            f"({scale.get('values')} values{recorded_region_words(scale)})"
+            f"({scale.get('values')} values{recorded_region_words(scale)}{training_ground_words(scale)})"
         )
         for level, multiples in recorded_intervals(scale):
             each = ", ".join(f"{m:.3g}" for m in multiples)

@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
         members = [load_exact_predictor(w, device=args.device, precision=args.precision) for w in files]
         predictor = members[0] if len(members) == 1 else ensemble(members, ensemble_file)
         if args.file_list:
-            triplets, data = file_list_split(args.data_root, args.file_list, args.split)
+            triplets, data, _ = file_list_split(
+                args.data_root, args.file_list, args.split
+            )  # the report lists the warning
         else:
             data = f"the ROIs of {Path(args.rois).name}"
             triplets = triplets_of_rois(args.data_root, args.rois)

@@ -110,19 +110,20 @@ def check_loader_options(args: argparse.Namespace) -> None:
         raise DSen2CRError(f"--num-workers: must be 0 or more, got {args.num_workers}")
 
 
-def file_list_split(data_root: str, file_list: str, split: str) -> tuple[list, str]:
-    """The triplets of ``split`` in ``file_list`` (warning of held-out patches on training ground), and how reports
+def file_list_split(data_root: str, file_list: str, split: str) -> tuple[list, str, int]:
+    """The triplets of ``split`` in ``file_list`` (warning of held-out patches on training ground), how reports
     and weights name them (``files.csv, split val``: evaluate and calibrate-sigma alike, so that evaluate knows weights
-    calibrated on the patches it scores)."""
+    calibrated on the patches it scores), and how many of them lie in ROIs the list's training patches come from."""
     from pathlib import Path
 
     from dsen2cr.data.layout import read_file_list, select_split, warn_of_leaks
 
     listed = read_file_list(file_list, data_root)
     triplets = select_split(listed, split, source=file_list)
+    beside = 0
     if split != "train":  # the list's training patches: what a model trained on this list saw
-        warn_of_leaks([t for t in listed if t.split == 1], triplets, split, file_list)
-    return triplets, f"{Path(file_list).name}, split {split}"
+        beside = warn_of_leaks([t for t in listed if t.split == 1], triplets, split, file_list)
+    return triplets, f"{Path(file_list).name}, split {split}", beside
 
 
 def add_no_progress(parser: argparse.ArgumentParser, what: str = "no progress bar") -> None:

@@ -162,13 +162,14 @@ def run_calibrate_sigma(args: argparse.Namespace) -> int:
     check_distinct_outputs([("ensemble file" if several else "weights", Path(args.out))], inputs)
     check_output_file(args.out, overwrite=args.overwrite, kind="json" if several else "safetensors")
     check_data_root(args.data_root, "--data-root")
-    triplets, data = file_list_split(args.data_root, args.file_list, args.split)
+    triplets, data, beside = file_list_split(args.data_root, args.file_list, args.split)
     calibrate = calibrate_ensemble if several else calibrate_weights
     fit = calibrate(
         args.weights if several else args.weights[0],
         triplets,
         args.out,
         data=data,
+        beside_training=beside,
         region=args.region,
         cloud_threshold=DEFAULT_CLOUD_THRESHOLD if args.cloud_threshold is None else args.cloud_threshold,
         device=args.device,

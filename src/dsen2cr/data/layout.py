@@ -270,10 +270,12 @@ def held_out_leaks(training: Sequence[Triplet], held_out: Sequence[Triplet]) -> 
     return same, [t for t in held_out if t.roi in rois and t.patch_id not in patches]
 
 
-def warn_of_leaks(training: Sequence[Triplet], held_out: Sequence[Triplet], name: str, source: str) -> None:
+def warn_of_leaks(training: Sequence[Triplet], held_out: Sequence[Triplet], name: str, source: str) -> int:
     """Warn of the ``name`` split's patches that :func:`held_out_leaks` finds in ``training`` (``source``: where
-    the splits come from)."""
-    _say_leaks(*held_out_leaks(training, held_out), len(held_out), name, source)
+    the splits come from); return how many they are (training patches too, and neighbours of them)."""
+    same, neighbours = held_out_leaks(training, held_out)
+    _say_leaks(same, neighbours, len(held_out), name, source)
+    return len(same) + len(neighbours)
 
 
 def _say_leaks(same: list[Triplet], neighbours: list[Triplet], count: int, name: str, source: str) -> None:
