@@ -29,7 +29,7 @@ from dsen2cr.errors import DSen2CRError
 from dsen2cr.predictor import Predictor, load_exact_predictor, predictor_from_model
 from dsen2cr.preprocessing import NUM_S2_BANDS, S2_BANDS, S2_MODEL_SCALE, s2_model_to_dn
 from dsen2cr.sigma_record import region_words
-from dsen2cr.sigma_statistics import ScaleStatistics, SigmaFit
+from dsen2cr.sigma_statistics import HeldOutData, ScaleStatistics, SigmaFit
 from dsen2cr.weights import (
     LIKELIHOOD_NAMES,
     SIGMA_SCALE_KEY,
@@ -108,8 +108,7 @@ def calibrate_weights(
     triplets: Sequence[Triplet],
     out: str | Path,
     *,
-    data: str,
-    beside_training: int = 0,
+    data: str | HeldOutData,
     region: str = "all",
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
     device: str = "auto",
@@ -118,7 +117,7 @@ def calibrate_weights(
     progress: bool = True,
 ) -> SigmaFit:
     """Fit the sigma scale of the model in ``weights`` on ``triplets`` (held-out patches; ``data`` names them
-    in the record, with ``beside_training``: how many lie in ROIs training patches come from; ``region``: every
+    in the record, with how many lie in ROIs training patches come from; ``region``: every
     value or those under cloud and shadow, by the paper mask at ``cloud_threshold``) and write the weights with it
     to ``out`` (safetensors; the model's weights unchanged)."""
     model, provenance = load_model_with_provenance(weights)
@@ -144,9 +143,7 @@ def calibrate_weights(
     )
     fit = dataclasses.replace(fitted, earlier=earlier)
     model.set_sigma_scale(fit.total_scale)
-    save_weights(
-        model.cpu(), out, provenance={**provenance, SIGMA_SCALE_KEY: json.dumps(fit.record(data, beside_training))}
-    )
+    save_weights(model.cpu(), out, provenance={**provenance, SIGMA_SCALE_KEY: json.dumps(fit.record(data))})
     return fit
 
 
@@ -155,8 +152,7 @@ def calibrate_ensemble(
     triplets: Sequence[Triplet],
     out: str | Path,
     *,
-    data: str,
-    beside_training: int = 0,
+    data: str | HeldOutData,
     region: str = "all",
     cloud_threshold: float = DEFAULT_CLOUD_THRESHOLD,
     device: str = "auto",
@@ -165,8 +161,8 @@ def calibrate_ensemble(
     progress: bool = True,
 ) -> SigmaFit:
     """Fit one factor per band to the sigma of the ensemble of ``weights`` (its members' files, or an ensemble file,
-    whose factors the new ones multiply) on ``triplets`` (``data`` and ``beside_training`` as
-    :func:`calibrate_weights` takes them; every value or those under cloud and shadow: ``region``,
+    whose factors the new ones multiply) on ``triplets`` (``data`` as
+    :func:`calibrate_weights` takes it; every value or those under cloud and shadow: ``region``,
     at ``cloud_threshold``), the members run in IEEE fp32 (ONNX files as exported), and write an ensemble file of
     its members with them to ``out`` (:func:`~dsen2cr.ensemble_file.write_ensemble_file`)."""
     files, earlier = split_weights(weights)
@@ -193,7 +189,7 @@ def calibrate_ensemble(
         progress=progress,
     )
     fit = dataclasses.replace(fitted, earlier=None if earlier is None else earlier.scale)
-    write_ensemble_file(out, files, fit.record(data, beside_training))
+    write_ensemble_file(out, files, fit.record(data))
     return fit
 
 

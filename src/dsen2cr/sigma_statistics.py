@@ -47,6 +47,16 @@ REGIONS = ("all", "cloudy")
 
 
 @dataclass(frozen=True)
+class HeldOutData:
+    """The held-out patches a sigma scale is fitted on, as its record names them: ``name`` (``files.csv, split
+    val``), and how many of them lie in ROIs training patches come from (``beside_training``: its factors may be
+    too small elsewhere)."""
+
+    name: str
+    beside_training: int = 0
+
+
+@dataclass(frozen=True)
 class SigmaFit:
     """The factors fitted on held-out patches and what they change there (mean negative log-likelihood per value
     in nats, sigma as reflectance; the share of values within +-1 sigma), over every band's values."""
@@ -85,14 +95,15 @@ class SigmaFit:
         """The factors a weights file keeps: the fitted ones times :attr:`earlier`."""
         return [k * e for k, e in zip(self.scale, self.earlier or [1.0] * NUM_S2_BANDS, strict=True)]
 
-    def record(self, data: str, beside_training: int = 0) -> dict[str, object]:
+    def record(self, data: str | HeldOutData) -> dict[str, object]:
         """What a weights file keeps (:data:`~dsen2cr.weights.SIGMA_SCALE_KEY`): the factors
-        (:attr:`total_scale`), the likelihood, the data they were fitted on (``data``; where some of its patches lie
-        in ROIs training patches come from, ``patches_on_training_ground``: ``beside_training``), how many values
-        (and which: ``region``, where not all, with its ``cloud_threshold``), and the intervals measured there
+        (:attr:`total_scale`), the likelihood, the data they were fitted on (``data``, by name; where some of its
+        patches lie in ROIs training patches come from, ``patches_on_training_ground``), how many values (and
+        which: ``region``, where not all, with its ``cloud_threshold``), and the intervals measured there
         (``intervals``: share of the values -> each band's multiple of sigma)."""
-        fitted = {"likelihood": self.likelihood, "data": data, "patches": self.patches, "values": self.values}
-        fitted |= {"patches_on_training_ground": beside_training} if beside_training else {}
+        held = data if isinstance(data, HeldOutData) else HeldOutData(data)
+        fitted = {"likelihood": self.likelihood, "data": held.name, "patches": self.patches, "values": self.values}
+        fitted |= {"patches_on_training_ground": held.beside_training} if held.beside_training else {}
         fitted |= {"region": self.region, "cloud_threshold": self.cloud_threshold} if self.region != "all" else {}
         intervals = {"intervals": {f"{level:g}": list(multiples) for level, multiples in self.intervals}}
         return {"scale": self.total_scale} | fitted | (intervals if self.intervals else {})

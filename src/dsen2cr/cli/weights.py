@@ -136,6 +136,7 @@ def run_calibrate_sigma(args: argparse.Namespace) -> int:
     from dsen2cr.outputs.files import check_distinct_outputs, check_output_file
     from dsen2cr.predictor import is_onnx
     from dsen2cr.sigma_calibration import calibrate_ensemble, calibrate_weights, fit_table
+    from dsen2cr.sigma_statistics import HeldOutData
 
     if args.cloud_threshold is not None and args.region != "cloudy":
         raise DSen2CRError(
@@ -168,8 +169,7 @@ def run_calibrate_sigma(args: argparse.Namespace) -> int:
         args.weights if several else args.weights[0],
         triplets,
         args.out,
-        data=data,
-        beside_training=beside,
+        data=HeldOutData(data, beside),
         region=args.region,
         cloud_threshold=DEFAULT_CLOUD_THRESHOLD if args.cloud_threshold is None else args.cloud_threshold,
         device=args.device,
