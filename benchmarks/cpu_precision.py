@@ -1,0 +1,84 @@
+"""Each ``--precision`` on the CPU, through the predictor remove-clouds calls: ``python -m benchmarks.cpu_precision``.
+
+The paper-size model (with SAR, random initialisation, seed 0) and the demo-size one (``dsen2cr-small``) predict
+one batch of windows of the bundled real scene (``--size``, default 256; SAR drawn) in IEEE fp32, bf16 and fp16
+(autocast on a CPU); prints seconds per batch, the speed against fp32, and the distance to fp32 in DN (p99 and
+largest), with the CPU's bf16 and fp16 units (AMX and AVX512 flags), and writes
+benchmarks/results/cpu_precision.json and .md. Whether 16 bits pay on a CPU depends on those units: oneDNN runs
+bf16 convolutions on AMX tiles where the CPU has them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+
+from benchmarks.common import median_seconds, report
+from dsen2cr import create_model
+from dsen2cr.data.sample import sample_scene
+from dsen2cr.predictor import predictor_from_model
+from dsen2cr.preprocessing import s2_dn_to_model, s2_model_to_dn
+
+#: The CPU flags that say which 16-bit arithmetic it has units for.
+UNIT_FLAGS = ("amx_bf16", "amx_fp16", "avx512_bf16", "avx512_fp16", "avx512f")
+
+
+def cpu_units() -> str:
+    """The 16-bit units this CPU's flags name (Linux: /proc/cpuinfo), or ``unknown``."""
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    return ", ".join(flag for flag in UNIT_FLAGS if flag in words) or "none of " + ", ".join(UNIT_FLAGS)
+
+
+def main() -> None:
+    """Time and compare every precision on one batch."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256, help="window side in pixels (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=["dsen2cr", "dsen2cr-small"])
+    parser.add_argument("--name", default="cpu_precision", help="results file name (default: %(default)s)")
+    args = parser.parse_args()
+    with rasterio.open(sample_scene()) as scene:
+        top, left = (scene.height - args.size) // 2, (scene.width - args.size) // 2
+        dn = scene.read(window=((top, top + args.size), (left, left + args.size)))
+    s2 = np.repeat(s2_dn_to_model(dn)[None], args.batch_size, axis=0)
+    s1 = np.random.default_rng(0).uniform(-1, 1, (args.batch_size, 2, args.size, args.size)).astype(np.float32)
+    units, rows = cpu_units(), []
+    for variant in args.variants:
+        torch.manual_seed(0)
+        model = create_model(variant).eval()
+        reference: np.ndarray | None = None
+        fp32_seconds = 1.0
+        for precision in ("fp32", "bf16", "fp16"):
+            predictor = predictor_from_model(model, backend="eager", device="cpu", precision=precision)
+            prediction = predictor(s2, s1)
+            seconds = median_seconds(lambda p=predictor: p(s2, s1), repeats=args.repeats)
+            if reference is None:
+                reference, fp32_seconds = prediction, seconds
+            off = np.abs(s2_model_to_dn(prediction).astype(np.float64) - s2_model_to_dn(reference))
+            rows.append(
+                {
+                    "model": variant,
+                    "precision": precision,
+                    "window": f"{args.batch_size}x{args.size}x{args.size}",
+                    "s per batch": seconds,
+                    "speed vs fp32": fp32_seconds / seconds,
+                    "p99 DN off fp32": float(np.percentile(off, 99)),
+                    "max DN off fp32": float(off.max()),
+                    "threads": torch.get_num_threads(),
+                    "cpu units": units,
+                }
+            )
+            print(rows[-1], flush=True)
+    report(args.name, rows)
+
+
+if __name__ == "__main__":
+    main()
