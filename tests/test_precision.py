@@ -93,7 +93,7 @@ def test_auto_and_named_precisions_per_device(
 
     capability = (9, 0)  # an H200
     monkeypatch.setattr(dsen2cr.auto, "_capability", lambda device: capability)
-    monkeypatch.setattr(dsen2cr.auto, "_name", lambda device: "NVIDIA H200" if device.type == "cuda" else "cpu")
+    monkeypatch.setattr(dsen2cr.auto, "device_name", lambda device: "NVIDIA H200" if device.type == "cuda" else "cpu")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     with caplog.at_level("INFO", logger="dsen2cr"):
         assert resolve_precision("auto", cpu) == "fp32"
@@ -121,7 +121,7 @@ def test_tf32_on_a_gpu_without_it_is_said_to_be_ieee_fp32(
     from dsen2cr.auto import float32_mode_of
 
     monkeypatch.setattr(dsen2cr.auto, "_capability", lambda device: (7, 0))
-    monkeypatch.setattr(dsen2cr.auto, "_name", lambda device: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(dsen2cr.auto, "device_name", lambda device: "Tesla V100-SXM2-16GB")
     with caplog.at_level("INFO", logger="dsen2cr"):
         assert resolve_precision("tf32", torch.device("cuda")) == "fp32"
         assert resolve_precision("auto", torch.device("cuda")) == "fp16"  # fp16 tensor cores from Volta on
@@ -142,7 +142,7 @@ def test_a_named_float32_backend_keeps_auto_precision_in_float32(
 
     capability = (9, 0)
     monkeypatch.setattr(dsen2cr.auto, "_capability", lambda device: capability)
-    monkeypatch.setattr(dsen2cr.auto, "_name", lambda device: "NVIDIA H200")
+    monkeypatch.setattr(dsen2cr.auto, "device_name", lambda device: "NVIDIA H200")
     cuda = torch.device("cuda")
     with caplog.at_level("INFO", logger="dsen2cr"):
         assert resolve_precision("auto", cuda, backend="eager") == "tf32"
