@@ -19,7 +19,7 @@ from dsen2cr.compile_cache import COMPILE_SAVING, build_key, recorded_build_seco
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.launch import this_launch
 from dsen2cr.models import ModelSpec
-from dsen2cr.precision import FLOAT32_MODES, HALF_DTYPES
+from dsen2cr.precision import FLOAT32_MODES, HALF_DTYPES, cpu_computes_bf16
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 from dsen2cr.scene.tiles import area_region, default_overlap, plan_tiles
 from dsen2cr.settings import BACKEND_CHOICES, ScenePlan, SceneSettings
@@ -190,7 +190,9 @@ def resolve_precision(
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise DSen2CRError(f"--precision bf16: {device_name(device)} cannot compute in bf16")
     if precision in HALF_DTYPES and not cuda:
-        log.info("precision: %s on %s runs under autocast, usually slower than fp32 there", precision, device.type)
+        fast = precision == "bf16" and cpu_computes_bf16()
+        how = "its convolutions by oneDNN in bf16" if fast else "its 16-bit convolutions emulated at about fp32's speed"
+        log.info("precision: %s on %s, its residual stream, head and tail in fp32, %s", precision, device.type, how)
     return precision
 
 

@@ -3,9 +3,10 @@ predictions (docs/design.md §4.2).
 
 - ``eager``: plain PyTorch fp32 (the reference).
 - ``compiled``: ``torch.compile`` (inductor), frozen weights, channels-last, fp32; cached on disk by inductor.
-- ``fp16`` and ``bf16``: on CUDA the model family's fused 16-bit form where it has one (DSen2-CR's
-  :class:`~dsen2cr.models.dsen2cr.FusedHalf`: fewer passes over the feature maps than autocast); elsewhere
-  eager with fp16 or bf16 autocast and channels-last (emulated and slow on most CPUs).
+- ``fp16`` and ``bf16``: the model family's fused 16-bit form where it has one (DSen2-CR's
+  :class:`~dsen2cr.models.dsen2cr.FusedHalf`: on CUDA fewer passes over the feature maps than autocast; on a CPU
+  its residual stream, head and tail in fp32, bf16 convolutions by oneDNN where the CPU computes them); else
+  eager with fp16 or bf16 autocast and channels-last.
 - ``onnxruntime``: an exported ONNX file (fp32 or int8), :class:`dsen2cr.onnx_runtime.OnnxPredictor`.
 
 :func:`select_backend` tries the candidates :func:`dsen2cr.auto.plan_backend` chose (``auto``: ``compiled`` on
@@ -139,10 +140,10 @@ def build_backend(model: CloudRemovalNetwork, name: str, device: str | torch.dev
         return _eager(model, device)
     if name == "compiled":
         return _channels_last(model, device, compile_model=True)
-    if name in HALF_DTYPES:  # the family's fused form on CUDA; autocast elsewhere (emulated on most CPUs anyway)
+    if name in HALF_DTYPES:  # the family's fused form for the device (a CPU's: fp32 residual stream); else autocast
         fuse = family_of(model.config).fused_half
-        if device.type == "cuda" and fuse is not None:
-            return _fused_half(fuse(model, name), device)
+        if fuse is not None:
+            return _fused_half(fuse(model, name, device), device)
         return _channels_last(model, device, compile_model=False, autocast=HALF_DTYPES[name])
     raise DSen2CRError(f"backend: expected one of {BACKENDS[1:]}, got {name!r}")
 

@@ -110,6 +110,14 @@ def float32_arithmetic(mode: str) -> Iterator[None]:
                 setattr(flag.owner, flag.attribute, value)
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether oneDNN computes bf16 convolutions on this CPU (PyTorch's own test: AVX512 or Arm's bf16)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a PyTorch without the test
+        return False
+
+
 @contextlib.contextmanager
 def training_arithmetic(matmul_precision: str) -> Iterator[None]:
     """Within the block, the float32 arithmetic of ``torch.set_float32_matmul_precision(matmul_precision)`` for

@@ -24,7 +24,7 @@ from dsen2cr.models.registry import (
     PublishedWeights,
     variance_from_raw,
 )
-from dsen2cr.precision import HALF_DTYPES, float32_arithmetic
+from dsen2cr.precision import HALF_DTYPES, cpu_computes_bf16, float32_arithmetic
 from dsen2cr.preprocessing import NUM_S1_BANDS, NUM_S2_BANDS
 
 #: The largest networks a weights file or a config may describe: 16x the paper's depth, 16x its width. Checked
@@ -227,7 +227,9 @@ class FusedHalf(torch.nn.Module):
     in fp32 arithmetic (:meth:`_conv`; for tests and accuracy measurements).
     """
 
-    def __init__(self, model: DSen2CR, *, dtype: torch.dtype = torch.float16, fp32_paths: bool = False) -> None:
+    def __init__(
+        self, model: DSen2CR, *, dtype: torch.dtype = torch.float16, fp32_paths: bool = False, native_cpu: bool = False
+    ) -> None:
         super().__init__()
         if dtype not in HALF_DTYPES.values():
             raise ValueError(f"FusedHalf: dtype must be torch.float16 or torch.bfloat16, got {dtype}")
@@ -240,6 +242,10 @@ class FusedHalf(torch.nn.Module):
         # in DN (python -m benchmarks.precision_accuracy --size 0): bf16 53.5 / 221.3, bf16 with fp32 paths
         # 14.0 / 45.1, fp16 6.9 / 29.0, fp16 with fp32 paths 1.8 / 7.4.
         self.fp32_paths = fp32_paths
+        # native_cpu: off CUDA each 16-bit convolution computed by oneDNN in the 16-bit type (bf16 on a CPU that
+        # computes it: the same exact products and fp32 sums in another order, several times fp32's speed on AMX)
+        # in place of :meth:`_conv`'s emulation at fp32's speed
+        self.native_cpu = native_cpu
 
         def weights(
             conv: torch.nn.Conv2d, scale: float = 1.0, to: torch.dtype = dtype
@@ -258,12 +264,17 @@ class FusedHalf(torch.nn.Module):
         )
         self.tail = torch.nn.ParameterList(weights(model.tail, to=ends))
 
-    @staticmethod
-    def _conv_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def _conv_relu(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """ReLU(conv3x3(x) + bias), one cuDNN kernel on CUDA."""
         if x.is_cuda:
             return torch.cudnn_convolution_relu(x, weight, bias, (1, 1), (1, 1), (1, 1), 1)
-        return torch.relu(FusedHalf._conv(x, weight, bias))
+        return torch.relu(self._convolve(x, weight, bias))
+
+    def _convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """conv3x3(x) + bias in the inputs' dtype: natively where ``native_cpu``, else as :meth:`_conv`."""
+        if self.native_cpu:
+            return torch.nn.functional.conv2d(x, weight, bias, padding=1)
+        return self._conv(x, weight, bias)
 
     @staticmethod
     def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -285,15 +296,23 @@ class FusedHalf(torch.nn.Module):
                 conv1_weight, conv1_bias, conv2_weight, conv2_bias = params[first : first + 4]
                 inner = self._conv_relu(features.to(self.dtype), conv1_weight, conv1_bias)
                 # added in place, in the stream's dtype (16-bit, or fp32 with fp32_paths)
-                features.add_(self._conv(inner, conv2_weight, conv2_bias))
-            out = self._conv(features.to(self.tail[0].dtype), self.tail[0], self.tail[1])
+                features.add_(self._convolve(inner, conv2_weight, conv2_bias))
+            out = self._convolve(features.to(self.tail[0].dtype), self.tail[0], self.tail[1])
         return out.float() + s2_cloudy
 
 
-def _fused_half(model: CloudRemovalNetwork, precision: str) -> nn.Module:
-    """:class:`FusedHalf` of a DSen2-CR network in ``precision`` (fp16 or bf16)."""
+def _fused_half(model: CloudRemovalNetwork, precision: str, device: torch.device | None = None) -> nn.Module:
+    """:class:`FusedHalf` of a DSen2-CR network in ``precision`` (fp16 or bf16) for ``device`` (None: CUDA). On CUDA
+    its fused kernels, the residual stream 16-bit (issue #27 item 3 waits for the GPU's timing of the fp32 one). On
+    a CPU the residual stream, head and tail in fp32, as autocast kept none of them (paper-size model, bundled
+    scene, p99 / max DN from float64: bf16 14.0 / 45.1 against 53.5 / 221.3, fp16 1.8 / 7.4 against 6.9 / 29.0;
+    benchmarks.precision_accuracy), its bf16 convolutions by oneDNN where the CPU computes bf16 (fp16's emulated:
+    oneDNN's fp16 was slower than fp32 on an AVX512-FP16 CPU)."""
     assert isinstance(model, DSen2CR)  # the registry hands a family's hook only its own networks
-    return FusedHalf(model, dtype=HALF_DTYPES[precision])
+    dtype = HALF_DTYPES[precision]
+    if device is None or device.type == "cuda":
+        return FusedHalf(model, dtype=dtype)
+    return FusedHalf(model, dtype=dtype, fp32_paths=True, native_cpu=precision == "bf16" and cpu_computes_bf16())
 
 
 def state_from_keras(convs: list[KerasLayer], path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

@@ -153,8 +153,8 @@ class ModelFamily:
     #: the ``str`` names the file or key in its one-line errors.
     config_from_dict: Callable[[Any, str], ModelSpec]
     variants: tuple[ModelVariant, ...]
-    #: The 16-bit inference form for CUDA, given the precision (``fp16`` or ``bf16``); None: the generic
-    #: autocast backend.
-    fused_half: Callable[[CloudRemovalNetwork, str], nn.Module] | None = None
+    #: The 16-bit inference form, given the precision (``fp16`` or ``bf16``) and the device (None: CUDA's form);
+    #: None: the generic autocast backend.
+    fused_half: Callable[..., nn.Module] | None = None
     #: The configuration and state dict from the convolution layers of a Keras file (None: no Keras import).
     keras_state: Callable[[list[KerasLayer], Path], tuple[ModelSpec, dict[str, torch.Tensor]]] | None = None
