@@ -154,8 +154,9 @@ def info_lines(info: WeightsInfo) -> list[str]:
         lines.append("  " + _training_line(training))
         if isinstance(training.get("data"), dict):
             lines.append("  " + _data_line(training["data"]))
-        if isinstance(training.get("arithmetic"), list) and training["arithmetic"]:  # absent in earlier files
-            lines.append("  arithmetic: " + arithmetic_words(training["arithmetic"]))
+        starts = training.get("arithmetic")  # absent in earlier files
+        if isinstance(starts, list) and starts and all(isinstance(start, dict) for start in starts):
+            lines.append("  arithmetic: " + arithmetic_words(starts))
         start = training.get(INIT_WEIGHTS_KEY)
         if isinstance(start, dict):  # model.init_weights: fine-tuned from these
             fresh = f", {start['fresh']} new" if start.get("fresh") else ""

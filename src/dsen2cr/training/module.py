@@ -120,19 +120,16 @@ class DSen2CRTask(L.LightningModule):
         self._samples = 0
         self._resumed_mid_epoch = False  # the next batch's logged loss carries the restored ones'
         self.validation = ValidationMeans(coverage=self.model_config.uncertainty != "none")
-        self._arithmetic: list[
-            dict[str, Any]
-        ] = []  # each start's that computed otherwise (the checkpoint's, then ours)
+        # the arithmetic of each start of the run that computed otherwise (the checkpoint's, then this one's)
+        self._arithmetic: list[dict[str, Any]] = []
         self._start = (0, 0)  # where this start of the run begins: epochs finished, batches of the next
 
     def on_train_start(self) -> None:
         """Record the arithmetic this start of the run trains in, read inside it (a start that computes as the one
         before it adds nothing), and say it."""
         now = observed_arithmetic(self.trainer, self.device, self._start)
-        place = ("from_epoch", "from_batch")
-        if not self._arithmetic or {k: v for k, v in self._arithmetic[-1].items() if k not in place} != {
-            k: v for k, v in now.items() if k not in place
-        }:
+        computed = lambda start: {k: v for k, v in start.items() if k not in ("from_epoch", "from_batch")}  # noqa: E731
+        if not self._arithmetic or computed(self._arithmetic[-1]) != computed(now):
             self._arithmetic.append(now)
         if self.trainer.is_global_zero:
             log.info("arithmetic: %s", arithmetic_words([{**now, "from_epoch": 0, "from_batch": 0}]))
@@ -284,7 +281,7 @@ class DSen2CRTask(L.LightningModule):
         self._arithmetic = list(earlier) if isinstance(earlier, list) else []
         self._start = checkpoint_position(checkpoint)
         sums = checkpoint.get(EPOCH_LOSS_KEY)
-        if not checkpoint_position(checkpoint)[1] or not isinstance(sums, list) or len(sums) <= self.global_rank:
+        if not self._start[1] or not isinstance(sums, list) or len(sums) <= self.global_rank:
             return
         total, samples = sums[self.global_rank]
         self._loss_sum = torch.tensor(total, dtype=torch.float64, device=self.device)
