@@ -132,7 +132,8 @@ def _add_compute(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="fp32: IEEE fp32 convolutions and matmuls on every device; tf32: TF32 on NVIDIA GPUs from Ampere on "
         "(IEEE fp32 elsewhere); fp16, bf16: 16-bit feature maps, sums in fp32. Distance to float64 on the paper "
-        "model, p99 / max DN: tf32 4 / 12, fp16 7 / 29, bf16 51 / 206. auto: fp32 on a CPU, fp16 on a GPU with "
+        "model, p99 / max DN: tf32 4 / 12, fp16 7 / 29, bf16 51 / 206 on a GPU; on a CPU the residual stream stays "
+        "fp32: fp16 2 / 7, bf16 14 / 45 (bf16 about 5x fp32 on CPUs with AMX). auto: fp32 on a CPU, fp16 on a GPU with "
         "tensor cores (fp32 on older ones; tf32 with --backend eager or compiled, or if fp16 fails the first "
         "batch's check) (default: %(default)s). "
         "The output records it (DSEN2CR_PRECISION) and the first batch's measured distance to IEEE fp32 "
