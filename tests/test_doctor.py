@@ -91,3 +91,27 @@ def test_what_is_missing_is_said_with_the_fix(capsys: pytest.CaptureFixture, mon
     ]
     assert "  [masks]   s2cloudless not installed (pip install 'dsen2cr[masks]'): --mask s2cloudless" in lines
     assert lines[-1].endswith("to look at") and not lines[-1].startswith("0")
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        ("fpu sse avx2 avx512f amx_tile amx_bf16 avx512_bf16 avx512_fp16", "amx_bf16, avx512_bf16"),
+        ("fpu sse avx2 avx512f", None),
+    ],
+)
+def test_a_cpu_with_bf16_units_is_told_of_precision_bf16(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: object, flags: str, said: str | None
+) -> None:
+    """On a CPU whose flags name bf16 units (AMX, AVX512-BF16), --precision bf16 ran 4.8x IEEE fp32 at 12 DN p99 off
+    it (benchmarks.cpu_precision) and nothing told a user of it; doctor says it, by the CPU's own flags."""
+    from pathlib import Path
+
+    info = Path(str(tmp_path)) / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(machine, "CPU_INFO", info)
+    line = next(line for line in _doctor(capsys) if line.startswith("device    cpu: "))
+    if said is None:
+        assert line == "device    cpu: --precision auto -> fp32 (IEEE)"
+    else:
+        assert line.startswith(f"device    cpu: --precision auto -> fp32 (IEEE); bf16 units ({said}): --precision bf16")
