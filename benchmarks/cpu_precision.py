@@ -11,7 +11,6 @@ bf16 convolutions on AMX tiles where the CPU has them.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -20,20 +19,9 @@ import torch
 from benchmarks.common import median_seconds, report
 from dsen2cr import create_model
 from dsen2cr.data.sample import sample_scene
+from dsen2cr.machine import cpu_half_units
 from dsen2cr.predictor import predictor_from_model
 from dsen2cr.preprocessing import s2_dn_to_model, s2_model_to_dn
-
-#: The CPU flags that say which 16-bit arithmetic it has units for.
-UNIT_FLAGS = ("amx_bf16", "amx_fp16", "avx512_bf16", "avx512_fp16", "avx512f")
-
-
-def cpu_units() -> str:
-    """The 16-bit units this CPU's flags name (Linux: /proc/cpuinfo), or ``unknown``."""
-    try:
-        words = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    return ", ".join(flag for flag in UNIT_FLAGS if flag in words) or "none of " + ", ".join(UNIT_FLAGS)
 
 
 def main() -> None:
@@ -50,7 +38,7 @@ def main() -> None:
         dn = scene.read(window=((top, top + args.size), (left, left + args.size)))
     s2 = np.repeat(s2_dn_to_model(dn)[None], args.batch_size, axis=0)
     s1 = np.random.default_rng(0).uniform(-1, 1, (args.batch_size, 2, args.size, args.size)).astype(np.float32)
-    units, rows = cpu_units(), []
+    units, rows = ", ".join(cpu_half_units()) or "none named", []
     for variant in args.variants:
         torch.manual_seed(0)
         model = create_model(variant).eval()

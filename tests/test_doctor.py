@@ -110,7 +110,7 @@ def test_a_cpu_with_bf16_units_is_told_of_precision_bf16(
     info = Path(str(tmp_path)) / "cpuinfo"
     info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     monkeypatch.setattr(machine, "CPU_INFO", info)
-    line = next(line for line in _doctor(capsys) if line.startswith("device    cpu: "))
+    line = next(line.strip() for line in _doctor(capsys) if line.strip().startswith("device    cpu: "))
     if said is None:
         assert line == "device    cpu: --precision auto -> fp32 (IEEE)"
     else:

@@ -181,6 +181,20 @@ def _affinity() -> int | None:
         return None
 
 
+#: The CPU's description, its flags included (Linux).
+CPU_INFO = Path("/proc/cpuinfo")
+#: The x86 CPU flags of 16-bit arithmetic units (what ``--precision bf16`` and ``fp16`` may run on).
+HALF_UNIT_FLAGS = ("amx_bf16", "amx_fp16", "avx512_bf16", "avx512_fp16")
+
+
+def cpu_half_units() -> tuple[str, ...]:
+    """The 16-bit arithmetic units this CPU's flags name (:data:`HALF_UNIT_FLAGS`; none where they cannot be
+    read)."""
+    text = _read_text(CPU_INFO)
+    words = set(text.split()) if text else set()
+    return tuple(flag for flag in HALF_UNIT_FLAGS if flag in words)
+
+
 def _read_text(path: Path) -> str | None:
     """A control file's stripped text, None when it cannot be read."""
     try:
