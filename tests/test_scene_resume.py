@@ -226,6 +226,33 @@ def test_resume_refuses_a_journal_of_another_run(
     assert calls == [] and (workdir / JOURNAL).is_dir() and not (workdir / "b.tif").exists()
 
 
+def test_a_scene_goes_on_only_as_its_windows_were_computed(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A stopped scene's windows were computed in one arithmetic; a run that would go on in another is refused at
+    its first batch, naming both, and the journal stays: another precision, or another device, where one name
+    computes otherwise (bf16's residual stream is 16-bit on a GPU, fp32 on a CPU; TF32 is IEEE on a CPU). The
+    outputs record the device (DSEN2CR_DEVICE); a journal of a version that recorded none goes on."""
+    _stopped_after(workdir, monkeypatch, 2)
+    provenance = workdir / JOURNAL / "provenance.json"
+    recorded = json.loads(provenance.read_text())
+    assert recorded["DSEN2CR_DEVICE"] == "cpu"
+    capsys.readouterr()
+    assert _run(workdir, "b.tif", "--resume", "--precision", "bf16") == 2
+    said = "windows were computed in fp32, eager, cpu (precision, backend, device), this run's in bf16, bf16, cpu"
+    assert said in capsys.readouterr().err
+    provenance.write_text(json.dumps({**recorded, "DSEN2CR_DEVICE": "NVIDIA H200"}))  # as a GPU's run records it
+    assert _run(workdir, "b.tif", "--resume") == 2
+    assert "computed in fp32, eager, NVIDIA H200 (precision, backend, device), this run's in fp32, eager, cpu" in (
+        capsys.readouterr().err
+    )
+    assert (workdir / JOURNAL).is_dir() and not (workdir / "b.tif").exists()
+    provenance.write_text(json.dumps({k: v for k, v in recorded.items() if k != "DSEN2CR_DEVICE"}))
+    assert _run(workdir, "b.tif", "--resume") == 0
+    with rasterio.open(workdir / "b.tif") as dataset:
+        assert dataset.tags()["DSEN2CR_DEVICE"] == "cpu"
+
+
 def test_a_batch_cut_short_by_a_kill_is_predicted_again(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
