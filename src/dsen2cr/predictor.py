@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dsen2cr.auto import float32_mode_of, plan_backend, resolve_device, resolve_precision
+from dsen2cr.auto import device_name, float32_mode_of, plan_backend, resolve_device, resolve_precision
 from dsen2cr.backends import CheckedBackend, select_backend
 from dsen2cr.calibration import Intervals
 from dsen2cr.ensemble_file import is_ensemble_file
@@ -115,6 +115,7 @@ class Predictor:
             "DSEN2CR_WEIGHTS_SHA256": self.weights_sha256 or "unknown",
             "DSEN2CR_PRECISION": precision,
             "DSEN2CR_BACKEND": backend,
+            "DSEN2CR_DEVICE": device_name(self.device),  # one precision's name computes otherwise on a GPU and a CPU
             "DSEN2CR_CHECK_P99_DN": "not checked" if check is None else f"{check[0]:.2f}",
             "DSEN2CR_CHECK_MAX_DN": "not checked" if check is None else f"{check[1]:.2f}",
         } | (self._sigma_provenance() if with_variance else {})
