@@ -4,13 +4,16 @@ The paper-size model (with SAR, random initialisation, seed 0) and the demo-size
 one batch of windows of the bundled real scene (``--size``, default 256; SAR drawn) in IEEE fp32, bf16 and fp16
 (autocast on a CPU); prints seconds per batch, the speed against fp32, and the distance to fp32 in DN (p99 and
 largest), with the CPU's bf16 and fp16 units (AMX and AVX512 flags), and writes
-benchmarks/results/cpu_precision.json and .md. Whether 16 bits pay on a CPU depends on those units: oneDNN runs
-bf16 convolutions on AMX tiles where the CPU has them.
+benchmarks/results/cpu_precision.json and .md. With ``--metrics`` (after ``make demo``) also the paper metrics of
+each demo model in each precision on the sample's held-out patches, as ``benchmarks.int8`` scores int8
+(benchmarks/results/cpu_precision-metrics.json and .md). Whether 16 bits pay on a CPU depends on those units:
+oneDNN runs bf16 convolutions on AMX tiles where the CPU has them.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -32,6 +35,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=["dsen2cr", "dsen2cr-small"])
     parser.add_argument("--name", default="cpu_precision", help="results file name (default: %(default)s)")
+    parser.add_argument("--metrics", action="store_true", help="also score the demo's models (make demo first)")
     args = parser.parse_args()
     with rasterio.open(sample_scene()) as scene:
         top, left = (scene.height - args.size) // 2, (scene.width - args.size) // 2
@@ -66,6 +70,41 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     report(args.name, rows)
+    if args.metrics:
+        report(f"{args.name}-metrics", _demo_metrics())
+
+
+def _demo_metrics() -> list[dict[str, object]]:
+    """The paper metrics of each demo model without sigma in fp32, bf16 and fp16 on the sample's val and test
+    patches (those the demo scores), and each 16-bit precision's difference from fp32 (a model with sigma runs its
+    head eagerly in IEEE fp32 whatever the precision: left out)."""
+    import tempfile
+
+    from dsen2cr.config import DataSection
+    from dsen2cr.data.layout import resolve_split
+    from dsen2cr.evaluate import evaluate
+    from dsen2cr.predictor import load_predictor
+
+    held_out = resolve_split(DataSection(), "val") + resolve_split(DataSection(), "test")
+    rows: list[dict[str, object]] = []
+    for weights in sorted(Path("demo-output/weights").glob("*.safetensors")):
+        scores = {}
+        for precision in ("fp32", "bf16", "fp16"):
+            predictor = load_predictor(weights, backend="auto", device="cpu", precision=precision)
+            if predictor.config.uncertainty != "none":
+                break
+            with tempfile.TemporaryDirectory() as folder:
+                summary = evaluate(predictor, held_out, folder, write_images=False)
+            scores[precision] = {metric: summary["model"][metric]["mean"] for metric in METRICS}
+            row = {"weights": weights.name, "precision": precision, **scores[precision]}
+            row |= {f"d{metric}": scores[precision][metric] - scores["fp32"][metric] for metric in METRICS}
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+#: The metrics compared, as benchmarks.int8 compares them.
+METRICS = ("mae", "psnr", "ssim", "sam")
 
 
 if __name__ == "__main__":
