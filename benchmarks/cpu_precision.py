@@ -6,13 +6,16 @@ one batch of windows of the bundled real scene (``--size``, default 256; SAR dra
 largest), with the CPU's bf16 and fp16 units (AMX and AVX512 flags), and writes
 benchmarks/results/cpu_precision.json and .md. With ``--metrics`` (after ``make demo``) also the paper metrics of
 each demo model in each precision on the sample's held-out patches, as ``benchmarks.int8`` scores int8
-(benchmarks/results/cpu_precision-metrics.json and .md). Whether 16 bits pay on a CPU depends on those units:
+(benchmarks/results/cpu_precision-metrics.json and .md); with ``--int8`` also onnxruntime's int8 export, timed
+and compared the same way. Whether 16 bits pay on a CPU depends on those units:
 oneDNN runs bf16 convolutions on AMX tiles where the CPU has them.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,7 @@ from benchmarks.common import median_seconds, report
 from dsen2cr import create_model
 from dsen2cr.data.sample import sample_scene
 from dsen2cr.machine import cpu_half_units
-from dsen2cr.predictor import predictor_from_model
+from dsen2cr.predictor import Predictor, predictor_from_model
 from dsen2cr.preprocessing import s2_dn_to_model, s2_model_to_dn
 
 
@@ -36,6 +39,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["dsen2cr", "dsen2cr-small"])
     parser.add_argument("--name", default="cpu_precision", help="results file name (default: %(default)s)")
     parser.add_argument("--metrics", action="store_true", help="also score the demo's models (make demo first)")
+    parser.add_argument("--int8", action="store_true", help="also onnxruntime int8 (export-onnx --int8's)")
     args = parser.parse_args()
     with rasterio.open(sample_scene()) as scene:
         top, left = (scene.height - args.size) // 2, (scene.width - args.size) // 2
@@ -48,8 +52,7 @@ def main() -> None:
         model = create_model(variant).eval()
         reference: np.ndarray | None = None
         fp32_seconds = 1.0
-        for precision in ("fp32", "bf16", "fp16"):
-            predictor = predictor_from_model(model, backend="eager", device="cpu", precision=precision)
+        for precision, predictor in _predictors(model, variant, args.int8):
             prediction = predictor(s2, s1)
             seconds = median_seconds(lambda p=predictor: p(s2, s1), repeats=args.repeats)
             if reference is None:
@@ -74,12 +77,22 @@ def main() -> None:
         report(f"{args.name}-metrics", _demo_metrics())
 
 
+def _predictors(model: torch.nn.Module, variant: str, int8: bool) -> Iterator[tuple[str, Predictor]]:
+    """The predictor of each precision, IEEE fp32 first; with ``int8`` onnxruntime's int8 export last (calibrated
+    on the sample's train split, as ``benchmarks.int8`` makes it)."""
+    for precision in ("fp32", "bf16", "fp16"):
+        yield precision, predictor_from_model(model, backend="eager", device="cpu", precision=precision)
+    if int8:
+        from benchmarks.int8 import _int8_pair
+
+        with tempfile.TemporaryDirectory() as folder:
+            yield "int8 (onnxruntime)", _int8_pair(model, Path(folder), variant)[1]
+
+
 def _demo_metrics() -> list[dict[str, object]]:
     """The paper metrics of each demo model without sigma in fp32, bf16 and fp16 on the sample's val and test
     patches (those the demo scores), and each 16-bit precision's difference from fp32 (a model with sigma runs its
     head eagerly in IEEE fp32 whatever the precision: left out)."""
-    import tempfile
-
     from dsen2cr.config import DataSection
     from dsen2cr.data.layout import resolve_split
     from dsen2cr.evaluate import evaluate
