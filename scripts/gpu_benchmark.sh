@@ -25,7 +25,8 @@
 #   nonet      python -m benchmarks.without_network --size 10980: a full tile's run planned as on a GPU with the
 #              network replaced by the identity, plain and with --keep-clear --mask-out (held and not): what the
 #              CPU side of a run takes on 16 cores (#27 item 4: below the network's ~11 s, or it bounds the run);
-#   trainflags dsen2cr train, paper and paper-fast, two batches each on synthetic patches on cuda, then weights info:
+#   trainflags dsen2cr train, paper and paper-fast, one batch of 2 (two training patches) on synthetic 256² patches on
+#              cuda, then weights info:
 #              the arithmetic each run records, read inside it from PyTorch's flags (#27 item 1: the paper config's
 #              is IEEE fp32 convolutions and matmuls on the GPU, paper-fast's TF32 and bf16-mixed);
 #   training   python -m benchmarks.training_rate --device cuda: paper and paper-fast, the loader alone (8 and 16
@@ -110,11 +111,11 @@ step_fused() {
     cp benchmarks/results/windows_half.* benchmarks/results/output_check-gpu-machine.* "$OUT_DIR/" 2>/dev/null
 }
 step_trainflags() {
-    timeout $(cap 30) python3 -m dsen2cr.cli data synth --out "$scratch/synth" --count 4 --size 128 2>&1 \
+    timeout $(cap 30) python3 -m dsen2cr.cli data synth --out "$scratch/synth" --count 4 --size 256 2>&1 \
         | tee -a "$OUT_DIR/gpu.log"
     for config in paper paper-fast; do
         timeout $(cap 90) python3 -m dsen2cr.cli train --config "$config" --accelerator gpu --devices 1 --no-progress \
-            data.root="$scratch/synth" data.file_list="$scratch/synth/files.csv" optim.epochs=1 \
+            data.root="$scratch/synth" data.file_list="$scratch/synth/files.csv" optim.epochs=1 optim.batch_size=2 \
             trainer.limit_train_batches=2 trainer.limit_val_batches=1 trainer.out_dir="$scratch/run-$config" 2>&1 \
             | tee -a "$OUT_DIR/gpu.log"
         timeout $(cap 60) python3 -m dsen2cr.cli weights info "$scratch/run-$config/checkpoints/last.ckpt" 2>&1 \
