@@ -137,3 +137,37 @@ def test_every_step_of_the_gpu_script_runs_on_the_cpu_small(tmp_path: Path) -> N
             failed.append(f"{' '.join(command[2:])}: {done.stderr.strip().splitlines()[-1:]}")
     assert not failed, failed
     assert len(list((tmp_path / "results").glob("*.json"))) >= 10
+
+
+@pytest.mark.slow  # the paper model trained one batch twice on the CPU: about a minute
+def test_the_trainflags_step_runs_on_the_cpu(tmp_path: Path) -> None:
+    """The script's trainflags step (#27 item 1 read inside a run on the GPU), run as the script runs it but for
+    ``--accelerator cpu``: the CLI's own tests cover its options, not this step's data against the paper config's
+    batch and crops (as first committed it could not have trained: 128-px patches, two of them for a batch of 16).
+    Each run's weights say their arithmetic."""
+    import os
+    import sys
+
+    body = re.search(r"step_trainflags\(\) \{\n(.*?)\n\}\n", SCRIPT.read_text(), flags=re.S)
+    assert body is not None and "--accelerator gpu" in body[1]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "python3"  # the script's python3: this environment's (a link would leave its venv)
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    wrapper.chmod(0o755)
+    script = "\n".join(
+        [
+            f"scratch={shlex.quote(str(tmp_path / 'scratch'))}; OUT_DIR={shlex.quote(str(tmp_path / 'out'))}",
+            'mkdir -p "$scratch" "$OUT_DIR"',
+            'cap() { echo "$1"; }',
+            body[1].replace("--accelerator gpu", "--accelerator cpu"),
+        ]
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    log = (tmp_path / "out" / "gpu.log").read_text()
+    assert done.returncode == 0, log[-2000:]
+    ieee = "IEEE fp32 convolutions and matmuls"
+    assert f"arithmetic: {ieee} (trainer.precision 32-true) on cpu, 1 process" in log, log[-2000:]
+    assert f"arithmetic: bf16-mixed (16-bit autocast; the rest {ieee}) on cpu, 1 process" in log, log[-2000:]
+    assert log.count("  arithmetic: ") == 2  # weights info of each run's checkpoint
