@@ -203,13 +203,13 @@ def arithmetic_words(starts: list[dict[str, Any]]) -> str:
     started): ``IEEE fp32 convolutions and matmuls (trainer.precision 32-true) on cpu, 1 process, torch …``;
     several, or one that started later than the run (earlier ones unrecorded), each ``from epoch N: …``."""
     if len(starts) == 1 and (starts[0].get("from_epoch"), starts[0].get("from_batch")) == (0, 0):
-        return _start_words(starts[0])
+        return start_words(starts[0])
     said = []
     for start in starts:
         epoch, batch = start.get("from_epoch"), start.get("from_batch")
         where = f"from epoch {epoch + 1}" if isinstance(epoch, int) else "from an unknown epoch"
         said.append(
-            where + (f" batch {batch + 1}" if isinstance(batch, int) and batch else "") + ": " + _start_words(start)
+            where + (f" batch {batch + 1}" if isinstance(batch, int) and batch else "") + ": " + start_words(start)
         )
     return "; ".join(said)
 
@@ -218,8 +218,8 @@ def arithmetic_words(starts: list[dict[str, Any]]) -> str:
 FLOAT32_WORDS = {"ieee": "IEEE fp32", "tf32": "TF32"}
 
 
-def _start_words(start: dict[str, Any]) -> str:
-    """One start of a run's arithmetic in words."""
+def start_words(start: dict[str, Any]) -> str:
+    """One start of a run's arithmetic in words (what a run says as it starts)."""
     convolutions, matmuls = (
         FLOAT32_WORDS.get(str(start.get(k)), str(start.get(k))) for k in ("convolutions", "matmuls")
     )

@@ -125,9 +125,8 @@ def run(args: argparse.Namespace) -> int:
         members = [load_exact_predictor(w, device=args.device, precision=args.precision) for w in files]
         predictor = members[0] if len(members) == 1 else ensemble(members, ensemble_file)
         if args.file_list:
-            triplets, data, _ = file_list_split(
-                args.data_root, args.file_list, args.split
-            )  # the report lists the warning
+            # the count of patches beside training ones is the calibration record's; the report lists the warning
+            triplets, data, _ = file_list_split(args.data_root, args.file_list, args.split)
         else:
             data = f"the ROIs of {Path(args.rois).name}"
             triplets = triplets_of_rois(args.data_root, args.rois)

@@ -18,7 +18,7 @@ from dsen2cr.metrics import METRIC_NAMES, REGION_METRIC_NAMES, batch_image_metri
 from dsen2cr.models import DEFAULT_FAMILY, get_family
 from dsen2cr.precision import float32_mode
 from dsen2cr.weights import ARITHMETIC_KEY, CONFIG_KEY, FAMILY_KEY, WORLD_SIZE_KEY, checkpoint_position
-from dsen2cr.weights_info import arithmetic_words
+from dsen2cr.weights_info import start_words
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class DSen2CRTask(L.LightningModule):
         if not self._arithmetic or computed(self._arithmetic[-1]) != computed(now):
             self._arithmetic.append(now)
         if self.trainer.is_global_zero:
-            log.info("arithmetic: %s", arithmetic_words([{**now, "from_epoch": 0, "from_batch": 0}]))
+            log.info("arithmetic: %s", start_words(now))
 
     def on_train_epoch_start(self) -> None:
         """Start the epoch's sums of the training loss (not called for an epoch resumed mid-way)."""
