@@ -252,6 +252,30 @@ def test_a_scene_goes_on_only_as_its_windows_were_computed(
         assert dataset.tags()["DSEN2CR_DEVICE"] == "cpu"
 
 
+def test_a_scene_goes_on_only_in_the_arithmetic_its_windows_were_computed_in(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """One precision, backend and device compute otherwise from one form to another (CPU bf16 under autocast, then
+    the fused form with its residual stream in fp32; both said ``bf16, bf16, cpu``, and the version string does not
+    change between commits): a journal whose windows another form computed is refused, naming both; one of a
+    version that recorded no arithmetic goes on."""
+    _stopped_after(workdir, monkeypatch, 2, "--precision", "bf16")
+    provenance = workdir / JOURNAL / "provenance.json"
+    recorded = json.loads(provenance.read_text())
+    assert recorded["DSEN2CR_ARITHMETIC"].endswith("IEEE fp32 residual stream, head and tail")
+    provenance.write_text(json.dumps({**recorded, "DSEN2CR_ARITHMETIC": "bf16 autocast"}))  # an earlier form's
+    capsys.readouterr()
+    assert _run(workdir, "b.tif", "--resume", "--precision", "bf16") == 2
+    err = capsys.readouterr().err
+    assert "computed in bf16, bf16, cpu, bf16 autocast (precision, backend, device, arithmetic)" in err, err
+    assert f"this run's in bf16, bf16, cpu, {recorded['DSEN2CR_ARITHMETIC']}" in err
+    assert (workdir / JOURNAL).is_dir() and not (workdir / "b.tif").exists()
+    provenance.write_text(json.dumps({k: v for k, v in recorded.items() if k != "DSEN2CR_ARITHMETIC"}))
+    assert _run(workdir, "b.tif", "--resume", "--precision", "bf16") == 0
+    with rasterio.open(workdir / "b.tif") as dataset:
+        assert dataset.tags()["DSEN2CR_ARITHMETIC"] == recorded["DSEN2CR_ARITHMETIC"]
+
+
 def test_a_batch_cut_short_by_a_kill_is_predicted_again(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
