@@ -6,6 +6,7 @@ on only in the arithmetic its windows were computed in."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,9 @@ def test_the_form_a_gpu_builds_names_its_16_bit_residual_stream() -> None:
 
 def test_the_cog_and_its_stac_item_name_the_arithmetic(workdir: Path) -> None:
     """``remove-clouds --precision fp16`` on a CPU: the COG's tag and its STAC item's lineage name the form."""
-    s2, _ = workdir.scene()  # type: ignore[attr-defined]
+    scene, _ = workdir.scene()  # type: ignore[attr-defined]
+    s2 = workdir / "T33UUU_20170216T102101.tif"  # a STAC item says when the scene was sensed: its name does
+    shutil.copy(scene, s2)
     weights = save_weights(_model(), workdir / "nosar.safetensors")
     out, item = workdir / "out.tif", workdir / "out.json"
     argv = ["remove-clouds", "--weights", str(weights), "--s2", str(s2), "--out", str(out), "--stac-item", str(item)]

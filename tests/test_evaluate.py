@@ -64,6 +64,7 @@ def test_evaluate_command(tmp_path: Path, synthetic_tree: Path, weights: Path) -
             assert pred.scales == (1e-4,) * 13 and [c.name for c in pred.colorinterp[1:4]] == ["blue", "green", "red"]
             tags = pred.tags()
             assert tags["DSEN2CR_PRECISION"] == "fp32" and tags["DSEN2CR_BACKEND"] == "eager", tags
+            assert tags["DSEN2CR_ARITHMETIC"] == "IEEE fp32"
             assert tags["DSEN2CR_WEIGHTS"] == weights.name and len(tags["DSEN2CR_WEIGHTS_SHA256"]) == 64
         assert (out / "previews" / f"{t.patch_id}.png").is_file()
         for name in ("sar", "cloudy", "cloudy_bright", "target", "prediction", "mask"):
@@ -86,7 +87,7 @@ def test_evaluate_command(tmp_path: Path, synthetic_tree: Path, weights: Path) -
     )
     assert made["DSEN2CR_DATA"] == "files.csv, split train"  # which patches: the list's name, never its folder
     markdown = (out / "summary.md").read_text()
-    assert f"weights {weights.name} (SHA-256 {digest[:12]}" in markdown and "precision fp32" in markdown
+    assert f"weights {weights.name} (SHA-256 {digest[:12]}" in markdown and "precision fp32 (IEEE fp32)" in markdown
     assert "on files.csv, split train" in markdown
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 2 and "already holds an evaluation report; pass --overwrite" in again.stderr

@@ -183,6 +183,8 @@ def test_fp16_as_a_gpu_computes_it_through_a_scene(
     assert fused_runs == ["FusedHalf"]
     (fp32, fp32_tags), (fp16, fp16_tags) = outputs["fp32"], outputs["fp16"]
     assert (fp16_tags["DSEN2CR_PRECISION"], fp16_tags["DSEN2CR_BACKEND"]) == ("fp16", "fp16")
+    # the form a GPU builds, its convolutions computed here as its tensor cores would (cuDNN's on a GPU)
+    assert fp16_tags["DSEN2CR_ARITHMETIC"] == "fp16 convolutions emulated in fp32, fp16 residual stream"
     assert fp32_tags["DSEN2CR_PRECISION"] == "fp32"
     p99, largest = float(fp16_tags["DSEN2CR_CHECK_P99_DN"]), float(fp16_tags["DSEN2CR_CHECK_MAX_DN"])
     assert 0 < p99 <= largest <= backends.TOLERANCE_DN["fp16"]

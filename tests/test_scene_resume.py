@@ -242,9 +242,8 @@ def test_a_scene_goes_on_only_as_its_windows_were_computed(
     assert "fp32, this run's is bf16; give its settings" in capsys.readouterr().err  # the settings say it first
     provenance.write_text(json.dumps({**recorded, "DSEN2CR_DEVICE": "NVIDIA H200"}))  # as a GPU's run records it
     assert _run(workdir, "b.tif", "--resume") == 2
-    assert "computed in fp32, eager, NVIDIA H200 (precision, backend, device), this run's in fp32, eager, cpu" in (
-        capsys.readouterr().err
-    )
+    said = "computed in fp32, eager, NVIDIA H200, IEEE fp32 (precision, backend, device, arithmetic), this run's in "
+    assert said + "fp32, eager, cpu, IEEE fp32" in capsys.readouterr().err
     assert (workdir / JOURNAL).is_dir() and not (workdir / "b.tif").exists()
     provenance.write_text(json.dumps({k: v for k, v in recorded.items() if k != "DSEN2CR_DEVICE"}))
     assert _run(workdir, "b.tif", "--resume") == 0
@@ -269,6 +268,7 @@ def test_a_scene_goes_on_only_in_the_arithmetic_its_windows_were_computed_in(
     err = capsys.readouterr().err
     assert "computed in bf16, bf16, cpu, bf16 autocast (precision, backend, device, arithmetic)" in err, err
     assert f"this run's in bf16, bf16, cpu, {recorded['DSEN2CR_ARITHMETIC']}" in err
+    assert "this version computes them otherwise: --overwrite to start the scene again" in err
     assert (workdir / JOURNAL).is_dir() and not (workdir / "b.tif").exists()
     provenance.write_text(json.dumps({k: v for k, v in recorded.items() if k != "DSEN2CR_ARITHMETIC"}))
     assert _run(workdir, "b.tif", "--resume", "--precision", "bf16") == 0

@@ -24,6 +24,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,6 +49,29 @@ TOLERANCE_DN = {"eager": 0.0, "compiled": 2.0, "fp16": 100.0, "bf16": 500.0}
 TF32_TOLERANCE_DN = 100.0
 #: Side (pixels) of the centre of the first batch that a backend is checked on against eager fp32.
 CHECK_SIZE = 32
+#: The float32 arithmetic of a float32 mode, in words (the outputs' ``DSEN2CR_ARITHMETIC``).
+FLOAT32_WORDS = {"ieee": "IEEE fp32", "tf32": "TF32 convolutions and matmuls"}
+
+
+class ComputedBy(NamedTuple):
+    """What computed predictions: the backend, the precision, the first batch's distance to IEEE fp32 ((99th
+    percentile, largest) in DN; None: not checked) and the arithmetic in words (the form, who computes it)."""
+
+    backend: str
+    precision: str
+    check: tuple[float, float] | None
+    arithmetic: str
+
+
+class _Described:
+    """A predict function with the words of the arithmetic that computes it (:attr:`arithmetic`)."""
+
+    def __init__(self, predict: PredictFn, arithmetic: str) -> None:
+        self.predict, self.arithmetic = predict, arithmetic
+
+    def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
+        """Predict a batch."""
+        return self.predict(s2, s1)
 
 
 def distance_dn(got: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -122,14 +146,16 @@ def _cudnn_autotune(device: torch.device) -> Iterator[None]:
 
 
 def _fused_half(fused: torch.nn.Module, device: torch.device) -> PredictFn:
-    """A model family's fused 16-bit form on channels-last inputs, cuDNN autotuned."""
+    """A model family's fused 16-bit form on channels-last inputs, cuDNN autotuned; with the form's words of its
+    arithmetic on ``device`` where it has them (``fused.arithmetic(device)``)."""
     fused = fused.to(device).eval()
 
     def predict(s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         with torch.inference_mode(), _cudnn_autotune(device):
             return fused(*_channels_last_inputs(s2, s1, device)).cpu().numpy()
 
-    return predict
+    words = getattr(fused, "arithmetic", None)
+    return predict if words is None else _Described(predict, words(device))
 
 
 def build_backend(model: CloudRemovalNetwork, name: str, device: str | torch.device = "cpu") -> PredictFn:
@@ -187,7 +213,8 @@ class CheckedBackend:
     named) the failure is raised instead. Checking on real data costs no extra forward pass: a compiled
     backend is built for the shape it will run, and the batch's prediction is the one used. ``backend`` names
     the backend in use (the first candidate until the first batch has run); ``check_dn`` the measured 99th
-    percentile and largest |difference| to IEEE fp32 in DN (0, 0 for the reference itself).
+    percentile and largest |difference| to IEEE fp32 in DN (0, 0 for the reference itself); ``arithmetic`` what
+    computes, in words.
     """
 
     def __init__(
@@ -207,6 +234,7 @@ class CheckedBackend:
         self.reference = _eager(model, device)
         self.settled: PredictFn | None = None
         self.check_dn: tuple[float, float] | None = None
+        self._arithmetic: str | None = None
 
     @property
     def backend(self) -> str:
@@ -234,8 +262,17 @@ class CheckedBackend:
                 self.float32 = "ieee"  # what remains is the reference itself
         if tried:  # (the predictor said so already when eager in IEEE fp32 was all it was asked for)
             log.info("backend: eager, IEEE fp32 (the candidates above were dropped)")
-        self.settled, self.check_dn = self._ieee_reference, (0.0, 0.0)
+        self.settled, self.check_dn, self._arithmetic = self._ieee_reference, (0.0, 0.0), FLOAT32_WORDS["ieee"]
         return self._ieee_reference(s2, s1)
+
+    @property
+    def arithmetic(self) -> str:
+        """What computes, in words: the settled backend's arithmetic (IEEE fp32 for the reference itself, known
+        before the first batch); ``settled on the first batch`` until then."""
+        if self._arithmetic is not None:
+            return self._arithmetic
+        reference = self.candidates == ["eager"] and self.float32 == "ieee"
+        return FLOAT32_WORDS["ieee"] if reference else "settled on the first batch"
 
     def drop_settled(self) -> None:
         """Drop the settled backend (a 16-bit one that overflowed on a later batch): the next batch settles the
@@ -243,7 +280,7 @@ class CheckedBackend:
         self.candidates.pop(0)
         if not self.candidates:
             self.candidates, self.float32 = ["eager"], "ieee"
-        self.settled, self.check_dn = None, None
+        self.settled, self.check_dn, self._arithmetic = None, None, None
 
     def _ieee_reference(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         """The reference, eager in IEEE fp32 whatever float32 mode the caller set (after a TF32 candidate was
@@ -286,6 +323,7 @@ class CheckedBackend:
             if candidate == "compiled":
                 self._record_build(s2.shape, first_call, reference_seconds)
             self.settled, self.check_dn = predictor, (p99, worst)
+            self._arithmetic = self._arithmetic_of(candidate, predictor)
             return prediction
         message = (
             f"{what} disagrees with IEEE fp32 eager on the first batch: p99 {p99:.1f} DN, max {worst:.1f} DN, "
@@ -295,6 +333,12 @@ class CheckedBackend:
             raise DSen2CRError(f"{message}; use --backend eager or auto")
         log.warning("%s; trying the next", message)
         return None
+
+    def _arithmetic_of(self, candidate: str, predictor: PredictFn) -> str:
+        """The words of ``candidate``'s arithmetic: its own (a family's fused form), else by its name."""
+        float32 = FLOAT32_WORDS[self.float32]
+        named = {"eager": float32, "compiled": f"{float32}, compiled by inductor"}
+        return str(getattr(predictor, "arithmetic", None) or named.get(candidate, f"{candidate} autocast"))
 
     def _record_build(self, shape: tuple[int, ...], first_call: float, reference_seconds: float) -> None:
         """Record what building the compiled backend cost, for the next run's ``--backend auto``: the first

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dsen2cr.backends import ComputedBy
 from dsen2cr.ensemble_file import EnsembleFile, split_weights
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import ModelSpec
@@ -86,26 +87,28 @@ class EnsembleBackend:
     @property
     def precision(self) -> str:
         """The members' precisions (one word when they agree)."""
-        return self.computed_by()[1]
+        return self.computed_by().precision
 
     @property
     def check_dn(self) -> tuple[float, float] | None:
         """The largest first-batch distance to IEEE fp32 over the members (None if a member was not checked)."""
-        return self.computed_by()[2]
+        return self.computed_by().check
 
-    def computed_by(self, *, with_variance: bool = False) -> tuple[str, str, tuple[float, float] | None]:
-        """``ensemble``, the members' precisions (one word when they agree) and their largest first-batch
-        distance to IEEE fp32 (None if a member was not checked), as the members ran: ``with_variance``, as
-        :meth:`predict_with_variance` runs them (those with a variance tail eagerly, the others through their
-        checked backends)."""
+    def computed_by(self, *, with_variance: bool = False) -> ComputedBy:
+        """``ensemble``, the members' precisions and arithmetics (one each when they agree) and their largest
+        first-batch distance to IEEE fp32 (None if a member was not checked), as the members ran:
+        ``with_variance``, as :meth:`predict_with_variance` runs them (those with a variance tail eagerly, the
+        others through their checked backends)."""
         runs = [
             member.computed_by(with_variance=with_variance and member.uncertainty == "diag") for member in self.members
         ]
-        precision = "/".join(dict.fromkeys(precision for _, precision, _ in runs))
-        checks = [check for _, _, check in runs]
+        precision = "/".join(dict.fromkeys(run.precision for run in runs))
+        arithmetic = " / ".join(dict.fromkeys(run.arithmetic for run in runs))
+        checks = [run.check for run in runs]
         if any(check is None for check in checks):
-            return self.backend, precision, None
-        return self.backend, precision, (max(c[0] for c in checks if c), max(c[1] for c in checks if c))
+            return ComputedBy(self.backend, precision, None, arithmetic)
+        worst = (max(c[0] for c in checks if c), max(c[1] for c in checks if c))
+        return ComputedBy(self.backend, precision, worst, arithmetic)
 
     def __call__(self, s2: np.ndarray, s1: np.ndarray | None) -> np.ndarray:
         """The mean of the members' predictions."""

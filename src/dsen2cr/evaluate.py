@@ -382,11 +382,12 @@ def _made_by(provenance: dict[str, str]) -> str:
         f", cloud threshold {provenance['DSEN2CR_CLOUD_THRESHOLD']}" if "DSEN2CR_CLOUD_THRESHOLD" in provenance else ""
     )
     data = f" on {provenance['DSEN2CR_DATA']}" if "DSEN2CR_DATA" in provenance else ""
+    arithmetic = f" ({provenance['DSEN2CR_ARITHMETIC']})" if "DSEN2CR_ARITHMETIC" in provenance else ""
     calibrated = get("DSEN2CR_SIGMA_CALIBRATION", "none")
     sigma = "" if calibrated.startswith("none") else f"; {calibrated}"
     return (
         f"\nMade{data} by {get('DSEN2CR_MODEL', 'a model')}, {weights}, "
-        f"precision {get('DSEN2CR_PRECISION', 'unknown')}, "
+        f"precision {get('DSEN2CR_PRECISION', 'unknown')}{arithmetic}, "
         f"backend {get('DSEN2CR_BACKEND', 'unknown')}, dsen2cr {get('DSEN2CR_VERSION', 'unknown')}; mask "
         f"{get('DSEN2CR_MASK', 'paper')}{threshold}{sigma}.\n"
     )

@@ -18,6 +18,8 @@ S2_INPUT, S1_INPUT, OUTPUT = "s2_cloudy", "s1", "s2_cloudfree"
 VARIANCE_OUTPUT = "variance"
 #: Metadata key of the precision of exported ONNX files (the model configuration rides as in weights files).
 PRECISION_KEY = "dsen2cr.precision"
+#: An exported file's arithmetic, in words (the outputs' ``DSEN2CR_ARITHMETIC``).
+ONNX_WORDS = {"fp32": "IEEE fp32 by onnxruntime", "int8": "int8 convolutions by onnxruntime (static quantisation)"}
 
 
 class OnnxPredictor:
@@ -71,6 +73,7 @@ class OnnxPredictor:
         if self.config.uncertainty != self.uncertainty:
             raise DSen2CRError(f"{path}: ONNX outputs and the stored model configuration disagree about uncertainty")
         self.precision = metadata.get(PRECISION_KEY, "fp32")
+        self.arithmetic = ONNX_WORDS.get(self.precision, f"{self.precision} by onnxruntime")
 
     def feeds(self, s2: np.ndarray, s1: np.ndarray | None) -> dict[str, np.ndarray]:
         """The session inputs for a batch in model units."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dsen2cr.auto import device_name, float32_mode_of, plan_backend, resolve_device, resolve_precision
-from dsen2cr.backends import CheckedBackend, select_backend
+from dsen2cr.backends import FLOAT32_WORDS, CheckedBackend, ComputedBy, select_backend
 from dsen2cr.calibration import Intervals
 from dsen2cr.ensemble_file import is_ensemble_file
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
@@ -83,18 +83,20 @@ class Predictor:
         for IEEE fp32 eager (the reference itself); None before the first batch, or for ONNX files."""
         return getattr(self.predict, "check_dn", None)
 
-    def computed_by(self, *, with_variance: bool = False) -> tuple[str, str, tuple[float, float] | None]:
-        """The backend, precision and first-batch check (:attr:`check_dn`) of what computed the predictions.
-        ``with_variance``: they came from :meth:`predict_with_variance`, which runs a PyTorch model eagerly in
-        the predictor's float32 arithmetic (IEEE fp32, the reference itself, or TF32), not its checked backend;
-        an ensemble answers for its members as it ran them."""
+    def computed_by(self, *, with_variance: bool = False) -> ComputedBy:
+        """The backend, precision, first-batch check (:attr:`check_dn`) and arithmetic in words of what computed
+        the predictions. ``with_variance``: they came from :meth:`predict_with_variance`, which runs a PyTorch
+        model eagerly in the predictor's float32 arithmetic (IEEE fp32, the reference itself, or TF32), not its
+        checked backend; an ensemble answers for its members as it ran them."""
         if with_variance and isinstance(self.predict, CheckedBackend):
             exact = self.float32 == "ieee"
-            return "eager", "fp32" if exact else "tf32", (0.0, 0.0) if exact else None
+            check = (0.0, 0.0) if exact else None
+            return ComputedBy("eager", "fp32" if exact else "tf32", check, FLOAT32_WORDS[self.float32])
         members = getattr(self.predict, "computed_by", None)  # an ensemble's backend
         if members is not None:
             return members(with_variance=with_variance)
-        return self.backend, self.precision, self.check_dn
+        arithmetic = str(getattr(self.predict, "arithmetic", "unknown"))
+        return ComputedBy(self.backend, self.precision, self.check_dn, arithmetic)
 
     def provenance(self, *, with_variance: bool = False) -> dict[str, str]:
         """What computed the predictions, for an output's metadata (tags ``DSEN2CR_*``). ``with_variance``: the
@@ -103,7 +105,7 @@ class Predictor:
         from dsen2cr.models import family_of
         from dsen2cr.version import __version__
 
-        backend, precision, check = self.computed_by(with_variance=with_variance)
+        backend, precision, check, arithmetic = self.computed_by(with_variance=with_variance)
         try:
             family = f"{family_of(self.config).name} "
         except DSen2CRError:  # an ensemble: its description names its members
@@ -115,6 +117,7 @@ class Predictor:
             "DSEN2CR_WEIGHTS_SHA256": self.weights_sha256 or "unknown",
             "DSEN2CR_PRECISION": precision,
             "DSEN2CR_BACKEND": backend,
+            "DSEN2CR_ARITHMETIC": arithmetic,  # the form (bf16 by oneDNN or emulated, its residual stream's type)
             "DSEN2CR_DEVICE": device_name(self.device),  # one precision's name computes otherwise on a GPU and a CPU
             "DSEN2CR_CHECK_P99_DN": "not checked" if check is None else f"{check[0]:.2f}",
             "DSEN2CR_CHECK_MAX_DN": "not checked" if check is None else f"{check[1]:.2f}",

@@ -136,7 +136,8 @@ def _add_compute(parser: argparse.ArgumentParser) -> None:
         "fp32: fp16 2 / 7, bf16 14 / 45 (bf16 about 5x fp32 on CPUs with AMX). auto: fp32 on a CPU, fp16 on a GPU with "
         "tensor cores (fp32 on older ones; tf32 with --backend eager or compiled, or if fp16 fails the first "
         "batch's check) (default: %(default)s). "
-        "The output records it (DSEN2CR_PRECISION) and the first batch's measured distance to IEEE fp32 "
+        "The output records it (DSEN2CR_PRECISION), its form in words (DSEN2CR_ARITHMETIC) and the first batch's "
+        "measured distance to IEEE fp32 "
         "(DSEN2CR_CHECK_P99_DN, DSEN2CR_CHECK_MAX_DN)",
     )
     parser.add_argument(

@@ -264,6 +264,13 @@ class FusedHalf(torch.nn.Module):
         )
         self.tail = torch.nn.ParameterList(weights(model.tail, to=ends))
 
+    def arithmetic(self, device: torch.device) -> str:
+        """What computes on ``device``, in words (the outputs' ``DSEN2CR_ARITHMETIC``)."""
+        name = next(key for key, dtype in HALF_DTYPES.items() if dtype == self.dtype)
+        by = "by cuDNN" if device.type == "cuda" else "by oneDNN" if self.native_cpu else "emulated in fp32"
+        stream = "IEEE fp32 residual stream, head and tail" if self.fp32_paths else f"{name} residual stream"
+        return f"{name} convolutions {by}, {stream}"
+
     def _conv_relu(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """ReLU(conv3x3(x) + bias), one cuDNN kernel on CUDA."""
         if x.is_cuda:

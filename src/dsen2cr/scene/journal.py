@@ -42,7 +42,7 @@ _LINES, _PREDICTIONS, _PROVENANCE = "windows.jsonl", "predictions.f32", "provena
 #: What a batch's line holds (:meth:`SceneJournal.record`).
 _BATCH_KEYS = ("batch", "windows", "shapes")
 #: The tags of what computed the predictions that a resumed scene must share with the stopped run's.
-COMPUTED_BY = ("DSEN2CR_PRECISION", "DSEN2CR_BACKEND", "DSEN2CR_DEVICE")
+COMPUTED_BY = ("DSEN2CR_PRECISION", "DSEN2CR_BACKEND", "DSEN2CR_DEVICE", "DSEN2CR_ARITHMETIC")
 #: The tags of what computed the predictions and of the first batch's check, which a resumed scene's outputs take
 #: from the stopped run (the weights' path and the rest are this run's).
 _CHECKED = (*COMPUTED_BY, "DSEN2CR_CHECK_P99_DN", "DSEN2CR_CHECK_MAX_DN")
@@ -269,15 +269,20 @@ class SceneJournal:
     def _check_computed_alike(self, provenance: dict[str, str]) -> None:
         """Refuse to go on where this run computes otherwise than the stopped one did."""
         assert self.recorded_provenance is not None
-        keys = [key for key in COMPUTED_BY if key in self.recorded_provenance]  # earlier versions kept no device
+        keys = [key for key in COMPUTED_BY if key in self.recorded_provenance]  # earlier versions kept fewer
         then = ", ".join(f"{self.recorded_provenance.get(key)}" for key in keys)
         now = ", ".join(f"{provenance.get(key)}" for key in keys)
         if then != now:
             named = ", ".join(key.removeprefix("DSEN2CR_").lower() for key in keys)
+            differ = {key for key in keys if self.recorded_provenance.get(key) != provenance.get(key)}
+            what = (  # the same settings computed otherwise: another version's form of a precision
+                "this version computes them otherwise: --overwrite to start the scene again"
+                if differ == {"DSEN2CR_ARITHMETIC"}
+                else "give --precision, --backend and --device as they were, or --overwrite to start the scene again"
+            )
             raise DSen2CRError(
                 f"{self.out}: the stopped run's windows were computed in {then} ({named}), this run's in {now}; the "
-                "outputs would mix them: give --precision, --backend and --device as they were, or --overwrite to "
-                "start the scene again"
+                f"outputs would mix them: {what}"
             )
 
     def tags(self, tags: dict[str, str]) -> dict[str, str]:

@@ -321,9 +321,15 @@ def _lineage(tags: dict[str, str]) -> str:
         f"Clouds removed from {tags.get('DSEN2CR_S2')} {sar} by the "
         f"DSen2-CR network (Meraner et al., ISPRS 2020), model {tags.get('DSEN2CR_MODEL')}, weights "
         f"{tags.get('DSEN2CR_WEIGHTS')} (SHA-256 {tags.get('DSEN2CR_WEIGHTS_SHA256')}), precision "
-        f"{tags.get('DSEN2CR_PRECISION')}, --keep-clear {tags.get('DSEN2CR_KEEP_CLEAR')}{_map_lineage(tags)}"
+        f"{tags.get('DSEN2CR_PRECISION')}{_arithmetic_lineage(tags)}, --keep-clear {tags.get('DSEN2CR_KEEP_CLEAR')}"
+        f"{_map_lineage(tags)}"
         f"{_sigma_lineage(tags)}{_warnings_lineage(tags)}"
     )
+
+
+def _arithmetic_lineage(tags: dict[str, str]) -> str:
+    """How the precision computed, in brackets, where the image's tags say it (an earlier version's do not)."""
+    return f" ({tags['DSEN2CR_ARITHMETIC']})" if "DSEN2CR_ARITHMETIC" in tags else ""
 
 
 def _map_lineage(tags: dict[str, str]) -> str:
