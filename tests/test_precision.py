@@ -166,6 +166,20 @@ def test_fp16_that_auto_chose_is_strict_only_when_named() -> None:
     assert FLOAT32_MODES["fp16"] == "tf32"
 
 
+def test_a_float32_backend_named_beside_a_16_bit_precision_is_said_to_be_left_aside(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``--precision bf16 --backend compiled``: a named 16-bit precision runs its own backend (bf16), so the named
+    backend is not used; it was left aside without a word (the output said backend bf16). A warning says it."""
+    from dsen2cr.auto import plan_backend
+
+    cpu = torch.device("cpu")
+    with caplog.at_level("WARNING", logger="dsen2cr"):
+        assert plan_backend("compiled", "bf16", None, cpu, named_precision=True) == (("bf16",), True)
+        assert plan_backend("auto", "fp16", None, cpu, named_precision=True) == (("fp16",), True)
+    assert caplog.messages == ["--backend compiled is not used: --precision bf16 runs its own backend, bf16"]
+
+
 def test_fp16_that_overflows_falls_back_to_tf32_eager_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     """A model whose features pass fp16's largest value (65504) computes infinities in fp16: the first batch's
     check drops it, the run continues in TF32 eager (IEEE fp32 here, on a CPU) and records tf32, with finite
