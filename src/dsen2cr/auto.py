@@ -248,7 +248,8 @@ def plan_backend(
     fp32 eager.
 
     ONNX files run with onnxruntime (``auto`` or ``onnxruntime``). ``fp16`` and ``bf16`` are the backends of
-    those names (fp16 that ``auto`` chose falls back to TF32 eager when it fails its check). ``auto``:
+    those names (fp16 that ``auto`` chose falls back to TF32 eager when it fails its check; a float32 backend
+    named beside them is not used, with a warning). ``auto``:
     on a CPU the compiled backend when the run is long enough to pay for building it
     (:func:`compile_pays_off`), then eager; else eager. ``config`` None: only the choices are checked."""
     if backend not in BACKEND_CHOICES:
@@ -260,6 +261,8 @@ def plan_backend(
     if backend == "onnxruntime":
         raise DSen2CRError("--backend onnxruntime: needs an .onnx file (dsen2cr export-onnx)")
     if precision in HALF_DTYPES:
+        if backend != "auto":
+            log.warning("--backend %s is not used: --precision %s runs its own backend, %s", backend, *[precision] * 2)
         return (precision,), precision == "bf16" or named_precision
     if backend != "auto":
         return (backend,), backend != "eager" or named_precision
