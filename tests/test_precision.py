@@ -180,6 +180,18 @@ def test_a_float32_backend_named_beside_a_16_bit_precision_is_said_to_be_left_as
     assert caplog.messages == ["--backend compiled is not used: --precision bf16 runs its own backend, bf16"]
 
 
+def test_an_exact_run_in_a_named_16_bit_precision_has_no_backend_to_leave_aside(
+    caplog: pytest.LogCaptureFixture, weights_file: Callable[[str], Path]
+) -> None:
+    """``evaluate --precision bf16`` names no backend: its predictor (eager where exact) runs bf16's own, with no
+    warning of a --backend the user never gave."""
+    from dsen2cr.predictor import load_exact_predictor
+
+    with caplog.at_level("WARNING", logger="dsen2cr"):
+        predictor = load_exact_predictor(weights_file("dsen2cr-small"), device="cpu", precision="bf16")
+    assert predictor.backend == "bf16" and caplog.messages == []
+
+
 def test_fp16_that_overflows_falls_back_to_tf32_eager_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     """A model whose features pass fp16's largest value (65504) computes infinities in fp16: the first batch's
     check drops it, the run continues in TF32 eager (IEEE fp32 here, on a CPU) and records tf32, with finite
