@@ -365,7 +365,8 @@ def load_exact_predictor(
 ) -> Predictor:
     """The predictor whose numbers are judged or fitted on (``evaluate``, ``weights calibrate-sigma``): eager, in IEEE
     fp32 on every device unless ``precision`` says otherwise; an ONNX file (fp32 or int8) runs as exported."""
-    backend = "onnxruntime" if is_onnx(weights) else "eager"
+    # a 16-bit precision runs its own backend (auto then is it): no float32 backend named beside it
+    backend = "onnxruntime" if is_onnx(weights) else "auto" if precision in HALF_DTYPES else "eager"
     return load_predictor(weights, backend=backend, device=device, precision=precision, exact=True)
 
 
