@@ -47,6 +47,38 @@ def test_fewer_than_two_rois_give_no_interval() -> None:
     assert all(math.isnan(bound) for bound in clustered_interval(np.array([]), []))
 
 
+def test_an_interval_stays_within_the_range_its_metric_can_take() -> None:
+    """Two ROIs give a t-interval with one degree of freedom (t = 12.7): the demo's report said MAE in [-0.0613,
+    0.1558] and a 1-sigma coverage in [-1.05, 2.52], values no image can have. A bound past its metric's range is
+    set at its edge (the mean lies within it, so the interval still holds it at least as often); the other bound is
+    the t-interval's, and metrics without a bound (PSNR, NLL) keep theirs."""
+    from dsen2cr.summary import summarise
+
+    values = {"mae": (0.01, 0.09), "coverage_1sigma": (0.3, 0.99), "ssim": (-0.8, 0.9), "nll": (-2.0, 3.0)}
+    rows = [
+        {
+            "method": method,
+            "patch_id": f"p{roi}",
+            "roi": f"R/{roi}",
+            **{name: pair[roi] for name, pair in values.items()},
+        }
+        for method in ("model", "identity")
+        for roi in (0, 1)
+    ]
+    got = summarise(rows, list(values))["model"]
+    for name, pair in values.items():
+        low, high = _t_interval(np.array(pair))  # independently: scipy's t-interval of the two ROIs
+        edges = {"mae": (0, math.inf), "coverage_1sigma": (0, 1), "ssim": (-1, 1), "nll": (-math.inf, math.inf)}[name]
+        assert low < edges[0] or high > edges[1] or name == "nll"  # the raw interval leaves the range here
+        expected = (max(low, edges[0]), min(high, edges[1]))
+        assert (got[name]["ci_low"], got[name]["ci_high"]) == pytest.approx(expected, rel=1e-12), name
+    markdown = summary_markdown(summarise(rows, list(values)), 2)
+    assert "| model | [0.0000, 0.5582] | [0.0000, 1.0000] | [-1.0000, 1.0000] |" in markdown
+    assert "a bound past the range a metric can take (below 0 for an error, above 1 for a coverage) is set at" in (
+        markdown
+    )
+
+
 def test_an_evaluation_reports_each_means_interval(workdir: Path) -> None:
     """Two ROIs of two patches each: summary.json's interval of every metric is scipy's t-interval of the two ROI
     means of the per-image CSV's values (one degree of freedom); summary.csv and summary.md give it too; the
