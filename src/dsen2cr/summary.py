@@ -37,6 +37,18 @@ def clustered_interval(values: np.ndarray, clusters: Sequence[str], level: float
     return mean - half, mean + half
 
 
+def metric_range(name: str) -> tuple[float, float]:
+    """The values metric ``name`` can take: a coverage lies in [0, 1], an SSIM in [-1, 1], a PSNR or an NLL
+    anywhere; every other metric of an evaluation (errors, SAM, UCE, RMS sigma) is at least 0."""
+    if "coverage" in name:
+        return 0.0, 1.0
+    if "ssim" in name:
+        return -1.0, 1.0
+    if "psnr" in name or name == "nll":
+        return -math.inf, math.inf
+    return 0.0, math.inf
+
+
 def clustered_p_value(values: np.ndarray, clusters: Sequence[str]) -> float:
     """The two-sided p-value of the mean of ``values`` being 0, by the test :func:`clustered_interval` inverts
     (t = mean / SE on G − 1 degrees of freedom: the interval leaves out 0 at level 1 − α exactly where p < α). NaN
@@ -82,7 +94,8 @@ def _clustered_error(values: np.ndarray, clusters: Sequence[str]) -> tuple[float
 def summarise(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> Summary:
     """Mean and median of every metric per method (NaN entries, i.e. empty regions, left out), and the mean's
     :data:`CONFIDENCE` interval (``ci_low``, ``ci_high``) with each ROI a cluster (a row's ``roi``; a row without
-    one, its image its own) and ``rois``, the ROIs that hold the metric."""
+    one, its image its own), a bound past the metric's range (:func:`metric_range`) set at its edge, and ``rois``,
+    the ROIs that hold the metric."""
     summary: Summary = {}
     for method in METHODS:
         chosen = [r for r in rows if r["method"] == method]
@@ -92,6 +105,11 @@ def summarise(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> Summary:
             values = np.array([value for value, _ in pairs], dtype=np.float64)
             clusters = [roi for _, roi in pairs]
             low, high = clustered_interval(values, clusters)
+            floor, ceiling = metric_range(name)  # the mean lies within: a bound past it says nothing more
+            low, high = (
+                (low if math.isnan(low) else max(low, floor)),
+                (high if math.isnan(high) else min(high, ceiling)),
+            )
             summary[method][name] = {
                 "mean": float(values.mean()) if values.size else math.nan,
                 "median": float(np.median(values)) if values.size else math.nan,
@@ -157,7 +175,8 @@ def summary_markdown(summary: Summary, images: int, protocol: str = "default") -
         lines += [
             "",
             f"{CONFIDENCE:.0%} confidence interval of each mean, the patches of one ROI taken as one cluster "
-            f"({rois} ROI{'' if rois == 1 else 's'}; fewer than two: none):",
+            f"({rois} ROI{'' if rois == 1 else 's'}; fewer than two: none; a bound past the range a metric can take "
+            "(below 0 for an error, above 1 for a coverage) is set at its edge):",
             "",
             "| method | " + " | ".join(names) + " |",
             "|---|" + "---|" * len(names),
