@@ -245,13 +245,10 @@ def plan_backend(
 ) -> tuple[tuple[str, ...], bool]:
     """The backends to try, in order, for a resolved ``precision`` (:func:`resolve_precision`), and whether a
     failure is an error (strict: the user named the backend, or ``named_precision``) or a fall back to IEEE
-    fp32 eager.
-
-    ONNX files run with onnxruntime (``auto`` or ``onnxruntime``). ``fp16`` and ``bf16`` are the backends of
-    those names (fp16 that ``auto`` chose falls back to TF32 eager when it fails its check; a float32 backend
-    named beside them is not used, with a warning). ``auto``:
-    on a CPU the compiled backend when the run is long enough to pay for building it
-    (:func:`compile_pays_off`), then eager; else eager. ``config`` None: only the choices are checked."""
+    fp32 eager. ONNX files run with onnxruntime (``auto`` or ``onnxruntime``). ``fp16`` and ``bf16`` are the
+    backends of those names (fp16 that ``auto`` chose falls back to TF32 eager when it fails its check; a float32
+    backend named beside them is not used, with a warning). ``auto``: on a CPU the compiled backend when the run
+    pays for building it (:func:`compile_pays_off`), then eager; else eager. ``config`` None: choices checked."""
     if backend not in BACKEND_CHOICES:
         raise DSen2CRError(f"--backend: expected one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
     if onnx:
