@@ -41,8 +41,10 @@ _FORMAT = "dsen2cr scene journal 1"
 _LINES, _PREDICTIONS, _PROVENANCE = "windows.jsonl", "predictions.f32", "provenance.json"
 #: What a batch's line holds (:meth:`SceneJournal.record`).
 _BATCH_KEYS = ("batch", "windows", "shapes")
+#: The tag of the arithmetic, in words, that computed the predictions (:meth:`dsen2cr.predictor.Predictor.provenance`).
+ARITHMETIC_TAG = "DSEN2CR_ARITHMETIC"
 #: The tags of what computed the predictions that a resumed scene must share with the stopped run's.
-COMPUTED_BY = ("DSEN2CR_PRECISION", "DSEN2CR_BACKEND", "DSEN2CR_DEVICE", "DSEN2CR_ARITHMETIC")
+COMPUTED_BY = ("DSEN2CR_PRECISION", "DSEN2CR_BACKEND", "DSEN2CR_DEVICE", ARITHMETIC_TAG)
 #: The tags of what computed the predictions and of the first batch's check, which a resumed scene's outputs take
 #: from the stopped run (the weights' path and the rest are this run's).
 _CHECKED = (*COMPUTED_BY, "DSEN2CR_CHECK_P99_DN", "DSEN2CR_CHECK_MAX_DN")
@@ -277,7 +279,7 @@ class SceneJournal:
             differ = {key for key in keys if self.recorded_provenance.get(key) != provenance.get(key)}
             what = (  # the same settings computed otherwise: another version's form of a precision
                 "this version computes them otherwise: --overwrite to start the scene again"
-                if differ == {"DSEN2CR_ARITHMETIC"}
+                if differ == {ARITHMETIC_TAG}
                 else "give --precision, --backend and --device as they were, or --overwrite to start the scene again"
             )
             raise DSen2CRError(
@@ -291,6 +293,9 @@ class SceneJournal:
         if not self.replayed or self.recorded_provenance is None:
             return tags
         recorded = {key: value for key, value in self.recorded_provenance.items() if key in _CHECKED}
+        if ARITHMETIC_TAG not in recorded:  # a version that kept none: this run's form, not claimed for the others
+            unknown = f"the {self.replayed} windows of the stopped run: not recorded"
+            recorded[ARITHMETIC_TAG] = f"{tags.get(ARITHMETIC_TAG, 'unknown')} ({unknown})"
         return tags | recorded | {RESUMED_TAG: f"{self.replayed} of {self.identity['windows']}"}
 
     def __call__(self, exc_type: type[BaseException] | None, *exc: object) -> bool:
