@@ -277,8 +277,8 @@ class SceneJournal:
         if then != now:
             named = ", ".join(key.removeprefix("DSEN2CR_").lower() for key in keys)
             differ = {key for key in keys if self.recorded_provenance.get(key) != provenance.get(key)}
-            what = (  # the same settings computed otherwise: another version's form of a precision
-                "this version computes them otherwise: --overwrite to start the scene again"
+            what = (  # the same settings computed otherwise: another version's form, or another CPU's bf16
+                "this version or machine computes that precision otherwise: --overwrite to start the scene again"
                 if differ == {ARITHMETIC_TAG}
                 else "give --precision, --backend and --device as they were, or --overwrite to start the scene again"
             )
