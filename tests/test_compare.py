@@ -202,16 +202,48 @@ def test_the_warnings_of_either_evaluation_are_said_with_the_comparison(tmp_path
     assert "warned" not in plain
 
 
-def _report(folder: Path, patches: dict[str, str], *, protocol: str = "default", roi: bool = True) -> Path:
-    """A report folder as evaluate writes one (its CSV's model rows, its summary.json) for ``patches``
-    (patch -> ROI)."""
+def test_reports_computed_in_other_arithmetic_say_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A model evaluated in bf16 against one in IEEE fp32: part of B − A is the arithmetic's (tens of DN at the paper
+    model's size), not the models'. The comparison goes on and a warning says both, by the reports' arithmetic, or
+    their precision where a report of an earlier version recorded none; alike, nothing is said."""
+    bf16 = "bf16 convolutions by oneDNN, IEEE fp32 residual stream, head and tail"
+    a = _report(tmp_path / "a", _PATCHES, provenance={"DSEN2CR_PRECISION": "fp32", "DSEN2CR_ARITHMETIC": "IEEE fp32"})
+    b = _report(tmp_path / "b", _PATCHES, provenance={"DSEN2CR_PRECISION": "bf16", "DSEN2CR_ARITHMETIC": bf16})
+    assert main(["compare", str(a), str(b)]) == 0
+    printed, err = capsys.readouterr()
+    said = f"{b}: its model was computed in bf16 ({bf16}), {a}'s in fp32 (IEEE fp32): part of B − A is the arithmetic's"
+    assert said in err and said in printed  # on the console, and in the comparison's header
+    assert main(["compare", str(a), str(b), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["computed_in"] == {"a": "fp32 (IEEE fp32)", "b": f"bf16 ({bf16})"}
+    older = _report(tmp_path / "c", _PATCHES, provenance={"DSEN2CR_PRECISION": "tf32"})
+    assert main(["compare", str(a), str(older)]) == 0
+    assert (
+        f"{older}: its model was computed in tf32, {a}'s in fp32 (IEEE fp32): part of B − A" in capsys.readouterr().err
+    )
+    assert (
+        main(["compare", str(a), str(_report(tmp_path / "d", _PATCHES, provenance={"DSEN2CR_PRECISION": "fp32"}))]) == 0
+    )
+    assert "computed in" not in capsys.readouterr().err
+
+
+def _report(
+    folder: Path,
+    patches: dict[str, str],
+    *,
+    protocol: str = "default",
+    roi: bool = True,
+    provenance: dict[str, str] | None = None,
+) -> Path:
+    """A report folder as evaluate writes one (its CSV's model rows, its summary.json with ``provenance``) for
+    ``patches`` (patch -> ROI)."""
     folder.mkdir(parents=True, exist_ok=True)
     columns = ["patch_id", *(["roi"] if roi else []), "method", "cloud_fraction", "mae"]
     lines = [",".join(columns)]
     for number, (patch, roi_id) in enumerate(patches.items()):
         lines.append(",".join([patch, *([roi_id] if roi else []), "model", "0.5", f"{0.01 * (number + 1)}"]))
     (folder / "metrics_per_image.csv").write_text("\n".join(lines) + "\n")
-    summary = {"images": len(patches), "protocol": protocol, "window": None, "units": "u", "provenance": {}}
+    summary = {"images": len(patches), "protocol": protocol, "window": None, "units": "u"}
+    summary["provenance"] = provenance or {}
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
