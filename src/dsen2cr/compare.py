@@ -165,6 +165,8 @@ def _check_comparable(a: Report, b: Report) -> None:
         )
     if moved := [patch for patch in a.values if a.roi_of[patch] != b.roi_of[patch]]:
         raise DSen2CRError(f"{b.folder}: patch {moved[0]} lies in ROI {b.roi_of[moved[0]]}, in {a.folder} in another")
+    if differ := arithmetic_difference(a, b):
+        log.warning("%s", differ)
     provenance_a, provenance_b = a.summary.get("provenance", {}), b.summary.get("provenance", {})
     for key, what in _SAME_MAP.items():
         if provenance_a.get(key) != provenance_b.get(key):
@@ -176,6 +178,29 @@ def _check_comparable(a: Report, b: Report) -> None:
                 a.folder,
                 provenance_a.get(key),
             )
+
+
+def computed_in(report: Report) -> str:
+    """What computed a report's predictions: its precision and, in brackets, its arithmetic (``bf16 (bf16
+    convolutions by oneDNN, …)``); the precision alone in a report of a version that recorded no arithmetic."""
+    provenance = report.summary.get("provenance", {})
+    arithmetic = provenance.get("DSEN2CR_ARITHMETIC")
+    precision = provenance.get("DSEN2CR_PRECISION", "unknown")
+    return precision if arithmetic is None else f"{precision} ({arithmetic})"
+
+
+def arithmetic_difference(a: Report, b: Report) -> str | None:
+    """The sentence saying that A's and B's models were computed in other arithmetic (by their arithmetic where
+    both reports record it, else by their precision), part of B − A; None where alike or unknown."""
+    provenance_a, provenance_b = a.summary.get("provenance", {}), b.summary.get("provenance", {})
+    both = "DSEN2CR_ARITHMETIC" in provenance_a and "DSEN2CR_ARITHMETIC" in provenance_b
+    key = "DSEN2CR_ARITHMETIC" if both else "DSEN2CR_PRECISION"
+    if key not in provenance_a or key not in provenance_b or provenance_a[key] == provenance_b[key]:
+        return None
+    return (
+        f"{b.folder}: its model was computed in {computed_in(b)}, {a.folder}'s in {computed_in(a)}: part of B − A "
+        "is the arithmetic's, not the models' (evaluate both in one precision, IEEE fp32 by default)"
+    )
 
 
 def report_warnings(a: Report, b: Report) -> dict[str, list[str]]:
@@ -208,6 +233,7 @@ def comparison_markdown(a: Report, b: Report, comparisons: list[MetricComparison
         f"Patch by patch on {patches} patches of {rois} ROI{'' if rois == 1 else 's'}; {a.summary.get('units')}; "
         f"{CONFIDENCE:.0%} confidence interval of the mean difference, the patches of one ROI one cluster.",
         *_warnings_lines(a, b),
+        *(["", differ] if (differ := arithmetic_difference(a, b)) else []),
         "",
         (
             f"p: of B − A = 0, on its own (Holm-adjusted over the {family} metrics judged); better: where "

@@ -33,14 +33,15 @@ def register(subparsers: SubParsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``compare``."""
-    from dsen2cr.compare import compare_reports, comparison_markdown, read_report, report_warnings
+    from dsen2cr.compare import compare_reports, comparison_markdown, computed_in, read_report, report_warnings
     from dsen2cr.summary import json_text
 
     a, b = read_report(args.a), read_report(args.b)
     comparisons = compare_reports(a, b, judged=args.metric)
     if args.json:  # strict JSON: an interval there is none of (fewer than two ROIs) is null, not NaN
         rows = [dataclasses.asdict(comparison) for comparison in comparisons]
-        said = {"a": str(a.folder), "b": str(b.folder), "warnings": report_warnings(a, b), "metrics": rows}
+        said: dict[str, object] = {"a": str(a.folder), "b": str(b.folder), "warnings": report_warnings(a, b)}
+        said |= {"computed_in": {"a": computed_in(a), "b": computed_in(b)}, "metrics": rows}
         print(json_text(said), end="")
     else:
         print(comparison_markdown(a, b, comparisons), end="")
