@@ -104,6 +104,50 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_report(
     _same_report(straight, out)
 
 
+def test_an_evaluation_goes_on_only_in_the_arithmetic_its_patches_were_computed_in(
+    tmp_path: Path,
+    synthetic_tree: Path,
+    sigma_weights: Path,
+    straight: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """The progress records what computed each batch (DSEN2CR_ARITHMETIC); a resumed run that computes otherwise (a
+    requeued job's node whose CPU computes bf16 otherwise, another version's form) is refused at its first batch,
+    naming both, and the progress stays; one of a version that recorded none goes on."""
+    from dsen2cr.evaluation_scoring import Scorer
+
+    submit, calls = Scorer.submit, []
+
+    def interrupted(self: Scorer, *args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        submit(self, *args, **kwargs)
+
+    out = tmp_path / "eval"
+    with monkeypatch.context() as patch:
+        patch.setattr(Scorer, "submit", interrupted)
+        assert main(_argv(sigma_weights, synthetic_tree, out)) == 130
+    lines_path = out / "progress" / "batches.jsonl"
+    header, *lines = [json.loads(line) for line in lines_path.read_text().splitlines()]
+    assert [line["arithmetic"] for line in lines] == ["IEEE fp32"] * 2
+    other = "bf16 convolutions emulated in fp32, IEEE fp32 residual stream, head and tail"
+    lines_path.write_text(
+        "".join(json.dumps(line) + "\n" for line in [header, *[{**x, "arithmetic": other} for x in lines]])
+    )
+    capsys.readouterr()
+    assert main(_argv(sigma_weights, synthetic_tree, out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert f"the stopped evaluation's patches were computed in {other}, this run's in IEEE fp32" in err, err
+    assert "--overwrite to start again" in err and len(lines_path.read_text().splitlines()) == 3
+    older = [{key: value for key, value in line.items() if key != "arithmetic"} for line in lines]
+    lines_path.write_text("".join(json.dumps(line) + "\n" for line in [header, *older]))
+    assert "arithmetic" not in lines_path.read_text()
+    assert main(_argv(sigma_weights, synthetic_tree, out, "--resume")) == 0
+    _same_report(straight, out)
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_a_patch_whose_scoring_fails_keeps_the_batches_before_it(
     tmp_path: Path,
