@@ -228,7 +228,7 @@ def test_the_progress_records_what_it_evaluates(tmp_path: Path, synthetic_tree: 
     tags = {"DSEN2CR_WEIGHTS_SHA256": file_sha256(sigma_weights) or "", "DSEN2CR_PRECISION": "fp32", "OTHER": "x"}
     identity = evaluation_identity(["a", "b"], {"protocol": "default"}, tags)
     progress = EvaluationProgress.start(tmp_path, identity)
-    progress.add([{"patch_id": "a", "mae": float("nan")}], [], {"state": 1})
+    progress.add([{"patch_id": "a", "mae": float("nan")}], [], {"state": 1}, "IEEE fp32")
     header = json.loads((tmp_path / "progress" / "batches.jsonl").read_text().splitlines()[0])
     assert header["identity"]["patches"] == 2 and header["identity"]["protocol"] == "default"
     assert header["identity"]["tags"] == {k: tags[k] for k in ("DSEN2CR_WEIGHTS_SHA256", "DSEN2CR_PRECISION")}
@@ -274,7 +274,7 @@ def test_a_batch_that_cannot_be_recorded_is_one_line_naming_the_progress(
 
     monkeypatch.setattr(builtins, "open", full)
     with pytest.raises(DSen2CRError, match=r"samples.f64: cannot record a scored batch \(No space left on device\)"):
-        progress.add([{"patch_id": "a"}], [], {})
+        progress.add([{"patch_id": "a"}], [], {}, "IEEE fp32")
 
 
 def test_patches_scored_on_threads_give_one_threads_report(

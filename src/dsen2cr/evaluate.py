@@ -255,7 +255,8 @@ def _record_oldest(scorer: Scorer, progress: Any, out: Path, images: bool, total
         if images and number == 0:  # this run's first batch: will the rest fit?
             folders = [out / PREDICTIONS, out / PREVIEWS]
             check_projected_room(out, folders, len(scorer.rows) // 2, total, what="patches", hint=ROOM_HINT)
-        progress.add(scorer.rows[rows:], scorer.samples[samples:], scorer.rng.bit_generator.state)
+        arithmetic = scorer.tags.get("DSEN2CR_ARITHMETIC", "unknown")
+        progress.add(scorer.rows[rows:], scorer.samples[samples:], scorer.rng.bit_generator.state, arithmetic)
     except BaseException:
         scorer.failed = True  # no batch after this one is recorded
         raise

@@ -84,6 +84,7 @@ class EvaluationProgress:
     def __init__(self, out: Path) -> None:
         self.folder = out / PROGRESS
         self.batches = 0  # lines of batches in the file
+        self.recorded_arithmetic: str | None = None  # what computed a stopped run's batches (None: not recorded)
 
     @classmethod
     def start(cls, out: Path, identity: dict[str, Any]) -> EvaluationProgress:
@@ -113,6 +114,7 @@ class EvaluationProgress:
                     break  # its samples were cut short: the batch is scored again
                 scored.rows.extend(batch["rows"])
                 scored.sampler = batch["sampler"]
+                progress.recorded_arithmetic = batch.get("arithmetic")  # (a version before it recorded none)
                 for length in lengths:
                     scored.samples.append((values[:length], values[length : 2 * length]))
                     values = values[2 * length :]
@@ -122,10 +124,21 @@ class EvaluationProgress:
         os.truncate(samples_path, end)
         return progress, scored
 
-    def add(self, rows: list[dict[str, Any]], samples: list[Sample], sampler: Mapping[str, Any]) -> None:
-        """Record one scored batch: its ``rows``, its patches' calibration ``samples`` (|error|, sigma) and the
-        sampler's state after them; the samples first, so that a complete line always has its samples. A write
-        that fails (a full disk) is one line naming the file; what was recorded before stays."""
+    def add(
+        self, rows: list[dict[str, Any]], samples: list[Sample], sampler: Mapping[str, Any], arithmetic: str
+    ) -> None:
+        """Record one scored batch: its ``rows``, its patches' calibration ``samples`` (|error|, sigma), the
+        sampler's state after them and the ``arithmetic`` that computed it (its ``DSEN2CR_ARITHMETIC``); the
+        samples first, so that a complete line always has its samples. A write that fails (a full disk) is one
+        line naming the file; what was recorded before stays. The first batch of a resumed run is checked to be
+        computed as the recorded ones were."""
+        recorded, self.recorded_arithmetic = self.recorded_arithmetic, None  # checked once, at this run's first
+        if recorded is not None and arithmetic != recorded:
+            raise DSen2CRError(
+                f"{self.folder.parent}: the stopped evaluation's patches were computed in {recorded}, this "
+                f"run's in {arithmetic} (another version, or a machine that computes that precision otherwise); its "
+                "report would mix them: --overwrite to start again"
+            )
         path = self.folder / _SAMPLES
         try:
             with open(path, "ab") as file:
@@ -133,6 +146,7 @@ class EvaluationProgress:
                     file.write(np.asarray(error, dtype="<f8").tobytes())
                     file.write(np.asarray(sigma, dtype="<f8").tobytes())
             line = {"rows": rows, "samples": [len(error) for error, _ in samples], "sampler": sampler}
+            line["arithmetic"] = arithmetic
             path = self.folder / PROGRESS_LINES
             with open(path, "a", encoding="utf-8") as file:
                 file.write(json.dumps(line) + "\n")
