@@ -68,6 +68,23 @@ def straight(tmp_path_factory: pytest.TempPathFactory, synthetic_tree: Path, sig
     return out
 
 
+def _stopped_after_two_patches(monkeypatch: pytest.MonkeyPatch, weights: Path, root: Path, out: Path) -> None:
+    """An evaluation stopped by Ctrl-C as its third patch is handed to the scorer, the second still being scored."""
+    from dsen2cr.evaluation_scoring import Scorer
+
+    submit, calls = Scorer.submit, []
+
+    def interrupted(self: Scorer, *args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        submit(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Scorer, "submit", interrupted)
+        assert main(_argv(weights, root, out)) == 130
+
+
 def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_report(
     tmp_path: Path,
     synthetic_tree: Path,
@@ -78,26 +95,16 @@ def test_an_interrupted_evaluation_resumes_to_the_uninterrupted_report(
 ) -> None:
     from dsen2cr.evaluation_scoring import Scorer
 
-    submit, calls = Scorer.submit, []
-
-    def interrupted(self: Scorer, *args: object, **kwargs: object) -> None:
-        calls.append(1)
-        if len(calls) == 3:  # Ctrl-C as the third patch is handed to the scorer, the second still being scored
-            raise KeyboardInterrupt
-        submit(self, *args, **kwargs)
-
     out = tmp_path / "eval"
-    monkeypatch.setattr(Scorer, "submit", interrupted)
-    assert main(_argv(sigma_weights, synthetic_tree, out)) == 130
+    _stopped_after_two_patches(monkeypatch, sigma_weights, synthetic_tree, out)
     err = capsys.readouterr().err
     assert "the 2 of 6 patches scored are kept: run the command again with --resume" in err, err
     assert sorted(p.name for p in out.iterdir()) == ["predictions", "previews", "progress"]
     assert len((out / "progress" / "batches.jsonl").read_text().splitlines()) == 3  # its header and two batches
 
-    monkeypatch.setattr(Scorer, "submit", submit)
     assert main(_argv(sigma_weights, synthetic_tree, out)) == 2  # without --resume: refused, nothing lost
     assert "holds a stopped evaluation (2 of 6 patches scored); pass --resume" in capsys.readouterr().err
-    calls.clear()
+    submit, calls = Scorer.submit, []
     monkeypatch.setattr(Scorer, "submit", lambda *a, **k: (calls.append(1), submit(*a, **k)))
     assert main(_argv(sigma_weights, synthetic_tree, out, "--resume")) == 0
     assert len(calls) == 4  # only the patches not scored before
@@ -115,20 +122,8 @@ def test_an_evaluation_goes_on_only_in_the_arithmetic_its_patches_were_computed_
     """The progress records what computed each batch (DSEN2CR_ARITHMETIC); a resumed run that computes otherwise (a
     requeued job's node whose CPU computes bf16 otherwise, another version's form) is refused at its first batch,
     naming both, and the progress stays; one of a version that recorded none goes on."""
-    from dsen2cr.evaluation_scoring import Scorer
-
-    submit, calls = Scorer.submit, []
-
-    def interrupted(self: Scorer, *args: object, **kwargs: object) -> None:
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        submit(self, *args, **kwargs)
-
     out = tmp_path / "eval"
-    with monkeypatch.context() as patch:
-        patch.setattr(Scorer, "submit", interrupted)
-        assert main(_argv(sigma_weights, synthetic_tree, out)) == 130
+    _stopped_after_two_patches(monkeypatch, sigma_weights, synthetic_tree, out)
     lines_path = out / "progress" / "batches.jsonl"
     header, *lines = [json.loads(line) for line in lines_path.read_text().splitlines()]
     assert [line["arithmetic"] for line in lines] == ["IEEE fp32"] * 2
