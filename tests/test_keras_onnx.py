@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -224,6 +225,8 @@ def test_int8_export_quantises_every_convolution_per_channel(tmp_path: Path, cap
     int8_summary = evaluate(load_predictor(out), triplets, tmp_path / "int8", write_images=False)
     fp32_mae, int8_mae = (s["model"]["mae"]["mean"] for s in (fp32_summary, int8_summary))
     assert abs(int8_mae - fp32_mae) < 0.05 * fp32_mae, (fp32_mae, int8_mae)
+    made = json.loads((tmp_path / "int8" / "summary.json").read_text())["provenance"]
+    assert made["DSEN2CR_ARITHMETIC"] == "int8 convolutions by onnxruntime (static quantisation)"
 
 
 def test_int8_calibration_method_sets_the_activation_ranges(tmp_path: Path) -> None:
