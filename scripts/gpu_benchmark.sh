@@ -74,6 +74,14 @@ TIMEFORMAT="cli remove-clouds, whole process: %R s"
 time timeout $(cap 120) python3 -m dsen2cr.cli -v remove-clouds --weights "$scratch/paper-nosar.safetensors" --device cuda \
     --s2 src/dsen2cr/sample_data/scene/T33UUU_20170216T102101_L1C_10m.tif --out "$scratch/scene.tif" \
     --no-progress 2>&1 | tee -a "$OUT_DIR/gpu.log"
+python3 - "$scratch/scene.tif" <<'EOF' 2>&1 | tee -a "$OUT_DIR/gpu.log"
+import sys
+import rasterio
+with rasterio.open(sys.argv[1]) as cog:  # what the GPU's default run says computed it
+    tags = cog.tags()
+for key in ("PRECISION", "BACKEND", "DEVICE", "ARITHMETIC", "CHECK_P99_DN", "CHECK_MAX_DN"):
+    print(f"cli output DSEN2CR_{key}: {tags.get(f'DSEN2CR_{key}', 'none')}")
+EOF
 }
 
 step_benchmark() {
