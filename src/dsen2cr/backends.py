@@ -32,7 +32,7 @@ import torch
 from dsen2cr.compile_cache import COMPILE_SAVING, build_key, record_build_seconds, use_persistent_compile_cache
 from dsen2cr.errors import DSen2CRError
 from dsen2cr.models import CloudRemovalNetwork, family_of
-from dsen2cr.precision import HALF_DTYPES, float32_arithmetic
+from dsen2cr.precision import FLOAT32_WORDS, HALF_DTYPES, float32_arithmetic
 from dsen2cr.preprocessing import S2_MODEL_SCALE
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,9 @@ TOLERANCE_DN = {"eager": 0.0, "compiled": 2.0, "fp16": 100.0, "bf16": 500.0}
 TF32_TOLERANCE_DN = 100.0
 #: Side (pixels) of the centre of the first batch that a backend is checked on against eager fp32.
 CHECK_SIZE = 32
-#: The float32 arithmetic of a float32 mode, in words (the outputs' ``DSEN2CR_ARITHMETIC``).
-FLOAT32_WORDS = {"ieee": "IEEE fp32", "tf32": "TF32 convolutions and matmuls"}
+#: The arithmetic of a float32 mode, in words (the outputs' ``DSEN2CR_ARITHMETIC``): IEEE is all of it, TF32 only
+#: its convolutions and matmuls.
+FLOAT32_ARITHMETIC = {"ieee": FLOAT32_WORDS["ieee"], "tf32": f"{FLOAT32_WORDS['tf32']} convolutions and matmuls"}
 
 
 class ComputedBy(NamedTuple):
@@ -262,7 +263,7 @@ class CheckedBackend:
                 self.float32 = "ieee"  # what remains is the reference itself
         if tried:  # (the predictor said so already when eager in IEEE fp32 was all it was asked for)
             log.info("backend: eager, IEEE fp32 (the candidates above were dropped)")
-        self.settled, self.check_dn, self._arithmetic = self._ieee_reference, (0.0, 0.0), FLOAT32_WORDS["ieee"]
+        self.settled, self.check_dn, self._arithmetic = self._ieee_reference, (0.0, 0.0), FLOAT32_ARITHMETIC["ieee"]
         return self._ieee_reference(s2, s1)
 
     @property
@@ -272,7 +273,7 @@ class CheckedBackend:
         if self._arithmetic is not None:
             return self._arithmetic
         reference = self.candidates == ["eager"] and self.float32 == "ieee"
-        return FLOAT32_WORDS["ieee"] if reference else "settled on the first batch"
+        return FLOAT32_ARITHMETIC["ieee"] if reference else "settled on the first batch"
 
     def drop_settled(self) -> None:
         """Drop the settled backend (a 16-bit one that overflowed on a later batch): the next batch settles the
@@ -336,7 +337,7 @@ class CheckedBackend:
 
     def _arithmetic_of(self, candidate: str, predictor: PredictFn) -> str:
         """The words of ``candidate``'s arithmetic: its own (a family's fused form), else by its name."""
-        float32 = FLOAT32_WORDS[self.float32]
+        float32 = FLOAT32_ARITHMETIC[self.float32]
         named = {"eager": float32, "compiled": f"{float32}, compiled by inductor"}
         return str(getattr(predictor, "arithmetic", None) or named.get(candidate, f"{candidate} autocast"))
 

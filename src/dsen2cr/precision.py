@@ -20,6 +20,8 @@ import torch
 #: (their fused forms' fp32 parts in IEEE whatever is set); fp16's mode is that of the run it falls back to
 #: when ``auto`` chose it and it fails its check on the first batch: TF32 eager.
 FLOAT32_MODES = {"fp32": "ieee", "tf32": "tf32", "fp16": "tf32", "bf16": "ieee"}
+#: The float32 modes in words (what a training record and an output say).
+FLOAT32_WORDS = {"ieee": "IEEE fp32", "tf32": "TF32"}
 #: The 16-bit precisions and their torch types.
 HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

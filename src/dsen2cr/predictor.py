@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dsen2cr.auto import device_name, float32_mode_of, plan_backend, resolve_device, resolve_precision
-from dsen2cr.backends import FLOAT32_WORDS, CheckedBackend, ComputedBy, select_backend
+from dsen2cr.backends import FLOAT32_ARITHMETIC, CheckedBackend, ComputedBy, select_backend
 from dsen2cr.calibration import Intervals
 from dsen2cr.ensemble_file import is_ensemble_file
 from dsen2cr.errors import DSen2CRError, HalfPrecisionOverflowError
@@ -91,7 +91,7 @@ class Predictor:
         if with_variance and isinstance(self.predict, CheckedBackend):
             exact = self.float32 == "ieee"
             check = (0.0, 0.0) if exact else None
-            return ComputedBy("eager", "fp32" if exact else "tf32", check, FLOAT32_WORDS[self.float32])
+            return ComputedBy("eager", "fp32" if exact else "tf32", check, FLOAT32_ARITHMETIC[self.float32])
         members = getattr(self.predict, "computed_by", None)  # an ensemble's backend
         if members is not None:
             return members(with_variance=with_variance)

@@ -244,9 +244,8 @@ def _training_record(checkpoint: dict[str, Any]) -> dict[str, str]:
         record["data"] = settings["data"]
     if isinstance(settings.get(INIT_WEIGHTS_KEY), dict):  # the weights it started from (model.init_weights)
         record[INIT_WEIGHTS_KEY] = settings[INIT_WEIGHTS_KEY]
-    if isinstance(
-        checkpoint.get(ARITHMETIC_KEY), list
-    ):  # what it computed in (checkpoints of earlier versions lack it)
+    # what it computed in (checkpoints of earlier versions lack it)
+    if isinstance(checkpoint.get(ARITHMETIC_KEY), list):
         record["arithmetic"] = checkpoint[ARITHMETIC_KEY]
     return {TRAINING_KEY: json.dumps(record, sort_keys=True)}
 

@@ -13,6 +13,7 @@ from dsen2cr.ensemble_file import is_ensemble_file, read_ensemble_file
 from dsen2cr.formats import sniff
 from dsen2cr.models import VARIANTS, ModelSpec, family_of
 from dsen2cr.outputs.files import check_input_file, file_sha256
+from dsen2cr.precision import FLOAT32_WORDS
 from dsen2cr.sigma_record import recorded_intervals, recorded_region_words, training_ground_words
 from dsen2cr.weights import (
     INIT_WEIGHTS_KEY,
@@ -212,10 +213,6 @@ def arithmetic_words(starts: list[dict[str, Any]]) -> str:
             where + (f" batch {batch + 1}" if isinstance(batch, int) and batch else "") + ": " + start_words(start)
         )
     return "; ".join(said)
-
-
-#: The float32 modes as ``weights info`` says them.
-FLOAT32_WORDS = {"ieee": "IEEE fp32", "tf32": "TF32"}
 
 
 def start_words(start: dict[str, Any]) -> str:
